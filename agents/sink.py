@@ -1,0 +1,166 @@
+"""Sinks every business topic into ClickHouse.
+
+Reads: every topic in ``streams.topics.SUNK_TOPICS``. Writes: ClickHouse tables ``events`` and
+``dead_letters``; the ``deadletters`` topic for messages nobody can read (bad header, unknown
+fingerprint, truncated body) - the sink reads every topic, so it is the one place that refuses
+unreadable bytes. Owns: nothing in Kafka; its progress is the consumer group's offsets.
+
+Batches are flushed on size or time. A batch's events are acknowledged (so their offsets can be
+committed) only after ClickHouse accepted the insert; while ClickHouse is down the sink retries
+with backoff and holds its partitions. Rows are keyed by (topic, event id) in ReplacingMergeTree
+tables, so a batch replayed after a crash does not double count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+
+from streams.app import Runtime
+from streams.clickhouse import ClickHouse, open_clickhouse
+from streams.codec import DecodeError
+from streams.deadletter import dead_letter
+from streams.outbox import Outbox
+from streams.topics import DEADLETTERS, SUNK_TOPICS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SinkStatus:
+    rows: int = 0
+    batches: int = 0
+    unreadable: int = 0
+    retries: int = 0
+    last_error: str = ""
+    last_insert_ms: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+def _payload_default(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return obj.hex()
+    raise TypeError
+
+
+def rows_for_batch(
+    rt: Runtime, messages: list[Any], now_ms: int
+) -> tuple[dict[str, list[Any]], dict[str, list[Any]], list[tuple[Any, DecodeError]]]:
+    """Turn raw messages into (events columns, dead_letters columns, unreadable messages)."""
+    events: dict[str, list[Any]] = {k: [] for k in _EVENT_COLUMNS}
+    dead: dict[str, list[Any]] = {k: [] for k in _DEAD_COLUMNS}
+    unreadable = []
+    now_s = now_ms // 1000
+    for msg in messages:
+        try:
+            event_type, record = rt.codec.decode(msg.value)
+        except DecodeError as exc:
+            unreadable.append((msg, exc))
+            continue
+        event_ms = int(record.get("event_time_ms") or now_ms)
+        events["topic"].append(msg.topic)
+        events["event_type"].append(event_type.short_name)
+        events["event_id"].append(str(record.get("event_id", "")))
+        events["key"].append(msg.key.decode(errors="replace") if msg.key else "")
+        events["partition"].append(msg.partition)
+        events["offset"].append(msg.offset)
+        events["event_time"].append(max(event_ms // 1000, 0))
+        events["event_time_ms"].append(event_ms)
+        events["ingested_at"].append(now_s)
+        events["payload"].append(orjson.dumps(record, default=_payload_default).decode())
+        if event_type.short_name == "DeadLetter":
+            dead["event_id"].append(record["event_id"])
+            dead["event_time"].append(max(event_ms // 1000, 0))
+            dead["event_time_ms"].append(event_ms)
+            dead["source_topic"].append(record["source_topic"])
+            dead["source_partition"].append(record["source_partition"])
+            dead["source_offset"].append(record["source_offset"])
+            dead["stage"].append(record["stage"])
+            dead["reason"].append(record["reason"])
+            dead["detail"].append(record["detail"])
+            dead["original_value_hex"].append((record.get("original_value") or b"").hex())
+    return events, dead, unreadable
+
+
+_EVENT_COLUMNS = (
+    "topic", "event_type", "event_id", "key", "partition", "offset",
+    "event_time", "event_time_ms", "ingested_at", "payload",
+)  # fmt: skip
+_DEAD_COLUMNS = (
+    "event_id", "event_time", "event_time_ms", "source_topic", "source_partition",
+    "source_offset", "stage", "reason", "detail", "original_value_hex",
+)  # fmt: skip
+
+
+def register(app: faust.App, rt: Runtime) -> None:
+    settings = rt.settings
+    status = SinkStatus()
+    holder: dict[str, ClickHouse] = {}
+    topic = app.topic(
+        *[settings.topic(t.name) for t in SUNK_TOPICS],
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    deadletter_topic = settings.topic(DEADLETTERS.name)
+
+    def clickhouse() -> ClickHouse:
+        if "ch" not in holder:
+            holder["ch"] = open_clickhouse(settings)
+        return holder["ch"]
+
+    async def insert_with_retry(table: str, columns: dict[str, list[Any]]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await asyncio.to_thread(clickhouse().insert, table, columns)
+                return
+            except Exception as exc:  # ClickHouse down or rejecting: hold the batch, retry
+                status.retries += 1
+                status.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("ClickHouse insert into %s failed (%s); retry in %.1fs", table, exc, delay)
+                holder.pop("ch", None)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    @app.agent(topic, name="sink_to_clickhouse")
+    async def sink_to_clickhouse(stream: Any) -> None:
+        outbox = Outbox(app, rt.codec, settings)
+        async for batch in stream.take_events(settings.sink_batch_rows, within=settings.sink_flush_interval_s):
+            now_ms = rt.clock.now_ms()
+            messages = [event.message for event in batch]
+            events, dead, unreadable = rows_for_batch(rt, messages, now_ms)
+            for msg, exc in unreadable:
+                status.unreadable += 1
+                if msg.topic == deadletter_topic:
+                    continue  # never dead-letter a dead letter
+                record = dead_letter(msg, "agents.sink", exc.reason, exc.detail, now_ms)
+                outbox.add(DEADLETTERS.name, msg.topic, "DeadLetter", record)
+            if events["event_id"]:
+                await insert_with_retry("events", events)
+            if dead["event_id"]:
+                await insert_with_retry("dead_letters", dead)
+            await outbox.publish(state_written=False)
+            status.rows += len(events["event_id"])
+            status.batches += 1
+            status.last_insert_ms = int(time.time() * 1000)
+            for name in events["event_type"]:
+                status.by_type[name] = status.by_type.get(name, 0) + 1
+
+    @app.page("/sink/status")
+    async def sink_status(web: Any, request: Any) -> Any:
+        return web.json(status.__dict__)
+
+    @app.page("/sink/query/events-by-type")
+    async def events_by_type(web: Any, request: Any) -> Any:
+        rows = await asyncio.to_thread(
+            clickhouse().query,
+            "SELECT event_type, count() AS n FROM (SELECT event_type FROM events FINAL) "
+            "GROUP BY event_type ORDER BY event_type",
+        )
+        return web.json(rows)

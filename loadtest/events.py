@@ -1,0 +1,115 @@
+"""Builders of well-formed input events, as a channel connector or WMS would send them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+
+from streams.records import (
+    Address,
+    OrderCancelled,
+    OrderLine,
+    OrderPlaced,
+    PaymentConfirmed,
+    ShipmentDelivered,
+    ShipmentDispatched,
+    StockAdjusted,
+)
+
+DEFAULT_ADDRESS = Address(province="浙江", city="杭州", district="西湖区", detail="文三路 90 号 3 幢 501")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def order_id(channel: str, channel_order_id: str) -> str:
+    return f"{channel}:{channel_order_id}"
+
+
+def line(line_no: int, sku: str, qty: int, price_fen: int = 9900) -> OrderLine:
+    return OrderLine(line_no=line_no, sku=sku, qty=qty, unit_price_fen=price_fen, custom=False, bundle=False)
+
+
+def order_placed(
+    channel: str,
+    channel_order_id: str,
+    lines: Sequence[OrderLine],
+    *,
+    presale: bool = False,
+    vip: bool = False,
+    address: Address = DEFAULT_ADDRESS,
+    event_time_ms: int | None = None,
+    sent_at_ms: int = 0,
+) -> OrderPlaced:
+    return OrderPlaced(
+        event_id=f"placed:{channel}:{channel_order_id}",
+        event_time_ms=event_time_ms or now_ms(),
+        channel=channel,
+        channel_order_id=channel_order_id,
+        customer_id=f"c-{channel_order_id}",
+        lines=list(lines),
+        address=address,
+        amount_fen=sum(ln["qty"] * ln["unit_price_fen"] for ln in lines),
+        coupon_type="",
+        presale=presale,
+        vip=vip,
+        sent_at_ms=sent_at_ms,
+    )
+
+
+def payment_confirmed(channel: str, channel_order_id: str, amount_fen: int = 0) -> PaymentConfirmed:
+    return PaymentConfirmed(
+        event_id=f"paid:{channel}:{channel_order_id}",
+        event_time_ms=now_ms(),
+        channel=channel,
+        channel_order_id=channel_order_id,
+        payment_id=f"pay-{channel_order_id}",
+        amount_fen=amount_fen,
+        balance=False,
+    )
+
+
+def order_cancelled(channel: str, channel_order_id: str, reason: str = "buyer") -> OrderCancelled:
+    return OrderCancelled(
+        event_id=f"cancel:{channel}:{channel_order_id}",
+        event_time_ms=now_ms(),
+        channel=channel,
+        channel_order_id=channel_order_id,
+        reason=reason,
+    )
+
+
+def shipment_dispatched(channel: str, channel_order_id: str, warehouse_id: str) -> ShipmentDispatched:
+    return ShipmentDispatched(
+        event_id=f"shipped:{channel}:{channel_order_id}",
+        event_time_ms=now_ms(),
+        channel=channel,
+        channel_order_id=channel_order_id,
+        warehouse_id=warehouse_id,
+        tracking_no=f"SF{channel_order_id}",
+    )
+
+
+def shipment_delivered(channel: str, channel_order_id: str) -> ShipmentDelivered:
+    return ShipmentDelivered(
+        event_id=f"delivered:{channel}:{channel_order_id}",
+        event_time_ms=now_ms(),
+        channel=channel,
+        channel_order_id=channel_order_id,
+    )
+
+
+def stock_adjusted(
+    sku: str, warehouse_id: str, qty: int, kind: str = "RECEIPT", adjustment_id: str | None = None
+) -> StockAdjusted:
+    return StockAdjusted(
+        event_id=adjustment_id or f"adj-{uuid.uuid4().hex}",
+        event_time_ms=now_ms(),
+        sku=sku,
+        warehouse_id=warehouse_id,
+        kind=kind,
+        qty=qty,
+        reason="",
+    )

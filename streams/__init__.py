@@ -1,0 +1,1 @@
+"""stockflow: streaming inventory and order pipeline on Kafka."""

@@ -1,0 +1,162 @@
+"""The ``stockflow`` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streams.settings import Settings
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__
+)
+dev = typer.Typer(no_args_is_help=True, help="The local stack: Kafka (KRaft) and ClickHouse server.")
+topics = typer.Typer(no_args_is_help=True, help="Topics of the contract.")
+app.add_typer(dev, name="dev")
+app.add_typer(topics, name="topics")
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+@dev.command("up")
+def dev_up(
+    clickhouse_server: bool = typer.Option(
+        False, "--clickhouse-server", help="Also start a ClickHouse server (server backend)."
+    ),
+) -> None:
+    """Start a single-node Kafka broker on 127.0.0.1 (and optionally a ClickHouse server)."""
+    from streams.localclickhouse import LocalClickHouseServer
+    from streams.localkafka import LocalKafka, MissingTool
+
+    settings = Settings()
+    try:
+        console.print(LocalKafka(settings).up())
+        if clickhouse_server:
+            console.print(LocalClickHouseServer(settings).up())
+    except (MissingTool, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+@dev.command("down")
+def dev_down() -> None:
+    """Stop what ``dev up`` started."""
+    from streams.localclickhouse import LocalClickHouseServer
+    from streams.localkafka import LocalKafka
+
+    settings = Settings()
+    stopped_kafka = LocalKafka(settings).down()
+    stopped_ch = LocalClickHouseServer(settings).down()
+    console.print(f"Kafka: {'stopped' if stopped_kafka else 'was not running'}")
+    console.print(f"ClickHouse server: {'stopped' if stopped_ch else 'was not running'}")
+
+
+@dev.command("status")
+def dev_status() -> None:
+    """Say what runs where, and whether the broker answers metadata requests."""
+    from streams import procs
+    from streams.localclickhouse import LocalClickHouseServer
+    from streams.localkafka import LocalKafka, broker_metadata
+
+    settings = Settings()
+    table = Table("service", "state", "where")
+    kafka = LocalKafka(settings)
+    pid = kafka.running_pid()
+    try:
+        md = broker_metadata(settings.bootstrap, timeout_s=3)
+        answer = f"answers metadata: cluster {md['cluster_id']}, {md['topics']} topics"
+    except Exception as exc:
+        answer = f"no answer ({type(exc).__name__})"
+    origin = "external" if settings.kafka_bootstrap else (f"pid {pid}" if pid else "not running")
+    table.add_row("kafka", f"{origin}; {answer}", settings.bootstrap)
+    ch = LocalClickHouseServer(settings)
+    ch_pid = procs.read_pid(ch.pid_file)
+    table.add_row("clickhouse-server", f"pid {ch_pid}" if ch_pid else "not running", ch.url)
+    table.add_row("clickhouse (configured)", "", settings.clickhouse_url)
+    console.print(table)
+
+
+@dev.command("fetch")
+def dev_fetch() -> None:
+    """Resolve the Kafka broker jars with Maven (done by ``dev up`` when needed)."""
+    from streams.localkafka import LocalKafka, MissingTool
+
+    try:
+        console.print(f"Kafka jars in {LocalKafka(Settings()).fetch()}")
+    except (MissingTool, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create every contract topic that does not exist yet."""
+    from streams.topics import ensure_topics
+
+    created = ensure_topics(Settings())
+    console.print(f"created {len(created)} topics" + (f": {', '.join(created)}" if created else ""))
+
+
+@topics.command("contract")
+def topics_contract(markdown: bool = typer.Option(False, help="Print a Markdown table.")) -> None:
+    """The topic contract: key, partitions, schema files and writer of every topic."""
+    from streams.topics import contract_rows
+
+    rows = contract_rows(Settings())
+    header = ("topic", "direction", "key", "partitions", "schema", "written by")
+    if markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in rows:
+            print("| " + " | ".join(f"`{row[0]}`" if i == 0 else c for i, c in enumerate(row)) + " |")
+        return
+    table = Table(*header)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command()
+def worker() -> None:
+    """Run a stockflow worker (Faust) against the configured broker and ClickHouse."""
+    import faust
+
+    from streams.app import create_app
+    from streams.topics import ensure_topics
+
+    settings = Settings()
+    ensure_topics(settings)
+    faust_app = create_app(settings)
+    faust.Worker(faust_app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+
+@app.command()
+def demo(
+    timeout: float = typer.Option(120.0, help="Seconds to wait for the pipeline."),
+) -> None:
+    """Start the local stack, run a worker, send sample events and show them in ClickHouse."""
+    from streams.demo import run_demo
+
+    sys.exit(run_demo(Settings(), console, timeout))
+
+
+def main() -> None:
+    # Faust and its libraries are chatty on import; keep the CLI readable.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    started = time.monotonic()
+    try:
+        app()
+    finally:
+        if os.environ.get("STOCKFLOW_TIMING"):
+            console.print(f"[dim]{time.monotonic() - started:.1f}s[/dim]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Typed shapes of every event, one TypedDict per schema file in ``schemas/``.
+
+Events travel as plain dicts (what fastavro reads and writes without conversion); these types let
+mypy check the fields each agent touches. Field meanings are documented in the ``.avsc`` files.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class OrderLine(TypedDict):
+    line_no: int
+    sku: str
+    qty: int
+    unit_price_fen: int
+    custom: bool
+    bundle: bool
+
+
+class Address(TypedDict):
+    province: str
+    city: str
+    district: str
+    detail: str
+
+
+class OrderPlaced(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    channel_order_id: str
+    customer_id: str
+    lines: list[OrderLine]
+    address: Address
+    amount_fen: int
+    coupon_type: str
+    presale: bool
+    vip: bool
+    sent_at_ms: int
+
+
+class PaymentConfirmed(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    channel_order_id: str
+    payment_id: str
+    amount_fen: int
+    balance: bool
+
+
+class PaymentFailed(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    channel_order_id: str
+    reason: str
+
+
+class OrderCancelled(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    channel_order_id: str
+    reason: str
+
+
+class StockAdjusted(TypedDict):
+    event_id: str
+    event_time_ms: int
+    sku: str
+    warehouse_id: str
+    kind: str  # RECEIPT | COUNT | CORRECTION | PRESALE_CAP
+    qty: int
+    reason: str
+
+
+class ShipmentDispatched(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    channel_order_id: str
+    warehouse_id: str
+    tracking_no: str
+
+
+class ShipmentDelivered(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    channel_order_id: str
+
+
+class HoldCommand(TypedDict):
+    event_id: str
+    event_time_ms: int
+    action: str  # RESERVE | RELEASE | COMMIT | SHIP | EXPIRE
+    order_id: str
+    line_no: int
+    sku: str
+    qty: int
+    channel: str
+    presale: bool
+    expires_at_ms: int
+    reason: str
+    source_time_ms: int
+
+
+class HoldDecided(TypedDict):
+    event_id: str
+    event_time_ms: int
+    order_id: str
+    line_no: int
+    sku: str
+    qty: int
+    action: str
+    outcome: str  # HELD | REFUSED | RELEASED | COMMITTED | SHIPPED | EXPIRED | IGNORED
+    reason: str
+    source_time_ms: int
+
+
+class LineDecision(TypedDict):
+    line_no: int
+    sku: str
+    qty: int
+    outcome: str
+    reason: str
+
+
+class ReservationDecided(TypedDict):
+    event_id: str
+    event_time_ms: int
+    order_id: str
+    channel: str
+    outcome: str  # RESERVED | REJECTED
+    lines: list[LineDecision]
+    placed_at_ms: int
+    sent_at_ms: int
+
+
+class OrderStateChanged(TypedDict):
+    event_id: str
+    event_time_ms: int
+    order_id: str
+    channel: str
+    state: str
+    previous_state: str
+    reason: str
+    warehouse_id: str
+    stage_times: dict[str, int]
+
+
+class StockLevel(TypedDict):
+    event_id: str
+    event_time_ms: int
+    sku: str
+    on_hand: int
+    locked: int
+    presale_reserved: int
+    presale_cap: int
+    sold: int
+    available: int
+    paused: bool
+    sellable: dict[str, int]
+    on_hand_by_warehouse: dict[str, int]
+    newest_change_ms: int
+    newest_source_ms: int
+
+
+class Assignment(TypedDict):
+    warehouse_id: str
+    line_nos: list[int]
+
+
+class CandidateScore(TypedDict):
+    warehouse_id: str
+    distance_km: float
+    distance: float
+    sufficiency: float
+    on_time: float
+    cost: float
+    score: float
+
+
+class RoutingDecision(TypedDict):
+    event_id: str
+    event_time_ms: int
+    order_id: str
+    channel: str
+    split: bool
+    assignments: list[Assignment]
+    candidates: list[CandidateScore]
+    weights: dict[str, float]
+
+
+class Alert(TypedDict):
+    event_id: str
+    event_time_ms: int
+    kind: str
+    severity: str  # INFO | WARNING | RED
+    subject: str
+    message: str
+    cleared: bool
+    details: dict[str, str]
+
+
+class DeadLetter(TypedDict):
+    event_id: str
+    event_time_ms: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    stage: str
+    reason: str
+    detail: str
+    original_key: bytes | None
+    original_value: bytes | None
+
+
+class VipOverride(TypedDict):
+    event_id: str
+    event_time_ms: int
+    override_id: str
+    action: str  # REQUEST | APPROVE
+    sku: str
+    qty: int
+    vip_order_id: str
+    operator: str
+    reason: str
+
+
+class OverrideAudited(TypedDict):
+    event_id: str
+    event_time_ms: int
+    override_id: str
+    outcome: str  # REQUESTED | APPLIED | REFUSED
+    sku: str
+    qty: int
+    vip_order_id: str
+    requester: str
+    approver: str
+    reason: str
+    released_holds: list[str]
+    detail: str
+
+
+class ClockAdvanced(TypedDict):
+    event_id: str
+    event_time_ms: int
+    offset_ms: int

@@ -1,0 +1,88 @@
+"""Every setting stockflow reads from the environment, in one place.
+
+Variables are prefixed ``STOCKFLOW_`` (``STOCKFLOW_KAFKA_BOOTSTRAP``, ...). The settings object is
+built once at the entry point (CLI, worker, test fixture) and passed down explicitly; no module
+reads the environment on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STOCKFLOW_", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------------
+    home: Path = Field(
+        default=Path(".stockflow"),
+        description="Local state: broker data and jars, embedded ClickHouse, worker tables.",
+    )
+
+    # --- Kafka ---------------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="host:port of an existing broker. When set, stockflow starts no broker.",
+    )
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    kafka_version: str = "4.4.0"
+    kafka_heap: str = "1g"
+    topic_prefix: str = Field(default="", description="Prepended to every topic name.")
+    partitions: int = Field(default=8, ge=1, description="Partitions of every keyed topic.")
+
+    # --- the worker ----------------------------------------------------------------------------
+    app_id: str = Field(default="stockflow", description="Consumer group and changelog prefix.")
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    log_level: Literal["crit", "error", "warn", "info", "debug"] = "warn"
+
+    # --- ClickHouse ----------------------------------------------------------------------------
+    clickhouse_url: str = Field(
+        default="chdb://",
+        description="chdb:// (embedded, under home) or chdb:///abs/path, or clickhouse://host:9000",
+    )
+    clickhouse_database: str = "stockflow"
+    sink_batch_rows: int = Field(default=5000, ge=1)
+    sink_flush_interval_s: float = Field(default=1.0, gt=0)
+
+    # --- inventory rules -----------------------------------------------------------------------
+    payment_timeout_s: float = Field(default=1800.0, gt=0)
+    hold_ttl_s: float = Field(default=7200.0, gt=0, description="Orphaned-hold expiry.")
+    safety_threshold: int = Field(default=10, ge=0)
+    threshold_hysteresis: int = Field(default=5, ge=0)
+    refresh_interval_ms: int = Field(default=200, ge=10)
+    main_channel: str = "tmall"
+    max_line_qty: int = Field(default=10_000, ge=1)
+    sweep_interval_s: float = Field(default=1.0, gt=0)
+    clock_control: bool = Field(
+        default=False, description="Accept clock-advance events (tests and drills only)."
+    )
+    warehouses_file: Path = REPO_ROOT / "config" / "warehouses.toml"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.resolve()
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as STOCKFLOW_* variables, to hand to a child process."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            env[f"STOCKFLOW_{name.upper()}"] = str(int(value) if isinstance(value, bool) else value)
+        return env
