@@ -15,7 +15,9 @@ from streams.settings import Settings
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__
 )
-dev = typer.Typer(no_args_is_help=True, help="The local stack: Kafka (KRaft) and ClickHouse server.")
+dev = typer.Typer(
+    no_args_is_help=True, help="The local stack: Kafka (KRaft) and ClickHouse server."
+)
 topics = typer.Typer(no_args_is_help=True, help="Topics of the contract.")
 app.add_typer(dev, name="dev")
 app.add_typer(topics, name="topics")
@@ -115,7 +117,9 @@ def topics_contract(markdown: bool = typer.Option(False, help="Print a Markdown 
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for row in rows:
-            print("| " + " | ".join(f"`{row[0]}`" if i == 0 else c for i, c in enumerate(row)) + " |")
+            print(
+                "| " + " | ".join(f"`{row[0]}`" if i == 0 else c for i, c in enumerate(row)) + " |"
+            )
         return
     table = Table(*header)
     for row in rows:

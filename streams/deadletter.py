@@ -14,9 +14,7 @@ from streams.records import DeadLetter
 from streams.topics import DEADLETTERS
 
 
-def dead_letter(
-    message: Any, stage: str, reason: str, detail: str, now_ms: int
-) -> DeadLetter:
+def dead_letter(message: Any, stage: str, reason: str, detail: str, now_ms: int) -> DeadLetter:
     """Build the record for a faust ``Message`` (anything with topic/partition/offset/key/value)."""
     return DeadLetter(
         event_id=f"{message.topic}:{message.partition}:{message.offset}:{stage}",

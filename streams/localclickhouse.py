@@ -45,8 +45,12 @@ _USERS = """<?xml version="1.0"?>
 @dataclass
 class LocalClickHouseServer:
     settings: Settings
-    tcp_port: int = 19000
-    http_port: int = 18123
+    tcp_port: int = 0  # 0: the configured clickhouse_server_port
+    http_port: int = 0  # 0: next to the native port
+
+    def __post_init__(self) -> None:
+        self.tcp_port = self.tcp_port or self.settings.clickhouse_server_port
+        self.http_port = self.http_port or self.tcp_port + 1
 
     @property
     def root(self) -> Path:
@@ -58,11 +62,13 @@ class LocalClickHouseServer:
 
     @property
     def url(self) -> str:
-        return f"clickhouse://127.0.0.1:{self.tcp_port}/{self.settings.clickhouse_database}"
+        return f"clickhouse://127.0.0.1:{self.tcp_port}"
 
     def binary(self) -> str:
         for name in ("clickhouse-server", "clickhouse"):
-            path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+            path = shutil.which(name) or (
+                f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
+            )
             if path:
                 return path
         raise RuntimeError(
@@ -81,10 +87,12 @@ class LocalClickHouseServer:
         )
         (self.root / "users.xml").write_text(_USERS)
         cmd = [binary] if binary.endswith("-server") else [binary, "server"]
-        pid = procs.start([*cmd, f"--config-file={config}"], self.root / "stdout.log", self.pid_file)
+        pid = procs.start(
+            [*cmd, f"--config-file={config}"], self.root / "stdout.log", self.pid_file
+        )
         if not procs.wait_for_port("127.0.0.1", self.tcp_port, timeout_s, pid):
             procs.stop(self.pid_file)
-            log = (self.root / "error.log")
+            log = self.root / "error.log"
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"ClickHouse server did not start within {timeout_s:.0f}s:\n{tail}")
         return f"ClickHouse server started, pid {pid}, at {self.url}"

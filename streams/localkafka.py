@@ -1,6 +1,7 @@
 """A single-node Apache Kafka broker in KRaft mode on 127.0.0.1, without Docker.
 
-Maven resolves the broker jars from ``streams/broker/pom.xml`` into ``<home>/kafka/<version>/libs``;
+Maven resolves the broker jars from ``streams/broker/pom.xml`` into
+``<cache_dir>/kafka/<version>/libs`` (shared by every stockflow home on the machine);
 the storage is formatted once with a generated cluster id; ``kafka.Kafka`` runs detached with its
 pid in ``<home>/kafka/broker.pid``. When ``STOCKFLOW_KAFKA_BOOTSTRAP`` names a broker, nothing here
 is used.
@@ -34,7 +35,7 @@ class LocalKafka:
 
     @property
     def libs(self) -> Path:
-        return self.root / self.settings.kafka_version / "libs"
+        return self.settings.cache_dir.resolve() / "kafka" / self.settings.kafka_version / "libs"
 
     @property
     def data_dir(self) -> Path:
@@ -73,7 +74,9 @@ class LocalKafka:
         ]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"maven could not resolve Kafka jars:\n{result.stdout}{result.stderr}")
+            raise RuntimeError(
+                f"maven could not resolve Kafka jars:\n{result.stdout}{result.stderr}"
+            )
         marker.write_text(self.settings.kafka_version)
         return self.libs
 
@@ -126,12 +129,15 @@ class LocalKafka:
                 "set STOCKFLOW_KAFKA_BOOTSTRAP to use it or STOCKFLOW_KAFKA_PORT to move"
             )
         self.fetch()
+        self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "server.properties"
         config.write_text(self.config_text())
         if not (self.data_dir / "meta.properties").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             cluster_id = _kafka_cluster_id()
-            fmt = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config))
+            fmt = self._java(
+                "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)
+            )
             result = subprocess.run(fmt, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"formatting Kafka storage failed:\n{result.stderr}")
@@ -141,7 +147,8 @@ class LocalKafka:
             procs.stop(self.pid_file)
             raise RuntimeError(f"Kafka did not start within {timeout_s:.0f}s:\n{tail}")
         wait_for_metadata(self.settings.bootstrap, timeout_s)
-        return f"Kafka {self.settings.kafka_version} (KRaft) started, pid {pid}, on {self.settings.bootstrap}"
+        version, where = self.settings.kafka_version, self.settings.bootstrap
+        return f"Kafka {version} (KRaft) started, pid {pid}, on {where}"
 
     def down(self) -> bool:
         return procs.stop(self.pid_file, timeout_s=30)

@@ -44,7 +44,10 @@ class EventProducer:
         while True:
             try:
                 self._producer.produce(
-                    self.settings.topic(topic), value=value, key=raw_key, on_delivery=self._on_delivery
+                    self.settings.topic(topic),
+                    value=value,
+                    key=raw_key,
+                    on_delivery=self._on_delivery,
                 )
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry

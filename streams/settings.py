@@ -25,6 +25,11 @@ class Settings(BaseSettings):
         description="Local state: broker data and jars, embedded ClickHouse, worker tables.",
     )
 
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "stockflow",
+        description="Downloaded broker jars, shared by every home on this machine.",
+    )
+
     # --- Kafka ---------------------------------------------------------------------------------
     kafka_bootstrap: str | None = Field(
         default=None,
@@ -50,6 +55,7 @@ class Settings(BaseSettings):
         description="chdb:// (embedded, under home) or chdb:///abs/path, or clickhouse://host:9000",
     )
     clickhouse_database: str = "stockflow"
+    clickhouse_server_port: int = Field(default=19000, description="`dev up --clickhouse-server`")
     sink_batch_rows: int = Field(default=5000, ge=1)
     sink_flush_interval_s: float = Field(default=1.0, gt=0)
 
