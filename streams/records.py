@@ -105,6 +105,7 @@ class HoldCommand(TypedDict):
     expires_at_ms: int
     reason: str
     source_time_ms: int
+    warehouse_id: str
 
 
 class HoldDecided(TypedDict):

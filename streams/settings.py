@@ -7,6 +7,7 @@ reads the environment on its own.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -66,6 +67,13 @@ class Settings(BaseSettings):
     threshold_hysteresis: int = Field(default=5, ge=0)
     refresh_interval_ms: int = Field(default=200, ge=10)
     main_channel: str = "tmall"
+    channels: tuple[str, ...] = ("tmall", "jd", "douyin", "pdd", "kuaishou", "own")
+    tombstone_ttl_s: float = Field(
+        default=7 * 86400.0, gt=0, description="How long finished holds are kept to spot replays."
+    )
+    parked_grace_s: float = Field(
+        default=600.0, gt=0, description="How long an event may wait for its order to arrive."
+    )
     max_line_qty: int = Field(default=10_000, ge=1)
     sweep_interval_s: float = Field(default=1.0, gt=0)
     clock_control: bool = Field(
@@ -90,5 +98,9 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if value is None:
                 continue
-            env[f"STOCKFLOW_{name.upper()}"] = str(int(value) if isinstance(value, bool) else value)
+            if isinstance(value, bool):
+                value = int(value)
+            elif isinstance(value, (tuple, list)):
+                value = json.dumps(list(value))
+            env[f"STOCKFLOW_{name.upper()}"] = str(value)
         return env

@@ -1,0 +1,255 @@
+"""The order lifecycle and the all-or-nothing reservation of an order's lines.
+
+Reads: ``order.events`` (channel and WMS events), ``stock.hold-results`` (the pool's answers),
+``order.ticks`` (its own wake-ups for payment timeouts and parked events) - all keyed and
+partitioned by order id.
+Writes: ``stock.hold-commands`` (RESERVE / RELEASE / COMMIT / SHIP per line, keyed by SKU),
+``reservation.results``, ``order.states``, ``order.ticks``; dead letters through
+``streams.deadletter``.
+Owns: table ``orders_by_id`` (RocksDB, compacted changelog): per order its lines, the answer per
+line, state, stage times, payment deadline and events parked until the order arrives.
+
+Rules live in ``streams.orderflow``; this module moves events in and effects out, persisting each
+changed order before publishing what it decided (``streams.outbox``).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+
+from streams import orderflow as flow
+from streams import tables
+from streams.app import Runtime
+from streams.codec import DecodeError
+from streams.deadletter import send_dead_letter
+from streams.orderflow import Effects, OrderRecord, OrderRules
+from streams.outbox import Outbox
+from streams.records import OrderStateChanged, ReservationDecided
+from streams.topics import (
+    HOLD_COMMANDS,
+    HOLD_RESULTS,
+    ORDER_EVENTS,
+    ORDER_STATES,
+    ORDER_TICKS,
+    RESERVATION_RESULTS,
+)
+
+log = logging.getLogger(__name__)
+STAGE = "agents.orders"
+ORDER_EVENT_TYPES = (
+    "OrderPlaced", "PaymentConfirmed", "PaymentFailed", "OrderCancelled",
+    "ShipmentDispatched", "ShipmentDelivered",
+)  # fmt: skip
+
+
+def order_rules(rt: Runtime) -> OrderRules:
+    s = rt.settings
+    return OrderRules(
+        channels=tuple(s.channels),
+        payment_timeout_ms=int(s.payment_timeout_s * 1000),
+        hold_ttl_ms=int(s.hold_ttl_s * 1000),
+        parked_grace_ms=int(s.parked_grace_s * 1000),
+        max_line_qty=s.max_line_qty,
+    )
+
+
+@dataclass
+class SourceRef:
+    """Where a parked event came from, so it can still be dead-lettered with its bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @classmethod
+    def of(cls, msg: Any) -> SourceRef:
+        return cls(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic, "partition": self.partition, "offset": self.offset,
+            "key": base64.b64encode(self.key or b"").decode(),
+            "value": base64.b64encode(self.value or b"").decode(),
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SourceRef:
+        return cls(d["topic"], d["partition"], d["offset"],
+                   base64.b64decode(d["key"]) or None, base64.b64decode(d["value"]) or None)  # fmt: skip
+
+
+@dataclass
+class Batch:
+    orders: dict[str, tuple[Any, OrderRecord]] = field(default_factory=dict)
+
+
+def register(app: faust.App, rt: Runtime) -> None:
+    settings = rt.settings
+    rules = order_rules(rt)
+    partitions = settings.partitions
+    orders_by_id = app.Table("orders_by_id", partitions=partitions, key_type=bytes, value_type=bytes)
+    names = {settings.topic(t.name): t.name for t in (ORDER_EVENTS, HOLD_RESULTS, ORDER_TICKS)}
+    source = app.topic(*names, key_serializer="raw", value_serializer="raw")
+    ticks = app.topic(
+        settings.topic(ORDER_TICKS.name), key_serializer="raw", value_serializer="raw"
+    )
+    deadlines: dict[int, dict[str, int]] = {}
+
+    def load(batch: Batch, event: Any, order_id: str) -> OrderRecord:
+        if order_id in batch.orders:
+            rec = batch.orders[order_id][1]
+        else:
+            data = tables.read(orders_by_id, event, order_id.encode())
+            rec = OrderRecord.from_dict(data) if data else OrderRecord(order_id=order_id)
+        batch.orders[order_id] = (event, rec)
+        return rec
+
+    def publish(outbox: Outbox, rec: OrderRecord, fx: Effects, now_ms: int) -> None:
+        for cmd in fx.hold_commands:
+            outbox.add(HOLD_COMMANDS.name, cmd["sku"], "HoldCommand", cmd)
+        for previous, state, reason in fx.transitions:
+            outbox.add(ORDER_STATES.name, rec.order_id, "OrderStateChanged", OrderStateChanged(
+                event_id=f"{rec.order_id}:{state}", event_time_ms=rec.stage_times.get(state, now_ms),
+                order_id=rec.order_id, channel=rec.channel, state=state, previous_state=previous,
+                reason=reason, warehouse_id=rec.warehouse_id, stage_times=dict(rec.stage_times),
+            ))  # fmt: skip
+        if fx.reservation is not None:
+            outbox.add(RESERVATION_RESULTS.name, rec.order_id, "ReservationDecided", ReservationDecided(
+                event_id=f"{rec.order_id}:reservation", event_time_ms=now_ms, order_id=rec.order_id,
+                channel=rec.channel, outcome=fx.reservation["outcome"], lines=fx.reservation["lines"],
+                placed_at_ms=rec.placed_at_ms, sent_at_ms=rec.sent_at_ms,
+            ))  # fmt: skip
+        for parked in fx.expired_parked:
+            ref = SourceRef.from_dict(parked["source"])
+            send_dead_letter(outbox, ref, STAGE, "unknown_order",
+                             f"{parked['event_type']} waited {settings.parked_grace_s:.0f}s "
+                             f"for order {rec.order_id}, which never arrived", now_ms)  # fmt: skip
+
+    def handle(rec: OrderRecord, kind: str, record: dict[str, Any], now_ms: int) -> Effects:
+        if kind == "OrderPlaced":
+            return flow.on_placed(rec, record, now_ms, rules)
+        if kind == "PaymentConfirmed":
+            return flow.on_payment(rec, record, now_ms, rules)
+        if kind == "PaymentFailed":
+            return Effects()  # the order keeps its holds until the payment timeout
+        if kind == "OrderCancelled":
+            return flow.on_cancel(rec, record, now_ms, rules)
+        return flow.on_shipment(rec, record, kind, now_ms, rules)
+
+    def apply(batch: Batch, outbox: Outbox, event: Any, now_ms: int) -> None:
+        msg = event.message
+        name = names.get(msg.topic, "")
+        if name == ORDER_TICKS.name:
+            sweep_partition(batch, outbox, event, now_ms)
+            return
+        try:
+            event_type, record = rt.codec.decode(msg.value)
+        except DecodeError:
+            return  # the sink reads every topic and dead-letters unreadable bytes once
+        kind = event_type.short_name
+        allowed = ORDER_EVENT_TYPES if name == ORDER_EVENTS.name else ("HoldDecided",)
+        if kind not in allowed:
+            send_dead_letter(
+                outbox, msg, STAGE, "unexpected_event_type", f"{kind} on {name}", now_ms
+            )
+            return
+        order_id = (
+            record["order_id"]
+            if kind == "HoldDecided"
+            else f"{record['channel']}:{record['channel_order_id']}"
+        )
+        if not msg.key or msg.key != order_id.encode():
+            send_dead_letter(outbox, msg, STAGE, "key_mismatch",
+                             f"key {msg.key!r} but order {order_id!r}", now_ms)  # fmt: skip
+            return
+        if tables.partition_for(msg.key, partitions) != msg.partition:
+            send_dead_letter(
+                outbox, msg, STAGE, "misrouted_partition",
+                f"key {order_id!r} belongs on partition {tables.partition_for(msg.key, partitions)}, "
+                f"not {msg.partition}: produce with the murmur2 partitioner", now_ms,
+            )  # fmt: skip
+            return
+        rec = load(batch, event, order_id)
+        if kind == "HoldDecided":
+            if rec.state:
+                publish(outbox, rec, flow.on_hold_decided(rec, record, now_ms, rules), now_ms)
+            return
+        if kind != "OrderPlaced" and not rec.state:
+            flow.park(rec, kind, record, SourceRef.of(msg).to_dict(), now_ms)
+            return
+        fx = handle(rec, kind, record, now_ms)
+        if fx.refusal is not None:
+            send_dead_letter(outbox, msg, STAGE, fx.refusal[0], fx.refusal[1], now_ms)
+        elif not (fx.hold_commands or fx.transitions or fx.reservation):
+            fx = flow.implied_effects(rec, now_ms, rules)  # a duplicate: say again what we decided
+        publish(outbox, rec, fx, now_ms)
+        for parked in fx.replay_parked:
+            later = handle(rec, parked["event_type"], parked["event"], now_ms)
+            if later.refusal is not None:
+                ref = SourceRef.from_dict(parked["source"])
+                send_dead_letter(outbox, ref, STAGE, later.refusal[0], later.refusal[1], now_ms)
+            publish(outbox, rec, later, now_ms)
+
+    def sweep_partition(batch: Batch, outbox: Outbox, event: Any, now_ms: int) -> None:
+        partition = event.message.partition
+        if partition not in deadlines:
+            deadlines[partition] = {}
+            for key, data in tables.local_items(orders_by_id):
+                if tables.partition_for(key, partitions) == partition:
+                    rec = OrderRecord.from_dict(data)
+                    deadlines[partition][rec.order_id] = rec.next_deadline_ms(rules.parked_grace_ms)
+        for order_id, due in list(deadlines[partition].items()):
+            if due and due <= now_ms:
+                rec = load(batch, event, order_id)
+                publish(outbox, rec, flow.on_tick(rec, now_ms, rules), now_ms)
+
+    @app.agent(source, name="run_order_lifecycle")
+    async def run_order_lifecycle(stream: Any) -> None:
+        outbox = Outbox(app, rt.codec, settings)
+        async for events in stream.take_events(2000, within=0.005):
+            now_ms = rt.clock.now_ms()
+            batch = Batch()
+            for event in events:
+                try:
+                    apply(batch, outbox, event, now_ms)
+                except Exception as exc:  # a bug must not ack the batch half-applied
+                    log.exception("orders: event at %s:%s:%s failed", event.message.topic,
+                                  event.message.partition, event.message.offset)  # fmt: skip
+                    send_dead_letter(
+                        outbox, event.message, STAGE, "processing_error", repr(exc), now_ms
+                    )
+            for order_id, (event, rec) in batch.orders.items():
+                if rec.state or rec.parked:
+                    tables.write(orders_by_id, event, order_id.encode(), rec.to_dict())
+                due = rec.next_deadline_ms(rules.parked_grace_ms)
+                bucket = deadlines.setdefault(event.message.partition, {})
+                if due:
+                    bucket[order_id] = due
+                else:
+                    bucket.pop(order_id, None)
+            await outbox.publish(state_written=bool(batch.orders))
+
+    @app.timer(settings.sweep_interval_s, on_leader=True)
+    async def tick_orders() -> None:
+        now_ms = rt.clock.now_ms()
+        value = rt.codec.encode(
+            "ClockAdvanced", {"event_id": f"tick:{now_ms}", "event_time_ms": now_ms, "offset_ms": 0}
+        )
+        for partition in range(partitions):
+            await ticks.send(key=None, value=value, partition=partition)
+
+    @app.page("/orders/{order_id}")
+    @app.table_route(table=orders_by_id, match_info="order_id")
+    async def order_view(web: Any, request: Any, order_id: str) -> Any:
+        raw = orders_by_id.get(order_id.encode())
+        if not raw:
+            return web.json({"order_id": order_id, "known": False}, status=404)
+        return web.json(orjson.loads(raw))

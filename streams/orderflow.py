@@ -1,0 +1,354 @@
+"""The order lifecycle: pure rules, no Kafka.
+
+    placed -> reserved -> paid -> routed -> shipped -> delivered
+    exits: rejected (a line could not be held), cancelled, payment_timeout
+
+An order's lines are reserved all-or-nothing: one RESERVE per line goes to the line's SKU pool,
+the order waits for exactly one answer per expected line number (a set, not a count, so a
+duplicated answer cannot complete an order early), then either every line is held or every held
+line is released. Events that arrive before their order (paid before created, as marketplaces do)
+are parked on the order and applied when it arrives. Every handler is idempotent: it looks at the
+order's recorded state, so a duplicate or replayed event changes nothing and re-issues only what
+the state still implies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TERMINAL = ("delivered", "rejected", "cancelled", "payment_timeout")
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "": ("placed",),
+    "placed": ("reserved", "rejected", "cancelled"),
+    "reserved": ("paid", "cancelled", "payment_timeout", "rejected"),
+    # Until routing ships, a WMS shipment may follow payment directly.
+    "paid": ("routed", "shipped", "cancelled"),
+    "routed": ("shipped", "cancelled"),
+    "shipped": ("delivered",),
+}
+
+
+def can_transition(current: str, new: str) -> bool:
+    return new in TRANSITIONS.get(current, ())
+
+
+@dataclass(frozen=True)
+class OrderRules:
+    channels: tuple[str, ...]
+    payment_timeout_ms: int
+    hold_ttl_ms: int
+    parked_grace_ms: int
+    max_line_qty: int
+    max_lines: int = 100
+
+
+@dataclass
+class OrderRecord:
+    order_id: str
+    channel: str = ""
+    state: str = ""  # "" until OrderPlaced arrives
+    lines: dict[str, dict[str, Any]] = field(default_factory=dict)  # line no -> {sku, qty}
+    presale: bool = False
+    vip: bool = False
+    placed_at_ms: int = 0
+    sent_at_ms: int = 0
+    answers: dict[str, list[str]] = field(default_factory=dict)  # RESERVE answer per line
+    line_status: dict[str, str] = field(default_factory=dict)  # latest pool outcome per line
+    previous_state: str = ""
+    paid: bool = False
+    payment_deadline_ms: int = 0
+    stage_times: dict[str, int] = field(default_factory=dict)
+    reason: str = ""
+    warehouse_id: str = ""
+    parked: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OrderRecord:
+        return cls(**data)
+
+    def next_deadline_ms(self, parked_grace_ms: int) -> int:
+        due = [p["parked_ms"] + parked_grace_ms for p in self.parked]
+        if self.state == "reserved" and not self.paid and self.payment_deadline_ms:
+            due.append(self.payment_deadline_ms)
+        return min(due) if due else 0
+
+
+@dataclass
+class Effects:
+    """What a handler decided; the agent persists the record, then publishes these."""
+
+    hold_commands: list[dict[str, Any]] = field(default_factory=list)
+    transitions: list[tuple[str, str, str]] = field(default_factory=list)  # (from, to, reason)
+    reservation: dict[str, Any] | None = None
+    refusal: tuple[str, str] | None = None  # (reason, detail) for the current event
+    expired_parked: list[dict[str, Any]] = field(default_factory=list)
+    replay_parked: list[dict[str, Any]] = field(default_factory=list)
+
+
+def validate_placed(event: dict[str, Any], rules: OrderRules) -> str:
+    """Why an OrderPlaced is refused ('' if it is valid)."""
+    if event["channel"] not in rules.channels:
+        return f"unknown_channel: {event['channel']!r}"
+    if not event["channel_order_id"].strip():
+        return "missing_field: channel_order_id"
+    lines = event["lines"]
+    if not lines:
+        return "missing_field: lines"
+    if len(lines) > rules.max_lines:
+        return f"invalid_lines: {len(lines)} lines, at most {rules.max_lines}"
+    numbers = [ln["line_no"] for ln in lines]
+    if len(set(numbers)) != len(numbers) or min(numbers) < 1:
+        return "invalid_lines: line numbers must be unique and >= 1"
+    for ln in lines:
+        if not ln["sku"].strip():
+            return f"missing_field: lines[{ln['line_no']}].sku"
+        if ln["qty"] <= 0 or ln["qty"] > rules.max_line_qty:
+            return f"invalid_qty: line {ln['line_no']} qty {ln['qty']}"
+        if ln["unit_price_fen"] < 0:
+            return f"invalid_amount: line {ln['line_no']} price {ln['unit_price_fen']}"
+    if event["amount_fen"] < 0:
+        return f"invalid_amount: {event['amount_fen']}"
+    addr = event["address"]
+    for part in ("province", "city", "district"):
+        if not addr[part].strip():
+            return f"missing_field: address.{part}"
+    return ""
+
+
+def _move(rec: OrderRecord, fx: Effects, new: str, now_ms: int, reason: str = "") -> None:
+    fx.transitions.append((rec.state, new, reason))
+    rec.previous_state = rec.state
+    rec.state = new
+    rec.reason = reason
+    rec.stage_times[new] = now_ms
+
+
+def _command(rec: OrderRecord, action: str, line_no: str, now_ms: int, rules: OrderRules,
+             reason: str = "", warehouse_id: str = "") -> dict[str, Any]:  # fmt: skip
+    line = rec.lines[line_no]
+    return {
+        "event_id": f"{action.lower()}:{rec.order_id}#{line_no}",
+        "event_time_ms": now_ms,
+        "action": action,
+        "order_id": rec.order_id,
+        "line_no": int(line_no),
+        "sku": line["sku"],
+        "qty": line["qty"],
+        "channel": rec.channel,
+        "presale": rec.presale,
+        "expires_at_ms": now_ms + rules.hold_ttl_ms if action == "RESERVE" else 0,
+        "reason": reason,
+        "source_time_ms": rec.sent_at_ms or rec.placed_at_ms,
+        "warehouse_id": warehouse_id,
+    }
+
+
+def _release_held(
+    rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules, reason: str
+) -> None:
+    # Released even when no answer is known yet: the pool leaves a tombstone, so a RESERVE
+    # still in flight for the line cannot take stock afterwards.
+    for line_no in rec.lines:
+        answer = rec.answers.get(line_no)
+        if answer is None or answer[0] in ("HELD", "COMMITTED"):
+            fx.hold_commands.append(_command(rec, "RELEASE", line_no, now_ms, rules, reason))
+
+
+def park(rec: OrderRecord, event_type: str, event: dict[str, Any], source: dict[str, Any],
+         now_ms: int) -> Effects:  # fmt: skip
+    """Keep an event that arrived before its order."""
+    if not any(p["event_id"] == event["event_id"] for p in rec.parked):
+        rec.parked.append({"event_type": event_type, "event": event, "event_id": event["event_id"],
+                           "source": source, "parked_ms": now_ms})  # fmt: skip
+    rec.channel = rec.channel or event["channel"]
+    return Effects()
+
+
+def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
+    fx = Effects()
+    if rec.state:
+        # Duplicate: if answers are still missing, ask again (the pool answers idempotently).
+        if rec.state == "placed":
+            for line_no in rec.lines:
+                if line_no not in rec.answers:
+                    fx.hold_commands.append(_command(rec, "RESERVE", line_no, now_ms, rules))
+        return fx
+    problem = validate_placed(event, rules)
+    if problem:
+        fx.refusal = (problem.split(":", 1)[0], problem)
+        return fx
+    rec.channel = event["channel"]
+    rec.lines = {str(ln["line_no"]): {"sku": ln["sku"], "qty": ln["qty"]} for ln in event["lines"]}
+    rec.presale = bool(event.get("presale"))
+    rec.vip = bool(event.get("vip"))
+    rec.placed_at_ms = int(event["event_time_ms"])
+    rec.sent_at_ms = int(event.get("sent_at_ms") or 0)
+    _move(rec, fx, "placed", now_ms)
+    rec.stage_times["placed"] = rec.placed_at_ms or now_ms
+    fx.hold_commands = [_command(rec, "RESERVE", n, now_ms, rules) for n in rec.lines]
+    fx.replay_parked, rec.parked = rec.parked, []
+    return fx
+
+
+def on_hold_decided(
+    rec: OrderRecord, decided: dict[str, Any], now_ms: int, rules: OrderRules
+) -> Effects:
+    fx = Effects()
+    line_no = str(decided["line_no"])
+    if decided["action"] != "RESERVE":
+        outcome = decided["outcome"]
+        # Our own releases carry "order_<state>"; anything else is the pool taking a line back.
+        taken_back = outcome in ("RELEASED", "EXPIRED") and not decided["reason"].startswith(
+            "order_"
+        )
+        if taken_back and rec.state in ("reserved", "paid", "routed"):
+            # The pool took the line back on its own (hold expiry, VIP override): the order
+            # cannot be fulfilled as placed.
+            reason = decided["reason"] or outcome.lower()
+            new = "payment_timeout" if outcome == "EXPIRED" and not rec.paid else "cancelled"
+            if can_transition(rec.state, new):
+                _release_held(rec, fx, now_ms, rules, f"order_{new}")
+                _move(rec, fx, new, now_ms, reason)
+        if line_no in rec.lines and outcome != "IGNORED":
+            rec.line_status[line_no] = outcome
+        return fx
+    if line_no not in rec.lines or line_no in rec.answers:
+        return fx  # unknown line or duplicate answer
+    rec.answers[line_no] = [decided["outcome"], decided["reason"]]
+    rec.line_status.setdefault(line_no, decided["outcome"])
+    if rec.state != "placed":
+        # Answer after the order was cancelled: make sure a late hold is given back.
+        if decided["outcome"] == "HELD" and rec.state in TERMINAL:
+            fx.hold_commands.append(
+                _command(rec, "RELEASE", line_no, now_ms, rules, f"order_{rec.state}")
+            )
+        return fx
+    if set(rec.answers) != set(rec.lines):
+        return fx
+    refused = {n: a for n, a in rec.answers.items() if a[0] != "HELD"}
+    lines = reservation_lines(rec)
+    if refused:
+        _release_held(rec, fx, now_ms, rules, "order_rejected")
+        reasons = sorted({a[1] for a in refused.values()})
+        _move(rec, fx, "rejected", now_ms, ",".join(reasons))
+        fx.reservation = {"outcome": "REJECTED", "lines": lines}
+        return fx
+    _move(rec, fx, "reserved", now_ms)
+    rec.payment_deadline_ms = now_ms + rules.payment_timeout_ms
+    fx.reservation = {"outcome": "RESERVED", "lines": lines}
+    if rec.paid:
+        _pay(rec, fx, now_ms, rules)
+    return fx
+
+
+def reservation_lines(rec: OrderRecord) -> list[dict[str, Any]]:
+    return [
+        {"line_no": int(n), "sku": rec.lines[n]["sku"], "qty": rec.lines[n]["qty"],
+         "outcome": rec.answers[n][0], "reason": rec.answers[n][1]}
+        for n in sorted(rec.lines, key=int)
+    ]  # fmt: skip
+
+
+def implied_effects(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
+    """Everything the order's current state implies downstream, to publish again.
+
+    Used when an event turns out to be a duplicate: if a crash fell between persisting the
+    order and publishing what it decided, this is how the decision still gets out. Every output
+    is idempotent downstream (commands by order line, records by deterministic event id).
+    """
+    fx = Effects()
+    if not rec.state:
+        return fx
+    fx.transitions.append((rec.previous_state, rec.state, rec.reason))
+    if rec.state == "placed":
+        for line_no in rec.lines:
+            if line_no not in rec.answers:
+                fx.hold_commands.append(_command(rec, "RESERVE", line_no, now_ms, rules))
+        return fx
+    if set(rec.answers) == set(rec.lines):
+        refused = any(a[0] != "HELD" for a in rec.answers.values())
+        fx.reservation = {
+            "outcome": "REJECTED" if refused else "RESERVED",
+            "lines": reservation_lines(rec),
+        }
+    if rec.state in ("rejected", "cancelled", "payment_timeout"):
+        _release_held(rec, fx, now_ms, rules, f"order_{rec.state}")
+    elif rec.state in ("paid", "routed"):
+        fx.hold_commands += [_command(rec, "COMMIT", n, now_ms, rules) for n in rec.lines]
+    elif rec.state in ("shipped", "delivered"):
+        fx.hold_commands += [
+            _command(rec, "SHIP", n, now_ms, rules, warehouse_id=rec.warehouse_id)
+            for n in rec.lines
+        ]
+    return fx
+
+
+def _pay(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules) -> None:
+    for line_no in rec.lines:
+        fx.hold_commands.append(_command(rec, "COMMIT", line_no, now_ms, rules))
+    _move(rec, fx, "paid", now_ms)
+
+
+def on_payment(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
+    fx = Effects()
+    if rec.paid:
+        return fx  # duplicate payment notification
+    if rec.state in TERMINAL:
+        fx.refusal = ("order_not_payable", f"payment for an order that is {rec.state}")
+        return fx
+    rec.paid = True
+    if rec.state == "reserved":
+        _pay(rec, fx, now_ms, rules)
+    # In "placed" the payment is applied when the reservation completes.
+    return fx
+
+
+def on_cancel(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
+    fx = Effects()
+    if rec.state == "cancelled":
+        return fx
+    if not can_transition(rec.state, "cancelled"):
+        fx.refusal = ("illegal_transition", f"cannot cancel an order that is {rec.state}")
+        return fx
+    _release_held(rec, fx, now_ms, rules, "order_cancelled")
+    _move(rec, fx, "cancelled", now_ms, event.get("reason", ""))
+    return fx
+
+
+def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms: int,
+                rules: OrderRules) -> Effects:  # fmt: skip
+    fx = Effects()
+    target = "shipped" if event_type == "ShipmentDispatched" else "delivered"
+    if rec.state == target:
+        return fx
+    if not can_transition(rec.state, target):
+        fx.refusal = ("illegal_transition", f"cannot move an order that is {rec.state} to {target}")
+        return fx
+    if target == "shipped":
+        rec.warehouse_id = event.get("warehouse_id", "")
+        for line_no in rec.lines:
+            fx.hold_commands.append(
+                _command(rec, "SHIP", line_no, now_ms, rules, warehouse_id=rec.warehouse_id)
+            )
+    _move(rec, fx, target, now_ms)
+    return fx
+
+
+def on_tick(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
+    fx = Effects()
+    if rec.state == "reserved" and not rec.paid and 0 < rec.payment_deadline_ms <= now_ms:
+        _release_held(rec, fx, now_ms, rules, "order_payment_timeout")
+        _move(rec, fx, "payment_timeout", now_ms, "no payment within the payment timeout")
+    if not rec.state:
+        keep = []
+        for parked in rec.parked:
+            if parked["parked_ms"] + rules.parked_grace_ms <= now_ms:
+                fx.expired_parked.append(parked)
+            else:
+                keep.append(parked)
+        rec.parked = keep
+    return fx

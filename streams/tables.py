@@ -1,0 +1,44 @@
+"""Reading and writing Faust tables from batches of events.
+
+Agents take events in batches and write each changed key once per batch (one changelog record
+per key, not per event). Faust routes a table write to the partition of "the current event"; in a
+batch there is none, so each read and write runs under the event that touched the key - always an
+event of the partition that owns the key, because every input of a table is keyed and partitioned
+like it (murmur2, see ``partition_for``). Values are orjson documents.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import orjson
+from aiokafka.partitioner import murmur2
+from faust.streams import _current_event
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (Java) partitioner picks for ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def read(table: Any, event: Any, key: bytes) -> dict[str, Any] | None:
+    token = _current_event.set(weakref.ref(event))
+    try:
+        raw = table.get(key)
+    finally:
+        _current_event.reset(token)
+    return orjson.loads(raw) if raw else None
+
+
+def write(table: Any, event: Any, key: bytes, value: dict[str, Any]) -> None:
+    token = _current_event.set(weakref.ref(event))
+    try:
+        table[key] = orjson.dumps(value)
+    finally:
+        _current_event.reset(token)
+
+
+def local_items(table: Any) -> list[tuple[bytes, dict[str, Any]]]:
+    """Every key this worker holds (its assigned partitions), for start-up scans."""
+    return [(k, orjson.loads(v)) for k, v in table.items() if v]
