@@ -61,7 +61,7 @@ OPS_OVERRIDES = TopicSpec(
 )
 OPS_CLOCK = TopicSpec(
     "ops.clock",
-    key="none",
+    key="'clock' (compacted: the newest offset wins)",
     events=("ClockAdvanced",),
     writer="streams.cli (stockflow clock)",
     direction="input",

@@ -45,7 +45,12 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def get(self, path: str, timeout_s: float = 5.0) -> Any:
-        return httpx.get(self.base_url + path, timeout=timeout_s).json()
+        """GET a worker view as JSON; a non-JSON answer (e.g. mid-rebalance) becomes {"error": ...}."""
+        response = httpx.get(self.base_url + path, timeout=timeout_s)
+        try:
+            return response.json()
+        except ValueError:
+            return {"error": f"{response.status_code} {response.text[:200]}"}
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
         """Wait until the worker's web server answers (its agents are then starting)."""

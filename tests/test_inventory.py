@@ -26,16 +26,39 @@ def wait_reservations(settings, n: int, timeout_s: float = 90) -> dict[str, dict
 
 
 def stock(worker, sku: str) -> dict[str, Any]:
-    return worker.get(f"/stock/{sku}")
+    level = worker.get(f"/stock/{sku}")
+    if "locked" not in level:  # not seen yet, or the worker is rebalancing: match no expectation
+        return {"locked": -1, "sold": -1, "available": -1, "on_hand": -1, "presale_reserved": -1, "paused": None}
+    return level
+
+
+def wait_stock(worker, sku: str, timeout_s: float = 60, **expected: Any) -> dict[str, Any]:
+    """Wait until the SKU's figures match ``expected``; the error shows the last figures seen."""
+    seen: dict[str, Any] = {}
+
+    def check() -> dict[str, Any] | None:
+        seen.update(stock(worker, sku))
+        return dict(seen) if all(seen.get(k) == v for k, v in expected.items()) else None
+
+    try:
+        return wait_for(check, timeout_s=timeout_s, what=f"{sku} {expected}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last figures {seen}") from None
+
+
+def stock_up(producer: EventProducer, worker, sku: str, qty: int, warehouse: str = "WH-SH") -> None:
+    """Receive stock and wait until the pool knows it (stock and orders travel different topics)."""
+    before = max(stock(worker, sku)["on_hand"], 0)
+    producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, warehouse, qty))
+    producer.flush()
+    wait_stock(worker, sku, on_hand=before + qty)
 
 
 def test_five_channels_race_for_one_sku(make_settings, start_worker) -> None:
     settings = make_settings(safety_threshold=0, threshold_hysteresis=0)
     worker = start_worker(settings)
     producer = EventProducer(settings)
-    producer.send(STOCK_ADJUSTMENTS.name, "SKU-HOT", "StockAdjusted",
-                  ev.stock_adjusted("SKU-HOT", "WH-SH", 100, adjustment_id="recv-1"))
-    producer.flush()
+    stock_up(producer, worker, "SKU-HOT", 100)
     # 1,000 units requested: 250 orders of 1-7 units, interleaved across five channels.
     sizes = itertools.cycle([1, 2, 3, 4, 5, 6, 7])
     requested = 0
@@ -69,8 +92,8 @@ def test_multi_line_order_is_all_or_nothing(make_settings, start_worker) -> None
     settings = make_settings(safety_threshold=0)
     worker = start_worker(settings)
     producer = EventProducer(settings)
-    producer.send(STOCK_ADJUSTMENTS.name, "SKU-A", "StockAdjusted", ev.stock_adjusted("SKU-A", "WH-SH", 10))
-    producer.send(STOCK_ADJUSTMENTS.name, "SKU-B", "StockAdjusted", ev.stock_adjusted("SKU-B", "WH-SH", 1))
+    stock_up(producer, worker, "SKU-A", 10)
+    stock_up(producer, worker, "SKU-B", 1)
     producer.send(ORDER_EVENTS.name, "jd:multi-1", "OrderPlaced",
                   ev.order_placed("jd", "multi-1", [ev.line(1, "SKU-A", 3), ev.line(2, "SKU-B", 2)]))
     producer.send(ORDER_EVENTS.name, "jd:unknown-1", "OrderPlaced",
@@ -91,9 +114,13 @@ def test_every_event_sent_twice_changes_nothing(make_settings, start_worker) -> 
     settings = make_settings(safety_threshold=0)
     worker = start_worker(settings)
     producer = EventProducer(settings)
+    for adjustment in (ev.stock_adjusted("SKU-D", "WH-SH", 20, adjustment_id="d-1"),
+                       ev.stock_adjusted("SKU-D", "WH-GZ", 5, adjustment_id="d-2")):
+        producer.send(STOCK_ADJUSTMENTS.name, "SKU-D", "StockAdjusted", adjustment)
+        producer.send(STOCK_ADJUSTMENTS.name, "SKU-D", "StockAdjusted", adjustment)
+    producer.flush()
+    wait_stock(worker, "SKU-D", on_hand=25)
     events = [
-        (STOCK_ADJUSTMENTS.name, "SKU-D", "StockAdjusted", ev.stock_adjusted("SKU-D", "WH-SH", 20, adjustment_id="d-1")),
-        (STOCK_ADJUSTMENTS.name, "SKU-D", "StockAdjusted", ev.stock_adjusted("SKU-D", "WH-GZ", 5, adjustment_id="d-2")),
         (ORDER_EVENTS.name, "pdd:dup-1", "OrderPlaced", ev.order_placed("pdd", "dup-1", [ev.line(1, "SKU-D", 4)])),
         (ORDER_EVENTS.name, "pdd:dup-2", "OrderPlaced", ev.order_placed("pdd", "dup-2", [ev.line(1, "SKU-D", 3)])),
         (ORDER_EVENTS.name, "pdd:dup-1", "PaymentConfirmed", ev.payment_confirmed("pdd", "dup-1")),
@@ -118,3 +145,154 @@ def test_every_event_sent_twice_changes_nothing(make_settings, start_worker) -> 
     results = [r for t, r in read_topic(settings, "stock.hold-results") if r["order_id"] == "pdd:dup-1"]
     held = {r["event_id"] for r in results if r["outcome"] == "HELD"}
     assert held == {"pdd:dup-1#1:RESERVE:HELD"}
+
+
+def advance_clock(producer: EventProducer, minutes: float) -> None:
+    producer.send("ops.clock", "clock", "ClockAdvanced",
+                  {"event_id": f"clock-{minutes}", "event_time_ms": ev.now_ms(), "offset_ms": int(minutes * 60_000)})
+    producer.flush()
+
+
+def test_payment_timeout_and_hold_expiry_release_stock(make_settings, start_worker) -> None:
+    settings = make_settings(clock_control=True, safety_threshold=0, payment_timeout_s=1800, hold_ttl_s=7200,
+                             sweep_interval_s=0.3)
+    worker = start_worker(settings)
+    producer = EventProducer(settings)
+    stock_up(producer, worker, "SKU-T", 10)
+    producer.send(ORDER_EVENTS.name, "jd:unpaid", "OrderPlaced", ev.order_placed("jd", "unpaid", [ev.line(1, "SKU-T", 3)]))
+    producer.send(ORDER_EVENTS.name, "jd:paid", "OrderPlaced", ev.order_placed("jd", "paid", [ev.line(1, "SKU-T", 2)]))
+    producer.send(ORDER_EVENTS.name, "jd:paid", "PaymentConfirmed", ev.payment_confirmed("jd", "paid"))
+    # An orphaned hold: a RESERVE whose order the order agent never heard of.
+    producer.send("stock.hold-commands", "SKU-T", "HoldCommand", {
+        "event_id": "orphan", "event_time_ms": ev.now_ms(), "action": "RESERVE", "order_id": "ghost:1",
+        "line_no": 1, "sku": "SKU-T", "qty": 4, "channel": "jd", "presale": False, "expires_at_ms": 0,
+        "reason": "", "source_time_ms": 0, "warehouse_id": ""})
+    producer.flush()
+    wait_stock(worker, "SKU-T", locked=9, timeout_s=20)
+    advance_clock(producer, 29)
+    wait_for(lambda: worker.get("/orders/jd:unpaid")["state"] == "reserved", what="still reserved at 29 min")
+    advance_clock(producer, 31)
+    wait_for(lambda: worker.get("/orders/jd:unpaid")["state"] == "payment_timeout", what="payment timeout")
+    wait_for(lambda: stock(worker, "SKU-T")["locked"] == 6, what="the unpaid hold released")
+    advance_clock(producer, 121)  # past the 2 h hold TTL: the orphan expires, the paid hold stays
+    level = wait_for(lambda: (s := stock(worker, "SKU-T"))["locked"] == 2 and s, what="orphan expired")
+    assert level["sold"] == 2 and level["available"] == 8
+    assert worker.get("/orders/jd:paid")["state"] == "paid"
+
+
+def test_presale_holds_come_from_the_presale_pool(make_settings, start_worker) -> None:
+    settings = make_settings(safety_threshold=0)
+    worker = start_worker(settings)
+    producer = EventProducer(settings)
+    stock_up(producer, worker, "SKU-P", 5)
+    producer.send(STOCK_ADJUSTMENTS.name, "SKU-P", "StockAdjusted", ev.stock_adjusted("SKU-P", "", 3, kind="PRESALE_CAP"))
+    producer.flush()
+    wait_for(lambda: stock(worker, "SKU-P").get("presale_cap") == 3, what="presale cap")
+    for i, qty in enumerate([2, 1, 1]):
+        producer.send(ORDER_EVENTS.name, f"tmall:pre-{i}", "OrderPlaced",
+                      ev.order_placed("tmall", f"pre-{i}", [ev.line(1, "SKU-P", qty)], presale=True))
+    producer.flush()
+    decided = wait_reservations(settings, 3)
+    assert [decided[f"tmall:pre-{i}"]["outcome"] for i in range(3)] == ["RESERVED", "RESERVED", "REJECTED"]
+    assert decided["tmall:pre-2"]["lines"][0]["reason"] == "insufficient_presale_stock"
+    level = wait_for(lambda: (s := stock(worker, "SKU-P"))["presale_reserved"] == 3 and s, what="presale")
+    assert level["locked"] == 0 and level["available"] == 2  # on_hand 5 - presale 3
+
+
+def test_threshold_pauses_other_channels_with_hysteresis(make_settings, start_worker) -> None:
+    settings = make_settings(safety_threshold=10, threshold_hysteresis=5, main_channel="tmall")
+    worker = start_worker(settings)
+    producer = EventProducer(settings)
+    stock_up(producer, worker, "SKU-L", 12)
+    producer.send(ORDER_EVENTS.name, "jd:l1", "OrderPlaced", ev.order_placed("jd", "l1", [ev.line(1, "SKU-L", 3)]))
+    producer.flush()
+    wait_reservations(settings, 1)
+    level = wait_for(lambda: (s := stock(worker, "SKU-L"))["paused"] and s, what="paused at 9")
+    assert level["sellable"]["jd"] == 0 and level["sellable"]["tmall"] == 9
+    producer.send(ORDER_EVENTS.name, "jd:l2", "OrderPlaced", ev.order_placed("jd", "l2", [ev.line(1, "SKU-L", 1)]))
+    producer.send(ORDER_EVENTS.name, "tmall:l3", "OrderPlaced", ev.order_placed("tmall", "l3", [ev.line(1, "SKU-L", 1)]))
+    producer.flush()
+    decided = wait_reservations(settings, 3)
+    assert decided["jd:l2"]["lines"][0]["reason"] == "channel_paused"
+    assert decided["tmall:l3"]["outcome"] == "RESERVED"
+    # Back to 14 available: above 10 but not above 10 + 5, so still paused (no flapping).
+    producer.send(STOCK_ADJUSTMENTS.name, "SKU-L", "StockAdjusted", ev.stock_adjusted("SKU-L", "WH-GZ", 6))
+    producer.flush()
+    wait_for(lambda: stock(worker, "SKU-L")["available"] == 14, what="receipt")
+    assert stock(worker, "SKU-L")["paused"] is True
+    producer.send(STOCK_ADJUSTMENTS.name, "SKU-L", "StockAdjusted", ev.stock_adjusted("SKU-L", "WH-GZ", 2))
+    producer.flush()
+    wait_for(lambda: stock(worker, "SKU-L")["paused"] is False, what="resumed at 16")
+    alerts = [r for t, r in read_topic(settings, "alerts") if r["subject"] == "SKU-L"]
+    assert [a["kind"] for a in alerts] == ["stock_paused", "stock_resumed"]
+    levels = [r for t, r in read_topic(settings, "stock.levels") if r["sku"] == "SKU-L"]
+    assert levels[-1]["available"] == 16 and levels[-1]["sellable"]["jd"] == 16
+
+
+def test_vip_override_needs_a_second_approver_and_is_audited(make_settings, start_worker) -> None:
+    settings = make_settings(safety_threshold=0)
+    worker = start_worker(settings)
+    producer = EventProducer(settings)
+    stock_up(producer, worker, "SKU-V", 5)
+    producer.send(ORDER_EVENTS.name, "douyin:live-1", "OrderPlaced",
+                  ev.order_placed("douyin", "live-1", [ev.line(1, "SKU-V", 5)]))
+    producer.flush()
+    wait_reservations(settings, 1)
+
+    def override(action: str, operator: str) -> None:
+        producer.send("ops.overrides", "SKU-V", "VipOverride", {
+            "event_id": f"ov-1-{action}-{operator}", "event_time_ms": ev.now_ms(), "override_id": "ov-1",
+            "action": action, "sku": "SKU-V", "qty": 2, "vip_order_id": "own:vip-9", "operator": operator,
+            "reason": "key account launch"})
+        producer.flush()
+
+    override("REQUEST", "alice")
+    override("APPROVE", "alice")  # the requester cannot approve her own override
+    audits = wait_for(lambda: (a := [r for t, r in read_topic(settings, "audit.overrides")]) and len(a) >= 2 and a,
+                      what="two audit records")
+    assert [(a["outcome"], a["detail"]) for a in audits[:2]] == [
+        ("REQUESTED", ""), ("REFUSED", "approver_must_differ_from_requester")]
+    assert stock(worker, "SKU-V")["locked"] == 5
+    override("APPROVE", "bob")
+    applied = wait_for(lambda: [r for t, r in read_topic(settings, "audit.overrides") if r["outcome"] == "APPLIED"],
+                       what="applied override")[0]
+    assert applied["requester"] == "alice" and applied["approver"] == "bob" and applied["qty"] == 2
+    assert applied["released_holds"] == ["douyin:live-1#1"] and applied["reason"] == "key account launch"
+    # The live-stream order lost its hold; the VIP order is served from the released stock.
+    wait_for(lambda: worker.get("/orders/douyin:live-1")["state"] == "cancelled", what="live order cancelled")
+    producer.send(ORDER_EVENTS.name, "own:vip-9", "OrderPlaced",
+                  ev.order_placed("own", "vip-9", [ev.line(1, "SKU-V", 2)], vip=True))
+    producer.flush()
+    assert wait_reservations(settings, 2)["own:vip-9"]["outcome"] == "RESERVED"
+    wait_for(lambda: stock(worker, "SKU-V")["locked"] == 2, what="only the VIP hold locked")
+
+
+def test_bad_input_is_refused_with_a_reason_and_nothing_half_applied(make_settings, start_worker) -> None:
+    settings = make_settings(safety_threshold=0)
+    worker = start_worker(settings)
+    producer = EventProducer(settings)
+    stock_up(producer, worker, "SKU-X", 10)
+    producer.send(STOCK_ADJUSTMENTS.name, "SKU-X", "StockAdjusted", ev.stock_adjusted("SKU-X", "WH-MARS", 10))
+    producer.send(STOCK_ADJUSTMENTS.name, "SKU-X", "StockAdjusted", ev.stock_adjusted("SKU-X", "WH-SH", -3))
+    bad_qty = ev.order_placed("jd", "bad-qty", [ev.line(1, "SKU-X", 1), ev.line(2, "SKU-X", 0)])
+    huge = ev.order_placed("jd", "huge", [ev.line(1, "SKU-X", 10_000_000)])
+    no_city = ev.order_placed("jd", "no-city", [ev.line(1, "SKU-X", 1)])
+    no_city["address"] = {**no_city["address"], "city": " "}
+    unknown_channel = ev.order_placed("ebay", "u1", [ev.line(1, "SKU-X", 1)])
+    for record in (bad_qty, huge, no_city, unknown_channel):
+        producer.send(ORDER_EVENTS.name, f"{record['channel']}:{record['channel_order_id']}", "OrderPlaced", record)
+    producer.send(ORDER_EVENTS.name, "jd:x", "OrderPlaced", ev.order_placed("jd", "y", [ev.line(1, "SKU-X", 1)]))
+    # Paid before created: kept, then applied when the order arrives.
+    producer.send(ORDER_EVENTS.name, "kuaishou:early", "PaymentConfirmed", ev.payment_confirmed("kuaishou", "early"))
+    producer.flush()
+    producer.send(ORDER_EVENTS.name, "kuaishou:early", "OrderPlaced",
+                  ev.order_placed("kuaishou", "early", [ev.line(1, "SKU-X", 2)]))
+    producer.flush()
+    reasons = wait_for(
+        lambda: (d := [r["reason"] for t, r in read_topic(settings, "deadletters")]) and len(d) >= 7 and sorted(d),
+        what="seven dead letters")
+    assert reasons == sorted(["unknown_warehouse", "invalid_qty", "invalid_qty", "invalid_qty", "missing_field",
+                              "unknown_channel", "key_mismatch"])
+    wait_for(lambda: worker.get("/orders/kuaishou:early")["state"] == "paid", what="paid-before-created order paid")
+    level = stock(worker, "SKU-X")
+    assert level["on_hand"] == 10 and level["locked"] == 2 and level["sold"] == 2
