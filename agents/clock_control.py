@@ -27,9 +27,7 @@ def register(app: faust.App, rt: Runtime) -> None:
     @app.task
     async def follow_clock() -> None:
         topic = rt.settings.topic(OPS_CLOCK.name)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=rt.settings.bootstrap, enable_auto_commit=False
-        )
+        consumer = AIOKafkaConsumer(bootstrap_servers=rt.settings.bootstrap, enable_auto_commit=False)
         await consumer.start()
         try:
             consumer.assign([TopicPartition(topic, 0)])

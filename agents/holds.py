@@ -111,18 +111,11 @@ def register(app: faust.App, rt: Runtime) -> None:
     warehouses = frozenset(load_warehouses(settings.warehouses_file))
     partitions = settings.partitions
     holds_by_sku = app.Table("holds_by_sku", partitions=partitions, key_type=bytes, value_type=bytes)
-    names = {
-        settings.topic(t.name): t.name
-        for t in (HOLD_COMMANDS, STOCK_ADJUSTMENTS, OPS_OVERRIDES, STOCK_TICKS)
-    }
+    names = {settings.topic(t.name): t.name for t in (HOLD_COMMANDS, STOCK_ADJUSTMENTS, OPS_OVERRIDES, STOCK_TICKS)}
     source = app.topic(*names, key_serializer="raw", value_serializer="raw")
-    ticks = app.topic(
-        settings.topic(STOCK_TICKS.name), key_serializer="raw", value_serializer="raw"
-    )
+    ticks = app.topic(settings.topic(STOCK_TICKS.name), key_serializer="raw", value_serializer="raw")
     levels = LevelPublisher(settings.refresh_interval_ms)
-    levels_topic = app.topic(
-        settings.topic(STOCK_LEVELS.name), key_serializer="raw", value_serializer="raw"
-    )
+    levels_topic = app.topic(settings.topic(STOCK_LEVELS.name), key_serializer="raw", value_serializer="raw")
     # partition -> {sku: next expiry ms}; rebuilt from the table on a partition's first tick.
     expiries: dict[int, dict[str, int]] = {}
 
@@ -185,9 +178,7 @@ def register(app: faust.App, rt: Runtime) -> None:
         expected = {"stock.hold-commands": "HoldCommand", "stock.adjustments": "StockAdjusted",
                     "ops.overrides": "VipOverride"}.get(name)  # fmt: skip
         if kind != expected:
-            send_dead_letter(
-                outbox, msg, STAGE, "unexpected_event_type", f"{kind} on {name}", now_ms
-            )
+            send_dead_letter(outbox, msg, STAGE, "unexpected_event_type", f"{kind} on {name}", now_ms)
             return
         sku = record["sku"]
         if not msg.key or msg.key != sku.encode():
@@ -202,9 +193,7 @@ def register(app: faust.App, rt: Runtime) -> None:
             )  # fmt: skip
             return
         if kind == "StockAdjusted":
-            problem = rules_.check_adjustment(
-                record["kind"], record["qty"], record["warehouse_id"], warehouses
-            )
+            problem = rules_.check_adjustment(record["kind"], record["qty"], record["warehouse_id"], warehouses)
             if problem:
                 send_dead_letter(outbox, msg, STAGE, problem,
                                  f"{record['kind']} {record['qty']} at {record['warehouse_id']!r}", now_ms)  # fmt: skip
@@ -235,8 +224,10 @@ def register(app: faust.App, rt: Runtime) -> None:
             if result.outcome == "HELD":
                 pool.newest_source_ms = max(pool.newest_source_ms, cmd["source_time_ms"])
         else:
-            result = rules_.apply_line_command(pool, rules, cmd["action"], cmd["order_id"], cmd["line_no"],
-                                               cmd["qty"], now_ms, cmd.get("warehouse_id", ""), cmd["reason"])  # fmt: skip
+            result = rules_.apply_line_command(
+                pool, rules, cmd["action"], cmd["order_id"], cmd["line_no"], cmd["qty"], now_ms,
+                cmd.get("warehouse_id", ""), cmd["reason"],
+            )  # fmt: skip
         answer(outbox, pool.sku, result, now_ms, cmd["source_time_ms"])
 
     def apply_override(outbox: Outbox, pool: SkuPool, ov: dict[str, Any], now_ms: int) -> None:
@@ -246,20 +237,14 @@ def register(app: faust.App, rt: Runtime) -> None:
         else:
             result = rules_.approve_override(pool, rules, ov["override_id"], ov["operator"], now_ms)
             if result.outcome == "APPLIED":
-                result.request["released_holds"] = [
-                    f"{a.order_id}#{a.line_no}" for a in result.released
-                ]
+                result.request["released_holds"] = [f"{a.order_id}#{a.line_no}" for a in result.released]
         for released in result.released:
             answer(outbox, pool.sku, released, now_ms)
         audit(outbox, pool.sku, ov["override_id"], result, now_ms, ov["operator"])
 
-    def after_change(
-        outbox: Outbox, pool: SkuPool, was_paused: bool, had_breach: bool, now_ms: int
-    ) -> None:
+    def after_change(outbox: Outbox, pool: SkuPool, was_paused: bool, had_breach: bool, now_ms: int) -> None:
         available = pool.available()
-        pool.paused = rules_.next_paused(
-            pool.paused, available, rules.safety_threshold, rules.hysteresis
-        )
+        pool.paused = rules_.next_paused(pool.paused, available, rules.safety_threshold, rules.hysteresis)
         if pool.paused != was_paused:
             send_alert(
                 outbox, "stock_paused" if pool.paused else "stock_resumed",
@@ -304,9 +289,7 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     async def send_levels(now_ms: int) -> None:
         for level in levels.due(now_ms):
-            await levels_topic.send(
-                key=level["sku"].encode(), value=rt.codec.encode("StockLevel", level)
-            )
+            await levels_topic.send(key=level["sku"].encode(), value=rt.codec.encode("StockLevel", level))
 
     @app.agent(source, name="apply_to_pool")
     async def apply_to_pool(stream: Any) -> None:
@@ -320,9 +303,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                 except Exception as exc:  # a bug must not ack the batch half-applied
                     log.exception("holds: event at %s:%s:%s failed", event.message.topic,
                                   event.message.partition, event.message.offset)  # fmt: skip
-                    send_dead_letter(
-                        outbox, event.message, STAGE, "processing_error", repr(exc), now_ms
-                    )
+                    send_dead_letter(outbox, event.message, STAGE, "processing_error", repr(exc), now_ms)
             for sku, (event, pool) in batch.pools.items():
                 tables.write(holds_by_sku, event, sku.encode(), pool.to_dict())
                 expiries.setdefault(event.message.partition, {})[sku] = pool.next_expiry_ms()

@@ -98,9 +98,7 @@ def register(app: faust.App, rt: Runtime) -> None:
     orders_by_id = app.Table("orders_by_id", partitions=partitions, key_type=bytes, value_type=bytes)
     names = {settings.topic(t.name): t.name for t in (ORDER_EVENTS, HOLD_RESULTS, ORDER_TICKS)}
     source = app.topic(*names, key_serializer="raw", value_serializer="raw")
-    ticks = app.topic(
-        settings.topic(ORDER_TICKS.name), key_serializer="raw", value_serializer="raw"
-    )
+    ticks = app.topic(settings.topic(ORDER_TICKS.name), key_serializer="raw", value_serializer="raw")
     deadlines: dict[int, dict[str, int]] = {}
 
     def load(batch: Batch, event: Any, order_id: str) -> OrderRecord:
@@ -157,15 +155,9 @@ def register(app: faust.App, rt: Runtime) -> None:
         kind = event_type.short_name
         allowed = ORDER_EVENT_TYPES if name == ORDER_EVENTS.name else ("HoldDecided",)
         if kind not in allowed:
-            send_dead_letter(
-                outbox, msg, STAGE, "unexpected_event_type", f"{kind} on {name}", now_ms
-            )
+            send_dead_letter(outbox, msg, STAGE, "unexpected_event_type", f"{kind} on {name}", now_ms)
             return
-        order_id = (
-            record["order_id"]
-            if kind == "HoldDecided"
-            else f"{record['channel']}:{record['channel_order_id']}"
-        )
+        order_id = record["order_id"] if kind == "HoldDecided" else f"{record['channel']}:{record['channel_order_id']}"
         if not msg.key or msg.key != order_id.encode():
             send_dead_letter(outbox, msg, STAGE, "key_mismatch",
                              f"key {msg.key!r} but order {order_id!r}", now_ms)  # fmt: skip
@@ -179,13 +171,14 @@ def register(app: faust.App, rt: Runtime) -> None:
             return
         rec = load(batch, event, order_id)
         if kind == "HoldDecided":
-            if rec.state:
-                publish(outbox, rec, flow.on_hold_decided(rec, record, now_ms, rules), now_ms)
-            return
-        if kind != "OrderPlaced" and not rec.state:
+            if not rec.state:
+                return  # an answer for no order of ours (a VIP set-aside, an orphan's expiry)
+            fx = flow.on_hold_decided(rec, record, now_ms, rules)
+        elif kind != "OrderPlaced" and not rec.state:
             flow.park(rec, kind, record, SourceRef.of(msg).to_dict(), now_ms)
             return
-        fx = handle(rec, kind, record, now_ms)
+        else:
+            fx = handle(rec, kind, record, now_ms)
         if fx.refusal is not None:
             send_dead_letter(outbox, msg, STAGE, fx.refusal[0], fx.refusal[1], now_ms)
         elif not (fx.hold_commands or fx.transitions or fx.reservation):
@@ -223,9 +216,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                 except Exception as exc:  # a bug must not ack the batch half-applied
                     log.exception("orders: event at %s:%s:%s failed", event.message.topic,
                                   event.message.partition, event.message.offset)  # fmt: skip
-                    send_dead_letter(
-                        outbox, event.message, STAGE, "processing_error", repr(exc), now_ms
-                    )
+                    send_dead_letter(outbox, event.message, STAGE, "processing_error", repr(exc), now_ms)
             for order_id, (event, rec) in batch.orders.items():
                 if rec.state or rec.parked:
                     tables.write(orders_by_id, event, order_id.encode(), rec.to_dict())

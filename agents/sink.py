@@ -123,9 +123,7 @@ def register(app: faust.App, rt: Runtime) -> None:
             except Exception as exc:  # ClickHouse down or rejecting: hold the batch, retry
                 status.retries += 1
                 status.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                log.warning(
-                    "ClickHouse insert into %s failed (%s); retry in %.1fs", table, exc, delay
-                )
+                log.warning("ClickHouse insert into %s failed (%s); retry in %.1fs", table, exc, delay)
                 holder.pop("ch", None)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -133,9 +131,7 @@ def register(app: faust.App, rt: Runtime) -> None:
     @app.agent(topic, name="sink_to_clickhouse")
     async def sink_to_clickhouse(stream: Any) -> None:
         outbox = Outbox(app, rt.codec, settings)
-        async for batch in stream.take_events(
-            settings.sink_batch_rows, within=settings.sink_flush_interval_s
-        ):
+        async for batch in stream.take_events(settings.sink_batch_rows, within=settings.sink_flush_interval_s):
             now_ms = rt.clock.now_ms()
             messages = [event.message for event in batch]
             events, dead, unreadable = rows_for_batch(rt, messages, now_ms)

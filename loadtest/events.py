@@ -17,9 +17,7 @@ from streams.records import (
     StockAdjusted,
 )
 
-DEFAULT_ADDRESS = Address(
-    province="浙江", city="杭州", district="西湖区", detail="文三路 90 号 3 幢 501"
-)
+DEFAULT_ADDRESS = Address(province="浙江", city="杭州", district="西湖区", detail="文三路 90 号 3 幢 501")
 
 
 def now_ms() -> int:
@@ -31,9 +29,7 @@ def order_id(channel: str, channel_order_id: str) -> str:
 
 
 def line(line_no: int, sku: str, qty: int, price_fen: int = 9900) -> OrderLine:
-    return OrderLine(
-        line_no=line_no, sku=sku, qty=qty, unit_price_fen=price_fen, custom=False, bundle=False
-    )
+    return OrderLine(line_no=line_no, sku=sku, qty=qty, unit_price_fen=price_fen, custom=False, bundle=False)
 
 
 def order_placed(
@@ -85,9 +81,7 @@ def order_cancelled(channel: str, channel_order_id: str, reason: str = "buyer") 
     )
 
 
-def shipment_dispatched(
-    channel: str, channel_order_id: str, warehouse_id: str
-) -> ShipmentDispatched:
+def shipment_dispatched(channel: str, channel_order_id: str, warehouse_id: str) -> ShipmentDispatched:
     return ShipmentDispatched(
         event_id=f"shipped:{channel}:{channel_order_id}",
         event_time_ms=now_ms(),

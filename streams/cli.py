@@ -12,12 +12,8 @@ from rich.table import Table
 
 from streams.settings import Settings
 
-app = typer.Typer(
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__
-)
-dev = typer.Typer(
-    no_args_is_help=True, help="The local stack: Kafka (KRaft) and ClickHouse server."
-)
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+dev = typer.Typer(no_args_is_help=True, help="The local stack: Kafka (KRaft) and ClickHouse server.")
 topics = typer.Typer(no_args_is_help=True, help="Topics of the contract.")
 app.add_typer(dev, name="dev")
 app.add_typer(topics, name="topics")
@@ -117,9 +113,7 @@ def topics_contract(markdown: bool = typer.Option(False, help="Print a Markdown 
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for row in rows:
-            print(
-                "| " + " | ".join(f"`{row[0]}`" if i == 0 else c for i, c in enumerate(row)) + " |"
-            )
+            print("| " + " | ".join(f"`{row[0]}`" if i == 0 else c for i, c in enumerate(row)) + " |")
         return
     table = Table(*header)
     for row in rows:
@@ -139,6 +133,42 @@ def worker() -> None:
     ensure_topics(settings)
     faust_app = create_app(settings)
     faust.Worker(faust_app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+
+@app.command()
+def check(
+    wait: float = typer.Option(0.0, help="Keep re-checking up to this many seconds while there is drift."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Audit the stock pool against the topics with independent code; exit 1 on any drift."""
+    import json
+
+    from streams.checker import audit
+
+    settings = Settings()
+    deadline = time.monotonic() + wait
+    report = audit(settings)
+    while not report.ok and time.monotonic() < deadline:
+        time.sleep(1.0)
+        report = audit(settings)
+    if as_json:
+        print(json.dumps(report.summary()))
+    else:
+        table = Table("check", "result", title="stockflow check")
+        for name, value in report.summary().items():
+            table.add_row(name, str(value))
+        console.print(table)
+        for sa in report.drifted[:20]:
+            console.print(
+                f"[red]drift[/red] {sa.sku}: on-hand table {sa.table_on_hand} vs rebuilt {sa.expected_on_hand}; "
+                f"open table {sa.table_open} vs rebuilt {sa.expected_open}; "
+                f"missing {sa.open_keys_missing_in_table[:5]} extra {sa.open_keys_only_in_table[:5]}"
+            )
+        for label, items in (("lost order", report.lost_orders), ("double hold", report.double_holds),
+                             ("rejected but held", report.rejected_but_held)):  # fmt: skip
+            for item in items[:20]:
+                console.print(f"[red]{label}[/red] {item}")
+    raise typer.Exit(0 if report.ok else 1)
 
 
 @app.command()

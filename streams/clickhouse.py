@@ -77,9 +77,7 @@ class EmbeddedClickHouse:
         names = ", ".join(_check_ident(c) for c in columns)
         batch = pa.table(columns)  # noqa: F841 - read by chdb's Python() table function below
         with self._lock:
-            self._session.query(
-                f"INSERT INTO {_check_ident(table)} ({names}) SELECT {names} FROM Python(batch)"
-            )
+            self._session.query(f"INSERT INTO {_check_ident(table)} ({names}) SELECT {names} FROM Python(batch)")
         return len(next(iter(columns.values())))
 
     def close(self) -> None:
@@ -96,9 +94,7 @@ class ServerClickHouse:
         from clickhouse_driver import Client
 
         db = _check_ident(database)
-        Client(host, port=port, user=user, password=password).execute(
-            f"CREATE DATABASE IF NOT EXISTS {db}"
-        )
+        Client(host, port=port, user=user, password=password).execute(f"CREATE DATABASE IF NOT EXISTS {db}")
         self._client = Client(host, port=port, database=db, user=user, password=password)
         self._lock = threading.Lock()
 
@@ -148,8 +144,7 @@ def open_clickhouse(settings: Settings, migrate: bool = True) -> ClickHouse:
         )
     else:
         raise ValueError(
-            f"STOCKFLOW_CLICKHOUSE_URL must start with chdb:// or clickhouse://, "
-            f"not {settings.clickhouse_url!r}"
+            f"STOCKFLOW_CLICKHOUSE_URL must start with chdb:// or clickhouse://, not {settings.clickhouse_url!r}"
         )
     if migrate:
         apply_migrations(ch)

@@ -78,9 +78,7 @@ class Codec:
             self._writers[fp] = _Writer(et, schema, current=True)
             for old in et.history_paths():
                 old_schema = _load(old)
-                self._writers.setdefault(
-                    schema_fingerprint(old_schema), _Writer(et, old_schema, False)
-                )
+                self._writers.setdefault(schema_fingerprint(old_schema), _Writer(et, old_schema, False))
 
     def event_type(self, name: str) -> EventType:
         return self._current[name][2]

@@ -30,8 +30,6 @@ def dead_letter(message: Any, stage: str, reason: str, detail: str, now_ms: int)
     )
 
 
-def send_dead_letter(
-    outbox: Outbox, message: Any, stage: str, reason: str, detail: str, now_ms: int
-) -> None:
+def send_dead_letter(outbox: Outbox, message: Any, stage: str, reason: str, detail: str, now_ms: int) -> None:
     record = dead_letter(message, stage, reason, detail, now_ms)
     outbox.add(DEADLETTERS.name, record["source_topic"], "DeadLetter", record)

@@ -26,21 +26,15 @@ def send_sample_events(producer: EventProducer) -> int:
     """Stock for three SKUs, one order per channel with payment, one malformed message."""
     sent = 0
     for sku in ("SKU-RED-S", "SKU-RED-M", "SKU-BLUE-L"):
-        producer.send(
-            STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, "WH-SH", 50)
-        )
+        producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, "WH-SH", 50))
         sent += 1
     stamp = int(time.time())
     for i, channel in enumerate(CHANNELS):
         number = f"demo-{stamp}-{i}"
-        order = ev.order_placed(
-            channel, number, [ev.line(1, "SKU-RED-S", 1), ev.line(2, "SKU-BLUE-L", 2)]
-        )
+        order = ev.order_placed(channel, number, [ev.line(1, "SKU-RED-S", 1), ev.line(2, "SKU-BLUE-L", 2)])
         key = ev.order_id(channel, number)
         producer.send(ORDER_EVENTS.name, key, "OrderPlaced", order)
-        producer.send(
-            ORDER_EVENTS.name, key, "PaymentConfirmed", ev.payment_confirmed(channel, number)
-        )
+        producer.send(ORDER_EVENTS.name, key, "PaymentConfirmed", ev.payment_confirmed(channel, number))
         sent += 2
     producer.send_raw(ORDER_EVENTS.name, "bad:1", b"this is not avro")
     producer.flush()
@@ -76,9 +70,7 @@ def run_demo(settings: Settings, console: Console, timeout_s: float) -> int:
         for row in worker.get("/sink/query/events-by-type"):
             table.add_row(row["event_type"], str(row["n"]))
         console.print(table)
-        console.print(
-            f"ClickHouse: {settings.clickhouse_url} (database {settings.clickhouse_database})"
-        )
+        console.print(f"ClickHouse: {settings.clickhouse_url} (database {settings.clickhouse_database})")
         return 0
     except MissingTool as exc:
         console.print(f"[red]{exc}[/red]")

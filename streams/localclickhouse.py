@@ -66,9 +66,7 @@ class LocalClickHouseServer:
 
     def binary(self) -> str:
         for name in ("clickhouse-server", "clickhouse"):
-            path = shutil.which(name) or (
-                f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
-            )
+            path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
             if path:
                 return path
         raise RuntimeError(
@@ -82,14 +80,10 @@ class LocalClickHouseServer:
         binary = self.binary()
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "config.xml"
-        config.write_text(
-            _CONFIG.format(root=self.root, tcp_port=self.tcp_port, http_port=self.http_port)
-        )
+        config.write_text(_CONFIG.format(root=self.root, tcp_port=self.tcp_port, http_port=self.http_port))
         (self.root / "users.xml").write_text(_USERS)
         cmd = [binary] if binary.endswith("-server") else [binary, "server"]
-        pid = procs.start(
-            [*cmd, f"--config-file={config}"], self.root / "stdout.log", self.pid_file
-        )
+        pid = procs.start([*cmd, f"--config-file={config}"], self.root / "stdout.log", self.pid_file)
         if not procs.wait_for_port("127.0.0.1", self.tcp_port, timeout_s, pid):
             procs.stop(self.pid_file)
             log = self.root / "error.log"

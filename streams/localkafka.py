@@ -74,9 +74,7 @@ class LocalKafka:
         ]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(
-                f"maven could not resolve Kafka jars:\n{result.stdout}{result.stderr}"
-            )
+            raise RuntimeError(f"maven could not resolve Kafka jars:\n{result.stdout}{result.stderr}")
         marker.write_text(self.settings.kafka_version)
         return self.libs
 
@@ -87,8 +85,7 @@ class LocalKafka:
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{s.kafka_controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},"
-                f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
                 f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
                 "controller.listener.names=CONTROLLER",
                 "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -135,9 +132,7 @@ class LocalKafka:
         if not (self.data_dir / "meta.properties").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             cluster_id = _kafka_cluster_id()
-            fmt = self._java(
-                "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)
-            )
+            fmt = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config))
             result = subprocess.run(fmt, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"formatting Kafka storage failed:\n{result.stderr}")
@@ -164,9 +159,7 @@ def broker_metadata(bootstrap: str, timeout_s: float = 5.0) -> dict[str, object]
     """Ask the broker for cluster metadata (raises if it does not answer)."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(
-        {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout_s * 1000), "log_level": 0}
-    )
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout_s * 1000), "log_level": 0})
     md = admin.list_topics(timeout=timeout_s)
     return {
         "cluster_id": md.cluster_id,

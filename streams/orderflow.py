@@ -147,9 +147,7 @@ def _command(rec: OrderRecord, action: str, line_no: str, now_ms: int, rules: Or
     }
 
 
-def _release_held(
-    rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules, reason: str
-) -> None:
+def _release_held(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules, reason: str) -> None:
     # Released even when no answer is known yet: the pool leaves a tombstone, so a RESERVE
     # still in flight for the line cannot take stock afterwards.
     for line_no in rec.lines:
@@ -194,17 +192,13 @@ def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
     return fx
 
 
-def on_hold_decided(
-    rec: OrderRecord, decided: dict[str, Any], now_ms: int, rules: OrderRules
-) -> Effects:
+def on_hold_decided(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
     fx = Effects()
     line_no = str(decided["line_no"])
     if decided["action"] != "RESERVE":
         outcome = decided["outcome"]
         # Our own releases carry "order_<state>"; anything else is the pool taking a line back.
-        taken_back = outcome in ("RELEASED", "EXPIRED") and not decided["reason"].startswith(
-            "order_"
-        )
+        taken_back = outcome in ("RELEASED", "EXPIRED") and not decided["reason"].startswith("order_")
         if taken_back and rec.state in ("reserved", "paid", "routed"):
             # The pool took the line back on its own (hold expiry, VIP override): the order
             # cannot be fulfilled as placed.
@@ -218,14 +212,15 @@ def on_hold_decided(
         return fx
     if line_no not in rec.lines or line_no in rec.answers:
         return fx  # unknown line or duplicate answer
-    rec.answers[line_no] = [decided["outcome"], decided["reason"]]
+    # A replayed RESERVE is answered with what the line is now: paid or shipped means it was held;
+    # released or expired means the pool let it go before the order heard of it.
+    held = decided["outcome"] in ("HELD", "COMMITTED", "SHIPPED")
+    rec.answers[line_no] = ["HELD" if held else "REFUSED", decided["reason"] or decided["outcome"].lower()]
     rec.line_status.setdefault(line_no, decided["outcome"])
     if rec.state != "placed":
         # Answer after the order was cancelled: make sure a late hold is given back.
         if decided["outcome"] == "HELD" and rec.state in TERMINAL:
-            fx.hold_commands.append(
-                _command(rec, "RELEASE", line_no, now_ms, rules, f"order_{rec.state}")
-            )
+            fx.hold_commands.append(_command(rec, "RELEASE", line_no, now_ms, rules, f"order_{rec.state}"))
         return fx
     if set(rec.answers) != set(rec.lines):
         return fx
@@ -280,10 +275,7 @@ def implied_effects(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects
     elif rec.state in ("paid", "routed"):
         fx.hold_commands += [_command(rec, "COMMIT", n, now_ms, rules) for n in rec.lines]
     elif rec.state in ("shipped", "delivered"):
-        fx.hold_commands += [
-            _command(rec, "SHIP", n, now_ms, rules, warehouse_id=rec.warehouse_id)
-            for n in rec.lines
-        ]
+        fx.hold_commands += [_command(rec, "SHIP", n, now_ms, rules, warehouse_id=rec.warehouse_id) for n in rec.lines]
     return fx
 
 
@@ -331,9 +323,7 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
     if target == "shipped":
         rec.warehouse_id = event.get("warehouse_id", "")
         for line_no in rec.lines:
-            fx.hold_commands.append(
-                _command(rec, "SHIP", line_no, now_ms, rules, warehouse_id=rec.warehouse_id)
-            )
+            fx.hold_commands.append(_command(rec, "SHIP", line_no, now_ms, rules, warehouse_id=rec.warehouse_id))
     _move(rec, fx, target, now_ms)
     return fx
 

@@ -171,10 +171,8 @@ def reserve(
 ) -> Answer:
     key = hold_key(order_id, line_no)
     existing = pool.holds.get(key)
-    if existing is not None:  # duplicate or replay: the recorded answer, nothing taken
-        return Answer(
-            order_id, line_no, existing.qty, "RESERVE", _reserve_outcome(existing), existing.reason
-        )
+    if existing is not None:  # duplicate or replay: nothing taken; say what the line is now
+        return Answer(order_id, line_no, existing.qty, "RESERVE", OUTCOME_OF[existing.status], existing.reason)
     reason = ""
     vip = pool.holds.get(hold_key(order_id, VIP_LINE))
     if vip is not None and vip.status == HELD and 0 < qty <= vip.qty:
@@ -199,17 +197,10 @@ def reserve(
         reason = "insufficient_stock"
     status = REFUSED if reason else HELD
     expires = now_ms + rules.hold_ttl_ms if status == HELD else now_ms + rules.tombstone_ttl_ms
-    pool.holds[key] = Hold(
-        order_id, line_no, qty, channel, presale, status, reason, expires, now_ms
-    )
+    pool.holds[key] = Hold(order_id, line_no, qty, channel, presale, status, reason, expires, now_ms)
     if status == HELD:
         _touch(pool, now_ms)
     return Answer(order_id, line_no, qty, "RESERVE", OUTCOME_OF[status], reason)
-
-
-def _reserve_outcome(hold: Hold) -> str:
-    # A hold that moved on since (paid, shipped, released) was HELD when it was reserved.
-    return "REFUSED" if hold.status == REFUSED else "HELD"
 
 
 _TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -306,9 +297,7 @@ def check_adjustment(kind: str, qty: int, warehouse_id: str, warehouses: frozens
     return ""
 
 
-def adjust(
-    pool: SkuPool, adjustment_id: str, kind: str, warehouse_id: str, qty: int, now_ms: int
-) -> bool:
+def adjust(pool: SkuPool, adjustment_id: str, kind: str, warehouse_id: str, qty: int, now_ms: int) -> bool:
     """Apply a (validated) stock adjustment once; False if this id was applied already."""
     if adjustment_id in pool.adjustments:
         return False
@@ -367,9 +356,7 @@ def request_override(
     return OverrideResult("REQUESTED", request=request)
 
 
-def approve_override(
-    pool: SkuPool, rules: PoolRules, override_id: str, approver: str, now_ms: int
-) -> OverrideResult:
+def approve_override(pool: SkuPool, rules: PoolRules, override_id: str, approver: str, now_ms: int) -> OverrideResult:
     """Release locked stock to the VIP order: free stock first, then the newest unpaid holds."""
     request = pool.overrides.get(override_id)
     if request is None:

@@ -27,9 +27,7 @@ class EventProducer:
         self.settings = settings
         self.codec = codec or default_codec()
         self._errors: list[str] = []
-        self._producer = Producer(
-            {"bootstrap.servers": settings.bootstrap, **PRODUCER_CONFIG, **overrides}
-        )
+        self._producer = Producer({"bootstrap.servers": settings.bootstrap, **PRODUCER_CONFIG, **overrides})
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:

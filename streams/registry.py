@@ -41,15 +41,11 @@ EVENT_TYPES: tuple[EventType, ...] = (
     EventType("stockflow.PaymentFailed", "payment_failed.avsc", records.PaymentFailed),
     EventType("stockflow.OrderCancelled", "order_cancelled.avsc", records.OrderCancelled),
     EventType("stockflow.StockAdjusted", "stock_adjusted.avsc", records.StockAdjusted),
-    EventType(
-        "stockflow.ShipmentDispatched", "shipment_dispatched.avsc", records.ShipmentDispatched
-    ),
+    EventType("stockflow.ShipmentDispatched", "shipment_dispatched.avsc", records.ShipmentDispatched),
     EventType("stockflow.ShipmentDelivered", "shipment_delivered.avsc", records.ShipmentDelivered),
     EventType("stockflow.HoldCommand", "hold_command.avsc", records.HoldCommand),
     EventType("stockflow.HoldDecided", "hold_decided.avsc", records.HoldDecided),
-    EventType(
-        "stockflow.ReservationDecided", "reservation_decided.avsc", records.ReservationDecided
-    ),
+    EventType("stockflow.ReservationDecided", "reservation_decided.avsc", records.ReservationDecided),
     EventType("stockflow.OrderStateChanged", "order_state_changed.avsc", records.OrderStateChanged),
     EventType("stockflow.StockLevel", "stock_level.avsc", records.StockLevel),
     EventType("stockflow.RoutingDecision", "routing_decision.avsc", records.RoutingDecision),

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    session_timeout_s: float = Field(
+        default=10.0, gt=0, description="How soon the group notices a dead worker and moves its partitions."
+    )
     log_level: Literal["crit", "error", "warn", "info", "debug"] = "warn"
 
     # --- ClickHouse ----------------------------------------------------------------------------
@@ -76,9 +79,7 @@ class Settings(BaseSettings):
     )
     max_line_qty: int = Field(default=10_000, ge=1)
     sweep_interval_s: float = Field(default=1.0, gt=0)
-    clock_control: bool = Field(
-        default=False, description="Accept clock-advance events (tests and drills only)."
-    )
+    clock_control: bool = Field(default=False, description="Accept clock-advance events (tests and drills only).")
     warehouses_file: Path = REPO_ROOT / "config" / "warehouses.toml"
 
     def topic(self, name: str) -> str:

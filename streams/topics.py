@@ -179,9 +179,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
 )
 
 # What the ClickHouse sink records: every business topic except the tick plumbing.
-SUNK_TOPICS: tuple[TopicSpec, ...] = tuple(
-    t for t in ALL_TOPICS if t not in (STOCK_TICKS, ORDER_TICKS, OPS_CLOCK)
-)
+SUNK_TOPICS: tuple[TopicSpec, ...] = tuple(t for t in ALL_TOPICS if t not in (STOCK_TICKS, ORDER_TICKS, OPS_CLOCK))
 
 
 def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> list[str]:

@@ -40,9 +40,7 @@ def kafka_bootstrap(services_home: Path) -> Iterator[str]:
     if given:
         yield given
         return
-    settings = Settings(
-        home=services_home, kafka_port=free_port(), kafka_controller_port=free_port()
-    )
+    settings = Settings(home=services_home, kafka_port=free_port(), kafka_controller_port=free_port())
     kafka = LocalKafka(settings)
     kafka.up()
     try:
@@ -57,9 +55,7 @@ def clickhouse_server_url(services_home: Path) -> Iterator[str]:
     if given:
         yield given
         return
-    server = LocalClickHouseServer(
-        Settings(home=services_home), tcp_port=free_port(), http_port=free_port()
-    )
+    server = LocalClickHouseServer(Settings(home=services_home), tcp_port=free_port(), http_port=free_port())
     server.up()
     try:
         yield server.url

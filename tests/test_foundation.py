@@ -37,9 +37,7 @@ def outside_producer_sends_stock_adjustment(bootstrap: str, topic: str, adjustme
         {"event_id": adjustment_id, "event_time_ms": int(time.time() * 1000), "sku": "SKU-EXT",
          "warehouse_id": "WH-GZ", "kind": "RECEIPT", "qty": 12, "reason": "inbound"},
     )  # fmt: skip
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "acks": "all", "partitioner": "murmur2_random"}
-    )
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "partitioner": "murmur2_random"})
     producer.produce(topic, key=b"SKU-EXT", value=body.getvalue())
     assert producer.flush(30) == 0
 
@@ -55,9 +53,7 @@ def test_outside_event_lands_in_clickhouse(
         overrides["clickhouse_url"] = f"chdb://{tmp_path / 'chdb'}"
     settings = make_settings(**overrides)
     worker = start_worker(settings)
-    outside_producer_sends_stock_adjustment(
-        settings.bootstrap, settings.topic(STOCK_ADJUSTMENTS.name), "ext-adj-1"
-    )
+    outside_producer_sends_stock_adjustment(settings.bootstrap, settings.topic(STOCK_ADJUSTMENTS.name), "ext-adj-1")
 
     def landed() -> list[dict]:
         rows = worker.get("/sink/query/events-by-type")
@@ -74,15 +70,11 @@ def test_outside_event_lands_in_clickhouse(
             port=int(host_port.split(":")[1]),
             database=settings.clickhouse_database,
         )
-        found = client.execute(
-            "SELECT event_id, key FROM events FINAL WHERE event_type = 'StockAdjusted'"
-        )
+        found = client.execute("SELECT event_id, key FROM events FINAL WHERE event_type = 'StockAdjusted'")
         assert found == [("ext-adj-1", "SKU-EXT")]
 
 
-def test_malformed_bytes_become_dead_letters_and_the_worker_keeps_going(
-    make_settings, start_worker
-) -> None:
+def test_malformed_bytes_become_dead_letters_and_the_worker_keeps_going(make_settings, start_worker) -> None:
     settings = make_settings()
     worker = start_worker(settings)
     producer = EventProducer(settings)
@@ -104,9 +96,7 @@ def test_malformed_bytes_become_dead_letters_and_the_worker_keeps_going(
         producer.send_raw(ORDER_EVENTS.name, f"jd:bad{i}", value)
     from loadtest import events as ev
 
-    producer.send(
-        STOCK_ADJUSTMENTS.name, "SKU-OK", "StockAdjusted", ev.stock_adjusted("SKU-OK", "WH-SH", 1)
-    )
+    producer.send(STOCK_ADJUSTMENTS.name, "SKU-OK", "StockAdjusted", ev.stock_adjusted("SKU-OK", "WH-SH", 1))
     producer.flush()
 
     def dead_letters() -> list[dict]:
@@ -123,11 +113,7 @@ def test_malformed_bytes_become_dead_letters_and_the_worker_keeps_going(
         assert letter["source_offset"] >= 0 and letter["detail"]
     # The valid event after the garbage still lands: the stream did not stop.
     wait_for(
-        lambda: [
-            r
-            for r in worker.get("/sink/query/events-by-type")
-            if r["event_type"] == "StockAdjusted"
-        ],
+        lambda: [r for r in worker.get("/sink/query/events-by-type") if r["event_type"] == "StockAdjusted"],
         what="the valid event after the bad ones",
     )
     assert worker.alive()
@@ -193,9 +179,7 @@ def test_aiokafka_transactions_work_against_this_broker(make_settings) -> None:
     topic = settings.topic("txn.probe")
 
     async def run() -> list[bytes]:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap, transactional_id=f"{settings.app_id}-txn"
-        )
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, transactional_id=f"{settings.app_id}-txn")
         await producer.start()
         try:
             async with producer.transaction():

@@ -21,8 +21,11 @@ def reservations(settings) -> dict[str, dict[str, Any]]:
 
 
 def wait_reservations(settings, n: int, timeout_s: float = 90) -> dict[str, dict[str, Any]]:
-    return wait_for(lambda: (found := reservations(settings)) and len(found) >= n and found,
-                    timeout_s=timeout_s, what=f"{n} reservation decisions")
+    return wait_for(
+        lambda: (found := reservations(settings)) and len(found) >= n and found,
+        timeout_s=timeout_s,
+        what=f"{n} reservation decisions",
+    )
 
 
 def stock(worker, sku: str) -> dict[str, Any]:
@@ -71,8 +74,12 @@ def test_five_channels_race_for_one_sku(make_settings, start_worker) -> None:
         requested += qty
         number = f"race-{i}"
         orders.append((ev.order_id(channel, number), qty))
-        producer.send(ORDER_EVENTS.name, ev.order_id(channel, number), "OrderPlaced",
-                      ev.order_placed(channel, number, [ev.line(1, "SKU-HOT", qty)]))
+        producer.send(
+            ORDER_EVENTS.name,
+            ev.order_id(channel, number),
+            "OrderPlaced",
+            ev.order_placed(channel, number, [ev.line(1, "SKU-HOT", qty)]),
+        )
     producer.flush()
     decided = wait_reservations(settings, len(orders))
     reserved = sum(qty for oid, qty in orders if decided[oid]["outcome"] == "RESERVED")
@@ -94,16 +101,26 @@ def test_multi_line_order_is_all_or_nothing(make_settings, start_worker) -> None
     producer = EventProducer(settings)
     stock_up(producer, worker, "SKU-A", 10)
     stock_up(producer, worker, "SKU-B", 1)
-    producer.send(ORDER_EVENTS.name, "jd:multi-1", "OrderPlaced",
-                  ev.order_placed("jd", "multi-1", [ev.line(1, "SKU-A", 3), ev.line(2, "SKU-B", 2)]))
-    producer.send(ORDER_EVENTS.name, "jd:unknown-1", "OrderPlaced",
-                  ev.order_placed("jd", "unknown-1", [ev.line(1, "SKU-A", 1), ev.line(2, "SKU-NOPE", 1)]))
+    producer.send(
+        ORDER_EVENTS.name,
+        "jd:multi-1",
+        "OrderPlaced",
+        ev.order_placed("jd", "multi-1", [ev.line(1, "SKU-A", 3), ev.line(2, "SKU-B", 2)]),
+    )
+    producer.send(
+        ORDER_EVENTS.name,
+        "jd:unknown-1",
+        "OrderPlaced",
+        ev.order_placed("jd", "unknown-1", [ev.line(1, "SKU-A", 1), ev.line(2, "SKU-NOPE", 1)]),
+    )
     producer.flush()
     decided = wait_reservations(settings, 2)
     multi = decided["jd:multi-1"]
     assert multi["outcome"] == "REJECTED"
     assert [(ln["line_no"], ln["outcome"], ln["reason"]) for ln in multi["lines"]] == [
-        (1, "HELD", ""), (2, "REFUSED", "insufficient_stock")]
+        (1, "HELD", ""),
+        (2, "REFUSED", "insufficient_stock"),
+    ]
     assert decided["jd:unknown-1"]["lines"][1]["reason"] == "unknown_sku"
     # The first line's hold was given back: nothing stays locked on SKU-A.
     wait_for(lambda: stock(worker, "SKU-A")["locked"] == 0, what="SKU-A released")
@@ -114,8 +131,10 @@ def test_every_event_sent_twice_changes_nothing(make_settings, start_worker) -> 
     settings = make_settings(safety_threshold=0)
     worker = start_worker(settings)
     producer = EventProducer(settings)
-    for adjustment in (ev.stock_adjusted("SKU-D", "WH-SH", 20, adjustment_id="d-1"),
-                       ev.stock_adjusted("SKU-D", "WH-GZ", 5, adjustment_id="d-2")):
+    for adjustment in (
+        ev.stock_adjusted("SKU-D", "WH-SH", 20, adjustment_id="d-1"),
+        ev.stock_adjusted("SKU-D", "WH-GZ", 5, adjustment_id="d-2"),
+    ):
         producer.send(STOCK_ADJUSTMENTS.name, "SKU-D", "StockAdjusted", adjustment)
         producer.send(STOCK_ADJUSTMENTS.name, "SKU-D", "StockAdjusted", adjustment)
     producer.flush()
@@ -148,25 +167,48 @@ def test_every_event_sent_twice_changes_nothing(make_settings, start_worker) -> 
 
 
 def advance_clock(producer: EventProducer, minutes: float) -> None:
-    producer.send("ops.clock", "clock", "ClockAdvanced",
-                  {"event_id": f"clock-{minutes}", "event_time_ms": ev.now_ms(), "offset_ms": int(minutes * 60_000)})
+    producer.send(
+        "ops.clock",
+        "clock",
+        "ClockAdvanced",
+        {"event_id": f"clock-{minutes}", "event_time_ms": ev.now_ms(), "offset_ms": int(minutes * 60_000)},
+    )
     producer.flush()
 
 
 def test_payment_timeout_and_hold_expiry_release_stock(make_settings, start_worker) -> None:
-    settings = make_settings(clock_control=True, safety_threshold=0, payment_timeout_s=1800, hold_ttl_s=7200,
-                             sweep_interval_s=0.3)
+    settings = make_settings(
+        clock_control=True, safety_threshold=0, payment_timeout_s=1800, hold_ttl_s=7200, sweep_interval_s=0.3
+    )
     worker = start_worker(settings)
     producer = EventProducer(settings)
     stock_up(producer, worker, "SKU-T", 10)
-    producer.send(ORDER_EVENTS.name, "jd:unpaid", "OrderPlaced", ev.order_placed("jd", "unpaid", [ev.line(1, "SKU-T", 3)]))
+    producer.send(
+        ORDER_EVENTS.name, "jd:unpaid", "OrderPlaced", ev.order_placed("jd", "unpaid", [ev.line(1, "SKU-T", 3)])
+    )
     producer.send(ORDER_EVENTS.name, "jd:paid", "OrderPlaced", ev.order_placed("jd", "paid", [ev.line(1, "SKU-T", 2)]))
     producer.send(ORDER_EVENTS.name, "jd:paid", "PaymentConfirmed", ev.payment_confirmed("jd", "paid"))
     # An orphaned hold: a RESERVE whose order the order agent never heard of.
-    producer.send("stock.hold-commands", "SKU-T", "HoldCommand", {
-        "event_id": "orphan", "event_time_ms": ev.now_ms(), "action": "RESERVE", "order_id": "ghost:1",
-        "line_no": 1, "sku": "SKU-T", "qty": 4, "channel": "jd", "presale": False, "expires_at_ms": 0,
-        "reason": "", "source_time_ms": 0, "warehouse_id": ""})
+    producer.send(
+        "stock.hold-commands",
+        "SKU-T",
+        "HoldCommand",
+        {
+            "event_id": "orphan",
+            "event_time_ms": ev.now_ms(),
+            "action": "RESERVE",
+            "order_id": "ghost:1",
+            "line_no": 1,
+            "sku": "SKU-T",
+            "qty": 4,
+            "channel": "jd",
+            "presale": False,
+            "expires_at_ms": 0,
+            "reason": "",
+            "source_time_ms": 0,
+            "warehouse_id": "",
+        },
+    )
     producer.flush()
     wait_stock(worker, "SKU-T", locked=9, timeout_s=20)
     advance_clock(producer, 29)
@@ -185,12 +227,18 @@ def test_presale_holds_come_from_the_presale_pool(make_settings, start_worker) -
     worker = start_worker(settings)
     producer = EventProducer(settings)
     stock_up(producer, worker, "SKU-P", 5)
-    producer.send(STOCK_ADJUSTMENTS.name, "SKU-P", "StockAdjusted", ev.stock_adjusted("SKU-P", "", 3, kind="PRESALE_CAP"))
+    producer.send(
+        STOCK_ADJUSTMENTS.name, "SKU-P", "StockAdjusted", ev.stock_adjusted("SKU-P", "", 3, kind="PRESALE_CAP")
+    )
     producer.flush()
     wait_for(lambda: stock(worker, "SKU-P").get("presale_cap") == 3, what="presale cap")
     for i, qty in enumerate([2, 1, 1]):
-        producer.send(ORDER_EVENTS.name, f"tmall:pre-{i}", "OrderPlaced",
-                      ev.order_placed("tmall", f"pre-{i}", [ev.line(1, "SKU-P", qty)], presale=True))
+        producer.send(
+            ORDER_EVENTS.name,
+            f"tmall:pre-{i}",
+            "OrderPlaced",
+            ev.order_placed("tmall", f"pre-{i}", [ev.line(1, "SKU-P", qty)], presale=True),
+        )
     producer.flush()
     decided = wait_reservations(settings, 3)
     assert [decided[f"tmall:pre-{i}"]["outcome"] for i in range(3)] == ["RESERVED", "RESERVED", "REJECTED"]
@@ -210,7 +258,9 @@ def test_threshold_pauses_other_channels_with_hysteresis(make_settings, start_wo
     level = wait_for(lambda: (s := stock(worker, "SKU-L"))["paused"] and s, what="paused at 9")
     assert level["sellable"]["jd"] == 0 and level["sellable"]["tmall"] == 9
     producer.send(ORDER_EVENTS.name, "jd:l2", "OrderPlaced", ev.order_placed("jd", "l2", [ev.line(1, "SKU-L", 1)]))
-    producer.send(ORDER_EVENTS.name, "tmall:l3", "OrderPlaced", ev.order_placed("tmall", "l3", [ev.line(1, "SKU-L", 1)]))
+    producer.send(
+        ORDER_EVENTS.name, "tmall:l3", "OrderPlaced", ev.order_placed("tmall", "l3", [ev.line(1, "SKU-L", 1)])
+    )
     producer.flush()
     decided = wait_reservations(settings, 3)
     assert decided["jd:l2"]["lines"][0]["reason"] == "channel_paused"
@@ -234,34 +284,57 @@ def test_vip_override_needs_a_second_approver_and_is_audited(make_settings, star
     worker = start_worker(settings)
     producer = EventProducer(settings)
     stock_up(producer, worker, "SKU-V", 5)
-    producer.send(ORDER_EVENTS.name, "douyin:live-1", "OrderPlaced",
-                  ev.order_placed("douyin", "live-1", [ev.line(1, "SKU-V", 5)]))
+    producer.send(
+        ORDER_EVENTS.name, "douyin:live-1", "OrderPlaced", ev.order_placed("douyin", "live-1", [ev.line(1, "SKU-V", 5)])
+    )
     producer.flush()
     wait_reservations(settings, 1)
 
     def override(action: str, operator: str) -> None:
-        producer.send("ops.overrides", "SKU-V", "VipOverride", {
-            "event_id": f"ov-1-{action}-{operator}", "event_time_ms": ev.now_ms(), "override_id": "ov-1",
-            "action": action, "sku": "SKU-V", "qty": 2, "vip_order_id": "own:vip-9", "operator": operator,
-            "reason": "key account launch"})
+        producer.send(
+            "ops.overrides",
+            "SKU-V",
+            "VipOverride",
+            {
+                "event_id": f"ov-1-{action}-{operator}",
+                "event_time_ms": ev.now_ms(),
+                "override_id": "ov-1",
+                "action": action,
+                "sku": "SKU-V",
+                "qty": 2,
+                "vip_order_id": "own:vip-9",
+                "operator": operator,
+                "reason": "key account launch",
+            },
+        )
         producer.flush()
 
     override("REQUEST", "alice")
     override("APPROVE", "alice")  # the requester cannot approve her own override
-    audits = wait_for(lambda: (a := [r for t, r in read_topic(settings, "audit.overrides")]) and len(a) >= 2 and a,
-                      what="two audit records")
+    audits = wait_for(
+        lambda: (a := [r for t, r in read_topic(settings, "audit.overrides")]) and len(a) >= 2 and a,
+        what="two audit records",
+    )
     assert [(a["outcome"], a["detail"]) for a in audits[:2]] == [
-        ("REQUESTED", ""), ("REFUSED", "approver_must_differ_from_requester")]
+        ("REQUESTED", ""),
+        ("REFUSED", "approver_must_differ_from_requester"),
+    ]
     assert stock(worker, "SKU-V")["locked"] == 5
     override("APPROVE", "bob")
-    applied = wait_for(lambda: [r for t, r in read_topic(settings, "audit.overrides") if r["outcome"] == "APPLIED"],
-                       what="applied override")[0]
+    applied = wait_for(
+        lambda: [r for t, r in read_topic(settings, "audit.overrides") if r["outcome"] == "APPLIED"],
+        what="applied override",
+    )[0]
     assert applied["requester"] == "alice" and applied["approver"] == "bob" and applied["qty"] == 2
     assert applied["released_holds"] == ["douyin:live-1#1"] and applied["reason"] == "key account launch"
     # The live-stream order lost its hold; the VIP order is served from the released stock.
     wait_for(lambda: worker.get("/orders/douyin:live-1")["state"] == "cancelled", what="live order cancelled")
-    producer.send(ORDER_EVENTS.name, "own:vip-9", "OrderPlaced",
-                  ev.order_placed("own", "vip-9", [ev.line(1, "SKU-V", 2)], vip=True))
+    producer.send(
+        ORDER_EVENTS.name,
+        "own:vip-9",
+        "OrderPlaced",
+        ev.order_placed("own", "vip-9", [ev.line(1, "SKU-V", 2)], vip=True),
+    )
     producer.flush()
     assert wait_reservations(settings, 2)["own:vip-9"]["outcome"] == "RESERVED"
     wait_for(lambda: stock(worker, "SKU-V")["locked"] == 2, what="only the VIP hold locked")
@@ -285,14 +358,28 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_half_applied(make_settin
     # Paid before created: kept, then applied when the order arrives.
     producer.send(ORDER_EVENTS.name, "kuaishou:early", "PaymentConfirmed", ev.payment_confirmed("kuaishou", "early"))
     producer.flush()
-    producer.send(ORDER_EVENTS.name, "kuaishou:early", "OrderPlaced",
-                  ev.order_placed("kuaishou", "early", [ev.line(1, "SKU-X", 2)]))
+    producer.send(
+        ORDER_EVENTS.name,
+        "kuaishou:early",
+        "OrderPlaced",
+        ev.order_placed("kuaishou", "early", [ev.line(1, "SKU-X", 2)]),
+    )
     producer.flush()
     reasons = wait_for(
         lambda: (d := [r["reason"] for t, r in read_topic(settings, "deadletters")]) and len(d) >= 7 and sorted(d),
-        what="seven dead letters")
-    assert reasons == sorted(["unknown_warehouse", "invalid_qty", "invalid_qty", "invalid_qty", "missing_field",
-                              "unknown_channel", "key_mismatch"])
+        what="seven dead letters",
+    )
+    assert reasons == sorted(
+        [
+            "unknown_warehouse",
+            "invalid_qty",
+            "invalid_qty",
+            "invalid_qty",
+            "missing_field",
+            "unknown_channel",
+            "key_mismatch",
+        ]
+    )
     wait_for(lambda: worker.get("/orders/kuaishou:early")["state"] == "paid", what="paid-before-created order paid")
     level = stock(worker, "SKU-X")
     assert level["on_hand"] == 10 and level["locked"] == 2 and level["sold"] == 2

@@ -1,0 +1,59 @@
+"""Read a whole topic as it is now, from the beginning to the current end of every partition."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, TopicPartition
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Record]:
+    """Every record now in ``topic``, in offset order within each partition ([] if it is missing)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"stockflow-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "log_level": 3,
+        }
+    )
+    try:
+        md = consumer.list_topics(topic, timeout=timeout_s)
+        meta = md.topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        ends = {}
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high > low:
+                ends[p] = high
+        if not ends:
+            return []
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        out: list[Record] = []
+        pending = set(ends)
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=5000, timeout=0.2):
+                if msg.error():
+                    continue
+                partition, offset = msg.partition() or 0, msg.offset() or 0
+                out.append(Record(partition, offset, msg.key(), msg.value()))
+                if offset + 1 >= ends[partition]:
+                    pending.discard(partition)
+        if pending:
+            raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to the end in {timeout_s}s")
+        return out
+    finally:
+        consumer.close()

@@ -1,0 +1,109 @@
+"""kill -9 the worker while orders stream in; an independent audit must find nothing wrong."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from loadtest import events as ev
+from streams.checker import audit
+from streams.producer import EventProducer
+from streams.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.broker
+SKUS = [f"SKU-C{i:02d}" for i in range(12)]
+CHANNELS = ("tmall", "jd", "douyin", "pdd", "kuaishou", "own")
+
+
+def stream_orders(settings, orders: int, seconds: float, seed: int, stop: threading.Event) -> int:
+    """Open-loop: send ``orders`` orders over ``seconds`` whatever the worker is doing."""
+    rng = random.Random(seed)
+    producer = EventProducer(settings)
+    sent = 0
+    started = time.monotonic()
+    for i in range(orders):
+        if stop.is_set():
+            break
+        channel = CHANNELS[i % len(CHANNELS)]
+        number = f"crash-{seed}-{i}"
+        key = ev.order_id(channel, number)
+        skus = rng.sample(SKUS, rng.randint(1, 3))
+        lines = [ev.line(n + 1, sku, rng.randint(1, 3)) for n, sku in enumerate(skus)]
+        producer.send(ORDER_EVENTS.name, key, "OrderPlaced", ev.order_placed(channel, number, lines))
+        roll = rng.random()
+        if roll < 0.5:
+            producer.send(ORDER_EVENTS.name, key, "PaymentConfirmed", ev.payment_confirmed(channel, number))
+        elif roll < 0.65:
+            producer.send(ORDER_EVENTS.name, key, "OrderCancelled", ev.order_cancelled(channel, number))
+        if rng.random() < 0.05:  # a channel retrying its callback
+            producer.send(ORDER_EVENTS.name, key, "OrderPlaced", ev.order_placed(channel, number, lines))
+        sent += 1
+        ahead = started + seconds * (i + 1) / orders - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    producer.flush()
+    return sent
+
+
+@pytest.mark.parametrize(("seed", "kill_after"), [(1, (2.0, 4.5, 3.0)), (2, (6.0, 1.5, 5.0))])
+def test_kill_9_mid_stream_leaves_no_drift(
+    seed: int, kill_after: tuple[float, ...], make_settings, start_worker
+) -> None:
+    settings = make_settings(safety_threshold=0, session_timeout_s=6)
+    worker = start_worker(settings)
+    producer = EventProducer(settings)
+    for sku in SKUS:
+        producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, "WH-SH", 60))
+    producer.flush()
+    wait_for(lambda: all(worker.get(f"/stock/{sku}").get("on_hand") == 60 for sku in SKUS), what="stock")
+
+    stop = threading.Event()
+    result: dict[str, int] = {}
+    sender = threading.Thread(target=lambda: result.update(sent=stream_orders(settings, 1200, 20.0, seed, stop)))
+    sender.start()
+    kills = 0
+    try:
+        for delay in kill_after:
+            time.sleep(delay)
+            worker.kill9()  # no shutdown code runs: uncommitted offsets, unflushed sends, open RocksDB
+            kills += 1
+            worker = start_worker(settings, name=f"restart{kills}")
+    finally:
+        sender.join()
+    assert kills == len(kill_after) and result["sent"] == 1200
+
+    deadline = time.monotonic() + 180
+    report = audit(settings)
+    while not report.ok and time.monotonic() < deadline:
+        time.sleep(2)
+        report = audit(settings)
+    summary = report.summary()
+    details = {
+        "drift": [
+            (
+                a.sku,
+                a.table_on_hand,
+                a.expected_on_hand,
+                a.table_open,
+                a.expected_open,
+                a.open_keys_missing_in_table[:3],
+                a.open_keys_only_in_table[:3],
+            )
+            for a in report.drifted[:5]
+        ],
+        "lost": report.lost_orders[:5],
+        "double": report.double_holds[:5],
+        "rejected_held": report.rejected_but_held[:5],
+        "incomplete": report.reserved_incomplete[:5],
+    }
+    assert report.ok, f"{summary} {details}"
+    assert summary["lost_orders"] == 0 and summary["oversold_units"] == 0
+    assert summary["double_holds"] == 0 and summary["rejected_but_held"] == 0
+    assert summary["skus_drifted"] == 0
+    assert summary["orders_placed"] == 1200
+    assert summary["orders_decided"] + summary["orders_cancelled_before_decision"] == 1200
+    print(f"crash test seed={seed}: {kills} kills, {summary}")
