@@ -209,3 +209,23 @@ def test_aiokafka_transactions_work_against_this_broker(make_settings) -> None:
         return seen
 
     assert sorted(asyncio.run(run())) == [b"committed", b"end"]
+
+
+def test_librdkafka_murmur2_random_lands_where_the_worker_looks(make_settings) -> None:
+    """The contract's partitioner setting, checked on the broker: confluent-kafka agrees with partition_for."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.tables import partition_for
+
+    settings = make_settings()
+    topic = settings.topic("partition.probe")
+    AdminClient({"bootstrap.servers": settings.bootstrap}).create_topics([NewTopic(topic, 8, 1)])[topic].result()
+    landed: dict[bytes, int] = {}
+    producer = Producer({"bootstrap.servers": settings.bootstrap, "partitioner": "murmur2_random"})
+    keys = [f"SKU-{i}".encode() for i in range(40)] + [b"jd:1001", b"tmall:x-9"]
+    for key in keys:
+        producer.produce(
+            topic, key=key, value=b"x", on_delivery=lambda err, msg: landed.update({msg.key(): msg.partition()})
+        )
+    assert producer.flush(30) == 0
+    assert landed == {key: partition_for(key, 8) for key in keys}
