@@ -219,7 +219,8 @@ def test_librdkafka_murmur2_random_lands_where_the_worker_looks(make_settings) -
 
     settings = make_settings()
     topic = settings.topic("partition.probe")
-    AdminClient({"bootstrap.servers": settings.bootstrap}).create_topics([NewTopic(topic, 8, 1)])[topic].result()
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin.create_topics([NewTopic(topic, 8, 1)])[topic].result()
     landed: dict[bytes, int] = {}
     producer = Producer({"bootstrap.servers": settings.bootstrap, "partitioner": "murmur2_random"})
     keys = [f"SKU-{i}".encode() for i in range(40)] + [b"jd:1001", b"tmall:x-9"]
