@@ -100,7 +100,9 @@ class LevelPublisher:
         ]  # fmt: skip
         out = []
         for sku in ready:
-            out.append(self.pending.pop(sku))
+            level = self.pending.pop(sku)
+            level["event_time_ms"] = now_ms  # the publish time: what order->refresh latency ends at
+            out.append(level)
             self.last_sent_ms[sku] = now_ms
         return out
 

@@ -1,4 +1,4 @@
-"""The ``stockflow`` command."""
+"""stockflow: one stock pool for every channel, on Kafka."""
 
 from __future__ import annotations
 
@@ -133,6 +133,96 @@ def worker() -> None:
     ensure_topics(settings)
     faust_app = create_app(settings)
     faust.Worker(faust_app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+
+override = typer.Typer(no_args_is_help=True, help="VIP overrides: release locked stock to a VIP order.")
+clock = typer.Typer(
+    no_args_is_help=True, help="The pipeline clock (drills and tests; needs STOCKFLOW_CLOCK_CONTROL=1)."
+)
+app.add_typer(override, name="override")
+app.add_typer(clock, name="clock")
+
+
+def _worker_view(path: str) -> None:
+    import json
+
+    import httpx
+
+    settings = Settings()
+    url = f"http://{settings.web_host}:{settings.web_port}{path}"
+    try:
+        response = httpx.get(url, timeout=10, follow_redirects=True)
+    except httpx.HTTPError as exc:
+        _fail(f"no worker answers at {url}: {exc}")
+    if response.status_code == 404:
+        _fail(f"not known: {path}")
+    print(json.dumps(response.json(), ensure_ascii=False, indent=2))
+
+
+@app.command()
+def stock(sku: str) -> None:
+    """A SKU's availability now, from the worker that owns it."""
+    _worker_view(f"/stock/{sku}")
+
+
+@app.command()
+def order(order_id: str = typer.Argument(..., help="<channel>:<channel_order_id>")) -> None:
+    """An order's state now, from the worker that owns it."""
+    _worker_view(f"/orders/{order_id}")
+
+
+def _send_override(action: str, override_id: str, sku: str, qty: int, vip_order: str, operator: str,
+                   reason: str) -> None:  # fmt: skip
+    from loadtest.events import now_ms
+    from streams.producer import EventProducer
+    from streams.topics import OPS_OVERRIDES
+
+    producer = EventProducer(Settings())
+    producer.send(OPS_OVERRIDES.name, sku, "VipOverride", {
+        "event_id": f"{override_id}:{action}:{operator}:{now_ms()}", "event_time_ms": now_ms(),
+        "override_id": override_id, "action": action, "sku": sku, "qty": qty, "vip_order_id": vip_order,
+        "operator": operator, "reason": reason,
+    })  # fmt: skip
+    producer.flush()
+    console.print(f"{action} {override_id} sent; the outcome is written to audit.overrides")
+
+
+@override.command("request")
+def override_request(
+    override_id: str = typer.Option(..., "--id"),
+    sku: str = typer.Option(...),
+    qty: int = typer.Option(..., min=1),
+    vip_order: str = typer.Option(..., help="<channel>:<channel_order_id> of the VIP order"),
+    requester: str = typer.Option(...),
+    reason: str = typer.Option(...),
+) -> None:
+    """Ask to release locked stock to a VIP order (nothing moves until someone else approves)."""
+    _send_override("REQUEST", override_id, sku, qty, vip_order, requester, reason)
+
+
+@override.command("approve")
+def override_approve(
+    override_id: str = typer.Option(..., "--id"),
+    sku: str = typer.Option(...),
+    approver: str = typer.Option(..., help="Must differ from the requester."),
+) -> None:
+    """Approve a requested override; the pool applies it and audits who, when, why, how much."""
+    _send_override("APPROVE", override_id, sku, 0, "", approver, "")
+
+
+@clock.command("set")
+def clock_set(offset_minutes: float = typer.Argument(..., help="Minutes ahead of wall time.")) -> None:
+    """Move the pipeline clock to wall time + OFFSET_MINUTES (it never moves back)."""
+    from loadtest.events import now_ms
+    from streams.producer import EventProducer
+    from streams.topics import OPS_CLOCK
+
+    producer = EventProducer(Settings())
+    offset = int(offset_minutes * 60_000)
+    producer.send(OPS_CLOCK.name, "clock", "ClockAdvanced",
+                  {"event_id": f"clock:{offset}", "event_time_ms": now_ms(), "offset_ms": offset})  # fmt: skip
+    producer.flush()
+    console.print(f"pipeline clock set to wall time + {offset_minutes} min")
 
 
 @app.command()

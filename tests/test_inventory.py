@@ -383,3 +383,74 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_half_applied(make_settin
     wait_for(lambda: worker.get("/orders/kuaishou:early")["state"] == "paid", what="paid-before-created order paid")
     level = stock(worker, "SKU-X")
     assert level["on_hand"] == 10 and level["locked"] == 2 and level["sold"] == 2
+
+
+def test_levels_coalesce_per_refresh_interval_and_breaches_alert(make_settings, start_worker) -> None:
+    settings = make_settings(safety_threshold=0, refresh_interval_ms=200)
+    worker = start_worker(settings)
+    producer = EventProducer(settings)
+    stock_up(producer, worker, "SKU-R", 10)
+    for i in range(300):
+        producer.send(
+            STOCK_ADJUSTMENTS.name,
+            "SKU-R",
+            "StockAdjusted",
+            ev.stock_adjusted("SKU-R", "WH-SH", 1, kind="CORRECTION", adjustment_id=f"r-{i}"),
+        )
+    producer.flush()
+    wait_stock(worker, "SKU-R", on_hand=310)
+    levels = wait_for(
+        lambda: (
+            (lv := [r for t, r in read_topic(settings, "stock.levels") if r["sku"] == "SKU-R"])
+            and lv[-1]["on_hand"] == 310
+            and lv
+        ),
+        what="the final level published",
+    )
+    assert len(levels) < 300
+    gaps = [b["event_time_ms"] - a["event_time_ms"] for a, b in itertools.pairwise(levels)]
+    assert all(gap >= 195 for gap in gaps), gaps  # at most one record per SKU per interval
+    assert all(lv["newest_change_ms"] <= lv["event_time_ms"] for lv in levels)
+    # A stock count below what is already sold: the pool says so loudly.
+    producer.send(ORDER_EVENTS.name, "jd:big", "OrderPlaced", ev.order_placed("jd", "big", [ev.line(1, "SKU-R", 300)]))
+    producer.flush()
+    wait_stock(worker, "SKU-R", locked=300)
+    producer.send(
+        STOCK_ADJUSTMENTS.name, "SKU-R", "StockAdjusted", ev.stock_adjusted("SKU-R", "WH-SH", 250, kind="COUNT")
+    )
+    producer.flush()
+    alert = wait_for(
+        lambda: [r for t, r in read_topic(settings, "alerts") if r["kind"] == "invariant_breach"],
+        what="invariant alert",
+    )[0]
+    assert alert["severity"] == "RED" and "locked 300 exceeds on-hand 250" in alert["message"]
+    assert stock(worker, "SKU-R")["available"] == 0
+
+
+def test_cli_reads_the_pool_and_check_passes(make_settings, start_worker) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    settings = make_settings(safety_threshold=0)
+    worker = start_worker(settings)
+    producer = EventProducer(settings)
+    stock_up(producer, worker, "SKU-Q", 7)
+    producer.send(ORDER_EVENTS.name, "own:q1", "OrderPlaced", ev.order_placed("own", "q1", [ev.line(1, "SKU-Q", 2)]))
+    producer.flush()
+    wait_reservations(settings, 1)
+    env = {**os.environ, **settings.as_env()}
+    shown = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "stock", "SKU-Q"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert json.loads(shown.stdout)["available"] == 5
+    checked = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "check", "--json", "--wait", "30"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout.strip().splitlines()[-1])["oversold_units"] == 0
