@@ -15,6 +15,7 @@ Each batch: apply every event to in-memory copies of the SKUs it touches (pure r
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +23,8 @@ from typing import Any
 import faust
 import orjson
 
+from streams import keyed, tables
 from streams import pool as rules_
-from streams import tables
 from streams.alerts import send_alert
 from streams.app import Runtime
 from streams.codec import DecodeError
@@ -183,16 +184,7 @@ def register(app: faust.App, rt: Runtime) -> None:
             send_dead_letter(outbox, msg, STAGE, "unexpected_event_type", f"{kind} on {name}", now_ms)
             return
         sku = record["sku"]
-        if not msg.key or msg.key != sku.encode():
-            send_dead_letter(outbox, msg, STAGE, "key_mismatch",
-                             f"key {msg.key!r} but sku {sku!r}", now_ms)  # fmt: skip
-            return
-        if tables.partition_for(msg.key, partitions) != msg.partition:
-            send_dead_letter(
-                outbox, msg, STAGE, "misrouted_partition",
-                f"key {sku!r} belongs on partition {tables.partition_for(msg.key, partitions)}, "
-                f"not {msg.partition}: produce with the murmur2 partitioner", now_ms,
-            )  # fmt: skip
+        if not keyed.routed_correctly(outbox, msg, sku, partitions, STAGE, now_ms):
             return
         if kind == "StockAdjusted":
             problem = rules_.check_adjustment(record["kind"], record["qty"], record["warehouse_id"], warehouses)
@@ -299,13 +291,7 @@ def register(app: faust.App, rt: Runtime) -> None:
         async for events in stream.take_events(2000, within=0.005):
             now_ms = rt.clock.now_ms()
             batch = Batch()
-            for event in events:
-                try:
-                    apply(batch, outbox, event, now_ms)
-                except Exception as exc:  # a bug must not ack the batch half-applied
-                    log.exception("holds: event at %s:%s:%s failed", event.message.topic,
-                                  event.message.partition, event.message.offset)  # fmt: skip
-                    send_dead_letter(outbox, event.message, STAGE, "processing_error", repr(exc), now_ms)
+            keyed.apply_each(events, functools.partial(apply, batch, outbox, now_ms=now_ms), outbox, STAGE, now_ms)
             for sku, (event, pool) in batch.pools.items():
                 tables.write(holds_by_sku, event, sku.encode(), pool.to_dict())
                 expiries.setdefault(event.message.partition, {})[sku] = pool.next_expiry_ms()
@@ -319,12 +305,7 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     @app.timer(settings.sweep_interval_s, on_leader=True)
     async def tick_pool() -> None:
-        now_ms = rt.clock.now_ms()
-        value = rt.codec.encode(
-            "ClockAdvanced", {"event_id": f"tick:{now_ms}", "event_time_ms": now_ms, "offset_ms": 0}
-        )
-        for partition in range(partitions):
-            await ticks.send(key=None, value=value, partition=partition)
+        await keyed.send_ticks(ticks, rt.codec, rt.clock.now_ms(), partitions)
 
     @app.page("/stock/{sku}")
     @app.table_route(table=holds_by_sku, match_info="sku")

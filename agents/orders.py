@@ -16,6 +16,7 @@ changed order before publishing what it decided (``streams.outbox``).
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +24,8 @@ from typing import Any
 import faust
 import orjson
 
+from streams import keyed, tables
 from streams import orderflow as flow
-from streams import tables
 from streams.app import Runtime
 from streams.codec import DecodeError
 from streams.deadletter import send_dead_letter
@@ -158,16 +159,7 @@ def register(app: faust.App, rt: Runtime) -> None:
             send_dead_letter(outbox, msg, STAGE, "unexpected_event_type", f"{kind} on {name}", now_ms)
             return
         order_id = record["order_id"] if kind == "HoldDecided" else f"{record['channel']}:{record['channel_order_id']}"
-        if not msg.key or msg.key != order_id.encode():
-            send_dead_letter(outbox, msg, STAGE, "key_mismatch",
-                             f"key {msg.key!r} but order {order_id!r}", now_ms)  # fmt: skip
-            return
-        if tables.partition_for(msg.key, partitions) != msg.partition:
-            send_dead_letter(
-                outbox, msg, STAGE, "misrouted_partition",
-                f"key {order_id!r} belongs on partition {tables.partition_for(msg.key, partitions)}, "
-                f"not {msg.partition}: produce with the murmur2 partitioner", now_ms,
-            )  # fmt: skip
+        if not keyed.routed_correctly(outbox, msg, order_id, partitions, STAGE, now_ms):
             return
         rec = load(batch, event, order_id)
         if kind == "HoldDecided":
@@ -210,13 +202,7 @@ def register(app: faust.App, rt: Runtime) -> None:
         async for events in stream.take_events(2000, within=0.005):
             now_ms = rt.clock.now_ms()
             batch = Batch()
-            for event in events:
-                try:
-                    apply(batch, outbox, event, now_ms)
-                except Exception as exc:  # a bug must not ack the batch half-applied
-                    log.exception("orders: event at %s:%s:%s failed", event.message.topic,
-                                  event.message.partition, event.message.offset)  # fmt: skip
-                    send_dead_letter(outbox, event.message, STAGE, "processing_error", repr(exc), now_ms)
+            keyed.apply_each(events, functools.partial(apply, batch, outbox, now_ms=now_ms), outbox, STAGE, now_ms)
             for order_id, (event, rec) in batch.orders.items():
                 if rec.state or rec.parked:
                     tables.write(orders_by_id, event, order_id.encode(), rec.to_dict())
@@ -230,12 +216,7 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     @app.timer(settings.sweep_interval_s, on_leader=True)
     async def tick_orders() -> None:
-        now_ms = rt.clock.now_ms()
-        value = rt.codec.encode(
-            "ClockAdvanced", {"event_id": f"tick:{now_ms}", "event_time_ms": now_ms, "offset_ms": 0}
-        )
-        for partition in range(partitions):
-            await ticks.send(key=None, value=value, partition=partition)
+        await keyed.send_ticks(ticks, rt.codec, rt.clock.now_ms(), partitions)
 
     @app.page("/orders/{order_id}")
     @app.table_route(table=orders_by_id, match_info="order_id")

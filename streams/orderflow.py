@@ -215,7 +215,8 @@ def on_hold_decided(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rule
     # A replayed RESERVE is answered with what the line is now: paid or shipped means it was held;
     # released or expired means the pool let it go before the order heard of it.
     held = decided["outcome"] in ("HELD", "COMMITTED", "SHIPPED")
-    rec.answers[line_no] = ["HELD" if held else "REFUSED", decided["reason"] or decided["outcome"].lower()]
+    reason = decided["reason"] or ("" if decided["outcome"] == "HELD" else decided["outcome"].lower())
+    rec.answers[line_no] = ["HELD" if held else "REFUSED", reason]
     rec.line_status.setdefault(line_no, decided["outcome"])
     if rec.state != "placed":
         # Answer after the order was cancelled: make sure a late hold is given back.
@@ -264,7 +265,7 @@ def implied_effects(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects
             if line_no not in rec.answers:
                 fx.hold_commands.append(_command(rec, "RESERVE", line_no, now_ms, rules))
         return fx
-    if set(rec.answers) == set(rec.lines):
+    if "reserved" in rec.stage_times or "rejected" in rec.stage_times:  # it was decided, not cancelled first
         refused = any(a[0] != "HELD" for a in rec.answers.values())
         fx.reservation = {
             "outcome": "REJECTED" if refused else "RESERVED",

@@ -52,6 +52,11 @@ def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Record
                 out.append(Record(partition, offset, msg.key(), msg.value()))
                 if offset + 1 >= ends[partition]:
                     pending.discard(partition)
+            # Transactional topics end in commit markers that are never delivered: the position,
+            # not the last record, says a partition is read to its end.
+            for tp in consumer.position([TopicPartition(topic, p) for p in pending]):
+                if tp.offset >= ends[tp.partition]:
+                    pending.discard(tp.partition)
         if pending:
             raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to the end in {timeout_s}s")
         return out

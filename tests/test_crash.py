@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -53,7 +54,9 @@ def stream_orders(settings, orders: int, seconds: float, seed: int, stop: thread
 def test_kill_9_mid_stream_leaves_no_drift(
     seed: int, kill_after: tuple[float, ...], make_settings, start_worker
 ) -> None:
-    settings = make_settings(safety_threshold=0, session_timeout_s=6)
+    # STOCKFLOW_TEST_GUARANTEE=exactly_once runs the same crash test on Faust's transactional mode.
+    guarantee = os.environ.get("STOCKFLOW_TEST_GUARANTEE", "at_least_once")
+    settings = make_settings(safety_threshold=0, session_timeout_s=6, processing_guarantee=guarantee)
     worker = start_worker(settings)
     producer = EventProducer(settings)
     for sku in SKUS:
