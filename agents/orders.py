@@ -206,6 +206,8 @@ def register(app: faust.App, rt: Runtime) -> None:
             for order_id, (event, rec) in batch.orders.items():
                 if rec.state or rec.parked:
                     tables.write(orders_by_id, event, order_id.encode(), rec.to_dict())
+                else:  # parked events given up on: nothing left to keep
+                    tables.delete(orders_by_id, event, order_id.encode())
                 due = rec.next_deadline_ms(rules.parked_grace_ms)
                 bucket = deadlines.setdefault(event.message.partition, {})
                 if due:

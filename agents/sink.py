@@ -5,9 +5,10 @@ Reads: every topic in ``streams.topics.SUNK_TOPICS``. Writes: ClickHouse tables 
 fingerprint, truncated body) - the sink reads every topic, so it is the one place that refuses
 unreadable bytes. Owns: nothing in Kafka; its progress is the consumer group's offsets.
 
-Batches are flushed on size or time. A batch's events are acknowledged (so their offsets can be
-committed) only after ClickHouse accepted the insert; while ClickHouse is down the sink retries
-with backoff and holds its partitions. Rows are keyed by (topic, event id) in ReplacingMergeTree
+Batches are flushed on size or time. The sink has its own consumer group
+(``<app id>-sink``) and commits its offsets only after ClickHouse accepted the insert; while
+ClickHouse is down the sink retries with backoff and holds its partitions. Rows are keyed by
+(topic, event id) in ReplacingMergeTree
 tables, so a batch replayed after a crash does not double count.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka import AIOKafkaConsumer
 
 from streams.app import Runtime
 from streams.clickhouse import ClickHouse, open_clickhouse
@@ -102,11 +104,7 @@ def register(app: faust.App, rt: Runtime) -> None:
     settings = rt.settings
     status = SinkStatus()
     holder: dict[str, ClickHouse] = {}
-    topic = app.topic(
-        *[settings.topic(t.name) for t in SUNK_TOPICS],
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    topics = [settings.topic(t.name) for t in SUNK_TOPICS]
     deadletter_topic = settings.topic(DEADLETTERS.name)
 
     def clickhouse() -> ClickHouse:
@@ -128,29 +126,60 @@ def register(app: faust.App, rt: Runtime) -> None:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    @app.agent(topic, name="sink_to_clickhouse")
-    async def sink_to_clickhouse(stream: Any) -> None:
+    async def write_batch(outbox: Outbox, messages: list[Any]) -> None:
+        now_ms = rt.clock.now_ms()
+        events, dead, unreadable = rows_for_batch(rt, messages, now_ms)
+        for msg, exc in unreadable:
+            status.unreadable += 1
+            if msg.topic == deadletter_topic:
+                continue  # never dead-letter a dead letter
+            record = dead_letter(msg, "agents.sink", exc.reason, exc.detail, now_ms)
+            outbox.add(DEADLETTERS.name, msg.topic, "DeadLetter", record)
+        if events["event_id"]:
+            await insert_with_retry("events", events)
+        if dead["event_id"]:
+            await insert_with_retry("dead_letters", dead)
+        await outbox.publish(state_written=False)
+        status.rows += len(events["event_id"])
+        status.batches += 1
+        status.last_insert_ms = int(time.time() * 1000)
+        for name in events["event_type"]:
+            status.by_type[name] = status.by_type.get(name, 0) + 1
+
+    @app.task
+    async def sink_to_clickhouse() -> None:
+        # A consumer group of its own, not a Faust agent: the sink reads the same topics as the
+        # business agents, and two streams of one app sharing a partition share its offset
+        # commits. Here offsets are committed only after ClickHouse accepted the batch, and a
+        # ClickHouse outage holds back the sink alone.
+        consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=settings.bootstrap,
+            group_id=f"{settings.app_id}-sink",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_interval_ms=24 * 3600 * 1000,  # a long ClickHouse outage must not evict it
+            session_timeout_ms=int(settings.session_timeout_s * 1000),
+        )
+        await consumer.start()
         outbox = Outbox(app, rt.codec, settings)
-        async for batch in stream.take_events(settings.sink_batch_rows, within=settings.sink_flush_interval_s):
-            now_ms = rt.clock.now_ms()
-            messages = [event.message for event in batch]
-            events, dead, unreadable = rows_for_batch(rt, messages, now_ms)
-            for msg, exc in unreadable:
-                status.unreadable += 1
-                if msg.topic == deadletter_topic:
-                    continue  # never dead-letter a dead letter
-                record = dead_letter(msg, "agents.sink", exc.reason, exc.detail, now_ms)
-                outbox.add(DEADLETTERS.name, msg.topic, "DeadLetter", record)
-            if events["event_id"]:
-                await insert_with_retry("events", events)
-            if dead["event_id"]:
-                await insert_with_retry("dead_letters", dead)
-            await outbox.publish(state_written=False)
-            status.rows += len(events["event_id"])
-            status.batches += 1
-            status.last_insert_ms = int(time.time() * 1000)
-            for name in events["event_type"]:
-                status.by_type[name] = status.by_type.get(name, 0) + 1
+        pending: list[Any] = []
+        first_at = 0.0
+        try:
+            while True:
+                fetched = await consumer.getmany(timeout_ms=100, max_records=settings.sink_batch_rows)
+                for messages in fetched.values():
+                    if messages and not pending:
+                        first_at = time.monotonic()
+                    pending.extend(messages)
+                due = time.monotonic() - first_at >= settings.sink_flush_interval_s
+                if pending and (len(pending) >= settings.sink_batch_rows or due):
+                    await write_batch(outbox, pending)
+                    await consumer.commit()  # everything fetched so far is now in ClickHouse
+                    pending = []
+        finally:
+            await consumer.stop()
 
     @app.page("/sink/status")
     async def sink_status(web: Any, request: Any) -> Any:

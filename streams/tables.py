@@ -42,3 +42,12 @@ def write(table: Any, event: Any, key: bytes, value: dict[str, Any]) -> None:
 def local_items(table: Any) -> list[tuple[bytes, dict[str, Any]]]:
     """Every key this worker holds (its assigned partitions), for start-up scans."""
     return [(k, orjson.loads(v)) for k, v in table.items() if v]
+
+
+def delete(table: Any, event: Any, key: bytes) -> None:
+    token = _current_event.set(weakref.ref(event))
+    try:
+        if key in table:
+            del table[key]
+    finally:
+        _current_event.reset(token)

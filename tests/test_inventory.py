@@ -62,37 +62,24 @@ def test_five_channels_race_for_one_sku(make_settings, start_worker) -> None:
     worker = start_worker(settings)
     producer = EventProducer(settings)
     stock_up(producer, worker, "SKU-HOT", 100)
-    # 1,000 units requested: 250 orders of 1-7 units, interleaved across five channels.
-    sizes = itertools.cycle([1, 2, 3, 4, 5, 6, 7])
-    requested = 0
+    # 1,000 units requested: 1,000 one-unit orders, interleaved across five channels.
     orders = []
-    for i in range(250):
-        channel = CHANNELS[i % 5]
-        qty = next(sizes) if requested < 1000 - 7 else 1000 - requested
-        if qty <= 0:
-            break
-        requested += qty
-        number = f"race-{i}"
-        orders.append((ev.order_id(channel, number), qty))
+    for i in range(1000):
+        channel, number = CHANNELS[i % 5], f"race-{i}"
+        orders.append(ev.order_id(channel, number))
         producer.send(
-            ORDER_EVENTS.name,
-            ev.order_id(channel, number),
-            "OrderPlaced",
-            ev.order_placed(channel, number, [ev.line(1, "SKU-HOT", qty)]),
+            ORDER_EVENTS.name, orders[-1], "OrderPlaced", ev.order_placed(channel, number, [ev.line(1, "SKU-HOT", 1)])
         )
     producer.flush()
     decided = wait_reservations(settings, len(orders))
-    reserved = sum(qty for oid, qty in orders if decided[oid]["outcome"] == "RESERVED")
-    rejected = [decided[oid] for oid, _ in orders if decided[oid]["outcome"] == "REJECTED"]
-    assert requested >= 1000 - 7
-    assert reserved <= 100
-    # Every refusal was for lack of stock, and nothing was left on the table that could serve it.
-    assert all(r["lines"][0]["reason"] == "insufficient_stock" for r in rejected)
-    smallest_rejected = min(r["lines"][0]["qty"] for r in rejected)
-    assert 100 - reserved < smallest_rejected
-    level = wait_for(lambda: (s := stock(worker, "SKU-HOT")) and s["locked"] == reserved and s, what="pool")
-    assert level["available"] == 100 - reserved and level["on_hand"] == 100
-    assert level["available"] >= 0
+    outcomes = [decided[oid]["outcome"] for oid in orders]
+    assert outcomes.count("RESERVED") == 100 and outcomes.count("REJECTED") == 900
+    assert {decided[oid]["lines"][0]["reason"] for oid in orders if decided[oid]["outcome"] == "REJECTED"} == {
+        "insufficient_stock"
+    }
+    assert {o.split(":")[0] for o in orders if decided[o]["outcome"] == "RESERVED"} <= set(CHANNELS)
+    level = wait_stock(worker, "SKU-HOT", locked=100)
+    assert level["available"] == 0 and level["on_hand"] == 100
 
 
 def test_multi_line_order_is_all_or_nothing(make_settings, start_worker) -> None:
@@ -456,3 +443,20 @@ def test_cli_reads_the_pool_and_check_passes(make_settings, start_worker) -> Non
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert json.loads(checked.stdout.strip().splitlines()[-1])["oversold_units"] == 0
+
+
+def test_payment_for_an_order_that_never_comes_is_dead_lettered_after_the_grace(make_settings, start_worker) -> None:
+    settings = make_settings(clock_control=True, parked_grace_s=600, sweep_interval_s=0.3)
+    worker = start_worker(settings)
+    producer = EventProducer(settings)
+    producer.send(ORDER_EVENTS.name, "jd:ghost", "PaymentConfirmed", ev.payment_confirmed("jd", "ghost"))
+    producer.send(ORDER_EVENTS.name, "jd:ghost2", "OrderCancelled", ev.order_cancelled("jd", "ghost2"))
+    producer.flush()
+    wait_for(lambda: len(worker.get("/orders/jd:ghost").get("parked", [])) == 1, what="payment parked")
+    advance_clock(producer, 11)
+    letters = wait_for(
+        lambda: (d := [r for t, r in read_topic(settings, "deadletters")]) and len(d) >= 2 and d, what="dead letters"
+    )
+    assert {r["reason"] for r in letters} == {"unknown_order"}
+    assert {r["original_key"] for r in letters} == {b"jd:ghost", b"jd:ghost2"}
+    assert all(r["original_value"] and r["source_offset"] >= 0 for r in letters)
