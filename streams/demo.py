@@ -72,7 +72,7 @@ def run_demo(settings: Settings, console: Console, timeout_s: float) -> int:
         console.print(table)
         console.print(f"ClickHouse: {settings.clickhouse_url} (database {settings.clickhouse_database})")
         return 0
-    except MissingTool as exc:
+    except (MissingTool, RuntimeError) as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
     finally:
