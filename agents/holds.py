@@ -80,13 +80,6 @@ def stock_level(pool: SkuPool, rules: PoolRules, now_ms: int) -> StockLevel:
 
 
 @dataclass
-class Batch:
-    """SKUs touched by one batch: the event to write each under, and its working copy."""
-
-    pools: dict[str, tuple[Any, SkuPool]] = field(default_factory=dict)
-
-
-@dataclass
 class LevelPublisher:
     """Coalesces stock levels: at most one record per SKU per refresh interval."""
 
@@ -115,21 +108,12 @@ def register(app: faust.App, rt: Runtime) -> None:
     partitions = settings.partitions
     holds_by_sku = app.Table("holds_by_sku", partitions=partitions, key_type=bytes, value_type=bytes)
     names = {settings.topic(t.name): t.name for t in (HOLD_COMMANDS, STOCK_ADJUSTMENTS, OPS_OVERRIDES, STOCK_TICKS)}
-    source = app.topic(*names, key_serializer="raw", value_serializer="raw")
-    ticks = app.topic(settings.topic(STOCK_TICKS.name), key_serializer="raw", value_serializer="raw")
+    source = keyed.raw_topic(app, settings, HOLD_COMMANDS, STOCK_ADJUSTMENTS, OPS_OVERRIDES, STOCK_TICKS)
+    ticks = keyed.raw_topic(app, settings, STOCK_TICKS)
     levels = LevelPublisher(settings.refresh_interval_ms)
-    levels_topic = app.topic(settings.topic(STOCK_LEVELS.name), key_serializer="raw", value_serializer="raw")
+    levels_topic = keyed.raw_topic(app, settings, STOCK_LEVELS)
     # partition -> {sku: next expiry ms}; rebuilt from the table on a partition's first tick.
     expiries: dict[int, dict[str, int]] = {}
-
-    def load(batch: Batch, event: Any, sku: str) -> SkuPool:
-        if sku in batch.pools:
-            pool = batch.pools[sku][1]
-        else:
-            data = tables.read(holds_by_sku, event, sku.encode())
-            pool = SkuPool.from_dict(data) if data else SkuPool(sku=sku)
-        batch.pools[sku] = (event, pool)
-        return pool
 
     def answer(outbox: Outbox, sku: str, a: rules_.Answer, now_ms: int, source_ms: int = 0) -> None:
         record = HoldDecided(
@@ -167,7 +151,7 @@ def register(app: faust.App, rt: Runtime) -> None:
         )
         outbox.add(AUDIT_OVERRIDES.name, override_id, "OverrideAudited", record)
 
-    def apply(batch: Batch, outbox: Outbox, event: Any, now_ms: int) -> None:
+    def apply(batch: keyed.WorkingSet[SkuPool], outbox: Outbox, event: Any, now_ms: int) -> None:
         msg = event.message
         name = names.get(msg.topic, "")
         if name == STOCK_TICKS.name:
@@ -192,7 +176,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                 send_dead_letter(outbox, msg, STAGE, problem,
                                  f"{record['kind']} {record['qty']} at {record['warehouse_id']!r}", now_ms)  # fmt: skip
                 return
-        pool = load(batch, event, sku)
+        pool = batch.load(event, sku)
         position = f"{name}:{msg.partition}"
         pool.offsets[position] = max(pool.offsets.get(position, -1), msg.offset)
         was_paused, had_breach = pool.paused, bool(pool.breaches())
@@ -262,7 +246,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                 cleared=True,
             )
 
-    def expire_partition(batch: Batch, outbox: Outbox, event: Any, now_ms: int) -> None:
+    def expire_partition(batch: keyed.WorkingSet[SkuPool], outbox: Outbox, event: Any, now_ms: int) -> None:
         partition = event.message.partition
         if partition not in expiries:
             expiries[partition] = {}
@@ -275,7 +259,7 @@ def register(app: faust.App, rt: Runtime) -> None:
         for sku, due in list(expiries[partition].items()):
             if not due or due > now_ms:
                 continue
-            pool = load(batch, event, sku)
+            pool = batch.load(event, sku)
             was_paused, had_breach = pool.paused, bool(pool.breaches())
             for a in rules_.expire_due(pool, rules, now_ms):
                 answer(outbox, sku, a, now_ms)
@@ -290,13 +274,13 @@ def register(app: faust.App, rt: Runtime) -> None:
         outbox = Outbox(app, rt.codec, settings)
         async for events in stream.take_events(2000, within=0.005):
             now_ms = rt.clock.now_ms()
-            batch = Batch()
+            batch = keyed.WorkingSet(holds_by_sku, SkuPool.from_dict, lambda sku: SkuPool(sku=sku))
             keyed.apply_each(events, functools.partial(apply, batch, outbox, now_ms=now_ms), outbox, STAGE, now_ms)
-            for sku, (event, pool) in batch.pools.items():
+            for sku, (event, pool) in batch.entries.items():
                 tables.write(holds_by_sku, event, sku.encode(), pool.to_dict())
                 expiries.setdefault(event.message.partition, {})[sku] = pool.next_expiry_ms()
                 levels.pending[sku] = stock_level(pool, rules, now_ms)
-            await outbox.publish(state_written=bool(batch.pools))
+            await outbox.publish(state_written=bool(batch.entries))
             await send_levels(now_ms)
 
     @app.timer(max(settings.refresh_interval_ms / 2000.0, 0.02))

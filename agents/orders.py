@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -87,29 +87,15 @@ class SourceRef:
                    base64.b64decode(d["key"]) or None, base64.b64decode(d["value"]) or None)  # fmt: skip
 
 
-@dataclass
-class Batch:
-    orders: dict[str, tuple[Any, OrderRecord]] = field(default_factory=dict)
-
-
 def register(app: faust.App, rt: Runtime) -> None:
     settings = rt.settings
     rules = order_rules(rt)
     partitions = settings.partitions
     orders_by_id = app.Table("orders_by_id", partitions=partitions, key_type=bytes, value_type=bytes)
     names = {settings.topic(t.name): t.name for t in (ORDER_EVENTS, HOLD_RESULTS, ORDER_TICKS)}
-    source = app.topic(*names, key_serializer="raw", value_serializer="raw")
-    ticks = app.topic(settings.topic(ORDER_TICKS.name), key_serializer="raw", value_serializer="raw")
+    source = keyed.raw_topic(app, settings, ORDER_EVENTS, HOLD_RESULTS, ORDER_TICKS)
+    ticks = keyed.raw_topic(app, settings, ORDER_TICKS)
     deadlines: dict[int, dict[str, int]] = {}
-
-    def load(batch: Batch, event: Any, order_id: str) -> OrderRecord:
-        if order_id in batch.orders:
-            rec = batch.orders[order_id][1]
-        else:
-            data = tables.read(orders_by_id, event, order_id.encode())
-            rec = OrderRecord.from_dict(data) if data else OrderRecord(order_id=order_id)
-        batch.orders[order_id] = (event, rec)
-        return rec
 
     def publish(outbox: Outbox, rec: OrderRecord, fx: Effects, now_ms: int) -> None:
         for cmd in fx.hold_commands:
@@ -143,7 +129,7 @@ def register(app: faust.App, rt: Runtime) -> None:
             return flow.on_cancel(rec, record, now_ms, rules)
         return flow.on_shipment(rec, record, kind, now_ms, rules)
 
-    def apply(batch: Batch, outbox: Outbox, event: Any, now_ms: int) -> None:
+    def apply(batch: keyed.WorkingSet[OrderRecord], outbox: Outbox, event: Any, now_ms: int) -> None:
         msg = event.message
         name = names.get(msg.topic, "")
         if name == ORDER_TICKS.name:
@@ -161,7 +147,7 @@ def register(app: faust.App, rt: Runtime) -> None:
         order_id = record["order_id"] if kind == "HoldDecided" else f"{record['channel']}:{record['channel_order_id']}"
         if not keyed.routed_correctly(outbox, msg, order_id, partitions, STAGE, now_ms):
             return
-        rec = load(batch, event, order_id)
+        rec = batch.load(event, order_id)
         if kind == "HoldDecided":
             if not rec.state:
                 return  # an answer for no order of ours (a VIP set-aside, an orphan's expiry)
@@ -183,7 +169,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                 send_dead_letter(outbox, ref, STAGE, later.refusal[0], later.refusal[1], now_ms)
             publish(outbox, rec, later, now_ms)
 
-    def sweep_partition(batch: Batch, outbox: Outbox, event: Any, now_ms: int) -> None:
+    def sweep_partition(batch: keyed.WorkingSet[OrderRecord], outbox: Outbox, event: Any, now_ms: int) -> None:
         partition = event.message.partition
         if partition not in deadlines:
             deadlines[partition] = {}
@@ -193,7 +179,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                     deadlines[partition][rec.order_id] = rec.next_deadline_ms(rules.parked_grace_ms)
         for order_id, due in list(deadlines[partition].items()):
             if due and due <= now_ms:
-                rec = load(batch, event, order_id)
+                rec = batch.load(event, order_id)
                 publish(outbox, rec, flow.on_tick(rec, now_ms, rules), now_ms)
 
     @app.agent(source, name="run_order_lifecycle")
@@ -201,9 +187,9 @@ def register(app: faust.App, rt: Runtime) -> None:
         outbox = Outbox(app, rt.codec, settings)
         async for events in stream.take_events(2000, within=0.005):
             now_ms = rt.clock.now_ms()
-            batch = Batch()
+            batch = keyed.WorkingSet(orders_by_id, OrderRecord.from_dict, lambda oid: OrderRecord(order_id=oid))
             keyed.apply_each(events, functools.partial(apply, batch, outbox, now_ms=now_ms), outbox, STAGE, now_ms)
-            for order_id, (event, rec) in batch.orders.items():
+            for order_id, (event, rec) in batch.entries.items():
                 if rec.state or rec.parked:
                     tables.write(orders_by_id, event, order_id.encode(), rec.to_dict())
                 else:  # parked events given up on: nothing left to keep
@@ -214,7 +200,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                     bucket[order_id] = due
                 else:
                     bucket.pop(order_id, None)
-            await outbox.publish(state_written=bool(batch.orders))
+            await outbox.publish(state_written=bool(batch.entries))
 
     @app.timer(settings.sweep_interval_s, on_leader=True)
     async def tick_orders() -> None:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from streams import tables
 from streams.codec import Codec
 from streams.deadletter import send_dead_letter
 from streams.outbox import Outbox
+from streams.settings import Settings
 from streams.tables import partition_for
+from streams.topics import TopicSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def routed_correctly(outbox: Outbox, msg: Any, key: str, partitions: int, stage: str, now_ms: int) -> bool:
@@ -46,3 +50,25 @@ async def send_ticks(topic: Any, codec: Codec, now_ms: int, partitions: int) -> 
     value = codec.encode("ClockAdvanced", {"event_id": f"tick:{now_ms}", "event_time_ms": now_ms, "offset_ms": 0})
     for partition in range(partitions):
         await topic.send(key=None, value=value, partition=partition)
+
+
+class WorkingSet(Generic[T]):
+    """The keys one batch touched: each read from the table once, written back once."""
+
+    def __init__(self, table: Any, parse: Callable[[dict[str, Any]], T], new: Callable[[str], T]) -> None:
+        self._table, self._parse, self._new = table, parse, new
+        self.entries: dict[str, tuple[Any, T]] = {}  # key -> (event to write under, working copy)
+
+    def load(self, event: Any, key: str) -> T:
+        if key in self.entries:
+            value = self.entries[key][1]
+        else:
+            data = tables.read(self._table, event, key.encode())
+            value = self._parse(data) if data else self._new(key)
+        self.entries[key] = (event, value)
+        return value
+
+
+def raw_topic(app: Any, settings: Settings, *specs: TopicSpec) -> Any:
+    """A Faust topic over the contract topics ``specs``, carrying bytes the codec reads."""
+    return app.topic(*(settings.topic(s.name) for s in specs), key_serializer="raw", value_serializer="raw")
