@@ -27,7 +27,6 @@ from streams import keyed, tables
 from streams import pool as rules_
 from streams.alerts import send_alert
 from streams.app import Runtime
-from streams.codec import DecodeError
 from streams.deadletter import send_dead_letter
 from streams.outbox import Outbox
 from streams.pool import PoolRules, SkuPool
@@ -107,7 +106,7 @@ def register(app: faust.App, rt: Runtime) -> None:
     warehouses = frozenset(load_warehouses(settings.warehouses_file))
     partitions = settings.partitions
     holds_by_sku = app.Table("holds_by_sku", partitions=partitions, key_type=bytes, value_type=bytes)
-    names = {settings.topic(t.name): t.name for t in (HOLD_COMMANDS, STOCK_ADJUSTMENTS, OPS_OVERRIDES, STOCK_TICKS)}
+    names = {settings.topic(t.name): t for t in (HOLD_COMMANDS, STOCK_ADJUSTMENTS, OPS_OVERRIDES, STOCK_TICKS)}
     source = keyed.raw_topic(app, settings, HOLD_COMMANDS, STOCK_ADJUSTMENTS, OPS_OVERRIDES, STOCK_TICKS)
     ticks = keyed.raw_topic(app, settings, STOCK_TICKS)
     levels = LevelPublisher(settings.refresh_interval_ms)
@@ -153,20 +152,13 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     def apply(batch: keyed.WorkingSet[SkuPool], outbox: Outbox, event: Any, now_ms: int) -> None:
         msg = event.message
-        name = names.get(msg.topic, "")
-        if name == STOCK_TICKS.name:
+        if names[msg.topic] is STOCK_TICKS:
             expire_partition(batch, outbox, event, now_ms)
             return
-        try:
-            event_type, record = rt.codec.decode(msg.value)
-        except DecodeError:
-            return  # the sink reads every topic and dead-letters unreadable bytes once
-        kind = event_type.short_name
-        expected = {"stock.hold-commands": "HoldCommand", "stock.adjustments": "StockAdjusted",
-                    "ops.overrides": "VipOverride"}.get(name)  # fmt: skip
-        if kind != expected:
-            send_dead_letter(outbox, msg, STAGE, "unexpected_event_type", f"{kind} on {name}", now_ms)
+        decoded = keyed.decode_for(outbox, rt.codec, msg, names[msg.topic], STAGE, now_ms)
+        if decoded is None:
             return
+        kind, record = decoded
         sku = record["sku"]
         if not keyed.routed_correctly(outbox, msg, sku, partitions, STAGE, now_ms):
             return
@@ -177,7 +169,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                                  f"{record['kind']} {record['qty']} at {record['warehouse_id']!r}", now_ms)  # fmt: skip
                 return
         pool = batch.load(event, sku)
-        position = f"{name}:{msg.partition}"
+        position = f"{names[msg.topic].name}:{msg.partition}"
         pool.offsets[position] = max(pool.offsets.get(position, -1), msg.offset)
         was_paused, had_breach = pool.paused, bool(pool.breaches())
         if kind == "HoldCommand":

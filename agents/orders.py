@@ -27,7 +27,6 @@ import orjson
 from streams import keyed, tables
 from streams import orderflow as flow
 from streams.app import Runtime
-from streams.codec import DecodeError
 from streams.deadletter import send_dead_letter
 from streams.orderflow import Effects, OrderRecord, OrderRules
 from streams.outbox import Outbox
@@ -43,11 +42,6 @@ from streams.topics import (
 
 log = logging.getLogger(__name__)
 STAGE = "agents.orders"
-ORDER_EVENT_TYPES = (
-    "OrderPlaced", "PaymentConfirmed", "PaymentFailed", "OrderCancelled",
-    "ShipmentDispatched", "ShipmentDelivered",
-)  # fmt: skip
-
 
 def order_rules(rt: Runtime) -> OrderRules:
     s = rt.settings
@@ -92,7 +86,7 @@ def register(app: faust.App, rt: Runtime) -> None:
     rules = order_rules(rt)
     partitions = settings.partitions
     orders_by_id = app.Table("orders_by_id", partitions=partitions, key_type=bytes, value_type=bytes)
-    names = {settings.topic(t.name): t.name for t in (ORDER_EVENTS, HOLD_RESULTS, ORDER_TICKS)}
+    names = {settings.topic(t.name): t for t in (ORDER_EVENTS, HOLD_RESULTS, ORDER_TICKS)}
     source = keyed.raw_topic(app, settings, ORDER_EVENTS, HOLD_RESULTS, ORDER_TICKS)
     ticks = keyed.raw_topic(app, settings, ORDER_TICKS)
     deadlines: dict[int, dict[str, int]] = {}
@@ -131,19 +125,13 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     def apply(batch: keyed.WorkingSet[OrderRecord], outbox: Outbox, event: Any, now_ms: int) -> None:
         msg = event.message
-        name = names.get(msg.topic, "")
-        if name == ORDER_TICKS.name:
+        if names[msg.topic] is ORDER_TICKS:
             sweep_partition(batch, outbox, event, now_ms)
             return
-        try:
-            event_type, record = rt.codec.decode(msg.value)
-        except DecodeError:
-            return  # the sink reads every topic and dead-letters unreadable bytes once
-        kind = event_type.short_name
-        allowed = ORDER_EVENT_TYPES if name == ORDER_EVENTS.name else ("HoldDecided",)
-        if kind not in allowed:
-            send_dead_letter(outbox, msg, STAGE, "unexpected_event_type", f"{kind} on {name}", now_ms)
+        decoded = keyed.decode_for(outbox, rt.codec, msg, names[msg.topic], STAGE, now_ms)
+        if decoded is None:
             return
+        kind, record = decoded
         order_id = record["order_id"] if kind == "HoldDecided" else f"{record['channel']}:{record['channel_order_id']}"
         if not keyed.routed_correctly(outbox, msg, order_id, partitions, STAGE, now_ms):
             return

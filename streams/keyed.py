@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from streams import tables
-from streams.codec import Codec
+from streams.codec import Codec, DecodeError
 from streams.deadletter import send_dead_letter
 from streams.outbox import Outbox
 from streams.settings import Settings
@@ -72,3 +72,18 @@ class WorkingSet(Generic[T]):
 def raw_topic(app: Any, settings: Settings, *specs: TopicSpec) -> Any:
     """A Faust topic over the contract topics ``specs``, carrying bytes the codec reads."""
     return app.topic(*(settings.topic(s.name) for s in specs), key_serializer="raw", value_serializer="raw")
+
+
+def decode_for(
+    outbox: Outbox, codec: Codec, msg: Any, spec: TopicSpec, stage: str, now_ms: int
+) -> tuple[str, dict[str, Any]] | None:
+    """The (event type, record) of a message, if it is one of the events its topic carries."""
+    try:
+        event_type, record = codec.decode(msg.value)
+    except DecodeError:
+        return None  # the sink reads every topic and dead-letters unreadable bytes once
+    kind = event_type.short_name
+    if kind not in spec.events:
+        send_dead_letter(outbox, msg, stage, "unexpected_event_type", f"{kind} on {spec.name}", now_ms)
+        return None
+    return kind, record
