@@ -30,6 +30,7 @@ from streams.app import Runtime
 from streams.deadletter import send_dead_letter
 from streams.outbox import Outbox
 from streams.pool import PoolRules, SkuPool
+from streams.positions import InputPositions
 from streams.records import HoldDecided, OverrideAudited, StockLevel
 from streams.topics import (
     AUDIT_OVERRIDES,
@@ -264,7 +265,11 @@ def register(app: faust.App, rt: Runtime) -> None:
     @app.agent(source, name="apply_to_pool")
     async def apply_to_pool(stream: Any) -> None:
         outbox = Outbox(app, rt.codec, settings)
-        async for events in stream.take_events(2000, within=0.005):
+        positions = InputPositions(
+            app, holds_by_sku, settings.bootstrap, STAGE, tuple(names), settings.topic(STOCK_TICKS.name)
+        )
+        async for taken in stream.take_events(2000, within=0.005):
+            events = await positions.admit(taken)
             now_ms = rt.clock.now_ms()
             batch = keyed.WorkingSet(holds_by_sku, SkuPool.from_dict, lambda sku: SkuPool(sku=sku))
             keyed.apply_each(events, functools.partial(apply, batch, outbox, now_ms=now_ms), outbox, STAGE, now_ms)
@@ -273,6 +278,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                 expiries.setdefault(event.message.partition, {})[sku] = pool.next_expiry_ms()
                 levels.pending[sku] = stock_level(pool, rules, now_ms)
             await outbox.publish(state_written=bool(batch.entries))
+            positions.record(events)
             await send_levels(now_ms)
 
     @app.timer(max(settings.refresh_interval_ms / 2000.0, 0.02))

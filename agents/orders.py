@@ -30,6 +30,7 @@ from streams.app import Runtime
 from streams.deadletter import send_dead_letter
 from streams.orderflow import Effects, OrderRecord, OrderRules
 from streams.outbox import Outbox
+from streams.positions import InputPositions
 from streams.records import OrderStateChanged, ReservationDecided
 from streams.topics import (
     HOLD_COMMANDS,
@@ -42,6 +43,7 @@ from streams.topics import (
 
 log = logging.getLogger(__name__)
 STAGE = "agents.orders"
+
 
 def order_rules(rt: Runtime) -> OrderRules:
     s = rt.settings
@@ -173,7 +175,11 @@ def register(app: faust.App, rt: Runtime) -> None:
     @app.agent(source, name="run_order_lifecycle")
     async def run_order_lifecycle(stream: Any) -> None:
         outbox = Outbox(app, rt.codec, settings)
-        async for events in stream.take_events(2000, within=0.005):
+        positions = InputPositions(
+            app, orders_by_id, settings.bootstrap, STAGE, tuple(names), settings.topic(ORDER_TICKS.name)
+        )
+        async for taken in stream.take_events(2000, within=0.005):
+            events = await positions.admit(taken)
             now_ms = rt.clock.now_ms()
             batch = keyed.WorkingSet(orders_by_id, OrderRecord.from_dict, lambda oid: OrderRecord(order_id=oid))
             keyed.apply_each(events, functools.partial(apply, batch, outbox, now_ms=now_ms), outbox, STAGE, now_ms)
@@ -189,6 +195,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                 else:
                     bucket.pop(order_id, None)
             await outbox.publish(state_written=bool(batch.entries))
+            positions.record(events)
 
     @app.timer(settings.sweep_interval_s, on_leader=True)
     async def tick_orders() -> None:

@@ -24,6 +24,7 @@ import orjson
 
 from streams.codec import Codec, DecodeError, default_codec
 from streams.settings import Settings
+from streams.tables import RESERVED_PREFIX
 from streams.topicreader import read_all
 from streams.topics import DEADLETTERS, HOLD_RESULTS, ORDER_EVENTS, ORDER_STATES, RESERVATION_RESULTS, STOCK_ADJUSTMENTS
 from streams.warehouses import load_warehouses
@@ -166,6 +167,8 @@ def audit(settings: Settings) -> Report:
     # 3. The table as its changelog holds it.
     table: dict[str, dict[str, Any] | None] = {}
     for rec in read_all(settings.bootstrap, f"{settings.app_id}-holds_by_sku-changelog"):
+        if (rec.key or b"").startswith(RESERVED_PREFIX):
+            continue  # the agent's input positions, not a SKU
         table[(rec.key or b"").decode()] = orjson.loads(rec.value) if rec.value else None
     presale_keys = {
         key for state in table.values() if state

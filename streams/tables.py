@@ -16,6 +16,9 @@ import orjson
 from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 
+# Keys an agent keeps for its own bookkeeping (input positions), never a business key.
+RESERVED_PREFIX = b"\x00"
+
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default (Java) partitioner picks for ``key``."""
@@ -41,7 +44,7 @@ def write(table: Any, event: Any, key: bytes, value: dict[str, Any]) -> None:
 
 def local_items(table: Any) -> list[tuple[bytes, dict[str, Any]]]:
     """Every key this worker holds (its assigned partitions), for start-up scans."""
-    return [(k, orjson.loads(v)) for k, v in table.items() if v]
+    return [(k, orjson.loads(v)) for k, v in table.items() if v and not k.startswith(RESERVED_PREFIX)]
 
 
 def delete(table: Any, event: Any, key: bytes) -> None:
