@@ -74,6 +74,7 @@ def stock_level(pool: SkuPool, rules: PoolRules, now_ms: int) -> StockLevel:
         paused=pool.paused,
         sellable=pool.sellable(rules),
         on_hand_by_warehouse=dict(pool.on_hand),
+        allocated_by_warehouse=pool.allocated(),
         newest_change_ms=pool.newest_change_ms,
         newest_source_ms=pool.newest_source_ms,
     )

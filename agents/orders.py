@@ -3,11 +3,14 @@
 Reads: ``order.events`` (channel and WMS events), ``stock.hold-results`` (the pool's answers),
 ``order.ticks`` (its own wake-ups for payment timeouts and parked events) - all keyed and
 partitioned by order id.
-Writes: ``stock.hold-commands`` (RESERVE / RELEASE / COMMIT / SHIP per line, keyed by SKU),
-``reservation.results``, ``order.states``, ``order.ticks``; dead letters through
-``streams.deadletter``.
+Writes: ``stock.hold-commands`` (RESERVE / RELEASE / COMMIT / ALLOCATE / SHIP per line, keyed by
+SKU), ``reservation.results``, ``order.states``, ``routing.decisions``, ``warehouse.dispatch``,
+``warehouse.performance``, ``order.ticks``; alerts (SLA, unroutable) and dead letters through
+``streams.alerts`` / ``streams.deadletter``.
 Owns: table ``orders_by_id`` (RocksDB, compacted changelog): per order its lines, the answer per
-line, state, stage times, payment deadline and events parked until the order arrives.
+line, state, stage times, payment deadline, routing plan and allocations, WMS acknowledgements,
+SLA flag and events parked until the order arrives. Routes paid orders with the in-memory
+``agents.warehouse_view`` (scores in ``streams.routing``).
 
 Rules live in ``streams.orderflow``; this module moves events in and effects out, persisting each
 changed order before publishing what it decided (``streams.outbox``).
@@ -24,14 +27,17 @@ from typing import Any
 import faust
 import orjson
 
+from agents import warehouse_view
 from streams import keyed, tables
 from streams import orderflow as flow
+from streams.alerts import send_alert
 from streams.app import Runtime
 from streams.deadletter import send_dead_letter
 from streams.orderflow import Effects, OrderRecord, OrderRules
 from streams.outbox import Outbox
 from streams.positions import InputPositions
 from streams.records import OrderStateChanged, ReservationDecided
+from streams.routing import Line
 from streams.topics import (
     HOLD_COMMANDS,
     HOLD_RESULTS,
@@ -39,10 +45,15 @@ from streams.topics import (
     ORDER_STATES,
     ORDER_TICKS,
     RESERVATION_RESULTS,
+    ROUTING_DECISIONS,
+    WAREHOUSE_DISPATCH,
+    WAREHOUSE_PERFORMANCE,
 )
 
 log = logging.getLogger(__name__)
 STAGE = "agents.orders"
+# Events that change an order without outputs of their own; never mistaken for duplicates.
+SILENT = ("PaymentFailed", "WmsAcknowledged")
 
 
 def order_rules(rt: Runtime) -> OrderRules:
@@ -53,6 +64,9 @@ def order_rules(rt: Runtime) -> OrderRules:
         hold_ttl_ms=int(s.hold_ttl_s * 1000),
         parked_grace_ms=int(s.parked_grace_s * 1000),
         max_line_qty=s.max_line_qty,
+        sla_ms=int(s.sla_unrouted_s * 1000),
+        ship_promise_ms=int(s.ship_promise_s * 1000),
+        route_retry_ms=int(s.route_retry_s * 1000),
     )
 
 
@@ -92,6 +106,16 @@ def register(app: faust.App, rt: Runtime) -> None:
     source = keyed.raw_topic(app, settings, ORDER_EVENTS, HOLD_RESULTS, ORDER_TICKS)
     ticks = keyed.raw_topic(app, settings, ORDER_TICKS)
     deadlines: dict[int, dict[str, int]] = {}
+    view = warehouse_view.register(app, rt)
+
+    def settle(rec: OrderRecord, fx: Effects, now_ms: int) -> Effects:
+        """Add what follows from ``fx`` within the order: routing the paid lines, the SLA check."""
+        if fx.route and rec.state == "paid":
+            lines = [Line(int(n), rec.lines[n]["sku"], rec.lines[n]["qty"]) for n in fx.route]
+            fx.extend(flow.on_route_decided(rec, view.decide(rec.address, lines, now_ms), now_ms, rules))
+        fx.route = []
+        fx.extend(flow.check_sla(rec, now_ms, rules))
+        return fx
 
     def publish(outbox: Outbox, rec: OrderRecord, fx: Effects, now_ms: int) -> None:
         for cmd in fx.hold_commands:
@@ -108,6 +132,14 @@ def register(app: faust.App, rt: Runtime) -> None:
                 channel=rec.channel, outcome=fx.reservation["outcome"], lines=fx.reservation["lines"],
                 placed_at_ms=rec.placed_at_ms, sent_at_ms=rec.sent_at_ms,
             ))  # fmt: skip
+        if fx.routing_decision is not None:
+            outbox.add(ROUTING_DECISIONS.name, rec.order_id, "RoutingDecision", fx.routing_decision)
+        for dispatch in fx.dispatches:
+            outbox.add(WAREHOUSE_DISPATCH.name, rec.order_id, "WarehouseDispatched", dispatch)
+        for outcome in fx.shipment_outcomes:
+            outbox.add(WAREHOUSE_PERFORMANCE.name, outcome["warehouse_id"], "ShipmentOutcome", outcome)
+        for alert in fx.alerts:
+            send_alert(outbox, **{"at_ms": now_ms, **alert})
         for parked in fx.expired_parked:
             ref = SourceRef.from_dict(parked["source"])
             send_dead_letter(outbox, ref, STAGE, "unknown_order",
@@ -123,6 +155,8 @@ def register(app: faust.App, rt: Runtime) -> None:
             return Effects()  # the order keeps its holds until the payment timeout
         if kind == "OrderCancelled":
             return flow.on_cancel(rec, record, now_ms, rules)
+        if kind == "WmsAcknowledged":
+            return flow.on_wms_ack(rec, record, now_ms)
         return flow.on_shipment(rec, record, kind, now_ms, rules)
 
     def apply(batch: keyed.WorkingSet[OrderRecord], outbox: Outbox, event: Any, now_ms: int) -> None:
@@ -149,15 +183,15 @@ def register(app: faust.App, rt: Runtime) -> None:
             fx = handle(rec, kind, record, now_ms)
         if fx.refusal is not None:
             send_dead_letter(outbox, msg, STAGE, fx.refusal[0], fx.refusal[1], now_ms)
-        elif not (fx.hold_commands or fx.transitions or fx.reservation):
+        elif kind not in SILENT and not (fx.hold_commands or fx.transitions or fx.reservation or fx.route):
             fx = flow.implied_effects(rec, now_ms, rules)  # a duplicate: say again what we decided
-        publish(outbox, rec, fx, now_ms)
+        publish(outbox, rec, settle(rec, fx, now_ms), now_ms)
         for parked in fx.replay_parked:
             later = handle(rec, parked["event_type"], parked["event"], now_ms)
             if later.refusal is not None:
                 ref = SourceRef.from_dict(parked["source"])
                 send_dead_letter(outbox, ref, STAGE, later.refusal[0], later.refusal[1], now_ms)
-            publish(outbox, rec, later, now_ms)
+            publish(outbox, rec, settle(rec, later, now_ms), now_ms)
 
     def sweep_partition(batch: keyed.WorkingSet[OrderRecord], outbox: Outbox, event: Any, now_ms: int) -> None:
         partition = event.message.partition
@@ -166,11 +200,11 @@ def register(app: faust.App, rt: Runtime) -> None:
             for key, data in tables.local_items(orders_by_id):
                 if tables.partition_for(key, partitions) == partition:
                     rec = OrderRecord.from_dict(data)
-                    deadlines[partition][rec.order_id] = rec.next_deadline_ms(rules.parked_grace_ms)
+                    deadlines[partition][rec.order_id] = rec.next_deadline_ms(rules)
         for order_id, due in list(deadlines[partition].items()):
             if due and due <= now_ms:
                 rec = batch.load(event, order_id)
-                publish(outbox, rec, flow.on_tick(rec, now_ms, rules), now_ms)
+                publish(outbox, rec, settle(rec, flow.on_tick(rec, now_ms, rules), now_ms), now_ms)
 
     @app.agent(source, name="run_order_lifecycle")
     async def run_order_lifecycle(stream: Any) -> None:
@@ -188,7 +222,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                     tables.write(orders_by_id, event, order_id.encode(), rec.to_dict())
                 else:  # parked events given up on: nothing left to keep
                     tables.delete(orders_by_id, event, order_id.encode())
-                due = rec.next_deadline_ms(rules.parked_grace_ms)
+                due = rec.next_deadline_ms(rules)
                 bucket = deadlines.setdefault(event.message.partition, {})
                 if due:
                     bucket[order_id] = due

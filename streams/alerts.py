@@ -20,9 +20,10 @@ def send_alert(
     at_ms: int,
     cleared: bool = False,
     details: dict[str, str] | None = None,
+    event_id: str = "",
 ) -> Alert:
     record = Alert(
-        event_id=f"{kind}:{subject}:{at_ms}",
+        event_id=event_id or f"{kind}:{subject}:{at_ms}",
         event_time_ms=at_ms,
         kind=kind,
         severity=severity,

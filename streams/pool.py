@@ -61,6 +61,7 @@ class Hold:
     reason: str
     expires_at_ms: int  # 0: does not expire (paid, or a tombstone)
     updated_ms: int
+    warehouse_id: str = ""  # set when routing allocates the line to a warehouse
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -108,6 +109,17 @@ class SkuPool:
     def available(self) -> int:
         return max(0, self.on_hand_total() - self.locked() - self.presale_reserved())
 
+    def allocated(self) -> dict[str, int]:
+        """Per warehouse, the open units routing has allocated to it (to ship from there)."""
+        out: dict[str, int] = {}
+        for h in self.holds.values():
+            if h.status in OPEN and h.warehouse_id:
+                out[h.warehouse_id] = out.get(h.warehouse_id, 0) + h.qty
+        return out
+
+    def warehouse_free(self, warehouse_id: str) -> int:
+        return max(0, self.on_hand.get(warehouse_id, 0)) - self.allocated().get(warehouse_id, 0)
+
     def next_expiry_ms(self) -> int:
         due = [h.expires_at_ms for h in self.holds.values() if h.status == HELD and h.expires_at_ms]
         return min(due) if due else 0
@@ -126,6 +138,9 @@ class SkuPool:
             found.append(f"locked {self.locked()} exceeds on-hand {self.on_hand_total()}")
         if self.presale_reserved() > self.presale_cap:
             found.append(f"presale {self.presale_reserved()} exceeds cap {self.presale_cap}")
+        for wh, qty in self.allocated().items():
+            if qty > max(0, self.on_hand.get(wh, 0)):
+                found.append(f"{wh}: allocated {qty} exceeds its on-hand {self.on_hand.get(wh, 0)}")
         negatives = {wh: q for wh, q in self.on_hand.items() if q < 0}
         if negatives:
             found.append(f"negative on-hand {negatives}")
@@ -223,9 +238,11 @@ def apply_line_command(
     warehouse_id: str = "",
     reason: str = "",
 ) -> Answer:
-    """RELEASE, COMMIT, SHIP or EXPIRE one order line; idempotent."""
+    """RELEASE, COMMIT, SHIP, EXPIRE or ALLOCATE one order line; idempotent."""
     key = hold_key(order_id, line_no)
     hold = pool.holds.get(key)
+    if action == "ALLOCATE":
+        return allocate(pool, hold, order_id, line_no, qty, warehouse_id, now_ms)
     sources, target = _TRANSITIONS[action]
     if hold is None:
         if action == "RELEASE":
@@ -242,13 +259,36 @@ def apply_line_command(
     if hold.status not in sources:
         return Answer(order_id, line_no, hold.qty, action, "IGNORED", f"hold_is_{hold.status}")
     if action == "SHIP" and not hold.presale:
-        _deduct_shipped(pool, hold.qty, warehouse_id)
+        _deduct_shipped(pool, hold.qty, hold.warehouse_id or warehouse_id)
     hold.status = target
     hold.reason = reason
     hold.updated_ms = now_ms
     hold.expires_at_ms = 0 if target == SOLD else now_ms + rules.tombstone_ttl_ms
     _touch(pool, now_ms)
     return Answer(order_id, line_no, hold.qty, action, OUTCOME_OF[target], reason)
+
+
+def allocate(pool: SkuPool, hold: Hold | None, order_id: str, line_no: int, qty: int, warehouse_id: str,
+             now_ms: int) -> Answer:  # fmt: skip
+    """Tie a paid line to the warehouse routing chose, if that warehouse still has the units free.
+
+    Routing scores warehouses from published stock levels, which can be a refresh interval old;
+    this is the authoritative check, so two orders routed at once can never both take the last
+    units of one warehouse.
+    """
+    if hold is None or hold.status not in OPEN:
+        return Answer(order_id, line_no, qty, "ALLOCATE", "IGNORED", "no_open_hold" if hold is None else
+                      f"hold_is_{hold.status}")  # fmt: skip
+    if hold.warehouse_id == warehouse_id:
+        return Answer(order_id, line_no, hold.qty, "ALLOCATE", "ALLOCATED", warehouse_id)
+    if hold.warehouse_id:
+        return Answer(order_id, line_no, hold.qty, "ALLOCATE", "IGNORED", f"allocated_to_{hold.warehouse_id}")
+    if pool.warehouse_free(warehouse_id) < hold.qty:
+        return Answer(order_id, line_no, hold.qty, "ALLOCATE", "REFUSED", "warehouse_short")
+    hold.warehouse_id = warehouse_id
+    hold.updated_ms = now_ms
+    _touch(pool, now_ms)
+    return Answer(order_id, line_no, hold.qty, "ALLOCATE", "ALLOCATED", warehouse_id)
 
 
 def _deduct_shipped(pool: SkuPool, qty: int, warehouse_id: str) -> None:

@@ -95,7 +95,7 @@ class ShipmentDelivered(TypedDict):
 class HoldCommand(TypedDict):
     event_id: str
     event_time_ms: int
-    action: str  # RESERVE | RELEASE | COMMIT | SHIP | EXPIRE
+    action: str  # RESERVE | RELEASE | COMMIT | SHIP | EXPIRE | ALLOCATE
     order_id: str
     line_no: int
     sku: str
@@ -116,7 +116,7 @@ class HoldDecided(TypedDict):
     sku: str
     qty: int
     action: str
-    outcome: str  # HELD | REFUSED | RELEASED | COMMITTED | SHIPPED | EXPIRED | IGNORED
+    outcome: str  # HELD | REFUSED | RELEASED | COMMITTED | SHIPPED | EXPIRED | IGNORED | ALLOCATED
     reason: str
     source_time_ms: int
 
@@ -165,6 +165,7 @@ class StockLevel(TypedDict):
     paused: bool
     sellable: dict[str, int]
     on_hand_by_warehouse: dict[str, int]
+    allocated_by_warehouse: dict[str, int]
     newest_change_ms: int
     newest_source_ms: int
 
@@ -250,3 +251,41 @@ class ClockAdvanced(TypedDict):
     event_id: str
     event_time_ms: int
     offset_ms: int
+
+
+class WmsAcknowledged(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    channel_order_id: str
+    warehouse_id: str
+    wms_order_id: str
+
+
+class DispatchLine(TypedDict):
+    line_no: int
+    sku: str
+    qty: int
+
+
+class WarehouseDispatched(TypedDict):
+    event_id: str
+    event_time_ms: int
+    order_id: str
+    channel: str
+    channel_order_id: str
+    warehouse_id: str
+    lines: list[DispatchLine]
+    address: dict[str, str]
+    promised_ship_by_ms: int
+    split: bool
+
+
+class ShipmentOutcome(TypedDict):
+    event_id: str
+    event_time_ms: int
+    order_id: str
+    warehouse_id: str
+    on_time: bool
+    promised_ship_by_ms: int
+    shipped_ms: int

@@ -54,6 +54,9 @@ EVENT_TYPES: tuple[EventType, ...] = (
     EventType("stockflow.VipOverride", "vip_override.avsc", records.VipOverride),
     EventType("stockflow.OverrideAudited", "override_audited.avsc", records.OverrideAudited),
     EventType("stockflow.ClockAdvanced", "clock_advanced.avsc", records.ClockAdvanced),
+    EventType("stockflow.WmsAcknowledged", "wms_acknowledged.avsc", records.WmsAcknowledged),
+    EventType("stockflow.WarehouseDispatched", "warehouse_dispatched.avsc", records.WarehouseDispatched),
+    EventType("stockflow.ShipmentOutcome", "shipment_outcome.avsc", records.ShipmentOutcome),
 )
 
 BY_NAME: dict[str, EventType] = {e.name: e for e in EVENT_TYPES}

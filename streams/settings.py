@@ -82,6 +82,29 @@ class Settings(BaseSettings):
     clock_control: bool = Field(default=False, description="Accept clock-advance events (tests and drills only).")
     warehouses_file: Path = REPO_ROOT / "config" / "warehouses.toml"
 
+    # Routing and the order SLA
+    routing_weights: dict[str, float] = Field(
+        default={"distance": 0.4, "sufficiency": 0.3, "on_time": 0.2, "cost": 0.1},
+        description='JSON, e.g. {"distance":0.4,"sufficiency":0.3,"on_time":0.2,"cost":0.1}; must sum to 1.',
+    )
+    on_time_prior: float = Field(default=0.95, ge=0, le=1, description="On-time rate a warehouse starts from.")
+    on_time_prior_weight: float = Field(default=20.0, ge=0, description="How many shipments the prior counts as.")
+    on_time_window: int = Field(default=500, ge=1, description="Shipments the rolling on-time rate looks at.")
+    ship_promise_s: float = Field(default=86400.0, gt=0, description="Promised time from payment to shipment.")
+    sla_unrouted_s: float = Field(default=900.0, gt=0, description="Paid but not pushed/acknowledged: red alert.")
+    route_retry_s: float = Field(default=30.0, gt=0, description="Retry routing an order no warehouse could take.")
+    webhook_url: str = Field(default="", description="WeCom group-robot webhook for red alerts; empty: none.")
+    notify_kinds: tuple[str, ...] = ("sla_breach", "invariant_breach")
+
+    # HTTP intake
+    intake_host: str = "127.0.0.1"
+    intake_port: int = 8080
+    channels_file: Path = REPO_ROOT / "config" / "channels.toml"
+    catalogue_file: Path | None = Field(
+        default=REPO_ROOT / "config" / "catalogue.toml",
+        description="SKU patterns intake accepts; unset to accept any SKU (the pool still refuses unknown ones).",
+    )
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
@@ -103,5 +126,7 @@ class Settings(BaseSettings):
                 value = int(value)
             elif isinstance(value, (tuple, list)):
                 value = json.dumps(list(value))
+            elif isinstance(value, dict):
+                value = json.dumps(value)
             env[f"STOCKFLOW_{name.upper()}"] = str(value)
         return env

@@ -38,8 +38,9 @@ ORDER_EVENTS = TopicSpec(
         "OrderCancelled",
         "ShipmentDispatched",
         "ShipmentDelivered",
+        "WmsAcknowledged",
     ),
-    writer="outside (channel connectors, stockflow intake)",
+    writer="outside (channel connectors, stockflow intake, WMS)",
     direction="input",
     doc="Everything a channel or the WMS says about an order, in channel order.",
 )
@@ -131,9 +132,25 @@ ROUTING_DECISIONS = TopicSpec(
     "routing.decisions",
     key="order id",
     events=("RoutingDecision",),
-    writer="agents.routing",
+    writer="agents.orders",
     direction="output",
     doc="Chosen warehouse(s) with every candidate's factors and score.",
+)
+WAREHOUSE_DISPATCH = TopicSpec(
+    "warehouse.dispatch",
+    key="order id",
+    events=("WarehouseDispatched",),
+    writer="agents.orders",
+    direction="output",
+    doc="Orders pushed to a warehouse, one record per warehouse of a split order: what a WMS consumes.",
+)
+WAREHOUSE_PERFORMANCE = TopicSpec(
+    "warehouse.performance",
+    key="warehouse id",
+    events=("ShipmentOutcome",),
+    writer="agents.orders",
+    direction="internal",
+    doc="Shipped on time or not, per order and warehouse: the routing on-time rate is built from it.",
 )
 ALERTS = TopicSpec(
     "alerts",
@@ -173,6 +190,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     ORDER_STATES,
     STOCK_LEVELS,
     ROUTING_DECISIONS,
+    WAREHOUSE_DISPATCH,
+    WAREHOUSE_PERFORMANCE,
     ALERTS,
     AUDIT_OVERRIDES,
     DEADLETTERS,

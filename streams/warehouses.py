@@ -14,6 +14,7 @@ class Warehouse:
     province: str
     city: str
     cost_per_order: float
+    on_time_prior: float | None = None  # None: the on_time_prior setting
 
 
 def load_warehouses(path: Path) -> dict[str, Warehouse]:
@@ -27,6 +28,7 @@ def load_warehouses(path: Path) -> dict[str, Warehouse]:
             province=entry.get("province", ""),
             city=entry.get("city", ""),
             cost_per_order=float(entry.get("cost_per_order", 0.0)),
+            on_time_prior=float(entry["on_time_prior"]) if "on_time_prior" in entry else None,
         )
         found[wh.id] = wh
     if not found:
