@@ -47,10 +47,11 @@ def create_app(settings: Settings) -> faust.App:
     runtime = Runtime(settings=settings, codec=default_codec(), clock=Clock())
 
     # Imported here: agent modules register agents, tables, timers and views on this app.
-    from agents import clock_control, holds, orders, sink
+    from agents import clock_control, holds, notify, orders, sink
 
     clock_control.register(app, runtime)
     holds.register(app, runtime)
     orders.register(app, runtime)
+    notify.register(app, runtime)
     sink.register(app, runtime)
     return app

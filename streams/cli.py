@@ -135,6 +135,26 @@ def worker() -> None:
     faust.Worker(faust_app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 
 
+@app.command()
+def intake(
+    port: int = typer.Option(None, help="Port (default: STOCKFLOW_INTAKE_PORT)."),
+    host: str = typer.Option(None, help="Address (default: STOCKFLOW_INTAKE_HOST)."),
+) -> None:
+    """Serve the HTTP intake: channel connectors and the WMS post notifications as JSON."""
+    from streams.intake import serve
+    from streams.topics import ensure_topics
+
+    settings = Settings()
+    overrides = {k: v for k, v in (("intake_port", port), ("intake_host", host)) if v is not None}
+    settings = settings.model_copy(update=overrides)
+    try:
+        ensure_topics(settings)
+    except Exception as exc:
+        _fail(f"no broker at {settings.bootstrap}: {exc}")
+    console.print(f"intake on http://{settings.intake_host}:{settings.intake_port}/v1/channels/<channel>/<kind>")
+    serve(settings)
+
+
 override = typer.Typer(no_args_is_help=True, help="VIP overrides: release locked stock to a VIP order.")
 clock = typer.Typer(
     no_args_is_help=True, help="The pipeline clock (drills and tests; needs STOCKFLOW_CLOCK_CONTROL=1)."

@@ -52,6 +52,20 @@ class EventProducer:
                 self._producer.poll(0.05)
         self._producer.poll(0)
 
+    def send_with_callback(self, topic: str, key: str, event: str, record: Any, callback: Any) -> None:
+        """Queue one event; ``callback(err, msg)`` runs from ``poll`` once the broker answered."""
+        value = self.codec.encode(event, record)
+        while True:
+            try:
+                self._producer.produce(self.settings.topic(topic), value=value, key=key.encode(), on_delivery=callback)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def poll(self, timeout_s: float) -> int:
+        """Serve delivery callbacks for up to ``timeout_s``."""
+        return int(self._producer.poll(timeout_s))
+
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued event is acknowledged by the broker; raise on any failure."""
         remaining = self._producer.flush(timeout_s)
