@@ -52,8 +52,6 @@ from streams.topics import (
 
 log = logging.getLogger(__name__)
 STAGE = "agents.orders"
-# Events that change an order without outputs of their own; never mistaken for duplicates.
-SILENT = ("PaymentFailed", "WmsAcknowledged")
 
 
 def order_rules(rt: Runtime) -> OrderRules:
@@ -172,6 +170,13 @@ def register(app: faust.App, rt: Runtime) -> None:
         if not keyed.routed_correctly(outbox, msg, order_id, partitions, STAGE, now_ms):
             return
         rec = batch.load(event, order_id)
+        source = f"{msg.topic}:{msg.partition}"
+        if msg.offset <= rec.applied.get(source, -1):
+            # This very message was applied before a crash, which may have come before its outputs
+            # were published: publish what the order's state implies again (all idempotent).
+            publish(outbox, rec, flow.implied_effects(rec, now_ms, rules), now_ms)
+            return
+        rec.applied[source] = msg.offset
         if kind == "HoldDecided":
             if not rec.state:
                 return  # an answer for no order of ours (a VIP set-aside, an orphan's expiry)
@@ -183,8 +188,6 @@ def register(app: faust.App, rt: Runtime) -> None:
             fx = handle(rec, kind, record, now_ms)
         if fx.refusal is not None:
             send_dead_letter(outbox, msg, STAGE, fx.refusal[0], fx.refusal[1], now_ms)
-        elif kind not in SILENT and not (fx.hold_commands or fx.transitions or fx.reservation or fx.route):
-            fx = flow.implied_effects(rec, now_ms, rules)  # a duplicate: say again what we decided
         publish(outbox, rec, settle(rec, fx, now_ms), now_ms)
         for parked in fx.replay_parked:
             later = handle(rec, parked["event_type"], parked["event"], now_ms)

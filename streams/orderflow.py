@@ -8,8 +8,8 @@ the order waits for exactly one answer per expected line number (a set, not a co
 duplicated answer cannot complete an order early), then either every line is held or every held
 line is released. Events that arrive before their order (paid before created, as marketplaces do)
 are parked on the order and applied when it arrives. Every handler is idempotent: it looks at the
-order's recorded state, so a duplicate or replayed event changes nothing and re-issues only what
-the state still implies.
+order's recorded state, so a duplicate or replayed event changes nothing; a replayed message
+re-issues what the state implies (``implied_effects``).
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class OrderRecord:
     acked: dict[str, int] = field(default_factory=dict)  # warehouse -> WMS acknowledgement ms
     sla: str = ""  # "" | "red" | "cleared"
     shipped_lines: list[str] = field(default_factory=list)
+    applied: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> newest offset applied
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -305,9 +306,11 @@ def reservation_lines(rec: OrderRecord) -> list[dict[str, Any]]:
 def implied_effects(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
     """Everything the order's current state implies downstream, to publish again.
 
-    Used when an event turns out to be a duplicate: if a crash fell between persisting the
-    order and publishing what it decided, this is how the decision still gets out. Every output
-    is idempotent downstream (commands by order line, records by deterministic event id).
+    Used when a message the order has already applied is delivered again (a replay after a crash
+    that may have fallen between persisting the order and publishing what it decided): this is how
+    the decision still gets out. Every output is idempotent downstream (commands by order line,
+    records by deterministic event id). A merely equal event (a channel's retry, a repeated
+    answer) is a different message and publishes nothing, so agents never echo each other.
     """
     fx = Effects()
     if not rec.state:

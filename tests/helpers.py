@@ -6,9 +6,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from loadtest import events as ev
 from streams.codec import default_codec
+from streams.producer import EventProducer
 from streams.settings import Settings
 from streams.topicreader import read_all
+from streams.topics import STOCK_ADJUSTMENTS
 
 T = TypeVar("T")
 
@@ -33,3 +36,42 @@ def wait_for(check: Callable[[], T | None], timeout_s: float = 60.0, what: str =
             return last
         time.sleep(0.3)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last={last!r}")
+
+
+def stock(worker, sku: str) -> dict[str, Any]:
+    level = worker.get(f"/stock/{sku}")
+    if "locked" not in level:  # not seen yet, or the worker is rebalancing: match no expectation
+        return {"locked": -1, "sold": -1, "available": -1, "on_hand": -1, "presale_reserved": -1, "paused": None}
+    return level
+
+
+def wait_stock(worker, sku: str, timeout_s: float = 60, **expected: Any) -> dict[str, Any]:
+    """Wait until the SKU's figures match ``expected``; the error shows the last figures seen."""
+    seen: dict[str, Any] = {}
+
+    def check() -> dict[str, Any] | None:
+        seen.update(stock(worker, sku))
+        return dict(seen) if all(seen.get(k) == v for k, v in expected.items()) else None
+
+    try:
+        return wait_for(check, timeout_s=timeout_s, what=f"{sku} {expected}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last figures {seen}") from None
+
+
+def stock_up(producer: EventProducer, worker, sku: str, qty: int, warehouse: str = "WH-SH") -> None:
+    """Receive stock and wait until the pool knows it (stock and orders travel different topics)."""
+    before = max(stock(worker, sku)["on_hand"], 0)
+    producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, warehouse, qty))
+    producer.flush()
+    wait_stock(worker, sku, on_hand=before + qty)
+
+
+def advance_clock(producer: EventProducer, minutes: float) -> None:
+    producer.send(
+        "ops.clock",
+        "clock",
+        "ClockAdvanced",
+        {"event_id": f"clock-{minutes}", "event_time_ms": ev.now_ms(), "offset_ms": int(minutes * 60_000)},
+    )
+    producer.flush()

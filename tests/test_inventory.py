@@ -10,7 +10,7 @@ import pytest
 from loadtest import events as ev
 from streams.producer import EventProducer
 from streams.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS
-from tests.helpers import read_topic, wait_for
+from tests.helpers import advance_clock, read_topic, stock, stock_up, wait_for, wait_stock
 
 pytestmark = pytest.mark.broker
 CHANNELS = ("tmall", "jd", "douyin", "pdd", "kuaishou")
@@ -26,35 +26,6 @@ def wait_reservations(settings, n: int, timeout_s: float = 90) -> dict[str, dict
         timeout_s=timeout_s,
         what=f"{n} reservation decisions",
     )
-
-
-def stock(worker, sku: str) -> dict[str, Any]:
-    level = worker.get(f"/stock/{sku}")
-    if "locked" not in level:  # not seen yet, or the worker is rebalancing: match no expectation
-        return {"locked": -1, "sold": -1, "available": -1, "on_hand": -1, "presale_reserved": -1, "paused": None}
-    return level
-
-
-def wait_stock(worker, sku: str, timeout_s: float = 60, **expected: Any) -> dict[str, Any]:
-    """Wait until the SKU's figures match ``expected``; the error shows the last figures seen."""
-    seen: dict[str, Any] = {}
-
-    def check() -> dict[str, Any] | None:
-        seen.update(stock(worker, sku))
-        return dict(seen) if all(seen.get(k) == v for k, v in expected.items()) else None
-
-    try:
-        return wait_for(check, timeout_s=timeout_s, what=f"{sku} {expected}")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; last figures {seen}") from None
-
-
-def stock_up(producer: EventProducer, worker, sku: str, qty: int, warehouse: str = "WH-SH") -> None:
-    """Receive stock and wait until the pool knows it (stock and orders travel different topics)."""
-    before = max(stock(worker, sku)["on_hand"], 0)
-    producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, warehouse, qty))
-    producer.flush()
-    wait_stock(worker, sku, on_hand=before + qty)
 
 
 def test_five_channels_race_for_one_sku(make_settings, start_worker) -> None:
@@ -151,16 +122,6 @@ def test_every_event_sent_twice_changes_nothing(make_settings, start_worker) -> 
     results = [r for t, r in read_topic(settings, "stock.hold-results") if r["order_id"] == "pdd:dup-1"]
     held = {r["event_id"] for r in results if r["outcome"] == "HELD"}
     assert held == {"pdd:dup-1#1:RESERVE:HELD"}
-
-
-def advance_clock(producer: EventProducer, minutes: float) -> None:
-    producer.send(
-        "ops.clock",
-        "clock",
-        "ClockAdvanced",
-        {"event_id": f"clock-{minutes}", "event_time_ms": ev.now_ms(), "offset_ms": int(minutes * 60_000)},
-    )
-    producer.flush()
 
 
 def test_payment_timeout_and_hold_expiry_release_stock(make_settings, start_worker) -> None:
