@@ -1,9 +1,12 @@
 """Sinks every business topic into ClickHouse.
 
-Reads: every topic in ``streams.topics.SUNK_TOPICS``. Writes: ClickHouse tables ``events`` and
-``dead_letters``; the ``deadletters`` topic for messages nobody can read (bad header, unknown
+Reads: every topic in ``streams.topics.SUNK_TOPICS``. Writes: ClickHouse table ``events`` (the raw
+log) and the typed tables of ``streams.facts`` the dashboards read (``order_states``,
+``reservations``, ``hold_decisions``, ``stock_levels``, ``alerts``, ``routing_assignments``,
+``dead_letters``); the ``deadletters`` topic for messages nobody can read (bad header, unknown
 fingerprint, truncated body) - the sink reads every topic, so it is the one place that refuses
-unreadable bytes. Owns: nothing in Kafka; its progress is the consumer group's offsets.
+unreadable bytes. Owns: the worker's ClickHouse connection, over which it also serves the
+dashboards (``/dash/{name}``); nothing in Kafka: its progress is the consumer group's offsets.
 
 Batches are flushed on size or time. The sink has its own consumer group
 (``<app id>-sink``) and commits its offsets only after ClickHouse accepted the insert; while
@@ -24,6 +27,7 @@ import faust
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from streams import dashboards, facts
 from streams.app import Runtime
 from streams.clickhouse import ClickHouse, open_clickhouse
 from streams.codec import DecodeError
@@ -41,6 +45,7 @@ class SinkStatus:
     unreadable: int = 0
     retries: int = 0
     last_error: str = ""
+    first_insert_ms: int = 0
     last_insert_ms: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
 
@@ -53,10 +58,10 @@ def _payload_default(obj: Any) -> Any:
 
 def rows_for_batch(
     rt: Runtime, messages: list[Any], now_ms: int
-) -> tuple[dict[str, list[Any]], dict[str, list[Any]], list[tuple[Any, DecodeError]]]:
-    """Turn raw messages into (events columns, dead_letters columns, unreadable messages)."""
+) -> tuple[dict[str, dict[str, list[Any]]], list[tuple[Any, DecodeError]]]:
+    """Turn raw messages into columns per table (``events`` plus the typed facts) and the unreadable."""
     events: dict[str, list[Any]] = {k: [] for k in _EVENT_COLUMNS}
-    dead: dict[str, list[Any]] = {k: [] for k in _DEAD_COLUMNS}
+    tables: dict[str, dict[str, list[Any]]] = {"events": events}
     unreadable = []
     now_s = now_ms // 1000
     for msg in messages:
@@ -76,27 +81,13 @@ def rows_for_batch(
         events["event_time_ms"].append(event_ms)
         events["ingested_at"].append(now_s)
         events["payload"].append(orjson.dumps(record, default=_payload_default).decode())
-        if event_type.short_name == "DeadLetter":
-            dead["event_id"].append(record["event_id"])
-            dead["event_time"].append(max(event_ms // 1000, 0))
-            dead["event_time_ms"].append(event_ms)
-            dead["source_topic"].append(record["source_topic"])
-            dead["source_partition"].append(record["source_partition"])
-            dead["source_offset"].append(record["source_offset"])
-            dead["stage"].append(record["stage"])
-            dead["reason"].append(record["reason"])
-            dead["detail"].append(record["detail"])
-            dead["original_value_hex"].append((record.get("original_value") or b"").hex())
-    return events, dead, unreadable
+        facts.add_rows(tables, event_type.short_name, record)
+    return tables, unreadable
 
 
 _EVENT_COLUMNS = (
     "topic", "event_type", "event_id", "key", "partition", "offset",
     "event_time", "event_time_ms", "ingested_at", "payload",
-)  # fmt: skip
-_DEAD_COLUMNS = (
-    "event_id", "event_time", "event_time_ms", "source_topic", "source_partition",
-    "source_offset", "stage", "reason", "detail", "original_value_hex",
 )  # fmt: skip
 
 
@@ -104,6 +95,9 @@ def register(app: faust.App, rt: Runtime) -> None:
     settings = rt.settings
     status = SinkStatus()
     holder: dict[str, ClickHouse] = {}
+    # One connection per worker, used by one call at a time: the embedded backend is one chdb
+    # session, which is not safe to share between threads.
+    lock = asyncio.Lock()
     topics = [settings.topic(t.name) for t in SUNK_TOPICS]
     deadletter_topic = settings.topic(DEADLETTERS.name)
 
@@ -116,7 +110,8 @@ def register(app: faust.App, rt: Runtime) -> None:
         delay = 0.2
         while True:
             try:
-                await asyncio.to_thread(clickhouse().insert, table, columns)
+                async with lock:
+                    await asyncio.to_thread(clickhouse().insert, table, columns)
                 return
             except Exception as exc:  # ClickHouse down or rejecting: hold the batch, retry
                 status.retries += 1
@@ -128,22 +123,23 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     async def write_batch(outbox: Outbox, messages: list[Any]) -> None:
         now_ms = rt.clock.now_ms()
-        events, dead, unreadable = rows_for_batch(rt, messages, now_ms)
+        tables, unreadable = rows_for_batch(rt, messages, now_ms)
         for msg, exc in unreadable:
             status.unreadable += 1
             if msg.topic == deadletter_topic:
                 continue  # never dead-letter a dead letter
             record = dead_letter(msg, "agents.sink", exc.reason, exc.detail, now_ms)
             outbox.add(DEADLETTERS.name, msg.topic, "DeadLetter", record)
-        if events["event_id"]:
-            await insert_with_retry("events", events)
-        if dead["event_id"]:
-            await insert_with_retry("dead_letters", dead)
+        if not status.first_insert_ms:
+            status.first_insert_ms = int(time.time() * 1000)
+        for table, columns in tables.items():
+            if columns.get("event_id"):
+                await insert_with_retry(table, columns)
         await outbox.publish(state_written=False)
-        status.rows += len(events["event_id"])
+        status.rows += len(tables["events"]["event_id"])
         status.batches += 1
         status.last_insert_ms = int(time.time() * 1000)
-        for name in events["event_type"]:
+        for name in tables["events"]["event_type"]:
             status.by_type[name] = status.by_type.get(name, 0) + 1
 
     @app.task
@@ -187,9 +183,22 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     @app.page("/sink/query/events-by-type")
     async def events_by_type(web: Any, request: Any) -> Any:
-        rows = await asyncio.to_thread(
-            clickhouse().query,
-            "SELECT event_type, count() AS n FROM (SELECT event_type FROM events FINAL) "
-            "GROUP BY event_type ORDER BY event_type",
-        )
+        async with lock:
+            rows = await asyncio.to_thread(
+                clickhouse().query,
+                "SELECT event_type, count() AS n FROM (SELECT event_type FROM events FINAL) "
+                "GROUP BY event_type ORDER BY event_type",
+            )
         return web.json(rows)
+
+    @app.page("/dash/{name}")
+    async def dashboard_view(web: Any, request: Any, name: str) -> Any:
+        """A dashboard's rows, from this worker's ClickHouse (the only way into an embedded one)."""
+        try:
+            dash = dashboards.find(name)
+            params = dashboards.bind(dash, dict(request.query), settings)
+        except dashboards.DashboardError as exc:
+            return web.json({"error": str(exc)}, status=400)
+        async with lock:
+            rows = await asyncio.to_thread(clickhouse().query, dash.sql, params)
+        return web.json({"dashboard": dash.describe(), "rows": dashboards.jsonable(rows)})

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sourced by demo.sh and test.sh: a project virtualenv with stockflow installed, plus the
 # Debian packages the local stack needs when they are missing (Java and Maven for the Kafka
-# broker; clickhouse-server only with STOCKFLOW_NEED_CLICKHOUSE_SERVER=1).
+# broker; clickhouse-server and chromium, for the dashboard page check, only with
+# STOCKFLOW_NEED_CLICKHOUSE_SERVER=1, which the test script sets).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -15,6 +16,9 @@ command -v mvn >/dev/null || missing+=(maven)
 if [ "${STOCKFLOW_NEED_CLICKHOUSE_SERVER:-0}" = 1 ] && ! command -v clickhouse-server >/dev/null \
    && [ ! -x /usr/sbin/clickhouse-server ]; then
   missing+=(clickhouse-server)
+fi
+if [ "${STOCKFLOW_NEED_CLICKHOUSE_SERVER:-0}" = 1 ] && ! command -v chromium >/dev/null; then
+  missing+=(chromium)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"

@@ -147,8 +147,8 @@ def audit(settings: Settings) -> Report:
     history: dict[str, list[str]] = defaultdict(list)
     shipped: dict[str, int] = defaultdict(int)
     for _, kind, res in _decoded(codec, settings, HOLD_RESULTS.name):
-        if kind != "HoldDecided" or res["outcome"] == "IGNORED":
-            continue
+        if kind != "HoldDecided" or res["outcome"] == "IGNORED" or res["action"] == "ALLOCATE":
+            continue  # an allocation ties an open line to a warehouse; it neither opens nor closes it
         key = f"{res['order_id']}#{res['line_no']}"
         outcomes = history[key]
         if not outcomes or outcomes[-1] != res["outcome"]:

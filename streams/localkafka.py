@@ -135,7 +135,7 @@ class LocalKafka:
             fmt = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config))
             result = subprocess.run(fmt, capture_output=True, text=True)
             if result.returncode != 0:
-                raise RuntimeError(f"formatting Kafka storage failed:\n{result.stderr}")
+                raise RuntimeError(f"formatting Kafka storage failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
         pid = procs.start(self._java("kafka.Kafka", str(config)), self.log_file, self.pid_file)
         if not procs.wait_for_port("127.0.0.1", self.settings.kafka_port, timeout_s, pid):
             tail = self.log_file.read_text(errors="replace")[-2000:]

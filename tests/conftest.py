@@ -24,9 +24,19 @@ from streams.workerproc import WorkerProcess
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (each socket is held until all are picked)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +50,8 @@ def kafka_bootstrap(services_home: Path) -> Iterator[str]:
     if given:
         yield given
         return
-    settings = Settings(home=services_home, kafka_port=free_port(), kafka_controller_port=free_port())
+    port, controller = free_ports(2)
+    settings = Settings(home=services_home, kafka_port=port, kafka_controller_port=controller)
     kafka = LocalKafka(settings)
     kafka.up()
     try:
@@ -55,7 +66,8 @@ def clickhouse_server_url(services_home: Path) -> Iterator[str]:
     if given:
         yield given
         return
-    server = LocalClickHouseServer(Settings(home=services_home), tcp_port=free_port(), http_port=free_port())
+    tcp, http = free_ports(2)
+    server = LocalClickHouseServer(Settings(home=services_home), tcp_port=tcp, http_port=http)
     server.up()
     try:
         yield server.url

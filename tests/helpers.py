@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from aiohttp import web
 
 from loadtest import events as ev
 from streams.codec import default_codec
@@ -75,3 +79,21 @@ def advance_clock(producer: EventProducer, minutes: float) -> None:
         {"event_id": f"clock-{minutes}", "event_time_ms": ev.now_ms(), "offset_ms": int(minutes * 60_000)},
     )
     producer.flush()
+
+
+class AppServer:
+    """An aiohttp application served on a real 127.0.0.1 port from a thread of the test process."""
+
+    def __init__(self, app: web.Application, port: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(app)
+        self.url = f"http://127.0.0.1:{port}"
+        self.loop.run_until_complete(self.runner.setup())
+        self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", port).start())
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

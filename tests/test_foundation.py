@@ -20,7 +20,7 @@ from streams.procs import is_alive, port_open
 from streams.producer import EventProducer
 from streams.registry import SCHEMA_DIR
 from streams.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS
-from tests.conftest import free_port
+from tests.conftest import free_port, free_ports
 from tests.helpers import read_topic, wait_for
 
 pytestmark = pytest.mark.broker
@@ -120,7 +120,7 @@ def test_malformed_bytes_become_dead_letters_and_the_worker_keeps_going(make_set
 
 
 def test_dev_up_status_down_leaves_nothing_running(tmp_path: Path) -> None:
-    port, controller = free_port(), free_port()
+    port, controller = free_ports(2)
     env = {
         "STOCKFLOW_HOME": str(tmp_path / "dev"),
         "STOCKFLOW_KAFKA_PORT": str(port),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -12,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 
 from loadtest import events as ev
 from streams.intake import Intake
@@ -20,7 +18,7 @@ from streams.producer import EventProducer
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS
 from tests.conftest import free_port
-from tests.helpers import advance_clock, read_topic, stock_up, wait_for
+from tests.helpers import AppServer, advance_clock, read_topic, stock_up, wait_for
 from tests.test_routing_rules import EXAMPLE_SCORES
 
 pytestmark = pytest.mark.broker
@@ -209,27 +207,15 @@ def test_paid_and_unrouted_order_raises_one_red_alert_and_one_clearing_message(
 # ---- intake over HTTP ---------------------------------------------------------------------------------
 
 
-class IntakeServer:
-    """``streams.intake`` served on a real port from a thread, as `stockflow intake` serves it."""
+class IntakeServer(AppServer):
+    """``streams.intake`` on a real port, as `stockflow intake` serves it."""
 
     def __init__(self, settings: Settings) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(Intake(settings).app())
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.loop.run_until_complete(self.runner.setup())
-        self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", port).start())
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        super().__init__(Intake(settings).app(), free_port())
 
     def post(self, path: str, body: Any) -> httpx.Response:
         content = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
         return httpx.post(self.url + path, content=content, headers={"Content-Type": "application/json"}, timeout=30)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture

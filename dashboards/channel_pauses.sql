@@ -1,0 +1,14 @@
+-- title: Channel pause and resume history
+-- description: When a SKU fell below its safety threshold (every channel but the main one stopped selling it) and when selling resumed.
+-- chart: table
+SELECT
+    event_time AS time,
+    subject AS sku,
+    if(kind = 'stock_paused', 'paused', 'resumed') AS change,
+    message
+FROM alerts FINAL
+WHERE kind IN ('stock_paused', 'stock_resumed')
+  AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+  AND ({sku:String} = '' OR subject = {sku:String})
+ORDER BY event_time_ms DESC, sku
+LIMIT 1000

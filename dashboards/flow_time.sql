@@ -1,0 +1,37 @@
+-- title: Flow time per lifecycle stage
+-- description: Seconds each order spent in each stage (placed→reserved→paid→routed→shipped→delivered), p50/p90/p99, grouped by stage, channel, warehouse or placing hour (parameter by). The stage with the highest p90 is where orders wait.
+-- chart: bar x=dimension y=p90_s series=stage
+SELECT
+    multiIf({by:String} = 'channel', channel, {by:String} = 'warehouse', warehouse,
+            {by:String} = 'hour', toString(toStartOfHour(toDateTime(intDiv(placed, 1000)))), stage) AS dimension,
+    stage,
+    count() AS orders,
+    round(quantileExact(0.5)(ms) / 1000, 3) AS p50_s,
+    round(quantileExact(0.9)(ms) / 1000, 3) AS p90_s,
+    round(quantileExact(0.99)(ms) / 1000, 3) AS p99_s
+FROM
+(
+    SELECT
+        order_id,
+        any(channel) AS channel,
+        max(warehouse_id) AS warehouse,
+        max(placed_ms) AS placed,
+        max(reserved_ms) AS reserved,
+        max(paid_ms) AS paid,
+        max(routed_ms) AS routed,
+        max(shipped_ms) AS shipped,
+        max(delivered_ms) AS delivered
+    FROM order_states FINAL
+    GROUP BY order_id
+    HAVING placed >= {from_ms:Int64} AND placed < {to_ms:Int64}
+)
+ARRAY JOIN
+    ['1 placed→reserved', '2 reserved→paid', '3 paid→routed', '4 routed→shipped', '5 shipped→delivered'] AS stage,
+    [reserved - placed, paid - reserved, routed - paid, shipped - routed, delivered - shipped] AS ms,
+    [placed > 0 AND reserved > 0, reserved > 0 AND paid > 0, paid > 0 AND routed > 0,
+     routed > 0 AND shipped > 0, shipped > 0 AND delivered > 0] AS complete
+WHERE complete
+  AND ({channel:String} = '' OR channel = {channel:String})
+  AND ({warehouse:String} = '' OR warehouse = {warehouse:String})
+GROUP BY dimension, stage
+ORDER BY dimension, stage
