@@ -313,6 +313,66 @@ def web(port: int = typer.Option(8050, help="Port of the dashboard page.")) -> N
 
 
 @app.command()
+def bench(
+    profile: str = typer.Option("double11", help="steady, double11 or flash-sale."),
+    rate: float = typer.Option(500.0, min=1, help="Orders per second at the profile's 100%."),
+    duration: float = typer.Option(60.0, min=5, max=3600, help="Seconds of traffic."),
+    seed: int = typer.Option(11, help="Same seed, same traffic."),
+    workers: int = typer.Option(1, min=1, max=8, help="Workers in the consumer group."),
+    hold_commands: int = typer.Option(50_000, help="Backlog for the hold-agent throughput figure (0: skip)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (progress goes to stderr)."),
+) -> None:
+    """Load-test the pipeline with Double-11 traffic and compare it with a plain Kafka loop."""
+    import json
+
+    from loadtest import bench as bench_
+    from loadtest.generator import PROFILES
+    from loadtest.stack import local_stack
+
+    if profile not in PROFILES:
+        _fail(f"--profile must be one of {', '.join(PROFILES)}")
+    settings = Settings()
+    out = Console(stderr=True) if as_json else console
+    try:
+        with local_stack(settings, out):
+            figures = bench_.run_bench(settings, profile, rate, duration, seed, workers, out, hold_commands)
+    except Exception as exc:  # a broker that does not start, a worker that dies: say so, no traceback
+        _fail(str(exc))
+    series = figures.pop("series")
+    if as_json:
+        print(json.dumps(figures))
+        return
+    console.print(bench_.summary_table(figures))
+    chart = bench_.write_chart(
+        {**figures, "series": series}, settings.home_dir / "bench" / f"bench-{int(time.time())}.html"
+    )
+    console.print(f"chart: {chart}")
+
+
+@app.command("bench-sink")
+def bench_sink(
+    events: int = typer.Option(100_000, help="Events to sink (about two rows each)."),
+    seed: int = typer.Option(11, help="Seed of the generated events."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Measure the ClickHouse sink against plain batched inserts, on both backends, in one run."""
+    import json
+
+    from loadtest import sink_bench
+    from loadtest.stack import local_stack
+
+    settings = Settings()
+    quiet = Console(stderr=True) if as_json else console
+    given = settings.clickhouse_url if settings.clickhouse_url.startswith("clickhouse://") else ""
+    with local_stack(settings, quiet, clickhouse_server=not given) as started_url:
+        results = sink_bench.run(settings, given or started_url, events, seed, quiet)
+    if as_json:
+        print(json.dumps(results))
+    else:
+        sink_bench.print_results(results, console)
+
+
+@app.command()
 def check(
     wait: float = typer.Option(0.0, help="Keep re-checking up to this many seconds while there is drift."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),

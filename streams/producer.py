@@ -37,16 +37,18 @@ class EventProducer:
         """Queue one event for ``topic`` (contract name, unprefixed)."""
         self.send_raw(topic, key, self.codec.encode(event, record))
 
-    def send_raw(self, topic: str, key: str | bytes | None, value: bytes) -> None:
+    def send_raw(self, topic: str, key: str | bytes | None, value: bytes, partition: int | None = None,
+                 on_delivery: Any = None) -> None:  # fmt: skip
+        """Queue raw bytes (``partition`` only to produce somewhere the partitioner would not)."""
         raw_key = key.encode() if isinstance(key, str) else key
         while True:
             try:
-                self._producer.produce(
-                    self.settings.topic(topic),
-                    value=value,
-                    key=raw_key,
-                    on_delivery=self._on_delivery,
-                )
+                if partition is None:
+                    self._producer.produce(self.settings.topic(topic), value=value, key=raw_key,
+                                           on_delivery=on_delivery or self._on_delivery)  # fmt: skip
+                else:
+                    self._producer.produce(self.settings.topic(topic), value=value, key=raw_key, partition=partition,
+                                           on_delivery=on_delivery or self._on_delivery)  # fmt: skip
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.05)

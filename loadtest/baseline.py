@@ -1,0 +1,67 @@
+"""What this machine can do for this work without stockflow: a plain Kafka consume -> transform -> produce loop.
+
+Same broker, same partition count, messages of the run's average size, as many messages as the
+pipeline moved. The loop is confluent-kafka at its simplest: poll a batch, change a byte, produce
+to an output topic, commit. The pipeline's events/s divided by this loop's is the ratio to read:
+it stays comparable between noisy shared machines.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.settings import Settings
+
+
+def plain_loop_events_per_s(settings: Settings, messages: int, size: int, timeout_s: float = 300.0) -> float:
+    tag = uuid.uuid4().hex[:8]
+    source, sink = f"{settings.topic_prefix}baseline-in-{tag}", f"{settings.topic_prefix}baseline-out-{tag}"
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    for fut in admin.create_topics([NewTopic(t, settings.partitions, 1) for t in (source, sink)]).values():
+        fut.result()
+    producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 5, "acks": "all",
+                         "enable.idempotence": True, "compression.type": "lz4"})  # fmt: skip
+    payload = bytes(size)
+    for i in range(messages):
+        while True:
+            try:
+                producer.produce(source, key=f"SKU-{i % 1000:05d}".encode(), value=payload)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
+
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"baseline-{tag}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})  # fmt: skip
+    consumer.subscribe([source])
+    moved = 0
+    started = None
+    deadline = time.monotonic() + timeout_s
+    while moved < messages and time.monotonic() < deadline:
+        batch = consumer.consume(num_messages=5000, timeout=1.0)
+        if not batch:
+            continue
+        started = started or time.perf_counter()
+        for msg in batch:
+            if msg.error():
+                continue
+            value = bytearray(msg.value() or b"")
+            value[0] = (value[0] + 1) % 256  # the "transform"
+            while True:
+                try:
+                    producer.produce(sink, key=msg.key(), value=bytes(value))
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            moved += 1
+        producer.poll(0)
+        consumer.commit(asynchronous=True)
+    producer.flush(120)
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    admin.delete_topics([source, sink])
+    return moved / max(elapsed, 1e-3)

@@ -1,0 +1,194 @@
+"""`stockflow bench`: a load run against real workers, its baseline, and the figures to compare.
+
+One run: fresh topics, N workers (each a `stockflow worker`), `stockflow intake`, the schedule of a
+profile sent open-loop, drained, measured (``loadtest.run``); then, on the same broker, the plain
+consume->produce loop moving the same number of messages (``loadtest.baseline``), and the hold
+agent alone draining a backlog of hold commands (stateful events/s of one worker with RocksDB and
+changelog). Everything started is stopped; the local broker is started only if none runs.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from loadtest import events as ev
+from loadtest.baseline import plain_loop_events_per_s
+from loadtest.generator import build_schedule, describe
+from loadtest.run import LoadRun, measure
+from streams.codec import default_codec
+from streams.producer import EventProducer
+from streams.settings import REPO_ROOT, Settings
+from streams.topicreader import read_all
+from streams.topics import HOLD_COMMANDS, STOCK_ADJUSTMENTS, ensure_topics
+from streams.workerproc import WorkerProcess
+
+
+def run_settings(settings: Settings, tag: str) -> Settings:
+    """The run's own topics and group, timeouts short enough to happen within a run."""
+    url = settings.clickhouse_url
+    if url.startswith("chdb"):
+        url = f"chdb://{tempfile.mkdtemp(prefix='stockflow-bench-ch-')}"
+    return settings.model_copy(update={
+        "topic_prefix": f"bench-{tag}.", "app_id": f"bench-{tag}", "clickhouse_url": url,
+        "clickhouse_database": f"bench_{tag}", "payment_timeout_s": 15.0, "parked_grace_s": 5.0,
+        "hold_ttl_s": 600.0, "sweep_interval_s": 0.5, "route_retry_s": 5.0,
+    })  # fmt: skip
+
+
+def start_intake(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings.as_env(), "STOCKFLOW_INTAKE_PORT": str(port)}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "intake"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"intake did not start; see {log}")
+
+
+def hold_agent_events_per_s(settings: Settings, commands: int, log_dir: Path) -> float:
+    """One worker draining ``commands`` RESERVE commands over 1,000 SKUs: table + changelog per batch."""
+    tag = uuid.uuid4().hex[:8]
+    folder = tempfile.mkdtemp(prefix="stockflow-hold-")
+    s = settings.model_copy(update={"topic_prefix": f"bench-hold-{tag}.", "app_id": f"bench-hold-{tag}",
+                                    "clickhouse_url": f"chdb://{folder}"})  # fmt: skip
+    ensure_topics(s)
+    producer = EventProducer(s)
+    skus = [f"HOLD-{i:04d}" for i in range(1000)]
+    for sku in skus:
+        producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, "WH-SH", 1_000_000))
+    for i in range(commands):
+        sku = skus[i % len(skus)]
+        producer.send(HOLD_COMMANDS.name, sku, "HoldCommand", {
+            "event_id": f"reserve:o{i}#1", "event_time_ms": ev.now_ms(), "action": "RESERVE", "order_id": f"o{i}",
+            "line_no": 1, "sku": sku, "qty": 1, "channel": "tmall", "presale": False, "expires_at_ms": 0,
+            "reason": "", "source_time_ms": 0, "warehouse_id": ""})  # fmt: skip
+    producer.flush(120)
+    worker = WorkerProcess(s, log_dir / f"bench-hold-{tag}.log").start()
+    try:
+        worker.wait_ready()
+        codec = default_codec()
+        deadline = time.monotonic() + 300
+        times: list[int] = []
+        while time.monotonic() < deadline:
+            records = read_all(s.bootstrap, s.topic("stock.hold-results"), 10)
+            if len(records) >= commands:
+                times = [codec.decode(r.value)[1]["event_time_ms"] for r in records]
+                break
+            time.sleep(2)
+        if not times:
+            raise RuntimeError("the hold agent did not answer every command within 300 s")
+        return commands / max((max(times) - min(times)) / 1000, 1e-3)
+    finally:
+        worker.stop()
+
+
+def machine() -> dict[str, Any]:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "commit": commit.stdout.strip()}  # fmt: skip
+
+
+def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, seed: int, workers: int,
+              console: Console, hold_commands: int = 50_000) -> dict[str, Any]:  # fmt: skip
+    tag = uuid.uuid4().hex[:8]
+    s = run_settings(settings, tag)
+    logs = s.home_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    ensure_topics(s)
+    schedule = build_schedule(profile, rate, duration_s, seed)
+    console.print(f"schedule: {describe(schedule)}")
+    procs: list[WorkerProcess] = []
+    intake = None
+    try:
+        with console.status(f"starting {workers} worker(s) and the intake..."):
+            for i in range(workers):
+                w = WorkerProcess(s.model_copy(update={"web_port": s.web_port + i}), logs / f"bench-{tag}-{i}.log")
+                procs.append(w.start())
+            for w in procs:
+                w.wait_ready()
+            intake = start_intake(s, s.intake_port, logs / f"bench-{tag}-intake.log")
+        run = LoadRun(s, schedule, f"http://127.0.0.1:{s.intake_port}", console)
+        with console.status("loading stock..."):
+            run.load_stock()
+            first = schedule.skus[0]
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and procs[0].get(f"/stock/{first}").get("on_hand", 0) <= 0:
+                time.sleep(0.5)
+        run.send()
+        with console.status("draining..."):
+            drained = run.drain(max(120.0, duration_s * 3))
+        with console.status("measuring (independent checker over every topic)..."):
+            figures = measure(run, drained)
+    finally:
+        if intake is not None:
+            intake.terminate()
+            intake.wait(30)
+        for w in procs:
+            w.stop()
+    size = 220  # bytes: an encoded order event with two lines, the run's typical message
+    with console.status("baseline: plain consume -> produce loop on the same broker..."):
+        baseline = plain_loop_events_per_s(s, min(figures["events"], 400_000), size)
+    hold = 0.0
+    if hold_commands:
+        with console.status(f"hold agent alone: {hold_commands:,} commands..."):
+            hold = hold_agent_events_per_s(s, hold_commands, logs)
+    figures.update({
+        "profile": profile, "rate": rate, "duration_s": duration_s, "seed": seed, "workers": workers,
+        "baseline_events_per_s": round(baseline, 1),
+        "baseline_ratio": round(figures["events_per_s"] / baseline, 4) if baseline else 0.0,
+        "hold_agent_events_per_s": round(hold, 1), "machine": machine(),
+    })  # fmt: skip
+    return figures
+
+
+def write_chart(figures: dict[str, Any], path: Path) -> Path:
+    """Rate, lag and p99 decision latency over the run, as a self-contained HTML page."""
+    from plotly.subplots import make_subplots
+
+    series = figures["series"]
+    seconds = series["second"]
+    titles = ("orders per second", "consumer lag (messages)", "p99 decision latency (ms)")
+    chart = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=titles)
+    chart.add_scatter(x=seconds, y=[series["sent"].get(s, 0) for s in seconds], name="sent", row=1, col=1)
+    chart.add_scatter(x=seconds, y=[series["decided"].get(s, 0) for s in seconds], name="decided", row=1, col=1)
+    chart.add_scatter(x=[t for t, _ in series["lag"]], y=[v for _, v in series["lag"]], name="lag", row=2, col=1)
+    p99 = sorted(series["p99_ms"].items())
+    chart.add_scatter(x=[s for s, _ in p99], y=[v for _, v in p99], name="p99 ms (by send second)", row=3, col=1)
+    chart.update_layout(height=900, title=f"stockflow bench: {figures['profile']} at {figures['rate']} orders/s")
+    chart.update_xaxes(title_text="seconds since the start", row=3, col=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    chart.write_html(str(path), include_plotlyjs=True)
+    return path
+
+
+REQUIRED_KEYS = (
+    "offered_orders_per_s", "achieved_orders_per_s", "events_per_s", "baseline_events_per_s", "baseline_ratio",
+    "p50_decision_ms", "p99_decision_ms", "p999_decision_ms", "p50_stock_refresh_ms", "p99_stock_refresh_ms",
+    "p999_stock_refresh_ms", "oversold_units", "lost_orders", "double_holds", "bad_inputs_sent", "bad_inputs_refused",
+)  # fmt: skip
+
+
+def summary_table(figures: dict[str, Any]) -> Table:
+    table = Table("figure", "value", title=f"stockflow bench: {figures['profile']}, {figures['workers']} worker(s)")
+    for key in (*REQUIRED_KEYS, "hold_agent_events_per_s", "orders_sent", "orders_decided", "events_per_order",
+                "drain_s", "max_lag", "skus_drifted", "intake_errors", "sender_behind_ms"):  # fmt: skip
+        table.add_row(key, f"{figures[key]:,}" if isinstance(figures[key], (int, float)) else str(figures[key]))
+    return table

@@ -1,0 +1,181 @@
+"""The Double-11 traffic schedule: what each channel sends, when. Seeded, so a run repeats exactly.
+
+``build_schedule`` returns every message the run will send with its intended send time; the
+sender (``loadtest.run``) sends each on schedule whatever the pipeline does (open loop) and stamps
+orders with that intended time, so a slow pipeline shows up as latency, not as a slower generator.
+
+Shape of the traffic:
+- orders of 1-5 lines over SKUs with Zipf popularity (a few hot SKUs take 20-30% of demand), from
+  six channels with marketplace-like shares;
+- the profile's rate curve: ``steady``; ``double11`` - quiet, then a step to the peak within one
+  second at "midnight" (10% into the run), decaying towards 40%, with flash-sale bursts;
+  ``flash-sale`` - a base rate with short bursts at three times the rate on the hottest SKUs;
+- payments after a realistic delay (log-normal, a few seconds here), a share cancelled, a share
+  never paid (payment timeout), presale orders (deposit, later the balance);
+- stock receipts for hot SKUs during the run;
+- about 1% bad input of every class the pipeline must refuse, each recorded so the run can check
+  that every one was refused.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+CHANNEL_SHARES = {"tmall": 0.35, "jd": 0.2, "douyin": 0.2, "pdd": 0.15, "kuaishou": 0.05, "own": 0.05}
+LINES = (1, 2, 3, 4, 5)
+LINE_WEIGHTS = (0.6, 0.2, 0.1, 0.06, 0.04)
+WAREHOUSES = ("WH-SH", "WH-GZ", "WH-BJ", "WH-CD")
+BAD_CLASSES = (
+    "bad_header", "unknown_fingerprint", "truncated", "invalid_qty", "unknown_channel", "missing_field",
+    "unknown_warehouse", "unknown_order", "misrouted_partition", "intake_malformed_json", "intake_unknown_sku",
+)  # fmt: skip
+INTAKE_BAD = ("intake_malformed_json", "intake_unknown_sku")
+
+
+def _double11(f: float, burst: Callable[[float], bool]) -> float:
+    if f < 0.1:
+        return 0.1
+    return max(0.4, math.exp(-(f - 0.1) * 2.5)) * (2.0 if burst(f) else 1.0)
+
+
+PROFILES: dict[str, Callable[[float, Callable[[float], bool]], float]] = {
+    "steady": lambda f, burst: 1.0,
+    "double11": _double11,
+    "flash-sale": lambda f, burst: 3.0 if burst(f) else 0.6,
+}
+
+
+@dataclass(frozen=True)
+class Planned:
+    at_s: float  # intended send time, seconds after the start
+    kind: str  # "order" | "payment" | "balance" | "cancel" | "receipt" | "bad"
+    order: str = ""  # channel order id
+    channel: str = ""
+    lines: tuple[tuple[str, int], ...] = ()
+    presale: bool = False
+    sku: str = ""
+    warehouse: str = ""
+    qty: int = 0
+    bad: str = ""  # the bad-input class
+    via_intake: bool = False
+
+
+@dataclass
+class Schedule:
+    profile: str
+    rate: float
+    duration_s: float
+    skus: list[str]
+    initial_stock: dict[str, dict[str, int]]
+    events: list[Planned] = field(default_factory=list)
+
+    @property
+    def orders(self) -> int:
+        return sum(1 for e in self.events if e.kind == "order")
+
+    @property
+    def bad_inputs(self) -> int:
+        return sum(1 for e in self.events if e.kind == "bad")
+
+
+class Zipf:
+    """SKU popularity: rank r drawn with weight 1 / r^s."""
+
+    def __init__(self, n: int, s: float, rng: random.Random) -> None:
+        weights = [1.0 / (r**s) for r in range(1, n + 1)]
+        total = sum(weights)
+        self.cumulative = []
+        acc = 0.0
+        for w in weights:
+            acc += w / total
+            self.cumulative.append(acc)
+        self.rng = rng
+
+    def draw(self) -> int:
+        return min(bisect.bisect_left(self.cumulative, self.rng.random()), len(self.cumulative) - 1)
+
+    def top_share(self, k: int) -> float:
+        return self.cumulative[k - 1]
+
+
+def build_schedule(profile: str, rate: float, duration_s: float, seed: int, sku_count: int = 1000,
+                   bad_share: float = 0.01) -> Schedule:  # fmt: skip
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}")
+    rng = random.Random(seed)
+    skus = [f"LOAD-{seed}-{i:05d}" for i in range(sku_count)]
+    zipf = Zipf(sku_count, 0.9, rng)
+    hot = skus[:5]
+    bursts = [(rng.uniform(0.15, 0.95), rng.uniform(0.02, 0.04)) for _ in range(3)]
+
+    def burst(f: float) -> bool:
+        return any(start <= f < start + length for start, length in bursts)
+
+    shape = PROFILES[profile]
+    peak = max(shape(i / 1000, burst) for i in range(1000))
+    # Stock: roughly what the run will ask for each SKU, so hot SKUs can sell out and get refused.
+    expected_orders = rate * duration_s * sum(shape(i / 200, burst) for i in range(200)) / 200
+    initial: dict[str, dict[str, int]] = {}
+    for rank, sku in enumerate(skus):
+        demand = expected_orders * 1.8 * (zipf.cumulative[rank] - (zipf.cumulative[rank - 1] if rank else 0))
+        units = max(5, int(demand * rng.uniform(0.6, 1.3)))
+        split = rng.sample(WAREHOUSES, rng.randint(1, 3))
+        initial[sku] = {wh: max(1, units // len(split)) for wh in split}
+    sched = Schedule(profile, rate, duration_s, skus, initial)
+    channels, shares = zip(*CHANNEL_SHARES.items(), strict=True)
+    t, n = 0.0, 0
+    # Non-homogeneous Poisson arrivals by thinning against the peak rate.
+    while True:
+        t += rng.expovariate(rate * peak)
+        if t >= duration_s:
+            break
+        if rng.random() > shape(t / duration_s, burst) / peak:
+            continue
+        n += 1
+        if rng.random() < bad_share:
+            bad = BAD_CLASSES[n % len(BAD_CLASSES)]
+            sched.events.append(Planned(t, "bad", order=f"bad-{seed}-{n}", channel="jd", bad=bad,
+                                        sku=rng.choice(skus), via_intake=bad in INTAKE_BAD))  # fmt: skip
+            continue
+        channel = rng.choices(channels, shares)[0]
+        order = f"{seed}-{n}"
+        flash = profile != "steady" and burst(t / duration_s)
+        count = rng.choices(LINES, LINE_WEIGHTS)[0]
+        chosen: list[str] = []
+        while len(chosen) < count:
+            sku = rng.choice(hot) if flash and rng.random() < 0.5 else skus[zipf.draw()]
+            if sku not in chosen:
+                chosen.append(sku)
+        lines = tuple((sku, rng.choices((1, 2, 3), (0.8, 0.15, 0.05))[0]) for sku in chosen)
+        presale = rng.random() < 0.05
+        intake = channel == "own"  # the own shop posts to stockflow intake; marketplaces' connectors write Avro
+        sched.events.append(Planned(t, "order", order, channel, lines, presale, via_intake=intake))
+        fate = rng.random()
+        delay = min(rng.lognormvariate(0.3, 0.8), 20.0)
+        if fate < 0.85:
+            sched.events.append(Planned(t + delay, "payment", order, channel, via_intake=intake))
+            if presale:
+                sched.events.append(Planned(t + delay + rng.uniform(2, 8), "balance", order, channel))
+        elif fate < 0.92:
+            sched.events.append(Planned(t + delay, "cancel", order, channel, via_intake=intake))
+        # else: never paid - the payment timeout releases its holds
+    receipts = int(duration_s)
+    for i in range(receipts):
+        sku = hot[i % len(hot)]
+        sched.events.append(Planned(i + 0.5, "receipt", sku=sku, warehouse=rng.choice(WAREHOUSES), qty=20,
+                                    order=f"rcpt-{seed}-{i}"))  # fmt: skip
+    sched.events.sort(key=lambda e: e.at_s)
+    return sched
+
+
+def describe(sched: Schedule) -> dict[str, Any]:
+    kinds: dict[str, int] = {}
+    for e in sched.events:
+        kinds[e.kind] = kinds.get(e.kind, 0) + 1
+    return {"profile": sched.profile, "rate": sched.rate, "duration_s": sched.duration_s, "orders": sched.orders,
+            "by_kind": kinds, "skus": len(sched.skus)}  # fmt: skip

@@ -1,0 +1,326 @@
+"""Sending a schedule open-loop, watching lag while it runs, and measuring what the pipeline did.
+
+Two sender threads follow the schedule's clock, one for Kafka (Avro with confluent-kafka, as
+marketplace connectors do) and one for the HTTP intake (the own shop); neither waits for the
+pipeline. Orders carry their *intended* send time in ``sent_at_ms``, so latency is measured from
+when the channel meant to send, and a pipeline that falls behind shows as latency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from loadtest import events as ev
+from loadtest.generator import Planned, Schedule
+from streams.checker import audit
+from streams.codec import default_codec
+from streams.producer import EventProducer
+from streams.settings import Settings
+from streams.tables import partition_for
+from streams.topicreader import read_all
+from streams.topics import ALL_TOPICS, HOLD_COMMANDS, HOLD_RESULTS, ORDER_EVENTS, STOCK_ADJUSTMENTS
+
+ADDRESS = {"province": "浙江", "city": "杭州", "district": "西湖区", "detail": "文三路 90 号"}
+WATCHED = (ORDER_EVENTS, STOCK_ADJUSTMENTS, HOLD_COMMANDS, HOLD_RESULTS)
+
+
+@dataclass
+class Sent:
+    started_epoch_ms: int = 0
+    orders: dict[str, int] = field(default_factory=dict)  # order id -> intended send epoch ms
+    per_second: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    bad_kafka: set[tuple[str, int, int]] = field(default_factory=set)  # (topic, partition, offset)
+    bad_kafka_sent: int = 0
+    bad_intake_sent: int = 0
+    bad_intake_refused: int = 0
+    intake_errors: int = 0
+    behind_ms: int = 0  # how late the sender itself ever was (it should stay near 0)
+
+
+def group_lag(settings: Settings, consumer: Consumer) -> int:
+    """Messages the worker group has not committed yet on the topics it consumes."""
+    tps = [TopicPartition(settings.topic(t.name), p) for t in WATCHED for p in range(t.partitions(settings))]
+    total = 0
+    for tp in consumer.committed(tps, timeout=10):
+        high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10, cached=False)[1]
+        total += max(0, high - max(tp.offset, 0))
+    return total
+
+
+class LoadRun:
+    def __init__(self, settings: Settings, schedule: Schedule, intake_url: str, console: Console) -> None:
+        self.settings, self.schedule, self.intake_url, self.console = settings, schedule, intake_url, console
+        self.codec = default_codec()
+        self.sent = Sent()
+        self.lag: list[tuple[float, int]] = []
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+
+    # ---- stock first -------------------------------------------------------------------------
+    def load_stock(self) -> None:
+        producer = EventProducer(self.settings)
+        for sku, by_wh in self.schedule.initial_stock.items():
+            for wh, qty in by_wh.items():
+                producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, wh, qty))
+        producer.flush()
+
+    # ---- sending ------------------------------------------------------------------------------
+    def _wait_until(self, at_s: float) -> None:
+        due = self.sent.started_epoch_ms / 1000 + at_s
+        ahead = due - time.time()
+        if ahead > 0:
+            time.sleep(ahead)
+        else:
+            self.sent.behind_ms = max(self.sent.behind_ms, int(-ahead * 1000))
+
+    def _send_kafka(self, events: list[Planned], progress: Progress, task: Any) -> None:
+        producer = EventProducer(self.settings, codec=self.codec)
+        for e in events:
+            self._wait_until(e.at_s)
+            intended = self.sent.started_epoch_ms + int(e.at_s * 1000)
+            key = ev.order_id(e.channel, e.order)
+            if e.kind == "order":
+                lines = [ev.line(n + 1, sku, qty) for n, (sku, qty) in enumerate(e.lines)]
+                record = ev.order_placed(e.channel, e.order, lines, presale=e.presale, sent_at_ms=intended,
+                                         event_time_ms=intended)  # fmt: skip
+                producer.send(ORDER_EVENTS.name, key, "OrderPlaced", record)
+                with self._lock:
+                    self.sent.orders[key] = intended
+                    self.sent.per_second[int(e.at_s)] += 1
+                progress.advance(task)
+            elif e.kind in ("payment", "balance"):
+                pay = ev.payment_confirmed(e.channel, e.order)
+                if e.kind == "balance":
+                    pay = {**pay, "event_id": f"balance:{key}", "balance": True}
+                producer.send(ORDER_EVENTS.name, key, "PaymentConfirmed", pay)
+            elif e.kind == "cancel":
+                producer.send(ORDER_EVENTS.name, key, "OrderCancelled", ev.order_cancelled(e.channel, e.order))
+            elif e.kind == "receipt":
+                adj = {**ev.stock_adjusted(e.sku, e.warehouse, e.qty), "event_id": e.order}
+                producer.send(STOCK_ADJUSTMENTS.name, e.sku, "StockAdjusted", adj)
+            elif e.kind == "bad":
+                self._send_bad(producer, e)
+        producer.flush(120)
+
+    def _send_bad(self, producer: EventProducer, e: Planned) -> None:
+        """One message of a class the pipeline must refuse; its position is kept to match the refusal."""
+        key = ev.order_id(e.channel, e.order)
+        order = ev.order_placed(e.channel, e.order, [ev.line(1, e.sku, 1)])
+        topic, msg_key, partition = ORDER_EVENTS.name, key, None
+        if e.bad == "bad_header":
+            value = b"<xml>not avro</xml>"
+        elif e.bad == "unknown_fingerprint":
+            value = b"\xc3\x01" + os.urandom(8) + b"\x02\x04"
+        elif e.bad == "truncated":
+            value = self.codec.encode("OrderPlaced", order)[:-9]
+        elif e.bad == "invalid_qty":
+            value = self.codec.encode("OrderPlaced", {**order, "lines": [ev.line(1, e.sku, 0)]})
+        elif e.bad == "unknown_channel":
+            msg_key = f"ebay:{e.order}"
+            value = self.codec.encode("OrderPlaced", {**order, "channel": "ebay"})
+        elif e.bad == "missing_field":
+            value = self.codec.encode("OrderPlaced", {**order, "lines": []})
+        elif e.bad == "unknown_warehouse":
+            topic, msg_key = STOCK_ADJUSTMENTS.name, e.sku
+            value = self.codec.encode("StockAdjusted", {**ev.stock_adjusted(e.sku, "WH-NOWHERE", 5),
+                                                        "event_id": f"adj-{e.order}"})  # fmt: skip
+        elif e.bad == "unknown_order":
+            value = self.codec.encode("PaymentConfirmed", ev.payment_confirmed(e.channel, e.order))
+        else:  # misrouted_partition: a valid order on a partition that does not own it
+            value = self.codec.encode("OrderPlaced", order)
+            partition = (partition_for(key.encode(), self.settings.partitions) + 1) % self.settings.partitions
+
+        def delivered(err: Any, msg: Any) -> None:
+            if err is None:
+                with self._lock:
+                    self.sent.bad_kafka.add((msg.topic(), msg.partition(), msg.offset()))
+
+        producer.send_raw(topic, msg_key, value, partition=partition, on_delivery=delivered)
+        self.sent.bad_kafka_sent += 1
+
+    def _send_intake(self, events: list[Planned], progress: Progress, task: Any) -> None:
+        with httpx.Client(base_url=self.intake_url, timeout=30) as client:
+            for e in events:
+                self._wait_until(e.at_s)
+                intended = self.sent.started_epoch_ms + int(e.at_s * 1000)
+                try:
+                    self._post(client, e, intended)
+                except httpx.HTTPError:
+                    self.sent.intake_errors += 1
+                if e.kind == "order":
+                    progress.advance(task)
+
+    def _post(self, client: httpx.Client, e: Planned, intended: int) -> None:
+        if e.kind == "bad":
+            self.sent.bad_intake_sent += 1
+            if e.bad == "intake_malformed_json":
+                response = client.post("/v1/channels/own/order", content=b'{"order_id": "x", "lines": [')
+            else:
+                body = {"order_id": e.order, "amount_fen": 100, "lines": [{"sku": "NOT-IN-CATALOGUE", "qty": 1}],
+                        "address": ADDRESS}  # fmt: skip
+                response = client.post("/v1/channels/own/order", content=orjson.dumps(body))
+            if 400 <= response.status_code < 500:
+                self.sent.bad_intake_refused += 1
+            return
+        if e.kind == "order":
+            body = {"order_id": e.order, "amount_fen": 9900 * len(e.lines), "sent_at_ms": intended,
+                    "placed_at_ms": intended, "presale": e.presale, "customer_id": f"c-{e.order}",
+                    "lines": [{"line_no": n + 1, "sku": sku, "qty": qty, "unit_price_fen": 9900}
+                              for n, (sku, qty) in enumerate(e.lines)],
+                    "address": ADDRESS}  # fmt: skip
+            path = "/v1/channels/own/order"
+            with self._lock:
+                self.sent.orders[f"own:{e.order}"] = intended
+                self.sent.per_second[int(e.at_s)] += 1
+        elif e.kind in ("payment", "balance"):
+            body, path = (
+                {"order_id": e.order, "payment_id": f"pay-{e.order}", "amount_fen": 100},
+                "/v1/channels/own/payment",
+            )
+        else:
+            body, path = {"order_id": e.order, "reason": "buyer"}, "/v1/channels/own/cancel"
+        response = client.post(path, content=orjson.dumps(body))
+        if response.status_code != 200:
+            self.sent.intake_errors += 1
+
+    def _watch_lag(self) -> None:
+        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": self.settings.app_id,
+                             "enable.auto.commit": False})  # fmt: skip
+        try:
+            while not self._done.is_set():
+                with contextlib.suppress(Exception):  # a sample lost to a rebalance: a gap in the chart
+                    self.lag.append((time.time(), group_lag(self.settings, consumer)))
+                self._done.wait(1.0)
+        finally:
+            consumer.close()
+
+    def send(self) -> None:
+        kafka = [e for e in self.schedule.events if not e.via_intake]
+        intake = [e for e in self.schedule.events if e.via_intake]
+        watcher = threading.Thread(target=self._watch_lag, daemon=True)
+        watcher.start()
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]} orders/s  lag {task.fields[lag]}"), TimeElapsedColumn())  # fmt: skip
+        with Progress(*columns, console=self.console, transient=False) as progress:
+            task = progress.add_task(self.schedule.profile, total=self.schedule.orders, rate="-", lag="-")
+            self.sent.started_epoch_ms = int(time.time() * 1000) + 500
+            senders = [threading.Thread(target=self._send_kafka, args=(kafka, progress, task)),
+                       threading.Thread(target=self._send_intake, args=(intake, progress, task))]  # fmt: skip
+            for t in senders:
+                t.start()
+            while any(t.is_alive() for t in senders):
+                elapsed = max(time.time() - self.sent.started_epoch_ms / 1000, 1e-3)
+                lag = self.lag[-1][1] if self.lag else "-"
+                progress.update(task, rate=f"{len(self.sent.orders) / elapsed:,.0f}", lag=lag)
+                time.sleep(0.5)
+            for t in senders:
+                t.join()
+
+    def drain(self, timeout_s: float) -> float:
+        """Wait until the worker group has caught up; the epoch seconds when it did."""
+        deadline = time.monotonic() + timeout_s
+        quiet_since = None
+        while time.monotonic() < deadline:
+            lag = self.lag[-1][1] if self.lag else 1
+            if lag == 0:
+                quiet_since = quiet_since or time.time()
+                if time.time() - quiet_since >= 3:
+                    break
+            else:
+                quiet_since = None
+            time.sleep(0.5)
+        self._done.set()
+        return quiet_since or time.time()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
+def measure(run: LoadRun, drained_at: float) -> dict[str, Any]:
+    """Figures of the run, from the topics (latencies, counts) and the independent checker (invariants)."""
+    settings, codec, sent = run.settings, run.codec, run.sent
+    decisions: dict[str, int] = {}
+    decided_per_second: dict[int, int] = defaultdict(int)
+    latency_by_second: dict[int, list[float]] = defaultdict(list)
+    for rec in read_all(settings.bootstrap, settings.topic("reservation.results"), 30):
+        _, r = codec.decode(rec.value)
+        if r["order_id"] in sent.orders and r["order_id"] not in decisions:
+            decisions[r["order_id"]] = r["event_time_ms"]
+            ms = r["event_time_ms"] - sent.orders[r["order_id"]]
+            second = (sent.orders[r["order_id"]] - sent.started_epoch_ms) // 1000
+            latency_by_second[second].append(ms)
+            decided_per_second[(r["event_time_ms"] - sent.started_epoch_ms) // 1000] += 1
+    decision_ms = [ms for v in latency_by_second.values() for ms in v]
+    refresh_ms = []
+    seen_sources: set[tuple[str, int]] = set()
+    for rec in read_all(settings.bootstrap, settings.topic("stock.levels"), 30):
+        _, lv = codec.decode(rec.value)
+        source = (lv["sku"], lv["newest_source_ms"])
+        if lv["newest_source_ms"] >= sent.started_epoch_ms and source not in seen_sources:
+            seen_sources.add(source)
+            refresh_ms.append(lv["event_time_ms"] - lv["newest_source_ms"])
+    refused = set()
+    for rec in read_all(settings.bootstrap, settings.topic("deadletters"), 30):
+        _, dl = codec.decode(rec.value)
+        position = (dl["source_topic"], dl["source_partition"], dl["source_offset"])
+        if position in sent.bad_kafka:
+            refused.add(position)
+    report = audit(settings)
+    summary = report.summary()
+    total_records = 0
+    probe = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"{settings.app_id}-count"})
+    for spec in ALL_TOPICS:
+        for p in range(spec.partitions(settings)):
+            total_records += probe.get_watermark_offsets(TopicPartition(settings.topic(spec.name), p), timeout=10)[1]
+    probe.close()
+    started = sent.started_epoch_ms / 1000
+    elapsed = max(drained_at - started, 1e-3)
+    send_window = run.schedule.duration_s
+    return {
+        "orders_sent": len(sent.orders),
+        "orders_decided": len(decisions),
+        "offered_orders_per_s": round(len(sent.orders) / send_window, 1),
+        "achieved_orders_per_s": round(len(decisions) / max(elapsed, send_window), 1),
+        "events": total_records,
+        "events_per_s": round(total_records / elapsed, 1),
+        "events_per_order": round(total_records / max(len(sent.orders), 1), 2),
+        "drain_s": round(drained_at - started - send_window, 1),
+        "p50_decision_ms": round(percentile(decision_ms, 0.5), 1),
+        "p99_decision_ms": round(percentile(decision_ms, 0.99), 1),
+        "p999_decision_ms": round(percentile(decision_ms, 0.999), 1),
+        "p50_stock_refresh_ms": round(percentile(refresh_ms, 0.5), 1),
+        "p99_stock_refresh_ms": round(percentile(refresh_ms, 0.99), 1),
+        "p999_stock_refresh_ms": round(percentile(refresh_ms, 0.999), 1),
+        "oversold_units": summary["oversold_units"],
+        "lost_orders": summary["lost_orders"],
+        "double_holds": summary["double_holds"],
+        "skus_drifted": summary["skus_drifted"],
+        "bad_inputs_sent": sent.bad_kafka_sent + sent.bad_intake_sent,
+        "bad_inputs_refused": len(refused) + sent.bad_intake_refused,
+        "intake_errors": sent.intake_errors,
+        "sender_behind_ms": sent.behind_ms,
+        "max_lag": max((lag for _, lag in run.lag), default=0),
+        "series": {
+            "second": sorted(set(sent.per_second) | set(decided_per_second)),
+            "sent": dict(sent.per_second),
+            "decided": dict(decided_per_second),
+            "p99_ms": {s: percentile(v, 0.99) for s, v in latency_by_second.items()},
+            "lag": [(round(t - started, 1), lag) for t, lag in run.lag],
+        },
+    }
