@@ -112,7 +112,7 @@ def register(app: faust.App, rt: Runtime) -> None:
     source = keyed.raw_topic(app, settings, HOLD_COMMANDS, STOCK_ADJUSTMENTS, OPS_OVERRIDES, STOCK_TICKS)
     ticks = keyed.raw_topic(app, settings, STOCK_TICKS)
     levels = LevelPublisher(settings.refresh_interval_ms)
-    levels_topic = keyed.raw_topic(app, settings, STOCK_LEVELS)
+    levels_topic = settings.topic(STOCK_LEVELS.name)
     # partition -> {sku: next expiry ms}; rebuilt from the table on a partition's first tick.
     expiries: dict[int, dict[str, int]] = {}
 
@@ -261,26 +261,38 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     async def send_levels(now_ms: int) -> None:
         for level in levels.due(now_ms):
-            await levels_topic.send(key=level["sku"].encode(), value=rt.codec.encode("StockLevel", level))
+            # Straight to the producer, not awaited per record: levels are coalesced snapshots, and
+            # the next batch's flush (or the next one's) carries them out.
+            value = rt.codec.encode("StockLevel", level)
+            await app.producer.send(levels_topic, level["sku"].encode(), value, None, None, None)
 
     @app.agent(source, name="apply_to_pool")
     async def apply_to_pool(stream: Any) -> None:
         outbox = Outbox(app, rt.codec, settings)
+        parsed: keyed.ParsedCache[SkuPool] = keyed.ParsedCache()
         positions = InputPositions(
             app, holds_by_sku, settings.bootstrap, STAGE, tuple(names), settings.topic(STOCK_TICKS.name)
         )
-        async for taken in stream.take_events(2000, within=0.005):
+
+        async def process(taken: list[Any]) -> None:
             events = await positions.admit(taken)
             now_ms = rt.clock.now_ms()
-            batch = keyed.WorkingSet(holds_by_sku, SkuPool.from_dict, lambda sku: SkuPool(sku=sku))
+            batch = keyed.WorkingSet(holds_by_sku, SkuPool.from_dict, lambda sku: SkuPool(sku=sku), parsed)
             keyed.apply_each(events, functools.partial(apply, batch, outbox, now_ms=now_ms), outbox, STAGE, now_ms)
             for sku, (event, pool) in batch.entries.items():
-                tables.write(holds_by_sku, event, sku.encode(), pool.to_dict())
+                batch.write(sku)
                 expiries.setdefault(event.message.partition, {})[sku] = pool.next_expiry_ms()
                 levels.pending[sku] = stock_level(pool, rules, now_ms)
             await outbox.publish(state_written=bool(batch.entries))
             positions.record(events)
             await send_levels(now_ms)
+
+        async for taken in stream.take_events(settings.batch_max_events, within=settings.batch_window_ms / 1000):
+            try:
+                await process(taken)
+            except BaseException:
+                parsed.clear()  # working copies may hold changes that were never written
+                raise
 
     @app.timer(max(settings.refresh_interval_ms / 2000.0, 0.02))
     async def flush_levels() -> None:

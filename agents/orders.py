@@ -212,17 +212,23 @@ def register(app: faust.App, rt: Runtime) -> None:
     @app.agent(source, name="run_order_lifecycle")
     async def run_order_lifecycle(stream: Any) -> None:
         outbox = Outbox(app, rt.codec, settings)
+        parsed: keyed.ParsedCache[OrderRecord] = keyed.ParsedCache()
+
+        def new_order(order_id: str) -> OrderRecord:
+            return OrderRecord(order_id=order_id)
+
         positions = InputPositions(
             app, orders_by_id, settings.bootstrap, STAGE, tuple(names), settings.topic(ORDER_TICKS.name)
         )
-        async for taken in stream.take_events(2000, within=0.005):
+
+        async def process(taken: list[Any]) -> None:
             events = await positions.admit(taken)
             now_ms = rt.clock.now_ms()
-            batch = keyed.WorkingSet(orders_by_id, OrderRecord.from_dict, lambda oid: OrderRecord(order_id=oid))
+            batch = keyed.WorkingSet(orders_by_id, OrderRecord.from_dict, new_order, parsed)
             keyed.apply_each(events, functools.partial(apply, batch, outbox, now_ms=now_ms), outbox, STAGE, now_ms)
             for order_id, (event, rec) in batch.entries.items():
                 if rec.state or rec.parked:
-                    tables.write(orders_by_id, event, order_id.encode(), rec.to_dict())
+                    batch.write(order_id)
                 else:  # parked events given up on: nothing left to keep
                     tables.delete(orders_by_id, event, order_id.encode())
                 due = rec.next_deadline_ms(rules)
@@ -233,6 +239,13 @@ def register(app: faust.App, rt: Runtime) -> None:
                     bucket.pop(order_id, None)
             await outbox.publish(state_written=bool(batch.entries))
             positions.record(events)
+
+        async for taken in stream.take_events(settings.batch_max_events, within=settings.batch_window_ms / 1000):
+            try:
+                await process(taken)
+            except BaseException:
+                parsed.clear()  # working copies may hold changes that were never written
+                raise
 
     @app.timer(settings.sweep_interval_s, on_leader=True)
     async def tick_orders() -> None:

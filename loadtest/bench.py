@@ -107,7 +107,8 @@ def machine() -> dict[str, Any]:
 
 
 def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, seed: int, workers: int,
-              console: Console, hold_commands: int = 50_000) -> dict[str, Any]:  # fmt: skip
+              console: Console, hold_commands: int = 50_000) -> tuple[dict[str, Any], Settings]:  # fmt: skip
+    """The run's figures, and the settings it ran with (its topics, its ClickHouse)."""
     tag = uuid.uuid4().hex[:8]
     s = run_settings(settings, tag)
     logs = s.home_dir / "logs"
@@ -156,7 +157,7 @@ def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, 
         "baseline_ratio": round(figures["events_per_s"] / baseline, 4) if baseline else 0.0,
         "hold_agent_events_per_s": round(hold, 1), "machine": machine(),
     })  # fmt: skip
-    return figures
+    return figures, s
 
 
 def write_chart(figures: dict[str, Any], path: Path) -> Path:

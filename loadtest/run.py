@@ -30,7 +30,15 @@ from streams.producer import EventProducer
 from streams.settings import Settings
 from streams.tables import partition_for
 from streams.topicreader import read_all
-from streams.topics import ALL_TOPICS, HOLD_COMMANDS, HOLD_RESULTS, ORDER_EVENTS, STOCK_ADJUSTMENTS
+from streams.topics import (
+    ALL_TOPICS,
+    HOLD_COMMANDS,
+    HOLD_RESULTS,
+    ORDER_EVENTS,
+    STOCK_ADJUSTMENTS,
+    SUNK_TOPICS,
+    TopicSpec,
+)
 
 ADDRESS = {"province": "浙江", "city": "杭州", "district": "西湖区", "detail": "文三路 90 号"}
 WATCHED = (ORDER_EVENTS, STOCK_ADJUSTMENTS, HOLD_COMMANDS, HOLD_RESULTS)
@@ -49,9 +57,9 @@ class Sent:
     behind_ms: int = 0  # how late the sender itself ever was (it should stay near 0)
 
 
-def group_lag(settings: Settings, consumer: Consumer) -> int:
-    """Messages the worker group has not committed yet on the topics it consumes."""
-    tps = [TopicPartition(settings.topic(t.name), p) for t in WATCHED for p in range(t.partitions(settings))]
+def group_lag(settings: Settings, consumer: Consumer, watched: tuple[TopicSpec, ...] = WATCHED) -> int:
+    """Messages the consumer's group has not committed yet on ``watched`` topics."""
+    tps = [TopicPartition(settings.topic(t.name), p) for t in watched for p in range(t.partitions(settings))]
     total = 0
     for tp in consumer.committed(tps, timeout=10):
         high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10, cached=False)[1]
@@ -65,6 +73,7 @@ class LoadRun:
         self.codec = default_codec()
         self.sent = Sent()
         self.lag: list[tuple[float, int]] = []
+        self.sink_lag = -1
         self._done = threading.Event()
         self._lock = threading.Lock()
 
@@ -198,13 +207,17 @@ class LoadRun:
     def _watch_lag(self) -> None:
         consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": self.settings.app_id,
                              "enable.auto.commit": False})  # fmt: skip
+        sink = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": f"{self.settings.app_id}-sink",
+                         "enable.auto.commit": False})  # fmt: skip
         try:
             while not self._done.is_set():
                 with contextlib.suppress(Exception):  # a sample lost to a rebalance: a gap in the chart
                     self.lag.append((time.time(), group_lag(self.settings, consumer)))
+                    self.sink_lag = group_lag(self.settings, sink, SUNK_TOPICS)
                 self._done.wait(1.0)
         finally:
             consumer.close()
+            sink.close()
 
     def send(self) -> None:
         kafka = [e for e in self.schedule.events if not e.via_intake]
@@ -229,17 +242,14 @@ class LoadRun:
                 t.join()
 
     def drain(self, timeout_s: float) -> float:
-        """Wait until the worker group has caught up; the epoch seconds when it did."""
+        """Wait until the agents have caught up (the epoch seconds when they did) and the sink too."""
         deadline = time.monotonic() + timeout_s
         quiet_since = None
         while time.monotonic() < deadline:
             lag = self.lag[-1][1] if self.lag else 1
-            if lag == 0:
-                quiet_since = quiet_since or time.time()
-                if time.time() - quiet_since >= 3:
-                    break
-            else:
-                quiet_since = None
+            if lag == 0 and quiet_since and self.sink_lag == 0 and time.time() - quiet_since >= 3:
+                break
+            quiet_since = (quiet_since or time.time()) if lag == 0 else None
             time.sleep(0.5)
         self._done.set()
         return quiet_since or time.time()

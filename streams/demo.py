@@ -1,8 +1,10 @@
-"""``stockflow demo``: the whole path on one machine, from a cold start to rows in ClickHouse.
+"""``stockflow demo``: one command from a cold start to a Double-11 minute, measured and explained.
 
-Starts Kafka if none runs, creates the topics, runs a worker, sends sample channel events (and one
-malformed message), waits until the sink has written them, then shows what landed in ClickHouse
-and stops everything it started.
+Starts Kafka if none runs, a worker (embedded ClickHouse) and the HTTP intake, sends a short
+``double11`` load (orders from six channels, payments, cancellations, presale, stock receipts and
+about 1% bad input), waits for the pipeline to drain, and prints what a new user wants to see:
+orders flowing, zero oversell by the independent checker, where time goes (the flow-time and
+outcome dashboards), and a chart of rate and latency. Everything it started is stopped.
 """
 
 from __future__ import annotations
@@ -12,70 +14,43 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from loadtest import events as ev
-from streams.localkafka import LocalKafka, MissingTool
-from streams.producer import EventProducer
+from loadtest import bench
+from loadtest.stack import local_stack
+from streams import dashboards
+from streams.localkafka import MissingTool
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS, ensure_topics
-from streams.workerproc import WorkerProcess
-
-CHANNELS = ("tmall", "jd", "douyin", "pdd", "kuaishou", "own")
 
 
-def send_sample_events(producer: EventProducer) -> int:
-    """Stock for three SKUs, one order per channel with payment, one malformed message."""
-    sent = 0
-    for sku in ("SKU-RED-S", "SKU-RED-M", "SKU-BLUE-L"):
-        producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, "WH-SH", 50))
-        sent += 1
-    stamp = int(time.time())
-    for i, channel in enumerate(CHANNELS):
-        number = f"demo-{stamp}-{i}"
-        order = ev.order_placed(channel, number, [ev.line(1, "SKU-RED-S", 1), ev.line(2, "SKU-BLUE-L", 2)])
-        key = ev.order_id(channel, number)
-        producer.send(ORDER_EVENTS.name, key, "OrderPlaced", order)
-        producer.send(ORDER_EVENTS.name, key, "PaymentConfirmed", ev.payment_confirmed(channel, number))
-        sent += 2
-    producer.send_raw(ORDER_EVENTS.name, "bad:1", b"this is not avro")
-    producer.flush()
-    return sent
+def _dashboard(settings: Settings, name: str, console: Console) -> None:
+    dash, rows = dashboards.run(settings, name, {})
+    if not rows:
+        console.print(f"{dash.title}: no rows")
+        return
+    table = Table(*rows[0], title=dash.title)
+    for row in rows[:12]:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
 
 
-def run_demo(settings: Settings, console: Console, timeout_s: float) -> int:
-    kafka = LocalKafka(settings)
-    started_kafka = False
-    worker = WorkerProcess(settings, settings.home_dir / "logs" / "demo-worker.log")
+def run_demo(settings: Settings, console: Console, rate: float, duration_s: float) -> int:
     try:
-        if not settings.kafka_bootstrap and kafka.running_pid() is None:
-            with console.status("starting Kafka (first run resolves the broker jars)..."):
-                console.print(kafka.up())
-            started_kafka = True
-        ensure_topics(settings)
-        with console.status("starting a worker..."):
-            worker.start().wait_ready()
-        sent = send_sample_events(EventProducer(settings))
-        console.print(f"sent {sent} events and 1 malformed message")
-        deadline = time.monotonic() + timeout_s
-        with console.status("waiting for the sink...") as status:
-            while time.monotonic() < deadline:
-                sink = worker.get("/sink/status")
-                status.update(f"waiting for the sink: {sink['rows']} rows in ClickHouse")
-                if sink["by_type"].get("DeadLetter", 0) >= 1 and sink["rows"] >= sent:
-                    break
-                time.sleep(0.5)
-            else:
-                console.print(f"[red]timed out; worker log: {worker.log_file}[/red]")
-                return 1
-        table = Table("event type", "rows in ClickHouse", title="What landed in ClickHouse")
-        for row in worker.get("/sink/query/events-by-type"):
-            table.add_row(row["event_type"], str(row["n"]))
-        console.print(table)
-        console.print(f"ClickHouse: {settings.clickhouse_url} (database {settings.clickhouse_database})")
-        return 0
+        with local_stack(settings, console):
+            figures, used = bench.run_bench(settings, "double11", rate, duration_s, seed=11, workers=1,
+                                            console=console, hold_commands=0)  # fmt: skip
+            series = figures.pop("series")
+            console.print(bench.summary_table(figures))
+            for name in ("flow_time", "reservation_outcomes", "routing_share", "dead_letters"):
+                _dashboard(used, name, console)
+            chart = bench.write_chart({**figures, "series": series},
+                                      settings.home_dir / "bench" / f"demo-{int(time.time())}.html")  # fmt: skip
     except (MissingTool, RuntimeError) as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
-    finally:
-        worker.stop()
-        if started_kafka:
-            kafka.down()
+    ok = figures["oversold_units"] == 0 and figures["lost_orders"] == 0 and figures["double_holds"] == 0
+    verdict = "[green]no oversell, no lost order, no double hold[/green]" if ok else "[red]invariant broken[/red]"
+    console.print(f"{figures['orders_decided']:,} orders decided, {verdict}; "
+                  f"{figures['bad_inputs_refused']}/{figures['bad_inputs_sent']} bad inputs refused")  # fmt: skip
+    console.print(f"chart of rate, lag and latency: {chart}")
+    console.print(f"dashboards of this run: STOCKFLOW_CLICKHOUSE_URL={used.clickhouse_url} "
+                  f"STOCKFLOW_CLICKHOUSE_DATABASE={used.clickhouse_database} stockflow web")  # fmt: skip
+    return 0 if ok else 1

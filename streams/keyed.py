@@ -6,6 +6,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+import orjson
+
 from streams import tables
 from streams.codec import Codec, DecodeError
 from streams.deadletter import send_dead_letter
@@ -52,21 +54,57 @@ async def send_ticks(topic: Any, codec: Codec, now_ms: int, partitions: int) -> 
         await topic.send(key=None, value=value, partition=partition)
 
 
+class ParsedCache(Generic[T]):
+    """Parsed table values, reused while the table still holds the very bytes they came from.
+
+    Parsing a hot SKU's record (every hold of the SKU) on every batch cost more than the rules.
+    An entry is used only if the stored bytes are equal to the bytes it was parsed from or written
+    as, so a value changed elsewhere (another worker before a rebalance, a restore from the
+    changelog) is always parsed afresh.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._entries: dict[bytes, tuple[bytes, T]] = {}
+        self._limit = limit
+
+    def get(self, key: bytes, raw: bytes) -> T | None:
+        hit = self._entries.get(key)
+        return hit[1] if hit is not None and hit[0] == raw else None
+
+    def clear(self) -> None:
+        """Forget everything: after a batch failed, working copies may hold unwritten changes."""
+        self._entries.clear()
+
+    def put(self, key: bytes, raw: bytes, value: T) -> None:
+        if len(self._entries) >= self._limit and key not in self._entries:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = (raw, value)
+
+
 class WorkingSet(Generic[T]):
     """The keys one batch touched: each read from the table once, written back once."""
 
-    def __init__(self, table: Any, parse: Callable[[dict[str, Any]], T], new: Callable[[str], T]) -> None:
+    def __init__(self, table: Any, parse: Callable[[dict[str, Any]], T], new: Callable[[str], T],
+                 cache: ParsedCache[T] | None = None) -> None:  # fmt: skip
         self._table, self._parse, self._new = table, parse, new
+        self._cache: ParsedCache[T] = cache if cache is not None else ParsedCache()
         self.entries: dict[str, tuple[Any, T]] = {}  # key -> (event to write under, working copy)
 
     def load(self, event: Any, key: str) -> T:
         if key in self.entries:
             value = self.entries[key][1]
         else:
-            data = tables.read(self._table, event, key.encode())
-            value = self._parse(data) if data else self._new(key)
+            raw = tables.read_raw(self._table, event, key.encode())
+            cached = self._cache.get(key.encode(), raw) if raw else None
+            value = cached if cached is not None else self._parse(orjson.loads(raw)) if raw else self._new(key)
         self.entries[key] = (event, value)
         return value
+
+    def write(self, key: str) -> None:
+        """Persist one working copy (a dataclass) under the event that last touched it."""
+        event, value = self.entries[key]
+        raw = tables.write_raw(self._table, event, key.encode(), orjson.dumps(value))
+        self._cache.put(key.encode(), raw, value)
 
 
 def raw_topic(app: Any, settings: Settings, *specs: TopicSpec) -> Any:

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     )
     max_line_qty: int = Field(default=10_000, ge=1)
     sweep_interval_s: float = Field(default=1.0, gt=0)
+    batch_window_ms: float = Field(
+        default=10.0,
+        gt=0,
+        le=1000,
+        description="How long a stateful agent gathers events into one batch (latency vs throughput).",
+    )
+    batch_max_events: int = Field(default=5000, ge=1, description="Most events in one batch.")
     clock_control: bool = Field(default=False, description="Accept clock-advance events (tests and drills only).")
     warehouses_file: Path = REPO_ROOT / "config" / "warehouses.toml"
 

@@ -25,21 +25,31 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def read(table: Any, event: Any, key: bytes) -> dict[str, Any] | None:
+def read_raw(table: Any, event: Any, key: bytes) -> bytes | None:
     token = _current_event.set(weakref.ref(event))
     try:
-        raw = table.get(key)
+        raw: bytes | None = table.get(key)
     finally:
         _current_event.reset(token)
+    return raw
+
+
+def read(table: Any, event: Any, key: bytes) -> dict[str, Any] | None:
+    raw = read_raw(table, event, key)
     return orjson.loads(raw) if raw else None
 
 
-def write(table: Any, event: Any, key: bytes, value: dict[str, Any]) -> None:
+def write_raw(table: Any, event: Any, key: bytes, raw: bytes) -> bytes:
     token = _current_event.set(weakref.ref(event))
     try:
-        table[key] = orjson.dumps(value)
+        table[key] = raw
     finally:
         _current_event.reset(token)
+    return raw
+
+
+def write(table: Any, event: Any, key: bytes, value: dict[str, Any]) -> None:
+    write_raw(table, event, key, orjson.dumps(value))
 
 
 def local_items(table: Any) -> list[tuple[bytes, dict[str, Any]]]:
