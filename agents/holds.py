@@ -287,12 +287,7 @@ def register(app: faust.App, rt: Runtime) -> None:
             positions.record(events)
             await send_levels(now_ms)
 
-        async for taken in stream.take_events(settings.batch_max_events, within=settings.batch_window_ms / 1000):
-            try:
-                await process(taken)
-            except BaseException:
-                parsed.clear()  # working copies may hold changes that were never written
-                raise
+        await keyed.run_batches(stream, settings, parsed, process)
 
     @app.timer(max(settings.refresh_interval_ms / 2000.0, 0.02))
     async def flush_levels() -> None:

@@ -240,12 +240,7 @@ def register(app: faust.App, rt: Runtime) -> None:
             await outbox.publish(state_written=bool(batch.entries))
             positions.record(events)
 
-        async for taken in stream.take_events(settings.batch_max_events, within=settings.batch_window_ms / 1000):
-            try:
-                await process(taken)
-            except BaseException:
-                parsed.clear()  # working copies may hold changes that were never written
-                raise
+        await keyed.run_batches(stream, settings, parsed, process)
 
     @app.timer(settings.sweep_interval_s, on_leader=True)
     async def tick_orders() -> None:

@@ -121,7 +121,12 @@ def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, 
     try:
         with console.status(f"starting {workers} worker(s) and the intake..."):
             for i in range(workers):
-                w = WorkerProcess(s.model_copy(update={"web_port": s.web_port + i}), logs / f"bench-{tag}-{i}.log")
+                own: dict[str, Any] = {"web_port": s.web_port + i}
+                if i and s.clickhouse_url.startswith("chdb"):
+                    # An embedded ClickHouse belongs to one process: each further worker sinks its
+                    # share into a folder of its own (use a ClickHouse server to see one whole).
+                    own["clickhouse_url"] = f"{s.clickhouse_url.rstrip('/')}-worker{i}"
+                w = WorkerProcess(s.model_copy(update=own), logs / f"bench-{tag}-{i}.log")
                 procs.append(w.start())
             for w in procs:
                 w.wait_ready()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -105,6 +105,21 @@ class WorkingSet(Generic[T]):
         event, value = self.entries[key]
         raw = tables.write_raw(self._table, event, key.encode(), orjson.dumps(value))
         self._cache.put(key.encode(), raw, value)
+
+
+async def run_batches(stream: Any, settings: Settings, cache: ParsedCache[Any],
+                      process: Callable[[list[Any]], Awaitable[None]]) -> None:  # fmt: skip
+    """Feed a stream to ``process`` in batches (``STOCKFLOW_BATCH_WINDOW_MS`` / ``_MAX_EVENTS``).
+
+    Faust acknowledges a batch's events after ``process`` returns; if it raises, the parsed cache
+    is dropped, since working copies may hold changes that were never written.
+    """
+    async for taken in stream.take_events(settings.batch_max_events, within=settings.batch_window_ms / 1000):
+        try:
+            await process(taken)
+        except BaseException:
+            cache.clear()
+            raise
 
 
 def raw_topic(app: Any, settings: Settings, *specs: TopicSpec) -> Any:

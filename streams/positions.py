@@ -13,7 +13,10 @@ outputs are durable. Then, for every batch:
 - an event above it means the consumer skipped messages: they are fetched from the broker directly
   and applied first, in order, so nothing is lost whatever the consumer committed;
 - offsets that do not exist (transaction markers, compaction) are accepted as gaps once the broker
-  confirms there is nothing to read there.
+  confirms there is nothing to read there;
+- a partition the agent has never applied anything from starts at the beginning of its log, so
+  a consumer that skips the very first message (Faust treats a committed offset of 0 as none)
+  is caught too.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class InputPositions:
     ticks_topic: str
     stats: PositionStats = field(default_factory=PositionStats)
     _probe: AIOKafkaConsumer | None = None
+    _starts: dict[tuple[str, int], int] = field(default_factory=dict)
 
     async def admit(self, events: list[Any]) -> list[Any]:
         """The events to apply, in order: replays dropped, anything the consumer skipped added.
@@ -63,16 +67,18 @@ class InputPositions:
         the position with what the consumer has committed: that finds skipped messages even when
         nothing newer arrives on their partition.
         """
-        expected: dict[tuple[str, int], int | None] = {}
+        expected: dict[tuple[str, int], int] = {}
         admitted: list[Any] = []
 
         async def catch_up(event: Any, topic: str, partition: int, upto: int) -> None:
             tp = (topic, partition)
             if tp not in expected:
                 stored = tables.read(self.table, event, position_key(*tp))
-                expected[tp] = stored["next"] if stored else None
+                # Never applied anything here: everything from the start of the log is due (the
+                # consumer starts there too, unless it skipped - e.g. offset 0 of a new partition).
+                expected[tp] = stored["next"] if stored else await self._log_start(topic, partition)
             nxt = expected[tp]
-            if nxt is None or upto <= nxt:
+            if upto <= nxt:
                 return
             missing = await self._fetch(topic, partition, nxt, upto)
             if missing:
@@ -94,7 +100,7 @@ class InputPositions:
                         await catch_up(event, topic, msg.partition, committed)
             await catch_up(event, msg.topic, msg.partition, msg.offset)
             nxt = expected[(msg.topic, msg.partition)]
-            if nxt is not None and msg.offset < nxt:
+            if msg.offset < nxt:
                 self.stats.replays_skipped += 1
                 continue
             admitted.append(event)
@@ -129,7 +135,25 @@ class InputPositions:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _read_range(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
+    async def _log_start(self, topic: str, partition: int) -> int:
+        """The first offset still in the log of one partition (cached: it only matters once)."""
+        key = (topic, partition)
+        if key not in self._starts:
+            delay = 0.2
+            while True:
+                try:
+                    probe = await self._ensure_probe()
+                    tp = TopicPartition(topic, partition)
+                    self._starts[key] = (await probe.beginning_offsets([tp]))[tp]
+                    break
+                except Exception as exc:
+                    log.error("%s: no log start for %s:%s (%r); retrying", self.stage, topic, partition, exc)
+                    await self._close_probe()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        return self._starts[key]
+
+    async def _ensure_probe(self) -> AIOKafkaConsumer:
         if self._probe is None:
             self._probe = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap,
@@ -139,19 +163,23 @@ class InputPositions:
                 client_id=f"{self.stage}-gap-repair",
             )
             await self._probe.start()
+        return self._probe
+
+    async def _read_range(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
+        probe = await self._ensure_probe()
         tp = TopicPartition(topic, partition)
-        self._probe.assign([tp])
-        self._probe.seek(tp, start)
+        probe.assign([tp])
+        probe.seek(tp, start)
         out: list[Any] = []
         deadline = asyncio.get_running_loop().time() + 30.0
-        while await self._probe.position(tp) < end:
+        while await probe.position(tp) < end:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"{topic}:{partition} offsets {start}..{end - 1} not readable in 30 s")
-            batch = await self._probe.getmany(tp, timeout_ms=1000, max_records=end - start)
+            batch = await probe.getmany(tp, timeout_ms=1000, max_records=end - start)
             records = batch.get(tp, [])
             if not records:
                 # Nothing readable before ``end``: the offsets were markers or compacted away.
-                if await self._probe.position(tp) >= end or not await self._has_data_before(tp, end):
+                if await probe.position(tp) >= end or not await self._has_data_before(tp, end):
                     break
                 continue
             out.extend(self._as_event(r) for r in records if r.offset < end)
@@ -160,9 +188,9 @@ class InputPositions:
         return out
 
     async def _has_data_before(self, tp: TopicPartition, end: int) -> bool:
-        assert self._probe is not None
-        last_stable = (await self._probe.end_offsets([tp]))[tp]
-        return await self._probe.position(tp) < min(end, last_stable)
+        probe = await self._ensure_probe()
+        last_stable = (await probe.end_offsets([tp]))[tp]
+        return await probe.position(tp) < min(end, last_stable)
 
     def _as_event(self, record: Any) -> Any:
         tp = self.app.consumer._new_topicpartition(record.topic, record.partition)

@@ -13,7 +13,7 @@ from loadtest import events as ev
 from streams.checker import audit
 from streams.producer import EventProducer
 from streams.tables import partition_for
-from streams.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS
+from streams.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS, ensure_topics
 from tests.helpers import read_topic, wait_for
 
 pytestmark = pytest.mark.broker
@@ -188,3 +188,25 @@ def jump_group_offsets_to_end(settings, topic: str) -> None:
         wait_for(commit, timeout_s=30, what="the group to accept a commit")
     finally:
         consumer.close()
+
+
+def test_messages_a_new_agent_never_saw_are_applied_even_if_the_group_committed_past_them(
+    make_settings, start_worker
+) -> None:
+    """No position yet (the agent never ran) and a committed offset beyond offset 0, as Faust leaves
+    it when it takes a committed 0 for none: the agent starts from the beginning of the log."""
+    settings = make_settings(safety_threshold=0)
+    producer = EventProducer(settings)
+    ensure_topics(settings)
+    producer.send(STOCK_ADJUSTMENTS.name, "SKU-NEW", "StockAdjusted", ev.stock_adjusted("SKU-NEW", "WH-SH", 50))
+    numbers = range(12)
+    for n in numbers:
+        order = ev.order_placed("pdd", f"first-{n}", [ev.line(1, "SKU-NEW", 1)])
+        producer.send(ORDER_EVENTS.name, ev.order_id("pdd", f"first-{n}"), "OrderPlaced", order)
+    producer.flush()
+    jump_group_offsets_to_end(settings, settings.topic(ORDER_EVENTS.name))
+
+    start_worker(settings)
+    wait_for(lambda: len(read_topic(settings, "reservation.results")) == len(numbers), timeout_s=90,
+             what="every order placed before the worker first ran")  # fmt: skip
+    assert audit(settings).ok
