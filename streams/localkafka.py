@@ -132,7 +132,9 @@ class LocalKafka:
         if not (self.data_dir / "meta.properties").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             cluster_id = _kafka_cluster_id()
-            fmt = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config))
+            # "--cluster-id=" form: a base64 id may start with "-", which the tool's parser would
+            # take for an option (about one start in 64 failed that way).
+            fmt = self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config))
             result = subprocess.run(fmt, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"formatting Kafka storage failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")

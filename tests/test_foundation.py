@@ -15,10 +15,11 @@ from confluent_kafka import Producer
 from fastavro import parse_schema, schemaless_writer
 
 from streams.codec import schema_fingerprint
-from streams.localkafka import broker_metadata
+from streams.localkafka import LocalKafka, broker_metadata
 from streams.procs import is_alive, port_open
 from streams.producer import EventProducer
 from streams.registry import SCHEMA_DIR
+from streams.settings import Settings
 from streams.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS
 from tests.conftest import free_port, free_ports
 from tests.helpers import read_topic, wait_for
@@ -230,3 +231,24 @@ def test_librdkafka_murmur2_random_lands_where_the_worker_looks(make_settings) -
         )
     assert producer.flush(30) == 0
     assert landed == {key: partition_for(key, 8) for key in keys}
+
+
+def test_dev_up_formats_storage_whatever_the_cluster_id_looks_like(tmp_path: Path) -> None:
+    """About one random cluster id in 64 starts with '-', which once made `dev up` fail."""
+    import base64
+    import os
+    from unittest import mock
+
+    from streams import localkafka
+
+    dash_id = base64.urlsafe_b64encode(b"\xf8" + os.urandom(15)).decode().rstrip("=")
+    assert dash_id.startswith("-")
+    port, controller = free_ports(2)
+    settings = Settings(home=tmp_path / "dev", kafka_port=port, kafka_controller_port=controller)
+    kafka = LocalKafka(settings)
+    with mock.patch.object(localkafka, "_kafka_cluster_id", return_value=dash_id):
+        try:
+            kafka.up()
+            assert broker_metadata(settings.bootstrap)["brokers"] == [f"127.0.0.1:{port}"]
+        finally:
+            kafka.down()
