@@ -123,7 +123,9 @@ def build_schedule(profile: str, rate: float, duration_s: float, seed: int, sku_
     initial: dict[str, dict[str, int]] = {}
     for rank, sku in enumerate(skus):
         demand = expected_orders * 1.8 * (zipf.cumulative[rank] - (zipf.cumulative[rank - 1] if rank else 0))
-        units = max(5, int(demand * rng.uniform(0.6, 1.3)))
+        # Above the default safety threshold (10) with room to sell: the long tail stays sellable
+        # on every channel; the hot SKUs run out and show the pause and the refusals.
+        units = max(40, int(demand * rng.uniform(0.6, 1.3)))
         split = rng.sample(WAREHOUSES, rng.randint(1, 3))
         initial[sku] = {wh: max(1, units // len(split)) for wh in split}
     sched = Schedule(profile, rate, duration_s, skus, initial)
