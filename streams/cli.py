@@ -353,6 +353,29 @@ def bench(
     console.print(f"chart: {chart}")
 
 
+@app.command("bench-recovery")
+def bench_recovery(
+    skus: int = typer.Option(100_000, min=1, help="Keys in the holds_by_sku table."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Time a worker's recovery after kill -9 with a large table (restart, and rebuild from the changelog)."""
+    import json
+
+    from loadtest import recovery
+    from loadtest.stack import local_stack
+
+    settings = Settings()
+    out = Console(stderr=True) if as_json else console
+    log_dir = settings.home_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with local_stack(settings, out), out.status(f"filling {skus:,} SKUs, then kill -9 and restart..."):
+        results = recovery.run(settings, skus, log_dir)
+    if as_json:
+        print(json.dumps(results))
+    else:
+        console.print(results)
+
+
 @app.command("bench-sink")
 def bench_sink(
     events: int = typer.Option(100_000, help="Events to sink (about two rows each)."),

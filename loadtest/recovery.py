@@ -1,0 +1,62 @@
+"""`stockflow bench-recovery`: how long a worker takes to come back with a large `holds_by_sku` table.
+
+Fills the pool with one stock receipt for each of N SKUs (N table keys, N changelog records),
+waits until the worker has applied them, kills it with ``kill -9`` and starts it again twice:
+once with its RocksDB folder intact (the usual restart) and once with the folder deleted (a new
+machine: the table is rebuilt from the changelog topic). Recovery is timed from the start of the
+new process until the worker answers ``/stock/{sku}`` for a SKU with the right figures.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from loadtest import events as ev
+from streams.producer import EventProducer
+from streams.settings import Settings
+from streams.topics import STOCK_ADJUSTMENTS, ensure_topics
+from streams.workerproc import WorkerProcess
+
+
+def _until_answers(worker: WorkerProcess, sku: str, on_hand: int, timeout_s: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        try:
+            if worker.get(f"/stock/{sku}", timeout_s=2).get("on_hand") == on_hand:
+                return time.monotonic() - started
+        except Exception:  # not serving yet
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the worker did not answer for {sku} within {timeout_s:.0f}s")
+
+
+def run(settings: Settings, skus: int, log_dir: Path) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    s = settings.model_copy(update={"topic_prefix": f"bench-rec-{tag}.", "app_id": f"bench-rec-{tag}",
+                                    "clickhouse_url": f"chdb://{log_dir / f'rec-{tag}-ch'}"})  # fmt: skip
+    ensure_topics(s)
+    producer = EventProducer(s)
+    names = [f"REC-{i:06d}" for i in range(skus)]
+    for sku in names:
+        producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, "WH-SH", 7))
+    producer.flush(300)
+    probe = names[-1]
+    worker = WorkerProcess(s, log_dir / f"bench-rec-{tag}.log").start()
+    started = time.monotonic()
+    worker.wait_ready(300)
+    _until_answers(worker, probe, 7, 1800)
+    fill_s = time.monotonic() - started
+    time.sleep(3)  # let the last changelog writes and offsets commit
+    results: dict[str, Any] = {"skus": skus, "fill_s": round(fill_s, 1)}
+    for case in ("restart", "rebuild_from_changelog"):
+        worker.kill9()
+        if case == "rebuild_from_changelog":
+            shutil.rmtree(s.home_dir / "worker" / s.app_id, ignore_errors=True)
+        worker = WorkerProcess(s, log_dir / f"bench-rec-{tag}-{case}.log").start()
+        results[f"{case}_s"] = round(_until_answers(worker, probe, 7, 600), 2)
+    worker.stop()
+    return results
