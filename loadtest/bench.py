@@ -13,9 +13,7 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from loadtest import events as ev
 from loadtest.baseline import plain_loop_events_per_s
 from loadtest.generator import build_schedule, describe
 from loadtest.run import LoadRun, measure
+from loadtest.stack import isolated
 from streams.codec import default_codec
 from streams.producer import EventProducer
 from streams.settings import REPO_ROOT, Settings
@@ -34,17 +33,9 @@ from streams.topicreader import read_all
 from streams.topics import HOLD_COMMANDS, STOCK_ADJUSTMENTS, ensure_topics
 from streams.workerproc import WorkerProcess
 
-
-def run_settings(settings: Settings, tag: str) -> Settings:
-    """The run's own topics and group, timeouts short enough to happen within a run."""
-    url = settings.clickhouse_url
-    if url.startswith("chdb"):
-        url = f"chdb://{tempfile.mkdtemp(prefix='stockflow-bench-ch-')}"
-    return settings.model_copy(update={
-        "topic_prefix": f"bench-{tag}.", "app_id": f"bench-{tag}", "clickhouse_url": url,
-        "clickhouse_database": f"bench_{tag}", "payment_timeout_s": 15.0, "parked_grace_s": 5.0,
-        "hold_ttl_s": 600.0, "sweep_interval_s": 0.5, "route_retry_s": 5.0,
-    })  # fmt: skip
+# Timeouts short enough to happen within a run.
+RUN_TIMEOUTS = {"payment_timeout_s": 15.0, "parked_grace_s": 5.0, "hold_ttl_s": 600.0, "sweep_interval_s": 0.5,
+                "route_retry_s": 5.0}  # fmt: skip
 
 
 def start_intake(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -65,10 +56,7 @@ def start_intake(settings: Settings, port: int, log: Path) -> subprocess.Popen[b
 
 def hold_agent_events_per_s(settings: Settings, commands: int, log_dir: Path) -> float:
     """One worker draining ``commands`` RESERVE commands over 1,000 SKUs: table + changelog per batch."""
-    tag = uuid.uuid4().hex[:8]
-    folder = tempfile.mkdtemp(prefix="stockflow-hold-")
-    s = settings.model_copy(update={"topic_prefix": f"bench-hold-{tag}.", "app_id": f"bench-hold-{tag}",
-                                    "clickhouse_url": f"chdb://{folder}"})  # fmt: skip
+    tag, s = isolated(settings, "bench-hold")
     ensure_topics(s)
     producer = EventProducer(s)
     skus = [f"HOLD-{i:04d}" for i in range(1000)]
@@ -109,8 +97,7 @@ def machine() -> dict[str, Any]:
 def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, seed: int, workers: int,
               console: Console, hold_commands: int = 50_000) -> tuple[dict[str, Any], Settings]:  # fmt: skip
     """The run's figures, and the settings it ran with (its topics, its ClickHouse)."""
-    tag = uuid.uuid4().hex[:8]
-    s = run_settings(settings, tag)
+    tag, s = isolated(settings, "bench", **RUN_TIMEOUTS)
     logs = s.home_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     ensure_topics(s)
@@ -136,13 +123,20 @@ def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, 
             run.load_stock()
             first = schedule.skus[0]
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and procs[0].get(f"/stock/{first}").get("on_hand", 0) <= 0:
+            while procs[0].get(f"/stock/{first}").get("on_hand", 0) <= 0:
+                if time.monotonic() > deadline:
+                    # Sending now would measure a worker that is not consuming (a broker still
+                    # loading its group coordinator, say), not the pipeline.
+                    raise RuntimeError(f"the worker applied no stock within 120 s; see {logs}")
                 time.sleep(0.5)
         run.send()
         with console.status("draining..."):
             drained = run.drain(max(120.0, duration_s * 3))
+        if not run.drained:
+            console.print("[red]the pipeline did not drain in time: undecided orders count as lost below[/red]")
         with console.status("measuring (independent checker over every topic)..."):
             figures = measure(run, drained)
+            figures["drained"] = run.drained
     finally:
         if intake is not None:
             intake.terminate()
@@ -195,6 +189,6 @@ REQUIRED_KEYS = (
 def summary_table(figures: dict[str, Any]) -> Table:
     table = Table("figure", "value", title=f"stockflow bench: {figures['profile']}, {figures['workers']} worker(s)")
     for key in (*REQUIRED_KEYS, "hold_agent_events_per_s", "orders_sent", "orders_decided", "events_per_order",
-                "drain_s", "max_lag", "skus_drifted", "intake_errors", "sender_behind_ms"):  # fmt: skip
+                "drained", "drain_s", "max_lag", "skus_drifted", "intake_errors", "sender_behind_ms"):  # fmt: skip
         table.add_row(key, f"{figures[key]:,}" if isinstance(figures[key], (int, float)) else str(figures[key]))
     return table

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from loadtest import events as ev
+from loadtest.stack import isolated
 from streams.producer import EventProducer
 from streams.settings import Settings
 from streams.topics import STOCK_ADJUSTMENTS, ensure_topics
@@ -35,9 +35,7 @@ def _until_answers(worker: WorkerProcess, sku: str, on_hand: int, timeout_s: flo
 
 
 def run(settings: Settings, skus: int, log_dir: Path) -> dict[str, Any]:
-    tag = uuid.uuid4().hex[:8]
-    s = settings.model_copy(update={"topic_prefix": f"bench-rec-{tag}.", "app_id": f"bench-rec-{tag}",
-                                    "clickhouse_url": f"chdb://{log_dir / f'rec-{tag}-ch'}"})  # fmt: skip
+    tag, s = isolated(settings, "bench-rec")
     ensure_topics(s)
     producer = EventProducer(s)
     names = [f"REC-{i:06d}" for i in range(skus)]

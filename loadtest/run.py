@@ -74,6 +74,7 @@ class LoadRun:
         self.sent = Sent()
         self.lag: list[tuple[float, int]] = []
         self.sink_lag = -1
+        self.drained = False
         self._done = threading.Event()
         self._lock = threading.Lock()
 
@@ -248,6 +249,7 @@ class LoadRun:
         while time.monotonic() < deadline:
             lag = self.lag[-1][1] if self.lag else 1
             if lag == 0 and quiet_since and self.sink_lag == 0 and time.time() - quiet_since >= 3:
+                self.drained = True
                 break
             quiet_since = (quiet_since or time.time()) if lag == 0 else None
             time.sleep(0.5)

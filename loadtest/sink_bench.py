@@ -15,7 +15,6 @@ from __future__ import annotations
 import random
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from loadtest.stack import isolated
 from streams.app import Runtime
 from streams.clickhouse import ServerClickHouse, apply_migrations, open_clickhouse
 from streams.clock import Clock
@@ -191,8 +191,7 @@ def sink_rate(settings: Settings, rows: int, log_dir: Path, timeout_s: float) ->
 
 
 def run(settings: Settings, server_url: str, rows: int, seed: int, console: Console) -> dict[str, Any]:
-    tag = uuid.uuid4().hex[:8]
-    base = settings.model_copy(update={"topic_prefix": f"bench-sink-{tag}.", "app_id": f"bench-sink-{tag}"})
+    tag, base = isolated(settings, "bench-sink")
     ensure_topics(base)
     events = make_events(rows, seed)
     producer = EventProducer(base)

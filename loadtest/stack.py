@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 from rich.console import Console
 
@@ -38,3 +41,14 @@ def local_stack(settings: Settings, console: Console, clickhouse_server: bool = 
         if "kafka" in started:
             with console.status("stopping Kafka..."):
                 kafka.down()
+
+
+def isolated(settings: Settings, name: str, **extra: Any) -> tuple[str, Settings]:
+    """(tag, settings) for one measurement of its own: fresh topics, consumer group and database,
+    and a fresh folder when ClickHouse is embedded (a chdb folder belongs to one process)."""
+    tag = uuid.uuid4().hex[:8]
+    update: dict[str, Any] = {"topic_prefix": f"{name}-{tag}.", "app_id": f"{name}-{tag}",
+                              "clickhouse_database": f"{name.replace('-', '_')}_{tag}"}  # fmt: skip
+    if settings.clickhouse_url.startswith("chdb"):
+        update["clickhouse_url"] = f"chdb://{tempfile.mkdtemp(prefix=f'stockflow-{name}-')}"
+    return tag, settings.model_copy(update={**update, **extra})
