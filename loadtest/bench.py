@@ -26,12 +26,12 @@ from loadtest.baseline import plain_loop_events_per_s
 from loadtest.generator import build_schedule, describe
 from loadtest.run import LoadRun, measure
 from loadtest.stack import isolated
-from streams.codec import default_codec
-from streams.producer import EventProducer
-from streams.settings import REPO_ROOT, Settings
-from streams.topicreader import read_all
-from streams.topics import HOLD_COMMANDS, STOCK_ADJUSTMENTS, ensure_topics
-from streams.workerproc import WorkerProcess
+from streams.contract.codec import default_codec
+from streams.contract.topics import HOLD_COMMANDS, STOCK_ADJUSTMENTS, ensure_topics
+from streams.devstack.workerproc import WorkerProcess
+from streams.engine.producer import EventProducer
+from streams.engine.topicreader import read_all
+from streams.settings import Settings
 
 # Timeouts short enough to happen within a run.
 RUN_TIMEOUTS = {"payment_timeout_s": 15.0, "parked_grace_s": 5.0, "hold_ttl_s": 600.0, "sweep_interval_s": 0.5,
@@ -41,7 +41,7 @@ RUN_TIMEOUTS = {"payment_timeout_s": 15.0, "parked_grace_s": 5.0, "hold_ttl_s": 
 def start_intake(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings.as_env(), "STOCKFLOW_INTAKE_PORT": str(port)}
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "intake"], env=env, stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "intake"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -89,7 +89,8 @@ def hold_agent_events_per_s(settings: Settings, commands: int, log_dir: Path) ->
 
 
 def machine() -> dict[str, Any]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    here = Path(__file__).resolve().parent
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "commit": commit.stdout.strip()}  # fmt: skip
 

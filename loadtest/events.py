@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from streams.records import (
+from streams.contract.records import (
     Address,
     OrderCancelled,
     OrderLine,

@@ -16,10 +16,10 @@ from typing import Any
 
 from loadtest import events as ev
 from loadtest.stack import isolated
-from streams.producer import EventProducer
+from streams.contract.topics import STOCK_ADJUSTMENTS, ensure_topics
+from streams.devstack.workerproc import WorkerProcess
+from streams.engine.producer import EventProducer
 from streams.settings import Settings
-from streams.topics import STOCK_ADJUSTMENTS, ensure_topics
-from streams.workerproc import WorkerProcess
 
 
 def _until_answers(worker: WorkerProcess, sku: str, on_hand: int, timeout_s: float) -> float:

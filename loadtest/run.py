@@ -22,15 +22,11 @@ from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from agents.audit.checker import audit
 from loadtest import events as ev
 from loadtest.generator import Planned, Schedule
-from streams.checker import audit
-from streams.codec import default_codec
-from streams.producer import EventProducer
-from streams.settings import Settings
-from streams.tables import partition_for
-from streams.topicreader import read_all
-from streams.topics import (
+from streams.contract.codec import default_codec
+from streams.contract.topics import (
     ALL_TOPICS,
     HOLD_COMMANDS,
     HOLD_RESULTS,
@@ -39,6 +35,10 @@ from streams.topics import (
     SUNK_TOPICS,
     TopicSpec,
 )
+from streams.engine.producer import EventProducer
+from streams.engine.tables import partition_for
+from streams.engine.topicreader import read_all
+from streams.settings import Settings
 
 ADDRESS = {"province": "浙江", "city": "杭州", "district": "西湖区", "detail": "文三路 90 号"}
 WATCHED = (ORDER_EVENTS, STOCK_ADJUSTMENTS, HOLD_COMMANDS, HOLD_RESULTS)

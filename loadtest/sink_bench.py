@@ -23,14 +23,14 @@ from rich.console import Console
 from rich.table import Table
 
 from loadtest.stack import isolated
-from streams.app import Runtime
-from streams.clickhouse import ServerClickHouse, apply_migrations, open_clickhouse
-from streams.clock import Clock
-from streams.codec import default_codec
-from streams.producer import EventProducer
+from streams.contract.codec import default_codec
+from streams.contract.topics import ensure_topics
+from streams.devstack.workerproc import WorkerProcess
+from streams.engine.clock import Clock
+from streams.engine.producer import EventProducer
+from streams.engine.runtime import Runtime
 from streams.settings import Settings
-from streams.topics import ensure_topics
-from streams.workerproc import WorkerProcess
+from streams.stores.clickhouse import ServerClickHouse, apply_migrations, open_clickhouse
 
 KINDS = ("order.states", "alerts", "reservation.results", "routing.decisions")
 CHANNELS = ("tmall", "jd", "douyin", "pdd", "kuaishou", "own")
@@ -201,7 +201,7 @@ def run(settings: Settings, server_url: str, rows: int, seed: int, console: Cons
         producer.flush()
     codec = default_codec()
     runtime = Runtime(base, codec, Clock())
-    from agents.sink import rows_for_batch
+    from agents.analytics.sink import rows_for_batch
 
     messages = [Message(base.topic(t), 0, i, k.encode(), codec.encode(kind, r)) for i, (t, k, kind, r) in
                 enumerate(events)]  # fmt: skip

@@ -10,9 +10,9 @@ from typing import Any
 
 from rich.console import Console
 
-from streams import procs
-from streams.localclickhouse import LocalClickHouseServer
-from streams.localkafka import LocalKafka
+from streams.devstack import procs
+from streams.devstack.localclickhouse import LocalClickHouseServer
+from streams.devstack.localkafka import LocalKafka
 from streams.settings import Settings
 
 

@@ -14,8 +14,6 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STOCKFLOW_", extra="ignore")
@@ -87,7 +85,9 @@ class Settings(BaseSettings):
     )
     batch_max_events: int = Field(default=5000, ge=1, description="Most events in one batch.")
     clock_control: bool = Field(default=False, description="Accept clock-advance events (tests and drills only).")
-    warehouses_file: Path = REPO_ROOT / "config" / "warehouses.toml"
+    warehouses_file: Path | None = Field(
+        default=None, description="Warehouses stock may be held in (TOML); unset: the sample set stockflow ships."
+    )
 
     # Routing and the order SLA
     routing_weights: dict[str, float] = Field(
@@ -106,10 +106,12 @@ class Settings(BaseSettings):
     # HTTP intake
     intake_host: str = "127.0.0.1"
     intake_port: int = 8080
-    channels_file: Path = REPO_ROOT / "config" / "channels.toml"
+    channels_file: Path | None = Field(
+        default=None, description="Per-channel JSON field mapping (TOML); unset: the six channels stockflow ships."
+    )
     catalogue_file: Path | None = Field(
-        default=REPO_ROOT / "config" / "catalogue.toml",
-        description="SKU patterns intake accepts; unset to accept any SKU (the pool still refuses unknown ones).",
+        default=None,
+        description="SKU patterns intake accepts (TOML; no patterns: any SKU); unset: the sample catalogue.",
     )
 
     def topic(self, name: str) -> str:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from streams.localclickhouse import LocalClickHouseServer
-from streams.localkafka import LocalKafka
+from streams.contract.topics import ensure_topics
+from streams.devstack.localclickhouse import LocalClickHouseServer
+from streams.devstack.localkafka import LocalKafka
+from streams.devstack.workerproc import WorkerProcess
 from streams.settings import Settings
-from streams.topics import ensure_topics
-from streams.workerproc import WorkerProcess
 
 
 def free_port() -> int:

@@ -6,18 +6,20 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
 
 from loadtest import events as ev
-from streams.codec import default_codec
-from streams.producer import EventProducer
+from streams.contract.codec import default_codec
+from streams.contract.topics import STOCK_ADJUSTMENTS
+from streams.engine.producer import EventProducer
+from streams.engine.topicreader import read_all
 from streams.settings import Settings
-from streams.topicreader import read_all
-from streams.topics import STOCK_ADJUSTMENTS
 
 T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def read_topic(settings: Settings, name: str, timeout_s: float = 10.0) -> list[tuple[str, dict[str, Any]]]:

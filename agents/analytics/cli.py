@@ -1,0 +1,76 @@
+"""Analytics commands: an ops dashboard in the terminal (``dash``) and the live page (``web``)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.table import Table
+
+from streams.cli import console, fail
+from streams.settings import Settings
+
+
+def dash(
+    name: str = typer.Argument("", help="Dashboard name; leave out to list them."),
+    since: str = typer.Option(None, "--from", help="Start: now, -24h, 2026-11-11T00:00 or epoch ms."),
+    until: str = typer.Option(None, "--to", help="End (same forms)."),
+    channel: str = typer.Option(None, help="One channel."),
+    warehouse: str = typer.Option(None, help="One warehouse id."),
+    sku: str = typer.Option(None, help="One SKU."),
+    by: str = typer.Option(None, help="flow_time: group by stage|channel|warehouse|hour."),
+    threshold: int = typer.Option(None, help="low_stock: threshold."),
+    output: str = typer.Option("table", "--format", help="table, csv or json."),
+    grafana: str = typer.Option(None, "--export-grafana", help="Write every dashboard as one Grafana JSON model."),
+) -> None:
+    """Print an ops dashboard (one SQL file in dashboards/) as a table, CSV or JSON."""
+    import csv
+    import json
+
+    from agents.analytics import queries as dashboards
+
+    settings = Settings()
+    if grafana:
+        model = dashboards.grafana_dashboard(settings)
+        with open(grafana, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(model, ensure_ascii=False, indent=2) + "\n")
+        console.print(f"wrote {len(model['panels'])} panels to {grafana}")
+        return
+    if not name:
+        table = Table("dashboard", "what it shows", "parameters")
+        for dashboard in dashboards.load_all().values():
+            table.add_row(dashboard.name, dashboard.title, ", ".join(dashboard.params))
+        console.print(table)
+        return
+    if output not in ("table", "csv", "json"):
+        fail(f"--format must be table, csv or json, not {output!r}")
+    options = {"from_ms": since, "to_ms": until, "channel": channel, "warehouse": warehouse, "sku": sku, "by": by,
+               "threshold": threshold}  # fmt: skip
+    given = {k: str(v) for k, v in options.items() if v is not None}
+    try:
+        dashboard, rows = dashboards.run(settings, name, given)
+    except dashboards.DashboardError as exc:
+        fail(str(exc))
+    except Exception as exc:  # ClickHouse unreachable or refusing
+        fail(f"could not query ClickHouse at {settings.clickhouse_url}: {exc}")
+    columns = list(rows[0]) if rows else []
+    if output == "json":
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+    elif output == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        table = Table(*columns, title=dashboard.title, caption=f"{len(rows)} rows")
+        for row in rows:
+            table.add_row(*(str(row[c]) for c in columns))
+        console.print(table)
+
+
+def web(port: int = typer.Option(8050, help="Port of the dashboard page.")) -> None:
+    """Serve the dashboards as a live HTML page with charts."""
+    from agents.analytics.webpage import serve
+
+    settings = Settings()
+    console.print(f"dashboards on http://{settings.web_host}:{port}/")
+    serve(settings, port)

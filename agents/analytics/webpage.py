@@ -1,0 +1,63 @@
+"""`stockflow web`: the dashboards as one live HTML page with charts.
+
+Serves ``streams/static/index.html`` (Plotly charts, refreshed every few seconds), Plotly's own
+JavaScript from the installed ``plotly`` package (no network needed), and a JSON API over
+``agents.analytics.queries.run`` - so the page shows exactly what ``stockflow dash`` prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import plotly
+from aiohttp import web
+
+from agents.analytics import queries as dashboards
+from agents.routing.warehouses import load_warehouses
+from streams.settings import Settings
+
+STATIC = Path(__file__).parent / "static"
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda o: orjson.dumps(o).decode())
+
+
+def make_app(settings: Settings) -> web.Application:
+    async def index(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def plotly_js(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(PLOTLY_JS, headers={"Cache-Control": "max-age=86400"})
+
+    async def catalogue(_: web.Request) -> web.Response:
+        return _json({
+            "dashboards": [d.describe() for d in dashboards.load_all().values()],
+            "channels": list(settings.channels),
+            "warehouses": sorted(load_warehouses(settings.warehouses_file)),
+        })  # fmt: skip
+
+    async def rows(request: web.Request) -> web.Response:
+        try:
+            dash, found = await asyncio.to_thread(
+                dashboards.run, settings, request.match_info["name"], dict(request.query)
+            )
+        except dashboards.DashboardError as exc:
+            return _json({"error": str(exc)}, status=400)
+        except Exception as exc:  # ClickHouse away: the page shows it and tries again on the next refresh
+            return _json({"error": f"ClickHouse: {exc}"}, status=503)
+        return _json({"dashboard": dash.describe(), "rows": found})
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/static/plotly.min.js", plotly_js)
+    app.router.add_get("/api/dashboards", catalogue)
+    app.router.add_get("/api/dash/{name}", rows)
+    return app
+
+
+def serve(settings: Settings, port: int) -> None:
+    web.run_app(make_app(settings), host=settings.web_host, port=port, print=None)

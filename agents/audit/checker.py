@@ -1,0 +1,234 @@
+"""``stockflow check``: an independent audit of the stock pool against the topics.
+
+Deliberately shares no rule code with the agents (``agents.inventory.rules``/``agents.orders.processor.rules``): it
+rebuilds, from what is in Kafka, what the pool's state must be, and compares.
+
+* on-hand per SKU from ``stock.adjustments`` (each adjustment id once, known warehouses only)
+  minus every shipped line;
+* the open holds per SKU (held or paid, not yet shipped/released/expired) from the last answer
+  per order line in ``stock.hold-results``;
+* against the table ``holds_by_sku`` as its changelog topic holds it.
+
+It reports drift (table != rebuilt), oversold units (open holds beyond on-hand), double holds (an
+order line held again after it was let go), orders rejected while still holding stock, and lost
+orders (placed and valid, yet neither decided nor cancelled).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from agents.routing.warehouses import load_warehouses
+from streams.contract.codec import Codec, DecodeError, default_codec
+from streams.contract.topics import (
+    DEADLETTERS,
+    HOLD_RESULTS,
+    ORDER_EVENTS,
+    ORDER_STATES,
+    RESERVATION_RESULTS,
+    STOCK_ADJUSTMENTS,
+)
+from streams.engine.tables import RESERVED_PREFIX
+from streams.engine.topicreader import read_all
+from streams.settings import Settings
+
+_OPEN_OUTCOMES = {"HELD", "COMMITTED"}
+_LET_GO = {"RELEASED", "EXPIRED", "REFUSED", "SHIPPED"}
+
+
+@dataclass
+class SkuAudit:
+    sku: str
+    expected_on_hand: int = 0
+    expected_open: int = 0
+    expected_presale: int = 0
+    table_on_hand: int | None = None
+    table_open: int | None = None
+    table_presale: int | None = None
+    open_keys_missing_in_table: list[str] = field(default_factory=list)
+    open_keys_only_in_table: list[str] = field(default_factory=list)
+
+    @property
+    def drift(self) -> bool:
+        return (
+            self.table_on_hand != self.expected_on_hand
+            or self.table_open != self.expected_open
+            or self.table_presale != self.expected_presale
+            or bool(self.open_keys_missing_in_table or self.open_keys_only_in_table)
+        )
+
+    @property
+    def oversold(self) -> int:
+        return max(0, self.expected_open - self.expected_on_hand)
+
+
+@dataclass
+class Report:
+    skus: dict[str, SkuAudit] = field(default_factory=dict)
+    orders_placed: int = 0
+    orders_decided: int = 0
+    orders_cancelled_undecided: int = 0
+    lost_orders: list[str] = field(default_factory=list)
+    double_holds: list[str] = field(default_factory=list)
+    rejected_but_held: list[str] = field(default_factory=list)
+    reserved_incomplete: list[str] = field(default_factory=list)
+
+    @property
+    def drifted(self) -> list[SkuAudit]:
+        return [a for a in self.skus.values() if a.drift]
+
+    @property
+    def oversold_units(self) -> int:
+        return sum(a.oversold for a in self.skus.values())
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.drifted or self.oversold_units or self.lost_orders or self.double_holds
+            or self.rejected_but_held or self.reserved_incomplete
+        )  # fmt: skip
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "skus": len(self.skus),
+            "skus_drifted": len(self.drifted),
+            "oversold_units": self.oversold_units,
+            "orders_placed": self.orders_placed,
+            "orders_decided": self.orders_decided,
+            "orders_cancelled_before_decision": self.orders_cancelled_undecided,
+            "lost_orders": len(self.lost_orders),
+            "double_holds": len(self.double_holds),
+            "rejected_but_held": len(self.rejected_but_held),
+            "reserved_incomplete": len(self.reserved_incomplete),
+        }
+
+
+def _decoded(codec: Codec, settings: Settings, name: str) -> list[tuple[Any, str, dict[str, Any]]]:
+    out = []
+    for rec in read_all(settings.bootstrap, settings.topic(name)):
+        try:
+            event_type, record = codec.decode(rec.value)
+        except DecodeError:
+            continue
+        out.append((rec, event_type.short_name, record))
+    return out
+
+
+def audit(settings: Settings) -> Report:
+    codec = default_codec()
+    warehouses = set(load_warehouses(settings.warehouses_file))
+    report = Report()
+
+    def sku_audit(sku: str) -> SkuAudit:
+        return report.skus.setdefault(sku, SkuAudit(sku))
+
+    # 1. On-hand from the adjustments, each id once, refused ones skipped.
+    on_hand: dict[str, dict[str, int]] = defaultdict(dict)
+    seen_adjustments: set[tuple[str, str]] = set()
+    for _, kind, adj in _decoded(codec, settings, STOCK_ADJUSTMENTS.name):
+        if kind != "StockAdjusted" or (adj["sku"], adj["event_id"]) in seen_adjustments:
+            continue
+        qty, wh = adj["qty"], adj["warehouse_id"]
+        valid = {
+            "RECEIPT": qty > 0 and wh in warehouses,
+            "COUNT": qty >= 0 and wh in warehouses,
+            "CORRECTION": qty != 0 and wh in warehouses,
+            "PRESALE_CAP": qty >= 0,
+        }.get(adj["kind"], False)
+        if not valid or abs(qty) > 10_000_000:
+            continue
+        seen_adjustments.add((adj["sku"], adj["event_id"]))
+        sku_audit(adj["sku"])
+        if adj["kind"] in ("RECEIPT", "CORRECTION"):
+            on_hand[adj["sku"]][wh] = on_hand[adj["sku"]].get(wh, 0) + qty
+        elif adj["kind"] == "COUNT":
+            on_hand[adj["sku"]][wh] = qty
+
+    # 2. The last answer per order line, in the order the pool gave them.
+    last: dict[str, dict[str, Any]] = {}
+    history: dict[str, list[str]] = defaultdict(list)
+    shipped: dict[str, int] = defaultdict(int)
+    for _, kind, res in _decoded(codec, settings, HOLD_RESULTS.name):
+        if kind != "HoldDecided" or res["outcome"] == "IGNORED" or res["action"] == "ALLOCATE":
+            continue  # an allocation ties an open line to a warehouse; it neither opens nor closes it
+        key = f"{res['order_id']}#{res['line_no']}"
+        outcomes = history[key]
+        if not outcomes or outcomes[-1] != res["outcome"]:
+            if res["outcome"] == "HELD" and any(o in _LET_GO for o in outcomes):
+                report.double_holds.append(key)
+            outcomes.append(res["outcome"])
+        if res["outcome"] == "SHIPPED" and last.get(key, {}).get("outcome") != "SHIPPED":
+            shipped[res["sku"]] += res["qty"]
+        last[key] = res
+    open_by_sku: dict[str, dict[str, int]] = defaultdict(dict)
+    for key, res in last.items():
+        if res["outcome"] in _OPEN_OUTCOMES:
+            open_by_sku[res["sku"]][key] = res["qty"]
+            sku_audit(res["sku"])
+
+    # 3. The table as its changelog holds it.
+    table: dict[str, dict[str, Any] | None] = {}
+    for rec in read_all(settings.bootstrap, f"{settings.app_id}-holds_by_sku-changelog"):
+        if (rec.key or b"").startswith(RESERVED_PREFIX):
+            continue  # the agent's input positions, not a SKU
+        table[(rec.key or b"").decode()] = orjson.loads(rec.value) if rec.value else None
+    presale_keys = {
+        key for state in table.values() if state
+        for key, hold in state["holds"].items() if hold["presale"]
+    }  # fmt: skip
+
+    for sku, sa in report.skus.items():
+        shipped_regular = shipped.get(sku, 0)
+        sa.expected_on_hand = sum(max(0, q) for q in on_hand.get(sku, {}).values()) - shipped_regular
+        expected_keys = open_by_sku.get(sku, {})
+        sa.expected_open = sum(q for k, q in expected_keys.items() if k not in presale_keys)
+        sa.expected_presale = sum(q for k, q in expected_keys.items() if k in presale_keys)
+        state = table.get(sku)
+        if state is None:
+            continue
+        table_keys = {
+            k: h["qty"] for k, h in state["holds"].items()
+            if h["status"] in ("held", "sold") and h["line_no"] != 0
+        }  # fmt: skip
+        sa.table_on_hand = sum(max(0, q) for q in state["on_hand"].values())
+        sa.table_open = sum(q for k, q in table_keys.items() if k not in presale_keys)
+        sa.table_presale = sum(q for k, q in table_keys.items() if k in presale_keys)
+        sa.open_keys_missing_in_table = sorted(set(expected_keys) - set(table_keys))
+        sa.open_keys_only_in_table = sorted(set(table_keys) - set(expected_keys))
+
+    # 4. Orders: every valid placed order is decided or was cancelled first.
+    refused = {
+        (r["source_topic"], r["source_partition"], r["source_offset"])
+        for _, _, r in _decoded(codec, settings, DEADLETTERS.name)
+    }
+    order_topic = settings.topic(ORDER_EVENTS.name)
+    placed = set()
+    for rec, kind, ev in _decoded(codec, settings, ORDER_EVENTS.name):
+        if kind == "OrderPlaced" and (order_topic, rec.partition, rec.offset) not in refused:
+            placed.add(f"{ev['channel']}:{ev['channel_order_id']}")
+    decided = {}
+    for _, _, r in _decoded(codec, settings, RESERVATION_RESULTS.name):
+        decided[r["order_id"]] = r
+    final_state: dict[str, str] = {}
+    for _, _, r in _decoded(codec, settings, ORDER_STATES.name):
+        final_state[r["order_id"]] = r["state"]
+    report.orders_placed = len(placed)
+    report.orders_decided = len(placed & set(decided))
+    for order_id in sorted(placed - set(decided)):
+        if final_state.get(order_id) == "cancelled":
+            report.orders_cancelled_undecided += 1
+        else:
+            report.lost_orders.append(order_id)
+    for order_id, r in decided.items():
+        lines = {f"{order_id}#{ln['line_no']}" for ln in r["lines"]}
+        still_open = [k for k in lines if last.get(k, {}).get("outcome") in _OPEN_OUTCOMES]
+        if r["outcome"] == "REJECTED" and still_open:
+            report.rejected_but_held.append(order_id)
+        if r["outcome"] == "RESERVED" and any(ln["outcome"] != "HELD" for ln in r["lines"]):
+            report.reserved_incomplete.append(order_id)
+    return report

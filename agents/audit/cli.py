@@ -1,0 +1,46 @@
+"""The ``stockflow check`` command: the independent audit of the pool against the topics."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.table import Table
+
+from streams.cli import console
+from streams.settings import Settings
+
+
+def check(
+    wait: float = typer.Option(0.0, help="Keep re-checking up to this many seconds while there is drift."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Audit the stock pool against the topics with independent code; exit 1 on any drift."""
+    import json
+
+    from agents.audit.checker import audit
+
+    settings = Settings()
+    deadline = time.monotonic() + wait
+    report = audit(settings)
+    while not report.ok and time.monotonic() < deadline:
+        time.sleep(1.0)
+        report = audit(settings)
+    if as_json:
+        print(json.dumps(report.summary()))
+    else:
+        table = Table("check", "result", title="stockflow check")
+        for name, value in report.summary().items():
+            table.add_row(name, str(value))
+        console.print(table)
+        for sa in report.drifted[:20]:
+            console.print(
+                f"[red]drift[/red] {sa.sku}: on-hand table {sa.table_on_hand} vs rebuilt {sa.expected_on_hand}; "
+                f"open table {sa.table_open} vs rebuilt {sa.expected_open}; "
+                f"missing {sa.open_keys_missing_in_table[:5]} extra {sa.open_keys_only_in_table[:5]}"
+            )
+        for label, items in (("lost order", report.lost_orders), ("double hold", report.double_holds),
+                             ("rejected but held", report.rejected_but_held)):  # fmt: skip
+            for item in items[:20]:
+                console.print(f"[red]{label}[/red] {item}")
+    raise typer.Exit(0 if report.ok else 1)

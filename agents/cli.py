@@ -1,0 +1,74 @@
+"""stockflow: one stock pool for every channel, on Kafka.
+
+The ``stockflow`` command, assembled from the platform's commands (``streams.cli``), each business
+area's commands, the ``worker`` command, and whatever the ``stockflow.commands`` entry point group
+adds (the load test registers ``bench`` and ``demo`` there).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from importlib.metadata import entry_points
+
+import typer
+
+from agents.analytics import cli as analytics
+from agents.audit import cli as audit
+from agents.intake import cli as intake
+from agents.inventory import cli as inventory
+from agents.orders import cli as orders
+from streams import cli as platform
+from streams.cli import console
+from streams.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+app.add_typer(platform.dev, name="dev")
+app.add_typer(platform.topics, name="topics")
+app.add_typer(platform.clock, name="clock")
+app.add_typer(inventory.override, name="override")
+app.command()(inventory.stock)
+app.command()(orders.order)
+app.command()(intake.intake)
+app.command()(analytics.dash)
+app.command()(analytics.web)
+app.command()(audit.check)
+
+
+@app.command()
+def worker() -> None:
+    """Run a stockflow worker (Faust) against the configured broker and ClickHouse."""
+    import faust
+
+    from agents.worker import create_app
+    from streams.contract.topics import ensure_topics
+
+    settings = Settings()
+    ensure_topics(settings)
+    faust_app = create_app(settings)
+    worker = faust.Worker(faust_app, loglevel=settings.log_level, quiet=True)
+    # Faust's progress spinner sets the root logger to DEBUG, so every library's debug call builds
+    # a log record: a quarter of the worker's CPU under load. No spinner, WARN stays WARN.
+    worker.spinner = None
+    worker.execute_from_commandline()
+
+
+def _plugins() -> None:
+    for entry in entry_points(group="stockflow.commands"):
+        entry.load()(app)
+
+
+def main() -> None:
+    # Faust and its libraries are chatty on import; keep the CLI readable.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    started = time.monotonic()
+    _plugins()
+    try:
+        app()
+    finally:
+        if os.environ.get("STOCKFLOW_TIMING"):
+            console.print(f"[dim]{time.monotonic() - started:.1f}s[/dim]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,572 @@
+"""The order lifecycle: pure rules, no Kafka.
+
+    placed -> reserved -> paid -> routed -> shipped -> delivered
+    exits: rejected (a line could not be held), cancelled, payment_timeout
+
+An order's lines are reserved all-or-nothing: one RESERVE per line goes to the line's SKU pool,
+the order waits for exactly one answer per expected line number (a set, not a count, so a
+duplicated answer cannot complete an order early), then either every line is held or every held
+line is released. Events that arrive before their order (paid before created, as marketplaces do)
+are parked on the order and applied when it arrives. Every handler is idempotent: it looks at the
+order's recorded state, so a duplicate or replayed event changes nothing; a replayed message
+re-issues what the state implies (``implied_effects``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.routing.geo import locate
+
+TERMINAL = ("delivered", "rejected", "cancelled", "payment_timeout")
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "": ("placed",),
+    "placed": ("reserved", "rejected", "cancelled"),
+    "reserved": ("paid", "cancelled", "payment_timeout", "rejected"),
+    # Until routing ships, a WMS shipment may follow payment directly.
+    # A WMS that ships from a manual push may report a shipment before routing did.
+    "paid": ("routed", "shipped", "cancelled"),
+    "routed": ("shipped", "cancelled"),
+    "shipped": ("delivered",),
+}
+
+
+def can_transition(current: str, new: str) -> bool:
+    return new in TRANSITIONS.get(current, ())
+
+
+@dataclass(frozen=True)
+class OrderRules:
+    channels: tuple[str, ...]
+    payment_timeout_ms: int
+    hold_ttl_ms: int
+    parked_grace_ms: int
+    max_line_qty: int
+    max_lines: int = 100
+    sla_ms: int = 15 * 60_000
+    ship_promise_ms: int = 24 * 3_600_000
+    route_retry_ms: int = 30_000
+    max_route_attempts: int = 5
+
+
+@dataclass
+class OrderRecord:
+    order_id: str
+    channel: str = ""
+    state: str = ""  # "" until OrderPlaced arrives
+    lines: dict[str, dict[str, Any]] = field(default_factory=dict)  # line no -> {sku, qty}
+    presale: bool = False
+    vip: bool = False
+    placed_at_ms: int = 0
+    sent_at_ms: int = 0
+    answers: dict[str, list[str]] = field(default_factory=dict)  # RESERVE answer per line
+    line_status: dict[str, str] = field(default_factory=dict)  # latest pool outcome per line
+    previous_state: str = ""
+    paid: bool = False
+    payment_deadline_ms: int = 0
+    stage_times: dict[str, int] = field(default_factory=dict)
+    reason: str = ""
+    warehouse_id: str = ""
+    parked: list[dict[str, Any]] = field(default_factory=list)
+    channel_order_id: str = ""
+    address: dict[str, str] = field(default_factory=dict)
+    # Routing: the plan (line -> warehouse) of the current attempt, its decision record, retries.
+    routing: dict[str, Any] = field(default_factory=dict)
+    allocated: dict[str, str] = field(default_factory=dict)  # line no -> warehouse, as the pool confirmed
+    acked: dict[str, int] = field(default_factory=dict)  # warehouse -> WMS acknowledgement ms
+    sla: str = ""  # "" | "red" | "cleared"
+    shipped_lines: list[str] = field(default_factory=list)
+    applied: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> newest offset applied
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OrderRecord:
+        return cls(**data)
+
+    def next_deadline_ms(self, rules: OrderRules) -> int:
+        due = [p["parked_ms"] + rules.parked_grace_ms for p in self.parked]
+        if self.state == "reserved" and not self.paid and self.payment_deadline_ms:
+            due.append(self.payment_deadline_ms)
+        if waiting_for_warehouse(self) and not self.sla and "paid" in self.stage_times:
+            due.append(self.stage_times["paid"] + rules.sla_ms)
+        if self.state == "paid" and self.routing.get("retry_at_ms"):
+            due.append(self.routing["retry_at_ms"])
+        return min(due) if due else 0
+
+    def dispatched_to(self) -> dict[str, list[str]]:
+        """Warehouse -> line numbers, once every line is allocated."""
+        out: dict[str, list[str]] = {}
+        for line_no in sorted(self.allocated, key=int):
+            out.setdefault(self.allocated[line_no], []).append(line_no)
+        return out
+
+
+def waiting_for_warehouse(rec: OrderRecord) -> bool:
+    """Paid, and not yet pushed to a warehouse and acknowledged by it: what the SLA watches."""
+    if rec.state == "paid":
+        return True
+    return rec.state == "routed" and not set(rec.dispatched_to()) <= set(rec.acked)
+
+
+@dataclass
+class Effects:
+    """What a handler decided; the agent persists the record, then publishes these."""
+
+    hold_commands: list[dict[str, Any]] = field(default_factory=list)
+    transitions: list[tuple[str, str, str]] = field(default_factory=list)  # (from, to, reason)
+    reservation: dict[str, Any] | None = None
+    refusal: tuple[str, str] | None = None  # (reason, detail) for the current event
+    expired_parked: list[dict[str, Any]] = field(default_factory=list)
+    replay_parked: list[dict[str, Any]] = field(default_factory=list)
+    route: list[str] = field(default_factory=list)  # lines the agent must find a warehouse for
+    routing_decision: dict[str, Any] | None = None
+    dispatches: list[dict[str, Any]] = field(default_factory=list)
+    shipment_outcomes: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # keyword arguments of send_alert
+
+    def extend(self, other: Effects) -> None:
+        """Add ``other``'s outputs after this one's (same order, later handler)."""
+        for name in ("hold_commands", "transitions", "expired_parked", "replay_parked", "route", "dispatches",
+                     "shipment_outcomes", "alerts"):  # fmt: skip
+            getattr(self, name).extend(getattr(other, name))
+        self.reservation = other.reservation or self.reservation
+        self.routing_decision = other.routing_decision or self.routing_decision
+        self.refusal = self.refusal or other.refusal
+
+
+def validate_placed(event: dict[str, Any], rules: OrderRules) -> str:
+    """Why an OrderPlaced is refused ('' if it is valid)."""
+    if event["channel"] not in rules.channels:
+        return f"unknown_channel: {event['channel']!r}"
+    if not event["channel_order_id"].strip():
+        return "missing_field: channel_order_id"
+    lines = event["lines"]
+    if not lines:
+        return "missing_field: lines"
+    if len(lines) > rules.max_lines:
+        return f"invalid_lines: {len(lines)} lines, at most {rules.max_lines}"
+    numbers = [ln["line_no"] for ln in lines]
+    if len(set(numbers)) != len(numbers) or min(numbers) < 1:
+        return "invalid_lines: line numbers must be unique and >= 1"
+    for ln in lines:
+        if not ln["sku"].strip():
+            return f"missing_field: lines[{ln['line_no']}].sku"
+        if ln["qty"] <= 0 or ln["qty"] > rules.max_line_qty:
+            return f"invalid_qty: line {ln['line_no']} qty {ln['qty']}"
+        if ln["unit_price_fen"] < 0:
+            return f"invalid_amount: line {ln['line_no']} price {ln['unit_price_fen']}"
+    if event["amount_fen"] < 0:
+        return f"invalid_amount: {event['amount_fen']}"
+    addr = event["address"]
+    for part in ("province", "city", "district"):
+        if not addr[part].strip():
+            return f"missing_field: address.{part}"
+    if locate(addr["province"], addr["city"]) is None:
+        return f"address_unplaceable: province {addr['province']!r} is not in the centroid table"
+    return ""
+
+
+def _move(rec: OrderRecord, fx: Effects, new: str, now_ms: int, reason: str = "") -> None:
+    fx.transitions.append((rec.state, new, reason))
+    rec.previous_state = rec.state
+    rec.state = new
+    rec.reason = reason
+    rec.stage_times[new] = now_ms
+
+
+def _command(rec: OrderRecord, action: str, line_no: str, now_ms: int, rules: OrderRules,
+             reason: str = "", warehouse_id: str = "") -> dict[str, Any]:  # fmt: skip
+    line = rec.lines[line_no]
+    return {
+        "event_id": f"{action.lower()}:{rec.order_id}#{line_no}",
+        "event_time_ms": now_ms,
+        "action": action,
+        "order_id": rec.order_id,
+        "line_no": int(line_no),
+        "sku": line["sku"],
+        "qty": line["qty"],
+        "channel": rec.channel,
+        "presale": rec.presale,
+        "expires_at_ms": now_ms + rules.hold_ttl_ms if action == "RESERVE" else 0,
+        "reason": reason,
+        "source_time_ms": rec.sent_at_ms or rec.placed_at_ms,
+        "warehouse_id": warehouse_id,
+    }
+
+
+def _release_held(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules, reason: str) -> None:
+    # Released even when no answer is known yet: the pool leaves a tombstone, so a RESERVE
+    # still in flight for the line cannot take stock afterwards.
+    for line_no in rec.lines:
+        answer = rec.answers.get(line_no)
+        if answer is None or answer[0] in ("HELD", "COMMITTED"):
+            fx.hold_commands.append(_command(rec, "RELEASE", line_no, now_ms, rules, reason))
+
+
+def park(rec: OrderRecord, event_type: str, event: dict[str, Any], source: dict[str, Any],
+         now_ms: int) -> Effects:  # fmt: skip
+    """Keep an event that arrived before its order."""
+    if not any(p["event_id"] == event["event_id"] for p in rec.parked):
+        rec.parked.append({"event_type": event_type, "event": event, "event_id": event["event_id"],
+                           "source": source, "parked_ms": now_ms})  # fmt: skip
+    rec.channel = rec.channel or event["channel"]
+    return Effects()
+
+
+def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
+    fx = Effects()
+    if rec.state:
+        # Duplicate: if answers are still missing, ask again (the pool answers idempotently).
+        if rec.state == "placed":
+            for line_no in rec.lines:
+                if line_no not in rec.answers:
+                    fx.hold_commands.append(_command(rec, "RESERVE", line_no, now_ms, rules))
+        return fx
+    problem = validate_placed(event, rules)
+    if problem:
+        fx.refusal = (problem.split(":", 1)[0], problem)
+        return fx
+    rec.channel = event["channel"]
+    rec.channel_order_id = event["channel_order_id"]
+    rec.address = {k: str(v) for k, v in event["address"].items()}
+    rec.lines = {str(ln["line_no"]): {"sku": ln["sku"], "qty": ln["qty"]} for ln in event["lines"]}
+    rec.presale = bool(event.get("presale"))
+    rec.vip = bool(event.get("vip"))
+    rec.placed_at_ms = int(event["event_time_ms"])
+    rec.sent_at_ms = int(event.get("sent_at_ms") or 0)
+    _move(rec, fx, "placed", now_ms)
+    rec.stage_times["placed"] = rec.placed_at_ms or now_ms
+    fx.hold_commands = [_command(rec, "RESERVE", n, now_ms, rules) for n in rec.lines]
+    fx.replay_parked, rec.parked = rec.parked, []
+    return fx
+
+
+def on_hold_decided(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
+    fx = Effects()
+    line_no = str(decided["line_no"])
+    if decided["action"] == "ALLOCATE":
+        return _on_allocated(rec, line_no, decided["outcome"], decided["reason"], now_ms, rules)
+    if decided["action"] != "RESERVE":
+        outcome = decided["outcome"]
+        # Our own releases carry "order_<state>"; anything else is the pool taking a line back.
+        taken_back = outcome in ("RELEASED", "EXPIRED") and not decided["reason"].startswith("order_")
+        if taken_back and rec.state in ("reserved", "paid", "routed"):
+            # The pool took the line back on its own (hold expiry, VIP override): the order
+            # cannot be fulfilled as placed.
+            reason = decided["reason"] or outcome.lower()
+            new = "payment_timeout" if outcome == "EXPIRED" and not rec.paid else "cancelled"
+            if can_transition(rec.state, new):
+                _release_held(rec, fx, now_ms, rules, f"order_{new}")
+                _move(rec, fx, new, now_ms, reason)
+        if line_no in rec.lines and outcome != "IGNORED":
+            rec.line_status[line_no] = outcome
+        return fx
+    if line_no not in rec.lines or line_no in rec.answers:
+        return fx  # unknown line or duplicate answer
+    # A replayed RESERVE is answered with what the line is now: paid or shipped means it was held;
+    # released or expired means the pool let it go before the order heard of it.
+    held = decided["outcome"] in ("HELD", "COMMITTED", "SHIPPED")
+    reason = decided["reason"] or ("" if decided["outcome"] == "HELD" else decided["outcome"].lower())
+    rec.answers[line_no] = ["HELD" if held else "REFUSED", reason]
+    rec.line_status.setdefault(line_no, decided["outcome"])
+    if rec.state != "placed":
+        # Answer after the order was cancelled: make sure a late hold is given back.
+        if decided["outcome"] == "HELD" and rec.state in TERMINAL:
+            fx.hold_commands.append(_command(rec, "RELEASE", line_no, now_ms, rules, f"order_{rec.state}"))
+        return fx
+    if set(rec.answers) != set(rec.lines):
+        return fx
+    refused = {n: a for n, a in rec.answers.items() if a[0] != "HELD"}
+    lines = reservation_lines(rec)
+    if refused:
+        _release_held(rec, fx, now_ms, rules, "order_rejected")
+        reasons = sorted({a[1] for a in refused.values()})
+        _move(rec, fx, "rejected", now_ms, ",".join(reasons))
+        fx.reservation = {"outcome": "REJECTED", "lines": lines}
+        return fx
+    _move(rec, fx, "reserved", now_ms)
+    rec.payment_deadline_ms = now_ms + rules.payment_timeout_ms
+    fx.reservation = {"outcome": "RESERVED", "lines": lines}
+    if rec.paid:
+        _pay(rec, fx, now_ms, rules)
+    return fx
+
+
+def reservation_lines(rec: OrderRecord) -> list[dict[str, Any]]:
+    return [
+        {"line_no": int(n), "sku": rec.lines[n]["sku"], "qty": rec.lines[n]["qty"],
+         "outcome": rec.answers[n][0], "reason": rec.answers[n][1]}
+        for n in sorted(rec.lines, key=int)
+    ]  # fmt: skip
+
+
+def implied_effects(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
+    """Everything the order's current state implies downstream, to publish again.
+
+    Used when a message the order has already applied is delivered again (a replay after a crash
+    that may have fallen between persisting the order and publishing what it decided): this is how
+    the decision still gets out. Every output is idempotent downstream (commands by order line,
+    records by deterministic event id). A merely equal event (a channel's retry, a repeated
+    answer) is a different message and publishes nothing, so agents never echo each other.
+    """
+    fx = Effects()
+    if not rec.state:
+        return fx
+    fx.transitions.append((rec.previous_state, rec.state, rec.reason))
+    if rec.state == "placed":
+        for line_no in rec.lines:
+            if line_no not in rec.answers:
+                fx.hold_commands.append(_command(rec, "RESERVE", line_no, now_ms, rules))
+        return fx
+    if "reserved" in rec.stage_times or "rejected" in rec.stage_times:  # it was decided, not cancelled first
+        refused = any(a[0] != "HELD" for a in rec.answers.values())
+        fx.reservation = {
+            "outcome": "REJECTED" if refused else "RESERVED",
+            "lines": reservation_lines(rec),
+        }
+    if rec.state in ("rejected", "cancelled", "payment_timeout"):
+        _release_held(rec, fx, now_ms, rules, f"order_{rec.state}")
+    elif rec.state in ("paid", "routed"):
+        fx.hold_commands += [_command(rec, "COMMIT", n, now_ms, rules) for n in rec.lines]
+        plan: dict[str, str] = rec.routing.get("plan", {})
+        fx.routing_decision = rec.routing.get("decision")
+        for line_no, wh in sorted(plan.items(), key=lambda x: int(x[0])):
+            fx.hold_commands.append(_command(rec, "ALLOCATE", line_no, now_ms, rules, warehouse_id=wh))
+        if rec.state == "routed":
+            fx.dispatches = dispatch_records(rec, rules)
+    if rec.shipped_lines:
+        fx.hold_commands += [
+            _command(rec, "SHIP", n, now_ms, rules, warehouse_id=rec.allocated.get(n) or rec.warehouse_id)
+            for n in rec.shipped_lines
+        ]
+    return fx
+
+
+def _pay(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules) -> None:
+    for line_no in rec.lines:
+        fx.hold_commands.append(_command(rec, "COMMIT", line_no, now_ms, rules))
+    _move(rec, fx, "paid", now_ms)
+    fx.route = unrouted_lines(rec)
+
+
+# ---- routing: paid -> routed ---------------------------------------------------------------------
+
+
+def unrouted_lines(rec: OrderRecord) -> list[str]:
+    return [n for n in sorted(rec.lines, key=int) if n not in rec.allocated]
+
+
+def on_route_decided(rec: OrderRecord, decision: dict[str, Any] | None, now_ms: int, rules: OrderRules) -> Effects:
+    """Apply a routing decision for the order's unrouted lines (None: no warehouse can take them).
+
+    ``decision``: {"assignments": {warehouse: [line numbers]}, "candidates": [...], "weights": {...}}.
+    Each assigned line is allocated at its warehouse by the pool (ALLOCATE); the order is routed
+    when the pool has confirmed every line.
+    """
+    fx = Effects()
+    if rec.state != "paid":
+        return fx
+    attempt = int(rec.routing.get("attempt", 0)) + 1
+    if decision is None:
+        rec.routing = {**rec.routing, "attempt": attempt, "plan": {}, "retry_at_ms": now_ms + rules.route_retry_ms}
+        if attempt == 1:
+            fx.alerts.append({"kind": "unroutable", "severity": "WARNING", "subject": rec.order_id,
+                              "message": f"{rec.order_id}: no warehouse has stock for every line; retrying",
+                              "event_id": f"unroutable:{rec.order_id}"})  # fmt: skip
+        return fx
+    plan = {str(n): wh for wh, nos in decision["assignments"].items() for n in nos}
+    every_warehouse = set(rec.allocated.values()) | set(plan.values())
+    record = {
+        "event_id": f"{rec.order_id}:route:{attempt}",
+        "event_time_ms": now_ms,
+        "order_id": rec.order_id,
+        "channel": rec.channel,
+        "split": len(every_warehouse) > 1,
+        "assignments": [
+            {"warehouse_id": wh, "line_nos": sorted(int(n) for n in nos)}
+            for wh, nos in sorted(decision["assignments"].items())
+        ],
+        "candidates": decision["candidates"],
+        "weights": decision["weights"],
+    }
+    rec.routing = {"attempt": attempt, "plan": plan, "retry_at_ms": 0, "decision": record}
+    fx.routing_decision = record
+    for line_no, wh in sorted(plan.items(), key=lambda x: int(x[0])):
+        fx.hold_commands.append(_command(rec, "ALLOCATE", line_no, now_ms, rules, warehouse_id=wh))
+    return fx
+
+
+def _on_allocated(rec: OrderRecord, line_no: str, outcome: str, reason: str, now_ms: int,
+                  rules: OrderRules) -> Effects:  # fmt: skip
+    fx = Effects()
+    plan: dict[str, str] = rec.routing.get("plan", {})
+    if rec.state != "paid" or line_no not in plan or line_no in rec.allocated:
+        return fx  # late, duplicate, or for an attempt that is over
+    if outcome == "ALLOCATED":
+        rec.allocated[line_no] = plan[line_no]
+    elif reason.startswith("allocated_to_"):  # the pool already tied it to a warehouse
+        rec.allocated[line_no] = reason.removeprefix("allocated_to_")
+    else:  # the warehouse no longer has the units: route what is left again
+        del plan[line_no]
+    if any(n not in rec.allocated for n in plan):
+        return fx  # answers still to come for this attempt
+    if set(rec.allocated) == set(rec.lines):
+        _move(rec, fx, "routed", now_ms)
+        rec.warehouse_id = ",".join(sorted(set(rec.allocated.values())))
+        fx.dispatches = dispatch_records(rec, rules)
+    elif int(rec.routing.get("attempt", 0)) < rules.max_route_attempts:
+        fx.route = unrouted_lines(rec)
+    else:
+        rec.routing["retry_at_ms"] = now_ms + rules.route_retry_ms
+    return fx
+
+
+def dispatch_records(rec: OrderRecord, rules: OrderRules) -> list[dict[str, Any]]:
+    """What each warehouse's WMS receives: its lines, the address, the promised ship-by time."""
+    groups = rec.dispatched_to()
+    return [
+        {
+            "event_id": f"{rec.order_id}:dispatch:{wh}",
+            "event_time_ms": rec.stage_times.get("routed", 0),
+            "order_id": rec.order_id,
+            "channel": rec.channel,
+            "channel_order_id": rec.channel_order_id,
+            "warehouse_id": wh,
+            "lines": [{"line_no": int(n), "sku": rec.lines[n]["sku"], "qty": rec.lines[n]["qty"]} for n in nos],
+            "address": dict(rec.address),
+            "promised_ship_by_ms": rec.stage_times.get("paid", 0) + rules.ship_promise_ms,
+            "split": len(groups) > 1,
+        }
+        for wh, nos in sorted(groups.items())
+    ]
+
+
+def on_wms_ack(rec: OrderRecord, event: dict[str, Any], now_ms: int) -> Effects:
+    fx = Effects()
+    wh = event["warehouse_id"]
+    if rec.state not in ("routed", "shipped", "delivered"):
+        fx.refusal = ("not_dispatched", f"WMS acknowledgement for an order that is {rec.state or 'unknown'}")
+    elif wh not in rec.dispatched_to():
+        fx.refusal = ("unknown_warehouse", f"{wh!r} was not given this order ({sorted(rec.dispatched_to())})")
+    elif wh not in rec.acked:
+        rec.acked[wh] = now_ms
+        if set(rec.dispatched_to()) <= set(rec.acked):
+            rec.stage_times["acknowledged"] = now_ms
+    return fx
+
+
+def check_sla(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
+    """Red once when a paid order waits too long for a warehouse; one clearing message when it moves on."""
+    fx = Effects()
+    paid_at = rec.stage_times.get("paid")
+    if not paid_at:
+        return fx
+    waiting = waiting_for_warehouse(rec)
+    if waiting and not rec.sla and now_ms - paid_at >= rules.sla_ms:
+        rec.sla = "red"
+        stage = "not pushed to a warehouse" if rec.state == "paid" else "not acknowledged by its warehouse"
+        minutes = (now_ms - paid_at) / 60_000
+        fx.alerts.append({
+            "kind": "sla_breach", "severity": "RED", "subject": rec.order_id,
+            "message": f"order {rec.order_id} ({rec.channel}) paid {minutes:.0f} min ago, {stage}",
+            "event_id": f"sla_breach:{rec.order_id}", "at_ms": now_ms,
+            "details": {"channel": rec.channel, "state": rec.state, "paid_at_ms": str(paid_at),
+                        "warehouses": rec.warehouse_id},
+        })  # fmt: skip
+    elif rec.sla == "red" and not waiting:
+        rec.sla = "cleared"
+        fx.alerts.append({
+            "kind": "sla_breach", "severity": "INFO", "subject": rec.order_id, "cleared": True,
+            "message": f"order {rec.order_id} moved on: {rec.state}"
+                       + (f" at {rec.warehouse_id}" if rec.warehouse_id else ""),
+            "event_id": f"sla_breach:{rec.order_id}:cleared", "at_ms": now_ms,
+            "details": {"channel": rec.channel, "state": rec.state, "warehouses": rec.warehouse_id},
+        })  # fmt: skip
+    return fx
+
+
+def on_payment(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
+    fx = Effects()
+    if rec.paid:
+        return fx  # duplicate payment notification
+    if rec.state in TERMINAL:
+        fx.refusal = ("order_not_payable", f"payment for an order that is {rec.state}")
+        return fx
+    rec.paid = True
+    if rec.state == "reserved":
+        _pay(rec, fx, now_ms, rules)
+    # In "placed" the payment is applied when the reservation completes.
+    return fx
+
+
+def on_cancel(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
+    fx = Effects()
+    if rec.state == "cancelled":
+        return fx
+    if not can_transition(rec.state, "cancelled"):
+        fx.refusal = ("illegal_transition", f"cannot cancel an order that is {rec.state}")
+        return fx
+    _release_held(rec, fx, now_ms, rules, "order_cancelled")
+    _move(rec, fx, "cancelled", now_ms, event.get("reason", ""))
+    return fx
+
+
+def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms: int,
+                rules: OrderRules) -> Effects:  # fmt: skip
+    """Shipped (per warehouse: a split order is shipped when its last warehouse ships) or delivered."""
+    fx = Effects()
+    target = "shipped" if event_type == "ShipmentDispatched" else "delivered"
+    if rec.state == target:
+        return fx
+    if not can_transition(rec.state, target):
+        fx.refusal = ("illegal_transition", f"cannot move an order that is {rec.state} to {target}")
+        return fx
+    if target == "delivered":
+        _move(rec, fx, target, now_ms)
+        return fx
+    shipped_from = event.get("warehouse_id", "")
+    lines = [n for n in sorted(rec.lines, key=int) if n not in rec.shipped_lines
+             and (not shipped_from or rec.allocated.get(n, shipped_from) == shipped_from)]  # fmt: skip
+    if not lines:
+        fx.refusal = ("illegal_transition", f"{shipped_from!r} has no unshipped line of this order")
+        return fx
+    for line_no in lines:
+        wh = rec.allocated.get(line_no) or shipped_from
+        fx.hold_commands.append(_command(rec, "SHIP", line_no, now_ms, rules, warehouse_id=wh))
+        rec.shipped_lines.append(line_no)
+    rec.warehouse_id = rec.warehouse_id or shipped_from
+    if shipped_from:
+        rec.acked.setdefault(shipped_from, now_ms)  # a warehouse that ships has taken the order
+    paid_at = rec.stage_times.get("paid", 0)
+    if paid_at and shipped_from:
+        promised = paid_at + rules.ship_promise_ms
+        fx.shipment_outcomes.append({
+            "event_id": f"{rec.order_id}:shipped:{shipped_from}", "event_time_ms": now_ms,
+            "order_id": rec.order_id, "warehouse_id": shipped_from, "on_time": now_ms <= promised,
+            "promised_ship_by_ms": promised, "shipped_ms": now_ms,
+        })  # fmt: skip
+    if set(rec.shipped_lines) == set(rec.lines):
+        _move(rec, fx, target, now_ms)
+    return fx
+
+
+def on_tick(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
+    fx = Effects()
+    if rec.state == "reserved" and not rec.paid and 0 < rec.payment_deadline_ms <= now_ms:
+        _release_held(rec, fx, now_ms, rules, "order_payment_timeout")
+        _move(rec, fx, "payment_timeout", now_ms, "no payment within the payment timeout")
+    if rec.state == "paid" and 0 < rec.routing.get("retry_at_ms", 0) <= now_ms:
+        rec.routing["retry_at_ms"] = 0
+        fx.route = unrouted_lines(rec)
+    if not rec.state:
+        keep = []
+        for parked in rec.parked:
+            if parked["parked_ms"] + rules.parked_grace_ms <= now_ms:
+                fx.expired_parked.append(parked)
+            else:
+                keep.append(parked)
+        rec.parked = keep
+    return fx

@@ -1,0 +1,177 @@
+"""Which warehouse ships an order: a weighted score per candidate, pure rules, no Kafka.
+
+Every factor is normalised to [0, 1], higher is better, among the candidates of this order:
+
+    distance     1 - d / d_max         d: great-circle km from the warehouse to the customer's
+                                       city (or province) centroid; d_max: the farthest candidate
+    sufficiency  min over the lines the warehouse would ship of (free - qty) / free
+                                       free: the warehouse's on-hand of the SKU minus what is
+                                       already allocated to it; 1 leaves the level untouched,
+                                       0 empties it
+    on_time      the warehouse's rolling on-time rate (see ``OnTimeRate``)
+    cost         1 - cost / cost_max   cost: operating cost per order; cost_max: the dearest
+                                       candidate
+
+    score = w_distance * distance + w_sufficiency * sufficiency + w_on_time * on_time + w_cost * cost
+
+with the weights from configuration (default 0.4 / 0.3 / 0.2 / 0.1). Eligible: a warehouse with
+free stock for every line. If none is, the order is split across the fewest warehouses that
+together cover every line (a line is never split), and among those sets the one with the highest
+total score wins; each line goes to the best-scoring warehouse of the set that can serve it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.routing.geo import Place, distance_km
+
+FACTORS = ("distance", "sufficiency", "on_time", "cost")
+DEFAULT_WEIGHTS = {"distance": 0.4, "sufficiency": 0.3, "on_time": 0.2, "cost": 0.1}
+MAX_SPLIT = 3
+
+
+def check_weights(weights: dict[str, float]) -> dict[str, float]:
+    """The weights, validated: exactly the four factors, none negative, summing to 1."""
+    if set(weights) != set(FACTORS):
+        raise ValueError(f"routing weights must name exactly {FACTORS}, got {sorted(weights)}")
+    if any(w < 0 for w in weights.values()) or abs(sum(weights.values()) - 1.0) > 1e-6:
+        raise ValueError(f"routing weights must be >= 0 and sum to 1, got {weights}")
+    return dict(weights)
+
+
+@dataclass(frozen=True)
+class Site:
+    """A warehouse as routing sees it."""
+
+    id: str
+    place: Place
+    cost_per_order: float
+
+
+@dataclass
+class OnTimeRate:
+    """Rolling on-time rate of one warehouse: the last ``window`` shipments, pulled toward a prior.
+
+    rate = (prior * prior_weight + on_time_shipments) / (prior_weight + shipments)
+    so a new warehouse starts at its configured prior and real shipments take over as they come.
+    """
+
+    prior: float
+    prior_weight: float = 20.0
+    window: int = 500
+    outcomes: deque[bool] = field(default_factory=deque)
+
+    def add(self, on_time: bool) -> None:
+        self.outcomes.append(on_time)
+        while len(self.outcomes) > self.window:
+            self.outcomes.popleft()
+
+    def rate(self) -> float:
+        return (self.prior * self.prior_weight + sum(self.outcomes)) / (self.prior_weight + len(self.outcomes))
+
+
+@dataclass(frozen=True)
+class Line:
+    line_no: int
+    sku: str
+    qty: int
+
+
+@dataclass
+class Decision:
+    assignments: dict[str, list[int]]  # warehouse id -> line numbers it ships
+    candidates: list[dict[str, Any]]  # every candidate's factors and score
+    weights: dict[str, float]
+
+    @property
+    def split(self) -> bool:
+        return len(self.assignments) > 1
+
+
+def _serves(free: dict[tuple[str, str], int], wh: str, lines: list[Line]) -> bool:
+    need: dict[str, int] = {}
+    for ln in lines:
+        need[ln.sku] = need.get(ln.sku, 0) + ln.qty
+    return all(free.get((wh, sku), 0) >= qty for sku, qty in need.items())
+
+
+def score_candidates(
+    sites: dict[str, Site],
+    customer: Place,
+    lines_by_site: dict[str, list[Line]],
+    free: dict[tuple[str, str], int],
+    on_time: dict[str, float],
+    weights: dict[str, float],
+) -> dict[str, dict[str, Any]]:
+    """Each candidate's factors and score; ``lines_by_site``: the lines each one would ship."""
+    km = {wh: distance_km(sites[wh].place, customer) for wh in lines_by_site}
+    d_max = max(km.values(), default=0.0)
+    c_max = max((sites[wh].cost_per_order for wh in lines_by_site), default=0.0)
+    out = {}
+    for wh, lines in lines_by_site.items():
+        sufficiency = min(
+            ((free[(wh, ln.sku)] - ln.qty) / free[(wh, ln.sku)] for ln in lines if free.get((wh, ln.sku), 0) > 0),
+            default=0.0,
+        )
+        factors = {
+            "distance": 1.0 - km[wh] / d_max if d_max > 0 else 1.0,
+            "sufficiency": max(0.0, sufficiency),
+            "on_time": min(1.0, max(0.0, on_time[wh])),
+            "cost": 1.0 - sites[wh].cost_per_order / c_max if c_max > 0 else 1.0,
+        }
+        score = sum(weights[f] * factors[f] for f in FACTORS)
+        out[wh] = {"warehouse_id": wh, "distance_km": round(km[wh], 3), **factors, "score": score}
+    return out
+
+
+def route(
+    sites: dict[str, Site],
+    customer: Place,
+    lines: list[Line],
+    free: dict[tuple[str, str], int],
+    on_time: dict[str, float],
+    weights: dict[str, float],
+) -> Decision | None:
+    """The routing decision for ``lines``, or None when no set of warehouses can ship them."""
+    whole = {wh: lines for wh in sorted(sites) if _serves(free, wh, lines)}
+    if whole:
+        scored = score_candidates(sites, customer, whole, free, on_time, weights)
+        best = max(sorted(scored), key=lambda wh: scored[wh]["score"])
+        return Decision({best: [ln.line_no for ln in lines]}, [scored[wh] for wh in sorted(scored)], weights)
+    partial = {wh: [ln for ln in lines if _serves(free, wh, [ln])] for wh in sorted(sites)}
+    partial = {wh: served for wh, served in partial.items() if served}
+    if not partial:
+        return None
+    scored = score_candidates(sites, customer, partial, free, on_time, weights)
+    ranked = sorted(partial, key=lambda wh: (-scored[wh]["score"], wh))
+    for size in range(2, min(MAX_SPLIT, len(ranked)) + 1):
+        found: tuple[float, dict[str, list[int]]] | None = None
+        for combo in itertools.combinations(ranked, size):
+            plan = _assign(combo, lines, free)
+            if plan is None or len(plan) < size:
+                continue  # cannot cover every line, or a smaller set would do
+            total = sum(scored[wh]["score"] for wh in plan)
+            if found is None or total > found[0] + 1e-12:
+                found = (total, plan)
+        if found is not None:
+            return Decision(found[1], [scored[wh] for wh in sorted(scored)], weights)
+    return None
+
+
+def _assign(combo: tuple[str, ...], lines: list[Line], free: dict[tuple[str, str], int]) -> dict[str, list[int]] | None:
+    """Each line to the first warehouse of ``combo`` (best score first) that still has stock for it."""
+    left = dict(free)
+    plan: dict[str, list[int]] = {}
+    for ln in sorted(lines, key=lambda x: (-x.qty, x.line_no)):
+        for wh in combo:
+            if left.get((wh, ln.sku), 0) >= ln.qty:
+                left[(wh, ln.sku)] -= ln.qty
+                plan.setdefault(wh, []).append(ln.line_no)
+                break
+        else:
+            return None
+    return {wh: sorted(nos) for wh, nos in plan.items()}

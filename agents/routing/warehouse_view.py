@@ -1,0 +1,131 @@
+"""What routing knows about warehouses: free stock per SKU and the rolling on-time rate.
+
+Reads: ``stock.levels`` (compacted; on-hand and allocated per warehouse, per SKU) and
+``warehouse.performance`` (on time or late, per shipment), every partition, from the beginning,
+with a plain consumer outside any group - every worker keeps the whole view.
+Writes: nothing. Owns: the in-memory ``WarehouseView`` the order agent routes with.
+
+The view can be a refresh interval behind the pool. That is safe: the pool checks each allocation
+against its own state (``agents.inventory.rules.allocate``) and refuses what a warehouse no longer has; the
+view only subtracts what it has just planned so two orders in a row do not aim at the same units.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer
+
+from agents.routing import scoring as routing
+from agents.routing.geo import Place, locate
+from agents.routing.scoring import Line, OnTimeRate, Site
+from agents.routing.warehouses import load_warehouses
+from streams.contract.codec import Codec, DecodeError
+from streams.contract.topics import STOCK_LEVELS, WAREHOUSE_PERFORMANCE
+from streams.engine.runtime import Runtime
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WarehouseView:
+    sites: dict[str, Site]
+    weights: dict[str, float]
+    rates: dict[str, OnTimeRate]
+    free: dict[tuple[str, str], int] = field(default_factory=dict)  # (warehouse, sku) -> free units
+    planned: dict[str, list[tuple[int, str, int]]] = field(default_factory=dict)  # sku -> (ms, wh, qty)
+    seen_outcomes: set[str] = field(default_factory=set)
+    ready: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WarehouseView:
+        sites, rates = {}, {}
+        for wh in load_warehouses(settings.warehouses_file).values():
+            place = locate(wh.province, wh.city)
+            if place is None:
+                raise ValueError(f"warehouse {wh.id}: {wh.province}/{wh.city} is not in the centroid table")
+            sites[wh.id] = Site(wh.id, place, wh.cost_per_order)
+            prior = wh.on_time_prior if wh.on_time_prior is not None else settings.on_time_prior
+            rates[wh.id] = OnTimeRate(prior, settings.on_time_prior_weight, settings.on_time_window)
+        return cls(sites, routing.check_weights(settings.routing_weights), rates)
+
+    def apply_level(self, level: dict[str, Any]) -> None:
+        sku = level["sku"]
+        allocated = level.get("allocated_by_warehouse", {})
+        for wh in self.sites:
+            on_hand = max(0, level["on_hand_by_warehouse"].get(wh, 0))
+            self.free[(wh, sku)] = on_hand - allocated.get(wh, 0)
+        # Plans the pool has seen are in this level now.
+        self.planned[sku] = [p for p in self.planned.get(sku, []) if p[0] > level["newest_change_ms"]]
+
+    def apply_outcome(self, outcome: dict[str, Any]) -> None:
+        if outcome["event_id"] in self.seen_outcomes or outcome["warehouse_id"] not in self.rates:
+            return
+        self.seen_outcomes.add(outcome["event_id"])
+        self.rates[outcome["warehouse_id"]].add(bool(outcome["on_time"]))
+
+    def decide(self, address: dict[str, str], lines: list[Line], now_ms: int) -> dict[str, Any] | None:
+        """A routing decision (as ``agents.orders.processor.rules.on_route_decided`` takes it), or None."""
+        customer: Place | None = locate(address.get("province", ""), address.get("city", ""))
+        if customer is None:
+            return None
+        free = dict(self.free)
+        for sku, plans in self.planned.items():
+            for _, wh, qty in plans:
+                free[(wh, sku)] = free.get((wh, sku), 0) - qty
+        on_time = {wh: rate.rate() for wh, rate in self.rates.items()}
+        decision = routing.route(self.sites, customer, lines, free, on_time, self.weights)
+        if decision is None:
+            return None
+        by_no = {ln.line_no: ln for ln in lines}
+        for wh, nos in decision.assignments.items():
+            for n in nos:
+                self.planned.setdefault(by_no[n].sku, []).append((now_ms, wh, by_no[n].qty))
+        return {"assignments": decision.assignments, "candidates": decision.candidates, "weights": decision.weights}
+
+
+def register(app: faust.App, rt: Runtime) -> WarehouseView:
+    settings = rt.settings
+    view = WarehouseView.from_settings(settings)
+
+    @app.task
+    async def follow_warehouses() -> None:
+        await _follow(view, settings, rt.codec)
+
+    return view
+
+
+async def _follow(view: WarehouseView, settings: Settings, codec: Codec) -> None:
+    topics = [settings.topic(STOCK_LEVELS.name), settings.topic(WAREHOUSE_PERFORMANCE.name)]
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=settings.bootstrap, group_id=None, auto_offset_reset="earliest",
+        enable_auto_commit=False, client_id=f"{settings.app_id}-warehouse-view",
+    )  # fmt: skip
+    while True:
+        try:
+            await consumer.start()
+            break
+        except Exception as exc:
+            log.warning("warehouse view: broker not reachable yet (%r)", exc)
+            await asyncio.sleep(1.0)
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batch.values():
+                for rec in records:
+                    try:
+                        kind, record = codec.decode(rec.value)
+                    except DecodeError:
+                        continue  # the sink dead-letters unreadable bytes
+                    if kind.short_name == "StockLevel":
+                        view.apply_level(record)
+                    elif kind.short_name == "ShipmentOutcome":
+                        view.apply_outcome(record)
+            view.ready = True
+    finally:
+        await consumer.stop()

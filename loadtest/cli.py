@@ -1,0 +1,112 @@
+"""Load-test commands (``bench``, ``bench-recovery``, ``bench-sink``, ``demo``), added to the
+``stockflow`` command through the ``stockflow.commands`` entry point: the product never imports
+the load test."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import typer
+from rich.console import Console
+
+from streams.cli import console, fail
+from streams.settings import Settings
+
+
+def bench(
+    profile: str = typer.Option("double11", help="steady, double11 or flash-sale."),
+    rate: float = typer.Option(500.0, min=1, help="Orders per second at the profile's 100%."),
+    duration: float = typer.Option(60.0, min=5, max=3600, help="Seconds of traffic."),
+    seed: int = typer.Option(11, help="Same seed, same traffic."),
+    workers: int = typer.Option(1, min=1, max=8, help="Workers in the consumer group."),
+    hold_commands: int = typer.Option(50_000, help="Backlog for the hold-agent throughput figure (0: skip)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (progress goes to stderr)."),
+) -> None:
+    """Load-test the pipeline with Double-11 traffic and compare it with a plain Kafka loop."""
+    import json
+
+    from loadtest import bench as bench_
+    from loadtest.generator import PROFILES
+    from loadtest.stack import local_stack
+
+    if profile not in PROFILES:
+        fail(f"--profile must be one of {', '.join(PROFILES)}")
+    settings = Settings()
+    out = Console(stderr=True) if as_json else console
+    try:
+        with local_stack(settings, out):
+            figures, _ = bench_.run_bench(settings, profile, rate, duration, seed, workers, out, hold_commands)
+    except Exception as exc:  # a broker that does not start, a worker that dies: say so, no traceback
+        fail(str(exc))
+    series = figures.pop("series")
+    if as_json:
+        print(json.dumps(figures))
+        return
+    console.print(bench_.summary_table(figures))
+    chart = bench_.write_chart(
+        {**figures, "series": series}, settings.home_dir / "bench" / f"bench-{int(time.time())}.html"
+    )
+    console.print(f"chart: {chart}")
+
+
+def bench_recovery(
+    skus: int = typer.Option(100_000, min=1, help="Keys in the holds_by_sku table."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Time a worker's recovery after kill -9 with a large table (restart, and rebuild from the changelog)."""
+    import json
+
+    from loadtest import recovery
+    from loadtest.stack import local_stack
+
+    settings = Settings()
+    out = Console(stderr=True) if as_json else console
+    log_dir = settings.home_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with local_stack(settings, out), out.status(f"filling {skus:,} SKUs, then kill -9 and restart..."):
+        results = recovery.run(settings, skus, log_dir)
+    if as_json:
+        print(json.dumps(results))
+    else:
+        console.print(results)
+
+
+def bench_sink(
+    events: int = typer.Option(100_000, help="Events to sink (about two rows each)."),
+    seed: int = typer.Option(11, help="Seed of the generated events."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Measure the ClickHouse sink against plain batched inserts, on both backends, in one run."""
+    import json
+
+    from loadtest import sink_bench
+    from loadtest.stack import local_stack
+
+    settings = Settings()
+    quiet = Console(stderr=True) if as_json else console
+    given = settings.clickhouse_url if settings.clickhouse_url.startswith("clickhouse://") else ""
+    with local_stack(settings, quiet, clickhouse_server=not given) as started_url:
+        results = sink_bench.run(settings, given or started_url, events, seed, quiet)
+    if as_json:
+        print(json.dumps(results))
+    else:
+        sink_bench.print_results(results, console)
+
+
+def demo(
+    rate: float = typer.Option(40.0, min=1, help="Orders per second at the Double-11 peak."),
+    duration: float = typer.Option(60.0, min=10, help="Seconds of traffic."),
+) -> None:
+    """A Double-11 minute on the local stack: orders flowing, zero oversell, where time goes."""
+    from loadtest.demo import run_demo
+
+    sys.exit(run_demo(Settings(), console, rate, duration))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the load-test commands to ``app`` (called by ``stockflow`` for its entry point)."""
+    app.command()(bench)
+    app.command("bench-recovery")(bench_recovery)
+    app.command("bench-sink")(bench_sink)
+    app.command()(demo)

@@ -1,0 +1,239 @@
+"""The topic contract: every topic, its key, partitioning, retention, events and single writer.
+
+This is what outside producers code against (the README's contract table is printed from it by
+``stockflow topics contract``). Keyed topics use Kafka's default (Java, murmur2) partitioner; a
+confluent-kafka/librdkafka producer must set ``partitioner=murmur2_random`` so that every event of
+one SKU or order lands on the partition that owns its state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key: str
+    events: tuple[str, ...]
+    writer: str  # the one module that writes it ("outside" = connectors, WMS, intake)
+    direction: str  # input | internal | output
+    compacted: bool = False
+    single_partition: bool = False
+    doc: str = ""
+
+    def partitions(self, settings: Settings) -> int:
+        return 1 if self.single_partition else settings.partitions
+
+
+ORDER_EVENTS = TopicSpec(
+    "order.events",
+    key="order id '<channel>:<channel_order_id>'",
+    events=(
+        "OrderPlaced",
+        "PaymentConfirmed",
+        "PaymentFailed",
+        "OrderCancelled",
+        "ShipmentDispatched",
+        "ShipmentDelivered",
+        "WmsAcknowledged",
+    ),
+    writer="outside (channel connectors, stockflow intake, WMS)",
+    direction="input",
+    doc="Everything a channel or the WMS says about an order, in channel order.",
+)
+STOCK_ADJUSTMENTS = TopicSpec(
+    "stock.adjustments",
+    key="SKU",
+    events=("StockAdjusted",),
+    writer="outside (WMS / ERP)",
+    direction="input",
+    doc="Receipts, absolute counts, corrections per warehouse; presale pool caps.",
+)
+OPS_OVERRIDES = TopicSpec(
+    "ops.overrides",
+    key="SKU",
+    events=("VipOverride",),
+    writer="agents.cli (stockflow override)",
+    direction="input",
+    doc="VIP override requests and approvals.",
+)
+OPS_CLOCK = TopicSpec(
+    "ops.clock",
+    key="'clock' (compacted: the newest offset wins)",
+    events=("ClockAdvanced",),
+    writer="agents.cli (stockflow clock)",
+    direction="input",
+    compacted=True,
+    single_partition=True,
+    doc="Drills and tests only: moves the pipeline clock.",
+)
+HOLD_COMMANDS = TopicSpec(
+    "stock.hold-commands",
+    key="SKU",
+    events=("HoldCommand",),
+    writer="agents.orders.processor",
+    direction="internal",
+    doc="Reserve / release / commit / ship one order line against the pool.",
+)
+STOCK_TICKS = TopicSpec(
+    "stock.ticks",
+    key="none (sent to every partition)",
+    events=("ClockAdvanced",),
+    writer="agents.inventory.processor",
+    direction="internal",
+    doc="Periodic wake-ups so the pool expires holds and publishes levels on its own partition.",
+)
+HOLD_RESULTS = TopicSpec(
+    "stock.hold-results",
+    key="order id",
+    events=("HoldDecided",),
+    writer="agents.inventory.processor",
+    direction="internal",
+    doc="The pool's answer per order line.",
+)
+ORDER_TICKS = TopicSpec(
+    "order.ticks",
+    key="none (sent to every partition)",
+    events=("ClockAdvanced",),
+    writer="agents.orders.processor",
+    direction="internal",
+    doc="Periodic wake-ups for payment timeouts.",
+)
+RESERVATION_RESULTS = TopicSpec(
+    "reservation.results",
+    key="order id",
+    events=("ReservationDecided",),
+    writer="agents.orders.processor",
+    direction="output",
+    doc="All lines held, or none (reason per line).",
+)
+ORDER_STATES = TopicSpec(
+    "order.states",
+    key="order id",
+    events=("OrderStateChanged",),
+    writer="agents.orders.processor",
+    direction="output",
+    compacted=True,
+    doc="Every lifecycle transition; the newest per order carries all stage times.",
+)
+STOCK_LEVELS = TopicSpec(
+    "stock.levels",
+    key="SKU",
+    events=("StockLevel",),
+    writer="agents.inventory.processor",
+    direction="output",
+    compacted=True,
+    doc="Available stock and sellable units per channel, at most once per refresh interval.",
+)
+ROUTING_DECISIONS = TopicSpec(
+    "routing.decisions",
+    key="order id",
+    events=("RoutingDecision",),
+    writer="agents.orders.processor",
+    direction="output",
+    doc="Chosen warehouse(s) with every candidate's factors and score.",
+)
+WAREHOUSE_DISPATCH = TopicSpec(
+    "warehouse.dispatch",
+    key="order id",
+    events=("WarehouseDispatched",),
+    writer="agents.orders.processor",
+    direction="output",
+    doc="Orders pushed to a warehouse, one record per warehouse of a split order: what a WMS consumes.",
+)
+WAREHOUSE_PERFORMANCE = TopicSpec(
+    "warehouse.performance",
+    key="warehouse id",
+    events=("ShipmentOutcome",),
+    writer="agents.orders.processor",
+    direction="internal",
+    doc="Shipped on time or not, per order and warehouse: the routing on-time rate is built from it.",
+)
+ALERTS = TopicSpec(
+    "alerts",
+    key="subject (SKU or order id)",
+    events=("Alert",),
+    writer="agents.alerting.alerts",
+    direction="output",
+    doc="Paused SKUs, invariant breaches, SLA breaches; cleared=true when over.",
+)
+AUDIT_OVERRIDES = TopicSpec(
+    "audit.overrides",
+    key="override id",
+    events=("OverrideAudited",),
+    writer="agents.inventory.processor",
+    direction="output",
+    doc="Who released locked stock to which VIP order, when, why, how much.",
+)
+DEADLETTERS = TopicSpec(
+    "deadletters",
+    key="source topic",
+    events=("DeadLetter",),
+    writer="streams.engine.deadletter",
+    direction="output",
+    doc="Refused messages with reason, original bytes and source position.",
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    ORDER_EVENTS,
+    STOCK_ADJUSTMENTS,
+    OPS_OVERRIDES,
+    OPS_CLOCK,
+    HOLD_COMMANDS,
+    STOCK_TICKS,
+    HOLD_RESULTS,
+    ORDER_TICKS,
+    RESERVATION_RESULTS,
+    ORDER_STATES,
+    STOCK_LEVELS,
+    ROUTING_DECISIONS,
+    WAREHOUSE_DISPATCH,
+    WAREHOUSE_PERFORMANCE,
+    ALERTS,
+    AUDIT_OVERRIDES,
+    DEADLETTERS,
+)
+
+# What the ClickHouse sink records: every business topic except the tick plumbing.
+SUNK_TOPICS: tuple[TopicSpec, ...] = tuple(t for t in ALL_TOPICS if t not in (STOCK_TICKS, ORDER_TICKS, OPS_CLOCK))
+
+
+def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> list[str]:
+    """Create missing topics with their contract settings; return the names created."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    existing = set(admin.list_topics(timeout=15).topics)
+    wanted = []
+    for spec in specs:
+        name = settings.topic(spec.name)
+        if name in existing:
+            continue
+        config = {"cleanup.policy": "compact"} if spec.compacted else {}
+        wanted.append(NewTopic(name, spec.partitions(settings), 1, config=config))
+    if not wanted:
+        return []
+    created = []
+    for name, fut in admin.create_topics(wanted, operation_timeout=30).items():
+        try:
+            fut.result()
+            created.append(name)
+        except Exception as exc:  # another process may have created it meanwhile
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    return created
+
+
+def contract_rows(settings: Settings) -> list[tuple[str, str, str, str, str, str]]:
+    """(topic, direction, key, partitions, schema files, writer) for the README table."""
+    from streams.contract.registry import BY_SHORT_NAME
+
+    rows = []
+    for spec in ALL_TOPICS:
+        files = ", ".join(f"schemas/{BY_SHORT_NAME[e].schema_file}" for e in spec.events)
+        parts = str(spec.partitions(settings)) + (" (compacted)" if spec.compacted else "")
+        rows.append((spec.name, spec.direction, spec.key, parts, files, spec.writer))
+    return rows

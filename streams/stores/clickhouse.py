@@ -1,0 +1,189 @@
+"""ClickHouse behind one small interface, embedded (chdb) or server (native protocol).
+
+Both backends run the same SQL: DDL from ``schemas/ddl/NNN_*.sql`` (applied in order, recorded in
+``schema_migrations``) and queries whose parameters are written ``{name:Type}``. Parameters are
+always bound, never formatted into SQL by us: chdb binds them natively; for the server the
+placeholders become clickhouse-driver's ``%(name)s``, which the driver escapes by type (the 18.x
+servers Debian ships predate server-side parameters). Inserts pass rows as columns of data.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import orjson
+
+from streams.resources import packaged
+from streams.settings import Settings
+
+DDL_DIR = packaged("schemas", "ddl")
+_PLACEHOLDER = re.compile(r"\{(\w+):[^}]+\}")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ClickHouse(Protocol):
+    backend: str
+
+    def execute(self, sql: str) -> None: ...
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
+
+    def insert(self, table: str, columns: dict[str, list[Any]]) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _check_ident(name: str) -> str:
+    if not _IDENT.match(name):
+        raise ValueError(f"not a valid identifier: {name!r}")
+    return name
+
+
+class EmbeddedClickHouse:
+    """chdb in this process, data under a local folder. One session at a time per folder."""
+
+    backend = "embedded"
+
+    def __init__(self, path: Path, database: str) -> None:
+        from chdb import session
+
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()  # a chdb session is not safe for concurrent queries
+        self._session = session.Session(str(path))
+        db = _check_ident(database)
+        self._session.query(f"CREATE DATABASE IF NOT EXISTS {db}")
+        self._session.query(f"USE {db}")
+        self._session.query("SET output_format_json_quote_64bit_integers = 0")
+
+    def execute(self, sql: str) -> None:
+        with self._lock:
+            self._session.query(sql)
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            result = self._session.query(sql, "JSONEachRow", params=params or {})
+        data = result.bytes()
+        return [orjson.loads(line) for line in data.splitlines() if line]
+
+    def insert(self, table: str, columns: dict[str, list[Any]]) -> int:
+        import pyarrow as pa
+
+        if not columns:
+            return 0
+        names = ", ".join(_check_ident(c) for c in columns)
+        batch = pa.table(columns)  # noqa: F841 - read by chdb's Python() table function below
+        with self._lock:
+            self._session.query(f"INSERT INTO {_check_ident(table)} ({names}) SELECT {names} FROM Python(batch)")
+        return len(next(iter(columns.values())))
+
+    def close(self) -> None:
+        with self._lock:
+            self._session.close()
+
+
+class ServerClickHouse:
+    """A ClickHouse server over the native protocol (clickhouse-driver)."""
+
+    backend = "server"
+
+    def __init__(self, host: str, port: int, database: str, user: str, password: str) -> None:
+        from clickhouse_driver import Client
+
+        db = _check_ident(database)
+        Client(host, port=port, user=user, password=password).execute(f"CREATE DATABASE IF NOT EXISTS {db}")
+        self._client = Client(host, port=port, database=db, user=user, password=password)
+        self._lock = threading.Lock()
+
+    def execute(self, sql: str) -> None:
+        with self._lock:
+            self._client.execute(sql)
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        driver_sql = _PLACEHOLDER.sub(r"%(\1)s", sql.replace("%", "%%")) if params else sql
+        with self._lock:
+            rows, cols = self._client.execute(driver_sql, params or None, with_column_types=True)
+        names = [c[0] for c in cols]
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def insert(self, table: str, columns: dict[str, list[Any]]) -> int:
+        if not columns:
+            return 0
+        names = ", ".join(_check_ident(c) for c in columns)
+        with self._lock:
+            self._client.execute(
+                f"INSERT INTO {_check_ident(table)} ({names}) VALUES",
+                list(columns.values()),
+                columnar=True,
+            )
+        return len(next(iter(columns.values())))
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.disconnect()
+
+
+def open_clickhouse(settings: Settings, migrate: bool = True) -> ClickHouse:
+    """Open the configured backend and bring its schema up to date."""
+    url = urlparse(settings.clickhouse_url)
+    ch: ClickHouse
+    if url.scheme == "chdb":
+        path = Path(url.path) if url.path not in ("", "/") else settings.home_dir / "chdb"
+        ch = EmbeddedClickHouse(path, settings.clickhouse_database)
+    elif url.scheme == "clickhouse":
+        database = url.path.strip("/") or settings.clickhouse_database
+        ch = ServerClickHouse(
+            url.hostname or "127.0.0.1",
+            url.port or 9000,
+            database,
+            url.username or "default",
+            url.password or "",
+        )
+    else:
+        raise ValueError(
+            f"STOCKFLOW_CLICKHOUSE_URL must start with chdb:// or clickhouse://, not {settings.clickhouse_url!r}"
+        )
+    if migrate:
+        apply_migrations(ch)
+    return ch
+
+
+def migration_files(ddl_dir: Path = DDL_DIR) -> list[tuple[int, Path]]:
+    files = []
+    for path in sorted(ddl_dir.glob("*.sql")):
+        number = path.name.split("_", 1)[0]
+        if number.isdigit():
+            files.append((int(number), path))
+    return files
+
+
+def apply_migrations(ch: ClickHouse, ddl_dir: Path = DDL_DIR) -> list[int]:
+    """Apply the numbered DDL files not yet recorded; every statement is idempotent."""
+    ch.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version UInt32, name String, applied_at DateTime) ENGINE = MergeTree() ORDER BY version"
+    )
+    done = {row["version"] for row in ch.query("SELECT DISTINCT version FROM schema_migrations")}
+    applied = []
+    for version, path in migration_files(ddl_dir):
+        if version in done:
+            continue
+        for statement in _statements(path.read_text(encoding="utf-8")):
+            ch.execute(statement)
+        import time
+
+        ch.insert(
+            "schema_migrations",
+            {"version": [version], "name": [path.name], "applied_at": [int(time.time())]},
+        )
+        applied.append(version)
+    return applied
+
+
+def _statements(sql: str) -> list[str]:
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,77 @@
+"""`stockflow web` in a real browser: headless Chromium loads the page and the charts render with data."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from agents.analytics import queries as dashboards
+from agents.analytics.webpage import make_app
+from tests.conftest import free_port
+from tests.helpers import AppServer, wait_for
+from tests.integration.test_dashboards import send_fixed
+
+pytestmark = pytest.mark.broker
+CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# The first trace colours of Plotly's default palette: a chart with data paints bars and lines in these.
+TRACE_COLOURS = [(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C), (0xD6, 0x27, 0x28)]
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return name
+    pytest.fail("Debian's chromium is needed for the page check (scripts/setup.sh installs it)")
+
+
+def browse(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    # The virtual time budget lets the page's scripts fetch and draw before the DOM is dumped.
+    command = [chromium(), *CHROMIUM, "--virtual-time-budget=30000", "--window-size=1600,4200", *extra, url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+
+def trace_pixels(png: Path) -> int:
+    image = Image.open(png).convert("RGB")
+    found = 0
+    for r, g, b in image.getdata():
+        if any(abs(r - cr) + abs(g - cg) + abs(b - cb) < 40 for cr, cg, cb in TRACE_COLOURS):
+            found += 1
+    return found
+
+
+def test_the_dashboard_page_draws_every_chart_with_data(
+    make_settings, start_worker, clickhouse_server_url, tmp_path: Path
+) -> None:
+    settings = make_settings(clickhouse_url=clickhouse_server_url)
+    start_worker(settings)
+    send_fixed(settings)
+    wait_for(
+        lambda: dashboards.run(settings, "split_rate", {})[1][0]["routed_orders"] == 2, what="events in ClickHouse"
+    )
+    charted = [d for d in dashboards.load_all().values() if d.chart.kind != "table"]
+
+    server = AppServer(make_app(settings), free_port())
+    try:
+        page = f"{server.url}/?sku=SKU-D1&refresh=60000"
+        dom = browse(page, "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        html = dom.stdout
+        assert 'data-ready="1"' in html, html[-3000:]
+        drawn = len(re.findall(r'class="[^"]*js-plotly-plot', html))
+        assert drawn == len(charted), f"{drawn} charts drawn, {len(charted)} expected"
+        for dash in dashboards.load_all().values():
+            points = re.search(rf'id="card-{dash.name}"[^>]*data-points="(\d+)"', html)
+            assert points and int(points.group(1)) > 0, f"{dash.name} shows no data"
+        assert not re.search(r'<div class="error">(?!\$\{)', html), "a dashboard answered with an error"
+
+        png = tmp_path / "dashboards.png"
+        shot = browse(page, f"--screenshot={png}")
+        assert shot.returncode == 0 and png.exists(), shot.stderr[-2000:]
+        assert trace_pixels(png) > 5000, "the screenshot shows (almost) no coloured bars or lines"
+    finally:
+        server.stop()
