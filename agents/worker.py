@@ -44,12 +44,8 @@ def create_app(settings: Settings) -> faust.App:
     )
     runtime = Runtime(settings=settings, codec=default_codec(), clock=Clock())
 
-    # Imported here: agent modules register agents, tables, timers and views on this app.
-    from agents.inventory import processor as holds
-    from agents.orders.processor import processor as orders
-
     clock_control.register(app, runtime)
-    holds.register(app, runtime)
+    inventory.register(app, runtime)
     orders.register(app, runtime, warehouse_view.register(app, runtime))
     notify.register(app, runtime)
     sink.register(app, runtime)
