@@ -10,6 +10,8 @@ import faust
 
 from agents.alerting import notify
 from agents.analytics import sink
+from agents.inventory import processor as inventory
+from agents.orders import processor as orders
 from agents.routing import warehouse_view
 from streams.contract.codec import default_codec
 from streams.engine import clock_control
