@@ -1,0 +1,26 @@
+"""How messages on keyed topics are keyed and partitioned: part of the topic contract.
+
+Every event of one order is keyed by its order id, ``<channel>:<channel_order_id>`` (``order_key``);
+every event of one SKU by the SKU. Keyed topics are partitioned by Kafka's default (Java) partitioner,
+murmur2 of the key bytes (``partition_for``), so a producer in any language places an event on the
+partition whose owner keeps that order's or SKU's state.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from aiokafka.partitioner import murmur2
+
+
+def order_key(channel: str, channel_order_id: str) -> str:
+    """The order id an order's events are keyed by: ``<channel>:<channel_order_id>``."""
+    return f"{channel}:{channel_order_id}"
+
+
+# Every consumed message is checked against its key's partition; murmur2 is pure Python (a few µs),
+# and a hot SKU or an order's handful of events repeat the same key, so recent answers are kept.
+@lru_cache(maxsize=16_384)
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (Java) partitioner picks for ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
