@@ -26,6 +26,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 app.add_typer(platform.dev, name="dev")
 app.add_typer(platform.topics, name="topics")
 app.add_typer(platform.clock, name="clock")
+app.command("settings")(platform.settings_command)
 app.add_typer(inventory.override, name="override")
 app.command()(inventory.stock)
 app.command()(orders.order)

@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
+from streams.contract.keys import order_key
 from streams.contract.records import (
     Address,
     OrderCancelled,
@@ -24,10 +25,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def order_id(channel: str, channel_order_id: str) -> str:
-    return f"{channel}:{channel_order_id}"
-
-
 def line(line_no: int, sku: str, qty: int, price_fen: int = 9900) -> OrderLine:
     return OrderLine(line_no=line_no, sku=sku, qty=qty, unit_price_fen=price_fen, custom=False, bundle=False)
 
@@ -44,7 +41,7 @@ def order_placed(
     sent_at_ms: int = 0,
 ) -> OrderPlaced:
     return OrderPlaced(
-        event_id=f"placed:{channel}:{channel_order_id}",
+        event_id=f"placed:{order_key(channel, channel_order_id)}",
         event_time_ms=event_time_ms or now_ms(),
         channel=channel,
         channel_order_id=channel_order_id,
@@ -61,7 +58,7 @@ def order_placed(
 
 def payment_confirmed(channel: str, channel_order_id: str, amount_fen: int = 0) -> PaymentConfirmed:
     return PaymentConfirmed(
-        event_id=f"paid:{channel}:{channel_order_id}",
+        event_id=f"paid:{order_key(channel, channel_order_id)}",
         event_time_ms=now_ms(),
         channel=channel,
         channel_order_id=channel_order_id,
@@ -73,7 +70,7 @@ def payment_confirmed(channel: str, channel_order_id: str, amount_fen: int = 0) 
 
 def order_cancelled(channel: str, channel_order_id: str, reason: str = "buyer") -> OrderCancelled:
     return OrderCancelled(
-        event_id=f"cancel:{channel}:{channel_order_id}",
+        event_id=f"cancel:{order_key(channel, channel_order_id)}",
         event_time_ms=now_ms(),
         channel=channel,
         channel_order_id=channel_order_id,
@@ -83,7 +80,7 @@ def order_cancelled(channel: str, channel_order_id: str, reason: str = "buyer") 
 
 def shipment_dispatched(channel: str, channel_order_id: str, warehouse_id: str) -> ShipmentDispatched:
     return ShipmentDispatched(
-        event_id=f"shipped:{channel}:{channel_order_id}",
+        event_id=f"shipped:{order_key(channel, channel_order_id)}",
         event_time_ms=now_ms(),
         channel=channel,
         channel_order_id=channel_order_id,
@@ -94,7 +91,7 @@ def shipment_dispatched(channel: str, channel_order_id: str, warehouse_id: str) 
 
 def shipment_delivered(channel: str, channel_order_id: str) -> ShipmentDelivered:
     return ShipmentDelivered(
-        event_id=f"delivered:{channel}:{channel_order_id}",
+        event_id=f"delivered:{order_key(channel, channel_order_id)}",
         event_time_ms=now_ms(),
         channel=channel,
         channel_order_id=channel_order_id,

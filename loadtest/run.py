@@ -26,6 +26,7 @@ from agents.audit.checker import audit
 from loadtest import events as ev
 from loadtest.generator import Planned, Schedule
 from streams.contract.codec import default_codec
+from streams.contract.keys import order_key, partition_for
 from streams.contract.topics import (
     ALL_TOPICS,
     HOLD_COMMANDS,
@@ -36,7 +37,6 @@ from streams.contract.topics import (
     TopicSpec,
 )
 from streams.engine.producer import EventProducer
-from streams.engine.tables import partition_for
 from streams.engine.topicreader import read_all
 from streams.settings import Settings
 
@@ -100,7 +100,7 @@ class LoadRun:
         for e in events:
             self._wait_until(e.at_s)
             intended = self.sent.started_epoch_ms + int(e.at_s * 1000)
-            key = ev.order_id(e.channel, e.order)
+            key = order_key(e.channel, e.order)
             if e.kind == "order":
                 lines = [ev.line(n + 1, sku, qty) for n, (sku, qty) in enumerate(e.lines)]
                 record = ev.order_placed(e.channel, e.order, lines, presale=e.presale, sent_at_ms=intended,
@@ -126,7 +126,7 @@ class LoadRun:
 
     def _send_bad(self, producer: EventProducer, e: Planned) -> None:
         """One message of a class the pipeline must refuse; its position is kept to match the refusal."""
-        key = ev.order_id(e.channel, e.order)
+        key = order_key(e.channel, e.order)
         order = ev.order_placed(e.channel, e.order, [ev.line(1, e.sku, 1)])
         topic, msg_key, partition = ORDER_EVENTS.name, key, None
         if e.bad == "bad_header":

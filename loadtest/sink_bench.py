@@ -24,6 +24,7 @@ from rich.table import Table
 
 from loadtest.stack import isolated
 from streams.contract.codec import default_codec
+from streams.contract.keys import order_key
 from streams.contract.topics import ensure_topics
 from streams.devstack.workerproc import WorkerProcess
 from streams.engine.clock import Clock
@@ -52,7 +53,8 @@ def make_events(count: int, seed: int) -> list[tuple[str, str, str, dict[str, An
     now = int(time.time() * 1000)
     out = []
     for i in range(count):
-        order = f"{rng.choice(CHANNELS)}:bench-{seed}-{i}"
+        channel = rng.choice(CHANNELS)
+        order = order_key(channel, f"bench-{seed}-{i}")
         at = now - rng.randint(0, 3_600_000)
         kind = KINDS[i % len(KINDS)]
         if kind == "order.states":
@@ -66,7 +68,7 @@ def make_events(count: int, seed: int) -> list[tuple[str, str, str, dict[str, An
                         "event_id": f"{order}:paid",
                         "event_time_ms": at,
                         "order_id": order,
-                        "channel": order.split(":")[0],
+                        "channel": channel,
                         "state": "paid",
                         "previous_state": "reserved",
                         "reason": "",
@@ -107,7 +109,7 @@ def make_events(count: int, seed: int) -> list[tuple[str, str, str, dict[str, An
                         "event_id": f"{order}:reservation",
                         "event_time_ms": at,
                         "order_id": order,
-                        "channel": order.split(":")[0],
+                        "channel": channel,
                         "outcome": "RESERVED",
                         "lines": lines,
                         "placed_at_ms": at - 50,
@@ -137,7 +139,7 @@ def make_events(count: int, seed: int) -> list[tuple[str, str, str, dict[str, An
                         "event_id": f"{order}:route:1",
                         "event_time_ms": at,
                         "order_id": order,
-                        "channel": order.split(":")[0],
+                        "channel": channel,
                         "split": False,
                         "assignments": [{"warehouse_id": "WH-SH", "line_nos": [1]}],
                         "candidates": cand,

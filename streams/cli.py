@@ -1,4 +1,4 @@
-"""Platform commands: the local stack (``dev``), the topic contract (``topics``), the pipeline clock.
+"""Platform commands: the local stack (``dev``), the topic contract (``topics``), the settings, the pipeline clock.
 
 Shared by every area's commands: ``console``, ``fail`` and ``worker_view``.
 """
@@ -11,6 +11,7 @@ import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from streams.settings import Settings
 
@@ -134,6 +135,20 @@ def topics_contract(markdown: bool = typer.Option(False, help="Print a Markdown 
     table = Table(*header)
     for row in rows:
         table.add_row(*row)
+    console.print(table)
+
+
+def settings_command(markdown: bool = typer.Option(False, help="Print the Markdown table the README carries.")) -> None:
+    """Every STOCKFLOW_* variable: its default and what it means."""
+    from streams.settings import settings_rows, settings_table_markdown
+
+    if markdown:
+        print(settings_table_markdown(), end="")
+        return
+    table = Table("variable", "default", "meaning")
+    for variable, default, meaning in settings_rows():
+        # Text, not markup: `[/db]` in a meaning or a JSON default would read as a rich tag.
+        table.add_row(Text(variable), Text(default.strip("`")), Text(meaning))
     console.print(table)
 
 

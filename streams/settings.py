@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,98 +21,180 @@ class Settings(BaseSettings):
     # --- where things live -------------------------------------------------------------------
     home: Path = Field(
         default=Path(".stockflow"),
-        description="Local state: broker data and jars, embedded ClickHouse, worker tables.",
+        description="Local state: broker data and log, embedded ClickHouse, worker tables.",
     )
 
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "stockflow",
-        description="Downloaded broker jars, shared by every home on this machine.",
+        description="Broker jars Maven downloads (about 40 MB, once), shared by every home on this machine.",
     )
 
     # --- Kafka ---------------------------------------------------------------------------------
     kafka_bootstrap: str | None = Field(
         default=None,
-        description="host:port of an existing broker. When set, stockflow starts no broker.",
+        description="`host:port` of an existing broker; when set, stockflow starts none. "
+        "Unset: the local broker on `STOCKFLOW_KAFKA_PORT`.",
     )
-    kafka_port: int = 19092
-    kafka_controller_port: int = 19093
-    kafka_version: str = "4.4.0"
-    kafka_heap: str = "1g"
-    topic_prefix: str = Field(default="", description="Prepended to every topic name.")
+    kafka_port: int = Field(default=19092, description="Client port of the local broker (127.0.0.1).")
+    kafka_controller_port: int = Field(default=19093, description="KRaft controller port of the local broker.")
+    kafka_version: str = Field(default="4.4.0", description="Broker release `dev up` resolves with Maven.")
+    kafka_heap: str = Field(default="1g", description="Java heap of the local broker (`-Xms` and `-Xmx`).")
+    topic_prefix: str = Field(default="", description="Prepended to every topic name; empty: none.")
     partitions: int = Field(default=8, ge=1, description="Partitions of every keyed topic.")
 
     # --- the worker ----------------------------------------------------------------------------
     app_id: str = Field(default="stockflow", description="Consumer group and changelog prefix.")
-    web_port: int = 6066
-    web_host: str = "127.0.0.1"
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    web_port: int = Field(default=6066, description="Port of the worker's HTTP views (`/stock`, `/orders`, `/dash`).")
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="Address the worker's HTTP views and `stockflow web` listen on, and the CLI asks.",
+    )
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        default="at_least_once",
+        description="`at_least_once`, or Faust's `exactly_once` (measured and not used; the README says why).",
+    )
     session_timeout_s: float = Field(
         default=10.0, gt=0, description="How soon the group notices a dead worker and moves its partitions."
     )
-    log_level: Literal["crit", "error", "warn", "info", "debug"] = "warn"
+    log_level: Literal["crit", "error", "warn", "info", "debug"] = Field(
+        default="warn", description="Worker log level on stderr: `crit`, `error`, `warn`, `info` or `debug`."
+    )
 
     # --- ClickHouse ----------------------------------------------------------------------------
     clickhouse_url: str = Field(
         default="chdb://",
-        description="chdb:// (embedded, under home) or chdb:///abs/path, or clickhouse://host:9000",
+        description="`chdb://` (embedded, under home), `chdb:///abs/path`, or `clickhouse://host:9000[/db]`.",
     )
-    clickhouse_database: str = "stockflow"
-    clickhouse_server_port: int = Field(default=19000, description="`dev up --clickhouse-server`")
-    sink_batch_rows: int = Field(default=5000, ge=1)
-    sink_flush_interval_s: float = Field(default=1.0, gt=0)
+    clickhouse_database: str = Field(
+        default="stockflow", description="Database name (the path of a `clickhouse://` URL wins over it)."
+    )
+    clickhouse_server_port: int = Field(
+        default=19000, description="TCP port of the ClickHouse server `dev up --clickhouse-server` starts."
+    )
+    sink_batch_rows: int = Field(default=5000, ge=1, description="Rows the sink gathers into one insert.")
+    sink_flush_interval_s: float = Field(
+        default=1.0, gt=0, description="Longest the sink waits before inserting a batch that is not full."
+    )
 
     # --- inventory rules -----------------------------------------------------------------------
-    payment_timeout_s: float = Field(default=1800.0, gt=0)
-    hold_ttl_s: float = Field(default=7200.0, gt=0, description="Orphaned-hold expiry.")
-    safety_threshold: int = Field(default=10, ge=0)
-    threshold_hysteresis: int = Field(default=5, ge=0)
-    refresh_interval_ms: int = Field(default=200, ge=10)
-    main_channel: str = "tmall"
-    channels: tuple[str, ...] = ("tmall", "jd", "douyin", "pdd", "kuaishou", "own")
+    payment_timeout_s: float = Field(default=1800.0, gt=0, description="Unpaid orders release their holds after this.")
+    hold_ttl_s: float = Field(default=7200.0, gt=0, description="An orphaned (unpaid) hold expires after this.")
+    safety_threshold: int = Field(
+        default=10, ge=0, description="Below this many available units only the main channel sells."
+    )
+    threshold_hysteresis: int = Field(
+        default=5, ge=0, description="Every channel sells again above the safety threshold plus this."
+    )
+    refresh_interval_ms: int = Field(
+        default=200, ge=10, description="At most one `stock.levels` record per SKU per interval."
+    )
+    main_channel: str = Field(default="tmall", description="The channel that keeps selling below the safety threshold.")
+    channels: tuple[str, ...] = Field(
+        default=("tmall", "jd", "douyin", "pdd", "kuaishou", "own"),
+        description="Channels orders may come from (JSON list).",
+    )
     tombstone_ttl_s: float = Field(
-        default=7 * 86400.0, gt=0, description="How long finished holds are kept to spot replays."
+        default=7 * 86400.0,
+        gt=0,
+        description="How long an applied stock adjustment id is remembered, so a document the WMS sends again "
+        "changes nothing.",
+    )
+    line_tombstone_ttl_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a finished order line (released, expired, shipped) is remembered against late "
+        "duplicates of its commands; the SKU's stored state stays bounded by this, not by its traffic.",
     )
     parked_grace_s: float = Field(
-        default=600.0, gt=0, description="How long an event may wait for its order to arrive."
+        default=600.0,
+        gt=0,
+        description="How long an event may wait for its order to arrive; then it is dead-lettered (`unknown_order`).",
     )
-    max_line_qty: int = Field(default=10_000, ge=1)
-    sweep_interval_s: float = Field(default=1.0, gt=0)
+    parked_payment_grace_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="How long a payment may wait for its order: after `STOCKFLOW_PARKED_GRACE_S` a "
+        "`payment_without_order` alert is raised and the payment is kept this long, so a late order is still paid.",
+    )
+    order_retention_s: float = Field(
+        default=30 * 86400.0,
+        gt=0,
+        description="How long a finished order (delivered, rejected, cancelled, timed out) keeps its state after its "
+        "last change, for refunds and late WMS events; then it is purged, so stored orders stay bounded.",
+    )
+    max_line_qty: int = Field(default=10_000, ge=1, description="Larger line quantities are refused (`invalid_qty`).")
+    max_order_lines: int = Field(
+        default=100, ge=1, description="Orders with more lines are refused (`invalid_lines`), at intake and after."
+    )
+    sweep_interval_s: float = Field(
+        default=1.0, gt=0, description="How often expired holds and payment timeouts are swept."
+    )
     batch_window_ms: float = Field(
         default=10.0,
         gt=0,
         le=1000,
-        description="How long a stateful agent gathers events into one batch (latency vs throughput).",
+        description="How long a stateful agent gathers events into one batch: latency against throughput.",
     )
     batch_max_events: int = Field(default=5000, ge=1, description="Most events in one batch.")
-    clock_control: bool = Field(default=False, description="Accept clock-advance events (tests and drills only).")
+    clock_control: bool = Field(
+        default=False, description="Accept `ops.clock` events from `stockflow clock` (tests and drills only)."
+    )
     warehouses_file: Path | None = Field(
-        default=None, description="Warehouses stock may be held in (TOML); unset: the sample set stockflow ships."
+        default=None,
+        description="Warehouses stock may be held in, their location and cost (TOML); "
+        "unset: the sample set in `agents/routing/config/warehouses.toml`.",
     )
 
     # Routing and the order SLA
     routing_weights: dict[str, float] = Field(
         default={"distance": 0.4, "sufficiency": 0.3, "on_time": 0.2, "cost": 0.1},
-        description='JSON, e.g. {"distance":0.4,"sufficiency":0.3,"on_time":0.2,"cost":0.1}; must sum to 1.',
+        description="Weight of each routing factor (JSON object naming all four); must sum to 1.",
     )
     on_time_prior: float = Field(default=0.95, ge=0, le=1, description="On-time rate a warehouse starts from.")
     on_time_prior_weight: float = Field(default=20.0, ge=0, description="How many shipments the prior counts as.")
     on_time_window: int = Field(default=500, ge=1, description="Shipments the rolling on-time rate looks at.")
-    ship_promise_s: float = Field(default=86400.0, gt=0, description="Promised time from payment to shipment.")
-    sla_unrouted_s: float = Field(default=900.0, gt=0, description="Paid but not pushed/acknowledged: red alert.")
+    ship_promise_s: float = Field(
+        default=86400.0, gt=0, description="Promised time from payment to shipment (what on-time means)."
+    )
+    sla_unrouted_s: float = Field(
+        default=900.0, gt=0, description="Paid but not pushed/acknowledged this long: a RED `sla_breach` alert."
+    )
     route_retry_s: float = Field(default=30.0, gt=0, description="Retry routing an order no warehouse could take.")
-    webhook_url: str = Field(default="", description="WeCom group-robot webhook for red alerts; empty: none.")
-    notify_kinds: tuple[str, ...] = ("sla_breach", "invariant_breach")
+    max_route_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Routing attempts in a row for one order (each after a warehouse refused an allocation) "
+        "before it waits `STOCKFLOW_ROUTE_RETRY_S`.",
+    )
+    webhook_url: str = Field(default="", description="WeCom group-robot webhook for alerts; empty: no notifications.")
+    notify_kinds: tuple[str, ...] = Field(
+        default=("sla_breach", "invariant_breach"), description="Alert kinds posted to the webhook (JSON list)."
+    )
 
     # HTTP intake
-    intake_host: str = "127.0.0.1"
-    intake_port: int = 8080
+    intake_host: str = Field(default="127.0.0.1", description="Address `stockflow intake` listens on.")
+    intake_port: int = Field(default=8080, description="Port `stockflow intake` listens on.")
     channels_file: Path | None = Field(
-        default=None, description="Per-channel JSON field mapping (TOML); unset: the six channels stockflow ships."
+        default=None,
+        description="Per-channel JSON field mapping (TOML); unset: the six channels of "
+        "`agents/intake/config/channels.toml`.",
     )
     catalogue_file: Path | None = Field(
         default=None,
-        description="SKU patterns intake accepts (TOML; no patterns: any SKU); unset: the sample catalogue.",
+        description="SKU patterns intake accepts (TOML; no patterns: any SKU); "
+        "unset: the sample catalogue `agents/intake/config/catalogue.toml`.",
     )
+
+    @model_validator(mode="after")
+    def _timeouts_agree(self) -> Settings:
+        # An unpaid hold expiring before its order's payment timeout would cancel orders whose
+        # customers are still within their time to pay.
+        if self.payment_timeout_s >= self.hold_ttl_s:
+            raise ValueError(
+                f"STOCKFLOW_PAYMENT_TIMEOUT_S ({self.payment_timeout_s:g}) must be shorter than "
+                f"STOCKFLOW_HOLD_TTL_S ({self.hold_ttl_s:g})"
+            )
+        return self
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
@@ -139,3 +221,39 @@ class Settings(BaseSettings):
                 value = json.dumps(value)
             env[f"STOCKFLOW_{name.upper()}"] = str(value)
         return env
+
+
+def _readable_default(value: object) -> str:
+    """A default as someone would type it into the variable: JSON for lists and maps, ``~`` for the home folder."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or (isinstance(value, float) and value.is_integer()):
+        value = int(value)  # 1 rather than True or 1.0: what one types into the variable
+    if isinstance(value, (tuple, list, dict)):
+        value = json.dumps(value, separators=(",", ":"))
+    if isinstance(value, Path) and value.is_absolute() and value.is_relative_to(Path.home()):
+        value = Path("~") / value.relative_to(Path.home())
+    text = str(value)
+    return f"`{text}`" if text else ""
+
+
+def settings_rows() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every field of ``Settings``, in declaration order."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    return [
+        (
+            f"{prefix}{name.upper()}",
+            _readable_default(field.get_default(call_default_factory=True)),
+            field.description or "",
+        )
+        for name, field in Settings.model_fields.items()
+    ]
+
+
+def settings_table_markdown() -> str:
+    """The settings as the Markdown table the README carries (``stockflow settings --markdown``)."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for variable, default, meaning in settings_rows():
+        cell = meaning.replace("|", "\\|")  # a bare | would end the cell
+        lines.append(f"| `{variable}` | {default} | {cell} |")
+    return "\n".join(lines) + "\n"

@@ -5,13 +5,14 @@ Writes: HTTP POSTs to ``STOCKFLOW_WEBHOOK_URL`` for the kinds in ``STOCKFLOW_NOT
 Owns: table ``notified_by_alert`` (alert id -> when it was sent), so a replayed or duplicated
 alert is not sent twice: one red message per order, one clearing message when it moves on.
 
-A webhook that fails is retried with backoff; after the last attempt the alert is recorded as
-failed (and logged) so one broken endpoint cannot stop the stream.
+A webhook that is busy or away (5xx, 429, rate limit, timeout) is retried with backoff, up to
+``ATTEMPTS`` tries; one that refuses (other 4xx, a bad URL) is not. Either way the alert is then
+recorded as failed (and logged), so one broken endpoint cannot stop the stream.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 from typing import Any
 
@@ -21,10 +22,13 @@ import faust
 from streams.contract.codec import DecodeError
 from streams.contract.topics import ALERTS
 from streams.engine import keyed, tables
+from streams.engine.retry import Backoff, Retry
 from streams.engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 5
+# WeCom's errcode for "too many messages" (a group robot takes 20 a minute): it passes if we wait.
+WECOM_RATE_LIMITED = 45009
 COLOURS = {"RED": "warning", "WARNING": "warning", "INFO": "info"}
 
 
@@ -40,23 +44,48 @@ def wecom_markdown(alert: dict[str, Any]) -> dict[str, Any]:
     return {"msgtype": "markdown", "markdown": {"content": "\n".join(lines)}}
 
 
+class WebhookRefused(Exception):
+    """The webhook answered, and not with success."""
+
+    def __init__(self, status: int, reply: Any) -> None:
+        super().__init__(f"HTTP {status}: {reply}")
+        self.status, self.reply = status, reply
+
+    @property
+    def retriable(self) -> bool:
+        errcode = self.reply.get("errcode") if isinstance(self.reply, dict) else None
+        return self.status >= 500 or self.status == 429 or errcode == WECOM_RATE_LIMITED
+
+
+def webhook_retriable(exc: BaseException) -> bool:
+    """Busy or away (5xx, 429, WeCom's rate limit, a timeout, a dropped connection, a garbled reply):
+    retriable. Refused (any other 4xx or errcode, a malformed URL): fatal, the next try gets the same."""
+    if isinstance(exc, WebhookRefused):
+        return exc.retriable
+    if isinstance(exc, aiohttp.InvalidURL):
+        return False
+    return isinstance(exc, (TimeoutError, aiohttp.ClientError, json.JSONDecodeError))
+
+
+async def _post_once(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> None:
+    async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+        reply = await resp.json(content_type=None) if resp.status == 200 else (await resp.text())[:500]
+        # WeCom answers 200 with {"errcode": 0} on success and a non-zero errcode otherwise.
+        if resp.status != 200 or (isinstance(reply, dict) and reply.get("errcode", 0) != 0):
+            raise WebhookRefused(resp.status, reply)
+
+
 async def post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> str:
     """'' when the webhook took it, else the last error."""
-    delay, error = 0.5, ""
-    for attempt in range(ATTEMPTS):
-        try:
-            async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                reply = await resp.json(content_type=None)
-                # WeCom answers 200 with {"errcode": 0} on success and a non-zero errcode otherwise.
-                if resp.status == 200 and (not isinstance(reply, dict) or reply.get("errcode", 0) == 0):
-                    return ""
-                error = f"HTTP {resp.status}: {reply}"
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            error = repr(exc)
-        if attempt < ATTEMPTS - 1:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-    return error
+    retry = Retry("WeCom webhook", webhook_retriable, attempts=ATTEMPTS, backoff=Backoff(first_s=0.5, max_s=10.0),
+                  log=log)  # fmt: skip
+    try:
+        await retry.acall(lambda: _post_once(session, url, body))
+    except WebhookRefused as exc:
+        return str(exc)
+    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        return repr(exc)
+    return ""
 
 
 def register(app: faust.App, rt: Runtime) -> None:
@@ -82,6 +111,6 @@ def register(app: faust.App, rt: Runtime) -> None:
                     continue
                 error = await post(session, settings.webhook_url, wecom_markdown(alert))
                 if error:
-                    log.error("webhook refused alert %s after %d attempts: %s", alert["event_id"], ATTEMPTS, error)
+                    log.error("webhook did not take alert %s: %s", alert["event_id"], error)
                 sent = {"at_ms": rt.clock.now_ms(), "error": error}
                 tables.write(notified, event, key, sent)

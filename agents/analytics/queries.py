@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from streams.errors import StockflowError
 from streams.resources import packaged
 from streams.settings import Settings
 
@@ -28,7 +29,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 BY = ("stage", "channel", "warehouse", "hour")
 
 
-class DashboardError(ValueError):
+class DashboardError(StockflowError, ValueError):
     """A dashboard that does not exist or a parameter that is not acceptable."""
 
 

@@ -10,15 +10,17 @@ dashboards (``/dash/{name}``); nothing in Kafka: its progress is the consumer gr
 
 Batches are flushed on size or time. The sink has its own consumer group
 (``<app id>-sink``) and commits its offsets only after ClickHouse accepted the insert; while
-ClickHouse is down the sink retries with backoff and holds its partitions. Rows are keyed by
-(topic, event id) in ReplacingMergeTree
-tables, so a batch replayed after a crash does not double count.
+ClickHouse is down the sink retries with backoff and holds its partitions. Rows ClickHouse refuses
+(a type or overflow error) are not retried: the sink stops, loudly, and the worker goes on. Rows
+are keyed by (topic, event id) in ReplacingMergeTree tables, so a batch replayed after a crash does
+not double count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,8 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer
+from clickhouse_driver import errors as ch_errors
+from clickhouse_driver.errors import ErrorCodes
 
 from agents.analytics import facts
 from agents.analytics import queries as dashboards
@@ -33,6 +37,7 @@ from streams.contract.codec import DecodeError
 from streams.contract.topics import DEADLETTERS, SUNK_TOPICS
 from streams.engine.deadletter import dead_letter
 from streams.engine.outbox import Outbox
+from streams.engine.retry import Backoff, Retry
 from streams.engine.runtime import Runtime
 from streams.stores.clickhouse import ClickHouse, open_clickhouse
 
@@ -49,6 +54,44 @@ class SinkStatus:
     first_insert_ms: int = 0
     last_insert_ms: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
+
+
+# ClickHouse error codes that refuse the rows themselves: sending them again gets the same answer.
+_ROWS_REFUSED = frozenset({
+    ErrorCodes.CANNOT_PARSE_TEXT, ErrorCodes.INCORRECT_NUMBER_OF_COLUMNS, ErrorCodes.THERE_IS_NO_COLUMN,
+    ErrorCodes.SIZES_OF_COLUMNS_DOESNT_MATCH, ErrorCodes.NO_SUCH_COLUMN_IN_TABLE,
+    ErrorCodes.NUMBER_OF_COLUMNS_DOESNT_MATCH, ErrorCodes.CANNOT_PARSE_QUOTED_STRING,
+    ErrorCodes.CANNOT_PARSE_INPUT_ASSERTION_FAILED, ErrorCodes.CANNOT_PARSE_DATE, ErrorCodes.CANNOT_PARSE_DATETIME,
+    ErrorCodes.ILLEGAL_TYPE_OF_ARGUMENT, ErrorCodes.ILLEGAL_COLUMN, ErrorCodes.UNKNOWN_IDENTIFIER,
+    ErrorCodes.TYPE_MISMATCH, ErrorCodes.SYNTAX_ERROR, ErrorCodes.ARGUMENT_OUT_OF_BOUND, ErrorCodes.CANNOT_CONVERT_TYPE,
+    ErrorCodes.CANNOT_PARSE_NUMBER, ErrorCodes.INCORRECT_DATA, ErrorCodes.TOO_LARGE_STRING_SIZE,
+    ErrorCodes.VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE, ErrorCodes.CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN,
+    ErrorCodes.CANNOT_PARSE_UUID,
+})  # fmt: skip
+# Raised by clickhouse-driver itself while serialising rows the column types cannot hold.
+_ROWS_UNSENDABLE = (
+    ch_errors.TypeMismatchError, ch_errors.TooLargeStringSize, ch_errors.UnknownTypeError,
+    ch_errors.CannotParseUuidError, ch_errors.CannotParseDomainError, ch_errors.UnknownCompressionMethod,
+)  # fmt: skip
+_CODE = re.compile(r"^Code: (\d+)\.")
+
+
+class InsertRefused(Exception):
+    """ClickHouse will never take a batch as it is (or building it hit a bug): retrying cannot help."""
+
+
+def clickhouse_retriable(exc: BaseException) -> bool:
+    """True for ClickHouse away, busy or restarting; False for rows it refuses, overflows and bugs."""
+    if isinstance(exc, _ROWS_UNSENDABLE):
+        return False
+    if isinstance(exc, ch_errors.Error):  # the server's answer, or the native protocol failing
+        return exc.code not in _ROWS_REFUSED
+    found = _CODE.match(str(exc)) if isinstance(exc, RuntimeError) else None
+    if found:  # embedded chdb raises the engine's error as a RuntimeError "Code: N. DB::Exception: ..."
+        return int(found.group(1)) not in _ROWS_REFUSED
+    # Sockets and timeouts are retriable; TypeError, OverflowError, struct.error, ValueError, a
+    # RuntimeError without a ClickHouse code... are rows Python cannot convert, or a bug.
+    return isinstance(exc, (OSError, EOFError, TimeoutError))
 
 
 def _payload_default(obj: Any) -> Any:
@@ -108,19 +151,23 @@ def register(app: faust.App, rt: Runtime) -> None:
         return holder["ch"]
 
     async def insert_with_retry(table: str, columns: dict[str, list[Any]]) -> None:
-        delay = 0.2
-        while True:
-            try:
-                async with lock:
-                    await asyncio.to_thread(clickhouse().insert, table, columns)
-                return
-            except Exception as exc:  # ClickHouse down or rejecting: hold the batch, retry
-                status.retries += 1
-                status.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                log.warning("ClickHouse insert into %s failed (%s); retry in %.1fs", table, exc, delay)
-                holder.pop("ch", None)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        async def insert() -> None:
+            async with lock:
+                await asyncio.to_thread(clickhouse().insert, table, columns)
+
+        def failed(exc: BaseException) -> None:  # ClickHouse away or busy: reconnect, hold the batch
+            status.retries += 1
+            status.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            holder.pop("ch", None)
+
+        # No bound: while ClickHouse is down the batch (and the sink's offsets) wait for it.
+        retry = Retry(f"ClickHouse insert into {table}", clickhouse_retriable, backoff=Backoff(first_s=0.2, max_s=10.0),
+                      log=log)  # fmt: skip
+        try:
+            await retry.acall(insert, failed)
+        except Exception as exc:
+            status.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            raise InsertRefused(f"ClickHouse refused rows for {table}: {status.last_error}") from exc
 
     async def write_batch(outbox: Outbox, messages: list[Any]) -> None:
         now_ms = rt.clock.now_ms()
@@ -175,6 +222,11 @@ def register(app: faust.App, rt: Runtime) -> None:
                     await write_batch(outbox, pending)
                     await consumer.commit()  # everything fetched so far is now in ClickHouse
                     pending = []
+        except InsertRefused:
+            # Retrying rows ClickHouse refuses only hides the fault, and crashing would stop the
+            # order pipeline over its analytics: the sink alone stops, its offsets at the last
+            # batch ClickHouse took, to resume from there once the rows or the schema are fixed.
+            log.exception("ClickHouse sink stopped; /sink/status has the error")
         finally:
             await consumer.stop()
 

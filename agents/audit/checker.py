@@ -1,6 +1,6 @@
 """``stockflow check``: an independent audit of the stock pool against the topics.
 
-Deliberately shares no rule code with the agents (``agents.inventory.rules``/``agents.orders.processor.rules``): it
+Deliberately shares no rule code with the agents (``agents.inventory.rules``/``agents.orders.rules``): it
 rebuilds, from what is in Kafka, what the pool's state must be, and compares.
 
 * on-hand per SKU from ``stock.adjustments`` (each adjustment id once, known warehouses only)
@@ -24,6 +24,7 @@ import orjson
 
 from agents.routing.warehouses import load_warehouses
 from streams.contract.codec import Codec, DecodeError, default_codec
+from streams.contract.keys import order_key
 from streams.contract.topics import (
     DEADLETTERS,
     HOLD_RESULTS,
@@ -210,7 +211,7 @@ def audit(settings: Settings) -> Report:
     placed = set()
     for rec, kind, ev in _decoded(codec, settings, ORDER_EVENTS.name):
         if kind == "OrderPlaced" and (order_topic, rec.partition, rec.offset) not in refused:
-            placed.add(f"{ev['channel']}:{ev['channel_order_id']}")
+            placed.add(order_key(ev["channel"], ev["channel_order_id"]))
     decided = {}
     for _, _, r in _decoded(codec, settings, RESERVATION_RESULTS.name):
         decided[r["order_id"]] = r

@@ -7,7 +7,7 @@ delivery, wms_ack), where each stockflow field sits in that channel's JSON: a do
 line. Adding a channel that names its fields differently is a new section in that file.
 
 Everything a notification needs is checked here, before anything is written: each refusal is an
-``IntakeError`` with a machine-readable code, the offending field and a human detail.
+``IntakeError`` with its ``Reason``, the offending field and a human detail.
 """
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from agents.routing.geo import locate
+from streams.contract.keys import order_key
+from streams.contract.reasons import Reason
+from streams.errors import StockflowError
 from streams.resources import packaged
+from streams.settings import Settings
 
 SAMPLE_CHANNELS = packaged("agents.intake", "config", "channels.toml")
 SAMPLE_CATALOGUE = packaged("agents.intake", "config", "catalogue.toml")
@@ -43,17 +47,30 @@ REQUIRED = {
     "wms_ack": ("channel_order_id", "warehouse_id"),
 }
 CHINA = timezone(timedelta(hours=8))
-MAX_QTY = 10_000
 MAX_AMOUNT_FEN = 10_000_000_00  # ten million yuan: anything above is a broken payload
 
 
-class IntakeError(Exception):
-    def __init__(self, code: str, detail: str, field: str = "", status: int = 422) -> None:
+class IntakeError(StockflowError):
+    """A notification intake refuses: answered with ``status`` and ``body()``, nothing written."""
+
+    def __init__(self, reason: Reason, detail: str, field: str = "", status: int = 422) -> None:
         super().__init__(detail)
-        self.code, self.detail, self.field, self.status = code, detail, field, status
+        self.reason, self.detail, self.field, self.status = reason, detail, field, status
 
     def body(self) -> dict[str, str]:
-        return {"error": self.code, "field": self.field, "detail": self.detail}
+        return {"error": str(self.reason), "field": self.field, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class OrderLimits:
+    """How large an order intake accepts: ``STOCKFLOW_MAX_ORDER_LINES`` and ``STOCKFLOW_MAX_LINE_QTY``."""
+
+    max_lines: int
+    max_line_qty: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OrderLimits:
+        return cls(max_lines=settings.max_order_lines, max_line_qty=settings.max_line_qty)
 
 
 @dataclass(frozen=True)
@@ -92,69 +109,73 @@ class ChannelMap:
     amount_unit: str  # "yuan" or "fen"
     fields: dict[str, dict[str, str]]  # kind -> stockflow field -> JSON path
 
-    def build(self, kind: str, body: Any, catalogue: Catalogue, now_ms: int) -> tuple[str, dict[str, Any]]:
+    def build(
+        self, kind: str, body: Any, catalogue: Catalogue, limits: OrderLimits, now_ms: int
+    ) -> tuple[str, dict[str, Any]]:
         """(event type, record) for one notification; ``IntakeError`` if it is not acceptable."""
         if kind not in KINDS or kind not in self.fields:
-            raise IntakeError("unknown_event_kind", f"{self.channel} has no {kind!r} notification", status=404)
+            raise IntakeError(Reason.UNKNOWN_EVENT_KIND, f"{self.channel} has no {kind!r} notification", status=404)
         if not isinstance(body, dict):
-            raise IntakeError("not_an_object", "the body must be a JSON object", status=400)
+            raise IntakeError(Reason.NOT_AN_OBJECT, "the body must be a JSON object", status=400)
         paths = self.fields[kind]
         get = _Getter(body, paths)
         order_no = get.text("channel_order_id", required=True)
+        order = order_key(self.channel, order_no)
         base = {"channel": self.channel, "channel_order_id": order_no,
                 "event_time_ms": get.time("event_time") or now_ms}  # fmt: skip
         if kind == "order":
-            return "OrderPlaced", self._order(get, body, paths, base, catalogue)
+            return "OrderPlaced", self._order(get, body, paths, base, catalogue, limits)
         if kind == "payment":
             amount = self._amount(get.raw("amount", required=True), paths["amount"])
-            return "PaymentConfirmed", {**base, "event_id": f"paid:{self.channel}:{order_no}",
+            return "PaymentConfirmed", {**base, "event_id": f"paid:{order}",
                                         "payment_id": get.text("payment_id", required=True),
                                         "amount_fen": amount, "balance": bool(get.raw("balance"))}  # fmt: skip
         if kind == "cancel":
-            return "OrderCancelled", {**base, "event_id": f"cancel:{self.channel}:{order_no}",
+            return "OrderCancelled", {**base, "event_id": f"cancel:{order}",
                                       "reason": get.text("reason") or "channel"}  # fmt: skip
         warehouse = get.text("warehouse_id", required=kind != "delivery")
         if kind == "shipment":
             tracking = get.text("tracking_no")
-            return "ShipmentDispatched", {**base, "event_id": f"shipped:{self.channel}:{order_no}:{warehouse}",
+            return "ShipmentDispatched", {**base, "event_id": f"shipped:{order}:{warehouse}",
                                           "warehouse_id": warehouse, "tracking_no": tracking}  # fmt: skip
         if kind == "wms_ack":
-            return "WmsAcknowledged", {**base, "event_id": f"wms-ack:{self.channel}:{order_no}:{warehouse}",
+            return "WmsAcknowledged", {**base, "event_id": f"wms-ack:{order}:{warehouse}",
                                        "warehouse_id": warehouse, "wms_order_id": get.text("wms_order_id")}  # fmt: skip
-        return "ShipmentDelivered", {**base, "event_id": f"delivered:{self.channel}:{order_no}"}
+        return "ShipmentDelivered", {**base, "event_id": f"delivered:{order}"}
 
     def _order(self, get: _Getter, body: Any, paths: dict[str, str], base: dict[str, Any],
-               catalogue: Catalogue) -> dict[str, Any]:  # fmt: skip
+               catalogue: Catalogue, limits: OrderLimits) -> dict[str, Any]:  # fmt: skip
         items = dig(body, paths["lines"])
         if not isinstance(items, list) or not items:
-            raise IntakeError("missing_field", "an order needs at least one line", paths["lines"])
-        if len(items) > 100:
-            raise IntakeError("invalid_lines", f"{len(items)} lines, at most 100", paths["lines"])
+            raise IntakeError(Reason.MISSING_FIELD, "an order needs at least one line", paths["lines"])
+        if len(items) > limits.max_lines:
+            raise IntakeError(Reason.INVALID_LINES, f"{len(items)} lines, at most {limits.max_lines}", paths["lines"])
         lines = []
         for i, item in enumerate(items):
             at = f"{paths['lines']}.{i}"
             line = _Getter(item, paths, prefix=at)
             sku = line.text("line_sku", required=True)
             if not catalogue.knows(sku):
-                raise IntakeError("unknown_sku", f"{sku!r} is not in the catalogue", f"{at}.{paths['line_sku']}")
+                raise IntakeError(Reason.UNKNOWN_SKU, f"{sku!r} is not in the catalogue", f"{at}.{paths['line_sku']}")
             qty = line.integer("line_qty", required=True)
-            if not 0 < qty <= MAX_QTY:
-                raise IntakeError("invalid_qty", f"quantity {qty} is not in 1..{MAX_QTY}", f"{at}.{paths['line_qty']}")
+            if not 0 < qty <= limits.max_line_qty:
+                raise IntakeError(Reason.INVALID_QTY, f"quantity {qty} is not in 1..{limits.max_line_qty}",
+                                  f"{at}.{paths['line_qty']}")  # fmt: skip
             price = line.raw("line_price")
             line_no = line.integer("line_no") if paths.get("line_no") else i + 1
             lines.append({"line_no": line_no, "sku": sku, "qty": qty, "custom": False, "bundle": False,
                           "unit_price_fen": self._amount(price, paths.get("line_price", "")) if price is not None
                           else 0})  # fmt: skip
         if len({ln["line_no"] for ln in lines}) != len(lines):
-            raise IntakeError("invalid_lines", "line numbers must be unique", paths.get("line_no", ""))
+            raise IntakeError(Reason.INVALID_LINES, "line numbers must be unique", paths.get("line_no", ""))
         address = {
             part: get.text(part, required=part != "detail") for part in ("province", "city", "district", "detail")
         }
         if locate(address["province"], address["city"]) is None:
-            raise IntakeError("address_unplaceable", f"province {address['province']!r} is not a known province",
+            raise IntakeError(Reason.ADDRESS_UNPLACEABLE, f"province {address['province']!r} is not a known province",
                               paths["province"])  # fmt: skip
         order_no = base["channel_order_id"]
-        return {**base, "event_id": f"placed:{self.channel}:{order_no}",
+        return {**base, "event_id": f"placed:{order_key(self.channel, order_no)}",
                 "customer_id": get.text("customer_id"), "lines": lines, "address": address,
                 "amount_fen": self._amount(get.raw("amount", required=True), paths["amount"]),
                 "coupon_type": get.text("coupon_type"), "presale": bool(get.raw("presale")),
@@ -162,16 +183,16 @@ class ChannelMap:
 
     def _amount(self, value: Any, field: str) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise IntakeError("invalid_amount", f"amount must be a number, got {value!r}", field)
+            raise IntakeError(Reason.INVALID_AMOUNT, f"amount must be a number, got {value!r}", field)
         try:
             amount = Decimal(str(value).strip())
         except InvalidOperation:
-            raise IntakeError("invalid_amount", f"amount must be a number, got {value!r}", field) from None
+            raise IntakeError(Reason.INVALID_AMOUNT, f"amount must be a number, got {value!r}", field) from None
         fen = amount * 100 if self.amount_unit == "yuan" else amount
         if fen < 0:
-            raise IntakeError("invalid_amount", f"negative amount {value}", field)
+            raise IntakeError(Reason.INVALID_AMOUNT, f"negative amount {value}", field)
         if fen != fen.to_integral_value() or fen > MAX_AMOUNT_FEN:
-            raise IntakeError("invalid_amount", f"amount {value} is not a whole number of fen, or absurd", field)
+            raise IntakeError(Reason.INVALID_AMOUNT, f"amount {value} is not a whole number of fen, or absurd", field)
         return int(fen)
 
 
@@ -189,8 +210,8 @@ class _Getter:
         path = self.paths.get(name, "")
         value = dig(self.body, path) if path else None
         if required and (value is None or (isinstance(value, str) and not value.strip())):
-            code = "missing_field" if value is None else "empty_field"
-            raise IntakeError(code, f"{name} is required", self._where(name) or name)
+            reason = Reason.MISSING_FIELD if value is None else Reason.EMPTY_FIELD
+            raise IntakeError(reason, f"{name} is required", self._where(name) or name)
         return value
 
     def text(self, name: str, required: bool = False) -> str:
@@ -199,14 +220,16 @@ class _Getter:
             return ""
         if isinstance(value, (dict, list, bool)):
             raise IntakeError(
-                "invalid_field_type", f"{name} must be text, got {type(value).__name__}", self._where(name)
+                Reason.INVALID_FIELD_TYPE, f"{name} must be text, got {type(value).__name__}", self._where(name)
             )
         return str(value).strip()
 
     def integer(self, name: str, required: bool = False) -> int:
         value = self.raw(name, required)
         if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().lstrip("-").isdigit():
-            raise IntakeError("invalid_field_type", f"{name} must be a whole number, got {value!r}", self._where(name))
+            raise IntakeError(
+                Reason.INVALID_FIELD_TYPE, f"{name} must be a whole number, got {value!r}", self._where(name)
+            )
         return int(value)
 
     def time(self, name: str) -> int:
@@ -218,7 +241,9 @@ class _Getter:
         try:
             return int(datetime.strptime(str(value), "%Y-%m-%d %H:%M:%S").replace(tzinfo=CHINA).timestamp() * 1000)
         except ValueError:
-            raise IntakeError("invalid_field_type", f"{name}: {value!r} is not a time", self._where(name)) from None
+            raise IntakeError(
+                Reason.INVALID_FIELD_TYPE, f"{name}: {value!r} is not a time", self._where(name)
+            ) from None
 
 
 def load_channels(path: Path | None, known: tuple[str, ...]) -> dict[str, ChannelMap]:

@@ -23,7 +23,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from agents.intake.mapping import Catalogue, ChannelMap, IntakeError, load_channels
+from agents.intake.mapping import Catalogue, ChannelMap, IntakeError, OrderLimits, load_channels
+from streams.contract.keys import order_key
+from streams.contract.reasons import Reason
 from streams.contract.topics import ORDER_EVENTS
 from streams.engine.clock import Clock
 from streams.engine.producer import EventProducer
@@ -50,6 +52,7 @@ class Intake:
         self.settings = settings
         self.channels = load_channels(settings.channels_file, tuple(settings.channels))
         self.catalogue = Catalogue.load(settings.catalogue_file)
+        self.limits = OrderLimits.from_settings(settings)
         self.producer = producer or EventProducer(settings)
         self.clock = Clock()
         self.accepted: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -84,19 +87,19 @@ class Intake:
         channel = request.match_info["channel"]
         mapping = self.channels.get(channel)
         if mapping is None:
-            return _refusal(IntakeError("unknown_channel", f"{channel!r} is not a configured channel", status=404))
+            return _refusal(IntakeError(Reason.UNKNOWN_CHANNEL, f"{channel!r} is not a configured channel", status=404))
         return await self._accept(request, mapping, request.match_info["kind"])
 
     async def wms_notification(self, request: web.Request) -> web.Response:
         kind = WMS_KINDS.get(request.match_info["kind"])
         if kind is None:
-            return _refusal(IntakeError("unknown_event_kind", f"WMS sends {sorted(WMS_KINDS)}", status=404))
+            return _refusal(IntakeError(Reason.UNKNOWN_EVENT_KIND, f"WMS sends {sorted(WMS_KINDS)}", status=404))
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
         channel = body.get("channel") if isinstance(body, dict) else None
         if channel not in self.channels:
-            return _refusal(IntakeError("unknown_channel", f"channel {channel!r} is not configured", "channel"))
+            return _refusal(IntakeError(Reason.UNKNOWN_CHANNEL, f"channel {channel!r} is not configured", "channel"))
         mapping = ChannelMap(channel, channel, "fen", {kind: WMS_PATHS[kind]})
         return await self._accept(request, mapping, kind, body)
 
@@ -105,7 +108,7 @@ class Intake:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            return _refusal(IntakeError("malformed_json", f"body is not JSON: {exc}", status=400))
+            return _refusal(IntakeError(Reason.MALFORMED_JSON, f"body is not JSON: {exc}", status=400))
 
     async def _accept(self, request: web.Request, mapping: ChannelMap, kind: str, body: Any = None) -> web.Response:
         if body is None:
@@ -113,19 +116,19 @@ class Intake:
             if isinstance(body, web.Response):
                 return body
         try:
-            event_type, record = mapping.build(kind, body, self.catalogue, self.clock.now_ms())
+            event_type, record = mapping.build(kind, body, self.catalogue, self.limits, self.clock.now_ms())
         except IntakeError as err:
-            self.counts[f"refused:{err.code}"] = self.counts.get(f"refused:{err.code}", 0) + 1
+            self.counts[f"refused:{err.reason}"] = self.counts.get(f"refused:{err.reason}", 0) + 1
             return _refusal(err)
         event_id = record["event_id"]
         if event_id in self.accepted:
             return web.json_response({"status": "duplicate", **self.accepted[event_id]})
-        key = f"{mapping.channel}:{record['channel_order_id']}"
+        key = order_key(mapping.channel, record["channel_order_id"])
         try:
             where = await self._write(key, event_type, record)
         except Exception as exc:
             log.error("intake: writing %s failed: %r", event_id, exc)
-            return _refusal(IntakeError("kafka_unavailable", f"not written, retry later: {exc}", status=503))
+            return _refusal(IntakeError(Reason.KAFKA_UNAVAILABLE, f"not written, retry later: {exc}", status=503))
         answer = {"event_id": event_id, "event_type": event_type, "order_id": key, **where}
         self.accepted[event_id] = answer
         while len(self.accepted) > REMEMBERED_IDS:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -27,7 +27,8 @@ from agents.alerting.alerts import send_alert
 from agents.inventory import rules as rules_
 from agents.inventory.rules import PoolRules, SkuPool
 from agents.routing.warehouses import load_warehouses
-from streams.contract.records import HoldDecided, OverrideAudited, StockLevel
+from streams.contract.keys import partition_for
+from streams.contract.records import HoldCommand, HoldDecided, OverrideAudited, StockLevel, VipOverride
 from streams.contract.topics import (
     AUDIT_OVERRIDES,
     HOLD_COMMANDS,
@@ -166,7 +167,7 @@ def register(app: faust.App, rt: Runtime) -> None:
             return
         if kind == "StockAdjusted":
             problem = rules_.check_adjustment(record["kind"], record["qty"], record["warehouse_id"], warehouses)
-            if problem:
+            if problem is not None:
                 send_dead_letter(outbox, msg, STAGE, problem,
                                  f"{record['kind']} {record['qty']} at {record['warehouse_id']!r}", now_ms)  # fmt: skip
                 return
@@ -175,7 +176,7 @@ def register(app: faust.App, rt: Runtime) -> None:
         pool.offsets[position] = max(pool.offsets.get(position, -1), msg.offset)
         was_paused, had_breach = pool.paused, bool(pool.breaches())
         if kind == "HoldCommand":
-            apply_command(outbox, pool, record, now_ms)
+            apply_command(outbox, pool, cast(HoldCommand, record), now_ms)
         elif kind == "StockAdjusted":
             rules_.adjust(
                 pool,
@@ -186,10 +187,10 @@ def register(app: faust.App, rt: Runtime) -> None:
                 now_ms,
             )
         else:
-            apply_override(outbox, pool, record, now_ms)
+            apply_override(outbox, pool, cast(VipOverride, record), now_ms)
         after_change(outbox, pool, was_paused, had_breach, now_ms)
 
-    def apply_command(outbox: Outbox, pool: SkuPool, cmd: dict[str, Any], now_ms: int) -> None:
+    def apply_command(outbox: Outbox, pool: SkuPool, cmd: HoldCommand, now_ms: int) -> None:
         if cmd["action"] == "RESERVE":
             result = rules_.reserve(pool, rules, cmd["order_id"], cmd["line_no"], cmd["qty"],
                                     cmd["channel"], cmd["presale"], now_ms)  # fmt: skip
@@ -202,7 +203,7 @@ def register(app: faust.App, rt: Runtime) -> None:
             )  # fmt: skip
         answer(outbox, pool.sku, result, now_ms, cmd["source_time_ms"])
 
-    def apply_override(outbox: Outbox, pool: SkuPool, ov: dict[str, Any], now_ms: int) -> None:
+    def apply_override(outbox: Outbox, pool: SkuPool, ov: VipOverride, now_ms: int) -> None:
         if ov["action"] == "REQUEST":
             result = rules_.request_override(pool, ov["override_id"], ov["qty"], ov["vip_order_id"],
                                              ov["operator"], ov["reason"], now_ms)  # fmt: skip
@@ -245,7 +246,7 @@ def register(app: faust.App, rt: Runtime) -> None:
         if partition not in expiries:
             expiries[partition] = {}
             for key, data in tables.local_items(holds_by_sku):
-                if tables.partition_for(key, partitions) == partition:
+                if partition_for(key, partitions) == partition:
                     pool = SkuPool.from_dict(data)
                     expiries[partition][pool.sku] = pool.next_expiry_ms()
                     # Re-publish after a (re)start: a level decided just before a crash is not lost.

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.contract.reasons import Reason
+
 HELD, SOLD, SHIPPED, RELEASED, EXPIRED, REFUSED = (
     "held", "sold", "shipped", "released", "expired", "refused",
 )  # fmt: skip
@@ -200,16 +202,16 @@ def reserve(
         _touch(pool, now_ms)
         return Answer(order_id, line_no, qty, "RESERVE", "HELD", vip.reason)
     if qty <= 0 or qty > rules.max_line_qty:
-        reason = "invalid_qty"
+        reason = Reason.INVALID_QTY
     elif not pool.known:
-        reason = "unknown_sku"
+        reason = Reason.UNKNOWN_SKU
     elif presale:
         if pool.presale_reserved() + qty > pool.presale_cap:
-            reason = "insufficient_presale_stock"
+            reason = Reason.INSUFFICIENT_PRESALE_STOCK
     elif pool.paused and channel != rules.main_channel:
-        reason = "channel_paused"
+        reason = Reason.CHANNEL_PAUSED
     elif qty > pool.available():
-        reason = "insufficient_stock"
+        reason = Reason.INSUFFICIENT_STOCK
     status = REFUSED if reason else HELD
     expires = now_ms + rules.hold_ttl_ms if status == HELD else now_ms + rules.tombstone_ttl_ms
     pool.holds[key] = Hold(order_id, line_no, qty, channel, presale, status, reason, expires, now_ms)
@@ -284,7 +286,7 @@ def allocate(pool: SkuPool, hold: Hold | None, order_id: str, line_no: int, qty:
     if hold.warehouse_id:
         return Answer(order_id, line_no, hold.qty, "ALLOCATE", "IGNORED", f"allocated_to_{hold.warehouse_id}")
     if pool.warehouse_free(warehouse_id) < hold.qty:
-        return Answer(order_id, line_no, hold.qty, "ALLOCATE", "REFUSED", "warehouse_short")
+        return Answer(order_id, line_no, hold.qty, "ALLOCATE", "REFUSED", Reason.WAREHOUSE_SHORT)
     hold.warehouse_id = warehouse_id
     hold.updated_ms = now_ms
     _touch(pool, now_ms)
@@ -307,7 +309,7 @@ def expire_due(pool: SkuPool, rules: PoolRules, now_ms: int) -> list[Answer]:
         if hold.status == HELD:
             answers.append(
                 apply_line_command(pool, rules, "EXPIRE", hold.order_id, hold.line_no, hold.qty,
-                                   now_ms, reason="hold_expired")
+                                   now_ms, reason=Reason.HOLD_EXPIRED)
             )  # fmt: skip
         elif hold.status != SOLD:
             del pool.holds[key]
@@ -320,21 +322,21 @@ def expire_due(pool: SkuPool, rules: PoolRules, now_ms: int) -> list[Answer]:
 ADJUSTMENT_KINDS = ("RECEIPT", "COUNT", "CORRECTION", "PRESALE_CAP")
 
 
-def check_adjustment(kind: str, qty: int, warehouse_id: str, warehouses: frozenset[str]) -> str:
-    """The reason a stock adjustment is refused, or '' if it is valid."""
+def check_adjustment(kind: str, qty: int, warehouse_id: str, warehouses: frozenset[str]) -> Reason | None:
+    """The reason a stock adjustment is refused, or None if it is valid."""
     if kind not in ADJUSTMENT_KINDS:
-        return "invalid_kind"
+        return Reason.INVALID_KIND
     if kind != "PRESALE_CAP" and warehouse_id not in warehouses:
-        return "unknown_warehouse"
+        return Reason.UNKNOWN_WAREHOUSE
     if kind == "RECEIPT" and qty <= 0:
-        return "invalid_qty"
+        return Reason.INVALID_QTY
     if kind in ("COUNT", "PRESALE_CAP") and qty < 0:
-        return "invalid_qty"
+        return Reason.INVALID_QTY
     if kind == "CORRECTION" and qty == 0:
-        return "invalid_qty"
+        return Reason.INVALID_QTY
     if abs(qty) > 10_000_000:
-        return "invalid_qty"
-    return ""
+        return Reason.INVALID_QTY
+    return None
 
 
 def adjust(pool: SkuPool, adjustment_id: str, kind: str, warehouse_id: str, qty: int, now_ms: int) -> bool:
@@ -379,16 +381,16 @@ def request_override(
         "qty": qty, "vip_order_id": vip_order_id, "requester": requester,
         "reason": reason, "requested_ms": now_ms, "status": "pending", "approver": "",
     }  # fmt: skip
-    problem = ""
+    problem: Reason | None = None
     if not reason.strip():
-        problem = "reason_required"
+        problem = Reason.REASON_REQUIRED
     elif not requester.strip():
-        problem = "requester_required"
+        problem = Reason.REQUESTER_REQUIRED
     elif qty <= 0:
-        problem = "invalid_qty"
+        problem = Reason.INVALID_QTY
     elif not vip_order_id.strip():
-        problem = "vip_order_required"
-    if problem:
+        problem = Reason.VIP_ORDER_REQUIRED
+    if problem is not None:
         request["status"] = "refused"
         pool.overrides[override_id] = request
         return OverrideResult("REFUSED", problem, request=request)
@@ -400,12 +402,12 @@ def approve_override(pool: SkuPool, rules: PoolRules, override_id: str, approver
     """Release locked stock to the VIP order: free stock first, then the newest unpaid holds."""
     request = pool.overrides.get(override_id)
     if request is None:
-        return OverrideResult("REFUSED", "unknown_override")
+        return OverrideResult("REFUSED", Reason.UNKNOWN_OVERRIDE)
     if request["status"] != "pending":
         return OverrideResult("DUPLICATE", request=request)
     if not approver.strip() or approver == request["requester"]:
         # Not recorded as a decision: the right approver may still approve it.
-        return OverrideResult("REFUSED", "approver_must_differ_from_requester", request=request)
+        return OverrideResult("REFUSED", Reason.APPROVER_MUST_DIFFER_FROM_REQUESTER, request=request)
     qty = int(request["qty"])
     free = pool.available()
     unpaid = sorted(
@@ -416,7 +418,7 @@ def approve_override(pool: SkuPool, rules: PoolRules, override_id: str, approver
     if free + sum(h.qty for h in unpaid) < qty:
         request["status"] = "refused"
         request["approver"] = approver
-        return OverrideResult("REFUSED", "insufficient_locked_stock", request=request)
+        return OverrideResult("REFUSED", Reason.INSUFFICIENT_LOCKED_STOCK, request=request)
     needed = qty - free
     released = []
     for hold in unpaid:

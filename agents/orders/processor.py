@@ -12,7 +12,7 @@ line, state, stage times, payment deadline, routing plan and allocations, WMS ac
 SLA flag and events parked until the order arrives. Routes paid orders with the in-memory
 ``agents.routing.warehouse_view`` (scores in ``agents.routing.scoring``).
 
-Rules live in ``agents.orders.processor.rules``; this module moves events in and effects out, persisting each
+Rules live in ``agents.orders.rules``; this module moves events in and effects out, persisting each
 changed order before publishing what it decided (``streams.engine.outbox``).
 """
 
@@ -27,11 +27,13 @@ from typing import Any
 import faust
 import orjson
 
-from agents.alerting.alerts import send_alert
-from agents.orders.processor import rules as flow
-from agents.orders.processor.rules import Effects, OrderRecord, OrderRules
+from agents.alerting.alerts import send_alert_spec
+from agents.orders import rules as flow
+from agents.orders.rules import Effects, OrderRecord, OrderRules
 from agents.routing.scoring import Line
 from agents.routing.warehouse_view import WarehouseView
+from streams.contract.keys import order_key, partition_for
+from streams.contract.reasons import Reason
 from streams.contract.records import OrderStateChanged, ReservationDecided
 from streams.contract.topics import (
     HOLD_COMMANDS,
@@ -49,22 +51,25 @@ from streams.engine.deadletter import send_dead_letter
 from streams.engine.outbox import Outbox
 from streams.engine.positions import InputPositions
 from streams.engine.runtime import Runtime
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 STAGE = "agents.orders.processor"
 
 
-def order_rules(rt: Runtime) -> OrderRules:
-    s = rt.settings
+def order_rules(s: Settings) -> OrderRules:
     return OrderRules(
         channels=tuple(s.channels),
         payment_timeout_ms=int(s.payment_timeout_s * 1000),
         hold_ttl_ms=int(s.hold_ttl_s * 1000),
         parked_grace_ms=int(s.parked_grace_s * 1000),
+        parked_payment_grace_ms=int(s.parked_payment_grace_s * 1000),
         max_line_qty=s.max_line_qty,
+        max_lines=s.max_order_lines,
         sla_ms=int(s.sla_unrouted_s * 1000),
         ship_promise_ms=int(s.ship_promise_s * 1000),
         route_retry_ms=int(s.route_retry_s * 1000),
+        max_route_attempts=s.max_route_attempts,
     )
 
 
@@ -97,7 +102,7 @@ class SourceRef:
 
 def register(app: faust.App, rt: Runtime, view: WarehouseView) -> None:
     settings = rt.settings
-    rules = order_rules(rt)
+    rules = order_rules(settings)
     partitions = settings.partitions
     orders_by_id = app.Table("orders_by_id", partitions=partitions, key_type=bytes, value_type=bytes)
     names = {settings.topic(t.name): t for t in (ORDER_EVENTS, HOLD_RESULTS, ORDER_TICKS)}
@@ -126,7 +131,7 @@ def register(app: faust.App, rt: Runtime, view: WarehouseView) -> None:
         if fx.reservation is not None:
             outbox.add(RESERVATION_RESULTS.name, rec.order_id, "ReservationDecided", ReservationDecided(
                 event_id=f"{rec.order_id}:reservation", event_time_ms=now_ms, order_id=rec.order_id,
-                channel=rec.channel, outcome=fx.reservation["outcome"], lines=fx.reservation["lines"],
+                channel=rec.channel, outcome=fx.reservation.outcome, lines=fx.reservation.lines,
                 placed_at_ms=rec.placed_at_ms, sent_at_ms=rec.sent_at_ms,
             ))  # fmt: skip
         if fx.routing_decision is not None:
@@ -136,10 +141,10 @@ def register(app: faust.App, rt: Runtime, view: WarehouseView) -> None:
         for outcome in fx.shipment_outcomes:
             outbox.add(WAREHOUSE_PERFORMANCE.name, outcome["warehouse_id"], "ShipmentOutcome", outcome)
         for alert in fx.alerts:
-            send_alert(outbox, **{"at_ms": now_ms, **alert})
+            send_alert_spec(outbox, alert, now_ms)
         for parked in fx.expired_parked:
             ref = SourceRef.from_dict(parked["source"])
-            send_dead_letter(outbox, ref, STAGE, "unknown_order",
+            send_dead_letter(outbox, ref, STAGE, Reason.UNKNOWN_ORDER,
                              f"{parked['event_type']} waited {settings.parked_grace_s:.0f}s "
                              f"for order {rec.order_id}, which never arrived", now_ms)  # fmt: skip
 
@@ -165,7 +170,10 @@ def register(app: faust.App, rt: Runtime, view: WarehouseView) -> None:
         if decoded is None:
             return
         kind, record = decoded
-        order_id = record["order_id"] if kind == "HoldDecided" else f"{record['channel']}:{record['channel_order_id']}"
+        if kind == "HoldDecided":
+            order_id = record["order_id"]
+        else:
+            order_id = order_key(record["channel"], record["channel_order_id"])
         if not keyed.routed_correctly(outbox, msg, order_id, partitions, STAGE, now_ms):
             return
         rec = batch.load(event, order_id)
@@ -186,13 +194,13 @@ def register(app: faust.App, rt: Runtime, view: WarehouseView) -> None:
         else:
             fx = handle(rec, kind, record, now_ms)
         if fx.refusal is not None:
-            send_dead_letter(outbox, msg, STAGE, fx.refusal[0], fx.refusal[1], now_ms)
+            send_dead_letter(outbox, msg, STAGE, fx.refusal.reason, fx.refusal.detail, now_ms)
         publish(outbox, rec, settle(rec, fx, now_ms), now_ms)
         for parked in fx.replay_parked:
             later = handle(rec, parked["event_type"], parked["event"], now_ms)
             if later.refusal is not None:
                 ref = SourceRef.from_dict(parked["source"])
-                send_dead_letter(outbox, ref, STAGE, later.refusal[0], later.refusal[1], now_ms)
+                send_dead_letter(outbox, ref, STAGE, later.refusal.reason, later.refusal.detail, now_ms)
             publish(outbox, rec, settle(rec, later, now_ms), now_ms)
 
     def sweep_partition(batch: keyed.WorkingSet[OrderRecord], outbox: Outbox, event: Any, now_ms: int) -> None:
@@ -200,7 +208,7 @@ def register(app: faust.App, rt: Runtime, view: WarehouseView) -> None:
         if partition not in deadlines:
             deadlines[partition] = {}
             for key, data in tables.local_items(orders_by_id):
-                if tables.partition_for(key, partitions) == partition:
+                if partition_for(key, partitions) == partition:
                     rec = OrderRecord.from_dict(data)
                     deadlines[partition][rec.order_id] = rec.next_deadline_ms(rules)
         for order_id, due in list(deadlines[partition].items()):

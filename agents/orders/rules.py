@@ -17,7 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.alerting.alerts import AlertSpec
 from agents.routing.geo import locate
+from streams.contract.reasons import Reason, Refusal
+from streams.contract.records import HoldCommand, LineDecision, RoutingDecision, ShipmentOutcome, WarehouseDispatched
 
 TERMINAL = ("delivered", "rejected", "cancelled", "payment_timeout")
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -38,16 +41,19 @@ def can_transition(current: str, new: str) -> bool:
 
 @dataclass(frozen=True)
 class OrderRules:
+    """The settings the lifecycle's decisions depend on, every one from ``Settings`` (no defaults here)."""
+
     channels: tuple[str, ...]
     payment_timeout_ms: int
     hold_ttl_ms: int
     parked_grace_ms: int
+    parked_payment_grace_ms: int  # a payment is never dropped for waiting: it waits this long
     max_line_qty: int
-    max_lines: int = 100
-    sla_ms: int = 15 * 60_000
-    ship_promise_ms: int = 24 * 3_600_000
-    route_retry_ms: int = 30_000
-    max_route_attempts: int = 5
+    max_lines: int
+    sla_ms: int
+    ship_promise_ms: int
+    route_retry_ms: int
+    max_route_attempts: int
 
 
 @dataclass
@@ -87,7 +93,7 @@ class OrderRecord:
         return cls(**data)
 
     def next_deadline_ms(self, rules: OrderRules) -> int:
-        due = [p["parked_ms"] + rules.parked_grace_ms for p in self.parked]
+        due = [parked_deadline_ms(p, rules) for p in self.parked]
         if self.state == "reserved" and not self.paid and self.payment_deadline_ms:
             due.append(self.payment_deadline_ms)
         if waiting_for_warehouse(self) and not self.sla and "paid" in self.stage_times:
@@ -111,21 +117,29 @@ def waiting_for_warehouse(rec: OrderRecord) -> bool:
     return rec.state == "routed" and not set(rec.dispatched_to()) <= set(rec.acked)
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """The all-or-nothing answer for an order's lines; the agent publishes it as ``ReservationDecided``."""
+
+    outcome: str  # RESERVED | REJECTED
+    lines: list[LineDecision]
+
+
 @dataclass
 class Effects:
     """What a handler decided; the agent persists the record, then publishes these."""
 
-    hold_commands: list[dict[str, Any]] = field(default_factory=list)
+    hold_commands: list[HoldCommand] = field(default_factory=list)
     transitions: list[tuple[str, str, str]] = field(default_factory=list)  # (from, to, reason)
-    reservation: dict[str, Any] | None = None
-    refusal: tuple[str, str] | None = None  # (reason, detail) for the current event
+    reservation: Reservation | None = None
+    refusal: Refusal | None = None  # why the current event is refused (dead-lettered)
     expired_parked: list[dict[str, Any]] = field(default_factory=list)
     replay_parked: list[dict[str, Any]] = field(default_factory=list)
     route: list[str] = field(default_factory=list)  # lines the agent must find a warehouse for
-    routing_decision: dict[str, Any] | None = None
-    dispatches: list[dict[str, Any]] = field(default_factory=list)
-    shipment_outcomes: list[dict[str, Any]] = field(default_factory=list)
-    alerts: list[dict[str, Any]] = field(default_factory=list)  # keyword arguments of send_alert
+    routing_decision: RoutingDecision | None = None
+    dispatches: list[WarehouseDispatched] = field(default_factory=list)
+    shipment_outcomes: list[ShipmentOutcome] = field(default_factory=list)
+    alerts: list[AlertSpec] = field(default_factory=list)
 
     def extend(self, other: Effects) -> None:
         """Add ``other``'s outputs after this one's (same order, later handler)."""
@@ -137,36 +151,41 @@ class Effects:
         self.refusal = self.refusal or other.refusal
 
 
-def validate_placed(event: dict[str, Any], rules: OrderRules) -> str:
-    """Why an OrderPlaced is refused ('' if it is valid)."""
+def _invalid(reason: Reason, what: str) -> Refusal:
+    # Dead letters of invalid orders have always read "<reason>: <what>"; readers may match on it.
+    return Refusal(reason, f"{reason}: {what}")
+
+
+def validate_placed(event: dict[str, Any], rules: OrderRules) -> Refusal | None:
+    """Why an OrderPlaced is refused (None if it is valid)."""
     if event["channel"] not in rules.channels:
-        return f"unknown_channel: {event['channel']!r}"
+        return _invalid(Reason.UNKNOWN_CHANNEL, repr(event["channel"]))
     if not event["channel_order_id"].strip():
-        return "missing_field: channel_order_id"
+        return _invalid(Reason.MISSING_FIELD, "channel_order_id")
     lines = event["lines"]
     if not lines:
-        return "missing_field: lines"
+        return _invalid(Reason.MISSING_FIELD, "lines")
     if len(lines) > rules.max_lines:
-        return f"invalid_lines: {len(lines)} lines, at most {rules.max_lines}"
+        return _invalid(Reason.INVALID_LINES, f"{len(lines)} lines, at most {rules.max_lines}")
     numbers = [ln["line_no"] for ln in lines]
     if len(set(numbers)) != len(numbers) or min(numbers) < 1:
-        return "invalid_lines: line numbers must be unique and >= 1"
+        return _invalid(Reason.INVALID_LINES, "line numbers must be unique and >= 1")
     for ln in lines:
         if not ln["sku"].strip():
-            return f"missing_field: lines[{ln['line_no']}].sku"
+            return _invalid(Reason.MISSING_FIELD, f"lines[{ln['line_no']}].sku")
         if ln["qty"] <= 0 or ln["qty"] > rules.max_line_qty:
-            return f"invalid_qty: line {ln['line_no']} qty {ln['qty']}"
+            return _invalid(Reason.INVALID_QTY, f"line {ln['line_no']} qty {ln['qty']}")
         if ln["unit_price_fen"] < 0:
-            return f"invalid_amount: line {ln['line_no']} price {ln['unit_price_fen']}"
+            return _invalid(Reason.INVALID_AMOUNT, f"line {ln['line_no']} price {ln['unit_price_fen']}")
     if event["amount_fen"] < 0:
-        return f"invalid_amount: {event['amount_fen']}"
+        return _invalid(Reason.INVALID_AMOUNT, f"{event['amount_fen']}")
     addr = event["address"]
     for part in ("province", "city", "district"):
         if not addr[part].strip():
-            return f"missing_field: address.{part}"
+            return _invalid(Reason.MISSING_FIELD, f"address.{part}")
     if locate(addr["province"], addr["city"]) is None:
-        return f"address_unplaceable: province {addr['province']!r} is not in the centroid table"
-    return ""
+        return _invalid(Reason.ADDRESS_UNPLACEABLE, f"province {addr['province']!r} is not in the centroid table")
+    return None
 
 
 def _move(rec: OrderRecord, fx: Effects, new: str, now_ms: int, reason: str = "") -> None:
@@ -178,7 +197,7 @@ def _move(rec: OrderRecord, fx: Effects, new: str, now_ms: int, reason: str = ""
 
 
 def _command(rec: OrderRecord, action: str, line_no: str, now_ms: int, rules: OrderRules,
-             reason: str = "", warehouse_id: str = "") -> dict[str, Any]:  # fmt: skip
+             reason: str = "", warehouse_id: str = "") -> HoldCommand:  # fmt: skip
     line = rec.lines[line_no]
     return {
         "event_id": f"{action.lower()}:{rec.order_id}#{line_no}",
@@ -225,9 +244,8 @@ def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
                 if line_no not in rec.answers:
                     fx.hold_commands.append(_command(rec, "RESERVE", line_no, now_ms, rules))
         return fx
-    problem = validate_placed(event, rules)
-    if problem:
-        fx.refusal = (problem.split(":", 1)[0], problem)
+    fx.refusal = validate_placed(event, rules)
+    if fx.refusal is not None:
         return fx
     rec.channel = event["channel"]
     rec.channel_order_id = event["channel_order_id"]
@@ -285,17 +303,17 @@ def on_hold_decided(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rule
         _release_held(rec, fx, now_ms, rules, "order_rejected")
         reasons = sorted({a[1] for a in refused.values()})
         _move(rec, fx, "rejected", now_ms, ",".join(reasons))
-        fx.reservation = {"outcome": "REJECTED", "lines": lines}
+        fx.reservation = Reservation("REJECTED", lines)
         return fx
     _move(rec, fx, "reserved", now_ms)
     rec.payment_deadline_ms = now_ms + rules.payment_timeout_ms
-    fx.reservation = {"outcome": "RESERVED", "lines": lines}
+    fx.reservation = Reservation("RESERVED", lines)
     if rec.paid:
         _pay(rec, fx, now_ms, rules)
     return fx
 
 
-def reservation_lines(rec: OrderRecord) -> list[dict[str, Any]]:
+def reservation_lines(rec: OrderRecord) -> list[LineDecision]:
     return [
         {"line_no": int(n), "sku": rec.lines[n]["sku"], "qty": rec.lines[n]["qty"],
          "outcome": rec.answers[n][0], "reason": rec.answers[n][1]}
@@ -323,10 +341,7 @@ def implied_effects(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects
         return fx
     if "reserved" in rec.stage_times or "rejected" in rec.stage_times:  # it was decided, not cancelled first
         refused = any(a[0] != "HELD" for a in rec.answers.values())
-        fx.reservation = {
-            "outcome": "REJECTED" if refused else "RESERVED",
-            "lines": reservation_lines(rec),
-        }
+        fx.reservation = Reservation("REJECTED" if refused else "RESERVED", reservation_lines(rec))
     if rec.state in ("rejected", "cancelled", "payment_timeout"):
         _release_held(rec, fx, now_ms, rules, f"order_{rec.state}")
     elif rec.state in ("paid", "routed"):
@@ -373,13 +388,13 @@ def on_route_decided(rec: OrderRecord, decision: dict[str, Any] | None, now_ms: 
     if decision is None:
         rec.routing = {**rec.routing, "attempt": attempt, "plan": {}, "retry_at_ms": now_ms + rules.route_retry_ms}
         if attempt == 1:
-            fx.alerts.append({"kind": "unroutable", "severity": "WARNING", "subject": rec.order_id,
-                              "message": f"{rec.order_id}: no warehouse has stock for every line; retrying",
-                              "event_id": f"unroutable:{rec.order_id}"})  # fmt: skip
+            fx.alerts.append(AlertSpec("unroutable", "WARNING", rec.order_id,
+                                       f"{rec.order_id}: no warehouse has stock for every line; retrying",
+                                       event_id=f"unroutable:{rec.order_id}"))  # fmt: skip
         return fx
     plan = {str(n): wh for wh, nos in decision["assignments"].items() for n in nos}
     every_warehouse = set(rec.allocated.values()) | set(plan.values())
-    record = {
+    record: RoutingDecision = {
         "event_id": f"{rec.order_id}:route:{attempt}",
         "event_time_ms": now_ms,
         "order_id": rec.order_id,
@@ -424,12 +439,14 @@ def _on_allocated(rec: OrderRecord, line_no: str, outcome: str, reason: str, now
     return fx
 
 
-def dispatch_records(rec: OrderRecord, rules: OrderRules) -> list[dict[str, Any]]:
-    """What each warehouse's WMS receives: its lines, the address, the promised ship-by time."""
+def dispatch_records(rec: OrderRecord, rules: OrderRules, action: str = "DISPATCH") -> list[WarehouseDispatched]:
+    """What each warehouse's WMS receives: its lines, the address, the promised ship-by time; with
+    ``action`` CANCEL, that the push is called off."""
     groups = rec.dispatched_to()
+    suffix = "dispatch" if action == "DISPATCH" else "dispatch-cancel"
     return [
         {
-            "event_id": f"{rec.order_id}:dispatch:{wh}",
+            "event_id": f"{rec.order_id}:{suffix}:{wh}",
             "event_time_ms": rec.stage_times.get("routed", 0),
             "order_id": rec.order_id,
             "channel": rec.channel,
@@ -439,6 +456,7 @@ def dispatch_records(rec: OrderRecord, rules: OrderRules) -> list[dict[str, Any]
             "address": dict(rec.address),
             "promised_ship_by_ms": rec.stage_times.get("paid", 0) + rules.ship_promise_ms,
             "split": len(groups) > 1,
+            "action": action,
         }
         for wh, nos in sorted(groups.items())
     ]
@@ -448,9 +466,13 @@ def on_wms_ack(rec: OrderRecord, event: dict[str, Any], now_ms: int) -> Effects:
     fx = Effects()
     wh = event["warehouse_id"]
     if rec.state not in ("routed", "shipped", "delivered"):
-        fx.refusal = ("not_dispatched", f"WMS acknowledgement for an order that is {rec.state or 'unknown'}")
+        fx.refusal = Refusal(
+            Reason.NOT_DISPATCHED, f"WMS acknowledgement for an order that is {rec.state or 'unknown'}"
+        )
     elif wh not in rec.dispatched_to():
-        fx.refusal = ("unknown_warehouse", f"{wh!r} was not given this order ({sorted(rec.dispatched_to())})")
+        fx.refusal = Refusal(
+            Reason.UNKNOWN_WAREHOUSE, f"{wh!r} was not given this order ({sorted(rec.dispatched_to())})"
+        )
     elif wh not in rec.acked:
         rec.acked[wh] = now_ms
         if set(rec.dispatched_to()) <= set(rec.acked):
@@ -469,22 +491,21 @@ def check_sla(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
         rec.sla = "red"
         stage = "not pushed to a warehouse" if rec.state == "paid" else "not acknowledged by its warehouse"
         minutes = (now_ms - paid_at) / 60_000
-        fx.alerts.append({
-            "kind": "sla_breach", "severity": "RED", "subject": rec.order_id,
-            "message": f"order {rec.order_id} ({rec.channel}) paid {minutes:.0f} min ago, {stage}",
-            "event_id": f"sla_breach:{rec.order_id}", "at_ms": now_ms,
-            "details": {"channel": rec.channel, "state": rec.state, "paid_at_ms": str(paid_at),
-                        "warehouses": rec.warehouse_id},
-        })  # fmt: skip
+        fx.alerts.append(AlertSpec(
+            "sla_breach", "RED", rec.order_id,
+            f"order {rec.order_id} ({rec.channel}) paid {minutes:.0f} min ago, {stage}",
+            event_id=f"sla_breach:{rec.order_id}", at_ms=now_ms,
+            details={"channel": rec.channel, "state": rec.state, "paid_at_ms": str(paid_at),
+                     "warehouses": rec.warehouse_id},
+        ))  # fmt: skip
     elif rec.sla == "red" and not waiting:
         rec.sla = "cleared"
-        fx.alerts.append({
-            "kind": "sla_breach", "severity": "INFO", "subject": rec.order_id, "cleared": True,
-            "message": f"order {rec.order_id} moved on: {rec.state}"
-                       + (f" at {rec.warehouse_id}" if rec.warehouse_id else ""),
-            "event_id": f"sla_breach:{rec.order_id}:cleared", "at_ms": now_ms,
-            "details": {"channel": rec.channel, "state": rec.state, "warehouses": rec.warehouse_id},
-        })  # fmt: skip
+        fx.alerts.append(AlertSpec(
+            "sla_breach", "INFO", rec.order_id,
+            f"order {rec.order_id} moved on: {rec.state}" + (f" at {rec.warehouse_id}" if rec.warehouse_id else ""),
+            event_id=f"sla_breach:{rec.order_id}:cleared", at_ms=now_ms, cleared=True,
+            details={"channel": rec.channel, "state": rec.state, "warehouses": rec.warehouse_id},
+        ))  # fmt: skip
     return fx
 
 
@@ -493,7 +514,7 @@ def on_payment(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Orde
     if rec.paid:
         return fx  # duplicate payment notification
     if rec.state in TERMINAL:
-        fx.refusal = ("order_not_payable", f"payment for an order that is {rec.state}")
+        fx.refusal = Refusal(Reason.ORDER_NOT_PAYABLE, f"payment for an order that is {rec.state}")
         return fx
     rec.paid = True
     if rec.state == "reserved":
@@ -507,8 +528,11 @@ def on_cancel(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
     if rec.state == "cancelled":
         return fx
     if not can_transition(rec.state, "cancelled"):
-        fx.refusal = ("illegal_transition", f"cannot cancel an order that is {rec.state}")
+        fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"cannot cancel an order that is {rec.state}")
         return fx
+    if rec.state == "routed":
+        # The warehouse has it: tell it to stop, or it ships a cancelled order.
+        fx.dispatches = dispatch_records(rec, rules, "CANCEL")
     _release_held(rec, fx, now_ms, rules, "order_cancelled")
     _move(rec, fx, "cancelled", now_ms, event.get("reason", ""))
     return fx
@@ -521,8 +545,10 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
     target = "shipped" if event_type == "ShipmentDispatched" else "delivered"
     if rec.state == target:
         return fx
+    if target == "shipped" and rec.state in ("cancelled", "payment_timeout", "rejected"):
+        return _shipped_anyway(rec, event, now_ms, rules)
     if not can_transition(rec.state, target):
-        fx.refusal = ("illegal_transition", f"cannot move an order that is {rec.state} to {target}")
+        fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"cannot move an order that is {rec.state} to {target}")
         return fx
     if target == "delivered":
         _move(rec, fx, target, now_ms)
@@ -531,7 +557,7 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
     lines = [n for n in sorted(rec.lines, key=int) if n not in rec.shipped_lines
              and (not shipped_from or rec.allocated.get(n, shipped_from) == shipped_from)]  # fmt: skip
     if not lines:
-        fx.refusal = ("illegal_transition", f"{shipped_from!r} has no unshipped line of this order")
+        fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"{shipped_from!r} has no unshipped line of this order")
         return fx
     for line_no in lines:
         wh = rec.allocated.get(line_no) or shipped_from
@@ -564,9 +590,47 @@ def on_tick(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
     if not rec.state:
         keep = []
         for parked in rec.parked:
-            if parked["parked_ms"] + rules.parked_grace_ms <= now_ms:
-                fx.expired_parked.append(parked)
-            else:
+            if parked_deadline_ms(parked, rules) > now_ms:
                 keep.append(parked)
+            elif parked["event_type"] == "PaymentConfirmed" and not parked.get("alerted"):
+                # A customer paid for an order we have not seen: say so now, keep the payment.
+                parked["alerted"] = True
+                fx.alerts.append(AlertSpec(
+                    "payment_without_order", "WARNING", rec.order_id,
+                    f"payment for {rec.order_id} has waited {rules.parked_grace_ms // 60_000} min for its order; "
+                    f"it is kept {rules.parked_payment_grace_ms // 60_000} min and applied if the order arrives",
+                    event_id=f"payment_without_order:{rec.order_id}", at_ms=now_ms,
+                ))  # fmt: skip
+                keep.append(parked)
+            else:
+                fx.expired_parked.append(parked)
         rec.parked = keep
+    return fx
+
+
+def parked_deadline_ms(parked: dict[str, Any], rules: OrderRules) -> int:
+    """When a parked event is next looked at: its grace, or for an alerted payment its longer one."""
+    if parked.get("alerted"):
+        return int(parked["parked_ms"]) + rules.parked_payment_grace_ms
+    return int(parked["parked_ms"]) + rules.parked_grace_ms
+
+
+def _shipped_anyway(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
+    """The WMS shipped an order that was called off. The units have left the warehouse, so the pool
+    takes them off the shelf (no phantom stock), and ops hear of it at once."""
+    fx = Effects()
+    shipped_from = event.get("warehouse_id", "")
+    lines = [n for n in sorted(rec.lines, key=int) if n not in rec.shipped_lines]
+    if not lines:
+        return fx  # a repeated shipment notice
+    for line_no in lines:
+        wh = rec.allocated.get(line_no) or shipped_from
+        fx.hold_commands.append(_command(rec, "SHIP", line_no, now_ms, rules, warehouse_id=wh))
+        rec.shipped_lines.append(line_no)
+    fx.alerts.append(AlertSpec(
+        "shipped_after_cancel", "RED", rec.order_id,
+        f"order {rec.order_id} ({rec.channel}) was shipped by {shipped_from or 'the WMS'} although it is {rec.state}",
+        event_id=f"shipped_after_cancel:{rec.order_id}", at_ms=now_ms,
+        details={"channel": rec.channel, "state": rec.state, "warehouse": shipped_from},
+    ))  # fmt: skip
     return fx

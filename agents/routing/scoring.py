@@ -14,7 +14,7 @@ Every factor is normalised to [0, 1], higher is better, among the candidates of 
 
     score = w_distance * distance + w_sufficiency * sufficiency + w_on_time * on_time + w_cost * cost
 
-with the weights from configuration (default 0.4 / 0.3 / 0.2 / 0.1). Eligible: a warehouse with
+with the weights from configuration (``STOCKFLOW_ROUTING_WEIGHTS``). Eligible: a warehouse with
 free stock for every line. If none is, the order is split across the fewest warehouses that
 together cover every line (a line is never split), and among those sets the one with the highest
 total score wins; each line goes to the best-scoring warehouse of the set that can serve it.
@@ -30,7 +30,6 @@ from typing import Any
 from agents.routing.geo import Place, distance_km
 
 FACTORS = ("distance", "sufficiency", "on_time", "cost")
-DEFAULT_WEIGHTS = {"distance": 0.4, "sufficiency": 0.3, "on_time": 0.2, "cost": 0.1}
 MAX_SPLIT = 3
 
 
@@ -61,8 +60,8 @@ class OnTimeRate:
     """
 
     prior: float
-    prior_weight: float = 20.0
-    window: int = 500
+    prior_weight: float
+    window: int
     outcomes: deque[bool] = field(default_factory=deque)
 
     def add(self, on_time: bool) -> None:

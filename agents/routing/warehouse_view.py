@@ -12,7 +12,6 @@ view only subtracts what it has just planned so two orders in a row do not aim a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from agents.routing.scoring import Line, OnTimeRate, Site
 from agents.routing.warehouses import load_warehouses
 from streams.contract.codec import Codec, DecodeError
 from streams.contract.topics import STOCK_LEVELS, WAREHOUSE_PERFORMANCE
+from streams.engine.retry import Backoff, Retry, kafka_transient
 from streams.engine.runtime import Runtime
 from streams.settings import Settings
 
@@ -70,7 +70,7 @@ class WarehouseView:
         self.rates[outcome["warehouse_id"]].add(bool(outcome["on_time"]))
 
     def decide(self, address: dict[str, str], lines: list[Line], now_ms: int) -> dict[str, Any] | None:
-        """A routing decision (as ``agents.orders.processor.rules.on_route_decided`` takes it), or None."""
+        """A routing decision (as ``agents.orders.rules.on_route_decided`` takes it), or None."""
         customer: Place | None = locate(address.get("province", ""), address.get("city", ""))
         if customer is None:
             return None
@@ -106,13 +106,9 @@ async def _follow(view: WarehouseView, settings: Settings, codec: Codec) -> None
         *topics, bootstrap_servers=settings.bootstrap, group_id=None, auto_offset_reset="earliest",
         enable_auto_commit=False, client_id=f"{settings.app_id}-warehouse-view",
     )  # fmt: skip
-    while True:
-        try:
-            await consumer.start()
-            break
-        except Exception as exc:
-            log.warning("warehouse view: broker not reachable yet (%r)", exc)
-            await asyncio.sleep(1.0)
+    # No bound: routing waits for the broker; a refusal or a bad setting fails the worker at once.
+    await Retry("warehouse view: connecting to the broker", kafka_transient, backoff=Backoff(first_s=1.0, max_s=1.0),
+                log=log).acall(consumer.start)  # fmt: skip
     try:
         while True:
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)

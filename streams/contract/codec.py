@@ -22,16 +22,18 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from streams.contract.reasons import Reason
 from streams.contract.registry import EVENT_TYPES, EventType
+from streams.errors import StockflowError
 
 MARKER = b"\xc3\x01"
 HEADER_LEN = 10
 
 
-class DecodeError(ValueError):
-    """A message that cannot be read; ``reason`` is a stable machine-readable code."""
+class DecodeError(StockflowError, ValueError):
+    """A message that cannot be read; ``reason`` says why, in the contract's vocabulary."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -63,7 +65,9 @@ def _strip_logical_types(node: Any) -> Any:
 
 def _load(path: Path) -> Any:
     raw = json.loads(path.read_text(encoding="utf-8"))
-    return parse_schema(_strip_logical_types(raw), _write_hint=False)
+    # The write hint lets fastavro skip per-record schema checks; fingerprints are computed from the
+    # canonical form, which the hint does not change.
+    return parse_schema(_strip_logical_types(raw), _write_hint=True)
 
 
 class Codec:
@@ -108,16 +112,16 @@ class Codec:
     def decode(self, data: bytes | None) -> tuple[EventType, dict[str, Any]]:
         """Read one message; raise DecodeError with a precise reason if it cannot be read."""
         if not data:
-            raise DecodeError("empty_message", "message has no value")
+            raise DecodeError(Reason.EMPTY_MESSAGE, "message has no value")
         if len(data) < HEADER_LEN or data[:2] != MARKER:
             raise DecodeError(
-                "bad_header",
+                Reason.BAD_HEADER,
                 f"not Avro single-object encoding (starts {data[:4].hex() or 'empty'})",
             )
         writer = self._writers.get(data[2:HEADER_LEN])
         if writer is None:
             raise DecodeError(
-                "unknown_fingerprint",
+                Reason.UNKNOWN_FINGERPRINT,
                 f"no known schema has fingerprint {data[2:HEADER_LEN].hex()}",
             )
         body = io.BytesIO(data)
@@ -126,16 +130,16 @@ class Codec:
         try:
             record = schemaless_reader(body, writer.schema, reader_schema)
         except (EOFError, struct.error, IndexError) as exc:
-            raise DecodeError("truncated", f"{writer.event_type.short_name}: {exc!r}") from exc
+            raise DecodeError(Reason.TRUNCATED, f"{writer.event_type.short_name}: {exc!r}") from exc
         except (ValueError, TypeError, UnicodeDecodeError, KeyError) as exc:
-            raise DecodeError("malformed_body", f"{writer.event_type.short_name}: {exc!r}") from exc
+            raise DecodeError(Reason.MALFORMED_BODY, f"{writer.event_type.short_name}: {exc!r}") from exc
         if body.tell() != len(data):
             raise DecodeError(
-                "trailing_bytes",
+                Reason.TRAILING_BYTES,
                 f"{writer.event_type.short_name}: {len(data) - body.tell()} bytes after the record",
             )
         if not isinstance(record, dict):
-            raise DecodeError("malformed_body", "record is not an object")
+            raise DecodeError(Reason.MALFORMED_BODY, "record is not an object")
         return writer.event_type, record
 
 

@@ -279,6 +279,7 @@ class WarehouseDispatched(TypedDict):
     address: dict[str, str]
     promised_ship_by_ms: int
     split: bool
+    action: str  # DISPATCH | CANCEL
 
 
 class ShipmentOutcome(TypedDict):

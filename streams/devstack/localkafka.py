@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.devstack import procs
+from streams.errors import StockflowError
 from streams.settings import Settings
 
 BROKER_DIR = Path(__file__).resolve().parent / "broker"
 
 
-class MissingTool(RuntimeError):
+class MissingTool(StockflowError, RuntimeError):
     """Java or Maven is not installed; the message says what to do instead."""
 
 

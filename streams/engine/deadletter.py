@@ -1,7 +1,7 @@
 """The single writer of the ``deadletters`` topic.
 
 A refused message keeps its original bytes, its source topic/partition/offset, the module that
-refused it and a machine-readable reason. The dead letter's event id is derived from the source
+refused it and why (a ``Reason``). The dead letter's event id is derived from the source
 position and stage, so a replay after a crash writes the same id and ClickHouse keeps one row.
 """
 
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from streams.contract.reasons import Reason
 from streams.contract.records import DeadLetter
 from streams.contract.topics import DEADLETTERS
 from streams.engine.outbox import Outbox
 
 
-def dead_letter(message: Any, stage: str, reason: str, detail: str, now_ms: int) -> DeadLetter:
+def dead_letter(message: Any, stage: str, reason: Reason, detail: str, now_ms: int) -> DeadLetter:
     """Build the record for a faust ``Message`` (anything with topic/partition/offset/key/value)."""
     return DeadLetter(
         event_id=f"{message.topic}:{message.partition}:{message.offset}:{stage}",
@@ -30,6 +31,6 @@ def dead_letter(message: Any, stage: str, reason: str, detail: str, now_ms: int)
     )
 
 
-def send_dead_letter(outbox: Outbox, message: Any, stage: str, reason: str, detail: str, now_ms: int) -> None:
+def send_dead_letter(outbox: Outbox, message: Any, stage: str, reason: Reason, detail: str, now_ms: int) -> None:
     record = dead_letter(message, stage, reason, detail, now_ms)
     outbox.add(DEADLETTERS.name, record["source_topic"], "DeadLetter", record)

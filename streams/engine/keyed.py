@@ -9,11 +9,12 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from streams.contract.codec import Codec, DecodeError
+from streams.contract.keys import partition_for
+from streams.contract.reasons import Reason
 from streams.contract.topics import TopicSpec
 from streams.engine import tables
 from streams.engine.deadletter import send_dead_letter
 from streams.engine.outbox import Outbox
-from streams.engine.tables import partition_for
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,12 +24,12 @@ T = TypeVar("T")
 def routed_correctly(outbox: Outbox, msg: Any, key: str, partitions: int, stage: str, now_ms: int) -> bool:
     """False (and a dead letter) unless the message is keyed by ``key`` on the partition owning it."""
     if not msg.key or msg.key != key.encode():
-        send_dead_letter(outbox, msg, stage, "key_mismatch", f"key {msg.key!r} but record is for {key!r}", now_ms)
+        send_dead_letter(outbox, msg, stage, Reason.KEY_MISMATCH, f"key {msg.key!r} but record is for {key!r}", now_ms)
         return False
     owner = partition_for(msg.key, partitions)
     if owner != msg.partition:
         send_dead_letter(
-            outbox, msg, stage, "misrouted_partition",
+            outbox, msg, stage, Reason.MISROUTED_PARTITION,
             f"key {key!r} belongs on partition {owner}, not {msg.partition}: produce with the murmur2 partitioner",
             now_ms,
         )  # fmt: skip
@@ -44,7 +45,7 @@ def apply_each(events: list[Any], apply: Callable[[Any], None], outbox: Outbox, 
         except Exception as exc:
             msg = event.message
             log.exception("%s: event at %s:%s:%s failed", stage, msg.topic, msg.partition, msg.offset)
-            send_dead_letter(outbox, msg, stage, "processing_error", repr(exc), now_ms)
+            send_dead_letter(outbox, msg, stage, Reason.PROCESSING_ERROR, repr(exc), now_ms)
 
 
 async def send_ticks(topic: Any, codec: Codec, now_ms: int, partitions: int) -> None:
@@ -137,6 +138,6 @@ def decode_for(
         return None  # the sink reads every topic and dead-letters unreadable bytes once
     kind = event_type.short_name
     if kind not in spec.events:
-        send_dead_letter(outbox, msg, stage, "unexpected_event_type", f"{kind} on {spec.name}", now_ms)
+        send_dead_letter(outbox, msg, stage, Reason.UNEXPECTED_EVENT_TYPE, f"{kind} on {spec.name}", now_ms)
         return None
     return kind, record

@@ -31,6 +31,7 @@ from faust.events import Event
 from faust.types.tuples import Message
 
 from streams.engine import tables
+from streams.engine.retry import Backoff, Retry, kafka_transient
 
 log = logging.getLogger(__name__)
 
@@ -123,35 +124,34 @@ class InputPositions:
         for (topic, partition), event in last.items():
             tables.write(self.table, event, position_key(topic, partition), {"next": event.message.offset + 1})
 
+    def _until_the_broker_answers(self, what: str) -> Retry:
+        # No bound: while the broker is away the batch is held rather than the gap lost. Anything
+        # but a transient Kafka error (a refusal, a bug) fails the batch at once.
+        return Retry(f"{self.stage}: {what}", kafka_transient, backoff=Backoff(first_s=0.2, max_s=5.0),
+                     log=log, level=logging.ERROR)  # fmt: skip
+
     async def _fetch(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
         """The records in [start, end) of one partition, as events; retried until the broker answers."""
-        delay = 0.2
-        while True:
-            try:
-                return await self._read_range(topic, partition, start, end)
-            except Exception as exc:  # the broker is away: hold the batch rather than lose the gap
-                log.error("%s: could not read %s:%s from %s (%r); retrying", self.stage, topic, partition, start, exc)
-                await self._close_probe()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        retry = self._until_the_broker_answers(f"reading {topic}:{partition} from offset {start}")
+        return await retry.acall(lambda: self._read_range(topic, partition, start, end), self._drop_probe)
 
     async def _log_start(self, topic: str, partition: int) -> int:
         """The first offset still in the log of one partition (cached: it only matters once)."""
         key = (topic, partition)
         if key not in self._starts:
-            delay = 0.2
-            while True:
-                try:
-                    probe = await self._ensure_probe()
-                    tp = TopicPartition(topic, partition)
-                    self._starts[key] = (await probe.beginning_offsets([tp]))[tp]
-                    break
-                except Exception as exc:
-                    log.error("%s: no log start for %s:%s (%r); retrying", self.stage, topic, partition, exc)
-                    await self._close_probe()
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+            retry = self._until_the_broker_answers(f"finding the log start of {topic}:{partition}")
+            self._starts[key] = await retry.acall(lambda: self._beginning_offset(topic, partition), self._drop_probe)
         return self._starts[key]
+
+    async def _beginning_offset(self, topic: str, partition: int) -> int:
+        probe = await self._ensure_probe()
+        tp = TopicPartition(topic, partition)
+        offset: int = (await probe.beginning_offsets([tp]))[tp]
+        return offset
+
+    async def _drop_probe(self, _: BaseException) -> None:
+        """A failed probe may be half-connected: the next attempt starts a fresh one."""
+        await self._close_probe()
 
     async def _ensure_probe(self) -> AIOKafkaConsumer:
         if self._probe is None:

@@ -4,7 +4,7 @@ Agents take events in batches and write each changed key once per batch (one cha
 per key, not per event). Faust routes a table write to the partition of "the current event"; in a
 batch there is none, so each read and write runs under the event that touched the key - always an
 event of the partition that owns the key, because every input of a table is keyed and partitioned
-like it (murmur2, see ``partition_for``). Values are orjson documents.
+like it (murmur2, see ``streams.contract.keys.partition_for``). Values are orjson documents.
 """
 
 from __future__ import annotations
@@ -13,16 +13,13 @@ import weakref
 from typing import Any
 
 import orjson
-from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
+
+# Re-exported only for the start-up scans in agents.orders.processor and agents.inventory.processor;
+# everything else imports it from streams.contract.keys, where the contract defines it.
 
 # Keys an agent keeps for its own bookkeeping (input positions), never a business key.
 RESERVED_PREFIX = b"\x00"
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default (Java) partitioner picks for ``key``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def read_raw(table: Any, event: Any, key: bytes) -> bytes | None:

@@ -11,9 +11,9 @@ import pytest
 
 from agents.audit.checker import audit
 from loadtest import events as ev
+from streams.contract.keys import order_key, partition_for
 from streams.contract.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS, ensure_topics
 from streams.engine.producer import EventProducer
-from streams.engine.tables import partition_for
 from tests.helpers import read_topic, wait_for
 
 pytestmark = pytest.mark.broker
@@ -32,7 +32,7 @@ def stream_orders(settings, orders: int, seconds: float, seed: int, stop: thread
             break
         channel = CHANNELS[i % len(CHANNELS)]
         number = f"crash-{seed}-{i}"
-        key = ev.order_id(channel, number)
+        key = order_key(channel, number)
         skus = rng.sample(SKUS, rng.randint(1, 3))
         lines = [ev.line(n + 1, sku, rng.randint(1, 3)) for n, sku in enumerate(skus)]
         producer.send(ORDER_EVENTS.name, key, "OrderPlaced", ev.order_placed(channel, number, lines))
@@ -143,14 +143,14 @@ def test_orders_behind_a_committed_offset_that_skipped_them_are_still_applied(
     def place(numbers: range) -> None:
         for n in numbers:
             order = ev.order_placed("jd", f"gap-{n}", [ev.line(1, "SKU-GAP", 1)])
-            producer.send(ORDER_EVENTS.name, ev.order_id("jd", f"gap-{n}"), "OrderPlaced", order)
+            producer.send(ORDER_EVENTS.name, order_key("jd", f"gap-{n}"), "OrderPlaced", order)
         producer.flush()
 
     def decided() -> int:
         return len(read_topic(settings, "reservation.results"))
 
     first = range(40)
-    assert {partition_for(ev.order_id("jd", f"gap-{n}").encode(), settings.partitions) for n in first} == set(
+    assert {partition_for(order_key("jd", f"gap-{n}").encode(), settings.partitions) for n in first} == set(
         range(settings.partitions)
     ), "every partition needs a position before the jump"
     place(first)
@@ -202,7 +202,7 @@ def test_messages_a_new_agent_never_saw_are_applied_even_if_the_group_committed_
     numbers = range(12)
     for n in numbers:
         order = ev.order_placed("pdd", f"first-{n}", [ev.line(1, "SKU-NEW", 1)])
-        producer.send(ORDER_EVENTS.name, ev.order_id("pdd", f"first-{n}"), "OrderPlaced", order)
+        producer.send(ORDER_EVENTS.name, order_key("pdd", f"first-{n}"), "OrderPlaced", order)
     producer.flush()
     jump_group_offsets_to_end(settings, settings.topic(ORDER_EVENTS.name))
 

@@ -216,7 +216,7 @@ def test_librdkafka_murmur2_random_lands_where_the_worker_looks(make_settings) -
     """The contract's partitioner setting, checked on the broker: confluent-kafka agrees with partition_for."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from streams.engine.tables import partition_for
+    from streams.contract.keys import partition_for
 
     settings = make_settings()
     topic = settings.topic("partition.probe")

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from loadtest import events as ev
+from streams.contract.keys import order_key
 from streams.contract.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS
 from streams.engine.producer import EventProducer
 from tests.helpers import advance_clock, read_topic, stock, stock_up, wait_for, wait_stock
@@ -37,7 +38,7 @@ def test_five_channels_race_for_one_sku(make_settings, start_worker) -> None:
     orders = []
     for i in range(1000):
         channel, number = CHANNELS[i % 5], f"race-{i}"
-        orders.append(ev.order_id(channel, number))
+        orders.append(order_key(channel, number))
         producer.send(
             ORDER_EVENTS.name, orders[-1], "OrderPlaced", ev.order_placed(channel, number, [ev.line(1, "SKU-HOT", 1)])
         )
@@ -303,7 +304,8 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_half_applied(make_settin
     no_city["address"] = {**no_city["address"], "city": " "}
     unknown_channel = ev.order_placed("ebay", "u1", [ev.line(1, "SKU-X", 1)])
     for record in (bad_qty, huge, no_city, unknown_channel):
-        producer.send(ORDER_EVENTS.name, f"{record['channel']}:{record['channel_order_id']}", "OrderPlaced", record)
+        key = order_key(record["channel"], record["channel_order_id"])
+        producer.send(ORDER_EVENTS.name, key, "OrderPlaced", record)
     producer.send(ORDER_EVENTS.name, "jd:x", "OrderPlaced", ev.order_placed("jd", "y", [ev.line(1, "SKU-X", 1)]))
     # Paid before created: kept, then applied when the order arrives.
     producer.send(ORDER_EVENTS.name, "kuaishou:early", "PaymentConfirmed", ev.payment_confirmed("kuaishou", "early"))
@@ -409,8 +411,10 @@ def test_cli_reads_the_pool_and_check_passes(make_settings, start_worker) -> Non
     assert json.loads(checked.stdout.strip().splitlines()[-1])["oversold_units"] == 0
 
 
-def test_payment_for_an_order_that_never_comes_is_dead_lettered_after_the_grace(make_settings, start_worker) -> None:
-    settings = make_settings(clock_control=True, parked_grace_s=600, sweep_interval_s=0.3)
+def test_an_event_for_an_order_that_never_comes_is_dead_lettered_and_a_payment_is_kept_longer(
+    make_settings, start_worker
+) -> None:
+    settings = make_settings(clock_control=True, parked_grace_s=600, parked_payment_grace_s=3600, sweep_interval_s=0.3)
     worker = start_worker(settings)
     producer = EventProducer(settings)
     producer.send(ORDER_EVENTS.name, "jd:ghost", "PaymentConfirmed", ev.payment_confirmed("jd", "ghost"))
@@ -418,9 +422,14 @@ def test_payment_for_an_order_that_never_comes_is_dead_lettered_after_the_grace(
     producer.flush()
     wait_for(lambda: len(worker.get("/orders/jd:ghost").get("parked", [])) == 1, what="payment parked")
     advance_clock(producer, 11)
-    letters = wait_for(
-        lambda: (d := [r for t, r in read_topic(settings, "deadletters")]) and len(d) >= 2 and d, what="dead letters"
-    )
-    assert {r["reason"] for r in letters} == {"unknown_order"}
-    assert {r["original_key"] for r in letters} == {b"jd:ghost", b"jd:ghost2"}
+    # The cancel is given up on; the customer's payment is not: ops are told, and it waits on.
+    letters = wait_for(lambda: [r for t, r in read_topic(settings, "deadletters")], what="dead letter")
+    assert [(r["reason"], r["original_key"]) for r in letters] == [("unknown_order", b"jd:ghost2")]
     assert all(r["original_value"] and r["source_offset"] >= 0 for r in letters)
+    alerts = wait_for(lambda: [r for t, r in read_topic(settings, "alerts") if r["kind"] == "payment_without_order"],
+                      what="payment alert")  # fmt: skip
+    assert [a["subject"] for a in alerts] == ["jd:ghost"]
+    advance_clock(producer, 61)
+    letters = wait_for(lambda: (d := [r for t, r in read_topic(settings, "deadletters")]) and len(d) >= 2 and d,
+                       what="the payment dead-lettered after its longer grace")  # fmt: skip
+    assert {r["original_key"] for r in letters} == {b"jd:ghost", b"jd:ghost2"}

@@ -14,12 +14,13 @@ import pytest
 
 from agents.intake.service import Intake
 from loadtest import events as ev
+from streams.contract.keys import order_key
 from streams.contract.topics import ORDER_EVENTS
 from streams.engine.producer import EventProducer
 from streams.settings import Settings
 from tests.conftest import free_port
 from tests.helpers import AppServer, advance_clock, read_topic, stock_up, wait_for
-from tests.unit.routing.test_routing_and_intake_rules import EXAMPLE_SCORES
+from tests.unit.routing.test_scoring import EXAMPLE_SCORES
 
 pytestmark = pytest.mark.broker
 
@@ -69,7 +70,7 @@ def wait_levels(settings: Settings, sku: str, **on_hand: int) -> None:
 
 
 def place_and_pay(producer: EventProducer, channel: str, number: str, lines: list[Any]) -> str:
-    key = ev.order_id(channel, number)
+    key = order_key(channel, number)
     producer.send(ORDER_EVENTS.name, key, "OrderPlaced", ev.order_placed(channel, number, lines))
     producer.send(ORDER_EVENTS.name, key, "PaymentConfirmed", ev.payment_confirmed(channel, number))
     producer.flush()

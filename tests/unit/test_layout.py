@@ -41,7 +41,9 @@ def _imports(path: Path, module: str) -> set[str]:
 
 
 MODULES = _modules()
-GRAPH = {name: {imp for imp in _imports(path, name) if imp in MODULES and imp != name} for name, path in MODULES.items()}
+GRAPH = {
+    name: {imp for imp in _imports(path, name) if imp in MODULES and imp != name} for name, path in MODULES.items()
+}
 
 
 @pytest.mark.parametrize(

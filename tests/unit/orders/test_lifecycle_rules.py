@@ -1,0 +1,76 @@
+"""Pure order-lifecycle rules, no broker: all-or-nothing reservation, payment, transitions, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.orders import rules as flow
+from agents.orders.processor import order_rules
+from loadtest import events as ev
+from streams.settings import Settings
+
+ORDER_RULES = order_rules(Settings(channels=("tmall", "jd"), max_line_qty=1000))
+
+
+def order_of(*lines: tuple[str, int], **kw: object) -> dict:
+    return dict(ev.order_placed("jd", "1", [ev.line(i + 1, s, q) for i, (s, q) in enumerate(lines)]), **kw)
+
+
+def test_order_reserved_only_when_every_expected_line_answered() -> None:
+    rec = flow.OrderRecord(order_id="jd:1")
+    fx = flow.on_placed(rec, order_of(("A", 1), ("B", 2)), 0, ORDER_RULES)
+    assert [c["action"] for c in fx.hold_commands] == ["RESERVE", "RESERVE"]
+    answer = {"line_no": 1, "action": "RESERVE", "outcome": "HELD", "reason": ""}
+    assert flow.on_hold_decided(rec, answer, 1, ORDER_RULES).reservation is None
+    assert flow.on_hold_decided(rec, answer, 1, ORDER_RULES).reservation is None  # a duplicate is not line 2
+    fx = flow.on_hold_decided(rec, {**answer, "line_no": 2}, 2, ORDER_RULES)
+    assert fx.reservation is not None and fx.reservation.outcome == "RESERVED" and rec.state == "reserved"
+
+
+def test_one_refused_line_releases_the_others() -> None:
+    rec = flow.OrderRecord(order_id="jd:1")
+    flow.on_placed(rec, order_of(("A", 1), ("B", 2)), 0, ORDER_RULES)
+    flow.on_hold_decided(rec, {"line_no": 1, "action": "RESERVE", "outcome": "HELD", "reason": ""}, 1, ORDER_RULES)
+    fx = flow.on_hold_decided(
+        rec, {"line_no": 2, "action": "RESERVE", "outcome": "REFUSED", "reason": "insufficient_stock"}, 2, ORDER_RULES
+    )
+    assert rec.state == "rejected" and rec.reason == "insufficient_stock"
+    assert [(c["action"], c["line_no"]) for c in fx.hold_commands] == [("RELEASE", 1)]
+
+
+def test_paid_before_reserved_commits_when_reserved_and_timeout_releases() -> None:
+    rec = flow.OrderRecord(order_id="jd:1")
+    flow.on_placed(rec, order_of(("A", 1)), 0, ORDER_RULES)
+    assert flow.on_payment(rec, {}, 1, ORDER_RULES).hold_commands == []
+    fx = flow.on_hold_decided(rec, {"line_no": 1, "action": "RESERVE", "outcome": "HELD", "reason": ""}, 2, ORDER_RULES)
+    assert rec.state == "paid" and [c["action"] for c in fx.hold_commands] == ["COMMIT"]
+    unpaid = flow.OrderRecord(order_id="jd:2")
+    flow.on_placed(unpaid, order_of(("A", 1)), 0, ORDER_RULES)
+    flow.on_hold_decided(unpaid, {"line_no": 1, "action": "RESERVE", "outcome": "HELD", "reason": ""}, 0, ORDER_RULES)
+    assert flow.on_tick(unpaid, ORDER_RULES.payment_timeout_ms - 1, ORDER_RULES).transitions == []
+    fx = flow.on_tick(unpaid, ORDER_RULES.payment_timeout_ms, ORDER_RULES)
+    assert unpaid.state == "payment_timeout" and [c["action"] for c in fx.hold_commands] == ["RELEASE"]
+
+
+def test_illegal_transitions_are_refused() -> None:
+    rec = flow.OrderRecord(order_id="jd:1")
+    flow.on_placed(rec, order_of(("A", 1)), 0, ORDER_RULES)
+    assert flow.on_shipment(rec, {}, "ShipmentDelivered", 1, ORDER_RULES).refusal == (
+        "illegal_transition",
+        "cannot move an order that is placed to delivered",
+    )
+    assert not flow.can_transition("delivered", "cancelled")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"channel": "ebay"}, "unknown_channel"),
+        ({"lines": []}, "missing_field"),
+        ({"amount_fen": -1}, "invalid_amount"),
+    ],
+)
+def test_order_validation(change: dict, reason: str) -> None:
+    refusal = flow.validate_placed({**order_of(("A", 1)), **change}, ORDER_RULES)
+    assert refusal is not None and refusal.reason == reason and refusal.detail.startswith(f"{reason}: ")
+    assert flow.validate_placed(order_of(("A", 1)), ORDER_RULES) is None

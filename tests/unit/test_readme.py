@@ -1,0 +1,25 @@
+"""The README's configuration table is the one ``stockflow settings --markdown`` generates from ``Settings``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streams.settings import Settings, settings_table_markdown
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
+
+
+def test_every_setting_says_what_it_means() -> None:
+    undescribed = [name for name, field in Settings.model_fields.items() if not (field.description or "").strip()]
+    assert not undescribed, f"give these Settings fields a description=: {undescribed}"
+
+
+def test_readme_settings_table_is_the_generated_one() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert START in text and END in text, f"README.md lost its {START} / {END} markers"
+    in_readme = text.split(START, 1)[1].split(END, 1)[0].strip()
+    assert in_readme == settings_table_markdown().strip(), (
+        "README.md's configuration table differs from Settings: run `stockflow settings --markdown` "
+        f"and paste its output between {START} and {END}"
+    )
