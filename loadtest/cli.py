@@ -104,9 +104,35 @@ def demo(
     sys.exit(run_demo(Settings(), console, rate, duration))
 
 
+def bench_engine(
+    commands: int = typer.Option(200_000, min=1_000, help="RESERVE commands to drain."),
+    skus: int = typer.Option(1_000, min=1, help="SKUs they spread over."),
+    guarantee: str = typer.Option("both", help="exactly_once, at_least_once or both."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """The pool processor alone on the engine: stateful events/s against a plain Kafka loop."""
+    import json
+
+    from loadtest import engine_bench
+    from loadtest.stack import local_stack
+
+    chosen = ("exactly_once", "at_least_once") if guarantee == "both" else (guarantee,)
+    if any(g not in ("exactly_once", "at_least_once") for g in chosen):
+        fail("--guarantee must be exactly_once, at_least_once or both")
+    settings = Settings()
+    out = Console(stderr=True) if as_json else console
+    with local_stack(settings, out), out.status(f"draining {commands:,} commands per guarantee..."):
+        results = engine_bench.run(settings, commands, skus, chosen)
+    if as_json:
+        print(json.dumps(results))
+    else:
+        console.print_json(data=results)
+
+
 def register(app: typer.Typer) -> None:
     """Add the load-test commands to ``app`` (called by ``stockflow`` for its entry point)."""
     app.command()(bench)
     app.command("bench-recovery")(bench_recovery)
     app.command("bench-sink")(bench_sink)
+    app.command("bench-engine")(bench_engine)
     app.command()(demo)

@@ -1,0 +1,255 @@
+"""Run the order lifecycle: the orders' engine processor.
+
+Reads: ``order.events`` (channel and WMS events) and ``stock.hold-results`` (the pool's answers),
+both keyed and partitioned by order id.
+Writes: ``stock.hold-commands`` (RESERVE / RELEASE / COMMIT / ALLOCATE / SHIP per line, keyed by
+SKU), ``reservation.results``, ``order.states``, ``routing.decisions``, ``warehouse.dispatch``,
+``warehouse.performance``, alerts (SLA, unroutable, payment waiting for its order) and dead letters
+(refused events, events parked past their grace).
+Owns: store ``orders_by_id`` (changelog ``<app>.orders_by_id.changelog``): one ``OrderRecord`` per
+order: lines, the pool's answer per line, state and stage times, payment deadline, routing plan and
+allocations, WMS acknowledgements, SLA flag, and events parked until their order arrives. Timers:
+each order's next deadline (payment timeout, parked grace, SLA, routing retry) and, once it is
+finished, its purge after ``STOCKFLOW_ORDER_RETENTION_S``.
+
+The rules are ``agents.orders.rules``; paid orders are routed with the in-memory
+``agents.routing.warehouse_view``. The engine commits what a batch decided, the changed orders and
+the input offsets in one transaction, so an order's outputs leave exactly when its state does.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from agents.alerting.alerts import AlertSpec, alert
+from agents.orders import rules as flow
+from agents.orders.rules import Effects, OrderRecord, OrderRules
+from agents.routing.scoring import Line
+from agents.routing.warehouse_view import WarehouseView
+from streams.contract.keys import order_key
+from streams.contract.reasons import Reason
+from streams.contract.records import OrderStateChanged, ReservationDecided
+from streams.contract.topics import (
+    ALERTS,
+    DEADLETTERS,
+    HOLD_COMMANDS,
+    HOLD_RESULTS,
+    ORDER_EVENTS,
+    ORDER_STATES,
+    RESERVATION_RESULTS,
+    ROUTING_DECISIONS,
+    WAREHOUSE_DISPATCH,
+    WAREHOUSE_PERFORMANCE,
+)
+from streams.engine.deadletter import dead_letter
+from streams.engine.processor import Context, Processor
+from streams.engine.state import StoreSpec, StoreTransaction
+from streams.settings import Settings
+
+STORE = "orders_by_id"
+STAGE = "agents.orders.run_lifecycle"
+
+
+def order_rules(s: Settings) -> OrderRules:
+    return OrderRules(
+        channels=tuple(s.channels),
+        payment_timeout_ms=int(s.payment_timeout_s * 1000),
+        hold_ttl_ms=int(s.hold_ttl_s * 1000),
+        parked_grace_ms=int(s.parked_grace_s * 1000),
+        parked_payment_grace_ms=int(s.parked_payment_grace_s * 1000),
+        max_line_qty=s.max_line_qty,
+        max_lines=s.max_order_lines,
+        sla_ms=int(s.sla_unrouted_s * 1000),
+        ship_promise_ms=int(s.ship_promise_s * 1000),
+        route_retry_ms=int(s.route_retry_s * 1000),
+        max_route_attempts=s.max_route_attempts,
+    )
+
+
+@dataclass
+class _Source:
+    """Where a parked event came from, so it can still be dead-lettered with its original bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @classmethod
+    def of(cls, msg: Any) -> dict[str, Any]:
+        key, value = msg.key(), msg.value()
+        return {
+            "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+            "key": base64.b64encode(key or b"").decode(), "value": base64.b64encode(value or b"").decode(),
+        }  # fmt: skip
+
+    @classmethod
+    def load(cls, d: dict[str, Any]) -> _Source:
+        return cls(d["topic"], d["partition"], d["offset"],
+                   base64.b64decode(d["key"]) or None, base64.b64decode(d["value"]) or None)  # fmt: skip
+
+
+@dataclass
+class RunLifecycle(Processor):
+    rules: OrderRules | None = None
+    view: WarehouseView | None = None
+    retention_ms: int = 30 * 86_400_000
+    parked_grace_s: float = 600.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, view: WarehouseView) -> RunLifecycle:
+        return cls(
+            name="run_lifecycle",
+            inputs=(ORDER_EVENTS, HOLD_RESULTS),
+            stores=(StoreSpec(STORE),),
+            timer_store=STORE,
+            rules=order_rules(settings),
+            view=view,
+            retention_ms=int(settings.order_retention_s * 1000),
+            parked_grace_s=settings.parked_grace_s,
+        )
+
+    @property
+    def _rules(self) -> OrderRules:
+        assert self.rules is not None
+        return self.rules
+
+    def key_of(self, event_type: str, record: dict[str, Any]) -> str | None:
+        if event_type == "HoldDecided":
+            return str(record["order_id"])
+        return order_key(record["channel"], record["channel_order_id"])
+
+    # ---- state -----------------------------------------------------------------------------------------
+    def _load(self, db: StoreTransaction[Any], order_id: str) -> OrderRecord:
+        data = db.get(order_id.encode())
+        if isinstance(data, OrderRecord):
+            return data
+        return OrderRecord.from_dict(data) if data is not None else OrderRecord(order_id=order_id)
+
+    def _store(self, ctx: Context, db: StoreTransaction[Any], rec: OrderRecord) -> None:
+        key = rec.order_id.encode()
+        if not rec.state and not rec.parked:
+            db.delete(key)  # parked events given up on: nothing left to keep
+            ctx.schedule(key, 0)
+            return
+        db.set(key, rec)
+        ctx.schedule(key, self._due(rec))
+
+    def _due(self, rec: OrderRecord) -> int:
+        due = rec.next_deadline_ms(self._rules)
+        if rec.state in flow.TERMINAL:
+            purge = rec.stage_times.get(rec.state, 0) + self.retention_ms
+            return min(due, purge) if due else purge
+        return due
+
+    def due_ms(self, key: bytes, value: Any) -> int:
+        return self._due(OrderRecord.from_dict(value))
+
+    # ---- events ----------------------------------------------------------------------------------------
+    def handle(self, ctx: Context, event_type: str, record: dict[str, Any]) -> None:
+        rules, now = self._rules, ctx.now_ms
+        db = ctx.store(STORE)
+        order_id = self.key_of(event_type, record) or ""
+        rec = self._load(db, order_id)
+        if event_type == "HoldDecided":
+            if not rec.state:
+                return  # an answer for no order of ours (a VIP set-aside, an orphan's expiry)
+            fx = flow.on_hold_decided(rec, record, now, rules)
+        elif event_type != "OrderPlaced" and not rec.state:
+            flow.park(rec, event_type, record, _Source.of(ctx.message), now)
+            self._store(ctx, db, rec)
+            return
+        else:
+            fx = self._apply(rec, event_type, record, now)
+        if fx.refusal is not None:
+            ctx.refuse(fx.refusal.reason, fx.refusal.detail)
+        self._publish(ctx, rec, self._settle(rec, fx, now))
+        for parked in fx.replay_parked:
+            later = self._apply(rec, parked["event_type"], parked["event"], now)
+            if later.refusal is not None:
+                self._dead_letter(ctx, parked, later.refusal.reason, later.refusal.detail)
+            self._publish(ctx, rec, self._settle(rec, later, now))
+        self._store(ctx, db, rec)
+
+    def _apply(self, rec: OrderRecord, kind: str, record: dict[str, Any], now_ms: int) -> Effects:
+        rules = self._rules
+        if kind == "OrderPlaced":
+            return flow.on_placed(rec, record, now_ms, rules)
+        if kind == "PaymentConfirmed":
+            return flow.on_payment(rec, record, now_ms, rules)
+        if kind == "PaymentFailed":
+            return Effects()  # the order keeps its holds until the payment timeout
+        if kind == "OrderCancelled":
+            return flow.on_cancel(rec, record, now_ms, rules)
+        if kind == "WmsAcknowledged":
+            return flow.on_wms_ack(rec, record, now_ms)
+        return flow.on_shipment(rec, record, kind, now_ms, rules)
+
+    def _settle(self, rec: OrderRecord, fx: Effects, now_ms: int) -> Effects:
+        """Add what follows from ``fx`` within the order: routing the paid lines, the SLA check."""
+        if fx.route and rec.state == "paid" and self.view is not None:
+            lines = [Line(int(n), rec.lines[n]["sku"], rec.lines[n]["qty"]) for n in fx.route]
+            decision = self.view.decide(rec.address, lines, now_ms)
+            fx.extend(flow.on_route_decided(rec, decision, now_ms, self._rules))
+        fx.route = []
+        fx.extend(flow.check_sla(rec, now_ms, self._rules))
+        return fx
+
+    def on_timer(self, ctx: Context, key: bytes) -> None:
+        db = ctx.store(STORE)
+        rec = self._load(db, key.decode())
+        if rec.state in flow.TERMINAL and not rec.next_deadline_ms(self._rules):
+            if rec.stage_times.get(rec.state, 0) + self.retention_ms <= ctx.now_ms:
+                db.delete(key)  # finished long enough ago: the order's record goes
+                return
+        fx = flow.on_tick(rec, ctx.now_ms, self._rules)
+        self._publish(ctx, rec, self._settle(rec, fx, ctx.now_ms))
+        self._store(ctx, db, rec)
+
+    # ---- outputs ---------------------------------------------------------------------------------------
+    def _publish(self, ctx: Context, rec: OrderRecord, fx: Effects) -> None:
+        now = ctx.now_ms
+        for cmd in fx.hold_commands:
+            ctx.emit(HOLD_COMMANDS, cmd["sku"], "HoldCommand", cmd)
+        for previous, state, reason in fx.transitions:
+            ctx.emit(ORDER_STATES, rec.order_id, "OrderStateChanged", OrderStateChanged(
+                event_id=f"{rec.order_id}:{state}", event_time_ms=rec.stage_times.get(state, now),
+                order_id=rec.order_id, channel=rec.channel, state=state, previous_state=previous,
+                reason=reason, warehouse_id=rec.warehouse_id, stage_times=dict(rec.stage_times),
+            ))  # fmt: skip
+        if fx.reservation is not None:
+            ctx.emit(RESERVATION_RESULTS, rec.order_id, "ReservationDecided", ReservationDecided(
+                event_id=f"{rec.order_id}:reservation", event_time_ms=now, order_id=rec.order_id,
+                channel=rec.channel, outcome=fx.reservation.outcome, lines=fx.reservation.lines,
+                placed_at_ms=rec.placed_at_ms, sent_at_ms=rec.sent_at_ms,
+            ))  # fmt: skip
+        if fx.routing_decision is not None:
+            ctx.emit(ROUTING_DECISIONS, rec.order_id, "RoutingDecision", fx.routing_decision)
+        for dispatch in fx.dispatches:
+            ctx.emit(WAREHOUSE_DISPATCH, rec.order_id, "WarehouseDispatched", dispatch)
+        for outcome in fx.shipment_outcomes:
+            ctx.emit(WAREHOUSE_PERFORMANCE, outcome["warehouse_id"], "ShipmentOutcome", outcome)
+        for spec in fx.alerts:
+            ctx.emit(ALERTS, spec.subject, "Alert", _alert(spec, now))
+        for parked in fx.expired_parked:
+            self._dead_letter(ctx, parked, Reason.UNKNOWN_ORDER,
+                              f"{parked['event_type']} waited {self.parked_grace_s:.0f}s for order "
+                              f"{rec.order_id}, which never arrived")  # fmt: skip
+
+    def _dead_letter(self, ctx: Context, parked: dict[str, Any], reason: Reason, detail: str) -> None:
+        record = dead_letter(_Source.load(parked["source"]), STAGE, reason, detail, ctx.now_ms)
+        ctx.emit(DEADLETTERS, record["source_topic"], "DeadLetter", record)
+
+    # ---- reads -----------------------------------------------------------------------------------------
+    def view_of(self, read: Any, order_id: str) -> dict[str, Any] | None:
+        """The ``/orders/{id}`` answer from committed state."""
+        data = read(STORE, order_id.encode())
+        return dict(data) if data is not None else None
+
+
+def _alert(spec: AlertSpec, now_ms: int) -> Any:
+    return alert(spec.kind, spec.severity, spec.subject, spec.message, now_ms if spec.at_ms is None else spec.at_ms,
+                 cleared=spec.cleared, details=dict(spec.details), event_id=spec.event_id)  # fmt: skip

@@ -1,0 +1,109 @@
+"""The pool processor alone on the engine: stateful events per second, against a plain loop.
+
+Fills an isolated ``stock.hold-commands`` topic with RESERVE commands over a set of SKUs (each with
+plenty of stock), then starts the engine with the ``HoldStock`` processor in this process and times
+it from its first event to the commit of its last. The same run measures the plain confluent-kafka
+consume->produce loop (``loadtest.baseline``) on the same broker, partitions and message count, so
+the ratio carries over between noisy machines. Both processing guarantees can be measured.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from agents.inventory.hold_stock import HoldStock
+from loadtest import events as ev
+from loadtest.baseline import plain_loop_events_per_s
+from loadtest.stack import isolated
+from streams.contract.codec import default_codec
+from streams.contract.topics import HOLD_COMMANDS, STOCK_ADJUSTMENTS, ensure_topics
+from streams.engine.clock import Clock
+from streams.engine.loop import Engine
+from streams.engine.producer import EventProducer
+from streams.settings import Settings
+
+
+def stock_up(settings: Settings, skus: int) -> None:
+    """Plenty of stock for every SKU, so every RESERVE is held: the dearest path (a new line record)."""
+    producer = EventProducer(settings)
+    for i in range(skus):
+        sku = f"HOLD-{i:05d}"
+        producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, "WH-SH", 10_000_000))
+    producer.flush(300)
+
+
+def fill(settings: Settings, commands: int, skus: int) -> int:
+    """``commands`` RESERVE commands round-robin over the SKUs; the bytes per command."""
+    producer = EventProducer(settings)
+    codec = producer.codec
+    names = [f"HOLD-{i:05d}" for i in range(skus)]
+    size = 0
+    for i in range(commands):
+        sku = names[i % skus]
+        value = codec.encode("HoldCommand", {
+            "event_id": f"reserve:o{i}#1", "event_time_ms": 0, "action": "RESERVE", "order_id": f"bench:o{i}",
+            "line_no": 1, "sku": sku, "qty": 1, "channel": "tmall", "presale": False, "expires_at_ms": 0,
+            "reason": "", "source_time_ms": 0, "warehouse_id": "",
+        })  # fmt: skip
+        size = len(value)
+        producer.send_raw(HOLD_COMMANDS.name, sku, value)
+    producer.flush(300)
+    return size
+
+
+def engine_events_per_s(settings: Settings, expected: int, timeout_s: float = 600.0) -> dict[str, Any]:
+    """Run the engine until it has applied ``expected`` events; its rate and counters."""
+    from agents.routing.warehouses import load_warehouses
+
+    proc = HoldStock.from_settings(settings, frozenset(load_warehouses(settings.warehouses_file)))
+    engine = Engine(settings, default_codec(), Clock(), [proc])
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,), name="engine", daemon=True)
+    cpu0 = time.process_time()
+    thread.start()
+    first = 0.0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if not first and engine.stats.events:
+                first = time.perf_counter()
+            if engine.stats.events >= expected and not engine._careful:
+                break
+            if not thread.is_alive():
+                raise RuntimeError("the engine stopped")
+            time.sleep(0.01)
+        else:
+            raise RuntimeError(f"the engine applied {engine.stats.events} of {expected} events in {timeout_s:.0f}s")
+        elapsed = time.perf_counter() - first
+    finally:
+        stop.set()
+        thread.join(60)
+    stats = engine.stats.as_dict()
+    return {
+        "events_per_s": round(expected / max(elapsed, 1e-3)),
+        "cpu_s": round(time.process_time() - cpu0, 2),
+        "events_per_batch": round(stats["events"] / max(stats["batches"], 1), 1),
+        "changelog_records_per_event": round(stats["changelog_records"] / max(stats["events"], 1), 3),
+        "commit_ms_mean": round(1000 * stats["commit_s"] / max(stats["commits"], 1), 2),
+        "stats": stats,
+    }
+
+
+def run(settings: Settings, commands: int, skus: int, guarantees: tuple[str, ...]) -> dict[str, Any]:
+    results: dict[str, Any] = {"commands": commands, "skus": skus}
+    size = 0
+    for guarantee in guarantees:
+        _, s = isolated(settings, "bench-engine", processing_guarantee=guarantee)
+        ensure_topics(s)
+        stock_up(s, skus)
+        engine_events_per_s(s, skus)  # the stock is applied and committed before the clock starts
+        size = fill(s, commands, skus)
+        results[guarantee] = engine_events_per_s(s, commands)
+    _, s = isolated(settings, "bench-baseline")
+    baseline = plain_loop_events_per_s(s, commands, size)
+    results["baseline_events_per_s"] = round(baseline)
+    for guarantee in guarantees:
+        results[guarantee]["baseline_ratio"] = round(results[guarantee]["events_per_s"] / baseline, 3)
+    return results

@@ -1,0 +1,113 @@
+"""Changelog topics: their names, their creation, and restoring a partition store from one.
+
+Each store has a compacted changelog topic with as many partitions as the inputs; partition ``p``
+of the changelog holds store partition ``p``. A batch writes one record per changed key (a
+tombstone for a deleted one) inside the batch's Kafka transaction, so a restore reading committed
+records only sees whole batches: never a hold without the totals it changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.engine.state import PartitionStore
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def changelog_topic(settings: Settings, store: str) -> str:
+    return settings.topic(f"{settings.app_id}.{store}.changelog")
+
+
+def ensure_changelogs(settings: Settings, stores: list[str]) -> None:
+    """Create each store's changelog (compacted, one partition per input partition) if missing."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    existing = admin.list_topics(timeout=15).topics
+    wanted = []
+    for store in stores:
+        name = changelog_topic(settings, store)
+        if name in existing:
+            found = len(existing[name].partitions)
+            if found != settings.partitions:
+                raise RuntimeError(f"{name} has {found} partitions, the inputs {settings.partitions}")
+            continue
+        config = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", "segment.ms": "3600000"}
+        wanted.append(NewTopic(name, settings.partitions, 1, config=config))
+    for name, future in admin.create_topics(wanted, operation_timeout=30).items() if wanted else ():
+        try:
+            future.result()
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+            log.debug("changelog %s created by another worker", name)
+
+
+def restore(
+    store: PartitionStore, settings: Settings, topic: str, partition: int, timeout_s: float = 120.0
+) -> tuple[PartitionStore, int]:
+    """Bring ``store`` up to the end of its changelog partition; return it (a new object if it had
+    to be wiped) and the records applied.
+
+    Reads committed records only, up to the high watermark taken at the start: with a previous
+    owner's transaction still open, that waits for it to commit or abort (bounded by the
+    transaction timeout) instead of stopping early and missing its batch.
+    """
+    consumer = Consumer({
+        "bootstrap.servers": settings.bootstrap,
+        "group.id": f"restore-{uuid.uuid4()}",  # never committed: assign() only
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "fetch.max.bytes": 16 * 1024 * 1024,
+    })  # fmt: skip
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+        start = store.changelog_offset + 1
+        if start > high or (start < low and start > 0):
+            # Ahead of its changelog (the topic was recreated) or behind what compaction kept:
+            # the folder cannot be trusted; rebuild it from the changelog alone.
+            log.warning("%s[%d]: local store at %d, changelog %d..%d: rebuilding", topic, partition, start, low, high)
+            store = store.wipe()
+            start = 0
+        if start >= high:
+            return store, 0
+        consumer.assign([TopicPartition(topic, partition, start if start > 0 else OFFSET_BEGINNING)])
+        applied = 0
+        deadline = time.monotonic() + timeout_s
+        position = start
+        while position < high:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"restoring {topic}[{partition}] stopped at {position} of {high}")
+            changes: dict[bytes, bytes | None] = {}
+            newest = -1
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        position = max(position, msg.offset() or position)
+                        continue
+                    raise RuntimeError(f"restoring {topic}[{partition}]: {error}")
+                key = msg.key()
+                if key is None:
+                    continue
+                changes[key if isinstance(key, bytes) else key.encode()] = msg.value()
+                newest = msg.offset() or 0
+                position = newest + 1
+            if changes:
+                store.apply(changes, newest)
+                applied += len(changes)
+            # Transaction markers occupy offsets no record has: ask where the consumer really is.
+            (tp,) = consumer.position([TopicPartition(topic, partition)])
+            if tp.offset >= 0:
+                position = max(position, tp.offset)
+        if applied:
+            store.apply({}, high - 1)
+        return store, applied
+    finally:
+        consumer.close()

@@ -1,0 +1,86 @@
+"""The engine inside the Faust worker shell: its thread, its stop, its HTTP status and key routing.
+
+Faust stays the worker's shell (web server, low-rate agents such as the notifier and clock
+control); the hot processors run on the engine in a thread of the same process. confluent-kafka
+releases the GIL while it waits on the network, so the two share the process without a queue.
+A fatal engine error (its producer fenced by a newer worker, for one) ends the process: every
+committed batch is safe, and a restarted worker carries on from the changelogs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, cast
+
+import faust
+import httpx
+
+from streams.engine.loop import Engine
+
+log = logging.getLogger(__name__)
+FORWARDED = "X-Stockflow-Forwarded"
+# A supervisor restarts a worker that exits with this: the engine stopped on an error it cannot
+# recover from in-process (e.g. a newer worker fenced its transactional producer).
+ENGINE_FAILED_EXIT = 3
+
+
+def host(app: faust.App, engine: Engine) -> None:
+    """Run ``engine`` in a thread of ``app``'s worker; stop it before the app stops."""
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            engine.run(stop)
+        except BaseException:
+            log.exception("the engine stopped on an error; the worker exits so it can be restarted")
+            os._exit(ENGINE_FAILED_EXIT)
+
+    thread = threading.Thread(target=run, name="engine", daemon=True)
+
+    @app.task
+    async def start_engine() -> None:
+        thread.start()
+
+    async def stop_engine(sender: Any, *args: Any, **kwargs: Any) -> None:
+        stop.set()
+        await asyncio.to_thread(thread.join, 60)
+
+    app.on_before_shutdown.connect(cast(Any, stop_engine))
+
+    @app.page("/engine/status")
+    async def engine_status(web: Any, request: Any) -> Any:
+        return web.json({
+            "ready": engine.ready.is_set(), "slot": engine.slot, "group": engine.group_id,
+            "owned_partitions": sorted(engine.owned), "processing_guarantee": engine.settings.processing_guarantee,
+            "stats": engine.stats.as_dict(),
+        })  # fmt: skip
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        ready = engine.ready.is_set() and thread.is_alive()
+        return web.json({"ready": ready}, status=200 if ready else 503)
+
+
+async def answer_for_key(web: Any, request: Any, engine: Engine, partition_key: str,
+                         local: Callable[[], dict[str, Any] | None], what: str) -> Any:  # fmt: skip
+    """Answer from this worker's state if its engine owns the key, else from the worker that does."""
+    if engine.owns(partition_key):
+        data = local()
+        if data is None:
+            return web.json({what: partition_key, "known": False}, status=404)
+        return web.json(data)
+    if request.headers.get(FORWARDED):
+        return web.json({"error": f"{partition_key} moved while the request was forwarded; ask again"}, status=503)
+    try:
+        address = await asyncio.to_thread(engine.owner_address, partition_key)
+    except Exception as exc:  # noqa: BLE001 - the broker is down or the group is rebalancing
+        return web.json({"error": f"cannot find the worker owning {partition_key}: {exc}"}, status=503)
+    if address is None:
+        return web.json({"error": f"no worker owns {partition_key} yet (rebalancing)"}, status=503)
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(f"http://{address}{request.path}", headers={FORWARDED: "1"})
+    return web.json(response.json(), status=response.status_code)

@@ -1,0 +1,564 @@
+"""The engine: consume a batch, apply it through the processors, commit it as one Kafka transaction.
+
+Modelled on Kafka Streams' exactly-once (v2) and quix-streams' checkpoints, on confluent-kafka:
+
+- one consumer (read_committed, the ``range`` assignor so partition ``p`` of every input lands on
+  the same worker) and one transactional producer per worker;
+- a batch is whatever the consumer has ready (up to ``STOCKFLOW_BATCH_MAX_EVENTS``, waiting at most
+  ``STOCKFLOW_BATCH_WINDOW_MS`` when nothing is); due timers and periodic flushes run in it too;
+- its outputs, its dead letters, one changelog record per changed key, and the input offsets
+  (``send_offsets_to_transaction`` with the group metadata, so a worker that lost its partitions
+  is fenced) commit atomically; only then are the changes written to the local RocksDB folders;
+- an error in a handler aborts the batch; its messages are then applied one per transaction, so a
+  message that fails again is dead-lettered alone (``processing_error``) and the rest go through;
+  a transient error (the broker) never dead-letters anything: the batch is simply tried again.
+
+``STOCKFLOW_PROCESSING_GUARANTEE=at_least_once`` keeps the same order without transactions
+(outputs and changelog flushed, then offsets committed, then RocksDB written): a crash then replays
+the batch and its outputs may repeat, which every consumer tolerates by event id.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from streams.contract.codec import Codec, DecodeError
+from streams.contract.keys import partition_for
+from streams.contract.reasons import Reason
+from streams.contract.records import DeadLetter
+from streams.contract.topics import DEADLETTERS, TopicSpec
+from streams.engine.changelog import changelog_topic, ensure_changelogs, restore
+from streams.engine.clock import Clock
+from streams.engine.deadletter import dead_letter
+from streams.engine.processor import Context, Processor
+from streams.engine.state import PartitionStore, StoreTransaction
+from streams.engine.timers import Timers
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+CLIENT_PREFIX = "stockflow-engine@"
+
+
+@dataclass
+class EngineStats:
+    events: int = 0
+    batches: int = 0
+    commits: int = 0
+    aborts: int = 0
+    outputs: int = 0
+    changelog_records: int = 0
+    refusals: int = 0
+    undecodable: int = 0
+    timers_fired: int = 0
+    restored_records: int = 0
+    poll_s: float = 0.0
+    apply_s: float = 0.0
+    commit_s: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Owned:
+    """What this worker holds of one partition number: a store per store name, timers per processor."""
+
+    stores: dict[str, PartitionStore]
+    timers: dict[str, Timers] = field(default_factory=dict)
+    flushed_ms: dict[str, int] = field(default_factory=dict)
+
+
+class _MessageRef:
+    """A confluent-kafka message seen through the attributes ``dead_letter`` reads."""
+
+    def __init__(self, msg: Any) -> None:
+        self.topic, self.partition, self.offset = msg.topic(), msg.partition(), msg.offset()
+        self.key, self.value = msg.key(), msg.value()
+
+
+def claim_slot(directory: Path, limit: int = 64) -> tuple[int, IO[bytes]]:
+    """The lowest worker slot no live process on this host holds (an flock, released by death).
+
+    The slot names the worker's state folders and its transactional id: a worker restarted after
+    ``kill -9`` takes the same slot, so its first transaction fences the dead one's at once instead
+    of waiting for the transaction timeout, and two workers on one host never share RocksDB folders.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for slot in range(limit):
+        handle = open(directory / f"slot-{slot}.lock", "ab")  # noqa: SIM115 - held for the process's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return slot, handle
+    raise RuntimeError(f"all {limit} worker slots under {directory} are taken")
+
+
+class _Batch:
+    """Contexts of one batch, per (processor, partition), with their store transactions."""
+
+    def __init__(self, engine: Engine, now_ms: int) -> None:
+        self.engine = engine
+        self.now_ms = now_ms
+        self.contexts: dict[tuple[str, int], Context] = {}
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.stores: dict[tuple[str, int], StoreTransaction[Any]] = {}
+
+    def context(self, proc: Processor, partition: int) -> Context:
+        ctx = self.contexts.get((proc.name, partition))
+        if ctx is None:
+            owned = self.engine.owned[partition]
+            stores = {}
+            for spec in proc.stores:
+                txn = self.stores.get((spec.name, partition))
+                if txn is None:
+                    txn = StoreTransaction(owned.stores[spec.name], spec.serde)
+                    self.stores[(spec.name, partition)] = txn
+                stores[spec.name] = txn
+            timers = owned.timers.get(proc.name)
+            ctx = Context(partition, self.now_ms, stores, timers.set if timers is not None else _no_timers)
+            self.contexts[(proc.name, partition)] = ctx
+        return ctx
+
+
+def _no_timers(key: bytes, due_ms: int) -> None:
+    raise RuntimeError("this processor declares no timer_store")
+
+
+class Engine:
+    """Runs processors on the broker. ``run`` blocks until ``stop`` is set (in its own thread)."""
+
+    def __init__(self, settings: Settings, codec: Codec, clock: Clock, processors: list[Processor],
+                 group_id: str | None = None) -> None:  # fmt: skip
+        self.settings = settings
+        self.codec = codec
+        self.clock = clock
+        self.processors = processors
+        self.group_id = group_id or f"{settings.app_id}.engine"
+        self.exactly_once = settings.processing_guarantee == "exactly_once"
+        self.by_topic: dict[str, tuple[Processor, TopicSpec]] = {
+            settings.topic(spec.name): (proc, spec) for proc in processors for spec in proc.inputs
+        }
+        self.store_specs = {spec.name: spec for proc in processors for spec in proc.stores}
+        self.owned: dict[int, _Owned] = {}
+        self._open: dict[tuple[str, int], PartitionStore] = {}
+        self.stats = EngineStats()
+        self.ready = threading.Event()
+        self._careful: dict[tuple[str, int], int] = {}
+        self._last_error = ""
+        self._slot_handle: IO[bytes] | None = None
+        self.slot = -1
+        self._changelog_offsets: dict[tuple[str, int], int] = {}
+        self._delivery_error: KafkaError | None = None
+
+    # ---- set-up ---------------------------------------------------------------------------------------
+    def _state_dir(self) -> Path:
+        return self.settings.home_dir / "state" / self.settings.app_id
+
+    def _kafka_common(self) -> dict[str, Any]:
+        # The client id carries this worker's HTTP address: a worker asked for a key it does not own
+        # finds the owner's address in the group's membership (``owner_address``).
+        return {"bootstrap.servers": self.settings.bootstrap, "error_cb": self._on_kafka_error,
+                "log.connection.close": False, "client.id": self.client_id}  # fmt: skip
+
+    @property
+    def client_id(self) -> str:
+        return f"{CLIENT_PREFIX}{self.settings.web_host}:{self.settings.web_port}"
+
+    def _make_consumer(self) -> Consumer:
+        return Consumer({
+            **self._kafka_common(),
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "range",
+            "session.timeout.ms": int(self.settings.session_timeout_s * 1000),
+            "heartbeat.interval.ms": max(int(self.settings.session_timeout_s * 100), 500),
+            "fetch.wait.max.ms": 20,
+            "max.poll.interval.ms": 300_000,
+        })  # fmt: skip
+
+    def _make_producer(self) -> Producer:
+        config: dict[str, Any] = {
+            **self._kafka_common(),
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            # Batches leave as few large compressed requests: on a box shared with the broker, the
+            # broker's per-request cost is what a transaction waits for.
+            "compression.type": "lz4",
+            "batch.size": 1_000_000,
+            "partitioner": "murmur2_random",  # Kafka's Java default: keys land where their state lives
+            "queue.buffering.max.messages": 1_000_000,
+        }
+        if self.exactly_once:
+            host = socket.gethostname()
+            config["transactional.id"] = f"{self.settings.app_id}.engine.{host}.{self.slot}"
+            config["transaction.timeout.ms"] = 10_000
+        return Producer(config)
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        # A broker outage reports the same error many times a second: say it once per change.
+        text = f"{error.name()}: {error.str()}"
+        if text != self._last_error:
+            self._last_error = text
+            log.warning("kafka: %s", text)
+        if error.fatal():
+            log.error("kafka: fatal error %s; the worker must restart", text)
+
+    # ---- the loop -------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        self.slot, self._slot_handle = claim_slot(self._state_dir())
+        ensure_changelogs(self.settings, list(self.store_specs))
+        self.producer = self._make_producer()
+        if self.exactly_once:
+            self.producer.init_transactions(60)
+        self.consumer = self._make_consumer()
+        self.consumer.subscribe(list(self.by_topic), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)  # fmt: skip
+        window_s = self.settings.batch_window_ms / 1000.0
+        try:
+            while not stop.is_set():
+                polled = time.perf_counter()
+                messages = self.consumer.consume(self.settings.batch_max_events, timeout=window_s)
+                self.stats.poll_s += time.perf_counter() - polled
+                if self._careful:
+                    for msg in messages:
+                        self._run_batch([msg], alone=True)
+                        self._careful_passed(msg)
+                    if not messages:
+                        self._run_batch([], alone=False)
+                else:
+                    self._run_batch(messages, alone=False)
+        finally:
+            self.consumer.close()
+            self.producer.flush(10)
+            for store in self._open.values():
+                store.close()
+            self._open.clear()
+            self.owned.clear()
+
+    def _careful_passed(self, msg: Message) -> None:
+        key = (msg.topic() or "", msg.partition() or 0)
+        if key in self._careful and (msg.offset() or 0) >= self._careful[key]:
+            del self._careful[key]
+
+    def _run_batch(self, messages: list[Message], alone: bool) -> None:
+        batch = _Batch(self, self.clock.now_ms())
+        started = time.perf_counter()
+        try:
+            for msg in messages:
+                self._apply(batch, msg)
+            self._fire_timers(batch)
+            self._flush(batch)
+            self.stats.apply_s += time.perf_counter() - started
+        except Exception as exc:
+            if not alone and len(messages) > 1:
+                log.warning("batch of %d aborted by %r; applying its messages one at a time", len(messages), exc)
+                self._rewind(messages)
+                return
+            if not messages:
+                log.exception("a timer or flush failed; its keys are rebuilt from state and tried again")
+                self._reset_timers()
+                return
+            log.exception("message at %s[%s]@%s failed alone: dead-lettered", messages[0].topic(),
+                          messages[0].partition(), messages[0].offset())  # fmt: skip
+            batch = _Batch(self, batch.now_ms)
+            self._record_offset(batch, messages[0])
+            ref = _MessageRef(messages[0])
+            self._commit(batch, [dead_letter(ref, "streams.engine", Reason.PROCESSING_ERROR, repr(exc), batch.now_ms)])
+            return
+        self._commit(batch)
+
+    def _record_offset(self, batch: _Batch, msg: Message) -> None:
+        batch.offsets[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
+
+    def _apply(self, batch: _Batch, msg: Message) -> None:
+        error = msg.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                self._on_kafka_error(error)
+            return
+        topic, partition = msg.topic() or "", msg.partition() or 0
+        self._record_offset(batch, msg)
+        if partition not in self.owned:
+            return
+        self.stats.events += 1
+        proc, spec = self.by_topic[topic]
+        ctx = batch.context(proc, partition)
+        ctx.message = msg
+        value = msg.value()
+        try:
+            event_type, record = self.codec.decode(value if isinstance(value, bytes) else b"")
+        except DecodeError:
+            self.stats.undecodable += 1  # the sink reads every topic and dead-letters unreadable bytes
+            return
+        kind = event_type.short_name
+        if kind not in spec.events:
+            ctx.refuse(Reason.UNEXPECTED_EVENT_TYPE, f"{kind} on {spec.name}")
+            return
+        key = proc.key_of(kind, record)
+        if key is not None and not self._routed(ctx, msg, key, partition):
+            return
+        proc.handle(ctx, kind, record)
+
+    def _routed(self, ctx: Context, msg: Message, key: str, partition: int) -> bool:
+        raw = msg.key()
+        if not raw or (raw if isinstance(raw, bytes) else raw.encode()) != key.encode():
+            ctx.refuse(Reason.KEY_MISMATCH, f"key {raw!r} but record is for {key!r}")
+            return False
+        owner = partition_for(key.encode(), self.settings.partitions)
+        if owner != partition:
+            ctx.refuse(Reason.MISROUTED_PARTITION, f"key {key!r} belongs on partition {owner}, not {partition}: "
+                                              "produce with the murmur2 partitioner")  # fmt: skip
+            return False
+        return True
+
+    def _fire_timers(self, batch: _Batch) -> None:
+        for partition, owned in list(self.owned.items()):
+            for proc in self.processors:
+                timers = owned.timers.get(proc.name)
+                if timers is None or not len(timers):
+                    continue
+                due = timers.pop_due(batch.now_ms)
+                if not due:
+                    continue
+                ctx = batch.context(proc, partition)
+                ctx.message = None
+                for key in due:
+                    self.stats.timers_fired += 1
+                    proc.on_timer(ctx, key)
+
+    def _flush(self, batch: _Batch) -> None:
+        now = batch.now_ms
+        for partition, owned in list(self.owned.items()):
+            for proc in self.processors:
+                if proc.flush_interval_ms <= 0 or now - owned.flushed_ms.get(proc.name, 0) < proc.flush_interval_ms:
+                    continue
+                owned.flushed_ms[proc.name] = now
+                ctx = batch.context(proc, partition)
+                ctx.message = None
+                proc.flush(ctx)
+
+    # ---- commit ---------------------------------------------------------------------------------------
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
+                 on_delivery: Any = None) -> None:  # fmt: skip
+        # Positional arguments: this runs for every output and changelog record of every batch.
+        # Partition -1 lets the producer's murmur2 partitioner choose.
+        while True:
+            try:
+                self.producer.produce(topic, value, key, -1 if partition is None else partition, on_delivery)
+                return
+            except BufferError:
+                self.producer.poll(0.05)  # the local queue is full: let deliveries drain it
+
+    def _commit(self, batch: _Batch, dead: list[DeadLetter] | None = None) -> None:
+        changes = {key: txn.changes() for key, txn in batch.stores.items() if txn}
+        outputs = [out for ctx in batch.contexts.values() for out in ctx.outputs]
+        refusals = [(msg, r) for ctx in batch.contexts.values() for msg, r in ctx.refusals]
+        dead = list(dead or [])
+        if not (changes or outputs or refusals or dead or batch.offsets):
+            return
+        started = time.perf_counter()
+        self._changelog_offsets.clear()
+        self._delivery_error = None
+        try:
+            if self.exactly_once:
+                self.producer.begin_transaction()
+            # Under a transaction a failed delivery fails the commit, so outputs need no callback each;
+            # without one, every delivery is checked before the offsets are committed.
+            check = None if self.exactly_once else self._on_output
+            for out in outputs:
+                value = self.codec.encode(out.event_type, out.record)
+                self._produce(self.settings.topic(out.topic), out.key, value, out.partition, check)
+            for msg, refusal in refusals:
+                dead.append(dead_letter(_MessageRef(msg), "streams.engine", refusal.reason, refusal.detail,
+                                        batch.now_ms))  # fmt: skip
+            for record in dead:
+                value = self.codec.encode("DeadLetter", record)
+                source = record["source_topic"].encode()
+                self._produce(self.settings.topic(DEADLETTERS.name), source, value, None, check)
+            for (store, partition), kv in changes.items():
+                topic = changelog_topic(self.settings, store)
+                last = len(kv) - 1
+                # Offsets in one partition follow the produce order: the last record's is the batch's.
+                for n, (key, raw) in enumerate(kv.items()):
+                    self._produce(topic, key, raw, partition, self._tracker(store, partition) if n == last else check)
+            offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
+            if self.exactly_once:
+                if offsets:
+                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+                self._finish_transaction()
+            else:
+                self.producer.flush(60)
+                if self._delivery_error is not None:
+                    raise KafkaException(self._delivery_error)
+                if offsets:
+                    self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            self._abort(exc)
+            return
+        self.producer.poll(0)
+        for (store, partition), kv in changes.items():
+            owned_store = self._open.get((store, partition))
+            if owned_store is not None:
+                owned_store.apply(kv, self._changelog_offsets.get((store, partition), -1))
+        self.stats.batches += 1
+        self.stats.commits += 1
+        self.stats.outputs += len(outputs) + len(dead)
+        self.stats.refusals += len(dead)
+        self.stats.changelog_records += sum(len(kv) for kv in changes.values())
+        self.stats.commit_s += time.perf_counter() - started
+
+    def _finish_transaction(self) -> None:
+        # Flush first so every delivery report (the changelog offsets) is served in this thread.
+        self.producer.flush(60)
+        if self._delivery_error is not None:
+            raise KafkaException(self._delivery_error)
+        for attempt in range(5):
+            try:
+                self.producer.commit_transaction(60)
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or attempt == 4:
+                    raise
+                log.warning("commit retried: %s", exc.args[0].str())
+
+    def _abort(self, exc: KafkaException) -> None:
+        error: KafkaError = exc.args[0]
+        self.stats.aborts += 1
+        if self.exactly_once and error.fatal():
+            raise exc  # fenced or fatal: this producer is finished; the worker restarts
+        log.warning("batch not committed (%s); it is read again", error.str())
+        if self.exactly_once:
+            try:
+                self.producer.abort_transaction(30)
+            except KafkaException as abort_exc:
+                if abort_exc.args[0].fatal():
+                    raise
+        self._rewind_to_committed()
+
+    def _on_output(self, error: KafkaError | None, msg: Message) -> None:
+        if error is not None and self._delivery_error is None:
+            self._delivery_error = error
+
+    def _tracker(self, store: str, partition: int) -> Any:
+        def delivered(error: KafkaError | None, msg: Message) -> None:
+            if error is not None:
+                if self._delivery_error is None:
+                    self._delivery_error = error
+                return
+            offset = msg.offset() or 0
+            if offset > self._changelog_offsets.get((store, partition), -1):
+                self._changelog_offsets[(store, partition)] = offset
+
+        return delivered
+
+    # ---- recovery -------------------------------------------------------------------------------------
+    def _rewind(self, messages: list[Message]) -> None:
+        """Read a failed batch again from its first message per partition, one message per commit."""
+        first: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            if msg.error() is not None:
+                continue
+            key = (msg.topic() or "", msg.partition() or 0)
+            first.setdefault(key, msg.offset() or 0)
+            self._careful[key] = max(self._careful.get(key, 0), msg.offset() or 0)
+        for (topic, partition), offset in first.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+        self._reset_timers()
+
+    def _rewind_to_committed(self) -> None:
+        assignment = self.consumer.assignment()
+        if assignment:
+            for tp in self.consumer.committed(assignment, timeout=30):
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else 0))
+        self._reset_timers()
+
+    def _reset_timers(self) -> None:
+        for partition in list(self.owned):
+            self._rebuild_timers(partition)
+
+    def _rebuild_timers(self, partition: int) -> None:
+        owned = self.owned[partition]
+        for proc in self.processors:
+            if not proc.timer_store:
+                continue
+            serde = self.store_specs[proc.timer_store].serde
+            timers = Timers()
+            for key, raw in owned.stores[proc.timer_store].items():
+                due = proc.due_ms(key, serde.loads(raw))
+                if due:
+                    timers.set(key, due)
+            owned.timers[proc.name] = timers
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = sorted({tp.partition for tp in partitions} - set(self.owned))
+        started = time.perf_counter()
+        for partition in numbers:
+            stores: dict[str, PartitionStore] = {}
+            for name in self.store_specs:
+                store = self._open.get((name, partition))
+                if store is None:
+                    store = PartitionStore(self._state_dir() / f"slot-{self.slot}" / name / str(partition))
+                store, applied = restore(store, self.settings, changelog_topic(self.settings, name), partition)
+                self._open[(name, partition)] = store
+                self.stats.restored_records += applied
+                stores[name] = store
+            self.owned[partition] = _Owned(stores)
+            self._rebuild_timers(partition)
+            now_ms = self.clock.now_ms()
+            for proc in self.processors:
+                # Read-only: what on_assign reads is committed state; it marks, it does not emit.
+                txns = {spec.name: StoreTransaction(stores[spec.name], spec.serde) for spec in proc.stores}
+                timers = self.owned[partition].timers.get(proc.name)
+                proc.on_assign(Context(partition, now_ms, txns, timers.set if timers else _no_timers))
+        if numbers:
+            log.info("assigned partitions %s, restored in %.2fs", numbers, time.perf_counter() - started)
+        self.ready.set()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Every batch is committed before the next poll, so nothing is in flight here. The RocksDB
+        # folders stay open: if a partition comes back, only what others changed is restored.
+        for partition in sorted({tp.partition for tp in partitions}):
+            if self.owned.pop(partition, None) is not None:
+                for proc in self.processors:
+                    proc.on_revoke(partition)
+
+    # ---- reads for HTTP views -------------------------------------------------------------------------
+    def read(self, store: str, key: bytes, partition_key: str | None = None) -> Any | None:
+        """A committed value of ``store`` on this worker (None: not here or not owned). ``partition_key``:
+        the key the partition is chosen by, when the store key only starts with it."""
+        partition = partition_for(partition_key.encode() if partition_key else key, self.settings.partitions)
+        if partition not in self.owned:
+            return None
+        raw = self.owned[partition].stores[store].get(key)
+        return self.store_specs[store].serde.loads(raw) if raw is not None else None
+
+    def owns(self, partition_key: str) -> bool:
+        return partition_for(partition_key.encode(), self.settings.partitions) in self.owned
+
+    def owner_address(self, partition_key: str, timeout_s: float = 10.0) -> str | None:
+        """``host:port`` of the worker whose engine owns ``partition_key`` now (None: nobody yet)."""
+        from confluent_kafka.admin import AdminClient
+
+        partition = partition_for(partition_key.encode(), self.settings.partitions)
+        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap})
+        future = admin.describe_consumer_groups([self.group_id], request_timeout=timeout_s)[self.group_id]
+        for member in future.result(timeout=timeout_s).members:
+            assigned = member.assignment.topic_partitions if member.assignment else []
+            if any(tp.partition == partition for tp in assigned) and member.client_id.startswith(CLIENT_PREFIX):
+                return str(member.client_id.removeprefix(CLIENT_PREFIX))
+        return None

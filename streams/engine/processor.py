@@ -1,0 +1,127 @@
+"""What a business area supplies to the engine, and what the engine hands it per event.
+
+A processor names its input topics (all co-partitioned: keyed alike, same partition count), the
+stores it owns, one handler per event type, and optionally timers and a periodic flush. It never
+sees Kafka, transactions or RocksDB: the ``Context`` gives it the partition's stores, a way to emit
+records, to refuse the current message with a reason, and to set timers. The engine decides when a
+batch ends and commits everything the batch did in one Kafka transaction.
+
+The same processor runs without a broker in unit tests (``streams.engine.local.LocalRunner``) and on
+the broker in the worker (``streams.engine.loop.Engine``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from streams.contract.reasons import Reason
+from streams.contract.topics import TopicSpec
+from streams.engine.state import StoreSpec, StoreTransaction
+
+
+class SourceMessage(Protocol):
+    """The message being handled, as far as a processor may look at it (confluent-kafka ``Message``)."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | str | None: ...
+    def value(self) -> bytes | str | None: ...
+
+
+@dataclass
+class Output:
+    """A record to publish: contract topic (unprefixed), key, event type and the record itself."""
+
+    topic: str
+    key: bytes | None
+    event_type: str
+    record: Any
+    partition: int | None = None
+
+
+@dataclass
+class Refusal:
+    """The current message refused: it goes to ``deadletters`` with its bytes, and nothing else it
+    caused is kept."""
+
+    reason: Reason
+    detail: str
+
+
+class Context:
+    """What a handler gets: its partition's stores, the pipeline time, emit/refuse/schedule."""
+
+    def __init__(self, partition: int, now_ms: int, stores: dict[str, StoreTransaction[Any]],
+                 schedule: Callable[[bytes, int], None]) -> None:  # fmt: skip
+        self.partition = partition
+        self.now_ms = now_ms
+        self.message: SourceMessage | None = None
+        self._stores = stores
+        self._schedule = schedule
+        self.outputs: list[Output] = []
+        self.refusals: list[tuple[SourceMessage, Refusal]] = []
+
+    def store(self, name: str) -> StoreTransaction[Any]:
+        return self._stores[name]
+
+    def emit(self, topic: TopicSpec | str, key: str | bytes | None, event_type: str, record: Any,
+             partition: int | None = None) -> None:  # fmt: skip
+        name = topic if isinstance(topic, str) else topic.name
+        raw_key = key.encode() if isinstance(key, str) else key
+        self.outputs.append(Output(name, raw_key, event_type, record, partition))
+
+    def refuse(self, reason: Reason, detail: str) -> None:
+        """Dead-letter the message being handled (the engine adds its original bytes and position)."""
+        if self.message is None:
+            raise RuntimeError("refuse() outside a message handler")
+        self.refusals.append((self.message, Refusal(reason, detail)))
+
+    def schedule(self, key: bytes, due_ms: int) -> None:
+        """Call the processor's ``on_timer`` for ``key`` at ``due_ms`` (0: no timer). One timer per key:
+        a new call replaces the previous one. Timers live in memory and are rebuilt from the stores
+        whenever a partition is assigned, so a restart never loses one."""
+        self._schedule(key, due_ms)
+
+
+@dataclass
+class Processor(ABC):
+    """A stateful stream step owned by one business area."""
+
+    name: str
+    inputs: tuple[TopicSpec, ...]
+    stores: tuple[StoreSpec[Any], ...] = ()
+    timer_store: str = ""  # the store whose keys timers are set on (rebuilt via ``due_ms``)
+    flush_interval_ms: int = 0  # > 0: ``flush`` runs per owned partition at most this often
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @abstractmethod
+    def handle(self, ctx: Context, event_type: str, record: dict[str, Any]) -> None:
+        """Apply one decoded event to the state in ``ctx``; emit what follows."""
+
+    def key_of(self, event_type: str, record: dict[str, Any]) -> str | None:
+        """The key the record belongs under; the engine refuses a message keyed or partitioned otherwise
+        (``key_mismatch``, ``misrouted_partition``). None: no such check for this event."""
+        return None
+
+    def due_ms(self, key: bytes, value: Any) -> int:
+        """When ``key`` (a key of ``timer_store`` holding ``value``) next needs ``on_timer``; 0: never."""
+        return 0
+
+    def on_timer(self, ctx: Context, key: bytes) -> None:  # noqa: B027 - optional hook
+        """A timer set with ``ctx.schedule`` (or rebuilt from ``due_ms``) is due."""
+
+    def flush(self, ctx: Context) -> None:  # noqa: B027 - optional hook
+        """Periodic work for one owned partition (e.g. publishing coalesced stock levels)."""
+
+    def on_assign(self, ctx: Context) -> None:  # noqa: B027 - optional hook
+        """A partition was just assigned and its stores restored."""
+
+    def on_revoke(self, partition: int) -> None:  # noqa: B027 - optional hook
+        """A partition is leaving this worker: forget anything kept in memory for it."""
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n

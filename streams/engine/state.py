@@ -1,0 +1,202 @@
+"""Per-partition state: a RocksDB store behind a compacted changelog, and the batch transaction over it.
+
+One ``PartitionStore`` per (store, input partition), in its own RocksDB folder, so a worker opens
+only what it owns and a partition moves between workers as a unit. The store keeps, beside the
+values, the changelog offset it has applied up to; both are written in one RocksDB write batch, so
+the folder is always a consistent prefix of the changelog.
+
+The order that makes a crash harmless (the engine loop follows it): a batch's changes live only in
+the ``StoreTransaction`` cache until the Kafka transaction that carries their changelog records,
+the outputs and the input offsets has committed; only then are they written to RocksDB. A
+``kill -9`` before that loses nothing durable (the input is read again); after it, the local folder
+may lag the changelog, and restoring from the stored offset catches it up. The folder is therefore
+never ahead of its changelog, which is the one thing that must never happen.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar, cast
+
+import orjson
+from rocksdict import Options, Rdict, WriteBatch
+
+V = TypeVar("V")
+# Engine bookkeeping lives under a prefix no business key can start with.
+META_PREFIX = b"\x00meta:"
+CHANGELOG_OFFSET = META_PREFIX + b"changelog_offset"
+_DELETED = object()
+
+
+@dataclass(frozen=True)
+class Serde(Generic[V]):
+    """How a store's values become bytes and back (orjson documents unless a processor says otherwise)."""
+
+    dumps: Callable[[V], bytes]
+    loads: Callable[[bytes], V]
+
+
+JSON: Serde[Any] = Serde(orjson.dumps, orjson.loads)
+
+
+class PartitionStore:
+    """One store's RocksDB folder for one partition."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self._db = Rdict(str(path), options=options)
+
+    @property
+    def changelog_offset(self) -> int:
+        """The newest changelog offset applied here; -1 when nothing was."""
+        raw = self._db.get(CHANGELOG_OFFSET)
+        return int(raw) if raw is not None else -1
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every business key and value (bookkeeping keys left out)."""
+        for key, value in self._db.items():
+            raw = cast(bytes, key)  # raw mode: keys are bytes
+            if not raw.startswith(META_PREFIX):
+                yield raw, value
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Keys starting with ``prefix``, in key order."""
+        for key, value in self._db.items(from_key=prefix):
+            raw = cast(bytes, key)
+            if not raw.startswith(prefix):
+                return
+            yield raw, value
+
+    def apply(self, changes: dict[bytes, bytes | None], changelog_offset: int) -> None:
+        """Write a committed batch's changes and the changelog offset they reach, atomically."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in changes.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        if changelog_offset >= 0:
+            batch.put(CHANGELOG_OFFSET, str(changelog_offset).encode())
+        self._db.write(batch)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def wipe(self) -> PartitionStore:
+        """Drop the folder and start empty (its changelog is then restored from the beginning)."""
+        self._db.close()
+        Rdict.destroy(str(self.path))
+        shutil.rmtree(self.path, ignore_errors=True)
+        return PartitionStore(self.path)
+
+
+class MemoryStore(PartitionStore):
+    """A partition store in a dict: what ``streams.engine.local`` runs processors on in unit tests."""
+
+    def __init__(self) -> None:
+        self.path = Path("memory")
+        self._data: dict[bytes, bytes] = {}
+        self._offset = -1
+
+    @property
+    def changelog_offset(self) -> int:
+        return self._offset
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._data.get(key)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        yield from list(self._data.items())
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        yield from sorted((k, v) for k, v in self._data.items() if k.startswith(prefix))
+
+    def apply(self, changes: dict[bytes, bytes | None], changelog_offset: int) -> None:
+        for key, value in changes.items():
+            if value is None:
+                self._data.pop(key, None)
+            else:
+                self._data[key] = value
+        self._offset = max(self._offset, changelog_offset)
+
+    def close(self) -> None:
+        return None
+
+    def wipe(self) -> PartitionStore:
+        return MemoryStore()
+
+
+class StoreTransaction(Generic[V]):
+    """A batch's view of one partition store: reads see the batch's own writes; nothing is stored
+    until ``committed`` runs after the Kafka transaction committed.
+
+    Values are kept as Python objects for the whole batch, so a hot key touched by a thousand events
+    in one batch is parsed once and serialised once: one changelog record per changed key per batch.
+    """
+
+    def __init__(self, store: PartitionStore, serde: Serde[V]) -> None:
+        self._store = store
+        self._serde = serde
+        self._cache: dict[bytes, Any] = {}
+        self._dirty: set[bytes] = set()
+
+    def get(self, key: bytes) -> V | None:
+        if key in self._cache:
+            value = self._cache[key]
+            return None if value is _DELETED else value
+        raw = self._store.get(key)
+        value = self._serde.loads(raw) if raw is not None else None
+        self._cache[key] = value if value is not None else _DELETED
+        return value
+
+    def set(self, key: bytes, value: V) -> None:
+        """Record ``value`` as the key's new state. The object may be changed in place until the
+        batch ends: it is serialised once, when the batch's changelog records are produced."""
+        self._cache[key] = value
+        self._dirty.add(key)
+
+    def delete(self, key: bytes) -> None:
+        self._cache[key] = _DELETED
+        self._dirty.add(key)
+
+    def scan(self, prefix: bytes) -> list[tuple[bytes, V]]:
+        """Keys starting with ``prefix`` as this batch sees them (its own writes and deletes included)."""
+        seen: dict[bytes, Any] = {}
+        for key, raw in self._store.scan(prefix):
+            seen[key] = self._serde.loads(raw)
+        for key in self._dirty:
+            if key.startswith(prefix):
+                seen[key] = self._cache[key]
+        for key, value in self._cache.items():
+            if key.startswith(prefix) and key not in self._dirty and key in seen:
+                seen[key] = value  # the batch's parsed object, which it may have changed in place
+        return sorted((k, v) for k, v in seen.items() if v is not _DELETED)
+
+    def changes(self) -> dict[bytes, bytes | None]:
+        """Every key this batch changed, serialised (None: deleted)."""
+        out: dict[bytes, bytes | None] = {}
+        for key in self._dirty:
+            value = self._cache[key]
+            out[key] = None if value is _DELETED else self._serde.dumps(value)
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self._dirty)
+
+
+@dataclass
+class StoreSpec(Generic[V]):
+    """A store a processor owns: its name (the changelog topic derives from it) and value serde."""
+
+    name: str
+    serde: Serde[V] = field(default_factory=lambda: JSON)

@@ -1,0 +1,53 @@
+"""Per-partition timers: one due time per key, in a heap, rebuilt from state on every assignment.
+
+Timers are not kept anywhere durable: the state they derive from is. When a partition is assigned,
+the engine asks the processor when each stored key is next due (``Processor.due_ms``) and fills
+the heap again, so a payment timeout due during a restart fires right after it, and a partition
+that moves to another worker takes its timers with it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Timers:
+    """The timers of one processor on one partition."""
+
+    _due: dict[bytes, int] = field(default_factory=dict)
+    _heap: list[tuple[int, bytes]] = field(default_factory=list)
+
+    def set(self, key: bytes, due_ms: int) -> None:
+        """Due at ``due_ms`` (replacing any earlier timer of the key); 0 cancels."""
+        if due_ms <= 0:
+            self._due.pop(key, None)
+            return
+        if self._due.get(key) == due_ms:
+            return
+        self._due[key] = due_ms
+        heapq.heappush(self._heap, (due_ms, key))
+        # Replaced entries stay in the heap until popped; rebuild when they dominate it.
+        if len(self._heap) > 64 and len(self._heap) > 4 * len(self._due):
+            self._heap = [(due, k) for k, due in self._due.items()]
+            heapq.heapify(self._heap)
+
+    def pop_due(self, now_ms: int, limit: int = 10_000) -> list[bytes]:
+        """Keys due by ``now_ms`` (at most ``limit``, earliest first), removed from the timers."""
+        out: list[bytes] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now_ms and len(out) < limit:
+            due, key = heapq.heappop(heap)
+            if self._due.get(key) == due:
+                del self._due[key]
+                out.append(key)
+        return out
+
+    def next_due_ms(self) -> int:
+        while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else 0
+
+    def __len__(self) -> int:
+        return len(self._due)

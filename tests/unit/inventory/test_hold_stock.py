@@ -1,0 +1,124 @@
+"""The pool's engine processor, run in-process through the engine's interface: no broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from agents.inventory.hold_stock import STORE, HoldStock, hold_key, sku_key
+from streams.contract.topics import HOLD_COMMANDS, OPS_OVERRIDES, STOCK_ADJUSTMENTS
+from streams.engine.local import LocalRunner
+from streams.settings import Settings
+
+WAREHOUSES = frozenset({"WH-SH", "WH-GZ"})
+
+
+def runner(**overrides: Any) -> LocalRunner:
+    settings = Settings(**{"safety_threshold": 0, **overrides})
+    return LocalRunner([HoldStock.from_settings(settings, WAREHOUSES)])
+
+
+def receipt(r: LocalRunner, sku: str, qty: int, wh: str = "WH-SH", doc: str = "") -> None:
+    r.send([(sku, "StockAdjusted", {"event_id": doc or f"rcpt-{sku}-{qty}-{wh}", "event_time_ms": r.now_ms,
+                                    "sku": sku, "warehouse_id": wh, "kind": "RECEIPT", "qty": qty,
+                                    "reason": ""})], STOCK_ADJUSTMENTS.name)
+
+
+def command(action: str, order_id: str, sku: str, qty: int = 1, line_no: int = 1, channel: str = "tmall",
+            warehouse_id: str = "", presale: bool = False) -> tuple[str, str, dict[str, Any]]:
+    return (sku, "HoldCommand", {
+        "event_id": f"{order_id}#{line_no}:{action}", "event_time_ms": 0, "action": action, "order_id": order_id,
+        "line_no": line_no, "sku": sku, "qty": qty, "channel": channel, "presale": presale, "expires_at_ms": 0,
+        "reason": "", "source_time_ms": 0, "warehouse_id": warehouse_id,
+    })
+
+
+def answers(outputs: list[Any]) -> list[tuple[str, str]]:
+    return [(o.record["order_id"], o.record["outcome"]) for o in outputs if o.event_type == "HoldDecided"]
+
+
+def test_a_hot_sku_holds_exactly_its_stock_and_its_record_stays_small() -> None:
+    r = runner()
+    receipt(r, "SKU-HOT", 100)
+    for batch in range(100):
+        r.send([command("RESERVE", f"tmall:{batch}-{i}", "SKU-HOT") for i in range(1000)], HOLD_COMMANDS.name)
+    decided = answers(r.outputs)
+    assert len(decided) == 100_000
+    assert sum(1 for _, outcome in decided if outcome == "HELD") == 100
+    totals = r.read(STORE, sku_key("SKU-HOT"), "SKU-HOT")
+    assert totals["locked"] == 100 and totals["open_lines"] == 100
+    # Refused attempts store nothing: the totals record stays a few hundred bytes.
+    assert len(orjson.dumps(totals)) < 600
+    stored = sum(1 for (name, _), store in r.stores.items() for _ in store.items())
+    assert stored <= 100 + 2
+
+
+def test_duplicate_commands_take_stock_once_and_release_frees_it() -> None:
+    r = runner()
+    receipt(r, "SKU-A", 2)
+    r.send([command("RESERVE", "jd:1", "SKU-A"), command("RESERVE", "jd:1", "SKU-A")])
+    assert answers(r.outputs) == [("jd:1", "HELD"), ("jd:1", "HELD")]
+    assert r.read(STORE, sku_key("SKU-A"), "SKU-A")["locked"] == 1
+    r.send([command("RELEASE", "jd:1", "SKU-A"), command("RESERVE", "jd:1", "SKU-A")])
+    assert r.read(STORE, sku_key("SKU-A"), "SKU-A")["locked"] == 0
+    assert answers(r.outputs)[-1] == ("jd:1", "RELEASED")  # the late duplicate finds the tombstone
+
+
+def test_unpaid_holds_expire_on_the_timer_and_tombstones_are_purged() -> None:
+    r = runner(hold_ttl_s=60, payment_timeout_s=30, line_tombstone_ttl_s=30)
+    receipt(r, "SKU-E", 5)
+    r.send([command("RESERVE", "pdd:1", "SKU-E", qty=3)])
+    r.advance(59_000)
+    assert r.read(STORE, sku_key("SKU-E"), "SKU-E")["locked"] == 3
+    out = r.advance(2_000)
+    assert answers(out) == [("pdd:1", "EXPIRED")]
+    assert r.read(STORE, sku_key("SKU-E"), "SKU-E")["locked"] == 0
+    assert r.read(STORE, hold_key("SKU-E", "pdd:1", 1), "SKU-E")["status"] == "expired"
+    r.advance(31_000)
+    assert r.read(STORE, hold_key("SKU-E", "pdd:1", 1), "SKU-E") is None
+
+
+def test_a_shipment_after_cancel_still_takes_the_units_off_the_shelf() -> None:
+    r = runner()
+    receipt(r, "SKU-S", 5)
+    r.send([command("RESERVE", "own:9", "SKU-S", qty=2), command("COMMIT", "own:9", "SKU-S", qty=2)])
+    r.send([command("RELEASE", "own:9", "SKU-S", qty=2)])
+    r.send([command("SHIP", "own:9", "SKU-S", qty=2, warehouse_id="WH-SH")])
+    totals = r.read(STORE, sku_key("SKU-S"), "SKU-S")
+    assert totals["on_hand"] == {"WH-SH": 3}
+    assert totals["locked"] == 0
+
+
+def test_an_adjustment_document_sent_twice_counts_once() -> None:
+    r = runner()
+    receipt(r, "SKU-D", 7, doc="GRN-1")
+    receipt(r, "SKU-D", 7, doc="GRN-1")
+    assert r.read(STORE, sku_key("SKU-D"), "SKU-D")["on_hand"] == {"WH-SH": 7}
+
+
+def test_bad_adjustments_are_refused_with_a_reason() -> None:
+    r = runner()
+    receipt(r, "SKU-B", 3, wh="WH-NOWHERE")
+    assert [ref.reason for ref in r.refusals] == ["unknown_warehouse"]
+
+
+def test_a_vip_set_aside_remainder_expires_without_cancelling_the_vip_order() -> None:
+    r = runner(hold_ttl_s=60, payment_timeout_s=30)
+    receipt(r, "SKU-V", 3)
+    r.send([command("RESERVE", "tmall:a", "SKU-V", qty=3)])
+    ov = {"event_id": "x", "event_time_ms": 0, "override_id": "OV-1", "sku": "SKU-V", "qty": 2,
+          "vip_order_id": "tmall:vip", "reason": "key account", "operator": "alice"}
+    r.send([("SKU-V", "VipOverride", {**ov, "action": "REQUEST"})], OPS_OVERRIDES.name)
+    out = r.send([("SKU-V", "VipOverride", {**ov, "action": "APPROVE", "operator": "bob", "event_id": "y"})],
+                 OPS_OVERRIDES.name)
+    assert ("tmall:a", "RELEASED") in answers(out)
+    r.send([command("RESERVE", "tmall:vip", "SKU-V", qty=1)])
+    assert answers(r.outputs)[-1] == ("tmall:vip", "HELD")
+    # A replayed approval tells the order that lost its hold again.
+    again = r.send([("SKU-V", "VipOverride", {**ov, "action": "APPROVE", "operator": "bob", "event_id": "y"})],
+                   OPS_OVERRIDES.name)
+    assert ("tmall:a", "RELEASED") in answers(again)
+    expired = r.advance(61_000)
+    assert [a for a in answers(expired) if a[0] == "tmall:vip"] == [("tmall:vip", "EXPIRED")]  # line 1 only
+    assert r.read(STORE, sku_key("SKU-V"), "SKU-V")["locked"] == 0

@@ -1,0 +1,100 @@
+"""The order lifecycle and the pool together, in-process through the engine's interface: no broker.
+
+Each test drives ``RunLifecycle`` and ``HoldStock`` with ``LocalRunner``, which delivers every
+hold command to the pool and every answer back, as the topics would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.inventory.hold_stock import STORE as POOL
+from agents.inventory.hold_stock import HoldStock, sku_key
+from agents.orders.run_lifecycle import STORE as ORDERS
+from agents.orders.run_lifecycle import RunLifecycle
+from agents.routing.warehouse_view import WarehouseView
+from agents.routing.warehouses import load_warehouses
+from loadtest import events as ev
+from streams.contract.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS
+from streams.engine.local import LocalRunner
+from streams.settings import Settings
+
+
+def pipeline(**overrides: Any) -> tuple[LocalRunner, WarehouseView]:
+    settings = Settings(**{"safety_threshold": 0, **overrides})
+    view = WarehouseView.from_settings(settings)
+    warehouses = frozenset(load_warehouses(settings.warehouses_file))
+    runner = LocalRunner([RunLifecycle.from_settings(settings, view), HoldStock.from_settings(settings, warehouses)])
+    return runner, view
+
+
+def stock(r: LocalRunner, view: WarehouseView, sku: str, qty: int, wh: str) -> None:
+    r.send([(sku, "StockAdjusted", ev.stock_adjusted(sku, wh, qty))], STOCK_ADJUSTMENTS.name)
+    for out in r.advance(1_000):
+        if out.event_type == "StockLevel":
+            view.apply_level(out.record)
+
+
+def order(r: LocalRunner, kind: str, record: dict[str, Any]) -> list[Any]:
+    key = f"{record['channel']}:{record['channel_order_id']}"
+    return r.send([(key, kind, record)], ORDER_EVENTS.name)
+
+
+def states(outputs: list[Any]) -> list[str]:
+    return [o.record["state"] for o in outputs if o.event_type == "OrderStateChanged"]
+
+
+def first_warehouse(settings: Settings | None = None) -> str:
+    return sorted(load_warehouses((settings or Settings()).warehouses_file))[0]
+
+
+def test_an_order_is_reserved_paid_and_routed_in_process() -> None:
+    r, view = pipeline()
+    wh = first_warehouse()
+    stock(r, view, "SKU-1", 5, wh)
+    out = order(r, "OrderPlaced", ev.order_placed("tmall", "1", [ev.line(1, "SKU-1", 2)]))
+    assert states(out) == ["placed", "reserved"]
+    out = order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "1"))
+    assert states(out) == ["paid", "routed"]
+    dispatch = [o.record for o in out if o.event_type == "WarehouseDispatched"]
+    assert [(d["warehouse_id"], d["action"]) for d in dispatch] == [(wh, "DISPATCH")]
+    assert r.read(POOL, sku_key("SKU-1"), "SKU-1")["sold"] == 2
+
+
+def test_cancel_after_routing_reaches_the_warehouse_and_a_shipment_still_takes_the_units() -> None:
+    r, view = pipeline()
+    wh = first_warehouse()
+    stock(r, view, "SKU-2", 5, wh)
+    order(r, "OrderPlaced", ev.order_placed("jd", "2", [ev.line(1, "SKU-2", 2)]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("jd", "2"))
+    out = order(r, "OrderCancelled", ev.order_cancelled("jd", "2"))
+    assert [(o.record["warehouse_id"], o.record["action"]) for o in out
+            if o.event_type == "WarehouseDispatched"] == [(wh, "CANCEL")]
+    assert r.read(POOL, sku_key("SKU-2"), "SKU-2")["locked"] == 0
+    out = order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "2", wh))
+    assert [o.record["kind"] for o in out if o.event_type == "Alert"] == ["shipped_after_cancel"]
+    assert not r.refusals
+    assert r.read(POOL, sku_key("SKU-2"), "SKU-2")["on_hand"] == {wh: 3}  # no phantom stock
+
+
+def test_a_payment_waiting_long_for_its_order_is_kept_and_applied_when_the_order_comes() -> None:
+    r, view = pipeline(parked_grace_s=600, parked_payment_grace_s=86_400)
+    stock(r, view, "SKU-3", 5, first_warehouse())
+    order(r, "PaymentConfirmed", ev.payment_confirmed("pdd", "3"))
+    alerts = [o.record["kind"] for o in r.advance(11 * 60_000) if o.event_type == "Alert"]
+    assert alerts == ["payment_without_order"]
+    assert not r.refusals
+    out = order(r, "OrderPlaced", ev.order_placed("pdd", "3", [ev.line(1, "SKU-3", 1)]))
+    assert "paid" in states(out)
+
+
+def test_unpaid_orders_time_out_on_the_timer_and_finished_orders_are_purged() -> None:
+    r, view = pipeline(payment_timeout_s=60, hold_ttl_s=120, order_retention_s=3_600)
+    stock(r, view, "SKU-4", 5, first_warehouse())
+    order(r, "OrderPlaced", ev.order_placed("own", "4", [ev.line(1, "SKU-4", 3)]))
+    assert r.read(POOL, sku_key("SKU-4"), "SKU-4")["locked"] == 3
+    assert states(r.advance(61_000)) == ["payment_timeout"]
+    assert r.read(POOL, sku_key("SKU-4"), "SKU-4")["locked"] == 0
+    assert r.read(ORDERS, b"own:4") is not None
+    r.advance(3_600_000)
+    assert r.read(ORDERS, b"own:4") is None
