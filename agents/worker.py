@@ -1,4 +1,12 @@
-"""The worker, built in one place: the Faust app with every business area's processors on it.
+"""The worker, built in one place: the Faust shell, the engine with the hot processors, and the
+low-rate Faust agents around them.
+
+- Engine (``streams.engine``, confluent-kafka, one Kafka transaction per batch): the pool
+  (``agents.inventory.hold_stock``) and the order lifecycle (``agents.orders.run_lifecycle``).
+  Faust's per-event cost (an agent ~80-190 µs, a table write ~230-265 µs) is above the hot path's
+  whole budget, so the hot path does not go through it.
+- Faust: the web views, the warehouse view routing reads, the webhook notifier, the clock control
+  for drills, and the ClickHouse sink.
 
 Areas never import this module; it imports them. ``stockflow worker`` runs what ``create_app``
 returns.
@@ -10,12 +18,17 @@ import faust
 
 from agents.alerting import notify
 from agents.analytics import sink
-from agents.inventory import processor as inventory
-from agents.orders import processor as orders
+from agents.inventory import views as inventory_views
+from agents.inventory.hold_stock import HoldStock
+from agents.orders import views as order_views
+from agents.orders.run_lifecycle import RunLifecycle
 from agents.routing import warehouse_view
+from agents.routing.warehouses import load_warehouses
 from streams.contract.codec import default_codec
 from streams.engine import clock_control
 from streams.engine.clock import Clock
+from streams.engine.host import host
+from streams.engine.loop import Engine
 from streams.engine.runtime import Runtime
 from streams.settings import Settings
 
@@ -34,7 +47,6 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         topic_allow_declare=True,
-        processing_guarantee=settings.processing_guarantee,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
@@ -46,9 +58,15 @@ def create_app(settings: Settings) -> faust.App:
     )
     runtime = Runtime(settings=settings, codec=default_codec(), clock=Clock())
 
+    view = warehouse_view.register(app, runtime)
+    pool = HoldStock.from_settings(settings, frozenset(load_warehouses(settings.warehouses_file)))
+    lifecycle = RunLifecycle.from_settings(settings, view)
+    engine = Engine(settings, runtime.codec, runtime.clock, [lifecycle, pool])
+    host(app, engine)
+    inventory_views.register(app, engine, pool)
+    order_views.register(app, engine, lifecycle)
+
     clock_control.register(app, runtime)
-    inventory.register(app, runtime)
-    orders.register(app, runtime, warehouse_view.register(app, runtime))
     notify.register(app, runtime)
     sink.register(app, runtime)
     return app

@@ -34,7 +34,7 @@ from streams.engine.topicreader import read_all
 from streams.settings import Settings
 
 # Timeouts short enough to happen within a run.
-RUN_TIMEOUTS = {"payment_timeout_s": 15.0, "parked_grace_s": 5.0, "hold_ttl_s": 600.0, "sweep_interval_s": 0.5,
+RUN_TIMEOUTS = {"payment_timeout_s": 15.0, "parked_grace_s": 5.0, "hold_ttl_s": 600.0,
                 "route_retry_s": 5.0}  # fmt: skip
 
 

@@ -51,7 +51,7 @@ def bench(
 
 
 def bench_recovery(
-    skus: int = typer.Option(100_000, min=1, help="Keys in the holds_by_sku table."),
+    skus: int = typer.Option(100_000, min=1, help="SKUs in the stock_by_sku store."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Time a worker's recovery after kill -9 with a large table (restart, and rebuild from the changelog)."""

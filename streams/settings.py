@@ -50,8 +50,9 @@ class Settings(BaseSettings):
         description="Address the worker's HTTP views and `stockflow web` listen on, and the CLI asks.",
     )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
-        default="at_least_once",
-        description="`at_least_once`, or Faust's `exactly_once` (measured and not used; the README says why).",
+        default="exactly_once",
+        description="How the engine commits a batch: `exactly_once` (outputs, changelog records and input offsets in "
+        "one Kafka transaction) or `at_least_once` (flushed, then offsets committed; a crash may repeat outputs).",
     )
     session_timeout_s: float = Field(
         default=10.0, gt=0, description="How soon the group notices a dead worker and moves its partitions."
@@ -125,9 +126,6 @@ class Settings(BaseSettings):
     max_line_qty: int = Field(default=10_000, ge=1, description="Larger line quantities are refused (`invalid_qty`).")
     max_order_lines: int = Field(
         default=100, ge=1, description="Orders with more lines are refused (`invalid_lines`), at intake and after."
-    )
-    sweep_interval_s: float = Field(
-        default=1.0, gt=0, description="How often expired holds and payment timeouts are swept."
     )
     batch_window_ms: float = Field(
         default=10.0,

@@ -7,15 +7,18 @@ rebuilds, from what is in Kafka, what the pool's state must be, and compares.
   minus every shipped line;
 * the open holds per SKU (held or paid, not yet shipped/released/expired) from the last answer
   per order line in ``stock.hold-results``;
-* against the table ``holds_by_sku`` as its changelog topic holds it.
+* against the pool's store ``stock_by_sku`` as its changelog topic holds it (totals and line records).
 
-It reports drift (table != rebuilt), oversold units (open holds beyond on-hand), double holds (an
-order line held again after it was let go), orders rejected while still holding stock, and lost
-orders (placed and valid, yet neither decided nor cancelled).
+It reports drift (store != rebuilt, or the store's totals != its own line records), oversold units
+(open holds beyond on-hand), double holds (an order line held again after it was let go), orders
+rejected while still holding stock, lost orders (placed and valid, yet neither decided nor
+cancelled), paid orders without an open hold behind every line, and timers that did not fire (an
+unpaid hold past its expiry, an unpaid order past its payment timeout).
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,11 +36,13 @@ from streams.contract.topics import (
     RESERVATION_RESULTS,
     STOCK_ADJUSTMENTS,
 )
-from streams.engine.tables import RESERVED_PREFIX
+from streams.engine.changelog import changelog_topic
 from streams.engine.topicreader import read_all
 from streams.settings import Settings
 
 _OPEN_OUTCOMES = {"HELD", "COMMITTED"}
+# A timer this late has not fired: the engine fires due timers within a batch window.
+OVERDUE_GRACE_MS = 60_000
 _LET_GO = {"RELEASED", "EXPIRED", "REFUSED", "SHIPPED"}
 
 
@@ -52,6 +57,7 @@ class SkuAudit:
     table_presale: int | None = None
     open_keys_missing_in_table: list[str] = field(default_factory=list)
     open_keys_only_in_table: list[str] = field(default_factory=list)
+    totals_disagree: str = ""
 
     @property
     def drift(self) -> bool:
@@ -60,6 +66,7 @@ class SkuAudit:
             or self.table_open != self.expected_open
             or self.table_presale != self.expected_presale
             or bool(self.open_keys_missing_in_table or self.open_keys_only_in_table)
+            or bool(self.totals_disagree)
         )
 
     @property
@@ -77,6 +84,8 @@ class Report:
     double_holds: list[str] = field(default_factory=list)
     rejected_but_held: list[str] = field(default_factory=list)
     reserved_incomplete: list[str] = field(default_factory=list)
+    paid_without_hold: list[str] = field(default_factory=list)
+    overdue_timers: list[str] = field(default_factory=list)
 
     @property
     def drifted(self) -> list[SkuAudit]:
@@ -90,7 +99,7 @@ class Report:
     def ok(self) -> bool:
         return not (
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
-            or self.rejected_but_held or self.reserved_incomplete
+            or self.rejected_but_held or self.reserved_incomplete or self.paid_without_hold or self.overdue_timers
         )  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
@@ -106,6 +115,8 @@ class Report:
             "double_holds": len(self.double_holds),
             "rejected_but_held": len(self.rejected_but_held),
             "reserved_incomplete": len(self.reserved_incomplete),
+            "paid_without_hold": len(self.paid_without_hold),
+            "overdue_timers": len(self.overdue_timers),
         }
 
 
@@ -172,16 +183,30 @@ def audit(settings: Settings) -> Report:
             open_by_sku[res["sku"]][key] = res["qty"]
             sku_audit(res["sku"])
 
-    # 3. The table as its changelog holds it.
-    table: dict[str, dict[str, Any] | None] = {}
-    for rec in read_all(settings.bootstrap, f"{settings.app_id}-holds_by_sku-changelog"):
-        if (rec.key or b"").startswith(RESERVED_PREFIX):
-            continue  # the agent's input positions, not a SKU
-        table[(rec.key or b"").decode()] = orjson.loads(rec.value) if rec.value else None
-    presale_keys = {
-        key for state in table.values() if state
-        for key, hold in state["holds"].items() if hold["presale"]
-    }  # fmt: skip
+    # 3. The pool's store as its changelog holds it (committed batches only): per SKU its totals
+    # record (key "s\0<sku>") and one record per order line (key "h\0<sku>\0<order>#<line>").
+    totals: dict[str, dict[str, Any]] = {}
+    holds: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for rec in read_all(settings.bootstrap, changelog_topic(settings, "stock_by_sku")):
+        kind_byte, _, rest = (rec.key or b"").partition(b"\0")
+        value = orjson.loads(rec.value) if rec.value else None
+        if kind_byte == b"s":
+            if value is None:
+                totals.pop(rest.decode(), None)
+            else:
+                totals[rest.decode()] = value
+        elif kind_byte == b"h":
+            sku_raw, _, line = rest.partition(b"\0")
+            if value is None:
+                holds[sku_raw.decode()].pop(line.decode(), None)
+            else:
+                holds[sku_raw.decode()][line.decode()] = value
+    presale_keys = {key for by_line in holds.values() for key, hold in by_line.items() if hold["presale"]}
+    now_ms = int(time.time() * 1000)
+    for sku, by_line in holds.items():
+        for key, hold in by_line.items():
+            if hold["status"] == "held" and 0 < hold["expires_at_ms"] < now_ms - OVERDUE_GRACE_MS:
+                report.overdue_timers.append(f"hold {sku}/{key} expired at {hold['expires_at_ms']}")
 
     for sku, sa in report.skus.items():
         shipped_regular = shipped.get(sku, 0)
@@ -189,18 +214,22 @@ def audit(settings: Settings) -> Report:
         expected_keys = open_by_sku.get(sku, {})
         sa.expected_open = sum(q for k, q in expected_keys.items() if k not in presale_keys)
         sa.expected_presale = sum(q for k, q in expected_keys.items() if k in presale_keys)
-        state = table.get(sku)
+        state = totals.get(sku)
         if state is None:
             continue
-        table_keys = {
-            k: h["qty"] for k, h in state["holds"].items()
-            if h["status"] in ("held", "sold") and h["line_no"] != 0
-        }  # fmt: skip
+        open_lines = {k: h for k, h in holds.get(sku, {}).items() if h["status"] in ("held", "sold")}
+        table_keys = {k: h["qty"] for k, h in open_lines.items() if h["line_no"] != 0}
         sa.table_on_hand = sum(max(0, q) for q in state["on_hand"].values())
         sa.table_open = sum(q for k, q in table_keys.items() if k not in presale_keys)
         sa.table_presale = sum(q for k, q in table_keys.items() if k in presale_keys)
         sa.open_keys_missing_in_table = sorted(set(expected_keys) - set(table_keys))
         sa.open_keys_only_in_table = sorted(set(table_keys) - set(expected_keys))
+        # The totals the pool decides with must equal what its line records add up to.
+        regular = sum(h["qty"] for k, h in open_lines.items() if not h["presale"])
+        presale = sum(h["qty"] for k, h in open_lines.items() if h["presale"])
+        if (state["locked"], state["presale_reserved"]) != (regular, presale):
+            sa.totals_disagree = f"totals locked {state['locked']} presale {state['presale_reserved']}, " \
+                                 f"line records {regular} / {presale}"
 
     # 4. Orders: every valid placed order is decided or was cancelled first.
     refused = {
@@ -216,8 +245,10 @@ def audit(settings: Settings) -> Report:
     for _, _, r in _decoded(codec, settings, RESERVATION_RESULTS.name):
         decided[r["order_id"]] = r
     final_state: dict[str, str] = {}
+    stage_time: dict[str, int] = {}
     for _, _, r in _decoded(codec, settings, ORDER_STATES.name):
         final_state[r["order_id"]] = r["state"]
+        stage_time[r["order_id"]] = r["stage_times"].get(r["state"], 0)
     report.orders_placed = len(placed)
     report.orders_decided = len(placed & set(decided))
     for order_id in sorted(placed - set(decided)):
@@ -225,9 +256,21 @@ def audit(settings: Settings) -> Report:
             report.orders_cancelled_undecided += 1
         else:
             report.lost_orders.append(order_id)
+    payment_timeout_ms = int(settings.payment_timeout_s * 1000)
+    lines_of: dict[str, list[str]] = defaultdict(list)
+    for line_key in last:
+        lines_of[line_key.rpartition("#")[0]].append(line_key)
+    for order_id, order_state in final_state.items():
+        if order_state in ("paid", "routed") and any(
+            last[k].get("outcome") not in _OPEN_OUTCOMES for k in lines_of.get(order_id, [])
+        ):
+            report.paid_without_hold.append(order_id)
+        reserved_at = stage_time.get(order_id, 0)
+        if order_state == "reserved" and reserved_at and reserved_at + payment_timeout_ms < now_ms - OVERDUE_GRACE_MS:
+            report.overdue_timers.append(f"order {order_id} unpaid past its payment timeout")
     for order_id, r in decided.items():
-        lines = {f"{order_id}#{ln['line_no']}" for ln in r["lines"]}
-        still_open = [k for k in lines if last.get(k, {}).get("outcome") in _OPEN_OUTCOMES]
+        decided_lines = {f"{order_id}#{ln['line_no']}" for ln in r["lines"]}
+        still_open = [k for k in decided_lines if last.get(k, {}).get("outcome") in _OPEN_OUTCOMES]
         if r["outcome"] == "REJECTED" and still_open:
             report.rejected_but_held.append(order_id)
         if r["outcome"] == "RESERVED" and any(ln["outcome"] != "HELD" for ln in r["lines"]):

@@ -11,7 +11,7 @@ its SKU: ``s`` the SKU's totals (``SkuStock``), ``h`` one record per order line 
 (``LineHold``), ``a`` adjustment ids already applied, ``o`` VIP override requests. Timers: each
 unpaid hold's expiry, each tombstone's and adjustment id's purge.
 
-The rules are ``agents.inventory.stock``; this module only loads records, calls them, stores what
+The rules are ``agents.inventory.rules``; this module only loads records, calls them, stores what
 they return and emits the answers. The engine commits a batch's answers, levels, changelog
 records and input offsets in one transaction.
 """
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.alerting.alerts import alert
-from agents.inventory import stock as rules_
-from agents.inventory.stock import Answer, LineHold, OverrideRequest, PoolRules, SkuStock
+from agents.inventory import rules as rules_
+from agents.inventory.rules import Answer, LineHold, OverrideRequest, PoolRules, SkuStock
 from streams.contract.records import HoldDecided, OverrideAudited, StockLevel
 from streams.contract.topics import (
     ALERTS,

@@ -1,59 +1,126 @@
-"""The stock pool of one SKU: pure rules, no Kafka.
+"""The stock pool, kept bounded: per-SKU running totals plus one record per open order line.
 
     available = on_hand - locked - presale_reserved     (never below 0)
 
-``on_hand`` is the sum over warehouses, each clamped at 0 so one warehouse's negative count
-never cancels another's stock. ``locked`` is every open regular hold: placed and unpaid
-(``held``) or paid and not shipped (``sold``). Presale holds come from the SKU's presale cap.
+``SkuStock`` holds the totals (on-hand per warehouse, locked, sold, presale reserved, allocated
+per warehouse), so every decision is O(1) whatever the SKU's traffic, and its stored record stays
+a few hundred bytes. Each order line that holds stock is its own ``LineHold`` record; a refused
+attempt stores nothing, and a finished line (released, expired, shipped) is kept only as a short
+tombstone (``tombstone_ttl_ms``) so a late duplicate of its commands changes nothing.
 
-A hold is keyed by its order line (``<order id>#<line no>``). Its record is never deleted while a
-replay could still bring its command back (``tombstone_ttl_ms``): a second RESERVE for the same
-line, or a RESERVE replayed after its RELEASE, finds the record and gets the recorded answer
-instead of taking stock again. Stock adjustments are idempotent by adjustment id the same way.
-Each function returns the answers to publish; the caller persists the state before publishing.
+The totals are never edited directly: ``account`` moves a line's contribution from its old record
+to its new one, so totals and holds cannot drift apart. Every function is pure: it takes the
+records, returns the answer and the records to store; the processor stores them in one batch,
+which commits atomically with the answers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from streams.contract.reasons import Reason
 
-HELD, SOLD, SHIPPED, RELEASED, EXPIRED, REFUSED = (
-    "held", "sold", "shipped", "released", "expired", "refused",
-)  # fmt: skip
+HELD, SOLD, SHIPPED, RELEASED, EXPIRED = "held", "sold", "shipped", "released", "expired"
 OPEN = (HELD, SOLD)
 # The line number of stock an approved VIP override sets aside for a VIP order; the order's own
-# lines take it over when they are reserved.
+# lines take it over when they are reserved, and what no line takes goes back to the pool.
 VIP_LINE = 0
-
-# Outcomes of HoldDecided, by the status a command leaves the hold in.
-OUTCOME_OF = {
-    HELD: "HELD",
-    SOLD: "COMMITTED",
-    SHIPPED: "SHIPPED",
-    RELEASED: "RELEASED",
-    EXPIRED: "EXPIRED",
-    REFUSED: "REFUSED",
-}
+OUTCOME_OF = {HELD: "HELD", SOLD: "COMMITTED", SHIPPED: "SHIPPED", RELEASED: "RELEASED", EXPIRED: "EXPIRED"}
+ADJUSTMENT_KINDS = ("RECEIPT", "COUNT", "CORRECTION", "PRESALE_CAP")
+# Larger single adjustments are typing errors, not stock.
+MAX_ADJUSTMENT_QTY = 10_000_000
 
 
 @dataclass(frozen=True)
 class PoolRules:
-    """The settings the pool's decisions depend on."""
+    """The settings the pool's decisions depend on (built from ``Settings`` by the processor)."""
 
     main_channel: str
     channels: tuple[str, ...]
     safety_threshold: int
     hysteresis: int
     hold_ttl_ms: int
-    tombstone_ttl_ms: int
+    tombstone_ttl_ms: int  # how long a finished line is remembered, against late duplicates
+    adjustment_ttl_ms: int  # how long an adjustment id is remembered, against a WMS sending it again
     max_line_qty: int
 
 
-@dataclass
-class Hold:
+@dataclass(slots=True)
+class SkuStock:
+    """One SKU's totals: what every decision reads, O(1) in the SKU's traffic."""
+
+    sku: str
+    known: bool = False  # has had at least one stock adjustment
+    on_hand: dict[str, int] = field(default_factory=dict)  # per warehouse; may go negative on a miscount
+    presale_cap: int = 0
+    locked: int = 0  # open regular holds: placed-and-unpaid plus paid-not-shipped
+    sold: int = 0  # paid, not shipped (regular)
+    presale_reserved: int = 0  # open presale holds
+    allocated: dict[str, int] = field(default_factory=dict)  # open units routing tied to a warehouse
+    paused: bool = False
+    newest_change_ms: int = 0
+    newest_source_ms: int = 0
+    open_lines: int = 0  # open holds of this SKU: what a scan for VIP overrides can expect
+    set_asides: int = 0  # open VIP set-asides: while 0, a RESERVE need not look for one
+
+    def on_hand_total(self) -> int:
+        total = 0
+        for qty in self.on_hand.values():
+            if qty > 0:
+                total += qty
+        return total
+
+    def available(self) -> int:
+        return max(0, self.on_hand_total() - self.locked - self.presale_reserved)
+
+    def warehouse_free(self, warehouse_id: str) -> int:
+        return max(0, self.on_hand.get(warehouse_id, 0)) - self.allocated.get(warehouse_id, 0)
+
+    def sellable(self, rules: PoolRules) -> dict[str, int]:
+        available = self.available()
+        return {ch: available if (ch == rules.main_channel or not self.paused) else 0 for ch in rules.channels}
+
+    def healthy(self) -> bool:
+        """``not breaches()``, without building the messages: checked twice for every event."""
+        if self.locked > self.on_hand_total() or self.presale_reserved > self.presale_cap:
+            return False
+        if min(self.locked, self.sold, self.presale_reserved, self.open_lines) < 0:
+            return False
+        for qty in self.on_hand.values():
+            if qty < 0:
+                return False
+        return not self.allocated or all(q <= max(0, self.on_hand.get(wh, 0)) for wh, q in self.allocated.items())
+
+    def breaches(self) -> list[str]:
+        """Invariants that must hold after every change; a breach is alerted, never hidden."""
+        found = []
+        if self.locked > self.on_hand_total():
+            found.append(f"locked {self.locked} exceeds on-hand {self.on_hand_total()}")
+        if self.presale_reserved > self.presale_cap:
+            found.append(f"presale {self.presale_reserved} exceeds cap {self.presale_cap}")
+        for wh, qty in self.allocated.items():
+            if qty > max(0, self.on_hand.get(wh, 0)):
+                found.append(f"{wh}: allocated {qty} exceeds its on-hand {self.on_hand.get(wh, 0)}")
+        negatives = {wh: q for wh, q in self.on_hand.items() if q < 0}
+        if negatives:
+            found.append(f"negative on-hand {negatives}")
+        if min(self.locked, self.sold, self.presale_reserved, self.open_lines) < 0:
+            found.append(f"negative totals locked={self.locked} sold={self.sold} presale={self.presale_reserved}")
+        return found
+
+    def touch(self, now_ms: int) -> None:
+        self.newest_change_ms = max(self.newest_change_ms, now_ms)
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> SkuStock:
+        return cls(**data)
+
+
+@dataclass(slots=True)
+class LineHold:
+    """What one order line holds of one SKU."""
+
     order_id: str
     line_no: int
     qty: int
@@ -61,15 +128,23 @@ class Hold:
     presale: bool
     status: str
     reason: str
-    expires_at_ms: int  # 0: does not expire (paid, or a tombstone)
+    expires_at_ms: int  # HELD: when it expires unpaid; finished: when its tombstone goes; SOLD: 0
     updated_ms: int
-    warehouse_id: str = ""  # set when routing allocates the line to a warehouse
+    warehouse_id: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> LineHold:
+        return cls(**data)
+
+    def dump(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Answer:
     """One HoldDecided to publish (to the order's partition)."""
 
@@ -81,88 +156,24 @@ class Answer:
     reason: str = ""
 
 
-@dataclass
-class SkuPool:
-    sku: str
-    known: bool = False  # has had at least one stock adjustment
-    on_hand: dict[str, int] = field(default_factory=dict)
-    presale_cap: int = 0
-    holds: dict[str, Hold] = field(default_factory=dict)
-    adjustments: dict[str, int] = field(default_factory=dict)  # adjustment id -> applied at ms
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    paused: bool = False
-    offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> last offset
-    newest_change_ms: int = 0
-    newest_source_ms: int = 0
-
-    # ---- figures --------------------------------------------------------------------------------
-    def on_hand_total(self) -> int:
-        return sum(max(0, qty) for qty in self.on_hand.values())
-
-    def locked(self) -> int:
-        return sum(h.qty for h in self.holds.values() if h.status in OPEN and not h.presale)
-
-    def sold(self) -> int:
-        return sum(h.qty for h in self.holds.values() if h.status == SOLD and not h.presale)
-
-    def presale_reserved(self) -> int:
-        return sum(h.qty for h in self.holds.values() if h.status in OPEN and h.presale)
-
-    def available(self) -> int:
-        return max(0, self.on_hand_total() - self.locked() - self.presale_reserved())
-
-    def allocated(self) -> dict[str, int]:
-        """Per warehouse, the open units routing has allocated to it (to ship from there)."""
-        out: dict[str, int] = {}
-        for h in self.holds.values():
-            if h.status in OPEN and h.warehouse_id:
-                out[h.warehouse_id] = out.get(h.warehouse_id, 0) + h.qty
-        return out
-
-    def warehouse_free(self, warehouse_id: str) -> int:
-        return max(0, self.on_hand.get(warehouse_id, 0)) - self.allocated().get(warehouse_id, 0)
-
-    def next_expiry_ms(self) -> int:
-        due = [h.expires_at_ms for h in self.holds.values() if h.status == HELD and h.expires_at_ms]
-        return min(due) if due else 0
-
-    def sellable(self, rules: PoolRules) -> dict[str, int]:
-        available = self.available()
-        return {
-            channel: available if (channel == rules.main_channel or not self.paused) else 0
-            for channel in rules.channels
-        }
-
-    def breaches(self) -> list[str]:
-        """Invariants that must hold after every change; a breach is alerted, never hidden."""
-        found = []
-        if self.locked() > self.on_hand_total():
-            found.append(f"locked {self.locked()} exceeds on-hand {self.on_hand_total()}")
-        if self.presale_reserved() > self.presale_cap:
-            found.append(f"presale {self.presale_reserved()} exceeds cap {self.presale_cap}")
-        for wh, qty in self.allocated().items():
-            if qty > max(0, self.on_hand.get(wh, 0)):
-                found.append(f"{wh}: allocated {qty} exceeds its on-hand {self.on_hand.get(wh, 0)}")
-        negatives = {wh: q for wh, q in self.on_hand.items() if q < 0}
-        if negatives:
-            found.append(f"negative on-hand {negatives}")
-        return found
-
-    # ---- serialisation ----------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        data = self.__dict__.copy()
-        data["holds"] = {k: h.to_dict() for k, h in self.holds.items()}
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SkuPool:
-        pool = cls(**{k: v for k, v in data.items() if k != "holds"})
-        pool.holds = {k: Hold(**h) for k, h in data.get("holds", {}).items()}
-        return pool
-
-
-def hold_key(order_id: str, line_no: int) -> str:
-    return f"{order_id}#{line_no}"
+def account(stock: SkuStock, before: LineHold | None, after: LineHold | None) -> None:
+    """Move a line's contribution to the totals from its ``before`` record to its ``after`` one."""
+    for hold, sign in ((before, -1), (after, 1)):
+        if hold is None or not hold.is_open:
+            continue
+        stock.open_lines += sign
+        if hold.line_no == VIP_LINE:
+            stock.set_asides += sign
+        if hold.presale:
+            stock.presale_reserved += sign * hold.qty
+        else:
+            stock.locked += sign * hold.qty
+            if hold.status == SOLD:
+                stock.sold += sign * hold.qty
+        if hold.warehouse_id:
+            stock.allocated[hold.warehouse_id] = stock.allocated.get(hold.warehouse_id, 0) + sign * hold.qty
+            if stock.allocated[hold.warehouse_id] == 0:
+                del stock.allocated[hold.warehouse_id]
 
 
 def next_paused(paused: bool, available: int, threshold: int, hysteresis: int) -> bool:
@@ -172,52 +183,49 @@ def next_paused(paused: bool, available: int, threshold: int, hysteresis: int) -
     return available <= threshold + hysteresis
 
 
-def _touch(pool: SkuPool, now_ms: int) -> None:
-    pool.newest_change_ms = max(pool.newest_change_ms, now_ms)
+@dataclass
+class Step:
+    """What one rule decided: the answer to publish and the line records to store (None: delete)."""
+
+    answer: Answer | None
+    holds: dict[int, LineHold | None] = field(default_factory=dict)  # line no -> new record
 
 
-def reserve(
-    pool: SkuPool,
-    rules: PoolRules,
-    order_id: str,
-    line_no: int,
-    qty: int,
-    channel: str,
-    presale: bool,
-    now_ms: int,
-) -> Answer:
-    key = hold_key(order_id, line_no)
-    existing = pool.holds.get(key)
-    if existing is not None:  # duplicate or replay: nothing taken; say what the line is now
-        return Answer(order_id, line_no, existing.qty, "RESERVE", OUTCOME_OF[existing.status], existing.reason)
-    reason = ""
-    vip = pool.holds.get(hold_key(order_id, VIP_LINE))
+def reserve(stock: SkuStock, rules: PoolRules, existing: LineHold | None, vip: LineHold | None, order_id: str,
+            line_no: int, qty: int, channel: str, presale: bool, now_ms: int) -> Step:  # fmt: skip
+    """Hold ``qty`` for one order line, or refuse with a reason (a refusal stores nothing)."""
+    if existing is not None:  # a duplicate: nothing taken; say what the line is now
+        return Step(Answer(order_id, line_no, existing.qty, "RESERVE", OUTCOME_OF[existing.status], existing.reason))
     if vip is not None and vip.status == HELD and 0 < qty <= vip.qty:
-        # Stock an operator released to this VIP order: the line takes it over.
-        vip.qty -= qty
-        if vip.qty == 0:
-            del pool.holds[hold_key(order_id, VIP_LINE)]
-        pool.holds[key] = Hold(order_id, line_no, qty, channel, presale, HELD, vip.reason,
-                               now_ms + rules.hold_ttl_ms, now_ms)  # fmt: skip
-        _touch(pool, now_ms)
-        return Answer(order_id, line_no, qty, "RESERVE", "HELD", vip.reason)
+        # Stock an operator set aside for this VIP order: the line takes it over.
+        taken = LineHold(order_id, line_no, qty, channel, presale, HELD, vip.reason, now_ms + rules.hold_ttl_ms, now_ms)
+        rest = replace(vip, qty=vip.qty - qty, updated_ms=now_ms) if vip.qty > qty else None
+        account(stock, vip, rest)
+        account(stock, None, taken)
+        stock.touch(now_ms)
+        return Step(Answer(order_id, line_no, qty, "RESERVE", "HELD", vip.reason), {line_no: taken, VIP_LINE: rest})
+    reason = refusal(stock, rules, qty, channel, presale)
+    if reason is not None:
+        return Step(Answer(order_id, line_no, qty, "RESERVE", "REFUSED", reason))
+    hold = LineHold(order_id, line_no, qty, channel, presale, HELD, "", now_ms + rules.hold_ttl_ms, now_ms)
+    account(stock, None, hold)
+    stock.touch(now_ms)
+    return Step(Answer(order_id, line_no, qty, "RESERVE", "HELD", ""), {line_no: hold})
+
+
+def refusal(stock: SkuStock, rules: PoolRules, qty: int, channel: str, presale: bool) -> Reason | None:
+    """Why ``qty`` cannot be held now, or None."""
     if qty <= 0 or qty > rules.max_line_qty:
-        reason = Reason.INVALID_QTY
-    elif not pool.known:
-        reason = Reason.UNKNOWN_SKU
-    elif presale:
-        if pool.presale_reserved() + qty > pool.presale_cap:
-            reason = Reason.INSUFFICIENT_PRESALE_STOCK
-    elif pool.paused and channel != rules.main_channel:
-        reason = Reason.CHANNEL_PAUSED
-    elif qty > pool.available():
-        reason = Reason.INSUFFICIENT_STOCK
-    status = REFUSED if reason else HELD
-    expires = now_ms + rules.hold_ttl_ms if status == HELD else now_ms + rules.tombstone_ttl_ms
-    pool.holds[key] = Hold(order_id, line_no, qty, channel, presale, status, reason, expires, now_ms)
-    if status == HELD:
-        _touch(pool, now_ms)
-    return Answer(order_id, line_no, qty, "RESERVE", OUTCOME_OF[status], reason)
+        return Reason.INVALID_QTY
+    if not stock.known:
+        return Reason.UNKNOWN_SKU
+    if presale:
+        return Reason.INSUFFICIENT_PRESALE_STOCK if stock.presale_reserved + qty > stock.presale_cap else None
+    if stock.paused and channel != rules.main_channel:
+        return Reason.CHANNEL_PAUSED
+    if qty > stock.available():
+        return Reason.INSUFFICIENT_STOCK
+    return None
 
 
 _TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -229,97 +237,87 @@ _TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def apply_line_command(
-    pool: SkuPool,
-    rules: PoolRules,
-    action: str,
-    order_id: str,
-    line_no: int,
-    qty: int,
-    now_ms: int,
-    warehouse_id: str = "",
-    reason: str = "",
-) -> Answer:
+def line_command(stock: SkuStock, rules: PoolRules, hold: LineHold | None, action: str, order_id: str,
+                 line_no: int, qty: int, now_ms: int, warehouse_id: str = "", reason: str = "") -> Step:  # fmt: skip
     """RELEASE, COMMIT, SHIP, EXPIRE or ALLOCATE one order line; idempotent."""
-    key = hold_key(order_id, line_no)
-    hold = pool.holds.get(key)
     if action == "ALLOCATE":
-        return allocate(pool, hold, order_id, line_no, qty, warehouse_id, now_ms)
+        return allocate(stock, hold, order_id, line_no, qty, warehouse_id, now_ms)
     sources, target = _TRANSITIONS[action]
     if hold is None:
         if action == "RELEASE":
-            # Released before its RESERVE was seen: leave a tombstone so a late RESERVE
-            # (a replay, or one overtaken on another path) cannot take stock for a dead line.
-            pool.holds[key] = Hold(
-                order_id, line_no, qty, "", False, RELEASED, reason or "released_before_reserve",
-                now_ms + rules.tombstone_ttl_ms, now_ms,
-            )  # fmt: skip
-            return Answer(order_id, line_no, qty, action, "RELEASED", "no_open_hold")
-        return Answer(order_id, line_no, qty, action, "IGNORED", "no_hold")
+            # Released before its RESERVE was seen: a tombstone so a late RESERVE takes nothing.
+            tomb = LineHold(order_id, line_no, qty, "", False, RELEASED, reason or "released_before_reserve",
+                            now_ms + rules.tombstone_ttl_ms, now_ms)  # fmt: skip
+            return Step(Answer(order_id, line_no, qty, action, "RELEASED", "no_open_hold"), {line_no: tomb})
+        if action == "SHIP":
+            # Shipped units leave the warehouse whatever the order's state: never phantom stock.
+            _deduct_shipped(stock, qty, warehouse_id)
+            stock.touch(now_ms)
+            return Step(Answer(order_id, line_no, qty, action, "SHIPPED", "no_open_hold"))
+        return Step(Answer(order_id, line_no, qty, action, "IGNORED", "no_hold"))
     if hold.status == target:
-        return Answer(order_id, line_no, hold.qty, action, OUTCOME_OF[target], hold.reason)
+        return Step(Answer(order_id, line_no, hold.qty, action, OUTCOME_OF[target], hold.reason))
     if hold.status not in sources:
-        return Answer(order_id, line_no, hold.qty, action, "IGNORED", f"hold_is_{hold.status}")
+        if action == "SHIP" and hold.status in (RELEASED, EXPIRED):
+            # The order was cancelled or expired, yet the warehouse shipped: the units are gone.
+            _deduct_shipped(stock, hold.qty, hold.warehouse_id or warehouse_id)
+            shipped = replace(hold, status=SHIPPED, reason=f"shipped_after_{hold.status}", updated_ms=now_ms)
+            stock.touch(now_ms)
+            return Step(Answer(order_id, line_no, hold.qty, action, "SHIPPED", shipped.reason), {line_no: shipped})
+        return Step(Answer(order_id, line_no, hold.qty, action, "IGNORED", f"hold_is_{hold.status}"))
     if action == "SHIP" and not hold.presale:
-        _deduct_shipped(pool, hold.qty, hold.warehouse_id or warehouse_id)
-    hold.status = target
-    hold.reason = reason
-    hold.updated_ms = now_ms
-    hold.expires_at_ms = 0 if target == SOLD else now_ms + rules.tombstone_ttl_ms
-    _touch(pool, now_ms)
-    return Answer(order_id, line_no, hold.qty, action, OUTCOME_OF[target], reason)
+        _deduct_shipped(stock, hold.qty, hold.warehouse_id or warehouse_id)
+    after = replace(hold, status=target, reason=reason, updated_ms=now_ms,
+                    expires_at_ms=0 if target == SOLD else now_ms + rules.tombstone_ttl_ms)  # fmt: skip
+    account(stock, hold, after)
+    stock.touch(now_ms)
+    return Step(Answer(order_id, line_no, hold.qty, action, OUTCOME_OF[target], reason), {line_no: after})
 
 
-def allocate(pool: SkuPool, hold: Hold | None, order_id: str, line_no: int, qty: int, warehouse_id: str,
-             now_ms: int) -> Answer:  # fmt: skip
+def allocate(stock: SkuStock, hold: LineHold | None, order_id: str, line_no: int, qty: int, warehouse_id: str,
+             now_ms: int) -> Step:  # fmt: skip
     """Tie a paid line to the warehouse routing chose, if that warehouse still has the units free.
 
     Routing scores warehouses from published stock levels, which can be a refresh interval old;
-    this is the authoritative check, so two orders routed at once can never both take the last
-    units of one warehouse.
+    this is the authoritative check, so two orders routed at once never take the same last units.
     """
-    if hold is None or hold.status not in OPEN:
-        return Answer(order_id, line_no, qty, "ALLOCATE", "IGNORED", "no_open_hold" if hold is None else
-                      f"hold_is_{hold.status}")  # fmt: skip
+    if hold is None or not hold.is_open:
+        detail = "no_open_hold" if hold is None else f"hold_is_{hold.status}"
+        return Step(Answer(order_id, line_no, qty, "ALLOCATE", "IGNORED", detail))
     if hold.warehouse_id == warehouse_id:
-        return Answer(order_id, line_no, hold.qty, "ALLOCATE", "ALLOCATED", warehouse_id)
+        return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "ALLOCATED", warehouse_id))
     if hold.warehouse_id:
-        return Answer(order_id, line_no, hold.qty, "ALLOCATE", "IGNORED", f"allocated_to_{hold.warehouse_id}")
-    if pool.warehouse_free(warehouse_id) < hold.qty:
-        return Answer(order_id, line_no, hold.qty, "ALLOCATE", "REFUSED", Reason.WAREHOUSE_SHORT)
-    hold.warehouse_id = warehouse_id
-    hold.updated_ms = now_ms
-    _touch(pool, now_ms)
-    return Answer(order_id, line_no, hold.qty, "ALLOCATE", "ALLOCATED", warehouse_id)
+        return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "IGNORED", f"allocated_to_{hold.warehouse_id}"))
+    if stock.warehouse_free(warehouse_id) < hold.qty:
+        return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "REFUSED", Reason.WAREHOUSE_SHORT))
+    after = replace(hold, warehouse_id=warehouse_id, updated_ms=now_ms)
+    account(stock, hold, after)
+    stock.touch(now_ms)
+    return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "ALLOCATED", warehouse_id), {line_no: after})
 
 
-def _deduct_shipped(pool: SkuPool, qty: int, warehouse_id: str) -> None:
-    if warehouse_id not in pool.on_hand:
+def _deduct_shipped(stock: SkuStock, qty: int, warehouse_id: str) -> None:
+    if warehouse_id not in stock.on_hand:
         # The WMS did not say (or named a warehouse without this SKU): take it from the fullest.
-        warehouse_id = max(pool.on_hand, key=lambda wh: pool.on_hand[wh], default="unassigned")
-    pool.on_hand[warehouse_id] = pool.on_hand.get(warehouse_id, 0) - qty
+        warehouse_id = max(stock.on_hand, key=lambda wh: stock.on_hand[wh], default="unassigned")
+    stock.on_hand[warehouse_id] = stock.on_hand.get(warehouse_id, 0) - qty
 
 
-def expire_due(pool: SkuPool, rules: PoolRules, now_ms: int) -> list[Answer]:
-    """Expire unpaid holds past their expiry; forget tombstones past theirs."""
-    answers = []
-    for key, hold in list(pool.holds.items()):
-        if not hold.expires_at_ms or hold.expires_at_ms > now_ms:
-            continue
-        if hold.status == HELD:
-            answers.append(
-                apply_line_command(pool, rules, "EXPIRE", hold.order_id, hold.line_no, hold.qty,
-                                   now_ms, reason=Reason.HOLD_EXPIRED)
-            )  # fmt: skip
-        elif hold.status != SOLD:
-            del pool.holds[key]
-    for adjustment_id, applied_ms in list(pool.adjustments.items()):
-        if applied_ms + rules.tombstone_ttl_ms <= now_ms:
-            del pool.adjustments[adjustment_id]
-    return answers
+def on_due(stock: SkuStock, rules: PoolRules, hold: LineHold, now_ms: int) -> Step:
+    """A line's timer: an unpaid hold past its expiry expires; a tombstone past its time is dropped.
 
-
-ADJUSTMENT_KINDS = ("RECEIPT", "COUNT", "CORRECTION", "PRESALE_CAP")
+    What is left of a VIP set-aside goes back to the pool with no answer: no order line holds it,
+    so no order may be cancelled by its expiry.
+    """
+    if hold.expires_at_ms > now_ms or hold.status == SOLD:
+        return Step(None)
+    if hold.status == HELD:
+        step = line_command(stock, rules, hold, "EXPIRE", hold.order_id, hold.line_no, hold.qty, now_ms,
+                            reason=Reason.HOLD_EXPIRED)  # fmt: skip
+        if hold.line_no == VIP_LINE:
+            step.answer = None
+        return step
+    return Step(None, {hold.line_no: None})
 
 
 def check_adjustment(kind: str, qty: int, warehouse_id: str, warehouses: frozenset[str]) -> Reason | None:
@@ -328,59 +326,62 @@ def check_adjustment(kind: str, qty: int, warehouse_id: str, warehouses: frozens
         return Reason.INVALID_KIND
     if kind != "PRESALE_CAP" and warehouse_id not in warehouses:
         return Reason.UNKNOWN_WAREHOUSE
-    if kind == "RECEIPT" and qty <= 0:
+    if (kind == "RECEIPT" and qty <= 0) or (kind in ("COUNT", "PRESALE_CAP") and qty < 0):
         return Reason.INVALID_QTY
-    if kind in ("COUNT", "PRESALE_CAP") and qty < 0:
-        return Reason.INVALID_QTY
-    if kind == "CORRECTION" and qty == 0:
-        return Reason.INVALID_QTY
-    if abs(qty) > 10_000_000:
+    if (kind == "CORRECTION" and qty == 0) or abs(qty) > MAX_ADJUSTMENT_QTY:
         return Reason.INVALID_QTY
     return None
 
 
-def adjust(pool: SkuPool, adjustment_id: str, kind: str, warehouse_id: str, qty: int, now_ms: int) -> bool:
-    """Apply a (validated) stock adjustment once; False if this id was applied already."""
-    if adjustment_id in pool.adjustments:
-        return False
-    pool.adjustments[adjustment_id] = now_ms
-    pool.known = True
-    if kind == "RECEIPT" or kind == "CORRECTION":
-        pool.on_hand[warehouse_id] = pool.on_hand.get(warehouse_id, 0) + qty
+def adjust(stock: SkuStock, kind: str, warehouse_id: str, qty: int, now_ms: int) -> None:
+    """Apply a validated stock adjustment (the processor makes it idempotent by adjustment id)."""
+    stock.known = True
+    if kind in ("RECEIPT", "CORRECTION"):
+        stock.on_hand[warehouse_id] = stock.on_hand.get(warehouse_id, 0) + qty
     elif kind == "COUNT":
-        pool.on_hand[warehouse_id] = qty
+        stock.on_hand[warehouse_id] = qty
     elif kind == "PRESALE_CAP":
-        pool.presale_cap = qty
-    _touch(pool, now_ms)
-    return True
+        stock.presale_cap = qty
+    stock.touch(now_ms)
 
 
-# ---- VIP override ------------------------------------------------------------------------------
+# ---- VIP override ----------------------------------------------------------------------------------
 
 
 @dataclass
-class OverrideResult:
-    outcome: str  # REQUESTED | APPLIED | REFUSED | DUPLICATE
+class OverrideRequest:
+    override_id: str
+    qty: int
+    vip_order_id: str
+    requester: str
+    reason: str
+    requested_ms: int
+    status: str = "pending"  # pending | applied | refused
+    approver: str = ""
+    approved_ms: int = 0
     detail: str = ""
-    released: list[Answer] = field(default_factory=list)
-    request: dict[str, Any] = field(default_factory=dict)
+    released: list[list[Any]] = field(default_factory=list)  # [order id, line no, qty] of released holds
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> OverrideRequest:
+        return cls(**data)
 
 
-def request_override(
-    pool: SkuPool,
-    override_id: str,
-    qty: int,
-    vip_order_id: str,
-    requester: str,
-    reason: str,
-    now_ms: int,
-) -> OverrideResult:
-    if override_id in pool.overrides:
-        return OverrideResult("DUPLICATE", request=pool.overrides[override_id])
-    request = {
-        "qty": qty, "vip_order_id": vip_order_id, "requester": requester,
-        "reason": reason, "requested_ms": now_ms, "status": "pending", "approver": "",
-    }  # fmt: skip
+@dataclass
+class OverrideStep:
+    outcome: str  # REQUESTED | APPLIED | REFUSED
+    request: OverrideRequest | None
+    detail: str = ""
+    released: list[LineHold] = field(default_factory=list)  # holds after their release
+    set_aside: LineHold | None = None  # the VIP order's line-0 hold
+
+
+def request_override(existing: OverrideRequest | None, override_id: str, qty: int, vip_order_id: str,
+                     requester: str, reason: str, now_ms: int) -> OverrideStep:  # fmt: skip
+    if existing is not None:  # a duplicate: the recorded outcome again
+        outcome = {"pending": "REQUESTED", "applied": "APPLIED"}.get(existing.status, "REFUSED")
+        return OverrideStep(outcome, existing, existing.detail)
+    request = OverrideRequest(override_id, qty, vip_order_id, requester, reason, now_ms)
     problem: Reason | None = None
     if not reason.strip():
         problem = Reason.REASON_REQUIRED
@@ -391,49 +392,48 @@ def request_override(
     elif not vip_order_id.strip():
         problem = Reason.VIP_ORDER_REQUIRED
     if problem is not None:
-        request["status"] = "refused"
-        pool.overrides[override_id] = request
-        return OverrideResult("REFUSED", problem, request=request)
-    pool.overrides[override_id] = request
-    return OverrideResult("REQUESTED", request=request)
+        request.status, request.detail = "refused", problem
+        return OverrideStep("REFUSED", request, problem)
+    return OverrideStep("REQUESTED", request)
 
 
-def approve_override(pool: SkuPool, rules: PoolRules, override_id: str, approver: str, now_ms: int) -> OverrideResult:
-    """Release locked stock to the VIP order: free stock first, then the newest unpaid holds."""
-    request = pool.overrides.get(override_id)
+def approve_override(stock: SkuStock, rules: PoolRules, request: OverrideRequest | None, approver: str,
+                     unpaid: list[LineHold], set_aside_before: LineHold | None,
+                     now_ms: int) -> OverrideStep:  # fmt: skip
+    """Release locked stock to the VIP order: free stock first, then the newest unpaid holds.
+
+    ``unpaid`` is every open, unpaid, regular hold of the SKU. An approval seen again (a duplicate)
+    answers with the recorded outcome, including which holds it released, so the orders that lost
+    them are told again.
+    """
     if request is None:
-        return OverrideResult("REFUSED", Reason.UNKNOWN_OVERRIDE)
-    if request["status"] != "pending":
-        return OverrideResult("DUPLICATE", request=request)
-    if not approver.strip() or approver == request["requester"]:
+        return OverrideStep("REFUSED", None, Reason.UNKNOWN_OVERRIDE)
+    if request.status != "pending":
+        outcome = "APPLIED" if request.status == "applied" else "REFUSED"
+        return OverrideStep(outcome, request, request.detail)
+    if not approver.strip() or approver == request.requester:
         # Not recorded as a decision: the right approver may still approve it.
-        return OverrideResult("REFUSED", Reason.APPROVER_MUST_DIFFER_FROM_REQUESTER, request=request)
-    qty = int(request["qty"])
-    free = pool.available()
-    unpaid = sorted(
-        (h for h in pool.holds.values() if h.status == HELD and not h.presale),
-        key=lambda h: (h.updated_ms, h.order_id, h.line_no),
-        reverse=True,
-    )
-    if free + sum(h.qty for h in unpaid) < qty:
-        request["status"] = "refused"
-        request["approver"] = approver
-        return OverrideResult("REFUSED", Reason.INSUFFICIENT_LOCKED_STOCK, request=request)
-    needed = qty - free
+        return OverrideStep("REFUSED", request, Reason.APPROVER_MUST_DIFFER_FROM_REQUESTER)
+    free = stock.available()
+    newest_first = sorted(unpaid, key=lambda h: (h.updated_ms, h.order_id, h.line_no), reverse=True)
+    if free + sum(h.qty for h in newest_first) < request.qty:
+        request.status, request.approver, request.detail = "refused", approver, Reason.INSUFFICIENT_LOCKED_STOCK
+        return OverrideStep("REFUSED", request, request.detail)
+    needed = request.qty - free
     released = []
-    for hold in unpaid:
+    for hold in newest_first:
         if needed <= 0:
             break
-        released.append(
-            apply_line_command(pool, rules, "RELEASE", hold.order_id, hold.line_no, hold.qty,
-                               now_ms, reason=f"vip_override:{override_id}")
-        )  # fmt: skip
+        step = line_command(stock, rules, hold, "RELEASE", hold.order_id, hold.line_no, hold.qty, now_ms,
+                            reason=f"vip_override:{request.override_id}")  # fmt: skip
+        released.append(step.holds[hold.line_no] or hold)
         needed -= hold.qty
-    vip_key = hold_key(request["vip_order_id"], VIP_LINE)
-    pool.holds[vip_key] = Hold(
-        request["vip_order_id"], VIP_LINE, qty, "vip", False, HELD, f"vip_override:{override_id}",
-        now_ms + rules.hold_ttl_ms, now_ms,
-    )  # fmt: skip
-    request.update(status="applied", approver=approver, approved_ms=now_ms)
-    _touch(pool, now_ms)
-    return OverrideResult("APPLIED", released=released, request=request)
+    # A second override for the same VIP order adds to what the first set aside.
+    before = set_aside_before if set_aside_before is not None and set_aside_before.status == HELD else None
+    set_aside = LineHold(request.vip_order_id, VIP_LINE, request.qty + (before.qty if before else 0), "vip", False,
+                         HELD, f"vip_override:{request.override_id}", now_ms + rules.hold_ttl_ms, now_ms)  # fmt: skip
+    account(stock, before, set_aside)
+    stock.touch(now_ms)
+    request.status, request.approver, request.approved_ms = "applied", approver, now_ms
+    request.released = [[h.order_id, h.line_no, h.qty] for h in released]
+    return OverrideStep("APPLIED", request, released=released, set_aside=set_aside)

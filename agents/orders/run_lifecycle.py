@@ -201,10 +201,10 @@ class RunLifecycle(Processor):
     def on_timer(self, ctx: Context, key: bytes) -> None:
         db = ctx.store(STORE)
         rec = self._load(db, key.decode())
-        if rec.state in flow.TERMINAL and not rec.next_deadline_ms(self._rules):
-            if rec.stage_times.get(rec.state, 0) + self.retention_ms <= ctx.now_ms:
-                db.delete(key)  # finished long enough ago: the order's record goes
-                return
+        finished_at = rec.stage_times.get(rec.state, 0) if rec.state in flow.TERMINAL else 0
+        if finished_at and not rec.next_deadline_ms(self._rules) and finished_at + self.retention_ms <= ctx.now_ms:
+            db.delete(key)  # finished long enough ago: the order's record goes
+            return
         fx = flow.on_tick(rec, ctx.now_ms, self._rules)
         self._publish(ctx, rec, self._settle(rec, fx, ctx.now_ms))
         self._store(ctx, db, rec)

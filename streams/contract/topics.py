@@ -56,7 +56,7 @@ OPS_OVERRIDES = TopicSpec(
     "ops.overrides",
     key="SKU",
     events=("VipOverride",),
-    writer="agents.cli (stockflow override)",
+    writer="agents.inventory.cli (stockflow override)",
     direction="input",
     doc="VIP override requests and approvals.",
 )
@@ -64,7 +64,7 @@ OPS_CLOCK = TopicSpec(
     "ops.clock",
     key="'clock' (compacted: the newest offset wins)",
     events=("ClockAdvanced",),
-    writer="agents.cli (stockflow clock)",
+    writer="streams.cli (stockflow clock)",
     direction="input",
     compacted=True,
     single_partition=True,
@@ -74,39 +74,23 @@ HOLD_COMMANDS = TopicSpec(
     "stock.hold-commands",
     key="SKU",
     events=("HoldCommand",),
-    writer="agents.orders.processor",
+    writer="agents.orders.run_lifecycle",
     direction="internal",
     doc="Reserve / release / commit / ship one order line against the pool.",
-)
-STOCK_TICKS = TopicSpec(
-    "stock.ticks",
-    key="none (sent to every partition)",
-    events=("ClockAdvanced",),
-    writer="agents.inventory.processor",
-    direction="internal",
-    doc="Periodic wake-ups so the pool expires holds and publishes levels on its own partition.",
 )
 HOLD_RESULTS = TopicSpec(
     "stock.hold-results",
     key="order id",
     events=("HoldDecided",),
-    writer="agents.inventory.processor",
+    writer="agents.inventory.hold_stock",
     direction="internal",
     doc="The pool's answer per order line.",
-)
-ORDER_TICKS = TopicSpec(
-    "order.ticks",
-    key="none (sent to every partition)",
-    events=("ClockAdvanced",),
-    writer="agents.orders.processor",
-    direction="internal",
-    doc="Periodic wake-ups for payment timeouts.",
 )
 RESERVATION_RESULTS = TopicSpec(
     "reservation.results",
     key="order id",
     events=("ReservationDecided",),
-    writer="agents.orders.processor",
+    writer="agents.orders.run_lifecycle",
     direction="output",
     doc="All lines held, or none (reason per line).",
 )
@@ -114,7 +98,7 @@ ORDER_STATES = TopicSpec(
     "order.states",
     key="order id",
     events=("OrderStateChanged",),
-    writer="agents.orders.processor",
+    writer="agents.orders.run_lifecycle",
     direction="output",
     compacted=True,
     doc="Every lifecycle transition; the newest per order carries all stage times.",
@@ -123,7 +107,7 @@ STOCK_LEVELS = TopicSpec(
     "stock.levels",
     key="SKU",
     events=("StockLevel",),
-    writer="agents.inventory.processor",
+    writer="agents.inventory.hold_stock",
     direction="output",
     compacted=True,
     doc="Available stock and sellable units per channel, at most once per refresh interval.",
@@ -132,7 +116,7 @@ ROUTING_DECISIONS = TopicSpec(
     "routing.decisions",
     key="order id",
     events=("RoutingDecision",),
-    writer="agents.orders.processor",
+    writer="agents.orders.run_lifecycle",
     direction="output",
     doc="Chosen warehouse(s) with every candidate's factors and score.",
 )
@@ -140,7 +124,7 @@ WAREHOUSE_DISPATCH = TopicSpec(
     "warehouse.dispatch",
     key="order id",
     events=("WarehouseDispatched",),
-    writer="agents.orders.processor",
+    writer="agents.orders.run_lifecycle",
     direction="output",
     doc="Orders pushed to a warehouse, one record per warehouse of a split order: what a WMS consumes.",
 )
@@ -148,7 +132,7 @@ WAREHOUSE_PERFORMANCE = TopicSpec(
     "warehouse.performance",
     key="warehouse id",
     events=("ShipmentOutcome",),
-    writer="agents.orders.processor",
+    writer="agents.orders.run_lifecycle",
     direction="internal",
     doc="Shipped on time or not, per order and warehouse: the routing on-time rate is built from it.",
 )
@@ -164,7 +148,7 @@ AUDIT_OVERRIDES = TopicSpec(
     "audit.overrides",
     key="override id",
     events=("OverrideAudited",),
-    writer="agents.inventory.processor",
+    writer="agents.inventory.hold_stock",
     direction="output",
     doc="Who released locked stock to which VIP order, when, why, how much.",
 )
@@ -183,9 +167,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     OPS_OVERRIDES,
     OPS_CLOCK,
     HOLD_COMMANDS,
-    STOCK_TICKS,
     HOLD_RESULTS,
-    ORDER_TICKS,
     RESERVATION_RESULTS,
     ORDER_STATES,
     STOCK_LEVELS,
@@ -197,8 +179,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     DEADLETTERS,
 )
 
-# What the ClickHouse sink records: every business topic except the tick plumbing.
-SUNK_TOPICS: tuple[TopicSpec, ...] = tuple(t for t in ALL_TOPICS if t not in (STOCK_TICKS, ORDER_TICKS, OPS_CLOCK))
+# What the ClickHouse sink records: every business topic, not the drill clock.
+SUNK_TOPICS: tuple[TopicSpec, ...] = tuple(t for t in ALL_TOPICS if t is not OPS_CLOCK)
 
 
 def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> list[str]:

@@ -15,9 +15,6 @@ from typing import Any
 import orjson
 from faust.streams import _current_event
 
-# Re-exported only for the start-up scans in agents.orders.processor and agents.inventory.processor;
-# everything else imports it from streams.contract.keys, where the contract defines it.
-
 # Keys an agent keeps for its own bookkeeping (input positions), never a business key.
 RESERVED_PREFIX = b"\x00"
 

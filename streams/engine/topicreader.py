@@ -25,6 +25,8 @@ def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Record
             "group.id": f"stockflow-reader-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            # What a transaction wrote counts once it committed; an aborted batch never happened.
+            "isolation.level": "read_committed",
             "log_level": 3,
         }
     )

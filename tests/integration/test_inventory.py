@@ -127,7 +127,7 @@ def test_every_event_sent_twice_changes_nothing(make_settings, start_worker) -> 
 
 def test_payment_timeout_and_hold_expiry_release_stock(make_settings, start_worker) -> None:
     settings = make_settings(
-        clock_control=True, safety_threshold=0, payment_timeout_s=1800, hold_ttl_s=7200, sweep_interval_s=0.3
+        clock_control=True, safety_threshold=0, payment_timeout_s=1800, hold_ttl_s=7200
     )
     worker = start_worker(settings)
     producer = EventProducer(settings)
@@ -414,7 +414,7 @@ def test_cli_reads_the_pool_and_check_passes(make_settings, start_worker) -> Non
 def test_an_event_for_an_order_that_never_comes_is_dead_lettered_and_a_payment_is_kept_longer(
     make_settings, start_worker
 ) -> None:
-    settings = make_settings(clock_control=True, parked_grace_s=600, parked_payment_grace_s=3600, sweep_interval_s=0.3)
+    settings = make_settings(clock_control=True, parked_grace_s=600, parked_payment_grace_s=3600)
     worker = start_worker(settings)
     producer = EventProducer(settings)
     producer.send(ORDER_EVENTS.name, "jd:ghost", "PaymentConfirmed", ev.payment_confirmed("jd", "ghost"))

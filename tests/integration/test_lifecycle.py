@@ -165,7 +165,7 @@ def test_paid_and_unrouted_order_raises_one_red_alert_and_one_clearing_message(
     make_settings, start_worker, webhook
 ) -> None:
     settings = make_settings(
-        safety_threshold=0, clock_control=True, sweep_interval_s=0.3, webhook_url=webhook.url, sla_unrouted_s=900
+        safety_threshold=0, clock_control=True, webhook_url=webhook.url, sla_unrouted_s=900
     )
     worker = start_worker(settings)
     producer = EventProducer(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agents.orders import rules as flow
-from agents.orders.processor import order_rules
+from agents.orders.run_lifecycle import order_rules
 from loadtest import events as ev
 from streams.settings import Settings
 
