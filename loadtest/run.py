@@ -36,6 +36,7 @@ from streams.contract.topics import (
     SUNK_TOPICS,
     TopicSpec,
 )
+from streams.engine.loop import engine_group
 from streams.engine.producer import EventProducer
 from streams.engine.topicreader import read_all
 from streams.settings import Settings
@@ -206,7 +207,7 @@ class LoadRun:
             self.sent.intake_errors += 1
 
     def _watch_lag(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": self.settings.app_id,
+        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": engine_group(self.settings),
                              "enable.auto.commit": False})  # fmt: skip
         sink = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": f"{self.settings.app_id}-sink",
                          "enable.auto.commit": False})  # fmt: skip

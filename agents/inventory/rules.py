@@ -170,7 +170,7 @@ def account(stock: SkuStock, before: LineHold | None, after: LineHold | None) ->
             stock.locked += sign * hold.qty
             if hold.status == SOLD:
                 stock.sold += sign * hold.qty
-        if hold.warehouse_id:
+        if hold.warehouse_id and not hold.presale:  # presale units are not on a shelf yet
             stock.allocated[hold.warehouse_id] = stock.allocated.get(hold.warehouse_id, 0) + sign * hold.qty
             if stock.allocated[hold.warehouse_id] == 0:
                 del stock.allocated[hold.warehouse_id]
@@ -196,7 +196,8 @@ def reserve(stock: SkuStock, rules: PoolRules, existing: LineHold | None, vip: L
     """Hold ``qty`` for one order line, or refuse with a reason (a refusal stores nothing)."""
     if existing is not None:  # a duplicate: nothing taken; say what the line is now
         return Step(Answer(order_id, line_no, existing.qty, "RESERVE", OUTCOME_OF[existing.status], existing.reason))
-    if vip is not None and vip.status == HELD and 0 < qty <= vip.qty:
+    # A set-aside is regular stock: a presale line goes through the presale pool as usual.
+    if vip is not None and vip.status == HELD and not presale and 0 < qty <= vip.qty:
         # Stock an operator set aside for this VIP order: the line takes it over.
         taken = LineHold(order_id, line_no, qty, channel, presale, HELD, vip.reason, now_ms + rules.hold_ttl_ms, now_ms)
         rest = replace(vip, qty=vip.qty - qty, updated_ms=now_ms) if vip.qty > qty else None
@@ -288,7 +289,7 @@ def allocate(stock: SkuStock, hold: LineHold | None, order_id: str, line_no: int
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "ALLOCATED", warehouse_id))
     if hold.warehouse_id:
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "IGNORED", f"allocated_to_{hold.warehouse_id}"))
-    if stock.warehouse_free(warehouse_id) < hold.qty:
+    if not hold.presale and stock.warehouse_free(warehouse_id) < hold.qty:
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "REFUSED", Reason.WAREHOUSE_SHORT))
     after = replace(hold, warehouse_id=warehouse_id, updated_ms=now_ms)
     account(stock, hold, after)

@@ -85,6 +85,11 @@ class _MessageRef:
         self.key, self.value = msg.key(), msg.value()
 
 
+def engine_group(settings: Settings) -> str:
+    """The consumer group of every worker's engine (its committed offsets are the pipeline's position)."""
+    return f"{settings.app_id}.engine"
+
+
 def claim_slot(directory: Path, limit: int = 64) -> tuple[int, IO[bytes]]:
     """The lowest worker slot no live process on this host holds (an flock, released by death).
 
@@ -144,7 +149,7 @@ class Engine:
         self.codec = codec
         self.clock = clock
         self.processors = processors
-        self.group_id = group_id or f"{settings.app_id}.engine"
+        self.group_id = group_id or engine_group(settings)
         self.exactly_once = settings.processing_guarantee == "exactly_once"
         self.by_topic: dict[str, tuple[Processor, TopicSpec]] = {
             settings.topic(spec.name): (proc, spec) for proc in processors for spec in proc.inputs

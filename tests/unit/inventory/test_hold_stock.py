@@ -122,3 +122,34 @@ def test_a_vip_set_aside_remainder_expires_without_cancelling_the_vip_order() ->
     expired = r.advance(61_000)
     assert [a for a in answers(expired) if a[0] == "tmall:vip"] == [("tmall:vip", "EXPIRED")]  # line 1 only
     assert r.read(STORE, sku_key("SKU-V"), "SKU-V")["locked"] == 0
+
+
+def test_an_adjustment_document_sent_twice_in_one_batch_counts_once() -> None:
+    r = runner()
+    doc = {
+        "event_id": "GRN-2",
+        "event_time_ms": r.now_ms,
+        "sku": "SKU-D2",
+        "warehouse_id": "WH-SH",
+        "kind": "RECEIPT",
+        "qty": 4,
+        "reason": "",
+    }
+    r.send([("SKU-D2", "StockAdjusted", doc), ("SKU-D2", "StockAdjusted", dict(doc))], STOCK_ADJUSTMENTS.name)
+    totals = r.read(STORE, sku_key("SKU-D2"), "SKU-D2")
+    assert totals is not None and totals["on_hand"] == {"WH-SH": 4}
+
+
+def test_an_adjustment_id_is_remembered_for_its_ttl_then_forgotten() -> None:
+    r = runner(tombstone_ttl_s=60)
+    receipt(r, "SKU-T", 5, doc="GRN-3")
+    r.advance(59_000)
+    receipt(r, "SKU-T", 5, doc="GRN-3")
+    totals = r.read(STORE, sku_key("SKU-T"), "SKU-T")
+    assert totals is not None and totals["on_hand"] == {"WH-SH": 5}
+    # Purged after its TTL: the SKU's state is bounded by the TTL, not by its history, and the same
+    # document sent again after that counts again.
+    r.advance(2_000)
+    receipt(r, "SKU-T", 5, doc="GRN-3")
+    totals = r.read(STORE, sku_key("SKU-T"), "SKU-T")
+    assert totals is not None and totals["on_hand"] == {"WH-SH": 10}

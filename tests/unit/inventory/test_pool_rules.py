@@ -1,10 +1,20 @@
-"""Pure pool rules, no broker: availability, holds, thresholds, adjustments, VIP overrides."""
+"""Pure pool rules, no broker: availability, holds, thresholds, adjustments, VIP overrides.
+
+The rules take one SKU's totals (``SkuStock``) and the records of the lines a command touches
+(``LineHold``) and return the records to store; ``Pool`` below stores them the way the processor
+does, so a test reads like the stream of commands it stands for.
+"""
 
 from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import replace
 
 import pytest
 
 from agents.inventory import rules as P
+from agents.inventory.rules import Answer, LineHold, OverrideRequest, SkuStock
 
 RULES = P.PoolRules(
     main_channel="tmall",
@@ -13,58 +23,141 @@ RULES = P.PoolRules(
     hysteresis=0,
     hold_ttl_ms=7_200_000,
     tombstone_ttl_ms=86_400_000,
+    adjustment_ttl_ms=86_400_000,
     max_line_qty=1000,
 )
 
 
-def stocked(qty: int, wh: str = "WH-SH") -> P.SkuPool:
-    pool = P.SkuPool(sku="S")
-    P.adjust(pool, "a1", "RECEIPT", wh, qty, 0)
+class Pool:
+    """One SKU as the processor keeps it: the totals, and one record per order line."""
+
+    def __init__(self, stock: SkuStock) -> None:
+        self.stock = stock
+        self.holds: dict[tuple[str, int], LineHold] = {}
+
+    def store(self, order_id: str, holds: dict[int, LineHold | None]) -> None:
+        for line_no, hold in holds.items():
+            if hold is None:
+                self.holds.pop((order_id, line_no), None)
+            else:
+                self.holds[(order_id, line_no)] = hold
+
+    def reserve(self, order_id: str, line_no: int, qty: int, channel: str = "jd", presale: bool = False,
+                now_ms: int = 1) -> Answer:  # fmt: skip
+        # As the processor does: the set-aside is looked up only while the SKU has one.
+        wants_vip = self.stock.set_asides > 0 and line_no != P.VIP_LINE
+        vip = self.holds.get((order_id, P.VIP_LINE)) if wants_vip else None
+        step = P.reserve(self.stock, RULES, self.holds.get((order_id, line_no)), vip, order_id, line_no, qty,
+                         channel, presale, now_ms)  # fmt: skip
+        self.store(order_id, step.holds)
+        assert step.answer is not None
+        return step.answer
+
+    def command(self, action: str, order_id: str, line_no: int, qty: int, now_ms: int = 1, warehouse_id: str = "",
+                reason: str = "") -> Answer:  # fmt: skip
+        step = P.line_command(self.stock, RULES, self.holds.get((order_id, line_no)), action, order_id, line_no, qty,
+                              now_ms, warehouse_id, reason)  # fmt: skip
+        self.store(order_id, step.holds)
+        assert step.answer is not None
+        return step.answer
+
+    def due(self, now_ms: int) -> list[Answer]:
+        """Fire every line's timer that is due by ``now_ms``, as the engine's timers would."""
+        out = []
+        for hold in sorted(self.holds.values(), key=lambda h: (h.expires_at_ms, h.order_id, h.line_no)):
+            if 0 < hold.expires_at_ms <= now_ms:
+                step = P.on_due(self.stock, RULES, hold, now_ms)
+                self.store(hold.order_id, step.holds)
+                if step.answer is not None:
+                    out.append(step.answer)
+        return out
+
+    def approve(self, request: OverrideRequest | None, approver: str, now_ms: int) -> P.OverrideStep:
+        # The processor offers every open, unpaid, regular hold that is not itself a set-aside.
+        unpaid = [h for h in self.holds.values() if h.status == P.HELD and not h.presale and h.line_no != P.VIP_LINE]
+        before = self.holds.get((request.vip_order_id, P.VIP_LINE)) if request is not None else None
+        result = P.approve_override(self.stock, RULES, request, approver, unpaid, before, now_ms)
+        for hold in result.released:
+            self.store(hold.order_id, {hold.line_no: hold})
+        if result.set_aside is not None:
+            self.store(result.set_aside.order_id, {P.VIP_LINE: result.set_aside})
+        return result
+
+    def hold(self, order_id: str, line_no: int) -> LineHold | None:
+        return self.holds.get((order_id, line_no))
+
+
+def stocked(qty: int, wh: str = "WH-SH") -> Pool:
+    pool = Pool(SkuStock(sku="S"))
+    P.adjust(pool.stock, "RECEIPT", wh, qty, 0)
     return pool
+
+
+# ---- availability and holds -------------------------------------------------------------------------
 
 
 def test_available_is_on_hand_minus_locked_minus_presale_and_never_negative() -> None:
     pool = stocked(10)
-    P.adjust(pool, "a2", "PRESALE_CAP", "", 4, 0)
-    assert P.reserve(pool, RULES, "o1", 1, 3, "jd", False, 1).outcome == "HELD"
-    assert P.reserve(pool, RULES, "o2", 1, 2, "jd", True, 1).outcome == "HELD"
-    assert (pool.on_hand_total(), pool.locked(), pool.presale_reserved(), pool.available()) == (10, 3, 2, 5)
-    P.adjust(pool, "a3", "COUNT", "WH-SH", 1, 2)  # shrinkage found: on-hand below what is locked
-    assert pool.available() == 0 and pool.breaches()
+    P.adjust(pool.stock, "PRESALE_CAP", "", 4, 0)
+    assert pool.reserve("o1", 1, 3).outcome == "HELD"
+    assert pool.reserve("o2", 1, 2, presale=True).outcome == "HELD"
+    s = pool.stock
+    assert (s.on_hand_total(), s.locked, s.presale_reserved, s.available()) == (10, 3, 2, 5)
+    P.adjust(s, "COUNT", "WH-SH", 1, 2)  # shrinkage found: on-hand below what is locked
+    assert s.available() == 0 and s.breaches() and not s.healthy()
 
 
 def test_a_negative_warehouse_does_not_cancel_another() -> None:
     pool = stocked(5, "WH-SH")
-    P.adjust(pool, "a2", "CORRECTION", "WH-GZ", -3, 0)
-    assert pool.on_hand_total() == 5 and "negative on-hand" in " ".join(pool.breaches())
+    P.adjust(pool.stock, "CORRECTION", "WH-GZ", -3, 0)
+    assert pool.stock.on_hand_total() == 5 and pool.stock.available() == 5
+    assert "negative on-hand" in " ".join(pool.stock.breaches()) and not pool.stock.healthy()
 
 
 def test_same_line_twice_takes_stock_once_and_replay_after_release_takes_nothing() -> None:
     pool = stocked(5)
-    assert P.reserve(pool, RULES, "o1", 1, 4, "jd", False, 1).outcome == "HELD"
-    assert P.reserve(pool, RULES, "o1", 1, 4, "jd", False, 2).outcome == "HELD"
-    assert pool.locked() == 4
-    assert P.apply_line_command(pool, RULES, "RELEASE", "o1", 1, 4, 3).outcome == "RELEASED"
-    assert P.reserve(pool, RULES, "o1", 1, 4, "jd", False, 4).outcome == "RELEASED"
-    assert pool.locked() == 0 and pool.available() == 5
+    assert pool.reserve("o1", 1, 4).outcome == "HELD"
+    duplicate = P.reserve(pool.stock, RULES, pool.hold("o1", 1), None, "o1", 1, 4, "jd", False, 2)
+    assert duplicate.answer is not None and duplicate.answer.outcome == "HELD" and duplicate.holds == {}
+    assert (pool.stock.locked, pool.stock.open_lines) == (4, 1)
+    assert pool.command("RELEASE", "o1", 1, 4, 3).outcome == "RELEASED"
+    assert pool.reserve("o1", 1, 4, now_ms=4).outcome == "RELEASED"
+    assert pool.stock.locked == 0 and pool.stock.available() == 5 and pool.stock.open_lines == 0
 
 
 def test_release_before_reserve_leaves_a_tombstone() -> None:
     pool = stocked(5)
-    P.apply_line_command(pool, RULES, "RELEASE", "o1", 1, 2, 1)
-    assert P.reserve(pool, RULES, "o1", 1, 2, "jd", False, 2).outcome == "RELEASED"
-    assert pool.locked() == 0
+    answer = pool.command("RELEASE", "o1", 1, 2, now_ms=1)
+    assert (answer.outcome, answer.reason) == ("RELEASED", "no_open_hold")
+    tomb = pool.hold("o1", 1)
+    assert tomb is not None and tomb.status == P.RELEASED and tomb.expires_at_ms == 1 + RULES.tombstone_ttl_ms
+    assert pool.stock.locked == 0 and pool.stock.open_lines == 0  # a tombstone holds nothing
+    assert pool.reserve("o1", 1, 2, now_ms=2).outcome == "RELEASED"
+    assert pool.stock.locked == 0
 
 
 def test_refusal_reasons() -> None:
     pool = stocked(2)
-    assert P.reserve(pool, RULES, "o1", 1, 3, "jd", False, 1).reason == "insufficient_stock"
-    assert P.reserve(P.SkuPool(sku="X"), RULES, "o2", 1, 1, "jd", False, 1).reason == "unknown_sku"
-    assert P.reserve(pool, RULES, "o3", 1, 0, "jd", False, 1).reason == "invalid_qty"
-    assert P.reserve(pool, RULES, "o4", 1, 1, "jd", True, 1).reason == "insufficient_presale_stock"
-    pool.paused = True
-    assert P.reserve(pool, RULES, "o5", 1, 1, "jd", False, 1).reason == "channel_paused"
-    assert P.reserve(pool, RULES, "o6", 1, 1, "tmall", False, 1).outcome == "HELD"
+    assert pool.reserve("o1", 1, 3).reason == "insufficient_stock"
+    assert Pool(SkuStock(sku="X")).reserve("o2", 1, 1).reason == "unknown_sku"
+    assert pool.reserve("o3", 1, 0).reason == "invalid_qty"
+    assert pool.reserve("o3b", 1, RULES.max_line_qty + 1).reason == "invalid_qty"
+    assert pool.reserve("o4", 1, 1, presale=True).reason == "insufficient_presale_stock"
+    pool.stock.paused = True
+    assert pool.reserve("o5", 1, 1, channel="jd").reason == "channel_paused"
+    assert pool.reserve("o6", 1, 1, channel="tmall").outcome == "HELD"  # the main channel still sells
+
+
+def test_a_refused_attempt_stores_nothing() -> None:
+    """Changed on purpose: the old pool kept a REFUSED record per attempt; now a refusal stores
+    nothing, so a sold-out SKU's state does not grow with the traffic it turns away. A retry of the
+    same line is decided afresh (and may succeed once stock arrives)."""
+    pool = stocked(1)
+    step = P.reserve(pool.stock, RULES, None, None, "o1", 1, 2, "jd", False, 1)
+    assert step.answer is not None and step.answer.outcome == "REFUSED" and step.holds == {}
+    assert (pool.stock.locked, pool.stock.open_lines, pool.stock.newest_change_ms) == (0, 0, 0)
+    P.adjust(pool.stock, "RECEIPT", "WH-SH", 1, 2)
+    assert pool.reserve("o1", 1, 2, now_ms=3).outcome == "HELD"
 
 
 @pytest.mark.parametrize(
@@ -77,37 +170,365 @@ def test_threshold_hysteresis(paused: bool, available: int, expected: bool) -> N
 
 def test_commit_ship_expire() -> None:
     pool = stocked(10)
-    P.reserve(pool, RULES, "o1", 1, 2, "jd", False, 0)
-    P.reserve(pool, RULES, "o2", 1, 3, "jd", False, 0)
-    assert P.apply_line_command(pool, RULES, "COMMIT", "o1", 1, 2, 1).outcome == "COMMITTED"
-    answers = P.expire_due(pool, RULES, RULES.hold_ttl_ms + 1)
-    assert [(a.order_id, a.outcome) for a in answers] == [("o2", "EXPIRED")]  # paid holds do not expire
-    assert P.apply_line_command(pool, RULES, "SHIP", "o1", 1, 2, 2, warehouse_id="WH-SH").outcome == "SHIPPED"
-    assert pool.on_hand == {"WH-SH": 8} and pool.locked() == 0
-    assert P.apply_line_command(pool, RULES, "SHIP", "o1", 1, 2, 3).outcome == "SHIPPED"
-    assert pool.on_hand == {"WH-SH": 8}  # shipping twice deducts once
+    pool.reserve("o1", 1, 2, now_ms=0)
+    pool.reserve("o2", 1, 3, now_ms=0)
+    assert pool.command("COMMIT", "o1", 1, 2, 1).outcome == "COMMITTED"
+    committed = pool.hold("o1", 1)
+    assert committed is not None and committed.expires_at_ms == 0  # a paid hold has no timer
+    assert (pool.stock.locked, pool.stock.sold) == (5, 2)
+    assert P.on_due(pool.stock, RULES, committed, RULES.hold_ttl_ms + 1).holds == {}
+    answers = pool.due(RULES.hold_ttl_ms + 1)
+    assert [(a.order_id, a.outcome, a.reason) for a in answers] == [("o2", "EXPIRED", "hold_expired")]
+    assert (pool.stock.locked, pool.stock.sold, pool.stock.open_lines) == (2, 2, 1)
+    assert pool.command("SHIP", "o1", 1, 2, 2, warehouse_id="WH-SH").outcome == "SHIPPED"
+    assert pool.stock.on_hand == {"WH-SH": 8} and (pool.stock.locked, pool.stock.sold) == (0, 0)
+    assert pool.command("SHIP", "o1", 1, 2, 3).outcome == "SHIPPED"
+    assert pool.stock.on_hand == {"WH-SH": 8}  # shipping twice deducts once
 
 
-def test_adjustments_idempotent_and_validated() -> None:
+def test_finished_lines_are_tombstones_purged_after_tombstone_ttl() -> None:
+    """Changed on purpose: a finished line (released, expired, shipped) is kept only until
+    ``tombstone_ttl_ms`` after it finished, then its timer deletes it."""
+    pool = stocked(10)
+    pool.reserve("o1", 1, 1, now_ms=0)
+    pool.reserve("o2", 1, 1, now_ms=0)
+    pool.reserve("o3", 1, 1, now_ms=0)
+    pool.command("RELEASE", "o1", 1, 1, now_ms=5)
+    pool.command("SHIP", "o2", 1, 1, now_ms=5)
+    pool.due(RULES.hold_ttl_ms)  # o3 expires
+    finished = {key: h.expires_at_ms for key, h in pool.holds.items()}
+    assert finished == {("o1", 1): 5 + RULES.tombstone_ttl_ms, ("o2", 1): 5 + RULES.tombstone_ttl_ms,
+                        ("o3", 1): RULES.hold_ttl_ms + RULES.tombstone_ttl_ms}  # fmt: skip
+    tomb = pool.hold("o1", 1)
+    assert tomb is not None
+    assert P.on_due(pool.stock, RULES, tomb, 4 + RULES.tombstone_ttl_ms).holds == {}  # not yet
+    assert pool.due(5 + RULES.tombstone_ttl_ms) == []  # a purge answers nothing
+    assert set(pool.holds) == {("o3", 1)}
+    pool.due(RULES.hold_ttl_ms + RULES.tombstone_ttl_ms)
+    assert pool.holds == {} and pool.stock.locked == 0 and pool.stock.on_hand == {"WH-SH": 9}
+
+
+@pytest.mark.parametrize("finish", ["RELEASE", "EXPIRE"])
+def test_a_ship_after_release_or_expiry_still_deducts_on_hand(finish: str) -> None:
+    """Changed on purpose: the old pool ignored a SHIP for a released or expired line; now the
+    units left the warehouse all the same, so on-hand is deducted and the answer is SHIPPED."""
     pool = stocked(5)
-    assert P.adjust(pool, "a1", "RECEIPT", "WH-SH", 5, 1) is False
-    assert pool.on_hand_total() == 5
-    whs = frozenset({"WH-SH"})
-    assert P.check_adjustment("RECEIPT", 3, "WH-X", whs) == "unknown_warehouse"
-    assert P.check_adjustment("RECEIPT", -3, "WH-SH", whs) == "invalid_qty"
-    assert P.check_adjustment("COUNT", 0, "WH-SH", whs) is None
-    assert P.check_adjustment("CORRECTION", 0, "WH-SH", whs) == "invalid_qty"
+    pool.reserve("o1", 1, 2)
+    pool.command("ALLOCATE", "o1", 1, 2, warehouse_id="WH-SH")
+    pool.command(finish, "o1", 1, 2, now_ms=2)
+    assert (pool.stock.locked, pool.stock.allocated) == (0, {})
+    answer = pool.command("SHIP", "o1", 1, 2, now_ms=3)
+    status = P.RELEASED if finish == "RELEASE" else P.EXPIRED
+    assert (answer.outcome, answer.reason) == ("SHIPPED", f"shipped_after_{status}")
+    shipped = pool.hold("o1", 1)
+    assert shipped is not None and shipped.status == P.SHIPPED
+    assert pool.stock.on_hand == {"WH-SH": 3} and pool.stock.locked == 0 and pool.stock.open_lines == 0
+    assert pool.command("SHIP", "o1", 1, 2, now_ms=4).outcome == "SHIPPED"
+    assert pool.stock.on_hand == {"WH-SH": 3}  # and only once
 
 
-def test_vip_override_rules() -> None:
+def test_a_ship_with_no_hold_deducts_on_hand_from_the_named_or_fullest_warehouse() -> None:
+    """Changed on purpose: the old pool ignored a SHIP for a line it had no hold for; now the
+    shipped units are deducted (never phantom stock), and nothing is stored for the line."""
+    pool = stocked(5, "WH-SH")
+    P.adjust(pool.stock, "RECEIPT", "WH-GZ", 8, 0)
+    step = P.line_command(pool.stock, RULES, None, "SHIP", "o1", 1, 2, 1, "WH-SH")
+    assert step.answer == Answer("o1", 1, 2, "SHIP", "SHIPPED", "no_open_hold") and step.holds == {}
+    assert pool.stock.on_hand == {"WH-SH": 3, "WH-GZ": 8}
+    pool.command("SHIP", "o2", 1, 3, now_ms=2)  # the WMS did not say where from: the fullest
+    assert pool.stock.on_hand == {"WH-SH": 3, "WH-GZ": 5} and pool.stock.locked == 0
+
+
+def test_commands_for_a_line_in_the_wrong_state_are_ignored() -> None:
+    pool = stocked(5)
+    assert (pool.command("COMMIT", "o1", 1, 1).outcome, pool.command("EXPIRE", "o1", 1, 1).reason) == (
+        "IGNORED", "no_hold")  # fmt: skip
+    assert pool.holds == {}
+    pool.reserve("o1", 1, 1)
+    pool.command("COMMIT", "o1", 1, 1)
+    assert (pool.command("EXPIRE", "o1", 1, 1).outcome, pool.command("EXPIRE", "o1", 1, 1).reason) == (
+        "IGNORED", "hold_is_sold")  # fmt: skip
+    pool.command("RELEASE", "o1", 1, 1)
+    assert pool.command("COMMIT", "o1", 1, 1).reason == "hold_is_released"
+    assert pool.stock.locked == 0
+
+
+def test_allocate_ties_a_line_to_a_warehouse_with_the_units_free() -> None:
+    pool = stocked(3, "WH-SH")
+    pool.reserve("o1", 1, 2)
+    pool.reserve("o2", 1, 1)
+    assert pool.command("ALLOCATE", "o1", 1, 2, warehouse_id="WH-SH").outcome == "ALLOCATED"
+    assert pool.command("ALLOCATE", "o1", 1, 2, warehouse_id="WH-SH").outcome == "ALLOCATED"  # idempotent
+    assert pool.command("ALLOCATE", "o1", 1, 2, warehouse_id="WH-GZ").reason == "allocated_to_WH-SH"
+    assert pool.command("ALLOCATE", "o2", 1, 1, warehouse_id="WH-GZ").reason == "warehouse_short"
+    assert pool.command("ALLOCATE", "o9", 1, 1, warehouse_id="WH-SH").reason == "no_open_hold"
+    assert pool.stock.allocated == {"WH-SH": 2}
+    pool.command("SHIP", "o1", 1, 2)  # shipped from where it was allocated
+    assert pool.stock.on_hand == {"WH-SH": 1} and pool.stock.allocated == {}
+
+
+# ---- adjustments --------------------------------------------------------------------------------------
+
+
+def test_adjustments_apply_by_kind() -> None:
+    stock = SkuStock(sku="S")
+    P.adjust(stock, "RECEIPT", "WH-SH", 5, 1)
+    P.adjust(stock, "CORRECTION", "WH-SH", -2, 2)
+    P.adjust(stock, "COUNT", "WH-GZ", 4, 3)
+    P.adjust(stock, "PRESALE_CAP", "", 6, 4)
+    assert stock.known and stock.on_hand == {"WH-SH": 3, "WH-GZ": 4} and stock.presale_cap == 6
+    assert stock.newest_change_ms == 4
+    P.adjust(stock, "COUNT", "WH-SH", 1, 5)  # a count replaces, it does not add
+    assert stock.on_hand == {"WH-SH": 1, "WH-GZ": 4}
+
+
+@pytest.mark.parametrize(
+    ("kind", "qty", "warehouse", "expected"),
+    [
+        ("RECEIPT", 3, "WH-X", "unknown_warehouse"),
+        ("RECEIPT", -3, "WH-SH", "invalid_qty"),
+        ("RECEIPT", 0, "WH-SH", "invalid_qty"),
+        ("RECEIPT", P.MAX_ADJUSTMENT_QTY, "WH-SH", None),
+        ("RECEIPT", P.MAX_ADJUSTMENT_QTY + 1, "WH-SH", "invalid_qty"),
+        ("COUNT", 0, "WH-SH", None),
+        ("COUNT", -1, "WH-SH", "invalid_qty"),
+        ("CORRECTION", 0, "WH-SH", "invalid_qty"),
+        ("CORRECTION", -2, "WH-SH", None),
+        ("CORRECTION", -P.MAX_ADJUSTMENT_QTY - 1, "WH-SH", "invalid_qty"),
+        ("PRESALE_CAP", 5, "", None),
+        ("PRESALE_CAP", -1, "", "invalid_qty"),
+        ("THEFT", 1, "WH-SH", "invalid_kind"),
+    ],
+)
+def test_adjustments_validated(kind: str, qty: int, warehouse: str, expected: str | None) -> None:
+    """Idempotency by adjustment id is the processor's job now: see
+    test_hold_stock.py::test_an_adjustment_document_sent_twice_counts_once (and ..._in_one_batch)."""
+    assert P.check_adjustment(kind, qty, warehouse, frozenset({"WH-SH"})) == expected
+
+
+# ---- VIP overrides ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("qty", "vip_order", "requester", "reason", "detail"),
+    [
+        (2, "vip:1", "alice", " ", "reason_required"),
+        (2, "vip:1", "", "launch", "requester_required"),
+        (0, "vip:1", "alice", "launch", "invalid_qty"),
+        (2, " ", "alice", "launch", "vip_order_required"),
+    ],
+)
+def test_an_override_request_needs_a_reason_a_requester_units_and_a_vip_order(
+    qty: int, vip_order: str, requester: str, reason: str, detail: str
+) -> None:
+    step = P.request_override(None, "v1", qty, vip_order, requester, reason, 1)
+    assert (step.outcome, step.detail) == ("REFUSED", detail)
+    assert step.request is not None and (step.request.status, step.request.detail) == ("refused", detail)
+    again = P.request_override(step.request, "v1", 2, "vip:1", "alice", "launch", 2)  # recorded: refused again
+    assert (again.outcome, again.request) == ("REFUSED", step.request)
+
+
+def test_vip_override_needs_a_second_approver_and_is_audited() -> None:
+    pool = stocked(5)
+    pool.reserve("o1", 1, 2, now_ms=1)
+    pool.reserve("o2", 1, 2, now_ms=2)
+    requested = P.request_override(None, "v1", 2, "vip:1", "alice", "launch", 3)
+    assert requested.outcome == "REQUESTED" and requested.request is not None
+    request = requested.request
+    assert P.request_override(request, "v1", 2, "vip:1", "alice", "launch", 4).outcome == "REQUESTED"
+    assert pool.approve(None, "bob", 4).detail == "unknown_override"
+    for approver in ("alice", "  "):
+        refused = pool.approve(request, approver, 5)
+        assert (refused.outcome, refused.detail) == ("REFUSED", "approver_must_differ_from_requester")
+    assert request.status == "pending" and pool.stock.locked == 4  # not a decision: bob may still approve
+    result = pool.approve(request, "bob", 6)
+    assert result.outcome == "APPLIED"
+    # Free stock first (1 unit), then the newest unpaid hold.
+    assert [(h.order_id, h.status, h.reason) for h in result.released] == [("o2", P.RELEASED, "vip_override:v1")]
+    assert (request.status, request.requester, request.approver, request.approved_ms, request.reason) == (
+        "applied", "alice", "bob", 6, "launch")  # fmt: skip
+    assert request.released == [["o2", 1, 2]]
+    assert result.set_aside == LineHold("vip:1", P.VIP_LINE, 2, "vip", False, P.HELD, "vip_override:v1",
+                                        6 + RULES.hold_ttl_ms, 6)  # fmt: skip
+    s = pool.stock
+    assert (s.locked, s.available(), s.open_lines, s.set_asides) == (4, 1, 2, 1)
+    assert P.request_override(request, "v1", 2, "vip:1", "alice", "launch", 7).outcome == "APPLIED"
+
+
+def test_vip_override_refused_when_free_and_unpaid_stock_fall_short() -> None:
     pool = stocked(3)
-    P.reserve(pool, RULES, "o1", 1, 3, "jd", False, 0)
-    assert P.request_override(pool, "v1", 2, "vip:1", "alice", "", 1).detail == "reason_required"
-    assert P.request_override(pool, "v2", 2, "vip:1", "alice", "launch", 1).outcome == "REQUESTED"
-    assert P.approve_override(pool, RULES, "v2", "alice", 2).detail == "approver_must_differ_from_requester"
-    assert pool.locked() == 3
-    result = P.approve_override(pool, RULES, "v2", "bob", 3)
-    assert result.outcome == "APPLIED" and [a.order_id for a in result.released] == ["o1"]
-    assert P.approve_override(pool, RULES, "v2", "bob", 4).outcome == "DUPLICATE"
-    assert P.reserve(pool, RULES, "vip:1", 1, 2, "own", False, 5).outcome == "HELD"
-    assert pool.locked() == 2 and pool.available() == 1
+    pool.reserve("o1", 1, 1)
+    pool.command("COMMIT", "o1", 1, 1)  # paid: never released for a VIP
+    pool.reserve("o2", 1, 1)
+    pool.reserve("o3", 1, 1)
+    P.adjust(pool.stock, "PRESALE_CAP", "", 5, 1)
+    pool.reserve("o4", 1, 5, presale=True)  # presale: never released for a VIP either
+    request = P.request_override(None, "v1", 3, "vip:1", "alice", "launch", 1).request
+    result = pool.approve(request, "bob", 2)
+    assert (result.outcome, result.detail) == ("REFUSED", "insufficient_locked_stock")
+    assert request is not None and (request.status, request.approver) == ("refused", "bob")
+    assert result.released == [] and result.set_aside is None
+    assert (pool.stock.locked, pool.stock.presale_reserved, pool.stock.set_asides) == (3, 5, 0)
+    assert pool.approve(request, "carol", 3).detail == "insufficient_locked_stock"  # the decision stands
+
+
+def test_the_set_aside_is_taken_over_by_the_vip_orders_lines() -> None:
+    pool = stocked(4)
+    pool.reserve("o1", 1, 4, now_ms=1)
+    request = P.request_override(None, "v1", 3, "vip:1", "alice", "launch", 2).request
+    assert pool.approve(request, "bob", 3).outcome == "APPLIED"
+    assert (pool.stock.locked, pool.stock.available(), pool.stock.set_asides) == (3, 1, 1)
+    taken = pool.reserve("vip:1", 1, 2, channel="tmall", now_ms=4)
+    assert (taken.outcome, taken.reason) == ("HELD", "vip_override:v1")
+    rest = pool.hold("vip:1", P.VIP_LINE)
+    assert rest is not None and rest.qty == 1
+    assert (pool.stock.locked, pool.stock.available(), pool.stock.open_lines) == (3, 1, 2)  # moved, not added
+    assert pool.reserve("vip:1", 2, 2, now_ms=5).reason == "insufficient_stock"  # more than is set aside
+    assert pool.reserve("vip:1", 3, 1, now_ms=6).reason == "vip_override:v1"
+    assert pool.hold("vip:1", P.VIP_LINE) is None and pool.stock.set_asides == 0
+    assert (pool.stock.locked, pool.stock.available()) == (3, 1)
+
+
+def test_a_second_override_adds_to_the_set_aside_and_its_remainder_returns_to_the_pool() -> None:
+    pool = stocked(5)
+    for n, override_id in enumerate(("v1", "v2")):
+        request = P.request_override(None, override_id, 2, "vip:1", "alice", "launch", n).request
+        assert pool.approve(request, "bob", 10 + n).outcome == "APPLIED"
+    set_aside = pool.hold("vip:1", P.VIP_LINE)
+    assert set_aside is not None and (set_aside.qty, set_aside.reason) == (4, "vip_override:v2")
+    assert (pool.stock.locked, pool.stock.set_asides, pool.stock.open_lines) == (4, 1, 1)
+    pool.reserve("vip:1", 1, 1, now_ms=20)
+    # What no line took expires with no answer: no order line holds it, so no order is cancelled.
+    assert [a.order_id for a in pool.due(11 + RULES.hold_ttl_ms)] == []
+    assert (pool.stock.locked, pool.stock.set_asides) == (1, 0)
+
+
+def test_a_duplicate_approval_answers_the_recorded_outcome_and_released_holds() -> None:
+    pool = stocked(3)
+    pool.reserve("o1", 1, 3, now_ms=0)
+    request = P.request_override(None, "v2", 2, "vip:1", "alice", "launch", 1).request
+    assert request is not None and pool.approve(request, "bob", 3).outcome == "APPLIED"
+    before = (pool.stock.locked, dict(pool.holds))
+    again = pool.approve(request, "bob", 4)
+    assert again.outcome == "APPLIED" and again.request is request
+    assert request.released == [["o1", 1, 3]]  # the processor tells o1 again from this
+    assert again.released == [] and again.set_aside is None  # nothing released or set aside twice
+    assert (pool.stock.locked, pool.holds) == before
+    assert pool.reserve("vip:1", 1, 2, channel="own", now_ms=5).outcome == "HELD"
+    assert pool.stock.locked == 2 and pool.stock.available() == 1
+
+
+def test_a_presale_line_does_not_take_over_a_set_aside() -> None:
+    """A set-aside is on-hand stock; a presale line of the VIP order draws on the presale pool as any
+    presale line does (here empty, so it is refused), and the set-aside stays regular and whole."""
+    pool = stocked(2)
+    request = P.request_override(None, "v1", 2, "vip:1", "alice", "launch", 1).request
+    pool.approve(request, "bob", 2)
+    answer = pool.reserve("vip:1", 1, 2, presale=True, now_ms=3)
+    assert (answer.outcome, answer.reason) == ("REFUSED", "insufficient_presale_stock")
+    assert pool.stock.healthy(), pool.stock.breaches()
+    assert (pool.stock.locked, pool.stock.presale_reserved) == (2, 0)
+
+
+# ---- the totals always add up -----------------------------------------------------------------------
+
+WAREHOUSES = ("WH-A", "WH-B")
+LINES = [(order, line) for order in ("o1", "o2", "o3") for line in (1, 2)]
+
+
+def expected_totals(holds: dict[tuple[str, int], LineHold]) -> dict[str, object]:
+    """What the line records add up to, summed here without ``account``."""
+    open_ = [h for h in holds.values() if h.status in P.OPEN]
+    allocated: Counter[str] = Counter()
+    for h in open_:
+        if h.warehouse_id and not h.presale:  # presale units are not on a shelf yet
+            allocated[h.warehouse_id] += h.qty
+    return {
+        "locked": sum(h.qty for h in open_ if not h.presale),
+        "sold": sum(h.qty for h in open_ if not h.presale and h.status == P.SOLD),
+        "presale_reserved": sum(h.qty for h in open_ if h.presale),
+        "allocated": {wh: q for wh, q in allocated.items() if q},
+        "open_lines": len(open_),
+        "set_asides": sum(1 for h in open_ if h.line_no == P.VIP_LINE),
+    }
+
+
+def actual_totals(stock: SkuStock) -> dict[str, object]:
+    return {"locked": stock.locked, "sold": stock.sold, "presale_reserved": stock.presale_reserved,
+            "allocated": dict(stock.allocated), "open_lines": stock.open_lines,
+            "set_asides": stock.set_asides}  # fmt: skip
+
+
+def random_step(pool: Pool, rng: random.Random, now_ms: int, n: int, regular_only: bool) -> None:
+    """One random command, as the stream might bring it: duplicates, late ones, stray ones included."""
+    order, line = rng.choice([*LINES, ("vip:1", 1), ("vip:1", 2)])
+    qty = rng.randint(1, 4)
+    warehouse = "WH-A" if regular_only else rng.choice(["", *WAREHOUSES, "WH-X"])
+    op = rng.choice(["reserve", "reserve", "COMMIT", "ALLOCATE", "SHIP", "RELEASE", "EXPIRE", "due", "adjust",
+                     "override"])  # fmt: skip
+    if op == "reserve":
+        pool.reserve(order, line, qty, rng.choice(RULES.channels), not regular_only and rng.random() < 0.3, now_ms)
+    elif op == "due":
+        pool.due(now_ms)
+    elif op == "adjust":
+        kind = "RECEIPT" if regular_only else rng.choice(["RECEIPT", "RECEIPT", *P.ADJUSTMENT_KINDS])
+        adj_qty = {"RECEIPT": rng.randint(1, 8), "COUNT": rng.randint(0, 8), "CORRECTION": rng.choice([-2, -1, 1, 2]),
+                   "PRESALE_CAP": rng.randint(0, 6)}[kind]  # fmt: skip
+        wh = "" if kind == "PRESALE_CAP" else rng.choice(WAREHOUSES) if not regular_only else "WH-A"
+        P.adjust(pool.stock, kind, wh, adj_qty, now_ms)
+    elif op == "override":
+        request = P.request_override(None, f"v{n}", qty, "vip:1", "alice", "launch", now_ms).request
+        pool.approve(request, "bob", now_ms)
+    else:
+        hold = pool.hold(order, line)
+        if regular_only and op == "SHIP" and (hold is None or not hold.is_open):
+            return  # only stray shipments can make the stock unhealthy: leave them out here
+        if op == "ALLOCATE" and not regular_only:
+            warehouse = rng.choice(WAREHOUSES)
+        pool.command(op, order, line, hold.qty if hold is not None else qty, now_ms, warehouse)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_totals_always_equal_what_the_line_records_add_up_to(seed: int) -> None:
+    rng = random.Random(seed)
+    pool = Pool(SkuStock(sku="S"))
+    P.adjust(pool.stock, "RECEIPT", "WH-A", rng.randint(0, 8), 0)
+    P.adjust(pool.stock, "PRESALE_CAP", "", rng.randint(0, 4), 0)
+    now_ms = 0
+    for n in range(300):
+        now_ms += rng.choice([0, 1, 1_000, RULES.hold_ttl_ms // 3, RULES.tombstone_ttl_ms // 2])
+        random_step(pool, rng, now_ms, n, regular_only=False)
+        s = pool.stock
+        assert actual_totals(s) == expected_totals(pool.holds), f"step {n}"
+        assert min(s.locked, s.sold, s.presale_reserved, s.open_lines, s.set_asides) >= 0
+        assert all(q > 0 for q in s.allocated.values())
+        assert all(h.qty > 0 for h in pool.holds.values() if h.is_open)
+        assert s.available() >= 0
+        assert s.healthy() is (not s.breaches()), s.breaches()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_without_miscounts_or_stray_shipments_the_stock_stays_healthy(seed: int) -> None:
+    """Receipts into one warehouse, regular lines, shipments only of open lines: whatever the order
+    of commands, the rules alone never over-commit the stock."""
+    rng = random.Random(seed)
+    pool = Pool(SkuStock(sku="S"))
+    P.adjust(pool.stock, "RECEIPT", "WH-A", rng.randint(1, 8), 0)
+    now_ms = 0
+    for n in range(300):
+        now_ms += rng.choice([0, 1, 1_000, RULES.hold_ttl_ms // 3])
+        random_step(pool, rng, now_ms, n, regular_only=True)
+        assert pool.stock.healthy(), (n, pool.stock.breaches())
+        assert actual_totals(pool.stock) == expected_totals(pool.holds)
+
+
+def test_account_moves_a_lines_contribution_between_records() -> None:
+    stock = SkuStock(sku="S", on_hand={"WH-A": 9})
+    held = LineHold("o1", 1, 3, "jd", False, P.HELD, "", 100, 0)
+    P.account(stock, None, held)
+    sold = replace(held, status=P.SOLD, warehouse_id="WH-A")
+    P.account(stock, held, sold)
+    assert actual_totals(stock) == {"locked": 3, "sold": 3, "presale_reserved": 0, "allocated": {"WH-A": 3},
+                                    "open_lines": 1, "set_asides": 0}  # fmt: skip
+    P.account(stock, sold, replace(sold, status=P.SHIPPED))
+    assert actual_totals(stock) == expected_totals({})
