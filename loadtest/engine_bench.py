@@ -18,7 +18,8 @@ from loadtest import events as ev
 from loadtest.baseline import plain_loop_events_per_s
 from loadtest.stack import isolated
 from streams.contract.codec import default_codec
-from streams.contract.topics import HOLD_COMMANDS, STOCK_ADJUSTMENTS, ensure_topics
+from streams.contract.keys import order_key
+from streams.contract.topics import HOLD_COMMANDS, ORDER_EVENTS, STOCK_ADJUSTMENTS, ensure_topics
 from streams.engine.clock import Clock
 from streams.engine.loop import Engine
 from streams.engine.producer import EventProducer
@@ -107,3 +108,71 @@ def run(settings: Settings, commands: int, skus: int, guarantees: tuple[str, ...
     for guarantee in guarantees:
         results[guarantee]["baseline_ratio"] = round(results[guarantee]["events_per_s"] / baseline, 3)
     return results
+
+
+def fill_orders(settings: Settings, orders: int, skus: int) -> None:
+    """``orders`` single-line orders over the SKUs, each placed and then paid, already in ``order.events``."""
+    producer = EventProducer(settings)
+    codec = producer.codec
+    for i in range(orders):
+        number = f"bench-{i}"
+        key = order_key("tmall", number)
+        sku = f"HOLD-{i % skus:05d}"
+        placed = ev.order_placed("tmall", number, [ev.line(1, sku, 1)])
+        producer.send_raw(ORDER_EVENTS.name, key, codec.encode("OrderPlaced", placed))
+        paid = ev.payment_confirmed("tmall", number)
+        producer.send_raw(ORDER_EVENTS.name, key, codec.encode("PaymentConfirmed", paid))
+    producer.flush(300)
+
+
+def pipeline_orders_per_s(settings: Settings, orders: int, skus: int, timeout_s: float = 600.0) -> dict[str, Any]:
+    """The order lifecycle and the pool together on one engine, draining ``orders`` placed-and-paid
+    single-line orders: each is reserved, committed and allocated to a warehouse (8 engine events)."""
+    from agents.orders.run_lifecycle import RunLifecycle
+    from agents.routing.warehouse_view import WarehouseView
+    from agents.routing.warehouses import load_warehouses
+
+    view = WarehouseView.from_settings(settings)
+    for i in range(skus):  # what the published levels would say: plenty everywhere
+        view.apply_level({"sku": f"HOLD-{i:05d}", "on_hand_by_warehouse": dict.fromkeys(view.sites, 10_000_000),
+                          "allocated_by_warehouse": {}, "newest_change_ms": 0})  # fmt: skip
+    warehouses = frozenset(load_warehouses(settings.warehouses_file))
+    processors = [RunLifecycle.from_settings(settings, view), HoldStock.from_settings(settings, warehouses)]
+    engine = Engine(settings, default_codec(), Clock(), processors)
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,), name="engine", daemon=True)
+    expected = orders * 8
+    cpu0 = time.process_time()
+    thread.start()
+    first = 0.0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while engine.stats.events < expected:
+            if not first and engine.stats.events:
+                first = time.perf_counter()
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"the engine applied {engine.stats.events} of {expected} events")
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - first
+    finally:
+        stop.set()
+        thread.join(60)
+    stats = engine.stats.as_dict()
+    return {
+        "orders_per_s": round(orders / max(elapsed, 1e-3)),
+        "engine_events_per_s": round(expected / max(elapsed, 1e-3)),
+        "cpu_us_per_order": round(1e6 * (time.process_time() - cpu0) / orders),
+        "records_written_per_order": round((stats["outputs"] + stats["changelog_records"]) / orders, 2),
+        "changelog_records_per_order": round(stats["changelog_records"] / orders, 2),
+        "events_per_batch": round(stats["events"] / max(stats["batches"], 1), 1),
+        "stats": stats,
+    }
+
+
+def run_pipeline(settings: Settings, orders: int, skus: int) -> dict[str, Any]:
+    _, s = isolated(settings, "bench-pipeline")
+    ensure_topics(s)
+    stock_up(s, skus)
+    engine_events_per_s(s, skus)
+    fill_orders(s, orders, skus)
+    return pipeline_orders_per_s(s, orders, skus)

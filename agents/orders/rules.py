@@ -96,7 +96,7 @@ class OrderRecord:
         due = [parked_deadline_ms(p, rules) for p in self.parked]
         if self.state == "reserved" and not self.paid and self.payment_deadline_ms:
             due.append(self.payment_deadline_ms)
-        if waiting_for_warehouse(self) and not self.sla and "paid" in self.stage_times:
+        if not self.sla and "paid" in self.stage_times and waiting_for_warehouse(self):
             due.append(self.stage_times["paid"] + rules.sla_ms)
         if self.state == "paid" and self.routing.get("retry_at_ms"):
             due.append(self.routing["retry_at_ms"])
@@ -484,7 +484,8 @@ def check_sla(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
     """Red once when a paid order waits too long for a warehouse; one clearing message when it moves on."""
     fx = Effects()
     paid_at = rec.stage_times.get("paid")
-    if not paid_at:
+    # Runs after every event of every order: decide cheaply that there is nothing to say.
+    if not paid_at or rec.sla == "cleared" or (not rec.sla and now_ms - paid_at < rules.sla_ms):
         return fx
     waiting = waiting_for_warehouse(rec)
     if waiting and not rec.sla and now_ms - paid_at >= rules.sla_ms:

@@ -43,6 +43,7 @@ def _table(path: Path = CENTROIDS) -> dict[tuple[str, str], tuple[float, float]]
                 for r in csv.DictReader(fh)}  # fmt: skip
 
 
+@functools.lru_cache(maxsize=4096)
 def locate(province: str, city: str) -> Place | None:
     """Where an address is, at the finest level the table knows; None if it cannot be placed."""
     table = _table()
@@ -54,6 +55,7 @@ def locate(province: str, city: str) -> Place | None:
     return None
 
 
+@functools.lru_cache(maxsize=65536)
 def distance_km(a: Place, b: Place) -> float:
     """Great-circle distance (haversine)."""
     lat1, lon1, lat2, lon2 = map(math.radians, (a.lat, a.lon, b.lat, b.lon))

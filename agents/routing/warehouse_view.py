@@ -74,9 +74,11 @@ class WarehouseView:
         customer: Place | None = locate(address.get("province", ""), address.get("city", ""))
         if customer is None:
             return None
-        free = dict(self.free)
-        for sku, plans in self.planned.items():
-            for _, wh, qty in plans:
+        # Only this order's SKUs: copying the whole warehouse x SKU map cost more than the rules.
+        skus = {ln.sku for ln in lines}
+        free = {(wh, sku): self.free.get((wh, sku), 0) for wh in self.sites for sku in skus}
+        for sku in skus:
+            for _, wh, qty in self.planned.get(sku, ()):
                 free[(wh, sku)] = free.get((wh, sku), 0) - qty
         on_time = {wh: rate.rate() for wh, rate in self.rates.items()}
         decision = routing.route(self.sites, customer, lines, free, on_time, self.weights)

@@ -63,6 +63,7 @@ class EngineStats:
     poll_s: float = 0.0
     apply_s: float = 0.0
     commit_s: float = 0.0
+    cpu_s: float = 0.0  # the engine thread's own CPU time in batches (apply + commit)
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
@@ -263,6 +264,7 @@ class Engine:
     def _run_batch(self, messages: list[Message], alone: bool) -> None:
         batch = _Batch(self, self.clock.now_ms())
         started = time.perf_counter()
+        cpu = time.thread_time()
         try:
             for msg in messages:
                 self._apply(batch, msg)
@@ -286,6 +288,7 @@ class Engine:
             self._commit(batch, [dead_letter(ref, "streams.engine", Reason.PROCESSING_ERROR, repr(exc), batch.now_ms)])
             return
         self._commit(batch)
+        self.stats.cpu_s += time.thread_time() - cpu
 
     def _record_offset(self, batch: _Batch, msg: Message) -> None:
         batch.offsets[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
