@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.engine.state import PartitionStore
@@ -49,10 +49,11 @@ def ensure_changelogs(settings: Settings, stores: list[str]) -> None:
 
 
 def restore(
-    store: PartitionStore, settings: Settings, topic: str, partition: int, timeout_s: float = 120.0
-) -> tuple[PartitionStore, int]:
-    """Bring ``store`` up to the end of its changelog partition; return it (a new object if it had
-    to be wiped) and the records applied.
+    stores: dict[tuple[str, int], PartitionStore], settings: Settings, timeout_s: float = 120.0
+) -> tuple[dict[tuple[str, int], PartitionStore], int]:
+    """Bring every store (keyed by its changelog topic and partition) up to the end of its changelog
+    partition, with one consumer for all of them; return the stores (a store that had to be wiped is
+    a new object) and the records applied.
 
     Reads committed records only, up to the high watermark taken at the start: with a previous
     owner's transaction still open, that waits for it to commit or abort (bounded by the
@@ -63,51 +64,53 @@ def restore(
         "group.id": f"restore-{uuid.uuid4()}",  # never committed: assign() only
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
-        "enable.partition.eof": True,
-        "fetch.max.bytes": 16 * 1024 * 1024,
+        "fetch.max.bytes": 32 * 1024 * 1024,
     })  # fmt: skip
+    out = dict(stores)
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
-        start = store.changelog_offset + 1
-        if start > high or (start < low and start > 0):
-            # Ahead of its changelog (the topic was recreated) or behind what compaction kept:
-            # the folder cannot be trusted; rebuild it from the changelog alone.
-            log.warning("%s[%d]: local store at %d, changelog %d..%d: rebuilding", topic, partition, start, low, high)
-            store = store.wipe()
-            start = 0
-        if start >= high:
-            return store, 0
-        consumer.assign([TopicPartition(topic, partition, start if start > 0 else OFFSET_BEGINNING)])
+        ends: dict[tuple[str, int], int] = {}
+        assignment = []
+        for (topic, partition), store in stores.items():
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+            start = store.changelog_offset + 1
+            if start > high or (start < low and start > 0):
+                # Ahead of its changelog (the topic was recreated) or behind what compaction kept:
+                # the folder cannot be trusted; rebuild it from the changelog alone.
+                log.warning("%s[%d]: local store at %d, changelog %d..%d: rebuilding", topic, partition, start,
+                            low, high)  # fmt: skip
+                out[(topic, partition)] = store.wipe()
+                start = 0
+            if start < high:
+                ends[(topic, partition)] = high
+                assignment.append(TopicPartition(topic, partition, start if start > 0 else OFFSET_BEGINNING))
+        if not assignment:
+            return out, 0
+        consumer.assign(assignment)
         applied = 0
         deadline = time.monotonic() + timeout_s
-        position = start
-        while position < high:
+        while ends:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"restoring {topic}[{partition}] stopped at {position} of {high}")
-            changes: dict[bytes, bytes | None] = {}
-            newest = -1
+                raise TimeoutError(f"restoring {sorted(ends)} did not reach the changelog's end in {timeout_s:.0f}s")
+            changes: dict[tuple[str, int], dict[bytes, bytes | None]] = {}
+            newest: dict[tuple[str, int], int] = {}
             for msg in consumer.consume(num_messages=10_000, timeout=0.5):
                 error = msg.error()
                 if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        position = max(position, msg.offset() or position)
-                        continue
-                    raise RuntimeError(f"restoring {topic}[{partition}]: {error}")
+                    raise RuntimeError(f"restoring {msg.topic()}[{msg.partition()}]: {error}")
                 key = msg.key()
                 if key is None:
                     continue
-                changes[key if isinstance(key, bytes) else key.encode()] = msg.value()
-                newest = msg.offset() or 0
-                position = newest + 1
-            if changes:
-                store.apply(changes, newest)
-                applied += len(changes)
-            # Transaction markers occupy offsets no record has: ask where the consumer really is.
-            (tp,) = consumer.position([TopicPartition(topic, partition)])
-            if tp.offset >= 0:
-                position = max(position, tp.offset)
-        if applied:
-            store.apply({}, high - 1)
-        return store, applied
+                where = (msg.topic() or "", msg.partition() or 0)
+                changes.setdefault(where, {})[key if isinstance(key, bytes) else key.encode()] = msg.value()
+                newest[where] = msg.offset() or 0
+            for where, batch in changes.items():
+                out[where].apply(batch, newest[where])
+                applied += len(batch)
+            # Transaction markers occupy offsets no record has: the position says where a partition is.
+            for tp in consumer.position([TopicPartition(t, p) for t, p in ends]):
+                where = (tp.topic, tp.partition)
+                if tp.offset >= ends[where]:
+                    out[where].apply({}, ends.pop(where) - 1)
+        return out, applied
     finally:
         consumer.close()

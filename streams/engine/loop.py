@@ -514,27 +514,33 @@ class Engine:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({tp.partition for tp in partitions} - set(self.owned))
+        if not numbers:
+            self.ready.set()
+            return
         started = time.perf_counter()
+        wanted: dict[tuple[str, int], PartitionStore] = {}
         for partition in numbers:
-            stores: dict[str, PartitionStore] = {}
             for name in self.store_specs:
                 store = self._open.get((name, partition))
                 if store is None:
                     store = PartitionStore(self._state_dir() / f"slot-{self.slot}" / name / str(partition))
-                store, applied = restore(store, self.settings, changelog_topic(self.settings, name), partition)
+                wanted[(changelog_topic(self.settings, name), partition)] = store
+        restored, applied = restore(wanted, self.settings)
+        self.stats.restored_records += applied
+        now_ms = self.clock.now_ms()
+        for partition in numbers:
+            stores = {name: restored[(changelog_topic(self.settings, name), partition)] for name in self.store_specs}
+            for name, store in stores.items():
                 self._open[(name, partition)] = store
-                self.stats.restored_records += applied
-                stores[name] = store
             self.owned[partition] = _Owned(stores)
             self._rebuild_timers(partition)
-            now_ms = self.clock.now_ms()
             for proc in self.processors:
                 # Read-only: what on_assign reads is committed state; it marks, it does not emit.
                 txns = {spec.name: StoreTransaction(stores[spec.name], spec.serde) for spec in proc.stores}
                 timers = self.owned[partition].timers.get(proc.name)
                 proc.on_assign(Context(partition, now_ms, txns, timers.set if timers else _no_timers))
-        if numbers:
-            log.info("assigned partitions %s, restored in %.2fs", numbers, time.perf_counter() - started)
+        log.info("assigned partitions %s: %d changelog records restored in %.2fs", numbers, applied,
+                 time.perf_counter() - started)  # fmt: skip
         self.ready.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
