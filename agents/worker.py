@@ -17,7 +17,6 @@ from __future__ import annotations
 import faust
 
 from agents.alerting import notify
-from agents.analytics import sink
 from agents.inventory import views as inventory_views
 from agents.inventory.hold_stock import HoldStock
 from agents.orders import views as order_views
@@ -68,5 +67,4 @@ def create_app(settings: Settings) -> faust.App:
 
     clock_control.register(app, runtime)
     notify.register(app, runtime)
-    sink.register(app, runtime)
     return app

@@ -1,10 +1,11 @@
 """`stockflow bench`: a load run against real workers, its baseline, and the figures to compare.
 
-One run: fresh topics, N workers (each a `stockflow worker`), `stockflow intake`, the schedule of a
-profile sent open-loop, drained, measured (``loadtest.run``); then, on the same broker, the plain
-consume->produce loop moving the same number of messages (``loadtest.baseline``), and the hold
-agent alone draining a backlog of hold commands (stateful events/s of one worker with RocksDB and
-changelog). Everything started is stopped; the local broker is started only if none runs.
+One run: fresh topics, N workers (each a `stockflow worker`), the ClickHouse sink (`stockflow sink`),
+`stockflow intake`, the schedule of a profile sent open-loop, drained, measured (``loadtest.run``);
+then, on the same broker, the plain consume->produce loop moving the same number of messages
+(``loadtest.baseline``), and the hold agent alone draining a backlog of hold commands (stateful
+events/s of one worker with RocksDB and changelog). Everything started is stopped; the local
+broker is started only if none runs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from loadtest.run import LoadRun, measure
 from loadtest.stack import isolated
 from streams.contract.codec import default_codec
 from streams.contract.topics import HOLD_COMMANDS, STOCK_ADJUSTMENTS, ensure_topics
+from streams.devstack.sinkproc import SinkProcess
 from streams.devstack.workerproc import WorkerProcess
 from streams.engine.producer import EventProducer
 from streams.engine.topicreader import read_all
@@ -99,25 +101,25 @@ def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, 
               console: Console, hold_commands: int = 50_000) -> tuple[dict[str, Any], Settings]:  # fmt: skip
     """The run's figures, and the settings it ran with (its topics, its ClickHouse)."""
     tag, s = isolated(settings, "bench", **RUN_TIMEOUTS)
+    if s.web_port <= s.sink_port < s.web_port + workers:  # the workers take web_port, web_port + 1, ...
+        s = s.model_copy(update={"sink_port": s.web_port + workers})
     logs = s.home_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     ensure_topics(s)
     schedule = build_schedule(profile, rate, duration_s, seed)
     console.print(f"schedule: {describe(schedule)}")
     procs: list[WorkerProcess] = []
+    sink = SinkProcess(s, logs / f"bench-{tag}-sink.log")
     intake = None
     try:
-        with console.status(f"starting {workers} worker(s) and the intake..."):
+        with console.status(f"starting {workers} worker(s), the sink and the intake..."):
             for i in range(workers):
-                own: dict[str, Any] = {"web_port": s.web_port + i}
-                if i and s.clickhouse_url.startswith("chdb"):
-                    # An embedded ClickHouse belongs to one process: each further worker sinks its
-                    # share into a folder of its own (use a ClickHouse server to see one whole).
-                    own["clickhouse_url"] = f"{s.clickhouse_url.rstrip('/')}-worker{i}"
-                w = WorkerProcess(s.model_copy(update=own), logs / f"bench-{tag}-{i}.log")
+                w = WorkerProcess(s.model_copy(update={"web_port": s.web_port + i}), logs / f"bench-{tag}-{i}.log")
                 procs.append(w.start())
+            sink.start()  # one sink for every worker: with chdb it owns the one folder
             for w in procs:
                 w.wait_ready()
+            sink.wait_ready()
             intake = start_intake(s, s.intake_port, logs / f"bench-{tag}-intake.log")
         run = LoadRun(s, schedule, f"http://127.0.0.1:{s.intake_port}", console)
         with console.status("loading stock..."):
@@ -144,6 +146,7 @@ def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, 
             intake.wait(30)
         for w in procs:
             w.stop()
+        sink.stop()
     size = 220  # bytes: an encoded order event with two lines, the run's typical message
     with console.status("baseline: plain consume -> produce loop on the same broker..."):
         baseline = plain_loop_events_per_s(s, min(figures["events"], 400_000), size)

@@ -1,10 +1,11 @@
 """``stockflow demo``: one command from a cold start to a Double-11 minute, measured and explained.
 
-Starts Kafka if none runs, a worker (embedded ClickHouse) and the HTTP intake, sends a short
-``double11`` load (orders from six channels, payments, cancellations, presale, stock receipts and
-about 1% bad input), waits for the pipeline to drain, and prints what a new user wants to see:
-orders flowing, zero oversell by the independent checker, where time goes (the flow-time and
-outcome dashboards), and a chart of rate and latency. Everything it started is stopped.
+Starts Kafka if none runs, a worker, the ClickHouse sink (``stockflow sink``, which owns the embedded
+ClickHouse folder) and the HTTP intake, sends a short ``double11`` load (orders from six channels,
+payments, cancellations, presale, stock receipts and about 1% bad input), waits for the pipeline to
+drain, and prints what a new user wants to see: orders flowing, zero oversell by the independent
+checker, where time goes (the flow-time and outcome dashboards), and a chart of rate and latency.
+Everything it started is stopped.
 """
 
 from __future__ import annotations

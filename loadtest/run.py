@@ -209,7 +209,7 @@ class LoadRun:
     def _watch_lag(self) -> None:
         consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": engine_group(self.settings),
                              "enable.auto.commit": False})  # fmt: skip
-        sink = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": f"{self.settings.app_id}-sink",
+        sink = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": f"{self.settings.app_id}.sink",
                          "enable.auto.commit": False})  # fmt: skip
         try:
             while not self._done.is_set():

@@ -5,8 +5,9 @@
 2. Baselines: the same events are turned into the same rows outside the timing, then inserted in
    batches of ``STOCKFLOW_SINK_BATCH_ROWS`` by the plain client of each backend - clickhouse-driver
    (``INSERT ... VALUES`` columnar) and chdb (``INSERT ... SELECT FROM Python(...)``).
-3. The sink: a real worker drains the backlog (consume, decode, build rows, insert every table,
-   commit), timed from its first insert to its last as ``/sink/status`` reports them.
+3. The sink: a real sink process (``stockflow sink``) drains the backlog (consume, decode, build
+   rows, insert every table, commit), timed from its first insert to its last as ``/sink/status``
+   reports them.
 The ratio sink / plain is the figure to read; absolute rows/s depend on the machine.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import random
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +26,13 @@ from loadtest.stack import isolated
 from streams.contract.codec import default_codec
 from streams.contract.keys import order_key
 from streams.contract.topics import ensure_topics
-from streams.devstack.workerproc import WorkerProcess
-from streams.engine.clock import Clock
+from streams.devstack.sinkproc import SinkProcess
 from streams.engine.producer import EventProducer
-from streams.engine.runtime import Runtime
 from streams.settings import Settings
 from streams.stores.clickhouse import ServerClickHouse, apply_migrations, open_clickhouse
 
 KINDS = ("order.states", "alerts", "reservation.results", "routing.decisions")
 CHANNELS = ("tmall", "jd", "douyin", "pdd", "kuaishou", "own")
-
-
-@dataclass
-class Message:
-    """What the sink receives from Kafka, for building the baseline's rows."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes
 
 
 def make_events(count: int, seed: int) -> list[tuple[str, str, str, dict[str, Any]]]:
@@ -174,13 +161,13 @@ def plain_insert(settings: Settings, tables: dict[str, dict[str, list[Any]]], ba
 
 
 def sink_rate(settings: Settings, rows: int, log_dir: Path, timeout_s: float) -> tuple[float, dict[str, Any]]:
-    worker = WorkerProcess(settings, log_dir / f"bench-sink-{settings.app_id}.log").start()
+    sink = SinkProcess(settings, log_dir / f"bench-sink-{settings.app_id}.log").start()
     try:
-        worker.wait_ready()
+        sink.wait_ready()
         deadline = time.monotonic() + timeout_s
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            status = worker.get("/sink/status")
+            status = sink.get("/sink/status")
             if status.get("rows", 0) >= rows:
                 break
             time.sleep(0.2)
@@ -189,7 +176,7 @@ def sink_rate(settings: Settings, rows: int, log_dir: Path, timeout_s: float) ->
         seconds = (status["last_insert_ms"] - status["first_insert_ms"]) / 1000
         return rows / max(seconds, 1e-3), status
     finally:
-        worker.stop()
+        sink.stop()
 
 
 def run(settings: Settings, server_url: str, rows: int, seed: int, console: Console) -> dict[str, Any]:
@@ -202,12 +189,11 @@ def run(settings: Settings, server_url: str, rows: int, seed: int, console: Cons
             producer.send(topic, key, kind, record)
         producer.flush()
     codec = default_codec()
-    runtime = Runtime(base, codec, Clock())
-    from agents.analytics.sink import rows_for_batch
+    from agents.analytics.sink import Received, rows_for_batch
 
-    messages = [Message(base.topic(t), 0, i, k.encode(), codec.encode(kind, r)) for i, (t, k, kind, r) in
+    messages = [Received(base.topic(t), 0, i, k.encode(), codec.encode(kind, r)) for i, (t, k, kind, r) in
                 enumerate(events)]  # fmt: skip
-    tables, _ = rows_for_batch(runtime, messages, int(time.time() * 1000))
+    tables, _ = rows_for_batch(codec, messages, int(time.time() * 1000))
     row_count = sum(len(c["event_id"]) for c in tables.values())
     results: dict[str, Any] = {"events": rows, "rows_per_event": round(row_count / rows, 2)}
     backends = {"server": server_url, "embedded": f"chdb://{tempfile.mkdtemp(prefix='stockflow-bench-')}"}
@@ -216,10 +202,10 @@ def run(settings: Settings, server_url: str, rows: int, seed: int, console: Cons
         with console.status(f"{name}: plain inserts..."):
             plain_s = plain_insert(plain_settings, tables, base.sink_batch_rows)
         if name == "embedded":
-            url = f"chdb://{tempfile.mkdtemp(prefix='stockflow-bench-')}"  # the worker needs its own folder
+            url = f"chdb://{tempfile.mkdtemp(prefix='stockflow-bench-')}"  # the sink process needs its own folder
         sink_settings = base.model_copy(update={
             "clickhouse_url": url, "clickhouse_database": f"sink_{tag}", "app_id": f"bench-sink-{tag}-{name}",
-            "web_port": base.web_port + 1})  # fmt: skip
+            "sink_port": base.sink_port + 1})  # fmt: skip
         with console.status(f"{name}: the sink drains {rows} events..."):
             sink_events_per_s, status = sink_rate(sink_settings, rows, base.home_dir / "logs", 600)
         plain_events_per_s = rows / plain_s

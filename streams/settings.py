@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     sink_flush_interval_s: float = Field(
         default=1.0, gt=0, description="Longest the sink waits before inserting a batch that is not full."
     )
+    sink_port: int = Field(
+        default=6067,
+        description="Port of the `stockflow sink` process's HTTP views (`/sink/status`, `/dash`, `/healthz`, "
+        "`/readyz`); with embedded ClickHouse, `stockflow dash` and `web` ask it.",
+    )
 
     # --- inventory rules -----------------------------------------------------------------------
     payment_timeout_s: float = Field(default=1800.0, gt=0, description="Unpaid orders release their holds after this.")

@@ -19,6 +19,7 @@ import pytest
 from streams.contract.topics import ensure_topics
 from streams.devstack.localclickhouse import LocalClickHouseServer
 from streams.devstack.localkafka import LocalKafka
+from streams.devstack.sinkproc import SinkProcess
 from streams.devstack.workerproc import WorkerProcess
 from streams.settings import Settings
 
@@ -84,13 +85,15 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> SettingsFactory:
     tag = uuid.uuid4().hex[:10]
 
     def factory(**overrides: object) -> Settings:
+        web_port, sink_port = free_ports(2)
         base: dict[str, object] = {
             "home": tmp_path / "home",
             "kafka_bootstrap": kafka_bootstrap,
             "topic_prefix": f"t{tag}.",
             "app_id": f"sf-{tag}",
             "partitions": 4,
-            "web_port": free_port(),
+            "web_port": web_port,
+            "sink_port": sink_port,
             "clickhouse_database": f"sf_{tag}",
             "sink_flush_interval_s": 0.3,
             "log_level": "warn",
@@ -117,3 +120,65 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]
     yield start
     for worker in workers:
         worker.kill9()
+
+
+@pytest.fixture
+def start_sink(tmp_path: Path) -> Iterator[Callable[..., SinkProcess]]:
+    """Start ClickHouse sink processes (``stockflow sink``) for a test; every one still running at the end is
+    stopped. With embedded ClickHouse the sink owns the chdb folder: read it through ``/dash`` or after it stops."""
+    sinks: list[SinkProcess] = []
+
+    def start(settings: Settings, name: str = "sink") -> SinkProcess:
+        ensure_topics(settings)
+        sink = SinkProcess(settings, tmp_path / f"{name}-{len(sinks)}.log").start()
+        sinks.append(sink)
+        sink.wait_ready()
+        return sink
+
+    yield start
+    for sink in sinks:
+        sink.kill9()
+
+
+@pytest.fixture
+def peer_settings() -> Callable[[Settings], Settings]:
+    """Settings of another worker of the same group on this host, as ``stockflow bench --workers N``
+    starts them: same home, app id and topics; its own web and sink ports."""
+
+    def peer(settings: Settings) -> Settings:
+        web_port, sink_port = free_ports(2)
+        return settings.model_copy(update={"web_port": web_port, "sink_port": sink_port})
+
+    return peer
+
+
+@pytest.fixture
+def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start workers without waiting for them (the test calls ``wait_ready``); every one still
+    running at the end is stopped."""
+    workers: list[WorkerProcess] = []
+
+    def spawn(settings: Settings, name: str = "spawned") -> WorkerProcess:
+        ensure_topics(settings)
+        worker = WorkerProcess(settings, tmp_path / f"{name}-{len(workers)}.log").start()
+        workers.append(worker)
+        return worker
+
+    yield spawn
+    for worker in workers:
+        worker.kill9()
+
+
+@pytest.fixture
+def dedicated_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
+    """A broker of the test's own (home under tmp_path, free ports), for tests that stop and start
+    it; the shared one must stay up for everybody else. Stopped at the end."""
+    port, controller = free_ports(2)
+    settings = Settings(home=tmp_path / "broker", kafka_bootstrap="", kafka_port=port,
+                        kafka_controller_port=controller, kafka_heap="512m")  # fmt: skip
+    kafka = LocalKafka(settings)
+    kafka.up()
+    try:
+        yield kafka
+    finally:
+        kafka.down()

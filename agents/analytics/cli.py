@@ -1,4 +1,5 @@
-"""Analytics commands: an ops dashboard in the terminal (``dash``) and the live page (``web``)."""
+"""Analytics commands: the ClickHouse sink (``sink``), an ops dashboard in the terminal (``dash``) and the
+live page (``web``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,18 @@ from rich.table import Table
 
 from streams.cli import console, fail
 from streams.settings import Settings
+
+
+def sink() -> None:
+    """Run the ClickHouse sink: every business topic into ClickHouse, in a process of its own."""
+    from agents.analytics.sink_process import run
+
+    settings = Settings()
+    console.print(f"sink: {settings.bootstrap} -> {settings.clickhouse_url}; "
+                  f"status on http://{settings.web_host}:{settings.sink_port}/sink/status", soft_wrap=True)  # fmt: skip
+    code = run(settings)
+    if code:
+        raise typer.Exit(code)
 
 
 def dash(
@@ -51,7 +64,7 @@ def dash(
         dashboard, rows = dashboards.run(settings, name, given)
     except dashboards.DashboardError as exc:
         fail(str(exc))
-    except Exception as exc:  # ClickHouse unreachable or refusing
+    except Exception as exc:  # noqa: BLE001 - ClickHouse unreachable or refusing
         fail(f"could not query ClickHouse at {settings.clickhouse_url}: {exc}")
     columns = list(rows[0]) if rows else []
     if output == "json":

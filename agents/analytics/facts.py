@@ -76,13 +76,10 @@ FACTS: dict[str, tuple[str, Callable[[dict[str, Any]], Iterable[Row]]]] = {
 }
 
 
-def add_rows(tables: dict[str, dict[str, list[Any]]], event_type: str, record: dict[str, Any]) -> None:
-    """Append the typed rows of one event to ``tables`` (table -> column -> values)."""
+def rows_of(event_type: str, record: dict[str, Any]) -> list[tuple[str, Row]]:
+    """The typed rows of one event, as (table, row); none for an event no dashboard reads."""
     fact = FACTS.get(event_type)
     if fact is None:
-        return
-    table, rows_of = fact
-    for row in rows_of(record):
-        columns = tables.setdefault(table, {name: [] for name in row})
-        for name, value in row.items():
-            columns[name].append(value)
+        return []
+    table, rows = fact
+    return [(table, row) for row in rows(record)]

@@ -205,8 +205,9 @@ def jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(settings: Settings, name: str, given: dict[str, str]) -> tuple[Dashboard, list[dict[str, Any]]]:
-    """A dashboard's rows. An embedded ClickHouse belongs to the running worker, so it is asked over
-    HTTP; a ClickHouse server (or an embedded one no worker holds) is queried directly."""
+    """A dashboard's rows. An embedded ClickHouse belongs to the running sink process (``stockflow
+    sink``), so it is asked over HTTP; a ClickHouse server (or an embedded one no sink holds) is
+    queried directly."""
     import httpx
 
     from streams.stores.clickhouse import open_clickhouse
@@ -214,15 +215,20 @@ def run(settings: Settings, name: str, given: dict[str, str]) -> tuple[Dashboard
     dash = find(name)
     params = bind(dash, given, settings)
     if settings.clickhouse_url.startswith("chdb"):
-        url = f"http://{settings.web_host}:{settings.web_port}/dash/{name}"
+        url = f"http://{settings.web_host}:{settings.sink_port}/dash/{name}"
         try:
             response = httpx.get(url, params=given, timeout=30)
         except httpx.HTTPError:
-            response = None  # no worker: the folder is free to open here
+            response = None  # no sink: the folder is free to open here
         if response is not None:
-            answer = response.json()
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = {"error": f"{url} answered {response.status_code}: {response.text[:200]}"}
+            if response.status_code == 400:
+                raise DashboardError(answer.get("error", "the sink refused the parameters"))
             if response.status_code != 200:
-                raise DashboardError(answer.get("error", f"worker answered {response.status_code}"))
+                raise RuntimeError(answer.get("error", f"the sink answered {response.status_code}"))
             return dash, answer["rows"]
     ch = open_clickhouse(settings)
     try:

@@ -1,59 +1,113 @@
-"""Sinks every business topic into ClickHouse.
+"""What the ClickHouse sink does with one batch: the rows each event becomes, inserted; what ClickHouse
+cannot hold, handed back to be dead-lettered, never retried.
 
-Reads: every topic in ``streams.contract.topics.SUNK_TOPICS``. Writes: ClickHouse table ``events`` (the raw
-log) and the typed tables of ``agents.analytics.facts`` the dashboards read (``order_states``,
-``reservations``, ``hold_decisions``, ``stock_levels``, ``alerts``, ``routing_assignments``,
-``dead_letters``); the ``deadletters`` topic for messages nobody can read (bad header, unknown
-fingerprint, truncated body) - the sink reads every topic, so it is the one place that refuses
-unreadable bytes. Owns: the worker's ClickHouse connection, over which it also serves the
-dashboards (``/dash/{name}``); nothing in Kafka: its progress is the consumer group's offsets.
+Writes: ClickHouse table ``events`` (the raw log) and the typed tables of ``agents.analytics.facts``
+the dashboards read (``order_states``, ``reservations``, ``hold_decisions``, ``stock_levels``,
+``alerts``, ``routing_assignments``, ``dead_letters``). Rows are keyed by (topic, event id) in
+ReplacingMergeTree tables, so a batch inserted twice (replayed after a crash, or split again while
+looking for a bad row) is counted once.
 
-Batches are flushed on size or time. The sink has its own consumer group
-(``<app id>-sink``) and commits its offsets only after ClickHouse accepted the insert; while
-ClickHouse is down the sink retries with backoff and holds its partitions. Rows ClickHouse refuses
-(a type or overflow error) are not retried: the sink stops, loudly, and the worker goes on. Rows
-are keyed by (topic, event id) in ReplacingMergeTree tables, so a batch replayed after a crash does
-not double count.
+Three kinds of failure, three answers:
+
+- an outage (connection refused, timeouts, ClickHouse busy or restarting): the insert is retried
+  without bound, on a fresh connection, and the batch waits (its offsets with it);
+- a row ClickHouse refuses for what is in it (type, overflow, parse): the batch is split in halves
+  until the refused events stand alone; each is handed back as ``Reason.UNSTORABLE`` and the rest
+  is inserted. Event times outside 2000-01-01..2100-01-01 are refused before any insert: the
+  server cannot hold them in a ``DateTime`` and embedded chdb would silently clamp them to 2106;
+- anything else (a statement the schema does not match, a bug) is raised: dead-lettering every row
+  over a wrong schema would empty the dashboards behind a healthy-looking sink.
+
+The process around this (the consumer, the dead-letter producer, offsets, HTTP) is
+``agents.analytics.sink_process``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
+import struct
+import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import faust
 import orjson
-from aiokafka import AIOKafkaConsumer
 from clickhouse_driver import errors as ch_errors
 from clickhouse_driver.errors import ErrorCodes
 
 from agents.analytics import facts
-from agents.analytics import queries as dashboards
-from streams.contract.codec import DecodeError
-from streams.contract.topics import DEADLETTERS, SUNK_TOPICS
-from streams.engine.deadletter import dead_letter
-from streams.engine.outbox import Outbox
+from streams.contract.codec import Codec, DecodeError
+from streams.contract.reasons import Reason
 from streams.engine.retry import Backoff, Retry
-from streams.engine.runtime import Runtime
+from streams.settings import Settings
 from streams.stores.clickhouse import ClickHouse, open_clickhouse
 
 log = logging.getLogger(__name__)
+STAGE = "agents.analytics.sink"
+# The event times ClickHouse is given: a DateTime holds 1970..2106, and anything outside this window
+# is a producer writing seconds, microseconds or nanoseconds instead of milliseconds.
+EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+LATEST_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+WINDOW = "2000-01-01..2100-01-01"
 
 
 @dataclass
 class SinkStatus:
+    """What ``/sink/status`` shows; written by the sink loop only."""
+
     rows: int = 0
     batches: int = 0
     unreadable: int = 0
+    unstorable: int = 0
+    dead_letters: int = 0
     retries: int = 0
     last_error: str = ""
     first_insert_ms: int = 0
     last_insert_ms: int = 0
+    lag: int = -1
     by_type: dict[str, int] = field(default_factory=dict)
+    broker_ok: bool = False
+    clickhouse_ok: bool = False
+    last_insert_ok: bool | None = None  # None: nothing inserted yet
+
+    @property
+    def ready(self) -> bool:
+        return self.broker_ok and self.clickhouse_ok and self.last_insert_ok is not False
+
+    def snapshot(self) -> dict[str, Any]:
+        # dict() of a dict is one C call, so a reader thread never sees by_type change under it.
+        return {**self.__dict__, "by_type": dict(self.by_type), "ready": self.ready}
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message as the sink got it from Kafka (what ``dead_letter`` reads from a message)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A readable message and the rows it becomes: (table, row) pairs."""
+
+    message: Received
+    event_type: str
+    rows: list[tuple[str, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A message the sink will not store, and why (the dead letter's reason and detail)."""
+
+    message: Received
+    reason: Reason
+    detail: str
 
 
 # ClickHouse error codes that refuse the rows themselves: sending them again gets the same answer.
@@ -68,6 +122,13 @@ _ROWS_REFUSED = frozenset({
     ErrorCodes.VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE, ErrorCodes.CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN,
     ErrorCodes.CANNOT_PARSE_UUID,
 })  # fmt: skip
+# Of those, the ones about the statement (columns, names, syntax), not a value in a row: every row
+# gets the same answer, so splitting the batch would dead-letter all of it.
+_STATEMENT_REFUSED = frozenset({
+    ErrorCodes.INCORRECT_NUMBER_OF_COLUMNS, ErrorCodes.THERE_IS_NO_COLUMN, ErrorCodes.SIZES_OF_COLUMNS_DOESNT_MATCH,
+    ErrorCodes.NO_SUCH_COLUMN_IN_TABLE, ErrorCodes.NUMBER_OF_COLUMNS_DOESNT_MATCH, ErrorCodes.UNKNOWN_IDENTIFIER,
+    ErrorCodes.SYNTAX_ERROR, ErrorCodes.ILLEGAL_COLUMN,
+})  # fmt: skip
 # Raised by clickhouse-driver itself while serialising rows the column types cannot hold.
 _ROWS_UNSENDABLE = (
     ch_errors.TypeMismatchError, ch_errors.TooLargeStringSize, ch_errors.UnknownTypeError,
@@ -76,22 +137,57 @@ _ROWS_UNSENDABLE = (
 _CODE = re.compile(r"^Code: (\d+)\.")
 
 
-class InsertRefused(Exception):
-    """ClickHouse will never take a batch as it is (or building it hit a bug): retrying cannot help."""
+def _error_code(exc: BaseException) -> int | None:
+    if isinstance(exc, ch_errors.Error):  # the server's answer, or the native protocol failing
+        return exc.code
+    found = _CODE.match(str(exc)) if isinstance(exc, RuntimeError) else None
+    # Embedded chdb raises the engine's error as a RuntimeError "Code: N. DB::Exception: ...".
+    return int(found.group(1)) if found else None
 
 
 def clickhouse_retriable(exc: BaseException) -> bool:
     """True for ClickHouse away, busy or restarting; False for rows it refuses, overflows and bugs."""
     if isinstance(exc, _ROWS_UNSENDABLE):
         return False
-    if isinstance(exc, ch_errors.Error):  # the server's answer, or the native protocol failing
-        return exc.code not in _ROWS_REFUSED
-    found = _CODE.match(str(exc)) if isinstance(exc, RuntimeError) else None
-    if found:  # embedded chdb raises the engine's error as a RuntimeError "Code: N. DB::Exception: ..."
-        return int(found.group(1)) not in _ROWS_REFUSED
+    code = _error_code(exc)
+    if code is not None or isinstance(exc, ch_errors.Error):
+        return code not in _ROWS_REFUSED
     # Sockets and timeouts are retriable; TypeError, OverflowError, struct.error, ValueError, a
     # RuntimeError without a ClickHouse code... are rows Python cannot convert, or a bug.
     return isinstance(exc, (OSError, EOFError, TimeoutError))
+
+
+def refused_for_content(exc: BaseException) -> bool:
+    """True when the rows are refused for a value in them, so some rows of the batch may still go in."""
+    if isinstance(exc, _ROWS_UNSENDABLE):
+        return True
+    code = _error_code(exc)
+    if code is not None:
+        return code in _ROWS_REFUSED and code not in _STATEMENT_REFUSED
+    # What clickhouse-driver and pyarrow raise for a value their column type cannot take (pyarrow's
+    # ArrowInvalid and ArrowTypeError are ValueError and TypeError).
+    return isinstance(exc, (TypeError, ValueError, OverflowError, struct.error))
+
+
+class RowsRefused(Exception):
+    """ClickHouse refused an insert for the content of its rows."""
+
+    def __init__(self, table: str, cause: BaseException) -> None:
+        super().__init__(f"ClickHouse refused rows for {table}: {type(cause).__name__}: {cause}"[:2000])
+
+
+class SinkStopping(Exception):
+    """The sink was asked to stop while it waited for ClickHouse or the broker: the batch stays uncommitted."""
+
+
+def event_time_problem(ms: int) -> str | None:
+    """Why an event time cannot go into ClickHouse, or None when it can."""
+    if EARLIEST_MS <= ms < LATEST_MS:
+        return None
+    guesses = (("microseconds", ms // 1000), ("nanoseconds", ms // 1_000_000), ("seconds", ms * 1000))
+    unit = next((name for name, as_ms in guesses if ms > 0 and EARLIEST_MS <= as_ms < LATEST_MS), "")
+    hint = f": in {unit}, not milliseconds since the epoch" if unit else ""
+    return f"event_time_ms {ms} is outside {WINDOW}{hint}"
 
 
 def _payload_default(obj: Any) -> Any:
@@ -100,158 +196,172 @@ def _payload_default(obj: Any) -> Any:
     raise TypeError
 
 
-def rows_for_batch(
-    rt: Runtime, messages: list[Any], now_ms: int
-) -> tuple[dict[str, dict[str, list[Any]]], list[tuple[Any, DecodeError]]]:
-    """Turn raw messages into columns per table (``events`` plus the typed facts) and the unreadable."""
-    events: dict[str, list[Any]] = {k: [] for k in _EVENT_COLUMNS}
-    tables: dict[str, dict[str, list[Any]]] = {"events": events}
-    unreadable = []
+def decode_batch(codec: Codec, messages: Iterable[Received], now_ms: int) -> tuple[list[Decoded], list[Refused]]:
+    """Each message as the rows it becomes, or why it cannot be stored (unreadable bytes, a bad event time)."""
+    decoded: list[Decoded] = []
+    refused: list[Refused] = []
     now_s = now_ms // 1000
     for msg in messages:
         try:
-            event_type, record = rt.codec.decode(msg.value)
+            event_type, record = codec.decode(msg.value or b"")
         except DecodeError as exc:
-            unreadable.append((msg, exc))
+            refused.append(Refused(msg, exc.reason, exc.detail))
             continue
         event_ms = int(record.get("event_time_ms") or now_ms)
-        events["topic"].append(msg.topic)
-        events["event_type"].append(event_type.short_name)
-        events["event_id"].append(str(record.get("event_id", "")))
-        events["key"].append(msg.key.decode(errors="replace") if msg.key else "")
-        events["partition"].append(msg.partition)
-        events["offset"].append(msg.offset)
-        events["event_time"].append(max(event_ms // 1000, 0))
-        events["event_time_ms"].append(event_ms)
-        events["ingested_at"].append(now_s)
-        events["payload"].append(orjson.dumps(record, default=_payload_default).decode())
-        facts.add_rows(tables, event_type.short_name, record)
-    return tables, unreadable
+        problem = event_time_problem(event_ms)
+        if problem is not None:
+            refused.append(Refused(msg, Reason.UNSTORABLE, problem))
+            continue
+        name = event_type.short_name
+        try:
+            rows: list[tuple[str, dict[str, Any]]] = [("events", {
+                "topic": msg.topic, "event_type": name, "event_id": str(record.get("event_id", "")),
+                "key": msg.key.decode(errors="replace") if msg.key else "", "partition": msg.partition,
+                "offset": msg.offset, "event_time": event_ms // 1000, "event_time_ms": event_ms,
+                "ingested_at": now_s, "payload": orjson.dumps(record, default=_payload_default).decode(),
+            })]  # fmt: skip
+            rows.extend(facts.rows_of(name, record))
+        except Exception as exc:  # noqa: BLE001 - one event's rows failing must not stop the others
+            refused.append(Refused(msg, Reason.UNSTORABLE, f"its rows could not be built: {exc!r}"))
+            continue
+        decoded.append(Decoded(msg, name, rows))
+    return decoded, refused
 
 
-_EVENT_COLUMNS = (
-    "topic", "event_type", "event_id", "key", "partition", "offset",
-    "event_time", "event_time_ms", "ingested_at", "payload",
-)  # fmt: skip
+def columns_of(batch: Sequence[Decoded]) -> dict[str, dict[str, list[Any]]]:
+    """The rows of ``batch`` as columns per table (table -> column -> values), ``events`` first."""
+    tables: dict[str, dict[str, list[Any]]] = {}
+    for item in batch:
+        for table, row in item.rows:
+            columns = tables.get(table)
+            if columns is None:
+                columns = tables[table] = {name: [] for name in row}
+            for name, value in row.items():
+                columns[name].append(value)
+    return tables
 
 
-def register(app: faust.App, rt: Runtime) -> None:
-    settings = rt.settings
-    status = SinkStatus()
-    holder: dict[str, ClickHouse] = {}
-    # One connection per worker, used by one call at a time: the embedded backend is one chdb
-    # session, which is not safe to share between threads.
-    lock = asyncio.Lock()
-    topics = [settings.topic(t.name) for t in SUNK_TOPICS]
-    deadletter_topic = settings.topic(DEADLETTERS.name)
+def rows_for_batch(codec: Codec, messages: Iterable[Received], now_ms: int
+                   ) -> tuple[dict[str, dict[str, list[Any]]], list[Refused]]:  # fmt: skip
+    """Columns per table for the storable messages, and the refused ones."""
+    decoded, refused = decode_batch(codec, messages, now_ms)
+    return columns_of(decoded), refused
 
-    def clickhouse() -> ClickHouse:
-        if "ch" not in holder:
-            holder["ch"] = open_clickhouse(settings)
-        return holder["ch"]
 
-    async def insert_with_retry(table: str, columns: dict[str, list[Any]]) -> None:
-        async def insert() -> None:
-            async with lock:
-                await asyncio.to_thread(clickhouse().insert, table, columns)
+class SharedClickHouse:
+    """The sink process's one ClickHouse connection, opened on first use and again after a failure.
+
+    The insert loop and the HTTP views share it: an embedded ClickHouse is one chdb session per
+    folder and process, so the dashboards must be read through the session that writes.
+    """
+
+    def __init__(self, settings: Settings, opener: Callable[[Settings], ClickHouse] = open_clickhouse) -> None:
+        self.settings = settings
+        self._opener = opener
+        self._lock = threading.Lock()
+        self._ch: ClickHouse | None = None
+
+    def get(self) -> ClickHouse:
+        with self._lock:
+            if self._ch is None:
+                self._ch = self._opener(self.settings)
+            return self._ch
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self.get().query(sql, params)
+
+    def drop(self) -> None:
+        """Forget a connection that failed; the next use opens a new one."""
+        with self._lock:
+            ch, self._ch = self._ch, None
+        if ch is not None:
+            try:
+                ch.close()
+            except Exception as exc:  # noqa: BLE001 - it is broken already; only the new one matters
+                log.debug("closing a failed ClickHouse connection: %r", exc)
+
+
+class BatchWriter:
+    """Inserts batches; hands back what ClickHouse cannot hold instead of stopping on it."""
+
+    def __init__(self, codec: Codec, clickhouse: SharedClickHouse, status: SinkStatus,
+                 stopping: Callable[[], bool] = lambda: False, backoff: Backoff | None = None) -> None:  # fmt: skip
+        self.codec = codec
+        self.clickhouse = clickhouse
+        self.status = status
+        self.stopping = stopping
+        self.backoff = backoff or Backoff(first_s=0.2, max_s=10.0)
+
+    def write(self, messages: Sequence[Received], now_ms: int) -> list[Refused]:
+        """Insert every storable message; return the refused ones (to be dead-lettered).
+
+        Returns only once ClickHouse holds the rest: an outage is waited out. Raises ``SinkStopping``
+        when asked to stop during that wait, and any error that is neither an outage nor a row.
+        """
+        decoded, refused = decode_batch(self.codec, messages, now_ms)
+        self.status.unreadable += sum(1 for r in refused if r.reason is not Reason.UNSTORABLE)
+        if decoded and not self.status.first_insert_ms:
+            self.status.first_insert_ms = int(time.time() * 1000)
+        unstorable = self._store(decoded)
+        if unstorable:
+            refused_ids = {id(r.message) for r in unstorable}
+            decoded = [d for d in decoded if id(d.message) not in refused_ids]
+            refused.extend(unstorable)
+        self.status.unstorable += sum(1 for r in refused if r.reason is Reason.UNSTORABLE)
+        for refusal in refused:
+            # Unreadable bytes are everyday bad input; an unstorable event is a producer to go and fix.
+            msg = refusal.message
+            if refusal.reason is Reason.UNSTORABLE:
+                self.status.last_error = f"{msg.topic}[{msg.partition}]@{msg.offset}: {refusal.detail}"[:500]
+                log.warning("%s[%d]@%d is unstorable: %s", msg.topic, msg.partition, msg.offset, refusal.detail)
+            else:
+                log.info("%s[%d]@%d is unreadable (%s): %s", msg.topic, msg.partition, msg.offset, refusal.reason,
+                         refusal.detail)  # fmt: skip
+        self.status.rows += len(decoded)
+        self.status.batches += 1
+        self.status.last_insert_ms = int(time.time() * 1000)
+        self.status.last_insert_ok = True
+        for item in decoded:
+            self.status.by_type[item.event_type] = self.status.by_type.get(item.event_type, 0) + 1
+        return refused
+
+    def _store(self, batch: list[Decoded]) -> list[Refused]:
+        """Insert ``batch``; on a refused row, split it until the refused events stand alone."""
+        if not batch:
+            return []
+        try:
+            for table, columns in columns_of(batch).items():
+                self._insert(table, columns)
+        except RowsRefused as exc:
+            if len(batch) == 1:
+                return [Refused(batch[0].message, Reason.UNSTORABLE, str(exc))]
+            # Halves that were inserted before the refusal are inserted again: ReplacingMergeTree
+            # keeps one row per event id. A refused event may keep rows its other tables accepted.
+            middle = len(batch) // 2
+            return self._store(batch[:middle]) + self._store(batch[middle:])
+        return []
+
+    def _insert(self, table: str, columns: dict[str, list[Any]]) -> None:
+        def attempt() -> None:
+            ch = self.clickhouse.get()
+            try:
+                ch.insert(table, columns)
+            except Exception as exc:
+                if not clickhouse_retriable(exc) and refused_for_content(exc):
+                    raise RowsRefused(table, exc) from exc
+                raise
+            self.status.clickhouse_ok = True
 
         def failed(exc: BaseException) -> None:  # ClickHouse away or busy: reconnect, hold the batch
-            status.retries += 1
-            status.last_error = f"{type(exc).__name__}: {exc}"[:500]
-            holder.pop("ch", None)
+            self.status.retries += 1
+            self.status.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            self.status.clickhouse_ok = False
+            self.status.last_insert_ok = False
+            self.clickhouse.drop()
+            if self.stopping():
+                raise SinkStopping(f"stopped while ClickHouse was failing: {self.status.last_error}") from exc
 
-        # No bound: while ClickHouse is down the batch (and the sink's offsets) wait for it.
-        retry = Retry(f"ClickHouse insert into {table}", clickhouse_retriable, backoff=Backoff(first_s=0.2, max_s=10.0),
-                      log=log)  # fmt: skip
-        try:
-            await retry.acall(insert, failed)
-        except Exception as exc:
-            status.last_error = f"{type(exc).__name__}: {exc}"[:500]
-            raise InsertRefused(f"ClickHouse refused rows for {table}: {status.last_error}") from exc
-
-    async def write_batch(outbox: Outbox, messages: list[Any]) -> None:
-        now_ms = rt.clock.now_ms()
-        tables, unreadable = rows_for_batch(rt, messages, now_ms)
-        for msg, exc in unreadable:
-            status.unreadable += 1
-            if msg.topic == deadletter_topic:
-                continue  # never dead-letter a dead letter
-            record = dead_letter(msg, "agents.analytics.sink", exc.reason, exc.detail, now_ms)
-            outbox.add(DEADLETTERS.name, msg.topic, "DeadLetter", record)
-        if not status.first_insert_ms:
-            status.first_insert_ms = int(time.time() * 1000)
-        for table, columns in tables.items():
-            if columns.get("event_id"):
-                await insert_with_retry(table, columns)
-        await outbox.publish(state_written=False)
-        status.rows += len(tables["events"]["event_id"])
-        status.batches += 1
-        status.last_insert_ms = int(time.time() * 1000)
-        for name in tables["events"]["event_type"]:
-            status.by_type[name] = status.by_type.get(name, 0) + 1
-
-    @app.task
-    async def sink_to_clickhouse() -> None:
-        # A consumer group of its own, not a Faust agent: the sink reads the same topics as the
-        # business agents, and two streams of one app sharing a partition share its offset
-        # commits. Here offsets are committed only after ClickHouse accepted the batch, and a
-        # ClickHouse outage holds back the sink alone.
-        consumer = AIOKafkaConsumer(
-            *topics,
-            bootstrap_servers=settings.bootstrap,
-            group_id=f"{settings.app_id}-sink",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_poll_interval_ms=24 * 3600 * 1000,  # a long ClickHouse outage must not evict it
-            session_timeout_ms=int(settings.session_timeout_s * 1000),
+        # No bound: while ClickHouse is away, the batch and the sink's offsets wait for it.
+        Retry(f"ClickHouse insert into {table}", clickhouse_retriable, backoff=self.backoff, log=log).call(
+            attempt, failed
         )
-        await consumer.start()
-        outbox = Outbox(app, rt.codec, settings)
-        pending: list[Any] = []
-        first_at = 0.0
-        try:
-            while True:
-                fetched = await consumer.getmany(timeout_ms=100, max_records=settings.sink_batch_rows)
-                for messages in fetched.values():
-                    if messages and not pending:
-                        first_at = time.monotonic()
-                    pending.extend(messages)
-                due = time.monotonic() - first_at >= settings.sink_flush_interval_s
-                if pending and (len(pending) >= settings.sink_batch_rows or due):
-                    await write_batch(outbox, pending)
-                    await consumer.commit()  # everything fetched so far is now in ClickHouse
-                    pending = []
-        except InsertRefused:
-            # Retrying rows ClickHouse refuses only hides the fault, and crashing would stop the
-            # order pipeline over its analytics: the sink alone stops, its offsets at the last
-            # batch ClickHouse took, to resume from there once the rows or the schema are fixed.
-            log.exception("ClickHouse sink stopped; /sink/status has the error")
-        finally:
-            await consumer.stop()
-
-    @app.page("/sink/status")
-    async def sink_status(web: Any, request: Any) -> Any:
-        return web.json(status.__dict__)
-
-    @app.page("/sink/query/events-by-type")
-    async def events_by_type(web: Any, request: Any) -> Any:
-        async with lock:
-            rows = await asyncio.to_thread(
-                clickhouse().query,
-                "SELECT event_type, count() AS n FROM (SELECT event_type FROM events FINAL) "
-                "GROUP BY event_type ORDER BY event_type",
-            )
-        return web.json(rows)
-
-    @app.page("/dash/{name}")
-    async def dashboard_view(web: Any, request: Any, name: str) -> Any:
-        """A dashboard's rows, from this worker's ClickHouse (the only way into an embedded one)."""
-        try:
-            dash = dashboards.find(name)
-            params = dashboards.bind(dash, dict(request.query), settings)
-        except dashboards.DashboardError as exc:
-            return web.json({"error": str(exc)}, status=400)
-        async with lock:
-            rows = await asyncio.to_thread(clickhouse().query, dash.sql, params)
-        return web.json({"dashboard": dash.describe(), "rows": dashboards.jsonable(rows)})

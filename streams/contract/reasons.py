@@ -27,6 +27,8 @@ class Reason(enum.StrEnum):
     TRUNCATED = "truncated"
     MALFORMED_BODY = "malformed_body"
     TRAILING_BYTES = "trailing_bytes"
+    # ---- readable events ClickHouse cannot hold: dead-lettered by the sink ------------------------
+    UNSTORABLE = "unstorable"
     # ---- messages an agent cannot apply: dead letters --------------------------------------------
     KEY_MISMATCH = "key_mismatch"
     MISROUTED_PARTITION = "misrouted_partition"
@@ -80,6 +82,11 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.TRUNCATED: "the Avro body ends before the record does",
     Reason.MALFORMED_BODY: "the Avro body does not read as its writer schema says",
     Reason.TRAILING_BYTES: "bytes are left after the record",
+    Reason.UNSTORABLE: (
+        "the sink cannot store the event in ClickHouse: its event time is outside 2000-01-01..2100-01-01 "
+        "(microseconds or seconds instead of milliseconds, say), or ClickHouse refuses a value in it "
+        "(type, overflow, parse); the rest of its batch is stored"
+    ),
     Reason.KEY_MISMATCH: "the message key is not the record's SKU or order id",
     Reason.MISROUTED_PARTITION: "the key belongs on another partition: produced without the murmur2 partitioner",
     Reason.UNEXPECTED_EVENT_TYPE: "a readable event of a type its topic does not carry",

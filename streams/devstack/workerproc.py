@@ -1,4 +1,8 @@
-"""A stockflow worker as a child process: start, wait until it serves, stop or kill -9."""
+"""A stockflow worker as a child process: start, wait until it is ready, stop or kill -9.
+
+``StockflowProcess`` is any long-running ``stockflow`` command that serves ``/readyz``; the sink
+process (``streams.devstack.sinkproc``) is one too.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +13,37 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
 from streams.settings import Settings
 
 
-class WorkerProcess:
+class StockflowProcess:
+    """``stockflow <command>`` as a child process with its HTTP views on ``port``."""
+
+    command = ""
+
     def __init__(self, settings: Settings, log_file: Path) -> None:
         self.settings = settings
         self.log_file = log_file
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.web_port}"
+    def port(self) -> int:
+        raise NotImplementedError
 
-    def start(self) -> WorkerProcess:
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Self:
         env = {**os.environ, **self.settings.as_env(), "PYTHONUNBUFFERED": "1"}
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "worker"],
+            [sys.executable, "-m", "agents.cli", self.command],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -45,7 +57,7 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def get(self, path: str, timeout_s: float = 5.0) -> Any:
-        """GET a worker view as JSON; a non-JSON answer (e.g. mid-rebalance) becomes {"error": ...}."""
+        """GET a view as JSON; a non-JSON answer (e.g. mid-rebalance) becomes {"error": ...}."""
         response = httpx.get(self.base_url + path, timeout=timeout_s)
         try:
             return response.json()
@@ -53,17 +65,18 @@ class WorkerProcess:
             return {"error": f"{response.status_code} {response.text[:200]}"}
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
-        """Wait until the worker's web server answers (its agents are then starting)."""
+        """Wait until ``/readyz`` answers 200 (a worker: its engine holds its partitions)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"worker exited early; see {self.log_file}:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.command} exited early; see {self.log_file}:\n{self.log_tail()}")
             try:
-                self.get("/sink/status", timeout_s=1)
-                return
-            except (httpx.HTTPError, ValueError):
-                time.sleep(0.3)
-        raise RuntimeError(f"worker not ready after {timeout_s}s; see {self.log_file}")
+                if httpx.get(self.base_url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"{self.command} not ready after {timeout_s}s; see {self.log_file}:\n{self.log_tail()}")
 
     def log_tail(self, chars: int = 3000) -> str:
         try:
@@ -87,3 +100,13 @@ class WorkerProcess:
             self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.kill9()
+
+
+class WorkerProcess(StockflowProcess):
+    """``stockflow worker``: the engine and the Faust shell, views on ``STOCKFLOW_WEB_PORT``."""
+
+    command = "worker"
+
+    @property
+    def port(self) -> int:
+        return self.settings.web_port

@@ -1,4 +1,5 @@
-"""The ClickHouse sink and the ops dashboards: expected numbers on both backends, no loss, no double count."""
+"""The ClickHouse sink (its own process, beside the worker) and the ops dashboards: expected numbers on both
+backends, no loss, no double count, a poison event dead-lettered while the rest goes on."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import pytest
 
 from agents.analytics import queries as dashboards
 from loadtest import events as ev
+from streams.contract.topics import ALERTS
 from streams.devstack.localclickhouse import LocalClickHouseServer
 from streams.engine.producer import EventProducer
+from streams.engine.topicreader import read_all
 from streams.settings import Settings
 from tests.conftest import free_port, free_ports
-from tests.helpers import wait_for
+from tests.helpers import read_topic, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -157,11 +160,12 @@ def expected_dashboards(settings: Settings) -> dict[str, Any]:
 
 @pytest.mark.parametrize("backend", ["embedded", "server"])
 def test_a_fixed_set_of_events_gives_the_expected_numbers_in_every_dashboard(
-    backend: str, make_settings, start_worker, request: pytest.FixtureRequest, tmp_path: Path
+    backend: str, make_settings, start_worker, start_sink, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     url = request.getfixturevalue("clickhouse_server_url") if backend == "server" else f"chdb://{tmp_path / 'ch'}"
     settings = make_settings(clickhouse_url=url)
     start_worker(settings)
+    start_sink(settings)  # with chdb the sink owns the folder: the dashboards are read through it
     send_fixed(settings)
     seen: dict[str, Any] = {}
 
@@ -241,8 +245,9 @@ def test_cli_prints_a_dashboard_and_refuses_bad_input_without_a_traceback(tmp_pa
     import os
     import sys
 
+    # No sink answers on its port, so the CLI opens the chdb folder itself.
     env = {**os.environ, "STOCKFLOW_HOME": str(tmp_path), "STOCKFLOW_CLICKHOUSE_URL": f"chdb://{tmp_path / 'ch'}",
-           "STOCKFLOW_WEB_PORT": str(free_port())}  # fmt: skip
+           "STOCKFLOW_WEB_PORT": str(free_port()), "STOCKFLOW_SINK_PORT": str(free_port())}  # fmt: skip
     cli = [sys.executable, "-m", "agents.cli", "dash"]
     listed = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0 and "flow_time" in listed.stdout
@@ -285,45 +290,98 @@ def stream_alerts(settings: Settings, count: int, seconds: float, prefix: str) -
 
 
 def test_killing_the_sink_mid_batch_loses_and_doubles_nothing(
-    make_settings, start_worker, clickhouse_server_url
+    make_settings, start_worker, start_sink, clickhouse_server_url
 ) -> None:
     settings = make_settings(clickhouse_url=clickhouse_server_url, sink_batch_rows=400, sink_flush_interval_s=0.5)
     worker = start_worker(settings)
+    sink = start_sink(settings)
     sender = threading.Thread(target=stream_alerts, args=(settings, 3000, 6.0, "kill"))
     sender.start()
     for n in range(2):
         time.sleep(2.0)
-        worker.kill9()  # mid-batch: rows may be inserted and not yet committed, or fetched and not inserted
-        worker = start_worker(settings, name=f"sink-restart{n}")
+        sink.kill9()  # mid-batch: rows may be inserted and not yet committed, or fetched and not inserted
+        sink = start_sink(settings, name=f"sink-restart{n}")
     sender.join()
     wait_for(lambda: count_final(settings, "alerts") == 3000, timeout_s=120, what="all 3000 alerts in ClickHouse")
     time.sleep(2)
     assert count_final(settings, "alerts") == 3000
     assert count_final(settings, "events") == 3000
+    assert worker.alive()  # the worker never noticed: the sink is not in it
 
 
-def test_a_clickhouse_outage_holds_the_sink_and_loses_nothing(make_settings, start_worker, tmp_path: Path) -> None:
+def test_a_clickhouse_outage_holds_the_sink_and_loses_nothing(
+    make_settings, start_worker, start_sink, tmp_path: Path
+) -> None:
     tcp, http = free_ports(2)
     server = LocalClickHouseServer(Settings(home=tmp_path / "chsrv"), tcp_port=tcp, http_port=http)
     server.up()
     try:
         settings = make_settings(clickhouse_url=server.url, sink_flush_interval_s=0.3)
         worker = start_worker(settings)
+        sink = start_sink(settings)
         sender = threading.Thread(target=stream_alerts, args=(settings, 2000, 8.0, "outage"))
         sender.start()
         time.sleep(2.0)
         server.down()  # ClickHouse gone while events keep coming
         time.sleep(4.0)
-        assert worker.get("/sink/status")["retries"] > 0
-        server.up()
+        during = sink.get("/sink/status")
+        assert during["retries"] > 0 and not during["ready"], during
+        assert sink.get("/readyz")["ready"] is False
+        server.up()  # stopped and started again: the sink reconnects and nothing is lost
         sender.join()
         wait_for(
             lambda: count_final(settings, "alerts") == 2000, timeout_s=120, what="all 2000 alerts after the outage"
         )
         time.sleep(2)
         assert count_final(settings, "alerts") == 2000 and count_final(settings, "events") == 2000
+        assert sink.get("/sink/status")["unstorable"] == 0  # an outage dead-letters nothing
+        wait_for(lambda: sink.get("/readyz")["ready"], what="the sink ready again")
+        assert worker.alive()
     finally:
         server.down()
+
+
+@pytest.mark.parametrize("backend", ["embedded", "server"])
+def test_a_microsecond_event_time_is_dead_lettered_and_the_events_around_it_land(
+    backend: str, make_settings, start_sink, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """One producer writing microseconds once must not stall the dashboards (a server refuses the row,
+    chdb would clamp it to 2106): it becomes an ``unstorable`` dead letter and the stream goes on."""
+    url = request.getfixturevalue("clickhouse_server_url") if backend == "server" else f"chdb://{tmp_path / 'ch'}"
+    settings = make_settings(clickhouse_url=url)
+    sink = start_sink(settings)
+    producer = EventProducer(settings)
+    at = ev.now_ms()
+    for i in range(6):
+        topic, key, kind, record = alert("drill", f"SKU-M{i}", at + i, "INFO")
+        if i == 3:
+            record = {**record, "event_time_ms": (at + i) * 1000}  # microseconds since the epoch
+        producer.send(topic, key, kind, record)
+    producer.flush()
+    wait_for(lambda: sink.get("/sink/status")["rows"] >= 5, what="the five good alerts in ClickHouse")
+
+    poison = next(r for r in read_all(settings.bootstrap, settings.topic(ALERTS.name))
+                  if r.key == b"SKU-M3")  # fmt: skip
+    letters = wait_for(lambda: [r for t, r in read_topic(settings, "deadletters") if r["reason"] == "unstorable"],
+                       what="the unstorable dead letter")  # fmt: skip
+    assert len(letters) == 1
+    letter = letters[0]
+    assert (letter["source_topic"], letter["source_partition"], letter["source_offset"]) == (
+        settings.topic(ALERTS.name), poison.partition, poison.offset)  # fmt: skip
+    assert letter["original_key"] == b"SKU-M3" and letter["original_value"] == poison.value
+    assert "microseconds" in letter["detail"] and letter["stage"] == "agents.analytics.sink"
+
+    # The dashboards keep moving: events sent after the poison land, and the dead letter is on its dashboard.
+    topic, key, kind, record = alert("drill", "SKU-M-after", at + 10, "INFO")
+    producer.send(topic, key, kind, record)
+    producer.flush()
+    wait_for(lambda: sink.get("/sink/status")["rows"] >= 7, what="the alert after the poison and the dead letter")
+    dead = wait_for(lambda: rows(settings, "dead_letters"), what="the dead letters dashboard")
+    assert [(r["reason"], r["count"]) for r in dead] == [("unstorable", 1)]
+    status = sink.get("/sink/status")
+    assert status["by_type"] == {"Alert": 6, "DeadLetter": 1} and status["unstorable"] == 1
+    assert status["ready"] and sink.get("/readyz")["ready"] is True
+    wait_for(lambda: sink.get("/sink/status")["lag"] == 0, what="the sink caught up (lag 0)")
 
 
 def test_the_grafana_dashboards_are_generated_from_the_sql_files() -> None:

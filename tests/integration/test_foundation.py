@@ -45,7 +45,7 @@ def outside_producer_sends_stock_adjustment(bootstrap: str, topic: str, adjustme
 
 @pytest.mark.parametrize("backend", ["embedded", "server"])
 def test_outside_event_lands_in_clickhouse(
-    backend: str, make_settings, start_worker, request: pytest.FixtureRequest, tmp_path: Path
+    backend: str, make_settings, start_worker, start_sink, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     overrides: dict[str, object] = {}
     if backend == "server":
@@ -53,11 +53,12 @@ def test_outside_event_lands_in_clickhouse(
     else:
         overrides["clickhouse_url"] = f"chdb://{tmp_path / 'chdb'}"
     settings = make_settings(**overrides)
-    worker = start_worker(settings)
+    start_worker(settings)
+    sink = start_sink(settings)
     outside_producer_sends_stock_adjustment(settings.bootstrap, settings.topic(STOCK_ADJUSTMENTS.name), "ext-adj-1")
 
     def landed() -> list[dict]:
-        rows = worker.get("/sink/query/events-by-type")
+        rows = sink.get("/sink/query/events-by-type")
         return [r for r in rows if r["event_type"] == "StockAdjusted"]
 
     rows = wait_for(landed, what="the outside event in ClickHouse")
@@ -75,9 +76,12 @@ def test_outside_event_lands_in_clickhouse(
         assert found == [("ext-adj-1", "SKU-EXT")]
 
 
-def test_malformed_bytes_become_dead_letters_and_the_worker_keeps_going(make_settings, start_worker) -> None:
+def test_malformed_bytes_become_dead_letters_and_the_worker_keeps_going(
+    make_settings, start_worker, start_sink
+) -> None:
     settings = make_settings()
     worker = start_worker(settings)
+    sink = start_sink(settings)  # it reads every topic, so it is the one that dead-letters unreadable bytes
     producer = EventProducer(settings)
     garbage = {
         "bad_header": b"not avro at all",
@@ -114,10 +118,11 @@ def test_malformed_bytes_become_dead_letters_and_the_worker_keeps_going(make_set
         assert letter["source_offset"] >= 0 and letter["detail"]
     # The valid event after the garbage still lands: the stream did not stop.
     wait_for(
-        lambda: [r for r in worker.get("/sink/query/events-by-type") if r["event_type"] == "StockAdjusted"],
+        lambda: [r for r in sink.get("/sink/query/events-by-type") if r["event_type"] == "StockAdjusted"],
         what="the valid event after the bad ones",
     )
-    assert worker.alive()
+    assert worker.alive() and sink.alive()
+    assert sink.get("/sink/status")["unreadable"] == 3
 
 
 def test_dev_up_status_down_leaves_nothing_running(tmp_path: Path) -> None:

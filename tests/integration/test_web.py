@@ -45,10 +45,11 @@ def trace_pixels(png: Path) -> int:
 
 
 def test_the_dashboard_page_draws_every_chart_with_data(
-    make_settings, start_worker, clickhouse_server_url, tmp_path: Path
+    make_settings, start_worker, start_sink, clickhouse_server_url, tmp_path: Path
 ) -> None:
     settings = make_settings(clickhouse_url=clickhouse_server_url)
     start_worker(settings)
+    start_sink(settings)
     send_fixed(settings)
     wait_for(
         lambda: dashboards.run(settings, "split_rate", {})[1][0]["routed_orders"] == 2, what="events in ClickHouse"
