@@ -240,9 +240,21 @@ _TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
 
 def line_command(stock: SkuStock, rules: PoolRules, hold: LineHold | None, action: str, order_id: str,
                  line_no: int, qty: int, now_ms: int, warehouse_id: str = "", reason: str = "") -> Step:  # fmt: skip
-    """RELEASE, COMMIT, SHIP, EXPIRE or ALLOCATE one order line; idempotent."""
+    """RELEASE, COMMIT, SHIP, EXPIRE or ALLOCATE one order line; idempotent.
+
+    A COMMIT that names a warehouse also allocates the line there (payment and routing decided
+    together): one command and one answer instead of two of each. Its answer is the allocation's,
+    which can only be ALLOCATED for a committed line; REFUSED leaves the line committed.
+    """
     if action == "ALLOCATE":
         return allocate(stock, hold, order_id, line_no, qty, warehouse_id, now_ms)
+    if action == "COMMIT" and warehouse_id:
+        committed = line_command(stock, rules, hold, "COMMIT", order_id, line_no, qty, now_ms, reason=reason)
+        after = committed.holds.get(line_no, hold)
+        if after is None or after.status != SOLD:
+            return committed
+        placed = allocate(stock, after, order_id, line_no, qty, warehouse_id, now_ms)
+        return Step(placed.answer, {**committed.holds, **placed.holds})
     sources, target = _TRANSITIONS[action]
     if hold is None:
         if action == "RELEASE":

@@ -439,6 +439,21 @@ def _on_allocated(rec: OrderRecord, line_no: str, outcome: str, reason: str, now
     return fx
 
 
+def merge_commit_and_allocate(commands: list[HoldCommand]) -> list[HoldCommand]:
+    """A line committed and routed in the same step goes to the pool as one COMMIT naming its
+    warehouse (the pool commits and allocates, and answers once), not as a COMMIT and an ALLOCATE."""
+    allocate = {(c["sku"], c["line_no"]): c for c in commands if c["action"] == "ALLOCATE"}
+    committed = {(c["sku"], c["line_no"]) for c in commands if c["action"] == "COMMIT"} & set(allocate)
+    out: list[HoldCommand] = []
+    for cmd in commands:
+        line = (cmd["sku"], cmd["line_no"])
+        if line in committed and cmd["action"] == "COMMIT":
+            out.append({**cmd, "warehouse_id": allocate[line]["warehouse_id"]})
+        elif not (line in committed and cmd["action"] == "ALLOCATE"):
+            out.append(cmd)
+    return out
+
+
 def dispatch_records(rec: OrderRecord, rules: OrderRules, action: str = "DISPATCH") -> list[WarehouseDispatched]:
     """What each warehouse's WMS receives: its lines, the address, the promised ship-by time; with
     ``action`` CANCEL, that the push is called off."""

@@ -194,6 +194,7 @@ class RunLifecycle(Processor):
             lines = [Line(int(n), rec.lines[n]["sku"], rec.lines[n]["qty"]) for n in fx.route]
             decision = self.view.decide(rec.address, lines, now_ms)
             fx.extend(flow.on_route_decided(rec, decision, now_ms, self._rules))
+            fx.hold_commands = flow.merge_commit_and_allocate(fx.hold_commands)
         fx.route = []
         fx.extend(flow.check_sla(rec, now_ms, self._rules))
         return fx

@@ -166,6 +166,8 @@ class Engine:
         self.slot = -1
         self._changelog_offsets: dict[tuple[str, int], int] = {}
         self._delivery_error: KafkaError | None = None
+        self._committed: dict[tuple[str, int], int] = {}  # what this worker committed, per input partition
+        self._idle_checked = 0.0
 
     # ---- set-up ---------------------------------------------------------------------------------------
     def _state_dir(self) -> Path:
@@ -248,6 +250,8 @@ class Engine:
                         self._run_batch([], alone=False)
                 else:
                     self._run_batch(messages, alone=False)
+                if not messages:
+                    self._commit_idle_positions()
         finally:
             self.consumer.close()
             self.producer.flush(10)
@@ -255,6 +259,27 @@ class Engine:
                 store.close()
             self._open.clear()
             self.owned.clear()
+
+    def _commit_idle_positions(self) -> None:
+        """When nothing flows, move the committed offsets past what only transaction markers occupy.
+
+        A batch commits "last message + 1"; the commit marker that follows it takes an offset too, so
+        a quiet group would report a lag of one per partition forever (and a restart would fetch the
+        marker again). Once a second of quiet, the consumer's position is committed instead.
+        """
+        now = time.monotonic()
+        if now - self._idle_checked < 1.0:
+            return
+        self._idle_checked = now
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        batch = _Batch(self, self.clock.now_ms())
+        for tp in self.consumer.position(assignment):
+            if tp.offset >= 0 and tp.offset > self._committed.get((tp.topic, tp.partition), -1):
+                batch.offsets[(tp.topic, tp.partition)] = tp.offset
+        if batch.offsets:
+            self._commit(batch)
 
     def _careful_passed(self, msg: Message) -> None:
         key = (msg.topic() or "", msg.partition() or 0)
@@ -423,6 +448,7 @@ class Engine:
             owned_store = self._open.get((store, partition))
             if owned_store is not None:
                 owned_store.apply(kv, self._changelog_offsets.get((store, partition), -1))
+        self._committed.update(batch.offsets)
         self.stats.batches += 1
         self.stats.commits += 1
         self.stats.outputs += len(outputs) + len(dead)
