@@ -148,7 +148,7 @@ def pipeline_orders_per_s(settings: Settings, orders: int, skus: int, timeout_s:
     first = 0.0
     deadline = time.monotonic() + timeout_s
     try:
-        while engine.stats.events < expected:
+        while engine.stats.events + engine.stats.local_events < expected:
             if not first and engine.stats.events:
                 first = time.perf_counter()
             if time.monotonic() > deadline or not thread.is_alive():

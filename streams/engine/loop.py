@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -46,6 +46,9 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 CLIENT_PREFIX = "stockflow-engine@"
+# The header of a record the engine already applied in the batch that wrote it.
+APPLIED_HEADER = "stockflow-applied"
+APPLIED = [(APPLIED_HEADER, b"1")]
 
 
 @dataclass
@@ -59,6 +62,8 @@ class EngineStats:
     refusals: int = 0
     undecodable: int = 0
     timers_fired: int = 0
+    local_events: int = 0  # records applied in the batch that wrote them (no Kafka round trip)
+    local_skipped: int = 0  # the same records read back from their topic, and skipped
     restored_records: int = 0
     poll_s: float = 0.0
     apply_s: float = 0.0
@@ -84,6 +89,31 @@ class _MessageRef:
     def __init__(self, msg: Any) -> None:
         self.topic, self.partition, self.offset = msg.topic(), msg.partition(), msg.offset()
         self.key, self.value = msg.key(), msg.value()
+
+
+class _LocalMessage:
+    """A record applied in the batch that wrote it, as a processor sees its message (no offset yet)."""
+
+    def __init__(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+        self._topic, self._partition, self._key, self._value = topic, partition, key, value
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return -1
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def error(self) -> None:
+        return None
 
 
 def engine_group(settings: Settings) -> str:
@@ -117,6 +147,7 @@ class _Batch:
         self.engine = engine
         self.now_ms = now_ms
         self.contexts: dict[tuple[str, int], Context] = {}
+        self.scanned: dict[int, int] = {}  # id(context) -> outputs already looked at for local delivery
         self.offsets: dict[tuple[str, int], int] = {}
         self.stores: dict[tuple[str, int], StoreTransaction[Any]] = {}
 
@@ -154,6 +185,9 @@ class Engine:
         self.exactly_once = settings.processing_guarantee == "exactly_once"
         self.by_topic: dict[str, tuple[Processor, TopicSpec]] = {
             settings.topic(spec.name): (proc, spec) for proc in processors for spec in proc.inputs
+        }
+        self.readers: dict[str, tuple[Processor, TopicSpec]] = {
+            spec.name: (proc, spec) for proc in processors for spec in proc.inputs
         }
         self.store_specs = {spec.name: spec for proc in processors for spec in proc.stores}
         self.owned: dict[int, _Owned] = {}
@@ -328,6 +362,10 @@ class Engine:
         self._record_offset(batch, msg)
         if partition not in self.owned:
             return
+        headers = cast(list[tuple[str, bytes]] | None, msg.headers())
+        if headers and headers[0][0] == APPLIED_HEADER:
+            self.stats.local_skipped += 1  # applied in the batch that wrote it, atomically with it
+            return
         self.stats.events += 1
         proc, spec = self.by_topic[topic]
         ctx = batch.context(proc, partition)
@@ -346,6 +384,39 @@ class Engine:
         if key is not None and not self._routed(ctx, msg, key, partition):
             return
         proc.handle(ctx, kind, record)
+        self._apply_locally(batch, ctx)
+
+    def _apply_locally(self, batch: _Batch, ctx: Context) -> None:
+        """Apply, in this batch, what a processor just emitted for a partition this engine owns.
+
+        An order's RESERVE for a SKU this worker holds, the pool's answer, the decision: one batch,
+        one transaction, instead of a transaction and a consumer round trip per hop. The records are
+        still published (with ``APPLIED_HEADER``) for everyone else, and skipped when read back: the
+        state they changed committed together with them, so every later reader, this worker after a
+        restart or another after a rebalance, finds it already applied.
+        """
+        todo = [ctx]
+        while todo:
+            source = todo.pop()
+            start = batch.scanned.get(id(source), 0)
+            batch.scanned[id(source)] = len(source.outputs)
+            for out in source.outputs[start:]:
+                reader = self.readers.get(out.topic)
+                if reader is None or out.key is None:
+                    continue
+                partition = partition_for(out.key, self.settings.partitions)
+                if partition not in self.owned:
+                    continue
+                proc, spec = reader
+                if out.event_type not in spec.events:
+                    continue  # published as is; its reader refuses it when it reads it
+                out.partition, out.local = partition, True
+                out.value = self.codec.encode(out.event_type, out.record)
+                target = batch.context(proc, partition)
+                target.message = _LocalMessage(self.settings.topic(out.topic), partition, out.key, out.value)
+                self.stats.local_events += 1
+                proc.handle(target, out.event_type, out.record)
+                todo.append(target)
 
     def _routed(self, ctx: Context, msg: Message, key: str, partition: int) -> bool:
         raw = msg.key()
@@ -369,10 +440,11 @@ class Engine:
                 if not due:
                     continue
                 ctx = batch.context(proc, partition)
-                ctx.message = None
                 for key in due:
+                    ctx.message = None
                     self.stats.timers_fired += 1
                     proc.on_timer(ctx, key)
+                    self._apply_locally(batch, ctx)
 
     def _flush(self, batch: _Batch) -> None:
         now = batch.now_ms
@@ -384,15 +456,20 @@ class Engine:
                 ctx = batch.context(proc, partition)
                 ctx.message = None
                 proc.flush(ctx)
+                self._apply_locally(batch, ctx)
 
     # ---- commit ---------------------------------------------------------------------------------------
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
-                 on_delivery: Any = None) -> None:  # fmt: skip
+                 on_delivery: Any = None, headers: Any = None) -> None:  # fmt: skip
         # Positional arguments: this runs for every output and changelog record of every batch.
         # Partition -1 lets the producer's murmur2 partitioner choose.
         while True:
             try:
-                self.producer.produce(topic, value, key, -1 if partition is None else partition, on_delivery)
+                where = -1 if partition is None else partition
+                if headers is None:
+                    self.producer.produce(topic, value, key, where, on_delivery)
+                else:
+                    self.producer.produce(topic, value, key, where, on_delivery, headers=headers)
                 return
             except BufferError:
                 self.producer.poll(0.05)  # the local queue is full: let deliveries drain it
@@ -414,8 +491,9 @@ class Engine:
             # without one, every delivery is checked before the offsets are committed.
             check = None if self.exactly_once else self._on_output
             for out in outputs:
-                value = self.codec.encode(out.event_type, out.record)
-                self._produce(self.settings.topic(out.topic), out.key, value, out.partition, check)
+                value = out.value if out.value is not None else self.codec.encode(out.event_type, out.record)
+                self._produce(self.settings.topic(out.topic), out.key, value, out.partition, check,
+                              APPLIED if out.local else None)  # fmt: skip
             for msg, refusal in refusals:
                 dead.append(dead_letter(_MessageRef(msg), "streams.engine", refusal.reason, refusal.detail,
                                         batch.now_ms))  # fmt: skip

@@ -41,6 +41,10 @@ class Output:
     event_type: str
     record: Any
     partition: int | None = None
+    # Set by the engine when it applied this record in the same batch (the reading processor's
+    # partition is its own): it is published with a header saying so, and skipped when read back.
+    local: bool = False
+    value: bytes | None = None
 
 
 @dataclass
