@@ -97,6 +97,25 @@ def machine() -> dict[str, Any]:
             "commit": commit.stdout.strip()}  # fmt: skip
 
 
+def engine_figures(workers: list[WorkerProcess], orders: int) -> dict[str, Any]:
+    """What the workers' engines did per order: batches, changelog writes, records applied in the
+    batch that wrote them (no consumer round trip), and their CPU per order."""
+    totals: dict[str, float] = {}
+    for w in workers:
+        for key, value in (w.get("/engine/status").get("stats") or {}).items():
+            totals[key] = totals.get(key, 0) + value
+    per = max(orders, 1)
+    return {
+        "changelog_records_per_order": round(totals.get("changelog_records", 0) / per, 2),
+        "engine_batches": int(totals.get("batches", 0)),
+        "engine_events_per_batch": round(
+            (totals.get("events", 0) + totals.get("local_events", 0)) / max(totals.get("batches", 0), 1), 1),
+        "engine_local_share": round(totals.get("local_events", 0)
+                                    / max(totals.get("events", 0) + totals.get("local_events", 0), 1), 3),
+        "engine_cpu_us_per_order": round(1e6 * totals.get("cpu_s", 0) / per),
+    }  # fmt: skip
+
+
 def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, seed: int, workers: int,
               console: Console, hold_commands: int = 50_000) -> tuple[dict[str, Any], Settings]:  # fmt: skip
     """The run's figures, and the settings it ran with (its topics, its ClickHouse)."""
@@ -140,6 +159,7 @@ def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, 
         with console.status("measuring (independent checker over every topic)..."):
             figures = measure(run, drained)
             figures["drained"] = run.drained
+            figures.update(engine_figures(procs, figures["orders_sent"]))
     finally:
         if intake is not None:
             intake.terminate()
@@ -193,6 +213,8 @@ REQUIRED_KEYS = (
 def summary_table(figures: dict[str, Any]) -> Table:
     table = Table("figure", "value", title=f"stockflow bench: {figures['profile']}, {figures['workers']} worker(s)")
     for key in (*REQUIRED_KEYS, "hold_agent_events_per_s", "orders_sent", "orders_decided", "events_per_order",
-                "drained", "drain_s", "max_lag", "skus_drifted", "intake_errors", "sender_behind_ms"):  # fmt: skip
+                "drained", "drain_s", "max_lag", "skus_drifted", "intake_errors", "sender_behind_ms",
+                "changelog_records_per_order", "engine_events_per_batch", "engine_local_share",
+                "engine_cpu_us_per_order"):  # fmt: skip
         table.add_row(key, f"{figures[key]:,}" if isinstance(figures[key], (int, float)) else str(figures[key]))
     return table
