@@ -36,8 +36,9 @@ def bench(
     out = Console(stderr=True) if as_json else console
     try:
         with local_stack(settings, out):
-            figures, _ = bench_.run_bench(settings, profile, rate, duration, seed, workers, out, hold_commands)
-    except Exception as exc:  # a broker that does not start, a worker that dies: say so, no traceback
+            figures, _ = bench_.run_bench(settings, profile, rate, duration, seed, workers, console=out,
+                                            hold_commands=hold_commands)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - a broker that does not start, a worker that dies: say so, no traceback
         fail(str(exc))
     series = figures.pop("series")
     if as_json:
@@ -105,12 +106,15 @@ def demo(
 
 
 def bench_engine(
-    commands: int = typer.Option(200_000, min=1_000, help="RESERVE commands to drain."),
-    skus: int = typer.Option(1_000, min=1, help="SKUs they spread over."),
-    guarantee: str = typer.Option("both", help="exactly_once, at_least_once or both."),
+    mode: str = typer.Option("pool", help="pool: the pool alone; pipeline: orders through lifecycle and pool; "
+                                          "hot-sku: every order for one SKU."),
+    commands: int = typer.Option(200_000, min=1_000, help="pool: RESERVE commands; pipeline and hot-sku: orders."),
+    skus: int = typer.Option(1_000, min=1, help="SKUs they spread over (hot-sku: its units)."),
+    guarantee: str = typer.Option("both", help="pool: exactly_once, at_least_once or both."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """The pool processor alone on the engine: stateful events/s against a plain Kafka loop."""
+    """The engine alone, no sink: the pool's stateful events/s against a plain Kafka loop, the order
+    pipeline's orders/s and CPU per order, or a hot SKU's fairness and bounded state."""
     import json
 
     from loadtest import engine_bench
@@ -119,10 +123,17 @@ def bench_engine(
     chosen = ("exactly_once", "at_least_once") if guarantee == "both" else (guarantee,)
     if any(g not in ("exactly_once", "at_least_once") for g in chosen):
         fail("--guarantee must be exactly_once, at_least_once or both")
+    if mode not in ("pool", "pipeline", "hot-sku"):
+        fail("--mode must be pool, pipeline or hot-sku")
     settings = Settings()
     out = Console(stderr=True) if as_json else console
-    with local_stack(settings, out), out.status(f"draining {commands:,} commands per guarantee..."):
-        results = engine_bench.run(settings, commands, skus, chosen)
+    with local_stack(settings, out), out.status(f"{mode}: {commands:,}..."):
+        if mode == "pool":
+            results = engine_bench.run(settings, commands, skus, chosen)
+        elif mode == "pipeline":
+            results = engine_bench.run_pipeline(settings, commands, skus)
+        else:
+            results = engine_bench.run_hot_sku(settings, commands, skus)
     if as_json:
         print(json.dumps(results))
     else:

@@ -125,7 +125,8 @@ def fill_orders(settings: Settings, orders: int, skus: int) -> None:
     producer.flush(300)
 
 
-def pipeline_orders_per_s(settings: Settings, orders: int, skus: int, timeout_s: float = 600.0) -> dict[str, Any]:
+def pipeline_orders_per_s(settings: Settings, orders: int, skus: int, timeout_s: float = 600.0,
+                          expected_events: int = 0) -> dict[str, Any]:
     """The order lifecycle and the pool together on one engine, draining ``orders`` placed-and-paid
     single-line orders: each is reserved, then committed and allocated to a warehouse in one command
     (6 engine events: placed, paid, RESERVE, HELD, COMMIT at a warehouse, ALLOCATED)."""
@@ -142,32 +143,45 @@ def pipeline_orders_per_s(settings: Settings, orders: int, skus: int, timeout_s:
     engine = Engine(settings, default_codec(), Clock(), processors)
     stop = threading.Event()
     thread = threading.Thread(target=engine.run, args=(stop,), name="engine", daemon=True)
-    expected = orders * 6
+    expected = expected_events or orders * 6
+    samples: list[tuple[float, int]] = []  # (time, events consumed): the pace along the run
     cpu0 = time.process_time()
     thread.start()
     first = 0.0
     deadline = time.monotonic() + timeout_s
     try:
-        while engine.stats.events + engine.stats.local_events < expected:
+        while (engine.stats.events if expected_events else engine.stats.events + engine.stats.local_events) < expected:
             if not first and engine.stats.events:
                 first = time.perf_counter()
             if time.monotonic() > deadline or not thread.is_alive():
                 raise RuntimeError(f"the engine applied {engine.stats.events} of {expected} events")
+            samples.append((time.perf_counter(), engine.stats.events))
             time.sleep(0.01)
         elapsed = time.perf_counter() - first
+        samples.append((time.perf_counter(), engine.stats.events))
     finally:
         stop.set()
         thread.join(60)
     stats = engine.stats.as_dict()
     return {
         "orders_per_s": round(orders / max(elapsed, 1e-3)),
-        "engine_events_per_s": round(expected / max(elapsed, 1e-3)),
+        "engine_events_per_s": round((stats["events"] + stats["local_events"]) / max(elapsed, 1e-3)),
         "cpu_us_per_order": round(1e6 * (time.process_time() - cpu0) / orders),
         "records_written_per_order": round((stats["outputs"] + stats["changelog_records"]) / orders, 2),
         "changelog_records_per_order": round(stats["changelog_records"] / orders, 2),
         "events_per_batch": round(stats["events"] / max(stats["batches"], 1), 1),
+        "first_tenth_per_s": _pace(samples, 0.0, 0.1), "last_tenth_per_s": _pace(samples, 0.9, 1.0),
         "stats": stats,
     }
+
+
+def _pace(samples: list[tuple[float, int]], start: float, end: float) -> int:
+    """Events per second while the count went from ``start`` to ``end`` of its final value."""
+    final = samples[-1][1] if samples else 0
+    inside = [(t, n) for t, n in samples if start * final <= n <= end * final]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return 0
+    return round((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]))
 
 
 def run_pipeline(settings: Settings, orders: int, skus: int) -> dict[str, Any]:
@@ -177,3 +191,49 @@ def run_pipeline(settings: Settings, orders: int, skus: int) -> dict[str, Any]:
     engine_events_per_s(s, skus)
     fill_orders(s, orders, skus)
     return pipeline_orders_per_s(s, orders, skus)
+
+
+def run_hot_sku(settings: Settings, attempts: int, units: int) -> dict[str, Any]:
+    """``attempts`` single-line orders for one SKU of ``units`` units, drained by the order lifecycle
+    and the pool on one engine: how many were held, whether the pace held up from the first tenth to
+    the last, and how big the SKU's stored state ended (its changelog, read back)."""
+    import orjson
+
+    from streams.engine.changelog import changelog_topic
+    from streams.engine.topicreader import read_all
+
+    _, s = isolated(settings, "bench-hot-sku")
+    ensure_topics(s)
+    sku = "HOT-00000"
+    producer = EventProducer(s)
+    producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, "WH-SH", units))
+    producer.flush(60)
+    engine_events_per_s(s, 1)
+    codec = producer.codec
+    for i in range(attempts):
+        number = f"hot-{i}"
+        # The main channel: below the safety threshold the others stop selling, and this measures the race.
+        placed = ev.order_placed(s.main_channel, number, [ev.line(1, sku, 1)])
+        producer.send_raw(ORDER_EVENTS.name, order_key(s.main_channel, number), codec.encode("OrderPlaced", placed))
+    producer.flush(600)
+    drained = pipeline_orders_per_s(s, attempts, 1, expected_events=attempts)
+    decided = [codec.decode(r.value)[1] for r in read_all(s.bootstrap, s.topic("reservation.results"), 120)]
+    live: dict[bytes, int] = {}
+    totals_bytes = 0
+    for rec in read_all(s.bootstrap, changelog_topic(s, "stock_by_sku"), 120):
+        key = rec.key or b""
+        if key == b"s\x00" + sku.encode():
+            totals_bytes = len(rec.value or b"")
+        elif key.startswith(b"h\x00" + sku.encode() + b"\x00"):
+            if rec.value is None:
+                live.pop(key, None)
+            else:
+                live[key] = orjson.loads(rec.value)["qty"]
+    return {
+        "attempts": attempts, "units": units,
+        "reserved": sum(1 for r in decided if r["outcome"] == "RESERVED"),
+        "rejected": sum(1 for r in decided if r["outcome"] == "REJECTED"),
+        "orders_per_s": drained["orders_per_s"],
+        "first_tenth_per_s": drained["first_tenth_per_s"], "last_tenth_per_s": drained["last_tenth_per_s"],
+        "totals_record_bytes": totals_bytes, "live_line_records": len(live),
+    }  # fmt: skip
