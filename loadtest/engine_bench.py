@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from agents.inventory.hold_stock import HoldStock
@@ -21,7 +23,7 @@ from streams.contract.codec import default_codec
 from streams.contract.keys import order_key
 from streams.contract.topics import HOLD_COMMANDS, ORDER_EVENTS, STOCK_ADJUSTMENTS, ensure_topics
 from streams.engine.clock import Clock
-from streams.engine.loop import Engine
+from streams.engine.loop import Engine, EngineStats
 from streams.engine.producer import EventProducer
 from streams.settings import Settings
 
@@ -54,37 +56,51 @@ def fill(settings: Settings, commands: int, skus: int) -> int:
     return size
 
 
-def engine_events_per_s(settings: Settings, expected: int, timeout_s: float = 600.0) -> dict[str, Any]:
-    """Run the engine until it has applied ``expected`` events; its rate and counters."""
-    from agents.routing.warehouses import load_warehouses
+@dataclass
+class Drained:
+    """How an engine run went: seconds from its first event to the last wanted one, CPU, counters."""
 
-    proc = HoldStock.from_settings(settings, frozenset(load_warehouses(settings.warehouses_file)))
-    engine = Engine(settings, default_codec(), Clock(), [proc])
+    elapsed_s: float
+    cpu_s: float
+    stats: dict[str, float]
+    samples: list[tuple[float, int]]  # (time, events consumed): the pace along the run
+
+
+def drain(engine: Engine, done: Callable[[EngineStats], bool], timeout_s: float = 600.0) -> Drained:
+    """Run ``engine`` in a thread until ``done(stats)``; time it from its first event."""
     stop = threading.Event()
     thread = threading.Thread(target=engine.run, args=(stop,), name="engine", daemon=True)
+    samples: list[tuple[float, int]] = []
     cpu0 = time.process_time()
     thread.start()
     first = 0.0
     deadline = time.monotonic() + timeout_s
     try:
-        while time.monotonic() < deadline:
+        while not done(engine.stats):
             if not first and engine.stats.events:
                 first = time.perf_counter()
-            if engine.stats.events >= expected and not engine._careful:
-                break
-            if not thread.is_alive():
-                raise RuntimeError("the engine stopped")
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"the engine stopped or timed out after {engine.stats.events} events")
+            samples.append((time.perf_counter(), engine.stats.events))
             time.sleep(0.01)
-        else:
-            raise RuntimeError(f"the engine applied {engine.stats.events} of {expected} events in {timeout_s:.0f}s")
-        elapsed = time.perf_counter() - first
+        elapsed = time.perf_counter() - (first or time.perf_counter())
+        samples.append((time.perf_counter(), engine.stats.events))
     finally:
         stop.set()
         thread.join(60)
-    stats = engine.stats.as_dict()
+    return Drained(elapsed, time.process_time() - cpu0, engine.stats.as_dict(), samples)
+
+
+def engine_events_per_s(settings: Settings, expected: int, timeout_s: float = 600.0) -> dict[str, Any]:
+    """Run the pool alone until it has applied ``expected`` events; its rate and counters."""
+    from agents.routing.warehouses import load_warehouses
+
+    proc = HoldStock.from_settings(settings, frozenset(load_warehouses(settings.warehouses_file)))
+    run = drain(Engine(settings, default_codec(), Clock(), [proc]), lambda st: st.events >= expected, timeout_s)
+    stats = run.stats
     return {
-        "events_per_s": round(expected / max(elapsed, 1e-3)),
-        "cpu_s": round(time.process_time() - cpu0, 2),
+        "events_per_s": round(expected / max(run.elapsed_s, 1e-3)),
+        "cpu_s": round(run.cpu_s, 2),
         "events_per_batch": round(stats["events"] / max(stats["batches"], 1), 1),
         "changelog_records_per_event": round(stats["changelog_records"] / max(stats["events"], 1), 3),
         "commit_ms_mean": round(1000 * stats["commit_s"] / max(stats["commits"], 1), 2),
@@ -141,36 +157,20 @@ def pipeline_orders_per_s(settings: Settings, orders: int, skus: int, timeout_s:
     warehouses = frozenset(load_warehouses(settings.warehouses_file))
     processors = [RunLifecycle.from_settings(settings, view), HoldStock.from_settings(settings, warehouses)]
     engine = Engine(settings, default_codec(), Clock(), processors)
-    stop = threading.Event()
-    thread = threading.Thread(target=engine.run, args=(stop,), name="engine", daemon=True)
     expected = expected_events or orders * 6
-    samples: list[tuple[float, int]] = []  # (time, events consumed): the pace along the run
-    cpu0 = time.process_time()
-    thread.start()
-    first = 0.0
-    deadline = time.monotonic() + timeout_s
-    try:
-        while (engine.stats.events if expected_events else engine.stats.events + engine.stats.local_events) < expected:
-            if not first and engine.stats.events:
-                first = time.perf_counter()
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError(f"the engine applied {engine.stats.events} of {expected} events")
-            samples.append((time.perf_counter(), engine.stats.events))
-            time.sleep(0.01)
-        elapsed = time.perf_counter() - first
-        samples.append((time.perf_counter(), engine.stats.events))
-    finally:
-        stop.set()
-        thread.join(60)
-    stats = engine.stats.as_dict()
+    if expected_events:
+        run = drain(engine, lambda st: st.events >= expected, timeout_s)
+    else:
+        run = drain(engine, lambda st: st.events + st.local_events >= expected, timeout_s)
+    stats = run.stats
     return {
-        "orders_per_s": round(orders / max(elapsed, 1e-3)),
-        "engine_events_per_s": round((stats["events"] + stats["local_events"]) / max(elapsed, 1e-3)),
-        "cpu_us_per_order": round(1e6 * (time.process_time() - cpu0) / orders),
+        "orders_per_s": round(orders / max(run.elapsed_s, 1e-3)),
+        "engine_events_per_s": round((stats["events"] + stats["local_events"]) / max(run.elapsed_s, 1e-3)),
+        "cpu_us_per_order": round(1e6 * run.cpu_s / orders),
         "records_written_per_order": round((stats["outputs"] + stats["changelog_records"]) / orders, 2),
         "changelog_records_per_order": round(stats["changelog_records"] / orders, 2),
         "events_per_batch": round(stats["events"] / max(stats["batches"], 1), 1),
-        "first_tenth_per_s": _pace(samples, 0.0, 0.1), "last_tenth_per_s": _pace(samples, 0.9, 1.0),
+        "first_tenth_per_s": _pace(run.samples, 0.0, 0.1), "last_tenth_per_s": _pace(run.samples, 0.9, 1.0),
         "stats": stats,
     }
 
