@@ -15,6 +15,7 @@ import platform
 import subprocess
 import sys
 import time
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def start_intake(settings: Settings, port: int, log: Path) -> subprocess.Popen[b
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == HTTPStatus.OK:
                 return proc
         except httpx.HTTPError:
             time.sleep(0.3)
@@ -116,7 +117,7 @@ def engine_figures(workers: list[WorkerProcess], orders: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, seed: int, workers: int,
+def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, seed: int, workers: int, *,
               console: Console, hold_commands: int = 50_000) -> tuple[dict[str, Any], Settings]:  # fmt: skip
     """The run's figures, and the settings it ran with (its topics, its ClickHouse)."""
     tag, s = isolated(settings, "bench", **RUN_TIMEOUTS)
@@ -143,14 +144,7 @@ def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, 
         run = LoadRun(s, schedule, f"http://127.0.0.1:{s.intake_port}", console)
         with console.status("loading stock..."):
             run.load_stock()
-            first = schedule.skus[0]
-            deadline = time.monotonic() + 120
-            while procs[0].get(f"/stock/{first}").get("on_hand", 0) <= 0:
-                if time.monotonic() > deadline:
-                    # Sending now would measure a worker that is not consuming (a broker still
-                    # loading its group coordinator, say), not the pipeline.
-                    raise RuntimeError(f"the worker applied no stock within 120 s; see {logs}")
-                time.sleep(0.5)
+            _wait_for_stock(procs[0], schedule.skus[0], logs)
         run.send()
         with console.status("draining..."):
             drained = run.drain(max(120.0, duration_s * 3))
@@ -181,6 +175,17 @@ def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, 
         "hold_agent_events_per_s": round(hold, 1), "machine": machine(),
     })  # fmt: skip
     return figures, s
+
+
+def _wait_for_stock(worker: WorkerProcess, sku: str, logs: Path) -> None:
+    """Until ``worker`` has applied stock for ``sku``: the stock loaded before the run is in its pool."""
+    deadline = time.monotonic() + 120
+    while worker.get(f"/stock/{sku}").get("on_hand", 0) <= 0:
+        if time.monotonic() > deadline:
+            # Sending now would measure a worker that is not consuming (a broker still
+            # loading its group coordinator, say), not the pipeline.
+            raise RuntimeError(f"the worker applied no stock within 120 s; see {logs}")
+        time.sleep(0.5)
 
 
 def write_chart(figures: dict[str, Any], path: Path) -> Path:

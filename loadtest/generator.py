@@ -35,12 +35,21 @@ BAD_CLASSES = (
     "unknown_warehouse", "unknown_order", "misrouted_partition", "intake_malformed_json", "intake_unknown_sku",
 )  # fmt: skip
 INTAKE_BAD = ("intake_malformed_json", "intake_unknown_sku")
+# Double-11: "midnight" comes a tenth into the run; before it the rate is a tenth of the peak.
+MIDNIGHT = 0.1
+BEFORE_MIDNIGHT = 0.1
+HOT_PICK_IN_BURST = 0.5  # in a flash-sale burst, the share of lines that go to the hottest SKUs
+PRESALE_SHARE = 0.05
+# An order's fate, one uniform draw: paid below PAID_BELOW, cancelled below CANCELLED_BELOW, the
+# rest never paid.
+PAID_BELOW = 0.85
+CANCELLED_BELOW = 0.92
 
 
 def _double11(f: float, burst: Callable[[float], bool]) -> float:
-    if f < 0.1:
-        return 0.1
-    return max(0.4, math.exp(-(f - 0.1) * 2.5)) * (2.0 if burst(f) else 1.0)
+    if f < MIDNIGHT:
+        return BEFORE_MIDNIGHT
+    return max(0.4, math.exp(-(f - MIDNIGHT) * 2.5)) * (2.0 if burst(f) else 1.0)
 
 
 PROFILES: dict[str, Callable[[float, Callable[[float], bool]], float]] = {
@@ -120,15 +129,7 @@ def build_schedule(profile: str, rate: float, duration_s: float, seed: int, sku_
     peak = max(shape(i / 1000, burst) for i in range(1000))
     # Stock: roughly what the run will ask for each SKU, so hot SKUs can sell out and get refused.
     expected_orders = rate * duration_s * sum(shape(i / 200, burst) for i in range(200)) / 200
-    initial: dict[str, dict[str, int]] = {}
-    for rank, sku in enumerate(skus):
-        demand = expected_orders * 1.8 * (zipf.cumulative[rank] - (zipf.cumulative[rank - 1] if rank else 0))
-        # Above the default safety threshold (10) with room to sell: the long tail stays sellable
-        # on every channel; the hot SKUs run out and show the pause and the refusals.
-        units = max(40, int(demand * rng.uniform(0.6, 1.3)))
-        split = rng.sample(WAREHOUSES, rng.randint(1, 3))
-        initial[sku] = {wh: max(1, units // len(split)) for wh in split}
-    sched = Schedule(profile, rate, duration_s, skus, initial)
+    sched = Schedule(profile, rate, duration_s, skus, _initial_stock(skus, zipf, expected_orders, rng))
     channels, shares = zip(*CHANNEL_SHARES.items(), strict=True)
     t, n = 0.0, 0
     # Non-homogeneous Poisson arrivals by thinning against the peak rate.
@@ -147,23 +148,17 @@ def build_schedule(profile: str, rate: float, duration_s: float, seed: int, sku_
         channel = rng.choices(channels, shares)[0]
         order = f"{seed}-{n}"
         flash = profile != "steady" and burst(t / duration_s)
-        count = rng.choices(LINES, LINE_WEIGHTS)[0]
-        chosen: list[str] = []
-        while len(chosen) < count:
-            sku = rng.choice(hot) if flash and rng.random() < 0.5 else skus[zipf.draw()]
-            if sku not in chosen:
-                chosen.append(sku)
-        lines = tuple((sku, rng.choices((1, 2, 3), (0.8, 0.15, 0.05))[0]) for sku in chosen)
-        presale = rng.random() < 0.05
+        lines = _order_lines(rng, skus, hot, zipf, flash)
+        presale = rng.random() < PRESALE_SHARE
         intake = channel == "own"  # the own shop posts to stockflow intake; marketplaces' connectors write Avro
         sched.events.append(Planned(t, "order", order, channel, lines, presale, via_intake=intake))
         fate = rng.random()
         delay = min(rng.lognormvariate(0.3, 0.8), 20.0)
-        if fate < 0.85:
+        if fate < PAID_BELOW:
             sched.events.append(Planned(t + delay, "payment", order, channel, via_intake=intake))
             if presale:
                 sched.events.append(Planned(t + delay + rng.uniform(2, 8), "balance", order, channel))
-        elif fate < 0.92:
+        elif fate < CANCELLED_BELOW:
             sched.events.append(Planned(t + delay, "cancel", order, channel, via_intake=intake))
         # else: never paid - the payment timeout releases its holds
     receipts = int(duration_s)
@@ -173,6 +168,32 @@ def build_schedule(profile: str, rate: float, duration_s: float, seed: int, sku_
                                     order=f"rcpt-{seed}-{i}"))  # fmt: skip
     sched.events.sort(key=lambda e: e.at_s)
     return sched
+
+
+def _initial_stock(skus: list[str], zipf: Zipf, expected_orders: float,
+                   rng: random.Random) -> dict[str, dict[str, int]]:  # fmt: skip
+    """Stock per SKU and warehouse: about what the run will ask of each SKU, over one to three warehouses."""
+    initial: dict[str, dict[str, int]] = {}
+    for rank, sku in enumerate(skus):
+        demand = expected_orders * 1.8 * (zipf.cumulative[rank] - (zipf.cumulative[rank - 1] if rank else 0))
+        # Above the default safety threshold (10) with room to sell: the long tail stays sellable
+        # on every channel; the hot SKUs run out and show the pause and the refusals.
+        units = max(40, int(demand * rng.uniform(0.6, 1.3)))
+        split = rng.sample(WAREHOUSES, rng.randint(1, 3))
+        initial[sku] = {wh: max(1, units // len(split)) for wh in split}
+    return initial
+
+
+def _order_lines(rng: random.Random, skus: list[str], hot: list[str], zipf: Zipf,
+                 flash: bool) -> tuple[tuple[str, int], ...]:  # fmt: skip
+    """One order's (SKU, qty) lines: distinct SKUs by popularity, the hottest ones more often in a burst."""
+    count = rng.choices(LINES, LINE_WEIGHTS)[0]
+    chosen: list[str] = []
+    while len(chosen) < count:
+        sku = rng.choice(hot) if flash and rng.random() < HOT_PICK_IN_BURST else skus[zipf.draw()]
+        if sku not in chosen:
+            chosen.append(sku)
+    return tuple((sku, rng.choices((1, 2, 3), (0.8, 0.15, 0.05))[0]) for sku in chosen)
 
 
 def describe(sched: Schedule) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def _until_answers(worker: WorkerProcess, sku: str, on_hand: int, timeout_s: flo
         try:
             if worker.get(f"/stock/{sku}", timeout_s=2).get("on_hand") == on_hand:
                 return time.monotonic() - started
-        except Exception:  # not serving yet
+        except Exception:  # noqa: BLE001 - not serving yet: refused, reset or half-started, ask again
             pass
         time.sleep(0.1)
     raise RuntimeError(f"the worker did not answer for {sku} within {timeout_s:.0f}s")

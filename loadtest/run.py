@@ -14,6 +14,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import httpx
@@ -43,6 +44,7 @@ from streams.settings import Settings
 
 ADDRESS = {"province": "浙江", "city": "杭州", "district": "西湖区", "detail": "文三路 90 号"}
 WATCHED = (ORDER_EVENTS, STOCK_ADJUSTMENTS, HOLD_COMMANDS, HOLD_RESULTS)
+DRAINED_AFTER_QUIET_S = 3  # no lag for this long: the pipeline has drained, not just paused
 
 
 @dataclass
@@ -182,7 +184,7 @@ class LoadRun:
                 body = {"order_id": e.order, "amount_fen": 100, "lines": [{"sku": "NOT-IN-CATALOGUE", "qty": 1}],
                         "address": ADDRESS}  # fmt: skip
                 response = client.post("/v1/channels/own/order", content=orjson.dumps(body))
-            if 400 <= response.status_code < 500:
+            if HTTPStatus.BAD_REQUEST <= response.status_code < HTTPStatus.INTERNAL_SERVER_ERROR:
                 self.sent.bad_intake_refused += 1
             return
         if e.kind == "order":
@@ -203,7 +205,7 @@ class LoadRun:
         else:
             body, path = {"order_id": e.order, "reason": "buyer"}, "/v1/channels/own/cancel"
         response = client.post(path, content=orjson.dumps(body))
-        if response.status_code != 200:
+        if response.status_code != HTTPStatus.OK:
             self.sent.intake_errors += 1
 
     def _watch_lag(self) -> None:
@@ -249,7 +251,7 @@ class LoadRun:
         quiet_since = None
         while time.monotonic() < deadline:
             lag = self.lag[-1][1] if self.lag else 1
-            if lag == 0 and quiet_since and self.sink_lag == 0 and time.time() - quiet_since >= 3:
+            if lag == 0 and quiet_since and self.sink_lag == 0 and time.time() - quiet_since >= DRAINED_AFTER_QUIET_S:
                 self.drained = True
                 break
             quiet_since = (quiet_since or time.time()) if lag == 0 else None

@@ -6,6 +6,7 @@ Shared by every area's commands: ``console``, ``fail`` and ``worker_view``.
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 
 import httpx
 import typer
@@ -37,7 +38,7 @@ def worker_view(path: str) -> None:
         response = httpx.get(url, timeout=10, follow_redirects=True)
     except httpx.HTTPError as exc:
         fail(f"no worker answers at {url}: {exc}")
-    if response.status_code == 404:
+    if response.status_code == HTTPStatus.NOT_FOUND:
         fail(f"not known: {path}")
     print(json.dumps(response.json(), ensure_ascii=False, indent=2))
 
@@ -88,7 +89,7 @@ def dev_status() -> None:
     try:
         md = broker_metadata(settings.bootstrap, timeout_s=3)
         answer = f"answers metadata: cluster {md['cluster_id']}, {md['topics']} topics"
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a status table shows any failure to reach the broker as its state
         answer = f"no answer ({type(exc).__name__})"
     origin = "external" if settings.kafka_bootstrap else (f"pid {pid}" if pid else "not running")
     table.add_row("kafka", f"{origin}; {answer}", settings.bootstrap)

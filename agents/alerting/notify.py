@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
@@ -21,7 +22,7 @@ import faust
 
 from streams.contract.codec import DecodeError
 from streams.contract.topics import ALERTS
-from streams.engine import keyed, tables
+from streams.engine import tables
 from streams.engine.retry import Backoff, Retry
 from streams.engine.runtime import Runtime
 
@@ -54,7 +55,8 @@ class WebhookRefused(Exception):
     @property
     def retriable(self) -> bool:
         errcode = self.reply.get("errcode") if isinstance(self.reply, dict) else None
-        return self.status >= 500 or self.status == 429 or errcode == WECOM_RATE_LIMITED
+        return (self.status >= HTTPStatus.INTERNAL_SERVER_ERROR or self.status == HTTPStatus.TOO_MANY_REQUESTS
+                or errcode == WECOM_RATE_LIMITED)  # fmt: skip
 
 
 def webhook_retriable(exc: BaseException) -> bool:
@@ -69,9 +71,9 @@ def webhook_retriable(exc: BaseException) -> bool:
 
 async def _post_once(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> None:
     async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=10)) as resp:
-        reply = await resp.json(content_type=None) if resp.status == 200 else (await resp.text())[:500]
+        reply = await resp.json(content_type=None) if resp.status == HTTPStatus.OK else (await resp.text())[:500]
         # WeCom answers 200 with {"errcode": 0} on success and a non-zero errcode otherwise.
-        if resp.status != 200 or (isinstance(reply, dict) and reply.get("errcode", 0) != 0):
+        if resp.status != HTTPStatus.OK or (isinstance(reply, dict) and reply.get("errcode", 0) != 0):
             raise WebhookRefused(resp.status, reply)
 
 
@@ -93,7 +95,7 @@ def register(app: faust.App, rt: Runtime) -> None:
     if not settings.webhook_url:
         return
     notified = app.Table("notified_by_alert", partitions=settings.partitions, key_type=bytes, value_type=bytes)
-    source = keyed.raw_topic(app, settings, ALERTS)
+    source = tables.raw_topic(app, settings, ALERTS)
     kinds = set(settings.notify_kinds)
 
     @app.agent(source, name="notify_ops_chat")

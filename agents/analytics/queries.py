@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -225,9 +226,9 @@ def run(settings: Settings, name: str, given: dict[str, str]) -> tuple[Dashboard
                 answer = response.json()
             except ValueError:
                 answer = {"error": f"{url} answered {response.status_code}: {response.text[:200]}"}
-            if response.status_code == 400:
+            if response.status_code == HTTPStatus.BAD_REQUEST:
                 raise DashboardError(answer.get("error", "the sink refused the parameters"))
-            if response.status_code != 200:
+            if response.status_code != HTTPStatus.OK:
                 raise RuntimeError(answer.get("error", f"the sink answered {response.status_code}"))
             return dash, answer["rows"]
     ch = open_clickhouse(settings)

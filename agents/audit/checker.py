@@ -44,6 +44,9 @@ _OPEN_OUTCOMES = {"HELD", "COMMITTED"}
 # A timer this late has not fired: the engine fires due timers within a batch window.
 OVERDUE_GRACE_MS = 60_000
 _LET_GO = {"RELEASED", "EXPIRED", "REFUSED", "SHIPPED"}
+# A larger single adjustment is a typing error, not stock: the pool's limit, restated here because
+# the audit shares no rule code with the pool.
+MAX_ADJUSTMENT_QTY = 10_000_000
 
 
 @dataclass
@@ -86,6 +89,10 @@ class Report:
     reserved_incomplete: list[str] = field(default_factory=list)
     paid_without_hold: list[str] = field(default_factory=list)
     overdue_timers: list[str] = field(default_factory=list)
+
+    def sku_audit(self, sku: str) -> SkuAudit:
+        """The audit of ``sku``, started when the topics first mention it."""
+        return self.skus.setdefault(sku, SkuAudit(sku))
 
     @property
     def drifted(self) -> list[SkuAudit]:
@@ -133,13 +140,27 @@ def _decoded(codec: Codec, settings: Settings, name: str) -> list[tuple[Any, str
 
 def audit(settings: Settings) -> Report:
     codec = default_codec()
-    warehouses = set(load_warehouses(settings.warehouses_file))
     report = Report()
+    on_hand = _on_hand_by_sku(codec, settings, report)
+    last, shipped = _last_answers(codec, settings, report)
+    open_by_sku = _open_lines_by_sku(last, report)
+    totals, holds = _pool_store(settings)
+    presale_keys = {key for by_line in holds.values() for key, hold in by_line.items() if hold["presale"]}
+    now_ms = int(time.time() * 1000)
+    _find_overdue_holds(holds, now_ms, report)
+    for sku, sa in report.skus.items():
+        expected_keys = open_by_sku.get(sku, {})
+        _expect(sa, on_hand.get(sku, {}), shipped.get(sku, 0), expected_keys, presale_keys)
+        state = totals.get(sku)
+        if state is not None:
+            _compare_with_store(sa, state, holds.get(sku, {}), expected_keys, presale_keys)
+    _audit_orders(codec, settings, last, now_ms, report)
+    return report
 
-    def sku_audit(sku: str) -> SkuAudit:
-        return report.skus.setdefault(sku, SkuAudit(sku))
 
-    # 1. On-hand from the adjustments, each id once, refused ones skipped.
+def _on_hand_by_sku(codec: Codec, settings: Settings, report: Report) -> dict[str, dict[str, int]]:
+    """1. On-hand per SKU and warehouse from the adjustments, each id once, refused ones skipped."""
+    warehouses = set(load_warehouses(settings.warehouses_file))
     on_hand: dict[str, dict[str, int]] = defaultdict(dict)
     seen_adjustments: set[tuple[str, str]] = set()
     for _, kind, adj in _decoded(codec, settings, STOCK_ADJUSTMENTS.name):
@@ -152,16 +173,20 @@ def audit(settings: Settings) -> Report:
             "CORRECTION": qty != 0 and wh in warehouses,
             "PRESALE_CAP": qty >= 0,
         }.get(adj["kind"], False)
-        if not valid or abs(qty) > 10_000_000:
+        if not valid or abs(qty) > MAX_ADJUSTMENT_QTY:
             continue
         seen_adjustments.add((adj["sku"], adj["event_id"]))
-        sku_audit(adj["sku"])
+        report.sku_audit(adj["sku"])
         if adj["kind"] in ("RECEIPT", "CORRECTION"):
             on_hand[adj["sku"]][wh] = on_hand[adj["sku"]].get(wh, 0) + qty
         elif adj["kind"] == "COUNT":
             on_hand[adj["sku"]][wh] = qty
+    return on_hand
 
-    # 2. The last answer per order line, in the order the pool gave them.
+
+def _last_answers(codec: Codec, settings: Settings, report: Report) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """2. The last answer per order line (``<order>#<line>``), in the order the pool gave them, and the
+    units shipped per SKU. An order line held again after it was let go is a double hold."""
     last: dict[str, dict[str, Any]] = {}
     history: dict[str, list[str]] = defaultdict(list)
     shipped: dict[str, int] = defaultdict(int)
@@ -177,14 +202,22 @@ def audit(settings: Settings) -> Report:
         if res["outcome"] == "SHIPPED" and last.get(key, {}).get("outcome") != "SHIPPED":
             shipped[res["sku"]] += res["qty"]
         last[key] = res
+    return last, shipped
+
+
+def _open_lines_by_sku(last: dict[str, dict[str, Any]], report: Report) -> dict[str, dict[str, int]]:
+    """The units each open order line holds, per SKU, by the last answers."""
     open_by_sku: dict[str, dict[str, int]] = defaultdict(dict)
     for key, res in last.items():
         if res["outcome"] in _OPEN_OUTCOMES:
             open_by_sku[res["sku"]][key] = res["qty"]
-            sku_audit(res["sku"])
+            report.sku_audit(res["sku"])
+    return open_by_sku
 
-    # 3. The pool's store as its changelog holds it (committed batches only): per SKU its totals
-    # record (key "s\0<sku>") and one record per order line (key "h\0<sku>\0<order>#<line>").
+
+def _pool_store(settings: Settings) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+    r"""3. The pool's store as its changelog holds it (committed batches only): per SKU its totals
+    record (key "s\0<sku>") and one record per order line (key "h\0<sku>\0<order>#<line>")."""
     totals: dict[str, dict[str, Any]] = {}
     holds: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for rec in read_all(settings.bootstrap, changelog_topic(settings, "stock_by_sku")):
@@ -201,46 +234,46 @@ def audit(settings: Settings) -> Report:
                 holds[sku_raw.decode()].pop(line.decode(), None)
             else:
                 holds[sku_raw.decode()][line.decode()] = value
-    presale_keys = {key for by_line in holds.values() for key, hold in by_line.items() if hold["presale"]}
-    now_ms = int(time.time() * 1000)
+    return totals, holds
+
+
+def _find_overdue_holds(holds: dict[str, dict[str, dict[str, Any]]], now_ms: int, report: Report) -> None:
     for sku, by_line in holds.items():
         for key, hold in by_line.items():
             if hold["status"] == "held" and 0 < hold["expires_at_ms"] < now_ms - OVERDUE_GRACE_MS:
                 report.overdue_timers.append(f"hold {sku}/{key} expired at {hold['expires_at_ms']}")
 
-    for sku, sa in report.skus.items():
-        shipped_regular = shipped.get(sku, 0)
-        sa.expected_on_hand = sum(max(0, q) for q in on_hand.get(sku, {}).values()) - shipped_regular
-        expected_keys = open_by_sku.get(sku, {})
-        sa.expected_open = sum(q for k, q in expected_keys.items() if k not in presale_keys)
-        sa.expected_presale = sum(q for k, q in expected_keys.items() if k in presale_keys)
-        state = totals.get(sku)
-        if state is None:
-            continue
-        open_lines = {k: h for k, h in holds.get(sku, {}).items() if h["status"] in ("held", "sold")}
-        table_keys = {k: h["qty"] for k, h in open_lines.items() if h["line_no"] != 0}
-        sa.table_on_hand = sum(max(0, q) for q in state["on_hand"].values())
-        sa.table_open = sum(q for k, q in table_keys.items() if k not in presale_keys)
-        sa.table_presale = sum(q for k, q in table_keys.items() if k in presale_keys)
-        sa.open_keys_missing_in_table = sorted(set(expected_keys) - set(table_keys))
-        sa.open_keys_only_in_table = sorted(set(table_keys) - set(expected_keys))
-        # The totals the pool decides with must equal what its line records add up to.
-        regular = sum(h["qty"] for k, h in open_lines.items() if not h["presale"])
-        presale = sum(h["qty"] for k, h in open_lines.items() if h["presale"])
-        if (state["locked"], state["presale_reserved"]) != (regular, presale):
-            sa.totals_disagree = f"totals locked {state['locked']} presale {state['presale_reserved']}, " \
-                                 f"line records {regular} / {presale}"
 
-    # 4. Orders: every valid placed order is decided or was cancelled first.
-    refused = {
-        (r["source_topic"], r["source_partition"], r["source_offset"])
-        for _, _, r in _decoded(codec, settings, DEADLETTERS.name)
-    }
-    order_topic = settings.topic(ORDER_EVENTS.name)
-    placed = set()
-    for rec, kind, ev in _decoded(codec, settings, ORDER_EVENTS.name):
-        if kind == "OrderPlaced" and (order_topic, rec.partition, rec.offset) not in refused:
-            placed.add(order_key(ev["channel"], ev["channel_order_id"]))
+def _expect(sa: SkuAudit, on_hand: dict[str, int], shipped: int, expected_keys: dict[str, int],
+            presale_keys: set[str]) -> None:  # fmt: skip
+    """What the topics say the pool must hold of ``sa.sku``."""
+    sa.expected_on_hand = sum(max(0, q) for q in on_hand.values()) - shipped
+    sa.expected_open = sum(q for k, q in expected_keys.items() if k not in presale_keys)
+    sa.expected_presale = sum(q for k, q in expected_keys.items() if k in presale_keys)
+
+
+def _compare_with_store(sa: SkuAudit, state: dict[str, Any], lines: dict[str, dict[str, Any]],
+                        expected_keys: dict[str, int], presale_keys: set[str]) -> None:  # fmt: skip
+    """What the pool's store holds of ``sa.sku``, and whether its totals agree with its own line records."""
+    open_lines = {k: h for k, h in lines.items() if h["status"] in ("held", "sold")}
+    table_keys = {k: h["qty"] for k, h in open_lines.items() if h["line_no"] != 0}
+    sa.table_on_hand = sum(max(0, q) for q in state["on_hand"].values())
+    sa.table_open = sum(q for k, q in table_keys.items() if k not in presale_keys)
+    sa.table_presale = sum(q for k, q in table_keys.items() if k in presale_keys)
+    sa.open_keys_missing_in_table = sorted(set(expected_keys) - set(table_keys))
+    sa.open_keys_only_in_table = sorted(set(table_keys) - set(expected_keys))
+    # The totals the pool decides with must equal what its line records add up to.
+    regular = sum(h["qty"] for k, h in open_lines.items() if not h["presale"])
+    presale = sum(h["qty"] for k, h in open_lines.items() if h["presale"])
+    if (state["locked"], state["presale_reserved"]) != (regular, presale):
+        sa.totals_disagree = f"totals locked {state['locked']} presale {state['presale_reserved']}, " \
+                             f"line records {regular} / {presale}"
+
+
+def _audit_orders(codec: Codec, settings: Settings, last: dict[str, dict[str, Any]], now_ms: int,
+                  report: Report) -> None:  # fmt: skip
+    """4. Orders: every valid placed order is decided or was cancelled first."""
+    placed = _placed_orders(codec, settings)
     decided = {}
     for _, _, r in _decoded(codec, settings, RESERVATION_RESULTS.name):
         decided[r["order_id"]] = r
@@ -257,6 +290,27 @@ def audit(settings: Settings) -> Report:
         else:
             report.lost_orders.append(order_id)
     payment_timeout_ms = int(settings.payment_timeout_s * 1000)
+    _check_order_states(last, final_state, stage_time, payment_timeout_ms, now_ms, report)
+    _check_decisions(decided, last, report)
+
+
+def _placed_orders(codec: Codec, settings: Settings) -> set[str]:
+    """The ids of the placed orders the pipeline did not refuse as input."""
+    refused = {
+        (r["source_topic"], r["source_partition"], r["source_offset"])
+        for _, _, r in _decoded(codec, settings, DEADLETTERS.name)
+    }
+    order_topic = settings.topic(ORDER_EVENTS.name)
+    placed = set()
+    for rec, kind, ev in _decoded(codec, settings, ORDER_EVENTS.name):
+        if kind == "OrderPlaced" and (order_topic, rec.partition, rec.offset) not in refused:
+            placed.add(order_key(ev["channel"], ev["channel_order_id"]))
+    return placed
+
+
+def _check_order_states(last: dict[str, dict[str, Any]], final_state: dict[str, str], stage_time: dict[str, int],
+                        payment_timeout_ms: int, now_ms: int, report: Report) -> None:  # fmt: skip
+    """A paid order holds every line; an unpaid one does not outlive its payment timeout."""
     lines_of: dict[str, list[str]] = defaultdict(list)
     for line_key in last:
         lines_of[line_key.rpartition("#")[0]].append(line_key)
@@ -268,6 +322,10 @@ def audit(settings: Settings) -> Report:
         reserved_at = stage_time.get(order_id, 0)
         if order_state == "reserved" and reserved_at and reserved_at + payment_timeout_ms < now_ms - OVERDUE_GRACE_MS:
             report.overdue_timers.append(f"order {order_id} unpaid past its payment timeout")
+
+
+def _check_decisions(decided: dict[str, dict[str, Any]], last: dict[str, dict[str, Any]], report: Report) -> None:
+    """A rejected order holds nothing; a reserved one holds every line."""
     for order_id, r in decided.items():
         decided_lines = {f"{order_id}#{ln['line_no']}" for ln in r["lines"]}
         still_open = [k for k in decided_lines if last.get(k, {}).get("outcome") in _OPEN_OUTCOMES]
@@ -275,4 +333,3 @@ def audit(settings: Settings) -> Report:
             report.rejected_but_held.append(order_id)
         if r["outcome"] == "RESERVED" and any(ln["outcome"] != "HELD" for ln in r["lines"]):
             report.reserved_incomplete.append(order_id)
-    return report

@@ -21,7 +21,7 @@ def intake(
     settings = settings.model_copy(update=overrides)
     try:
         ensure_topics(settings)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a command turns any failure to reach the broker into one line
         fail(f"no broker at {settings.bootstrap}: {exc}")
     console.print(f"intake on http://{settings.intake_host}:{settings.intake_port}/v1/channels/<channel>/<kind>")
     serve(settings)

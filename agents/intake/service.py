@@ -126,7 +126,7 @@ class Intake:
         key = order_key(mapping.channel, record["channel_order_id"])
         try:
             where = await self._write(key, event_type, record)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever kept it from the topic, the caller gets a 503 to retry on
             log.error("intake: writing %s failed: %r", event_id, exc)
             return _refusal(IntakeError(Reason.KAFKA_UNAVAILABLE, f"not written, retry later: {exc}", status=503))
         answer = {"event_id": event_id, "event_type": event_type, "order_id": key, **where}

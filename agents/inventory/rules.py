@@ -191,7 +191,7 @@ class Step:
     holds: dict[int, LineHold | None] = field(default_factory=dict)  # line no -> new record
 
 
-def reserve(stock: SkuStock, rules: PoolRules, existing: LineHold | None, vip: LineHold | None, order_id: str,
+def reserve(stock: SkuStock, rules: PoolRules, existing: LineHold | None, vip: LineHold | None, order_id: str,  # noqa: PLR0913, PLR0917 - a pool rule takes a command's fields one by one
             line_no: int, qty: int, channel: str, presale: bool, now_ms: int) -> Step:  # fmt: skip
     """Hold ``qty`` for one order line, or refuse with a reason (a refusal stores nothing)."""
     if existing is not None:  # a duplicate: nothing taken; say what the line is now
@@ -238,7 +238,7 @@ _TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def line_command(stock: SkuStock, rules: PoolRules, hold: LineHold | None, action: str, order_id: str,
+def line_command(stock: SkuStock, rules: PoolRules, hold: LineHold | None, action: str, order_id: str,  # noqa: PLR0913, PLR0917 - as reserve
                  line_no: int, qty: int, now_ms: int, warehouse_id: str = "", reason: str = "") -> Step:  # fmt: skip
     """RELEASE, COMMIT, SHIP, EXPIRE or ALLOCATE one order line; idempotent.
 

@@ -31,13 +31,14 @@ from agents.routing.geo import Place, distance_km
 
 FACTORS = ("distance", "sufficiency", "on_time", "cost")
 MAX_SPLIT = 3
+WEIGHT_SUM_TOLERANCE = 1e-6  # weights read from TOML as decimals rarely add up to exactly 1.0
 
 
 def check_weights(weights: dict[str, float]) -> dict[str, float]:
     """The weights, validated: exactly the four factors, none negative, summing to 1."""
     if set(weights) != set(FACTORS):
         raise ValueError(f"routing weights must name exactly {FACTORS}, got {sorted(weights)}")
-    if any(w < 0 for w in weights.values()) or abs(sum(weights.values()) - 1.0) > 1e-6:
+    if any(w < 0 for w in weights.values()) or abs(sum(weights.values()) - 1.0) > WEIGHT_SUM_TOLERANCE:
         raise ValueError(f"routing weights must be >= 0 and sum to 1, got {weights}")
     return dict(weights)
 

@@ -23,4 +23,5 @@ def order_key(channel: str, channel_order_id: str) -> str:
 @lru_cache(maxsize=16_384)
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default (Java) partitioner picks for ``key``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(key)  # aiokafka ships no type information
+    return (hashed & 0x7FFFFFFF) % partitions

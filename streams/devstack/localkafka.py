@@ -179,7 +179,7 @@ def wait_for_metadata(bootstrap: str, timeout_s: float) -> dict[str, object]:
     while time.monotonic() < deadline:
         try:
             return broker_metadata(bootstrap, timeout_s=5)
-        except Exception as exc:  # the broker is still starting
+        except Exception as exc:  # noqa: BLE001 - the broker is still starting, whatever it answers; ask until the deadline
             last = exc
             time.sleep(0.5)
     raise RuntimeError(f"broker at {bootstrap} did not answer metadata requests: {last}")

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Self
 
@@ -71,7 +72,7 @@ class StockflowProcess:
             if not self.alive():
                 raise RuntimeError(f"{self.command} exited early; see {self.log_file}:\n{self.log_tail()}")
             try:
-                if httpx.get(self.base_url + "/readyz", timeout=1).status_code == 200:
+                if httpx.get(self.base_url + "/readyz", timeout=1).status_code == HTTPStatus.OK:
                     return
             except httpx.HTTPError:
                 pass

@@ -68,21 +68,7 @@ def restore(
     })  # fmt: skip
     out = dict(stores)
     try:
-        ends: dict[tuple[str, int], int] = {}
-        assignment = []
-        for (topic, partition), store in stores.items():
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
-            start = store.changelog_offset + 1
-            if start > high or (start < low and start > 0):
-                # Ahead of its changelog (the topic was recreated) or behind what compaction kept:
-                # the folder cannot be trusted; rebuild it from the changelog alone.
-                log.warning("%s[%d]: local store at %d, changelog %d..%d: rebuilding", topic, partition, start,
-                            low, high)  # fmt: skip
-                out[(topic, partition)] = store.wipe()
-                start = 0
-            if start < high:
-                ends[(topic, partition)] = high
-                assignment.append(TopicPartition(topic, partition, start if start > 0 else OFFSET_BEGINNING))
+        ends, assignment = _restore_ranges(consumer, stores, out)
         if not assignment:
             return out, 0
         consumer.assign(assignment)
@@ -114,3 +100,26 @@ def restore(
         return out, applied
     finally:
         consumer.close()
+
+
+def _restore_ranges(
+    consumer: Consumer, stores: dict[tuple[str, int], PartitionStore], out: dict[tuple[str, int], PartitionStore]
+) -> tuple[dict[tuple[str, int], int], list[TopicPartition]]:
+    """Where each store's restore ends (its changelog's high watermark now) and the positions to read
+    from; a store its changelog cannot vouch for is replaced in ``out`` by a wiped one, read from the start."""
+    ends: dict[tuple[str, int], int] = {}
+    assignment = []
+    for (topic, partition), store in stores.items():
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+        start = store.changelog_offset + 1
+        if start > high or (start < low and start > 0):
+            # Ahead of its changelog (the topic was recreated) or behind what compaction kept:
+            # the folder cannot be trusted; rebuild it from the changelog alone.
+            log.warning("%s[%d]: local store at %d, changelog %d..%d: rebuilding", topic, partition, start,
+                        low, high)  # fmt: skip
+            out[(topic, partition)] = store.wipe()
+            start = 0
+        if start < high:
+            ends[(topic, partition)] = high
+            assignment.append(TopicPartition(topic, partition, start if start > 0 else OFFSET_BEGINNING))
+    return ends, assignment

@@ -24,7 +24,7 @@ def register(app: faust.App, rt: Runtime) -> None:
     if not rt.settings.clock_control:
         return
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]  # faust types a task as returning a bare Awaitable
     async def follow_clock() -> None:
         topic = rt.settings.topic(OPS_CLOCK.name)
         consumer = AIOKafkaConsumer(bootstrap_servers=rt.settings.bootstrap, enable_auto_commit=False)

@@ -11,8 +11,6 @@ from typing import Any
 
 from streams.contract.reasons import Reason
 from streams.contract.records import DeadLetter
-from streams.contract.topics import DEADLETTERS
-from streams.engine.outbox import Outbox
 
 
 def dead_letter(message: Any, stage: str, reason: Reason, detail: str, now_ms: int) -> DeadLetter:
@@ -29,8 +27,3 @@ def dead_letter(message: Any, stage: str, reason: Reason, detail: str, now_ms: i
         original_key=message.key if isinstance(message.key, bytes) else None,
         original_value=message.value if isinstance(message.value, bytes) else None,
     )
-
-
-def send_dead_letter(outbox: Outbox, message: Any, stage: str, reason: Reason, detail: str, now_ms: int) -> None:
-    record = dead_letter(message, stage, reason, detail, now_ms)
-    outbox.add(DEADLETTERS.name, record["source_topic"], "DeadLetter", record)

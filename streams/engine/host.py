@@ -41,7 +41,7 @@ def host(app: faust.App, engine: Engine) -> None:
 
     thread = threading.Thread(target=run, name="engine", daemon=True)
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]  # faust types a task as returning a bare Awaitable
     async def start_engine() -> None:
         thread.start()
 

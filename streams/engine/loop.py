@@ -474,7 +474,7 @@ class Engine:
             except BufferError:
                 self.producer.poll(0.05)  # the local queue is full: let deliveries drain it
 
-    def _commit(self, batch: _Batch, dead: list[DeadLetter] | None = None) -> None:
+    def _commit(self, batch: _Batch, dead: list[DeadLetter] | None = None) -> None:  # noqa: C901, PLR0912 - one transaction's steps in the order they must happen
         changes = {key: txn.changes() for key, txn in batch.stores.items() if txn}
         outputs = [out for ctx in batch.contexts.values() for out in ctx.outputs]
         refusals = [(msg, r) for ctx in batch.contexts.values() for msg, r in ctx.refusals]
@@ -544,7 +544,7 @@ class Engine:
                 self.producer.commit_transaction(60)
                 return
             except KafkaException as exc:
-                if not exc.args[0].retriable() or attempt == 4:
+                if not exc.args[0].retriable() or attempt == 4:  # noqa: PLR2004 - the last of the range(5) above
                     raise
                 log.warning("commit retried: %s", exc.args[0].str())
 

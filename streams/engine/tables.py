@@ -1,8 +1,7 @@
-"""Reading and writing Faust tables from batches of events.
+"""Faust tables and topics for the low-rate agents that stay on Faust (the webhook notifier).
 
-Agents take events in batches and write each changed key once per batch (one changelog record
-per key, not per event). Faust routes a table write to the partition of "the current event"; in a
-batch there is none, so each read and write runs under the event that touched the key - always an
+Faust routes a table write to the partition of "the current event"; an agent that takes events in
+batches has none, so each read and write runs under the event that touched the key - always an
 event of the partition that owns the key, because every input of a table is keyed and partitioned
 like it (murmur2, see ``streams.contract.keys.partition_for``). Values are orjson documents.
 """
@@ -15,8 +14,8 @@ from typing import Any
 import orjson
 from faust.streams import _current_event
 
-# Keys an agent keeps for its own bookkeeping (input positions), never a business key.
-RESERVED_PREFIX = b"\x00"
+from streams.contract.topics import TopicSpec
+from streams.settings import Settings
 
 
 def read_raw(table: Any, event: Any, key: bytes) -> bytes | None:
@@ -46,15 +45,6 @@ def write(table: Any, event: Any, key: bytes, value: dict[str, Any]) -> None:
     write_raw(table, event, key, orjson.dumps(value))
 
 
-def local_items(table: Any) -> list[tuple[bytes, dict[str, Any]]]:
-    """Every key this worker holds (its assigned partitions), for start-up scans."""
-    return [(k, orjson.loads(v)) for k, v in table.items() if v and not k.startswith(RESERVED_PREFIX)]
-
-
-def delete(table: Any, event: Any, key: bytes) -> None:
-    token = _current_event.set(weakref.ref(event))
-    try:
-        if key in table:
-            del table[key]
-    finally:
-        _current_event.reset(token)
+def raw_topic(app: Any, settings: Settings, *specs: TopicSpec) -> Any:
+    """A Faust topic over the contract topics ``specs``, carrying bytes the codec reads."""
+    return app.topic(*(settings.topic(s.name) for s in specs), key_serializer="raw", value_serializer="raw")

@@ -11,6 +11,10 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
+# Replaced entries stay in the heap until popped; past this size, and once they dominate it, the
+# heap is rebuilt from the live timers.
+COMPACT_ABOVE = 64
+
 
 @dataclass
 class Timers:
@@ -28,8 +32,7 @@ class Timers:
             return
         self._due[key] = due_ms
         heapq.heappush(self._heap, (due_ms, key))
-        # Replaced entries stay in the heap until popped; rebuild when they dominate it.
-        if len(self._heap) > 64 and len(self._heap) > 4 * len(self._due):
+        if len(self._heap) > COMPACT_ABOVE and len(self._heap) > 4 * len(self._due):
             self._heap = [(due, k) for k, due in self._due.items()]
             heapq.heapify(self._heap)
 

@@ -192,7 +192,7 @@ def test_the_webhook_is_retried_while_busy_and_not_when_it_refuses() -> None:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = runner.addresses[0][1]
         url = f"http://127.0.0.1:{port}/send"
         try:
             async with aiohttp.ClientSession() as session:

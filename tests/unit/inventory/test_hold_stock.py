@@ -25,7 +25,7 @@ def receipt(r: LocalRunner, sku: str, qty: int, wh: str = "WH-SH", doc: str = ""
                                     "reason": ""})], STOCK_ADJUSTMENTS.name)
 
 
-def command(action: str, order_id: str, sku: str, qty: int = 1, line_no: int = 1, channel: str = "tmall",
+def command(action: str, order_id: str, sku: str, *, qty: int = 1, line_no: int = 1, channel: str = "tmall",
             warehouse_id: str = "", presale: bool = False) -> tuple[str, str, dict[str, Any]]:
     return (sku, "HoldCommand", {
         "event_id": f"{order_id}#{line_no}:{action}", "event_time_ms": 0, "action": action, "order_id": order_id,
