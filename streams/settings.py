@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     sink_flush_interval_s: float = Field(
         default=1.0, gt=0, description="Longest the sink waits before inserting a batch that is not full."
     )
+    sink_niceness: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="How much the sink process lowers its CPU priority (`nice`): on a machine it shares with "
+        "workers, decisions win and the dashboards catch up after a peak. 0: same priority.",
+    )
     sink_port: int = Field(
         default=6067,
         description="Port of the `stockflow sink` process's HTTP views (`/sink/status`, `/dash`, `/healthz`, "
