@@ -99,3 +99,55 @@ class AppServer:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def reservation_decisions(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The last ``ReservationDecided`` per order id in ``reservation.results``."""
+    return {r["order_id"]: r for t, r in read_topic(settings, "reservation.results") if t == "ReservationDecided"}
+
+
+def dead_letter_reasons(settings: Settings) -> dict[str, int]:
+    """How many dead letters there are per reason."""
+    counts: dict[str, int] = {}
+    for _, record in read_topic(settings, "deadletters"):
+        counts[record["reason"]] = counts.get(record["reason"], 0) + 1
+    return counts
+
+
+def audit_until_ok(settings: Settings, timeout_s: float = 180.0) -> Any:
+    """Audit until the report is ok (the pipeline may still be draining) or the time is up; return the
+    last report either way, so the caller asserts on it and shows what was wrong."""
+    from agents.audit.checker import audit
+
+    deadline = time.monotonic() + timeout_s
+    report = audit(settings)
+    while not report.ok and time.monotonic() < deadline:
+        time.sleep(2)
+        report = audit(settings)
+    return report
+
+
+def audit_problems(report: Any) -> dict[str, Any]:
+    """The first few findings of each kind in an audit report, for an assertion message."""
+    return {
+        "summary": report.summary(),
+        "drift": [
+            (
+                a.sku,
+                a.table_on_hand,
+                a.expected_on_hand,
+                a.table_open,
+                a.expected_open,
+                a.totals_disagree,
+                a.open_keys_missing_in_table[:3],
+                a.open_keys_only_in_table[:3],
+            )
+            for a in report.drifted[:5]
+        ],
+        "lost": report.lost_orders[:5],
+        "double": report.double_holds[:5],
+        "rejected_held": report.rejected_but_held[:5],
+        "incomplete": report.reserved_incomplete[:5],
+        "paid_without_hold": report.paid_without_hold[:5],
+        "overdue": report.overdue_timers[:5],
+    }

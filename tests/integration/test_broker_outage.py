@@ -1,0 +1,138 @@
+"""The broker stops for ~15 s mid-load and comes back: the worker rides it out without losing or
+repeating anything and without flooding its log. Runs on a broker of its own (``dedicated_kafka``)
+so the shared one stays up for every other test."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agents.audit.checker import audit
+from loadtest import events as ev
+from streams.contract.topics import STOCK_ADJUSTMENTS
+from streams.devstack.localkafka import LocalKafka
+from streams.devstack.workerproc import WorkerProcess
+from streams.engine.producer import EventProducer
+from tests.helpers import audit_problems, dead_letter_reasons, wait_for
+from tests.integration.test_crash import SKUS, stream_orders
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+OUTAGE_S = 15.0
+# Python logging's WARNING and worse, and librdkafka's own lines at severity 4 (warning) or worse.
+NOISY_LINE = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]|^%[0-4]\||Traceback")
+
+
+def noisy_lines(log: Path) -> list[str]:
+    return [line for line in log.read_text(errors="replace").splitlines() if NOISY_LINE.search(line)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11 defect 9 not fixed: every run writes ~2,000-2,600 warning/error lines for a 15 s outage, "
+    "nearly all from the Faust shell's aiokafka clients; and after the broker is back the engine in most runs "
+    "either hangs for good inside producer.send_offsets_to_transaction(..., 30) (librdkafka #5456: the timeout "
+    "is not honoured; /readyz stays 200, ~250 of 300 orders never decided), or exits on a fatal INVALID_TXN_STATE "
+    "from abort_transaction, or leaves a batch half committed (changelog drift); see the report of issue 11",
+)
+def test_broker_stopped_and_restarted_mid_load(dedicated_kafka: LocalKafka, make_settings, start_worker) -> None:
+    settings = make_settings(kafka_bootstrap=dedicated_kafka.settings.bootstrap, safety_threshold=0,
+                             session_timeout_s=6)  # fmt: skip
+    worker = start_worker(settings)
+    producer = EventProducer(settings)
+    for sku in SKUS:
+        producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, "WH-SH", 200))
+    producer.flush()
+    wait_for(lambda: all(worker.get(f"/stock/{sku}").get("on_hand") == 200 for sku in SKUS), what="stock")
+    noisy_before = len(noisy_lines(worker.log_file))
+
+    readiness: list[tuple[float, str]] = []  # (seconds since the stream started, /readyz answer)
+    outage: dict[str, float] = {}
+    watching = threading.Event()
+
+    def watch_readiness() -> None:
+        while not watching.is_set():
+            try:
+                answer = str(httpx.get(worker.base_url + "/readyz", timeout=2).status_code)
+            except httpx.HTTPError as exc:
+                answer = type(exc).__name__
+            readiness.append((round(time.monotonic() - started, 1), answer))
+            time.sleep(0.5)
+
+    stop = threading.Event()
+    result: dict[str, int] = {}
+    # ~10 orders/s for 30 s: the stream goes on into the producer's buffer while the broker is away.
+    sender = threading.Thread(target=lambda: result.update(sent=stream_orders(settings, 300, 30.0, 9, stop)))
+    started = time.monotonic()
+    sender.start()
+    watcher = threading.Thread(target=watch_readiness, daemon=True)
+    watcher.start()
+    try:
+        time.sleep(5)
+        outage["down_from"] = round(time.monotonic() - started, 1)
+        assert dedicated_kafka.down(), "the broker did not stop"
+        outage["down_at"] = round(time.monotonic() - started, 1)
+        time.sleep(OUTAGE_S)
+        outage["up_from"] = round(time.monotonic() - started, 1)
+        dedicated_kafka.up()
+        outage["up_at"] = round(time.monotonic() - started, 1)
+    finally:
+        sender.join()
+    watching.set()
+    watcher.join(5)
+    assert result["sent"] == 300
+
+    # Everything is collected first: an outage can break several things at once, and the report
+    # should show all of them. A worker that exits is started again, as its supervisor would
+    # (host.ENGINE_FAILED_EXIT), so the audit still says whether the outage cost any data.
+    findings: list[str] = []
+    outage_log = worker.log_file
+    deadline = time.monotonic() + 45
+    while True:
+        if not worker.alive() and worker.proc is not None:
+            findings.append(f"the worker exited with code {worker.proc.returncode}: {fatal_lines(worker.log_file)}")
+            if len(findings) > 2:
+                break
+            worker = start_worker(settings, name=f"after-exit{len(findings)}")
+        report = audit(settings)
+        if report.ok or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    if not report.ok:
+        findings.append(f"not settled 45 s after the stream: {audit_problems(report)}; "
+                        f"engine {engine_status(worker)}")  # fmt: skip
+    noisy = noisy_lines(outage_log)
+    if len(noisy) > 40:
+        findings.append(f"{len(noisy)} warning/error lines about a {OUTAGE_S:.0f} s outage "
+                        f"({noisy_before} before it), most common: {line_kinds(noisy)}")  # fmt: skip
+    during = sorted({answer for t, answer in readiness if outage["down_at"] <= t <= outage["up_at"]})
+    # Readiness under an outage is reported, not asserted: whether a worker that cannot reach the
+    # broker should answer 503 is the lead's call.
+    print(f"broker outage {outage}: /readyz answers during it {during}, {len(noisy)} warning/error lines, "
+          f"dead letters {dead_letter_reasons(settings)}, {report.summary()}")  # fmt: skip
+    assert not findings, "\n".join(findings)
+    summary = report.summary()
+    assert summary["orders_placed"] == 300 and summary["lost_orders"] == 0
+    assert summary["oversold_units"] == 0 and summary["double_holds"] == 0
+
+
+def engine_status(worker: WorkerProcess) -> object:
+    try:
+        return worker.get("/engine/status")
+    except httpx.HTTPError as exc:
+        return repr(exc)
+
+
+def fatal_lines(log: Path) -> list[str]:
+    return [line[:300] for line in log.read_text(errors="replace").splitlines() if "atal" in line][-3:]
+
+
+def line_kinds(lines: list[str], top: int = 6) -> list[tuple[int, str]]:
+    """The most frequent kinds of line, with timestamps, pids, ports and ids blanked out."""
+    kinds = Counter(re.sub(r"\d+", "#", re.sub(r"^\[[^]]*\] \[\d+\] ", "", line))[:110] for line in lines)
+    return [(n, kind) for kind, n in kinds.most_common(top)]
