@@ -66,9 +66,17 @@ def restore(
         "isolation.level": "read_committed",
         "fetch.max.bytes": 32 * 1024 * 1024,
     })  # fmt: skip
+    # Watermarks from a read_uncommitted client: under read_committed the "high" watermark is the
+    # last stable offset, which an open transaction holds back, and a healthy folder would look
+    # ahead of its changelog and be wiped.
+    watermarks = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"restore-{uuid.uuid4()}",
+                           "enable.auto.commit": False, "isolation.level": "read_uncommitted"})  # fmt: skip
     out = dict(stores)
     try:
-        ends, assignment = _restore_ranges(consumer, stores, out)
+        try:
+            ends, assignment = _restore_ranges(watermarks, stores, out)
+        finally:
+            watermarks.close()
         if not assignment:
             return out, 0
         consumer.assign(assignment)
@@ -105,8 +113,9 @@ def restore(
 def _restore_ranges(
     consumer: Consumer, stores: dict[tuple[str, int], PartitionStore], out: dict[tuple[str, int], PartitionStore]
 ) -> tuple[dict[tuple[str, int], int], list[TopicPartition]]:
-    """Where each store's restore ends (its changelog's high watermark now) and the positions to read
-    from; a store its changelog cannot vouch for is replaced in ``out`` by a wiped one, read from the start."""
+    """Where each store's restore ends (its changelog's high watermark now, read with ``consumer``, a
+    read_uncommitted client) and the positions to read from; a store its changelog cannot vouch for
+    is replaced in ``out`` by a wiped one, read from the start."""
     ends: dict[tuple[str, int], int] = {}
     assignment = []
     for (topic, partition), store in stores.items():
