@@ -7,6 +7,7 @@ adds (the load test registers ``bench`` and ``demo`` there).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from importlib.metadata import entry_points
@@ -20,6 +21,7 @@ from agents.inventory import cli as inventory
 from agents.orders import cli as orders
 from streams import cli as platform
 from streams.cli import console
+from streams.logs import quiet_repeats
 from streams.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
@@ -45,10 +47,15 @@ def worker() -> None:
     from agents.worker import create_app
     from streams.contract.topics import ensure_topics
 
+    class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            # During a broker outage Faust's aiokafka clients log each failure many times a second.
+            quiet_repeats(logger)
+
     settings = Settings()
     ensure_topics(settings)
     faust_app = create_app(settings)
-    worker = faust.Worker(faust_app, loglevel=settings.log_level, quiet=True)
+    worker = Worker(faust_app, loglevel=settings.log_level, quiet=True)
     # Faust's progress spinner sets the root logger to DEBUG, so every library's debug call builds
     # a log record: a quarter of the worker's CPU under load. No spinner, WARN stays WARN.
     worker.spinner = None

@@ -61,7 +61,7 @@ def create_app(settings: Settings) -> faust.App:
     pool = HoldStock.from_settings(settings, frozenset(load_warehouses(settings.warehouses_file)))
     lifecycle = RunLifecycle.from_settings(settings, view)
     engine = Engine(settings, runtime.codec, runtime.clock, [lifecycle, pool])
-    host(app, engine)
+    host(app, engine, settings.engine_stall_s)
     inventory_views.register(app, engine, pool)
     order_views.register(app, engine, lifecycle)
 

@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     max_order_lines: int = Field(
         default=100, ge=1, description="Orders with more lines are refused (`invalid_lines`), at intake and after."
     )
+    engine_stall_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="A worker whose engine loop has not come round for this long exits (code 3) so a supervisor "
+        "restarts it: a Kafka client call that ignores its own timeout cannot hold the hot path forever.",
+    )
     batch_window_ms: float = Field(
         default=10.0,
         gt=0,

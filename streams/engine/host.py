@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -26,10 +27,14 @@ FORWARDED = "X-Stockflow-Forwarded"
 # A supervisor restarts a worker that exits with this: the engine stopped on an error it cannot
 # recover from in-process (e.g. a newer worker fenced its transactional producer).
 ENGINE_FAILED_EXIT = 3
+# /readyz says not ready when the engine's loop has not come round for this long.
+READY_HEARTBEAT_S = 30.0
 
 
-def host(app: faust.App, engine: Engine) -> None:
-    """Run ``engine`` in a thread of ``app``'s worker; stop it before the app stops."""
+def host(app: faust.App, engine: Engine, stall_s: float = 180.0) -> None:
+    """Run ``engine`` in a thread of ``app``'s worker; stop it before the app stops. If its loop does
+    not come round for ``stall_s`` (a client call that ignores its own timeout), the process exits
+    so a supervisor restarts it: every committed batch is safe, and nothing else could unstick it."""
     stop = threading.Event()
 
     def run() -> None:
@@ -41,9 +46,21 @@ def host(app: faust.App, engine: Engine) -> None:
 
     thread = threading.Thread(target=run, name="engine", daemon=True)
 
+    def watch() -> None:
+        while not stop.wait(5.0):
+            stalled = time.monotonic() - engine.heartbeat
+            if thread.is_alive() and stalled > stall_s:
+                log.critical("the engine has not come round for %.0fs (stuck in a Kafka client call); the worker "
+                             "exits so it can be restarted", stalled)  # fmt: skip
+                os._exit(ENGINE_FAILED_EXIT)
+
+    watchdog = threading.Thread(target=watch, name="engine-watchdog", daemon=True)
+
     @app.task  # type: ignore[untyped-decorator]  # faust types a task as returning a bare Awaitable
     async def start_engine() -> None:
+        engine.heartbeat = time.monotonic()
         thread.start()
+        watchdog.start()
 
     async def stop_engine(sender: Any, *args: Any, **kwargs: Any) -> None:
         stop.set()
@@ -61,8 +78,13 @@ def host(app: faust.App, engine: Engine) -> None:
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
-        ready = engine.ready.is_set() and thread.is_alive()
-        return web.json({"ready": ready}, status=200 if ready else 503)
+        checks = {
+            "restored": engine.ready.is_set(),
+            "engine_running": thread.is_alive() and time.monotonic() - engine.heartbeat < READY_HEARTBEAT_S,
+            "broker_reachable": not engine.broker_down,
+        }
+        ready = all(checks.values())
+        return web.json({"ready": ready, **checks}, status=200 if ready else 503)
 
 
 async def answer_for_key(web: Any, request: Any, engine: Engine, partition_key: str,

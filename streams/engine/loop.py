@@ -20,6 +20,7 @@ the batch and its outputs may repeat, which every consumer tolerates by event id
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import socket
@@ -49,6 +50,8 @@ CLIENT_PREFIX = "stockflow-engine@"
 # The header of a record the engine already applied in the batch that wrote it.
 APPLIED_HEADER = "stockflow-applied"
 APPLIED = [(APPLIED_HEADER, b"1")]
+# While the brokers are out of reach, how often the engine asks whether they answer again.
+PROBE_EVERY_S = 2.0
 
 
 @dataclass
@@ -202,6 +205,11 @@ class Engine:
         self._delivery_error: KafkaError | None = None
         self._committed: dict[tuple[str, int], int] = {}  # what this worker committed, per input partition
         self._idle_checked = 0.0
+        # For /readyz and the stall watchdog: when the loop last went round, and whether the brokers
+        # are out of reach (set by the client's error callback, cleared by a successful round trip).
+        self.heartbeat = time.monotonic()
+        self.broker_down = False
+        self._probed = 0.0
 
     # ---- set-up ---------------------------------------------------------------------------------------
     def _state_dir(self) -> Path:
@@ -210,8 +218,11 @@ class Engine:
     def _kafka_common(self) -> dict[str, Any]:
         # The client id carries this worker's HTTP address: a worker asked for a key it does not own
         # finds the owner's address in the group's membership (``owner_address``).
+        # librdkafka's own log lines go through Python logging (not straight to stderr), so the
+        # worker's repeat filter folds an outage's connect failures into one line a minute.
         return {"bootstrap.servers": self.settings.bootstrap, "error_cb": self._on_kafka_error,
-                "log.connection.close": False, "client.id": self.client_id}  # fmt: skip
+                "log.connection.close": False, "client.id": self.client_id,
+                "logger": logging.getLogger("librdkafka")}  # fmt: skip
 
     @property
     def client_id(self) -> str:
@@ -259,6 +270,8 @@ class Engine:
             log.warning("kafka: %s", text)
         if error.fatal():
             log.error("kafka: fatal error %s; the worker must restart", text)
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.broker_down = True
 
     # ---- the loop -------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -273,6 +286,9 @@ class Engine:
         window_s = self.settings.batch_window_ms / 1000.0
         try:
             while not stop.is_set():
+                self.heartbeat = time.monotonic()
+                if self.broker_down:
+                    self._probe_broker()
                 polled = time.perf_counter()
                 messages = self.consumer.consume(self.settings.batch_max_events, timeout=window_s)
                 self.stats.poll_s += time.perf_counter() - polled
@@ -293,6 +309,20 @@ class Engine:
                 store.close()
             self._open.clear()
             self.owned.clear()
+
+    def _probe_broker(self) -> None:
+        """While the brokers are out of reach, ask for metadata every few seconds: an answer means back."""
+        now = time.monotonic()
+        if now - self._probed < PROBE_EVERY_S:
+            return
+        self._probed = now
+        try:
+            self.consumer.list_topics(timeout=2)
+        except KafkaException:
+            return
+        self.broker_down = False
+        self._last_error = ""
+        log.warning("kafka: the brokers answer again")
 
     def _commit_idle_positions(self) -> None:
         """When nothing flows, move the committed offsets past what only transaction markers occupy.
@@ -527,6 +557,7 @@ class Engine:
             if owned_store is not None:
                 owned_store.apply(kv, self._changelog_offsets.get((store, partition), -1))
         self._committed.update(batch.offsets)
+        self.broker_down = False
         self.stats.batches += 1
         self.stats.commits += 1
         self.stats.outputs += len(outputs) + len(dead)
@@ -551,16 +582,34 @@ class Engine:
     def _abort(self, exc: KafkaException) -> None:
         error: KafkaError = exc.args[0]
         self.stats.aborts += 1
-        if self.exactly_once and error.fatal():
-            raise exc  # fenced or fatal: this producer is finished; the worker restarts
         log.warning("batch not committed (%s); it is read again", error.str())
         if self.exactly_once:
-            try:
-                self.producer.abort_transaction(30)
-            except KafkaException as abort_exc:
-                if abort_exc.args[0].fatal():
-                    raise
+            # A fresh producer rather than abort_transaction(): after an outage librdkafka's own
+            # recovery (an epoch bump) can leave send_offsets_to_transaction() waiting for ever
+            # (librdkafka #5456). Initialising a new one with the same transactional id aborts
+            # what the old one left open, on the broker, in one step.
+            self._new_producer(error.str())
         self._rewind_to_committed()
+
+    def _new_producer(self, why: str) -> None:
+        """Replace a transactional producer that hit a fatal error (after a broker outage, an invalid
+        transaction state). The new one takes the same transactional id: initialising it aborts
+        whatever the old one left open, and the batch is read again from the committed offsets."""
+        log.warning("transaction failed (%s): starting a new transactional producer", why)
+        old, self.producer = self.producer, self._make_producer()
+        with contextlib.suppress(KafkaException, RuntimeError):
+            old.purge()  # its unsent records belong to the aborted transaction
+            old.flush(0)
+        while True:
+            self.heartbeat = time.monotonic()
+            try:
+                self.producer.init_transactions(30)
+                return
+            except KafkaException as exc:
+                if exc.args[0].fatal() and not exc.args[0].retriable():
+                    raise
+                log.warning("cannot start the new transactional producer yet (%s); trying again", exc.args[0].str())
+                time.sleep(1.0)
 
     def _on_output(self, error: KafkaError | None, msg: Message) -> None:
         if error is not None and self._delivery_error is None:
@@ -593,10 +642,20 @@ class Engine:
         self._reset_timers()
 
     def _rewind_to_committed(self) -> None:
+        """Read again from the committed offsets; while the broker cannot say what they are (an
+        outage), keep asking: nothing may be consumed before the rewind is done."""
         assignment = self.consumer.assignment()
-        if assignment:
-            for tp in self.consumer.committed(assignment, timeout=30):
+        while assignment:
+            self.heartbeat = time.monotonic()  # waiting for the broker, not stuck: the watchdog waits too
+            try:
+                committed = self.consumer.committed(assignment, timeout=10)
+            except KafkaException as exc:
+                log.warning("cannot read the committed offsets yet (%s); trying again", exc.args[0].str())
+                time.sleep(1.0)
+                continue
+            for tp in committed:
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else 0))
+            break
         self._reset_timers()
 
     def _reset_timers(self) -> None:

@@ -32,14 +32,6 @@ def noisy_lines(log: Path) -> list[str]:
     return [line for line in log.read_text(errors="replace").splitlines() if NOISY_LINE.search(line)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 defect 9 not fixed: every run writes ~2,000-2,600 warning/error lines for a 15 s outage, "
-    "nearly all from the Faust shell's aiokafka clients; and after the broker is back the engine in most runs "
-    "either hangs for good inside producer.send_offsets_to_transaction(..., 30) (librdkafka #5456: the timeout "
-    "is not honoured; /readyz stays 200, ~250 of 300 orders never decided), or exits on a fatal INVALID_TXN_STATE "
-    "from abort_transaction, or leaves a batch half committed (changelog drift); see the report of issue 11",
-)
 def test_broker_stopped_and_restarted_mid_load(dedicated_kafka: LocalKafka, make_settings, start_worker) -> None:
     settings = make_settings(kafka_bootstrap=dedicated_kafka.settings.bootstrap, safety_threshold=0,
                              session_timeout_s=6)  # fmt: skip
