@@ -1,6 +1,6 @@
-"""`stockflow bench-recovery`: how long a worker takes to come back with a large `holds_by_sku` table.
+"""`stockflow bench-recovery`: how long a worker takes to come back with a large `stock_by_sku` store.
 
-Fills the pool with one stock receipt for each of N SKUs (N table keys, N changelog records),
+Fills the pool with one stock receipt for each of N SKUs (2N store keys: totals and adjustment ids),
 waits until the worker has applied them, kills it with ``kill -9`` and starts it again twice:
 once with its RocksDB folder intact (the usual restart) and once with the folder deleted (a new
 machine: the table is rebuilt from the changelog topic). Recovery is timed from the start of the
@@ -53,7 +53,8 @@ def run(settings: Settings, skus: int, log_dir: Path) -> dict[str, Any]:
     for case in ("restart", "rebuild_from_changelog"):
         worker.kill9()
         if case == "rebuild_from_changelog":
-            shutil.rmtree(s.home_dir / "worker" / s.app_id, ignore_errors=True)
+            shutil.rmtree(s.home_dir / "state" / s.app_id, ignore_errors=True)  # the engine's stores
+            shutil.rmtree(s.home_dir / "worker" / s.app_id, ignore_errors=True)  # Faust's tables
         worker = WorkerProcess(s, log_dir / f"bench-rec-{tag}-{case}.log").start()
         results[f"{case}_s"] = round(_until_answers(worker, probe, 7, 600), 2)
     worker.stop()

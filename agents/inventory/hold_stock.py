@@ -39,6 +39,10 @@ from streams.engine.state import StoreSpec, StoreTransaction
 from streams.settings import Settings
 
 STORE = "stock_by_sku"
+# After a restart, levels of SKUs changed this long before the newest change are published again.
+REPUBLISH_WINDOW_MS = 60_000
+# Levels one flush publishes for one partition at most (a flush runs every half refresh interval).
+MAX_LEVELS_PER_FLUSH = 1_000
 SEP = b"\x00"
 
 
@@ -280,6 +284,9 @@ class HoldStock(Processor):
         ))  # fmt: skip
 
     # ---- time ------------------------------------------------------------------------------------------
+    def may_have_timer(self, key: bytes) -> bool:
+        return key[:1] in (b"h", b"a")  # line records and adjustment ids; totals and overrides have none
+
     def due_ms(self, key: bytes, value: Any) -> int:
         if key.startswith(b"h"):
             return int(value["expires_at_ms"]) if value["status"] != rules_.SOLD else 0
@@ -314,19 +321,27 @@ class HoldStock(Processor):
         if levels is None or not levels.dirty:
             return
         db = ctx.store(STORE)
+        sent = 0
         for sku in list(levels.dirty):
             if ctx.now_ms - levels.sent_ms.get(sku, 0) < self.refresh_interval_ms:
                 continue
+            if sent == MAX_LEVELS_PER_FLUSH:
+                break  # the rest go in the next flushes: a restart's republish does not stall the batch
+            sent += 1
             levels.dirty.discard(sku)
             levels.sent_ms[sku] = ctx.now_ms
             ctx.emit(STOCK_LEVELS, sku, "StockLevel", stock_level(self._stock(db, sku), self._rules, ctx.now_ms))
 
     def on_assign(self, ctx: Context) -> None:
-        # After a (re)start or a move, every SKU's level is published again: none decided just
-        # before a crash is lost, and a new owner's channels start from the truth.
+        # A level is emitted in the transaction after its change, at most a refresh interval later,
+        # so a level lost to a crash belongs to a SKU that changed just before it. After a (re)start
+        # or a move, the SKUs changed in the last minute before the partition's newest change are
+        # published again; older ones were published long ago, and republishing a 100k-SKU
+        # partition in full would hold the restart up for seconds.
         levels = self.levels.setdefault(ctx.partition, _Levels())
-        for key, _ in ctx.store(STORE).scan(b"s" + SEP):
-            levels.dirty.add(sku_of(key))
+        changed = [(stock["newest_change_ms"], sku_of(key)) for key, stock in ctx.store(STORE).scan(b"s" + SEP)]
+        newest = max((ms for ms, _ in changed), default=0)
+        levels.dirty.update(sku for ms, sku in changed if ms >= newest - REPUBLISH_WINDOW_MS)
 
     def on_revoke(self, partition: int) -> None:
         self.levels.pop(partition, None)

@@ -111,6 +111,11 @@ class Processor(ABC):
         (``key_mismatch``, ``misrouted_partition``). None: no such check for this event."""
         return None
 
+    def may_have_timer(self, key: bytes) -> bool:
+        """False for keys of ``timer_store`` that never carry a timer (their values are not parsed when
+        timers are rebuilt)."""
+        return True
+
     def due_ms(self, key: bytes, value: Any) -> int:
         """When ``key`` (a key of ``timer_store`` holding ``value``) next needs ``on_timer``; 0: never."""
         return 0
