@@ -423,8 +423,12 @@ class Engine:
         one transaction, instead of a transaction and a consumer round trip per hop. The records are
         still published (with ``APPLIED_HEADER``) for everyone else, and skipped when read back: the
         state they changed committed together with them, so every later reader, this worker after a
-        restart or another after a rebalance, finds it already applied.
+        restart or another after a rebalance, finds it already applied. Exactly-once only.
         """
+        if not self.exactly_once:
+            # Without a transaction the stores' changelog records of one batch can land in part
+            # before a crash; state spread over two stores by one input could then disagree.
+            return
         todo = [ctx]
         while todo:
             source = todo.pop()
@@ -531,6 +535,12 @@ class Engine:
                 value = self.codec.encode("DeadLetter", record)
                 source = record["source_topic"].encode()
                 self._produce(self.settings.topic(DEADLETTERS.name), source, value, None, check)
+            if not self.exactly_once:
+                # Without a transaction nothing ties outputs and state together: the outputs must be
+                # acknowledged before the state that records them is. A crash in between then replays
+                # the batch against the old state and publishes its outputs again (duplicates, which
+                # every reader tolerates), never a state whose outputs were lost.
+                self._flush_checked()
             for (store, partition), kv in changes.items():
                 topic = changelog_topic(self.settings, store)
                 last = len(kv) - 1
@@ -543,9 +553,7 @@ class Engine:
                     self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
                 self._finish_transaction()
             else:
-                self.producer.flush(60)
-                if self._delivery_error is not None:
-                    raise KafkaException(self._delivery_error)
+                self._flush_checked()
                 if offsets:
                     self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
@@ -564,6 +572,14 @@ class Engine:
         self.stats.refusals += len(dead)
         self.stats.changelog_records += sum(len(kv) for kv in changes.values())
         self.stats.commit_s += time.perf_counter() - started
+
+    def _flush_checked(self) -> None:
+        """Wait until everything produced is acknowledged; raise if any of it failed."""
+        remaining = self.producer.flush(60)
+        if self._delivery_error is not None:
+            raise KafkaException(self._delivery_error)
+        if remaining:
+            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"{remaining} records not acknowledged"))
 
     def _finish_transaction(self) -> None:
         # Flush first so every delivery report (the changelog offsets) is served in this thread.

@@ -8,12 +8,11 @@ import time
 
 import pytest
 
-from agents.audit.checker import audit
 from loadtest import events as ev
 from streams.contract.keys import order_key
 from streams.contract.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS
 from streams.engine.producer import EventProducer
-from tests.helpers import read_topic, wait_for
+from tests.helpers import audit_problems, audit_until_ok, read_topic, wait_for
 
 pytestmark = pytest.mark.broker
 SKUS = [f"SKU-C{i:02d}" for i in range(12)]
@@ -82,32 +81,9 @@ def test_kill_9_mid_stream_leaves_no_drift(
         sender.join()
     assert kills == len(kill_after) and result["sent"] == 1200
 
-    deadline = time.monotonic() + 180
-    report = audit(settings)
-    while not report.ok and time.monotonic() < deadline:
-        time.sleep(2)
-        report = audit(settings)
+    report = audit_until_ok(settings, timeout_s=180)
     summary = report.summary()
-    details = {
-        "drift": [
-            (
-                a.sku,
-                a.table_on_hand,
-                a.expected_on_hand,
-                a.table_open,
-                a.expected_open,
-                a.open_keys_missing_in_table[:3],
-                a.open_keys_only_in_table[:3],
-            )
-            for a in report.drifted[:5]
-        ],
-        "lost": report.lost_orders[:5],
-        "double": report.double_holds[:5],
-        "rejected_held": report.rejected_but_held[:5],
-        "incomplete": report.reserved_incomplete[:5],
-        "paid_without_hold": report.paid_without_hold[:5],
-        "overdue": report.overdue_timers[:5],
-    }
+    details = audit_problems(report)
     if report.lost_orders:
         lost = report.lost_orders[0]
         details["lost_order_view"] = worker.get(f"/orders/{lost}")
