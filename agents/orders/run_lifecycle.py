@@ -23,6 +23,8 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from agents.alerting.alerts import AlertSpec, alert
 from agents.orders import rules as flow
 from agents.orders.rules import Effects, OrderRecord, OrderRules
@@ -45,10 +47,12 @@ from streams.contract.topics import (
 )
 from streams.engine.deadletter import dead_letter
 from streams.engine.processor import Context, Processor
-from streams.engine.state import StoreSpec, StoreTransaction
+from streams.engine.state import Serde, StoreSpec, StoreTransaction
 from streams.settings import Settings
 
 STORE = "orders_by_id"
+# The store reads back OrderRecords, so a batch, the timers and the view all see the same type.
+ORDER_RECORDS: Serde[OrderRecord] = Serde(orjson.dumps, lambda raw: OrderRecord.from_dict(orjson.loads(raw)))
 STAGE = "agents.orders.run_lifecycle"
 
 
@@ -104,7 +108,7 @@ class RunLifecycle(Processor):
         return cls(
             name="run_lifecycle",
             inputs=(ORDER_EVENTS, HOLD_RESULTS),
-            stores=(StoreSpec(STORE),),
+            stores=(StoreSpec(STORE, ORDER_RECORDS),),
             timer_store=STORE,
             rules=order_rules(settings),
             view=view,
@@ -123,11 +127,9 @@ class RunLifecycle(Processor):
         return order_key(record["channel"], record["channel_order_id"])
 
     # ---- state -----------------------------------------------------------------------------------------
-    def _load(self, db: StoreTransaction[Any], order_id: str) -> OrderRecord:
-        data = db.get(order_id.encode())
-        if isinstance(data, OrderRecord):
-            return data
-        return OrderRecord.from_dict(data) if data is not None else OrderRecord(order_id=order_id)
+    def _load(self, db: StoreTransaction[OrderRecord], order_id: str) -> OrderRecord:
+        rec = db.get(order_id.encode())
+        return rec if rec is not None else OrderRecord(order_id=order_id)
 
     def _store(self, ctx: Context, db: StoreTransaction[Any], rec: OrderRecord) -> None:
         key = rec.order_id.encode()
@@ -146,7 +148,7 @@ class RunLifecycle(Processor):
         return due
 
     def due_ms(self, key: bytes, value: Any) -> int:
-        return self._due(OrderRecord.from_dict(value))
+        return self._due(value)
 
     # ---- events ----------------------------------------------------------------------------------------
     def handle(self, ctx: Context, event_type: str, record: dict[str, Any]) -> None:
@@ -247,8 +249,8 @@ class RunLifecycle(Processor):
     # ---- reads -----------------------------------------------------------------------------------------
     def view_of(self, read: Any, order_id: str) -> dict[str, Any] | None:
         """The ``/orders/{id}`` answer from committed state."""
-        data = read(STORE, order_id.encode())
-        return dict(data) if data is not None else None
+        rec: OrderRecord | None = read(STORE, order_id.encode())
+        return rec.to_dict() if rec is not None else None
 
 
 def _alert(spec: AlertSpec, now_ms: int) -> Any:
