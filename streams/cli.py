@@ -123,17 +123,13 @@ def topics_create() -> None:
 @topics.command("contract")
 def topics_contract(markdown: bool = typer.Option(False, help="Print a Markdown table.")) -> None:
     """The topic contract: key, partitions, schema files and writer of every topic."""
-    from streams.contract.topics import contract_rows
+    from streams.contract.topics import contract_rows, contract_table_markdown
 
-    rows = contract_rows(Settings())
-    header = ("topic", "direction", "key", "partitions", "schema", "written by")
     if markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for row in rows:
-            print("| " + " | ".join(f"`{row[0]}`" if i == 0 else c for i, c in enumerate(row)) + " |")
+        print(contract_table_markdown(Settings()), end="")
         return
-    table = Table(*header)
+    rows = contract_rows(Settings())
+    table = Table("topic", "direction", "key", "partitions", "schema", "written by")
     for row in rows:
         table.add_row(*row)
     console.print(table)

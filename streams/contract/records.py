@@ -290,3 +290,129 @@ class ShipmentOutcome(TypedDict):
     on_time: bool
     promised_ship_by_ms: int
     shipped_ms: int
+
+
+class RefundLine(TypedDict):
+    line_no: int
+    qty: int
+
+
+class RefundRequested(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    channel_order_id: str
+    channel_refund_id: str
+    kind: str
+    amount_fen: int
+    reason: str
+    lines: list[RefundLine]
+    tracking_no: str
+    sent_at_ms: int
+
+
+class RefundReviewed(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    channel_order_id: str
+    channel_refund_id: str
+    approved: bool
+    reviewer: str
+    note: str
+
+
+class ReturnShipped(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    channel_order_id: str
+    channel_refund_id: str
+    tracking_no: str
+    carrier: str
+
+
+class ReturnReceived(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    channel_order_id: str
+    channel_refund_id: str
+    warehouse_id: str
+    resellable: bool
+    qc_note: str
+
+
+class RefundSettled(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    channel_order_id: str
+    channel_refund_id: str
+    amount_fen: int
+    settlement_id: str
+
+
+class RefundCancelled(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    channel_order_id: str
+    channel_refund_id: str
+    by: str
+    reason: str
+
+
+class RefundInstruction(TypedDict):
+    event_id: str
+    event_time_ms: int
+    refund_id: str
+    order_id: str
+    channel: str
+    channel_order_id: str
+    channel_refund_id: str
+    amount_fen: int
+    payment_path: str
+    idempotency_key: str
+    approved_by: str
+
+
+class RefundIssued(TypedDict):
+    event_id: str
+    event_time_ms: int
+    refund_id: str
+    order_id: str
+    channel: str
+    amount_fen: int
+    platform_ref: str
+    attempts: int
+    replayed: bool
+
+
+class RefundStateChanged(TypedDict):
+    event_id: str
+    event_time_ms: int
+    refund_id: str
+    order_id: str
+    channel: str
+    kind: str
+    state: str
+    previous_state: str
+    reason: str
+    amount_fen: int
+    auto_approved: bool
+    warehouse_id: str
+    stage_times: dict[str, int]
+
+
+class ConnectorCallFailed(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    endpoint: str
+    idempotency_key: str
+    request: str
+    answer: str
+    reason: str
+    attempts: int
+    source: str

@@ -57,6 +57,16 @@ EVENT_TYPES: tuple[EventType, ...] = (
     EventType("stockflow.WmsAcknowledged", "wms_acknowledged.avsc", records.WmsAcknowledged),
     EventType("stockflow.WarehouseDispatched", "warehouse_dispatched.avsc", records.WarehouseDispatched),
     EventType("stockflow.ShipmentOutcome", "shipment_outcome.avsc", records.ShipmentOutcome),
+    EventType("stockflow.RefundRequested", "refund_requested.avsc", records.RefundRequested),
+    EventType("stockflow.RefundReviewed", "refund_reviewed.avsc", records.RefundReviewed),
+    EventType("stockflow.ReturnShipped", "return_shipped.avsc", records.ReturnShipped),
+    EventType("stockflow.ReturnReceived", "return_received.avsc", records.ReturnReceived),
+    EventType("stockflow.RefundSettled", "refund_settled.avsc", records.RefundSettled),
+    EventType("stockflow.RefundCancelled", "refund_cancelled.avsc", records.RefundCancelled),
+    EventType("stockflow.RefundInstruction", "refund_instruction.avsc", records.RefundInstruction),
+    EventType("stockflow.RefundIssued", "refund_issued.avsc", records.RefundIssued),
+    EventType("stockflow.RefundStateChanged", "refund_state_changed.avsc", records.RefundStateChanged),
+    EventType("stockflow.ConnectorCallFailed", "connector_call_failed.avsc", records.ConnectorCallFailed),
 )
 
 BY_NAME: dict[str, EventType] = {e.name: e for e in EVENT_TYPES}

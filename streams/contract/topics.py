@@ -161,6 +161,74 @@ DEADLETTERS = TopicSpec(
     doc="Refused messages with reason, original bytes and source position.",
 )
 
+REFUND_EVENTS = TopicSpec(
+    "refund.events",
+    key="order id '<channel>:<channel_order_id>'",
+    events=("RefundRequested", "RefundReviewed", "ReturnShipped", "ReturnReceived", "RefundSettled", "RefundCancelled"),
+    writer="outside (stockflow intake: channel refund callbacks, customer-service reviews, the WMS returns desk)",
+    direction="input",
+    doc="Everything a channel, customer service or the warehouse says about a refund; refund id "
+    "'<channel>:<channel_refund_id>'.",
+)
+REFUND_ISSUED = TopicSpec(
+    "refund.issued",
+    key="order id",
+    events=("RefundIssued",),
+    writer="agents.channels.issue_refunds",
+    direction="internal",
+    doc="The marketplace accepted a refund instruction: the refund moves on to waiting for settlement.",
+)
+REFUND_INSTRUCTIONS = TopicSpec(
+    "refund.instructions",
+    key="order id",
+    events=("RefundInstruction",),
+    writer="agents.refunds.run_refunds",
+    direction="output",
+    doc="Refunds to pay back on the original payment path; the channel connector sends them, idempotent by refund id.",
+)
+REFUND_STATES = TopicSpec(
+    "refund.states",
+    key="refund id '<channel>:<channel_refund_id>'",
+    events=("RefundStateChanged",),
+    writer="agents.refunds.run_refunds",
+    direction="output",
+    compacted=True,
+    doc="Every refund transition; the newest per refund carries all stage times.",
+)
+STOCK_RETURNS = TopicSpec(
+    "stock.returns",
+    key="SKU",
+    events=("StockAdjusted",),
+    writer="agents.refunds.run_refunds",
+    direction="internal",
+    doc="Returned units QC found resellable, back on hand at the warehouse that received them "
+    "(adjustment id 'return:<refund id>:<line>').",
+)
+REFUND_ORDER_CANCELS = TopicSpec(
+    "refund.order-cancels",
+    key="order id",
+    events=("OrderCancelled",),
+    writer="agents.refunds.run_refunds",
+    direction="internal",
+    doc="A refund-only approved before shipment cancels its order: holds released, or the WMS push cancelled.",
+)
+# The marketplaces the connectors talk to; each has its own failed-call queue, so one channel's
+# rotated key never holds up another's calls, and a replay keeps that channel's order.
+MARKETPLACES: tuple[str, ...] = ("tmall", "jd", "douyin", "pdd", "kuaishou", "own")
+CONNECTOR_FAILED: dict[str, TopicSpec] = {
+    channel: TopicSpec(
+        f"connector.failed.{channel}",
+        key="channel",
+        events=("ConnectorCallFailed",),
+        writer="agents.channels (the outbound connectors)",
+        direction="output",
+        single_partition=True,
+        doc=f"{channel}: outbound calls that failed for good, in order, with request, answer and reason; "
+        "`stockflow connectors replay` resends them.",
+    )
+    for channel in MARKETPLACES
+}
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     ORDER_EVENTS,
     STOCK_ADJUSTMENTS,
@@ -176,6 +244,13 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     WAREHOUSE_PERFORMANCE,
     ALERTS,
     AUDIT_OVERRIDES,
+    REFUND_EVENTS,
+    REFUND_ISSUED,
+    REFUND_INSTRUCTIONS,
+    REFUND_STATES,
+    STOCK_RETURNS,
+    REFUND_ORDER_CANCELS,
+    *CONNECTOR_FAILED.values(),
     DEADLETTERS,
 )
 
@@ -219,3 +294,12 @@ def contract_rows(settings: Settings) -> list[tuple[str, str, str, str, str, str
         parts = str(spec.partitions(settings)) + (" (compacted)" if spec.compacted else "")
         rows.append((spec.name, spec.direction, spec.key, parts, files, spec.writer))
     return rows
+
+
+def contract_table_markdown(settings: Settings) -> str:
+    """The README's topic contract table (``stockflow topics contract --markdown``)."""
+    header = ("topic", "direction", "key", "partitions", "schema", "written by")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in contract_rows(settings):
+        lines.append("| " + " | ".join(f"`{row[0]}`" if i == 0 else c for i, c in enumerate(row)) + " |")
+    return "\n".join(lines) + "\n"
