@@ -31,7 +31,8 @@ def test_readme_topic_contract_is_the_generated_one() -> None:
     text = README.read_text(encoding="utf-8")
     assert start in text and end in text, f"README.md lost its {start} / {end} markers"
     in_readme = text.split(start, 1)[1].split(end, 1)[0].strip()
-    assert in_readme == contract_table_markdown(Settings(partitions=Settings.model_fields["partitions"].default)).strip(), (
+    defaults = Settings(partitions=Settings.model_fields["partitions"].default)
+    assert in_readme == contract_table_markdown(defaults).strip(), (
         "README.md's topic contract differs from streams/contract/topics.py: run "
         f"`stockflow topics contract --markdown` and paste its output between {start} and {end}"
     )
