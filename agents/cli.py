@@ -19,6 +19,7 @@ from agents.audit import cli as audit
 from agents.intake import cli as intake
 from agents.inventory import cli as inventory
 from agents.orders import cli as orders
+from agents.refunds import cli as refunds
 from streams import cli as platform
 from streams.cli import console
 from streams.logs import quiet_repeats
@@ -30,6 +31,7 @@ app.add_typer(platform.topics, name="topics")
 app.add_typer(platform.clock, name="clock")
 app.command("settings")(platform.settings_command)
 app.add_typer(inventory.override, name="override")
+app.add_typer(refunds.refunds, name="refunds")
 app.command()(inventory.stock)
 app.command()(orders.order)
 app.command()(intake.intake)

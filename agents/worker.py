@@ -2,7 +2,8 @@
 low-rate Faust agents around them.
 
 - Engine (``streams.engine``, confluent-kafka, one Kafka transaction per batch): the pool
-  (``agents.inventory.hold_stock``) and the order lifecycle (``agents.orders.run_lifecycle``).
+  (``agents.inventory.hold_stock``), the order lifecycle (``agents.orders.run_lifecycle``) and
+  refunds (``agents.refunds.run_refunds``, on the orders' partitions, reading their store).
   Faust's per-event cost (an agent ~80-190 µs, a table write ~230-265 µs) is above the hot path's
   whole budget, so the hot path does not go through it.
 - Faust: the web views, the warehouse view routing reads, the webhook notifier, the clock control
@@ -21,6 +22,8 @@ from agents.inventory import views as inventory_views
 from agents.inventory.hold_stock import HoldStock
 from agents.orders import views as order_views
 from agents.orders.run_lifecycle import RunLifecycle
+from agents.refunds import views as refund_views
+from agents.refunds.run_refunds import RunRefunds
 from agents.routing import warehouse_view
 from agents.routing.warehouses import load_warehouses
 from streams.contract.codec import default_codec
@@ -60,10 +63,12 @@ def create_app(settings: Settings) -> faust.App:
     view = warehouse_view.register(app, runtime)
     pool = HoldStock.from_settings(settings, frozenset(load_warehouses(settings.warehouses_file)))
     lifecycle = RunLifecycle.from_settings(settings, view)
-    engine = Engine(settings, runtime.codec, runtime.clock, [lifecycle, pool])
+    refunds = RunRefunds.from_settings(settings)
+    engine = Engine(settings, runtime.codec, runtime.clock, [lifecycle, pool, refunds])
     host(app, engine, settings.engine_stall_s)
     inventory_views.register(app, engine, pool)
     order_views.register(app, engine, lifecycle)
+    refund_views.register(app, engine, refunds)
 
     clock_control.register(app, runtime)
     notify.register(app, runtime)

@@ -13,6 +13,13 @@ from streams.contract.records import (
     OrderLine,
     OrderPlaced,
     PaymentConfirmed,
+    RefundCancelled,
+    RefundLine,
+    RefundRequested,
+    RefundReviewed,
+    RefundSettled,
+    ReturnReceived,
+    ReturnShipped,
     ShipmentDelivered,
     ShipmentDispatched,
     StockAdjusted,
@@ -110,3 +117,54 @@ def stock_adjusted(
         qty=qty,
         reason="",
     )
+
+
+# ---- refunds: what a channel, customer service and the returns desk send -----------------------------
+def refund_requested(  # noqa: PLR0913 - a request's fields, all keyword after the ids
+    channel: str, channel_order_id: str, refund_id: str, amount_fen: int, *, kind: str = "RETURN_AND_REFUND",
+    lines: Sequence[RefundLine] = (), tracking_no: str = "",
+    event_time_ms: int | None = None, sent_at_ms: int = 0,
+) -> RefundRequested:  # fmt: skip
+    return RefundRequested(event_id=f"refund:{channel}:{refund_id}", event_time_ms=event_time_ms or now_ms(),
+                           channel=channel, channel_order_id=channel_order_id,
+ channel_refund_id=refund_id, kind=kind, amount_fen=amount_fen,
+                           reason="no_reason_7d", lines=list(lines), tracking_no=tracking_no,
+                           sent_at_ms=sent_at_ms)  # fmt: skip
+
+
+def refund_reviewed(channel: str, channel_order_id: str, refund_id: str, approved: bool,
+                    reviewer: str = "cs-01") -> RefundReviewed:  # fmt: skip
+    return RefundReviewed(event_id=f"reviewed:{channel}:{refund_id}", event_time_ms=now_ms(),
+                          channel=channel, channel_order_id=channel_order_id,
+ channel_refund_id=refund_id, approved=approved, reviewer=reviewer,
+                          note="")  # fmt: skip
+
+
+def return_shipped(channel: str, channel_order_id: str, refund_id: str, tracking_no: str = "") -> ReturnShipped:
+    return ReturnShipped(event_id=f"return-shipped:{channel}:{refund_id}", event_time_ms=now_ms(),
+                         channel=channel, channel_order_id=channel_order_id,
+ channel_refund_id=refund_id,
+                         tracking_no=tracking_no or f"YT{refund_id}", carrier="yto")  # fmt: skip
+
+
+def return_received(channel: str, channel_order_id: str, refund_id: str, warehouse_id: str, *,
+                    resellable: bool = True, qc_done: bool = True) -> ReturnReceived:  # fmt: skip
+    step = "qc" if qc_done else "received"
+    return ReturnReceived(event_id=f"return-{step}:{channel}:{refund_id}", event_time_ms=now_ms(),
+                          channel=channel, channel_order_id=channel_order_id,
+ channel_refund_id=refund_id, warehouse_id=warehouse_id,
+                          qc_done=qc_done, resellable=resellable, qc_note="")  # fmt: skip
+
+
+def refund_settled(channel: str, channel_order_id: str, refund_id: str, amount_fen: int) -> RefundSettled:
+    return RefundSettled(event_id=f"settled:{channel}:{refund_id}", event_time_ms=now_ms(),
+                         channel=channel, channel_order_id=channel_order_id,
+ channel_refund_id=refund_id, amount_fen=amount_fen,
+                         settlement_id=f"st-{refund_id}")  # fmt: skip
+
+
+def refund_cancelled(channel: str, channel_order_id: str, refund_id: str) -> RefundCancelled:
+    return RefundCancelled(event_id=f"refund-cancelled:{channel}:{refund_id}", event_time_ms=now_ms(),
+                           channel=channel, channel_order_id=channel_order_id,
+ channel_refund_id=refund_id, by="buyer",
+                           reason="changed mind")  # fmt: skip

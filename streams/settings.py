@@ -172,6 +172,28 @@ class Settings(BaseSettings):
     ship_promise_s: float = Field(
         default=86400.0, gt=0, description="Promised time from payment to shipment (what on-time means)."
     )
+    refund_rules_file: Path | None = Field(
+        default=None,
+        description="Refund rules per channel (TOML: auto-approval limit, no-reason days, tracking before review, "
+        "time zone); unset: `agents/refunds/config/refund_rules.toml`.",
+    )
+    refund_respond_s: float = Field(
+        default=2 * 3600.0, gt=0, description="Refund SOP: customer service answers a request within this long."
+    )
+    refund_qc_s: float = Field(
+        default=24 * 3600.0, gt=0, description="Refund SOP: the warehouse finishes QC of a return within this long."
+    )
+    refund_settle_s: float = Field(
+        default=72 * 3600.0,
+        gt=0,
+        description="A refund paid out and not settled by the marketplace within this long: a RED "
+        "`refund_reconciliation` alert.",
+    )
+    refund_retention_s: float = Field(
+        default=90 * 86400.0,
+        gt=0,
+        description="How long a finished refund (completed, rejected, cancelled) keeps its state, then it is purged.",
+    )
     sla_unrouted_s: float = Field(
         default=900.0, gt=0, description="Paid but not pushed/acknowledged this long: a RED `sla_breach` alert."
     )
@@ -199,6 +221,26 @@ class Settings(BaseSettings):
         default=None,
         description="SKU patterns intake accepts (TOML; no patterns: any SKU); "
         "unset: the sample catalogue `agents/intake/config/catalogue.toml`.",
+    )
+    intake_max_event_age_s: float = Field(
+        default=30 * 86400.0,
+        gt=0,
+        description="Intake refuses times (event, sent) further in the past than this (`time_out_of_range`).",
+    )
+    intake_max_future_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Intake refuses times further ahead of its clock than this (`time_out_of_range`).",
+    )
+    intake_secrets_file: Path | None = Field(
+        default=None,
+        description="TOML with each channel's callback `app_key` and `secret` and the WMS `token` "
+        "(`agents/intake/config/secrets.example.toml`); never logged. Unset: no channel has a secret.",
+    )
+    intake_allow_unsigned: bool = Field(
+        default=False,
+        description="Development only: accept unsigned callbacks from channels with no secret configured "
+        "(and WMS calls when no token is); a channel with a secret is always verified.",
     )
 
     @model_validator(mode="after")

@@ -1,8 +1,9 @@
 """Hold stock: the pool's engine processor.
 
 Reads: ``stock.hold-commands`` (RESERVE / RELEASE / COMMIT / SHIP / ALLOCATE per order line),
-``stock.adjustments`` (receipts, counts, corrections, presale caps) and ``ops.overrides`` (VIP
-override requests and approvals), all keyed and partitioned by SKU.
+``stock.adjustments`` (receipts, counts, corrections, presale caps), ``stock.returns`` (returned
+units QC found resellable, as receipts) and ``ops.overrides`` (VIP override requests and approvals),
+all keyed and partitioned by SKU.
 Writes: ``stock.hold-results`` (one answer per command, keyed by order id), ``stock.levels``
 (coalesced per SKU, at most one per ``STOCKFLOW_REFRESH_INTERVAL_MS``), ``audit.overrides``, and
 alerts (channel pause/resume, invariant breach).
@@ -33,6 +34,7 @@ from streams.contract.topics import (
     OPS_OVERRIDES,
     STOCK_ADJUSTMENTS,
     STOCK_LEVELS,
+    STOCK_RETURNS,
 )
 from streams.engine.processor import Context, Processor
 from streams.engine.state import StoreSpec, StoreTransaction
@@ -122,7 +124,7 @@ class HoldStock(Processor):
     def from_settings(cls, settings: Settings, warehouses: frozenset[str]) -> HoldStock:
         return cls(
             name="hold_stock",
-            inputs=(HOLD_COMMANDS, STOCK_ADJUSTMENTS, OPS_OVERRIDES),
+            inputs=(HOLD_COMMANDS, STOCK_ADJUSTMENTS, STOCK_RETURNS, OPS_OVERRIDES),
             stores=(StoreSpec(STORE),),
             timer_store=STORE,
             flush_interval_ms=max(settings.refresh_interval_ms // 2, 10),

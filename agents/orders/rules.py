@@ -82,6 +82,9 @@ class OrderRecord:
     acked: dict[str, int] = field(default_factory=dict)  # warehouse -> WMS acknowledgement ms
     sla: str = ""  # "" | "red" | "cleared"
     shipped_lines: list[str] = field(default_factory=list)
+    # What a refund decision needs of its order (the refund processor reads this store).
+    amount_fen: int = 0
+    custom: bool = False  # any custom-made line: never auto-approved for a no-reason return
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -251,6 +254,8 @@ def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
     rec.lines = {str(ln["line_no"]): {"sku": ln["sku"], "qty": ln["qty"]} for ln in event["lines"]}
     rec.presale = bool(event.get("presale"))
     rec.vip = bool(event.get("vip"))
+    rec.amount_fen = int(event.get("amount_fen") or 0)
+    rec.custom = any(ln.get("custom") for ln in event["lines"])
     rec.placed_at_ms = int(event["event_time_ms"])
     rec.sent_at_ms = int(event.get("sent_at_ms") or 0)
     _move(rec, fx, "placed", now_ms)

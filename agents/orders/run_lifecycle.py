@@ -1,7 +1,8 @@
 """Run the order lifecycle: the orders' engine processor.
 
-Reads: ``order.events`` (channel and WMS events) and ``stock.hold-results`` (the pool's answers),
-both keyed and partitioned by order id.
+Reads: ``order.events`` (channel and WMS events), ``stock.hold-results`` (the pool's answers) and
+``refund.order-cancels`` (a refund-only approved before shipment), all keyed and partitioned by
+order id.
 Writes: ``stock.hold-commands`` (RESERVE / RELEASE / COMMIT / ALLOCATE / SHIP per line, keyed by
 SKU), ``reservation.results``, ``order.states``, ``routing.decisions``, ``warehouse.dispatch``,
 ``warehouse.performance``, alerts (SLA, unroutable, payment waiting for its order) and dead letters
@@ -40,6 +41,7 @@ from streams.contract.topics import (
     HOLD_RESULTS,
     ORDER_EVENTS,
     ORDER_STATES,
+    REFUND_ORDER_CANCELS,
     RESERVATION_RESULTS,
     ROUTING_DECISIONS,
     WAREHOUSE_DISPATCH,
@@ -107,7 +109,7 @@ class RunLifecycle(Processor):
     def from_settings(cls, settings: Settings, view: WarehouseView) -> RunLifecycle:
         return cls(
             name="run_lifecycle",
-            inputs=(ORDER_EVENTS, HOLD_RESULTS),
+            inputs=(ORDER_EVENTS, HOLD_RESULTS, REFUND_ORDER_CANCELS),
             stores=(StoreSpec(STORE, ORDER_RECORDS),),
             timer_store=STORE,
             rules=order_rules(settings),

@@ -18,6 +18,11 @@ def order_key(channel: str, channel_order_id: str) -> str:
     return f"{channel}:{channel_order_id}"
 
 
+def refund_key(channel: str, channel_refund_id: str) -> str:
+    """The refund id: ``<channel>:<channel_refund_id>`` (its events are keyed by its order's id)."""
+    return f"{channel}:{channel_refund_id}"
+
+
 # Every consumed message is checked against its key's partition; murmur2 is pure Python (a few µs),
 # and a hot SKU or an order's handful of events repeat the same key, so recent answers are kept.
 @lru_cache(maxsize=16_384)

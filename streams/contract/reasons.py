@@ -40,6 +40,8 @@ class Reason(enum.StrEnum):
     ORDER_NOT_PAYABLE = "order_not_payable"
     ILLEGAL_TRANSITION = "illegal_transition"
     NOT_DISPATCHED = "not_dispatched"
+    PRECONDITION_MISSING = "precondition_missing"
+    UNKNOWN_REFUND = "unknown_refund"
     # ---- invalid orders: the intake (HTTP 4xx) and the order agent (dead letters) ----------------
     UNKNOWN_CHANNEL = "unknown_channel"
     MISSING_FIELD = "missing_field"
@@ -91,23 +93,35 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.MISROUTED_PARTITION: "the key belongs on another partition: produced without the murmur2 partitioner",
     Reason.UNEXPECTED_EVENT_TYPE: "a readable event of a type its topic does not carry",
     Reason.PROCESSING_ERROR: "applying the event raised; it is dead-lettered and the stream goes on",
-    Reason.INVALID_KIND: "a stock adjustment whose kind is not RECEIPT, COUNT, CORRECTION or PRESALE_CAP",
+    Reason.INVALID_KIND: (
+        "a stock adjustment whose kind is not RECEIPT, COUNT, CORRECTION or PRESALE_CAP; "
+        "a refund that is neither REFUND_ONLY nor RETURN_AND_REFUND"
+    ),
     Reason.UNKNOWN_WAREHOUSE: (
         "a stock adjustment for a warehouse not in the warehouses file, "
         "or a WMS acknowledgement from a warehouse the order was not pushed to"
     ),
     Reason.UNKNOWN_ORDER: "an event that waited for its order longer than STOCKFLOW_PARKED_GRACE_S",
     Reason.ORDER_NOT_PAYABLE: "a payment for an order that is already finished (rejected, cancelled, ...)",
-    Reason.ILLEGAL_TRANSITION: "a cancel, shipment or delivery the order's state does not allow",
+    Reason.ILLEGAL_TRANSITION: (
+        "a cancel, shipment or delivery the order's state does not allow; a refund event its refund's state "
+        "does not allow (a settlement before the refund was paid out, a cancel once it is being paid, ...)"
+    ),
     Reason.NOT_DISPATCHED: "a WMS acknowledgement for an order not pushed to a warehouse yet",
+    Reason.UNKNOWN_REFUND: "a review, return, settlement or cancel for a refund that was never requested",
+    Reason.PRECONDITION_MISSING: (
+        "a refund review before the channel's precondition is met (Kuaishou: the return tracking number)"
+    ),
     Reason.UNKNOWN_CHANNEL: "an order from a channel not in STOCKFLOW_CHANNELS, or an intake route or body naming one",
     Reason.MISSING_FIELD: "a required field (order id, lines, SKU, address part, ...) is absent",
-    Reason.INVALID_LINES: "too many order lines, or line numbers not unique and >= 1",
+    Reason.INVALID_LINES: (
+        "too many order lines, or line numbers not unique and >= 1; a refund of lines or units its order does not have"
+    ),
     Reason.INVALID_QTY: (
         "a quantity out of range: an order line outside 1..STOCKFLOW_MAX_LINE_QTY (intake, order agent, pool), "
         "a stock adjustment of the wrong sign or size, a VIP override of no units"
     ),
-    Reason.INVALID_AMOUNT: "a negative or fractional-fen amount or unit price",
+    Reason.INVALID_AMOUNT: "a negative or fractional-fen amount or unit price; a refund of nothing",
     Reason.ADDRESS_UNPLACEABLE: "the province is not in the offline centroid table, so the order cannot be routed",
     Reason.UNKNOWN_SKU: "intake: the SKU matches no catalogue pattern; pool: no stock adjustment was ever seen for it",
     Reason.INSUFFICIENT_STOCK: "the pool refused a hold: fewer units available than the line asks for",

@@ -294,6 +294,7 @@ class ShipmentOutcome(TypedDict):
 
 class RefundLine(TypedDict):
     line_no: int
+    sku: str
     qty: int
 
 
@@ -339,6 +340,7 @@ class ReturnReceived(TypedDict):
     channel_order_id: str
     channel_refund_id: str
     warehouse_id: str
+    qc_done: bool
     resellable: bool
     qc_note: str
 

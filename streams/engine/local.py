@@ -16,7 +16,7 @@ from typing import Any
 
 from streams.contract.keys import partition_for
 from streams.engine.processor import Context, Output, Processor, Refusal
-from streams.engine.state import MemoryStore, StoreTransaction
+from streams.engine.state import MemoryStore, ReadOnlyStore, StoreTransaction
 from streams.engine.timers import Timers
 
 Event = tuple[str, str, str, dict[str, Any]]  # topic, key, event type, record
@@ -69,8 +69,15 @@ class LocalRunner:
             if txn is None:
                 txn = txns[(spec.name, partition)] = StoreTransaction(store, spec.serde)
             stores[spec.name] = txn
+        reads = {}
+        for spec in proc.reads:
+            store = self.stores.setdefault((spec.name, partition), MemoryStore())
+            txn = txns.get((spec.name, partition))
+            if txn is None:
+                txn = txns[(spec.name, partition)] = StoreTransaction(store, spec.serde)
+            reads[spec.name] = ReadOnlyStore(txn)
         timers = self.timers.setdefault((proc.name, partition), Timers())
-        return Context(partition, self.now_ms, stores, timers.set)
+        return Context(partition, self.now_ms, stores, timers.set, reads)
 
     def _commit(self, contexts: list[Context], txns: dict[tuple[str, int], StoreTransaction[Any]]) -> list[Event]:
         produced: list[Event] = []

@@ -41,7 +41,7 @@ from streams.engine.changelog import changelog_topic, ensure_changelogs, restore
 from streams.engine.clock import Clock
 from streams.engine.deadletter import dead_letter
 from streams.engine.processor import Context, Processor
-from streams.engine.state import PartitionStore, StoreTransaction
+from streams.engine.state import PartitionStore, ReadOnlyStore, StoreSpec, StoreTransaction
 from streams.engine.timers import Timers
 from streams.settings import Settings
 
@@ -160,15 +160,19 @@ class _Batch:
             owned = self.engine.owned[partition]
             stores = {}
             for spec in proc.stores:
-                txn = self.stores.get((spec.name, partition))
-                if txn is None:
-                    txn = StoreTransaction(owned.stores[spec.name], spec.serde)
-                    self.stores[(spec.name, partition)] = txn
-                stores[spec.name] = txn
+                stores[spec.name] = self._txn(spec, owned, partition)
+            reads = {spec.name: ReadOnlyStore(self._txn(spec, owned, partition)) for spec in proc.reads}
             timers = owned.timers.get(proc.name)
-            ctx = Context(partition, self.now_ms, stores, timers.set if timers is not None else _no_timers)
+            ctx = Context(partition, self.now_ms, stores, timers.set if timers is not None else _no_timers, reads)
             self.contexts[(proc.name, partition)] = ctx
         return ctx
+
+    def _txn(self, spec: StoreSpec[Any], owned: _Owned, partition: int) -> StoreTransaction[Any]:
+        """The batch's one transaction on a store partition, shared by its owner and its readers."""
+        txn = self.stores.get((spec.name, partition))
+        if txn is None:
+            txn = self.stores[(spec.name, partition)] = StoreTransaction(owned.stores[spec.name], spec.serde)
+        return txn
 
 
 def _no_timers(key: bytes, due_ms: int) -> None:
@@ -193,6 +197,9 @@ class Engine:
             spec.name: (proc, spec) for proc in processors for spec in proc.inputs
         }
         self.store_specs = {spec.name: spec for proc in processors for spec in proc.stores}
+        unowned = {spec.name for proc in processors for spec in proc.reads} - set(self.store_specs)
+        if unowned:
+            raise ValueError(f"stores read but owned by no processor of this engine: {sorted(unowned)}")
         self.owned: dict[int, _Owned] = {}
         self._open: dict[tuple[str, int], PartitionStore] = {}
         self.stats = EngineStats()

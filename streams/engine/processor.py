@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from streams.contract.reasons import Reason
 from streams.contract.topics import TopicSpec
-from streams.engine.state import StoreSpec, StoreTransaction
+from streams.engine.state import ReadOnlyStore, StoreSpec, StoreTransaction
 
 
 class SourceMessage(Protocol):
@@ -60,17 +60,23 @@ class Context:
     """What a handler gets: its partition's stores, the pipeline time, emit/refuse/schedule."""
 
     def __init__(self, partition: int, now_ms: int, stores: dict[str, StoreTransaction[Any]],
-                 schedule: Callable[[bytes, int], None]) -> None:  # fmt: skip
+                 schedule: Callable[[bytes, int], None],
+                 reads: dict[str, ReadOnlyStore[Any]] | None = None) -> None:  # fmt: skip
         self.partition = partition
         self.now_ms = now_ms
         self.message: SourceMessage | None = None
         self._stores = stores
+        self._reads = reads or {}
         self._schedule = schedule
         self.outputs: list[Output] = []
         self.refusals: list[tuple[SourceMessage, Refusal]] = []
 
     def store(self, name: str) -> StoreTransaction[Any]:
         return self._stores[name]
+
+    def read_store(self, name: str) -> ReadOnlyStore[Any]:
+        """A store the processor declared in ``reads`` (another processor owns and writes it)."""
+        return self._reads[name]
 
     def emit(self, topic: TopicSpec | str, key: str | bytes | None, event_type: str, record: Any,
              partition: int | None = None) -> None:  # fmt: skip
@@ -98,6 +104,9 @@ class Processor(ABC):
     name: str
     inputs: tuple[TopicSpec, ...]
     stores: tuple[StoreSpec[Any], ...] = ()
+    # Stores another processor of the same engine owns, read (never written) here: their keys must
+    # be co-partitioned with this processor's inputs, so partition p of both lives on one worker.
+    reads: tuple[StoreSpec[Any], ...] = ()
     timer_store: str = ""  # the store whose keys timers are set on (rebuilt via ``due_ms``)
     flush_interval_ms: int = 0  # > 0: ``flush`` runs per owned partition at most this often
     counters: dict[str, int] = field(default_factory=dict)

@@ -194,6 +194,20 @@ class StoreTransaction(Generic[V]):
         return bool(self._dirty)
 
 
+class ReadOnlyStore(Generic[V]):
+    """Another processor's store as a reader sees it in a batch: the owner's writes of the same batch
+    included, but no way to change it (a store has one writer, as a topic does)."""
+
+    def __init__(self, txn: StoreTransaction[V]) -> None:
+        self._txn = txn
+
+    def get(self, key: bytes) -> V | None:
+        return self._txn.get(key)
+
+    def scan(self, prefix: bytes) -> list[tuple[bytes, V]]:
+        return self._txn.scan(prefix)
+
+
 @dataclass
 class StoreSpec(Generic[V]):
     """A store a processor owns: its name (the changelog topic derives from it) and value serde."""

@@ -1,0 +1,413 @@
+"""The refund rules: the state machine, auto-approval, channel preconditions and the SOP limits.
+
+Pure functions over a ``RefundRecord`` and what the refund needs of its order (``OrderFacts``);
+``agents.refunds.run_refunds`` wires them to topics and state.
+
+    requested -> reviewing -> awaiting_return -> received -> refunding -> completed
+    exits: rejected (customer service said no), cancelled (the buyer withdrew it)
+
+- A refund-only request skips the return leg; if its order has not shipped, the order is cancelled
+  with it (holds released, or the warehouse told to stop).
+- Auto-approval (the 7-day no-reason return): delivered no more than ``no_reason_days`` calendar days
+  before the request in the shop's time zone, no custom-made line anywhere in the order, order amount
+  below the limit -> approved at once and the refund paid back at once on the original payment path;
+  the goods still come back and are checked. A refund-only request for an order that has not shipped
+  is approved at once too (nothing left the warehouse). Everything else goes to customer service.
+- Channel rules differ (``config/refund_rules.toml``): Kuaishou needs the return tracking number
+  before a return is reviewed.
+- SOP limits on the pipeline clock: customer service answers within 2 h of the request, the
+  warehouse finishes QC within 24 h of receiving a return; and a refund paid out is settled by the
+  marketplace within ``settle_ms``. A breach is flagged red once and cleared when the refund moves on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from agents.alerting.alerts import AlertSpec
+from streams.contract.reasons import Reason, Refusal
+
+TERMINAL = ("completed", "rejected", "cancelled")
+STATES = ("requested", "reviewing", "awaiting_return", "received", "refunding", *TERMINAL)
+# Order states in which nothing has left a warehouse yet: a refund-only cancels the order.
+UNSHIPPED = ("placed", "reserved", "paid", "routed")
+REFUND_ONLY, RETURN_AND_REFUND = "REFUND_ONLY", "RETURN_AND_REFUND"
+ON_ORIGINAL_PATH = "original"
+
+
+@dataclass(frozen=True)
+class ChannelRefundRules:
+    auto_approve_below_fen: int = 50_000  # strictly below 500.00 yuan
+    no_reason_days: int = 7
+    tracking_before_review: bool = False
+    auto_approve_unshipped_refund_only: bool = True
+    timezone: str = "Asia/Shanghai"
+
+
+@dataclass(frozen=True)
+class RefundRules:
+    channels: Mapping[str, ChannelRefundRules] = field(default_factory=dict)
+    default: ChannelRefundRules = ChannelRefundRules()
+    respond_ms: int = 2 * 3_600_000
+    qc_ms: int = 24 * 3_600_000
+    settle_ms: int = 72 * 3_600_000
+
+    def for_channel(self, channel: str) -> ChannelRefundRules:
+        return self.channels.get(channel, self.default)
+
+
+def load_refund_rules(path: Path, respond_ms: int, qc_ms: int, settle_ms: int) -> RefundRules:
+    """Channel rules from TOML: a ``[default]`` table and one table per channel overriding it."""
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    default = ChannelRefundRules(**data.get("default", {}))
+    known = set(ChannelRefundRules.__dataclass_fields__)
+    channels: dict[str, ChannelRefundRules] = {}
+    for name, table in data.get("channels", {}).items():
+        unknown = set(table) - known
+        if unknown:
+            raise ValueError(f"{path}: channel {name!r} has unknown refund rules {sorted(unknown)}")
+        channels[name] = ChannelRefundRules(**{**default.__dict__, **table})
+    return RefundRules(channels, default, respond_ms, qc_ms, settle_ms)
+
+
+@dataclass(frozen=True)
+class OrderFacts:
+    """What a refund decision needs of its order; ``known`` False when the order is not (or no
+    longer) in the order store, in which case nothing is approved automatically."""
+
+    known: bool = False
+    state: str = ""
+    delivered_at_ms: int = 0
+    amount_fen: int = 0
+    custom: bool = False
+    skus: Mapping[str, str] = field(default_factory=dict)  # line no -> SKU
+    qtys: Mapping[str, int] = field(default_factory=dict)  # line no -> units ordered
+
+    @property
+    def unshipped(self) -> bool:
+        return self.state in UNSHIPPED
+
+
+@dataclass
+class RefundRecord:
+    refund_id: str
+    order_id: str = ""
+    channel: str = ""
+    channel_order_id: str = ""
+    channel_refund_id: str = ""
+    kind: str = ""
+    amount_fen: int = 0
+    reason: str = ""
+    lines: dict[str, int] = field(default_factory=dict)  # line no -> units refunded ({}: whole order)
+    skus: dict[str, str] = field(default_factory=dict)  # line no -> SKU, as far as known
+    state: str = ""
+    previous_state: str = ""
+    stage_times: dict[str, int] = field(default_factory=dict)
+    auto_approved: bool = False
+    approved_by: str = ""
+    waiting_for: str = ""  # a channel precondition the review waits for ("tracking_no")
+    tracking_no: str = ""
+    return_status: str = ""  # "" | shipped | received | inspected
+    warehouse_id: str = ""
+    resellable: bool = False
+    restocked: bool = False
+    instructed: bool = False  # the refund instruction has been emitted
+    settled_amount_fen: int = 0
+    flags: dict[str, str] = field(default_factory=dict)  # SOP limit -> "red" | "cleared"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RefundRecord:
+        return cls(**data)
+
+
+@dataclass
+class RefundEffects:
+    transitions: list[tuple[str, str, str]] = field(default_factory=list)  # previous, state, reason
+    instruct: bool = False
+    cancel_order: bool = False
+    restock: list[tuple[str, str, int]] = field(default_factory=list)  # line no, SKU, units
+    alerts: list[AlertSpec] = field(default_factory=list)
+    refusal: Refusal | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.transitions or self.instruct or self.cancel_order or self.restock or self.alerts)
+
+
+# ---- pure decisions ---------------------------------------------------------------------------------
+@lru_cache(maxsize=16)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def days_since_delivery(delivered_at_ms: int, requested_at_ms: int, timezone: str) -> int:
+    """Calendar days from the delivery date to the request date, both in the shop's time zone: a request
+    on the delivery day is day 0, on the next calendar day day 1."""
+    zone = _zone(timezone)
+    delivered = dt.datetime.fromtimestamp(delivered_at_ms / 1000, zone).date()
+    requested = dt.datetime.fromtimestamp(requested_at_ms / 1000, zone).date()
+    return (requested - delivered).days
+
+
+@dataclass(frozen=True)
+class Approval:
+    approved: bool
+    why: str  # the rule that decided, for the refund's state record
+
+
+def auto_approval(kind: str, amount_fen: int, requested_at_ms: int, facts: OrderFacts,
+                  rules: ChannelRefundRules) -> Approval:  # fmt: skip
+    """Whether a new request is approved without customer service, and why (not)."""
+    if not facts.known:
+        return Approval(False, "order_unknown")
+    if amount_fen > facts.amount_fen:
+        return Approval(False, "amount_above_order")
+    if kind == REFUND_ONLY and facts.unshipped:
+        if rules.auto_approve_unshipped_refund_only:
+            return Approval(True, "refund_only_unshipped")
+        return Approval(False, "channel_reviews_unshipped")
+    if kind != RETURN_AND_REFUND:
+        return Approval(False, "refund_only_after_shipment")
+    if not facts.delivered_at_ms:
+        return Approval(False, "not_delivered")
+    if days_since_delivery(facts.delivered_at_ms, requested_at_ms, rules.timezone) > rules.no_reason_days:
+        return Approval(False, "past_no_reason_window")
+    if facts.custom:
+        return Approval(False, "custom_item")
+    if facts.amount_fen >= rules.auto_approve_below_fen:
+        return Approval(False, "amount_over_auto_limit")
+    return Approval(True, "no_reason_return")
+
+
+# ---- transitions ------------------------------------------------------------------------------------
+def _move(rec: RefundRecord, fx: RefundEffects, state: str, now_ms: int, reason: str = "") -> None:
+    fx.transitions.append((rec.state, state, reason))
+    rec.previous_state, rec.state = rec.state, state
+    rec.stage_times.setdefault(state, now_ms)
+
+
+def _illegal(fx: RefundEffects, rec: RefundRecord, what: str) -> RefundEffects:
+    fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"{what} for a refund that is {rec.state or 'unknown'}")
+    return fx
+
+
+def _start_refund(rec: RefundRecord, fx: RefundEffects, now_ms: int, reason: str) -> None:
+    _move(rec, fx, "refunding", now_ms, reason)
+    if not rec.instructed:
+        rec.instructed = True
+        fx.instruct = True
+
+
+def _approve(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, by: str, why: str, now_ms: int) -> None:
+    rec.approved_by = by
+    if rec.kind == REFUND_ONLY:
+        fx.cancel_order = facts.unshipped
+        _start_refund(rec, fx, now_ms, why)
+    elif rec.auto_approved or rec.return_status == "inspected":
+        # A no-reason return is paid back at once; the goods still come back and are checked.
+        _start_refund(rec, fx, now_ms, why)
+    elif rec.return_status == "received":
+        _move(rec, fx, "received", now_ms, why)
+    else:
+        _move(rec, fx, "awaiting_return", now_ms, why)
+
+
+def _review(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, rules: RefundRules, now_ms: int) -> None:
+    """A request ready for a decision: approved automatically, or handed to customer service."""
+    channel = rules.for_channel(rec.channel)
+    if rec.kind == RETURN_AND_REFUND and channel.tracking_before_review and not rec.tracking_no:
+        rec.waiting_for = "tracking_no"
+        return
+    rec.waiting_for = ""
+    requested_at = rec.stage_times.get("requested", now_ms)
+    approval = auto_approval(rec.kind, rec.amount_fen, requested_at, facts, channel)
+    if approval.approved:
+        rec.auto_approved = True
+        _approve(rec, fx, facts, "auto", approval.why, now_ms)
+    else:
+        _move(rec, fx, "reviewing", now_ms, approval.why)
+
+
+def on_requested(rec: RefundRecord, event: Mapping[str, Any], order_id: str, facts: OrderFacts,
+                 rules: RefundRules, now_ms: int) -> RefundEffects:  # fmt: skip
+    fx = RefundEffects()
+    if rec.state:
+        return fx  # the channel sent the request again: nothing new
+    kind, amount = str(event["kind"]), int(event["amount_fen"])
+    if kind not in (REFUND_ONLY, RETURN_AND_REFUND):
+        fx.refusal = Refusal(Reason.INVALID_KIND, f"refund kind {kind!r}")
+        return fx
+    if amount <= 0:
+        fx.refusal = Refusal(Reason.INVALID_AMOUNT, f"refund of {amount} fen")
+        return fx
+    lines = {str(ln["line_no"]): int(ln["qty"]) for ln in event.get("lines") or []}
+    if facts.known:
+        bad = [n for n, qty in lines.items() if n not in facts.qtys or not 0 < qty <= facts.qtys[n]]
+        if bad:
+            fx.refusal = Refusal(Reason.INVALID_LINES, f"order {order_id} has no such line/units: {sorted(bad)}")
+            return fx
+    rec.order_id, rec.channel, rec.kind, rec.amount_fen = order_id, str(event["channel"]), kind, amount
+    rec.channel_order_id, rec.channel_refund_id = str(event["channel_order_id"]), str(event["channel_refund_id"])
+    if not lines:
+        lines = dict(facts.qtys)  # the whole order (unknown when the order is: nothing to restock then)
+    rec.reason, rec.tracking_no, rec.lines = str(event.get("reason", "")), str(event.get("tracking_no", "")), lines
+    rec.skus = {n: str(ln.get("sku") or "") for ln in event.get("lines") or [] for n in [str(ln["line_no"])]}
+    rec.skus.update({n: sku for n, sku in facts.skus.items() if not lines or n in lines})
+    if rec.tracking_no:
+        rec.return_status = "shipped"
+    _move(rec, fx, "requested", int(event["event_time_ms"]) or now_ms, rec.reason)
+    _review(rec, fx, facts, rules, now_ms)
+    return fx
+
+
+def on_reviewed(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, rules: RefundRules,
+                now_ms: int) -> RefundEffects:  # fmt: skip
+    fx = RefundEffects()
+    approved = bool(event["approved"])
+    if rec.state == "requested" and rec.waiting_for:
+        fx.refusal = Refusal(Reason.PRECONDITION_MISSING,
+                             f"{rec.channel} needs the return {rec.waiting_for} before a review")  # fmt: skip
+        return fx
+    if rec.state != "reviewing":
+        if rec.state and (rec.state == "rejected") != approved:
+            return fx  # the same decision again, or an approval of a refund approved automatically
+        return _illegal(fx, rec, "a review")
+    if approved:
+        _approve(rec, fx, facts, str(event.get("reviewer") or "customer_service"), "approved", now_ms)
+    else:
+        rec.approved_by = str(event.get("reviewer") or "customer_service")
+        _move(rec, fx, "rejected", now_ms, str(event.get("note") or "rejected"))
+    return fx
+
+
+def on_return_shipped(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, rules: RefundRules,
+                      now_ms: int) -> RefundEffects:  # fmt: skip
+    fx = RefundEffects()
+    if rec.kind != RETURN_AND_REFUND or rec.state in ("rejected", "cancelled"):
+        return _illegal(fx, rec, "a return shipment")
+    if rec.return_status in ("received", "inspected"):
+        return fx  # the goods are already here; the tracking callback came late
+    rec.tracking_no = str(event["tracking_no"])
+    rec.return_status = "shipped"
+    if rec.state == "requested" and rec.waiting_for == "tracking_no":
+        _review(rec, fx, facts, rules, now_ms)
+    return fx
+
+
+def on_return_received(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> RefundEffects:
+    fx = RefundEffects()
+    if rec.kind != RETURN_AND_REFUND or rec.state in ("rejected", "cancelled", ""):
+        return _illegal(fx, rec, "a return receipt")
+    if rec.return_status == "inspected":
+        return fx  # QC already recorded: the warehouse sent it again
+    if rec.return_status != "received":
+        rec.return_status = "received"
+        rec.warehouse_id = str(event["warehouse_id"])
+        rec.stage_times.setdefault("return_received", now_ms)
+        if rec.state == "awaiting_return":
+            _move(rec, fx, "received", now_ms)
+    if not event.get("qc_done", True):
+        return fx
+    rec.return_status, rec.resellable = "inspected", bool(event["resellable"])
+    rec.stage_times.setdefault("inspected", now_ms)
+    if rec.resellable and not rec.restocked:
+        rec.restocked = True
+        fx.restock = [(n, rec.skus.get(n, ""), qty) for n, qty in sorted(rec.lines.items(), key=lambda kv: int(kv[0]))]
+    if rec.state == "received":
+        _start_refund(rec, fx, now_ms, "resellable" if rec.resellable else "not_resellable")
+    return fx
+
+
+def on_issued(rec: RefundRecord, now_ms: int) -> RefundEffects:
+    fx = RefundEffects()
+    if rec.state not in ("refunding", "completed"):
+        return _illegal(fx, rec, "a marketplace refund")
+    rec.stage_times.setdefault("issued", now_ms)
+    return fx
+
+
+def on_settled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> RefundEffects:
+    fx = RefundEffects()
+    if rec.state == "completed":
+        return fx
+    if rec.state != "refunding":
+        fx.alerts.append(AlertSpec(
+            "refund_reconciliation", "RED", rec.refund_id or str(event.get("channel_refund_id")),
+            f"the marketplace settled refund {rec.refund_id} that stockflow never paid out "
+            f"(it is {rec.state or 'unknown'})", event_id=f"{rec.refund_id}:settled_unpaid",
+            details={"reason": "settled_without_instruction"}))  # fmt: skip
+        return _illegal(fx, rec, "a settlement")
+    rec.settled_amount_fen = int(event["amount_fen"])
+    rec.stage_times.setdefault("settled", now_ms)
+    if rec.settled_amount_fen != rec.amount_fen:
+        fx.alerts.append(AlertSpec(
+            "refund_reconciliation", "RED", rec.refund_id,
+            f"refund {rec.refund_id}: settled {rec.settled_amount_fen} fen, paid out {rec.amount_fen}",
+            event_id=f"{rec.refund_id}:settled_amount", details={"reason": "amount_mismatch"}))  # fmt: skip
+    _move(rec, fx, "completed", now_ms, "settled")
+    return fx
+
+
+def on_cancelled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> RefundEffects:
+    fx = RefundEffects()
+    if rec.state == "cancelled":
+        return fx
+    if rec.state not in ("requested", "reviewing", "awaiting_return"):
+        return _illegal(fx, rec, "a cancellation")  # the money is on its way, or it was decided
+    _move(rec, fx, "cancelled", now_ms, f"{event.get('by') or 'buyer'}: {event.get('reason') or ''}".strip(": "))
+    return fx
+
+
+# ---- SOP limits and timers --------------------------------------------------------------------------
+def _limits(rec: RefundRecord, rules: RefundRules) -> dict[str, int]:
+    """Each SOP limit that applies now, with when it runs out (0: it does not apply)."""
+    waiting_for_service = rec.state == "reviewing" or (rec.state == "requested" and not rec.waiting_for)
+    qc_open = rec.return_status == "received" and rec.state not in ("rejected", "cancelled")
+    unsettled = rec.instructed and "settled" not in rec.stage_times and rec.state == "refunding"
+    return {
+        "respond": rec.stage_times.get("requested", 0) + rules.respond_ms if waiting_for_service else 0,
+        "qc": rec.stage_times.get("return_received", 0) + rules.qc_ms if qc_open else 0,
+        "settle": rec.stage_times.get("refunding", 0) + rules.settle_ms if unsettled else 0,
+    }
+
+
+_LIMIT_TEXT = {
+    "respond": ("refund_sop_breach", "customer service has not answered refund {id} within {h:g} h"),
+    "qc": ("refund_sop_breach", "the warehouse has not finished QC of refund {id}'s return within {h:g} h"),
+    "settle": ("refund_reconciliation", "refund {id} was paid out but the marketplace has not settled it in {h:g} h"),
+}
+
+
+def check_limits(rec: RefundRecord, now_ms: int, rules: RefundRules) -> list[AlertSpec]:
+    """Flag each limit breached (once), clear each flagged one that no longer applies."""
+    alerts = []
+    hours = {"respond": rules.respond_ms, "qc": rules.qc_ms, "settle": rules.settle_ms}
+    for limit, due in _limits(rec, rules).items():
+        kind, text = _LIMIT_TEXT[limit]
+        flagged = rec.flags.get(limit) == "red"
+        if due and now_ms >= due and not flagged:
+            rec.flags[limit] = "red"
+            alerts.append(AlertSpec(kind, "RED", rec.refund_id, text.format(id=rec.refund_id, h=hours[limit] / 3.6e6),
+                                    event_id=f"{rec.refund_id}:{limit}", at_ms=due,
+                                    details={"limit": limit, "channel": rec.channel, "state": rec.state}))  # fmt: skip
+        elif flagged and not due:
+            rec.flags[limit] = "cleared"
+            alerts.append(AlertSpec(kind, "INFO", rec.refund_id, f"refund {rec.refund_id} moved on ({rec.state})",
+                                    event_id=f"{rec.refund_id}:{limit}:cleared", cleared=True,
+                                    details={"limit": limit, "channel": rec.channel, "state": rec.state}))  # fmt: skip
+    return alerts
+
+
+def next_deadline_ms(rec: RefundRecord, rules: RefundRules) -> int:
+    due = [d for limit, d in _limits(rec, rules).items() if d and rec.flags.get(limit) != "red"]
+    return min(due) if due else 0

@@ -1,0 +1,220 @@
+"""Run refunds: the refunds' engine processor.
+
+Reads: ``refund.events`` (channel requests, customer-service reviews, return shipments, warehouse
+receipts and QC, marketplace settlements, cancellations) and ``refund.issued`` (the connector: the
+marketplace accepted a refund instruction), both keyed and partitioned by order id. Reads, never
+writes, the order store ``orders_by_id`` of the same partition (the order's state, delivery time,
+amount and custom lines), which ``agents.orders.run_lifecycle`` owns.
+Writes: ``refund.states`` (every transition, keyed by refund id), ``refund.instructions`` (pay this
+back on the original payment path), ``stock.returns`` (resellable returned units, keyed by SKU),
+``refund.order-cancels`` (a refund-only approved before shipment cancels its order), alerts (SOP
+breaches, reconciliation) and dead letters (events a refund's state does not allow).
+Owns: store ``refunds_by_id`` (changelog ``<app>.refunds_by_id.changelog``): one ``RefundRecord``
+per refund. Timers: each refund's next SOP limit and, once it is finished, its purge after
+``STOCKFLOW_REFUND_RETENTION_S``.
+
+The rules are ``agents.refunds.rules``. The engine commits a batch's outputs, the changed refunds and
+the input offsets in one transaction, so an instruction leaves exactly once with its refund's state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from agents.alerting.alerts import AlertSpec, alert
+from agents.orders.rules import OrderRecord
+from agents.orders.run_lifecycle import ORDER_RECORDS
+from agents.orders.run_lifecycle import STORE as ORDER_STORE
+from agents.refunds import rules as flow
+from agents.refunds.rules import OrderFacts, RefundEffects, RefundRecord, RefundRules
+from streams.contract.keys import order_key, refund_key
+from streams.contract.reasons import Reason
+from streams.contract.records import OrderCancelled, RefundInstruction, RefundStateChanged, StockAdjusted
+from streams.contract.topics import (
+    ALERTS,
+    REFUND_EVENTS,
+    REFUND_INSTRUCTIONS,
+    REFUND_ISSUED,
+    REFUND_ORDER_CANCELS,
+    REFUND_STATES,
+    STOCK_RETURNS,
+)
+from streams.engine.processor import Context, Processor
+from streams.engine.state import Serde, StoreSpec, StoreTransaction
+from streams.resources import packaged
+from streams.settings import Settings
+
+STORE = "refunds_by_id"
+REFUND_RECORDS: Serde[RefundRecord] = Serde(orjson.dumps, lambda raw: RefundRecord.from_dict(orjson.loads(raw)))
+
+
+def refund_rules(settings: Settings) -> RefundRules:
+    path = settings.refund_rules_file or packaged("agents.refunds", "config", "refund_rules.toml")
+    return flow.load_refund_rules(path, respond_ms=int(settings.refund_respond_s * 1000),
+                                  qc_ms=int(settings.refund_qc_s * 1000),
+                                  settle_ms=int(settings.refund_settle_s * 1000))  # fmt: skip
+
+
+def order_facts(order: OrderRecord | None) -> OrderFacts:
+    if order is None or not order.state:
+        return OrderFacts()
+    return OrderFacts(
+        known=True, state=order.state, delivered_at_ms=order.stage_times.get("delivered", 0),
+        amount_fen=order.amount_fen, custom=order.custom,
+        skus={n: str(line["sku"]) for n, line in order.lines.items()},
+        qtys={n: int(line["qty"]) for n, line in order.lines.items()},
+    )  # fmt: skip
+
+
+@dataclass
+class RunRefunds(Processor):
+    rules: RefundRules | None = None
+    retention_ms: int = 90 * 86_400_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RunRefunds:
+        return cls(
+            name="run_refunds",
+            inputs=(REFUND_EVENTS, REFUND_ISSUED),
+            stores=(StoreSpec(STORE, REFUND_RECORDS),),
+            reads=(StoreSpec(ORDER_STORE, ORDER_RECORDS),),
+            timer_store=STORE,
+            rules=refund_rules(settings),
+            retention_ms=int(settings.refund_retention_s * 1000),
+        )
+
+    @property
+    def _rules(self) -> RefundRules:
+        assert self.rules is not None
+        return self.rules
+
+    def key_of(self, event_type: str, record: dict[str, Any]) -> str | None:
+        if event_type == "RefundIssued":
+            return str(record["order_id"])
+        return order_key(record["channel"], record["channel_order_id"])
+
+    # ---- state -----------------------------------------------------------------------------------------
+    def _due(self, rec: RefundRecord) -> int:
+        due = flow.next_deadline_ms(rec, self._rules)
+        if rec.state in flow.TERMINAL:
+            purge = rec.stage_times.get(rec.state, 0) + self.retention_ms
+            return min(due, purge) if due else purge
+        return due
+
+    def due_ms(self, key: bytes, value: Any) -> int:
+        return self._due(value)
+
+    def _store(self, ctx: Context, db: StoreTransaction[RefundRecord], rec: RefundRecord) -> None:
+        key = rec.refund_id.encode()
+        db.set(key, rec)
+        ctx.schedule(key, self._due(rec))
+
+    # ---- events ----------------------------------------------------------------------------------------
+    def handle(self, ctx: Context, event_type: str, record: dict[str, Any]) -> None:
+        rules, now = self._rules, ctx.now_ms
+        db: StoreTransaction[RefundRecord] = ctx.store(STORE)
+        if event_type == "RefundIssued":
+            refund_id = str(record["refund_id"])
+        else:
+            refund_id = refund_key(record["channel"], record["channel_refund_id"])
+        rec = db.get(refund_id.encode()) or RefundRecord(refund_id=refund_id)
+        if event_type == "RefundRequested":
+            order_id = order_key(record["channel"], record["channel_order_id"])
+            fx = flow.on_requested(rec, record, order_id, self._facts(ctx, order_id), rules, now)
+        elif not rec.state:
+            ctx.refuse(Reason.UNKNOWN_REFUND, f"{event_type} for refund {refund_id}, which was never requested")
+            if event_type == "RefundSettled":  # money moved that stockflow knows nothing of: say so
+                self._publish(ctx, rec, RefundEffects(alerts=flow.on_settled(rec, record, now).alerts))
+            return
+        else:
+            fx = self._apply(ctx, rec, event_type, record)
+        if fx.refusal is not None:
+            ctx.refuse(fx.refusal.reason, fx.refusal.detail)
+        if not rec.state:
+            return  # refused before anything was recorded: nothing to keep
+        fx.alerts += flow.check_limits(rec, now, rules)
+        self._publish(ctx, rec, fx)
+        self._store(ctx, db, rec)
+
+    def _apply(self, ctx: Context, rec: RefundRecord, event_type: str, record: dict[str, Any]) -> RefundEffects:
+        """An event for a refund already requested."""
+        now = ctx.now_ms
+        if event_type == "RefundReviewed":
+            return flow.on_reviewed(rec, record, self._facts(ctx, rec.order_id), self._rules, now)
+        if event_type == "ReturnShipped":
+            return flow.on_return_shipped(rec, record, self._facts(ctx, rec.order_id), self._rules, now)
+        if event_type == "ReturnReceived":
+            return flow.on_return_received(rec, record, now)
+        if event_type == "RefundIssued":
+            return flow.on_issued(rec, now)
+        if event_type == "RefundSettled":
+            return flow.on_settled(rec, record, now)
+        return flow.on_cancelled(rec, record, now)
+
+    def _facts(self, ctx: Context, order_id: str) -> OrderFacts:
+        order: OrderRecord | None = ctx.read_store(ORDER_STORE).get(order_id.encode())
+        return order_facts(order)
+
+    def on_timer(self, ctx: Context, key: bytes) -> None:
+        db: StoreTransaction[RefundRecord] = ctx.store(STORE)
+        rec = db.get(key)
+        if rec is None:
+            return
+        finished_at = rec.stage_times.get(rec.state, 0) if rec.state in flow.TERMINAL else 0
+        expired = finished_at and finished_at + self.retention_ms <= ctx.now_ms
+        if expired and not flow.next_deadline_ms(rec, self._rules):
+            db.delete(key)  # finished long enough ago: the refund's record goes
+            return
+        fx = RefundEffects(alerts=flow.check_limits(rec, ctx.now_ms, self._rules))
+        self._publish(ctx, rec, fx)
+        self._store(ctx, db, rec)
+
+    # ---- outputs ---------------------------------------------------------------------------------------
+    def _publish(self, ctx: Context, rec: RefundRecord, fx: RefundEffects) -> None:
+        now = ctx.now_ms
+        for previous, state, reason in fx.transitions:
+            ctx.emit(REFUND_STATES, rec.refund_id, "RefundStateChanged", RefundStateChanged(
+                event_id=f"{rec.refund_id}:{state}", event_time_ms=rec.stage_times.get(state, now),
+                refund_id=rec.refund_id, order_id=rec.order_id, channel=rec.channel, kind=rec.kind, state=state,
+                previous_state=previous, reason=reason, amount_fen=rec.amount_fen, auto_approved=rec.auto_approved,
+                warehouse_id=rec.warehouse_id, stage_times=dict(rec.stage_times),
+            ))  # fmt: skip
+        if fx.cancel_order:
+            ctx.emit(REFUND_ORDER_CANCELS, rec.order_id, "OrderCancelled", OrderCancelled(
+                event_id=f"{rec.refund_id}:cancel", event_time_ms=now, channel=rec.channel,
+                channel_order_id=rec.channel_order_id, reason=f"refund_only:{rec.refund_id}",
+            ))  # fmt: skip
+        if fx.instruct:
+            ctx.emit(REFUND_INSTRUCTIONS, rec.order_id, "RefundInstruction", RefundInstruction(
+                event_id=f"{rec.refund_id}:instruction", event_time_ms=now, refund_id=rec.refund_id,
+                order_id=rec.order_id, channel=rec.channel, channel_order_id=rec.channel_order_id,
+                channel_refund_id=rec.channel_refund_id, amount_fen=rec.amount_fen,
+                payment_path=flow.ON_ORIGINAL_PATH, idempotency_key=rec.refund_id, approved_by=rec.approved_by,
+            ))  # fmt: skip
+        for line_no, sku, qty in fx.restock:
+            if not sku:
+                fx.alerts.append(AlertSpec(
+                    "refund_return_unstocked", "WARNING", rec.refund_id,
+                    f"refund {rec.refund_id}: line {line_no} came back resellable but its SKU is unknown "
+                    "(order purged and the channel gave none); put it on hand by hand",
+                    event_id=f"{rec.refund_id}:{line_no}:unstocked"))  # fmt: skip
+                continue
+            ctx.emit(STOCK_RETURNS, sku, "StockAdjusted", StockAdjusted(
+                event_id=f"return:{rec.refund_id}:{line_no}", event_time_ms=now, sku=sku,
+                warehouse_id=rec.warehouse_id, kind="RECEIPT", qty=qty,
+                reason=f"refund {rec.refund_id}: return passed QC",
+            ))  # fmt: skip
+        for spec in fx.alerts:
+            ctx.emit(ALERTS, spec.subject, "Alert", alert(
+                spec.kind, spec.severity, spec.subject, spec.message, now if spec.at_ms is None else spec.at_ms,
+                cleared=spec.cleared, details=dict(spec.details), event_id=spec.event_id))  # fmt: skip
+
+    # ---- reads -----------------------------------------------------------------------------------------
+    def view_of(self, read: Any, order_id: str, refund_id: str) -> dict[str, Any] | None:
+        """The ``/orders/{order_id}/refunds/{refund}`` answer from committed state (the refund lives on
+        its order's partition)."""
+        rec: RefundRecord | None = read(STORE, refund_id.encode(), order_id)
+        return rec.to_dict() if rec is not None and rec.order_id == order_id else None

@@ -1,0 +1,216 @@
+"""The refund rules, pure: auto-approval boundaries, the state machine, channel rules, SOP limits."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agents.refunds import rules as flow
+from agents.refunds.rules import ChannelRefundRules, OrderFacts, RefundRecord, RefundRules, auto_approval
+from agents.refunds.run_refunds import refund_rules
+from loadtest import events as ev
+from streams.contract.reasons import Reason
+from streams.settings import Settings
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+RULES = ChannelRefundRules()
+
+
+def at(y: int, m: int, d: int, h: int = 0, mi: int = 0, s: int = 0, ms: int = 0) -> int:
+    return int(dt.datetime(y, m, d, h, mi, s, ms * 1000, tzinfo=SHANGHAI).timestamp() * 1000)
+
+
+def delivered(when_ms: int, amount_fen: int = 49_999, custom: bool = False) -> OrderFacts:
+    return OrderFacts(known=True, state="delivered", delivered_at_ms=when_ms, amount_fen=amount_fen, custom=custom,
+                      skus={"1": "SKU-1"}, qtys={"1": 1})  # fmt: skip
+
+
+DELIVERED = at(2026, 11, 1, 10, 0)
+
+
+@pytest.mark.parametrize(
+    ("requested", "approved"),
+    [
+        (at(2026, 11, 8, 23, 59, 59, 999), True),  # day 7, its last millisecond in Shanghai
+        (at(2026, 11, 9, 0, 0), False),  # day 8, its first millisecond
+        (at(2026, 11, 1, 10, 0), True),  # day 0
+    ],
+)
+def test_no_reason_window_counts_calendar_days_in_the_shops_time_zone(requested: int, approved: bool) -> None:
+    verdict = auto_approval("RETURN_AND_REFUND", 100, requested, delivered(DELIVERED), RULES)
+    assert verdict.approved is approved
+    if not approved:
+        assert verdict.why == "past_no_reason_window"
+
+
+def test_the_window_is_the_shops_day_not_utcs() -> None:
+    # Delivered 23:30 on Nov 1 in Shanghai (15:30 UTC); the request at 00:30 on Nov 9 Shanghai is day 8,
+    # though in UTC (Nov 8 16:30) it would still be day 7.
+    assert flow.days_since_delivery(at(2026, 11, 1, 23, 30), at(2026, 11, 9, 0, 30), "Asia/Shanghai") == 8
+    assert flow.days_since_delivery(at(2026, 11, 1, 23, 30), at(2026, 11, 9, 0, 30), "UTC") == 7
+
+
+@pytest.mark.parametrize(("amount_fen", "approved"), [(49_999, True), (50_000, False), (50_001, False)])
+def test_order_amount_must_be_strictly_below_500_yuan(amount_fen: int, approved: bool) -> None:
+    verdict = auto_approval("RETURN_AND_REFUND", 100, DELIVERED + 3_600_000, delivered(DELIVERED, amount_fen), RULES)
+    assert verdict.approved is approved
+    assert verdict.why == ("no_reason_return" if approved else "amount_over_auto_limit")
+
+
+def test_a_custom_line_anywhere_in_the_order_needs_customer_service() -> None:
+    verdict = auto_approval("RETURN_AND_REFUND", 100, DELIVERED + 1, delivered(DELIVERED, custom=True), RULES)
+    assert (verdict.approved, verdict.why) == (False, "custom_item")
+
+
+def test_unknown_orders_and_refunds_above_the_order_are_never_automatic() -> None:
+    assert auto_approval("RETURN_AND_REFUND", 100, DELIVERED, OrderFacts(), RULES).why == "order_unknown"
+    facts = delivered(DELIVERED, amount_fen=1_000)
+    assert auto_approval("RETURN_AND_REFUND", 1_001, DELIVERED, facts, RULES).why == "amount_above_order"
+
+
+def test_refund_only_before_shipment_is_approved_and_after_it_reviewed() -> None:
+    paid = OrderFacts(known=True, state="routed", amount_fen=90_000, qtys={"1": 1})
+    assert auto_approval("REFUND_ONLY", 90_000, DELIVERED, paid, RULES).approved
+    shipped = OrderFacts(known=True, state="shipped", amount_fen=90_000, qtys={"1": 1})
+    assert auto_approval("REFUND_ONLY", 100, DELIVERED, shipped, RULES).why == "refund_only_after_shipment"
+
+
+def request(kind: str = "RETURN_AND_REFUND", channel: str = "tmall", tracking: str = "", amount: int = 100,
+            when: int = DELIVERED + 1) -> dict[str, object]:  # fmt: skip
+    return dict(ev.refund_requested(channel, "o1", "r1", amount, kind=kind, tracking_no=tracking, event_time_ms=when))
+
+
+def new(channel: str = "tmall") -> RefundRecord:
+    return RefundRecord(refund_id=f"{channel}:r1")
+
+
+def packaged_rules() -> RefundRules:
+    return refund_rules(Settings())
+
+
+def test_auto_approved_return_pays_at_once_and_still_expects_the_goods() -> None:
+    rec = new()
+    fx = flow.on_requested(rec, request(), "tmall:o1", delivered(DELIVERED), packaged_rules(), DELIVERED + 5)
+    assert [t[1] for t in fx.transitions] == ["requested", "refunding"]
+    assert fx.instruct and rec.auto_approved and rec.approved_by == "auto"
+    fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), DELIVERED + 9)
+    assert fx.restock == [("1", "SKU-1", 1)] and not fx.instruct  # back on hand; paid only once
+    again = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), DELIVERED + 10)
+    assert again.restock == []
+
+
+def test_reviewed_return_pays_after_qc_and_not_resellable_is_not_stocked() -> None:
+    rec, rules = new(), packaged_rules()
+    facts = delivered(DELIVERED, amount_fen=80_000)
+    fx = flow.on_requested(rec, request(), "tmall:o1", facts, rules, DELIVERED + 5)
+    assert rec.state == "reviewing" and not fx.instruct
+    flow.on_reviewed(rec, dict(ev.refund_reviewed("tmall", "o1", "r1", True)), facts, rules, DELIVERED + 6)
+    assert rec.state == "awaiting_return"
+    flow.on_return_shipped(rec, dict(ev.return_shipped("tmall", "o1", "r1")), facts, rules, DELIVERED + 7)
+    received = dict(ev.return_received("tmall", "o1", "r1", "WH-1", qc_done=False))
+    assert not flow.on_return_received(rec, received, DELIVERED + 8).instruct
+    assert rec.state == "received"
+    checked = dict(ev.return_received("tmall", "o1", "r1", "WH-1", resellable=False))
+    fx = flow.on_return_received(rec, checked, DELIVERED + 9)
+    assert rec.state == "refunding" and fx.instruct and fx.restock == []
+    flow.on_issued(rec, DELIVERED + 10)
+    fx = flow.on_settled(rec, dict(ev.refund_settled("tmall", "o1", "r1", 100)), DELIVERED + 11)
+    assert rec.state == "completed" and not fx.alerts
+    assert set(rec.stage_times) >= {"requested", "reviewing", "awaiting_return", "received", "refunding", "issued",
+                                    "settled", "completed"}  # fmt: skip
+
+
+def test_kuaishou_reviews_a_return_only_with_its_tracking_number() -> None:
+    rec, rules = new("kuaishou"), packaged_rules()
+    facts = delivered(DELIVERED, amount_fen=80_000)
+    flow.on_requested(rec, request(channel="kuaishou"), "kuaishou:o1", facts, rules, DELIVERED + 5)
+    assert (rec.state, rec.waiting_for) == ("requested", "tracking_no")
+    fx = flow.on_reviewed(rec, dict(ev.refund_reviewed("kuaishou", "o1", "r1", True)), facts, rules, DELIVERED + 6)
+    assert fx.refusal is not None and fx.refusal.reason is Reason.PRECONDITION_MISSING
+    flow.on_return_shipped(rec, dict(ev.return_shipped("kuaishou", "o1", "r1")), facts, rules, DELIVERED + 7)
+    assert rec.state == "reviewing"
+    # Another channel reviews at once without a tracking number.
+    other = new("jd")
+    flow.on_requested(other, request(channel="jd"), "jd:o1", facts, rules, DELIVERED + 5)
+    assert other.state == "reviewing"
+
+
+def test_refund_only_before_shipment_cancels_the_order() -> None:
+    rec = new()
+    facts = OrderFacts(known=True, state="paid", amount_fen=5_000, skus={"1": "SKU-1"}, qtys={"1": 1})
+    fx = flow.on_requested(rec, request(kind="REFUND_ONLY"), "tmall:o1", facts, packaged_rules(), DELIVERED)
+    assert fx.cancel_order and fx.instruct and rec.state == "refunding"
+
+
+@pytest.mark.parametrize(
+    ("state", "event"),
+    [("refunding", "cancel"), ("reviewing", "settle"), ("rejected", "receive"), ("", "issued")],
+)
+def test_illegal_transitions_are_refused_and_change_nothing(state: str, event: str) -> None:
+    rec = new()
+    rec.state, rec.kind, rec.amount_fen = state, "RETURN_AND_REFUND", 100
+    before = rec.to_dict()
+    if event == "cancel":
+        fx = flow.on_cancelled(rec, dict(ev.refund_cancelled("tmall", "o1", "r1")), 1)
+    elif event == "settle":
+        fx = flow.on_settled(rec, dict(ev.refund_settled("tmall", "o1", "r1", 100)), 1)
+    elif event == "receive":
+        fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), 1)
+    else:
+        fx = flow.on_issued(rec, 1)
+    assert fx.refusal is not None and fx.refusal.reason is Reason.ILLEGAL_TRANSITION
+    assert rec.to_dict() == before and not fx.transitions and not fx.instruct
+
+
+def test_duplicates_change_nothing() -> None:
+    rec, rules = new(), packaged_rules()
+    flow.on_requested(rec, request(), "tmall:o1", delivered(DELIVERED), rules, DELIVERED + 5)
+    again = flow.on_requested(rec, request(), "tmall:o1", delivered(DELIVERED), rules, DELIVERED + 6)
+    assert not again.changed and again.refusal is None
+    flow.on_settled(rec, dict(ev.refund_settled("tmall", "o1", "r1", 100)), DELIVERED + 7)
+    again = flow.on_settled(rec, dict(ev.refund_settled("tmall", "o1", "r1", 100)), DELIVERED + 8)
+    assert not again.changed and again.refusal is None
+
+
+def test_sop_limits_flag_once_and_clear_when_the_refund_moves_on() -> None:
+    rules = packaged_rules()
+    rec = new()
+    facts = delivered(DELIVERED, amount_fen=80_000)
+    start = DELIVERED + 1
+    flow.on_requested(rec, request(when=start), "tmall:o1", facts, rules, start)
+    assert flow.next_deadline_ms(rec, rules) == start + rules.respond_ms
+    assert flow.check_limits(rec, start + rules.respond_ms - 1, rules) == []
+    breach = flow.check_limits(rec, start + rules.respond_ms, rules)
+    assert [(a.kind, a.severity, a.cleared) for a in breach] == [("refund_sop_breach", "RED", False)]
+    assert flow.check_limits(rec, start + rules.respond_ms + 5, rules) == []  # once
+    approval = dict(ev.refund_reviewed("tmall", "o1", "r1", True))
+    flow.on_reviewed(rec, approval, facts, rules, start + rules.respond_ms + 9)
+    cleared = flow.check_limits(rec, start + rules.respond_ms + 9, rules)
+    assert [(a.kind, a.cleared) for a in cleared] == [("refund_sop_breach", True)]
+    # QC: 24 h from receipt.
+    received_at = start + rules.respond_ms + 100
+    flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1", qc_done=False)), received_at)
+    assert flow.next_deadline_ms(rec, rules) == received_at + rules.qc_ms
+    assert [a.details["limit"] for a in flow.check_limits(rec, received_at + rules.qc_ms, rules)] == ["qc"]
+
+
+def test_a_paid_refund_not_settled_in_time_and_a_wrong_settlement_are_reconciliation_alerts() -> None:
+    rules = packaged_rules()
+    rec = new()
+    flow.on_requested(rec, request(), "tmall:o1", delivered(DELIVERED), rules, DELIVERED + 5)
+    unsettled = flow.check_limits(rec, DELIVERED + 5 + rules.settle_ms, rules)
+    assert [(a.kind, a.details["limit"]) for a in unsettled] == [("refund_reconciliation", "settle")]
+    fx = flow.on_settled(rec, dict(ev.refund_settled("tmall", "o1", "r1", 99)), DELIVERED + 6 + rules.settle_ms)
+    assert [a.details["reason"] for a in fx.alerts] == ["amount_mismatch"]
+
+
+def test_refusals_for_bad_requests() -> None:
+    rules = packaged_rules()
+    fx = flow.on_requested(new(), request(amount=0), "tmall:o1", delivered(DELIVERED), rules, DELIVERED)
+    assert fx.refusal is not None and fx.refusal.reason is Reason.INVALID_AMOUNT
+    bad_line = request()
+    bad_line["lines"] = [{"line_no": 9, "sku": "", "qty": 1}]
+    fx = flow.on_requested(new(), bad_line, "tmall:o1", delivered(DELIVERED), rules, DELIVERED)
+    assert fx.refusal is not None and fx.refusal.reason is Reason.INVALID_LINES

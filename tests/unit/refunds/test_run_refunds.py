@@ -1,0 +1,129 @@
+"""Refunds with the order lifecycle and the pool, in-process through the engine's interface: no broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.inventory.hold_stock import STORE as POOL
+from agents.inventory.hold_stock import HoldStock, sku_key
+from agents.orders.run_lifecycle import RunLifecycle
+from agents.refunds.run_refunds import STORE as REFUNDS
+from agents.refunds.run_refunds import RunRefunds
+from agents.routing.warehouse_view import WarehouseView
+from agents.routing.warehouses import load_warehouses
+from loadtest import events as ev
+from streams.contract.reasons import Reason
+from streams.contract.topics import ORDER_EVENTS, REFUND_EVENTS, REFUND_ISSUED, STOCK_ADJUSTMENTS
+from streams.engine.local import LocalRunner
+from streams.settings import Settings
+
+
+def pipeline() -> tuple[LocalRunner, WarehouseView, str]:
+    settings = Settings(safety_threshold=0)
+    view = WarehouseView.from_settings(settings)
+    warehouses = frozenset(load_warehouses(settings.warehouses_file))
+    runner = LocalRunner([RunLifecycle.from_settings(settings, view), HoldStock.from_settings(settings, warehouses),
+                          RunRefunds.from_settings(settings)])  # fmt: skip
+    return runner, view, sorted(warehouses)[0]
+
+
+def stock(r: LocalRunner, view: WarehouseView, sku: str, qty: int, wh: str) -> None:
+    r.send([(sku, "StockAdjusted", ev.stock_adjusted(sku, wh, qty))], STOCK_ADJUSTMENTS.name)
+    for out in r.advance(1_000):
+        if out.event_type == "StockLevel":
+            view.apply_level(out.record)
+
+
+def order(r: LocalRunner, kind: str, record: Any) -> list[Any]:
+    return r.send([(f"{record['channel']}:{record['channel_order_id']}", kind, record)], ORDER_EVENTS.name)
+
+
+def refund(r: LocalRunner, kind: str, record: Any) -> list[Any]:
+    return r.send([(f"{record['channel']}:{record['channel_order_id']}", kind, record)], REFUND_EVENTS.name)
+
+
+def of(outputs: list[Any], event_type: str) -> list[dict[str, Any]]:
+    return [o.record for o in outputs if o.event_type == event_type]
+
+
+def delivered_order(r: LocalRunner, view: WarehouseView, wh: str, channel: str, oid: str, sku: str,
+                    price_fen: int = 9_900) -> None:  # fmt: skip
+    stock(r, view, sku, 5, wh)
+    order(r, "OrderPlaced", ev.order_placed(channel, oid, [ev.line(1, sku, 1, price_fen)]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed(channel, oid))
+    order(r, "ShipmentDispatched", ev.shipment_dispatched(channel, oid, wh))
+    order(r, "ShipmentDelivered", ev.shipment_delivered(channel, oid))
+
+
+def test_a_no_reason_return_is_paid_at_once_and_its_goods_go_back_on_hand() -> None:
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "jd", "1", "SKU-R1")
+    assert r.read(POOL, sku_key("SKU-R1"), "SKU-R1")["on_hand"] == {wh: 4}
+    out = refund(r, "RefundRequested", ev.refund_requested("jd", "1", "r1", 9_900, event_time_ms=r.now_ms))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["requested", "refunding"]
+    [instruction] = of(out, "RefundInstruction")
+    assert (instruction["refund_id"], instruction["idempotency_key"], instruction["amount_fen"]) == ("jd:r1", "jd:r1",
+                                                                                                     9_900)  # fmt: skip
+    r.send([("jd:1", "RefundIssued", {"event_id": "i1", "event_time_ms": r.now_ms, "refund_id": "jd:r1",
+                                      "order_id": "jd:1", "channel": "jd", "amount_fen": 9_900, "platform_ref": "",
+                                      "attempts": 1, "replayed": False})], REFUND_ISSUED.name)  # fmt: skip
+    out = refund(r, "ReturnReceived", ev.return_received("jd", "1", "r1", wh))
+    assert of(out, "StockAdjusted")[0]["event_id"] == "return:jd:r1:1"
+    assert r.read(POOL, sku_key("SKU-R1"), "SKU-R1")["on_hand"] == {wh: 5}  # back, sellable on every channel
+    out = refund(r, "ReturnReceived", ev.return_received("jd", "1", "r1", wh))  # the desk scans it again
+    assert not of(out, "StockAdjusted")
+    assert r.read(POOL, sku_key("SKU-R1"), "SKU-R1")["on_hand"] == {wh: 5}
+    refund(r, "RefundSettled", ev.refund_settled("jd", "1", "r1", 9_900))
+    rec = r.read(REFUNDS, b"jd:r1", "jd:1")
+    assert rec.state == "completed" and {"issued", "settled"} <= set(rec.stage_times)
+    assert not r.refusals
+
+
+def test_refund_only_before_shipment_cancels_the_order_and_releases_its_holds() -> None:
+    r, view, wh = pipeline()
+    stock(r, view, "SKU-R2", 5, wh)
+    order(r, "OrderPlaced", ev.order_placed("tmall", "2", [ev.line(1, "SKU-R2", 2)]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "2"))
+    out = refund(r, "RefundRequested", ev.refund_requested("tmall", "2", "r2", 19_800, kind="REFUND_ONLY"))
+    assert [s["state"] for s in of(out, "OrderStateChanged")] == ["cancelled"]
+    assert [(d["warehouse_id"], d["action"]) for d in of(out, "WarehouseDispatched")] == [(wh, "CANCEL")]
+    assert of(out, "RefundInstruction")
+    level = r.read(POOL, sku_key("SKU-R2"), "SKU-R2")
+    assert (level["locked"], level["on_hand"]) == (0, {wh: 5})
+
+
+def test_a_custom_order_goes_to_customer_service_and_a_rejection_pays_nothing() -> None:
+    r, view, wh = pipeline()
+    stock(r, view, "SKU-R3", 5, wh)
+    line = ev.line(1, "SKU-R3", 1)
+    line["custom"] = True
+    order(r, "OrderPlaced", ev.order_placed("pdd", "3", [line]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("pdd", "3"))
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("pdd", "3", wh))
+    order(r, "ShipmentDelivered", ev.shipment_delivered("pdd", "3"))
+    out = refund(r, "RefundRequested", ev.refund_requested("pdd", "3", "r3", 9_900, event_time_ms=r.now_ms))
+    assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1] == ("reviewing", "custom_item")
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "3", "r3", False))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["rejected"] and not of(out, "RefundInstruction")
+
+
+def test_events_for_unknown_refunds_and_illegal_ones_are_refused() -> None:
+    r, view, wh = pipeline()
+    out = refund(r, "RefundSettled", ev.refund_settled("jd", "9", "r9", 100))
+    assert [a["kind"] for a in of(out, "Alert")] == ["refund_reconciliation"]
+    assert [x.reason for x in r.refusals] == [Reason.UNKNOWN_REFUND]
+    delivered_order(r, view, wh, "jd", "4", "SKU-R4")
+    refund(r, "RefundRequested", ev.refund_requested("jd", "4", "r4", 9_900, event_time_ms=r.now_ms))
+    out = refund(r, "RefundCancelled", ev.refund_cancelled("jd", "4", "r4"))  # already being paid
+    assert r.refusals[-1].reason is Reason.ILLEGAL_TRANSITION and not of(out, "RefundStateChanged")
+
+
+def test_the_respond_limit_fires_on_the_pipeline_clock_and_clears() -> None:
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "tmall", "5", "SKU-R5", price_fen=90_000)
+    refund(r, "RefundRequested", ev.refund_requested("tmall", "5", "r5", 90_000, event_time_ms=r.now_ms))
+    out = r.advance(2 * 3_600_000)
+    assert [(a["kind"], a["cleared"]) for a in of(out, "Alert")] == [("refund_sop_breach", False)]
+    assert not of(r.advance(60_000), "Alert")
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("tmall", "5", "r5", True))
+    assert [(a["kind"], a["cleared"]) for a in of(out, "Alert")] == [("refund_sop_breach", True)]
