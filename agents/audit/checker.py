@@ -3,8 +3,8 @@
 Deliberately shares no rule code with the agents (``agents.inventory.rules``/``agents.orders.rules``): it
 rebuilds, from what is in Kafka, what the pool's state must be, and compares.
 
-* on-hand per SKU from ``stock.adjustments`` (each adjustment id once, known warehouses only)
-  minus every shipped line;
+* on-hand per SKU from ``stock.adjustments`` and ``stock.returns`` (each adjustment id once, known
+  warehouses only) minus every shipped line;
 * the open holds per SKU (held or paid, not yet shipped/released/expired) from the last answer
   per order line in ``stock.hold-results``;
 * against the pool's store ``stock_by_sku`` as its changelog topic holds it (totals and line records).
@@ -14,6 +14,10 @@ It reports drift (store != rebuilt, or the store's totals != its own line record
 rejected while still holding stock, lost orders (placed and valid, yet neither decided nor
 cancelled), paid orders without an open hold behind every line, and timers that did not fire (an
 unpaid hold past its expiry, an unpaid order past its payment timeout).
+
+Refunds, from ``refund.states`` and ``refund.instructions``: a refund paid out twice (two different
+instructions for one refund id), a refund approved for payment with no instruction behind it (lost),
+and an instruction for a refund that never reached the paying state.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ from streams.contract.topics import (
     HOLD_RESULTS,
     ORDER_EVENTS,
     ORDER_STATES,
+    REFUND_INSTRUCTIONS,
+    REFUND_STATES,
     RESERVATION_RESULTS,
     STOCK_ADJUSTMENTS,
+    STOCK_RETURNS,
 )
 from streams.engine.changelog import changelog_topic
 from streams.engine.topicreader import read_all
@@ -89,6 +96,10 @@ class Report:
     reserved_incomplete: list[str] = field(default_factory=list)
     paid_without_hold: list[str] = field(default_factory=list)
     overdue_timers: list[str] = field(default_factory=list)
+    refunds: int = 0
+    refunds_paid_twice: list[str] = field(default_factory=list)
+    refunds_lost: list[str] = field(default_factory=list)
+    refunds_paid_unapproved: list[str] = field(default_factory=list)
 
     def sku_audit(self, sku: str) -> SkuAudit:
         """The audit of ``sku``, started when the topics first mention it."""
@@ -107,6 +118,7 @@ class Report:
         return not (
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
             or self.rejected_but_held or self.reserved_incomplete or self.paid_without_hold or self.overdue_timers
+            or self.refunds_paid_twice or self.refunds_lost or self.refunds_paid_unapproved
         )  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
@@ -124,6 +136,10 @@ class Report:
             "reserved_incomplete": len(self.reserved_incomplete),
             "paid_without_hold": len(self.paid_without_hold),
             "overdue_timers": len(self.overdue_timers),
+            "refunds": self.refunds,
+            "refunds_paid_twice": len(self.refunds_paid_twice),
+            "refunds_lost": len(self.refunds_lost),
+            "refunds_paid_unapproved": len(self.refunds_paid_unapproved),
         }
 
 
@@ -155,7 +171,23 @@ def audit(settings: Settings) -> Report:
         if state is not None:
             _compare_with_store(sa, state, holds.get(sku, {}), expected_keys, presale_keys)
     _audit_orders(codec, settings, last, now_ms, report)
+    _audit_refunds(codec, settings, report)
     return report
+
+
+def _audit_refunds(codec: Codec, settings: Settings, report: Report) -> None:
+    """5. Refunds: every refund that reached payment has exactly one instruction, and no other has one."""
+    paying: set[str] = set()
+    for _, _, r in _decoded(codec, settings, REFUND_STATES.name):
+        report.refunds += 0 if r["previous_state"] else 1
+        if r["state"] == "refunding" or "refunding" in r["stage_times"]:
+            paying.add(r["refund_id"])
+    instructions: dict[str, set[str]] = defaultdict(set)
+    for _, _, r in _decoded(codec, settings, REFUND_INSTRUCTIONS.name):
+        instructions[r["refund_id"]].add(r["event_id"])
+    report.refunds_paid_twice = sorted(rid for rid, ids in instructions.items() if len(ids) > 1)
+    report.refunds_lost = sorted(paying - set(instructions))
+    report.refunds_paid_unapproved = sorted(set(instructions) - paying)
 
 
 def _on_hand_by_sku(codec: Codec, settings: Settings, report: Report) -> dict[str, dict[str, int]]:
@@ -163,7 +195,8 @@ def _on_hand_by_sku(codec: Codec, settings: Settings, report: Report) -> dict[st
     warehouses = set(load_warehouses(settings.warehouses_file))
     on_hand: dict[str, dict[str, int]] = defaultdict(dict)
     seen_adjustments: set[tuple[str, str]] = set()
-    for _, kind, adj in _decoded(codec, settings, STOCK_ADJUSTMENTS.name):
+    adjustments = _decoded(codec, settings, STOCK_ADJUSTMENTS.name) + _decoded(codec, settings, STOCK_RETURNS.name)
+    for _, kind, adj in adjustments:
         if kind != "StockAdjusted" or (adj["sku"], adj["event_id"]) in seen_adjustments:
             continue
         qty, wh = adj["qty"], adj["warehouse_id"]

@@ -11,7 +11,7 @@ from streams.contract.keys import order_key
 from streams.contract.topics import ORDER_EVENTS, REFUND_EVENTS
 from streams.engine.producer import EventProducer
 from streams.settings import Settings
-from tests.helpers import read_topic, stock_up, wait_for, wait_stock
+from tests.helpers import audit_until_ok, read_topic, stock_up, wait_for, wait_stock
 
 pytestmark = pytest.mark.broker
 
@@ -66,3 +66,5 @@ def test_refunds_on_the_broker_return_pays_once_restocks_and_refund_only_cancels
     assert sorted(i["refund_id"] for i in instructions(settings)) == ["jd:R-1", "jd:R-2"]  # each exactly once
     returns = [r for _, r in read_topic(settings, "stock.returns")]
     assert [r["event_id"] for r in returns] == ["return:jd:R-1:1"]
+    report = audit_until_ok(settings)  # the returned unit counts in the independent checker's on-hand too
+    assert (report.refunds, report.refunds_paid_twice, report.refunds_lost) == (2, [], [])
