@@ -220,6 +220,7 @@ def summary_table(figures: dict[str, Any]) -> Table:
     for key in (*REQUIRED_KEYS, "hold_agent_events_per_s", "orders_sent", "orders_decided", "events_per_order",
                 "drained", "drain_s", "max_lag", "skus_drifted", "intake_errors", "sender_behind_ms",
                 "changelog_records_per_order", "engine_events_per_batch", "engine_local_share",
-                "engine_cpu_us_per_order"):  # fmt: skip
+                "engine_cpu_us_per_order", "refunds_sent", "refunds_decided", "p50_refund_decision_ms",
+                "p99_refund_decision_ms", "refunds_paid_twice", "refunds_lost"):  # fmt: skip
         table.add_row(key, f"{figures[key]:,}" if isinstance(figures[key], (int, float)) else str(figures[key]))
     return table

@@ -32,7 +32,10 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def line(line_no: int, sku: str, qty: int, price_fen: int = 9900) -> OrderLine:
+DEFAULT_PRICE_FEN = 9900
+
+
+def line(line_no: int, sku: str, qty: int, price_fen: int = DEFAULT_PRICE_FEN) -> OrderLine:
     return OrderLine(line_no=line_no, sku=sku, qty=qty, unit_price_fen=price_fen, custom=False, bundle=False)
 
 

@@ -13,6 +13,9 @@ Shape of the traffic:
 - payments after a realistic delay (log-normal, a few seconds here), a share cancelled, a share
   never paid (payment timeout), presale orders (deposit, later the balance);
 - stock receipts for hot SKUs during the run;
+- refund-only requests for a share of paid orders a few seconds after payment (the Double-11 refund:
+  the buyer changes their mind before the parcel leaves), each approved at once and its order
+  cancelled;
 - about 1% bad input of every class the pipeline must refuse, each recorded so the run can check
   that every one was refused.
 """
@@ -44,6 +47,7 @@ PRESALE_SHARE = 0.05
 # rest never paid.
 PAID_BELOW = 0.85
 CANCELLED_BELOW = 0.92
+REFUND_SHARE = 0.04  # of paid orders: a refund-only request before shipment
 
 
 def _double11(f: float, burst: Callable[[float], bool]) -> float:
@@ -62,7 +66,7 @@ PROFILES: dict[str, Callable[[float, Callable[[float], bool]], float]] = {
 @dataclass(frozen=True)
 class Planned:
     at_s: float  # intended send time, seconds after the start
-    kind: str  # "order" | "payment" | "balance" | "cancel" | "receipt" | "bad"
+    kind: str  # "order" | "payment" | "balance" | "cancel" | "refund" | "receipt" | "bad"
     order: str = ""  # channel order id
     channel: str = ""
     lines: tuple[tuple[str, int], ...] = ()
@@ -86,6 +90,10 @@ class Schedule:
     @property
     def orders(self) -> int:
         return sum(1 for e in self.events if e.kind == "order")
+
+    @property
+    def refunds(self) -> int:
+        return sum(1 for e in self.events if e.kind == "refund")
 
     @property
     def bad_inputs(self) -> int:
@@ -158,6 +166,8 @@ def build_schedule(profile: str, rate: float, duration_s: float, seed: int, sku_
             sched.events.append(Planned(t + delay, "payment", order, channel, via_intake=intake))
             if presale:
                 sched.events.append(Planned(t + delay + rng.uniform(2, 8), "balance", order, channel))
+            elif rng.random() < REFUND_SHARE:
+                sched.events.append(Planned(t + delay + rng.uniform(1, 5), "refund", order, channel, lines))
         elif fate < CANCELLED_BELOW:
             sched.events.append(Planned(t + delay, "cancel", order, channel, via_intake=intake))
         # else: never paid - the payment timeout releases its holds

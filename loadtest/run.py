@@ -33,6 +33,7 @@ from streams.contract.topics import (
     HOLD_COMMANDS,
     HOLD_RESULTS,
     ORDER_EVENTS,
+    REFUND_EVENTS,
     STOCK_ADJUSTMENTS,
     SUNK_TOPICS,
     TopicSpec,
@@ -44,7 +45,7 @@ from streams.settings import Settings
 
 ADDRESS = {"province": "浙江", "city": "杭州", "district": "西湖区", "detail": "文三路 90 号"}
 AUDIT_SETTLE_S = 60.0
-WATCHED = (ORDER_EVENTS, STOCK_ADJUSTMENTS, HOLD_COMMANDS, HOLD_RESULTS)
+WATCHED = (ORDER_EVENTS, STOCK_ADJUSTMENTS, HOLD_COMMANDS, HOLD_RESULTS, REFUND_EVENTS)
 DRAINED_AFTER_QUIET_S = 3  # no lag for this long: the pipeline has drained, not just paused
 
 
@@ -52,6 +53,7 @@ DRAINED_AFTER_QUIET_S = 3  # no lag for this long: the pipeline has drained, not
 class Sent:
     started_epoch_ms: int = 0
     orders: dict[str, int] = field(default_factory=dict)  # order id -> intended send epoch ms
+    refunds: dict[str, int] = field(default_factory=dict)  # refund id -> intended send epoch ms
     per_second: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     bad_kafka: set[tuple[str, int, int]] = field(default_factory=set)  # (topic, partition, offset)
     bad_kafka_sent: int = 0
@@ -121,6 +123,13 @@ class LoadRun:
                 producer.send(ORDER_EVENTS.name, key, "PaymentConfirmed", pay)
             elif e.kind == "cancel":
                 producer.send(ORDER_EVENTS.name, key, "OrderCancelled", ev.order_cancelled(e.channel, e.order))
+            elif e.kind == "refund":
+                amount = sum(qty * ev.DEFAULT_PRICE_FEN for _, qty in e.lines)
+                refund = ev.refund_requested(e.channel, e.order, f"rf-{e.order}", amount, kind="REFUND_ONLY",
+                                             event_time_ms=intended, sent_at_ms=intended)  # fmt: skip
+                producer.send(REFUND_EVENTS.name, key, "RefundRequested", refund)
+                with self._lock:
+                    self.sent.refunds[f"{e.channel}:rf-{e.order}"] = intended
             elif e.kind == "receipt":
                 adj = {**ev.stock_adjusted(e.sku, e.warehouse, e.qty), "event_id": e.order}
                 producer.send(STOCK_ADJUSTMENTS.name, e.sku, "StockAdjusted", adj)
@@ -268,6 +277,17 @@ def percentile(values: list[float], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
+def _refund_decision_ms(settings: Settings, codec: Any, sent: Sent) -> list[float]:
+    """Per refund sent: intended send time -> the refund decided (paying, or handed to customer service)."""
+    decided: dict[str, float] = {}
+    for rec in read_all(settings.bootstrap, settings.topic("refund.states"), 30):
+        _, r = codec.decode(rec.value)
+        sent_at = sent.refunds.get(r["refund_id"])
+        if sent_at is not None and r["refund_id"] not in decided and r["state"] != "requested":
+            decided[r["refund_id"]] = r["event_time_ms"] - sent_at
+    return list(decided.values())
+
+
 def measure(run: LoadRun, drained_at: float) -> dict[str, Any]:
     """Figures of the run, from the topics (latencies, counts) and the independent checker (invariants)."""
     settings, codec, sent = run.settings, run.codec, run.sent
@@ -283,6 +303,7 @@ def measure(run: LoadRun, drained_at: float) -> dict[str, Any]:
             latency_by_second[second].append(ms)
             decided_per_second[(r["event_time_ms"] - sent.started_epoch_ms) // 1000] += 1
     decision_ms = [ms for v in latency_by_second.values() for ms in v]
+    refund_ms = _refund_decision_ms(settings, codec, sent)
     refresh_ms = []
     seen_sources: set[tuple[str, int]] = set()
     for rec in read_all(settings.bootstrap, settings.topic("stock.levels"), 30):
@@ -328,6 +349,12 @@ def measure(run: LoadRun, drained_at: float) -> dict[str, Any]:
         "p50_decision_ms": round(percentile(decision_ms, 0.5), 1),
         "p99_decision_ms": round(percentile(decision_ms, 0.99), 1),
         "p999_decision_ms": round(percentile(decision_ms, 0.999), 1),
+        "refunds_sent": len(sent.refunds),
+        "refunds_decided": len(refund_ms),
+        "p50_refund_decision_ms": round(percentile(refund_ms, 0.5), 1),
+        "p99_refund_decision_ms": round(percentile(refund_ms, 0.99), 1),
+        "refunds_paid_twice": summary["refunds_paid_twice"],
+        "refunds_lost": summary["refunds_lost"],
         "p50_stock_refresh_ms": round(percentile(refresh_ms, 0.5), 1),
         "p99_stock_refresh_ms": round(percentile(refresh_ms, 0.99), 1),
         "p999_stock_refresh_ms": round(percentile(refresh_ms, 0.999), 1),

@@ -38,6 +38,8 @@ TERMINAL = ("completed", "rejected", "cancelled")
 STATES = ("requested", "reviewing", "awaiting_return", "received", "refunding", *TERMINAL)
 # Order states in which nothing has left a warehouse yet: a refund-only cancels the order.
 UNSHIPPED = ("placed", "reserved", "paid", "routed")
+# Order states that end without goods leaving: a refund-only has nothing to cancel and nothing to wait for.
+UNFULFILLED = ("rejected", "cancelled", "payment_timeout")
 REFUND_ONLY, RETURN_AND_REFUND = "REFUND_ONLY", "RETURN_AND_REFUND"
 ON_ORIGINAL_PATH = "original"
 
@@ -172,9 +174,9 @@ def auto_approval(kind: str, amount_fen: int, requested_at_ms: int, facts: Order
         return Approval(False, "order_unknown")
     if amount_fen > facts.amount_fen:
         return Approval(False, "amount_above_order")
-    if kind == REFUND_ONLY and facts.unshipped:
+    if kind == REFUND_ONLY and (facts.unshipped or facts.state in UNFULFILLED):
         if rules.auto_approve_unshipped_refund_only:
-            return Approval(True, "refund_only_unshipped")
+            return Approval(True, "refund_only_unshipped" if facts.unshipped else f"order_{facts.state}")
         return Approval(False, "channel_reviews_unshipped")
     if kind != RETURN_AND_REFUND:
         return Approval(False, "refund_only_after_shipment")

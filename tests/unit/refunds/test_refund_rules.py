@@ -73,6 +73,8 @@ def test_unknown_orders_and_refunds_above_the_order_are_never_automatic() -> Non
 def test_refund_only_before_shipment_is_approved_and_after_it_reviewed() -> None:
     paid = OrderFacts(known=True, state="routed", amount_fen=90_000, qtys={"1": 1})
     assert auto_approval("REFUND_ONLY", 90_000, DELIVERED, paid, RULES).approved
+    rejected = OrderFacts(known=True, state="rejected", amount_fen=90_000, qtys={"1": 1})
+    assert auto_approval("REFUND_ONLY", 90_000, DELIVERED, rejected, RULES).why == "order_rejected"
     shipped = OrderFacts(known=True, state="shipped", amount_fen=90_000, qtys={"1": 1})
     assert auto_approval("REFUND_ONLY", 100, DELIVERED, shipped, RULES).why == "refund_only_after_shipment"
 
