@@ -113,3 +113,27 @@ def test_memory_store_scans_in_key_order_and_applies_deletes() -> None:
     assert [k for k, _ in store.scan(b"b")] == [b"b1", b"b2"]
     store.apply({b"b1": None, b"b3": b"3", b"absent": None}, -1)
     assert [k for k, _ in store.scan(b"b")] == [b"b2", b"b3"] and store.changelog_offset == 0
+
+
+def test_a_reader_sees_the_owners_writes_of_the_same_batch_and_cannot_write() -> None:
+    from streams.engine.state import ReadOnlyStore
+
+    txn: StoreTransaction[Any] = StoreTransaction(committed({b"o1": {"state": "paid"}}), JSON)
+    reader = ReadOnlyStore(txn)
+    txn.set(b"o1", {"state": "routed"})
+    assert reader.get(b"o1") == {"state": "routed"}
+    assert not hasattr(reader, "set") and not hasattr(reader, "delete")
+
+
+def test_an_engine_refuses_to_read_a_store_none_of_its_processors_owns() -> None:
+    import pytest
+
+    from agents.refunds.run_refunds import RunRefunds
+    from streams.contract.codec import default_codec
+    from streams.engine.clock import Clock
+    from streams.engine.loop import Engine
+    from streams.settings import Settings
+
+    settings = Settings()
+    with pytest.raises(ValueError, match="orders_by_id"):
+        Engine(settings, default_codec(), Clock(), [RunRefunds.from_settings(settings)])
