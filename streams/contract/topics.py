@@ -23,6 +23,10 @@ class TopicSpec:
     compacted: bool = False
     single_partition: bool = False
     doc: str = ""
+    # False: a record the engine applies in the batch that wrote it (its reader's partition is on the
+    # same worker) is not published: its effect commits in the reader's changelog, and the reader's
+    # answer is published. Records for partitions on other workers are published as always.
+    publish_applied: bool = True
 
     def partitions(self, settings: Settings) -> int:
         return 1 if self.single_partition else settings.partitions
@@ -76,7 +80,9 @@ HOLD_COMMANDS = TopicSpec(
     events=("HoldCommand",),
     writer="agents.orders.run_lifecycle",
     direction="internal",
-    doc="Reserve / release / commit / ship one order line against the pool.",
+    doc="Reserve / release / commit / ship one order line against the pool. A command for a SKU whose "
+    "partition is on the worker that wrote it is applied there and not published; its answer is.",
+    publish_applied=False,
 )
 HOLD_RESULTS = TopicSpec(
     "stock.hold-results",

@@ -26,6 +26,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -40,7 +41,7 @@ from streams.contract.topics import DEADLETTERS, TopicSpec
 from streams.engine.changelog import changelog_topic, ensure_changelogs, restore
 from streams.engine.clock import Clock
 from streams.engine.deadletter import dead_letter
-from streams.engine.processor import Context, Processor
+from streams.engine.processor import Context, Output, Processor
 from streams.engine.state import PartitionStore, ReadOnlyStore, StoreSpec, StoreTransaction
 from streams.engine.timers import Timers
 from streams.settings import Settings
@@ -67,6 +68,7 @@ class EngineStats:
     timers_fired: int = 0
     local_events: int = 0  # records applied in the batch that wrote them (no Kafka round trip)
     local_skipped: int = 0  # the same records read back from their topic, and skipped
+    applied_unpublished: int = 0  # records applied in their batch whose topic does not keep them
     restored_records: int = 0
     poll_s: float = 0.0
     apply_s: float = 0.0
@@ -95,10 +97,11 @@ class _MessageRef:
 
 
 class _LocalMessage:
-    """A record applied in the batch that wrote it, as a processor sees its message (no offset yet)."""
+    """A record applied in the batch that wrote it, as a processor sees its message (no offset yet).
+    Its bytes are encoded only if asked for (a refusal dead-letters them)."""
 
-    def __init__(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
-        self._topic, self._partition, self._key, self._value = topic, partition, key, value
+    def __init__(self, topic: str, partition: int, key: bytes | None, encode: Callable[[], bytes]) -> None:
+        self._topic, self._partition, self._key, self._encode = topic, partition, key, encode
 
     def topic(self) -> str:
         return self._topic
@@ -113,7 +116,7 @@ class _LocalMessage:
         return self._key
 
     def value(self) -> bytes | None:
-        return self._value
+        return self._encode()
 
     def error(self) -> None:
         return None
@@ -452,12 +455,24 @@ class Engine:
                 if out.event_type not in spec.events:
                     continue  # published as is; its reader refuses it when it reads it
                 out.partition, out.local = partition, True
-                out.value = self.codec.encode(out.event_type, out.record)
+                # Some records exist only to carry a change to their reader (hold commands): applied
+                # here, their effect commits in the reader's changelog and their answer is published,
+                # so the record itself need not be.
+                out.publish = spec.publish_applied
                 target = batch.context(proc, partition)
-                target.message = _LocalMessage(self.settings.topic(out.topic), partition, out.key, out.value)
+                target.message = _LocalMessage(self.settings.topic(out.topic), partition, out.key,
+                                               self._encoder(out))  # fmt: skip
                 self.stats.local_events += 1
                 proc.handle(target, out.event_type, out.record)
                 todo.append(target)
+
+    def _encoder(self, out: Output) -> Callable[[], bytes]:
+        def encode() -> bytes:
+            if out.value is None:
+                out.value = self.codec.encode(out.event_type, out.record)
+            return out.value
+
+        return encode
 
     def _routed(self, ctx: Context, msg: Message, key: str, partition: int) -> bool:
         raw = msg.key()
@@ -532,6 +547,9 @@ class Engine:
             # without one, every delivery is checked before the offsets are committed.
             check = None if self.exactly_once else self._on_output
             for out in outputs:
+                if not out.publish:
+                    self.stats.applied_unpublished += 1
+                    continue
                 value = out.value if out.value is not None else self.codec.encode(out.event_type, out.record)
                 self._produce(self.settings.topic(out.topic), out.key, value, out.partition, check,
                               APPLIED if out.local else None)  # fmt: skip
@@ -575,7 +593,7 @@ class Engine:
         self.broker_down = False
         self.stats.batches += 1
         self.stats.commits += 1
-        self.stats.outputs += len(outputs) + len(dead)
+        self.stats.outputs += sum(1 for out in outputs if out.publish) + len(dead)
         self.stats.refusals += len(dead)
         self.stats.changelog_records += sum(len(kv) for kv in changes.values())
         self.stats.commit_s += time.perf_counter() - started

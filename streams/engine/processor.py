@@ -45,6 +45,7 @@ class Output:
     # partition is its own): it is published with a header saying so, and skipped when read back.
     local: bool = False
     value: bytes | None = None
+    publish: bool = True  # False: applied in its batch and not kept on its topic (``publish_applied``)
 
 
 @dataclass
