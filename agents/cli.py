@@ -16,6 +16,7 @@ import typer
 
 from agents.analytics import cli as analytics
 from agents.audit import cli as audit
+from agents.channels import cli as channels
 from agents.intake import cli as intake
 from agents.inventory import cli as inventory
 from agents.orders import cli as orders
@@ -32,7 +33,9 @@ app.add_typer(platform.clock, name="clock")
 app.command("settings")(platform.settings_command)
 app.add_typer(inventory.override, name="override")
 app.add_typer(refunds.refunds, name="refunds")
-app.command()(inventory.stock)
+app.add_typer(channels.sim, name="sim")
+app.add_typer(channels.connectors, name="connectors")
+app.add_typer(inventory.stock_app, name="stock")
 app.command()(orders.order)
 app.command()(intake.intake)
 app.command()(analytics.sink)

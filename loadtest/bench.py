@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import time
@@ -23,6 +24,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from agents.channels.platforms import Credentials
+from agents.intake.secrets import write_secrets
 from loadtest import events as ev
 from loadtest.baseline import plain_loop_events_per_s
 from loadtest.generator import build_schedule, describe
@@ -55,6 +58,18 @@ def start_intake(settings: Settings, port: int, log: Path) -> subprocess.Popen[b
             time.sleep(0.3)
     proc.kill()
     raise RuntimeError(f"intake did not start; see {log}")
+
+
+def run_folder(settings: Settings, tag: str) -> tuple[Settings, Path]:
+    """The run's log folder, and its settings with a callback secret for the own shop (unless one is
+    configured): the load's callbacks are signed and verified as in production."""
+    logs = settings.home_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if settings.intake_secrets_file is None:
+        own = Credentials(f"load-{tag}", secrets.token_hex(16))
+        path = write_secrets(logs / f"bench-{tag}-secrets.toml", {"own": own})
+        settings = settings.model_copy(update={"intake_secrets_file": path})
+    return settings, logs
 
 
 def hold_agent_events_per_s(settings: Settings, commands: int, log_dir: Path) -> float:
@@ -123,8 +138,7 @@ def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, 
     tag, s = isolated(settings, "bench", **RUN_TIMEOUTS)
     if s.web_port <= s.sink_port < s.web_port + workers:  # the workers take web_port, web_port + 1, ...
         s = s.model_copy(update={"sink_port": s.web_port + workers})
-    logs = s.home_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    s, logs = run_folder(s, tag)
     ensure_topics(s)
     schedule = build_schedule(profile, rate, duration_s, seed)
     console.print(f"schedule: {describe(schedule)}")

@@ -24,6 +24,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agents.audit.checker import audit
+from agents.channels.platforms import sign_callback
+from agents.intake.secrets import load_secrets
 from loadtest import events as ev
 from loadtest.generator import Planned, Schedule
 from streams.contract.codec import default_codec
@@ -76,6 +78,7 @@ def group_lag(settings: Settings, consumer: Consumer, watched: tuple[TopicSpec, 
 class LoadRun:
     def __init__(self, settings: Settings, schedule: Schedule, intake_url: str, console: Console) -> None:
         self.settings, self.schedule, self.intake_url, self.console = settings, schedule, intake_url, console
+        self.own = load_secrets(settings.intake_secrets_file, settings.channels).channels.get("own")
         self.codec = default_codec()
         self.sent = Sent()
         self.lag: list[tuple[float, int]] = []
@@ -193,7 +196,7 @@ class LoadRun:
             else:
                 body = {"order_id": e.order, "amount_fen": 100, "lines": [{"sku": "NOT-IN-CATALOGUE", "qty": 1}],
                         "address": ADDRESS}  # fmt: skip
-                response = client.post("/v1/channels/own/order", content=orjson.dumps(body))
+                response = self._post_json(client, "/v1/channels/own/order", body)
             if HTTPStatus.BAD_REQUEST <= response.status_code < HTTPStatus.INTERNAL_SERVER_ERROR:
                 self.sent.bad_intake_refused += 1
             return
@@ -214,9 +217,16 @@ class LoadRun:
             )
         else:
             body, path = {"order_id": e.order, "reason": "buyer"}, "/v1/channels/own/cancel"
-        response = client.post(path, content=orjson.dumps(body))
+        response = self._post_json(client, path, body)
         if response.status_code != HTTPStatus.OK:
             self.sent.intake_errors += 1
+
+    def _post_json(self, client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
+        """Post as the own shop's site does: signed with its secret when the intake has one for it."""
+        if self.own is None:
+            return client.post(path, content=orjson.dumps(body))
+        signed = sign_callback("own", self.own, path.rsplit("/", 1)[-1], body, int(time.time() * 1000))
+        return client.post(path, content=signed.body, headers=dict(signed.headers))
 
     def _watch_lag(self) -> None:
         consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": engine_group(self.settings),

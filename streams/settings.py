@@ -243,6 +243,76 @@ class Settings(BaseSettings):
         "(and WMS calls when no token is); a channel with a secret is always verified.",
     )
 
+    # Marketplace simulator (drills and tests)
+    sim_host: str = Field(
+        default="127.0.0.1", description="Address the marketplace simulator (`stockflow sim`) listens on."
+    )
+    sim_port: int = Field(default=18090, description="Port of the marketplace simulator; channel `c` is under `/c/`.")
+    sim_apps_file: Path | None = Field(
+        default=None,
+        description="The simulator's apps per channel (`app_key`, `secret`, optional `valid_from_ms`, `expires_at_ms`; "
+        "JSON or TOML). Unset: generated once into `<home>/sim/apps.json`.",
+    )
+    sim_latency_ms: float = Field(default=15.0, ge=0, description="Least time the simulator takes to answer a call.")
+    sim_jitter_ms: float = Field(
+        default=45.0, ge=0, description="Random extra answer time of the simulator, between 0 and this."
+    )
+    sim_settle_url: str = Field(
+        default="",
+        description="Where the simulator posts the signed settlement notification of each agreed refund; empty: "
+        "none is sent (settlements stay readable at `/_sim/settlements`).",
+    )
+    sim_settle_delay_ms: float = Field(
+        default=2000.0, ge=0, description="How long after agreeing a refund the simulator sends its settlement."
+    )
+    sim_calls_kept: int = Field(
+        default=100_000,
+        ge=1,
+        description="Accepted calls the simulator keeps for inspection, oldest dropped first; its per-refund and "
+        "per-SKU summaries are always complete.",
+    )
+
+    # Outbound connectors (`stockflow connectors`)
+    marketplace_url: str = Field(
+        default="",
+        description="Base URL of the marketplaces' open APIs; channel `c` is called at `<url>/c`. Empty: the local "
+        "marketplace simulator on `STOCKFLOW_SIM_HOST`:`STOCKFLOW_SIM_PORT`.",
+    )
+    connector_credentials_file: Path | None = Field(
+        default=None,
+        description="The connectors' app keys, secrets and expiry dates per channel (JSON, mode 0600, written by "
+        "`stockflow connectors set-key`, re-read on change). Unset: `<home>/connectors/credentials.json`.",
+    )
+    connector_retry_budget_s: float = Field(
+        default=20.0,
+        ge=0,
+        le=50,
+        description="How long a connector retries a call answered retriably (no answer, 5xx, rate limit) before it "
+        "goes to the channel's failed queue and `connector_failing` is raised (at most 50: the alert is due within "
+        "a minute of the first failure).",
+    )
+    connector_call_timeout_s: float = Field(
+        default=5.0, gt=0, description="How long one marketplace call may take before it counts as no answer."
+    )
+    connector_push_window_ms: int = Field(
+        default=100,
+        ge=0,
+        le=800,
+        description="A SKU's channel stock push waits this long after its first unsent change; newer figures in "
+        "the meantime replace it, so a burst is one call.",
+    )
+    connector_qps: dict[str, float] = Field(
+        default={},
+        description="Calls a second the connectors allow themselves per channel (JSON object); a channel not named: "
+        "90% of its platform's documented per-app limit.",
+    )
+    credential_warn_days: int = Field(
+        default=7, ge=0, description="A WARNING `credential_expiring` alert this many days before a key expires."
+    )
+    connectors_port: int = Field(
+        default=6068, description="Port of the `stockflow connectors run` status view (`/connectors/status`)."
+    )
+
     @model_validator(mode="after")
     def _timeouts_agree(self) -> Settings:
         # An unpaid hold expiring before its order's payment timeout would cancel orders whose

@@ -13,7 +13,7 @@ def intake(
     host: str = typer.Option(None, help="Address (default: STOCKFLOW_INTAKE_HOST)."),
 ) -> None:
     """Serve the HTTP intake: channel connectors and the WMS post notifications as JSON."""
-    from agents.intake.service import serve
+    from agents.intake.service import Intake, serve
     from streams.contract.topics import ensure_topics
 
     settings = Settings()
@@ -23,5 +23,15 @@ def intake(
         ensure_topics(settings)
     except Exception as exc:  # noqa: BLE001 - a command turns any failure to reach the broker into one line
         fail(f"no broker at {settings.bootstrap}: {exc}")
-    console.print(f"intake on http://{settings.intake_host}:{settings.intake_port}/v1/channels/<channel>/<kind>")
-    serve(settings)
+    try:
+        service = Intake(settings)
+    except (OSError, ValueError) as exc:  # a mapping, catalogue, warehouses or secrets file that does not read
+        fail(f"intake configuration: {exc}")
+    signed = service.secrets.current().signed(service.channels)
+    unsigned = sorted(name for name, yes in signed.items() if not yes)
+    base = f"http://{settings.intake_host}:{settings.intake_port}"
+    console.print(f"intake on {base}/v1/channels/<channel>/<kind> and {base}/v1/wms/*; API: {base}/openapi.json")
+    if unsigned:
+        mode = "accepted unsigned (development)" if settings.intake_allow_unsigned else "refused 401 (no secret)"
+        console.print(f"[yellow]no secret for {', '.join(unsigned)}: their requests are {mode}[/yellow]")
+    serve(settings, service)

@@ -1,77 +1,227 @@
-"""`stockflow intake`: the HTTP service marketplace connectors and the WMS post notifications to.
+"""`stockflow intake`: the HTTP service marketplace connectors, the WMS and customer service post to.
 
-    POST /v1/channels/{channel}/{kind}   kind: order | payment | cancel | shipment | delivery | wms_ack
-    POST /v1/wms/{kind}                  kind: ack | shipment | delivery; body names the channel
-    GET  /healthz
+    POST /v1/channels/{channel}/{kind}   one route per kind the channel mapping configures:
+                                         order | payment | cancel | shipment | delivery | wms_ack,
+                                         refund | return_shipped | refund_settled | refund_cancelled
+    POST /v1/wms/{ack|shipment|delivery} the WMS's order notifications; the body names the channel
+    POST /v1/wms/return                  the returns desk: a return received, and its QC result
+    POST /v1/wms/stock                   a stock document: receipt, count (absolute) or correction
+    POST /v1/service/refund_review       customer service decided a refund
+    GET  /healthz                        channels, which are signed, counts since start
+    GET  /openapi.json                   the OpenAPI 3.1 document of every route above
 
-A notification is mapped and checked (``agents.intake.mapping``), written to ``order.events``
-keyed by order id, and answered 200 only after the broker acknowledged the write (acks=all,
-idempotent producer). A refusal is a 4xx with ``{"error": code, "field": path, "detail": text}``
-and writes nothing. Event ids are derived from (channel, channel order id, kind), so a channel
-retrying a callback gets 200 again: intake remembers recent ids and does not write them twice,
-and whatever does reach Kafka twice (an intake restart in between) is one event downstream.
+Reads: the channel mapping and catalogue (``agents.intake.mapping``), the warehouses
+(``agents.routing.warehouses``), the secrets file (``agents.intake.secrets``). Writes:
+``order.events`` and ``refund.events`` keyed by order id, ``stock.adjustments`` keyed by SKU.
+
+**Who may post.** A channel's callbacks are verified with that channel's signature scheme and the
+app key and secret configured for it (``agents.channels.platforms.verify_callback``); the WMS and
+customer service carry their shared token as ``Authorization: Bearer <token>``. A missing or bad
+signature, an unknown app key or a stale timestamp is 401 and nothing is written; so is a channel
+with no secret configured, unless ``STOCKFLOW_INTAKE_ALLOW_UNSIGNED=1`` (development: such
+channels, and the token routes without a token, are then accepted unsigned). A Douyin push is
+Doudian's envelope (a list of ``{tag, msg_id, data}``); intake reads ``data``, one message per push.
+
+**What is accepted.** Each body is parsed by a pydantic model generated from the channel mapping
+(``agents.intake.mapping``; field types in ``agents.intake.fields``). The decisions: a quantity or
+line number is a JSON integer or a string of ASCII digits - ``"2"`` is accepted, as marketplaces
+send numbers as strings, but never ``true``, ``2.0``, ``"+2"`` or ``"²"``; a flag reads ``"false"``
+and ``"0"`` as false; a time must fall in the window of the settings. Every failure is a 4xx with
+``{"error": code, "field": json.path, "detail": text}`` and writes nothing; 5xx is only
+``kafka_unavailable`` (503, retry). A notification is answered 200 only after the broker
+acknowledged the write (acks=all, idempotent producer).
+
+**Repeats.** Event ids are derived from (channel, channel order id, kind) - a presale's balance
+payment has an id of its own -, a refund's from (channel, channel refund id, step), and a stock
+document's id is its adjustment's id (a repeat of it is the same document for the same SKU). A
+request whose id intake has accepted before is answered 200 ``duplicate`` (with the first write's
+offset, nothing written) when it says the same, and 409 ``conflicting_duplicate`` (nothing
+written; the first stands) when it says something else. Concurrent repeats wait for the first to be written. What
+intake remembers is the last ``REMEMBERED_IDS`` ids accepted since this process started, in memory:
+across a restart (or beyond that many ids) a repeat is written again and is the same event
+downstream, because every consumer de-duplicates by event id - but a *conflicting* repeat then goes
+unnoticed by intake and is dropped downstream as a duplicate of the first, not answered 409.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from agents.intake.mapping import Catalogue, ChannelMap, IntakeError, OrderLimits, load_channels
-from streams.contract.keys import order_key
+from agents.channels import platforms
+from agents.intake.mapping import (
+    Catalogue,
+    ChannelMap,
+    IntakeError,
+    Mapped,
+    OrderLimits,
+    load_channels,
+    service_map,
+    wms_map,
+)
+from agents.intake.openapi import Health, Route, document
+from agents.intake.secrets import SERVICE, WMS, SecretsFile
+from agents.intake.stock import PARSER as STOCK_PARSER
+from agents.intake.stock import build_adjustment
+from agents.routing.warehouses import load_warehouses
 from streams.contract.reasons import Reason
-from streams.contract.topics import ORDER_EVENTS
 from streams.engine.clock import Clock
 from streams.engine.producer import EventProducer
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 REMEMBERED_IDS = 500_000
-WMS_KINDS = {"ack": "wms_ack", "shipment": "shipment", "delivery": "delivery"}
-WMS_PATHS = {
-    "wms_ack": {"channel_order_id": "channel_order_id", "warehouse_id": "warehouse_id",
-                "wms_order_id": "wms_order_id", "event_time": "event_time_ms"},
-    "shipment": {"channel_order_id": "channel_order_id", "warehouse_id": "warehouse_id",
-                 "tracking_no": "tracking_no", "event_time": "event_time_ms"},
-    "delivery": {"channel_order_id": "channel_order_id", "event_time": "event_time_ms"},
+WMS_KINDS = {"ack": "wms_ack", "shipment": "shipment", "delivery": "delivery", "return": "return_received"}
+SERVICE_KINDS = {"refund_review": "refund_review"}
+AUTH_REASONS = {
+    platforms.AuthFailure.MALFORMED: Reason.MALFORMED_CALLBACK,
+    platforms.AuthFailure.MISSING_SIGNATURE: Reason.SIGNATURE_MISSING,
+    platforms.AuthFailure.UNKNOWN_APP_KEY: Reason.APP_KEY_MISMATCH,
+    platforms.AuthFailure.BAD_SIGNATURE: Reason.SIGNATURE_MISMATCH,
+    platforms.AuthFailure.STALE_TIMESTAMP: Reason.STALE_SIGNATURE,
+}
+REFUSALS = {
+    400: "The body is not a JSON object:",
+    401: "Not signed as the channel signs, or no secret configured for it (`no_secret`, `signature_missing`, "
+    "`malformed_callback`, `app_key_mismatch`, `signature_mismatch`, `stale_signature`); nothing written.",
+    409: "The same id was accepted before with different content; the first stands:",
+    422: "A field is missing, of the wrong type or out of bounds; `field` is its JSON path.",
+    503: "The broker did not acknowledge the write; retry:",
+}
+WMS_REFUSALS = {**REFUSALS, 401: "No or a wrong `Authorization: Bearer <token>` (`signature_missing`, "
+                "`signature_mismatch`), or no token configured (`no_secret`); nothing written."}  # fmt: skip
+SCHEMES = {
+    platforms.CallbackScheme.TOP_QUERY: {"type": "apiKey", "in": "query", "name": "sign",
+                                         "description": "TOP md5: query app_key/topic (pdd: client_id/type), "
+                                         "timestamp, sign = upper(md5(secret + sorted params + body + secret))"},
+    platforms.CallbackScheme.DOUDIAN_PUSH: {"type": "apiKey", "in": "header", "name": "event-sign",
+                                            "description": "Doudian push: app-id header, event-sign = "
+                                            "md5(app_key + body + secret); the body is [{tag, msg_id, data}]"},
+    platforms.CallbackScheme.KWAI_QUERY: {"type": "apiKey", "in": "query", "name": "sign",
+                                          "description": "Kwaixiaodian: appkey, event, timestamp (ms), "
+                                          "signMethod=HMAC_SHA256, sign = base64 hmac-sha256 over sorted k=v"},
+    platforms.CallbackScheme.OWN_HEADERS: {"type": "apiKey", "in": "header", "name": platforms.OWN_SIGNATURE_HEADER,
+                                           "description": f"{platforms.OWN_KEY_HEADER}, "
+                                           f"{platforms.OWN_TIMESTAMP_HEADER} (ms), signature = "
+                                           "hex hmac-sha256(secret, timestamp + '.' + body)"},
 }  # fmt: skip
 
 
 def _refusal(err: IntakeError) -> web.Response:
-    return web.json_response(err.body(), status=err.status, dumps=lambda o: orjson.dumps(o).decode())
+    return web.json_response(err.body(), status=err.status, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+@dataclass
+class _Accepted:
+    answer: dict[str, Any]
+    digest: bytes
 
 
 class Intake:
     def __init__(self, settings: Settings, producer: EventProducer | None = None) -> None:
         self.settings = settings
         self.channels = load_channels(settings.channels_file, tuple(settings.channels))
+        self.wms = wms_map(self.channels)
+        self.service = service_map(self.channels)
         self.catalogue = Catalogue.load(settings.catalogue_file)
         self.limits = OrderLimits.from_settings(settings)
+        self.warehouses = tuple(load_warehouses(settings.warehouses_file))
+        self.secrets = SecretsFile(settings.intake_secrets_file, settings.channels)
         self.producer = producer or EventProducer(settings)
         self.clock = Clock()
-        self.accepted: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.accepted: OrderedDict[str, _Accepted] = OrderedDict()
+        self.inflight: dict[str, asyncio.Future[None]] = {}
         self.counts: dict[str, int] = {}
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="intake-delivery", daemon=True)
+        if settings.intake_allow_unsigned:
+            unsigned = [c for c, signed in self.secrets.current().signed(self.channels).items() if not signed]
+            if unsigned:
+                log.warning("intake: STOCKFLOW_INTAKE_ALLOW_UNSIGNED is on: accepting %s unsigned", unsigned)
 
     def _poll(self) -> None:
         while not self._stop.is_set():
             self.producer.poll(0.05)
 
+    # ---- routes ---------------------------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        """Every route the intake serves, documented (the router and /openapi.json are built from it)."""
+        out = []
+        for channel, mapping in self.channels.items():
+            for kind in mapping.fields:
+                out.append(Route(
+                    "POST", f"/v1/channels/{channel}/{kind}", self._channel_handler(mapping, kind),
+                    f"{mapping.display_name}: {kind} notification", "channels",
+                    body=mapping.parser(kind, self.limits).model, refusals=REFUSALS,
+                    security=channel if channel in platforms.CHANNELS else None,
+                ))  # fmt: skip
+        for route_kind, kind in WMS_KINDS.items():
+            out.append(Route("POST", f"/v1/wms/{route_kind}", self._token_handler(WMS, self.wms, kind),
+                             f"WMS: {kind.replace('_', ' ')}", "wms", body=self.wms.parser(kind, self.limits).model,
+                             refusals=WMS_REFUSALS, security=WMS))  # fmt: skip
+        for route_kind, kind in SERVICE_KINDS.items():
+            out.append(Route("POST", f"/v1/service/{route_kind}", self._token_handler(SERVICE, self.service, kind),
+                             "Customer service: a refund approved or rejected", "service",
+                             body=self.service.parser(kind, self.limits).model, refusals=WMS_REFUSALS,
+                             security=SERVICE))  # fmt: skip
+        out.append(Route("POST", "/v1/wms/stock", self.wms_stock, "WMS/ERP: a stock receipt, count or correction",
+                         "wms", body=STOCK_PARSER.model, refusals=WMS_REFUSALS, security=WMS,
+                         description="Written to `stock.adjustments` as `StockAdjusted`, keyed by SKU; the "
+                         "document id is the adjustment id, so a document sent twice moves stock once."))  # fmt: skip
+        unknown = {404: "No such channel or notification kind:"}
+        out += [
+            Route("POST", "/v1/channels/{channel}/{kind}", self.unknown_route, "Any other channel or kind: refused",
+                  "channels", refusals=unknown, parameters=(_path("channel"), _path("kind"))),
+            Route("POST", "/v1/wms/{kind}", self.unknown_route, "Any other WMS kind: refused", "wms",
+                  refusals=unknown, parameters=(_path("kind"),)),
+            Route("POST", "/v1/service/{kind}", self.unknown_route, "Any other customer-service kind: refused",
+                  "service", refusals=unknown, parameters=(_path("kind"),)),
+            Route("GET", "/healthz", self.health, "Liveness, configured channels and counts", "ops", answer=Health),
+            Route("GET", "/openapi.json", self.openapi, "This document (OpenAPI 3.1)", "ops", answer=None),
+        ]  # fmt: skip
+        return out
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 20)
-        app.router.add_post("/v1/channels/{channel}/{kind}", self.channel_notification)
-        app.router.add_post("/v1/wms/{kind}", self.wms_notification)
-        app.router.add_get("/healthz", self.health)
+        # Concrete routes first: the templated ones only answer what nothing else does.
+        for route in self.routes():
+            app.router.add_route(route.method, route.path, route.handler)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._cleanup)
         return app
+
+    def openapi_document(self) -> dict[str, Any]:
+        schemes: dict[str, dict[str, Any]] = {
+            WMS: {"type": "http", "scheme": "bearer", "description": "the WMS token (`[wms] token`)"},
+            SERVICE: {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "customer service's token (`[service] token`)",
+            },
+        }
+        for channel in self.channels:
+            if channel in platforms.CHANNELS:
+                schemes[channel] = SCHEMES[platforms.platform(channel).callback_scheme]
+        try:
+            release = version("stockflow")
+        except PackageNotFoundError:
+            release = "0"
+        return document(self.routes(), schemes, release)
 
     async def _start(self, _: web.Application) -> None:
         self._poller.start()
@@ -81,62 +231,150 @@ class Intake:
         await asyncio.to_thread(self.producer.flush, 10.0)
 
     async def health(self, _: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "channels": sorted(self.channels), "counts": self.counts})
+        signed = self.secrets.current().signed(self.channels)
+        return web.json_response({"ok": True, "channels": sorted(self.channels), "signed": signed,
+                                  "counts": self.counts})  # fmt: skip
 
-    async def channel_notification(self, request: web.Request) -> web.Response:
-        channel = request.match_info["channel"]
-        mapping = self.channels.get(channel)
-        if mapping is None:
-            return _refusal(IntakeError(Reason.UNKNOWN_CHANNEL, f"{channel!r} is not a configured channel", status=404))
-        return await self._accept(request, mapping, request.match_info["kind"])
+    async def openapi(self, _: web.Request) -> web.Response:
+        return web.json_response(self.openapi_document(), dumps=_dumps)
 
-    async def wms_notification(self, request: web.Request) -> web.Response:
-        kind = WMS_KINDS.get(request.match_info["kind"])
-        if kind is None:
-            return _refusal(IntakeError(Reason.UNKNOWN_EVENT_KIND, f"WMS sends {sorted(WMS_KINDS)}", status=404))
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        channel = body.get("channel") if isinstance(body, dict) else None
-        if channel not in self.channels:
-            return _refusal(IntakeError(Reason.UNKNOWN_CHANNEL, f"channel {channel!r} is not configured", "channel"))
-        mapping = ChannelMap(channel, channel, "fen", {kind: WMS_PATHS[kind]})
-        return await self._accept(request, mapping, kind, body)
+    async def unknown_route(self, request: web.Request) -> web.Response:
+        channel = request.match_info.get("channel")
+        if channel is not None and channel not in self.channels:
+            err = IntakeError(Reason.UNKNOWN_CHANNEL, f"{channel!r} is not a configured channel", status=404)
+        elif channel is not None:
+            kinds = sorted(self.channels[channel].fields)
+            err = IntakeError(Reason.UNKNOWN_EVENT_KIND, f"{channel} sends {kinds}", status=404)
+        else:
+            err = IntakeError(Reason.UNKNOWN_EVENT_KIND, f"the WMS sends {[*WMS_KINDS, 'stock']}, customer "
+                              f"service {[*SERVICE_KINDS]}", status=404)  # fmt: skip
+        return self._refuse(err)
 
-    async def _body(self, request: web.Request) -> Any:
+    # ---- handlers -------------------------------------------------------------------------------
+
+    def _channel_handler(self, mapping: ChannelMap, kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        order_id_path = mapping.fields[kind]["channel_order_id"]
+
+        async def handle(request: web.Request) -> web.Response:
+            raw = await request.read()
+            try:
+                query = {k: request.query[k] for k in request.query}
+                body = self.authenticate_channel(mapping.channel, query, request.headers, raw)
+                mapped = mapping.build(kind, body, self.catalogue, self.limits, self.clock.now_ms())
+            except IntakeError as err:
+                return self._refuse(err)
+            return await self._accept(mapped, order_id_path)
+
+        return handle
+
+    def _token_handler(
+        self, caller: str, mapping: ChannelMap, kind: str
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            raw = await request.read()
+            try:
+                self.authenticate_token(caller, request.headers)
+                mapped = mapping.build(kind, raw, self.catalogue, self.limits, self.clock.now_ms())
+                warehouse = mapped.record.get("warehouse_id")
+                if warehouse is not None and warehouse not in self.warehouses:
+                    raise IntakeError(Reason.UNKNOWN_WAREHOUSE, f"warehouse {warehouse!r} is not one of "
+                                      f"{sorted(self.warehouses)}", "warehouse_id")  # fmt: skip
+            except IntakeError as err:
+                return self._refuse(err)
+            return await self._accept(mapped, "channel_order_id")
+
+        return handle
+
+    async def wms_stock(self, request: web.Request) -> web.Response:
         raw = await request.read()
         try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            return _refusal(IntakeError(Reason.MALFORMED_JSON, f"body is not JSON: {exc}", status=400))
-
-    async def _accept(self, request: web.Request, mapping: ChannelMap, kind: str, body: Any = None) -> web.Response:
-        if body is None:
-            body = await self._body(request)
-            if isinstance(body, web.Response):
-                return body
-        try:
-            event_type, record = mapping.build(kind, body, self.catalogue, self.limits, self.clock.now_ms())
+            self.authenticate_token(WMS, request.headers)
+            mapped = build_adjustment(raw, self.warehouses, self.catalogue, self.limits, self.clock.now_ms())
         except IntakeError as err:
-            self.counts[f"refused:{err.reason}"] = self.counts.get(f"refused:{err.reason}", 0) + 1
-            return _refusal(err)
-        event_id = record["event_id"]
-        if event_id in self.accepted:
-            return web.json_response({"status": "duplicate", **self.accepted[event_id]})
-        key = order_key(mapping.channel, record["channel_order_id"])
+            return self._refuse(err)
+        return await self._accept(mapped, "document_id")
+
+    # ---- who may post ---------------------------------------------------------------------------
+
+    def authenticate_channel(self, channel: str, query: Mapping[str, str], headers: Mapping[str, str],
+                             raw: bytes) -> bytes:  # fmt: skip
+        """The notification's JSON if the request (its query, headers and body ``raw``) is signed by
+        ``channel``'s secret; ``IntakeError`` (401) if not. A channel without a secret passes unsigned
+        only in development."""
+        creds = self.secrets.current().channels.get(channel)
+        if creds is None:
+            if self.settings.intake_allow_unsigned:
+                return raw
+            raise IntakeError(Reason.NO_SECRET, f"no callback secret is configured for {channel}", status=401)
+        verdict = platforms.verify_callback(channel, creds.secret, query, headers, raw, self.clock.now_ms(),
+                                            app_key=creds.app_key)  # fmt: skip
+        if not verdict.ok:
+            reason = AUTH_REASONS.get(verdict.failure or platforms.AuthFailure.BAD_SIGNATURE, Reason.SIGNATURE_MISMATCH)
+            raise IntakeError(reason, verdict.detail or str(reason), status=401)
+        if platforms.platform(channel).callback_scheme is platforms.CallbackScheme.DOUDIAN_PUSH:
+            return _one_doudian_message(raw)
+        return raw
+
+    def authenticate_token(self, caller: str, headers: Mapping[str, str]) -> None:
+        """Nothing if the headers carry ``caller``'s token (``wms``, ``service``; or none is configured, in
+        development); ``IntakeError`` (401) if not."""
+        token = self.secrets.current().token(caller)
+        if token is None:
+            if self.settings.intake_allow_unsigned:
+                return
+            raise IntakeError(Reason.NO_SECRET, f"no {caller} token is configured", status=401)
+        scheme, _, given = headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise IntakeError(Reason.SIGNATURE_MISSING, f"send Authorization: Bearer <the {caller} token>", status=401)
+        # Constant-time: how long a mismatch takes says nothing about how much of it matched.
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise IntakeError(Reason.SIGNATURE_MISMATCH, f"the {caller} token does not match", status=401)
+
+    # ---- writing once ---------------------------------------------------------------------------
+
+    def _refuse(self, err: IntakeError) -> web.Response:
+        self._count(f"refused:{err.reason}")
+        return _refusal(err)
+
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    async def _accept(self, mapped: Mapped, id_field: str) -> web.Response:
+        identity = mapped.identity
+        # A repeat arriving while the first is being written waits for its outcome.
+        while (pending := self.inflight.get(identity)) is not None:
+            await asyncio.wait([pending])
+        known = self.accepted.get(identity)
+        if known is not None:
+            if known.digest == mapped.digest:
+                self._count("duplicate")
+                return web.json_response({"status": "duplicate", **known.answer}, dumps=_dumps)
+            first = known.answer
+            return self._refuse(IntakeError(
+                Reason.CONFLICTING_DUPLICATE,
+                f"{first['event_id']} was accepted before (partition {first['partition']}, offset {first['offset']}) "
+                "with different content; the first stands and this is not applied",
+                id_field, status=409,
+            ))  # fmt: skip
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.inflight[identity] = done
         try:
-            where = await self._write(key, event_type, record)
+            where = await self._write(mapped)
         except Exception as exc:  # noqa: BLE001 - whatever kept it from the topic, the caller gets a 503 to retry on
-            log.error("intake: writing %s failed: %r", event_id, exc)
-            return _refusal(IntakeError(Reason.KAFKA_UNAVAILABLE, f"not written, retry later: {exc}", status=503))
-        answer = {"event_id": event_id, "event_type": event_type, "order_id": key, **where}
-        self.accepted[event_id] = answer
+            log.error("intake: writing %s failed: %r", mapped.record["event_id"], exc)
+            return self._refuse(IntakeError(Reason.KAFKA_UNAVAILABLE, f"not written, retry later: {exc}", status=503))
+        finally:
+            del self.inflight[identity]
+            done.set_result(None)
+        subject = {"sku": mapped.key} if mapped.event_type == "StockAdjusted" else {"order_id": mapped.key}
+        answer = {"event_id": mapped.record["event_id"], "event_type": mapped.event_type, **subject, **where}
+        self.accepted[identity] = _Accepted(answer, mapped.digest)
         while len(self.accepted) > REMEMBERED_IDS:
             self.accepted.popitem(last=False)
-        self.counts[event_type] = self.counts.get(event_type, 0) + 1
-        return web.json_response({"status": "accepted", **answer})
+        self._count(mapped.event_type)
+        return web.json_response({"status": "accepted", **answer}, dumps=_dumps)
 
-    async def _write(self, key: str, event_type: str, record: dict[str, Any]) -> dict[str, Any]:
+    async def _write(self, mapped: Mapped) -> dict[str, Any]:
         """Produce and wait for the broker's acknowledgement."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[dict[str, Any]] = loop.create_future()
@@ -152,10 +390,25 @@ class Intake:
 
             loop.call_soon_threadsafe(settle)
 
-        self.producer.send_with_callback(ORDER_EVENTS.name, key, event_type, record, delivered)
+        self.producer.send_with_callback(mapped.topic, mapped.key, mapped.event_type, mapped.record, delivered)
         return await asyncio.wait_for(done, timeout=30.0)
 
 
-def serve(settings: Settings) -> None:
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _one_doudian_message(raw: bytes) -> bytes:
+    """The ``data`` of a verified Doudian push of one message (a push of several is refused whole:
+    answering for one and dropping the rest would lose them)."""
+    messages = orjson.loads(raw)
+    if len(messages) != 1:
+        raise IntakeError(Reason.NOT_AN_OBJECT, f"a push of {len(messages)} messages; send one per push", status=400)
+    data: str = messages[0]["data"]
+    return data.encode()
+
+
+def serve(settings: Settings, service: Intake | None = None) -> None:
     """Run the intake service until interrupted."""
-    web.run_app(Intake(settings).app(), host=settings.intake_host, port=settings.intake_port, print=None)
+    app = (service or Intake(settings)).app()
+    web.run_app(app, host=settings.intake_host, port=settings.intake_port, print=None)

@@ -1,18 +1,107 @@
-"""Inventory commands: a SKU's stock now, and VIP overrides (request, approve)."""
+"""Inventory commands: a SKU's stock now, stock documents in (receive, count, correct), and VIP
+overrides (request, approve)."""
 
 from __future__ import annotations
 
-import typer
+from typing import Any
 
-from streams.cli import console, worker_view
+import typer
+from typer.core import TyperGroup
+
+from streams.cli import console, fail, worker_view
 from streams.settings import Settings
 
 override = typer.Typer(no_args_is_help=True, help="VIP overrides: release locked stock to a VIP order.")
 
 
+class _ShowByDefault(TyperGroup):
+    """``stockflow stock SKU`` reads as ``stockflow stock show SKU``: the verbs are the exceptions."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:  # typer vendors click: its own Context
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["show", *args]
+        return super().resolve_command(ctx, args)
+
+
+stock_app = typer.Typer(
+    cls=_ShowByDefault,
+    no_args_is_help=True,
+    help="A SKU's stock now (`stockflow stock SKU`), and stock documents in: receive, count, correct.",
+)
+
+
+@stock_app.command("show")
 def stock(sku: str) -> None:
     """A SKU's availability now, from the worker that owns it."""
     worker_view(f"/stock/{sku}")
+
+
+def _stock_document(kind: str, sku: str, warehouse: str, qty: int, doc: str, reason: str) -> None:
+    """Check a stock document as ``POST /v1/wms/stock`` does and write it to ``stock.adjustments``."""
+    from agents.intake.mapping import Catalogue, IntakeError, OrderLimits
+    from agents.intake.stock import build_adjustment
+    from agents.routing.warehouses import load_warehouses
+    from streams.engine.clock import wall_ms
+    from streams.engine.producer import EventProducer
+
+    settings = Settings()
+    body = {"document_id": doc, "kind": kind, "sku": sku, "warehouse_id": warehouse, "qty": qty, "reason": reason}
+    try:
+        mapped = build_adjustment(body, tuple(load_warehouses(settings.warehouses_file)),
+                                  Catalogue.load(settings.catalogue_file), OrderLimits.from_settings(settings),
+                                  wall_ms())  # fmt: skip
+    except IntakeError as err:
+        fail(f"{err.reason} ({err.field}): {err.detail}")
+    try:
+        producer = EventProducer(settings)
+        producer.send(mapped.topic, mapped.key, mapped.event_type, mapped.record)
+        producer.flush()
+    except Exception as exc:  # noqa: BLE001 - a command turns any failure to reach the broker into one line
+        fail(f"not written to {settings.bootstrap}: {exc}")
+    change = f"= {qty}" if kind == "count" else f"{qty:+d}"
+    console.print(f"{kind} {doc}: {sku} {change} at {warehouse}, written to stock.adjustments "
+                  "(the pool applies a document once per SKU)")  # fmt: skip
+
+
+WAREHOUSE = typer.Option(..., "--warehouse", "-w", help="The warehouse id (routing configuration).")
+DOC = typer.Option(..., "--doc", help="The document id: sending the same document again changes nothing.")
+REASON = typer.Option("", "--reason", help="Why, for the people reading it later.")
+
+
+@stock_app.command("receive")
+def stock_receive(
+    sku: str,
+    warehouse: str = WAREHOUSE,
+    qty: int = typer.Option(..., min=1, help="Units received."),
+    doc: str = DOC,
+    reason: str = REASON,
+) -> None:
+    """Units arrived at a warehouse (a receipt): on-hand goes up by QTY."""
+    _stock_document("receipt", sku, warehouse, qty, doc, reason)
+
+
+@stock_app.command("count")
+def stock_count(
+    sku: str,
+    warehouse: str = WAREHOUSE,
+    qty: int = typer.Option(..., min=0, help="Units the warehouse holds now."),
+    doc: str = DOC,
+    reason: str = REASON,
+) -> None:
+    """A stock count: the warehouse's on-hand becomes QTY, whatever it was."""
+    _stock_document("count", sku, warehouse, qty, doc, reason)
+
+
+@stock_app.command("correct")
+def stock_correct(
+    sku: str,
+    warehouse: str = WAREHOUSE,
+    qty: int = typer.Option(..., help="Units more, or (negative) fewer; not 0."),
+    doc: str = DOC,
+    reason: str = REASON,
+) -> None:
+    """A correction: on-hand goes up (or, with a negative QTY, down) by QTY."""
+    _stock_document("correction", sku, warehouse, qty, doc, reason)
 
 
 def _send_override(action: str, override_id: str, sku: str, qty: int, vip_order: str, operator: str,

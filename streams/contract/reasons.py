@@ -63,6 +63,10 @@ class Reason(enum.StrEnum):
     UNKNOWN_OVERRIDE = "unknown_override"
     APPROVER_MUST_DIFFER_FROM_REQUESTER = "approver_must_differ_from_requester"
     INSUFFICIENT_LOCKED_STOCK = "insufficient_locked_stock"
+    # ---- outbound marketplace calls that failed for good (``connector.failed.<channel>``) --------
+    CONNECTOR_CREDENTIALS = "connector_credentials"
+    CONNECTOR_REFUSED = "connector_refused"
+    CONNECTOR_RETRIES_EXHAUSTED = "connector_retries_exhausted"
     # ---- the HTTP intake only (``{"error": code}``) ----------------------------------------------
     MALFORMED_JSON = "malformed_json"
     NOT_AN_OBJECT = "not_an_object"
@@ -70,6 +74,16 @@ class Reason(enum.StrEnum):
     EMPTY_FIELD = "empty_field"
     INVALID_FIELD_TYPE = "invalid_field_type"
     KAFKA_UNAVAILABLE = "kafka_unavailable"
+    FIELD_TOO_LONG = "field_too_long"
+    INVALID_SKU = "invalid_sku"
+    TIME_OUT_OF_RANGE = "time_out_of_range"
+    CONFLICTING_DUPLICATE = "conflicting_duplicate"
+    NO_SECRET = "no_secret"
+    SIGNATURE_MISSING = "signature_missing"
+    MALFORMED_CALLBACK = "malformed_callback"
+    APP_KEY_MISMATCH = "app_key_mismatch"
+    SIGNATURE_MISMATCH = "signature_mismatch"
+    STALE_SIGNATURE = "stale_signature"
 
     @property
     def description(self) -> str:
@@ -135,12 +149,43 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.UNKNOWN_OVERRIDE: "an approval for an override that was never requested",
     Reason.APPROVER_MUST_DIFFER_FROM_REQUESTER: "an override approved by its own requester (or by nobody)",
     Reason.INSUFFICIENT_LOCKED_STOCK: "an override asking for more than free stock plus unpaid holds",
+    Reason.CONNECTOR_CREDENTIALS: (
+        "a marketplace call refused for its key: unknown or rotated app key (\"Invalid API Key\"), expired "
+        "authorisation, bad signature, or no key set; parked until `stockflow connectors set-key` and a replay"
+    ),
+    Reason.CONNECTOR_REFUSED: "a marketplace call the platform refused for the request itself (a bad parameter)",
+    Reason.CONNECTOR_RETRIES_EXHAUSTED: (
+        "a marketplace call that got no usable answer (timeouts, 5xx, rate limit) within "
+        "STOCKFLOW_CONNECTOR_RETRY_BUDGET_S"
+    ),
     Reason.MALFORMED_JSON: "intake: the body is not JSON",
     Reason.NOT_AN_OBJECT: "intake: the body is JSON but not an object",
     Reason.UNKNOWN_EVENT_KIND: "intake: no such notification kind for the channel or the WMS",
     Reason.EMPTY_FIELD: "intake: a required field is blank",
     Reason.INVALID_FIELD_TYPE: "intake: a field has the wrong JSON type (text, whole number, time)",
     Reason.KAFKA_UNAVAILABLE: "intake: the broker did not acknowledge the write; retry",
+    Reason.FIELD_TOO_LONG: "intake: a text field is longer than intake accepts (ids 128 characters, texts 1024)",
+    Reason.INVALID_SKU: "intake: a SKU longer than 64 characters, or with whitespace or control characters in it",
+    Reason.TIME_OUT_OF_RANGE: (
+        "intake: a time further in the past than STOCKFLOW_INTAKE_MAX_EVENT_AGE_S "
+        "or further ahead than STOCKFLOW_INTAKE_MAX_FUTURE_S"
+    ),
+    Reason.CONFLICTING_DUPLICATE: (
+        "intake: an event id already accepted with different content (the same channel order id and kind, "
+        "or the same stock document id); the first stands, the change is not applied"
+    ),
+    Reason.NO_SECRET: (
+        "intake: no callback secret is configured for the channel (or no WMS token) in "
+        "STOCKFLOW_INTAKE_SECRETS_FILE, and STOCKFLOW_INTAKE_ALLOW_UNSIGNED is off"
+    ),
+    Reason.SIGNATURE_MISSING: "intake: a callback without its channel's signature, or a WMS call without the token",
+    Reason.MALFORMED_CALLBACK: (
+        "intake: a callback lacking a parameter or header its channel's signature scheme needs, "
+        "or whose body is not what that scheme signs"
+    ),
+    Reason.APP_KEY_MISMATCH: "intake: a callback naming another app key than the one configured for its channel",
+    Reason.SIGNATURE_MISMATCH: "intake: the signature does not match the channel's secret, or the WMS token is wrong",
+    Reason.STALE_SIGNATURE: "intake: the signed timestamp is further from intake's clock than the channel allows",
 }
 
 

@@ -209,10 +209,11 @@ def test_paid_and_unrouted_order_raises_one_red_alert_and_one_clearing_message(
 
 
 class IntakeServer(AppServer):
-    """``agents.intake.service`` on a real port, as `stockflow intake` serves it."""
+    """``agents.intake.service`` on a real port, as `stockflow intake` serves it. These tests are about
+    the lifecycle, so callbacks go unsigned (development mode); tests/integration/test_intake.py signs."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(Intake(settings).app(), free_port())
+        super().__init__(Intake(settings.model_copy(update={"intake_allow_unsigned": True})).app(), free_port())
 
     def post(self, path: str, body: Any) -> httpx.Response:
         content = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
@@ -248,7 +249,7 @@ def test_intake_refuses_bad_input_precisely_and_accepts_retries_once(make_settin
 
     refusals = {
         "unknown channel": ("/v1/channels/taobao-global/order", tmall_order("B0"), 404, "unknown_channel"),
-        "unknown kind": ("/v1/channels/tmall/refund", tmall_order("B0"), 404, "unknown_event_kind"),
+        "unknown kind": ("/v1/channels/tmall/exchange", tmall_order("B0"), 404, "unknown_event_kind"),
         "malformed JSON": ("/v1/channels/tmall/order", b'{"tid": "B1", ', 400, "malformed_json"),
         "not an object": ("/v1/channels/tmall/order", [1, 2], 400, "not_an_object"),
         "missing field": ("/v1/channels/tmall/order", tmall_order("B2", receiver_city=None), 422, "missing_field"),

@@ -1,0 +1,233 @@
+"""One outbound marketplace call, made the same way by both connectors and by the replay.
+
+``ChannelCaller.call(channel, endpoint, body)`` takes the channel's key from the credentials store
+(read afresh, so ``connectors set-key`` takes effect on the next call), waits its turn in the channel's
+client-side rate limit, signs the business body with ``platforms.sign_request`` (a fresh timestamp on
+every attempt), POSTs it to ``<marketplace url>/<channel>`` and judges the answer with
+``platforms.classify``. Retriable answers (no answer, a timeout, 5xx, the platform's rate limit, a
+stale timestamp) are tried again with exponential backoff (``streams.engine.retry``, on tenacity) for
+``STOCKFLOW_CONNECTOR_RETRY_BUDGET_S``; a credential or fatal answer ends the call at once. The result
+says what happened and, for a call that failed for good, the ``Reason`` its failed-call record gets.
+
+Reads: the credentials store; writes: nothing but the HTTP call and the per-endpoint figures of the
+status view. Never logs a key or a signed request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from agents.channels.credentials import CredentialStore
+from agents.channels.outbound import EndpointStats, FailedCall, TokenBucket
+from agents.channels.platforms import (
+    BodyError,
+    Endpoint,
+    Outcome,
+    OutcomeKind,
+    canonical_json,
+    classify,
+    platform,
+    sign_request,
+)
+from streams.contract.reasons import Reason
+from streams.engine.clock import wall_ms
+from streams.engine.retry import Backoff, Retry
+from streams.errors import StockflowError
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+RATE_SHARE = 0.9  # of the platform's per-app limit: our clock and theirs never agree exactly
+ANSWER_CHARS = 1500
+BACKOFF = Backoff(first_s=0.25, max_s=4.0)
+
+
+class Stopping(StockflowError, RuntimeError):
+    """The process is stopping in the middle of a call's retries: the record stays unfinished, read again."""
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """How a call ended: the last answer judged, its text, how many attempts it took."""
+
+    outcome: Outcome
+    answer: str
+    attempts: int
+
+    @property
+    def done(self) -> bool:
+        return self.outcome.done
+
+    @property
+    def reason(self) -> Reason:
+        """Why it failed for good (meaningless for a call that is done)."""
+        if self.outcome.kind is OutcomeKind.CREDENTIAL:
+            return Reason.CONNECTOR_CREDENTIALS
+        if self.outcome.kind is OutcomeKind.RETRIABLE:
+            return Reason.CONNECTOR_RETRIES_EXHAUSTED
+        return Reason.CONNECTOR_REFUSED
+
+    def failed_call(self, channel: str, endpoint: str, idempotency_key: str, body: Mapping[str, Any], source: str,
+                    earlier_attempts: int = 0) -> FailedCall:  # fmt: skip
+        """This failed call as its failed queue keeps it (the body as JSON, before signing)."""
+        return FailedCall(channel, endpoint, idempotency_key, canonical_json(dict(body)), self.answer, self.reason,
+                          earlier_attempts + self.attempts, source)  # fmt: skip
+
+    def platform_ref(self, channel: str) -> str:
+        """The platform's reference for the accepted call, where its answer carries one (else its echo of the
+        platform's refund id)."""
+        result = self.outcome.result or {}
+        for name in ("platform_ref", "refund_ref", "request_id", "id", platform(channel).fields.refund_id):
+            value = result.get(name)
+            if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+                return str(value)
+        return ""
+
+
+class _Again(Exception):  # an internal signal to tenacity, not an error anybody sees
+    def __init__(self, result: CallResult) -> None:
+        super().__init__(result.answer)
+        self.result = result
+
+
+def marketplace_url(settings: Settings, channel: str) -> str:
+    """Where ``channel``'s open API is: ``STOCKFLOW_MARKETPLACE_URL/<channel>``, by default the local simulator."""
+    base = settings.marketplace_url or f"http://{settings.sim_host}:{settings.sim_port}"
+    return f"{base.rstrip('/')}/{channel}"
+
+
+def rate_per_s(settings: Settings, channel: str) -> float:
+    given = settings.connector_qps.get(channel)
+    return given if given else platform(channel).default_qps * RATE_SHARE
+
+
+class ChannelCaller:
+    """Makes calls to every channel; thread-safe (lanes of several channels and endpoints share it)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: CredentialStore,
+        *,
+        http: httpx.Client | None = None,
+        stopping: Callable[[], bool] = lambda: False,
+        budget_s: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.stopping = stopping
+        self.budget_s = settings.connector_retry_budget_s if budget_s is None else budget_s
+        self._own_http = http is None
+        self.http = http or httpx.Client(
+            timeout=httpx.Timeout(settings.connector_call_timeout_s),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            trust_env=False,  # a proxy variable must not send marketplace calls elsewhere
+        )
+        self.stats: dict[tuple[str, str], EndpointStats] = {}
+        self._buckets: dict[str, tuple[TokenBucket, threading.Lock]] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        if self._own_http:
+            self.http.close()
+
+    def endpoint_stats(self, channel: str, endpoint: str) -> EndpointStats:
+        key = (channel, endpoint)
+        stats = self.stats.get(key)
+        if stats is None:
+            with self._lock:
+                stats = self.stats.setdefault(key, EndpointStats())
+        return stats
+
+    def call(self, channel: str, endpoint: Endpoint, body: Mapping[str, Any], what: str = "") -> CallResult:
+        """Send ``body`` to ``channel``'s ``endpoint`` until it is done, fails for good or the budget is spent.
+
+        Raises ``Stopping`` if the process stops while the call waits to be retried.
+        """
+        stats = self.endpoint_stats(channel, endpoint)
+        attempts = 0
+
+        def attempt() -> CallResult:
+            nonlocal attempts
+            attempts += 1
+            result = self._attempt(channel, endpoint, body, attempts, stats)
+            if result.outcome.kind is OutcomeKind.RETRIABLE:
+                raise _Again(result)
+            return result
+
+        def before_retry(exc: BaseException) -> None:
+            stats.retried += 1
+            if self.stopping():
+                raise Stopping(f"stopped while retrying {channel} {endpoint}: {exc}")
+
+        retry = Retry(f"{channel} {endpoint} call {what}".strip(), (_Again,), deadline_s=self.budget_s,
+                      attempts=None if self.budget_s > 0 else 1, backoff=BACKOFF, log=log,
+                      level=logging.INFO)  # fmt: skip
+        try:
+            result = retry.call(attempt, before_retry)
+        except _Again as exc:
+            result = exc.result
+        if result.done:
+            stats.last_ok_ms = wall_ms()
+            if result.outcome.kind is OutcomeKind.OK:
+                stats.ok += 1
+            elif result.outcome.kind is OutcomeKind.ALREADY_APPLIED:
+                stats.already_applied += 1
+            else:
+                stats.stale += 1
+        else:
+            stats.failed += 1
+        return result
+
+    def _attempt(self, channel: str, endpoint: Endpoint, body: Mapping[str, Any], attempt_no: int,
+                 stats: EndpointStats) -> CallResult:  # fmt: skip
+        key = self.store.get(channel)
+        if key is None:
+            outcome = Outcome(OutcomeKind.CREDENTIAL, message="no key set")
+            answer = f"no key is set for {channel}: stockflow connectors set-key {channel}"
+            return self._failed(stats, CallResult(outcome, answer, attempt_no))
+        try:
+            signed = sign_request(channel, key.credentials, endpoint, body, wall_ms())
+        except BodyError as exc:  # a body the platform cannot carry: never sent, and sending it again won't help
+            return self._failed(stats, CallResult(Outcome(OutcomeKind.FATAL, message=str(exc)),
+                                                  f"not sent: {exc}", attempt_no))  # fmt: skip
+        self._pace(channel)
+        started = time.perf_counter()
+        try:
+            response = self.http.request(signed.http_method, signed.url(marketplace_url(self.settings, channel)),
+                                         headers=dict(signed.headers), content=signed.body)  # fmt: skip
+        except httpx.TransportError as exc:
+            # The URL carries the signature and maybe an access token: the answer names only the error.
+            answer = f"no answer: {type(exc).__name__}: {exc}"[:ANSWER_CHARS]
+            return self._failed(stats, CallResult(classify(channel, None, None), answer, attempt_no))
+        stats.latencies_ms.append((time.perf_counter() - started) * 1000)
+        outcome = classify(channel, response.status_code, response.content)
+        answer = f"HTTP {response.status_code} {response.text}"[:ANSWER_CHARS]
+        result = CallResult(outcome, answer, attempt_no)
+        return result if outcome.done else self._failed(stats, result)
+
+    @staticmethod
+    def _failed(stats: EndpointStats, result: CallResult) -> CallResult:
+        stats.last_error = result.answer[:500]
+        stats.last_error_ms = wall_ms()
+        return result
+
+    def _pace(self, channel: str) -> None:
+        """Wait for ``channel``'s rate limit; calls of both endpoints share it (the platform limits per app)."""
+        entry = self._buckets.get(channel)
+        if entry is None:
+            with self._lock:
+                entry = self._buckets.setdefault(
+                    channel, (TokenBucket(rate_per_s(self.settings, channel)), threading.Lock())
+                )
+        bucket, lock = entry
+        with lock:
+            delay = bucket.reserve(time.monotonic())
+        if delay > 0:
+            time.sleep(delay)

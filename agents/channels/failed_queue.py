@@ -1,0 +1,316 @@
+"""A channel's failed-call queue, ``connector.failed.<channel>``: what is in it, and replaying it.
+
+Written by the connectors (``kafka_io.ResultSink.park``, its one writer): every outbound call that
+failed for good, in the order the connector met them, with the request body as it was before signing
+(never a key), the marketplace's answer and a reason (``connector_credentials``, ``connector_refused``,
+``connector_retries_exhausted``).
+
+``replay(settings, channel)`` (``stockflow connectors replay CHANNEL``) sends the queue's records again,
+in order, through the same call path as the live connectors (``calls.ChannelCaller``, the channel's
+current key, the same bodies and so the same idempotency keys: the platform's refund id, ``SKU@version``).
+Its position is the consumer group ``<app id>.connectors.replay.<channel>``, committed after each
+record's result is durable: a replayed refund's ``RefundIssued`` (``replayed=true``) is acknowledged by
+the broker before the offset moves. A replay killed at any point (``kill -9``) and run again sends the
+record it was on once more; the marketplace answers "already agreed" for a refund it agreed, so no
+refund is made twice, and none is skipped. It replays the records that were in the queue when it
+started; what fails meanwhile waits for the next run.
+
+What a record's answer leads to:
+
+- agreed / applied: counted ``sent``; already agreed, or a stock figure a newer one replaced
+  (stale): ``already_applied``; both are done and the position moves on;
+- refused (the request itself, ``connector_refused``): written to the end of the queue again (counted
+  ``still_failing``; the next run tries it once more) and the replay goes on;
+- a credential failure, or no usable answer within the retry budget: the replay **stops** at that record
+  (nothing more would pass: the key is still wrong, or the platform is away) and says so; the record
+  stays the next one to replay. Run it again once the key is set or the platform answers.
+
+Only one replay of a channel runs at a time (a lock file under the home).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+
+from agents.channels import platforms as pf
+from agents.channels.calls import CallResult, ChannelCaller
+from agents.channels.credentials import CredentialStore
+from agents.channels.issue_refunds import RefundCall, write_result
+from agents.channels.kafka_io import ResultSink
+from streams.contract.codec import Codec, DecodeError, default_codec
+from streams.contract.reasons import Reason
+from streams.contract.records import ConnectorCallFailed
+from streams.contract.topics import CONNECTOR_FAILED, REFUND_ISSUED, TopicSpec, ensure_topics
+from streams.errors import StockflowError
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+IDLE_POLLS = 30  # empty polls of a second in a row before the replay stops waiting for a record it expects
+
+
+class ReplayError(StockflowError, RuntimeError):
+    """A replay that cannot start or cannot go on (another replay runs, the broker is away)."""
+
+
+@dataclass
+class ReplaySummary:
+    """What one replay run did."""
+
+    channel: str
+    queued: int = 0  # records waiting when it started
+    sent: int = 0  # agreed or applied now
+    already_applied: int = 0  # agreed before (refunds) or overtaken by a newer figure (stock)
+    still_failing: int = 0  # refused again: written to the end of the queue for the next run
+    unreadable: int = 0  # records that cannot be read as a failed call: skipped, logged
+    stopped: str = ""  # why it stopped before the end ("" when it got through)
+    first_offset: int = 0
+    next_offset: int = 0
+
+    @property
+    def replayed(self) -> int:
+        return self.sent + self.already_applied + self.still_failing + self.unreadable
+
+    @property
+    def remaining(self) -> int:
+        return self.queued - self.replayed
+
+    @property
+    def clean(self) -> bool:
+        return not self.stopped and not self.still_failing and not self.unreadable
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "replayed": self.replayed, "remaining": self.remaining}
+
+
+def replay_group(settings: Settings, channel: str) -> str:
+    return f"{settings.app_id}.connectors.replay.{channel}"
+
+
+def queue_spec(channel: str) -> TopicSpec:
+    try:
+        return CONNECTOR_FAILED[channel]
+    except KeyError:
+        raise ReplayError(f"no failed queue for {channel!r}; channels: {', '.join(CONNECTOR_FAILED)}") from None
+
+
+def _consumer(settings: Settings, channel: str) -> Consumer:
+    return Consumer({
+        "bootstrap.servers": settings.bootstrap,
+        "group.id": replay_group(settings, channel),
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "log_level": 3,
+    })  # fmt: skip
+
+
+def pending(settings: Settings, channel: str, timeout_s: float = 10.0) -> tuple[int, int]:
+    """(next offset the replay would send, end of the queue): the records waiting are their difference."""
+    consumer = _consumer(settings, channel)
+    try:
+        return _bounds(consumer, settings.topic(queue_spec(channel).name), timeout_s)
+    finally:
+        consumer.close()
+
+
+def _bounds(consumer: Consumer, topic: str, timeout_s: float) -> tuple[int, int]:
+    tp = TopicPartition(topic, 0)
+    low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+    committed = consumer.committed([tp], timeout=timeout_s)[0].offset
+    start = low if committed == OFFSET_INVALID or committed < low else committed
+    return start, max(start, high)
+
+
+def lock_path(settings: Settings, channel: str) -> Path:
+    return settings.home_dir / "connectors" / f"replay-{channel}.lock"
+
+
+@contextlib.contextmanager
+def _replay_lock(settings: Settings, channel: str) -> Iterator[None]:
+    path = lock_path(settings, channel)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ReplayError(f"a replay of {channel} is already running (lock {path})") from None
+        yield  # a process killed with -9 drops the lock with its descriptor
+    finally:
+        os.close(fd)
+
+
+class Replay:
+    """One run over one channel's failed queue; ``run`` returns the summary."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        channel: str,
+        *,
+        caller: ChannelCaller | None = None,
+        codec: Codec | None = None,
+        on_progress: Callable[[ReplaySummary], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.channel = channel
+        self.spec = queue_spec(channel)
+        self.topic = settings.topic(self.spec.name)
+        self.codec = codec or default_codec()
+        self.stop = stop or threading.Event()
+        self._own_caller = caller is None
+        self.caller = caller or ChannelCaller(settings, CredentialStore.from_settings(settings),
+                                              stopping=self.stop.is_set)  # fmt: skip
+        self.on_progress = on_progress or (lambda _summary: None)
+        self.summary = ReplaySummary(channel)
+        self._fatal: list[str] = []
+
+    def run(self) -> ReplaySummary:
+        with _replay_lock(self.settings, self.channel):
+            ensure_topics(self.settings, (self.spec, REFUND_ISSUED))
+            sink = ResultSink(self.settings, self.codec, on_fatal=self._fatal.append)
+            consumer = _consumer(self.settings, self.channel)
+            try:
+                self._run(consumer, sink)
+            finally:
+                consumer.close()
+                sink.close()
+                if self._own_caller:
+                    self.caller.close()
+        return self.summary
+
+    def _run(self, consumer: Consumer, sink: ResultSink) -> None:
+        start, end = _bounds(consumer, self.topic, 15.0)
+        s = self.summary
+        s.queued, s.first_offset, s.next_offset = end - start, start, start
+        self.on_progress(s)
+        if start >= end:
+            return
+        consumer.assign([TopicPartition(self.topic, 0, start)])
+        idle = 0
+        while s.next_offset < end and not self.stop.is_set():
+            msg = consumer.poll(1.0)
+            if msg is None:
+                idle += 1
+                if idle >= IDLE_POLLS:
+                    s.stopped = f"no record came from {self.topic} at offset {s.next_offset} within {idle} s"
+                    return
+                continue
+            idle = 0
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("replay %s: kafka: %s", self.channel, error)
+                continue
+            offset = msg.offset() or 0
+            if offset >= end:
+                break
+            if not self._replay_one(sink, offset, msg.value()):
+                return  # stopped: the record stays the next one to replay
+            self._commit(consumer, offset + 1)
+            s.next_offset = offset + 1
+            self.on_progress(s)
+        if self.stop.is_set() and s.next_offset < end:
+            s.stopped = "interrupted"
+
+    def _replay_one(self, sink: ResultSink, offset: int, value: bytes | None) -> bool:
+        """Send one record again and make its result durable; False to stop the replay here."""
+        s = self.summary
+        try:
+            event_type, data = self.codec.decode(value)
+            if event_type.short_name != "ConnectorCallFailed":
+                raise DecodeError(Reason.UNEXPECTED_EVENT_TYPE, f"{event_type.short_name} on {self.topic}")
+            record: ConnectorCallFailed = data  # type: ignore[assignment]
+            body = json.loads(record["request"])
+            if not isinstance(body, dict):
+                raise ValueError("the request is not a JSON object")
+        except (DecodeError, ValueError) as exc:
+            log.error("replay %s: record at offset %d is not a failed call (%s); skipped", self.channel, offset, exc)
+            s.unreadable += 1
+            return True
+        endpoint = record["endpoint"]
+        if endpoint not in pf.ENDPOINTS:
+            log.error("replay %s: record at offset %d names endpoint %r; skipped", self.channel, offset, endpoint)
+            s.unreadable += 1
+            return True
+        source = f"{self.topic}/0/{offset}"
+        result = self.caller.call(self.channel, endpoint, body, what=f"{record['idempotency_key']} (replay)")
+        if result.outcome.kind in (pf.OutcomeKind.CREDENTIAL, pf.OutcomeKind.RETRIABLE):
+            s.stopped = self._stop_message(result, offset)
+            return False
+        if endpoint == "refund":
+            order_id = _order_id(self.channel, body)
+            if order_id is None and result.done:
+                # Agreed at the marketplace, but nothing names its order: RefundIssued cannot be keyed.
+                log.error("replay %s: refund %s agreed, but its request names no order; RefundIssued not written",
+                          self.channel, record["idempotency_key"])  # fmt: skip
+            else:
+                call = RefundCall(self.channel, record["idempotency_key"], order_id or "", body, source)
+                write_result(sink, call, result, None, earlier_attempts=record["attempts"], replayed=True)
+        elif not result.done:
+            sink.park(result.failed_call(self.channel, endpoint, record["idempotency_key"], body, source,
+                                         record["attempts"]))  # fmt: skip
+        self._durable(sink)
+        kind = result.outcome.kind
+        if kind is pf.OutcomeKind.OK:
+            s.sent += 1
+        elif result.done:
+            s.already_applied += 1
+        else:
+            s.still_failing += 1
+            log.warning("replay %s: %s refused again (%s); written to the end of the queue", self.channel,
+                        record["idempotency_key"], result.answer[:200])  # fmt: skip
+        return True
+
+    def _durable(self, sink: ResultSink) -> None:
+        try:
+            sink.flush(60)
+        except KafkaException as exc:
+            raise ReplayError(f"the broker did not take the replay's result ({exc}); run the replay again") from exc
+        if self._fatal:
+            raise ReplayError(f"{self._fatal[0]}; run the replay again")
+
+    def _commit(self, consumer: Consumer, next_offset: int) -> None:
+        try:
+            consumer.commit(offsets=[TopicPartition(self.topic, 0, next_offset)], asynchronous=False)
+        except KafkaException as exc:
+            # The result is durable; a rerun sends this record once more, which changes nothing.
+            raise ReplayError(f"replay position not saved ({exc}); run the replay again") from exc
+
+    def _stop_message(self, result: CallResult, offset: int) -> str:
+        left = self.summary.queued - self.summary.replayed
+        if result.outcome.kind is pf.OutcomeKind.CREDENTIAL:
+            return (
+                f"{self.channel} refused the key ({result.answer[:200]}) at offset {offset}; {left} record(s) "
+                f"left. Set the new key (stockflow connectors set-key {self.channel}) and run the replay again"
+            )
+        return (
+            f"{self.channel} gave no usable answer within {self.caller.budget_s:g} s at offset {offset} "
+            f"({result.answer[:200]}); {left} record(s) left. Run the replay again when it answers"
+        )
+
+
+def _order_id(channel: str, body: dict[str, Any]) -> str | None:
+    """The order id of a refund body (the contract's '<channel>:<channel_order_id>'); None if it names none."""
+    try:
+        channel_order_id = pf.parse_refund(channel, body).channel_order_id
+    except pf.BodyError:
+        return None
+    return f"{channel}:{channel_order_id}" if channel_order_id else None
+
+
+def replay(settings: Settings, channel: str, **kwargs: Any) -> ReplaySummary:
+    """Replay ``channel``'s failed queue (see the module docstring)."""
+    return Replay(settings, channel, **kwargs).run()

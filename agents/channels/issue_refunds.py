@@ -1,0 +1,177 @@
+"""The refund connector: pays approved refunds back through each marketplace's refund-agree API.
+
+Reads: ``refund.instructions`` (``RefundInstruction``, key order id) as consumer group
+``<app id>.connectors.refunds``, read_committed. Writes: ``refund.issued`` (``RefundIssued``; this
+module is its single writer) when the marketplace agreed the refund or answers that it had already;
+``connector.failed.<channel>`` (``ConnectorCallFailed``) for a call that failed for good - a rejected or
+expired key, a refused request, or retries spent; ``alerts`` (``connector_failing``, once per change of
+a channel's state); ``deadletters`` for an instruction it cannot read or route. Owns: its group's offsets.
+
+Every instruction goes to its channel's lane, a thread that calls that channel in instruction order,
+so one channel's retries or rotated key never hold up another channel, and the channel's failed queue
+keeps the order the instructions came in. The call carries the platform's own refund id (the
+instruction's ``channel_refund_id``, 1:1 with the refund id, the idempotency key) and the order, so
+sending it again - after a crash, or from ``stockflow connectors replay`` - never refunds twice: the
+marketplace answers "already agreed" and that counts as issued. An input record is finished, and its
+offset may be committed, only when its result (``RefundIssued`` or the failed-call record) is
+acknowledged by the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agents.channels import platforms as pf
+from agents.channels.calls import CallResult, ChannelCaller, Stopping
+from agents.channels.kafka_io import ConnectorAlerts, InputLoop, Received, ResultSink
+from agents.channels.outbound import Ticket, refund_issued
+from streams.contract.codec import Codec
+from streams.contract.reasons import Reason
+from streams.contract.records import RefundInstruction
+from streams.contract.registry import EventType
+from streams.contract.topics import CONNECTOR_FAILED, REFUND_INSTRUCTIONS, REFUND_ISSUED
+from streams.engine.clock import wall_ms
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+STAGE = "agents.channels.issue_refunds"
+ENDPOINT: pf.Endpoint = "refund"
+MAX_IN_FLIGHT = 20_000  # instructions read and not yet finished before reading pauses
+
+
+def refund_request(channel: str, channel_refund_id: str, channel_order_id: str, amount_fen: int) -> dict[str, Any]:
+    """The refund-agree body in the platform's field names: its refund id, the amount, and the order."""
+    return pf.refund_body(channel, channel_refund_id, amount_fen, channel_order_id=channel_order_id)
+
+
+@dataclass(frozen=True)
+class RefundCall:
+    """One refund-agree call: for which refund and order, the body sent, the record that asked for it."""
+
+    channel: str
+    refund_id: str
+    order_id: str
+    body: dict[str, Any]
+    source: str
+
+    @classmethod
+    def of(cls, instruction: RefundInstruction, source: str) -> RefundCall:
+        channel = instruction["channel"]
+        body = refund_request(channel, instruction["channel_refund_id"], instruction["channel_order_id"],
+                              instruction["amount_fen"])  # fmt: skip
+        return cls(channel, instruction["refund_id"], instruction["order_id"], body, source)
+
+
+def write_result(
+    sink: ResultSink,
+    call: RefundCall,
+    result: CallResult,
+    on_done: Callable[[], None] | None,
+    *,
+    earlier_attempts: int = 0,
+    replayed: bool = False,
+) -> None:
+    """Write what a refund call came to: ``RefundIssued`` if it is done, else its failed-call record.
+
+    The live lanes and the replay alike; ``on_done`` runs when the record is acknowledged.
+    """
+    if result.done:
+        amount = pf.parse_refund(call.channel, call.body).amount_fen
+        issued = refund_issued(call.refund_id, call.order_id, call.channel, amount, result.platform_ref(call.channel),
+                               earlier_attempts + result.attempts, wall_ms(), replayed=replayed)  # fmt: skip
+        sink.send(REFUND_ISSUED.name, call.order_id, "RefundIssued", issued, on_done)
+    else:
+        failed = result.failed_call(call.channel, ENDPOINT, call.refund_id, call.body, call.source, earlier_attempts)
+        sink.park(failed, on_done)
+
+
+class RefundLane(threading.Thread):
+    """One channel's refund calls, one at a time, in the order the instructions were read."""
+
+    def __init__(self, channel: str, connector: RefundConnector) -> None:
+        super().__init__(name=f"refunds-{channel}", daemon=True)
+        self.channel = channel
+        self.connector = connector
+        self.queue: queue.Queue[tuple[RefundInstruction, Ticket, str]] = queue.Queue()
+
+    def run(self) -> None:
+        try:
+            self._serve()
+        except Exception as exc:
+            # A lane that died quietly would leave its channel unserved while the process looks healthy.
+            log.exception("%s failed", self.name)
+            self.connector.on_error(f"{self.name}: {type(exc).__name__}: {exc}")
+
+    def _serve(self) -> None:
+        stop = self.connector.stop
+        while not stop.is_set():
+            try:
+                instruction, ticket, source = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if stop.is_set():
+                return  # what is queued stays unfinished and is read again at the next start
+            self._send(instruction, ticket, source)
+
+    def _send(self, instruction: RefundInstruction, ticket: Ticket, source: str) -> None:
+        c = self.connector
+        call = RefundCall.of(instruction, source)
+        try:
+            result = c.caller.call(self.channel, ENDPOINT, call.body, what=call.refund_id)
+        except Stopping:
+            log.info("%s: stopped while retrying refund %s; it is sent again at the next start", self.channel,
+                     call.refund_id)  # fmt: skip
+            return
+        write_result(c.sink, call, result, lambda: c.loop.finish(ticket))
+        if result.done:
+            c.alerts.succeeded(self.channel, ENDPOINT)
+        else:
+            log.warning("%s refund %s failed (%s): %s", self.channel, call.refund_id, result.reason,
+                        result.answer[:200])  # fmt: skip
+            c.alerts.failed(self.channel, ENDPOINT, result.reason, result.answer)
+
+
+class RefundConnector:
+    """``refund.instructions`` to the marketplaces; ``start`` its lanes, then ``loop.run`` (blocking)."""
+
+    def __init__(self, settings: Settings, codec: Codec, caller: ChannelCaller, sink: ResultSink,
+                 alerts: ConnectorAlerts, stop: threading.Event, on_error: Callable[[str], None]) -> None:  # fmt: skip
+        self.settings = settings
+        self.caller = caller
+        self.sink = sink
+        self.alerts = alerts
+        self.stop = stop
+        self.on_error = on_error  # stops the process
+        self.lanes = {channel: RefundLane(channel, self) for channel in CONNECTOR_FAILED}
+        self.loop = InputLoop(settings, codec, sink, group_id=f"{settings.app_id}.connectors.refunds",
+                              topic=REFUND_INSTRUCTIONS.name, stage=STAGE, handle=self.handle, stop=stop,
+                              max_in_flight=MAX_IN_FLIGHT)  # fmt: skip
+
+    def start_lanes(self) -> None:
+        for lane in self.lanes.values():
+            lane.start()
+
+    def handle(self, msg: Received, event_type: EventType, record: dict[str, Any]) -> None:
+        if event_type.short_name != "RefundInstruction":
+            self.loop.refuse(msg, Reason.UNEXPECTED_EVENT_TYPE, f"{event_type.short_name} on {msg.topic}")
+            return
+        instruction: RefundInstruction = record  # type: ignore[assignment]
+        lane = self.lanes.get(instruction["channel"])
+        if lane is None:
+            # No marketplace to call and no failed queue to park it on: kept as a dead letter instead.
+            self.loop.refuse(msg, Reason.UNKNOWN_CHANNEL, f"refund {instruction['refund_id']} for channel "
+                             f"{instruction['channel']!r}, which has no connector")  # fmt: skip
+            return
+        lane.queue.put((instruction, self.loop.begin(msg, 1), msg.source))
+
+    def queued(self) -> dict[str, int]:
+        return {channel: lane.queue.qsize() for channel, lane in self.lanes.items()}
+
+    def join(self, timeout_s: float) -> None:
+        for lane in self.lanes.values():
+            lane.join(timeout_s)

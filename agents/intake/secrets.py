@@ -1,0 +1,147 @@
+"""The intake's secrets: each channel's callback app key and secret, the WMS token and customer service's.
+
+Read from ``STOCKFLOW_INTAKE_SECRETS_FILE`` (TOML, see ``config/secrets.example.toml``)::
+
+    [tmall]
+    app_key = "12345678"
+    secret = "..."
+
+    [wms]
+    token = "..."
+
+    [service]
+    token = "..."
+
+A channel with a section has every callback verified with its platform's scheme
+(``agents.channels.platforms.verify_callback``); a channel without one is refused unless
+``STOCKFLOW_INTAKE_ALLOW_UNSIGNED`` is on. The WMS (``/v1/wms/*``) and customer service
+(``/v1/service/*``) send their token as ``Authorization: Bearer <token>``. ``SecretsFile`` re-reads
+the file when it changes, so a rotated key is taken up without a restart; a file that no longer
+reads keeps the last good secrets (and says so in the log, without any secret). Secrets are never
+logged or shown: reprs carry a fingerprint (``platforms.fingerprint``) instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from agents.channels.platforms import CHANNELS as SIGNING_CHANNELS
+from agents.channels.platforms import Credentials, fingerprint
+
+log = logging.getLogger(__name__)
+WMS = "wms"
+SERVICE = "service"
+TOKENS = (WMS, SERVICE)  # the callers that post with a shared token rather than a channel's signature
+RECHECK_S = 1.0  # how often a request may look at the file's modification time
+
+
+@dataclass(frozen=True)
+class IntakeSecrets:
+    channels: Mapping[str, Credentials] = field(default_factory=lambda: MappingProxyType({}))
+    tokens: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+
+    def __repr__(self) -> str:
+        tokens = {name: fingerprint(token) for name, token in self.tokens.items()}
+        return f"IntakeSecrets(channels={dict(self.channels)!r}, tokens={tokens})"
+
+    def token(self, name: str) -> str | None:
+        return self.tokens.get(name)
+
+    def signed(self, channels: Iterable[str]) -> dict[str, bool]:
+        """Per channel (and ``wms``, ``service``): whether a secret is configured."""
+        return {**{c: c in self.channels for c in channels}, **{t: t in self.tokens for t in TOKENS}}
+
+
+def load_secrets(path: Path | None, known: Iterable[str]) -> IntakeSecrets:
+    """The secrets in ``path`` (None: no secrets); ``ValueError`` naming the section at fault, never a value."""
+    if path is None:
+        return IntakeSecrets()
+    with open(path, "rb") as fh:
+        data = tomllib.load(fh)
+    known = set(known)
+    channels: dict[str, Credentials] = {}
+    tokens: dict[str, str] = {}
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: {section!r} must be a [section]")
+        if section in TOKENS:
+            token = values.get("token")
+            if not isinstance(token, str) or not token:
+                raise ValueError(f"{path}: [{section}] needs a non-empty token")
+            tokens[section] = token
+            continue
+        if section not in known:
+            raise ValueError(f"{path}: [{section}] is not a channel in STOCKFLOW_CHANNELS {sorted(known)}")
+        if section not in SIGNING_CHANNELS:
+            raise ValueError(f"{path}: [{section}] has no signature scheme (known: {', '.join(SIGNING_CHANNELS)})")
+        app_key, secret = values.get("app_key"), values.get("secret")
+        if not isinstance(app_key, str) or not app_key or not isinstance(secret, str) or not secret:
+            raise ValueError(f"{path}: [{section}] needs a non-empty app_key and secret")
+        channels[section] = Credentials(app_key, secret)
+    return IntakeSecrets(MappingProxyType(channels), MappingProxyType(tokens))
+
+
+class SecretsFile:
+    """The secrets file as it is now: re-read when its modification time or size changes."""
+
+    def __init__(self, path: Path | None, known: Iterable[str]) -> None:
+        self.path, self.known = path, tuple(known)
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+        self._secrets = load_secrets(path, self.known)  # a bad file at start is a start-up error
+        self._checked = time.monotonic()
+
+    def _stat(self) -> tuple[int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def current(self) -> IntakeSecrets:
+        if self.path is None or time.monotonic() - self._checked < RECHECK_S:
+            return self._secrets
+        with self._lock:
+            self._checked = time.monotonic()
+            stamp = self._stat()
+            if stamp is not None and stamp != self._stamp:
+                try:
+                    self._secrets = load_secrets(self.path, self.known)
+                    log.warning("intake: secrets re-read from %s: %r", self.path, self._secrets)
+                except (OSError, ValueError) as exc:
+                    # Half-written or broken: keep verifying with the secrets that worked.
+                    log.error("intake: %s does not read (%s); keeping the previous secrets", self.path, exc)
+                self._stamp = stamp
+        return self._secrets
+
+
+def write_secrets(path: Path, channels: Mapping[str, Credentials], wms_token: str | None = None,
+                  service_token: str | None = None) -> Path:  # fmt: skip
+    """Write a secrets file intake reads (readable by its owner only): for drills, load runs and tests."""
+    lines = []
+    for channel, creds in channels.items():
+        lines += [f"[{channel}]", f"app_key = {_toml_text(creds.app_key)}", f"secret = {_toml_text(creds.secret)}", ""]
+    for name, token in ((WMS, wms_token), (SERVICE, service_token)):
+        if token is not None:
+            lines += [f"[{name}]", f"token = {_toml_text(token)}", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines))
+    return path
+
+
+def _toml_text(value: str) -> str:
+    # A TOML basic string is a JSON string for everything JSON escapes.
+    return json.dumps(value, ensure_ascii=False)

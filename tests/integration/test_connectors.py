@@ -1,0 +1,380 @@
+"""The outbound connectors against the real broker and the marketplace simulator over real HTTP on
+127.0.0.1: refunds agreed once, a rotated key parking calls and raising ``connector_failing``, a new
+key taken without a restart, the failed queue replayed (twice, and killed with -9 half way), channel
+stock pushed newest-first and never overwritten by an older figure, key expiry alerts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from typer.testing import CliRunner
+
+from agents.channels import platforms as pf
+from agents.channels.connector_process import ConnectorProcess
+from agents.channels.credentials import CredentialStore, StoredKey
+from agents.channels.failed_queue import Replay, replay_group
+from agents.channels.simulator import AppSpec, Marketplace, SimulatorThread, generate_apps
+from agents.cli import app as cli_app
+from streams.contract.records import RefundInstruction, StockLevel
+from streams.contract.topics import CONNECTOR_FAILED, REFUND_INSTRUCTIONS, STOCK_LEVELS, ensure_topics
+from streams.devstack.connectorproc import ConnectorsProcess
+from streams.engine.clock import wall_ms
+from streams.engine.producer import EventProducer
+from streams.settings import Settings
+from tests.conftest import free_port
+from tests.helpers import read_topic, wait_for
+
+pytestmark = pytest.mark.broker
+FAR = (datetime.now(pf.CHINA) + timedelta(days=365)).date()
+
+
+@pytest.fixture
+def sim() -> Iterator[tuple[SimulatorThread, dict[str, list[AppSpec]]]]:
+    apps = generate_apps()
+    thread = SimulatorThread(Marketplace(apps, latency_ms=1, jitter_ms=3, seed=7)).start()
+    try:
+        yield thread, apps
+    finally:
+        thread.stop()
+
+
+@pytest.fixture
+def settings(make_settings, sim, tmp_path: Path) -> Settings:
+    thread, apps = sim
+    made: Settings = make_settings(
+        marketplace_url=thread.base_url,
+        connector_credentials_file=tmp_path / "credentials.json",
+        connectors_port=free_port(),
+        connector_retry_budget_s=1.5,
+        connector_push_window_ms=300,
+    )
+    store = CredentialStore.from_settings(made)
+    for channel, specs in apps.items():
+        store.set_key(StoredKey(channel, pf.Credentials(specs[0].app_key, specs[0].secret), FAR, wall_ms()))
+    ensure_topics(made)
+    return made
+
+
+@contextlib.contextmanager
+def connectors(settings: Settings) -> Iterator[ConnectorProcess]:
+    """The connectors in this process (``ConnectorProcess.run`` on a thread), ready when yielded."""
+    process = ConnectorProcess(settings)
+    exit_codes: list[int] = []
+    thread = threading.Thread(target=lambda: exit_codes.append(process.run()), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: process.ready, timeout_s=45, what="connectors holding their partitions")
+        yield process
+    finally:
+        process.stop.set()
+        thread.join(45)
+    assert exit_codes == [0], process.fatal
+
+
+def instruction(channel: str, n: int, order: str | None = None, amount_fen: int = 1_990) -> RefundInstruction:
+    order_no = order or f"O{n}"
+    return RefundInstruction(
+        event_id=f"instr-{channel}-{n}", event_time_ms=wall_ms(), refund_id=f"{channel}:R{n}",
+        order_id=f"{channel}:{order_no}", channel=channel, channel_order_id=order_no, channel_refund_id=f"R{n}",
+        amount_fen=amount_fen + n, payment_path="original", idempotency_key=f"{channel}:R{n}", approved_by="auto",
+    )  # fmt: skip
+
+
+def send_refunds(settings: Settings, instructions: list[RefundInstruction]) -> None:
+    producer = EventProducer(settings)
+    for record in instructions:
+        producer.send(REFUND_INSTRUCTIONS.name, record["order_id"], "RefundInstruction", record)
+    producer.flush()
+
+
+def issued(settings: Settings) -> list[dict[str, Any]]:
+    return [r for t, r in read_topic(settings, "refund.issued") if t == "RefundIssued"]
+
+
+def failed(settings: Settings, channel: str) -> list[dict[str, Any]]:
+    return [r for _, r in read_topic(settings, CONNECTOR_FAILED[channel].name)]
+
+
+def alerts(settings: Settings, kind: str) -> list[dict[str, Any]]:
+    return [r for t, r in read_topic(settings, "alerts") if t == "Alert" and r["kind"] == kind]
+
+
+def wait_issued(settings: Settings, refund_ids: set[str], timeout_s: float = 45) -> list[dict[str, Any]]:
+    return wait_for(lambda: (found := issued(settings)) and refund_ids <= {r["refund_id"] for r in found} and found,
+                    timeout_s=timeout_s, what=f"RefundIssued for {sorted(refund_ids)}")  # fmt: skip
+
+
+def agreed(sim: SimulatorThread, channel: str) -> dict[str, dict[str, Any]]:
+    """The simulator's refunds on ``channel`` by its refund id: ``agreed`` is 1 for each, by construction."""
+    return {r["refund_id"]: r for r in sim.market.refunds_json(channel)}
+
+
+def set_key_cli(settings: Settings, tmp_path: Path, channel: str, app_key: str, secret: str, expires: str) -> None:
+    secret_file = tmp_path / f"{channel}-secret-{wall_ms()}"
+    secret_file.write_text(secret + "\n")
+    env = {"STOCKFLOW_CONNECTOR_CREDENTIALS_FILE": str(settings.connector_credentials_file),
+           "STOCKFLOW_HOME": str(settings.home)}  # fmt: skip
+    result = CliRunner().invoke(cli_app, ["connectors", "set-key", channel, "--app-key", app_key, "--secret-file",
+                                          str(secret_file), "--expires", expires], env=env)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert secret not in result.output
+
+
+def committed_to_end(settings: Settings, group: str, topic: str) -> bool:
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        name = settings.topic(topic)
+        partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
+        tps = [TopicPartition(name, p) for p in partitions]
+        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+        return all(tp.offset == ends[tp.partition] for tp in consumer.committed(tps, timeout=10) if ends[tp.partition])
+    finally:
+        consumer.close()
+
+
+# ---- refunds -------------------------------------------------------------------------------------
+
+
+def test_a_refund_instruction_is_agreed_once_and_issued(settings: Settings, sim, tmp_path: Path) -> None:
+    thread, _ = sim
+    child = ConnectorsProcess(settings, tmp_path / "connectors.log").start()
+    try:
+        child.wait_ready(60)
+        batch = [instruction("jd", n) for n in range(3)] + [instruction("tmall", n) for n in range(2)]
+        send_refunds(settings, batch)
+        records = {r["refund_id"]: r for r in wait_issued(settings, {i["refund_id"] for i in batch})}
+        for instr in batch:
+            record = records[instr["refund_id"]]
+            assert (record["order_id"], record["channel"], record["amount_fen"], record["replayed"]) == (
+                instr["order_id"], instr["channel"], instr["amount_fen"], False)  # fmt: skip
+            at_market = agreed(thread, instr["channel"])[instr["channel_refund_id"]]
+            assert (at_market["agreed"], at_market["duplicate_attempts"], at_market["amount_fen"]) == (
+                1, 0, instr["amount_fen"])  # fmt: skip
+            assert at_market["channel_order_id"] == instr["channel_order_id"]
+        status = child.get("/connectors/status")
+        jd = status["channels"]["jd"]
+        assert jd["endpoints"]["refund"]["ok"] == 3 and jd["endpoints"]["refund"]["latency_ms"]["p99"] is not None
+        assert jd["credentials"]["fingerprint"].startswith("sha256:") and not jd["failing"]
+        assert "secret" not in json.dumps(status).lower()
+        child.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        assert child.proc.wait(30) == 0  # type: ignore[union-attr]
+        # A clean stop committed everything it finished: a restart sends nothing again.
+        assert committed_to_end(settings, f"{settings.app_id}.connectors.refunds", REFUND_INSTRUCTIONS.name)
+    finally:
+        child.kill9()
+
+
+def test_a_rotated_key_parks_calls_alerts_and_a_new_key_and_replay_recover(
+    settings: Settings, sim, tmp_path: Path
+) -> None:
+    thread, apps = sim
+    app_key = apps["jd"][0].app_key
+    with connectors(settings):
+        send_refunds(settings, [instruction("jd", 0)])
+        wait_issued(settings, {"jd:R0"})
+        # The seed's incident: the platform rotates the key at a set time; calls signed with the old one fail.
+        thread.market.rotate("jd", thread.market.now_ms() + 500, "rotated-secret-1")
+        time.sleep(0.6)
+        rotated = [instruction("jd", n, order="O-rot") for n in range(1, 6)]  # one order: one partition, in order
+        send_refunds(settings, [*rotated, instruction("tmall", 7)])
+        parked = wait_for(lambda: len(found := failed(settings, "jd")) >= 5 and found, timeout_s=45,
+                          what="five parked jd refunds")  # fmt: skip
+        assert [r["idempotency_key"] for r in parked] == [i["refund_id"] for i in rotated]  # in order
+        assert {r["reason"] for r in parked} == {"connector_credentials"}
+        assert all("Invalid API Key" in r["answer"] and "rotated-secret-1" not in r["request"] for r in parked)
+        # The other channel is not held up.
+        wait_issued(settings, {"tmall:R7"})
+        raised = wait_for(lambda: alerts(settings, "connector_failing"), timeout_s=30, what="connector_failing")
+        assert [(a["subject"], a["severity"], a["cleared"]) for a in raised] == [("jd", "RED", False)]
+        assert raised[0]["event_time_ms"] - parked[0]["event_time_ms"] < 60_000
+        assert set(agreed(thread, "jd")) == {"R0"}
+
+        # The operator sets the new key; the running connectors use it from the next call.
+        set_key_cli(settings, tmp_path, "jd", app_key, "rotated-secret-1", FAR.isoformat())
+        send_refunds(settings, [instruction("jd", 8)])
+        wait_issued(settings, {"jd:R8"})
+        cleared = wait_for(lambda: [a for a in alerts(settings, "connector_failing") if a["cleared"]], timeout_s=30,
+                           what="connector_failing cleared")  # fmt: skip
+        assert [a["subject"] for a in cleared] == ["jd"]
+
+    # The queue replayed: every parked refund agreed once, issued as replayed.
+    first = Replay(settings, "jd").run()
+    assert (first.queued, first.sent, first.already_applied, first.still_failing, first.stopped) == (5, 5, 0, 0, "")
+    replayed = {r["refund_id"]: r for r in issued(settings) if r["replayed"]}
+    assert set(replayed) == {i["refund_id"] for i in rotated}
+    assert all(replayed[i["refund_id"]]["order_id"] == "jd:O-rot" for i in rotated)
+    market = agreed(thread, "jd")
+    assert set(market) == {"R0", "R1", "R2", "R3", "R4", "R5", "R8"}
+    assert all(r["agreed"] == 1 and r["duplicate_attempts"] == 0 for r in market.values())
+
+    # Run again: nothing left. Run again from the start of the queue: all already agreed, none twice.
+    assert Replay(settings, "jd").run().queued == 0
+    rewind(settings, "jd")
+    again = Replay(settings, "jd").run()
+    assert (again.queued, again.sent, again.already_applied) == (5, 0, 5)
+    market = agreed(thread, "jd")
+    assert all(market[f"R{n}"]["agreed"] == 1 and market[f"R{n}"]["duplicate_attempts"] == 1 for n in range(1, 6))
+
+
+def rewind(settings: Settings, channel: str) -> None:
+    """Move the replay group back to the start of the queue (what an operator does to replay all again)."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": replay_group(settings, channel),
+                         "enable.auto.commit": False})  # fmt: skip
+    try:
+        consumer.commit(offsets=[TopicPartition(settings.topic(CONNECTOR_FAILED[channel].name), 0, 0)],
+                        asynchronous=False)  # fmt: skip
+    finally:
+        consumer.close()
+
+
+def test_replay_stops_at_a_key_still_wrong_and_goes_on_after_the_fix(settings: Settings, sim) -> None:
+    thread, apps = sim
+    thread.market.rotate("pdd", thread.market.now_ms(), "pdd-new")
+    with connectors(settings):
+        send_refunds(settings, [instruction("pdd", n, order="O-p") for n in range(3)])
+        wait_for(lambda: len(failed(settings, "pdd")) >= 3, timeout_s=45, what="three parked pdd refunds")
+    stopped = Replay(settings, "pdd").run()
+    assert (stopped.queued, stopped.sent, stopped.remaining) == (3, 0, 3)
+    assert "set-key pdd" in stopped.stopped
+    CredentialStore.from_settings(settings).set_key(
+        StoredKey("pdd", pf.Credentials(apps["pdd"][0].app_key, "pdd-new"), FAR, wall_ms())
+    )
+    done = Replay(settings, "pdd").run()
+    assert (done.queued, done.sent, done.clean) == (3, 3, True)
+
+
+def test_a_replay_killed_half_way_and_run_again_refunds_each_once(settings: Settings, sim, tmp_path: Path) -> None:
+    thread, apps = sim
+    count = 40
+    thread.market.rotate("jd", thread.market.now_ms(), "jd-after-rotation")
+    with connectors(settings):
+        send_refunds(settings, [instruction("jd", n, order=f"O-k{n % 4}") for n in range(count)])
+        wait_for(lambda: len(failed(settings, "jd")) >= count, timeout_s=60, what=f"{count} parked jd refunds")
+    CredentialStore.from_settings(settings).set_key(
+        StoredKey("jd", pf.Credentials(apps["jd"][0].app_key, "jd-after-rotation"), FAR, wall_ms())
+    )
+    thread.market.configure("jd", latency_ms=80, jitter_ms=0)  # slow enough to be killed in the middle
+    env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "agents.cli", "connectors", "replay", "jd", "--json"]
+    with open(tmp_path / "replay-1.log", "wb") as log:
+        first = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: len(agreed(thread, "jd")) >= 10, timeout_s=60, what="ten replayed refunds agreed")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+    assert first.returncode == -signal.SIGKILL
+    assert len(agreed(thread, "jd")) < count, "the replay finished before it was killed"
+    second = subprocess.run(argv, env=env, capture_output=True, timeout=120, check=False)
+    assert second.returncode == 0, second.stdout.decode() + second.stderr.decode()
+    summary = json.loads(second.stdout)
+    assert summary["stopped"] == "" and summary["sent"] + summary["already_applied"] == summary["queued"]
+    assert summary["already_applied"] <= 1  # at most the one in hand at the kill
+    market = agreed(thread, "jd")
+    assert set(market) == {f"R{n}" for n in range(count)}  # none lost
+    assert all(r["agreed"] == 1 for r in market.values())  # none twice
+    assert {r["refund_id"] for r in issued(settings) if r["replayed"]} == {f"jd:R{n}" for n in range(count)}
+
+
+# ---- channel stock -------------------------------------------------------------------------------
+
+
+def level(sku: str, version: int, **sellable: int) -> StockLevel:
+    return StockLevel(
+        event_id=f"level:{sku}:{version}", event_time_ms=wall_ms(), sku=sku, on_hand=20, locked=0, presale_reserved=0,
+        presale_cap=0, sold=0, available=20, paused=False, sellable=sellable, on_hand_by_warehouse={"WH-SH": 20},
+        allocated_by_warehouse={}, newest_change_ms=version, newest_source_ms=0,
+    )  # fmt: skip
+
+
+def send_levels(settings: Settings, *levels: StockLevel) -> None:
+    producer = EventProducer(settings)
+    for record in levels:
+        producer.send(STOCK_LEVELS.name, record["sku"], "StockLevel", record)
+    producer.flush()
+
+
+def shown(sim: SimulatorThread, channel: str, sku: str) -> tuple[int, int] | None:
+    rows = sim.market.stock_json(channel, sku)
+    return (rows[0]["quantity"], rows[0]["version"]) if rows else None
+
+
+def test_channel_stock_is_pushed_newest_first_and_never_set_older(settings: Settings, sim) -> None:
+    thread, _ = sim
+    with connectors(settings) as process:
+        # A burst of three levels inside the push window: one call per channel, with the newest figure.
+        send_levels(settings, level("S1", 1000, jd=10, tmall=10), level("S1", 1100, jd=7, tmall=10),
+                    level("S1", 1200, jd=5, tmall=10))  # fmt: skip
+        wait_for(lambda: shown(thread, "jd", "S1") == (5, 1200) and shown(thread, "tmall", "S1") == (10, 1200),
+                 timeout_s=30, what="S1 on jd and tmall")  # fmt: skip
+        # An older level read again, then an unchanged figure: nothing to send; then a real change.
+        send_levels(settings, level("S1", 1100, jd=7, tmall=10), level("S1", 1300, jd=5, tmall=10))
+        send_levels(settings, level("S1", 1400, jd=3, tmall=10))
+        wait_for(lambda: shown(thread, "jd", "S1") == (3, 1400), timeout_s=30, what="S1 at 3 on jd")
+        wait_for(lambda: committed_to_end(settings, f"{settings.app_id}.connectors.stock", STOCK_LEVELS.name),
+                 timeout_s=30, what="every level pushed and committed")  # fmt: skip
+        jd = thread.market.stock_json("jd", "S1")[0]
+        assert [h["version"] for h in jd["history"]] == [1200, 1400]  # 1100 and the unchanged 1300 never went
+        assert thread.market.stock_json("tmall", "S1")[0]["changes"] == 1
+        assert process.caller.endpoint_stats("jd", "stock").ok == 2
+
+    # A stale push replayed from the failed queue: the platform keeps the newer figure; it counts as done.
+    producer = EventProducer(settings)
+    body = pf.stock_body("jd", "S1", 99, 1100)
+    producer.send(CONNECTOR_FAILED["jd"].name, "jd", "ConnectorCallFailed", {
+        "event_id": "f1", "event_time_ms": wall_ms(), "channel": "jd", "endpoint": "stock",
+        "idempotency_key": "S1@1100", "request": pf.canonical_json(body), "answer": "HTTP 503", "reason":
+        "connector_retries_exhausted", "attempts": 3, "source": "stock.levels/0/1"})  # fmt: skip
+    producer.flush()
+    summary = Replay(settings, "jd").run()
+    assert (summary.sent, summary.already_applied) == (0, 1)
+    assert shown(thread, "jd", "S1") == (3, 1400)
+
+
+# ---- key expiry ----------------------------------------------------------------------------------
+
+
+def test_credential_expiry_alerts_warning_then_red_then_cleared(settings: Settings, sim, tmp_path: Path) -> None:
+    _, apps = sim
+    app_key, secret = apps["kuaishou"][0].app_key, apps["kuaishou"][0].secret
+    today = datetime.now(pf.CHINA).date()
+
+    def expiry_alerts() -> list[tuple[str, bool]]:
+        return [(a["severity"], a["cleared"]) for a in alerts(settings, "credential_expiring")
+                if a["subject"] == "kuaishou"]  # fmt: skip
+
+    with connectors(settings):
+        set_key_cli(settings, tmp_path, "kuaishou", app_key, secret, (today + timedelta(days=3)).isoformat())
+        wait_for(lambda: expiry_alerts() == [("WARNING", False)], timeout_s=30, what="expiry warning")
+        set_key_cli(settings, tmp_path, "kuaishou", app_key, secret, today.isoformat())  # expired since midnight
+        wait_for(lambda: expiry_alerts()[1:] == [("WARNING", True), ("RED", False)], timeout_s=30,
+                 what="the warning cleared and the key red")  # fmt: skip
+        set_key_cli(settings, tmp_path, "kuaishou", app_key, secret, FAR.isoformat())
+        wait_for(lambda: expiry_alerts()[3:] == [("RED", True)], timeout_s=30, what="expiry cleared")
+        status = cli_status(settings)
+        assert status["channels"]["kuaishou"]["credentials"]["state"] == "ok"
+        assert status["channels"]["kuaishou"]["failed_queue_waiting"] == 0
+        assert secret not in json.dumps(status)
+
+
+def cli_status(settings: Settings) -> dict[str, Any]:
+    """``stockflow connectors status --json`` (the in-process connectors serve no views: ``run`` does)."""
+    result = CliRunner().invoke(cli_app, ["connectors", "status", "--json"], env={
+        "STOCKFLOW_CONNECTOR_CREDENTIALS_FILE": str(settings.connector_credentials_file),
+        "STOCKFLOW_KAFKA_BOOTSTRAP": settings.bootstrap, "STOCKFLOW_TOPIC_PREFIX": settings.topic_prefix,
+        "STOCKFLOW_APP_ID": settings.app_id, "STOCKFLOW_CONNECTORS_PORT": str(settings.connectors_port)})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)

@@ -1,0 +1,104 @@
+"""The simulator's state without a server: apps over time, the token bucket, the apps file, and the
+order in which a call is judged (fault, signature, rotated key, expiry, rate limit, body)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agents.channels import platforms as P
+from agents.channels.platforms import CHANNELS, Credentials, ErrorKind, OutcomeKind
+from agents.channels.simulator import (
+    AppSpec,
+    AppState,
+    Marketplace,
+    SimulatorError,
+    TokenBucket,
+    ensure_apps_file,
+    load_apps,
+)
+from streams.engine.clock import Clock
+
+KEY, OLD, NEW = "jd-app", "old-secret", "new-secret"
+
+
+def test_an_app_rotates_at_its_time_and_remembers_the_secret_it_retired() -> None:
+    app = AppState("jd", KEY, [(0, OLD)])
+    app.rotate(1000, NEW)
+    assert (app.current(999), app.retired(999)) == (OLD, [])
+    assert (app.current(1000), app.retired(1000)) == (NEW, [OLD])
+    app.rotate(500, "sooner")  # a rotation scheduled earlier drops the later one
+    assert app.current(2000) == "sooner" and app.retired(2000) == [OLD]
+    assert AppState("jd", KEY, [(5000, OLD)]).current(4999) is None  # not valid yet
+    expiring = AppState("jd", KEY, [(0, OLD)], expires_at_ms=100)
+    assert not expiring.expired(99) and expiring.expired(100)
+    assert OLD not in json.dumps(expiring.describe(0)) and expiring.describe(0)["fingerprint"] == P.fingerprint(OLD)
+
+
+def test_the_token_bucket_allows_a_burst_then_the_rate() -> None:
+    bucket = TokenBucket(rate=2.0, capacity=3.0)
+    assert [bucket.take(10.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.take(10.25) is False and bucket.take(10.5) is True  # one token per half second
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]  # never more than the capacity
+
+
+def test_apps_files_in_json_and_toml_and_their_errors(tmp_path: Path) -> None:
+    toml = tmp_path / "apps.toml"
+    toml.write_text('[[jd]]\napp_key = "a"\nsecret = "s"\nexpires_at_ms = 5\n')
+    assert load_apps(toml) == {"jd": [AppSpec(app_key="a", secret="s", expires_at_ms=5)]}
+    for text, problem in [('{"ebay": []}', "unknown channels"), ('{"jd": [{"app_key": "a"}]}', "secret"),
+                          ("{", "cannot read")]:  # fmt: skip
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(SimulatorError, match=problem):
+            load_apps(bad)
+    generated = tmp_path / "home" / "sim" / "apps.json"
+    apps = ensure_apps_file(generated)
+    assert sorted(apps) == sorted(CHANNELS) and ensure_apps_file(generated) == apps
+    assert generated.stat().st_mode & 0o777 == 0o600
+    assert "hunter2" not in repr(AppSpec(app_key="k", secret="hunter2"))
+
+
+def market() -> Marketplace:
+    return Marketplace({"jd": [AppSpec(app_key=KEY, secret=OLD)]}, latency_ms=0, jitter_ms=0, seed=1, clock=Clock())
+
+
+def answer(m: Marketplace, body: dict[str, object], secret: str = OLD, shift_ms: int = 0) -> P.Outcome:
+    signed = P.sign_request("jd", Credentials(KEY, secret), "refund", body, m.now_ms() + shift_ms)
+    result = m.handle("jd", signed.path, signed.query, signed.headers, signed.body)
+    return P.classify("jd", result.status, result.body)
+
+
+def test_a_call_is_judged_in_the_platforms_order() -> None:
+    m = market()
+    body = P.refund_body("jd", "R-1", 100)
+    m.configure("jd", error_rate=1.0)
+    assert answer(m, body, secret="wrong").error is ErrorKind.SERVER_ERROR  # the gateway is down before all else
+    m.configure("jd", error_rate=0.0)
+    m.rotate("jd", m.now_ms() - 1, NEW)
+    assert answer(m, body).error is ErrorKind.INVALID_API_KEY  # signed with the retired secret
+    assert answer(m, body, secret="never-was").error is ErrorKind.BAD_SIGNATURE
+    m.set_expiry("jd", m.now_ms() - 1)
+    assert answer(m, body, secret=NEW).error is ErrorKind.EXPIRED_CREDENTIALS
+    m.set_expiry("jd", None)
+    m.configure("jd", qps=0.001, burst=1)
+    assert answer(m, body, secret=NEW).kind is OutcomeKind.OK
+    assert answer(m, body, secret=NEW).error is ErrorKind.RATE_LIMITED
+    assert [r.refund_id for r in m.refunds.values()] == ["R-1"]
+    assert m.counters["jd"]["refused:invalid_api_key"] == 1
+
+
+def test_replacing_an_app_drops_its_rotations_and_reset_forgets_effects() -> None:
+    m = market()
+    m.rotate("jd", 0, NEW)
+    m.add_app("jd", AppSpec(app_key=KEY, secret=OLD))
+    assert answer(m, P.refund_body("jd", "R-1", 100)).kind is OutcomeKind.OK
+    assert m.refunds and m.calls
+    m.reset()
+    assert not m.refunds and not m.calls and m.apps["jd"]
+    m.reset(keep_apps=False)
+    assert answer(m, P.refund_body("jd", "R-1", 100)).error is ErrorKind.INVALID_API_KEY
+    with pytest.raises(KeyError, match="no app"):
+        m.rotate("jd", 0, NEW, app_key="nobody")
