@@ -1,8 +1,8 @@
 """Which ClickHouse rows an event becomes: pure functions, one registry entry per event type.
 
 The sink writes every event to ``events`` (the raw log) and, through ``FACTS``, typed rows to the
-tables the dashboards read (``schemas/ddl/003_facts.sql``). Adding a dashboard over a new event
-is a table in the DDL and one entry here.
+tables the dashboards read (``schemas/ddl/003_facts.sql``; the refunds' in ``004_refunds.sql``).
+Adding a dashboard over a new event is a table in the DDL and one entry here.
 """
 
 from __future__ import annotations
@@ -10,8 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from streams.contract.keys import order_key, refund_key
+
 Row = dict[str, Any]
 STAGES = ("placed", "reserved", "paid", "routed", "acknowledged", "shipped", "delivered")
+# A refund's stage times as RefundStateChanged carries them: its states, and the return's receipt and
+# QC, the marketplace's acceptance and settlement, which happen without a state of their own.
+REFUND_STAGES = ("requested", "reviewing", "awaiting_return", "received", "return_received", "inspected",
+                 "refunding", "issued", "settled", "completed", "rejected", "cancelled")  # fmt: skip
 
 
 def _time(record: dict[str, Any]) -> Row:
@@ -65,6 +71,44 @@ def dead_letter_rows(r: dict[str, Any]) -> Iterable[Row]:
            "original_value_hex": (r.get("original_value") or b"").hex()}  # fmt: skip
 
 
+def refund_state_rows(r: dict[str, Any]) -> Iterable[Row]:
+    stage_times = r.get("stage_times") or {}
+    yield {**_time(r), "refund_id": r["refund_id"], "order_id": r["order_id"], "channel": r["channel"],
+           "kind": r["kind"], "state": r["state"], "previous_state": r.get("previous_state", ""),
+           "reason": r.get("reason", ""), "amount_fen": int(r.get("amount_fen", 0)),
+           "auto_approved": int(bool(r.get("auto_approved"))), "warehouse_id": r.get("warehouse_id", ""),
+           **{f"{s}_ms": int(stage_times.get(s, 0)) for s in REFUND_STAGES}}  # fmt: skip
+
+
+# The refund events on refund.events name the refund and its order by the channel's ids; the rows
+# carry stockflow's ids so they line up with refund_states.
+def _refund_ids(r: dict[str, Any]) -> Row:
+    return {"refund_id": refund_key(r["channel"], r["channel_refund_id"]),
+            "order_id": order_key(r["channel"], r["channel_order_id"]), "channel": r["channel"]}  # fmt: skip
+
+
+def return_rows(r: dict[str, Any]) -> Iterable[Row]:
+    yield {**_time(r), **_refund_ids(r), "warehouse_id": r["warehouse_id"],
+           "qc_done": int(bool(r.get("qc_done", True))), "resellable": int(bool(r.get("resellable")))}  # fmt: skip
+
+
+def refund_issue_rows(r: dict[str, Any]) -> Iterable[Row]:
+    yield {**_time(r), "refund_id": r["refund_id"], "order_id": r["order_id"], "channel": r["channel"],
+           "amount_fen": int(r["amount_fen"]), "platform_ref": r.get("platform_ref", ""),
+           "attempts": int(r.get("attempts", 1)), "replayed": int(bool(r.get("replayed")))}  # fmt: skip
+
+
+def refund_settlement_rows(r: dict[str, Any]) -> Iterable[Row]:
+    yield {**_time(r), **_refund_ids(r), "amount_fen": int(r["amount_fen"]),
+           "settlement_id": r.get("settlement_id", "")}  # fmt: skip
+
+
+def connector_failure_rows(r: dict[str, Any]) -> Iterable[Row]:
+    yield {**_time(r), "channel": r["channel"], "endpoint": r["endpoint"], "idempotency_key": r["idempotency_key"],
+           "reason": r["reason"], "attempts": int(r["attempts"]), "answer": r["answer"],
+           "source": r.get("source", "")}  # fmt: skip
+
+
 FACTS: dict[str, tuple[str, Callable[[dict[str, Any]], Iterable[Row]]]] = {
     "OrderStateChanged": ("order_states", order_state_rows),
     "ReservationDecided": ("reservations", reservation_rows),
@@ -73,6 +117,11 @@ FACTS: dict[str, tuple[str, Callable[[dict[str, Any]], Iterable[Row]]]] = {
     "Alert": ("alerts", alert_rows),
     "RoutingDecision": ("routing_assignments", routing_rows),
     "DeadLetter": ("dead_letters", dead_letter_rows),
+    "RefundStateChanged": ("refund_states", refund_state_rows),
+    "ReturnReceived": ("refund_returns", return_rows),
+    "RefundIssued": ("refund_issues", refund_issue_rows),
+    "RefundSettled": ("refund_settlements", refund_settlement_rows),
+    "ConnectorCallFailed": ("connector_failures", connector_failure_rows),
 }
 
 

@@ -120,6 +120,35 @@ def _int(name: str, low: int, high: int) -> Callable[[str, Settings, int], int]:
     return check
 
 
+def _seconds(name: str) -> Callable[[str, Settings, int], float]:
+    def check(value: str, settings: Settings, now_ms: int) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise DashboardError(f"{name} must be a number of seconds, not {value!r}") from None
+        if not 0 < number < 10**9:
+            raise DashboardError(f"{name} must be more than 0 and under 10^9 seconds, not {value!r}")
+        return number
+
+    return check
+
+
+def _shop_zone(settings: Settings) -> str:
+    from agents.refunds.reports import shop_zone
+
+    return shop_zone(settings)
+
+
+def _zone(value: str, settings: Settings, now_ms: int) -> str:
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(value)
+    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+        raise DashboardError(f"not a time zone: {value!r} (use e.g. Asia/Shanghai)") from None
+    return value
+
+
 PARAMS: dict[str, Param] = {
     "from_ms": Param("Int64", "start of the time range (now, -24h, ISO time, epoch ms)",
                      lambda s, now: now - 24 * 3600 * 1000, lambda v, s, now: parse_time(v, now)),
@@ -132,6 +161,12 @@ PARAMS: dict[str, Param] = {
     "sku": Param("String", "one SKU, or empty for all", lambda s, now: "", _sku),
     "by": Param("String", f"group flow times by {'|'.join(BY)}", lambda s, now: "stage", _choice("by", lambda s: BY)),
     "threshold": Param("Int64", "low-stock threshold", lambda s, now: s.safety_threshold, _int("threshold", 0, 10**9)),
+    "respond_s": Param("Float64", "refund SOP: customer service answers within (s)",
+                       lambda s, now: s.refund_respond_s, _seconds("respond_s")),
+    "qc_s": Param("Float64", "refund SOP: QC of a return within (s)", lambda s, now: s.refund_qc_s, _seconds("qc_s")),
+    "settle_s": Param("Float64", "refund paid out, settled within (s)", lambda s, now: s.refund_settle_s,
+                      _seconds("settle_s")),
+    "tz": Param("String", "time zone times are shown in (the shop's)", lambda s, now: _shop_zone(s), _zone),
 }  # fmt: skip
 
 
@@ -251,6 +286,10 @@ GRAFANA_SUBSTITUTES = {
     "sku": "'${sku}'",
     "by": "'${by}'",
     "threshold": "${threshold}",
+    "respond_s": "${respond_s}",
+    "qc_s": "${qc_s}",
+    "settle_s": "${settle_s}",
+    "tz": "'${tz}'",
 }
 
 
@@ -282,6 +321,10 @@ def grafana_dashboard(settings: Settings, directory: Path = DASHBOARD_DIR) -> di
         {"name": "sku", "type": "textbox", "query": "", "current": {"text": "", "value": ""}},
         choice("by", list(BY), "stage"),
         {"name": "threshold", "type": "constant", "query": str(settings.safety_threshold)},
+        {"name": "respond_s", "type": "constant", "query": str(settings.refund_respond_s)},
+        {"name": "qc_s", "type": "constant", "query": str(settings.refund_qc_s)},
+        {"name": "settle_s", "type": "constant", "query": str(settings.refund_settle_s)},
+        {"name": "tz", "type": "constant", "query": _shop_zone(settings)},
     ]
     return {
         "uid": "stockflow-ops", "title": "stockflow: orders, stock and flow time", "schemaVersion": 39,

@@ -121,6 +121,7 @@ class RunRefunds(Processor):
         else:
             refund_id = refund_key(record["channel"], record["channel_refund_id"])
         rec = db.get(refund_id.encode()) or RefundRecord(refund_id=refund_id)
+        stages_before = set(rec.stage_times)
         if event_type == "RefundRequested":
             order_id = order_key(record["channel"], record["channel_order_id"])
             fx = flow.on_requested(rec, record, order_id, self._facts(ctx, order_id), rules, now)
@@ -136,6 +137,11 @@ class RunRefunds(Processor):
         if not rec.state:
             return  # refused before anything was recorded: nothing to keep
         fx.alerts += flow.check_limits(rec, now, rules)
+        new_stages = sorted(set(rec.stage_times) - stages_before - {t[1] for t in fx.transitions})
+        if new_stages and not fx.transitions:
+            # A return received, checked or paid out while the refund's state stays: the stage time
+            # is published now, not at the refund's next transition (the dashboards read it there).
+            fx.transitions.append((rec.state, rec.state, ",".join(new_stages)))
         self._publish(ctx, rec, fx)
         self._store(ctx, db, rec)
 
@@ -176,8 +182,9 @@ class RunRefunds(Processor):
     def _publish(self, ctx: Context, rec: RefundRecord, fx: RefundEffects) -> None:
         now = ctx.now_ms
         for previous, state, reason in fx.transitions:
+            step = state if previous != state else f"{state}:{reason}"
             ctx.emit(REFUND_STATES, rec.refund_id, "RefundStateChanged", RefundStateChanged(
-                event_id=f"{rec.refund_id}:{state}", event_time_ms=rec.stage_times.get(state, now),
+                event_id=f"{rec.refund_id}:{step}", event_time_ms=rec.stage_times.get(state, now),
                 refund_id=rec.refund_id, order_id=rec.order_id, channel=rec.channel, kind=rec.kind, state=state,
                 previous_state=previous, reason=reason, amount_fen=rec.amount_fen, auto_approved=rec.auto_approved,
                 warehouse_id=rec.warehouse_id, stage_times=dict(rec.stage_times),

@@ -12,9 +12,11 @@ from PIL import Image
 
 from agents.analytics import queries as dashboards
 from agents.analytics.webpage import make_app
+from loadtest import events as ev
 from tests.conftest import free_port
 from tests.helpers import AppServer, wait_for
 from tests.integration.test_dashboards import send_fixed
+from tests.integration.test_refund_dashboards import H, send_refunds
 
 pytestmark = pytest.mark.broker
 CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -51,9 +53,11 @@ def test_the_dashboard_page_draws_every_chart_with_data(
     start_worker(settings)
     start_sink(settings)
     send_fixed(settings)
+    send_refunds(settings, ev.now_ms() - 20 * H)  # the refund dashboards' refunds, inside the page's last 24 h
     wait_for(
         lambda: dashboards.run(settings, "split_rate", {})[1][0]["routed_orders"] == 2, what="events in ClickHouse"
     )
+    wait_for(lambda: dashboards.run(settings, "refund_mismatches", {})[1], what="refund events in ClickHouse")
     charted = [d for d in dashboards.load_all().values() if d.chart.kind != "table"]
 
     server = AppServer(make_app(settings), free_port())

@@ -1,0 +1,84 @@
+-- title: Refund exceptions
+-- description: Refunds past an SOP limit in the range, one row per refund and limit: customer service answering (from the request), warehouse QC (from the return's receipt), the marketplace settling (from the refund instruction). _late: the stage took longer and has ended; _hanging: still in it at the end of the range (or now); issued_not_settled / not_issued: paid out and not settled, with or without the marketplace's acceptance. A refund is listed in every range in which it was past a limit. Times in the shop's time zone.
+-- chart: table
+SELECT
+    refund_id,
+    channel,
+    order_id,
+    exception,
+    stage,
+    toString(toDateTime(intDiv(entered, 1000)), {tz:String}) AS entered_at,
+    if(left_ms = 0, '', toString(toDateTime(intDiv(left_ms, 1000)), {tz:String})) AS left_at,
+    round(spent / 3600000, 2) AS hours_spent,
+    round(limit_s / 3600, 2) AS limit_hours,
+    state AS current_state,
+    round(amount_fen / 100, 2) AS amount_yuan
+FROM
+(
+    SELECT
+        refund_id, channel, order_id, state, amount_fen, entered, left_ms, limit_s,
+        if(left_ms = 0, toInt64(least({now_ms:Int64}, {to_ms:Int64})), left_ms) - entered AS spent,
+        multiIf(sop = 'respond', if(reviewing > 0, 'reviewing', 'requested'),
+                sop = 'qc', 'return_received',
+                if(issued > 0, 'issued', 'refunding')) AS stage,
+        multiIf(sop != 'settle', concat(sop, if(left_ms = 0, '_hanging', '_late')),
+                left_ms > 0, 'settle_late',
+                issued > 0, 'issued_not_settled', 'not_issued') AS exception
+    FROM
+    (
+        SELECT
+            *,
+            -- A receipt, QC or issue that moved no state shows in refund_states only at the refund's next
+            -- transition; until then its own event tells it (clamped: another host's clock may run behind).
+            if(stated_receipt > 0, stated_receipt,
+               if(kind = 'RETURN_AND_REFUND' AND first_receipt > 0
+                  AND (rejected = 0 OR first_receipt < rejected) AND (cancelled = 0 OR first_receipt < cancelled),
+                  greatest(first_receipt, requested), 0)) AS return_received,
+            if(stated_qc > 0, stated_qc,
+               if(return_received > 0 AND first_qc > 0, greatest(first_qc, return_received), 0)) AS inspected,
+            if(stated_issue > 0, stated_issue,
+               if(refunding > 0 AND first_issue > 0, greatest(first_issue, refunding), 0)) AS issued,
+            arrayReduce('min', arrayFilter(x -> x > 0,
+                [awaiting_return, received, refunding, completed, rejected, cancelled])) AS responded,
+            arrayReduce('min', arrayFilter(x -> x > 0, [inspected, rejected, cancelled])) AS checked
+        FROM
+        (
+            -- One row per refund as it stood at the end of the range (or now): only facts known by then.
+            SELECT
+                refund_id,
+                max(channel) AS channel,
+                max(order_id) AS order_id,
+                max(kind) AS kind,
+                max(refund_fen) AS amount_fen,
+                argMaxIf(state, (event_time_ms, rank), rank > 0) AS state,
+                max(requested_ms) AS requested,
+                max(reviewing_ms) AS reviewing,
+                max(awaiting_return_ms) AS awaiting_return,
+                max(received_ms) AS received,
+                max(refunding_ms) AS refunding,
+                max(settled_ms) AS settled,
+                max(completed_ms) AS completed,
+                max(rejected_ms) AS rejected,
+                max(cancelled_ms) AS cancelled,
+                max(return_received_ms) AS stated_receipt,
+                max(inspected_ms) AS stated_qc,
+                max(issued_ms) AS stated_issue,
+                minIf(receipt_ms, receipt_ms > 0) AS first_receipt,
+                minIf(qc_ms, qc_ms > 0) AS first_qc,
+                minIf(issue_ms, issue_ms > 0) AS first_issue
+            FROM refund_facts
+            WHERE event_time_ms <= least({now_ms:Int64}, {to_ms:Int64})
+            GROUP BY refund_id
+            HAVING requested > 0
+        )
+    )
+    ARRAY JOIN
+        ['respond', 'qc', 'settle'] AS sop,
+        [requested, return_received, refunding] AS entered,
+        [responded, checked, settled] AS left_ms,
+        [{respond_s:Float64}, {qc_s:Float64}, {settle_s:Float64}] AS limit_s
+    WHERE entered > 0
+      AND ({channel:String} = '' OR channel = {channel:String})
+)
+WHERE spent > limit_s * 1000 AND (left_ms = 0 OR left_ms > {from_ms:Int64})
+ORDER BY entered, refund_id, exception
