@@ -140,6 +140,33 @@ def bench_engine(
         console.print_json(data=results)
 
 
+drill = typer.Typer(no_args_is_help=True, help="Incident drills on the local stack and the marketplace simulator.")
+
+
+@drill.command("key-rotation")
+def key_rotation(
+    refunds: int = typer.Option(317, min=1, help="Refunds in flight (the seed's incident: 317)."),
+    spread: float = typer.Option(20.0, min=1, help="Seconds over which the refund requests arrive."),
+    rotate_after: float = typer.Option(5.0, min=0, help="Seconds into the requests when jd rotates its key."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """A marketplace rotates its API key while refunds flow: every refund call fails "Invalid API Key",
+    an alert is raised, the key is updated, the failed queue replayed. Exit 1 unless every refund was
+    paid exactly once."""
+    import json
+
+    from loadtest.drill import key_rotation as run_drill
+
+    out = Console(stderr=True) if as_json else console
+    result = run_drill(Settings(), refunds, spread, rotate_after, out)
+    if as_json:
+        print(json.dumps(result.to_json()))
+    else:
+        console.print_json(data=result.to_json())
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Add the load-test commands to ``app`` (called by ``stockflow`` for its entry point)."""
     app.command()(bench)
@@ -147,3 +174,4 @@ def register(app: typer.Typer) -> None:
     app.command("bench-sink")(bench_sink)
     app.command("bench-engine")(bench_engine)
     app.command()(demo)
+    app.add_typer(drill, name="drill")
