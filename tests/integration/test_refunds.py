@@ -57,7 +57,8 @@ def test_refunds_on_the_broker_return_pays_once_restocks_and_refund_only_cancels
     wait_stock(worker, "SKU-RF", locked=2)
     send(producer, REFUND_EVENTS.name, "RefundRequested",
          ev.refund_requested("jd", "101", "R-2", 19_800, kind="REFUND_ONLY"))  # fmt: skip
-    wait_stock(worker, "SKU-RF", locked=0, on_hand=5)
+    level = wait_stock(worker, "SKU-RF", locked=0, on_hand=5)
+    assert set(level["sellable"].values()) == {5}  # the returned unit sells again on every channel
     assert worker.get("/orders/jd:101")["state"] == "cancelled"
     view = worker.get("/orders/jd:100/refunds/R-1")
     assert view["state"] == "refunding" and view["restocked"] is True
