@@ -206,7 +206,15 @@ class Settings(BaseSettings):
     )
     webhook_url: str = Field(default="", description="WeCom group-robot webhook for alerts; empty: no notifications.")
     notify_kinds: tuple[str, ...] = Field(
-        default=("sla_breach", "invariant_breach"), description="Alert kinds posted to the webhook (JSON list)."
+        default=(
+            "sla_breach",
+            "invariant_breach",
+            "connector_failing",
+            "credential_expiring",
+            "refund_sop_breach",
+            "refund_reconciliation",
+        ),
+        description="Alert kinds posted to the webhook (JSON list).",
     )
 
     # HTTP intake
