@@ -52,6 +52,6 @@ def run_demo(settings: Settings, console: Console, rate: float, duration_s: floa
     console.print(f"{figures['orders_decided']:,} orders decided, {verdict}; "
                   f"{figures['bad_inputs_refused']}/{figures['bad_inputs_sent']} bad inputs refused")  # fmt: skip
     console.print(f"chart of rate, lag and latency: {chart}")
-    console.print(f"dashboards of this run: STOCKFLOW_CLICKHOUSE_URL={used.clickhouse_url} "
+    console.print(f"dashboards of this run: STOCKFLOW_CLICKHOUSE_URL={used.clickhouse_url_shown} "
                   f"STOCKFLOW_CLICKHOUSE_DATABASE={used.clickhouse_database} stockflow web")  # fmt: skip
     return 0 if ok else 1

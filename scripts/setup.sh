@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sourced by demo.sh and test.sh: a project virtualenv with stockflow installed, plus the
 # Debian packages the local stack needs when they are missing (Java and Maven for the Kafka
-# broker; clickhouse-server and chromium, for the dashboard page check, only with
-# STOCKFLOW_NEED_CLICKHOUSE_SERVER=1, which the test script sets).
+# broker; clickhouse-server, chromium for the dashboard page check and docker-compose to validate
+# docker-compose.yml, only with STOCKFLOW_NEED_CLICKHOUSE_SERVER=1, which the test script sets).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -19,6 +19,9 @@ if [ "${STOCKFLOW_NEED_CLICKHOUSE_SERVER:-0}" = 1 ] && ! command -v clickhouse-s
 fi
 if [ "${STOCKFLOW_NEED_CLICKHOUSE_SERVER:-0}" = 1 ] && ! command -v chromium >/dev/null; then
   missing+=(chromium)
+fi
+if [ "${STOCKFLOW_NEED_CLICKHOUSE_SERVER:-0}" = 1 ] && ! command -v docker-compose >/dev/null; then
+  missing+=(docker-compose)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"

@@ -96,7 +96,7 @@ def dev_status() -> None:
     ch = LocalClickHouseServer(settings)
     ch_pid = procs.read_pid(ch.pid_file)
     table.add_row("clickhouse-server", f"pid {ch_pid}" if ch_pid else "not running", ch.url)
-    table.add_row("clickhouse (configured)", "", settings.clickhouse_url)
+    table.add_row("clickhouse (configured)", "", settings.clickhouse_url_shown)
     console.print(table)
 
 

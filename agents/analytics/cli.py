@@ -17,7 +17,7 @@ def sink() -> None:
     from agents.analytics.sink_process import run
 
     settings = Settings()
-    console.print(f"sink: {settings.bootstrap} -> {settings.clickhouse_url}; "
+    console.print(f"sink: {settings.bootstrap} -> {settings.clickhouse_url_shown}; "
                   f"status on http://{settings.web_host}:{settings.sink_port}/sink/status", soft_wrap=True)  # fmt: skip
     code = run(settings)
     if code:
@@ -65,7 +65,7 @@ def dash(
     except dashboards.DashboardError as exc:
         fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - ClickHouse unreachable or refusing
-        fail(f"could not query ClickHouse at {settings.clickhouse_url}: {exc}")
+        fail(f"could not query ClickHouse at {settings.clickhouse_url_shown}: {exc}")
     columns = list(rows[0]) if rows else []
     if output == "json":
         print(json.dumps(rows, ensure_ascii=False, indent=2))

@@ -275,21 +275,23 @@ def run(settings: Settings, name: str, given: dict[str, str]) -> tuple[Dashboard
 
 # ---- Grafana ------------------------------------------------------------------------------------
 # The same SQL, with each bound parameter replaced by a Grafana macro or template variable, so
-# ClickHouse-server users get these dashboards in Grafana (see docker-compose.yml).
+# ClickHouse-server users get these dashboards in Grafana (see docker-compose.yml). A variable is
+# never pasted raw: `:sqlstring` has Grafana quote it and double its quotes (the SKU is a free text
+# box), and the numbers are converted from that string, so no value can become SQL.
 GRAFANA_DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "stockflow-clickhouse"}
 GRAFANA_SUBSTITUTES = {
     "from_ms": "(toUnixTimestamp($__fromTime) * 1000)",
     "to_ms": "(toUnixTimestamp($__toTime) * 1000)",
     "now_ms": "(toUnixTimestamp(now()) * 1000)",
-    "channel": "'${channel}'",
-    "warehouse": "'${warehouse}'",
-    "sku": "'${sku}'",
-    "by": "'${by}'",
-    "threshold": "${threshold}",
-    "respond_s": "${respond_s}",
-    "qc_s": "${qc_s}",
-    "settle_s": "${settle_s}",
-    "tz": "'${tz}'",
+    "channel": "${channel:sqlstring}",
+    "warehouse": "${warehouse:sqlstring}",
+    "sku": "${sku:sqlstring}",
+    "by": "${by:sqlstring}",
+    "threshold": "toInt64(${threshold:sqlstring})",
+    "respond_s": "toFloat64(${respond_s:sqlstring})",
+    "qc_s": "toFloat64(${qc_s:sqlstring})",
+    "settle_s": "toFloat64(${settle_s:sqlstring})",
+    "tz": "${tz:sqlstring}",
 }
 
 

@@ -4,9 +4,9 @@ cannot hold, handed back to be dead-lettered, never retried.
 Writes: ClickHouse table ``events`` (the raw log) and the typed tables of ``agents.analytics.facts``
 the dashboards read (``order_states``, ``reservations``, ``hold_decisions``, ``stock_levels``,
 ``alerts``, ``routing_assignments``, ``dead_letters``; for refunds ``refund_states``,
-``refund_returns``, ``refund_issues``, ``refund_settlements``, ``connector_failures``). Rows are keyed by (topic, event id) in
-ReplacingMergeTree tables, so a batch inserted twice (replayed after a crash, or split again while
-looking for a bad row) is counted once.
+``refund_returns``, ``refund_issues``, ``refund_settlements``, ``connector_failures``). Rows are
+keyed by (topic, event id) in ReplacingMergeTree tables, so a batch inserted twice (replayed after
+a crash, or split again while looking for a bad row) is counted once.
 
 Three kinds of failure, three answers:
 

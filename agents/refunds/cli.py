@@ -60,7 +60,7 @@ def _rows(settings: Settings, dashboard: str, params: dict[str, str]) -> list[di
     except queries.DashboardError as exc:
         fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - ClickHouse (or the sink holding it) unreachable or refusing
-        fail(f"could not query ClickHouse at {settings.clickhouse_url}: {exc}")
+        fail(f"could not query ClickHouse at {settings.clickhouse_url_shown}: {exc}")
     return []
 
 

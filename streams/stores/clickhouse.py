@@ -13,7 +13,7 @@ import re
 import threading
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import orjson
 
@@ -140,12 +140,12 @@ def open_clickhouse(settings: Settings, migrate: bool = True) -> ClickHouse:
             url.hostname or "127.0.0.1",
             url.port or 9000,
             database,
-            url.username or "default",
-            url.password or "",
+            unquote(url.username or "default"),
+            unquote(url.password or ""),
         )
     else:
         raise ValueError(
-            f"STOCKFLOW_CLICKHOUSE_URL must start with chdb:// or clickhouse://, not {settings.clickhouse_url!r}"
+            f"STOCKFLOW_CLICKHOUSE_URL must start with chdb:// or clickhouse://, not {settings.clickhouse_url_shown!r}"
         )
     if migrate:
         apply_migrations(ch)
