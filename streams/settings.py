@@ -8,6 +8,7 @@ reads the environment on its own.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +42,18 @@ class Settings(BaseSettings):
     kafka_heap: str = Field(default="1g", description="Java heap of the local broker (`-Xms` and `-Xmx`).")
     topic_prefix: str = Field(default="", description="Prepended to every topic name; empty: none.")
     partitions: int = Field(default=8, ge=1, description="Partitions of every keyed topic.")
+    wire_format: Literal["single_object", "confluent"] = Field(
+        default="single_object",
+        description="How the events stockflow writes are framed: `single_object` (Avro single-object encoding: "
+        "`C3 01` and the schema's 8-byte fingerprint) or `confluent` (Schema Registry framing: byte 0 and the 4-byte "
+        "schema id; needs `STOCKFLOW_SCHEMA_REGISTRY_URL`). Both are always read.",
+    )
+    schema_registry_url: str = Field(
+        default="",
+        description="A Confluent-compatible Schema Registry (`http://host:8081`, credentials as "
+        "`https://user:password@host`): schemas are registered and looked up under their record's full name "
+        "(RecordNameStrategy). Empty: none, and Schema Registry-framed input is refused (`unknown_schema_id`).",
+    )
 
     # --- the worker ----------------------------------------------------------------------------
     app_id: str = Field(default="stockflow", description="Consumer group and changelog prefix.")
@@ -216,6 +229,32 @@ class Settings(BaseSettings):
         ),
         description="Alert kinds posted to the webhook (JSON list).",
     )
+    notify_rate: int = Field(
+        default=20,
+        ge=1,
+        description="Messages the notifier sends one robot per `STOCKFLOW_NOTIFY_WINDOW_S` (WeCom: 20 a minute). "
+        "Each worker keeps it on its own: with N workers, set it to 20/N.",
+    )
+    notify_window_s: float = Field(
+        default=60.0, gt=0, description="The sliding window `STOCKFLOW_NOTIFY_RATE` counts over, in seconds."
+    )
+    notify_max_bytes: int = Field(
+        default=4096,
+        ge=512,
+        description="Largest markdown content of one message, in UTF-8 bytes (WeCom: 4096); longer digests are "
+        "split, a longer alert's text is cut on a character boundary.",
+    )
+    notify_queue_max: int = Field(
+        default=10_000,
+        ge=1,
+        description="Alerts a worker keeps waiting for the robot (table `notify_pending`); beyond it the least "
+        "urgent are dropped, logged, and counted in the next message.",
+    )
+    notify_retry_max_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest wait between tries while the robot fails or refuses (1 s, doubling); alerts stay queued.",
+    )
 
     # HTTP intake
     intake_host: str = Field(default="127.0.0.1", description="Address `stockflow intake` listens on.")
@@ -331,6 +370,18 @@ class Settings(BaseSettings):
                 f"STOCKFLOW_HOLD_TTL_S ({self.hold_ttl_s:g})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _confluent_needs_a_registry(self) -> Settings:
+        # A Schema Registry frame names its schema by an id only a registry can hand out.
+        if self.wire_format == "confluent" and not self.schema_registry_url:
+            raise ValueError("STOCKFLOW_WIRE_FORMAT=confluent needs STOCKFLOW_SCHEMA_REGISTRY_URL")
+        return self
+
+    @property
+    def clickhouse_url_shown(self) -> str:
+        """``clickhouse_url`` fit for logs and messages: its password replaced by ``***``."""
+        return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", self.clickhouse_url)
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
