@@ -1,0 +1,119 @@
+"""The ops-chat notifier on the real broker: alerts through the ``alerts`` topic into a worker, out to a
+local WeCom robot on 127.0.0.1 that enforces the real limits (20 messages per window per robot, 4096
+bytes of content, unknown keys refused). The window is shrunk to 3 s to keep the tests short."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from agents.alerting.alerts import alert
+from streams.contract.records import Alert
+from streams.contract.topics import ALERTS
+from streams.engine.producer import EventProducer
+from tests.helpers import wait_for
+from tests.unit.alerting.wecom_robot import MAX_CONTENT_BYTES, WeComRobots
+
+pytestmark = pytest.mark.broker
+
+KEY = "ops-robot-key"
+WINDOW_S = 3.0
+KINDS = ("sla_breach", "invariant_breach", "connector_failing", "refund_sop_breach")
+
+
+@pytest.fixture
+def robots() -> Iterator[WeComRobots]:
+    receiver = WeComRobots({KEY}, limit=20, window_s=WINDOW_S)
+    yield receiver
+    receiver.close()
+
+
+def storm(count: int, tag: str) -> list[Alert]:
+    """Mixed kinds and severities, a tenth of them clearings, one subject per alert."""
+    severities = {"sla_breach": "RED", "invariant_breach": "RED", "connector_failing": "RED",
+                  "refund_sop_breach": "WARNING"}  # fmt: skip
+    now = int(time.time() * 1000)
+    alerts = []
+    for n in range(count):
+        kind = KINDS[n % len(KINDS)]
+        text = f"{kind.replace('_', ' ')} #{n}: 库存/订单 needs a look"
+        alerts.append(alert(kind, severities[kind], f"{tag}:{n:04d}", text, now + n, cleared=n % 10 == 9))
+    return alerts
+
+
+def send_alerts(producer: EventProducer, alerts: list[Alert], per_burst: int = 1, pause_s: float = 0.0) -> None:
+    for start in range(0, len(alerts), per_burst):
+        for a in alerts[start : start + per_burst]:
+            producer.send(ALERTS.name, a["subject"], "Alert", a)
+        producer.flush()
+        if pause_s:
+            time.sleep(pause_s)
+
+
+def delivered(robots: WeComRobots, alerts: list[Alert]) -> list[str]:
+    """The subjects of ``alerts`` not yet in any message the robot took."""
+    everything = "\n".join(robots.contents())
+    return [a["subject"] for a in alerts if f"{a['subject']}" not in everything]
+
+
+def test_a_storm_of_500_alerts_reaches_the_robot_whole_folded_within_its_limits(
+    make_settings, start_worker, robots
+) -> None:
+    settings = make_settings(webhook_url=robots.url(KEY), notify_window_s=WINDOW_S, notify_rate=20, notify_kinds=KINDS)
+    worker = start_worker(settings)
+    producer = EventProducer(settings)
+    alerts = storm(500, "storm")
+    # An incident's shape: a ramp (about 20 a second for four seconds: they go out one by one until the
+    # budget is spent, then wait for free slots), then the storm (420 within a second or two: folded).
+    send_alerts(producer, alerts[:80], per_burst=2, pause_s=0.1)
+    send_alerts(producer, alerts[80:], per_burst=60, pause_s=0.2)
+    wait_for(lambda: not delivered(robots, alerts), timeout_s=60, what="every alert in a message the robot took")
+
+    contents = robots.contents()
+    assert robots.throttled == 0 and robots.refused == [], "the notifier went past the robot's limits"
+    assert robots.most_in_any_window(KEY) <= 20
+    assert max(len(c.encode()) for c in contents) <= MAX_CONTENT_BYTES
+    assert len(contents) < 100 and any("alerts at once" in c for c in contents)  # folded
+    everything = "\n".join(contents)
+    assert all(everything.count(f"{a['subject']}") == 1 for a in alerts)  # each once, none twice
+    status = wait_for(lambda: (s := worker.get("/notify/status")).get("queued") == 0 and s, what="queue empty")
+    assert status["alerts_sent"] == 500 and status["throttled"] == 0 and status["dropped"] == 0
+    assert status["robot"].endswith("key=ops-…")
+    print(f"500 alerts in {len(contents)} messages, {status['digests']} of them digests; at most "
+          f"{robots.most_in_any_window(KEY)} in any {WINDOW_S:g} s")  # fmt: skip
+
+
+def test_a_refused_robot_keeps_the_alerts_across_a_crash_and_the_fixed_url_drains_them(
+    make_settings, start_worker, robots
+) -> None:
+    common = {"notify_window_s": WINDOW_S, "notify_kinds": KINDS, "session_timeout_s": 6, "notify_retry_max_s": 2.0}
+    wrong = make_settings(webhook_url=robots.url("a-rotated-key"), **common)
+    worker = start_worker(wrong)
+    alerts = storm(60, "kept")
+    send_alerts(EventProducer(wrong), alerts)
+    wait_for(lambda: worker.get("/notify/status").get("queued") == 60, what="60 alerts queued")
+    wait_for(lambda: len(robots.refused) >= 2, what="the robot refusing, tried again")
+    assert robots.contents() == [] and worker.get("/notify/status")["failures_in_a_row"] >= 1
+    log = worker.log_tail(20_000)
+    assert "refused a message" in log and "check STOCKFLOW_WEBHOOK_URL" in log and "a-rotated-key" not in log
+
+    worker.kill9()  # a crash: the queue lives only in notify_pending's changelog now
+    fixed = make_settings(webhook_url=robots.url(KEY), **common)
+    restarted = start_worker(fixed, name="fixed")
+    wait_for(lambda: not delivered(robots, alerts), timeout_s=90, what="the kept alerts delivered")
+    everything = "\n".join(robots.contents())
+    assert all(everything.count(a["subject"]) == 1 for a in alerts)
+    assert robots.throttled == 0 and all(key != KEY for key, _ in robots.refused)
+    status = wait_for(lambda: (s := restarted.get("/notify/status")).get("queued") == 0 and s, what="queue empty")
+    assert status["alerts_sent"] == 60
+
+    # The same alerts again (a replay upstream): each was sent once, so none goes out twice. The last
+    # one shares a subject (so a partition, read in order) with a replayed one: once it is out, the
+    # replays before it were read.
+    before = len(robots.contents())
+    last = alert("sla_breach", "RED", alerts[4]["subject"], "after the replay", int(time.time() * 1000))
+    send_alerts(EventProducer(fixed), [*alerts[:5], last])
+    wait_for(lambda: "after the replay" in "\n".join(robots.contents()), what="the alert after the replay")
+    assert len(robots.contents()) == before + 1
