@@ -26,7 +26,7 @@ from agents.refunds import views as refund_views
 from agents.refunds.run_refunds import RunRefunds
 from agents.routing import warehouse_view
 from agents.routing.warehouses import load_warehouses
-from streams.contract.codec import default_codec
+from streams.contract.codec import codec_for
 from streams.engine import clock_control
 from streams.engine.clock import Clock
 from streams.engine.host import host
@@ -58,7 +58,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(settings.session_timeout_s / 10, 0.5),
     )
-    runtime = Runtime(settings=settings, codec=default_codec(), clock=Clock())
+    runtime = Runtime(settings=settings, codec=codec_for(settings), clock=Clock())
 
     view = warehouse_view.register(app, runtime)
     pool = HoldStock.from_settings(settings, frozenset(load_warehouses(settings.warehouses_file)))

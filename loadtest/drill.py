@@ -40,7 +40,7 @@ from agents.intake.secrets import write_secrets
 from loadtest import events as ev
 from loadtest.bench import start_intake
 from loadtest.stack import isolated, local_stack
-from streams.contract.codec import default_codec
+from streams.contract.codec import codec_for
 from streams.contract.keys import order_key
 from streams.contract.topics import ORDER_EVENTS, REFUND_EVENTS, STOCK_ADJUSTMENTS, ensure_topics
 from streams.devstack.connectorproc import ConnectorsProcess
@@ -114,7 +114,7 @@ class KeyRotationDrill:
             "connector_credentials_file": self.logs / "credentials.json",
             "intake_secrets_file": write_secrets(self.logs / "intake-secrets.toml", {CHANNEL: self.old}),
         })  # fmt: skip
-        self.codec = default_codec()
+        self.codec = codec_for(self.settings)
         self.orders = [f"drill-{self.tag}-{n}" for n in range(refunds)]
 
     # ---- the run ------------------------------------------------------------------------------------------

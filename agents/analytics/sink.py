@@ -41,6 +41,7 @@ from clickhouse_driver.errors import ErrorCodes
 from agents.analytics import facts
 from streams.contract.codec import Codec, DecodeError
 from streams.contract.reasons import Reason
+from streams.contract.schema_registry import SchemaRegistryUnavailable
 from streams.engine.retry import Backoff, Retry
 from streams.settings import Settings
 from streams.stores.clickhouse import ClickHouse, open_clickhouse
@@ -299,7 +300,7 @@ class BatchWriter:
         Returns only once ClickHouse holds the rest: an outage is waited out. Raises ``SinkStopping``
         when asked to stop during that wait, and any error that is neither an outage nor a row.
         """
-        decoded, refused = decode_batch(self.codec, messages, now_ms)
+        decoded, refused = self._decode(messages, now_ms)
         self.status.unreadable += sum(1 for r in refused if r.reason is not Reason.UNSTORABLE)
         if decoded and not self.status.first_insert_ms:
             self.status.first_insert_ms = int(time.time() * 1000)
@@ -325,6 +326,18 @@ class BatchWriter:
         for item in decoded:
             self.status.by_type[item.event_type] = self.status.by_type.get(item.event_type, 0) + 1
         return refused
+
+    def _decode(self, messages: Sequence[Received], now_ms: int) -> tuple[list[Decoded], list[Refused]]:
+        """``decode_batch``, waiting out a Schema Registry that does not answer (an outage, like
+        ClickHouse's: the batch waits, no message is blamed for it)."""
+
+        def failed(exc: BaseException) -> None:
+            self.status.last_error = f"schema registry: {exc}"[:500]
+            if self.stopping():
+                raise SinkStopping(f"stopped while the schema registry was failing: {exc}") from exc
+
+        return Retry("decoding a batch (schema registry)", (SchemaRegistryUnavailable,), backoff=self.backoff,
+                     log=log).call(lambda: decode_batch(self.codec, messages, now_ms), failed)  # fmt: skip
 
     def _store(self, batch: list[Decoded]) -> list[Refused]:
         """Insert ``batch``; on a refused row, split it until the refused events stand alone."""

@@ -41,7 +41,7 @@ from agents.analytics.sink import (
     clickhouse_retriable,
 )
 from agents.analytics.sink_views import SinkViews
-from streams.contract.codec import Codec, default_codec
+from streams.contract.codec import Codec, codec_for
 from streams.contract.topics import DEADLETTERS, SUNK_TOPICS, ensure_topics
 from streams.engine.clock import Clock
 from streams.engine.deadletter import dead_letter
@@ -87,7 +87,7 @@ class ClickHouseSink:
 
     def __init__(self, settings: Settings, codec: Codec | None = None, clock: Clock | None = None) -> None:
         self.settings = settings
-        self.codec = codec or default_codec()
+        self.codec = codec or codec_for(settings)
         self.clock = clock or Clock()
         self.stop = threading.Event()
         self.status = SinkStatus()

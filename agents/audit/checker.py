@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from agents.routing.warehouses import load_warehouses
-from streams.contract.codec import Codec, DecodeError, default_codec
+from streams.contract.codec import Codec, DecodeError, codec_for
 from streams.contract.keys import order_key
 from streams.contract.topics import (
     DEADLETTERS,
@@ -155,7 +155,7 @@ def _decoded(codec: Codec, settings: Settings, name: str) -> list[tuple[Any, str
 
 
 def audit(settings: Settings) -> Report:
-    codec = default_codec()
+    codec = codec_for(settings)
     report = Report()
     on_hand = _on_hand_by_sku(codec, settings, report)
     last, shipped = _last_answers(codec, settings, report)

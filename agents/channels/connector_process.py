@@ -37,7 +37,7 @@ from agents.channels.issue_refunds import RefundConnector
 from agents.channels.kafka_io import ConnectorAlerts, InputLoop, ResultSink
 from agents.channels.platforms import ENDPOINTS
 from agents.channels.push_stock import StockConnector
-from streams.contract.codec import default_codec
+from streams.contract.codec import codec_for
 from streams.contract.topics import CONNECTOR_FAILED, ensure_topics
 from streams.engine.clock import wall_ms
 from streams.engine.retry import Backoff, Retry
@@ -61,7 +61,7 @@ class ConnectorProcess:
         self.settings = settings
         self.stop = threading.Event()
         self.fatal: list[str] = []
-        codec = default_codec()
+        codec = codec_for(settings)
         self.store = CredentialStore.from_settings(settings)
         self.caller = ChannelCaller(settings, self.store, stopping=self.stop.is_set)
         self.sink = ResultSink(settings, codec, on_fatal=self.fail)

@@ -48,7 +48,7 @@ from agents.channels.calls import CallResult, ChannelCaller
 from agents.channels.credentials import CredentialStore
 from agents.channels.issue_refunds import RefundCall, write_result
 from agents.channels.kafka_io import ResultSink
-from streams.contract.codec import Codec, DecodeError, default_codec
+from streams.contract.codec import Codec, DecodeError, codec_for
 from streams.contract.reasons import Reason
 from streams.contract.records import ConnectorCallFailed
 from streams.contract.topics import CONNECTOR_FAILED, REFUND_ISSUED, TopicSpec, ensure_topics
@@ -168,7 +168,7 @@ class Replay:
         self.channel = channel
         self.spec = queue_spec(channel)
         self.topic = settings.topic(self.spec.name)
-        self.codec = codec or default_codec()
+        self.codec = codec or codec_for(settings)
         self.stop = stop or threading.Event()
         self._own_caller = caller is None
         self.caller = caller or ChannelCaller(settings, CredentialStore.from_settings(settings),

@@ -24,6 +24,7 @@ class Reason(enum.StrEnum):
     EMPTY_MESSAGE = "empty_message"
     BAD_HEADER = "bad_header"
     UNKNOWN_FINGERPRINT = "unknown_fingerprint"
+    UNKNOWN_SCHEMA_ID = "unknown_schema_id"
     TRUNCATED = "truncated"
     MALFORMED_BODY = "malformed_body"
     TRAILING_BYTES = "trailing_bytes"
@@ -93,8 +94,15 @@ class Reason(enum.StrEnum):
 
 DESCRIPTIONS: dict[Reason, str] = {
     Reason.EMPTY_MESSAGE: "a message with no value",
-    Reason.BAD_HEADER: "the value is not Avro single-object encoding (no C3 01 marker, or shorter than the header)",
+    Reason.BAD_HEADER: (
+        "the value is neither Avro single-object encoding (C3 01 and an 8-byte fingerprint) nor Schema Registry "
+        "framing (byte 0 and a 4-byte schema id), or is shorter than its header"
+    ),
     Reason.UNKNOWN_FINGERPRINT: "the writer schema's fingerprint is no schema stockflow has ever published",
+    Reason.UNKNOWN_SCHEMA_ID: (
+        "a Schema Registry-framed value whose schema id the registry (STOCKFLOW_SCHEMA_REGISTRY_URL) does not know, "
+        "whose schema is no stockflow event, or that arrived with no registry configured"
+    ),
     Reason.TRUNCATED: "the Avro body ends before the record does",
     Reason.MALFORMED_BODY: "the Avro body does not read as its writer schema says",
     Reason.TRAILING_BYTES: "bytes are left after the record",

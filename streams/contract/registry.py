@@ -27,6 +27,12 @@ class EventType:
         return self.name.rsplit(".", 1)[-1]
 
     @property
+    def subject(self) -> str:
+        """Its Schema Registry subject: the record's full name (RecordNameStrategy), not ``<topic>-value``,
+        since one topic carries several event types."""
+        return self.name
+
+    @property
     def schema_path(self) -> Path:
         return SCHEMA_DIR / self.schema_file
 

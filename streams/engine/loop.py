@@ -37,6 +37,7 @@ from streams.contract.codec import Codec, DecodeError
 from streams.contract.keys import partition_for
 from streams.contract.reasons import Reason
 from streams.contract.records import DeadLetter
+from streams.contract.schema_registry import SchemaRegistryUnavailable
 from streams.contract.topics import DEADLETTERS, TopicSpec
 from streams.engine.changelog import changelog_topic, ensure_changelogs, restore
 from streams.engine.clock import Clock
@@ -370,6 +371,12 @@ class Engine:
             self._fire_timers(batch)
             self._flush(batch)
             self.stats.apply_s += time.perf_counter() - started
+        except SchemaRegistryUnavailable as exc:
+            # Like the broker: an outage of the registry is waited out, never blamed on a message.
+            log.warning("schema registry unavailable (%s); the batch is read again in a second", exc)
+            self._rewind_to_committed()
+            time.sleep(1.0)
+            return
         except Exception as exc:
             if not alone and len(messages) > 1:
                 log.warning("batch of %d aborted by %r; applying its messages one at a time", len(messages), exc)

@@ -10,7 +10,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
-from streams.contract.codec import Codec, default_codec
+from streams.contract.codec import Codec, codec_for
 from streams.settings import Settings
 
 PRODUCER_CONFIG = {
@@ -25,7 +25,7 @@ PRODUCER_CONFIG = {
 class EventProducer:
     def __init__(self, settings: Settings, codec: Codec | None = None, **overrides: Any) -> None:
         self.settings = settings
-        self.codec = codec or default_codec()
+        self.codec = codec or codec_for(settings)
         self._errors: list[str] = []
         self._producer = Producer({"bootstrap.servers": settings.bootstrap, **PRODUCER_CONFIG, **overrides})
 
