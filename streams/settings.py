@@ -360,6 +360,21 @@ class Settings(BaseSettings):
         default=6068, description="Port of the `stockflow connectors run` status view (`/connectors/status`)."
     )
 
+    # Order-peak forecast (`stockflow forecast`)
+    promotions_file: Path | None = Field(
+        default=None,
+        description="The promotion calendar the forecast knows (TOML `[[promotion]]` tables, or CSV "
+        "`name,start,end,intensity`; times in the shop's zone); unset: `agents/forecast/config/promotions.toml`.",
+    )
+    forecast_drivers_file: Path | None = Field(
+        default=None,
+        description="Other known hourly drivers of orders for the forecast (CSV: `hour`, then one numeric column "
+        "each, e.g. rain or a competitor's sale); unset: none.",
+    )
+    forecast_history_days: int = Field(
+        default=7, ge=1, le=60, description="Days of orders before now the forecast learns from."
+    )
+
     @model_validator(mode="after")
     def _timeouts_agree(self) -> Settings:
         # An unpaid hold expiring before its order's payment timeout would cancel orders whose
