@@ -2,7 +2,8 @@
 
 Serves ``streams/static/index.html`` (Plotly charts, refreshed every few seconds), Plotly's own
 JavaScript from the installed ``plotly`` package (no network needed), and a JSON API over
-``agents.analytics.queries.run`` - so the page shows exactly what ``stockflow dash`` prints.
+``agents.analytics.queries.run`` - so the page shows exactly what ``stockflow dash`` prints - and over
+``agents.forecast.predict`` for the forecast card (``/api/forecast``, listed with the dashboards).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import plotly
 from aiohttp import web
 
 from agents.analytics import queries as dashboards
+from agents.forecast import predict as forecast
 from agents.routing.warehouses import load_warehouses
 from streams.settings import Settings
 
@@ -35,7 +37,7 @@ def make_app(settings: Settings) -> web.Application:
 
     async def catalogue(_: web.Request) -> web.Response:
         return _json({
-            "dashboards": [d.describe() for d in dashboards.load_all().values()],
+            "dashboards": [*(d.describe() for d in dashboards.load_all().values()), forecast.chart_card()],
             "channels": list(settings.channels),
             "warehouses": sorted(load_warehouses(settings.warehouses_file)),
         })  # fmt: skip
@@ -51,11 +53,21 @@ def make_app(settings: Settings) -> web.Application:
             return _json({"error": f"ClickHouse: {exc}"}, status=503)
         return _json({"dashboard": dash.describe(), "rows": found})
 
+    async def forecast_rows(_: web.Request) -> web.Response:
+        try:
+            found = await asyncio.to_thread(forecast.chart_rows, settings)
+        except ValueError as exc:  # a promotion calendar or drivers file that does not parse
+            return _json({"error": f"forecast: {exc}"}, status=400)
+        except Exception as exc:  # noqa: BLE001 - ClickHouse away: shown, asked again on the next refresh
+            return _json({"error": f"ClickHouse: {exc}"}, status=503)
+        return _json({"dashboard": forecast.chart_card(), "rows": found})
+
     app = web.Application()
     app.router.add_get("/", index)
     app.router.add_get("/static/plotly.min.js", plotly_js)
     app.router.add_get("/api/dashboards", catalogue)
     app.router.add_get("/api/dash/{name}", rows)
+    app.router.add_get("/api/forecast", forecast_rows)
     return app
 
 

@@ -7,11 +7,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
 from agents.analytics import queries as dashboards
 from agents.analytics.webpage import make_app
+from agents.forecast import predict as forecast
 from loadtest import events as ev
 from tests.conftest import free_port
 from tests.helpers import AppServer, wait_for
@@ -58,7 +60,9 @@ def test_the_dashboard_page_draws_every_chart_with_data(
         lambda: dashboards.run(settings, "split_rate", {})[1][0]["routed_orders"] == 2, what="events in ClickHouse"
     )
     wait_for(lambda: dashboards.run(settings, "refund_mismatches", {})[1], what="refund events in ClickHouse")
-    charted = [d for d in dashboards.load_all().values() if d.chart.kind != "table"]
+    # Every SQL dashboard, and beside them the cards the page computes in Python (the forecast).
+    cards = [d.describe() for d in dashboards.load_all().values()] + [forecast.chart_card()]
+    charted = [c for c in cards if c["chart"]["kind"] != "table"]
 
     server = AppServer(make_app(settings), free_port())
     try:
@@ -69,9 +73,11 @@ def test_the_dashboard_page_draws_every_chart_with_data(
         assert 'data-ready="1"' in html, html[-3000:]
         drawn = len(re.findall(r'class="[^"]*js-plotly-plot', html))
         assert drawn == len(charted), f"{drawn} charts drawn, {len(charted)} expected"
-        for dash in dashboards.load_all().values():
-            points = re.search(rf'id="card-{dash.name}"[^>]*data-points="(\d+)"', html)
-            assert points and int(points.group(1)) > 0, f"{dash.name} shows no data"
+        for card in cards:
+            points = re.search(rf'id="card-{card["name"]}"[^>]*data-points="(\d+)"', html)
+            assert points and int(points.group(1)) > 0, f"{card['name']} shows no data"
+        predicted = httpx.get(f"{server.url}/api/forecast", timeout=60).json()["rows"]
+        assert any(r["actual"] for r in predicted) and any(r["forecast"] for r in predicted[-24:]), predicted
         assert not re.search(r'<div class="error">(?!\$\{)', html), "a dashboard answered with an error"
 
         png = tmp_path / "dashboards.png"
