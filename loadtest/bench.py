@@ -1,7 +1,9 @@
 """`stockflow bench`: a load run against real workers, its baseline, and the figures to compare.
 
 One run: fresh topics, N workers (each a `stockflow worker`), the ClickHouse sink (`stockflow sink`),
-`stockflow intake`, the schedule of a profile sent open-loop, drained, measured (``loadtest.run``);
+`stockflow intake`, the marketplace simulator and `stockflow connectors run` pushing channel stock and
+refund instructions to it (``loadtest.market``), the schedule of a profile sent open-loop, drained
+(the connectors too), measured (``loadtest.run``);
 then, on the same broker, the plain consume->produce loop moving the same number of messages
 (``loadtest.baseline``), and the hold agent alone draining a backlog of hold commands (stateful
 events/s of one worker with RocksDB and changelog). Everything started is stopped; the local
@@ -29,6 +31,7 @@ from agents.intake.secrets import write_secrets
 from loadtest import events as ev
 from loadtest.baseline import plain_loop_events_per_s
 from loadtest.generator import build_schedule, describe
+from loadtest.market import BENCH_QPS, Marketplaces
 from loadtest.run import LoadRun, measure
 from loadtest.stack import isolated
 from streams.contract.codec import default_codec
@@ -39,6 +42,8 @@ from streams.engine.producer import EventProducer
 from streams.engine.topicreader import read_all
 from streams.settings import Settings
 
+# --marketplaces: each simulated platform's per-app calls/s (0: its documented limit; None: no marketplaces).
+MARKETPLACES: dict[str, float | None] = {"high-limits": BENCH_QPS, "platform-limits": 0.0, "off": None}
 # Timeouts short enough to happen within a run.
 RUN_TIMEOUTS = {"payment_timeout_s": 15.0, "parked_grace_s": 5.0, "hold_ttl_s": 600.0,
                 "route_retry_s": 5.0}  # fmt: skip
@@ -132,9 +137,49 @@ def engine_figures(workers: list[WorkerProcess], orders: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, seed: int, workers: int, *,
-              console: Console, hold_commands: int = 50_000) -> tuple[dict[str, Any], Settings]:  # fmt: skip
-    """The run's figures, and the settings it ran with (its topics, its ClickHouse)."""
+class RunProcesses:
+    """What one run starts: the workers, the sink, the marketplaces (simulator and connectors) unless
+    ``channel_qps`` is None, and the intake; ``stop`` stops whatever of it started."""
+
+    def __init__(self, s: Settings, logs: Path, tag: str, workers: int, channel_qps: float | None) -> None:
+        self.settings, self.logs, self.tag = s, logs, tag
+        self.workers = [WorkerProcess(s.model_copy(update={"web_port": s.web_port + i}), logs / f"bench-{tag}-{i}.log")
+                        for i in range(workers)]  # fmt: skip
+        self.sink = SinkProcess(s, logs / f"bench-{tag}-sink.log")  # one for every worker: chdb owns one folder
+        self.market = None if channel_qps is None else Marketplaces(s, logs, tag, channel_qps)
+        self.intake: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        for w in self.workers:
+            w.start()
+        self.sink.start()
+        if self.market is not None:
+            self.market.start()
+        for w in self.workers:
+            w.wait_ready()
+        self.sink.wait_ready()
+        if self.market is not None:
+            self.market.wait_ready()
+        s = self.settings
+        self.intake = start_intake(s, s.intake_port, self.logs / f"bench-{self.tag}-intake.log")
+
+    def stop(self) -> None:
+        if self.intake is not None:
+            self.intake.terminate()
+            self.intake.wait(30)
+        for w in self.workers:
+            w.stop()
+        self.sink.stop()
+        if self.market is not None:
+            self.market.stop()
+
+
+def run_bench(  # noqa: PLR0913 - the bench command's options, passed on
+    settings: Settings, profile: str, rate: float, duration_s: float, seed: int, workers: int, *,
+    console: Console, hold_commands: int = 50_000, channel_qps: float | None = BENCH_QPS,
+) -> tuple[dict[str, Any], Settings]:  # fmt: skip
+    """The run's figures, and the settings it ran with (its topics, its ClickHouse). ``channel_qps``: each
+    simulated marketplace's per-app limit (0: the platforms' own; None: no marketplaces, no connectors)."""
     tag, s = isolated(settings, "bench", **RUN_TIMEOUTS)
     if s.web_port <= s.sink_port < s.web_port + workers:  # the workers take web_port, web_port + 1, ...
         s = s.model_copy(update={"sink_port": s.web_port + workers})
@@ -142,39 +187,14 @@ def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, 
     ensure_topics(s)
     schedule = build_schedule(profile, rate, duration_s, seed)
     console.print(f"schedule: {describe(schedule)}")
-    procs: list[WorkerProcess] = []
-    sink = SinkProcess(s, logs / f"bench-{tag}-sink.log")
-    intake = None
+    processes = RunProcesses(s, logs, tag, workers, channel_qps)
     try:
-        with console.status(f"starting {workers} worker(s), the sink and the intake..."):
-            for i in range(workers):
-                w = WorkerProcess(s.model_copy(update={"web_port": s.web_port + i}), logs / f"bench-{tag}-{i}.log")
-                procs.append(w.start())
-            sink.start()  # one sink for every worker: with chdb it owns the one folder
-            for w in procs:
-                w.wait_ready()
-            sink.wait_ready()
-            intake = start_intake(s, s.intake_port, logs / f"bench-{tag}-intake.log")
-        run = LoadRun(s, schedule, f"http://127.0.0.1:{s.intake_port}", console)
-        with console.status("loading stock..."):
-            run.load_stock()
-            _wait_for_stock(procs[0], schedule.skus[0], logs)
-        run.send()
-        with console.status("draining..."):
-            drained = run.drain(max(120.0, duration_s * 3))
-        if not run.drained:
-            console.print("[red]the pipeline did not drain in time: undecided orders count as lost below[/red]")
-        with console.status("measuring (independent checker over every topic)..."):
-            figures = measure(run, drained)
-            figures["drained"] = run.drained
-            figures.update(engine_figures(procs, figures["orders_sent"]))
+        market = ", the marketplace simulator and the connectors" if processes.market else ""
+        with console.status(f"starting {workers} worker(s), the sink, the intake{market}..."):
+            processes.start()
+        figures = _drive(LoadRun(s, schedule, f"http://127.0.0.1:{s.intake_port}", console), processes, console)
     finally:
-        if intake is not None:
-            intake.terminate()
-            intake.wait(30)
-        for w in procs:
-            w.stop()
-        sink.stop()
+        processes.stop()
     size = 220  # bytes: an encoded order event with two lines, the run's typical message
     with console.status("baseline: plain consume -> produce loop on the same broker..."):
         baseline = plain_loop_events_per_s(s, min(figures["events"], 400_000), size)
@@ -189,6 +209,34 @@ def run_bench(settings: Settings, profile: str, rate: float, duration_s: float, 
         "hold_agent_events_per_s": round(hold, 1), "machine": machine(),
     })  # fmt: skip
     return figures, s
+
+
+def _drive(run: LoadRun, processes: RunProcesses, console: Console) -> dict[str, Any]:
+    """Stock loaded (and pushed to the channels), the schedule sent, drained, measured."""
+    market, duration_s = processes.market, run.schedule.duration_s
+    with console.status("loading stock..."):
+        run.load_stock()
+        _wait_for_stock(processes.workers[0], run.schedule.skus[0], processes.logs)
+    if market is not None:
+        with console.status("the connectors pushing the loaded stock to every channel..."):
+            if not market.wait_caught_up(180):
+                console.print("[yellow]the connectors were still pushing the loaded stock after 180 s[/yellow]")
+        market.mark_start()  # the run measures its own changes, not the catalogue's first upload
+    run.send()
+    with console.status("draining..."):
+        drained = run.drain(max(120.0, duration_s * 3))
+    if not run.drained:
+        console.print("[red]the pipeline did not drain in time: undecided orders count as lost below[/red]")
+    if market is not None:
+        with console.status("waiting for the connectors to send what the pipeline published..."):
+            caught_up = market.wait_caught_up(max(60.0, duration_s))
+        if not caught_up:
+            console.print("[red]the connectors did not catch up in time: changes not shown count below[/red]")
+    with console.status("measuring (independent checker over every topic)..."):
+        figures = measure(run, drained, market)
+        figures["drained"] = run.drained
+        figures.update(engine_figures(processes.workers, figures["orders_sent"]))
+    return figures
 
 
 def _wait_for_stock(worker: WorkerProcess, sku: str, logs: Path) -> None:
@@ -227,6 +275,13 @@ REQUIRED_KEYS = (
     "p50_decision_ms", "p99_decision_ms", "p999_decision_ms", "p50_stock_refresh_ms", "p99_stock_refresh_ms",
     "p999_stock_refresh_ms", "oversold_units", "lost_orders", "double_holds", "bad_inputs_sent", "bad_inputs_refused",
 )  # fmt: skip
+# With the marketplaces (the default): what reached them.
+CHANNEL_KEYS = (
+    "channel_pushes", "channel_changes", "p50_channel_push_ms", "p99_channel_push_ms", "max_channel_push_ms",
+    "p99_order_to_channel_ms", "channel_changes_not_shown", "channel_pushes_stale", "channel_pushes_retried",
+    "channel_pushes_failed", "marketplace_refusals", "refunds_instructed", "refunds_agreed", "refunds_agreed_twice",
+    "refunds_not_agreed",
+)  # fmt: skip
 
 
 def summary_table(figures: dict[str, Any]) -> Table:
@@ -235,6 +290,7 @@ def summary_table(figures: dict[str, Any]) -> Table:
                 "drained", "drain_s", "max_lag", "skus_drifted", "intake_errors", "sender_behind_ms",
                 "changelog_records_per_order", "engine_events_per_batch", "engine_local_share",
                 "engine_cpu_us_per_order", "refunds_sent", "refunds_decided", "p50_refund_decision_ms",
-                "p99_refund_decision_ms", "refunds_paid_twice", "refunds_lost"):  # fmt: skip
+                "p99_refund_decision_ms", "refunds_paid_twice", "refunds_lost",
+                *(k for k in CHANNEL_KEYS if k in figures)):  # fmt: skip
         table.add_row(key, f"{figures[key]:,}" if isinstance(figures[key], (int, float)) else str(figures[key]))
     return table

@@ -28,6 +28,8 @@ from agents.channels.platforms import sign_callback
 from agents.intake.secrets import load_secrets
 from loadtest import events as ev
 from loadtest.generator import Planned, Schedule
+from loadtest.market import LevelSeen, Marketplaces
+from loadtest.stack import group_lag
 from streams.contract.codec import default_codec
 from streams.contract.keys import order_key, partition_for
 from streams.contract.topics import (
@@ -38,7 +40,6 @@ from streams.contract.topics import (
     REFUND_EVENTS,
     STOCK_ADJUSTMENTS,
     SUNK_TOPICS,
-    TopicSpec,
 )
 from streams.engine.loop import engine_group
 from streams.engine.producer import EventProducer
@@ -63,16 +64,6 @@ class Sent:
     bad_intake_refused: int = 0
     intake_errors: int = 0
     behind_ms: int = 0  # how late the sender itself ever was (it should stay near 0)
-
-
-def group_lag(settings: Settings, consumer: Consumer, watched: tuple[TopicSpec, ...] = WATCHED) -> int:
-    """Messages the consumer's group has not committed yet on ``watched`` topics."""
-    tps = [TopicPartition(settings.topic(t.name), p) for t in watched for p in range(t.partitions(settings))]
-    total = 0
-    for tp in consumer.committed(tps, timeout=10):
-        high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10, cached=False)[1]
-        total += max(0, high - max(tp.offset, 0))
-    return total
 
 
 class LoadRun:
@@ -201,7 +192,8 @@ class LoadRun:
                 self.sent.bad_intake_refused += 1
             return
         if e.kind == "order":
-            body = {"order_id": e.order, "amount_fen": 9900 * len(e.lines), "sent_at_ms": intended,
+            # The order's amount is its lines' (a refund of the whole order asks exactly that much back).
+            body = {"order_id": e.order, "amount_fen": sum(9900 * qty for _, qty in e.lines), "sent_at_ms": intended,
                     "placed_at_ms": intended, "presale": e.presale, "customer_id": f"c-{e.order}",
                     "lines": [{"line_no": n + 1, "sku": sku, "qty": qty, "unit_price_fen": 9900}
                               for n, (sku, qty) in enumerate(e.lines)],
@@ -236,7 +228,7 @@ class LoadRun:
         try:
             while not self._done.is_set():
                 with contextlib.suppress(Exception):  # a sample lost to a rebalance: a gap in the chart
-                    self.lag.append((time.time(), group_lag(self.settings, consumer)))
+                    self.lag.append((time.time(), group_lag(self.settings, consumer, WATCHED)))
                     self.sink_lag = group_lag(self.settings, sink, SUNK_TOPICS)
                 self._done.wait(1.0)
         finally:
@@ -298,8 +290,9 @@ def _refund_decision_ms(settings: Settings, codec: Any, sent: Sent) -> list[floa
     return list(decided.values())
 
 
-def measure(run: LoadRun, drained_at: float) -> dict[str, Any]:
-    """Figures of the run, from the topics (latencies, counts) and the independent checker (invariants)."""
+def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None) -> dict[str, Any]:
+    """Figures of the run, from the topics (latencies, counts) and the independent checker (invariants);
+    with ``market``, also what reached the marketplaces (channel pushes, refunds agreed)."""
     settings, codec, sent = run.settings, run.codec, run.sent
     decisions: dict[str, int] = {}
     decided_per_second: dict[int, int] = defaultdict(int)
@@ -316,8 +309,10 @@ def measure(run: LoadRun, drained_at: float) -> dict[str, Any]:
     refund_ms = _refund_decision_ms(settings, codec, sent)
     refresh_ms = []
     seen_sources: set[tuple[str, int]] = set()
+    levels: list[LevelSeen] = []
     for rec in read_all(settings.bootstrap, settings.topic("stock.levels"), 30):
         _, lv = codec.decode(rec.value)
+        levels.append(LevelSeen(lv["sku"], lv["newest_change_ms"], lv["newest_source_ms"], lv["sellable"]))
         source = (lv["sku"], lv["newest_source_ms"])
         if lv["newest_source_ms"] >= sent.started_epoch_ms and source not in seen_sources:
             seen_sources.add(source)
@@ -347,6 +342,7 @@ def measure(run: LoadRun, drained_at: float) -> dict[str, Any]:
     send_window = run.schedule.duration_s
     # Achieved: decided orders over the time until the last decision (at least the send window).
     last_decision_s = (max(decisions.values()) / 1000 - started) if decisions else send_window
+    channels = {} if market is None else market.figures(levels, sent.refunds, sent.started_epoch_ms, codec)
     return {
         "orders_sent": len(sent.orders),
         "orders_decided": len(decisions),
@@ -377,6 +373,7 @@ def measure(run: LoadRun, drained_at: float) -> dict[str, Any]:
         "intake_errors": sent.intake_errors,
         "sender_behind_ms": sent.behind_ms,
         "max_lag": max((lag for _, lag in run.lag), default=0),
+        **channels,
         "series": {
             "second": sorted(set(sent.per_second) | set(decided_per_second)),
             "sent": dict(sent.per_second),

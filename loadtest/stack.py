@@ -1,15 +1,19 @@
-"""The local stack a demo or benchmark needs, started only if nothing is running, stopped after."""
+"""The local stack a demo or benchmark needs, started only if nothing is running, stopped after; the
+run's isolated settings, free ports, and how far a consumer group is behind."""
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 
+from streams.contract.topics import TopicSpec
 from streams.devstack import procs
 from streams.devstack.localclickhouse import LocalClickHouseServer
 from streams.devstack.localkafka import LocalKafka
@@ -52,3 +56,25 @@ def isolated(settings: Settings, name: str, **extra: Any) -> tuple[str, Settings
     if settings.clickhouse_url.startswith("chdb"):
         update["clickhouse_url"] = f"chdb://{tempfile.mkdtemp(prefix=f'stockflow-{name}-')}"
     return tag, settings.model_copy(update={**update, **extra})
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 now (held together while chosen, so never the same one)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def group_lag(settings: Settings, consumer: Consumer, watched: tuple[TopicSpec, ...]) -> int:
+    """Messages the consumer's group has not committed yet on ``watched`` topics."""
+    tps = [TopicPartition(settings.topic(t.name), p) for t in watched for p in range(t.partitions(settings))]
+    total = 0
+    for tp in consumer.committed(tps, timeout=10):
+        high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10, cached=False)[1]
+        total += max(0, high - max(tp.offset, 0))
+    return total

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 RATE_SHARE = 0.9  # of the platform's per-app limit: our clock and theirs never agree exactly
 ANSWER_CHARS = 1500
 BACKOFF = Backoff(first_s=0.25, max_s=4.0)
+THREAD_CONNECTIONS = 2  # kept open per calling thread: its one call at a time, and a replay's across channels
 
 
 class Stopping(StockflowError, RuntimeError):
@@ -123,19 +124,38 @@ class ChannelCaller:
         self.store = store
         self.stopping = stopping
         self.budget_s = settings.connector_retry_budget_s if budget_s is None else budget_s
-        self._own_http = http is None
-        self.http = http or httpx.Client(
-            timeout=httpx.Timeout(settings.connector_call_timeout_s),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-            trust_env=False,  # a proxy variable must not send marketplace calls elsewhere
-        )
+        self._given_http = http
+        # One client per calling thread: a lane's thread makes one call at a time, and one pool shared by
+        # every lane serialises them on the pool's lock and scans every connection on each request (most of
+        # the connectors' CPU with a hundred calls in flight).
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
         self.stats: dict[tuple[str, str], EndpointStats] = {}
         self._buckets: dict[str, tuple[TokenBucket, threading.Lock]] = {}
         self._lock = threading.Lock()
 
+    @property
+    def http(self) -> httpx.Client:
+        """The calling thread's HTTP client (the one given, if one was)."""
+        if self._given_http is not None:
+            return self._given_http
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = httpx.Client(
+                timeout=httpx.Timeout(self.settings.connector_call_timeout_s),
+                limits=httpx.Limits(max_connections=THREAD_CONNECTIONS, max_keepalive_connections=THREAD_CONNECTIONS),
+                trust_env=False,  # a proxy variable must not send marketplace calls elsewhere
+            )
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
     def close(self) -> None:
-        if self._own_http:
-            self.http.close()
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
     def endpoint_stats(self, channel: str, endpoint: str) -> EndpointStats:
         key = (channel, endpoint)

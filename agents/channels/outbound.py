@@ -128,58 +128,85 @@ class Push:
 
 
 class PushQueue:
-    """One channel's stock pushes: the newest figure per SKU, sent oldest change first.
+    """One channel's stock pushes: the newest figure per SKU, sent oldest change first, one call per SKU at a time.
 
     ``offer`` a SKU's figure from a ``stock.levels`` record; ``take`` the next push that is due
-    (``window_ms`` after the SKU's first unsent change, so a burst collapses into one call);
-    ``settle`` it with what the platform answered. Tickets of figures that need no call (unchanged,
-    older, replaced by a newer one) are handed back for finishing when they are settled.
+    (``window_ms`` after the SKU's first unsent change, so a burst collapses into one call) and whose
+    SKU has no call in flight; ``settle`` it with what the platform answered, or ``release`` it when the
+    call failed or was abandoned. A push taken while the channel already shows its figure (a call in
+    flight landed it meanwhile) needs no call: ``shown`` says so. Tickets of figures that need no call
+    (unchanged, older, replaced by a newer one) are handed back for finishing when they are settled.
     Remembers the last figure each SKU's channel accepted: bounded by the SKUs of the catalogue.
     """
 
     def __init__(self, window_ms: int) -> None:
         self.window_ms = window_ms
         self._pending: OrderedDict[str, Push] = OrderedDict()
+        self._in_flight: dict[str, Push] = {}  # sku -> the push whose call is under way
         self._accepted: dict[str, tuple[int, int]] = {}  # sku -> (quantity, version) the platform holds
 
     def __len__(self) -> int:
         return len(self._pending)
 
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
     def offer(self, sku: str, quantity: int, version: int, ticket: Ticket, source: str, now_ms: int) -> bool:
         """Queue a figure; False when there is nothing to send for it (the caller finishes ``ticket`` now)."""
         pending = self._pending.get(sku)
         accepted = self._accepted.get(sku)
-        if (pending is not None and version <= pending.version) or (accepted is not None and version <= accepted[1]):
+        flying = self._in_flight.get(sku)
+        newest = max(pending.version if pending else 0, accepted[1] if accepted else 0, flying.version if flying else 0)
+        if version <= newest:
             return False  # an older level read again (a restart, a rebalance): never send it over a newer one
         if pending is not None:
             # The newest figure wins; it keeps its place and due time, and finishes the older's records.
             pending.quantity, pending.version, pending.source = quantity, version, source
             pending.tickets.append(ticket)
             return True
-        if accepted is not None and accepted[0] == quantity:
-            return False  # the channel already shows this figure
+        if flying is None and accepted is not None and accepted[0] == quantity:
+            # The channel already shows this figure. While a call is in flight what it will show is not known
+            # yet (the call may fail, or find a newer version there): queue it, and ``shown`` decides at take.
+            return False
         self._pending[sku] = Push(sku, quantity, version, now_ms + self.window_ms, source, [ticket])
         return True
 
     def next_due_ms(self) -> int | None:
-        first = next(iter(self._pending.values()), None)
-        return None if first is None else first.due_ms
+        """When the next push can be taken: the first one whose SKU has no call in flight."""
+        for push in self._pending.values():
+            if push.sku not in self._in_flight:
+                return push.due_ms
+        return None
 
     def take(self, now_ms: int) -> Push | None:
-        """The push due first, if it is due (due times grow with insertion, so the first is the earliest)."""
-        first = next(iter(self._pending.values()), None)
-        if first is None or first.due_ms > now_ms:
-            return None
-        del self._pending[first.sku]
-        return first
+        """The push due first whose SKU has no call in flight, if it is due (due times grow with insertion, so
+        the first such push is the earliest); it is in flight until settled or released."""
+        for push in self._pending.values():
+            if push.due_ms > now_ms:
+                return None
+            if push.sku not in self._in_flight:
+                del self._pending[push.sku]
+                self._in_flight[push.sku] = push
+                return push
+        return None
+
+    def shown(self, push: Push) -> bool:
+        """Whether the channel already shows ``push``'s figure (settle it without a call)."""
+        accepted = self._accepted.get(push.sku)
+        return accepted is not None and accepted[0] == push.quantity
 
     def settle(self, push: Push, accepted: bool) -> None:
         """The platform answered ``push``: ``accepted`` (now shows it), or stale (it holds a newer version)."""
+        self._in_flight.pop(push.sku, None)
         if accepted:
             self._accepted[push.sku] = (push.quantity, push.version)
         else:
             # A newer version is there, set by an earlier run: its figure is unknown, so the next change is sent.
             self._accepted.pop(push.sku, None)
+
+    def release(self, push: Push) -> None:
+        """``push``'s call failed for good or was abandoned: the SKU may be sent again; what it shows is unchanged."""
+        self._in_flight.pop(push.sku, None)
 
     def drain(self) -> list[Push]:
         """Everything waiting (at a stop: their records are left uncommitted and read again)."""

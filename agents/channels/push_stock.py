@@ -5,10 +5,11 @@ read_committed. Writes: ``connector.failed.<channel>`` for a push that failed fo
 (``connector_failing``), ``deadletters`` for a level it cannot read. Owns: its group's offsets and, in
 memory, the last figure each channel accepted per SKU.
 
-A level's ``sellable[channel]`` goes to that channel's lane (one thread per channel of
-``STOCKFLOW_CHANNELS``), which pushes the newest figure per SKU ``STOCKFLOW_CONNECTOR_PUSH_WINDOW_MS``
-after its first unsent change (a burst of levels is one call), skips a figure the channel already
-shows, and keeps under the channel's rate limit (``calls.ChannelCaller``). A stock level is published
+A level's ``sellable[channel]`` goes to that channel's lane (one per channel of ``STOCKFLOW_CHANNELS``),
+which pushes the newest figure per SKU ``STOCKFLOW_CONNECTOR_PUSH_WINDOW_MS`` after its first unsent
+change (a burst of levels is one call), skips a figure the channel already shows, and keeps under the
+channel's rate limit (``calls.ChannelCaller``). A lane has as many calls in flight as its rate limit
+needs (``calls_in_flight``, a thread each), never two for one SKU. A stock level is published
 at most every ``STOCKFLOW_REFRESH_INTERVAL_MS`` after a change, so a change reaches the channel within
 a second unless the channel's rate limit is the bottleneck.
 
@@ -25,13 +26,14 @@ otherwise, so a replayed or reordered push never sets an older figure; stale cou
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from agents.channels import platforms as pf
-from agents.channels.calls import ChannelCaller, Stopping
+from agents.channels.calls import ChannelCaller, Stopping, rate_per_s
 from agents.channels.kafka_io import ConnectorAlerts, InputLoop, Received, ResultSink
 from agents.channels.outbound import Push, PushQueue, Ticket
 from streams.contract.codec import Codec
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 STAGE = "agents.channels.push_stock"
 ENDPOINT: pf.Endpoint = "stock"
 MAX_IN_FLIGHT = 200_000  # levels read and not yet pushed everywhere; the queues coalesce, so memory is per SKU
+CALL_TIME_S = 0.1  # a marketplace call's usual time with room to spare, for sizing a lane's calls in flight
+MAX_CALLS_IN_FLIGHT = 16  # per channel: more threads only contend for the interpreter
 
 
 def level_version(level: StockLevel) -> int:
@@ -56,15 +60,24 @@ def monotonic_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
-class StockLane(threading.Thread):
-    """One channel's stock pushes: coalesced per SKU, one call at a time."""
+def calls_in_flight(calls_per_s: float) -> int:
+    """How many calls a channel's lane keeps going at once: enough to use the channel's rate limit
+    (``calls_per_s``) when a call takes ``CALL_TIME_S`` (one at a time, 40 ms calls would cap a lane at 25 a
+    second whatever the platform allows), at most ``MAX_CALLS_IN_FLIGHT``. Only one SKU's pushes must stay in
+    order, and a SKU never has two calls in flight."""
+    return max(1, min(MAX_CALLS_IN_FLIGHT, math.ceil(calls_per_s * CALL_TIME_S)))
 
-    def __init__(self, channel: str, connector: StockConnector, window_ms: int) -> None:
-        super().__init__(name=f"stock-{channel}", daemon=True)
+
+class StockLane:
+    """One channel's stock pushes: coalesced per SKU, one call per SKU at a time, ``calls`` calls at once."""
+
+    def __init__(self, channel: str, connector: StockConnector, window_ms: int, calls: int = 1) -> None:
         self.channel = channel
         self.connector = connector
         self.pushes = PushQueue(window_ms)
         self.cond = threading.Condition()
+        self.threads = [threading.Thread(target=self.run, name=f"stock-{channel}-{i}", daemon=True)
+                        for i in range(calls)]  # fmt: skip
 
     def offer(self, sku: str, quantity: int, version: int, ticket: Ticket, source: str) -> bool:
         """Queue a figure; False when nothing needs sending for it."""
@@ -78,13 +91,23 @@ class StockLane(threading.Thread):
         with self.cond:
             return len(self.pushes)
 
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def join(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
     def run(self) -> None:
         try:
             self._serve()
         except Exception as exc:
             # A lane that died quietly would leave its channel unserved while the process looks healthy.
-            log.exception("%s failed", self.name)
-            self.connector.on_error(f"{self.name}: {type(exc).__name__}: {exc}")
+            name = threading.current_thread().name
+            log.exception("%s failed", name)
+            self.connector.on_error(f"{name}: {type(exc).__name__}: {exc}")
 
     def _serve(self) -> None:
         stop = self.connector.stop
@@ -96,6 +119,14 @@ class StockLane(threading.Thread):
                     due = self.pushes.next_due_ms()
                     self.cond.wait(0.2 if due is None else min(0.2, max(0.0, (due - now) / 1000)))
                     continue
+                shown = self.pushes.shown(push)
+                if shown:  # a call in flight landed this figure meanwhile
+                    self.pushes.settle(push, accepted=True)
+                    self.cond.notify()
+            if shown:
+                for ticket in push.tickets:
+                    self.connector.loop.finish(ticket)
+                continue
             self._send(push)
 
     def _send(self, push: Push) -> None:
@@ -104,6 +135,8 @@ class StockLane(threading.Thread):
         try:
             result = c.caller.call(self.channel, ENDPOINT, body, what=push.idempotency_key)
         except Stopping:
+            with self.cond:
+                self.pushes.release(push)
             return  # its records stay unfinished and are read again at the next start
 
         def finish() -> None:
@@ -113,9 +146,13 @@ class StockLane(threading.Thread):
         if result.done:
             with self.cond:
                 self.pushes.settle(push, accepted=result.outcome.kind is pf.OutcomeKind.OK)
+                self.cond.notify()  # a newer figure of this SKU may be waiting for this call
             finish()
             c.alerts.succeeded(self.channel, ENDPOINT)
             return
+        with self.cond:
+            self.pushes.release(push)
+            self.cond.notify()
         c.sink.park(result.failed_call(self.channel, ENDPOINT, push.idempotency_key, body, push.source), finish)
         log.warning("%s stock push %s failed (%s): %s", self.channel, push.idempotency_key, result.reason,
                     result.answer[:200])  # fmt: skip
@@ -134,7 +171,8 @@ class StockConnector:
         self.stop = stop
         self.on_error = on_error  # stops the process
         channels = [c for c in settings.channels if c in CONNECTOR_FAILED]
-        self.lanes = {c: StockLane(c, self, settings.connector_push_window_ms) for c in channels}
+        self.lanes = {c: StockLane(c, self, settings.connector_push_window_ms, calls_in_flight(rate_per_s(settings, c)))
+                      for c in channels}  # fmt: skip
         self.loop = InputLoop(settings, codec, sink, group_id=f"{settings.app_id}.connectors.stock",
                               topic=STOCK_LEVELS.name, stage=STAGE, handle=self.handle, stop=stop,
                               max_in_flight=MAX_IN_FLIGHT)  # fmt: skip

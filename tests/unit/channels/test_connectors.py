@@ -27,7 +27,7 @@ from agents.channels.outbound import (
     refund_issued,
     stock_key,
 )
-from agents.channels.push_stock import level_version
+from agents.channels.push_stock import MAX_CALLS_IN_FLIGHT, calls_in_flight, level_version
 from streams.contract.reasons import Reason
 from streams.engine.clock import wall_ms
 from streams.settings import Settings
@@ -116,6 +116,67 @@ def test_a_stale_answer_forgets_the_figure_so_the_next_change_is_sent() -> None:
     queue.offer("A", 5, 1100, ticket(2), "s", 0)
     queue.settle(queue.take(0), accepted=False)  # type: ignore[arg-type]
     assert queue.offer("A", 10, 1300, ticket(3), "s", 0)  # 10 again, but the platform may hold anything now
+
+
+def test_one_call_per_sku_at_a_time_and_other_skus_go_past_it() -> None:
+    queue = PushQueue(window_ms=0)
+    queue.offer("A", 10, 1000, ticket(1), "s", 0)
+    queue.offer("B", 5, 1000, ticket(2), "s", 0)
+    first = queue.take(0)
+    assert first is not None and first.sku == "A"
+    assert queue.offer("A", 9, 1100, ticket(3), "s", 1)  # queued behind the call in flight
+    assert queue.next_due_ms() == 0  # B's, not A's: A waits for its call
+    second = queue.take(1)
+    assert second is not None and second.sku == "B"
+    assert queue.take(1) is None and queue.next_due_ms() is None and queue.in_flight() == 2
+    queue.settle(first, accepted=True)
+    third = queue.take(1)
+    assert third is not None and (third.sku, third.quantity, third.tickets) == ("A", 9, [ticket(3)])
+    assert not queue.shown(third)
+
+
+def test_a_figure_reverting_while_a_call_is_in_flight_is_not_lost() -> None:
+    queue = PushQueue(window_ms=0)
+    queue.offer("A", 10, 1000, ticket(1), "s", 0)
+    queue.settle(queue.take(0), accepted=True)  # type: ignore[arg-type]
+    queue.offer("A", 9, 1100, ticket(2), "s", 0)
+    nine = queue.take(0)
+    # 10 again while 9 is on its way: the channel will show 9, so 10 must follow
+    assert queue.offer("A", 10, 1200, ticket(3), "s", 0)
+    queue.settle(nine, accepted=True)  # type: ignore[arg-type]
+    ten = queue.take(0)
+    assert ten is not None and ten.quantity == 10 and not queue.shown(ten)
+
+
+def test_a_figure_a_call_in_flight_lands_needs_no_call_of_its_own() -> None:
+    queue = PushQueue(window_ms=0)
+    queue.offer("A", 9, 1100, ticket(1), "s", 0)
+    nine = queue.take(0)
+    assert queue.offer("A", 9, 1200, ticket(2), "s", 0)  # unknown yet whether the call in flight lands 9
+    queue.settle(nine, accepted=True)  # type: ignore[arg-type]
+    again = queue.take(0)
+    assert again is not None and queue.shown(again)
+    queue.settle(again, accepted=True)
+    assert not queue.offer("A", 9, 1150, ticket(3), "s", 0)  # older than what the channel shows now
+
+
+def test_a_failed_call_frees_its_sku_and_leaves_what_the_channel_shows() -> None:
+    queue = PushQueue(window_ms=0)
+    queue.offer("A", 10, 1000, ticket(1), "s", 0)
+    queue.settle(queue.take(0), accepted=True)  # type: ignore[arg-type]
+    queue.offer("A", 9, 1100, ticket(2), "s", 0)
+    failed = queue.take(0)
+    assert queue.offer("A", 10, 1200, ticket(3), "s", 0)
+    queue.release(failed)  # type: ignore[arg-type]
+    ten = queue.take(0)
+    assert ten is not None and queue.shown(ten)  # the channel still shows 10: nothing to send
+
+
+def test_a_lane_has_enough_calls_in_flight_for_its_rate_limit() -> None:
+    assert calls_in_flight(18.0) == 2
+    assert calls_in_flight(0.5) == 1
+    assert calls_in_flight(90.0) == 9
+    assert calls_in_flight(900.0) == MAX_CALLS_IN_FLIGHT
 
 
 def test_level_version_is_the_newest_change_time() -> None:
