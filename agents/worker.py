@@ -6,8 +6,8 @@ low-rate Faust agents around them.
   refunds (``agents.refunds.run_refunds``, on the orders' partitions, reading their store).
   Faust's per-event cost (an agent ~80-190 µs, a table write ~230-265 µs) is above the hot path's
   whole budget, so the hot path does not go through it.
-- Faust: the web views, the warehouse view routing reads, the webhook notifier, the clock control
-  for drills, and the ClickHouse sink.
+- Faust: the web views, the warehouse view routing reads, the customers' returns the health score
+  reads, the webhook notifier, the clock control for drills, and the ClickHouse sink.
 
 Areas never import this module; it imports them. ``stockflow worker`` runs what ``create_app``
 returns.
@@ -20,6 +20,7 @@ import faust
 from agents.alerting import notify
 from agents.inventory import views as inventory_views
 from agents.inventory.hold_stock import HoldStock
+from agents.orders import customer_returns
 from agents.orders import views as order_views
 from agents.orders.run_lifecycle import RunLifecycle
 from agents.refunds import views as refund_views
@@ -62,7 +63,8 @@ def create_app(settings: Settings) -> faust.App:
 
     view = warehouse_view.register(app, runtime)
     pool = HoldStock.from_settings(settings, frozenset(load_warehouses(settings.warehouses_file)))
-    lifecycle = RunLifecycle.from_settings(settings, view)
+    returns = customer_returns.register(app, runtime)
+    lifecycle = RunLifecycle.from_settings(settings, view, returns)
     refunds = RunRefunds.from_settings(settings)
     engine = Engine(settings, runtime.codec, runtime.clock, [lifecycle, pool, refunds])
     host(app, engine, settings.engine_stall_s)

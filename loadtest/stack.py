@@ -19,10 +19,34 @@ from streams.devstack.localclickhouse import LocalClickHouseServer
 from streams.devstack.localkafka import LocalKafka
 from streams.settings import Settings
 
+# The runs ``isolated`` handed out in this process: their topics are deleted when the stack around
+# them closes, so a broker that serves many benchmarks does not pile up partitions until it runs
+# out of file descriptors (a run creates some 35 topics).
+_RUNS: list[Settings] = []
+
+
+def delete_run_topics(bootstrap: str, runs: list[Settings]) -> int:
+    """Delete every topic of ``runs`` (their prefix, and the Faust and changelog topics named by app id)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    prefixes = tuple(r.topic_prefix for r in runs if r.topic_prefix) + tuple(f"{r.app_id}-" for r in runs)
+    if not prefixes:
+        return 0
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
+        for future in (admin.delete_topics(names, operation_timeout=60) if names else {}).values():
+            future.result()
+    except KafkaException:
+        return 0  # the broker is gone: nothing to tidy on it
+    return len(names)
+
 
 @contextlib.contextmanager
 def local_stack(settings: Settings, console: Console, clickhouse_server: bool = False) -> Iterator[str]:
-    """Kafka (and a ClickHouse server) for ``settings``; yields the server URL ('' without one)."""
+    """Kafka (and a ClickHouse server) for ``settings``; yields the server URL ('' without one). On the
+    way out, the topics of every run ``isolated`` made in this process are deleted."""
     kafka = LocalKafka(settings)
     server = LocalClickHouseServer(settings)
     started: list[str] = []
@@ -40,6 +64,10 @@ def local_stack(settings: Settings, console: Console, clickhouse_server: bool = 
             url = server.url
         yield url
     finally:
+        runs, _RUNS[:] = list(_RUNS), []
+        if runs:
+            with console.status("deleting this run's topics..."):
+                delete_run_topics(settings.bootstrap, runs)
         if "clickhouse" in started:
             server.down()
         if "kafka" in started:
@@ -55,7 +83,9 @@ def isolated(settings: Settings, name: str, **extra: Any) -> tuple[str, Settings
                               "clickhouse_database": f"{name.replace('-', '_')}_{tag}"}  # fmt: skip
     if settings.clickhouse_url.startswith("chdb"):
         update["clickhouse_url"] = f"chdb://{tempfile.mkdtemp(prefix=f'stockflow-{name}-')}"
-    return tag, settings.model_copy(update={**update, **extra})
+    run = settings.model_copy(update={**update, **extra})
+    _RUNS.append(run)
+    return tag, run
 
 
 def free_ports(count: int) -> list[int]:

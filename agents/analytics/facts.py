@@ -1,7 +1,8 @@
 """Which ClickHouse rows an event becomes: pure functions, one registry entry per event type.
 
 The sink writes every event to ``events`` (the raw log) and, through ``FACTS``, typed rows to the
-tables the dashboards read (``schemas/ddl/003_facts.sql``; the refunds' in ``004_refunds.sql``).
+tables the dashboards read (``schemas/ddl/003_facts.sql``; the refunds' in ``004_refunds.sql``; the order
+health scores' in ``005_order_health.sql``).
 Adding a dashboard over a new event is a table in the DDL and one entry here.
 """
 
@@ -103,6 +104,18 @@ def refund_settlement_rows(r: dict[str, Any]) -> Iterable[Row]:
            "settlement_id": r.get("settlement_id", "")}  # fmt: skip
 
 
+HEALTH_FACTORS = ("promptness", "address", "complexity", "returns", "coupon")
+
+
+def order_health_rows(r: dict[str, Any]) -> Iterable[Row]:
+    points = r.get("breakdown") or {}
+    yield {**_time(r), "order_id": r["order_id"], "channel": r["channel"], "customer_id": r.get("customer_id", ""),
+           "score": float(r["score"]), "focus": int(bool(r["focus"])), "focus_below": float(r["focus_below"]),
+           **{f"{f}_points": float(points.get(f, 0.0)) for f in HEALTH_FACTORS},
+           "notes": "; ".join(r.get("notes") or ()), "paid_after_ms": int(r.get("paid_after_ms", 0)),
+           "return_count": int(r.get("returns", 0))}  # fmt: skip
+
+
 def connector_failure_rows(r: dict[str, Any]) -> Iterable[Row]:
     yield {**_time(r), "channel": r["channel"], "endpoint": r["endpoint"], "idempotency_key": r["idempotency_key"],
            "reason": r["reason"], "attempts": int(r["attempts"]), "answer": r["answer"],
@@ -122,6 +135,7 @@ FACTS: dict[str, tuple[str, Callable[[dict[str, Any]], Iterable[Row]]]] = {
     "RefundIssued": ("refund_issues", refund_issue_rows),
     "RefundSettled": ("refund_settlements", refund_settlement_rows),
     "ConnectorCallFailed": ("connector_failures", connector_failure_rows),
+    "OrderHealthScored": ("order_health", order_health_rows),
 }
 
 

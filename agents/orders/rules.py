@@ -9,6 +9,9 @@ duplicated answer cannot complete an order early), then either every line is hel
 line is released. Events that arrive before their order (paid before created, as marketplaces do)
 are parked on the order and applied when it arrives. Every handler is idempotent: it looks at the
 order's recorded state, so a duplicate or replayed event changes nothing.
+
+A paid order is scored for health once (``score_health``, the rules in ``agents.orders.health``),
+with the customer's returns the agent looks up.
 """
 
 from __future__ import annotations
@@ -17,9 +20,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.alerting.alerts import AlertSpec
+from agents.orders import health
+from agents.orders.health import HealthRules
 from agents.routing.geo import locate
 from streams.contract.reasons import Reason, Refusal
-from streams.contract.records import HoldCommand, LineDecision, RoutingDecision, ShipmentOutcome, WarehouseDispatched
+from streams.contract.records import (
+    HoldCommand,
+    LineDecision,
+    OrderHealthScored,
+    RoutingDecision,
+    ShipmentOutcome,
+    WarehouseDispatched,
+)
 
 TERMINAL = ("delivered", "rejected", "cancelled", "payment_timeout")
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -85,6 +97,13 @@ class OrderRecord:
     # What a refund decision needs of its order (the refund processor reads this store).
     amount_fen: int = 0
     custom: bool = False  # any custom-made line: never auto-approved for a no-reason return
+    # What the health score needs of the order (and refunds the customer id). Records stored before these
+    # fields existed load with the defaults.
+    customer_id: str = ""
+    coupon_type: str = ""
+    bundle: bool = False  # any bundle line
+    paid_at_ms: int = 0  # the channel's payment time (PaymentConfirmed's event time)
+    health_score: float | None = None  # set once, when the order is paid
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -141,6 +160,8 @@ class Effects:
     dispatches: list[WarehouseDispatched] = field(default_factory=list)
     shipment_outcomes: list[ShipmentOutcome] = field(default_factory=list)
     alerts: list[AlertSpec] = field(default_factory=list)
+    score_health: bool = False  # the order was just paid: the agent scores it (it knows the customer's returns)
+    health: OrderHealthScored | None = None
 
     def extend(self, other: Effects) -> None:
         """Add ``other``'s outputs after this one's (same order, later handler)."""
@@ -150,6 +171,8 @@ class Effects:
         self.reservation = other.reservation or self.reservation
         self.routing_decision = other.routing_decision or self.routing_decision
         self.refusal = self.refusal or other.refusal
+        self.score_health = self.score_health or other.score_health
+        self.health = other.health or self.health
 
 
 def _invalid(reason: Reason, what: str) -> Refusal:
@@ -256,6 +279,9 @@ def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
     rec.vip = bool(event.get("vip"))
     rec.amount_fen = int(event.get("amount_fen") or 0)
     rec.custom = any(ln.get("custom") for ln in event["lines"])
+    rec.bundle = any(ln.get("bundle") for ln in event["lines"])
+    rec.customer_id = str(event.get("customer_id") or "")
+    rec.coupon_type = str(event.get("coupon_type") or "")
     rec.placed_at_ms = int(event["event_time_ms"])
     rec.sent_at_ms = int(event.get("sent_at_ms") or 0)
     _move(rec, fx, "placed", now_ms)
@@ -329,6 +355,7 @@ def _pay(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules) -> None:
         fx.hold_commands.append(_command(rec, "COMMIT", line_no, now_ms, rules))
     _move(rec, fx, "paid", now_ms)
     fx.route = unrouted_lines(rec)
+    fx.score_health = rec.health_score is None
 
 
 # ---- routing: paid -> routed ---------------------------------------------------------------------
@@ -497,10 +524,39 @@ def on_payment(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Orde
         fx.refusal = Refusal(Reason.ORDER_NOT_PAYABLE, f"payment for an order that is {rec.state}")
         return fx
     rec.paid = True
+    rec.paid_at_ms = int(event.get("event_time_ms") or 0)
     if rec.state == "reserved":
         _pay(rec, fx, now_ms, rules)
     # In "placed" the payment is applied when the reservation completes.
     return fx
+
+
+# ---- health: scored when paid -------------------------------------------------------------------
+
+
+def health_facts(rec: OrderRecord, returns: int) -> health.HealthFacts:
+    return health.HealthFacts(
+        placed_at_ms=rec.placed_at_ms, paid_at_ms=rec.paid_at_ms or rec.stage_times.get("paid", 0),
+        presale=rec.presale, address_detail=rec.address.get("detail", ""), lines=len(rec.lines),
+        bundle=rec.bundle, custom=rec.custom, coupon_type=rec.coupon_type, returns=returns,
+    )  # fmt: skip
+
+
+def score_health(rec: OrderRecord, returns: int, rules: HealthRules, now_ms: int,
+                 history_complete: bool = True) -> OrderHealthScored:  # fmt: skip
+    """The order's health record (``order.health``); ``returns``: the customer's completed returns, as far
+    as this worker knows them (``history_complete`` False while it is still reading them)."""
+    scored = health.score(health_facts(rec, returns), rules)
+    rec.health_score = scored.score
+    notes = list(scored.notes)
+    if not history_complete:
+        notes.append("return history still loading")
+    return {
+        "event_id": f"{rec.order_id}:health", "event_time_ms": rec.stage_times.get("paid", now_ms),
+        "order_id": rec.order_id, "channel": rec.channel, "customer_id": rec.customer_id, "score": scored.score,
+        "focus": scored.focus, "focus_below": rules.focus_below, "breakdown": scored.breakdown,
+        "weights": rules.weights(), "notes": notes, "paid_after_ms": scored.paid_after_ms, "returns": returns,
+    }  # fmt: skip
 
 
 def on_cancel(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:

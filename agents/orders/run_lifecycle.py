@@ -5,8 +5,9 @@ Reads: ``order.events`` (channel and WMS events), ``stock.hold-results`` (the po
 order id.
 Writes: ``stock.hold-commands`` (RESERVE / RELEASE / COMMIT / ALLOCATE / SHIP per line, keyed by
 SKU), ``reservation.results``, ``order.states``, ``routing.decisions``, ``warehouse.dispatch``,
-``warehouse.performance``, alerts (SLA, unroutable, payment waiting for its order) and dead letters
-(refused events, events parked past their grace).
+``warehouse.performance``, ``order.health`` (each order's health score, once, when it is paid),
+alerts (SLA, unroutable, payment waiting for its order) and dead letters (refused events, events
+parked past their grace).
 Owns: store ``orders_by_id`` (changelog ``<app>.orders_by_id.changelog``): one ``OrderRecord`` per
 order: lines, the pool's answer per line, state and stage times, payment deadline, routing plan and
 allocations, WMS acknowledgements, SLA flag, and events parked until their order arrives. Timers:
@@ -14,8 +15,10 @@ each order's next deadline (payment timeout, parked grace, SLA, routing retry) a
 finished, its purge after ``STOCKFLOW_ORDER_RETENTION_S``.
 
 The rules are ``agents.orders.rules``; paid orders are routed with the in-memory
-``agents.routing.warehouse_view``. The engine commits what a batch decided, the changed orders and
-the input offsets in one transaction, so an order's outputs leave exactly when its state does.
+``agents.routing.warehouse_view`` and scored (``agents.orders.health``) with the customer's returns
+from the in-memory ``agents.orders.customer_returns``. The engine commits what a batch decided, the
+changed orders and the input offsets in one transaction, so an order's outputs leave exactly when
+its state does.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import orjson
 
 from agents.alerting.alerts import AlertSpec, alert
 from agents.orders import rules as flow
+from agents.orders.customer_returns import CustomerReturns
+from agents.orders.health import HealthRules, health_rules
 from agents.orders.rules import Effects, OrderRecord, OrderRules
 from agents.routing.scoring import Line
 from agents.routing.warehouse_view import WarehouseView
@@ -40,6 +45,7 @@ from streams.contract.topics import (
     HOLD_COMMANDS,
     HOLD_RESULTS,
     ORDER_EVENTS,
+    ORDER_HEALTH,
     ORDER_STATES,
     REFUND_ORDER_CANCELS,
     RESERVATION_RESULTS,
@@ -104,9 +110,14 @@ class RunLifecycle(Processor):
     view: WarehouseView | None = None
     retention_ms: int = 30 * 86_400_000
     parked_grace_s: float = 600.0
+    health: HealthRules | None = None
+    returns: CustomerReturns | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, view: WarehouseView) -> RunLifecycle:
+    def from_settings(cls, settings: Settings, view: WarehouseView,
+                      returns: CustomerReturns | None = None) -> RunLifecycle:  # fmt: skip
+        """``returns``: the worker's view of customers' returns; None scores every customer as one without."""
+        health = health_rules(settings)
         return cls(
             name="run_lifecycle",
             inputs=(ORDER_EVENTS, HOLD_RESULTS, REFUND_ORDER_CANCELS),
@@ -116,6 +127,8 @@ class RunLifecycle(Processor):
             view=view,
             retention_ms=int(settings.order_retention_s * 1000),
             parked_grace_s=settings.parked_grace_s,
+            health=health,
+            returns=returns if returns is not None else CustomerReturns.from_rules(health.returns, ready=True),
         )
 
     @property
@@ -193,7 +206,11 @@ class RunLifecycle(Processor):
         return flow.on_shipment(rec, record, kind, now_ms, rules)
 
     def _settle(self, rec: OrderRecord, fx: Effects, now_ms: int) -> Effects:
-        """Add what follows from ``fx`` within the order: routing the paid lines, the SLA check."""
+        """Add what follows from ``fx`` within the order: its health score, routing the paid lines, the SLA check."""
+        if fx.score_health and self.health is not None and self.returns is not None:
+            returns = self.returns.count(rec.channel, rec.customer_id, now_ms)
+            fx.health = flow.score_health(rec, returns, self.health, now_ms, self.returns.ready)
+            fx.score_health = False
         if fx.route and rec.state == "paid" and self.view is not None:
             lines = [Line(int(n), rec.lines[n]["sku"], rec.lines[n]["qty"]) for n in fx.route]
             decision = self.view.decide(rec.address, lines, now_ms)
@@ -231,6 +248,8 @@ class RunLifecycle(Processor):
                 channel=rec.channel, outcome=fx.reservation.outcome, lines=fx.reservation.lines,
                 placed_at_ms=rec.placed_at_ms, sent_at_ms=rec.sent_at_ms,
             ))  # fmt: skip
+        if fx.health is not None:
+            ctx.emit(ORDER_HEALTH, rec.order_id, "OrderHealthScored", fx.health)
         if fx.routing_decision is not None:
             ctx.emit(ROUTING_DECISIONS, rec.order_id, "RoutingDecision", fx.routing_decision)
         for dispatch in fx.dispatches:

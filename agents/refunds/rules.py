@@ -91,6 +91,7 @@ class OrderFacts:
     custom: bool = False
     skus: Mapping[str, str] = field(default_factory=dict)  # line no -> SKU
     qtys: Mapping[str, int] = field(default_factory=dict)  # line no -> units ordered
+    customer_id: str = ""  # the buyer's id on the channel
 
     @property
     def unshipped(self) -> bool:
@@ -123,6 +124,7 @@ class RefundRecord:
     instructed: bool = False  # the refund instruction has been emitted
     settled_amount_fen: int = 0
     flags: dict[str, str] = field(default_factory=dict)  # SOP limit -> "red" | "cleared"
+    customer_id: str = ""  # from the order when the request came: the health score counts returns by it
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -260,6 +262,7 @@ def on_requested(rec: RefundRecord, event: Mapping[str, Any], order_id: str, fac
             return fx
     rec.order_id, rec.channel, rec.kind, rec.amount_fen = order_id, str(event["channel"]), kind, amount
     rec.channel_order_id, rec.channel_refund_id = str(event["channel_order_id"]), str(event["channel_refund_id"])
+    rec.customer_id = facts.customer_id
     if not lines:
         lines = dict(facts.qtys)  # the whole order (unknown when the order is: nothing to restock then)
     rec.reason, rec.tracking_no, rec.lines = str(event.get("reason", "")), str(event.get("tracking_no", "")), lines

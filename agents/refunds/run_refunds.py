@@ -4,9 +4,10 @@ Reads: ``refund.events`` (channel requests, customer-service reviews, return shi
 receipts and QC, marketplace settlements, cancellations) and ``refund.issued`` (the connector: the
 marketplace accepted a refund instruction), both keyed and partitioned by order id. Reads, never
 writes, the order store ``orders_by_id`` of the same partition (the order's state, delivery time,
-amount and custom lines), which ``agents.orders.run_lifecycle`` owns.
-Writes: ``refund.states`` (every transition, keyed by refund id), ``refund.instructions`` (pay this
-back on the original payment path), ``stock.returns`` (resellable returned units, keyed by SKU),
+amount, custom lines and customer), which ``agents.orders.run_lifecycle`` owns.
+Writes: ``refund.states`` (every transition, keyed by refund id, with the order's customer: the
+health score counts a customer's returns from it), ``refund.instructions`` (pay this back on the
+original payment path), ``stock.returns`` (resellable returned units, keyed by SKU),
 ``refund.order-cancels`` (a refund-only approved before shipment cancels its order), alerts (SOP
 breaches, reconciliation) and dead letters (events a refund's state does not allow).
 Owns: store ``refunds_by_id`` (changelog ``<app>.refunds_by_id.changelog``): one ``RefundRecord``
@@ -63,7 +64,7 @@ def order_facts(order: OrderRecord | None) -> OrderFacts:
         return OrderFacts()
     return OrderFacts(
         known=True, state=order.state, delivered_at_ms=order.stage_times.get("delivered", 0),
-        amount_fen=order.amount_fen, custom=order.custom,
+        amount_fen=order.amount_fen, custom=order.custom, customer_id=order.customer_id,
         skus={n: str(line["sku"]) for n, line in order.lines.items()},
         qtys={n: int(line["qty"]) for n, line in order.lines.items()},
     )  # fmt: skip
@@ -187,7 +188,7 @@ class RunRefunds(Processor):
                 event_id=f"{rec.refund_id}:{step}", event_time_ms=rec.stage_times.get(state, now),
                 refund_id=rec.refund_id, order_id=rec.order_id, channel=rec.channel, kind=rec.kind, state=state,
                 previous_state=previous, reason=reason, amount_fen=rec.amount_fen, auto_approved=rec.auto_approved,
-                warehouse_id=rec.warehouse_id, stage_times=dict(rec.stage_times),
+                warehouse_id=rec.warehouse_id, stage_times=dict(rec.stage_times), customer_id=rec.customer_id,
             ))  # fmt: skip
         if fx.cancel_order:
             ctx.emit(REFUND_ORDER_CANCELS, rec.order_id, "OrderCancelled", OrderCancelled(

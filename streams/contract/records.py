@@ -152,6 +152,22 @@ class OrderStateChanged(TypedDict):
     stage_times: dict[str, int]
 
 
+class OrderHealthScored(TypedDict):
+    event_id: str
+    event_time_ms: int
+    order_id: str
+    channel: str
+    customer_id: str
+    score: float
+    focus: bool
+    focus_below: float
+    breakdown: dict[str, float]
+    weights: dict[str, float]
+    notes: list[str]
+    paid_after_ms: int
+    returns: int
+
+
 class StockLevel(TypedDict):
     event_id: str
     event_time_ms: int
@@ -405,6 +421,7 @@ class RefundStateChanged(TypedDict):
     auto_approved: bool
     warehouse_id: str
     stage_times: dict[str, int]
+    customer_id: str
 
 
 class ConnectorCallFailed(TypedDict):

@@ -53,6 +53,7 @@ EVENT_TYPES: tuple[EventType, ...] = (
     EventType("stockflow.HoldDecided", "hold_decided.avsc", records.HoldDecided),
     EventType("stockflow.ReservationDecided", "reservation_decided.avsc", records.ReservationDecided),
     EventType("stockflow.OrderStateChanged", "order_state_changed.avsc", records.OrderStateChanged),
+    EventType("stockflow.OrderHealthScored", "order_health_scored.avsc", records.OrderHealthScored),
     EventType("stockflow.StockLevel", "stock_level.avsc", records.StockLevel),
     EventType("stockflow.RoutingDecision", "routing_decision.avsc", records.RoutingDecision),
     EventType("stockflow.Alert", "alert.avsc", records.Alert),

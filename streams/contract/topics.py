@@ -142,6 +142,15 @@ WAREHOUSE_PERFORMANCE = TopicSpec(
     direction="internal",
     doc="Shipped on time or not, per order and warehouse: the routing on-time rate is built from it.",
 )
+ORDER_HEALTH = TopicSpec(
+    "order.health",
+    key="order id",
+    events=("OrderHealthScored",),
+    writer="agents.orders.run_lifecycle",
+    direction="output",
+    compacted=True,
+    doc="Each paid order's health score (0-100) with every factor's points; under the threshold: the focus pool.",
+)
 ALERTS = TopicSpec(
     "alerts",
     key="subject (SKU or order id)",
@@ -248,6 +257,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     ROUTING_DECISIONS,
     WAREHOUSE_DISPATCH,
     WAREHOUSE_PERFORMANCE,
+    ORDER_HEALTH,
     ALERTS,
     AUDIT_OVERRIDES,
     REFUND_EVENTS,

@@ -79,9 +79,19 @@ def decision(order_id: str, at: int, assignments: dict[str, list[int]], score: f
         "candidates": candidates, "weights": {"distance": 0.4}})  # fmt: skip
 
 
+def health(order_id: str, at: int, score: float, returns: int) -> tuple:
+    points = {"promptness": 20.0, "address": 30.0, "complexity": 20.0, "returns": 30.0 - 10 * returns, "coupon": 0.0}
+    return ("order.health", order_id, "OrderHealthScored", {
+        "event_id": f"{order_id}:health", "event_time_ms": at, "order_id": order_id, "channel": order_id.split(":")[0],
+        "customer_id": "c-1", "score": score, "focus": score < 60, "focus_below": 60.0, "breakdown": points,
+        "weights": {}, "notes": [f"{returns} returns in 180 days"], "paid_after_ms": MIN,
+        "returns": returns})  # fmt: skip
+
+
 # The fixed set of events every dashboard is checked against (times relative to BASE).
 #   tmall:A and tmall:B: reserved after 1 s, paid 60 s later, routed 60 s later; A shipped 1 h later.
 #   jd:C: reserved after 3 s, paid 120 s later, never routed.  jd:D: payment timeout.
+#   Health scores: jd:C 40 (in the focus pool), tmall:B 90.
 FIXED = [
     *lifecycle(
         "tmall:A",
@@ -125,6 +135,8 @@ FIXED = [
     alert("sla_breach", "jd:C", BASE + 21 * MIN),
     decision("tmall:A", BASE + 62 * S, {"WH-SH": [1]}, 0.7),
     decision("tmall:B", BASE + 63 * S, {"WH-SH": [1], "WH-GZ": [2]}, 0.5),
+    health("jd:C", BASE + 125 * S, 40.0, 3),
+    health("tmall:B", BASE + 62 * S, 90.0, 1),
 ]
 
 
@@ -155,6 +167,7 @@ def expected_dashboards(settings: Settings) -> dict[str, Any]:
         "share": rows(settings, "routing_share"),
         "split": rows(settings, "split_rate"),
         "dead": rows(settings, "dead_letters"),
+        "focus": rows(settings, "focus_pool"),
     }
 
 
@@ -171,8 +184,9 @@ def test_a_fixed_set_of_events_gives_the_expected_numbers_in_every_dashboard(
 
     def complete() -> dict[str, Any] | None:
         seen.update(expected_dashboards(settings))
-        counts = {name: len(seen[name]) for name in ("split", "dead", "timeline", "outcomes", "flow_time", "share")}
-        full = counts == {"split": 1, "dead": 1, "timeline": 3, "outcomes": 4, "flow_time": 4, "share": 2}
+        names = ("split", "dead", "timeline", "outcomes", "flow_time", "share", "focus")
+        counts = {name: len(seen[name]) for name in names}
+        full = counts == {"split": 1, "dead": 1, "timeline": 3, "outcomes": 4, "flow_time": 4, "share": 2, "focus": 1}
         return dict(seen) if full and seen["split"][0]["routed_orders"] == 2 else None
 
     try:
@@ -208,12 +222,15 @@ def test_a_fixed_set_of_events_gives_the_expected_numbers_in_every_dashboard(
     assert found["split"] == [{"routed_orders": 2, "split_orders": 1, "split_pct": 50.0}]
     assert [(r["reason"], r["count"]) for r in found["dead"]] == [("bad_header", 1)]
     assert found["dead"][0]["source_topic"] == settings.topic("order.events")
+    [focus] = found["focus"]
+    assert (focus["order_id"], focus["current_state"], focus["score"], focus["returns"], focus["why"]) == (
+        "jd:C", "paid", 40.0, 0.0, "3 returns in 180 days")  # fmt: skip
 
     # Sent again (a producer retrying everything): the dashboards do not move.
     send_fixed(settings)
     time.sleep(3 * settings.sink_flush_interval_s + 2)
     again = expected_dashboards(settings)
-    for name in ("flow_time", "outcomes", "share", "split", "low", "timeline", "pauses"):
+    for name in ("flow_time", "outcomes", "share", "split", "low", "timeline", "pauses", "focus"):
         assert again[name] == found[name], name
     assert [r["order_id"] for r in again["red"]] == ["jd:C"]
 
