@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from streams.contract.codec import codec_for
 from streams.contract.keys import order_key
 from streams.contract.topics import ORDER_EVENTS, REFUND_EVENTS, STOCK_ADJUSTMENTS, ensure_topics
 from streams.devstack.connectorproc import ConnectorsProcess
+from streams.devstack.procs import free_ports
 from streams.devstack.workerproc import WorkerProcess
 from streams.engine.clock import wall_ms
 from streams.engine.producer import EventProducer
@@ -79,17 +79,6 @@ class DrillResult:
         return {**self.__dict__, "ok": self.ok}
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def _wait(check: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.5) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -103,7 +92,7 @@ class KeyRotationDrill:
                  console: Console) -> None:  # fmt: skip
         self.refunds, self.spread_s, self.rotate_after_s, self.console = refunds, spread_s, rotate_after_s, console
         self.tag, base = isolated(settings, "drill")
-        web, intake, connectors = _free_ports(3)
+        web, intake, connectors = free_ports(3)
         self.logs = base.home_dir / "logs" / f"drill-{self.tag}"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.intake_port = intake

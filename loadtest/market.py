@@ -40,10 +40,11 @@ from agents.channels.credentials import CredentialStore, StoredKey
 from agents.channels.platforms import PLATFORMS, Credentials, parse_stock
 from agents.channels.sim_client import SimulatorClient
 from agents.channels.simulator import LocalSimulator, SimulatorError, generate_apps
-from loadtest.stack import free_ports, group_lag
+from loadtest.stack import group_lag
 from streams.contract.codec import Codec
 from streams.contract.topics import CONNECTOR_FAILED, REFUND_INSTRUCTIONS, STOCK_LEVELS, TopicSpec
 from streams.devstack.connectorproc import ConnectorsProcess
+from streams.devstack.procs import free_ports
 from streams.engine.clock import wall_ms
 from streams.engine.topicreader import read_all
 from streams.settings import Settings

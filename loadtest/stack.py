@@ -4,7 +4,6 @@ run's isolated settings, free ports, and how far a consumer group is behind."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -86,18 +85,6 @@ def isolated(settings: Settings, name: str, **extra: Any) -> tuple[str, Settings
     run = settings.model_copy(update={**update, **extra})
     _RUNS.append(run)
     return tag, run
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 now (held together while chosen, so never the same one)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def group_lag(settings: Settings, consumer: Consumer, watched: tuple[TopicSpec, ...]) -> int:

@@ -9,7 +9,6 @@ other's events.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from streams.contract.topics import ensure_topics
 from streams.devstack.localclickhouse import LocalClickHouseServer
 from streams.devstack.localkafka import LocalKafka
+from streams.devstack.procs import free_ports
 from streams.devstack.sinkproc import SinkProcess
 from streams.devstack.workerproc import WorkerProcess
 from streams.settings import Settings
@@ -26,18 +26,6 @@ from streams.settings import Settings
 
 def free_port() -> int:
     return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports (each socket is held until all are picked)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @pytest.fixture(scope="session")

@@ -31,13 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer
 
 from agents.orders.health import ReturnsRules, health_rules
 from agents.refunds.rules import RETURN_AND_REFUND
-from streams.contract.codec import Codec, DecodeError
+from streams.contract.codec import Codec
 from streams.contract.topics import REFUND_STATES
-from streams.engine.retry import Backoff, Retry, kafka_transient
+from streams.engine.follow import follow
 from streams.engine.runtime import Runtime
 from streams.settings import Settings
 
@@ -130,26 +129,12 @@ def register(app: faust.App, rt: Runtime) -> CustomerReturns:
 
 
 async def _follow(view: CustomerReturns, settings: Settings, codec: Codec) -> None:
-    consumer = AIOKafkaConsumer(
-        settings.topic(REFUND_STATES.name), bootstrap_servers=settings.bootstrap, group_id=None,
-        auto_offset_reset="earliest", enable_auto_commit=False, client_id=f"{settings.app_id}-customer-returns",
-        isolation_level="read_committed",  # a batch the engine aborted is done again: count only what committed
-    )  # fmt: skip
-    # No bound: the score waits for the broker; a refusal or a bad setting fails the worker at once.
-    await Retry("customer returns: connecting to the broker", kafka_transient, backoff=Backoff(first_s=1.0, max_s=1.0),
-                log=log).acall(consumer.start)  # fmt: skip
-    try:
-        while True:
-            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-            for records in batch.values():
-                for rec in records:
-                    try:
-                        kind, record = codec.decode(rec.value)
-                    except DecodeError:
-                        continue  # the sink dead-letters unreadable bytes
-                    if kind.short_name == "RefundStateChanged":
-                        view.apply(record)
-            if not batch:
-                view.ready = True  # caught up: nothing more waiting
-    finally:
-        await consumer.stop()
+    def apply(kind: str, record: dict[str, Any]) -> None:
+        if kind == "RefundStateChanged":
+            view.apply(record)
+
+    def polled(caught_up: bool) -> None:
+        if caught_up:
+            view.ready = True  # nothing more waiting: the history is complete
+
+    await follow(settings, codec, [REFUND_STATES.name], "customer-returns", apply, polled)

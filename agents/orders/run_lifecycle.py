@@ -27,8 +27,6 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from agents.alerting.alerts import AlertSpec, alert
 from agents.orders import rules as flow
 from agents.orders.customer_returns import CustomerReturns
@@ -55,12 +53,12 @@ from streams.contract.topics import (
 )
 from streams.engine.deadletter import dead_letter
 from streams.engine.processor import Context, Processor
-from streams.engine.state import Serde, StoreSpec, StoreTransaction
+from streams.engine.state import StoreSpec, StoreTransaction, records_serde
 from streams.settings import Settings
 
 STORE = "orders_by_id"
 # The store reads back OrderRecords, so a batch, the timers and the view all see the same type.
-ORDER_RECORDS: Serde[OrderRecord] = Serde(orjson.dumps, lambda raw: OrderRecord.from_dict(orjson.loads(raw)))
+ORDER_RECORDS = records_serde(OrderRecord.from_dict)
 STAGE = "agents.orders.run_lifecycle"
 
 

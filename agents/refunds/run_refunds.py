@@ -23,8 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from agents.alerting.alerts import AlertSpec, alert
 from agents.orders.rules import OrderRecord
 from agents.orders.run_lifecycle import ORDER_RECORDS
@@ -44,12 +42,12 @@ from streams.contract.topics import (
     STOCK_RETURNS,
 )
 from streams.engine.processor import Context, Processor
-from streams.engine.state import Serde, StoreSpec, StoreTransaction
+from streams.engine.state import StoreSpec, StoreTransaction, records_serde
 from streams.resources import packaged
 from streams.settings import Settings
 
 STORE = "refunds_by_id"
-REFUND_RECORDS: Serde[RefundRecord] = Serde(orjson.dumps, lambda raw: RefundRecord.from_dict(orjson.loads(raw)))
+REFUND_RECORDS = records_serde(RefundRecord.from_dict)
 
 
 def refund_rules(settings: Settings) -> RefundRules:

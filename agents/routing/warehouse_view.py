@@ -17,15 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer
 
 from agents.routing import scoring as routing
 from agents.routing.geo import Place, locate
 from agents.routing.scoring import Line, OnTimeRate, Site
 from agents.routing.warehouses import load_warehouses
-from streams.contract.codec import Codec, DecodeError
+from streams.contract.codec import Codec
 from streams.contract.topics import STOCK_LEVELS, WAREHOUSE_PERFORMANCE
-from streams.engine.retry import Backoff, Retry, kafka_transient
+from streams.engine.follow import follow
 from streams.engine.runtime import Runtime
 from streams.settings import Settings
 
@@ -103,27 +102,13 @@ def register(app: faust.App, rt: Runtime) -> WarehouseView:
 
 
 async def _follow(view: WarehouseView, settings: Settings, codec: Codec) -> None:
-    topics = [settings.topic(STOCK_LEVELS.name), settings.topic(WAREHOUSE_PERFORMANCE.name)]
-    consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=settings.bootstrap, group_id=None, auto_offset_reset="earliest",
-        enable_auto_commit=False, client_id=f"{settings.app_id}-warehouse-view",
-    )  # fmt: skip
-    # No bound: routing waits for the broker; a refusal or a bad setting fails the worker at once.
-    await Retry("warehouse view: connecting to the broker", kafka_transient, backoff=Backoff(first_s=1.0, max_s=1.0),
-                log=log).acall(consumer.start)  # fmt: skip
-    try:
-        while True:
-            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-            for records in batch.values():
-                for rec in records:
-                    try:
-                        kind, record = codec.decode(rec.value)
-                    except DecodeError:
-                        continue  # the sink dead-letters unreadable bytes
-                    if kind.short_name == "StockLevel":
-                        view.apply_level(record)
-                    elif kind.short_name == "ShipmentOutcome":
-                        view.apply_outcome(record)
-            view.ready = True
-    finally:
-        await consumer.stop()
+    def apply(kind: str, record: dict[str, Any]) -> None:
+        if kind == "StockLevel":
+            view.apply_level(record)
+        elif kind == "ShipmentOutcome":
+            view.apply_outcome(record)
+
+    def polled(caught_up: bool) -> None:
+        view.ready = True
+
+    await follow(settings, codec, [STOCK_LEVELS.name, WAREHOUSE_PERFORMANCE.name], "warehouse-view", apply, polled)

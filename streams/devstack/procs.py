@@ -91,3 +91,15 @@ def wait_for_port(host: str, port: int, timeout_s: float, pid: int | None = None
             return False
         time.sleep(0.25)
     return False
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 now (held together while chosen, so never the same one)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -1,0 +1,49 @@
+"""Following topics from the beginning, every partition, outside any consumer group.
+
+What a per-worker in-memory view is built from (the routing view of ``stock.levels``, the customers'
+return history from ``refund.states``): every worker reads the whole topic itself, so no view is
+partitioned and nothing is committed. Only committed records are read: a batch the engine aborted
+(and did again) is seen once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+
+from streams.contract.codec import Codec, DecodeError
+from streams.engine.retry import Backoff, Retry, kafka_transient
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def follow(settings: Settings, codec: Codec, topics: list[str], client: str,
+                 apply: Callable[[str, dict[str, Any]], None], polled: Callable[[bool], None]) -> None:  # fmt: skip
+    """Read ``topics`` (contract names) forever: ``apply(event type, record)`` for each readable record,
+    then ``polled(caught_up)`` after each poll (``caught_up``: it returned nothing). Unreadable bytes are
+    skipped: the sink dead-letters them."""
+    consumer = AIOKafkaConsumer(
+        *[settings.topic(t) for t in topics], bootstrap_servers=settings.bootstrap, group_id=None,
+        auto_offset_reset="earliest", enable_auto_commit=False, client_id=f"{settings.app_id}-{client}",
+        isolation_level="read_committed",
+    )  # fmt: skip
+    # No bound: the view waits for the broker; a refusal or a bad setting fails the worker at once.
+    await Retry(f"{client}: connecting to the broker", kafka_transient, backoff=Backoff(first_s=1.0, max_s=1.0),
+                log=log).acall(consumer.start)  # fmt: skip
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batch.values():
+                for rec in records:
+                    try:
+                        kind, record = codec.decode(rec.value)
+                    except DecodeError:
+                        continue
+                    apply(kind.short_name, record)
+            polled(not batch)
+    finally:
+        await consumer.stop()
