@@ -15,6 +15,8 @@ from agents.analytics import queries as dashboards
 from agents.analytics.webpage import make_app
 from agents.forecast import predict as forecast
 from loadtest import events as ev
+from streams.contract.topics import STOCK_ADJUSTMENTS
+from streams.engine.producer import EventProducer
 from tests.conftest import free_port
 from tests.helpers import AppServer, wait_for
 from tests.integration.test_dashboards import send_fixed
@@ -84,5 +86,32 @@ def test_the_dashboard_page_draws_every_chart_with_data(
         shot = browse(page, f"--screenshot={png}")
         assert shot.returncode == 0 and png.exists(), shot.stderr[-2000:]
         assert trace_pixels(png) > 5000, "the screenshot shows (almost) no coloured bars or lines"
+    finally:
+        server.stop()
+
+
+EVIL_SKU = "SKU-<img src=x onerror=document.body.dataset.pwned=1>"
+
+
+def test_a_sku_is_shown_as_text_never_run_as_markup(
+    make_settings, start_worker, start_sink, clickhouse_server_url, tmp_path: Path
+) -> None:
+    settings = make_settings(clickhouse_url=clickhouse_server_url)
+    start_worker(settings)
+    start_sink(settings)
+    producer = EventProducer(settings)
+    # Below the safety threshold: the SKU shows in the pause history (a table) and low stock (a chart).
+    producer.send(STOCK_ADJUSTMENTS.name, EVIL_SKU, "StockAdjusted", ev.stock_adjusted(EVIL_SKU, "WH-SH", 3))
+    producer.flush()
+    wait_for(lambda: any(r["sku"] == EVIL_SKU for r in dashboards.run(settings, "channel_pauses", {})[1]),
+             what="the SKU's pause in ClickHouse")  # fmt: skip
+    server = AppServer(make_app(settings), free_port())
+    try:
+        dom = browse(f"{server.url}/?refresh=60000", "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        html = dom.stdout
+        assert 'data-ready="1"' in html, html[-3000:]
+        assert "pwned" not in html.split("<body", 1)[1].split(">", 1)[0], "the SKU's markup ran in the page"
+        assert '<img src="x"' not in html and "&lt;img src=x onerror" in html  # shown, as text
     finally:
         server.stop()
