@@ -17,10 +17,12 @@ import typer
 from agents.analytics import cli as analytics
 from agents.audit import cli as audit
 from agents.channels import cli as channels
+from agents.forecast import cli as forecast
 from agents.intake import cli as intake
 from agents.inventory import cli as inventory
 from agents.orders import cli as orders
 from agents.refunds import cli as refunds
+from agents.shadow import cli as shadow
 from streams import cli as platform
 from streams.cli import console
 from streams.logs import quiet_repeats
@@ -36,7 +38,10 @@ app.add_typer(refunds.refunds, name="refunds")
 app.add_typer(channels.sim, name="sim")
 app.add_typer(channels.connectors, name="connectors")
 app.add_typer(inventory.stock_app, name="stock")
+app.add_typer(forecast.forecast, name="forecast")
+app.add_typer(shadow.shadow, name="shadow")
 app.command()(orders.order)
+app.add_typer(orders.orders_app, name="orders")
 app.command()(intake.intake)
 app.command()(analytics.sink)
 app.command()(analytics.dash)

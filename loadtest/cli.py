@@ -10,6 +10,7 @@ import time
 import typer
 from rich.console import Console
 
+from loadtest import forecast_backtest
 from streams.cli import console, fail
 from streams.settings import Settings
 
@@ -21,9 +22,15 @@ def bench(
     seed: int = typer.Option(11, help="Same seed, same traffic."),
     workers: int = typer.Option(1, min=1, max=8, help="Workers in the consumer group."),
     hold_commands: int = typer.Option(50_000, help="Backlog for the hold-agent throughput figure (0: skip)."),
+    marketplaces: str = typer.Option(
+        "high-limits",
+        help="high-limits: the marketplace simulator allows every app 1,000 calls/s; platform-limits: "
+        "each platform's documented per-app limit; off: no simulator, no connectors (the pipeline alone).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (progress goes to stderr)."),
 ) -> None:
-    """Load-test the pipeline with Double-11 traffic and compare it with a plain Kafka loop."""
+    """Load-test the pipeline with Double-11 traffic and compare it with a plain Kafka loop; channel stock
+    and refunds go to the local marketplace simulator through the outbound connectors."""
     import json
 
     from loadtest import bench as bench_
@@ -32,12 +39,15 @@ def bench(
 
     if profile not in PROFILES:
         fail(f"--profile must be one of {', '.join(PROFILES)}")
+    if marketplaces not in bench_.MARKETPLACES:
+        fail(f"--marketplaces must be one of {', '.join(bench_.MARKETPLACES)}")
     settings = Settings()
     out = Console(stderr=True) if as_json else console
     try:
         with local_stack(settings, out):
             figures, _ = bench_.run_bench(settings, profile, rate, duration, seed, workers, console=out,
-                                            hold_commands=hold_commands)  # fmt: skip
+                                            hold_commands=hold_commands,
+                                            channel_qps=bench_.MARKETPLACES[marketplaces])  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - a broker that does not start, a worker that dies: say so, no traceback
         fail(str(exc))
     series = figures.pop("series")
@@ -175,3 +185,4 @@ def register(app: typer.Typer) -> None:
     app.command("bench-engine")(bench_engine)
     app.command()(demo)
     app.add_typer(drill, name="drill")
+    forecast_backtest.register()  # `stockflow forecast backtest`: the forecast group is the product's
