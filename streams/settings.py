@@ -185,6 +185,11 @@ class Settings(BaseSettings):
     ship_promise_s: float = Field(
         default=86400.0, gt=0, description="Promised time from payment to shipment (what on-time means)."
     )
+    health_rules_file: Path | None = Field(
+        default=None,
+        description="The order health score (TOML: each factor's weight and thresholds, coupon types, how much "
+        "return history each worker keeps, the focus-pool threshold); unset: `agents/orders/config/health.toml`.",
+    )
     refund_rules_file: Path | None = Field(
         default=None,
         description="Refund rules per channel (TOML: auto-approval limit, no-reason days, tracking before review, "
