@@ -46,6 +46,22 @@ def ensure_changelogs(settings: Settings, stores: list[str]) -> None:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
             log.debug("changelog %s created by another worker", name)
+    if wanted:
+        _wait_until_served(admin, [t.topic for t in wanted], settings.partitions)
+
+
+def _wait_until_served(admin: AdminClient, names: list[str], partitions: int, timeout_s: float = 30.0) -> None:
+    """Until every partition of the new ``names`` has a leader: a restore that asks for a partition the
+    broker does not serve yet fails with "Unknown partition"."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=10).topics
+        served = [n for n in names if n in topics and len(topics[n].partitions) == partitions
+                  and all(p.leader >= 0 for p in topics[n].partitions.values())]  # fmt: skip
+        if len(served) == len(names):
+            return
+        time.sleep(0.1)
+    log.warning("changelogs %s not served by every partition's leader after %.0fs", names, timeout_s)
 
 
 def restore(
