@@ -18,6 +18,7 @@ from agents.analytics import cli as analytics
 from agents.audit import cli as audit
 from agents.channels import cli as channels
 from agents.forecast import cli as forecast
+from agents.inspect import cli as inspection
 from agents.intake import cli as intake
 from agents.inventory import cli as inventory
 from agents.orders import cli as orders
@@ -47,6 +48,7 @@ app.command()(analytics.sink)
 app.command()(analytics.dash)
 app.command()(analytics.web)
 app.command()(audit.check)
+app.command()(inspection.inspect)
 
 
 @app.command()

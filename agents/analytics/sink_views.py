@@ -2,7 +2,8 @@
 
 - ``/healthz``: the process answers;
 - ``/readyz``: 200 when the broker and ClickHouse answer and the last insert went in (or there was
-  nothing to insert), else 503;
+  nothing to insert) and it keeps up (no backlog waiting a minute without an insert), else 503;
+- ``/metrics``: Prometheus metrics (``agents.analytics.sink_metrics``);
 - ``/sink/status``: rows written, dead letters, retries, last error, lag;
 - ``/sink/query/events-by-type``: events in ClickHouse per type;
 - ``/dash/{name}``: a dashboard's rows, through the sink's own ClickHouse connection - the only way
@@ -15,12 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 
 import orjson
 from aiohttp import web
 
 from agents.analytics import queries as dashboards
 from agents.analytics.sink import SharedClickHouse, SinkStatus
+from agents.analytics.sink_metrics import keeping_up, sink_collector
+from streams import metrics
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,13 +35,22 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 
 def make_app(settings: Settings, status: SinkStatus, clickhouse: SharedClickHouse) -> web.Application:
+    registry = metrics.new_registry(sink_collector(status))
+    started_ms = int(time.time() * 1000)
+
     async def healthz(_: web.Request) -> web.Response:
         return _json({"ok": True})
 
     async def readyz(_: web.Request) -> web.Response:
-        ready = status.ready
+        up = keeping_up(status.lag, status.last_insert_ms, started_ms, int(time.time() * 1000))
+        ready = status.ready and up
         return _json({"ready": ready, "broker": status.broker_ok, "clickhouse": status.clickhouse_ok,
-                      "last_insert_ok": status.last_insert_ok}, status=200 if ready else 503)  # fmt: skip
+                      "last_insert_ok": status.last_insert_ok, "keeping_up": up, "lag": status.lag},
+                     status=200 if ready else 503)  # fmt: skip
+
+    async def prometheus(_: web.Request) -> web.Response:
+        body = metrics.render(registry)
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     async def sink_status(_: web.Request) -> web.Response:
         return _json(status.snapshot())
@@ -68,6 +81,7 @@ def make_app(settings: Settings, status: SinkStatus, clickhouse: SharedClickHous
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus)
     app.router.add_get("/sink/status", sink_status)
     app.router.add_get("/sink/query/events-by-type", events_by_type)
     app.router.add_get("/dash/{name}", dashboard)

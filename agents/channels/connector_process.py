@@ -9,7 +9,8 @@ the credentials file when it changes and raises or clears ``credential_expiring`
 HTTP on ``STOCKFLOW_CONNECTORS_PORT`` (``STOCKFLOW_WEB_HOST``): ``/healthz``; ``/readyz`` (200 once
 both input loops hold their partitions); ``/connectors/status``: per channel and endpoint the calls
 ok / already applied / stale / retried / failed, the last error, latency p50 and p99, the key's
-fingerprint and expiry, whether the channel is failing, what is queued.
+fingerprint and expiry, whether the channel is failing, what is queued; ``/metrics``: the same as
+Prometheus metrics (``agents.channels.connector_metrics``).
 
 SIGTERM or SIGINT stops it cleanly: reading stops, each lane ends the call in hand (a call waiting
 for a retry is abandoned), every result is flushed, the finished records' offsets are committed, and
@@ -32,11 +33,13 @@ from aiohttp import web
 from confluent_kafka import KafkaException
 
 from agents.channels.calls import ChannelCaller, marketplace_url
+from agents.channels.connector_metrics import connector_collector
 from agents.channels.credentials import CredentialStore, ExpiryWatch
 from agents.channels.issue_refunds import RefundConnector
 from agents.channels.kafka_io import ConnectorAlerts, InputLoop, ResultSink
 from agents.channels.platforms import ENDPOINTS
 from agents.channels.push_stock import StockConnector
+from streams import metrics
 from streams.contract.codec import codec_for
 from streams.contract.topics import CONNECTOR_FAILED, ensure_topics
 from streams.engine.clock import wall_ms
@@ -181,7 +184,17 @@ def make_app(process: ConnectorProcess) -> web.Application:
     async def status(_: web.Request) -> web.Response:
         return _json(await asyncio.to_thread(process.status))
 
+    def expiries() -> dict[str, int | None]:
+        return {channel: key.expires_at_ms for channel, key in process.store.all().items()}
+
+    registry = metrics.new_registry(connector_collector(process.status, expiries, wall_ms))
+
+    async def prometheus(_: web.Request) -> web.Response:
+        body = await asyncio.to_thread(metrics.render, registry)
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
     app = web.Application()
+    app.router.add_get("/metrics", prometheus)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/connectors/status", status)

@@ -8,6 +8,9 @@
     POST /v1/wms/stock                   a stock document: receipt, count (absolute) or correction
     POST /v1/service/refund_review       customer service decided a refund
     GET  /healthz                        channels, which are signed, counts since start
+    GET  /readyz                         200 when the broker answers a metadata request, else 503
+    GET  /metrics                        Prometheus metrics: requests by route and status, refusals
+                                         by reason, the produce latency histogram
     GET  /openapi.json                   the OpenAPI 3.1 document of every route above
 
 Reads: the channel mapping and catalogue (``agents.intake.mapping``), the warehouses
@@ -50,13 +53,16 @@ import hmac
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import Counter
+from prometheus_client.core import Metric
 
 from agents.channels import platforms
 from agents.intake.mapping import (
@@ -74,6 +80,7 @@ from agents.intake.secrets import SERVICE, WMS, SecretsFile
 from agents.intake.stock import PARSER as STOCK_PARSER
 from agents.intake.stock import build_adjustment
 from agents.routing.warehouses import load_warehouses
+from streams import metrics
 from streams.contract.reasons import Reason
 from streams.engine.clock import Clock
 from streams.engine.producer import EventProducer
@@ -148,6 +155,11 @@ class Intake:
         self.counts: dict[str, int] = {}
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="intake-delivery", daemon=True)
+        self.registry = metrics.new_registry(metrics.StatsCollector(self._refusal_families))
+        self.requests = Counter(metrics.metric_name("intake_requests"), "HTTP requests answered, per route and status",
+                                ["route", "status"], registry=self.registry)  # fmt: skip
+        self.produce_seconds = metrics.histogram("intake_produce_seconds", "From produce to the broker's ack",
+                                                 registry=self.registry)  # fmt: skip
         if settings.intake_allow_unsigned:
             unsigned = [c for c, signed in self.secrets.current().signed(self.channels).items() if not signed]
             if unsigned:
@@ -192,12 +204,16 @@ class Intake:
             Route("POST", "/v1/service/{kind}", self.unknown_route, "Any other customer-service kind: refused",
                   "service", refusals=unknown, parameters=(_path("kind"),)),
             Route("GET", "/healthz", self.health, "Liveness, configured channels and counts", "ops", answer=Health),
+            Route("GET", "/readyz", self.readyz, "Readiness: the broker answers a metadata request", "ops",
+                  answer=None, refusals={503: "the broker does not answer"}),
+            Route("GET", "/metrics", self.prometheus, "Prometheus metrics", "ops", answer=None,
+                  description="The Prometheus text exposition format (`text/plain; version=0.0.4`), not JSON."),
             Route("GET", "/openapi.json", self.openapi, "This document (OpenAPI 3.1)", "ops", answer=None),
         ]  # fmt: skip
         return out
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1 << 20)
+        app = web.Application(client_max_size=1 << 20, middlewares=[self._count_requests])
         # Concrete routes first: the templated ones only answer what nothing else does.
         for route in self.routes():
             app.router.add_route(route.method, route.path, route.handler)
@@ -234,6 +250,37 @@ class Intake:
         signed = self.secrets.current().signed(self.channels)
         return web.json_response({"ok": True, "channels": sorted(self.channels), "signed": signed,
                                   "counts": self.counts})  # fmt: skip
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        reachable = await asyncio.to_thread(self.producer.reachable, 2.0)
+        return web.json_response({"ready": reachable, "broker_reachable": reachable}, status=200 if reachable else 503)
+
+    async def prometheus(self, _: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(self.registry), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    def _refusal_families(self) -> Iterator[Metric]:
+        refused = metrics.counter("intake_refusals", "Requests refused, per reason code", ["reason"])
+        accepted = metrics.counter("intake_accepted", "Notifications written, per event type", ["event_type"])
+        for what, n in sorted(self.counts.items()):
+            if what.startswith("refused:"):
+                refused.add_metric([what.removeprefix("refused:")], n)
+            elif what != "duplicate":
+                accepted.add_metric([what], n)
+        yield refused
+        yield accepted
+
+    @web.middleware
+    async def _count_requests(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Labelled by the route's template, never the raw path: a path per order id would explode the series.
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            self.requests.labels(route, str(exc.status)).inc()
+            raise
+        self.requests.labels(route, str(response.status)).inc()
+        return response
 
     async def openapi(self, _: web.Request) -> web.Response:
         return web.json_response(self.openapi_document(), dumps=_dumps)
@@ -391,7 +438,8 @@ class Intake:
             loop.call_soon_threadsafe(settle)
 
         self.producer.send_with_callback(mapped.topic, mapped.key, mapped.event_type, mapped.record, delivered)
-        return await asyncio.wait_for(done, timeout=30.0)
+        with self.produce_seconds.time():
+            return await asyncio.wait_for(done, timeout=30.0)
 
 
 def _path(name: str) -> dict[str, Any]:

@@ -20,7 +20,9 @@ from typing import Any, cast
 import faust
 import httpx
 
+from streams import metrics
 from streams.engine.loop import Engine
+from streams.engine.metrics import engine_collector
 
 log = logging.getLogger(__name__)
 FORWARDED = "X-Stockflow-Forwarded"
@@ -75,6 +77,18 @@ def host(app: faust.App, engine: Engine, stall_s: float = 180.0) -> None:
             "owned_partitions": sorted(engine.owned), "processing_guarantee": engine.settings.processing_guarantee,
             "stats": engine.stats.as_dict(),
         })  # fmt: skip
+
+    registry = metrics.new_registry(engine_collector(engine))
+
+    @app.page("/metrics")
+    async def prometheus(web: Any, request: Any) -> Any:
+        body = await asyncio.to_thread(metrics.render, registry)
+        # In a header: aiohttp refuses a content_type argument that carries a charset.
+        return web.bytes(body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"ok": True, "engine_alive": thread.is_alive()})
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:

@@ -26,6 +26,7 @@ import logging
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from streams.engine.deadletter import dead_letter
 from streams.engine.processor import Context, Output, Processor
 from streams.engine.state import PartitionStore, ReadOnlyStore, StoreSpec, StoreTransaction
 from streams.engine.timers import Timers
+from streams.metrics import SIZE_BUCKETS, histogram
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -207,6 +209,13 @@ class Engine:
         self.owned: dict[int, _Owned] = {}
         self._open: dict[tuple[str, int], PartitionStore] = {}
         self.stats = EngineStats()
+        # For /metrics (streams.engine.metrics reads them on scrape): per topic and reason, and the
+        # per-batch distributions; each is touched once per record or batch, never a metric call per event.
+        self.records_in: Counter[str] = Counter()
+        self.records_out: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+        self.commit_seconds = histogram("engine_commit_seconds", "Time to commit one batch (its transaction)")
+        self.batch_events = histogram("engine_batch_events", "Input records per committed batch", buckets=SIZE_BUCKETS)
         self.ready = threading.Event()
         self._careful: dict[tuple[str, int], int] = {}
         self._last_error = ""
@@ -393,6 +402,8 @@ class Engine:
             ref = _MessageRef(messages[0])
             self._commit(batch, [dead_letter(ref, "streams.engine", Reason.PROCESSING_ERROR, repr(exc), batch.now_ms)])
             return
+        if messages:
+            self.batch_events.observe(len(messages))
         self._commit(batch)
         self.stats.cpu_s += time.thread_time() - cpu
 
@@ -414,6 +425,7 @@ class Engine:
             self.stats.local_skipped += 1  # applied in the batch that wrote it, atomically with it
             return
         self.stats.events += 1
+        self.records_in[topic] += 1
         proc, spec = self.by_topic[topic]
         ctx = batch.context(proc, partition)
         ctx.message = msg
@@ -604,6 +616,16 @@ class Engine:
         self.stats.refusals += len(dead)
         self.stats.changelog_records += sum(len(kv) for kv in changes.values())
         self.stats.commit_s += time.perf_counter() - started
+        self._count_commit(outputs, dead, started)
+
+    def _count_commit(self, outputs: list[Output], dead: list[DeadLetter], started: float) -> None:
+        self.commit_seconds.observe(time.perf_counter() - started)
+        self.records_out.update(out.topic for out in outputs if out.publish)
+        self.refused.update(str(record["reason"]) for record in dead)
+
+    def open_stores(self) -> list[tuple[tuple[str, int], PartitionStore]]:
+        """The partition stores held now, by (store, partition) (a copy: a rebalance may change them)."""
+        return list(self._open.items())
 
     def _flush_checked(self) -> None:
         """Wait until everything produced is acknowledged; raise if any of it failed."""

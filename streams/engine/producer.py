@@ -64,6 +64,14 @@ class EventProducer:
             except BufferError:
                 self._producer.poll(0.05)
 
+    def reachable(self, timeout_s: float = 2.0) -> bool:
+        """Whether a broker answers a metadata request within ``timeout_s`` (for readiness checks)."""
+        try:
+            self._producer.list_topics(timeout=timeout_s)
+        except KafkaException:
+            return False
+        return True
+
     def poll(self, timeout_s: float) -> int:
         """Serve delivery callbacks for up to ``timeout_s``."""
         return int(self._producer.poll(timeout_s))
