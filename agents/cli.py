@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 
 import typer
 
@@ -25,11 +25,31 @@ from agents.orders import cli as orders
 from agents.refunds import cli as refunds
 from agents.shadow import cli as shadow
 from streams import cli as platform
-from streams.cli import console
+from streams.cli import console, fail
 from streams.logs import quiet_repeats
 from streams.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+
+
+def _print_version(asked: bool) -> None:
+    if not asked:
+        return
+    try:
+        console.print(f"stockflow {version('stockflow')}")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        console.print("stockflow (not installed: no package version)")
+    raise typer.Exit()
+
+
+VERSION = typer.Option(False, "--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
+
+
+@app.callback()
+def _root(show_version: bool = VERSION) -> None:
+    """stockflow: one stock pool for every channel, on Kafka."""
+
+
 app.add_typer(platform.dev, name="dev")
 app.add_typer(platform.topics, name="topics")
 app.add_typer(platform.clock, name="clock")
@@ -54,6 +74,12 @@ app.command()(inspection.inspect)
 @app.command()
 def worker() -> None:
     """Run a stockflow worker (Faust) against the configured broker and ClickHouse."""
+    from streams.ports import busy_port_message, port_problem
+
+    settings = Settings()
+    # Faust would find out only after joining the group, as a long traceback.
+    if problem := port_problem(settings.web_host, settings.web_port):
+        fail(busy_port_message("worker", settings.web_host, settings.web_port, problem, "STOCKFLOW_WEB_PORT"))
     import faust
 
     from agents.worker import create_app
@@ -64,7 +90,6 @@ def worker() -> None:
             # During a broker outage Faust's aiokafka clients log each failure many times a second.
             quiet_repeats(logger)
 
-    settings = Settings()
     ensure_topics(settings)
     faust_app = create_app(settings)
     worker = Worker(faust_app, loglevel=settings.log_level, quiet=True)

@@ -26,7 +26,8 @@ console = Console()
 
 def fail(message: str) -> None:
     """One red line and exit 1: what every command does instead of a traceback."""
-    console.print(f"[red]error:[/red] {message}")
+    # soft_wrap: one line even in a pipe or a log, where rich would otherwise break it at 80 columns.
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -156,9 +157,15 @@ def clock_set(offset_minutes: float = typer.Argument(..., help="Minutes ahead of
     from streams.engine.clock import wall_ms
     from streams.engine.producer import EventProducer
 
-    producer = EventProducer(Settings())
+    settings = Settings()
+    if not settings.clock_control:
+        # Workers started with these settings ignore ops.clock: sending would change nothing.
+        fail("clock control is off: workers ignore ops.clock unless STOCKFLOW_CLOCK_CONTROL=1 "
+             "(set it for the workers and this command); nothing sent")  # fmt: skip
+    producer = EventProducer(settings)
     offset = int(offset_minutes * 60_000)
     producer.send(OPS_CLOCK.name, "clock", "ClockAdvanced",
                   {"event_id": f"clock:{offset}", "event_time_ms": wall_ms(), "offset_ms": offset})  # fmt: skip
     producer.flush()
-    console.print(f"pipeline clock set to wall time + {offset_minutes} min")
+    console.print(f"pipeline clock set to wall time + {offset_minutes} min (workers with STOCKFLOW_CLOCK_CONTROL=1 "
+                  "follow it; it never moves back)")  # fmt: skip

@@ -4,11 +4,13 @@ live page (``web``)."""
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from streams.cli import console, fail
+from streams.ports import busy_port_message, port_problem
 from streams.settings import Settings
 
 
@@ -66,7 +68,8 @@ def dash(
         fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - ClickHouse unreachable or refusing
         fail(f"could not query ClickHouse at {settings.clickhouse_url_shown}: {exc}")
-    columns = list(rows[0]) if rows else []
+    # The columns from the SQL when there are no rows: a CSV keeps its header, a table its title.
+    columns = list(rows[0]) if rows else list(dashboard.columns)
     if output == "json":
         print(json.dumps(rows, ensure_ascii=False, indent=2))
     elif output == "csv":
@@ -74,10 +77,28 @@ def dash(
         writer.writeheader()
         writer.writerows(rows)
     else:
-        table = Table(*columns, title=dashboard.title, caption=f"{len(rows)} rows")
+        print_table(dashboard.title, dashboard.description, columns, rows)
+
+
+def print_table(title: str, description: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """A dashboard as a table: every cell whole (folded in a terminal, never cut), or "no rows"."""
+    from rich.console import Console
+    from rich.text import Text
+
+    # In a terminal a wide table folds its cells to the window; in a pipe or a file nothing limits the
+    # width, so the table keeps its natural one instead of rich's 80-column default.
+    out = console if console.is_terminal else Console(width=100_000, soft_wrap=True)
+    if not rows:
+        out.print(Text.assemble((title, "bold"), ": no rows"), soft_wrap=True)
+    else:
+        table = Table(title=title, caption=f"{len(rows)} rows")
+        for column in columns:
+            table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*(str(row[c]) for c in columns))
-        console.print(table)
+            table.add_row(*(Text(str(row[c])) for c in columns))  # Text: a `[x]` in a value is not markup
+        out.print(table)
+    if description:
+        out.print(Text(description, style="dim"), soft_wrap=True)
 
 
 def web(port: int = typer.Option(8050, help="Port of the dashboard page.")) -> None:
@@ -85,5 +106,7 @@ def web(port: int = typer.Option(8050, help="Port of the dashboard page.")) -> N
     from agents.analytics.webpage import serve
 
     settings = Settings()
+    if problem := port_problem(settings.web_host, port):
+        fail(busy_port_message("web", settings.web_host, port, problem, "--port"))
     console.print(f"dashboards on http://{settings.web_host}:{port}/")
     serve(settings, port)

@@ -55,6 +55,68 @@ class Dashboard:
         return {"name": self.name, "title": self.title, "description": self.description,
                 "chart": self.chart.__dict__, "params": list(self.params)}  # fmt: skip
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The result's column names, read from the SQL: an empty result still has a CSV header."""
+        return result_columns(self.sql)
+
+
+def _top_level(sql: str) -> list[tuple[int, str]]:
+    """(position, character) of every character outside brackets, quotes and comments."""
+    out: list[tuple[int, str]] = []
+    depth, quote, i = 0, "", 0
+    while i < len(sql):
+        ch = sql[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "'`\"":
+            quote = ch
+        elif sql.startswith("--", i):
+            i = sql.find("\n", i)
+            if i < 0:
+                break
+            continue
+        elif ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif depth == 0:
+            out.append((i, ch))
+        i += 1
+    return out
+
+
+def result_columns(sql: str) -> tuple[str, ...]:
+    """Column names of a query's outermost SELECT list (aliases, else the last part of a column name).
+
+    () when they cannot be read from the text (``SELECT *``): then only rows can say.
+    """
+    positions = _top_level(sql)
+    flat = "".join(ch for _, ch in positions)
+    start = re.search(r"\bSELECT\s+(?:DISTINCT\s+)?", flat, re.IGNORECASE)
+    if start is None:
+        return ()
+    end = re.compile(r"\b(FROM|WHERE|GROUP\s+BY|ORDER\s+BY|LIMIT|UNION|SETTINGS|FORMAT)\b", re.IGNORECASE)
+    stop = end.search(flat, start.end())
+    # Map the top-level positions back to the text, so bracketed parts of an item are kept.
+    first = positions[start.end()][0] if start.end() < len(positions) else len(sql)
+    last = positions[stop.start()][0] if stop else len(sql)
+    commas = [i for i, ch in positions if ch == "," and first <= i < last]
+    names = []
+    for lo, hi in zip([first, *(c + 1 for c in commas)], [*commas, last], strict=True):
+        item = re.sub(r"--[^\n]*", "", sql[lo:hi]).strip()
+        alias = re.search(r"\bAS\s+`?(\w+)`?\s*$", item, re.IGNORECASE)
+        if alias:
+            names.append(alias.group(1))
+        elif re.fullmatch(r"[\w.`]+", item) and item != "*":
+            names.append(item.replace("`", "").rsplit(".", 1)[-1])
+        else:
+            return ()
+    return tuple(names)
+
 
 def parse_time(text: str, now_ms: int) -> int:
     """Milliseconds since the epoch from ``now``, ``-24h`` / ``now-30m``, an ISO time (UTC if no zone) or ms."""

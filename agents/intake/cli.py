@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from streams.cli import console, fail
+from streams.ports import busy_port_message, port_problem
 from streams.settings import Settings
 
 
@@ -19,6 +20,9 @@ def intake(
     settings = Settings()
     overrides = {k: v for k, v in (("intake_port", port), ("intake_host", host)) if v is not None}
     settings = settings.model_copy(update=overrides)
+    if problem := port_problem(settings.intake_host, settings.intake_port):
+        fail(busy_port_message("intake", settings.intake_host, settings.intake_port, problem,
+                               "--port or STOCKFLOW_INTAKE_PORT"))  # fmt: skip
     try:
         ensure_topics(settings)
     except Exception as exc:  # noqa: BLE001 - a command turns any failure to reach the broker into one line

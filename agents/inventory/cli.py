@@ -104,20 +104,46 @@ def stock_correct(
     _stock_document("correction", sku, warehouse, qty, doc, reason)
 
 
+WAIT = typer.Option(30.0, "--wait", min=0, help="Seconds to wait for the pool's answer (0: send only, do not wait).")
+
+
 def _send_override(action: str, override_id: str, sku: str, qty: int, vip_order: str, operator: str,
-                   reason: str) -> None:  # fmt: skip
+                   reason: str, wait_s: float) -> None:  # fmt: skip
+    """Send the action to ``ops.overrides`` and print the pool's answer; exit 1 on a refusal or no answer."""
+    from agents.inventory.override_outcome import OutcomeWatch, verdict
     from streams.contract.topics import OPS_OVERRIDES
     from streams.engine.clock import wall_ms
     from streams.engine.producer import EventProducer
 
-    producer = EventProducer(Settings())
-    producer.send(OPS_OVERRIDES.name, sku, "VipOverride", {
-        "event_id": f"{override_id}:{action}:{operator}:{wall_ms()}", "event_time_ms": wall_ms(),
-        "override_id": override_id, "action": action, "sku": sku, "qty": qty, "vip_order_id": vip_order,
-        "operator": operator, "reason": reason,
-    })  # fmt: skip
-    producer.flush()
-    console.print(f"{action} {override_id} sent; the outcome is written to audit.overrides")
+    settings = Settings()
+    watch, answer = None, None
+    try:
+        if wait_s > 0:  # positioned before sending: the answer may come faster than we start listening
+            watch = OutcomeWatch(settings)
+        producer = EventProducer(settings)
+        producer.send(OPS_OVERRIDES.name, sku, "VipOverride", {
+            "event_id": f"{override_id}:{action}:{operator}:{wall_ms()}", "event_time_ms": wall_ms(),
+            "override_id": override_id, "action": action, "sku": sku, "qty": qty, "vip_order_id": vip_order,
+            "operator": operator, "reason": reason,
+        })  # fmt: skip
+        producer.flush()
+        if watch is None:
+            console.print(f"{action} {override_id} sent; the outcome is written to audit.overrides")
+            return
+        answer = watch.wait(override_id, action, wait_s)
+    except Exception as exc:  # noqa: BLE001 - a command turns any failure to reach the broker into one line
+        fail(f"{action} {override_id} not sent to {settings.bootstrap}: {exc}")
+    finally:
+        if watch is not None:
+            watch.close()
+    if answer is None:
+        fail(f"{action} {override_id} sent, but no answer on audit.overrides within {wait_s:g}s (timeout): "
+             "is a worker running? `stockflow override list` shows it later")  # fmt: skip
+        return
+    result = verdict(answer)
+    if not result.ok:
+        fail(result.line)
+    console.print(result.line, soft_wrap=True)
 
 
 @override.command("request")
@@ -128,9 +154,10 @@ def override_request(
     vip_order: str = typer.Option(..., help="<channel>:<channel_order_id> of the VIP order"),
     requester: str = typer.Option(...),
     reason: str = typer.Option(...),
+    wait: float = WAIT,
 ) -> None:
     """Ask to release locked stock to a VIP order (nothing moves until someone else approves)."""
-    _send_override("REQUEST", override_id, sku, qty, vip_order, requester, reason)
+    _send_override("REQUEST", override_id, sku, qty, vip_order, requester, reason, wait)
 
 
 @override.command("approve")
@@ -138,6 +165,37 @@ def override_approve(
     override_id: str = typer.Option(..., "--id"),
     sku: str = typer.Option(...),
     approver: str = typer.Option(..., help="Must differ from the requester."),
+    wait: float = WAIT,
 ) -> None:
     """Approve a requested override; the pool applies it and audits who, when, why, how much."""
-    _send_override("APPROVE", override_id, sku, 0, "", approver, "")
+    _send_override("APPROVE", override_id, sku, 0, "", approver, "", wait)
+
+
+@override.command("list")
+def override_list(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: the newest audit record of each override."),
+    limit: int = typer.Option(20, min=1, help="How many overrides, newest first."),
+) -> None:
+    """Recent overrides and what became of them, from audit.overrides."""
+    import json
+
+    from rich.table import Table
+
+    from agents.inventory.override_outcome import latest_per_override, read_audits
+
+    settings = Settings()
+    try:
+        rows = latest_per_override(read_audits(settings), limit)
+    except Exception as exc:  # noqa: BLE001 - a command turns any failure to reach the broker into one line
+        fail(f"could not read audit.overrides at {settings.bootstrap}: {exc}")
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        console.print("no overrides on audit.overrides")
+        return
+    table = Table("override", "outcome", "sku", "qty", "vip order", "requester", "approver", "detail", "reason")
+    for r in rows:
+        table.add_row(*(str(r.get(c, "")) for c in ("override_id", "outcome", "sku", "qty", "vip_order_id",
+                                                     "requester", "approver", "detail", "reason")))  # fmt: skip
+    console.print(table)

@@ -214,6 +214,26 @@ def test_a_fixed_set_of_events_gives_the_expected_numbers_in_every_dashboard(
         ("hold_expired", "hold_expired"): 1,
         ("payment_timeout", "no payment within the timeout"): 1,
     }
+    # One SKU: only its lines' rejections and expiries (payment timeouts are per order, not per SKU).
+    by_sku = wait_for(
+        lambda: (
+            (found_rows := rows(settings, "reservation_outcomes", sku="SKU-D1")) and len(found_rows) == 3 and found_rows
+        ),
+        timeout_s=30,
+        what="reservation outcomes of SKU-D1",
+    )
+    assert {(r["result"], r["reason"]): r["count"] for r in by_sku} == {
+        ("rejected", "insufficient_stock"): 2,
+        ("rejected", "channel_paused"): 1,
+        ("hold_expired", "hold_expired"): 1,
+    }
+    assert rows(settings, "reservation_outcomes", sku="SKU-D2") == []
+    names = {"flow_time": "flow_time", "waiting": "orders_waiting_now", "sla": "sla_breaches", "red": "orders_red_now",
+             "outcomes": "reservation_outcomes", "timeline": "stock_timeline", "pauses": "channel_pauses",
+             "low": "low_stock", "share": "routing_share", "split": "split_rate", "dead": "dead_letters",
+             "focus": "focus_pool"}  # fmt: skip
+    for key, name in names.items():  # the columns read from the SQL (an empty result's CSV header) are the real ones
+        assert list(found[key][0]) == list(dashboards.find(name).columns), name
     assert [(r["available"], r["locked"], r["sold"]) for r in found["timeline"]] == [(20, 0, 0), (12, 8, 3), (5, 15, 7)]
     assert [(r["sku"], r["change"]) for r in found["pauses"]] == [("SKU-D1", "resumed"), ("SKU-D1", "paused")]
     assert [(r["sku"], r["available"]) for r in found["low"]] == [("SKU-D1", 5)]
@@ -275,6 +295,14 @@ def test_cli_prints_a_dashboard_and_refuses_bad_input_without_a_traceback(tmp_pa
         [*cli, "split_rate", "--format", "csv"], env=env, capture_output=True, text=True, timeout=120
     )
     assert csv_out.stdout.splitlines()[0] == "routed_orders,split_orders,split_pct"
+    # Nothing routed yet: the table says so, the CSV is its header alone, the JSON an empty list.
+    empty = {fmt: subprocess.run([*cli, "routing_share", "--format", fmt], env=env, capture_output=True, text=True,
+                                 timeout=120) for fmt in ("table", "csv", "json")}  # fmt: skip
+    assert all(done.returncode == 0 for done in empty.values()), {f: d.stderr for f, d in empty.items()}
+    assert empty["table"].stdout.splitlines()[0] == "Routing: share of orders per warehouse: no rows"
+    assert "shares add up to more than 100%" in empty["table"].stdout
+    assert empty["csv"].stdout.splitlines() == [",".join(dashboards.find("routing_share").columns)]
+    assert json.loads(empty["json"].stdout) == []
     for args, message in (
         (["nope"], "no dashboard 'nope'"),
         (["flow_time", "--channel", "ebay"], "channel must be one of"),

@@ -1,5 +1,5 @@
 -- title: Routing: share of orders per warehouse
--- description: Orders each warehouse was given, its share, and the average score factors of the decisions that chose it.
+-- description: Orders each warehouse was given, its share of all routed orders, and the average score factors of the decisions that chose it. A split order counts once at each of its warehouses, so with split orders the shares add up to more than 100% (split_rate says how many).
 -- chart: bar x=warehouse_id y=orders
 SELECT
     warehouse_id,

@@ -1,0 +1,138 @@
+"""What became of a VIP override: the pool's answer on ``audit.overrides``, for the ``override`` commands.
+
+Reads: ``audit.overrides`` (read_committed: the pool writes it in its transactions). Writes: nothing.
+The pure functions (``answers``, ``verdict``, ``latest_per_override``) decide which audit record answers
+an operator's action and what it means; ``wait_for_outcome`` and ``read_audits`` talk to the broker.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+
+from streams.contract.codec import DecodeError, codec_for
+from streams.contract.reasons import Reason
+from streams.contract.topics import AUDIT_OVERRIDES
+from streams.engine.retry import Backoff, Retry
+from streams.engine.topicreader import read_all
+from streams.settings import Settings
+
+# The outcomes that answer each action: a REQUEST seen again answers with the recorded outcome.
+ANSWERS = {"REQUEST": ("REQUESTED", "APPLIED", "REFUSED"), "APPROVE": ("APPLIED", "REFUSED")}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    line: str
+
+
+def answers(record: dict[str, Any], override_id: str, action: str) -> bool:
+    """Whether an ``OverrideAudited`` record, seen after the action was sent, is the pool's answer to it.
+
+    Matched by override id and by the outcomes the action can have. Who acted is not compared: an
+    approval of an override already decided answers with the recorded decision, naming its approver.
+    """
+    return record.get("override_id") == override_id and record.get("outcome") in ANSWERS[action]
+
+
+def verdict(record: dict[str, Any]) -> Verdict:
+    """One line saying what the pool decided; ``ok`` is False for a refusal."""
+    oid, outcome, detail = record["override_id"], record["outcome"], record.get("detail") or ""
+    what = f"{record.get('qty', 0)} x {record.get('sku', '')} for {record.get('vip_order_id', '')}"
+    if outcome == "REFUSED":
+        try:
+            why = f"{detail} ({Reason(detail).description})"
+        except ValueError:
+            why = detail or "no reason given"
+        return Verdict(False, f"override {oid} REFUSED: {why}")
+    if outcome == "APPLIED":
+        released = ", ".join(record.get("released_holds") or []) or "none (free stock sufficed)"
+        return Verdict(True, f"override {oid} APPLIED: {what}, approved by {record.get('approver')}; "
+                             f"holds released: {released}")  # fmt: skip
+    return Verdict(True, f"override {oid} REQUESTED: {what}, by {record.get('requester')}; waits for another "
+                         "operator's approval")  # fmt: skip
+
+
+def latest_per_override(records: Iterable[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """The newest audit record of each override, newest first, at most ``limit`` of them."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        current = latest.get(record["override_id"])
+        if current is None or record["event_time_ms"] >= current["event_time_ms"]:
+            latest[record["override_id"]] = record
+    return sorted(latest.values(), key=lambda r: (r["event_time_ms"], r["override_id"]), reverse=True)[:limit]
+
+
+class OutcomeWatch:
+    """Positioned at the end of ``audit.overrides`` before the action is sent, so its answer cannot be missed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = settings.topic(AUDIT_OVERRIDES.name)
+        self.codec = codec_for(settings)
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.bootstrap, "group.id": f"stockflow-override-{uuid.uuid4().hex}",
+            "enable.auto.commit": False, "isolation.level": "read_committed", "log_level": 3,
+        })  # fmt: skip
+        try:
+            meta = self.consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            if meta is None or meta.error is not None:
+                raise LookupError(f"topic {self.topic} does not exist (run `stockflow topics create`)")
+            # Topics just created may not have a leader for a moment: that passes.
+            retry = Retry(f"end of {self.topic}", _moving_leader, deadline_s=15, backoff=Backoff(0.2, 1.0))
+            self.consumer.assign([retry.call(partial(self._end, p)) for p in meta.partitions])
+        except BaseException:
+            self.consumer.close()
+            raise
+
+    def _end(self, partition: int) -> TopicPartition:
+        _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
+        return TopicPartition(self.topic, partition, high if high >= 0 else OFFSET_END)
+
+    def wait(self, override_id: str, action: str, timeout_s: float) -> dict[str, Any] | None:
+        """The pool's answer, or None if none came within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            for msg in self.consumer.consume(num_messages=500, timeout=min(0.5, left)):
+                if msg.error() or msg.value() is None:
+                    continue
+                try:
+                    _, record = self.codec.decode(msg.value())
+                except DecodeError:
+                    continue
+                if answers(record, override_id, action):
+                    return record
+        return None
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _moving_leader(exc: BaseException) -> bool:
+    if not isinstance(exc, KafkaException) or not isinstance(exc.args[0], KafkaError):
+        return False
+    error: KafkaError = exc.args[0]
+    return bool(error.retriable()) or error.code() in (KafkaError.NOT_LEADER_FOR_PARTITION,
+                                                       KafkaError.LEADER_NOT_AVAILABLE)  # fmt: skip
+
+
+def read_audits(settings: Settings) -> Sequence[dict[str, Any]]:
+    """Every readable ``OverrideAudited`` record now on ``audit.overrides``."""
+    codec = codec_for(settings)
+    out = []
+    for rec in read_all(settings.bootstrap, settings.topic(AUDIT_OVERRIDES.name)):
+        if rec.value is None:
+            continue
+        try:
+            _, record = codec.decode(rec.value)
+        except DecodeError:
+            continue
+        out.append(record)
+    return out

@@ -1,0 +1,62 @@
+"""``stockflow override request|approve|list`` against the real broker: the pool's answer, not just "sent"."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from agents.cli import app
+from loadtest import events as ev
+from streams.contract.topics import ORDER_EVENTS
+from streams.engine.producer import EventProducer
+from tests.helpers import stock_up
+
+pytestmark = pytest.mark.broker
+
+
+def test_override_commands_print_the_outcome_and_fail_on_refusal(make_settings, start_worker) -> None:
+    settings = make_settings(safety_threshold=0)
+    worker = start_worker(settings)
+    producer = EventProducer(settings)
+    stock_up(producer, worker, "SKU-V", 5)
+    producer.send(
+        ORDER_EVENTS.name, "douyin:live-1", "OrderPlaced", ev.order_placed("douyin", "live-1", [ev.line(1, "SKU-V", 5)])
+    )
+    producer.flush()
+    env = settings.as_env()
+
+    def cli(*args: str) -> object:
+        return CliRunner().invoke(app, ["override", *args], env=env)
+
+    requested = cli("request", "--id", "ov-1", "--sku", "SKU-V", "--qty", "2", "--vip-order", "own:vip-9",
+                    "--requester", "alice", "--reason", "key account launch")  # fmt: skip
+    assert requested.exit_code == 0, requested.output
+    assert "override ov-1 REQUESTED" in requested.output
+    refused = cli("approve", "--id", "ov-1", "--sku", "SKU-V", "--approver", "alice")
+    assert refused.exit_code == 1, refused.output
+    assert "REFUSED: approver_must_differ_from_requester" in refused.output
+    unknown = cli("approve", "--id", "ov-404", "--sku", "SKU-V", "--approver", "bob")
+    assert unknown.exit_code == 1 and "REFUSED: unknown_override" in unknown.output
+    applied = cli("approve", "--id", "ov-1", "--sku", "SKU-V", "--approver", "bob")
+    assert applied.exit_code == 0, applied.output
+    assert "override ov-1 APPLIED" in applied.output and "approved by bob" in applied.output
+    listed = cli("list", "--json")
+    assert listed.exit_code == 0, listed.output
+    latest = {r["override_id"]: r["outcome"] for r in json.loads(listed.output)}
+    assert latest == {"ov-1": "APPLIED", "ov-404": "REFUSED"}
+
+
+def test_no_answer_within_the_wait_is_a_timeout(make_settings) -> None:
+    from streams.contract.topics import ensure_topics
+
+    settings = make_settings()
+    ensure_topics(settings)  # topics but no worker: nobody answers
+    result = CliRunner().invoke(
+        app,
+        ["override", "approve", "--id", "ov-1", "--sku", "SKU-V", "--approver", "bob", "--wait", "1"],
+        env=settings.as_env(),
+    )
+    assert result.exit_code == 1
+    assert "no answer on audit.overrides within 1s (timeout)" in result.output

@@ -1,0 +1,76 @@
+"""What the command line says instead of a traceback: a busy port, clock control off, the version."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agents.cli import app
+from streams.ports import port_problem
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port with a listener on 127.0.0.1, for as long as the test runs."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def run(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "STOCKFLOW_HOME": str(tmp_path / "home"), "STOCKFLOW_WEB_HOST": "127.0.0.1",
+            "STOCKFLOW_INTAKE_HOST": "127.0.0.1", **env}  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "agents.cli", *args], env=full, capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+
+
+def test_port_problem_tells_a_busy_port_from_a_free_one(busy_port: int) -> None:
+    assert port_problem("127.0.0.1", busy_port) == "is already in use"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]
+    assert port_problem("127.0.0.1", free) is None
+
+
+@pytest.mark.parametrize(
+    ("command", "env_name", "moved_by"),
+    [
+        (["worker"], "STOCKFLOW_WEB_PORT", "STOCKFLOW_WEB_PORT"),
+        (["intake"], "STOCKFLOW_INTAKE_PORT", "--port or STOCKFLOW_INTAKE_PORT"),
+        (["web", "--port", "{port}"], "", "--port"),
+    ],
+)
+def test_a_busy_port_is_one_line_naming_the_port_and_what_moves_it(
+    tmp_path: Path, busy_port: int, command: list[str], env_name: str, moved_by: str
+) -> None:
+    args = [a.format(port=busy_port) for a in command]
+    done = run(tmp_path, *args, **({env_name: str(busy_port)} if env_name else {}))
+    assert done.returncode == 1
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert lines == [
+        f"error: {command[0]} cannot listen on 127.0.0.1:{busy_port}: the port is already in use; "
+        f"choose another with {moved_by}"
+    ]
+
+
+def test_clock_set_refuses_when_clock_control_is_off(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["clock", "set", "30"], env={"STOCKFLOW_CLOCK_CONTROL": "0", "STOCKFLOW_HOME": str(tmp_path)}
+    )
+    assert result.exit_code == 1
+    assert "clock control is off" in result.output and "nothing sent" in result.output
+
+
+def test_version_prints_the_installed_package_version() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"stockflow {version('stockflow')}"
