@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from prometheus_client.core import Metric
 
 from agents.analytics.sink import SinkStatus
+from streams.contract.reasons import Reason
 from streams.metrics import StatsCollector, counter, gauge
 
 # /readyz: with a backlog and no insert for this long, the sink is not keeping up (stuck, not busy).
@@ -38,7 +39,7 @@ def _families(status: SinkStatus) -> Iterator[Metric]:
         ("batches", "sink_inserts", "Insert batches that went into ClickHouse"),
         ("retries", "sink_insert_errors", "Failed inserts and broker errors, each retried"),
         ("unreadable", "sink_unreadable", "Messages the sink could not read (dead-lettered)"),
-        ("unstorable", "sink_unstorable", "Messages ClickHouse refused (dead-lettered)"),
+        (Reason.UNSTORABLE.value, "sink_unstorable", "Messages ClickHouse refused (dead-lettered)"),
         ("dead_letters", "sink_dead_letters", "Dead letters the sink wrote"),
     ):
         family = counter(name, doc)

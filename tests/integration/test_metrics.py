@@ -27,7 +27,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def scrape(url: str) -> Samples:
     """Every sample at ``url`` by (name, sorted labels); the content type is Prometheus's text format."""
-    response = httpx.get(url, timeout=10)
+    response = httpx.get(url, timeout=30)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain; version=0.0.4")
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(response.text) for s in family.samples}  # fmt: skip
@@ -61,7 +61,7 @@ def test_worker_sink_and_intake_serve_metrics_and_health(make_settings, start_wo
     adjustments = settings.topic("stock.adjustments")
     engine = wait_for(lambda: (s := scrape(f"{base}/metrics"))
                       and total(s, "stockflow_engine_records_in_total", topic=adjustments) >= 3 and s,
-                      timeout_s=30, what="the engine's records in")  # fmt: skip
+                      timeout_s=90, what="the engine's records in")  # fmt: skip
     assert total(engine, "stockflow_engine_batches_total") > 0
     assert total(engine, "stockflow_engine_commit_seconds_count") > 0
     assert total(engine, "stockflow_engine_batch_events_count") > 0
