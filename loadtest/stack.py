@@ -12,7 +12,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 
-from streams.contract.topics import TopicSpec
+from streams.contract.topics import TopicSpec, delete_topics
 from streams.devstack import procs
 from streams.devstack.localclickhouse import LocalClickHouseServer
 from streams.devstack.localkafka import LocalKafka
@@ -26,20 +26,8 @@ _RUNS: list[Settings] = []
 
 def delete_run_topics(bootstrap: str, runs: list[Settings]) -> int:
     """Delete every topic of ``runs`` (their prefix, and the Faust and changelog topics named by app id)."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
-
     prefixes = tuple(r.topic_prefix for r in runs if r.topic_prefix) + tuple(f"{r.app_id}-" for r in runs)
-    if not prefixes:
-        return 0
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
-        for future in (admin.delete_topics(names, operation_timeout=60) if names else {}).values():
-            future.result()
-    except KafkaException:
-        return 0  # the broker is gone: nothing to tidy on it
-    return len(names)
+    return delete_topics(bootstrap, prefixes)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.contract.topics import ensure_topics
+from streams.contract.topics import delete_topics, ensure_topics
 from streams.devstack.localclickhouse import LocalClickHouseServer
 from streams.devstack.localkafka import LocalKafka
 from streams.devstack.procs import free_ports
@@ -67,21 +67,6 @@ def clickhouse_server_url(services_home: Path) -> Iterator[str]:
 SettingsFactory = Callable[..., Settings]
 
 
-def delete_topics(bootstrap: str, *prefixes: str) -> None:
-    """Delete every topic whose name starts with one of ``prefixes``: a suite creates some 30 topics per
-    test, and a broker keeping them all open runs out of file descriptors."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
-        if names:
-            for future in admin.delete_topics(names, operation_timeout=30).values():
-                future.result()
-    except Exception:  # noqa: BLE001 - clean-up only: a test that stopped the broker leaves its topics
-        return
-
-
 @pytest.fixture
 def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Iterator[SettingsFactory]:
     """Settings for one test: fresh topics, group, worker folder and ports; the topics are deleted after."""
@@ -105,7 +90,7 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Iterator[SettingsFact
         return Settings(**base)  # type: ignore[arg-type]
 
     yield factory
-    delete_topics(kafka_bootstrap, f"t{tag}.", f"sf-{tag}")
+    delete_topics(kafka_bootstrap, (f"t{tag}.", f"sf-{tag}"))
 
 
 @pytest.fixture
