@@ -277,7 +277,8 @@ REQUIRED_KEYS = (
 )  # fmt: skip
 # With the marketplaces (the default): what reached them.
 CHANNEL_KEYS = (
-    "channel_pushes", "channel_changes", "p50_channel_push_ms", "p99_channel_push_ms", "max_channel_push_ms",
+    "channel_pushes", "channel_push_calls", "channel_figures_per_call", "channel_push_calls_per_s_by_channel",
+    "channel_changes", "p50_channel_push_ms", "p99_channel_push_ms", "max_channel_push_ms",
     "p99_order_to_channel_ms", "channel_changes_not_shown", "channel_pushes_stale", "channel_pushes_retried",
     "channel_pushes_failed", "marketplace_refusals", "refunds_instructed", "refunds_agreed", "refunds_agreed_twice",
     "refunds_not_agreed",

@@ -11,7 +11,10 @@
 - one ``stockflow connectors run`` pointed at the simulator (``STOCKFLOW_MARKETPLACE_URL``), allowed
   ``CONNECTOR_SHARE`` of the simulator's limit;
 - a watcher thread copying the simulator's recorded calls (``/_sim/calls``) every ``POLL_S``, so a run
-  of any length is measured whatever the simulator keeps (a gap in its call numbers is counted).
+  of any length is measured whatever the simulator keeps (a gap in its record numbers is counted). The
+  connectors push stock as many-SKU calls, which the simulator records as one ``stock`` record per
+  figure carrying the call's number (``batch``): the figures are what the latency is measured on, the
+  numbers say how many calls carried them.
 
 ``channel_push_latencies`` (pure) pairs the levels the pool published on ``stock.levels`` with the stock
 updates each channel accepted: a level whose figure for a channel differs from the level before it
@@ -198,13 +201,46 @@ def _percentile(values: list[float], q: float) -> float:
     return round(float(ordered[min(len(ordered) - 1, int(q * len(ordered)))]), 1)
 
 
+@dataclass(frozen=True)
+class StockCalls:
+    """The stock calls a channel's connector made in a run, and the figures they carried."""
+
+    calls: int
+    figures: int
+    span_s: float  # from the run's start to the last call
+
+    @property
+    def per_s(self) -> float:
+        return round(self.calls / self.span_s, 1) if self.span_s > 0 else 0.0
+
+
+def stock_calls(rows: Iterable[tuple[str, int, int]], since_ms: int) -> dict[str, StockCalls]:
+    """Per channel, from ``(channel, accepted_at_ms, batch)`` per stock figure the simulator recorded: the calls
+    at or after ``since_ms`` (a many-SKU call's figures share its ``batch`` number; 0 is a call of its own)."""
+    calls: Counter[str] = Counter()
+    figures: Counter[str] = Counter()
+    last: dict[str, int] = {}
+    seen: set[int] = set()
+    for channel, at_ms, batch in rows:
+        if at_ms < since_ms:
+            continue
+        figures[channel] += 1
+        last[channel] = max(last.get(channel, at_ms), at_ms)
+        if batch == 0 or batch not in seen:
+            seen.add(batch)
+            calls[channel] += 1
+    return {c: StockCalls(calls[c], figures[c], (last[c] - since_ms) / 1000) for c in sorted(figures)}
+
+
 class CallWatch(threading.Thread):
-    """Copies the simulator's recorded calls as they happen; keeps the applied stock updates."""
+    """Copies the simulator's recorded calls as they happen; keeps the applied stock updates and, per stock
+    figure, its channel, time and call."""
 
     def __init__(self, client: SimulatorClient) -> None:
         super().__init__(name="simulator-calls", daemon=True)
         self.client = client
         self.stock: list[StockAccepted] = []
+        self.stock_rows: list[tuple[str, int, int]] = []  # (channel, accepted_at_ms, batch) per stock figure
         self.calls: Counter[str] = Counter()  # "<endpoint>:<result>"
         self.missed = 0  # calls the simulator dropped before they were read (a gap in its numbers)
         self.last_seq = 0
@@ -232,6 +268,8 @@ class CallWatch(threading.Thread):
                 self.last_seq = seq
                 self._since_ms = max(self._since_ms, int(row["accepted_at_ms"]))
                 self.calls[f"{row['endpoint']}:{row['result']}"] += 1
+                if row["endpoint"] == "stock":
+                    self.stock_rows.append((str(row["channel"]), int(row["accepted_at_ms"]), int(row.get("batch", 0))))
                 accepted = stock_accepted(row)
                 if accepted is not None:
                     self.stock.append(accepted)
@@ -367,8 +405,14 @@ class Marketplaces:
             connector.update(now - self._stats_before.get(channel, Counter()))
         topic = self.settings.topic(REFUND_INSTRUCTIONS.name)
         instructed = {codec.decode(r.value)[1]["refund_id"] for r in read_all(self.settings.bootstrap, topic, 30)}
+        calls = stock_calls(self.watch.stock_rows, started_ms)
+        total_calls = sum(c.calls for c in calls.values())
+        figures_per_call = sum(c.figures for c in calls.values()) / total_calls if total_calls else 0.0
         return {
             "channel_pushes": sum(1 for a in self.watch.stock if a.at_ms >= started_ms),
+            "channel_push_calls": total_calls,
+            "channel_figures_per_call": round(figures_per_call, 1),
+            "channel_push_calls_per_s_by_channel": {c: v.per_s for c, v in calls.items()},
             "channel_changes": len(pushes.from_change_ms) + pushes.missing,
             "p50_channel_push_ms": _percentile(pushes.from_change_ms, 0.5),
             "p99_channel_push_ms": _percentile(pushes.from_change_ms, 0.99),
@@ -376,9 +420,10 @@ class Marketplaces:
             "p99_order_to_channel_ms": _percentile(pushes.from_order_ms, 0.99),
             "p99_channel_push_by_channel_ms": {c: _percentile(v, 0.99) for c, v in sorted(pushes.by_channel.items())},
             "channel_changes_not_shown": pushes.missing,
-            "channel_pushes_stale": connector["stale"],
+            # Per figure: the connectors push through many-SKU calls, whose figures are counted one by one.
+            "channel_pushes_stale": connector["items_stale"] + connector["stale"],
             "channel_pushes_retried": connector["retried"],
-            "channel_pushes_failed": connector["failed"],
+            "channel_pushes_failed": connector["items_failed"],
             "marketplace_refusals": sum(refusals.values()),
             "marketplace_refusals_by_kind": dict(refusals),
             "marketplace_qps": self.qps or "platform defaults",

@@ -10,7 +10,8 @@ stale timestamp) are tried again with exponential backoff (``streams.engine.retr
 says what happened and, for a call that failed for good, the ``Reason`` its failed-call record gets.
 
 Reads: the credentials store; writes: nothing but the HTTP call and the per-endpoint figures of the
-status view. Never logs a key or a signed request.
+status view (a many-SKU ``stock_batch`` call counts under ``stock``, what it is for, and takes one turn
+in the rate limit like any call). Never logs a key or a signed request.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from agents.channels.platforms import (
     canonical_json,
     classify,
     platform,
+    purpose,
     sign_request,
 )
 from streams.contract.reasons import Reason
@@ -170,7 +172,7 @@ class ChannelCaller:
 
         Raises ``Stopping`` if the process stops while the call waits to be retried.
         """
-        stats = self.endpoint_stats(channel, endpoint)
+        stats = self.endpoint_stats(channel, purpose(endpoint))
         attempts = 0
 
         def attempt() -> CallResult:
@@ -218,6 +220,7 @@ class ChannelCaller:
             return self._failed(stats, CallResult(Outcome(OutcomeKind.FATAL, message=str(exc)),
                                                   f"not sent: {exc}", attempt_no))  # fmt: skip
         self._pace(channel)
+        stats.calls += 1
         started = time.perf_counter()
         try:
             response = self.http.request(signed.http_method, signed.url(marketplace_url(self.settings, channel)),

@@ -10,7 +10,11 @@ in order, through the same call path as the live connectors (``calls.ChannelCall
 current key, the same bodies and so the same idempotency keys: the platform's refund id, ``SKU@version``).
 Its position is the consumer group ``<app id>.connectors.replay.<channel>``, committed after each
 record's result is durable: a replayed refund's ``RefundIssued`` (``replayed=true``) is acknowledged by
-the broker before the offset moves. A replay killed at any point (``kill -9``) and run again sends the
+the broker before the offset moves. Stock pushes in a row go again as the platform's many-SKU call
+(``stock_batch``): up to its ``StockBatch.max_items`` consecutive records, none naming a SKU another
+one in the call names (so each figure still gets its own answer), committed together once every
+figure's result is durable; a call the platform refuses whole is sent again one figure at a time, so
+only the figure it refuses stays failing. A replay killed at any point (``kill -9``) and run again sends the
 record it was on once more; the marketplace answers "already agreed" for a refund it agreed, so no
 refund is made twice, and none is skipped. It replays the records that were in the queue when it
 started; what fails meanwhile waits for the next run.
@@ -18,7 +22,8 @@ started; what fails meanwhile waits for the next run.
 What a record's answer leads to:
 
 - agreed / applied: counted ``sent``; already agreed, or a stock figure a newer one replaced
-  (stale): ``already_applied``; both are done and the position moves on;
+  (stale): ``already_applied``; both are done and the position moves on (for a many-SKU call, per
+  figure);
 - refused (the request itself, ``connector_refused``): written to the end of the queue again (counted
   ``still_failing``; the next run tries it once more) and the replay goes on;
 - a credential failure, or no usable answer within the retry budget: the replay **stops** at that record
@@ -41,7 +46,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from agents.channels import platforms as pf
 from agents.channels.calls import CallResult, ChannelCaller
@@ -57,6 +62,19 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 IDLE_POLLS = 30  # empty polls of a second in a row before the replay stops waiting for a record it expects
+GROUP_POLL_S = 0.05  # how long a replay holding stock records waits for the next before sending what it has
+
+
+@dataclass(frozen=True)
+class _Parked:
+    """A record of the failed queue as read: where it is, what it asks, and its figure for a stock push."""
+
+    offset: int
+    record: ConnectorCallFailed
+    endpoint: pf.Endpoint
+    body: dict[str, Any]
+    update: pf.StockUpdate | None  # None: a refund, or a stock body that names no figure (sent as it is)
+    source: str
 
 
 class ReplayError(StockflowError, RuntimeError):
@@ -175,6 +193,8 @@ class Replay:
                                               stopping=self.stop.is_set)  # fmt: skip
         self.on_progress = on_progress or (lambda _summary: None)
         self.summary = ReplaySummary(channel)
+        self.max_items = pf.platform(channel).stock_batch.max_items
+        self._group: list[_Parked] = []  # stock records in a row, read and not sent yet
         self._fatal: list[str] = []
 
     def run(self) -> ReplaySummary:
@@ -201,33 +221,65 @@ class Replay:
         consumer.assign([TopicPartition(self.topic, 0, start)])
         idle = 0
         while s.next_offset < end and not self.stop.is_set():
-            msg = consumer.poll(1.0)
+            msg = consumer.poll(GROUP_POLL_S if self._group else 1.0)
             if msg is None:
+                if self._group:  # nothing more at hand: send what there is
+                    if not self._flush(consumer, sink):
+                        return
+                    continue
                 idle += 1
                 if idle >= IDLE_POLLS:
                     s.stopped = f"no record came from {self.topic} at offset {s.next_offset} within {idle} s"
                     return
                 continue
             idle = 0
-            error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("replay %s: kafka: %s", self.channel, error)
+            if not self._readable(msg):
                 continue
             offset = msg.offset() or 0
             if offset >= end:
                 break
-            if not self._replay_one(sink, offset, msg.value()):
-                return  # stopped: the record stays the next one to replay
-            self._commit(consumer, offset + 1)
-            s.next_offset = offset + 1
-            self.on_progress(s)
+            if not self._take(consumer, sink, offset, msg.value(), end):
+                return  # stopped: the record (or its group's first) stays the next one to replay
+        if self._group and not self.stop.is_set() and not self._flush(consumer, sink):
+            return
         if self.stop.is_set() and s.next_offset < end:
             s.stopped = "interrupted"
 
-    def _replay_one(self, sink: ResultSink, offset: int, value: bytes | None) -> bool:
-        """Send one record again and make its result durable; False to stop the replay here."""
-        s = self.summary
+    def _readable(self, msg: Message) -> bool:
+        error = msg.error()
+        if error is not None and error.code() != KafkaError._PARTITION_EOF:
+            log.warning("replay %s: kafka: %s", self.channel, error)
+        return error is None
+
+    def _take(self, consumer: Consumer, sink: ResultSink, offset: int, value: bytes | None, end: int) -> bool:
+        """Replay the record at ``offset`` (a stock record joins the group of those before it); False to stop."""
+        parked = self._read(offset, value)
+        if self._group and (parked is None or not self._joins(parked)) and not self._flush(consumer, sink):
+            return False
+        if parked is not None and parked.update is not None:
+            self._group.append(parked)
+            if len(self._group) >= self.max_items or offset + 1 >= end:
+                return self._flush(consumer, sink)
+            return True
+        if parked is None:
+            self.summary.unreadable += 1  # counted once the records before it are through, like every record
+        elif not self._replay_one(sink, parked):
+            return False
+        self._done_through(consumer, offset)
+        return True
+
+    def _flush(self, consumer: Consumer, sink: ResultSink) -> bool:
+        group, self._group = self._group, []
+        return self._send_group(consumer, sink, group)
+
+    def _done_through(self, consumer: Consumer, offset: int) -> None:
+        """Every record up to ``offset`` is replayed and its result durable: the position moves past it."""
+        self._commit(consumer, offset + 1)
+        self.summary.next_offset = offset + 1
+        self.on_progress(self.summary)
+
+    def _read(self, offset: int, value: bytes | None) -> _Parked | None:
+        """The record at ``offset``; None (logged) if it is not a failed call."""
         try:
             event_type, data = self.codec.decode(value)
             if event_type.short_name != "ConnectorCallFailed":
@@ -238,14 +290,67 @@ class Replay:
                 raise ValueError("the request is not a JSON object")
         except (DecodeError, ValueError) as exc:
             log.error("replay %s: record at offset %d is not a failed call (%s); skipped", self.channel, offset, exc)
-            s.unreadable += 1
-            return True
+            return None
         endpoint = record["endpoint"]
         if endpoint not in pf.ENDPOINTS:
             log.error("replay %s: record at offset %d names endpoint %r; skipped", self.channel, offset, endpoint)
-            s.unreadable += 1
-            return True
-        source = f"{self.topic}/0/{offset}"
+            return None
+        update = None
+        if endpoint == "stock":
+            with contextlib.suppress(pf.BodyError):
+                update = pf.parse_stock(self.channel, body)
+        return _Parked(offset, record, endpoint, body, update, f"{self.topic}/0/{offset}")
+
+    def _joins(self, parked: _Parked) -> bool:
+        """Whether a record may go in the same call as the group: a stock figure, room left, its SKU not in it."""
+        if parked.update is None or len(self._group) >= self.max_items:
+            return False
+        return all(p.update is None or p.update.sku != parked.update.sku for p in self._group)
+
+    def _send_group(self, consumer: Consumer, sink: ResultSink, group: list[_Parked]) -> bool:
+        """Send consecutive stock records as one many-SKU call, park what failed again, make it durable and move
+        the position past them; False to stop the replay at the group's first record."""
+        s = self.summary
+        updates = [p.update for p in group if p.update is not None]
+        body = pf.stock_batch_body(self.channel, updates)
+        result = self.caller.call(self.channel, pf.STOCK_BATCH, body, what=f"of {len(group)} SKU(s) (replay)")
+        kind = result.outcome.kind
+        if kind in (pf.OutcomeKind.CREDENTIAL, pf.OutcomeKind.RETRIABLE):
+            s.stopped = self._stop_message(result, group[0].offset)
+            return False
+        if kind is pf.OutcomeKind.FATAL and len(group) > 1:
+            # The platform refuses a call whole for one figure it cannot take: each alone, so only that one fails.
+            return all(self._send_group(consumer, sink, [parked]) for parked in group)
+        outcomes = pf.item_outcomes(result.outcome, updates)
+        for parked, outcome in zip(group, outcomes, strict=True):
+            if not outcome.done:
+                again = CallResult(outcome, result.answer if not result.done else f"{outcome.message} "
+                                   f"(answer: {result.answer})", result.attempts)  # fmt: skip
+                sink.park(again.failed_call(self.channel, "stock", parked.record["idempotency_key"], parked.body,
+                                            parked.source, parked.record["attempts"]))  # fmt: skip
+        self._durable(sink)
+        for parked, outcome in zip(group, outcomes, strict=True):
+            self._count(outcome.kind, outcome.done, parked.record["idempotency_key"], result.answer)
+        self._done_through(consumer, group[-1].offset)
+        return True
+
+    def _count(self, kind: pf.OutcomeKind, done: bool, key: str, answer: str) -> None:
+        s = self.summary
+        if kind is pf.OutcomeKind.OK:
+            s.sent += 1
+        elif done:
+            s.already_applied += 1
+        else:
+            s.still_failing += 1
+            log.warning("replay %s: %s refused again (%s); written to the end of the queue", self.channel, key,
+                        answer[:200])  # fmt: skip
+
+    def _replay_one(self, sink: ResultSink, parked: _Parked) -> bool:
+        """Send one record again as it was (a refund; a stock body that names no figure) and make its result
+        durable; False to stop the replay here."""
+        s = self.summary
+        record, body, offset, source, endpoint = (parked.record, parked.body, parked.offset, parked.source,
+                                                  parked.endpoint)  # fmt: skip
         result = self.caller.call(self.channel, endpoint, body, what=f"{record['idempotency_key']} (replay)")
         if result.outcome.kind in (pf.OutcomeKind.CREDENTIAL, pf.OutcomeKind.RETRIABLE):
             s.stopped = self._stop_message(result, offset)
@@ -263,15 +368,7 @@ class Replay:
             sink.park(result.failed_call(self.channel, endpoint, record["idempotency_key"], body, source,
                                          record["attempts"]))  # fmt: skip
         self._durable(sink)
-        kind = result.outcome.kind
-        if kind is pf.OutcomeKind.OK:
-            s.sent += 1
-        elif result.done:
-            s.already_applied += 1
-        else:
-            s.still_failing += 1
-            log.warning("replay %s: %s refused again (%s); written to the end of the queue", self.channel,
-                        record["idempotency_key"], result.answer[:200])  # fmt: skip
+        self._count(result.outcome.kind, result.done, record["idempotency_key"], result.answer)
         return True
 
     def _durable(self, sink: ResultSink) -> None:

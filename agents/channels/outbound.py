@@ -4,7 +4,8 @@
   offset may be committed while calls finish out of order (one channel's slow or failing calls never
   hold up another's, yet nothing unfinished is ever committed);
 - ``PushQueue``: one channel's stock pushes waiting to go, coalesced per SKU (only the newest figure
-  is sent; an unchanged figure is not sent again; an older version never replaces a newer one);
+  is sent; an unchanged figure is not sent again; an older version never replaces a newer one), taken
+  in batches for the platform's many-SKU call;
 - ``TokenBucket``: the client-side rate limit, kept a little under the platform's;
 - ``FailingWatch``: the ``connector_failing`` alert, raised once when a channel's calls start failing
   for good and cleared when one succeeds again;
@@ -127,21 +128,34 @@ class Push:
         return stock_key(self.sku, self.version)
 
 
+@dataclass
+class Batch:
+    """What ``PushQueue.take_batch`` hands out: pushes to send in one call, and pushes the channel already shows
+    (a call in flight landed their figure meanwhile), settled without a call: their tickets are to be finished."""
+
+    send: list[Push] = field(default_factory=list)
+    shown: list[Push] = field(default_factory=list)
+
+
 class PushQueue:
     """One channel's stock pushes: the newest figure per SKU, sent oldest change first, one call per SKU at a time.
 
-    ``offer`` a SKU's figure from a ``stock.levels`` record; ``take`` the next push that is due
-    (``window_ms`` after the SKU's first unsent change, so a burst collapses into one call) and whose
-    SKU has no call in flight; ``settle`` it with what the platform answered, or ``release`` it when the
-    call failed or was abandoned. A push taken while the channel already shows its figure (a call in
-    flight landed it meanwhile) needs no call: ``shown`` says so. Tickets of figures that need no call
-    (unchanged, older, replaced by a newer one) are handed back for finishing when they are settled.
+    ``offer`` a SKU's figure from a ``stock.levels`` record. A push is due ``window_ms`` after the SKU's first
+    unsent change, so a burst of changes collapses into one figure. ``take_batch`` hands out up to
+    ``max_items`` due pushes whose SKU has no call in flight, for one many-SKU call - or none while fewer than
+    ``min_items`` are due and the oldest has been due for less than ``hold_ms`` (a lane with a call in flight
+    waits for a full batch rather than send a thin one, so the calls stay few while a figure waits about one
+    call's time; Nagle's rule, with ``hold_ms`` bounding the wait when that call is slow). The pushes taken are
+    in flight until ``settle``-d with what the platform answered, or ``release``-d when the call failed or was
+    abandoned. A push due while the channel already shows its figure (a call in flight landed it meanwhile)
+    needs no call: ``take_batch`` settles it and hands it back in ``Batch.shown``. Tickets of figures that need
+    no call (unchanged, older, replaced by a newer one) are handed back for finishing with their push.
     Remembers the last figure each SKU's channel accepted: bounded by the SKUs of the catalogue.
     """
 
     def __init__(self, window_ms: int) -> None:
         self.window_ms = window_ms
-        self._pending: OrderedDict[str, Push] = OrderedDict()
+        self._pending: OrderedDict[str, Push] = OrderedDict()  # due times grow with insertion: oldest first
         self._in_flight: dict[str, Push] = {}  # sku -> the push whose call is under way
         self._accepted: dict[str, tuple[int, int]] = {}  # sku -> (quantity, version) the platform holds
 
@@ -166,32 +180,61 @@ class PushQueue:
             return True
         if flying is None and accepted is not None and accepted[0] == quantity:
             # The channel already shows this figure. While a call is in flight what it will show is not known
-            # yet (the call may fail, or find a newer version there): queue it, and ``shown`` decides at take.
+            # yet (the call may fail, or find a newer version there): queue it, and ``take_batch`` decides.
             return False
         self._pending[sku] = Push(sku, quantity, version, now_ms + self.window_ms, source, [ticket])
         return True
 
-    def next_due_ms(self) -> int | None:
-        """When the next push can be taken: the first one whose SKU has no call in flight."""
+    def _takeable(self, now_ms: int, limit: int) -> list[Push]:
+        """Up to ``limit`` due pushes whose SKU has no call in flight, oldest first (nothing is removed)."""
+        found: list[Push] = []
         for push in self._pending.values():
+            if push.due_ms > now_ms or len(found) >= limit:
+                break
             if push.sku not in self._in_flight:
-                return push.due_ms
-        return None
+                found.append(push)
+        return found
 
-    def take(self, now_ms: int) -> Push | None:
-        """The push due first whose SKU has no call in flight, if it is due (due times grow with insertion, so
-        the first such push is the earliest); it is in flight until settled or released."""
+    def ready_at_ms(self, min_items: int = 1, hold_ms: int = 0) -> int | None:
+        """When ``take_batch(..., min_items, hold_ms)`` will hand out pushes, as things stand (an offer or a settle
+        changes that): the time to wake; None when nothing is waiting with no call in flight for its SKU."""
+        seen, first = 0, None
         for push in self._pending.values():
-            if push.due_ms > now_ms:
-                return None
             if push.sku not in self._in_flight:
+                seen += 1
+                first = push.due_ms if first is None else first
+                if seen >= min_items:
+                    return min(push.due_ms, first + hold_ms)
+        return None if first is None else first + hold_ms
+
+    def wakes(self, max_items: int) -> bool:
+        """Whether the push just queued (the newest) can change ``ready_at_ms`` for up to ``max_items``: only when
+        fewer than that many pushes without a call in flight are ahead of it (a lane's waiting threads need
+        waking then, and only then)."""
+        return len(self._pending) - 1 - len(self._in_flight) < max_items
+
+    def take_batch(self, now_ms: int, max_items: int, min_items: int = 1, hold_ms: int = 0) -> Batch:
+        """The oldest due pushes with no call in flight for their SKU, at most ``max_items`` to send, and none
+        while fewer than ``min_items`` are and the oldest has been due for less than ``hold_ms`` (see the class
+        docstring); the ones sent are in flight until settled or released."""
+        batch = Batch()
+        candidates = self._takeable(now_ms, max_items)
+        for push in candidates:
+            if self._shows(push):
                 del self._pending[push.sku]
-                self._in_flight[push.sku] = push
-                return push
-        return None
+                self._accepted[push.sku] = (push.quantity, push.version)  # its level is handled: older ones are not
+                batch.shown.append(push)
+        sendable = [p for p in candidates if p.sku in self._pending]
+        held = sendable and sendable[0].due_ms + hold_ms > now_ms
+        if not sendable or (held and len(sendable) < min(min_items, max_items)):
+            return batch
+        for push in sendable:
+            del self._pending[push.sku]
+            self._in_flight[push.sku] = push
+        batch.send = sendable
+        return batch
 
-    def shown(self, push: Push) -> bool:
-        """Whether the channel already shows ``push``'s figure (settle it without a call)."""
+    def _shows(self, push: Push) -> bool:
         accepted = self._accepted.get(push.sku)
         return accepted is not None and accepted[0] == push.quantity
 
@@ -288,13 +331,19 @@ class FailingWatch:
 
 @dataclass
 class EndpointStats:
-    """One channel endpoint's calls, for the status view."""
+    """One channel endpoint's calls, for the status view: ``ok`` ... ``failed`` count calls as they ended,
+    ``calls`` every attempt sent; the ``items_*`` count the stock figures many-SKU calls carried, by their
+    own result (applied, stale: a newer one is there, failed for good)."""
 
     ok: int = 0
     already_applied: int = 0
     stale: int = 0
     retried: int = 0
     failed: int = 0
+    calls: int = 0
+    items_applied: int = 0
+    items_stale: int = 0
+    items_failed: int = 0
     last_error: str = ""
     last_error_ms: int = 0
     last_ok_ms: int = 0
@@ -308,6 +357,10 @@ class EndpointStats:
             "stale": self.stale,
             "retried": self.retried,
             "failed": self.failed,
+            "calls": self.calls,
+            "items_applied": self.items_applied,
+            "items_stale": self.items_stale,
+            "items_failed": self.items_failed,
             "last_error": self.last_error,
             "last_error_ms": self.last_error_ms,
             "last_ok_ms": self.last_ok_ms,

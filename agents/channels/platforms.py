@@ -1,5 +1,5 @@
-"""The marketplaces' open-platform dialects: how each signs a call, where its two endpoints are, what
-it answers, and what an answer means to a caller.
+"""The marketplaces' open-platform dialects: how each signs a call, where its endpoints are, what it
+answers, and what an answer means to a caller.
 
 Pure: no I/O, no clock (every function takes ``now_ms``), no settings. The outbound connectors sign
 with ``sign_request`` and judge answers with ``classify``; the local simulator verifies with
@@ -45,10 +45,23 @@ Callbacks (marketplace -> shop: settlements, order pushes), per channel:
   signed as the parameter ``param`` with the Kwaixiaodian request scheme.
 - **own**: the own-site request headers plus ``X-Stockflow-Event`` (not signed; the body says what happened).
 
+Endpoints: ``stock`` (one SKU's sellable quantity), ``refund`` (agree a refund) and ``stock_batch``,
+the stock endpoint's many-SKU API: one call carries up to ``StockBatch.max_items`` figures, each with
+its own version, and the answer says per figure whether it was applied or was stale (a newer version
+is there). Where the many-SKU API and its limit come from (``StockBatch.source``): tmall
+``tmall.item.quantity.update`` takes a ``sku_quantities`` list of at most 20 (Taobao's
+``taobao.skus.quantity.update`` also caps at 20); douyin ``sku.syncStockBatch`` takes a
+``sku_sync_list``; jd, pdd and kuaishou are modelled in their platforms' style (their batch API names
+and limits are not confirmed here); own is ours. The platforms scope a batch to one item (product)
+and carry no version; the simulator's version per figure is what makes a replayed or reordered push
+harmless, as for the one-SKU call.
+
 Answers: tmall, jd, pdd, douyin and kuaishou answer HTTP 200 with an error envelope for a refused
 call (gateway faults come as 5xx); own answers with the HTTP status that fits. ``classify`` reads
 both and says what a caller does next: done (``ok``, ``already_applied``, ``stale``), try again
-(``retriable``), fix the key (``credential``), or give up on this request (``fatal``).
+(``retriable``), fix the key (``credential``), or give up on this request (``fatal``). A stock batch
+answered ok carries a result per figure (``Outcome.items``, read by ``item_outcomes``): a batch with
+stale figures is an ok call whose stale figures are done, like a stale one-SKU call.
 """
 
 from __future__ import annotations
@@ -58,7 +71,7 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -70,8 +83,12 @@ from urllib.parse import parse_qsl, urlencode
 from streams.errors import StockflowError
 
 CHANNELS: tuple[str, ...] = ("tmall", "jd", "douyin", "pdd", "kuaishou", "own")
-Endpoint = Literal["stock", "refund"]
+Endpoint = Literal["stock", "refund", "stock_batch"]
+# What a connector does, by which its status and failed queues are kept: a figure pushed through
+# ``stock_batch`` counts as ``stock`` (``purpose``), and is parked as a ``stock`` request of its own.
 ENDPOINTS: tuple[Endpoint, ...] = ("stock", "refund")
+STOCK_BATCH: Endpoint = "stock_batch"
+APIS: tuple[Endpoint, ...] = (*ENDPOINTS, STOCK_BATCH)  # every API a platform serves
 DEFAULT_WINDOW_MS = 300_000
 CHINA = timezone(timedelta(hours=8))
 Json = dict[str, Any]
@@ -220,6 +237,23 @@ class Fields:
 
 
 @dataclass(frozen=True)
+class StockBatch:
+    """A platform's many-SKU stock update (``stock_batch``).
+
+    The request carries ``extra`` and the list ``items`` of at most ``max_items`` figures, each in the
+    one-SKU update's field names (``Fields.sku``, ``quantity``, ``version``); the success answer lists one
+    result per figure under ``results``: its SKU, quantity and version, applied or refused in the
+    platform's answer style. ``source`` says where the API and its limit come from.
+    """
+
+    max_items: int
+    items: str
+    results: str
+    source: str
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
 class Platform:
     """One marketplace's open-platform dialect."""
 
@@ -235,6 +269,7 @@ class Platform:
     key_param: str  # where the app key travels (a query/body parameter, or a header for own)
     errors: Mapping[ErrorKind, ErrorSpec]
     fields: Fields
+    stock_batch: StockBatch
     default_qps: float  # per-app rate limit the simulator enforces unless configured otherwise
     window_ms: int = DEFAULT_WINDOW_MS  # how far a request's timestamp may be from the server's clock
     sign_methods: tuple[str, ...] = ()  # accepted values of the sign-method parameter, the default first
@@ -254,7 +289,7 @@ def _errors(specs: dict[ErrorKind, ErrorSpec]) -> Mapping[ErrorKind, ErrorSpec]:
 
 
 def _gateway(path: str) -> Mapping[Endpoint, str]:
-    return MappingProxyType({"stock": path, "refund": path})
+    return MappingProxyType(dict.fromkeys(APIS, path))
 
 
 def _by_method(methods: Mapping[Endpoint, str]) -> Mapping[Endpoint, str]:
@@ -262,13 +297,20 @@ def _by_method(methods: Mapping[Endpoint, str]) -> Mapping[Endpoint, str]:
 
 
 _TMALL_METHODS: Mapping[Endpoint, str] = MappingProxyType(
-    {"stock": "taobao.item.quantity.update", "refund": "taobao.rp.refunds.agree"}
+    {"stock": "taobao.item.quantity.update", "refund": "taobao.rp.refunds.agree",
+     "stock_batch": "tmall.item.quantity.update"}
+)  # fmt: skip
+_DOUYIN_METHODS: Mapping[Endpoint, str] = MappingProxyType(
+    {"stock": "sku.syncStock", "refund": "afterSale.operate", "stock_batch": "sku.syncStockBatch"}
 )
-_DOUYIN_METHODS: Mapping[Endpoint, str] = MappingProxyType({"stock": "sku.syncStock", "refund": "afterSale.operate"})
 _KWAI_METHODS: Mapping[Endpoint, str] = MappingProxyType(
-    {"stock": "open.item.sku.stock.update", "refund": "open.seller.order.refund.approve"}
+    {"stock": "open.item.sku.stock.update", "refund": "open.seller.order.refund.approve",
+     "stock_batch": "open.item.sku.stock.batch.update"}
+)  # fmt: skip
+_OWN_METHODS: Mapping[Endpoint, str] = MappingProxyType(
+    {"stock": "stock.update", "refund": "refund.agree", "stock_batch": "stock.batch"}
 )
-_OWN_METHODS: Mapping[Endpoint, str] = MappingProxyType({"stock": "stock.update", "refund": "refund.agree"})
+MODELLED = "modelled in the platform's style: its batch stock API and limit are not confirmed here"
 _E = ErrorKind
 
 # fmt: off
@@ -309,6 +351,9 @@ PLATFORMS: Mapping[str, Platform] = MappingProxyType(
             fields=Fields(sku="outer_id", quantity="quantity", version="version", refund_id="refund_id",
                           amount="refund_fee", amount_unit="yuan", order_id="tid",
                           stock_extra=MappingProxyType({"type": 1})),
+            stock_batch=StockBatch(20, "sku_quantities", "sku_results",
+                                   "tmall.item.quantity.update: sku_quantities, at most 20 per call",
+                                   MappingProxyType({"options": {"type": 1}})),
             default_qps=40.0,
             window_ms=600_000,  # TOP allows ten minutes of clock error
             sign_methods=("md5", "hmac"),
@@ -322,7 +367,8 @@ PLATFORMS: Mapping[str, Platform] = MappingProxyType(
             timestamp_format=TimestampFormat.GMT8_MILLIS,
             error_style=ErrorStyle.JOS,
             methods=MappingProxyType(
-                {"stock": "jingdong.stock.write.updateSkuStock", "refund": "jingdong.pop.afs.refundapply.agree"}
+                {"stock": "jingdong.stock.write.updateSkuStock", "refund": "jingdong.pop.afs.refundapply.agree",
+                 "stock_batch": "jingdong.stock.write.batchUpdateSkuStock"}
             ),
             paths=_gateway("/routerjson"),
             key_param="app_key",
@@ -342,6 +388,7 @@ PLATFORMS: Mapping[str, Platform] = MappingProxyType(
             ),
             fields=Fields(sku="skuId", quantity="stockNum", version="version", refund_id="refundId",
                           amount="refundAmount", amount_unit="yuan", order_id="orderId"),
+            stock_batch=StockBatch(50, "skuStockList", "skuStockResults", MODELLED),
             default_qps=50.0,
         ),
         "douyin": Platform(
@@ -378,6 +425,9 @@ PLATFORMS: Mapping[str, Platform] = MappingProxyType(
                           amount="refund_amount", amount_unit="fen", order_id="order_id",
                           stock_extra=MappingProxyType({"incremental": False}),
                           refund_extra=MappingProxyType({"type": 201})),
+            stock_batch=StockBatch(50, "sku_sync_list", "results",
+                                   "sku.syncStockBatch: sku_sync_list (the list's limit is modelled)",
+                                   MappingProxyType({"incremental": False})),
             default_qps=20.0,
             sign_methods=("hmac-sha256", "md5"),
         ),
@@ -389,7 +439,8 @@ PLATFORMS: Mapping[str, Platform] = MappingProxyType(
             callback_scheme=CallbackScheme.TOP_QUERY,
             timestamp_format=TimestampFormat.UNIX_SECONDS,
             error_style=ErrorStyle.PDD,
-            methods=MappingProxyType({"stock": "pdd.goods.quantity.update", "refund": "pdd.refund.agree"}),
+            methods=MappingProxyType({"stock": "pdd.goods.quantity.update", "refund": "pdd.refund.agree",
+                                      "stock_batch": "pdd.goods.sku.quantity.batch.update"}),
             paths=_gateway("/api/router"),
             key_param="client_id",
             errors=_errors(
@@ -408,6 +459,8 @@ PLATFORMS: Mapping[str, Platform] = MappingProxyType(
             fields=Fields(sku="outer_id", quantity="quantity", version="stock_version", refund_id="after_sales_id",
                           amount="refund_amount", amount_unit="fen", order_id="order_sn",
                           stock_extra=MappingProxyType({"update_type": 1})),
+            stock_batch=StockBatch(20, "sku_quantity_list", "sku_results", MODELLED,
+                                   MappingProxyType({"update_type": 1})),
             default_qps=20.0,
         ),
         "kuaishou": Platform(
@@ -436,6 +489,7 @@ PLATFORMS: Mapping[str, Platform] = MappingProxyType(
             ),
             fields=Fields(sku="skuNick", quantity="stock", version="version", refund_id="refundId",
                           amount="refundAmount", amount_unit="fen", order_id="oid"),
+            stock_batch=StockBatch(20, "skuStockList", "skuStockResults", MODELLED),
             default_qps=20.0,
             sign_methods=("HMAC_SHA256",),
         ),
@@ -448,7 +502,8 @@ PLATFORMS: Mapping[str, Platform] = MappingProxyType(
             timestamp_format=TimestampFormat.UNIX_MILLIS,
             error_style=ErrorStyle.OWN,
             methods=_OWN_METHODS,
-            paths=MappingProxyType({"stock": "/v1/stock/update", "refund": "/v1/refunds/agree"}),
+            paths=MappingProxyType({"stock": "/v1/stock/update", "refund": "/v1/refunds/agree",
+                                    "stock_batch": "/v1/stock/batch"}),
             key_param=OWN_KEY_HEADER,
             errors=_errors(
                 {
@@ -465,6 +520,7 @@ PLATFORMS: Mapping[str, Platform] = MappingProxyType(
             ),
             fields=Fields(sku="sku", quantity="quantity", version="version", refund_id="refund_id",
                           amount="amount_fen", amount_unit="fen", order_id="order_id"),
+            stock_batch=StockBatch(100, "items", "results", "the shop's own API"),
             default_qps=100.0,
         ),
     }
@@ -478,6 +534,11 @@ def platform(channel: str) -> Platform:
         return PLATFORMS[channel]
     except KeyError:
         raise UnknownChannel(f"unknown channel {channel!r}; known: {', '.join(CHANNELS)}") from None
+
+
+def purpose(endpoint: Endpoint) -> Endpoint:
+    """What a call to ``endpoint`` is for: ``stock_batch`` pushes stock, like ``stock``."""
+    return "stock" if endpoint == STOCK_BATCH else endpoint
 
 
 # --- credentials and signed requests -----------------------------------------------------------
@@ -1045,7 +1106,7 @@ def verify_callback(
 def route(channel: str, path: str) -> tuple[Endpoint, ...]:
     """The endpoints ``channel`` serves at ``path`` (both for a one-gateway platform, none for a stranger)."""
     p = platform(channel)
-    return tuple(e for e in ENDPOINTS if p.paths[e] == path)
+    return tuple(e for e in APIS if p.paths[e] == path)
 
 
 # --- business bodies ---------------------------------------------------------------------------
@@ -1161,6 +1222,40 @@ def parse_stock(channel: str, payload: Mapping[str, Any]) -> StockUpdate:
     return StockUpdate(_text(payload, f.sku), _whole(payload, f.quantity), _whole(payload, f.version, minimum=1))
 
 
+def stock_batch_body(channel: str, updates: Sequence[StockUpdate]) -> Json:
+    """The many-SKU stock payload (sign it with ``sign_request(..., "stock_batch", ...)``): each figure in the
+    one-SKU update's field names. ``BodyError`` for none, more than the platform takes, or a SKU twice (the
+    order of two figures of one SKU in one call would be the platform's to choose)."""
+    p = platform(channel)
+    batch, f = p.stock_batch, p.fields
+    _check_batch(p, [u.sku for u in updates])
+    return {**batch.extra, batch.items: [{f.sku: u.sku, f.quantity: u.quantity, f.version: u.version}
+                                         for u in updates]}  # fmt: skip
+
+
+def _check_batch(p: Platform, skus: Sequence[str]) -> None:
+    if not skus:
+        raise BodyError(f"{p.stock_batch.items} is empty")
+    if len(skus) > p.stock_batch.max_items:
+        raise BodyError(f"{p.channel} takes at most {p.stock_batch.max_items} SKUs per call, not {len(skus)}")
+    if len(set(skus)) < len(skus):
+        raise BodyError(f"{p.stock_batch.items} names a SKU twice")
+
+
+def parse_stock_batch(channel: str, payload: Mapping[str, Any]) -> list[StockUpdate]:
+    """Read a many-SKU stock payload, figures in the order sent; ``BodyError`` if the list is missing, empty,
+    longer than the platform takes, names a SKU twice, or a figure is not one."""
+    p = platform(channel)
+    items = payload.get(p.stock_batch.items)
+    if not isinstance(items, list):
+        raise BodyError(f"{p.stock_batch.items} must be a list")
+    if not all(isinstance(item, Mapping) for item in items):
+        raise BodyError(f"{p.stock_batch.items} must hold objects")
+    updates = [parse_stock(channel, item) for item in items]
+    _check_batch(p, [u.sku for u in updates])
+    return updates
+
+
 def parse_refund(channel: str, payload: Mapping[str, Any]) -> RefundAgree:
     """Read a refund-agree payload; ``BodyError`` if a field is missing or the amount is not one."""
     f = platform(channel).fields
@@ -1220,6 +1315,53 @@ def ok_answer(channel: str, endpoint: Endpoint, result: Mapping[str, Any]) -> tu
     return 200, {"data": dict(result)}
 
 
+def stock_batch_answer(channel: str, results: Sequence[tuple[StockUpdate, ErrorKind | None]]) -> tuple[int, Json]:
+    """(HTTP status, body) of ``channel``'s success answer to a many-SKU stock call: per figure sent, its SKU,
+    quantity and version, and None (applied) or the refusal it got (``STALE_VERSION``: a newer one is there),
+    in the platform's answer style."""
+    p = platform(channel)
+    entries = [_item_entry(p, update, kind) for update, kind in results]
+    return ok_answer(channel, STOCK_BATCH, {p.stock_batch.results: entries})
+
+
+_ITEM_APPLIED: Mapping[ErrorStyle, Json] = MappingProxyType(
+    {
+        ErrorStyle.TOP: {"success": True},
+        ErrorStyle.JOS: {"code": "0"},
+        ErrorStyle.PDD: {"is_success": True},
+        # Doudian's SKU field is ``code``: a figure's status is an envelope of its own.
+        ErrorStyle.DOUDIAN: {"status": {"code": 10000, "msg": "success"}},
+        ErrorStyle.KWAI: {"result": 1},
+        ErrorStyle.OWN: {"status": "applied"},
+    }
+)
+
+
+def _item_entry(p: Platform, update: StockUpdate, kind: ErrorKind | None) -> Json:
+    """One figure's result: its SKU, quantity and version, then applied or the refusal as the platform words it."""
+    f = p.fields
+    entry: Json = {f.sku: update.sku, f.quantity: update.quantity, f.version: update.version}
+    if kind is None:
+        return {**entry, **_ITEM_APPLIED[p.error_style]}
+    spec, style = p.errors[kind], p.error_style
+    refusal: Json
+    if style is ErrorStyle.TOP:
+        refusal = {"success": False, "code": spec.code, "msg": spec.message, "sub_code": spec.sub_code,
+                   "sub_msg": spec.sub_message}  # fmt: skip
+    elif style is ErrorStyle.JOS:
+        refusal = {"code": spec.code, "zh_desc": spec.message, "en_desc": spec.sub_message}
+    elif style is ErrorStyle.PDD:
+        refusal = {"is_success": False, "error_code": spec.code, "error_msg": spec.message, "sub_code": spec.sub_code}
+    elif style is ErrorStyle.DOUDIAN:
+        refusal = {"status": {"code": spec.code, "msg": spec.message, "sub_code": spec.sub_code,
+                              "sub_msg": spec.sub_message}}  # fmt: skip
+    elif style is ErrorStyle.KWAI:
+        refusal = {"result": spec.code, "error_msg": spec.message, "code": spec.sub_code}
+    else:
+        refusal = {"status": "refused", "error": {"code": spec.code, "message": spec.message}}
+    return {**entry, **refusal}
+
+
 def error_answer(channel: str, kind: ErrorKind, *, request_id: str = "") -> tuple[int, Json]:
     """(HTTP status, body) ``channel`` answers when it refuses a call for ``kind``."""
     p = platform(channel)
@@ -1247,6 +1389,18 @@ def error_answer(channel: str, kind: ErrorKind, *, request_id: str = "") -> tupl
 
 
 @dataclass(frozen=True)
+class ItemResult:
+    """One figure's result in a many-SKU stock answer: which SKU and version, and what it means."""
+
+    sku: str
+    version: int
+    kind: OutcomeKind
+    error: ErrorKind | None = None
+    code: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What an answer means: ``kind`` says what to do; ``error`` which refusal it was (None: ok or unknown)."""
 
@@ -1256,6 +1410,7 @@ class Outcome:
     message: str = ""
     http_status: int | None = None
     result: Json | None = None  # the success answer's payload
+    items: tuple[ItemResult, ...] | None = None  # a many-SKU stock answer's result per figure; None: not one
 
     @property
     def done(self) -> bool:
@@ -1331,7 +1486,8 @@ def classify(channel: str, http_status: int | None, body: Mapping[str, Any] | by
     envelope = _envelope(p.error_style, parsed)
     if envelope is None:
         if 200 <= http_status < 300:  # noqa: PLR2004 - the 2xx range
-            return Outcome(OutcomeKind.OK, http_status=http_status, result=_success_result(p, parsed))
+            result = _success_result(p, parsed)
+            return Outcome(OutcomeKind.OK, http_status=http_status, result=result, items=_item_results(p, result))
         return _by_status(http_status, "error status without an error body")
     code, sub_code, message = envelope
     kind = _kind_of(p, code, sub_code)
@@ -1342,6 +1498,83 @@ def classify(channel: str, http_status: int | None, body: Mapping[str, Any] | by
         by_status = _by_status(http_status, message).kind if http_status >= 300 else OutcomeKind.FATAL  # noqa: PLR2004
         return Outcome(by_status, None, code, message, http_status)
     return Outcome(OUTCOME_OF[kind], kind, code, message, http_status)
+
+
+def _item_results(p: Platform, result: Mapping[str, Any]) -> tuple[ItemResult, ...] | None:
+    """The per-figure results of a many-SKU stock answer (None when ``result`` is not one); a result that names
+    no SKU or version is left out (its figure then has no result: see ``item_outcomes``)."""
+    entries = result.get(p.stock_batch.results)
+    if not isinstance(entries, list):
+        return None
+    found = []
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        try:
+            sku, version = _text(entry, p.fields.sku), _whole(entry, p.fields.version, minimum=1)
+        except BodyError:
+            continue
+        envelope = _item_envelope(p.error_style, entry)
+        if envelope is None:
+            found.append(ItemResult(sku, version, OutcomeKind.OK))
+            continue
+        code, sub_code, message = envelope
+        kind = _kind_of(p, code, sub_code)
+        # Only a refusal of this figure can come per item; one we cannot name is not worth sending again.
+        found.append(ItemResult(sku, version, OUTCOME_OF[kind] if kind else OutcomeKind.FATAL, kind, code, message))
+    return tuple(found)
+
+
+def _item_envelope(style: ErrorStyle, entry: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(code, sub_code, message) of a refused figure in a many-SKU answer; None when it was applied."""
+    if style is ErrorStyle.TOP:
+        if entry.get("success") is True:
+            return None
+        message = " / ".join(str(entry[k]) for k in ("msg", "sub_msg") if entry.get(k))
+        return str(entry.get("code", "")), str(entry.get("sub_code", "")), message
+    if style is ErrorStyle.JOS:
+        if str(entry.get("code")) == "0":
+            return None
+        message = " / ".join(str(entry[k]) for k in ("en_desc", "zh_desc") if entry.get(k))
+        return str(entry.get("code", "")), "", message
+    if style is ErrorStyle.PDD:
+        if entry.get("is_success") is True:
+            return None
+        return str(entry.get("error_code", "")), str(entry.get("sub_code", "")), str(entry.get("error_msg", ""))
+    if style is ErrorStyle.DOUDIAN:
+        status = entry.get("status")
+        return _envelope(style, status if isinstance(status, Mapping) else {})
+    if style is ErrorStyle.KWAI:
+        if entry.get("result") == 1:
+            return None
+        return str(entry.get("result", "")), str(entry.get("code", "")), str(entry.get("error_msg", ""))
+    if entry.get("status") == "applied":
+        return None
+    err = entry.get("error")
+    err = err if isinstance(err, Mapping) else {}
+    return str(err.get("code", "")), "", str(err.get("message", ""))
+
+
+def item_outcomes(outcome: Outcome, updates: Sequence[StockUpdate]) -> list[Outcome]:
+    """What ``outcome`` (a many-SKU stock call's) means for each of ``updates``, in their order.
+
+    A call that is not done is not done for any figure. A done call whose answer lists results gives each
+    figure its own (applied: ok; stale: done); a figure the answer names no result for is ``fatal`` (sending
+    it again would be answered the same). A done answer without a list (a platform answering all or nothing)
+    means the same for every figure.
+    """
+    if not outcome.done or outcome.items is None:
+        return [outcome] * len(updates)
+    by_key = {(item.sku, item.version): item for item in outcome.items}
+    out = []
+    for update in updates:
+        item = by_key.get((update.sku, update.version))
+        if item is None:
+            missing = f"the answer has no result for {update.sku} version {update.version}"
+            out.append(Outcome(OutcomeKind.FATAL, message=missing, http_status=outcome.http_status))
+        else:
+            out.append(Outcome(item.kind, item.error, item.code, item.message, outcome.http_status))
+    return out
 
 
 def _by_status(http_status: int, message: str) -> Outcome:

@@ -1,4 +1,4 @@
-"""The channel stock connector: pushes each channel's sellable units to that channel's stock-update API.
+"""The channel stock connector: pushes each channel's sellable units to that channel's many-SKU stock API.
 
 Reads: ``stock.levels`` (``StockLevel``, key SKU, compacted) as consumer group ``<app id>.connectors.stock``,
 read_committed. Writes: ``connector.failed.<channel>`` for a push that failed for good, ``alerts``
@@ -6,12 +6,21 @@ read_committed. Writes: ``connector.failed.<channel>`` for a push that failed fo
 memory, the last figure each channel accepted per SKU.
 
 A level's ``sellable[channel]`` goes to that channel's lane (one per channel of ``STOCKFLOW_CHANNELS``),
-which pushes the newest figure per SKU ``STOCKFLOW_CONNECTOR_PUSH_WINDOW_MS`` after its first unsent
-change (a burst of levels is one call), skips a figure the channel already shows, and keeps under the
-channel's rate limit (``calls.ChannelCaller``). A lane has as many calls in flight as its rate limit
-needs (``calls_in_flight``, a thread each), never two for one SKU. A stock level is published
-at most every ``STOCKFLOW_REFRESH_INTERVAL_MS`` after a change, so a change reaches the channel within
-a second unless the channel's rate limit is the bottleneck.
+which holds the newest figure per SKU until ``STOCKFLOW_CONNECTOR_PUSH_WINDOW_MS`` after its first unsent
+change (a burst of levels is one figure), skips a figure the channel already shows, and sends the due
+figures through the platform's many-SKU stock call (``stock_batch``), up to its ``StockBatch.max_items``
+a call, under the channel's rate limit in calls a second (``calls.ChannelCaller``): one call of 20 to 100
+figures costs the platform's per-app limit what one figure did. A lane makes one call at a time and
+starts another at once only for a full batch (or for figures a slow call has kept waiting
+``HOLD_MS``; ``outbound.PushQueue.take_batch``), so calls stay few and grow fuller as the load grows;
+never two for one SKU, at most ``calls_in_flight`` at once (a thread each). A stock level is
+published at most every ``STOCKFLOW_REFRESH_INTERVAL_MS`` after a change, so a change reaches the
+channel within a second unless the channel's rate limit is the bottleneck.
+
+Per figure of a call: applied, or stale (a newer version is there), is done; a figure the answer has
+no result for, and every figure of a call that failed for good (a rejected key, a refused request,
+retries spent), goes to ``connector.failed.<channel>`` as a ``stock`` request of its own (its one-SKU
+body, idempotency key ``SKU@version``), which ``stockflow connectors replay`` sends again.
 
 The version. Every push carries the level's ``newest_change_ms`` as its version and ``SKU@version`` as
 its idempotency key. It is the event time of the newest change the level includes, kept per SKU as a
@@ -25,6 +34,7 @@ otherwise, so a replayed or reordered push never sets an older figure; stale cou
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -33,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agents.channels import platforms as pf
-from agents.channels.calls import ChannelCaller, Stopping, rate_per_s
+from agents.channels.calls import CallResult, ChannelCaller, Stopping, rate_per_s
 from agents.channels.kafka_io import ConnectorAlerts, InputLoop, Received, ResultSink
 from agents.channels.outbound import Push, PushQueue, Ticket
 from streams.contract.codec import Codec
@@ -49,6 +59,8 @@ ENDPOINT: pf.Endpoint = "stock"
 MAX_IN_FLIGHT = 200_000  # levels read and not yet pushed everywhere; the queues coalesce, so memory is per SKU
 CALL_TIME_S = 0.1  # a marketplace call's usual time with room to spare, for sizing a lane's calls in flight
 MAX_CALLS_IN_FLIGHT = 16  # per channel: more threads only contend for the interpreter
+HOLD_MS = 150  # how long due figures wait for a lane's call in flight before a thin batch goes anyway
+IDLE_WAIT_S = 0.2  # a lane thread's longest sleep (a stop is noticed within it)
 
 
 def level_version(level: StockLevel) -> int:
@@ -61,29 +73,34 @@ def monotonic_ms() -> int:
 
 
 def calls_in_flight(calls_per_s: float) -> int:
-    """How many calls a channel's lane keeps going at once: enough to use the channel's rate limit
-    (``calls_per_s``) when a call takes ``CALL_TIME_S`` (one at a time, 40 ms calls would cap a lane at 25 a
-    second whatever the platform allows), at most ``MAX_CALLS_IN_FLIGHT``. Only one SKU's pushes must stay in
-    order, and a SKU never has two calls in flight."""
+    """How many calls a channel's lane may have going at once: enough to use the channel's rate limit
+    (``calls_per_s``) when a call takes ``CALL_TIME_S``, at most ``MAX_CALLS_IN_FLIGHT``. Only one SKU's
+    pushes must stay in order, and a SKU never has two calls in flight."""
     return max(1, min(MAX_CALLS_IN_FLIGHT, math.ceil(calls_per_s * CALL_TIME_S)))
 
 
 class StockLane:
-    """One channel's stock pushes: coalesced per SKU, one call per SKU at a time, ``calls`` calls at once."""
+    """One channel's stock pushes: coalesced per SKU, up to ``max_items`` figures a call, one call per SKU at a
+    time, at most ``calls`` calls at once (a second one only for a full batch, see the module docstring)."""
 
-    def __init__(self, channel: str, connector: StockConnector, window_ms: int, calls: int = 1) -> None:
+    def __init__(self, channel: str, connector: StockConnector, window_ms: int, calls: int = 1,
+                 max_items: int | None = None) -> None:  # fmt: skip
         self.channel = channel
         self.connector = connector
+        self.max_items = max_items or pf.platform(channel).stock_batch.max_items
         self.pushes = PushQueue(window_ms)
         self.cond = threading.Condition()
+        self.flying = 0  # calls under way
         self.threads = [threading.Thread(target=self.run, name=f"stock-{channel}-{i}", daemon=True)
                         for i in range(calls)]  # fmt: skip
 
     def offer(self, sku: str, quantity: int, version: int, ticket: Ticket, source: str) -> bool:
         """Queue a figure; False when nothing needs sending for it."""
         with self.cond:
+            before = len(self.pushes)
             queued = self.pushes.offer(sku, quantity, version, ticket, source, monotonic_ms())
-            if queued:
+            # A figure replacing a waiting one, or queued behind a batch's worth, changes no thread's wake time.
+            if queued and len(self.pushes) > before and self.pushes.wakes(self.max_items):
                 self.cond.notify()
         return queued
 
@@ -114,49 +131,78 @@ class StockLane:
         while not stop.is_set():
             with self.cond:
                 now = monotonic_ms()
-                push = self.pushes.take(now)
-                if push is None:
-                    due = self.pushes.next_due_ms()
-                    self.cond.wait(0.2 if due is None else min(0.2, max(0.0, (due - now) / 1000)))
+                min_items = 1 if self.flying == 0 else self.max_items
+                batch = self.pushes.take_batch(now, self.max_items, min_items, HOLD_MS)
+                if batch.send:
+                    self.flying += 1
+                elif not batch.shown:
+                    ready = self.pushes.ready_at_ms(min_items, HOLD_MS)
+                    wait_s = IDLE_WAIT_S if ready is None else (ready - now) / 1000
+                    self.cond.wait(min(IDLE_WAIT_S, max(0.001, wait_s)))
                     continue
-                shown = self.pushes.shown(push)
-                if shown:  # a call in flight landed this figure meanwhile
-                    self.pushes.settle(push, accepted=True)
-                    self.cond.notify()
-            if shown:
-                for ticket in push.tickets:
-                    self.connector.loop.finish(ticket)
-                continue
-            self._send(push)
+            for push in batch.shown:  # a call in flight landed these figures meanwhile
+                self.finish(push)
+            if batch.send:
+                self.send(batch.send)
 
-    def _send(self, push: Push) -> None:
+    def finish(self, push: Push) -> None:
+        """``push`` needs nothing more: its records are done."""
+        for ticket in push.tickets:
+            self.connector.loop.finish(ticket)
+
+    def send(self, pushes: list[Push]) -> None:
+        """Send ``pushes`` (taken from the queue, the call counted in ``flying``) as one many-SKU call and settle
+        each by its result."""
         c = self.connector
-        body = pf.stock_body(self.channel, push.sku, push.quantity, push.version)
+        updates = [pf.StockUpdate(p.sku, p.quantity, p.version) for p in pushes]
         try:
-            result = c.caller.call(self.channel, ENDPOINT, body, what=push.idempotency_key)
+            result = c.caller.call(self.channel, pf.STOCK_BATCH, pf.stock_batch_body(self.channel, updates),
+                                   what=f"of {len(pushes)} SKU(s)")  # fmt: skip
         except Stopping:
             with self.cond:
-                self.pushes.release(push)
-            return  # its records stay unfinished and are read again at the next start
-
-        def finish() -> None:
-            for ticket in push.tickets:
-                c.loop.finish(ticket)
-
-        if result.done:
-            with self.cond:
-                self.pushes.settle(push, accepted=result.outcome.kind is pf.OutcomeKind.OK)
-                self.cond.notify()  # a newer figure of this SKU may be waiting for this call
-            finish()
-            c.alerts.succeeded(self.channel, ENDPOINT)
-            return
+                for push in pushes:
+                    self.pushes.release(push)
+                self.flying -= 1
+            return  # their records stay unfinished and are read again at the next start
+        outcomes = pf.item_outcomes(result.outcome, updates)
+        failed: list[tuple[Push, pf.Outcome]] = []
         with self.cond:
-            self.pushes.release(push)
-            self.cond.notify()
-        c.sink.park(result.failed_call(self.channel, ENDPOINT, push.idempotency_key, body, push.source), finish)
-        log.warning("%s stock push %s failed (%s): %s", self.channel, push.idempotency_key, result.reason,
-                    result.answer[:200])  # fmt: skip
-        c.alerts.failed(self.channel, ENDPOINT, result.reason, result.answer)
+            for push, outcome in zip(pushes, outcomes, strict=True):
+                if outcome.done:
+                    self.pushes.settle(push, accepted=outcome.kind is pf.OutcomeKind.OK)
+                else:
+                    self.pushes.release(push)
+                    failed.append((push, outcome))
+            self.flying -= 1
+            self.cond.notify()  # newer figures of these SKUs may be waiting for this call
+        stats = c.caller.endpoint_stats(self.channel, ENDPOINT)
+        applied = sum(1 for o in outcomes if o.kind is pf.OutcomeKind.OK)
+        stats.items_applied += applied
+        stats.items_stale += len(outcomes) - applied - len(failed)
+        stats.items_failed += len(failed)
+        for push, outcome in zip(pushes, outcomes, strict=True):
+            if outcome.done:
+                self.finish(push)
+        if result.done:
+            c.alerts.succeeded(self.channel, ENDPOINT)
+        if failed:
+            self._park(result, failed)
+
+    def _park(self, result: CallResult, failed: list[tuple[Push, pf.Outcome]]) -> None:
+        """Each figure that failed for good to the failed queue, as a one-SKU request of its own; its records
+        finish once the broker has it."""
+        c = self.connector
+        for push, outcome in failed:
+            answer = result.answer if not result.done else f"{outcome.message} (answer: {result.answer})"
+            item = CallResult(outcome, answer, result.attempts)
+            body = pf.stock_body(self.channel, push.sku, push.quantity, push.version)
+            c.sink.park(item.failed_call(self.channel, ENDPOINT, push.idempotency_key, body, push.source),
+                        functools.partial(self.finish, push))  # fmt: skip
+        first, outcome = failed[0]
+        reason = CallResult(outcome, result.answer, result.attempts).reason
+        log.warning("%s stock push of %d SKU(s) failed (%s), %s first: %s", self.channel, len(failed), reason,
+                    first.idempotency_key, result.answer[:200])  # fmt: skip
+        c.alerts.failed(self.channel, ENDPOINT, reason, result.answer)
 
 
 class StockConnector:

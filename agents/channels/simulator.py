@@ -1,7 +1,7 @@
 """The local marketplace simulator: one HTTP server playing the six open platforms, for drills and tests.
 
-    POST /{channel}{path}    each platform's stock-update and refund-agree API at its own path
-                             (``platforms.PLATFORMS[channel].paths``; tmall: /tmall/router/rest, ...)
+    POST /{channel}{path}    each platform's stock-update, many-SKU stock-update and refund-agree API at
+                             its own path (``platforms.PLATFORMS[channel].paths``; tmall: /tmall/router/rest, ...)
     GET  /_sim/healthz       alive, and the simulator's clock
     /_sim/...                the admin and inspection API (JSON, no signature, loopback only): apps,
                              rotations, expiry, rate limits, latency, faults, the clock; calls,
@@ -19,11 +19,19 @@ without the endpoint's fields "bad request". Only then is the call applied:
   ``settle_delay_ms`` after agreeing, a settlement notification signed with the app's secret
   (``platforms.sign_callback``) is posted to ``settle_url``, retried a few times if it fails;
 - stock update sets (quantity, version) per channel and SKU unless the version is not newer than
-  the one applied: then the platform's stale answer, and the figure stays.
+  the one applied: then the platform's stale answer, and the figure stays;
+- a many-SKU stock update (``stock_batch``) is one call, so one token of the app's rate limit, and
+  applies each of its figures by the same rule, in the order sent: its answer is ok and says per
+  figure applied or stale (``platforms.stock_batch_answer``). A body the platform cannot take (no
+  figures, more than ``StockBatch.max_items``, a SKU twice, a figure without its fields) is refused
+  whole, as "bad request", and nothing of it is applied.
 
 Every applied, duplicate or stale call is recorded with its idempotency key and the time it was
-accepted; its answer waits the configured latency (base + jitter + any injected extra) after the
-effect, as a real platform's does, so a caller that times out may find the effect applied.
+accepted; a many-SKU call is recorded as one ``stock`` record per figure, numbered by its call
+(``CallRecord.batch``), so whoever reads the records sees each SKU's change at the moment it was
+applied whichever way it came. An answer waits the configured latency (base + jitter + any injected
+extra) after the effect, as a real platform's does, so a caller that times out may find the effect
+applied.
 
 Owns only memory: the apps, rate buckets, the newest ``calls_kept`` calls and recent refusals
 (bounded deques), and complete per-refund and per-SKU summaries (one small record each), so a long
@@ -219,7 +227,8 @@ class CallRecord:
     idempotency_key: str
     result: CallResult
     accepted_at_ms: int
-    body: dict[str, Any]
+    body: dict[str, Any]  # the request's business body; for a figure of a many-SKU call, that figure's
+    batch: int = 0  # the many-SKU call a figure came in (its number, from 1); 0: a call of its own
 
 
 @dataclass
@@ -309,6 +318,7 @@ class Marketplace:
         self.counters: dict[str, Counter[str]] = {c: Counter() for c in CHANNELS}
         self.buckets: dict[tuple[str, str], TokenBucket] = {}
         self.seq = 0
+        self.batches = 0
         if not keep_apps:
             self.apps = {c: {} for c in CHANNELS}
 
@@ -397,6 +407,8 @@ class Marketplace:
             if verdict.endpoint == "refund":
                 return self._agree_refund(channel, app.app_key, pf.parse_refund(channel, verdict.payload),
                                           verdict.payload, now, delay_s)  # fmt: skip
+            if verdict.endpoint == pf.STOCK_BATCH:
+                return self._update_stock_batch(channel, app.app_key, verdict.payload, now, delay_s)
             return self._update_stock(channel, app.app_key, pf.parse_stock(channel, verdict.payload), verdict.payload,
                                       now, delay_s)  # fmt: skip
         except pf.BodyError as exc:
@@ -430,9 +442,9 @@ class Marketplace:
         return Answer(status, body, delay_s)
 
     def _record(self, channel: str, endpoint: Endpoint, app_key: str, key: str, result: CallResult, now: int,
-                payload: dict[str, Any]) -> None:  # fmt: skip
+                payload: dict[str, Any], *, batch: int = 0) -> None:  # fmt: skip
         self.seq += 1
-        self.calls.append(CallRecord(self.seq, channel, endpoint, app_key, key, result, now, payload))
+        self.calls.append(CallRecord(self.seq, channel, endpoint, app_key, key, result, now, payload, batch))
         self.counters[channel][f"{endpoint}:{result}"] += 1
 
     def _agree_refund(self, channel: str, app_key: str, refund: pf.RefundAgree, payload: dict[str, Any], now: int,
@@ -455,12 +467,34 @@ class Marketplace:
 
     def _update_stock(self, channel: str, app_key: str, update: pf.StockUpdate, payload: dict[str, Any], now: int,
                       delay_s: float) -> Answer:  # fmt: skip
+        if not self._apply_stock(channel, app_key, update, payload, now):
+            status, body = pf.error_answer(channel, ErrorKind.STALE_VERSION)
+            return Answer(status, body, delay_s)
+        f = pf.platform(channel).fields
+        status, body = pf.ok_answer(channel, "stock", {f.sku: update.sku, f.quantity: update.quantity,
+                                                       f.version: update.version})  # fmt: skip
+        return Answer(status, body, delay_s)
+
+    def _update_stock_batch(self, channel: str, app_key: str, payload: dict[str, Any], now: int,
+                            delay_s: float) -> Answer:  # fmt: skip
+        updates = pf.parse_stock_batch(channel, payload)  # a BodyError refuses the call before anything applies
+        items = payload[pf.platform(channel).stock_batch.items]
+        self.batches += 1
+        self.counters[channel]["stock_batch:calls"] += 1
+        self.counters[channel]["stock_batch:items"] += len(updates)
+        results = [(u, None if self._apply_stock(channel, app_key, u, dict(item), now, batch=self.batches)
+                    else ErrorKind.STALE_VERSION) for u, item in zip(updates, items, strict=True)]  # fmt: skip
+        status, body = pf.stock_batch_answer(channel, results)
+        return Answer(status, body, delay_s)
+
+    def _apply_stock(self, channel: str, app_key: str, update: pf.StockUpdate, payload: dict[str, Any], now: int,
+                     *, batch: int = 0) -> bool:  # fmt: skip
+        """Set the figure unless its version is not newer than the one applied (stale); recorded either way."""
         known = self.stock.get((channel, update.sku))
         if known is not None and update.version <= known.version:
             known.stale_attempts += 1
-            self._record(channel, "stock", app_key, update.idempotency_key, "stale", now, payload)
-            status, body = pf.error_answer(channel, ErrorKind.STALE_VERSION)
-            return Answer(status, body, delay_s)
+            self._record(channel, "stock", app_key, update.idempotency_key, "stale", now, payload, batch=batch)
+            return False
         if known is None:
             known = self.stock[(channel, update.sku)] = StockRecord(channel, update.sku, update.quantity,
                                                                     update.version, now)  # fmt: skip
@@ -468,11 +502,8 @@ class Marketplace:
             known.quantity, known.version, known.accepted_at_ms = update.quantity, update.version, now
             known.changes += 1
         known.history.append((update.version, update.quantity, now))
-        self._record(channel, "stock", app_key, update.idempotency_key, "applied", now, payload)
-        f = pf.platform(channel).fields
-        status, body = pf.ok_answer(channel, "stock", {f.sku: update.sku, f.quantity: update.quantity,
-                                                       f.version: update.version})  # fmt: skip
-        return Answer(status, body, delay_s)
+        self._record(channel, "stock", app_key, update.idempotency_key, "applied", now, payload, batch=batch)
+        return True
 
     # --- inspection ---
 

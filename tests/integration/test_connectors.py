@@ -1,7 +1,8 @@
 """The outbound connectors against the real broker and the marketplace simulator over real HTTP on
 127.0.0.1: refunds agreed once, a rotated key parking calls and raising ``connector_failing``, a new
 key taken without a restart, the failed queue replayed (twice, and killed with -9 half way), channel
-stock pushed newest-first and never overwritten by an older figure, key expiry alerts."""
+stock pushed newest-first in the platforms' many-SKU calls and never overwritten by an older figure, stock
+parked under a rotated key replayed in batches, key expiry alerts."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from agents.channels import platforms as pf
 from agents.channels.connector_process import ConnectorProcess
 from agents.channels.credentials import CredentialStore, StoredKey
 from agents.channels.failed_queue import Replay, replay_group
+from agents.channels.sim_client import SimulatorClient
 from agents.channels.simulator import AppSpec, Marketplace, SimulatorThread, generate_apps
 from agents.cli import app as cli_app
 from streams.contract.records import RefundInstruction, StockLevel
@@ -342,6 +344,86 @@ def test_channel_stock_is_pushed_newest_first_and_never_set_older(settings: Sett
     summary = Replay(settings, "jd").run()
     assert (summary.sent, summary.already_applied) == (0, 1)
     assert shown(thread, "jd", "S1") == (3, 1400)
+
+
+def stock_calls(admin: SimulatorClient, channel: str) -> tuple[int, list[dict[str, Any]]]:
+    """(calls, figures) the simulator took for ``channel``'s stock: a many-SKU call's figures share a number. Read
+    through its admin API, on the simulator's own loop: a busy simulator's state is not to be read from here."""
+    rows = admin.calls(channel, "stock")
+    return len({r["batch"] for r in rows if r["batch"]} | {-r["seq"] for r in rows if not r["batch"]}), rows
+
+
+def test_a_burst_over_200_skus_reaches_every_channel_in_few_calls_newest_figure_each(settings: Settings, sim) -> None:
+    thread, _ = sim
+    admin = SimulatorClient(thread.base_url)
+    skus = [f"B{n:03d}" for n in range(200)]
+    channels = ("tmall", "jd", "pdd", "own")
+
+    def figures(n: int, step: int) -> dict[str, int]:
+        return {c: 100 + n - step + i for i, c in enumerate(channels)}
+
+    with connectors(settings):
+        # Three levels per SKU, as fast as the producer goes: within the push window each SKU is one figure.
+        send_levels(settings, *(level(sku, 10_000 + step, **figures(n, step)) for step in range(3)
+                                for n, sku in enumerate(skus)))  # fmt: skip
+
+        def newest_everywhere() -> bool:
+            shown = {c: admin.stock(c) for c in channels}
+            return all(len(rows) == 200 and all((r["quantity"], r["version"]) == (figures(int(r["sku"][1:]), 2)[c],
+                                                                                 10_002) for r in rows)
+                       for c, rows in shown.items())  # fmt: skip
+
+        wait_for(newest_everywhere, timeout_s=60, what="the newest figure of 200 SKUs on four channels")
+        changes = {}
+        for channel in channels:
+            calls, rows = stock_calls(admin, channel)
+            # One SKU a call would be 200 calls or more; a call carries up to the platform's limit (20 to 100).
+            assert -(-200 // pf.platform(channel).stock_batch.max_items) <= calls <= 200 // 5, (channel, calls)
+            assert all(r["batch"] for r in rows), channel  # every figure came in a many-SKU call
+            assert all(r["result"] == "applied" for r in rows), channel  # the connector never sent an older figure
+            changes[channel] = sum(r["changes"] for r in admin.stock(channel))
+        # Older levels read again (a rewind, a rebalance) and one real change: only the change goes.
+        send_levels(settings, *(level(sku, 10_001, **figures(n, 1)) for n, sku in enumerate(skus)),
+                    level("B007", 10_050, tmall=1, jd=1, pdd=1, own=1))  # fmt: skip
+        wait_for(lambda: [(r["quantity"], r["version"]) for r in admin.stock("jd", "B007")] == [(1, 10_050)],
+                 timeout_s=30, what="B007's change on jd")  # fmt: skip
+        wait_for(lambda: committed_to_end(settings, f"{settings.app_id}.connectors.stock", STOCK_LEVELS.name),
+                 timeout_s=30, what="every level pushed and committed")  # fmt: skip
+    for channel in channels:
+        rows = admin.stock(channel)
+        assert all(r["version"] == (10_050 if r["sku"] == "B007" else 10_002) for r in rows), channel
+        assert all(r["stale_attempts"] == 0 for r in rows), channel
+        assert sum(r["changes"] for r in rows) == changes[channel] + 1, channel  # the older levels never went
+
+
+def test_stock_parked_under_a_rotated_key_is_replayed_in_few_calls_and_never_twice(settings: Settings, sim) -> None:
+    thread, apps = sim
+    admin = SimulatorClient(thread.base_url)
+    thread.market.rotate("pdd", thread.market.now_ms(), "pdd-rotated")
+    skus = [f"R{n:02d}" for n in range(30)]
+    with connectors(settings):
+        send_levels(settings, *(level(sku, 20_000 + n, pdd=n) for n, sku in enumerate(skus)))
+        parked = wait_for(lambda: len(found := failed(settings, "pdd")) >= 30 and found, timeout_s=45,
+                          what="30 parked pdd figures")  # fmt: skip
+    assert sorted(r["idempotency_key"] for r in parked) == sorted(f"{sku}@{20_000 + n}" for n, sku in enumerate(skus))
+    assert {(r["endpoint"], r["reason"]) for r in parked} == {("stock", "connector_credentials")}
+    assert all(pf.parse_stock("pdd", json.loads(r["request"])) == pf.StockUpdate(sku, n, 20_000 + n)
+               for r in parked for n, sku in enumerate(skus) if r["idempotency_key"].startswith(sku + "@"))  # fmt: skip
+    assert admin.stock("pdd") == []
+    CredentialStore.from_settings(settings).set_key(
+        StoredKey("pdd", pf.Credentials(apps["pdd"][0].app_key, "pdd-rotated"), FAR, wall_ms())
+    )
+    first = Replay(settings, "pdd").run()
+    assert (first.queued, first.sent, first.already_applied, first.clean) == (30, 30, 0, True)
+    calls, _ = stock_calls(admin, "pdd")
+    assert 2 <= calls <= 5  # 30 figures in a row, 20 a call (one SKU a call would be 30)
+    assert {r["sku"]: (r["quantity"], r["version"]) for r in admin.stock("pdd")} == {
+        sku: (n, 20_000 + n) for n, sku in enumerate(skus)}  # fmt: skip
+    # From the start of the queue again: every figure is there already (stale), none set twice.
+    rewind(settings, "pdd")
+    again = Replay(settings, "pdd").run()
+    assert (again.queued, again.sent, again.already_applied) == (30, 0, 30)
+    assert all(r["changes"] == 1 for r in admin.stock("pdd"))
 
 
 # ---- key expiry ----------------------------------------------------------------------------------

@@ -5,21 +5,28 @@ failing alert, the records written, and the call path's signing, retries and cla
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 
 from agents.channels import platforms as pf
+from agents.channels import push_stock
 from agents.channels.calls import CallResult, ChannelCaller, marketplace_url, rate_per_s
 from agents.channels.credentials import CredentialStore, StoredKey
 from agents.channels.failed_queue import ReplaySummary
 from agents.channels.issue_refunds import RefundCall
 from agents.channels.outbound import (
     FAILING_ALERT,
+    FailedCall,
     FailingWatch,
     OffsetTracker,
+    Push,
     PushQueue,
     Ticket,
     TokenBucket,
@@ -27,10 +34,12 @@ from agents.channels.outbound import (
     refund_issued,
     stock_key,
 )
-from agents.channels.push_stock import MAX_CALLS_IN_FLIGHT, calls_in_flight, level_version
+from agents.channels.push_stock import MAX_CALLS_IN_FLIGHT, StockLane, calls_in_flight, level_version
+from agents.channels.simulator import AppSpec, Marketplace
 from streams.contract.reasons import Reason
-from streams.engine.clock import wall_ms
+from streams.engine.clock import Clock, wall_ms
 from streams.settings import Settings
+from tests.helpers import wait_for
 
 SECRET = "fake-platform-secret"
 
@@ -80,25 +89,31 @@ def ticket(offset: int) -> Ticket:
     return Ticket("stock.levels", 0, offset)
 
 
+def take(queue: PushQueue, now_ms: int) -> Push | None:
+    """One push, as a batch of one: the queue's rules per SKU, whatever the batch size."""
+    batch = queue.take_batch(now_ms, 1)
+    return batch.send[0] if batch.send else None
+
+
 def test_pushes_wait_the_window_and_the_newest_figure_replaces_an_unsent_one() -> None:
     queue = PushQueue(window_ms=100)
     assert queue.offer("A", 10, 1000, ticket(1), "src1", now_ms=0)
     assert queue.offer("B", 4, 1000, ticket(2), "src2", now_ms=20)
     assert queue.offer("A", 7, 1200, ticket(3), "src3", now_ms=50)
-    assert queue.take(99) is None
-    push = queue.take(100)
+    assert take(queue, 99) is None
+    push = take(queue, 100)
     assert push is not None
     assert (push.sku, push.quantity, push.version, push.source) == ("A", 7, 1200, "src3")
     assert push.tickets == [ticket(1), ticket(3)]  # the replaced record is finished with its replacement
     assert push.idempotency_key == "A@1200" == stock_key("A", 1200)
-    assert queue.take(119) is None and queue.next_due_ms() == 120
-    assert queue.take(120).sku == "B"  # type: ignore[union-attr]
+    assert take(queue, 119) is None and queue.ready_at_ms() == 120
+    assert take(queue, 120).sku == "B"  # type: ignore[union-attr]
 
 
 def test_an_unchanged_figure_is_not_sent_again_and_an_older_version_never_replaces_a_newer() -> None:
     queue = PushQueue(window_ms=0)
     queue.offer("A", 10, 1000, ticket(1), "s", 0)
-    push = queue.take(0)
+    push = take(queue, 0)
     assert push is not None
     queue.settle(push, accepted=True)
     assert not queue.offer("A", 10, 1100, ticket(2), "s", 1)  # the channel already shows 10
@@ -106,15 +121,15 @@ def test_an_unchanged_figure_is_not_sent_again_and_an_older_version_never_replac
     assert not queue.offer("A", 3, 1000, ticket(4), "s", 1)
     assert queue.offer("A", 3, 1200, ticket(5), "s", 1)
     assert not queue.offer("A", 9, 1100, ticket(6), "s", 1)  # older than the one waiting
-    assert queue.take(1).quantity == 3  # type: ignore[union-attr]
+    assert take(queue, 1).quantity == 3  # type: ignore[union-attr]
 
 
 def test_a_stale_answer_forgets_the_figure_so_the_next_change_is_sent() -> None:
     queue = PushQueue(window_ms=0)
     queue.offer("A", 10, 1000, ticket(1), "s", 0)
-    queue.settle(queue.take(0), accepted=True)  # type: ignore[arg-type]
+    queue.settle(take(queue, 0), accepted=True)  # type: ignore[arg-type]
     queue.offer("A", 5, 1100, ticket(2), "s", 0)
-    queue.settle(queue.take(0), accepted=False)  # type: ignore[arg-type]
+    queue.settle(take(queue, 0), accepted=False)  # type: ignore[arg-type]
     assert queue.offer("A", 10, 1300, ticket(3), "s", 0)  # 10 again, but the platform may hold anything now
 
 
@@ -122,54 +137,124 @@ def test_one_call_per_sku_at_a_time_and_other_skus_go_past_it() -> None:
     queue = PushQueue(window_ms=0)
     queue.offer("A", 10, 1000, ticket(1), "s", 0)
     queue.offer("B", 5, 1000, ticket(2), "s", 0)
-    first = queue.take(0)
+    first = take(queue, 0)
     assert first is not None and first.sku == "A"
     assert queue.offer("A", 9, 1100, ticket(3), "s", 1)  # queued behind the call in flight
-    assert queue.next_due_ms() == 0  # B's, not A's: A waits for its call
-    second = queue.take(1)
+    assert queue.ready_at_ms() == 0  # B's, not A's: A waits for its call
+    second = take(queue, 1)
     assert second is not None and second.sku == "B"
-    assert queue.take(1) is None and queue.next_due_ms() is None and queue.in_flight() == 2
+    assert take(queue, 1) is None and queue.ready_at_ms() is None and queue.in_flight() == 2
     queue.settle(first, accepted=True)
-    third = queue.take(1)
+    third = take(queue, 1)
     assert third is not None and (third.sku, third.quantity, third.tickets) == ("A", 9, [ticket(3)])
-    assert not queue.shown(third)
 
 
 def test_a_figure_reverting_while_a_call_is_in_flight_is_not_lost() -> None:
     queue = PushQueue(window_ms=0)
     queue.offer("A", 10, 1000, ticket(1), "s", 0)
-    queue.settle(queue.take(0), accepted=True)  # type: ignore[arg-type]
+    queue.settle(take(queue, 0), accepted=True)  # type: ignore[arg-type]
     queue.offer("A", 9, 1100, ticket(2), "s", 0)
-    nine = queue.take(0)
+    nine = take(queue, 0)
     # 10 again while 9 is on its way: the channel will show 9, so 10 must follow
     assert queue.offer("A", 10, 1200, ticket(3), "s", 0)
     queue.settle(nine, accepted=True)  # type: ignore[arg-type]
-    ten = queue.take(0)
-    assert ten is not None and ten.quantity == 10 and not queue.shown(ten)
+    batch = queue.take_batch(0, 20)
+    assert [p.quantity for p in batch.send] == [10] and batch.shown == []
 
 
 def test_a_figure_a_call_in_flight_lands_needs_no_call_of_its_own() -> None:
     queue = PushQueue(window_ms=0)
     queue.offer("A", 9, 1100, ticket(1), "s", 0)
-    nine = queue.take(0)
-    assert queue.offer("A", 9, 1200, ticket(2), "s", 0)  # unknown yet whether the call in flight lands 9
+    queue.offer("B", 4, 1100, ticket(2), "s", 0)
+    nine = take(queue, 0)
+    assert queue.offer("A", 9, 1200, ticket(3), "s", 0)  # unknown yet whether the call in flight lands 9
     queue.settle(nine, accepted=True)  # type: ignore[arg-type]
-    again = queue.take(0)
-    assert again is not None and queue.shown(again)
-    queue.settle(again, accepted=True)
-    assert not queue.offer("A", 9, 1150, ticket(3), "s", 0)  # older than what the channel shows now
+    batch = queue.take_batch(0, 20)
+    assert [p.sku for p in batch.send] == ["B"]
+    assert [(p.sku, p.version, p.tickets) for p in batch.shown] == [("A", 1200, [ticket(3)])]
+    assert not queue.offer("A", 9, 1150, ticket(4), "s", 0)  # older than what the channel shows now
+    assert not queue.offer("A", 9, 1300, ticket(5), "s", 0)  # and 9 is what it shows
 
 
 def test_a_failed_call_frees_its_sku_and_leaves_what_the_channel_shows() -> None:
     queue = PushQueue(window_ms=0)
     queue.offer("A", 10, 1000, ticket(1), "s", 0)
-    queue.settle(queue.take(0), accepted=True)  # type: ignore[arg-type]
+    queue.settle(take(queue, 0), accepted=True)  # type: ignore[arg-type]
     queue.offer("A", 9, 1100, ticket(2), "s", 0)
-    failed = queue.take(0)
+    failed = take(queue, 0)
     assert queue.offer("A", 10, 1200, ticket(3), "s", 0)
     queue.release(failed)  # type: ignore[arg-type]
-    ten = queue.take(0)
-    assert ten is not None and queue.shown(ten)  # the channel still shows 10: nothing to send
+    batch = queue.take_batch(0, 20)
+    assert batch.send == [] and [p.quantity for p in batch.shown] == [10]  # it still shows 10: nothing to send
+
+
+# ---- batches, on a fake clock --------------------------------------------------------------------
+
+
+def burst(queue: PushQueue, skus: int, at_ms: int, version: int = 1000, step_ms: int = 0, first: int = 0) -> None:
+    for n in range(first, first + skus):
+        assert queue.offer(f"S{n:03d}", n, version, ticket(n), f"src{n}", at_ms + (n - first) * step_ms)
+
+
+def test_a_batch_takes_the_oldest_due_figures_up_to_its_size() -> None:
+    queue = PushQueue(window_ms=100)
+    burst(queue, 45, at_ms=0, step_ms=1)  # due at 100 .. 144
+    assert queue.take_batch(99, 20).send == []
+    first = queue.take_batch(110, 20)
+    assert [p.sku for p in first.send] == [f"S{n:03d}" for n in range(11)]  # only the due ones
+    second = queue.take_batch(200, 20)
+    assert [p.sku for p in second.send] == [f"S{n:03d}" for n in range(11, 31)]  # at most 20
+    assert queue.in_flight() == 31 and len(queue) == 14
+    for push in first.send + second.send:
+        queue.settle(push, accepted=True)
+    assert [p.sku for p in queue.take_batch(200, 20).send] == [f"S{n:03d}" for n in range(31, 45)]
+
+
+def test_a_burst_over_many_skus_collapses_into_few_full_calls_with_the_newest_figures() -> None:
+    queue = PushQueue(window_ms=100)
+    for version in (1000, 1001, 1002):  # three levels per SKU inside the window: one figure each
+        for n in range(200):
+            queue.offer(
+                f"S{n:03d}", version - 1000 + n, version, ticket(version * 1000 + n), "s", now_ms=version - 1000
+            )
+    calls = []
+    while batch := queue.take_batch(100, 20).send:
+        calls.append(batch)
+    assert [len(c) for c in calls] == [20] * 10
+    pushes = [p for c in calls for p in c]
+    assert {p.sku for p in pushes} == {f"S{n:03d}" for n in range(200)} and len(pushes) == 200
+    assert all(p.version == 1002 and p.quantity == 2 + int(p.sku[1:]) and len(p.tickets) == 3 for p in pushes)
+
+
+def test_with_a_call_in_flight_only_a_full_batch_goes_until_the_hold_runs_out() -> None:
+    queue = PushQueue(window_ms=0)
+    burst(queue, 3, at_ms=0)
+    flying = queue.take_batch(0, 20)  # a lane with no call in flight sends what is due at once
+    assert len(flying.send) == 3
+    burst(queue, 5, at_ms=10, first=3)  # other SKUs' figures come while that call is under way
+    assert queue.take_batch(10, 20, min_items=20, hold_ms=150).send == []  # thin: wait for the call in flight
+    assert queue.ready_at_ms(20, 150) == 160  # when the hold runs out (no 20 are waiting)
+    assert len(queue.take_batch(160, 20, min_items=20, hold_ms=150).send) == 5  # held long enough: they go
+
+
+def test_a_full_batch_goes_at_once_even_with_a_call_in_flight() -> None:
+    queue = PushQueue(window_ms=100)
+    burst(queue, 1, at_ms=0)
+    queue.take_batch(100, 20)
+    for n in range(1, 26):
+        queue.offer(f"S{n:03d}", n, 1000, ticket(n), "s", now_ms=n)  # due at 101 .. 125
+    assert queue.ready_at_ms(20, 150) == 120  # the 20th due figure
+    assert queue.take_batch(119, 20, min_items=20, hold_ms=150).send == []
+    assert len(queue.take_batch(120, 20, min_items=20, hold_ms=150).send) == 20
+
+
+def test_only_a_push_near_the_head_wakes_a_lane() -> None:
+    queue = PushQueue(window_ms=100)
+    burst(queue, 3, at_ms=0)
+    assert queue.wakes(3) and not queue.wakes(2)  # the newest is the 3rd: it can complete a batch of 3, not of 2
+    queue.take_batch(100, 2)  # two in flight now
+    burst(queue, 2, at_ms=0, first=3)
+    assert len(queue) == 3 and queue.wakes(3)  # two sent and gone: S003, S004 and S002 waiting
 
 
 def test_a_lane_has_enough_calls_in_flight_for_its_rate_limit() -> None:
@@ -343,3 +428,154 @@ def test_no_answer_is_retriable(tmp_path: Path) -> None:
     caller = ChannelCaller(Settings(), store, http=httpx.Client(transport=httpx.MockTransport(refuse)), budget_s=0)
     result = caller.call("jd", "refund", pf.refund_body("jd", "R1", 100))
     assert result.reason is Reason.CONNECTOR_RETRIES_EXHAUSTED and result.answer.startswith("no answer: ConnectError")
+
+
+# ---- a stock lane against the simulator's marketplace, in memory -----------------------------------
+
+
+class FakeConnector:
+    """What a lane uses of its connector: the caller, and fakes of the input loop, the result sink and alerts."""
+
+    def __init__(self, caller: ChannelCaller) -> None:
+        self.caller = caller
+        self.stop = threading.Event()
+        self.finished: list[Ticket] = []
+        self.parked: list[FailedCall] = []
+        self.alerts_failed: list[str] = []
+        self.errors: list[str] = []
+        self.loop = SimpleNamespace(finish=lambda ticket, parts=1: self.finished.append(ticket))
+        self.sink = SimpleNamespace(park=self._park)
+        self.alerts = SimpleNamespace(failed=lambda _c, _e, reason, _a: self.alerts_failed.append(reason),
+                                      succeeded=lambda _c, _e: None)  # fmt: skip
+        self.on_error = self.errors.append
+
+    def _park(self, failed: FailedCall, on_done: Callable[[], None] | None = None) -> None:
+        self.parked.append(failed)
+        if on_done is not None:
+            on_done()
+
+
+def market_caller(tmp_path: Path, market: Marketplace, channel: str, secret: str) -> ChannelCaller:
+    """A caller whose HTTP goes straight to ``market.handle`` (no network, no latency)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix(f"/{channel}")
+        answer = market.handle(channel, path, dict(request.url.params), dict(request.headers), request.content)
+        return httpx.Response(answer.status, json=answer.body)
+
+    store = CredentialStore(tmp_path / "credentials.json")
+    store.set_key(StoredKey(channel, pf.Credentials("lane-app", secret), date(2030, 1, 1), 0))
+    http = httpx.Client(transport=httpx.MockTransport(handle))
+    return ChannelCaller(Settings(marketplace_url="http://market.test"), store, http=http, budget_s=0)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The lanes' clock, set by the test: ``clock[0]`` is now (ms)."""
+    now = [0]
+    monkeypatch.setattr(push_stock, "monotonic_ms", lambda: now[0])
+    return now
+
+
+def lane_for(tmp_path: Path, channel: str, calls: int = 1) -> tuple[StockLane, FakeConnector, Marketplace]:
+    market = Marketplace({channel: [AppSpec(app_key="lane-app", secret="lane-secret")]}, latency_ms=0, jitter_ms=0,
+                         seed=3, clock=Clock())  # fmt: skip
+    connector = FakeConnector(market_caller(tmp_path, market, channel, "lane-secret"))
+    lane = StockLane(channel, connector, window_ms=100, calls=calls)  # type: ignore[arg-type]
+    return lane, connector, market
+
+
+def send_due(lane: StockLane, now_ms: int) -> int:
+    """What a lane thread does with what is due at ``now_ms``, one call after another; the calls made."""
+    calls = 0
+    while (batch := lane.pushes.take_batch(now_ms, lane.max_items)).send or batch.shown:
+        for push in batch.shown:
+            lane.finish(push)
+        if batch.send:
+            lane.flying += 1
+            lane.send(batch.send)
+            calls += 1
+    return calls
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_lane_sends_a_burst_over_200_skus_in_full_calls_with_the_newest_figures(
+    tmp_path: Path, clock: list[int], threads: int
+) -> None:
+    lane, connector, market = lane_for(tmp_path, "pdd", calls=threads)
+    for version in (5000, 5001, 5002):  # three levels per SKU inside the push window
+        clock[0] = version - 5000
+        for n in range(200):
+            assert lane.offer(f"S{n:03d}", n + version - 5000, version, ticket(version * 1000 + n), "src")
+    clock[0] = 1000  # everything due
+    lane.start()
+    try:
+        wait_for(lambda: len(market.stock_json("pdd")) == 200 and lane.flying == 0 and len(connector.finished) == 600,
+                 timeout_s=30, what="200 SKUs on pdd")  # fmt: skip
+    finally:
+        connector.stop.set()
+        lane.join(10)
+    assert market.counters["pdd"]["stock_batch:calls"] == 10  # 200 SKUs, 20 a call: no thin call
+    assert all((r["quantity"], r["version"]) == (int(r["sku"][1:]) + 2, 5002) for r in market.stock_json("pdd"))
+    assert all(r["changes"] == 1 for r in market.stock_json("pdd"))  # the older figures never went
+    stats = connector.caller.endpoint_stats("pdd", "stock")
+    assert (stats.ok, stats.calls, stats.items_applied, stats.items_failed) == (10, 10, 200, 0)
+    assert connector.parked == [] and connector.errors == []
+
+
+def test_a_lane_counts_stale_figures_done_and_sends_the_next_change(tmp_path: Path, clock: list[int]) -> None:
+    lane, connector, market = lane_for(tmp_path, "douyin")
+    # An earlier run left newer versions of A and B at the platform.
+    market_caller(tmp_path, market, "douyin", "lane-secret").call(
+        "douyin",
+        "stock_batch",
+        pf.stock_batch_body("douyin", [pf.StockUpdate("A", 1, 9000), pf.StockUpdate("B", 1, 9000)]),
+    )
+    for n, sku in enumerate(("A", "B", "C")):
+        lane.offer(sku, 7, 8000, ticket(n), "src")
+    clock[0] = 100
+    assert send_due(lane, 100) == 1
+    assert sorted(connector.finished, key=lambda t: t.offset) == [ticket(0), ticket(1), ticket(2)]
+    assert {r["sku"]: r["version"] for r in market.stock_json("douyin")} == {"A": 9000, "B": 9000, "C": 8000}
+    stats = connector.caller.endpoint_stats("douyin", "stock")
+    assert (stats.items_applied, stats.items_stale, connector.parked) == (1, 2, [])
+    # What the platform shows for A is unknown now: its next change is sent, even back to 7.
+    assert lane.offer("A", 7, 9500, ticket(3), "src")
+
+
+def test_a_rotated_key_parks_every_figure_of_the_call_as_its_own_request(tmp_path: Path, clock: list[int]) -> None:
+    lane, connector, market = lane_for(tmp_path, "kuaishou")
+    market.rotate("kuaishou", market.now_ms() - 1, "rotated")
+    for n in range(3):
+        lane.offer(f"S{n}", 10 + n, 7000 + n, ticket(n), f"stock.levels/0/{n}")
+    assert send_due(lane, 100) == 1
+    assert [f.idempotency_key for f in connector.parked] == ["S0@7000", "S1@7001", "S2@7002"]
+    assert {f.reason for f in connector.parked} == {Reason.CONNECTOR_CREDENTIALS}
+    assert [json.loads(f.request) for f in connector.parked] == [pf.stock_body("kuaishou", f"S{n}", 10 + n, 7000 + n)
+                                                                for n in range(3)]  # fmt: skip
+    assert all(f.endpoint == "stock" and "Invalid API Key" in f.answer for f in connector.parked)
+    assert [f.source for f in connector.parked] == [f"stock.levels/0/{n}" for n in range(3)]
+    assert sorted(t.offset for t in connector.finished) == [0, 1, 2]  # finished once parked
+    assert connector.alerts_failed == [Reason.CONNECTOR_CREDENTIALS]  # one alert for the call
+    assert lane.pushes.in_flight() == 0 and lane.flying == 0
+    assert lane.offer("S0", 3, 7100, ticket(9), "src")  # released: the SKU's next change goes
+
+
+def test_a_figure_the_answer_leaves_out_is_parked_and_the_rest_done(tmp_path: Path, clock: list[int]) -> None:
+    lane, connector, market = lane_for(tmp_path, "own")
+    real = market.handle
+
+    def forgetful(*args: Any) -> Any:  # a platform answering ok but listing one figure short
+        answer = real(*args)
+        answer.body["data"]["results"].pop()
+        return answer
+
+    market.handle = forgetful  # type: ignore[method-assign]
+    for n in range(3):
+        lane.offer(f"S{n}", 1, 100 + n, ticket(n), "src")
+    send_due(lane, 100)
+    assert [(f.idempotency_key, f.reason) for f in connector.parked] == [("S2@102", Reason.CONNECTOR_REFUSED)]
+    assert "no result for S2" in connector.parked[0].answer
+    assert sorted(t.offset for t in connector.finished) == [0, 1, 2]
+    stats = connector.caller.endpoint_stats("own", "stock")
+    assert (stats.items_applied, stats.items_failed) == (2, 1)

@@ -410,3 +410,136 @@ def test_unknown_channel() -> None:
     with pytest.raises(P.UnknownChannel):
         P.platform("taobao")
     assert tuple(P.PLATFORMS) == CHANNELS
+
+
+# --- many-SKU stock updates ---------------------------------------------------------------------
+
+FIGURES = [P.StockUpdate("SKU-1", 5, 7), P.StockUpdate("SKU-2", 0, 9), P.StockUpdate("SKU-3", 12, 8)]
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_a_stock_batch_signs_verifies_and_reads_back_in_order(channel: str) -> None:
+    body = P.stock_batch_body(channel, FIGURES)
+    req = P.sign_request(channel, CREDS, P.STOCK_BATCH, body, T0)
+    verdict = verify(req)
+    assert verdict.ok, verdict
+    assert (verdict.endpoint, verdict.operation) == ("stock_batch", P.platform(channel).methods["stock_batch"])
+    assert verdict.payload == body and "stock_batch" in P.route(channel, req.path)
+    assert P.parse_stock_batch(channel, verdict.payload) == FIGURES
+    f, batch = P.platform(channel).fields, P.platform(channel).stock_batch
+    # each figure in the one-SKU update's field names: one figure of a batch reads like a one-SKU body
+    assert [P.parse_stock(channel, item) for item in body[batch.items]] == FIGURES
+    assert all(set(item) == {f.sku, f.quantity, f.version} for item in body[batch.items])
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_a_tampered_stock_batch_fails_the_signature(channel: str) -> None:
+    req = P.sign_request(channel, CREDS, P.STOCK_BATCH, P.stock_batch_body(channel, FIGURES), T0)
+    raised = [P.StockUpdate(u.sku, u.quantity + 100, u.version) for u in FIGURES]
+    other = P.sign_request(channel, CREDS, P.STOCK_BATCH, P.stock_batch_body(channel, raised), T0)
+    assert verify(with_body_of(req, other)).failure is AuthFailure.BAD_SIGNATURE
+
+
+def test_each_platform_caps_its_batch() -> None:
+    assert {c: P.platform(c).stock_batch.max_items for c in CHANNELS} == {
+        "tmall": 20, "jd": 50, "douyin": 50, "pdd": 20, "kuaishou": 20, "own": 100,
+    }  # fmt: skip
+    assert P.platform("tmall").methods["stock_batch"] == "tmall.item.quantity.update"
+    assert P.platform("douyin").paths["stock_batch"] == "/sku/syncStockBatch"
+    assert P.purpose("stock_batch") == "stock" and P.purpose("refund") == "refund"
+    assert "stock_batch" not in P.ENDPOINTS and set(P.APIS) == {*P.ENDPOINTS, "stock_batch"}
+
+
+def test_known_vector_tmall_batch() -> None:
+    body = ('{"options":{"type":1},"sku_quantities":[{"outer_id":"SKU-1","quantity":5,"version":7},'
+            '{"outer_id":"SKU-2","quantity":0,"version":9}]}')  # fmt: skip
+    req = P.sign_request("tmall", CREDS, "stock_batch", P.stock_batch_body("tmall", FIGURES[:2]), T0)
+    assert req.body == body.encode() and req.query["method"] == "tmall.item.quantity.update"
+    signed = ("app_keyk1formatjsonmethodtmall.item.quantity.updatesign_methodmd5timestamp2026-11-11 14:00:00v2.0"
+              + body)  # fmt: skip
+    assert req.query["sign"] == md5_upper("s3cret" + signed + "s3cret")
+
+
+def test_known_vector_pdd_batch() -> None:
+    req = P.sign_request("pdd", CREDS, "stock_batch", P.stock_batch_body("pdd", FIGURES[:1]), T0)
+    items = '[{"outer_id":"SKU-1","quantity":5,"stock_version":7}]'
+    signed = (f"client_idk1data_typeJSONsku_quantity_list{items}timestamp1794376800"
+              "typepdd.goods.sku.quantity.batch.updateupdate_type1versionV1")  # fmt: skip
+    assert json.loads(req.body)["sign"] == md5_upper("s3cret" + signed + "s3cret")
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_a_stock_batch_the_platform_cannot_take_is_refused_before_it_is_sent(channel: str) -> None:
+    limit = P.platform(channel).stock_batch.max_items
+    too_many = [P.StockUpdate(f"S{n}", 1, 1) for n in range(limit + 1)]
+    for figures in ([], too_many, [FIGURES[0], P.StockUpdate("SKU-1", 3, 8)]):
+        with pytest.raises(P.BodyError):
+            P.stock_batch_body(channel, figures)
+    assert len(P.parse_stock_batch(channel, P.stock_batch_body(channel, too_many[:limit]))) == limit
+    batch, f = P.platform(channel).stock_batch, P.platform(channel).fields
+    good = P.stock_batch_body(channel, FIGURES)
+    bad_bodies = [
+        {**good, batch.items: []},
+        {**good, batch.items: "SKU-1:5;SKU-2:0"},
+        {k: v for k, v in good.items() if k != batch.items},
+        {**good, batch.items: [*good[batch.items], good[batch.items][0]]},  # a SKU twice
+        {**good, batch.items: [{**good[batch.items][0], f.quantity: -1}]},
+        {**good, batch.items: [{**good[batch.items][0], f.version: 0}]},
+        {**good, batch.items: [7]},
+        {**good, batch.items: [{f.sku: f"S{n}", f.quantity: 1, f.version: 1} for n in range(limit + 1)]},
+    ]
+    for body in bad_bodies:
+        with pytest.raises(P.BodyError):
+            P.parse_stock_batch(channel, body)
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_a_stock_batch_answer_says_per_figure_applied_or_stale(channel: str) -> None:
+    status, body = P.stock_batch_answer(channel, [(FIGURES[0], None), (FIGURES[1], ErrorKind.STALE_VERSION),
+                                                  (FIGURES[2], None)])  # fmt: skip
+    for as_sent in (body, json.dumps(body, ensure_ascii=False).encode()):
+        outcome = P.classify(channel, status, as_sent)
+        assert outcome.kind is OutcomeKind.OK and outcome.done  # some stale figures: still an ok call
+        assert outcome.items is not None
+        assert [(i.sku, i.version, i.kind) for i in outcome.items] == [
+            ("SKU-1", 7, OutcomeKind.OK), ("SKU-2", 9, OutcomeKind.STALE), ("SKU-3", 8, OutcomeKind.OK)]  # fmt: skip
+        assert outcome.items[1].error is ErrorKind.STALE_VERSION and outcome.items[1].code
+    per_figure = P.item_outcomes(P.classify(channel, status, body), FIGURES)
+    assert [o.kind for o in per_figure] == [OutcomeKind.OK, OutcomeKind.STALE, OutcomeKind.OK]
+    assert [o.done for o in per_figure] == [True, True, True]
+    assert P.classify(channel, *P.ok_answer(channel, "stock", {})).items is None  # a one-SKU answer has no list
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_what_a_batch_outcome_means_per_figure(channel: str) -> None:
+    # a figure the answer names no result for: sending it again would be answered the same
+    status, body = P.stock_batch_answer(channel, [(FIGURES[0], None), (FIGURES[2], ErrorKind.STALE_VERSION)])
+    outcomes = P.item_outcomes(P.classify(channel, status, body), FIGURES)
+    assert [o.kind for o in outcomes] == [OutcomeKind.OK, OutcomeKind.FATAL, OutcomeKind.STALE]
+    assert "SKU-2" in outcomes[1].message
+    # a result naming another version is not this figure's
+    moved = P.stock_batch_answer(channel, [(P.StockUpdate("SKU-1", 5, 6), None)])
+    assert P.item_outcomes(P.classify(channel, *moved), FIGURES[:1])[0].kind is OutcomeKind.FATAL
+    # the call refused whole: the same for every figure
+    rotated = P.classify(channel, *P.error_answer(channel, ErrorKind.INVALID_API_KEY))
+    assert [o.kind for o in P.item_outcomes(rotated, FIGURES)] == [OutcomeKind.CREDENTIAL] * 3
+    # an all-or-nothing success without a list: every figure applied
+    bare = P.classify(channel, *P.ok_answer(channel, "stock_batch", {}))
+    assert bare.items is None and [o.kind for o in P.item_outcomes(bare, FIGURES)] == [OutcomeKind.OK] * 3
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_a_refused_figure_nobody_planned_for_is_fatal_and_a_malformed_result_is_left_out(channel: str) -> None:
+    status, body = P.stock_batch_answer(channel, [(FIGURES[0], ErrorKind.BAD_REQUEST), (FIGURES[1], None)])
+    text = json.dumps(body, ensure_ascii=False)
+    code = json.dumps(P.platform(channel).errors[ErrorKind.BAD_REQUEST].code)
+    unknown = json.loads(text.replace(code, '"987654"', 1))
+    outcome = P.classify(channel, status, unknown)
+    assert outcome.items is not None and outcome.items[0].kind is OutcomeKind.FATAL
+    results_field = P.platform(channel).stock_batch.results
+    inner = P.classify(channel, status, body).result
+    assert inner is not None
+    entries = inner[results_field]
+    del entries[0][P.platform(channel).fields.sku]
+    mangled = P.classify(channel, *P.ok_answer(channel, "stock_batch", {results_field: [*entries, "junk"]}))
+    assert [i.sku for i in mangled.items or ()] == ["SKU-2"]

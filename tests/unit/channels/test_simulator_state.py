@@ -102,3 +102,52 @@ def test_replacing_an_app_drops_its_rotations_and_reset_forgets_effects() -> Non
     assert answer(m, P.refund_body("jd", "R-1", 100)).error is ErrorKind.INVALID_API_KEY
     with pytest.raises(KeyError, match="no app"):
         m.rotate("jd", 0, NEW, app_key="nobody")
+
+
+def batch_answer(m: Marketplace, channel: str, figures: list[P.StockUpdate], body: dict[str, object] | None = None
+                 ) -> P.Outcome:  # fmt: skip
+    payload = body if body is not None else P.stock_batch_body(channel, figures)
+    signed = P.sign_request(channel, Credentials(KEY, OLD), "stock_batch", payload, m.now_ms())
+    result = m.handle(channel, signed.path, signed.query, signed.headers, signed.body)
+    return P.classify(channel, result.status, result.body)
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_a_stock_batch_applies_each_figure_by_the_version_rule_for_one_token(channel: str) -> None:
+    m = Marketplace({channel: [AppSpec(app_key=KEY, secret=OLD)]}, latency_ms=0, jitter_ms=0, seed=1, clock=Clock())
+    m.configure(channel, qps=0.001, burst=2)  # two calls, whatever they carry
+    first = batch_answer(m, channel, [P.StockUpdate("A", 10, 5), P.StockUpdate("B", 3, 5)])
+    assert first.kind is OutcomeKind.OK and [i.kind for i in first.items or ()] == [OutcomeKind.OK] * 2
+    second = batch_answer(m, channel, [P.StockUpdate("A", 99, 5), P.StockUpdate("B", 2, 6), P.StockUpdate("C", 7, 1),
+                                       P.StockUpdate("D", 1, 4)])  # fmt: skip
+    assert second.kind is OutcomeKind.OK  # a stale figure does not fail the call
+    assert [(i.sku, i.kind) for i in second.items or ()] == [
+        ("A", OutcomeKind.STALE), ("B", OutcomeKind.OK), ("C", OutcomeKind.OK), ("D", OutcomeKind.OK)]  # fmt: skip
+    assert {r["sku"]: (r["quantity"], r["version"]) for r in m.stock_json(channel)} == {
+        "A": (10, 5), "B": (2, 6), "C": (7, 1), "D": (1, 4)}  # fmt: skip
+    # One record per figure, numbered by its call, readable like a one-SKU update's body.
+    records = m.calls_json(channel, "stock")
+    assert [(r["batch"], r["result"], r["idempotency_key"]) for r in records] == [
+        (1, "applied", "A:5"), (1, "applied", "B:5"), (2, "stale", "A:5"), (2, "applied", "B:6"),
+        (2, "applied", "C:1"), (2, "applied", "D:4")]  # fmt: skip
+    assert [P.parse_stock(channel, r["body"]).quantity for r in records] == [10, 3, 99, 2, 7, 1]
+    counters = m.counters[channel]
+    assert (counters["stock_batch:calls"], counters["stock_batch:items"], counters["stock:applied"],
+            counters["stock:stale"]) == (2, 6, 5, 1)  # fmt: skip
+    # The third call is over the limit, however many figures it carries: nothing of it applied.
+    third = batch_answer(m, channel, [P.StockUpdate("E", 1, 1), P.StockUpdate("F", 1, 1)])
+    assert third.error is ErrorKind.RATE_LIMITED and len(m.stock_json(channel)) == 4
+
+
+def test_a_stock_batch_the_platform_cannot_take_is_refused_whole() -> None:
+    m = market()
+    good = P.stock_batch_body("jd", [P.StockUpdate("A", 1, 1), P.StockUpdate("B", 2, 1)])
+    items = good["skuStockList"]
+    assert isinstance(items, list)
+    for body in (
+        {**good, "skuStockList": [*items, items[0]]},  # a SKU twice
+        {**good, "skuStockList": [items[0], {**items[1], "stockNum": -2}]},
+        {**good, "skuStockList": [{"skuId": f"S{n}", "stockNum": 1, "version": 1} for n in range(51)]},
+    ):
+        assert batch_answer(m, "jd", [], body).error is ErrorKind.BAD_REQUEST
+    assert m.stock_json("jd") == [] and m.calls_json("jd") == [] and not m.counters["jd"]["stock_batch:calls"]

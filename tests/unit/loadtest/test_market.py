@@ -4,7 +4,15 @@ paired with the marketplace's agreements; no network."""
 from __future__ import annotations
 
 from agents.channels import platforms as pf
-from loadtest.market import LevelSeen, StockAccepted, channel_push_latencies, refund_agreements, stock_accepted
+from loadtest.market import (
+    LevelSeen,
+    StockAccepted,
+    StockCalls,
+    channel_push_latencies,
+    refund_agreements,
+    stock_accepted,
+    stock_calls,
+)
 
 T0 = 1_000_000
 
@@ -101,3 +109,15 @@ def test_refunds_agreed_once_twice_or_not_at_all() -> None:
         "refunds_instructed": 4, "refunds_agreed": 3, "refunds_agreed_twice": 1, "refunds_not_agreed": 1,
         "refund_agree_repeats": 2,
     }  # fmt: skip
+
+
+def test_a_figure_of_a_many_sku_call_is_an_accepted_update_and_its_call_is_counted_once() -> None:
+    body = pf.stock_batch_body("pdd", [pf.StockUpdate("S1", 4, 1700000000100)])["sku_quantity_list"][0]
+    row = {"seq": 9, "channel": "pdd", "endpoint": "stock", "idempotency_key": "S1:1700000000100", "result": "applied",
+           "accepted_at_ms": 1700000000300, "body": body, "batch": 4}  # fmt: skip
+    assert stock_accepted(row) == StockAccepted("pdd", "S1", 4, 1700000000100, 1700000000300)
+    rows = [("pdd", T0 - 10, 1), ("pdd", T0 + 100, 2), ("pdd", T0 + 100, 2), ("pdd", T0 + 100, 2),
+            ("jd", T0 + 500, 3), ("jd", T0 + 2000, 0), ("jd", T0 + 2000, 0)]  # fmt: skip
+    calls = stock_calls(rows, since_ms=T0)
+    assert calls == {"jd": StockCalls(3, 3, 2.0), "pdd": StockCalls(1, 3, 0.1)}  # one-SKU calls count one each
+    assert calls["jd"].per_s == 1.5 and StockCalls(0, 0, 0.0).per_s == 0.0
