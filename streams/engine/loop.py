@@ -224,7 +224,11 @@ class Engine:
         self._changelog_offsets: dict[tuple[str, int], int] = {}
         self._delivery_error: KafkaError | None = None
         self._committed: dict[tuple[str, int], int] = {}  # what this worker committed, per input partition
-        self._idle_checked = 0.0
+        self._positions_sampled = 0.0
+        # Records behind the high watermark per input partition, sampled by the engine thread once a
+        # second for /metrics: a scrape calling into the consumer from its own thread blocked on the
+        # client's group queue for the length of a rebalance.
+        self.lag: dict[tuple[str, int], int] = {}
         # For /readyz and the stall watchdog: when the loop last went round, and whether the brokers
         # are out of reach (set by the client's error callback, cleared by a successful round trip).
         self.heartbeat = time.monotonic()
@@ -320,8 +324,7 @@ class Engine:
                         self._run_batch([], alone=False)
                 else:
                     self._run_batch(messages, alone=False)
-                if not messages:
-                    self._commit_idle_positions()
+                self._sample_positions(idle=not messages)
         finally:
             self.consumer.close()
             self.producer.flush(10)
@@ -344,22 +347,29 @@ class Engine:
         self._last_error = ""
         log.warning("kafka: the brokers answer again")
 
-    def _commit_idle_positions(self) -> None:
-        """When nothing flows, move the committed offsets past what only transaction markers occupy.
+    def _sample_positions(self, idle: bool) -> None:
+        """Once a second: note each input partition's lag and, when nothing flows, commit positions.
 
         A batch commits "last message + 1"; the commit marker that follows it takes an offset too, so
         a quiet group would report a lag of one per partition forever (and a restart would fetch the
         marker again). Once a second of quiet, the consumer's position is committed instead.
         """
         now = time.monotonic()
-        if now - self._idle_checked < 1.0:
+        if now - self._positions_sampled < 1.0:
             return
-        self._idle_checked = now
+        self._positions_sampled = now
         assignment = self.consumer.assignment()
-        if not assignment:
+        positions = self.consumer.position(assignment) if assignment else []
+        lag: dict[tuple[str, int], int] = {}
+        for tp in positions:
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high is not None and high >= 0 and tp.offset >= 0:  # else nothing fetched yet: no honest figure
+                lag[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
+        self.lag = lag
+        if not idle or not positions:
             return
         batch = _Batch(self, self.clock.now_ms())
-        for tp in self.consumer.position(assignment):
+        for tp in positions:
             if tp.offset >= 0 and tp.offset > self._committed.get((tp.topic, tp.partition), -1):
                 batch.offsets[(tp.topic, tp.partition)] = tp.offset
         if batch.offsets:

@@ -1,14 +1,13 @@
 """The engine's Prometheus metrics, built on scrape from what the engine counts anyway.
 
 Reads ``Engine.stats`` (``EngineStats``), its per-topic and per-reason counters, its per-batch
-histograms, the partition stores it holds open and its consumer's positions; writes nothing. The
-consumer lag is the high watermark the consumer last fetched (librdkafka's cached value, no broker
-round trip) minus its position, per assigned partition.
+histograms, the partition stores it holds open and its lag sample; writes nothing. The consumer lag
+is the engine thread's own once-a-second sample (``Engine.lag``): a scrape never calls into the
+consumer from its thread, where a call waited on the client's group queue through a rebalance.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -18,8 +17,6 @@ from streams.metrics import StatsCollector, counter, gauge
 
 if TYPE_CHECKING:
     from streams.engine.loop import Engine
-
-log = logging.getLogger(__name__)
 
 # EngineStats fields exported as counters: (field, metric name, help).
 _COUNTERS = (
@@ -88,15 +85,6 @@ def _state_keys(engine: Engine) -> Metric:
 def _lag(engine: Engine) -> Metric:
     family = gauge("engine_consumer_lag", "Records behind the high watermark, per input partition",
                    ["topic", "partition"])  # fmt: skip
-    consumer = getattr(engine, "consumer", None)
-    if consumer is None:
-        return family
-    try:
-        for tp in consumer.position(consumer.assignment()):
-            _, high = consumer.get_watermark_offsets(tp, cached=True)
-            if high is None or high < 0 or tp.offset < 0:
-                continue  # nothing fetched yet: no honest figure
-            family.add_metric([tp.topic, str(tp.partition)], max(high - tp.offset, 0))
-    except Exception as exc:  # noqa: BLE001 - closing or rebalancing: the scrape shows no lag rather than failing
-        log.debug("consumer lag unavailable: %r", exc)
+    for (topic, partition), behind in sorted(engine.lag.items()):
+        family.add_metric([topic, str(partition)], behind)
     return family
