@@ -14,16 +14,17 @@ import uuid
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
 
 def plain_loop_events_per_s(settings: Settings, messages: int, size: int, timeout_s: float = 300.0) -> float:
     tag = uuid.uuid4().hex[:8]
     source, sink = f"{settings.topic_prefix}baseline-in-{tag}", f"{settings.topic_prefix}baseline-out-{tag}"
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin = AdminClient(confluent_config(settings))
     for fut in admin.create_topics([NewTopic(t, settings.partitions, 1) for t in (source, sink)]).values():
         fut.result()
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 5, "acks": "all",
+    producer = Producer({**confluent_config(settings), "linger.ms": 5, "acks": "all",
                          "enable.idempotence": True, "compression.type": "lz4"})  # fmt: skip
     payload = bytes(size)
     for i in range(messages):
@@ -35,7 +36,7 @@ def plain_loop_events_per_s(settings: Settings, messages: int, size: int, timeou
                 producer.poll(0.05)
     producer.flush(120)
 
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"baseline-{tag}",
+    consumer = Consumer({**confluent_config(settings), "group.id": f"baseline-{tag}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})  # fmt: skip
     consumer.subscribe([source])
     moved = 0

@@ -209,7 +209,7 @@ class KeyRotationDrill:
         found: list[int] = []
 
         def raised() -> bool:
-            for rec in read_all(self.settings.bootstrap, self.settings.topic("alerts"), 10):
+            for rec in read_all(self.settings, self.settings.topic("alerts"), 10):
                 _, alert = self.codec.decode(rec.value)
                 if alert["kind"] == "connector_failing" and alert["subject"] == CHANNEL and not alert["cleared"]:
                     found.append(int(alert["event_time_ms"]))
@@ -248,7 +248,7 @@ class KeyRotationDrill:
 
     def _in_state(self, topic: str, id_field: str, state: str) -> set[str]:
         out = set()
-        for rec in read_all(self.settings.bootstrap, self.settings.topic(topic), 10):
+        for rec in read_all(self.settings, self.settings.topic(topic), 10):
             _, record = self.codec.decode(rec.value)
             if record["state"] == state:
                 out.add(record[id_field])

@@ -217,10 +217,10 @@ def run_hot_sku(settings: Settings, attempts: int, units: int) -> dict[str, Any]
         producer.send_raw(ORDER_EVENTS.name, order_key(s.main_channel, number), codec.encode("OrderPlaced", placed))
     producer.flush(600)
     drained = pipeline_orders_per_s(s, attempts, 1, expected_events=attempts)
-    decided = [codec.decode(r.value)[1] for r in read_all(s.bootstrap, s.topic("reservation.results"), 120)]
+    decided = [codec.decode(r.value)[1] for r in read_all(s, s.topic("reservation.results"), 120)]
     live: dict[bytes, int] = {}
     totals_bytes = 0
-    for rec in read_all(s.bootstrap, changelog_topic(s, "stock_by_sku"), 120):
+    for rec in read_all(s, changelog_topic(s, "stock_by_sku"), 120):
         key = rec.key or b""
         if key == b"s\x00" + sku.encode():
             totals_bytes = len(rec.value or b"")

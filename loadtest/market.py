@@ -50,6 +50,7 @@ from streams.devstack.connectorproc import ConnectorsProcess
 from streams.devstack.procs import free_ports
 from streams.engine.clock import wall_ms
 from streams.engine.topicreader import read_all
+from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
 BENCH_QPS = 1000.0  # per app and channel: above what the load needs, so the figure is the pipeline's
@@ -352,7 +353,7 @@ class Marketplaces:
             app = self.settings.app_id
             for group, topic in ((f"{app}.connectors.stock", STOCK_LEVELS),
                                  (f"{app}.connectors.refunds", REFUND_INSTRUCTIONS)):  # fmt: skip
-                probe = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": group,
+                probe = Consumer({**confluent_config(self.settings), "group.id": group,
                                   "enable.auto.commit": False})  # fmt: skip
                 self._lag_probes.append((probe, topic))
         return sum(group_lag(self.settings, probe, (topic,)) for probe, topic in self._lag_probes)
@@ -404,7 +405,7 @@ class Marketplaces:
         for channel, now in stats.items():
             connector.update(now - self._stats_before.get(channel, Counter()))
         topic = self.settings.topic(REFUND_INSTRUCTIONS.name)
-        instructed = {codec.decode(r.value)[1]["refund_id"] for r in read_all(self.settings.bootstrap, topic, 30)}
+        instructed = {codec.decode(r.value)[1]["refund_id"] for r in read_all(self.settings, topic, 30)}
         calls = stock_calls(self.watch.stock_rows, started_ms)
         total_calls = sum(c.calls for c in calls.values())
         figures_per_call = sum(c.figures for c in calls.values()) / total_calls if total_calls else 0.0

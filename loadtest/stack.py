@@ -24,10 +24,10 @@ from streams.settings import Settings
 _RUNS: list[Settings] = []
 
 
-def delete_run_topics(bootstrap: str, runs: list[Settings]) -> int:
+def delete_run_topics(settings: Settings, runs: list[Settings]) -> int:
     """Delete every topic of ``runs`` (their prefix, and the Faust and changelog topics named by app id)."""
     prefixes = tuple(r.topic_prefix for r in runs if r.topic_prefix) + tuple(f"{r.app_id}-" for r in runs)
-    return delete_topics(bootstrap, prefixes)
+    return delete_topics(settings, prefixes)
 
 
 @contextlib.contextmanager
@@ -54,7 +54,7 @@ def local_stack(settings: Settings, console: Console, clickhouse_server: bool = 
         runs, _RUNS[:] = list(_RUNS), []
         if runs:
             with console.status("deleting this run's topics..."):
-                delete_run_topics(settings.bootstrap, runs)
+                delete_run_topics(settings, runs)
         if "clickhouse" in started:
             server.down()
         if "kafka" in started:

@@ -82,18 +82,21 @@ def dev_status() -> None:
     from streams.devstack import procs
     from streams.devstack.localclickhouse import LocalClickHouseServer
     from streams.devstack.localkafka import LocalKafka, broker_metadata
+    from streams.kafkaconf import KafkaAuthError, describe
 
     settings = Settings()
     table = Table("service", "state", "where")
     kafka = LocalKafka(settings)
     pid = kafka.running_pid()
     try:
-        md = broker_metadata(settings.bootstrap, timeout_s=3)
+        md = broker_metadata(settings, timeout_s=3)
         answer = f"answers metadata: cluster {md['cluster_id']}, {md['topics']} topics"
+    except KafkaAuthError as exc:
+        answer = f"refuses these credentials ({exc})"
     except Exception as exc:  # noqa: BLE001 - a status table shows any failure to reach the broker as its state
         answer = f"no answer ({type(exc).__name__})"
     origin = "external" if settings.kafka_bootstrap else (f"pid {pid}" if pid else "not running")
-    table.add_row("kafka", f"{origin}; {answer}", settings.bootstrap)
+    table.add_row("kafka", f"{origin}; {answer}", describe(settings))
     ch = LocalClickHouseServer(settings)
     ch_pid = procs.read_pid(ch.pid_file)
     table.add_row("clickhouse-server", f"pid {ch_pid}" if ch_pid else "not running", ch.url)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,6 +54,42 @@ class Settings(BaseSettings):
         "`https://user:password@host`): schemas are registered and looked up under their record's full name "
         "(RecordNameStrategy). Empty: none, and Schema Registry-framed input is refused (`unknown_schema_id`).",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every Kafka client stockflow makes talks to the brokers: `PLAINTEXT`, `SSL` (TLS), "
+        "`SASL_PLAINTEXT` or `SASL_SSL` (SASL over TLS). With `SASL_*`, the local broker `dev up` starts takes the "
+        "same user.",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism when the protocol is `SASL_*`."
+    )
+    kafka_sasl_username: str = Field(default="", description="SASL user name (needed with `SASL_*`).")
+    kafka_sasl_password: SecretStr = Field(
+        default=SecretStr(""), description="SASL password (needed with `SASL_*`); never logged or shown."
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) the brokers' certificates are checked against (`SSL`, `SASL_SSL`); "
+        "unset: the system's trust store. The broker's name must match its certificate.",
+    )
+    kafka_ssl_cert_file: Path | None = Field(
+        default=None, description="PEM client certificate, for brokers that require mutual TLS; with the key file."
+    )
+    kafka_ssl_key_file: Path | None = Field(
+        default=None, description="PEM private key of `STOCKFLOW_KAFKA_SSL_CERT_FILE`."
+    )
+    kafka_ssl_key_password: SecretStr = Field(
+        default=SecretStr(""), description="Password of an encrypted client key; never logged or shown."
+    )
+    kafka_replication_factor: int = Field(
+        default=1, ge=1, description="Replication factor of the topics stockflow creates (contract, changelogs)."
+    )
+    kafka_min_insync_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="`min.insync.replicas` of the topics stockflow creates: with `acks=all`, a write needs this many "
+        "replicas; at most the replication factor (3 and 2 on a production cluster).",
+    )
 
     # --- the worker ----------------------------------------------------------------------------
     app_id: str = Field(default="stockflow", description="Consumer group and changelog prefix.")
@@ -69,6 +105,12 @@ class Settings(BaseSettings):
     )
     session_timeout_s: float = Field(
         default=10.0, gt=0, description="How soon the group notices a dead worker and moves its partitions."
+    )
+    static_membership: bool = Field(
+        default=True,
+        description="Workers join their consumer groups under a fixed name (host and slot): one restarted after "
+        "a crash gets its partitions back at once, without a rebalance; one stopped for good hands them over "
+        "after the session timeout.",
     )
     log_level: Literal["crit", "error", "warn", "info", "debug"] = Field(
         default="warn", description="Worker log level on stderr: `crit`, `error`, `warn`, `info` or `debug`."
@@ -113,6 +155,17 @@ class Settings(BaseSettings):
     )
     refresh_interval_ms: int = Field(
         default=200, ge=10, description="At most one `stock.levels` record per SKU per interval."
+    )
+    hot_skus: dict[str, int] = Field(
+        default_factory=dict,
+        description="SKUs split into stock buckets on several partitions, with how many (JSON object, e.g. "
+        '`{"SKU-1": 4}`); applied when the value changes; `stockflow stock hot` / `unhot` change it at run time.',
+    )
+    hot_sku_low_water: int = Field(
+        default=5,
+        ge=1,
+        description="A hot SKU's bucket with fewer available units is topped up from a richer one; when all its "
+        "buckets together hold no more than this many per bucket, they gather the rest into one.",
     )
     main_channel: str = Field(default="tmall", description="The channel that keeps selling below the safety threshold.")
     channels: tuple[str, ...] = Field(
@@ -231,6 +284,7 @@ class Settings(BaseSettings):
             "credential_expiring",
             "refund_sop_breach",
             "refund_reconciliation",
+            "inspection_breach",
         ),
         description="Alert kinds posted to the webhook (JSON list).",
     )
@@ -364,6 +418,12 @@ class Settings(BaseSettings):
     connectors_port: int = Field(
         default=6068, description="Port of the `stockflow connectors run` status view (`/connectors/status`)."
     )
+    inspect_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="The worker runs `stockflow inspect`'s checks this often (on the group's leader), raising a RED "
+        "`inspection_breach` alert when a check enters breach and clearing it on recovery; 0: no scheduled scan.",
+    )
 
     # Order-peak forecast (`stockflow forecast`)
     promotions_file: Path | None = Field(
@@ -398,6 +458,29 @@ class Settings(BaseSettings):
             raise ValueError("STOCKFLOW_WIRE_FORMAT=confluent needs STOCKFLOW_SCHEMA_REGISTRY_URL")
         return self
 
+    @model_validator(mode="after")
+    def _kafka_security_agrees(self) -> Settings:
+        # Caught at start, not as a handshake failure minutes later in one client's log.
+        protocol = self.kafka_security_protocol
+        has_user = bool(self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value())
+        if protocol.startswith("SASL_") and not has_user:
+            raise ValueError(
+                f"STOCKFLOW_KAFKA_SECURITY_PROTOCOL={protocol} needs STOCKFLOW_KAFKA_SASL_USERNAME and "
+                "STOCKFLOW_KAFKA_SASL_PASSWORD"
+            )
+        tls_files = [f for f in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file") if getattr(self, f"kafka_{f}")]
+        if tls_files and not protocol.endswith("SSL"):
+            named = ", ".join(f"STOCKFLOW_KAFKA_{f.upper()}" for f in tls_files)
+            raise ValueError(f"{named} set, but STOCKFLOW_KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS")
+        if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+            raise ValueError("STOCKFLOW_KAFKA_SSL_CERT_FILE and STOCKFLOW_KAFKA_SSL_KEY_FILE go together (mutual TLS)")
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ValueError(
+                f"STOCKFLOW_KAFKA_MIN_INSYNC_REPLICAS ({self.kafka_min_insync_replicas}) is above "
+                f"STOCKFLOW_KAFKA_REPLICATION_FACTOR ({self.kafka_replication_factor}): no write would ever succeed"
+            )
+        return self
+
     @property
     def clickhouse_url_shown(self) -> str:
         """``clickhouse_url`` fit for logs and messages: its password replaced by ``***``."""
@@ -420,7 +503,9 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if value is None:
                 continue
-            if isinstance(value, bool):
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()  # the child needs the secret itself, not its mask
+            elif isinstance(value, bool):
                 value = int(value)
             elif isinstance(value, (tuple, list)):
                 value = json.dumps(list(value))

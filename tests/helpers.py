@@ -26,7 +26,7 @@ def read_topic(settings: Settings, name: str, timeout_s: float = 10.0) -> list[t
     """Every (event type, record) now in a topic, from the beginning, in order per partition."""
     codec = default_codec()
     out = []
-    for rec in read_all(settings.bootstrap, settings.topic(name), timeout_s):
+    for rec in read_all(settings, settings.topic(name), timeout_s):
         event_type, record = codec.decode(rec.value)
         out.append((event_type.short_name, record))
     return out

@@ -36,6 +36,7 @@ from streams.contract.topics import ALERTS, CONNECTOR_FAILED, DEADLETTERS
 from streams.engine.clock import wall_ms
 from streams.engine.deadletter import dead_letter
 from streams.engine.producer import EventProducer
+from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class InputLoop:
         self.received = 0
         self.assigned: set[tuple[str, int]] = set()
         self.consumer = Consumer({
-            "bootstrap.servers": settings.bootstrap,
+            **confluent_config(settings),
             "group.id": group_id,
             "client.id": f"stockflow-{stage}",
             "enable.auto.commit": False,

@@ -22,6 +22,7 @@ from confluent_kafka.admin import AdminClient
 from agents.inspect.checks import InspectConfig, Measurement, dead_letter_rate, group_lag, sink_insert_lag_s
 from streams.contract.topics import DEADLETTERS
 from streams.engine.loop import engine_group
+from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
 TIMEOUT_S = 5.0
@@ -49,8 +50,7 @@ def _get(url: str) -> dict[str, Any]:
 
 
 def _broker(settings: Settings, config: InspectConfig) -> Iterator[Measurement]:
-    common: dict[str, str | int | float | bool] = {"bootstrap.servers": settings.bootstrap,
-                                                    "socket.timeout.ms": int(TIMEOUT_S * 1000)}  # fmt: skip
+    common: dict[str, Any] = confluent_config(settings, **{"socket.timeout.ms": int(TIMEOUT_S * 1000)})
     groups = (("engine_lag", engine_group(settings)), ("sink_lag", f"{settings.app_id}.sink"))
     consumer = Consumer({**common, "group.id": f"{settings.app_id}.inspect", "enable.auto.commit": False})
     try:

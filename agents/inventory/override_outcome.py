@@ -21,6 +21,7 @@ from streams.contract.reasons import Reason
 from streams.contract.topics import AUDIT_OVERRIDES
 from streams.engine.retry import Backoff, Retry
 from streams.engine.topicreader import read_all
+from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
 # The outcomes that answer each action: a REQUEST seen again answers with the recorded outcome.
@@ -78,7 +79,7 @@ class OutcomeWatch:
         self.topic = settings.topic(AUDIT_OVERRIDES.name)
         self.codec = codec_for(settings)
         self.consumer = Consumer({
-            "bootstrap.servers": settings.bootstrap, "group.id": f"stockflow-override-{uuid.uuid4().hex}",
+            **confluent_config(settings), "group.id": f"stockflow-override-{uuid.uuid4().hex}",
             "enable.auto.commit": False, "isolation.level": "read_committed", "log_level": 3,
         })  # fmt: skip
         try:
@@ -127,7 +128,7 @@ def read_audits(settings: Settings) -> Sequence[dict[str, Any]]:
     """Every readable ``OverrideAudited`` record now on ``audit.overrides``."""
     codec = codec_for(settings)
     out = []
-    for rec in read_all(settings.bootstrap, settings.topic(AUDIT_OVERRIDES.name)):
+    for rec in read_all(settings, settings.topic(AUDIT_OVERRIDES.name)):
         if rec.value is None:
             continue
         try:

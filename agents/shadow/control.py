@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 from agents.shadow.candidate import Candidate, ShadowHome, shadow_app_id, shadow_names, shadow_topic_prefix
 from streams.devstack import procs
 from streams.engine.retry import Backoff, Retry
+from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
 
@@ -133,7 +134,7 @@ def stop(live: Settings, name: str, delete_topics: bool = False) -> tuple[bool, 
 def delete(live: Settings, name: str) -> list[str]:
     """Every topic under the shadow's prefix, its consumer groups, engine state and folder."""
     home = ShadowHome(live, name)
-    admin = AdminClient({"bootstrap.servers": live.bootstrap})
+    admin = AdminClient(confluent_config(live))
     prefix = shadow_topic_prefix(live, name)
     topics = sorted(t for t in admin.list_topics(timeout=15).topics if t.startswith(prefix))
     for future in (admin.delete_topics(topics, operation_timeout=30) if topics else {}).values():

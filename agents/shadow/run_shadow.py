@@ -52,6 +52,7 @@ from streams.contract.topics import ALL_TOPICS, OPS_CLOCK, STOCK_LEVELS, WAREHOU
 from streams.engine.changelog import changelog_topic, ensure_changelogs
 from streams.engine.clock import Clock
 from streams.engine.loop import Engine, engine_group
+from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def build(live: Settings, home: ShadowHome) -> ShadowPipeline:
 
 def missing_live_inputs(live: Settings) -> list[str]:
     """The live input topics the broker does not have (the shadow has nothing to read from them)."""
-    existing = AdminClient({"bootstrap.servers": live.bootstrap}).list_topics(timeout=15).topics
+    existing = AdminClient(confluent_config(live)).list_topics(timeout=15).topics
     return sorted(live.topic(name) for name in LIVE_INPUTS if live.topic(name) not in existing)
 
 
@@ -104,7 +105,7 @@ def ensure_shadow_topics(settings: ShadowSettings, stores: list[str], timeout_s:
     # restore from a changelog whose partitions its consumer does not know yet ("unknown partition").
     wanted = {settings.topic(s.name): s.partitions(settings) for s in specs}
     wanted |= {changelog_topic(settings, store): settings.partitions for store in stores}
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin = AdminClient(confluent_config(settings))
     deadline = time.monotonic() + timeout_s
     while True:
         served = admin.list_topics(timeout=15).topics
@@ -132,7 +133,7 @@ class Follower:
     def run(self, stop: threading.Event) -> None:
         settings, view, clock = self.pipe.settings, self.pipe.view, self.pipe.clock
         consumer = Consumer({
-            "bootstrap.servers": settings.bootstrap, "group.id": f"{settings.app_id}.view",
+            **confluent_config(settings), "group.id": f"{settings.app_id}.view",
             "enable.auto.commit": False, "isolation.level": "read_committed", "auto.offset.reset": "earliest",
             "client.id": f"{settings.app_id}-warehouse-view",
         })  # fmt: skip
@@ -171,7 +172,7 @@ class Lag:
 
     def __init__(self, pipe: ShadowPipeline) -> None:
         settings = pipe.settings
-        self.consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": pipe.engine.group_id,
+        self.consumer = Consumer({**confluent_config(settings), "group.id": pipe.engine.group_id,
                                   "enable.auto.commit": False})  # fmt: skip
         self.partitions = [
             TopicPartition(topic, p) for topic in sorted(pipe.engine.by_topic) for p in range(settings.partitions)

@@ -5,6 +5,12 @@ Maven resolves the broker jars from ``streams/broker/pom.xml`` into
 the storage is formatted once with a generated cluster id; ``kafka.Kafka`` runs detached with its
 pid in ``<home>/kafka/broker.pid``. When ``STOCKFLOW_KAFKA_BOOTSTRAP`` names a broker, nothing here
 is used.
+
+The client listener speaks ``STOCKFLOW_KAFKA_SECURITY_PROTOCOL``: with ``SASL_*`` the settings' user is
+the broker's only user (a SCRAM user is written into the storage when it is formatted, listed in
+``<home>/kafka/scram-users``); with TLS the broker's certificate comes from a CA made once in
+``<home>/kafka/tls`` (``streams.devstack.devtls``), whose ``ca.pem`` clients trust. The broker talks to
+itself over that listener too (transaction markers), as that user.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 
 from streams.devstack import procs
 from streams.errors import StockflowError
+from streams.kafkaconf import AuthWatch, KafkaAuthError, confluent_config, describe
 from streams.settings import Settings
 
 BROKER_DIR = Path(__file__).resolve().parent / "broker"
@@ -50,6 +57,15 @@ class LocalKafka:
     def log_file(self) -> Path:
         return self.root / "broker.log"
 
+    @property
+    def tls_dir(self) -> Path:
+        """Where the local CA and the broker's certificate are made (``ca.pem``: what clients trust)."""
+        return self.root / "tls"
+
+    @property
+    def scram_users_file(self) -> Path:
+        return self.root / "scram-users"
+
     def check_tools(self) -> None:
         missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
         if missing:
@@ -81,15 +97,18 @@ class LocalKafka:
 
     def config_text(self) -> str:
         s = self.settings
+        # The listener is named after its protocol: a PLAINTEXT broker's file stays what it always was.
+        name = s.kafka_security_protocol
         return "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{s.kafka_controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
+                f"listeners={name}://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
+                f"advertised.listeners={name}://127.0.0.1:{s.kafka_port}",
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"listener.security.protocol.map={name}:{name},CONTROLLER:PLAINTEXT",
+                *self._security_lines(),
                 f"log.dirs={self.data_dir}",
                 f"num.partitions={s.partitions}",
                 "auto.create.topics.enable=true",
@@ -104,6 +123,65 @@ class LocalKafka:
                 "",
             ]
         )
+
+    def _security_lines(self) -> list[str]:
+        """server.properties lines for a client listener that is not PLAINTEXT."""
+        s = self.settings
+        name = s.kafka_security_protocol
+        if name == "PLAINTEXT":
+            return []
+        lines = [f"inter.broker.listener.name={name}"]
+        prefix = f"listener.name.{name.lower()}"
+        if name.startswith("SASL_"):
+            mechanism, user, password = s.kafka_sasl_mechanism, s.kafka_sasl_username, s.kafka_sasl_password
+            secret = _jaas_value(password.get_secret_value())
+            if mechanism == "PLAIN":
+                login = (f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{user}" '
+                         f'password="{secret}" user_{user}="{secret}";')  # fmt: skip
+            else:
+                login = (f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" '
+                         f'password="{secret}";')  # fmt: skip
+            lines += [
+                f"sasl.enabled.mechanisms={mechanism}",
+                f"sasl.mechanism.inter.broker.protocol={mechanism}",
+                f"{prefix}.{mechanism.lower()}.sasl.jaas.config={login}",
+            ]
+        if name.endswith("SSL"):
+            from streams.devstack.devtls import DevTls
+
+            tls = DevTls(self.tls_dir)
+            lines += [
+                "ssl.keystore.type=PEM",
+                f"ssl.keystore.location={tls.broker_pem}",
+                "ssl.truststore.type=PEM",
+                f"ssl.truststore.location={tls.ca_file}",
+                # Clients may bring a certificate of the local CA (mutual TLS) but need not.
+                "ssl.client.auth=requested",
+            ]
+        return lines
+
+    def _scram_users(self) -> list[str]:
+        """``--add-scram`` arguments of the storage format: the settings' user, when SCRAM is configured."""
+        s = self.settings
+        if not s.kafka_security_protocol.startswith("SASL_") or not s.kafka_sasl_mechanism.startswith("SCRAM"):
+            return []
+        secret = _jaas_value(s.kafka_sasl_password.get_secret_value())
+        return [f'--add-scram={s.kafka_sasl_mechanism}=[name={s.kafka_sasl_username},password="{secret}"]']
+
+    def _check_scram_user(self) -> None:
+        """A storage formatted without the configured SCRAM user would refuse it with a baffling error."""
+        wanted = self._scram_users()
+        if not wanted:
+            return
+        s = self.settings
+        entry = f"{s.kafka_sasl_mechanism}:{s.kafka_sasl_username}"
+        known = self.scram_users_file.read_text().split() if self.scram_users_file.exists() else []
+        if entry not in known:
+            raise RuntimeError(
+                f"the local broker's storage ({self.data_dir}) was formatted without the {s.kafka_sasl_mechanism} "
+                f"user {s.kafka_sasl_username!r}; stop it (stockflow dev down) and remove {self.data_dir} (its topics "
+                "are lost) to start it with that user, or use another STOCKFLOW_HOME"
+            )
 
     def _java(self, main: str, *args: str) -> list[str]:
         return [
@@ -128,25 +206,39 @@ class LocalKafka:
             )
         self.fetch()
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.settings.kafka_security_protocol.endswith("SSL"):
+            from streams.devstack.devtls import ensure_dev_tls
+
+            ensure_dev_tls(self.tls_dir)
         config = self.root / "server.properties"
+        # It may hold the SASL password (the broker's own login): readable by this user only.
+        config.touch(mode=0o600)
+        config.chmod(0o600)
         config.write_text(self.config_text())
         if not (self.data_dir / "meta.properties").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             cluster_id = _kafka_cluster_id()
             # "--cluster-id=" form: a base64 id may start with "-", which the tool's parser would
             # take for an option (about one start in 64 failed that way).
-            fmt = self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config))
+            fmt = self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config),
+                             *self._scram_users())  # fmt: skip
             result = subprocess.run(fmt, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"formatting Kafka storage failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+            if self._scram_users():
+                s = self.settings
+                self.scram_users_file.write_text(f"{s.kafka_sasl_mechanism}:{s.kafka_sasl_username}\n")
+        self._check_scram_user()
         pid = procs.start(self._java("kafka.Kafka", str(config)), self.log_file, self.pid_file)
         if not procs.wait_for_port("127.0.0.1", self.settings.kafka_port, timeout_s, pid):
             tail = self.log_file.read_text(errors="replace")[-2000:]
             procs.stop(self.pid_file)
             raise RuntimeError(f"Kafka did not start within {timeout_s:.0f}s:\n{tail}")
-        wait_for_metadata(self.settings.bootstrap, timeout_s)
-        version, where = self.settings.kafka_version, self.settings.bootstrap
-        return f"Kafka {version} (KRaft) started, pid {pid}, on {where}"
+        wait_for_metadata(self.settings, timeout_s)
+        started = f"Kafka {self.settings.kafka_version} (KRaft) started, pid {pid}, on {describe(self.settings)}"
+        if self.settings.kafka_security_protocol.endswith("SSL") and self.settings.kafka_ssl_ca_file is None:
+            started += f"; clients trust its CA with STOCKFLOW_KAFKA_SSL_CA_FILE={self.tls_dir / 'ca.pem'}"
+        return started
 
     def down(self) -> bool:
         return procs.stop(self.pid_file, timeout_s=30)
@@ -158,12 +250,15 @@ def _kafka_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def broker_metadata(bootstrap: str, timeout_s: float = 5.0) -> dict[str, object]:
-    """Ask the broker for cluster metadata (raises if it does not answer)."""
+def broker_metadata(kafka: Settings | str, timeout_s: float = 5.0) -> dict[str, object]:
+    """Ask the broker (``kafka``: settings, or a PLAINTEXT ``host:port``) for cluster metadata; raises if it
+    does not answer, ``KafkaAuthError`` if it refuses the credentials."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout_s * 1000), "log_level": 0})
-    md = admin.list_topics(timeout=timeout_s)
+    watch = AuthWatch(kafka)
+    admin = AdminClient(confluent_config(kafka, **{"socket.timeout.ms": int(timeout_s * 1000), "log_level": 0,
+                                                   "error_cb": watch}))  # fmt: skip
+    md = watch.list_topics(admin, timeout_s)
     return {
         "cluster_id": md.cluster_id,
         "brokers": [f"{b.host}:{b.port}" for b in md.brokers.values()],
@@ -171,15 +266,27 @@ def broker_metadata(bootstrap: str, timeout_s: float = 5.0) -> dict[str, object]
     }
 
 
-def wait_for_metadata(bootstrap: str, timeout_s: float) -> dict[str, object]:
+def wait_for_metadata(kafka: Settings | str, timeout_s: float) -> dict[str, object]:
+    """``broker_metadata`` once the broker answers, asked until ``timeout_s``; refused credentials end it at once."""
     import time
 
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            return broker_metadata(bootstrap, timeout_s=5)
+            return broker_metadata(kafka, timeout_s=5)
+        except KafkaAuthError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the broker is still starting, whatever it answers; ask until the deadline
             last = exc
             time.sleep(0.5)
-    raise RuntimeError(f"broker at {bootstrap} did not answer metadata requests: {last}")
+    where = describe(kafka) if isinstance(kafka, Settings) else kafka
+    raise RuntimeError(f"broker at {where} did not answer metadata requests: {last}")
+
+
+def _jaas_value(secret: str) -> str:
+    # The value sits in double quotes inside a properties line (and a --add-scram argument); the local
+    # broker is for development, so such characters are refused rather than escaped twice over.
+    if any(c in secret for c in '"\\\n\r'):
+        raise ValueError("the local broker takes no SASL password with a quote, backslash or line break")
+    return secret

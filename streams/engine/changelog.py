@@ -16,6 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.engine.state import PartitionStore
+from streams.kafkaconf import AuthWatch, confluent_config, topic_config
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,9 @@ def changelog_topic(settings: Settings, store: str) -> str:
 
 def ensure_changelogs(settings: Settings, stores: list[str]) -> None:
     """Create each store's changelog (compacted, one partition per input partition) if missing."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
-    existing = admin.list_topics(timeout=15).topics
+    watch = AuthWatch(settings)
+    admin = AdminClient(confluent_config(settings, error_cb=watch))
+    existing = watch.list_topics(admin, 15).topics
     wanted = []
     for store in stores:
         name = changelog_topic(settings, store)
@@ -37,8 +39,9 @@ def ensure_changelogs(settings: Settings, stores: list[str]) -> None:
             if found != settings.partitions:
                 raise RuntimeError(f"{name} has {found} partitions, the inputs {settings.partitions}")
             continue
-        config = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", "segment.ms": "3600000"}
-        wanted.append(NewTopic(name, settings.partitions, 1, config=config))
+        config = {**topic_config(settings), "cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
+                  "segment.ms": "3600000"}  # fmt: skip
+        wanted.append(NewTopic(name, settings.partitions, settings.kafka_replication_factor, config=config))
     for name, future in admin.create_topics(wanted, operation_timeout=30).items() if wanted else ():
         try:
             future.result()
@@ -76,7 +79,7 @@ def restore(
     transaction timeout) instead of stopping early and missing its batch.
     """
     consumer = Consumer({
-        "bootstrap.servers": settings.bootstrap,
+        **confluent_config(settings),
         "group.id": f"restore-{uuid.uuid4()}",  # never committed: assign() only
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
@@ -85,7 +88,7 @@ def restore(
     # Watermarks from a read_uncommitted client: under read_committed the "high" watermark is the
     # last stable offset, which an open transaction holds back, and a healthy folder would look
     # ahead of its changelog and be wiped.
-    watermarks = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"restore-{uuid.uuid4()}",
+    watermarks = Consumer({**confluent_config(settings), "group.id": f"restore-{uuid.uuid4()}",
                            "enable.auto.commit": False, "isolation.level": "read_uncommitted"})  # fmt: skip
     out = dict(stores)
     try:

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.contract.codec import DecodeError
 from streams.contract.topics import OPS_CLOCK
 from streams.engine.runtime import Runtime
+from streams.kafkaconf import aiokafka_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,9 @@ def register(app: faust.App, rt: Runtime) -> None:
     @app.task  # type: ignore[untyped-decorator]  # faust types a task as returning a bare Awaitable
     async def follow_clock() -> None:
         topic = rt.settings.topic(OPS_CLOCK.name)
-        consumer = AIOKafkaConsumer(bootstrap_servers=rt.settings.bootstrap, enable_auto_commit=False)
-        await consumer.start()
-        try:
+        consumer = AIOKafkaConsumer(**aiokafka_kwargs(rt.settings), enable_auto_commit=False)
+        try:  # stopped even if the worker stops while it connects (else: "Unclosed AIOKafkaConsumer")
+            await consumer.start()
             consumer.assign([TopicPartition(topic, 0)])
             await consumer.seek_to_beginning(TopicPartition(topic, 0))
             while True:

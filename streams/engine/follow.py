@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer
 
 from streams.contract.codec import Codec, DecodeError
 from streams.engine.retry import Backoff, Retry, kafka_transient
+from streams.kafkaconf import aiokafka_kwargs
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,14 +28,16 @@ async def follow(settings: Settings, codec: Codec, topics: list[str], client: st
     then ``polled(caught_up)`` after each poll (``caught_up``: it returned nothing). Unreadable bytes are
     skipped: the sink dead-letters them."""
     consumer = AIOKafkaConsumer(
-        *[settings.topic(t) for t in topics], bootstrap_servers=settings.bootstrap, group_id=None,
+        *[settings.topic(t) for t in topics], **aiokafka_kwargs(settings), group_id=None,
         auto_offset_reset="earliest", enable_auto_commit=False, client_id=f"{settings.app_id}-{client}",
         isolation_level="read_committed",
     )  # fmt: skip
-    # No bound: the view waits for the broker; a refusal or a bad setting fails the worker at once.
-    await Retry(f"{client}: connecting to the broker", kafka_transient, backoff=Backoff(first_s=1.0, max_s=1.0),
-                log=log).acall(consumer.start)  # fmt: skip
+    # Stopped in the finally even when the worker stops while this still waits to connect: a consumer
+    # never stopped is logged "Unclosed AIOKafkaConsumer" when it is collected.
     try:
+        # No bound: the view waits for the broker; a refusal or a bad setting fails the worker at once.
+        await Retry(f"{client}: connecting to the broker", kafka_transient, backoff=Backoff(first_s=1.0, max_s=1.0),
+                    log=log).acall(consumer.start)  # fmt: skip
         while True:
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for records in batch.values():

@@ -11,6 +11,7 @@ from typing import Any
 from confluent_kafka import KafkaException, Producer
 
 from streams.contract.codec import Codec, codec_for
+from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
 PRODUCER_CONFIG = {
@@ -27,7 +28,7 @@ class EventProducer:
         self.settings = settings
         self.codec = codec or codec_for(settings)
         self._errors: list[str] = []
-        self._producer = Producer({"bootstrap.servers": settings.bootstrap, **PRODUCER_CONFIG, **overrides})
+        self._producer = Producer({**confluent_config(settings), **PRODUCER_CONFIG, **overrides})
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, TopicPartition
 
+from streams.kafkaconf import confluent_config
+from streams.settings import Settings
+
 
 @dataclass(frozen=True)
 class Record:
@@ -17,11 +20,12 @@ class Record:
     value: bytes | None
 
 
-def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Record]:
-    """Every record now in ``topic``, in offset order within each partition ([] if it is missing)."""
+def read_all(kafka: Settings | str, topic: str, timeout_s: float = 30.0) -> list[Record]:
+    """Every record now in ``topic`` on the brokers of ``kafka`` (settings, or a PLAINTEXT ``host:port``), in
+    offset order within each partition ([] if it is missing)."""
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **confluent_config(kafka),
             "group.id": f"stockflow-reader-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
