@@ -13,6 +13,7 @@ import time
 from importlib.metadata import PackageNotFoundError, entry_points, version
 
 import typer
+from rich.markup import escape
 
 from agents.analytics import cli as analytics
 from agents.audit import cli as audit
@@ -26,6 +27,7 @@ from agents.refunds import cli as refunds
 from agents.shadow import cli as shadow
 from streams import cli as platform
 from streams.cli import console, fail
+from streams.extras import MissingExtra
 from streams.logs import quiet_repeats
 from streams.settings import Settings
 
@@ -58,6 +60,7 @@ app.add_typer(inventory.override, name="override")
 app.add_typer(refunds.refunds, name="refunds")
 app.add_typer(channels.sim, name="sim")
 app.add_typer(channels.connectors, name="connectors")
+app.add_typer(channels.report, name="report")
 app.add_typer(inventory.stock_app, name="stock")
 app.add_typer(forecast.forecast, name="forecast")
 app.add_typer(shadow.shadow, name="shadow")
@@ -111,6 +114,9 @@ def main() -> None:
     _plugins()
     try:
         app()
+    except MissingExtra as exc:  # an optional part not installed: the extra to install, not a traceback
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise SystemExit(1) from None
     finally:
         if os.environ.get("STOCKFLOW_TIMING"):
             console.print(f"[dim]{time.monotonic() - started:.1f}s[/dim]")

@@ -85,6 +85,9 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Iterator[SettingsFact
             "clickhouse_database": f"sf_{tag}",
             "sink_flush_interval_s": 0.3,
             "log_level": "warn",
+            # A test asks for the scheduled inspection when it is what it tests: the scan's own alerts
+            # and queries would otherwise land in every worker test.
+            "inspect_interval_s": 0,
         }
         base.update(overrides)
         return Settings(**base)  # type: ignore[arg-type]

@@ -59,6 +59,7 @@ from streams.contract.topics import ALERTS
 from streams.engine import tables
 from streams.engine.retry import Backoff, Retry
 from streams.engine.runtime import Runtime
+from streams.kafkaconf import topic_config
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -389,8 +390,12 @@ class OpsChat:
         self.rt = rt
         self.topic = settings.topic(ALERTS.name)
         self.kinds = set(settings.notify_kinds)
-        self.notified = app.Table("notified_by_alert", partitions=settings.partitions, key_type=bytes, value_type=bytes)
-        self.pending = app.Table("notify_pending", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+        # Faust makes these tables' changelogs: the same durability as every topic stockflow creates.
+        changelog = topic_config(settings)
+        self.notified = app.Table("notified_by_alert", partitions=settings.partitions, key_type=bytes,
+                                  value_type=bytes, extra_topic_configs=changelog)  # fmt: skip
+        self.pending = app.Table("notify_pending", partitions=settings.partitions, key_type=bytes, value_type=bytes,
+                                 extra_topic_configs=changelog)  # fmt: skip
         self.robot = Robot(settings.webhook_url, Policy.from_settings(settings), self.finish)
 
     def finish(self, item: Queued, error: str) -> None:

@@ -7,18 +7,27 @@ import sys
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from streams import extras
 from streams.cli import console, fail
+from streams.extras import MissingExtra
 from streams.ports import busy_port_message, port_problem
 from streams.settings import Settings
 
 
 def sink() -> None:
     """Run the ClickHouse sink: every business topic into ClickHouse, in a process of its own."""
-    from agents.analytics.sink_process import run
+    from streams.stores.clickhouse import backend_missing
 
     settings = Settings()
+    # Before the consumer and the views start: a missing backend would otherwise surface as an
+    # ImportError from the sink's start-up, after it joined its group.
+    if problem := backend_missing(settings):
+        fail(escape(problem))
+    from agents.analytics.sink_process import run
+
     console.print(f"sink: {settings.bootstrap} -> {settings.clickhouse_url_shown}; "
                   f"status on http://{settings.web_host}:{settings.sink_port}/sink/status", soft_wrap=True)  # fmt: skip
     code = run(settings)
@@ -64,8 +73,8 @@ def dash(
     given = {k: str(v) for k, v in options.items() if v is not None}
     try:
         dashboard, rows = dashboards.run(settings, name, given)
-    except dashboards.DashboardError as exc:
-        fail(str(exc))
+    except (dashboards.DashboardError, MissingExtra) as exc:
+        fail(escape(str(exc)))
     except Exception as exc:  # noqa: BLE001 - ClickHouse unreachable or refusing
         fail(f"could not query ClickHouse at {settings.clickhouse_url_shown}: {exc}")
     # The columns from the SQL when there are no rows: a CSV keeps its header, a table its title.
@@ -103,6 +112,8 @@ def print_table(title: str, description: str, columns: list[str], rows: list[dic
 
 def web(port: int = typer.Option(8050, help="Port of the dashboard page.")) -> None:
     """Serve the dashboards as a live HTML page with charts."""
+    if problem := extras.missing(extras.CHARTS):
+        fail(escape(problem))
     from agents.analytics.webpage import serve
 
     settings = Settings()

@@ -2,7 +2,7 @@
 
 The sink writes every event to ``events`` (the raw log) and, through ``FACTS``, typed rows to the
 tables the dashboards read (``schemas/ddl/003_facts.sql``; the refunds' in ``004_refunds.sql``; the order
-health scores' in ``005_order_health.sql``).
+health scores' in ``005_order_health.sql``; the connectors' calls in ``006_connector_calls.sql``).
 Adding a dashboard over a new event is a table in the DDL and one entry here.
 """
 
@@ -122,6 +122,15 @@ def connector_failure_rows(r: dict[str, Any]) -> Iterable[Row]:
            "source": r.get("source", "")}  # fmt: skip
 
 
+def connector_call_rows(r: dict[str, Any]) -> Iterable[Row]:
+    yield {**_time(r), "channel": r["channel"], "endpoint": r["endpoint"], "outcome": r["outcome"],
+           "failed": int(r["outcome"] == "failed"), "reason": r.get("reason", ""), "attempts": int(r["attempts"]),
+           "latencies_ms": [float(v) for v in r.get("latencies_ms") or ()], "error": r.get("error", ""),
+           "error_ms": int(r.get("error_ms", 0)), "started_ms": int(r.get("started_ms", 0)),
+           "replayed": int(bool(r.get("replayed"))), "key_fingerprint": r.get("key_fingerprint", ""),
+           "key_expires_ms": int(r.get("key_expires_ms", 0))}  # fmt: skip
+
+
 FACTS: dict[str, tuple[str, Callable[[dict[str, Any]], Iterable[Row]]]] = {
     "OrderStateChanged": ("order_states", order_state_rows),
     "ReservationDecided": ("reservations", reservation_rows),
@@ -135,6 +144,7 @@ FACTS: dict[str, tuple[str, Callable[[dict[str, Any]], Iterable[Row]]]] = {
     "RefundIssued": ("refund_issues", refund_issue_rows),
     "RefundSettled": ("refund_settlements", refund_settlement_rows),
     "ConnectorCallFailed": ("connector_failures", connector_failure_rows),
+    "ConnectorCalled": ("connector_calls", connector_call_rows),
     "OrderHealthScored": ("order_health", order_health_rows),
 }
 

@@ -32,11 +32,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
 import orjson
-from clickhouse_driver import errors as ch_errors
-from clickhouse_driver.errors import ErrorCodes
 
 from agents.analytics import facts
 from streams.contract.codec import Codec, DecodeError
@@ -112,6 +111,36 @@ class Refused:
     detail: str
 
 
+class ErrorCodes(IntEnum):
+    """The ClickHouse server's error codes the sink tells apart (its ``ErrorCodes.cpp``, the same
+    numbers clickhouse-driver names), spelt here so an install without the server driver (embedded
+    chdb raises them as "Code: N." in a RuntimeError) classifies them too."""
+
+    CANNOT_PARSE_TEXT = 6
+    INCORRECT_NUMBER_OF_COLUMNS = 7
+    THERE_IS_NO_COLUMN = 8
+    SIZES_OF_COLUMNS_DOESNT_MATCH = 9
+    NO_SUCH_COLUMN_IN_TABLE = 16
+    NUMBER_OF_COLUMNS_DOESNT_MATCH = 20
+    CANNOT_PARSE_QUOTED_STRING = 26
+    CANNOT_PARSE_INPUT_ASSERTION_FAILED = 27
+    CANNOT_PARSE_DATE = 38
+    CANNOT_PARSE_DATETIME = 41
+    ILLEGAL_TYPE_OF_ARGUMENT = 43
+    ILLEGAL_COLUMN = 44
+    UNKNOWN_IDENTIFIER = 47
+    TYPE_MISMATCH = 53
+    SYNTAX_ERROR = 62
+    ARGUMENT_OUT_OF_BOUND = 69
+    CANNOT_CONVERT_TYPE = 70
+    CANNOT_PARSE_NUMBER = 72
+    INCORRECT_DATA = 117
+    TOO_LARGE_STRING_SIZE = 131
+    VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE = 321
+    CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN = 349
+    CANNOT_PARSE_UUID = 376
+
+
 # ClickHouse error codes that refuse the rows themselves: sending them again gets the same answer.
 _ROWS_REFUSED = frozenset({
     ErrorCodes.CANNOT_PARSE_TEXT, ErrorCodes.INCORRECT_NUMBER_OF_COLUMNS, ErrorCodes.THERE_IS_NO_COLUMN,
@@ -131,17 +160,31 @@ _STATEMENT_REFUSED = frozenset({
     ErrorCodes.NO_SUCH_COLUMN_IN_TABLE, ErrorCodes.NUMBER_OF_COLUMNS_DOESNT_MATCH, ErrorCodes.UNKNOWN_IDENTIFIER,
     ErrorCodes.SYNTAX_ERROR, ErrorCodes.ILLEGAL_COLUMN,
 })  # fmt: skip
-# Raised by clickhouse-driver itself while serialising rows the column types cannot hold.
-_ROWS_UNSENDABLE = (
-    ch_errors.TypeMismatchError, ch_errors.TooLargeStringSize, ch_errors.UnknownTypeError,
-    ch_errors.CannotParseUuidError, ch_errors.CannotParseDomainError, ch_errors.UnknownCompressionMethod,
-)  # fmt: skip
+
+
+def _driver_errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+    """(its base error, the errors it raises itself while serialising rows the column types cannot
+    hold) when the server driver is installed; without it (an embedded-only install, the
+    ``clickhouse-server`` extra left out) none of them can be raised: empty tuples match nothing."""
+    try:
+        from clickhouse_driver import errors as ch_errors
+    except ImportError:
+        return (), ()
+    unsendable = (
+        ch_errors.TypeMismatchError, ch_errors.TooLargeStringSize, ch_errors.UnknownTypeError,
+        ch_errors.CannotParseUuidError, ch_errors.CannotParseDomainError, ch_errors.UnknownCompressionMethod,
+    )  # fmt: skip
+    return (ch_errors.Error,), unsendable
+
+
+_DRIVER_ERROR, _ROWS_UNSENDABLE = _driver_errors()
 _CODE = re.compile(r"^Code: (\d+)\.")
 
 
 def _error_code(exc: BaseException) -> int | None:
-    if isinstance(exc, ch_errors.Error):  # the server's answer, or the native protocol failing
-        return exc.code
+    if isinstance(exc, _DRIVER_ERROR):  # the server's answer, or the native protocol failing
+        code: int | None = getattr(exc, "code", None)
+        return code
     found = _CODE.match(str(exc)) if isinstance(exc, RuntimeError) else None
     # Embedded chdb raises the engine's error as a RuntimeError "Code: N. DB::Exception: ...".
     return int(found.group(1)) if found else None
@@ -152,7 +195,7 @@ def clickhouse_retriable(exc: BaseException) -> bool:
     if isinstance(exc, _ROWS_UNSENDABLE):
         return False
     code = _error_code(exc)
-    if code is not None or isinstance(exc, ch_errors.Error):
+    if code is not None or isinstance(exc, _DRIVER_ERROR):
         return code not in _ROWS_REFUSED
     # Sockets and timeouts are retriable; TypeError, OverflowError, struct.error, ValueError, a
     # RuntimeError without a ClickHouse code... are rows Python cannot convert, or a bug.

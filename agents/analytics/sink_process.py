@@ -47,6 +47,7 @@ from streams.engine.clock import Clock
 from streams.engine.deadletter import dead_letter
 from streams.engine.producer import EventProducer
 from streams.engine.retry import Backoff, Retry
+from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class ClickHouseSink:
     # ---- set-up -------------------------------------------------------------------------------------
     def _consumer(self) -> Consumer:
         return Consumer({
-            "bootstrap.servers": self.settings.bootstrap,
+            **confluent_config(self.settings),
             "group.id": self.group_id,
             "client.id": f"stockflow-sink@{self.settings.web_host}:{self.settings.sink_port}",
             "enable.auto.commit": False,

@@ -3,13 +3,17 @@
 Serves ``streams/static/index.html`` (Plotly charts, refreshed every few seconds), Plotly's own
 JavaScript from the installed ``plotly`` package (no network needed), and a JSON API over
 ``agents.analytics.queries.run`` - so the page shows exactly what ``stockflow dash`` prints - and over
-``agents.forecast.predict`` for the forecast card (``/api/forecast``, listed with the dashboards).
+``agents.forecast.predict`` for the forecast card (``/api/forecast``) and ``agents.shadow.card`` for the
+shadow runs' card (``/api/shadow``), both listed with the dashboards. The control tower's other cards are
+dashboards like any: the connector health board (``connector_health``), the focus pool (``focus_pool``).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import plotly
@@ -18,6 +22,7 @@ from aiohttp import web
 from agents.analytics import queries as dashboards
 from agents.forecast import predict as forecast
 from agents.routing.warehouses import load_warehouses
+from agents.shadow import card as shadow_card
 from streams.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
@@ -28,7 +33,12 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda o: orjson.dumps(o).decode())
 
 
-def make_app(settings: Settings) -> web.Application:
+def make_app(
+    settings: Settings, shadow_rows: Callable[[Settings], list[dict[str, Any]]] | None = None
+) -> web.Application:
+    """The page's app; ``shadow_rows`` replaces reading the shadows (tests)."""
+    shadows = shadow_card.Cached(shadow_rows or shadow_card.rows)
+
     async def index(_: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
 
@@ -37,7 +47,8 @@ def make_app(settings: Settings) -> web.Application:
 
     async def catalogue(_: web.Request) -> web.Response:
         return _json({
-            "dashboards": [*(d.describe() for d in dashboards.load_all().values()), forecast.chart_card()],
+            "dashboards": [*(d.describe() for d in dashboards.load_all().values()), forecast.chart_card(),
+                           shadow_card.chart_card()],
             "channels": list(settings.channels),
             "warehouses": sorted(load_warehouses(settings.warehouses_file)),
         })  # fmt: skip
@@ -62,12 +73,20 @@ def make_app(settings: Settings) -> web.Application:
             return _json({"error": f"ClickHouse: {exc}"}, status=503)
         return _json({"dashboard": forecast.chart_card(), "rows": found})
 
+    async def shadow_report(_: web.Request) -> web.Response:
+        try:
+            found = await asyncio.to_thread(shadows.get, settings)
+        except Exception as exc:  # noqa: BLE001 - the broker away or a shadow's files unreadable: shown, asked again
+            return _json({"error": f"shadow runs: {exc}"}, status=503)
+        return _json({"dashboard": shadow_card.chart_card(), "rows": found})
+
     app = web.Application()
     app.router.add_get("/", index)
     app.router.add_get("/static/plotly.min.js", plotly_js)
     app.router.add_get("/api/dashboards", catalogue)
     app.router.add_get("/api/dash/{name}", rows)
     app.router.add_get("/api/forecast", forecast_rows)
+    app.router.add_get("/api/shadow", shadow_report)
     return app
 
 

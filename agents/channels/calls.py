@@ -9,16 +9,20 @@ stale timestamp) are tried again with exponential backoff (``streams.engine.retr
 ``STOCKFLOW_CONNECTOR_RETRY_BUDGET_S``; a credential or fatal answer ends the call at once. The result
 says what happened and, for a call that failed for good, the ``Reason`` its failed-call record gets.
 
-Reads: the credentials store; writes: nothing but the HTTP call and the per-endpoint figures of the
+Reads: the credentials store; writes: nothing but the HTTP call, the per-endpoint figures of the
 status view (a many-SKU ``stock_batch`` call counts under ``stock``, what it is for, and takes one turn
-in the rate limit like any call). Never logs a key or a signed request.
+in the rate limit like any call) and, given an ``on_call``, each call's ``ConnectorCalled`` record as
+it ended (the process publishes it on ``connector.calls``: the health board and the weekly
+connectivity report read it in ClickHouse). Never logs a key or a signed request.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +30,7 @@ from typing import Any
 import httpx
 
 from agents.channels.credentials import CredentialStore
-from agents.channels.outbound import EndpointStats, FailedCall, TokenBucket
+from agents.channels.outbound import CallOutcome, EndpointStats, FailedCall, TokenBucket
 from agents.channels.platforms import (
     BodyError,
     Endpoint,
@@ -39,6 +43,7 @@ from agents.channels.platforms import (
     sign_request,
 )
 from streams.contract.reasons import Reason
+from streams.contract.records import ConnectorCalled
 from streams.engine.clock import wall_ms
 from streams.engine.retry import Backoff, Retry
 from streams.errors import StockflowError
@@ -121,11 +126,18 @@ class ChannelCaller:
         http: httpx.Client | None = None,
         stopping: Callable[[], bool] = lambda: False,
         budget_s: float | None = None,
+        on_call: Callable[[ConnectorCalled], None] | None = None,
+        replaying: bool = False,
     ) -> None:
         self.settings = settings
         self.store = store
         self.stopping = stopping
         self.budget_s = settings.connector_retry_budget_s if budget_s is None else budget_s
+        # Each call as it ended; called on the calling thread, so it must not block (a producer's send).
+        self.on_call = on_call
+        self.replaying = replaying
+        self._call_ids = itertools.count(1)
+        self._caller_id = uuid.uuid4().hex[:12]
         self._given_http = http
         # One client per calling thread: a lane's thread makes one call at a time, and one pool shared by
         # every lane serialises them on the pool's lock and scans every connection on each request (most of
@@ -174,11 +186,12 @@ class ChannelCaller:
         """
         stats = self.endpoint_stats(channel, purpose(endpoint))
         attempts = 0
+        outcome = CallOutcome(channel, purpose(endpoint), wall_ms(), replayed=self.replaying)
 
         def attempt() -> CallResult:
             nonlocal attempts
             attempts += 1
-            result = self._attempt(channel, endpoint, body, attempts, stats)
+            result = self._attempt(channel, endpoint, body, attempts, stats, outcome)
             if result.outcome.kind is OutcomeKind.RETRIABLE:
                 raise _Again(result)
             return result
@@ -205,20 +218,27 @@ class ChannelCaller:
                 stats.stale += 1
         else:
             stats.failed += 1
+        if self.on_call is not None:
+            kind = result.outcome.kind
+            name = {OutcomeKind.OK: "ok", OutcomeKind.ALREADY_APPLIED: "already_applied"}.get(kind, "stale")
+            self.on_call(outcome.record(name if result.done else "failed", result.reason.value, result.attempts,
+                                        wall_ms(), f"{self._caller_id}:{next(self._call_ids)}"))  # fmt: skip
         return result
 
     def _attempt(self, channel: str, endpoint: Endpoint, body: Mapping[str, Any], attempt_no: int,
-                 stats: EndpointStats) -> CallResult:  # fmt: skip
+                 stats: EndpointStats, call: CallOutcome) -> CallResult:  # fmt: skip
         key = self.store.get(channel)
+        call.key_fingerprint = key.fingerprint if key else ""
+        call.key_expires_ms = (key.expires_at_ms or 0) if key else 0
         if key is None:
             outcome = Outcome(OutcomeKind.CREDENTIAL, message="no key set")
             answer = f"no key is set for {channel}: stockflow connectors set-key {channel}"
-            return self._failed(stats, CallResult(outcome, answer, attempt_no))
+            return self._failed(stats, call, CallResult(outcome, answer, attempt_no))
         try:
             signed = sign_request(channel, key.credentials, endpoint, body, wall_ms())
         except BodyError as exc:  # a body the platform cannot carry: never sent, and sending it again won't help
-            return self._failed(stats, CallResult(Outcome(OutcomeKind.FATAL, message=str(exc)),
-                                                  f"not sent: {exc}", attempt_no))  # fmt: skip
+            return self._failed(stats, call, CallResult(Outcome(OutcomeKind.FATAL, message=str(exc)),
+                                                        f"not sent: {exc}", attempt_no))  # fmt: skip
         self._pace(channel)
         stats.calls += 1
         started = time.perf_counter()
@@ -228,17 +248,20 @@ class ChannelCaller:
         except httpx.TransportError as exc:
             # The URL carries the signature and maybe an access token: the answer names only the error.
             answer = f"no answer: {type(exc).__name__}: {exc}"[:ANSWER_CHARS]
-            return self._failed(stats, CallResult(classify(channel, None, None), answer, attempt_no))
-        stats.latencies_ms.append((time.perf_counter() - started) * 1000)
+            return self._failed(stats, call, CallResult(classify(channel, None, None), answer, attempt_no))
+        took_ms = (time.perf_counter() - started) * 1000
+        stats.latencies_ms.append(took_ms)
+        call.latencies_ms.append(took_ms)
         outcome = classify(channel, response.status_code, response.content)
         answer = f"HTTP {response.status_code} {response.text}"[:ANSWER_CHARS]
         result = CallResult(outcome, answer, attempt_no)
-        return result if outcome.done else self._failed(stats, result)
+        return result if outcome.done else self._failed(stats, call, result)
 
     @staticmethod
-    def _failed(stats: EndpointStats, result: CallResult) -> CallResult:
+    def _failed(stats: EndpointStats, call: CallOutcome, result: CallResult) -> CallResult:
         stats.last_error = result.answer[:500]
         stats.last_error_ms = wall_ms()
+        call.failed_attempt(result.answer, stats.last_error_ms)
         return result
 
     def _pace(self, channel: str) -> None:

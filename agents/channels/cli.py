@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from streams.cli import console, fail
+from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
 # --- stockflow sim -------------------------------------------------------------------------------
@@ -214,7 +215,7 @@ def _broker_answers(settings: Settings) -> bool:
     from confluent_kafka.admin import AdminClient
 
     try:
-        AdminClient({"bootstrap.servers": settings.bootstrap, "log_level": 0}).list_topics(timeout=3)
+        AdminClient({**confluent_config(settings), "log_level": 0}).list_topics(timeout=3)
     except KafkaException:
         return False
     return True
@@ -222,7 +223,9 @@ def _broker_answers(settings: Settings) -> bool:
 
 @connectors.command("status")
 def connectors_status(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    """Per channel: its key (fingerprint, expiry), calls ok / retried / failed, latency, last error, failed queue."""
+    """Per channel: its key (fingerprint, expiry), calls ok / retried / failed and success rate, latency, last
+    error, failed queue: since the running connectors started (the health board, `stockflow dash connector_health`,
+    shows the same figures over a time range from ClickHouse)."""
     import json
 
     import httpx
@@ -275,8 +278,10 @@ def connectors_status(as_json: bool = typer.Option(False, "--json", help="Print 
             if stats is None:
                 cells.append("-")
                 continue
+            rate = stats.get("success_rate")  # as the health board counts it (outbound.success_rate)
             cells.append(f"ok {stats['ok']} (+{stats['already_applied'] + stats['stale']} done before)\n"
-                         f"retried {stats['retried']} failed {stats['failed']}")  # fmt: skip
+                         f"retried {stats['retried']} failed {stats['failed']}\n"
+                         f"success {'-' if rate is None else f'{rate:.1%}'}")  # fmt: skip
             latency.append(f"{endpoint} {_ms(stats['latency_ms']['p50'])}/{_ms(stats['latency_ms']['p99'])}")
             if stats["last_error"]:
                 errors.append(f"{endpoint}: {stats['last_error'][:80]}")
@@ -331,3 +336,63 @@ def connectors_replay(
     elif summary.still_failing:
         console.print(f"{summary.still_failing} call(s) refused again; they wait at the end of the queue")
     raise typer.Exit(0 if summary.clean else 1)
+
+
+# --- stockflow report connectivity: the weekly connectivity report ---------------------------------
+# (agents.channels.connectivity builds it, report_connectivity reads ClickHouse and posts the summary)
+
+report = typer.Typer(no_args_is_help=True, help="Periodic reports.")
+_REPORT_FILE = typer.Option(None, "--output", "-o", dir_okay=False, help="Write it here instead of stdout.")
+
+
+@report.command("connectivity")
+def report_connectivity(
+    week: str = typer.Option("", "--week", help="ISO week, e.g. 2026-W47 (default: last week), in the shop's zone."),
+    output: str = typer.Option("md", "--format", help="md, html or json."),
+    out_file: Path = _REPORT_FILE,
+    min_failures: int = typer.Option(3, "--min-failures", min=1, help="Failed calls in a row that make an incident."),
+    post: bool = typer.Option(True, "--post/--no-post", help="Post the summary to STOCKFLOW_WEBHOOK_URL if set."),
+) -> None:
+    """The week's connectivity per channel endpoint: availability, incidents with start and end, failed-call
+    volume by reason, replays; its summary is posted to the ops chat's webhook."""
+    import json
+
+    from agents.analytics.queries import DashboardError
+    from agents.channels import connectivity as cn
+    from agents.channels.report_connectivity import post_summary, read_report
+    from agents.refunds.reports import shop_zone
+    from streams.engine.clock import wall_ms
+
+    if output not in ("md", "html", "json"):
+        fail(f"--format must be md, html or json, not {output!r}")
+    settings = Settings()
+    zone, now = shop_zone(settings), wall_ms()
+    try:
+        span = cn.parse_week(week or cn.week_of(now - 7 * 86_400_000, zone), zone)
+    except cn.WeekError as exc:
+        fail(str(exc))
+        return
+    if span.start_ms > now:
+        fail(f"{span.label} has not started yet")
+    try:
+        found = read_report(settings, span, now, zone, min_failures)
+    except DashboardError as exc:
+        fail(str(exc))
+        return
+    except Exception as exc:  # noqa: BLE001 - ClickHouse unreachable or refusing
+        fail(f"could not query ClickHouse at {settings.clickhouse_url_shown}: {exc}")
+        return
+    if output == "json":
+        text = json.dumps(found.to_dict(), ensure_ascii=False, indent=2) + "\n"
+    else:
+        text = (cn.render_html if output == "html" else cn.render_markdown)(found, zone)
+    if out_file is not None:
+        out_file.write_text(text, encoding="utf-8")
+        console.print(f"wrote {span.label} to {out_file}")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    if post and settings.webhook_url:
+        error = post_summary(settings, cn.summary(found, zone, settings.notify_max_bytes))
+        if error:
+            fail(f"the report is made, but the webhook did not take its summary: {error}")
+        typer.echo(f"{span.label}: summary posted to the webhook", err=True)  # stdout holds the report

@@ -4,7 +4,8 @@ Runs the refund connector (``issue_refunds``) and the channel stock connector (`
 side on threads: an input loop each, one refund lane and one stock lane per channel (a channel's calls
 never wait for another's), the result producer's poll thread and the credentials watch, which re-reads
 the credentials file when it changes and raises or clears ``credential_expiring`` (checked every
-``EXPIRY_CHECK_S`` too, so a key expires on time even when nobody touches the file).
+``EXPIRY_CHECK_S`` too, so a key expires on time even when nobody touches the file). Every call as it
+ended goes to ``connector.calls`` (``ConnectorCalled``), for the health board in ClickHouse.
 
 HTTP on ``STOCKFLOW_CONNECTORS_PORT`` (``STOCKFLOW_WEB_HOST``): ``/healthz``; ``/readyz`` (200 once
 both input loops hold their partitions); ``/connectors/status``: per channel and endpoint the calls
@@ -41,7 +42,8 @@ from agents.channels.platforms import ENDPOINTS
 from agents.channels.push_stock import StockConnector
 from streams import metrics
 from streams.contract.codec import codec_for
-from streams.contract.topics import CONNECTOR_FAILED, ensure_topics
+from streams.contract.records import ConnectorCalled
+from streams.contract.topics import CONNECTOR_CALLS, CONNECTOR_FAILED, ensure_topics
 from streams.engine.clock import wall_ms
 from streams.engine.retry import Backoff, Retry
 from streams.settings import Settings
@@ -68,12 +70,16 @@ class ConnectorProcess:
         self.store = CredentialStore.from_settings(settings)
         self.caller = ChannelCaller(settings, self.store, stopping=self.stop.is_set)
         self.sink = ResultSink(settings, codec, on_fatal=self.fail)
+        self.caller.on_call = self._published
         self.alerts = ConnectorAlerts(self.sink)
         self.refunds = RefundConnector(settings, codec, self.caller, self.sink, self.alerts, self.stop, self.fail)
         self.stock = StockConnector(settings, codec, self.caller, self.sink, self.alerts, self.stop, self.fail)
         self.expiry = ExpiryWatch(settings.credential_warn_days)
         self.started_ms = wall_ms()
         self._loops: list[tuple[InputLoop, threading.Thread]] = []
+
+    def _published(self, record: ConnectorCalled) -> None:
+        self.sink.send(CONNECTOR_CALLS.name, record["channel"], "ConnectorCalled", record)
 
     def fail(self, message: str) -> None:
         """Stop the process with exit code 1 (called from any thread)."""

@@ -30,7 +30,9 @@ What a record's answer leads to:
   (nothing more would pass: the key is still wrong, or the platform is away) and says so; the record
   stays the next one to replay. Run it again once the key is set or the platform answers.
 
-Only one replay of a channel runs at a time (a lock file under the home).
+Each replayed call is recorded on ``connector.calls`` like a live one, marked ``replayed`` (the weekly
+connectivity report counts replays from it). Only one replay of a channel runs at a time (a lock file
+under the home).
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ from agents.channels.kafka_io import ResultSink
 from streams.contract.codec import Codec, DecodeError, codec_for
 from streams.contract.reasons import Reason
 from streams.contract.records import ConnectorCallFailed
-from streams.contract.topics import CONNECTOR_FAILED, REFUND_ISSUED, TopicSpec, ensure_topics
+from streams.contract.topics import CONNECTOR_CALLS, CONNECTOR_FAILED, REFUND_ISSUED, TopicSpec, ensure_topics
 from streams.errors import StockflowError
+from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,7 +127,7 @@ def queue_spec(channel: str) -> TopicSpec:
 
 def _consumer(settings: Settings, channel: str) -> Consumer:
     return Consumer({
-        "bootstrap.servers": settings.bootstrap,
+        **confluent_config(settings),
         "group.id": replay_group(settings, channel),
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
@@ -199,8 +202,12 @@ class Replay:
 
     def run(self) -> ReplaySummary:
         with _replay_lock(self.settings, self.channel):
-            ensure_topics(self.settings, (self.spec, REFUND_ISSUED))
+            ensure_topics(self.settings, (self.spec, REFUND_ISSUED, CONNECTOR_CALLS))
             sink = ResultSink(self.settings, self.codec, on_fatal=self._fatal.append)
+            if self._own_caller:  # a caller given is someone else's: they decide where its calls are recorded
+                self.caller.replaying = True
+                self.caller.on_call = lambda rec: sink.send(CONNECTOR_CALLS.name, rec["channel"], "ConnectorCalled",
+                                                            rec)  # fmt: skip
             consumer = _consumer(self.settings, self.channel)
             try:
                 self._run(consumer, sink)

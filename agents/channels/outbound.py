@@ -10,7 +10,10 @@
 - ``FailingWatch``: the ``connector_failing`` alert, raised once when a channel's calls start failing
   for good and cleared when one succeeds again;
 - ``EndpointStats``: calls ok / retried / failed, last error, latency percentiles, for the status view;
-- the records the connectors write: ``refund_issued`` and ``FailedCall.record``.
+- ``success_rate``: the share of finished calls that got done, the one definition the status view,
+  the health board (``dashboards/connector_health.sql``) and the connectivity report use;
+- the records the connectors write: ``refund_issued``, ``FailedCall.record`` and ``CallOutcome.record``
+  (one ``ConnectorCalled`` per call as it ended).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.alerting.alerts import alert
-from streams.contract.records import Alert, ConnectorCallFailed, RefundIssued
+from streams.contract.records import Alert, ConnectorCalled, ConnectorCallFailed, RefundIssued
 from streams.contract.topics import CONNECTOR_FAILED
 
 FAILING_ALERT = "connector_failing"
@@ -365,7 +368,15 @@ class EndpointStats:
             "last_error_ms": self.last_error_ms,
             "last_ok_ms": self.last_ok_ms,
             "latency_ms": percentiles(latencies),
+            "success_rate": success_rate(self.ok + self.already_applied + self.stale, self.failed),
         }
+
+
+def success_rate(done: int, failed: int) -> float | None:
+    """Of the calls that finished, the share done (ok, already applied or stale: the platform has the figure);
+    a call retried and then done counts as done, one that failed for good as failed. None with none finished."""
+    finished = done + failed
+    return None if finished == 0 else round(done / finished, 4)
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -427,4 +438,45 @@ class FailedCall:
             reason=self.reason,
             attempts=self.attempts,
             source=self.source,
+        )
+
+
+ERROR_CHARS = 500  # of the last failed attempt's answer a call record keeps
+
+
+@dataclass
+class CallOutcome:
+    """One call as it goes: filled in attempt by attempt, then ``record``-ed as its ``ConnectorCalled``."""
+
+    channel: str
+    endpoint: str  # what it is for: refund or stock
+    started_ms: int
+    replayed: bool = False
+    latencies_ms: list[float] = field(default_factory=list)
+    error: str = ""
+    error_ms: int = 0
+    key_fingerprint: str = ""
+    key_expires_ms: int = 0
+
+    def failed_attempt(self, answer: str, at_ms: int) -> None:
+        self.error, self.error_ms = answer[:ERROR_CHARS], at_ms
+
+    def record(self, outcome: str, reason: str, attempts: int, now_ms: int, call_id: str) -> ConnectorCalled:
+        """The call's ``ConnectorCalled``; ``call_id`` is unique to the call (the caller's own id and its running
+        count), so the record redelivered is one row and two calls are never one."""
+        return ConnectorCalled(
+            event_id=f"call:{self.channel}:{self.endpoint}:{call_id}",
+            event_time_ms=now_ms,
+            channel=self.channel,
+            endpoint=self.endpoint,
+            outcome=outcome,
+            reason=reason if outcome == "failed" else "",
+            attempts=attempts,
+            latencies_ms=[round(v, 3) for v in self.latencies_ms],
+            error=self.error,
+            error_ms=self.error_ms,
+            started_ms=self.started_ms,
+            replayed=self.replayed,
+            key_fingerprint=self.key_fingerprint,
+            key_expires_ms=self.key_expires_ms,
         )

@@ -1,7 +1,9 @@
 """The inspection's pure logic: thresholds from TOML, a measurement judged ok / warn / breach.
 
 Reads the thresholds file (``config/inspect.toml`` unless told otherwise); no network. What is
-measured, and how, is ``agents.inspect.probe``; this module only judges the figures.
+measured, and how, is ``agents.inspect.probe``; this module only judges the figures, and decides
+(``breach_alerts``) which alerts a scan after scan raises: one when a check enters breach, one
+clearing it when it leaves, none while it stays (the worker's scheduled scan, ``scan_checks``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
+
+from agents.alerting.alerts import alert
+from streams.contract.records import Alert
 
 DEFAULT_CONFIG = Path(__file__).parent / "config" / "inspect.toml"
 CHECKS = ("engine_lag", "sink_lag", "dead_letter_rate", "sink_insert_lag", "connector_latency_p99",
@@ -134,3 +139,40 @@ def sink_insert_lag_s(lag: int, last_insert_ms: int, started_ms: int, now_ms: in
     if lag <= 0:
         return 0.0
     return max(now_ms - (last_insert_ms or started_ms), 0) / 1000
+
+
+BREACH_ALERT = "inspection_breach"
+# (check, subject) -> when its breach was raised: the open breaches a scan compares the next one with.
+OpenBreaches = dict[tuple[str, str], int]
+
+
+def _label(check: str, subject: str) -> str:
+    return f"{check} {subject}".strip()
+
+
+def breach_alerts(open_breaches: Mapping[tuple[str, str], int], results: Iterable[Result],
+                  now_ms: int) -> tuple[OpenBreaches, list[Alert]]:  # fmt: skip
+    """The breaches open after a scan, and the alerts that scan raises: a RED ``inspection_breach`` for a
+    check (per subject) newly in breach, its clearing once it is back to ok or warn. A check still in breach
+    raises nothing again; an unknown figure (its source did not answer) neither raises nor clears, and a
+    breach whose subject a scan does not report stays open until one does. The alert ids name the check
+    and when its breach was raised, so a repeated publish is one alert."""
+    still: OpenBreaches = dict(open_breaches)
+    out: list[Alert] = []
+    for r in results:
+        key = (r.check, r.subject)
+        name, since = _label(r.check, r.subject), still.get(key)
+        value = "no value" if r.value is None else f"{r.value:g} {r.threshold.unit}"
+        if r.status is Status.BREACH and since is None:
+            still[key] = now_ms
+            mark = "≤" if r.threshold.direction == "below" else "≥"
+            message = f"{name}: {value} (breach {mark} {r.threshold.breach:g})" + (f"; {r.detail}" if r.detail else "")
+            out.append(alert(BREACH_ALERT, "RED", name, message, now_ms,
+                             details={"check": r.check, "subject": r.subject, "value": value},
+                             event_id=f"{BREACH_ALERT}:{name}:{now_ms}"))  # fmt: skip
+        elif r.status in (Status.OK, Status.WARN) and since is not None:
+            del still[key]
+            out.append(alert(BREACH_ALERT, "INFO", name, f"{name}: back to {r.status.value} ({value})", now_ms,
+                             cleared=True, details={"check": r.check, "subject": r.subject, "value": value},
+                             event_id=f"{BREACH_ALERT}:{name}:{since}:cleared"))  # fmt: skip
+    return still, out

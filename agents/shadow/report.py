@@ -66,9 +66,9 @@ class ShadowReport:
         }
 
 
-def _records(bootstrap: str, topic: str, codec: Codec, event_type: str, timeout_s: float) -> list[Any]:
+def _records(live: Settings, topic: str, codec: Codec, event_type: str, timeout_s: float) -> list[Any]:
     out = []
-    for rec in read_all(bootstrap, topic, timeout_s):
+    for rec in read_all(live, topic, timeout_s):
         try:
             kind, record = codec.decode(rec.value or b"")
         except DecodeError:
@@ -85,7 +85,7 @@ def build_report(live: Settings, name: str, examples: int = DEFAULT_EXAMPLES, ti
     codec = codec_for(live)
 
     def read(settings: Settings, topic: str, event_type: str) -> list[Any]:
-        return _records(live.bootstrap, settings.topic(topic), codec, event_type, timeout_s)
+        return _records(live, settings.topic(topic), codec, event_type, timeout_s)
 
     routing = compare_routing(
         first_route_choices(read(live, ROUTING_DECISIONS.name, "RoutingDecision")),

@@ -1,13 +1,15 @@
 """How messages on keyed topics are keyed and partitioned: part of the topic contract.
 
 Every event of one order is keyed by its order id, ``<channel>:<channel_order_id>`` (``order_key``);
-every event of one SKU by the SKU. Keyed topics are partitioned by Kafka's default (Java) partitioner,
+every event of one SKU by the SKU; a hot SKU's stock buckets by ``<sku>#<bucket>`` (``bucket_key``).
+Keyed topics are partitioned by Kafka's default (Java) partitioner,
 murmur2 of the key bytes (``partition_for``), so a producer in any language places an event on the
 partition whose owner keeps that order's or SKU's state.
 """
 
 from __future__ import annotations
 
+import zlib
 from functools import lru_cache
 
 from aiokafka.partitioner import murmur2
@@ -30,3 +32,13 @@ def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default (Java) partitioner picks for ``key``."""
     hashed: int = murmur2(key)  # aiokafka ships no type information
     return (hashed & 0x7FFFFFFF) % partitions
+
+
+def bucket_key(sku: str, bucket: int) -> str:
+    """The key of bucket ``bucket`` of a hot SKU, ``<sku>#<bucket>`` (its own partition); -1: the SKU itself."""
+    return sku if bucket < 0 else f"{sku}#{bucket}"
+
+
+def bucket_for(order_id: str, buckets: int) -> int:
+    """The bucket of a hot SKU an order's lines try first: the same in every process (crc32, not ``hash``)."""
+    return zlib.crc32(order_id.encode()) % buckets

@@ -6,7 +6,7 @@ mypy check the fields each agent touches. Field meanings are documented in the `
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 
 class OrderLine(TypedDict):
@@ -106,6 +106,8 @@ class HoldCommand(TypedDict):
     reason: str
     source_time_ms: int
     warehouse_id: str
+    bucket: NotRequired[int]  # a hot SKU's bucket (key '<sku>#<bucket>'); -1 or absent: the home
+    tries: NotRequired[int]  # RESERVE: buckets that passed it on already
 
 
 class HoldDecided(TypedDict):
@@ -119,6 +121,7 @@ class HoldDecided(TypedDict):
     outcome: str  # HELD | REFUSED | RELEASED | COMMITTED | SHIPPED | EXPIRED | IGNORED | ALLOCATED
     reason: str
     source_time_ms: int
+    bucket: NotRequired[int]  # the hot SKU's bucket that answered (and holds the line); -1: the home
 
 
 class LineDecision(TypedDict):
@@ -424,6 +427,23 @@ class RefundStateChanged(TypedDict):
     customer_id: str
 
 
+class ConnectorCalled(TypedDict):
+    event_id: str
+    event_time_ms: int
+    channel: str
+    endpoint: str
+    outcome: str  # ok | already_applied | stale | failed
+    reason: str
+    attempts: int
+    latencies_ms: list[float]
+    error: str
+    error_ms: int
+    started_ms: int
+    replayed: bool
+    key_fingerprint: str
+    key_expires_ms: int
+
+
 class ConnectorCallFailed(TypedDict):
     event_id: str
     event_time_ms: int
@@ -435,3 +455,42 @@ class ConnectorCallFailed(TypedDict):
     reason: str
     attempts: int
     source: str
+
+
+class HotSku(TypedDict):
+    """Mark a SKU hot (split into ``buckets``) or not (0); on ``stock.hot-skus`` what its pool made of it."""
+
+    event_id: str
+    event_time_ms: int
+    sku: str
+    buckets: int
+    state: str  # stock.hot-skus: hot | merging | "" (cold)
+    operator: str
+    reason: str
+
+
+class BucketSync(TypedDict):
+    """Stock and figures between a hot SKU's home and its buckets (internal to the pool)."""
+
+    event_id: str
+    event_time_ms: int
+    sku: str
+    kind: str  # TRANSFER | REPORT | CONFIG | REBALANCE | PROBE | COUNTED
+    from_bucket: int
+    to_bucket: int
+    units: dict[str, int]
+    qty: int
+    warehouse_id: str
+    ref: str
+    buckets: int
+    state: str
+    paused: bool
+    locked: int
+    sold: int
+    presale_reserved: int
+    open_lines: int
+    allocated: dict[str, int]
+    newest_change_ms: int
+    newest_source_ms: int
+    seq: int
+    acked: int

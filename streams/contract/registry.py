@@ -74,6 +74,9 @@ EVENT_TYPES: tuple[EventType, ...] = (
     EventType("stockflow.RefundIssued", "refund_issued.avsc", records.RefundIssued),
     EventType("stockflow.RefundStateChanged", "refund_state_changed.avsc", records.RefundStateChanged),
     EventType("stockflow.ConnectorCallFailed", "connector_call_failed.avsc", records.ConnectorCallFailed),
+    EventType("stockflow.ConnectorCalled", "connector_called.avsc", records.ConnectorCalled),
+    EventType("stockflow.HotSku", "hot_sku.avsc", records.HotSku),
+    EventType("stockflow.BucketSync", "bucket_sync.avsc", records.BucketSync),
 )
 
 BY_NAME: dict[str, EventType] = {e.name: e for e in EVENT_TYPES}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streams.kafkaconf import AuthWatch, confluent_config, topic_config
 from streams.settings import Settings
 
 
@@ -59,10 +60,10 @@ STOCK_ADJUSTMENTS = TopicSpec(
 OPS_OVERRIDES = TopicSpec(
     "ops.overrides",
     key="SKU",
-    events=("VipOverride",),
-    writer="agents.inventory.cli (stockflow override)",
+    events=("VipOverride", "HotSku"),
+    writer="agents.inventory.cli (stockflow override; stockflow stock hot / unhot)",
     direction="input",
-    doc="VIP override requests and approvals.",
+    doc="VIP override requests and approvals; an operator marking a SKU hot (its stock split into buckets) or not.",
 )
 OPS_CLOCK = TopicSpec(
     "ops.clock",
@@ -76,12 +77,23 @@ OPS_CLOCK = TopicSpec(
 )
 HOLD_COMMANDS = TopicSpec(
     "stock.hold-commands",
-    key="SKU",
+    key="SKU, or 'SKU#k' for bucket k of a hot SKU",
     events=("HoldCommand",),
     writer="agents.orders.run_lifecycle",
     direction="internal",
     doc="Reserve / release / commit / ship one order line against the pool. A command for a SKU whose "
     "partition is on the worker that wrote it is applied there and not published; its answer is.",
+    publish_applied=False,
+)
+STOCK_BUCKETS = TopicSpec(
+    "stock.buckets",
+    key="SKU (a hot SKU's home) or 'SKU#k' (its bucket k)",
+    events=("BucketSync", "HoldCommand"),
+    writer="agents.inventory.hold_stock",
+    direction="internal",
+    doc="Between a hot SKU's home and its buckets: stock transfers (debit and credit commit together), figures, "
+    "settings, counts, and a RESERVE a bucket could not fill passed on to the next one. Applied where it is "
+    "written when its partition is on the same worker, and then not published.",
     publish_applied=False,
 )
 HOLD_RESULTS = TopicSpec(
@@ -117,6 +129,16 @@ STOCK_LEVELS = TopicSpec(
     direction="output",
     compacted=True,
     doc="Available stock and sellable units per channel, at most once per refresh interval.",
+)
+STOCK_HOT_SKUS = TopicSpec(
+    "stock.hot-skus",
+    key="SKU",
+    events=("HotSku",),
+    writer="agents.inventory.hold_stock",
+    direction="output",
+    compacted=True,
+    doc="Which SKUs are split into stock buckets and how many take reservations: the order lifecycle routes "
+    "a hot SKU's order lines to its buckets by it.",
 )
 ROUTING_DECISIONS = TopicSpec(
     "routing.decisions",
@@ -244,16 +266,28 @@ CONNECTOR_FAILED: dict[str, TopicSpec] = {
     for channel in MARKETPLACES
 }
 
+CONNECTOR_CALLS = TopicSpec(
+    "connector.calls",
+    key="channel",
+    events=("ConnectorCalled",),
+    writer="agents.channels.calls (the outbound connectors and their replay)",
+    direction="output",
+    doc="Every outbound marketplace call as it ended: outcome, attempts, latencies, the last error, the key's "
+    "fingerprint and expiry; the connector health board and the weekly connectivity report read it.",
+)
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     ORDER_EVENTS,
     STOCK_ADJUSTMENTS,
     OPS_OVERRIDES,
     OPS_CLOCK,
     HOLD_COMMANDS,
+    STOCK_BUCKETS,
     HOLD_RESULTS,
     RESERVATION_RESULTS,
     ORDER_STATES,
     STOCK_LEVELS,
+    STOCK_HOT_SKUS,
     ROUTING_DECISIONS,
     WAREHOUSE_DISPATCH,
     WAREHOUSE_PERFORMANCE,
@@ -267,6 +301,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     STOCK_RETURNS,
     REFUND_ORDER_CANCELS,
     *CONNECTOR_FAILED.values(),
+    CONNECTOR_CALLS,
     DEADLETTERS,
 )
 
@@ -275,18 +310,20 @@ SUNK_TOPICS: tuple[TopicSpec, ...] = tuple(t for t in ALL_TOPICS if t is not OPS
 
 
 def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> list[str]:
-    """Create missing topics with their contract settings; return the names created."""
+    """Create missing topics with their contract settings, the replication factor and ``min.insync.replicas``
+    of the settings; return the names created. Refused credentials raise ``KafkaAuthError``."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
-    existing = set(admin.list_topics(timeout=15).topics)
+    watch = AuthWatch(settings)
+    admin = AdminClient(confluent_config(settings, error_cb=watch))
+    existing = set(watch.list_topics(admin, 15).topics)
     wanted = []
     for spec in specs:
         name = settings.topic(spec.name)
         if name in existing:
             continue
-        config = {"cleanup.policy": "compact"} if spec.compacted else {}
-        wanted.append(NewTopic(name, spec.partitions(settings), 1, config=config))
+        config = {**topic_config(settings), **({"cleanup.policy": "compact"} if spec.compacted else {})}
+        wanted.append(NewTopic(name, spec.partitions(settings), settings.kafka_replication_factor, config=config))
     if not wanted:
         return []
     created = []
@@ -300,15 +337,16 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS)
     return created
 
 
-def delete_topics(bootstrap: str, prefixes: tuple[str, ...]) -> int:
-    """Delete every topic whose name starts with one of ``prefixes``; how many. A broker that keeps every
-    test's or benchmark's ~35 topics runs out of file descriptors. Nothing to do if it is gone."""
+def delete_topics(kafka: Settings | str, prefixes: tuple[str, ...]) -> int:
+    """Delete every topic whose name starts with one of ``prefixes`` on the brokers of ``kafka`` (settings, or a
+    PLAINTEXT ``host:port``); how many. A broker that keeps every test's or benchmark's ~35 topics runs out of
+    file descriptors. Nothing to do if it is gone."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     if not prefixes:
         return 0
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(confluent_config(kafka))
     try:
         names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
         for future in (admin.delete_topics(names, operation_timeout=60) if names else {}).values():

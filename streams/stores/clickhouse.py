@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlparse
 
 import orjson
 
+from streams import extras
 from streams.resources import packaged
 from streams.settings import Settings
 
@@ -49,6 +50,7 @@ class EmbeddedClickHouse:
     backend = "embedded"
 
     def __init__(self, path: Path, database: str) -> None:
+        extras.ensure(extras.CHDB)
         from chdb import session
 
         path.mkdir(parents=True, exist_ok=True)
@@ -92,6 +94,7 @@ class ServerClickHouse:
     backend = "server"
 
     def __init__(self, host: str, port: int, database: str, user: str, password: str) -> None:
+        extras.ensure(extras.CLICKHOUSE_SERVER)
         from clickhouse_driver import Client
 
         db = _check_ident(database)
@@ -125,6 +128,18 @@ class ServerClickHouse:
     def close(self) -> None:
         with self._lock:
             self._client.disconnect()
+
+
+def backend_extra(settings: Settings) -> extras.Extra | None:
+    """The extra the configured backend needs (None for a URL that names neither; opening says why)."""
+    scheme = urlparse(settings.clickhouse_url).scheme
+    return {"chdb": extras.CHDB, "clickhouse": extras.CLICKHOUSE_SERVER}.get(scheme)
+
+
+def backend_missing(settings: Settings) -> str | None:
+    """One line naming the extra to install when the configured backend's package is missing, else None."""
+    extra = backend_extra(settings)
+    return extras.missing(extra) if extra is not None else None
 
 
 def open_clickhouse(settings: Settings, migrate: bool = True) -> ClickHouse:

@@ -1,0 +1,17 @@
+-- title: Failed outbound calls by reason
+-- description: Marketplace calls that failed for good in the range (connector.calls), per channel, endpoint and reason (connector_credentials: the key was refused or missing; connector_refused: the platform refused the request; connector_retries_exhausted: no usable answer within the retry budget), with how many were replays and the newest one's error. The weekly connectivity report's failed-call volume.
+-- chart: bar x=reason y=calls series=channel
+SELECT
+    channel,
+    endpoint,
+    reason,
+    count() AS calls,
+    sum(replayed) AS replayed_calls,
+    toDateTime(intDiv(max(event_time_ms), 1000)) AS last_seen,
+    argMax(error, event_time_ms) AS last_error
+FROM connector_calls FINAL
+WHERE failed = 1
+  AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+  AND ({channel:String} = '' OR channel = {channel:String})
+GROUP BY channel, endpoint, reason
+ORDER BY calls DESC, channel, endpoint, reason
