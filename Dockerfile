@@ -18,9 +18,11 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The dependencies from pyproject.toml alone, in their own layer: editing the code does not
-# download them again, only changing pyproject.toml does.
+# download them again, only changing pyproject.toml does. With the extras compose uses: the
+# ClickHouse server driver (no embedded chdb: compose runs a ClickHouse server) and the charts.
 COPY pyproject.toml /src/pyproject.toml
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['clickhouse-server'] + p['optional-dependencies']['charts']))" \
       > /tmp/requirements.txt \
  && pip install --no-cache-dir -r /tmp/requirements.txt
 

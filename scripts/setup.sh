@@ -36,8 +36,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
-if ! python -c "import streams, faust, chdb" 2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
+# Every extra (embedded ClickHouse, the server driver, the charts): the demo and the tests use all of them.
+if ! python -c "import streams, faust, chdb, clickhouse_driver, plotly" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
   pip install -q --upgrade pip
-  pip install -q -e ".[dev]"
+  pip install -q -e ".[dev,all]"
   touch .venv/.installed
 fi

@@ -66,7 +66,8 @@ def host(app: faust.App, engine: Engine, stall_s: float = 180.0) -> None:
 
     async def stop_engine(sender: Any, *args: Any, **kwargs: Any) -> None:
         stop.set()
-        await asyncio.to_thread(thread.join, 60)
+        if thread.ident is not None:  # a worker stopped in its first seconds never started the engine
+            await asyncio.to_thread(thread.join, 60)
 
     app.on_before_shutdown.connect(cast(Any, stop_engine))
 
