@@ -1,4 +1,4 @@
-"""Load-test commands (``bench``, ``bench-recovery``, ``bench-sink``, ``demo``), added to the
+"""Load-test commands (``bench``, ``bench-recovery``, ``bench-sink``, ``demo``, ``plan``), added to the
 ``stockflow`` command through the ``stockflow.commands`` entry point: the product never imports
 the load test."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -27,10 +28,18 @@ def bench(
         help="high-limits: the marketplace simulator allows every app 1,000 calls/s; platform-limits: "
         "each platform's documented per-app limit; off: no simulator, no connectors (the pipeline alone).",
     ),
+    join_at: float | None = typer.Option(None, min=0, help="Start one more worker this many seconds into the "
+                                         "traffic (the rebalance pause under load)."),
+    leave_at: float | None = typer.Option(None, min=0, help="SIGTERM the newest running worker this many seconds "
+                                          "into the traffic (one must stay)."),
+    hot_sku: str = typer.Option("", help="The live-stream SKU of --hot-share (default LOAD-<seed>-HOT)."),
+    hot_share: float = typer.Option(0.0, min=0, max=1, help="Share of orders that are one unit of --hot-sku alone "
+                                    "(the hot-SKU ceiling)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (progress goes to stderr)."),
 ) -> None:
     """Load-test the pipeline with Double-11 traffic and compare it with a plain Kafka loop; channel stock
-    and refunds go to the local marketplace simulator through the outbound connectors."""
+    and refunds go to the local marketplace simulator through the outbound connectors. Reports each
+    worker's orders/s and every process's CPU per order, and what that predicts on more cores."""
     import json
 
     from loadtest import bench as bench_
@@ -41,13 +50,19 @@ def bench(
         fail(f"--profile must be one of {', '.join(PROFILES)}")
     if marketplaces not in bench_.MARKETPLACES:
         fail(f"--marketplaces must be one of {', '.join(bench_.MARKETPLACES)}")
+    if any(at is not None and at >= duration for at in (join_at, leave_at)):
+        fail("--join-at and --leave-at must fall within --duration")
+    if leave_at is not None and workers < 2 and (join_at is None or join_at >= leave_at):  # noqa: PLR2004
+        fail("--leave-at needs a worker to stay: --workers 2 or more, or --join-at before it")
+    changes = bench_.Changes(join_at, leave_at)
     settings = Settings()
     out = Console(stderr=True) if as_json else console
     try:
         with local_stack(settings, out):
             figures, _ = bench_.run_bench(settings, profile, rate, duration, seed, workers, console=out,
                                             hold_commands=hold_commands,
-                                            channel_qps=bench_.MARKETPLACES[marketplaces])  # fmt: skip
+                                            channel_qps=bench_.MARKETPLACES[marketplaces], changes=changes,
+                                            hot_sku=hot_sku, hot_share=hot_share)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - a broker that does not start, a worker that dies: say so, no traceback
         fail(str(exc))
     series = figures.pop("series")
@@ -55,6 +70,7 @@ def bench(
         print(json.dumps(figures))
         return
     console.print(bench_.summary_table(figures))
+    console.print(bench_.process_table(figures))
     chart = bench_.write_chart(
         {**figures, "series": series}, settings.home_dir / "bench" / f"bench-{int(time.time())}.html"
     )
@@ -106,7 +122,9 @@ def bench_sink(
 
 
 def demo(
-    rate: float = typer.Option(40.0, min=1, help="Orders per second at the Double-11 peak."),
+    rate: float = typer.Option(
+        40.0, min=1, help="Orders per second at the Double-11 curve's 100% (bursts twice it; the average about half)."
+    ),
     duration: float = typer.Option(60.0, min=10, help="Seconds of traffic."),
 ) -> None:
     """A Double-11 minute on the local stack: orders flowing, zero oversell, where time goes."""
@@ -177,6 +195,43 @@ def key_rotation(
         raise typer.Exit(1)
 
 
+# A module-level default: typer reads a Path option's declaration from it (ruff B008 allows only this).
+_CONSTANTS = typer.Option(None, help="A capacity.toml of your own (default: loadtest/capacity.toml).")
+
+
+def plan(
+    orders_per_s: float = typer.Option(..., "--orders-per-s", min=1, help="The target peak, orders a second."),
+    hot_sku_share: float = typer.Option(0.0, "--hot-sku-share", min=0, max=1,
+                                        help="Share of the peak's orders for the hottest SKU (0.02: 2%)."),
+    constants: Path | None = _CONSTANTS,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    markdown: bool = typer.Option(False, "--markdown", help="The table in Markdown (docs/capacity.md)."),
+) -> None:
+    """What a target peak needs: partitions, workers, broker nodes, sinks, ClickHouse shards and cores, and
+    the hottest SKU against one partition's ceiling with and without stock buckets, from the measured
+    constants in loadtest/capacity.toml (docs/capacity.md explains the model)."""
+    import json
+
+    from pydantic import ValidationError
+
+    from loadtest import capacity
+
+    try:
+        c = capacity.load_constants(constants)
+    except (OSError, ValueError, ValidationError) as exc:
+        fail(f"cannot read the constants: {exc}")
+    result = capacity.plan(orders_per_s, hot_sku_share, c)
+    if as_json:
+        print(json.dumps({**result.to_json(), "assumptions": capacity.assumptions(c)}))
+    elif markdown:
+        print(capacity.plan_markdown(result, c), end="")
+    else:
+        console.print(capacity.plan_table(result, c))
+        console.print("[bold]assumptions[/bold]")
+        for line in capacity.assumptions(c):
+            console.print(f"- {line}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add the load-test commands to ``app`` (called by ``stockflow`` for its entry point)."""
     app.command()(bench)
@@ -184,5 +239,6 @@ def register(app: typer.Typer) -> None:
     app.command("bench-sink")(bench_sink)
     app.command("bench-engine")(bench_engine)
     app.command()(demo)
+    app.command()(plan)
     app.add_typer(drill, name="drill")
     forecast_backtest.register()  # `stockflow forecast backtest`: the forecast group is the product's

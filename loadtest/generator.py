@@ -17,7 +17,9 @@ Shape of the traffic:
   the buyer changes their mind before the parcel leaves), each approved at once and its order
   cancelled;
 - about 1% bad input of every class the pipeline must refuse, each recorded so the run can check
-  that every one was refused.
+  that every one was refused;
+- optionally (``hot_share``) a live-stream item: that share of orders are single-line, one unit of
+  one SKU (``hot_sku``), so one partition carries that share of the decisions (the hot-SKU ceiling).
 """
 
 from __future__ import annotations
@@ -120,8 +122,15 @@ class Zipf:
         return self.cumulative[k - 1]
 
 
-def build_schedule(profile: str, rate: float, duration_s: float, seed: int, sku_count: int = 1000,
-                   bad_share: float = 0.01) -> Schedule:  # fmt: skip
+def hot_sku_name(seed: int) -> str:
+    """The hot SKU when none is named: in the intake's sample catalogue (``LOAD-*``), apart from the Zipf ones."""
+    return f"LOAD-{seed}-HOT"
+
+
+def build_schedule(profile: str, rate: float, duration_s: float, seed: int, sku_count: int = 1000,  # noqa: PLR0917
+                   bad_share: float = 0.01, hot_sku: str = "", hot_share: float = 0.0) -> Schedule:  # fmt: skip
+    """``hot_share`` of the orders are one unit of ``hot_sku`` alone (default ``hot_sku_name(seed)``); the
+    other draws are unchanged only when it is 0 (the hot draw takes numbers from the same generator)."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)}")
     rng = random.Random(seed)
@@ -138,6 +147,7 @@ def build_schedule(profile: str, rate: float, duration_s: float, seed: int, sku_
     # Stock: roughly what the run will ask for each SKU, so hot SKUs can sell out and get refused.
     expected_orders = rate * duration_s * sum(shape(i / 200, burst) for i in range(200)) / 200
     sched = Schedule(profile, rate, duration_s, skus, _initial_stock(skus, zipf, expected_orders, rng))
+    live = _live_stream(sched, hot_sku or hot_sku_name(seed), hot_share, expected_orders)
     channels, shares = zip(*CHANNEL_SHARES.items(), strict=True)
     t, n = 0.0, 0
     # Non-homogeneous Poisson arrivals by thinning against the peak rate.
@@ -156,7 +166,7 @@ def build_schedule(profile: str, rate: float, duration_s: float, seed: int, sku_
         channel = rng.choices(channels, shares)[0]
         order = f"{seed}-{n}"
         flash = profile != "steady" and burst(t / duration_s)
-        lines = _order_lines(rng, skus, hot, zipf, flash)
+        lines = live if live and rng.random() < hot_share else _order_lines(rng, skus, hot, zipf, flash)
         presale = rng.random() < PRESALE_SHARE
         intake = channel == "own"  # the own shop posts to stockflow intake; marketplaces' connectors write Avro
         sched.events.append(Planned(t, "order", order, channel, lines, presale, via_intake=intake))
@@ -178,6 +188,20 @@ def build_schedule(profile: str, rate: float, duration_s: float, seed: int, sku_
                                     order=f"rcpt-{seed}-{i}"))  # fmt: skip
     sched.events.sort(key=lambda e: e.at_s)
     return sched
+
+
+def _live_stream(sched: Schedule, sku: str, share: float, expected_orders: float) -> tuple[tuple[str, int], ...]:
+    """The lines of a live-stream item's order (none when ``share`` is 0), its SKU stocked in ``sched``."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError("hot_share must be between 0 and 1")
+    if share == 0:
+        return ()
+    if sku not in sched.initial_stock:
+        # About what its orders ask for: it sells out near the end, as a live-stream item does; a refusal
+        # is a decision too, so the ceiling is measured either way.
+        sched.skus = [*sched.skus, sku]  # a new list: the one the run draws the other orders' lines from stays
+        sched.initial_stock[sku] = {WAREHOUSES[0]: max(40, int(expected_orders * share))}
+    return ((sku, 1),)
 
 
 def _initial_stock(skus: list[str], zipf: Zipf, expected_orders: float,

@@ -44,6 +44,7 @@ from streams.contract.topics import (
 from streams.engine.loop import engine_group
 from streams.engine.producer import EventProducer
 from streams.engine.topicreader import read_all
+from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
 ADDRESS = {"province": "浙江", "city": "杭州", "district": "西湖区", "detail": "文三路 90 号"}
@@ -221,9 +222,9 @@ class LoadRun:
         return client.post(path, content=signed.body, headers=dict(signed.headers))
 
     def _watch_lag(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": engine_group(self.settings),
+        consumer = Consumer({**confluent_config(self.settings), "group.id": engine_group(self.settings),
                              "enable.auto.commit": False})  # fmt: skip
-        sink = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": f"{self.settings.app_id}.sink",
+        sink = Consumer({**confluent_config(self.settings), "group.id": f"{self.settings.app_id}.sink",
                          "enable.auto.commit": False})  # fmt: skip
         try:
             while not self._done.is_set():
@@ -282,7 +283,7 @@ def percentile(values: list[float], q: float) -> float:
 def _refund_decision_ms(settings: Settings, codec: Any, sent: Sent) -> list[float]:
     """Per refund sent: intended send time -> the refund decided (paying, or handed to customer service)."""
     decided: dict[str, float] = {}
-    for rec in read_all(settings.bootstrap, settings.topic("refund.states"), 30):
+    for rec in read_all(settings, settings.topic("refund.states"), 30):
         _, r = codec.decode(rec.value)
         sent_at = sent.refunds.get(r["refund_id"])
         if sent_at is not None and r["refund_id"] not in decided and r["state"] != "requested":
@@ -297,7 +298,7 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
     decisions: dict[str, int] = {}
     decided_per_second: dict[int, int] = defaultdict(int)
     latency_by_second: dict[int, list[float]] = defaultdict(list)
-    for rec in read_all(settings.bootstrap, settings.topic("reservation.results"), 30):
+    for rec in read_all(settings, settings.topic("reservation.results"), 30):
         _, r = codec.decode(rec.value)
         if r["order_id"] in sent.orders and r["order_id"] not in decisions:
             decisions[r["order_id"]] = r["event_time_ms"]
@@ -310,7 +311,7 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
     refresh_ms = []
     seen_sources: set[tuple[str, int]] = set()
     levels: list[LevelSeen] = []
-    for rec in read_all(settings.bootstrap, settings.topic("stock.levels"), 30):
+    for rec in read_all(settings, settings.topic("stock.levels"), 30):
         _, lv = codec.decode(rec.value)
         levels.append(LevelSeen(lv["sku"], lv["newest_change_ms"], lv["newest_source_ms"], lv["sellable"]))
         source = (lv["sku"], lv["newest_source_ms"])
@@ -318,7 +319,7 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
             seen_sources.add(source)
             refresh_ms.append(lv["event_time_ms"] - lv["newest_source_ms"])
     refused = set()
-    for rec in read_all(settings.bootstrap, settings.topic("deadletters"), 30):
+    for rec in read_all(settings, settings.topic("deadletters"), 30):
         _, dl = codec.decode(rec.value)
         position = (dl["source_topic"], dl["source_partition"], dl["source_offset"])
         if position in sent.bad_kafka:
@@ -332,7 +333,7 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
         report = audit(settings)
     summary = report.summary()
     total_records = 0
-    probe = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"{settings.app_id}-count"})
+    probe = Consumer({**confluent_config(settings), "group.id": f"{settings.app_id}-count"})
     for spec in ALL_TOPICS:
         for p in range(spec.partitions(settings)):
             total_records += probe.get_watermark_offsets(TopicPartition(settings.topic(spec.name), p), timeout=10)[1]
@@ -380,5 +381,6 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
             "decided": dict(decided_per_second),
             "p99_ms": {s: percentile(v, 0.99) for s, v in latency_by_second.items()},
             "lag": [(round(t - started, 1), lag) for t, lag in run.lag],
+            "decided_ms": decisions,  # order id -> epoch ms of its first decision (rebalance and hot-SKU figures)
         },
     }
