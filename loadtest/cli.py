@@ -138,6 +138,9 @@ def bench_engine(
                                           "hot-sku: every order for one SKU."),
     commands: int = typer.Option(200_000, min=1_000, help="pool: RESERVE commands; pipeline and hot-sku: orders."),
     skus: int = typer.Option(1_000, min=1, help="SKUs they spread over (hot-sku: its units)."),
+    buckets: int = typer.Option(
+        0, min=0, max=64, help="hot-sku: split the SKU into K stock buckets first (0: not split; 1 is not a split)."
+    ),
     guarantee: str = typer.Option("both", help="pool: exactly_once, at_least_once or both."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -153,6 +156,8 @@ def bench_engine(
         fail("--guarantee must be exactly_once, at_least_once or both")
     if mode not in ("pool", "pipeline", "hot-sku"):
         fail("--mode must be pool, pipeline or hot-sku")
+    if buckets and (mode != "hot-sku" or buckets < 2):  # noqa: PLR2004 - one bucket is the SKU itself
+        fail("--buckets needs --mode hot-sku and at least 2 buckets")
     settings = Settings()
     out = Console(stderr=True) if as_json else console
     with local_stack(settings, out), out.status(f"{mode}: {commands:,}..."):
@@ -161,7 +166,7 @@ def bench_engine(
         elif mode == "pipeline":
             results = engine_bench.run_pipeline(settings, commands, skus)
         else:
-            results = engine_bench.run_hot_sku(settings, commands, skus)
+            results = engine_bench.run_hot_sku(settings, commands, skus, buckets)
     if as_json:
         print(json.dumps(results))
     else:

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agents.inventory.buckets import MIN_BUCKETS
 from agents.inventory.hold_stock import HoldStock
+from agents.orders.hot_skus import HotSkus
 from loadtest import events as ev
 from loadtest.baseline import plain_loop_events_per_s
 from loadtest.stack import isolated
@@ -142,10 +144,11 @@ def fill_orders(settings: Settings, orders: int, skus: int) -> None:
 
 
 def pipeline_orders_per_s(settings: Settings, orders: int, skus: int, timeout_s: float = 600.0,
-                          expected_events: int = 0) -> dict[str, Any]:
+                          expected_events: int = 0, hot: HotSkus | None = None) -> dict[str, Any]:  # fmt: skip
     """The order lifecycle and the pool together on one engine, draining ``orders`` placed-and-paid
     single-line orders: each is reserved, then committed and allocated to a warehouse in one command
-    (6 engine events: placed, paid, RESERVE, HELD, COMMIT at a warehouse, ALLOCATED)."""
+    (6 engine events: placed, paid, RESERVE, HELD, COMMIT at a warehouse, ALLOCATED). ``hot``: the
+    lifecycle's view of split SKUs (their lines go straight to a bucket)."""
     from agents.orders.run_lifecycle import RunLifecycle
     from agents.routing.warehouse_view import WarehouseView
     from agents.routing.warehouses import load_warehouses
@@ -155,7 +158,7 @@ def pipeline_orders_per_s(settings: Settings, orders: int, skus: int, timeout_s:
         view.apply_level({"sku": f"HOLD-{i:05d}", "on_hand_by_warehouse": dict.fromkeys(view.sites, 10_000_000),
                           "allocated_by_warehouse": {}, "newest_change_ms": 0})  # fmt: skip
     warehouses = frozenset(load_warehouses(settings.warehouses_file))
-    processors = [RunLifecycle.from_settings(settings, view), HoldStock.from_settings(settings, warehouses)]
+    processors = [RunLifecycle.from_settings(settings, view, hot=hot), HoldStock.from_settings(settings, warehouses)]
     engine = Engine(settings, default_codec(), Clock(), processors)
     expected = expected_events or orders * 6
     if expected_events:
@@ -170,7 +173,8 @@ def pipeline_orders_per_s(settings: Settings, orders: int, skus: int, timeout_s:
         "records_written_per_order": round((stats["outputs"] + stats["changelog_records"]) / orders, 2),
         "changelog_records_per_order": round(stats["changelog_records"] / orders, 2),
         "events_per_batch": round(stats["events"] / max(stats["batches"], 1), 1),
-        "first_tenth_per_s": _pace(run.samples, 0.0, 0.1), "last_tenth_per_s": _pace(run.samples, 0.9, 1.0),
+        "first_tenth_per_s": _pace(run.samples, 0.0, 0.1),
+        "last_tenth_per_s": _pace(run.samples, 0.9, 1.0),
         "stats": stats,
     }
 
@@ -193,12 +197,17 @@ def run_pipeline(settings: Settings, orders: int, skus: int) -> dict[str, Any]:
     return pipeline_orders_per_s(s, orders, skus)
 
 
-def run_hot_sku(settings: Settings, attempts: int, units: int) -> dict[str, Any]:
+def run_hot_sku(settings: Settings, attempts: int, units: int, buckets: int = 0) -> dict[str, Any]:
     """``attempts`` single-line orders for one SKU of ``units`` units, drained by the order lifecycle
     and the pool on one engine: how many were held, whether the pace held up from the first tenth to
-    the last, and how big the SKU's stored state ended (its changelog, read back)."""
+    the last, and how big the SKU's stored state ended (its changelog, read back). ``buckets`` >= 2: the
+    SKU is split into that many stock buckets first (``stockflow stock hot``), and the lifecycle sends
+    each line to its bucket; the result also says which buckets held the units and how many lines a
+    bucket passed on."""
     import orjson
 
+    from agents.inventory.cli import send_hot
+    from agents.inventory.rules import FORWARDED
     from streams.engine.changelog import changelog_topic
     from streams.engine.topicreader import read_all
 
@@ -209,6 +218,12 @@ def run_hot_sku(settings: Settings, attempts: int, units: int) -> dict[str, Any]
     producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, "WH-SH", units))
     producer.flush(60)
     engine_events_per_s(s, 1)
+    hot = None
+    if buckets >= MIN_BUCKETS:
+        # Its own run: the split (the home's transfers to every bucket) is committed before the clock starts.
+        send_hot(sku, buckets, "bench", "bench-engine --mode hot-sku", s)
+        engine_events_per_s(s, 1)
+        hot = HotSkus(skus={sku: buckets}, ready=True)
     codec = producer.codec
     for i in range(attempts):
         number = f"hot-{i}"
@@ -216,24 +231,39 @@ def run_hot_sku(settings: Settings, attempts: int, units: int) -> dict[str, Any]
         placed = ev.order_placed(s.main_channel, number, [ev.line(1, sku, 1)])
         producer.send_raw(ORDER_EVENTS.name, order_key(s.main_channel, number), codec.encode("OrderPlaced", placed))
     producer.flush(600)
-    drained = pipeline_orders_per_s(s, attempts, 1, expected_events=attempts)
+    drained = pipeline_orders_per_s(s, attempts, 1, expected_events=attempts, hot=hot)
     decided = [codec.decode(r.value)[1] for r in read_all(s, s.topic("reservation.results"), 120)]
-    live: dict[bytes, int] = {}
-    totals_bytes = 0
+    held_by: dict[int, int] = {}
+    for r in read_all(s, s.topic("stock.hold-results"), 120):
+        answer = codec.decode(r.value)[1]
+        if answer["outcome"] == "HELD":
+            held_by[answer["bucket"]] = held_by.get(answer["bucket"], 0) + 1
+    live: dict[bytes, str] = {}
+    totals_bytes: dict[bytes, int] = {}
     for rec in read_all(s, changelog_topic(s, "stock_by_sku"), 120):
         key = rec.key or b""
-        if key == b"s\x00" + sku.encode():
-            totals_bytes = len(rec.value or b"")
-        elif key.startswith(b"h\x00" + sku.encode() + b"\x00"):
+        owner = key.split(b"\x00")[1] if key.count(b"\x00") >= 1 else b""
+        if owner.split(b"#")[0] != sku.encode():
+            continue
+        if key.startswith(b"s\x00"):
+            if rec.value is None:
+                totals_bytes.pop(owner, None)
+            else:
+                totals_bytes[owner] = len(rec.value)
+        elif key.startswith(b"h\x00"):
             if rec.value is None:
                 live.pop(key, None)
             else:
-                live[key] = orjson.loads(rec.value)["qty"]
+                live[key] = orjson.loads(rec.value)["status"]
     return {
-        "attempts": attempts, "units": units,
+        "attempts": attempts, "units": units, "buckets": buckets if hot else 0,
         "reserved": sum(1 for r in decided if r["outcome"] == "RESERVED"),
         "rejected": sum(1 for r in decided if r["outcome"] == "REJECTED"),
-        "orders_per_s": drained["orders_per_s"],
+        "held_by_bucket": {str(k): n for k, n in sorted(held_by.items())},
+        "orders_per_s": drained["orders_per_s"], "cpu_us_per_order": drained["cpu_us_per_order"],
         "first_tenth_per_s": drained["first_tenth_per_s"], "last_tenth_per_s": drained["last_tenth_per_s"],
-        "totals_record_bytes": totals_bytes, "live_line_records": len(live),
+        "totals_record_bytes": totals_bytes.get(sku.encode(), 0),
+        "bucket_record_bytes_max": max((n for k, n in totals_bytes.items() if k != sku.encode()), default=0),
+        "live_line_records": sum(1 for st in live.values() if st != FORWARDED),
+        "passed_on_markers": sum(1 for st in live.values() if st == FORWARDED),
     }  # fmt: skip

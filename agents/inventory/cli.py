@@ -26,7 +26,8 @@ class _ShowByDefault(TyperGroup):
 stock_app = typer.Typer(
     cls=_ShowByDefault,
     no_args_is_help=True,
-    help="A SKU's stock now (`stockflow stock SKU`), and stock documents in: receive, count, correct.",
+    help="A SKU's stock now (`stockflow stock SKU`), stock documents in (receive, count, correct), and hot SKUs "
+    "split into stock buckets (hot, unhot).",
 )
 
 
@@ -102,6 +103,51 @@ def stock_correct(
 ) -> None:
     """A correction: on-hand goes up (or, with a negative QTY, down) by QTY."""
     _stock_document("correction", sku, warehouse, qty, doc, reason)
+
+
+def send_hot(sku: str, buckets: int, operator: str, reason: str, settings: Settings | None = None) -> None:
+    """Ask the SKU's pool to split it into ``buckets`` stock buckets (0: merge them back): a ``HotSku`` on
+    ``ops.overrides``; the pool says what it made of it on ``stock.hot-skus``."""
+    from streams.contract.topics import OPS_OVERRIDES
+    from streams.engine.clock import wall_ms
+    from streams.engine.producer import EventProducer
+
+    settings = settings or Settings()
+    producer = EventProducer(settings)
+    producer.send(OPS_OVERRIDES.name, sku, "HotSku", {
+        "event_id": f"hot:{sku}:{buckets}:{operator}:{wall_ms()}", "event_time_ms": wall_ms(), "sku": sku,
+        "buckets": buckets, "state": "", "operator": operator, "reason": reason,
+    })  # fmt: skip
+    producer.flush()
+
+
+@stock_app.command("hot")
+def stock_hot(
+    sku: str,
+    buckets: int = typer.Option(..., "--buckets", min=2, max=64, help="Stock buckets (partitions) to split it into."),
+    operator: str = typer.Option("", help="Who asks (kept with the request)."),
+    reason: str = REASON,
+) -> None:
+    """Split a SKU's stock into buckets on several partitions, so several workers sell it at once."""
+    try:
+        send_hot(sku, buckets, operator, reason)
+    except Exception as exc:  # noqa: BLE001 - a command turns any failure to reach the broker into one line
+        fail(f"hot {sku} not sent: {exc}")
+    console.print(f"{sku}: split into {buckets} buckets requested; `stockflow stock {sku}` shows them")
+
+
+@stock_app.command("unhot")
+def stock_unhot(
+    sku: str,
+    operator: str = typer.Option("", help="Who asks (kept with the request)."),
+    reason: str = REASON,
+) -> None:
+    """Merge a hot SKU's buckets back: they stop taking new lines, send their units home, finish open ones."""
+    try:
+        send_hot(sku, 0, operator, reason)
+    except Exception as exc:  # noqa: BLE001 - as above
+        fail(f"unhot {sku} not sent: {exc}")
+    console.print(f"{sku}: merge requested; its buckets finish their open lines and send their units home")
 
 
 WAIT = typer.Option(30.0, "--wait", min=0, help="Seconds to wait for the pool's answer (0: send only, do not wait).")

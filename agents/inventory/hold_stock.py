@@ -1,16 +1,20 @@
 """Hold stock: the pool's engine processor.
 
 Reads: ``stock.hold-commands`` (RESERVE / RELEASE / COMMIT / SHIP / ALLOCATE per order line),
-``stock.adjustments`` (receipts, counts, corrections, presale caps), ``stock.returns`` (returned
-units QC found resellable, as receipts) and ``ops.overrides`` (VIP override requests and approvals),
-all keyed and partitioned by SKU.
+``stock.adjustments`` (receipts, counts, corrections, presale caps; ``HotSku``: mark a SKU hot or
+not), ``stock.returns`` (returned units QC found resellable, as receipts), ``ops.overrides`` (VIP
+override requests and approvals) and ``stock.buckets`` (its own traffic between a hot SKU's home and
+buckets), all keyed and partitioned by SKU, or ``SKU#k`` for bucket k of a hot SKU.
 Writes: ``stock.hold-results`` (one answer per command, keyed by order id), ``stock.levels``
-(coalesced per SKU, at most one per ``STOCKFLOW_REFRESH_INTERVAL_MS``), ``audit.overrides``, and
-alerts (channel pause/resume, invariant breach).
+(coalesced per SKU, at most one per ``STOCKFLOW_REFRESH_INTERVAL_MS``; a hot SKU's from its home
+only, for all its buckets), ``stock.hot-skus`` (which SKUs are split, for the order lifecycle),
+``stock.buckets``, ``audit.overrides``, and alerts (channel pause/resume, invariant breach).
 Owns: store ``stock_by_sku`` (changelog ``<app>.stock_by_sku.changelog``), every key starting with
-its SKU: ``s`` the SKU's totals (``SkuStock``), ``h`` one record per order line holding stock
-(``LineHold``), ``a`` adjustment ids already applied, ``o`` VIP override requests. Timers: each
-unpaid hold's expiry, each tombstone's and adjustment id's purge.
+its SKU (a bucket's with ``SKU#k``): ``s`` the SKU's totals (``SkuStock``; a hot SKU's home also keeps
+its buckets' settings and figures there), ``h`` one record per order line holding stock (``LineHold``;
+or a marker where a bucket passed the line on), ``a`` adjustment and transfer ids already applied,
+``o`` VIP override requests. Timers: each unpaid hold's expiry, each tombstone's and id's purge.
+The hot-SKU rules are ``agents.inventory.buckets``.
 
 The rules are ``agents.inventory.rules``; this module only loads records, calls them, stores what
 they return and emits the answers. The engine commits a batch's answers, levels, changelog
@@ -23,9 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.alerting.alerts import alert
+from agents.inventory import buckets as hot_
 from agents.inventory import rules as rules_
-from agents.inventory.rules import Answer, LineHold, OverrideRequest, PoolRules, SkuStock
-from streams.contract.records import HoldDecided, OverrideAudited, StockLevel
+from agents.inventory.buckets import HOME, Sync, bucket_key, home_sku
+from agents.inventory.rules import Answer, Buckets, LineHold, OverrideRequest, PoolRules, SkuStock
+from streams.contract.keys import partition_for
+from streams.contract.reasons import Reason
+from streams.contract.records import BucketSync, HoldDecided, HotSku, OverrideAudited, StockLevel
 from streams.contract.topics import (
     ALERTS,
     AUDIT_OVERRIDES,
@@ -33,6 +41,8 @@ from streams.contract.topics import (
     HOLD_RESULTS,
     OPS_OVERRIDES,
     STOCK_ADJUSTMENTS,
+    STOCK_BUCKETS,
+    STOCK_HOT_SKUS,
     STOCK_LEVELS,
     STOCK_RETURNS,
 )
@@ -46,6 +56,9 @@ REPUBLISH_WINDOW_MS = 60_000
 # Levels one flush publishes for one partition at most (a flush runs every half refresh interval).
 MAX_LEVELS_PER_FLUSH = 1_000
 SEP = b"\x00"
+# A RESERVE passed on more often than this is going round in circles (a merge and a new split crossing
+# it): it is refused rather than passed on again.
+MAX_HOPS = 2 * hot_.MAX_BUCKETS + 2
 
 
 def sku_key(sku: str) -> bytes:
@@ -119,18 +132,25 @@ class HoldStock(Processor):
     warehouses: frozenset[str] = frozenset()
     refresh_interval_ms: int = 200
     levels: dict[int, _Levels] = field(default_factory=dict)
+    hot_setting: dict[str, int] = field(default_factory=dict)  # the hot_skus setting: SKU -> buckets
+    low_water: int = 5
+    partitions: int = 12
+    settings_applied: set[int] = field(default_factory=set)  # partitions whose hot SKUs were checked
 
     @classmethod
     def from_settings(cls, settings: Settings, warehouses: frozenset[str]) -> HoldStock:
         return cls(
             name="hold_stock",
-            inputs=(HOLD_COMMANDS, STOCK_ADJUSTMENTS, STOCK_RETURNS, OPS_OVERRIDES),
+            inputs=(HOLD_COMMANDS, STOCK_ADJUSTMENTS, STOCK_RETURNS, OPS_OVERRIDES, STOCK_BUCKETS),
             stores=(StoreSpec(STORE),),
             timer_store=STORE,
             flush_interval_ms=max(settings.refresh_interval_ms // 2, 10),
             rules=pool_rules(settings),
             warehouses=warehouses,
             refresh_interval_ms=settings.refresh_interval_ms,
+            hot_setting=dict(settings.hot_skus),
+            low_water=settings.hot_sku_low_water,
+            partitions=settings.partitions,
         )
 
     @property
@@ -163,48 +183,201 @@ class HoldStock(Processor):
                 ctx.schedule(key, hold.expires_at_ms)
 
     def key_of(self, event_type: str, record: dict[str, Any]) -> str | None:
+        if event_type == "HoldCommand":
+            return bucket_key(record["sku"], record.get("bucket", HOME), self.partitions)
+        if event_type == "BucketSync":
+            return bucket_key(record["sku"], record["to_bucket"], self.partitions)
         return str(record["sku"])
 
     # ---- events ----------------------------------------------------------------------------------------
     def handle(self, ctx: Context, event_type: str, record: dict[str, Any]) -> None:
         db = ctx.store(STORE)
-        sku = record["sku"]
+        key = self.key_of(event_type, record) or ""
         if event_type == "StockAdjusted":
             problem = rules_.check_adjustment(record["kind"], record["qty"], record["warehouse_id"], self.warehouses)
             if problem is not None:
                 ctx.refuse(problem, f"{record['kind']} {record['qty']} at {record['warehouse_id']!r}")
                 return
-        stock = self._stock(db, sku)
-        was_paused, had_breach = stock.paused, not stock.healthy()
+        elif event_type == "HotSku" and not 0 <= record["buckets"] <= hot_.MAX_BUCKETS:
+            ctx.refuse(Reason.INVALID_QTY, f"{record['buckets']} buckets; at most {hot_.MAX_BUCKETS}")
+            return
+        stock = self._stock(db, key)
+        target = record.get("bucket", HOME) if event_type == "HoldCommand" else record.get("to_bucket", HOME)
+        if event_type in ("HoldCommand", "BucketSync") and target >= 0 and stock.hot is None:
+            stock.hot = Buckets(bucket=target)  # a bucket its home has not (or no longer) set up
+        was_paused, had_breach, was_hot = stock.paused, not stock.healthy(), _hot_state(stock)
         if event_type == "HoldCommand":
             self._command(ctx, db, stock, record)
+        elif event_type == "BucketSync":
+            self._sync(ctx, db, stock, record)
+        elif event_type == "HotSku":
+            self._send(ctx, stock, hot_.mark(stock, record["buckets"], self.low_water))
         elif event_type == "StockAdjusted":
-            key = adjustment_key(sku, record["event_id"])
-            if db.get(key) is not None:
+            adjustment = adjustment_key(key, record["event_id"])
+            if db.get(adjustment) is not None:
                 return  # applied before: a WMS sending the same document again
-            rules_.adjust(stock, record["kind"], record["warehouse_id"], record["qty"], ctx.now_ms)
-            db.set(key, {"applied_ms": ctx.now_ms})
-            ctx.schedule(key, ctx.now_ms + self._rules.adjustment_ttl_ms)
+            self._adjust(ctx, stock, record)
+            db.set(adjustment, {"applied_ms": ctx.now_ms})
+            ctx.schedule(adjustment, ctx.now_ms + self._rules.adjustment_ttl_ms)
         else:
             self._override(ctx, db, stock, record)
-        self._after_change(ctx, db, stock, was_paused, had_breach)
+        self._after_change(ctx, db, stock, was_paused, had_breach, was_hot)
+
+    def _adjust(self, ctx: Context, stock: SkuStock, adj: dict[str, Any]) -> None:
+        kind, wh, qty = adj["kind"], adj["warehouse_id"], adj["qty"]
+        if hot_.needs_settle(stock, kind, qty):
+            # Some of the SKU's units are in its buckets: the count is settled with them first.
+            stock.known = True
+            stock.touch(ctx.now_ms)
+            self._send(ctx, stock, hot_.start_settle(stock, kind, wh, qty, adj["event_id"]))
+            return
+        rules_.adjust(stock, kind, wh, qty, ctx.now_ms)
+        self._send(ctx, stock, hot_.distribute(stock, self.low_water))
 
     def _command(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, cmd: dict[str, Any]) -> None:
-        sku, order_id, line_no = stock.sku, cmd["order_id"], cmd["line_no"]
-        hold = self._hold(db, sku, order_id, line_no)
-        if cmd["action"] == "RESERVE":
-            wants_vip = stock.set_asides > 0 and line_no != rules_.VIP_LINE
-            vip = self._hold(db, sku, order_id, rules_.VIP_LINE) if wants_vip else None
+        key, order_id, line_no = stock.sku, cmd["order_id"], cmd["line_no"]
+        bucket = cmd.get("bucket", HOME)
+        hold = self._hold(db, key, order_id, line_no)
+        if hold is not None and hold.status == rules_.FORWARDED:
+            self._forward(ctx, cmd, hold)  # the line went on from here: so do its commands
+            return
+        action = cmd["action"]
+        if hold is None and (target := self._passes_on(stock, cmd)) is not None:
+            self._pass_on(ctx, db, stock, cmd, target, cmd.get("tries", 0) + (1 if bucket >= 0 else 0))
+            return
+        if action == "RESERVE":
+            wants_vip = bucket < 0 and stock.set_asides > 0 and line_no != rules_.VIP_LINE
+            vip = self._hold(db, key, order_id, rules_.VIP_LINE) if wants_vip else None
             step = rules_.reserve(stock, self._rules, hold, vip, order_id, line_no, cmd["qty"], cmd["channel"],
                                   cmd["presale"], ctx.now_ms)  # fmt: skip
-            if step.answer is not None and step.answer.outcome == "HELD":
+            answer = step.answer
+            if answer is not None and answer.outcome == "HELD":
                 stock.newest_source_ms = max(stock.newest_source_ms, cmd["source_time_ms"])
+            elif bucket >= 0 and answer is not None and answer.reason == Reason.INSUFFICIENT_STOCK and stock.hot:
+                nxt = hot_.next_hop(bucket, cmd.get("tries", 0), stock.hot.count)
+                if nxt is not None:  # another bucket may have the units: it decides
+                    self._pass_on(ctx, db, stock, cmd, nxt, cmd.get("tries", 0) + 1)
+                    return
         else:
-            step = rules_.line_command(stock, self._rules, hold, cmd["action"], order_id, line_no, cmd["qty"],
+            step = rules_.line_command(stock, self._rules, hold, action, order_id, line_no, cmd["qty"],
                                        ctx.now_ms, cmd.get("warehouse_id", ""), cmd["reason"])  # fmt: skip
-        self._store_holds(ctx, db, sku, order_id, step.holds)
+        self._store_holds(ctx, db, key, order_id, step.holds)
         if step.answer is not None:
-            self._answer(ctx, sku, step.answer, cmd["source_time_ms"])
+            self._answer(ctx, stock, step.answer, cmd["source_time_ms"], bucket)
+
+    def _passes_on(self, stock: SkuStock, cmd: dict[str, Any]) -> int | None:
+        """Where a command for a line this record has never seen goes instead of being decided here: a
+        RESERVE at a hot SKU's home to its bucket, at a bucket not taking lines home; a SHIP of a line a
+        bucket does not hold to the home (whose on-hand the warehouse's shipment is taken from)."""
+        bucket, action = cmd.get("bucket", HOME), cmd["action"]
+        if bucket >= 0:
+            if action == "SHIP" or (action == "RESERVE" and not hot_.takes_reservations(stock)):
+                return HOME
+            return None
+        count = hot_.taking_reservations(stock)
+        vip = stock.set_asides > 0  # the set-aside is the home's: the home decides while one is open
+        if action == "RESERVE" and count and not cmd["presale"] and not vip:
+            return hot_.bucket_for(cmd["order_id"], count)
+        return None
+
+    def _pass_on(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, cmd: dict[str, Any], target: int,
+                 tries: int) -> None:  # fmt: skip
+        """Send the command to ``target`` and leave a marker, so the line's later commands follow it."""
+        marker = LineHold(cmd["order_id"], cmd["line_no"], cmd["qty"], cmd["channel"], cmd["presale"],
+                          rules_.FORWARDED, f"to:{target}:{tries}", ctx.now_ms + self._rules.tombstone_ttl_ms,
+                          ctx.now_ms)  # fmt: skip
+        self._store_holds(ctx, db, stock.sku, cmd["order_id"], {cmd["line_no"]: marker})
+        self._forward(ctx, cmd, marker)
+
+    def _forward(self, ctx: Context, cmd: dict[str, Any], marker: LineHold) -> None:
+        _, target, tries = marker.reason.split(":")
+        here = cmd.get("bucket", HOME)
+        sku = str(cmd["sku"])
+        hops = int(tries) if cmd["action"] == "RESERVE" else cmd.get("tries", 0) + 1
+        if cmd.get("tries", 0) > MAX_HOPS or hops > MAX_HOPS:
+            why = Reason.INSUFFICIENT_STOCK if cmd["action"] == "RESERVE" else "passed_on_too_often"
+            answer = Answer(cmd["order_id"], cmd["line_no"], cmd["qty"], cmd["action"], "REFUSED", why)
+            self._answer(ctx, None, answer, cmd["source_time_ms"], here, sku)
+            return
+        onward = {**cmd, "bucket": int(target), "tries": hops}
+        ctx.emit(STOCK_BUCKETS, bucket_key(sku, int(target), self.partitions), "HoldCommand", onward)
+
+    def _sync(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, msg: dict[str, Any]) -> None:
+        kind, here, sender = msg["kind"], msg["to_bucket"], msg["from_bucket"]
+        if kind == hot_.TRANSFER:
+            applied = adjustment_key(stock.sku, f"transfer:{msg['event_id']}")
+            if db.get(applied) is not None:
+                return  # credited before (a batch replayed without transactions)
+            db.set(applied, {"applied_ms": ctx.now_ms})
+            ctx.schedule(applied, ctx.now_ms + self._rules.adjustment_ttl_ms)
+        if here == HOME:
+            self._home_sync(ctx, stock, msg)
+            return
+        if sender == HOME:
+            hot_.configure(stock, here, msg["buckets"], msg["state"], msg["paused"], msg["seq"])
+            stock.known = True
+        if kind == hot_.TRANSFER:
+            hot_.give(stock, msg["units"])
+            stock.known = True
+            stock.touch(ctx.now_ms)
+        elif kind == hot_.REBALANCE:
+            self._send(ctx, stock, hot_.on_rebalance(stock, msg["qty"]))
+        elif kind == hot_.PROBE:
+            if stock.hot is None:
+                stock.hot = Buckets(bucket=here)
+            self._send(ctx, stock, hot_.on_probe(stock, msg["warehouse_id"], msg["ref"]))
+
+    def _home_sync(self, ctx: Context, home: SkuStock, msg: dict[str, Any]) -> None:
+        kind, sender = msg["kind"], msg["from_bucket"]
+        if kind == hot_.TRANSFER:
+            hot_.credit(home, sender, msg["units"])
+            home.touch(ctx.now_ms)
+            self._send(ctx, home, hot_.distribute(home, self.low_water))
+        elif kind == hot_.REPORT:
+            figures = {
+                "seq": msg["seq"], "acked": msg["acked"], "on_hand": msg["units"], "available": msg["qty"],
+                "locked": msg["locked"], "sold": msg["sold"], "presale_reserved": msg["presale_reserved"],
+                "allocated": msg["allocated"], "open_lines": msg["open_lines"],
+                "newest_change_ms": msg["newest_change_ms"], "newest_source_ms": msg["newest_source_ms"],
+            }  # fmt: skip
+            self._send(ctx, home, hot_.on_report(home, sender, figures, self.low_water))
+            self._send(ctx, home, hot_.rebalance(home, ctx.now_ms, self.low_water, self.refresh_interval_ms))
+        elif kind == hot_.COUNTED:
+            self._send(ctx, home, hot_.on_counted(home, sender, msg["ref"], msg["qty"], self.low_water))
+
+    def _send(self, ctx: Context, stock: SkuStock, syncs: list[Sync]) -> None:
+        """Publish what a hot-SKU rule decided; a bucket that sends units home tells its figures with them."""
+        if not syncs:
+            return
+        hot = stock.hot = stock.hot or Buckets()
+        for sync in syncs:
+            self._emit_sync(ctx, stock, sync)
+        if hot.bucket >= 0 and any(s.kind == hot_.TRANSFER for s in syncs):
+            self._emit_sync(ctx, stock, Sync(hot_.REPORT, HOME))
+
+    def _emit_sync(self, ctx: Context, stock: SkuStock, sync: Sync) -> None:
+        hot = stock.hot
+        assert hot is not None
+        hot.seq += 1
+        sku = home_sku(stock.sku, hot.bucket)
+        record = BucketSync(
+            event_id=f"{stock.sku}:{hot.seq}", event_time_ms=ctx.now_ms, sku=sku, kind=sync.kind,
+            from_bucket=hot.bucket, to_bucket=sync.to_bucket, units=dict(sync.units), qty=sync.qty,
+            warehouse_id=sync.warehouse_id, ref=sync.ref, buckets=0, state="", paused=False, locked=0, sold=0,
+            presale_reserved=0, open_lines=0, allocated={}, newest_change_ms=0, newest_source_ms=0, seq=hot.seq,
+            acked=0,
+        )  # fmt: skip
+        if hot.bucket == HOME:
+            record["buckets"], record["state"], record["paused"] = hot.count, hot.state, stock.paused
+            hot_.sent_to_bucket(stock, hot.seq, sync)
+        elif sync.kind == hot_.REPORT:
+            fig = hot_.figures(stock)
+            record["units"], record["qty"], record["acked"] = fig["on_hand"], fig["available"], fig["acked"]
+            record["locked"], record["sold"] = fig["locked"], fig["sold"]
+            record["presale_reserved"] = fig["presale_reserved"]
+            record["open_lines"], record["allocated"] = fig["open_lines"], fig["allocated"]
+            record["newest_change_ms"], record["newest_source_ms"] = fig["newest_change_ms"], fig["newest_source_ms"]
+        ctx.emit(STOCK_BUCKETS, bucket_key(sku, sync.to_bucket, self.partitions), "BucketSync", record)
 
     def _override(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, ov: dict[str, Any]) -> None:
         sku, override_id = stock.sku, ov["override_id"]
@@ -228,7 +401,7 @@ class HoldStock(Processor):
                 # Also when the approval is seen again: the orders that lost their holds hear it again.
                 for order_id, line_no, qty in result.request.released:
                     answer = Answer(order_id, line_no, qty, "RELEASE", "RELEASED", f"vip_override:{override_id}")
-                    self._answer(ctx, sku, answer, 0)
+                    self._answer(ctx, stock, answer, 0)
         if result.request is not None and (existing is None or result.request is not existing or
                                            result.outcome != "REQUESTED"):  # fmt: skip
             db.set(key, result.request)
@@ -243,9 +416,12 @@ class HoldStock(Processor):
         return out
 
     def _after_change(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, was_paused: bool,
-                      had_breach: bool) -> None:  # fmt: skip
+                      had_breach: bool, was_hot: tuple[int, str] = (0, "")) -> None:  # fmt: skip
+        if stock.hot is not None and stock.hot.bucket >= 0:
+            self._bucket_changed(ctx, db, stock)
+            return
         rules = self._rules
-        available = stock.available()
+        available = hot_.aggregate(stock).available()
         stock.paused = rules_.next_paused(stock.paused, available, rules.safety_threshold, rules.hysteresis)
         if stock.paused != was_paused:
             how = f"only {rules.main_channel} sells" if stock.paused else "every channel sells again"
@@ -254,6 +430,8 @@ class HoldStock(Processor):
                 stock.sku, f"{stock.sku}: available {available}; {how}", ctx.now_ms, cleared=not stock.paused,
                 details={"available": str(available), "threshold": str(rules.safety_threshold)},
             ))  # fmt: skip
+            if stock.hot is not None and stock.hot.state != hot_.COLD:  # the buckets refuse by the SKU's pause
+                self._send(ctx, stock, [Sync(hot_.CONFIG, b) for b in range(stock.hot.count)])
         breaches = [] if stock.healthy() else stock.breaches()
         if breaches and not had_breach:
             ctx.emit(ALERTS, stock.sku, "Alert",
@@ -261,15 +439,40 @@ class HoldStock(Processor):
         elif had_breach and not breaches:
             ctx.emit(ALERTS, stock.sku, "Alert", alert("invariant_breach", "INFO", stock.sku,
                                                        "invariants hold again", ctx.now_ms, cleared=True))  # fmt: skip
+        if _hot_state(stock) != was_hot:
+            self._publish_hot(ctx, stock)
         db.set(sku_key(stock.sku), stock)
         self.levels.setdefault(ctx.partition, _Levels()).dirty.add(stock.sku)
 
+    def _bucket_changed(self, ctx: Context, db: StoreTransaction[Any], bucket: SkuStock) -> None:
+        """A bucket not taking lines sends its free units home; once it holds nothing it says so and goes."""
+        self._send(ctx, bucket, hot_.send_home(bucket))
+        if not hot_.takes_reservations(bucket) and hot_.empty(hot_.figures(bucket)):
+            if db.get(sku_key(bucket.sku)) is not None:  # a bucket that was: its home counts it merged
+                self._emit_sync(ctx, bucket, Sync(hot_.REPORT, HOME))
+            db.delete(sku_key(bucket.sku))
+            self.levels.setdefault(ctx.partition, _Levels()).dirty.discard(bucket.sku)
+            return
+        db.set(sku_key(bucket.sku), bucket)
+        self.levels.setdefault(ctx.partition, _Levels()).dirty.add(bucket.sku)
+
     # ---- outputs ---------------------------------------------------------------------------------------
-    def _answer(self, ctx: Context, sku: str, a: Answer, source_ms: int) -> None:
+    def _answer(self, ctx: Context, stock: SkuStock | None, a: Answer, source_ms: int, bucket: int = HOME,
+                sku: str = "") -> None:  # fmt: skip
+        if stock is not None:
+            bucket = stock.hot.bucket if stock.hot is not None else bucket
+            sku = home_sku(stock.sku, bucket)
         ctx.emit(HOLD_RESULTS, a.order_id, "HoldDecided", HoldDecided(
             event_id=f"{a.order_id}#{a.line_no}:{a.action}:{a.outcome}", event_time_ms=ctx.now_ms,
             order_id=a.order_id, line_no=a.line_no, sku=sku, qty=a.qty, action=a.action, outcome=a.outcome,
-            reason=str(a.reason), source_time_ms=source_ms,
+            reason=str(a.reason), source_time_ms=source_ms, bucket=bucket,
+        ))  # fmt: skip
+
+    def _publish_hot(self, ctx: Context, home: SkuStock) -> None:
+        count, state = _hot_state(home)
+        ctx.emit(STOCK_HOT_SKUS, home.sku, "HotSku", HotSku(
+            event_id=f"hot:{home.sku}:{state or 'cold'}:{count}:{ctx.now_ms}", event_time_ms=ctx.now_ms,
+            sku=home.sku, buckets=count if state == hot_.HOT else 0, state=state, operator="", reason="",
         ))  # fmt: skip
 
     def _audit(self, ctx: Context, sku: str, override_id: str, result: rules_.OverrideStep, operator: str) -> None:
@@ -307,18 +510,23 @@ class HoldStock(Processor):
         hold = data if isinstance(data, LineHold) else LineHold.load(data)
         sku = sku_of(key)
         stock = self._stock(db, sku)
-        was_paused, had_breach = stock.paused, not stock.healthy()
+        was_paused, had_breach, was_hot = stock.paused, not stock.healthy(), _hot_state(stock)
         step = rules_.on_due(stock, self._rules, hold, ctx.now_ms)
         if not step.holds and step.answer is None:
             ctx.schedule(key, hold.expires_at_ms if hold.expires_at_ms > ctx.now_ms else 0)
             return
         self._store_holds(ctx, db, sku, hold.order_id, step.holds)
         if step.answer is not None:
-            self._answer(ctx, sku, step.answer, 0)
-        self._after_change(ctx, db, stock, was_paused, had_breach)
+            self._answer(ctx, stock, step.answer, 0)
+        if step.answer is None and (stock.hot is None or stock.hot.bucket < 0) and db.get(sku_key(sku)) is None:
+            return  # a purged tombstone of a bucket that is gone: nothing to store
+        self._after_change(ctx, db, stock, was_paused, had_breach, was_hot)
 
     def flush(self, ctx: Context) -> None:
-        """Publish the level of every SKU that changed and was not sent within the refresh interval."""
+        """Publish the level of every SKU that changed and was not sent within the refresh interval; a bucket
+        reports its figures to its home instead (the home's level adds them up)."""
+        if ctx.partition not in self.settings_applied:
+            self._apply_hot_setting(ctx)
         levels = self.levels.get(ctx.partition)
         if levels is None or not levels.dirty:
             return
@@ -332,7 +540,31 @@ class HoldStock(Processor):
             sent += 1
             levels.dirty.discard(sku)
             levels.sent_ms[sku] = ctx.now_ms
-            ctx.emit(STOCK_LEVELS, sku, "StockLevel", stock_level(self._stock(db, sku), self._rules, ctx.now_ms))
+            stock = self._stock(db, sku)
+            if stock.hot is not None and stock.hot.bucket >= 0:
+                self._emit_sync(ctx, stock, Sync(hot_.REPORT, HOME))
+                db.set(sku_key(sku), stock)
+            elif stock.hot is None and "#" in sku and db.get(sku_key(sku)) is None:
+                continue  # a bucket that merged and went
+            else:
+                ctx.emit(STOCK_LEVELS, sku, "StockLevel", stock_level(hot_.aggregate(stock), self._rules, ctx.now_ms))
+
+    def _apply_hot_setting(self, ctx: Context) -> None:
+        """The hot_skus setting, for the SKUs whose home is this partition: applied when its value differs from
+        the one last applied (an operator's hot/unhot in between stands until the setting changes)."""
+        self.settings_applied.add(ctx.partition)
+        db = ctx.store(STORE)
+        for sku, count in sorted(self.hot_setting.items()):
+            if partition_for(sku.encode(), self.partitions) != ctx.partition:
+                continue
+            stock = self._stock(db, sku)
+            if (stock.hot.setting if stock.hot else 0) == count:
+                continue
+            was_paused, had_breach, was_hot = stock.paused, not stock.healthy(), _hot_state(stock)
+            stock.hot = stock.hot or Buckets()
+            stock.hot.setting = count
+            self._send(ctx, stock, hot_.mark(stock, count, self.low_water))
+            self._after_change(ctx, db, stock, was_paused, had_breach, was_hot)
 
     def on_assign(self, ctx: Context) -> None:
         # A level is emitted in the transaction after its change, at most a refresh interval later,
@@ -347,6 +579,7 @@ class HoldStock(Processor):
 
     def on_revoke(self, partition: int) -> None:
         self.levels.pop(partition, None)
+        self.settings_applied.discard(partition)
 
     # ---- reads -----------------------------------------------------------------------------------------
     def view(self, read: Any, sku: str) -> dict[str, Any] | None:
@@ -355,7 +588,14 @@ class HoldStock(Processor):
         if data is None:
             return None
         stock = SkuStock.load(data)
-        level: dict[str, Any] = dict(stock_level(stock, self._rules, 0))
-        level["holds_open"] = stock.open_lines
+        level: dict[str, Any] = dict(stock_level(hot_.aggregate(stock), self._rules, 0))
+        level["holds_open"] = hot_.aggregate(stock).open_lines
+        if stock.hot is not None and stock.hot.state:
+            level["buckets"] = {"count": stock.hot.count, "state": stock.hot.state,
+                                "available": hot_.reported_available(stock.hot)}  # fmt: skip
         return level
 
+
+def _hot_state(stock: SkuStock) -> tuple[int, str]:
+    hot = stock.hot
+    return (hot.count, hot.state) if hot is not None and hot.bucket < 0 else (0, "")

@@ -22,6 +22,8 @@ from typing import Any
 from streams.contract.reasons import Reason
 
 HELD, SOLD, SHIPPED, RELEASED, EXPIRED = "held", "sold", "shipped", "released", "expired"
+# A hot SKU's bucket (or home) passed the line's RESERVE on; its commands follow (``reason`` says where).
+FORWARDED = "forwarded"
 OPEN = (HELD, SOLD)
 # The line number of stock an approved VIP override sets aside for a VIP order; the order's own
 # lines take it over when they are reserved, and what no line takes goes back to the pool.
@@ -63,6 +65,9 @@ class SkuStock:
     newest_source_ms: int = 0
     open_lines: int = 0  # open holds of this SKU: what a scan for VIP overrides can expect
     set_asides: int = 0  # open VIP set-asides: while 0, a RESERVE need not look for one
+    # A hot SKU's stock buckets (``agents.inventory.buckets``): None on every other SKU, so a cold SKU's
+    # record stays as small as it was.
+    hot: Buckets | None = None
 
     def on_hand_total(self) -> int:
         total = 0
@@ -114,7 +119,28 @@ class SkuStock:
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> SkuStock:
+        hot = data.get("hot")
+        if isinstance(hot, dict):
+            return cls(**{**data, "hot": Buckets(**hot)})
         return cls(**data)
+
+
+@dataclass(slots=True)
+class Buckets:
+    """What a hot SKU's home or bucket record knows of the split (see ``agents.inventory.buckets``)."""
+
+    bucket: int = -1  # -1: the SKU's home record; k: bucket k's record (stored under '<sku>#k')
+    count: int = 0  # K: buckets taking reservations (home: 0 once cold)
+    state: str = ""  # "" cold | hot | merging
+    seq: int = 0  # messages this record sent (their ids, the same again when a batch is replayed)
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # home: each bucket's last figures
+    merged: list[int] = field(default_factory=list)  # home, merging: buckets that came home empty
+    settles: list[dict[str, Any]] = field(default_factory=list)  # home: counts waiting for the buckets
+    next_count: int = 0  # home: K to split into once the current merge finishes
+    setting: int = 0  # home: the K last applied from the hot_skus setting
+    rebalanced_ms: int = 0  # home: when buckets were last asked to send units home
+    in_flight: list[list[Any]] = field(default_factory=list)  # home: [seq, bucket, units] sent, not yet reported
+    acked: int = 0  # bucket: the sequence number of the last message from its home it applied
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ with the customer's returns the agent looks up.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from agents.alerting.alerts import AlertSpec
 from agents.orders import health
 from agents.orders.health import HealthRules
 from agents.routing.geo import locate
+from streams.contract.keys import bucket_for
 from streams.contract.reasons import Reason, Refusal
 from streams.contract.records import (
     HoldCommand,
@@ -104,6 +106,9 @@ class OrderRecord:
     bundle: bool = False  # any bundle line
     paid_at_ms: int = 0  # the channel's payment time (PaymentConfirmed's event time)
     health_score: float | None = None  # set once, when the order is paid
+    # A hot SKU's lines: the stock bucket each was sent to and, once answered, the one holding it; their
+    # later commands go there (absent: the SKU's home).
+    buckets: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -237,6 +242,8 @@ def _command(rec: OrderRecord, action: str, line_no: str, now_ms: int, rules: Or
         "reason": reason,
         "source_time_ms": rec.sent_at_ms or rec.placed_at_ms,
         "warehouse_id": warehouse_id,
+        "bucket": rec.buckets.get(line_no, -1),
+        "tries": 0,
     }
 
 
@@ -313,6 +320,7 @@ def on_hold_decided(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rule
         return fx
     if line_no not in rec.lines or line_no in rec.answers:
         return fx  # unknown line or duplicate answer
+    _note_bucket(rec, line_no, decided.get("bucket", -1))
     # A replayed RESERVE is answered with what the line is now: paid or shipped means it was held;
     # released or expired means the pool let it go before the order heard of it.
     held = decided["outcome"] in ("HELD", "COMMITTED", "SHIPPED")
@@ -340,6 +348,27 @@ def on_hold_decided(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rule
     if rec.paid:
         _pay(rec, fx, now_ms, rules)
     return fx
+
+
+def route_reserves(rec: OrderRecord, commands: list[HoldCommand], buckets_of: Callable[[str], int]) -> None:
+    """Send each new RESERVE of a hot SKU (``buckets_of(sku)`` > 1) to the bucket the order id picks, and
+    remember it, so a RELEASE sent before the answer goes the same way. Presale and VIP lines stay with
+    the SKU's home (its presale pool and the set-aside live there)."""
+    for cmd in commands:
+        line_no = str(cmd["line_no"])
+        if cmd["action"] != "RESERVE" or line_no in rec.buckets or rec.presale or rec.vip:
+            continue
+        count = buckets_of(cmd["sku"])
+        if count > 1:
+            rec.buckets[line_no] = cmd["bucket"] = bucket_for(rec.order_id, count)
+
+
+def _note_bucket(rec: OrderRecord, line_no: str, bucket: int) -> None:
+    """Where the line's RESERVE was decided (a hot SKU's bucket, or -1: its home): its commands go there."""
+    if bucket >= 0:
+        rec.buckets[line_no] = bucket
+    else:
+        rec.buckets.pop(line_no, None)
 
 
 def reservation_lines(rec: OrderRecord) -> list[LineDecision]:

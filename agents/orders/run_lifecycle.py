@@ -4,7 +4,9 @@ Reads: ``order.events`` (channel and WMS events), ``stock.hold-results`` (the po
 ``refund.order-cancels`` (a refund-only approved before shipment), all keyed and partitioned by
 order id.
 Writes: ``stock.hold-commands`` (RESERVE / RELEASE / COMMIT / ALLOCATE / SHIP per line, keyed by
-SKU), ``reservation.results``, ``order.states``, ``routing.decisions``, ``warehouse.dispatch``,
+SKU; a hot SKU's line by its bucket, ``SKU#k``, chosen by order id from the in-memory
+``agents.orders.hot_skus`` view, the line's later commands to the bucket that answered),
+``reservation.results``, ``order.states``, ``routing.decisions``, ``warehouse.dispatch``,
 ``warehouse.performance``, ``order.health`` (each order's health score, once, when it is paid),
 alerts (SLA, unroutable, payment waiting for its order) and dead letters (refused events, events
 parked past their grace).
@@ -31,10 +33,11 @@ from agents.alerting.alerts import AlertSpec, alert
 from agents.orders import rules as flow
 from agents.orders.customer_returns import CustomerReturns
 from agents.orders.health import HealthRules, health_rules
+from agents.orders.hot_skus import HotSkus
 from agents.orders.rules import Effects, OrderRecord, OrderRules
 from agents.routing.scoring import Line
 from agents.routing.warehouse_view import WarehouseView
-from streams.contract.keys import order_key
+from streams.contract.keys import bucket_key, order_key
 from streams.contract.reasons import Reason
 from streams.contract.records import OrderStateChanged, ReservationDecided
 from streams.contract.topics import (
@@ -110,11 +113,14 @@ class RunLifecycle(Processor):
     parked_grace_s: float = 600.0
     health: HealthRules | None = None
     returns: CustomerReturns | None = None
+    hot: HotSkus | None = None
+    partitions: int = 8  # of the topics: where a hot SKU's buckets live (``bucket_key``)
 
     @classmethod
-    def from_settings(cls, settings: Settings, view: WarehouseView,
-                      returns: CustomerReturns | None = None) -> RunLifecycle:  # fmt: skip
-        """``returns``: the worker's view of customers' returns; None scores every customer as one without."""
+    def from_settings(cls, settings: Settings, view: WarehouseView, returns: CustomerReturns | None = None,
+                      hot: HotSkus | None = None) -> RunLifecycle:  # fmt: skip
+        """``returns``: the worker's view of customers' returns; None scores every customer as one without.
+        ``hot``: the worker's view of hot SKUs (``stock.hot-skus``); None sends every line to its SKU's home."""
         health = health_rules(settings)
         return cls(
             name="run_lifecycle",
@@ -127,6 +133,8 @@ class RunLifecycle(Processor):
             parked_grace_s=settings.parked_grace_s,
             health=health,
             returns=returns if returns is not None else CustomerReturns.from_rules(health.returns, ready=True),
+            hot=hot,
+            partitions=settings.partitions,
         )
 
     @property
@@ -232,8 +240,10 @@ class RunLifecycle(Processor):
     # ---- outputs ---------------------------------------------------------------------------------------
     def _publish(self, ctx: Context, rec: OrderRecord, fx: Effects) -> None:
         now = ctx.now_ms
+        if self.hot is not None and self.hot.skus:
+            flow.route_reserves(rec, fx.hold_commands, self.hot.buckets)
         for cmd in fx.hold_commands:
-            ctx.emit(HOLD_COMMANDS, cmd["sku"], "HoldCommand", cmd)
+            ctx.emit(HOLD_COMMANDS, bucket_key(cmd["sku"], cmd.get("bucket", -1), self.partitions), "HoldCommand", cmd)
         for previous, state, reason in fx.transitions:
             ctx.emit(ORDER_STATES, rec.order_id, "OrderStateChanged", OrderStateChanged(
                 event_id=f"{rec.order_id}:{state}", event_time_ms=rec.stage_times.get(state, now),

@@ -34,9 +34,30 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (hashed & 0x7FFFFFFF) % partitions
 
 
-def bucket_key(sku: str, bucket: int) -> str:
-    """The key of bucket ``bucket`` of a hot SKU, ``<sku>#<bucket>`` (its own partition); -1: the SKU itself."""
-    return sku if bucket < 0 else f"{sku}#{bucket}"
+@lru_cache(maxsize=16_384)
+def bucket_key(sku: str, bucket: int, partitions: int) -> str:
+    """The key of bucket ``bucket`` of a hot SKU on topics of ``partitions`` partitions; -1: the SKU itself.
+
+    Bucket k is ``<sku>#k`` when that key lands on a partition neither the SKU nor a lower bucket uses,
+    else the first of ``<sku>#k.1``, ``<sku>#k.2``, ... that does: by hash alone, 4 buckets over 8
+    partitions share one in 6 SKUs of 10, and two buckets on one partition are decided by one worker.
+    With ``partitions`` buckets the last shares the home's partition; beyond that, buckets share. Only
+    placement depends on ``partitions``: every key is routed by its own hash, so a wrong count costs
+    spread, never correctness.
+    """
+    if bucket < 0:
+        return sku
+    plain = f"{sku}#{bucket}"
+    taken = {partition_for(bucket_key(sku, b, partitions).encode(), partitions) for b in range(bucket)}
+    if len(taken) >= partitions:
+        return plain
+    if len(taken) < partitions - 1:  # room to keep off the home's partition too
+        taken.add(partition_for(sku.encode(), partitions))
+    key, salt = plain, 0
+    while partition_for(key.encode(), partitions) in taken:
+        salt += 1
+        key = f"{plain}.{salt}"
+    return key
 
 
 def bucket_for(order_id: str, buckets: int) -> int:

@@ -1,0 +1,428 @@
+"""A hot SKU's stock buckets: pure rules, no Kafka.
+
+One SKU is one key on one partition, so one worker decides all of its orders. A SKU marked hot with K
+buckets keeps its *home* record (the SKU's own key) and hands its free units to K *bucket* records,
+keys ``<sku>#0`` .. ``<sku>#K-1``, which land on other partitions: each bucket is an ordinary pool
+record (``SkuStock`` and ``LineHold``s) and decides the order lines routed to it with the pool's own
+rules, so K workers sell the SKU at once.
+
+- Units only move as a TRANSFER: the sender debits itself and the credit travels in the same Kafka
+  transaction (``stock.buckets``), credited once per transfer id, so no unit is made or lost.
+- A RESERVE goes to bucket ``bucket_for(order id)``; a bucket that cannot fill it passes it to the next
+  bucket (``next_hop``) and leaves a FORWARDED marker, so the line's later commands (and a duplicate
+  RESERVE) follow the same path; after all K: refused, with the pool's usual reason.
+- Buckets report their figures to the home (``figures``); the home alone publishes the SKU's level,
+  from its own record plus the reports plus what is in transit (``aggregate``): one number per SKU.
+- Rebalancing goes through the home: a bucket below the low-water mark makes the home ask the richer
+  ones for their surplus (REBALANCE), which it hands to the poorest (``distribute``). When the buckets
+  together hold no more than ``low_water`` per bucket, they gather everything into one bucket, so the
+  last units are never stranded in pieces too small for a line.
+- Stock arrives at the home: receipts are handed out at once. An absolute COUNT (and a negative
+  CORRECTION) is settled like a snapshot: the home stops handing out units, asks each bucket to send
+  home that warehouse's free units and say what is left (PROBE / COUNTED; every channel between home
+  and a bucket is in order), then applies the difference once every bucket answered (``finish_settle``).
+- Un-marking merges: the buckets stop taking new lines, send every free unit home, finish their open
+  lines, and report empty; when all did, the SKU is cold.
+
+Every function takes the records and returns the messages to send (``Sync``); the processor turns them
+into ``BucketSync`` records and stores the changed records in the same batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from agents.inventory.rules import Buckets, SkuStock
+from streams.contract.keys import bucket_for, bucket_key
+
+__all__ = ["bucket_for", "bucket_key"]  # the contract's, here beside the rules that use them
+
+HOME = -1
+MAX_BUCKETS = 64
+MIN_BUCKETS = 2  # fewer is no split: the SKU is decided at its home
+HOT, MERGING, COLD = "hot", "merging", ""
+TRANSFER, REPORT, CONFIG, REBALANCE, PROBE, COUNTED = "TRANSFER", "REPORT", "CONFIG", "REBALANCE", "PROBE", "COUNTED"
+
+
+@dataclass(frozen=True)
+class Sync:
+    """One message from a home or bucket record to another record of the same SKU."""
+
+    kind: str
+    to_bucket: int
+    units: dict[str, int] = field(default_factory=dict)
+    qty: int = 0
+    warehouse_id: str = ""
+    ref: str = ""
+
+
+def home_sku(key: str, bucket: int) -> str:
+    return key if bucket < 0 else key.rpartition("#")[0]
+
+
+def next_hop(bucket: int, tries: int, count: int) -> int | None:
+    """Where a RESERVE a bucket cannot fill goes next; None: every bucket has tried."""
+    if tries + 1 >= count:
+        return None
+    return (bucket + 1) % count
+
+
+def total(units: dict[str, int]) -> int:
+    return sum(units.values())
+
+
+def movable(stock: SkuStock) -> dict[str, int]:
+    """Units per warehouse that may leave ``stock`` with every open line still backed: a line tied to a
+    warehouse by its own warehouse's units, the other lines by any (the fullest warehouses keep them)."""
+    free = {}
+    for wh, qty in stock.on_hand.items():
+        left = max(0, qty) - stock.allocated.get(wh, 0)
+        if left > 0:
+            free[wh] = left
+    keep = stock.locked + stock.presale_reserved - sum(stock.allocated.values())
+    for wh in sorted(free, key=lambda w: (-free[w], w)):
+        if keep <= 0:
+            break
+        kept = min(keep, free[wh])
+        free[wh] -= kept
+        keep -= kept
+    return {wh: q for wh, q in sorted(free.items()) if q > 0}
+
+
+def take(stock: SkuStock, units: dict[str, int]) -> None:
+    for wh, qty in units.items():
+        stock.on_hand[wh] = stock.on_hand.get(wh, 0) - qty
+
+
+def give(stock: SkuStock, units: dict[str, int]) -> None:
+    for wh, qty in units.items():
+        stock.on_hand[wh] = stock.on_hand.get(wh, 0) + qty
+
+
+def apportion(units: dict[str, int], amounts: list[int]) -> list[dict[str, int]]:
+    """Cut ``units`` (per warehouse) into parts of ``amounts`` units, each part drawing on every warehouse
+    in proportion to what is left (so every bucket can serve every warehouse routing may choose)."""
+    left = {wh: q for wh, q in sorted(units.items()) if q > 0}
+    parts = []
+    for amount in amounts:
+        remaining = sum(left.values())
+        amount = min(amount, remaining)
+        part: dict[str, int] = {}
+        if amount > 0:
+            for wh, qty in left.items():
+                share = amount * qty // remaining
+                if share:
+                    part[wh] = share
+            short = amount - total(part)
+            for wh in sorted(left, key=lambda w: (part.get(w, 0) - left[w], w)):
+                if short <= 0:
+                    break
+                extra = min(short, left[wh] - part.get(wh, 0))
+                if extra > 0:
+                    part[wh] = part.get(wh, 0) + extra
+                    short -= extra
+            for wh, qty in part.items():
+                left[wh] -= qty
+        parts.append(part)
+    return parts
+
+
+def water_fill(free: int, levels: list[int]) -> list[int]:
+    """How many of ``free`` units each bucket gets so the lowest ``levels`` rise first, as evenly as can be."""
+    count = len(levels)
+    order = sorted(range(count), key=lambda k: (max(0, levels[k]), k))
+    vals = [max(0, levels[k]) for k in order]
+    level, n = vals[0], 1
+    while n < count and (vals[n] - level) * n <= free:
+        free -= (vals[n] - level) * n
+        level, n = vals[n], n + 1
+    level += free // n
+    extra = free % n
+    amounts = [0] * count
+    for j in range(n):
+        amounts[order[j]] = level + (1 if j < extra else 0) - vals[j]
+    return amounts
+
+
+# ---- the home -------------------------------------------------------------------------------------
+
+
+def reported_available(hot: Buckets) -> list[int]:
+    """Each bucket's available units as it last reported them, plus what is on its way to it."""
+    levels = [int(hot.reports.get(str(k), {}).get("available", 0)) for k in range(hot.count)]
+    for _, bucket, units in hot.in_flight:
+        if 0 <= bucket < hot.count:
+            levels[bucket] += total(units)
+    return levels
+
+
+def gathering(levels: list[int], low_water: int) -> bool:
+    """So few units left that they belong in one bucket: a line then finds them all in one place."""
+    return len(levels) > 1 and sum(levels) <= len(levels) * low_water
+
+
+def distribute(home: SkuStock, low_water: int) -> list[Sync]:
+    """Hand the home's free units to its buckets: to the poorest first, or all to the richest when gathering.
+    Not while a count is being settled (the buckets' figures are being taken)."""
+    hot = home.hot
+    if hot is None or hot.state != HOT or hot.settles or hot.count < 1:
+        return []
+    free = movable(home)
+    units = total(free)
+    if units <= 0:
+        return []
+    levels = reported_available(hot)
+    if hot.count > 1 and sum(levels) + units <= hot.count * low_water:
+        target = max(range(hot.count), key=lambda k: (levels[k], -k))
+        amounts = [units if k == target else 0 for k in range(hot.count)]
+    else:
+        amounts = water_fill(units, levels)
+    out = []
+    for bucket, part in enumerate(apportion(free, amounts)):
+        if part:
+            take(home, part)
+            out.append(Sync(TRANSFER, bucket, part))
+    return out
+
+
+def mark(home: SkuStock, count: int, low_water: int) -> list[Sync]:
+    """Split the SKU into ``count`` buckets (2 or more), or merge them back (fewer). A different K while hot
+    merges first and splits again once the merge is done."""
+    if count < MIN_BUCKETS:
+        return unmark(home)
+    hot = home.hot = home.hot or Buckets()
+    if hot.state == HOT and hot.count == count:
+        hot.next_count = 0
+        return []
+    if hot.state != COLD:
+        hot.next_count = count
+        return unmark(home, keep_next=True) if hot.state == HOT else []
+    hot.state, hot.count, hot.reports, hot.merged, hot.next_count = HOT, count, {}, [], 0
+    return [Sync(CONFIG, b) for b in range(count)] + distribute(home, low_water)
+
+
+def unmark(home: SkuStock, keep_next: bool = False) -> list[Sync]:
+    """Stop the buckets taking new lines; they send their free units home and finish their open lines."""
+    hot = home.hot
+    if hot is None:
+        return []
+    if not keep_next:
+        hot.next_count = 0
+    if hot.state != HOT:
+        return []
+    hot.state, hot.merged = MERGING, []
+    return [Sync(CONFIG, b) for b in range(hot.count)]
+
+
+def taking_reservations(home: SkuStock) -> int:
+    """K while the buckets take new lines; 0 when the home decides them (cold, or merging)."""
+    hot = home.hot
+    return hot.count if hot is not None and hot.state == HOT else 0
+
+
+def on_report(home: SkuStock, bucket: int, figures: dict[str, Any], low_water: int) -> list[Sync]:
+    """A bucket's figures. While merging, a bucket that reports empty is done; when all are, the SKU is cold
+    (and split again if a new K is waiting)."""
+    hot = home.hot
+    if hot is None or not 0 <= bucket < hot.count:
+        return []
+    if int(figures.get("seq", 0)) >= int(hot.reports.get(str(bucket), {}).get("seq", -1)):
+        hot.reports[str(bucket)] = figures
+    acked = int(figures.get("acked", 0))
+    hot.in_flight = [f for f in hot.in_flight if f[1] != bucket or f[0] > acked]
+    if hot.state != MERGING or not empty(figures) or bucket in hot.merged:
+        return []
+    hot.merged.append(bucket)
+    if len(hot.merged) < hot.count:
+        return []
+    hot.state, hot.count, hot.reports, hot.merged, hot.in_flight = COLD, 0, {}, [], []
+    if hot.next_count >= MIN_BUCKETS:
+        return mark(home, hot.next_count, low_water)
+    if not hot.setting and not hot.settles:
+        home.hot = None  # a cold SKU's record is as small as it always was
+    return []
+
+
+def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> list[Sync]:
+    """Ask the richer buckets for their surplus when one runs low (or all of it, when gathering). At most
+    once per ``interval_ms``: figures reported meanwhile do not yet show the last round."""
+    hot = home.hot
+    if hot is None or hot.state != HOT or hot.settles or hot.count < MIN_BUCKETS:
+        return []
+    if now_ms - hot.rebalanced_ms < interval_ms:
+        return []
+    levels = reported_available(hot)
+    units = sum(levels)
+    if units <= 0:
+        return []
+    if gathering(levels, low_water):
+        target = max(range(hot.count), key=lambda k: (levels[k], -k))
+        asks = [(k, levels[k]) for k in range(hot.count) if k != target and levels[k] > 0]
+    elif min(levels) < low_water and max(levels) - min(levels) > 1:
+        mean = units // hot.count
+        asks = [(k, levels[k] - mean) for k in range(hot.count) if levels[k] > mean]
+    else:
+        asks = []
+    if asks:
+        hot.rebalanced_ms = now_ms
+    return [Sync(REBALANCE, k, qty=qty) for k, qty in asks]
+
+
+def credit(home: SkuStock, bucket: int, units: dict[str, int]) -> None:
+    """Units a bucket sent home; a count waiting for that bucket's answer counts them as the bucket's."""
+    give(home, units)
+    hot = home.hot
+    for settle in hot.settles if hot is not None else ():
+        if bucket in settle["waiting"] and str(bucket) not in settle["got"] and settle["wh"] in units:
+            pre = settle["pre"]
+            pre[str(bucket)] = pre.get(str(bucket), 0) + units[settle["wh"]]
+
+
+def needs_settle(home: SkuStock, kind: str, qty: int) -> bool:
+    """An adjustment the home cannot apply alone: an absolute count, or a correction that takes units away,
+    while buckets hold some of the SKU's units."""
+    hot = home.hot
+    if hot is None or hot.state == COLD:
+        return False
+    return kind == "COUNT" or (kind == "CORRECTION" and qty < 0)
+
+
+def start_settle(home: SkuStock, kind: str, warehouse_id: str, qty: int, ref: str) -> list[Sync]:
+    """Begin a count (or negative correction) of ``warehouse_id``: snapshot the home, probe every bucket."""
+    hot = home.hot
+    assert hot is not None
+    waiting = [b for b in range(hot.count) if b not in hot.merged]
+    base = home.on_hand.get(warehouse_id, 0)
+    hot.settles.append({"ref": ref, "kind": kind, "wh": warehouse_id, "qty": qty, "base": base, "waiting": waiting,
+                        "got": {}, "pre": {}})  # fmt: skip
+    return [Sync(PROBE, b, warehouse_id=warehouse_id, ref=ref) for b in waiting]
+
+
+def on_counted(home: SkuStock, bucket: int, ref: str, remaining: int, low_water: int) -> list[Sync]:
+    """A bucket's answer to a probe; the last one settles the count, and the home hands out units again."""
+    hot = home.hot
+    settle = next((s for s in hot.settles if s["ref"] == ref), None) if hot is not None else None
+    if hot is None or settle is None or bucket not in settle["waiting"] or str(bucket) in settle["got"]:
+        return []
+    settle["got"][str(bucket)] = remaining
+    if len(settle["got"]) < len(settle["waiting"]):
+        return []
+    return finish_settle(home, settle, low_water)
+
+
+def finish_settle(home: SkuStock, settle: dict[str, Any], low_water: int) -> list[Sync]:
+    """Apply a count as of the moment each bucket was probed: what the home held then, what each bucket held
+    then (sent home or left), and everything that happened since stays on top."""
+    hot = home.hot
+    assert hot is not None
+    wh = settle["wh"]
+    if settle["kind"] == "COUNT":
+        counted = settle["base"] + sum(settle["got"].values()) + sum(settle["pre"].values())
+        delta = settle["qty"] - counted
+    else:
+        delta = settle["qty"]
+    home.on_hand[wh] = home.on_hand.get(wh, 0) + delta
+    hot.settles.remove(settle)
+    for later in hot.settles:
+        if later["wh"] == wh:  # its snapshot was taken before this change was applied
+            later["base"] += delta
+    if hot.state == COLD and not hot.setting and not hot.settles and not hot.next_count:
+        home.hot = None
+    return distribute(home, low_water)
+
+
+def aggregate(home: SkuStock) -> SkuStock:
+    """The SKU as one: the home's record plus every bucket's last figures plus units in transit to them.
+    What ``stock.levels``, the pause and ``/stock/{sku}`` use."""
+    hot = home.hot
+    if hot is None or not (hot.reports or hot.in_flight):
+        return home
+    agg = replace(home, on_hand=dict(home.on_hand), allocated=dict(home.allocated))
+    for fig in hot.reports.values():
+        for wh, qty in fig["on_hand"].items():
+            agg.on_hand[wh] = agg.on_hand.get(wh, 0) + qty
+        for wh, qty in fig["allocated"].items():
+            agg.allocated[wh] = agg.allocated.get(wh, 0) + qty
+        agg.locked += fig["locked"]
+        agg.sold += fig["sold"]
+        agg.presale_reserved += fig["presale_reserved"]
+        agg.open_lines += fig["open_lines"]
+        agg.newest_change_ms = max(agg.newest_change_ms, fig["newest_change_ms"])
+        agg.newest_source_ms = max(agg.newest_source_ms, fig["newest_source_ms"])
+    for _, _, units in hot.in_flight:
+        give(agg, units)
+    return agg
+
+
+def sent_to_bucket(home: SkuStock, seq: int, sync: Sync) -> None:
+    """Remember a transfer until its bucket reports having applied it (``aggregate`` counts it meanwhile)."""
+    if home.hot is not None and sync.kind == TRANSFER and sync.to_bucket >= 0:
+        home.hot.in_flight.append([seq, sync.to_bucket, dict(sync.units)])
+
+
+# ---- a bucket -------------------------------------------------------------------------------------
+
+
+def configure(bucket: SkuStock, index: int, count: int, state: str, paused: bool, seq: int) -> None:
+    """Adopt what the home says (every message from it carries its settings, in order)."""
+    hot = bucket.hot = bucket.hot or Buckets(bucket=index)
+    hot.bucket, hot.count, hot.state = index, count, state
+    hot.acked = max(hot.acked, seq)
+    bucket.paused = paused
+
+
+def takes_reservations(bucket: SkuStock) -> bool:
+    return bucket.hot is not None and bucket.hot.state == HOT
+
+
+def send_home(bucket: SkuStock) -> list[Sync]:
+    """A bucket that is not taking lines (merging, or its home went cold) sends every free unit home, and a
+    shortfall too (units shipped beyond what it held), so nothing stays behind when it is dropped."""
+    if takes_reservations(bucket):
+        return []
+    units = movable(bucket)
+    for wh, qty in bucket.on_hand.items():
+        if qty < 0:
+            units[wh] = qty
+    if not units:
+        return []
+    take(bucket, units)
+    return [Sync(TRANSFER, HOME, units)]
+
+
+def on_rebalance(bucket: SkuStock, qty: int) -> list[Sync]:
+    free = movable(bucket)
+    part = apportion(free, [min(qty, total(free))])[0]
+    if not part:
+        return []
+    take(bucket, part)
+    return [Sync(TRANSFER, HOME, part)]
+
+
+def on_probe(bucket: SkuStock, warehouse_id: str, ref: str) -> list[Sync]:
+    """Send the warehouse's free units home, then say what is left there (the units open lines hold)."""
+    out = []
+    free = movable(bucket).get(warehouse_id, 0)
+    if free > 0:
+        take(bucket, {warehouse_id: free})
+        out.append(Sync(TRANSFER, HOME, {warehouse_id: free}))
+    left = bucket.on_hand.get(warehouse_id, 0)
+    out.append(Sync(COUNTED, HOME, {warehouse_id: left}, qty=left, warehouse_id=warehouse_id, ref=ref))
+    return out
+
+
+def figures(bucket: SkuStock) -> dict[str, Any]:
+    """What a bucket tells its home (``REPORT``); ``acked``: the last home message it applied."""
+    hot = bucket.hot
+    return {
+        "seq": hot.seq if hot else 0, "acked": hot.acked if hot else 0, "on_hand": dict(bucket.on_hand),
+        "available": bucket.available(), "locked": bucket.locked, "sold": bucket.sold,
+        "presale_reserved": bucket.presale_reserved, "allocated": dict(bucket.allocated),
+        "open_lines": bucket.open_lines, "newest_change_ms": bucket.newest_change_ms,
+        "newest_source_ms": bucket.newest_source_ms,
+    }  # fmt: skip
+
+
+def empty(fig: dict[str, Any]) -> bool:
+    return int(fig["open_lines"]) == 0 and all(q == 0 for q in fig["on_hand"].values())

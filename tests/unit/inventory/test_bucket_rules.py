@@ -1,0 +1,354 @@
+"""The hot-SKU bucket rules (``agents.inventory.buckets``) one function at a time: plain records in, the
+messages to send out; no engine, no broker. The processor's end-to-end behaviour is in test_hot_buckets.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agents.inventory import buckets as b
+from agents.inventory.hold_stock import STORE, HoldStock, adjustment_key, sku_key
+from agents.inventory.rules import Buckets, SkuStock
+from streams.contract.keys import bucket_key, partition_for
+from streams.contract.topics import STOCK_BUCKETS
+from streams.engine.local import LocalRunner
+from streams.settings import Settings
+from tests.unit.inventory.test_hold_stock import WAREHOUSES, receipt
+
+SKU = "SKU-R"
+
+
+def home(on_hand: dict[str, int], count: int = 4, **stock: Any) -> SkuStock:
+    """A hot home record with ``count`` buckets that have reported nothing yet."""
+    return SkuStock(SKU, known=True, on_hand=dict(on_hand), hot=Buckets(count=count, state=b.HOT), **stock)
+
+
+def report(hot: Buckets, bucket: int, available: int, seq: int = 1, **fig: Any) -> None:
+    hot.reports[str(bucket)] = {"seq": seq, "available": available, **fig}
+
+
+def figures(on_hand: dict[str, int], open_lines: int = 0, seq: int = 1, acked: int = 0, **rest: Any) -> dict[str, Any]:
+    return {"seq": seq, "acked": acked, "on_hand": on_hand, "available": sum(on_hand.values()), "locked": 0,
+            "sold": 0, "presale_reserved": 0, "allocated": {}, "open_lines": open_lines, "newest_change_ms": 0,
+            "newest_source_ms": 0, **rest}  # fmt: skip
+
+
+def sent(syncs: list[b.Sync], kind: str) -> dict[int, b.Sync]:
+    return {s.to_bucket: s for s in syncs if s.kind == kind}
+
+
+# ---- cutting units up -------------------------------------------------------------------------------------
+def test_apportion_cuts_exact_amounts_in_proportion_to_each_warehouse() -> None:
+    parts = b.apportion({"WH-SH": 60, "WH-GZ": 40}, [25, 25, 25, 25])
+    assert [b.total(p) for p in parts] == [25, 25, 25, 25]
+    assert all(p == {"WH-SH": 15, "WH-GZ": 10} for p in parts)
+
+
+def test_apportion_hands_remainders_out_without_making_or_losing_a_unit() -> None:
+    units = {"WH-SH": 7, "WH-GZ": 3, "WH-BJ": 1}
+    parts = b.apportion(units, [4, 4, 3])
+    assert [b.total(p) for p in parts] == [4, 4, 3]
+    assert {wh: sum(p.get(wh, 0) for p in parts) for wh in units} == units  # every unit in exactly one part
+    assert all(q > 0 for p in parts for q in p.values())
+    assert all("WH-SH" in p for p in parts)  # the big warehouse backs every part
+
+
+def test_apportion_gives_no_more_than_there_is() -> None:
+    parts = b.apportion({"WH-SH": 5}, [4, 4, 0])
+    assert parts == [{"WH-SH": 4}, {"WH-SH": 1}, {}]
+    assert b.apportion({"WH-SH": 0, "WH-GZ": -2}, [3]) == [{}]
+
+
+def test_water_fill_raises_the_lowest_buckets_first() -> None:
+    assert b.water_fill(10, [0, 8, 2, 5]) == [6, 0, 4, 0]  # 0 and 2 rise to 6 each; 8 and 5 get nothing
+    assert b.water_fill(100, [0, 0, 0, 0]) == [25, 25, 25, 25]
+
+
+def test_water_fill_spreads_a_remainder_one_unit_each_to_the_lowest() -> None:
+    assert b.water_fill(7, [1, 0, 1, 3]) == [2, 3, 2, 0]  # all level at 3
+    # All at 3 takes 7; the 2 left go one each to the buckets that were lowest: 4, 4, 3, 3.
+    assert b.water_fill(9, [1, 0, 1, 3]) == [3, 4, 2, 0]
+    assert b.water_fill(2, [0, 0, 0]) == [1, 1, 0]  # ties: the lower bucket number first
+
+
+def test_water_fill_treats_an_overdrawn_bucket_as_empty() -> None:
+    assert b.water_fill(4, [-3, 0]) == [2, 2]
+
+
+def test_movable_keeps_units_behind_every_open_line() -> None:
+    stock = SkuStock(SKU, on_hand={"WH-SH": 10, "WH-GZ": 4}, locked=6, allocated={"WH-GZ": 3})
+    # 3 lines are tied to WH-GZ by its own units; the other 3 are backed by the fullest warehouse.
+    assert b.movable(stock) == {"WH-SH": 7, "WH-GZ": 1}
+    assert b.movable(SkuStock(SKU, on_hand={"WH-SH": 2}, locked=2)) == {}
+    assert b.movable(SkuStock(SKU, on_hand={"WH-SH": -1, "WH-GZ": 3})) == {"WH-GZ": 3}
+
+
+# ---- passing a line on ------------------------------------------------------------------------------------
+def test_next_hop_tries_every_bucket_once_in_order_then_gives_up() -> None:
+    path, bucket, tries = [2], 2, 0
+    while (nxt := b.next_hop(bucket, tries, 4)) is not None:
+        path.append(nxt)
+        bucket, tries = nxt, tries + 1
+    assert path == [2, 3, 0, 1]
+    assert b.next_hop(0, 0, 1) is None  # one bucket: nowhere else to go
+
+
+def test_bucket_for_is_stable_and_spreads_orders() -> None:
+    picks = [b.bucket_for(f"jd:{i}", 4) for i in range(400)]
+    assert picks == [b.bucket_for(f"jd:{i}", 4) for i in range(400)]
+    assert all(60 < picks.count(k) < 140 for k in range(4))
+    assert b.bucket_key(SKU, b.HOME, 8) == SKU and b.bucket_key(SKU, 0, 8).startswith("SKU-R#0")
+    assert b.home_sku("SKU-R#3", 3) == SKU and b.home_sku("A#B", b.HOME) == "A#B"
+
+
+# ---- the home hands units out -----------------------------------------------------------------------------
+def test_mark_splits_the_free_units_evenly_and_configures_every_bucket() -> None:
+    stock = SkuStock(SKU, known=True, on_hand={"WH-SH": 102}, locked=2)
+    out = b.mark(stock, 4, low_water=5)
+    assert sorted(sent(out, b.CONFIG)) == [0, 1, 2, 3]
+    transfers = sent(out, b.TRANSFER)
+    assert [b.total(transfers[k].units) for k in range(4)] == [25, 25, 25, 25]
+    assert stock.on_hand == {"WH-SH": 2} and stock.hot is not None and stock.hot.state == b.HOT
+
+
+def test_mark_with_fewer_than_two_buckets_is_an_unmark() -> None:
+    stock = home({"WH-SH": 0})
+    out = b.mark(stock, 1, low_water=5)
+    assert stock.hot is not None and stock.hot.state == b.MERGING and sorted(sent(out, b.CONFIG)) == [0, 1, 2, 3]
+    assert b.taking_reservations(stock) == 0
+
+
+def test_distribute_fills_the_poorest_buckets_first() -> None:
+    stock = home({"WH-SH": 12})
+    for k, level in enumerate([10, 0, 4, 9]):
+        report(stock.hot, k, level)  # type: ignore[arg-type]
+    out = sent(b.distribute(stock, low_water=2), b.TRANSFER)
+    assert {k: b.total(s.units) for k, s in out.items()} == {1: 8, 2: 4}  # both rise to 8
+    assert stock.on_hand == {"WH-SH": 0}
+
+
+def test_distribute_counts_units_still_on_their_way_to_a_bucket() -> None:
+    stock = home({"WH-SH": 4}, count=2)
+    b.sent_to_bucket(stock, 7, b.Sync(b.TRANSFER, 0, {"WH-SH": 6}))  # not yet reported by bucket 0
+    report(stock.hot, 1, 2)  # type: ignore[arg-type]
+    out = sent(b.distribute(stock, low_water=0), b.TRANSFER)
+    assert {k: b.total(s.units) for k, s in out.items()} == {1: 4}
+    assert b.reported_available(stock.hot) == [6, 2]  # type: ignore[arg-type]
+
+
+def test_distribute_gathers_a_few_units_into_the_richest_bucket() -> None:
+    stock = home({"WH-SH": 3})
+    for k, level in enumerate([1, 4, 0, 2]):
+        report(stock.hot, k, level)  # type: ignore[arg-type]
+    out = sent(b.distribute(stock, low_water=5), b.TRANSFER)  # 10 units, at most 4 x 5: one place
+    assert {k: b.total(s.units) for k, s in out.items()} == {1: 3}
+
+
+def test_distribute_waits_while_a_count_is_settled_or_the_sku_is_not_hot() -> None:
+    settling = home({"WH-SH": 10})
+    settling.hot.settles.append({"ref": "c1"})  # type: ignore[union-attr]
+    assert b.distribute(settling, low_water=1) == []
+    merging = home({"WH-SH": 10})
+    merging.hot.state = b.MERGING  # type: ignore[union-attr]
+    assert b.distribute(merging, low_water=1) == [] and merging.on_hand == {"WH-SH": 10}
+
+
+@pytest.mark.parametrize(("levels", "low_water", "gather"), [
+    ([5, 5, 5, 5], 5, True),  # exactly K x low-water: gathered
+    ([6, 5, 5, 5], 5, False),
+    ([0, 0, 0, 20], 5, True),
+    ([3], 5, False),  # one bucket is already one place
+    ([0, 0], 0, True),
+])  # fmt: skip
+def test_gathering_threshold_is_k_times_low_water(levels: list[int], low_water: int, gather: bool) -> None:
+    assert b.gathering(levels, low_water) is gather
+
+
+# ---- rebalancing ------------------------------------------------------------------------------------------
+def test_rebalance_asks_the_richer_buckets_for_their_surplus_over_the_mean() -> None:
+    stock = home({})
+    for k, level in enumerate([40, 2, 30, 8]):
+        report(stock.hot, k, level)  # type: ignore[arg-type]
+    out = sent(b.rebalance(stock, now_ms=10_000, low_water=5, interval_ms=200), b.REBALANCE)
+    assert {k: s.qty for k, s in out.items()} == {0: 20, 2: 10}  # mean 20
+    assert stock.hot.rebalanced_ms == 10_000  # type: ignore[union-attr]
+
+
+def test_rebalance_runs_at_most_once_per_interval() -> None:
+    stock = home({})
+    for k, level in enumerate([40, 0, 40, 40]):
+        report(stock.hot, k, level)  # type: ignore[arg-type]
+    assert b.rebalance(stock, 10_000, low_water=5, interval_ms=200)
+    assert b.rebalance(stock, 10_199, low_water=5, interval_ms=200) == []
+    assert b.rebalance(stock, 10_200, low_water=5, interval_ms=200)
+
+
+def test_rebalance_leaves_balanced_or_well_stocked_buckets_alone() -> None:
+    stock = home({})
+    for k, level in enumerate([9, 6, 7, 8]):
+        report(stock.hot, k, level)  # type: ignore[arg-type]
+    assert b.rebalance(stock, 10_000, low_water=5, interval_ms=200) == []
+    assert stock.hot.rebalanced_ms == 0  # type: ignore[union-attr]  # not asked: the next report may ask at once
+
+
+def test_rebalance_when_gathering_asks_every_other_bucket_for_everything() -> None:
+    stock = home({})
+    for k, level in enumerate([3, 1, 0, 4]):
+        report(stock.hot, k, level)  # type: ignore[arg-type]
+    out = sent(b.rebalance(stock, 10_000, low_water=5, interval_ms=200), b.REBALANCE)
+    assert {k: s.qty for k, s in out.items()} == {0: 3, 1: 1}  # bucket 3 (the richest) keeps its own
+
+
+def test_on_rebalance_sends_home_only_free_units() -> None:
+    bucket = SkuStock(f"{SKU}#1", on_hand={"WH-SH": 8, "WH-GZ": 2}, locked=3, hot=Buckets(bucket=1))
+    (out,) = b.on_rebalance(bucket, 100)
+    assert out.kind == b.TRANSFER and out.to_bucket == b.HOME and b.total(out.units) == 7
+    assert b.total(bucket.on_hand) == 3 and b.on_rebalance(bucket, 100) == []
+
+
+# ---- figures, transfers in flight, and one level for the SKU ---------------------------------------------
+def test_on_report_keeps_the_newest_figures_and_forgets_acknowledged_transfers() -> None:
+    stock = home({})
+    b.sent_to_bucket(stock, 3, b.Sync(b.TRANSFER, 0, {"WH-SH": 5}))
+    b.sent_to_bucket(stock, 9, b.Sync(b.TRANSFER, 0, {"WH-SH": 2}))
+    b.on_report(stock, 0, figures({"WH-SH": 5}, seq=4, acked=3), low_water=0)
+    assert stock.hot.in_flight == [[9, 0, {"WH-SH": 2}]]  # type: ignore[union-attr]
+    b.on_report(stock, 0, figures({"WH-SH": 99}, seq=2, acked=3), low_water=0)  # older: overtaken
+    assert stock.hot.reports["0"]["on_hand"] == {"WH-SH": 5}  # type: ignore[union-attr]
+    assert b.on_report(stock, 7, figures({}), low_water=0) == []  # no such bucket
+
+
+def test_aggregate_adds_buckets_and_units_in_transit_to_the_home() -> None:
+    stock = home({"WH-SH": 1}, count=2, locked=1, open_lines=1)
+    b.on_report(stock, 0, figures({"WH-SH": 10}, locked=4, sold=1, open_lines=4), low_water=0)
+    b.sent_to_bucket(stock, 5, b.Sync(b.TRANSFER, 1, {"WH-GZ": 3}))
+    agg = b.aggregate(stock)
+    assert agg.on_hand == {"WH-SH": 11, "WH-GZ": 3}
+    assert (agg.locked, agg.sold, agg.open_lines, agg.available()) == (5, 1, 5, 9)
+    assert stock.on_hand == {"WH-SH": 1}  # the home's own record is untouched
+    cold = SkuStock(SKU, on_hand={"WH-SH": 1})
+    assert b.aggregate(cold) is cold
+
+
+# ---- counts settled with the buckets --------------------------------------------------------------------
+def test_a_count_is_settled_across_buckets_as_of_each_probe() -> None:
+    stock = home({"WH-SH": 2}, count=2)
+    assert b.needs_settle(stock, "COUNT", 30) and b.needs_settle(stock, "CORRECTION", -1)
+    assert not b.needs_settle(stock, "CORRECTION", 5) and not b.needs_settle(stock, "RECEIPT", 5)
+    probes = b.start_settle(stock, "COUNT", "WH-SH", 30, "count-1")
+    assert sorted(sent(probes, b.PROBE)) == [0, 1]
+    bucket0 = SkuStock(f"{SKU}#0", on_hand={"WH-SH": 14}, locked=4, hot=Buckets(bucket=0))
+    out0 = b.on_probe(bucket0, "WH-SH", "count-1")
+    assert [(s.kind, b.total(s.units)) for s in out0] == [(b.TRANSFER, 10), (b.COUNTED, 4)]
+    b.credit(stock, 0, out0[0].units)
+    assert b.on_counted(stock, 0, "count-1", out0[1].qty, low_water=0) == []  # bucket 1 still to answer
+    out = b.on_counted(stock, 1, "count-1", 12, low_water=0)
+    # On the shelf then: home 2 + bucket 0's 14 + bucket 1's 12 = 28; the count says 30.
+    assert stock.hot.settles == []  # type: ignore[union-attr]
+    # The home's 2 + the 10 sent home + the 2 found: handed out to the buckets again.
+    assert b.total(stock.on_hand) + sum(b.total(s.units) for s in sent(out, b.TRANSFER).values()) == 14
+    assert b.on_counted(stock, 1, "count-1", 12, low_water=0) == []  # a duplicate answer changes nothing
+
+
+def test_a_count_sees_units_a_bucket_sent_home_before_its_probe_arrived() -> None:
+    stock = home({"WH-SH": 0}, count=2)
+    b.start_settle(stock, "COUNT", "WH-SH", 20, "count-2")
+    # Bucket 0 had sent 6 home (a rebalance) before it saw the probe: they were its units when probed.
+    b.credit(stock, 0, {"WH-SH": 6})
+    b.on_counted(stock, 0, "count-2", 0, low_water=0)
+    # Bucket 1 answers first, then sends 3 home after its answer: those are already in its count.
+    out = b.on_counted(stock, 1, "count-2", 14, low_water=0)
+    # 0 + 6 + 0 + 14 = 20 counted: the count agrees, and the 6 go out to the buckets again.
+    assert stock.hot.settles == []  # type: ignore[union-attr]
+    assert b.total(stock.on_hand) == 0 and sum(b.total(s.units) for s in sent(out, b.TRANSFER).values()) == 6
+
+
+def test_a_count_sees_units_the_home_sent_that_a_bucket_had_not_yet_applied() -> None:
+    stock = home({"WH-SH": 10}, count=2)
+    out = b.distribute(stock, low_water=0)  # 5 to each bucket, in flight
+    assert stock.on_hand == {"WH-SH": 0} and len(sent(out, b.TRANSFER)) == 2
+    b.start_settle(stock, "COUNT", "WH-SH", 7, "count-3")
+    # Each channel is in order: the transfer reaches the bucket before the probe, so each answers 5.
+    b.on_counted(stock, 0, "count-3", 5, low_water=0)
+    b.on_counted(stock, 1, "count-3", 5, low_water=0)
+    assert stock.on_hand == {"WH-SH": -3}  # 10 counted, 7 on the shelf: the 3 lost come off the SKU
+
+
+def test_a_negative_correction_is_applied_once_every_bucket_answered() -> None:
+    stock = home({"WH-SH": 5}, count=2)
+    b.start_settle(stock, "CORRECTION", "WH-SH", -4, "corr-1")
+    b.on_counted(stock, 0, "corr-1", 1, low_water=0)
+    assert stock.on_hand == {"WH-SH": 5}
+    out = b.on_counted(stock, 1, "corr-1", 0, low_water=0)
+    assert stock.hot.settles == []  # type: ignore[union-attr]
+    assert b.total(stock.on_hand) == 0 and sum(b.total(s.units) for s in sent(out, b.TRANSFER).values()) == 1
+
+
+# ---- un-marking and merging -------------------------------------------------------------------------------
+def test_unmark_then_every_bucket_reports_empty_and_the_sku_goes_cold() -> None:
+    stock = home({"WH-SH": 0}, count=3)
+    out = b.unmark(stock)
+    assert sorted(sent(out, b.CONFIG)) == [0, 1, 2] and stock.hot.state == b.MERGING  # type: ignore[union-attr]
+    assert b.unmark(stock) == []  # again: nothing new
+    b.on_report(stock, 0, figures({"WH-SH": 0}, seq=5), low_water=0)
+    b.on_report(stock, 0, figures({"WH-SH": 0}, seq=6), low_water=0)  # the same bucket twice counts once
+    b.on_report(stock, 1, figures({"WH-SH": 2}, open_lines=2), low_water=0)  # still finishing two lines
+    assert stock.hot is not None and stock.hot.merged == [0]
+    b.on_report(stock, 1, figures({"WH-SH": 0}, seq=2), low_water=0)
+    b.on_report(stock, 2, figures({}), low_water=0)
+    assert stock.hot is None  # cold, and its record as small as a SKU never split
+
+
+def test_a_new_k_while_hot_merges_first_and_splits_again() -> None:
+    stock = home({"WH-SH": 0}, count=2)
+    out = b.mark(stock, 3, low_water=0)
+    assert stock.hot is not None and stock.hot.state == b.MERGING and stock.hot.next_count == 3
+    assert sorted(sent(out, b.CONFIG)) == [0, 1]
+    b.credit(stock, 0, {"WH-SH": 9})  # the buckets send their units home
+    b.on_report(stock, 0, figures({}), low_water=0)
+    out = b.on_report(stock, 1, figures({}), low_water=0)
+    assert stock.hot.state == b.HOT and stock.hot.count == 3
+    assert {k: b.total(s.units) for k, s in sent(out, b.TRANSFER).items()} == {0: 3, 1: 3, 2: 3}
+
+
+def test_a_bucket_not_taking_lines_sends_free_units_and_shortfalls_home() -> None:
+    bucket = SkuStock(f"{SKU}#0", on_hand={"WH-SH": 5, "WH-GZ": -1}, locked=2, open_lines=2, hot=Buckets(bucket=0))
+    b.configure(bucket, 0, 4, b.MERGING, paused=False, seq=11)
+    assert not b.takes_reservations(bucket) and bucket.hot is not None and bucket.hot.acked == 11
+    (out,) = b.send_home(bucket)
+    assert out.to_bucket == b.HOME and out.units == {"WH-SH": 3, "WH-GZ": -1}
+    assert bucket.on_hand == {"WH-SH": 2, "WH-GZ": 0} and not b.empty(b.figures(bucket))
+    assert b.send_home(bucket) == []
+    b.configure(bucket, 0, 4, b.HOT, paused=False, seq=3)
+    assert b.send_home(bucket) == [] and bucket.hot.acked == 11  # an old message never lowers what was acked
+
+
+# ---- a transfer is credited once --------------------------------------------------------------------------
+def test_a_transfer_delivered_twice_is_credited_once() -> None:
+    settings = Settings(safety_threshold=0, threshold_hysteresis=0)
+    r = LocalRunner([HoldStock.from_settings(settings, WAREHOUSES)], partitions=12)
+    receipt(r, SKU, 1)  # the home exists
+    transfer = {
+        "event_id": f"{SKU}#2:7", "event_time_ms": 0, "sku": SKU, "kind": b.TRANSFER, "from_bucket": 2,
+        "to_bucket": b.HOME, "units": {"WH-SH": 4}, "qty": 0, "warehouse_id": "", "ref": "", "buckets": 0,
+        "state": "", "paused": False, "locked": 0, "sold": 0, "presale_reserved": 0, "open_lines": 0,
+        "allocated": {}, "newest_change_ms": 0, "newest_source_ms": 0, "seq": 7, "acked": 0,
+    }  # fmt: skip
+    for _ in range(2):  # a batch replayed: the same record again
+        r.send([(bucket_key(SKU, b.HOME, 12), "BucketSync", transfer)], STOCK_BUCKETS.name)
+    assert r.read(STORE, sku_key(SKU), SKU)["on_hand"] == {"WH-SH": 5}
+    assert r.read(STORE, adjustment_key(SKU, f"transfer:{SKU}#2:7"), SKU) is not None
+
+
+def test_buckets_land_on_partitions_of_their_own() -> None:
+    """K buckets on K partitions none shares with the SKU's home while there is room, whatever the SKU."""
+    for n in range(200):
+        sku = f"SKU-{n}"
+        home = partition_for(sku.encode(), 8)
+        placed = [partition_for(bucket_key(sku, k, 8).encode(), 8) for k in range(7)]
+        assert len(set(placed)) == 7 and home not in placed, sku
+        eight = [partition_for(bucket_key(sku, k, 8).encode(), 8) for k in range(8)]
+        assert sorted(eight) == list(range(8))  # the eighth takes the home's partition
+        assert bucket_key(sku, 9, 8) == f"{sku}#9"  # more buckets than partitions: they share
+        assert bucket_key(sku, 2, 8) == bucket_key(sku, 2, 8)  # the same in every process

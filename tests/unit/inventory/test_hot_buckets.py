@@ -1,0 +1,159 @@
+"""A hot SKU split into stock buckets, run in-process through the engine's interface (no broker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.inventory.hold_stock import STORE, HoldStock, sku_key
+from streams.contract.keys import bucket_for, bucket_key
+from streams.contract.topics import HOLD_COMMANDS, OPS_OVERRIDES, STOCK_ADJUSTMENTS, STOCK_HOT_SKUS
+from streams.engine.local import LocalRunner
+from streams.settings import Settings
+from tests.unit.inventory.test_hold_stock import WAREHOUSES, answers, receipt
+
+SKU = "SKU-LIVE"
+P = Settings().partitions  # the runner's processors place buckets for the default topic size
+
+
+def runner(**overrides: Any) -> LocalRunner:
+    settings = Settings(**{"safety_threshold": 0, "threshold_hysteresis": 0, **overrides})
+    return LocalRunner([HoldStock.from_settings(settings, WAREHOUSES)], partitions=12)
+
+
+def mark(r: LocalRunner, buckets: int) -> None:
+    r.send([(SKU, "HotSku", {"event_id": f"hot-{buckets}-{r.now_ms}", "event_time_ms": r.now_ms, "sku": SKU,
+                             "buckets": buckets, "state": "", "operator": "ops", "reason": "live stream"})],
+           OPS_OVERRIDES.name)  # fmt: skip
+
+
+def reserve(order_id: str, qty: int = 1, buckets: int = 0, action: str = "RESERVE") -> tuple[str, str, dict[str, Any]]:
+    bucket = bucket_for(order_id, buckets) if buckets else -1
+    return (bucket_key(SKU, bucket, P), "HoldCommand", {
+        "event_id": f"{order_id}#1:{action}", "event_time_ms": 0, "action": action, "order_id": order_id,
+        "line_no": 1, "sku": SKU, "qty": qty, "channel": "jd", "presale": False, "expires_at_ms": 0,
+        "reason": "", "source_time_ms": 0, "warehouse_id": "", "bucket": bucket, "tries": 0,
+    })  # fmt: skip
+
+
+def record(r: LocalRunner, key: str) -> dict[str, Any] | None:
+    return r.read(STORE, sku_key(key), key)
+
+
+def on_hand_everywhere(r: LocalRunner, buckets: int) -> int:
+    keys = [SKU] + [bucket_key(SKU, b, P) for b in range(buckets)]
+    return sum(sum(rec["on_hand"].values()) for k in keys if (rec := record(r, k)) is not None)
+
+
+def level(r: LocalRunner) -> dict[str, Any]:
+    r.advance(1_000)
+    return [o.record for o in r.outputs if o.event_type == "StockLevel" and o.record["sku"] == SKU][-1]
+
+
+def test_marking_hot_splits_the_free_units_and_publishes_one_level() -> None:
+    r = runner()
+    receipt(r, SKU, 60, "WH-SH")
+    receipt(r, SKU, 40, "WH-GZ")
+    mark(r, 4)
+    home = record(r, SKU)
+    assert home is not None and home["hot"]["state"] == "hot" and sum(home["on_hand"].values()) == 0
+    shares = [record(r, bucket_key(SKU, b, P)) for b in range(4)]
+    assert [sum(s["on_hand"].values()) for s in shares if s] == [25, 25, 25, 25]
+    assert all(s and s["on_hand"]["WH-SH"] == 15 for s in shares)  # every bucket can serve every warehouse
+    hot = [o.record for o in r.outputs if o.topic == STOCK_HOT_SKUS.name]
+    assert hot[-1]["buckets"] == 4 and hot[-1]["state"] == "hot"
+    assert level(r)["available"] == 100 and level(r)["on_hand"] == 100
+
+
+def test_a_race_in_four_buckets_holds_exactly_the_units() -> None:
+    r = runner()
+    receipt(r, SKU, 100)
+    mark(r, 4)
+    for batch in range(10):
+        r.send([reserve(f"jd:{batch}-{i}", buckets=4) for i in range(100)], HOLD_COMMANDS.name)
+        r.advance(200)
+    decided = {o: outcome for o, outcome in answers(r.outputs)}
+    assert len(decided) == 1000
+    assert sum(1 for v in decided.values() if v == "HELD") == 100
+    refused = [o.record for o in r.outputs if o.event_type == "HoldDecided" and o.record["outcome"] == "REFUSED"]
+    assert {a["reason"] for a in refused} == {"insufficient_stock"}
+    assert on_hand_everywhere(r, 4) == 100
+    lvl = level(r)
+    assert (lvl["locked"], lvl["available"], lvl["on_hand"]) == (100, 0, 100)
+
+
+def test_a_bucket_that_runs_dry_passes_the_line_on_and_the_answer_names_the_holder() -> None:
+    r = runner(hot_sku_low_water=1)
+    receipt(r, SKU, 8)
+    mark(r, 4)  # two units per bucket
+    home_bucket = bucket_for("jd:a", 4)
+    same = [f"jd:b{i}" for i in range(100) if bucket_for(f"jd:b{i}", 4) == home_bucket]
+    r.send([reserve("jd:a", qty=2, buckets=4)], HOLD_COMMANDS.name)
+    # A second order for the same bucket finds it empty and is held by the next one.
+    other = same[0]
+    out = r.send([reserve(other, qty=1, buckets=4)], HOLD_COMMANDS.name)
+    held = [o.record for o in out if o.event_type == "HoldDecided"]
+    assert held[-1]["outcome"] == "HELD" and held[-1]["bucket"] == (home_bucket + 1) % 4
+    # Its RELEASE, sent to the bucket first tried, follows the marker to the holder.
+    out = r.send([reserve(other, buckets=4, action="RELEASE")], HOLD_COMMANDS.name)
+    released = [o.record for o in out if o.event_type == "HoldDecided"]
+    assert released[-1]["outcome"] == "RELEASED" and released[-1]["bucket"] == (home_bucket + 1) % 4
+
+
+def test_units_fragmented_over_buckets_are_gathered_for_a_larger_line() -> None:
+    r = runner(hot_sku_low_water=5)
+    receipt(r, SKU, 40)
+    mark(r, 4)  # 10 per bucket: above the low-water mark, no gathering yet
+    for i in range(36):  # sell 36 one-unit lines: one left in each bucket, or so
+        r.send([reserve(f"jd:s{i}", buckets=4)], HOLD_COMMANDS.name)
+        r.advance(300)
+    out = r.send([reserve("jd:big", qty=3, buckets=4)], HOLD_COMMANDS.name)
+    first = [o.record for o in out if o.event_type == "HoldDecided"]
+    for _ in range(5):
+        r.advance(300)
+    # Refused once at most, and only while the units were scattered; held after the gathering.
+    out = r.send([reserve("jd:big2", qty=3, buckets=4)], HOLD_COMMANDS.name)
+    second = [o.record for o in out if o.event_type == "HoldDecided"]
+    assert first[-1]["outcome"] == "HELD" or second[-1]["outcome"] == "HELD"
+    assert on_hand_everywhere(r, 4) == 40
+
+
+def test_receipts_are_handed_out_and_a_count_is_settled_across_buckets() -> None:
+    r = runner()
+    receipt(r, SKU, 40)
+    mark(r, 4)
+    for i in range(6):
+        r.send([reserve(f"jd:c{i}", buckets=4)], HOLD_COMMANDS.name)
+    receipt(r, SKU, 20, doc="second-delivery")
+    assert sum(record(r, SKU)["on_hand"].values()) == 0  # handed out at once
+    assert on_hand_everywhere(r, 4) == 60
+    # A stock-take finds 50 on the shelf (6 of them held): the SKU's on-hand becomes 50, wherever it is.
+    r.send([(SKU, "StockAdjusted", {"event_id": "count-1", "event_time_ms": r.now_ms, "sku": SKU,
+                                    "warehouse_id": "WH-SH", "kind": "COUNT", "qty": 50, "reason": ""})],
+           STOCK_ADJUSTMENTS.name)  # fmt: skip
+    assert on_hand_everywhere(r, 4) == 50
+    assert record(r, SKU)["hot"]["settles"] == []
+    lvl = level(r)
+    assert (lvl["on_hand"], lvl["locked"], lvl["available"]) == (50, 6, 44)
+
+
+def test_unmarking_merges_the_buckets_and_the_home_decides_again() -> None:
+    r = runner()
+    receipt(r, SKU, 20)
+    mark(r, 4)
+    for i in range(3):
+        r.send([reserve(f"jd:m{i}", buckets=4)], HOLD_COMMANDS.name)
+    mark(r, 0)
+    home = record(r, SKU)
+    assert home["hot"]["state"] == "merging" and sum(home["on_hand"].values()) == 17
+    # A line held in a bucket is still finished there; then the bucket is empty and goes.
+    for i in range(3):
+        r.send([reserve(f"jd:m{i}", buckets=4, action="COMMIT")], HOLD_COMMANDS.name)
+        r.send([reserve(f"jd:m{i}", buckets=4, action="SHIP")], HOLD_COMMANDS.name)
+    home = record(r, SKU)
+    assert home.get("hot") is None and sum(home["on_hand"].values()) == 17
+    assert all(record(r, bucket_key(SKU, b, P)) is None for b in range(4))
+    out = r.send([reserve("jd:after")], HOLD_COMMANDS.name)
+    after = [o.record for o in out if o.event_type == "HoldDecided"][-1]
+    assert after["outcome"] == "HELD" and after["bucket"] == -1
+    hot = [o.record for o in r.outputs if o.topic == STOCK_HOT_SKUS.name]
+    assert [h["state"] for h in hot] == ["hot", "merging", ""]
