@@ -107,10 +107,11 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="How soon the group notices a dead worker and moves its partitions."
     )
     static_membership: bool = Field(
-        default=True,
-        description="Workers join their consumer groups under a fixed name (host and slot): one restarted after "
-        "a crash gets its partitions back at once, without a rebalance; one stopped for good hands them over "
-        "after the session timeout.",
+        default=False,
+        description="Workers join their consumer groups under a fixed name (host and web port): one restarted "
+        "with the same settings gets its partitions back at once, without a rebalance; one stopped for good "
+        "hands them over only after the session timeout. Off by default: after a broker outage longer than "
+        "the session, librdkafka 2.16 fences such a worker's consumer for good (the worker must be restarted).",
     )
     log_level: Literal["crit", "error", "warn", "info", "debug"] = Field(
         default="warn", description="Worker log level on stderr: `crit`, `error`, `warn`, `info` or `debug`."

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from streams.contract.codec import DecodeError, codec_for
 from streams.contract.reasons import Reason
 from streams.contract.topics import AUDIT_OVERRIDES
-from streams.engine.retry import Backoff, Retry
+from streams.engine.retry import Backoff, Retry, leader_moving
 from streams.engine.topicreader import read_all
 from streams.kafkaconf import confluent_config
 from streams.settings import Settings
@@ -87,7 +87,7 @@ class OutcomeWatch:
             if meta is None or meta.error is not None:
                 raise LookupError(f"topic {self.topic} does not exist (run `stockflow topics create`)")
             # Topics just created may not have a leader for a moment: that passes.
-            retry = Retry(f"end of {self.topic}", _moving_leader, deadline_s=15, backoff=Backoff(0.2, 1.0))
+            retry = Retry(f"end of {self.topic}", leader_moving, deadline_s=15, backoff=Backoff(0.2, 1.0))
             self.consumer.assign([retry.call(partial(self._end, p)) for p in meta.partitions])
         except BaseException:
             self.consumer.close()
@@ -114,14 +114,6 @@ class OutcomeWatch:
 
     def close(self) -> None:
         self.consumer.close()
-
-
-def _moving_leader(exc: BaseException) -> bool:
-    if not isinstance(exc, KafkaException) or not isinstance(exc.args[0], KafkaError):
-        return False
-    error: KafkaError = exc.args[0]
-    return bool(error.retriable()) or error.code() in (KafkaError.NOT_LEADER_FOR_PARTITION,
-                                                       KafkaError.LEADER_NOT_AVAILABLE)  # fmt: skip
 
 
 def read_audits(settings: Settings) -> Sequence[dict[str, Any]]:

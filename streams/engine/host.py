@@ -66,8 +66,7 @@ def host(app: faust.App, engine: Engine, stall_s: float = 180.0) -> None:
 
     async def stop_engine(sender: Any, *args: Any, **kwargs: Any) -> None:
         stop.set()
-        if thread.ident is not None:  # a worker stopped in its first seconds never started the engine
-            await asyncio.to_thread(thread.join, 60)
+        await asyncio.to_thread(_join_if_started, thread, 60)
 
     app.on_before_shutdown.connect(cast(Any, stop_engine))
 
@@ -100,6 +99,11 @@ def host(app: faust.App, engine: Engine, stall_s: float = 180.0) -> None:
         }
         ready = all(checks.values())
         return web.json({"ready": ready, **checks}, status=200 if ready else 503)
+
+
+def _join_if_started(thread: threading.Thread, timeout_s: float) -> None:
+    if thread.ident is not None:  # a worker stopped in its first seconds never started the engine
+        thread.join(timeout_s)
 
 
 async def answer_for_key(web: Any, request: Any, engine: Engine, partition_key: str,

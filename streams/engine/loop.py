@@ -46,6 +46,7 @@ from streams.engine.deadletter import dead_letter
 from streams.engine.processor import Context, Output, Processor
 from streams.engine.state import PartitionStore, ReadOnlyStore, StoreSpec, StoreTransaction
 from streams.engine.timers import Timers
+from streams.kafkaconf import confluent_config
 from streams.metrics import SIZE_BUCKETS, histogram
 from streams.settings import Settings
 
@@ -77,6 +78,11 @@ class EngineStats:
     apply_s: float = 0.0
     commit_s: float = 0.0
     cpu_s: float = 0.0  # the engine thread's own CPU time in batches (apply + commit)
+    # Rebalances, for the bench's pause window: epoch ms of the last revocation (this worker stopped
+    # deciding) and of the last assignment once its state was restored (deciding again).
+    assignments: int = 0
+    revoked_at_ms: int = 0
+    assigned_at_ms: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
@@ -128,6 +134,24 @@ class _LocalMessage:
 def engine_group(settings: Settings) -> str:
     """The consumer group of every worker's engine (its committed offsets are the pipeline's position)."""
     return f"{settings.app_id}.engine"
+
+
+def engine_state_dir(settings: Settings) -> Path:
+    """Where a worker's slots and RocksDB folders live."""
+    return settings.home_dir / "state" / settings.app_id
+
+
+def transactional_id(settings: Settings, slot: int) -> str:
+    """The engine's transactional id: host and slot make it unique among live workers and the same for
+    the process that replaces one after a crash, whose first transaction fences the dead one's."""
+    return f"{settings.app_id}.engine.{socket.gethostname()}.{slot}"
+
+
+def group_instance_id(settings: Settings, role: str) -> str:
+    """A worker's static name in its ``role``'s group (``engine``, ``shell``): its host and web address,
+    unique among live workers and the same for the process that replaces one with the same settings.
+    A worker started with another address is another member (the shell's assignor carries the address)."""
+    return f"{settings.app_id}.{role}.{socket.gethostname()}:{settings.web_port}"
 
 
 def claim_slot(directory: Path, limit: int = 64) -> tuple[int, IO[bytes]]:
@@ -237,14 +261,14 @@ class Engine:
 
     # ---- set-up ---------------------------------------------------------------------------------------
     def _state_dir(self) -> Path:
-        return self.settings.home_dir / "state" / self.settings.app_id
+        return engine_state_dir(self.settings)
 
     def _kafka_common(self) -> dict[str, Any]:
         # The client id carries this worker's HTTP address: a worker asked for a key it does not own
         # finds the owner's address in the group's membership (``owner_address``).
         # librdkafka's own log lines go through Python logging (not straight to stderr), so the
         # worker's repeat filter folds an outage's connect failures into one line a minute.
-        return {"bootstrap.servers": self.settings.bootstrap, "error_cb": self._on_kafka_error,
+        return {**confluent_config(self.settings), "error_cb": self._on_kafka_error,
                 "log.connection.close": False, "client.id": self.client_id,
                 "logger": logging.getLogger("librdkafka")}  # fmt: skip
 
@@ -261,11 +285,18 @@ class Engine:
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "partition.assignment.strategy": "range",
+            **self._static_member(),
             "session.timeout.ms": int(self.settings.session_timeout_s * 1000),
             "heartbeat.interval.ms": max(int(self.settings.session_timeout_s * 100), 500),
             "fetch.wait.max.ms": 20,
             "max.poll.interval.ms": 300_000,
         })  # fmt: skip
+
+    def _static_member(self) -> dict[str, str]:
+        # A worker restarted after a crash rejoins under its old name and gets its partitions back at
+        # once; without it the group waits out the dead member's session before anyone is assigned.
+        return {"group.instance.id": group_instance_id(self.settings, "engine")} \
+            if self.settings.static_membership else {}  # fmt: skip
 
     def _make_producer(self) -> Producer:
         config: dict[str, Any] = {
@@ -281,10 +312,13 @@ class Engine:
             "queue.buffering.max.messages": 1_000_000,
         }
         if self.exactly_once:
-            host = socket.gethostname()
-            config["transactional.id"] = f"{self.settings.app_id}.engine.{host}.{self.slot}"
+            config["transactional.id"] = transactional_id(self.settings, self.slot)
             config["transaction.timeout.ms"] = 10_000
         return Producer(config)
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe(list(self.by_topic), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)  # fmt: skip
 
     def _on_kafka_error(self, error: KafkaError) -> None:
         # A broker outage reports the same error many times a second: say it once per change.
@@ -305,8 +339,7 @@ class Engine:
         if self.exactly_once:
             self.producer.init_transactions(60)
         self.consumer = self._make_consumer()
-        self.consumer.subscribe(list(self.by_topic), on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_revoke)  # fmt: skip
+        self._subscribe()
         window_s = self.settings.batch_window_ms / 1000.0
         try:
             while not stop.is_set():
@@ -760,6 +793,7 @@ class Engine:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({tp.partition for tp in partitions} - set(self.owned))
         if not numbers:
+            self.stats.assignments, self.stats.assigned_at_ms = self.stats.assignments + 1, int(time.time() * 1000)
             self.ready.set()
             return
         started = time.perf_counter()
@@ -786,11 +820,13 @@ class Engine:
                 proc.on_assign(Context(partition, now_ms, txns, timers.set if timers else _no_timers))
         log.info("assigned partitions %s: %d changelog records restored in %.2fs", numbers, applied,
                  time.perf_counter() - started)  # fmt: skip
+        self.stats.assignments, self.stats.assigned_at_ms = self.stats.assignments + 1, int(time.time() * 1000)
         self.ready.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Every batch is committed before the next poll, so nothing is in flight here. The RocksDB
         # folders stay open: if a partition comes back, only what others changed is restored.
+        self.stats.revoked_at_ms = int(time.time() * 1000)
         for partition in sorted({tp.partition for tp in partitions}):
             if self.owned.pop(partition, None) is not None:
                 for proc in self.processors:
@@ -814,7 +850,7 @@ class Engine:
         from confluent_kafka.admin import AdminClient
 
         partition = partition_for(partition_key.encode(), self.settings.partitions)
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap})
+        admin = AdminClient(confluent_config(self.settings))
         future = admin.describe_consumer_groups([self.group_id], request_timeout=timeout_s)[self.group_id]
         for member in future.result(timeout=timeout_s).members:
             assigned = member.assignment.topic_partitions if member.assignment else []

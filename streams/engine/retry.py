@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import tenacity
 from aiokafka import errors as kafka_errors
+from confluent_kafka import KafkaError, KafkaException
 
 T = TypeVar("T")
 Retriable = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
@@ -126,6 +127,16 @@ _KAFKA_PASSING = (
     kafka_errors.ReplicaNotAvailableError,
     kafka_errors.RebalanceInProgressError,
 )
+
+
+def leader_moving(exc: BaseException) -> bool:
+    """A confluent-kafka call refused while a partition has no leader yet (a topic just created) or is
+    moving: asked again in a moment, it answers."""
+    if not isinstance(exc, KafkaException) or not isinstance(exc.args[0], KafkaError):
+        return False
+    error: KafkaError = exc.args[0]
+    return bool(error.retriable()) or error.code() in (KafkaError.NOT_LEADER_FOR_PARTITION,
+                                                       KafkaError.LEADER_NOT_AVAILABLE)  # fmt: skip
 
 
 def kafka_transient(exc: BaseException) -> bool:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 
 from confluent_kafka import Consumer, TopicPartition
 
+from streams.engine.retry import Backoff, Retry, leader_moving
 from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
@@ -40,8 +42,10 @@ def read_all(kafka: Settings | str, topic: str, timeout_s: float = 30.0) -> list
         if meta is None or meta.error is not None:
             return []
         ends = {}
+        # A topic just created may not have its leaders yet: that passes.
+        retry = Retry(f"end of {topic}", leader_moving, deadline_s=timeout_s, backoff=Backoff(0.2, 1.0))
         for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            low, high = retry.call(partial(consumer.get_watermark_offsets, TopicPartition(topic, p), timeout=timeout_s))
             if high > low:
                 ends[p] = high
         if not ends:
