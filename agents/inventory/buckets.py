@@ -11,6 +11,19 @@ rules, so K workers sell the SKU at once.
 - A RESERVE goes to bucket ``bucket_for(order id)``; a bucket that cannot fill it passes it to the next
   bucket (``next_hop``) and leaves a FORWARDED marker, so the line's later commands (and a duplicate
   RESERVE) follow the same path; after all K: refused, with the pool's usual reason.
+- Sold out: once no unit of the SKU is free anywhere (the home's own, every bucket's last figures, none in
+  transit: ``sku_sold_out``), the home tells every bucket (``sold_out_news``: a CONFIG; from then on every
+  message from the home carries the state ``sold_out``, ``told_state``), and a bucket that cannot fill a
+  line refuses it at once, with the pool's usual reason and no marker (``refuses_unfilled``): in a flash
+  sale nearly every order is refused, and each then costs one bucket's work instead of K. A bucket whose
+  last free unit goes reports at once rather than at its next report (``ran_dry``), so the home knows as
+  soon as the last bucket is dry. The flag is lifted as soon as a unit is free again: at the home in the
+  same transaction (a receipt, a correction, units sent home; a TRANSFER never says sold out); in a
+  bucket (a release, an expiry, or a word from the home older than the bucket's own figures) by the
+  bucket, which reports at once and stops believing it (``found_units``). So a bucket that believes the
+  SKU sold out has no free unit of its own, and a freed unit waits while other buckets refuse for no
+  longer than one report's trip to the home and the CONFIG's back, sooner than the bucket's next regular
+  report (at most a refresh interval away) would have told the home.
 - Buckets report their figures to the home (``figures``); the home alone publishes the SKU's level,
   from its own record plus the reports plus what is in transit (``aggregate``): one number per SKU.
 - Rebalancing goes through the home: a bucket below the low-water mark makes the home ask the richer
@@ -42,6 +55,7 @@ HOME = -1
 MAX_BUCKETS = 64
 MIN_BUCKETS = 2  # fewer is no split: the SKU is decided at its home
 HOT, MERGING, COLD = "hot", "merging", ""
+SOLD_OUT = "sold_out"  # only as the home's word to a bucket: hot, and no unit of the SKU is free anywhere
 TRANSFER, REPORT, CONFIG, REBALANCE, PROBE, COUNTED = "TRANSFER", "REPORT", "CONFIG", "REBALANCE", "PROBE", "COUNTED"
 
 
@@ -332,6 +346,36 @@ def finish_settle(home: SkuStock, settle: dict[str, Any], low_water: int) -> lis
     return distribute(home, low_water)
 
 
+def sku_sold_out(home: SkuStock) -> bool:
+    """No unit of a hot SKU is free anywhere: not at the home, not in any bucket's last figures, none on its
+    way to a bucket. Not while merging (the home decides lines again)."""
+    hot = home.hot
+    if hot is None or hot.state != HOT or hot.count < 1:
+        return False
+    return home.available() <= 0 and all(level <= 0 for level in reported_available(hot))
+
+
+def sold_out_news(home: SkuStock) -> list[Sync]:
+    """Whether the SKU just sold out or has free units again; if so, every bucket is told (a CONFIG: each
+    channel from the home is in order, so a bucket's belief is the word of the home's last message)."""
+    hot = home.hot
+    if hot is None:
+        return []
+    now = sku_sold_out(home)
+    if now == hot.sold_out:
+        return []
+    hot.sold_out = now
+    return [Sync(CONFIG, b) for b in range(hot.count)] if hot.state == HOT else []
+
+
+def told_state(hot: Buckets, sync: Sync) -> str:
+    """The state a message from the home carries. A transfer brings units, so it never says sold out (the
+    home's flag is cleared, and every bucket told, right after the transfer is sent)."""
+    if hot.state == HOT and hot.sold_out and sync.kind != TRANSFER:
+        return SOLD_OUT
+    return hot.state
+
+
 def aggregate(home: SkuStock) -> SkuStock:
     """The SKU as one: the home's record plus every bucket's last figures plus units in transit to them.
     What ``stock.levels``, the pause and ``/stock/{sku}`` use."""
@@ -367,13 +411,41 @@ def sent_to_bucket(home: SkuStock, seq: int, sync: Sync) -> None:
 def configure(bucket: SkuStock, index: int, count: int, state: str, paused: bool, seq: int) -> None:
     """Adopt what the home says (every message from it carries its settings, in order)."""
     hot = bucket.hot = bucket.hot or Buckets(bucket=index)
-    hot.bucket, hot.count, hot.state = index, count, state
+    hot.bucket, hot.count = index, count
+    hot.state, hot.sold_out = (HOT, True) if state == SOLD_OUT else (state, False)
     hot.acked = max(hot.acked, seq)
     bucket.paused = paused
 
 
 def takes_reservations(bucket: SkuStock) -> bool:
     return bucket.hot is not None and bucket.hot.state == HOT
+
+
+def refuses_unfilled(bucket: SkuStock) -> bool:
+    """A line this bucket cannot fill is refused here rather than passed on: its home says no unit is free
+    anywhere, so the other buckets would only refuse it too, each leaving a marker."""
+    hot = bucket.hot
+    return hot is not None and hot.bucket >= 0 and hot.state == HOT and hot.sold_out
+
+
+def ran_dry(bucket: SkuStock, had_free: int) -> list[Sync]:
+    """A bucket whose last free unit just went reports at once rather than at its next report: when every
+    bucket is dry the SKU is sold out, and the sooner its home knows, the fewer lines go round all K."""
+    hot = bucket.hot
+    if hot is None or hot.bucket < 0 or hot.state != HOT or had_free <= 0 or bucket.available() > 0:
+        return []
+    return [Sync(REPORT, HOME)]
+
+
+def found_units(bucket: SkuStock) -> list[Sync]:
+    """A bucket told the SKU is sold out that has free units of its own (a release, an expiry, or its home's
+    word was older than the bucket's last figures) reports at once, so its home lifts the flag for every
+    bucket, and stops believing it meanwhile."""
+    hot = bucket.hot
+    if hot is None or hot.bucket < 0 or not hot.sold_out or bucket.available() <= 0:
+        return []
+    hot.sold_out = False
+    return [Sync(REPORT, HOME)]
 
 
 def send_home(bucket: SkuStock) -> list[Sync]:

@@ -206,6 +206,7 @@ class HoldStock(Processor):
         if event_type in ("HoldCommand", "BucketSync") and target >= 0 and stock.hot is None:
             stock.hot = Buckets(bucket=target)  # a bucket its home has not (or no longer) set up
         was_paused, had_breach, was_hot = stock.paused, not stock.healthy(), _hot_state(stock)
+        had_free = stock.available()
         if event_type == "HoldCommand":
             self._command(ctx, db, stock, record)
         elif event_type == "BucketSync":
@@ -221,7 +222,7 @@ class HoldStock(Processor):
             ctx.schedule(adjustment, ctx.now_ms + self._rules.adjustment_ttl_ms)
         else:
             self._override(ctx, db, stock, record)
-        self._after_change(ctx, db, stock, was_paused, had_breach, was_hot)
+        self._after_change(ctx, db, stock, was_paused, had_breach, was_hot, had_free)
 
     def _adjust(self, ctx: Context, stock: SkuStock, adj: dict[str, Any]) -> None:
         kind, wh, qty = adj["kind"], adj["warehouse_id"], adj["qty"]
@@ -253,7 +254,8 @@ class HoldStock(Processor):
             answer = step.answer
             if answer is not None and answer.outcome == "HELD":
                 stock.newest_source_ms = max(stock.newest_source_ms, cmd["source_time_ms"])
-            elif bucket >= 0 and answer is not None and answer.reason == Reason.INSUFFICIENT_STOCK and stock.hot:
+            elif (bucket >= 0 and answer is not None and answer.reason == Reason.INSUFFICIENT_STOCK and stock.hot
+                  and not hot_.refuses_unfilled(stock)):  # fmt: skip
                 nxt = hot_.next_hop(bucket, cmd.get("tries", 0), stock.hot.count)
                 if nxt is not None:  # another bucket may have the units: it decides
                     self._pass_on(ctx, db, stock, cmd, nxt, cmd.get("tries", 0) + 1)
@@ -368,7 +370,7 @@ class HoldStock(Processor):
             acked=0,
         )  # fmt: skip
         if hot.bucket == HOME:
-            record["buckets"], record["state"], record["paused"] = hot.count, hot.state, stock.paused
+            record["buckets"], record["state"], record["paused"] = hot.count, hot_.told_state(hot, sync), stock.paused
             hot_.sent_to_bucket(stock, hot.seq, sync)
         elif sync.kind == hot_.REPORT:
             fig = hot_.figures(stock)
@@ -416,13 +418,14 @@ class HoldStock(Processor):
         return out
 
     def _after_change(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, was_paused: bool,
-                      had_breach: bool, was_hot: tuple[int, str] = (0, "")) -> None:  # fmt: skip
+                      had_breach: bool, was_hot: tuple[int, str] = (0, ""), had_free: int = 0) -> None:  # fmt: skip
         if stock.hot is not None and stock.hot.bucket >= 0:
-            self._bucket_changed(ctx, db, stock)
+            self._bucket_changed(ctx, db, stock, had_free)
             return
         rules = self._rules
         available = hot_.aggregate(stock).available()
         stock.paused = rules_.next_paused(stock.paused, available, rules.safety_threshold, rules.hysteresis)
+        told = hot_.sold_out_news(stock)  # the buckets hear at once that the SKU sold out, or has units again
         if stock.paused != was_paused:
             how = f"only {rules.main_channel} sells" if stock.paused else "every channel sells again"
             ctx.emit(ALERTS, stock.sku, "Alert", alert(
@@ -430,8 +433,9 @@ class HoldStock(Processor):
                 stock.sku, f"{stock.sku}: available {available}; {how}", ctx.now_ms, cleared=not stock.paused,
                 details={"available": str(available), "threshold": str(rules.safety_threshold)},
             ))  # fmt: skip
-            if stock.hot is not None and stock.hot.state != hot_.COLD:  # the buckets refuse by the SKU's pause
-                self._send(ctx, stock, [Sync(hot_.CONFIG, b) for b in range(stock.hot.count)])
+            if not told and stock.hot is not None and stock.hot.state != hot_.COLD:  # they refuse by its pause
+                told = [Sync(hot_.CONFIG, b) for b in range(stock.hot.count)]
+        self._send(ctx, stock, told)
         breaches = [] if stock.healthy() else stock.breaches()
         if breaches and not had_breach:
             ctx.emit(ALERTS, stock.sku, "Alert",
@@ -444,9 +448,10 @@ class HoldStock(Processor):
         db.set(sku_key(stock.sku), stock)
         self.levels.setdefault(ctx.partition, _Levels()).dirty.add(stock.sku)
 
-    def _bucket_changed(self, ctx: Context, db: StoreTransaction[Any], bucket: SkuStock) -> None:
-        """A bucket not taking lines sends its free units home; once it holds nothing it says so and goes."""
-        self._send(ctx, bucket, hot_.send_home(bucket))
+    def _bucket_changed(self, ctx: Context, db: StoreTransaction[Any], bucket: SkuStock, had_free: int) -> None:
+        """A bucket not taking lines sends its free units home; once it holds nothing it says so and goes. One
+        that just ran dry, or was told the SKU is sold out and has free units, tells its home at once."""
+        self._send(ctx, bucket, hot_.send_home(bucket) + hot_.ran_dry(bucket, had_free) + hot_.found_units(bucket))
         if not hot_.takes_reservations(bucket) and hot_.empty(hot_.figures(bucket)):
             if db.get(sku_key(bucket.sku)) is not None:  # a bucket that was: its home counts it merged
                 self._emit_sync(ctx, bucket, Sync(hot_.REPORT, HOME))
@@ -591,7 +596,7 @@ class HoldStock(Processor):
         level: dict[str, Any] = dict(stock_level(hot_.aggregate(stock), self._rules, 0))
         level["holds_open"] = hot_.aggregate(stock).open_lines
         if stock.hot is not None and stock.hot.state:
-            level["buckets"] = {"count": stock.hot.count, "state": stock.hot.state,
+            level["buckets"] = {"count": stock.hot.count, "state": stock.hot.state, "sold_out": stock.hot.sold_out,
                                 "available": hot_.reported_available(stock.hot)}  # fmt: skip
         return level
 

@@ -141,6 +141,9 @@ class Buckets:
     rebalanced_ms: int = 0  # home: when buckets were last asked to send units home
     in_flight: list[list[Any]] = field(default_factory=list)  # home: [seq, bucket, units] sent, not yet reported
     acked: int = 0  # bucket: the sequence number of the last message from its home it applied
+    # Home: no unit of the SKU is free anywhere, as its buckets were last told; bucket: what its home said
+    # (a line it cannot fill is then refused at once, not passed on).
+    sold_out: bool = False
 
 
 @dataclass(slots=True)

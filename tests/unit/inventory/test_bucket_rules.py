@@ -231,6 +231,92 @@ def test_aggregate_adds_buckets_and_units_in_transit_to_the_home() -> None:
     assert b.aggregate(cold) is cold
 
 
+# ---- sold out: a line no bucket can fill is refused where it lands -----------------------------------------
+def dry(stock: SkuStock, *levels: int) -> None:
+    for k, level in enumerate(levels):
+        report(stock.hot, k, level)  # type: ignore[arg-type]
+
+
+def test_the_sku_is_sold_out_only_when_no_unit_is_free_anywhere() -> None:
+    stock = home({"WH-SH": 0})
+    dry(stock, 0, 0, 0, 0)
+    assert b.sku_sold_out(stock)
+    dry(stock, 0, 0, 1, 0)
+    assert not b.sku_sold_out(stock)  # one bucket still has a unit
+    dry(stock, 0, 0, 0, 0)
+    b.sent_to_bucket(stock, 4, b.Sync(b.TRANSFER, 3, {"WH-SH": 1}))
+    assert not b.sku_sold_out(stock)  # a unit on its way to bucket 3
+    stock.hot.in_flight = []  # type: ignore[union-attr]
+    assert not b.sku_sold_out(home({"WH-SH": 2}))  # the home's own (a count being settled holds them back)
+    held = home({"WH-SH": 2}, locked=2)
+    dry(held, 0, 0, 0, 0)
+    assert b.sku_sold_out(held)  # the home's units all held by its own lines
+    stock.hot.state = b.MERGING  # type: ignore[union-attr]
+    assert not b.sku_sold_out(stock)  # merging: the home decides lines again
+
+
+def test_the_home_tells_every_bucket_when_the_sku_sells_out_and_when_units_come_back() -> None:
+    stock = home({"WH-SH": 0})
+    dry(stock, 0, 0, 0, 1)
+    assert b.sold_out_news(stock) == []
+    dry(stock, 0, 0, 0, 0)
+    out = b.sold_out_news(stock)
+    assert sorted(sent(out, b.CONFIG)) == [0, 1, 2, 3] and stock.hot.sold_out  # type: ignore[union-attr]
+    assert b.told_state(stock.hot, out[0]) == b.SOLD_OUT  # type: ignore[arg-type]
+    assert b.sold_out_news(stock) == []  # told once, not on every event
+    # A receipt: the transfers say "hot", and every bucket hears it in the same transaction.
+    b.give(stock, {"WH-SH": 8})
+    transfers = b.distribute(stock, low_water=0)
+    assert all(b.told_state(stock.hot, t) == b.HOT for t in transfers)  # type: ignore[arg-type]
+    for t in transfers:
+        b.sent_to_bucket(stock, 9, t)
+    out = b.sold_out_news(stock)
+    assert sorted(sent(out, b.CONFIG)) == [0, 1, 2, 3] and not stock.hot.sold_out  # type: ignore[union-attr]
+    assert b.told_state(stock.hot, out[0]) == b.HOT  # type: ignore[arg-type]
+
+
+def test_a_release_in_one_bucket_lifts_sold_out_for_all() -> None:
+    stock = home({"WH-SH": 0}, count=2)
+    dry(stock, 0, 0)
+    b.sold_out_news(stock)
+    bucket = SkuStock(f"{SKU}#1", on_hand={"WH-SH": 3}, locked=3, open_lines=3, hot=Buckets(bucket=1))
+    b.configure(bucket, 1, 2, b.SOLD_OUT, paused=False, seq=5)
+    assert b.takes_reservations(bucket) and b.refuses_unfilled(bucket) and b.found_units(bucket) == []
+    bucket.locked, bucket.open_lines = 2, 2  # an unpaid line expired: a unit is free in this bucket
+    (news,) = b.found_units(bucket)
+    assert (news.kind, news.to_bucket) == (b.REPORT, b.HOME)
+    assert not b.refuses_unfilled(bucket) and b.found_units(bucket) == []  # told once; it passes lines on again
+    b.on_report(stock, 1, figures({"WH-SH": 3}, seq=2) | {"available": 1}, low_water=0)
+    out = b.sold_out_news(stock)
+    assert sorted(sent(out, b.CONFIG)) == [0, 1] and b.told_state(stock.hot, out[0]) == b.HOT  # type: ignore[arg-type]
+    other = SkuStock(f"{SKU}#0", hot=Buckets(bucket=0))
+    b.configure(other, 0, 2, b.SOLD_OUT, paused=False, seq=5)
+    b.configure(other, 0, 2, b.told_state(stock.hot, out[0]), paused=False, seq=6)  # type: ignore[arg-type]
+    assert not b.refuses_unfilled(other)  # bucket 0 passes its lines on to bucket 1 again
+
+
+def test_a_bucket_refuses_at_once_only_while_told_sold_out_and_hot() -> None:
+    bucket = SkuStock(f"{SKU}#2", hot=Buckets(bucket=2))
+    b.configure(bucket, 2, 4, b.HOT, paused=False, seq=1)
+    assert not b.refuses_unfilled(bucket)
+    b.configure(bucket, 2, 4, b.SOLD_OUT, paused=False, seq=2)
+    assert b.refuses_unfilled(bucket) and bucket.hot.state == b.HOT  # type: ignore[union-attr]
+    b.configure(bucket, 2, 4, b.MERGING, paused=False, seq=3)
+    assert not b.refuses_unfilled(bucket) and not b.takes_reservations(bucket)
+    assert not b.refuses_unfilled(home({}))  # the home passes a line to its bucket as before
+
+
+def test_a_bucket_reports_at_once_when_its_last_free_unit_goes() -> None:
+    bucket = SkuStock(f"{SKU}#0", on_hand={"WH-SH": 2}, locked=2, hot=Buckets(bucket=0, count=4, state=b.HOT))
+    assert [s.kind for s in b.ran_dry(bucket, had_free=1)] == [b.REPORT]
+    assert b.ran_dry(bucket, had_free=0) == []  # dry before: nothing new to tell
+    bucket.locked = 1
+    assert b.ran_dry(bucket, had_free=2) == []  # a unit left
+    bucket.hot.state = b.MERGING  # type: ignore[union-attr]
+    bucket.locked = 2
+    assert b.ran_dry(bucket, had_free=1) == []  # merging: it reports as it empties anyway
+
+
 # ---- counts settled with the buckets --------------------------------------------------------------------
 def test_a_count_is_settled_across_buckets_as_of_each_probe() -> None:
     stock = home({"WH-SH": 2}, count=2)

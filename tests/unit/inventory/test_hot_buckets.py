@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.inventory.hold_stock import STORE, HoldStock, sku_key
+from agents.inventory.hold_stock import STORE, HoldStock, hold_key, sku_key
 from streams.contract.keys import bucket_for, bucket_key
-from streams.contract.topics import HOLD_COMMANDS, OPS_OVERRIDES, STOCK_ADJUSTMENTS, STOCK_HOT_SKUS
+from streams.contract.topics import HOLD_COMMANDS, OPS_OVERRIDES, STOCK_ADJUSTMENTS, STOCK_BUCKETS, STOCK_HOT_SKUS
 from streams.engine.local import LocalRunner
 from streams.settings import Settings
 from tests.unit.inventory.test_hold_stock import WAREHOUSES, answers, receipt
@@ -87,16 +87,74 @@ def test_a_bucket_that_runs_dry_passes_the_line_on_and_the_answer_names_the_hold
     mark(r, 4)  # two units per bucket
     home_bucket = bucket_for("jd:a", 4)
     same = [f"jd:b{i}" for i in range(100) if bucket_for(f"jd:b{i}", 4) == home_bucket]
-    r.send([reserve("jd:a", qty=2, buckets=4)], HOLD_COMMANDS.name)
-    # A second order for the same bucket finds it empty and is held by the next one.
+    # A second order for the same bucket finds it empty and is held by the next one. (In one batch: the
+    # bucket reports running dry at once, and a later order would find it topped up again.)
     other = same[0]
-    out = r.send([reserve(other, qty=1, buckets=4)], HOLD_COMMANDS.name)
-    held = [o.record for o in out if o.event_type == "HoldDecided"]
+    out = r.send([reserve("jd:a", qty=2, buckets=4), reserve(other, qty=1, buckets=4)], HOLD_COMMANDS.name)
+    held = [o.record for o in out if o.event_type == "HoldDecided" and o.record["order_id"] == other]
     assert held[-1]["outcome"] == "HELD" and held[-1]["bucket"] == (home_bucket + 1) % 4
     # Its RELEASE, sent to the bucket first tried, follows the marker to the holder.
     out = r.send([reserve(other, buckets=4, action="RELEASE")], HOLD_COMMANDS.name)
     released = [o.record for o in out if o.event_type == "HoldDecided"]
     assert released[-1]["outcome"] == "RELEASED" and released[-1]["bucket"] == (home_bucket + 1) % 4
+
+
+def passed_on(out: list[Any]) -> list[dict[str, Any]]:
+    return [o.record for o in out if o.topic == STOCK_BUCKETS.name and o.event_type == "HoldCommand"]
+
+
+def test_once_sold_out_a_line_is_refused_where_it_lands_with_no_marker() -> None:
+    r = runner()
+    receipt(r, SKU, 20)
+    mark(r, 4)
+    r.send([reserve(f"jd:w{i}", buckets=4) for i in range(40)], HOLD_COMMANDS.name)
+    r.advance(200)
+    assert record(r, SKU)["hot"]["sold_out"]
+    assert all(record(r, bucket_key(SKU, b, P))["hot"]["sold_out"] for b in range(4))
+    out = r.send([reserve(f"jd:late{i}", buckets=4) for i in range(100)], HOLD_COMMANDS.name)
+    refused = [o.record for o in out if o.event_type == "HoldDecided"]
+    assert len(refused) == 100 and {(a["outcome"], a["reason"]) for a in refused} == {("REFUSED", "insufficient_stock")}
+    assert {a["bucket"] for a in refused} == {0, 1, 2, 3}  # each where it landed
+    assert passed_on(out) == []
+    assert all(r.read(STORE, hold_key(bucket_key(SKU, bucket_for(f"jd:late{i}", 4), P), f"jd:late{i}", 1),
+                      bucket_key(SKU, bucket_for(f"jd:late{i}", 4), P)) is None for i in range(100))  # fmt: skip
+    assert on_hand_everywhere(r, 4) == 20 and level(r)["locked"] == 20
+
+
+def test_a_release_in_one_bucket_after_the_sell_out_serves_an_order_routed_to_another() -> None:
+    r = runner()
+    receipt(r, SKU, 4)
+    mark(r, 4)
+    buyers = {bucket_for(f"jd:r{i}", 4): f"jd:r{i}" for i in range(50)}
+    r.send([reserve(order, buckets=4) for order in buyers.values()], HOLD_COMMANDS.name)
+    r.advance(200)
+    assert record(r, SKU)["hot"]["sold_out"]
+    # The buyer in bucket 0 cancels: its unit is free in bucket 0, and bucket 0 says so at once.
+    r.send([reserve(buyers[0], buckets=4, action="RELEASE")], HOLD_COMMANDS.name)
+    assert not record(r, SKU)["hot"]["sold_out"]
+    assert not any(record(r, bucket_key(SKU, b, P))["hot"]["sold_out"] for b in range(4))
+    late = next(f"jd:x{i}" for i in range(100) if bucket_for(f"jd:x{i}", 4) == 2)
+    out = r.send([reserve(late, buckets=4)], HOLD_COMMANDS.name)
+    answer = [o.record for o in out if o.event_type == "HoldDecided" and o.record["order_id"] == late][-1]
+    assert (answer["outcome"], answer["bucket"]) == ("HELD", 0)  # passed on from 2 to 3 to the unit in 0
+    assert [c["bucket"] for c in passed_on(out)] == [3, 0]
+    r.advance(200)
+    assert record(r, SKU)["hot"]["sold_out"]  # the last unit went again
+    assert on_hand_everywhere(r, 4) == 4 and level(r)["locked"] == 4
+
+
+def test_a_receipt_after_the_sell_out_is_sold_again() -> None:
+    r = runner()
+    receipt(r, SKU, 4)
+    mark(r, 4)
+    r.send([reserve(f"jd:e{i}", buckets=4) for i in range(20)], HOLD_COMMANDS.name)
+    r.advance(200)
+    assert record(r, SKU)["hot"]["sold_out"]
+    receipt(r, SKU, 8, doc="restock")
+    assert not any(record(r, bucket_key(SKU, b, P))["hot"]["sold_out"] for b in range(4))
+    out = r.send([reserve(f"jd:f{i}", buckets=4) for i in range(20)], HOLD_COMMANDS.name)
+    held = [o.record for o in out if o.event_type == "HoldDecided" and o.record["outcome"] == "HELD"]
+    assert len(held) == 8 and level(r)["locked"] == 12
 
 
 def test_units_fragmented_over_buckets_are_gathered_for_a_larger_line() -> None:
