@@ -43,6 +43,7 @@ class Constants(BaseModel):
     records_per_order: float = Field(gt=0)
     sink_rows_per_order: float = Field(gt=0)
     hot_sku_decisions_per_s_per_partition: float = Field(gt=0)
+    bucket_cpu_factor: float = Field(ge=1, description="CPU per order of a bucketed SKU over a plain one.")
     target_utilisation: float = Field(gt=0, le=1)
     bucket_count: int = Field(ge=1)
     partitions_per_worker: int = Field(ge=1)
@@ -130,13 +131,14 @@ def hot_sku(orders_per_s: float, share: float, workers: int, partitions: int, c:
     decisions = orders_per_s * share
     usable = per_partition * c.target_utilisation
     spread = min(c.bucket_count, workers, partitions)
+    per_bucket = per_partition / c.bucket_cpu_factor  # routing, reports and transfers cost each order more
     return HotSku(
         share=share,
         decisions_per_s=decisions,
         ceiling_without_buckets=per_partition,
         buckets=c.bucket_count,
-        ceiling_with_buckets=per_partition * spread,
-        buckets_needed=max(1, math.ceil(decisions / usable)),
+        ceiling_with_buckets=per_bucket * spread,
+        buckets_needed=1 if decisions <= usable else math.ceil(decisions / (per_bucket * c.target_utilisation)),
         max_share_without_buckets=min(1.0, usable / orders_per_s),
     )
 
@@ -210,8 +212,8 @@ def assumptions(c: Constants) -> list[str]:
         f"topics, at most {_n(c.max_partition_replicas_per_broker)} partition replicas a broker.",
         f"A hot SKU's decisions run on the partition its stock lives on: one partition is one engine thread, "
         f"{_n(c.hot_sku_decisions_per_s_per_partition)} decisions/s measured. Its {c.bucket_count} buckets sit on "
-        "as many partitions and scale only while each is on a different worker; bucket rebalancing traffic "
-        "is not counted.",
+        f"as many partitions and scale only while each is on a different worker; an order on a bucketed SKU "
+        f"costs {c.bucket_cpu_factor:.2f}x an unsplit one (routing, reports, transfers; measured on one thread).",
     ]
 
 

@@ -27,7 +27,8 @@ def constants(**changes: float) -> Constants:
     base = {
         "source": "test", "worker_cpu_us_per_order": 1000, "broker_cpu_us_per_order": 1000,
         "sink_cpu_us_per_order": 500, "records_per_order": 30, "sink_rows_per_order": 20,
-        "hot_sku_decisions_per_s_per_partition": 5000, "target_utilisation": 0.5, "bucket_count": 4,
+        "hot_sku_decisions_per_s_per_partition": 5000, "bucket_cpu_factor": 1.0, "target_utilisation": 0.5,
+        "bucket_count": 4,
         "partitions_per_worker": 2, "min_partitions": 8, "partitioned_topics": 10, "replication_factor": 3,
         "replica_cpu_share": 0.5, "cores_per_broker_node": 10, "max_partition_replicas_per_broker": 1000,
         "clickhouse_rows_per_s_per_shard": 100_000, "cores_per_clickhouse_shard": 8,
@@ -82,6 +83,9 @@ def test_the_hot_sku_against_one_partition_and_against_buckets() -> None:
     few = plan(1_000, 0.5, c)
     assert few.workers == 2 and few.hot.ceiling_with_buckets == 10_000
     assert plan(1_000, 0.0, c).hot.buckets_needed == 1
+    # A bucketed order costs more: each bucket carries less than an unsplit partition.
+    dearer = plan(100_000, 0.06, constants(bucket_cpu_factor=1.25))  # a bucket: 4,000/s, 2,000 at 50%
+    assert dearer.hot.ceiling_with_buckets == 16_000 and dearer.hot.buckets_needed == 3
 
 
 def test_a_plan_refuses_what_is_not_a_target() -> None:
