@@ -155,7 +155,9 @@ def test_a_refusal_is_told_from_an_absent_broker() -> None:
     ("protocol", "mechanism"), [("SASL_PLAINTEXT", "SCRAM-SHA-512"), ("SASL_SSL", "PLAIN"), ("SSL", "")]
 )
 def test_the_local_broker_listens_with_the_configured_protocol(tmp_path: Path, protocol: str, mechanism: str) -> None:
-    fields: dict[str, object] = {"home": tmp_path, "kafka_port": 29092, "kafka_security_protocol": protocol}
+    # Ports given, not defaulted: scripts/test.sh moves the defaults with STOCKFLOW_KAFKA_*_PORT.
+    fields: dict[str, object] = {"home": tmp_path, "kafka_port": 29092, "kafka_controller_port": 19093,
+                                 "kafka_security_protocol": protocol}  # fmt: skip
     if mechanism:
         fields |= {"kafka_sasl_mechanism": mechanism, "kafka_sasl_username": "alice", "kafka_sasl_password": SECRET}
     kafka = LocalKafka(Settings(**fields))  # type: ignore[arg-type]
@@ -174,6 +176,6 @@ def test_the_local_broker_listens_with_the_configured_protocol(tmp_path: Path, p
 
 
 def test_a_plaintext_local_broker_keeps_its_old_configuration(tmp_path: Path) -> None:
-    text = LocalKafka(Settings(home=tmp_path)).config_text()
+    text = LocalKafka(Settings(home=tmp_path, kafka_port=19092, kafka_controller_port=19093)).config_text()
     assert "listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093" in text
     assert "sasl" not in text and "ssl" not in text and "inter.broker" not in text
