@@ -50,6 +50,14 @@ def browse(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=180)
 
 
+def drawn_page(url: str) -> str:
+    """The page's DOM once its scripts have drawn every card."""
+    dom = browse(url, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'data-ready="1"' in dom.stdout, dom.stdout[-3000:]
+    return dom.stdout
+
+
 def trace_pixels(png: Path) -> int:
     image = Image.open(png).convert("RGB")
     found = 0
@@ -127,10 +135,7 @@ def test_the_control_tower_cards_show_their_rows_escaped(make_settings, clickhou
                        free_port())  # fmt: skip
     try:
         page = f"{server.url}/?refresh=60000"
-        dom = browse(page, "--dump-dom")
-        assert dom.returncode == 0, dom.stderr[-2000:]
-        html = dom.stdout
-        assert 'data-ready="1"' in html, html[-3000:]
+        html = drawn_page(page)
 
         def card(name: str) -> str:
             found = re.search(rf'<section id="card-{name}"[^>]*data-points="(\d+)".*?</section>', html, re.S)
@@ -180,10 +185,7 @@ def test_the_dashboard_page_draws_every_chart_with_data(
                        free_port())  # fmt: skip
     try:
         page = f"{server.url}/?sku=SKU-D1&refresh=60000"
-        dom = browse(page, "--dump-dom")
-        assert dom.returncode == 0, dom.stderr[-2000:]
-        html = dom.stdout
-        assert 'data-ready="1"' in html, html[-3000:]
+        html = drawn_page(page)
         drawn = len(re.findall(r'class="[^"]*js-plotly-plot', html))
         assert drawn == len(charted), f"{drawn} charts drawn, {len(charted)} expected"
         for card in cards:
@@ -218,10 +220,7 @@ def test_a_sku_is_shown_as_text_never_run_as_markup(
              what="the SKU's pause in ClickHouse")  # fmt: skip
     server = AppServer(make_app(settings), free_port())
     try:
-        dom = browse(f"{server.url}/?refresh=60000", "--dump-dom")
-        assert dom.returncode == 0, dom.stderr[-2000:]
-        html = dom.stdout
-        assert 'data-ready="1"' in html, html[-3000:]
+        html = drawn_page(f"{server.url}/?refresh=60000")
         assert "pwned" not in html.split("<body", 1)[1].split(">", 1)[0], "the SKU's markup ran in the page"
         assert '<img src="x"' not in html and "&lt;img src=x onerror" in html  # shown, as text
     finally:

@@ -103,13 +103,19 @@ def passed_on(out: list[Any]) -> list[dict[str, Any]]:
     return [o.record for o in out if o.topic == STOCK_BUCKETS.name and o.event_type == "HoldCommand"]
 
 
-def test_once_sold_out_a_line_is_refused_where_it_lands_with_no_marker() -> None:
+def sold_out(units: int, orders: int, tag: str) -> LocalRunner:
+    """A SKU of ``units`` in 4 buckets that ``orders`` orders sold out, as its home says."""
     r = runner()
-    receipt(r, SKU, 20)
+    receipt(r, SKU, units)
     mark(r, 4)
-    r.send([reserve(f"jd:w{i}", buckets=4) for i in range(40)], HOLD_COMMANDS.name)
+    r.send([reserve(f"jd:{tag}{i}", buckets=4) for i in range(orders)], HOLD_COMMANDS.name)
     r.advance(200)
     assert record(r, SKU)["hot"]["sold_out"]
+    return r
+
+
+def test_once_sold_out_a_line_is_refused_where_it_lands_with_no_marker() -> None:
+    r = sold_out(20, 40, "w")
     assert all(record(r, bucket_key(SKU, b, P))["hot"]["sold_out"] for b in range(4))
     out = r.send([reserve(f"jd:late{i}", buckets=4) for i in range(100)], HOLD_COMMANDS.name)
     refused = [o.record for o in out if o.event_type == "HoldDecided"]
@@ -144,12 +150,7 @@ def test_a_release_in_one_bucket_after_the_sell_out_serves_an_order_routed_to_an
 
 
 def test_a_receipt_after_the_sell_out_is_sold_again() -> None:
-    r = runner()
-    receipt(r, SKU, 4)
-    mark(r, 4)
-    r.send([reserve(f"jd:e{i}", buckets=4) for i in range(20)], HOLD_COMMANDS.name)
-    r.advance(200)
-    assert record(r, SKU)["hot"]["sold_out"]
+    r = sold_out(4, 20, "e")
     receipt(r, SKU, 8, doc="restock")
     assert not any(record(r, bucket_key(SKU, b, P))["hot"]["sold_out"] for b in range(4))
     out = r.send([reserve(f"jd:f{i}", buckets=4) for i in range(20)], HOLD_COMMANDS.name)
