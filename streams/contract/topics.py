@@ -77,7 +77,7 @@ OPS_CLOCK = TopicSpec(
 )
 HOLD_COMMANDS = TopicSpec(
     "stock.hold-commands",
-    key="SKU, or 'SKU#k' for bucket k of a hot SKU",
+    key="SKU, or 'SKU#k[.n]' for bucket k of a hot SKU",
     events=("HoldCommand",),
     writer="agents.orders.run_lifecycle",
     direction="internal",
@@ -87,7 +87,7 @@ HOLD_COMMANDS = TopicSpec(
 )
 STOCK_BUCKETS = TopicSpec(
     "stock.buckets",
-    key="SKU (a hot SKU's home) or 'SKU#k' (its bucket k)",
+    key="SKU (a hot SKU's home) or 'SKU#k[.n]' (its bucket k)",
     events=("BucketSync", "HoldCommand"),
     writer="agents.inventory.hold_stock",
     direction="internal",
