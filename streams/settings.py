@@ -104,7 +104,11 @@ class Settings(BaseSettings):
         "one Kafka transaction) or `at_least_once` (flushed, then offsets committed; a crash may repeat outputs).",
     )
     session_timeout_s: float = Field(
-        default=10.0, gt=0, description="How soon the group notices a dead worker and moves its partitions."
+        default=6.0,
+        gt=0,
+        description="How soon the group notices a dead worker and moves its partitions; a worker restarted after "
+        "a crash also waits about this long for the dead one's membership to lapse. 6 s is the broker's default "
+        "minimum (`group.min.session.timeout.ms`).",
     )
     static_membership: bool = Field(
         default=False,
