@@ -27,16 +27,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.channels import platforms as pf
-from agents.channels.calls import CallResult, ChannelCaller, Stopping
-from agents.channels.kafka_io import ConnectorAlerts, InputLoop, Received, ResultSink
+from agents.channels.calls import CallResult, Stopping
+from agents.channels.connector import Connector, run_lane
+from agents.channels.kafka_io import Received, ResultSink
 from agents.channels.outbound import Ticket, refund_issued
-from streams.contract.codec import Codec
 from streams.contract.reasons import Reason
 from streams.contract.records import RefundInstruction
 from streams.contract.registry import EventType
 from streams.contract.topics import CONNECTOR_FAILED, REFUND_INSTRUCTIONS, REFUND_ISSUED
 from streams.engine.clock import wall_ms
-from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 STAGE = "agents.channels.issue_refunds"
@@ -100,12 +99,7 @@ class RefundLane(threading.Thread):
         self.queue: queue.Queue[tuple[RefundInstruction, Ticket, str]] = queue.Queue()
 
     def run(self) -> None:
-        try:
-            self._serve()
-        except Exception as exc:
-            # A lane that died quietly would leave its channel unserved while the process looks healthy.
-            log.exception("%s failed", self.name)
-            self.connector.on_error(f"{self.name}: {type(exc).__name__}: {exc}")
+        run_lane(self._serve, self.connector.on_error)
 
     def _serve(self) -> None:
         stop = self.connector.stop
@@ -136,25 +130,16 @@ class RefundLane(threading.Thread):
             c.alerts.failed(self.channel, ENDPOINT, result.reason, result.answer)
 
 
-class RefundConnector:
+class RefundConnector(Connector[RefundLane]):
     """``refund.instructions`` to the marketplaces; ``start`` its lanes, then ``loop.run`` (blocking)."""
 
-    def __init__(self, settings: Settings, codec: Codec, caller: ChannelCaller, sink: ResultSink,
-                 alerts: ConnectorAlerts, stop: threading.Event, on_error: Callable[[str], None]) -> None:  # fmt: skip
-        self.settings = settings
-        self.caller = caller
-        self.sink = sink
-        self.alerts = alerts
-        self.stop = stop
-        self.on_error = on_error  # stops the process
-        self.lanes = {channel: RefundLane(channel, self) for channel in CONNECTOR_FAILED}
-        self.loop = InputLoop(settings, codec, sink, group_id=f"{settings.app_id}.connectors.refunds",
-                              topic=REFUND_INSTRUCTIONS.name, stage=STAGE, handle=self.handle, stop=stop,
-                              max_in_flight=MAX_IN_FLIGHT)  # fmt: skip
+    TOPIC = REFUND_INSTRUCTIONS.name
+    GROUP = "refunds"
+    STAGE = STAGE
+    MAX_IN_FLIGHT = MAX_IN_FLIGHT
 
-    def start_lanes(self) -> None:
-        for lane in self.lanes.values():
-            lane.start()
+    def make_lanes(self) -> dict[str, RefundLane]:
+        return {channel: RefundLane(channel, self) for channel in CONNECTOR_FAILED}
 
     def handle(self, msg: Received, event_type: EventType, record: dict[str, Any]) -> None:
         if event_type.short_name != "RefundInstruction":
@@ -171,7 +156,3 @@ class RefundConnector:
 
     def queued(self) -> dict[str, int]:
         return {channel: lane.queue.qsize() for channel, lane in self.lanes.items()}
-
-    def join(self, timeout_s: float) -> None:
-        for lane in self.lanes.values():
-            lane.join(timeout_s)

@@ -39,19 +39,17 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from agents.channels import platforms as pf
-from agents.channels.calls import CallResult, ChannelCaller, Stopping, rate_per_s
-from agents.channels.kafka_io import ConnectorAlerts, InputLoop, Received, ResultSink
+from agents.channels.calls import CallResult, Stopping, rate_per_s
+from agents.channels.connector import Connector, run_lane
+from agents.channels.kafka_io import Received
 from agents.channels.outbound import Push, PushQueue, Ticket
-from streams.contract.codec import Codec
 from streams.contract.reasons import Reason
 from streams.contract.records import StockLevel
 from streams.contract.registry import EventType
 from streams.contract.topics import CONNECTOR_FAILED, STOCK_LEVELS
-from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 STAGE = "agents.channels.push_stock"
@@ -118,13 +116,7 @@ class StockLane:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def run(self) -> None:
-        try:
-            self._serve()
-        except Exception as exc:
-            # A lane that died quietly would leave its channel unserved while the process looks healthy.
-            name = threading.current_thread().name
-            log.exception("%s failed", name)
-            self.connector.on_error(f"{name}: {type(exc).__name__}: {exc}")
+        run_lane(self._serve, self.connector.on_error)
 
     def _serve(self) -> None:
         stop = self.connector.stop
@@ -205,27 +197,18 @@ class StockLane:
         c.alerts.failed(self.channel, ENDPOINT, reason, result.answer)
 
 
-class StockConnector:
+class StockConnector(Connector[StockLane]):
     """``stock.levels`` to the channels; ``start_lanes``, then ``loop.run`` (blocking)."""
 
-    def __init__(self, settings: Settings, codec: Codec, caller: ChannelCaller, sink: ResultSink,
-                 alerts: ConnectorAlerts, stop: threading.Event, on_error: Callable[[str], None]) -> None:  # fmt: skip
-        self.settings = settings
-        self.caller = caller
-        self.sink = sink
-        self.alerts = alerts
-        self.stop = stop
-        self.on_error = on_error  # stops the process
-        channels = [c for c in settings.channels if c in CONNECTOR_FAILED]
-        self.lanes = {c: StockLane(c, self, settings.connector_push_window_ms, calls_in_flight(rate_per_s(settings, c)))
-                      for c in channels}  # fmt: skip
-        self.loop = InputLoop(settings, codec, sink, group_id=f"{settings.app_id}.connectors.stock",
-                              topic=STOCK_LEVELS.name, stage=STAGE, handle=self.handle, stop=stop,
-                              max_in_flight=MAX_IN_FLIGHT)  # fmt: skip
+    TOPIC = STOCK_LEVELS.name
+    GROUP = "stock"
+    STAGE = STAGE
+    MAX_IN_FLIGHT = MAX_IN_FLIGHT
 
-    def start_lanes(self) -> None:
-        for lane in self.lanes.values():
-            lane.start()
+    def make_lanes(self) -> dict[str, StockLane]:
+        channels = [c for c in self.settings.channels if c in CONNECTOR_FAILED]
+        window_ms = self.settings.connector_push_window_ms
+        return {c: StockLane(c, self, window_ms, calls_in_flight(rate_per_s(self.settings, c))) for c in channels}
 
     def handle(self, msg: Received, event_type: EventType, record: dict[str, Any]) -> None:
         if event_type.short_name != "StockLevel":
@@ -241,7 +224,3 @@ class StockConnector:
 
     def pending(self) -> dict[str, int]:
         return {channel: lane.pending() for channel, lane in self.lanes.items()}
-
-    def join(self, timeout_s: float) -> None:
-        for lane in self.lanes.values():
-            lane.join(timeout_s)

@@ -136,11 +136,6 @@ def engine_group(settings: Settings) -> str:
     return f"{settings.app_id}.engine"
 
 
-def engine_state_dir(settings: Settings) -> Path:
-    """Where a worker's slots and RocksDB folders live."""
-    return settings.home_dir / "state" / settings.app_id
-
-
 def transactional_id(settings: Settings, slot: int) -> str:
     """The engine's transactional id: host and slot make it unique among live workers and the same for
     the process that replaces one after a crash, whose first transaction fences the dead one's."""
@@ -261,7 +256,7 @@ class Engine:
 
     # ---- set-up ---------------------------------------------------------------------------------------
     def _state_dir(self) -> Path:
-        return engine_state_dir(self.settings)
+        return self.settings.home_dir / "state" / self.settings.app_id
 
     def _kafka_common(self) -> dict[str, Any]:
         # The client id carries this worker's HTTP address: a worker asked for a key it does not own
