@@ -30,9 +30,10 @@ from loadtest import events as ev
 from loadtest.generator import Planned, Schedule
 from loadtest.market import LevelSeen, Marketplaces
 from loadtest.stack import group_lag
-from streams.contract.codec import default_codec
+from streams.contract.codec import Codec, default_codec
 from streams.contract.keys import order_key, partition_for
 from streams.contract.topics import (
+    ALERTS,
     ALL_TOPICS,
     HOLD_COMMANDS,
     HOLD_RESULTS,
@@ -60,6 +61,8 @@ class Sent:
     refunds: dict[str, int] = field(default_factory=dict)  # refund id -> intended send epoch ms
     per_second: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     bad_kafka: set[tuple[str, int, int]] = field(default_factory=set)  # (topic, partition, offset)
+    # Payments for orders that never come are kept, not refused: answered by a payment_without_order alert.
+    orphan_payments: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # order id -> position
     bad_kafka_sent: int = 0
     bad_intake_sent: int = 0
     bad_intake_refused: int = 0
@@ -164,6 +167,8 @@ class LoadRun:
             if err is None:
                 with self._lock:
                     self.sent.bad_kafka.add((msg.topic(), msg.partition(), msg.offset()))
+                    if e.bad == "unknown_order":
+                        self.sent.orphan_payments[key] = (msg.topic(), msg.partition(), msg.offset())
 
         producer.send_raw(topic, msg_key, value, partition=partition, on_delivery=delivered)
         self.sent.bad_kafka_sent += 1
@@ -291,6 +296,23 @@ def _refund_decision_ms(settings: Settings, codec: Any, sent: Sent) -> list[floa
     return list(decided.values())
 
 
+def _refused_bad_inputs(settings: Settings, codec: Codec, sent: Sent) -> set[tuple[str, int, int]]:
+    """The positions of the bad inputs sent to Kafka that the pipeline answered: dead-lettered, or (a
+    payment for an order that never comes, which is kept) raised as a ``payment_without_order`` alert."""
+    refused = set()
+    for rec in read_all(settings, settings.topic("deadletters"), 30):
+        _, dl = codec.decode(rec.value)
+        position = (dl["source_topic"], dl["source_partition"], dl["source_offset"])
+        if position in sent.bad_kafka:
+            refused.add(position)
+    if sent.orphan_payments:
+        for rec in read_all(settings, settings.topic(ALERTS.name), 30):
+            _, al = codec.decode(rec.value)
+            if al["kind"] == "payment_without_order" and al["subject"] in sent.orphan_payments:
+                refused.add(sent.orphan_payments[al["subject"]])
+    return refused
+
+
 def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None) -> dict[str, Any]:
     """Figures of the run, from the topics (latencies, counts) and the independent checker (invariants);
     with ``market``, also what reached the marketplaces (channel pushes, refunds agreed)."""
@@ -318,12 +340,7 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
         if lv["newest_source_ms"] >= sent.started_epoch_ms and source not in seen_sources:
             seen_sources.add(source)
             refresh_ms.append(lv["event_time_ms"] - lv["newest_source_ms"])
-    refused = set()
-    for rec in read_all(settings, settings.topic("deadletters"), 30):
-        _, dl = codec.decode(rec.value)
-        position = (dl["source_topic"], dl["source_partition"], dl["source_offset"])
-        if position in sent.bad_kafka:
-            refused.add(position)
+    refused = _refused_bad_inputs(settings, codec, sent)
     # Timers still fire after the inputs are drained (payment timeouts, expiries), and the audit reads
     # topic after topic: a change landing in between is not drift. Ask again until it settles.
     report = audit(settings)
