@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from agents.shadow import control
@@ -153,8 +153,13 @@ def end_offsets(settings: Settings, prefixes: tuple[str, ...], but: str | None =
         out = {}
         for name, meta in admin.list_topics(timeout=15).topics.items():
             if name.startswith(prefixes) and not (but and name.startswith(but)):
-                out[name] = sum(consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1]
-                                for p in meta.partitions)  # fmt: skip
+                try:
+                    out[name] = sum(consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1]
+                                    for p in meta.partitions)  # fmt: skip
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                        raise
+                    # Deleted a moment ago: the broker's metadata can list it a little longer.
         return out
     finally:
         consumer.close()
