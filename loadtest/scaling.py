@@ -56,18 +56,23 @@ def decisions_from_metrics(text: str) -> float:
 
 def worker_probe(base_url: str) -> Callable[[], dict[str, float]]:
     """A worker's decisions and rebalance stamps, and its engine stats (for the run's engine figures)."""
+    # One client per probe: a new one per request builds an SSL context from the CA bundle each time,
+    # which took a sixth of the load generator's CPU at 1,500 orders/s.
+    client = httpx.Client(base_url=base_url, timeout=2)
 
     def probe() -> dict[str, float]:
-        metrics = httpx.get(f"{base_url}/metrics", timeout=2).text
-        stats = httpx.get(f"{base_url}/engine/status", timeout=2).json().get("stats") or {}
+        metrics = client.get("/metrics").text
+        stats = client.get("/engine/status").json().get("stats") or {}
         return {**{f"engine.{k}": float(v) for k, v in stats.items()}, "decisions": decisions_from_metrics(metrics)}
 
     return probe
 
 
 def sink_probe(base_url: str) -> Callable[[], dict[str, float]]:
+    client = httpx.Client(base_url=base_url, timeout=2)
+
     def probe() -> dict[str, float]:
-        return {"rows": float(httpx.get(f"{base_url}/sink/status", timeout=2).json().get("rows", 0))}
+        return {"rows": float(client.get("/sink/status").json().get("rows", 0))}
 
     return probe
 

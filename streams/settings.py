@@ -41,7 +41,13 @@ class Settings(BaseSettings):
     kafka_version: str = Field(default="4.4.0", description="Broker release `dev up` resolves with Maven.")
     kafka_heap: str = Field(default="1g", description="Java heap of the local broker (`-Xms` and `-Xmx`).")
     topic_prefix: str = Field(default="", description="Prepended to every topic name; empty: none.")
-    partitions: int = Field(default=8, ge=1, description="Partitions of every keyed topic.")
+    partitions: int = Field(
+        default=4,
+        ge=1,
+        description="Partitions of every keyed topic, fixed when the topics are created: the most workers one "
+        "group can use (`stockflow plan` sizes it for a peak). Each costs the broker work on every request, so "
+        "a one-box stack wants few. A worker refuses to start on topics created with another count.",
+    )
     wire_format: Literal["single_object", "confluent"] = Field(
         default="single_object",
         description="How the events stockflow writes are framed: `single_object` (Avro single-object encoding: "
@@ -132,7 +138,12 @@ class Settings(BaseSettings):
     clickhouse_server_port: int = Field(
         default=19000, description="TCP port of the ClickHouse server `dev up --clickhouse-server` starts."
     )
-    sink_batch_rows: int = Field(default=5000, ge=1, description="Rows the sink gathers into one insert.")
+    sink_batch_rows: int = Field(
+        default=20_000,
+        ge=1,
+        description="Messages the sink gathers into one insert per table (fewer, larger inserts cost ClickHouse "
+        "less per row).",
+    )
     sink_flush_interval_s: float = Field(
         default=1.0, gt=0, description="Longest the sink waits before inserting a batch that is not full."
     )

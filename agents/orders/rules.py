@@ -515,19 +515,19 @@ def on_wms_ack(rec: OrderRecord, event: dict[str, Any], now_ms: int) -> Effects:
     return fx
 
 
-def check_sla(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
+def sla_alerts(rec: OrderRecord, now_ms: int, rules: OrderRules) -> list[AlertSpec]:
     """Red once when a paid order waits too long for a warehouse; one clearing message when it moves on."""
-    fx = Effects()
     paid_at = rec.stage_times.get("paid")
-    # Runs after every event of every order: decide cheaply that there is nothing to say.
+    # Runs after every event of every order: decide cheaply (no Effects built) that there is nothing to say.
     if not paid_at or rec.sla == "cleared" or (not rec.sla and now_ms - paid_at < rules.sla_ms):
-        return fx
+        return []
+    alerts: list[AlertSpec] = []
     waiting = waiting_for_warehouse(rec)
     if waiting and not rec.sla and now_ms - paid_at >= rules.sla_ms:
         rec.sla = "red"
         stage = "not pushed to a warehouse" if rec.state == "paid" else "not acknowledged by its warehouse"
         minutes = (now_ms - paid_at) / 60_000
-        fx.alerts.append(AlertSpec(
+        alerts.append(AlertSpec(
             "sla_breach", "RED", rec.order_id,
             f"order {rec.order_id} ({rec.channel}) paid {minutes:.0f} min ago, {stage}",
             event_id=f"sla_breach:{rec.order_id}", at_ms=now_ms,
@@ -536,13 +536,13 @@ def check_sla(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
         ))  # fmt: skip
     elif rec.sla == "red" and not waiting:
         rec.sla = "cleared"
-        fx.alerts.append(AlertSpec(
+        alerts.append(AlertSpec(
             "sla_breach", "INFO", rec.order_id,
             f"order {rec.order_id} moved on: {rec.state}" + (f" at {rec.warehouse_id}" if rec.warehouse_id else ""),
             event_id=f"sla_breach:{rec.order_id}:cleared", at_ms=now_ms, cleared=True,
             details={"channel": rec.channel, "state": rec.state, "warehouses": rec.warehouse_id},
         ))  # fmt: skip
-    return fx
+    return alerts
 
 
 def on_payment(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:

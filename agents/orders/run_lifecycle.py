@@ -223,7 +223,7 @@ class RunLifecycle(Processor):
             fx.extend(flow.on_route_decided(rec, decision, now_ms, self._rules))
             fx.hold_commands = flow.merge_commit_and_allocate(fx.hold_commands)
         fx.route = []
-        fx.extend(flow.check_sla(rec, now_ms, self._rules))
+        fx.alerts.extend(flow.sla_alerts(rec, now_ms, self._rules))
         return fx
 
     def on_timer(self, ctx: Context, key: bytes) -> None:

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streams.errors import StockflowError
 from streams.kafkaconf import AuthWatch, confluent_config, topic_config
 from streams.settings import Settings
+
+
+class PartitionCountMismatch(StockflowError, RuntimeError):
+    """The topics exist with another partition count than the settings give them."""
 
 
 @dataclass(frozen=True)
@@ -316,11 +321,12 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS)
 
     watch = AuthWatch(settings)
     admin = AdminClient(confluent_config(settings, error_cb=watch))
-    existing = set(watch.list_topics(admin, 15).topics)
+    existing = watch.list_topics(admin, 15).topics
     wanted = []
     for spec in specs:
         name = settings.topic(spec.name)
         if name in existing:
+            _check_partitions(settings, spec, len(existing[name].partitions))
             continue
         config = {**topic_config(settings), **({"cleanup.policy": "compact"} if spec.compacted else {})}
         wanted.append(NewTopic(name, spec.partitions(settings), settings.kafka_replication_factor, config=config))
@@ -335,6 +341,17 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS)
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
     return created
+
+
+def _check_partitions(settings: Settings, spec: TopicSpec, found: int) -> None:
+    # Keys are placed by partition count: a worker whose settings disagree with the topics would look for
+    # a SKU's or an order's state on the wrong partition (and refuse its events as misrouted).
+    if found != spec.partitions(settings):
+        raise PartitionCountMismatch(
+            f"topic {settings.topic(spec.name)} has {found} partitions but the settings say "
+            f"{spec.partitions(settings)}; set STOCKFLOW_PARTITIONS={found} (the count the topics were created "
+            "with), or move to new topics (STOCKFLOW_TOPIC_PREFIX)"
+        )
 
 
 def delete_topics(kafka: Settings | str, prefixes: tuple[str, ...]) -> int:

@@ -47,13 +47,13 @@ def test_a_refused_allocation_routes_the_line_again() -> None:
 
 def test_sla_is_red_once_after_fifteen_minutes_and_cleared_once_when_the_warehouse_has_it() -> None:
     rec = paid_order()
-    assert not flow.check_sla(rec, 1_000 + 899_999, RULES).alerts
-    red = flow.check_sla(rec, 1_000 + 900_000, RULES).alerts
-    assert [a.severity for a in red] == ["RED"] and not flow.check_sla(rec, 2_000_000, RULES).alerts
+    assert not flow.sla_alerts(rec, 1_000 + 899_999, RULES)
+    red = flow.sla_alerts(rec, 1_000 + 900_000, RULES)
+    assert [a.severity for a in red] == ["RED"] and not flow.sla_alerts(rec, 2_000_000, RULES)
     flow.on_route_decided(rec, {"assignments": {"WH-SH": [1, 2]}, "candidates": [], "weights": {}}, 3e6, RULES)
     allocated(rec, 1), allocated(rec, 2)
-    assert rec.state == "routed" and not flow.check_sla(rec, 3_000_000, RULES).alerts  # pushed, not acknowledged
+    assert rec.state == "routed" and not flow.sla_alerts(rec, 3_000_000, RULES)  # pushed, not acknowledged
     assert flow.on_wms_ack(rec, {"warehouse_id": "WH-XX"}, 3_100_000).refusal[0] == "unknown_warehouse"  # type: ignore[index]
     flow.on_wms_ack(rec, {"warehouse_id": "WH-SH"}, 3_100_000)
-    cleared = flow.check_sla(rec, 3_100_000, RULES).alerts
-    assert [a.cleared for a in cleared] == [True] and not flow.check_sla(rec, 4e6, RULES).alerts  # type: ignore[arg-type]
+    cleared = flow.sla_alerts(rec, 3_100_000, RULES)
+    assert [a.cleared for a in cleared] == [True] and not flow.sla_alerts(rec, 4e6, RULES)  # type: ignore[arg-type]
