@@ -16,7 +16,7 @@ from fastavro import parse_schema, schemaless_writer
 
 from streams.contract.codec import schema_fingerprint
 from streams.contract.registry import SCHEMA_DIR
-from streams.contract.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS
+from streams.contract.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS, PartitionCountMismatch, ensure_topics
 from streams.devstack.localkafka import LocalKafka, broker_metadata
 from streams.devstack.procs import is_alive, port_open
 from streams.engine.producer import EventProducer
@@ -257,3 +257,14 @@ def test_dev_up_formats_storage_whatever_the_cluster_id_looks_like(tmp_path: Pat
             assert broker_metadata(settings.bootstrap)["brokers"] == [f"127.0.0.1:{port}"]
         finally:
             kafka.down()
+
+
+def test_topics_made_with_another_partition_count_are_refused_with_the_count_to_set(make_settings) -> None:
+    """A worker whose settings disagree with the topics' partition count would look for a key's state on
+    the wrong partition: it must refuse to start and say which count the topics have."""
+    ensure_topics(make_settings(partitions=2), (ORDER_EVENTS, STOCK_ADJUSTMENTS))
+    with pytest.raises(
+        PartitionCountMismatch, match="has 2 partitions but the settings say 4; set STOCKFLOW_PARTITIONS=2"
+    ):
+        ensure_topics(make_settings(partitions=4), (ORDER_EVENTS, STOCK_ADJUSTMENTS))
+    assert ensure_topics(make_settings(partitions=2), (ORDER_EVENTS, STOCK_ADJUSTMENTS)) == []
