@@ -93,7 +93,8 @@ def test_a_refused_robot_keeps_the_alerts_across_a_crash_and_the_fixed_url_drain
     worker = start_worker(wrong)
     alerts = storm(60, "kept")
     send_alerts(EventProducer(wrong), alerts)
-    wait_for(lambda: worker.get("/notify/status").get("queued") == 60, what="60 alerts queued")
+    # Generous: with the rest of the suite beside it, the worker's shell can take a while to get its partitions.
+    wait_for(lambda: worker.get("/notify/status").get("queued") == 60, timeout_s=120, what="60 alerts queued")
     wait_for(lambda: len(robots.refused) >= 2, what="the robot refusing, tried again")
     assert robots.contents() == [] and worker.get("/notify/status")["failures_in_a_row"] >= 1
     log = worker.log_tail(20_000)
