@@ -27,6 +27,7 @@ from agents.refunds import cli as refunds
 from agents.shadow import cli as shadow
 from streams import cli as platform
 from streams.cli import console, fail
+from streams.errors import StockflowError
 from streams.extras import MissingExtra
 from streams.logs import quiet_repeats
 from streams.settings import Settings
@@ -114,7 +115,9 @@ def main() -> None:
     _plugins()
     try:
         app()
-    except MissingExtra as exc:  # an optional part not installed: the extra to install, not a traceback
+    except (MissingExtra, StockflowError) as exc:
+        # An optional part not installed, topics made with another partition count, refused
+        # credentials: what to do about it, not a traceback.
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise SystemExit(1) from None
     finally:

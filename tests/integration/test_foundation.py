@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -268,3 +269,11 @@ def test_topics_made_with_another_partition_count_are_refused_with_the_count_to_
     ):
         ensure_topics(make_settings(partitions=4), (ORDER_EVENTS, STOCK_ADJUSTMENTS))
     assert ensure_topics(make_settings(partitions=2), (ORDER_EVENTS, STOCK_ADJUSTMENTS)) == []
+    # The command line says so in one line, without a traceback, and fails.
+    four = make_settings(partitions=4)
+    env = {**os.environ, "STOCKFLOW_HOME": str(four.home), "STOCKFLOW_KAFKA_BOOTSTRAP": four.bootstrap,
+           "STOCKFLOW_TOPIC_PREFIX": four.topic_prefix, "STOCKFLOW_PARTITIONS": "4"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "agents.cli", "topics", "create"], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1 and "set STOCKFLOW_PARTITIONS=2" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
