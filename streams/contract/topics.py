@@ -8,7 +8,9 @@ one SKU or order lands on the partition that owns its state.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from streams.errors import StockflowError
 from streams.kafkaconf import AuthWatch, confluent_config, topic_config
@@ -332,15 +334,34 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS)
         wanted.append(NewTopic(name, spec.partitions(settings), settings.kafka_replication_factor, config=config))
     if not wanted:
         return []
-    created = []
+    created, raced = [], []
     for name, fut in admin.create_topics(wanted, operation_timeout=30).items():
         try:
             fut.result()
             created.append(name)
-        except Exception as exc:  # another process may have created it meanwhile
+        except Exception as exc:  # another process created it meanwhile, or just before (metadata lags)
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
+            raced.append(name)
+    if raced:
+        _check_raced(settings, admin, watch, {settings.topic(spec.name): spec for spec in specs}, raced)
     return created
+
+
+def _check_raced(settings: Settings, admin: Any, watch: AuthWatch, by_name: dict[str, TopicSpec],
+                 names: list[str]) -> None:  # fmt: skip
+    """Check the partitions of topics someone else created (with their settings, maybe not ours) once the
+    broker's metadata lists them: it can lag the creation by a moment."""
+    deadline = time.monotonic() + 15
+    while names:
+        listed = watch.list_topics(admin, 15).topics
+        for name in [n for n in names if n in listed and listed[n].partitions]:
+            _check_partitions(settings, by_name[name], len(listed[name].partitions))
+            names.remove(name)
+        if names and time.monotonic() > deadline:
+            return  # still not listed: nothing to check against; a later start checks again
+        if names:
+            time.sleep(0.2)
 
 
 def _check_partitions(settings: Settings, spec: TopicSpec, found: int) -> None:
