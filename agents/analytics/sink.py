@@ -283,7 +283,7 @@ def columns_of(batch: Sequence[Decoded]) -> dict[str, dict[str, list[Any]]]:
                 by_table[table] = [row]
             else:
                 rows.append(row)
-    # A comprehension per column: appending value by value cost the sink 13% of its time.
+    # A comprehension per column: appending value by value was 13% of the sink's time in a profile.
     return {table: {name: [row[name] for row in rows] for name in rows[0]} for table, rows in by_table.items()}
 
 

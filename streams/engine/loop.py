@@ -298,10 +298,9 @@ class Engine:
             **self._kafka_common(),
             "acks": "all",
             "enable.idempotence": True,
-            # Every batch ends in a flush (its commit), which sends at once whatever lingers, so the
-            # linger only bounds how long a long batch keeps its records back. A short one sent a
-            # request every few ms during a batch: a third of the broker's produce requests, each
-            # costing it more than the records in it.
+            # Every batch ends in a flush (its commit), which sends at once whatever lingers: a long
+            # linger costs no latency, and a long batch sends fewer, larger requests (the broker's
+            # cost is per request and partition more than per record).
             "linger.ms": 100,
             "compression.type": "lz4",
             "batch.size": 1_000_000,
