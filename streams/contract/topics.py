@@ -349,19 +349,18 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS)
 
 
 def _check_raced(settings: Settings, admin: Any, watch: AuthWatch, by_name: dict[str, TopicSpec],
-                 names: list[str]) -> None:  # fmt: skip
+                 raced: list[str]) -> None:  # fmt: skip
     """Check the partitions of topics someone else created (with their settings, maybe not ours) once the
     broker's metadata lists them: it can lag the creation by a moment."""
-    deadline = time.monotonic() + 15
-    while names:
+    waiting, deadline = set(raced), time.monotonic() + 15
+    while True:
         listed = watch.list_topics(admin, 15).topics
-        for name in [n for n in names if n in listed and listed[n].partitions]:
+        for name in [n for n in waiting if n in listed and listed[n].partitions]:
             _check_partitions(settings, by_name[name], len(listed[name].partitions))
-            names.remove(name)
-        if names and time.monotonic() > deadline:
-            return  # still not listed: nothing to check against; a later start checks again
-        if names:
-            time.sleep(0.2)
+            waiting.discard(name)
+        if not waiting or time.monotonic() > deadline:
+            return  # one still not listed has nothing to be checked against yet; the next start checks it
+        time.sleep(0.2)
 
 
 def _check_partitions(settings: Settings, spec: TopicSpec, found: int) -> None:
