@@ -21,11 +21,14 @@ def reservations(settings) -> dict[str, dict[str, Any]]:
     return {r["order_id"]: r for t, r in read_topic(settings, "reservation.results") if t == "ReservationDecided"}
 
 
-def wait_reservations(settings, n: int, timeout_s: float = 90) -> dict[str, dict[str, Any]]:
+def wait_reservations(
+    settings, n: int, timeout_s: float = 90, *, including: tuple[str, ...] = ()
+) -> dict[str, dict[str, Any]]:
+    """At least ``n`` decisions, among them one for each order in ``including``."""
     return wait_for(
-        lambda: (found := reservations(settings)) and len(found) >= n and found,
+        lambda: (found := reservations(settings)) and len(found) >= n and set(including) <= found.keys() and found,
         timeout_s=timeout_s,
-        what=f"{n} reservation decisions",
+        what=f"{n} reservation decisions" + (f" including {', '.join(including)}" if including else ""),
     )
 
 
@@ -110,7 +113,7 @@ def test_every_event_sent_twice_changes_nothing(make_settings, start_worker) -> 
     producer.flush()
     # dup-2 is cancelled right after it is placed: whether its hold was answered first depends on
     # the batch it lands in; either way it ends cancelled with nothing held (checked below).
-    assert wait_reservations(settings, 1)["pdd:dup-1"]["outcome"] == "RESERVED"
+    assert wait_reservations(settings, 1, including=("pdd:dup-1",))["pdd:dup-1"]["outcome"] == "RESERVED"
 
     def settled() -> dict[str, Any] | None:
         level = stock(worker, "SKU-D")
@@ -287,7 +290,7 @@ def test_vip_override_needs_a_second_approver_and_is_audited(make_settings, star
         ev.order_placed("own", "vip-9", [ev.line(1, "SKU-V", 2)], vip=True),
     )
     producer.flush()
-    assert wait_reservations(settings, 2)["own:vip-9"]["outcome"] == "RESERVED"
+    assert wait_reservations(settings, 2, including=("own:vip-9",))["own:vip-9"]["outcome"] == "RESERVED"
     wait_for(lambda: stock(worker, "SKU-V")["locked"] == 2, what="only the VIP hold locked")
 
 
