@@ -122,7 +122,7 @@ class KeyRotationDrill:
     @contextlib.contextmanager
     def _processes(self) -> Iterator[None]:
         ensure_topics(self.settings)
-        worker = WorkerProcess(self.settings, self.logs / "worker.log")
+        worker = self.worker = WorkerProcess(self.settings, self.logs / "worker.log")
         connectors = ConnectorsProcess(self.settings, self.logs / "connectors.log")
         intake = None
         try:
@@ -175,7 +175,8 @@ class KeyRotationDrill:
         stock = ev.stock_adjusted(SKU, WAREHOUSE, self.refunds + 10, adjustment_id=f"drill-{self.tag}-stock")
         producer.send(STOCK_ADJUSTMENTS.name, SKU, "StockAdjusted", stock)
         producer.flush()
-        time.sleep(1.0)  # the pool knows the SKU before the first order asks for it
+        # Stock and orders travel different topics: the pool must know the SKU before the first order asks.
+        _wait(lambda: self.worker.get(f"/stock/{SKU}").get("on_hand", 0) >= self.refunds + 10, 60, "stock in the pool")
         for number in self.orders:
             key = order_key(CHANNEL, number)
             for kind, record in (

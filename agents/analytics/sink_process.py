@@ -47,6 +47,7 @@ from streams.engine.clock import Clock
 from streams.engine.deadletter import dead_letter
 from streams.engine.producer import EventProducer
 from streams.engine.retry import Backoff, Retry
+from streams.gcpolicy import pace_for_batches
 from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
@@ -171,6 +172,7 @@ class ClickHouseSink:
     def run(self) -> None:
         try:
             self._start()
+            pace_for_batches()
             self._loop()
             if self.pending:
                 self._flush()  # a clean stop writes what it holds; if ClickHouse is away it is replayed

@@ -46,6 +46,7 @@ from streams.engine.deadletter import dead_letter
 from streams.engine.processor import Context, Output, Processor
 from streams.engine.state import PartitionStore, ReadOnlyStore, StoreSpec, StoreTransaction
 from streams.engine.timers import Timers
+from streams.gcpolicy import pace_for_batches
 from streams.kafkaconf import confluent_config
 from streams.metrics import SIZE_BUCKETS, histogram
 from streams.settings import Settings
@@ -337,6 +338,7 @@ class Engine:
         self.consumer = self._make_consumer()
         self._subscribe()
         window_s = self.settings.batch_window_ms / 1000.0
+        pace_for_batches()
         try:
             while not stop.is_set():
                 self.heartbeat = time.monotonic()

@@ -177,6 +177,8 @@ def test_the_dashboard_page_draws_every_chart_with_data(
     )
     wait_for(lambda: dashboards.run(settings, "refund_mismatches", {})[1], what="refund events in ClickHouse")
     wait_for(lambda: dashboards.run(settings, "connector_minutes", {})[1], what="connector calls in ClickHouse")
+    # Dead letters reach ClickHouse a sink batch after the events that caused them.
+    wait_for(lambda: dashboards.run(settings, "dead_letters", {})[1], what="dead letters in ClickHouse")
     # Every SQL dashboard, and beside them the cards the page computes in Python (the forecast, the shadows).
     cards = [d.describe() for d in dashboards.load_all().values()] + [forecast.chart_card(), shadow_card.chart_card()]
     charted = [c for c in cards if c["chart"]["kind"] != "table"]
