@@ -142,6 +142,12 @@ class Codec:
     def event_type(self, name: str) -> EventType:
         return self._current[name][2]
 
+    def current_type_of(self, data: bytes) -> EventType | None:
+        """The event type of a single-object message written with its current schema, from the header
+        alone (no decoding); None for anything else."""
+        writer = self._writers.get(data[:HEADER_LEN])
+        return writer.event_type if writer is not None and writer.current else None
+
     def header(self, name: str) -> bytes:
         """The header ``encode`` writes for event ``name``: single-object, or the Schema Registry frame."""
         return self._current[name][1]

@@ -9,8 +9,11 @@ servers Debian ships predate server-side parameters). Inserts pass rows as colum
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
@@ -23,6 +26,7 @@ from streams.settings import Settings
 
 DDL_DIR = packaged("schemas", "ddl")
 _PLACEHOLDER = re.compile(r"\{(\w+):[^}]+\}")
+_AVRO_INPUT = "avro_input"  # the temporary table run_on_avro's statements read
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -61,6 +65,10 @@ class EmbeddedClickHouse:
         self._session.query(f"CREATE DATABASE IF NOT EXISTS {db}")
         self._session.query(f"USE {db}")
         self._session.query("SET output_format_json_quote_64bit_integers = 0")
+        shm = Path("/dev/shm")
+        self._spool = str(shm if shm.is_dir() and os.access(shm, os.W_OK) else path)
+        if "'" in self._spool:
+            raise ValueError(f"a ClickHouse folder with a quote in its path: {path}")
 
     def execute(self, sql: str) -> None:
         with self._lock:
@@ -82,6 +90,30 @@ class EmbeddedClickHouse:
         with self._lock:
             self._session.query(f"INSERT INTO {_check_ident(table)} ({names}) SELECT {names} FROM Python(batch)")
         return len(next(iter(columns.values())))
+
+    def run_on_avro(self, data: bytes, statements: Sequence[str], params: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        """Run ``statements`` over ``data``, an Avro object container file each reads as ``{input}``;
+        the rows each returns (none for an INSERT). The file is read once, into a temporary in-memory
+        table the statements share (a third less CPU than each reading the file), on one thread:
+        the sink is a background process and should not fan out over the cores the workers need."""
+        fd, name = tempfile.mkstemp(suffix=".avro", dir=self._spool)
+        results = []
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            with self._lock:
+                try:
+                    self._session.query(f"CREATE TEMPORARY TABLE {_AVRO_INPUT} ENGINE = Memory AS SELECT * FROM "
+                                        f"file('{name}', 'Avro') SETTINGS max_threads = 1")  # fmt: skip
+                    for sql in statements:
+                        answer = self._session.query(f"{sql.replace('{input}', _AVRO_INPUT)} SETTINGS max_threads = 1",
+                                                     "JSONEachRow", params=params)  # fmt: skip
+                        results.append([orjson.loads(line) for line in answer.bytes().splitlines() if line])
+                finally:
+                    self._session.query(f"DROP TEMPORARY TABLE IF EXISTS {_AVRO_INPUT}")
+        finally:
+            os.unlink(name)
+        return results
 
     def close(self) -> None:
         with self._lock:
