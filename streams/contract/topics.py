@@ -35,6 +35,10 @@ class TopicSpec:
     # same worker) is not published: its effect commits in the reader's changelog, and the reader's
     # answer is published. Records for partitions on other workers are published as always.
     publish_applied: bool = True
+    # True for a compacted topic read as a table (the newest record per key carries everything): of
+    # the records one batch writes under one key, only the newest is published, as Kafka Streams'
+    # record cache does. Compaction would drop the others anyway; this spares writing them.
+    newest_per_batch: bool = False
 
     def partitions(self, settings: Settings) -> int:
         return 1 if self.single_partition else settings.partitions
@@ -126,7 +130,9 @@ ORDER_STATES = TopicSpec(
     writer="agents.orders.run_lifecycle",
     direction="output",
     compacted=True,
-    doc="Every lifecycle transition; the newest per order carries all stage times.",
+    newest_per_batch=True,
+    doc="The order's lifecycle: its newest transition per worker batch (transitions in one batch, such as placed "
+    "and reserved, are published as the newest alone); every record carries all stage times so far.",
 )
 STOCK_LEVELS = TopicSpec(
     "stock.levels",

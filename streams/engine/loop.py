@@ -39,7 +39,7 @@ from streams.contract.keys import partition_for
 from streams.contract.reasons import Reason
 from streams.contract.records import DeadLetter
 from streams.contract.schema_registry import SchemaRegistryUnavailable
-from streams.contract.topics import DEADLETTERS, TopicSpec
+from streams.contract.topics import ALL_TOPICS, DEADLETTERS, TopicSpec
 from streams.engine.changelog import changelog_topic, ensure_changelogs, restore
 from streams.engine.clock import Clock
 from streams.engine.deadletter import dead_letter
@@ -52,6 +52,7 @@ from streams.metrics import SIZE_BUCKETS, histogram
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+NEWEST_PER_BATCH = frozenset(t.name for t in ALL_TOPICS if t.newest_per_batch)
 CLIENT_PREFIX = "stockflow-engine@"
 # The header of a record the engine already applied in the batch that wrote it.
 APPLIED_HEADER = "stockflow-applied"
@@ -74,6 +75,7 @@ class EngineStats:
     local_events: int = 0  # records applied in the batch that wrote them (no Kafka round trip)
     local_skipped: int = 0  # the same records read back from their topic, and skipped
     applied_unpublished: int = 0  # records applied in their batch whose topic does not keep them
+    superseded: int = 0  # records not published: a newer one of the batch has their key (``newest_per_batch``)
     restored_records: int = 0
     poll_s: float = 0.0
     apply_s: float = 0.0
@@ -135,6 +137,19 @@ class _LocalMessage:
 def engine_group(settings: Settings) -> str:
     """The consumer group of every worker's engine (its committed offsets are the pipeline's position)."""
     return f"{settings.app_id}.engine"
+
+
+def newest_per_batch(outputs: list[Output]) -> list[Output]:
+    """``outputs`` without the records a later one of the batch supersedes on a ``newest_per_batch``
+    topic. A key's records all come from one context, in the order it emitted them."""
+    newest: dict[tuple[str, bytes | None], int] = {}
+    for i, out in enumerate(outputs):
+        if out.topic in NEWEST_PER_BATCH:
+            newest[(out.topic, out.key)] = i
+    if not newest:
+        return outputs
+    return [out for i, out in enumerate(outputs)
+            if out.topic not in NEWEST_PER_BATCH or newest[(out.topic, out.key)] == i]  # fmt: skip
 
 
 def transactional_id(settings: Settings, slot: int) -> str:
@@ -590,9 +605,15 @@ class Engine:
             except BufferError:
                 self.producer.poll(0.05)  # the local queue is full: let deliveries drain it
 
+    def _outputs(self, batch: _Batch) -> list[Output]:
+        emitted = [out for ctx in batch.contexts.values() for out in ctx.outputs]
+        outputs = newest_per_batch(emitted)
+        self.stats.superseded += len(emitted) - len(outputs)
+        return outputs
+
     def _commit(self, batch: _Batch, dead: list[DeadLetter] | None = None) -> None:  # noqa: C901, PLR0912 - one transaction's steps in the order they must happen
         changes = {key: txn.changes() for key, txn in batch.stores.items() if txn}
-        outputs = [out for ctx in batch.contexts.values() for out in ctx.outputs]
+        outputs = self._outputs(batch)
         refusals = [(msg, r) for ctx in batch.contexts.values() for msg, r in ctx.refusals]
         dead = list(dead or [])
         if not (changes or outputs or refusals or dead or batch.offsets):

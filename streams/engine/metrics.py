@@ -27,6 +27,7 @@ _COUNTERS = (
     ("timers_fired", "engine_timers_fired", "Timers fired"),
     ("restored_records", "engine_restored_records", "Changelog records restored into state"),
     ("local_events", "engine_local_records", "Records applied in the batch that wrote them"),
+    ("superseded", "engine_superseded_records", "Records not published: a newer one of their batch has their key"),
 )
 _SECONDS = (
     ("poll_s", "engine_poll_seconds", "Time spent waiting on the consumer"),

@@ -6,8 +6,7 @@ SELECT
     toString(toStartOfHour(toDateTime(intDiv(placed_ms, 1000))), {tz:String}) AS hour,
     uniqExact(order_id) AS orders
 FROM order_states
-WHERE state = 'placed'
-  AND placed_ms >= {from_ms:Int64} AND placed_ms < {to_ms:Int64}
+WHERE placed_ms >= {from_ms:Int64} AND placed_ms < {to_ms:Int64}
   AND ({channel:String} = '' OR channel = {channel:String})
 GROUP BY hour_ms, hour
 ORDER BY hour_ms
