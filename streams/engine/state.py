@@ -16,6 +16,7 @@ never ahead of its changelog, which is the one thing that must never happen.
 from __future__ import annotations
 
 import shutil
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,12 @@ V = TypeVar("V")
 META_PREFIX = b"\x00meta:"
 CHANGELOG_OFFSET = META_PREFIX + b"changelog_offset"
 _DELETED = object()
+# Values a partition store keeps in memory beside RocksDB, the most recently written first: a SKU's
+# totals and an order's record are read again a batch or two after they were written, and a
+# RocksDB read was 8% of the engine thread at 750 orders/s (py-spy). Bytes, never parsed objects, so
+# nothing a batch changes in place can reach it before the batch commits. At a few hundred bytes a
+# value this is a few MB per partition and store.
+RECENT_VALUES = 20_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class PartitionStore:
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         self._db = Rdict(str(path), options=options)
+        self._recent: OrderedDict[bytes, bytes | None] = OrderedDict()  # the newest writes last; None: deleted
 
     def approximate_keys(self) -> int:
         """RocksDB's estimate of the keys held (cheap: no scan), for the state-size metric."""
@@ -63,6 +71,9 @@ class PartitionStore:
         return int(raw) if raw is not None else -1
 
     def get(self, key: bytes) -> bytes | None:
+        recent = self._recent.get(key, _DELETED)
+        if recent is not _DELETED:
+            return cast(bytes | None, recent)
         value: bytes | None = self._db.get(key)
         return value
 
@@ -92,6 +103,12 @@ class PartitionStore:
         if changelog_offset >= 0:
             batch.put(CHANGELOG_OFFSET, str(changelog_offset).encode())
         self._db.write(batch)
+        recent = self._recent
+        for key, value in changes.items():
+            recent[key] = value
+            recent.move_to_end(key)
+        while len(recent) > RECENT_VALUES:
+            recent.popitem(last=False)
 
     def close(self) -> None:
         self._db.close()

@@ -137,3 +137,20 @@ def test_an_engine_refuses_to_read_a_store_none_of_its_processors_owns() -> None
     settings = Settings()
     with pytest.raises(ValueError, match="orders_by_id"):
         Engine(settings, default_codec(), Clock(), [RunRefunds.from_settings(settings)])
+
+
+def test_recent_values_answer_reads_and_stay_bounded(tmp_path, monkeypatch) -> None:
+    from streams.engine import state
+
+    monkeypatch.setattr(state, "RECENT_VALUES", 3)
+    store = state.PartitionStore(tmp_path / "p0")
+    store.apply({b"a": b"1", b"b": b"2"}, 0)
+    store.apply({b"c": b"3", b"a": None}, 1)
+    store.apply({b"d": b"4"}, 2)
+    assert [store.get(k) for k in (b"a", b"b", b"c", b"d")] == [None, b"2", b"3", b"4"]
+    assert list(store._recent) == [b"c", b"a", b"d"]  # b was written first: it left the memory, not RocksDB
+    store.close()
+    reopened = state.PartitionStore(tmp_path / "p0")
+    assert [reopened.get(k) for k in (b"a", b"b", b"c", b"d")] == [None, b"2", b"3", b"4"]
+    assert reopened.changelog_offset == 2
+    reopened.close()
