@@ -3,6 +3,7 @@ events for the same reasons, and hands a group ClickHouse cannot read to the Pyt
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -10,10 +11,11 @@ from typing import Any
 
 import orjson
 import pytest
+from fastavro import parse_schema
 from fastavro.utils import generate_many
 
 from agents.analytics import facts, sink_native
-from agents.analytics.sink import EARLIEST_MS, BatchWriter, Received, SharedClickHouse, SinkStatus
+from agents.analytics.sink import BatchWriter, Received, SharedClickHouse, SinkStatus
 from streams.contract.codec import default_codec
 from streams.contract.reasons import Reason
 from streams.settings import Settings
@@ -26,7 +28,7 @@ TABLES = ("events", *sorted({table for entries in sink_native.NATIVE.values() fo
 def _records(name: str, n: int, rng: random.Random) -> list[dict[str, Any]]:
     """Random records that fit the event's current schema (fastavro draws every field), with event
     times inside the window but for every tenth, which is in microseconds."""
-    schema = CODEC._current[name][0]
+    schema = parse_schema(json.loads(CODEC.event_type(name).schema_path.read_text(encoding="utf-8")))
     records = list(generate_many(schema, n))
     for i, r in enumerate(records):
         r["event_id"] = f"{name}-{i}"
@@ -51,7 +53,10 @@ def _batch(rng: random.Random) -> list[Received]:
     return messages
 
 
-def _write(folder: Path, messages: list[Received], native: bool) -> tuple[dict[str, list[dict[str, Any]]], set, SinkStatus]:
+Tables = dict[str, list[dict[str, Any]]]
+
+
+def _write(folder: Path, messages: list[Received], native: bool) -> tuple[Tables, set, SinkStatus]:
     settings = Settings(clickhouse_url=f"chdb://{folder}", clickhouse_database="t")
     shared = SharedClickHouse(settings)  # opening applies the DDL
     status = SinkStatus()
@@ -102,7 +107,9 @@ def test_a_group_clickhouse_cannot_read_takes_the_python_path(tmp_path: Path) ->
 def test_fast_path_events_are_never_decoded_in_python(tmp_path: Path) -> None:
     rng = random.Random(4)
     records = _records("OrderStateChanged", 20, rng)
-    messages = [Received("order.states", 0, i, b"k", CODEC.encode("OrderStateChanged", r)) for i, r in enumerate(records)]
+    messages = [
+        Received("order.states", 0, i, b"k", CODEC.encode("OrderStateChanged", r)) for i, r in enumerate(records)
+    ]
     settings = Settings(clickhouse_url=f"chdb://{tmp_path}", clickhouse_database="t")
     shared = SharedClickHouse(settings)  # opening applies the DDL
     decoded: list[bytes] = []

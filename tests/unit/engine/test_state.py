@@ -148,7 +148,7 @@ def test_recent_values_answer_reads_and_stay_bounded(tmp_path, monkeypatch) -> N
     store.apply({b"c": b"3", b"a": None}, 1)
     store.apply({b"d": b"4"}, 2)
     assert [store.get(k) for k in (b"a", b"b", b"c", b"d")] == [None, b"2", b"3", b"4"]
-    assert list(store._recent) == [b"c", b"a", b"d"]  # b was written first: it left the memory, not RocksDB
+    assert list(store._recent) == [b"c", b"a", b"d"]  # noqa: SLF001 - b, written first, left the memory, not RocksDB
     store.close()
     reopened = state.PartitionStore(tmp_path / "p0")
     assert [reopened.get(k) for k in (b"a", b"b", b"c", b"d")] == [None, b"2", b"3", b"4"]
