@@ -356,8 +356,9 @@ class BatchWriter:
                 rest.extend(messages[i] for i in group.indexes)
                 continue
             refused.extend(out_of_window)
-            stored[group.event_type.short_name] = stored.get(group.event_type.short_name, 0) + len(
-                group.indexes) - len(out_of_window)  # fmt: skip
+            if len(group.indexes) > len(out_of_window):
+                name = group.event_type.short_name
+                stored[name] = stored.get(name, 0) + len(group.indexes) - len(out_of_window)
         decoded, unreadable = self._decode(rest, now_ms)
         refused.extend(unreadable)
         self.status.unreadable += sum(1 for r in unreadable if r.reason is not Reason.UNSTORABLE)
@@ -390,14 +391,15 @@ class BatchWriter:
 
     def _native_groups(self, messages: Sequence[Received]) -> tuple[list[sink_native.Group], list[Received]]:
         """The messages that may take the embedded fast path, per (topic, event type); the rest."""
-        if not self.native or not isinstance(self.clickhouse.get(), EmbeddedClickHouse):
+        # Decided from the settings, not a connection: opening one here would not be retried.
+        if not self.native or not self.clickhouse.settings.clickhouse_url.startswith("chdb"):
             return [], list(messages)
         groups: dict[tuple[str, str], sink_native.Group] = {}
         rest: list[Received] = []
         for i, msg in enumerate(messages):
             value = msg.value
             event_type = sink_native.native_type(self.codec, value)
-            if event_type is None or value is None:
+            if event_type is None or value is None or not sink_native.fast_path_key(msg.key):
                 rest.append(msg)
                 continue
             group = groups.get((msg.topic, event_type.name))
@@ -411,24 +413,32 @@ class BatchWriter:
     def _store_native(self, group: sink_native.Group, messages: Sequence[Received], now_ms: int
                       ) -> list[Refused] | None:  # fmt: skip
         """Insert one group through ClickHouse's Avro reader, once; its events outside the time window,
-        refused; None when ClickHouse refuses the group (it then takes the Python path)."""
-        data = sink_native.container(group.event_type, group.datums)
-        sql = sink_native.statements(group.event_type, now_ms // 1000, (EARLIEST_MS, LATEST_MS))
-
-        ch = self.clickhouse.get()
-        if not isinstance(ch, EmbeddedClickHouse):
-            return None
+        refused; None when ClickHouse cannot take the group as it is (it then takes the Python path)."""
+        window = (EARLIEST_MS, LATEST_MS)
+        records = len(group.indexes)
         try:
-            results = ch.run_on_avro(data, sql, {"topic": group.topic})
+            ch = self.clickhouse.get()
+            if not isinstance(ch, EmbeddedClickHouse):
+                return None
+            found = ch.run_on_avro(
+                sink_native.container(group.event_type, group.datums), sink_native.probe(window),
+                sink_native.statements(group.event_type, now_ms // 1000, window), {"topic": group.topic},
+                lambda rows: bool(rows) and sink_native.readable(rows[0], records),
+            )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one try: the Python path retries outages and sorts out rows
-            # Embedded ClickHouse has no network to wait for: what fails here (a body its Avro reader
-            # cannot read, a value a column cannot hold, a full disk) is for the Python path to tell apart.
+            # What fails here (a body the Avro reader cannot read, a value a column cannot hold, a
+            # full disk, ClickHouse away) is for the Python path to tell apart and wait out.
             log.info("ClickHouse's Avro reader refused %d %s (%s); the Python path takes them",
-                     len(group.indexes), group.event_type.short_name, str(exc)[:300])  # fmt: skip
+                     records, group.event_type.short_name, str(exc)[:300])  # fmt: skip
+            return None
+        if found is None:
+            log.info("%d %s did not read back as written (a body cut short or too long, text that is not "
+                     "UTF-8, an event time of 0); the Python path takes them", records,
+                     group.event_type.short_name)  # fmt: skip
             return None
         self.status.clickhouse_ok = True
-        return [Refused(messages[group.indexes[row["n"]]], Reason.UNSTORABLE, event_time_problem(row["ms"]) or "")
-                for row in results[0]]  # fmt: skip
+        return [Refused(messages[group.indexes[n]], Reason.UNSTORABLE, event_time_problem(ms) or "")
+                for n, ms in found[0]["out_of_window"]]  # fmt: skip
 
     def _decode(self, messages: Sequence[Received], now_ms: int) -> tuple[list[Decoded], list[Refused]]:
         """``decode_batch``, waiting out a Schema Registry that does not answer (an outage, like

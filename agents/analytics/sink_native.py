@@ -114,9 +114,17 @@ def native_type(codec: Codec, value: bytes | None) -> EventType | None:
 
 
 def envelope_datum(n: int, partition: int, offset: int, key: bytes | None, value: bytes) -> bytes:
-    """The envelope record's Avro bytes: index, partition, offset, key, then the body as it arrived."""
+    """The envelope record's Avro bytes: index, partition, offset, key, the body as it arrived, and a
+    16-byte mark. The bodies are not framed: a body with bytes missing or left over would shift every
+    field after it, and the mark, read in the wrong place, says so (``probe``)."""
     k = key or b""
-    return _long(n) + _long(partition) + _long(offset) + _long(len(k)) + k + value[HEADER_LEN:]
+    return _long(n) + _long(partition) + _long(offset) + _long(len(k)) + k + value[HEADER_LEN:] + _SYNC
+
+
+def fast_path_key(key: bytes | None) -> bool:
+    """A key the fast path stores as the Python path would (ClickHouse's toValidUTF8 and Python's
+    decoding with replacement differ on invalid bytes, so only ASCII keys take it)."""
+    return key is None or key.isascii()
 
 
 def container(event_type: EventType, datums: Sequence[bytes]) -> bytes:
@@ -125,13 +133,36 @@ def container(event_type: EventType, datums: Sequence[bytes]) -> bytes:
     return b"".join((_header(event_type.schema_path), _long(len(datums)), _long(len(data)), data, _SYNC))
 
 
+def probe(window_ms: tuple[int, int]) -> str:
+    """The query that decides whether a group may be inserted as ClickHouse read it: one row with
+    how many records it read, how many have their mark where it belongs, text that is not UTF-8 (the
+    Python path refuses it as malformed), event times of 0 (the Python path stores those at the time
+    it reads them), and the (index, time) of each event time outside ``window_ms``."""
+    mark = _SYNC.hex()
+    return (f"SELECT count() AS records, countIf(mark != unhex('{mark}')) AS misframed, uniqExact(n) AS indexes, "
+            "max(n) AS last_index, countIf(NOT isValidUTF8(toJSONString(body))) AS not_utf8, "
+            "countIf(body.event_time_ms = 0) AS zero_times, "
+            f"groupArrayIf((n, body.event_time_ms), NOT ({_in_window(window_ms)})) AS out_of_window "
+            "FROM {input}")  # fmt: skip
+
+
+def readable(found: dict[str, Any], records: int) -> bool:
+    """Whether ClickHouse read the group as it was written (``probe``'s answer), record for record."""
+    return (found["records"] == found["indexes"] == records and found["last_index"] == records - 1
+            and found["misframed"] == 0 and found["not_utf8"] == 0 and found["zero_times"] == 0)  # fmt: skip
+
+
+def _in_window(window_ms: tuple[int, int]) -> str:
+    return f"body.event_time_ms >= {int(window_ms[0])} AND body.event_time_ms < {int(window_ms[1])}"
+
+
 def statements(event_type: EventType, now_s: int, window_ms: tuple[int, int]) -> list[str]:
-    """The SQL for one group: the probe for event times outside ``window_ms`` first, then ``events``,
-    then each typed table. ``{input}`` stands for the group's file; the topic is bound as ``{topic:String}``."""
+    """The inserts for one group, once ``probe`` found it readable: ``events``, then each typed table,
+    events outside ``window_ms`` left out. ``{input}`` stands for the group's file; the topic is bound
+    as ``{topic:String}``."""
     name = event_type.short_name
-    in_window = f"body.event_time_ms >= {int(window_ms[0])} AND body.event_time_ms < {int(window_ms[1])}"
+    in_window = _in_window(window_ms)
     sql = [
-        f"SELECT n, body.event_time_ms AS ms FROM {{input}} WHERE NOT ({in_window})",
         "INSERT INTO events (topic, event_type, event_id, key, partition, offset, event_time, event_time_ms, "
         f"ingested_at, payload) SELECT {{topic:String}}, '{name}', body.event_id, toValidUTF8(key), partition, "
         f"offset, toDateTime(intDiv(body.event_time_ms, 1000)), body.event_time_ms, toDateTime({int(now_s)}), "
@@ -168,7 +199,8 @@ def envelope_schema(schema_path: Path) -> bytes:
     body = _plain(json.loads(schema_path.read_text(encoding="utf-8")))
     envelope = {"type": "record", "name": "SinkEnvelope", "namespace": "stockflow.sink", "fields": [
         {"name": "n", "type": "long"}, {"name": "partition", "type": "long"}, {"name": "offset", "type": "long"},
-        {"name": "key", "type": "bytes"}, {"name": "body", "type": body}]}  # fmt: skip
+        {"name": "key", "type": "bytes"}, {"name": "body", "type": body},
+        {"name": "mark", "type": {"type": "fixed", "name": "Mark", "size": len(_SYNC)}}]}  # fmt: skip
     return json.dumps(envelope, separators=(",", ":")).encode()
 
 

@@ -117,7 +117,7 @@ def restore(
                 changes.setdefault(where, {})[key if isinstance(key, bytes) else key.encode()] = msg.value()
                 newest[where] = msg.offset() or 0
             for where, batch in changes.items():
-                out[where].apply(batch, newest[where])
+                out[where].apply(batch, newest[where], remember=False)
                 applied += len(batch)
             # Transaction markers occupy offsets no record has: the position says where a partition is.
             for tp in consumer.position([TopicPartition(t, p) for t, p in ends]):

@@ -847,7 +847,10 @@ class Engine:
         # folders stay open: if a partition comes back, only what others changed is restored.
         self.stats.revoked_at_ms = int(time.time() * 1000)
         for partition in sorted({tp.partition for tp in partitions}):
-            if self.owned.pop(partition, None) is not None:
+            owned = self.owned.pop(partition, None)
+            if owned is not None:
+                for store in owned.stores.values():
+                    store.forget_recent()
                 for proc in self.processors:
                     proc.on_revoke(partition)
 

@@ -30,12 +30,12 @@ V = TypeVar("V")
 META_PREFIX = b"\x00meta:"
 CHANGELOG_OFFSET = META_PREFIX + b"changelog_offset"
 _DELETED = object()
-# Values a partition store keeps in memory beside RocksDB, the most recently written first: a SKU's
-# totals and an order's record are read again a batch or two after they were written, and a
+# Bytes of values a partition store keeps in memory beside RocksDB, the most recently written: a
+# SKU's totals and an order's record are read again a batch or two after they were written, and a
 # RocksDB read was 8% of the engine thread at 750 orders/s (py-spy). Bytes, never parsed objects, so
-# nothing a batch changes in place can reach it before the batch commits. At a few hundred bytes a
-# value this is a few MB per partition and store.
-RECENT_VALUES = 20_000
+# nothing a batch changes in place can reach them before the batch commits. An order's record is
+# ~1.4 KB: this holds the last ~5,000 orders of a partition, 8 MiB per store and owned partition.
+RECENT_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class PartitionStore:
         options.create_if_missing(True)
         self._db = Rdict(str(path), options=options)
         self._recent: OrderedDict[bytes, bytes | None] = OrderedDict()  # the newest writes last; None: deleted
+        self._recent_bytes = 0
 
     def approximate_keys(self) -> int:
         """RocksDB's estimate of the keys held (cheap: no scan), for the state-size metric."""
@@ -92,8 +93,9 @@ class PartitionStore:
                 return
             yield raw, value
 
-    def apply(self, changes: dict[bytes, bytes | None], changelog_offset: int) -> None:
-        """Write a committed batch's changes and the changelog offset they reach, atomically."""
+    def apply(self, changes: dict[bytes, bytes | None], changelog_offset: int, remember: bool = True) -> None:
+        """Write a committed batch's changes and the changelog offset they reach, atomically;
+        ``remember``: keep them in memory too (not for a restore, which writes everything once)."""
         batch = WriteBatch(raw_mode=True)
         for key, value in changes.items():
             if value is None:
@@ -103,12 +105,27 @@ class PartitionStore:
         if changelog_offset >= 0:
             batch.put(CHANGELOG_OFFSET, str(changelog_offset).encode())
         self._db.write(batch)
+        if remember:
+            self._remember(changes)
+
+    def _remember(self, changes: dict[bytes, bytes | None]) -> None:
         recent = self._recent
+        size = self._recent_bytes
         for key, value in changes.items():
+            old = recent.pop(key, _DELETED)
+            if old is not _DELETED:
+                size -= len(key) + len(cast(bytes | None, old) or b"")
+            size += len(key) + len(value or b"")
             recent[key] = value
-            recent.move_to_end(key)
-        while len(recent) > RECENT_VALUES:
-            recent.popitem(last=False)
+        while size > RECENT_BYTES and recent:
+            key, value = recent.popitem(last=False)
+            size -= len(key) + len(value or b"")
+        self._recent_bytes = size
+
+    def forget_recent(self) -> None:
+        """Drop the values kept in memory (the partition went to another worker)."""
+        self._recent.clear()
+        self._recent_bytes = 0
 
     def close(self) -> None:
         self._db.close()
@@ -145,7 +162,7 @@ class MemoryStore(PartitionStore):
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         yield from sorted((k, v) for k, v in self._data.items() if k.startswith(prefix))
 
-    def apply(self, changes: dict[bytes, bytes | None], changelog_offset: int) -> None:
+    def apply(self, changes: dict[bytes, bytes | None], changelog_offset: int, remember: bool = True) -> None:
         for key, value in changes.items():
             if value is None:
                 self._data.pop(key, None)

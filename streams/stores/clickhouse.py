@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
@@ -27,6 +27,7 @@ from streams.settings import Settings
 DDL_DIR = packaged("schemas", "ddl")
 _PLACEHOLDER = re.compile(r"\{(\w+):[^}]+\}")
 _AVRO_INPUT = "avro_input"  # the temporary table run_on_avro's statements read
+_SPOOL_PREFIX = "stockflow-sink-"  # run_on_avro's files: the prefix, the writing process's pid, a random part
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -69,6 +70,7 @@ class EmbeddedClickHouse:
         self._spool = str(shm if shm.is_dir() and os.access(shm, os.W_OK) else path)
         if "'" in self._spool:
             raise ValueError(f"a ClickHouse folder with a quote in its path: {path}")
+        self._clear_spool()
 
     def execute(self, sql: str) -> None:
         with self._lock:
@@ -91,13 +93,14 @@ class EmbeddedClickHouse:
             self._session.query(f"INSERT INTO {_check_ident(table)} ({names}) SELECT {names} FROM Python(batch)")
         return len(next(iter(columns.values())))
 
-    def run_on_avro(self, data: bytes, statements: Sequence[str], params: dict[str, Any]) -> list[list[dict[str, Any]]]:
-        """Run ``statements`` over ``data``, an Avro object container file each reads as ``{input}``;
-        the rows each returns (none for an INSERT). The file is read once, into a temporary in-memory
-        table the statements share (a third less CPU than each reading the file), on one thread:
-        the sink is a background process and should not fan out over the cores the workers need."""
-        fd, name = tempfile.mkstemp(suffix=".avro", dir=self._spool)
-        results = []
+    def run_on_avro(self, data: bytes, probe: str, statements: Sequence[str], params: dict[str, Any],
+                    proceed: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]] | None:  # fmt: skip
+        """Over ``data``, an Avro object container file each query reads as ``{input}``: run ``probe``,
+        and ``statements`` only if ``proceed`` says yes to its rows; the probe's rows, or None when the
+        statements did not run. The file is read once, into a temporary in-memory table the queries
+        share (a third less CPU than each reading the file), on one thread: the sink is a background
+        process and should not fan out over the cores the workers need."""
+        fd, name = tempfile.mkstemp(prefix=f"{_SPOOL_PREFIX}{os.getpid()}-", suffix=".avro", dir=self._spool)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -105,15 +108,28 @@ class EmbeddedClickHouse:
                 try:
                     self._session.query(f"CREATE TEMPORARY TABLE {_AVRO_INPUT} ENGINE = Memory AS SELECT * FROM "
                                         f"file('{name}', 'Avro') SETTINGS max_threads = 1")  # fmt: skip
+                    answer = self._session.query(self._on_input(probe), "JSONEachRow", params=params)
+                    found = [orjson.loads(line) for line in answer.bytes().splitlines() if line]
+                    if not proceed(found):
+                        return None
                     for sql in statements:
-                        answer = self._session.query(f"{sql.replace('{input}', _AVRO_INPUT)} SETTINGS max_threads = 1",
-                                                     "JSONEachRow", params=params)  # fmt: skip
-                        results.append([orjson.loads(line) for line in answer.bytes().splitlines() if line])
+                        self._session.query(self._on_input(sql), params=params)
+                    return found
                 finally:
                     self._session.query(f"DROP TEMPORARY TABLE IF EXISTS {_AVRO_INPUT}")
         finally:
             os.unlink(name)
-        return results
+
+    @staticmethod
+    def _on_input(sql: str) -> str:
+        return f"{sql.replace('{input}', _AVRO_INPUT)} SETTINGS max_threads = 1"
+
+    def _clear_spool(self) -> None:
+        """Files a sink killed mid-insert left behind (its pid is in their name and it is gone)."""
+        for stale in Path(self._spool).glob(f"{_SPOOL_PREFIX}*.avro"):
+            pid = stale.name[len(_SPOOL_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                stale.unlink(missing_ok=True)
 
     def close(self) -> None:
         with self._lock:

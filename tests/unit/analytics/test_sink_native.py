@@ -118,3 +118,43 @@ def test_fast_path_events_are_never_decoded_in_python(tmp_path: Path) -> None:
     codec.decode = lambda data: decoded.append(data) or original(data)  # type: ignore[method-assign]
     BatchWriter(codec, shared, SinkStatus()).write(messages, int(time.time() * 1000))
     assert decoded == []
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda v: v + b"\x00", id="a byte left over"),
+        pytest.param(lambda v: v[:-1], id="a byte missing"),
+        pytest.param(lambda v: v.replace(b"why", b"\xff\xfe\xfd"), id="text that is not UTF-8"),
+    ],
+)
+@pytest.mark.parametrize("where", [0, 2, 4])
+def test_a_spoilt_body_anywhere_in_a_group_leaves_the_same_rows_as_the_python_path(
+    tmp_path: Path, spoil: Any, where: int
+) -> None:
+    rng = random.Random(5)
+    records = _records("HoldDecided", 6, rng)[1:]
+    for r in records:
+        r["reason"] = "why"
+    values = [CODEC.encode("HoldDecided", r) for r in records]
+    values[where] = spoil(values[where])
+    messages = [Received("stock.hold-results", 0, i, b"k-%d" % i, v) for i, v in enumerate(values)]
+    native, native_refused, _ = _write(tmp_path / "native", messages, native=True)
+    python, python_refused, _ = _write(tmp_path / "python", messages, native=False)
+    assert native == python and native_refused == python_refused
+    assert [offset for offset, _, _ in native_refused] == [where]
+
+
+def test_event_times_of_zero_and_keys_that_are_not_ascii_are_stored_as_the_python_path_stores_them(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(6)
+    records = _records("HoldDecided", 4, rng)[1:]
+    records[0]["event_time_ms"] = 0
+    keys = [b"a", "订单".encode() + b"\xff", b"c"]
+    messages = [Received("stock.hold-results", 0, i, keys[i], CODEC.encode("HoldDecided", r))
+                for i, r in enumerate(records)]  # fmt: skip
+    native, native_refused, _ = _write(tmp_path / "native", messages, native=True)
+    python, python_refused, _ = _write(tmp_path / "python", messages, native=False)
+    assert native == python and native_refused == python_refused == set()
+    assert len(native["events"]) == 3

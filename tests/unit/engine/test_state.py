@@ -142,15 +142,18 @@ def test_an_engine_refuses_to_read_a_store_none_of_its_processors_owns() -> None
 def test_recent_values_answer_reads_and_stay_bounded(tmp_path, monkeypatch) -> None:
     from streams.engine import state
 
-    monkeypatch.setattr(state, "RECENT_VALUES", 3)
+    monkeypatch.setattr(state, "RECENT_BYTES", 6)  # three one-byte keys with one-byte values
     store = state.PartitionStore(tmp_path / "p0")
     store.apply({b"a": b"1", b"b": b"2"}, 0)
     store.apply({b"c": b"3", b"a": None}, 1)
     store.apply({b"d": b"4"}, 2)
-    assert [store.get(k) for k in (b"a", b"b", b"c", b"d")] == [None, b"2", b"3", b"4"]
+    store.apply({b"e": b"5"}, 3, remember=False)  # a restore: written, not kept in memory
+    assert [store.get(k) for k in (b"a", b"b", b"c", b"d", b"e")] == [None, b"2", b"3", b"4", b"5"]
     assert list(store._recent) == [b"c", b"a", b"d"]  # noqa: SLF001 - b, written first, left the memory, not RocksDB
+    store.forget_recent()
+    assert store.get(b"d") == b"4"
     store.close()
     reopened = state.PartitionStore(tmp_path / "p0")
-    assert [reopened.get(k) for k in (b"a", b"b", b"c", b"d")] == [None, b"2", b"3", b"4"]
-    assert reopened.changelog_offset == 2
+    assert [reopened.get(k) for k in (b"a", b"b", b"c", b"d", b"e")] == [None, b"2", b"3", b"4", b"5"]
+    assert reopened.changelog_offset == 3
     reopened.close()
