@@ -11,7 +11,7 @@ offset and key, then the event's body as it arrived (single-object header cut of
 ClickHouse reads it with ``file(..., 'Avro')`` in the statements below: one for ``events`` (the raw
 log; its JSON payload is ClickHouse's ``toJSONString`` of the body, the same JSON the Python path
 writes) and one per typed table, written here in SQL as ``agents.analytics.facts`` writes them in
-Python. ``tests/unit/test_sink_native.py`` checks that both paths leave the very same rows.
+Python. ``tests/unit/analytics/test_sink_native.py`` checks that both paths leave the very same rows.
 
 Only what this module names takes the fast path, and only on the embedded backend (the Debian
 ClickHouse server predates Avro input). Everything else, and any group ClickHouse refuses (an
@@ -34,7 +34,8 @@ from agents.analytics.facts import HEALTH_FACTORS, STAGES
 from streams.contract.codec import HEADER_LEN, Codec
 from streams.contract.registry import EventType
 
-_TIME = "body.event_id, toDateTime(intDiv(body.event_time_ms, 1000)), body.event_time_ms"
+_EVENT_TIME = "toDateTime(intDiv(body.event_time_ms, 1000)), body.event_time_ms"  # event_time, event_time_ms
+_TIME = f"body.event_id, {_EVENT_TIME}"
 _TIME_COLUMNS = "event_id, event_time, event_time_ms"
 _SYNC = os.urandom(16)  # the container's block marker: any 16 bytes, the same in its header and after its block
 
@@ -71,8 +72,8 @@ NATIVE: dict[str, tuple[tuple[str, str, str], ...]] = {
         "event_id, event_time, event_time_ms, decision_id, order_id, channel, warehouse_id, split, line_count, "
         "distance_km, distance, sufficiency, on_time, cost, score",
         # A warehouse's scores: its last candidate entry (the Python path keeps the last one too).
-        "concat(body.event_id, ':', a.warehouse_id), toDateTime(intDiv(body.event_time_ms, 1000)), "
-        "body.event_time_ms, body.event_id, body.order_id, body.channel, a.warehouse_id, toUInt8(body.split), "
+        f"concat(body.event_id, ':', a.warehouse_id), {_EVENT_TIME}, body.event_id, body.order_id, body.channel, "
+        "a.warehouse_id, toUInt8(body.split), "
         "length(a.line_nos), "
         + ", ".join(f"arrayLast(c -> c.warehouse_id = a.warehouse_id, body.candidates).{f}"
                     for f in ("distance_km", "distance", "sufficiency", "on_time", "cost", "score"))
@@ -165,7 +166,7 @@ def statements(event_type: EventType, now_s: int, window_ms: tuple[int, int]) ->
     sql = [
         "INSERT INTO events (topic, event_type, event_id, key, partition, offset, event_time, event_time_ms, "
         f"ingested_at, payload) SELECT {{topic:String}}, '{name}', body.event_id, toValidUTF8(key), partition, "
-        f"offset, toDateTime(intDiv(body.event_time_ms, 1000)), body.event_time_ms, toDateTime({int(now_s)}), "
+        f"offset, {_EVENT_TIME}, toDateTime({int(now_s)}), "
         f"toJSONString(body) FROM {{input}} WHERE {in_window}",
     ]
     for table, columns, select in NATIVE[name]:

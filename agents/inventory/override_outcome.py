@@ -7,6 +7,7 @@ an operator's action and what it means; ``wait_for_outcome`` and ``read_audits``
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -24,8 +25,8 @@ from streams.engine.topicreader import read_all
 from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
-# The outcomes that answer each action: a REQUEST seen again answers with the recorded outcome.
 TOPIC_APPEARS_S = 5.0  # how long a topic may take to show in metadata after its creation
+# The outcomes that answer each action: a REQUEST seen again answers with the recorded outcome.
 ANSWERS = {"REQUEST": ("REQUESTED", "APPLIED", "REFUSED"), "APPROVE": ("APPLIED", "REFUSED")}
 
 
@@ -84,7 +85,10 @@ class OutcomeWatch:
             "enable.auto.commit": False, "isolation.level": "read_committed", "log_level": 3,
         })  # fmt: skip
         try:
-            meta = self._metadata()
+            # A topic created a moment ago can be missing from a busy broker's metadata for a while.
+            appears = Retry(f"metadata of {self.topic}", (LookupError,), deadline_s=TOPIC_APPEARS_S,
+                            backoff=Backoff(0.25, 1.0), level=logging.DEBUG)  # fmt: skip
+            meta = appears.call(self._metadata)
             # Topics just created may not have a leader for a moment: that passes.
             retry = Retry(f"end of {self.topic}", leader_moving, deadline_s=15, backoff=Backoff(0.2, 1.0))
             self.consumer.assign([retry.call(partial(self._end, p)) for p in meta.partitions])
@@ -93,16 +97,10 @@ class OutcomeWatch:
             raise
 
     def _metadata(self) -> Any:
-        """The topic's metadata. A topic created a moment ago can be missing from a busy broker's
-        metadata for a while: it is asked again for a few seconds before it is called missing."""
-        deadline = time.monotonic() + TOPIC_APPEARS_S
-        while True:
-            meta = self.consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-            if meta is not None and meta.error is None:
-                return meta
-            if time.monotonic() > deadline:
-                raise LookupError(f"topic {self.topic} does not exist (run `stockflow topics create`)")
-            time.sleep(0.25)
+        meta = self.consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        if meta is None or meta.error is not None:
+            raise LookupError(f"topic {self.topic} does not exist (run `stockflow topics create`)")
+        return meta
 
     def _end(self, partition: int) -> TopicPartition:
         _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
