@@ -299,7 +299,11 @@ class Engine:
             **self._static_member(),
             "session.timeout.ms": int(self.settings.session_timeout_s * 1000),
             "heartbeat.interval.ms": max(int(self.settings.session_timeout_s * 100), 500),
+            # A fetch answered as soon as one record is there is a broker request per round trip, all
+            # the time, while the loop takes a batch only every few tens of milliseconds: let the broker
+            # gather a window's worth (a fetch still returns at once when a batch's worth is there).
             "fetch.wait.max.ms": 20,
+            "fetch.min.bytes": 1 << 20,
             "max.poll.interval.ms": 300_000,
         })  # fmt: skip
 
