@@ -13,6 +13,7 @@ import http.client
 import os
 import threading
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -60,6 +61,7 @@ WATCHED = (ORDER_EVENTS, STOCK_ADJUSTMENTS, HOLD_COMMANDS, HOLD_RESULTS, REFUND_
 # per event was thousands of wake-ups a second at 1,500 orders/s, the sender's own CPU on a box it
 # shares with the pipeline. Latencies are timed from the intended send time, so this can only add to them.
 SEND_SLACK_S = 0.001
+INTAKE_CONNECTIONS = 4
 DRAINED_AFTER_QUIET_S = 3  # no lag for this long: the pipeline has drained, not just paused
 
 
@@ -101,7 +103,12 @@ class Sent:
     bad_intake_sent: int = 0
     bad_intake_refused: int = 0
     intake_errors: int = 0
-    behind_ms: int = 0  # how late the sender itself ever was (it should stay near 0)
+    behind_ms_by: dict[str, int] = field(default_factory=dict)  # per sender (kafka, intake): how late it ever was
+
+    @property
+    def behind_ms(self) -> int:
+        """How late the senders themselves ever were (it should stay near 0)."""
+        return max(self.behind_ms_by.values(), default=0)
 
 
 class LoadRun:
@@ -127,18 +134,19 @@ class LoadRun:
         producer.flush()
 
     # ---- sending ------------------------------------------------------------------------------
-    def _wait_until(self, at_s: float) -> None:
+    def _wait_until(self, at_s: float, sender: str) -> None:
         due = self.sent.started_epoch_ms / 1000 + at_s
         ahead = due - time.time()
         if ahead > 0:
             time.sleep(ahead + SEND_SLACK_S)
         elif ahead < -SEND_SLACK_S:
-            self.sent.behind_ms = max(self.sent.behind_ms, int(-ahead * 1000))
+            late = self.sent.behind_ms_by
+            late[sender] = max(late.get(sender, 0), int(-ahead * 1000))
 
     def _send_kafka(self, events: list[Planned], progress: Progress, task: Any) -> None:
         producer = EventProducer(self.settings, codec=self.codec)
         for e in events:
-            self._wait_until(e.at_s)
+            self._wait_until(e.at_s, "kafka")
             intended = self.sent.started_epoch_ms + int(e.at_s * 1000)
             key = order_key(e.channel, e.order)
             if e.kind == "order":
@@ -213,21 +221,25 @@ class LoadRun:
         client = KeepAlive(self.intake_url)
         try:
             for e in events:
-                self._wait_until(e.at_s)
+                self._wait_until(e.at_s, "intake")
                 intended = self.sent.started_epoch_ms + int(e.at_s * 1000)
                 try:
                     self._post(client, e, intended)
                 except (OSError, http.client.HTTPException):
                     client.reconnect()
-                    self.sent.intake_errors += 1
+                    self._count("intake_errors")
                 if e.kind == "order":
                     progress.advance(task)
         finally:
             client.close()
 
+    def _count(self, counter: str) -> None:
+        with self._lock:  # the intake senders are several threads
+            setattr(self.sent, counter, getattr(self.sent, counter) + 1)
+
     def _post(self, client: KeepAlive, e: Planned, intended: int) -> None:
         if e.kind == "bad":
-            self.sent.bad_intake_sent += 1
+            self._count("bad_intake_sent")
             if e.bad == "intake_malformed_json":
                 status = client.post("/v1/channels/own/order", b'{"order_id": "x", "lines": [')
             else:
@@ -235,7 +247,7 @@ class LoadRun:
                         "address": ADDRESS}  # fmt: skip
                 status = self._post_json(client, "/v1/channels/own/order", body)
             if HTTPStatus.BAD_REQUEST <= status < HTTPStatus.INTERNAL_SERVER_ERROR:
-                self.sent.bad_intake_refused += 1
+                self._count("bad_intake_refused")
             return
         if e.kind == "order":
             # The order's amount is its lines' (a refund of the whole order asks exactly that much back).
@@ -256,7 +268,7 @@ class LoadRun:
         else:
             body, path = {"order_id": e.order, "reason": "buyer"}, "/v1/channels/own/cancel"
         if self._post_json(client, path, body) != HTTPStatus.OK:
-            self.sent.intake_errors += 1
+            self._count("intake_errors")
 
     def _post_json(self, client: KeepAlive, path: str, body: dict[str, Any]) -> int:
         """Post as the own shop's site does: signed with its secret when the intake has one for it."""
@@ -291,8 +303,14 @@ class LoadRun:
         with Progress(*columns, console=self.console, transient=False) as progress:
             task = progress.add_task(self.schedule.profile, total=self.schedule.orders, rate="-", lag="-")
             self.sent.started_epoch_ms = int(time.time() * 1000) + 500
-            senders = [threading.Thread(target=self._send_kafka, args=(kafka, progress, task)),
-                       threading.Thread(target=self._send_intake, args=(intake, progress, task))]  # fmt: skip
+            # The own shop's site posts from several connections at once, as its web servers do: on one,
+            # a slow answer would hold every later order back and its delay would count as the pipeline's.
+            # An order's notifications all go through one connection, in order.
+            shares: list[list[Planned]] = [[] for _ in range(INTAKE_CONNECTIONS)]
+            for e in intake:
+                shares[zlib.crc32(e.order.encode()) % INTAKE_CONNECTIONS].append(e)
+            senders = [threading.Thread(target=self._send_kafka, args=(kafka, progress, task))]
+            senders += [threading.Thread(target=self._send_intake, args=(share, progress, task)) for share in shares]
             for t in senders:
                 t.start()
             while any(t.is_alive() for t in senders):
@@ -451,6 +469,7 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
         "bad_inputs_refused": len(refused) + sent.bad_intake_refused,
         "intake_errors": sent.intake_errors,
         "sender_behind_ms": sent.behind_ms,
+        "sender_behind_ms_by": dict(sent.behind_ms_by),
         "max_lag": max((lag for _, lag in run.lag), default=0),
         **channels,
         "series": {
