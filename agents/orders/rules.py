@@ -427,7 +427,9 @@ def on_route_decided(rec: OrderRecord, decision: dict[str, Any] | None, now_ms: 
         "candidates": decision["candidates"],
         "weights": decision["weights"],
     }
-    rec.routing = {"attempt": attempt, "plan": plan, "retry_at_ms": 0, "decision": record}
+    # The decision itself is published on routing.decisions, not kept: its candidates were half of
+    # a routed order's stored bytes, written and parsed again with every later change of the order.
+    rec.routing = {"attempt": attempt, "plan": plan, "retry_at_ms": 0}
     fx.routing_decision = record
     for line_no, wh in sorted(plan.items(), key=lambda x: int(x[0])):
         fx.hold_commands.append(_command(rec, "ALLOCATE", line_no, now_ms, rules, warehouse_id=wh))
