@@ -140,8 +140,9 @@ class LoadRun:
         if ahead > 0:
             time.sleep(ahead + SEND_SLACK_S)
         elif ahead < -SEND_SLACK_S:
-            late = self.sent.behind_ms_by
-            late[sender] = max(late.get(sender, 0), int(-ahead * 1000))
+            with self._lock:  # the intake senders are several threads
+                late = self.sent.behind_ms_by
+                late[sender] = max(late.get(sender, 0), int(-ahead * 1000))
 
     def _send_kafka(self, events: list[Planned], progress: Progress, task: Any) -> None:
         producer = EventProducer(self.settings, codec=self.codec)
@@ -344,12 +345,13 @@ def percentile(values: list[float], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
-def first_received(codec: Codec, arrivals: list[Arrival], field: str) -> dict[str, int]:
-    """Per value of ``field``: when the first record carrying it reached the outside watch (epoch ms)."""
+def first_received(arrivals: list[Arrival]) -> dict[str, int]:
+    """Per record key: when the first record with it reached the outside watch (epoch ms). Keys only:
+    the records themselves are read from the topic once, by ``measure``."""
     first: dict[str, int] = {}
     for arrival in arrivals:
-        _, record = codec.decode(arrival.value)
-        first.setdefault(record[field], arrival.received_ms)
+        if arrival.key is not None:
+            first.setdefault(arrival.key.decode(), arrival.received_ms)
     return first
 
 
@@ -387,7 +389,7 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
     with ``market``, also what reached the marketplaces (channel pushes, refunds agreed)."""
     settings, codec, sent = run.settings, run.codec, run.sent
     seen = run.arrivals.seen
-    received = first_received(codec, seen[RESERVATION_RESULTS.name], "order_id")
+    received = first_received(seen[RESERVATION_RESULTS.name])  # the topic is keyed by order id
     decisions: dict[str, int] = {}
     unseen = 0  # decided (the topic holds it) but never reached the outside watch: left out of latencies
     decided_per_second: dict[int, int] = defaultdict(int)
