@@ -75,7 +75,7 @@ def host(app: faust.App, engine: Engine, stall_s: float = 180.0) -> None:
         return web.json({
             "ready": engine.ready.is_set(), "slot": engine.slot, "group": engine.group_id,
             "owned_partitions": sorted(engine.owned), "processing_guarantee": engine.settings.processing_guarantee,
-            "stats": engine.stats.as_dict(),
+            "stats": engine.stats.as_dict(), "lag_by_topic": _lag_by_topic(engine.lag), "unread": engine.unread,
         })  # fmt: skip
 
     registry = metrics.new_registry(engine_collector(engine))
@@ -125,3 +125,10 @@ async def answer_for_key(web: Any, request: Any, engine: Engine, partition_key: 
     async with httpx.AsyncClient(timeout=10) as client:
         response = await client.get(f"http://{address}{request.path}", headers={FORWARDED: "1"})
     return web.json(response.json(), status=response.status_code)
+
+
+def _lag_by_topic(lag: dict[tuple[str, int], int]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for (topic, _), behind in lag.items():
+        totals[topic] = totals.get(topic, 0) + behind
+    return totals

@@ -59,6 +59,9 @@ APPLIED_HEADER = "stockflow-applied"
 APPLIED = [(APPLIED_HEADER, b"1")]
 # While the brokers are out of reach, how often the engine asks whether they answer again.
 PROBE_EVERY_S = 2.0
+# A worker that owns partitions and has read nothing for this long asks whether the group's
+# committed offsets can be read at all (see ``_check_group_offsets``).
+OFFSETS_CHECK_AFTER_S = 20.0
 
 
 @dataclass
@@ -258,17 +261,22 @@ class Engine:
         self.slot = -1
         self._changelog_offsets: dict[tuple[str, int], int] = {}
         self._delivery_error: KafkaError | None = None
-        self._committed: dict[tuple[str, int], int] = {}  # what this worker committed, per input partition
+        # Per owned input partition, where the next batch starts: the first offset read since the
+        # assignment, then each committed batch's end. A failed batch is read again from here.
+        self._committed: dict[tuple[str, int], int] = {}
         self._positions_sampled = 0.0
         # Records behind the high watermark per input partition, sampled by the engine thread once a
         # second for /metrics: a scrape calling into the consumer from its own thread blocked on the
         # client's group queue for the length of a rebalance.
         self.lag: dict[tuple[str, int], int] = {}
+        self.unread: list[str] = []
         # For /readyz and the stall watchdog: when the loop last went round, and whether the brokers
         # are out of reach (set by the client's error callback, cleared by a successful round trip).
         self.heartbeat = time.monotonic()
         self.broker_down = False
         self._probed = 0.0
+        self._last_input = 0.0  # monotonic: the last batch with input, or the last assignment
+        self._offsets_checked = 0.0
 
     # ---- set-up ---------------------------------------------------------------------------------------
     def _state_dir(self) -> Path:
@@ -375,6 +383,10 @@ class Engine:
                 else:
                     self._run_batch(messages, alone=False)
                 self._sample_positions(idle=not messages)
+                if messages:
+                    self._last_input = time.monotonic()
+                else:
+                    self._check_group_offsets()
         finally:
             self.consumer.close()
             self.producer.flush(10)
@@ -411,11 +423,14 @@ class Engine:
         assignment = self.consumer.assignment()
         positions = self.consumer.position(assignment) if assignment else []
         lag: dict[tuple[str, int], int] = {}
+        unread: list[str] = []  # partitions this worker has read nothing from since it got them
         for tp in positions:
             _, high = self.consumer.get_watermark_offsets(tp, cached=True)
             if high is not None and high >= 0 and tp.offset >= 0:  # else nothing fetched yet: no honest figure
                 lag[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
-        self.lag = lag
+            else:
+                unread.append(f"{tp.topic}[{tp.partition}]")
+        self.lag, self.unread = lag, unread
         if not idle or not positions:
             return
         batch = _Batch(self, self.clock.now_ms())
@@ -424,6 +439,47 @@ class Engine:
                 batch.offsets[(tp.topic, tp.partition)] = tp.offset
         if batch.offsets:
             self._commit(batch)
+
+    def _check_group_offsets(self) -> None:
+        """Unblock a group whose committed offsets cannot be read because a transaction of this worker's
+        left offsets pending on the group and was never ended.
+
+        A read_committed consumer starts its partitions only once every committed offset is stable;
+        after a broker restart mid-transaction, offsets an aborted transaction sent can stay pending
+        with no open transaction left to end them (seen about once in ten broker-restart runs), and
+        the worker then owns its partitions and reads nothing, for ever. An aborted transaction of
+        this worker's producer id that carries offsets for the group ends them: the group coordinator
+        settles pending offsets per producer id, so the aborted ones are dropped and the committed
+        offsets stay what they were.
+        """
+        now = time.monotonic()
+        quiet_s = now - max(self._last_input, self._offsets_checked)
+        if not self.owned or self.broker_down or quiet_s < OFFSETS_CHECK_AFTER_S:
+            return
+        self._offsets_checked = now
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        try:
+            committed = self.consumer.committed(assignment, timeout=5)
+            unstable = [tp for tp in committed
+                        if tp.error is not None and tp.error.code() == KafkaError.UNSTABLE_OFFSET_COMMIT]  # fmt: skip
+        except KafkaException as exc:
+            if exc.args[0].code() not in (KafkaError._TIMED_OUT, KafkaError.UNSTABLE_OFFSET_COMMIT):
+                return
+            unstable = assignment
+        if not unstable or not self.exactly_once:
+            return
+        log.warning("the group's committed offsets are pending on a transaction that was never ended (%d "
+                    "partitions, e.g. %s[%s]); ending it with an aborted transaction", len(unstable),
+                    unstable[0].topic, unstable[0].partition)  # fmt: skip
+        try:
+            self.producer.begin_transaction()
+            self.producer.send_offsets_to_transaction([TopicPartition(unstable[0].topic, unstable[0].partition, 0)],
+                                                      self.consumer.consumer_group_metadata(), 30)  # fmt: skip
+            self.producer.abort_transaction(30)
+        except KafkaException as exc:
+            self._new_producer(exc.args[0].str())
 
     def _careful_passed(self, msg: Message) -> None:
         key = (msg.topic() or "", msg.partition() or 0)
@@ -468,7 +524,9 @@ class Engine:
         self.stats.cpu_s += time.thread_time() - cpu
 
     def _record_offset(self, batch: _Batch, msg: Message) -> None:
-        batch.offsets[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
+        key, offset = (msg.topic() or "", msg.partition() or 0), msg.offset() or 0
+        self._committed.setdefault(key, offset)  # a batch is committed before the next is read
+        batch.offsets[key] = offset + 1
 
     def _apply(self, batch: _Batch, msg: Message) -> None:
         error = msg.error()
@@ -778,20 +836,16 @@ class Engine:
         self._reset_timers()
 
     def _rewind_to_committed(self) -> None:
-        """Read again from the committed offsets; while the broker cannot say what they are (an
-        outage), keep asking: nothing may be consumed before the rewind is done."""
-        assignment = self.consumer.assignment()
-        while assignment:
-            self.heartbeat = time.monotonic()  # waiting for the broker, not stuck: the watchdog waits too
-            try:
-                committed = self.consumer.committed(assignment, timeout=10)
-            except KafkaException as exc:
-                log.warning("cannot read the committed offsets yet (%s); trying again", exc.args[0].str())
-                time.sleep(1.0)
-                continue
-            for tp in committed:
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else 0))
-            break
+        """Read again from where the uncommitted batch started, per partition this worker read from.
+
+        The positions are this worker's own (every batch commits before the next is read), so the
+        rewind needs no broker: asking the group coordinator for them during an outage could block the
+        engine thread for as long as the coordinator stays away.
+        """
+        owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        for (topic, partition), offset in self._committed.items():
+            if (topic, partition) in owned:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
         self._reset_timers()
 
     def _reset_timers(self) -> None:
@@ -841,6 +895,7 @@ class Engine:
                 txns = {spec.name: StoreTransaction(stores[spec.name], spec.serde) for spec in proc.stores}
                 timers = self.owned[partition].timers.get(proc.name)
                 proc.on_assign(Context(partition, now_ms, txns, timers.set if timers else _no_timers))
+        self._last_input = time.monotonic()
         log.info("assigned partitions %s: %d changelog records restored in %.2fs", numbers, applied,
                  time.perf_counter() - started)  # fmt: skip
         self.stats.assignments, self.stats.assigned_at_ms = self.stats.assignments + 1, int(time.time() * 1000)
@@ -850,6 +905,8 @@ class Engine:
         # Every batch is committed before the next poll, so nothing is in flight here. The RocksDB
         # folders stay open: if a partition comes back, only what others changed is restored.
         self.stats.revoked_at_ms = int(time.time() * 1000)
+        for tp in partitions:  # another worker moves them on: coming back, they start from the group's offsets
+            self._committed.pop((tp.topic, tp.partition), None)
         for partition in sorted({tp.partition for tp in partitions}):
             owned = self.owned.pop(partition, None)
             if owned is not None:
