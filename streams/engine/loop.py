@@ -61,7 +61,7 @@ APPLIED = [(APPLIED_HEADER, b"1")]
 PROBE_EVERY_S = 2.0
 # A worker that owns partitions and has read nothing for this long asks whether the group's
 # committed offsets can be read at all (see ``_check_group_offsets``).
-OFFSETS_CHECK_AFTER_S = 20.0
+OFFSETS_CHECK_AFTER_S = 10.0
 
 
 @dataclass
@@ -446,8 +446,9 @@ class Engine:
 
         A read_committed consumer starts its partitions only once every committed offset is stable;
         after a broker restart mid-transaction, offsets an aborted transaction sent can stay pending
-        with no open transaction left to end them (seen about once in ten broker-restart runs), and
-        the worker then owns its partitions and reads nothing, for ever. An aborted transaction of
+        with no open transaction left to end them (about one broker-restart run in ten, when the
+        batch fails inside the outage), and the worker then owns its partitions and reads nothing,
+        for ever. An aborted transaction of
         this worker's producer id that carries offsets for the group ends them: the group coordinator
         settles pending offsets per producer id, so the aborted ones are dropped and the committed
         offsets stay what they were.
