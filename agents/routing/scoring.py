@@ -64,14 +64,16 @@ class OnTimeRate:
     prior_weight: float
     window: int
     outcomes: deque[bool] = field(default_factory=deque)
+    on_time_in_window: int = 0  # kept with the window: every routed order reads the rate of every warehouse
 
     def add(self, on_time: bool) -> None:
         self.outcomes.append(on_time)
+        self.on_time_in_window += on_time
         while len(self.outcomes) > self.window:
-            self.outcomes.popleft()
+            self.on_time_in_window -= self.outcomes.popleft()
 
     def rate(self) -> float:
-        return (self.prior * self.prior_weight + sum(self.outcomes)) / (self.prior_weight + len(self.outcomes))
+        return (self.prior * self.prior_weight + self.on_time_in_window) / (self.prior_weight + len(self.outcomes))
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,9 @@ from streams.engine.runtime import Runtime
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+# Shipment outcomes remembered to drop a repeat: a redelivery comes soon after the original, and the
+# topic is read from the beginning on every start, so remembering all of them would grow with it.
+SEEN_OUTCOMES_MAX = 100_000
 
 
 @dataclass
@@ -38,7 +41,7 @@ class WarehouseView:
     rates: dict[str, OnTimeRate]
     free: dict[tuple[str, str], int] = field(default_factory=dict)  # (warehouse, sku) -> free units
     planned: dict[str, list[tuple[int, str, int]]] = field(default_factory=dict)  # sku -> (ms, wh, qty)
-    seen_outcomes: set[str] = field(default_factory=set)
+    seen_outcomes: dict[str, None] = field(default_factory=dict)  # insertion order: the oldest goes first
     ready: bool = False
 
     @classmethod
@@ -65,7 +68,9 @@ class WarehouseView:
     def apply_outcome(self, outcome: dict[str, Any]) -> None:
         if outcome["event_id"] in self.seen_outcomes or outcome["warehouse_id"] not in self.rates:
             return
-        self.seen_outcomes.add(outcome["event_id"])
+        self.seen_outcomes[outcome["event_id"]] = None
+        if len(self.seen_outcomes) > SEEN_OUTCOMES_MAX:
+            del self.seen_outcomes[next(iter(self.seen_outcomes))]
         self.rates[outcome["warehouse_id"]].add(bool(outcome["on_time"]))
 
     def decide(self, address: dict[str, str], lines: list[Line], now_ms: int) -> dict[str, Any] | None:

@@ -70,6 +70,15 @@ def test_on_time_rate_starts_at_its_prior_and_follows_shipments() -> None:
     assert rate.rate() == pytest.approx(9 / 14)  # the window keeps the last 4 shipments
 
 
+def test_on_time_rate_counts_the_window_it_keeps() -> None:
+    rate = OnTimeRate(prior=0.5, prior_weight=2, window=5)
+    shipments = [True, False, True, True, False, False, True, True, True, False, True]
+    for n, on_time in enumerate(shipments, 1):
+        rate.add(on_time)
+        window = shipments[max(0, n - 5):n]
+        assert rate.rate() == pytest.approx((0.5 * 2 + sum(window)) / (2 + len(window)))
+
+
 def test_weights_must_name_every_factor_and_sum_to_one() -> None:
     with pytest.raises(ValueError, match="sum to 1"):
         routing.check_weights({"distance": 0.5, "sufficiency": 0.3, "on_time": 0.2, "cost": 0.1})
