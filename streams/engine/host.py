@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -128,7 +129,7 @@ async def answer_for_key(web: Any, request: Any, engine: Engine, partition_key: 
 
 
 def _lag_by_topic(lag: dict[tuple[str, int], int]) -> dict[str, int]:
-    totals: dict[str, int] = {}
+    totals: Counter[str] = Counter()
     for (topic, _), behind in lag.items():
-        totals[topic] = totals.get(topic, 0) + behind
-    return totals
+        totals[topic] += behind
+    return dict(totals)

@@ -448,14 +448,13 @@ class Engine:
         after a broker restart mid-transaction, offsets an aborted transaction sent can stay pending
         with no open transaction left to end them (about one broker-restart run in ten, when the
         batch fails inside the outage), and the worker then owns its partitions and reads nothing,
-        for ever. An aborted transaction of
-        this worker's producer id that carries offsets for the group ends them: the group coordinator
-        settles pending offsets per producer id, so the aborted ones are dropped and the committed
-        offsets stay what they were.
+        for ever. An aborted transaction of this worker's producer id that carries offsets for the
+        group ends them: the group coordinator settles pending offsets per producer id, so the
+        aborted ones are dropped and the committed offsets stay what they were.
         """
         now = time.monotonic()
         quiet_s = now - max(self._last_input, self._offsets_checked)
-        if not self.owned or self.broker_down or quiet_s < OFFSETS_CHECK_AFTER_S:
+        if not self.exactly_once or not self.owned or self.broker_down or quiet_s < OFFSETS_CHECK_AFTER_S:
             return
         self._offsets_checked = now
         assignment = self.consumer.assignment()
@@ -469,7 +468,7 @@ class Engine:
             if exc.args[0].code() not in (KafkaError._TIMED_OUT, KafkaError.UNSTABLE_OFFSET_COMMIT):
                 return
             unstable = assignment
-        if not unstable or not self.exactly_once:
+        if not unstable:
             return
         log.warning("the group's committed offsets are pending on a transaction that was never ended (%d "
                     "partitions, e.g. %s[%s]); ending it with an aborted transaction", len(unstable),
