@@ -174,3 +174,20 @@ def dedicated_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
         yield kafka
     finally:
         kafka.down()
+
+
+LOG_TAIL_LINES = 60
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that started workers or sinks shows the tail of each one's log: CI keeps only the
+    test output, and a timeout in the test says little without what the process said meanwhile."""
+    report = yield
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.failed and isinstance(tmp_path, Path):
+        for log in sorted(tmp_path.glob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            if lines:
+                report.sections.append((f"{log.name} (last {len(lines)} lines)", "\n".join(lines)))
+    return report

@@ -32,8 +32,10 @@ def read_topic(settings: Settings, name: str, timeout_s: float = 10.0) -> list[t
     return out
 
 
-def wait_for(check: Callable[[], T | None], timeout_s: float = 60.0, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after the timeout."""
+def wait_for(check: Callable[[], T | None], timeout_s: float = 60.0, what: str = "condition",
+             explain: Callable[[], object] | None = None) -> T:  # fmt: skip
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after the timeout, and with
+    what ``explain`` returns then (the state that says which step stalled)."""
     deadline = time.monotonic() + timeout_s
     last: T | None = None
     while time.monotonic() < deadline:
@@ -41,7 +43,8 @@ def wait_for(check: Callable[[], T | None], timeout_s: float = 60.0, what: str =
         if last:
             return last
         time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last={last!r}")
+    context = f"; {explain()!r}" if explain is not None else ""
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last={last!r}{context}")
 
 
 def stock(worker, sku: str) -> dict[str, Any]:

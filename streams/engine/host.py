@@ -95,6 +95,9 @@ def host(app: faust.App, engine: Engine, stall_s: float = 180.0) -> None:
     async def readyz(web: Any, request: Any) -> Any:
         checks = {
             "restored": engine.ready.is_set(),
+            # The shell's tables (views, the notifier's queue) restored once: until then its agents
+            # read nothing, and an alert raised meanwhile waits for the shell's first assignment.
+            "shell_restored": cast(Any, app.tables).recovery.completed.is_set(),  # not on TableManagerT
             "engine_running": thread.is_alive() and time.monotonic() - engine.heartbeat < READY_HEARTBEAT_S,
             "broker_reachable": not engine.broker_down,
         }

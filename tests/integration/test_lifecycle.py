@@ -181,7 +181,8 @@ def test_paid_and_unrouted_order_raises_one_red_alert_and_one_clearing_message(
     assert webhook.about(order) == []  # 14 minutes: not yet
 
     advance_clock(producer, 16)
-    red = wait_for(lambda: webhook.about(order), what="the red alert on the webhook")
+    red = wait_for(lambda: webhook.about(order), what="the red alert on the webhook",
+                   explain=lambda: {"order": worker.get(f"/orders/{order}"), "notifier": worker.get("/notify/status")})
     assert len(red) == 1 and "RED: sla breach" in red[0] and "not pushed to a warehouse" in red[0]
     alerts = [r for t, r in read_topic(settings, "alerts") if r["subject"] == order]
     assert [(a["kind"], a["severity"], a["cleared"]) for a in alerts if a["kind"] == "sla_breach"] == [
