@@ -22,7 +22,6 @@ HTTP on ``STOCKFLOW_SINK_PORT``: ``/healthz``, ``/readyz``, ``/sink/status``,
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -49,6 +48,7 @@ from streams.engine.producer import EventProducer
 from streams.engine.retry import Backoff, Retry
 from streams.gcpolicy import pace_for_batches
 from streams.kafkaconf import confluent_config
+from streams.priority import lower_priority
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ def run(settings: Settings) -> int:
     if settings.sink_niceness:
         # On a box it shares with the workers, decisions come first: the dashboards may trail by
         # seconds at a peak and catch up after it, an order may not wait for a dashboard.
-        os.nice(settings.sink_niceness)
+        lower_priority(settings.sink_niceness)
     sink = ClickHouseSink(settings)
 
     def stop(signum: int, frame: FrameType | None) -> None:

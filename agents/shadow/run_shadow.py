@@ -53,6 +53,7 @@ from streams.engine.changelog import changelog_topic, ensure_changelogs
 from streams.engine.clock import Clock
 from streams.engine.loop import Engine, engine_group
 from streams.kafkaconf import confluent_config
+from streams.priority import lower_priority
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -280,8 +281,7 @@ def main(live: Settings, name: str, niceness: int = 0) -> int:
     """``stockflow shadow run NAME``: run until SIGTERM or SIGINT; the exit code."""
     logging.basicConfig(level=LOG_LEVELS[live.log_level],
                         format="[%(asctime)s] [%(process)d] %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    if niceness:
-        os.nice(niceness)  # the live pipeline's decisions come first on a box both run on
+    lower_priority(niceness)  # the live pipeline's decisions come first on a box both run on
     runner = Runner(live, ShadowHome(live, name))
 
     def stop(signum: int, frame: FrameType | None) -> None:
