@@ -152,7 +152,9 @@ class Settings(BaseSettings):
         ge=0,
         le=19,
         description="How much the sink process lowers its CPU priority (`nice`): on a machine it shares with "
-        "workers, decisions win and the dashboards catch up after a peak. 0: same priority.",
+        "workers, decisions win and the dashboards catch up after a peak. Started in a session of its own (as "
+        "`stockflow bench`, the dev stack and most supervisors start it), it lowers its session's scheduling group "
+        "too, without which Linux's autogroup ranks a nice value only within its session. 0: same priority.",
     )
     sink_port: int = Field(
         default=6067,
