@@ -77,6 +77,11 @@ class EventProducer:
         """Serve delivery callbacks for up to ``timeout_s``."""
         return int(self._producer.poll(timeout_s))
 
+    def close(self) -> None:
+        """Flush what is queued and release the client's connections and threads now, not whenever the
+        garbage collector gets to it (until then it keeps reconnecting to a broker that went away)."""
+        self._producer.close()
+
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued event is acknowledged by the broker; raise on any failure."""
         remaining = self._producer.flush(timeout_s)

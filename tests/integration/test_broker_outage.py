@@ -40,6 +40,7 @@ def test_broker_stopped_and_restarted_mid_load(dedicated_kafka: LocalKafka, make
     for sku in SKUS:
         producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, "WH-SH", 200))
     producer.flush()
+    producer.close()  # not left to the collector: it would reconnect to this broker for ever after it stops
     wait_for(lambda: all(worker.get(f"/stock/{sku}").get("on_hand") == 200 for sku in SKUS), what="stock")
     noisy_before = len(noisy_lines(worker.log_file))
 

@@ -48,6 +48,7 @@ def stream_orders(settings, orders: int, seconds: float, seed: int, stop: thread
     # A broker stopped and restarted mid-stream (test_broker_outage) can take a while to take the
     # backlog on a loaded box: wait for it rather than fail the stream.
     producer.flush(120)
+    producer.close()
     return sent
 
 
