@@ -341,10 +341,9 @@ def run(settings: Settings) -> int:
     """``stockflow sink``: serve until SIGTERM or SIGINT; the exit code (0: stopped, 1: failed)."""
     logging.basicConfig(level=LOG_LEVELS[settings.log_level],
                         format="[%(asctime)s] [%(process)d] %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    if settings.sink_niceness:
-        # On a box it shares with the workers, decisions come first: the dashboards may trail by
-        # seconds at a peak and catch up after it, an order may not wait for a dashboard.
-        lower_priority(settings.sink_niceness)
+    # On a box it shares with the workers, decisions come first: the dashboards may trail by
+    # seconds at a peak and catch up after it, an order may not wait for a dashboard.
+    lower_priority(settings.sink_niceness)
     sink = ClickHouseSink(settings)
 
     def stop(signum: int, frame: FrameType | None) -> None:
