@@ -26,8 +26,8 @@ def lower_priority(niceness: int) -> bool:
     if niceness <= 0:
         return False
     os.nice(niceness)
-    if os.getsid(0) != os.getpid() or not AUTOGROUP.exists():
-        return False
+    if os.getsid(0) != os.getpid() or not AUTOGROUP.exists() or not AUTOGROUP.read_text().strip():
+        return False  # an empty answer: this process is in the root group, which autogroup does not rank
     try:
         AUTOGROUP.write_text(f"{niceness}\n")
     except OSError as exc:  # a kernel without autogroup answers the write with an error

@@ -22,6 +22,7 @@ from streams.devstack.procs import free_ports
 from streams.devstack.sinkproc import SinkProcess
 from streams.devstack.workerproc import WorkerProcess
 from streams.settings import Settings
+from tests.helpers import stop_broker
 
 
 def free_port() -> int:
@@ -173,7 +174,7 @@ def dedicated_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
     try:
         yield kafka
     finally:
-        kafka.down()
+        stop_broker(kafka)
 
 
 LOG_TAIL_LINES = 60

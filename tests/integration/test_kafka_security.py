@@ -30,7 +30,7 @@ from streams.engine.producer import EventProducer
 from streams.engine.topicreader import read_all
 from streams.kafkaconf import KafkaAuthError, aiokafka_kwargs, confluent_config
 from streams.settings import Settings
-from tests.helpers import wait_stock
+from tests.helpers import stop_broker, wait_stock
 
 pytestmark = pytest.mark.broker
 
@@ -55,7 +55,7 @@ def secure_broker(home: Path, protocol: str, mechanism: str) -> Iterator[Setting
         # From here on the broker is "external": what a worker or a user's CLI would be given.
         yield settings.model_copy(update={"kafka_bootstrap": settings.bootstrap})
     finally:
-        kafka.down()
+        stop_broker(kafka)
 
 
 @pytest.fixture
@@ -100,6 +100,7 @@ def produce_and_read_back(settings: Settings, skus: list[str]) -> None:
     for sku in skus:
         producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, "WH-SH", 10))
     producer.flush()
+    producer.close()
     topic = settings.topic(STOCK_ADJUSTMENTS.name)
     codec = default_codec()
     read = [codec.decode(r.value or b"")[1]["sku"] for r in read_all(settings, topic)]
