@@ -46,7 +46,7 @@ from streams.engine.deadletter import dead_letter
 from streams.engine.processor import Context, Output, Processor
 from streams.engine.state import PartitionStore, ReadOnlyStore, StoreSpec, StoreTransaction
 from streams.engine.timers import Timers
-from streams.gcpolicy import pace_for_batches
+from streams.gcpolicy import BETWEEN_BATCHES, collect_between_batches, pace_for_batches
 from streams.kafkaconf import confluent_config
 from streams.metrics import SIZE_BUCKETS, histogram
 from streams.settings import Settings
@@ -365,7 +365,7 @@ class Engine:
         self.consumer = self._make_consumer()
         self._subscribe()
         window_s = self.settings.batch_window_ms / 1000.0
-        pace_for_batches()
+        pace_for_batches(BETWEEN_BATCHES)
         try:
             while not stop.is_set():
                 self.heartbeat = time.monotonic()
@@ -382,6 +382,7 @@ class Engine:
                         self._run_batch([], alone=False)
                 else:
                     self._run_batch(messages, alone=False)
+                collect_between_batches()
                 self._sample_positions(idle=not messages)
                 if messages:
                     self._last_input = time.monotonic()
