@@ -19,10 +19,10 @@ SKUS = [f"SKU-C{i:02d}" for i in range(12)]
 CHANNELS = ("tmall", "jd", "douyin", "pdd", "kuaishou", "own")
 
 
-def stream_orders(settings, orders: int, seconds: float, seed: int, stop: threading.Event) -> int:
+def stream_orders(settings, orders: int, seconds: float, seed: int, stop: threading.Event, **producer_config) -> int:
     """Open-loop: send ``orders`` orders over ``seconds`` whatever the worker is doing."""
     rng = random.Random(seed)
-    producer = EventProducer(settings)
+    producer = EventProducer(settings, **producer_config)
     sent = 0
     started = time.monotonic()
     for i in range(orders):
