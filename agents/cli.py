@@ -88,6 +88,7 @@ def worker() -> None:
 
     from agents.worker import create_app
     from streams.contract.topics import ensure_topics
+    from streams.engine.tables import ensure_table_changelogs
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
@@ -96,6 +97,7 @@ def worker() -> None:
 
     ensure_topics(settings)
     faust_app = create_app(settings)
+    ensure_table_changelogs(faust_app, settings)
     worker = Worker(faust_app, loglevel=settings.log_level, quiet=True)
     # Faust's progress spinner sets the root logger to DEBUG, so every library's debug call builds
     # a log record: a quarter of the worker's CPU under load. No spinner, WARN stays WARN.

@@ -28,20 +28,27 @@ def changelog_topic(settings: Settings, store: str) -> str:
 
 def ensure_changelogs(settings: Settings, stores: list[str]) -> None:
     """Create each store's changelog (compacted, one partition per input partition) if missing."""
+    config = {**topic_config(settings), "cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
+              "segment.ms": "3600000"}  # fmt: skip
+    ensure_compacted(settings, {changelog_topic(settings, store): config for store in stores})
+
+
+def ensure_compacted(settings: Settings, topics: dict[str, dict[str, str]]) -> None:
+    """Create the compacted ``topics`` (name -> topic config) that are missing, ``settings.partitions``
+    partitions each, and return once the broker serves every partition of the new ones; an existing one
+    with another partition count is refused."""
     watch = AuthWatch(settings)
     admin = AdminClient(confluent_config(settings, error_cb=watch))
     existing = watch.list_topics(admin, 15).topics
     wanted = []
-    for store in stores:
-        name = changelog_topic(settings, store)
+    for name, config in topics.items():
         if name in existing:
             found = len(existing[name].partitions)
             if found != settings.partitions:
                 raise RuntimeError(f"{name} has {found} partitions, the inputs {settings.partitions}")
             continue
-        config = {**topic_config(settings), "cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
-                  "segment.ms": "3600000"}  # fmt: skip
-        wanted.append(NewTopic(name, settings.partitions, settings.kafka_replication_factor, config=config))
+        wanted.append(NewTopic(name, settings.partitions, settings.kafka_replication_factor,
+                               config={**config, "cleanup.policy": "compact"}))  # fmt: skip
     for name, future in admin.create_topics(wanted, operation_timeout=30).items() if wanted else ():
         try:
             future.result()

@@ -15,6 +15,7 @@ import orjson
 from faust.streams import _current_event
 
 from streams.contract.topics import TopicSpec
+from streams.engine.changelog import ensure_compacted
 from streams.settings import Settings
 
 
@@ -48,3 +49,15 @@ def write(table: Any, event: Any, key: bytes, value: dict[str, Any]) -> None:
 def raw_topic(app: Any, settings: Settings, *specs: TopicSpec) -> Any:
     """A Faust topic over the contract topics ``specs``, carrying bytes the codec reads."""
     return app.topic(*(settings.topic(s.name) for s in specs), key_serializer="raw", value_serializer="raw")
+
+
+def ensure_table_changelogs(app: Any, settings: Settings) -> None:
+    """Create the Faust tables' changelog topics before the Faust shell starts.
+
+    Faust declares them itself as it starts, but its consumer may fetch metadata before the new topics
+    are served: the table then sees a changelog of 0 partitions and the first write of the agent that
+    owns it fails with ``PartitionsMismatch``, which crashed the webhook notifier (no alert went out)
+    until its metadata was refreshed minutes later. Made first, they are in the shell's first metadata.
+    """
+    ensure_compacted(settings, {table.changelog_topic.get_topic_name(): dict(table.extra_topic_configs or {})
+                                for table in app.tables.values()})  # fmt: skip

@@ -118,3 +118,29 @@ def test_a_refused_robot_keeps_the_alerts_across_a_crash_and_the_fixed_url_drain
     send_alerts(EventProducer(fixed), [*alerts[:5], last])
     wait_for(lambda: "after the replay" in "\n".join(robots.contents()), what="the alert after the replay")
     assert len(robots.contents()) == before + 1
+
+
+def test_the_notifiers_changelogs_exist_before_the_shell_starts(make_settings) -> None:
+    """Faust declared the notifier's changelogs as it started, and a shell whose first metadata came
+    before the broker served them saw 0 partitions: the notifier's first write raised
+    ``PartitionsMismatch`` and no alert went out (CI, `test_paid_and_unrouted_order_raises_one_red_alert_…`).
+    The worker now makes them first, with the inputs' partitions, compacted."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from agents.worker import create_app
+    from streams.engine.tables import ensure_table_changelogs
+    from streams.kafkaconf import confluent_config
+
+    settings = make_settings(webhook_url="http://127.0.0.1:9/robot")
+    app = create_app(settings)
+    names = sorted(table.changelog_topic.get_topic_name() for table in app.tables.values())
+    assert names == [f"{settings.app_id}-notified_by_alert-changelog", f"{settings.app_id}-notify_pending-changelog"]
+    ensure_table_changelogs(app, settings)
+    ensure_table_changelogs(app, settings)  # a second worker finds them made
+    admin = AdminClient(confluent_config(settings))
+    topics = admin.list_topics(timeout=10).topics
+    for name in names:
+        assert len(topics[name].partitions) == settings.partitions
+        assert all(p.leader >= 0 for p in topics[name].partitions.values())
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        assert admin.describe_configs([resource])[resource].result(timeout=15)["cleanup.policy"].value == "compact"
