@@ -59,5 +59,7 @@ def ensure_table_changelogs(app: Any, settings: Settings) -> None:
     owns it fails with ``PartitionsMismatch``, which crashed the webhook notifier (no alert went out)
     until its metadata was refreshed minutes later. Made first, they are in the shell's first metadata.
     """
-    ensure_compacted(settings, {table.changelog_topic.get_topic_name(): dict(table.extra_topic_configs or {})
-                                for table in app.tables.values()})  # fmt: skip
+    topics = {table.changelog_topic.get_topic_name(): dict(table.extra_topic_configs or {})
+              for table in app.tables.values()}  # fmt: skip
+    if topics:  # a worker without a webhook has no tables
+        ensure_compacted(settings, topics)
