@@ -26,11 +26,13 @@ def lower_priority(niceness: int) -> bool:
     if niceness <= 0:
         return False
     os.nice(niceness)
-    if os.getsid(0) != os.getpid() or not AUTOGROUP.exists() or not AUTOGROUP.read_text().strip():
-        return False  # an empty answer: this process is in the root group, which autogroup does not rank
+    if os.getsid(0) != os.getpid():
+        return False
     try:
+        if not AUTOGROUP.read_text().strip():
+            return False  # this process is in the root group, which autogroup does not rank
         AUTOGROUP.write_text(f"{niceness}\n")
-    except OSError as exc:  # a kernel without autogroup answers the write with an error
+    except OSError as exc:  # a kernel without autogroup has no such file, or refuses the write
         log.info("the session's scheduling group keeps its priority (%s): nice %d applies within it", exc, niceness)
         return False
     return True

@@ -28,8 +28,7 @@ def changelog_topic(settings: Settings, store: str) -> str:
 
 def ensure_changelogs(settings: Settings, stores: list[str]) -> None:
     """Create each store's changelog (compacted, one partition per input partition) if missing."""
-    config = {**topic_config(settings), "cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
-              "segment.ms": "3600000"}  # fmt: skip
+    config = {**topic_config(settings), "min.compaction.lag.ms": "60000", "segment.ms": "3600000"}
     ensure_compacted(settings, {changelog_topic(settings, store): config for store in stores})
 
 

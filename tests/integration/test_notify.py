@@ -8,11 +8,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from agents.alerting.alerts import alert
+from agents.worker import create_app
 from streams.contract.records import Alert
 from streams.contract.topics import ALERTS
 from streams.engine.producer import EventProducer
+from streams.engine.tables import ensure_table_changelogs
+from streams.kafkaconf import confluent_config
 from tests.helpers import wait_for
 from tests.unit.alerting.wecom_robot import MAX_CONTENT_BYTES, WeComRobots
 
@@ -125,12 +129,6 @@ def test_the_notifiers_changelogs_exist_before_the_shell_starts(make_settings) -
     before the broker served them saw 0 partitions: the notifier's first write raised
     ``PartitionsMismatch`` and no alert went out (CI, `test_paid_and_unrouted_order_raises_one_red_alert_…`).
     The worker now makes them first, with the inputs' partitions, compacted."""
-    from confluent_kafka.admin import AdminClient, ConfigResource
-
-    from agents.worker import create_app
-    from streams.engine.tables import ensure_table_changelogs
-    from streams.kafkaconf import confluent_config
-
     settings = make_settings(webhook_url="http://127.0.0.1:9/robot")
     app = create_app(settings)
     names = sorted(table.changelog_topic.get_topic_name() for table in app.tables.values())
