@@ -12,8 +12,9 @@
 
 ``decode`` reads both, told apart by the first byte. ``encode`` writes the format the codec was
 built for (``STOCKFLOW_WIRE_FORMAT``; ``codec_for(settings)``). Schemas are parsed once, when the
-codec is built, and a codec that writes registry framing registers its current schemas then: encoding
-and decoding a known schema parse nothing and never wait on the network. A schema id the codec has
+codec is built (current schemas also compiled into writers, ``streams.contract.avro_writer``), and a
+codec that writes registry framing registers its current schemas then: encoding and decoding a known
+schema parse nothing and never wait on the network. A schema id the codec has
 not seen is looked up in the registry once and remembered, the answer "unknown" too.
 """
 
@@ -31,6 +32,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import SchemaParseException, fingerprint, to_parsing_canonical_form
 
+from streams.contract.avro_writer import Unsupported, Writer, compile_writer
 from streams.contract.reasons import Reason
 from streams.contract.registry import EVENT_TYPES, EventType
 from streams.contract.schema_registry import SchemaRegistry
@@ -98,6 +100,22 @@ def _load(path: Path) -> Any:
     return _parse(json.loads(path.read_text(encoding="utf-8")))
 
 
+def _encoder(path: Path, parsed: Any) -> Writer:
+    """The schema's compiled writer (``streams.contract.avro_writer``), or fastavro's for a schema it
+    does not compile."""
+    try:
+        return compile_writer(json.loads(path.read_text(encoding="utf-8")))
+    except Unsupported:
+
+        def write(record: Any, header: bytes) -> bytes:
+            buf = io.BytesIO()
+            buf.write(header)
+            schemaless_writer(buf, parsed, record)
+            return buf.getvalue()
+
+        return write
+
+
 def registered_text(path: Path) -> str:
     """A schema file as it is registered: the file's JSON, logical types and docs included, for other
     languages' readers; compact, so every process registers the very same text."""
@@ -125,6 +143,8 @@ class Codec:
         # Schema id bytes -> writer, learnt from the registry (registered here, or looked up once).
         self._by_id: dict[bytes, _Writer] = {}
         self._unknown_ids: set[bytes] = set()
+        # Full and short event name -> the compiled writer of its current schema (header + body).
+        self._encoders: dict[str, Writer] = {}
         for et in event_types:
             schema = _load(et.schema_path)
             header = MARKER + schema_fingerprint(schema)
@@ -135,6 +155,7 @@ class Codec:
                 self._by_id[header[1:]] = current
             self._current[et.name] = (schema, header, et)
             self._current[et.short_name] = self._current[et.name]
+            self._encoders[et.name] = self._encoders[et.short_name] = _encoder(et.schema_path, schema)
             for old in et.history_paths():
                 old_schema = _load(old)
                 self._writers.setdefault(MARKER + schema_fingerprint(old_schema), _Writer(et, old_schema, False))
@@ -154,14 +175,11 @@ class Codec:
 
     def encode(self, name: str, record: Any) -> bytes:
         """Encode ``record`` with the current schema of event ``name`` (full or short name)."""
-        schema, header, _ = self._current[name]
-        buf = io.BytesIO()
-        buf.write(header)
+        header = self._current[name][1]
         try:
-            schemaless_writer(buf, schema, record)
-        except (TypeError, ValueError, KeyError, AttributeError, struct.error) as exc:
+            return self._encoders[name](record, header)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError, struct.error) as exc:
             raise ValueError(f"{name}: record does not fit the schema: {exc!r}") from exc
-        return buf.getvalue()
 
     def encode_with(self, schema_path: Path, record: Any) -> bytes:
         """Encode with an explicit (possibly older) schema file, as an outside producer would (single-object)."""
