@@ -46,8 +46,13 @@ _COMPLEX = {"record", "enum", "array", "map", "fixed", "error"}
 
 
 def write_long(n: int) -> bytes:
-    """Avro's zigzag varint of a 64-bit ``n``."""
-    z = (n << 1) ^ (n >> 63)
+    """Avro's zigzag varint of a 64-bit ``n`` (a float is truncated, as fastavro does)."""
+    try:
+        z = (n << 1) ^ (n >> 63)
+    except TypeError:
+        if isinstance(n, float):
+            return write_long(int(n))
+        raise
     if z < _CHUNK:
         return _VARINT[z]
     if z >= _MAX_ZIGZAG or z < 0:
@@ -153,8 +158,9 @@ class _Compiler:
         pad = " " * indent
         items = self.var("a")
         self.lines.append(f"{pad}{items} = {expr}")
-        self.lines.append(f"{pad}if {items}:")
-        self.lines.append(f"{pad}    o += long_(len({items}))")
+        self.lines.append(f"{pad}n = len({items})")  # None fails here, as in fastavro
+        self.lines.append(f"{pad}if n:")
+        self.lines.append(f"{pad}    o += long_(n)")
         if schema["type"] == "array":
             item = self.var("i")
             self.lines.append(f"{pad}    for {item} in {items}:")

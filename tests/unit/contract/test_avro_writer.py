@@ -143,3 +143,31 @@ def test_the_codec_keeps_fastavro_for_a_schema_it_cannot_compile(tmp_path: Path)
     path.write_text(json.dumps(schema), encoding="utf-8")
     write = _encoder(path, parse_schema(schema))
     assert write({"value": 1.5}, b"H") == b"H" + fastavro_bytes(schema, {"value": 1.5})
+
+
+ODD_VALUES = [
+    ("long", 1.5), ("long", 1.0), ("long", True), ("long", "1"), ("long", None), ("long", 2**63),
+    ("int", 2.0), ("int", 2**40), ("string", b"abc"), ("string", 1), ("string", None),
+    ("double", 1), ("double", "1.5"), ("double", None), ("boolean", 0), ("boolean", "x"), ("boolean", None),
+    ("bytes", "abc"), ("bytes", bytearray(b"x")), ("bytes", None),
+    ({"type": "enum", "name": "E", "symbols": ["A", "B"]}, "X"),
+    ({"type": "enum", "name": "E", "symbols": ["A", "B"]}, None),
+    ({"type": "array", "items": "long"}, (1, 2)), ({"type": "array", "items": "long"}, None),
+    ({"type": "array", "items": "long"}, "ab"), ({"type": "map", "values": "long"}, None),
+    ({"type": "map", "values": "long"}, [("a", 1)]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("field_type", "value"), ODD_VALUES)
+def test_a_value_of_another_type_is_taken_or_refused_as_fastavro_does(field_type: Any, value: Any) -> None:
+    """What producers hand in by mistake: a float in a long is truncated, None in a list is refused."""
+    schema = {"type": "record", "name": "R", "fields": [{"name": "f", "type": field_type}]}
+    try:
+        expected: Any = fastavro_bytes(schema, {"f": value})
+    except Exception:  # noqa: BLE001 - any refusal: the codec reports every one as ValueError
+        expected = "refused"
+    try:
+        written: Any = compile_writer(schema)({"f": value}, b"")
+    except Exception:  # noqa: BLE001
+        written = "refused"
+    assert written == expected
