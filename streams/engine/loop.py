@@ -674,6 +674,19 @@ class Engine:
         self.stats.superseded += len(emitted) - len(outputs)
         return outputs
 
+    def _produce_outputs(self, outputs: list[Output], check: Any) -> dict[str, int]:
+        """Produce the batch's outputs that are published; return how many records each topic got."""
+        published: dict[str, int] = {}
+        for out in outputs:
+            if not out.publish:
+                self.stats.applied_unpublished += 1
+                continue
+            published[out.topic] = published.get(out.topic, 0) + 1
+            value = out.value if out.value is not None else self.codec.encode(out.event_type, out.record)
+            self._produce(self.settings.topic(out.topic), out.key, value, out.partition, check,
+                          APPLIED if out.local else None)  # fmt: skip
+        return published
+
     def _commit(self, batch: _Batch, dead: list[DeadLetter] | None = None) -> None:  # noqa: C901, PLR0912 - one transaction's steps in the order they must happen
         changes = {key: txn.changes() for key, txn in batch.stores.items() if txn}
         outputs = self._outputs(batch)
@@ -690,13 +703,7 @@ class Engine:
             # Under a transaction a failed delivery fails the commit, so outputs need no callback each;
             # without one, every delivery is checked before the offsets are committed.
             check = None if self.exactly_once else self._on_output
-            for out in outputs:
-                if not out.publish:
-                    self.stats.applied_unpublished += 1
-                    continue
-                value = out.value if out.value is not None else self.codec.encode(out.event_type, out.record)
-                self._produce(self.settings.topic(out.topic), out.key, value, out.partition, check,
-                              APPLIED if out.local else None)  # fmt: skip
+            published = self._produce_outputs(outputs, check)
             for msg, refusal in refusals:
                 dead.append(dead_letter(_MessageRef(msg), "streams.engine", refusal.reason, refusal.detail,
                                         batch.now_ms))  # fmt: skip
@@ -737,15 +744,15 @@ class Engine:
         self.broker_down = False
         self.stats.batches += 1
         self.stats.commits += 1
-        self.stats.outputs += sum(1 for out in outputs if out.publish) + len(dead)
+        self.stats.outputs += sum(published.values()) + len(dead)
         self.stats.refusals += len(dead)
         self.stats.changelog_records += sum(len(kv) for kv in changes.values())
         self.stats.commit_s += time.perf_counter() - started
-        self._count_commit(outputs, dead, started)
+        self._count_commit(published, dead, started)
 
-    def _count_commit(self, outputs: list[Output], dead: list[DeadLetter], started: float) -> None:
+    def _count_commit(self, published: dict[str, int], dead: list[DeadLetter], started: float) -> None:
         self.commit_seconds.observe(time.perf_counter() - started)
-        self.records_out.update(out.topic for out in outputs if out.publish)
+        self.records_out.update(published)
         self.refused.update(str(record["reason"]) for record in dead)
 
     def open_stores(self) -> list[tuple[tuple[str, int], PartitionStore]]:
