@@ -3,8 +3,8 @@
 Why: fastavro's writer walks the parsed schema for every record and decides each field's type
 again, about 0.4 µs a field; encoding was ~12% of the engine thread's CPU at 1,500 orders/s. A writer
 compiled once from the schema does only the writes, in generated Python: measured on the events the
-engine writes (``timeit``, one record each), 1.5-2.6x faster than fastavro's ``schemaless_writer``
-with the write hint (RoutingDecision 13.6 -> 5.3 µs, HoldDecided 4.6 -> 2.5 µs).
+engine writes (``timeit``, one record each), 1.2-2.4x faster than fastavro's ``schemaless_writer``
+with the write hint (RoutingDecision 13.6 -> 6.2 µs, HoldDecided 4.5 -> 2.1 µs; BENCHMARKS.md).
 
 The output is fastavro's, byte for byte, with its record rules: a missing field takes the schema's
 default; one with no default (and no ``null`` branch) is an error. A schema using anything this

@@ -14,8 +14,8 @@
 built for (``STOCKFLOW_WIRE_FORMAT``; ``codec_for(settings)``). Schemas are parsed once, when the
 codec is built (current schemas also compiled into writers, ``streams.contract.avro_writer``), and a
 codec that writes registry framing registers its current schemas then: encoding and decoding a known
-schema parse nothing and never wait on the network. A schema id the codec has
-not seen is looked up in the registry once and remembered, the answer "unknown" too.
+schema parse nothing and never wait on the network. A schema id the codec has not seen is looked up
+in the registry once and remembered, the answer "unknown" too.
 """
 
 from __future__ import annotations
