@@ -43,6 +43,7 @@ _MAX_ZIGZAG = 1 << 64
 _MAX_RECORD_DEPTH = 16  # deeper is a recursive type, which is not compiled
 _PRIMITIVES = {"null", "boolean", "int", "long", "double", "string", "bytes"}
 _COMPLEX = {"record", "enum", "array", "map", "fixed", "error"}
+_MISSING = object()  # a field the record does not have (None is a value)
 
 
 def write_long(n: int) -> bytes:
@@ -183,13 +184,6 @@ class _Compiler:
         self.lines.append(f"{pad}else:")
         self.lines.append(f"{pad}    o += {_VARINT[(1 - null_at) << 1]!r}")
         self.emit(other, expr, indent + 4, namespace)
-
-
-class _Missing:
-    pass
-
-
-_MISSING = _Missing()
 
 
 def _nullable(schema: Any) -> bool:

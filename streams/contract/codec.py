@@ -100,20 +100,20 @@ def _load(path: Path) -> Any:
     return _parse(json.loads(path.read_text(encoding="utf-8")))
 
 
-def _encoder(path: Path, parsed: Any) -> Writer:
-    """The schema's compiled writer (``streams.contract.avro_writer``), or fastavro's for a schema it
-    does not compile."""
+def _fastavro_write(parsed: Any, record: Any, header: bytes) -> bytes:
+    buf = io.BytesIO()
+    buf.write(header)
+    schemaless_writer(buf, parsed, record)
+    return buf.getvalue()
+
+
+def _encoder(raw: Any, parsed: Any) -> Writer:
+    """The schema's compiled writer (``streams.contract.avro_writer``; ``raw``: the schema file's JSON), or
+    fastavro's with ``parsed`` for a schema it does not compile."""
     try:
-        return compile_writer(json.loads(path.read_text(encoding="utf-8")))
+        return compile_writer(raw)
     except Unsupported:
-
-        def write(record: Any, header: bytes) -> bytes:
-            buf = io.BytesIO()
-            buf.write(header)
-            schemaless_writer(buf, parsed, record)
-            return buf.getvalue()
-
-        return write
+        return lambda record, header: _fastavro_write(parsed, record, header)
 
 
 def registered_text(path: Path) -> str:
@@ -143,10 +143,11 @@ class Codec:
         # Schema id bytes -> writer, learnt from the registry (registered here, or looked up once).
         self._by_id: dict[bytes, _Writer] = {}
         self._unknown_ids: set[bytes] = set()
-        # Full and short event name -> the compiled writer of its current schema (header + body).
-        self._encoders: dict[str, Writer] = {}
+        # Full and short event name -> the compiled writer of its current schema, and the header it writes.
+        self._encoders: dict[str, tuple[Writer, bytes]] = {}
         for et in event_types:
-            schema = _load(et.schema_path)
+            raw = json.loads(et.schema_path.read_text(encoding="utf-8"))
+            schema = _parse(raw)
             header = MARKER + schema_fingerprint(schema)
             current = _Writer(et, schema, current=True)
             self._writers[header] = current
@@ -155,7 +156,7 @@ class Codec:
                 self._by_id[header[1:]] = current
             self._current[et.name] = (schema, header, et)
             self._current[et.short_name] = self._current[et.name]
-            self._encoders[et.name] = self._encoders[et.short_name] = _encoder(et.schema_path, schema)
+            self._encoders[et.name] = self._encoders[et.short_name] = (_encoder(raw, schema), header)
             for old in et.history_paths():
                 old_schema = _load(old)
                 self._writers.setdefault(MARKER + schema_fingerprint(old_schema), _Writer(et, old_schema, False))
@@ -175,19 +176,16 @@ class Codec:
 
     def encode(self, name: str, record: Any) -> bytes:
         """Encode ``record`` with the current schema of event ``name`` (full or short name)."""
-        header = self._current[name][1]
+        write, header = self._encoders[name]
         try:
-            return self._encoders[name](record, header)
+            return write(record, header)
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError, struct.error) as exc:
             raise ValueError(f"{name}: record does not fit the schema: {exc!r}") from exc
 
     def encode_with(self, schema_path: Path, record: Any) -> bytes:
         """Encode with an explicit (possibly older) schema file, as an outside producer would (single-object)."""
         schema = _load(schema_path)
-        buf = io.BytesIO()
-        buf.write(MARKER + schema_fingerprint(schema))
-        schemaless_writer(buf, schema, record)
-        return buf.getvalue()
+        return _fastavro_write(schema, record, MARKER + schema_fingerprint(schema))
 
     def decode(self, data: bytes | None) -> tuple[EventType, dict[str, Any]]:
         """Read one message in either format; raise DecodeError with a precise reason if it cannot be read.
