@@ -66,7 +66,13 @@ class Arrivals:
     def _read(self, consumer: Consumer, names: dict[str, str]) -> None:
         try:
             while not self._stop.is_set():
-                messages = consumer.consume(1000, timeout=POLL_S)
+                # consume(n, timeout) waits until it has n records or the timeout passes, so records
+                # stamped after it would carry up to the whole wait: take what has arrived without
+                # waiting, and when nothing has, wait for the first record alone.
+                messages = consumer.consume(1000, timeout=0)
+                if not messages:
+                    first = consumer.poll(POLL_S)
+                    messages = [first] if first is not None else []
                 now_ms = int(time.time() * 1000)
                 for msg in messages:
                     value = msg.value()

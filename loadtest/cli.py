@@ -66,15 +66,18 @@ def bench(
     except Exception as exc:  # noqa: BLE001 - a broker that does not start, a worker that dies: say so, no traceback
         fail(str(exc))
     series = figures.pop("series")
+    # The run with its per-second series (sent, decided, p99, lag) stays beside the chart, for
+    # comparing runs afterwards; stdout keeps the figures alone.
+    run_file = settings.home_dir / "bench" / f"bench-{int(time.time())}.json"
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps({**figures, "series": series}))
     if as_json:
-        print(json.dumps(figures))
+        print(json.dumps({**figures, "run_file": str(run_file)}))
         return
     console.print(bench_.summary_table(figures))
     console.print(bench_.process_table(figures))
-    chart = bench_.write_chart(
-        {**figures, "series": series}, settings.home_dir / "bench" / f"bench-{int(time.time())}.html"
-    )
-    console.print(f"chart: {chart}")
+    chart = bench_.write_chart({**figures, "series": series}, run_file.with_suffix(".html"))
+    console.print(f"chart: {chart}  series: {run_file}")
 
 
 def bench_recovery(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import statistics
 import threading
 import time
 import zlib
@@ -345,6 +346,18 @@ def percentile(values: list[float], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
+MIN_LAG_SAMPLES = 3  # a line through fewer says nothing about a trend
+
+
+def lag_slope(samples: list[tuple[float, int]], from_s: float, to_s: float) -> float:
+    """Records of backlog gained per second over [from_s, to_s] (least squares): ~0 when the lag is flat,
+    the shortfall in events/s when the worker falls behind."""
+    window = [(t, lag) for t, lag in samples if from_s <= t <= to_s]
+    if len(window) < MIN_LAG_SAMPLES:
+        return 0.0
+    return round(statistics.linear_regression([t for t, _ in window], [lag for _, lag in window]).slope, 1)
+
+
 def first_received(arrivals: list[Arrival]) -> dict[str, int]:
     """Per record key: when the first record with it reached the outside watch (epoch ms). Keys only:
     the records themselves are read from the topic once, by ``measure``."""
@@ -473,6 +486,9 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
         "sender_behind_ms": sent.behind_ms,
         "sender_behind_ms_by": dict(sent.behind_ms_by),
         "max_lag": max((lag for _, lag in run.lag), default=0),
+        "lag_slope_per_s": lag_slope(run.lag, started + send_window / 2, started + send_window),
+        "p50_decision_ms_last_10s": round(percentile(
+            [ms for s, v in latency_by_second.items() if s >= send_window - 10 for ms in v], 0.5), 1),
         **channels,
         "series": {
             "second": sorted(set(sent.per_second) | set(decided_per_second)),
