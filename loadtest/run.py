@@ -463,7 +463,7 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
     summary = report.summary()
     started = sent.started_epoch_ms / 1000
     send_window = run.schedule.duration_s
-    # Achieved: decided orders over the time until the last decision (at least the send window).
+    # Achieved orders/s and events/s: over the time until the last decision (at least the send window).
     last_decision_s = (max(decisions.values()) / 1000 - started) if decisions else send_window
     active_s = max(last_decision_s, send_window)
     total_records, active_records = count_records(settings, sent.started_epoch_ms, int((started + active_s) * 1000))
@@ -473,7 +473,7 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
         "orders_decided": len(decisions) + unseen,
         "decisions_unseen_live": unseen,
         "offered_orders_per_s": round(len(sent.orders) / send_window, 1),
-        "achieved_orders_per_s": round((len(decisions) + unseen) / max(last_decision_s, send_window), 1),
+        "achieved_orders_per_s": round((len(decisions) + unseen) / active_s, 1),
         "events": total_records,
         # Over the time orders were taken, as achieved orders/s: the drain after it (payment timeouts
         # still to fire) is the pipeline waiting, not working.
