@@ -47,7 +47,7 @@ def kafka_bootstrap(services_home: Path) -> Iterator[str]:
     try:
         yield settings.bootstrap
     finally:
-        kafka.down()
+        stop_broker(kafka)  # a client some test left to the collector would reconnect while it stops
 
 
 @pytest.fixture(scope="session")
