@@ -52,6 +52,7 @@ from streams.contract.topics import (
 from streams.engine.loop import engine_group
 from streams.engine.producer import EventProducer
 from streams.engine.topicreader import read_all
+from streams.gcpolicy import pace_for_batches
 from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
@@ -297,6 +298,10 @@ class LoadRun:
     def send(self) -> None:
         kafka = [e for e in self.schedule.events if not e.via_intake]
         intake = [e for e in self.schedule.events if e.via_intake]
+        # The schedule is hundreds of thousands of objects that live until the end: a full collection
+        # scanning them held the GIL for 100-400 ms, and senders and watcher alike stood still (sends
+        # late, arrivals stamped late, both counted as the pipeline's latency). Frozen, nothing scans them.
+        pace_for_batches()
         watcher = threading.Thread(target=self._watch_lag, daemon=True)
         watcher.start()
         self.arrivals.start()
