@@ -469,6 +469,14 @@ REQUIRED_KEYS = (
     "p50_decision_ms", "p99_decision_ms", "p999_decision_ms", "p50_stock_refresh_ms", "p99_stock_refresh_ms",
     "p999_stock_refresh_ms", "oversold_units", "lost_orders", "double_holds", "bad_inputs_sent", "bad_inputs_refused",
 )  # fmt: skip
+# What every run's table shows: the required figures, then the pipeline's own.
+PIPELINE_KEYS = (
+    *REQUIRED_KEYS, "hold_agent_events_per_s", "orders_sent", "orders_decided", "events_per_order", "drained",
+    "drain_s", "max_lag", "lag_slope_per_s", "p50_decision_ms_last_10s", "skus_drifted", "intake_errors",
+    "sender_behind_ms", "changelog_records_per_order", "engine_events_per_batch", "engine_local_share",
+    "engine_cpu_us_per_order", "refunds_sent", "refunds_decided", "p50_refund_decision_ms", "p99_refund_decision_ms",
+    "refunds_paid_twice", "refunds_lost",
+)  # fmt: skip
 # With the marketplaces (the default): what reached them.
 CHANNEL_KEYS = (
     "channel_pushes", "channel_push_calls", "channel_figures_per_call", "channel_push_calls_per_s_by_channel",
@@ -506,11 +514,6 @@ def process_table(figures: dict[str, Any]) -> Table:
 
 def summary_table(figures: dict[str, Any]) -> Table:
     table = Table("figure", "value", title=f"stockflow bench: {figures['profile']}, {figures['workers']} worker(s)")
-    for key in (*REQUIRED_KEYS, "hold_agent_events_per_s", "orders_sent", "orders_decided", "events_per_order",
-                "drained", "drain_s", "max_lag", "skus_drifted", "intake_errors", "sender_behind_ms",
-                "changelog_records_per_order", "engine_events_per_batch", "engine_local_share",
-                "engine_cpu_us_per_order", "refunds_sent", "refunds_decided", "p50_refund_decision_ms",
-                "p99_refund_decision_ms", "refunds_paid_twice", "refunds_lost",
-                *(k for k in (*CHANNEL_KEYS, *CHANGE_KEYS) if k in figures)):  # fmt: skip
+    for key in (*PIPELINE_KEYS, *(k for k in (*CHANNEL_KEYS, *CHANGE_KEYS) if k in figures)):
         table.add_row(key, f"{figures[key]:,}" if isinstance(figures[key], (int, float)) else str(figures[key]))
     return table

@@ -354,12 +354,12 @@ def percentile(values: list[float], q: float) -> float:
 MIN_LAG_SAMPLES = 3  # a line through fewer says nothing about a trend
 
 
-def lag_slope(samples: list[tuple[float, int]], from_s: float, to_s: float) -> float:
+def lag_slope(samples: list[tuple[float, int]], from_s: float, to_s: float) -> float | None:
     """Records of backlog gained per second over [from_s, to_s] (least squares): ~0 when the lag is flat,
-    the shortfall in events/s when the worker falls behind."""
+    the shortfall in events/s when the worker falls behind; None when too few samples fell in it."""
     window = [(t, lag) for t, lag in samples if from_s <= t <= to_s]
     if len(window) < MIN_LAG_SAMPLES:
-        return 0.0
+        return None
     return round(statistics.linear_regression([t for t, _ in window], [lag for _, lag in window]).slope, 1)
 
 

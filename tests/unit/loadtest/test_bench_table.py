@@ -6,15 +6,8 @@ from typing import Any
 
 from rich.console import Console
 
-from loadtest.bench import CHANNEL_KEYS, MARKETPLACES, REQUIRED_KEYS, summary_table
+from loadtest.bench import CHANNEL_KEYS, MARKETPLACES, PIPELINE_KEYS, summary_table
 from loadtest.market import BENCH_QPS
-
-PIPELINE_KEYS = (
-    *REQUIRED_KEYS, "hold_agent_events_per_s", "orders_sent", "orders_decided", "events_per_order", "drained",
-    "drain_s", "max_lag", "skus_drifted", "intake_errors", "sender_behind_ms", "changelog_records_per_order",
-    "engine_events_per_batch", "engine_local_share", "engine_cpu_us_per_order", "refunds_sent", "refunds_decided",
-    "p50_refund_decision_ms", "p99_refund_decision_ms", "refunds_paid_twice", "refunds_lost",
-)  # fmt: skip
 
 
 def rendered(figures: dict[str, Any]) -> str:
