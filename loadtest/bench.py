@@ -34,7 +34,7 @@ from agents.channels.platforms import Credentials
 from agents.intake.secrets import write_secrets
 from loadtest import events as ev
 from loadtest import scaling
-from loadtest.baseline import plain_loop_events_per_s
+from loadtest.baseline import clean_plain_loop_events_per_s
 from loadtest.capacity import predict
 from loadtest.generator import Schedule, build_schedule, describe, hot_sku_name
 from loadtest.market import BENCH_QPS, Marketplaces
@@ -224,7 +224,7 @@ def run_bench(  # noqa: PLR0913 - the bench command's options, passed on
         processes.stop()
     size = 220  # bytes: an encoded order event with two lines, the run's typical message
     with console.status("baseline: plain consume -> produce loop on the same broker..."):
-        baseline = plain_loop_events_per_s(s, min(figures["events"], 400_000), size)
+        baseline = clean_plain_loop_events_per_s(s, min(figures["events"], 400_000), size)
     hold = 0.0
     if hold_commands:
         with console.status(f"hold agent alone: {hold_commands:,} commands..."):

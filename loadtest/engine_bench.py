@@ -19,7 +19,7 @@ from agents.inventory.buckets import MIN_BUCKETS
 from agents.inventory.hold_stock import HoldStock
 from agents.orders.hot_skus import HotSkus
 from loadtest import events as ev
-from loadtest.baseline import plain_loop_events_per_s
+from loadtest.baseline import clean_plain_loop_events_per_s
 from loadtest.stack import isolated
 from streams.contract.codec import default_codec
 from streams.contract.keys import order_key
@@ -121,7 +121,7 @@ def run(settings: Settings, commands: int, skus: int, guarantees: tuple[str, ...
         size = fill(s, commands, skus)
         results[guarantee] = engine_events_per_s(s, commands)
     _, s = isolated(settings, "bench-baseline")
-    baseline = plain_loop_events_per_s(s, commands, size)
+    baseline = clean_plain_loop_events_per_s(s, commands, size)
     results["baseline_events_per_s"] = round(baseline)
     for guarantee in guarantees:
         results[guarantee]["baseline_ratio"] = round(results[guarantee]["events_per_s"] / baseline, 3)
