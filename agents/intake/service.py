@@ -149,6 +149,7 @@ class Intake:
         self.warehouses = tuple(load_warehouses(settings.warehouses_file))
         self.secrets = SecretsFile(settings.intake_secrets_file, settings.channels)
         self.producer = producer or EventProducer(settings)
+        self._owns_producer = producer is None
         self.clock = Clock()
         self.accepted: OrderedDict[str, _Accepted] = OrderedDict()
         self.inflight: dict[str, asyncio.Future[None]] = {}
@@ -245,6 +246,12 @@ class Intake:
     async def _cleanup(self, _: web.Application) -> None:
         self._stop.set()
         await asyncio.to_thread(self.producer.flush, 10.0)
+        if self._owns_producer:
+            # Its own client goes with it: left to the collector, it would keep reconnecting to a
+            # broker that went away, for as long as the process embedding the intake lives.
+            if self._poller.is_alive():
+                await asyncio.to_thread(self._poller.join, 1.0)
+            self.producer.close()
 
     async def health(self, _: web.Request) -> web.Response:
         signed = self.secrets.current().signed(self.channels)

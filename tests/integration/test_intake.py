@@ -23,6 +23,7 @@ from agents.intake.openapi import router_routes
 from agents.intake.secrets import write_secrets
 from agents.intake.service import Intake
 from streams.contract.topics import ORDER_EVENTS, REFUND_EVENTS, STOCK_ADJUSTMENTS, ensure_topics
+from streams.engine.producer import EventProducer
 from streams.engine.topicreader import read_all
 from streams.settings import Settings
 from tests.conftest import free_port
@@ -300,3 +301,20 @@ def test_the_openapi_document_is_served_and_matches_the_routes(make_settings, st
     assert served == router_routes(intake.runner.app)
     assert refused(intake.raw("/v1/channels/taobao-global/order", b"{}")) == (404, "unknown_channel")
     assert refused(intake.raw("/v1/wms/transfer", b"{}")) == (404, "unknown_event_kind")
+
+
+def test_a_stopped_intake_closes_its_own_client_and_leaves_a_given_one_open(make_settings) -> None:
+    settings = make_settings()
+    ensure_topics(settings)
+    intake = IntakeServer(settings, CREDS, WMS_TOKEN)
+    assert intake.raw("/v1/channels/taobao-global/order", b"{}").status_code == 404
+    intake.stop()
+    # Left open, its client would reconnect for as long as the embedding process lives.
+    with pytest.raises(RuntimeError, match="closed"):
+        intake.service.producer.poll(0)
+
+    given = EventProducer(make_settings())
+    server = AppServer(Intake(make_settings(), producer=given).app(), free_port())
+    server.stop()
+    assert given.poll(0) >= 0  # still the caller's to use, and to close
+    given.close()
