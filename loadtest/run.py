@@ -17,6 +17,7 @@ import time
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +52,7 @@ from streams.contract.topics import (
 )
 from streams.engine.loop import engine_group
 from streams.engine.producer import EventProducer
+from streams.engine.retry import Backoff, Retry, leader_moving
 from streams.engine.topicreader import read_all
 from streams.gcpolicy import pace_for_batches
 from streams.kafkaconf import confluent_config
@@ -366,14 +368,16 @@ def lag_slope(samples: list[tuple[float, int]], from_s: float, to_s: float) -> f
 def count_records(settings: Settings, from_ms: int, to_ms: int) -> tuple[int, int]:
     """Records in the contract topics: all of them, and those the broker stamped within [from_ms, to_ms)."""
     probe = Consumer({**confluent_config(settings), "group.id": f"{settings.app_id}-count"})
+    # A partition whose leader moves (or a topic just made) answers again in a moment.
+    ask = Retry("counting the run's records", leader_moving, deadline_s=60, backoff=Backoff(0.2, 2.0)).call
     try:
         total = within = 0
         for spec in ALL_TOPICS:
             parts = [TopicPartition(settings.topic(spec.name), p) for p in range(spec.partitions(settings))]
-            ends = [probe.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
+            ends = [ask(partial(probe.get_watermark_offsets, tp, timeout=10))[1] for tp in parts]
             total += sum(ends)
-            bounds = [probe.offsets_for_times([TopicPartition(tp.topic, tp.partition, at) for tp in parts], timeout=10)
-                      for at in (from_ms, to_ms)]  # fmt: skip
+            bounds = [ask(partial(probe.offsets_for_times, [TopicPartition(tp.topic, tp.partition, at) for tp in parts],
+                                  timeout=10)) for at in (from_ms, to_ms)]  # fmt: skip
             for end, first, last in zip(ends, *bounds, strict=True):
                 # -1: no record at or after that time, so the partition's end.
                 within += (last.offset if last.offset >= 0 else end) - (first.offset if first.offset >= 0 else end)
