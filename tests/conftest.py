@@ -8,7 +8,6 @@ other's events.
 
 from __future__ import annotations
 
-import gc
 import os
 import uuid
 from collections.abc import Callable, Generator, Iterator
@@ -95,9 +94,6 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Iterator[SettingsFact
         return Settings(**base)  # type: ignore[arg-type]
 
     yield factory
-    # A client the test left to the collector (a callback's reference cycle) would see its topics go
-    # and say so on the run's output: collected first, it is gone before they are.
-    gc.collect()
     delete_topics(kafka_bootstrap, (f"t{tag}.", f"sf-{tag}"))
 
 
