@@ -376,9 +376,11 @@ def count_records(settings: Settings, from_ms: int, to_ms: int) -> tuple[int, in
             parts = [TopicPartition(settings.topic(spec.name), p) for p in range(spec.partitions(settings))]
             ends = [ask(partial(probe.get_watermark_offsets, tp, timeout=10))[1] for tp in parts]
             total += sum(ends)
-            bounds = [ask(partial(probe.offsets_for_times, [TopicPartition(tp.topic, tp.partition, at) for tp in parts],
-                                  timeout=10)) for at in (from_ms, to_ms)]  # fmt: skip
-            for end, first, last in zip(ends, *bounds, strict=True):
+            # One request per bound: the partitions of a topic at one time each.
+            firsts, lasts = (ask(partial(probe.offsets_for_times, [TopicPartition(tp.topic, tp.partition, at)
+                                                                  for tp in parts], timeout=10))
+                             for at in (from_ms, to_ms))  # fmt: skip
+            for end, first, last in zip(ends, firsts, lasts, strict=True):
                 # -1: no record at or after that time, so the partition's end.
                 within += (last.offset if last.offset >= 0 else end) - (first.offset if first.offset >= 0 else end)
         return total, within
