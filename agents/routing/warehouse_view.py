@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 # Shipment outcomes remembered to drop a repeat: a redelivery comes soon after the original, and the
 # topic is read from the beginning on every start, so remembering all of them would grow with it.
 SEEN_OUTCOMES_MAX = 100_000
+# A plan stops counting this long after it was made even if no stock level has confirmed it (levels
+# arrive within a second or two; a follower stalled by a broker outage must not let the plans of a
+# hot SKU pile up, every decision walking all of them). Dropping one early only risks an allocation
+# the pool refuses, never an oversell.
+PLANS_KEPT_MS = 60_000
 
 
 @dataclass
@@ -82,7 +87,7 @@ class WarehouseView:
         skus = {ln.sku for ln in lines}
         free = {(wh, sku): self.free.get((wh, sku), 0) for wh in self.sites for sku in skus}
         for sku in skus:
-            for _, wh, qty in self.planned.get(sku, ()):
+            for _, wh, qty in self._current_plans(sku, now_ms):
                 free[(wh, sku)] = free.get((wh, sku), 0) - qty
         on_time = {wh: rate.rate() for wh, rate in self.rates.items()}
         decision = routing.route(self.sites, customer, lines, free, on_time, self.weights)
@@ -93,6 +98,12 @@ class WarehouseView:
             for n in nos:
                 self.planned.setdefault(by_no[n].sku, []).append((now_ms, wh, by_no[n].qty))
         return {"assignments": decision.assignments, "candidates": decision.candidates, "weights": decision.weights}
+
+    def _current_plans(self, sku: str, now_ms: int) -> list[tuple[int, str, int]]:
+        plans = self.planned.get(sku, [])
+        if plans and plans[0][0] < now_ms - PLANS_KEPT_MS:  # appended in time order: the oldest first
+            plans = self.planned[sku] = [p for p in plans if p[0] >= now_ms - PLANS_KEPT_MS]
+        return plans
 
 
 def register(app: faust.App, rt: Runtime) -> WarehouseView:
