@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -146,6 +147,34 @@ def engine_figures(stats: list[dict[str, float]], orders: int) -> dict[str, Any]
                                     / max(totals.get("events", 0) + totals.get("local_events", 0), 1), 3),
         "engine_cpu_us_per_order": round(1e6 * totals.get("cpu_s", 0) / per),
     }  # fmt: skip
+
+
+def engine_cycle_figures(samples: Mapping[str, list[scaling.Sample]], kinds: Mapping[str, str], from_ms: int,
+                         to_ms: int) -> dict[str, Any]:  # fmt: skip
+    """How the engines cycled over [from_ms, to_ms] (the bench takes the second half of the sends, as the
+    lag slope does): commits a second, events a commit, a commit's mean wall time, and the share of each
+    engine's wall time spent polling, applying and committing. Lifetime averages hide this: stocking up
+    and draining run many small commits, while under load a commit may carry thousands of events."""
+    names = [name for name, kind in kinds.items() if kind == "worker"]
+    seconds = (to_ms - from_ms) / 1000
+
+    def total(key: str) -> float | None:
+        deltas = [scaling.delta(samples.get(name, []), f"engine.{key}", from_ms, to_ms) for name in names]
+        known = [d for d in deltas if d is not None]
+        return sum(known) if known else None
+
+    commits, events, local = total("commits"), total("events"), total("local_events")
+    if not names or seconds <= 0 or commits is None or events is None:
+        return {"engine_commits_per_s": None, "engine_events_per_commit": None, "engine_commit_ms": None,
+                "engine_time_split": None}  # fmt: skip
+    wall_s = seconds * len(names)
+    split = {part: round((total(f"{part}_s") or 0.0) / wall_s, 3) for part in ("poll", "apply", "commit")}
+    return {
+        "engine_commits_per_s": round(commits / seconds, 1),
+        "engine_events_per_commit": round((events + (local or 0)) / max(commits, 1), 1),
+        "engine_commit_ms": round(1000 * (total("commit_s") or 0.0) / max(commits, 1), 1),
+        "engine_time_split": split,
+    }
 
 
 class RunProcesses:
@@ -332,11 +361,13 @@ def scaling_figures(sampler: scaling.Sampler, membership: MembershipChanges, run
     # after the last decision are orders' work too).
     decided_by_ms = max(max(decided.values(), default=0), start_ms + int(run.schedule.duration_s * 1000))
     figures = scaling.process_figures(sampler.samples, kinds, start_ms, end_ms, orders, decided_by_ms)
+    send_ms = int(run.schedule.duration_s * 1000)
+    cycles = engine_cycle_figures(sampler.samples, kinds, start_ms + send_ms // 2, start_ms + send_ms)
     cpu = figures["cpu_us_per_order"]
     model = predict(cpu, os.cpu_count() or 1, workers)
     out: dict[str, Any] = {
         "per_process": figures["processes"], "cpu_us_per_order_by_kind": cpu, "model": model.to_json(),
-        "broker_measured": "broker" in kinds,
+        "broker_measured": "broker" in kinds, **cycles,
         # The [measured] keys of loadtest/capacity.toml, from this run (the hot-SKU ceiling comes from a
         # run whose hot SKU saturates its partition: see docs/capacity.md).
         "capacity_constants": {
@@ -473,7 +504,8 @@ REQUIRED_KEYS = (
 PIPELINE_KEYS = (
     *REQUIRED_KEYS, "hold_agent_events_per_s", "orders_sent", "orders_decided", "events_per_order", "drained",
     "drain_s", "max_lag", "lag_slope_per_s", "p50_decision_ms_last_10s", "skus_drifted", "intake_errors",
-    "sender_behind_ms", "changelog_records_per_order", "engine_events_per_batch", "engine_local_share",
+    "sender_behind_ms", "changelog_records_per_order", "engine_events_per_batch", "engine_commits_per_s",
+    "engine_events_per_commit", "engine_commit_ms", "engine_time_split", "engine_local_share",
     "engine_cpu_us_per_order", "refunds_sent", "refunds_decided", "p50_refund_decision_ms", "p99_refund_decision_ms",
     "refunds_paid_twice", "refunds_lost",
 )  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.bench import engine_figures, hot_orders
+from loadtest.bench import engine_cycle_figures, engine_figures, hot_orders
 from loadtest.generator import build_schedule, hot_sku_name
 from loadtest.scaling import (
     Sample,
@@ -126,6 +126,24 @@ def test_engine_figures_sum_every_workers_last_stats() -> None:
     assert out["changelog_records_per_order"] == 0.4
     assert out["engine_events_per_batch"] == 10.0
     assert out["engine_cpu_us_per_order"] == 8_000
+
+
+def test_engine_cycles_are_read_over_the_window_not_the_workers_lifetime() -> None:
+    def engine(at_ms: int, commits: float, events: float, poll: float, apply: float, commit: float) -> Sample:
+        return Sample(at_ms, {"engine.commits": commits, "engine.events": events, "engine.local_events": events,
+                              "engine.poll_s": poll, "engine.apply_s": apply, "engine.commit_s": commit})  # fmt: skip
+
+    # Stocking up: 500 small commits in 10 s. Under load, from 10 s to 20 s: 20 commits of 1,000 events
+    # (500 read, 500 applied where they were written), 4 s of them committing.
+    samples = {"worker-0": [engine(0, 0, 0, 0, 0, 0), engine(10_000, 500, 500, 5, 2, 3),
+                            engine(20_000, 520, 10_500, 5.5, 7.5, 7)],
+               "sink": [Sample(0, {"cpu_s": 0.0}), Sample(20_000, {"cpu_s": 3.0})]}  # fmt: skip
+    kinds = {"worker-0": "worker", "sink": "sink"}
+    out = engine_cycle_figures(samples, kinds, 10_000, 20_000)
+    assert out == {"engine_commits_per_s": 2.0, "engine_events_per_commit": 1_000.0, "engine_commit_ms": 200.0,
+                   "engine_time_split": {"poll": 0.05, "apply": 0.55, "commit": 0.4}}  # fmt: skip
+    # No worker answered: nothing is made up.
+    assert engine_cycle_figures({}, {"worker-0": "worker"}, 10_000, 20_000)["engine_commits_per_s"] is None
 
 
 def test_the_hot_share_sends_that_share_of_orders_to_one_sku_alone() -> None:
