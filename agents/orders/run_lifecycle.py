@@ -63,6 +63,9 @@ STORE = "orders_by_id"
 # The store reads back OrderRecords, so a batch, the timers and the view all see the same type.
 ORDER_RECORDS = records_serde(OrderRecord.from_dict)
 STAGE = "agents.orders.run_lifecycle"
+# A paid order that finds the routing view still reading the warehouses' stock (a worker just started)
+# is routed again this soon, instead of being called unroutable and retried after route_retry_s.
+VIEW_WAIT_MS = 1_000
 
 
 def order_rules(s: Settings) -> OrderRules:
@@ -217,7 +220,9 @@ class RunLifecycle(Processor):
             returns = self.returns.count(rec.channel, rec.customer_id, now_ms)
             fx.health = flow.score_health(rec, returns, self.health, now_ms, self.returns.ready)
             fx.score_health = False
-        if fx.route and rec.state == "paid" and self.view is not None:
+        if fx.route and rec.state == "paid" and self.view is not None and not self.view.ready:
+            fx.extend(flow.on_route_deferred(rec, now_ms, VIEW_WAIT_MS))
+        elif fx.route and rec.state == "paid" and self.view is not None:
             lines = [Line(int(n), rec.lines[n]["sku"], rec.lines[n]["qty"]) for n in fx.route]
             decision = self.view.decide(rec.address, lines, now_ms)
             fx.extend(flow.on_route_decided(rec, decision, now_ms, self._rules))

@@ -47,7 +47,7 @@ class WarehouseView:
     free: dict[tuple[str, str], int] = field(default_factory=dict)  # (warehouse, sku) -> free units
     planned: dict[str, list[tuple[int, str, int]]] = field(default_factory=dict)  # sku -> (ms, wh, qty)
     seen_outcomes: dict[str, None] = field(default_factory=dict)  # insertion order: the oldest goes first
-    ready: bool = False
+    ready: bool = False  # read up to where the topics ended when it started; routing waits until then
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WarehouseView:
@@ -125,6 +125,7 @@ async def _follow(view: WarehouseView, settings: Settings, codec: Codec) -> None
             view.apply_outcome(record)
 
     def polled(caught_up: bool) -> None:
-        view.ready = True
+        if caught_up and not view.ready:
+            view.ready = True  # every warehouse's stock as it stood when the worker started: route now
 
     await follow(settings, codec, [STOCK_LEVELS.name, WAREHOUSE_PERFORMANCE.name], "warehouse-view", apply, polled)

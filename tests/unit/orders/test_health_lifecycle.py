@@ -31,6 +31,7 @@ def pipeline(returns: CustomerReturns | None = None) -> tuple[LocalRunner, Wareh
     processors = [RunLifecycle.from_settings(settings, view, returns), HoldStock.from_settings(settings, warehouses),
                   RunRefunds.from_settings(settings)]  # fmt: skip
     runner = LocalRunner(processors)
+    view.ready = True  # as in a worker whose view has read the warehouses' stock
     return runner, view, sorted(warehouses)[0]
 
 

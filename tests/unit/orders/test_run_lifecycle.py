@@ -11,7 +11,7 @@ from typing import Any
 from agents.inventory.hold_stock import STORE as POOL
 from agents.inventory.hold_stock import HoldStock, sku_key
 from agents.orders.run_lifecycle import STORE as ORDERS
-from agents.orders.run_lifecycle import RunLifecycle
+from agents.orders.run_lifecycle import VIEW_WAIT_MS, RunLifecycle
 from agents.routing.warehouse_view import WarehouseView
 from agents.routing.warehouses import load_warehouses
 from loadtest import events as ev
@@ -25,6 +25,7 @@ def pipeline(**overrides: Any) -> tuple[LocalRunner, WarehouseView]:
     view = WarehouseView.from_settings(settings)
     warehouses = frozenset(load_warehouses(settings.warehouses_file))
     runner = LocalRunner([RunLifecycle.from_settings(settings, view), HoldStock.from_settings(settings, warehouses)])
+    view.ready = True  # as in a worker whose view has read the warehouses' stock
     return runner, view
 
 
@@ -59,6 +60,29 @@ def test_an_order_is_reserved_paid_and_routed_in_process() -> None:
     dispatch = [o.record for o in out if o.event_type == "WarehouseDispatched"]
     assert [(d["warehouse_id"], d["action"]) for d in dispatch] == [(wh, "DISPATCH")]
     assert r.read(POOL, sku_key("SKU-1"), "SKU-1")["sold"] == 2
+
+
+def test_a_paid_order_waits_for_the_routing_view_to_finish_reading_instead_of_being_called_unroutable() -> None:
+    # A worker just started: the view has not read the warehouses' stock to its end yet. Routing now
+    # would find no warehouse with stock, raise an "unroutable" alert and try again only after
+    # route_retry_s (30 s); the order must instead be routed as soon as the view is ready.
+    r, view = pipeline()
+    wh = first_warehouse()
+    stock(r, view, "SKU-9", 5, wh)
+    view.ready = False
+    order(r, "OrderPlaced", ev.order_placed("tmall", "9", [ev.line(1, "SKU-9", 2)]))
+    out = order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "9"))
+    assert states(out) == ["paid"]
+    assert [o for o in out if o.event_type in ("RoutingDecided", "Alert", "WarehouseDispatched")] == []
+    out = r.advance(VIEW_WAIT_MS)  # still reading: asked again a moment later, quietly
+    assert states(out) == [] and [o for o in out if o.event_type in ("RoutingDecided", "Alert")] == []
+    view.ready = True
+    out = r.advance(VIEW_WAIT_MS)
+    assert states(out) == ["routed"]
+    assert [(o.record["warehouse_id"], o.record["action"]) for o in out if o.event_type == "WarehouseDispatched"] == [
+        (wh, "DISPATCH")
+    ]
+    assert [o for o in r.outputs if o.event_type == "Alert"] == []
 
 
 def test_cancel_after_routing_reaches_the_warehouse_and_a_shipment_still_takes_the_units() -> None:

@@ -24,6 +24,7 @@ def pipeline() -> tuple[LocalRunner, WarehouseView, str]:
     warehouses = frozenset(load_warehouses(settings.warehouses_file))
     runner = LocalRunner([RunLifecycle.from_settings(settings, view), HoldStock.from_settings(settings, warehouses),
                           RunRefunds.from_settings(settings)])  # fmt: skip
+    view.ready = True  # as in a worker whose view has read the warehouses' stock
     return runner, view, sorted(warehouses)[0]
 
 
