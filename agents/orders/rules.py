@@ -394,13 +394,12 @@ def unrouted_lines(rec: OrderRecord) -> list[str]:
     return [n for n in sorted(rec.lines, key=int) if n not in rec.allocated]
 
 
-def on_route_deferred(rec: OrderRecord, now_ms: int, wait_ms: int) -> Effects:
+def defer_routing(rec: OrderRecord, now_ms: int, wait_ms: int) -> None:
     """The routing view is still reading the warehouses' stock (a worker just started): try again in
     ``wait_ms``. Not an attempt and no alert: nothing is wrong with the order, and routing on a half-read
     view would call it unroutable (or send it to a far warehouse) and retry only after ``route_retry_ms``."""
     if rec.state == "paid":
         rec.routing = {**rec.routing, "retry_at_ms": now_ms + wait_ms}
-    return Effects()
 
 
 def on_route_decided(rec: OrderRecord, decision: dict[str, Any] | None, now_ms: int, rules: OrderRules) -> Effects:

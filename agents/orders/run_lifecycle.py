@@ -220,13 +220,14 @@ class RunLifecycle(Processor):
             returns = self.returns.count(rec.channel, rec.customer_id, now_ms)
             fx.health = flow.score_health(rec, returns, self.health, now_ms, self.returns.ready)
             fx.score_health = False
-        if fx.route and rec.state == "paid" and self.view is not None and not self.view.ready:
-            fx.extend(flow.on_route_deferred(rec, now_ms, VIEW_WAIT_MS))
-        elif fx.route and rec.state == "paid" and self.view is not None:
-            lines = [Line(int(n), rec.lines[n]["sku"], rec.lines[n]["qty"]) for n in fx.route]
-            decision = self.view.decide(rec.address, lines, now_ms)
-            fx.extend(flow.on_route_decided(rec, decision, now_ms, self._rules))
-            fx.hold_commands = flow.merge_commit_and_allocate(fx.hold_commands)
+        if fx.route and rec.state == "paid" and self.view is not None:
+            if not self.view.ready:
+                flow.defer_routing(rec, now_ms, VIEW_WAIT_MS)
+            else:
+                lines = [Line(int(n), rec.lines[n]["sku"], rec.lines[n]["qty"]) for n in fx.route]
+                decision = self.view.decide(rec.address, lines, now_ms)
+                fx.extend(flow.on_route_decided(rec, decision, now_ms, self._rules))
+                fx.hold_commands = flow.merge_commit_and_allocate(fx.hold_commands)
         fx.route = []
         fx.alerts.extend(flow.sla_alerts(rec, now_ms, self._rules))
         return fx
