@@ -233,7 +233,8 @@ class Settings(BaseSettings):
         default=10.0,
         gt=0,
         le=1000,
-        description="How long a stateful agent gathers events into one batch: latency against throughput.",
+        description="How long a stateful agent gathers events into each batch (all of it, unless "
+        "`STOCKFLOW_BATCH_MAX_EVENTS` come sooner): latency against transactions a second.",
     )
     batch_max_events: int = Field(default=5000, ge=1, description="Most events in one batch.")
     clock_control: bool = Field(

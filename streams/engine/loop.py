@@ -4,8 +4,10 @@ Modelled on Kafka Streams' exactly-once (v2) and quix-streams' checkpoints, on c
 
 - one consumer (read_committed, the ``range`` assignor so partition ``p`` of every input lands on
   the same worker) and one transactional producer per worker;
-- a batch is whatever the consumer has ready (up to ``STOCKFLOW_BATCH_MAX_EVENTS``, waiting at most
-  ``STOCKFLOW_BATCH_WINDOW_MS`` when nothing is); due timers and periodic flushes run in it too;
+- a batch is every event that arrives within ``STOCKFLOW_BATCH_WINDOW_MS`` of the loop asking for it
+  (fewer only when ``STOCKFLOW_BATCH_MAX_EVENTS`` come sooner): the window is waited out even when
+  events are already there, which spaces transactions out (taking what is there at once was measured:
+  more transactions, a worse tail); due timers and periodic flushes run in it too;
 - its outputs, its dead letters, one changelog record per changed key, and the input offsets
   (``send_offsets_to_transaction`` with the group metadata, so a worker that lost its partitions
   is fenced) commit atomically; only then are the changes written to the local RocksDB folders;
