@@ -292,10 +292,13 @@ def line_command(stock: SkuStock, rules: PoolRules, hold: LineHold | None, actio
                             now_ms + rules.tombstone_ttl_ms, now_ms)  # fmt: skip
             return Step(Answer(order_id, line_no, qty, action, "RELEASED", "no_open_hold"), {line_no: tomb})
         if action == "SHIP":
-            # Shipped units leave the warehouse whatever the order's state: never phantom stock.
+            # Shipped units leave the warehouse whatever the order's state: never phantom stock. The
+            # line is remembered as shipped for a while, so the same SHIP again deducts nothing.
             _deduct_shipped(stock, qty, warehouse_id)
             stock.touch(now_ms)
-            return Step(Answer(order_id, line_no, qty, action, "SHIPPED", "no_open_hold"))
+            shipped = LineHold(order_id, line_no, qty, "", False, SHIPPED, "no_open_hold",
+                               now_ms + rules.tombstone_ttl_ms, now_ms, warehouse_id)  # fmt: skip
+            return Step(Answer(order_id, line_no, qty, action, "SHIPPED", "no_open_hold"), {line_no: shipped})
         return Step(Answer(order_id, line_no, qty, action, "IGNORED", "no_hold"))
     if hold.status == target:
         return Step(Answer(order_id, line_no, hold.qty, action, OUTCOME_OF[target], hold.reason))
@@ -307,7 +310,9 @@ def line_command(stock: SkuStock, rules: PoolRules, hold: LineHold | None, actio
             stock.touch(now_ms)
             return Step(Answer(order_id, line_no, hold.qty, action, "SHIPPED", shipped.reason), {line_no: shipped})
         return Step(Answer(order_id, line_no, hold.qty, action, "IGNORED", f"hold_is_{hold.status}"))
-    if action == "SHIP" and not hold.presale:
+    if action == "SHIP":
+        # A presale line's units were kept out of what is available (``presale_reserved``) until now;
+        # once shipped they are off the shelf like any other.
         _deduct_shipped(stock, hold.qty, hold.warehouse_id or warehouse_id)
     after = replace(hold, status=target, reason=reason, updated_ms=now_ms,
                     expires_at_ms=0 if target == SOLD else now_ms + rules.tombstone_ttl_ms)  # fmt: skip

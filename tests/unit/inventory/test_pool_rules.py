@@ -229,14 +229,40 @@ def test_a_ship_after_release_or_expiry_still_deducts_on_hand(finish: str) -> No
 
 def test_a_ship_with_no_hold_deducts_on_hand_from_the_named_or_fullest_warehouse() -> None:
     """Changed on purpose: the old pool ignored a SHIP for a line it had no hold for; now the
-    shipped units are deducted (never phantom stock), and nothing is stored for the line."""
+    shipped units are deducted (never phantom stock)."""
     pool = stocked(5, "WH-SH")
     P.adjust(pool.stock, "RECEIPT", "WH-GZ", 8, 0)
     step = P.line_command(pool.stock, RULES, None, "SHIP", "o1", 1, 2, 1, "WH-SH")
-    assert step.answer == Answer("o1", 1, 2, "SHIP", "SHIPPED", "no_open_hold") and step.holds == {}
+    assert step.answer == Answer("o1", 1, 2, "SHIP", "SHIPPED", "no_open_hold")
     assert pool.stock.on_hand == {"WH-SH": 3, "WH-GZ": 8}
     pool.command("SHIP", "o2", 1, 3, now_ms=2)  # the WMS did not say where from: the fullest
     assert pool.stock.on_hand == {"WH-SH": 3, "WH-GZ": 5} and pool.stock.locked == 0
+
+
+def test_a_ship_with_no_hold_applied_twice_deducts_once() -> None:
+    """Changed on purpose: a SHIP for a line the pool no longer knew (its record gone after a cancel)
+    stored nothing, so the same SHIP again (a replay) took the units off a second time. It now leaves
+    a shipped record for the tombstone time, which the repeat finds; then that record goes too."""
+    pool = stocked(10, "WH-SH")
+    assert pool.command("SHIP", "o1", 1, 2, now_ms=1, warehouse_id="WH-SH").reason == "no_open_hold"
+    assert pool.command("SHIP", "o1", 1, 2, now_ms=2, warehouse_id="WH-SH").outcome == "SHIPPED"
+    assert pool.stock.on_hand == {"WH-SH": 8} and pool.stock.open_lines == 0
+    pool.due(1 + RULES.tombstone_ttl_ms)
+    assert pool.holds == {}
+
+
+def test_a_shipped_presale_line_leaves_the_shelf() -> None:
+    """Changed on purpose: shipping a paid presale line gave its units back to what is available
+    (``presale_reserved`` fell, on-hand did not), so regular orders could take units already gone."""
+    pool = stocked(10, "WH-SH")
+    P.adjust(pool.stock, "PRESALE_CAP", "", 10, 0)
+    pool.reserve("pre", 1, 4, presale=True)
+    pool.command("COMMIT", "pre", 1, 4, now_ms=1)
+    assert pool.stock.available() == 6
+    assert pool.command("SHIP", "pre", 1, 4, now_ms=2, warehouse_id="WH-SH").outcome == "SHIPPED"
+    assert pool.stock.on_hand == {"WH-SH": 6} and pool.stock.presale_reserved == 0 and pool.stock.available() == 6
+    assert pool.command("SHIP", "pre", 1, 4, now_ms=3, warehouse_id="WH-SH").outcome == "SHIPPED"
+    assert pool.stock.on_hand == {"WH-SH": 6}  # and only once
 
 
 def test_commands_for_a_line_in_the_wrong_state_are_ignored() -> None:
