@@ -216,8 +216,9 @@ class Settings(BaseSettings):
     order_retention_s: float = Field(
         default=30 * 86400.0,
         gt=0,
-        description="How long a finished order (delivered, rejected, cancelled, timed out) keeps its state after its "
-        "last change, for refunds and late WMS events; then it is purged, so stored orders stay bounded.",
+        description="How long a finished order (delivered, rejected, cancelled, timed out, or shipped with no delivery "
+        "reported) keeps its state after its last change, for late WMS and channel events; then it is purged, so "
+        "stored orders stay bounded.",
     )
     max_line_qty: int = Field(default=10_000, ge=1, description="Larger line quantities are refused (`invalid_qty`).")
     max_order_lines: int = Field(

@@ -36,6 +36,9 @@ from streams.contract.records import (
 )
 
 TERMINAL = ("delivered", "rejected", "cancelled", "payment_timeout")
+# States an order may rest in for good, whose record is purged after the retention time: the finished
+# ones, and shipped (not every channel reports delivery, and nothing else moves a shipped order).
+RESTING = (*TERMINAL, "shipped")
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "": ("placed",),
     "placed": ("reserved", "rejected", "cancelled"),
@@ -304,19 +307,7 @@ def on_hold_decided(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rule
     if decided["action"] == "ALLOCATE":
         return _on_allocated(rec, line_no, decided["outcome"], decided["reason"], now_ms, rules)
     if decided["action"] != "RESERVE":
-        outcome = decided["outcome"]
-        # Our own releases carry "order_<state>"; anything else is the pool taking a line back.
-        taken_back = outcome in ("RELEASED", "EXPIRED") and not decided["reason"].startswith("order_")
-        if taken_back and rec.state in ("reserved", "paid", "routed"):
-            # The pool took the line back on its own (hold expiry, VIP override): the order
-            # cannot be fulfilled as placed.
-            reason = decided["reason"] or outcome.lower()
-            new = "payment_timeout" if outcome == "EXPIRED" and not rec.paid else "cancelled"
-            if can_transition(rec.state, new):
-                _release_held(rec, fx, now_ms, rules, f"order_{new}")
-                _move(rec, fx, new, now_ms, reason)
-        if line_no in rec.lines and outcome != "IGNORED":
-            rec.line_status[line_no] = outcome
+        _on_line_changed(rec, fx, line_no, decided, now_ms, rules)
         return fx
     if line_no not in rec.lines or line_no in rec.answers:
         return fx  # unknown line or duplicate answer
@@ -348,6 +339,28 @@ def on_hold_decided(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rule
     if rec.paid:
         _pay(rec, fx, now_ms, rules)
     return fx
+
+
+def _on_line_changed(rec: OrderRecord, fx: Effects, line_no: str, decided: dict[str, Any], now_ms: int,
+                     rules: OrderRules) -> None:  # fmt: skip
+    """A line's hold moved on (released, expired, committed, shipped), by the order's command or not."""
+    outcome = decided["outcome"]
+    # Our own releases carry "order_<state>"; anything else is the pool taking a line back.
+    taken_back = outcome in ("RELEASED", "EXPIRED") and not decided["reason"].startswith("order_")
+    if taken_back and rec.state == "placed" and rec.answers.get(line_no, [""])[0] == "HELD":
+        # Taken back before the order's other lines answered: it can no longer be reserved as
+        # placed, and it says so when its last line answers (the rest are released then).
+        rec.answers[line_no] = ["REFUSED", decided["reason"] or outcome.lower()]
+    if taken_back and rec.state in ("reserved", "paid", "routed"):
+        # The pool took the line back on its own (hold expiry, VIP override): the order
+        # cannot be fulfilled as placed.
+        reason = decided["reason"] or outcome.lower()
+        new = "payment_timeout" if outcome == "EXPIRED" and not rec.paid else "cancelled"
+        if can_transition(rec.state, new):
+            _release_held(rec, fx, now_ms, rules, f"order_{new}")
+            _move(rec, fx, new, now_ms, reason)
+    if line_no in rec.lines and outcome != "IGNORED":
+        rec.line_status[line_no] = outcome
 
 
 def route_reserves(rec: OrderRecord, commands: list[HoldCommand], buckets_of: Callable[[str], int]) -> None:
@@ -618,7 +631,13 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
     """Shipped (per warehouse: a split order is shipped when its last warehouse ships) or delivered."""
     fx = Effects()
     target = "shipped" if event_type == "ShipmentDispatched" else "delivered"
-    if rec.state == target:
+    if rec.state == target or (target == "shipped" and rec.state == "delivered"):
+        return fx  # a duplicate, or the WMS's notice after the channel's delivery: shipped already
+    if target == "delivered" and rec.state in ("paid", "routed"):
+        # Delivered before the WMS reported the shipment: the units have left all the same.
+        fx = on_shipment(rec, {"warehouse_id": ""}, "ShipmentDispatched", now_ms, rules)
+        if rec.state == "shipped":
+            _move(rec, fx, target, now_ms)
         return fx
     if target == "shipped" and rec.state in ("cancelled", "payment_timeout", "rejected"):
         return _shipped_anyway(rec, event, now_ms, rules)

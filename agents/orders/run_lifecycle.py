@@ -166,7 +166,7 @@ class RunLifecycle(Processor):
 
     def _due(self, rec: OrderRecord) -> int:
         due = rec.next_deadline_ms(self._rules)
-        if rec.state in flow.TERMINAL:
+        if rec.state in flow.RESTING:
             purge = rec.stage_times.get(rec.state, 0) + self.retention_ms
             return min(due, purge) if due else purge
         return due
@@ -235,7 +235,7 @@ class RunLifecycle(Processor):
     def on_timer(self, ctx: Context, key: bytes) -> None:
         db = ctx.store(STORE)
         rec = self._load(db, key.decode())
-        finished_at = rec.stage_times.get(rec.state, 0) if rec.state in flow.TERMINAL else 0
+        finished_at = rec.stage_times.get(rec.state, 0) if rec.state in flow.RESTING else 0
         if finished_at and not rec.next_deadline_ms(self._rules) and finished_at + self.retention_ms <= ctx.now_ms:
             db.delete(key)  # finished long enough ago: the order's record goes
             return

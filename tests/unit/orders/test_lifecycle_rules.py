@@ -74,3 +74,20 @@ def test_order_validation(change: dict, reason: str) -> None:
     refusal = flow.validate_placed({**order_of(("A", 1)), **change}, ORDER_RULES)
     assert refusal is not None and refusal.reason == reason and refusal.detail.startswith(f"{reason}: ")
     assert flow.validate_placed(order_of(("A", 1)), ORDER_RULES) is None
+
+
+def test_a_line_taken_back_before_the_other_lines_answered_rejects_the_order() -> None:
+    """Changed on purpose: a VIP override could release a held line of an order still waiting for its
+    other lines; the order then went on to "reserved" with that line's stale HELD, was paid, and had
+    nothing behind it. It is now rejected when its last line answers, and only the lines still held
+    are released."""
+    rec = flow.OrderRecord(order_id="jd:1")
+    flow.on_placed(rec, order_of(("A", 1), ("B", 2)), 0, ORDER_RULES)
+    flow.on_hold_decided(rec, {"line_no": 1, "action": "RESERVE", "outcome": "HELD", "reason": ""}, 1, ORDER_RULES)
+    taken = {"line_no": 1, "action": "RELEASE", "outcome": "RELEASED", "reason": "vip_override:ov1"}
+    assert flow.on_hold_decided(rec, taken, 2, ORDER_RULES).transitions == []
+    fx = flow.on_hold_decided(rec, {"line_no": 2, "action": "RESERVE", "outcome": "HELD", "reason": ""}, 3,
+                              ORDER_RULES)  # fmt: skip
+    assert rec.state == "rejected" and rec.reason == "vip_override:ov1"
+    assert fx.reservation is not None and fx.reservation.outcome == "REJECTED"
+    assert [(c["action"], c["line_no"]) for c in fx.hold_commands] == [("RELEASE", 2)]

@@ -122,3 +122,34 @@ def test_unpaid_orders_time_out_on_the_timer_and_finished_orders_are_purged() ->
     assert r.read(ORDERS, b"own:4") is not None
     r.advance(3_600_000)
     assert r.read(ORDERS, b"own:4") is None
+
+
+def test_a_delivery_heard_before_the_shipment_ships_the_order_and_the_shipment_then_changes_nothing() -> None:
+    """Changed on purpose: a delivery that came before the WMS's shipment notice was refused as an
+    illegal transition, the shipment then left the order in "shipped" for good, and the units were
+    only taken off the shelf by that late notice."""
+    r, view = pipeline()
+    wh = first_warehouse()
+    stock(r, view, "SKU-7", 5, wh)
+    order(r, "OrderPlaced", ev.order_placed("jd", "7", [ev.line(1, "SKU-7", 2)]))
+    assert states(order(r, "PaymentConfirmed", ev.payment_confirmed("jd", "7"))) == ["paid", "routed"]
+    assert states(order(r, "ShipmentDelivered", ev.shipment_delivered("jd", "7"))) == ["shipped", "delivered"]
+    sku = r.read(POOL, sku_key("SKU-7"), "SKU-7")
+    assert (sku["on_hand"][wh], sku["locked"]) == (3, 0)
+    assert states(order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "7", wh))) == []
+    assert r.read(POOL, sku_key("SKU-7"), "SKU-7")["on_hand"][wh] == 3 and not r.refusals
+
+
+def test_a_shipped_order_no_channel_reports_delivered_is_purged_after_the_retention_time() -> None:
+    """Changed on purpose: "shipped" had no timer, so every order whose channel never reports delivery
+    stayed in the store for good."""
+    r, view = pipeline(order_retention_s=3_600)
+    wh = first_warehouse()
+    stock(r, view, "SKU-8", 5, wh)
+    order(r, "OrderPlaced", ev.order_placed("jd", "8", [ev.line(1, "SKU-8", 1)]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("jd", "8"))
+    assert states(order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "8", wh))) == ["shipped"]
+    r.advance(3_000_000)
+    assert r.read(ORDERS, b"jd:8") is not None
+    r.advance(700_000)
+    assert r.read(ORDERS, b"jd:8") is None
