@@ -63,6 +63,7 @@ class SkuStock:
     paused: bool = False
     newest_change_ms: int = 0
     newest_source_ms: int = 0
+    touched_ms: int = 0  # the clock at the last change: the version moves on once per moment
     open_lines: int = 0  # open holds of this SKU: what a scan for VIP overrides can expect
     set_asides: int = 0  # open VIP set-asides: while 0, a RESERVE need not look for one
     # A hot SKU's stock buckets (``agents.inventory.buckets``): None on every other SKU, so a cold SKU's
@@ -115,7 +116,15 @@ class SkuStock:
         return found
 
     def touch(self, now_ms: int) -> None:
-        self.newest_change_ms = max(self.newest_change_ms, now_ms)
+        # The newest change is the version channels take a level by: they drop a figure whose version is
+        # not newer than the last one they took. On a clock behind the stored version (the partition
+        # moved to a worker whose clock is slower), each new moment still moves the version on by one,
+        # so two different figures never share one.
+        if now_ms > self.newest_change_ms:
+            self.newest_change_ms = now_ms
+        elif now_ms != self.touched_ms:
+            self.newest_change_ms += 1
+        self.touched_ms = now_ms
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> SkuStock:
