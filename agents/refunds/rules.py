@@ -37,6 +37,8 @@ from streams.contract.reasons import Reason, Refusal
 TERMINAL = ("completed", "rejected", "cancelled")
 STATES = ("requested", "reviewing", "awaiting_return", "received", "refunding", *TERMINAL)
 # Order states in which nothing has left a warehouse yet: a refund-only cancels the order.
+# A refund in these states pays, or has paid, its amount back: what the order has left to refund.
+APPROVED = ("awaiting_return", "received", "refunding", "completed")
 UNSHIPPED = ("placed", "reserved", "paid", "routed")
 # Order states that end without goods leaving: a refund-only has nothing to cancel and nothing to wait for.
 UNFULFILLED = ("rejected", "cancelled", "payment_timeout")
@@ -92,6 +94,10 @@ class OrderFacts:
     skus: Mapping[str, str] = field(default_factory=dict)  # line no -> SKU
     qtys: Mapping[str, int] = field(default_factory=dict)  # line no -> units ordered
     customer_id: str = ""  # the buyer's id on the channel
+    refunded_fen: int = 0  # what the order's other refunds, approved and not called off, pay back
+
+    def amount_left_fen(self) -> int:
+        return self.amount_fen - self.refunded_fen
 
     @property
     def unshipped(self) -> bool:
@@ -176,6 +182,8 @@ def auto_approval(kind: str, amount_fen: int, requested_at_ms: int, facts: Order
         return Approval(False, "order_unknown")
     if amount_fen > facts.amount_fen:
         return Approval(False, "amount_above_order")
+    if amount_fen > facts.amount_left_fen():
+        return Approval(False, "amount_above_order_left")  # other refunds of the order pay back the rest
     if kind == REFUND_ONLY and (facts.unshipped or facts.state in UNFULFILLED):
         if rules.auto_approve_unshipped_refund_only:
             return Approval(True, "refund_only_unshipped" if facts.unshipped else f"order_{facts.state}")
@@ -287,6 +295,12 @@ def on_reviewed(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, 
         if rec.state and (rec.state == "rejected") != approved:
             return fx  # the same decision again, or an approval of a refund approved automatically
         return _illegal(fx, rec, "a review")
+    if approved and facts.known and rec.amount_fen > facts.amount_left_fen():
+        # Customer service cannot pay an order back twice under two refund ids either.
+        fx.refusal = Refusal(Reason.REFUNDS_ABOVE_ORDER,
+                             f"refund {rec.refund_id} of {rec.amount_fen} fen: order {rec.order_id} paid "
+                             f"{facts.amount_fen}, its other refunds pay back {facts.refunded_fen}")  # fmt: skip
+        return fx
     if approved:
         _approve(rec, fx, facts, str(event.get("reviewer") or "customer_service"), "approved", now_ms)
     else:

@@ -11,7 +11,9 @@ original payment path), ``stock.returns`` (resellable returned units, keyed by S
 ``refund.order-cancels`` (a refund-only approved before shipment cancels its order), alerts (SOP
 breaches, reconciliation) and dead letters (events a refund's state does not allow).
 Owns: store ``refunds_by_id`` (changelog ``<app>.refunds_by_id.changelog``): one ``RefundRecord``
-per refund. Timers: each refund's next SOP limit and, once it is finished, its purge after
+per refund; store ``approved_refunds_by_order``: per order, its approved refunds' amounts (what it has
+left to pay back, so one order is never refunded twice under two refund ids), each kept until its
+refund is purged. Timers: each refund's next SOP limit and, once it is finished, its purge after
 ``STOCKFLOW_REFUND_RETENTION_S``.
 
 The rules are ``agents.refunds.rules``. The engine commits a batch's outputs, the changed refunds and
@@ -47,6 +49,7 @@ from streams.resources import packaged
 from streams.settings import Settings
 
 STORE = "refunds_by_id"
+APPROVED_BY_ORDER = "approved_refunds_by_order"
 REFUND_RECORDS = records_serde(RefundRecord.from_dict)
 
 
@@ -57,14 +60,14 @@ def refund_rules(settings: Settings) -> RefundRules:
                                   settle_ms=int(settings.refund_settle_s * 1000))  # fmt: skip
 
 
-def order_facts(order: OrderRecord | None) -> OrderFacts:
+def order_facts(order: OrderRecord | None, refunded_fen: int = 0) -> OrderFacts:
     if order is None or not order.state:
         return OrderFacts()
     return OrderFacts(
         known=True, state=order.state, delivered_at_ms=order.stage_times.get("delivered", 0),
         amount_fen=order.amount_fen, custom=order.custom, customer_id=order.customer_id,
         skus={n: str(line["sku"]) for n, line in order.lines.items()},
-        qtys={n: int(line["qty"]) for n, line in order.lines.items()},
+        qtys={n: int(line["qty"]) for n, line in order.lines.items()}, refunded_fen=refunded_fen,
     )  # fmt: skip
 
 
@@ -78,7 +81,7 @@ class RunRefunds(Processor):
         return cls(
             name="run_refunds",
             inputs=(REFUND_EVENTS, REFUND_ISSUED),
-            stores=(StoreSpec(STORE, REFUND_RECORDS),),
+            stores=(StoreSpec(STORE, REFUND_RECORDS), StoreSpec(APPROVED_BY_ORDER)),
             reads=(StoreSpec(ORDER_STORE, ORDER_RECORDS),),
             timer_store=STORE,
             rules=refund_rules(settings),
@@ -123,7 +126,7 @@ class RunRefunds(Processor):
         stages_before = set(rec.stage_times)
         if event_type == "RefundRequested":
             order_id = order_key(record["channel"], record["channel_order_id"])
-            fx = flow.on_requested(rec, record, order_id, self._facts(ctx, order_id), rules, now)
+            fx = flow.on_requested(rec, record, order_id, self._facts(ctx, order_id, refund_id), rules, now)
         elif not rec.state:
             ctx.refuse(Reason.UNKNOWN_REFUND, f"{event_type} for refund {refund_id}, which was never requested")
             if event_type == "RefundSettled":  # money moved that stockflow knows nothing of: say so
@@ -143,14 +146,15 @@ class RunRefunds(Processor):
             fx.transitions.append((rec.state, rec.state, ",".join(new_stages)))
         self._publish(ctx, rec, fx)
         self._store(ctx, db, rec)
+        self._note_approved(ctx, rec, rec.state in flow.APPROVED)
 
     def _apply(self, ctx: Context, rec: RefundRecord, event_type: str, record: dict[str, Any]) -> RefundEffects:
         """An event for a refund already requested."""
         now = ctx.now_ms
         if event_type == "RefundReviewed":
-            return flow.on_reviewed(rec, record, self._facts(ctx, rec.order_id), self._rules, now)
+            return flow.on_reviewed(rec, record, self._facts(ctx, rec.order_id, rec.refund_id), self._rules, now)
         if event_type == "ReturnShipped":
-            return flow.on_return_shipped(rec, record, self._facts(ctx, rec.order_id), self._rules, now)
+            return flow.on_return_shipped(rec, record, self._facts(ctx, rec.order_id, rec.refund_id), self._rules, now)
         if event_type == "ReturnReceived":
             return flow.on_return_received(rec, record, now)
         if event_type == "RefundIssued":
@@ -159,9 +163,27 @@ class RunRefunds(Processor):
             return flow.on_settled(rec, record, now)
         return flow.on_cancelled(rec, record, now)
 
-    def _facts(self, ctx: Context, order_id: str) -> OrderFacts:
+    def _facts(self, ctx: Context, order_id: str, refund_id: str) -> OrderFacts:
         order: OrderRecord | None = ctx.read_store(ORDER_STORE).get(order_id.encode())
-        return order_facts(order)
+        approved: dict[str, int] = ctx.store(APPROVED_BY_ORDER).get(order_id.encode()) or {}
+        return order_facts(order, sum(fen for other, fen in approved.items() if other != refund_id))
+
+    def _note_approved(self, ctx: Context, rec: RefundRecord, approved: bool) -> None:
+        """Keep the order's approved refunds up to date with this one."""
+        db = ctx.store(APPROVED_BY_ORDER)
+        key = rec.order_id.encode()
+        entry: dict[str, int] = db.get(key) or {}
+        if approved == (entry.get(rec.refund_id) == rec.amount_fen):
+            return
+        entry = dict(entry)
+        if approved:
+            entry[rec.refund_id] = rec.amount_fen
+        else:
+            entry.pop(rec.refund_id, None)
+        if entry:
+            db.set(key, entry)
+        else:
+            db.delete(key)
 
     def on_timer(self, ctx: Context, key: bytes) -> None:
         db: StoreTransaction[RefundRecord] = ctx.store(STORE)
@@ -171,7 +193,8 @@ class RunRefunds(Processor):
         finished_at = rec.stage_times.get(rec.state, 0) if rec.state in flow.TERMINAL else 0
         expired = finished_at and finished_at + self.retention_ms <= ctx.now_ms
         if expired and not flow.next_deadline_ms(rec, self._rules):
-            db.delete(key)  # finished long enough ago: the refund's record goes
+            db.delete(key)  # finished long enough ago: the refund's record goes, and its part of the order's
+            self._note_approved(ctx, rec, False)
             return
         fx = RefundEffects(alerts=flow.check_limits(rec, ctx.now_ms, self._rules))
         self._publish(ctx, rec, fx)

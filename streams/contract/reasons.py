@@ -43,6 +43,7 @@ class Reason(enum.StrEnum):
     NOT_DISPATCHED = "not_dispatched"
     PRECONDITION_MISSING = "precondition_missing"
     UNKNOWN_REFUND = "unknown_refund"
+    REFUNDS_ABOVE_ORDER = "refunds_above_order"
     # ---- invalid orders: the intake (HTTP 4xx) and the order agent (dead letters) ----------------
     UNKNOWN_CHANNEL = "unknown_channel"
     MISSING_FIELD = "missing_field"
@@ -131,6 +132,9 @@ DESCRIPTIONS: dict[Reason, str] = {
     ),
     Reason.NOT_DISPATCHED: "a WMS acknowledgement for an order not pushed to a warehouse yet",
     Reason.UNKNOWN_REFUND: "a review, return, settlement or cancel for a refund that was never requested",
+    Reason.REFUNDS_ABOVE_ORDER: (
+        "a refund approval that would take what the order's approved refunds pay back past what was paid for it"
+    ),
     Reason.PRECONDITION_MISSING: (
         "a refund review before the channel's precondition is met (Kuaishou: the return tracking number)"
     ),

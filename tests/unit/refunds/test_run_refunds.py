@@ -7,8 +7,8 @@ from typing import Any
 from agents.inventory.hold_stock import STORE as POOL
 from agents.inventory.hold_stock import HoldStock, sku_key
 from agents.orders.run_lifecycle import RunLifecycle
+from agents.refunds.run_refunds import APPROVED_BY_ORDER, RunRefunds
 from agents.refunds.run_refunds import STORE as REFUNDS
-from agents.refunds.run_refunds import RunRefunds
 from agents.routing.warehouse_view import WarehouseView
 from agents.routing.warehouses import load_warehouses
 from loadtest import events as ev
@@ -128,3 +128,53 @@ def test_the_respond_limit_fires_on_the_pipeline_clock_and_clears() -> None:
     assert not of(r.advance(60_000), "Alert")
     out = refund(r, "RefundReviewed", ev.refund_reviewed("tmall", "5", "r5", True))
     assert [(a["kind"], a["cleared"]) for a in of(out, "Alert")] == [("refund_sop_breach", True)]
+
+
+def test_one_order_is_not_paid_back_twice_under_two_refund_ids() -> None:
+    """Changed on purpose: each request was checked against the order's amount alone, so a second
+    refund id for an order already paid back in full was approved too (automatically, or by customer
+    service) and the marketplace paid twice. What the order's approved refunds pay back now counts;
+    a refund called off gives its part back."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "jd", "5", "SKU-R5")
+    out = refund(r, "RefundRequested", ev.refund_requested("jd", "5", "r5a", 9_900, event_time_ms=r.now_ms))
+    assert of(out, "RefundInstruction")
+    out = refund(r, "RefundRequested", ev.refund_requested("jd", "5", "r5b", 9_900, event_time_ms=r.now_ms))
+    assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1] == (
+        "reviewing", "amount_above_order_left")  # fmt: skip
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("jd", "5", "r5b", True))
+    assert not of(out, "RefundInstruction") and r.refusals[-1].reason is Reason.REFUNDS_ABOVE_ORDER
+    assert r.read(REFUNDS, b"jd:r5b", "jd:5").state == "reviewing"
+
+
+def test_a_second_refund_only_after_the_first_cancelled_the_order_is_not_approved() -> None:
+    r, view, wh = pipeline()
+    stock(r, view, "SKU-R6", 5, wh)
+    order(r, "OrderPlaced", ev.order_placed("tmall", "6", [ev.line(1, "SKU-R6", 2)]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "6"))
+    out = refund(r, "RefundRequested", ev.refund_requested("tmall", "6", "r6a", 19_800, kind="REFUND_ONLY"))
+    assert of(out, "RefundInstruction")
+    out = refund(r, "RefundRequested", ev.refund_requested("tmall", "6", "r6b", 19_800, kind="REFUND_ONLY"))
+    assert not of(out, "RefundInstruction")
+    assert [s["state"] for s in of(out, "RefundStateChanged")][-1] == "reviewing"
+    out = refund(r, "RefundRequested", ev.refund_requested("tmall", "6", "r6c", 1, kind="REFUND_ONLY"))
+    assert not of(out, "RefundInstruction")  # not a fen more than was paid
+
+
+def test_a_refund_called_off_gives_its_part_of_the_order_back() -> None:
+    r, view, wh = pipeline()
+    stock(r, view, "SKU-R7", 5, wh)
+    line = ev.line(1, "SKU-R7", 1)
+    line["custom"] = True  # customer service decides, and the goods must come back first
+    order(r, "OrderPlaced", ev.order_placed("pdd", "7", [line]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("pdd", "7"))
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("pdd", "7", wh))
+    order(r, "ShipmentDelivered", ev.shipment_delivered("pdd", "7"))
+    refund(r, "RefundRequested", ev.refund_requested("pdd", "7", "r7a", 9_900, event_time_ms=r.now_ms))
+    refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "7", "r7a", True))
+    assert r.read(APPROVED_BY_ORDER, b"pdd:7", "pdd:7") == {"pdd:r7a": 9_900}
+    refund(r, "RefundCancelled", ev.refund_cancelled("pdd", "7", "r7a"))
+    assert r.read(APPROVED_BY_ORDER, b"pdd:7", "pdd:7") is None
+    refund(r, "RefundRequested", ev.refund_requested("pdd", "7", "r7b", 9_900, event_time_ms=r.now_ms))
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "7", "r7b", True))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["awaiting_return"]
