@@ -140,6 +140,9 @@ class Batch:
     shown: list[Push] = field(default_factory=list)
 
 
+UNKNOWN_QUANTITY = -1  # what a channel shows when a figure after its last accepted one failed: no figure equals it
+
+
 class PushQueue:
     """One channel's stock pushes: the newest figure per SKU, sent oldest change first, one call per SKU at a time.
 
@@ -251,8 +254,14 @@ class PushQueue:
             self._accepted.pop(push.sku, None)
 
     def release(self, push: Push) -> None:
-        """``push``'s call failed for good or was abandoned: the SKU may be sent again; what it shows is unchanged."""
+        """``push``'s call failed for good or was abandoned: the SKU may be sent again. The channel still shows
+        what it did, but a failed figure waits in the failed queue for ``stockflow connectors replay``, which
+        would set it over any newer one not sent because the channel "already showed" it: the SKU's next
+        figure is sent whatever it is, so the replayed one then finds a newer version there."""
         self._in_flight.pop(push.sku, None)
+        accepted = self._accepted.get(push.sku)
+        if accepted is not None:
+            self._accepted[push.sku] = (UNKNOWN_QUANTITY, accepted[1])
 
     def drain(self) -> list[Push]:
         """Everything waiting (at a stop: their records are left uncommitted and read again)."""

@@ -20,7 +20,9 @@ channel within a second unless the channel's rate limit is the bottleneck.
 Per figure of a call: applied, or stale (a newer version is there), is done; a figure the answer has
 no result for, and every figure of a call that failed for good (a rejected key, a refused request,
 retries spent), goes to ``connector.failed.<channel>`` as a ``stock`` request of its own (its one-SKU
-body, idempotency key ``SKU@version``), which ``stockflow connectors replay`` sends again.
+body, idempotency key ``SKU@version``), which ``stockflow connectors replay`` sends again. After a figure
+failed, the SKU's next figure is sent even when the channel already shows it: it carries a newer version
+than the parked one, so a replay can never set the parked figure over it.
 
 The version. Every push carries the level's ``newest_change_ms`` as its version and ``SKU@version`` as
 its idempotency key. It is the event time of the newest change the level includes, kept per SKU as a

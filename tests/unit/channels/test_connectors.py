@@ -176,7 +176,10 @@ def test_a_figure_a_call_in_flight_lands_needs_no_call_of_its_own() -> None:
     assert not queue.offer("A", 9, 1300, ticket(5), "s", 0)  # and 9 is what it shows
 
 
-def test_a_failed_call_frees_its_sku_and_leaves_what_the_channel_shows() -> None:
+def test_a_figure_after_a_failed_one_is_sent_even_when_the_channel_shows_it() -> None:
+    """Changed on purpose: the channel still showed 10 after the 9 failed, so the next 10 was not sent; the
+    9 waited in the failed queue with a newer version than the 10 the platform held, and replaying it set
+    9 over the newer truth. The next figure now goes, and the replayed 9 finds a newer version there."""
     queue = PushQueue(window_ms=0)
     queue.offer("A", 10, 1000, ticket(1), "s", 0)
     queue.settle(take(queue, 0), accepted=True)  # type: ignore[arg-type]
@@ -185,7 +188,19 @@ def test_a_failed_call_frees_its_sku_and_leaves_what_the_channel_shows() -> None
     assert queue.offer("A", 10, 1200, ticket(3), "s", 0)
     queue.release(failed)  # type: ignore[arg-type]
     batch = queue.take_batch(0, 20)
-    assert batch.send == [] and [p.quantity for p in batch.shown] == [10]  # it still shows 10: nothing to send
+    assert [(p.quantity, p.version) for p in batch.send] == [(10, 1200)] and batch.shown == []
+    queue.settle(batch.send[0], accepted=True)
+    assert not queue.offer("A", 10, 1300, ticket(4), "s", 0)  # accepted again: 10 is what it shows
+
+
+def test_a_failed_call_with_nothing_newer_behind_it_frees_its_sku() -> None:
+    queue = PushQueue(window_ms=0)
+    queue.offer("A", 10, 1000, ticket(1), "s", 0)
+    queue.settle(take(queue, 0), accepted=True)  # type: ignore[arg-type]
+    queue.offer("A", 9, 1100, ticket(2), "s", 0)
+    queue.release(take(queue, 0))  # type: ignore[arg-type]
+    assert queue.offer("A", 9, 1150, ticket(3), "s", 0)
+    assert [p.quantity for p in queue.take_batch(0, 20).send] == [9]
 
 
 # ---- batches, on a fake clock --------------------------------------------------------------------
