@@ -237,7 +237,8 @@ def _approve(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, by: str, w
 def _review(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, rules: RefundRules, now_ms: int) -> None:
     """A request ready for a decision: approved automatically, or handed to customer service."""
     channel = rules.for_channel(rec.channel)
-    if rec.kind == RETURN_AND_REFUND and channel.tracking_before_review and not rec.tracking_no:
+    here = rec.return_status in ("received", "inspected")
+    if rec.kind == RETURN_AND_REFUND and channel.tracking_before_review and not rec.tracking_no and not here:
         rec.waiting_for = "tracking_no"
         return
     rec.waiting_for = ""
@@ -315,7 +316,8 @@ def on_return_shipped(rec: RefundRecord, event: Mapping[str, Any], facts: OrderF
     if rec.kind != RETURN_AND_REFUND or rec.state in ("rejected", "cancelled"):
         return _illegal(fx, rec, "a return shipment")
     if rec.return_status in ("received", "inspected"):
-        return fx  # the goods are already here; the tracking callback came late
+        rec.tracking_no = rec.tracking_no or str(event["tracking_no"])
+        return fx  # the goods are already here (and the review started then); the tracking callback came late
     rec.tracking_no = str(event["tracking_no"])
     rec.return_status = "shipped"
     if rec.state == "requested" and rec.waiting_for == "tracking_no":
@@ -323,7 +325,8 @@ def on_return_shipped(rec: RefundRecord, event: Mapping[str, Any], facts: OrderF
     return fx
 
 
-def on_return_received(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> RefundEffects:
+def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, rules: RefundRules,
+                       now_ms: int) -> RefundEffects:  # fmt: skip
     fx = RefundEffects()
     if rec.kind != RETURN_AND_REFUND or rec.state in ("rejected", "cancelled", ""):
         return _illegal(fx, rec, "a return receipt")
@@ -336,6 +339,7 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], now_ms: int)
         if rec.state == "awaiting_return":
             _move(rec, fx, "received", now_ms)
     if not event.get("qc_done", True):
+        _review_once_here(rec, fx, facts, rules, now_ms)
         return fx
     rec.return_status, rec.resellable = "inspected", bool(event["resellable"])
     rec.stage_times.setdefault("inspected", now_ms)
@@ -344,7 +348,16 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], now_ms: int)
         fx.restock = [(n, rec.skus.get(n, ""), qty) for n, qty in sorted(rec.lines.items(), key=lambda kv: int(kv[0]))]
     if rec.state == "received":
         _start_refund(rec, fx, now_ms, "resellable" if rec.resellable else "not_resellable")
+    _review_once_here(rec, fx, facts, rules, now_ms)
     return fx
+
+
+def _review_once_here(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, rules: RefundRules,
+                      now_ms: int) -> None:  # fmt: skip
+    """A request waiting for the return's tracking number whose goods reached the warehouse first: the
+    number would only have shown they were on their way, so the review starts now."""
+    if rec.state == "requested" and rec.waiting_for == "tracking_no":
+        _review(rec, fx, facts, rules, now_ms)
 
 
 def on_issued(rec: RefundRecord, now_ms: int) -> RefundEffects:

@@ -156,7 +156,7 @@ class RunRefunds(Processor):
         if event_type == "ReturnShipped":
             return flow.on_return_shipped(rec, record, self._facts(ctx, rec.order_id, rec.refund_id), self._rules, now)
         if event_type == "ReturnReceived":
-            return flow.on_return_received(rec, record, now)
+            return flow.on_return_received(rec, record, self._facts(ctx, rec.order_id, rec.refund_id), self._rules, now)
         if event_type == "RefundIssued":
             return flow.on_issued(rec, now)
         if event_type == "RefundSettled":

@@ -30,6 +30,11 @@ def delivered(when_ms: int, amount_fen: int = 49_999, custom: bool = False) -> O
 DELIVERED = at(2026, 11, 1, 10, 0)
 
 
+def arrive(rec: RefundRecord, event: dict, now_ms: int) -> flow.RefundEffects:
+    """The warehouse reports the return (and its QC), for a refund of an order delivered at ``DELIVERED``."""
+    return flow.on_return_received(rec, event, delivered(DELIVERED), packaged_rules(), now_ms)
+
+
 @pytest.mark.parametrize(
     ("requested", "approved"),
     [
@@ -97,9 +102,9 @@ def test_auto_approved_return_pays_at_once_and_still_expects_the_goods() -> None
     fx = flow.on_requested(rec, request(), "tmall:o1", delivered(DELIVERED), packaged_rules(), DELIVERED + 5)
     assert [t[1] for t in fx.transitions] == ["requested", "refunding"]
     assert fx.instruct and rec.auto_approved and rec.approved_by == "auto"
-    fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), DELIVERED + 9)
+    fx = arrive(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), DELIVERED + 9)
     assert fx.restock == [("1", "SKU-1", 1)] and not fx.instruct  # back on hand; paid only once
-    again = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), DELIVERED + 10)
+    again = arrive(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), DELIVERED + 10)
     assert again.restock == []
 
 
@@ -112,10 +117,10 @@ def test_reviewed_return_pays_after_qc_and_not_resellable_is_not_stocked() -> No
     assert rec.state == "awaiting_return"
     flow.on_return_shipped(rec, dict(ev.return_shipped("tmall", "o1", "r1")), facts, rules, DELIVERED + 7)
     received = dict(ev.return_received("tmall", "o1", "r1", "WH-1", qc_done=False))
-    assert not flow.on_return_received(rec, received, DELIVERED + 8).instruct
+    assert not arrive(rec, received, DELIVERED + 8).instruct
     assert rec.state == "received"
     checked = dict(ev.return_received("tmall", "o1", "r1", "WH-1", resellable=False))
-    fx = flow.on_return_received(rec, checked, DELIVERED + 9)
+    fx = arrive(rec, checked, DELIVERED + 9)
     assert rec.state == "refunding" and fx.instruct and fx.restock == []
     flow.on_issued(rec, DELIVERED + 10)
     fx = flow.on_settled(rec, dict(ev.refund_settled("tmall", "o1", "r1", 100)), DELIVERED + 11)
@@ -139,6 +144,23 @@ def test_kuaishou_reviews_a_return_only_with_its_tracking_number() -> None:
     assert other.state == "reviewing"
 
 
+def test_a_kuaishou_return_that_arrives_before_its_tracking_number_is_reviewed_on_arrival() -> None:
+    """Changed on purpose: the receipt did not start the review, and the late tracking number was then
+    ignored ("goods already here"), so the refund sat in "requested" for good with its goods restocked,
+    no money paid, no timer and customer service refused."""
+    rec, rules = new("kuaishou"), packaged_rules()
+    facts = delivered(DELIVERED, amount_fen=80_000)
+    flow.on_requested(rec, request(channel="kuaishou"), "kuaishou:o1", facts, rules, DELIVERED + 5)
+    assert (rec.state, rec.waiting_for) == ("requested", "tracking_no")
+    fx = flow.on_return_received(rec, dict(ev.return_received("kuaishou", "o1", "r1", "WH-1")), facts, rules,
+                                 DELIVERED + 6)  # fmt: skip
+    assert (rec.state, rec.waiting_for) == ("reviewing", "") and fx.restock
+    flow.on_return_shipped(rec, dict(ev.return_shipped("kuaishou", "o1", "r1", "SF1")), facts, rules, DELIVERED + 7)
+    assert rec.tracking_no == "SF1" and rec.state == "reviewing"
+    fx = flow.on_reviewed(rec, dict(ev.refund_reviewed("kuaishou", "o1", "r1", True)), facts, rules, DELIVERED + 8)
+    assert fx.refusal is None and fx.instruct and rec.state == "refunding"
+
+
 def test_refund_only_before_shipment_cancels_the_order() -> None:
     rec = new()
     facts = OrderFacts(known=True, state="paid", amount_fen=5_000, skus={"1": "SKU-1"}, qtys={"1": 1})
@@ -159,7 +181,7 @@ def test_illegal_transitions_are_refused_and_change_nothing(state: str, event: s
     elif event == "settle":
         fx = flow.on_settled(rec, dict(ev.refund_settled("tmall", "o1", "r1", 100)), 1)
     elif event == "receive":
-        fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), 1)
+        fx = arrive(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), 1)
     else:
         fx = flow.on_issued(rec, 1)
     assert fx.refusal is not None and fx.refusal.reason is Reason.ILLEGAL_TRANSITION
@@ -193,7 +215,7 @@ def test_sop_limits_flag_once_and_clear_when_the_refund_moves_on() -> None:
     assert [(a.kind, a.cleared) for a in cleared] == [("refund_sop_breach", True)]
     # QC: 24 h from receipt.
     received_at = start + rules.respond_ms + 100
-    flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1", qc_done=False)), received_at)
+    arrive(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1", qc_done=False)), received_at)
     assert flow.next_deadline_ms(rec, rules) == received_at + rules.qc_ms
     assert [a.details["limit"] for a in flow.check_limits(rec, received_at + rules.qc_ms, rules)] == ["qc"]
 
