@@ -276,6 +276,9 @@ def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
         if rec.state == "placed":
             for line_no in rec.lines:
                 if line_no not in rec.answers:
+                    # Again to where the first went: its SKU's home unless a bucket is noted (a SKU made hot
+                    # since must not send it to a bucket, which would hold the line a second time).
+                    rec.buckets.setdefault(line_no, -1)
                     fx.hold_commands.append(_command(rec, "RESERVE", line_no, now_ms, rules))
         return fx
     fx.refusal = validate_placed(event, rules)

@@ -91,3 +91,22 @@ def test_a_line_taken_back_before_the_other_lines_answered_rejects_the_order() -
     assert rec.state == "rejected" and rec.reason == "vip_override:ov1"
     assert fx.reservation is not None and fx.reservation.outcome == "REJECTED"
     assert [(c["action"], c["line_no"]) for c in fx.hold_commands] == [("RELEASE", 2)]
+
+
+def test_a_reserve_sent_again_goes_where_the_first_went_even_if_its_sku_turned_hot() -> None:
+    """Changed on purpose: an order placed while its SKU was cold sent its RESERVE to the SKU's home; a
+    duplicate OrderPlaced after the SKU was split into buckets sent it again to a bucket, which held the
+    line a second time (the orphaned hold later expired and cancelled the paid order)."""
+    rec = flow.OrderRecord(order_id="jd:1")
+    placed = order_of(("S", 1))
+    first = flow.on_placed(rec, placed, 0, ORDER_RULES).hold_commands
+    flow.route_reserves(rec, first, lambda sku: 1)  # cold
+    again = flow.on_placed(rec, placed, 1, ORDER_RULES).hold_commands
+    flow.route_reserves(rec, again, lambda sku: 4)  # made hot meanwhile
+    assert [c["bucket"] for c in first] == [c["bucket"] for c in again] == [-1]
+    hot = flow.OrderRecord(order_id="jd:2")
+    first = flow.on_placed(hot, order_of(("S", 1)), 0, ORDER_RULES).hold_commands
+    flow.route_reserves(hot, first, lambda sku: 4)
+    again = flow.on_placed(hot, order_of(("S", 1)), 1, ORDER_RULES).hold_commands
+    flow.route_reserves(hot, again, lambda sku: 4)
+    assert [c["bucket"] for c in again] == [c["bucket"] for c in first] != [-1]
