@@ -52,13 +52,16 @@ class Connector(Generic[LaneT]):
         self.lanes: dict[str, LaneT] = self.make_lanes()
         self.loop = InputLoop(settings, codec, sink, group_id=f"{settings.app_id}.connectors.{self.GROUP}",
                               topic=self.TOPIC, stage=self.STAGE, handle=self.handle, stop=stop,
-                              max_in_flight=self.MAX_IN_FLIGHT)  # fmt: skip
+                              max_in_flight=self.MAX_IN_FLIGHT, on_revoked=self.partitions_revoked)  # fmt: skip
 
     def make_lanes(self) -> dict[str, LaneT]:
         raise NotImplementedError
 
     def handle(self, msg: Received, event_type: EventType, record: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def partitions_revoked(self) -> None:
+        """Partitions of the input went to another member: what a subclass remembers of them may now be stale."""
 
     def start_lanes(self) -> None:
         for lane in self.lanes.values():

@@ -153,8 +153,10 @@ class InputLoop:
         handle: Callable[[Received, EventType, dict[str, Any]], None],
         stop: threading.Event,
         max_in_flight: int,
+        on_revoked: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
+        self.on_revoked = on_revoked
         self.codec = codec
         self.sink = sink
         self.group_id = group_id
@@ -291,3 +293,5 @@ class InputLoop:
         for tp in partitions:
             self._committed.pop((tp.topic, tp.partition), None)
             self.assigned.discard((tp.topic, tp.partition))
+        if partitions:
+            self.on_revoked()

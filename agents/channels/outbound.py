@@ -176,8 +176,14 @@ class PushQueue:
         pending = self._pending.get(sku)
         accepted = self._accepted.get(sku)
         flying = self._in_flight.get(sku)
-        newest = max(pending.version if pending else 0, accepted[1] if accepted else 0, flying.version if flying else 0)
-        if version <= newest:
+        carrier = next((p for p in (pending, flying) if p is not None and p.version >= version), None)
+        if carrier is not None:
+            # A level read again (a rebalance handed its partition back) while its figure, or a newer one, is
+            # still to be sent: its record is done when that push is, never before (its offset must not be
+            # committed while the push could still be lost).
+            carrier.tickets.append(ticket)
+            return True
+        if accepted is not None and version <= accepted[1]:
             return False  # an older level read again (a restart, a rebalance): never send it over a newer one
         if pending is not None:
             # The newest figure wins; it keeps its place and due time, and finishes the older's records.
@@ -262,6 +268,13 @@ class PushQueue:
         accepted = self._accepted.get(push.sku)
         if accepted is not None:
             self._accepted[push.sku] = (UNKNOWN_QUANTITY, accepted[1])
+
+    def forget_shown(self) -> None:
+        """Partitions went to another connector, which may push newer figures than the ones remembered here
+        before they come back: every SKU's next figure is sent whatever it is (versions are kept: the platform
+        holds at least those)."""
+        for sku, (_, version) in self._accepted.items():
+            self._accepted[sku] = (UNKNOWN_QUANTITY, version)
 
     def drain(self) -> list[Push]:
         """Everything waiting (at a stop: their records are left uncommitted and read again)."""

@@ -224,5 +224,11 @@ class StockConnector(Connector[StockLane]):
             if not lane.offer(level["sku"], max(0, units), version, ticket, msg.source):
                 self.loop.finish(ticket)
 
+    def partitions_revoked(self) -> None:
+        # Another connector may push newer figures for those SKUs before they come back.
+        for lane in self.lanes.values():
+            with lane.cond:
+                lane.pushes.forget_shown()
+
     def pending(self) -> dict[str, int]:
         return {channel: lane.pending() for channel, lane in self.lanes.items()}

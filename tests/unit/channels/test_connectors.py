@@ -120,8 +120,22 @@ def test_an_unchanged_figure_is_not_sent_again_and_an_older_version_never_replac
     assert not queue.offer("A", 3, 900, ticket(3), "s", 1)  # an older level read again
     assert not queue.offer("A", 3, 1000, ticket(4), "s", 1)
     assert queue.offer("A", 3, 1200, ticket(5), "s", 1)
-    assert not queue.offer("A", 9, 1100, ticket(6), "s", 1)  # older than the one waiting
-    assert take(queue, 1).quantity == 3  # type: ignore[union-attr]
+    assert queue.offer("A", 9, 1100, ticket(6), "s", 1)  # older than the one waiting: done when that one is
+    sent = take(queue, 1)
+    assert sent is not None and (sent.quantity, sent.tickets) == (3, [ticket(5), ticket(6)])
+
+
+def test_a_level_read_again_while_its_push_waits_is_done_only_with_that_push() -> None:
+    """Changed on purpose: a rebalance that handed a partition straight back had its levels read again
+    while their pushes still waited; "nothing to send" finished the new records at once, so their offsets
+    were committed before the pushes were made, and a crash then lost them."""
+    queue = PushQueue(window_ms=200)
+    assert queue.offer("A", 5, 100, ticket(1), "s", 0)
+    assert queue.offer("A", 5, 100, ticket(2), "s", 50)  # the same level, read again
+    flying = queue.take_batch(200, 20).send
+    assert [p.tickets for p in flying] == [[ticket(1), ticket(2)]]
+    assert queue.offer("A", 5, 100, ticket(3), "s", 250)  # and again, while its call is under way
+    assert flying[0].tickets == [ticket(1), ticket(2), ticket(3)]
 
 
 def test_a_stale_answer_forgets_the_figure_so_the_next_change_is_sent() -> None:
@@ -594,3 +608,16 @@ def test_a_figure_the_answer_leaves_out_is_parked_and_the_rest_done(tmp_path: Pa
     assert sorted(t.offset for t in connector.finished) == [0, 1, 2]
     stats = connector.caller.endpoint_stats("own", "stock")
     assert (stats.items_applied, stats.items_failed) == (2, 1)
+
+
+def test_after_partitions_went_elsewhere_the_next_figure_is_sent_whatever_the_channel_showed() -> None:
+    """Changed on purpose: the memory of what a channel shows outlived a rebalance; another connector could
+    push a newer figure meanwhile (8), and when the partition came back a level equal to the stale memory
+    (3) was never sent, leaving the channel selling 8 of 3."""
+    queue = PushQueue(window_ms=0)
+    queue.offer("A", 3, 1000, ticket(1), "s", 0)
+    queue.settle(take(queue, 0), accepted=True)  # type: ignore[arg-type]
+    queue.forget_shown()
+    assert not queue.offer("A", 3, 900, ticket(2), "s", 0)  # older than a version the platform has had: never
+    assert queue.offer("A", 3, 1200, ticket(3), "s", 0)
+    assert [p.quantity for p in queue.take_batch(0, 20).send] == [3]
