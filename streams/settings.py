@@ -289,6 +289,12 @@ class Settings(BaseSettings):
         default=900.0, gt=0, description="Paid but not pushed/acknowledged this long: a RED `sla_breach` alert."
     )
     route_retry_s: float = Field(default=30.0, gt=0, description="Retry routing an order no warehouse could take.")
+    reserve_retry_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a placed order waits for its lines' stock answers before it asks the pool again "
+        "(idempotent) and raises a `reservation_unanswered` alert, so an answer lost never leaves it placed for good.",
+    )
     max_route_attempts: int = Field(
         default=5,
         ge=1,

@@ -70,6 +70,7 @@ class OrderRules:
     ship_promise_ms: int
     route_retry_ms: int
     max_route_attempts: int
+    reserve_retry_ms: int
 
 
 @dataclass
@@ -77,6 +78,7 @@ class OrderRecord:
     order_id: str
     channel: str = ""
     state: str = ""  # "" until OrderPlaced arrives
+    reserve_asked_ms: int = 0  # when the RESERVEs of lines with no answer were last sent
     lines: dict[str, dict[str, Any]] = field(default_factory=dict)  # line no -> {sku, qty}
     presale: bool = False
     vip: bool = False
@@ -122,6 +124,8 @@ class OrderRecord:
 
     def next_deadline_ms(self, rules: OrderRules) -> int:
         due = [parked_deadline_ms(p, rules) for p in self.parked]
+        if self.state == "placed" and self.reserve_asked_ms:
+            due.append(self.reserve_asked_ms + rules.reserve_retry_ms)
         if self.state == "reserved" and not self.paid and self.payment_deadline_ms:
             due.append(self.payment_deadline_ms)
         if not self.sla and "paid" in self.stage_times and waiting_for_warehouse(self):
@@ -274,12 +278,7 @@ def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
     if rec.state:
         # Duplicate: if answers are still missing, ask again (the pool answers idempotently).
         if rec.state == "placed":
-            for line_no in rec.lines:
-                if line_no not in rec.answers:
-                    # Again to where the first went: its SKU's home unless a bucket is noted (a SKU made hot
-                    # since must not send it to a bucket, which would hold the line a second time).
-                    rec.buckets.setdefault(line_no, -1)
-                    fx.hold_commands.append(_command(rec, "RESERVE", line_no, now_ms, rules))
+            _ask_again(rec, fx, now_ms, rules)
         return fx
     fx.refusal = validate_placed(event, rules)
     if fx.refusal is not None:
@@ -300,8 +299,20 @@ def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
     _move(rec, fx, "placed", now_ms)
     rec.stage_times["placed"] = rec.placed_at_ms or now_ms
     fx.hold_commands = [_command(rec, "RESERVE", n, now_ms, rules) for n in rec.lines]
+    rec.reserve_asked_ms = now_ms
     fx.replay_parked, rec.parked = rec.parked, []
     return fx
+
+
+def _ask_again(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules) -> None:
+    """Send the RESERVE of every line with no answer again (the pool answers a line it knows as it stands)."""
+    for line_no in rec.lines:
+        if line_no not in rec.answers:
+            # Again to where the first went: its SKU's home unless a bucket is noted (a SKU made hot
+            # since must not send it to a bucket, which would hold the line a second time).
+            rec.buckets.setdefault(line_no, -1)
+            fx.hold_commands.append(_command(rec, "RESERVE", line_no, now_ms, rules))
+    rec.reserve_asked_ms = now_ms
 
 
 def on_hold_decided(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
@@ -678,6 +689,14 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
 
 def on_tick(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
     fx = Effects()
+    if rec.state == "placed" and 0 < rec.reserve_asked_ms <= now_ms - rules.reserve_retry_ms:
+        missing = sorted(set(rec.lines) - set(rec.answers), key=int)
+        _ask_again(rec, fx, now_ms, rules)
+        fx.alerts.append(AlertSpec(
+            "reservation_unanswered", "WARNING", rec.order_id,
+            f"order {rec.order_id} has waited {rules.reserve_retry_ms // 1000} s for the stock answer of line(s) "
+            f"{', '.join(missing)}; asked again", event_id=f"reservation_unanswered:{rec.order_id}", at_ms=now_ms,
+        ))  # fmt: skip
     if rec.state == "reserved" and not rec.paid and 0 < rec.payment_deadline_ms <= now_ms:
         _release_held(rec, fx, now_ms, rules, "order_payment_timeout")
         _move(rec, fx, "payment_timeout", now_ms, "no payment within the payment timeout")

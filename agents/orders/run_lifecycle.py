@@ -80,6 +80,7 @@ def order_rules(s: Settings) -> OrderRules:
         sla_ms=int(s.sla_unrouted_s * 1000),
         ship_promise_ms=int(s.ship_promise_s * 1000),
         route_retry_ms=int(s.route_retry_s * 1000),
+        reserve_retry_ms=int(s.reserve_retry_s * 1000),
         max_route_attempts=s.max_route_attempts,
     )
 

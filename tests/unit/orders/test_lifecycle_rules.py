@@ -110,3 +110,21 @@ def test_a_reserve_sent_again_goes_where_the_first_went_even_if_its_sku_turned_h
     again = flow.on_placed(hot, order_of(("S", 1)), 1, ORDER_RULES).hold_commands
     flow.route_reserves(hot, again, lambda sku: 4)
     assert [c["bucket"] for c in again] == [c["bucket"] for c in first] != [-1]
+
+
+def test_a_placed_order_missing_an_answer_asks_again_and_says_so() -> None:
+    """Changed on purpose: a placed order had no timer, so a line whose answer was lost (its command
+    dead-lettered, say) left the order placed for good."""
+    rec = flow.OrderRecord(order_id="jd:1")
+    flow.on_placed(rec, order_of(("A", 1), ("B", 2)), 5, ORDER_RULES)
+    flow.on_hold_decided(rec, {"line_no": 1, "action": "RESERVE", "outcome": "HELD", "reason": ""}, 6, ORDER_RULES)
+    due = 5 + ORDER_RULES.reserve_retry_ms
+    assert rec.next_deadline_ms(ORDER_RULES) == due
+    assert flow.on_tick(rec, due - 1, ORDER_RULES).hold_commands == []
+    fx = flow.on_tick(rec, due, ORDER_RULES)
+    assert [(c["action"], c["line_no"]) for c in fx.hold_commands] == [("RESERVE", 2)]
+    assert [a.kind for a in fx.alerts] == ["reservation_unanswered"]
+    assert rec.next_deadline_ms(ORDER_RULES) == due + ORDER_RULES.reserve_retry_ms
+    flow.on_hold_decided(rec, {"line_no": 2, "action": "RESERVE", "outcome": "HELD", "reason": ""}, due + 1,
+                         ORDER_RULES)  # fmt: skip
+    assert rec.state == "reserved" and rec.next_deadline_ms(ORDER_RULES) == due + 1 + ORDER_RULES.payment_timeout_ms
