@@ -274,6 +274,12 @@ class Settings(BaseSettings):
     refund_qc_s: float = Field(
         default=24 * 3600.0, gt=0, description="Refund SOP: the warehouse finishes QC of a return within this long."
     )
+    refund_return_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="Refund SOP: an approved return reaches the warehouse within this long of its approval (the "
+        "buyer sends it); past it, a RED `refund_sop_breach` alert and a `return_` row in the exception list.",
+    )
     refund_settle_s: float = Field(
         default=72 * 3600.0,
         gt=0,

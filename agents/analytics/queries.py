@@ -228,6 +228,8 @@ PARAMS: dict[str, Param] = {
     "qc_s": Param("Float64", "refund SOP: QC of a return within (s)", lambda s, now: s.refund_qc_s, _seconds("qc_s")),
     "settle_s": Param("Float64", "refund paid out, settled within (s)", lambda s, now: s.refund_settle_s,
                       _seconds("settle_s")),
+    "return_s": Param("Float64", "refund SOP: an approved return reaches the warehouse within (s)",
+                      lambda s, now: s.refund_return_s, _seconds("return_s")),
     "tz": Param("String", "time zone times are shown in (the shop's)", lambda s, now: _shop_zone(s), _zone),
 }  # fmt: skip
 
@@ -353,6 +355,7 @@ GRAFANA_SUBSTITUTES = {
     "respond_s": "toFloat64(${respond_s:sqlstring})",
     "qc_s": "toFloat64(${qc_s:sqlstring})",
     "settle_s": "toFloat64(${settle_s:sqlstring})",
+    "return_s": "toFloat64(${return_s:sqlstring})",
     "tz": "${tz:sqlstring}",
 }
 
@@ -388,6 +391,7 @@ def grafana_dashboard(settings: Settings, directory: Path = DASHBOARD_DIR) -> di
         {"name": "respond_s", "type": "constant", "query": str(settings.refund_respond_s)},
         {"name": "qc_s", "type": "constant", "query": str(settings.refund_qc_s)},
         {"name": "settle_s", "type": "constant", "query": str(settings.refund_settle_s)},
+        {"name": "return_s", "type": "constant", "query": str(settings.refund_return_s)},
         {"name": "tz", "type": "constant", "query": _shop_zone(settings)},
     ]
     return {

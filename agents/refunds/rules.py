@@ -62,12 +62,13 @@ class RefundRules:
     respond_ms: int = 2 * 3_600_000
     qc_ms: int = 24 * 3_600_000
     settle_ms: int = 72 * 3_600_000
+    return_ms: int = 7 * 24 * 3_600_000
 
     def for_channel(self, channel: str) -> ChannelRefundRules:
         return self.channels.get(channel, self.default)
 
 
-def load_refund_rules(path: Path, respond_ms: int, qc_ms: int, settle_ms: int) -> RefundRules:
+def load_refund_rules(path: Path, respond_ms: int, qc_ms: int, settle_ms: int, return_ms: int) -> RefundRules:
     """Channel rules from TOML: a ``[default]`` table and one table per channel overriding it."""
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     default = ChannelRefundRules(**data.get("default", {}))
@@ -78,7 +79,7 @@ def load_refund_rules(path: Path, respond_ms: int, qc_ms: int, settle_ms: int) -
         if unknown:
             raise ValueError(f"{path}: channel {name!r} has unknown refund rules {sorted(unknown)}")
         channels[name] = ChannelRefundRules(**{**default.__dict__, **table})
-    return RefundRules(channels, default, respond_ms, qc_ms, settle_ms)
+    return RefundRules(channels, default, respond_ms, qc_ms, settle_ms, return_ms)
 
 
 @dataclass(frozen=True)
@@ -410,6 +411,7 @@ def _limits(rec: RefundRecord, rules: RefundRules) -> dict[str, int]:
         "respond": rec.stage_times.get("requested", 0) + rules.respond_ms if waiting_for_service else 0,
         "qc": rec.stage_times.get("return_received", 0) + rules.qc_ms if qc_open else 0,
         "settle": rec.stage_times.get("refunding", 0) + rules.settle_ms if unsettled else 0,
+        "return": rec.stage_times.get("awaiting_return", 0) + rules.return_ms if rec.state == "awaiting_return" else 0,
     }
 
 
@@ -417,13 +419,14 @@ _LIMIT_TEXT = {
     "respond": ("refund_sop_breach", "customer service has not answered refund {id} within {h:g} h"),
     "qc": ("refund_sop_breach", "the warehouse has not finished QC of refund {id}'s return within {h:g} h"),
     "settle": ("refund_reconciliation", "refund {id} was paid out but the marketplace has not settled it in {h:g} h"),
+    "return": ("refund_sop_breach", "the return of refund {id} has not reached the warehouse {h:g} h after approval"),
 }
 
 
 def check_limits(rec: RefundRecord, now_ms: int, rules: RefundRules) -> list[AlertSpec]:
     """Flag each limit breached (once), clear each flagged one that no longer applies."""
     alerts = []
-    hours = {"respond": rules.respond_ms, "qc": rules.qc_ms, "settle": rules.settle_ms}
+    hours = {"respond": rules.respond_ms, "qc": rules.qc_ms, "settle": rules.settle_ms, "return": rules.return_ms}
     for limit, due in _limits(rec, rules).items():
         kind, text = _LIMIT_TEXT[limit]
         flagged = rec.flags.get(limit) == "red"

@@ -57,7 +57,8 @@ def refund_rules(settings: Settings) -> RefundRules:
     path = settings.refund_rules_file or packaged("agents.refunds", "config", "refund_rules.toml")
     return flow.load_refund_rules(path, respond_ms=int(settings.refund_respond_s * 1000),
                                   qc_ms=int(settings.refund_qc_s * 1000),
-                                  settle_ms=int(settings.refund_settle_s * 1000))  # fmt: skip
+                                  settle_ms=int(settings.refund_settle_s * 1000),
+                                  return_ms=int(settings.refund_return_s * 1000))  # fmt: skip
 
 
 def order_facts(order: OrderRecord | None, refunded_fen: int = 0) -> OrderFacts:

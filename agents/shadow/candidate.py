@@ -106,7 +106,8 @@ def make_candidate(live: Settings, name: str, routing_weights: str | None, refun
     if refund_rules_file is not None:
         try:
             rules_text = refund_rules_file.read_text(encoding="utf-8")
-            load_refund_rules(refund_rules_file, respond_ms=1, qc_ms=1, settle_ms=1)  # refused here, not in the log
+            # Refused here, not in the log (the limits do not matter to whether the file reads).
+            load_refund_rules(refund_rules_file, respond_ms=1, qc_ms=1, settle_ms=1, return_ms=1)
         except (OSError, ValueError, TypeError) as exc:
             raise CandidateError(f"--refund-rules {refund_rules_file}: {exc}") from None
     live_rules = live.refund_rules_file or DEFAULT_REFUND_RULES

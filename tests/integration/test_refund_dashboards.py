@@ -253,6 +253,9 @@ NOVEMBER_EXCEPTIONS = [
     # refund, exception, stage, entered at, left at, hours spent, limit hours, state at the month's end
     ("douyin:R6", "respond_late", "reviewing", "2025-10-31 20:00:00", "2025-11-01 02:00:00", 6.0, 2.0,
      "awaiting_return"),
+    # approved, and its return has not come in 7 days (29 days 22 h to the month's end)
+    ("douyin:R6", "return_hanging", "awaiting_return", "2025-11-01 02:00:00", "", 29 * 24 + 22.0, 168.0,
+     "awaiting_return"),
     ("jd:R11", "issued_not_settled", "issued", "2025-11-10 10:00:00", "", 20 * 24 + 14.0, 72.0, "refunding"),
     ("jd:R2", "respond_late", "reviewing", "2025-11-10 11:00:00", "2025-11-10 14:00:00", 3.0, 2.0, "refunding"),
     ("tmall:R4", "not_issued", "refunding", "2025-11-10 11:00:00", "", 20 * 24 + 13.0, 72.0, "refunding"),
@@ -356,6 +359,7 @@ def test_refund_dashboards_give_the_hand_worked_figures_and_count_a_resent_event
         ("jd:R11", "settle_late"): 22 * 24.0, ("jd:R11", "qc_hanging"): 51 * 24 + 12.0,
         ("jd:R2", "issued_not_settled"): 49 * 24 + 2.0, ("tmall:R3", "respond_hanging"): 51 * 24 + 12.0,
         ("tmall:R4", "not_issued"): 51 * 24 + 13.0, ("douyin:R5", "respond_hanging"): 31 * 24 + 1.0,
+        ("douyin:R6", "return_hanging"): 60 * 24 + 22.0,
     }  # fmt: skip
 
     flow = {(r["channel"], r["stage"]): (r["refunds"], r["p50_h"], r["p90_h"], r["avg_h"]) for r in found["flow"]}
@@ -409,7 +413,7 @@ def test_refunds_exceptions_and_reconcile_commands_print_csv_xlsx_and_tables(
 
     printed = run_cli(settings, "exceptions", "--month", "2025-11")
     assert printed.returncode == 0, printed.stderr
-    assert "tmall:R3" in printed.stdout and "8 exceptions" in printed.stdout
+    assert "tmall:R3" in printed.stdout and "9 exceptions" in printed.stdout
 
     reconciled = run_cli(settings, "reconcile", "--month", "2025-11", "--format", "json")
     assert reconciled.returncode == 0, reconciled.stderr

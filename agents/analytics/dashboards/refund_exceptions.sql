@@ -1,5 +1,5 @@
 -- title: Refund exceptions
--- description: Refunds past an SOP limit in the range, one row per refund and limit: customer service answering (from the request), warehouse QC (from the return's receipt), the marketplace settling (from the refund instruction). _late: the stage took longer and has ended; _hanging: still in it at the end of the range (or now); issued_not_settled / not_issued: paid out and not settled, with or without the marketplace's acceptance. A refund is listed in every range in which it was past a limit. Times in the shop's time zone.
+-- description: Refunds past an SOP limit in the range, one row per refund and limit: customer service answering (from the request), the buyer's return reaching the warehouse (from the approval), warehouse QC (from the return's receipt), the marketplace settling (from the refund instruction). _late: the stage took longer and has ended; _hanging: still in it at the end of the range (or now); issued_not_settled / not_issued: paid out and not settled, with or without the marketplace's acceptance. A refund is listed in every range in which it was past a limit. Times in the shop's time zone.
 -- chart: table
 SELECT
     refund_id,
@@ -20,6 +20,7 @@ FROM
         if(left_ms = 0, toInt64(least({now_ms:Int64}, {to_ms:Int64})), left_ms) - entered AS spent,
         multiIf(sop = 'respond', if(reviewing > 0, 'reviewing', 'requested'),
                 sop = 'qc', 'return_received',
+                sop = 'return', 'awaiting_return',
                 if(issued > 0, 'issued', 'refunding')) AS stage,
         multiIf(sop != 'settle', concat(sop, if(left_ms = 0, '_hanging', '_late')),
                 left_ms > 0, 'settle_late',
@@ -40,7 +41,8 @@ FROM
                if(refunding > 0 AND first_issue > 0, greatest(first_issue, refunding), 0)) AS issued,
             arrayReduce('min', arrayFilter(x -> x > 0,
                 [awaiting_return, received, refunding, completed, rejected, cancelled])) AS responded,
-            arrayReduce('min', arrayFilter(x -> x > 0, [inspected, rejected, cancelled])) AS checked
+            arrayReduce('min', arrayFilter(x -> x > 0, [inspected, rejected, cancelled])) AS checked,
+            arrayReduce('min', arrayFilter(x -> x > 0, [return_received, received, refunding, cancelled])) AS returned
         FROM
         (
             -- One row per refund as it stood at the end of the range (or now): only facts known by then.
@@ -73,10 +75,10 @@ FROM
         )
     )
     ARRAY JOIN
-        ['respond', 'qc', 'settle'] AS sop,
-        [requested, return_received, refunding] AS entered,
-        [responded, checked, settled] AS left_ms,
-        [{respond_s:Float64}, {qc_s:Float64}, {settle_s:Float64}] AS limit_s
+        ['respond', 'return', 'qc', 'settle'] AS sop,
+        [requested, awaiting_return, return_received, refunding] AS entered,
+        [responded, returned, checked, settled] AS left_ms,
+        [{respond_s:Float64}, {return_s:Float64}, {qc_s:Float64}, {settle_s:Float64}] AS limit_s
     WHERE entered > 0
       AND ({channel:String} = '' OR channel = {channel:String})
 )

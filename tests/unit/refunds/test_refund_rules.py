@@ -220,6 +220,24 @@ def test_sop_limits_flag_once_and_clear_when_the_refund_moves_on() -> None:
     assert [a.details["limit"] for a in flow.check_limits(rec, received_at + rules.qc_ms, rules)] == ["qc"]
 
 
+def test_an_approved_return_the_buyer_never_sends_is_flagged_and_cleared_when_it_ends() -> None:
+    """Changed on purpose: awaiting_return had no limit, so a return the buyer never sent hung there with no
+    alert and no row in the exception list."""
+    rules = packaged_rules()
+    rec = new()
+    facts = delivered(DELIVERED, amount_fen=80_000)
+    flow.on_requested(rec, request(when=DELIVERED + 1), "tmall:o1", facts, rules, DELIVERED + 1)
+    approved_at = DELIVERED + 2
+    flow.on_reviewed(rec, dict(ev.refund_reviewed("tmall", "o1", "r1", True)), facts, rules, approved_at)
+    flow.check_limits(rec, approved_at, rules)
+    assert rec.state == "awaiting_return" and flow.next_deadline_ms(rec, rules) == approved_at + rules.return_ms
+    breach = flow.check_limits(rec, approved_at + rules.return_ms, rules)
+    assert [(a.kind, a.severity, a.details["limit"]) for a in breach] == [("refund_sop_breach", "RED", "return")]
+    flow.on_cancelled(rec, dict(ev.refund_cancelled("tmall", "o1", "r1")), approved_at + rules.return_ms + 1)
+    cleared = flow.check_limits(rec, approved_at + rules.return_ms + 1, rules)
+    assert [(a.details["limit"], a.cleared) for a in cleared] == [("return", True)]
+
+
 def test_a_paid_refund_not_settled_in_time_and_a_wrong_settlement_are_reconciliation_alerts() -> None:
     rules = packaged_rules()
     rec = new()
