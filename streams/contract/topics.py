@@ -16,6 +16,11 @@ from streams.errors import StockflowError
 from streams.kafkaconf import AuthWatch, confluent_config, topic_config
 from streams.settings import Settings
 
+# A dead letter carries the refused message whole: room for the largest one a broker takes by default
+# (1 MiB) and the letter around it. Producers allow a little more than the topic (their framing).
+LARGEST_DEAD_LETTER = 2 * 1024 * 1024
+PRODUCER_MAX_MESSAGE_BYTES = LARGEST_DEAD_LETTER + 64 * 1024
+
 
 class PartitionCountMismatch(StockflowError, RuntimeError):
     """The topics exist with another partition count than the settings give them."""
@@ -39,6 +44,7 @@ class TopicSpec:
     # the records one batch writes under one key, only the newest is published, as Kafka Streams'
     # record cache does. Compaction would drop the others anyway; this spares writing them.
     newest_per_batch: bool = False
+    max_message_bytes: int = 0  # > 0: the topic's ``max.message.bytes`` (else the broker's default)
 
     def partitions(self, settings: Settings) -> int:
         return 1 if self.single_partition else settings.partitions
@@ -209,6 +215,7 @@ DEADLETTERS = TopicSpec(
     writer="streams.engine.deadletter",
     direction="output",
     doc="Refused messages with reason, original bytes and source position.",
+    max_message_bytes=LARGEST_DEAD_LETTER,
 )
 
 REFUND_EVENTS = TopicSpec(
@@ -336,7 +343,8 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS)
         if name in existing:
             _check_partitions(settings, spec, len(existing[name].partitions))
             continue
-        config = {**topic_config(settings), **({"cleanup.policy": "compact"} if spec.compacted else {})}
+        config = {**topic_config(settings), **({"cleanup.policy": "compact"} if spec.compacted else {}),
+                  **({"max.message.bytes": str(spec.max_message_bytes)} if spec.max_message_bytes else {})}  # fmt: skip
         wanted.append(NewTopic(name, spec.partitions(settings), settings.kafka_replication_factor, config=config))
     if not wanted:
         return []

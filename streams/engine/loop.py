@@ -41,7 +41,7 @@ from streams.contract.keys import partition_for
 from streams.contract.reasons import Reason
 from streams.contract.records import DeadLetter
 from streams.contract.schema_registry import SchemaRegistryUnavailable
-from streams.contract.topics import ALL_TOPICS, DEADLETTERS, TopicSpec
+from streams.contract.topics import ALL_TOPICS, DEADLETTERS, PRODUCER_MAX_MESSAGE_BYTES, TopicSpec
 from streams.engine.changelog import changelog_topic, ensure_changelogs, restore
 from streams.engine.clock import Clock
 from streams.engine.deadletter import dead_letter
@@ -103,6 +103,15 @@ class _Owned:
     stores: dict[str, PartitionStore]
     timers: dict[str, Timers] = field(default_factory=dict)
     flushed_ms: dict[str, int] = field(default_factory=dict)
+
+
+class _HousekeepingFailed(Exception):
+    """A timer or a periodic flush raised: no message of the batch is to blame. ``what``: the processor,
+    the partition and the timer's key (empty for a flush), quarantined until the worker restarts."""
+
+    def __init__(self, what: tuple[str, int, bytes]) -> None:
+        super().__init__(what)
+        self.what = what
 
 
 class _MessageRef:
@@ -258,6 +267,11 @@ class Engine:
         self.batch_events = histogram("engine_batch_events", "Input records per committed batch", buckets=SIZE_BUCKETS)
         self.ready = threading.Event()
         self._careful: dict[tuple[str, int], int] = {}
+        self._rewinds = 0  # rewinds so far: a one-message-at-a-time replay stops at one and reads again
+        self._in_transaction = False
+        # Timers (processor, partition, key) and flushes (key b"") that raised: skipped until a restart, so
+        # one broken key can neither stall the partition nor be blamed on the messages read with it.
+        self._quarantined: set[tuple[str, int, bytes]] = set()
         self._last_error = ""
         self._slot_handle: IO[bytes] | None = None
         self.slot = -1
@@ -336,6 +350,8 @@ class Engine:
             "batch.size": 1_000_000,
             "partitioner": "murmur2_random",  # Kafka's Java default: keys land where their state lives
             "queue.buffering.max.messages": 1_000_000,
+            # A dead letter carries the refused message whole: it must leave even for the largest one.
+            "message.max.bytes": PRODUCER_MAX_MESSAGE_BYTES,
         }
         if self.exactly_once:
             config["transactional.id"] = transactional_id(self.settings, self.slot)
@@ -376,14 +392,7 @@ class Engine:
                 polled = time.perf_counter()
                 messages = self.consumer.consume(self.settings.batch_max_events, timeout=window_s)
                 self.stats.poll_s += time.perf_counter() - polled
-                if self._careful:
-                    for msg in messages:
-                        self._run_batch([msg], alone=True)
-                        self._careful_passed(msg)
-                    if not messages:
-                        self._run_batch([], alone=False)
-                else:
-                    self._run_batch(messages, alone=False)
+                self._process(messages)
                 collect_between_batches()
                 self._sample_positions(idle=not messages)
                 if messages:
@@ -397,6 +406,20 @@ class Engine:
                 store.close()
             self._open.clear()
             self.owned.clear()
+
+    def _process(self, messages: list[Message]) -> None:
+        """One poll's messages: one batch, or one message per transaction while a failed batch is replayed."""
+        if not self._careful:
+            self._run_batch(messages, alone=False)
+            return
+        rewinds = self._rewinds
+        for msg in messages:
+            self._run_batch([msg], alone=True)
+            if self._rewinds != rewinds:
+                return  # rewound (a commit failed): the rest is read again, never committed past this one
+            self._careful_passed(msg)
+        if not messages:
+            self._run_batch([], alone=False)
 
     def _probe_broker(self) -> None:
         """While the brokers are out of reach, ask for metadata every few seconds: an answer means back."""
@@ -499,13 +522,29 @@ class Engine:
             self._fire_timers(batch)
             self._flush(batch)
             self.stats.apply_s += time.perf_counter() - started
+            if messages:
+                self.batch_events.observe(len(messages))
+            # Inside the try: what fails here for good (an output its schema refuses) is the batch's
+            # failure like a handler's, never a crash the worker would repeat on every restart.
+            self._commit(batch)
         except SchemaRegistryUnavailable as exc:
             # Like the broker: an outage of the registry is waited out, never blamed on a message.
             log.warning("schema registry unavailable (%s); the batch is read again in a second", exc)
+            self._drop_transaction(str(exc))
             self._rewind_to_committed()
             time.sleep(1.0)
             return
+        except _HousekeepingFailed as exc:
+            self._drop_transaction(repr(exc.__cause__))
+            proc, partition, key = exc.what
+            what = f"timer {key!r}" if key else "periodic flush"
+            log.error("%s of %s on partition %d failed: skipped until the worker restarts; the batch is read "
+                      "again without it", what, proc, partition, exc_info=exc.__cause__)  # fmt: skip
+            self._quarantined.add(exc.what)
+            self._rewind_to_committed()
+            return
         except Exception as exc:
+            self._drop_transaction(repr(exc))
             if not alone and len(messages) > 1:
                 log.warning("batch of %d aborted by %r; applying its messages one at a time", len(messages), exc)
                 self._rewind(messages)
@@ -521,10 +560,13 @@ class Engine:
             ref = _MessageRef(messages[0])
             self._commit(batch, [dead_letter(ref, "streams.engine", Reason.PROCESSING_ERROR, repr(exc), batch.now_ms)])
             return
-        if messages:
-            self.batch_events.observe(len(messages))
-        self._commit(batch)
         self.stats.cpu_s += time.thread_time() - cpu
+
+    def _drop_transaction(self, why: str) -> None:
+        """A batch failed while its transaction was open: what it produced must never commit."""
+        if self._in_transaction:
+            self._in_transaction = False
+            self._new_producer(why)
 
     def _record_offset(self, batch: _Batch, msg: Message) -> None:
         key, offset = (msg.topic() or "", msg.partition() or 0), msg.offset() or 0
@@ -637,10 +679,15 @@ class Engine:
                     continue
                 ctx = batch.context(proc, partition)
                 for key in due:
+                    if (proc.name, partition, key) in self._quarantined:
+                        continue
                     ctx.message = None
                     self.stats.timers_fired += 1
-                    proc.on_timer(ctx, key)
-                    self._apply_locally(batch, ctx)
+                    try:
+                        proc.on_timer(ctx, key)
+                        self._apply_locally(batch, ctx)
+                    except Exception as exc:
+                        raise _HousekeepingFailed((proc.name, partition, key)) from exc
 
     def _flush(self, batch: _Batch) -> None:
         now = batch.now_ms
@@ -649,10 +696,15 @@ class Engine:
                 if proc.flush_interval_ms <= 0 or now - owned.flushed_ms.get(proc.name, 0) < proc.flush_interval_ms:
                     continue
                 owned.flushed_ms[proc.name] = now
+                if (proc.name, partition, b"") in self._quarantined:
+                    continue
                 ctx = batch.context(proc, partition)
                 ctx.message = None
-                proc.flush(ctx)
-                self._apply_locally(batch, ctx)
+                try:
+                    proc.flush(ctx)
+                    self._apply_locally(batch, ctx)
+                except Exception as exc:
+                    raise _HousekeepingFailed((proc.name, partition, b"")) from exc
 
     # ---- commit ---------------------------------------------------------------------------------------
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
@@ -702,6 +754,7 @@ class Engine:
         try:
             if self.exactly_once:
                 self.producer.begin_transaction()
+                self._in_transaction = True
             # Under a transaction a failed delivery fails the commit, so outputs need no callback each;
             # without one, every delivery is checked before the offsets are committed.
             check = None if self.exactly_once else self._on_output
@@ -719,22 +772,25 @@ class Engine:
                 # the batch against the old state and publishes its outputs again (duplicates, which
                 # every reader tolerates), never a state whose outputs were lost.
                 self._flush_checked()
-            for (store, partition), kv in changes.items():
-                topic = changelog_topic(self.settings, store)
-                last = len(kv) - 1
-                # Offsets in one partition follow the produce order: the last record's is the batch's.
-                for n, (key, raw) in enumerate(kv.items()):
-                    self._produce(topic, key, raw, partition, self._tracker(store, partition) if n == last else check)
+            self._produce_changes(changes, check)
             offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
             if self.exactly_once:
-                if offsets:
-                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+                # Always with the group's metadata, even for a batch of timers and flushes alone: that is
+                # what fences a worker that lost its partitions while paused (their positions as they
+                # stand, a no-op for the group's offsets).
+                fence = offsets or [TopicPartition(t, p, o) for (t, p), o in self._committed.items()]
+                if fence:
+                    self.producer.send_offsets_to_transaction(fence, self.consumer.consumer_group_metadata(), 30)
                 self._finish_transaction()
+                self._in_transaction = False
             else:
                 self._flush_checked()
                 if offsets:
                     self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
+            if exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                raise  # this batch's own records, every time it is tried: its failure, not the broker's
+            self._in_transaction = False
             self._abort(exc)
             return
         self.producer.poll(0)
@@ -751,6 +807,14 @@ class Engine:
         self.stats.changelog_records += sum(len(kv) for kv in changes.values())
         self.stats.commit_s += time.perf_counter() - started
         self._count_commit(published, dead, started)
+
+    def _produce_changes(self, changes: dict[tuple[str, int], dict[bytes, bytes | None]], check: Any) -> None:
+        for (store, partition), kv in changes.items():
+            topic = changelog_topic(self.settings, store)
+            last = len(kv) - 1
+            # Offsets in one partition follow the produce order: the last record's is the batch's.
+            for n, (key, raw) in enumerate(kv.items()):
+                self._produce(topic, key, raw, partition, self._tracker(store, partition) if n == last else check)
 
     def _count_commit(self, published: dict[str, int], dead: list[DeadLetter], started: float) -> None:
         self.commit_seconds.observe(time.perf_counter() - started)
@@ -843,6 +907,7 @@ class Engine:
             self._careful[key] = max(self._careful.get(key, 0), msg.offset() or 0)
         for (topic, partition), offset in first.items():
             self.consumer.seek(TopicPartition(topic, partition, offset))
+        self._rewinds += 1
         self._reset_timers()
 
     def _rewind_to_committed(self) -> None:
@@ -856,11 +921,27 @@ class Engine:
         for (topic, partition), offset in self._committed.items():
             if (topic, partition) in owned:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
+        self._rewinds += 1
         self._reset_timers()
 
     def _reset_timers(self) -> None:
+        """After a batch that did not commit: timers rebuilt from committed state, and each processor's memory
+        of its partitions (say, which stock levels it sent) as after a fresh assignment, so nothing the lost
+        batch did in memory stands."""
+        now_ms = self.clock.now_ms()
         for partition in list(self.owned):
             self._rebuild_timers(partition)
+            for proc in self.processors:
+                proc.on_revoke(partition)
+            self._assign_processors(partition, now_ms)
+
+    def _assign_processors(self, partition: int, now_ms: int) -> None:
+        stores = self.owned[partition].stores
+        for proc in self.processors:
+            # Read-only: what on_assign reads is committed state; it marks, it does not emit.
+            txns = {spec.name: StoreTransaction(stores[spec.name], spec.serde) for spec in proc.stores}
+            timers = self.owned[partition].timers.get(proc.name)
+            proc.on_assign(Context(partition, now_ms, txns, timers.set if timers else _no_timers))
 
     def _rebuild_timers(self, partition: int) -> None:
         owned = self.owned[partition]
@@ -900,11 +981,7 @@ class Engine:
                 self._open[(name, partition)] = store
             self.owned[partition] = _Owned(stores)
             self._rebuild_timers(partition)
-            for proc in self.processors:
-                # Read-only: what on_assign reads is committed state; it marks, it does not emit.
-                txns = {spec.name: StoreTransaction(stores[spec.name], spec.serde) for spec in proc.stores}
-                timers = self.owned[partition].timers.get(proc.name)
-                proc.on_assign(Context(partition, now_ms, txns, timers.set if timers else _no_timers))
+            self._assign_processors(partition, now_ms)
         self._last_input = time.monotonic()
         log.info("assigned partitions %s: %d changelog records restored in %.2fs", numbers, applied,
                  time.perf_counter() - started)  # fmt: skip
@@ -917,6 +994,7 @@ class Engine:
         self.stats.revoked_at_ms = int(time.time() * 1000)
         for tp in partitions:  # another worker moves them on: coming back, they start from the group's offsets
             self._committed.pop((tp.topic, tp.partition), None)
+            self._careful.pop((tp.topic, tp.partition), None)  # replayed one at a time by their next owner
         for partition in sorted({tp.partition for tp in partitions}):
             owned = self.owned.pop(partition, None)
             if owned is not None:

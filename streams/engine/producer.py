@@ -11,6 +11,7 @@ from typing import Any
 from confluent_kafka import KafkaException, Producer
 
 from streams.contract.codec import Codec, codec_for
+from streams.contract.topics import PRODUCER_MAX_MESSAGE_BYTES
 from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
@@ -20,6 +21,8 @@ PRODUCER_CONFIG = {
     "partitioner": "murmur2_random",  # Java's default: agrees with the Faust worker
     "linger.ms": 5,
     "compression.type": "lz4",
+    # A dead letter of the largest message a broker takes must leave too (the sink's, the connectors').
+    "message.max.bytes": PRODUCER_MAX_MESSAGE_BYTES,
 }
 
 

@@ -1,0 +1,257 @@
+"""The engine's recovery paths, driven with stand-ins for the Kafka clients: which offsets a transaction
+commits after a failure, what is replayed, what is dead-lettered. No broker: these are the control flow
+around a commit that fails at a chosen moment, which a live broker cannot be made to do on cue (the crash
+and outage tests on the real broker are in ``tests/integration``)."""
+# ruff: noqa: SLF001 - these tests drive the engine's loop from inside, one poll at a time
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from loadtest import events as ev
+from streams.contract.codec import codec_for
+from streams.contract.topics import STOCK_ADJUSTMENTS, STOCK_LEVELS
+from streams.engine.clock import Clock
+from streams.engine.loop import Engine, _Owned
+from streams.engine.processor import Context, Processor
+from streams.engine.state import PartitionStore, StoreSpec
+from streams.engine.timers import Timers
+from streams.settings import Settings
+
+TOPIC = STOCK_ADJUSTMENTS.name
+
+
+class Message:
+    def __init__(self, offset: int, sku: str, value: bytes) -> None:
+        self._offset, self._sku, self._value = offset, sku, value
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return self._sku.encode()
+
+    def value(self) -> bytes:
+        return self._value
+
+    def error(self) -> None:
+        return None
+
+    def headers(self) -> None:
+        return None
+
+
+@dataclass
+class Broker:
+    """What the stand-in producers committed, transaction by transaction, and which commits fail."""
+
+    committed: list[dict[str, Any]] = field(default_factory=list)
+    fail_commits: int = 0
+
+
+class Producer:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.txn: dict[str, Any] | None = None
+        self.pending: list[Any] = []
+
+    def init_transactions(self, timeout: float) -> None:
+        pass
+
+    def begin_transaction(self) -> None:
+        self.txn = {"records": [], "offsets": None}
+
+    def produce(self, topic: str, value: Any, key: Any, partition: int, on_delivery: Any = None,
+                headers: Any = None) -> None:  # fmt: skip
+        assert self.txn is not None
+        self.txn["records"].append((topic, key))
+        if on_delivery is not None:
+            self.pending.append(on_delivery)
+
+    def send_offsets_to_transaction(self, offsets: list[TopicPartition], metadata: Any, timeout: float) -> None:
+        assert self.txn is not None
+        self.txn["offsets"] = {(tp.topic, tp.partition): tp.offset for tp in offsets}
+
+    def flush(self, timeout: float = 0) -> int:
+        delivered = _Delivered()
+        for callback in self.pending:
+            callback(None, delivered)
+        self.pending.clear()
+        return 0
+
+    def commit_transaction(self, timeout: float) -> None:
+        if self.broker.fail_commits:
+            self.broker.fail_commits -= 1
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "commit failed (the test's)", retriable=False))
+        assert self.txn is not None
+        self.broker.committed.append(self.txn)
+        self.txn = None
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def purge(self) -> None:
+        self.txn = None
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.txn = None
+
+
+class _Delivered:
+    def offset(self) -> int:
+        return 0
+
+
+class Consumer:
+    def __init__(self) -> None:
+        self.seeks: list[int] = []
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(TOPIC, 0)]
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append(tp.offset)
+
+    def consumer_group_metadata(self) -> str:
+        return "group"
+
+
+@dataclass
+class Stock(Processor):
+    """Counts adjustments per SKU; a SKU named ``bad`` fails; a timer on ``due`` can be made to fail."""
+
+    timer_fails: bool = False
+    assigned: int = 0
+
+    def handle(self, ctx: Context, event_type: str, record: dict[str, Any]) -> None:
+        if record["sku"] == "bad":
+            raise ValueError("a handler's bug")
+        if record["sku"] == "enc":
+            ctx.emit(STOCK_LEVELS, "enc", "StockLevel", {"sku": "enc"})  # type: ignore[typeddict-item]
+            return
+        db = ctx.store("counts")
+        key = record["sku"].encode()
+        db.set(key, (db.get(key) or 0) + 1)
+
+    def key_of(self, event_type: str, record: dict[str, Any]) -> str | None:
+        return str(record["sku"])
+
+    def on_assign(self, ctx: Context) -> None:
+        self.assigned += 1
+
+    def due_ms(self, key: bytes, value: Any) -> int:
+        return 1 if key == b"T" else 0  # the timer the tests break
+
+    def on_timer(self, ctx: Context, key: bytes) -> None:
+        if self.timer_fails:
+            raise ValueError("a timer's bug")
+        ctx.store("counts").set(key, -1)
+
+
+def engine(tmp_path: Path, broker: Broker) -> tuple[Engine, Stock]:
+    settings = Settings(partitions=1, home_dir=tmp_path)
+    proc = Stock(name="stock", inputs=(STOCK_ADJUSTMENTS,), stores=(StoreSpec("counts"),), timer_store="counts")
+    eng = Engine(settings, codec_for(settings), Clock(), [proc])
+    eng.consumer = Consumer()  # type: ignore[assignment]
+    eng.producer = Producer(broker)  # type: ignore[assignment]
+    eng._make_producer = lambda: Producer(broker)  # type: ignore[method-assign]
+    eng.owned[0] = _Owned({"counts": PartitionStore(tmp_path / "counts-0")}, {"stock": Timers()})
+    eng._open[("counts", 0)] = eng.owned[0].stores["counts"]
+    return eng, proc
+
+
+def messages(eng: Engine, *skus: str, first: int = 10) -> list[Message]:
+    encode = eng.codec.encode
+    return [Message(first + n, sku, encode("StockAdjusted", ev.stock_adjusted(sku, "WH-1", 1)))
+            for n, sku in enumerate(skus)]  # fmt: skip
+
+
+def committed_offsets(broker: Broker) -> list[int]:
+    return [txn["offsets"][(TOPIC, 0)] for txn in broker.committed if txn["offsets"]]
+
+
+def test_a_replay_one_message_at_a_time_stops_at_a_failed_commit_and_never_commits_past_it(tmp_path: Path) -> None:
+    """Changed on purpose: in the one-message-at-a-time replay a failed commit rewound the consumer but
+    the loop went on with the messages already fetched, so the next one committed its offset past the
+    one whose commit failed: that message was lost to a crash, or applied after the ones behind it."""
+    broker = Broker()
+    eng, _ = engine(tmp_path, broker)
+    eng._process(messages(eng, "A", "bad", "B"))  # a handler fails: the batch is replayed one at a time
+    assert eng._careful and committed_offsets(broker) == []
+    broker.fail_commits = 1
+    eng._process(messages(eng, "A", "bad", "B"))
+    assert committed_offsets(broker) == []  # A's commit failed: nothing after it went either
+    eng._process(messages(eng, "A", "bad", "B"))
+    assert committed_offsets(broker) == [11, 12, 13]  # A, then bad dead-lettered alone, then B
+    assert [topic for topic, _ in broker.committed[1]["records"]] == ["deadletters"]
+    assert not eng._careful
+
+
+def test_a_rebalance_ends_the_one_message_at_a_time_replay_of_the_partitions_that_went(tmp_path: Path) -> None:
+    """Changed on purpose: the replay mode stayed on for a partition that moved away before its replay
+    reached the failed offset, and the worker then ran one message per transaction for good."""
+    eng, _ = engine(tmp_path, Broker())
+    eng._process(messages(eng, "A", "bad"))
+    assert eng._careful
+    eng._on_revoke(eng.consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+    assert not eng._careful
+
+
+def test_a_failing_timer_is_skipped_and_never_blamed_on_the_message_read_with_it(tmp_path: Path) -> None:
+    """Changed on purpose: a timer that raised in a batch of one message dead-lettered that message as
+    processing_error (an innocent order lost) and dropped the batch's other timers."""
+    broker = Broker()
+    eng, proc = engine(tmp_path, broker)
+    proc.timer_fails = True
+    eng.owned[0].stores["counts"].apply({b"T": StoreSpec("counts").serde.dumps(5)}, 0)
+    eng._rebuild_timers(0)  # T is due, and rebuilt from the store after every rewind
+    eng._process(messages(eng, "A"))
+    assert broker.committed == []  # read again, without the timer
+    eng._process(messages(eng, "A"))
+    assert committed_offsets(broker) == [11]
+    assert all(topic != "deadletters" for topic, _ in broker.committed[0]["records"])
+    assert (eng.read("counts", b"A"), eng.read("counts", b"T")) == (1, 5)
+
+
+def test_a_transaction_of_timers_alone_still_carries_the_groups_metadata(tmp_path: Path) -> None:
+    """Changed on purpose: a batch with no input offsets (timers, flushes) committed without
+    send_offsets_to_transaction, so a worker paused past its session could still commit into
+    partitions another worker had taken over: nothing fenced it."""
+    broker = Broker()
+    eng, _ = engine(tmp_path, broker)
+    eng._process(messages(eng, "A"))
+    eng.owned[0].timers["stock"].set(b"A", 1)
+    eng._process([])
+    assert [txn["offsets"] for txn in broker.committed] == [{(TOPIC, 0): 11}, {(TOPIC, 0): 11}]
+
+
+def test_an_output_its_schema_refuses_dead_letters_its_message_instead_of_stopping_the_worker(tmp_path: Path) -> None:
+    """Changed on purpose: an output that could not be encoded raised out of the commit, outside the
+    batch's error handling: the engine thread died, and every restart (and every worker that took the
+    partition over) died again on the same message."""
+    broker = Broker()
+    eng, _ = engine(tmp_path, broker)
+    eng._process(messages(eng, "A", "enc"))
+    assert broker.committed == [] and eng._careful
+    eng._process(messages(eng, "A", "enc"))
+    assert committed_offsets(broker) == [11, 12]
+    assert [topic for topic, _ in broker.committed[1]["records"]] == ["deadletters"]
+
+
+def test_a_batch_that_did_not_commit_leaves_processors_as_after_a_fresh_assignment(tmp_path: Path) -> None:
+    """Changed on purpose: what a processor noted in memory during a batch that then failed to commit
+    (which stock levels it had sent, say) stood, so a level lost with that batch was never sent again."""
+    broker = Broker(fail_commits=1)
+    eng, proc = engine(tmp_path, broker)
+    eng._process(messages(eng, "A"))
+    assert broker.committed == [] and proc.assigned == 1
