@@ -26,9 +26,16 @@ def changelog_topic(settings: Settings, store: str) -> str:
     return settings.topic(f"{settings.app_id}.{store}.changelog")
 
 
+# How long a changelog keeps a delete (a tombstone) after compaction reached it: Kafka's default, set
+# explicitly because a local folder is trusted only for half of it (``TRUSTED_FOR_MS``).
+DELETES_KEPT_MS = 24 * 3_600_000
+TRUSTED_FOR_MS = DELETES_KEPT_MS // 2
+
+
 def ensure_changelogs(settings: Settings, stores: list[str]) -> None:
     """Create each store's changelog (compacted, one partition per input partition) if missing."""
-    config = {**topic_config(settings), "min.compaction.lag.ms": "60000", "segment.ms": "3600000"}
+    config = {**topic_config(settings), "min.compaction.lag.ms": "60000", "segment.ms": "3600000",
+              "delete.retention.ms": str(DELETES_KEPT_MS)}  # fmt: skip
     ensure_compacted(settings, {changelog_topic(settings, store): config for store in stores})
 
 
@@ -146,11 +153,13 @@ def _restore_ranges(
     for (topic, partition), store in stores.items():
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
         start = store.changelog_offset + 1
-        if start > high or (start < low and start > 0):
-            # Ahead of its changelog (the topic was recreated) or behind what compaction kept:
-            # the folder cannot be trusted; rebuild it from the changelog alone.
-            log.warning("%s[%d]: local store at %d, changelog %d..%d: rebuilding", topic, partition, start,
-                        low, high)  # fmt: skip
+        idle_ms = int(time.time() * 1000) - store.written_ms
+        if start > high or (start < low and start > 0) or (start > 0 and idle_ms > TRUSTED_FOR_MS):
+            # Ahead of its changelog (the topic was recreated), behind what compaction kept, or left
+            # so long that compaction may have removed deletes it never saw (a released hold would
+            # come back held): the folder cannot be trusted; rebuild it from the changelog alone.
+            log.warning("%s[%d]: local store at %d, last written %.1f h ago, changelog %d..%d: rebuilding", topic,
+                        partition, start, idle_ms / 3.6e6, low, high)  # fmt: skip
             out[(topic, partition)] = store.wipe()
             start = 0
         if start < high:

@@ -16,6 +16,7 @@ never ahead of its changelog, which is the one thing that must never happen.
 from __future__ import annotations
 
 import shutil
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ V = TypeVar("V")
 # Engine bookkeeping lives under a prefix no business key can start with.
 META_PREFIX = b"\x00meta:"
 CHANGELOG_OFFSET = META_PREFIX + b"changelog_offset"
+# Wall time (epoch ms) of the last write: how long ago the folder last matched its changelog. A folder
+# left behind longer than the changelog keeps its deletes (``delete.retention.ms``) may hold keys
+# whose tombstones compaction has since removed, and is rebuilt rather than caught up.
+WRITTEN_MS = META_PREFIX + b"written_ms"
 _DELETED = object()
 # Bytes of values a partition store keeps in memory beside RocksDB, the most recently written: a
 # SKU's totals and an order's record are read again a batch or two after they were written, and a
@@ -71,6 +76,12 @@ class PartitionStore:
         raw = self._db.get(CHANGELOG_OFFSET)
         return int(raw) if raw is not None else -1
 
+    @property
+    def written_ms(self) -> int:
+        """When the folder was last written (epoch ms); 0 when never, or before this was recorded."""
+        raw = self._db.get(WRITTEN_MS)
+        return int(raw) if raw is not None else 0
+
     def get(self, key: bytes) -> bytes | None:
         recent = self._recent.get(key, _DELETED)
         if recent is not _DELETED:
@@ -104,6 +115,7 @@ class PartitionStore:
                 batch.put(key, value)
         if changelog_offset >= 0:
             batch.put(CHANGELOG_OFFSET, str(changelog_offset).encode())
+        batch.put(WRITTEN_MS, str(int(time.time() * 1000)).encode())
         self._db.write(batch)
         if remember:
             self._remember(changes)
@@ -149,6 +161,10 @@ class MemoryStore(PartitionStore):
     @property
     def changelog_offset(self) -> int:
         return self._offset
+
+    @property
+    def written_ms(self) -> int:
+        return int(time.time() * 1000)
 
     def approximate_keys(self) -> int:
         return len(self._data)
