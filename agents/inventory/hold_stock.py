@@ -422,6 +422,10 @@ class HoldStock(Processor):
         if stock.hot is not None and stock.hot.bucket >= 0:
             self._bucket_changed(ctx, db, stock, had_free)
             return
+        if not stock.known and not stock.on_hand and not stock.open_lines and stock.hot is None:
+            # A SKU that never had stock and holds nothing (commands for it are refused as unknown_sku):
+            # nothing to keep, so commands naming made-up SKUs leave no record behind.
+            return
         rules = self._rules
         available = hot_.aggregate(stock).available()
         stock.paused = rules_.next_paused(stock.paused, available, rules.safety_threshold, rules.hysteresis)

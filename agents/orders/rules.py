@@ -345,6 +345,7 @@ def on_hold_decided(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rule
         _release_held(rec, fx, now_ms, rules, "order_rejected")
         reasons = sorted({a[1] for a in refused.values()})
         _move(rec, fx, "rejected", now_ms, ",".join(reasons))
+        _paid_and_let_go(rec, fx, now_ms)
         fx.reservation = Reservation("REJECTED", lines)
         return fx
     _move(rec, fx, "reserved", now_ms)
@@ -373,8 +374,21 @@ def _on_line_changed(rec: OrderRecord, fx: Effects, line_no: str, decided: dict[
         if can_transition(rec.state, new):
             _release_held(rec, fx, now_ms, rules, f"order_{new}")
             _move(rec, fx, new, now_ms, reason)
+            _paid_and_let_go(rec, fx, now_ms)
     if line_no in rec.lines and outcome != "IGNORED":
         rec.line_status[line_no] = outcome
+
+
+def _paid_and_let_go(rec: OrderRecord, fx: Effects, now_ms: int) -> None:
+    """The pipeline let an order go (refused, or its stock taken back) after the customer had paid: the
+    money must go back, and nothing else here would say so."""
+    if rec.paid:
+        fx.alerts.append(AlertSpec(
+            "paid_order_not_fulfilled", "RED", rec.order_id,
+            f"order {rec.order_id} was paid but is {rec.state} ({rec.reason}): the customer is owed a refund",
+            event_id=f"paid_order_not_fulfilled:{rec.order_id}", at_ms=now_ms,
+            details={"channel": rec.channel, "state": rec.state},
+        ))  # fmt: skip
 
 
 def route_reserves(rec: OrderRecord, commands: list[HoldCommand], buckets_of: Callable[[str], int]) -> None:

@@ -128,3 +128,20 @@ def test_a_placed_order_missing_an_answer_asks_again_and_says_so() -> None:
     flow.on_hold_decided(rec, {"line_no": 2, "action": "RESERVE", "outcome": "HELD", "reason": ""}, due + 1,
                          ORDER_RULES)  # fmt: skip
     assert rec.state == "reserved" and rec.next_deadline_ms(ORDER_RULES) == due + 1 + ORDER_RULES.payment_timeout_ms
+
+
+def test_an_order_paid_and_then_refused_says_the_customer_is_owed_a_refund() -> None:
+    """Changed on purpose: a payment heard while the order waited for its stock answers, then a refusal,
+    left a paid order rejected with nothing saying the money must go back."""
+    rec = flow.OrderRecord(order_id="jd:1")
+    flow.on_placed(rec, order_of(("A", 1)), 5, ORDER_RULES)
+    flow.on_payment(rec, {"event_time_ms": 6}, 6, ORDER_RULES)
+    fx = flow.on_hold_decided(rec, {"line_no": 1, "action": "RESERVE", "outcome": "REFUSED",
+                                    "reason": "insufficient_stock"}, 7, ORDER_RULES)  # fmt: skip
+    assert rec.state == "rejected"
+    assert [(a.kind, a.severity) for a in fx.alerts] == [("paid_order_not_fulfilled", "RED")]
+    unpaid = flow.OrderRecord(order_id="jd:2")
+    flow.on_placed(unpaid, order_of(("A", 1)), 5, ORDER_RULES)
+    fx = flow.on_hold_decided(unpaid, {"line_no": 1, "action": "RESERVE", "outcome": "REFUSED",
+                                       "reason": "insufficient_stock"}, 7, ORDER_RULES)  # fmt: skip
+    assert fx.alerts == []

@@ -153,3 +153,12 @@ def test_a_shipped_order_no_channel_reports_delivered_is_purged_after_the_retent
     assert r.read(ORDERS, b"jd:8") is not None
     r.advance(700_000)
     assert r.read(ORDERS, b"jd:8") is None
+
+
+def test_orders_for_a_sku_that_never_had_stock_leave_no_record_of_it() -> None:
+    """Changed on purpose: every command naming an unknown SKU stored a record for it (and paused it, with
+    an alert), so commands naming made-up SKUs grew the pool's store without bound."""
+    r, _ = pipeline()
+    out = order(r, "OrderPlaced", ev.order_placed("jd", "9", [ev.line(1, "NO-SUCH-SKU", 1)]))
+    assert states(out) == ["placed", "rejected"] and not [o for o in out if o.event_type == "Alert"]
+    assert r.read(POOL, sku_key("NO-SUCH-SKU"), "NO-SUCH-SKU") is None
