@@ -930,6 +930,7 @@ class Engine:
         batch did in memory stands."""
         now_ms = self.clock.now_ms()
         for partition in list(self.owned):
+            self.heartbeat = time.monotonic()  # a large store's scans are work, not a stall
             self._rebuild_timers(partition)
             for proc in self.processors:
                 proc.on_revoke(partition)
