@@ -323,8 +323,14 @@ def on_hold_decided(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rule
     if decided["action"] != "RESERVE":
         _on_line_changed(rec, fx, line_no, decided, now_ms, rules)
         return fx
-    if line_no not in rec.lines or line_no in rec.answers:
-        return fx  # unknown line or duplicate answer
+    if line_no not in rec.lines:
+        return fx
+    if line_no in rec.answers:
+        if decided["outcome"] == "HELD" and rec.answers[line_no][0] != "HELD":
+            # A RESERVE asked again (a duplicate OrderPlaced, an answer slow to come) held the line after
+            # the first was refused: the order went by the refusal, so this hold goes back at once.
+            fx.hold_commands.append(_command(rec, "RELEASE", line_no, now_ms, rules, f"order_{rec.state}"))
+        return fx  # a duplicate answer
     _note_bucket(rec, line_no, decided.get("bucket", -1))
     # A replayed RESERVE is answered with what the line is now: paid or shipped means it was held;
     # released or expired means the pool let it go before the order heard of it.

@@ -145,3 +145,17 @@ def test_an_order_paid_and_then_refused_says_the_customer_is_owed_a_refund() -> 
     fx = flow.on_hold_decided(unpaid, {"line_no": 1, "action": "RESERVE", "outcome": "REFUSED",
                                        "reason": "insufficient_stock"}, 7, ORDER_RULES)  # fmt: skip
     assert fx.alerts == []
+
+
+def test_a_line_held_by_a_reserve_asked_again_after_its_refusal_is_given_back() -> None:
+    """Changed on purpose: after a RESERVE was asked again, a first answer REFUSED then a second HELD left
+    the second hold in place (the answer was taken for a duplicate) until it expired two hours later."""
+    rec = flow.OrderRecord(order_id="jd:1")
+    flow.on_placed(rec, order_of(("A", 1)), 5, ORDER_RULES)
+    flow.on_tick(rec, 5 + ORDER_RULES.reserve_retry_ms, ORDER_RULES)  # asked again
+    refused = {"line_no": 1, "action": "RESERVE", "outcome": "REFUSED", "reason": "insufficient_stock"}
+    flow.on_hold_decided(rec, refused, 6 + ORDER_RULES.reserve_retry_ms, ORDER_RULES)
+    assert rec.state == "rejected"
+    held = {"line_no": 1, "action": "RESERVE", "outcome": "HELD", "reason": ""}
+    fx = flow.on_hold_decided(rec, held, 7 + ORDER_RULES.reserve_retry_ms, ORDER_RULES)
+    assert [(c["action"], c["line_no"], c["reason"]) for c in fx.hold_commands] == [("RELEASE", 1, "order_rejected")]
