@@ -360,6 +360,12 @@ class HoldStock(Processor):
     def _emit_sync(self, ctx: Context, stock: SkuStock, sync: Sync) -> None:
         hot = stock.hot
         assert hot is not None
+        if hot.seq == 0:
+            # A new life of this SKU's buckets (or of one bucket) after an unhot or a merge: the ids of the
+            # last one's transfers are remembered for days and its sequence numbers in acks, so this one
+            # numbers its syncs past them, from the clock, rather than from 1 again (its transfers would
+            # be taken for the old ones and dropped, and their units lost).
+            hot.seq = ctx.now_ms * 1000
         hot.seq += 1
         sku = home_sku(stock.sku, hot.bucket)
         record = BucketSync(

@@ -216,3 +216,18 @@ def test_unmarking_merges_the_buckets_and_the_home_decides_again() -> None:
     assert after["outcome"] == "HELD" and after["bucket"] == -1
     hot = [o.record for o in r.outputs if o.topic == STOCK_HOT_SKUS.name]
     assert [h["state"] for h in hot] == ["hot", "merging", ""]
+
+
+def test_a_sku_made_hot_again_after_a_merge_hands_its_units_out_again() -> None:
+    """Changed on purpose: a new split numbered its syncs from 1 again, so its transfers carried the ids of
+    the first split's, which the buckets remembered (7 days) and dropped: the units left the home and
+    reached no bucket."""
+    r = runner()
+    receipt(r, SKU, 20)
+    mark(r, 4)
+    mark(r, 0)
+    r.advance(1_000)
+    assert record(r, SKU).get("hot") is None and on_hand_everywhere(r, 4) == 20
+    mark(r, 4)
+    assert on_hand_everywhere(r, 4) == 20 and level(r)["on_hand"] == 20
+    assert sum(sum(record(r, bucket_key(SKU, b, P))["on_hand"].values()) for b in range(4)) > 0
