@@ -48,6 +48,7 @@ from streams.engine.topicreader import read_all
 from streams.settings import Settings
 
 _OPEN_OUTCOMES = {"HELD", "COMMITTED"}
+_FULFILLING = _OPEN_OUTCOMES | {"SHIPPED"}  # a paid order's line: held for it, or gone to its customer
 # A timer this late has not fired: the engine fires due timers within a batch window.
 OVERDUE_GRACE_MS = 60_000
 _LET_GO = {"RELEASED", "EXPIRED", "REFUSED", "SHIPPED"}
@@ -377,8 +378,9 @@ def _check_order_states(last: dict[str, dict[str, Any]], final_state: dict[str, 
     for line_key in last:
         lines_of[line_key.rpartition("#")[0]].append(line_key)
     for order_id, order_state in final_state.items():
+        # A split order stays paid or routed until its last warehouse ships: lines shipped before are done.
         if order_state in ("paid", "routed") and any(
-            last[k].get("outcome") not in _OPEN_OUTCOMES for k in lines_of.get(order_id, [])
+            last[k].get("outcome") not in _FULFILLING for k in lines_of.get(order_id, [])
         ):
             report.paid_without_hold.append(order_id)
         reserved_at = stage_time.get(order_id, 0)
