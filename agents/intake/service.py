@@ -88,6 +88,7 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 REMEMBERED_IDS = 500_000
+DELIVERY_TIMEOUT_S = 25.0  # the longest the broker's acknowledgement of one event is waited for
 WMS_KINDS = {"ack": "wms_ack", "shipment": "shipment", "delivery": "delivery", "return": "return_received"}
 SERVICE_KINDS = {"refund_review": "refund_review"}
 AUTH_REASONS = {
@@ -148,7 +149,10 @@ class Intake:
         self.limits = OrderLimits.from_settings(settings)
         self.warehouses = tuple(load_warehouses(settings.warehouses_file))
         self.secrets = SecretsFile(settings.intake_secrets_file, settings.channels)
-        self.producer = producer or EventProducer(settings)
+        # librdkafka gives up on a message before the caller is answered 503: a message that answer said was
+        # not written can then never turn up later (its retry, perhaps changed, is the one that counts).
+        delivery = {"message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000)}
+        self.producer = producer or EventProducer(settings, None, **delivery)
         self._owns_producer = producer is None
         self.clock = Clock()
         self.accepted: OrderedDict[str, _Accepted] = OrderedDict()
@@ -446,7 +450,7 @@ class Intake:
 
         self.producer.send_with_callback(mapped.topic, mapped.key, mapped.event_type, mapped.record, delivered)
         with self.produce_seconds.time():
-            return await asyncio.wait_for(done, timeout=30.0)
+            return await asyncio.wait_for(done, timeout=DELIVERY_TIMEOUT_S + 5.0)
 
 
 def _path(name: str) -> dict[str, Any]:
