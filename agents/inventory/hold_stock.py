@@ -432,6 +432,10 @@ class HoldStock(Processor):
             # A SKU that never had stock and holds nothing (commands for it are refused as unknown_sku):
             # nothing to keep, so commands naming made-up SKUs leave no record behind.
             return
+        if stock.hot is not None and stock.hot.state == hot_.HOT:
+            # Units freed at the home while the SKU is hot (a line held there released or expired) go to the
+            # buckets, where the orders are taken; left at the home, no order could have them.
+            self._send(ctx, stock, hot_.distribute(stock, self.low_water))
         rules = self._rules
         available = hot_.aggregate(stock).available()
         stock.paused = rules_.next_paused(stock.paused, available, rules.safety_threshold, rules.hysteresis)

@@ -231,3 +231,21 @@ def test_a_sku_made_hot_again_after_a_merge_hands_its_units_out_again() -> None:
     mark(r, 4)
     assert on_hand_everywhere(r, 4) == 20 and level(r)["on_hand"] == 20
     assert sum(sum(record(r, bucket_key(SKU, b, P))["on_hand"].values()) for b in range(4)) > 0
+
+
+def test_units_freed_at_the_home_while_hot_go_to_the_buckets() -> None:
+    """Changed on purpose: units freed at the home while the SKU was hot (a line held there before the split,
+    released) stayed at the home, where no order is taken: orders were refused insufficient_stock while
+    the channels showed the units as sellable."""
+    r = runner()
+    receipt(r, SKU, 20)
+    r.send([reserve("jd:early", qty=5)], HOLD_COMMANDS.name)  # held at the home before the split
+    mark(r, 4)
+    sold = 0
+    for i in range(40):
+        out = r.send([reserve(f"jd:s{i}", buckets=4)], HOLD_COMMANDS.name)
+        sold += sum(1 for o in out if o.event_type == "HoldDecided" and o.record["outcome"] == "HELD")
+    assert sold == 15
+    r.send([reserve("jd:early", qty=5, action="RELEASE")], HOLD_COMMANDS.name)
+    out = r.send([reserve("jd:late", buckets=4)], HOLD_COMMANDS.name)
+    assert [o.record["outcome"] for o in out if o.event_type == "HoldDecided"][-1] == "HELD"
