@@ -165,11 +165,22 @@ def route(
 
 
 def _assign(combo: tuple[str, ...], lines: list[Line], free: dict[tuple[str, str], int]) -> dict[str, list[int]] | None:
-    """Each line to the first warehouse of ``combo`` (best score first) that still has stock for it."""
+    """Each line, largest first, to the first warehouse that still has stock for it, trying the warehouses of
+    ``combo`` in its order (best score first) and then in every other order: one order's first fit can miss a
+    plan another finds (4 and 3 units for lines of 3, 2 and 2 fit only with the 3 placed second)."""
+    for order in itertools.permutations(combo):
+        plan = _first_fit(order, lines, free)
+        if plan is not None:
+            return plan
+    return None
+
+
+def _first_fit(order: tuple[str, ...], lines: list[Line],
+               free: dict[tuple[str, str], int]) -> dict[str, list[int]] | None:  # fmt: skip
     left = dict(free)
     plan: dict[str, list[int]] = {}
     for ln in sorted(lines, key=lambda x: (-x.qty, x.line_no)):
-        for wh in combo:
+        for wh in order:
             if left.get((wh, ln.sku), 0) >= ln.qty:
                 left[(wh, ln.sku)] -= ln.qty
                 plan.setdefault(wh, []).append(ln.line_no)

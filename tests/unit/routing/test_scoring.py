@@ -62,6 +62,16 @@ def test_split_uses_the_fewest_warehouses_and_never_splits_a_line() -> None:
                          WEIGHTS) is None  # type: ignore[arg-type]  # fmt: skip
 
 
+def test_a_split_is_found_where_the_best_warehouse_first_would_miss_it() -> None:
+    """Changed on purpose: each line went, largest first, to the best-scored warehouse with room, so 4 units
+    at Nanjing and 3 at Guangzhou for lines of 3, 2 and 2 gave no plan (3 at Nanjing left 1 there and the
+    two 2s no home): the order was called unroutable though Guangzhou 3 + Nanjing 2 and 2 ship it."""
+    free = {("WH-NJ", "S"): 4, ("WH-GZ", "S"): 3}
+    lines = [Line(1, "S", 3), Line(2, "S", 2), Line(3, "S", 2)]
+    decision = routing.route(EXAMPLE_SITES, HANGZHOU, lines, free, EXAMPLE_ON_TIME, WEIGHTS)  # type: ignore[arg-type]
+    assert decision is not None and decision.assignments == {"WH-GZ": [1], "WH-NJ": [2, 3]}
+
+
 def test_on_time_rate_starts_at_its_prior_and_follows_shipments() -> None:
     rate = OnTimeRate(prior=0.9, prior_weight=10, window=4)
     assert rate.rate() == pytest.approx(0.9)
