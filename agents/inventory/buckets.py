@@ -247,6 +247,8 @@ def on_report(home: SkuStock, bucket: int, figures: dict[str, Any], low_water: i
     hot.in_flight = [f for f in hot.in_flight if f[1] != bucket or f[0] > acked]
     if hot.state != MERGING or not empty(figures) or bucket in hot.merged:
         return []
+    if any(f[1] == bucket for f in hot.in_flight):
+        return []  # a report older than a transfer to the bucket: it will hold those units when it gets it
     hot.merged.append(bucket)
     if len(hot.merged) < hot.count:
         return []

@@ -219,6 +219,19 @@ def test_on_report_keeps_the_newest_figures_and_forgets_acknowledged_transfers()
     assert b.on_report(stock, 7, figures({}), low_water=0) == []  # no such bucket
 
 
+def test_an_empty_report_older_than_a_transfer_to_the_bucket_does_not_merge_it() -> None:
+    """Changed on purpose: while merging, a bucket's empty report counted it merged even when the home had
+    sent it units since (the report predates them): the SKU went cold with those units still on their way,
+    and its level and a count in that window left them out."""
+    stock = home({}, count=1)
+    stock.hot.state = b.MERGING  # type: ignore[union-attr]
+    b.sent_to_bucket(stock, 9, b.Sync(b.TRANSFER, 0, {"WH-SH": 2}))
+    b.on_report(stock, 0, figures({}, seq=5, acked=8), low_water=0)
+    assert stock.hot is not None and stock.hot.merged == [] and stock.hot.in_flight == [[9, 0, {"WH-SH": 2}]]
+    b.on_report(stock, 0, figures({}, seq=7, acked=9), low_water=0)  # it had the units, and sent them home
+    assert stock.hot is None or stock.hot.state == b.COLD
+
+
 def test_aggregate_adds_buckets_and_units_in_transit_to_the_home() -> None:
     stock = home({"WH-SH": 1}, count=2, locked=1, open_lines=1)
     b.on_report(stock, 0, figures({"WH-SH": 10}, locked=4, sold=1, open_lines=4), low_water=0)
