@@ -64,6 +64,7 @@ PROBE_EVERY_S = 2.0
 # A worker that owns partitions and has read nothing for this long asks whether the group's
 # committed offsets can be read at all (see ``_check_group_offsets``).
 OFFSETS_CHECK_AFTER_S = 10.0
+END_UNKNOWN = 1 << 62  # an input partition's end not read at assignment: learnt from the next fetch
 
 
 @dataclass
@@ -272,6 +273,10 @@ class Engine:
         # Timers (processor, partition, key) and flushes (key b"") that raised: skipped until a restart, so
         # one broken key can neither stall the partition nor be blamed on the messages read with it.
         self._quarantined: set[tuple[str, int, bytes]] = set()
+        # Input partitions (topic, partition) -> where they ended at the last assignment. Until the consumer
+        # has read past that, records for them are published, never applied in the batch that wrote them:
+        # what a previous owner sent there (a hot SKU's syncs, in order) must be applied first.
+        self._reading_to: dict[tuple[str, int], int] = {}
         self._last_error = ""
         self._slot_handle: IO[bytes] | None = None
         self.slot = -1
@@ -457,6 +462,13 @@ class Engine:
             else:
                 unread.append(f"{tp.topic}[{tp.partition}]")
         self.lag, self.unread = lag, unread
+        for tp in positions:  # a partition whose backlog ends in a transaction marker is read past it here
+            end = self._reading_to.get((tp.topic, tp.partition))
+            if end == END_UNKNOWN:
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                end = self._reading_to[(tp.topic, tp.partition)] = high if high is not None and high >= 0 else end
+            if end is not None and tp.offset >= end:
+                del self._reading_to[(tp.topic, tp.partition)]
         if not idle or not positions:
             return
         batch = _Batch(self, self.clock.now_ms())
@@ -572,6 +584,8 @@ class Engine:
         key, offset = (msg.topic() or "", msg.partition() or 0), msg.offset() or 0
         self._committed.setdefault(key, offset)  # a batch is committed before the next is read
         batch.offsets[key] = offset + 1
+        if key in self._reading_to and offset + 1 >= self._reading_to[key]:
+            del self._reading_to[key]
 
     def _apply(self, batch: _Batch, msg: Message) -> None:
         error = msg.error()
@@ -631,7 +645,7 @@ class Engine:
                 if reader is None or out.key is None:
                     continue
                 partition = partition_for(out.key, self.settings.partitions)
-                if partition not in self.owned:
+                if partition not in self.owned or (self.settings.topic(out.topic), partition) in self._reading_to:
                     continue
                 proc, spec = reader
                 if out.event_type not in spec.events:
@@ -983,11 +997,26 @@ class Engine:
             self.owned[partition] = _Owned(stores)
             self._rebuild_timers(partition)
             self._assign_processors(partition, now_ms)
+        self._note_backlogs()
         self._last_input = time.monotonic()
         log.info("assigned partitions %s: %d changelog records restored in %.2fs", numbers, applied,
                  time.perf_counter() - started)  # fmt: skip
         self.stats.assignments, self.stats.assigned_at_ms = self.stats.assignments + 1, int(time.time() * 1000)
         self.ready.set()
+
+    def _note_backlogs(self) -> None:
+        """After an assignment, where every owned input partition ends now: records a previous owner of a
+        partition (this one's or a sender's) published there come before anything applied in place."""
+        for topic in self.by_topic:
+            for partition in self.owned:
+                try:
+                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+                except KafkaException as exc:
+                    log.warning("%s[%d]: end offset not read (%s); its records go through Kafka until it is read",
+                                topic, partition, exc.args[0].str())  # fmt: skip
+                    high = END_UNKNOWN
+                if high > self._committed.get((topic, partition), 0):
+                    self._reading_to[(topic, partition)] = high
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Every batch is committed before the next poll, so nothing is in flight here. The RocksDB
@@ -996,6 +1025,7 @@ class Engine:
         for tp in partitions:  # another worker moves them on: coming back, they start from the group's offsets
             self._committed.pop((tp.topic, tp.partition), None)
             self._careful.pop((tp.topic, tp.partition), None)  # replayed one at a time by their next owner
+            self._reading_to.pop((tp.topic, tp.partition), None)
         for partition in sorted({tp.partition for tp in partitions}):
             owned = self.owned.pop(partition, None)
             if owned is not None:

@@ -113,8 +113,12 @@ class _Delivered:
 
 
 class Consumer:
-    def __init__(self) -> None:
+    def __init__(self, end: int = 0) -> None:
         self.seeks: list[int] = []
+        self.end = end
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float = 0, cached: bool = False) -> tuple[int, int]:
+        return 0, self.end
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(TOPIC, 0)]
@@ -139,6 +143,8 @@ class Stock(Processor):
         if record["sku"] == "enc":
             ctx.emit(STOCK_LEVELS, "enc", "StockLevel", {"sku": "enc"})  # type: ignore[typeddict-item]
             return
+        if record["sku"] == "fwd":  # passes one on to another SKU of the same topic, as the pool's hops do
+            ctx.emit(STOCK_ADJUSTMENTS, "X", "StockAdjusted", {**record, "sku": "X", "event_id": "fwd"})
         db = ctx.store("counts")
         key = record["sku"].encode()
         db.set(key, (db.get(key) or 0) + 1)
@@ -255,3 +261,19 @@ def test_a_batch_that_did_not_commit_leaves_processors_as_after_a_fresh_assignme
     eng, proc = engine(tmp_path, broker)
     eng._process(messages(eng, "A"))
     assert broker.committed == [] and proc.assigned == 1
+
+
+def test_after_an_assignment_records_for_a_partition_with_a_backlog_wait_their_turn(tmp_path: Path) -> None:
+    """Changed on purpose: a record for a partition this worker owns was applied in the batch that wrote it
+    even while that partition still held unread records from its previous owner (or a sender's), so a hot
+    SKU's syncs could be applied out of order after a rebalance and strand units in a bucket."""
+    broker = Broker()
+    eng, _ = engine(tmp_path, broker)
+    eng.consumer = Consumer(end=20)  # type: ignore[assignment]
+    eng._note_backlogs()
+    eng._process(messages(eng, "fwd"))
+    assert eng.read("counts", b"X") is None  # published, applied when read after offsets 10..19
+    assert [(t, k) for t, k in broker.committed[0]["records"] if t.endswith("adjustments")] == [(TOPIC, b"X")]
+    eng._process(messages(eng, *["A"] * 9, first=11))  # the backlog read to its end
+    eng._process(messages(eng, "fwd", first=20))
+    assert eng.read("counts", b"X") == 1  # applied in place again
