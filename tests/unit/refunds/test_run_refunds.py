@@ -47,6 +47,12 @@ def of(outputs: list[Any], event_type: str) -> list[dict[str, Any]]:
     return [o.record for o in outputs if o.event_type == event_type]
 
 
+def paid_order(r: LocalRunner, view: WarehouseView, wh: str, channel: str, oid: str, sku: str, qty: int) -> None:
+    stock(r, view, sku, 5, wh)
+    order(r, "OrderPlaced", ev.order_placed(channel, oid, [ev.line(1, sku, qty)]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed(channel, oid))
+
+
 def delivered_order(r: LocalRunner, view: WarehouseView, wh: str, channel: str, oid: str, sku: str,
                     price_fen: int = 9_900) -> None:  # fmt: skip
     stock(r, view, sku, 5, wh)
@@ -82,9 +88,7 @@ def test_a_no_reason_return_is_paid_at_once_and_its_goods_go_back_on_hand() -> N
 
 def test_refund_only_before_shipment_cancels_the_order_and_releases_its_holds() -> None:
     r, view, wh = pipeline()
-    stock(r, view, "SKU-R2", 5, wh)
-    order(r, "OrderPlaced", ev.order_placed("tmall", "2", [ev.line(1, "SKU-R2", 2)]))
-    order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "2"))
+    paid_order(r, view, wh, "tmall", "2", "SKU-R2", 2)
     out = refund(r, "RefundRequested", ev.refund_requested("tmall", "2", "r2", 19_800, kind="REFUND_ONLY"))
     assert [s["state"] for s in of(out, "OrderStateChanged")] == ["cancelled"]
     assert [(d["warehouse_id"], d["action"]) for d in of(out, "WarehouseDispatched")] == [(wh, "CANCEL")]
@@ -149,9 +153,7 @@ def test_one_order_is_not_paid_back_twice_under_two_refund_ids() -> None:
 
 def test_a_second_refund_only_after_the_first_cancelled_the_order_is_not_approved() -> None:
     r, view, wh = pipeline()
-    stock(r, view, "SKU-R6", 5, wh)
-    order(r, "OrderPlaced", ev.order_placed("tmall", "6", [ev.line(1, "SKU-R6", 2)]))
-    order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "6"))
+    paid_order(r, view, wh, "tmall", "6", "SKU-R6", 2)
     out = refund(r, "RefundRequested", ev.refund_requested("tmall", "6", "r6a", 19_800, kind="REFUND_ONLY"))
     assert of(out, "RefundInstruction")
     out = refund(r, "RefundRequested", ev.refund_requested("tmall", "6", "r6b", 19_800, kind="REFUND_ONLY"))
