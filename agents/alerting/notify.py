@@ -234,16 +234,35 @@ class Robot:
     # --- the queue -------------------------------------------------------------------------------
 
     def add(self, item: Queued) -> None:
-        self.queue[item.id] = item
-        self._bound()
+        if self._queue(item):
+            self._bound()
         self._wake.set()
 
     def replace(self, items: Iterable[Queued]) -> None:
         """The queue as the durable table holds it, after a restart or a rebalance."""
-        self.queue = {i.id: i for i in sorted(items, key=lambda i: (i.queued_ms, i.id))}
+        self.queue = {}
+        for item in sorted(items, key=lambda i: (i.alert["event_time_ms"], i.queued_ms, i.id)):
+            self._queue(item)
         self._bound()
         self.ready = True
         self._wake.set()
+
+    def _queue(self, item: Queued) -> bool:
+        """Queue ``item`` unless a newer raise of its alert waits already; drop a waiting clearing it
+        supersedes. Clearings are sent after raises, so a clearing older than a raise of the same alert
+        would otherwise be the last word the chat got while the alert stands. False: not queued."""
+        new = item.alert
+        for queued in list(self.queue.values()):
+            old = queued.alert
+            if (old["kind"], old["subject"]) != (new["kind"], new["subject"]) or old["cleared"] == new["cleared"]:
+                continue
+            if old["cleared"] and old["event_time_ms"] <= new["event_time_ms"]:
+                self.finish(self.queue.pop(queued.id), "superseded: raised again")
+            elif new["cleared"] and new["event_time_ms"] < old["event_time_ms"]:
+                self.finish(item, "superseded: raised again")
+                return False
+        self.queue[item.id] = item
+        return True
 
     def release(self, partitions: set[int]) -> None:
         """Partitions moving away: their alerts are now their new owner's to send. Sending pauses

@@ -201,3 +201,23 @@ def test_the_robot_key_never_reaches_a_log() -> None:
         "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=693a…"
     )
     assert redact("http://127.0.0.1:8/hook") == "http://127.0.0.1:8/hook"
+
+
+def test_a_clearing_older_than_a_raise_of_the_same_alert_is_never_the_last_word() -> None:
+    """Changed on purpose: clearings are sent after raises, so a breach cleared at t=10 and raised again at
+    t=20, both waiting, reached the chat as raise then "cleared" while the breach stood."""
+    finished = Finished()
+    robot = Robot("http://127.0.0.1:9/unused", policy(), finished)
+    cleared = alert("invariant_breach", "INFO", "SKU-1", "holds again", 10, cleared=True)
+    raised = alert("invariant_breach", "RED", "SKU-1", "locked > on hand", 20)
+    other = alert("invariant_breach", "INFO", "SKU-2", "holds again", 10, cleared=True)
+    robot.replace([Queued(cleared, 0, 1), Queued(other, 0, 2)])
+    robot.add(Queued(raised, 0, 3))
+    assert sorted(robot.queue) == sorted([raised["event_id"], other["event_id"]])
+    assert finished.done == {cleared["event_id"]: "superseded: raised again"}
+    late = alert("invariant_breach", "INFO", "SKU-1", "holds again", 15, cleared=True)  # arrives after the raise
+    robot.add(Queued(late, 0, 4))
+    assert late["event_id"] not in robot.queue and finished.done[late["event_id"]] == "superseded: raised again"
+    restarted = Robot("http://127.0.0.1:9/unused", policy(), Finished())
+    restarted.replace([Queued(raised, 0, 3), Queued(cleared, 0, 1)])  # a durable queue holding both, loaded
+    assert list(restarted.queue) == [raised["event_id"]]
