@@ -97,7 +97,9 @@ def faust_broker(settings: Settings) -> dict[str, Any]:
     """``broker`` and ``broker_credentials`` for ``faust.App``: the same brokers, TLS and SASL user."""
     import faust
 
-    broker = ";".join(f"kafka://{host.strip()}" for host in settings.bootstrap.split(","))
+    from streams.engine import shell_transport  # registers its scheme with Faust
+
+    broker = ";".join(f"{shell_transport.SCHEME}://{host.strip()}" for host in settings.bootstrap.split(","))
     protocol = settings.kafka_security_protocol
     credentials: Any = None
     if protocol.startswith("SASL_"):

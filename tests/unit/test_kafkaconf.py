@@ -38,7 +38,7 @@ def test_plaintext_is_the_address_alone() -> None:
     settings = Settings(kafka_bootstrap="k1:9092")
     assert confluent_config(settings) == {"bootstrap.servers": "k1:9092", "security.protocol": "PLAINTEXT"}
     assert aiokafka_kwargs(settings) == {"bootstrap_servers": ["k1:9092"], "security_protocol": "PLAINTEXT"}
-    assert faust_broker(settings) == {"broker": "kafka://k1:9092", "broker_credentials": None}
+    assert faust_broker(settings) == {"broker": "stockflow://k1:9092", "broker_credentials": None}
     assert confluent_config("127.0.0.1:1", **{"group.id": "g"}) == {"bootstrap.servers": "127.0.0.1:1", "group.id": "g"}
 
 
@@ -61,7 +61,7 @@ def test_sasl_plaintext_gives_each_library_the_user_and_mechanism(mechanism: str
         "sasl_plain_password": SECRET,
     }
     broker = faust_broker(settings)
-    assert broker["broker"] == "kafka://k1:9093;kafka://k2:9093"
+    assert broker["broker"] == "stockflow://k1:9093;stockflow://k2:9093"
     credentials = broker["broker_credentials"]
     assert isinstance(credentials, faust.SASLCredentials)
     assert (credentials.protocol.value, credentials.mechanism.value) == ("SASL_PLAINTEXT", mechanism)
