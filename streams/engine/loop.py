@@ -41,7 +41,7 @@ from streams.contract.keys import partition_for
 from streams.contract.reasons import Reason
 from streams.contract.records import DeadLetter
 from streams.contract.schema_registry import SchemaRegistryUnavailable
-from streams.contract.topics import ALL_TOPICS, DEADLETTERS, PRODUCER_MAX_MESSAGE_BYTES, TopicSpec
+from streams.contract.topics import ALL_TOPICS, DEADLETTERS, LARGEST_DEAD_LETTER, PRODUCER_MAX_MESSAGE_BYTES, TopicSpec
 from streams.engine.changelog import changelog_topic, ensure_changelogs, restore
 from streams.engine.clock import Clock
 from streams.engine.deadletter import dead_letter
@@ -65,6 +65,9 @@ PROBE_EVERY_S = 2.0
 # committed offsets can be read at all (see ``_check_group_offsets``).
 OFFSETS_CHECK_AFTER_S = 10.0
 END_UNKNOWN = 1 << 62  # an input partition's end not read at assignment: learnt from the next fetch
+# How long a timer or flush that raised is skipped before it is tried again (a bug that depends on the
+# state it reads may pass once that changes; one that does not costs a rewind this often).
+QUARANTINE_S = 60.0
 
 
 @dataclass
@@ -208,6 +211,9 @@ class _Batch:
         self.contexts: dict[tuple[str, int], Context] = {}
         self.scanned: dict[int, int] = {}  # id(context) -> outputs already looked at for local delivery
         self.offsets: dict[tuple[str, int], int] = {}
+        self.fired: list[tuple[str, int, bytes]] = []  # timers (processor, partition, key) and flushes (key b"")
+        self.read_past: list[tuple[str, int]] = []  # gated partitions this batch read to their backlog's end
+        self.gated: dict[tuple[str, int], int] = {}  # gated partitions it published to: their newest offset + 1
         self.stores: dict[tuple[str, int], StoreTransaction[Any]] = {}
 
     def context(self, proc: Processor, partition: int) -> Context:
@@ -272,7 +278,10 @@ class Engine:
         self._in_transaction = False
         # Timers (processor, partition, key) and flushes (key b"") that raised: skipped until a restart, so
         # one broken key can neither stall the partition nor be blamed on the messages read with it.
-        self._quarantined: set[tuple[str, int, bytes]] = set()
+        self._quarantined: dict[tuple[str, int, bytes], float] = {}  # -> monotonic time it is tried again
+        # A batch failed in its commit after timers or flushes ran: they go one per batch until one fails
+        # alone (then quarantined) or none is due; a message is then never judged with them.
+        self._housekeeping_one_by_one = False
         # Input partitions (topic, partition) -> where they ended at the last assignment. Until the consumer
         # has read past that, records for them are published, never applied in the batch that wrote them:
         # what a previous owner sent there (a hot SKU's syncs, in order) must be applied first.
@@ -417,6 +426,7 @@ class Engine:
         if not self._careful:
             self._run_batch(messages, alone=False)
             return
+        self._note_starts(messages)
         rewinds = self._rewinds
         for msg in messages:
             self._run_batch([msg], alone=True)
@@ -425,6 +435,13 @@ class Engine:
             self._careful_passed(msg)
         if not messages:
             self._run_batch([], alone=False)
+
+    def _note_starts(self, messages: list[Message]) -> None:
+        """Where each partition of ``messages`` starts, for the rewinds: a partition first seen after the
+        message that failed would otherwise not be read again, and its messages of this poll be lost."""
+        for msg in messages:
+            if msg.error() is None:
+                self._committed.setdefault((msg.topic() or "", msg.partition() or 0), msg.offset() or 0)
 
     def _probe_broker(self) -> None:
         """While the brokers are out of reach, ask for metadata every few seconds: an answer means back."""
@@ -531,8 +548,9 @@ class Engine:
         try:
             for msg in messages:
                 self._apply(batch, msg)
-            self._fire_timers(batch)
-            self._flush(batch)
+            if not alone:  # a message replayed alone is judged alone
+                self._fire_timers(batch)
+                self._flush(batch)
             self.stats.apply_s += time.perf_counter() - started
             if messages:
                 self.batch_events.observe(len(messages))
@@ -543,20 +561,32 @@ class Engine:
             # Like the broker: an outage of the registry is waited out, never blamed on a message.
             log.warning("schema registry unavailable (%s); the batch is read again in a second", exc)
             self._drop_transaction(str(exc))
+            self._note_starts(messages)
             self._rewind_to_committed()
             time.sleep(1.0)
             return
         except _HousekeepingFailed as exc:
             self._drop_transaction(repr(exc.__cause__))
-            proc, partition, key = exc.what
-            what = f"timer {key!r}" if key else "periodic flush"
-            log.error("%s of %s on partition %d failed: skipped until the worker restarts; the batch is read "
-                      "again without it", what, proc, partition, exc_info=exc.__cause__)  # fmt: skip
-            self._quarantined.add(exc.what)
+            self._quarantine(exc.what, exc.__cause__)
+            self._note_starts(messages)
             self._rewind_to_committed()
             return
         except Exception as exc:
             self._drop_transaction(repr(exc))
+            if batch.fired:
+                # Failed in its commit with timers or flushes in it: any of them, or a message, may be to blame.
+                if not messages and len(batch.fired) == 1:
+                    self._quarantine(batch.fired[0], exc)
+                    self._rewind_to_committed()
+                    return
+                self._housekeeping_one_by_one = True
+                if messages:
+                    log.warning("batch of %d aborted by %r; its messages one at a time, then its timers", len(messages),
+                                exc)  # fmt: skip
+                    self._rewind(messages)
+                else:
+                    self._rewind_to_committed()
+                return
             if not alone and len(messages) > 1:
                 log.warning("batch of %d aborted by %r; applying its messages one at a time", len(messages), exc)
                 self._rewind(messages)
@@ -567,12 +597,42 @@ class Engine:
                 return
             log.exception("message at %s[%s]@%s failed alone: dead-lettered", messages[0].topic(),
                           messages[0].partition(), messages[0].offset())  # fmt: skip
-            batch = _Batch(self, batch.now_ms)
-            self._record_offset(batch, messages[0])
-            ref = _MessageRef(messages[0])
-            self._commit(batch, [dead_letter(ref, "streams.engine", Reason.PROCESSING_ERROR, repr(exc), batch.now_ms)])
+            self._dead_letter_alone(messages[0], batch.now_ms, repr(exc))
             return
         self.stats.cpu_s += time.thread_time() - cpu
+
+    def _quarantine(self, what: tuple[str, int, bytes], cause: BaseException | None) -> None:
+        proc, partition, key = what
+        name = f"timer {key!r}" if key else "periodic flush"
+        log.error("%s of %s on partition %d failed: skipped for %.0f s; the batch is read again without it", name,
+                  proc, partition, QUARANTINE_S, exc_info=cause)  # fmt: skip
+        self._quarantined[what] = time.monotonic() + QUARANTINE_S
+
+    def _quarantined_now(self, what: tuple[str, int, bytes]) -> bool:
+        until = self._quarantined.get(what)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._quarantined[what]
+        return False
+
+    def _dead_letter_alone(self, msg: Message, now_ms: int, why: str) -> None:
+        """Dead-letter one message that fails alone, with its bytes; cut to what a dead letter can carry only
+        if they are larger (a topic allowing more than the broker's default), so it never stops the stream."""
+        batch = _Batch(self, now_ms)
+        self._record_offset(batch, msg)
+        ref = _MessageRef(msg)
+        try:
+            self._commit(batch, [dead_letter(ref, "streams.engine", Reason.PROCESSING_ERROR, why, now_ms)])
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or not isinstance(ref.value, bytes):
+                raise
+            self._drop_transaction(exc.args[0].str())
+            size = len(ref.value)
+            ref.value = ref.value[: LARGEST_DEAD_LETTER // 2]
+            self._commit(batch, [dead_letter(ref, "streams.engine", Reason.PROCESSING_ERROR,
+                                             f"{why} (its {size} bytes cut to {len(ref.value)})", now_ms)])  # fmt: skip
 
     def _drop_transaction(self, why: str) -> None:
         """A batch failed while its transaction was open: what it produced must never commit."""
@@ -585,7 +645,7 @@ class Engine:
         self._committed.setdefault(key, offset)  # a batch is committed before the next is read
         batch.offsets[key] = offset + 1
         if key in self._reading_to and offset + 1 >= self._reading_to[key]:
-            del self._reading_to[key]
+            batch.read_past.append(key)  # lifted once this batch commits (a rewind reads it again)
 
     def _apply(self, batch: _Batch, msg: Message) -> None:
         error = msg.error()
@@ -645,7 +705,10 @@ class Engine:
                 if reader is None or out.key is None:
                     continue
                 partition = partition_for(out.key, self.settings.partitions)
-                if partition not in self.owned or (self.settings.topic(out.topic), partition) in self._reading_to:
+                if partition not in self.owned:
+                    continue
+                if (self.settings.topic(out.topic), partition) in self._reading_to:
+                    out.partition = partition  # published; the gate stays until it is read back
                     continue
                 proc, spec = reader
                 if out.event_type not in spec.events:
@@ -692,11 +755,17 @@ class Engine:
                 if not due:
                     continue
                 ctx = batch.context(proc, partition)
-                for key in due:
-                    if (proc.name, partition, key) in self._quarantined:
+                for n, key in enumerate(due):
+                    if self._housekeeping_one_by_one and batch.fired:
+                        for later in due[n:]:
+                            timers.set(later, batch.now_ms)  # the next batches, one each
+                        return
+                    if self._quarantined_now((proc.name, partition, key)):
+                        timers.set(key, batch.now_ms + int(QUARANTINE_S * 1000))
                         continue
                     ctx.message = None
                     self.stats.timers_fired += 1
+                    batch.fired.append((proc.name, partition, key))
                     try:
                         proc.on_timer(ctx, key)
                         self._apply_locally(batch, ctx)
@@ -709,9 +778,12 @@ class Engine:
             for proc in self.processors:
                 if proc.flush_interval_ms <= 0 or now - owned.flushed_ms.get(proc.name, 0) < proc.flush_interval_ms:
                     continue
+                if self._housekeeping_one_by_one and batch.fired:
+                    return
                 owned.flushed_ms[proc.name] = now
-                if (proc.name, partition, b"") in self._quarantined:
+                if self._quarantined_now((proc.name, partition, b"")):
                     continue
+                batch.fired.append((proc.name, partition, b""))
                 ctx = batch.context(proc, partition)
                 ctx.message = None
                 try:
@@ -742,7 +814,7 @@ class Engine:
         self.stats.superseded += len(emitted) - len(outputs)
         return outputs
 
-    def _produce_outputs(self, outputs: list[Output], check: Any) -> dict[str, int]:
+    def _produce_outputs(self, batch: _Batch, outputs: list[Output], check: Any) -> dict[str, int]:
         """Produce the batch's outputs that are published; return how many records each topic got."""
         published: dict[str, int] = {}
         for out in outputs:
@@ -751,11 +823,24 @@ class Engine:
                 continue
             published[out.topic] = published.get(out.topic, 0) + 1
             value = out.value if out.value is not None else self.codec.encode(out.event_type, out.record)
-            self._produce(self.settings.topic(out.topic), out.key, value, out.partition, check,
+            topic = self.settings.topic(out.topic)
+            gated = out.partition is not None and not out.local and (topic, out.partition) in self._reading_to
+            self._produce(topic, out.key, value, out.partition, self._gate_tracker(batch, topic) if gated else check,
                           APPLIED if out.local else None)  # fmt: skip
         return published
 
-    def _commit(self, batch: _Batch, dead: list[DeadLetter] | None = None) -> None:  # noqa: C901, PLR0912 - one transaction's steps in the order they must happen
+    def _gate_tracker(self, batch: _Batch, topic: str) -> Callable[[KafkaError | None, Message], None]:
+        """Note where a record published to a gated partition lands: the gate stays until it is read back."""
+        def delivered(error: KafkaError | None, msg: Message) -> None:
+            if error is not None:
+                self._on_output(error, msg)
+                return
+            key = (topic, msg.partition() or 0)
+            batch.gated[key] = max(batch.gated.get(key, 0), (msg.offset() or 0) + 1)
+
+        return delivered
+
+    def _commit(self, batch: _Batch, dead: list[DeadLetter] | None = None) -> None:
         changes = {key: txn.changes() for key, txn in batch.stores.items() if txn}
         outputs = self._outputs(batch)
         refusals = [(msg, r) for ctx in batch.contexts.values() for msg, r in ctx.refusals]
@@ -772,7 +857,7 @@ class Engine:
             # Under a transaction a failed delivery fails the commit, so outputs need no callback each;
             # without one, every delivery is checked before the offsets are committed.
             check = None if self.exactly_once else self._on_output
-            published = self._produce_outputs(outputs, check)
+            published = self._produce_outputs(batch, outputs, check)
             for msg, refusal in refusals:
                 dead.append(dead_letter(_MessageRef(msg), "streams.engine", refusal.reason, refusal.detail,
                                         batch.now_ms))  # fmt: skip
@@ -808,12 +893,7 @@ class Engine:
             self._abort(exc)
             return
         self.producer.poll(0)
-        for (store, partition), kv in changes.items():
-            owned_store = self._open.get((store, partition))
-            if owned_store is not None:
-                owned_store.apply(kv, self._changelog_offsets.get((store, partition), -1))
-        self._committed.update(batch.offsets)
-        self.broker_down = False
+        self._committed_batch(batch, changes)
         self.stats.batches += 1
         self.stats.commits += 1
         self.stats.outputs += sum(published.values()) + len(dead)
@@ -829,6 +909,23 @@ class Engine:
             # Offsets in one partition follow the produce order: the last record's is the batch's.
             for n, (key, raw) in enumerate(kv.items()):
                 self._produce(topic, key, raw, partition, self._tracker(store, partition) if n == last else check)
+
+    def _committed_batch(self, batch: _Batch, changes: dict[tuple[str, int], dict[bytes, bytes | None]]) -> None:
+        """The batch committed: its changes go to the local folders, its positions and gates move on.
+
+        A gated partition stays gated past what this batch published to it, and opens once the batch read
+        it to its end."""
+        for (store, partition), kv in changes.items():
+            owned_store = self._open.get((store, partition))
+            if owned_store is not None:
+                owned_store.apply(kv, self._changelog_offsets.get((store, partition), -1))
+        self._committed.update(batch.offsets)
+        self.broker_down = False
+        for key, end in batch.gated.items():
+            self._reading_to[key] = max(self._reading_to.get(key, 0), end)
+        for key in batch.read_past:
+            if key in self._reading_to and batch.offsets.get(key, 0) >= self._reading_to[key]:
+                del self._reading_to[key]
 
     def _count_commit(self, published: dict[str, int], dead: list[DeadLetter], started: float) -> None:
         self.commit_seconds.observe(time.perf_counter() - started)

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from loadtest import events as ev
 from streams.contract.codec import codec_for
-from streams.contract.topics import STOCK_ADJUSTMENTS, STOCK_LEVELS
+from streams.contract.topics import STOCK_ADJUSTMENTS, STOCK_LEVELS, STOCK_RETURNS
 from streams.engine.clock import Clock
 from streams.engine.loop import Engine, _Owned
 from streams.engine.processor import Context, Processor
@@ -26,11 +26,11 @@ TOPIC = STOCK_ADJUSTMENTS.name
 
 
 class Message:
-    def __init__(self, offset: int, sku: str, value: bytes) -> None:
-        self._offset, self._sku, self._value = offset, sku, value
+    def __init__(self, offset: int, sku: str, value: bytes, topic: str = TOPIC) -> None:
+        self._offset, self._sku, self._value, self._topic = offset, sku, value, topic
 
     def topic(self) -> str:
-        return TOPIC
+        return self._topic
 
     def partition(self) -> int:
         return 0
@@ -57,13 +57,14 @@ class Broker:
 
     committed: list[dict[str, Any]] = field(default_factory=list)
     fail_commits: int = 0
+    next_offset: int = 20  # where records the stand-in producer delivers land (one offset space: enough here)
 
 
 class Producer:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.txn: dict[str, Any] | None = None
-        self.pending: list[Any] = []
+        self.pending: list[tuple[Any, _Delivered]] = []
 
     def init_transactions(self, timeout: float) -> None:
         pass
@@ -76,15 +77,15 @@ class Producer:
         assert self.txn is not None
         self.txn["records"].append((topic, key))
         if on_delivery is not None:
-            self.pending.append(on_delivery)
+            self.broker.next_offset += 1
+            self.pending.append((on_delivery, _Delivered(max(partition, 0), self.broker.next_offset - 1)))
 
     def send_offsets_to_transaction(self, offsets: list[TopicPartition], metadata: Any, timeout: float) -> None:
         assert self.txn is not None
         self.txn["offsets"] = {(tp.topic, tp.partition): tp.offset for tp in offsets}
 
     def flush(self, timeout: float = 0) -> int:
-        delivered = _Delivered()
-        for callback in self.pending:
+        for callback, delivered in self.pending:
             callback(None, delivered)
         self.pending.clear()
         return 0
@@ -107,24 +108,33 @@ class Producer:
         self.txn = None
 
 
+@dataclass
 class _Delivered:
+    _partition: int
+    _offset: int
+
+    def partition(self) -> int:
+        return self._partition
+
     def offset(self) -> int:
-        return 0
+        return self._offset
 
 
 class Consumer:
     def __init__(self, end: int = 0) -> None:
         self.seeks: list[int] = []
+        self.seeked: list[tuple[str, int]] = []
         self.end = end
 
     def get_watermark_offsets(self, tp: TopicPartition, timeout: float = 0, cached: bool = False) -> tuple[int, int]:
         return 0, self.end
 
     def assignment(self) -> list[TopicPartition]:
-        return [TopicPartition(TOPIC, 0)]
+        return [TopicPartition(TOPIC, 0), TopicPartition(STOCK_RETURNS.name, 0)]
 
     def seek(self, tp: TopicPartition) -> None:
         self.seeks.append(tp.offset)
+        self.seeked.append((tp.topic, tp.offset))
 
     def consumer_group_metadata(self) -> str:
         return "group"
@@ -143,6 +153,9 @@ class Stock(Processor):
         if record["sku"] == "enc":
             ctx.emit(STOCK_LEVELS, "enc", "StockLevel", {"sku": "enc"})  # type: ignore[typeddict-item]
             return
+        if record["sku"] == "late":  # a timer's output its schema refuses
+            ctx.schedule(b"late", 1)
+            return
         if record["sku"] == "fwd":  # passes one on to another SKU of the same topic, as the pool's hops do
             ctx.emit(STOCK_ADJUSTMENTS, "X", "StockAdjusted", {**record, "sku": "X", "event_id": "fwd"})
         db = ctx.store("counts")
@@ -159,6 +172,9 @@ class Stock(Processor):
         return 1 if key == b"T" else 0  # the timer the tests break
 
     def on_timer(self, ctx: Context, key: bytes) -> None:
+        if key == b"late":
+            ctx.emit(STOCK_LEVELS, "late", "StockLevel", {"sku": "late"})  # type: ignore[typeddict-item]
+            return
         if self.timer_fails:
             raise ValueError("a timer's bug")
         ctx.store("counts").set(key, -1)
@@ -166,7 +182,8 @@ class Stock(Processor):
 
 def engine(tmp_path: Path, broker: Broker) -> tuple[Engine, Stock]:
     settings = Settings(partitions=1, home_dir=tmp_path)
-    proc = Stock(name="stock", inputs=(STOCK_ADJUSTMENTS,), stores=(StoreSpec("counts"),), timer_store="counts")
+    proc = Stock(name="stock", inputs=(STOCK_ADJUSTMENTS, STOCK_RETURNS), stores=(StoreSpec("counts"),),
+                 timer_store="counts")  # fmt: skip
     eng = Engine(settings, codec_for(settings), Clock(), [proc])
     eng.consumer = Consumer()  # type: ignore[assignment]
     eng.producer = Producer(broker)  # type: ignore[assignment]
@@ -272,8 +289,39 @@ def test_after_an_assignment_records_for_a_partition_with_a_backlog_wait_their_t
     eng.consumer = Consumer(end=20)  # type: ignore[assignment]
     eng._note_backlogs()
     eng._process(messages(eng, "fwd"))
-    assert eng.read("counts", b"X") is None  # published, applied when read after offsets 10..19
+    assert eng.read("counts", b"X") is None  # published (it lands at offset 20), applied when read
     assert [(t, k) for t, k in broker.committed[0]["records"] if t.endswith("adjustments")] == [(TOPIC, b"X")]
-    eng._process(messages(eng, *["A"] * 9, first=11))  # the backlog read to its end
-    eng._process(messages(eng, "fwd", first=20))
-    assert eng.read("counts", b"X") == 1  # applied in place again
+    eng._process(messages(eng, *["A"] * 9, first=11))  # the backlog read to where it ended at assignment
+    assert (TOPIC, 0) in eng._reading_to  # not past the record it published since: none may overtake it
+    eng._process(messages(eng, "X", first=20))  # that record, read back
+    assert eng.read("counts", b"X") == 1 and (TOPIC, 0) not in eng._reading_to
+    eng._process(messages(eng, "fwd", first=21))
+    assert eng.read("counts", b"X") == 2  # applied in place again
+
+
+def test_a_rewind_in_the_replay_reads_again_the_partitions_first_seen_after_it(tmp_path: Path) -> None:
+    """A commit that fails in the one-message-at-a-time replay rewinds every partition of the poll, those
+    first seen after the failing message too: their messages were fetched, and would otherwise be skipped."""
+    broker = Broker()
+    eng, _ = engine(tmp_path, broker)
+    eng._process(messages(eng, "A", "bad"))  # replay mode
+    value = eng.codec.encode("StockAdjusted", ev.stock_adjusted("R", "WH-1", 1))
+    returns = [Message(7, "R", value, STOCK_RETURNS.name)]
+    broker.fail_commits = 1
+    eng._process(messages(eng, "A", "bad") + returns)
+    assert (STOCK_RETURNS.name, 7) in eng.consumer.seeked  # type: ignore[attr-defined]
+
+
+def test_a_timers_output_its_schema_refuses_is_never_blamed_on_the_message_beside_it(tmp_path: Path) -> None:
+    """A batch that fails in its commit with a timer in it: its message is replayed alone (without timers)
+    and goes through; the timers then go one per batch, and the one that fails alone is quarantined."""
+    broker = Broker()
+    eng, _ = engine(tmp_path, broker)
+    eng._process(messages(eng, "late", "A"))  # its timer fires in the batch, which fails in its commit
+    assert broker.committed == [] and eng._careful
+    eng._process(messages(eng, "late", "A"))  # read again: each message alone, without timers
+    assert eng.read("counts", b"A") == 1 and not eng._careful
+    for _ in range(3):
+        eng._process([])  # the timer alone: fails, quarantined; then nothing is due
+    assert any(what[2] == b"late" for what in eng._quarantined)
+    assert all(topic != "deadletters" for txn in broker.committed for topic, _ in txn["records"])
