@@ -1104,14 +1104,18 @@ class Engine:
     def _note_backlogs(self) -> None:
         """After an assignment, where every owned input partition ends now: records a previous owner of a
         partition (this one's or a sender's) published there come before anything applied in place."""
+        reachable = True  # one failed query and the rest are not asked: an assignment must not wait minutes
         for topic in self.by_topic:
             for partition in self.owned:
-                try:
-                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
-                except KafkaException as exc:
-                    log.warning("%s[%d]: end offset not read (%s); its records go through Kafka until it is read",
-                                topic, partition, exc.args[0].str())  # fmt: skip
-                    high = END_UNKNOWN
+                high = END_UNKNOWN
+                if reachable:
+                    self.heartbeat = time.monotonic()
+                    try:
+                        _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+                    except KafkaException as exc:
+                        reachable = False
+                        log.warning("end offsets not read (%s); records for the partitions assigned go through "
+                                    "Kafka until each is read to where it ends", exc.args[0].str())  # fmt: skip
                 if high > self._committed.get((topic, partition), 0):
                     self._reading_to[(topic, partition)] = high
 

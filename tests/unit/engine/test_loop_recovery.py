@@ -125,8 +125,12 @@ class Consumer:
         self.seeks: list[int] = []
         self.seeked: list[tuple[str, int]] = []
         self.end = end
+        self.queried = 0
 
     def get_watermark_offsets(self, tp: TopicPartition, timeout: float = 0, cached: bool = False) -> tuple[int, int]:
+        self.queried += 1
+        if self.end < 0:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer (the test's)"))
         return 0, self.end
 
     def assignment(self) -> list[TopicPartition]:
@@ -325,3 +329,15 @@ def test_a_timers_output_its_schema_refuses_is_never_blamed_on_the_message_besid
         eng._process([])  # the timer alone: fails, quarantined; then nothing is due
     assert any(what[2] == b"late" for what in eng._quarantined)
     assert all(topic != "deadletters" for txn in broker.committed for topic, _ in txn["records"])
+
+
+def test_end_offsets_not_read_at_an_assignment_gate_every_partition_after_one_query(tmp_path: Path) -> None:
+    """An assignment whose end-offset query fails asks no more (each would wait its timeout inside the
+    rebalance); every owned partition is gated until the next fetch tells where it ends."""
+    from streams.engine.loop import END_UNKNOWN
+
+    eng, _ = engine(tmp_path, Broker())
+    eng.consumer = Consumer(end=-1)  # type: ignore[assignment]
+    eng._note_backlogs()
+    assert eng.consumer.queried == 1  # type: ignore[attr-defined]
+    assert eng._reading_to == {(TOPIC, 0): END_UNKNOWN, (STOCK_RETURNS.name, 0): END_UNKNOWN}
