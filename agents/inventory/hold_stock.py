@@ -77,6 +77,11 @@ def adjustment_key(sku: str, adjustment_id: str) -> bytes:
     return b"a" + SEP + sku.encode() + SEP + adjustment_id.encode()
 
 
+def _override_changed_ms(request: OverrideRequest | dict[str, Any]) -> int:
+    data = request if isinstance(request, dict) else request.__dict__
+    return max(int(data["requested_ms"]), int(data.get("approved_ms") or 0))
+
+
 def override_key(sku: str, override_id: str) -> bytes:
     return b"o" + SEP + sku.encode() + SEP + override_id.encode()
 
@@ -413,6 +418,9 @@ class HoldStock(Processor):
         if result.request is not None and (existing is None or result.request is not existing or
                                            result.outcome != "REQUESTED"):  # fmt: skip
             db.set(key, result.request)
+            # Kept as long as an adjustment's id, for approvals seen again; then it goes (a pending request
+            # with it: an approval after that is refused as unknown_override).
+            ctx.schedule(key, _override_changed_ms(result.request) + self._rules.adjustment_ttl_ms)
         self._audit(ctx, sku, override_id, result, ov["operator"])
 
     def _open_holds(self, db: StoreTransaction[Any], sku: str) -> list[LineHold]:
@@ -509,19 +517,30 @@ class HoldStock(Processor):
 
     # ---- time ------------------------------------------------------------------------------------------
     def may_have_timer(self, key: bytes) -> bool:
-        return key[:1] in (b"h", b"a")  # line records and adjustment ids; totals and overrides have none
+        return key[:1] in (b"h", b"a", b"o")  # line records, adjustment ids and overrides; totals have none
 
     def due_ms(self, key: bytes, value: Any) -> int:
         if key.startswith(b"h"):
             return int(value["expires_at_ms"]) if value["status"] != rules_.SOLD else 0
         if key.startswith(b"a"):
             return int(value["applied_ms"]) + self._rules.adjustment_ttl_ms
+        if key.startswith(b"o"):
+            return _override_changed_ms(value) + self._rules.adjustment_ttl_ms
         return 0
 
     def on_timer(self, ctx: Context, key: bytes) -> None:
         db = ctx.store(STORE)
         if key.startswith(b"a"):
             db.delete(key)
+            return
+        if key.startswith(b"o"):
+            override = db.get(key)
+            if override is not None:
+                due = _override_changed_ms(override) + self._rules.adjustment_ttl_ms
+                if due <= ctx.now_ms:
+                    db.delete(key)
+                else:
+                    ctx.schedule(key, due)
             return
         data = db.get(key)
         if data is None:

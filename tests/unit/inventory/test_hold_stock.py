@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from agents.inventory.hold_stock import STORE, HoldStock, hold_key, sku_key
+from agents.inventory.hold_stock import STORE, HoldStock, hold_key, override_key, sku_key
 from streams.contract.topics import HOLD_COMMANDS, OPS_OVERRIDES, STOCK_ADJUSTMENTS
 from streams.engine.local import LocalRunner
 from streams.settings import Settings
@@ -153,3 +153,21 @@ def test_an_adjustment_id_is_remembered_for_its_ttl_then_forgotten() -> None:
     receipt(r, "SKU-T", 5, doc="GRN-3")
     totals = r.read(STORE, sku_key("SKU-T"), "SKU-T")
     assert totals is not None and totals["on_hand"] == {"WH-SH": 10}
+
+
+def test_an_override_is_kept_as_long_as_an_adjustments_id_and_then_goes() -> None:
+    """Changed on purpose: override records were never purged, so they piled up for good; one is now kept
+    for STOCKFLOW_TOMBSTONE_TTL_S after its last change (an approval seen again still answers), then goes."""
+    r = runner(tombstone_ttl_s=3_600)
+    receipt(r, "SKU-O", 3)
+    r.send([command("RESERVE", "tmall:a", "SKU-O", qty=3)])
+    ov = {"event_id": "x", "event_time_ms": 0, "override_id": "OV-9", "sku": "SKU-O", "qty": 1,
+          "vip_order_id": "tmall:vip", "reason": "key account", "operator": "alice"}  # fmt: skip
+    r.send([("SKU-O", "VipOverride", {**ov, "action": "REQUEST"})], OPS_OVERRIDES.name)
+    r.send([("SKU-O", "VipOverride", {**ov, "action": "APPROVE", "operator": "bob", "event_id": "y"})],
+           OPS_OVERRIDES.name)  # fmt: skip
+    assert r.read(STORE, override_key("SKU-O", "OV-9"), "SKU-O") is not None
+    r.advance(3_000_000)
+    assert r.read(STORE, override_key("SKU-O", "OV-9"), "SKU-O") is not None
+    r.advance(700_000)
+    assert r.read(STORE, override_key("SKU-O", "OV-9"), "SKU-O") is None
