@@ -707,7 +707,7 @@ class Engine:
                 partition = partition_for(out.key, self.settings.partitions)
                 if partition not in self.owned:
                     continue
-                if (self.settings.topic(out.topic), partition) in self._reading_to:
+                if self._reading_to and (self.settings.topic(out.topic), partition) in self._reading_to:
                     out.partition = partition  # published; the gate stays until it is read back
                     continue
                 proc, spec = reader
@@ -760,7 +760,7 @@ class Engine:
                         for later in due[n:]:
                             timers.set(later, batch.now_ms)  # the next batches, one each
                         return
-                    if self._quarantined_now((proc.name, partition, key)):
+                    if self._quarantined and self._quarantined_now((proc.name, partition, key)):
                         timers.set(key, batch.now_ms + int(QUARANTINE_S * 1000))
                         continue
                     ctx.message = None
@@ -781,7 +781,7 @@ class Engine:
                 if self._housekeeping_one_by_one and batch.fired:
                     return
                 owned.flushed_ms[proc.name] = now
-                if self._quarantined_now((proc.name, partition, b"")):
+                if self._quarantined and self._quarantined_now((proc.name, partition, b"")):
                     continue
                 batch.fired.append((proc.name, partition, b""))
                 ctx = batch.context(proc, partition)
@@ -824,7 +824,8 @@ class Engine:
             published[out.topic] = published.get(out.topic, 0) + 1
             value = out.value if out.value is not None else self.codec.encode(out.event_type, out.record)
             topic = self.settings.topic(out.topic)
-            gated = out.partition is not None and not out.local and (topic, out.partition) in self._reading_to
+            gated = bool(self._reading_to) and out.partition is not None and not out.local \
+                and (topic, out.partition) in self._reading_to  # fmt: skip
             self._produce(topic, out.key, value, out.partition, self._gate_tracker(batch, topic) if gated else check,
                           APPLIED if out.local else None)  # fmt: skip
         return published
