@@ -420,7 +420,7 @@ class HoldStock(Processor):
             db.set(key, result.request)
             # Kept as long as an adjustment's id, for approvals seen again; then it goes (a pending request
             # with it: an approval after that is refused as unknown_override).
-            ctx.schedule(key, _override_changed_ms(result.request) + self._rules.adjustment_ttl_ms)
+            ctx.schedule(key, self.due_ms(key, result.request))
         self._audit(ctx, sku, override_id, result, ov["operator"])
 
     def _open_holds(self, db: StoreTransaction[Any], sku: str) -> list[LineHold]:
@@ -536,7 +536,7 @@ class HoldStock(Processor):
         if key.startswith(b"o"):
             override = db.get(key)
             if override is not None:
-                due = _override_changed_ms(override) + self._rules.adjustment_ttl_ms
+                due = self.due_ms(key, override)
                 if due <= ctx.now_ms:
                     db.delete(key)
                 else:
