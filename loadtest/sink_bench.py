@@ -14,7 +14,6 @@ The ratio sink / plain is the figure to read; absolute rows/s depend on the mach
 from __future__ import annotations
 
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from loadtest.stack import isolated
+from loadtest.stack import isolated, scratch_folder
 from streams.contract.codec import default_codec
 from streams.contract.keys import order_key
 from streams.contract.topics import ensure_topics
@@ -196,13 +195,13 @@ def run(settings: Settings, server_url: str, rows: int, seed: int, console: Cons
     tables, _ = rows_for_batch(codec, messages, int(time.time() * 1000))
     row_count = sum(len(c["event_id"]) for c in tables.values())
     results: dict[str, Any] = {"events": rows, "rows_per_event": round(row_count / rows, 2)}
-    backends = {"server": server_url, "embedded": f"chdb://{tempfile.mkdtemp(prefix='stockflow-bench-')}"}
+    backends = {"server": server_url, "embedded": f"chdb://{scratch_folder('bench-sink')}"}
     for name, url in backends.items():
         plain_settings = base.model_copy(update={"clickhouse_url": url, "clickhouse_database": f"plain_{tag}"})
         with console.status(f"{name}: plain inserts..."):
             plain_s = plain_insert(plain_settings, tables, base.sink_batch_rows)
         if name == "embedded":
-            url = f"chdb://{tempfile.mkdtemp(prefix='stockflow-bench-')}"  # the sink process needs its own folder
+            url = f"chdb://{scratch_folder('bench-sink')}"  # the sink process needs its own folder
         sink_settings = base.model_copy(update={
             "clickhouse_url": url, "clickhouse_database": f"sink_{tag}", "app_id": f"bench-sink-{tag}-{name}",
             "sink_port": base.sink_port + 1})  # fmt: skip

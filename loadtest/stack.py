@@ -4,9 +4,11 @@ run's isolated settings, free ports, and how far a consumer group is behind."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
@@ -18,10 +20,15 @@ from streams.devstack.localclickhouse import LocalClickHouseServer
 from streams.devstack.localkafka import LocalKafka
 from streams.settings import Settings
 
-# The runs ``isolated`` handed out in this process: their topics are deleted when the stack around
-# them closes, so a broker that serves many benchmarks does not pile up partitions until it runs
-# out of file descriptors (a run creates some 35 topics).
+# The runs ``isolated`` handed out in this process: their topics and folders are deleted when the
+# stack around them closes, so a broker that serves many benchmarks does not pile up partitions
+# until it runs out of file descriptors (a run creates some 35 topics), and a machine that runs
+# them all week before the peak does not fill its disk (a run leaves ~170 MB of embedded
+# ClickHouse and up to 100 MB of worker state).
 _RUNS: list[Settings] = []
+# The embedded ClickHouse folders ``isolated`` made: only these are removed, never a folder a user
+# pointed a run at.
+_SCRATCH: set[Path] = set()
 
 
 def delete_run_topics(settings: Settings, runs: list[Settings]) -> int:
@@ -53,13 +60,31 @@ def local_stack(settings: Settings, console: Console, clickhouse_server: bool = 
     finally:
         runs, _RUNS[:] = list(_RUNS), []
         if runs:
-            with console.status("deleting this run's topics..."):
+            with console.status("deleting this run's topics and scratch folders..."):
                 delete_run_topics(settings, runs)
+                remove_run_folders(runs)
         if "clickhouse" in started:
             server.down()
         if "kafka" in started:
             with console.status("stopping Kafka..."):
                 kafka.down()
+
+
+def scratch_folder(name: str) -> Path:
+    """A new folder for one run's embedded ClickHouse, removed when the stack around it closes."""
+    folder = Path(tempfile.mkdtemp(prefix=f"stockflow-{name}-"))
+    _SCRATCH.add(folder)
+    return folder
+
+
+def remove_run_folders(runs: list[Settings]) -> None:
+    """Remove the folders runs wrote and nothing reads after them: the engine's and Faust's stores
+    (named by each run's own app id) and every scratch folder made in this process."""
+    folders = [f for run in runs for f in (run.home_dir / "state" / run.app_id, run.home_dir / "worker" / run.app_id)]
+    scratch = sorted(_SCRATCH)
+    _SCRATCH.clear()
+    for folder in folders + scratch:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def isolated(settings: Settings, name: str, **extra: Any) -> tuple[str, Settings]:
@@ -69,7 +94,7 @@ def isolated(settings: Settings, name: str, **extra: Any) -> tuple[str, Settings
     update: dict[str, Any] = {"topic_prefix": f"{name}-{tag}.", "app_id": f"{name}-{tag}",
                               "clickhouse_database": f"{name.replace('-', '_')}_{tag}"}  # fmt: skip
     if settings.clickhouse_url.startswith("chdb"):
-        update["clickhouse_url"] = f"chdb://{tempfile.mkdtemp(prefix=f'stockflow-{name}-')}"
+        update["clickhouse_url"] = f"chdb://{scratch_folder(name)}"
     run = settings.model_copy(update={**update, **extra})
     _RUNS.append(run)
     return tag, run
