@@ -91,6 +91,7 @@ class Received:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int = 0  # the broker's timestamp (CreateTime or LogAppendTime); 0 or less: none
 
 
 @dataclass(slots=True)
@@ -235,6 +236,11 @@ def event_time_problem(ms: int) -> str | None:
     return f"event_time_ms {ms} is outside {WINDOW}{hint}"
 
 
+def broker_time_ms(msg: Received) -> int:
+    """The message's broker timestamp when ClickHouse can hold it as an event time, else 0."""
+    return msg.timestamp_ms if event_time_problem(msg.timestamp_ms) is None else 0
+
+
 def _payload_default(obj: Any) -> Any:
     if isinstance(obj, bytes):
         return obj.hex()
@@ -252,8 +258,12 @@ def decode_batch(codec: Codec, messages: Iterable[Received], now_ms: int) -> tup
         except DecodeError as exc:
             refused.append(Refused(msg, exc.reason, exc.detail))
             continue
-        event_ms = int(record.get("event_time_ms") or now_ms)
-        problem = event_time_problem(event_ms)
+        own_ms = int(record.get("event_time_ms") or 0)
+        # Not the time of this insert for an event without a time of its own: event_time picks the
+        # month partition, and ReplacingMergeTree collapses copies inside one partition only, so the
+        # same message stored again after a restart in another month would stay two rows for good.
+        event_ms = own_ms or broker_time_ms(msg)
+        problem = event_time_problem(own_ms) if own_ms else None
         if problem is not None:
             refused.append(Refused(msg, Reason.UNSTORABLE, problem))
             continue

@@ -137,8 +137,9 @@ def container(event_type: EventType, datums: Sequence[bytes]) -> bytes:
 def probe(window_ms: tuple[int, int]) -> str:
     """The query that decides whether a group may be inserted as ClickHouse read it: one row with
     how many records it read, how many have their mark where it belongs, text that is not UTF-8 (the
-    Python path refuses it as malformed), event times of 0 (the Python path stores those at the time
-    it reads them), and the (index, time) of each event time outside ``window_ms``."""
+    Python path refuses it as malformed), event times of 0 (the Python path stores those at their
+    broker timestamp, which the envelope leaves out), and the (index, time) of each event time
+    outside ``window_ms``."""
     mark = _SYNC.hex()
     return (f"SELECT count() AS records, countIf(mark != unhex('{mark}')) AS misframed, uniqExact(n) AS indexes, "
             "max(n) AS last_index, countIf(NOT isValidUTF8(toJSONString(body))) AS not_utf8, "

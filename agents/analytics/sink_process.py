@@ -25,6 +25,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from types import FrameType
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -37,10 +38,12 @@ from agents.analytics.sink import (
     SharedClickHouse,
     SinkStatus,
     SinkStopping,
+    broker_time_ms,
     clickhouse_retriable,
 )
 from agents.analytics.sink_views import SinkViews
 from streams.contract.codec import Codec, codec_for
+from streams.contract.records import DeadLetter
 from streams.contract.topics import DEADLETTERS, SUNK_TOPICS, ensure_topics
 from streams.engine.clock import Clock
 from streams.engine.deadletter import dead_letter
@@ -83,6 +86,23 @@ def kafka_away(exc: BaseException) -> bool:
             return False
         return error.retriable() or error.code() in _KAFKA_AWAY
     return isinstance(exc, (OSError, TimeoutError))
+
+
+def dead_letters_for(refused: Sequence[Refused], deadletter_topic: str, now_ms: int) -> list[DeadLetter]:
+    """The dead letters of ``refused``, the same records each time a message is refused again."""
+    letters = []
+    for item in refused:
+        msg = item.message
+        if msg.topic == deadletter_topic:
+            # Never dead-letter a dead letter: a loop would follow; it stays in Kafka as it is.
+            log.warning("the dead letter at %s[%d]@%d is left out of ClickHouse (%s): %s", msg.topic, msg.partition,
+                        msg.offset, item.reason, item.detail)  # fmt: skip
+            continue
+        # Timed by the refused message, not by the refusal: a crash before the commit refuses it again,
+        # maybe in the next month, and a dead letter in another month's partition would be a second
+        # row for good. Kafka has stamped every record since 0.10; now_ms is for one without a stamp.
+        letters.append(dead_letter(msg, STAGE, item.reason, item.detail, broker_time_ms(msg) or now_ms))
+    return letters
 
 
 class ClickHouseSink:
@@ -206,7 +226,7 @@ class ClickHouseSink:
                 if not self.pending:
                     first_at = time.monotonic()
                 self.pending.append(Received(msg.topic() or "", msg.partition() or 0, msg.offset() or 0,
-                                             msg.key(), msg.value()))  # fmt: skip
+                                             msg.key(), msg.value(), msg.timestamp()[1]))  # fmt: skip
                 self.status.broker_ok = True
             if self.pending and (len(self.pending) >= batch_rows or time.monotonic() - first_at >= interval_s):
                 self._flush()
@@ -221,14 +241,7 @@ class ClickHouseSink:
         self._commit()
 
     def _send_dead_letters(self, refused: list[Refused], now_ms: int) -> None:
-        letters = []
-        for item in refused:
-            if item.message.topic == self.deadletter_topic:
-                # Never dead-letter a dead letter: a loop would follow; it stays in Kafka as it is.
-                log.warning("the dead letter at %s[%d]@%d is left out of ClickHouse (%s): %s", item.message.topic,
-                            item.message.partition, item.message.offset, item.reason, item.detail)  # fmt: skip
-                continue
-            letters.append(dead_letter(item.message, STAGE, item.reason, item.detail, now_ms))
+        letters = dead_letters_for(refused, self.deadletter_topic, now_ms)
         if not letters:
             return
 
