@@ -25,7 +25,6 @@ its state does.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +41,6 @@ from streams.contract.reasons import Reason
 from streams.contract.records import OrderStateChanged, ReservationDecided
 from streams.contract.topics import (
     ALERTS,
-    DEADLETTERS,
     HOLD_COMMANDS,
     HOLD_RESULTS,
     ORDER_EVENTS,
@@ -54,7 +52,6 @@ from streams.contract.topics import (
     WAREHOUSE_DISPATCH,
     WAREHOUSE_PERFORMANCE,
 )
-from streams.engine.deadletter import dead_letter
 from streams.engine.processor import Context, Processor
 from streams.engine.state import StoreSpec, StoreTransaction, records_serde
 from streams.settings import Settings
@@ -83,30 +80,6 @@ def order_rules(s: Settings) -> OrderRules:
         reserve_retry_ms=int(s.reserve_retry_s * 1000),
         max_route_attempts=s.max_route_attempts,
     )
-
-
-@dataclass
-class _Source:
-    """Where a parked event came from, so it can still be dead-lettered with its original bytes."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-    @classmethod
-    def of(cls, msg: Any) -> dict[str, Any]:
-        key, value = msg.key(), msg.value()
-        return {
-            "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
-            "key": base64.b64encode(key or b"").decode(), "value": base64.b64encode(value or b"").decode(),
-        }  # fmt: skip
-
-    @classmethod
-    def load(cls, d: dict[str, Any]) -> _Source:
-        return cls(d["topic"], d["partition"], d["offset"],
-                   base64.b64decode(d["key"]) or None, base64.b64decode(d["value"]) or None)  # fmt: skip
 
 
 @dataclass
@@ -186,7 +159,7 @@ class RunLifecycle(Processor):
                 return  # an answer for no order of ours (a VIP set-aside, an orphan's expiry)
             fx = flow.on_hold_decided(rec, record, now, rules)
         elif event_type != "OrderPlaced" and not rec.state:
-            flow.park(rec, event_type, record, _Source.of(ctx.message), now)
+            flow.park(rec, event_type, record, ctx.keep_message(), now)
             self._store(ctx, db, rec)
             return
         else:
@@ -197,7 +170,7 @@ class RunLifecycle(Processor):
         for parked in fx.replay_parked:
             later = self._apply(rec, parked["event_type"], parked["event"], now)
             if later.refusal is not None:
-                self._dead_letter(ctx, parked, later.refusal.reason, later.refusal.detail)
+                ctx.refuse_kept(parked["source"], STAGE, later.refusal.reason, later.refusal.detail)
             self._publish(ctx, rec, self._settle(rec, later, now))
         self._store(ctx, db, rec)
 
@@ -274,13 +247,9 @@ class RunLifecycle(Processor):
         for spec in fx.alerts:
             ctx.emit(ALERTS, spec.subject, "Alert", _alert(spec, now))
         for parked in fx.expired_parked:
-            self._dead_letter(ctx, parked, Reason.UNKNOWN_ORDER,
-                              f"{parked['event_type']} waited {self.parked_grace_s:.0f}s for order "
-                              f"{rec.order_id}, which never arrived")  # fmt: skip
-
-    def _dead_letter(self, ctx: Context, parked: dict[str, Any], reason: Reason, detail: str) -> None:
-        record = dead_letter(_Source.load(parked["source"]), STAGE, reason, detail, ctx.now_ms)
-        ctx.emit(DEADLETTERS, record["source_topic"], "DeadLetter", record)
+            ctx.refuse_kept(parked["source"], STAGE, Reason.UNKNOWN_ORDER,
+                            f"{parked['event_type']} waited {self.parked_grace_s:.0f}s for order "
+                            f"{rec.order_id}, which never arrived")  # fmt: skip
 
     # ---- reads -----------------------------------------------------------------------------------------
     def view_of(self, read: Any, order_id: str) -> dict[str, Any] | None:

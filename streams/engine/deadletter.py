@@ -7,10 +7,40 @@ position and stage, so a replay after a crash writes the same id and ClickHouse 
 
 from __future__ import annotations
 
+import base64
+from dataclasses import dataclass
 from typing import Any
 
 from streams.contract.reasons import Reason
 from streams.contract.records import DeadLetter
+
+
+@dataclass(frozen=True)
+class KeptMessage:
+    """A message a processor keeps in its state to dead-letter later, with its original bytes, if what
+    it waits for never comes (an event parked for its order, a settlement waiting for its refund's
+    request). ``keep`` gives the JSON-able form a store holds."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @staticmethod
+    def keep(message: Any) -> dict[str, Any]:
+        """``message`` (a confluent-kafka ``Message``) as a store holds it."""
+
+        def b64(raw: bytes | str | None) -> str:
+            return base64.b64encode(raw.encode() if isinstance(raw, str) else raw or b"").decode()
+
+        return {"topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
+                "key": b64(message.key()), "value": b64(message.value())}  # fmt: skip
+
+    @classmethod
+    def load(cls, kept: dict[str, Any]) -> KeptMessage:
+        return cls(kept["topic"], kept["partition"], kept["offset"],
+                   base64.b64decode(kept["key"]) or None, base64.b64decode(kept["value"]) or None)  # fmt: skip
 
 
 def dead_letter(message: Any, stage: str, reason: Reason, detail: str, now_ms: int) -> DeadLetter:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streams.contract.reasons import Reason
-from streams.contract.topics import TopicSpec
+from streams.contract.topics import DEADLETTERS, TopicSpec
+from streams.engine.deadletter import KeptMessage, dead_letter
 from streams.engine.state import ReadOnlyStore, StoreSpec, StoreTransaction
 
 
@@ -90,6 +91,18 @@ class Context:
         if self.message is None:
             raise RuntimeError("refuse() outside a message handler")
         self.refusals.append((self.message, Refusal(reason, detail)))
+
+    def keep_message(self) -> dict[str, Any]:
+        """The message being handled, as a store holds it: for ``refuse_kept`` in a later batch."""
+        if self.message is None:
+            raise RuntimeError("keep_message() outside a message handler")
+        return KeptMessage.keep(self.message)
+
+    def refuse_kept(self, kept: dict[str, Any], stage: str, reason: Reason, detail: str) -> None:
+        """Dead-letter a message kept in state since an earlier batch (``keep_message``) with its original
+        bytes and position, as if it had been refused on arrival."""
+        record = dead_letter(KeptMessage.load(kept), stage, reason, detail, self.now_ms)
+        self.emit(DEADLETTERS, record["source_topic"], "DeadLetter", record)
 
     def schedule(self, key: bytes, due_ms: int) -> None:
         """Call the processor's ``on_timer`` for ``key`` at ``due_ms`` (0: no timer). One timer per key:
