@@ -205,13 +205,15 @@ class Settings(BaseSettings):
     parked_grace_s: float = Field(
         default=600.0,
         gt=0,
-        description="How long an event may wait for its order to arrive; then it is dead-lettered (`unknown_order`).",
+        description="How long an event may wait for its order to arrive; then it is dead-lettered (`unknown_order`). "
+        "A marketplace settlement waiting this long for its refund's request raises a `refund_reconciliation` alert.",
     )
     parked_payment_grace_s: float = Field(
         default=86400.0,
         gt=0,
         description="How long a payment may wait for its order: after `STOCKFLOW_PARKED_GRACE_S` a "
-        "`payment_without_order` alert is raised and the payment is kept this long, so a late order is still paid.",
+        "`payment_without_order` alert is raised and the payment is kept this long, so a late order is still paid. "
+        "A marketplace settlement before its refund's request is kept as long, then dead-lettered (`unknown_refund`).",
     )
     order_retention_s: float = Field(
         default=30 * 86400.0,

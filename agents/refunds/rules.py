@@ -18,6 +18,11 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
 - SOP limits on the pipeline clock: customer service answers within 2 h of the request, the
   warehouse finishes QC within 24 h of receiving a return; and a refund paid out is settled by the
   marketplace within ``settle_ms``. A breach is flagged red once and cleared when the refund moves on.
+- A settlement may come before stockflow pays (the marketplace's own timeout rule, the seller agreeing
+  in its back office, callbacks out of order): it is kept on the refund and completes it the moment
+  the refund is paid, so the outcome never depends on the order the events came in. One that comes
+  before the request waits on the refund id (``parked_grace_ms``, then flagged; ``parked_keep_ms``,
+  then given up and dead-lettered by ``run_refunds``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agents.alerting.alerts import AlertSpec
+from streams.contract.keys import order_key
 from streams.contract.reasons import Reason, Refusal
 
 TERMINAL = ("completed", "rejected", "cancelled")
@@ -44,6 +50,7 @@ UNSHIPPED = ("placed", "reserved", "paid", "routed")
 UNFULFILLED = ("rejected", "cancelled", "payment_timeout")
 REFUND_ONLY, RETURN_AND_REFUND = "REFUND_ONLY", "RETURN_AND_REFUND"
 ON_ORIGINAL_PATH = "original"
+UNREQUESTED = "unrequested"  # the ``flags`` key of a settlement flagged for waiting too long for its request
 
 
 @dataclass(frozen=True)
@@ -63,12 +70,15 @@ class RefundRules:
     qc_ms: int = 24 * 3_600_000
     settle_ms: int = 72 * 3_600_000
     return_ms: int = 7 * 24 * 3_600_000
+    parked_grace_ms: int = 600_000  # a settlement before its request: flagged after this
+    parked_keep_ms: int = 86_400_000  # ... and given up after this (money is not dropped for waiting)
 
     def for_channel(self, channel: str) -> ChannelRefundRules:
         return self.channels.get(channel, self.default)
 
 
-def load_refund_rules(path: Path, respond_ms: int, qc_ms: int, settle_ms: int, return_ms: int) -> RefundRules:
+def load_refund_rules(path: Path, respond_ms: int, qc_ms: int, settle_ms: int, return_ms: int,
+                      parked_grace_ms: int = 600_000, parked_keep_ms: int = 86_400_000) -> RefundRules:  # fmt: skip
     """Channel rules from TOML: a ``[default]`` table and one table per channel overriding it."""
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     default = ChannelRefundRules(**data.get("default", {}))
@@ -79,7 +89,7 @@ def load_refund_rules(path: Path, respond_ms: int, qc_ms: int, settle_ms: int, r
         if unknown:
             raise ValueError(f"{path}: channel {name!r} has unknown refund rules {sorted(unknown)}")
         channels[name] = ChannelRefundRules(**{**default.__dict__, **table})
-    return RefundRules(channels, default, respond_ms, qc_ms, settle_ms, return_ms)
+    return RefundRules(channels, default, respond_ms, qc_ms, settle_ms, return_ms, parked_grace_ms, parked_keep_ms)
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,11 @@ class RefundRecord:
     resellable: bool = False
     restocked: bool = False
     instructed: bool = False  # the refund instruction has been emitted
-    settled_amount_fen: int = 0
+    settled_amount_fen: int = 0  # with stage "settled": what the marketplace says it paid back
+    settlement_id: str = ""
+    # A settlement that came before its request: where it was read, so it can still be dead-lettered with
+    # its own bytes if the request never comes (kept by ``run_refunds``; {} once the request is recorded).
+    settlement_source: dict[str, Any] = field(default_factory=dict)
     flags: dict[str, str] = field(default_factory=dict)  # SOP limit -> "red" | "cleared"
     customer_id: str = ""  # from the order when the request came: the health score counts returns by it
 
@@ -149,6 +163,7 @@ class RefundEffects:
     restock: list[tuple[str, str, int]] = field(default_factory=list)  # line no, SKU, units
     alerts: list[AlertSpec] = field(default_factory=list)
     refusal: Refusal | None = None
+    dropped_settlement: str = ""  # why a settlement kept for this refund id turned out not to be its own
 
     @property
     def changed(self) -> bool:
@@ -214,11 +229,20 @@ def _illegal(fx: RefundEffects, rec: RefundRecord, what: str) -> RefundEffects:
     return fx
 
 
+def _settled(rec: RefundRecord) -> bool:
+    return "settled" in rec.stage_times
+
+
 def _start_refund(rec: RefundRecord, fx: RefundEffects, now_ms: int, reason: str) -> None:
     _move(rec, fx, "refunding", now_ms, reason)
     if not rec.instructed:
         rec.instructed = True
         fx.instruct = True
+    if _settled(rec):
+        # The marketplace paid before stockflow did. The instruction still goes, once, so every refund paid
+        # has its instruction on record (the audit, the reconciliation); the marketplace answers it "already
+        # agreed" by the refund id, never a second payment. No second settlement will come: it ends here.
+        _move(rec, fx, "completed", now_ms, "settled")
 
 
 def _approve(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, by: str, why: str, now_ms: int) -> None:
@@ -270,6 +294,10 @@ def on_requested(rec: RefundRecord, event: Mapping[str, Any], order_id: str, fac
         if bad:
             fx.refusal = Refusal(Reason.INVALID_LINES, f"order {order_id} has no such line/units: {sorted(bad)}")
             return fx
+    if _settled(rec) and rec.channel_order_id != str(event["channel_order_id"]):
+        fx.dropped_settlement = (f"a settlement of refund {rec.refund_id} for order {rec.order_id}, which was "
+                                 f"requested for order {order_id}")  # fmt: skip
+        _forget_settlement(rec)
     rec.order_id, rec.channel, rec.kind, rec.amount_fen = order_id, str(event["channel"]), kind, amount
     rec.channel_order_id, rec.channel_refund_id = str(event["channel_order_id"]), str(event["channel_refund_id"])
     rec.customer_id = facts.customer_id
@@ -280,6 +308,8 @@ def on_requested(rec: RefundRecord, event: Mapping[str, Any], order_id: str, fac
     rec.skus.update({n: sku for n, sku in facts.skus.items() if not lines or n in lines})
     if rec.tracking_no:
         rec.return_status = "shipped"
+    if _settled(rec):
+        fx.alerts += _settled_before_request(rec)
     _move(rec, fx, "requested", int(event["event_time_ms"]) or now_ms, rec.reason)
     _review(rec, fx, facts, rules, now_ms)
     return fx
@@ -308,6 +338,12 @@ def on_reviewed(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, 
     else:
         rec.approved_by = str(event.get("reviewer") or "customer_service")
         _move(rec, fx, "rejected", now_ms, str(event.get("note") or "rejected"))
+        if _settled(rec):
+            fx.alerts.append(AlertSpec(
+                "refund_reconciliation", "RED", rec.refund_id,
+                f"refund {rec.refund_id} was rejected by {rec.approved_by}, but the marketplace already paid "
+                f"{rec.settled_amount_fen} fen back: recover it, or approve the refund",
+                event_id=f"{rec.refund_id}:settled_rejected", details={"reason": "settled_but_rejected"}))  # fmt: skip
     return fx
 
 
@@ -371,24 +407,97 @@ def on_issued(rec: RefundRecord, now_ms: int) -> RefundEffects:
 
 def on_settled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> RefundEffects:
     fx = RefundEffects()
-    if rec.state == "completed":
+    channel_order_id = str(event["channel_order_id"])
+    if rec.channel_order_id and channel_order_id != rec.channel_order_id:
+        other = order_key(rec.channel, channel_order_id)
+        detail = f"a settlement of refund {rec.refund_id} for order {other}; the refund is {rec.order_id}'s"
+        fx.refusal = Refusal(Reason.UNKNOWN_REFUND, detail)
         return fx
-    if rec.state != "refunding":
-        fx.alerts.append(AlertSpec(
-            "refund_reconciliation", "RED", rec.refund_id or str(event.get("channel_refund_id")),
-            f"the marketplace settled refund {rec.refund_id} that stockflow never paid out "
-            f"(it is {rec.state or 'unknown'})", event_id=f"{rec.refund_id}:settled_unpaid",
-            details={"reason": "settled_without_instruction"}))  # fmt: skip
-        return _illegal(fx, rec, "a settlement")
-    rec.settled_amount_fen = int(event["amount_fen"])
-    rec.stage_times.setdefault("settled", now_ms)
-    if rec.settled_amount_fen != rec.amount_fen:
+    if rec.state == "completed" or _settled(rec):
+        return fx  # the marketplace sent it again; a refund is settled once, the first settlement stands
+    if rec.state in ("rejected", "cancelled"):
         fx.alerts.append(AlertSpec(
             "refund_reconciliation", "RED", rec.refund_id,
-            f"refund {rec.refund_id}: settled {rec.settled_amount_fen} fen, paid out {rec.amount_fen}",
-            event_id=f"{rec.refund_id}:settled_amount", details={"reason": "amount_mismatch"}))  # fmt: skip
-    _move(rec, fx, "completed", now_ms, "settled")
+            f"the marketplace settled refund {rec.refund_id} that stockflow never paid out (it is {rec.state})",
+            event_id=f"{rec.refund_id}:settled_unpaid", details={"reason": "settled_without_instruction"}))  # fmt: skip
+        return _illegal(fx, rec, "a settlement")
+    rec.settled_amount_fen, rec.settlement_id = int(event["amount_fen"]), str(event.get("settlement_id") or "")
+    rec.stage_times["settled"] = now_ms
+    if not rec.state:
+        # Before its request: kept on the refund id, so the request finds it (``run_refunds`` keeps where it
+        # was read, and gives it up as ``unknown_refund`` if the request does not come).
+        rec.channel, rec.channel_order_id = str(event["channel"]), channel_order_id
+        rec.channel_refund_id = str(event["channel_refund_id"])
+        rec.order_id = order_key(rec.channel, channel_order_id)
+        return fx
+    fx.alerts += _amount_mismatch(rec)
+    if rec.state == "refunding":
+        _move(rec, fx, "completed", now_ms, "settled")
+    # Otherwise stockflow has not paid yet: the settlement waits on the refund and completes it when it is
+    # paid (``_start_refund``); rejected meanwhile, it is flagged (``on_reviewed``).
     return fx
+
+
+def _amount_mismatch(rec: RefundRecord) -> list[AlertSpec]:
+    if rec.settled_amount_fen == rec.amount_fen:
+        return []
+    return [AlertSpec(
+        "refund_reconciliation", "RED", rec.refund_id,
+        f"refund {rec.refund_id}: settled {rec.settled_amount_fen} fen, the refund is {rec.amount_fen}",
+        event_id=f"{rec.refund_id}:settled_amount", details={"reason": "amount_mismatch"})]  # fmt: skip
+
+
+def _forget_settlement(rec: RefundRecord) -> None:
+    rec.settled_amount_fen, rec.settlement_id = 0, ""
+    rec.stage_times.pop("settled", None)
+    rec.flags.pop(UNREQUESTED, None)
+
+
+def _settled_before_request(rec: RefundRecord) -> list[AlertSpec]:
+    """The request a kept settlement waited for: its amount can be checked now, and its flag cleared."""
+    alerts = _amount_mismatch(rec)
+    if rec.flags.get(UNREQUESTED) == "red":
+        rec.flags[UNREQUESTED] = "cleared"
+        alerts.append(AlertSpec("refund_reconciliation", "INFO", rec.refund_id,
+                                f"refund {rec.refund_id} was requested after its settlement",
+                                event_id=f"{rec.refund_id}:{UNREQUESTED}:cleared", cleared=True,
+                                details={"reason": "settled_without_request"}))  # fmt: skip
+    return alerts
+
+
+def parked_settlement_due_ms(rec: RefundRecord, rules: RefundRules) -> int:
+    """When a settlement that came before its request is next looked at (0: there is none)."""
+    if rec.state or not _settled(rec):
+        return 0
+    flagged = rec.flags.get(UNREQUESTED) == "red"
+    return rec.stage_times["settled"] + (max(rules.parked_keep_ms, rules.parked_grace_ms) if flagged
+                                         else rules.parked_grace_ms)  # fmt: skip
+
+
+def check_parked_settlement(rec: RefundRecord, now_ms: int, rules: RefundRules) -> tuple[list[AlertSpec], bool]:
+    """A settlement still waiting for its request: flagged once after the grace, and whether to give it up
+    (the request did not come in the time kept; ``run_refunds`` dead-letters it as ``unknown_refund``)."""
+    due = parked_settlement_due_ms(rec, rules)
+    if not due or now_ms < due:
+        return [], False
+    if rec.flags.get(UNREQUESTED) == "red":
+        return [], True
+    rec.flags[UNREQUESTED] = "red"
+    alert = AlertSpec(
+        "refund_reconciliation", "RED", rec.refund_id,
+        f"the marketplace settled refund {rec.refund_id} ({rec.settled_amount_fen} fen, order {rec.order_id}), "
+        f"which was never requested; kept {rules.parked_keep_ms / 3.6e6:g} h and applied if the request comes",
+        event_id=f"{rec.refund_id}:{UNREQUESTED}", at_ms=due,
+        details={"reason": "settled_without_request"})  # fmt: skip
+    return [alert], now_ms >= rec.stage_times["settled"] + rules.parked_keep_ms
+
+
+def paid_back_fen(rec: RefundRecord) -> int:
+    """What this refund pays, or has paid, its order back: what was approved, else what the marketplace
+    says it paid (a refund it settled and stockflow rejected still took the money out of the order)."""
+    if rec.state in APPROVED:
+        return rec.amount_fen
+    return rec.settled_amount_fen if rec.state and _settled(rec) else 0
 
 
 def on_cancelled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> RefundEffects:
@@ -397,6 +506,11 @@ def on_cancelled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> Re
         return fx
     if rec.state not in ("requested", "reviewing", "awaiting_return"):
         return _illegal(fx, rec, "a cancellation")  # the money is on its way, or it was decided
+    if _settled(rec):
+        # The marketplace closed it by paying: a withdrawal now is stale, and the refund is completed on approval.
+        fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"a cancellation of refund {rec.refund_id}, which the "
+                             f"marketplace already paid back ({rec.settled_amount_fen} fen)")  # fmt: skip
+        return fx
     _move(rec, fx, "cancelled", now_ms, f"{event.get('by') or 'buyer'}: {event.get('reason') or ''}".strip(": "))
     return fx
 

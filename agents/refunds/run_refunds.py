@@ -9,12 +9,16 @@ Writes: ``refund.states`` (every transition, keyed by refund id, with the order'
 health score counts a customer's returns from it), ``refund.instructions`` (pay this back on the
 original payment path), ``stock.returns`` (resellable returned units, keyed by SKU),
 ``refund.order-cancels`` (a refund-only approved before shipment cancels its order), alerts (SOP
-breaches, reconciliation) and dead letters (events a refund's state does not allow).
+breaches, reconciliation) and dead letters (events a refund's state does not allow, and a settlement
+whose refund was never requested in the time it was kept).
 Owns: store ``refunds_by_id`` (changelog ``<app>.refunds_by_id.changelog``): one ``RefundRecord``
-per refund; store ``approved_refunds_by_order``: per order, its approved refunds' amounts (what it has
-left to pay back, so one order is never refunded twice under two refund ids), each kept until its
-refund is purged. Timers: each refund's next SOP limit and, once it is finished, its purge after
-``STOCKFLOW_REFUND_RETENTION_S``.
+per refund, or per settlement waiting for its refund's request; store ``approved_refunds_by_order``:
+per order, what its approved or marketplace-settled refunds pay back (what it has left to pay back, so
+one order is never refunded twice under two refund ids), each kept until its refund is purged.
+Timers: each refund's next SOP limit and, once it is finished, its purge after
+``STOCKFLOW_REFUND_RETENTION_S``; a settlement before its request is flagged after
+``STOCKFLOW_PARKED_GRACE_S`` and dead-lettered (``unknown_refund``) after
+``STOCKFLOW_PARKED_PAYMENT_GRACE_S``.
 
 The rules are ``agents.refunds.rules``. The engine commits a batch's outputs, the changed refunds and
 the input offsets in one transaction, so an instruction leaves exactly once with its refund's state.
@@ -48,6 +52,7 @@ from streams.engine.state import StoreSpec, StoreTransaction, records_serde
 from streams.resources import packaged
 from streams.settings import Settings
 
+STAGE = "agents.refunds.run_refunds"
 STORE = "refunds_by_id"
 APPROVED_BY_ORDER = "approved_refunds_by_order"
 REFUND_RECORDS = records_serde(RefundRecord.from_dict)
@@ -58,7 +63,9 @@ def refund_rules(settings: Settings) -> RefundRules:
     return flow.load_refund_rules(path, respond_ms=int(settings.refund_respond_s * 1000),
                                   qc_ms=int(settings.refund_qc_s * 1000),
                                   settle_ms=int(settings.refund_settle_s * 1000),
-                                  return_ms=int(settings.refund_return_s * 1000))  # fmt: skip
+                                  return_ms=int(settings.refund_return_s * 1000),
+                                  parked_grace_ms=int(settings.parked_grace_s * 1000),
+                                  parked_keep_ms=int(settings.parked_payment_grace_s * 1000))  # fmt: skip
 
 
 def order_facts(order: OrderRecord | None, refunded_fen: int = 0) -> OrderFacts:
@@ -101,6 +108,8 @@ class RunRefunds(Processor):
 
     # ---- state -----------------------------------------------------------------------------------------
     def _due(self, rec: RefundRecord) -> int:
+        if not rec.state:
+            return flow.parked_settlement_due_ms(rec, self._rules)
         due = flow.next_deadline_ms(rec, self._rules)
         if rec.state in flow.TERMINAL:
             purge = rec.stage_times.get(rec.state, 0) + self.retention_ms
@@ -128,17 +137,24 @@ class RunRefunds(Processor):
         if event_type == "RefundRequested":
             order_id = order_key(record["channel"], record["channel_order_id"])
             fx = flow.on_requested(rec, record, order_id, self._facts(ctx, order_id, refund_id), rules, now)
+        elif event_type == "RefundSettled":
+            fx = flow.on_settled(rec, record, now)  # one before its request is kept for it, not refused
         elif not rec.state:
             ctx.refuse(Reason.UNKNOWN_REFUND, f"{event_type} for refund {refund_id}, which was never requested")
-            if event_type == "RefundSettled":  # money moved that stockflow knows nothing of: say so
-                self._publish(ctx, rec, RefundEffects(alerts=flow.on_settled(rec, record, now).alerts))
             return
         else:
             fx = self._apply(ctx, rec, event_type, record)
         if fx.refusal is not None:
             ctx.refuse(fx.refusal.reason, fx.refusal.detail)
         if not rec.state:
-            return  # refused before anything was recorded: nothing to keep
+            if flow.parked_settlement_due_ms(rec, rules) and fx.refusal is None and ctx.message is not None:
+                rec.settlement_source = rec.settlement_source or ctx.keep_message()
+                self._store(ctx, db, rec)
+            return  # nothing requested yet: no state to publish
+        if rec.settlement_source:
+            if fx.dropped_settlement:
+                ctx.refuse_kept(rec.settlement_source, STAGE, Reason.UNKNOWN_REFUND, fx.dropped_settlement)
+            rec.settlement_source = {}  # its request is here: the settlement is the refund's now, or given up
         fx.alerts += flow.check_limits(rec, now, rules)
         new_stages = sorted(set(rec.stage_times) - stages_before - {t[1] for t in fx.transitions})
         if new_stages and not fx.transitions:
@@ -147,7 +163,7 @@ class RunRefunds(Processor):
             fx.transitions.append((rec.state, rec.state, ",".join(new_stages)))
         self._publish(ctx, rec, fx)
         self._store(ctx, db, rec)
-        self._note_approved(ctx, rec, rec.state in flow.APPROVED)
+        self._note_paid_back(ctx, rec, flow.paid_back_fen(rec))
 
     def _apply(self, ctx: Context, rec: RefundRecord, event_type: str, record: dict[str, Any]) -> RefundEffects:
         """An event for a refund already requested."""
@@ -160,8 +176,6 @@ class RunRefunds(Processor):
             return flow.on_return_received(rec, record, self._facts(ctx, rec.order_id, rec.refund_id), self._rules, now)
         if event_type == "RefundIssued":
             return flow.on_issued(rec, now)
-        if event_type == "RefundSettled":
-            return flow.on_settled(rec, record, now)
         return flow.on_cancelled(rec, record, now)
 
     def _facts(self, ctx: Context, order_id: str, refund_id: str) -> OrderFacts:
@@ -169,16 +183,16 @@ class RunRefunds(Processor):
         approved: dict[str, int] = ctx.store(APPROVED_BY_ORDER).get(order_id.encode()) or {}
         return order_facts(order, sum(fen for other, fen in approved.items() if other != refund_id))
 
-    def _note_approved(self, ctx: Context, rec: RefundRecord, approved: bool) -> None:
-        """Keep the order's approved refunds up to date with this one."""
+    def _note_paid_back(self, ctx: Context, rec: RefundRecord, fen: int) -> None:
+        """Keep what the order's refunds pay back up to date with this one (0: nothing, or no more)."""
         db = ctx.store(APPROVED_BY_ORDER)
         key = rec.order_id.encode()
         entry: dict[str, int] = db.get(key) or {}
-        if approved == (entry.get(rec.refund_id) == rec.amount_fen):
+        if entry.get(rec.refund_id, 0) == fen:
             return
         entry = dict(entry)
-        if approved:
-            entry[rec.refund_id] = rec.amount_fen
+        if fen:
+            entry[rec.refund_id] = fen
         else:
             entry.pop(rec.refund_id, None)
         if entry:
@@ -191,15 +205,35 @@ class RunRefunds(Processor):
         rec = db.get(key)
         if rec is None:
             return
+        if not rec.state:
+            self._parked_timer(ctx, db, rec)
+            return
         finished_at = rec.stage_times.get(rec.state, 0) if rec.state in flow.TERMINAL else 0
         expired = finished_at and finished_at + self.retention_ms <= ctx.now_ms
         if expired and not flow.next_deadline_ms(rec, self._rules):
             db.delete(key)  # finished long enough ago: the refund's record goes, and its part of the order's
-            self._note_approved(ctx, rec, False)
+            self._note_paid_back(ctx, rec, 0)
             return
         fx = RefundEffects(alerts=flow.check_limits(rec, ctx.now_ms, self._rules))
         self._publish(ctx, rec, fx)
         self._store(ctx, db, rec)
+
+    def _parked_timer(self, ctx: Context, db: StoreTransaction[RefundRecord], rec: RefundRecord) -> None:
+        """A settlement still waiting for its refund's request: flagged after the grace, given up after the
+        time kept (dead-lettered from where it was read, as if refused on arrival)."""
+        alerts, give_up = flow.check_parked_settlement(rec, ctx.now_ms, self._rules)
+        self._publish(ctx, rec, RefundEffects(alerts=alerts))
+        if not give_up:
+            self._store(ctx, db, rec)
+            return
+        key = rec.refund_id.encode()
+        db.delete(key)
+        ctx.schedule(key, 0)
+        if rec.settlement_source:
+            kept_h = self._rules.parked_keep_ms / 3.6e6
+            ctx.refuse_kept(rec.settlement_source, STAGE, Reason.UNKNOWN_REFUND,
+                            f"RefundSettled for refund {rec.refund_id} ({rec.settled_amount_fen} fen), which was "
+                            f"never requested: kept {kept_h:g} h for its request")  # fmt: skip
 
     # ---- outputs ---------------------------------------------------------------------------------------
     def _publish(self, ctx: Context, rec: RefundRecord, fx: RefundEffects) -> None:
@@ -247,4 +281,5 @@ class RunRefunds(Processor):
         """The ``/orders/{order_id}/refunds/{refund}`` answer from committed state (the refund lives on
         its order's partition)."""
         rec: RefundRecord | None = read(STORE, refund_id.encode(), order_id)
-        return rec.to_dict() if rec is not None and rec.order_id == order_id else None
+        # A settlement waiting for its request is no refund yet.
+        return rec.to_dict() if rec is not None and rec.state and rec.order_id == order_id else None

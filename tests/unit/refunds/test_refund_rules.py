@@ -170,7 +170,9 @@ def test_refund_only_before_shipment_cancels_the_order() -> None:
 
 @pytest.mark.parametrize(
     ("state", "event"),
-    [("refunding", "cancel"), ("reviewing", "settle"), ("rejected", "receive"), ("", "issued")],
+    # A settlement for a refund under review is no longer one: it is kept until the refund is paid
+    # (test_a_settlement_before_the_approval_completes_the_refund_when_it_is_paid).
+    [("refunding", "cancel"), ("cancelled", "settle"), ("rejected", "receive"), ("", "issued")],
 )
 def test_illegal_transitions_are_refused_and_change_nothing(state: str, event: str) -> None:
     rec = new()
@@ -256,3 +258,133 @@ def test_refusals_for_bad_requests() -> None:
     bad_line["lines"] = [{"line_no": 9, "sku": "", "qty": 1}]
     fx = flow.on_requested(new(), bad_line, "tmall:o1", delivered(DELIVERED), rules, DELIVERED)
     assert fx.refusal is not None and fx.refusal.reason is Reason.INVALID_LINES
+
+
+# ---- settlements that come before stockflow pays ----------------------------------------------------
+# The marketplace may pay a refund back before stockflow's instruction is recorded: its own timeout rule,
+# the seller agreeing in the marketplace's back office, or the channel's callbacks out of order.
+SHIPPED = OrderFacts(known=True, state="shipped", amount_fen=90_000, skus={"1": "SKU-1"}, qtys={"1": 1})
+SETTLED = dict(ev.refund_settled("tmall", "o1", "r1", 100))
+APPROVAL = dict(ev.refund_reviewed("tmall", "o1", "r1", True))
+
+
+def refund_only_under_review() -> RefundRecord:
+    rec = new()
+    flow.on_requested(rec, request(kind="REFUND_ONLY"), "tmall:o1", SHIPPED, packaged_rules(), DELIVERED + 5)
+    assert rec.state == "reviewing"
+    return rec
+
+
+def test_a_settlement_before_the_approval_completes_the_refund_when_it_is_paid() -> None:
+    """Changed on purpose: a settlement for a refund not paid out yet was refused (illegal_transition) and
+    lost; once approved, the refund was instructed, the marketplace answered "already agreed", no second
+    settlement ever came, and the refund stayed refunding for good with only the settle alert."""
+    rec, rules = refund_only_under_review(), packaged_rules()
+    fx = flow.on_settled(rec, SETTLED, DELIVERED + 6)
+    assert fx.refusal is None and not fx.alerts and not fx.instruct and not fx.transitions
+    assert (rec.state, rec.settled_amount_fen, rec.settlement_id) == ("reviewing", 100, "st-r1")
+    assert rec.stage_times["settled"] == DELIVERED + 6
+    fx = flow.on_reviewed(rec, APPROVAL, SHIPPED, rules, DELIVERED + 7)
+    assert [t[1:] for t in fx.transitions] == [("refunding", "approved"), ("completed", "settled")]
+    assert fx.instruct and not fx.alerts  # paid once: on record, and the marketplace answers "already agreed"
+    assert flow.next_deadline_ms(rec, rules) == 0  # no settle limit left to breach
+    assert flow.check_limits(rec, DELIVERED + rules.settle_ms * 2, rules) == []
+    assert flow.on_issued(rec, DELIVERED + 8).refusal is None and rec.stage_times["issued"] == DELIVERED + 8
+
+
+def test_an_approved_return_settled_early_completes_once_its_goods_pass_qc() -> None:
+    rec, rules = new(), packaged_rules()
+    facts = delivered(DELIVERED, amount_fen=80_000)
+    flow.on_requested(rec, request(), "tmall:o1", facts, rules, DELIVERED + 5)
+    flow.on_reviewed(rec, APPROVAL, facts, rules, DELIVERED + 6)
+    assert flow.on_settled(rec, SETTLED, DELIVERED + 7).refusal is None and rec.state == "awaiting_return"
+    fx = arrive(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), DELIVERED + 8)
+    assert [t[1] for t in fx.transitions] == ["received", "refunding", "completed"]
+    assert fx.instruct and fx.restock == [("1", "SKU-1", 1)]
+
+
+@pytest.mark.parametrize("order", ["SRI", "RSI", "RIS", "SSRI", "RSISR"])
+def test_the_outcome_does_not_depend_on_when_the_settlement_arrives(order: str) -> None:
+    """S settlement, R approval, I the marketplace's acceptance (never before the approval), repeated
+    letters a redelivery: every order ends the same, paid once, nothing refused."""
+    rec, rules = refund_only_under_review(), packaged_rules()
+    effects = []
+    for n, step in enumerate(order):
+        now = DELIVERED + 10 + n
+        if step == "S":
+            effects.append(flow.on_settled(rec, SETTLED, now))
+        elif step == "R":
+            effects.append(flow.on_reviewed(rec, APPROVAL, SHIPPED, rules, now))
+        else:
+            effects.append(flow.on_issued(rec, now))
+    assert (rec.state, rec.instructed, rec.settled_amount_fen) == ("completed", True, 100)
+    assert {"refunding", "issued", "settled", "completed"} <= set(rec.stage_times)
+    assert sum(fx.instruct for fx in effects) == 1
+    assert [t[1] for fx in effects for t in fx.transitions] == ["refunding", "completed"]
+    assert all(fx.refusal is None and not fx.alerts for fx in effects)
+
+
+def test_an_early_settlement_of_another_amount_is_flagged_at_once_and_once() -> None:
+    rec, rules = refund_only_under_review(), packaged_rules()
+    fx = flow.on_settled(rec, dict(ev.refund_settled("tmall", "o1", "r1", 99)), DELIVERED + 6)
+    assert [(a.severity, a.details["reason"]) for a in fx.alerts] == [("RED", "amount_mismatch")]
+    fx = flow.on_reviewed(rec, APPROVAL, SHIPPED, rules, DELIVERED + 7)
+    assert rec.state == "completed" and fx.instruct and not fx.alerts  # as when it comes after the payment
+
+
+def test_a_settlement_naming_another_order_is_not_this_refunds() -> None:
+    rec = refund_only_under_review()
+    before = rec.to_dict()
+    fx = flow.on_settled(rec, dict(ev.refund_settled("tmall", "o2", "r1", 100)), DELIVERED + 6)
+    assert fx.refusal is not None and fx.refusal.reason is Reason.UNKNOWN_REFUND and "o2" in fx.refusal.detail
+    assert rec.to_dict() == before
+
+
+def test_a_refund_the_marketplace_paid_cannot_be_withdrawn_and_rejecting_it_is_flagged() -> None:
+    rec, rules = refund_only_under_review(), packaged_rules()
+    flow.on_settled(rec, SETTLED, DELIVERED + 6)
+    fx = flow.on_cancelled(rec, dict(ev.refund_cancelled("tmall", "o1", "r1")), DELIVERED + 7)
+    assert fx.refusal is not None and fx.refusal.reason is Reason.ILLEGAL_TRANSITION and rec.state == "reviewing"
+    fx = flow.on_reviewed(rec, dict(ev.refund_reviewed("tmall", "o1", "r1", False)), SHIPPED, rules, DELIVERED + 8)
+    assert rec.state == "rejected" and not fx.instruct
+    assert [(a.kind, a.severity, a.details["reason"]) for a in fx.alerts] == [
+        ("refund_reconciliation", "RED", "settled_but_rejected")]  # fmt: skip
+    assert flow.paid_back_fen(rec) == 100  # the money is out: the order has that much less left to refund
+
+
+def test_a_settlement_before_its_request_waits_on_the_refund_id_and_completes_it() -> None:
+    rec, rules = new(), packaged_rules()
+    fx = flow.on_settled(rec, SETTLED, DELIVERED + 1)
+    assert fx.refusal is None and not fx.changed and rec.state == ""
+    assert flow.parked_settlement_due_ms(rec, rules) == DELIVERED + 1 + rules.parked_grace_ms
+    assert not flow.on_settled(rec, SETTLED, DELIVERED + 2).changed  # the marketplace sent it again
+    fx = flow.on_requested(rec, request(), "tmall:o1", delivered(DELIVERED), rules, DELIVERED + 3)
+    assert [t[1] for t in fx.transitions] == ["requested", "refunding", "completed"]
+    assert fx.instruct and not fx.alerts and flow.parked_settlement_due_ms(rec, rules) == 0
+
+
+def test_a_settlement_whose_request_never_comes_is_flagged_then_given_up() -> None:
+    rec, rules = new(), packaged_rules()
+    flow.on_settled(rec, SETTLED, DELIVERED)
+    assert flow.check_parked_settlement(rec, DELIVERED + rules.parked_grace_ms - 1, rules) == ([], False)
+    alerts, give_up = flow.check_parked_settlement(rec, DELIVERED + rules.parked_grace_ms, rules)
+    assert not give_up and [(a.kind, a.severity, a.details["reason"]) for a in alerts] == [
+        ("refund_reconciliation", "RED", "settled_without_request")]  # fmt: skip
+    assert flow.parked_settlement_due_ms(rec, rules) == DELIVERED + rules.parked_keep_ms
+    assert flow.check_parked_settlement(rec, DELIVERED + rules.parked_keep_ms - 1, rules) == ([], False)
+    assert flow.check_parked_settlement(rec, DELIVERED + rules.parked_keep_ms, rules) == ([], True)
+
+
+def test_a_late_request_clears_the_alert_of_its_waiting_settlement() -> None:
+    rec, rules = new(), packaged_rules()
+    flow.on_settled(rec, SETTLED, DELIVERED)
+    flow.check_parked_settlement(rec, DELIVERED + rules.parked_grace_ms, rules)
+    fx = flow.on_requested(rec, request(), "tmall:o1", delivered(DELIVERED), rules, DELIVERED + rules.parked_grace_ms)
+    assert rec.state == "completed" and [(a.kind, a.cleared) for a in fx.alerts] == [("refund_reconciliation", True)]
+
+
+def test_a_waiting_settlement_for_another_order_is_dropped_not_applied() -> None:
+    rec, rules = new(), packaged_rules()
+    flow.on_settled(rec, dict(ev.refund_settled("tmall", "o2", "r1", 100)), DELIVERED)
+    fx = flow.on_requested(rec, request(), "tmall:o1", delivered(DELIVERED), rules, DELIVERED + 1)
+    assert "o2" in fx.dropped_settlement and rec.state == "refunding" and "settled" not in rec.stage_times
