@@ -45,6 +45,9 @@ Callbacks (marketplace -> shop: settlements, order pushes), per channel:
   signed as the parameter ``param`` with the Kwaixiaodian request scheme.
 - **own**: the own-site request headers plus ``X-Stockflow-Event`` (not signed; the body says what happened).
 
+What each push is, per kind of notification, is its event name (``PUSH_EVENTS``): a receiver holds a push
+to the name it was signed with, so a signed payment posted where cancels go is still refused as a payment.
+
 Endpoints: ``stock`` (one SKU's sellable quantity), ``refund`` (agree a refund) and ``stock_batch``,
 the stock endpoint's many-SKU API: one call carries up to ``StockBatch.max_items`` figures, each with
 its own version, and the answer says per figure whether it was applied or was stale (a newer version
@@ -1148,16 +1151,82 @@ class Settlement:
     channel_order_id: str | None = None
 
 
-SETTLEMENT_EVENTS: Mapping[str, str] = MappingProxyType(
+def _events(**kinds: str | tuple[str, ...]) -> Mapping[str, tuple[str, ...]]:
+    return MappingProxyType({kind: (names,) if isinstance(names, str) else names for kind, names in kinds.items()})
+
+
+# fmt: off
+# The event name each platform gives a push to the shop (``sign_callback``'s ``event``, ``Verdict.operation``
+# of ``verify_callback``), per notification kind the intake reads it as: the first is what a sender names the
+# kind, any other a message the platform also sends for it. It is signed with the push (the own site's header
+# excepted), so it, not the route a push is posted to, says what the platform meant. Taobao's TMC topics and
+# Doudian's message names are the platforms' own: a presale (step) trade's deposit comes as
+# ``TradeBuyerStepPay``, its balance as ``TradeBuyerPay`` like any full payment, which is why the payload's
+# status, not the topic, tells the balance apart. JD's, Pinduoduo's and Kuaishou's are modelled in their style.
+PUSH_EVENTS: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType(
     {
-        "tmall": "taobao_refund_RefundSuccess",
-        "jd": "jos_refund_settled",
-        "douyin": "doudian_refund_RefundSuccess",
-        "pdd": "pdd_refund_RefundSuccess",
-        "kuaishou": "kwaishop_refund_settled",
-        "own": "refund.settled",
+        "tmall": _events(
+            order="taobao_trade_TradeCreate",
+            payment=("taobao_trade_TradeBuyerPay", "taobao_trade_TradeBuyerStepPay"),
+            cancel="taobao_trade_TradeClose", shipment="taobao_trade_TradeSellerShip",
+            delivery="taobao_trade_TradeSuccess", refund="taobao_refund_RefundCreated",
+            return_shipped="taobao_refund_RefundBuyerReturnGoods", refund_settled="taobao_refund_RefundSuccess",
+            refund_cancelled="taobao_refund_RefundClosed",
+        ),
+        "jd": _events(
+            order="jos_order_created", payment="jos_order_paid", cancel="jos_order_cancelled",
+            shipment="jos_order_shipped", delivery="jos_order_delivered", refund="jos_refund_created",
+            return_shipped="jos_refund_return_shipped", refund_settled="jos_refund_settled",
+            refund_cancelled="jos_refund_cancelled",
+        ),
+        "douyin": _events(
+            order="doudian_trade_TradeCreate", payment="doudian_trade_TradePaid",
+            cancel="doudian_trade_TradeCanceled", shipment="doudian_trade_TradeSellerShip",
+            delivery="doudian_trade_TradeSuccess", refund="doudian_refund_RefundCreated",
+            return_shipped="doudian_refund_RefundBuyerReturnGoods", refund_settled="doudian_refund_RefundSuccess",
+            refund_cancelled="doudian_refund_RefundClosed",
+        ),
+        "pdd": _events(
+            order="pdd_trade_TradeCreate", payment="pdd_trade_TradeBuyerPay", cancel="pdd_trade_TradeClose",
+            shipment="pdd_trade_TradeSellerShip", delivery="pdd_trade_TradeSuccess",
+            refund="pdd_refund_RefundCreated", return_shipped="pdd_refund_RefundBuyerReturnGoods",
+            refund_settled="pdd_refund_RefundSuccess", refund_cancelled="pdd_refund_RefundClosed",
+        ),
+        "kuaishou": _events(
+            order="kwaishop_order_created", payment="kwaishop_order_paid", cancel="kwaishop_order_cancelled",
+            shipment="kwaishop_order_shipped", delivery="kwaishop_order_delivered",
+            refund="kwaishop_refund_created", return_shipped="kwaishop_refund_return_shipped",
+            refund_settled="kwaishop_refund_settled", refund_cancelled="kwaishop_refund_cancelled",
+        ),
+        # The shop's own site names the intake route it posts to; its settlement push is ours.
+        "own": _events(
+            order="order", payment="payment", cancel="cancel", shipment="shipment", delivery="delivery",
+            wms_ack="wms_ack", refund="refund", return_shipped="return_shipped", refund_settled="refund.settled",
+            refund_cancelled="refund_cancelled",
+        ),
     }
 )
+# fmt: on
+SETTLEMENT_EVENTS: Mapping[str, str] = MappingProxyType(
+    {channel: kinds["refund_settled"][0] for channel, kinds in PUSH_EVENTS.items()}
+)
+
+
+def push_events(channel: str, kind: str) -> tuple[str, ...]:
+    """The event names ``channel`` pushes a ``kind`` notification as; none for a kind it never pushes."""
+    return PUSH_EVENTS.get(channel, MappingProxyType({})).get(kind, ())
+
+
+def push_event_field(channel: str) -> str:
+    """Where ``channel``'s push names its event, for a human reading a refusal."""
+    p = platform(channel)
+    if p.callback_scheme is CallbackScheme.TOP_QUERY:
+        return f"query {_event_param(p)}"
+    if p.callback_scheme is CallbackScheme.DOUDIAN_PUSH:
+        return "message tag"
+    if p.callback_scheme is CallbackScheme.KWAI_QUERY:
+        return "query event"
+    return f"header {OWN_EVENT_HEADER}"
 
 
 def _amount_out(unit: str, fen: int) -> str | int:

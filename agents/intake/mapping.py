@@ -130,6 +130,9 @@ FLAGS = ("presale", "vip", "balance", "return_goods", "qc_done", "resellable", "
 TIMES = ("event_time", "sent_at_ms")
 LONG_TEXTS = ("detail", "reason", "note", "qc_note")
 KIND_SETTINGS = ("amount_unit",)  # a kind's table may set these besides its paths
+# ``<flag>_when``, also beside the paths: the flag's channel says it with a status (a string or number)
+# rather than true/false, and these are the values that mean true; any other, or none, is false.
+WHEN = "_when"
 MAX_AMOUNT_FEN = 10_000_000_00  # ten million yuan: anything above is a broken payload
 MAX_LINE_NO = 99_999
 MEANINGS = {
@@ -305,6 +308,7 @@ class ChannelMap:
     fields: dict[str, dict[str, str]]  # kind -> stockflow field -> JSON path
     channels: tuple[str, ...] = ()  # the WMS's and customer service's maps: the channels a body may name
     units: dict[str, str] = field(default_factory=dict)  # kind -> its own amount unit, where it differs
+    when: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # kind -> flag -> values meaning true
     _parsers: dict[tuple[str, OrderLimits], Parser] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -313,6 +317,12 @@ class ChannelMap:
 
     def unit(self, kind: str) -> str:
         return self.units.get(kind, self.amount_unit)
+
+    def truth(self, kind: str, name: str, said: Any) -> bool:
+        """Whether flag ``name`` of a ``kind`` body is set, ``said`` being what the body has at its path
+        (parsed; None when absent)."""
+        meaning_true = self.when.get(kind, {}).get(name)
+        return bool(said) if meaning_true is None else said in meaning_true
 
     def parser(self, kind: str, limits: OrderLimits) -> Parser:
         """The model a ``kind`` body of this channel is parsed with (generated once per limits)."""
@@ -330,6 +340,8 @@ class ChannelMap:
             return whole(name, 1, MAX_LINE_NO, Reason.INVALID_LINES)
         if name in ("amount", "line_price"):
             return amount(name, self.unit(kind), MAX_AMOUNT_FEN)
+        if name in self.when.get(kind, {}):
+            return text(name, required)
         if name in FLAGS:
             return flag(name)
         if name in TIMES:
@@ -370,13 +382,21 @@ class ChannelMap:
                 gen.roles[loc] = role
                 annotation, needed = role.annotation, sub in gen.required
             # Field names are positional: JSON keys need not be Python identifiers; the alias is the key.
-            about = {"title": key} if isinstance(sub, dict) else {"title": sub, "description": MEANINGS.get(sub)}
+            about = (
+                {"title": key} if isinstance(sub, dict) else {"title": sub, "description": self._meaning(gen.kind, sub)}
+            )
             if needed:
                 definitions[f"f{i}"] = (annotation, Field(alias=key, **about))
             else:
                 definitions[f"f{i}"] = (annotation | None, Field(None, alias=key, **about))
         model: type[BaseModel] = create_model(name, __config__=BODY_CONFIG, **definitions)
         return model
+
+    def _meaning(self, kind: str, name: str) -> str | None:
+        meaning_true = self.when.get(kind, {}).get(name)
+        if meaning_true is None:
+            return MEANINGS.get(name)
+        return f"{MEANINGS.get(name, name)}: true when it is {' or '.join(json.dumps(v) for v in sorted(meaning_true))}"
 
     def build(self, kind: str, body: Any, catalogue: Catalogue, limits: OrderLimits, now_ms: int) -> Mapped:
         """What to write for one notification (``body``: the raw JSON bytes, or any other value to be
@@ -402,7 +422,7 @@ class ChannelMap:
         elif kind in REFUND_KINDS:
             record = self._refund(kind, data, paths, base)
         elif kind == "payment":
-            balance = bool(value("balance"))
+            balance = self.truth(kind, "balance", value("balance"))
             # A presale's balance is a second payment of the same order: an event of its own.
             record = {**base, "event_id": f"paid:{order}:balance" if balance else f"paid:{order}",
                       "payment_id": value("payment_id"), "amount_fen": self._fen(kind, value("amount")),
@@ -464,7 +484,8 @@ class ChannelMap:
         return {**base, "event_id": f"placed:{order_key(base['channel'], base['channel_order_id'])}",
                 "customer_id": value("customer_id") or "", "lines": lines, "address": address,
                 "amount_fen": self._fen("order", value("amount")), "coupon_type": value("coupon_type") or "",
-                "presale": bool(value("presale")), "vip": bool(value("vip")),
+                "presale": self.truth("order", "presale", value("presale")),
+                "vip": self.truth("order", "vip", value("vip")),
                 "sent_at_ms": epoch_ms(sent) if sent is not None else 0}  # fmt: skip
 
     def _refund(self, kind: str, data: dict[str, Any], paths: dict[str, str], base: dict[str, Any]) -> dict[str, Any]:
@@ -482,7 +503,8 @@ class ChannelMap:
                 raise IntakeError(Reason.INVALID_AMOUNT, "a refund asks for more than nothing", paths["amount"])
             sent = value("sent_at_ms")
             return {**base, "event_id": f"refund:{refund}", "amount_fen": asked,
-                    "kind": "RETURN_AND_REFUND" if value("return_goods") else "REFUND_ONLY",
+                    "kind": "RETURN_AND_REFUND" if self.truth(kind, "return_goods", value("return_goods"))
+                    else "REFUND_ONLY",
                     "reason": value("reason") or "", "lines": self._lines(kind, data, paths, None),
                     "tracking_no": value("tracking_no") or "", "sent_at_ms": epoch_ms(sent) if sent else 0}  # fmt: skip
         if kind == "return_shipped":
@@ -495,11 +517,13 @@ class ChannelMap:
             return {**base, "event_id": f"refund-cancelled:{refund}", "by": value("by") or "buyer",
                     "reason": value("reason") or ""}  # fmt: skip
         if kind == "return_received":
-            qc_done = value("qc_done") is not False  # absent: received and checked in one go
+            qc_said = value("qc_done")
+            qc_done = qc_said is None or self.truth(kind, "qc_done", qc_said)  # absent: received and checked in one go
             return {**base, "event_id": f"return-{'qc' if qc_done else 'received'}:{refund}",
                     "warehouse_id": value("warehouse_id"), "qc_done": qc_done,
-                    "resellable": bool(value("resellable")), "qc_note": value("qc_note") or ""}  # fmt: skip
-        return {**base, "event_id": f"reviewed:{refund}", "approved": bool(value("approved")),
+                    "resellable": self.truth(kind, "resellable", value("resellable")),
+                    "qc_note": value("qc_note") or ""}  # fmt: skip
+        return {**base, "event_id": f"reviewed:{refund}", "approved": self.truth(kind, "approved", value("approved")),
                 "reviewer": value("reviewer"), "note": value("note") or ""}  # fmt: skip
 
     def _fen(self, kind: str, value: Decimal) -> int:
@@ -534,11 +558,13 @@ def load_channels(path: Path | None, known: tuple[str, ...]) -> dict[str, Channe
         fields = {kind: _kind_paths(f"{path}: [{channel}.{kind}]", kind, table)
                   for kind, table in section.items() if isinstance(table, dict)}  # fmt: skip
         units = {kind: section[kind]["amount_unit"] for kind in fields if "amount_unit" in section[kind]}
+        when = {kind: _kind_when(f"{path}: [{channel}.{kind}]", section[kind], paths) for kind, paths in fields.items()}
         unit = section.get("amount_unit", "yuan")
         for name, value in (("amount_unit", unit), *((f"{k}.amount_unit", u) for k, u in units.items())):
             if value not in ("yuan", "fen"):
                 raise ValueError(f"{path}: {channel}.{name} must be 'yuan' or 'fen'")
-        out[channel] = ChannelMap(channel, section.get("display_name", channel), unit, fields, units=units)
+        out[channel] = ChannelMap(channel, section.get("display_name", channel), unit, fields, units=units,
+                                  when={kind: flags for kind, flags in when.items() if flags})  # fmt: skip
     return out
 
 
@@ -547,7 +573,7 @@ def _kind_paths(where: str, kind: str, table: Mapping[str, Any]) -> dict[str, st
     no two fields at one path."""
     if kind not in KINDS:
         raise ValueError(f"{where} is not one of {sorted(KINDS)}")
-    paths = {k: v for k, v in table.items() if k not in KIND_SETTINGS}
+    paths = {k: v for k, v in table.items() if k not in KIND_SETTINGS and not k.endswith(WHEN)}
     missing = [f for f in REQUIRED[kind] if not paths.get(f)]
     if paths.get("lines"):
         missing += [f for f in LINE_REQUIRED.get(kind, ()) if not paths.get(f)]
@@ -561,3 +587,22 @@ def _kind_paths(where: str, kind: str, table: Mapping[str, Any]) -> dict[str, st
     _tree(paths, [n for n in paths if n not in LINE_FIELDS], where)
     _tree(paths, LINE_FIELDS, where)
     return paths
+
+
+def _kind_when(where: str, table: Mapping[str, Any], paths: Mapping[str, str]) -> dict[str, frozenset[str]]:
+    """A kind's ``<flag>_when`` settings, checked: a flag with a path, and values a status can have."""
+    out = {}
+    for key, values in table.items():
+        if not key.endswith(WHEN):
+            continue
+        name = key.removesuffix(WHEN)
+        if name not in FLAGS:
+            raise ValueError(f"{where}: {key}: {name} is not a flag ({', '.join(FLAGS)})")
+        if not paths.get(name):
+            raise ValueError(f"{where}: {key} needs a path for {name}")
+        # TOML's true would read as "True", which no channel sends: only text and whole numbers are statuses.
+        if not (isinstance(values, list) and values
+                and all(isinstance(v, str | int) and not isinstance(v, bool) for v in values)):  # fmt: skip
+            raise ValueError(f"{where}: {key} must list the values (strings or whole numbers) that mean {name}")
+        out[name] = frozenset(str(v).strip() for v in values)
+    return out

@@ -24,6 +24,11 @@ signature, an unknown app key or a stale timestamp is 401 and nothing is written
 with no secret configured, unless ``STOCKFLOW_INTAKE_ALLOW_UNSIGNED=1`` (development: such
 channels, and the token routes without a token, are then accepted unsigned). A Douyin push is
 Doudian's envelope (a list of ``{tag, msg_id, data}``); intake reads ``data``, one message per push.
+A verified push must also have been signed as a message of the route's kind
+(``agents.channels.platforms.PUSH_EVENTS``: TOP ``topic``, PDD ``type``, Doudian ``tag``,
+Kwaixiaodian ``event``): the signature vouches for the body and its event name, not for the route
+it was posted to, so a signed payment replayed to the cancel route is 422 ``event_mismatch``. A
+route configured for a kind its platform never pushes is a start-up error.
 
 **What is accepted.** Each body is parsed by a pydantic model generated from the channel mapping
 (``agents.intake.mapping``; field types in ``agents.intake.fields``). The decisions: a quantity or
@@ -103,7 +108,8 @@ REFUSALS = {
     401: "Not signed as the channel signs, or no secret configured for it (`no_secret`, `signature_missing`, "
     "`malformed_callback`, `app_key_mismatch`, `signature_mismatch`, `stale_signature`); nothing written.",
     409: "The same id was accepted before with different content; the first stands:",
-    422: "A field is missing, of the wrong type or out of bounds; `field` is its JSON path.",
+    422: "A field is missing, of the wrong type or out of bounds (`field` is its JSON path), or the push was "
+    "signed as another kind of message than the route's (`event_mismatch`).",
     503: "The broker did not acknowledge the write; retry:",
 }
 WMS_REFUSALS = {**REFUSALS, 401: "No or a wrong `Authorization: Bearer <token>` (`signature_missing`, "
@@ -143,6 +149,14 @@ class Intake:
     def __init__(self, settings: Settings, producer: EventProducer | None = None) -> None:
         self.settings = settings
         self.channels = load_channels(settings.channels_file, tuple(settings.channels))
+        for channel, mapping in self.channels.items():
+            known = channel in platforms.CHANNELS
+            never = [kind for kind in mapping.fields if known and not platforms.push_events(channel, kind)]
+            if never:
+                # Such a route could accept no signed push at all: said at start-up, not by refusing each one.
+                tables = ", ".join(f"[{channel}.{kind}]" for kind in never)
+                raise ValueError(f"{settings.channels_file or 'the channel mapping'}: {channel} pushes no "
+                                 f"{' or '.join(never)} notification; remove {tables}")  # fmt: skip
         self.wms = wms_map(self.channels)
         self.service = service_map(self.channels)
         self.catalogue = Catalogue.load(settings.catalogue_file)
@@ -317,7 +331,7 @@ class Intake:
             raw = await request.read()
             try:
                 query = {k: request.query[k] for k in request.query}
-                body = self.authenticate_channel(mapping.channel, query, request.headers, raw)
+                body = self.authenticate_channel(mapping.channel, kind, query, request.headers, raw)
                 mapped = mapping.build(kind, body, self.catalogue, self.limits, self.clock.now_ms())
             except IntakeError as err:
                 return self._refuse(err)
@@ -354,11 +368,12 @@ class Intake:
 
     # ---- who may post ---------------------------------------------------------------------------
 
-    def authenticate_channel(self, channel: str, query: Mapping[str, str], headers: Mapping[str, str],
+    def authenticate_channel(self, channel: str, kind: str, query: Mapping[str, str], headers: Mapping[str, str],
                              raw: bytes) -> bytes:  # fmt: skip
         """The notification's JSON if the request (its query, headers and body ``raw``) is signed by
-        ``channel``'s secret; ``IntakeError`` (401) if not. A channel without a secret passes unsigned
-        only in development."""
+        ``channel``'s secret as a ``kind`` notification; ``IntakeError`` if not (401 not signed so, 422
+        ``event_mismatch`` signed as another kind). A channel without a secret passes unsigned only in
+        development."""
         creds = self.secrets.current().channels.get(channel)
         if creds is None:
             if self.settings.intake_allow_unsigned:
@@ -369,6 +384,11 @@ class Intake:
         if not verdict.ok:
             reason = AUTH_REASONS.get(verdict.failure or platforms.AuthFailure.BAD_SIGNATURE, Reason.SIGNATURE_MISMATCH)
             raise IntakeError(reason, verdict.detail or str(reason), status=401)
+        events = platforms.push_events(channel, kind)
+        if verdict.operation not in events:
+            raise IntakeError(Reason.EVENT_MISMATCH, f"signed as {verdict.operation!r} "
+                              f"({platforms.push_event_field(channel)}), which is no {kind} notification of "
+                              f"{channel} ({' or '.join(events)}); posted to the wrong route?")  # fmt: skip
         if platforms.platform(channel).callback_scheme is platforms.CallbackScheme.DOUDIAN_PUSH:
             return _one_doudian_message(raw)
         return raw

@@ -86,6 +86,7 @@ class Reason(enum.StrEnum):
     APP_KEY_MISMATCH = "app_key_mismatch"
     SIGNATURE_MISMATCH = "signature_mismatch"
     STALE_SIGNATURE = "stale_signature"
+    EVENT_MISMATCH = "event_mismatch"
 
     @property
     def description(self) -> str:
@@ -198,6 +199,10 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.APP_KEY_MISMATCH: "intake: a callback naming another app key than the one configured for its channel",
     Reason.SIGNATURE_MISMATCH: "intake: the signature does not match the channel's secret, or the WMS token is wrong",
     Reason.STALE_SIGNATURE: "intake: the signed timestamp is further from intake's clock than the channel allows",
+    Reason.EVENT_MISMATCH: (
+        "intake: a callback whose event name (TOP topic, PDD type, Doudian tag, Kwaixiaodian event, the own site's "
+        "X-Stockflow-Event) is not one its channel sends for the route's kind: a push replayed to another route"
+    ),
 }
 
 

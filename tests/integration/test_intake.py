@@ -18,7 +18,14 @@ from typing import Any
 import httpx
 import pytest
 
-from agents.channels.platforms import CHANNELS, SETTLEMENT_EVENTS, Credentials, settlement_body, sign_callback
+from agents.channels.platforms import (
+    CHANNELS,
+    PUSH_EVENTS,
+    SETTLEMENT_EVENTS,
+    Credentials,
+    settlement_body,
+    sign_callback,
+)
 from agents.intake.openapi import router_routes
 from agents.intake.secrets import write_secrets
 from agents.intake.service import Intake
@@ -65,9 +72,10 @@ class IntakeServer(AppServer):
 
     def signed(self, channel: str, kind: str, body: dict[str, Any], creds: Credentials | None = None,
                at_ms: int | None = None, event: str | None = None) -> httpx.Response:  # fmt: skip
-        """Post ``body`` as ``channel``'s platform pushes it (event name ``event``, default the kind), signed
-        with ``creds`` (default: the configured)."""
-        req = sign_callback(channel, creds or CREDS[channel], event or kind, body, at_ms or now_ms())
+        """Post ``body`` as ``channel``'s platform pushes it (event name ``event``, default the platform's for
+        the kind), signed with ``creds`` (default: the configured)."""
+        event = event or PUSH_EVENTS[channel][kind][0]
+        req = sign_callback(channel, creds or CREDS[channel], event, body, at_ms or now_ms())
         return httpx.post(f"{self.url}/v1/channels/{channel}/{kind}", params=dict(req.query), headers=dict(req.headers),
                           content=req.body, timeout=30)  # fmt: skip
 

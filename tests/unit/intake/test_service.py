@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 
 from agents.channels.platforms import (
     CHANNELS,
+    PUSH_EVENTS,
     SETTLEMENT_EVENTS,
     Credentials,
     SignedRequest,
@@ -55,10 +56,19 @@ def intake(tmp_path: Path, **settings: Any) -> Intake:
     return Intake(Settings(intake_secrets_file=path, **settings), producer=NoProducer())  # type: ignore[arg-type]
 
 
-def authenticate(service: Intake, signed: SignedRequest, raw: bytes | None = None) -> bytes:
-    """What the intake reads from a signed request (its headers case-insensitive, as aiohttp gives them)."""
+def authenticate(service: Intake, signed: SignedRequest, kind: str, raw: bytes | None = None) -> bytes:
+    """What the intake reads from a signed request posted to ``kind``'s route (its headers case-insensitive,
+    as aiohttp gives them)."""
     headers = CIMultiDict(signed.headers)
-    return service.authenticate_channel(signed.channel, signed.query, headers, signed.body if raw is None else raw)
+    body = signed.body if raw is None else raw
+    return service.authenticate_channel(signed.channel, kind, signed.query, headers, body)
+
+
+def order_push(channel: str, creds: Credentials | None = None, body: dict[str, Any] | None = None,
+               at_ms: int | None = None) -> SignedRequest:  # fmt: skip
+    """An order push as ``channel`` signs it (its event name for a new order)."""
+    event = PUSH_EVENTS[channel]["order"][0]
+    return sign_callback(channel, creds or CREDS[channel], event, body or ORDERS[channel], at_ms or now_ms())
 
 
 def now_ms() -> int:
@@ -68,8 +78,7 @@ def now_ms() -> int:
 @pytest.mark.parametrize("channel", CHANNELS)
 def test_a_callback_signed_with_the_channels_secret_is_accepted(tmp_path: Path, channel: str) -> None:
     service = intake(tmp_path)
-    signed = sign_callback(channel, CREDS[channel], "order", ORDERS[channel], now_ms())
-    body = authenticate(service, signed)
+    body = authenticate(service, order_push(channel), "order")
     mapped = service.channels[channel].build("order", body, service.catalogue, service.limits, now_ms())
     assert mapped.event_type == "OrderPlaced" and mapped.record["lines"][0]["sku"] == "SKU-1"
 
@@ -81,28 +90,25 @@ def test_a_callback_not_signed_as_its_channel_signs_is_refused_401(tmp_path: Pat
 
     def refused(signed: SignedRequest, raw: bytes | None = None) -> str:
         with pytest.raises(IntakeError) as err:
-            authenticate(service, signed, raw)
+            authenticate(service, signed, "order", raw)
         assert err.value.status == 401 and err.value.detail
         return err.value.reason
 
-    assert refused(sign_callback(channel, Credentials(CREDS[channel].app_key, "wrong"), "order", body, now_ms())) == (
-        "signature_mismatch"
-    )
-    stranger = Credentials("other-key", CREDS[channel].secret)
-    assert refused(sign_callback(channel, stranger, "order", body, now_ms())) == "app_key_mismatch"
-    good = sign_callback(channel, CREDS[channel], "order", body, now_ms())
+    assert refused(order_push(channel, Credentials(CREDS[channel].app_key, "wrong"), body)) == "signature_mismatch"
+    assert refused(order_push(channel, Credentials("other-key", CREDS[channel].secret), body)) == "app_key_mismatch"
+    good = order_push(channel, body=body)
     assert refused(good, good.body.replace(b"SKU-1", b"SKU-2")) == "signature_mismatch"  # tampered
     unsigned = SignedRequest(channel, "order", "", {}, {"Content-Type": "application/json"}, good.body)
     assert refused(unsigned) in ("signature_missing", "malformed_callback")
     if channel != "douyin":  # Doudian's push signs no time
-        assert refused(sign_callback(channel, CREDS[channel], "order", body, now_ms() - 3_600_000)) == "stale_signature"
+        assert refused(order_push(channel, body=body, at_ms=now_ms() - 3_600_000)) == "stale_signature"
 
 
 def test_a_douyin_push_is_read_from_its_envelope(tmp_path: Path) -> None:
     service = intake(tmp_path)
-    signed = sign_callback("douyin", CREDS["douyin"], "101", ORDERS["douyin"], now_ms())
+    signed = order_push("douyin")
     assert signed.body.startswith(b"[")
-    body = authenticate(service, signed)
+    body = authenticate(service, signed, "order")
     assert service.channels["douyin"].build("order", body, service.catalogue, service.limits, now_ms()).key == (
         "douyin:D1"
     )
@@ -112,17 +118,17 @@ def test_a_channel_without_a_secret_is_refused_unless_unsigned_is_allowed(tmp_pa
     path = write_secrets(tmp_path / "only-own.toml", {"own": CREDS["own"]})
     strict = Intake(Settings(intake_secrets_file=path), producer=NoProducer())  # type: ignore[arg-type]
     with pytest.raises(IntakeError) as err:
-        strict.authenticate_channel("tmall", {}, {}, b"{}")
+        strict.authenticate_channel("tmall", "order", {}, {}, b"{}")
     assert (err.value.reason, err.value.status) == ("no_secret", 401)
     with pytest.raises(IntakeError) as err:
         strict.authenticate_token("wms", {})
     assert (err.value.reason, err.value.status) == ("no_secret", 401)
     dev_settings = Settings(intake_secrets_file=path, intake_allow_unsigned=True)
     dev = Intake(dev_settings, producer=NoProducer())  # type: ignore[arg-type]
-    assert dev.authenticate_channel("tmall", {}, {}, b"{}") == b"{}"
+    assert dev.authenticate_channel("tmall", "order", {}, {}, b"{}") == b"{}"
     dev.authenticate_token("service", {})
     with pytest.raises(IntakeError) as err:  # a channel with a secret is verified even so
-        dev.authenticate_channel("own", {}, {}, b"{}")
+        dev.authenticate_channel("own", "order", {}, {}, b"{}")
     assert err.value.status == 401
 
 
@@ -241,8 +247,8 @@ def test_a_marketplace_settlement_push_is_a_refund_settled(tmp_path: Path, chann
     service = intake(tmp_path)
     body = settlement_body(channel, "RF-1", 1234, now_ms() - 1000, channel_order_id="ORD-1")
     signed = sign_callback(channel, CREDS[channel], SETTLEMENT_EVENTS[channel], body, now_ms())
-    mapped = service.channels[channel].build("refund_settled", authenticate(service, signed), service.catalogue,
-                                             service.limits, now_ms())  # fmt: skip
+    mapped = service.channels[channel].build("refund_settled", authenticate(service, signed, "refund_settled"),
+                                             service.catalogue, service.limits, now_ms())  # fmt: skip
     assert (mapped.topic, mapped.key, mapped.event_type) == ("refund.events", f"{channel}:ORD-1", "RefundSettled")
     assert (mapped.record["channel_refund_id"], mapped.record["amount_fen"]) == ("RF-1", 1234)
     assert mapped.record["event_id"] == f"settled:{channel}:RF-1"
