@@ -3,21 +3,39 @@
 Deliberately shares no rule code with the agents (``agents.inventory.rules``/``agents.orders.rules``): it
 rebuilds, from what is in Kafka, what the pool's state must be, and compares.
 
-* on-hand per SKU from ``stock.adjustments`` and ``stock.returns`` (each adjustment id once, known
-  warehouses only) minus every shipped line;
+* on-hand per SKU and warehouse from ``stock.adjustments`` and ``stock.returns`` (each adjustment id once,
+  known warehouses only) and the shipped lines (at the warehouse their line was allocated to), in the order
+  the pool applied them: an absolute COUNT replaces its warehouse's figure, so only what the pool applied
+  after it stays on top (see *Order* below);
 * the open holds per SKU (held or paid, not yet shipped/released/expired) from the last answer
   per order line in ``stock.hold-results``;
 * against the pool's store ``stock_by_sku`` as its changelog topic holds it (totals and line records).
 
-It reports drift (store != rebuilt, or the store's totals != its own line records), oversold units
-(open holds beyond on-hand), double holds (an order line held again after it was let go), orders
-rejected while still holding stock, lost orders (placed and valid, yet neither decided nor
-cancelled), paid orders without an open hold behind every line, and timers that did not fire (an
-unpaid hold past its expiry, an unpaid order past its payment timeout).
+It reports drift (store outside what the topics allow, or the store's totals != its own line records),
+oversold units (at any moment of the run, not only at its end: open regular holds and the VIP set-asides
+beyond on-hand, open presale holds beyond the presale cap), VIP set-aside units handed to another order,
+double holds (an order line held again after it was let go), orders rejected while still holding stock,
+lost orders (placed and valid, yet neither decided nor cancelled), paid orders without an open hold behind
+every line, and timers that did not fire (an unpaid hold past its expiry, an unpaid order past its payment
+timeout).
 
-Refunds, from ``refund.states`` and ``refund.instructions``: a refund paid out twice (two different
-instructions for one refund id), a refund approved for payment with no instruction behind it (lost),
-and an instruction for a refund that never reached the paying state.
+Order. The pool applies its input topics (commands, adjustments, returns, overrides) as one stream per
+partition in the order it reads them, which no topic records: commands it applies locally are not even
+published. What the topics do give: the offsets of one SKU's adjustments (one partition: the pool's own
+order among them); the pool's batch time on every answer (``HoldDecided.event_time_ms``), on every override
+it audited, and, in its changelog, on every adjustment it applied (the ``a`` record of the adjustment id,
+kept ``STOCKFLOW_TOMBSTONE_TTL_S``). A count's own ``event_time_ms`` is when the warehouse counted or sent
+it, not when the pool applied it, so it orders nothing. Two batch times that differ order their changes;
+equal ones (one batch) leave the order open, and the audit then accepts every result either order gives -
+a range, not a guess. Likewise a hot SKU's count, settled as each bucket answers, against its buckets'
+later shipments, and an adjustment whose ``a`` record is gone: the over-time checks then skip the SKU and
+judge its final state only. This assumes the pool's clock does not run backwards between its batches.
+
+Refunds, from ``refund.states``, ``refund.instructions``, ``refund.issued`` and the settlements on
+``refund.events``: a refund paid out twice (two instructions for one refund id that ask for different
+payouts, two acceptances with different marketplace references, or two settlements with different ids), a
+refund approved for payment with no instruction behind it (lost), and an instruction for a refund that never
+reached the paying state.
 """
 
 from __future__ import annotations
@@ -25,19 +43,22 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 import orjson
 
 from agents.routing.warehouses import load_warehouses
 from streams.contract.codec import Codec, DecodeError, codec_for
-from streams.contract.keys import order_key
+from streams.contract.keys import order_key, refund_key
 from streams.contract.topics import (
+    AUDIT_OVERRIDES,
     DEADLETTERS,
     HOLD_RESULTS,
     ORDER_EVENTS,
     ORDER_STATES,
+    REFUND_EVENTS,
     REFUND_INSTRUCTIONS,
+    REFUND_ISSUED,
     REFUND_STATES,
     RESERVATION_RESULTS,
     STOCK_ADJUSTMENTS,
@@ -55,25 +76,72 @@ _LET_GO = {"RELEASED", "EXPIRED", "REFUSED", "SHIPPED"}
 # A larger single adjustment is a typing error, not stock: the pool's limit, restated here because
 # the audit shares no rule code with the pool.
 MAX_ADJUSTMENT_QTY = 10_000_000
+# The reason on the answer of a line that took over a VIP set-aside, followed by the override's id: part of
+# the topic contract (``HoldDecided.reason``), not a rule.
+VIP_OVERRIDE_REASON = "vip_override:"
+_ADJUSTMENTS, _RETURNS = 0, 1  # the topics whose offsets order one SKU's adjustments
+_T = TypeVar("_T")
+_BySku: TypeAlias = dict[str, list[_T]]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change to a SKU's on-hand or presale cap, as the topics show it.
+
+    ``qty``: the figure of a COUNT or PRESALE_CAP, the signed change of anything else (a shipment's is
+    negative). ``at_ms``: the pool's batch time, None when nothing says it any more. ``seq``: (topic, offset)
+    for an adjustment, whose offsets are the pool's order within its topic."""
+
+    kind: str  # RECEIPT | COUNT | CORRECTION | PRESALE_CAP | SHIP
+    warehouse: str  # a shipment's: the warehouse its line was allocated to, "" when the answers never said
+    qty: int
+    at_ms: int | None
+    seq: tuple[int, int] | None = None
+    from_bucket: bool = False  # a shipment a hot SKU's bucket applied
+
+
+@dataclass(frozen=True)
+class HoldMove:
+    """An order line's hold opened (``qty`` > 0) or let go (< 0) at the pool's batch time ``at_ms``."""
+
+    at_ms: int
+    key: str  # '<order>#<line>'
+    qty: int
+    override_id: str = ""  # opened by taking over this override's VIP set-aside
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """Units an approved VIP override set aside for one order (from ``audit.overrides``)."""
+
+    at_ms: int
+    override_id: str
+    vip_order_id: str
+    qty: int
 
 
 @dataclass
 class SkuAudit:
     sku: str
-    expected_on_hand: int = 0
+    expected_on_hand: int = 0  # the least on-hand the topics allow
+    expected_on_hand_max: int = 0  # the most: the same unless they leave an order of changes open
     expected_open: int = 0
     expected_presale: int = 0
+    presale_cap: int = 0
     table_on_hand: int | None = None
     table_open: int | None = None
     table_presale: int | None = None
     open_keys_missing_in_table: list[str] = field(default_factory=list)
     open_keys_only_in_table: list[str] = field(default_factory=list)
     totals_disagree: str = ""
+    peak_oversold: int = 0  # the most regular units held beyond on-hand at any moment of the run
+    peak_presale_oversold: int = 0  # the most presale units held beyond the presale cap at any moment
 
     @property
     def drift(self) -> bool:
         return (
-            self.table_on_hand != self.expected_on_hand
+            self.table_on_hand is None
+            or not self.expected_on_hand <= self.table_on_hand <= self.expected_on_hand_max
             or self.table_open != self.expected_open
             or self.table_presale != self.expected_presale
             or bool(self.open_keys_missing_in_table or self.open_keys_only_in_table)
@@ -81,8 +149,16 @@ class SkuAudit:
         )
 
     @property
+    def regular_oversold(self) -> int:
+        return max(0, self.peak_oversold, self.expected_open - self.expected_on_hand_max)
+
+    @property
+    def presale_oversold(self) -> int:
+        return max(0, self.peak_presale_oversold, self.expected_presale - self.presale_cap)
+
+    @property
     def oversold(self) -> int:
-        return max(0, self.expected_open - self.expected_on_hand)
+        return self.regular_oversold + self.presale_oversold
 
 
 @dataclass
@@ -97,6 +173,7 @@ class Report:
     reserved_incomplete: list[str] = field(default_factory=list)
     paid_without_hold: list[str] = field(default_factory=list)
     overdue_timers: list[str] = field(default_factory=list)
+    vip_set_aside_misused: list[str] = field(default_factory=list)
     refunds: int = 0
     refunds_paid_twice: list[str] = field(default_factory=list)
     refunds_lost: list[str] = field(default_factory=list)
@@ -119,7 +196,8 @@ class Report:
         return not (
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
             or self.rejected_but_held or self.reserved_incomplete or self.paid_without_hold or self.overdue_timers
-            or self.refunds_paid_twice or self.refunds_lost or self.refunds_paid_unapproved
+            or self.vip_set_aside_misused or self.refunds_paid_twice or self.refunds_lost
+            or self.refunds_paid_unapproved
         )  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
@@ -128,6 +206,8 @@ class Report:
             "skus": len(self.skus),
             "skus_drifted": len(self.drifted),
             "oversold_units": self.oversold_units,
+            "presale_oversold_units": sum(a.presale_oversold for a in self.skus.values()),
+            "vip_set_aside_misused": len(self.vip_set_aside_misused),
             "orders_placed": self.orders_placed,
             "orders_decided": self.orders_decided,
             "orders_cancelled_before_decision": self.orders_cancelled_undecided,
@@ -158,20 +238,32 @@ def _decoded(codec: Codec, settings: Settings, name: str) -> list[tuple[Any, str
 def audit(settings: Settings) -> Report:
     codec = codec_for(settings)
     report = Report()
-    on_hand = _on_hand_by_sku(codec, settings, report)
-    last, shipped = _last_answers(codec, settings, report)
+    totals, holds, applied = _pool_store(settings)
+    changes = _stock_changes(codec, settings, applied, report)
+    last, moves, ships = _fold_answers(_decoded(codec, settings, HOLD_RESULTS.name), report)
+    for sku, shipped in ships.items():
+        changes[sku].extend(shipped)
+    placed, presale_of = _placed_orders(codec, settings)
+    totals, holds = _fold_buckets(totals, holds)
+    for by_line in holds.values():
+        for key, hold in by_line.items():
+            presale_of.setdefault(key.rpartition("#")[0], bool(hold["presale"]))
+    set_asides = _set_asides(codec, settings)
     open_by_sku = _open_lines_by_sku(last, report)
-    totals, holds = _fold_buckets(*_pool_store(settings))
     presale_keys = {key for by_line in holds.values() for key, hold in by_line.items() if hold["presale"]}
     now_ms = int(time.time() * 1000)
+    hold_ttl_ms = int(settings.hold_ttl_s * 1000)
     _find_overdue_holds(holds, now_ms, report)
+    _check_takeovers(moves, set_asides, report)
     for sku, sa in report.skus.items():
         expected_keys = open_by_sku.get(sku, {})
-        _expect(sa, on_hand.get(sku, {}), shipped.get(sku, 0), expected_keys, presale_keys)
+        _expect(sa, changes.get(sku, []), expected_keys, presale_keys)
+        sa.peak_oversold, sa.peak_presale_oversold = _peak_oversold(
+            changes.get(sku, []), moves.get(sku, []), set_asides.get(sku, []), presale_of, hold_ttl_ms)
         state = totals.get(sku)
         if state is not None:
             _compare_with_store(sa, state, holds.get(sku, {}), expected_keys, presale_keys)
-    _audit_orders(codec, settings, last, now_ms, report)
+    _audit_orders(codec, settings, placed, last, now_ms, report)
     _audit_refunds(codec, settings, report)
     return report
 
@@ -183,60 +275,110 @@ def _audit_refunds(codec: Codec, settings: Settings, report: Report) -> None:
         report.refunds += 0 if r["previous_state"] else 1
         if r["state"] == "refunding" or "refunding" in r["stage_times"]:
             paying.add(r["refund_id"])
-    instructions: dict[str, set[str]] = defaultdict(set)
-    for _, _, r in _decoded(codec, settings, REFUND_INSTRUCTIONS.name):
-        instructions[r["refund_id"]].add(r["event_id"])
-    report.refunds_paid_twice = sorted(rid for rid, ids in instructions.items() if len(ids) > 1)
-    report.refunds_lost = sorted(paying - set(instructions))
-    report.refunds_paid_unapproved = sorted(set(instructions) - paying)
+    instructions = [r for _, _, r in _decoded(codec, settings, REFUND_INSTRUCTIONS.name)]
+    issued = [r for _, _, r in _decoded(codec, settings, REFUND_ISSUED.name)]
+    settled = [r for _, kind, r in _decoded(codec, settings, REFUND_EVENTS.name) if kind == "RefundSettled"]
+    instructed = {r["refund_id"] for r in instructions}
+    report.refunds_paid_twice = _paid_twice(instructions, issued, settled)
+    report.refunds_lost = sorted(paying - instructed)
+    report.refunds_paid_unapproved = sorted(instructed - paying)
 
 
-def _on_hand_by_sku(codec: Codec, settings: Settings, report: Report) -> dict[str, dict[str, int]]:
-    """1. On-hand per SKU and warehouse from the adjustments, each id once, refused ones skipped."""
+# What an instruction pays: every instruction of one refund carries the same event id, and a batch replayed
+# (at least once) sends the same instruction again with a new time, which the connector's idempotency key
+# makes one payout. Instructions that differ in any of these are two payouts asked for.
+_PAYOUT = ("order_id", "channel", "channel_order_id", "channel_refund_id", "amount_fen", "payment_path",
+           "idempotency_key")  # fmt: skip
+
+
+def _paid_twice(instructions: list[dict[str, Any]], issued: list[dict[str, Any]],
+                settled: list[dict[str, Any]]) -> list[str]:  # fmt: skip
+    """Refund ids with two payouts: two different instructions, two acceptances by the marketplace with
+    different references (a call sent again is answered "already agreed", which carries none), or two
+    settlements with different ids (a callback delivered again carries the same one)."""
+    payouts: dict[str, set[tuple[str, Any]]] = defaultdict(set)
+    for r in instructions:
+        payouts[r["refund_id"]].add(("instruction", tuple(r[k] for k in _PAYOUT)))
+    for r in issued:
+        if r["platform_ref"]:
+            payouts[r["refund_id"]].add(("accepted", r["platform_ref"]))
+    for r in settled:
+        if r["settlement_id"]:
+            payouts[refund_key(r["channel"], r["channel_refund_id"])].add(("settled", r["settlement_id"]))
+    twice = set()
+    for refund_id, seen in payouts.items():
+        for source in ("instruction", "accepted", "settled"):
+            if sum(1 for s, _ in seen if s == source) > 1:
+                twice.add(refund_id)
+    return sorted(twice)
+
+
+def _stock_changes(codec: Codec, settings: Settings, applied: dict[tuple[str, str], int],
+                   report: Report) -> dict[str, list[Change]]:  # fmt: skip
+    """1. Each SKU's adjustments and returns, each id once, refused ones skipped, with the pool's batch time
+    where its changelog still records it (``applied``: (SKU, adjustment id) -> ms)."""
     warehouses = set(load_warehouses(settings.warehouses_file))
-    on_hand: dict[str, dict[str, int]] = defaultdict(dict)
+    changes: dict[str, list[Change]] = defaultdict(list)
     seen_adjustments: set[tuple[str, str]] = set()
-    adjustments = _decoded(codec, settings, STOCK_ADJUSTMENTS.name) + _decoded(codec, settings, STOCK_RETURNS.name)
-    for _, kind, adj in adjustments:
-        if kind != "StockAdjusted" or (adj["sku"], adj["event_id"]) in seen_adjustments:
-            continue
-        qty, wh = adj["qty"], adj["warehouse_id"]
-        valid = {
-            "RECEIPT": qty > 0 and wh in warehouses,
-            "COUNT": qty >= 0 and wh in warehouses,
-            "CORRECTION": qty != 0 and wh in warehouses,
-            "PRESALE_CAP": qty >= 0,
-        }.get(adj["kind"], False)
-        if not valid or abs(qty) > MAX_ADJUSTMENT_QTY:
-            continue
-        seen_adjustments.add((adj["sku"], adj["event_id"]))
-        report.sku_audit(adj["sku"])
-        if adj["kind"] in ("RECEIPT", "CORRECTION"):
-            on_hand[adj["sku"]][wh] = on_hand[adj["sku"]].get(wh, 0) + qty
-        elif adj["kind"] == "COUNT":
-            on_hand[adj["sku"]][wh] = qty
-    return on_hand
+    for source, topic in ((_ADJUSTMENTS, STOCK_ADJUSTMENTS.name), (_RETURNS, STOCK_RETURNS.name)):
+        for rec, kind, adj in _decoded(codec, settings, topic):
+            if kind != "StockAdjusted" or (adj["sku"], adj["event_id"]) in seen_adjustments:
+                continue
+            qty, wh = adj["qty"], adj["warehouse_id"]
+            valid = {
+                "RECEIPT": qty > 0 and wh in warehouses,
+                "COUNT": qty >= 0 and wh in warehouses,
+                "CORRECTION": qty != 0 and wh in warehouses,
+                "PRESALE_CAP": qty >= 0,
+            }.get(adj["kind"], False)
+            if not valid or abs(qty) > MAX_ADJUSTMENT_QTY:
+                continue
+            seen_adjustments.add((adj["sku"], adj["event_id"]))
+            report.sku_audit(adj["sku"])
+            at_ms = applied.get((adj["sku"], adj["event_id"]))
+            where = "" if adj["kind"] == "PRESALE_CAP" else wh
+            changes[adj["sku"]].append(Change(adj["kind"], where, qty, at_ms, (source, rec.offset)))
+    return changes
 
 
-def _last_answers(codec: Codec, settings: Settings, report: Report) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
-    """2. The last answer per order line (``<order>#<line>``), in the order the pool gave them, and the
-    units shipped per SKU. An order line held again after it was let go is a double hold."""
+def _fold_answers(results: list[tuple[Any, str, dict[str, Any]]],
+                  report: Report) -> tuple[dict[str, dict[str, Any]], _BySku[HoldMove], _BySku[Change]]:  # fmt: skip
+    """2. The last answer per order line (``<order>#<line>``), in the order the pool gave them; per SKU, when
+    each line's hold opened and closed, and its shipments. An order line held again after it was let go is a
+    double hold."""
     last: dict[str, dict[str, Any]] = {}
     history: dict[str, list[str]] = defaultdict(list)
-    shipped: dict[str, int] = defaultdict(int)
-    for _, kind, res in _decoded(codec, settings, HOLD_RESULTS.name):
-        if kind != "HoldDecided" or res["outcome"] == "IGNORED" or res["action"] == "ALLOCATE":
-            continue  # an allocation ties an open line to a warehouse; it neither opens nor closes it
+    allocated: dict[str, str] = {}
+    moves: dict[str, list[HoldMove]] = defaultdict(list)
+    ships: dict[str, list[Change]] = defaultdict(list)
+    for _, kind, res in results:
+        if kind != "HoldDecided" or res["outcome"] == "IGNORED":
+            continue
         key = f"{res['order_id']}#{res['line_no']}"
+        if res["action"] == "ALLOCATE":
+            # An allocation ties an open line to a warehouse (its answer's reason); it neither opens nor closes it.
+            if res["outcome"] == "ALLOCATED":
+                allocated[key] = res["reason"]
+            continue
         outcomes = history[key]
         if not outcomes or outcomes[-1] != res["outcome"]:
             if res["outcome"] == "HELD" and any(o in _LET_GO for o in outcomes):
                 report.double_holds.append(key)
             outcomes.append(res["outcome"])
-        if res["outcome"] == "SHIPPED" and last.get(key, {}).get("outcome") != "SHIPPED":
-            shipped[res["sku"]] += res["qty"]
+        was = last.get(key, {}).get("outcome")
+        sku, at_ms = res["sku"], res["event_time_ms"]
+        if res["outcome"] == "SHIPPED" and was != "SHIPPED":
+            ships[sku].append(Change("SHIP", allocated.get(key, ""), -res["qty"], at_ms,
+                                     from_bucket=res.get("bucket", -1) >= 0))  # fmt: skip
+        opened, is_open = was in _OPEN_OUTCOMES, res["outcome"] in _OPEN_OUTCOMES
+        if is_open and not opened:
+            reason = res["reason"]
+            taken = reason[len(VIP_OVERRIDE_REASON):] if reason.startswith(VIP_OVERRIDE_REASON) else ""
+            moves[sku].append(HoldMove(at_ms, key, res["qty"], taken))
+        elif opened and not is_open:
+            moves[sku].append(HoldMove(at_ms, key, -last[key]["qty"]))
         last[key] = res
-    return last, shipped
+    return last, moves, ships
 
 
 def _open_lines_by_sku(last: dict[str, dict[str, Any]], report: Report) -> dict[str, dict[str, int]]:
@@ -249,11 +391,42 @@ def _open_lines_by_sku(last: dict[str, dict[str, Any]], report: Report) -> dict[
     return open_by_sku
 
 
-def _pool_store(settings: Settings) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+def _set_asides(codec: Codec, settings: Settings) -> dict[str, list[SetAside]]:
+    """What each applied VIP override set aside, per SKU (an approval seen again is audited again: once)."""
+    out: dict[str, list[SetAside]] = defaultdict(list)
+    seen: set[str] = set()
+    for _, _, r in _decoded(codec, settings, AUDIT_OVERRIDES.name):
+        if r["outcome"] == "APPLIED" and r["override_id"] not in seen:
+            seen.add(r["override_id"])
+            out[r["sku"]].append(SetAside(r["event_time_ms"], r["override_id"], r["vip_order_id"], r["qty"]))
+    return out
+
+
+def _check_takeovers(moves: dict[str, list[HoldMove]], set_asides: dict[str, list[SetAside]],
+                     report: Report) -> None:  # fmt: skip
+    """Set-aside units go to lines of the order their override named, and no more than it set aside."""
+    for sku, sku_moves in moves.items():
+        overrides = {s.override_id: s for s in set_asides.get(sku, [])}
+        taken: dict[str, int] = defaultdict(int)
+        for move in sorted(sku_moves, key=lambda m: m.at_ms):
+            if not move.override_id:
+                continue
+            order_id = move.key.rpartition("#")[0]
+            override = overrides.get(move.override_id)
+            taken[order_id] += move.qty
+            given = sum(s.qty for s in overrides.values() if s.vip_order_id == order_id and s.at_ms <= move.at_ms)
+            if override is None or override.vip_order_id != order_id or taken[order_id] > given:
+                report.vip_set_aside_misused.append(f"{sku}/{move.key}")
+
+
+def _pool_store(settings: Settings) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]],
+                                             dict[tuple[str, str], int]]:  # fmt: skip
     r"""3. The pool's store as its changelog holds it (committed batches only): per SKU its totals
-    record (key "s\0<sku>") and one record per order line (key "h\0<sku>\0<order>#<line>")."""
+    record (key "s\0<sku>") and one record per order line (key "h\0<sku>\0<order>#<line>"); and when it
+    applied each adjustment (key "a\0<sku>\0<adjustment id>", its first record: a purge deletes it later)."""
     totals: dict[str, dict[str, Any]] = {}
     holds: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    applied: dict[tuple[str, str], int] = {}
     for rec in read_all(settings, changelog_topic(settings, "stock_by_sku")):
         kind_byte, _, rest = (rec.key or b"").partition(b"\0")
         value = orjson.loads(rec.value) if rec.value else None
@@ -268,7 +441,10 @@ def _pool_store(settings: Settings) -> tuple[dict[str, dict[str, Any]], dict[str
                 holds[sku_raw.decode()].pop(line.decode(), None)
             else:
                 holds[sku_raw.decode()][line.decode()] = value
-    return totals, holds
+        elif kind_byte == b"a" and isinstance(value, dict) and "applied_ms" in value:
+            sku_raw, _, adjustment_id = rest.partition(b"\0")
+            applied.setdefault((sku_raw.decode(), adjustment_id.decode()), int(value["applied_ms"]))
+    return totals, holds, applied
 
 
 def _fold_buckets(totals: dict[str, dict[str, Any]], holds: dict[str, dict[str, dict[str, Any]]]
@@ -307,10 +483,152 @@ def _find_overdue_holds(holds: dict[str, dict[str, dict[str, Any]]], now_ms: int
                 report.overdue_timers.append(f"hold {sku}/{key} expired at {hold['expires_at_ms']}")
 
 
-def _expect(sa: SkuAudit, on_hand: dict[str, int], shipped: int, expected_keys: dict[str, int],
-            presale_keys: set[str]) -> None:  # fmt: skip
+def _before(change: Change, count: Change) -> bool | None:
+    """Whether the pool applied ``change`` before the COUNT ``count``; None when the topics leave it open."""
+    if change.seq is not None and count.seq is not None and change.seq[0] == count.seq[0]:
+        return change.seq < count.seq
+    if change.at_ms is None or count.at_ms is None:
+        return None
+    if change.at_ms < count.at_ms:
+        return True
+    # A hot SKU's count stands as of the moment each bucket answers the home's probe, which no topic records:
+    # a bucket's later shipment may be in it or on top of it.
+    if change.at_ms > count.at_ms and not change.from_bucket:
+        return False
+    return None  # one batch: the topics do not say which came first
+
+
+def _on_hand_range(changes: list[Change]) -> tuple[int, int]:
+    """The least and the most on-hand the pool can hold after ``changes``, per warehouse: the last COUNT's figure
+    and what it applied after it; a change it may have applied before or after counts as either."""
+    stocked = {c.warehouse for c in changes if c.kind in ("RECEIPT", "COUNT", "CORRECTION")}
+    counts = [c for c in changes if c.kind == "COUNT"]
+    by_warehouse: dict[str, list[Change]] = defaultdict(list)
+    off_for_sure = off_maybe = 0
+    for c in changes:
+        if c.kind == "PRESALE_CAP":
+            continue
+        if c.kind == "SHIP" and c.warehouse not in stocked:
+            # A line shipped with no allocation the answers name: the pool takes it from the warehouse the WMS
+            # named or the fullest one; from the SKU's total here (the same unless that warehouse goes below
+            # zero, which the pool alerts on), and only if no count can have counted it already.
+            if all(_before(c, k) is False for k in counts):
+                off_for_sure += c.qty
+            else:
+                off_maybe += c.qty
+            continue
+        by_warehouse[c.warehouse].append(c)
+    least = most = 0
+    for items in by_warehouse.values():
+        count = max((c for c in items if c.kind == "COUNT"), key=lambda c: c.seq or (0, 0), default=None)
+        low = high = count.qty if count is not None else 0
+        for c in items:
+            if c.kind == "COUNT":
+                continue  # the last one is the base; earlier ones it replaced
+            order = _before(c, count) if count is not None else False
+            if order is None:
+                low, high = low + min(0, c.qty), high + max(0, c.qty)
+            elif not order:
+                low, high = low + c.qty, high + c.qty
+        least, most = least + max(0, low), most + max(0, high)
+    return least + off_for_sure + off_maybe, most + off_for_sure
+
+
+def _peak_oversold(changes: list[Change], moves: list[HoldMove], set_asides: list[SetAside],
+                   presale_of: dict[str, bool], hold_ttl_ms: int) -> tuple[int, int]:  # fmt: skip
+    """The most units held beyond what could be held, at any of the pool's batch times in the run: regular
+    holds and VIP set-asides beyond on-hand, and presale holds beyond the presale cap.
+
+    A batch's changes commit together, so the state is judged after each batch time. On-hand is taken at the
+    most the topics allow (a change of unknown order against a count: whichever leaves more; a line shipped
+    with no allocation named: not taken off) and held units at the least (a line whose order says neither
+    presale nor regular: in neither; a set-aside: gone from its expiry on), so an excess found is one the pool
+    really had. A SKU with an adjustment whose batch time the pool's changelog no longer records has no place
+    on this timeline: its final state alone is judged."""
+    timeline: dict[int, list[Change | HoldMove | SetAside]] = defaultdict(list)
+    items: list[Change | HoldMove | SetAside] = [*changes, *moves, *set_asides]
+    for item in items:
+        if item.at_ms is None:
+            return 0, 0
+        timeline[item.at_ms].append(item)
+    stock = _MostOnHand({c.warehouse for c in changes if c.kind in ("RECEIPT", "COUNT", "CORRECTION")})
+    held = _LeastHeld(presale_of, {s.override_id: s.vip_order_id for s in set_asides}, hold_ttl_ms)
+    peak = peak_presale = 0
+    for at_ms in sorted(timeline):
+        batch = timeline[at_ms]
+        stock.apply([i for i in batch if isinstance(i, Change)])
+        held.apply(at_ms, [i for i in batch if isinstance(i, SetAside)], [i for i in batch if isinstance(i, HoldMove)])
+        peak = max(peak, held.regular + held.aside_at(at_ms) - stock.on_hand())
+        peak_presale = max(peak_presale, held.presale - stock.cap)
+    return peak, peak_presale
+
+
+@dataclass
+class _MostOnHand:
+    """The most on-hand per warehouse, and the presale cap, batch after batch."""
+
+    stocked: set[str]  # warehouses the SKU has had an adjustment at: a shipment from another is unplaced
+    most: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    counted: set[str] = field(default_factory=set)
+    cap: int = 0
+
+    def on_hand(self) -> int:
+        return sum(max(0, q) for q in self.most.values())
+
+    def apply(self, batch: list[Change]) -> None:
+        ordered = sorted(batch, key=lambda c: c.seq or (-1, 0))
+        counts = {c.warehouse: c for c in ordered if c.kind == "COUNT"}  # the batch's last per warehouse
+        for wh, count in counts.items():
+            self.most[wh] = count.qty
+            self.counted.add(wh)
+        for c in ordered:
+            if c.kind == "PRESALE_CAP":
+                self.cap = c.qty
+            elif c.kind != "COUNT" and (c.kind != "SHIP" or c.warehouse in self.stocked):
+                batch_count = counts.get(c.warehouse)
+                order = _before(c, batch_count) if batch_count is not None else False
+                if order is None or (c.from_bucket and c.warehouse in self.counted):
+                    self.most[c.warehouse] += max(0, c.qty)
+                elif not order:
+                    self.most[c.warehouse] += c.qty
+
+
+@dataclass
+class _LeastHeld:
+    """The fewest units held, batch after batch: open regular and presale holds, and VIP set-asides."""
+
+    presale_of: dict[str, bool]  # order id -> presale
+    vip_of: dict[str, str]  # override id -> the VIP order it set units aside for
+    hold_ttl_ms: int
+    regular: int = 0
+    presale: int = 0
+    aside: dict[str, tuple[int, int]] = field(default_factory=dict)  # VIP order -> (units left, when they expire)
+
+    def aside_at(self, at_ms: int) -> int:
+        # The pool lets a set-aside go in the first batch at or after its expiry: from then on, maybe gone.
+        return sum(left for left, due in self.aside.values() if at_ms < due)
+
+    def apply(self, at_ms: int, set_asides: list[SetAside], moves: list[HoldMove]) -> None:
+        for s in set_asides:  # before the batch's takeovers: a line takes over only what is set aside
+            left, due = self.aside.get(s.vip_order_id, (0, 0))
+            self.aside[s.vip_order_id] = (s.qty + (left if at_ms < due else 0), at_ms + self.hold_ttl_ms)
+        for m in moves:
+            is_presale = self.presale_of.get(m.key.rpartition("#")[0])
+            if is_presale is False:
+                self.regular += m.qty
+            elif is_presale:
+                self.presale += m.qty
+            vip = self.vip_of.get(m.override_id, "")
+            if m.qty > 0 and vip in self.aside:
+                left, due = self.aside[vip]
+                self.aside[vip] = (max(0, left - m.qty), due)
+
+
+def _expect(sa: SkuAudit, changes: list[Change], expected_keys: dict[str, int], presale_keys: set[str]) -> None:
     """What the topics say the pool must hold of ``sa.sku``."""
-    sa.expected_on_hand = sum(max(0, q) for q in on_hand.values()) - shipped
+    sa.expected_on_hand, sa.expected_on_hand_max = _on_hand_range(changes)
+    caps = [c for c in changes if c.kind == "PRESALE_CAP"]
+    sa.presale_cap = max(caps, key=lambda c: c.seq or (0, 0)).qty if caps else 0
     sa.expected_open = sum(q for k, q in expected_keys.items() if k not in presale_keys)
     sa.expected_presale = sum(q for k, q in expected_keys.items() if k in presale_keys)
 
@@ -333,10 +651,9 @@ def _compare_with_store(sa: SkuAudit, state: dict[str, Any], lines: dict[str, di
                              f"line records {regular} / {presale}"
 
 
-def _audit_orders(codec: Codec, settings: Settings, last: dict[str, dict[str, Any]], now_ms: int,
+def _audit_orders(codec: Codec, settings: Settings, placed: set[str], last: dict[str, dict[str, Any]], now_ms: int,
                   report: Report) -> None:  # fmt: skip
     """4. Orders: every valid placed order is decided or was cancelled first."""
-    placed = _placed_orders(codec, settings)
     decided = {}
     for _, _, r in _decoded(codec, settings, RESERVATION_RESULTS.name):
         decided[r["order_id"]] = r
@@ -357,18 +674,22 @@ def _audit_orders(codec: Codec, settings: Settings, last: dict[str, dict[str, An
     _check_decisions(decided, last, report)
 
 
-def _placed_orders(codec: Codec, settings: Settings) -> set[str]:
-    """The ids of the placed orders the pipeline did not refuse as input."""
+def _placed_orders(codec: Codec, settings: Settings) -> tuple[set[str], dict[str, bool]]:
+    """The ids of the placed orders the pipeline did not refuse as input, and whether each is a presale order
+    (the first one not refused is the one the lifecycle took)."""
     refused = {
         (r["source_topic"], r["source_partition"], r["source_offset"])
         for _, _, r in _decoded(codec, settings, DEADLETTERS.name)
     }
     order_topic = settings.topic(ORDER_EVENTS.name)
-    placed = set()
+    placed: set[str] = set()
+    presale_of: dict[str, bool] = {}
     for rec, kind, ev in _decoded(codec, settings, ORDER_EVENTS.name):
         if kind == "OrderPlaced" and (order_topic, rec.partition, rec.offset) not in refused:
-            placed.add(order_key(ev["channel"], ev["channel_order_id"]))
-    return placed
+            order_id = order_key(ev["channel"], ev["channel_order_id"])
+            placed.add(order_id)
+            presale_of.setdefault(order_id, bool(ev["presale"]))
+    return placed, presale_of
 
 
 def _check_order_states(last: dict[str, dict[str, Any]], final_state: dict[str, str], stage_time: dict[str, int],

@@ -34,13 +34,20 @@ def check(
             table.add_row(name, str(value))
         console.print(table)
         for sa in report.drifted[:20]:
+            rebuilt = (str(sa.expected_on_hand) if sa.expected_on_hand == sa.expected_on_hand_max
+                       else f"{sa.expected_on_hand}..{sa.expected_on_hand_max}")  # fmt: skip
             console.print(
-                f"[red]drift[/red] {sa.sku}: on-hand table {sa.table_on_hand} vs rebuilt {sa.expected_on_hand}; "
+                f"[red]drift[/red] {sa.sku}: on-hand table {sa.table_on_hand} vs rebuilt {rebuilt}; "
                 f"open table {sa.table_open} vs rebuilt {sa.expected_open}; "
                 f"missing {sa.open_keys_missing_in_table[:5]} extra {sa.open_keys_only_in_table[:5]}"
             )
+        for sa in [a for a in report.skus.values() if a.oversold][:20]:
+            console.print(f"[red]oversold[/red] {sa.sku}: {sa.regular_oversold} beyond on-hand, "
+                          f"{sa.presale_oversold} beyond the presale cap (the most at any moment)")  # fmt: skip
         for label, items in (("lost order", report.lost_orders), ("double hold", report.double_holds),
-                             ("rejected but held", report.rejected_but_held)):  # fmt: skip
+                             ("rejected but held", report.rejected_but_held),
+                             ("VIP set-aside misused", report.vip_set_aside_misused),
+                             ("refund paid twice", report.refunds_paid_twice)):  # fmt: skip
             for item in items[:20]:
                 console.print(f"[red]{label}[/red] {item}")
     raise typer.Exit(0 if report.ok else 1)

@@ -1,0 +1,309 @@
+"""The independent checker run over topics held in memory (no broker): the pool's order of counts and
+shipments, oversell judged over the run, presale caps, VIP set-asides, refunds paid twice."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import orjson
+import pytest
+
+from agents.audit import checker
+from streams.contract.codec import default_codec
+from streams.contract.topics import (
+    AUDIT_OVERRIDES,
+    HOLD_RESULTS,
+    ORDER_EVENTS,
+    REFUND_EVENTS,
+    REFUND_INSTRUCTIONS,
+    REFUND_ISSUED,
+    REFUND_STATES,
+    STOCK_ADJUSTMENTS,
+    STOCK_RETURNS,
+)
+from streams.engine.changelog import changelog_topic
+from streams.engine.topicreader import Record
+from streams.settings import Settings
+
+CODEC = default_codec()
+WH, WH2 = "WH-SH", "WH-GZ"
+
+
+class Topics:
+    """What ``read_all`` would find on the brokers: records per topic, in offset order per partition."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.records: dict[str, list[Record]] = defaultdict(list)
+
+    def _append(self, topic: str, key: bytes, value: bytes | None, partition: int = 0) -> None:
+        offset = sum(1 for r in self.records[topic] if r.partition == partition)
+        self.records[topic].append(Record(partition, offset, key, value))
+
+    def event(self, name: str, event_type: str, record: dict[str, Any], partition: int = 0) -> None:
+        self._append(self.settings.topic(name), b"", CODEC.encode(event_type, record), partition)
+
+    def store(self, key: bytes, value: dict[str, Any] | None) -> None:
+        raw = orjson.dumps(value) if value is not None else None
+        self._append(changelog_topic(self.settings, "stock_by_sku"), key, raw)
+
+    # -- the shapes the pool and its neighbours write -------------------------------------------------
+    def adjust(self, sku: str, kind: str, qty: int, adj_id: str, applied_ms: int | None, *, wh: str = WH,
+               topic: str = STOCK_ADJUSTMENTS.name, event_time_ms: int = 1) -> None:  # fmt: skip
+        self.event(topic, "StockAdjusted", {"event_id": adj_id, "event_time_ms": event_time_ms, "sku": sku,
+                                            "warehouse_id": wh, "kind": kind, "qty": qty, "reason": ""})  # fmt: skip
+        if applied_ms is not None:
+            self.store(b"a\0" + sku.encode() + b"\0" + adj_id.encode(), {"applied_ms": applied_ms})
+
+    def answer(self, order_id: str, sku: str, qty: int, action: str, outcome: str, at_ms: int, *, reason: str = "",
+               bucket: int = -1) -> None:  # fmt: skip
+        self.event(HOLD_RESULTS.name, "HoldDecided", {
+            "event_id": f"{order_id}#1:{action}:{outcome}", "event_time_ms": at_ms, "order_id": order_id,
+            "line_no": 1, "sku": sku, "qty": qty, "action": action, "outcome": outcome, "reason": reason,
+            "source_time_ms": 0, "bucket": bucket})  # fmt: skip
+
+    def placed(self, order_id: str, sku: str, qty: int, presale: bool = False) -> None:
+        channel, _, number = order_id.partition(":")
+        self.event(ORDER_EVENTS.name, "OrderPlaced", {
+            "event_id": f"placed:{order_id}", "event_time_ms": 1, "channel": channel, "channel_order_id": number,
+            "customer_id": "c1", "amount_fen": 100, "coupon_type": "", "presale": presale, "vip": False,
+            "sent_at_ms": 0, "address": {"province": "上海", "city": "上海", "district": "青浦", "detail": "1号"},
+            "lines": [{"line_no": 1, "sku": sku, "qty": qty, "unit_price_fen": 100, "custom": False,
+                       "bundle": False}]})  # fmt: skip
+
+    def totals(self, sku: str, on_hand: dict[str, int], locked: int = 0, presale: int = 0) -> None:
+        self.store(b"s\0" + sku.encode(), {"on_hand": on_hand, "locked": locked, "presale_reserved": presale})
+
+    def line(self, sku: str, order_id: str, qty: int, status: str = "held", presale: bool = False,
+             line_no: int = 1) -> None:  # fmt: skip
+        self.store(f"h\0{sku}\0{order_id}#{line_no}".encode(), {
+            "order_id": order_id, "line_no": line_no, "qty": qty, "channel": "jd", "presale": presale,
+            "status": status, "reason": "", "expires_at_ms": 0, "updated_ms": 0, "warehouse_id": ""})  # fmt: skip
+
+    def read_all(self, settings: Settings, topic: str, timeout_s: float = 30.0) -> list[Record]:
+        return list(self.records.get(topic, []))
+
+
+@pytest.fixture
+def topics(monkeypatch: pytest.MonkeyPatch) -> Topics:
+    held = Topics(Settings())
+    monkeypatch.setattr(checker, "read_all", held.read_all)
+    return held
+
+
+def _ship(topics: Topics, order_id: str, sku: str, qty: int, held_ms: int, shipped_ms: int, wh: str = WH) -> None:
+    topics.placed(order_id, sku, qty)
+    topics.answer(order_id, sku, qty, "RESERVE", "HELD", held_ms)
+    topics.answer(order_id, sku, qty, "ALLOCATE", "ALLOCATED", held_ms + 1, reason=wh)
+    topics.answer(order_id, sku, qty, "SHIP", "SHIPPED", shipped_ms)
+
+
+def test_a_count_after_shipments_already_reflects_them(topics: Topics) -> None:
+    """Fixed: the count after two shipments was taken for one before them: every shipped line came off it again
+    and the pool, right, was reported drifted. Only the shipment after the count comes off it."""
+    topics.adjust("A", "RECEIPT", 10, "rcpt-1", applied_ms=1_000)
+    topics.adjust("A", "RECEIPT", 4, "rcpt-2", applied_ms=1_000, wh=WH2)  # another warehouse: the count leaves it
+    _ship(topics, "jd:1", "A", 3, 2_000, 3_000)
+    topics.adjust("A", "COUNT", 7, "count-1", applied_ms=4_000, event_time_ms=3_500)
+    _ship(topics, "jd:2", "A", 2, 5_000, 6_000)
+    topics.totals("A", {WH: 5, WH2: 4})
+    report = checker.audit(Settings())
+    assert report.drifted == []
+    assert (report.skus["A"].expected_on_hand, report.skus["A"].expected_on_hand_max) == (9, 9)
+
+
+def test_a_count_is_still_judged_against_the_pool(topics: Topics) -> None:
+    """The count does not hide drift: a shipment after it that the pool did not take off is drift."""
+    topics.adjust("A", "RECEIPT", 10, "rcpt-1", applied_ms=1_000)
+    topics.adjust("A", "COUNT", 7, "count-1", applied_ms=2_000)
+    _ship(topics, "jd:2", "A", 2, 3_000, 4_000)
+    topics.totals("A", {WH: 7})
+    assert [sa.sku for sa in checker.audit(Settings()).drifted] == ["A"]
+
+
+def test_a_count_and_a_shipment_in_one_batch_may_be_in_either_order(topics: Topics) -> None:
+    """One batch time for both: the topics cannot say which the pool applied first, so what either order gives
+    passes (and what lies between: the audit keeps a range), nothing outside it."""
+    topics.adjust("A", "RECEIPT", 10, "rcpt-1", applied_ms=1_000)
+    _ship(topics, "jd:1", "A", 3, 2_000, 4_000)
+    topics.adjust("A", "COUNT", 7, "count-1", applied_ms=4_000)
+    for on_hand, drifted in ((7, []), (4, []), (8, ["A"]), (3, ["A"])):
+        topics.totals("A", {WH: on_hand})
+        assert [sa.sku for sa in checker.audit(Settings()).drifted] == drifted
+
+
+def test_a_return_before_a_count_is_in_the_count(topics: Topics) -> None:
+    """Returns travel on their own topic: the pool's batch times order them against the count."""
+    topics.adjust("A", "RECEIPT", 10, "rcpt-1", applied_ms=1_000)
+    topics.adjust("A", "RECEIPT", 1, "return:jd:r1:1", applied_ms=2_000, topic=STOCK_RETURNS.name)
+    topics.adjust("A", "COUNT", 11, "count-1", applied_ms=3_000)
+    topics.adjust("A", "RECEIPT", 1, "return:jd:r2:1", applied_ms=4_000, topic=STOCK_RETURNS.name)
+    topics.totals("A", {WH: 12})
+    assert checker.audit(Settings()).drifted == []
+
+
+def test_a_hot_skus_bucket_shipment_after_its_count_may_be_in_it(topics: Topics) -> None:
+    """A hot SKU's count stands as of each bucket's answer to the home's probe, which no topic records."""
+    topics.adjust("H", "RECEIPT", 10, "rcpt-1", applied_ms=1_000)
+    topics.adjust("H", "COUNT", 8, "count-1", applied_ms=2_000)
+    topics.placed("jd:1", "H", 2)
+    topics.answer("jd:1", "H", 2, "RESERVE", "HELD", 1_500, bucket=0)
+    topics.answer("jd:1", "H", 2, "ALLOCATE", "ALLOCATED", 1_600, reason=WH, bucket=0)
+    topics.answer("jd:1", "H", 2, "SHIP", "SHIPPED", 2_500, bucket=0)
+    for on_hand, drifted in ((8, []), (6, []), (5, ["H"])):
+        topics.totals("H", {WH: on_hand})
+        assert [sa.sku for sa in checker.audit(Settings()).drifted] == drifted
+
+
+def test_an_oversell_masked_by_a_later_receipt_is_found(topics: Topics) -> None:
+    """Fixed: oversell was judged on the final snapshot only; two units held against one on hand, then a
+    receipt, looked clean at the end."""
+    topics.adjust("B", "RECEIPT", 2, "rcpt-1", applied_ms=1_000)
+    for order_id, qty, at in (("jd:3", 2, 2_000), ("jd:4", 1, 2_500)):
+        topics.placed(order_id, "B", qty)
+        topics.answer(order_id, "B", qty, "RESERVE", "HELD", at)
+        topics.line("B", order_id, qty)
+    topics.adjust("B", "RECEIPT", 5, "rcpt-2", applied_ms=3_000)
+    topics.totals("B", {WH: 7}, locked=3)
+    report = checker.audit(Settings())
+    assert report.drifted == []
+    assert report.summary()["oversold_units"] == 1
+
+
+def test_holds_within_stock_are_no_oversell(topics: Topics) -> None:
+    topics.adjust("B", "RECEIPT", 2, "rcpt-1", applied_ms=1_000)
+    topics.placed("jd:3", "B", 2)
+    topics.answer("jd:3", "B", 2, "RESERVE", "HELD", 2_000)
+    topics.answer("jd:3", "B", 2, "RELEASE", "RELEASED", 2_200)
+    topics.placed("jd:4", "B", 2)
+    topics.answer("jd:4", "B", 2, "RESERVE", "HELD", 2_500)
+    topics.line("B", "jd:4", 2)
+    topics.totals("B", {WH: 2}, locked=2)
+    assert checker.audit(Settings()).summary()["oversold_units"] == 0
+
+
+def test_an_adjustment_the_changelog_no_longer_times_leaves_the_final_state_to_judge(topics: Topics) -> None:
+    """Its ``a`` record purged, a receipt has no place on the timeline: no excess is claimed from a guess."""
+    topics.adjust("B", "RECEIPT", 2, "rcpt-1", applied_ms=None)
+    topics.placed("jd:3", "B", 3)
+    topics.answer("jd:3", "B", 3, "RESERVE", "HELD", 2_000)
+    topics.line("B", "jd:3", 3)
+    topics.adjust("B", "RECEIPT", 5, "rcpt-2", applied_ms=None)
+    topics.totals("B", {WH: 7}, locked=3)
+    report = checker.audit(Settings())
+    assert (report.drifted, report.summary()["oversold_units"]) == ([], 0)
+
+
+def test_presale_holds_beyond_the_cap_are_found(topics: Topics) -> None:
+    """The presale pool: cap 2, three units held, the cap raised afterwards."""
+    topics.adjust("C", "PRESALE_CAP", 2, "cap-1", applied_ms=1_000)
+    for order_id, qty, at in (("jd:5", 2, 2_000), ("jd:6", 1, 2_500)):
+        topics.placed(order_id, "C", qty, presale=True)
+        topics.answer(order_id, "C", qty, "RESERVE", "HELD", at)
+        topics.line("C", order_id, qty, presale=True)
+    topics.adjust("C", "PRESALE_CAP", 5, "cap-2", applied_ms=3_000)
+    topics.totals("C", {}, presale=3)
+    summary = checker.audit(Settings()).summary()
+    assert (summary["presale_oversold_units"], summary["oversold_units"]) == (1, 1)
+
+
+def _override(topics: Topics, override_id: str = "ov1", qty: int = 3, vip_order: str = "own:vip",
+              at_ms: int = 2_000) -> None:  # fmt: skip
+    topics.event(AUDIT_OVERRIDES.name, "OverrideAudited", {
+        "event_id": f"override:{override_id}:APPLIED:applied", "event_time_ms": at_ms, "override_id": override_id,
+        "outcome": "APPLIED", "sku": "D", "qty": qty, "vip_order_id": vip_order, "requester": "a", "approver": "b",
+        "reason": "key account", "released_holds": [], "detail": ""})  # fmt: skip
+
+
+def test_set_aside_units_taken_over_by_another_order_are_a_misuse(topics: Topics) -> None:
+    """An override sets 3 units aside for own:vip; a line of another order that takes them over is a misuse."""
+    topics.adjust("D", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    _override(topics)
+    topics.placed("jd:7", "D", 2)
+    topics.answer("jd:7", "D", 2, "RESERVE", "HELD", 2_500, reason="vip_override:ov1")
+    topics.placed("own:vip", "D", 1)
+    topics.answer("own:vip", "D", 1, "RESERVE", "HELD", 2_600, reason="vip_override:ov1")
+    assert checker.audit(Settings()).vip_set_aside_misused == ["D/jd:7#1"]
+
+
+def test_set_aside_units_taken_over_beyond_what_was_set_aside_are_a_misuse(topics: Topics) -> None:
+    topics.adjust("D", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    _override(topics)
+    topics.placed("own:vip", "D", 4)
+    topics.answer("own:vip", "D", 4, "RESERVE", "HELD", 2_600, reason="vip_override:ov1")
+    assert checker.audit(Settings()).vip_set_aside_misused == ["D/own:vip#1"]
+
+
+def test_set_aside_units_taken_over_by_their_vip_order_are_clean(topics: Topics) -> None:
+    topics.adjust("D", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    _override(topics)
+    topics.placed("own:vip", "D", 3)
+    topics.answer("own:vip", "D", 3, "RESERVE", "HELD", 2_600, reason="vip_override:ov1")
+    topics.placed("jd:8", "D", 2)
+    topics.answer("jd:8", "D", 2, "RESERVE", "HELD", 2_700)
+    report = checker.audit(Settings())
+    assert (report.vip_set_aside_misused, report.summary()["oversold_units"]) == ([], 0)
+
+
+def test_set_aside_units_a_plain_hold_eats_into_are_oversold(topics: Topics) -> None:
+    """While 3 of 5 units are set aside, a hold of 3 for another order takes set-aside units."""
+    topics.adjust("D", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    _override(topics)
+    topics.placed("jd:8", "D", 3)
+    topics.answer("jd:8", "D", 3, "RESERVE", "HELD", 2_500)
+    assert checker.audit(Settings()).summary()["oversold_units"] == 1
+
+
+def test_a_set_aside_past_its_expiry_holds_nothing(topics: Topics) -> None:
+    topics.adjust("D", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    _override(topics)
+    topics.placed("jd:8", "D", 3)
+    topics.answer("jd:8", "D", 3, "RESERVE", "HELD", 2_000 + int(Settings().hold_ttl_s * 1000))
+    assert checker.audit(Settings()).summary()["oversold_units"] == 0
+
+
+def _instruction(amount_fen: int, at_ms: int) -> dict[str, Any]:
+    return {"event_id": "jd:r1:instruction", "event_time_ms": at_ms, "refund_id": "jd:r1", "order_id": "jd:1",
+            "channel": "jd", "channel_order_id": "1", "channel_refund_id": "r1", "amount_fen": amount_fen,
+            "payment_path": "original", "idempotency_key": "jd:r1", "approved_by": "auto"}  # fmt: skip
+
+
+def _refunding(topics: Topics) -> None:
+    topics.event(REFUND_STATES.name, "RefundStateChanged", {
+        "event_id": "jd:r1:refunding", "event_time_ms": 1, "refund_id": "jd:r1", "order_id": "jd:1", "channel": "jd",
+        "kind": "refund_only", "state": "refunding", "previous_state": "", "reason": "", "amount_fen": 100,
+        "auto_approved": True, "warehouse_id": "", "stage_times": {"refunding": 1}, "customer_id": "c1"})  # fmt: skip
+
+
+def test_a_refund_paid_twice_is_found(topics: Topics) -> None:
+    """Fixed: every instruction of a refund has the event id '<refund>:instruction', so 'two different event ids
+    for one refund' never happened, whatever was paid. Two payouts are two instructions asking different things,
+    two marketplace acceptances with different references, or two settlements with different ids."""
+    _refunding(topics)
+    topics.event(REFUND_INSTRUCTIONS.name, "RefundInstruction", _instruction(100, 1_000))
+    topics.event(REFUND_INSTRUCTIONS.name, "RefundInstruction", _instruction(100, 1_500))  # a replayed batch's repeat
+    assert checker.audit(Settings()).refunds_paid_twice == []
+    topics.event(REFUND_INSTRUCTIONS.name, "RefundInstruction", _instruction(90, 2_000))
+    assert checker.audit(Settings()).refunds_paid_twice == ["jd:r1"]
+
+
+@pytest.mark.parametrize("second", ["p-2", ""])
+def test_two_acceptances_of_one_refund_are_two_payouts(topics: Topics, second: str) -> None:
+    _refunding(topics)
+    topics.event(REFUND_INSTRUCTIONS.name, "RefundInstruction", _instruction(100, 1_000))
+    for ref in ("p-1", "p-1", second):  # the same acceptance sent again; "": the marketplace's "already agreed"
+        topics.event(REFUND_ISSUED.name, "RefundIssued", {
+            "event_id": "refund-issued:jd:r1", "event_time_ms": 2_000, "refund_id": "jd:r1", "order_id": "jd:1",
+            "channel": "jd", "amount_fen": 100, "platform_ref": ref, "attempts": 1, "replayed": False})  # fmt: skip
+    assert checker.audit(Settings()).refunds_paid_twice == (["jd:r1"] if second else [])
+
+
+def test_two_settlements_of_one_refund_are_two_payouts(topics: Topics) -> None:
+    _refunding(topics)
+    topics.event(REFUND_INSTRUCTIONS.name, "RefundInstruction", _instruction(100, 1_000))
+    for settlement in ("st-1", "st-1", "st-2"):
+        topics.event(REFUND_EVENTS.name, "RefundSettled", {
+            "event_id": f"settled:{settlement}", "event_time_ms": 3_000, "channel": "jd", "channel_order_id": "1",
+            "channel_refund_id": "r1", "amount_fen": 100, "settlement_id": settlement})  # fmt: skip
+    assert checker.audit(Settings()).refunds_paid_twice == ["jd:r1"]
