@@ -68,6 +68,9 @@ END_UNKNOWN = 1 << 62  # an input partition's end not read at assignment: learnt
 # How long a timer or flush that raised is skipped before it is tried again (a bug that depends on the
 # state it reads may pass once that changes; one that does not costs a rewind this often).
 QUARANTINE_S = 60.0
+# A restore that failed at an assignment (the broker out of reach mid-rebalance) is tried again after
+# this many seconds, doubling up to the second figure: the worker stays up, not ready, and catches up.
+RESTORE_RETRY_S = (1.0, 30.0)
 
 
 @dataclass
@@ -286,6 +289,12 @@ class Engine:
         # has read past that, records for them are published, never applied in the batch that wrote them:
         # what a previous owner sent there (a hot SKU's syncs, in order) must be applied first.
         self._reading_to: dict[tuple[str, int], int] = {}
+        # Partitions assigned whose state could not be restored: paused, not owned, tried again from the
+        # loop at ``_restore_at``. An exception out of the rebalance callback would end the process, and a
+        # restarted worker would meet the same outage in its first assignment.
+        self._unrestored: set[int] = set()
+        self._restore_at = 0.0
+        self._restore_wait = RESTORE_RETRY_S[0]
         self._last_error = ""
         self._slot_handle: IO[bytes] | None = None
         self.slot = -1
@@ -403,6 +412,8 @@ class Engine:
                 self.heartbeat = time.monotonic()
                 if self.broker_down:
                     self._probe_broker()
+                if self._unrestored and time.monotonic() >= self._restore_at:
+                    self._take_over(sorted(self._unrestored))
                 polled = time.perf_counter()
                 messages = self.consumer.consume(self.settings.batch_max_events, timeout=window_s)
                 self.stats.poll_s += time.perf_counter() - polled
@@ -1075,8 +1086,15 @@ class Engine:
         numbers = sorted({tp.partition for tp in partitions} - set(self.owned))
         if not numbers:
             self.stats.assignments, self.stats.assigned_at_ms = self.stats.assignments + 1, int(time.time() * 1000)
-            self.ready.set()
+            if not self._unrestored:
+                self.ready.set()
             return
+        consumer.assign(partitions)  # here, not after the callback: partitions not restored are paused in it
+        self._take_over(numbers)
+
+    def _take_over(self, numbers: list[int]) -> None:
+        """Restore the state of newly assigned partitions and start owning them; if the restore fails, they
+        stay paused and unowned until the loop tries again (``RESTORE_RETRY_S``)."""
         started = time.perf_counter()
         wanted: dict[tuple[str, int], PartitionStore] = {}
         for partition in numbers:
@@ -1085,7 +1103,11 @@ class Engine:
                 if store is None:
                     store = PartitionStore(self._state_dir() / f"slot-{self.slot}" / name / str(partition))
                 wanted[(changelog_topic(self.settings, name), partition)] = store
-        restored, applied = restore(wanted, self.settings)
+        try:
+            restored, applied = restore(wanted, self.settings)
+        except (KafkaException, RuntimeError, TimeoutError, OSError) as exc:
+            self._restore_later(numbers, exc)
+            return
         self.stats.restored_records += applied
         now_ms = self.clock.now_ms()
         for partition in numbers:
@@ -1095,19 +1117,38 @@ class Engine:
             self.owned[partition] = _Owned(stores)
             self._rebuild_timers(partition)
             self._assign_processors(partition, now_ms)
-        self._note_backlogs()
+        self._note_backlogs(numbers)
+        if self._unrestored:
+            self._unrestored.difference_update(numbers)
+            self.consumer.resume(self._input_partitions(numbers))
+            log.warning("partitions %s restored after a failed attempt; reading them again", numbers)
+        self._restore_wait = RESTORE_RETRY_S[0]
         self._last_input = time.monotonic()
         log.info("assigned partitions %s: %d changelog records restored in %.2fs", numbers, applied,
                  time.perf_counter() - started)  # fmt: skip
         self.stats.assignments, self.stats.assigned_at_ms = self.stats.assignments + 1, int(time.time() * 1000)
-        self.ready.set()
+        if not self._unrestored:
+            self.ready.set()
 
-    def _note_backlogs(self) -> None:
-        """After an assignment, where every owned input partition ends now: records a previous owner of a
-        partition (this one's or a sender's) published there come before anything applied in place."""
+    def _restore_later(self, numbers: list[int], exc: BaseException) -> None:
+        if not self._unrestored:
+            log.warning("restoring partitions %s failed (%s); they are paused and tried again every %.0f-%.0fs",
+                        numbers, exc, *RESTORE_RETRY_S)  # fmt: skip
+        self.consumer.pause(self._input_partitions(numbers))
+        self._unrestored.update(numbers)
+        self._restore_at = time.monotonic() + self._restore_wait
+        self._restore_wait = min(self._restore_wait * 2, RESTORE_RETRY_S[1])
+        self.ready.clear()
+
+    def _input_partitions(self, numbers: list[int]) -> list[TopicPartition]:
+        return [TopicPartition(topic, p) for topic in self.by_topic for p in numbers]
+
+    def _note_backlogs(self, numbers: list[int]) -> None:
+        """After an assignment, where each newly owned input partition ends now: records a previous owner
+        of a partition (this one's or a sender's) published there come before anything applied in place."""
         reachable = True  # one failed query and the rest are not asked: an assignment must not wait minutes
         for topic in self.by_topic:
-            for partition in self.owned:
+            for partition in numbers:
                 high = END_UNKNOWN
                 if reachable:
                     self.heartbeat = time.monotonic()
@@ -1128,6 +1169,7 @@ class Engine:
             self._committed.pop((tp.topic, tp.partition), None)
             self._careful.pop((tp.topic, tp.partition), None)  # replayed one at a time by their next owner
             self._reading_to.pop((tp.topic, tp.partition), None)
+        self._unrestored.difference_update(tp.partition for tp in partitions)
         for partition in sorted({tp.partition for tp in partitions}):
             owned = self.owned.pop(partition, None)
             if owned is not None:

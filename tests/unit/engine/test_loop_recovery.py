@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from loadtest import events as ev
 from streams.contract.codec import codec_for
 from streams.contract.topics import STOCK_ADJUSTMENTS, STOCK_LEVELS, STOCK_RETURNS
+from streams.engine import loop
 from streams.engine.clock import Clock
 from streams.engine.loop import Engine, _Owned
 from streams.engine.processor import Context, Processor
@@ -126,6 +128,8 @@ class Consumer:
         self.seeked: list[tuple[str, int]] = []
         self.end = end
         self.queried = 0
+        self.assigned: list[tuple[str, int]] = []
+        self.paused: set[tuple[str, int]] = set()
 
     def get_watermark_offsets(self, tp: TopicPartition, timeout: float = 0, cached: bool = False) -> tuple[int, int]:
         self.queried += 1
@@ -142,6 +146,15 @@ class Consumer:
 
     def consumer_group_metadata(self) -> str:
         return "group"
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = [(tp.topic, tp.partition) for tp in partitions]
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused.update((tp.topic, tp.partition) for tp in partitions)
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.paused.difference_update((tp.topic, tp.partition) for tp in partitions)
 
 
 @dataclass
@@ -291,7 +304,7 @@ def test_after_an_assignment_records_for_a_partition_with_a_backlog_wait_their_t
     broker = Broker()
     eng, _ = engine(tmp_path, broker)
     eng.consumer = Consumer(end=20)  # type: ignore[assignment]
-    eng._note_backlogs()
+    eng._note_backlogs([0])
     eng._process(messages(eng, "fwd"))
     assert eng.read("counts", b"X") is None  # published (it lands at offset 20), applied when read
     assert [(t, k) for t, k in broker.committed[0]["records"] if t.endswith("adjustments")] == [(TOPIC, b"X")]
@@ -338,6 +351,57 @@ def test_end_offsets_not_read_at_an_assignment_gate_every_partition_after_one_qu
 
     eng, _ = engine(tmp_path, Broker())
     eng.consumer = Consumer(end=-1)  # type: ignore[assignment]
-    eng._note_backlogs()
+    eng._note_backlogs([0])
     assert eng.consumer.queried == 1  # type: ignore[attr-defined]
     assert eng._reading_to == {(TOPIC, 0): END_UNKNOWN, (STOCK_RETURNS.name, 0): END_UNKNOWN}
+
+
+def test_a_restore_that_fails_at_an_assignment_pauses_its_partitions_and_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changed on purpose: a restore that failed inside the rebalance callback (the broker out of reach
+    mid-rebalance) raised out of the consumer and ended the worker, and a restarted worker met the same
+    outage in its first assignment. The partitions now wait, paused and unowned, and are restored later."""
+    eng, _ = engine(tmp_path, Broker())
+    eng.owned.clear()
+    eng.ready.set()
+    outage = [True]
+
+    def restore(wanted: dict[tuple[str, int], PartitionStore], settings: Settings) -> Any:
+        if outage[0]:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "broker down (the test's)"))
+        return wanted, 0
+
+    monkeypatch.setattr(loop, "restore", restore)
+    assigned = [TopicPartition(TOPIC, 0), TopicPartition(STOCK_RETURNS.name, 0)]
+    eng._on_assign(eng.consumer, assigned)  # type: ignore[arg-type]
+
+    consumer = eng.consumer
+    assert isinstance(consumer, Consumer)
+    assert consumer.assigned == [(TOPIC, 0), (STOCK_RETURNS.name, 0)]
+    assert consumer.paused == {(TOPIC, 0), (STOCK_RETURNS.name, 0)}
+    assert 0 not in eng.owned and not eng.ready.is_set()
+    assert eng.read("counts", b"A") is None  # nobody's state is answered for meanwhile
+
+    eng._take_over(sorted(eng._unrestored))  # the loop's next try, still in the outage
+    assert consumer.paused and 0 not in eng.owned and eng._restore_wait == 4.0
+
+    outage[0] = False
+    eng._take_over(sorted(eng._unrestored))
+    assert 0 in eng.owned and not consumer.paused and eng.ready.is_set() and not eng._unrestored
+
+
+def test_partitions_revoked_while_waiting_for_their_restore_are_not_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng, _ = engine(tmp_path, Broker())
+    eng.owned.clear()
+
+    def restore(wanted: dict[tuple[str, int], PartitionStore], settings: Settings) -> Any:
+        raise TimeoutError("the test's")
+
+    monkeypatch.setattr(loop, "restore", restore)
+    eng._on_assign(eng.consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+    assert eng._unrestored == {0}
+    eng._on_revoke(eng.consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+    assert not eng._unrestored
