@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     # --- inventory rules -----------------------------------------------------------------------
     payment_timeout_s: float = Field(default=1800.0, gt=0, description="Unpaid orders release their holds after this.")
     hold_ttl_s: float = Field(default=7200.0, gt=0, description="An orphaned (unpaid) hold expires after this.")
+    presale_balance_s: float = Field(
+        default=10 * 86400.0,
+        gt=0,
+        description="How long after its deposit a presale order waits for its balance, its units held; then it is "
+        "cancelled (`balance_unpaid`) and the units go back. The deposit is forfeited: no refund is raised.",
+    )
     safety_threshold: int = Field(
         default=10, ge=0, description="Below this many available units only the main channel sells."
     )

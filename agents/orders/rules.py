@@ -10,6 +10,10 @@ line is released. Events that arrive before their order (paid before created, as
 are parked on the order and applied when it arrives. Every handler is idempotent: it looks at the
 order's recorded state, so a duplicate or replayed event changes nothing.
 
+A presale order (预售) is paid twice: its deposit secures it (stage time ``deposit_paid``: the holds are
+committed so they outlive the hold TTL, but it stays reserved, unpaid and unrouted), its balance pays
+it. A balance that has not come ``presale_balance_ms`` after the deposit cancels it (``balance_unpaid``).
+
 A paid order is scored for health once (``score_health``, the rules in ``agents.orders.health``),
 with the customer's returns the agent looks up.
 """
@@ -71,6 +75,13 @@ class OrderRules:
     route_retry_ms: int
     max_route_attempts: int
     reserve_retry_ms: int
+    presale_balance_ms: int  # a presale order's deposit waits this long for its balance
+
+
+# A presale order's stage time for its deposit: the order stays reserved (it is paid by its balance).
+DEPOSIT_PAID = "deposit_paid"
+# Why a presale order whose balance did not come in time is cancelled (``OrderStateChanged.reason``).
+BALANCE_UNPAID = "balance_unpaid"
 
 
 @dataclass
@@ -109,11 +120,16 @@ class OrderRecord:
     customer_id: str = ""
     coupon_type: str = ""
     bundle: bool = False  # any bundle line
-    paid_at_ms: int = 0  # the channel's payment time (PaymentConfirmed's event time)
+    paid_at_ms: int = 0  # the channel's payment time (PaymentConfirmed's event time; presale: the balance's)
     health_score: float | None = None  # set once, when the order is paid
     # A hot SKU's lines: the stock bucket each was sent to and, once answered, the one holding it; their
     # later commands go there (absent: the SKU's home).
     buckets: dict[str, int] = field(default_factory=dict)
+    balance_deadline_ms: int = 0  # a presale order's deposit: when it is cancelled if its balance has not come
+
+    @property
+    def deposit_paid(self) -> bool:
+        return DEPOSIT_PAID in self.stage_times
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -128,6 +144,8 @@ class OrderRecord:
             due.append(self.reserve_asked_ms + rules.reserve_retry_ms)
         if self.state == "reserved" and not self.paid and self.payment_deadline_ms:
             due.append(self.payment_deadline_ms)
+        if self.state == "reserved" and not self.paid and self.balance_deadline_ms:
+            due.append(self.balance_deadline_ms)
         if not self.sla and "paid" in self.stage_times and waiting_for_warehouse(self):
             due.append(self.stage_times["paid"] + rules.sla_ms)
         if self.state == "paid" and self.routing.get("retry_at_ms"):
@@ -359,6 +377,8 @@ def on_hold_decided(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rule
     fx.reservation = Reservation("RESERVED", lines)
     if rec.paid:
         _pay(rec, fx, now_ms, rules)
+    elif rec.deposit_paid:
+        _secure(rec, fx, now_ms, rules)
     return fx
 
 
@@ -376,7 +396,7 @@ def _on_line_changed(rec: OrderRecord, fx: Effects, line_no: str, decided: dict[
         # The pool took the line back on its own (hold expiry, VIP override): the order
         # cannot be fulfilled as placed.
         reason = decided["reason"] or outcome.lower()
-        new = "payment_timeout" if outcome == "EXPIRED" and not rec.paid else "cancelled"
+        new = "payment_timeout" if outcome == "EXPIRED" and not (rec.paid or rec.deposit_paid) else "cancelled"
         if can_transition(rec.state, new):
             _release_held(rec, fx, now_ms, rules, f"order_{new}")
             _move(rec, fx, new, now_ms, reason)
@@ -387,11 +407,14 @@ def _on_line_changed(rec: OrderRecord, fx: Effects, line_no: str, decided: dict[
 
 def _paid_and_let_go(rec: OrderRecord, fx: Effects, now_ms: int) -> None:
     """The pipeline let an order go (refused, or its stock taken back) after the customer had paid: the
-    money must go back, and nothing else here would say so."""
-    if rec.paid:
+    money must go back, and nothing else here would say so. A presale deposit too: the shop, not the
+    buyer, let the order go."""
+    if rec.paid or rec.deposit_paid:
+        owed = "a refund" if rec.paid else "the deposit back"
         fx.alerts.append(AlertSpec(
             "paid_order_not_fulfilled", "RED", rec.order_id,
-            f"order {rec.order_id} was paid but is {rec.state} ({rec.reason}): the customer is owed a refund",
+            f"order {rec.order_id} was {'paid' if rec.paid else 'given its deposit'} but is {rec.state} "
+            f"({rec.reason}): the customer is owed {owed}",
             event_id=f"paid_order_not_fulfilled:{rec.order_id}", at_ms=now_ms,
             details={"channel": rec.channel, "state": rec.state},
         ))  # fmt: skip
@@ -427,11 +450,25 @@ def reservation_lines(rec: OrderRecord) -> list[LineDecision]:
 
 
 def _pay(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules) -> None:
+    # A line a presale deposit committed already is answered as it stands (COMMITTED, or allocated when the
+    # COMMIT names its warehouse), so every line is committed alike.
     for line_no in rec.lines:
         fx.hold_commands.append(_command(rec, "COMMIT", line_no, now_ms, rules))
     _move(rec, fx, "paid", now_ms)
     fx.route = unrouted_lines(rec)
     fx.score_health = rec.health_score is None
+
+
+def _secure(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules) -> None:
+    """A presale order's deposit, once every line is held. The holds are committed: the pool expires only
+    uncommitted holds, so the units stay held through the balance window (a presale line counts in the
+    presale reserve either way, never in ``sold``). The order stays reserved, unpaid and unrouted; the
+    payment timeout is over (the balance window's deadline replaces it)."""
+    for line_no in rec.lines:
+        fx.hold_commands.append(_command(rec, "COMMIT", line_no, now_ms, rules))
+    rec.payment_deadline_ms = 0
+    # A record of its own on order.states: the state stays, the new stage time is seen now.
+    fx.transitions.append((rec.state, rec.state, DEPOSIT_PAID))
 
 
 # ---- routing: paid -> routed ---------------------------------------------------------------------
@@ -603,11 +640,26 @@ def sla_alerts(rec: OrderRecord, now_ms: int, rules: OrderRules) -> list[AlertSp
 
 
 def on_payment(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
+    """A payment: the order's price, or for a presale order its deposit (``balance`` false) or its balance."""
     fx = Effects()
+    balance = bool(event.get("balance"))
+    if balance and not rec.presale:
+        fx.refusal = Refusal(Reason.NOT_PRESALE, f"balance payment for an order that is not presale ({rec.state})")
+        return fx
     if rec.paid:
-        return fx  # duplicate payment notification
+        # A duplicate; or a presale deposit heard after its balance (a platform takes no balance without
+        # its deposit, so the balance already paid the order).
+        return fx
     if rec.state in TERMINAL:
         fx.refusal = Refusal(Reason.ORDER_NOT_PAYABLE, f"payment for an order that is {rec.state}")
+        return fx
+    if rec.presale and not balance:
+        if not rec.deposit_paid:
+            rec.stage_times[DEPOSIT_PAID] = now_ms
+            rec.balance_deadline_ms = now_ms + rules.presale_balance_ms
+            if rec.state == "reserved":
+                _secure(rec, fx, now_ms, rules)
+            # In "placed" the deposit is applied when the reservation completes.
         return fx
     rec.paid = True
     rec.paid_at_ms = int(event.get("event_time_ms") or 0)
@@ -720,6 +772,10 @@ def on_tick(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
     if rec.state == "reserved" and not rec.paid and 0 < rec.payment_deadline_ms <= now_ms:
         _release_held(rec, fx, now_ms, rules, "order_payment_timeout")
         _move(rec, fx, "payment_timeout", now_ms, "no payment within the payment timeout")
+    if rec.state == "reserved" and not rec.paid and 0 < rec.balance_deadline_ms <= now_ms:
+        # The buyer forfeits the deposit by marketplace rules: nothing is owed, so no paid_order_not_fulfilled.
+        _release_held(rec, fx, now_ms, rules, "order_cancelled")
+        _move(rec, fx, "cancelled", now_ms, BALANCE_UNPAID)
     if rec.state == "paid" and 0 < rec.routing.get("retry_at_ms", 0) <= now_ms:
         rec.routing["retry_at_ms"] = 0
         fx.route = unrouted_lines(rec)

@@ -13,8 +13,9 @@ parked past their grace).
 Owns: store ``orders_by_id`` (changelog ``<app>.orders_by_id.changelog``): one ``OrderRecord`` per
 order: lines, the pool's answer per line, state and stage times, payment deadline, routing plan and
 allocations, WMS acknowledgements, SLA flag, and events parked until their order arrives. Timers:
-each order's next deadline (payment timeout, parked grace, SLA, routing retry) and, once it is
-finished, its purge after ``STOCKFLOW_ORDER_RETENTION_S``.
+each order's next deadline (payment timeout, a presale deposit's balance window, parked grace, SLA,
+routing retry) and, once it is finished, its purge after ``STOCKFLOW_ORDER_RETENTION_S``; all derived
+from the stored order (``due_ms``), so a restart rebuilds every one.
 
 The rules are ``agents.orders.rules``; paid orders are routed with the in-memory
 ``agents.routing.warehouse_view`` and scored (``agents.orders.health``) with the customer's returns
@@ -79,6 +80,7 @@ def order_rules(s: Settings) -> OrderRules:
         route_retry_ms=int(s.route_retry_s * 1000),
         reserve_retry_ms=int(s.reserve_retry_s * 1000),
         max_route_attempts=s.max_route_attempts,
+        presale_balance_ms=int(s.presale_balance_s * 1000),
     )
 
 
@@ -225,8 +227,10 @@ class RunLifecycle(Processor):
         for cmd in fx.hold_commands:
             ctx.emit(HOLD_COMMANDS, bucket_key(cmd["sku"], cmd.get("bucket", -1), self.partitions), "HoldCommand", cmd)
         for previous, state, reason in fx.transitions:
+            # A stage reached while the state stays (a presale deposit) is a record of its own, at its time.
+            step, at = (state, state) if previous != state else (f"{state}:{reason}", reason)
             ctx.emit(ORDER_STATES, rec.order_id, "OrderStateChanged", OrderStateChanged(
-                event_id=f"{rec.order_id}:{state}", event_time_ms=rec.stage_times.get(state, now),
+                event_id=f"{rec.order_id}:{step}", event_time_ms=rec.stage_times.get(at, now),
                 order_id=rec.order_id, channel=rec.channel, state=state, previous_state=previous,
                 reason=reason, warehouse_id=rec.warehouse_id, stage_times=dict(rec.stage_times),
             ))  # fmt: skip

@@ -41,6 +41,7 @@ class Reason(enum.StrEnum):
     ORDER_NOT_PAYABLE = "order_not_payable"
     ILLEGAL_TRANSITION = "illegal_transition"
     NOT_DISPATCHED = "not_dispatched"
+    NOT_PRESALE = "not_presale"
     PRECONDITION_MISSING = "precondition_missing"
     UNKNOWN_REFUND = "unknown_refund"
     REFUNDS_ABOVE_ORDER = "refunds_above_order"
@@ -132,6 +133,10 @@ DESCRIPTIONS: dict[Reason, str] = {
         "does not allow (a settlement before the refund was paid out, a cancel once it is being paid, ...)"
     ),
     Reason.NOT_DISPATCHED: "a WMS acknowledgement for an order not pushed to a warehouse yet",
+    Reason.NOT_PRESALE: (
+        "a balance payment (`balance` true) for an order that was not placed as presale: there is no deposit for it "
+        "to complete, so it pays nothing"
+    ),
     Reason.UNKNOWN_REFUND: "a review, return, settlement or cancel for a refund that was never requested",
     Reason.REFUNDS_ABOVE_ORDER: (
         "a refund approval that would take what the order's approved refunds pay back past what was paid for it"

@@ -1,0 +1,246 @@
+"""Presale orders (预售): the deposit secures the order, the balance pays it.
+
+The deposit keeps the order's units held (committed, so the pool never expires them) for the balance
+window without paying the order: nothing is routed, no SLA or health score starts. The balance pays it as
+any payment does. A balance that never comes cancels the order at the end of the window and gives the
+units back; the deposit is forfeited by marketplace rules, so no refund is owed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.inventory.hold_stock import STORE as POOL
+from agents.inventory.hold_stock import sku_key
+from agents.orders import rules as flow
+from agents.orders.run_lifecycle import STORE as ORDERS
+from agents.orders.run_lifecycle import order_rules
+from loadtest import events as ev
+from streams.contract.reasons import Reason
+from streams.contract.topics import STOCK_ADJUSTMENTS
+from streams.engine.local import LocalRunner
+from streams.engine.timers import Timers
+from streams.settings import Settings
+from tests.unit.orders.test_run_lifecycle import first_warehouse, order, pipeline, states, stock
+
+RULES = order_rules(Settings(channels=("tmall", "jd"), payment_timeout_s=1800, hold_ttl_s=7200,
+                             presale_balance_s=10 * 86_400))  # fmt: skip
+HELD = {"action": "RESERVE", "outcome": "HELD", "reason": ""}
+
+
+def placed(presale: bool = True) -> flow.OrderRecord:
+    rec = flow.OrderRecord(order_id="jd:1")
+    flow.on_placed(rec, ev.order_placed("jd", "1", [ev.line(1, "A", 1), ev.line(2, "B", 2)], presale=presale), 0,
+                   RULES)  # fmt: skip
+    return rec
+
+
+def reserved(presale: bool = True) -> flow.OrderRecord:
+    rec = placed(presale)
+    for line_no in (1, 2):
+        flow.on_hold_decided(rec, {**HELD, "line_no": line_no}, 0, RULES)
+    assert rec.state == "reserved"
+    return rec
+
+
+def deposit(at_ms: int) -> dict[str, Any]:
+    return {**ev.payment_confirmed("jd", "1"), "event_time_ms": at_ms}
+
+
+def balance(at_ms: int) -> dict[str, Any]:
+    return {**ev.payment_confirmed("jd", "1"), "event_id": "paid:jd:1:balance", "balance": True, "event_time_ms": at_ms}
+
+
+def actions(fx: flow.Effects) -> list[tuple[str, int]]:
+    return [(c["action"], c["line_no"]) for c in fx.hold_commands]
+
+
+# ---- the rules -----------------------------------------------------------------------------------------
+
+
+def test_a_presale_deposit_keeps_the_units_held_but_neither_pays_nor_routes_the_order() -> None:
+    """Changed on purpose: the deposit paid the order, committed its holds and routed it, so goods left for
+    a deposit and an order whose balance never came was shipped anyway."""
+    rec = reserved()
+    fx = flow.on_payment(rec, deposit(1_000), 1_000, RULES)
+    assert (rec.state, rec.paid, rec.paid_at_ms) == ("reserved", False, 0)
+    assert rec.stage_times["deposit_paid"] == 1_000 and "paid" not in rec.stage_times
+    assert actions(fx) == [("COMMIT", 1), ("COMMIT", 2)]  # a committed hold never expires in the pool
+    assert fx.route == [] and not fx.score_health and fx.dispatches == [] and fx.refusal is None
+    assert fx.transitions == [("reserved", "reserved", "deposit_paid")]  # published: the stage time is seen now
+    # The payment timeout is over; the balance window runs from the deposit.
+    assert rec.next_deadline_ms(RULES) == 1_000 + RULES.presale_balance_ms
+    fx = flow.on_tick(rec, RULES.payment_timeout_ms + 1, RULES)
+    assert (fx.transitions, fx.hold_commands, rec.state) == ([], [], "reserved")
+    assert flow.sla_alerts(rec, 1_000 + 100 * RULES.sla_ms, RULES) == []  # not paid: no SLA runs
+
+
+def test_the_balance_pays_and_routes_a_presale_order_and_everything_paid_counts_from_it() -> None:
+    rec = reserved()
+    flow.on_payment(rec, deposit(1_000), 1_000, RULES)
+    paid_at = 5 * 86_400_000
+    fx = flow.on_payment(rec, balance(paid_at - 7), paid_at, RULES)
+    assert (rec.state, rec.paid, rec.paid_at_ms) == ("paid", True, paid_at - 7)
+    assert rec.stage_times["paid"] == paid_at and rec.stage_times["deposit_paid"] == 1_000
+    assert fx.route == ["1", "2"] and fx.score_health and fx.transitions == [("reserved", "paid", "")]
+    assert actions(fx) == [("COMMIT", 1), ("COMMIT", 2)]  # the pool answers a committed line as it stands
+    # SLA, health and the promised ship-by time measure from the full payment, not from the deposit.
+    assert rec.next_deadline_ms(RULES) == paid_at + RULES.sla_ms
+    assert flow.sla_alerts(rec, paid_at + RULES.sla_ms - 1, RULES) == []
+    [breach] = flow.sla_alerts(rec, paid_at + RULES.sla_ms, RULES)
+    assert breach.kind == "sla_breach" and breach.details["paid_at_ms"] == str(paid_at)
+    assert flow.health_facts(rec, 0).paid_at_ms == paid_at - 7
+    rec.allocated = {"1": "WH-SH", "2": "WH-SH"}
+    assert flow.dispatch_records(rec, RULES)[0]["promised_ship_by_ms"] == paid_at + RULES.ship_promise_ms
+
+
+def test_a_balance_before_its_deposit_pays_the_order_and_the_late_deposit_changes_nothing() -> None:
+    rec = reserved()
+    fx = flow.on_payment(rec, balance(1_000), 1_000, RULES)
+    assert rec.state == "paid" and fx.route == ["1", "2"]
+    fx = flow.on_payment(rec, deposit(2_000), 2_000, RULES)
+    assert (fx.hold_commands, fx.transitions, fx.refusal) == ([], [], None)
+    assert "deposit_paid" not in rec.stage_times and rec.state == "paid"
+
+
+def test_repeated_deposits_and_balances_change_nothing() -> None:
+    rec = reserved()
+    flow.on_payment(rec, deposit(1_000), 1_000, RULES)
+    fx = flow.on_payment(rec, deposit(1_000), 2_000, RULES)
+    assert (fx.hold_commands, fx.transitions, fx.refusal) == ([], [], None)
+    assert rec.stage_times["deposit_paid"] == 1_000 and rec.next_deadline_ms(RULES) == 1_000 + RULES.presale_balance_ms
+    flow.on_payment(rec, balance(3_000), 3_000, RULES)
+    fx = flow.on_payment(rec, balance(3_000), 4_000, RULES)
+    assert (fx.hold_commands, fx.transitions, fx.refusal, fx.route) == ([], [], None, [])
+    assert rec.stage_times["paid"] == 3_000
+
+
+def test_a_deposit_before_the_reservation_completes_is_applied_when_every_line_is_held() -> None:
+    rec = placed()
+    fx = flow.on_payment(rec, deposit(5), 5, RULES)
+    assert fx.hold_commands == [] and rec.state == "placed"
+    flow.on_hold_decided(rec, {**HELD, "line_no": 1}, 6, RULES)
+    fx = flow.on_hold_decided(rec, {**HELD, "line_no": 2}, 7, RULES)
+    assert fx.transitions == [("placed", "reserved", ""), ("reserved", "reserved", "deposit_paid")]
+    assert actions(fx) == [("COMMIT", 1), ("COMMIT", 2)] and fx.route == [] and not rec.paid
+    assert rec.payment_deadline_ms == 0 and rec.next_deadline_ms(RULES) == 5 + RULES.presale_balance_ms
+
+
+def test_a_presale_order_whose_balance_never_comes_is_cancelled_and_its_units_go_back() -> None:
+    rec = reserved()
+    flow.on_payment(rec, deposit(1_000), 1_000, RULES)
+    due = 1_000 + RULES.presale_balance_ms
+    assert flow.on_tick(rec, due - 1, RULES).transitions == []
+    fx = flow.on_tick(rec, due, RULES)
+    assert (rec.state, rec.reason) == ("cancelled", flow.BALANCE_UNPAID)
+    assert fx.transitions == [("reserved", "cancelled", "balance_unpaid")]
+    assert actions(fx) == [("RELEASE", 1), ("RELEASE", 2)]
+    assert {c["reason"] for c in fx.hold_commands} == {"order_cancelled"}  # ours: the order knows the answers
+    assert fx.alerts == []  # the deposit is forfeited: no refund is owed
+    assert rec.next_deadline_ms(RULES) == 0
+    late = flow.on_payment(rec, balance(due + 1), due + 1, RULES)
+    assert late.refusal is not None and late.refusal.reason == Reason.ORDER_NOT_PAYABLE and late.hold_commands == []
+
+
+def test_a_balance_for_an_order_that_is_not_presale_is_refused() -> None:
+    rec = reserved(presale=False)
+    fx = flow.on_payment(rec, balance(1_000), 1_000, RULES)
+    assert fx.refusal is not None and fx.refusal.reason == Reason.NOT_PRESALE
+    assert (fx.hold_commands, rec.paid, rec.state) == ([], False, "reserved")
+    flow.on_payment(rec, deposit(2_000), 2_000, RULES)  # its one payment pays it as ever
+    assert rec.state == "paid"
+    fx = flow.on_payment(rec, balance(3_000), 3_000, RULES)
+    assert fx.refusal is not None and fx.refusal.reason == Reason.NOT_PRESALE
+
+
+def test_a_presale_order_let_go_after_its_deposit_says_the_deposit_is_owed_back() -> None:
+    rec = placed()
+    flow.on_payment(rec, deposit(5), 5, RULES)
+    flow.on_hold_decided(rec, {**HELD, "line_no": 1}, 6, RULES)
+    refused = {**HELD, "line_no": 2, "outcome": "REFUSED", "reason": Reason.INSUFFICIENT_PRESALE_STOCK}
+    fx = flow.on_hold_decided(rec, refused, 7, RULES)
+    assert rec.state == "rejected"
+    assert [a.kind for a in fx.alerts] == ["paid_order_not_fulfilled"] and "deposit" in fx.alerts[0].message
+
+
+# ---- in process, with the pool -------------------------------------------------------------------------
+
+
+def restart(r: LocalRunner) -> None:
+    """As a worker that starts again: timers are not stored, they are rebuilt from what the stores hold."""
+    for proc in r.processors:
+        if not proc.timer_store:
+            continue
+        serde = next(s.serde for s in proc.stores if s.name == proc.timer_store)
+        for partition in range(r.partitions):
+            timers = r.timers[(proc.name, partition)] = Timers()
+            store = r.stores.get((proc.timer_store, partition))
+            for key, raw in store.items() if store is not None else ():
+                due = proc.due_ms(key, serde.loads(raw)) if proc.may_have_timer(key) else 0
+                if due:
+                    timers.set(key, due)
+
+
+def presale_stock(r: LocalRunner, sku: str, cap: int) -> None:
+    r.send([(sku, "StockAdjusted", ev.stock_adjusted(sku, "", cap, kind="PRESALE_CAP"))], STOCK_ADJUSTMENTS.name)
+
+
+def payment(channel: str, order_id: str, is_balance: bool) -> dict[str, Any]:
+    paid = ev.payment_confirmed(channel, order_id)
+    return {**paid, "event_id": f"{paid['event_id']}:balance", "balance": True} if is_balance else dict(paid)
+
+
+def of_type(outputs: list[Any], event_type: str) -> list[dict[str, Any]]:
+    return [o.record for o in outputs if o.event_type == event_type]
+
+
+def test_in_process_a_deposit_holds_the_units_past_every_timeout_and_the_balance_ships_them() -> None:
+    r, view = pipeline(payment_timeout_s=60, hold_ttl_s=120)
+    wh = first_warehouse()
+    stock(r, view, "SKU-P", 5, wh)
+    presale_stock(r, "SKU-P", 3)
+    out = order(r, "OrderPlaced", ev.order_placed("tmall", "P1", [ev.line(1, "SKU-P", 2)], presale=True))
+    assert states(out) == ["placed", "reserved"]
+    out = order(r, "PaymentConfirmed", payment("tmall", "P1", is_balance=False))
+    [record] = of_type(out, "OrderStateChanged")
+    assert (record["event_id"], record["state"], record["reason"]) == (
+        "tmall:P1:reserved:deposit_paid", "reserved", "deposit_paid")  # fmt: skip
+    assert record["stage_times"]["deposit_paid"] == r.now_ms == record["event_time_ms"]
+    assert [o for o in out if o.event_type in ("RoutingDecision", "WarehouseDispatched", "OrderHealthScored")] == []
+    seen = r.read(ORDERS, b"tmall:P1").to_dict()  # what /orders/{id} answers
+    assert (seen["state"], seen["paid"], "deposit_paid" in seen["stage_times"]) == ("reserved", False, True)
+    out = r.advance(600_000)  # well past the payment timeout and the hold TTL
+    assert states(out) == [] and [d for d in of_type(out, "HoldDecided") if d["outcome"] == "EXPIRED"] == []
+    assert r.read(POOL, sku_key("SKU-P"), "SKU-P")["presale_reserved"] == 2
+    out = order(r, "PaymentConfirmed", payment("tmall", "P1", is_balance=True))
+    assert states(out) == ["paid", "routed"]
+    assert [(d["warehouse_id"], d["action"]) for d in of_type(out, "WarehouseDispatched")] == [(wh, "DISPATCH")]
+    [scored] = of_type(out, "OrderHealthScored")
+    assert scored["event_time_ms"] == r.now_ms
+    assert not r.refusals
+
+
+def test_in_process_the_balance_window_survives_a_restart_and_gives_the_units_back() -> None:
+    r, view = pipeline(payment_timeout_s=60, hold_ttl_s=120, presale_balance_s=3_600)
+    stock(r, view, "SKU-Q", 5, first_warehouse())
+    presale_stock(r, "SKU-Q", 3)
+    order(r, "OrderPlaced", ev.order_placed("jd", "Q1", [ev.line(1, "SKU-Q", 3)], presale=True))
+    order(r, "PaymentConfirmed", payment("jd", "Q1", is_balance=False))
+    assert r.read(POOL, sku_key("SKU-Q"), "SKU-Q")["presale_reserved"] == 3
+    restart(r)
+    assert states(r.advance(3_599_000)) == []
+    out = r.advance(1_000)
+    assert [(s["state"], s["reason"]) for s in of_type(out, "OrderStateChanged")] == [("cancelled", "balance_unpaid")]
+    assert r.read(POOL, sku_key("SKU-Q"), "SKU-Q")["presale_reserved"] == 0
+    assert [a["kind"] for a in of_type(r.outputs, "Alert")] == []  # the deposit is forfeited: no refund owed
+    order(r, "PaymentConfirmed", payment("jd", "Q1", is_balance=True))
+    assert [x.reason for x in r.refusals] == [Reason.ORDER_NOT_PAYABLE]
+
+
+def test_in_process_a_balance_for_an_order_that_is_not_presale_is_dead_lettered() -> None:
+    r, view = pipeline()
+    stock(r, view, "SKU-R", 5, first_warehouse())
+    order(r, "OrderPlaced", ev.order_placed("pdd", "R1", [ev.line(1, "SKU-R", 1)]))
+    assert states(order(r, "PaymentConfirmed", payment("pdd", "R1", is_balance=True))) == []
+    assert [x.reason for x in r.refusals] == [Reason.NOT_PRESALE]
+    assert states(order(r, "PaymentConfirmed", payment("pdd", "R1", is_balance=False))) == ["paid", "routed"]
