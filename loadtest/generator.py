@@ -88,6 +88,9 @@ class Schedule:
     skus: list[str]
     initial_stock: dict[str, dict[str, int]]
     events: list[Planned] = field(default_factory=list)
+    # Each SKU's presale pool (a PRESALE_CAP adjustment): without one every presale order is refused, and the
+    # run would never take a deposit, its balance or the presale reserve through the pipeline.
+    presale_caps: dict[str, int] = field(default_factory=dict)
 
     @property
     def orders(self) -> int:
@@ -146,7 +149,8 @@ def build_schedule(profile: str, rate: float, duration_s: float, seed: int, sku_
     peak = max(shape(i / 1000, burst) for i in range(1000))
     # Stock: roughly what the run will ask for each SKU, so hot SKUs can sell out and get refused.
     expected_orders = rate * duration_s * sum(shape(i / 200, burst) for i in range(200)) / 200
-    sched = Schedule(profile, rate, duration_s, skus, _initial_stock(skus, zipf, expected_orders, rng))
+    initial = _initial_stock(skus, zipf, expected_orders, rng)
+    sched = Schedule(profile, rate, duration_s, skus, initial, presale_caps=_presale_caps(initial))
     live = _live_stream(sched, hot_sku or hot_sku_name(seed), hot_share, expected_orders)
     channels, shares = zip(*CHANNEL_SHARES.items(), strict=True)
     t, n = 0.0, 0
@@ -202,6 +206,12 @@ def _live_stream(sched: Schedule, sku: str, share: float, expected_orders: float
         sched.skus = [*sched.skus, sku]  # a new list: the one the run draws the other orders' lines from stays
         sched.initial_stock[sku] = {WAREHOUSES[0]: max(40, int(expected_orders * share))}
     return ((sku, 1),)
+
+
+def _presale_caps(initial: dict[str, dict[str, int]]) -> dict[str, int]:
+    """About twice what the presale share of each SKU's stock asks for: most presale orders are held, and a
+    hot SKU's presale pool still runs out and refuses some (``insufficient_presale_stock``)."""
+    return {sku: max(4, round(sum(by_wh.values()) * PRESALE_SHARE * 2)) for sku, by_wh in initial.items()}
 
 
 def _initial_stock(skus: list[str], zipf: Zipf, expected_orders: float,

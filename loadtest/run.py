@@ -135,6 +135,9 @@ class LoadRun:
         for sku, by_wh in self.schedule.initial_stock.items():
             for wh, qty in by_wh.items():
                 producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", ev.stock_adjusted(sku, wh, qty))
+            if sku in self.schedule.presale_caps:  # the warehouse is ignored: presale units are on no shelf yet
+                cap = ev.stock_adjusted(sku, next(iter(by_wh)), self.schedule.presale_caps[sku], kind="PRESALE_CAP")
+                producer.send(STOCK_ADJUSTMENTS.name, sku, "StockAdjusted", cap)
         producer.flush()
 
     # ---- sending ------------------------------------------------------------------------------

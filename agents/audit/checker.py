@@ -73,6 +73,9 @@ _FULFILLING = _OPEN_OUTCOMES | {"SHIPPED"}  # a paid order's line: held for it, 
 # A timer this late has not fired: the engine fires due timers within a batch window.
 OVERDUE_GRACE_MS = 60_000
 _LET_GO = {"RELEASED", "EXPIRED", "REFUSED", "SHIPPED"}
+# A presale order's stage time for its deposit (``OrderStateChanged.stage_times``): it stays reserved, unpaid,
+# for the balance window. The contract's name, restated: the audit shares no rule code with the lifecycle.
+DEPOSIT_PAID = "deposit_paid"
 # A larger single adjustment is a typing error, not stock: the pool's limit, restated here because
 # the audit shares no rule code with the pool.
 MAX_ADJUSTMENT_QTY = 10_000_000
@@ -658,10 +661,10 @@ def _audit_orders(codec: Codec, settings: Settings, placed: set[str], last: dict
     for _, _, r in _decoded(codec, settings, RESERVATION_RESULTS.name):
         decided[r["order_id"]] = r
     final_state: dict[str, str] = {}
-    stage_time: dict[str, int] = {}
+    stage_times: dict[str, dict[str, int]] = {}
     for _, _, r in _decoded(codec, settings, ORDER_STATES.name):
         final_state[r["order_id"]] = r["state"]
-        stage_time[r["order_id"]] = r["stage_times"].get(r["state"], 0)
+        stage_times[r["order_id"]] = r["stage_times"]
     report.orders_placed = len(placed)
     report.orders_decided = len(placed & set(decided))
     for order_id in sorted(placed - set(decided)):
@@ -669,8 +672,9 @@ def _audit_orders(codec: Codec, settings: Settings, placed: set[str], last: dict
             report.orders_cancelled_undecided += 1
         else:
             report.lost_orders.append(order_id)
-    payment_timeout_ms = int(settings.payment_timeout_s * 1000)
-    _check_order_states(last, final_state, stage_time, payment_timeout_ms, now_ms, report)
+    unpaid_for_ms = {"reserved": int(settings.payment_timeout_s * 1000),
+                     DEPOSIT_PAID: int(settings.presale_balance_s * 1000)}  # fmt: skip
+    _check_order_states(last, final_state, stage_times, unpaid_for_ms, now_ms, report)
     _check_decisions(decided, last, report)
 
 
@@ -692,9 +696,11 @@ def _placed_orders(codec: Codec, settings: Settings) -> tuple[set[str], dict[str
     return placed, presale_of
 
 
-def _check_order_states(last: dict[str, dict[str, Any]], final_state: dict[str, str], stage_time: dict[str, int],
-                        payment_timeout_ms: int, now_ms: int, report: Report) -> None:  # fmt: skip
-    """A paid order holds every line; an unpaid one does not outlive its payment timeout."""
+def _check_order_states(last: dict[str, dict[str, Any]], final_state: dict[str, str],
+                        stage_times: dict[str, dict[str, int]], unpaid_for_ms: dict[str, int], now_ms: int,
+                        report: Report) -> None:  # fmt: skip
+    """A paid order holds every line; an unpaid one does not outlive its payment timeout, nor a presale order
+    whose deposit is paid its balance window (``unpaid_for_ms``: how long each may wait, from its stage time)."""
     lines_of: dict[str, list[str]] = defaultdict(list)
     for line_key in last:
         lines_of[line_key.rpartition("#")[0]].append(line_key)
@@ -704,9 +710,14 @@ def _check_order_states(last: dict[str, dict[str, Any]], final_state: dict[str, 
             last[k].get("outcome") not in _FULFILLING for k in lines_of.get(order_id, [])
         ):
             report.paid_without_hold.append(order_id)
-        reserved_at = stage_time.get(order_id, 0)
-        if order_state == "reserved" and reserved_at and reserved_at + payment_timeout_ms < now_ms - OVERDUE_GRACE_MS:
-            report.overdue_timers.append(f"order {order_id} unpaid past its payment timeout")
+        if order_state != "reserved":
+            continue
+        times = stage_times.get(order_id, {})
+        waits = DEPOSIT_PAID if DEPOSIT_PAID in times else "reserved"
+        since = times.get(waits, 0)
+        if since and since + unpaid_for_ms[waits] < now_ms - OVERDUE_GRACE_MS:
+            what = "its balance window" if waits == DEPOSIT_PAID else "its payment timeout"
+            report.overdue_timers.append(f"order {order_id} unpaid past {what}")
 
 
 def _check_decisions(decided: dict[str, dict[str, Any]], last: dict[str, dict[str, Any]], report: Report) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from agents.audit.checker import Report, _check_order_states
+from agents.audit.checker import DEPOSIT_PAID, Report, _check_order_states
+
+WAITS = {"reserved": 60_000, DEPOSIT_PAID: 3_600_000}
 
 
 def test_a_split_order_partly_shipped_still_holds_what_it_should() -> None:
@@ -11,9 +13,24 @@ def test_a_split_order_partly_shipped_still_holds_what_it_should() -> None:
     last = {"jd:1#1": {"outcome": "SHIPPED"}, "jd:1#2": {"outcome": "COMMITTED"},
             "jd:2#1": {"outcome": "SHIPPED"}, "jd:2#2": {"outcome": "RELEASED"}}  # fmt: skip
     report = Report()
-    _check_order_states(last, {"jd:1": "routed", "jd:2": "routed"}, {}, 60_000, 0, report)
+    _check_order_states(last, {"jd:1": "routed", "jd:2": "routed"}, {}, WAITS, 0, report)
     assert report.paid_without_hold == ["jd:2"]
     paid = Report()
     _check_order_states({"jd:3#1": {"outcome": "SHIPPED"}, "jd:3#2": {"outcome": "EXPIRED"}}, {"jd:3": "paid"}, {},
-                        60_000, 0, paid)  # fmt: skip
+                        WAITS, 0, paid)  # fmt: skip
     assert paid.paid_without_hold == ["jd:3"]
+
+
+def test_a_presale_order_waiting_for_its_balance_is_not_overdue_until_its_window_ends() -> None:
+    """A presale order whose deposit is paid stays reserved, unpaid, for its balance window (days): judged by
+    the payment timeout it was called a timer that did not fire."""
+    states = {"tmall:1": "reserved", "tmall:2": "reserved", "tmall:3": "reserved"}
+    times = {"tmall:1": {"reserved": 1_000, DEPOSIT_PAID: 2_000},  # within its window
+             "tmall:2": {"reserved": 1_000, DEPOSIT_PAID: 2_000},  # past it: see below
+             "tmall:3": {"reserved": 1_000}}  # no deposit: past its payment timeout  # fmt: skip
+    within = Report()
+    _check_order_states({}, states, times, WAITS, 2_000 + 3_600_000, within)
+    assert within.overdue_timers == ["order tmall:3 unpaid past its payment timeout"]
+    late = Report()
+    _check_order_states({}, {"tmall:2": "reserved"}, times, WAITS, 2_000 + 3_600_000 + 61_000, late)
+    assert late.overdue_timers == ["order tmall:2 unpaid past its balance window"]
