@@ -239,9 +239,14 @@ class RunRefunds(Processor):
     def _publish(self, ctx: Context, rec: RefundRecord, fx: RefundEffects) -> None:
         now = ctx.now_ms
         for previous, state, reason in fx.transitions:
-            step = state if previous != state else f"{state}:{reason}"
+            step, at = state, rec.stage_times.get(state, now)
+            if previous == state:
+                # Only stage times were added (the reason names them). A month's report keeps the records
+                # stamped before its end, so one stamped when the state began showed a December QC in November.
+                step = f"{state}:{reason}"
+                at = max((rec.stage_times[s] for s in reason.split(",") if s in rec.stage_times), default=now)
             ctx.emit(REFUND_STATES, rec.refund_id, "RefundStateChanged", RefundStateChanged(
-                event_id=f"{rec.refund_id}:{step}", event_time_ms=rec.stage_times.get(state, now),
+                event_id=f"{rec.refund_id}:{step}", event_time_ms=at,
                 refund_id=rec.refund_id, order_id=rec.order_id, channel=rec.channel, kind=rec.kind, state=state,
                 previous_state=previous, reason=reason, amount_fen=rec.amount_fen, auto_approved=rec.auto_approved,
                 warehouse_id=rec.warehouse_id, stage_times=dict(rec.stage_times), customer_id=rec.customer_id,

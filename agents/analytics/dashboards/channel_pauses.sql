@@ -1,8 +1,8 @@
 -- title: Channel pause and resume history
--- description: When a SKU fell below its safety threshold (every channel but the main one stopped selling it) and when selling resumed.
+-- description: When a SKU fell below its safety threshold (every channel but the main one stopped selling it) and when selling resumed (times in the shop's time zone).
 -- chart: table
 SELECT
-    event_time AS time,
+    toDateTime(intDiv(event_time_ms, 1000), {tz:String}) AS time,
     subject AS sku,
     if(kind = 'stock_paused', 'paused', 'resumed') AS change,
     message

@@ -1,5 +1,5 @@
 -- title: Failed outbound calls by reason
--- description: Marketplace calls that failed for good in the range (connector.calls), per channel, endpoint and reason (connector_credentials: the key was refused or missing; connector_refused: the platform refused the request; connector_retries_exhausted: no usable answer within the retry budget), with how many were replays and the newest one's error. The weekly connectivity report's failed-call volume.
+-- description: Marketplace calls that failed for good in the range (connector.calls), per channel, endpoint and reason (connector_credentials: the key was refused or missing; connector_refused: the platform refused the request; connector_retries_exhausted: no usable answer within the retry budget), with how many were replays and the newest one's error (last_seen in the shop's time zone). The weekly connectivity report's failed-call volume.
 -- chart: bar x=reason y=calls series=channel
 SELECT
     channel,
@@ -7,7 +7,7 @@ SELECT
     reason,
     count() AS calls,
     sum(replayed) AS replayed_calls,
-    toDateTime(intDiv(max(event_time_ms), 1000)) AS last_seen,
+    toDateTime(intDiv(max(event_time_ms), 1000), {tz:String}) AS last_seen,
     argMax(error, event_time_ms) AS last_error
 FROM connector_calls FINAL
 WHERE failed = 1

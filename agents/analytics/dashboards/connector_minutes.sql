@@ -1,8 +1,8 @@
 -- title: Outbound calls per minute, done and failed
--- description: Per channel and endpoint, the marketplace calls that ended in each minute of the range (connector.calls): done, failed for good, and the first and last of each; the weekly connectivity report finds its incidents in these minutes (a minute whose calls all failed is down).
+-- description: Per channel and endpoint, the marketplace calls that ended in each minute of the range (connector.calls): done, failed for good, and the first and last of each; the weekly connectivity report finds its incidents in these minutes (a minute whose calls all failed is down). minute in the shop's time zone; minute_ms in epoch ms.
 -- chart: line x=minute y=failed series=line
 SELECT
-    toDateTime(intDiv(minute_ms, 1000)) AS minute,
+    toDateTime(intDiv(minute_ms, 1000), {tz:String}) AS minute,
     minute_ms,
     concat(channel, ' ', endpoint) AS line,
     channel,

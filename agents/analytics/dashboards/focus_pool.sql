@@ -1,8 +1,8 @@
 -- title: Focus pool
--- description: Paid orders whose health score is under the focus threshold (60 unless configured) and that are not finished (delivered, cancelled, rejected, timed out), newest first, paid in the range. Each factor's points: promptness (placed→paid), address (road number, building, unit, room), complexity (bundles, custom lines, many lines), returns (the customer's completed returns), coupon (a flash-sale coupon adds); why: the points lost or added.
+-- description: Paid orders whose health score is under the focus threshold (60 unless configured) and that are not finished (delivered, cancelled, rejected, timed out), newest first, paid in the range (paid_at in the shop's time zone). Each factor's points: promptness (placed→paid), address (road number, building, unit, room), complexity (bundles, custom lines, many lines), returns (the customer's completed returns), coupon (a flash-sale coupon adds); why: the points lost or added.
 -- chart: table
 SELECT
-    toDateTime(intDiv(h.event_time_ms, 1000)) AS paid_at,
+    toDateTime(intDiv(h.event_time_ms, 1000), {tz:String}) AS paid_at,
     h.order_id AS order_id,
     h.channel AS channel,
     if(s.last_state = '', 'paid', s.last_state) AS current_state,
@@ -26,11 +26,12 @@ FROM
 ) AS h
 LEFT JOIN
 (
-    -- Each scored order's state now; of two transitions in one millisecond the later state wins.
+    -- Each scored order's state now: the furthest in the lifecycle, not the newest stamp (a placing carries
+    -- the marketplace's clock, up to minutes ahead, so it can be stamped after the payment that followed it).
     SELECT
         order_id,
-        argMax(state, (event_time_ms, indexOf(['placed', 'reserved', 'paid', 'routed', 'shipped', 'delivered',
-                                                'rejected', 'cancelled', 'payment_timeout'], state))) AS last_state
+        argMax(state, (indexOf(['placed', 'reserved', 'paid', 'routed', 'shipped', 'delivered',
+                                'rejected', 'cancelled', 'payment_timeout'], state), event_time_ms)) AS last_state
     FROM order_states FINAL
     WHERE order_id IN (SELECT order_id FROM order_health FINAL WHERE focus = 1 AND event_time_ms >= {from_ms:Int64})
     GROUP BY order_id

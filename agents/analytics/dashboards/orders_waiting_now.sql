@@ -1,5 +1,5 @@
 -- title: Where orders wait now
--- description: Orders not yet finished, by the state they are in, with how long they have been in it. The state with the most old orders is the bottleneck now.
+-- description: Orders not yet finished, by the state they are in, with how long they have been in it: every one that entered its state before the range's end, however long ago (the range's start is not used, so the oldest stay in view). With a warehouse, the orders it was given alone or with others (a split order). The state with the most old orders is the bottleneck now.
 -- chart: bar x=state y=orders,p90_age_min
 SELECT
     state,
@@ -9,18 +9,27 @@ SELECT
     round(max((({now_ms:Int64}) - since) / 60000), 1) AS oldest_min
 FROM
 (
+    -- The current state is the furthest one in the lifecycle, not the newest stamp: a placing carries the
+    -- marketplace's clock (up to minutes ahead), so it can be stamped after the reservation that followed it.
+    -- It began at its first record (a presale deposit is a record of its own in the reserved state).
     SELECT
         order_id,
-        argMax(state, event_time_ms) AS state,
-        max(event_time_ms) AS since,
+        argMax(state, (rank, event_time_ms)) AS state,
+        argMax(event_time_ms, (rank, -event_time_ms)) AS since,
         any(channel) AS channel,
         max(warehouse_id) AS warehouse
-    FROM order_states FINAL
+    FROM
+    (
+        SELECT order_id, channel, warehouse_id, state, event_time_ms,
+               indexOf(['placed', 'reserved', 'paid', 'routed', 'shipped', 'delivered',
+                        'rejected', 'cancelled', 'payment_timeout'], state) AS rank
+        FROM order_states FINAL
+    )
     GROUP BY order_id
 )
 WHERE state IN ('placed', 'reserved', 'paid', 'routed', 'shipped')
-  AND since >= {from_ms:Int64} AND since < {to_ms:Int64}
+  AND since < {to_ms:Int64}
   AND ({channel:String} = '' OR channel = {channel:String})
-  AND ({warehouse:String} = '' OR warehouse = {warehouse:String})
+  AND ({warehouse:String} = '' OR has(splitByChar(',', warehouse), {warehouse:String}))
 GROUP BY state
 ORDER BY p90_age_min DESC

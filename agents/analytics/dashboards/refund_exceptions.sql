@@ -45,31 +45,35 @@ FROM
             arrayReduce('min', arrayFilter(x -> x > 0, [return_received, received, refunding, cancelled])) AS returned
         FROM
         (
-            -- One row per refund as it stood at the end of the range (or now): only facts known by then.
+            -- One row per refund as it stood at the end of the range (or now): only facts known by then, and of
+            -- those only the stage times reached by then (a record stamped when its state began may carry a
+            -- later receipt, QC or issue). The state is the furthest in the lifecycle, not the newest stamp:
+            -- the request carries the marketplace's clock, which may run ahead of the review that followed.
+            WITH least({now_ms:Int64}, {to_ms:Int64}) AS cutoff
             SELECT
                 refund_id,
                 max(channel) AS channel,
                 max(order_id) AS order_id,
                 max(kind) AS kind,
                 max(refund_fen) AS amount_fen,
-                argMaxIf(state, (event_time_ms, rank), rank > 0) AS state,
-                max(requested_ms) AS requested,
-                max(reviewing_ms) AS reviewing,
-                max(awaiting_return_ms) AS awaiting_return,
-                max(received_ms) AS received,
-                max(refunding_ms) AS refunding,
-                max(settled_ms) AS settled,
-                max(completed_ms) AS completed,
-                max(rejected_ms) AS rejected,
-                max(cancelled_ms) AS cancelled,
-                max(return_received_ms) AS stated_receipt,
-                max(inspected_ms) AS stated_qc,
-                max(issued_ms) AS stated_issue,
+                argMaxIf(state, (rank, event_time_ms), rank > 0) AS state,
+                maxIf(requested_ms, requested_ms <= cutoff) AS requested,
+                maxIf(reviewing_ms, reviewing_ms <= cutoff) AS reviewing,
+                maxIf(awaiting_return_ms, awaiting_return_ms <= cutoff) AS awaiting_return,
+                maxIf(received_ms, received_ms <= cutoff) AS received,
+                maxIf(refunding_ms, refunding_ms <= cutoff) AS refunding,
+                maxIf(settled_ms, settled_ms <= cutoff) AS settled,
+                maxIf(completed_ms, completed_ms <= cutoff) AS completed,
+                maxIf(rejected_ms, rejected_ms <= cutoff) AS rejected,
+                maxIf(cancelled_ms, cancelled_ms <= cutoff) AS cancelled,
+                maxIf(return_received_ms, return_received_ms <= cutoff) AS stated_receipt,
+                maxIf(inspected_ms, inspected_ms <= cutoff) AS stated_qc,
+                maxIf(issued_ms, issued_ms <= cutoff) AS stated_issue,
                 minIf(receipt_ms, receipt_ms > 0) AS first_receipt,
                 minIf(qc_ms, qc_ms > 0) AS first_qc,
                 minIf(issue_ms, issue_ms > 0) AS first_issue
             FROM refund_facts
-            WHERE event_time_ms <= least({now_ms:Int64}, {to_ms:Int64})
+            WHERE event_time_ms <= cutoff
             GROUP BY refund_id
             HAVING requested > 0
         )

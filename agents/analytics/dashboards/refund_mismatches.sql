@@ -21,22 +21,27 @@ FROM
         least({now_ms:Int64}, {to_ms:Int64}) - instructed_at_ms > {settle_s:Float64} * 1000 AS overdue
     FROM
     (
-        -- One row per refund as it stood at the end of the range (or now): only facts known by then.
+        -- One row per refund as it stood at the end of the range (or now): only facts known by then, and of
+        -- those only the stage times reached by then (a record stamped when its state began may carry a later
+        -- issue). The state is the furthest in the lifecycle, not the newest stamp: the request carries the
+        -- marketplace's clock, which may run ahead of the review that followed.
+        WITH least({now_ms:Int64}, {to_ms:Int64}) AS cutoff
         SELECT
             refund_id,
             max(channel) AS channel,
             max(order_id) AS order_id,
             max(refund_fen) AS amount_fen,
-            argMaxIf(state, (event_time_ms, rank), rank > 0) AS state,
-            max(refunding_ms) AS instructed_at_ms,
-            if(max(issued_ms) > 0, max(issued_ms), minIf(issue_ms, issue_ms > 0)) AS issued_at_ms,
+            argMaxIf(state, (rank, event_time_ms), rank > 0) AS state,
+            maxIf(refunding_ms, refunding_ms <= cutoff) AS instructed_at_ms,
+            if(maxIf(issued_ms, issued_ms <= cutoff) > 0, maxIf(issued_ms, issued_ms <= cutoff),
+               minIf(issue_ms, issue_ms > 0)) AS issued_at_ms,
             argMinIf(issue_fen, issue_ms, issue_ms > 0) AS issued_fen,
             minIf(settlement_ms, settlement_ms > 0) AS settled_at_ms,
             argMinIf(settlement_fen, settlement_ms, settlement_ms > 0) AS settled_fen,
             maxIf(failure_ms, failure_ms > 0) AS failed_at_ms,
             argMaxIf(failure_reason, failure_ms, failure_ms > 0) AS failure_reason
         FROM refund_facts
-        WHERE event_time_ms <= least({now_ms:Int64}, {to_ms:Int64})
+        WHERE event_time_ms <= cutoff
         GROUP BY refund_id
         HAVING (instructed_at_ms >= {from_ms:Int64} AND instructed_at_ms < {to_ms:Int64})
             OR (instructed_at_ms = 0 AND settled_at_ms >= {from_ms:Int64} AND settled_at_ms < {to_ms:Int64})

@@ -1,8 +1,8 @@
 -- title: SLA breaches over time
--- description: Paid orders not pushed to (or not acknowledged by) a warehouse within the SLA: red alerts raised and cleared per hour.
+-- description: Paid orders not pushed to (or not acknowledged by) a warehouse within the SLA: red alerts raised and cleared per hour of the shop's time zone.
 -- chart: line x=hour y=raised,clearings
 SELECT
-    toStartOfHour(event_time) AS hour,
+    toStartOfHour(toDateTime(intDiv(event_time_ms, 1000), {tz:String})) AS hour,
     countIf(cleared = 0) AS raised,
     countIf(cleared = 1) AS clearings
 FROM alerts FINAL

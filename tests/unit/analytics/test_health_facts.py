@@ -48,13 +48,14 @@ def test_a_focus_order_row_and_a_record_without_optional_fields() -> None:
     assert (row["customer_id"], row["notes"], row["paid_after_ms"], row["return_count"]) == ("", "", 0, 0)
 
 
-def test_the_focus_pool_dashboard_reads_order_health_and_takes_a_channel_and_a_time_range() -> None:
+def test_the_focus_pool_dashboard_reads_order_health_and_takes_a_channel_a_time_range_and_the_zone() -> None:
     dash = dashboards.find(orders_cli.FOCUS_DASHBOARD)
     assert dash.title == "Focus pool" and dash.chart.kind == "table"
-    assert set(dash.params) == {"from_ms", "to_ms", "channel"}
+    assert set(dash.params) == {"from_ms", "to_ms", "channel", "tz"}
     assert "order_health FINAL" in dash.sql and "focus = 1" in dash.sql
     bound = dashboards.bind(dash, {"channel": "jd", "from_ms": "-7d"}, Settings(), now_ms=10 * 86_400_000)
-    assert bound == {"from_ms": 3 * 86_400_000, "to_ms": 10 * 86_400_000 + 60_000, "channel": "jd"}
+    assert bound == {"from_ms": 3 * 86_400_000, "to_ms": 10 * 86_400_000 + 60_000, "channel": "jd",
+                     "tz": "Asia/Shanghai"}  # fmt: skip
     assert set(orders_cli.FOCUS_COLUMNS) <= _selected_columns(dash.sql)
 
 

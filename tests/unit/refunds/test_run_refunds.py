@@ -242,3 +242,21 @@ def test_a_refund_settled_while_under_review_completes_on_approval() -> None:
     issued(r, "pdd:9", "pdd:r9", 9_900)
     assert not r.refusals and r.read(REFUNDS, b"pdd:r9", "pdd:9").state == "completed"
     assert not of(r.advance(int(Settings().refund_settle_s * 1000)), "Alert")  # no settle limit left to breach
+
+
+def test_a_stage_reached_while_the_state_stays_is_stamped_with_that_stages_time() -> None:
+    """A month's refund reports keep the records stamped by its end: one stamped when its state began would
+    bring a later receipt or QC into an earlier month."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "jd", "10", "SKU-R10")
+    refund(r, "RefundRequested", ev.refund_requested("jd", "10", "r10", 9_900, event_time_ms=r.now_ms))
+    refunding_at = r.read(REFUNDS, b"jd:r10", "jd:10").stage_times["refunding"]
+    stamped = {}
+    for step, record in (("return_received", ev.return_received("jd", "10", "r10", wh, qc_done=False)),
+                         ("inspected", ev.return_received("jd", "10", "r10", wh))):  # fmt: skip
+        r.advance(3_600_000)
+        [state] = of(refund(r, "ReturnReceived", record), "RefundStateChanged")
+        assert (state["event_id"], state["state"]) == (f"jd:r10:refunding:{step}", "refunding")
+        stamped[step] = state["event_time_ms"]
+        assert stamped[step] == state["stage_times"][step]
+    assert stamped == {"return_received": refunding_at + 3_600_000, "inspected": refunding_at + 7_200_000}

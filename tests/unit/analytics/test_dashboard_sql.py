@@ -1,0 +1,339 @@
+"""The dashboards' SQL on embedded ClickHouse (chdb) over the real DDL: events go in through the sink's own batch
+writer, each dashboard is asked as ``stockflow dash`` asks it (``queries.bind``), and the figures are worked out
+by hand."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agents.analytics import queries as dashboards
+from agents.analytics.sink import BatchWriter, Received, SharedClickHouse, SinkStatus
+from streams.contract.codec import default_codec
+from streams.settings import Settings
+
+CODEC = default_codec()
+SHOP = ZoneInfo("Asia/Shanghai")
+S = 1000
+MIN = 60 * S
+H = 60 * MIN
+DAY = 24 * H
+ORDER_STATES = ("placed", "reserved", "paid", "routed", "shipped", "delivered", "rejected", "cancelled",
+                "payment_timeout")  # fmt: skip
+REFUND_STATES = ("requested", "reviewing", "awaiting_return", "received", "refunding", "completed", "rejected",
+                 "cancelled")  # fmt: skip
+Event = tuple[str, str, str, dict[str, Any], int]  # topic, key, event type, record, broker timestamp
+
+
+def shop_ms(text: str) -> int:
+    """Epoch ms of a wall-clock time in the shop's zone."""
+    return int(datetime.fromisoformat(text).replace(tzinfo=SHOP).timestamp() * 1000)
+
+
+@pytest.fixture
+def ch(tmp_path: Path) -> Iterator[SharedClickHouse]:
+    shared = SharedClickHouse(Settings(clickhouse_url=f"chdb://{tmp_path}", clickhouse_database="t"))
+    yield shared
+    shared.drop()  # embedded ClickHouse holds one folder per process: the next test opens its own
+
+
+def store(ch: SharedClickHouse, events: list[Event]) -> None:
+    messages = [Received(topic, 0, n, key.encode(), CODEC.encode(kind, record), timestamp_ms=broker_ms)
+                for n, (topic, key, kind, record, broker_ms) in enumerate(events)]  # fmt: skip
+    assert BatchWriter(CODEC, ch, SinkStatus()).write(messages, shop_ms("2026-12-20T00:00")) == []
+
+
+def dash(ch: SharedClickHouse, name: str, now_ms: int, **given: object) -> list[dict[str, Any]]:
+    found = dashboards.find(name)
+    return ch.query(found.sql, dashboards.bind(found, {k: str(v) for k, v in given.items()}, Settings(), now_ms))
+
+
+# ---- orders ----------------------------------------------------------------------------------------------
+def order(order_id: str, steps: list[tuple[str, int]], warehouse: str = "", channel: str = "jd") -> list[Event]:
+    """The lifecycle's OrderStateChanged records: one per state entered, each with every stage time so far; the
+    warehouses from the routing on."""
+    times: dict[str, int] = {}
+    previous, out = "", []
+    for state, at in steps:
+        times = {**times, state: at}
+        routed = "routed" in times or "shipped" in times
+        out.append(("order.states", order_id, "OrderStateChanged", {
+            "event_id": f"{order_id}:{state}", "event_time_ms": at, "order_id": order_id, "channel": channel,
+            "state": state, "previous_state": previous, "reason": "", "warehouse_id": warehouse if routed else "",
+            "stage_times": dict(times)}, 0))  # fmt: skip
+        previous = state
+    return out
+
+
+def routing(order_id: str, attempt: int, at: int, assignments: dict[str, list[int]], split: bool,
+            channel: str = "jd") -> Event:  # fmt: skip
+    candidates = [{"warehouse_id": wh, "distance_km": 100.0 * attempt, "distance": 0.5, "sufficiency": 1.0,
+                   "on_time": 0.9, "cost": 0.4, "score": 0.1 * attempt} for wh in sorted(assignments)]  # fmt: skip
+    given = [{"warehouse_id": wh, "line_nos": nos} for wh, nos in sorted(assignments.items())]
+    return ("routing.decisions", order_id, "RoutingDecision", {
+        "event_id": f"{order_id}:route:{attempt}", "event_time_ms": at, "order_id": order_id, "channel": channel,
+        "split": split, "assignments": given, "candidates": candidates, "weights": {"distance": 1.0}}, 0)  # fmt: skip
+
+
+def sla_alert(order_id: str, at: int, cleared: bool = False) -> Event:
+    suffix = ":cleared" if cleared else ""
+    return ("alerts", order_id, "Alert", {
+        "event_id": f"sla_breach:{order_id}{suffix}", "event_time_ms": at, "kind": "sla_breach",
+        "severity": "INFO" if cleared else "RED", "subject": order_id, "message": f"order {order_id}",
+        "cleared": cleared, "details": {}}, 0)  # fmt: skip
+
+
+def stock_level(sku: str, n: int, at: int) -> Event:
+    return ("stock.levels", sku, "StockLevel", {
+        "event_id": f"{sku}:level:{n}", "event_time_ms": at, "sku": sku, "on_hand": 10_000, "locked": n % 7,
+        "presale_reserved": 0, "presale_cap": 0, "sold": n, "available": 10_000 - n, "paused": False,
+        "sellable": {}, "on_hand_by_warehouse": {}, "allocated_by_warehouse": {}, "newest_change_ms": at,
+        "newest_source_ms": at}, 0)  # fmt: skip
+
+
+def test_a_split_order_counts_at_each_of_its_warehouses_in_flow_time_and_waiting(ch: SharedClickHouse) -> None:
+    t = shop_ms("2026-11-11T10:00")
+    store(ch, [
+        *order("jd:A", [("placed", t), ("reserved", t + S), ("paid", t + MIN), ("routed", t + 3 * MIN)],
+               "WH-BJ,WH-SH"),
+        *order("jd:B", [("placed", t), ("reserved", t + S), ("paid", t + MIN), ("routed", t + 2 * MIN)], "WH-SH"),
+    ])  # fmt: skip
+    now = t + 10 * MIN
+    by_warehouse = {(r["dimension"], r["stage"]): r["orders"] for r in dash(ch, "flow_time", now, by="warehouse")}
+    assert by_warehouse[("WH-BJ", "3 paid→routed")] == 1
+    assert by_warehouse[("WH-SH", "3 paid→routed")] == 2
+    assert not any("," in dimension for dimension, _ in by_warehouse)
+    one = dash(ch, "flow_time", now, by="warehouse", warehouse="WH-BJ")
+    assert {(r["dimension"], r["stage"], r["orders"]) for r in one} == {
+        ("WH-BJ", "1 placed→reserved", 1),
+        ("WH-BJ", "2 reserved→paid", 1),
+        ("WH-BJ", "3 paid→routed", 1),
+    }
+    assert [r["orders"] for r in dash(ch, "flow_time", now, warehouse="WH-BJ") if r["stage"] == "3 paid→routed"] == [1]
+    waiting = dash(ch, "orders_waiting_now", now, warehouse="WH-BJ")
+    assert [(r["state"], r["orders"]) for r in waiting] == [("routed", 1)]
+    assert [(r["state"], r["orders"]) for r in dash(ch, "orders_waiting_now", now, warehouse="WH-SH")] == [
+        ("routed", 2)
+    ]
+
+
+def test_the_now_panels_show_orders_waiting_or_red_since_before_the_range(ch: SharedClickHouse) -> None:
+    now = shop_ms("2026-11-12T16:00")
+    paid = now - 30 * H  # paid 30 h ago, never routed, red since: the oldest problem of all
+    store(ch, [*order("jd:C", [("placed", paid - MIN), ("reserved", paid - MIN + S), ("paid", paid)]),
+               sla_alert("jd:C", paid + 15 * MIN),
+               *order("jd:D", [("placed", now - H), ("reserved", now - H + S), ("paid", now - H + MIN)]),
+               sla_alert("jd:D", now - 30 * MIN), sla_alert("jd:D", now - 20 * MIN, cleared=True)])  # fmt: skip
+    [waiting] = dash(ch, "orders_waiting_now", now)  # the default range: the last 24 h
+    assert (waiting["state"], waiting["orders"], waiting["oldest_min"]) == ("paid", 2, 30 * 60.0)
+    red = dash(ch, "orders_red_now", now)
+    assert [(r["order_id"], r["red_for_min"]) for r in red] == [("jd:C", 30 * 60.0 - 15)]
+    assert dash(ch, "orders_red_now", now, to_ms=paid) == []  # not red yet at the range's end
+
+
+def test_the_current_state_is_the_furthest_in_the_lifecycle_whatever_the_clocks_say(ch: SharedClickHouse) -> None:
+    t = shop_ms("2026-11-11T10:00")
+    # The marketplace's clock runs 3 s ahead: its placing is stamped after the reservation that followed it.
+    store(ch, order("jd:E", [("placed", t + 3 * S), ("reserved", t + 2 * S)]))
+    [waiting] = dash(ch, "orders_waiting_now", t + MIN)
+    assert (waiting["state"], waiting["orders"], waiting["oldest_min"]) == ("reserved", 1, 1.0)
+    # So for the focus pool: paid before the placing's stamp, it is paid, not placed.
+    store(ch, [*order("jd:F", [("placed", t + 3 * S), ("reserved", t + S), ("paid", t + 2 * S)]),
+               ("order.health", "jd:F", "OrderHealthScored", {
+                   "event_id": "jd:F:health", "event_time_ms": t + 2 * S, "order_id": "jd:F", "channel": "jd",
+                   "customer_id": "c", "score": 40.0, "focus": True, "focus_below": 60.0, "breakdown": {},
+                   "weights": {}, "notes": [], "paid_after_ms": S, "returns": 0}, 0)])  # fmt: skip
+    assert [r["current_state"] for r in dash(ch, "focus_pool", t + MIN)] == ["paid"]
+
+
+def test_routing_share_and_split_rate_count_the_final_allocation_only(ch: SharedClickHouse) -> None:
+    t = shop_ms("2026-11-11T10:00")
+    store(ch, [
+        # jd:G: WH-SH no longer had line 2's units; the second attempt sent it to WH-GZ.
+        routing("jd:G", 1, t, {"WH-BJ": [1], "WH-SH": [2]}, split=True),
+        routing("jd:G", 2, t + S, {"WH-GZ": [2]}, split=True),
+        *order("jd:G", [("placed", t - MIN), ("reserved", t - MIN), ("paid", t - S), ("routed", t + 2 * S)],
+               "WH-BJ,WH-GZ"),
+        # jd:H: split at first, then line 2 found at WH-BJ as well: it ships from one warehouse.
+        routing("jd:H", 1, t, {"WH-BJ": [1], "WH-SH": [2]}, split=True),
+        routing("jd:H", 2, t + S, {"WH-BJ": [2]}, split=False),
+        *order("jd:H", [("placed", t - MIN), ("reserved", t - MIN), ("paid", t - S), ("routed", t + 2 * S)], "WH-BJ"),
+    ])  # fmt: skip
+    now = t + H
+    share = {r["warehouse_id"]: r for r in dash(ch, "routing_share", now)}
+    assert {wh: (r["orders"], r["share_pct"]) for wh, r in share.items()} == {"WH-BJ": (2, 100.0),
+                                                                              "WH-GZ": (1, 50.0)}  # fmt: skip
+    assert share["WH-GZ"]["avg_km"] == 200.0  # the scores of the decision that gave it the line
+    assert [r["warehouse_id"] for r in dash(ch, "routing_share", now, warehouse="WH-SH")] == []
+    [rate] = dash(ch, "split_rate", now)
+    assert (rate["routed_orders"], rate["split_orders"], rate["split_pct"]) == (2, 1, 50.0)
+
+
+def test_a_busy_skus_timeline_covers_the_whole_range_one_point_per_bucket(ch: SharedClickHouse) -> None:
+    now = shop_ms("2026-11-11T12:00")
+    start = now - DAY
+    store(ch, [stock_level("SKU-HOT", n, start + n * 12 * S) for n in range(7200)])  # one level every 12 s
+    points = dash(ch, "stock_timeline", now, sku="SKU-HOT")
+    assert 500 <= len(points) <= 1001
+    times = [datetime.fromisoformat(p["time"]).replace(tzinfo=SHOP) for p in points]
+    assert times == sorted(times)
+    assert times[0].timestamp() * 1000 - start < 2 * MIN and now - times[-1].timestamp() * 1000 < 2 * MIN
+    assert points[-1]["sold"] == 7199  # each bucket shows its last level
+
+
+def test_times_are_grouped_and_shown_in_the_shops_zone(ch: SharedClickHouse) -> None:
+    placed = shop_ms("2026-11-11T00:30")  # 2026-11-10 16:30 UTC
+    store(ch, [*order("jd:K", [("placed", placed), ("reserved", placed + S)]), sla_alert("jd:K", placed + MIN)])
+    [row] = dash(ch, "flow_time", placed + H, by="hour")
+    assert row["dimension"] == "2026-11-11 00:00:00"
+    [hour] = dash(ch, "sla_breaches", placed + H)
+    assert (hour["hour"], hour["raised"]) == ("2026-11-11 00:00:00", 1)
+    [red] = dash(ch, "orders_red_now", placed + H)
+    assert red["raised_at"] == "2026-11-11 00:31:00"
+
+
+def test_no_dashboard_shows_a_time_in_the_servers_zone(ch: SharedClickHouse) -> None:
+    now = shop_ms("2026-11-11T12:00")
+    for name, found in dashboards.load_all().items():
+        params = dashboards.bind(found, {"sku": "SKU-1"} if "sku" in found.params else {}, Settings(), now)
+        types = {c["name"]: c["type"] for c in ch.query(f"DESCRIBE TABLE ({found.sql})", params)}
+        naive = [column for column, kind in types.items() if re.search(r"\bDateTime\b(?!\()|DateTime64\(\d+\)", kind)]
+        assert not naive, f"{name}: {naive} shown in the server's zone"
+        for text in _calls(found.sql, "toString(toDateTime("):
+            assert "{tz:String}" in text, f"{name}: {text}"
+
+
+def _calls(sql: str, opening: str) -> list[str]:
+    """Each call starting with ``opening``, to its closing bracket."""
+    out = []
+    for match in re.finditer(re.escape(opening), sql):
+        depth, i = 0, match.start()
+        while i < len(sql):
+            depth += {"(": 1, ")": -1}.get(sql[i], 0)
+            i += 1
+            if depth == 0 and sql[i - 1] == ")":
+                break
+        out.append(sql[match.start() : i])
+    return out
+
+
+# ---- refunds ---------------------------------------------------------------------------------------------
+def _ids(refund_id: str, order_id: str) -> dict[str, str]:
+    channel, channel_refund_id = refund_id.split(":", 1)
+    return {"channel": channel, "channel_order_id": order_id.split(":", 1)[1], "channel_refund_id": channel_refund_id}
+
+
+def refund(refund_id: str, order_id: str, kind: str, steps: list[tuple[str, int]], amount_fen: int = 9_900
+           ) -> list[Event]:  # fmt: skip
+    """RefundStateChanged records as the refund processor wrote them before it stamped a stage reached while the
+    state stays with that stage's time: with the time its state began. Such rows stay in ClickHouse. A stage
+    reached with a transition at the same instant (settled, completed) is carried by the transition alone."""
+    times: dict[str, int] = {}
+    state, previous, out = "", "", []
+    for n, (name, at) in enumerate(steps):
+        times = {**times, name: at}
+        if name in REFUND_STATES:
+            previous, state, event_id, stamp = state, name, f"{refund_id}:{name}", at
+        elif n + 1 < len(steps) and steps[n + 1][0] in REFUND_STATES and steps[n + 1][1] == at:
+            continue
+        else:
+            previous, event_id, stamp = state, f"{refund_id}:{state}:{name}", times[state]
+        out.append(("refund.states", refund_id, "RefundStateChanged", {
+            "event_id": event_id, "event_time_ms": stamp, "refund_id": refund_id, "order_id": order_id,
+            "channel": refund_id.split(":")[0], "kind": kind, "state": state, "previous_state": previous,
+            "reason": "", "amount_fen": amount_fen, "auto_approved": True, "warehouse_id": "",
+            "stage_times": dict(times), "customer_id": ""}, 0))  # fmt: skip
+    return out
+
+
+def issued(refund_id: str, order_id: str, at: int, amount_fen: int = 9_900) -> Event:
+    return ("refund.issued", order_id, "RefundIssued", {
+        "event_id": f"refund-issued:{refund_id}", "event_time_ms": at, "refund_id": refund_id, "order_id": order_id,
+        "channel": refund_id.split(":")[0], "amount_fen": amount_fen, "platform_ref": "p", "attempts": 1,
+        "replayed": False}, 0)  # fmt: skip
+
+
+def returned(refund_id: str, order_id: str, at: int, qc_done: bool) -> Event:
+    return ("refund.events", order_id, "ReturnReceived", {
+        "event_id": f"return-{'qc' if qc_done else 'received'}:{refund_id}", "event_time_ms": at,
+        **_ids(refund_id, order_id), "warehouse_id": "WH-SH", "qc_done": qc_done, "resellable": True,
+        "qc_note": ""}, 0)  # fmt: skip
+
+
+def settled(refund_id: str, order_id: str, at: int, broker_ms: int = 0, amount_fen: int = 9_900) -> Event:
+    return ("refund.events", order_id, "RefundSettled", {
+        "event_id": f"settled:{refund_id}", "event_time_ms": at, **_ids(refund_id, order_id),
+        "amount_fen": amount_fen, "settlement_id": f"st-{refund_id}"}, broker_ms)  # fmt: skip
+
+
+NOVEMBER = {"from_ms": shop_ms("2026-11-01T00:00"), "to_ms": shop_ms("2026-12-01T00:00")}
+AFTER_NOVEMBER = shop_ms("2026-12-10T00:00")
+
+
+def test_a_past_month_is_seen_as_it_stood_at_its_end_whatever_a_record_is_stamped(ch: SharedClickHouse) -> None:
+    r1, r2 = ("jd:R1", "jd:O1"), ("jd:R2", "jd:O2")
+    store(ch, [
+        # Paid out at once; the goods came back on Nov 29 and were checked on Dec 3.
+        *refund(*r1, "RETURN_AND_REFUND", [
+            ("requested", shop_ms("2026-11-10T10:00")), ("refunding", shop_ms("2026-11-10T10:00")),
+            ("issued", shop_ms("2026-11-10T10:10")), ("return_received", shop_ms("2026-11-29T10:00")),
+            ("inspected", shop_ms("2026-12-03T10:00")), ("settled", shop_ms("2026-12-05T10:00")),
+            ("completed", shop_ms("2026-12-05T10:00"))]),
+        issued(*r1, shop_ms("2026-11-10T10:10")),
+        returned(*r1, shop_ms("2026-11-29T10:00"), qc_done=False),
+        returned(*r1, shop_ms("2026-12-03T10:00"), qc_done=True),
+        settled(*r1, shop_ms("2026-12-05T10:00")),
+        # Paid out on Nov 25, accepted by the marketplace on Dec 2.
+        *refund(*r2, "REFUND_ONLY", [
+            ("requested", shop_ms("2026-11-25T10:00")), ("refunding", shop_ms("2026-11-25T10:00")),
+            ("issued", shop_ms("2026-12-02T10:00"))]),
+        issued(*r2, shop_ms("2026-12-02T10:00")),
+    ])  # fmt: skip
+    qc = [r for r in dash(ch, "refund_exceptions", AFTER_NOVEMBER, **NOVEMBER) if r["exception"].startswith("qc")]
+    assert [(r["refund_id"], r["exception"], r["left_at"], r["current_state"]) for r in qc] == [
+        ("jd:R1", "qc_hanging", "", "refunding")
+    ]
+    [jd] = dash(ch, "refund_reconciliation", AFTER_NOVEMBER, **NOVEMBER)
+    assert (jd["instructed"], jd["issued"], jd["not_issued"], jd["settled"], jd["unsettled_overdue"]) == (
+        2, 1, 1, 0, 1)  # fmt: skip
+    mismatches = dash(ch, "refund_mismatches", AFTER_NOVEMBER, **NOVEMBER)
+    assert [(r["refund_id"], r["mismatch"], r["issued_at"]) for r in mismatches] == [
+        ("jd:R1", "issued_not_settled", "2026-11-10 10:10:00"),
+        ("jd:R2", "not_issued", ""),
+    ]
+    # December sees them as they are now.
+    december = {"from_ms": NOVEMBER["to_ms"], "to_ms": shop_ms("2027-01-01T00:00")}
+    qc = [r for r in dash(ch, "refund_exceptions", AFTER_NOVEMBER, **december) if r["exception"].startswith("qc")]
+    assert [(r["exception"], r["left_at"]) for r in qc] == [("qc_late", "2026-12-03 10:00:00")]
+
+
+def test_a_settlement_without_a_time_of_its_own_counts_at_its_broker_timestamp(ch: SharedClickHouse) -> None:
+    r3 = ("tmall:R3", "tmall:O3")
+    at = shop_ms("2026-11-13T10:00")
+    store(ch, [
+        *refund(*r3, "REFUND_ONLY", [
+            ("requested", shop_ms("2026-11-12T10:00")), ("refunding", shop_ms("2026-11-12T10:00")),
+            ("issued", shop_ms("2026-11-12T10:05")), ("settled", at), ("completed", at)]),
+        issued(*r3, shop_ms("2026-11-12T10:05")),
+        settled(*r3, 0, broker_ms=at),
+    ])  # fmt: skip
+    assert ch.query("SELECT event_time_ms FROM refund_settlements FINAL") == [{"event_time_ms": at}]
+    [tmall] = dash(ch, "refund_reconciliation", AFTER_NOVEMBER, **NOVEMBER)
+    assert (tmall["issued"], tmall["settled"], tmall["unsettled"], tmall["unsettled_overdue"]) == (1, 1, 0, 0)
+    assert dash(ch, "refund_mismatches", AFTER_NOVEMBER, **NOVEMBER) == []
+
+
+def test_a_refunds_current_state_is_the_furthest_in_its_lifecycle_whatever_the_clocks_say(
+    ch: SharedClickHouse,
+) -> None:
+    t = shop_ms("2026-11-11T10:00")
+    # The marketplace stamped the request 3 s ahead; customer service took it up 1 s after it really came.
+    store(ch, refund("douyin:R4", "douyin:O4", "RETURN_AND_REFUND", [("requested", t + 3 * S), ("reviewing", t + S)]))
+    [late] = dash(ch, "refund_exceptions", t + 3 * H, from_ms=t - H, to_ms=t + 3 * H)
+    assert (late["exception"], late["current_state"]) == ("respond_hanging", "reviewing")
