@@ -325,6 +325,10 @@ class Settings(BaseSettings):
             "refund_sop_breach",
             "refund_reconciliation",
             "inspection_breach",
+            # Money already taken or owed: a customer to pay back, goods gone out, refunds lost to retention.
+            "paid_order_not_fulfilled",
+            "shipped_after_cancel",
+            "failed_queue_gap",
         ),
         description="Alert kinds posted to the webhook (JSON list).",
     )
@@ -433,9 +437,10 @@ class Settings(BaseSettings):
         default=20.0,
         ge=0,
         le=50,
-        description="How long a connector retries a call answered retriably (no answer, 5xx, rate limit) before it "
-        "goes to the channel's failed queue and `connector_failing` is raised (at most 50: the alert is due within "
-        "a minute of the first failure).",
+        description="How long a connector retries a call answered retriably (no answer, 5xx, rate limit) before "
+        "`connector_failing` is raised and a refund call goes to the channel's failed queue (a stock figure waits in "
+        "the connector and is sent again, at most 30 s apart, until the channel takes it or a newer one replaces it); "
+        "at most 50: the alert is due within a minute of the first failure.",
     )
     connector_call_timeout_s: float = Field(
         default=5.0, gt=0, description="How long one marketplace call may take before it counts as no answer."

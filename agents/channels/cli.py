@@ -327,10 +327,12 @@ def connectors_replay(
         except ReplayError as exc:
             fail(str(exc))
             return
-    table = Table("queued", "sent", "already applied", "still failing", "unreadable", "left")
+    table = Table("queued", "sent", "already applied", "still failing", "unreadable", "left", "lost")
     table.add_row(*(str(v) for v in (summary.queued, summary.sent, summary.already_applied, summary.still_failing,
-                                     summary.unreadable, summary.remaining)))  # fmt: skip
+                                     summary.unreadable, summary.remaining, summary.lost)))  # fmt: skip
     console.print(table)
+    if summary.gap:
+        console.print(f"[red]lost:[/red] {summary.gap}")
     if summary.stopped:
         console.print(f"[red]stopped:[/red] {summary.stopped}")
     elif summary.still_failing:

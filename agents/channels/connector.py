@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from agents.channels.calls import ChannelCaller
 from agents.channels.kafka_io import ConnectorAlerts, InputLoop, Received, ResultSink
+from agents.channels.outbound import TopicPartitionKey
 from streams.contract.codec import Codec
 from streams.contract.registry import EventType
 from streams.settings import Settings
@@ -60,8 +61,9 @@ class Connector(Generic[LaneT]):
     def handle(self, msg: Received, event_type: EventType, record: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def partitions_revoked(self) -> None:
-        """Partitions of the input went to another member: what a subclass remembers of them may now be stale."""
+    def partitions_revoked(self, partitions: set[TopicPartitionKey]) -> None:
+        """``partitions`` of the input went to another member (maybe this one again, at once): their records'
+        work still queued is the new owner's, and what a subclass remembers of them may now be stale."""
 
     def start_lanes(self) -> None:
         for lane in self.lanes.values():

@@ -9,8 +9,9 @@ ended goes to ``connector.calls`` (``ConnectorCalled``), for the health board in
 
 HTTP on ``STOCKFLOW_CONNECTORS_PORT`` (``STOCKFLOW_WEB_HOST``): ``/healthz``; ``/readyz`` (200 once
 both input loops hold their partitions); ``/connectors/status``: per channel and endpoint the calls
-ok / already applied / stale / retried / failed, the last error, latency p50 and p99, the key's
-fingerprint and expiry, whether the channel is failing, what is queued; ``/metrics``: the same as
+ok / already applied / stale / retried / failed, the last error, latency p50 and p99, whether the
+endpoint is failing; per channel the key's fingerprint and expiry, whether any endpoint is failing,
+what is queued (stock figures waiting, those waiting out a retry's backoff); ``/metrics``: the same as
 Prometheus metrics (``agents.channels.connector_metrics``).
 
 SIGTERM or SIGINT stops it cleanly: reading stops, each lane ends the call in hand (a call waiting
@@ -155,7 +156,7 @@ class ConnectorProcess:
     def status(self) -> dict[str, Any]:
         now = wall_ms()
         keys = self.store.all()
-        queued, pending = self.refunds.queued(), self.stock.pending()
+        queued, pending, retrying = self.refunds.queued(), self.stock.pending(), self.stock.retrying()
         channels = {}
         for channel in CONNECTOR_FAILED:
             key = keys.get(channel)
@@ -165,8 +166,10 @@ class ConnectorProcess:
                 "failing": self.alerts.is_failing(channel),
                 "refunds_queued": queued.get(channel, 0),
                 "stock_pending": pending.get(channel, 0),
-                "endpoints": {e: self.caller.endpoint_stats(channel, e).snapshot() for e in ENDPOINTS},
-            }
+                "stock_retrying": retrying.get(channel, 0),
+                "endpoints": {e: {**self.caller.endpoint_stats(channel, e).snapshot(),
+                                  "failing": self.alerts.is_failing(channel, e)} for e in ENDPOINTS},
+            }  # fmt: skip
         loops = {
             name: {"received": loop.received, "in_flight": loop.in_flight(), "paused": loop.paused,
                    "partitions": len(loop.assigned)}

@@ -33,6 +33,13 @@ What a record's answer leads to:
 Each replayed call is recorded on ``connector.calls`` like a live one, marked ``replayed`` (the weekly
 connectivity report counts replays from it). Only one replay of a channel runs at a time (a lock file
 under the home).
+
+The queues are created to keep their records for good (``retention.ms=-1``), yet a record can still be
+gone before it was replayed (a queue created with the broker's 7-day default before that, a retention
+changed by hand, records deleted): when the saved position is older than the queue's first record, or
+there is none and the queue no longer starts at 0, the replay says how many records it never saw
+(``ReplaySummary.lost``, exit 1) and raises a RED ``failed_queue_gap`` alert naming the offsets, then
+replays what is there. The sink kept the lost records, requests included, in ClickHouse (``events``).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from agents.alerting.alerts import alert
 from agents.channels import platforms as pf
 from agents.channels.calls import CallResult, ChannelCaller
 from agents.channels.credentials import CredentialStore
@@ -57,8 +65,16 @@ from agents.channels.issue_refunds import RefundCall, write_result
 from agents.channels.kafka_io import ResultSink
 from streams.contract.codec import Codec, DecodeError, codec_for
 from streams.contract.reasons import Reason
-from streams.contract.records import ConnectorCallFailed
-from streams.contract.topics import CONNECTOR_CALLS, CONNECTOR_FAILED, REFUND_ISSUED, TopicSpec, ensure_topics
+from streams.contract.records import Alert, ConnectorCallFailed
+from streams.contract.topics import (
+    ALERTS,
+    CONNECTOR_CALLS,
+    CONNECTOR_FAILED,
+    REFUND_ISSUED,
+    TopicSpec,
+    ensure_topics,
+)
+from streams.engine.clock import wall_ms
 from streams.errors import StockflowError
 from streams.kafkaconf import confluent_config
 from streams.settings import Settings
@@ -66,6 +82,7 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 IDLE_POLLS = 30  # empty polls of a second in a row before the replay stops waiting for a record it expects
 GROUP_POLL_S = 0.05  # how long a replay holding stock records waits for the next before sending what it has
+GAP_ALERT = "failed_queue_gap"
 
 
 @dataclass(frozen=True)
@@ -94,7 +111,9 @@ class ReplaySummary:
     already_applied: int = 0  # agreed before (refunds) or overtaken by a newer figure (stock)
     still_failing: int = 0  # refused again: written to the end of the queue for the next run
     unreadable: int = 0  # records that cannot be read as a failed call: skipped, logged
+    lost: int = 0  # records deleted from the queue before they were replayed (see the module docstring)
     stopped: str = ""  # why it stopped before the end ("" when it got through)
+    gap: str = ""  # what was lost, in words ("" when nothing was)
     first_offset: int = 0
     next_offset: int = 0
 
@@ -108,10 +127,53 @@ class ReplaySummary:
 
     @property
     def clean(self) -> bool:
-        return not self.stopped and not self.still_failing and not self.unreadable
+        return not self.stopped and not self.still_failing and not self.unreadable and not self.lost
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "replayed": self.replayed, "remaining": self.remaining}
+
+
+@dataclass(frozen=True)
+class QueueBounds:
+    """Where a replay starts and ends in a failed queue, and what the broker deleted before it got there."""
+
+    start: int  # the next offset to replay
+    end: int  # the queue's end when the replay started
+    lost_from: int  # the first offset deleted unreplayed (the saved position, else 0); == start: none
+    position_saved: bool  # False: no saved position (never replayed, or the group's offsets expired)
+
+    @property
+    def lost(self) -> int:
+        return self.start - self.lost_from
+
+
+def replay_bounds(low: int, high: int, committed: int) -> QueueBounds:
+    """The bounds from the queue's first and end offsets and the replay group's saved position (``committed``,
+    ``OFFSET_INVALID`` for none). Without a position the queue is replayed from its first record; if that is
+    not offset 0, what came before it was deleted, and nothing says whether it had been replayed."""
+    saved = committed != OFFSET_INVALID and committed >= 0
+    position = committed if saved else 0
+    start = max(position, low)
+    return QueueBounds(start, max(start, high), min(position, start), saved)
+
+
+def gap_alert(channel: str, topic: str, bounds: QueueBounds, now_ms: int) -> Alert:
+    """The RED alert for records of ``channel``'s failed queue deleted before they were replayed. Its id names
+    the gap, so a replay that meets the same gap again is the same alert."""
+    where = (f"the replay's saved position is offset {bounds.lost_from}" if bounds.position_saved
+             else "the replay has no saved position (never run, or its group's offsets expired)")  # fmt: skip
+    message = (
+        f"{channel}: {bounds.lost} record(s) of {topic} (offsets {bounds.lost_from} to {bounds.start - 1}) were "
+        f"deleted before they were replayed: {where}, the queue now starts at offset {bounds.start}. Approved "
+        f"refunds or stock figures among them were never sent; the sink kept each, request included, in ClickHouse "
+        f"(table events, topic {topic}, offsets above) to send by hand"
+    )
+    if not bounds.position_saved:
+        message += " (whether they had been replayed is not known)"
+    return alert(GAP_ALERT, "RED", channel, message, now_ms, event_id=f"{GAP_ALERT}:{topic}:{bounds.lost_from}:"
+                 f"{bounds.start}", details={"channel": channel, "topic": topic, "lost_from": str(bounds.lost_from),
+                 "first_offset": str(bounds.start), "lost": str(bounds.lost),
+                 "position_saved": "true" if bounds.position_saved else "false"})  # fmt: skip
 
 
 def replay_group(settings: Settings, channel: str) -> str:
@@ -146,11 +208,14 @@ def pending(settings: Settings, channel: str, timeout_s: float = 10.0) -> tuple[
 
 
 def _bounds(consumer: Consumer, topic: str, timeout_s: float) -> tuple[int, int]:
+    bounds = _queue_bounds(consumer, topic, timeout_s)
+    return bounds.start, bounds.end
+
+
+def _queue_bounds(consumer: Consumer, topic: str, timeout_s: float) -> QueueBounds:
     tp = TopicPartition(topic, 0)
     low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
-    committed = consumer.committed([tp], timeout=timeout_s)[0].offset
-    start = low if committed == OFFSET_INVALID or committed < low else committed
-    return start, max(start, high)
+    return replay_bounds(low, high, consumer.committed([tp], timeout=timeout_s)[0].offset)
 
 
 def lock_path(settings: Settings, channel: str) -> Path:
@@ -202,7 +267,7 @@ class Replay:
 
     def run(self) -> ReplaySummary:
         with _replay_lock(self.settings, self.channel):
-            ensure_topics(self.settings, (self.spec, REFUND_ISSUED, CONNECTOR_CALLS))
+            ensure_topics(self.settings, (self.spec, REFUND_ISSUED, CONNECTOR_CALLS, ALERTS))
             sink = ResultSink(self.settings, self.codec, on_fatal=self._fatal.append)
             if self._own_caller:  # a caller given is someone else's: they decide where its calls are recorded
                 self.caller.replaying = True
@@ -219,10 +284,8 @@ class Replay:
         return self.summary
 
     def _run(self, consumer: Consumer, sink: ResultSink) -> None:
-        start, end = _bounds(consumer, self.topic, 15.0)
+        start, end = self._bounds(consumer, sink)
         s = self.summary
-        s.queued, s.first_offset, s.next_offset = end - start, start, start
-        self.on_progress(s)
         if start >= end:
             return
         consumer.assign([TopicPartition(self.topic, 0, start)])
@@ -251,6 +314,21 @@ class Replay:
             return
         if self.stop.is_set() and s.next_offset < end:
             s.stopped = "interrupted"
+
+    def _bounds(self, consumer: Consumer, sink: ResultSink) -> tuple[int, int]:
+        """Where this run starts and ends. Records deleted before any replay got to them are said and alerted,
+        the alert durable before the position moves past them (after which nothing would show them)."""
+        bounds = _queue_bounds(consumer, self.topic, 15.0)
+        s = self.summary
+        s.queued, s.first_offset, s.next_offset = bounds.end - bounds.start, bounds.start, bounds.start
+        if bounds.lost:
+            record = gap_alert(self.channel, self.topic, bounds, wall_ms())
+            s.lost, s.gap = bounds.lost, record["message"]
+            log.error("replay %s: %s", self.channel, record["message"])
+            sink.send(ALERTS.name, record["subject"], "Alert", record)
+            self._durable(sink)
+        self.on_progress(s)
+        return bounds.start, bounds.end
 
     def _readable(self, msg: Message) -> bool:
         error = msg.error()

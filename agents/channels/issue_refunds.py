@@ -14,15 +14,17 @@ instruction's ``channel_refund_id``, 1:1 with the refund id, the idempotency key
 sending it again - after a crash, or from ``stockflow connectors replay`` - never refunds twice: the
 marketplace answers "already agreed" and that counts as issued. An input record is finished, and its
 offset may be committed, only when its result (``RefundIssued`` or the failed-call record) is
-acknowledged by the broker.
+acknowledged by the broker. When its partition is revoked, the instructions of that partition still
+queued are taken off their lanes: the partition's new owner sends them, and a lane never starts a
+call for an instruction read before its partition went (``InputLoop.holds``).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,7 @@ from agents.channels import platforms as pf
 from agents.channels.calls import CallResult, Stopping
 from agents.channels.connector import Connector, run_lane
 from agents.channels.kafka_io import Received, ResultSink
-from agents.channels.outbound import Ticket, refund_issued
+from agents.channels.outbound import Ticket, TopicPartitionKey, refund_issued
 from streams.contract.reasons import Reason
 from streams.contract.records import RefundInstruction
 from streams.contract.registry import EventType
@@ -89,6 +91,9 @@ def write_result(
         sink.park(failed, on_done)
 
 
+Queued = tuple[RefundInstruction, Ticket, str]
+
+
 class RefundLane(threading.Thread):
     """One channel's refund calls, one at a time, in the order the instructions were read."""
 
@@ -96,20 +101,46 @@ class RefundLane(threading.Thread):
         super().__init__(name=f"refunds-{channel}", daemon=True)
         self.channel = channel
         self.connector = connector
-        self.queue: queue.Queue[tuple[RefundInstruction, Ticket, str]] = queue.Queue()
+        self._waiting: deque[Queued] = deque()
+        self._cond = threading.Condition()
+
+    def put(self, instruction: RefundInstruction, ticket: Ticket, source: str) -> None:
+        with self._cond:
+            self._waiting.append((instruction, ticket, source))
+            self._cond.notify()
+
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+    def forget_partitions(self, partitions: Collection[TopicPartitionKey]) -> int:
+        """Take the instructions read from ``partitions`` off the lane (their new owner sends them); how many."""
+        with self._cond:
+            kept = deque(item for item in self._waiting if item[1].tp not in partitions)
+            dropped = len(self._waiting) - len(kept)
+            self._waiting = kept
+        return dropped
+
+    def _next(self, timeout_s: float) -> Queued | None:
+        with self._cond:
+            if not self._waiting:
+                self._cond.wait(timeout_s)
+            return self._waiting.popleft() if self._waiting else None
 
     def run(self) -> None:
         run_lane(self._serve, self.connector.on_error)
 
     def _serve(self) -> None:
-        stop = self.connector.stop
+        stop, loop = self.connector.stop, self.connector.loop
         while not stop.is_set():
-            try:
-                instruction, ticket, source = self.queue.get(timeout=0.2)
-            except queue.Empty:
+            item = self._next(0.2)
+            if item is None:
                 continue
             if stop.is_set():
                 return  # what is queued stays unfinished and is read again at the next start
+            instruction, ticket, source = item
+            if not loop.holds(ticket):
+                continue  # taken by the lane just as its partition was revoked: the new owner sends it
             self._send(instruction, ticket, source)
 
     def _send(self, instruction: RefundInstruction, ticket: Ticket, source: str) -> None:
@@ -152,7 +183,13 @@ class RefundConnector(Connector[RefundLane]):
             self.loop.refuse(msg, Reason.UNKNOWN_CHANNEL, f"refund {instruction['refund_id']} for channel "
                              f"{instruction['channel']!r}, which has no connector")  # fmt: skip
             return
-        lane.queue.put((instruction, self.loop.begin(msg, 1), msg.source))
+        lane.put(instruction, self.loop.begin(msg, 1), msg.source)
+
+    def partitions_revoked(self, partitions: set[TopicPartitionKey]) -> None:
+        dropped = sum(lane.forget_partitions(partitions) for lane in self.lanes.values())
+        if dropped:
+            log.info("refunds: %d queued instruction(s) of revoked partitions %s left to their new owner", dropped,
+                     sorted(p for _, p in partitions))  # fmt: skip
 
     def queued(self) -> dict[str, int]:
-        return {channel: lane.queue.qsize() for channel, lane in self.lanes.items()}
+        return {channel: lane.queued() for channel, lane in self.lanes.items()}

@@ -7,13 +7,16 @@ writing results whose acknowledgement finishes the input record.
   record (``outbound.OffsetTracker``). A crash therefore repeats calls, never skips one: every call
   carries an idempotency key, so a repeat changes nothing at the marketplace. When too many records
   are unfinished (a channel down, its lane retrying) the loop pauses its partitions until half are done.
+  On a revoke the revoked partitions' unfinished records are forgotten, their tickets stop counting
+  (``OffsetTracker.holds``: the record read again, if the partition comes back, is a new ticket) and
+  ``on_revoked`` tells the connector which partitions went, so it drops their queued work.
 - ``ResultSink``: one idempotent producer for every result (``refund.issued``, the failed queues,
   ``alerts``, ``deadletters``); ``send(..., on_done)`` runs ``on_done`` when the broker has the record;
   ``park`` writes a call that failed for good to its channel's failed queue (the queue's one writer;
   ``failed_queue`` reads and replays it).
   It waits out a broker outage (no delivery timeout); a record the broker refuses for good stops the
   process (its input record stays uncommitted and is read again at the next start).
-- ``ConnectorAlerts``: the ``connector_failing`` alert, shared by every lane of a channel.
+- ``ConnectorAlerts``: the ``connector_failing`` alert per channel and endpoint, shared by every lane.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from agents.channels.outbound import FailedCall, FailingWatch, OffsetTracker, Ticket
+from agents.channels.outbound import FailedCall, FailingWatch, OffsetTracker, Ticket, TopicPartitionKey
 from streams.contract.codec import Codec, DecodeError
 from streams.contract.reasons import Reason
 from streams.contract.records import Alert
@@ -108,22 +111,23 @@ class ResultSink:
 
 
 class ConnectorAlerts:
-    """``connector_failing`` per channel, raised on the first call that fails for good, cleared by a success."""
+    """``connector_failing`` per channel and endpoint, raised on the first call that fails, cleared by a success
+    of the same endpoint."""
 
     def __init__(self, sink: ResultSink) -> None:
         self.sink = sink
         self.watch = FailingWatch()
         self._lock = threading.Lock()
 
-    def failed(self, channel: str, endpoint: str, reason: str, answer: str) -> None:
+    def failed(self, channel: str, endpoint: str, reason: str, answer: str, *, parked: bool = True) -> None:
         with self._lock:
-            record = self.watch.failed(channel, endpoint, reason, answer, wall_ms())
+            record = self.watch.failed(channel, endpoint, reason, answer, wall_ms(), parked=parked)
         if record is not None:
             log.warning("%s: %s calls failing (%s); connector_failing raised", channel, endpoint, reason)
             self.send(record)
 
     def succeeded(self, channel: str, endpoint: str) -> None:
-        if not self.watch.is_failing(channel):
+        if not self.watch.is_failing(channel, endpoint):
             return  # the common case, without the lock
         with self._lock:
             record = self.watch.succeeded(channel, endpoint, wall_ms())
@@ -131,8 +135,9 @@ class ConnectorAlerts:
             log.warning("%s: %s calls succeed again; connector_failing cleared", channel, endpoint)
             self.send(record)
 
-    def is_failing(self, channel: str) -> bool:
-        return self.watch.is_failing(channel)
+    def is_failing(self, channel: str, endpoint: str | None = None) -> bool:
+        with self._lock:  # the status view reads from another thread while lanes change the watch
+            return self.watch.is_failing(channel, endpoint)
 
     def send(self, record: Alert) -> None:
         self.sink.send(ALERTS.name, record["subject"], "Alert", record)
@@ -153,7 +158,7 @@ class InputLoop:
         handle: Callable[[Received, EventType, dict[str, Any]], None],
         stop: threading.Event,
         max_in_flight: int,
-        on_revoked: Callable[[], None] = lambda: None,
+        on_revoked: Callable[[set[TopicPartitionKey]], None] = lambda _partitions: None,
     ) -> None:
         self.settings = settings
         self.on_revoked = on_revoked
@@ -193,6 +198,11 @@ class InputLoop:
     def finish(self, ticket: Ticket, parts: int = 1) -> None:
         with self._lock:
             self.tracker.finish(ticket, parts)
+
+    def holds(self, ticket: Ticket) -> bool:
+        """Whether ``ticket``'s partition is still this loop's since it was read (else its new owner reads it)."""
+        with self._lock:
+            return self.tracker.holds(ticket)
 
     def in_flight(self) -> int:
         with self._lock:
@@ -285,13 +295,16 @@ class InputLoop:
         log.info("%s: assigned %s", self.stage, [tp.partition for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # What is finished is committed; what is not is read again by the partition's next owner
-        # (the lanes may still send it meanwhile: the idempotency key makes that harmless).
+        # What is finished is committed; what is not is read again by the partition's next owner, which
+        # may be this loop again at once (an eager rebalance): the tickets read so far stop counting, so
+        # work queued for them can never finish the record read again, and the connector drops that work
+        # (a call already under way may still land: the idempotency key makes that harmless).
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
         self.commit(partitions)
         with self._lock:
-            self.tracker.forget((tp.topic, tp.partition) for tp in partitions)
-        for tp in partitions:
-            self._committed.pop((tp.topic, tp.partition), None)
-            self.assigned.discard((tp.topic, tp.partition))
-        if partitions:
-            self.on_revoked()
+            self.tracker.forget(revoked)
+        for tp in revoked:
+            self._committed.pop(tp, None)
+            self.assigned.discard(tp)
+        if revoked:
+            self.on_revoked(revoked)

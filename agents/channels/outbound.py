@@ -2,13 +2,15 @@
 
 - ``OffsetTracker``: which input records are still being worked on, and so how far each partition's
   offset may be committed while calls finish out of order (one channel's slow or failing calls never
-  hold up another's, yet nothing unfinished is ever committed);
+  hold up another's, yet nothing unfinished is ever committed); its tickets name the assignment they
+  were read in, so work left over from before a revoke never counts for the record read again;
 - ``PushQueue``: one channel's stock pushes waiting to go, coalesced per SKU (only the newest figure
   is sent; an unchanged figure is not sent again; an older version never replaces a newer one), taken
-  in batches for the platform's many-SKU call;
+  in batches for the platform's many-SKU call; a figure whose call failed for now (the platform away or
+  busy, a refused key) is sent again after a backoff until the channel has it or a newer one replaces it;
 - ``TokenBucket``: the client-side rate limit, kept a little under the platform's;
-- ``FailingWatch``: the ``connector_failing`` alert, raised once when a channel's calls start failing
-  for good and cleared when one succeeds again;
+- ``FailingWatch``: the ``connector_failing`` alert, raised once when a channel endpoint's calls start
+  failing and cleared when one of that endpoint's succeeds again;
 - ``EndpointStats``: calls ok / retried / failed, last error, latency percentiles, for the status view;
 - ``success_rate``: the share of finished calls that got done, the one definition the status view,
   the health board (``dashboards/connector_health.sql``) and the connectivity report use;
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import statistics
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,15 +53,25 @@ TopicPartitionKey = tuple[str, int]
 
 @dataclass(frozen=True)
 class Ticket:
-    """One input record in flight: done when every part of its work is (its result acknowledged)."""
+    """One input record in flight: done when every part of its work is (its result acknowledged).
+
+    ``epoch`` counts the revokes of its partition before it was read: the same record read again after
+    its partition came back is another ticket, and only the newest one's work counts."""
 
     topic: str
     partition: int
     offset: int
+    epoch: int = 0
 
     @property
     def tp(self) -> TopicPartitionKey:
         return (self.topic, self.partition)
+
+    def replaces(self, older: Ticket) -> bool:
+        """Whether this record, with a newer figure of the same key, stands for ``older`` across a crash: it
+        comes later on the same partition, so while it is unfinished no commit passes it and a restart
+        reads it again."""
+        return self.tp == older.tp and self.offset > older.offset
 
 
 class OffsetTracker:
@@ -72,19 +84,26 @@ class OffsetTracker:
 
     def __init__(self) -> None:
         self._open: dict[TopicPartitionKey, dict[int, int]] = {}
+        self._epochs: dict[TopicPartitionKey, int] = {}
 
     def begin(self, topic: str, partition: int, offset: int, parts: int = 1) -> Ticket:
         """Start a record with ``parts`` pieces of work (0: it is done already)."""
-        ticket = Ticket(topic, partition, offset)
+        ticket = Ticket(topic, partition, offset, self._epochs.get((topic, partition), 0))
         if parts > 0:
             self._open.setdefault(ticket.tp, {})[offset] = parts
         return ticket
 
+    def holds(self, ticket: Ticket) -> bool:
+        """Whether ``ticket`` was read in its partition's current assignment (else it is the new owner's)."""
+        return ticket.epoch == self._epochs.get(ticket.tp, 0)
+
     def finish(self, ticket: Ticket, parts: int = 1) -> bool:
         """``parts`` pieces of ``ticket``'s work are done; True when the record is now done."""
         offsets = self._open.get(ticket.tp)
-        if offsets is None or ticket.offset not in offsets:
-            return False  # its partition was revoked meanwhile: the new owner reads it again
+        if offsets is None or ticket.offset not in offsets or not self.holds(ticket):
+            # Revoked meanwhile: the record is read again under a new ticket, and work queued for the old one
+            # must not count for it (it may be done twice while other channels have not done theirs).
+            return False
         left = offsets[ticket.offset] - parts
         if left > 0:
             offsets[ticket.offset] = left
@@ -107,9 +126,11 @@ class OffsetTracker:
         return points
 
     def forget(self, partitions: Iterable[TopicPartitionKey]) -> None:
-        """Partitions this consumer no longer holds: their unfinished records are read again by the next owner."""
+        """Partitions this consumer no longer holds: their unfinished records are read again by the next owner
+        (this consumer too, if they come back), and their tickets so far count for nothing any more."""
         for tp in partitions:
             self._open.pop(tp, None)
+            self._epochs[tp] = self._epochs.get(tp, 0) + 1
 
 
 # ---- stock pushes --------------------------------------------------------------------------------
@@ -122,9 +143,10 @@ class Push:
     sku: str
     quantity: int
     version: int
-    due_ms: int
+    due_ms: int  # when it may go: after the push window, or after its backoff once its call failed for now
     source: str
     tickets: list[Ticket] = field(default_factory=list)
+    failures: int = 0  # calls in a row that failed for now: its backoff grows with them
 
     @property
     def idempotency_key(self) -> str:
@@ -141,6 +163,16 @@ class Batch:
 
 
 UNKNOWN_QUANTITY = -1  # what a channel shows when a figure after its last accepted one failed: no figure equals it
+# A figure whose call failed for now waits this long before it goes again, doubling per failure up to the
+# ceiling: a channel down for hours costs a call per batch of SKUs every half minute, and a channel back (or a
+# key set) gets its figures within that (at once when another of its calls goes through: ``resume_retries``).
+RETRY_FIRST_MS = 1_000
+RETRY_MAX_MS = 30_000
+
+
+def retry_delay_ms(failures: int) -> int:
+    """How long a figure waits after its ``failures``-th call in a row failed for now."""
+    return min(RETRY_MAX_MS, RETRY_FIRST_MS << min(max(0, failures - 1), 16))
 
 
 class PushQueue:
@@ -155,15 +187,21 @@ class PushQueue:
     in flight until ``settle``-d with what the platform answered, or ``release``-d when the call failed or was
     abandoned. A push due while the channel already shows its figure (a call in flight landed it meanwhile)
     needs no call: ``take_batch`` settles it and hands it back in ``Batch.shown``. Tickets of figures that need
-    no call (unchanged, older, replaced by a newer one) are handed back for finishing with their push.
-    Remembers the last figure each SKU's channel accepted: bounded by the SKUs of the catalogue.
+    no call (unchanged, older) are handed back for finishing with their push; those of a figure a newer one
+    replaced are finished at once (``take_superseded``) when the newer one's record stands for them across a
+    crash (``Ticket.replaces``), so a SKU holds one record open however often it changes while its channel is
+    down. A push whose call failed for now is ``retry``-ed: it waits out a backoff (``retry_delay_ms``) apart
+    from the queue, then goes again, as often as it takes; a newer figure of its SKU takes its place and its
+    backoff. Remembers the last figure each SKU's channel accepted: bounded by the SKUs of the catalogue.
     """
 
     def __init__(self, window_ms: int) -> None:
         self.window_ms = window_ms
         self._pending: OrderedDict[str, Push] = OrderedDict()  # due times grow with insertion: oldest first
         self._in_flight: dict[str, Push] = {}  # sku -> the push whose call is under way
+        self._retrying: dict[str, Push] = {}  # sku -> a push waiting out its backoff (never also pending)
         self._accepted: dict[str, tuple[int, int]] = {}  # sku -> (quantity, version) the platform holds
+        self._superseded: list[Ticket] = []
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -171,12 +209,20 @@ class PushQueue:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    def retrying(self) -> int:
+        return len(self._retrying)
+
+    def take_superseded(self) -> list[Ticket]:
+        """Tickets whose figure a newer one replaced, with a record that stands for them: finish them now."""
+        tickets, self._superseded = self._superseded, []
+        return tickets
+
     def offer(self, sku: str, quantity: int, version: int, ticket: Ticket, source: str, now_ms: int) -> bool:
         """Queue a figure; False when there is nothing to send for it (the caller finishes ``ticket`` now)."""
-        pending = self._pending.get(sku)
+        waiting = self._pending.get(sku) or self._retrying.get(sku)
         accepted = self._accepted.get(sku)
         flying = self._in_flight.get(sku)
-        carrier = next((p for p in (pending, flying) if p is not None and p.version >= version), None)
+        carrier = next((p for p in (waiting, flying) if p is not None and p.version >= version), None)
         if carrier is not None:
             # A level read again (a rebalance handed its partition back) while its figure, or a newer one, is
             # still to be sent: its record is done when that push is, never before (its offset must not be
@@ -185,10 +231,11 @@ class PushQueue:
             return True
         if accepted is not None and version <= accepted[1]:
             return False  # an older level read again (a restart, a rebalance): never send it over a newer one
-        if pending is not None:
-            # The newest figure wins; it keeps its place and due time, and finishes the older's records.
-            pending.quantity, pending.version, pending.source = quantity, version, source
-            pending.tickets.append(ticket)
+        if waiting is not None:
+            # The newest figure wins; it keeps its place and due time (or backoff).
+            waiting.quantity, waiting.version, waiting.source = quantity, version, source
+            older, waiting.tickets = waiting.tickets, [ticket]
+            self._absorb(waiting, older)
             return True
         if flying is None and accepted is not None and accepted[0] == quantity:
             # The channel already shows this figure. While a call is in flight what it will show is not known
@@ -196,6 +243,61 @@ class PushQueue:
             return False
         self._pending[sku] = Push(sku, quantity, version, now_ms + self.window_ms, source, [ticket])
         return True
+
+    def _absorb(self, newest: Push, older: list[Ticket]) -> None:
+        """``newest`` carries a newer figure than ``older`` (tickets) asked for: those of them a record of
+        ``newest``'s stands for are done now, the others are done with ``newest``."""
+        kept: list[Ticket] = []
+        for ticket in older:
+            (self._superseded if any(n.replaces(ticket) for n in newest.tickets) else kept).append(ticket)
+        newest.tickets = kept + newest.tickets
+
+    def retry(self, push: Push, now_ms: int) -> None:
+        """``push``'s call failed for now (no usable answer within the retry budget, a refused key): it goes
+        again after a backoff, unless a newer figure of its SKU waits already, which then stands for it. Its
+        records stay open until the channel has the figure or a newer one: a figure given up on here would
+        leave the channel showing stock the pool no longer has, the last change of a SKU never sent."""
+        self._in_flight.pop(push.sku, None)
+        self._forget_figure(push.sku)  # it may have landed before the answer was lost
+        newer = self._pending.get(push.sku)
+        if newer is not None:
+            older, push.tickets = push.tickets, []
+            self._absorb(newer, older)
+            return
+        if not push.tickets:
+            return  # every record that asked for it went to another connector with its partition
+        push.failures += 1
+        push.due_ms = now_ms + retry_delay_ms(push.failures)
+        self._retrying[push.sku] = push
+
+    def resume_retries(self, now_ms: int) -> None:
+        """A call of this channel went through: the figures waiting out a backoff are due now."""
+        for push in self._retrying.values():
+            push.due_ms = min(push.due_ms, now_ms)
+
+    def _promote(self, now_ms: int) -> None:
+        """Move the figures whose backoff is over into the queue, keeping its due times in insertion order."""
+        due = sorted((p for p in self._retrying.values() if p.due_ms <= now_ms), key=lambda p: p.due_ms)
+        if not due:
+            return
+        last = next(reversed(self._pending.values())).due_ms if self._pending else due[0].due_ms
+        for push in due:
+            del self._retrying[push.sku]
+            push.due_ms = last = max(push.due_ms, last)
+            self._pending[push.sku] = push
+
+    def forget_partitions(self, partitions: Collection[TopicPartitionKey]) -> None:
+        """Partitions went to another connector, which sends what their records ask for: what waits here for
+        them only goes from here if another partition's record asks for it too, and a call under way for
+        them is not tried again here if it fails."""
+        for waiting in (self._pending, self._retrying):
+            for sku, push in list(waiting.items()):
+                push.tickets = [t for t in push.tickets if t.tp not in partitions]
+                if not push.tickets:
+                    del waiting[sku]
+        for push in self._in_flight.values():
+            # A new list: the lane that sent it may be finishing the old one's tickets right now.
+            push.tickets = [t for t in push.tickets if t.tp not in partitions]
 
     def _takeable(self, now_ms: int, limit: int) -> list[Push]:
         """Up to ``limit`` due pushes whose SKU has no call in flight, oldest first (nothing is removed)."""
@@ -210,14 +312,19 @@ class PushQueue:
     def ready_at_ms(self, min_items: int = 1, hold_ms: int = 0) -> int | None:
         """When ``take_batch(..., min_items, hold_ms)`` will hand out pushes, as things stand (an offer or a settle
         changes that): the time to wake; None when nothing is waiting with no call in flight for its SKU."""
-        seen, first = 0, None
+        seen, first, ready = 0, None, None
         for push in self._pending.values():
             if push.sku not in self._in_flight:
                 seen += 1
                 first = push.due_ms if first is None else first
                 if seen >= min_items:
-                    return min(push.due_ms, first + hold_ms)
-        return None if first is None else first + hold_ms
+                    ready = min(push.due_ms, first + hold_ms)
+                    break
+        else:
+            ready = None if first is None else first + hold_ms
+        # A figure whose backoff ends joins the queue then, and may make a batch due.
+        times = [t for t in (ready, *(p.due_ms for p in self._retrying.values())) if t is not None]
+        return min(times) if times else None
 
     def wakes(self, max_items: int) -> bool:
         """Whether the push just queued (the newest) can change ``ready_at_ms`` for up to ``max_items``: only when
@@ -230,6 +337,7 @@ class PushQueue:
         while fewer than ``min_items`` are and the oldest has been due for less than ``hold_ms`` (see the class
         docstring); the ones sent are in flight until settled or released."""
         batch = Batch()
+        self._promote(now_ms)
         candidates = self._takeable(now_ms, max_items)
         for push in candidates:
             if self._shows(push):
@@ -265,9 +373,12 @@ class PushQueue:
         would set it over any newer one not sent because the channel "already showed" it: the SKU's next
         figure is sent whatever it is, so the replayed one then finds a newer version there."""
         self._in_flight.pop(push.sku, None)
-        accepted = self._accepted.get(push.sku)
+        self._forget_figure(push.sku)
+
+    def _forget_figure(self, sku: str) -> None:
+        accepted = self._accepted.get(sku)
         if accepted is not None:
-            self._accepted[push.sku] = (UNKNOWN_QUANTITY, accepted[1])
+            self._accepted[sku] = (UNKNOWN_QUANTITY, accepted[1])
 
     def forget_shown(self) -> None:
         """Partitions went to another connector, which may push newer figures than the ones remembered here
@@ -278,8 +389,9 @@ class PushQueue:
 
     def drain(self) -> list[Push]:
         """Everything waiting (at a stop: their records are left uncommitted and read again)."""
-        pushes = list(self._pending.values())
+        pushes = [*self._pending.values(), *self._retrying.values()]
         self._pending.clear()
+        self._retrying.clear()
         return pushes
 
 
@@ -317,38 +429,61 @@ class TokenBucket:
 # ---- alerts --------------------------------------------------------------------------------------
 
 
+ChannelEndpoint = tuple[str, str]
+
+
 @dataclass
 class FailingWatch:
-    """Per channel: failing (a call failed for good since the last success) or not; an alert per change."""
+    """Per channel and endpoint: failing (a call failed since that endpoint's last success) or not; an alert
+    per change. Kept per endpoint because one channel's endpoints fail apart: a refund endpoint refusing
+    every call while stock pushes go through is failing, and a stock success must not clear it."""
 
-    failing_since_ms: dict[str, int] = field(default_factory=dict)
+    failing_since_ms: dict[ChannelEndpoint, int] = field(default_factory=dict)
+    parked: set[ChannelEndpoint] = field(default_factory=set)  # failing, and calls went to the failed queue
 
-    def failed(self, channel: str, endpoint: str, reason: str, answer: str, now_ms: int) -> Alert | None:
-        if channel in self.failing_since_ms:
+    def failed(self, channel: str, endpoint: str, reason: str, answer: str, now_ms: int, *,
+               parked: bool = True) -> Alert | None:  # fmt: skip
+        """A call of ``endpoint`` failed: ``parked`` on the failed queue (to replay), or else to be sent again
+        by the connector itself (a stock figure)."""
+        key = (channel, endpoint)
+        if parked:
+            self.parked.add(key)
+        if key in self.failing_since_ms:
             return None
-        self.failing_since_ms[channel] = now_ms
-        topic = CONNECTOR_FAILED[channel].name if channel in CONNECTOR_FAILED else "the failed queue"
+        self.failing_since_ms[key] = now_ms
+        if parked:
+            topic = CONNECTOR_FAILED[channel].name if channel in CONNECTOR_FAILED else "the failed queue"
+            then = (f"Failed calls are kept on {topic}; fix the cause (a rotated key: stockflow connectors set-key "
+                    f"{channel}), then stockflow connectors replay {channel}")  # fmt: skip
+        else:
+            then = (f"Each SKU's newest figure is sent again until {channel} takes it (nothing to replay); fix the "
+                    f"cause (a rotated key: stockflow connectors set-key {channel})")  # fmt: skip
         return alert(
-            FAILING_ALERT, "RED", channel,
-            f"{channel}: {endpoint} calls failing ({reason}): {answer[:300]}. Failed calls are kept on {topic}; "
-            f"fix the cause (a rotated key: stockflow connectors set-key {channel}), then "
-            f"stockflow connectors replay {channel}",
+            FAILING_ALERT, "RED", channel, f"{channel}: {endpoint} calls failing ({reason}): {answer[:300]}. {then}",
             now_ms, details={"channel": channel, "endpoint": endpoint, "reason": reason, "answer": answer[:500]},
+            event_id=f"{FAILING_ALERT}:{channel}:{endpoint}:{now_ms}",
         )  # fmt: skip
 
     def succeeded(self, channel: str, endpoint: str, now_ms: int) -> Alert | None:
-        since = self.failing_since_ms.pop(channel, None)
+        key = (channel, endpoint)
+        since = self.failing_since_ms.pop(key, None)
         if since is None:
             return None
+        message = f"{channel}: {endpoint} calls succeed again (failing since {since})"
+        if key in self.parked:
+            self.parked.discard(key)
+            message += f"; replay what failed meanwhile: stockflow connectors replay {channel}"
         return alert(
-            FAILING_ALERT, "RED", channel,
-            f"{channel}: {endpoint} calls succeed again (failing since {since}); replay what failed meanwhile: "
-            f"stockflow connectors replay {channel}",
-            now_ms, cleared=True, details={"channel": channel, "endpoint": endpoint, "failing_since_ms": str(since)},
+            FAILING_ALERT, "RED", channel, message, now_ms, cleared=True,
+            details={"channel": channel, "endpoint": endpoint, "failing_since_ms": str(since)},
+            event_id=f"{FAILING_ALERT}:{channel}:{endpoint}:{now_ms}:cleared",
         )  # fmt: skip
 
-    def is_failing(self, channel: str) -> bool:
-        return channel in self.failing_since_ms
+    def is_failing(self, channel: str, endpoint: str | None = None) -> bool:
+        """Whether ``channel``'s ``endpoint`` (without one: any of its endpoints) is failing."""
+        if endpoint is not None:
+            return (channel, endpoint) in self.failing_since_ms
+        return any(c == channel for c, _ in self.failing_since_ms)
 
 
 # ---- status --------------------------------------------------------------------------------------
@@ -358,7 +493,7 @@ class FailingWatch:
 class EndpointStats:
     """One channel endpoint's calls, for the status view: ``ok`` ... ``failed`` count calls as they ended,
     ``calls`` every attempt sent; the ``items_*`` count the stock figures many-SKU calls carried, by their
-    own result (applied, stale: a newer one is there, failed for good)."""
+    own result (applied, stale: a newer one is there, failed for good, failed for now and sent again)."""
 
     ok: int = 0
     already_applied: int = 0
@@ -369,6 +504,7 @@ class EndpointStats:
     items_applied: int = 0
     items_stale: int = 0
     items_failed: int = 0
+    items_retried: int = 0
     last_error: str = ""
     last_error_ms: int = 0
     last_ok_ms: int = 0
@@ -386,6 +522,7 @@ class EndpointStats:
             "items_applied": self.items_applied,
             "items_stale": self.items_stale,
             "items_failed": self.items_failed,
+            "items_retried": self.items_retried,
             "last_error": self.last_error,
             "last_error_ms": self.last_error_ms,
             "last_ok_ms": self.last_ok_ms,

@@ -1,9 +1,9 @@
 """The channel stock connector: pushes each channel's sellable units to that channel's many-SKU stock API.
 
 Reads: ``stock.levels`` (``StockLevel``, key SKU, compacted) as consumer group ``<app id>.connectors.stock``,
-read_committed. Writes: ``connector.failed.<channel>`` for a push that failed for good, ``alerts``
-(``connector_failing``), ``deadletters`` for a level it cannot read. Owns: its group's offsets and, in
-memory, the last figure each channel accepted per SKU.
+read_committed. Writes: ``connector.failed.<channel>`` for a figure the platform refused for good,
+``alerts`` (``connector_failing``), ``deadletters`` for a level it cannot read. Owns: its group's offsets
+and, in memory, the last figure each channel accepted per SKU and the figures waiting to be sent again.
 
 A level's ``sellable[channel]`` goes to that channel's lane (one per channel of ``STOCKFLOW_CHANNELS``),
 which holds the newest figure per SKU until ``STOCKFLOW_CONNECTOR_PUSH_WINDOW_MS`` after its first unsent
@@ -17,12 +17,20 @@ never two for one SKU, at most ``calls_in_flight`` at once (a thread each). A st
 published at most every ``STOCKFLOW_REFRESH_INTERVAL_MS`` after a change, so a change reaches the
 channel within a second unless the channel's rate limit is the bottleneck.
 
-Per figure of a call: applied, or stale (a newer version is there), is done; a figure the answer has
-no result for, and every figure of a call that failed for good (a rejected key, a refused request,
-retries spent), goes to ``connector.failed.<channel>`` as a ``stock`` request of its own (its one-SKU
-body, idempotency key ``SKU@version``), which ``stockflow connectors replay`` sends again. After a figure
-failed, the SKU's next figure is sent even when the channel already shows it: it carries a newer version
-than the parked one, so a replay can never set the parked figure over it.
+Per figure of a call: applied, or stale (a newer version is there), is done. A figure that failed for
+now - no usable answer within ``STOCKFLOW_CONNECTOR_RETRY_BUDGET_S`` (5xx, 429, timeouts), or a refused
+key - stays in the lane and goes again after a backoff (``outbound.retry_delay_ms``, up to
+``RETRY_MAX_MS``; at once when another call of the channel goes through), as often as it takes, unless
+a newer figure of its SKU comes, which takes its place: a channel always ends at the pool's latest
+figure once the platform answers or the key is set, with no replay. Its record stays unfinished, and
+so uncommitted, until then (a record whose figure a later record's replaced is finished at once: that
+later record, unfinished, is read again after a crash), so a crash meanwhile reads it again. Only a
+figure refused for good - a request the platform refuses, or one its answer has no result for -
+goes to ``connector.failed.<channel>`` as a ``stock`` request of its own (its one-SKU body,
+idempotency key ``SKU@version``): sending it again unchanged would be refused again, so it waits,
+with the platform's answer, for a person and ``stockflow connectors replay``. After a figure was
+parked, the SKU's next figure is sent even when the channel already shows it: it carries a newer
+version than the parked one, so a replay can never set the parked figure over it.
 
 The version. Every push carries the level's ``newest_change_ms`` as its version and ``SKU@version`` as
 its idempotency key. It is the event time of the newest change the level includes, kept per SKU as a
@@ -47,7 +55,7 @@ from agents.channels import platforms as pf
 from agents.channels.calls import CallResult, Stopping, rate_per_s
 from agents.channels.connector import Connector, run_lane
 from agents.channels.kafka_io import Received
-from agents.channels.outbound import Push, PushQueue, Ticket
+from agents.channels.outbound import Push, PushQueue, Ticket, TopicPartitionKey
 from streams.contract.reasons import Reason
 from streams.contract.records import StockLevel
 from streams.contract.registry import EventType
@@ -99,14 +107,27 @@ class StockLane:
         with self.cond:
             before = len(self.pushes)
             queued = self.pushes.offer(sku, quantity, version, ticket, source, monotonic_ms())
+            superseded = self.pushes.take_superseded()
             # A figure replacing a waiting one, or queued behind a batch's worth, changes no thread's wake time.
             if queued and len(self.pushes) > before and self.pushes.wakes(self.max_items):
                 self.cond.notify()
+        self.finish_tickets(superseded)
         return queued
 
     def pending(self) -> int:
+        """Figures waiting to be sent, those waiting out a backoff included."""
         with self.cond:
-            return len(self.pushes)
+            return len(self.pushes) + self.pushes.retrying()
+
+    def retrying(self) -> int:
+        with self.cond:
+            return self.pushes.retrying()
+
+    def forget_partitions(self, partitions: set[TopicPartitionKey]) -> None:
+        with self.cond:
+            self.pushes.forget_partitions(partitions)
+            # Another connector may push newer figures for those SKUs before they come back.
+            self.pushes.forget_shown()
 
     def start(self) -> None:
         for thread in self.threads:
@@ -141,7 +162,10 @@ class StockLane:
 
     def finish(self, push: Push) -> None:
         """``push`` needs nothing more: its records are done."""
-        for ticket in push.tickets:
+        self.finish_tickets(push.tickets)
+
+    def finish_tickets(self, tickets: list[Ticket]) -> None:
+        for ticket in tickets:
             self.connector.loop.finish(ticket)
 
     def send(self, pushes: list[Push]) -> None:
@@ -160,31 +184,50 @@ class StockLane:
             return  # their records stay unfinished and are read again at the next start
         outcomes = pf.item_outcomes(result.outcome, updates)
         failed: list[tuple[Push, pf.Outcome]] = []
+        retried: list[tuple[Push, pf.Outcome]] = []
         with self.cond:
+            now = monotonic_ms()
+            if result.done:
+                self.pushes.resume_retries(now)  # the channel answers: what waits out a backoff may go now
             for push, outcome in zip(pushes, outcomes, strict=True):
                 if outcome.done:
                     self.pushes.settle(push, accepted=outcome.kind is pf.OutcomeKind.OK)
-                else:
+                elif outcome.kind is pf.OutcomeKind.FATAL:
                     self.pushes.release(push)
                     failed.append((push, outcome))
+                else:
+                    self.pushes.retry(push, now)
+                    retried.append((push, outcome))
+            superseded = self.pushes.take_superseded()
             self.flying -= 1
             self.cond.notify()  # newer figures of these SKUs may be waiting for this call
         stats = c.caller.endpoint_stats(self.channel, ENDPOINT)
         applied = sum(1 for o in outcomes if o.kind is pf.OutcomeKind.OK)
         stats.items_applied += applied
-        stats.items_stale += len(outcomes) - applied - len(failed)
+        stats.items_stale += len(outcomes) - applied - len(failed) - len(retried)
         stats.items_failed += len(failed)
+        stats.items_retried += len(retried)
         for push, outcome in zip(pushes, outcomes, strict=True):
             if outcome.done:
                 self.finish(push)
+        self.finish_tickets(superseded)
         if result.done:
             c.alerts.succeeded(self.channel, ENDPOINT)
+        if retried:
+            self._retrying(result, retried)
         if failed:
             self._park(result, failed)
 
+    def _retrying(self, result: CallResult, retried: list[tuple[Push, pf.Outcome]]) -> None:
+        first, outcome = retried[0]
+        item = CallResult(outcome, result.answer, result.attempts)
+        log.warning("%s stock push of %d SKU(s) failed for now (%s), %s first; sent again after a backoff: %s",
+                    self.channel, len(retried), item.reason, first.idempotency_key, result.answer[:200])  # fmt: skip
+        self.connector.alerts.failed(self.channel, ENDPOINT, item.reason, result.answer, parked=False)
+
     def _park(self, result: CallResult, failed: list[tuple[Push, pf.Outcome]]) -> None:
-        """Each figure that failed for good to the failed queue, as a one-SKU request of its own; its records
-        finish once the broker has it."""
+        """Each figure refused for good to the failed queue, as a one-SKU request of its own; its records finish
+        once the broker has it (the queue keeps it until it is replayed: committing the record is safe)."""
         c = self.connector
         for push, outcome in failed:
             answer = result.answer if not result.done else f"{outcome.message} (answer: {result.answer})"
@@ -224,11 +267,12 @@ class StockConnector(Connector[StockLane]):
             if not lane.offer(level["sku"], max(0, units), version, ticket, msg.source):
                 self.loop.finish(ticket)
 
-    def partitions_revoked(self) -> None:
-        # Another connector may push newer figures for those SKUs before they come back.
+    def partitions_revoked(self, partitions: set[TopicPartitionKey]) -> None:
         for lane in self.lanes.values():
-            with lane.cond:
-                lane.pushes.forget_shown()
+            lane.forget_partitions(partitions)
 
     def pending(self) -> dict[str, int]:
         return {channel: lane.pending() for channel, lane in self.lanes.items()}
+
+    def retrying(self) -> dict[str, int]:
+        return {channel: lane.retrying() for channel, lane in self.lanes.items()}

@@ -8,6 +8,7 @@ one SKU or order lands on the partition that owns its state.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from streams.settings import Settings
 # (1 MiB) and the letter around it. Producers allow a little more than the topic (their framing).
 LARGEST_DEAD_LETTER = 2 * 1024 * 1024
 PRODUCER_MAX_MESSAGE_BYTES = LARGEST_DEAD_LETTER + 64 * 1024
+log = logging.getLogger(__name__)
 
 
 class PartitionCountMismatch(StockflowError, RuntimeError):
@@ -45,6 +47,9 @@ class TopicSpec:
     # record cache does. Compaction would drop the others anyway; this spares writing them.
     newest_per_batch: bool = False
     max_message_bytes: int = 0  # > 0: the topic's ``max.message.bytes`` (else the broker's default)
+    # The topic's ``retention.ms`` (-1: never deleted), also set on a topic that exists with another one;
+    # None: the broker's default (7 days).
+    retention_ms: int | None = None
 
     def partitions(self, settings: Settings) -> int:
         return 1 if self.single_partition else settings.partitions
@@ -280,6 +285,9 @@ CONNECTOR_FAILED: dict[str, TopicSpec] = {
         writer="agents.channels (the outbound connectors)",
         direction="output",
         single_partition=True,
+        # An approved refund parked here is paid only when it is replayed, however long that takes: the
+        # broker's default retention deleted it after 7 days.
+        retention_ms=-1,
         doc=f"{channel}: outbound calls that failed for good, in order, with request, answer and reason; "
         "`stockflow connectors replay` resends them.",
     )
@@ -343,9 +351,9 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS)
         if name in existing:
             _check_partitions(settings, spec, len(existing[name].partitions))
             continue
-        config = {**topic_config(settings), **({"cleanup.policy": "compact"} if spec.compacted else {}),
-                  **({"max.message.bytes": str(spec.max_message_bytes)} if spec.max_message_bytes else {})}  # fmt: skip
+        config = topic_configs(settings, spec)
         wanted.append(NewTopic(name, spec.partitions(settings), settings.kafka_replication_factor, config=config))
+    _keep_retention(settings, admin, [spec for spec in specs if settings.topic(spec.name) in existing])
     if not wanted:
         return []
     created, raced = [], []
@@ -360,6 +368,47 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS)
     if raced:
         _check_raced(settings, admin, watch, {settings.topic(spec.name): spec for spec in specs}, raced)
     return created
+
+
+def topic_configs(settings: Settings, spec: TopicSpec) -> dict[str, str]:
+    """The topic-level configuration ``spec``'s topic is created with."""
+    return {**topic_config(settings), **({"cleanup.policy": "compact"} if spec.compacted else {}),
+            **({"max.message.bytes": str(spec.max_message_bytes)} if spec.max_message_bytes else {}),
+            **({"retention.ms": str(spec.retention_ms)} if spec.retention_ms is not None else {})}  # fmt: skip
+
+
+def _keep_retention(settings: Settings, admin: Any, specs: list[TopicSpec]) -> None:
+    """Give existing topics whose contract sets a retention that retention: a failed queue created before it
+    kept the broker's 7 days and goes on deleting what nobody replayed. A broker that does not let us (no
+    ALTER_CONFIGS right) is logged with the command that does it; the topic still works."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    pinned = {settings.topic(spec.name): str(spec.retention_ms) for spec in specs if spec.retention_ms is not None}
+    if not pinned:
+        return
+    try:
+        described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, name) for name in pinned])
+        wrong = {}
+        for resource, future in described.items():
+            entry = future.result(timeout=15).get("retention.ms")
+            if entry is None or entry.value != pinned[resource.name]:
+                wrong[resource.name] = None if entry is None else entry.value
+        if not wrong:
+            return
+        changes = [
+            ConfigResource(ResourceType.TOPIC, name, incremental_configs=[
+                ConfigEntry("retention.ms", pinned[name], incremental_operation=AlterConfigOpType.SET)])
+            for name in wrong
+        ]  # fmt: skip
+        for resource, future in admin.incremental_alter_configs(changes).items():
+            future.result(timeout=15)
+            log.warning("topic %s: retention.ms was %s, set to %s as the contract says", resource.name,
+                        wrong[resource.name], pinned[resource.name])  # fmt: skip
+    except (KafkaException, TimeoutError, ValueError) as exc:
+        log.error("topics %s may keep a retention.ms other than the contract's: %s; set it with kafka-configs.sh "
+                  "--alter --entity-type topics --entity-name NAME --add-config retention.ms=%s",
+                  ", ".join(sorted(pinned)), exc, "|".join(sorted(set(pinned.values()))))  # fmt: skip
 
 
 def _check_raced(settings: Settings, admin: Any, watch: AuthWatch, by_name: dict[str, TopicSpec],
@@ -414,7 +463,8 @@ def contract_rows(settings: Settings) -> list[tuple[str, str, str, str, str, str
     rows = []
     for spec in ALL_TOPICS:
         files = ", ".join(f"schemas/{BY_SHORT_NAME[e].schema_file}" for e in spec.events)
-        parts = str(spec.partitions(settings)) + (" (compacted)" if spec.compacted else "")
+        kept = " (compacted)" if spec.compacted else " (never expires)" if spec.retention_ms == -1 else ""
+        parts = str(spec.partitions(settings)) + kept
         rows.append((spec.name, spec.direction, spec.key, parts, files, spec.writer))
     return rows
 

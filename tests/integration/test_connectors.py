@@ -2,7 +2,9 @@
 127.0.0.1: refunds agreed once, a rotated key parking calls and raising ``connector_failing``, a new
 key taken without a restart, the failed queue replayed (twice, and killed with -9 half way), channel
 stock pushed newest-first in the platforms' many-SKU calls and never overwritten by an older figure, stock
-parked under a rotated key replayed in batches, key expiry alerts."""
+under a rotated key waiting uncommitted until the key is set, parked stock replayed in batches, the
+failed queues kept for good and a replay reporting records deleted before it got to them, key expiry
+alerts."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from typer.testing import CliRunner
 
 from agents.channels import platforms as pf
@@ -396,23 +399,58 @@ def test_a_burst_over_200_skus_reaches_every_channel_in_few_calls_newest_figure_
         assert sum(r["changes"] for r in rows) == changes[channel] + 1, channel  # the older levels never went
 
 
-def test_stock_parked_under_a_rotated_key_is_replayed_in_few_calls_and_never_twice(settings: Settings, sim) -> None:
+def test_stock_under_a_rotated_key_waits_in_the_connector_and_reaches_the_channel_once_the_key_is_set(
+    settings: Settings, sim
+) -> None:
+    """Changed on purpose: stock figures refused for the key were parked and their records committed, so the
+    channel kept the old figures until someone replayed the queue. They now wait in the connector, their
+    records uncommitted (a crash meanwhile reads them again), and reach the channel once the key is set."""
     thread, apps = sim
     admin = SimulatorClient(thread.base_url)
     thread.market.rotate("pdd", thread.market.now_ms(), "pdd-rotated")
     skus = [f"R{n:02d}" for n in range(30)]
-    with connectors(settings):
-        send_levels(settings, *(level(sku, 20_000 + n, pdd=n) for n, sku in enumerate(skus)))
-        parked = wait_for(lambda: len(found := failed(settings, "pdd")) >= 30 and found, timeout_s=45,
-                          what="30 parked pdd figures")  # fmt: skip
-    assert sorted(r["idempotency_key"] for r in parked) == sorted(f"{sku}@{20_000 + n}" for n, sku in enumerate(skus))
-    assert {(r["endpoint"], r["reason"]) for r in parked} == {("stock", "connector_credentials")}
-    assert all(pf.parse_stock("pdd", json.loads(r["request"])) == pf.StockUpdate(sku, n, 20_000 + n)
-               for r in parked for n, sku in enumerate(skus) if r["idempotency_key"].startswith(sku + "@"))  # fmt: skip
-    assert admin.stock("pdd") == []
-    CredentialStore.from_settings(settings).set_key(
-        StoredKey("pdd", pf.Credentials(apps["pdd"][0].app_key, "pdd-rotated"), FAR, wall_ms())
-    )
+    group = f"{settings.app_id}.connectors.stock"
+    with connectors(settings) as process:
+        send_levels(settings, *(level(sku, 20_000 + n, pdd=n, jd=n) for n, sku in enumerate(skus)))
+        wait_for(lambda: len(admin.stock("jd")) == 30, timeout_s=30, what="30 figures on jd")
+        raised = wait_for(lambda: [a for a in alerts(settings, "connector_failing") if a["subject"] == "pdd"],
+                          timeout_s=30, what="connector_failing for pdd stock")  # fmt: skip
+        assert [(a["details"]["endpoint"], a["cleared"]) for a in raised] == [("stock", False)]
+        time.sleep(3)  # a few retries, all refused
+        assert admin.stock("pdd") == [] and failed(settings, "pdd") == []  # nothing parked, nothing to replay
+        wait_for(lambda: process.stock.retrying()["pdd"] == 30, timeout_s=10, what="30 pdd figures backing off")
+        assert not committed_to_end(settings, group, STOCK_LEVELS.name)  # jd has them, pdd not yet
+        CredentialStore.from_settings(settings).set_key(
+            StoredKey("pdd", pf.Credentials(apps["pdd"][0].app_key, "pdd-rotated"), FAR, wall_ms())
+        )
+        wait_for(lambda: {r["sku"]: (r["quantity"], r["version"]) for r in admin.stock("pdd")} == {
+            sku: (n, 20_000 + n) for n, sku in enumerate(skus)}, timeout_s=60, what="30 figures on pdd")  # fmt: skip
+        wait_for(lambda: committed_to_end(settings, group, STOCK_LEVELS.name), timeout_s=30,
+                 what="every level pushed and committed")  # fmt: skip
+        cleared = wait_for(lambda: [a for a in alerts(settings, "connector_failing") if a["cleared"]],
+                           timeout_s=30, what="connector_failing cleared")  # fmt: skip
+        assert [(a["subject"], a["details"]["endpoint"]) for a in cleared] == [("pdd", "stock")]
+    assert failed(settings, "pdd") == []
+
+
+def park_stock(settings: Settings, channel: str, updates: list[pf.StockUpdate]) -> None:
+    """Write stock figures to ``channel``'s failed queue as the connector parks a refused one."""
+    producer = EventProducer(settings)
+    for update in updates:
+        body = pf.stock_body(channel, update.sku, update.quantity, update.version)
+        producer.send(CONNECTOR_FAILED[channel].name, channel, "ConnectorCallFailed", {
+            "event_id": f"f-{update.sku}", "event_time_ms": wall_ms(), "channel": channel, "endpoint": "stock",
+            "idempotency_key": f"{update.sku}@{update.version}", "request": pf.canonical_json(body),
+            "answer": "HTTP 400", "reason": "connector_refused", "attempts": 1,
+            "source": "stock.levels/0/1"})  # fmt: skip
+    producer.flush()
+
+
+def test_parked_stock_is_replayed_in_few_calls_and_never_twice(settings: Settings, sim) -> None:
+    thread, _ = sim
+    admin = SimulatorClient(thread.base_url)
+    skus = [f"R{n:02d}" for n in range(30)]
+    park_stock(settings, "pdd", [pf.StockUpdate(sku, n, 20_000 + n) for n, sku in enumerate(skus)])
     first = Replay(settings, "pdd").run()
     assert (first.queued, first.sent, first.already_applied, first.clean) == (30, 30, 0, True)
     calls, _ = stock_calls(admin, "pdd")
@@ -424,6 +462,56 @@ def test_stock_parked_under_a_rotated_key_is_replayed_in_few_calls_and_never_twi
     again = Replay(settings, "pdd").run()
     assert (again.queued, again.sent, again.already_applied) == (30, 0, 30)
     assert all(r["changes"] == 1 for r in admin.stock("pdd"))
+
+
+# ---- the failed queues' retention ----------------------------------------------------------------
+
+
+def retention_ms(admin: AdminClient, topic: str) -> str:
+    [future] = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
+    return str(future.result(timeout=15)["retention.ms"].value)
+
+
+def test_the_failed_queues_keep_their_records_for_good(settings: Settings) -> None:
+    """Changed on purpose: they had the broker's 7 days, after which a parked refund was gone unpaid."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    names = [settings.topic(spec.name) for spec in CONNECTOR_FAILED.values()]
+    assert {name: retention_ms(admin, name) for name in names} == dict.fromkeys(names, "-1")
+    # A queue created before this (the broker's default) is given the contract's retention at the next start.
+    jd = settings.topic(CONNECTOR_FAILED["jd"].name)
+    week = ConfigEntry("retention.ms", "604800000", incremental_operation=AlterConfigOpType.SET)
+    for future in admin.incremental_alter_configs([ConfigResource(ResourceType.TOPIC, jd,
+                                                                  incremental_configs=[week])]).values():  # fmt: skip
+        future.result(timeout=15)
+    # The broker answers an alter before its metadata shows it: describing at once can read the old value.
+    wait_for(lambda: retention_ms(admin, jd) == "604800000", timeout_s=15, what="the queue back at 7 days")
+    ensure_topics(settings)
+    wait_for(lambda: retention_ms(admin, jd) == "-1", timeout_s=15, what="the queue kept for good again")
+
+
+def test_a_replay_whose_position_the_broker_deleted_past_says_what_was_lost(settings: Settings, sim) -> None:
+    """Changed on purpose: the replay moved a position older than the queue's first record to that record
+    without a word, and reported a clean run over a queue that had lost records."""
+    thread, _ = sim
+    topic = settings.topic(CONNECTOR_FAILED["jd"].name)
+    park_stock(settings, "jd", [pf.StockUpdate(f"G{n}", n, 30_000 + n) for n in range(6)])
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": replay_group(settings, "jd"),
+                         "enable.auto.commit": False})  # fmt: skip
+    try:  # the replay got through the first record, then the broker deleted the next three
+        consumer.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    finally:
+        consumer.close()
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    for future in admin.delete_records([TopicPartition(topic, 0, 4)]).values():
+        future.result(timeout=15)
+    summary = Replay(settings, "jd").run()
+    assert (summary.lost, summary.queued, summary.sent, summary.first_offset, summary.clean) == (3, 2, 2, 4, False)
+    assert "offsets 1 to 3" in summary.gap
+    assert {r["sku"] for r in SimulatorClient(thread.base_url).stock("jd")} == {"G4", "G5"}
+    gap = wait_for(lambda: alerts(settings, "failed_queue_gap"), timeout_s=30, what="failed_queue_gap")
+    assert [(a["subject"], a["severity"], a["details"]["lost"], a["details"]["lost_from"]) for a in gap] == [
+        ("jd", "RED", "3", "1")]  # fmt: skip
+    assert Replay(settings, "jd").run().lost == 0  # reported once: the position has moved past the gap
 
 
 # ---- key expiry ----------------------------------------------------------------------------------

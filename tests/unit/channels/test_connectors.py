@@ -20,9 +20,11 @@ from agents.channels import push_stock
 from agents.channels.calls import CallResult, ChannelCaller, marketplace_url, rate_per_s
 from agents.channels.credentials import CredentialStore, StoredKey
 from agents.channels.failed_queue import ReplaySummary
-from agents.channels.issue_refunds import RefundCall
+from agents.channels.issue_refunds import RefundCall, RefundLane
 from agents.channels.outbound import (
     FAILING_ALERT,
+    RETRY_FIRST_MS,
+    RETRY_MAX_MS,
     FailedCall,
     FailingWatch,
     OffsetTracker,
@@ -82,6 +84,102 @@ def test_revoked_partitions_are_forgotten_and_partitions_without_a_position_skip
     assert tracker.commit_points({("t", 0): 4, ("t", 1): 9, ("t", 2): -1001}) == {("t", 0): 4, ("t", 1): 8}
 
 
+def test_a_record_read_again_after_its_partition_came_back_is_done_only_when_every_channel_pushed() -> None:
+    """Changed on purpose: a partition revoked and handed straight back had its records read again while their
+    pushes were still under way; the new ticket equalled the old one, so each push held the same ticket twice,
+    the first 3 of 6 channels counted the record down to 0 and its offset was committed before the other 3
+    had the figure (a kill -9 then, and those channels kept selling stock the pool no longer had)."""
+    tracker = OffsetTracker()
+    tp = ("stock.levels", 0)
+    channels = [PushQueue(window_ms=0) for _ in range(6)]
+    first = tracker.begin(*tp, 7, parts=6)
+    for queue in channels:
+        assert queue.offer("A", 5, 100, first, "s", 0)
+    flying = [queue.take_batch(0, 20).send[0] for queue in channels]  # every call under way
+    tracker.forget([tp])  # revoked ...
+    again = tracker.begin(*tp, 7, parts=6)  # ... assigned back at once, the record read again
+    assert again != first and not tracker.holds(first) and tracker.holds(again)
+    for queue in channels:
+        assert queue.offer("A", 5, 100, again, "s", 1)  # done with the push under way, never before
+    for queue, push in zip(channels[:3], flying[:3], strict=True):
+        queue.settle(push, accepted=True)
+        assert not any(tracker.finish(t) for t in push.tickets)
+    assert tracker.commit_points({tp: 8}) == {tp: 7}  # three channels still lack the figure
+    for queue, push in zip(channels[3:], flying[3:], strict=True):
+        queue.settle(push, accepted=True)
+        done = [tracker.finish(t) for t in push.tickets]
+    assert done == [False, True] and tracker.commit_points({tp: 8}) == {tp: 8}
+
+
+def test_a_revoke_takes_the_partitions_waiting_pushes_out_of_the_queue() -> None:
+    queue = PushQueue(window_ms=0)
+    mine, gone = ("stock.levels", 1), ("stock.levels", 0)
+    queue.offer("A", 1, 100, Ticket(*gone, 1), "s", 0)
+    queue.offer("B", 2, 100, Ticket(*mine, 2), "s", 0)
+    flying = queue.take_batch(0, 1).send  # A's call is under way
+    queue.offer("C", 3, 100, Ticket(*gone, 3), "s", 0)
+    queue.offer("D", 4, 100, Ticket(*gone, 4), "s", 0)
+    d = queue.take_batch(0, 20).send
+    assert [p.sku for p in d] == ["B", "C", "D"]
+    queue.settle(d[0], accepted=True)
+    queue.retry(d[2], now_ms=0)  # D waits for its retry
+    queue.settle(d[1], accepted=True)
+    queue.offer("C", 9, 200, Ticket(*gone, 5), "s", 0)  # C waits to be sent
+    queue.offer("E", 5, 100, Ticket(*mine, 6), "s", 0)
+    assert len(queue) == 2 and queue.retrying() == 1
+    queue.forget_partitions({gone})
+    # The new owner sends what that partition asked for: nothing of it is sent from here any more ...
+    assert len(queue) == 1 and queue.retrying() == 0
+    assert [p.sku for p in queue.take_batch(RETRY_MAX_MS, 20).send] == ["E"]
+    # ... and the call under way, if it fails, is not tried again here.
+    assert flying[0].tickets == []
+    queue.retry(flying[0], now_ms=0)
+    assert queue.retrying() == 0 and queue.take_batch(RETRY_MAX_MS, 20).send == []
+
+
+class RefundLaneConnector:
+    """What a refund lane uses of its connector: a caller agreeing every refund, the loop, the result sink."""
+
+    def __init__(self, held: set[tuple[str, int]]) -> None:
+        self.stop = threading.Event()
+        self.sent: list[str] = []
+        self.finished: list[Ticket] = []
+        self.caller = SimpleNamespace(call=self._call)
+        self.loop = SimpleNamespace(finish=lambda ticket, parts=1: self.finished.append(ticket),
+                                    holds=lambda ticket: ticket.tp in held)  # fmt: skip
+        self.sink = SimpleNamespace(send=lambda _t, _k, _e, _r, on_done=None: on_done and on_done())
+        self.alerts = SimpleNamespace(succeeded=lambda _c, _e: None, failed=lambda *_a, **_k: None)
+        self.on_error = lambda message: pytest.fail(message)
+
+    def _call(self, channel: str, endpoint: str, body: dict[str, Any], what: str = "") -> CallResult:
+        self.sent.append(what)
+        return CallResult(pf.Outcome(pf.OutcomeKind.OK), "HTTP 200", 1)
+
+
+def refund_instruction(n: int) -> Any:
+    return {"channel": "jd", "refund_id": f"jd:R{n}", "order_id": f"jd:O{n}", "channel_refund_id": f"R{n}",
+            "channel_order_id": f"O{n}", "amount_fen": 100 + n}  # fmt: skip
+
+
+def test_a_revoke_takes_the_partitions_queued_refunds_off_their_lane() -> None:
+    """The partition's new owner sends those refunds: this process must not send them as well."""
+    mine, gone = ("refund.instructions", 1), ("refund.instructions", 0)
+    connector = RefundLaneConnector(held={mine})
+    lane = RefundLane("jd", connector)  # type: ignore[arg-type]
+    for n, tp in enumerate((gone, mine, gone, mine)):
+        lane.put(refund_instruction(n), Ticket(*tp, n), f"src{n}")
+    assert lane.forget_partitions({gone}) == 2 and lane.queued() == 2
+    lane.put(refund_instruction(4), Ticket(*gone, 4), "src4")  # read just before the revoke, queued after it
+    lane.start()
+    try:
+        wait_for(lambda: len(connector.finished) == 2 and lane.queued() == 0, timeout_s=10, what="two refunds sent")
+    finally:
+        connector.stop.set()
+        lane.join(5)
+    assert connector.sent == ["jd:R1", "jd:R3"]  # the one queued after the revoke was not sent either
+    assert [t.offset for t in connector.finished] == [1, 3]
+
+
 # ---- stock pushes --------------------------------------------------------------------------------
 
 
@@ -104,7 +202,11 @@ def test_pushes_wait_the_window_and_the_newest_figure_replaces_an_unsent_one() -
     push = take(queue, 100)
     assert push is not None
     assert (push.sku, push.quantity, push.version, push.source) == ("A", 7, 1200, "src3")
-    assert push.tickets == [ticket(1), ticket(3)]  # the replaced record is finished with its replacement
+    # Changed on purpose: the replaced record is finished at once (the record replacing it, later on its
+    # partition, is read again after a crash), so a SKU that keeps changing while its channel is down holds
+    # one record open, not one per change.
+    assert push.tickets == [ticket(3)] and queue.take_superseded() == [ticket(1)]
+    assert queue.take_superseded() == []
     assert push.idempotency_key == "A@1200" == stock_key("A", 1200)
     assert take(queue, 119) is None and queue.ready_at_ms() == 120
     assert take(queue, 120).sku == "B"  # type: ignore[union-attr]
@@ -217,6 +319,67 @@ def test_a_failed_call_with_nothing_newer_behind_it_frees_its_sku() -> None:
     assert [p.quantity for p in queue.take_batch(0, 20).send] == [9]
 
 
+def test_a_figure_that_failed_for_now_is_sent_again_after_a_growing_backoff() -> None:
+    """Changed on purpose: a push failing past the retry budget (the platform away, a rotated key) went to the
+    failed queue and its record was committed; a SKU with no later change kept the stale figure on that
+    channel until someone replayed the queue. The newest figure is now tried again until the channel has it."""
+    queue = PushQueue(window_ms=0)
+    queue.offer("A", 5, 100, ticket(1), "s", 0)
+    push = take(queue, 0)
+    assert push is not None
+    delays = []
+    for attempt in range(1, 9):
+        now = attempt * 1_000_000
+        queue.retry(push, now_ms=now)
+        assert queue.retrying() == 1 and len(queue) == 0 and queue.in_flight() == 0
+        ready = queue.ready_at_ms()
+        assert ready is not None and take(queue, ready - 1) is None
+        delays.append(ready - now)
+        again = take(queue, ready)
+        assert again is push and (again.quantity, again.version, again.tickets) == (5, 100, [ticket(1)])
+    assert delays[:3] == [RETRY_FIRST_MS, 2 * RETRY_FIRST_MS, 4 * RETRY_FIRST_MS] and delays[-1] == RETRY_MAX_MS
+    queue.settle(push, accepted=True)
+    assert queue.retrying() == 0 and not queue.offer("A", 5, 150, ticket(2), "s", 0)
+
+
+def test_a_newer_figure_supersedes_one_waiting_for_its_retry() -> None:
+    queue = PushQueue(window_ms=0)
+    queue.offer("A", 5, 100, ticket(1), "s", 0)
+    queue.retry(take(queue, 0), now_ms=0)  # type: ignore[arg-type]
+    assert queue.offer("A", 5, 90, ticket(2), "s", 10)  # older: done when the waiting figure is
+    assert queue.offer("A", 3, 200, ticket(3), "s", 10)  # newer: it is the one to send, after the backoff
+    assert queue.take_superseded() == [ticket(1), ticket(2)]
+    assert take(queue, 10) is None and queue.ready_at_ms() == RETRY_FIRST_MS
+    sent = take(queue, RETRY_FIRST_MS)
+    assert sent is not None and (sent.quantity, sent.version, sent.tickets) == (3, 200, [ticket(3)])
+
+
+def test_a_figure_failing_while_a_newer_one_waits_is_superseded_by_it() -> None:
+    queue = PushQueue(window_ms=0)
+    queue.offer("A", 5, 100, ticket(1), "s", 0)
+    flying = take(queue, 0)
+    queue.offer("A", 4, 200, ticket(2), "s", 1)
+    queue.retry(flying, now_ms=5)  # type: ignore[arg-type]
+    assert queue.retrying() == 0 and queue.take_superseded() == [ticket(1)]
+    sent = take(queue, 5)
+    assert sent is not None and (sent.quantity, sent.version, sent.tickets) == (4, 200, [ticket(2)])
+
+
+def test_once_the_channel_answers_again_the_figures_waiting_for_a_retry_go_at_once() -> None:
+    queue = PushQueue(window_ms=0)
+    for n, sku in enumerate("AB"):
+        queue.offer(sku, n, 100, ticket(n), "s", 0)
+    first, second = queue.take_batch(0, 20).send
+    for _ in range(6):  # a long outage: the next retries are far off
+        queue.retry(first, now_ms=0)
+        take(queue, RETRY_MAX_MS)
+    queue.retry(first, now_ms=0)
+    queue.retry(second, now_ms=0)
+    assert queue.ready_at_ms() == RETRY_FIRST_MS
+    queue.resume_retries(now_ms=50)  # another call of the channel's went through
+    assert [p.sku for p in queue.take_batch(50, 20).send] == ["A", "B"]
+
+
 # ---- batches, on a fake clock --------------------------------------------------------------------
 
 
@@ -252,7 +415,8 @@ def test_a_burst_over_many_skus_collapses_into_few_full_calls_with_the_newest_fi
     assert [len(c) for c in calls] == [20] * 10
     pushes = [p for c in calls for p in c]
     assert {p.sku for p in pushes} == {f"S{n:03d}" for n in range(200)} and len(pushes) == 200
-    assert all(p.version == 1002 and p.quantity == 2 + int(p.sku[1:]) and len(p.tickets) == 3 for p in pushes)
+    assert all(p.version == 1002 and p.quantity == 2 + int(p.sku[1:]) and len(p.tickets) == 1 for p in pushes)
+    assert len(queue.take_superseded()) == 400
 
 
 def test_with_a_call_in_flight_only_a_full_batch_goes_until_the_hold_runs_out() -> None:
@@ -318,18 +482,38 @@ def test_the_client_rate_is_under_the_platforms_unless_configured() -> None:
     assert marketplace_url(Settings(marketplace_url="https://mk.example/"), "jd") == "https://mk.example/jd"
 
 
-def test_connector_failing_is_raised_once_per_channel_and_cleared_by_a_success() -> None:
+def test_connector_failing_is_raised_once_per_channel_endpoint_and_cleared_by_its_success() -> None:
     watch = FailingWatch()
     raised = watch.failed("jd", "refund", Reason.CONNECTOR_CREDENTIALS, "HTTP 200 Invalid API Key", 1000)
     assert raised is not None
     assert (raised["kind"], raised["severity"], raised["subject"], raised["cleared"]) == (FAILING_ALERT, "RED", "jd",
                                                                                           False)  # fmt: skip
+    assert raised["details"]["endpoint"] == "refund"
     assert "connector.failed.jd" in raised["message"] and "set-key jd" in raised["message"]
-    assert watch.failed("jd", "stock", Reason.CONNECTOR_CREDENTIALS, "again", 2000) is None
+    assert watch.failed("jd", "refund", Reason.CONNECTOR_CREDENTIALS, "again", 2000) is None
     assert watch.succeeded("tmall", "refund", 2500) is None  # tmall was never failing
     cleared = watch.succeeded("jd", "refund", 3000)
     assert cleared is not None and cleared["cleared"] and cleared["subject"] == "jd"
+    assert cleared["details"]["endpoint"] == "refund" and "replay jd" in cleared["message"]
     assert watch.succeeded("jd", "refund", 3100) is None
+
+
+def test_a_stock_push_going_through_does_not_clear_a_failing_refund_endpoint() -> None:
+    """Changed on purpose: failing was kept per channel, so the next stock push that went through (within
+    ~100 ms) cleared the alert of a refund endpoint still refusing every call."""
+    watch = FailingWatch()
+    refund = watch.failed("jd", "refund", Reason.CONNECTOR_CREDENTIALS, "Invalid API Key", 1000)
+    assert refund is not None
+    assert watch.succeeded("jd", "stock", 1100) is None
+    assert watch.is_failing("jd", "refund") and not watch.is_failing("jd", "stock") and watch.is_failing("jd")
+    stock = watch.failed("jd", "stock", Reason.CONNECTOR_RETRIES_EXHAUSTED, "HTTP 503", 1200, parked=False)
+    assert stock is not None and stock["details"]["endpoint"] == "stock"
+    assert stock["event_id"] != refund["event_id"]
+    assert "connector.failed.jd" not in stock["message"] and "sent again" in stock["message"]
+    stock_ok = watch.succeeded("jd", "stock", 1300)
+    assert stock_ok is not None and stock_ok["details"]["endpoint"] == "stock" and "replay" not in stock_ok["message"]
+    assert watch.is_failing("jd", "refund")
+    assert watch.succeeded("jd", "refund", 1400) is not None and not watch.is_failing("jd")
 
 
 def test_percentiles() -> None:
@@ -474,7 +658,7 @@ class FakeConnector:
         self.errors: list[str] = []
         self.loop = SimpleNamespace(finish=lambda ticket, parts=1: self.finished.append(ticket))
         self.sink = SimpleNamespace(park=self._park)
-        self.alerts = SimpleNamespace(failed=lambda _c, _e, reason, _a: self.alerts_failed.append(reason),
+        self.alerts = SimpleNamespace(failed=lambda _c, _e, reason, _a, parked=True: self.alerts_failed.append(reason),
                                       succeeded=lambda _c, _e: None)  # fmt: skip
         self.on_error = self.errors.append
 
@@ -572,22 +756,46 @@ def test_a_lane_counts_stale_figures_done_and_sends_the_next_change(tmp_path: Pa
     assert lane.offer("A", 7, 9500, ticket(3), "src")
 
 
-def test_a_rotated_key_parks_every_figure_of_the_call_as_its_own_request(tmp_path: Path, clock: list[int]) -> None:
+def test_under_a_rotated_key_stock_figures_wait_for_the_new_key_then_reach_the_channel(
+    tmp_path: Path, clock: list[int]
+) -> None:
+    """Changed on purpose: every figure of a call refused for its key went to the failed queue and its record
+    was committed; only a replay brought the channel back to the pool's figure. They now wait in the lane,
+    their records open, and go as soon as the new key is set."""
     lane, connector, market = lane_for(tmp_path, "kuaishou")
     market.rotate("kuaishou", market.now_ms() - 1, "rotated")
     for n in range(3):
         lane.offer(f"S{n}", 10 + n, 7000 + n, ticket(n), f"stock.levels/0/{n}")
     assert send_due(lane, 100) == 1
-    assert [f.idempotency_key for f in connector.parked] == ["S0@7000", "S1@7001", "S2@7002"]
-    assert {f.reason for f in connector.parked} == {Reason.CONNECTOR_CREDENTIALS}
-    assert [json.loads(f.request) for f in connector.parked] == [pf.stock_body("kuaishou", f"S{n}", 10 + n, 7000 + n)
-                                                                for n in range(3)]  # fmt: skip
-    assert all(f.endpoint == "stock" and "Invalid API Key" in f.answer for f in connector.parked)
-    assert [f.source for f in connector.parked] == [f"stock.levels/0/{n}" for n in range(3)]
-    assert sorted(t.offset for t in connector.finished) == [0, 1, 2]  # finished once parked
+    assert connector.parked == [] and connector.finished == []  # nothing committed, nothing to replay
     assert connector.alerts_failed == [Reason.CONNECTOR_CREDENTIALS]  # one alert for the call
-    assert lane.pushes.in_flight() == 0 and lane.flying == 0
-    assert lane.offer("S0", 3, 7100, ticket(9), "src")  # released: the SKU's next change goes
+    assert lane.pushes.in_flight() == 0 and lane.flying == 0 and lane.pending() == 3
+    clock[0] = 100 + RETRY_FIRST_MS
+    assert send_due(lane, clock[0]) == 1  # still refused: tried again, later each time
+    assert lane.pending() == 3 and connector.finished == []
+    connector.caller.store.set_key(StoredKey("kuaishou", pf.Credentials("lane-app", "rotated"), date(2030, 1, 1), 0))
+    clock[0] += 2 * RETRY_FIRST_MS
+    assert send_due(lane, clock[0]) == 1
+    assert {r["sku"]: (r["quantity"], r["version"]) for r in market.stock_json("kuaishou")} == {
+        f"S{n}": (10 + n, 7000 + n) for n in range(3)}  # fmt: skip
+    assert sorted(t.offset for t in connector.finished) == [0, 1, 2] and lane.pending() == 0
+    assert connector.parked == []
+
+
+def test_a_push_failing_past_the_retry_budget_is_sent_again_not_parked(tmp_path: Path, clock: list[int]) -> None:
+    lane, connector, market = lane_for(tmp_path, "pdd")
+    market.configure("pdd", error_rate=1.0)  # every call a 5xx
+    lane.offer("A", 5, 100, ticket(1), "stock.levels/0/1")
+    assert send_due(lane, 100) == 1
+    assert connector.parked == [] and connector.finished == [] and lane.pending() == 1
+    assert connector.alerts_failed == [Reason.CONNECTOR_RETRIES_EXHAUSTED]
+    lane.offer("A", 4, 200, ticket(2), "stock.levels/0/2")  # the pool moves on meanwhile
+    assert connector.finished == [ticket(1)]  # the newer figure stands for the older record
+    market.configure("pdd", error_rate=0.0)
+    clock[0] = 100 + RETRY_FIRST_MS
+    assert send_due(lane, clock[0]) == 1
+    assert [(r["quantity"], r["version"]) for r in market.stock_json("pdd", "A")] == [(4, 200)]
+    assert connector.finished == [ticket(1), ticket(2)] and lane.pending() == 0 and connector.parked == []
 
 
 def test_a_figure_the_answer_leaves_out_is_parked_and_the_rest_done(tmp_path: Path, clock: list[int]) -> None:
