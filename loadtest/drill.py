@@ -32,6 +32,7 @@ from rich.console import Console
 
 from agents.channels.credentials import CredentialStore, StoredKey
 from agents.channels.failed_queue import Replay, ReplaySummary, pending
+from agents.channels.outbound import FAILING_ALERT, failing_subject
 from agents.channels.platforms import Credentials
 from agents.channels.sim_client import SimulatorClient
 from agents.channels.simulator import AppSpec, Marketplace, SimulatorThread, generate_apps
@@ -212,7 +213,8 @@ class KeyRotationDrill:
         def raised() -> bool:
             for rec in read_all(self.settings, self.settings.topic("alerts"), 10):
                 _, alert = self.codec.decode(rec.value)
-                if alert["kind"] == "connector_failing" and alert["subject"] == CHANNEL and not alert["cleared"]:
+                refunds_failing = alert["subject"] == failing_subject(CHANNEL, "refund")
+                if alert["kind"] == FAILING_ALERT and refunds_failing and not alert["cleared"]:
                     found.append(int(alert["event_time_ms"]))
                     return True
             return False

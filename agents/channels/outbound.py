@@ -35,6 +35,12 @@ LATENCY_WINDOW = 2048  # calls per endpoint the latency percentiles look at
 ANSWER_CHARS = 2000  # how much of an answer a failed-call record keeps
 
 
+def failing_subject(channel: str, endpoint: str) -> str:
+    """The subject of an endpoint's ``connector_failing`` alert: the notifier pairs a raise with its clearing by
+    kind and subject, so a channel's stock pushes going through never cancel its refund endpoint's alert."""
+    return f"{channel}/{endpoint}"
+
+
 def stock_key(sku: str, version: int) -> str:
     """A stock push's idempotency key (the contract's ``SKU@version``)."""
     return f"{sku}@{version}"
@@ -459,7 +465,8 @@ class FailingWatch:
             then = (f"Each SKU's newest figure is sent again until {channel} takes it (nothing to replay); fix the "
                     f"cause (a rotated key: stockflow connectors set-key {channel})")  # fmt: skip
         return alert(
-            FAILING_ALERT, "RED", channel, f"{channel}: {endpoint} calls failing ({reason}): {answer[:300]}. {then}",
+            FAILING_ALERT, "RED", failing_subject(channel, endpoint),
+            f"{channel}: {endpoint} calls failing ({reason}): {answer[:300]}. {then}",
             now_ms, details={"channel": channel, "endpoint": endpoint, "reason": reason, "answer": answer[:500]},
             event_id=f"{FAILING_ALERT}:{channel}:{endpoint}:{now_ms}",
         )  # fmt: skip
@@ -474,7 +481,7 @@ class FailingWatch:
             self.parked.discard(key)
             message += f"; replay what failed meanwhile: stockflow connectors replay {channel}"
         return alert(
-            FAILING_ALERT, "RED", channel, message, now_ms, cleared=True,
+            FAILING_ALERT, "RED", failing_subject(channel, endpoint), message, now_ms, cleared=True,
             details={"channel": channel, "endpoint": endpoint, "failing_since_ms": str(since)},
             event_id=f"{FAILING_ALERT}:{channel}:{endpoint}:{now_ms}:cleared",
         )  # fmt: skip

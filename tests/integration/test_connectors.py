@@ -203,7 +203,7 @@ def test_a_rotated_key_parks_calls_alerts_and_a_new_key_and_replay_recover(
         # The other channel is not held up.
         wait_issued(settings, {"tmall:R7"})
         raised = wait_for(lambda: alerts(settings, "connector_failing"), timeout_s=30, what="connector_failing")
-        assert [(a["subject"], a["severity"], a["cleared"]) for a in raised] == [("jd", "RED", False)]
+        assert [(a["subject"], a["severity"], a["cleared"]) for a in raised] == [("jd/refund", "RED", False)]
         assert raised[0]["event_time_ms"] - parked[0]["event_time_ms"] < 60_000
         assert set(agreed(thread, "jd")) == {"R0"}
 
@@ -213,7 +213,7 @@ def test_a_rotated_key_parks_calls_alerts_and_a_new_key_and_replay_recover(
         wait_issued(settings, {"jd:R8"})
         cleared = wait_for(lambda: [a for a in alerts(settings, "connector_failing") if a["cleared"]], timeout_s=30,
                            what="connector_failing cleared")  # fmt: skip
-        assert [a["subject"] for a in cleared] == ["jd"]
+        assert [a["subject"] for a in cleared] == ["jd/refund"]
 
     # The queue replayed: every parked refund agreed once, issued as replayed.
     first = Replay(settings, "jd").run()
@@ -413,7 +413,7 @@ def test_stock_under_a_rotated_key_waits_in_the_connector_and_reaches_the_channe
     with connectors(settings) as process:
         send_levels(settings, *(level(sku, 20_000 + n, pdd=n, jd=n) for n, sku in enumerate(skus)))
         wait_for(lambda: len(admin.stock("jd")) == 30, timeout_s=30, what="30 figures on jd")
-        raised = wait_for(lambda: [a for a in alerts(settings, "connector_failing") if a["subject"] == "pdd"],
+        raised = wait_for(lambda: [a for a in alerts(settings, "connector_failing") if a["subject"] == "pdd/stock"],
                           timeout_s=30, what="connector_failing for pdd stock")  # fmt: skip
         assert [(a["details"]["endpoint"], a["cleared"]) for a in raised] == [("stock", False)]
         time.sleep(3)  # a few retries, all refused
@@ -429,7 +429,7 @@ def test_stock_under_a_rotated_key_waits_in_the_connector_and_reaches_the_channe
                  what="every level pushed and committed")  # fmt: skip
         cleared = wait_for(lambda: [a for a in alerts(settings, "connector_failing") if a["cleared"]],
                            timeout_s=30, what="connector_failing cleared")  # fmt: skip
-        assert [(a["subject"], a["details"]["endpoint"]) for a in cleared] == [("pdd", "stock")]
+        assert [(a["subject"], a["details"]["endpoint"]) for a in cleared] == [("pdd/stock", "stock")]
     assert failed(settings, "pdd") == []
 
 

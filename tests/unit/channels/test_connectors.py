@@ -486,14 +486,14 @@ def test_connector_failing_is_raised_once_per_channel_endpoint_and_cleared_by_it
     watch = FailingWatch()
     raised = watch.failed("jd", "refund", Reason.CONNECTOR_CREDENTIALS, "HTTP 200 Invalid API Key", 1000)
     assert raised is not None
-    assert (raised["kind"], raised["severity"], raised["subject"], raised["cleared"]) == (FAILING_ALERT, "RED", "jd",
-                                                                                          False)  # fmt: skip
+    assert (raised["kind"], raised["severity"], raised["cleared"]) == (FAILING_ALERT, "RED", False)
+    assert raised["subject"] == "jd/refund"
     assert raised["details"]["endpoint"] == "refund"
     assert "connector.failed.jd" in raised["message"] and "set-key jd" in raised["message"]
     assert watch.failed("jd", "refund", Reason.CONNECTOR_CREDENTIALS, "again", 2000) is None
     assert watch.succeeded("tmall", "refund", 2500) is None  # tmall was never failing
     cleared = watch.succeeded("jd", "refund", 3000)
-    assert cleared is not None and cleared["cleared"] and cleared["subject"] == "jd"
+    assert cleared is not None and cleared["cleared"] and cleared["subject"] == "jd/refund"
     assert cleared["details"]["endpoint"] == "refund" and "replay jd" in cleared["message"]
     assert watch.succeeded("jd", "refund", 3100) is None
 
