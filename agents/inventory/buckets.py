@@ -36,6 +36,15 @@ rules, so K workers sell the SKU at once.
   and a bucket is in order), then applies the difference once every bucket answered (``finish_settle``).
 - Un-marking merges: the buckets stop taking new lines, send every free unit home, finish their open
   lines, and report empty; when all did, the SKU is cold.
+- A paid line is allocated where it is held, but routing chooses its warehouse from the SKU's whole stock, so
+  the record holding it may have fewer of that warehouse's units than the line (a bucket's share, or the
+  units a home kept behind its own lines). That record exchanges units for them (``want``): transfers that
+  carry the line (``ref``), the warehouse and how many it lacks go from it to the home, from bucket to bucket
+  in turn through the home (``swap_at_home``, ``swap_ask``), and back; each record on the way gives the
+  warehouse's free units one for one for the units offered, and the line is allocated when they arrive
+  (``swap_arrived``), or refused if no record had them. Units only move as transfers, so nothing is made or
+  lost; no record on the way changes its totals, and the units the asking record offered (the ones behind
+  the line) count as its own while they travel (``lent``), so every line stays backed.
 
 Every function takes the records and returns the messages to send (``Sync``); the processor turns them
 into ``BucketSync`` records and stores the changed records in the same batch.
@@ -46,8 +55,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agents.inventory.rules import Buckets, SkuStock
+from agents.inventory.rules import Answer, Buckets, LineHold, SkuStock, Step, allocate
 from streams.contract.keys import bucket_for, bucket_key
+from streams.contract.reasons import Reason
 
 __all__ = ["bucket_for", "bucket_key"]  # the contract's, here beside the rules that use them
 
@@ -500,3 +510,153 @@ def figures(bucket: SkuStock) -> dict[str, Any]:
 
 def empty(fig: dict[str, Any]) -> bool:
     return int(fig["open_lines"]) == 0 and all(q == 0 for q in fig["on_hand"].values())
+
+
+# ---- a line short of the warehouse routing chose ----------------------------------------------------------
+
+SWAP = "swap"  # the ref of an exchange's transfers: "swap:<record that asked>:<order id>#<line no>"
+
+
+def swap_ref(requester: int, order_id: str, line_no: int) -> str:
+    return f"{SWAP}:{requester}:{order_id}#{line_no}"
+
+
+def swap_of(ref: str) -> tuple[int, str, int] | None:
+    """(the record that asked, order id, line no) of an exchange's transfer; None for any other transfer."""
+    kind, _, rest = ref.partition(":")
+    if kind != SWAP:
+        return None
+    requester, _, line = rest.partition(":")
+    order_id, _, line_no = line.rpartition("#")
+    return int(requester), order_id, int(line_no)
+
+
+def exchanges(stock: SkuStock) -> bool:
+    """A record sharing a hot SKU's units with others (a bucket, or a home with buckets): what it lacks of a
+    warehouse, another may have. A cold SKU's record holds all its units, so its refusal stands."""
+    hot = stock.hot
+    return hot is not None and (hot.bucket >= 0 or hot.count > 0)
+
+
+def offer(stock: SkuStock, warehouse_id: str, qty: int) -> dict[str, int]:
+    """Up to ``qty`` units of warehouses other than ``warehouse_id`` that no line is tied to, the fullest first."""
+    spare = {wh: max(0, q) - stock.allocated.get(wh, 0) for wh, q in stock.on_hand.items() if wh != warehouse_id}
+    out = {}
+    for wh in sorted(spare, key=lambda w: (-spare[w], w)):
+        n = min(qty, spare[wh])
+        if n > 0:
+            out[wh] = n
+            qty -= n
+    return out
+
+
+def reported_free(hot: Buckets, bucket: int, warehouse_id: str) -> int:
+    """A bucket's units of the warehouse no line is tied to, by its last figures and what was sent it since: a
+    bucket gains units only from its home, so it has no more than this (fewer once it sold some)."""
+    fig = hot.reports.get(str(bucket), {})
+    free = int(fig.get("on_hand", {}).get(warehouse_id, 0)) - int(fig.get("allocated", {}).get(warehouse_id, 0))
+    return free + sum(units.get(warehouse_id, 0) for _, to, units in hot.in_flight if to == bucket)
+
+
+def next_donor(home: SkuStock, warehouse_id: str, requester: int, after: int) -> int | None:
+    """The next bucket an exchange asks: in turn from the record that asked (the home: from bucket 0), after
+    ``after``, skipping the one that asked and those that cannot have a free unit of the warehouse."""
+    hot = home.hot
+    if hot is None:
+        return None
+    if 0 <= requester < hot.count:
+        order = [(requester + i) % hot.count for i in range(1, hot.count)]
+    else:
+        order = [q for q in range(hot.count) if q != requester]
+    later = order[order.index(after) + 1 :] if after in order else order
+    return next((q for q in later if reported_free(hot, q, warehouse_id) > 0), None)
+
+
+def want(stock: SkuStock, hold: LineHold, warehouse_id: str) -> tuple[LineHold, list[Sync]] | None:
+    """A held line routed to ``warehouse_id``, of which this record has fewer free units than the line: offer the
+    SKU's other records as many units of its other warehouses (the units behind the line until now: the routed
+    warehouse's will be), one for one. The answer waits for the exchange (``swap_arrived``). None: nothing to
+    offer or nobody to ask, and the refusal stands.
+
+    The units offered are ``lent`` until the exchange comes back: they still back the line meanwhile."""
+    if hold.wants == warehouse_id:
+        return hold, []  # asked already (a duplicate command): the answer comes with the units
+    hot = stock.hot
+    assert hot is not None
+    units = offer(stock, warehouse_id, hold.qty - max(0, stock.warehouse_free(warehouse_id)))
+    to = HOME if hot.bucket >= 0 else next_donor(stock, warehouse_id, HOME, HOME)
+    if to is None or not units:
+        return None
+    take(stock, units)
+    hot.lent += total(units)
+    ref = swap_ref(hot.bucket, hold.order_id, hold.line_no)
+    return replace(hold, wants=warehouse_id), [Sync(TRANSFER, to, units, total(units), warehouse_id, ref)]
+
+
+def wanted(units: dict[str, int], warehouse_id: str) -> int:
+    """Units of the warehouse an exchange still wants: one for each unit offered that nobody took yet."""
+    return total(units) - units.get(warehouse_id, 0)
+
+
+def swap_give(stock: SkuStock, warehouse_id: str, units: dict[str, int], own: bool = True) -> dict[str, int]:
+    """What a record passes on of an exchange's ``units``, just credited to it: the warehouse's units gathered
+    so far, and with them as many of its own free ones (``own``) as it keeps of the units offered, one for one,
+    and the offered units it does not keep. Its totals do not change, so its lines stay backed."""
+    gathered = units.get(warehouse_id, 0)
+    offered = {wh: q for wh, q in sorted(units.items()) if wh != warehouse_id and q > 0}
+    given = 0
+    if own:
+        free = max(0, stock.on_hand.get(warehouse_id, 0) - gathered) - stock.allocated.get(warehouse_id, 0)
+        given = max(0, min(free, total(offered)))
+    kept = apportion(offered, [given])[0]
+    out = {wh: q - kept.get(wh, 0) for wh, q in offered.items() if q > kept.get(wh, 0)}
+    if gathered + given:
+        out[warehouse_id] = gathered + given
+    take(stock, out)
+    return out
+
+
+def swap_ask(bucket: SkuStock, warehouse_id: str, units: dict[str, int], ref: str) -> list[Sync]:
+    """A bucket asked, by its home, for the warehouse's units: everything goes back, what it gave in place of
+    what it kept (the home waits for this answer to ask the next bucket or to end the exchange)."""
+    out = swap_give(bucket, warehouse_id, units)
+    return [Sync(TRANSFER, HOME, out, wanted(out, warehouse_id), warehouse_id, ref)]
+
+
+def swap_at_home(home: SkuStock, sender: int, units: dict[str, int], warehouse_id: str,
+                 ref: str) -> tuple[list[Sync], bool]:  # fmt: skip
+    """An exchange's transfer at the home, just credited. From the bucket that asked, the home first gives of
+    its own (not while a count of that warehouse is settled: the count's difference is applied to the home's
+    units); then everything goes on, to the next bucket that may have the warehouse's units, or, once no more
+    are wanted or no bucket is left, back to the record that asked. True: that is the home, and the units stay."""
+    swap = swap_of(ref)
+    requester = swap[0] if swap is not None else HOME
+    counting = home.hot is not None and any(s["wh"] == warehouse_id for s in home.hot.settles)
+    passing = swap_give(home, warehouse_id, units, own=sender == requester >= 0 and not counting)
+    still = wanted(passing, warehouse_id)
+    nxt = next_donor(home, warehouse_id, requester, sender) if still > 0 else None
+    if nxt is None and requester == HOME:
+        give(home, passing)
+        return [], True
+    return [Sync(TRANSFER, requester if nxt is None else nxt, passing, still, warehouse_id, ref)], False
+
+
+def swap_arrived(stock: SkuStock, hold: LineHold | None, warehouse_id: str, brought: dict[str, int],
+                 now_ms: int) -> tuple[Step, list[Sync]]:  # fmt: skip
+    """An exchange back at the record that asked, its units credited (as many as it lent): the line is allocated
+    if the warehouse's units are here now; asked for again if every unit offered was taken but other lines here
+    took the warehouse's units meanwhile; else refused (no record had enough free: routing chooses again).
+    Units that come for a line no longer waiting stay here."""
+    if stock.hot is not None:
+        stock.hot.lent = max(0, stock.hot.lent - total(brought))
+    if hold is None or not hold.is_open or hold.warehouse_id or hold.wants != warehouse_id:
+        return Step(None), []
+    waiting = replace(hold, wants="")
+    if stock.warehouse_free(warehouse_id) >= hold.qty:
+        return allocate(stock, waiting, hold.order_id, hold.line_no, hold.qty, warehouse_id, now_ms), []
+    if brought.get(warehouse_id, 0) > 0 and wanted(brought, warehouse_id) == 0:
+        asked = want(stock, waiting, warehouse_id)
+        if asked is not None:
+            return Step(None, {hold.line_no: asked[0]}), asked[1]
+    refused = Answer(hold.order_id, hold.line_no, hold.qty, "ALLOCATE", "REFUSED", Reason.WAREHOUSE_SHORT)
+    return Step(refused, {hold.line_no: replace(waiting, updated_ms=now_ms)}), []

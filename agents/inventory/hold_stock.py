@@ -268,6 +268,15 @@ class HoldStock(Processor):
         else:
             step = rules_.line_command(stock, self._rules, hold, action, order_id, line_no, cmd["qty"],
                                        ctx.now_ms, cmd.get("warehouse_id", ""), cmd["reason"])  # fmt: skip
+            answer = step.answer
+            if answer is not None and answer.reason == Reason.WAREHOUSE_SHORT and hot_.exchanges(stock):
+                # Routing saw the SKU's whole stock; this record holds only part of it: it fetches the units.
+                line = step.holds.get(line_no, hold)
+                assert line is not None
+                asked = hot_.want(stock, line, cmd["warehouse_id"])
+                if asked is not None:
+                    step = rules_.Step(None, {**step.holds, line_no: asked[0]})
+                    self._send(ctx, stock, asked[1])
         self._store_holds(ctx, db, key, order_id, step.holds)
         if step.answer is not None:
             self._answer(ctx, stock, step.answer, cmd["source_time_ms"], bucket)
@@ -318,7 +327,7 @@ class HoldStock(Processor):
             db.set(applied, {"applied_ms": ctx.now_ms})
             ctx.schedule(applied, ctx.now_ms + self._rules.adjustment_ttl_ms)
         if here == HOME:
-            self._home_sync(ctx, stock, msg)
+            self._home_sync(ctx, db, stock, msg)
             return
         if sender == HOME:
             hot_.configure(stock, here, msg["buckets"], msg["state"], msg["paused"], msg["seq"])
@@ -327,6 +336,11 @@ class HoldStock(Processor):
             hot_.give(stock, msg["units"])
             stock.known = True
             stock.touch(ctx.now_ms)
+            swap = hot_.swap_of(msg["ref"])
+            if swap is not None and swap[0] == here:
+                self._swap_arrived(ctx, db, stock, swap, msg)
+            elif swap is not None:
+                self._send(ctx, stock, hot_.swap_ask(stock, msg["warehouse_id"], msg["units"], msg["ref"]))
         elif kind == hot_.REBALANCE:
             self._send(ctx, stock, hot_.on_rebalance(stock, msg["qty"]))
         elif kind == hot_.PROBE:
@@ -334,11 +348,17 @@ class HoldStock(Processor):
                 stock.hot = Buckets(bucket=here)
             self._send(ctx, stock, hot_.on_probe(stock, msg["warehouse_id"], msg["ref"]))
 
-    def _home_sync(self, ctx: Context, home: SkuStock, msg: dict[str, Any]) -> None:
+    def _home_sync(self, ctx: Context, db: StoreTransaction[Any], home: SkuStock, msg: dict[str, Any]) -> None:
         kind, sender = msg["kind"], msg["from_bucket"]
         if kind == hot_.TRANSFER:
             hot_.credit(home, sender, msg["units"])
             home.touch(ctx.now_ms)
+            swap = hot_.swap_of(msg["ref"])
+            if swap is not None:  # before the free units are handed out: the exchange's units pass on
+                onward, ended_here = hot_.swap_at_home(home, sender, msg["units"], msg["warehouse_id"], msg["ref"])
+                self._send(ctx, home, onward)
+                if ended_here:
+                    self._swap_arrived(ctx, db, home, swap, msg)
             self._send(ctx, home, hot_.distribute(home, self.low_water))
         elif kind == hot_.REPORT:
             figures = {
@@ -351,6 +371,17 @@ class HoldStock(Processor):
             self._send(ctx, home, hot_.rebalance(home, ctx.now_ms, self.low_water, self.refresh_interval_ms))
         elif kind == hot_.COUNTED:
             self._send(ctx, home, hot_.on_counted(home, sender, msg["ref"], msg["qty"], self.low_water))
+
+    def _swap_arrived(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, swap: tuple[int, str, int],
+                      msg: dict[str, Any]) -> None:  # fmt: skip
+        """An exchange back at the record whose line asked for it: the line's allocation is answered now."""
+        _, order_id, line_no = swap
+        hold = self._hold(db, stock.sku, order_id, line_no)
+        step, again = hot_.swap_arrived(stock, hold, msg["warehouse_id"], msg["units"], ctx.now_ms)
+        self._store_holds(ctx, db, stock.sku, order_id, step.holds)
+        self._send(ctx, stock, again)
+        if step.answer is not None:
+            self._answer(ctx, stock, step.answer, 0)
 
     def _send(self, ctx: Context, stock: SkuStock, syncs: list[Sync]) -> None:
         """Publish what a hot-SKU rule decided; a bucket that sends units home tells its figures with them."""

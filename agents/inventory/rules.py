@@ -80,6 +80,11 @@ class SkuStock:
     def available(self) -> int:
         return max(0, self.on_hand_total() - self.locked - self.presale_reserved)
 
+    def lent(self) -> int:
+        """Units a hot SKU's record offered in exchange for a warehouse one of its lines was routed to
+        (``buckets.want``): still behind that line while they travel, and as many come back."""
+        return self.hot.lent if self.hot is not None else 0
+
     def warehouse_free(self, warehouse_id: str) -> int:
         return max(0, self.on_hand.get(warehouse_id, 0)) - self.allocated.get(warehouse_id, 0)
 
@@ -89,7 +94,7 @@ class SkuStock:
 
     def healthy(self) -> bool:
         """``not breaches()``, without building the messages: checked twice for every event."""
-        if self.locked > self.on_hand_total() or self.presale_reserved > self.presale_cap:
+        if self.locked > self.on_hand_total() + self.lent() or self.presale_reserved > self.presale_cap:
             return False
         if min(self.locked, self.sold, self.presale_reserved, self.open_lines) < 0:
             return False
@@ -101,8 +106,10 @@ class SkuStock:
     def breaches(self) -> list[str]:
         """Invariants that must hold after every change; a breach is alerted, never hidden."""
         found = []
-        if self.locked > self.on_hand_total():
-            found.append(f"locked {self.locked} exceeds on-hand {self.on_hand_total()}")
+        lent = self.lent()
+        if self.locked > self.on_hand_total() + lent:
+            also = f" + {lent} lent" if lent else ""
+            found.append(f"locked {self.locked} exceeds on-hand {self.on_hand_total()}{also}")
         if self.presale_reserved > self.presale_cap:
             found.append(f"presale {self.presale_reserved} exceeds cap {self.presale_cap}")
         for wh, qty in self.allocated.items():
@@ -153,6 +160,7 @@ class Buckets:
     # Home: no unit of the SKU is free anywhere, as its buckets were last told; bucket: what its home said
     # (a line it cannot fill is then refused at once, not passed on).
     sold_out: bool = False
+    lent: int = 0  # units out on exchanges for the routed warehouse of lines held here (``SkuStock.lent``)
 
 
 @dataclass(slots=True)
@@ -169,6 +177,9 @@ class LineHold:
     expires_at_ms: int  # HELD: when it expires unpaid; finished: when its tombstone goes; SOLD: 0
     updated_ms: int
     warehouse_id: str = ""
+    # A hot SKU's record that held the line with too few units of the warehouse routing chose: that warehouse,
+    # while the record exchanges units for it with the SKU's other records (``buckets.want``); the answer waits.
+    wants: str = ""
 
     @property
     def is_open(self) -> bool:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from agents.inventory import buckets as b
-from agents.inventory.hold_stock import STORE, HoldStock, adjustment_key, sku_key
-from agents.inventory.rules import Buckets, SkuStock
+from agents.inventory import rules
+from agents.inventory.hold_stock import STORE, HoldStock, adjustment_key, pool_rules, sku_key
+from agents.inventory.rules import Buckets, LineHold, SkuStock
 from streams.contract.keys import bucket_key, partition_for
 from streams.contract.topics import STOCK_BUCKETS
 from streams.engine.local import LocalRunner
@@ -17,6 +18,7 @@ from streams.settings import Settings
 from tests.unit.inventory.test_hold_stock import WAREHOUSES, receipt
 
 SKU = "SKU-R"
+POOL = pool_rules(Settings(safety_threshold=0, threshold_hysteresis=0))
 
 
 def home(on_hand: dict[str, int], count: int = 4, **stock: Any) -> SkuStock:
@@ -421,6 +423,152 @@ def test_a_bucket_not_taking_lines_sends_free_units_and_shortfalls_home() -> Non
     assert b.send_home(bucket) == []
     b.configure(bucket, 0, 4, b.HOT, paused=False, seq=3)
     assert b.send_home(bucket) == [] and bucket.hot.acked == 11  # an old message never lowers what was acked
+
+
+# ---- a paid line short of the warehouse routing chose -----------------------------------------------------
+def split(shares: list[dict[str, int]]) -> tuple[SkuStock, list[SkuStock]]:
+    """A hot home that handed out everything, and its buckets holding ``shares`` (as they reported them)."""
+    stock = home({}, count=len(shares))
+    buckets = []
+    for k, units in enumerate(shares):
+        buckets.append(SkuStock(f"{SKU}#{k}", known=True, on_hand=dict(units), hot=Buckets(bucket=k, count=len(shares),
+                                                                                            state=b.HOT)))  # fmt: skip
+        assert stock.hot is not None
+        stock.hot.reports[str(k)] = figures(dict(units))
+    return stock, buckets
+
+
+def held(stock: SkuStock, order_id: str, qty: int) -> LineHold:
+    step = rules.reserve(stock, POOL, None, None, order_id, 1, qty, "jd", False, 0)
+    hold = step.holds[1]
+    assert hold is not None
+    return rules.line_command(stock, POOL, hold, "COMMIT", order_id, 1, qty, 0).holds[1] or hold
+
+
+def test_a_held_line_short_of_the_routed_warehouse_is_refused_by_the_bucket_alone() -> None:
+    """The defect, in the pool's own rules: a bucket judges an allocation by its share of the warehouse."""
+    _, (bucket, _) = split([{"WH-SH": 15, "WH-GZ": 10}, {"WH-SH": 15, "WH-GZ": 10}])
+    hold = held(bucket, "jd:big", 12)
+    step = rules.allocate(bucket, hold, "jd:big", 1, 12, "WH-GZ", 0)
+    assert step.answer is not None and (step.answer.outcome, step.answer.reason) == ("REFUSED", "warehouse_short")
+
+
+def test_a_bucket_offers_its_other_warehouses_units_and_counts_them_lent() -> None:
+    _, (bucket, _) = split([{"WH-SH": 15, "WH-GZ": 10}, {"WH-SH": 15, "WH-GZ": 10}])
+    hold = held(bucket, "jd:big", 12)
+    asked = b.want(bucket, hold, "WH-GZ")
+    assert asked is not None
+    waiting, (sync,) = asked
+    assert waiting.wants == "WH-GZ" and waiting.warehouse_id == ""
+    assert (sync.kind, sync.to_bucket, sync.units, sync.qty) == (b.TRANSFER, b.HOME, {"WH-SH": 2}, 2)
+    assert sync.warehouse_id == "WH-GZ"
+    assert b.swap_of(sync.ref) == (0, "jd:big", 1)
+    assert bucket.on_hand == {"WH-SH": 13, "WH-GZ": 10} and bucket.lent() == 2 and bucket.healthy()
+    assert b.want(bucket, waiting, "WH-GZ") == (waiting, [])  # the same command again asks nothing more
+
+
+def test_the_exchange_goes_round_the_buckets_one_for_one_and_comes_back_with_the_units() -> None:
+    stock, (b0, _, b2) = split([{"WH-SH": 10, "WH-GZ": 2}, {"WH-SH": 10}, {"WH-SH": 5, "WH-GZ": 3}])
+    hold = held(b0, "jd:big", 6)
+    asked = b.want(b0, hold, "WH-GZ")
+    assert asked is not None
+    waiting, (sync,) = asked
+    b.credit(stock, 0, sync.units)
+    onward, here = b.swap_at_home(stock, 0, sync.units, "WH-GZ", sync.ref)
+    assert not here and [(s.to_bucket, s.units) for s in onward] == [(2, {"WH-SH": 4})]  # bucket 1 has none
+    b.give(b2, onward[0].units)
+    (back,) = b.swap_ask(b2, "WH-GZ", onward[0].units, onward[0].ref)
+    assert (back.to_bucket, back.units, back.qty) == (b.HOME, {"WH-GZ": 3, "WH-SH": 1}, 1)
+    assert b2.on_hand == {"WH-SH": 8, "WH-GZ": 0}  # as many units as before: its lines stay backed
+    b.credit(stock, 2, back.units)
+    onward, here = b.swap_at_home(stock, 2, back.units, "WH-GZ", back.ref)
+    assert [(s.to_bucket, s.units, s.qty) for s in onward] == [(0, {"WH-GZ": 3, "WH-SH": 1}, 1)]  # none left
+    assert all(q == 0 for q in stock.on_hand.values())  # the home keeps none of it
+    b.give(b0, onward[0].units)
+    step, again = b.swap_arrived(b0, waiting, "WH-GZ", onward[0].units, 5)
+    assert again == [] and b0.lent() == 0  # a Shanghai unit came back: nobody had more Guangzhou units
+    assert step.answer is not None and (step.answer.outcome, step.answer.reason) == ("REFUSED", "warehouse_short")
+    assert b0.on_hand == {"WH-SH": 7, "WH-GZ": 5} and b0.healthy()  # 2 + 3 of Guangzhou: still one short
+
+
+def test_an_exchange_outrun_by_other_lines_of_the_bucket_asks_again() -> None:
+    _, (b0, _) = split([{"WH-SH": 10, "WH-GZ": 4}, {"WH-GZ": 9}])
+    hold = held(b0, "jd:big", 6)
+    asked = b.want(b0, hold, "WH-GZ")
+    assert asked is not None
+    waiting, _ = asked
+    other = held(b0, "jd:small", 3)  # meanwhile another line takes three of the bucket's Guangzhou units
+    taken = rules.allocate(b0, other, "jd:small", 1, 3, "WH-GZ", 1).answer
+    assert taken is not None and taken.outcome == "ALLOCATED"
+    b.give(b0, {"WH-GZ": 2})  # the exchange brings the two it asked for
+    step, again = b.swap_arrived(b0, waiting, "WH-GZ", {"WH-GZ": 2}, 5)
+    assert step.answer is None and [(s.to_bucket, s.units) for s in again] == [(b.HOME, {"WH-SH": 3})]
+    assert step.holds[1] is not None and step.holds[1].wants == "WH-GZ" and b0.lent() == 3
+
+
+def test_the_line_is_allocated_when_the_exchange_brings_enough() -> None:
+    stock, (b0, b1) = split([{"WH-SH": 15, "WH-GZ": 10}, {"WH-SH": 15, "WH-GZ": 10}])
+    hold = held(b0, "jd:big", 12)
+    asked = b.want(b0, hold, "WH-GZ")
+    assert asked is not None
+    waiting, (sync,) = asked
+    b.credit(stock, 0, sync.units)
+    (onward,), _ = b.swap_at_home(stock, 0, sync.units, "WH-GZ", sync.ref)
+    b.give(b1, onward.units)
+    (back,) = b.swap_ask(b1, "WH-GZ", onward.units, onward.ref)
+    b.credit(stock, 1, back.units)
+    (home_back,), _ = b.swap_at_home(stock, 1, back.units, "WH-GZ", back.ref)
+    assert (home_back.to_bucket, home_back.units) == (0, {"WH-GZ": 2})
+    b.give(b0, home_back.units)
+    step, _ = b.swap_arrived(b0, waiting, "WH-GZ", home_back.units, 5)
+    assert step.answer is not None and (step.answer.outcome, step.answer.reason) == ("ALLOCATED", "WH-GZ")
+    after = step.holds[1]
+    assert after is not None and (after.warehouse_id, after.wants) == ("WH-GZ", "")
+    assert b0.allocated == {"WH-GZ": 12} and b0.on_hand == {"WH-SH": 13, "WH-GZ": 12} and b0.lent() == 0
+    assert b1.on_hand == {"WH-SH": 17, "WH-GZ": 8}
+    assert b0.healthy() and b1.healthy()
+
+
+def test_a_line_no_longer_waiting_leaves_the_units_where_they_came() -> None:
+    _, (b0, _) = split([{"WH-SH": 15, "WH-GZ": 10}, {"WH-SH": 15, "WH-GZ": 10}])
+    hold = held(b0, "jd:big", 12)
+    asked = b.want(b0, hold, "WH-GZ")
+    assert asked is not None
+    released = rules.line_command(b0, POOL, asked[0], "RELEASE", "jd:big", 1, 12, 3).holds[1]
+    b.give(b0, {"WH-GZ": 2})
+    step, again = b.swap_arrived(b0, released, "WH-GZ", {"WH-GZ": 2}, 5)
+    assert (step.answer, step.holds, again) == (None, {}, [])
+    assert b0.on_hand == {"WH-SH": 13, "WH-GZ": 12} and b0.lent() == 0 and b0.locked == 0
+
+
+def test_the_home_asks_its_buckets_for_its_own_line_and_gives_nothing_while_counting() -> None:
+    stock, _ = split([{"WH-SH": 5}, {"WH-SH": 5, "WH-GZ": 5}])
+    b.give(stock, {"WH-GZ": 4})
+    hold = held(stock, "tmall:vip", 4)  # held at the home (a VIP line): backed by its Guangzhou units
+    asked = b.want(stock, hold, "WH-SH")
+    assert asked is not None
+    _, (sync,) = asked
+    assert (sync.to_bucket, sync.units) == (0, {"WH-GZ": 4}) and stock.lent() == 4 and stock.healthy()
+    # A bucket's request while the home counts that warehouse: the home passes it on without giving its own.
+    assert stock.hot is not None
+    stock.hot.settles.append({"wh": "WH-SH", "ref": "c", "kind": "COUNT", "qty": 0, "base": 0, "waiting": [],
+                              "got": {}, "pre": {}})  # fmt: skip
+    b.give(stock, {"WH-SH": 3})
+    ref = b.swap_ref(1, "jd:x", 1)
+    b.credit(stock, 1, {"WH-GZ": 1})
+    onward, here = b.swap_at_home(stock, 1, {"WH-GZ": 1}, "WH-SH", ref)
+    assert not here and [(s.to_bucket, s.units) for s in onward] == [(0, {"WH-GZ": 1})]
+    assert stock.on_hand.get("WH-SH") == 3
+
+
+def test_nothing_to_offer_or_nobody_to_ask_leaves_the_refusal() -> None:
+    _, (b0,) = split([{"WH-GZ": 5}])
+    hold = held(b0, "jd:a", 2)
+    b0.on_hand["WH-GZ"] = 0  # a count found none: the line's units are gone, nothing to offer
+    assert b.want(b0, hold, "WH-SH") is None
+    lone = home({"WH-GZ": 5}, count=2)
+    assert b.want(lone, held(lone, "tmall:v", 3), "WH-SH") is None  # no bucket reported a Shanghai unit
+    assert not b.exchanges(SkuStock(SKU, on_hand={"WH-GZ": 1})) and b.exchanges(b0) and b.exchanges(lone)
 
 
 # ---- a transfer is credited once --------------------------------------------------------------------------

@@ -249,3 +249,144 @@ def test_units_freed_at_the_home_while_hot_go_to_the_buckets() -> None:
     r.send([reserve("jd:early", qty=5, action="RELEASE")], HOLD_COMMANDS.name)
     out = r.send([reserve("jd:late", buckets=4)], HOLD_COMMANDS.name)
     assert [o.record["outcome"] for o in out if o.event_type == "HoldDecided"][-1] == "HELD"
+
+
+# ---- a paid line routed to a warehouse its bucket holds too few units of ----------------------------------
+
+
+def command(order_id: str, action: str, qty: int, buckets: int = 4, wh: str = "") -> tuple[str, str, dict[str, Any]]:
+    key, kind, cmd = reserve(order_id, qty, buckets, action)
+    return key, kind, {**cmd, "warehouse_id": wh}
+
+
+def orders_in(bucket: int, count: int, buckets: int = 4, tag: str = "o") -> list[str]:
+    return [o for o in (f"jd:{tag}{i}" for i in range(1000)) if bucket_for(o, buckets) == bucket][:count]
+
+
+def allocations(out: list[Any], order_id: str) -> list[tuple[str, str]]:
+    decided = [o.record for o in out if o.event_type == "HoldDecided" and o.record["order_id"] == order_id]
+    return [(a["outcome"], a["reason"]) for a in decided if a["action"] == "ALLOCATE"]
+
+
+def pool_records(r: LocalRunner) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Every stored totals record of the SKU (home and buckets) and the line records beside each."""
+    serde = HoldStock.from_settings(Settings(), WAREHOUSES).stores[0].serde
+    totals: dict[str, dict[str, Any]] = {}
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for (name, _), store in r.stores.items():
+        for key, raw in store.items() if name == STORE else ():
+            kind, _, rest = key.partition(b"\0")
+            if kind == b"s":
+                totals[rest.decode()] = serde.loads(raw)
+            elif kind == b"h":
+                lines.setdefault(rest.partition(b"\0")[0].decode(), []).append(serde.loads(raw))
+    return totals, lines
+
+
+def assert_pool_consistent(r: LocalRunner, on_hand: dict[str, int]) -> None:
+    """Per warehouse the SKU's units add up wherever they are; no record is below zero anywhere; every record's
+    totals are the sum of its own open line records."""
+    r.advance(1_000)  # let every bucket report
+    totals, lines = pool_records(r)
+    seen: dict[str, int] = {}
+    for key, rec in totals.items():
+        assert all(q >= 0 for q in rec["on_hand"].values()), (key, rec["on_hand"])
+        for wh, q in rec["on_hand"].items():
+            seen[wh] = seen.get(wh, 0) + q
+        open_lines = [h for h in lines.get(key, []) if h["status"] in ("held", "sold")]
+        assert rec["locked"] == sum(h["qty"] for h in open_lines if not h["presale"]), key
+        allocated: dict[str, int] = {}
+        for h in open_lines:
+            if h["warehouse_id"] and not h["presale"]:
+                allocated[h["warehouse_id"]] = allocated.get(h["warehouse_id"], 0) + h["qty"]
+        assert rec["allocated"] == allocated, key
+        assert all(q <= rec["on_hand"].get(wh, 0) for wh, q in allocated.items()), (key, rec)
+    assert {wh: q for wh, q in seen.items() if q} == on_hand
+
+
+def test_a_paid_line_larger_than_its_buckets_share_of_the_routed_warehouse_is_allocated_there() -> None:
+    """Changed on purpose: a hot SKU's bucket refused to allocate a held line at the warehouse routing chose when
+    its own share of that warehouse was smaller than the line (routing sees the SKU's whole stock), and routing
+    chose the same warehouse every time: the paid order never shipped. The bucket now exchanges units of its other
+    warehouses for the routed one's with the other records of the SKU, then allocates."""
+    r = runner()
+    receipt(r, SKU, 60, "WH-SH")
+    receipt(r, SKU, 40, "WH-GZ")
+    mark(r, 4)  # each bucket: 15 in Shanghai, 10 in Guangzhou
+    order = orders_in(0, 1)[0]
+    r.send([command(order, "RESERVE", 12)], HOLD_COMMANDS.name)
+    out = r.send([command(order, "COMMIT", 12, wh="WH-GZ")], HOLD_COMMANDS.name)  # paid and routed together
+    assert allocations(out, order) == [("ALLOCATED", "WH-GZ")]
+    bucket = record(r, bucket_key(SKU, 0, P))
+    assert bucket["allocated"] == {"WH-GZ": 12} and bucket["on_hand"]["WH-GZ"] >= 12
+    assert_pool_consistent(r, {"WH-SH": 60, "WH-GZ": 40})
+    r.send([command(order, "SHIP", 12, wh="WH-GZ")], HOLD_COMMANDS.name)
+    assert_pool_consistent(r, {"WH-SH": 60, "WH-GZ": 28})
+    lvl = level(r)
+    assert (lvl["on_hand"], lvl["locked"], lvl["available"]) == (88, 0, 88)
+
+
+def test_a_bucket_whose_share_of_the_routed_warehouse_is_allocated_gets_more_of_it() -> None:
+    r = runner()
+    receipt(r, SKU, 60, "WH-SH")
+    receipt(r, SKU, 40, "WH-GZ")
+    mark(r, 4)
+    orders = orders_in(1, 12)
+    r.send([command(o, "RESERVE", 1, wh="") for o in orders], HOLD_COMMANDS.name)
+    r.send([command(o, "COMMIT", 1) for o in orders], HOLD_COMMANDS.name)
+    outcomes = []
+    for o in orders:  # every customer is nearest to Guangzhou: routing sends all twelve there
+        out = r.send([command(o, "ALLOCATE", 1, wh="WH-GZ")], HOLD_COMMANDS.name)
+        outcomes += allocations(out, o)
+    assert outcomes == [("ALLOCATED", "WH-GZ")] * 12
+    assert record(r, bucket_key(SKU, 1, P))["allocated"] == {"WH-GZ": 12}
+    assert_pool_consistent(r, {"WH-SH": 60, "WH-GZ": 40})
+
+
+def test_two_fully_held_buckets_swap_units_so_both_lines_are_allocated() -> None:
+    """No unit of the SKU is free: each bucket's line is backed by half of each warehouse, and each is routed to
+    the warehouse the other bucket holds the rest of. Only an exchange lets both orders ship."""
+    r = runner(hot_sku_low_water=1)
+    receipt(r, SKU, 10, "WH-SH")
+    receipt(r, SKU, 10, "WH-GZ")
+    mark(r, 2)  # each bucket: 5 + 5
+    first, second = orders_in(0, 1, 2)[0], orders_in(1, 1, 2)[0]
+    r.send([command(first, "RESERVE", 10, 2), command(second, "RESERVE", 10, 2)], HOLD_COMMANDS.name)
+    assert level(r)["available"] == 0
+    out = r.send([command(first, "COMMIT", 10, 2, wh="WH-GZ")], HOLD_COMMANDS.name)
+    assert allocations(out, first) == [("ALLOCATED", "WH-GZ")]
+    out = r.send([command(second, "COMMIT", 10, 2, wh="WH-SH")], HOLD_COMMANDS.name)
+    assert allocations(out, second) == [("ALLOCATED", "WH-SH")]
+    assert_pool_consistent(r, {"WH-SH": 10, "WH-GZ": 10})
+
+
+def test_a_line_held_at_the_home_of_a_hot_sku_is_allocated_where_routing_sends_it() -> None:
+    """A line held before the split keeps its units at the home, in the warehouse the home kept (the fullest);
+    routed to the other, the home fetches that warehouse's units from its buckets."""
+    r = runner()
+    receipt(r, SKU, 20, "WH-SH")
+    receipt(r, SKU, 20, "WH-GZ")
+    r.send([reserve("jd:early", qty=6)], HOLD_COMMANDS.name)  # held at the home, before the split
+    mark(r, 4)
+    home = record(r, SKU)
+    kept = next(wh for wh, q in home["on_hand"].items() if q)
+    other = "WH-SH" if kept == "WH-GZ" else "WH-GZ"
+    out = r.send([command("jd:early", "COMMIT", 6, 0, wh=other)], HOLD_COMMANDS.name)
+    assert allocations(out, "jd:early") == [("ALLOCATED", other)]
+    assert record(r, SKU)["allocated"] == {other: 6}
+    assert_pool_consistent(r, {"WH-SH": 20, "WH-GZ": 20})
+
+
+def test_a_warehouse_short_everywhere_is_still_refused() -> None:
+    r = runner()
+    receipt(r, SKU, 60, "WH-SH")
+    receipt(r, SKU, 4, "WH-GZ")
+    mark(r, 4)
+    order = orders_in(2, 1)[0]
+    r.send([command(order, "RESERVE", 5)], HOLD_COMMANDS.name)
+    out = r.send([command(order, "COMMIT", 5, wh="WH-GZ")], HOLD_COMMANDS.name)
+    assert allocations(out, order) == [("REFUSED", "warehouse_short")]
+    # Routed again, to where the units are: allocated at once.
+    out = r.send([command(order, "ALLOCATE", 5, wh="WH-SH")], HOLD_COMMANDS.name)
+    assert allocations(out, order) == [("ALLOCATED", "WH-SH")]
+    assert_pool_consistent(r, {"WH-SH": 60, "WH-GZ": 4})
