@@ -44,7 +44,10 @@ rules, so K workers sell the SKU at once.
   warehouse's free units one for one for the units offered, and the line is allocated when they arrive
   (``swap_arrived``), or refused if no record had them. Units only move as transfers, so nothing is made or
   lost; no record on the way changes its totals, and the units the asking record offered (the ones behind
-  the line) count as its own while they travel (``lent``), so every line stays backed.
+  the line) count as its own while they travel (``lent``: in its available and its figures, not in the home's
+  units in transit), so every line stays backed. A record whose own line waits for a warehouse gives its units
+  of it only to an exchange that comes first (``spares``), and an exchange asks again at most once
+  (``MAX_ASKS``): two lines waiting for the same units end with answers instead of trading them for ever.
 
 Every function takes the records and returns the messages to send (``Sync``); the processor turns them
 into ``BucketSync`` records and stores the changed records in the same batch.
@@ -104,7 +107,8 @@ def movable(stock: SkuStock) -> dict[str, int]:
         left = max(0, qty) - stock.allocated.get(wh, 0)
         if left > 0:
             free[wh] = left
-    keep = stock.locked + stock.presale_reserved - sum(stock.allocated.values())
+    # Lent units are behind lines not tied to a warehouse, and are not here: the lines they back need no more.
+    keep = stock.locked + stock.presale_reserved - sum(stock.allocated.values()) - stock.lent()
     for wh in sorted(free, key=lambda w: (-free[w], w)):
         if keep <= 0:
             break
@@ -408,12 +412,16 @@ def aggregate(home: SkuStock) -> SkuStock:
         agg.newest_source_ms = max(agg.newest_source_ms, fig["newest_source_ms"])
     for _, _, units in hot.in_flight:
         give(agg, units)
+    lent = sum(int(fig.get("lent", 0)) for fig in hot.reports.values())
+    if lent:  # only their number counts here, whatever they are exchanged for
+        agg.hot = replace(hot, lent={**hot.lent, "": hot.lent.get("", 0) + lent})
     return agg
 
 
 def sent_to_bucket(home: SkuStock, seq: int, sync: Sync) -> None:
-    """Remember a transfer until its bucket reports having applied it (``aggregate`` counts it meanwhile)."""
-    if home.hot is not None and sync.kind == TRANSFER and sync.to_bucket >= 0:
+    """Remember a transfer until its bucket reports having applied it (``aggregate`` counts it meanwhile). Not an
+    exchange's: the record that asked for it counts its units as lent until they are back."""
+    if home.hot is not None and sync.kind == TRANSFER and sync.to_bucket >= 0 and swap_of(sync.ref) is None:
         home.hot.in_flight.append([seq, sync.to_bucket, dict(sync.units)])
 
 
@@ -501,7 +509,7 @@ def figures(bucket: SkuStock) -> dict[str, Any]:
     hot = bucket.hot
     return {
         "seq": hot.seq if hot else 0, "acked": hot.acked if hot else 0, "on_hand": dict(bucket.on_hand),
-        "available": bucket.available(), "locked": bucket.locked, "sold": bucket.sold,
+        "available": bucket.available(), "lent": bucket.lent(), "locked": bucket.locked, "sold": bucket.sold,
         "presale_reserved": bucket.presale_reserved, "allocated": dict(bucket.allocated),
         "open_lines": bucket.open_lines, "newest_change_ms": bucket.newest_change_ms,
         "newest_source_ms": bucket.newest_source_ms,
@@ -509,12 +517,16 @@ def figures(bucket: SkuStock) -> dict[str, Any]:
 
 
 def empty(fig: dict[str, Any]) -> bool:
-    return int(fig["open_lines"]) == 0 and all(q == 0 for q in fig["on_hand"].values())
+    # Lent units come back to the bucket that lent them: it is not done before they are.
+    return int(fig["open_lines"]) == 0 and all(q == 0 for q in fig["on_hand"].values()) and not fig.get("lent")
 
 
 # ---- a line short of the warehouse routing chose ----------------------------------------------------------
 
 SWAP = "swap"  # the ref of an exchange's transfers: "swap:<record that asked>:<order id>#<line no>"
+# Exchanges one allocation makes: its own, and one more if the record's other lines took the warehouse's units
+# meanwhile; then the line is refused and routing chooses again, rather than the records trading units for ever.
+MAX_ASKS = 2
 
 
 def swap_ref(requester: int, order_id: str, line_no: int) -> str:
@@ -539,8 +551,13 @@ def exchanges(stock: SkuStock) -> bool:
 
 
 def offer(stock: SkuStock, warehouse_id: str, qty: int) -> dict[str, int]:
-    """Up to ``qty`` units of warehouses other than ``warehouse_id`` that no line is tied to, the fullest first."""
-    spare = {wh: max(0, q) - stock.allocated.get(wh, 0) for wh, q in stock.on_hand.items() if wh != warehouse_id}
+    """Up to ``qty`` units of warehouses other than ``warehouse_id`` that no line is tied to, the fullest first;
+    none of a warehouse another line here waits for, nor, at the home, of one whose count is being settled (the
+    count's difference is applied to the home's units: a bucket that answered the count would keep them)."""
+    hot = stock.hot
+    kept = set(hot.lent) | {settle["wh"] for settle in hot.settles} if hot is not None else set()
+    spare = {wh: max(0, q) - stock.allocated.get(wh, 0) for wh, q in stock.on_hand.items()
+             if wh != warehouse_id and wh not in kept}  # fmt: skip
     out = {}
     for wh in sorted(spare, key=lambda w: (-spare[w], w)):
         n = min(qty, spare[wh])
@@ -588,14 +605,24 @@ def want(stock: SkuStock, hold: LineHold, warehouse_id: str) -> tuple[LineHold, 
     if to is None or not units:
         return None
     take(stock, units)
-    hot.lent += total(units)
+    hot.lent[warehouse_id] = hot.lent.get(warehouse_id, 0) + total(units)
     ref = swap_ref(hot.bucket, hold.order_id, hold.line_no)
-    return replace(hold, wants=warehouse_id), [Sync(TRANSFER, to, units, total(units), warehouse_id, ref)]
+    waiting = replace(hold, wants=warehouse_id, asks=hold.asks + 1)
+    return waiting, [Sync(TRANSFER, to, units, total(units), warehouse_id, ref)]
 
 
 def wanted(units: dict[str, int], warehouse_id: str) -> int:
     """Units of the warehouse an exchange still wants: one for each unit offered that nobody took yet."""
     return total(units) - units.get(warehouse_id, 0)
+
+
+def spares(stock: SkuStock, warehouse_id: str, requester: int) -> bool:
+    """Whether ``stock`` gives its own units of the warehouse to the exchange ``requester`` asked for: not while a
+    line of its own waits for them, unless the requester comes first (the home, then by bucket number). Two records
+    waiting for the same units would otherwise give each other theirs, each get one back and ask again, for ever;
+    this way the units only go one way, and the first one gets them all."""
+    hot = stock.hot
+    return hot is None or warehouse_id not in hot.lent or requester < hot.bucket
 
 
 def swap_give(stock: SkuStock, warehouse_id: str, units: dict[str, int], own: bool = True) -> dict[str, int]:
@@ -619,7 +646,8 @@ def swap_give(stock: SkuStock, warehouse_id: str, units: dict[str, int], own: bo
 def swap_ask(bucket: SkuStock, warehouse_id: str, units: dict[str, int], ref: str) -> list[Sync]:
     """A bucket asked, by its home, for the warehouse's units: everything goes back, what it gave in place of
     what it kept (the home waits for this answer to ask the next bucket or to end the exchange)."""
-    out = swap_give(bucket, warehouse_id, units)
+    swap = swap_of(ref)
+    out = swap_give(bucket, warehouse_id, units, own=swap is not None and spares(bucket, warehouse_id, swap[0]))
     return [Sync(TRANSFER, HOME, out, wanted(out, warehouse_id), warehouse_id, ref)]
 
 
@@ -632,7 +660,8 @@ def swap_at_home(home: SkuStock, sender: int, units: dict[str, int], warehouse_i
     swap = swap_of(ref)
     requester = swap[0] if swap is not None else HOME
     counting = home.hot is not None and any(s["wh"] == warehouse_id for s in home.hot.settles)
-    passing = swap_give(home, warehouse_id, units, own=sender == requester >= 0 and not counting)
+    own = sender == requester >= 0 and not counting and spares(home, warehouse_id, requester)
+    passing = swap_give(home, warehouse_id, units, own=own)
     still = wanted(passing, warehouse_id)
     nxt = next_donor(home, warehouse_id, requester, sender) if still > 0 else None
     if nxt is None and requester == HOME:
@@ -644,18 +673,23 @@ def swap_at_home(home: SkuStock, sender: int, units: dict[str, int], warehouse_i
 def swap_arrived(stock: SkuStock, hold: LineHold | None, warehouse_id: str, brought: dict[str, int],
                  now_ms: int) -> tuple[Step, list[Sync]]:  # fmt: skip
     """An exchange back at the record that asked, its units credited (as many as it lent): the line is allocated
-    if the warehouse's units are here now; asked for again if every unit offered was taken but other lines here
-    took the warehouse's units meanwhile; else refused (no record had enough free: routing chooses again).
-    Units that come for a line no longer waiting stay here."""
-    if stock.hot is not None:
-        stock.hot.lent = max(0, stock.hot.lent - total(brought))
+    if the warehouse's units are here now; asked for again (once: ``MAX_ASKS``) if every unit offered was taken
+    but other lines here took the warehouse's units meanwhile; else refused (no record had enough free: routing
+    chooses again). Units that come for a line no longer waiting stay here."""
+    hot = stock.hot
+    if hot is not None:
+        left = hot.lent.get(warehouse_id, 0) - total(brought)
+        if left > 0:
+            hot.lent[warehouse_id] = left
+        else:
+            hot.lent.pop(warehouse_id, None)
     if hold is None or not hold.is_open or hold.warehouse_id or hold.wants != warehouse_id:
         return Step(None), []
-    waiting = replace(hold, wants="")
+    waiting = replace(hold, wants="", asks=0)  # answered: routed here again, it may exchange again
     if stock.warehouse_free(warehouse_id) >= hold.qty:
         return allocate(stock, waiting, hold.order_id, hold.line_no, hold.qty, warehouse_id, now_ms), []
-    if brought.get(warehouse_id, 0) > 0 and wanted(brought, warehouse_id) == 0:
-        asked = want(stock, waiting, warehouse_id)
+    if hold.asks < MAX_ASKS and brought.get(warehouse_id, 0) > 0 and wanted(brought, warehouse_id) == 0:
+        asked = want(stock, replace(waiting, asks=hold.asks), warehouse_id)
         if asked is not None:
             return Step(None, {hold.line_no: asked[0]}), asked[1]
     refused = Answer(hold.order_id, hold.line_no, hold.qty, "ALLOCATE", "REFUSED", Reason.WAREHOUSE_SHORT)

@@ -363,6 +363,7 @@ class HoldStock(Processor):
         elif kind == hot_.REPORT:
             figures = {
                 "seq": msg["seq"], "acked": msg["acked"], "on_hand": msg["units"], "available": msg["qty"],
+                "lent": msg["lent"],
                 "locked": msg["locked"], "sold": msg["sold"], "presale_reserved": msg["presale_reserved"],
                 "allocated": msg["allocated"], "open_lines": msg["open_lines"],
                 "newest_change_ms": msg["newest_change_ms"], "newest_source_ms": msg["newest_source_ms"],
@@ -409,7 +410,7 @@ class HoldStock(Processor):
             from_bucket=hot.bucket, to_bucket=sync.to_bucket, units=dict(sync.units), qty=sync.qty,
             warehouse_id=sync.warehouse_id, ref=sync.ref, buckets=0, state="", paused=False, locked=0, sold=0,
             presale_reserved=0, open_lines=0, allocated={}, newest_change_ms=0, newest_source_ms=0, seq=hot.seq,
-            acked=0,
+            acked=0, lent=0,
         )  # fmt: skip
         if hot.bucket == HOME:
             record["buckets"], record["state"], record["paused"] = hot.count, hot_.told_state(hot, sync), stock.paused
@@ -417,6 +418,7 @@ class HoldStock(Processor):
         elif sync.kind == hot_.REPORT:
             fig = hot_.figures(stock)
             record["units"], record["qty"], record["acked"] = fig["on_hand"], fig["available"], fig["acked"]
+            record["lent"] = fig["lent"]
             record["locked"], record["sold"] = fig["locked"], fig["sold"]
             record["presale_reserved"] = fig["presale_reserved"]
             record["open_lines"], record["allocated"] = fig["open_lines"], fig["allocated"]

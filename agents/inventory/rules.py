@@ -1,6 +1,6 @@
 """The stock pool, kept bounded: per-SKU running totals plus one record per open order line.
 
-    available = on_hand - locked - presale_reserved     (never below 0)
+    available = on_hand + lent - locked - presale_reserved     (never below 0)
 
 ``SkuStock`` holds the totals (on-hand per warehouse, locked, sold, presale reserved, allocated
 per warehouse), so every decision is O(1) whatever the SKU's traffic, and its stored record stays
@@ -16,7 +16,8 @@ which commits atomically with the answers.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cache
 from typing import Any
 
 from streams.contract.reasons import Reason
@@ -46,6 +47,19 @@ class PoolRules:
     tombstone_ttl_ms: int  # how long a finished line is remembered, against late duplicates
     adjustment_ttl_ms: int  # how long an adjustment id is remembered, against a WMS sending it again
     max_line_qty: int
+
+
+@cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
+def stored_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a stored record this version has. During a rolling deploy a worker reads records a newer one
+    wrote (a field it does not know would make every event of the SKU a dead letter, a TRANSFER's units lost with
+    it) and records an older one wrote (a field missing takes its default)."""
+    names = _field_names(cls)
+    return data if data.keys() <= names else {k: v for k, v in data.items() if k in names}
 
 
 @dataclass(slots=True)
@@ -78,12 +92,14 @@ class SkuStock:
         return total
 
     def available(self) -> int:
-        return max(0, self.on_hand_total() - self.locked - self.presale_reserved)
+        # Lent units left on_hand but are still in locked (behind the line that lent them): without adding them
+        # back they would be taken away twice, and a record with a free unit could look sold out.
+        return max(0, self.on_hand_total() + self.lent() - self.locked - self.presale_reserved)
 
     def lent(self) -> int:
         """Units a hot SKU's record offered in exchange for a warehouse one of its lines was routed to
         (``buckets.want``): still behind that line while they travel, and as many come back."""
-        return self.hot.lent if self.hot is not None else 0
+        return sum(self.hot.lent.values()) if self.hot is not None else 0
 
     def warehouse_free(self, warehouse_id: str) -> int:
         return max(0, self.on_hand.get(warehouse_id, 0)) - self.allocated.get(warehouse_id, 0)
@@ -137,8 +153,8 @@ class SkuStock:
     def load(cls, data: dict[str, Any]) -> SkuStock:
         hot = data.get("hot")
         if isinstance(hot, dict):
-            return cls(**{**data, "hot": Buckets(**hot)})
-        return cls(**data)
+            return cls(**{**stored_fields(cls, data), "hot": Buckets(**stored_fields(Buckets, hot))})
+        return cls(**stored_fields(cls, data))
 
 
 @dataclass(slots=True)
@@ -160,7 +176,9 @@ class Buckets:
     # Home: no unit of the SKU is free anywhere, as its buckets were last told; bucket: what its home said
     # (a line it cannot fill is then refused at once, not passed on).
     sold_out: bool = False
-    lent: int = 0  # units out on exchanges for the routed warehouse of lines held here (``SkuStock.lent``)
+    # Units out on exchanges for lines held here (``SkuStock.lent``), by the warehouse they are exchanged for: while
+    # a line waits for a warehouse, the record keeps its own units of it (``buckets.spares``).
+    lent: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -180,6 +198,7 @@ class LineHold:
     # A hot SKU's record that held the line with too few units of the warehouse routing chose: that warehouse,
     # while the record exchanges units for it with the SKU's other records (``buckets.want``); the answer waits.
     wants: str = ""
+    asks: int = 0  # exchanges made for ``wants`` since the line was routed there (``buckets.MAX_ASKS``)
 
     @property
     def is_open(self) -> bool:
@@ -187,7 +206,7 @@ class LineHold:
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> LineHold:
-        return cls(**data)
+        return cls(**stored_fields(cls, data))
 
     def dump(self) -> dict[str, Any]:
         return asdict(self)
@@ -431,7 +450,7 @@ class OverrideRequest:
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> OverrideRequest:
-        return cls(**data)
+        return cls(**stored_fields(cls, data))
 
 
 @dataclass

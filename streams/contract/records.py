@@ -494,3 +494,4 @@ class BucketSync(TypedDict):
     newest_source_ms: int
     seq: int
     acked: int
+    lent: int

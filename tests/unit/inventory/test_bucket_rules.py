@@ -3,6 +3,10 @@ messages to send out; no engine, no broker. The processor's end-to-end behaviour
 
 from __future__ import annotations
 
+import itertools
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -569,6 +573,211 @@ def test_nothing_to_offer_or_nobody_to_ask_leaves_the_refusal() -> None:
     lone = home({"WH-GZ": 5}, count=2)
     assert b.want(lone, held(lone, "tmall:v", 3), "WH-SH") is None  # no bucket reported a Shanghai unit
     assert not b.exchanges(SkuStock(SKU, on_hand={"WH-GZ": 1})) and b.exchanges(b0) and b.exchanges(lone)
+
+
+def test_a_record_keeps_the_units_of_a_warehouse_its_own_line_waits_for_from_later_askers() -> None:
+    """Changed on purpose: two buckets whose lines both waited for Guangzhou gave each other their own Guangzhou
+    unit for the other's Shanghai one, each got one back, asked again, and so on for ever. A record whose line
+    waits for a warehouse now gives its units of it only to an exchange asked before its own (the home first,
+    then by bucket number), so one of the two gets both units, and offers none of them for another line."""
+    _, (b0, b1) = split([{"WH-SH": 2, "WH-GZ": 1}, {"WH-SH": 2, "WH-GZ": 1}])
+    first, second = b.want(b0, held(b0, "jd:a", 2), "WH-GZ"), b.want(b1, held(b1, "jd:b", 2), "WH-GZ")
+    assert first is not None and second is not None
+    (ask0,), (ask1,) = first[1], second[1]
+    b.give(b0, ask1.units)  # bucket 1's exchange reaches bucket 0, whose own line asked first
+    (back,) = b.swap_ask(b0, "WH-GZ", ask1.units, ask1.ref)
+    assert (back.units, back.qty) == ({"WH-SH": 1}, 1) and b0.on_hand == {"WH-SH": 1, "WH-GZ": 1}
+    b.give(b1, ask0.units)  # bucket 0's exchange reaches bucket 1: bucket 0 asked first, so it gets the unit
+    (back,) = b.swap_ask(b1, "WH-GZ", ask0.units, ask0.ref)
+    assert (back.units, back.qty) == ({"WH-GZ": 1}, 0) and b1.on_hand == {"WH-SH": 2, "WH-GZ": 0}
+    assert b0.healthy() and b1.healthy()
+    assert b.offer(b0, "WH-SH", 1) == {}  # its Guangzhou unit stays for the line waiting for it
+
+
+def test_an_exchange_asks_again_once_then_the_line_is_refused() -> None:
+    """Changed on purpose: an exchange outrun by the record's other lines asked again without end."""
+    _, (b0, _) = split([{"WH-SH": 10, "WH-GZ": 4}, {"WH-GZ": 20}])
+    big, others = held(b0, "jd:big", 6), [held(b0, f"jd:small{n}", 3) for n in range(2)]
+    asked = b.want(b0, big, "WH-GZ")
+    assert asked is not None
+    waiting = asked[0]
+    for n, brought in enumerate(({"WH-GZ": 2}, {"WH-GZ": 3})):
+        # Meanwhile another line takes three of the bucket's Guangzhou units.
+        taken = rules.allocate(b0, others[n], f"jd:small{n}", 1, 3, "WH-GZ", 1).answer
+        assert taken is not None and taken.outcome == "ALLOCATED"
+        b.give(b0, brought)
+        step, again = b.swap_arrived(b0, waiting, "WH-GZ", brought, 5)
+        line = step.holds[1]
+        assert line is not None
+        waiting = line
+        if n == 0:
+            assert step.answer is None and [(s.to_bucket, s.units) for s in again] == [(b.HOME, {"WH-SH": 3})]
+    assert again == [] and step.answer is not None
+    assert (step.answer.outcome, step.answer.reason) == ("REFUSED", "warehouse_short")
+    assert (waiting.wants, waiting.warehouse_id, b0.lent()) == ("", "", 0)
+    assert b0.on_hand == {"WH-SH": 5, "WH-GZ": 9} and b0.healthy()
+    # Routed again to the same warehouse, the line may exchange again.
+    again_asked = b.want(b0, waiting, "WH-GZ")
+    assert again_asked is not None and again_asked[1]
+
+
+def test_units_lent_on_an_exchange_still_count_as_the_records_own() -> None:
+    """Changed on purpose: the units a record offered were still in its locked but no longer in its on-hand, so it
+    reported them as taken twice: a free unit looked gone, and the home could call the SKU sold out."""
+    stock, (b0, b1) = split([{"WH-SH": 4}, {"WH-GZ": 3}])
+    asked = b.want(b0, held(b0, "jd:big", 3), "WH-GZ")
+    assert asked is not None
+    (sync,) = asked[1]
+    assert sync.units == {"WH-SH": 3} and b0.on_hand == {"WH-SH": 1}
+    assert b0.available() == 1 and b.movable(b0) == {"WH-SH": 1}
+    fig = b.figures(b0)
+    assert (fig["available"], fig["lent"]) == (1, 3) and not b.empty({**fig, "open_lines": 0, "on_hand": {}})
+    assert stock.hot is not None
+    stock.hot.reports["0"] = {**fig, "seq": 5}
+    held(b1, "jd:other", 3)
+    stock.hot.reports["1"] = b.figures(b1)
+    assert not b.sku_sold_out(stock) and b.aggregate(stock).available() == 1
+    # Passed on to bucket 1, the units are not also counted as on their way there: bucket 0 counts them.
+    b.credit(stock, 0, sync.units)
+    onward, _ = b.swap_at_home(stock, 0, sync.units, "WH-GZ", sync.ref)
+    b.sent_to_bucket(stock, 9, onward[0])
+    assert b.reported_available(stock.hot) == [1, 0] and b.aggregate(stock).available() == 1
+
+
+def test_the_home_offers_no_units_of_a_warehouse_being_counted() -> None:
+    """Changed on purpose: the home offered units of a warehouse whose count it was settling; a bucket that had
+    answered the count kept them, and the count's difference landed on the home, below zero."""
+    stock, _ = split([{"WH-SH": 5}, {"WH-SH": 5, "WH-GZ": 5}])
+    b.give(stock, {"WH-GZ": 4})
+    hold = held(stock, "tmall:vip", 4)
+    assert stock.hot is not None
+    stock.hot.settles.append({"wh": "WH-GZ", "ref": "c", "kind": "COUNT", "qty": 0, "base": 4, "waiting": [0, 1],
+                              "got": {"1": 5}, "pre": {}})  # fmt: skip
+    assert b.offer(stock, "WH-SH", 4) == {} and b.want(stock, hold, "WH-SH") is None
+    assert stock.on_hand == {"WH-GZ": 4} and stock.lent() == 0
+    stock.hot.settles.clear()  # counted: the home may offer them again
+    assert b.offer(stock, "WH-SH", 4) == {"WH-GZ": 4}
+
+
+# ---- exchanges crossing each other, delivered in any order ------------------------------------------------
+@dataclass
+class Exchanges:
+    """A hot SKU's records and the messages between them, each channel between two records in order; the hot-SKU
+    rules called as the processor calls them."""
+
+    records: dict[int, SkuStock]
+    holds: dict[str, LineHold] = field(default_factory=dict)
+    answers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    channels: dict[tuple[int, int], list[Any]] = field(default_factory=dict)
+    sent: Iterator[int] = field(default_factory=itertools.count)
+    delivered: int = 0
+
+    def send(self, frm: int, syncs: list[b.Sync]) -> None:
+        for s in syncs:
+            self.channels.setdefault((frm, s.to_bucket), []).append((next(self.sent), s))
+        if frm >= 0 and syncs:  # a bucket that sends units tells its figures with them
+            self.channels.setdefault((frm, b.HOME), []).append((next(self.sent), b.figures(self.records[frm])))
+
+    def answered(self, order: str, step: rules.Step) -> None:
+        self.holds.update({line.order_id: line for line in step.holds.values() if line is not None})
+        if step.answer is not None:
+            self.answers.setdefault(order, []).append((step.answer.outcome, step.answer.reason))
+
+    def route(self, order: str, at: int, wh: str) -> None:
+        stock, hold = self.records[at], self.holds[order]
+        step = rules.allocate(stock, hold, order, 1, hold.qty, wh, 0)
+        asked = b.want(stock, hold, wh) if step.answer and step.answer.reason == "warehouse_short" else None
+        if asked is None:
+            self.answered(order, step)
+        else:
+            self.holds[order] = asked[0]
+            self.send(at, asked[1])
+
+    def deliver(self, frm: int, here: int, msg: b.Sync | dict[str, Any]) -> None:
+        home = self.records[b.HOME]
+        self.delivered += 1
+        if isinstance(msg, dict):
+            b.on_report(home, frm, msg, 0)
+            return
+        swap = b.swap_of(msg.ref)
+        assert swap is not None
+        if here == b.HOME:
+            b.credit(home, frm, msg.units)
+            onward, ended = b.swap_at_home(home, frm, msg.units, msg.warehouse_id, msg.ref)
+            self.send(b.HOME, onward)
+        else:
+            b.give(self.records[here], msg.units)
+            ended = swap[0] == here
+            if not ended:
+                self.send(here, b.swap_ask(self.records[here], msg.warehouse_id, msg.units, msg.ref))
+        if ended:
+            step, again = b.swap_arrived(self.records[here], self.holds[swap[1]], msg.warehouse_id, msg.units, 1)
+            self.answered(swap[1], step)
+            self.send(here, again)
+
+    def units(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for rec in self.records.values():
+            for wh, q in rec.on_hand.items():
+                out[wh] = out.get(wh, 0) + q
+        return {wh: q for wh, q in out.items() if q}
+
+
+def exchange_until_quiet(shares: list[dict[str, int]], at_home: dict[str, int],
+                         lines: list[tuple[int, int, str]], seed: int) -> Exchanges:  # fmt: skip
+    """Hold ``lines`` (record, qty, warehouse routing chose; -1: the home), route them all at once, then deliver
+    every message: the channels in the order they were sent to (an even seed: as one worker would), or in a random
+    order (an odd one: as several would). Stops after 2,000 messages."""
+    rng = random.Random(seed)
+    home, bks = split(shares)
+    b.give(home, at_home)
+    run = Exchanges({b.HOME: home, **dict(enumerate(bks))})
+    for n, (at, qty, _) in enumerate(lines):
+        run.holds[f"jd:{n}"] = held(run.records[at], f"jd:{n}", qty)
+    for n, (at, _, wh) in enumerate(lines):
+        run.route(f"jd:{n}", at, wh)
+    while any(run.channels.values()) and run.delivered < 2_000:
+        busy = sorted(k for k, q in run.channels.items() if q)
+        frm, here = min(busy, key=lambda k: run.channels[k][0][0]) if seed % 2 == 0 else rng.choice(busy)
+        run.deliver(frm, here, run.channels[(frm, here)].pop(0)[1])
+    return run
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_two_buckets_waiting_for_the_same_warehouse_stop_exchanging(seed: int) -> None:
+    """Changed on purpose: each bucket gave the other its own Guangzhou unit, got one back, asked again, for ever
+    (as one worker delivers the messages), and neither order was answered."""
+    run = exchange_until_quiet([{"WH-SH": 2, "WH-GZ": 1}] * 2, {}, [(0, 2, "WH-GZ"), (1, 2, "WH-GZ")], seed)
+    assert run.delivered < 2_000, "the exchanges never end"
+    assert run.answers == {"jd:0": [("ALLOCATED", "WH-GZ")], "jd:1": [("REFUSED", "warehouse_short")]}
+    assert run.units() == {"WH-SH": 4, "WH-GZ": 2}
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_crossing_exchanges_end_with_one_answer_per_line_and_no_unit_made_or_lost(seed: int) -> None:
+    rng = random.Random(seed)
+    count = rng.randint(2, 4)
+    shares = [{wh: rng.randint(0, 3) for wh in ("WH-SH", "WH-GZ")} for _ in range(count)]
+    at_home = {wh: rng.randint(0, 2) for wh in ("WH-SH", "WH-GZ")}
+    wanted = rng.choice(("WH-SH", "WH-GZ"))  # mostly one warehouse: the lines then compete for it
+    lines = []
+    for at in range(-1, count):
+        have = sum(shares[at].values()) if at >= 0 else sum(at_home.values())
+        for _ in range(rng.randint(1, 3)):
+            if have > 0:
+                qty = rng.randint(1, have)
+                have -= qty
+                lines.append((at, qty, wanted if rng.random() < 0.8 else rng.choice(("WH-SH", "WH-GZ"))))
+    before = {wh: q for wh in ("WH-SH", "WH-GZ") if (q := sum(s[wh] for s in shares) + at_home[wh])}
+    run = exchange_until_quiet(shares, at_home, lines, seed)
+    assert run.delivered < 2_000, "the exchanges never end"
+    assert run.units() == before
+    assert sorted(run.answers) == sorted(run.holds) and all(len(a) == 1 for a in run.answers.values()), run.answers
+    for rec in run.records.values():
+        assert rec.lent() == 0 and rec.healthy(), (rec.sku, rec.breaches())
+    for order, hold in run.holds.items():
+        outcome, reason = run.answers[order][0]
+        assert (hold.wants, hold.asks, hold.warehouse_id) == ("", 0, reason if outcome == "ALLOCATED" else "")
 
 
 # ---- a transfer is credited once --------------------------------------------------------------------------

@@ -390,3 +390,52 @@ def test_a_warehouse_short_everywhere_is_still_refused() -> None:
     out = r.send([command(order, "ALLOCATE", 5, wh="WH-SH")], HOLD_COMMANDS.name)
     assert allocations(out, order) == [("ALLOCATED", "WH-SH")]
     assert_pool_consistent(r, {"WH-SH": 60, "WH-GZ": 4})
+
+
+def test_two_lines_racing_for_the_last_units_of_one_warehouse_are_both_answered(monkeypatch: Any) -> None:
+    """Changed on purpose: each bucket's line waited for the Guangzhou unit the other held; the two exchanges gave
+    those units back and forth for ever and neither order was answered. The bucket asked first gets both, the
+    other line is refused warehouse_short and routed again."""
+    real, syncs = HoldStock.handle, []
+
+    def counted(self: HoldStock, ctx: Any, event_type: str, record: dict[str, Any]) -> None:
+        syncs.append(event_type == "BucketSync")
+        assert sum(syncs) < 500, "the exchanges never end"
+        real(self, ctx, event_type, record)
+
+    r = runner(hot_sku_low_water=1)
+    receipt(r, SKU, 4, "WH-SH")
+    receipt(r, SKU, 2, "WH-GZ")
+    mark(r, 2)  # each bucket: 2 in Shanghai, 1 in Guangzhou
+    first, second = orders_in(0, 1, 2)[0], orders_in(1, 1, 2)[0]
+    r.send([command(first, "RESERVE", 2, 2), command(second, "RESERVE", 2, 2)], HOLD_COMMANDS.name)
+    monkeypatch.setattr(HoldStock, "handle", counted)
+    out = r.send([command(first, "COMMIT", 2, 2, wh="WH-GZ"), command(second, "COMMIT", 2, 2, wh="WH-GZ")],
+                 HOLD_COMMANDS.name)  # fmt: skip
+    assert allocations(out, first) == [("ALLOCATED", "WH-GZ")]
+    assert allocations(out, second) == [("REFUSED", "warehouse_short")]
+    out = r.send([command(second, "ALLOCATE", 2, 2, wh="WH-SH")], HOLD_COMMANDS.name)
+    assert allocations(out, second) == [("ALLOCATED", "WH-SH")]
+    assert_pool_consistent(r, {"WH-SH": 4, "WH-GZ": 2})
+    assert all(rec["hot"]["lent"] == {} for rec in pool_records(r)[0].values())
+
+
+def test_a_bucket_reports_the_units_it_lent_and_the_home_counts_them() -> None:
+    """Changed on purpose: while an exchange travelled, the asking bucket reported its lent units as taken twice."""
+    r = runner()
+    receipt(r, SKU, 60, "WH-SH")
+    receipt(r, SKU, 40, "WH-GZ")
+    mark(r, 4)  # each bucket: 15 in Shanghai, 10 in Guangzhou
+    order = orders_in(0, 1)[0]
+    r.send([command(order, "RESERVE", 12)], HOLD_COMMANDS.name)
+    out = r.send([command(order, "COMMIT", 12, wh="WH-GZ")], HOLD_COMMANDS.name)
+    syncs = [o.record for o in out if o.event_type == "BucketSync" and o.record["from_bucket"] == 0]
+    ask = next(i for i, s in enumerate(syncs) if s["kind"] == "TRANSFER" and s["ref"].startswith("swap:"))
+    told = syncs[ask + 1]
+    assert (told["kind"], told["units"], told["lent"], told["qty"]) == ("REPORT", {"WH-SH": 13, "WH-GZ": 10}, 2, 13)
+    # The same figures, newer than any the home has: it counts the lent units as bucket 0's.
+    r.send([(SKU, "BucketSync", {**told, "event_id": "late-report", "seq": told["seq"] + 10**9})], STOCK_BUCKETS.name)
+    home = record(r, SKU)
+    assert home is not None and home["hot"]["reports"]["0"]["lent"] == 2
+    lvl = level(r)
+    assert (lvl["locked"], lvl["available"]) == (12, 88)
