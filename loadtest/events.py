@@ -66,6 +66,20 @@ def order_placed(
     )
 
 
+# A presale's deposit: this share of its price; the balance pays the rest.
+DEPOSIT_SHARE = 0.2
+
+
+def payment_fen(lines: Sequence[tuple[str, int]], presale: bool, balance: bool) -> int:
+    """What a payment of an order of ``lines`` (SKU, qty) at the default price pays: the price, or a presale's
+    deposit or balance. Refunds are bounded by what was paid, so a run must pay what it orders."""
+    price = sum(qty * DEFAULT_PRICE_FEN for _, qty in lines)
+    if not presale:
+        return price
+    deposit = int(price * DEPOSIT_SHARE)
+    return price - deposit if balance else deposit
+
+
 def payment_confirmed(channel: str, channel_order_id: str, amount_fen: int = 0) -> PaymentConfirmed:
     return PaymentConfirmed(
         event_id=f"paid:{order_key(channel, channel_order_id)}",

@@ -177,9 +177,10 @@ def build_schedule(profile: str, rate: float, duration_s: float, seed: int, sku_
         fate = rng.random()
         delay = min(rng.lognormvariate(0.3, 0.8), 20.0)
         if fate < PAID_BELOW:
-            sched.events.append(Planned(t + delay, "payment", order, channel, via_intake=intake))
+            # A payment carries its order's lines and kind: what it pays is the order's price (a presale: its deposit).
+            sched.events.append(Planned(t + delay, "payment", order, channel, lines, presale, via_intake=intake))
             if presale:
-                sched.events.append(Planned(t + delay + rng.uniform(2, 8), "balance", order, channel))
+                sched.events.append(Planned(t + delay + rng.uniform(2, 8), "balance", order, channel, lines, presale))
             elif rng.random() < REFUND_SHARE:
                 sched.events.append(Planned(t + delay + rng.uniform(1, 5), "refund", order, channel, lines))
         elif fate < CANCELLED_BELOW:

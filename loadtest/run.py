@@ -167,7 +167,7 @@ class LoadRun:
                     self.sent.per_second[int(e.at_s)] += 1
                 progress.advance(task)
             elif e.kind in ("payment", "balance"):
-                pay = ev.payment_confirmed(e.channel, e.order)
+                pay = ev.payment_confirmed(e.channel, e.order, ev.payment_fen(e.lines, e.presale, e.kind == "balance"))
                 if e.kind == "balance":
                     pay = {**pay, "event_id": f"balance:{key}", "balance": True}
                 producer.send(ORDER_EVENTS.name, key, "PaymentConfirmed", pay)
@@ -259,9 +259,9 @@ class LoadRun:
             return
         if e.kind == "order":
             # The order's amount is its lines' (a refund of the whole order asks exactly that much back).
-            body = {"order_id": e.order, "amount_fen": sum(9900 * qty for _, qty in e.lines), "sent_at_ms": intended,
+            body = {"order_id": e.order, "amount_fen": ev.payment_fen(e.lines, False, False), "sent_at_ms": intended,
                     "placed_at_ms": intended, "presale": e.presale, "customer_id": f"c-{e.order}",
-                    "lines": [{"line_no": n + 1, "sku": sku, "qty": qty, "unit_price_fen": 9900}
+                    "lines": [{"line_no": n + 1, "sku": sku, "qty": qty, "unit_price_fen": ev.DEFAULT_PRICE_FEN}
                               for n, (sku, qty) in enumerate(e.lines)],
                     "address": ADDRESS}  # fmt: skip
             path = "/v1/channels/own/order"
@@ -270,7 +270,8 @@ class LoadRun:
                 self.sent.per_second[int(e.at_s)] += 1
         elif e.kind in ("payment", "balance"):
             body, path = (
-                {"order_id": e.order, "payment_id": f"pay-{e.order}", "amount_fen": 100},
+                {"order_id": e.order, "payment_id": f"pay-{e.order}",
+                 "amount_fen": ev.payment_fen(e.lines, e.presale, e.kind == "balance"), "balance": e.kind == "balance"},
                 "/v1/channels/own/payment",
             )
         else:

@@ -166,10 +166,13 @@ class Settings(BaseSettings):
     payment_timeout_s: float = Field(default=1800.0, gt=0, description="Unpaid orders release their holds after this.")
     hold_ttl_s: float = Field(default=7200.0, gt=0, description="An orphaned (unpaid) hold expires after this.")
     presale_balance_s: float = Field(
-        default=10 * 86400.0,
+        default=30 * 86400.0,
         gt=0,
-        description="How long after its deposit a presale order waits for its balance, its units held; then it is "
-        "cancelled (`balance_unpaid`) and the units go back. The deposit is forfeited: no refund is raised.",
+        description="How long after its deposit (the channel's payment time) a presale order waits for its "
+        "balance, its units held; then it is cancelled (`balance_unpaid`) and the units go back, the deposit "
+        "forfeited. A safety net for a lost close, not the rule: the marketplace closes a trade whose balance is "
+        "unpaid itself (that cancel comes through intake), and Double-11's deposit phase often opens the balance "
+        "10+ days after the first deposits, so a short window cancels early depositors before they can pay.",
     )
     safety_threshold: int = Field(
         default=10, ge=0, description="Below this many available units only the main channel sells."

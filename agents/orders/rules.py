@@ -12,7 +12,11 @@ order's recorded state, so a duplicate or replayed event changes nothing.
 
 A presale order (预售) is paid twice: its deposit secures it (stage time ``deposit_paid``: the holds are
 committed so they outlive the hold TTL, but it stays reserved, unpaid and unrouted), its balance pays
-it. A balance that has not come ``presale_balance_ms`` after the deposit cancels it (``balance_unpaid``).
+it; one payment of at least its amount pays it in full at once (全款预售). The marketplace closes a trade
+whose balance is unpaid itself; a balance that has not come ``presale_balance_ms`` after the deposit's
+channel time cancels it here too (``balance_unpaid``), should that close be lost. A payment for an order
+let go (cancelled, timed out, refused) is refused, and raises ``paid_order_not_fulfilled``: it is owed back.
+What the buyer paid is kept per payment (``payments``, ``paid_fen``): refunds are bounded by it.
 
 A paid order is scored for health once (``score_health``, the rules in ``agents.orders.health``),
 with the customer's returns the agent looks up.
@@ -82,6 +86,9 @@ class OrderRules:
 DEPOSIT_PAID = "deposit_paid"
 # Why a presale order whose balance did not come in time is cancelled (``OrderStateChanged.reason``).
 BALANCE_UNPAID = "balance_unpaid"
+# The payments an order keeps (``OrderRecord.payments``): a presale's deposit and balance, any other payment
+# in full (a normal order's, or a presale paid at once).
+DEPOSIT, BALANCE, IN_FULL = "deposit", "balance", "payment"
 
 
 @dataclass
@@ -126,10 +133,23 @@ class OrderRecord:
     # later commands go there (absent: the SKU's home).
     buckets: dict[str, int] = field(default_factory=dict)
     balance_deadline_ms: int = 0  # a presale order's deposit: when it is cancelled if its balance has not come
+    # What each payment heard for the order took (DEPOSIT | BALANCE | IN_FULL -> amount_fen), a late one too.
+    payments: dict[str, int] = field(default_factory=dict)
 
     @property
     def deposit_paid(self) -> bool:
         return DEPOSIT_PAID in self.stage_times
+
+    @property
+    def paid_fen(self) -> int:
+        """What the buyer has paid for the order: the sum of its payments. A payment in full or balance naming
+        no amount (0), or a paid order stored before payments were kept, paid what the order asked; a deposit
+        naming none adds nothing, so a refund of it goes to customer service rather than out unchecked."""
+        total = sum(self.payments.values())
+        unnamed = any(self.payments.get(kind) == 0 for kind in (BALANCE, IN_FULL))
+        if unnamed or (self.paid and not self.payments):
+            return max(total, self.amount_fen)
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -420,6 +440,23 @@ def _paid_and_let_go(rec: OrderRecord, fx: Effects, now_ms: int) -> None:
         ))  # fmt: skip
 
 
+def _paid_after_let_go(rec: OrderRecord, fx: Effects, kind: str, now_ms: int) -> None:
+    """A payment for an order already let go: the marketplace took the money (a balance after the window
+    cancelled the order, a payment after its timeout), the units may be sold again, and a dead letter alone
+    tells nobody that the customer is owed it back."""
+    what = {DEPOSIT: "deposit", BALANCE: "balance"}.get(kind, "payment")
+    amount = rec.payments.get(kind, 0)
+    paid = f"{amount / 100:.2f} yuan" if amount else "an amount not given"
+    fx.alerts.append(AlertSpec(
+        "paid_order_not_fulfilled", "RED", rec.order_id,
+        f"order {rec.order_id} ({rec.channel}) is {rec.state} ({rec.reason or 'no reason given'}) but its {what} "
+        f"came now ({paid}): the customer is owed it back",
+        event_id=f"paid_order_not_fulfilled:{rec.order_id}:{kind}", at_ms=now_ms,
+        details={"channel": rec.channel, "state": rec.state, "reason": rec.reason, "payment": kind,
+                 "amount_fen": str(amount)},
+    ))  # fmt: skip
+
+
 def route_reserves(rec: OrderRecord, commands: list[HoldCommand], buckets_of: Callable[[str], int]) -> None:
     """Send each new RESERVE of a hot SKU (``buckets_of(sku)`` > 1) to the bucket the order id picks, and
     remember it, so a RELEASE sent before the answer goes the same way. Presale and VIP lines stay with
@@ -639,24 +676,45 @@ def sla_alerts(rec: OrderRecord, now_ms: int, rules: OrderRules) -> list[AlertSp
     return alerts
 
 
+def payment_kind(rec: OrderRecord, event: dict[str, Any]) -> str:
+    """Which of the order's payments ``event`` is. Tmall and Douyin send no step status for a presale paid in
+    full at once (全款预售), so its one payment reads ``balance`` false: its amount tells it from a deposit (a
+    payment naming no amount cannot show it paid in full)."""
+    if event.get("balance"):
+        return BALANCE
+    amount = int(event.get("amount_fen") or 0)
+    if rec.presale and not (amount > 0 and amount >= rec.amount_fen):
+        return DEPOSIT
+    return IN_FULL
+
+
 def on_payment(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
-    """A payment: the order's price, or for a presale order its deposit (``balance`` false) or its balance."""
+    """A payment: the order's price, or for a presale order its deposit (``balance`` false), its balance, or
+    its whole amount at once."""
     fx = Effects()
-    balance = bool(event.get("balance"))
-    if balance and not rec.presale:
+    kind = payment_kind(rec, event)
+    if kind == BALANCE and not rec.presale:
         fx.refusal = Refusal(Reason.NOT_PRESALE, f"balance payment for an order that is not presale ({rec.state})")
         return fx
+    # Every payment's money is kept, a late one's too (a deposit heard after its balance was paid all the same).
+    heard_before = kind in rec.payments
+    rec.payments.setdefault(kind, int(event.get("amount_fen") or 0))
     if rec.paid:
         # A duplicate; or a presale deposit heard after its balance (a platform takes no balance without
         # its deposit, so the balance already paid the order).
         return fx
     if rec.state in TERMINAL:
         fx.refusal = Refusal(Reason.ORDER_NOT_PAYABLE, f"payment for an order that is {rec.state}")
+        if not heard_before and not (kind == DEPOSIT and rec.deposit_paid):
+            _paid_after_let_go(rec, fx, kind, now_ms)
         return fx
-    if rec.presale and not balance:
+    if kind == DEPOSIT:
         if not rec.deposit_paid:
             rec.stage_times[DEPOSIT_PAID] = now_ms
-            rec.balance_deadline_ms = now_ms + rules.presale_balance_ms
+            # From the channel's time: a deposit heard late (a slow callback, a parked payment) has had its
+            # window running since the buyer paid; a channel clock ahead of ours must not lengthen it.
+            paid_at = int(event.get("event_time_ms") or 0) or now_ms
+            rec.balance_deadline_ms = min(paid_at, now_ms) + rules.presale_balance_ms
             if rec.state == "reserved":
                 _secure(rec, fx, now_ms, rules)
             # In "placed" the deposit is applied when the reservation completes.

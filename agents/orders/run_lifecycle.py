@@ -8,8 +8,8 @@ SKU; a hot SKU's line by its bucket, ``SKU#k``, chosen by order id from the in-m
 ``agents.orders.hot_skus`` view, the line's later commands to the bucket that answered),
 ``reservation.results``, ``order.states``, ``routing.decisions``, ``warehouse.dispatch``,
 ``warehouse.performance``, ``order.health`` (each order's health score, once, when it is paid),
-alerts (SLA, unroutable, payment waiting for its order) and dead letters (refused events, events
-parked past their grace).
+alerts (SLA, unroutable, payment waiting for its order, money taken for an order let go) and dead
+letters (refused events, events parked past their grace).
 Owns: store ``orders_by_id`` (changelog ``<app>.orders_by_id.changelog``): one ``OrderRecord`` per
 order: lines, the pool's answer per line, state and stage times, payment deadline, routing plan and
 allocations, WMS acknowledgements, SLA flag, and events parked until their order arrives. Timers:

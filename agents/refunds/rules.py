@@ -12,7 +12,10 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
   before the request in the shop's time zone, no custom-made line anywhere in the order, order amount
   below the limit -> approved at once and the refund paid back at once on the original payment path;
   the goods still come back and are checked. A refund-only request for an order that has not shipped
-  is approved at once too (nothing left the warehouse). Everything else goes to customer service.
+  is approved at once too (nothing left the warehouse). Everything else goes to customer service, and
+  so does a refund of an order whose presale deposit was forfeited (cancelled ``balance_unpaid``).
+- A refund is bounded by what the buyer paid for the order (``OrderFacts.paid_fen``: a presale order
+  may have only its deposit paid), less what its other refunds pay back.
 - Channel rules differ (``config/refund_rules.toml``): Kuaishou needs the return tracking number
   before a return is reviewed.
 - SOP limits on the pipeline clock: customer service answers within 2 h of the request, the
@@ -20,7 +23,9 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
   marketplace within ``settle_ms``. A breach is flagged red once and cleared when the refund moves on.
 - A settlement may come before stockflow pays (the marketplace's own timeout rule, the seller agreeing
   in its back office, callbacks out of order): it is kept on the refund and completes it the moment
-  the refund is paid, so the outcome never depends on the order the events came in. One that comes
+  the refund is paid, so the outcome never depends on the order the events came in; an approved return
+  still waiting for its goods is completed at once (the money is out; the goods are still received,
+  checked and restocked when they come). One that comes
   before the request waits on the refund id (``parked_grace_ms``, then flagged; ``parked_keep_ms``,
   then given up and dead-lettered by ``run_refunds``).
 """
@@ -106,9 +111,11 @@ class OrderFacts:
     qtys: Mapping[str, int] = field(default_factory=dict)  # line no -> units ordered
     customer_id: str = ""  # the buyer's id on the channel
     refunded_fen: int = 0  # what the order's other refunds, approved and not called off, pay back
+    paid_fen: int = 0  # what the buyer paid for it (a presale order: maybe its deposit alone), not its price
+    deposit_forfeited: bool = False  # a presale order cancelled for its unpaid balance (``balance_unpaid``)
 
     def amount_left_fen(self) -> int:
-        return self.amount_fen - self.refunded_fen
+        return self.paid_fen - self.refunded_fen
 
     @property
     def unshipped(self) -> bool:
@@ -191,15 +198,28 @@ class Approval:
     why: str  # the rule that decided, for the refund's state record
 
 
+def _above_order(amount_fen: int, facts: OrderFacts) -> str:
+    """Why a refund of ``amount_fen`` is more than its order can pay back ("" if it is not)."""
+    if amount_fen > facts.amount_fen:
+        return "amount_above_order"
+    if amount_fen > facts.paid_fen:
+        return "amount_above_paid"  # a presale order with its deposit alone paid: its price was never paid
+    if amount_fen > facts.amount_left_fen():
+        return "amount_above_order_left"  # other refunds of the order pay back the rest
+    return ""
+
+
 def auto_approval(kind: str, amount_fen: int, requested_at_ms: int, facts: OrderFacts,
                   rules: ChannelRefundRules) -> Approval:  # fmt: skip
     """Whether a new request is approved without customer service, and why (not)."""
     if not facts.known:
         return Approval(False, "order_unknown")
-    if amount_fen > facts.amount_fen:
-        return Approval(False, "amount_above_order")
-    if amount_fen > facts.amount_left_fen():
-        return Approval(False, "amount_above_order_left")  # other refunds of the order pay back the rest
+    if facts.deposit_forfeited:
+        # By marketplace rules the deposit is the shop's: paying it back is a person's decision.
+        return Approval(False, "deposit_forfeited")
+    above = _above_order(amount_fen, facts)
+    if above:
+        return Approval(False, above)
     if kind == REFUND_ONLY and (facts.unshipped or facts.state in UNFULFILLED):
         if rules.auto_approve_unshipped_refund_only:
             return Approval(True, "refund_only_unshipped" if facts.unshipped else f"order_{facts.state}")
@@ -331,7 +351,7 @@ def on_reviewed(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, 
         # Customer service cannot pay an order back twice under two refund ids either.
         fx.refusal = Refusal(Reason.REFUNDS_ABOVE_ORDER,
                              f"refund {rec.refund_id} of {rec.amount_fen} fen: order {rec.order_id} paid "
-                             f"{facts.amount_fen}, its other refunds pay back {facts.refunded_fen}")  # fmt: skip
+                             f"{facts.paid_fen}, its other refunds pay back {facts.refunded_fen}")  # fmt: skip
         return fx
     if approved:
         _approve(rec, fx, facts, str(event.get("reviewer") or "customer_service"), "approved", now_ms)
@@ -433,8 +453,13 @@ def on_settled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> Refu
     fx.alerts += _amount_mismatch(rec)
     if rec.state == "refunding":
         _move(rec, fx, "completed", now_ms, "settled")
-    # Otherwise stockflow has not paid yet: the settlement waits on the refund and completes it when it is
-    # paid (``_start_refund``); rejected meanwhile, it is flagged (``on_reviewed``).
+    elif rec.state in ("awaiting_return", "received"):
+        # Approved, its goods not back or not checked yet: the marketplace paid on its own (its timeout rule),
+        # and the goods may never come. The money is out, so it ends now; a return that still comes is
+        # received, checked and restocked on the completed refund (``on_return_received``), never paid again.
+        _start_refund(rec, fx, now_ms, "settled")
+    # Otherwise stockflow has not decided yet: the settlement waits on the refund and completes it when it is
+    # approved (``_start_refund``); rejected meanwhile, it is flagged (``on_reviewed``).
     return fx
 
 
@@ -493,11 +518,12 @@ def check_parked_settlement(rec: RefundRecord, now_ms: int, rules: RefundRules) 
 
 
 def paid_back_fen(rec: RefundRecord) -> int:
-    """What this refund pays, or has paid, its order back: what was approved, else what the marketplace
-    says it paid (a refund it settled and stockflow rejected still took the money out of the order)."""
-    if rec.state in APPROVED:
-        return rec.amount_fen
-    return rec.settled_amount_fen if rec.state and _settled(rec) else 0
+    """What this refund pays, or has paid, its order back: what was approved, or what the marketplace says
+    it paid when that is more (a settlement above the approval, or one for a refund stockflow rejected, took
+    that money out of the order all the same)."""
+    approved = rec.amount_fen if rec.state in APPROVED else 0
+    settled = rec.settled_amount_fen if rec.state and _settled(rec) else 0
+    return max(approved, settled)
 
 
 def on_cancelled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> RefundEffects:

@@ -4,7 +4,7 @@ Reads: ``refund.events`` (channel requests, customer-service reviews, return shi
 receipts and QC, marketplace settlements, cancellations) and ``refund.issued`` (the connector: the
 marketplace accepted a refund instruction), both keyed and partitioned by order id. Reads, never
 writes, the order store ``orders_by_id`` of the same partition (the order's state, delivery time,
-amount, custom lines and customer), which ``agents.orders.run_lifecycle`` owns.
+amount, what was paid for it, custom lines and customer), which ``agents.orders.run_lifecycle`` owns.
 Writes: ``refund.states`` (every transition, keyed by refund id, with the order's customer: the
 health score counts a customer's returns from it), ``refund.instructions`` (pay this back on the
 original payment path), ``stock.returns`` (resellable returned units, keyed by SKU),
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.alerting.alerts import AlertSpec, alert
-from agents.orders.rules import OrderRecord
+from agents.orders.rules import BALANCE_UNPAID, OrderRecord
 from agents.orders.run_lifecycle import ORDER_RECORDS
 from agents.orders.run_lifecycle import STORE as ORDER_STORE
 from agents.refunds import rules as flow
@@ -76,6 +76,7 @@ def order_facts(order: OrderRecord | None, refunded_fen: int = 0) -> OrderFacts:
         amount_fen=order.amount_fen, custom=order.custom, customer_id=order.customer_id,
         skus={n: str(line["sku"]) for n, line in order.lines.items()},
         qtys={n: int(line["qty"]) for n, line in order.lines.items()}, refunded_fen=refunded_fen,
+        paid_fen=order.paid_fen, deposit_forfeited=order.state == "cancelled" and order.reason == BALANCE_UNPAID,
     )  # fmt: skip
 
 

@@ -159,3 +159,20 @@ def test_a_line_held_by_a_reserve_asked_again_after_its_refusal_is_given_back() 
     held = {"line_no": 1, "action": "RESERVE", "outcome": "HELD", "reason": ""}
     fx = flow.on_hold_decided(rec, held, 7 + ORDER_RULES.reserve_retry_ms, ORDER_RULES)
     assert [(c["action"], c["line_no"], c["reason"]) for c in fx.hold_commands] == [("RELEASE", 1, "order_rejected")]
+
+
+def test_a_payment_for_an_order_let_go_is_refused_and_says_the_customer_is_owed_it_back() -> None:
+    """Changed on purpose: a payment for an order that had timed out (its units released, maybe sold again) was
+    only dead-lettered; the marketplace had taken the money, and nobody was told it must go back."""
+    rec = flow.OrderRecord(order_id="jd:1")
+    flow.on_placed(rec, order_of(("A", 1)), 0, ORDER_RULES)
+    flow.on_hold_decided(rec, {"line_no": 1, "action": "RESERVE", "outcome": "HELD", "reason": ""}, 0, ORDER_RULES)
+    flow.on_tick(rec, ORDER_RULES.payment_timeout_ms, ORDER_RULES)
+    assert rec.state == "payment_timeout"
+    fx = flow.on_payment(rec, {"event_time_ms": 9, "amount_fen": rec.amount_fen}, ORDER_RULES.payment_timeout_ms + 1,
+                         ORDER_RULES)  # fmt: skip
+    assert fx.refusal is not None and fx.refusal.reason == "order_not_payable"
+    assert [(a.kind, a.severity) for a in fx.alerts] == [("paid_order_not_fulfilled", "RED")]
+    assert (rec.state, rec.paid, fx.hold_commands) == ("payment_timeout", False, [])
+    again = flow.on_payment(rec, {"event_time_ms": 9}, ORDER_RULES.payment_timeout_ms + 2, ORDER_RULES)
+    assert again.refusal is not None and again.alerts == []  # the same payment again

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from agents.inventory.hold_stock import STORE as POOL
 from agents.inventory.hold_stock import sku_key
 from agents.orders import rules as flow
@@ -140,6 +142,7 @@ def test_a_presale_order_whose_balance_never_comes_is_cancelled_and_its_units_go
     assert rec.next_deadline_ms(RULES) == 0
     late = flow.on_payment(rec, balance(due + 1), due + 1, RULES)
     assert late.refusal is not None and late.refusal.reason == Reason.ORDER_NOT_PAYABLE and late.hold_commands == []
+    assert [a.kind for a in late.alerts] == ["paid_order_not_fulfilled"]  # a balance is money taken: owed back
 
 
 def test_a_balance_for_an_order_that_is_not_presale_is_refused() -> None:
@@ -233,8 +236,9 @@ def test_in_process_the_balance_window_survives_a_restart_and_gives_the_units_ba
     assert [(s["state"], s["reason"]) for s in of_type(out, "OrderStateChanged")] == [("cancelled", "balance_unpaid")]
     assert r.read(POOL, sku_key("SKU-Q"), "SKU-Q")["presale_reserved"] == 0
     assert [a["kind"] for a in of_type(r.outputs, "Alert")] == []  # the deposit is forfeited: no refund owed
-    order(r, "PaymentConfirmed", payment("jd", "Q1", is_balance=True))
+    out = order(r, "PaymentConfirmed", payment("jd", "Q1", is_balance=True))
     assert [x.reason for x in r.refusals] == [Reason.ORDER_NOT_PAYABLE]
+    assert [(a["kind"], a["severity"]) for a in of_type(out, "Alert")] == [("paid_order_not_fulfilled", "RED")]
 
 
 def test_in_process_a_balance_for_an_order_that_is_not_presale_is_dead_lettered() -> None:
@@ -244,3 +248,129 @@ def test_in_process_a_balance_for_an_order_that_is_not_presale_is_dead_lettered(
     assert states(order(r, "PaymentConfirmed", payment("pdd", "R1", is_balance=True))) == []
     assert [x.reason for x in r.refusals] == [Reason.NOT_PRESALE]
     assert states(order(r, "PaymentConfirmed", payment("pdd", "R1", is_balance=False))) == ["paid", "routed"]
+
+
+# ---- review of the presale change ----------------------------------------------------------------------
+
+
+def test_the_balance_window_is_a_generous_safety_net_behind_the_marketplaces_own_close() -> None:
+    """Changed on purpose: 10 days from the deposit cancelled Double-11 early depositors before the balance
+    phase opened (it often starts 10+ days after the deposits), and their units were sold again. The
+    marketplace closes a presale trade whose balance is unpaid itself (that cancel comes through intake)."""
+    assert Settings().presale_balance_s == 30 * 86_400
+    assert "safety net" in (Settings.model_fields["presale_balance_s"].description or "")
+
+
+@pytest.mark.parametrize(
+    ("channel_ms", "now_ms", "starts_ms"),
+    [
+        (1_000, 60_000, 1_000),  # heard late (a slow callback, a parked payment): the channel's time counts
+        (0, 60_000, 60_000),  # no channel time: when it was heard
+        (90_000, 60_000, 60_000),  # a channel clock ahead of the pipeline's never lengthens the window
+    ],
+)
+def test_the_balance_window_runs_from_the_deposits_channel_time(channel_ms: int, now_ms: int, starts_ms: int) -> None:
+    rec = reserved()
+    flow.on_payment(rec, deposit(channel_ms), now_ms, RULES)
+    assert rec.balance_deadline_ms == starts_ms + RULES.presale_balance_ms
+    assert rec.next_deadline_ms(RULES) == starts_ms + RULES.presale_balance_ms
+    assert rec.stage_times["deposit_paid"] == now_ms
+
+
+def test_a_balance_after_the_window_cancelled_the_order_says_the_customer_is_owed_it_back() -> None:
+    """Changed on purpose: the balance was only dead-lettered, so a buyer who had paid in full for a cancelled
+    order (its units sold again) was owed money with nobody told."""
+    rec = reserved()
+    flow.on_payment(rec, {**deposit(1_000), "amount_fen": 3_000}, 1_000, RULES)
+    flow.on_tick(rec, 1_000 + RULES.presale_balance_ms, RULES)
+    assert (rec.state, rec.reason) == ("cancelled", flow.BALANCE_UNPAID)
+    late = flow.on_payment(rec, {**balance(2_000_000_000), "amount_fen": 7_000}, 2_000_000_000, RULES)
+    assert late.refusal is not None and late.refusal.reason == Reason.ORDER_NOT_PAYABLE
+    assert [(a.kind, a.severity) for a in late.alerts] == [("paid_order_not_fulfilled", "RED")]
+    [owed] = late.alerts
+    assert "balance_unpaid" in owed.message and "70.00" in owed.message
+    assert owed.event_id == "paid_order_not_fulfilled:jd:1:balance"
+    assert (rec.state, rec.paid, late.hold_commands, late.transitions) == ("cancelled", False, [], [])
+    assert rec.paid_fen == 10_000  # deposit and balance: what the customer has paid, refunds are bounded by it
+    again = flow.on_payment(rec, {**balance(2_000_000_000), "amount_fen": 7_000}, 2_000_000_001, RULES)
+    assert again.refusal is not None and again.alerts == []  # the same balance again: nothing new is owed
+    repeated_deposit = flow.on_payment(rec, deposit(1_000), 2_000_000_002, RULES)
+    assert repeated_deposit.refusal is not None and repeated_deposit.alerts == []  # forfeited, already known
+
+
+def test_what_the_buyer_paid_is_kept_on_the_order() -> None:
+    """Refunds are bounded by it (``OrderFacts.paid_fen``): a presale order may have only its deposit paid."""
+    price = placed().amount_fen
+    rec = reserved()
+    assert rec.paid_fen == 0
+    flow.on_payment(rec, {**deposit(1), "amount_fen": 3_000}, 1, RULES)
+    flow.on_payment(rec, {**deposit(1), "amount_fen": 3_000}, 2, RULES)  # repeated
+    assert (rec.paid_fen, rec.payments) == (3_000, {"deposit": 3_000})
+    flow.on_payment(rec, {**balance(3), "amount_fen": price - 3_000}, 3, RULES)
+    assert rec.paid_fen == price and rec.state == "paid"
+    late_deposit = reserved()  # the balance heard first: the deposit that comes after it is money paid all the same
+    flow.on_payment(late_deposit, {**balance(1), "amount_fen": price - 3_000}, 1, RULES)
+    flow.on_payment(late_deposit, {**deposit(2), "amount_fen": 3_000}, 2, RULES)
+    assert late_deposit.paid_fen == price and "deposit_paid" not in late_deposit.stage_times
+    normal = reserved(presale=False)
+    flow.on_payment(normal, {**deposit(1), "amount_fen": price - 500}, 1, RULES)  # a channel-funded discount
+    assert (normal.paid_fen, normal.payments) == (price - 500, {"payment": price - 500})
+    # A payment in full that names no amount (0) paid what the order asked; a deposit naming none, nothing known.
+    unnamed = reserved(presale=False)
+    flow.on_payment(unnamed, {}, 1, RULES)
+    assert unnamed.paid_fen == price
+    unnamed_deposit = reserved()
+    flow.on_payment(unnamed_deposit, deposit(1), 1, RULES)
+    assert unnamed_deposit.paid_fen == 0
+    flow.on_payment(unnamed_deposit, balance(2), 2, RULES)
+    assert unnamed_deposit.paid_fen == price
+    stored_before = flow.OrderRecord.from_dict({k: v for k, v in normal.to_dict().items() if k != "payments"})
+    assert stored_before.paid_fen == price  # a paid order stored before payments were kept: its price
+
+
+@pytest.mark.parametrize(
+    ("extra_fen", "in_full"),
+    [(0, True), (1, True), (-1, False)],  # the order's amount, more (a fee), less (a deposit)
+)
+def test_a_presale_order_paid_in_full_at_once_is_paid_and_routed(extra_fen: int, in_full: bool) -> None:
+    """全款预售: Tmall and Douyin send no step status for it, so its one payment reads balance=false. Taken as a
+    deposit, the order waited for a balance that never comes and was cancelled with the buyer paid in full."""
+    rec = reserved()
+    fx = flow.on_payment(rec, {**deposit(1_000), "amount_fen": rec.amount_fen + extra_fen}, 1_000, RULES)
+    if in_full:
+        assert (rec.state, rec.paid, rec.paid_at_ms) == ("paid", True, 1_000)
+        assert fx.route == ["1", "2"] and fx.score_health and fx.transitions == [("reserved", "paid", "")]
+        assert "deposit_paid" not in rec.stage_times and rec.balance_deadline_ms == 0
+        assert rec.next_deadline_ms(RULES) == 1_000 + RULES.sla_ms
+    else:
+        assert (rec.state, rec.paid, fx.route) == ("reserved", False, [])
+        assert fx.transitions == [("reserved", "reserved", "deposit_paid")]
+
+
+def test_a_presale_order_paid_in_full_before_its_reservation_completes_is_paid_when_it_does() -> None:
+    rec = placed()
+    flow.on_payment(rec, {**deposit(5), "amount_fen": rec.amount_fen}, 5, RULES)
+    flow.on_hold_decided(rec, {**HELD, "line_no": 1}, 6, RULES)
+    fx = flow.on_hold_decided(rec, {**HELD, "line_no": 2}, 7, RULES)
+    assert rec.state == "paid" and fx.route == ["1", "2"] and "deposit_paid" not in rec.stage_times
+
+
+def test_a_presale_payment_naming_no_amount_is_still_a_deposit() -> None:
+    """An amount left out (0) cannot show the order was paid in full: the step it is stays the deposit."""
+    rec = reserved()
+    flow.on_payment(rec, deposit(1_000), 1_000, RULES)
+    assert (rec.state, rec.paid, rec.deposit_paid) == ("reserved", False, True)
+
+
+def test_in_process_a_presale_order_paid_in_full_at_once_is_routed_as_any_paid_order() -> None:
+    r, view = pipeline()
+    wh = first_warehouse()
+    stock(r, view, "SKU-F", 5, wh)
+    presale_stock(r, "SKU-F", 3)
+    placed_event = ev.order_placed("douyin", "F1", [ev.line(1, "SKU-F", 2)], presale=True)
+    order(r, "OrderPlaced", placed_event)
+    in_full = {**payment("douyin", "F1", is_balance=False), "amount_fen": placed_event["amount_fen"]}
+    out = order(r, "PaymentConfirmed", in_full)
+    assert states(out) == ["paid", "routed"]
+    assert [(d["warehouse_id"], d["action"]) for d in of_type(out, "WarehouseDispatched")] == [(wh, "DISPATCH")]
+    assert not r.refusals

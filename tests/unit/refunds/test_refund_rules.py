@@ -24,7 +24,7 @@ def at(y: int, m: int, d: int, h: int = 0, mi: int = 0, s: int = 0, ms: int = 0)
 
 def delivered(when_ms: int, amount_fen: int = 49_999, custom: bool = False) -> OrderFacts:
     return OrderFacts(known=True, state="delivered", delivered_at_ms=when_ms, amount_fen=amount_fen, custom=custom,
-                      skus={"1": "SKU-1"}, qtys={"1": 1})  # fmt: skip
+                      skus={"1": "SKU-1"}, qtys={"1": 1}, paid_fen=amount_fen)  # fmt: skip
 
 
 DELIVERED = at(2026, 11, 1, 10, 0)
@@ -76,11 +76,11 @@ def test_unknown_orders_and_refunds_above_the_order_are_never_automatic() -> Non
 
 
 def test_refund_only_before_shipment_is_approved_and_after_it_reviewed() -> None:
-    paid = OrderFacts(known=True, state="routed", amount_fen=90_000, qtys={"1": 1})
+    paid = OrderFacts(known=True, state="routed", amount_fen=90_000, qtys={"1": 1}, paid_fen=90_000)
     assert auto_approval("REFUND_ONLY", 90_000, DELIVERED, paid, RULES).approved
-    rejected = OrderFacts(known=True, state="rejected", amount_fen=90_000, qtys={"1": 1})
+    rejected = OrderFacts(known=True, state="rejected", amount_fen=90_000, qtys={"1": 1}, paid_fen=90_000)
     assert auto_approval("REFUND_ONLY", 90_000, DELIVERED, rejected, RULES).why == "order_rejected"
-    shipped = OrderFacts(known=True, state="shipped", amount_fen=90_000, qtys={"1": 1})
+    shipped = OrderFacts(known=True, state="shipped", amount_fen=90_000, qtys={"1": 1}, paid_fen=90_000)
     assert auto_approval("REFUND_ONLY", 100, DELIVERED, shipped, RULES).why == "refund_only_after_shipment"
 
 
@@ -163,7 +163,7 @@ def test_a_kuaishou_return_that_arrives_before_its_tracking_number_is_reviewed_o
 
 def test_refund_only_before_shipment_cancels_the_order() -> None:
     rec = new()
-    facts = OrderFacts(known=True, state="paid", amount_fen=5_000, skus={"1": "SKU-1"}, qtys={"1": 1})
+    facts = OrderFacts(known=True, state="paid", amount_fen=5_000, skus={"1": "SKU-1"}, qtys={"1": 1}, paid_fen=5_000)
     fx = flow.on_requested(rec, request(kind="REFUND_ONLY"), "tmall:o1", facts, packaged_rules(), DELIVERED)
     assert fx.cancel_order and fx.instruct and rec.state == "refunding"
 
@@ -263,7 +263,8 @@ def test_refusals_for_bad_requests() -> None:
 # ---- settlements that come before stockflow pays ----------------------------------------------------
 # The marketplace may pay a refund back before stockflow's instruction is recorded: its own timeout rule,
 # the seller agreeing in the marketplace's back office, or the channel's callbacks out of order.
-SHIPPED = OrderFacts(known=True, state="shipped", amount_fen=90_000, skus={"1": "SKU-1"}, qtys={"1": 1})
+SHIPPED = OrderFacts(known=True, state="shipped", amount_fen=90_000, skus={"1": "SKU-1"}, qtys={"1": 1},
+                     paid_fen=90_000)  # fmt: skip
 SETTLED = dict(ev.refund_settled("tmall", "o1", "r1", 100))
 APPROVAL = dict(ev.refund_reviewed("tmall", "o1", "r1", True))
 
@@ -292,15 +293,39 @@ def test_a_settlement_before_the_approval_completes_the_refund_when_it_is_paid()
     assert flow.on_issued(rec, DELIVERED + 8).refusal is None and rec.stage_times["issued"] == DELIVERED + 8
 
 
-def test_an_approved_return_settled_early_completes_once_its_goods_pass_qc() -> None:
+def test_an_approved_return_the_marketplace_settles_completes_and_its_late_goods_are_still_stocked() -> None:
+    """Changed on purpose: a return approved into awaiting_return and then settled by the marketplace on its own
+    (its timeout rule) stayed awaiting_return for good when the goods never came, though the money was out."""
     rec, rules = new(), packaged_rules()
     facts = delivered(DELIVERED, amount_fen=80_000)
     flow.on_requested(rec, request(), "tmall:o1", facts, rules, DELIVERED + 5)
     flow.on_reviewed(rec, APPROVAL, facts, rules, DELIVERED + 6)
-    assert flow.on_settled(rec, SETTLED, DELIVERED + 7).refusal is None and rec.state == "awaiting_return"
+    assert rec.state == "awaiting_return"
+    fx = flow.on_settled(rec, SETTLED, DELIVERED + 7)
+    assert fx.refusal is None
+    assert [t[1:] for t in fx.transitions] == [("refunding", "settled"), ("completed", "settled")]
+    assert fx.instruct and not fx.alerts  # on record once; the marketplace answers it "already agreed"
+    assert flow.next_deadline_ms(rec, rules) == 0  # no return or settle limit left to breach
     fx = arrive(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), DELIVERED + 8)
-    assert [t[1] for t in fx.transitions] == ["received", "refunding", "completed"]
-    assert fx.instruct and fx.restock == [("1", "SKU-1", 1)]
+    assert fx.refusal is None and fx.restock == [("1", "SKU-1", 1)]  # recorded and back on hand
+    assert (fx.transitions, fx.instruct, rec.state) == ([], False, "completed")  # paid once
+    assert {"return_received", "inspected"} <= set(rec.stage_times)
+    assert arrive(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), DELIVERED + 9).restock == []
+
+
+def test_a_return_received_and_settled_before_its_qc_completes_and_the_qc_still_stocks_it() -> None:
+    rec, rules = new(), packaged_rules()
+    facts = delivered(DELIVERED, amount_fen=80_000)
+    flow.on_requested(rec, request(), "tmall:o1", facts, rules, DELIVERED + 5)
+    flow.on_reviewed(rec, APPROVAL, facts, rules, DELIVERED + 6)
+    arrive(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1", qc_done=False)), DELIVERED + 7)
+    assert rec.state == "received"
+    fx = flow.on_settled(rec, SETTLED, DELIVERED + 8)
+    assert [t[1] for t in fx.transitions] == ["refunding", "completed"] and fx.instruct
+    assert flow.next_deadline_ms(rec, rules) == DELIVERED + 7 + rules.qc_ms  # QC is still owed
+    fx = arrive(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), DELIVERED + 9)
+    assert fx.restock == [("1", "SKU-1", 1)] and not fx.instruct and rec.state == "completed"
+    assert flow.next_deadline_ms(rec, rules) == 0
 
 
 @pytest.mark.parametrize("order", ["SRI", "RSI", "RIS", "SSRI", "RSISR"])
@@ -388,3 +413,55 @@ def test_a_waiting_settlement_for_another_order_is_dropped_not_applied() -> None
     flow.on_settled(rec, dict(ev.refund_settled("tmall", "o2", "r1", 100)), DELIVERED)
     fx = flow.on_requested(rec, request(), "tmall:o1", delivered(DELIVERED), rules, DELIVERED + 1)
     assert "o2" in fx.dropped_settlement and rec.state == "refunding" and "settled" not in rec.stage_times
+
+
+# ---- what was paid, and what a settlement takes out -------------------------------------------------
+
+
+def test_a_refund_is_bounded_by_what_was_paid_not_by_the_order_price() -> None:
+    """Changed on purpose: a presale order with only its deposit paid was checked against its full price, so a
+    refund-only request for the price was approved at once and paid back more than the buyer had paid."""
+    rules = packaged_rules()
+    deposit_only = OrderFacts(known=True, state="reserved", amount_fen=10_000, paid_fen=3_000, skus={"1": "SKU-1"},
+                              qtys={"1": 1})  # fmt: skip
+    verdict = auto_approval("REFUND_ONLY", 10_000, DELIVERED, deposit_only, RULES)
+    assert (verdict.approved, verdict.why) == (False, "amount_above_paid")
+    assert auto_approval("REFUND_ONLY", 3_000, DELIVERED, deposit_only, RULES).approved
+    assert deposit_only.amount_left_fen() == 3_000
+    rec = new()
+    flow.on_requested(rec, request(kind="REFUND_ONLY", amount=10_000), "tmall:o1", deposit_only, rules, DELIVERED)
+    assert (rec.state, rec.stage_times.get("refunding")) == ("reviewing", None)
+    fx = flow.on_reviewed(rec, APPROVAL, deposit_only, rules, DELIVERED + 1)
+    assert fx.refusal is not None and fx.refusal.reason is Reason.REFUNDS_ABOVE_ORDER
+    assert "paid 3000" in fx.refusal.detail
+    assert rec.state == "reviewing" and not fx.instruct
+
+
+def test_a_refund_for_an_order_whose_deposit_was_forfeited_goes_to_customer_service() -> None:
+    """An order cancelled for its unpaid balance (``balance_unpaid``): by marketplace rules the deposit is the
+    shop's, so paying it back is customer service's decision, never automatic."""
+    forfeited = OrderFacts(known=True, state="cancelled", amount_fen=10_000, paid_fen=3_000, deposit_forfeited=True,
+                           skus={"1": "SKU-1"}, qtys={"1": 1})  # fmt: skip
+    verdict = auto_approval("REFUND_ONLY", 3_000, DELIVERED, forfeited, RULES)
+    assert (verdict.approved, verdict.why) == (False, "deposit_forfeited")
+    rec, rules = new(), packaged_rules()
+    fx = flow.on_requested(rec, request(kind="REFUND_ONLY", amount=3_000), "tmall:o1", forfeited, rules, DELIVERED)
+    assert [t[1:] for t in fx.transitions][-1] == ("reviewing", "deposit_forfeited") and not fx.instruct
+    fx = flow.on_reviewed(rec, APPROVAL, forfeited, rules, DELIVERED + 1)  # customer service may pay it back
+    assert fx.refusal is None and fx.instruct and not fx.cancel_order
+
+
+def test_a_settlement_above_the_approved_amount_counts_in_full_against_the_order() -> None:
+    """Changed on purpose: an approved refund counted its approved amount, so a marketplace that paid back more
+    left the order that much more to refund, and a second refund paid it back twice."""
+    rec = new()
+    flow.on_requested(rec, request(amount=5_000), "tmall:o1", delivered(DELIVERED, 9_900), packaged_rules(),
+                      DELIVERED + 5)  # fmt: skip
+    assert rec.state == "refunding" and flow.paid_back_fen(rec) == 5_000
+    flow.on_settled(rec, dict(ev.refund_settled("tmall", "o1", "r1", 9_900)), DELIVERED + 6)
+    assert rec.state == "completed" and flow.paid_back_fen(rec) == 9_900
+    under = new()
+    flow.on_requested(under, request(amount=5_000), "tmall:o1", delivered(DELIVERED, 9_900), packaged_rules(),
+                      DELIVERED + 5)  # fmt: skip
+    flow.on_settled(under, dict(ev.refund_settled("tmall", "o1", "r1", 4_000)), DELIVERED + 6)
+    assert flow.paid_back_fen(under) == 5_000  # approved for more: the rest may still be paid

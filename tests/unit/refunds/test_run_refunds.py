@@ -6,8 +6,10 @@ from typing import Any
 
 from agents.inventory.hold_stock import STORE as POOL
 from agents.inventory.hold_stock import HoldStock, sku_key
+from agents.orders.rules import BALANCE_UNPAID, OrderRecord
+from agents.orders.run_lifecycle import STORE as ORDERS
 from agents.orders.run_lifecycle import RunLifecycle
-from agents.refunds.run_refunds import APPROVED_BY_ORDER, RunRefunds
+from agents.refunds.run_refunds import APPROVED_BY_ORDER, RunRefunds, order_facts
 from agents.refunds.run_refunds import STORE as REFUNDS
 from agents.routing.warehouse_view import WarehouseView
 from agents.routing.warehouses import load_warehouses
@@ -260,3 +262,93 @@ def test_a_stage_reached_while_the_state_stays_is_stamped_with_that_stages_time(
         stamped[step] = state["event_time_ms"]
         assert stamped[step] == state["stage_times"][step]
     assert stamped == {"return_received": refunding_at + 3_600_000, "inspected": refunding_at + 7_200_000}
+
+
+# ---- what was paid for the order bounds its refunds ----------------------------------------------------
+
+
+def presale_stock(r: LocalRunner, sku: str, cap: int) -> None:
+    r.send([(sku, "StockAdjusted", ev.stock_adjusted(sku, "", cap, kind="PRESALE_CAP"))], STOCK_ADJUSTMENTS.name)
+
+
+def deposit_only_order(r: LocalRunner, view: WarehouseView, wh: str, channel: str, oid: str, sku: str,
+                       deposit_fen: int) -> None:  # fmt: skip
+    """A presale order of 9,900 fen whose deposit, and nothing more, was paid."""
+    stock(r, view, sku, 5, wh)
+    presale_stock(r, sku, 3)
+    order(r, "OrderPlaced", ev.order_placed(channel, oid, [ev.line(1, sku, 1)], presale=True))
+    order(r, "PaymentConfirmed", {**ev.payment_confirmed(channel, oid), "amount_fen": deposit_fen,
+                                  "event_time_ms": r.now_ms})  # fmt: skip
+
+
+def test_order_facts_carry_what_was_paid_and_a_forfeited_deposit() -> None:
+    rec = OrderRecord(order_id="jd:1", state="reserved", amount_fen=10_000, presale=True,
+                      payments={"deposit": 3_000})  # fmt: skip
+    facts = order_facts(rec, refunded_fen=1_000)
+    assert (facts.amount_fen, facts.paid_fen, facts.amount_left_fen(), facts.deposit_forfeited) == (
+        10_000, 3_000, 2_000, False)  # fmt: skip
+    rec.state, rec.reason = "cancelled", BALANCE_UNPAID
+    assert order_facts(rec).deposit_forfeited
+    rec.reason = "buyer"
+    assert not order_facts(rec).deposit_forfeited
+
+
+def test_a_refund_of_the_full_price_for_a_deposit_only_order_goes_to_customer_service() -> None:
+    """Changed on purpose: it was checked against the order's price and approved at once, paying back more
+    than the buyer had paid."""
+    r, view, wh = pipeline()
+    deposit_only_order(r, view, wh, "tmall", "11", "SKU-R11", 3_000)
+    out = refund(r, "RefundRequested", ev.refund_requested("tmall", "11", "r11", 9_900, kind="REFUND_ONLY"))
+    assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1] == ("reviewing", "amount_above_paid")
+    assert not of(out, "RefundInstruction") and not of(out, "OrderStateChanged")
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("tmall", "11", "r11", True))
+    assert not of(out, "RefundInstruction") and r.refusals[-1].reason is Reason.REFUNDS_ABOVE_ORDER
+    out = refund(r, "RefundRequested", ev.refund_requested("tmall", "11", "r11b", 3_000, kind="REFUND_ONLY"))
+    [instruction] = of(out, "RefundInstruction")  # the deposit itself is paid back, and the order let go
+    assert instruction["amount_fen"] == 3_000 and [s["state"] for s in of(out, "OrderStateChanged")] == ["cancelled"]
+
+
+def test_a_refund_for_an_order_cancelled_for_its_unpaid_balance_goes_to_customer_service() -> None:
+    r, view, wh = pipeline()
+    deposit_only_order(r, view, wh, "tmall", "12", "SKU-R12", 3_000)
+    r.advance(int(Settings().presale_balance_s * 1000))
+    assert r.read(ORDERS, b"tmall:12", "tmall:12").reason == BALANCE_UNPAID
+    out = refund(r, "RefundRequested", ev.refund_requested("tmall", "12", "r12", 3_000, kind="REFUND_ONLY"))
+    assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1] == ("reviewing", "deposit_forfeited")
+    assert not of(out, "RefundInstruction")
+
+
+def test_a_settlement_above_the_approved_amount_leaves_the_order_nothing_more_to_refund() -> None:
+    """Changed on purpose: the order counted the approved 5,000 fen, not the 9,900 the marketplace paid back,
+    so a second refund of 4,900 was approved at once and the order was paid back 14,800."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "jd", "13", "SKU-R13")
+    refund(r, "RefundRequested", ev.refund_requested("jd", "13", "r13a", 5_000, event_time_ms=r.now_ms))
+    refund(r, "RefundSettled", ev.refund_settled("jd", "13", "r13a", 9_900))
+    assert r.read(APPROVED_BY_ORDER, b"jd:13", "jd:13") == {"jd:r13a": 9_900}
+    out = refund(r, "RefundRequested", ev.refund_requested("jd", "13", "r13b", 4_900, event_time_ms=r.now_ms))
+    assert not of(out, "RefundInstruction")
+    assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1] == (
+        "reviewing", "amount_above_order_left")  # fmt: skip
+
+
+def test_an_approved_return_the_marketplace_settles_completes_and_its_late_return_is_restocked() -> None:
+    r, view, wh = pipeline()
+    stock(r, view, "SKU-R14", 5, wh)
+    line = ev.line(1, "SKU-R14", 1)
+    line["custom"] = True  # customer service decides: approved into awaiting_return
+    order(r, "OrderPlaced", ev.order_placed("pdd", "14", [line]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("pdd", "14"))
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("pdd", "14", wh))
+    order(r, "ShipmentDelivered", ev.shipment_delivered("pdd", "14"))
+    refund(r, "RefundRequested", ev.refund_requested("pdd", "14", "r14", 9_900, event_time_ms=r.now_ms))
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "14", "r14", True))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["awaiting_return"]
+    out = refund(r, "RefundSettled", ev.refund_settled("pdd", "14", "r14", 9_900))  # the marketplace's timeout rule
+    assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1] == ("completed", "settled")
+    assert len(of(out, "RefundInstruction")) == 1
+    out = refund(r, "ReturnReceived", ev.return_received("pdd", "14", "r14", wh))
+    assert of(out, "StockAdjusted")[0]["event_id"] == "return:pdd:r14:1" and not of(out, "RefundInstruction")
+    assert r.read(POOL, sku_key("SKU-R14"), "SKU-R14")["on_hand"] == {wh: 5}
+    rec = r.read(REFUNDS, b"pdd:r14", "pdd:14")
+    assert (rec.state, rec.restocked) == ("completed", True) and not r.refusals
