@@ -14,10 +14,10 @@ rebuilds, from what is in Kafka, what the pool's state must be, and compares.
 It reports drift (store outside what the topics allow, or the store's totals != its own line records),
 oversold units (at any moment of the run, not only at its end: open regular holds and the VIP set-asides
 beyond on-hand, open presale holds beyond the presale cap), VIP set-aside units handed to another order,
-double holds (an order line held again after it was let go), orders rejected while still holding stock,
-lost orders (placed and valid, yet neither decided nor cancelled), paid orders without an open hold behind
-every line, and timers that did not fire (an unpaid hold past its expiry, an unpaid order past its payment
-timeout).
+double holds (an order line held again after it was released, expired or shipped: a refusal held nothing),
+orders rejected while still holding stock, lost orders (placed and valid, yet neither decided nor
+cancelled), paid orders without an open hold behind every line, and timers that did not fire (an unpaid
+hold past its expiry, an unpaid order past its payment timeout).
 
 Order. The pool applies its input topics (commands, adjustments, returns, overrides) as one stream per
 partition in the order it reads them, which no topic records: commands it applies locally are not even
@@ -28,21 +28,24 @@ kept ``STOCKFLOW_TOMBSTONE_TTL_S``). A count's own ``event_time_ms`` is when the
 it, not when the pool applied it, so it orders nothing. Two batch times that differ order their changes;
 equal ones (one batch) leave the order open, and the audit then accepts every result either order gives -
 a range, not a guess. Likewise a hot SKU's count, settled as each bucket answers, against its buckets'
-later shipments, and an adjustment whose ``a`` record is gone: the over-time checks then skip the SKU and
-judge its final state only. This assumes the pool's clock does not run backwards between its batches.
+later shipments, and an adjustment whose ``a`` record is gone: it came before every timed one on its topic,
+and the over-time checks take it at the moment that leaves the most stock. An answer repeated (at least
+once, a replay repeats answers flushed before a crash) dates a hold's opening by its last repeat, its
+closing by the first. This assumes the pool's clock does not run backwards between its batches.
 
 Refunds, from ``refund.states``, ``refund.instructions``, ``refund.issued`` and the settlements on
 ``refund.events``: a refund paid out twice (two instructions for one refund id that ask for different
-payouts, two acceptances with different marketplace references, or two settlements with different ids), a
-refund approved for payment with no instruction behind it (lost), and an instruction for a refund that never
-reached the paying state.
+payouts, two acceptances with different marketplace references, or two settlements with different ids), an
+order whose refunds' instructed payouts add up to more than its OrderPlaced says it cost, a refund approved
+for payment with no instruction behind it (lost), and an instruction for a refund that never reached the
+paying state.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias, TypeVar
 
 import orjson
@@ -69,10 +72,12 @@ from streams.engine.topicreader import read_all
 from streams.settings import Settings
 
 _OPEN_OUTCOMES = {"HELD", "COMMITTED"}
+_STORED_OPEN = ("held", "sold")  # a line record's status while it holds units, in the pool's store
 _FULFILLING = _OPEN_OUTCOMES | {"SHIPPED"}  # a paid order's line: held for it, or gone to its customer
 # A timer this late has not fired: the engine fires due timers within a batch window.
 OVERDUE_GRACE_MS = 60_000
-_LET_GO = {"RELEASED", "EXPIRED", "REFUSED", "SHIPPED"}
+# A line let go: held before, no longer. A refusal held nothing: a line held after one is not held twice.
+_LET_GO = {"RELEASED", "EXPIRED", "SHIPPED"}
 # A presale order's stage time for its deposit (``OrderStateChanged.stage_times``): it stays reserved, unpaid,
 # for the balance window. The contract's name, restated: the audit shares no rule code with the lifecycle.
 DEPOSIT_PAID = "deposit_paid"
@@ -179,6 +184,7 @@ class Report:
     vip_set_aside_misused: list[str] = field(default_factory=list)
     refunds: int = 0
     refunds_paid_twice: list[str] = field(default_factory=list)
+    orders_refunded_above_price: list[str] = field(default_factory=list)
     refunds_lost: list[str] = field(default_factory=list)
     refunds_paid_unapproved: list[str] = field(default_factory=list)
 
@@ -199,8 +205,8 @@ class Report:
         return not (
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
             or self.rejected_but_held or self.reserved_incomplete or self.paid_without_hold or self.overdue_timers
-            or self.vip_set_aside_misused or self.refunds_paid_twice or self.refunds_lost
-            or self.refunds_paid_unapproved
+            or self.vip_set_aside_misused or self.refunds_paid_twice or self.orders_refunded_above_price
+            or self.refunds_lost or self.refunds_paid_unapproved
         )  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
@@ -222,6 +228,7 @@ class Report:
             "overdue_timers": len(self.overdue_timers),
             "refunds": self.refunds,
             "refunds_paid_twice": len(self.refunds_paid_twice),
+            "orders_refunded_above_price": len(self.orders_refunded_above_price),
             "refunds_lost": len(self.refunds_lost),
             "refunds_paid_unapproved": len(self.refunds_paid_unapproved),
         }
@@ -246,7 +253,7 @@ def audit(settings: Settings) -> Report:
     last, moves, ships = _fold_answers(_decoded(codec, settings, HOLD_RESULTS.name), report)
     for sku, shipped in ships.items():
         changes[sku].extend(shipped)
-    placed, presale_of = _placed_orders(codec, settings)
+    placed, presale_of, price_of = _placed_orders(codec, settings)
     totals, holds = _fold_buckets(totals, holds)
     for by_line in holds.values():
         for key, hold in by_line.items():
@@ -267,12 +274,13 @@ def audit(settings: Settings) -> Report:
         if state is not None:
             _compare_with_store(sa, state, holds.get(sku, {}), expected_keys, presale_keys)
     _audit_orders(codec, settings, placed, last, now_ms, report)
-    _audit_refunds(codec, settings, report)
+    _audit_refunds(codec, settings, price_of, report)
     return report
 
 
-def _audit_refunds(codec: Codec, settings: Settings, report: Report) -> None:
-    """5. Refunds: every refund that reached payment has exactly one instruction, and no other has one."""
+def _audit_refunds(codec: Codec, settings: Settings, price_of: dict[str, int], report: Report) -> None:
+    """5. Refunds: every refund that reached payment has exactly one instruction, and no other has one; no order
+    is paid back more than it cost (``price_of``: order id -> its OrderPlaced's amount)."""
     paying: set[str] = set()
     for _, _, r in _decoded(codec, settings, REFUND_STATES.name):
         report.refunds += 0 if r["previous_state"] else 1
@@ -283,6 +291,7 @@ def _audit_refunds(codec: Codec, settings: Settings, report: Report) -> None:
     settled = [r for _, kind, r in _decoded(codec, settings, REFUND_EVENTS.name) if kind == "RefundSettled"]
     instructed = {r["refund_id"] for r in instructions}
     report.refunds_paid_twice = _paid_twice(instructions, issued, settled)
+    report.orders_refunded_above_price = _refunded_above_price(instructions, price_of)
     report.refunds_lost = sorted(paying - instructed)
     report.refunds_paid_unapproved = sorted(instructed - paying)
 
@@ -314,6 +323,20 @@ def _paid_twice(instructions: list[dict[str, Any]], issued: list[dict[str, Any]]
             if sum(1 for s, _ in seen if s == source) > 1:
                 twice.add(refund_id)
     return sorted(twice)
+
+
+def _refunded_above_price(instructions: list[dict[str, Any]], price_of: dict[str, int]) -> list[str]:
+    """Orders whose refunds, each paid once, add up to more than the order cost: the payouts instructed (an
+    instruction repeated by a replayed batch is one), summed over the order's refund ids. An order whose
+    OrderPlaced the topics no longer hold is not judged."""
+    payouts: dict[str, set[tuple[str, tuple[Any, ...]]]] = defaultdict(set)
+    for r in instructions:
+        payouts[r["order_id"]].add((r["refund_id"], tuple(r[k] for k in _PAYOUT)))
+    amount_at = _PAYOUT.index("amount_fen")
+    return sorted(
+        order_id for order_id, seen in payouts.items()
+        if order_id in price_of and sum(payout[amount_at] for _, payout in seen) > price_of[order_id]
+    )  # fmt: skip
 
 
 def _stock_changes(codec: Codec, settings: Settings, applied: dict[tuple[str, str], int],
@@ -353,6 +376,7 @@ def _fold_answers(results: list[tuple[Any, str, dict[str, Any]]],
     history: dict[str, list[str]] = defaultdict(list)
     allocated: dict[str, str] = {}
     moves: dict[str, list[HoldMove]] = defaultdict(list)
+    opening: dict[str, tuple[int, str]] = {}  # an open line -> its opening's place in its SKU's moves, its answer
     ships: dict[str, list[Change]] = defaultdict(list)
     for _, kind, res in results:
         if kind != "HoldDecided" or res["outcome"] == "IGNORED":
@@ -377,8 +401,16 @@ def _fold_answers(results: list[tuple[Any, str, dict[str, Any]]],
         if is_open and not opened:
             reason = res["reason"]
             taken = reason[len(VIP_OVERRIDE_REASON):] if reason.startswith(VIP_OVERRIDE_REASON) else ""
+            opening[key] = (len(moves[sku]), res["outcome"])
             moves[sku].append(HoldMove(at_ms, key, res["qty"], taken))
+        elif opened and is_open and opening.get(key, (0, ""))[1] == res["outcome"]:
+            # The answer that opened it, again: at least once, a replay repeats the answers flushed before a crash,
+            # and only the replay's changelog (the stock they were taken from) is there. The hold is dated by the
+            # last repeat (the fewest held), its closing by the first answer that let it go.
+            at = opening[key][0]
+            moves[sku][at] = replace(moves[sku][at], at_ms=at_ms)
         elif opened and not is_open:
+            opening.pop(key, None)
             moves[sku].append(HoldMove(at_ms, key, -last[key]["qty"]))
         last[key] = res
     return last, moves, ships
@@ -474,7 +506,11 @@ def _fold_buckets(totals: dict[str, dict[str, Any]], holds: dict[str, dict[str, 
         is_bucket = number.partition(".")[0].isdigit()  # '<k>' or '<k>.<salt>' (``bucket_key``)
         part_of = sku if is_bucket and (key in buckets or sku in hot_homes or sku in folded) else key
         for line, hold in lines.items():
-            if part_of == key or hold["status"] in ("held", "sold"):
+            # A line's open record (held or paid, at the bucket that holds it) stands, whichever partition is read
+            # first: the home's marker of a line it forwarded, or a bucket's record of one it let go, does not
+            # replace it.
+            kept_open = merged[part_of].get(line, {}).get("status") in _STORED_OPEN
+            if hold["status"] in _STORED_OPEN or (part_of == key and not kept_open):
                 merged[part_of][line] = hold
     return folded, merged
 
@@ -546,15 +582,23 @@ def _peak_oversold(changes: list[Change], moves: list[HoldMove], set_asides: lis
     most the topics allow (a change of unknown order against a count: whichever leaves more; a line shipped
     with no allocation named: not taken off) and held units at the least (a line whose order says neither
     presale nor regular: in neither; a set-aside: gone from its expiry on), so an excess found is one the pool
-    really had. A SKU with an adjustment whose batch time the pool's changelog no longer records has no place
-    on this timeline: its final state alone is judged."""
+    really had. An adjustment whose batch time the pool's changelog no longer records came before every timed
+    one on its topic (the pool applies them in offset order) and at a moment no topic gives: it is taken at
+    the moment that leaves the most on-hand (see ``_MostOnHand.start``), a loss at its latest: in the batch of
+    the next timed adjustment on its topic, or, with none, not at all."""
     timeline: dict[int, list[Change | HoldMove | SetAside]] = defaultdict(list)
+    untimed: list[Change] = []
     items: list[Change | HoldMove | SetAside] = [*changes, *moves, *set_asides]
     for item in items:
-        if item.at_ms is None:
-            return 0, 0
-        timeline[item.at_ms].append(item)
+        if item.at_ms is not None:
+            timeline[item.at_ms].append(item)
+        elif isinstance(item, Change):
+            if item.kind in ("COUNT", "PRESALE_CAP") or item.qty > 0:
+                untimed.append(item)
+            elif (latest := _next_timed(item, changes)) is not None:
+                timeline[latest].append(replace(item, at_ms=latest))
     stock = _MostOnHand({c.warehouse for c in changes if c.kind in ("RECEIPT", "COUNT", "CORRECTION")})
+    stock.start(untimed)
     held = _LeastHeld(presale_of, {s.override_id: s.vip_order_id for s in set_asides}, hold_ttl_ms)
     peak = peak_presale = 0
     for at_ms in sorted(timeline):
@@ -566,34 +610,74 @@ def _peak_oversold(changes: list[Change], moves: list[HoldMove], set_asides: lis
     return peak, peak_presale
 
 
+def _next_timed(change: Change, changes: list[Change]) -> int | None:
+    """The batch time of the first timed adjustment after ``change`` on its topic: the pool applied it by then."""
+    if change.seq is None:
+        return None
+    return min((c.at_ms for c in changes if c.at_ms is not None and c.seq is not None
+                and c.seq[0] == change.seq[0] and c.seq > change.seq), default=None)  # fmt: skip
+
+
 @dataclass
 class _MostOnHand:
     """The most on-hand per warehouse, and the presale cap, batch after batch."""
 
     stocked: set[str]  # warehouses the SKU has had an adjustment at: a shipment from another is unplaced
     most: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    counted: set[str] = field(default_factory=set)
+    count_of: dict[str, Change] = field(default_factory=dict)  # per warehouse, the count its figure stands on
+    applied_to: dict[int, int] = field(default_factory=dict)  # per adjustment topic, its last offset applied so far
     cap: int = 0
 
     def on_hand(self) -> int:
         return sum(max(0, q) for q in self.most.values())
+
+    def start(self, untimed: list[Change]) -> None:
+        """The adjustments the changelog no longer times (no losses: see ``_peak_oversold``), before the first
+        batch: each at the moment that leaves the most. A receipt from the start; a presale cap too, the highest
+        of them; a count from the start as well, at the higher of its figure and what stood before it, and every
+        shipment of unknown order against it left on top until a later adjustment on its topic shows it applied.
+        """
+        ordered = sorted(untimed, key=lambda c: c.seq or (-1, 0))
+        self.cap = max((c.qty for c in ordered if c.kind == "PRESALE_CAP"), default=self.cap)
+        added = [c for c in ordered if c.kind in ("RECEIPT", "CORRECTION")]
+        for wh in {c.warehouse for c in ordered if c.kind == "COUNT"}:
+            counts = [c for c in ordered if c.kind == "COUNT" and c.warehouse == wh]
+            count, here = counts[-1], [c for c in added if c.warehouse == wh]
+            earlier = max((c.qty for c in counts[:-1]), default=0)  # what stood until it was applied
+            before = earlier + sum(c.qty for c in here if _before(c, count) is not False)
+            after = count.qty + sum(c.qty for c in here if _before(c, count) is not True)
+            self.most[wh], self.count_of[wh] = max(before, after), count
+        for c in added:
+            if c.warehouse not in self.count_of:
+                self.most[c.warehouse] += c.qty
 
     def apply(self, batch: list[Change]) -> None:
         ordered = sorted(batch, key=lambda c: c.seq or (-1, 0))
         counts = {c.warehouse: c for c in ordered if c.kind == "COUNT"}  # the batch's last per warehouse
         for wh, count in counts.items():
             self.most[wh] = count.qty
-            self.counted.add(wh)
+        self.count_of.update(counts)
         for c in ordered:
             if c.kind == "PRESALE_CAP":
                 self.cap = c.qty
             elif c.kind != "COUNT" and (c.kind != "SHIP" or c.warehouse in self.stocked):
-                batch_count = counts.get(c.warehouse)
-                order = _before(c, batch_count) if batch_count is not None else False
-                if order is None or (c.from_bucket and c.warehouse in self.counted):
+                in_force = self.count_of.get(c.warehouse)
+                order = self._before(c, in_force) if in_force is not None else False
+                if order is None:
                     self.most[c.warehouse] += max(0, c.qty)
                 elif not order:
                     self.most[c.warehouse] += c.qty
+        for c in ordered:
+            if c.seq is not None:
+                self.applied_to[c.seq[0]] = max(self.applied_to.get(c.seq[0], -1), c.seq[1])
+
+    def _before(self, change: Change, count: Change) -> bool | None:
+        """``_before``, and: a count the changelog no longer times was applied once a later adjustment on its topic
+        was, in an earlier batch (a hot SKU's bucket still answers its probe at a moment no topic gives)."""
+        order = _before(change, count)
+        if order is None and count.at_ms is None and count.seq is not None and not change.from_bucket:
+            return False if count.seq[1] < self.applied_to.get(count.seq[0], -1) else None
+        return order
 
 
 @dataclass
@@ -639,7 +723,7 @@ def _expect(sa: SkuAudit, changes: list[Change], expected_keys: dict[str, int], 
 def _compare_with_store(sa: SkuAudit, state: dict[str, Any], lines: dict[str, dict[str, Any]],
                         expected_keys: dict[str, int], presale_keys: set[str]) -> None:  # fmt: skip
     """What the pool's store holds of ``sa.sku``, and whether its totals agree with its own line records."""
-    open_lines = {k: h for k, h in lines.items() if h["status"] in ("held", "sold")}
+    open_lines = {k: h for k, h in lines.items() if h["status"] in _STORED_OPEN}
     table_keys = {k: h["qty"] for k, h in open_lines.items() if h["line_no"] != 0}
     sa.table_on_hand = sum(max(0, q) for q in state["on_hand"].values())
     sa.table_open = sum(q for k, q in table_keys.items() if k not in presale_keys)
@@ -678,9 +762,9 @@ def _audit_orders(codec: Codec, settings: Settings, placed: set[str], last: dict
     _check_decisions(decided, last, report)
 
 
-def _placed_orders(codec: Codec, settings: Settings) -> tuple[set[str], dict[str, bool]]:
-    """The ids of the placed orders the pipeline did not refuse as input, and whether each is a presale order
-    (the first one not refused is the one the lifecycle took)."""
+def _placed_orders(codec: Codec, settings: Settings) -> tuple[set[str], dict[str, bool], dict[str, int]]:
+    """The ids of the placed orders the pipeline did not refuse as input, whether each is a presale order and
+    what it cost (the first one not refused is the one the lifecycle took)."""
     refused = {
         (r["source_topic"], r["source_partition"], r["source_offset"])
         for _, _, r in _decoded(codec, settings, DEADLETTERS.name)
@@ -688,12 +772,14 @@ def _placed_orders(codec: Codec, settings: Settings) -> tuple[set[str], dict[str
     order_topic = settings.topic(ORDER_EVENTS.name)
     placed: set[str] = set()
     presale_of: dict[str, bool] = {}
+    price_of: dict[str, int] = {}
     for rec, kind, ev in _decoded(codec, settings, ORDER_EVENTS.name):
         if kind == "OrderPlaced" and (order_topic, rec.partition, rec.offset) not in refused:
             order_id = order_key(ev["channel"], ev["channel_order_id"])
             placed.add(order_id)
             presale_of.setdefault(order_id, bool(ev["presale"]))
-    return placed, presale_of
+            price_of.setdefault(order_id, int(ev["amount_fen"]))
+    return placed, presale_of, price_of
 
 
 def _check_order_states(last: dict[str, dict[str, Any]], final_state: dict[str, str],

@@ -47,7 +47,8 @@ def check(
         for label, items in (("lost order", report.lost_orders), ("double hold", report.double_holds),
                              ("rejected but held", report.rejected_but_held),
                              ("VIP set-aside misused", report.vip_set_aside_misused),
-                             ("refund paid twice", report.refunds_paid_twice)):  # fmt: skip
+                             ("refund paid twice", report.refunds_paid_twice),
+                             ("order refunded above its price", report.orders_refunded_above_price)):  # fmt: skip
             for item in items[:20]:
                 console.print(f"[red]{label}[/red] {item}")
     raise typer.Exit(0 if report.ok else 1)
