@@ -442,7 +442,9 @@ class Settings(BaseSettings):
         le=50,
         description="How long a connector retries a call answered retriably (no answer, 5xx, rate limit) before "
         "`connector_failing` is raised and a refund call goes to the channel's failed queue (a stock figure waits in "
-        "the connector and is sent again, at most 30 s apart, until the channel takes it or a newer one replaces it); "
+        "the connector and is sent again, at most 30 s apart, until the channel takes it or a newer one replaces it; "
+        "one the platform refuses alone while the rest of its call goes through is parked after 10 tries or 15 "
+        "minutes); "
         "at most 50: the alert is due within a minute of the first failure.",
     )
     connector_call_timeout_s: float = Field(

@@ -296,8 +296,12 @@ def connectors_status(as_json: bool = typer.Option(False, "--json", help="Print 
 def connectors_replay(
     channel: str = typer.Argument(..., help="tmall, jd, douyin, pdd, kuaishou or own"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (no progress bar)."),
+    from_offset: int | None = typer.Option(None, "--from-offset", min=0, help="Start at this offset of the queue, "
+                                           "whatever position is saved (a replay that found none over a queue "
+                                           "replayed before says where one had got)."),
 ) -> None:
-    """Send a channel's failed calls again, in order and idempotently; stops at the first credential failure."""
+    """Send a channel's failed calls again, in order and idempotently; stops at the first credential failure. A
+    refund refund.issued records as paid is never called again."""
     import json
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -307,7 +311,7 @@ def connectors_replay(
     settings = Settings()
     _channel(channel)
     if as_json:
-        replay = Replay(settings, channel)
+        replay = Replay(settings, channel, from_offset=from_offset)
         try:
             summary = replay.run()
         except ReplayError as exc:
@@ -323,7 +327,7 @@ def connectors_replay(
             progress.update(task, total=s.queued, completed=s.replayed)
 
         try:
-            summary = Replay(settings, channel, on_progress=show).run()
+            summary = Replay(settings, channel, on_progress=show, from_offset=from_offset).run()
         except ReplayError as exc:
             fail(str(exc))
             return

@@ -8,16 +8,32 @@ failed for good, in the order the connector met them, with the request body as i
 ``replay(settings, channel)`` (``stockflow connectors replay CHANNEL``) sends the queue's records again,
 in order, through the same call path as the live connectors (``calls.ChannelCaller``, the channel's
 current key, the same bodies and so the same idempotency keys: the platform's refund id, ``SKU@version``).
-Its position is the consumer group ``<app id>.connectors.replay.<channel>``, committed after each
-record's result is durable: a replayed refund's ``RefundIssued`` (``replayed=true``) is acknowledged by
-the broker before the offset moves. Stock pushes in a row go again as the platform's many-SKU call
-(``stock_batch``): up to its ``StockBatch.max_items`` consecutive records, none naming a SKU another
-one in the call names (so each figure still gets its own answer), committed together once every
-figure's result is durable; a call the platform refuses whole is sent again one figure at a time, so
-only the figure it refuses stays failing. A replay killed at any point (``kill -9``) and run again sends the
-record it was on once more; the marketplace answers "already agreed" for a refund it agreed, so no
-refund is made twice, and none is skipped. It replays the records that were in the queue when it
-started; what fails meanwhile waits for the next run.
+Its position is saved after each record's result is durable (a replayed refund's ``RefundIssued``,
+``replayed=true``, is acknowledged by the broker before the position moves), in two places: the
+consumer group ``<app id>.connectors.replay.<channel>``'s committed offset, and a record keyed by the
+channel on the compacted topic ``connector.replay-positions`` (``POSITIONS``; a small JSON value, not an
+event: like the engine's changelogs it is internal state, outside the topic contract). The broker deletes
+an idle group's committed offsets after ``offsets.retention.minutes`` (7 days by default); a compacted
+topic keeps each channel's newest record for good. The position lives on the broker, beside the queue,
+so a replay run from another host (an operator's laptop, a ``docker compose run --rm`` container with a
+fresh home) finds it as surely as the queue itself; a file under the home would not be there. The replay
+starts at the newer of the two. With neither saved it never starts quietly at 0 over a queue that was
+replayed before (records a replay wrote back, or ``RefundIssued`` records of a replay): it stops, says
+so and where a replay had got, and takes ``--from-offset N`` (``Replay(from_offset=N)``) to go on.
+
+Before it sends anything the replay reads ``refund.issued`` (every ``RefundIssued`` of the channel still
+there) and calls no refund stockflow already recorded as paid: counted ``already_applied``, the position
+moves on. So a replay can never pay such a refund twice, whatever the marketplace's idempotency window;
+only a refund whose ``RefundIssued`` the topic's retention already deleted rests on that window alone.
+
+Stock pushes in a row go again as the platform's many-SKU call (``stock_batch``): up to its
+``StockBatch.max_items`` consecutive records, none naming a SKU another one in the call names (so each
+figure still gets its own answer), committed together once every figure's result is durable; a call the
+platform refuses whole is sent again one figure at a time, so only the figure it refuses stays failing.
+A replay killed at any point (``kill -9``) and run again sends the record it was on once more (a refund
+it had got agreed is on ``refund.issued`` by then, and skipped); the marketplace answers "already
+agreed" for a refund it agreed, so no refund is made twice, and none is left out. It replays the records
+that were in the queue when it started; what fails meanwhile waits for the next run.
 
 What a record's answer leads to:
 
@@ -37,7 +53,8 @@ under the home).
 The queues are created to keep their records for good (``retention.ms=-1``), yet a record can still be
 gone before it was replayed (a queue created with the broker's 7-day default before that, a retention
 changed by hand, records deleted): when the saved position is older than the queue's first record, or
-there is none and the queue no longer starts at 0, the replay says how many records it never saw
+there is none and the queue no longer starts at 0 (and shows no earlier replay), the replay says how many
+records it never saw
 (``ReplaySummary.lost``, exit 1) and raises a RED ``failed_queue_gap`` alert naming the offsets, then
 replays what is there. The sink kept the lost records, requests included, in ClickHouse (``events``).
 """
@@ -50,12 +67,22 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from agents.alerting.alerts import alert
 from agents.channels import platforms as pf
@@ -75,6 +102,8 @@ from streams.contract.topics import (
     ensure_topics,
 )
 from streams.engine.clock import wall_ms
+from streams.engine.producer import EventProducer
+from streams.engine.topicreader import read_all
 from streams.errors import StockflowError
 from streams.kafkaconf import confluent_config
 from streams.settings import Settings
@@ -83,6 +112,20 @@ log = logging.getLogger(__name__)
 IDLE_POLLS = 30  # empty polls of a second in a row before the replay stops waiting for a record it expects
 GROUP_POLL_S = 0.05  # how long a replay holding stock records waits for the next before sending what it has
 GAP_ALERT = "failed_queue_gap"
+READ_TIMEOUT_S = 60.0  # how long reading refund.issued or the positions may go without progress
+
+# Where each channel's replay got to (see the module docstring). Not in the topic contract (no event, nobody
+# else reads it): the replay creates it, as the engine creates its changelogs.
+POSITIONS = TopicSpec(
+    "connector.replay-positions",
+    key="channel",
+    events=(),
+    writer="agents.channels.failed_queue (stockflow connectors replay)",
+    direction="internal",
+    compacted=True,
+    single_partition=True,
+    doc="Per channel, the next offset of its failed queue to replay (JSON); compacted: kept for good.",
+)
 
 
 @dataclass(frozen=True)
@@ -147,6 +190,153 @@ class QueueBounds:
         return self.start - self.lost_from
 
 
+def saved_position(committed: int, stored: int | None) -> int | None:
+    """The replay's saved position: the newer of its group's committed offset (``OFFSET_INVALID`` for none: never
+    committed, or expired) and the one on ``POSITIONS`` (None for none); None when neither is saved."""
+    found = [p for p in (committed, stored) if p is not None and p != OFFSET_INVALID and p >= 0]
+    return max(found) if found else None
+
+
+def position_value(channel: str, queue: str, next_offset: int, now_ms: int) -> bytes:
+    """A ``POSITIONS`` record's value: the next offset of ``queue`` (the failed queue's topic) to replay."""
+    return json.dumps({"channel": channel, "queue": queue, "next_offset": next_offset, "at_ms": now_ms}).encode()
+
+
+def read_position(value: bytes | None, queue: str) -> int | None:
+    """The next offset a ``POSITIONS`` value saves for ``queue``; None if it is not one (or for another queue)."""
+    try:
+        data = json.loads(value or b"")
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("queue") != queue:
+        return None
+    offset = data.get("next_offset")
+    return offset if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0 else None
+
+
+class PositionStore(Protocol):
+    """Where a replay keeps its position so that it does not expire."""
+
+    def load(self, channel: str) -> int | None: ...
+
+    def save(self, channel: str, next_offset: int) -> None: ...
+
+
+class TopicPositions:
+    """Replay positions on ``POSITIONS``: saved through the replay's producer (durable with its next results,
+    which it flushes before it moves on), loaded by reading the topic to its end (the newest record per channel
+    wins, so a replay told ``--from-offset`` lower than before starts there next time too)."""
+
+    def __init__(self, settings: Settings, producer: EventProducer | None = None,
+                 timeout_s: float = READ_TIMEOUT_S) -> None:  # fmt: skip
+        self.settings = settings
+        self.producer = producer
+        self.timeout_s = timeout_s
+
+    def load(self, channel: str) -> int | None:
+        queue, key, found = self.settings.topic(queue_spec(channel).name), channel.encode(), None
+        try:
+            records = read_all(self.settings, self.settings.topic(POSITIONS.name), self.timeout_s)
+        except (KafkaException, TimeoutError) as exc:
+            raise ReplayError(f"the replay positions ({POSITIONS.name}) could not be read: {exc}") from exc
+        for record in records:
+            if record.key == key:
+                found = read_position(record.value, queue)
+        return found
+
+    def save(self, channel: str, next_offset: int) -> None:
+        if self.producer is None:
+            raise ReplayError("replay positions loaded without a producer cannot be saved")
+        queue = self.settings.topic(queue_spec(channel).name)
+        self.producer.send_raw(POSITIONS.name, channel, position_value(channel, queue, next_offset, wall_ms()))
+
+
+@dataclass(frozen=True)
+class IssuedRefunds:
+    """What ``refund.issued`` says of a channel's refunds: the refund ids recorded as paid, and how many of those
+    records a replay wrote (a sign the failed queue was replayed before)."""
+
+    paid: frozenset[str] = frozenset()
+    replayed: int = 0
+
+
+def issued_refunds(records: Iterable[tuple[bytes | None, bytes | None]], channel: str, codec: Codec) -> IssuedRefunds:
+    """``channel``'s ``IssuedRefunds`` from ``refund.issued``'s (key, value) records (keyed by order id
+    '<channel>:...': the other channels' records are not decoded); unreadable records are left out."""
+    prefix = f"{channel}:".encode()
+    paid: set[str] = set()
+    replayed = 0
+    for key, value in records:
+        if key is None or value is None or not key.startswith(prefix):
+            continue
+        try:
+            event_type, data = codec.decode(value)
+        except DecodeError:
+            continue
+        if event_type.short_name != "RefundIssued" or data.get("channel") != channel:
+            continue
+        paid.add(str(data["refund_id"]))
+        replayed += 1 if data.get("replayed") else 0
+    return IssuedRefunds(frozenset(paid), replayed)
+
+
+def read_issued_refunds(settings: Settings, codec: Codec, channel: str,
+                        timeout_s: float = READ_TIMEOUT_S) -> IssuedRefunds:  # fmt: skip
+    """``channel``'s ``IssuedRefunds`` as ``refund.issued`` holds them now (read to its end, record by record)."""
+    return issued_refunds(_scan(settings, settings.topic(REFUND_ISSUED.name), timeout_s), channel, codec)
+
+
+def _scan(settings: Settings, topic: str, timeout_s: float) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """Every committed (key, value) now in ``topic``, from its start to its current end, without holding them all;
+    ReplayError when it stops making progress for ``timeout_s``."""
+    consumer = Consumer({
+        **confluent_config(settings),
+        "group.id": f"stockflow-replay-reader-{uuid.uuid4().hex}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "log_level": 3,
+    })  # fmt: skip
+    try:
+        ends = _ends(consumer, topic, timeout_s)
+        if not ends:
+            return
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        pending, deadline = set(ends), time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise ReplayError(f"{topic} was not read to its end (no progress in {timeout_s:g} s); run the "
+                                  "replay again")  # fmt: skip
+            for msg in consumer.consume(num_messages=5000, timeout=0.2):
+                if msg.error() is not None:
+                    continue
+                deadline = time.monotonic() + timeout_s
+                yield msg.key(), msg.value()
+                if (msg.offset() or 0) + 1 >= ends.get(msg.partition() or 0, 0):
+                    pending.discard(msg.partition() or 0)
+            # A transactional topic ends in a commit marker that is never delivered: the position says it.
+            for tp in consumer.position([TopicPartition(topic, p) for p in pending]) if pending else ():
+                if tp.offset >= ends[tp.partition]:
+                    pending.discard(tp.partition)
+    except KafkaException as exc:
+        raise ReplayError(f"{topic} could not be read ({exc}); run the replay again") from exc
+    finally:
+        consumer.close()
+
+
+def _ends(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, int]:
+    """The end offset of each partition of ``topic`` that holds records ({} if it is missing)."""
+    meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return {}
+    ends = {}
+    for p in meta.partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+        if high > low:
+            ends[p] = high
+    return ends
+
+
 def replay_bounds(low: int, high: int, committed: int) -> QueueBounds:
     """The bounds from the queue's first and end offsets and the replay group's saved position (``committed``,
     ``OFFSET_INVALID`` for none). Without a position the queue is replayed from its first record; if that is
@@ -161,7 +351,7 @@ def gap_alert(channel: str, topic: str, bounds: QueueBounds, now_ms: int) -> Ale
     """The RED alert for records of ``channel``'s failed queue deleted before they were replayed. Its id names
     the gap, so a replay that meets the same gap again is the same alert."""
     where = (f"the replay's saved position is offset {bounds.lost_from}" if bounds.position_saved
-             else "the replay has no saved position (never run, or its group's offsets expired)")  # fmt: skip
+             else "the replay has no saved position (never run) and the queue shows no earlier replay")  # fmt: skip
     message = (
         f"{channel}: {bounds.lost} record(s) of {topic} (offsets {bounds.lost_from} to {bounds.start - 1}) were "
         f"deleted before they were replayed: {where}, the queue now starts at offset {bounds.start}. Approved "
@@ -199,23 +389,28 @@ def _consumer(settings: Settings, channel: str) -> Consumer:
 
 
 def pending(settings: Settings, channel: str, timeout_s: float = 10.0) -> tuple[int, int]:
-    """(next offset the replay would send, end of the queue): the records waiting are their difference."""
+    """(next offset the replay would send, end of the queue): the records waiting are their difference (the
+    whole queue when no position is saved, or the saved one is past its end)."""
     consumer = _consumer(settings, channel)
     try:
-        return _bounds(consumer, settings.topic(queue_spec(channel).name), timeout_s)
+        low, high, committed = _watermarks(consumer, settings.topic(queue_spec(channel).name), timeout_s)
     finally:
         consumer.close()
-
-
-def _bounds(consumer: Consumer, topic: str, timeout_s: float) -> tuple[int, int]:
-    bounds = _queue_bounds(consumer, topic, timeout_s)
+    try:
+        stored = TopicPositions(settings, timeout_s=timeout_s).load(channel)
+    except ReplayError as exc:
+        log.warning("%s: %s; the group's committed offset alone is shown", channel, exc)
+        stored = None
+    saved = saved_position(committed, stored)
+    bounds = replay_bounds(low, high, saved if saved is not None and saved <= high else OFFSET_INVALID)
     return bounds.start, bounds.end
 
 
-def _queue_bounds(consumer: Consumer, topic: str, timeout_s: float) -> QueueBounds:
+def _watermarks(consumer: Consumer, topic: str, timeout_s: float) -> tuple[int, int, int]:
+    """The queue's first and end offsets and the replay group's committed offset (``OFFSET_INVALID``: none)."""
     tp = TopicPartition(topic, 0)
     low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
-    return replay_bounds(low, high, consumer.committed([tp], timeout=timeout_s)[0].offset)
+    return low, high, consumer.committed([tp], timeout=timeout_s)[0].offset
 
 
 def lock_path(settings: Settings, channel: str) -> Path:
@@ -240,7 +435,7 @@ def _replay_lock(settings: Settings, channel: str) -> Iterator[None]:
 class Replay:
     """One run over one channel's failed queue; ``run`` returns the summary."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - which channel, then collaborators and where to start; keyword-only
         self,
         settings: Settings,
         channel: str,
@@ -249,7 +444,13 @@ class Replay:
         codec: Codec | None = None,
         on_progress: Callable[[ReplaySummary], None] | None = None,
         stop: threading.Event | None = None,
+        from_offset: int | None = None,
+        positions: PositionStore | None = None,
+        issued: Callable[[], IssuedRefunds] | None = None,
     ) -> None:
+        """``from_offset``: start there, whatever position is saved (an operator's answer to a replay that
+        found none over a queue replayed before). ``positions`` and ``issued`` (what reads ``refund.issued``)
+        default to the broker's."""
         self.settings = settings
         self.channel = channel
         self.spec = queue_spec(channel)
@@ -264,23 +465,40 @@ class Replay:
         self.max_items = pf.platform(channel).stock_batch.max_items
         self._group: list[_Parked] = []  # stock records in a row, read and not sent yet
         self._fatal: list[str] = []
+        self.from_offset = from_offset
+        self.positions = positions
+        self._read_issued = issued or (lambda: read_issued_refunds(self.settings, self.codec, self.channel))
+        self.issued = IssuedRefunds()
+        self._paid_now: set[str] = set()  # refunds this run got agreed
 
     def run(self) -> ReplaySummary:
         with _replay_lock(self.settings, self.channel):
-            ensure_topics(self.settings, (self.spec, REFUND_ISSUED, CONNECTOR_CALLS, ALERTS))
+            ensure_topics(self.settings, (self.spec, REFUND_ISSUED, CONNECTOR_CALLS, ALERTS, POSITIONS))
             sink = ResultSink(self.settings, self.codec, on_fatal=self._fatal.append)
             if self._own_caller:  # a caller given is someone else's: they decide where its calls are recorded
                 self.caller.replaying = True
                 self.caller.on_call = lambda rec: sink.send(CONNECTOR_CALLS.name, rec["channel"], "ConnectorCalled",
                                                             rec)  # fmt: skip
+            if self.positions is None:
+                self.positions = TopicPositions(self.settings, sink.producer)
             consumer = _consumer(self.settings, self.channel)
             try:
-                self._run(consumer, sink)
+                self.run_with(consumer, sink)
             finally:
                 consumer.close()
                 sink.close()
                 if self._own_caller:
                     self.caller.close()
+        return self.summary
+
+    def run_with(self, consumer: Consumer, sink: ResultSink) -> ReplaySummary:
+        """The replay over a consumer of the queue and a result sink already made (``run`` makes them, under the
+        lock): ``refund.issued`` read first, then the queue from where the last replay got."""
+        if self.positions is None:
+            raise ReplayError("a replay needs somewhere to keep its position")
+        self.issued = self._read_issued()
+        self._run(consumer, sink)
+        self._durable(sink)  # the last position saved is on the broker before the replay says it is done
         return self.summary
 
     def _run(self, consumer: Consumer, sink: ResultSink) -> None:
@@ -317,9 +535,18 @@ class Replay:
 
     def _bounds(self, consumer: Consumer, sink: ResultSink) -> tuple[int, int]:
         """Where this run starts and ends. Records deleted before any replay got to them are said and alerted,
-        the alert durable before the position moves past them (after which nothing would show them)."""
-        bounds = _queue_bounds(consumer, self.topic, 15.0)
+        the alert durable before the position moves past them (after which nothing would show them). No start
+        that can be trusted (see ``_position``): it stops before sending anything, (start, start)."""
+        low, high, committed = _watermarks(consumer, self.topic, 15.0)
         s = self.summary
+        s.first_offset = s.next_offset = low
+        position = self._position(consumer, low, high, committed)
+        if position is None:
+            s.queued = high - low
+            log.error("replay %s: %s", self.channel, s.stopped)
+            self.on_progress(s)
+            return low, low
+        bounds = replay_bounds(low, high, position)
         s.queued, s.first_offset, s.next_offset = bounds.end - bounds.start, bounds.start, bounds.start
         if bounds.lost:
             record = gap_alert(self.channel, self.topic, bounds, wall_ms())
@@ -329,6 +556,66 @@ class Replay:
             self._durable(sink)
         self.on_progress(s)
         return bounds.start, bounds.end
+
+    def _position(self, consumer: Consumer, low: int, high: int, committed: int) -> int | None:
+        """Where to start: ``from_offset`` if given, else the saved position, else (never replayed) none saved,
+        ``OFFSET_INVALID``. None, with ``summary.stopped`` saying why, when no start can be trusted: a saved
+        one past the queue's end (the queue was created again), or none saved over a queue replayed before
+        (starting at its first record would send every call again and bury this run's under them)."""
+        assert self.positions is not None
+        how = "given (--from-offset)" if self.from_offset is not None else "saved"
+        position = self.from_offset if self.from_offset is not None else saved_position(
+            committed, self.positions.load(self.channel))  # fmt: skip
+        again = f"stockflow connectors replay {self.channel} --from-offset N"
+        if position is not None:
+            if position > high:
+                self.summary.stopped = (f"the {how} position {position} is past the queue's end ({self.topic} "
+                                        f"ends at {high}: deleted and created again?); say where to start: "
+                                        f"{again}")  # fmt: skip
+                return None
+            return position
+        if high <= low:
+            return OFFSET_INVALID  # nothing to send: only a gap, if any, to report
+        resumed = self._replayed_before(consumer, low, high)
+        signs = []
+        if resumed is not None:
+            signs.append(f"records a replay wrote back, the newest from offset {resumed - 1}")
+        if self.issued.replayed:
+            signs.append(f"{self.issued.replayed} RefundIssued record(s) on refund.issued written by a replay")
+        if not signs:
+            return OFFSET_INVALID  # never replayed: from the queue's first record
+        hint = (f"; a replay had got past offset {resumed - 1}, so --from-offset {resumed} sends nothing before "
+                "where it was" if resumed is not None else "")  # fmt: skip
+        self.summary.stopped = (
+            f"the replay has no saved position (its group's offsets expired?) but {self.topic} was replayed before "
+            f"({'; '.join(signs)}): starting at offset {low} would send every call in it again. Say where to start "
+            f"({again}; refunds refund.issued records as paid are never called again){hint}"
+        )
+        return None
+
+    def _replayed_before(self, consumer: Consumer, low: int, high: int) -> int | None:
+        """The offset past the newest queue record a replay wrote back (refused again: its source is this queue),
+        which that replay had got past; None when there is none."""
+        prefix = f"{self.topic}/0/"
+        consumer.assign([TopicPartition(self.topic, 0, low)])
+        past, offset, idle = None, low, 0
+        while offset < high:
+            msg = consumer.poll(1.0)
+            if msg is None:
+                idle += 1
+                if idle >= IDLE_POLLS:
+                    raise ReplayError(f"no record came from {self.topic} at offset {offset} within {idle} s")
+                continue
+            idle = 0
+            if not self._readable(msg):
+                continue
+            offset = (msg.offset() or 0) + 1
+            with contextlib.suppress(DecodeError, KeyError, ValueError):
+                _, data = self.codec.decode(msg.value())
+                source = str(data["source"])
+                if source.startswith(prefix):
+                    past = max(past or 0, int(source.removeprefix(prefix)) + 1)
+        return past
 
     def _readable(self, msg: Message) -> bool:
         error = msg.error()
@@ -436,6 +723,13 @@ class Replay:
         s = self.summary
         record, body, offset, source, endpoint = (parked.record, parked.body, parked.offset, parked.source,
                                                   parked.endpoint)  # fmt: skip
+        if endpoint == "refund" and record["idempotency_key"] in (self.issued.paid | self._paid_now):
+            # refund.issued records it paid (the live connector, or a replay killed before it saved its position):
+            # calling again could pay it twice if the marketplace's idempotency window has passed.
+            log.info("replay %s: refund %s is on refund.issued already; not called again", self.channel,
+                     record["idempotency_key"])  # fmt: skip
+            self._count(pf.OutcomeKind.ALREADY_APPLIED, True, record["idempotency_key"], "")
+            return True
         result = self.caller.call(self.channel, endpoint, body, what=f"{record['idempotency_key']} (replay)")
         if result.outcome.kind in (pf.OutcomeKind.CREDENTIAL, pf.OutcomeKind.RETRIABLE):
             s.stopped = self._stop_message(result, offset)
@@ -449,6 +743,8 @@ class Replay:
             else:
                 call = RefundCall(self.channel, record["idempotency_key"], order_id or "", body, source)
                 write_result(sink, call, result, None, earlier_attempts=record["attempts"], replayed=True)
+                if result.done:  # the same refund further on in the queue (parked twice) is not called again
+                    self._paid_now.add(call.refund_id)
         elif not result.done:
             sink.park(result.failed_call(self.channel, endpoint, record["idempotency_key"], body, source,
                                          record["attempts"]))  # fmt: skip
@@ -465,6 +761,9 @@ class Replay:
             raise ReplayError(f"{self._fatal[0]}; run the replay again")
 
     def _commit(self, consumer: Consumer, next_offset: int) -> None:
+        """Save the position: on ``POSITIONS`` (durable with the next results, or at the end), then the group."""
+        assert self.positions is not None
+        self.positions.save(self.channel, next_offset)
         try:
             consumer.commit(offsets=[TopicPartition(self.topic, 0, next_offset)], asynchronous=False)
         except KafkaException as exc:

@@ -7,7 +7,8 @@
 - ``PushQueue``: one channel's stock pushes waiting to go, coalesced per SKU (only the newest figure
   is sent; an unchanged figure is not sent again; an older version never replaces a newer one), taken
   in batches for the platform's many-SKU call; a figure whose call failed for now (the platform away or
-  busy, a refused key) is sent again after a backoff until the channel has it or a newer one replaces it;
+  busy, a refused key) is sent again after a backoff until the channel has it or a newer one replaces it,
+  and one the platform keeps refusing on its own in calls it otherwise answers is given up past a bound;
 - ``TokenBucket``: the client-side rate limit, kept a little under the platform's;
 - ``FailingWatch``: the ``connector_failing`` alert, raised once when a channel endpoint's calls start
   failing and cleared when one of that endpoint's succeeds again;
@@ -153,6 +154,11 @@ class Push:
     source: str
     tickets: list[Ticket] = field(default_factory=list)
     failures: int = 0  # calls in a row that failed for now: its backoff grows with them
+    # Its last failure was its whole call's (the channel away, a refused key): a call of the channel going
+    # through wakes it. One the platform refused alone, in a call it otherwise answered, keeps its backoff.
+    wake_on_success: bool = False
+    alone_failures: int = 0  # times this figure was refused alone, for now (a newer figure starts again at 0)
+    alone_since_ms: int | None = None  # when it was first
 
     @property
     def idempotency_key(self) -> str:
@@ -174,6 +180,14 @@ UNKNOWN_QUANTITY = -1  # what a channel shows when a figure after its last accep
 # key set) gets its figures within that (at once when another of its calls goes through: ``resume_retries``).
 RETRY_FIRST_MS = 1_000
 RETRY_MAX_MS = 30_000
+# A figure the platform refuses on its own, for now (a per-item 429 or 5xx), in calls whose other figures it
+# takes, is given up after this many such refusals or this long since the first (about 2.5 minutes of backoff
+# for the count): the channel answers, so waiting longer is no cure, and its record would hold its partition's
+# commit point for good when no newer figure of the SKU comes. The connector parks it (connector.failed.<channel>,
+# ``connector_retries_exhausted``). A figure whose whole call fails (the channel away, a refused key) is never
+# given up: it waits for the channel, however long.
+RETRY_ALONE_MAX_FAILURES = 10
+RETRY_ALONE_MAX_MS = 15 * 60_000
 
 
 def retry_delay_ms(failures: int) -> int:
@@ -197,8 +211,11 @@ class PushQueue:
     replaced are finished at once (``take_superseded``) when the newer one's record stands for them across a
     crash (``Ticket.replaces``), so a SKU holds one record open however often it changes while its channel is
     down. A push whose call failed for now is ``retry``-ed: it waits out a backoff (``retry_delay_ms``) apart
-    from the queue, then goes again, as often as it takes; a newer figure of its SKU takes its place and its
-    backoff. Remembers the last figure each SKU's channel accepted: bounded by the SKUs of the catalogue.
+    from the queue, then goes again; a newer figure of its SKU takes its place and its backoff. A push whose
+    whole call failed goes again as often as it takes (and at once when a call of the channel goes through:
+    ``resume_retries``); one the platform refused alone keeps its backoff and is given up past
+    ``RETRY_ALONE_MAX_FAILURES`` / ``RETRY_ALONE_MAX_MS`` (``retry`` answers False: the caller parks it).
+    Remembers the last figure each SKU's channel accepted: bounded by the SKUs of the catalogue.
     """
 
     def __init__(self, window_ms: int) -> None:
@@ -238,8 +255,9 @@ class PushQueue:
         if accepted is not None and version <= accepted[1]:
             return False  # an older level read again (a restart, a rebalance): never send it over a newer one
         if waiting is not None:
-            # The newest figure wins; it keeps its place and due time (or backoff).
+            # The newest figure wins; it keeps its place and due time (or backoff), and has a bound of its own.
             waiting.quantity, waiting.version, waiting.source = quantity, version, source
+            waiting.alone_failures, waiting.alone_since_ms = 0, None
             older, waiting.tickets = waiting.tickets, [ticket]
             self._absorb(waiting, older)
             return True
@@ -258,28 +276,42 @@ class PushQueue:
             (self._superseded if any(n.replaces(ticket) for n in newest.tickets) else kept).append(ticket)
         newest.tickets = kept + newest.tickets
 
-    def retry(self, push: Push, now_ms: int) -> None:
-        """``push``'s call failed for now (no usable answer within the retry budget, a refused key): it goes
+    def retry(self, push: Push, now_ms: int, *, alone: bool = False) -> bool:
+        """``push``'s call failed for now (no usable answer within the retry budget, a refused key), or, with
+        ``alone``, the platform refused this figure on its own for now in a call it otherwise answered: it goes
         again after a backoff, unless a newer figure of its SKU waits already, which then stands for it. Its
         records stay open until the channel has the figure or a newer one: a figure given up on here would
-        leave the channel showing stock the pool no longer has, the last change of a SKU never sent."""
+        leave the channel showing stock the pool no longer has, the last change of a SKU never sent - except a
+        figure refused alone past ``RETRY_ALONE_MAX_FAILURES`` / ``RETRY_ALONE_MAX_MS``: False then, it is out
+        of the queue (its SKU free, as after ``release``) and the caller parks it and finishes its records."""
         self._in_flight.pop(push.sku, None)
         self._forget_figure(push.sku)  # it may have landed before the answer was lost
         newer = self._pending.get(push.sku)
         if newer is not None:
             older, push.tickets = push.tickets, []
             self._absorb(newer, older)
-            return
+            return True
         if not push.tickets:
-            return  # every record that asked for it went to another connector with its partition
+            return True  # every record that asked for it went to another connector with its partition
         push.failures += 1
+        push.wake_on_success = not alone
+        if alone:
+            push.alone_failures += 1
+            if push.alone_since_ms is None:
+                push.alone_since_ms = now_ms
+            if (push.alone_failures >= RETRY_ALONE_MAX_FAILURES
+                    or now_ms - push.alone_since_ms >= RETRY_ALONE_MAX_MS):  # fmt: skip
+                return False
         push.due_ms = now_ms + retry_delay_ms(push.failures)
         self._retrying[push.sku] = push
+        return True
 
     def resume_retries(self, now_ms: int) -> None:
-        """A call of this channel went through: the figures waiting out a backoff are due now."""
+        """A call of this channel went through: the figures whose whole call failed (waiting out a backoff for
+        the channel) are due now; a figure the platform refused alone keeps its own backoff."""
         for push in self._retrying.values():
-            push.due_ms = min(push.due_ms, now_ms)
+            if push.wake_on_success:
+                push.due_ms = min(push.due_ms, now_ms)
 
     def _promote(self, now_ms: int) -> None:
         """Move the figures whose backoff is over into the queue, keeping its due times in insertion order."""

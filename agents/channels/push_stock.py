@@ -17,20 +17,26 @@ never two for one SKU, at most ``calls_in_flight`` at once (a thread each). A st
 published at most every ``STOCKFLOW_REFRESH_INTERVAL_MS`` after a change, so a change reaches the
 channel within a second unless the channel's rate limit is the bottleneck.
 
-Per figure of a call: applied, or stale (a newer version is there), is done. A figure that failed for
-now - no usable answer within ``STOCKFLOW_CONNECTOR_RETRY_BUDGET_S`` (5xx, 429, timeouts), or a refused
-key - stays in the lane and goes again after a backoff (``outbound.retry_delay_ms``, up to
+Per figure of a call: applied, or stale (a newer version is there), is done. A figure whose whole call
+failed for now - no usable answer within ``STOCKFLOW_CONNECTOR_RETRY_BUDGET_S`` (5xx, 429, timeouts),
+or a refused key - stays in the lane and goes again after a backoff (``outbound.retry_delay_ms``, up to
 ``RETRY_MAX_MS``; at once when another call of the channel goes through), as often as it takes, unless
 a newer figure of its SKU comes, which takes its place: a channel always ends at the pool's latest
 figure once the platform answers or the key is set, with no replay. Its record stays unfinished, and
 so uncommitted, until then (a record whose figure a later record's replaced is finished at once: that
-later record, unfinished, is read again after a crash), so a crash meanwhile reads it again. Only a
-figure refused for good - a request the platform refuses, or one its answer has no result for -
-goes to ``connector.failed.<channel>`` as a ``stock`` request of its own (its one-SKU body,
-idempotency key ``SKU@version``): sending it again unchanged would be refused again, so it waits,
-with the platform's answer, for a person and ``stockflow connectors replay``. After a figure was
-parked, the SKU's next figure is sent even when the channel already shows it: it carries a newer
-version than the parked one, so a replay can never set the parked figure over it.
+later record, unfinished, is read again after a crash), so a crash meanwhile reads it again. A figure
+the platform refused on its own, for now (a per-item 429 or 5xx), in a call whose other figures it
+answered keeps its own backoff (a success of the channel does not wake it: the channel is not what
+fails) and, refused so ``outbound.RETRY_ALONE_MAX_FAILURES`` times or for ``RETRY_ALONE_MAX_MS``, is
+parked as ``connector_retries_exhausted``: otherwise, with no newer figure of its SKU, its record would
+hold its partition's commit point for good. A figure refused for good - a request the platform refuses,
+or one its answer has no result for - is parked at once. A parked figure goes to
+``connector.failed.<channel>`` as a ``stock`` request of its own (its one-SKU body, idempotency key
+``SKU@version``), with the platform's answer, for a person and ``stockflow connectors replay``; its
+record finishes once the broker has it. After a figure was parked, the SKU's next figure is sent even
+when the channel already shows it: it carries a newer version than the parked one, so a replay can never
+set the parked figure over it. The endpoint's ``connector_failing`` alert is decided once per call:
+raised if any figure of it failed, cleared only by a call whose every figure went through.
 
 The version. Every push carries the level's ``newest_change_ms`` as its version and ``SKU@version`` as
 its idempotency key. It is the event time of the newest change the level includes, kept per SKU as a
@@ -44,6 +50,7 @@ otherwise, so a replayed or reordered push never sets an older figure; stale cou
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -195,9 +202,10 @@ class StockLane:
                 elif outcome.kind is pf.OutcomeKind.FATAL:
                     self.pushes.release(push)
                     failed.append((push, outcome))
-                else:
-                    self.pushes.retry(push, now)
+                elif self.pushes.retry(push, now, alone=result.done):  # alone: the call itself went through
                     retried.append((push, outcome))
+                else:
+                    failed.append((push, outcome))  # refused alone past its bound: parked, retries exhausted
             superseded = self.pushes.take_superseded()
             self.flying -= 1
             self.cond.notify()  # newer figures of these SKUs may be waiting for this call
@@ -211,35 +219,50 @@ class StockLane:
             if outcome.done:
                 self.finish(push)
         self.finish_tickets(superseded)
-        if result.done:
+        # The endpoint's alert is decided once per call: cleared only by a call whose every figure went through
+        # (one the platform refused alone keeps it raised, rather than a clear and a raise per call).
+        reasons = [*self._park(result, failed), *self._retrying(result, retried)]
+        if reasons:
+            c.alerts.failed(self.channel, ENDPOINT, reasons[0], result.answer, parked=bool(failed))
+        elif result.done:
             c.alerts.succeeded(self.channel, ENDPOINT)
-        if retried:
-            self._retrying(result, retried)
-        if failed:
-            self._park(result, failed)
 
-    def _retrying(self, result: CallResult, retried: list[tuple[Push, pf.Outcome]]) -> None:
+    def _retrying(self, result: CallResult, retried: list[tuple[Push, pf.Outcome]]) -> list[Reason]:
+        """Log the figures that failed for now and go again after a backoff; the reason (none without any)."""
+        if not retried:
+            return []
         first, outcome = retried[0]
         item = CallResult(outcome, result.answer, result.attempts)
         log.warning("%s stock push of %d SKU(s) failed for now (%s), %s first; sent again after a backoff: %s",
                     self.channel, len(retried), item.reason, first.idempotency_key, result.answer[:200])  # fmt: skip
-        self.connector.alerts.failed(self.channel, ENDPOINT, item.reason, result.answer, parked=False)
+        return [item.reason]
 
-    def _park(self, result: CallResult, failed: list[tuple[Push, pf.Outcome]]) -> None:
-        """Each figure refused for good to the failed queue, as a one-SKU request of its own; its records finish
-        once the broker has it (the queue keeps it until it is replayed: committing the record is safe)."""
+    def _park(self, result: CallResult, failed: list[tuple[Push, pf.Outcome]]) -> list[Reason]:
+        """Each figure refused for good (or refused alone past its bound: ``connector_retries_exhausted``) to the
+        failed queue, as a one-SKU request of its own; its records finish once the broker has it (the queue
+        keeps it until it is replayed: committing the record is safe). The reason (none without any)."""
+        if not failed:
+            return []
         c = self.connector
+        reasons = []
         for push, outcome in failed:
             answer = result.answer if not result.done else f"{outcome.message} (answer: {result.answer})"
             item = CallResult(outcome, answer, result.attempts)
-            body = pf.stock_body(self.channel, push.sku, push.quantity, push.version)
-            c.sink.park(item.failed_call(self.channel, ENDPOINT, push.idempotency_key, body, push.source),
-                        functools.partial(self.finish, push))  # fmt: skip
-        first, outcome = failed[0]
-        reason = CallResult(outcome, result.answer, result.attempts).reason
-        log.warning("%s stock push of %d SKU(s) failed (%s), %s first: %s", self.channel, len(failed), reason,
+            parked = item.failed_call(self.channel, ENDPOINT, push.idempotency_key,
+                                      pf.stock_body(self.channel, push.sku, push.quantity, push.version),
+                                      push.source)  # fmt: skip
+            if outcome.kind is not pf.OutcomeKind.FATAL:  # refused alone, for now, too often: given up on
+                parked = dataclasses.replace(
+                    parked, reason=Reason.CONNECTOR_RETRIES_EXHAUSTED,
+                    answer=f"refused alone {push.alone_failures} time(s) over "
+                           f"{(monotonic_ms() - (push.alone_since_ms or 0)) // 1000} s, the rest of its calls "
+                           f"taken; the last: {answer}")  # fmt: skip
+            reasons.append(Reason(parked.reason))
+            c.sink.park(parked, functools.partial(self.finish, push))
+        first, _ = failed[0]
+        log.warning("%s stock push of %d SKU(s) failed (%s), %s first: %s", self.channel, len(failed), reasons[0],
                     first.idempotency_key, result.answer[:200])  # fmt: skip
-        c.alerts.failed(self.channel, ENDPOINT, reason, result.answer)
+        return reasons
 
 
 class StockConnector(Connector[StockLane]):

@@ -21,8 +21,11 @@ from agents.channels.calls import CallResult, ChannelCaller, marketplace_url, ra
 from agents.channels.credentials import CredentialStore, StoredKey
 from agents.channels.failed_queue import ReplaySummary
 from agents.channels.issue_refunds import RefundCall, RefundLane
+from agents.channels.kafka_io import ConnectorAlerts
 from agents.channels.outbound import (
     FAILING_ALERT,
+    RETRY_ALONE_MAX_FAILURES,
+    RETRY_ALONE_MAX_MS,
     RETRY_FIRST_MS,
     RETRY_MAX_MS,
     FailedCall,
@@ -378,6 +381,71 @@ def test_once_the_channel_answers_again_the_figures_waiting_for_a_retry_go_at_on
     assert queue.ready_at_ms() == RETRY_FIRST_MS
     queue.resume_retries(now_ms=50)  # another call of the channel's went through
     assert [p.sku for p in queue.take_batch(50, 20).send] == ["A", "B"]
+
+
+def test_a_figure_the_platform_refused_alone_keeps_its_backoff_when_other_calls_go_through() -> None:
+    """Changed on purpose: ``resume_retries`` made every figure waiting out a backoff due at once after any call
+    that went through, so a SKU the platform refused on its own (a per-item 429 or 5xx) inside calls that
+    otherwise succeeded went again in about every other call, with no backoff at all. Only figures whose
+    whole call failed (the channel away, a refused key) are woken by a success."""
+    queue = PushQueue(window_ms=0)
+    for n, sku in enumerate("AB"):
+        queue.offer(sku, n, 100, ticket(n), "s", 0)
+    alone, whole = queue.take_batch(0, 20).send
+    assert queue.retry(alone, now_ms=0, alone=True)
+    assert queue.retry(whole, now_ms=0)
+    queue.resume_retries(now_ms=50)
+    assert [p.sku for p in queue.take_batch(50, 20).send] == ["B"]
+    assert queue.ready_at_ms() == RETRY_FIRST_MS
+    assert [p.sku for p in queue.take_batch(RETRY_FIRST_MS, 20).send] == ["A"]
+
+
+def refuse_alone_nine_times(queue: PushQueue, sku: str) -> int:
+    """Fail ``sku``'s figure alone one time short of the bound; when it is due again."""
+    now = 0
+    for _ in range(RETRY_ALONE_MAX_FAILURES - 1):
+        push = take(queue, now)
+        assert push is not None and push.sku == sku
+        assert queue.retry(push, now, alone=True)
+        ready = queue.ready_at_ms()
+        assert ready is not None
+        now = ready
+    return now
+
+
+def test_a_figure_the_platform_keeps_refusing_alone_is_given_up_past_its_bound() -> None:
+    """Changed on purpose: a figure refused alone was retried for ever; with no newer figure of its SKU nothing
+    replaced it, and its record pinned its partition's commit point for good. Past the bound the queue gives it
+    up (the caller parks it on the failed queue and finishes its record); a whole-call failure never does."""
+    queue = PushQueue(window_ms=0)
+    queue.offer("A", 5, 100, ticket(1), "s", 0)
+    now = refuse_alone_nine_times(queue, "A")
+    push = take(queue, now)
+    assert push is not None and not queue.retry(push, now, alone=True)  # the 10th time: given up
+    assert (queue.retrying(), len(queue), queue.in_flight()) == (0, 0, 0)
+    assert queue.offer("A", 5, 150, ticket(2), "s", now)  # the SKU's next figure goes, whatever the channel shows
+    # Fifteen minutes of trying is the other bound, however few the failures.
+    queue = PushQueue(window_ms=0)
+    queue.offer("B", 1, 100, ticket(3), "s", 0)
+    b = take(queue, 0)
+    assert b is not None and queue.retry(b, 0, alone=True)
+    assert take(queue, RETRY_ALONE_MAX_MS) is b and not queue.retry(b, RETRY_ALONE_MAX_MS, alone=True)
+    # A newer figure is a request of its own, with a bound of its own (and it stands for the older record).
+    queue = PushQueue(window_ms=0)
+    queue.offer("C", 1, 100, ticket(4), "s", 0)
+    now = refuse_alone_nine_times(queue, "C")
+    assert queue.offer("C", 2, 200, ticket(5), "s", now - 1)  # replaces the one waiting out its backoff
+    assert queue.take_superseded() == [ticket(4)]
+    newer = take(queue, now)
+    assert newer is not None and newer.version == 200 and queue.retry(newer, now, alone=True)
+    # A channel away fails whole calls: those figures wait for it however long it takes.
+    queue = PushQueue(window_ms=0)
+    queue.offer("E", 1, 100, ticket(7), "s", 0)
+    now = 0
+    for _ in range(3 * RETRY_ALONE_MAX_FAILURES):
+        e = take(queue, now)
+        assert e is not None and e.sku == "E" and queue.retry(e, now)
+        now += RETRY_ALONE_MAX_MS
 
 
 # ---- batches, on a fake clock --------------------------------------------------------------------
@@ -816,6 +884,84 @@ def test_a_figure_the_answer_leaves_out_is_parked_and_the_rest_done(tmp_path: Pa
     assert sorted(t.offset for t in connector.finished) == [0, 1, 2]
     stats = connector.caller.endpoint_stats("own", "stock")
     assert (stats.items_applied, stats.items_failed) == (2, 1)
+
+
+class RefusesAlone:
+    """A platform's many-SKU stock call that refuses ``sku``'s figures on their own with ``kind`` and applies
+    every other figure; ``calls`` holds the SKUs of each call, as they came."""
+
+    def __init__(self, channel: str, sku: str, kind: pf.ErrorKind) -> None:
+        self.channel, self.sku, self.kind = channel, sku, kind
+        self.calls: list[list[str]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix(f"/{self.channel}")
+        verdict = pf.verify_request(self.channel, lambda _key: SECRET, dict(request.url.params), dict(request.headers),
+                                    request.content, wall_ms(), path=path)  # fmt: skip
+        assert verdict.ok and verdict.payload is not None, verdict
+        updates = pf.parse_stock_batch(self.channel, verdict.payload)
+        self.calls.append([u.sku for u in updates])
+        results = [(u, self.kind if u.sku == self.sku else None) for u in updates]
+        status, body = pf.stock_batch_answer(self.channel, results)
+        return httpx.Response(status, json=body)
+
+
+def refusing_lane(tmp_path: Path, sku: str, kind: pf.ErrorKind) -> tuple[StockLane, FakeConnector, RefusesAlone]:
+    platform = RefusesAlone("jd", sku, kind)
+    connector = FakeConnector(caller_for(tmp_path, platform))  # type: ignore[arg-type]
+    return StockLane("jd", connector, window_ms=100), connector, platform  # type: ignore[arg-type]
+
+
+def alerting(connector: FakeConnector) -> list[Any]:
+    """Give ``connector`` the real ``connector_failing`` alerts; the alert records sent, in order."""
+    sent: list[Any] = []
+    connector.sink.send = lambda _topic, _key, _event, record, on_done=None: sent.append(record)
+    connector.alerts = ConnectorAlerts(connector.sink)  # type: ignore[arg-type, assignment]
+    return sent
+
+
+def test_a_call_with_a_figure_refused_alone_never_clears_the_endpoint_alert(tmp_path: Path, clock: list[int]) -> None:
+    """Changed on purpose: a call that went through cleared jd/stock's alert and, for the figure it carried that
+    the platform refused alone, raised it again: a clear and a raise in the ops chat on every such call. The
+    alert state is decided once per call: any figure of it failing keeps the endpoint failing."""
+    lane, connector, _ = refusing_lane(tmp_path, "STUCK", pf.ErrorKind.SERVER_ERROR)
+    sent = alerting(connector)
+    lane.offer("STUCK", 3, 100, ticket(0), "stock.levels/0/0")
+    lane.offer("A", 1, 100, ticket(1), "stock.levels/0/1")
+    clock[0] = 100
+    assert send_due(lane, clock[0]) == 1
+    lane.offer("B", 1, 100, ticket(2), "stock.levels/0/2")
+    clock[0] += 100 + RETRY_FIRST_MS
+    assert send_due(lane, clock[0]) == 1  # B, and STUCK once more: refused again
+    assert [(a["subject"], a["cleared"]) for a in sent] == [("jd/stock", False)]
+    lane.offer("C", 1, 100, ticket(3), "stock.levels/0/3")
+    clock[0] += 100
+    assert send_due(lane, clock[0]) == 1  # C alone, STUCK waiting out its backoff: every figure went through
+    assert [(a["subject"], a["cleared"]) for a in sent] == [("jd/stock", False), ("jd/stock", True)]
+
+
+def test_a_sku_the_platform_keeps_refusing_alone_is_parked_and_its_record_finished(
+    tmp_path: Path, clock: list[int]
+) -> None:
+    """Changed on purpose: a SKU refused alone with a temporary error inside calls that otherwise went through
+    rode in about every other call for ever, and its record held its partition's commit point. It now keeps its
+    backoff, and past the bound goes to the failed queue as connector_retries_exhausted, its record finished."""
+    lane, connector, platform = refusing_lane(tmp_path, "STUCK", pf.ErrorKind.RATE_LIMITED)
+    calls = platform.calls
+    lane.offer("STUCK", 3, 100, ticket(0), "stock.levels/0/0")
+    for n in range(1, 100):  # another SKU changes every two seconds, for over three minutes
+        clock[0] = n * 2000
+        lane.offer(f"S{n}", n, 100 + n, ticket(n), f"stock.levels/0/{n}")
+        send_due(lane, clock[0] + 100)
+    tries = [c for c in calls if "STUCK" in c]
+    assert len(tries) == RETRY_ALONE_MAX_FAILURES and len(calls) == 99
+    assert [(f.idempotency_key, f.reason, f.source) for f in connector.parked] == [
+        ("STUCK@100", Reason.CONNECTOR_RETRIES_EXHAUSTED, "stock.levels/0/0")]  # fmt: skip
+    assert ticket(0) in connector.finished and len(connector.finished) == 100
+    assert lane.pending() == 0 and lane.pushes.in_flight() == 0
+    stats = connector.caller.endpoint_stats("jd", "stock")
+    assert (stats.items_failed, stats.items_retried) == (1, RETRY_ALONE_MAX_FAILURES - 1)
+    assert lane.offer("STUCK", 3, 900, ticket(900), "stock.levels/0/900")  # its next figure is sent as usual
 
 
 def test_after_partitions_went_elsewhere_the_next_figure_is_sent_whatever_the_channel_showed() -> None:

@@ -3,9 +3,29 @@ says how many records it never saw, instead of starting quietly at the queue's f
 
 from __future__ import annotations
 
-from confluent_kafka import OFFSET_INVALID
+from collections.abc import Callable
+from typing import Any
 
-from agents.channels.failed_queue import GAP_ALERT, ReplaySummary, gap_alert, replay_bounds
+from confluent_kafka import OFFSET_INVALID, TopicPartition
+
+from agents.channels import platforms as pf
+from agents.channels.calls import CallResult
+from agents.channels.failed_queue import (
+    GAP_ALERT,
+    POSITIONS,
+    IssuedRefunds,
+    Replay,
+    ReplaySummary,
+    gap_alert,
+    issued_refunds,
+    position_value,
+    read_position,
+    replay_bounds,
+)
+from agents.channels.outbound import FailedCall, refund_issued
+from agents.channels.platforms import canonical_json
+from streams.contract.codec import default_codec
+from streams.contract.reasons import Reason
 from streams.contract.topics import ALL_TOPICS, CONNECTOR_FAILED, contract_rows, topic_configs
 from streams.settings import Settings
 
@@ -52,3 +72,219 @@ def test_a_gap_is_a_red_alert_naming_the_lost_offsets_and_fails_the_replay() -> 
     assert "no saved position" in unknown["message"]
     summary = ReplaySummary("jd", queued=5, sent=5, lost=5)
     assert not summary.clean and summary.to_json()["lost"] == 5 and summary.remaining == 0
+
+
+# ---- where a replay starts, and what it never pays twice (a fake queue, no broker) -----------------
+
+
+class FakeMessage:
+    def __init__(self, offset: int, value: bytes) -> None:
+        self._offset, self._value = offset, value
+
+    def error(self) -> None:
+        return None
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class FakeQueue:
+    """What a replay uses of its consumer: one failed queue (records from offset ``low``) and the replay group's
+    committed offset, which the broker may have expired (``OFFSET_INVALID``)."""
+
+    def __init__(self, records: list[bytes], low: int = 0, committed: int = OFFSET_INVALID) -> None:
+        self.records, self.low, self.committed_offset = records, low, committed
+        self.at = low
+
+    def get_watermark_offsets(self, _tp: TopicPartition, timeout: float = 0) -> tuple[int, int]:
+        return self.low, self.low + len(self.records)
+
+    def committed(self, tps: list[TopicPartition], timeout: float = 0) -> list[TopicPartition]:
+        return [TopicPartition(tps[0].topic, 0, self.committed_offset)]
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        self.at = tps[0].offset
+
+    def poll(self, _timeout: float = 0) -> FakeMessage | None:
+        if self.at >= self.low + len(self.records):
+            return None
+        self.at += 1
+        return FakeMessage(self.at - 1, self.records[self.at - 1 - self.low])
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> list[TopicPartition]:
+        self.committed_offset = offsets[0].offset
+        return offsets
+
+    def close(self) -> None:
+        pass
+
+
+class FakeSink:
+    """The replay's results, taken at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+        self.parked: list[FailedCall] = []
+
+    def send(self, topic: str, key: str, event: str, record: Any, on_done: Callable[[], None] | None = None) -> None:
+        self.sent.append((topic, event, record))
+        if on_done is not None:
+            on_done()
+
+    def park(self, failed: FailedCall, on_done: Callable[[], None] | None = None) -> None:
+        self.parked.append(failed)
+        if on_done is not None:
+            on_done()
+
+    def flush(self, timeout_s: float = 0) -> None:
+        pass
+
+
+class FakePositions:
+    """Replay positions kept where they do not expire (the broker keeps them on a compacted topic)."""
+
+    def __init__(self, **saved: int) -> None:
+        self.saved = dict(saved)
+
+    def load(self, channel: str) -> int | None:
+        return self.saved.get(channel)
+
+    def save(self, channel: str, next_offset: int) -> None:
+        self.saved[channel] = next_offset
+
+
+class AgreeingCaller:
+    """A marketplace that agrees every call; ``calls`` names each."""
+
+    budget_s = 5.0
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def call(self, channel: str, endpoint: str, body: dict[str, Any], what: str = "") -> CallResult:
+        self.calls.append(what)
+        return CallResult(pf.Outcome(pf.OutcomeKind.OK, result={"status": "SUCCESS"}), "HTTP 200", 1)
+
+
+CODEC = default_codec()
+QUEUE = CONNECTOR_FAILED["jd"].name
+
+
+def refund_record(n: int, source: str = "") -> bytes:
+    body = pf.refund_body("jd", f"R{n}", 100 + n, channel_order_id=f"O{n}")
+    failed = FailedCall("jd", "refund", f"jd:R{n}", canonical_json(body), "Invalid API Key",
+                        Reason.CONNECTOR_CREDENTIALS, 1, source or f"refund.instructions/0/{n}")  # fmt: skip
+    return CODEC.encode("ConnectorCallFailed", failed.record(1000 + n))
+
+
+def issued(refund_ids: tuple[str, ...] = (), replayed: int = 0) -> Callable[[], IssuedRefunds]:
+    return lambda: IssuedRefunds(frozenset(refund_ids), replayed)
+
+
+def replay_over(queue: FakeQueue, positions: FakePositions, caller: AgreeingCaller, *,
+                paid: Callable[[], IssuedRefunds] | None = None, from_offset: int | None = None,
+                ) -> tuple[ReplaySummary, FakeSink]:  # fmt: skip
+    sink = FakeSink()
+    replay = Replay(Settings(), "jd", caller=caller, codec=CODEC, positions=positions,  # type: ignore[arg-type]
+                    issued=paid or issued(), from_offset=from_offset)  # fmt: skip
+    return replay.run_with(queue, sink), sink  # type: ignore[arg-type]
+
+
+def test_a_replay_starts_where_it_left_off_after_the_groups_offsets_expired() -> None:
+    """Changed on purpose: the position was the replay group's committed offset alone, which the broker deletes
+    after offsets.retention.minutes (7 days) idle; the next replay then started at 0 and called every refund ever
+    parked again. The position is kept on a compacted topic too, which nothing expires."""
+    queue = FakeQueue([refund_record(n) for n in range(5)], committed=OFFSET_INVALID)
+    positions, caller = FakePositions(jd=3), AgreeingCaller()
+    summary, sink = replay_over(queue, positions, caller)
+    assert caller.calls == ["jd:R3 (replay)", "jd:R4 (replay)"]
+    assert (summary.first_offset, summary.queued, summary.sent, summary.lost, summary.clean) == (3, 2, 2, 0, True)
+    assert positions.saved == {"jd": 5} and queue.committed_offset == 5
+    assert [r["refund_id"] for _, e, r in sink.sent if e == "RefundIssued"] == ["jd:R3", "jd:R4"]
+
+
+def test_a_replay_saves_its_position_record_by_record() -> None:
+    queue = FakeQueue([refund_record(n) for n in range(3)])
+    positions = FakePositions()
+    seen: list[int | None] = []
+    caller = AgreeingCaller()
+    original = caller.call
+
+    def call(channel: str, endpoint: str, body: dict[str, Any], what: str = "") -> CallResult:
+        seen.append(positions.load("jd"))
+        return original(channel, endpoint, body, what)
+
+    caller.call = call  # type: ignore[method-assign]
+    summary, _ = replay_over(queue, positions, caller)
+    assert summary.sent == 3 and seen == [None, 1, 2] and positions.saved == {"jd": 3}
+
+
+def test_the_replay_positions_topic_is_compacted_and_one_partition_keyed_by_channel() -> None:
+    assert (POSITIONS.compacted, POSITIONS.single_partition, POSITIONS.retention_ms) == (True, True, None)
+    assert "retention.ms" not in topic_configs(Settings(), POSITIONS)  # compaction keeps each channel's newest
+    value = position_value("jd", "connector.failed.jd", 42, 5000)
+    assert read_position(value, "connector.failed.jd") == 42
+    assert read_position(value, "x.connector.failed.jd") is None  # another prefix's queue
+    assert read_position(b"not json", "connector.failed.jd") is None
+
+
+def test_with_no_position_saved_a_queue_replayed_before_is_not_replayed_from_the_start() -> None:
+    """Changed on purpose: with the group's offsets expired the replay started at offset 0 without a word. With
+    no position saved anywhere while the queue shows an earlier replay, it now stops and says where to start."""
+    # Offset 3: a refund a replay wrote back (refused again) from offset 1: that replay had got past 1.
+    records = [refund_record(0), refund_record(1), refund_record(2), refund_record(1, source=f"{QUEUE}/0/1")]
+    caller = AgreeingCaller()
+    summary, sink = replay_over(FakeQueue(records), FakePositions(), caller)
+    assert caller.calls == [] and sink.sent == [] and not summary.clean
+    assert "--from-offset 2" in summary.stopped and "no saved position" in summary.stopped
+    # RefundIssued records a replay wrote say so too.
+    summary, _ = replay_over(FakeQueue(records[:3]), FakePositions(), caller, paid=issued(("jd:R0",), replayed=1))
+    assert caller.calls == [] and "--from-offset" in summary.stopped and "refund.issued" in summary.stopped
+    # Told where to start, it starts there (and saves it).
+    positions = FakePositions()
+    summary, _ = replay_over(FakeQueue(records), positions, caller, from_offset=2)
+    assert caller.calls == ["jd:R2 (replay)", "jd:R1 (replay)"] and summary.clean and positions.saved == {"jd": 4}
+    # A queue never replayed starts at its first record, as before.
+    caller = AgreeingCaller()
+    summary, _ = replay_over(FakeQueue(records[:3]), FakePositions(), caller)
+    assert len(caller.calls) == 3 and summary.clean
+
+
+def test_a_saved_position_past_the_queues_end_stops_the_replay() -> None:
+    """The queue was deleted and created again: where to start in the new one is not known."""
+    caller = AgreeingCaller()
+    summary, _ = replay_over(FakeQueue([refund_record(0)]), FakePositions(jd=9), caller)
+    assert caller.calls == [] and "past the queue's end" in summary.stopped and not summary.clean
+
+
+def test_a_refund_refund_issued_records_as_paid_is_never_called_again() -> None:
+    """Changed on purpose: only the marketplace's idempotency window stood between a replay and a second
+    payment of a refund stockflow had already recorded as paid. The replay reads refund.issued first."""
+    caller = AgreeingCaller()
+    summary, sink = replay_over(FakeQueue([refund_record(n) for n in range(3)]), FakePositions(), caller,
+                                paid=issued(("jd:R0", "jd:R2")))  # fmt: skip
+    assert caller.calls == ["jd:R1 (replay)"]
+    assert (summary.sent, summary.already_applied, summary.clean, summary.next_offset) == (1, 2, True, 3)
+    assert [r["refund_id"] for _, e, r in sink.sent if e == "RefundIssued"] == ["jd:R1"]
+
+
+def test_the_refunds_refund_issued_records_as_paid_are_read_per_channel() -> None:
+    def record(channel: str, n: int, replayed: bool) -> tuple[bytes, bytes]:
+        event = refund_issued(f"{channel}:R{n}", f"{channel}:O{n}", channel, 100, "ref", 1, 1000, replayed=replayed)
+        return f"{channel}:O{n}".encode(), CODEC.encode("RefundIssued", event)
+
+    records = [record("jd", 1, False), record("tmall", 2, True), record("jd", 3, True), (b"jd:O4", b"garbage")]
+    found = issued_refunds(records, "jd", CODEC)
+    assert found == IssuedRefunds(frozenset({"jd:R1", "jd:R3"}), 1)
+
+
+def test_a_refund_parked_twice_is_called_once_in_a_run() -> None:
+    """A connector that crashed after parking a refund parks it again when it reads the instruction again: the
+    replay's own RefundIssued counts as paid for the copy further on."""
+    caller = AgreeingCaller()
+    records = [refund_record(0), refund_record(0, source="refund.instructions/0/9")]
+    summary, _ = replay_over(FakeQueue(records), FakePositions(), caller)
+    assert caller.calls == ["jd:R0 (replay)"] and (summary.sent, summary.already_applied) == (1, 1)
