@@ -6,7 +6,9 @@ writing results whose acknowledgement finishes the input record.
   once the result of that piece is durable; the loop commits each partition up to its oldest unfinished
   record (``outbound.OffsetTracker``). A crash therefore repeats calls, never skips one: every call
   carries an idempotency key, so a repeat changes nothing at the marketplace. When too many records
-  are unfinished (a channel down, its lane retrying) the loop pauses its partitions until half are done.
+  are unfinished the loop pauses its partitions (every channel's) until half are done: a memory guard
+  set far above what the lanes hold (a stock lane whose channel is away parks its oldest figures past
+  its own cap rather than hold the others back).
   On a revoke the revoked partitions' unfinished records are forgotten, their tickets stop counting
   (``OffsetTracker.holds``: the record read again, if the partition comes back, is a new ticket) and
   ``on_revoked`` tells the connector which partitions went, so it drops their queued work.
@@ -124,6 +126,14 @@ class ConnectorAlerts:
             record = self.watch.failed(channel, endpoint, reason, answer, wall_ms(), parked=parked)
         if record is not None:
             log.warning("%s: %s calls failing (%s); connector_failing raised", channel, endpoint, reason)
+            self.send(record)
+
+    def parked_backlog(self, channel: str, endpoint: str, parked: int, cap: int) -> None:
+        """A lane parked ``parked`` of its oldest figures, its channel away with over ``cap`` waiting."""
+        with self._lock:
+            record = self.watch.parked_backlog(channel, endpoint, parked, cap, wall_ms())
+        if record is not None:
+            log.warning("%s: %s backlog over %d parked; connector_failing raised", channel, endpoint, cap)
             self.send(record)
 
     def succeeded(self, channel: str, endpoint: str) -> None:

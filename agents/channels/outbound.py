@@ -159,6 +159,7 @@ class Push:
     wake_on_success: bool = False
     alone_failures: int = 0  # times this figure was refused alone, for now (a newer figure starts again at 0)
     alone_since_ms: int | None = None  # when it was first
+    taken_in: int = 0  # the queue's revoke count when its call was taken (``PushQueue.forget_shown``)
 
     @property
     def idempotency_key(self) -> str:
@@ -184,8 +185,8 @@ RETRY_MAX_MS = 30_000
 # takes, is given up after this many such refusals or this long since the first (about 2.5 minutes of backoff
 # for the count): the channel answers, so waiting longer is no cure, and its record would hold its partition's
 # commit point for good when no newer figure of the SKU comes. The connector parks it (connector.failed.<channel>,
-# ``connector_retries_exhausted``). A figure whose whole call fails (the channel away, a refused key) is never
-# given up: it waits for the channel, however long.
+# ``connector_retries_exhausted``). A figure whose whole call fails (the channel away, a refused key) waits for the
+# channel, however long - unless its lane holds more SKUs than its cap meanwhile (``PushQueue.overflow``).
 RETRY_ALONE_MAX_FAILURES = 10
 RETRY_ALONE_MAX_MS = 15 * 60_000
 
@@ -215,7 +216,9 @@ class PushQueue:
     whole call failed goes again as often as it takes (and at once when a call of the channel goes through:
     ``resume_retries``); one the platform refused alone keeps its backoff and is given up past
     ``RETRY_ALONE_MAX_FAILURES`` / ``RETRY_ALONE_MAX_MS`` (``retry`` answers False: the caller parks it).
-    Remembers the last figure each SKU's channel accepted: bounded by the SKUs of the catalogue.
+    While the channel is away, the lane bounds what waits: ``overflow`` hands out the oldest waiting figures past
+    its cap, for parking. Remembers the last figure each SKU's channel accepted: bounded by the SKUs of the
+    catalogue; what a call lands after a revoke is not remembered (``settle``).
     """
 
     def __init__(self, window_ms: int) -> None:
@@ -225,6 +228,7 @@ class PushQueue:
         self._retrying: dict[str, Push] = {}  # sku -> a push waiting out its backoff (never also pending)
         self._accepted: dict[str, tuple[int, int]] = {}  # sku -> (quantity, version) the platform holds
         self._superseded: list[Ticket] = []
+        self._revokes = 0  # ``forget_shown``-s so far: a call taken before the last one lands unremembered
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -234,6 +238,31 @@ class PushQueue:
 
     def retrying(self) -> int:
         return len(self._retrying)
+
+    def waiting(self) -> int:
+        """Figures waiting to go, those waiting out a backoff included (each holds about one record open)."""
+        return len(self._pending) + len(self._retrying)
+
+    def overflow(self, limit: int) -> list[Push]:
+        """Take the oldest waiting figures past ``limit`` out of the queue, for the caller to park and finish:
+        first those waiting out a backoff (their call failed, least recently first), then the oldest queued; never
+        a SKU with a call in flight (what that call lands must not be remembered over a parked newer figure). Each
+        SKU's next figure is then sent whatever the channel showed, as after ``release``."""
+        excess = self.waiting() - limit
+        if excess <= 0:
+            return []
+        taken: list[Push] = []
+        for waiting in (self._retrying, self._pending):
+            for sku, push in waiting.items():
+                if len(taken) >= excess:
+                    break
+                if sku not in self._in_flight:
+                    taken.append(push)
+        for push in taken:
+            if self._retrying.pop(push.sku, None) is None:
+                del self._pending[push.sku]
+            self._forget_figure(push.sku)
+        return taken
 
     def take_superseded(self) -> list[Ticket]:
         """Tickets whose figure a newer one replaced, with a record that stands for them: finish them now."""
@@ -389,6 +418,7 @@ class PushQueue:
         for push in sendable:
             del self._pending[push.sku]
             self._in_flight[push.sku] = push
+            push.taken_in = self._revokes
         batch.send = sendable
         return batch
 
@@ -397,9 +427,18 @@ class PushQueue:
         return accepted is not None and accepted[0] == push.quantity
 
     def settle(self, push: Push, accepted: bool) -> None:
-        """The platform answered ``push``: ``accepted`` (now shows it), or stale (it holds a newer version)."""
+        """The platform answered ``push``: ``accepted`` (now shows it), or stale (it holds a newer version).
+
+        A call taken before a revoke (``forget_shown``), or whose records all went with their partition, may land
+        after the partition's new owner pushed a newer figure, or before it does: what the channel shows then is
+        not known, and remembering this figure would skip a later level equal to it as "already shown" when the
+        partition comes back (with no revoke here meanwhile to forget it, if this process held nothing). Only
+        its version is kept (the platform holds at least that), so the SKU's next figure is sent whatever it is."""
         self._in_flight.pop(push.sku, None)
-        if accepted:
+        if accepted and (push.taken_in != self._revokes or not push.tickets):
+            known = self._accepted.get(push.sku)
+            self._accepted[push.sku] = (UNKNOWN_QUANTITY, max(push.version, known[1] if known else 0))
+        elif accepted:
             self._accepted[push.sku] = (push.quantity, push.version)
         else:
             # A newer version is there, set by an earlier run: its figure is unknown, so the next change is sent.
@@ -421,7 +460,8 @@ class PushQueue:
     def forget_shown(self) -> None:
         """Partitions went to another connector, which may push newer figures than the ones remembered here
         before they come back: every SKU's next figure is sent whatever it is (versions are kept: the platform
-        holds at least those)."""
+        holds at least those), and a call under way now is not remembered when it lands (``settle``)."""
+        self._revokes += 1
         for sku, (_, version) in self._accepted.items():
             self._accepted[sku] = (UNKNOWN_QUANTITY, version)
 
@@ -478,6 +518,7 @@ class FailingWatch:
 
     failing_since_ms: dict[ChannelEndpoint, int] = field(default_factory=dict)
     parked: set[ChannelEndpoint] = field(default_factory=set)  # failing, and calls went to the failed queue
+    overflowing: set[ChannelEndpoint] = field(default_factory=set)  # failing, and a backlog past its cap parked
 
     def failed(self, channel: str, endpoint: str, reason: str, answer: str, now_ms: int, *,
                parked: bool = True) -> Alert | None:  # fmt: skip
@@ -503,8 +544,31 @@ class FailingWatch:
             event_id=f"{FAILING_ALERT}:{channel}:{endpoint}:{now_ms}",
         )  # fmt: skip
 
+    def parked_backlog(self, channel: str, endpoint: str, parked: int, cap: int, now_ms: int) -> Alert | None:
+        """The channel is away and its lane, holding more than ``cap`` SKUs' figures, parked ``parked`` of the
+        oldest on the failed queue so reading goes on for the other channels: said once until the endpoint's
+        next success clears it (with the failing alert: same kind and subject)."""
+        key = (channel, endpoint)
+        self.parked.add(key)
+        self.failing_since_ms.setdefault(key, now_ms)
+        if key in self.overflowing:
+            return None
+        self.overflowing.add(key)
+        topic = CONNECTOR_FAILED[channel].name if channel in CONNECTOR_FAILED else "the failed queue"
+        return alert(
+            FAILING_ALERT, "RED", failing_subject(channel, endpoint),
+            f"{channel}: {endpoint}: the channel is away with over {cap} SKUs' figures waiting; the oldest are parked "
+            f"on {topic} (connector_retries_exhausted), so reading goes on for the other channels. {channel} shows "
+            f"old stock for those SKUs until a newer figure of each or stockflow connectors replay {channel} once "
+            f"it is back", now_ms,
+            details={"channel": channel, "endpoint": endpoint, "reason": "connector_retries_exhausted",
+                     "cap": str(cap), "parked": str(parked)},
+            event_id=f"{FAILING_ALERT}:{channel}:{endpoint}:{now_ms}:parked",
+        )  # fmt: skip
+
     def succeeded(self, channel: str, endpoint: str, now_ms: int) -> Alert | None:
         key = (channel, endpoint)
+        self.overflowing.discard(key)
         since = self.failing_since_ms.pop(key, None)
         if since is None:
             return None

@@ -38,6 +38,12 @@ when the channel already shows it: it carries a newer version than the parked on
 set the parked figure over it. The endpoint's ``connector_failing`` alert is decided once per call:
 raised if any figure of it failed, cleared only by a call whose every figure went through.
 
+A channel away for long holds one record open per SKU changed meanwhile. Past ``MAX_WAITING_PER_CHANNEL``
+SKUs waiting while its last call failed as a whole, its lane parks its oldest waiting figures the same
+way, as ``connector_retries_exhausted`` (their records finish; a ``connector_failing`` alert says so,
+once until the endpoint's next success), so the records open never reach the reading pause
+(``MAX_IN_FLIGHT``, a memory guard far above) and the other channels keep getting their figures.
+
 The version. Every push carries the level's ``newest_change_ms`` as its version and ``SKU@version`` as
 its idempotency key. It is the event time of the newest change the level includes, kept per SKU as a
 running maximum in the pool's own state, so it never goes backwards - not when the SKU's partition
@@ -62,7 +68,7 @@ from agents.channels import platforms as pf
 from agents.channels.calls import CallResult, Stopping, rate_per_s
 from agents.channels.connector import Connector, run_lane
 from agents.channels.kafka_io import Received
-from agents.channels.outbound import Push, PushQueue, Ticket, TopicPartitionKey
+from agents.channels.outbound import FailedCall, Push, PushQueue, Ticket, TopicPartitionKey
 from streams.contract.reasons import Reason
 from streams.contract.records import StockLevel
 from streams.contract.registry import EventType
@@ -71,7 +77,13 @@ from streams.contract.topics import CONNECTOR_FAILED, STOCK_LEVELS
 log = logging.getLogger(__name__)
 STAGE = "agents.channels.push_stock"
 ENDPOINT: pf.Endpoint = "stock"
-MAX_IN_FLIGHT = 200_000  # levels read and not yet pushed everywhere; the queues coalesce, so memory is per SKU
+# A channel away holds one record open per SKU changed meanwhile; past this many SKUs waiting, its lane parks the
+# oldest (``StockLane.offer``), so one channel's outage never pauses reading for the others.
+MAX_WAITING_PER_CHANNEL = 100_000
+# Levels read and not yet pushed everywhere before reading pauses for every channel: only a memory guard, far above
+# what the lanes hold with every channel away (each at most its cap), reached only by a backlog no lane parks (a
+# channel answering, however slowly: its figures go in their turn).
+MAX_IN_FLIGHT = 1_200_000
 CALL_TIME_S = 0.1  # a marketplace call's usual time with room to spare, for sizing a lane's calls in flight
 MAX_CALLS_IN_FLIGHT = 16  # per channel: more threads only contend for the interpreter
 HOLD_MS = 150  # how long due figures wait for a lane's call in flight before a thin batch goes anyway
@@ -106,20 +118,44 @@ class StockLane:
         self.pushes = PushQueue(window_ms)
         self.cond = threading.Condition()
         self.flying = 0  # calls under way
+        self.max_waiting = MAX_WAITING_PER_CHANNEL  # SKUs' figures held while the channel is away, at most
+        self.away = ""  # the answer of the channel's last call when it failed as a whole (away, a refused key)
         self.threads = [threading.Thread(target=self.run, name=f"stock-{channel}-{i}", daemon=True)
                         for i in range(calls)]  # fmt: skip
 
     def offer(self, sku: str, quantity: int, version: int, ticket: Ticket, source: str) -> bool:
-        """Queue a figure; False when nothing needs sending for it."""
+        """Queue a figure; False when nothing needs sending for it. While the channel is away, past
+        ``max_waiting`` SKUs waiting the oldest figures are parked (``park_backlog``)."""
         with self.cond:
             before = len(self.pushes)
             queued = self.pushes.offer(sku, quantity, version, ticket, source, monotonic_ms())
             superseded = self.pushes.take_superseded()
+            overflow = self.pushes.overflow(self.max_waiting) if self.away else []
+            away = self.away
             # A figure replacing a waiting one, or queued behind a batch's worth, changes no thread's wake time.
             if queued and len(self.pushes) > before and self.pushes.wakes(self.max_items):
                 self.cond.notify()
         self.finish_tickets(superseded)
+        if overflow:
+            self.park_backlog(overflow, away)
         return queued
+
+    def park_backlog(self, pushes: list[Push], answer: str) -> None:
+        """The channel is away and its lane holds more than ``max_waiting`` SKUs: ``pushes`` (the oldest, out of the
+        queue) go to its failed queue as ``connector_retries_exhausted``, their records finishing once the broker
+        has them. Otherwise each would hold a record open until the channel came back, and enough of them pause
+        reading for every channel (``MAX_IN_FLIGHT``): the healthy ones would keep showing stock since sold."""
+        c = self.connector
+        for push in pushes:
+            body = pf.stock_body(self.channel, push.sku, push.quantity, push.version)
+            parked = FailedCall(self.channel, ENDPOINT, push.idempotency_key, pf.canonical_json(body),
+                                f"parked unsent: {self.channel} away with over {self.max_waiting} SKUs' figures "
+                                f"waiting, the oldest parked; its last call: {answer}",
+                                Reason.CONNECTOR_RETRIES_EXHAUSTED, push.failures, push.source)  # fmt: skip
+            c.sink.park(parked, functools.partial(self.finish, push))
+        log.warning("%s away with over %d SKUs' figures waiting: %d of the oldest parked, %s first", self.channel,
+                    self.max_waiting, len(pushes), pushes[0].idempotency_key)  # fmt: skip
+        c.alerts.parked_backlog(self.channel, ENDPOINT, len(pushes), self.max_waiting)
 
     def pending(self) -> int:
         """Figures waiting to be sent, those waiting out a backoff included."""
@@ -194,6 +230,7 @@ class StockLane:
         retried: list[tuple[Push, pf.Outcome]] = []
         with self.cond:
             now = monotonic_ms()
+            self.away = "" if result.done else (result.answer[:300] or "no answer")
             if result.done:
                 self.pushes.resume_retries(now)  # the channel answers: what waits out a backoff may go now
             for push, outcome in zip(pushes, outcomes, strict=True):

@@ -21,7 +21,7 @@ from agents.channels.calls import CallResult, ChannelCaller, marketplace_url, ra
 from agents.channels.credentials import CredentialStore, StoredKey
 from agents.channels.failed_queue import ReplaySummary
 from agents.channels.issue_refunds import RefundCall, RefundLane
-from agents.channels.kafka_io import ConnectorAlerts
+from agents.channels.kafka_io import ConnectorAlerts, Received
 from agents.channels.outbound import (
     FAILING_ALERT,
     RETRY_ALONE_MAX_FAILURES,
@@ -727,7 +727,7 @@ class FakeConnector:
         self.loop = SimpleNamespace(finish=lambda ticket, parts=1: self.finished.append(ticket))
         self.sink = SimpleNamespace(park=self._park)
         self.alerts = SimpleNamespace(failed=lambda _c, _e, reason, _a, parked=True: self.alerts_failed.append(reason),
-                                      succeeded=lambda _c, _e: None)  # fmt: skip
+                                      succeeded=lambda _c, _e: None, parked_backlog=lambda *_a: None)  # fmt: skip
         self.on_error = self.errors.append
 
     def _park(self, failed: FailedCall, on_done: Callable[[], None] | None = None) -> None:
@@ -975,3 +975,116 @@ def test_after_partitions_went_elsewhere_the_next_figure_is_sent_whatever_the_ch
     assert not queue.offer("A", 3, 900, ticket(2), "s", 0)  # older than a version the platform has had: never
     assert queue.offer("A", 3, 1200, ticket(3), "s", 0)
     assert [p.quantity for p in queue.take_batch(0, 20).send] == [3]
+
+
+def test_a_call_landing_after_its_partition_went_is_not_remembered_as_shown() -> None:
+    """Changed on purpose: a call under way at a revoke that landed afterwards was remembered as shown (5), over
+    the revoke's forgetting; the new owner then pushed 3, and when the partition came back (no revoke here
+    meanwhile: this process held nothing) a level of 5 was skipped as "already shown", leaving the channel at 3."""
+    queue = PushQueue(window_ms=0)
+    queue.offer("A", 5, 1000, ticket(1), "s", 0)
+    flying = take(queue, 0)
+    assert flying is not None
+    queue.forget_partitions({ticket(1).tp})  # the revoke, as a lane runs it
+    queue.forget_shown()
+    queue.settle(flying, accepted=True)  # the call lands afterwards
+    back = Ticket("stock.levels", 0, 9, epoch=1)  # the partition back here, the new owner having pushed 3@1100
+    assert not queue.offer("A", 5, 900, back, "s", 0)  # older than what the platform has had: still never sent
+    assert queue.offer("A", 5, 1200, back, "s", 0)
+    assert [(p.quantity, p.version) for p in queue.take_batch(0, 20).send] == [(5, 1200)]
+
+
+def test_a_call_under_way_at_a_revoke_of_other_partitions_is_not_remembered_as_shown_either() -> None:
+    queue = PushQueue(window_ms=0)
+    queue.offer("A", 5, 1000, ticket(1), "s", 0)
+    flying = take(queue, 0)
+    assert flying is not None
+    queue.forget_partitions({("stock.levels", 3)})  # A's partition stays; what others remembered may be stale
+    queue.forget_shown()
+    queue.settle(flying, accepted=True)
+    assert queue.offer("A", 5, 1200, ticket(2), "s", 0)
+    queue.offer("B", 1, 1000, ticket(3), "s", 0)  # a call taken after the revoke is remembered as usual
+    settled = queue.take_batch(0, 20).send
+    for push in settled:
+        queue.settle(push, accepted=True)
+    assert not queue.offer("B", 1, 1300, ticket(4), "s", 0)
+
+
+def down_lane(tmp_path: Path, channel: str, cap: int) -> tuple[StockLane, FakeConnector, Marketplace]:
+    """A lane whose channel answers every call with a 5xx, holding at most ``cap`` SKUs' figures."""
+    lane, connector, market = lane_for(tmp_path, channel)
+    lane.max_waiting = cap
+    market.configure(channel, error_rate=1.0)
+    return lane, connector, market
+
+
+def test_a_channel_down_parks_its_oldest_waiting_figures_past_its_cap(tmp_path: Path, clock: list[int]) -> None:
+    """Changed on purpose: a channel down kept one record open per SKU changed, and past 200,000 the input paused
+    for every channel until it came back. Past its cap it now parks its oldest waiting figures
+    (connector_retries_exhausted, records finished, one alert) and holds the newest."""
+    lane, connector, market = down_lane(tmp_path, "pdd", cap=5)
+    raised: list[tuple[int, int]] = []
+    connector.alerts.parked_backlog = lambda _c, _e, parked, cap: raised.append((parked, cap))
+    for n in range(5):
+        lane.offer(f"S{n}", n, 100 + n, ticket(n), f"stock.levels/0/{n}")
+    clock[0] = 100
+    assert send_due(lane, clock[0]) == 1 and lane.pending() == 5 and connector.parked == []
+    for n in range(5, 8):
+        lane.offer(f"S{n}", n, 100 + n, ticket(n), f"stock.levels/0/{n}")
+    assert [(f.idempotency_key, f.reason, f.source) for f in connector.parked] == [
+        (f"S{n}@{100 + n}", Reason.CONNECTOR_RETRIES_EXHAUSTED, f"stock.levels/0/{n}") for n in range(3)]  # fmt: skip
+    assert json.loads(connector.parked[0].request) == pf.stock_body("pdd", "S0", 0, 100)
+    assert sorted(t.offset for t in connector.finished) == [0, 1, 2] and lane.pending() == 5
+    assert raised == [(1, 5), (1, 5), (1, 5)]
+    market.configure("pdd", error_rate=0.0)  # back: what it holds goes, and a parked SKU's next figure too
+    clock[0] += RETRY_MAX_MS
+    assert send_due(lane, clock[0]) == 1
+    assert sorted(r["sku"] for r in market.stock_json("pdd")) == [f"S{n}" for n in range(3, 8)]
+    assert lane.offer("S0", 0, 900, ticket(900), "stock.levels/0/900")
+
+
+def test_a_channel_answering_slowly_parks_nothing_past_its_cap(tmp_path: Path, clock: list[int]) -> None:
+    lane, connector, _ = lane_for(tmp_path, "pdd")
+    lane.max_waiting = 5
+    for n in range(8):  # never tried yet: the channel is not away, they go in their turn
+        lane.offer(f"S{n}", n, 100 + n, ticket(n), "src")
+    assert connector.parked == [] and lane.pending() == 8
+
+
+def test_one_channel_down_never_holds_back_reading_for_the_others(tmp_path: Path, clock: list[int]) -> None:
+    """Changed on purpose: with pdd down every SKU changed kept its record open, so past ``MAX_IN_FLIGHT`` reading
+    paused for every channel (jd too) until pdd came back. pdd now holds at most its cap; the records open stay
+    far under the pause, and jd gets every figure."""
+    tracker = OffsetTracker()
+    loop = SimpleNamespace(begin=lambda msg, parts: tracker.begin(msg.topic, msg.partition, msg.offset, parts),
+                           finish=lambda t, parts=1: tracker.finish(t, parts))  # fmt: skip
+    pdd, pdd_connector, _ = down_lane(tmp_path / "pdd", "pdd", cap=50)
+    jd, jd_connector, jd_market = lane_for(tmp_path / "jd", "jd")
+    for connector in (pdd_connector, jd_connector):
+        connector.loop = loop
+    connector_ = SimpleNamespace(lanes={"pdd": pdd, "jd": jd}, loop=loop)
+    level = SimpleNamespace(short_name="StockLevel")
+    for n in range(300):
+        record = {"sku": f"S{n:03d}", "sellable": {"pdd": n, "jd": n}, "newest_change_ms": 1000 + n}
+        push_stock.StockConnector.handle(connector_, Received("stock.levels", 0, n, None, b""), level, record)  # type: ignore[arg-type]
+        if n % 20 == 19:
+            clock[0] += 200
+            send_due(pdd, clock[0])
+            send_due(jd, clock[0])
+    assert pdd.pending() == 50 and len(pdd_connector.parked) == 250
+    assert tracker.in_flight() == 50 < push_stock.MAX_IN_FLIGHT // 2
+    assert len(jd_market.stock_json("jd")) == 300
+    every_channel_at_its_cap = len(push_stock.CONNECTOR_FAILED) * push_stock.MAX_WAITING_PER_CHANNEL
+    assert 2 * every_channel_at_its_cap <= push_stock.MAX_IN_FLIGHT  # the pause: a memory guard, far above
+
+
+def test_a_backlog_parked_is_said_once_and_cleared_with_the_failing_alert() -> None:
+    watch = FailingWatch()
+    assert watch.failed("pdd", "stock", "connector_retries_exhausted", "HTTP 503", 1, parked=False) is not None
+    raised = watch.parked_backlog("pdd", "stock", 3, 100_000, 2)
+    assert raised is not None and raised["kind"] == FAILING_ALERT and raised["subject"] == "pdd/stock"
+    assert "parked" in raised["message"] and "replay pdd" in raised["message"] and not raised["cleared"]
+    assert watch.parked_backlog("pdd", "stock", 1, 100_000, 3) is None  # once until the endpoint succeeds
+    cleared = watch.succeeded("pdd", "stock", 4)
+    assert cleared is not None and cleared["cleared"] and "stockflow connectors replay pdd" in cleared["message"]
+    assert watch.parked_backlog("pdd", "stock", 1, 100_000, 5) is not None  # away again: said again
