@@ -39,6 +39,16 @@ payouts, two acceptances with different marketplace references, or two settlemen
 order whose refunds' instructed payouts add up to more than its OrderPlaced says it cost, a refund approved
 for payment with no instruction behind it (lost), and an instruction for a refund that never reached the
 paying state.
+
+Retention. The changelog, ``order.states`` and ``refund.states`` are compacted (kept); every other topic read
+here is kept by time, and the brokers delete its oldest records. Each topic's partitions are read with where
+they start now (their low watermark, read after their records): a partition that no longer starts at 0 lost
+the start of the history of every key on it (by the contract's partitioning). What depends on that part is not
+judged, and is counted as ``unjudged`` with the topic that lost it, never as drift, lost or oversold: an open
+line in the store with no answer left; a SKU's on-hand (its adjustments or returns, or any shipment, deleted)
+and its oversell (its adjustments or returns deleted); an undecided order whose decision or refusal may be
+deleted; a paying refund whose instruction may be; a takeover of a set-aside whose override may be; an order
+refunded whose OrderPlaced is. A run where every partition starts at 0 is judged whole.
 """
 
 from __future__ import annotations
@@ -50,9 +60,10 @@ from typing import Any, TypeAlias, TypeVar
 
 import orjson
 
+from agents.audit.watermarks import earliest_offsets
 from agents.routing.warehouses import load_warehouses
 from streams.contract.codec import Codec, DecodeError, codec_for
-from streams.contract.keys import order_key, refund_key
+from streams.contract.keys import order_key, partition_for, refund_key
 from streams.contract.topics import (
     AUDIT_OVERRIDES,
     DEADLETTERS,
@@ -68,7 +79,7 @@ from streams.contract.topics import (
     STOCK_RETURNS,
 )
 from streams.engine.changelog import changelog_topic
-from streams.engine.topicreader import read_all
+from streams.engine.topicreader import Record, read_all
 from streams.settings import Settings
 
 _OPEN_OUTCOMES = {"HELD", "COMMITTED"}
@@ -88,6 +99,7 @@ MAX_ADJUSTMENT_QTY = 10_000_000
 # the topic contract (``HoldDecided.reason``), not a rule.
 VIP_OVERRIDE_REASON = "vip_override:"
 _ADJUSTMENTS, _RETURNS = 0, 1  # the topics whose offsets order one SKU's adjustments
+RETAINED = "history before the retention of"  # why a key is unjudged: its topic's first records are deleted
 _T = TypeVar("_T")
 _BySku: TypeAlias = dict[str, list[_T]]
 
@@ -144,12 +156,17 @@ class SkuAudit:
     totals_disagree: str = ""
     peak_oversold: int = 0  # the most regular units held beyond on-hand at any moment of the run
     peak_presale_oversold: int = 0  # the most presale units held beyond the presale cap at any moment
+    on_hand_unjudged: bool = False  # adjustments, returns or shipments of it may be deleted (retention)
+    oversell_unjudged: bool = False  # adjustments or returns of it may be deleted: its stock over time is unknown
 
     @property
     def drift(self) -> bool:
         return (
             self.table_on_hand is None
-            or not self.expected_on_hand <= self.table_on_hand <= self.expected_on_hand_max
+            or (
+                not self.on_hand_unjudged
+                and not self.expected_on_hand <= self.table_on_hand <= self.expected_on_hand_max
+            )
             or self.table_open != self.expected_open
             or self.table_presale != self.expected_presale
             or bool(self.open_keys_missing_in_table or self.open_keys_only_in_table)
@@ -158,10 +175,14 @@ class SkuAudit:
 
     @property
     def regular_oversold(self) -> int:
+        if self.oversell_unjudged:
+            return 0
         return max(0, self.peak_oversold, self.expected_open - self.expected_on_hand_max)
 
     @property
     def presale_oversold(self) -> int:
+        if self.oversell_unjudged:
+            return 0
         return max(0, self.peak_presale_oversold, self.expected_presale - self.presale_cap)
 
     @property
@@ -187,10 +208,19 @@ class Report:
     orders_refunded_above_price: list[str] = field(default_factory=list)
     refunds_lost: list[str] = field(default_factory=list)
     refunds_paid_unapproved: list[str] = field(default_factory=list)
+    # '<line|sku|order|refund> <id>' -> what of it is not judged and why: its history starts before its topic's
+    # retention. Neither a problem nor a pass.
+    unjudged: dict[str, str] = field(default_factory=dict)
 
     def sku_audit(self, sku: str) -> SkuAudit:
         """The audit of ``sku``, started when the topics first mention it."""
         return self.skus.setdefault(sku, SkuAudit(sku))
+
+    def unjudge(self, key: str, what: str, topic: str) -> None:
+        """``what`` of ``key`` is not judged: the retention of ``topic`` (its contract name) deleted its start."""
+        reason = f"{what}: {RETAINED} {topic}"
+        before = self.unjudged.get(key)
+        self.unjudged[key] = reason if before is None or reason in before else f"{before}; {reason}"
 
     @property
     def drifted(self) -> list[SkuAudit]:
@@ -231,69 +261,133 @@ class Report:
             "orders_refunded_above_price": len(self.orders_refunded_above_price),
             "refunds_lost": len(self.refunds_lost),
             "refunds_paid_unapproved": len(self.refunds_paid_unapproved),
+            "unjudged": len(self.unjudged),
         }
 
 
-def _decoded(codec: Codec, settings: Settings, name: str) -> list[tuple[Any, str, dict[str, Any]]]:
-    out = []
-    for rec in read_all(settings, settings.topic(name)):
-        try:
-            event_type, record = codec.decode(rec.value)
-        except DecodeError:
-            continue
-        out.append((rec, event_type.short_name, record))
-    return out
+@dataclass
+class _Reading:
+    """The topics as the audit reads them, and where each one's partitions start on the brokers."""
+
+    settings: Settings
+    codec: Codec
+    earliest: dict[str, dict[int, int]] = field(default_factory=dict)  # contract name -> partition -> offset
+
+    def decoded(self, name: str) -> list[tuple[Record, str, dict[str, Any]]]:
+        topic = self.settings.topic(name)
+        records = read_all(self.settings, topic)
+        # After the records: a start that moved while they were read counts as cut, never the other way round.
+        self.earliest[name] = earliest_offsets(self.settings, topic)
+        out = []
+        for rec in records:
+            try:
+                event_type, record = self.codec.decode(rec.value)
+            except DecodeError:
+                continue
+            out.append((rec, event_type.short_name, record))
+        return out
+
+    def cut(self, name: str, key: str | None = None) -> bool:
+        """Whether the retention of topic ``name`` (read already) deleted records from the partition of ``key``
+        (by the contract's murmur2 partitioning), or, with no key, from any of its partitions."""
+        starts = self.earliest.get(name, {})
+        if key is None or not starts:
+            return any(start > 0 for start in starts.values())
+        return starts.get(partition_for(key.encode(), max(starts) + 1), 0) > 0
 
 
 def audit(settings: Settings) -> Report:
-    codec = codec_for(settings)
+    reading = _Reading(settings, codec_for(settings))
     report = Report()
     totals, holds, applied = _pool_store(settings)
-    changes = _stock_changes(codec, settings, applied, report)
-    last, moves, ships = _fold_answers(_decoded(codec, settings, HOLD_RESULTS.name), report)
+    changes = _stock_changes(reading, applied, report)
+    last, moves, ships = _fold_answers(reading.decoded(HOLD_RESULTS.name), report)
     for sku, shipped in ships.items():
         changes[sku].extend(shipped)
-    placed, presale_of, price_of = _placed_orders(codec, settings)
+    placed, presale_of, price_of = _placed_orders(reading)
     totals, holds = _fold_buckets(totals, holds)
     for by_line in holds.values():
         for key, hold in by_line.items():
             presale_of.setdefault(key.rpartition("#")[0], bool(hold["presale"]))
-    set_asides = _set_asides(codec, settings)
+    set_asides = _set_asides(reading)
     open_by_sku = _open_lines_by_sku(last, report)
     presale_keys = {key for by_line in holds.values() for key, hold in by_line.items() if hold["presale"]}
+    unseen = _lines_past_retention(holds, last, reading, report)
     now_ms = int(time.time() * 1000)
     hold_ttl_ms = int(settings.hold_ttl_s * 1000)
     _find_overdue_holds(holds, now_ms, report)
-    _check_takeovers(moves, set_asides, report)
+    _check_takeovers(moves, set_asides, reading, report)
     for sku, sa in report.skus.items():
+        _stock_past_retention(sa, reading, report)
         expected_keys = open_by_sku.get(sku, {})
         _expect(sa, changes.get(sku, []), expected_keys, presale_keys)
         sa.peak_oversold, sa.peak_presale_oversold = _peak_oversold(
             changes.get(sku, []), moves.get(sku, []), set_asides.get(sku, []), presale_of, hold_ttl_ms)
         state = totals.get(sku)
         if state is not None:
-            _compare_with_store(sa, state, holds.get(sku, {}), expected_keys, presale_keys)
-    _audit_orders(codec, settings, placed, last, now_ms, report)
-    _audit_refunds(codec, settings, price_of, report)
+            _compare_with_store(sa, state, holds.get(sku, {}), expected_keys, presale_keys, unseen)
+    _audit_orders(reading, placed, last, now_ms, report)
+    _audit_refunds(reading, price_of, report)
     return report
 
 
-def _audit_refunds(codec: Codec, settings: Settings, price_of: dict[str, int], report: Report) -> None:
+def _lines_past_retention(holds: dict[str, dict[str, dict[str, Any]]], last: dict[str, dict[str, Any]],
+                          reading: _Reading, report: Report) -> set[str]:  # fmt: skip
+    """Open lines in the store with no answer left, on a hold-results partition that lost its start: their answers
+    may be deleted (a presale line committed at its deposit stays open for weeks). Unjudged, and left out of the
+    store's side of the comparison. A line with an answer left has its last one (deletion takes the oldest)."""
+    unseen = set()
+    for by_line in holds.values():
+        for key, hold in by_line.items():
+            if (
+                hold["status"] in _STORED_OPEN
+                and hold["line_no"] != 0
+                and key not in last
+                and reading.cut(HOLD_RESULTS.name, key.rpartition("#")[0])
+            ):
+                unseen.add(key)
+                report.unjudge(f"line {key}", "open hold", HOLD_RESULTS.name)
+    return unseen
+
+
+def _stock_past_retention(sa: SkuAudit, reading: _Reading, report: Report) -> None:
+    """A SKU whose adjustments or returns lost their start: its on-hand, presale cap and stock over time are
+    unknown (a deleted receipt is stock the rebuild misses). Any hold-results partition that lost its start may
+    have taken one of its shipments: its on-hand is unknown, and only that (deleted shipments and holds leave the
+    oversell found an underestimate)."""
+    for name in (STOCK_ADJUSTMENTS.name, STOCK_RETURNS.name):
+        if reading.cut(name, sa.sku):
+            sa.on_hand_unjudged = sa.oversell_unjudged = True
+            report.unjudge(f"sku {sa.sku}", "on-hand and oversell", name)
+    if reading.cut(HOLD_RESULTS.name):
+        sa.on_hand_unjudged = True
+        report.unjudge(f"sku {sa.sku}", "on-hand", HOLD_RESULTS.name)
+
+
+def _audit_refunds(reading: _Reading, price_of: dict[str, int], report: Report) -> None:
     """5. Refunds: every refund that reached payment has exactly one instruction, and no other has one; no order
     is paid back more than it cost (``price_of``: order id -> its OrderPlaced's amount)."""
-    paying: set[str] = set()
-    for _, _, r in _decoded(codec, settings, REFUND_STATES.name):
+    paying: dict[str, str] = {}  # refund id -> its order id
+    for _, _, r in reading.decoded(REFUND_STATES.name):
         report.refunds += 0 if r["previous_state"] else 1
         if r["state"] == "refunding" or "refunding" in r["stage_times"]:
-            paying.add(r["refund_id"])
-    instructions = [r for _, _, r in _decoded(codec, settings, REFUND_INSTRUCTIONS.name)]
-    issued = [r for _, _, r in _decoded(codec, settings, REFUND_ISSUED.name)]
-    settled = [r for _, kind, r in _decoded(codec, settings, REFUND_EVENTS.name) if kind == "RefundSettled"]
+            paying[r["refund_id"]] = r["order_id"]
+    instructions = [r for _, _, r in reading.decoded(REFUND_INSTRUCTIONS.name)]
+    issued = [r for _, _, r in reading.decoded(REFUND_ISSUED.name)]
+    settled = [r for _, kind, r in reading.decoded(REFUND_EVENTS.name) if kind == "RefundSettled"]
     instructed = {r["refund_id"] for r in instructions}
     report.refunds_paid_twice = _paid_twice(instructions, issued, settled)
     report.orders_refunded_above_price = _refunded_above_price(instructions, price_of)
-    report.refunds_lost = sorted(paying - instructed)
-    report.refunds_paid_unapproved = sorted(instructed - paying)
+    for order_id in sorted({r["order_id"] for r in instructions} - set(price_of)):
+        if reading.cut(ORDER_EVENTS.name, order_id):
+            report.unjudge(f"order {order_id}", "price", ORDER_EVENTS.name)
+    for refund_id in sorted(set(paying) - instructed):
+        # Its instructions are keyed by its order: that partition may have lost it.
+        if reading.cut(REFUND_INSTRUCTIONS.name, paying[refund_id]):
+            report.unjudge(f"refund {refund_id}", "instruction", REFUND_INSTRUCTIONS.name)
+        else:
+            report.refunds_lost.append(refund_id)
+    report.refunds_paid_unapproved = sorted(instructed - set(paying))
 
 
 # What an instruction pays: every instruction of one refund carries the same event id, and a batch replayed
@@ -339,15 +433,14 @@ def _refunded_above_price(instructions: list[dict[str, Any]], price_of: dict[str
     )  # fmt: skip
 
 
-def _stock_changes(codec: Codec, settings: Settings, applied: dict[tuple[str, str], int],
-                   report: Report) -> dict[str, list[Change]]:  # fmt: skip
+def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], report: Report) -> dict[str, list[Change]]:
     """1. Each SKU's adjustments and returns, each id once, refused ones skipped, with the pool's batch time
     where its changelog still records it (``applied``: (SKU, adjustment id) -> ms)."""
-    warehouses = set(load_warehouses(settings.warehouses_file))
+    warehouses = set(load_warehouses(reading.settings.warehouses_file))
     changes: dict[str, list[Change]] = defaultdict(list)
     seen_adjustments: set[tuple[str, str]] = set()
     for source, topic in ((_ADJUSTMENTS, STOCK_ADJUSTMENTS.name), (_RETURNS, STOCK_RETURNS.name)):
-        for rec, kind, adj in _decoded(codec, settings, topic):
+        for rec, kind, adj in reading.decoded(topic):
             if kind != "StockAdjusted" or (adj["sku"], adj["event_id"]) in seen_adjustments:
                 continue
             qty, wh = adj["qty"], adj["warehouse_id"]
@@ -367,7 +460,7 @@ def _stock_changes(codec: Codec, settings: Settings, applied: dict[tuple[str, st
     return changes
 
 
-def _fold_answers(results: list[tuple[Any, str, dict[str, Any]]],
+def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]],
                   report: Report) -> tuple[dict[str, dict[str, Any]], _BySku[HoldMove], _BySku[Change]]:  # fmt: skip
     """2. The last answer per order line (``<order>#<line>``), in the order the pool gave them; per SKU, when
     each line's hold opened and closed, and its shipments. An order line held again after it was let go is a
@@ -426,20 +519,22 @@ def _open_lines_by_sku(last: dict[str, dict[str, Any]], report: Report) -> dict[
     return open_by_sku
 
 
-def _set_asides(codec: Codec, settings: Settings) -> dict[str, list[SetAside]]:
+def _set_asides(reading: _Reading) -> dict[str, list[SetAside]]:
     """What each applied VIP override set aside, per SKU (an approval seen again is audited again: once)."""
     out: dict[str, list[SetAside]] = defaultdict(list)
     seen: set[str] = set()
-    for _, _, r in _decoded(codec, settings, AUDIT_OVERRIDES.name):
+    for _, _, r in reading.decoded(AUDIT_OVERRIDES.name):
         if r["outcome"] == "APPLIED" and r["override_id"] not in seen:
             seen.add(r["override_id"])
             out[r["sku"]].append(SetAside(r["event_time_ms"], r["override_id"], r["vip_order_id"], r["qty"]))
     return out
 
 
-def _check_takeovers(moves: dict[str, list[HoldMove]], set_asides: dict[str, list[SetAside]],
+def _check_takeovers(moves: dict[str, list[HoldMove]], set_asides: dict[str, list[SetAside]], reading: _Reading,
                      report: Report) -> None:  # fmt: skip
-    """Set-aside units go to lines of the order their override named, and no more than it set aside."""
+    """Set-aside units go to lines of the order their override named, and no more than it set aside. A takeover of
+    an override not seen, on a partition that lost its start, or beyond what the overrides seen set aside for its
+    order while any partition did, may have been covered by what was deleted: unjudged."""
     for sku, sku_moves in moves.items():
         overrides = {s.override_id: s for s in set_asides.get(sku, [])}
         taken: dict[str, int] = defaultdict(int)
@@ -450,8 +545,14 @@ def _check_takeovers(moves: dict[str, list[HoldMove]], set_asides: dict[str, lis
             override = overrides.get(move.override_id)
             taken[order_id] += move.qty
             given = sum(s.qty for s in overrides.values() if s.vip_order_id == order_id and s.at_ms <= move.at_ms)
-            if override is None or override.vip_order_id != order_id or taken[order_id] > given:
+            if override is not None and override.vip_order_id != order_id:
                 report.vip_set_aside_misused.append(f"{sku}/{move.key}")
+            elif override is None or taken[order_id] > given:
+                # Not seen, or beyond what those seen set aside: what was deleted may have set it aside.
+                if reading.cut(AUDIT_OVERRIDES.name, None if override else move.override_id):
+                    report.unjudge(f"line {move.key}", "set-aside taken over", AUDIT_OVERRIDES.name)
+                else:
+                    report.vip_set_aside_misused.append(f"{sku}/{move.key}")
 
 
 def _pool_store(settings: Settings) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]],
@@ -721,10 +822,11 @@ def _expect(sa: SkuAudit, changes: list[Change], expected_keys: dict[str, int], 
 
 
 def _compare_with_store(sa: SkuAudit, state: dict[str, Any], lines: dict[str, dict[str, Any]],
-                        expected_keys: dict[str, int], presale_keys: set[str]) -> None:  # fmt: skip
-    """What the pool's store holds of ``sa.sku``, and whether its totals agree with its own line records."""
+                        expected_keys: dict[str, int], presale_keys: set[str], unseen: set[str]) -> None:  # fmt: skip
+    """What the pool's store holds of ``sa.sku``, and whether its totals agree with its own line records (all of
+    them: ``unseen`` lines, whose answers may be deleted, are left out of the comparison with the topics only)."""
     open_lines = {k: h for k, h in lines.items() if h["status"] in _STORED_OPEN}
-    table_keys = {k: h["qty"] for k, h in open_lines.items() if h["line_no"] != 0}
+    table_keys = {k: h["qty"] for k, h in open_lines.items() if h["line_no"] != 0 and k not in unseen}
     sa.table_on_hand = sum(max(0, q) for q in state["on_hand"].values())
     sa.table_open = sum(q for k, q in table_keys.items() if k not in presale_keys)
     sa.table_presale = sum(q for k, q in table_keys.items() if k in presale_keys)
@@ -738,15 +840,17 @@ def _compare_with_store(sa: SkuAudit, state: dict[str, Any], lines: dict[str, di
                              f"line records {regular} / {presale}"
 
 
-def _audit_orders(codec: Codec, settings: Settings, placed: set[str], last: dict[str, dict[str, Any]], now_ms: int,
+def _audit_orders(reading: _Reading, placed: set[str], last: dict[str, dict[str, Any]], now_ms: int,
                   report: Report) -> None:  # fmt: skip
-    """4. Orders: every valid placed order is decided or was cancelled first."""
+    """4. Orders: every valid placed order is decided or was cancelled first. One undecided whose decision, or the
+    dead letter refusing its OrderPlaced, may be deleted is unjudged."""
+    settings = reading.settings
     decided = {}
-    for _, _, r in _decoded(codec, settings, RESERVATION_RESULTS.name):
+    for _, _, r in reading.decoded(RESERVATION_RESULTS.name):
         decided[r["order_id"]] = r
     final_state: dict[str, str] = {}
     stage_times: dict[str, dict[str, int]] = {}
-    for _, _, r in _decoded(codec, settings, ORDER_STATES.name):
+    for _, _, r in reading.decoded(ORDER_STATES.name):
         final_state[r["order_id"]] = r["state"]
         stage_times[r["order_id"]] = r["stage_times"]
     report.orders_placed = len(placed)
@@ -754,6 +858,10 @@ def _audit_orders(codec: Codec, settings: Settings, placed: set[str], last: dict
     for order_id in sorted(placed - set(decided)):
         if final_state.get(order_id) == "cancelled":
             report.orders_cancelled_undecided += 1
+        elif reading.cut(RESERVATION_RESULTS.name, order_id):
+            report.unjudge(f"order {order_id}", "decision", RESERVATION_RESULTS.name)
+        elif reading.cut(DEADLETTERS.name, settings.topic(ORDER_EVENTS.name)):  # dead letters: keyed by source topic
+            report.unjudge(f"order {order_id}", "refusal", DEADLETTERS.name)
         else:
             report.lost_orders.append(order_id)
     unpaid_for_ms = {"reserved": int(settings.payment_timeout_s * 1000),
@@ -762,18 +870,18 @@ def _audit_orders(codec: Codec, settings: Settings, placed: set[str], last: dict
     _check_decisions(decided, last, report)
 
 
-def _placed_orders(codec: Codec, settings: Settings) -> tuple[set[str], dict[str, bool], dict[str, int]]:
+def _placed_orders(reading: _Reading) -> tuple[set[str], dict[str, bool], dict[str, int]]:
     """The ids of the placed orders the pipeline did not refuse as input, whether each is a presale order and
     what it cost (the first one not refused is the one the lifecycle took)."""
     refused = {
         (r["source_topic"], r["source_partition"], r["source_offset"])
-        for _, _, r in _decoded(codec, settings, DEADLETTERS.name)
+        for _, _, r in reading.decoded(DEADLETTERS.name)
     }
-    order_topic = settings.topic(ORDER_EVENTS.name)
+    order_topic = reading.settings.topic(ORDER_EVENTS.name)
     placed: set[str] = set()
     presale_of: dict[str, bool] = {}
     price_of: dict[str, int] = {}
-    for rec, kind, ev in _decoded(codec, settings, ORDER_EVENTS.name):
+    for rec, kind, ev in reading.decoded(ORDER_EVENTS.name):
         if kind == "OrderPlaced" and (order_topic, rec.partition, rec.offset) not in refused:
             order_id = order_key(ev["channel"], ev["channel_order_id"])
             placed.add(order_id)

@@ -34,7 +34,8 @@ def check(
             table.add_row(name, str(value))
         console.print(table)
         for sa in report.drifted[:20]:
-            rebuilt = (str(sa.expected_on_hand) if sa.expected_on_hand == sa.expected_on_hand_max
+            rebuilt = ("unjudged" if sa.on_hand_unjudged
+                       else str(sa.expected_on_hand) if sa.expected_on_hand == sa.expected_on_hand_max
                        else f"{sa.expected_on_hand}..{sa.expected_on_hand_max}")  # fmt: skip
             console.print(
                 f"[red]drift[/red] {sa.sku}: on-hand table {sa.table_on_hand} vs rebuilt {rebuilt}; "
@@ -51,4 +52,7 @@ def check(
                              ("order refunded above its price", report.orders_refunded_above_price)):  # fmt: skip
             for item in items[:20]:
                 console.print(f"[red]{label}[/red] {item}")
+        # Neither a problem nor a pass: what the topics' retention no longer lets the audit see.
+        for key, reason in list(report.unjudged.items())[:20]:
+            console.print(f"[yellow]unjudged[/yellow] {key}: {reason}")
     raise typer.Exit(0 if report.ok else 1)

@@ -1,5 +1,6 @@
 """The independent checker run over topics held in memory (no broker): the pool's order of counts and
-shipments, oversell judged over the run, presale caps, VIP set-asides, refunds paid twice."""
+shipments, oversell judged over the run, presale caps, VIP set-asides, refunds paid twice, and what it leaves
+unjudged once a topic's retention has deleted the start of a key's history."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ import pytest
 
 from agents.audit import checker
 from streams.contract.codec import default_codec
+from streams.contract.keys import partition_for
 from streams.contract.topics import (
     AUDIT_OVERRIDES,
+    DEADLETTERS,
     HOLD_RESULTS,
     ORDER_EVENTS,
     REFUND_EVENTS,
     REFUND_INSTRUCTIONS,
     REFUND_ISSUED,
     REFUND_STATES,
+    RESERVATION_RESULTS,
     STOCK_ADJUSTMENTS,
     STOCK_RETURNS,
 )
@@ -31,11 +35,22 @@ WH, WH2 = "WH-SH", "WH-GZ"
 
 
 class Topics:
-    """What ``read_all`` would find on the brokers: records per topic, in offset order per partition."""
+    """What ``read_all`` would find on the brokers: records per topic, in offset order per partition, from each
+    partition's earliest offset (its low watermark: what the topic's retention has not deleted yet)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.records: dict[str, list[Record]] = defaultdict(list)
+        self.earliest: dict[str, dict[int, int]] = defaultdict(dict)  # per topic and partition; 0 unless expired
+        self.partitions: dict[str, int] = {}  # per topic; 1 unless spread
+
+    def spread(self, name: str, partitions: int) -> None:
+        """``name`` has ``partitions`` partitions (write its events with ``partition=partition_for(...)``)."""
+        self.partitions[self.settings.topic(name)] = partitions
+
+    def expire(self, name: str, before: int, partition: int = 0) -> None:
+        """Retention: the brokers deleted the records of ``name``'s ``partition`` before offset ``before``."""
+        self.earliest[self.settings.topic(name)][partition] = before
 
     def _append(self, topic: str, key: bytes, value: bytes | None, partition: int = 0) -> None:
         offset = sum(1 for r in self.records[topic] if r.partition == partition)
@@ -81,14 +96,29 @@ class Topics:
             "order_id": order_id, "line_no": line_no, "qty": qty, "channel": "jd", "presale": presale,
             "status": status, "reason": "", "expires_at_ms": 0, "updated_ms": 0, "warehouse_id": ""})  # fmt: skip
 
+    def decided(self, order_id: str, sku: str, qty: int, outcome: str = "RESERVED", partition: int = 0) -> None:
+        self.event(RESERVATION_RESULTS.name, "ReservationDecided", {
+            "event_id": f"decided:{order_id}", "event_time_ms": 1, "order_id": order_id, "channel": "jd",
+            "outcome": outcome, "placed_at_ms": 1, "sent_at_ms": 0,
+            "lines": [{"line_no": 1, "sku": sku, "qty": qty, "outcome": "HELD", "reason": ""}]},
+            partition)  # fmt: skip
+
     def read_all(self, settings: Settings, topic: str, timeout_s: float = 30.0) -> list[Record]:
-        return list(self.records.get(topic, []))
+        starts = self.earliest.get(topic, {})
+        return [r for r in self.records.get(topic, []) if r.offset >= starts.get(r.partition, 0)]
+
+    def earliest_offsets(self, settings: Settings, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
+        starts = self.earliest.get(topic, {})
+        count = max([self.partitions.get(topic, 1), *(p + 1 for p in starts),
+                     *(r.partition + 1 for r in self.records.get(topic, []))])  # fmt: skip
+        return {p: starts.get(p, 0) for p in range(count)}
 
 
 @pytest.fixture
 def topics(monkeypatch: pytest.MonkeyPatch) -> Topics:
     held = Topics(Settings())
     monkeypatch.setattr(checker, "read_all", held.read_all)
+    monkeypatch.setattr(checker, "earliest_offsets", held.earliest_offsets)
     return held
 
 
@@ -437,3 +467,129 @@ def test_an_order_refunded_above_its_price_under_two_refund_ids_is_found(topics:
     assert report.refunds_paid_twice == []
     assert (report.orders_refunded_above_price, report.summary()["orders_refunded_above_price"]) == (["jd:1"], 1)
     assert not report.ok
+
+
+# -- retention: what the brokers no longer hold is not judged ----------------------------------------------------
+RETAINED = "history before the retention of"
+
+
+def test_a_line_whose_answers_the_retention_deleted_is_unjudged_not_drift(topics: Topics) -> None:
+    """Fixed: a presale line committed at its deposit stays open up to 30 days, its answers are deleted after 7: it
+    was drift (open only in the table). Its hold-results partition no longer starts at 0: the line is unjudged, and
+    so is the SKU's on-hand (shipments may be gone with them)."""
+    topics.adjust("P", "PRESALE_CAP", 5, "cap-1", applied_ms=1_000)
+    topics.placed("tmall:1", "P", 2, presale=True)
+    topics.answer("tmall:1", "P", 2, "RESERVE", "HELD", 2_000)
+    topics.decided("tmall:1", "P", 2)
+    topics.answer("tmall:1", "P", 2, "COMMIT", "COMMITTED", 3_000)
+    topics.line("P", "tmall:1", 2, status="sold", presale=True)
+    topics.totals("P", {}, presale=2)
+    assert checker.audit(Settings()).ok
+    topics.expire(HOLD_RESULTS.name, 2)
+    report = checker.audit(Settings())
+    assert (report.drifted, report.ok) == ([], True)
+    assert report.unjudged == {"line tmall:1#1": f"open hold: {RETAINED} stock.hold-results",
+                               "sku P": f"on-hand: {RETAINED} stock.hold-results"}  # fmt: skip
+    assert report.summary()["unjudged"] == 2
+
+
+def test_on_hand_whose_receipts_the_retention_deleted_is_unjudged_not_drift_or_oversold(topics: Topics) -> None:
+    """Fixed: on-hand rebuilt without a deleted receipt was drift, and holds on it oversold. What the store says of
+    itself (its totals against its own line records) is still judged."""
+    topics.adjust("A", "RECEIPT", 10, "rcpt-1", applied_ms=None)
+    topics.adjust("A", "RECEIPT", 2, "rcpt-2", applied_ms=5_000)
+    topics.placed("jd:1", "A", 5)
+    topics.answer("jd:1", "A", 5, "RESERVE", "HELD", 6_000)
+    topics.decided("jd:1", "A", 5)
+    topics.line("A", "jd:1", 5)
+    topics.totals("A", {WH: 12}, locked=5)
+    assert checker.audit(Settings()).ok
+    topics.expire(STOCK_ADJUSTMENTS.name, 1)
+    report = checker.audit(Settings())
+    assert (report.drifted, report.summary()["oversold_units"], report.ok) == ([], 0, True)
+    assert report.unjudged == {"sku A": f"on-hand and oversell: {RETAINED} stock.adjustments"}
+    topics.totals("A", {WH: 12}, locked=4)
+    assert [sa.sku for sa in checker.audit(Settings()).drifted] == ["A"]
+
+
+def test_a_placed_order_whose_decision_the_retention_deleted_is_unjudged_not_lost(topics: Topics) -> None:
+    """Fixed: an order whose ReservationDecided was deleted (while its OrderPlaced was not) was lost. Judged per
+    partition: an undecided order on a partition that still starts at 0 is lost."""
+    topics.spread(RESERVATION_RESULTS.name, 2)
+    far, near = partition_for(b"jd:1", 2), partition_for(b"jd:4", 2)
+    assert far != near
+    topics.placed("jd:1", "A", 1)
+    topics.decided("jd:1", "A", 1, partition=far)
+    topics.expire(RESERVATION_RESULTS.name, 1, partition=far)
+    report = checker.audit(Settings())
+    assert (report.lost_orders, report.ok) == ([], True)
+    assert report.unjudged == {"order jd:1": f"decision: {RETAINED} reservation.results"}
+    topics.placed("jd:4", "A", 1)
+    assert checker.audit(Settings()).lost_orders == ["jd:4"]
+
+
+def test_a_refused_order_whose_dead_letter_the_retention_deleted_is_unjudged_not_lost(topics: Topics) -> None:
+    topics.placed("jd:1", "A", 1)
+    topics.event(DEADLETTERS.name, "DeadLetter", {
+        "event_id": "order.events:0:0:intake", "event_time_ms": 1, "source_topic": Settings().topic(ORDER_EVENTS.name),
+        "source_partition": 0, "source_offset": 0, "stage": "intake", "reason": "unknown_sku", "detail": "",
+        "original_key": None, "original_value": None})  # fmt: skip
+    assert (checker.audit(Settings()).lost_orders, checker.audit(Settings()).orders_placed) == ([], 0)
+    topics.expire(DEADLETTERS.name, 1)
+    report = checker.audit(Settings())
+    assert (report.lost_orders, report.ok) == ([], True)
+    assert report.unjudged == {"order jd:1": f"refusal: {RETAINED} deadletters"}
+
+
+def _paying(topics: Topics, refund: str, order: str) -> None:
+    topics.event(REFUND_STATES.name, "RefundStateChanged", {
+        "event_id": f"jd:{refund}:refunding", "event_time_ms": 1, "refund_id": f"jd:{refund}",
+        "order_id": f"jd:{order}", "channel": "jd", "kind": "refund_only", "state": "refunding",
+        "previous_state": "", "reason": "", "amount_fen": 100, "auto_approved": True, "warehouse_id": "",
+        "stage_times": {"refunding": 1}, "customer_id": "c1"})  # fmt: skip
+
+
+def test_a_refund_paying_before_the_retention_of_its_instruction_is_unjudged_not_lost(topics: Topics) -> None:
+    """Fixed: a refund that went to refunding more than 7 days ago (refund.states is compacted: kept) had its
+    instruction deleted, and was lost. One whose order's instruction partition starts at 0 still is."""
+    topics.spread(REFUND_INSTRUCTIONS.name, 2)
+    far = partition_for(b"jd:1", 2)
+    _paying(topics, "r1", "1")
+    topics.event(REFUND_INSTRUCTIONS.name, "RefundInstruction", _instruction(100, 1_000), partition=far)
+    assert checker.audit(Settings()).ok
+    topics.expire(REFUND_INSTRUCTIONS.name, 1, partition=far)
+    report = checker.audit(Settings())
+    assert (report.refunds_lost, report.ok) == ([], True)
+    assert report.unjudged == {"refund jd:r1": f"instruction: {RETAINED} refund.instructions"}
+    _paying(topics, "r4", "4")
+    assert checker.audit(Settings()).refunds_lost == ["jd:r4"]
+
+
+def test_an_order_refunded_after_the_retention_of_its_placement_is_unjudged(topics: Topics) -> None:
+    """Its price gone with its OrderPlaced, an order's refunds cannot be held against it: said, not passed over."""
+    topics.placed("jd:1", "A", 1)  # amount_fen 100
+    topics.decided("jd:1", "A", 1)
+    for refund in ("r1", "r2"):
+        _paying(topics, refund, "1")
+        _instructed(topics, refund, 60)
+    assert checker.audit(Settings()).orders_refunded_above_price == ["jd:1"]
+    topics.expire(ORDER_EVENTS.name, 1)
+    report = checker.audit(Settings())
+    assert (report.orders_refunded_above_price, report.ok) == ([], True)
+    assert report.unjudged == {"order jd:1": f"price: {RETAINED} order.events"}
+
+
+def test_a_takeover_whose_override_the_retention_deleted_is_unjudged_not_misuse(topics: Topics) -> None:
+    """Fixed: a line that took over a VIP set-aside whose OverrideAudited was deleted was a misuse."""
+    topics.adjust("D", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    _override(topics)
+    topics.placed("own:vip", "D", 3)
+    topics.answer("own:vip", "D", 3, "RESERVE", "HELD", 2_600, reason="vip_override:ov1")
+    topics.decided("own:vip", "D", 3)
+    topics.line("D", "own:vip", 3)
+    topics.totals("D", {WH: 5}, locked=3)
+    assert checker.audit(Settings()).ok
+    topics.expire(AUDIT_OVERRIDES.name, 1)
+    report = checker.audit(Settings())
+    assert (report.vip_set_aside_misused, report.ok) == ([], True)
+    assert report.unjudged == {"line own:vip#1": f"set-aside taken over: {RETAINED} audit.overrides"}
