@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.alerting.alerts import alert
+from streams.contract.reasons import Reason
 from streams.contract.records import Alert, ConnectorCalled, ConnectorCallFailed, RefundIssued
 from streams.contract.topics import CONNECTOR_FAILED
 
@@ -558,10 +559,10 @@ class FailingWatch:
         return alert(
             FAILING_ALERT, "RED", failing_subject(channel, endpoint),
             f"{channel}: {endpoint}: the channel is away with over {cap} SKUs' figures waiting; the oldest are parked "
-            f"on {topic} (connector_retries_exhausted), so reading goes on for the other channels. {channel} shows "
-            f"old stock for those SKUs until a newer figure of each or stockflow connectors replay {channel} once "
-            f"it is back", now_ms,
-            details={"channel": channel, "endpoint": endpoint, "reason": "connector_retries_exhausted",
+            f"on {topic} ({Reason.CONNECTOR_RETRIES_EXHAUSTED}), so reading goes on for the other channels. "
+            f"{channel} shows old stock for those SKUs until a newer figure of each or stockflow connectors replay "
+            f"{channel} once it is back", now_ms,
+            details={"channel": channel, "endpoint": endpoint, "reason": str(Reason.CONNECTOR_RETRIES_EXHAUSTED),
                      "cap": str(cap), "parked": str(parked)},
             event_id=f"{FAILING_ALERT}:{channel}:{endpoint}:{now_ms}:parked",
         )  # fmt: skip
