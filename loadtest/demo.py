@@ -239,10 +239,11 @@ def run_demo(settings: Settings, console: Console, rate: float, duration_s: floa
                     console.print(f"[yellow]no chart: {escape(problem)}[/yellow]", soft_wrap=True)
                 else:
                     chart = bench.write_chart(figures, settings.home_dir / "bench" / f"demo-{int(time.time())}.html")
+                # Before the stack closes: it removes every run's scratch ClickHouse on its way out.
+                kept = keep_clickhouse(used, scratch, settings.home_dir)
         except (MissingTool, RuntimeError) as exc:
             console.print(f"[red]{exc}[/red]")
             return 2
-        kept = keep_clickhouse(used, scratch, settings.home_dir)
     result = verdict(figures)
     refused = f"{figures['bad_inputs_refused']}/{figures['bad_inputs_sent']} bad inputs refused"
     console.print(f"{figures['orders_decided']:,} orders decided, {result.text()}; {refused}", soft_wrap=True)
