@@ -60,7 +60,6 @@ from typing import Any, TypeAlias, TypeVar
 
 import orjson
 
-from agents.audit.watermarks import earliest_offsets
 from agents.routing.warehouses import load_warehouses
 from streams.contract.codec import Codec, DecodeError, codec_for
 from streams.contract.keys import order_key, partition_for, refund_key
@@ -79,7 +78,7 @@ from streams.contract.topics import (
     STOCK_RETURNS,
 )
 from streams.engine.changelog import changelog_topic
-from streams.engine.topicreader import Record, read_all
+from streams.engine.topicreader import Record, earliest_offsets, read_all
 from streams.settings import Settings
 
 _OPEN_OUTCOMES = {"HELD", "COMMITTED"}

@@ -1,4 +1,5 @@
-"""Read a whole topic as it is now, from the beginning to the current end of every partition."""
+"""Read a whole topic as it is now, from the beginning to the current end of every partition, and where each
+partition starts now (what a topic kept by time still holds)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,8 @@ class Record:
     value: bytes | None
 
 
-def read_all(kafka: Settings | str, topic: str, timeout_s: float = 30.0) -> list[Record]:
-    """Every record now in ``topic`` on the brokers of ``kafka`` (settings, or a PLAINTEXT ``host:port``), in
-    offset order within each partition ([] if it is missing)."""
-    consumer = Consumer(
+def _reader(kafka: Settings | str) -> Consumer:
+    return Consumer(
         {
             **confluent_config(kafka),
             "group.id": f"stockflow-reader-{uuid.uuid4().hex}",
@@ -36,18 +35,35 @@ def read_all(kafka: Settings | str, topic: str, timeout_s: float = 30.0) -> list
             "log_level": 3,
         }
     )
+
+
+def _watermarks(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, tuple[int, int]]:
+    """Per partition of ``topic``, (low, high): the earliest offset still held and the end ({} if it is missing)."""
+    meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return {}
+    # A topic just created may not have its leaders yet: that passes.
+    retry = Retry(f"watermarks of {topic}", leader_moving, deadline_s=timeout_s, backoff=Backoff(0.2, 1.0))
+    return {p: retry.call(partial(consumer.get_watermark_offsets, TopicPartition(topic, p), timeout=timeout_s))
+            for p in meta.partitions}  # fmt: skip
+
+
+def earliest_offsets(kafka: Settings | str, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
+    """Per partition of ``topic``, the earliest offset the brokers still hold: above 0, the records before it
+    were deleted by the topic's retention ({} if the topic is missing)."""
+    consumer = _reader(kafka)
     try:
-        md = consumer.list_topics(topic, timeout=timeout_s)
-        meta = md.topics.get(topic)
-        if meta is None or meta.error is not None:
-            return []
-        ends = {}
-        # A topic just created may not have its leaders yet: that passes.
-        retry = Retry(f"end of {topic}", leader_moving, deadline_s=timeout_s, backoff=Backoff(0.2, 1.0))
-        for p in meta.partitions:
-            low, high = retry.call(partial(consumer.get_watermark_offsets, TopicPartition(topic, p), timeout=timeout_s))
-            if high > low:
-                ends[p] = high
+        return {p: int(low) for p, (low, _) in _watermarks(consumer, topic, timeout_s).items()}
+    finally:
+        consumer.close()
+
+
+def read_all(kafka: Settings | str, topic: str, timeout_s: float = 30.0) -> list[Record]:
+    """Every record now in ``topic`` on the brokers of ``kafka`` (settings, or a PLAINTEXT ``host:port``), in
+    offset order within each partition ([] if it is missing)."""
+    consumer = _reader(kafka)
+    try:
+        ends = {p: high for p, (low, high) in _watermarks(consumer, topic, timeout_s).items() if high > low}
         if not ends:
             return []
         consumer.assign([TopicPartition(topic, p, 0) for p in ends])
