@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
 
+from streams.engine.topicreader import watermarks
 from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
@@ -55,9 +56,7 @@ class Arrivals:
         names = {self.settings.topic(t): t for t in self.topics}
         assignment = []
         for topic in names:
-            meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
-            for p in sorted(meta.partitions) if meta is not None and meta.error is None else []:
-                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            for p, (_, high) in sorted(watermarks(consumer, topic, 30).items()):
                 assignment.append(TopicPartition(topic, p, max(high, 0)))
         consumer.assign(assignment)
         self._thread = threading.Thread(target=self._read, args=(consumer, names), name="arrivals", daemon=True)

@@ -67,15 +67,13 @@ import json
 import logging
 import os
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     OFFSET_INVALID,
     Consumer,
     KafkaError,
@@ -103,7 +101,8 @@ from streams.contract.topics import (
 )
 from streams.engine.clock import wall_ms
 from streams.engine.producer import EventProducer
-from streams.engine.topicreader import read_all
+from streams.engine.retry import Backoff, Retry, leader_moving
+from streams.engine.topicreader import read_all, scan
 from streams.errors import StockflowError
 from streams.kafkaconf import confluent_config
 from streams.settings import Settings
@@ -288,53 +287,12 @@ def read_issued_refunds(settings: Settings, codec: Codec, channel: str,
 
 def _scan(settings: Settings, topic: str, timeout_s: float) -> Iterator[tuple[bytes | None, bytes | None]]:
     """Every committed (key, value) now in ``topic``, from its start to its current end, without holding them all;
-    ReplayError when it stops making progress for ``timeout_s``."""
-    consumer = Consumer({
-        **confluent_config(settings),
-        "group.id": f"stockflow-replay-reader-{uuid.uuid4().hex}",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        "log_level": 3,
-    })  # fmt: skip
+    ReplayError when it cannot be read or stops making progress for ``timeout_s``."""
     try:
-        ends = _ends(consumer, topic, timeout_s)
-        if not ends:
-            return
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        pending, deadline = set(ends), time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise ReplayError(f"{topic} was not read to its end (no progress in {timeout_s:g} s); run the "
-                                  "replay again")  # fmt: skip
-            for msg in consumer.consume(num_messages=5000, timeout=0.2):
-                if msg.error() is not None:
-                    continue
-                deadline = time.monotonic() + timeout_s
-                yield msg.key(), msg.value()
-                if (msg.offset() or 0) + 1 >= ends.get(msg.partition() or 0, 0):
-                    pending.discard(msg.partition() or 0)
-            # A transactional topic ends in a commit marker that is never delivered: the position says it.
-            for tp in consumer.position([TopicPartition(topic, p) for p in pending]) if pending else ():
-                if tp.offset >= ends[tp.partition]:
-                    pending.discard(tp.partition)
-    except KafkaException as exc:
-        raise ReplayError(f"{topic} could not be read ({exc}); run the replay again") from exc
-    finally:
-        consumer.close()
-
-
-def _ends(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, int]:
-    """The end offset of each partition of ``topic`` that holds records ({} if it is missing)."""
-    meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-    if meta is None or meta.error is not None:
-        return {}
-    ends = {}
-    for p in meta.partitions:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-        if high > low:
-            ends[p] = high
-    return ends
+        for record in scan(settings, topic, timeout_s):
+            yield record.key, record.value
+    except (KafkaException, TimeoutError) as exc:
+        raise ReplayError(f"{topic} could not be read to its end ({exc}); run the replay again") from exc
 
 
 def replay_bounds(low: int, high: int, committed: int) -> QueueBounds:
@@ -409,7 +367,8 @@ def pending(settings: Settings, channel: str, timeout_s: float = 10.0) -> tuple[
 def _watermarks(consumer: Consumer, topic: str, timeout_s: float) -> tuple[int, int, int]:
     """The queue's first and end offsets and the replay group's committed offset (``OFFSET_INVALID``: none)."""
     tp = TopicPartition(topic, 0)
-    low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+    retry = Retry(f"watermarks of {topic}", leader_moving, deadline_s=timeout_s, backoff=Backoff(0.2, 1.0))
+    low, high = retry.call(partial(consumer.get_watermark_offsets, tp, timeout=timeout_s))
     return low, high, consumer.committed([tp], timeout=timeout_s)[0].offset
 
 

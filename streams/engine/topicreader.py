@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streams.engine.retry import Backoff, Retry, leader_moving
 from streams.kafkaconf import confluent_config
@@ -37,12 +38,12 @@ def _reader(kafka: Settings | str) -> Consumer:
     )
 
 
-def _watermarks(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, tuple[int, int]]:
+def watermarks(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, tuple[int, int]]:
     """Per partition of ``topic``, (low, high): the earliest offset still held and the end ({} if it is missing)."""
     meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
     if meta is None or meta.error is not None:
         return {}
-    # A topic just created may not have its leaders yet: that passes.
+    # A topic just created may not have its leaders yet, and a leader may be moving: that passes.
     retry = Retry(f"watermarks of {topic}", leader_moving, deadline_s=timeout_s, backoff=Backoff(0.2, 1.0))
     return {p: retry.call(partial(consumer.get_watermark_offsets, TopicPartition(topic, p), timeout=timeout_s))
             for p in meta.partitions}  # fmt: skip
@@ -53,38 +54,44 @@ def earliest_offsets(kafka: Settings | str, topic: str, timeout_s: float = 30.0)
     were deleted by the topic's retention ({} if the topic is missing)."""
     consumer = _reader(kafka)
     try:
-        return {p: int(low) for p, (low, _) in _watermarks(consumer, topic, timeout_s).items()}
+        return {p: int(low) for p, (low, _) in watermarks(consumer, topic, timeout_s).items()}
+    finally:
+        consumer.close()
+
+
+def scan(kafka: Settings | str, topic: str, timeout_s: float = 30.0) -> Iterator[Record]:
+    """Every record now in ``topic`` on the brokers of ``kafka`` (settings, or a PLAINTEXT ``host:port``), in
+    offset order within each partition, one at a time (nothing if it is missing). TimeoutError when no record
+    comes for ``timeout_s``: a long topic is read whole however long it takes, a stuck one is not waited on."""
+    consumer = _reader(kafka)
+    try:
+        ends = {p: high for p, (low, high) in watermarks(consumer, topic, timeout_s).items() if high > low}
+        if not ends:
+            return
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        pending = set(ends)
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to the end (nothing came "
+                                   f"in {timeout_s:g} s)")  # fmt: skip
+            for msg in consumer.consume(num_messages=5000, timeout=0.2):
+                if msg.error():
+                    continue
+                deadline = time.monotonic() + timeout_s
+                partition, offset = msg.partition() or 0, msg.offset() or 0
+                yield Record(partition, offset, msg.key(), msg.value())
+                if offset + 1 >= ends[partition]:
+                    pending.discard(partition)
+            # Transactional topics end in commit markers that are never delivered: the position,
+            # not the last record, says a partition is read to its end.
+            for tp in consumer.position([TopicPartition(topic, p) for p in pending]) if pending else ():
+                if tp.offset >= ends[tp.partition]:
+                    pending.discard(tp.partition)
     finally:
         consumer.close()
 
 
 def read_all(kafka: Settings | str, topic: str, timeout_s: float = 30.0) -> list[Record]:
-    """Every record now in ``topic`` on the brokers of ``kafka`` (settings, or a PLAINTEXT ``host:port``), in
-    offset order within each partition ([] if it is missing)."""
-    consumer = _reader(kafka)
-    try:
-        ends = {p: high for p, (low, high) in _watermarks(consumer, topic, timeout_s).items() if high > low}
-        if not ends:
-            return []
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        out: list[Record] = []
-        pending = set(ends)
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=5000, timeout=0.2):
-                if msg.error():
-                    continue
-                partition, offset = msg.partition() or 0, msg.offset() or 0
-                out.append(Record(partition, offset, msg.key(), msg.value()))
-                if offset + 1 >= ends[partition]:
-                    pending.discard(partition)
-            # Transactional topics end in commit markers that are never delivered: the position,
-            # not the last record, says a partition is read to its end.
-            for tp in consumer.position([TopicPartition(topic, p) for p in pending]):
-                if tp.offset >= ends[tp.partition]:
-                    pending.discard(tp.partition)
-        if pending:
-            raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to the end in {timeout_s}s")
-        return out
-    finally:
-        consumer.close()
+    """``scan`` of ``topic``, as one list."""
+    return list(scan(kafka, topic, timeout_s))
