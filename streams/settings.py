@@ -139,13 +139,17 @@ class Settings(BaseSettings):
         default=19000, description="TCP port of the ClickHouse server `dev up --clickhouse-server` starts."
     )
     sink_batch_rows: int = Field(
-        default=20_000,
+        default=40_000,
         ge=1,
         description="Messages the sink gathers into one insert per table (fewer, larger inserts cost ClickHouse "
-        "less per row).",
+        "less per row); sized to hold `STOCKFLOW_SINK_FLUSH_INTERVAL_S` of a 1,500 orders/s peak.",
     )
     sink_flush_interval_s: float = Field(
-        default=1.0, gt=0, description="Longest the sink waits before inserting a batch that is not full."
+        default=2.0,
+        gt=0,
+        description="Longest the sink waits before inserting a batch that is not full: how far the dashboards may "
+        "trail the topics. Every insert makes a part per table for ClickHouse to write and merge; at 1,500 "
+        "orders/s, 2 s instead of 1 s cost the sink a quarter less CPU an order (BENCHMARKS.md).",
     )
     sink_niceness: int = Field(
         default=10,
