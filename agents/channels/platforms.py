@@ -30,7 +30,8 @@ name followed by its value, no separators; bodies are JSON with sorted keys and 
   signMethod=HMAC_SHA256``, ``access_token`` if authorised; the body is the form field ``param``.
   ``sign = base64(hmac_sha256(secret, "k=v&k=v..." over every parameter but sign, sorted))``.
 - **own** (the shop's own site): headers ``X-Stockflow-Key``, ``X-Stockflow-Timestamp`` (unix ms),
-  ``X-Stockflow-Signature = hex(hmac_sha256(secret, f"{timestamp}.{body}"))``; REST paths.
+  ``X-Stockflow-Signature = hex(hmac_sha256(secret, f"{timestamp}.{body}"))``; REST paths (the path names
+  the endpoint, and a body posted to the wrong one does not parse as its request).
 
 Callbacks (marketplace -> shop: settlements, order pushes), per channel:
 
@@ -43,7 +44,10 @@ Callbacks (marketplace -> shop: settlements, order pushes), per channel:
   event's JSON text. It signs no timestamp, so no window applies: the receiver de-duplicates by ``msg_id``.
 - **kuaishou**: query ``appkey, event, timestamp`` (ms), ``signMethod=HMAC_SHA256, sign``; JSON body,
   signed as the parameter ``param`` with the Kwaixiaodian request scheme.
-- **own**: the own-site request headers plus ``X-Stockflow-Event`` (not signed; the body says what happened).
+- **own**: the own-site request headers plus ``X-Stockflow-Event``, the event, which the signature covers:
+  ``hex(hmac_sha256(secret, f"{timestamp}.{event}.{body}"))``. A push's body alone does not say what
+  happened (a payment and a cancel both carry an order id), so a signature over the body alone would
+  let a captured payment be replayed, within the window, with its event header rewritten to a cancel.
 
 What each push is, per kind of notification, is its event name (``PUSH_EVENTS``): a receiver holds a push
 to the name it was signed with, so a signed payment posted where cancels go is still refused as a payment.
@@ -621,8 +625,10 @@ def _kwai_sign(secret: str, params: Mapping[str, str]) -> str:
     return base64.b64encode(hmac.new(secret.encode(), text.encode(), hashlib.sha256).digest()).decode()
 
 
-def _own_sign(secret: str, timestamp: str, body: bytes) -> str:
-    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+def _own_sign(secret: str, timestamp: str, body: bytes, event: str | None = None) -> str:
+    """The own site's signature: over the timestamp and body of a request, and a push's event besides."""
+    signed = timestamp.encode() + b"." + (b"" if event is None else event.encode() + b".") + body
+    return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 
 def _douyin_push_sign(app_key: str, body: bytes, secret: str) -> str:
@@ -771,7 +777,7 @@ def sign_callback(channel: str, creds: Credentials, event: str, body: Mapping[st
         query["sign"] = _kwai_sign(secret, {**query, "param": payload})
         return SignedRequest(channel, event, "", query, {"Content-Type": JSON_TYPE}, raw)
     headers = {OWN_KEY_HEADER: creds.app_key, OWN_TIMESTAMP_HEADER: ts,
-               OWN_SIGNATURE_HEADER: _own_sign(secret, ts, raw), OWN_EVENT_HEADER: event,
+               OWN_SIGNATURE_HEADER: _own_sign(secret, ts, raw, event), OWN_EVENT_HEADER: event,
                "Content-Type": JSON_TYPE}  # fmt: skip
     return SignedRequest(channel, event, "", {}, headers, raw)
 
@@ -1058,8 +1064,9 @@ def _parse_callback(
         parsed = _PARSERS[p.sign_scheme](p, query, headers, body)
         if isinstance(parsed, Verdict):
             return parsed
-        return _Parsed(parsed.app_key, parsed.signature, _header(headers, OWN_EVENT_HEADER), parsed.timestamp_ms,
-                       parsed.payload, parsed.expected)  # fmt: skip
+        event, ts_text = _header(headers, OWN_EVENT_HEADER), _header(headers, OWN_TIMESTAMP_HEADER)
+        return _Parsed(parsed.app_key, parsed.signature, event, parsed.timestamp_ms, parsed.payload,
+                       lambda secret: _own_sign(secret, ts_text, body, event))  # fmt: skip
     params = dict(query)
     event_param = "event" if scheme is CallbackScheme.KWAI_QUERY else _event_param(p)
     if missing := _need(params, p.key_param, event_param, "timestamp"):

@@ -127,7 +127,8 @@ SCHEMES = {
     platforms.CallbackScheme.OWN_HEADERS: {"type": "apiKey", "in": "header", "name": platforms.OWN_SIGNATURE_HEADER,
                                            "description": f"{platforms.OWN_KEY_HEADER}, "
                                            f"{platforms.OWN_TIMESTAMP_HEADER} (ms), signature = "
-                                           "hex hmac-sha256(secret, timestamp + '.' + body)"},
+                                           f"hex hmac-sha256(secret, timestamp + '.' + {platforms.OWN_EVENT_HEADER} "
+                                           "+ '.' + body)"},
 }  # fmt: skip
 
 

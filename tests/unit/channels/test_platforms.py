@@ -253,7 +253,16 @@ def test_known_vectors_of_callbacks() -> None:
     assert douyin.headers["event-sign"] == hashlib.md5(b"k1" + douyin.body + b"s3cret").hexdigest()
     assert json.loads(json.loads(douyin.body)[0]["data"]) == payload
     own = P.sign_callback("own", CREDS, "refund.settled", payload, T0)
-    assert own.headers[P.OWN_SIGNATURE_HEADER] == hmac_hex("s3cret", f"{T0}.{body}", hashlib.sha256)
+    assert own.headers[P.OWN_SIGNATURE_HEADER] == hmac_hex("s3cret", f"{T0}.refund.settled.{body}", hashlib.sha256)
+
+
+def test_an_own_push_whose_event_header_is_rewritten_is_refused() -> None:
+    """A captured payment push, its event header rewritten to a cancel within the window, is not signed."""
+    payment = P.sign_callback("own", CREDS, "payment", {"order_id": "own:1", "payment_id": "p1"}, T0)
+    assert P.verify_callback("own", "s3cret", {}, payment.headers, payment.body, T0).ok
+    forged = {**payment.headers, P.OWN_EVENT_HEADER: "cancel"}
+    verdict = P.verify_callback("own", "s3cret", {}, forged, payment.body, T0)
+    assert not verdict.ok and verdict.failure is P.AuthFailure.BAD_SIGNATURE
 
 
 # --- callbacks ---------------------------------------------------------------------------------
