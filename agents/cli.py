@@ -123,8 +123,15 @@ def main() -> None:
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise SystemExit(1) from None
     finally:
-        if os.environ.get("STOCKFLOW_TIMING"):
+        if _timing_wanted():
             console.print(f"[dim]{time.monotonic() - started:.1f}s[/dim]")
+
+
+def _timing_wanted() -> bool:
+    try:
+        return Settings().timing
+    except ValueError:  # settings the command itself already refused: nothing more to say
+        return False
 
 
 if __name__ == "__main__":

@@ -256,6 +256,7 @@ class Settings(BaseSettings):
     clock_control: bool = Field(
         default=False, description="Accept `ops.clock` events from `stockflow clock` (tests and drills only)."
     )
+    timing: bool = Field(default=False, description="Print how long each `stockflow` command took.")
     warehouses_file: Path | None = Field(
         default=None,
         description="Warehouses stock may be held in, their location and cost (TOML); "
