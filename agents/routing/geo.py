@@ -1,6 +1,6 @@
 """Placing a Chinese address on the map, offline: province and city centroids shipped with stockflow.
 
-``streams/data/cn_centroids.csv`` holds one row per province (city empty: the provincial capital)
+``agents/routing/data/cn_centroids.csv`` holds one row per province (city empty: the provincial capital)
 and one per major city. An address is placed at its city when the city is listed, else at its
 province's centroid; an address whose province is unknown cannot be placed. Names match with or
 without their administrative suffix (浙江省 = 浙江, 杭州市 = 杭州, 广西壮族自治区 = 广西).

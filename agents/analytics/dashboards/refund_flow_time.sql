@@ -12,8 +12,9 @@ FROM
 (
     SELECT
         *,
-        -- A receipt, QC or issue that moved no state shows in refund_states only at the refund's next
-        -- transition; until then its own event tells it (clamped: another host's clock may run behind).
+        -- A receipt, QC or issue that moved no state is published at once as a stage-time record; the
+        -- refund's own events still tell it where that record is missing (refunds stored before it was
+        -- published so), clamped: another host's clock may run behind.
         if(stated_receipt > 0, stated_receipt,
            if(kind = 'RETURN_AND_REFUND' AND first_receipt > 0
               AND (rejected = 0 OR first_receipt < rejected) AND (cancelled = 0 OR first_receipt < cancelled),
