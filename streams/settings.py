@@ -99,7 +99,11 @@ class Settings(BaseSettings):
 
     # --- the worker ----------------------------------------------------------------------------
     app_id: str = Field(default="stockflow", description="Consumer group and changelog prefix.")
-    web_port: int = Field(default=6066, description="Port of the worker's HTTP views (`/stock`, `/orders`, `/dash`).")
+    web_port: int = Field(
+        default=6066,
+        description="Port of the worker's HTTP views (`/stock`, `/orders`, `/engine/status`, `/metrics`, `/healthz`, "
+        "`/readyz`); the dashboards are the sink's (`STOCKFLOW_SINK_PORT`).",
+    )
     web_host: str = Field(
         default="127.0.0.1",
         description="Address the worker's HTTP views and `stockflow web` listen on, and the CLI asks.",

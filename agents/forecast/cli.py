@@ -58,7 +58,7 @@ def predict(
     except ValueError as exc:  # a dashboard parameter, a model that cannot be fitted
         fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - ClickHouse unreachable or refusing
-        fail(f"could not read orders from ClickHouse at {settings.clickhouse_url}: {exc}")
+        fail(f"could not read orders from ClickHouse at {settings.clickhouse_url_shown}: {exc}")
     if output == "json":
         print(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
         return
