@@ -169,6 +169,11 @@ class Settings(BaseSettings):
         description="Port of the `stockflow sink` process's HTTP views (`/sink/status`, `/dash`, `/healthz`, "
         "`/readyz`); with embedded ClickHouse, `stockflow dash` and `web` ask it.",
     )
+    sink_url: str = Field(
+        default="",
+        description="Where the other processes reach the sink's HTTP views (e.g. `http://sink:6067` in the compose "
+        "stack, where it runs in a container of its own); empty: this host, `STOCKFLOW_SINK_PORT`.",
+    )
 
     # --- inventory rules -----------------------------------------------------------------------
     payment_timeout_s: float = Field(default=1800.0, gt=0, description="Unpaid orders release their holds after this.")
@@ -477,6 +482,11 @@ class Settings(BaseSettings):
     connectors_port: int = Field(
         default=6068, description="Port of the `stockflow connectors run` status view (`/connectors/status`)."
     )
+    connectors_url: str = Field(
+        default="",
+        description="Where the other processes reach the connectors' status view (e.g. `http://connectors:6068`); "
+        "empty: this host, `STOCKFLOW_CONNECTORS_PORT`.",
+    )
     inspect_interval_s: float = Field(
         default=60.0,
         ge=0,
@@ -544,6 +554,21 @@ class Settings(BaseSettings):
     def clickhouse_url_shown(self) -> str:
         """``clickhouse_url`` fit for logs and messages: its password replaced by ``***``."""
         return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", self.clickhouse_url)
+
+    @property
+    def sink_base_url(self) -> str:
+        """The sink's HTTP views, as the other processes reach them."""
+        return self.sink_url.rstrip("/") or f"http://{self._local_host}:{self.sink_port}"
+
+    @property
+    def connectors_base_url(self) -> str:
+        """The connectors' status view, as the other processes reach it."""
+        return self.connectors_url.rstrip("/") or f"http://{self._local_host}:{self.connectors_port}"
+
+    @property
+    def _local_host(self) -> str:
+        # A service listening on every address is asked on the loopback one.
+        return "127.0.0.1" if self.web_host in ("0.0.0.0", "::", "") else self.web_host
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

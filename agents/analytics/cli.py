@@ -29,7 +29,7 @@ def sink() -> None:
     from agents.analytics.sink_process import run
 
     console.print(f"sink: {settings.bootstrap} -> {settings.clickhouse_url_shown}; "
-                  f"status on http://{settings.web_host}:{settings.sink_port}/sink/status", soft_wrap=True)  # fmt: skip
+                  f"status on {settings.sink_base_url}/sink/status", soft_wrap=True)  # fmt: skip
     code = run(settings)
     if code:
         raise typer.Exit(code)

@@ -239,7 +239,7 @@ def connectors_status(as_json: bool = typer.Option(False, "--json", help="Print 
     settings = Settings()
     now = wall_ms()
     keys = CredentialStore.from_settings(settings).all()
-    url = f"http://{settings.web_host}:{settings.connectors_port}/connectors/status"
+    url = f"{settings.connectors_base_url}/connectors/status"
     try:
         running: dict | None = httpx.get(url, timeout=5).json()
     except (httpx.HTTPError, ValueError):

@@ -38,11 +38,6 @@ def measure(settings: Settings, config: InspectConfig) -> list[Measurement]:
     return out
 
 
-def _host(settings: Settings) -> str:
-    # A service listening on every address is asked on the loopback one.
-    return "127.0.0.1" if settings.web_host in ("0.0.0.0", "::", "") else settings.web_host
-
-
 def _get(url: str) -> dict[str, Any]:
     response = httpx.get(url, timeout=TIMEOUT_S)
     data: dict[str, Any] = response.json()
@@ -103,7 +98,7 @@ def _dead_letters_since(consumer: Consumer, topic: str, minutes: int) -> dict[in
 
 def _sink(settings: Settings) -> list[Measurement]:
     try:
-        status = _get(f"http://{_host(settings)}:{settings.sink_port}/sink/status")
+        status = _get(f"{settings.sink_base_url}/sink/status")
     except (httpx.HTTPError, ValueError) as exc:
         return [Measurement("sink_insert_lag", "", None, f"sink unreachable: {exc}")]
     now_ms = int(time.time() * 1000)
@@ -115,7 +110,7 @@ def _sink(settings: Settings) -> list[Measurement]:
 
 def _connectors(settings: Settings) -> list[Measurement]:
     try:
-        status = _get(f"http://{_host(settings)}:{settings.connectors_port}/connectors/status")
+        status = _get(f"{settings.connectors_base_url}/connectors/status")
     except (httpx.HTTPError, ValueError) as exc:
         why = f"connectors unreachable: {exc}"
         checks = ("connector_latency_p99", "failed_queue_depth", "credential_expiry")
