@@ -264,7 +264,7 @@ class StockRecord:
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["history"] = [{"version": v, "quantity": q, "accepted_at_ms": at} for v, q, at in self.history]
+        data["history"] = [{"version": v, "quantity": q, "accepted_at_ms": at} for v, q, at in list(self.history)]
         return data
 
 
@@ -525,25 +525,27 @@ class Marketplace:
 
     def calls_json(self, channel: str | None = None, endpoint: str | None = None, since_ms: int | None = None,
                    result: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        # Snapshots (list() copies in one step under the GIL): the serving thread adds calls, refunds and
+        # stock while a test or a drill reads them from its own.
         rows = [
-            asdict(c) for c in self.calls
+            asdict(c) for c in list(self.calls)
             if (channel is None or c.channel == channel) and (endpoint is None or c.endpoint == endpoint)
             and (since_ms is None or c.accepted_at_ms >= since_ms) and (result is None or c.result == result)
         ]  # fmt: skip
         return rows[-limit:] if limit else rows
 
     def refunds_json(self, channel: str | None = None, refund_id: str | None = None) -> list[dict[str, Any]]:
-        return [asdict(r) for (c, rid), r in self.refunds.items()
+        return [asdict(r) for (c, rid), r in list(self.refunds.items())
                 if (channel is None or c == channel) and (refund_id is None or rid == refund_id)]  # fmt: skip
 
     def stock_json(self, channel: str | None = None, sku: str | None = None) -> list[dict[str, Any]]:
-        return [s.as_json() for (c, k), s in self.stock.items()
+        return [s.as_json() for (c, k), s in list(self.stock.items())
                 if (channel is None or c == channel) and (sku is None or k == sku)]  # fmt: skip
 
     def settlements_json(self, channel: str | None = None) -> list[dict[str, Any]]:
         keys = ("channel", "refund_id", "channel_order_id", "amount_fen", "settlement", "settled_at_ms",
                 "settlement_attempts", "settlement_error")  # fmt: skip
-        return [{k: getattr(r, k) for k in keys} for r in self.refunds.values()
+        return [{k: getattr(r, k) for k in keys} for r in list(self.refunds.values())
                 if r.settlement != "pending" and (channel is None or r.channel == channel)]  # fmt: skip
 
 
