@@ -364,18 +364,55 @@ def grafana_sql(dash: Dashboard) -> str:
     return _PLACEHOLDER.sub(lambda m: GRAFANA_SUBSTITUTES[m.group(1)], dash.sql)
 
 
+def grafana_panel_sql(dash: Dashboard) -> str:
+    """A panel's SQL. A chart's returns only what ``stockflow web`` draws of it: x, then the series and the first
+    y, or every y. Grafana draws every numeric column it gets, and splits a time series into one line per value
+    of every text column."""
+    sql = grafana_sql(dash)
+    chart = dash.chart
+    if chart.kind not in ("bar", "line"):
+        return sql
+    x = chart.x
+    if chart.kind == "line" and f"{x}_ms" in dash.columns:
+        # A time series needs a time, and the x shown may be text (the shop's hour): its epoch ms is the instant.
+        x = f"toDateTime(intDiv({x}_ms, 1000)) AS {x}"
+    drawn = [x, chart.series, chart.y[0]] if chart.series else [x, *chart.y]
+    # Grafana splits rows into a line per series value only when they are sorted by time. A bar chart keeps the
+    # file's own order (its ranking): a projection keeps the order the inner ORDER BY gave.
+    order = f"\nORDER BY {', '.join(filter(None, [chart.x, chart.series]))}" if chart.kind == "line" else ""
+    return f"SELECT {', '.join(drawn)}\nFROM\n(\n{sql}\n){order}"
+
+
+def grafana_panel(dash: Dashboard, i: int) -> dict[str, Any]:
+    """The i-th panel (two a row), drawing the dashboard as its chart line says."""
+    chart = dash.chart
+    line = chart.kind == "line"
+    panel: dict[str, Any] = {
+        "id": i + 1, "title": dash.title, "description": dash.description,
+        "type": {"bar": "barchart", "line": "timeseries"}.get(chart.kind, "table"), "datasource": GRAFANA_DATASOURCE,
+        "gridPos": {"h": 9, "w": 12, "x": 12 * (i % 2), "y": 9 * (i // 2)},
+        # The ClickHouse plugin's formats: 0 time series (long rows become one field per series value), 1 table.
+        "targets": [{"refId": "A", "datasource": GRAFANA_DATASOURCE, "editorType": "sql", "format": 0 if line else 1,
+                     "queryType": "timeseries" if line else "table", "rawSql": grafana_panel_sql(dash)}],
+    }  # fmt: skip
+    if line and chart.series:  # each line named by its series value alone, as on the web page
+        panel["fieldConfig"] = {"defaults": {"displayName": f"${{__field.labels.{chart.series}}}"}, "overrides": []}
+    if chart.kind == "bar":
+        panel["options"] = {"xField": chart.x}
+        if chart.series:
+            # A bar per series value at each x: one column per series value, and the x column, which Grafana
+            # names x\series, named x again. An x the series lacks gets no bar (null), not a 0 or a ''.
+            panel["transformations"] = [
+                {"id": "groupingToMatrix", "options": {"columnField": chart.series, "rowField": chart.x,
+                                                       "valueField": chart.y[0], "emptyValue": "null"}},
+                {"id": "organize", "options": {"renameByName": {f"{chart.x}\\{chart.series}": chart.x}}},
+            ]  # fmt: skip
+    return panel
+
+
 def grafana_dashboard(settings: Settings, directory: Path = DASHBOARD_DIR) -> dict[str, Any]:
     """A Grafana dashboard model with one panel per dashboard file."""
-    panels = []
-    for i, dash in enumerate(load_all(directory).values()):
-        kind = {"bar": "barchart", "line": "timeseries"}.get(dash.chart.kind, "table")
-        panels.append({
-            "id": i + 1, "title": dash.title, "description": dash.description, "type": kind,
-            "datasource": GRAFANA_DATASOURCE,
-            "gridPos": {"h": 9, "w": 12, "x": 12 * (i % 2), "y": 9 * (i // 2)},
-            "targets": [{"refId": "A", "datasource": GRAFANA_DATASOURCE, "editorType": "sql", "format": 1,
-                         "queryType": "table", "rawSql": grafana_sql(dash)}],
-        })  # fmt: skip
+    panels = [grafana_panel(dash, i) for i, dash in enumerate(load_all(directory).values())]
 
     def choice(name: str, values: list[str], default: str = "") -> dict[str, Any]:
         options = [{"text": v or "all", "value": v} for v in values]

@@ -1,9 +1,10 @@
 -- title: Failed outbound calls by reason
 -- description: Marketplace calls that failed for good in the range (connector.calls), per channel, endpoint and reason (connector_credentials: the key was refused or missing; connector_refused: the platform refused the request; connector_retries_exhausted: no usable answer within the retry budget), with how many were replays and the newest one's error (last_seen in the shop's time zone). The weekly connectivity report's failed-call volume.
--- chart: bar x=reason y=calls series=channel
+-- chart: bar x=reason y=calls series=line
 SELECT
     channel,
     endpoint,
+    concat(channel, ' ', endpoint) AS line,
     reason,
     count() AS calls,
     sum(replayed) AS replayed_calls,
