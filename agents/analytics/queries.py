@@ -315,7 +315,7 @@ def run(settings: Settings, name: str, given: dict[str, str]) -> tuple[Dashboard
     dash = find(name)
     params = bind(dash, given, settings)
     if settings.clickhouse_url.startswith("chdb"):
-        url = f"http://{settings.web_host}:{settings.sink_port}/dash/{name}"
+        url = f"{settings.sink_base_url}/dash/{name}"
         try:
             response = httpx.get(url, params=given, timeout=30)
         except httpx.HTTPError:
