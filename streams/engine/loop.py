@@ -46,7 +46,7 @@ from streams.engine.changelog import changelog_topic, ensure_changelogs, restore
 from streams.engine.clock import Clock
 from streams.engine.deadletter import dead_letter
 from streams.engine.processor import Context, Output, Processor
-from streams.engine.state import PartitionStore, ReadOnlyStore, StoreSpec, StoreTransaction
+from streams.engine.state import DueOf, PartitionStore, ReadOnlyStore, StoreSpec, StoreTransaction
 from streams.engine.timers import Timers
 from streams.gcpolicy import BETWEEN_BATCHES, collect_between_batches, pace_for_batches
 from streams.kafkaconf import confluent_config
@@ -68,6 +68,10 @@ END_UNKNOWN = 1 << 62  # an input partition's end not read at assignment: learnt
 # How long a timer or flush that raised is skipped before it is tried again (a bug that depends on the
 # state it reads may pass once that changes; one that does not costs a rewind this often).
 QUARANTINE_S = 60.0
+# Timers held in memory: those due within the horizon; the rest wait in the stores' indexes and are
+# loaded a step at a time as the clock moves on (the horizon is far above any step or batch).
+TIMER_HORIZON_MS = 3_600_000
+TIMER_STEP_MS = 60_000
 # A restore that failed at an assignment (the broker out of reach mid-rebalance) is tried again after
 # this many seconds, doubling up to the second figure: the worker stays up, not ready, and catches up.
 RESTORE_RETRY_S = (1.0, 30.0)
@@ -110,6 +114,13 @@ class _Owned:
     stores: dict[str, PartitionStore]
     timers: dict[str, Timers] = field(default_factory=dict)
     flushed_ms: dict[str, int] = field(default_factory=dict)
+
+
+class StateWriteFailed(BaseException):
+    """A batch committed to Kafka, and writing it to the local stores then failed (a disk full, say). The
+    worker stops so it restarts and catches the stores up from their changelogs: taken for the batch's
+    failure, its messages would be dead-lettered though their effects are already committed. Not an
+    ``Exception``, so no handler of a batch's failures catches it on its way out of the loop."""
 
 
 class _HousekeepingFailed(Exception):
@@ -218,6 +229,9 @@ class _Batch:
         self.read_past: list[tuple[str, int]] = []  # gated partitions this batch read to their backlog's end
         self.gated: dict[tuple[str, int], int] = {}  # gated partitions it published to: their newest offset + 1
         self.stores: dict[tuple[str, int], StoreTransaction[Any]] = {}
+        # What the processors scheduled, per (timer store, partition): the store's timer index takes it
+        # at the commit, with no value parsed again.
+        self.scheduled: dict[tuple[str, int], dict[bytes, int]] = {}
 
     def context(self, proc: Processor, partition: int) -> Context:
         ctx = self.contexts.get((proc.name, partition))
@@ -228,7 +242,15 @@ class _Batch:
                 stores[spec.name] = self._txn(spec, owned, partition)
             reads = {spec.name: ReadOnlyStore(self._txn(spec, owned, partition)) for spec in proc.reads}
             timers = owned.timers.get(proc.name)
-            ctx = Context(partition, self.now_ms, stores, timers.set if timers is not None else _no_timers, reads)
+            schedule = _no_timers
+            if timers is not None:
+                noted = self.scheduled.setdefault((proc.timer_store, partition), {})
+
+                def schedule(key: bytes, due_ms: int, timers: Timers = timers, noted: dict[bytes, int] = noted) -> None:
+                    timers.set(key, due_ms)
+                    noted[key] = due_ms
+
+            ctx = Context(partition, self.now_ms, stores, schedule, reads)
             self.contexts[(proc.name, partition)] = ctx
         return ctx
 
@@ -262,6 +284,8 @@ class Engine:
             spec.name: (proc, spec) for proc in processors for spec in proc.inputs
         }
         self.store_specs = {spec.name: spec for proc in processors for spec in proc.stores}
+        # The processor whose timers each timer store's index keeps.
+        self.timed_by = {proc.timer_store: proc for proc in processors if proc.timer_store}
         unowned = {spec.name for proc in processors for spec in proc.reads} - set(self.store_specs)
         if unowned:
             raise ValueError(f"stores read but owned by no processor of this engine: {sorted(unowned)}")
@@ -760,7 +784,10 @@ class Engine:
         for partition, owned in list(self.owned.items()):
             for proc in self.processors:
                 timers = owned.timers.get(proc.name)
-                if timers is None or not len(timers):
+                if timers is None:
+                    continue
+                self._timers_ahead(owned, proc, timers, batch.now_ms)
+                if not len(timers):
                     continue
                 due = timers.pop_due(batch.now_ms)
                 if not due:
@@ -905,7 +932,10 @@ class Engine:
             self._abort(exc)
             return
         self.producer.poll(0)
-        self._committed_batch(batch, changes)
+        try:
+            self._committed_batch(batch, changes)
+        except Exception as exc:
+            raise StateWriteFailed(f"a committed batch could not be written to the local stores: {exc!r}") from exc
         self.stats.batches += 1
         self.stats.commits += 1
         self.stats.outputs += sum(published.values()) + len(dead)
@@ -930,7 +960,8 @@ class Engine:
         for (store, partition), kv in changes.items():
             owned_store = self._open.get((store, partition))
             if owned_store is not None:
-                owned_store.apply(kv, self._changelog_offsets.get((store, partition), -1))
+                offset = self._changelog_offsets.get((store, partition), -1)
+                owned_store.apply(kv, offset, dues=batch.scheduled.get((store, partition), {}))
         self._committed.update(batch.offsets)
         self.broker_down = False
         for key, end in batch.gated.items():
@@ -1067,20 +1098,39 @@ class Engine:
             timers = self.owned[partition].timers.get(proc.name)
             proc.on_assign(Context(partition, now_ms, txns, timers.set if timers else _no_timers))
 
+    def _due_of(self, store: str) -> DueOf | None:
+        """How a timer store's index reads a key's due time from its stored value (a restore, a first build)."""
+        proc = self.timed_by.get(store)
+        if proc is None:
+            return None
+        loads = self.store_specs[store].serde.loads
+
+        def due_of(key: bytes, raw: bytes) -> int | None:
+            # Parsed only where a timer can be: a large store restores and indexes faster.
+            return proc.due_ms(key, loads(raw)) if proc.may_have_timer(key) else None
+
+        return due_of
+
     def _rebuild_timers(self, partition: int) -> None:
+        """The timers due within the horizon, from the timer stores' indexes (built first where missing)."""
         owned = self.owned[partition]
+        until = self.clock.now_ms() + TIMER_HORIZON_MS
         for proc in self.processors:
             if not proc.timer_store:
                 continue
-            serde = self.store_specs[proc.timer_store].serde
+            store = owned.stores[proc.timer_store]
+            if parsed := store.ensure_due_index():
+                log.info("%s[%d]: timer index built from %d stored keys", proc.timer_store, partition, parsed)
             timers = Timers()
-            for key, raw in owned.stores[proc.timer_store].items():
-                if not proc.may_have_timer(key):
-                    continue  # parsed only where a timer can be: a large store restarts faster
-                due = proc.due_ms(key, serde.loads(raw))
-                if due:
-                    timers.set(key, due)
+            timers.load(store.due_between(0, until), until)
             owned.timers[proc.name] = timers
+
+    def _timers_ahead(self, owned: _Owned, proc: Processor, timers: Timers, now_ms: int) -> None:
+        """Load the timers coming within the horizon, a step at a time (a range read of the index)."""
+        if timers.until_ms is None or now_ms + TIMER_HORIZON_MS <= timers.until_ms:
+            return
+        until = now_ms + TIMER_HORIZON_MS + TIMER_STEP_MS
+        timers.load(owned.stores[proc.timer_store].due_between(timers.until_ms, until), until)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({tp.partition for tp in partitions} - set(self.owned))
@@ -1101,7 +1151,8 @@ class Engine:
             for name in self.store_specs:
                 store = self._open.get((name, partition))
                 if store is None:
-                    store = PartitionStore(self._state_dir() / f"slot-{self.slot}" / name / str(partition))
+                    store = PartitionStore(self._state_dir() / f"slot-{self.slot}" / name / str(partition),
+                                           self._due_of(name))  # fmt: skip
                 wanted[(changelog_topic(self.settings, name), partition)] = store
         try:
             restored, applied = restore(wanted, self.settings)

@@ -106,8 +106,9 @@ class Context:
 
     def schedule(self, key: bytes, due_ms: int) -> None:
         """Call the processor's ``on_timer`` for ``key`` at ``due_ms`` (0: no timer). One timer per key:
-        a new call replaces the previous one. Timers live in memory and are rebuilt from the stores
-        whenever a partition is assigned, so a restart never loses one."""
+        a new call replaces the previous one. ``due_ms`` must say the same of the value the batch leaves:
+        the store's timer index keeps what it says, the index is what a restart reads, and only the
+        timers due within the hour are held in memory."""
         self._schedule(key, due_ms)
 
 
@@ -121,7 +122,7 @@ class Processor(ABC):
     # Stores another processor of the same engine owns, read (never written) here: their keys must
     # be co-partitioned with this processor's inputs, so partition p of both lives on one worker.
     reads: tuple[StoreSpec[Any], ...] = ()
-    timer_store: str = ""  # the store whose keys timers are set on (rebuilt via ``due_ms``)
+    timer_store: str = ""  # the store whose keys timers are set on (indexed via ``due_ms``)
     flush_interval_ms: int = 0  # > 0: ``flush`` runs per owned partition at most this often
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -135,12 +136,13 @@ class Processor(ABC):
         return None
 
     def may_have_timer(self, key: bytes) -> bool:
-        """False for keys of ``timer_store`` that never carry a timer (their values are not parsed when
-        timers are rebuilt)."""
+        """False for keys of ``timer_store`` that never carry a timer (they stay out of the timer index, and
+        their values are not parsed when it is built)."""
         return True
 
     def due_ms(self, key: bytes, value: Any) -> int:
-        """When ``key`` (a key of ``timer_store`` holding ``value``) next needs ``on_timer``; 0: never."""
+        """When ``key`` (a key of ``timer_store`` holding ``value``) next needs ``on_timer``; 0: never. Read
+        for every key a batch changes, so it must be cheap."""
         return 0
 
     def on_timer(self, ctx: Context, key: bytes) -> None:  # noqa: B027 - optional hook

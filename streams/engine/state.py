@@ -5,6 +5,11 @@ only what it owns and a partition moves between workers as a unit. The store kee
 values, the changelog offset it has applied up to; both are written in one RocksDB write batch, so
 the folder is always a consistent prefix of the changelog.
 
+A store whose keys carry timers also keeps, in the same folder and the same write batches, an index of
+when each key is next due (``due_between``), derived from the values by the owning processor's
+``due_ms`` and never published: the engine then holds in memory only the timers due soon, and a
+restart reads the index instead of parsing every value (a month of retained orders would be millions).
+
 The order that makes a crash harmless (the engine loop follows it): a batch's changes live only in
 the ``StoreTransaction`` cache until the Kafka transaction that carries their changelog records,
 the outputs and the input offsets has committed; only then are they written to RocksDB. A
@@ -28,7 +33,12 @@ from rocksdict import Options, Rdict, WriteBatch
 
 V = TypeVar("V")
 # Engine bookkeeping lives under a prefix no business key can start with.
+ENGINE_PREFIX = b"\x00"
 META_PREFIX = b"\x00meta:"
+# The timer index: key -> when it is next due, and (due, key) in due order; 8-byte big-endian times.
+DUE_PREFIX = b"\x00due:"
+AT_PREFIX = b"\x00at:"
+DUE_INDEX = META_PREFIX + b"due_index"  # present once every key's timer is in the index
 CHANGELOG_OFFSET = META_PREFIX + b"changelog_offset"
 # Wall time (epoch ms) of the last write: how long ago the folder last matched its changelog. A folder
 # left behind longer than the changelog keeps its deletes (``delete.retention.ms``) may hold keys
@@ -41,6 +51,9 @@ _DELETED = object()
 # nothing a batch changes in place can reach them before the batch commits. An order's record is
 # ~1.4 KB: this holds the last ~5,000 orders of a partition, 8 MiB per store and owned partition.
 RECENT_BYTES = 8 << 20
+INDEX_WRITE_EVERY = 10_000  # keys indexed per write while an index is built
+# When a stored key is next due, from its raw value; None: a key that never carries a timer.
+DueOf = Callable[[bytes, bytes], int | None]
 
 
 @dataclass(frozen=True)
@@ -57,14 +70,17 @@ JSON: Serde[Any] = Serde(orjson.dumps, orjson.loads)
 class PartitionStore:
     """One store's RocksDB folder for one partition."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, due_of: DueOf | None = None) -> None:
         self.path = path
+        self.due_of = due_of
         path.parent.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         self._db = Rdict(str(path), options=options)
         self._recent: OrderedDict[bytes, bytes | None] = OrderedDict()  # the newest writes last; None: deleted
         self._recent_bytes = 0
+        if due_of is not None and self._db.get(DUE_INDEX) is None and next(self.items(), None) is None:
+            self._db.put(DUE_INDEX, b"1")  # nothing stored: the index is complete as it is
 
     def approximate_keys(self) -> int:
         """RocksDB's estimate of the keys held (cheap: no scan), for the state-size metric."""
@@ -90,11 +106,47 @@ class PartitionStore:
         return value
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every business key and value (bookkeeping keys left out)."""
+        """Every business key and value (the engine's bookkeeping and timer index left out)."""
         for key, value in self._db.items():
             raw = cast(bytes, key)  # raw mode: keys are bytes
-            if not raw.startswith(META_PREFIX):
+            if not raw.startswith(ENGINE_PREFIX):
                 yield raw, value
+
+    def due_between(self, after_ms: int, until_ms: int) -> Iterator[tuple[int, bytes]]:
+        """(due, key) of every timer due after ``after_ms`` and by ``until_ms``, earliest first."""
+        end = AT_PREFIX + (until_ms + 1).to_bytes(8, "big")
+        for raw, _ in self._db.items(from_key=AT_PREFIX + (after_ms + 1).to_bytes(8, "big")):
+            entry = cast(bytes, raw)
+            if entry >= end:
+                return
+            yield int.from_bytes(entry[len(AT_PREFIX) : len(AT_PREFIX) + 8], "big"), entry[len(AT_PREFIX) + 8 :]
+
+    def ensure_due_index(self) -> int:
+        """Build the timer index if this folder does not have a whole one (written before it existed, or
+        interrupted): every value parsed once. Returns the keys parsed (0: the index was there)."""
+        if self.due_of is None or self._db.get(DUE_INDEX) is not None:
+            return 0
+        batch, parsed = WriteBatch(raw_mode=True), 0
+        for prefix in (DUE_PREFIX, AT_PREFIX):
+            for raw, _ in self.scan(prefix):
+                batch.delete(raw)
+        self._db.write(batch)
+        batch = WriteBatch(raw_mode=True)
+        for key, value in self.items():
+            due = self.due_of(key, value)
+            if due is None:
+                continue
+            parsed += 1
+            if due > 0:
+                at = due.to_bytes(8, "big")
+                batch.put(DUE_PREFIX + key, at)
+                batch.put(AT_PREFIX + at + key, b"")
+            if parsed % INDEX_WRITE_EVERY == 0:
+                self._db.write(batch)
+                batch = WriteBatch(raw_mode=True)
+        batch.put(DUE_INDEX, b"1")
+        self._db.write(batch)
+        return parsed
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Keys starting with ``prefix``, in key order."""
@@ -104,21 +156,50 @@ class PartitionStore:
                 return
             yield raw, value
 
-    def apply(self, changes: dict[bytes, bytes | None], changelog_offset: int, remember: bool = True) -> None:
+    def apply(self, changes: dict[bytes, bytes | None], changelog_offset: int, remember: bool = True,
+              dues: dict[bytes, int] | None = None) -> None:  # fmt: skip
         """Write a committed batch's changes and the changelog offset they reach, atomically;
-        ``remember``: keep them in memory too (not for a restore, which writes everything once)."""
+        ``remember``: keep them in memory too (not for a restore, which writes everything once).
+        ``dues``: what the batch scheduled (0: no timer); a key it did not schedule keeps its timer, a
+        deleted one loses it. Without it (a restore), the index reads each due from the value."""
         batch = WriteBatch(raw_mode=True)
         for key, value in changes.items():
             if value is None:
                 batch.delete(key)
             else:
                 batch.put(key, value)
+        if self.due_of is not None:
+            self._index(batch, changes, dues)
         if changelog_offset >= 0:
             batch.put(CHANGELOG_OFFSET, str(changelog_offset).encode())
         batch.put(WRITTEN_MS, str(int(time.time() * 1000)).encode())
         self._db.write(batch)
         if remember:
             self._remember(changes)
+
+    def _index(self, batch: WriteBatch, changes: dict[bytes, bytes | None], dues: dict[bytes, int] | None) -> None:
+        """Keep the timer index with the values: a deleted key loses its timer; with ``dues`` (a batch),
+        every key the batch scheduled gets what it scheduled; without (a restore), each changed key the
+        due time its value says."""
+        if dues is None:
+            due_of = cast(DueOf, self.due_of)
+            wanted = {key: due_of(key, value) if value is not None else 0 for key, value in changes.items()}
+        else:
+            wanted = {**dues, **{key: 0 for key, value in changes.items() if value is None}}
+        for key, due in wanted.items():
+            if due is None:
+                continue  # a key that never carries a timer
+            old = self._db.get(DUE_PREFIX + key)
+            at = due.to_bytes(8, "big") if due > 0 else None
+            if old == at:
+                continue
+            if old is not None:
+                batch.delete(AT_PREFIX + old + key)
+            if at is None:
+                batch.delete(DUE_PREFIX + key)
+            else:
+                batch.put(DUE_PREFIX + key, at)
+                batch.put(AT_PREFIX + at + key, b"")
 
     def _remember(self, changes: dict[bytes, bytes | None]) -> None:
         recent = self._recent
@@ -147,15 +228,17 @@ class PartitionStore:
         self._db.close()
         Rdict.destroy(str(self.path))
         shutil.rmtree(self.path, ignore_errors=True)
-        return PartitionStore(self.path)
+        return PartitionStore(self.path, self.due_of)
 
 
 class MemoryStore(PartitionStore):
     """A partition store in a dict: what ``streams.engine.local`` runs processors on in unit tests."""
 
-    def __init__(self) -> None:
+    def __init__(self, due_of: DueOf | None = None) -> None:
         self.path = Path("memory")
+        self.due_of = due_of
         self._data: dict[bytes, bytes] = {}
+        self._dues: dict[bytes, int] = {}
         self._offset = -1
 
     @property
@@ -178,19 +261,39 @@ class MemoryStore(PartitionStore):
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         yield from sorted((k, v) for k, v in self._data.items() if k.startswith(prefix))
 
-    def apply(self, changes: dict[bytes, bytes | None], changelog_offset: int, remember: bool = True) -> None:
+    def apply(self, changes: dict[bytes, bytes | None], changelog_offset: int, remember: bool = True,
+              dues: dict[bytes, int] | None = None) -> None:  # fmt: skip
         for key, value in changes.items():
             if value is None:
                 self._data.pop(key, None)
             else:
                 self._data[key] = value
+            if value is None:
+                self._dues.pop(key, None)
+            elif dues is None and self.due_of is not None:
+                self._set_due(key, self.due_of(key, value))
+        for key, due in (dues or {}).items():
+            if key in self._data:
+                self._set_due(key, due)
         self._offset = max(self._offset, changelog_offset)
+
+    def _set_due(self, key: bytes, due: int | None) -> None:
+        if due is not None and due > 0:
+            self._dues[key] = due
+        elif due is not None:
+            self._dues.pop(key, None)
+
+    def due_between(self, after_ms: int, until_ms: int) -> Iterator[tuple[int, bytes]]:
+        yield from sorted((due, key) for key, due in self._dues.items() if after_ms < due <= until_ms)
+
+    def ensure_due_index(self) -> int:
+        return 0
 
     def close(self) -> None:
         return None
 
     def wipe(self) -> PartitionStore:
-        return MemoryStore()
+        return MemoryStore(self.due_of)
 
 
 class StoreTransaction(Generic[V]):

@@ -205,7 +205,8 @@ def engine(tmp_path: Path, broker: Broker) -> tuple[Engine, Stock]:
     eng.consumer = Consumer()  # type: ignore[assignment]
     eng.producer = Producer(broker)  # type: ignore[assignment]
     eng._make_producer = lambda: Producer(broker)  # type: ignore[method-assign]
-    eng.owned[0] = _Owned({"counts": PartitionStore(tmp_path / "counts-0")}, {"stock": Timers()})
+    eng.owned[0] = _Owned({"counts": PartitionStore(tmp_path / "counts-0", eng._due_of("counts"))},
+                          {"stock": Timers()})  # fmt: skip
     eng._open[("counts", 0)] = eng.owned[0].stores["counts"]
     return eng, proc
 
@@ -405,3 +406,21 @@ def test_partitions_revoked_while_waiting_for_their_restore_are_not_restored(
     assert eng._unrestored == {0}
     eng._on_revoke(eng.consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
     assert not eng._unrestored
+
+
+def test_a_committed_batch_its_stores_cannot_take_stops_the_worker_and_dead_letters_nothing(tmp_path: Path) -> None:
+    """Changed on purpose: a failure writing a committed batch to the local stores (a disk full) was taken
+    for the batch's failure: its messages were replayed one at a time and dead-lettered as
+    processing_error, though their outputs and offsets had committed."""
+    broker = Broker()
+    eng, _ = engine(tmp_path, broker)
+    store = eng.owned[0].stores["counts"]
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    store.apply = disk_full  # type: ignore[method-assign]
+    with pytest.raises(loop.StateWriteFailed):
+        eng._process(messages(eng, "A", "B"))
+    assert committed_offsets(broker) == [12]  # committed once, as the batch it was
+    assert not eng._careful and all(topic != "deadletters" for txn in broker.committed for topic, _ in txn["records"])
