@@ -804,6 +804,8 @@ class Engine:
                     ctx.message = None
                     self.stats.timers_fired += 1
                     batch.fired.append((proc.name, partition, key))
+                    # A timer that fired is gone, from the index too, unless on_timer sets it again.
+                    batch.scheduled.setdefault((proc.timer_store, partition), {})[key] = 0
                     try:
                         proc.on_timer(ctx, key)
                         self._apply_locally(batch, ctx)
@@ -885,6 +887,7 @@ class Engine:
         refusals = [(msg, r) for ctx in batch.contexts.values() for msg, r in ctx.refusals]
         dead = list(dead or [])
         if not (changes or outputs or refusals or dead or batch.offsets):
+            self._write_stores(batch, {})  # timers fired or set, nothing else: only the local index moves
             return
         started = time.perf_counter()
         self._changelog_offsets.clear()
@@ -952,16 +955,20 @@ class Engine:
             for n, (key, raw) in enumerate(kv.items()):
                 self._produce(topic, key, raw, partition, self._tracker(store, partition) if n == last else check)
 
+    def _write_stores(self, batch: _Batch, changes: dict[tuple[str, int], dict[bytes, bytes | None]]) -> None:
+        """A committed batch's changes, and the timers it set or fired, into the local folders."""
+        for where in changes.keys() | {w for w, dues in batch.scheduled.items() if dues}:
+            owned_store = self._open.get(where)
+            if owned_store is not None:
+                offset = self._changelog_offsets.get(where, -1)
+                owned_store.apply(changes.get(where, {}), offset, dues=batch.scheduled.get(where, {}))
+
     def _committed_batch(self, batch: _Batch, changes: dict[tuple[str, int], dict[bytes, bytes | None]]) -> None:
         """The batch committed: its changes go to the local folders, its positions and gates move on.
 
         A gated partition stays gated past what this batch published to it, and opens once the batch read
         it to its end."""
-        for (store, partition), kv in changes.items():
-            owned_store = self._open.get((store, partition))
-            if owned_store is not None:
-                offset = self._changelog_offsets.get((store, partition), -1)
-                owned_store.apply(kv, offset, dues=batch.scheduled.get((store, partition), {}))
+        self._write_stores(batch, changes)
         self._committed.update(batch.offsets)
         self.broker_down = False
         for key, end in batch.gated.items():

@@ -102,3 +102,26 @@ def test_a_worker_holds_the_next_hour_of_timers_and_fires_the_rest_when_they_com
     assert eng.stats.timers_fired == 5001
     assert all(eng.read("counts", key) == 0 for key in month)  # each ran once
     assert list(store.due_between(0, now + 365 * 24 * HOUR)) == [] and len(timers) == 0
+
+
+class Silent(Stock):
+    """A timer that finds nothing to do: it stores nothing and sets no new timer."""
+
+    def on_timer(self, ctx: Context, key: bytes) -> None:
+        return None
+
+
+def test_a_timer_that_fired_leaves_the_index_unless_it_is_set_again(tmp_path: Path) -> None:
+    """A key whose timer fired and whose processor stored nothing and set no new timer (a timer on a key
+    with no value) must not come back from the index at every restart."""
+    eng, proc = engine(tmp_path, Broker())
+    silent = Silent(name=proc.name, inputs=proc.inputs, stores=proc.stores, timer_store=proc.timer_store)
+    eng.processors, eng.timed_by = [silent], {"counts": silent}
+    store = PartitionStore(tmp_path / "counts-indexed", eng._due_of("counts"))
+    eng.owned[0].stores["counts"] = eng._open[("counts", 0)] = store
+    soon = eng.clock.now_ms() + 60_000
+    store.apply({}, 0, dues={b"ghost": soon})  # scheduled once, nothing stored under it
+    eng._rebuild_timers(0)
+    eng.clock.advance_to(120_000)
+    eng._process([])  # fires
+    assert eng.stats.timers_fired == 1 and list(store.due_between(0, soon + 1)) == []
