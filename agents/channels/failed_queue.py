@@ -69,7 +69,6 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -101,8 +100,7 @@ from streams.contract.topics import (
 )
 from streams.engine.clock import wall_ms
 from streams.engine.producer import EventProducer
-from streams.engine.retry import Backoff, Retry, leader_moving
-from streams.engine.topicreader import read_all, scan
+from streams.engine.topicreader import read_all, scan, watermark
 from streams.errors import StockflowError
 from streams.kafkaconf import confluent_config
 from streams.settings import Settings
@@ -367,8 +365,7 @@ def pending(settings: Settings, channel: str, timeout_s: float = 10.0) -> tuple[
 def _watermarks(consumer: Consumer, topic: str, timeout_s: float) -> tuple[int, int, int]:
     """The queue's first and end offsets and the replay group's committed offset (``OFFSET_INVALID``: none)."""
     tp = TopicPartition(topic, 0)
-    retry = Retry(f"watermarks of {topic}", leader_moving, deadline_s=timeout_s, backoff=Backoff(0.2, 1.0))
-    low, high = retry.call(partial(consumer.get_watermark_offsets, tp, timeout=timeout_s))
+    low, high = watermark(consumer, tp, timeout_s)
     return low, high, consumer.committed([tp], timeout=timeout_s)[0].offset
 
 

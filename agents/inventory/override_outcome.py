@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
@@ -20,8 +19,8 @@ from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from streams.contract.codec import DecodeError, codec_for
 from streams.contract.reasons import Reason
 from streams.contract.topics import AUDIT_OVERRIDES
-from streams.engine.retry import Backoff, Retry, leader_moving
-from streams.engine.topicreader import read_all
+from streams.engine.retry import Backoff, Retry
+from streams.engine.topicreader import read_all, watermark
 from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
@@ -89,9 +88,7 @@ class OutcomeWatch:
             appears = Retry(f"metadata of {self.topic}", (LookupError,), deadline_s=TOPIC_APPEARS_S,
                             backoff=Backoff(0.25, 1.0), level=logging.DEBUG)  # fmt: skip
             meta = appears.call(self._metadata)
-            # Topics just created may not have a leader for a moment: that passes.
-            retry = Retry(f"end of {self.topic}", leader_moving, deadline_s=15, backoff=Backoff(0.2, 1.0))
-            self.consumer.assign([retry.call(partial(self._end, p)) for p in meta.partitions])
+            self.consumer.assign([self._end(p) for p in meta.partitions])
         except BaseException:
             self.consumer.close()
             raise
@@ -103,7 +100,7 @@ class OutcomeWatch:
         return meta
 
     def _end(self, partition: int) -> TopicPartition:
-        _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
+        _, high = watermark(self.consumer, TopicPartition(self.topic, partition), 15)  # waits for a new leader
         return TopicPartition(self.topic, partition, high if high >= 0 else OFFSET_END)
 
     def wait(self, override_id: str, action: str, timeout_s: float) -> dict[str, Any] | None:

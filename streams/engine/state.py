@@ -234,11 +234,10 @@ class PartitionStore:
 class MemoryStore(PartitionStore):
     """A partition store in a dict: what ``streams.engine.local`` runs processors on in unit tests."""
 
-    def __init__(self, due_of: DueOf | None = None) -> None:
+    def __init__(self) -> None:
         self.path = Path("memory")
-        self.due_of = due_of
+        self.due_of = None  # no timer index: the local runner keeps every timer in memory
         self._data: dict[bytes, bytes] = {}
-        self._dues: dict[bytes, int] = {}
         self._offset = -1
 
     @property
@@ -268,32 +267,16 @@ class MemoryStore(PartitionStore):
                 self._data.pop(key, None)
             else:
                 self._data[key] = value
-            if value is None:
-                self._dues.pop(key, None)
-            elif dues is None and self.due_of is not None:
-                self._set_due(key, self.due_of(key, value))
-        for key, due in (dues or {}).items():
-            if key in self._data:
-                self._set_due(key, due)
         self._offset = max(self._offset, changelog_offset)
 
-    def _set_due(self, key: bytes, due: int | None) -> None:
-        if due is not None and due > 0:
-            self._dues[key] = due
-        elif due is not None:
-            self._dues.pop(key, None)
-
     def due_between(self, after_ms: int, until_ms: int) -> Iterator[tuple[int, bytes]]:
-        yield from sorted((due, key) for key, due in self._dues.items() if after_ms < due <= until_ms)
-
-    def ensure_due_index(self) -> int:
-        return 0
+        return iter(())
 
     def close(self) -> None:
         return None
 
     def wipe(self) -> PartitionStore:
-        return MemoryStore(self.due_of)
+        return MemoryStore()
 
 
 class StoreTransaction(Generic[V]):

@@ -43,10 +43,16 @@ def watermarks(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, tu
     meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
     if meta is None or meta.error is not None:
         return {}
-    # A topic just created may not have its leaders yet, and a leader may be moving: that passes.
-    retry = Retry(f"watermarks of {topic}", leader_moving, deadline_s=timeout_s, backoff=Backoff(0.2, 1.0))
-    return {p: retry.call(partial(consumer.get_watermark_offsets, TopicPartition(topic, p), timeout=timeout_s))
-            for p in meta.partitions}  # fmt: skip
+    return {p: watermark(consumer, TopicPartition(topic, p), timeout_s) for p in meta.partitions}
+
+
+def watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
+    """(low, high) of one partition, asked again while its leader is not there yet (a topic just created)
+    or moving, for up to ``timeout_s``."""
+    retry = Retry(f"watermarks of {tp.topic}[{tp.partition}]", leader_moving, deadline_s=timeout_s,
+                  backoff=Backoff(0.2, 1.0))  # fmt: skip
+    low, high = retry.call(partial(consumer.get_watermark_offsets, tp, timeout=timeout_s))
+    return int(low), int(high)
 
 
 def earliest_offsets(kafka: Settings | str, topic: str, timeout_s: float = 30.0) -> dict[int, int]:

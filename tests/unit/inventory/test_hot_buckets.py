@@ -8,6 +8,7 @@ from agents.inventory.hold_stock import STORE, HoldStock, hold_key, sku_key
 from streams.contract.keys import bucket_for, bucket_key
 from streams.contract.topics import HOLD_COMMANDS, OPS_OVERRIDES, STOCK_ADJUSTMENTS, STOCK_BUCKETS, STOCK_HOT_SKUS
 from streams.engine.local import LocalRunner
+from streams.engine.processor import Output
 from streams.settings import Settings
 from tests.unit.inventory.test_hold_stock import WAREHOUSES, answers, receipt
 
@@ -304,18 +305,24 @@ def assert_pool_consistent(r: LocalRunner, on_hand: dict[str, int]) -> None:
     assert {wh: q for wh, q in seen.items() if q} == on_hand
 
 
+def routed_beyond_its_buckets_share() -> tuple[LocalRunner, str, list[Output]]:
+    """Four buckets of 15 Shanghai and 10 Guangzhou units each; one order of 12 held in bucket 0 and paid
+    and routed to Guangzhou together: more than its bucket's share there."""
+    r = runner()
+    receipt(r, SKU, 60, "WH-SH")
+    receipt(r, SKU, 40, "WH-GZ")
+    mark(r, 4)
+    order = orders_in(0, 1)[0]
+    r.send([command(order, "RESERVE", 12)], HOLD_COMMANDS.name)
+    return r, order, r.send([command(order, "COMMIT", 12, wh="WH-GZ")], HOLD_COMMANDS.name)
+
+
 def test_a_paid_line_larger_than_its_buckets_share_of_the_routed_warehouse_is_allocated_there() -> None:
     """Changed on purpose: a hot SKU's bucket refused to allocate a held line at the warehouse routing chose when
     its own share of that warehouse was smaller than the line (routing sees the SKU's whole stock), and routing
     chose the same warehouse every time: the paid order never shipped. The bucket now exchanges units of its other
     warehouses for the routed one's with the other records of the SKU, then allocates."""
-    r = runner()
-    receipt(r, SKU, 60, "WH-SH")
-    receipt(r, SKU, 40, "WH-GZ")
-    mark(r, 4)  # each bucket: 15 in Shanghai, 10 in Guangzhou
-    order = orders_in(0, 1)[0]
-    r.send([command(order, "RESERVE", 12)], HOLD_COMMANDS.name)
-    out = r.send([command(order, "COMMIT", 12, wh="WH-GZ")], HOLD_COMMANDS.name)  # paid and routed together
+    r, order, out = routed_beyond_its_buckets_share()
     assert allocations(out, order) == [("ALLOCATED", "WH-GZ")]
     bucket = record(r, bucket_key(SKU, 0, P))
     assert bucket["allocated"] == {"WH-GZ": 12} and bucket["on_hand"]["WH-GZ"] >= 12
@@ -422,13 +429,7 @@ def test_two_lines_racing_for_the_last_units_of_one_warehouse_are_both_answered(
 
 def test_a_bucket_reports_the_units_it_lent_and_the_home_counts_them() -> None:
     """Changed on purpose: while an exchange travelled, the asking bucket reported its lent units as taken twice."""
-    r = runner()
-    receipt(r, SKU, 60, "WH-SH")
-    receipt(r, SKU, 40, "WH-GZ")
-    mark(r, 4)  # each bucket: 15 in Shanghai, 10 in Guangzhou
-    order = orders_in(0, 1)[0]
-    r.send([command(order, "RESERVE", 12)], HOLD_COMMANDS.name)
-    out = r.send([command(order, "COMMIT", 12, wh="WH-GZ")], HOLD_COMMANDS.name)
+    r, _, out = routed_beyond_its_buckets_share()
     syncs = [o.record for o in out if o.event_type == "BucketSync" and o.record["from_bucket"] == 0]
     ask = next(i for i, s in enumerate(syncs) if s["kind"] == "TRANSFER" and s["ref"].startswith("swap:"))
     told = syncs[ask + 1]
