@@ -370,6 +370,13 @@ class Settings(BaseSettings):
         description="Alerts a worker keeps waiting for the robot (table `notify_pending`); beyond it the least "
         "urgent are dropped, logged, and counted in the next message.",
     )
+    notify_remember_h: float = Field(
+        default=168.0,
+        gt=0,
+        description="Hours the notifier remembers an alert it sent or gave up (table `notified_by_alert`), so a "
+        "duplicate or a replay of `alerts` within it is not sent again; then the row is deleted. Keep it at least "
+        "the `alerts` topic's retention (the dev broker's: 168 h).",
+    )
     notify_retry_max_s: float = Field(
         default=300.0,
         gt=0,

@@ -22,7 +22,9 @@ What is guaranteed:
   sends what was waiting. A refusal (a bad URL or key: 4xx, errcode 93000) is logged as an error
   saying so. Delivery is at least once: a crash between the robot's answer and the table writes
   sends those alerts again.
-- Each alert once: an id in ``notified_by_alert`` is not queued again (a replay, a duplicate).
+- Each alert once: an id in ``notified_by_alert`` is not queued again (a replay, a duplicate) for
+  ``STOCKFLOW_NOTIFY_REMEMBER_H``; an hourly sweep then deletes the row, so the table holds about
+  that many hours of alerts whatever the traffic.
 - The queue is bounded (``STOCKFLOW_NOTIFY_QUEUE_MAX``): beyond it the least urgent alerts are
   dropped (``digest.overflow``), logged as an error, recorded as dropped, and the next message
   starts with how many.
@@ -39,8 +41,7 @@ import contextlib
 import json
 import logging
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from http import HTTPStatus
@@ -49,7 +50,6 @@ from typing import Any, cast
 import aiohttp
 import faust
 import orjson
-from faust.streams import _current_event
 from yarl import URL
 
 from agents.alerting import digest
@@ -72,6 +72,10 @@ FIRST_RETRY_S = 1.0
 # batches, and what arrives together folds together instead of spending the budget one by one.
 GATHER_S = 0.3
 DROP_LOG_EVERY_S = 60.0
+# notified_by_alert is swept this often (at most: a short memory is swept a few times within it),
+# a chunk of rows at a time so the worker's loop (its heartbeats among it) never waits long.
+SWEEP_EVERY_S = 3600.0
+SWEEP_CHUNK = 2000
 
 
 class WebhookRefused(Exception):
@@ -376,31 +380,6 @@ class Robot:
 # --- the Faust agent -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Message:
-    topic: str
-    partition: int
-
-
-class _PartitionEvent:
-    """Stands in for "the current event" when the sender, not the agent's stream, writes a table:
-    Faust files a table write under that event's partition, and the alert's row lives on its own."""
-
-    __slots__ = ("__weakref__", "message")
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.message = _Message(topic, partition)
-
-
-@contextlib.contextmanager
-def _under(event: Any) -> Iterator[None]:
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
 class OpsChat:
     """The notifier on a worker: the tables, the robot, and what the Faust agent does with an alert."""
 
@@ -416,13 +395,36 @@ class OpsChat:
         self.pending = app.Table("notify_pending", partitions=settings.partitions, key_type=bytes, value_type=bytes,
                                  extra_topic_configs=changelog)  # fmt: skip
         self.robot = Robot(settings.webhook_url, Policy.from_settings(settings), self.finish)
+        self.remember_ms = int(settings.notify_remember_h * 3_600_000)
+        self.sweep_every_s = min(SWEEP_EVERY_S, max(settings.notify_remember_h * 3600 / 4, 1.0))
+        self.forgotten = 0
 
     def finish(self, item: Queued, error: str) -> None:
         key = item.id.encode()
-        event = _PartitionEvent(self.topic, item.partition)
+        event = tables.PartitionEvent(self.topic, item.partition)
         tables.write(self.notified, event, key, {"at_ms": self.rt.clock.now_ms(), "error": error})
-        with _under(event):
-            self.pending.pop(key, None)
+        tables.delete(self.pending, event, key)
+
+    async def forget_old(self) -> int:
+        """Delete the ``notified_by_alert`` rows older than the memory (a tombstone each in the changelog),
+        partition by partition, a chunk at a time; a partition that moves away meanwhile is left to its
+        new owner's sweep. Returns how many were deleted."""
+        cutoff = self.rt.clock.now_ms() - self.remember_ms
+        forgotten = 0
+        for partition in tables.owned_partitions(self.notified):
+            event = tables.PartitionEvent(self.topic, partition)
+            after = None
+            while rows := tables.owned_rows(self.notified, partition, after, SWEEP_CHUNK):
+                after = rows[-1][0]
+                for key, raw in rows:
+                    if _sent_at_ms(raw) < cutoff:
+                        tables.delete(self.notified, event, key)
+                        forgotten += 1
+                await asyncio.sleep(0)
+        self.forgotten += forgotten
+        if forgotten:
+            log.info("notifier forgot %d alerts sent over %g h ago", forgotten, self.remember_ms / 3_600_000)
+        return forgotten
 
     async def load_pending(self) -> None:
         """Every partition this worker now owns, as restored from the changelog, becomes the robot's queue.
@@ -434,10 +436,9 @@ class OpsChat:
             except (ValueError, KeyError, TypeError) as exc:  # orjson's decode error is a ValueError
                 log.error("notify_pending row %r unreadable (%s): left in the table, not sent", key, exc)
                 continue
-            event = _PartitionEvent(self.topic, item.partition)
+            event = tables.PartitionEvent(self.topic, item.partition)
             if tables.read_raw(self.notified, event, key) is not None:
-                with _under(event):
-                    self.pending.pop(key, None)
+                tables.delete(self.pending, event, key)
             else:
                 items.append(item)
         self.robot.replace(items)
@@ -460,6 +461,14 @@ class OpsChat:
         self.robot.add(item)
 
 
+def _sent_at_ms(raw: bytes) -> float:
+    """When a ``notified_by_alert`` row was written; an unreadable row counts as old (it is only a memory)."""
+    try:
+        return float(orjson.loads(raw)["at_ms"])
+    except (ValueError, KeyError, TypeError):
+        return float("-inf")
+
+
 def register(app: faust.App, rt: Runtime) -> None:
     if not rt.settings.webhook_url:
         return
@@ -476,7 +485,12 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     @app.page("/notify/status")
     async def notify_status(web: Any, request: Any) -> Any:
-        return web.json(chat.robot.status(asyncio.get_running_loop().time()))
+        return web.json({**chat.robot.status(asyncio.get_running_loop().time()), "forgotten": chat.forgotten})
+
+    @app.timer(chat.sweep_every_s, name="notify_forget_old")
+    async def forget_old() -> None:
+        if not app.rebalancing:
+            await chat.forget_old()
 
     @app.agent(source, name="notify_ops_chat")
     async def notify_ops_chat(stream: Any) -> None:

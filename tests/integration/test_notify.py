@@ -165,3 +165,35 @@ def test_the_notifiers_changelogs_exist_before_the_shell_starts(make_settings) -
         assert all(p.leader >= 0 for p in topics[name].partitions.values())
         resource = ConfigResource(ConfigResource.Type.TOPIC, name)
         assert admin.describe_configs([resource])[resource].result(timeout=15)["cleanup.policy"].value == "compact"
+
+
+def test_sent_alerts_are_forgotten_after_the_memory_and_the_table_stays_bounded(
+    make_settings, start_worker, robots
+) -> None:
+    """``notified_by_alert`` kept a row for every alert ever sent (10-200 MB a day on disk and in its
+    changelog, restored in full at every rebalance). Rows older than STOCKFLOW_NOTIFY_REMEMBER_H are now
+    deleted, with a tombstone in the changelog; a row within the memory still stops a duplicate."""
+    from streams.engine.topicreader import read_all
+
+    memory_s = 15.0
+    settings = make_settings(webhook_url=robots.url(KEY), notify_window_s=WINDOW_S, notify_kinds=KINDS,
+                             notify_remember_h=memory_s / 3600)  # fmt: skip
+    worker = start_worker(settings)
+    alerts = storm(5, "memory")
+    send_alerts(EventProducer(settings), alerts)
+    wait_for(lambda: not delivered(robots, alerts), timeout_s=60, what="the five alerts in a message")
+    sent = len(robots.contents())
+
+    # Within the memory: a duplicate is not sent again.
+    send_alerts(EventProducer(settings), alerts[:1])
+    time.sleep(2 * WINDOW_S)
+    assert worker.get("/notify/status")["forgotten"] == 0 and len(robots.contents()) == sent
+
+    wait_for(lambda: worker.get("/notify/status")["forgotten"] == 5, timeout_s=60, what="the five rows forgotten")
+    changelog = read_all(settings, f"{settings.app_id}-notified_by_alert-changelog")
+    tombstones = {r.key for r in changelog if r.value is None}
+    assert tombstones == {a["event_id"].encode() for a in alerts}
+
+    # Beyond it, the same alert is news again: the memory is what bounds the table.
+    send_alerts(EventProducer(settings), alerts[:1])
+    wait_for(lambda: len(robots.contents()) == sent + 1, timeout_s=60, what="the forgotten alert sent again")
