@@ -270,8 +270,10 @@ def _approve(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, by: str, w
     if rec.kind == REFUND_ONLY:
         fx.cancel_order = facts.unshipped
         _start_refund(rec, fx, now_ms, why)
-    elif rec.auto_approved or rec.return_status == "inspected":
-        # A no-reason return is paid back at once; the goods still come back and are checked.
+    elif rec.auto_approved or rec.return_status == "inspected" or _settled(rec):
+        # A no-reason return is paid back at once; the goods still come back and are checked. So is one the
+        # marketplace paid while it was under review: the money is out, and waiting for goods that may never
+        # come would leave it open for good.
         _start_refund(rec, fx, now_ms, why)
     elif rec.return_status == "received":
         _move(rec, fx, "received", now_ms, why)
@@ -435,14 +437,17 @@ def on_settled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> Refu
         return fx
     if rec.state == "completed" or _settled(rec):
         return fx  # the marketplace sent it again; a refund is settled once, the first settlement stands
-    if rec.state in ("rejected", "cancelled"):
-        fx.alerts.append(AlertSpec(
-            "refund_reconciliation", "RED", rec.refund_id,
-            f"the marketplace settled refund {rec.refund_id} that stockflow never paid out (it is {rec.state})",
-            event_id=f"{rec.refund_id}:settled_unpaid", details={"reason": "settled_without_instruction"}))  # fmt: skip
-        return _illegal(fx, rec, "a settlement")
     rec.settled_amount_fen, rec.settlement_id = int(event["amount_fen"]), str(event.get("settlement_id") or "")
     rec.stage_times["settled"] = now_ms
+    if rec.state in ("rejected", "cancelled"):
+        # Kept, not refused: the money left the order all the same, so the order's other refunds count it
+        # (``paid_back_fen``), as they do when the settlement comes before the rejection.
+        fx.alerts.append(AlertSpec(
+            "refund_reconciliation", "RED", rec.refund_id,
+            f"the marketplace settled refund {rec.refund_id} ({rec.settled_amount_fen} fen) that stockflow never "
+            f"paid out (it is {rec.state}): recover it, or count it as paid back",
+            event_id=f"{rec.refund_id}:settled_unpaid", details={"reason": "settled_without_instruction"}))  # fmt: skip
+        return fx
     if not rec.state:
         # Before its request: kept on the refund id, so the request finds it (``run_refunds`` keeps where it
         # was read, and gives it up as ``unknown_refund`` if the request does not come).

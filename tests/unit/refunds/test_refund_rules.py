@@ -172,7 +172,9 @@ def test_refund_only_before_shipment_cancels_the_order() -> None:
     ("state", "event"),
     # A settlement for a refund under review is no longer one: it is kept until the refund is paid
     # (test_a_settlement_before_the_approval_completes_the_refund_when_it_is_paid).
-    [("refunding", "cancel"), ("cancelled", "settle"), ("rejected", "receive"), ("", "issued")],
+    # One for a refund rejected or cancelled is kept and flagged
+    # (test_a_settlement_after_the_refund_was_rejected_or_withdrawn_still_counts_as_paid_back).
+    [("refunding", "cancel"), ("rejected", "receive"), ("", "issued")],
 )
 def test_illegal_transitions_are_refused_and_change_nothing(state: str, event: str) -> None:
     rec = new()
@@ -375,6 +377,38 @@ def test_a_refund_the_marketplace_paid_cannot_be_withdrawn_and_rejecting_it_is_f
     assert [(a.kind, a.severity, a.details["reason"]) for a in fx.alerts] == [
         ("refund_reconciliation", "RED", "settled_but_rejected")]  # fmt: skip
     assert flow.paid_back_fen(rec) == 100  # the money is out: the order has that much less left to refund
+
+
+@pytest.mark.parametrize("ending", ["reject", "cancel"])
+def test_a_settlement_after_the_refund_was_rejected_or_withdrawn_still_counts_as_paid_back(ending: str) -> None:
+    """Changed on purpose: it was refused and its amount never recorded, so a second refund of the order paid
+    it back again - where the same events with the settlement first counted it. The order they came in no
+    longer matters."""
+    rec, rules = refund_only_under_review(), packaged_rules()
+    if ending == "reject":
+        flow.on_reviewed(rec, dict(ev.refund_reviewed("tmall", "o1", "r1", False)), SHIPPED, rules, DELIVERED + 6)
+    else:
+        flow.on_cancelled(rec, dict(ev.refund_cancelled("tmall", "o1", "r1")), DELIVERED + 6)
+    fx = flow.on_settled(rec, SETTLED, DELIVERED + 7)
+    assert fx.refusal is None and rec.state in ("rejected", "cancelled") and not fx.instruct
+    assert [(a.kind, a.severity, a.details["reason"]) for a in fx.alerts] == [
+        ("refund_reconciliation", "RED", "settled_without_instruction")]  # fmt: skip
+    assert flow.paid_back_fen(rec) == 100
+    assert not flow.on_settled(rec, SETTLED, DELIVERED + 8).changed  # sent again: once
+
+
+def test_a_return_the_marketplace_paid_while_under_review_completes_on_approval() -> None:
+    """Changed on purpose: approved after the marketplace's own timeout rule paid it, a return-and-refund
+    waited for its goods, never completed and never had an instruction if they did not come."""
+    rec, rules = new(), packaged_rules()
+    facts = delivered(DELIVERED, amount_fen=80_000)  # above the auto-approval limit: customer service decides
+    flow.on_requested(rec, request(amount=80_000), "tmall:o1", facts, rules, DELIVERED + 5)
+    assert rec.state == "reviewing"
+    flow.on_settled(rec, dict(ev.refund_settled("tmall", "o1", "r1", 80_000)), DELIVERED + 6)
+    fx = flow.on_reviewed(rec, APPROVAL, facts, rules, DELIVERED + 7)
+    assert rec.state == "completed" and fx.instruct and fx.refusal is None
+    fx = arrive(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), DELIVERED + 8)
+    assert rec.state == "completed" and rec.return_status == "inspected" and fx.restock and not fx.instruct
 
 
 def test_a_settlement_before_its_request_waits_on_the_refund_id_and_completes_it() -> None:
