@@ -100,7 +100,8 @@ def load_refund_rules(path: Path, respond_ms: int, qc_ms: int, settle_ms: int, r
 @dataclass(frozen=True)
 class OrderFacts:
     """What a refund decision needs of its order; ``known`` False when the order is not (or no
-    longer) in the order store, in which case nothing is approved automatically."""
+    longer) in the order store, in which case nothing is approved automatically (and ``paid_fen`` is
+    what an earlier refund of it recorded the buyer paid, or 0)."""
 
     known: bool = False
     state: str = ""
@@ -349,7 +350,7 @@ def on_reviewed(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, 
         if rec.state and (rec.state == "rejected") != approved:
             return fx  # the same decision again, or an approval of a refund approved automatically
         return _illegal(fx, rec, "a review")
-    if approved and facts.known and rec.amount_fen > facts.amount_left_fen():
+    if approved and (facts.known or facts.paid_fen) and rec.amount_fen > facts.amount_left_fen():
         # Customer service cannot pay an order back twice under two refund ids either.
         fx.refusal = Refusal(Reason.REFUNDS_ABOVE_ORDER,
                              f"refund {rec.refund_id} of {rec.amount_fen} fen: order {rec.order_id} paid "

@@ -14,7 +14,8 @@ whose refund was never requested in the time it was kept).
 Owns: store ``refunds_by_id`` (changelog ``<app>.refunds_by_id.changelog``): one ``RefundRecord``
 per refund, or per settlement waiting for its refund's request; store ``approved_refunds_by_order``:
 per order, what its approved or marketplace-settled refunds pay back (what it has left to pay back, so
-one order is never refunded twice under two refund ids), each kept until its refund is purged.
+one order is never refunded twice under two refund ids), each kept until its refund is purged, and what
+the buyer paid for it (the bound still holds once the order itself is purged).
 Timers: each refund's next SOP limit and, once it is finished, its purge after
 ``STOCKFLOW_REFUND_RETENTION_S``; a settlement before its request is flagged after
 ``STOCKFLOW_PARKED_GRACE_S`` and dead-lettered (``unknown_refund``) after
@@ -26,7 +27,7 @@ the input offsets in one transaction, so an instruction leaves exactly once with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agents.alerting.alerts import AlertSpec, alert
@@ -55,6 +56,9 @@ from streams.settings import Settings
 STAGE = "agents.refunds.run_refunds"
 STORE = "refunds_by_id"
 APPROVED_BY_ORDER = "approved_refunds_by_order"
+# In an order's entry of APPROVED_BY_ORDER beside its refunds' amounts: what the buyer paid for the order, so
+# a refund reviewed after the order was purged (30 days; refunds are kept 90) is still bounded by it.
+ORDER_PAID = "@order_paid_fen"
 REFUND_RECORDS = records_serde(RefundRecord.from_dict)
 
 
@@ -182,22 +186,29 @@ class RunRefunds(Processor):
     def _facts(self, ctx: Context, order_id: str, refund_id: str) -> OrderFacts:
         order: OrderRecord | None = ctx.read_store(ORDER_STORE).get(order_id.encode())
         approved: dict[str, int] = ctx.store(APPROVED_BY_ORDER).get(order_id.encode()) or {}
-        return order_facts(order, sum(fen for other, fen in approved.items() if other != refund_id))
+        refunded = sum(fen for other, fen in approved.items() if other not in (refund_id, ORDER_PAID))
+        facts = order_facts(order, refunded)
+        if not facts.known and approved.get(ORDER_PAID):
+            paid = approved[ORDER_PAID]
+            facts = replace(facts, paid_fen=paid, amount_fen=paid, refunded_fen=refunded)
+        return facts
 
     def _note_paid_back(self, ctx: Context, rec: RefundRecord, fen: int) -> None:
         """Keep what the order's refunds pay back up to date with this one (0: nothing, or no more)."""
         db = ctx.store(APPROVED_BY_ORDER)
         key = rec.order_id.encode()
         entry: dict[str, int] = db.get(key) or {}
-        if entry.get(rec.refund_id, 0) == fen:
+        order: OrderRecord | None = ctx.read_store(ORDER_STORE).get(key) if fen else None
+        paid = order.paid_fen if order is not None and order.state else entry.get(ORDER_PAID, 0)
+        if entry.get(rec.refund_id, 0) == fen and entry.get(ORDER_PAID, 0) == paid:
             return
         entry = dict(entry)
         if fen:
             entry[rec.refund_id] = fen
         else:
             entry.pop(rec.refund_id, None)
-        if entry:
-            db.set(key, entry)
+        if set(entry) - {ORDER_PAID}:
+            db.set(key, {**entry, ORDER_PAID: paid} if paid else entry)
         else:
             db.delete(key)
 

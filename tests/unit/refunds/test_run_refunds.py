@@ -9,7 +9,7 @@ from agents.inventory.hold_stock import HoldStock, sku_key
 from agents.orders.rules import BALANCE_UNPAID, OrderRecord
 from agents.orders.run_lifecycle import STORE as ORDERS
 from agents.orders.run_lifecycle import RunLifecycle
-from agents.refunds.run_refunds import APPROVED_BY_ORDER, RunRefunds, order_facts
+from agents.refunds.run_refunds import APPROVED_BY_ORDER, ORDER_PAID, RunRefunds, order_facts
 from agents.refunds.run_refunds import STORE as REFUNDS
 from agents.routing.warehouse_view import WarehouseView
 from agents.routing.warehouses import load_warehouses
@@ -191,7 +191,7 @@ def test_a_refund_called_off_gives_its_part_of_the_order_back() -> None:
     order(r, "ShipmentDelivered", ev.shipment_delivered("pdd", "7"))
     refund(r, "RefundRequested", ev.refund_requested("pdd", "7", "r7a", 9_900, event_time_ms=r.now_ms))
     refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "7", "r7a", True))
-    assert r.read(APPROVED_BY_ORDER, b"pdd:7", "pdd:7") == {"pdd:r7a": 9_900}
+    assert r.read(APPROVED_BY_ORDER, b"pdd:7", "pdd:7") == {"pdd:r7a": 9_900, ORDER_PAID: 9_900}
     refund(r, "RefundCancelled", ev.refund_cancelled("pdd", "7", "r7a"))
     assert r.read(APPROVED_BY_ORDER, b"pdd:7", "pdd:7") is None
     refund(r, "RefundRequested", ev.refund_requested("pdd", "7", "r7b", 9_900, event_time_ms=r.now_ms))
@@ -218,7 +218,7 @@ def test_a_settlement_before_its_request_completes_the_refund_when_the_request_c
     refund(r, "RefundRequested", ev.refund_requested("jd", "8", "r8", 9_900, event_time_ms=r.now_ms))
     rec = r.read(REFUNDS, b"jd:r8", "jd:8")
     assert rec.state == "completed" and {"issued", "settled"} <= set(rec.stage_times) and not rec.settlement_source
-    assert r.read(APPROVED_BY_ORDER, b"jd:8", "jd:8") == {"jd:r8": 9_900}
+    assert r.read(APPROVED_BY_ORDER, b"jd:8", "jd:8") == {"jd:r8": 9_900, ORDER_PAID: 9_900}
     later = r.advance(int(Settings().parked_payment_grace_s * 1000))
     assert not of(later, "DeadLetter") and not of(later, "Alert") and not r.refusals
 
@@ -237,7 +237,7 @@ def test_a_refund_settled_while_under_review_completes_on_approval() -> None:
                                                      event_time_ms=r.now_ms))  # fmt: skip
     out = refund(r, "RefundSettled", ev.refund_settled("pdd", "9", "r9", 9_900))
     assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")] == [("reviewing", "settled")]
-    assert not r.refusals and r.read(APPROVED_BY_ORDER, b"pdd:9", "pdd:9") == {"pdd:r9": 9_900}
+    assert not r.refusals and r.read(APPROVED_BY_ORDER, b"pdd:9", "pdd:9") == {"pdd:r9": 9_900, ORDER_PAID: 9_900}
     out = refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "9", "r9", True))
     assert [s["state"] for s in of(out, "RefundStateChanged")] == ["refunding", "completed"]
     assert len(of(out, "RefundInstruction")) == 1
@@ -325,7 +325,7 @@ def test_a_settlement_above_the_approved_amount_leaves_the_order_nothing_more_to
     delivered_order(r, view, wh, "jd", "13", "SKU-R13")
     refund(r, "RefundRequested", ev.refund_requested("jd", "13", "r13a", 5_000, event_time_ms=r.now_ms))
     refund(r, "RefundSettled", ev.refund_settled("jd", "13", "r13a", 9_900))
-    assert r.read(APPROVED_BY_ORDER, b"jd:13", "jd:13") == {"jd:r13a": 9_900}
+    assert r.read(APPROVED_BY_ORDER, b"jd:13", "jd:13") == {"jd:r13a": 9_900, ORDER_PAID: 9_900}
     out = refund(r, "RefundRequested", ev.refund_requested("jd", "13", "r13b", 4_900, event_time_ms=r.now_ms))
     assert not of(out, "RefundInstruction")
     assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1] == (
@@ -352,3 +352,30 @@ def test_an_approved_return_the_marketplace_settles_completes_and_its_late_retur
     assert r.read(POOL, sku_key("SKU-R14"), "SKU-R14")["on_hand"] == {wh: 5}
     rec = r.read(REFUNDS, b"pdd:r14", "pdd:14")
     assert (rec.state, rec.restocked) == ("completed", True) and not r.refusals
+
+
+def test_an_order_purged_before_its_second_refund_is_still_not_paid_back_twice() -> None:
+    """Changed on purpose: orders are purged 30 days after they end, refunds 90; a refund reviewed after its
+    order was purged skipped the "not paid back twice under two refund ids" check, and customer service
+    could approve the price again. The order's paid amount now stays beside its refunds' amounts."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "jd", "20", "SKU-R20")
+    refund(r, "RefundRequested", ev.refund_requested("jd", "20", "r20a", 9_900, kind="REFUND_ONLY",
+                                                     event_time_ms=r.now_ms))  # fmt: skip
+    refund(r, "RefundReviewed", ev.refund_reviewed("jd", "20", "r20a", True))
+    issued(r, "jd:20", "jd:r20a", 9_900)
+    refund(r, "RefundSettled", ev.refund_settled("jd", "20", "r20a", 9_900))
+    assert r.read(REFUNDS, b"jd:r20a", "jd:20").state == "completed"
+    r.advance(int(Settings().order_retention_s * 1000) + 86_400_000)
+    assert r.read(ORDERS, b"jd:20", "jd:20") is None  # the order is gone, its refund is not
+    out = refund(r, "RefundRequested", ev.refund_requested("jd", "20", "r20b", 9_900, kind="REFUND_ONLY",
+                                                           event_time_ms=r.now_ms))  # fmt: skip
+    assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1] == ("reviewing", "order_unknown")
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("jd", "20", "r20b", True))
+    assert not of(out, "RefundInstruction")
+    assert [x.reason for x in r.refusals] == [Reason.REFUNDS_ABOVE_ORDER]
+    # Not a fen more: the order was paid 9,900 and 9,900 went back.
+    refund(r, "RefundRequested", ev.refund_requested("jd", "20", "r20c", 1, kind="REFUND_ONLY",
+                                                     event_time_ms=r.now_ms))  # fmt: skip
+    refund(r, "RefundReviewed", ev.refund_reviewed("jd", "20", "r20c", True))
+    assert [x.reason for x in r.refusals] == [Reason.REFUNDS_ABOVE_ORDER] * 2
