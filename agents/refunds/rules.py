@@ -25,9 +25,11 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
   in its back office, callbacks out of order): it is kept on the refund and completes it the moment
   the refund is paid, so the outcome never depends on the order the events came in; an approved return
   still waiting for its goods is completed at once (the money is out; the goods are still received,
-  checked and restocked when they come). One that comes
-  before the request waits on the refund id (``parked_grace_ms``, then flagged; ``parked_keep_ms``,
-  then given up and dead-lettered by ``run_refunds``).
+  checked and restocked when they come).
+- Callbacks that come before their request (a settlement, a review, a withdrawal, the return's
+  shipment or receipt) wait on the refund id and are applied when it comes, a withdrawal before the
+  review (so a refund the buyer withdrew is never paid); ``parked_grace_ms``, then flagged;
+  ``parked_keep_ms``, then given up and dead-lettered by ``run_refunds``.
 """
 
 from __future__ import annotations
@@ -55,7 +57,11 @@ UNSHIPPED = ("placed", "reserved", "paid", "routed")
 UNFULFILLED = ("rejected", "cancelled", "payment_timeout")
 REFUND_ONLY, RETURN_AND_REFUND = "REFUND_ONLY", "RETURN_AND_REFUND"
 ON_ORIGINAL_PATH = "original"
-UNREQUESTED = "unrequested"  # the ``flags`` key of a settlement flagged for waiting too long for its request
+UNREQUESTED = "unrequested"  # the ``flags`` key of callbacks flagged for waiting too long for their request
+# Callbacks kept on a refund id until its request comes (a settlement is kept on the record itself), at most
+# MAX_EARLY of them: more for one refund id is no late request but a wrong id, refused at once.
+EARLY_EVENTS = ("RefundReviewed", "RefundCancelled", "ReturnShipped", "ReturnReceived")
+MAX_EARLY = 8
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,9 @@ class RefundRecord:
     # A settlement that came before its request: where it was read, so it can still be dead-lettered with
     # its own bytes if the request never comes (kept by ``run_refunds``; {} once the request is recorded).
     settlement_source: dict[str, Any] = field(default_factory=dict)
+    # Other callbacks that came before the request, in arrival order: {"type", "event", "source", "at_ms"}
+    # (``keep_early``); applied when it comes (``run_refunds``), dead-lettered from ``source`` if it does not.
+    early: list[dict[str, Any]] = field(default_factory=list)
     flags: dict[str, str] = field(default_factory=dict)  # SOP limit -> "red" | "cleared"
     customer_id: str = ""  # from the order when the request came: the health score counts returns by it
 
@@ -176,6 +185,14 @@ class RefundEffects:
     @property
     def changed(self) -> bool:
         return bool(self.transitions or self.instruct or self.cancel_order or self.restock or self.alerts)
+
+    def absorb(self, later: RefundEffects) -> None:
+        """Add what a later event of the same batch did (its refusal stays its own)."""
+        self.transitions += later.transitions
+        self.instruct |= later.instruct
+        self.cancel_order |= later.cancel_order
+        self.restock += later.restock
+        self.alerts += later.alerts
 
 
 # ---- pure decisions ---------------------------------------------------------------------------------
@@ -331,11 +348,35 @@ def on_requested(rec: RefundRecord, event: Mapping[str, Any], order_id: str, fac
     rec.skus.update({n: sku for n, sku in facts.skus.items() if not lines or n in lines})
     if rec.tracking_no:
         rec.return_status = "shipped"
-    if _settled(rec):
-        fx.alerts += _settled_before_request(rec)
+    fx.alerts += _requested_at_last(rec)
     _move(rec, fx, "requested", int(event["event_time_ms"]) or now_ms, rec.reason)
+    withdrawal = next((e for e in rec.early if e["type"] == "RefundCancelled"
+                       and str(e["event"]["channel_order_id"]) == rec.channel_order_id), None)  # fmt: skip
+    if withdrawal is not None and not _settled(rec):
+        # The buyer withdrew it before its request was read: it is withdrawn before any review, never paid.
+        rec.early.remove(withdrawal)
+        _move(rec, fx, "cancelled", now_ms, _withdrawn_by(withdrawal["event"]))
+        return fx
     _review(rec, fx, facts, rules, now_ms)
     return fx
+
+
+def keep_early(rec: RefundRecord, event_type: str, event: Mapping[str, Any], source: dict[str, Any],
+               now_ms: int) -> None:  # fmt: skip
+    """Keep a callback that came before its refund's request on the refund id (``can_keep_early``)."""
+    if not rec.order_id:
+        rec.channel, rec.channel_order_id = str(event["channel"]), str(event["channel_order_id"])
+        rec.channel_refund_id = str(event["channel_refund_id"])
+        rec.order_id = order_key(rec.channel, rec.channel_order_id)
+    rec.early.append({"type": event_type, "event": dict(event), "source": source, "at_ms": now_ms})
+
+
+def can_keep_early(rec: RefundRecord, event_type: str) -> bool:
+    return not rec.state and event_type in EARLY_EVENTS and len(rec.early) < MAX_EARLY
+
+
+def _withdrawn_by(event: Mapping[str, Any]) -> str:
+    return f"{event.get('by') or 'buyer'}: {event.get('reason') or ''}".strip(": ")
 
 
 def on_reviewed(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, rules: RefundRules,
@@ -484,43 +525,55 @@ def _forget_settlement(rec: RefundRecord) -> None:
     rec.flags.pop(UNREQUESTED, None)
 
 
-def _settled_before_request(rec: RefundRecord) -> list[AlertSpec]:
-    """The request a kept settlement waited for: its amount can be checked now, and its flag cleared."""
-    alerts = _amount_mismatch(rec)
+def _requested_at_last(rec: RefundRecord) -> list[AlertSpec]:
+    """The request kept callbacks waited for: a settlement's amount can be checked now, and their flag cleared."""
+    alerts = _amount_mismatch(rec) if _settled(rec) else []
     if rec.flags.get(UNREQUESTED) == "red":
         rec.flags[UNREQUESTED] = "cleared"
         alerts.append(AlertSpec("refund_reconciliation", "INFO", rec.refund_id,
-                                f"refund {rec.refund_id} was requested after its settlement",
+                                f"refund {rec.refund_id} was requested after its callbacks",
                                 event_id=f"{rec.refund_id}:{UNREQUESTED}:cleared", cleared=True,
-                                details={"reason": "settled_without_request"}))  # fmt: skip
+                                details={"reason": _unrequested_reason(rec)}))  # fmt: skip
     return alerts
 
 
-def parked_settlement_due_ms(rec: RefundRecord, rules: RefundRules) -> int:
-    """When a settlement that came before its request is next looked at (0: there is none)."""
-    if rec.state or not _settled(rec):
+def _unrequested_reason(rec: RefundRecord) -> str:
+    return "settled_without_request" if _settled(rec) else "callbacks_without_request"
+
+
+def _parked_since_ms(rec: RefundRecord) -> int:
+    times = [e["at_ms"] for e in rec.early] + ([rec.stage_times["settled"]] if _settled(rec) else [])
+    return min(times) if times else 0
+
+
+def parked_due_ms(rec: RefundRecord, rules: RefundRules) -> int:
+    """When callbacks kept for a request that has not come are next looked at (0: there are none)."""
+    since = 0 if rec.state else _parked_since_ms(rec)
+    if not since:
         return 0
     flagged = rec.flags.get(UNREQUESTED) == "red"
-    return rec.stage_times["settled"] + (max(rules.parked_keep_ms, rules.parked_grace_ms) if flagged
-                                         else rules.parked_grace_ms)  # fmt: skip
+    return since + (max(rules.parked_keep_ms, rules.parked_grace_ms) if flagged else rules.parked_grace_ms)
 
 
-def check_parked_settlement(rec: RefundRecord, now_ms: int, rules: RefundRules) -> tuple[list[AlertSpec], bool]:
-    """A settlement still waiting for its request: flagged once after the grace, and whether to give it up
-    (the request did not come in the time kept; ``run_refunds`` dead-letters it as ``unknown_refund``)."""
-    due = parked_settlement_due_ms(rec, rules)
+def check_parked(rec: RefundRecord, now_ms: int, rules: RefundRules) -> tuple[list[AlertSpec], bool]:
+    """Callbacks still waiting for their request: flagged once after the grace, and whether to give them up
+    (the request did not come in the time kept; ``run_refunds`` dead-letters them as ``unknown_refund``)."""
+    due = parked_due_ms(rec, rules)
     if not due or now_ms < due:
         return [], False
     if rec.flags.get(UNREQUESTED) == "red":
         return [], True
     rec.flags[UNREQUESTED] = "red"
-    alert = AlertSpec(
-        "refund_reconciliation", "RED", rec.refund_id,
-        f"the marketplace settled refund {rec.refund_id} ({rec.settled_amount_fen} fen, order {rec.order_id}), "
-        f"which was never requested; kept {rules.parked_keep_ms / 3.6e6:g} h and applied if the request comes",
-        event_id=f"{rec.refund_id}:{UNREQUESTED}", at_ms=due,
-        details={"reason": "settled_without_request"})  # fmt: skip
-    return [alert], now_ms >= rec.stage_times["settled"] + rules.parked_keep_ms
+    kept = f"kept {rules.parked_keep_ms / 3.6e6:g} h and applied if the request comes"
+    if _settled(rec):
+        text = (f"the marketplace settled refund {rec.refund_id} ({rec.settled_amount_fen} fen, order "
+                f"{rec.order_id}), which was never requested; {kept}")  # fmt: skip
+    else:
+        kinds = ", ".join(sorted({e["type"] for e in rec.early}))
+        text = f"refund {rec.refund_id} (order {rec.order_id}) has callbacks ({kinds}) but no request; {kept}"
+    alert = AlertSpec("refund_reconciliation", "RED", rec.refund_id, text, event_id=f"{rec.refund_id}:{UNREQUESTED}",
+                      at_ms=due, details={"reason": _unrequested_reason(rec)})  # fmt: skip
+    return [alert], now_ms >= _parked_since_ms(rec) + rules.parked_keep_ms
 
 
 def paid_back_fen(rec: RefundRecord) -> int:
@@ -543,7 +596,7 @@ def on_cancelled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> Re
         fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"a cancellation of refund {rec.refund_id}, which the "
                              f"marketplace already paid back ({rec.settled_amount_fen} fen)")  # fmt: skip
         return fx
-    _move(rec, fx, "cancelled", now_ms, f"{event.get('by') or 'buyer'}: {event.get('reason') or ''}".strip(": "))
+    _move(rec, fx, "cancelled", now_ms, _withdrawn_by(event))
     return fx
 
 

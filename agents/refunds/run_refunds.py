@@ -9,15 +9,16 @@ Writes: ``refund.states`` (every transition, keyed by refund id, with the order'
 health score counts a customer's returns from it), ``refund.instructions`` (pay this back on the
 original payment path), ``stock.returns`` (resellable returned units, keyed by SKU),
 ``refund.order-cancels`` (a refund-only approved before shipment cancels its order), alerts (SOP
-breaches, reconciliation) and dead letters (events a refund's state does not allow, and a settlement
-whose refund was never requested in the time it was kept).
+breaches, reconciliation) and dead letters (events a refund's state does not allow, and callbacks
+whose refund was never requested in the time they were kept).
 Owns: store ``refunds_by_id`` (changelog ``<app>.refunds_by_id.changelog``): one ``RefundRecord``
-per refund, or per settlement waiting for its refund's request; store ``approved_refunds_by_order``:
+per refund, or per refund id whose callbacks (a settlement, a review, a withdrawal, the return's
+shipment or receipt) wait for its request; store ``approved_refunds_by_order``:
 per order, what its approved or marketplace-settled refunds pay back (what it has left to pay back, so
 one order is never refunded twice under two refund ids), each kept until its refund is purged, and what
 the buyer paid for it (the bound still holds once the order itself is purged).
 Timers: each refund's next SOP limit and, once it is finished, its purge after
-``STOCKFLOW_REFUND_RETENTION_S``; a settlement before its request is flagged after
+``STOCKFLOW_REFUND_RETENTION_S``; callbacks before their request are flagged after
 ``STOCKFLOW_PARKED_GRACE_S`` and dead-lettered (``unknown_refund``) after
 ``STOCKFLOW_PARKED_PAYMENT_GRACE_S``.
 
@@ -114,7 +115,7 @@ class RunRefunds(Processor):
     # ---- state -----------------------------------------------------------------------------------------
     def _due(self, rec: RefundRecord) -> int:
         if not rec.state:
-            return flow.parked_settlement_due_ms(rec, self._rules)
+            return flow.parked_due_ms(rec, self._rules)
         due = flow.next_deadline_ms(rec, self._rules)
         if rec.state in flow.TERMINAL:
             purge = rec.stage_times.get(rec.state, 0) + self.retention_ms
@@ -145,21 +146,20 @@ class RunRefunds(Processor):
         elif event_type == "RefundSettled":
             fx = flow.on_settled(rec, record, now)  # one before its request is kept for it, not refused
         elif not rec.state:
-            ctx.refuse(Reason.UNKNOWN_REFUND, f"{event_type} for refund {refund_id}, which was never requested")
-            return
+            fx = RefundEffects()
         else:
             fx = self._apply(ctx, rec, event_type, record)
         if fx.refusal is not None:
             ctx.refuse(fx.refusal.reason, fx.refusal.detail)
         if not rec.state:
-            if flow.parked_settlement_due_ms(rec, rules) and fx.refusal is None and ctx.message is not None:
-                rec.settlement_source = rec.settlement_source or ctx.keep_message()
-                self._store(ctx, db, rec)
+            self._keep_for_request(ctx, db, rec, event_type, record, fx)
             return  # nothing requested yet: no state to publish
         if rec.settlement_source:
             if fx.dropped_settlement:
                 ctx.refuse_kept(rec.settlement_source, STAGE, Reason.UNKNOWN_REFUND, fx.dropped_settlement)
             rec.settlement_source = {}  # its request is here: the settlement is the refund's now, or given up
+        if rec.early:
+            self._apply_early(ctx, rec, fx)
         fx.alerts += flow.check_limits(rec, now, rules)
         new_stages = sorted(set(rec.stage_times) - stages_before - {t[1] for t in fx.transitions})
         if new_stages and not fx.transitions:
@@ -182,6 +182,36 @@ class RunRefunds(Processor):
         if event_type == "RefundIssued":
             return flow.on_issued(rec, now)
         return flow.on_cancelled(rec, record, now)
+
+    def _keep_for_request(self, ctx: Context, db: StoreTransaction[RefundRecord], rec: RefundRecord,
+                          event_type: str, record: dict[str, Any], fx: RefundEffects) -> None:  # fmt: skip
+        """A callback for a refund not requested yet waits on the refund id, with where it was read."""
+        if fx.refusal is not None or ctx.message is None or event_type == "RefundRequested":
+            return  # refused (a request too), or nothing read to keep
+        if event_type == "RefundSettled":
+            rec.settlement_source = rec.settlement_source or ctx.keep_message()
+        elif flow.can_keep_early(rec, event_type):
+            flow.keep_early(rec, event_type, record, ctx.keep_message(), ctx.now_ms)
+        else:
+            ctx.refuse(Reason.UNKNOWN_REFUND, f"{event_type} for refund {rec.refund_id}, which was never requested")
+            return
+        self._store(ctx, db, rec)
+
+    def _apply_early(self, ctx: Context, rec: RefundRecord, fx: RefundEffects) -> None:
+        """The callbacks kept for this refund's request, now that it came, in the order they arrived; one the
+        refund's state does not allow (or naming another order) is dead-lettered with its own bytes."""
+        early, rec.early = rec.early, []
+        for kept in early:
+            if str(kept["event"]["channel_order_id"]) != rec.channel_order_id:
+                named = order_key(rec.channel, str(kept["event"]["channel_order_id"]))
+                ctx.refuse_kept(kept["source"], STAGE, Reason.UNKNOWN_REFUND,
+                                f"{kept['type']} of refund {rec.refund_id} for order {named}, which was requested "
+                                f"for order {rec.order_id}")  # fmt: skip
+                continue
+            later = self._apply(ctx, rec, kept["type"], kept["event"])
+            fx.absorb(later)
+            if later.refusal is not None:
+                ctx.refuse_kept(kept["source"], STAGE, later.refusal.reason, later.refusal.detail)
 
     def _facts(self, ctx: Context, order_id: str, refund_id: str) -> OrderFacts:
         order: OrderRecord | None = ctx.read_store(ORDER_STORE).get(order_id.encode())
@@ -231,9 +261,9 @@ class RunRefunds(Processor):
         self._store(ctx, db, rec)
 
     def _parked_timer(self, ctx: Context, db: StoreTransaction[RefundRecord], rec: RefundRecord) -> None:
-        """A settlement still waiting for its refund's request: flagged after the grace, given up after the
-        time kept (dead-lettered from where it was read, as if refused on arrival)."""
-        alerts, give_up = flow.check_parked_settlement(rec, ctx.now_ms, self._rules)
+        """Callbacks still waiting for their refund's request: flagged after the grace, given up after the
+        time kept (each dead-lettered from where it was read, as if refused on arrival)."""
+        alerts, give_up = flow.check_parked(rec, ctx.now_ms, self._rules)
         self._publish(ctx, rec, RefundEffects(alerts=alerts))
         if not give_up:
             self._store(ctx, db, rec)
@@ -241,11 +271,15 @@ class RunRefunds(Processor):
         key = rec.refund_id.encode()
         db.delete(key)
         ctx.schedule(key, 0)
+        kept_h = self._rules.parked_keep_ms / 3.6e6
         if rec.settlement_source:
-            kept_h = self._rules.parked_keep_ms / 3.6e6
             ctx.refuse_kept(rec.settlement_source, STAGE, Reason.UNKNOWN_REFUND,
                             f"RefundSettled for refund {rec.refund_id} ({rec.settled_amount_fen} fen), which was "
                             f"never requested: kept {kept_h:g} h for its request")  # fmt: skip
+        for kept in rec.early:
+            ctx.refuse_kept(kept["source"], STAGE, Reason.UNKNOWN_REFUND,
+                            f"{kept['type']} for refund {rec.refund_id}, which was never requested: kept "
+                            f"{kept_h:g} h for its request")  # fmt: skip
 
     # ---- outputs ---------------------------------------------------------------------------------------
     def _publish(self, ctx: Context, rec: RefundRecord, fx: RefundEffects) -> None:

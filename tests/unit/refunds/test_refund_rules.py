@@ -415,29 +415,29 @@ def test_a_settlement_before_its_request_waits_on_the_refund_id_and_completes_it
     rec, rules = new(), packaged_rules()
     fx = flow.on_settled(rec, SETTLED, DELIVERED + 1)
     assert fx.refusal is None and not fx.changed and rec.state == ""
-    assert flow.parked_settlement_due_ms(rec, rules) == DELIVERED + 1 + rules.parked_grace_ms
+    assert flow.parked_due_ms(rec, rules) == DELIVERED + 1 + rules.parked_grace_ms
     assert not flow.on_settled(rec, SETTLED, DELIVERED + 2).changed  # the marketplace sent it again
     fx = flow.on_requested(rec, request(), "tmall:o1", delivered(DELIVERED), rules, DELIVERED + 3)
     assert [t[1] for t in fx.transitions] == ["requested", "refunding", "completed"]
-    assert fx.instruct and not fx.alerts and flow.parked_settlement_due_ms(rec, rules) == 0
+    assert fx.instruct and not fx.alerts and flow.parked_due_ms(rec, rules) == 0
 
 
 def test_a_settlement_whose_request_never_comes_is_flagged_then_given_up() -> None:
     rec, rules = new(), packaged_rules()
     flow.on_settled(rec, SETTLED, DELIVERED)
-    assert flow.check_parked_settlement(rec, DELIVERED + rules.parked_grace_ms - 1, rules) == ([], False)
-    alerts, give_up = flow.check_parked_settlement(rec, DELIVERED + rules.parked_grace_ms, rules)
+    assert flow.check_parked(rec, DELIVERED + rules.parked_grace_ms - 1, rules) == ([], False)
+    alerts, give_up = flow.check_parked(rec, DELIVERED + rules.parked_grace_ms, rules)
     assert not give_up and [(a.kind, a.severity, a.details["reason"]) for a in alerts] == [
         ("refund_reconciliation", "RED", "settled_without_request")]  # fmt: skip
-    assert flow.parked_settlement_due_ms(rec, rules) == DELIVERED + rules.parked_keep_ms
-    assert flow.check_parked_settlement(rec, DELIVERED + rules.parked_keep_ms - 1, rules) == ([], False)
-    assert flow.check_parked_settlement(rec, DELIVERED + rules.parked_keep_ms, rules) == ([], True)
+    assert flow.parked_due_ms(rec, rules) == DELIVERED + rules.parked_keep_ms
+    assert flow.check_parked(rec, DELIVERED + rules.parked_keep_ms - 1, rules) == ([], False)
+    assert flow.check_parked(rec, DELIVERED + rules.parked_keep_ms, rules) == ([], True)
 
 
 def test_a_late_request_clears_the_alert_of_its_waiting_settlement() -> None:
     rec, rules = new(), packaged_rules()
     flow.on_settled(rec, SETTLED, DELIVERED)
-    flow.check_parked_settlement(rec, DELIVERED + rules.parked_grace_ms, rules)
+    flow.check_parked(rec, DELIVERED + rules.parked_grace_ms, rules)
     fx = flow.on_requested(rec, request(), "tmall:o1", delivered(DELIVERED), rules, DELIVERED + rules.parked_grace_ms)
     assert rec.state == "completed" and [(a.kind, a.cleared) for a in fx.alerts] == [("refund_reconciliation", True)]
 
