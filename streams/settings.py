@@ -303,7 +303,8 @@ class Settings(BaseSettings):
         default=7 * 24 * 3600.0,
         gt=0,
         description="Refund SOP: an approved return reaches the warehouse within this long of its approval (the "
-        "buyer sends it); past it, a RED `refund_sop_breach` alert and a `return_` row in the exception list.",
+        "buyer sends it); past it, a RED `refund_sop_breach` alert and a `return_` row in the exception list. A "
+        "channel that reviews only with the return's tracking number gives the buyer as long to send it.",
     )
     refund_settle_s: float = Field(
         default=72 * 3600.0,
@@ -314,7 +315,9 @@ class Settings(BaseSettings):
     refund_retention_s: float = Field(
         default=90 * 86400.0,
         gt=0,
-        description="How long a finished refund (completed, rejected, cancelled) keeps its state, then it is purged.",
+        description="How long a finished refund (completed, rejected, cancelled) keeps its state, then it is purged; "
+        "a refund still open that has not moved for this long is purged too, with a RED `refund_sop_breach` alert "
+        "(`abandoned`).",
     )
     sla_unrouted_s: float = Field(
         default=900.0, gt=0, description="Paid but not pushed/acknowledged this long: a RED `sla_breach` alert."

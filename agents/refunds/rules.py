@@ -606,11 +606,15 @@ def _limits(rec: RefundRecord, rules: RefundRules) -> dict[str, int]:
     waiting_for_service = rec.state == "reviewing" or (rec.state == "requested" and not rec.waiting_for)
     qc_open = rec.return_status == "received" and rec.state not in ("rejected", "cancelled")
     unsettled = rec.instructed and "settled" not in rec.stage_times and rec.state == "refunding"
+    waiting_for_tracking = rec.state == "requested" and rec.waiting_for == "tracking_no"
     return {
         "respond": rec.stage_times.get("requested", 0) + rules.respond_ms if waiting_for_service else 0,
         "qc": rec.stage_times.get("return_received", 0) + rules.qc_ms if qc_open else 0,
         "settle": rec.stage_times.get("refunding", 0) + rules.settle_ms if unsettled else 0,
         "return": rec.stage_times.get("awaiting_return", 0) + rules.return_ms if rec.state == "awaiting_return" else 0,
+        # A channel that reviews only with the return's tracking number (Kuaishou): the buyer has as long to
+        # ship it as an approved return has to arrive, or the request waits unseen for good.
+        "tracking": rec.stage_times.get("requested", 0) + rules.return_ms if waiting_for_tracking else 0,
     }
 
 
@@ -619,13 +623,15 @@ _LIMIT_TEXT = {
     "qc": ("refund_sop_breach", "the warehouse has not finished QC of refund {id}'s return within {h:g} h"),
     "settle": ("refund_reconciliation", "refund {id} was paid out but the marketplace has not settled it in {h:g} h"),
     "return": ("refund_sop_breach", "the return of refund {id} has not reached the warehouse {h:g} h after approval"),
+    "tracking": ("refund_sop_breach", "refund {id} has waited {h:g} h for the buyer's return tracking number"),
 }
 
 
 def check_limits(rec: RefundRecord, now_ms: int, rules: RefundRules) -> list[AlertSpec]:
     """Flag each limit breached (once), clear each flagged one that no longer applies."""
     alerts = []
-    hours = {"respond": rules.respond_ms, "qc": rules.qc_ms, "settle": rules.settle_ms, "return": rules.return_ms}
+    hours = {"respond": rules.respond_ms, "qc": rules.qc_ms, "settle": rules.settle_ms, "return": rules.return_ms,
+             "tracking": rules.return_ms}
     for limit, due in _limits(rec, rules).items():
         kind, text = _LIMIT_TEXT[limit]
         flagged = rec.flags.get(limit) == "red"
@@ -640,6 +646,20 @@ def check_limits(rec: RefundRecord, now_ms: int, rules: RefundRules) -> list[Ale
                                     event_id=f"{rec.refund_id}:{limit}:cleared", cleared=True,
                                     details={"limit": limit, "channel": rec.channel, "state": rec.state}))  # fmt: skip
     return alerts
+
+
+def last_moved_ms(rec: RefundRecord) -> int:
+    """When the refund last moved (a state or a stage reached)."""
+    return max(rec.stage_times.values(), default=0)
+
+
+def abandoned_alert(rec: RefundRecord, retention_ms: int) -> AlertSpec:
+    """A refund still open after ``retention_ms`` without moving, its limits all flagged: it is let go."""
+    return AlertSpec("refund_sop_breach", "RED", rec.refund_id,
+                     f"refund {rec.refund_id} has not moved in {retention_ms / 86_400_000:g} days ({rec.state}): "
+                     "its record is let go; finish it by hand on the marketplace (its history is on refund.states)",
+                     event_id=f"{rec.refund_id}:abandoned",
+                     details={"limit": "abandoned", "channel": rec.channel, "state": rec.state})  # fmt: skip
 
 
 def next_deadline_ms(rec: RefundRecord, rules: RefundRules) -> int:

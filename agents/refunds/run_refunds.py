@@ -17,8 +17,9 @@ shipment or receipt) wait for its request; store ``approved_refunds_by_order``:
 per order, what its approved or marketplace-settled refunds pay back (what it has left to pay back, so
 one order is never refunded twice under two refund ids), each kept until its refund is purged, and what
 the buyer paid for it (the bound still holds once the order itself is purged).
-Timers: each refund's next SOP limit and, once it is finished, its purge after
-``STOCKFLOW_REFUND_RETENTION_S``; callbacks before their request are flagged after
+Timers: each refund's next SOP limit and its purge ``STOCKFLOW_REFUND_RETENTION_S`` after it finished
+(or, still open, after it last moved: then with a RED alert, so no lost callback keeps a record for
+ever); callbacks before their request are flagged after
 ``STOCKFLOW_PARKED_GRACE_S`` and dead-lettered (``unknown_refund``) after
 ``STOCKFLOW_PARKED_PAYMENT_GRACE_S``.
 
@@ -117,10 +118,13 @@ class RunRefunds(Processor):
         if not rec.state:
             return flow.parked_due_ms(rec, self._rules)
         due = flow.next_deadline_ms(rec, self._rules)
-        if rec.state in flow.TERMINAL:
-            purge = rec.stage_times.get(rec.state, 0) + self.retention_ms
-            return min(due, purge) if due else purge
-        return due
+        purge = self._idle_since(rec) + self.retention_ms
+        return min(due, purge) if due else purge
+
+    @staticmethod
+    def _idle_since(rec: RefundRecord) -> int:
+        """Since when a refund has been finished, or (still open) has not moved: after the retention it goes."""
+        return rec.stage_times.get(rec.state, 0) if rec.state in flow.TERMINAL else flow.last_moved_ms(rec)
 
     def due_ms(self, key: bytes, value: Any) -> int:
         return self._due(value)
@@ -250,10 +254,13 @@ class RunRefunds(Processor):
         if not rec.state:
             self._parked_timer(ctx, db, rec)
             return
-        finished_at = rec.stage_times.get(rec.state, 0) if rec.state in flow.TERMINAL else 0
-        expired = finished_at and finished_at + self.retention_ms <= ctx.now_ms
+        expired = self._idle_since(rec) + self.retention_ms <= ctx.now_ms
         if expired and not flow.next_deadline_ms(rec, self._rules):
-            db.delete(key)  # finished long enough ago: the refund's record goes, and its part of the order's
+            # Finished long enough ago, or open and not moved since (its limits all flagged: a lost callback,
+            # a review never made): the refund's record goes, and its part of the order's, so state stays bounded.
+            if rec.state not in flow.TERMINAL:
+                self._publish(ctx, rec, RefundEffects(alerts=[flow.abandoned_alert(rec, self.retention_ms)]))
+            db.delete(key)
             self._note_paid_back(ctx, rec, 0)
             return
         fx = RefundEffects(alerts=flow.check_limits(rec, ctx.now_ms, self._rules))
