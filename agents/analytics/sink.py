@@ -10,13 +10,15 @@ a crash, or split again while looking for a bad row) is counted once.
 
 Three kinds of failure, three answers:
 
-- an outage (connection refused, timeouts, ClickHouse busy or restarting): the insert is retried
-  without bound, on a fresh connection, and the batch waits (its offsets with it);
+- an outage (connection refused, timeouts, ClickHouse busy or restarting), and any ClickHouse error
+  not known to be about the rows or the statement (out of memory, a read-only disk, a table dropped
+  under it): the insert is retried without bound, on a fresh connection, and the batch waits (its
+  offsets with it), the error on ``/status`` and in the log;
 - a row ClickHouse refuses for what is in it (type, overflow, parse): the batch is split in halves
   until the refused events stand alone; each is handed back as ``Reason.UNSTORABLE`` and the rest
   is inserted. Event times outside 2000-01-01..2100-01-01 are refused before any insert: the
   server cannot hold them in a ``DateTime`` and embedded chdb would silently clamp them to 2106;
-- anything else (a statement the schema does not match, a bug) is raised: dead-lettering every row
+- a statement the schema does not match, or a bug in the sink, is raised: dead-lettering every row
   over a wrong schema would empty the dashboards behind a healthy-looking sink.
 
 The process around this (the consumer, the dead-letter producer, offsets, HTTP) is

@@ -66,6 +66,8 @@ class EmbeddedClickHouse:
         self._session.query(f"CREATE DATABASE IF NOT EXISTS {db}")
         self._session.query(f"USE {db}")
         self._session.query("SET output_format_json_quote_64bit_integers = 0")
+        for name, value in INSERT_SETTINGS.items():
+            self._session.query(f"SET {name} = {value}")
         shm = Path("/dev/shm")
         self._spool = str(shm if shm.is_dir() and os.access(shm, os.W_OK) else path)
         if "'" in self._spool:
@@ -136,6 +138,13 @@ class EmbeddedClickHouse:
             self._session.close()
 
 
+# Every table is partitioned by month, and ClickHouse refuses an insert spanning over 100 partitions
+# (TOO_MANY_PARTS) by default: a backfill or a replay of old topics whose events span over eight years
+# would be refused whole, every time, and the sink would wait on it for good. The event-time window the
+# sink accepts (2000-2100) is 1,200 months, all of which one insert may now hold.
+INSERT_SETTINGS = {"max_partitions_per_insert_block": 0}
+
+
 class ServerClickHouse:
     """A ClickHouse server over the native protocol (clickhouse-driver)."""
 
@@ -147,7 +156,7 @@ class ServerClickHouse:
 
         db = _check_ident(database)
         Client(host, port=port, user=user, password=password).execute(f"CREATE DATABASE IF NOT EXISTS {db}")
-        self._client = Client(host, port=port, database=db, user=user, password=password)
+        self._client = Client(host, port=port, database=db, user=user, password=password, settings=INSERT_SETTINGS)
         self._lock = threading.Lock()
 
     def execute(self, sql: str) -> None:

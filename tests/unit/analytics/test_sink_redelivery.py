@@ -105,3 +105,14 @@ def test_the_sinks_dead_letter_of_a_message_refused_again_after_the_month_turned
 def test_a_refused_dead_letter_gets_no_dead_letter() -> None:
     looping = Received(DEADLETTERS, 0, 1, b"alerts", b"\x00", timestamp_ms=OWN_TIME_MS)
     assert dead_letters_for([Refused(looping, Reason.MALFORMED_BODY, "not Avro")], DEADLETTERS, OWN_TIME_MS) == []
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["avro fast path", "python path"])
+def test_a_batch_spanning_more_than_a_hundred_months_is_stored(ch: SharedClickHouse, native: bool) -> None:
+    """Changed on purpose: ClickHouse refuses an insert over 100 partitions by default, the sink took it
+    for an outage and retried the batch for good (a backfill, a replay of old topics)."""
+    start = _month_turn_ms(ch) - 20 * 365 * 86_400_000
+    messages = [Received("alerts", 0, n, b"s", CODEC.encode("Alert", _alert(n, start + n * 31 * 86_400_000)))
+                for n in range(130)]  # fmt: skip
+    assert BatchWriter(CODEC, ch, SinkStatus(), native=native, stopping=lambda: True).write(messages, start) == []
+    assert ch.query("SELECT count() AS n FROM alerts FINAL") == [{"n": 130}]
