@@ -31,7 +31,9 @@ FROM
 )
 ARRAY JOIN
     ['1 placed→reserved', '2 reserved→paid', '3 paid→routed', '4 routed→shipped', '5 shipped→delivered'] AS stage,
-    [reserved - placed, paid - reserved, routed - paid, shipped - routed, delivered - shipped] AS ms,
+    -- At least 0: the placing carries the marketplace's clock, which may run ahead of the pipeline's.
+    arrayMap(x -> greatest(x, 0), [reserved - placed, paid - reserved, routed - paid, shipped - routed,
+                                   delivered - shipped]) AS ms,
     [placed > 0 AND reserved > 0, reserved > 0 AND paid > 0, paid > 0 AND routed > 0,
      routed > 0 AND shipped > 0, shipped > 0 AND delivered > 0] AS complete
 WHERE complete

@@ -207,6 +207,20 @@ def test_no_dashboard_shows_a_time_in_the_servers_zone(ch: SharedClickHouse) -> 
         assert not naive, f"{name}: {naive} shown in the server's zone"
         for text in _calls(found.sql, "toString(toDateTime("):
             assert "{tz:String}" in text, f"{name}: {text}"
+        # Rounded to an hour or a day in the server's zone, then shown in the shop's, a label is off by the
+        # zones' difference (an order at 10:10 in Shanghai labelled 09:30 on a host in India).
+        for opening in set(re.findall(r"toStartOf\w+\(", found.sql)):
+            for text in _calls(found.sql, opening):
+                assert all("{tz:String}" in t for t in _calls(text, "toDateTime(")), f"{name}: {text}"
+
+
+def test_a_channel_clock_running_ahead_gives_no_negative_flow_time(ch: SharedClickHouse) -> None:
+    placed = shop_ms("2026-11-11T10:00")
+    # The marketplace stamped the placing 3 min ahead of the pipeline that reserved it 200 ms after.
+    store(ch, order("douyin:S", [("placed", placed + 3 * MIN), ("reserved", placed + 200), ("paid", placed + 30 * S)],
+                    channel="douyin"))  # fmt: skip
+    rows = {r["stage"]: r for r in dash(ch, "flow_time", placed + H, by="channel")}
+    assert rows["1 placed→reserved"]["p50_s"] == 0 and rows["2 reserved→paid"]["p50_s"] == 29.8
 
 
 def _calls(sql: str, opening: str) -> list[str]:
