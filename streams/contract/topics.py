@@ -50,10 +50,18 @@ class TopicSpec:
     # The topic's ``retention.ms`` (-1: never deleted), also set on a topic that exists with another one;
     # None: the broker's default (7 days).
     retention_ms: int | None = None
+    # A compacted topic's ``min.compaction.lag.ms``: how long every record is kept before compaction may drop
+    # the older ones of its key (0: the broker's default, none).
+    min_compaction_lag_ms: int = 0
 
     def partitions(self, settings: Settings) -> int:
         return 1 if self.single_partition else settings.partitions
 
+
+# For the compacted topics whose intermediate records the dashboards count (an order's routing, a refund
+# paid out one month and settled the next): the sink waits out a ClickHouse outage of up to a day, so a
+# sink that fell behind, or ClickHouse rebuilt from the topics, within a week still sees every one.
+DASHBOARD_HISTORY_MS = 7 * 86_400_000
 
 ORDER_EVENTS = TopicSpec(
     "order.events",
@@ -141,6 +149,7 @@ ORDER_STATES = TopicSpec(
     writer="agents.orders.run_lifecycle",
     direction="output",
     compacted=True,
+    min_compaction_lag_ms=DASHBOARD_HISTORY_MS,
     newest_per_batch=True,
     doc="The order's lifecycle: its newest transition per worker batch (transitions in one batch, such as placed "
     "and reserved, are published as the newest alone); every record carries all stage times so far.",
@@ -255,6 +264,7 @@ REFUND_STATES = TopicSpec(
     writer="agents.refunds.run_refunds",
     direction="output",
     compacted=True,
+    min_compaction_lag_ms=DASHBOARD_HISTORY_MS,
     doc="Every refund transition; the newest per refund carries all stage times.",
 )
 STOCK_RETURNS = TopicSpec(
@@ -353,7 +363,7 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS)
             continue
         config = topic_configs(settings, spec)
         wanted.append(NewTopic(name, spec.partitions(settings), settings.kafka_replication_factor, config=config))
-    _keep_retention(settings, admin, [spec for spec in specs if settings.topic(spec.name) in existing])
+    _keep_pinned_configs(settings, admin, [spec for spec in specs if settings.topic(spec.name) in existing])
     if not wanted:
         return []
     created, raced = [], []
@@ -370,45 +380,58 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS)
     return created
 
 
+# The contract's topic configuration an existing topic is brought back to at every start.
+PINNED_CONFIGS = ("retention.ms", "min.compaction.lag.ms")
+
+
 def topic_configs(settings: Settings, spec: TopicSpec) -> dict[str, str]:
     """The topic-level configuration ``spec``'s topic is created with."""
-    return {**topic_config(settings), **({"cleanup.policy": "compact"} if spec.compacted else {}),
+    lag = {"min.compaction.lag.ms": str(spec.min_compaction_lag_ms)} if spec.min_compaction_lag_ms else {}
+    return {**topic_config(settings), **({"cleanup.policy": "compact"} if spec.compacted else {}), **lag,
             **({"max.message.bytes": str(spec.max_message_bytes)} if spec.max_message_bytes else {}),
             **({"retention.ms": str(spec.retention_ms)} if spec.retention_ms is not None else {})}  # fmt: skip
 
 
-def _keep_retention(settings: Settings, admin: Any, specs: list[TopicSpec]) -> None:
-    """Give existing topics whose contract sets a retention that retention: a failed queue created before it
-    kept the broker's 7 days and goes on deleting what nobody replayed. A broker that does not let us (no
-    ALTER_CONFIGS right) is logged with the command that does it; the topic still works."""
+def _keep_pinned_configs(settings: Settings, admin: Any, specs: list[TopicSpec]) -> None:
+    """Give existing topics the contract's retention and compaction lag: a failed queue created before its
+    retention was pinned kept the broker's 7 days and goes on deleting what nobody replayed, a compacted
+    topic created before its lag was set may drop records the sink has not read. A broker that does not let
+    us (no ALTER_CONFIGS right) is logged with the command that does it; the topic still works."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
-    pinned = {settings.topic(spec.name): str(spec.retention_ms) for spec in specs if spec.retention_ms is not None}
+    pinned = {}
+    for spec in specs:
+        wanted = {k: v for k, v in topic_configs(settings, spec).items() if k in PINNED_CONFIGS}
+        if wanted:
+            pinned[settings.topic(spec.name)] = wanted
     if not pinned:
         return
     try:
         described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, name) for name in pinned])
-        wrong = {}
+        wrong: dict[str, dict[str, str | None]] = {}
         for resource, future in described.items():
-            entry = future.result(timeout=15).get("retention.ms")
-            if entry is None or entry.value != pinned[resource.name]:
-                wrong[resource.name] = None if entry is None else entry.value
+            found = future.result(timeout=15)
+            for key, value in pinned[resource.name].items():
+                entry = found.get(key)
+                if entry is None or entry.value != value:
+                    wrong.setdefault(resource.name, {})[key] = None if entry is None else entry.value
         if not wrong:
             return
         changes = [
             ConfigResource(ResourceType.TOPIC, name, incremental_configs=[
-                ConfigEntry("retention.ms", pinned[name], incremental_operation=AlterConfigOpType.SET)])
-            for name in wrong
+                ConfigEntry(key, pinned[name][key], incremental_operation=AlterConfigOpType.SET) for key in keys])
+            for name, keys in wrong.items()
         ]  # fmt: skip
         for resource, future in admin.incremental_alter_configs(changes).items():
             future.result(timeout=15)
-            log.warning("topic %s: retention.ms was %s, set to %s as the contract says", resource.name,
-                        wrong[resource.name], pinned[resource.name])  # fmt: skip
+            for key, was in wrong[resource.name].items():
+                log.warning("topic %s: %s was %s, set to %s as the contract says", resource.name, key, was,
+                            pinned[resource.name][key])  # fmt: skip
     except (KafkaException, TimeoutError, ValueError) as exc:
-        log.error("topics %s may keep a retention.ms other than the contract's: %s; set it with kafka-configs.sh "
-                  "--alter --entity-type topics --entity-name NAME --add-config retention.ms=%s",
-                  ", ".join(sorted(pinned)), exc, "|".join(sorted(set(pinned.values()))))  # fmt: skip
+        log.error("topics %s may keep a configuration other than the contract's (%s): %s; set it with "
+                  "kafka-configs.sh --alter --entity-type topics --entity-name NAME --add-config KEY=VALUE",
+                  ", ".join(sorted(pinned)), ", ".join(PINNED_CONFIGS), exc)  # fmt: skip
 
 
 def _check_raced(settings: Settings, admin: Any, watch: AuthWatch, by_name: dict[str, TopicSpec],
@@ -463,7 +486,9 @@ def contract_rows(settings: Settings) -> list[tuple[str, str, str, str, str, str
     rows = []
     for spec in ALL_TOPICS:
         files = ", ".join(f"schemas/{BY_SHORT_NAME[e].schema_file}" for e in spec.events)
-        kept = " (compacted)" if spec.compacted else " (never expires)" if spec.retention_ms == -1 else ""
+        days = spec.min_compaction_lag_ms // 86_400_000
+        lag = f", every record kept {days} days" if days else ""
+        kept = f" (compacted{lag})" if spec.compacted else " (never expires)" if spec.retention_ms == -1 else ""
         parts = str(spec.partitions(settings)) + kept
         rows.append((spec.name, spec.direction, spec.key, parts, files, spec.writer))
     return rows

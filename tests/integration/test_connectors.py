@@ -34,7 +34,14 @@ from agents.channels.sim_client import SimulatorClient
 from agents.channels.simulator import AppSpec, Marketplace, SimulatorThread, generate_apps
 from agents.cli import app as cli_app
 from streams.contract.records import RefundInstruction, StockLevel
-from streams.contract.topics import CONNECTOR_FAILED, REFUND_INSTRUCTIONS, STOCK_LEVELS, ensure_topics
+from streams.contract.topics import (
+    CONNECTOR_FAILED,
+    ORDER_STATES,
+    REFUND_INSTRUCTIONS,
+    REFUND_STATES,
+    STOCK_LEVELS,
+    ensure_topics,
+)
 from streams.devstack.connectorproc import ConnectorsProcess
 from streams.engine.clock import wall_ms
 from streams.engine.producer import EventProducer
@@ -469,9 +476,9 @@ def test_parked_stock_is_replayed_in_few_calls_and_never_twice(settings: Setting
 # ---- the failed queues' retention ----------------------------------------------------------------
 
 
-def retention_ms(admin: AdminClient, topic: str) -> str:
+def retention_ms(admin: AdminClient, topic: str, key: str = "retention.ms") -> str:
     [future] = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
-    return str(future.result(timeout=15)["retention.ms"].value)
+    return str(future.result(timeout=15)[key].value)
 
 
 def test_the_failed_queues_keep_their_records_for_good(settings: Settings) -> None:
@@ -489,6 +496,23 @@ def test_the_failed_queues_keep_their_records_for_good(settings: Settings) -> No
     wait_for(lambda: retention_ms(admin, jd) == "604800000", timeout_s=15, what="the queue back at 7 days")
     ensure_topics(settings)
     wait_for(lambda: retention_ms(admin, jd) == "-1", timeout_s=15, what="the queue kept for good again")
+
+
+def test_the_states_the_dashboards_count_are_kept_a_week_before_compaction(settings: Settings) -> None:
+    """Changed on purpose: compaction could drop an order's routing or a refund's payout record before a
+    sink that had waited out a ClickHouse outage read it, and those dashboards then lost the order."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    lag = "min.compaction.lag.ms"
+    names = [settings.topic(spec.name) for spec in (ORDER_STATES, REFUND_STATES)]
+    assert {name: retention_ms(admin, name, lag) for name in names} == dict.fromkeys(names, "604800000")
+    states = names[0]
+    none = ConfigEntry(lag, "0", incremental_operation=AlterConfigOpType.SET)
+    for future in admin.incremental_alter_configs([ConfigResource(ResourceType.TOPIC, states,
+                                                                  incremental_configs=[none])]).values():  # fmt: skip
+        future.result(timeout=15)
+    wait_for(lambda: retention_ms(admin, states, lag) == "0", timeout_s=15, what="the lag gone")
+    ensure_topics(settings)  # a topic made before the contract said it gets it at the next start
+    wait_for(lambda: retention_ms(admin, states, lag) == "604800000", timeout_s=15, what="a week's lag again")
 
 
 def test_a_replay_whose_position_the_broker_deleted_past_says_what_was_lost(settings: Settings, sim) -> None:
