@@ -156,7 +156,10 @@ class ServerClickHouse:
 
         db = _check_ident(database)
         Client(host, port=port, user=user, password=password).execute(f"CREATE DATABASE IF NOT EXISTS {db}")
-        self._client = Client(host, port=port, database=db, user=user, password=password, settings=INSERT_SETTINGS)
+        self._client = Client(host, port=port, database=db, user=user, password=password)
+        # A server older than the partition limit (Debian's 18.16) refuses the setting's name, and needs none.
+        known = {row[0] for row in self._client.execute("SELECT name FROM system.settings")}
+        self._client.settings.update({k: v for k, v in INSERT_SETTINGS.items() if k in known})
         self._lock = threading.Lock()
 
     def execute(self, sql: str) -> None:
