@@ -121,9 +121,9 @@ def start_sink(tmp_path: Path) -> Iterator[Callable[..., SinkProcess]]:
     stopped. With embedded ClickHouse the sink owns the chdb folder: read it through ``/dash`` or after it stops."""
     sinks: list[SinkProcess] = []
 
-    def start(settings: Settings, name: str = "sink") -> SinkProcess:
+    def start(settings: Settings, name: str = "sink", args: tuple[str, ...] = ()) -> SinkProcess:
         ensure_topics(settings)
-        sink = SinkProcess(settings, tmp_path / f"{name}-{len(sinks)}.log").start()
+        sink = SinkProcess(settings, tmp_path / f"{name}-{len(sinks)}.log", args).start()
         sinks.append(sink)
         sink.wait_ready()
         return sink

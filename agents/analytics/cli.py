@@ -17,7 +17,13 @@ from streams.ports import busy_port_message, port_problem
 from streams.settings import Settings
 
 
-def sink() -> None:
+def sink(
+    from_beginning: bool = typer.Option(
+        False, "--from-beginning",
+        help="Read every topic again from its first record still kept (after ClickHouse lost rows: a power cut, "
+        "a new server); rows it still has are counted once. Stop the other sinks of the group first.",
+    ),
+) -> None:
     """Run the ClickHouse sink: every business topic into ClickHouse, in a process of its own."""
     from streams.stores.clickhouse import backend_missing
 
@@ -30,7 +36,7 @@ def sink() -> None:
 
     console.print(f"sink: {settings.bootstrap} -> {settings.clickhouse_url_shown}; "
                   f"status on {settings.sink_base_url}/sink/status", soft_wrap=True)  # fmt: skip
-    code = run(settings)
+    code = run(settings, from_beginning=from_beginning)
     if code:
         raise typer.Exit(code)
 

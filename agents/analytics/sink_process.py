@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from agents.analytics.sink import (
     STAGE,
@@ -108,8 +108,14 @@ def dead_letters_for(refused: Sequence[Refused], deadletter_topic: str, now_ms: 
 class ClickHouseSink:
     """The sink's loop. ``run`` blocks until ``stop`` is set (SIGTERM) and returns after a clean stop."""
 
-    def __init__(self, settings: Settings, codec: Codec | None = None, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, codec: Codec | None = None, clock: Clock | None = None,
+                 from_beginning: bool = False) -> None:  # fmt: skip
         self.settings = settings
+        # Read every partition again from its first record, the first time this process is given it: after
+        # ClickHouse lost rows (a power cut before its pages reached the disk, a new server). Rows it still
+        # has are counted once: every table keeps one row per event id.
+        self.from_beginning = from_beginning
+        self._rewound: set[tuple[str, int]] = set()
         self.codec = codec or codec_for(settings)
         self.clock = clock or Clock()
         self.stop = threading.Event()
@@ -290,12 +296,24 @@ class ClickHouseSink:
     # ---- rebalances ---------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.status.broker_ok = True
+        if self.from_beginning:
+            self._rewind(consumer, partitions)
         try:
             for tp in consumer.committed(partitions, timeout=10):
-                if tp.offset >= 0:
+                if tp.offset >= 0 and not self.from_beginning:  # a rewound partition starts at its first record
                     self.committed[(tp.topic, tp.partition)] = tp.offset
         except KafkaException as exc:
             log.info("committed offsets not read for the lag figure: %s", exc)
+
+    def _rewind(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        fresh = [tp for tp in partitions if (tp.topic, tp.partition) not in self._rewound]
+        if not fresh:
+            return
+        for tp in fresh:
+            tp.offset = OFFSET_BEGINNING
+            self._rewound.add((tp.topic, tp.partition))
+        consumer.assign(partitions)  # the others from their committed offsets
+        log.warning("reading %d partitions again from their first record (--from-beginning)", len(fresh))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # What was gathered from these partitions and not yet written is read again by their next
@@ -350,14 +368,14 @@ class ClickHouseSink:
             self.clickhouse.drop()
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, from_beginning: bool = False) -> int:
     """``stockflow sink``: serve until SIGTERM or SIGINT; the exit code (0: stopped, 1: failed)."""
     logging.basicConfig(level=LOG_LEVELS[settings.log_level],
                         format="[%(asctime)s] [%(process)d] %(levelname)s %(name)s: %(message)s")  # fmt: skip
     # On a box it shares with the workers, decisions come first: the dashboards may trail by
     # seconds at a peak and catch up after it, an order may not wait for a dashboard.
     lower_priority(settings.sink_niceness)
-    sink = ClickHouseSink(settings)
+    sink = ClickHouseSink(settings, from_beginning=from_beginning)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         sink.stop.set()

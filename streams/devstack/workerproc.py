@@ -26,9 +26,10 @@ class StockflowProcess:
 
     command = ""
 
-    def __init__(self, settings: Settings, log_file: Path) -> None:
+    def __init__(self, settings: Settings, log_file: Path, args: tuple[str, ...] = ()) -> None:
         self.settings = settings
         self.log_file = log_file
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,7 +45,7 @@ class StockflowProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", self.command],
+            [sys.executable, "-m", "agents.cli", self.command, *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
