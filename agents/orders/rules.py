@@ -297,6 +297,8 @@ def _release_held(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules,
     # still in flight for the line cannot take stock afterwards.
     for line_no in rec.lines:
         answer = rec.answers.get(line_no)
+        if line_no in rec.shipped_lines:
+            continue  # its units left (shipped before the order was paid): nothing held to give back
         if answer is None or answer[0] in ("HELD", "COMMITTED"):
             fx.hold_commands.append(_command(rec, "RELEASE", line_no, now_ms, rules, reason))
 
@@ -490,10 +492,13 @@ def _pay(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules) -> None:
     # A line a presale deposit committed already is answered as it stands (COMMITTED, or allocated when the
     # COMMIT names its warehouse), so every line is committed alike.
     for line_no in rec.lines:
-        fx.hold_commands.append(_command(rec, "COMMIT", line_no, now_ms, rules))
+        if line_no not in rec.shipped_lines:
+            fx.hold_commands.append(_command(rec, "COMMIT", line_no, now_ms, rules))
     _move(rec, fx, "paid", now_ms)
     fx.route = unrouted_lines(rec)
     fx.score_health = rec.health_score is None
+    if set(rec.shipped_lines) == set(rec.lines):
+        _move(rec, fx, "shipped", now_ms)  # every line left before the payment came: nothing to route
 
 
 def _secure(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules) -> None:
@@ -512,7 +517,8 @@ def _secure(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules) -> No
 
 
 def unrouted_lines(rec: OrderRecord) -> list[str]:
-    return [n for n in sorted(rec.lines, key=int) if n not in rec.allocated]
+    # A line shipped before its order was paid is not routed again: a second dispatch would ship it twice.
+    return [n for n in sorted(rec.lines, key=int) if n not in rec.allocated and n not in rec.shipped_lines]
 
 
 def defer_routing(rec: OrderRecord, now_ms: int, wait_ms: int) -> None:
@@ -783,7 +789,8 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
         if rec.state == "shipped":
             _move(rec, fx, target, now_ms)
         return fx
-    if target == "shipped" and rec.state in ("cancelled", "payment_timeout", "rejected"):
+    if target == "shipped" and rec.state in ("cancelled", "payment_timeout", "rejected", "placed", "reserved"):
+        # Called off, or not paid yet (a payment callback lost and the order pushed to the WMS by hand).
         return _shipped_anyway(rec, event, now_ms, rules)
     if not can_transition(rec.state, target):
         fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"cannot move an order that is {rec.state} to {target}")
@@ -866,8 +873,9 @@ def parked_deadline_ms(parked: dict[str, Any], rules: OrderRules) -> int:
 
 
 def _shipped_anyway(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
-    """The WMS shipped an order that was called off. The units have left the warehouse, so the pool
-    takes them off the shelf (no phantom stock), and ops hear of it at once."""
+    """The WMS shipped an order that was called off, or not paid yet. The units have left the warehouse,
+    so the pool takes them off the shelf (no phantom stock), and ops hear of it at once; an unpaid order
+    keeps its state, and a payment after it routes only what did not ship."""
     fx = Effects()
     shipped_from = event.get("warehouse_id", "")
     lines = [n for n in sorted(rec.lines, key=int) if n not in rec.shipped_lines]

@@ -101,6 +101,30 @@ def test_cancel_after_routing_reaches_the_warehouse_and_a_shipment_still_takes_t
     assert r.read(POOL, sku_key("SKU-2"), "SKU-2")["on_hand"] == {wh: 3}  # no phantom stock
 
 
+def test_a_shipment_of_an_unpaid_order_takes_the_units_off_the_shelf_and_is_never_routed_again() -> None:
+    """Changed on purpose: a shipment for an order still reserved (its payment callback lost, the order pushed
+    to the WMS by hand) was dead-lettered, and at the payment timeout the units that had left were sellable
+    again."""
+    for then in ("timeout", "payment"):
+        r, view = pipeline()
+        wh = first_warehouse()
+        stock(r, view, "SKU-U1", 5, wh)
+        order(r, "OrderPlaced", ev.order_placed("pdd", "u1", [ev.line(1, "SKU-U1", 2)]))
+        out = order(r, "ShipmentDispatched", ev.shipment_dispatched("pdd", "u1", wh))
+        assert [(o.record["kind"], o.record["severity"]) for o in out if o.event_type == "Alert"] == [
+            ("shipped_after_cancel", "RED")]  # fmt: skip
+        assert not r.refusals and r.read(ORDERS, b"pdd:u1").state == "reserved"
+        if then == "timeout":
+            r.advance(Settings().payment_timeout_s * 1000 + 60_000)
+            assert r.read(ORDERS, b"pdd:u1").state == "payment_timeout"
+        else:
+            out = order(r, "PaymentConfirmed", ev.payment_confirmed("pdd", "u1"))
+            assert states(out)[-2:] == ["paid", "shipped"]
+            assert not [o for o in out if o.event_type == "WarehouseDispatched"]  # not shipped twice
+        pool = r.read(POOL, sku_key("SKU-U1"), "SKU-U1")
+        assert (pool["on_hand"], pool["locked"]) == ({wh: 3}, 0), then  # no phantom stock
+
+
 def test_a_payment_waiting_long_for_its_order_is_kept_and_applied_when_the_order_comes() -> None:
     r, view = pipeline(parked_grace_s=600, parked_payment_grace_s=86_400)
     stock(r, view, "SKU-3", 5, first_warehouse())
