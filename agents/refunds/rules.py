@@ -120,13 +120,14 @@ class OrderFacts:
     refunded_fen: int = 0  # what the order's other refunds, approved and not called off, pay back
     paid_fen: int = 0  # what the buyer paid for it (a presale order: maybe its deposit alone), not its price
     deposit_forfeited: bool = False  # a presale order cancelled for its unpaid balance (``balance_unpaid``)
+    any_shipped: bool = False  # a line has left a warehouse (a split order's first part, or before payment)
 
     def amount_left_fen(self) -> int:
         return self.paid_fen - self.refunded_fen
 
     @property
     def unshipped(self) -> bool:
-        return self.state in UNSHIPPED
+        return self.state in UNSHIPPED and not self.any_shipped
 
 
 @dataclass
@@ -238,7 +239,7 @@ def auto_approval(kind: str, amount_fen: int, requested_at_ms: int, facts: Order
     above = _above_order(amount_fen, facts)
     if above:
         return Approval(False, above)
-    if kind == REFUND_ONLY and (facts.unshipped or facts.state in UNFULFILLED):
+    if kind == REFUND_ONLY and (facts.unshipped or (facts.state in UNFULFILLED and not facts.any_shipped)):
         if rules.auto_approve_unshipped_refund_only:
             return Approval(True, "refund_only_unshipped" if facts.unshipped else f"order_{facts.state}")
         return Approval(False, "channel_reviews_unshipped")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from agents.alerting.alerts import AlertSpec, alert
-from agents.orders.rules import BALANCE_UNPAID, OrderRecord
+from agents.orders.rules import BALANCE_UNPAID, REFUND_ONLY_CANCEL, OrderRecord
 from agents.orders.run_lifecycle import ORDER_RECORDS
 from agents.orders.run_lifecycle import STORE as ORDER_STORE
 from agents.refunds import rules as flow
@@ -83,6 +83,7 @@ def order_facts(order: OrderRecord | None, refunded_fen: int = 0) -> OrderFacts:
         skus={n: str(line["sku"]) for n, line in order.lines.items()},
         qtys={n: int(line["qty"]) for n, line in order.lines.items()}, refunded_fen=refunded_fen,
         paid_fen=order.paid_fen, deposit_forfeited=order.state == "cancelled" and order.reason == BALANCE_UNPAID,
+        any_shipped=bool(order.shipped_lines),
     )  # fmt: skip
 
 
@@ -307,7 +308,7 @@ class RunRefunds(Processor):
         if fx.cancel_order:
             ctx.emit(REFUND_ORDER_CANCELS, rec.order_id, "OrderCancelled", OrderCancelled(
                 event_id=f"{rec.refund_id}:cancel", event_time_ms=now, channel=rec.channel,
-                channel_order_id=rec.channel_order_id, reason=f"refund_only:{rec.refund_id}",
+                channel_order_id=rec.channel_order_id, reason=f"{REFUND_ONLY_CANCEL}{rec.refund_id}",
             ))  # fmt: skip
         if fx.instruct:
             ctx.emit(REFUND_INSTRUCTIONS, rec.order_id, "RefundInstruction", RefundInstruction(

@@ -479,3 +479,41 @@ def test_a_refund_that_never_moves_again_is_let_go_with_an_alert() -> None:
     assert [(a["severity"], a["details"]["limit"], a["details"]["state"]) for a in of(out, "Alert")] == [
         ("RED", "abandoned", "reviewing")]  # fmt: skip
     assert r.read(REFUNDS, b"pdd:r27", "pdd:27") is None
+
+
+def test_a_refund_only_of_a_split_order_one_part_of_which_shipped_goes_to_customer_service() -> None:
+    """Changed on purpose: a split order whose first warehouse had shipped was still "routed", so a refund-only
+    of the whole amount was approved at once as unshipped and the order cancelled; the buyer kept the goods."""
+    r, view, _ = pipeline()
+    wh1, wh2 = sorted(load_warehouses(Settings().warehouses_file))[:2]
+    stock(r, view, "SKU-S1", 5, wh1)
+    stock(r, view, "SKU-S2", 5, wh2)
+    order(r, "OrderPlaced", ev.order_placed("jd", "s1", [ev.line(1, "SKU-S1", 1), ev.line(2, "SKU-S2", 1)]))
+    out = order(r, "PaymentConfirmed", ev.payment_confirmed("jd", "s1"))
+    assert sorted(d["warehouse_id"] for d in of(out, "WarehouseDispatched")) == [wh1, wh2]
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "s1", wh1))
+    out = refund(r, "RefundRequested", ev.refund_requested("jd", "s1", "rs1", 19_800, kind="REFUND_ONLY",
+                                                           event_time_ms=r.now_ms))  # fmt: skip
+    assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1] == (
+        "reviewing", "refund_only_after_shipment")  # fmt: skip
+    assert not of(out, "RefundInstruction") and not of(out, "OrderStateChanged")
+
+
+def test_a_refund_only_whose_order_shipped_before_its_cancel_was_read_raises_a_red_alert() -> None:
+    """Changed on purpose: the refund was paid as unshipped and the shipment, on its own topic, was applied
+    before the cancel; the cancel was dead-lettered and nothing told anyone the goods were on their way."""
+    r, view, wh = pipeline()
+    paid_order(r, view, wh, "tmall", "7", "SKU-X7", 1)
+    assert r.read(ORDERS, b"tmall:7", "tmall:7").state == "routed"
+    before = len(r.outputs)
+    request = ev.refund_requested("tmall", "7", "r7", 9_900, kind="REFUND_ONLY", event_time_ms=r.now_ms)
+    shipped = ev.shipment_dispatched("tmall", "7", wh)
+    # Read in one poll from their two topics: the refund decides on the order as it stands (routed), the
+    # orders processor applies the shipment, and the refund's cancel comes after it.
+    r._drain([(REFUND_EVENTS.name, "tmall:7", "RefundRequested", request),  # noqa: SLF001 - one poll of two topics
+              (ORDER_EVENTS.name, "tmall:7", "ShipmentDispatched", shipped)])  # fmt: skip
+    out = r.outputs[before:]
+    assert len(of(out, "RefundInstruction")) == 1 and r.read(ORDERS, b"tmall:7", "tmall:7").state == "shipped"
+    assert [(a["kind"], a["severity"], a["details"]["reason"]) for a in of(out, "Alert")] == [
+        ("refund_reconciliation", "RED", "refund_only_after_shipment")]  # fmt: skip
+    assert [x.reason for x in r.refusals] == [Reason.ILLEGAL_TRANSITION]
