@@ -216,7 +216,8 @@ class Settings(BaseSettings):
         default=7 * 86400.0,
         gt=0,
         description="How long an applied stock adjustment id is remembered, so a document the WMS sends again "
-        "changes nothing; a VIP override is kept as long after its last change (a pending one then expires).",
+        "changes nothing (an adjustment dated further back is refused, `adjustment_too_old`); a VIP override is "
+        "kept as long after its last change (a pending one then expires).",
     )
     line_tombstone_ttl_s: float = Field(
         default=600.0,

@@ -63,6 +63,7 @@ import orjson
 from agents.routing.warehouses import load_warehouses
 from streams.contract.codec import Codec, DecodeError, codec_for
 from streams.contract.keys import order_key, partition_for, refund_key
+from streams.contract.reasons import Reason
 from streams.contract.topics import (
     AUDIT_OVERRIDES,
     DEADLETTERS,
@@ -438,9 +439,17 @@ def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], repor
     warehouses = set(load_warehouses(reading.settings.warehouses_file))
     changes: dict[str, list[Change]] = defaultdict(list)
     seen_adjustments: set[tuple[str, str]] = set()
+    # Dated before the ids the pool remembers: refused on the pool's clock at the time, which only its
+    # dead letter records.
+    too_old = {(r["source_topic"], r["source_partition"], r["source_offset"])
+               for _, _, r in reading.decoded(DEADLETTERS.name)
+               if r["reason"] == Reason.ADJUSTMENT_TOO_OLD}  # fmt: skip
     for source, topic in ((_ADJUSTMENTS, STOCK_ADJUSTMENTS.name), (_RETURNS, STOCK_RETURNS.name)):
+        full_name = reading.settings.topic(topic)
         for rec, kind, adj in reading.decoded(topic):
             if kind != "StockAdjusted" or (adj["sku"], adj["event_id"]) in seen_adjustments:
+                continue
+            if (full_name, rec.partition, rec.offset) in too_old:
                 continue
             qty, wh = adj["qty"], adj["warehouse_id"]
             valid = {

@@ -222,6 +222,13 @@ class HoldStock(Processor):
             adjustment = adjustment_key(key, record["event_id"])
             if db.get(adjustment) is not None:
                 return  # applied before: a WMS sending the same document again
+            dated = int(record.get("event_time_ms") or 0)
+            if dated and dated < ctx.now_ms - self._rules.adjustment_ttl_ms:
+                # Older than the ids remembered: a document sent again would be counted twice.
+                ttl_days = self._rules.adjustment_ttl_ms / 86_400_000
+                ctx.refuse(Reason.ADJUSTMENT_TOO_OLD, f"{record['kind']} {record['event_id']!r} dated "
+                           f"{(ctx.now_ms - dated) / 86_400_000:.1f} days back; ids are remembered {ttl_days:g} days")
+                return
             self._adjust(ctx, stock, record)
             db.set(adjustment, {"applied_ms": ctx.now_ms})
             ctx.schedule(adjustment, ctx.now_ms + self._rules.adjustment_ttl_ms)

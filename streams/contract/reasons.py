@@ -37,6 +37,7 @@ class Reason(enum.StrEnum):
     PROCESSING_ERROR = "processing_error"
     INVALID_KIND = "invalid_kind"
     UNKNOWN_WAREHOUSE = "unknown_warehouse"
+    ADJUSTMENT_TOO_OLD = "adjustment_too_old"
     UNKNOWN_ORDER = "unknown_order"
     ORDER_NOT_PAYABLE = "order_not_payable"
     ILLEGAL_TRANSITION = "illegal_transition"
@@ -125,6 +126,10 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.UNKNOWN_WAREHOUSE: (
         "a stock adjustment for a warehouse not in the warehouses file, "
         "or a WMS acknowledgement from a warehouse the order was not pushed to"
+    ),
+    Reason.ADJUSTMENT_TOO_OLD: (
+        "pool: a stock adjustment dated further back than STOCKFLOW_TOMBSTONE_TTL_S, how long applied adjustment "
+        "ids are remembered: it could not be told from a document the WMS sent again, so it is not applied"
     ),
     Reason.UNKNOWN_ORDER: "an event that waited for its order longer than STOCKFLOW_PARKED_GRACE_S",
     Reason.ORDER_NOT_PAYABLE: "a payment for an order that is already finished (rejected, cancelled, ...)",

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from agents.inventory.hold_stock import STORE, HoldStock, hold_key, override_key, sku_key
+from streams.contract.reasons import Reason
 from streams.contract.topics import HOLD_COMMANDS, OPS_OVERRIDES, STOCK_ADJUSTMENTS
 from streams.engine.local import LocalRunner
 from streams.settings import Settings
@@ -153,6 +154,20 @@ def test_an_adjustment_id_is_remembered_for_its_ttl_then_forgotten() -> None:
     receipt(r, "SKU-T", 5, doc="GRN-3")
     totals = r.read(STORE, sku_key("SKU-T"), "SKU-T")
     assert totals is not None and totals["on_hand"] == {"WH-SH": 10}
+
+
+def test_an_adjustment_dated_before_what_the_pool_remembers_is_refused_not_counted_again() -> None:
+    """Changed on purpose: a receipt the WMS sent again after its id was forgotten (intake takes events up to
+    30 days old, the pool remembered ids for 7) was counted a second time."""
+    r = runner(tombstone_ttl_s=60)
+    receipt(r, "SKU-T2", 5, doc="GRN-4")
+    dated = r.now_ms
+    r.advance(61_000)
+    r.send([("SKU-T2", "StockAdjusted", {"event_id": "GRN-4", "event_time_ms": dated, "sku": "SKU-T2",
+                                          "warehouse_id": "WH-SH", "kind": "RECEIPT", "qty": 5, "reason": ""})],
+           STOCK_ADJUSTMENTS.name)  # fmt: skip
+    assert [x.reason for x in r.refusals] == [Reason.ADJUSTMENT_TOO_OLD]
+    assert r.read(STORE, sku_key("SKU-T2"), "SKU-T2")["on_hand"] == {"WH-SH": 5}
 
 
 def test_an_override_is_kept_as_long_as_an_adjustments_id_and_then_goes() -> None:
