@@ -131,6 +131,15 @@ class _Levels:
     sent_ms: dict[str, int] = field(default_factory=dict)
 
 
+def _passed_back(bucket: SkuStock, cmd: dict[str, Any], marker: LineHold) -> bool:
+    """A RESERVE this bucket passed home (it had not its CONFIG yet: the order's RESERVE and the home's CONFIG
+    travel on two topics), which the home, hot, passed back here: the bucket decides it now rather than
+    send it home again. Safe because it came from a pool record (tries > 0), and a pool record that passes a
+    line on holds none of it; the home's CONFIG went ahead of it on this bucket's partition."""
+    return (cmd["action"] == "RESERVE" and cmd.get("tries", 0) > 0 and cmd.get("bucket", HOME) >= 0
+            and marker.reason.startswith(f"to:{HOME}:") and hot_.takes_reservations(bucket))
+
+
 @dataclass
 class HoldStock(Processor):
     rules: PoolRules | None = None
@@ -252,8 +261,10 @@ class HoldStock(Processor):
         bucket = cmd.get("bucket", HOME)
         hold = self._hold(db, key, order_id, line_no)
         if hold is not None and hold.status == rules_.FORWARDED:
-            self._forward(ctx, cmd, hold)  # the line went on from here: so do its commands
-            return
+            if not _passed_back(stock, cmd, hold):
+                self._forward(ctx, cmd, hold)  # the line went on from here: so do its commands
+                return
+            hold = None  # decided here (see _passed_back): the marker gives way to the line's hold
         action = cmd["action"]
         if hold is None and (target := self._passes_on(stock, cmd)) is not None:
             self._pass_on(ctx, db, stock, cmd, target, cmd.get("tries", 0) + (1 if bucket >= 0 else 0))
@@ -316,7 +327,10 @@ class HoldStock(Processor):
         _, target, tries = marker.reason.split(":")
         here = cmd.get("bucket", HOME)
         sku = str(cmd["sku"])
-        hops = int(tries) if cmd["action"] == "RESERVE" else cmd.get("tries", 0) + 1
+        # A RESERVE the order sent again (tries 0) follows the line with the count it had; one another pool
+        # record passed here has been around, and counts on, so no two markers can pass it back and forth.
+        fresh = cmd["action"] == "RESERVE" and not cmd.get("tries", 0)
+        hops = int(tries) if fresh else max(int(tries), cmd.get("tries", 0) + 1)
         if cmd.get("tries", 0) > MAX_HOPS or hops > MAX_HOPS:
             why = Reason.INSUFFICIENT_STOCK if cmd["action"] == "RESERVE" else "passed_on_too_often"
             answer = Answer(cmd["order_id"], cmd["line_no"], cmd["qty"], cmd["action"], "REFUSED", why)

@@ -440,3 +440,27 @@ def test_a_bucket_reports_the_units_it_lent_and_the_home_counts_them() -> None:
     assert home is not None and home["hot"]["reports"]["0"]["lent"] == 2
     lvl = level(r)
     assert (lvl["locked"], lvl["available"]) == (12, 88)
+
+
+def test_a_reserve_that_reaches_its_bucket_before_the_buckets_config_is_decided_not_bounced() -> None:
+    """Changed on purpose: a RESERVE reaching its bucket before the home's CONFIG (the order's RESERVE and the
+    CONFIG travel on two topics) was passed home, the home passed it back, and each side then followed its
+    own marker to the other for ten minutes (the hop count never grew), with no answer for the order."""
+    r = runner()
+    receipt(r, SKU, 100)
+    order_id = "jd:first-buyer"
+    hot = (SKU, "HotSku", {"event_id": "hot-4", "event_time_ms": r.now_ms, "sku": SKU, "buckets": 4, "state": "",
+                           "operator": "ops", "reason": "flash sale"})  # fmt: skip
+    from_home = r._round([(OPS_OVERRIDES.name, *hot)])  # noqa: SLF001 - the home's CONFIG held back a moment
+    key, kind, cmd = reserve(order_id, qty=1, buckets=4)
+    early = r._round([(HOLD_COMMANDS.name, key, kind, cmd)])  # noqa: SLF001 - the RESERVE overtakes it
+    before = len(r.outputs)
+    queue, rounds = [from_home + early], 0  # then everything, each topic in order (bounded: it used to loop)
+    while queue and rounds < 50:
+        produced, rounds = r._round(queue.pop()), rounds + 1  # noqa: SLF001
+        queue += [produced] if any(e[0] in (HOLD_COMMANDS.name, STOCK_BUCKETS.name) for e in produced) else []
+    hops = [o for o in r.outputs[before:] if o.topic == STOCK_BUCKETS.name and o.event_type == "HoldCommand"]
+    assert len(hops) <= 2  # home, and back to the bucket once
+    decided = [o.record for o in r.outputs if o.event_type == "HoldDecided" and o.record["order_id"] == order_id]
+    assert [(a["outcome"], a["bucket"]) for a in decided] == [("HELD", bucket_for(order_id, 4))]
+    assert on_hand_everywhere(r, 4) == 100
