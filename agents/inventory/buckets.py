@@ -99,16 +99,17 @@ def total(units: dict[str, int]) -> int:
     return sum(units.values())
 
 
-def movable(stock: SkuStock) -> dict[str, int]:
+def movable(stock: SkuStock, owed: int = 0) -> dict[str, int]:
     """Units per warehouse that may leave ``stock`` with every open line still backed: a line tied to a
-    warehouse by its own warehouse's units, the other lines by any (the fullest warehouses keep them)."""
+    warehouse by its own warehouse's units, the other lines by any (the fullest warehouses keep them);
+    ``owed`` more units are kept back too."""
     free = {}
     for wh, qty in stock.on_hand.items():
         left = max(0, qty) - stock.allocated.get(wh, 0)
         if left > 0:
             free[wh] = left
     # Lent units are behind lines not tied to a warehouse, and are not here: the lines they back need no more.
-    keep = stock.locked + stock.presale_reserved - sum(stock.allocated.values()) - stock.lent()
+    keep = stock.locked + stock.presale_reserved - sum(stock.allocated.values()) - stock.lent() + owed
     for wh in sorted(free, key=lambda w: (-free[w], w)):
         if keep <= 0:
             break
@@ -196,7 +197,10 @@ def distribute(home: SkuStock, low_water: int) -> list[Sync]:
     hot = home.hot
     if hot is None or hot.state != HOT or hot.settles or hot.count < 1:
         return []
-    free = movable(home)
+    # A warehouse below zero at the home owes units: a count found fewer there than the buckets keep behind
+    # lines, so those lines are backed by units that are not there. New units cover them first, as they would
+    # a cold SKU's (its locked stays against its on-hand), instead of being handed out in full.
+    free = movable(home, owed=sum(-qty for qty in home.on_hand.values() if qty < 0))
     units = total(free)
     if units <= 0:
         return []
