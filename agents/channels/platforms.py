@@ -996,7 +996,7 @@ def _judge(
     if secret is None:
         return _refused(AuthFailure.UNKNOWN_APP_KEY, f"unknown app key {parsed.app_key!r}", parsed.app_key)
     # Constant-time: the time a mismatch takes says nothing about how much of it matched.
-    if not hmac.compare_digest(parsed.expected(secret).encode(), parsed.signature.encode()):
+    if not same_secret(parsed.expected(secret), parsed.signature):
         return _refused(AuthFailure.BAD_SIGNATURE, "signature does not match", parsed.app_key)
     if parsed.timestamp_ms is not None and abs(now_ms - parsed.timestamp_ms) > window_ms:
         skew = (now_ms - parsed.timestamp_ms) / 1000
@@ -1108,9 +1108,16 @@ def verify_callback(
         return parsed
 
     def secret_for(key: str) -> str | None:
-        return secret if app_key is None or hmac.compare_digest(key, app_key) else None
+        return secret if app_key is None or same_secret(key, app_key) else None
 
     return _judge(parsed, secret_for, now_ms, p.window_ms if window_ms is None else window_ms, None)
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Whether a credential a caller sent is the expected one, in constant time (how long a mismatch takes
+    says nothing about how much of it matched). Compared as bytes: ``hmac.compare_digest`` refuses text
+    with non-ASCII characters, and a header's undecodable bytes come as surrogates; either was a 500."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
 
 
 def route(channel: str, path: str) -> tuple[Endpoint, ...]:

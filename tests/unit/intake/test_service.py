@@ -4,11 +4,13 @@ OpenAPI document against the router."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
@@ -145,6 +147,40 @@ def test_the_wms_posts_with_its_token(tmp_path: Path, authorization: str | None,
     with pytest.raises(IntakeError) as err:
         intake(tmp_path).authenticate_token("wms", headers)
     assert (err.value.reason, err.value.status) == (code, 401)
+
+
+@pytest.mark.parametrize(
+    ("channel", "query", "headers"),
+    [("tmall", {"app_key": "键", "topic": "t", "timestamp": "2026-01-01 00:00:00", "sign": "x"}, {}),
+     ("kuaishou", {"appkey": "你", "event": "x", "timestamp": "1", "sign": "x"}, {}),
+     ("own", {}, {"X-Stockflow-Key": "key-own", "X-Stockflow-Timestamp": "1", "X-Stockflow-Signature": "a\udcffb"}),
+     ("douyin", {}, {"app-id": "é", "event-sign": "x"})],
+)  # fmt: skip
+def test_credentials_in_other_scripts_or_undecodable_bytes_are_refused_401(
+    tmp_path: Path, channel: str, query: dict[str, str], headers: dict[str, str]
+) -> None:
+    """Changed on purpose: a non-ASCII app key or an undecodable header byte made the constant-time comparison
+    raise, and anyone on the host could make intake answer 500 on every signed route."""
+    with pytest.raises(IntakeError) as err:
+        intake(tmp_path).authenticate_channel(channel, "order", query, CIMultiDict(headers), b'{"a": 1}')
+    assert err.value.status == 401
+    with pytest.raises(IntakeError) as err:
+        intake(tmp_path).authenticate_token("wms", CIMultiDict({"Authorization": "Bearer \udcff\udcfe"}))
+    assert (err.value.reason, err.value.status) == ("signature_mismatch", 401)
+
+
+def test_a_douyin_push_its_signature_check_reads_but_strict_json_does_not_is_refused_400(tmp_path: Path) -> None:
+    """Changed on purpose: an envelope with NaN in it passed the signature check (lenient JSON) and then raised."""
+    service = intake(tmp_path)
+    data = orjson.dumps(ORDERS["douyin"]).decode()
+    raw = b'[{"tag": "doudian_trade_TradeCreate", "msg_id": "m3", "x": NaN, "data": ' + orjson.dumps(data) + b"}]"
+    creds = CREDS["douyin"]
+    sign = hashlib.md5(creds.app_key.encode() + raw + creds.secret.encode()).hexdigest()  # Doudian's scheme
+    headers = CIMultiDict({"app-id": creds.app_key, "sign-method": "md5", "Content-Type": "application/json",
+                           "event-sign": sign})  # fmt: skip
+    with pytest.raises(IntakeError) as err:
+        service.authenticate_channel("douyin", "order", {}, headers, raw)
+    assert (err.value.reason, err.value.status) == ("malformed_json", 400)
 
 
 # ---- the secrets file ----------------------------------------------------------------------------
