@@ -7,7 +7,8 @@ engine writes (``timeit``, one record each), 1.2-2.4x faster than fastavro's ``s
 with the write hint (RoutingDecision 13.6 -> 6.2 µs, HoldDecided 4.5 -> 2.1 µs; BENCHMARKS.md).
 
 The output is fastavro's, byte for byte, with its record rules: a missing field takes the schema's
-default; one with no default (and no ``null`` branch) is an error. A schema using anything this
+default; one with no default (and no ``null`` branch) is an error. One difference: a fractional number
+for an int or long is refused (``ValueError``) where fastavro truncates it. A schema using anything this
 module does not compile (``float``, ``fixed``, unions other than ``null`` and one type, recursive
 types) raises ``Unsupported``, and the codec keeps fastavro for it.
 ``tests/unit/contract/test_avro_writer.py`` checks every schema, current and historic, against
@@ -47,12 +48,15 @@ _MISSING = object()  # a field the record does not have (None is a value)
 
 
 def write_long(n: int) -> bytes:
-    """Avro's zigzag varint of a 64-bit ``n`` (a float is truncated, as fastavro does)."""
+    """Avro's zigzag varint of a 64-bit ``n``. A whole float is written as its integer; a fractional one is
+    refused, where fastavro truncates it: 19.99 fen would silently be 19."""
     try:
         z = (n << 1) ^ (n >> 63)
     except TypeError:
-        if isinstance(n, float):
+        if isinstance(n, float) and n.is_integer():
             return write_long(int(n))
+        if isinstance(n, float):
+            raise ValueError(f"{n} is not a whole number: an int or long field takes whole fen, ms or units") from None
         raise
     if z < _CHUNK:
         return _VARINT[z]

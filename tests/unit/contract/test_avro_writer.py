@@ -13,7 +13,7 @@ import pytest
 from fastavro import parse_schema, schemaless_writer
 
 from streams.contract.avro_writer import Unsupported, compile_writer, write_long
-from streams.contract.codec import Codec, _encoder
+from streams.contract.codec import Codec, _encoder, default_codec
 from streams.contract.registry import EVENT_TYPES
 
 SCHEMA_FILES = sorted({p for et in EVENT_TYPES for p in (et.schema_path, *et.history_paths())})
@@ -158,14 +158,27 @@ ODD_VALUES = [
 
 @pytest.mark.parametrize(("field_type", "value"), ODD_VALUES)
 def test_a_value_of_another_type_is_taken_or_refused_as_fastavro_does(field_type: Any, value: Any) -> None:
-    """What producers hand in by mistake: a float in a long is truncated, None in a list is refused."""
+    """What producers hand in by mistake: a whole float in a long is its integer, None in a list is refused.
+    One difference on purpose: a fractional float in a long (19.99 fen) is refused, fastavro truncates it."""
     schema = {"type": "record", "name": "R", "fields": [{"name": "f", "type": field_type}]}
     try:
         expected: Any = fastavro_bytes(schema, {"f": value})
     except Exception:  # noqa: BLE001 - any refusal: the codec reports every one as ValueError
+        expected = "refused"
+    if field_type in ("int", "long") and isinstance(value, float) and not value.is_integer():
         expected = "refused"
     try:
         written: Any = compile_writer(schema)({"f": value}, b"")
     except Exception:  # noqa: BLE001
         written = "refused"
     assert written == expected
+
+
+def test_a_fractional_amount_is_refused_not_truncated() -> None:
+    """Changed on purpose: a payment of 19.99 fen handed to the SDK was written as 19, as fastavro does."""
+    codec = default_codec()
+    paid = {"event_id": "paid:jd:1", "event_time_ms": 1_794_326_400_000, "channel": "jd", "channel_order_id": "1",
+            "payment_id": "P", "amount_fen": 19.99, "balance": False}  # fmt: skip
+    with pytest.raises(ValueError, match="whole"):
+        codec.encode("PaymentConfirmed", paid)
+    assert codec.decode(codec.encode("PaymentConfirmed", {**paid, "amount_fen": 1999.0}))[1]["amount_fen"] == 1999
