@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 import tomllib
@@ -117,7 +118,11 @@ class SecretsFile:
             stamp = self._stat()
             if stamp is not None and stamp != self._stamp:
                 try:
-                    self._secrets = load_secrets(self.path, self.known)
+                    found = load_secrets(self.path, self.known)
+                    if not (found.channels or found.tokens) and (self._secrets.channels or self._secrets.tokens):
+                        # Caught mid-rewrite by a tool that truncates first: an empty file is no rotation.
+                        raise ValueError("it holds no secrets at all")
+                    self._secrets = found
                     log.warning("intake: secrets re-read from %s: %r", self.path, self._secrets)
                 except (OSError, ValueError) as exc:
                     # Half-written or broken: keep verifying with the secrets that worked.
@@ -136,9 +141,15 @@ def write_secrets(path: Path, channels: Mapping[str, Credentials], wms_token: st
         if token is not None:
             lines += [f"[{name}]", f"token = {_toml_text(token)}", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines))
+    # Written aside and renamed over it: a reader never sees the file half-written (or empty).
+    fd, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines))
+        os.replace(staged, path)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -53,9 +53,10 @@ def write_long(n: int) -> bytes:
     try:
         z = (n << 1) ^ (n >> 63)
     except TypeError:
-        if isinstance(n, float) and n.is_integer():
-            return write_long(int(n))
-        if isinstance(n, float):
+        given: Any = n  # typed int; a producer's mistake may be anything
+        if isinstance(given, float) and given.is_integer():
+            return write_long(int(given))
+        if isinstance(given, float):
             raise ValueError(f"{n} is not a whole number: an int or long field takes whole fen, ms or units") from None
         raise
     if z < _CHUNK:

@@ -222,6 +222,10 @@ def test_a_rotated_secret_is_taken_up_without_a_restart(tmp_path: Path, monkeypa
     assert live.current().channels["jd"].secret == "new-and-longer"
     path.write_text("[jd\n", encoding="utf-8")  # half-written: the last good secrets stay
     assert live.current().channels["jd"].secret == "new-and-longer"
+    path.write_text("", encoding="utf-8")  # caught truncated by a tool that rewrites in place: the same
+    assert live.current().channels["jd"].secret == "new-and-longer"
+    write_secrets(path, {"jd": Credentials("k", "third")})
+    assert live.current().channels["jd"].secret == "third" and not list(tmp_path.glob(".s.toml.*"))
 
 
 # ---- the OpenAPI document ------------------------------------------------------------------------
