@@ -86,12 +86,27 @@ from agents.intake.stock import build_adjustment
 from agents.routing.warehouses import load_warehouses
 from streams import metrics
 from streams.contract.reasons import Reason
+from streams.contract.topics import DEADLETTERS
 from streams.engine.clock import Clock
+from streams.engine.deadletter import refused_request
 from streams.engine.producer import EventProducer
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 REMEMBERED_IDS = 500_000
+STAGE = "agents.intake"
+# Refusals not dead-lettered: a caller not authenticated (anyone on the network could fill the topic), a
+# route that does not exist, and the broker away (the dead letter could not be written either).
+UNKEPT_STATUSES = frozenset({401, 404, 503})
+
+
+@dataclass(frozen=True)
+class Posted:
+    """A request as it came: its route, who sent it (a channel, the WMS, customer service), its body."""
+
+    path: str
+    caller: str
+    body: bytes
 DELIVERY_TIMEOUT_S = 25.0  # the longest the broker's acknowledgement of one event is waited for
 WMS_KINDS = {"ack": "wms_ack", "shipment": "shipment", "delivery": "delivery", "return": "return_received"}
 SERVICE_KINDS = {"refund_review": "refund_review"}
@@ -337,8 +352,8 @@ class Intake:
                 body = self.authenticate_channel(mapping.channel, kind, query, request.headers, raw)
                 mapped = mapping.build(kind, body, self.catalogue, self.limits, self.clock.now_ms())
             except IntakeError as err:
-                return self._refuse(err)
-            return await self._accept(mapped, order_id_path)
+                return self._refuse(err, Posted(request.path, mapping.channel, raw))
+            return await self._accept(mapped, order_id_path, Posted(request.path, mapping.channel, raw))
 
         return handle
 
@@ -355,8 +370,8 @@ class Intake:
                     raise IntakeError(Reason.UNKNOWN_WAREHOUSE, f"warehouse {warehouse!r} is not one of "
                                       f"{sorted(self.warehouses)}", "warehouse_id")  # fmt: skip
             except IntakeError as err:
-                return self._refuse(err)
-            return await self._accept(mapped, "channel_order_id")
+                return self._refuse(err, Posted(request.path, caller, raw))
+            return await self._accept(mapped, "channel_order_id", Posted(request.path, caller, raw))
 
         return handle
 
@@ -366,8 +381,8 @@ class Intake:
             self.authenticate_token(WMS, request.headers)
             mapped = build_adjustment(raw, self.warehouses, self.catalogue, self.limits, self.clock.now_ms())
         except IntakeError as err:
-            return self._refuse(err)
-        return await self._accept(mapped, "document_id")
+            return self._refuse(err, Posted(request.path, WMS, raw))
+        return await self._accept(mapped, "document_id", Posted(request.path, WMS, raw))
 
     # ---- who may post ---------------------------------------------------------------------------
 
@@ -412,14 +427,31 @@ class Intake:
 
     # ---- writing once ---------------------------------------------------------------------------
 
-    def _refuse(self, err: IntakeError) -> web.Response:
+    def _refuse(self, err: IntakeError, posted: Posted | None = None) -> web.Response:
         self._count(f"refused:{err.reason}")
+        if posted is not None and err.status not in UNKEPT_STATUSES:
+            self._dead_letter(err, posted)
         return _refusal(err)
+
+    def _dead_letter(self, err: IntakeError, posted: Posted) -> None:
+        """Keep what an authenticated caller sent and intake refused, with the body as sent: the caller
+        has its answer, but an order with a SKU the catalogue lacks (say) must not be gone once the
+        marketplace stops retrying. Written without waiting: the answer does not depend on it."""
+        detail = f"{err.field}: {err.detail}" if err.field else err.detail
+        now = self.clock.now_ms()
+        letter = refused_request(posted.path, posted.body, posted.caller, STAGE, err.reason, detail, now)
+
+        def delivered(error: Any, _: Any) -> None:
+            if error is not None:
+                log.error("intake: the dead letter of a refused %s (%s) was not written: %s", posted.path,
+                          err.reason, error)  # fmt: skip
+
+        self.producer.send_with_callback(DEADLETTERS.name, letter["source_topic"], "DeadLetter", letter, delivered)
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
 
-    async def _accept(self, mapped: Mapped, id_field: str) -> web.Response:
+    async def _accept(self, mapped: Mapped, id_field: str, posted: Posted) -> web.Response:
         identity = mapped.identity
         # A repeat arriving while the first is being written waits for its outcome.
         while (pending := self.inflight.get(identity)) is not None:
@@ -435,7 +467,7 @@ class Intake:
                 f"{first['event_id']} was accepted before (partition {first['partition']}, offset {first['offset']}) "
                 "with different content; the first stands and this is not applied",
                 id_field, status=409,
-            ))  # fmt: skip
+            ), posted)  # fmt: skip
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.inflight[identity] = done
         try:

@@ -8,6 +8,7 @@ position and stage, so a replay after a crash writes the same id and ClickHouse 
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,4 +57,24 @@ def dead_letter(message: Any, stage: str, reason: Reason, detail: str, now_ms: i
         detail=detail[:2000],
         original_key=message.key if isinstance(message.key, bytes) else None,
         original_value=message.value if isinstance(message.value, bytes) else None,
+    )
+
+
+def refused_request(path: str, body: bytes, caller: str, stage: str, reason: Reason, detail: str,
+                    now_ms: int) -> DeadLetter:  # fmt: skip
+    """The record for an HTTP request refused before it became a message (stockflow intake): its route
+    stands for the topic (``http:<path>``), with partition 0 and offset -1 (no message), and the body as it came. Its
+    id is the route, the body's digest and the reason, so a caller's retries of one body make one row."""
+    digest = hashlib.sha256(body).hexdigest()[:32]
+    return DeadLetter(
+        event_id=f"http:{path}:{digest}:{reason}",
+        event_time_ms=now_ms,
+        source_topic=f"http:{path}",
+        source_partition=0,  # the dashboards' table holds partitions unsigned
+        source_offset=-1,
+        stage=stage,
+        reason=reason,
+        detail=detail[:2000],
+        original_key=caller.encode() or None,
+        original_value=body,
     )

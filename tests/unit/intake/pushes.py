@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 from agents.channels.platforms import CHANNELS, Credentials, SignedRequest
 from agents.intake.secrets import write_secrets
 from agents.intake.service import Intake
+from streams.contract.topics import DEADLETTERS
 from streams.settings import Settings
 
 CREDS = {channel: Credentials(f"key-{channel}", f"secret-{channel}") for channel in CHANNELS}
@@ -27,14 +28,19 @@ class Broker:
     """Acknowledges every event as soon as it is produced, and keeps what was written."""
 
     def __init__(self) -> None:
-        self.written: list[tuple[str, str, str, dict[str, Any]]] = []
+        self.written: list[tuple[str, str, str, dict[str, Any]]] = []  # to the business topics
+        self.dead_letters: list[dict[str, Any]] = []  # what intake refused from an authenticated caller
 
     def poll(self, _: float) -> int:
         return 0
 
     def send_with_callback(self, topic: str, key: str, event_type: str, record: dict[str, Any], callback: Any) -> None:
-        self.written.append((topic, key, event_type, record))
-        offset = len(self.written) - 1
+        if topic == DEADLETTERS.name:
+            self.dead_letters.append(record)
+            offset = len(self.dead_letters) - 1
+        else:
+            self.written.append((topic, key, event_type, record))
+            offset = len(self.written) - 1
         callback(None, SimpleNamespace(partition=lambda: 0, offset=lambda: offset))
 
 

@@ -130,3 +130,23 @@ def test_an_unsigned_development_channel_has_no_event_to_check(tmp_path: Path) -
     assert service.authenticate_channel("tmall", "cancel", {"topic": "taobao_trade_TradeBuyerPay"}, {}, b"{}") == (
         b"{}"
     )
+
+
+def test_what_an_authenticated_caller_sent_and_intake_refused_is_dead_lettered_with_its_body(tmp_path: Path) -> None:
+    """Changed on purpose: a refusal wrote nothing anywhere, so a validly signed order intake could not take (a
+    SKU the catalogue lacks, say) was gone once the marketplace stopped retrying."""
+    service, broker = intake(tmp_path)
+    order = {"order_id": "O9", "amount_fen": 1000, "lines": [{"sku": "NOT A SKU", "qty": 1}],
+             "address": {"province": "广东省", "city": "深圳市", "district": "南山区"}}  # fmt: skip
+    signed = sign_callback("own", CREDS["own"], EVENTS["own"]["order"], order, now_ms())
+    for _ in range(2):  # the marketplace retries: one dead letter's id
+        status, answer = post(service, "/v1/channels/own/order", signed)
+        assert status == 422 and answer["error"] in ("invalid_sku", "unknown_sku")
+    assert broker.written == [] and len({d["event_id"] for d in broker.dead_letters}) == 1
+    letter = broker.dead_letters[0]
+    assert (letter["source_topic"], letter["source_partition"], letter["reason"], letter["original_key"]) == (
+        "http:/v1/channels/own/order", 0, answer["error"], b"own")  # fmt: skip
+    assert letter["original_value"] == signed.body and letter["source_offset"] == -1
+    forged = sign_callback("own", P.Credentials("key-own", "not-the-secret"), EVENTS["own"]["order"], order, now_ms())
+    assert post(service, "/v1/channels/own/order", forged)[0] == 401
+    assert len(broker.dead_letters) == 2  # the forgery is refused and not kept: anyone could send one
