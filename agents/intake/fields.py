@@ -186,8 +186,9 @@ def choice(label: str, values: Collection[str], reason: Reason) -> Role:
     def pick(value: str) -> str:
         found = allowed.get(value.lower())
         if found is None:
-            raise PydanticCustomError(reason.value, "{value!r} is not one of {allowed}",
-                                      {"value": value, "allowed": sorted(allowed.values())})  # fmt: skip
+            # Pydantic fills {name} with str(): the value is quoted here, not with !r it does not apply.
+            raise PydanticCustomError(reason.value, "{value} is not one of {allowed}",
+                                      {"value": repr(value), "allowed": sorted(allowed.values())})  # fmt: skip
         return found
 
     schema = {"type": "string", "enum": sorted(allowed.values())}

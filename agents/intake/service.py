@@ -316,6 +316,12 @@ class Intake:
         route = info.canonical if info is not None else "unmatched"
         try:
             response = await handler(request)
+        except (web.HTTPRequestEntityTooLarge, web.HTTPMethodNotAllowed) as exc:
+            # aiohttp's own answers are plain text: given the refusal contract's body like every other.
+            reason = Reason.BODY_TOO_LARGE if exc.status == web.HTTPRequestEntityTooLarge.status_code else (
+                Reason.METHOD_NOT_ALLOWED)  # fmt: skip
+            self._count(f"refused:{reason}")
+            response = _refusal(IntakeError(reason, exc.text or exc.reason, status=exc.status))
         except web.HTTPException as exc:
             self.requests.labels(route, str(exc.status)).inc()
             raise

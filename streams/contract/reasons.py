@@ -89,6 +89,8 @@ class Reason(enum.StrEnum):
     SIGNATURE_MISMATCH = "signature_mismatch"
     STALE_SIGNATURE = "stale_signature"
     EVENT_MISMATCH = "event_mismatch"
+    BODY_TOO_LARGE = "body_too_large"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
 
     @property
     def description(self) -> str:
@@ -182,6 +184,8 @@ DESCRIPTIONS: dict[Reason, str] = {
         "STOCKFLOW_CONNECTOR_RETRY_BUDGET_S"
     ),
     Reason.MALFORMED_JSON: "intake: the body is not JSON",
+    Reason.BODY_TOO_LARGE: "intake: a request body over 1 MiB",
+    Reason.METHOD_NOT_ALLOWED: "intake: a route posted to with another method than POST",
     Reason.NOT_AN_OBJECT: "intake: the body is JSON but not an object",
     Reason.UNKNOWN_EVENT_KIND: "intake: no such notification kind for the channel or the WMS",
     Reason.EMPTY_FIELD: "intake: a required field is blank",

@@ -127,8 +127,14 @@ async def answer_for_key(web: Any, request: Any, engine: Engine, partition_key: 
     if address is None:
         return web.json({"error": f"no worker owns {partition_key} yet (rebalancing)"}, status=503)
     async with httpx.AsyncClient(timeout=10) as client:
-        response = await client.get(f"http://{address}{request.path}", headers={FORWARDED: "1"})
+        response = await client.get(forward_url(address, request), headers={FORWARDED: "1"})
     return web.json(response.json(), status=response.status_code)
+
+
+def forward_url(address: str, request: Any) -> str:
+    """The same request at ``address``, its path as it was sent: decoded, a key with ``?``, ``#`` or ``/`` in it
+    (intake takes them) would ask the owner for another key."""
+    return f"http://{address}{request.raw_path}"
 
 
 def _lag_by_topic(lag: dict[tuple[str, int], int]) -> dict[str, int]:

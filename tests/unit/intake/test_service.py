@@ -4,6 +4,7 @@ OpenAPI document against the router."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -50,6 +51,9 @@ ORDERS = {
 
 class NoProducer:
     def poll(self, _: float) -> int:
+        return 0
+
+    def flush(self, *_: Any) -> int:
         return 0
 
 
@@ -312,3 +316,24 @@ def test_the_returns_desk_and_customer_service_post_with_their_tokens(tmp_path: 
     with pytest.raises(IntakeError) as err:
         service.authenticate_token("service", CIMultiDict({"Authorization": "Bearer wms-token"}))
     assert err.value.reason == "signature_mismatch"  # the WMS's token is not customer service's
+
+
+def test_a_body_too_large_or_a_wrong_method_is_refused_in_the_refusal_contract(tmp_path: Path) -> None:
+    """Changed on purpose: aiohttp answered both in plain text, outside the {"error", "field", "detail"} contract."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async def ask() -> list[tuple[int, str, str]]:
+        client = TestClient(TestServer(intake(tmp_path).app()))
+        await client.start_server()
+        try:
+            answers = []
+            for call in (client.post("/v1/wms/stock", data=b"x" * (1 << 21), headers={"Authorization": "Bearer x"}),
+                         client.get("/v1/wms/stock")):  # fmt: skip
+                response = await call
+                answers.append((response.status, response.content_type, (await response.json())["error"]))
+            return answers
+        finally:
+            await client.close()
+
+    assert asyncio.run(ask()) == [(413, "application/json", "body_too_large"),
+                                  (405, "application/json", "method_not_allowed")]  # fmt: skip
