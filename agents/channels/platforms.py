@@ -612,7 +612,8 @@ def _top_sign(secret: str, params: Mapping[str, str], body: str, sign_method: st
 
 
 def _doudian_sign(secret: str, params: Mapping[str, str], param_json: str, sign_method: str) -> str:
-    text = "".join(k + (param_json if k == "param_json" else params[k])
+    # A parameter missing signs as empty: the request then fails its signature, as the platform answers it.
+    text = "".join(k + (param_json if k == "param_json" else params.get(k, ""))
                    for k in ("app_key", "method", "param_json", "timestamp", "v"))  # fmt: skip
     wrapped = secret + text + secret
     if sign_method == "md5":
@@ -1258,7 +1259,11 @@ def _amount_in(unit: str, value: object, name: str) -> int:
         yuan = Decimal(str(value))
     except InvalidOperation:
         raise BodyError(f"{name} must be yuan, not {value!r}") from None
-    if not yuan.is_finite() or yuan != yuan.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP):
+    try:
+        cents = yuan.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP) if yuan.is_finite() else None
+    except InvalidOperation:  # more digits than a Decimal holds (1e400): no amount either
+        cents = None
+    if cents is None or yuan != cents:
         raise BodyError(f"{name} must be yuan with at most two decimals, not {value!r}")
     return int(yuan * 100)
 

@@ -396,7 +396,7 @@ def test_amounts_in_yuan_are_exact_to_the_fen() -> None:
     assert P.refund_body("tmall", "R", 49999)["refund_fee"] == "499.99"
     assert P.parse_refund("jd", {"refundId": "R", "refundAmount": "500.00"}).amount_fen == 50000
     assert P.parse_refund("jd", {"refundId": "R", "refundAmount": 0.1}).amount_fen == 10
-    for bad in ("12.345", "Infinity", True, "-1.00", "0"):
+    for bad in ("12.345", "Infinity", True, "-1.00", "0", "1e400"):  # 1e400: more digits than a Decimal holds
         with pytest.raises(P.BodyError):
             P.parse_refund("tmall", {"refund_id": "R", "refund_fee": bad})
     with pytest.raises(P.BodyError):
