@@ -51,6 +51,9 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 RATE_SHARE = 0.9  # of the platform's per-app limit: our clock and theirs never agree exactly
+# A replay run while the connectors serve the same app takes this much of what they take: the platform
+# limits per app, and two callers each pacing themselves to 90% would offer it 1.8 times its limit.
+REPLAY_BESIDE_CONNECTORS = 0.1
 ANSWER_CHARS = 1500
 BACKOFF = Backoff(first_s=0.25, max_s=4.0)
 THREAD_CONNECTIONS = 2  # kept open per calling thread: its one call at a time, and a replay's across channels
@@ -110,9 +113,10 @@ def marketplace_url(settings: Settings, channel: str) -> str:
     return f"{base.rstrip('/')}/{channel}"
 
 
-def rate_per_s(settings: Settings, channel: str) -> float:
+def rate_per_s(settings: Settings, channel: str, share: float = 1.0) -> float:
+    """Calls a second to ``channel``: ``STOCKFLOW_CONNECTOR_QPS`` or 90% of the platform's limit, times ``share``."""
     given = settings.connector_qps.get(channel)
-    return given if given else platform(channel).default_qps * RATE_SHARE
+    return (given if given else platform(channel).default_qps * RATE_SHARE) * share
 
 
 class ChannelCaller:
@@ -128,8 +132,10 @@ class ChannelCaller:
         budget_s: float | None = None,
         on_call: Callable[[ConnectorCalled], None] | None = None,
         replaying: bool = False,
+        rate_share: float = 1.0,
     ) -> None:
         self.settings = settings
+        self.rate_share = rate_share  # of ``rate_per_s``: less for a replay beside running connectors
         self.store = store
         self.stopping = stopping
         self.budget_s = settings.connector_retry_budget_s if budget_s is None else budget_s
@@ -270,7 +276,7 @@ class ChannelCaller:
         if entry is None:
             with self._lock:
                 entry = self._buckets.setdefault(
-                    channel, (TokenBucket(rate_per_s(self.settings, channel)), threading.Lock())
+                    channel, (TokenBucket(rate_per_s(self.settings, channel, self.rate_share)), threading.Lock())
                 )
         bucket, lock = entry
         with lock:

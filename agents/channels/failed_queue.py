@@ -72,6 +72,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import httpx
 from confluent_kafka import (
     OFFSET_INVALID,
     Consumer,
@@ -83,7 +84,7 @@ from confluent_kafka import (
 
 from agents.alerting.alerts import alert
 from agents.channels import platforms as pf
-from agents.channels.calls import CallResult, ChannelCaller
+from agents.channels.calls import REPLAY_BESIDE_CONNECTORS, CallResult, ChannelCaller
 from agents.channels.credentials import CredentialStore
 from agents.channels.issue_refunds import RefundCall, write_result
 from agents.channels.kafka_io import ResultSink
@@ -322,6 +323,19 @@ def gap_alert(channel: str, topic: str, bounds: QueueBounds, now_ms: int) -> Ale
                  "position_saved": "true" if bounds.position_saved else "false"})  # fmt: skip
 
 
+def replay_rate_share(settings: Settings) -> float:
+    """How much of the connectors' pace a replay takes: a tenth while the connectors answer (they call the
+    same app, which the platform limits as one), all of it while they are stopped."""
+    try:
+        live = httpx.get(f"{settings.connectors_base_url}/connectors/status", timeout=2).is_success
+    except httpx.HTTPError:
+        live = False
+    if live:
+        log.info("the connectors are running: the replay paces itself to %.0f%% of their rate",
+                 REPLAY_BESIDE_CONNECTORS * 100)  # fmt: skip
+    return REPLAY_BESIDE_CONNECTORS if live else 1.0
+
+
 def replay_group(settings: Settings, channel: str) -> str:
     return f"{settings.app_id}.connectors.replay.{channel}"
 
@@ -415,7 +429,8 @@ class Replay:
         self.stop = stop or threading.Event()
         self._own_caller = caller is None
         self.caller = caller or ChannelCaller(settings, CredentialStore.from_settings(settings),
-                                              stopping=self.stop.is_set)  # fmt: skip
+                                              stopping=self.stop.is_set,
+                                              rate_share=replay_rate_share(settings))  # fmt: skip
         self.on_progress = on_progress or (lambda _summary: None)
         self.summary = ReplaySummary(channel)
         self.max_items = pf.platform(channel).stock_batch.max_items

@@ -288,3 +288,37 @@ def test_a_refund_parked_twice_is_called_once_in_a_run() -> None:
     records = [refund_record(0), refund_record(0, source="refund.instructions/0/9")]
     summary, _ = replay_over(FakeQueue(records), FakePositions(), caller)
     assert caller.calls == ["jd:R0 (replay)"] and (summary.sent, summary.already_applied) == (1, 1)
+
+
+def test_a_replay_beside_running_connectors_takes_a_tenth_of_their_pace() -> None:
+    """Changed on purpose: a replay paced itself to 90% of the platform's per-app limit like the running
+    connectors, so the two together offered the platform 1.8 times its limit, and the replay stopped when
+    one call's retry budget ran out on rate-limit refusals."""
+    import http.server
+    import threading
+
+    from agents.channels.calls import ChannelCaller, rate_per_s
+    from agents.channels.credentials import CredentialStore
+    from agents.channels.failed_queue import replay_rate_share
+    from tests.conftest import free_port
+
+    class Status(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/connectors/status" else 404)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    idle = Settings(connectors_port=free_port())
+    assert replay_rate_share(idle) == 1.0  # the connectors stopped: the replay has the limit to itself
+    server = http.server.HTTPServer(("127.0.0.1", 0), Status)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        live = Settings(connectors_port=server.server_address[1])
+        share = replay_rate_share(live)
+        assert share == 0.1
+        caller = ChannelCaller(live, CredentialStore.from_settings(live), rate_share=share)
+        assert caller.rate_share * rate_per_s(live, "jd") + rate_per_s(live, "jd") <= rate_per_s(live, "jd") / 0.9
+    finally:
+        server.shutdown()
