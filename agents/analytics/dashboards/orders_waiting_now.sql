@@ -1,8 +1,8 @@
 -- title: Where orders wait now
--- description: Orders not yet finished, by the state they are in, with how long they have been in it: every one that entered its state before the range's end, however long ago (the range's start is not used, so the oldest stay in view). With a warehouse, the orders it was given alone or with others (a split order). The state with the most old orders is the bottleneck now.
+-- description: Orders not yet finished, by the state they are in, with how long they have been in it: every one that entered its state before the range's end, however long ago (the range's start is not used, so the oldest stay in view). With a warehouse, the orders it was given alone or with others (a split order). The state with the most old orders is the bottleneck now. A presale order whose deposit is paid waits for its balance by design: it is shown as deposit_paid, apart from the reserved orders waiting for a payment.
 -- chart: bar x=state y=orders,p90_age_min
 SELECT
-    state,
+    if(current = 'reserved' AND deposit_paid, 'deposit_paid', current) AS state,
     count() AS orders,
     round(quantileExact(0.5)((({now_ms:Int64}) - since) / 60000), 1) AS p50_age_min,
     round(quantileExact(0.9)((({now_ms:Int64}) - since) / 60000), 1) AS p90_age_min,
@@ -14,20 +14,21 @@ FROM
     -- It began at its first record (a presale deposit is a record of its own in the reserved state).
     SELECT
         order_id,
-        argMax(state, (rank, event_time_ms)) AS state,
+        argMax(state, (rank, event_time_ms)) AS current,
+        max(reason = 'deposit_paid') AS deposit_paid,
         argMax(event_time_ms, (rank, -event_time_ms)) AS since,
         any(channel) AS channel,
         max(warehouse_id) AS warehouse
     FROM
     (
-        SELECT order_id, channel, warehouse_id, state, event_time_ms,
+        SELECT order_id, channel, warehouse_id, state, reason, event_time_ms,
                indexOf(['placed', 'reserved', 'paid', 'routed', 'shipped', 'delivered',
                         'rejected', 'cancelled', 'payment_timeout'], state) AS rank
         FROM order_states FINAL
     )
     GROUP BY order_id
 )
-WHERE state IN ('placed', 'reserved', 'paid', 'routed', 'shipped')
+WHERE current IN ('placed', 'reserved', 'paid', 'routed', 'shipped')
   AND since < {to_ms:Int64}
   AND ({channel:String} = '' OR channel = {channel:String})
   AND ({warehouse:String} = '' OR has(splitByChar(',', warehouse), {warehouse:String}))

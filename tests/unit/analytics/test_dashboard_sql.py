@@ -137,6 +137,21 @@ def test_the_now_panels_show_orders_waiting_or_red_since_before_the_range(ch: Sh
     assert dash(ch, "orders_red_now", now, to_ms=paid) == []  # not red yet at the range's end
 
 
+def test_a_presale_order_waiting_for_its_balance_is_not_counted_as_waiting_for_a_payment(
+    ch: SharedClickHouse,
+) -> None:
+    """Changed on purpose: deposit-paid presale orders, waiting weeks for their balance by design, were
+    'reserved' orders and topped the p90 of the orders waiting for a payment."""
+    now = shop_ms("2026-11-12T16:00")
+    presale = order("jd:PS", [("placed", now - 20 * 24 * H), ("reserved", now - 20 * 24 * H + S)])
+    paid_at = now - 20 * 24 * H + MIN
+    deposit = dict(presale[-1][3], event_id="jd:PS:deposit", reason="deposit_paid", event_time_ms=paid_at)
+    store(ch, [*presale, ("order.states", "jd:PS", "OrderStateChanged", deposit, 0),
+               *order("jd:R", [("placed", now - 10 * MIN), ("reserved", now - 10 * MIN + S)])])  # fmt: skip
+    waiting = {r["state"]: (r["orders"], r["oldest_min"]) for r in dash(ch, "orders_waiting_now", now)}
+    assert waiting["reserved"] == (1, 10.0) and waiting["deposit_paid"][0] == 1
+
+
 def test_the_current_state_is_the_furthest_in_the_lifecycle_whatever_the_clocks_say(ch: SharedClickHouse) -> None:
     t = shop_ms("2026-11-11T10:00")
     # The marketplace's clock runs 3 s ahead: its placing is stamped after the reservation that followed it.
