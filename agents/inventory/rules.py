@@ -288,10 +288,10 @@ def refusal(stock: SkuStock, rules: PoolRules, qty: int, channel: str, presale: 
         return Reason.INVALID_QTY
     if not stock.known:
         return Reason.UNKNOWN_SKU
+    if stock.paused and channel != rules.main_channel:
+        return Reason.CHANNEL_PAUSED  # a presale sale too: below the threshold only the main channel sells
     if presale:
         return Reason.INSUFFICIENT_PRESALE_STOCK if stock.presale_reserved + qty > stock.presale_cap else None
-    if stock.paused and channel != rules.main_channel:
-        return Reason.CHANNEL_PAUSED
     if qty > stock.available():
         return Reason.INSUFFICIENT_STOCK
     return None

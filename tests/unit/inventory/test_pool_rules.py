@@ -147,6 +147,10 @@ def test_refusal_reasons() -> None:
     pool.stock.paused = True
     assert pool.reserve("o5", 1, 1, channel="jd").reason == "channel_paused"
     assert pool.reserve("o6", 1, 1, channel="tmall").outcome == "HELD"  # the main channel still sells
+    # A presale sale too (changed on purpose: presale lines skipped the pause and took the main channel's units).
+    pool.stock.presale_cap = 10
+    assert pool.reserve("o7", 1, 1, channel="jd", presale=True).reason == "channel_paused"
+    assert pool.reserve("o8", 1, 1, channel="tmall", presale=True).outcome == "HELD"
 
 
 def test_a_refused_attempt_stores_nothing() -> None:
