@@ -169,10 +169,17 @@ class OrderRecord:
         if self.state == "reserved" and not self.paid and self.balance_deadline_ms:
             due.append(self.balance_deadline_ms)
         if not self.sla and "paid" in self.stage_times and waiting_for_warehouse(self):
-            due.append(self.stage_times["paid"] + rules.sla_ms)
+            due.append(self.sla_since_ms() + rules.sla_ms)
         if self.state == "paid" and self.routing.get("retry_at_ms"):
             due.append(self.routing["retry_at_ms"])
         return min(due) if due else 0
+
+    def sla_since_ms(self) -> int:
+        """When the order's 15 minutes to a warehouse began: when the customer paid, by the channel's clock, if
+        that is earlier than when the payment was heard (a slow callback, a payment parked for its order); a
+        channel clock ahead of ours must not lengthen it. 0: not paid."""
+        heard = self.stage_times.get("paid", 0)
+        return min(heard, self.paid_at_ms) if heard and self.paid_at_ms else heard
 
     def dispatched_to(self) -> dict[str, list[str]]:
         """Warehouse -> line numbers, once every line is allocated."""
@@ -656,7 +663,7 @@ def on_wms_ack(rec: OrderRecord, event: dict[str, Any], now_ms: int) -> Effects:
 
 def sla_alerts(rec: OrderRecord, now_ms: int, rules: OrderRules) -> list[AlertSpec]:
     """Red once when a paid order waits too long for a warehouse; one clearing message when it moves on."""
-    paid_at = rec.stage_times.get("paid")
+    paid_at = rec.sla_since_ms()
     # Runs after every event of every order: decide cheaply (no Effects built) that there is nothing to say.
     if not paid_at or rec.sla == "cleared" or (not rec.sla and now_ms - paid_at < rules.sla_ms):
         return []

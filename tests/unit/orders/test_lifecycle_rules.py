@@ -176,3 +176,19 @@ def test_a_payment_for_an_order_let_go_is_refused_and_says_the_customer_is_owed_
     assert (rec.state, rec.paid, fx.hold_commands) == ("payment_timeout", False, [])
     again = flow.on_payment(rec, {"event_time_ms": 9}, ORDER_RULES.payment_timeout_ms + 2, ORDER_RULES)
     assert again.refusal is not None and again.alerts == []  # the same payment again
+
+
+def test_the_fifteen_minutes_to_a_warehouse_run_from_when_the_customer_paid() -> None:
+    """Changed on purpose: they ran from when stockflow heard of the payment, so a callback ten minutes late
+    delayed the red alert by ten minutes (DOMAIN: a paid order not pushed within 15 minutes is red). A channel
+    clock ahead of ours does not lengthen them."""
+    minute, t0 = 60_000, 1_800_000_000_000
+    for paid_by_channel, heard, red_at in ((t0, t0 + 10 * minute, t0 + 15 * minute),
+                                           (t0 + 12 * minute, t0 + 10 * minute, t0 + 25 * minute)):  # fmt: skip
+        rec = flow.OrderRecord(order_id="jd:1")
+        flow.on_placed(rec, order_of(("A", 1)), 0, ORDER_RULES)
+        flow.on_hold_decided(rec, {"line_no": 1, "action": "RESERVE", "outcome": "HELD", "reason": ""}, 1, ORDER_RULES)
+        flow.on_payment(rec, dict(ev.payment_confirmed("jd", "1"), event_time_ms=paid_by_channel), heard, ORDER_RULES)
+        assert rec.state == "paid" and rec.next_deadline_ms(ORDER_RULES) == red_at
+        assert flow.sla_alerts(rec, red_at - 1, ORDER_RULES) == []
+        assert [a.severity for a in flow.sla_alerts(rec, red_at, ORDER_RULES)] == ["RED"]

@@ -87,10 +87,12 @@ def test_the_balance_pays_and_routes_a_presale_order_and_everything_paid_counts_
     assert fx.route == ["1", "2"] and fx.score_health and fx.transitions == [("reserved", "paid", "")]
     assert actions(fx) == [("COMMIT", 1), ("COMMIT", 2)]  # the pool answers a committed line as it stands
     # SLA, health and the promised ship-by time measure from the full payment, not from the deposit.
-    assert rec.next_deadline_ms(RULES) == paid_at + RULES.sla_ms
-    assert flow.sla_alerts(rec, paid_at + RULES.sla_ms - 1, RULES) == []
-    [breach] = flow.sla_alerts(rec, paid_at + RULES.sla_ms, RULES)
-    assert breach.kind == "sla_breach" and breach.details["paid_at_ms"] == str(paid_at)
+    # The 15 minutes run from when the buyer paid (the channel's time, 7 ms before it was heard).
+    since = paid_at - 7
+    assert rec.next_deadline_ms(RULES) == since + RULES.sla_ms
+    assert flow.sla_alerts(rec, since + RULES.sla_ms - 1, RULES) == []
+    [breach] = flow.sla_alerts(rec, since + RULES.sla_ms, RULES)
+    assert breach.kind == "sla_breach" and breach.details["paid_at_ms"] == str(since)
     assert flow.health_facts(rec, 0).paid_at_ms == paid_at - 7
     rec.allocated = {"1": "WH-SH", "2": "WH-SH"}
     assert flow.dispatch_records(rec, RULES)[0]["promised_ship_by_ms"] == paid_at + RULES.ship_promise_ms
