@@ -115,8 +115,11 @@ def score_candidates(
     c_max = max((sites[wh].cost_per_order for wh in lines_by_site), default=0.0)
     out = {}
     for wh, lines in lines_by_site.items():
+        need: dict[str, int] = {}
+        for ln in lines:  # two lines of one SKU take from the same units
+            need[ln.sku] = need.get(ln.sku, 0) + ln.qty
         sufficiency = min(
-            ((free[(wh, ln.sku)] - ln.qty) / free[(wh, ln.sku)] for ln in lines if free.get((wh, ln.sku), 0) > 0),
+            ((free[(wh, sku)] - qty) / free[(wh, sku)] for sku, qty in need.items() if free.get((wh, sku), 0) > 0),
             default=0.0,
         )
         factors = {

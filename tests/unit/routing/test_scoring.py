@@ -94,3 +94,18 @@ def test_weights_must_name_every_factor_and_sum_to_one() -> None:
         routing.check_weights({"distance": 0.5, "sufficiency": 0.3, "on_time": 0.2, "cost": 0.1})
     with pytest.raises(ValueError, match="exactly"):
         routing.check_weights({"distance": 1.0})
+
+
+def test_two_lines_of_one_sku_count_together_for_stock_sufficiency() -> None:
+    """Changed on purpose: each line was scored alone, so two lines of 3 from a warehouse with 6 free scored
+    it half full, where one line of 6 (the same units) scored it empty (DOMAIN: avoid emptying a warehouse)."""
+    customer = geo.Place(0.0, 0.0, "city")
+    sites = {"A": Site("A", geo.Place(0.0, 8.0, "city"), 5.0), "B": Site("B", geo.Place(0.0, 10.0, "city"), 5.0)}
+    weights = {"distance": 0.4, "sufficiency": 0.3, "on_time": 0.2, "cost": 0.1}
+    free = {("A", "X"): 6, ("B", "X"): 10}
+    on_time = {"A": 0.95, "B": 0.95}
+    split = routing.route(sites, customer, [Line(1, "X", 3), Line(2, "X", 3)], free, on_time, weights)
+    whole = routing.route(sites, customer, [Line(1, "X", 6)], free, on_time, weights)
+    sufficiency = {c["warehouse_id"]: c["sufficiency"] for c in split.candidates}
+    assert sufficiency == {c["warehouse_id"]: c["sufficiency"] for c in whole.candidates}
+    assert sufficiency["A"] == 0.0 and set(split.assignments) == set(whole.assignments) == {"B"}
