@@ -510,7 +510,7 @@ PIPELINE_KEYS = (
     "sender_behind_ms", "changelog_records_per_order", "engine_events_per_batch", "engine_commits_per_s",
     "engine_events_per_commit", "engine_commit_ms", "engine_time_split", "engine_local_share",
     "engine_cpu_us_per_order", "refunds_sent", "refunds_decided", "p50_refund_decision_ms", "p99_refund_decision_ms",
-    "refunds_paid_twice", "refunds_lost",
+    "refunds_paid_twice", "refunds_lost", "audit_other_failures",
 )  # fmt: skip
 # With the marketplaces (the default): what reached them.
 CHANNEL_KEYS = (

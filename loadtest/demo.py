@@ -49,6 +49,7 @@ INVARIANTS = (
     ("refunds_paid_twice", "refunds paid twice"),
     ("refunds_lost", "refunds lost"),
     ("refunds_agreed_twice", "refunds agreed twice by a marketplace"),
+    ("audit_other_failures", "other failures of the checker (stockflow check names them)"),
 )
 PORT_SETTINGS = (("web_port", "STOCKFLOW_WEB_PORT"), ("sink_port", "STOCKFLOW_SINK_PORT"),
                  ("intake_port", "STOCKFLOW_INTAKE_PORT"))  # fmt: skip

@@ -511,6 +511,10 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
         "lost_orders": summary["lost_orders"],
         "double_holds": summary["double_holds"],
         "skus_drifted": summary["skus_drifted"],
+        # Everything else the checker can find (a refund above its order's price, a paid order with no hold...):
+        # a run is not green while any of it is found.
+        "audit_other_failures": sum(summary["other_failures"].values()),
+        "audit_other_failure_kinds": summary["other_failures"],
         "bad_inputs_sent": sent.bad_kafka_sent + sent.bad_intake_sent,
         "bad_inputs_refused": len(refused) + sent.bad_intake_refused,
         "intake_errors": sent.intake_errors,

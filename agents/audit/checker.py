@@ -262,7 +262,17 @@ class Report:
             "refunds_lost": len(self.refunds_lost),
             "refunds_paid_unapproved": len(self.refunds_paid_unapproved),
             "unjudged": len(self.unjudged),
+            "other_failures": self.other_failures,
         }
+
+    # The failure kinds the run verdicts (bench, demo) do not show a figure of their own for.
+    OTHER_FAILURES = ("rejected_but_held", "reserved_incomplete", "paid_without_hold", "overdue_timers",
+                      "vip_set_aside_misused", "orders_refunded_above_price", "refunds_paid_unapproved")  # fmt: skip
+
+    @property
+    def other_failures(self) -> dict[str, int]:
+        """Each such kind with how many it found; empty when none."""
+        return {kind: len(getattr(self, kind)) for kind in self.OTHER_FAILURES if getattr(self, kind)}
 
 
 @dataclass

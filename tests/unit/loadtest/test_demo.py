@@ -155,3 +155,14 @@ def test_a_server_clickhouse_or_a_folder_outside_the_scratch_is_not_moved(tmp_pa
         assert keep_clickhouse(Settings(clickhouse_url="clickhouse://127.0.0.1:9000"), scratch, tmp_path) is None
         assert keep_clickhouse(Settings(clickhouse_url=f"chdb://{mine}"), scratch, tmp_path) is None
     assert mine.is_dir()
+
+
+def test_every_failure_the_checker_finds_reaches_the_run_verdict() -> None:
+    """Changed on purpose: the bench and demo verdicts read six of the checker's thirteen failure kinds, so a
+    refund above its order's price or a paid order with no hold behind it gave a green demo."""
+    from agents.audit.checker import Report
+
+    report = Report(orders_refunded_above_price=["jd:1"], paid_without_hold=["jd:2", "jd:3"])
+    assert not report.ok and report.summary()["other_failures"] == {"paid_without_hold": 2,
+                                                                    "orders_refunded_above_price": 1}  # fmt: skip
+    assert not verdict(figures(audit_other_failures=sum(report.other_failures.values()))).ok
