@@ -92,6 +92,9 @@ _LET_GO = {"RELEASED", "EXPIRED", "SHIPPED"}
 # A presale order's stage time for its deposit (``OrderStateChanged.stage_times``): it stays reserved, unpaid,
 # for the balance window. The contract's name, restated: the audit shares no rule code with the lifecycle.
 DEPOSIT_PAID = "deposit_paid"
+# The stages whose dead letter means the order pipeline refused a message (the engine on reading it, the
+# lifecycle giving up a parked one); the sink's mean only that ClickHouse could not hold it.
+PIPELINE_STAGES = frozenset({"streams.engine", "agents.orders.run_lifecycle"})
 # A larger single adjustment is a typing error, not stock: the pool's limit, restated here because
 # the audit shares no rule code with the pool.
 MAX_ADJUSTMENT_QTY = 10_000_000
@@ -450,16 +453,18 @@ def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], repor
     changes: dict[str, list[Change]] = defaultdict(list)
     seen_adjustments: set[tuple[str, str]] = set()
     # Dated before the ids the pool remembers: refused on the pool's clock at the time, which only its
-    # dead letter records.
-    too_old = {(r["source_topic"], r["source_partition"], r["source_offset"])
+    # dead letter records (its time); the age is judged here again, so a refusal that was wrong still counts.
+    too_old = {(r["source_topic"], r["source_partition"], r["source_offset"]): int(r["event_time_ms"])
                for _, _, r in reading.decoded(DEADLETTERS.name)
-               if r["reason"] == Reason.ADJUSTMENT_TOO_OLD}  # fmt: skip
+               if r["reason"] == Reason.ADJUSTMENT_TOO_OLD and r["stage"] in PIPELINE_STAGES}  # fmt: skip
+    memory_ms = int(reading.settings.tombstone_ttl_s * 1000)
     for source, topic in ((_ADJUSTMENTS, STOCK_ADJUSTMENTS.name), (_RETURNS, STOCK_RETURNS.name)):
         full_name = reading.settings.topic(topic)
         for rec, kind, adj in reading.decoded(topic):
             if kind != "StockAdjusted" or (adj["sku"], adj["event_id"]) in seen_adjustments:
                 continue
-            if (full_name, rec.partition, rec.offset) in too_old:
+            refused_at = too_old.get((full_name, rec.partition, rec.offset))
+            if refused_at is not None and 0 < int(adj.get("event_time_ms") or 0) < refused_at - memory_ms:
                 continue
             qty, wh = adj["qty"], adj["warehouse_id"]
             valid = {
@@ -891,9 +896,11 @@ def _audit_orders(reading: _Reading, placed: set[str], last: dict[str, dict[str,
 def _placed_orders(reading: _Reading) -> tuple[set[str], dict[str, bool], dict[str, int]]:
     """The ids of the placed orders the pipeline did not refuse as input, whether each is a presale order and
     what it cost (the first one not refused is the one the lifecycle took)."""
+    # Refused by the pipeline only: the sink dead-letters what ClickHouse cannot hold, an order the lifecycle
+    # took all the same (and which must then be decided like any other).
     refused = {
         (r["source_topic"], r["source_partition"], r["source_offset"])
-        for _, _, r in reading.decoded(DEADLETTERS.name)
+        for _, _, r in reading.decoded(DEADLETTERS.name) if r["stage"] in PIPELINE_STAGES
     }
     order_topic = reading.settings.topic(ORDER_EVENTS.name)
     placed: set[str] = set()

@@ -530,15 +530,29 @@ def test_a_placed_order_whose_decision_the_retention_deleted_is_unjudged_not_los
 
 def test_a_refused_order_whose_dead_letter_the_retention_deleted_is_unjudged_not_lost(topics: Topics) -> None:
     topics.placed("jd:1", "A", 1)
-    topics.event(DEADLETTERS.name, "DeadLetter", {
-        "event_id": "order.events:0:0:intake", "event_time_ms": 1, "source_topic": Settings().topic(ORDER_EVENTS.name),
-        "source_partition": 0, "source_offset": 0, "stage": "intake", "reason": "unknown_sku", "detail": "",
-        "original_key": None, "original_value": None})  # fmt: skip
+    _refused_by(topics, "streams.engine")
     assert (checker.audit(Settings()).lost_orders, checker.audit(Settings()).orders_placed) == ([], 0)
     topics.expire(DEADLETTERS.name, 1)
     report = checker.audit(Settings())
     assert (report.lost_orders, report.ok) == ([], True)
     assert report.unjudged == {"order jd:1": f"refusal: {RETAINED} deadletters"}
+
+
+def _refused_by(topics: Topics, stage: str) -> None:
+    source = Settings().topic(ORDER_EVENTS.name)
+    topics.event(DEADLETTERS.name, "DeadLetter", {
+        "event_id": f"order.events:0:0:{stage}", "event_time_ms": 1, "source_topic": source, "source_partition": 0,
+        "source_offset": 0, "stage": stage, "reason": "unknown_sku", "detail": "", "original_key": None,
+        "original_value": None})  # fmt: skip
+
+
+def test_an_order_only_the_sink_dead_lettered_must_still_be_decided(topics: Topics) -> None:
+    """Changed on purpose: any dead letter excused its order, the sink's too (ClickHouse could not hold it)
+    though the lifecycle took the order: one never decided was not reported lost."""
+    topics.placed("jd:1", "A", 1)
+    _refused_by(topics, "agents.analytics.sink")
+    report = checker.audit(Settings())
+    assert (report.orders_placed, report.lost_orders) == (1, ["jd:1"])
 
 
 def _paying(topics: Topics, refund: str, order: str) -> None:
@@ -593,3 +607,26 @@ def test_a_takeover_whose_override_the_retention_deleted_is_unjudged_not_misuse(
     report = checker.audit(Settings())
     assert (report.vip_set_aside_misused, report.ok) == ([], True)
     assert report.unjudged == {"line own:vip#1": f"set-aside taken over: {RETAINED} audit.overrides"}
+
+
+def _too_old(topics: Topics, offset: int, refused_at: int) -> None:
+    topics.event(DEADLETTERS.name, "DeadLetter", {
+        "event_id": f"stock.adjustments:0:{offset}:streams.engine", "event_time_ms": refused_at,
+        "source_topic": Settings().topic(STOCK_ADJUSTMENTS.name), "source_partition": 0, "source_offset": offset,
+        "stage": "streams.engine", "reason": "adjustment_too_old", "detail": "", "original_key": None,
+        "original_value": None})  # fmt: skip
+
+
+@pytest.mark.parametrize(("dated_days_back", "drifted"), [(8.0, []), (1.0, ["A"])])
+def test_an_adjustment_refused_as_too_old_is_judged_old_here_too(
+    topics: Topics, dated_days_back: float, drifted: list[str]
+) -> None:
+    """An adjustment the pool refused as older than the ids it remembers is left out; one it refused though it
+    was not that old counts (its refusal is the pool's mistake: drift), so a wrong TTL cannot hide stock."""
+    refused_at = 30 * 86_400_000
+    topics.adjust("A", "RECEIPT", 10, "rcpt-1", applied_ms=1_000)
+    topics.adjust("A", "CORRECTION", -5, "old-shrink", applied_ms=None,
+                  event_time_ms=refused_at - int(dated_days_back * 86_400_000))  # fmt: skip
+    _too_old(topics, 1, refused_at)
+    topics.totals("A", {WH: 10})
+    assert [sa.sku for sa in checker.audit(Settings()).drifted] == drifted
