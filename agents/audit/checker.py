@@ -379,7 +379,7 @@ def _stock_past_retention(sa: SkuAudit, reading: _Reading, report: Report) -> No
 
 def _audit_refunds(reading: _Reading, price_of: dict[str, int], report: Report) -> None:
     """5. Refunds: every refund that reached payment has exactly one instruction, and no other has one; no order
-    is paid back more than it cost (``price_of``: order id -> its OrderPlaced's amount)."""
+    is paid back more than it may be (``price_of``: order id -> its price, or its payments when less)."""
     paying: dict[str, str] = {}  # refund id -> its order id
     for _, _, r in reading.decoded(REFUND_STATES.name):
         report.refunds += 0 if r["previous_state"] else 1
@@ -390,7 +390,7 @@ def _audit_refunds(reading: _Reading, price_of: dict[str, int], report: Report) 
     settled = [r for _, kind, r in reading.decoded(REFUND_EVENTS.name) if kind == "RefundSettled"]
     instructed = {r["refund_id"] for r in instructions}
     report.refunds_paid_twice = _paid_twice(instructions, issued, settled)
-    report.orders_refunded_above_price = _refunded_above_price(instructions, price_of)
+    report.orders_refunded_above_price = _refunded_above_price(instructions, issued, settled, price_of)
     for order_id in sorted({r["order_id"] for r in instructions} - set(price_of)):
         if reading.cut(ORDER_EVENTS.name, order_id):
             report.unjudge(f"order {order_id}", "price", ORDER_EVENTS.name)
@@ -432,18 +432,30 @@ def _paid_twice(instructions: list[dict[str, Any]], issued: list[dict[str, Any]]
     return sorted(twice)
 
 
-def _refunded_above_price(instructions: list[dict[str, Any]], price_of: dict[str, int]) -> list[str]:
-    """Orders whose refunds, each paid once, add up to more than the order cost: the payouts instructed (an
-    instruction repeated by a replayed batch is one), summed over the order's refund ids. An order whose
-    OrderPlaced the topics no longer hold is not judged."""
-    payouts: dict[str, set[tuple[str, tuple[Any, ...]]]] = defaultdict(set)
+def _refunded_above_price(instructions: list[dict[str, Any]], issued: list[dict[str, Any]],
+                          settled: list[dict[str, Any]], price_of: dict[str, int]) -> list[str]:  # fmt: skip
+    """Orders whose refunds add up to more than the order may be paid back (``price_of``): per refund id the most
+    any source says went back - instructed, accepted by the marketplace, or settled (a settlement above the
+    instruction, or one for a refund never instructed, took that money out all the same) - summed over the
+    order's refund ids. An order whose OrderPlaced the topics no longer hold is not judged."""
+    most: dict[str, tuple[str, int]] = {}  # refund id -> (its order id, the most paid back)
+
+    def saw(refund_id: str, order_id: str, amount: int) -> None:
+        first_order, before = most.get(refund_id, (order_id, 0))
+        most[refund_id] = (first_order, max(before, amount))
+
     for r in instructions:
-        payouts[r["order_id"]].add((r["refund_id"], tuple(r[k] for k in _PAYOUT)))
-    amount_at = _PAYOUT.index("amount_fen")
-    return sorted(
-        order_id for order_id, seen in payouts.items()
-        if order_id in price_of and sum(payout[amount_at] for _, payout in seen) > price_of[order_id]
-    )  # fmt: skip
+        saw(r["refund_id"], r["order_id"], int(r["amount_fen"]))
+    for r in issued:
+        saw(r["refund_id"], r["order_id"], int(r["amount_fen"]))
+    for r in settled:
+        saw(refund_key(r["channel"], r["channel_refund_id"]), order_key(r["channel"], r["channel_order_id"]),
+            int(r["amount_fen"]))  # fmt: skip
+    by_order: dict[str, int] = defaultdict(int)
+    for order_id, amount in most.values():
+        by_order[order_id] += amount
+    return sorted(order_id for order_id, total in by_order.items()
+                  if order_id in price_of and total > price_of[order_id])  # fmt: skip
 
 
 def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], report: Report) -> dict[str, list[Change]]:
@@ -895,7 +907,8 @@ def _audit_orders(reading: _Reading, placed: set[str], last: dict[str, dict[str,
 
 def _placed_orders(reading: _Reading) -> tuple[set[str], dict[str, bool], dict[str, int]]:
     """The ids of the placed orders the pipeline did not refuse as input, whether each is a presale order and
-    what it cost (the first one not refused is the one the lifecycle took)."""
+    the most it may be paid back: what it cost (the first one not refused is the one the lifecycle took), or
+    what its payments add up to when they say so and that is less (a presale order with its deposit alone)."""
     # Refused by the pipeline only: the sink dead-letters what ClickHouse cannot hold, an order the lifecycle
     # took all the same (and which must then be decided like any other).
     refused = {
@@ -906,12 +919,18 @@ def _placed_orders(reading: _Reading) -> tuple[set[str], dict[str, bool], dict[s
     placed: set[str] = set()
     presale_of: dict[str, bool] = {}
     price_of: dict[str, int] = {}
+    payments: dict[str, dict[str, int]] = defaultdict(dict)  # order id -> payment event id -> amount
     for rec, kind, ev in reading.decoded(ORDER_EVENTS.name):
         if kind == "OrderPlaced" and (order_topic, rec.partition, rec.offset) not in refused:
             order_id = order_key(ev["channel"], ev["channel_order_id"])
             placed.add(order_id)
             presale_of.setdefault(order_id, bool(ev["presale"]))
             price_of.setdefault(order_id, int(ev["amount_fen"]))
+        elif kind == "PaymentConfirmed" and int(ev.get("amount_fen") or 0) > 0:
+            payments[order_key(ev["channel"], ev["channel_order_id"])][ev["event_id"]] = int(ev["amount_fen"])
+    for order_id, paid in payments.items():
+        if order_id in price_of:
+            price_of[order_id] = min(price_of[order_id], sum(paid.values()))
     return placed, presale_of, price_of
 
 

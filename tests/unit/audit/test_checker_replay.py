@@ -454,6 +454,26 @@ def _instructed(topics: Topics, refund: str, amount_fen: int, at_ms: int = 1_000
         "approved_by": "auto"})  # fmt: skip
 
 
+def test_an_order_paid_back_more_than_its_payments_or_settled_above_its_instruction_is_found(topics: Topics) -> None:
+    """Changed on purpose: the bound was the list price and only instructions counted, so a presale order with
+    its 20-fen deposit alone paid back 80, or a refund instructed at 1 and settled at 100, passed."""
+    topics.placed("jd:1", "A", 1, presale=True)  # amount_fen 100
+    topics.event(ORDER_EVENTS.name, "PaymentConfirmed", {
+        "event_id": "paid:jd:1:deposit", "event_time_ms": 2, "channel": "jd", "channel_order_id": "1",
+        "payment_id": "P1", "amount_fen": 20, "balance": False})  # fmt: skip
+    _instructed(topics, "r1", 20)
+    assert checker.audit(Settings()).orders_refunded_above_price == []
+    _instructed(topics, "r2", 60)
+    assert checker.audit(Settings()).orders_refunded_above_price == ["jd:1"]
+    topics.placed("jd:2", "A", 1)
+    _instructed(topics, "r3", 1, order="2")
+    assert checker.audit(Settings()).orders_refunded_above_price == ["jd:1"]
+    topics.event(REFUND_EVENTS.name, "RefundSettled", {
+        "event_id": "settled:jd:r3", "event_time_ms": 3, "channel": "jd", "channel_order_id": "2",
+        "channel_refund_id": "r3", "amount_fen": 101, "settlement_id": "S3"})  # fmt: skip
+    assert checker.audit(Settings()).orders_refunded_above_price == ["jd:1", "jd:2"]
+
+
 def test_an_order_refunded_above_its_price_under_two_refund_ids_is_found(topics: Topics) -> None:
     """Each refund id paid once, yet the order (100 fen) paid back twice in full."""
     topics.placed("jd:1", "A", 1)  # amount_fen 100
