@@ -3,9 +3,10 @@
 An order is scored 0-100 when it is paid, from what is known of it then:
 
 - **payment promptness**: the channel's payment time minus its order time; fast is good;
-- **address completeness** down to the room: road and number (号), building (栋 / 幢 / 座 / 号楼),
-  unit (单元), room (室, or the number right after the building or unit), read from the address's
-  detail text by Chinese address conventions;
+- **address completeness** down to the building number: road and number (号), building (栋 / 幢 / 座 /
+  号楼); unit (单元) and room (室, or the number right after the building or unit) are read too and
+  earn what the rules give them (nothing by default), all from the address's detail text by Chinese
+  address conventions;
 - **item complexity**: a bundle line, a custom-made line and many lines each lose points;
 - **the customer's history of returns**: completed return-and-refunds of the same customer;
 - **coupon type**: a flash-sale coupon adds points.

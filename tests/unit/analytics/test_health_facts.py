@@ -32,9 +32,9 @@ def test_a_health_score_becomes_one_order_health_row_with_every_factor() -> None
     assert row == {
         "event_id": "douyin:7:health", "event_time": record["event_time_ms"] // 1000,
         "event_time_ms": record["event_time_ms"], "order_id": "douyin:7", "channel": "douyin",
-        "customer_id": "dy-buyer", "score": 95.0, "focus": 0, "focus_below": 60.0, "promptness_points": 8.0,
-        "address_points": 27.0, "complexity_points": 20.0, "returns_points": 30.0, "coupon_points": 10.0,
-        "notes": "paid after 20 min; address without unit; coupon 秒杀 +10", "paid_after_ms": 20 * MIN,
+        "customer_id": "dy-buyer", "score": 98.0, "focus": 0, "focus_below": 60.0, "promptness_points": 8.0,
+        "address_points": 30.0, "complexity_points": 20.0, "returns_points": 30.0, "coupon_points": 10.0,
+        "notes": "paid after 20 min; coupon 秒杀 +10", "paid_after_ms": 20 * MIN,
         "return_count": 0,
     }  # fmt: skip
 
