@@ -87,9 +87,9 @@ def test_a_customer_with_completed_returns_scores_lower_and_lands_in_the_focus_p
         return found if {"jd:new-r", "jd:new-c"} <= set(found) else {}
 
     scored = wait_for(scores, what="both new orders scored on order.health")
-    # Paid at once: 20; 体育西路 1 号 (road number only): 12; one plain line: 20; returns: 30 - 3 * 10 = 0 or 30.
-    assert (scored["jd:new-c"]["score"], scored["jd:new-c"]["focus"]) == (82.0, False)
-    assert (scored["jd:new-r"]["score"], scored["jd:new-r"]["focus"], scored["jd:new-r"]["returns"]) == (52.0, True, 3)
+    # Paid at once: 20; 体育西路 1 号 (road number only): 15; one plain line: 20; returns: 30 - 3 * 10 = 0 or 30.
+    assert (scored["jd:new-c"]["score"], scored["jd:new-c"]["focus"]) == (85.0, False)
+    assert (scored["jd:new-r"]["score"], scored["jd:new-r"]["focus"], scored["jd:new-r"]["returns"]) == (55.0, True, 3)
     assert scored["jd:new-r"]["breakdown"]["returns"] == 0 and "3 returns in 180 days" in scored["jd:new-r"]["notes"]
     assert scored["jd:past-0"]["returns"] == 0  # scored when paid, before any return
 
@@ -100,7 +100,7 @@ def test_a_customer_with_completed_returns_scores_lower_and_lands_in_the_focus_p
     pool = {row["order_id"]: row for row in json.loads(shown.stdout)}
     assert "jd:new-c" not in pool and not any(oid.startswith("jd:past-") for oid in pool)
     row = pool["jd:new-r"]
-    assert (row["score"], row["returns"], row["customer_returns"], row["customer_id"]) == (52, 0, 3, "buyer-r")
+    assert (row["score"], row["returns"], row["customer_returns"], row["customer_id"]) == (55, 0, 3, "buyer-r")
     assert row["current_state"] in ("paid", "routed") and "3 returns in 180 days" in row["why"]
 
     table = run_cli(settings, "orders", "focus", "--channel", "jd")
