@@ -12,7 +12,8 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
   before the request in the shop's time zone, no custom-made line anywhere in the order, order amount
   below the limit -> approved at once and the refund paid back at once on the original payment path;
   the goods still come back and are checked. A refund-only request for an order that has not shipped
-  is approved at once too (nothing left the warehouse). Everything else goes to customer service, and
+  is approved at once too (nothing left the warehouse), unless a line is made to order (its making may
+  have begun). Everything else goes to customer service, and
   so does a refund of an order whose presale deposit was forfeited (cancelled ``balance_unpaid``).
 - A refund is bounded by what the buyer paid for the order (``OrderFacts.paid_fen``: a presale order
   may have only its deposit paid), less what its other refunds pay back.
@@ -240,6 +241,9 @@ def auto_approval(kind: str, amount_fen: int, requested_at_ms: int, facts: Order
     if above:
         return Approval(False, above)
     if kind == REFUND_ONLY and (facts.unshipped or (facts.state in UNFULFILLED and not facts.any_shipped)):
+        if facts.custom and facts.unshipped:
+            # Made to order: its making may have begun though nothing shipped (DOMAIN: never a custom item).
+            return Approval(False, "custom_item")
         if rules.auto_approve_unshipped_refund_only:
             return Approval(True, "refund_only_unshipped" if facts.unshipped else f"order_{facts.state}")
         return Approval(False, "channel_reviews_unshipped")

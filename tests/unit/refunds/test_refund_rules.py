@@ -499,3 +499,13 @@ def test_a_settlement_above_the_approved_amount_counts_in_full_against_the_order
                       DELIVERED + 5)  # fmt: skip
     flow.on_settled(under, dict(ev.refund_settled("tmall", "o1", "r1", 4_000)), DELIVERED + 6)
     assert flow.paid_back_fen(under) == 5_000  # approved for more: the rest may still be paid
+
+
+def test_a_refund_only_of_an_unshipped_custom_made_order_goes_to_customer_service() -> None:
+    """Changed on purpose: approved at once like any unshipped order, though DOMAIN.md never auto-approves a
+    custom-made item (its making may have begun before it ships)."""
+    unshipped = OrderFacts(known=True, state="paid", amount_fen=300_000, custom=True, skus={"1": "SKU-1"},
+                           qtys={"1": 1}, paid_fen=300_000)  # fmt: skip
+    assert auto_approval("REFUND_ONLY", 300_000, DELIVERED, unshipped, RULES) == flow.Approval(False, "custom_item")
+    plain = OrderFacts(**{**unshipped.__dict__, "custom": False})
+    assert auto_approval("REFUND_ONLY", 300_000, DELIVERED, plain, RULES).approved
