@@ -381,13 +381,17 @@ def _audit_refunds(reading: _Reading, price_of: dict[str, int], report: Report) 
     """5. Refunds: every refund that reached payment has exactly one instruction, and no other has one; no order
     is paid back more than it may be (``price_of``: order id -> its price, or its payments when less)."""
     paying: dict[str, str] = {}  # refund id -> its order id
+    reviewed: set[str] = set()  # refunds handed to customer service
     for _, _, r in reading.decoded(REFUND_STATES.name):
         report.refunds += 0 if r["previous_state"] else 1
         if r["state"] == "refunding" or "refunding" in r["stage_times"]:
             paying[r["refund_id"]] = r["order_id"]
+        if "reviewing" in r["stage_times"]:
+            reviewed.add(r["refund_id"])
     instructions = [r for _, _, r in reading.decoded(REFUND_INSTRUCTIONS.name)]
     issued = [r for _, _, r in reading.decoded(REFUND_ISSUED.name)]
-    settled = [r for _, kind, r in reading.decoded(REFUND_EVENTS.name) if kind == "RefundSettled"]
+    refund_events = reading.decoded(REFUND_EVENTS.name)
+    settled = [r for _, kind, r in refund_events if kind == "RefundSettled"]
     instructed = {r["refund_id"] for r in instructions}
     report.refunds_paid_twice = _paid_twice(instructions, issued, settled)
     report.orders_refunded_above_price = _refunded_above_price(instructions, issued, settled, price_of)
@@ -400,7 +404,20 @@ def _audit_refunds(reading: _Reading, price_of: dict[str, int], report: Report) 
             report.unjudge(f"refund {refund_id}", "instruction", REFUND_INSTRUCTIONS.name)
         else:
             report.refunds_lost.append(refund_id)
-    report.refunds_paid_unapproved = sorted(instructed - set(paying))
+    against = _paid_against_the_rules(instructions, reviewed, refund_events)
+    report.refunds_paid_unapproved = sorted((instructed - set(paying)) | against)
+
+
+def _paid_against_the_rules(instructions: list[dict[str, Any]], reviewed: set[str],
+                            refund_events: list[tuple[Record, str, dict[str, Any]]]) -> set[str]:  # fmt: skip
+    """Refunds handed to customer service and paid though its first decision was no (a later decision is
+    refused, so it cannot have turned it into a yes), whatever the refund agent's states say next."""
+    first_review: dict[str, bool] = {}
+    for _, kind, r in refund_events:
+        if kind == "RefundReviewed":
+            first_review.setdefault(refund_key(r["channel"], r["channel_refund_id"]), bool(r["approved"]))
+    return {i["refund_id"] for i in instructions
+            if i["refund_id"] in reviewed and first_review.get(i["refund_id"]) is False}  # fmt: skip
 
 
 # What an instruction pays: every instruction of one refund carries the same event id, and a batch replayed

@@ -650,3 +650,20 @@ def test_an_adjustment_refused_as_too_old_is_judged_old_here_too(
     _too_old(topics, 1, refused_at)
     topics.totals("A", {WH: 10})
     assert [sa.sku for sa in checker.audit(Settings()).drifted] == drifted
+
+
+def test_a_refund_customer_service_said_no_to_and_paid_all_the_same_is_found(topics: Topics) -> None:
+    """Changed on purpose: 'approved' meant what the refund agent's own states said, so an agent that paid a
+    refund customer service had rejected (its states moving on to refunding) passed."""
+    topics.placed("jd:1", "A", 1)
+    topics.event(REFUND_STATES.name, "RefundStateChanged", {
+        "event_id": "jd:r1:refunding", "event_time_ms": 1, "refund_id": "jd:r1", "order_id": "jd:1", "channel": "jd",
+        "kind": "REFUND_ONLY", "state": "refunding", "previous_state": "reviewing", "reason": "",
+        "amount_fen": 100, "auto_approved": False, "warehouse_id": "",
+        "stage_times": {"requested": 1, "reviewing": 1, "refunding": 1}, "customer_id": "c1"})  # fmt: skip
+    _instructed(topics, "r1", 100)
+    assert checker.audit(Settings()).refunds_paid_unapproved == []
+    topics.event(REFUND_EVENTS.name, "RefundReviewed", {
+        "event_id": "reviewed:jd:r1", "event_time_ms": 1, "channel": "jd", "channel_order_id": "1",
+        "channel_refund_id": "r1", "approved": False, "reviewer": "cs-01", "note": "no"})  # fmt: skip
+    assert checker.audit(Settings()).refunds_paid_unapproved == ["jd:r1"]
