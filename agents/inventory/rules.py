@@ -288,8 +288,10 @@ def refusal(stock: SkuStock, rules: PoolRules, qty: int, channel: str, presale: 
         return Reason.INVALID_QTY
     if not stock.known:
         return Reason.UNKNOWN_SKU
-    if stock.paused and channel != rules.main_channel:
-        return Reason.CHANNEL_PAUSED  # a presale sale too: below the threshold only the main channel sells
+    if stock.paused and channel != rules.main_channel and (not presale or stock.available() > 0):
+        # A presale sale too while units are left on hand: it would take them from the main channel. A SKU
+        # sold only on presale (nothing on hand) is always below the threshold, and its presale goes on.
+        return Reason.CHANNEL_PAUSED
     if presale:
         return Reason.INSUFFICIENT_PRESALE_STOCK if stock.presale_reserved + qty > stock.presale_cap else None
     if qty > stock.available():

@@ -147,10 +147,13 @@ def test_refusal_reasons() -> None:
     pool.stock.paused = True
     assert pool.reserve("o5", 1, 1, channel="jd").reason == "channel_paused"
     assert pool.reserve("o6", 1, 1, channel="tmall").outcome == "HELD"  # the main channel still sells
-    # A presale sale too (changed on purpose: presale lines skipped the pause and took the main channel's units).
+    # A presale sale too while units are left (changed on purpose: presale lines skipped the pause and took
+    # the main channel's last units); a SKU sold only on presale (nothing on hand) goes on selling it.
     pool.stock.presale_cap = 10
     assert pool.reserve("o7", 1, 1, channel="jd", presale=True).reason == "channel_paused"
     assert pool.reserve("o8", 1, 1, channel="tmall", presale=True).outcome == "HELD"
+    presale_only = Pool(SkuStock(sku="P", known=True, presale_cap=500, paused=True))
+    assert presale_only.reserve("o9", 1, 1, channel="jd", presale=True).outcome == "HELD"
 
 
 def test_a_refused_attempt_stores_nothing() -> None:
