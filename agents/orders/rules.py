@@ -774,20 +774,21 @@ def on_cancel(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
     fx = Effects()
     if rec.state == "cancelled":
         return fx
+    reason = str(event.get("reason", ""))
+    if reason.startswith(REFUND_ONLY_CANCEL) and rec.shipped_lines:
+        # A refund-only approved while nothing had shipped, its money already on the way back, and a shipment
+        # read first (all of the order, or a split order's first part): the buyer is refunded and gets those
+        # goods unless someone acts. What has not shipped is still called off below.
+        refund_id = reason.removeprefix(REFUND_ONLY_CANCEL)
+        fx.alerts.append(AlertSpec(
+            "refund_reconciliation", "RED", rec.order_id,
+            f"refund {refund_id} paid order {rec.order_id} ({rec.channel}) back as not shipped, but line(s) "
+            f"{', '.join(rec.shipped_lines)} shipped from {rec.warehouse_id or 'the WMS'}: intercept the parcel, "
+            "or recover the refund",
+            event_id=f"refund_only_shipped:{rec.order_id}:{refund_id}", at_ms=now_ms,
+            details={"reason": "refund_only_after_shipment", "refund_id": refund_id, "state": rec.state}))  # fmt: skip
     if not can_transition(rec.state, "cancelled"):
         fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"cannot cancel an order that is {rec.state}")
-        reason = str(event.get("reason", ""))
-        if reason.startswith(REFUND_ONLY_CANCEL) and rec.state in ("shipped", "delivered"):
-            # A refund-only approved while the order was unshipped, its money already on the way back,
-            # and the shipment read first: the buyer is refunded and gets the goods unless someone acts.
-            refund_id = reason.removeprefix(REFUND_ONLY_CANCEL)
-            fx.alerts.append(AlertSpec(
-                "refund_reconciliation", "RED", rec.order_id,
-                f"refund {refund_id} paid order {rec.order_id} ({rec.channel}) back as not shipped, but it shipped "
-                f"from {rec.warehouse_id or 'the WMS'}: intercept the parcel, or recover the refund",
-                event_id=f"refund_only_shipped:{rec.order_id}:{refund_id}", at_ms=now_ms,
-                details={"reason": "refund_only_after_shipment", "refund_id": refund_id,
-                         "state": rec.state}))  # fmt: skip
         return fx
     if rec.state == "routed":
         # The warehouse has it: tell it to stop, or it ships a cancelled order.

@@ -517,3 +517,22 @@ def test_a_refund_only_whose_order_shipped_before_its_cancel_was_read_raises_a_r
     assert [(a["kind"], a["severity"], a["details"]["reason"]) for a in of(out, "Alert")] == [
         ("refund_reconciliation", "RED", "refund_only_after_shipment")]  # fmt: skip
     assert [x.reason for x in r.refusals] == [Reason.ILLEGAL_TRANSITION]
+
+
+def test_a_refund_only_whose_split_order_partly_shipped_before_its_cancel_raises_a_red_alert() -> None:
+    """Changed on purpose (found by review): with a split order, a shipment from its first warehouse read before
+    the refund's cancel left the order cancelable; it was cancelled with no word, the refund paid in full."""
+    r, view, _ = pipeline()
+    wh1, wh2 = sorted(load_warehouses(Settings().warehouses_file))[:2]
+    stock(r, view, "SKU-S3", 5, wh1)
+    stock(r, view, "SKU-S4", 5, wh2)
+    order(r, "OrderPlaced", ev.order_placed("jd", "s3", [ev.line(1, "SKU-S3", 1), ev.line(2, "SKU-S4", 1)]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("jd", "s3"))
+    before = len(r.outputs)
+    request = ev.refund_requested("jd", "s3", "rs3", 19_800, kind="REFUND_ONLY", event_time_ms=r.now_ms)
+    r._drain([(REFUND_EVENTS.name, "jd:s3", "RefundRequested", request),  # noqa: SLF001 - one poll of two topics
+              (ORDER_EVENTS.name, "jd:s3", "ShipmentDispatched", ev.shipment_dispatched("jd", "s3", wh1))])  # fmt: skip
+    out = r.outputs[before:]
+    assert len(of(out, "RefundInstruction")) == 1 and r.read(ORDERS, b"jd:s3", "jd:s3").state == "cancelled"
+    assert [(a["kind"], a["severity"], a["details"]["reason"]) for a in of(out, "Alert")] == [
+        ("refund_reconciliation", "RED", "refund_only_after_shipment")]  # fmt: skip
