@@ -94,7 +94,8 @@ _LET_GO = {"RELEASED", "EXPIRED", "SHIPPED"}
 DEPOSIT_PAID = "deposit_paid"
 # The stages whose dead letter means the order pipeline refused a message (the engine on reading it, the
 # lifecycle giving up a parked one); the sink's mean only that ClickHouse could not hold it.
-PIPELINE_STAGES = frozenset({"streams.engine", "agents.orders.run_lifecycle"})
+UNNAMED = -1  # a payment's amount when it names none
+PIPELINE_STAGES = frozenset({"streams.engine", "agents.orders.run_lifecycle", "agents.refunds.run_refunds"})
 # A larger single adjustment is a typing error, not stock: the pool's limit, restated here because
 # the audit shares no rule code with the pool.
 MAX_ADJUSTMENT_QTY = 10_000_000
@@ -404,14 +405,21 @@ def _audit_refunds(reading: _Reading, price_of: dict[str, int], report: Report) 
             report.unjudge(f"refund {refund_id}", "instruction", REFUND_INSTRUCTIONS.name)
         else:
             report.refunds_lost.append(refund_id)
-    against = _paid_against_the_rules(instructions, reviewed, refund_events)
+    refused = {(r["source_topic"], r["source_partition"], r["source_offset"])
+               for _, _, r in reading.decoded(DEADLETTERS.name) if r["stage"] in PIPELINE_STAGES}  # fmt: skip
+    events_topic = reading.settings.topic(REFUND_EVENTS.name)
+    applied = [(rec, kind, r) for rec, kind, r in refund_events
+               if (events_topic, rec.partition, rec.offset) not in refused]  # fmt: skip
+    against = _paid_against_the_rules(instructions, reviewed, applied)
     report.refunds_paid_unapproved = sorted((instructed - set(paying)) | against)
 
 
 def _paid_against_the_rules(instructions: list[dict[str, Any]], reviewed: set[str],
                             refund_events: list[tuple[Record, str, dict[str, Any]]]) -> set[str]:  # fmt: skip
-    """Refunds handed to customer service and paid though its first decision was no (a later decision is
-    refused, so it cannot have turned it into a yes), whatever the refund agent's states say next."""
+    """Refunds handed to customer service and paid though its first decision the pipeline took was no (a later
+    decision is refused, so it cannot have turned it into a yes), whatever the refund agent's states say next.
+    ``refund_events``: those the pipeline did not dead-letter (a review before Kuaishou's tracking number is
+    refused, and customer service decides again)."""
     first_review: dict[str, bool] = {}
     for _, kind, r in refund_events:
         if kind == "RefundReviewed":
@@ -943,10 +951,12 @@ def _placed_orders(reading: _Reading) -> tuple[set[str], dict[str, bool], dict[s
             placed.add(order_id)
             presale_of.setdefault(order_id, bool(ev["presale"]))
             price_of.setdefault(order_id, int(ev["amount_fen"]))
-        elif kind == "PaymentConfirmed" and int(ev.get("amount_fen") or 0) > 0:
-            payments[order_key(ev["channel"], ev["channel_order_id"])][ev["event_id"]] = int(ev["amount_fen"])
+        elif kind == "PaymentConfirmed":
+            # A payment naming no amount pays the order in full, as the lifecycle counts it.
+            amount = int(ev.get("amount_fen") or 0)
+            payments[order_key(ev["channel"], ev["channel_order_id"])][ev["event_id"]] = amount or UNNAMED
     for order_id, paid in payments.items():
-        if order_id in price_of:
+        if order_id in price_of and UNNAMED not in paid.values():
             price_of[order_id] = min(price_of[order_id], sum(paid.values()))
     return placed, presale_of, price_of
 

@@ -465,13 +465,17 @@ def test_an_order_paid_back_more_than_its_payments_or_settled_above_its_instruct
     assert checker.audit(Settings()).orders_refunded_above_price == []
     _instructed(topics, "r2", 60)
     assert checker.audit(Settings()).orders_refunded_above_price == ["jd:1"]
+    balance = {"event_id": "paid:jd:1:balance", "event_time_ms": 4, "channel": "jd", "channel_order_id": "1",
+               "payment_id": "P2", "amount_fen": 0, "balance": True}  # fmt: skip
+    topics.event(ORDER_EVENTS.name, "PaymentConfirmed", balance)  # names no amount: the order is paid in full
+    assert checker.audit(Settings()).orders_refunded_above_price == []
     topics.placed("jd:2", "A", 1)
     _instructed(topics, "r3", 1, order="2")
-    assert checker.audit(Settings()).orders_refunded_above_price == ["jd:1"]
+    assert checker.audit(Settings()).orders_refunded_above_price == []
     topics.event(REFUND_EVENTS.name, "RefundSettled", {
         "event_id": "settled:jd:r3", "event_time_ms": 3, "channel": "jd", "channel_order_id": "2",
         "channel_refund_id": "r3", "amount_fen": 101, "settlement_id": "S3"})  # fmt: skip
-    assert checker.audit(Settings()).orders_refunded_above_price == ["jd:1", "jd:2"]
+    assert checker.audit(Settings()).orders_refunded_above_price == ["jd:2"]
 
 
 def test_an_order_refunded_above_its_price_under_two_refund_ids_is_found(topics: Topics) -> None:
@@ -667,3 +671,25 @@ def test_a_refund_customer_service_said_no_to_and_paid_all_the_same_is_found(top
         "event_id": "reviewed:jd:r1", "event_time_ms": 1, "channel": "jd", "channel_order_id": "1",
         "channel_refund_id": "r1", "approved": False, "reviewer": "cs-01", "note": "no"})  # fmt: skip
     assert checker.audit(Settings()).refunds_paid_unapproved == ["jd:r1"]
+
+
+def test_a_no_the_pipeline_refused_is_no_decision(topics: Topics) -> None:
+    """Found by review: a Kuaishou 'no' before the return's tracking number is refused (precondition_missing)
+    and customer service decides again; a yes then paid is approved, not paid against its first decision."""
+    topics.placed("jd:1", "A", 1)
+    topics.event(REFUND_STATES.name, "RefundStateChanged", {
+        "event_id": "jd:r1:refunding", "event_time_ms": 1, "refund_id": "jd:r1", "order_id": "jd:1", "channel": "jd",
+        "kind": "REFUND_ONLY", "state": "refunding", "previous_state": "reviewing", "reason": "",
+        "amount_fen": 100, "auto_approved": False, "warehouse_id": "",
+        "stage_times": {"requested": 1, "reviewing": 1, "refunding": 1}, "customer_id": "c1"})  # fmt: skip
+    _instructed(topics, "r1", 100)
+    review = {"event_id": "reviewed:jd:r1", "event_time_ms": 1, "channel": "jd", "channel_order_id": "1",
+              "channel_refund_id": "r1", "approved": False, "reviewer": "cs-01", "note": "no"}  # fmt: skip
+    topics.event(REFUND_EVENTS.name, "RefundReviewed", review)  # offset 0: refused by the pipeline
+    topics.event(REFUND_EVENTS.name, "RefundReviewed", {**review, "event_id": "reviewed:jd:r1:2", "approved": True})
+    topics.event(DEADLETTERS.name, "DeadLetter", {
+        "event_id": "refund.events:0:0:streams.engine", "event_time_ms": 1,
+        "source_topic": Settings().topic(REFUND_EVENTS.name), "source_partition": 0, "source_offset": 0,
+        "stage": "streams.engine", "reason": "precondition_missing", "detail": "", "original_key": None,
+        "original_value": None})  # fmt: skip
+    assert checker.audit(Settings()).refunds_paid_unapproved == []
