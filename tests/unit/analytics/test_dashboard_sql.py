@@ -366,3 +366,19 @@ def test_a_refunds_current_state_is_the_furthest_in_its_lifecycle_whatever_the_c
     store(ch, refund("douyin:R4", "douyin:O4", "RETURN_AND_REFUND", [("requested", t + 3 * S), ("reviewing", t + S)]))
     [late] = dash(ch, "refund_exceptions", t + 3 * H, from_ms=t - H, to_ms=t + 3 * H)
     assert (late["exception"], late["current_state"]) == ("respond_hanging", "reviewing")
+
+
+def test_orders_per_hour_feeds_the_forecast_in_a_zone_off_the_hour(ch: SharedClickHouse) -> None:
+    """Found by review: hours started at the shop's zone's hour (:30 UTC in India), and the forecast, which
+    reads them on the epoch's hours, found none of its hours and learnt from nothing."""
+    from zoneinfo import ZoneInfo
+
+    from agents.forecast.series import from_hours
+
+    zone = ZoneInfo("Asia/Kolkata")
+    placed = int(datetime(2026, 11, 11, 10, 10, tzinfo=zone).timestamp() * 1000)
+    store(ch, order("jd:I1", [("placed", placed)]) + order("jd:I2", [("placed", placed + MIN)]))
+    start = (placed // H - 2) * H
+    rows = dash(ch, "orders_per_hour", placed + 3 * H, from_ms=start, to_ms=start + 6 * H, tz=zone.key)
+    assert from_hours({int(r["hour_ms"]): float(r["orders"]) for r in rows}, start, start + 6 * H).total() == 2
+    assert [r["hour"] for r in rows] == ["2026-11-11 09:30:00"]  # the UTC hour 04:00, shown in India's zone
