@@ -58,7 +58,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -176,6 +176,10 @@ class Intake:
         self.service = service_map(self.channels)
         self.catalogue = Catalogue.load(settings.catalogue_file)
         self.limits = OrderLimits.from_settings(settings)
+        # A stock document older than the pool remembers adjustment ids is refused there (adjustment_too_old):
+        # answered here instead, so the WMS is not told a document it must send otherwise was taken.
+        self.stock_limits = replace(self.limits, max_event_age_ms=min(self.limits.max_event_age_ms,
+                                                                      int(settings.tombstone_ttl_s * 1000)))
         self.warehouses = tuple(load_warehouses(settings.warehouses_file))
         self.secrets = SecretsFile(settings.intake_secrets_file, settings.channels)
         # librdkafka gives up on a message before the caller is answered 503: a message that answer said was
@@ -385,7 +389,7 @@ class Intake:
         raw = await request.read()
         try:
             self.authenticate_token(WMS, request.headers)
-            mapped = build_adjustment(raw, self.warehouses, self.catalogue, self.limits, self.clock.now_ms())
+            mapped = build_adjustment(raw, self.warehouses, self.catalogue, self.stock_limits, self.clock.now_ms())
         except IntakeError as err:
             return self._refuse(err, Posted(request.path, WMS, raw))
         return await self._accept(mapped, "document_id", Posted(request.path, WMS, raw))

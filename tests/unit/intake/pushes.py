@@ -34,6 +34,9 @@ class Broker:
     def poll(self, _: float) -> int:
         return 0
 
+    def flush(self, *_: Any) -> int:
+        return 0
+
     def send_with_callback(self, topic: str, key: str, event_type: str, record: dict[str, Any], callback: Any) -> None:
         if topic == DEADLETTERS.name:
             self.dead_letters.append(record)

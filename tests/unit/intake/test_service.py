@@ -31,6 +31,7 @@ from agents.intake.openapi import router_routes
 from agents.intake.secrets import SecretsFile, load_secrets, write_secrets
 from agents.intake.service import Intake
 from streams.settings import Settings
+from tests.unit.intake import pushes
 
 CREDS = {channel: Credentials(f"key-{channel}", f"secret-{channel}") for channel in CHANNELS}
 ORDERS = {
@@ -337,3 +338,28 @@ def test_a_body_too_large_or_a_wrong_method_is_refused_in_the_refusal_contract(t
 
     assert asyncio.run(ask()) == [(413, "application/json", "body_too_large"),
                                   (405, "application/json", "method_not_allowed")]  # fmt: skip
+
+
+def test_a_stock_document_older_than_the_pool_remembers_is_refused_at_intake(tmp_path: Path) -> None:
+    """Found by review: intake took stock documents up to 30 days old and answered 200, while the pool, which
+    remembers adjustment ids for STOCKFLOW_TOMBSTONE_TTL_S (7 days), refused those older: the WMS was told a
+    document was taken that never counted."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    day = 86_400_000
+
+    async def post(days_back: int) -> tuple[int, str]:
+        service = Intake(Settings(intake_secrets_file=write_secrets(tmp_path / "s.toml", CREDS, "wms-token")),
+                         producer=pushes.Broker())  # type: ignore[arg-type]  # fmt: skip
+        client = TestClient(TestServer(service.app()))
+        await client.start_server()
+        try:
+            body = {"document_id": f"GRN-{days_back}", "sku": "SKU-1", "warehouse_id": "WH-SH", "kind": "RECEIPT",
+                    "qty": 5, "event_time_ms": now_ms() - days_back * day}  # fmt: skip
+            response = await client.post("/v1/wms/stock", json=body, headers={"Authorization": "Bearer wms-token"})
+            return response.status, (await response.json()).get("error", "")
+        finally:
+            await client.close()
+
+    assert asyncio.run(post(6)) == (200, "")
+    assert asyncio.run(post(8)) == (422, "time_out_of_range")
