@@ -366,15 +366,17 @@ def test_a_sink_started_from_the_beginning_refills_a_clickhouse_that_lost_its_ro
     # database, while the group's offsets say everything was stored.
     lost = settings.model_copy(update={"clickhouse_database": f"{settings.clickhouse_database}_new"})
     plain = start_sink(lost)
-    time.sleep(3)
-    assert count_final(lost, "alerts") == 0  # a plain restart resumes after the committed offsets
+    stream_alerts(lost, 1, 0.0, "after-restart")  # once it is in, the sink has read past what it had committed
+    wait_for(lambda: count_final(lost, "alerts") >= 1, timeout_s=60, what="the alert sent after the restart")
+    assert count_final(lost, "alerts") == 1  # a plain restart resumes after the committed offsets
     plain.stop()
     refill = start_sink(lost, name="sink-refill", args=("--from-beginning",))
-    wait_for(lambda: count_final(lost, "alerts") == 200, timeout_s=60, what="the 200 alerts read again")
+    wait_for(lambda: count_final(lost, "alerts") == 201, timeout_s=60, what="the 200 alerts read again")
     refill.stop()
     start_sink(lost, name="sink-again", args=("--from-beginning",))  # run twice: still one row per event
-    time.sleep(3)
-    assert count_final(lost, "alerts") == 200 and count_final(lost, "events") == 200
+    stream_alerts(lost, 1, 0.0, "after-second-refill")
+    wait_for(lambda: count_final(lost, "alerts") >= 202, timeout_s=60, what="the alert after the second refill")
+    assert count_final(lost, "alerts") == 202 and count_final(lost, "events") == 202
 
 
 def test_a_clickhouse_outage_holds_the_sink_and_loses_nothing(

@@ -184,16 +184,18 @@ def test_sent_alerts_are_forgotten_after_the_memory_and_the_table_stays_bounded(
     wait_for(lambda: not delivered(robots, alerts), timeout_s=60, what="the five alerts in a message")
     sent = len(robots.contents())
 
-    # Within the memory: a duplicate is not sent again.
-    send_alerts(EventProducer(settings), alerts[:1])
-    time.sleep(2 * WINDOW_S)
-    assert worker.get("/notify/status")["forgotten"] == 0 and len(robots.contents()) == sent
+    # Within the memory: a duplicate is not sent again. The alert after it shares its subject (its partition,
+    # read in order): once that one is out, the duplicate was read.
+    after = alert("sla_breach", "RED", alerts[0]["subject"], "within the memory", int(time.time() * 1000))
+    send_alerts(EventProducer(settings), [alerts[0], after])
+    wait_for(lambda: "within the memory" in "\n".join(robots.contents()), timeout_s=30, what="the alert after it")
+    assert len(robots.contents()) == sent + 1 and worker.get("/notify/status")["forgotten"] == 0
 
-    wait_for(lambda: worker.get("/notify/status")["forgotten"] == 5, timeout_s=60, what="the five rows forgotten")
+    wait_for(lambda: worker.get("/notify/status")["forgotten"] >= 5, timeout_s=60, what="the five rows forgotten")
     changelog = read_all(settings, f"{settings.app_id}-notified_by_alert-changelog")
     tombstones = {r.key for r in changelog if r.value is None}
-    assert tombstones == {a["event_id"].encode() for a in alerts}
+    assert tombstones >= {a["event_id"].encode() for a in alerts}
 
     # Beyond it, the same alert is news again: the memory is what bounds the table.
     send_alerts(EventProducer(settings), alerts[:1])
-    wait_for(lambda: len(robots.contents()) == sent + 1, timeout_s=60, what="the forgotten alert sent again")
+    wait_for(lambda: len(robots.contents()) == sent + 2, timeout_s=60, what="the forgotten alert sent again")
