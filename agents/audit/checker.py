@@ -286,6 +286,16 @@ class _Reading:
     settings: Settings
     codec: Codec
     earliest: dict[str, dict[int, int]] = field(default_factory=dict)  # contract name -> partition -> offset
+    _refused: dict[tuple[str, int, int], dict[str, Any]] | None = None
+
+    def refused_by_pipeline(self) -> dict[tuple[str, int, int], dict[str, Any]]:
+        """Where each message the pipeline refused was read (topic, partition, offset) -> its dead letter; read
+        once an audit. The pipeline's only: the sink dead-letters what ClickHouse cannot hold, which the
+        pipeline took all the same."""
+        if self._refused is None:
+            letters = [r for _, _, r in self.decoded(DEADLETTERS.name) if r["stage"] in PIPELINE_STAGES]
+            self._refused = {(r["source_topic"], r["source_partition"], r["source_offset"]): r for r in letters}
+        return self._refused
 
     def decoded(self, name: str) -> list[tuple[Record, str, dict[str, Any]]]:
         topic = self.settings.topic(name)
@@ -405,8 +415,7 @@ def _audit_refunds(reading: _Reading, price_of: dict[str, int], report: Report) 
             report.unjudge(f"refund {refund_id}", "instruction", REFUND_INSTRUCTIONS.name)
         else:
             report.refunds_lost.append(refund_id)
-    refused = {(r["source_topic"], r["source_partition"], r["source_offset"])
-               for _, _, r in reading.decoded(DEADLETTERS.name) if r["stage"] in PIPELINE_STAGES}  # fmt: skip
+    refused = reading.refused_by_pipeline()
     events_topic = reading.settings.topic(REFUND_EVENTS.name)
     applied = [(rec, kind, r) for rec, kind, r in refund_events
                if (events_topic, rec.partition, rec.offset) not in refused]  # fmt: skip
@@ -491,9 +500,8 @@ def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], repor
     seen_adjustments: set[tuple[str, str]] = set()
     # Dated before the ids the pool remembers: refused on the pool's clock at the time, which only its
     # dead letter records (its time); the age is judged here again, so a refusal that was wrong still counts.
-    too_old = {(r["source_topic"], r["source_partition"], r["source_offset"]): int(r["event_time_ms"])
-               for _, _, r in reading.decoded(DEADLETTERS.name)
-               if r["reason"] == Reason.ADJUSTMENT_TOO_OLD and r["stage"] in PIPELINE_STAGES}  # fmt: skip
+    too_old = {where: int(r["event_time_ms"]) for where, r in reading.refused_by_pipeline().items()
+               if r["reason"] == Reason.ADJUSTMENT_TOO_OLD}  # fmt: skip
     memory_ms = int(reading.settings.tombstone_ttl_s * 1000)
     for source, topic in ((_ADJUSTMENTS, STOCK_ADJUSTMENTS.name), (_RETURNS, STOCK_RETURNS.name)):
         full_name = reading.settings.topic(topic)
@@ -934,12 +942,7 @@ def _placed_orders(reading: _Reading) -> tuple[set[str], dict[str, bool], dict[s
     """The ids of the placed orders the pipeline did not refuse as input, whether each is a presale order and
     the most it may be paid back: what it cost (the first one not refused is the one the lifecycle took), or
     what its payments add up to when they say so and that is less (a presale order with its deposit alone)."""
-    # Refused by the pipeline only: the sink dead-letters what ClickHouse cannot hold, an order the lifecycle
-    # took all the same (and which must then be decided like any other).
-    refused = {
-        (r["source_topic"], r["source_partition"], r["source_offset"])
-        for _, _, r in reading.decoded(DEADLETTERS.name) if r["stage"] in PIPELINE_STAGES
-    }
+    refused = reading.refused_by_pipeline()  # an order the sink alone dead-lettered must still be decided
     order_topic = reading.settings.topic(ORDER_EVENTS.name)
     placed: set[str] = set()
     presale_of: dict[str, bool] = {}

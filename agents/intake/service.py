@@ -357,13 +357,14 @@ class Intake:
 
         async def handle(request: web.Request) -> web.Response:
             raw = await request.read()
+            posted = Posted(request.path, mapping.channel, raw)
             try:
                 query = {k: request.query[k] for k in request.query}
                 body = self.authenticate_channel(mapping.channel, kind, query, request.headers, raw)
                 mapped = mapping.build(kind, body, self.catalogue, self.limits, self.clock.now_ms())
             except IntakeError as err:
-                return self._refuse(err, Posted(request.path, mapping.channel, raw))
-            return await self._accept(mapped, order_id_path, Posted(request.path, mapping.channel, raw))
+                return self._refuse(err, posted)
+            return await self._accept(mapped, order_id_path, posted)
 
         return handle
 
@@ -372,6 +373,7 @@ class Intake:
     ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
             raw = await request.read()
+            posted = Posted(request.path, caller, raw)
             try:
                 self.authenticate_token(caller, request.headers)
                 mapped = mapping.build(kind, raw, self.catalogue, self.limits, self.clock.now_ms())
@@ -380,19 +382,20 @@ class Intake:
                     raise IntakeError(Reason.UNKNOWN_WAREHOUSE, f"warehouse {warehouse!r} is not one of "
                                       f"{sorted(self.warehouses)}", "warehouse_id")  # fmt: skip
             except IntakeError as err:
-                return self._refuse(err, Posted(request.path, caller, raw))
-            return await self._accept(mapped, "channel_order_id", Posted(request.path, caller, raw))
+                return self._refuse(err, posted)
+            return await self._accept(mapped, "channel_order_id", posted)
 
         return handle
 
     async def wms_stock(self, request: web.Request) -> web.Response:
         raw = await request.read()
+        posted = Posted(request.path, WMS, raw)
         try:
             self.authenticate_token(WMS, request.headers)
             mapped = build_adjustment(raw, self.warehouses, self.catalogue, self.stock_limits, self.clock.now_ms())
         except IntakeError as err:
-            return self._refuse(err, Posted(request.path, WMS, raw))
-        return await self._accept(mapped, "document_id", Posted(request.path, WMS, raw))
+            return self._refuse(err, posted)
+        return await self._accept(mapped, "document_id", posted)
 
     # ---- who may post ---------------------------------------------------------------------------
 

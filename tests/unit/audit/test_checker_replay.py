@@ -562,12 +562,16 @@ def test_a_refused_order_whose_dead_letter_the_retention_deleted_is_unjudged_not
     assert report.unjudged == {"order jd:1": f"refusal: {RETAINED} deadletters"}
 
 
-def _refused_by(topics: Topics, stage: str) -> None:
-    source = Settings().topic(ORDER_EVENTS.name)
+def _dead_letter(topics: Topics, topic: str, offset: int, stage: str, reason: str, at_ms: int = 1) -> None:
+    """A dead letter for ``topic``'s message at partition 0, ``offset``."""
     topics.event(DEADLETTERS.name, "DeadLetter", {
-        "event_id": f"order.events:0:0:{stage}", "event_time_ms": 1, "source_topic": source, "source_partition": 0,
-        "source_offset": 0, "stage": stage, "reason": "unknown_sku", "detail": "", "original_key": None,
-        "original_value": None})  # fmt: skip
+        "event_id": f"{topic}:0:{offset}:{stage}", "event_time_ms": at_ms, "source_topic": Settings().topic(topic),
+        "source_partition": 0, "source_offset": offset, "stage": stage, "reason": reason, "detail": "",
+        "original_key": None, "original_value": None})  # fmt: skip
+
+
+def _refused_by(topics: Topics, stage: str) -> None:
+    _dead_letter(topics, ORDER_EVENTS.name, 0, stage, "unknown_sku")
 
 
 def test_an_order_only_the_sink_dead_lettered_must_still_be_decided(topics: Topics) -> None:
@@ -634,11 +638,7 @@ def test_a_takeover_whose_override_the_retention_deleted_is_unjudged_not_misuse(
 
 
 def _too_old(topics: Topics, offset: int, refused_at: int) -> None:
-    topics.event(DEADLETTERS.name, "DeadLetter", {
-        "event_id": f"stock.adjustments:0:{offset}:streams.engine", "event_time_ms": refused_at,
-        "source_topic": Settings().topic(STOCK_ADJUSTMENTS.name), "source_partition": 0, "source_offset": offset,
-        "stage": "streams.engine", "reason": "adjustment_too_old", "detail": "", "original_key": None,
-        "original_value": None})  # fmt: skip
+    _dead_letter(topics, STOCK_ADJUSTMENTS.name, offset, "streams.engine", "adjustment_too_old", refused_at)
 
 
 @pytest.mark.parametrize(("dated_days_back", "drifted"), [(8.0, []), (1.0, ["A"])])
@@ -656,9 +656,8 @@ def test_an_adjustment_refused_as_too_old_is_judged_old_here_too(
     assert [sa.sku for sa in checker.audit(Settings()).drifted] == drifted
 
 
-def test_a_refund_customer_service_said_no_to_and_paid_all_the_same_is_found(topics: Topics) -> None:
-    """Changed on purpose: 'approved' meant what the refund agent's own states said, so an agent that paid a
-    refund customer service had rejected (its states moving on to refunding) passed."""
+def _paid_after_review(topics: Topics) -> None:
+    """Refund jd:r1 of order jd:1, handed to customer service, then paying, with its instruction."""
     topics.placed("jd:1", "A", 1)
     topics.event(REFUND_STATES.name, "RefundStateChanged", {
         "event_id": "jd:r1:refunding", "event_time_ms": 1, "refund_id": "jd:r1", "order_id": "jd:1", "channel": "jd",
@@ -666,30 +665,27 @@ def test_a_refund_customer_service_said_no_to_and_paid_all_the_same_is_found(top
         "amount_fen": 100, "auto_approved": False, "warehouse_id": "",
         "stage_times": {"requested": 1, "reviewing": 1, "refunding": 1}, "customer_id": "c1"})  # fmt: skip
     _instructed(topics, "r1", 100)
+
+
+def _review(approved: bool, event_id: str = "reviewed:jd:r1") -> dict[str, Any]:
+    return {"event_id": event_id, "event_time_ms": 1, "channel": "jd", "channel_order_id": "1",
+            "channel_refund_id": "r1", "approved": approved, "reviewer": "cs-01", "note": ""}  # fmt: skip
+
+
+def test_a_refund_customer_service_said_no_to_and_paid_all_the_same_is_found(topics: Topics) -> None:
+    """Changed on purpose: 'approved' meant what the refund agent's own states said, so an agent that paid a
+    refund customer service had rejected (its states moving on to refunding) passed."""
+    _paid_after_review(topics)
     assert checker.audit(Settings()).refunds_paid_unapproved == []
-    topics.event(REFUND_EVENTS.name, "RefundReviewed", {
-        "event_id": "reviewed:jd:r1", "event_time_ms": 1, "channel": "jd", "channel_order_id": "1",
-        "channel_refund_id": "r1", "approved": False, "reviewer": "cs-01", "note": "no"})  # fmt: skip
+    topics.event(REFUND_EVENTS.name, "RefundReviewed", _review(approved=False))
     assert checker.audit(Settings()).refunds_paid_unapproved == ["jd:r1"]
 
 
 def test_a_no_the_pipeline_refused_is_no_decision(topics: Topics) -> None:
     """Found by review: a Kuaishou 'no' before the return's tracking number is refused (precondition_missing)
     and customer service decides again; a yes then paid is approved, not paid against its first decision."""
-    topics.placed("jd:1", "A", 1)
-    topics.event(REFUND_STATES.name, "RefundStateChanged", {
-        "event_id": "jd:r1:refunding", "event_time_ms": 1, "refund_id": "jd:r1", "order_id": "jd:1", "channel": "jd",
-        "kind": "REFUND_ONLY", "state": "refunding", "previous_state": "reviewing", "reason": "",
-        "amount_fen": 100, "auto_approved": False, "warehouse_id": "",
-        "stage_times": {"requested": 1, "reviewing": 1, "refunding": 1}, "customer_id": "c1"})  # fmt: skip
-    _instructed(topics, "r1", 100)
-    review = {"event_id": "reviewed:jd:r1", "event_time_ms": 1, "channel": "jd", "channel_order_id": "1",
-              "channel_refund_id": "r1", "approved": False, "reviewer": "cs-01", "note": "no"}  # fmt: skip
-    topics.event(REFUND_EVENTS.name, "RefundReviewed", review)  # offset 0: refused by the pipeline
-    topics.event(REFUND_EVENTS.name, "RefundReviewed", {**review, "event_id": "reviewed:jd:r1:2", "approved": True})
-    topics.event(DEADLETTERS.name, "DeadLetter", {
-        "event_id": "refund.events:0:0:streams.engine", "event_time_ms": 1,
-        "source_topic": Settings().topic(REFUND_EVENTS.name), "source_partition": 0, "source_offset": 0,
-        "stage": "streams.engine", "reason": "precondition_missing", "detail": "", "original_key": None,
-        "original_value": None})  # fmt: skip
+    _paid_after_review(topics)
+    topics.event(REFUND_EVENTS.name, "RefundReviewed", _review(approved=False))  # offset 0: refused by the pipeline
+    topics.event(REFUND_EVENTS.name, "RefundReviewed", _review(approved=True, event_id="reviewed:jd:r1:2"))
+    _dead_letter(topics, REFUND_EVENTS.name, 0, "streams.engine", "precondition_missing")
     assert checker.audit(Settings()).refunds_paid_unapproved == []
