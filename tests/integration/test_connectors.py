@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from typer.testing import CliRunner
 
@@ -477,8 +477,16 @@ def test_parked_stock_is_replayed_in_few_calls_and_never_twice(settings: Setting
 
 
 def retention_ms(admin: AdminClient, topic: str, key: str = "retention.ms") -> str:
-    [future] = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
-    return str(future.result(timeout=15)[key].value)
+    # A topic just created may not be described yet (UNKNOWN_TOPIC_OR_PART while its metadata spreads).
+    deadline = time.monotonic() + 15
+    while True:
+        [future] = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
+        try:
+            return str(future.result(timeout=15)[key].value)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def test_the_failed_queues_keep_their_records_for_good(settings: Settings) -> None:
