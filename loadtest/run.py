@@ -441,6 +441,9 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
     unseen = 0  # decided (the topic holds it) but never reached the outside watch: left out of latencies
     decided_per_second: dict[int, int] = defaultdict(int)
     latency_by_second: dict[int, list[float]] = defaultdict(list)
+    # Where a decision's time went: before the worker's batch took it (sender, broker, fetch, the batch in
+    # hand), and from there to the outside consumer (apply, commit, fetch); and by sender.
+    split: dict[str, list[float]] = defaultdict(list)
     for rec in read_all(settings, settings.topic("reservation.results"), 30):
         _, r = codec.decode(rec.value)
         order = r["order_id"]
@@ -452,6 +455,9 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
         decisions[order] = received[order]
         second = (sent.orders[order] - sent.started_epoch_ms) // 1000
         latency_by_second[second].append(received[order] - sent.orders[order])
+        split["to_batch"].append(r["event_time_ms"] - sent.orders[order])
+        split["batch_to_outside"].append(received[order] - r["event_time_ms"])
+        split["intake" if order.startswith("own:") else "kafka"].append(received[order] - sent.orders[order])
         decided_per_second[(received[order] - sent.started_epoch_ms) // 1000] += 1
     decision_ms = [ms for v in latency_by_second.values() for ms in v]
     refund_ms = _refund_decision_ms(codec, seen[REFUND_STATES.name], sent)
@@ -498,6 +504,8 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
         "p50_decision_ms": round(percentile(decision_ms, 0.5), 1),
         "p99_decision_ms": round(percentile(decision_ms, 0.99), 1),
         "p999_decision_ms": round(percentile(decision_ms, 0.999), 1),
+        "decision_ms_split": {part: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99)}
+                              for part, v in sorted(split.items())},
         "refunds_sent": len(sent.refunds),
         "refunds_decided": len(refund_ms),
         "p50_refund_decision_ms": round(percentile(refund_ms, 0.5), 1),

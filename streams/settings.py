@@ -256,11 +256,18 @@ class Settings(BaseSettings):
         "restarts it: a Kafka client call that ignores its own timeout cannot hold the hot path forever.",
     )
     batch_window_ms: float = Field(
-        default=10.0,
+        default=3.0,
         gt=0,
         le=1000,
         description="How long a stateful agent gathers events into each batch (all of it, unless "
         "`STOCKFLOW_BATCH_MAX_EVENTS` come sooner): latency against transactions a second.",
+    )
+    fetch_wait_ms: int = Field(
+        default=5,
+        ge=1,
+        le=500,
+        description="Longest a stateful agent's fetch waits at the broker for records: an event reaches its "
+        "batch up to this much later, and an idle worker sends up to 1000/this empty fetches a second.",
     )
     batch_max_events: int = Field(default=5000, ge=1, description="Most events in one batch.")
     clock_control: bool = Field(

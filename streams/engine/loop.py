@@ -371,9 +371,11 @@ class Engine:
             "session.timeout.ms": int(self.settings.session_timeout_s * 1000),
             "heartbeat.interval.ms": max(int(self.settings.session_timeout_s * 100), 500),
             # A fetch answered as soon as one record is there is a broker request per round trip, all
-            # the time, while the loop takes a batch only every few tens of milliseconds: let the broker
-            # gather a window's worth (a fetch still returns at once when a batch's worth is there).
-            "fetch.wait.max.ms": 20,
+            # the time: let the broker gather a few milliseconds' worth (a fetch still returns at once
+            # when a batch's worth is there). Every millisecond of it is latency on the decision path:
+            # 20 ms here and a 10 ms window gave decision p50 / p99 78-83 / 168-200 ms at 750 orders/s,
+            # 5 ms and a 3 ms window 51-52 / 125-160, for a fifth more broker CPU (BENCHMARKS.md).
+            "fetch.wait.max.ms": self.settings.fetch_wait_ms,
             "fetch.min.bytes": 1 << 20,
             "max.poll.interval.ms": 300_000,
         })  # fmt: skip
