@@ -511,7 +511,7 @@ PIPELINE_KEYS = (
     "engine_commits_per_s",
     "engine_events_per_commit", "engine_commit_ms", "engine_time_split", "engine_local_share",
     "engine_cpu_us_per_order", "refunds_sent", "refunds_decided", "p50_refund_decision_ms", "p99_refund_decision_ms",
-    "refunds_paid_twice", "refunds_lost", "audit_other_failures",
+    "refunds_paid_twice", "refunds_lost", "audit_other_failures", "audit_unjudged",
 )  # fmt: skip
 # With the marketplaces (the default): what reached them.
 CHANNEL_KEYS = (

@@ -50,6 +50,7 @@ INVARIANTS = (
     ("refunds_lost", "refunds lost"),
     ("refunds_agreed_twice", "refunds agreed twice by a marketplace"),
     ("audit_other_failures", "other failures of the checker (stockflow check names them)"),
+    ("audit_unjudged", "keys the checker could not judge (their history is gone from the run's own topics)"),
 )
 PORT_SETTINGS = (("web_port", "STOCKFLOW_WEB_PORT"), ("sink_port", "STOCKFLOW_SINK_PORT"),
                  ("intake_port", "STOCKFLOW_INTAKE_PORT"))  # fmt: skip

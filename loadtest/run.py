@@ -523,6 +523,8 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
         # a run is not green while any of it is found.
         "audit_other_failures": sum(summary["other_failures"].values()),
         "audit_other_failure_kinds": summary["other_failures"],
+        # A run's topics are its own and start at 0: anything the checker could not judge is a hole in the proof.
+        "audit_unjudged": summary["unjudged"],
         "bad_inputs_sent": sent.bad_kafka_sent + sent.bad_intake_sent,
         "bad_inputs_refused": len(refused) + sent.bad_intake_refused,
         "intake_errors": sent.intake_errors,

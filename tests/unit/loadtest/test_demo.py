@@ -166,3 +166,15 @@ def test_every_failure_the_checker_finds_reaches_the_run_verdict() -> None:
     assert not report.ok and report.summary()["other_failures"] == {"paid_without_hold": 2,
                                                                     "orders_refunded_above_price": 1}  # fmt: skip
     assert not verdict(figures(audit_other_failures=sum(report.other_failures.values()))).ok
+
+
+def test_what_the_checker_could_not_judge_is_no_green_run() -> None:
+    """Changed on purpose: a key the checker left unjudged (its history gone) did not touch the verdict, so a run
+    whose proof had holes read green. A run's topics are its own and start at 0, so there should be none."""
+    from agents.audit.checker import Report
+
+    report = Report()
+    report.unjudge("sku A", "its on-hand", "stock.adjustments")
+    assert report.ok and report.summary()["unjudged"] == 1
+    failed = verdict(figures(audit_unjudged=report.summary()["unjudged"]))
+    assert not failed.ok and "could not judge" in failed.failures[0]
