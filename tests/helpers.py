@@ -154,6 +154,7 @@ def audit_problems(report: Any) -> dict[str, Any]:
         "rejected_held": report.rejected_but_held[:5],
         "incomplete": report.reserved_incomplete[:5],
         "paid_without_hold": report.paid_without_hold[:5],
+        "shipped_not_deducted": report.shipped_not_deducted[:5],
         "overdue": report.overdue_timers[:5],
     }
 

@@ -16,8 +16,10 @@ oversold units (at any moment of the run, not only at its end: open regular hold
 beyond on-hand, open presale holds beyond the presale cap), VIP set-aside units handed to another order,
 double holds (an order line held again after it was released, expired or shipped: a refusal held nothing),
 orders rejected while still holding stock, lost orders (placed and valid, yet neither decided nor
-cancelled), paid orders without an open hold behind every line, and timers that did not fire (an unpaid
-hold past its expiry, an unpaid order past its payment timeout).
+cancelled), paid orders without an open hold behind every line, shipments the WMS reported (its own
+``ShipmentDispatched`` on ``order.events``) whose lines at that warehouse the pool never answered SHIPPED
+(units gone from a shelf the pool still counts), and timers that did not fire (an unpaid hold past its
+expiry, an unpaid order past its payment timeout).
 
 Order. The pool applies its input topics (commands, adjustments, returns, overrides) as one stream per
 partition in the order it reads them, which no topic records: commands it applies locally are not even
@@ -205,6 +207,7 @@ class Report:
     rejected_but_held: list[str] = field(default_factory=list)
     reserved_incomplete: list[str] = field(default_factory=list)
     paid_without_hold: list[str] = field(default_factory=list)
+    shipped_not_deducted: list[str] = field(default_factory=list)
     overdue_timers: list[str] = field(default_factory=list)
     vip_set_aside_misused: list[str] = field(default_factory=list)
     refunds: int = 0
@@ -239,6 +242,7 @@ class Report:
         return not (
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
             or self.rejected_but_held or self.reserved_incomplete or self.paid_without_hold or self.overdue_timers
+            or self.shipped_not_deducted
             or self.vip_set_aside_misused or self.refunds_paid_twice or self.orders_refunded_above_price
             or self.refunds_lost or self.refunds_paid_unapproved
         )  # fmt: skip
@@ -259,6 +263,7 @@ class Report:
             "rejected_but_held": len(self.rejected_but_held),
             "reserved_incomplete": len(self.reserved_incomplete),
             "paid_without_hold": len(self.paid_without_hold),
+            "shipped_not_deducted": len(self.shipped_not_deducted),
             "overdue_timers": len(self.overdue_timers),
             "refunds": self.refunds,
             "refunds_paid_twice": len(self.refunds_paid_twice),
@@ -270,8 +275,9 @@ class Report:
         }
 
     # The failure kinds the run verdicts (bench, demo) do not show a figure of their own for.
-    OTHER_FAILURES = ("rejected_but_held", "reserved_incomplete", "paid_without_hold", "overdue_timers",
-                      "vip_set_aside_misused", "orders_refunded_above_price", "refunds_paid_unapproved")  # fmt: skip
+    OTHER_FAILURES = ("rejected_but_held", "reserved_incomplete", "paid_without_hold", "shipped_not_deducted",
+                      "overdue_timers", "vip_set_aside_misused", "orders_refunded_above_price",
+                      "refunds_paid_unapproved")  # fmt: skip
 
     @property
     def other_failures(self) -> dict[str, int]:
@@ -325,10 +331,11 @@ def audit(settings: Settings) -> Report:
     report = Report()
     totals, holds, applied = _pool_store(settings)
     changes = _stock_changes(reading, applied, report)
-    last, moves, ships = _fold_answers(reading.decoded(HOLD_RESULTS.name), report)
+    last, moves, ships, allocated = _fold_answers(reading.decoded(HOLD_RESULTS.name), report)
     for sku, shipped in ships.items():
         changes[sku].extend(shipped)
-    placed, presale_of, price_of = _placed_orders(reading)
+    orders = _placed_orders(reading)
+    placed, presale_of, price_of = orders.placed, orders.presale_of, orders.price_of
     totals, holds = _fold_buckets(totals, holds)
     for by_line in holds.values():
         for key, hold in by_line.items():
@@ -351,6 +358,7 @@ def audit(settings: Settings) -> Report:
         if state is not None:
             _compare_with_store(sa, state, holds.get(sku, {}), expected_keys, presale_keys, unseen)
     _audit_orders(reading, placed, last, now_ms, report)
+    _check_shipments(orders, allocated, last, reading, report)
     _audit_refunds(reading, price_of, report)
     return report
 
@@ -528,11 +536,11 @@ def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], repor
     return changes
 
 
-def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]],
-                  report: Report) -> tuple[dict[str, dict[str, Any]], _BySku[HoldMove], _BySku[Change]]:  # fmt: skip
+def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]], report: Report
+                  ) -> tuple[dict[str, dict[str, Any]], _BySku[HoldMove], _BySku[Change], dict[str, str]]:  # fmt: skip
     """2. The last answer per order line (``<order>#<line>``), in the order the pool gave them; per SKU, when
-    each line's hold opened and closed, and its shipments. An order line held again after it was let go is a
-    double hold."""
+    each line's hold opened and closed, and its shipments; the warehouse each line was allocated to. An order
+    line held again after it was let go is a double hold."""
     last: dict[str, dict[str, Any]] = {}
     history: dict[str, list[str]] = defaultdict(list)
     allocated: dict[str, str] = {}
@@ -574,7 +582,7 @@ def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]],
             opening.pop(key, None)
             moves[sku].append(HoldMove(at_ms, key, -last[key]["qty"]))
         last[key] = res
-    return last, moves, ships
+    return last, moves, ships, allocated
 
 
 def _open_lines_by_sku(last: dict[str, dict[str, Any]], report: Report) -> dict[str, dict[str, int]]:
@@ -938,30 +946,67 @@ def _audit_orders(reading: _Reading, placed: set[str], last: dict[str, dict[str,
     _check_decisions(decided, last, report)
 
 
-def _placed_orders(reading: _Reading) -> tuple[set[str], dict[str, bool], dict[str, int]]:
+@dataclass
+class _OrderInputs:
+    """What ``order.events`` says, the messages the pipeline refused left out."""
+
+    placed: set[str] = field(default_factory=set)  # order ids
+    presale_of: dict[str, bool] = field(default_factory=dict)
+    price_of: dict[str, int] = field(default_factory=dict)  # the most an order may be paid back
+    lines_of: dict[str, list[int]] = field(default_factory=dict)  # the line numbers of the order the lifecycle took
+    shipments: list[tuple[str, str]] = field(default_factory=list)  # (order id, warehouse) of each the WMS reported
+
+
+def _placed_orders(reading: _Reading) -> _OrderInputs:
     """The ids of the placed orders the pipeline did not refuse as input, whether each is a presale order and
     the most it may be paid back: what it cost (the first one not refused is the one the lifecycle took), or
-    what its payments add up to when they say so and that is less (a presale order with its deposit alone)."""
+    what its payments add up to when they say so and that is less (a presale order with its deposit alone);
+    the shipments it did not refuse."""
     refused = reading.refused_by_pipeline()  # an order the sink alone dead-lettered must still be decided
     order_topic = reading.settings.topic(ORDER_EVENTS.name)
-    placed: set[str] = set()
-    presale_of: dict[str, bool] = {}
-    price_of: dict[str, int] = {}
+    out = _OrderInputs()
     payments: dict[str, dict[str, int]] = defaultdict(dict)  # order id -> payment event id -> amount
     for rec, kind, ev in reading.decoded(ORDER_EVENTS.name):
-        if kind == "OrderPlaced" and (order_topic, rec.partition, rec.offset) not in refused:
-            order_id = order_key(ev["channel"], ev["channel_order_id"])
-            placed.add(order_id)
-            presale_of.setdefault(order_id, bool(ev["presale"]))
-            price_of.setdefault(order_id, int(ev["amount_fen"]))
+        taken = (order_topic, rec.partition, rec.offset) not in refused
+        order_id = order_key(ev["channel"], ev["channel_order_id"])
+        if kind == "OrderPlaced" and taken:
+            out.placed.add(order_id)
+            out.presale_of.setdefault(order_id, bool(ev["presale"]))
+            out.price_of.setdefault(order_id, int(ev["amount_fen"]))
+            out.lines_of.setdefault(order_id, [int(line["line_no"]) for line in ev["lines"]])
         elif kind == "PaymentConfirmed":
             # A payment naming no amount pays the order in full, as the lifecycle counts it.
             amount = int(ev.get("amount_fen") or 0)
-            payments[order_key(ev["channel"], ev["channel_order_id"])][ev["event_id"]] = amount or UNNAMED
+            payments[order_id][ev["event_id"]] = amount or UNNAMED
+        elif kind == "ShipmentDispatched" and taken:
+            out.shipments.append((order_id, str(ev["warehouse_id"])))
     for order_id, paid in payments.items():
-        if order_id in price_of and UNNAMED not in paid.values():
-            price_of[order_id] = min(price_of[order_id], sum(paid.values()))
-    return placed, presale_of, price_of
+        if order_id in out.price_of and UNNAMED not in paid.values():
+            out.price_of[order_id] = min(out.price_of[order_id], sum(paid.values()))
+    return out
+
+
+def _check_shipments(orders: _OrderInputs, allocated: dict[str, str], last: dict[str, dict[str, Any]],
+                     reading: _Reading, report: Report) -> None:  # fmt: skip
+    """Units the WMS shipped leave the shelf: for every shipment the pipeline took (the WMS's own message, not the
+    pool's account of it), each line of its order allocated to the shipping warehouse, and each line allocated to
+    none, was answered SHIPPED. One left unanswered is stock the pool still counts on a shelf that is empty
+    (a cancel racing the shipment, a lost SHIP). Like every check here, it judges a pipeline that has drained.
+    A shipment whose answers may be deleted is unjudged."""
+    for order_id, warehouse in orders.shipments:
+        lines = orders.lines_of.get(order_id)
+        if not lines:
+            continue  # an order the pipeline never took: the shipment waited for it, then was refused
+        keys = [f"{order_id}#{n}" for n in lines]
+        leaving = [k for k in keys if allocated.get(k, warehouse) == warehouse]
+        missing = [k for k in leaving if last.get(k, {}).get("outcome") != "SHIPPED"]
+        if not missing:
+            continue
+        if reading.cut(HOLD_RESULTS.name, order_id):
+            report.unjudge(f"order {order_id}", "shipment", HOLD_RESULTS.name)
+        else:
+            report.shipped_not_deducted.append(f"{order_id} from {warehouse or 'an unnamed warehouse'}: "
+                                               f"{', '.join(missing)}")  # fmt: skip
 
 
 def _check_order_states(last: dict[str, dict[str, Any]], final_state: dict[str, str],

@@ -5,13 +5,17 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 
 import pytest
+from confluent_kafka import Consumer
 
 from loadtest import events as ev
+from streams.contract.codec import codec_for
 from streams.contract.keys import order_key
-from streams.contract.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS
+from streams.contract.topics import ORDER_EVENTS, STOCK_ADJUSTMENTS, WAREHOUSE_DISPATCH
 from streams.engine.producer import EventProducer
+from streams.kafkaconf import confluent_config
 from tests.helpers import audit_problems, audit_until_ok, read_topic, wait_for
 
 pytestmark = pytest.mark.broker
@@ -52,6 +56,35 @@ def stream_orders(settings, orders: int, seconds: float, seed: int, stop: thread
     return sent
 
 
+def ship_dispatched(settings, seed: int, stop: threading.Event, shipped: set[tuple[str, str]]) -> None:
+    """The warehouse: it ships most of what stockflow pushed to it (``warehouse.dispatch``), soon after the push,
+    whatever the worker is going through. Every shipment it reports must leave the pool's shelf."""
+    rng = random.Random(seed)
+    codec = codec_for(settings)
+    producer = EventProducer(settings)
+    consumer = Consumer({**confluent_config(settings), "group.id": f"wms-{uuid.uuid4().hex}",
+                         "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})  # fmt: skip
+    consumer.subscribe([settings.topic(WAREHOUSE_DISPATCH.name)])
+    try:
+        while not stop.is_set():
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            _, push = codec.decode(msg.value())
+            where = (push["order_id"], push["warehouse_id"])
+            if push["action"] != "DISPATCH" or where in shipped or rng.random() >= 0.6:
+                continue
+            shipped.add(where)
+            shipment = ev.shipment_dispatched(push["channel"], push["channel_order_id"], push["warehouse_id"])
+            shipment["event_id"] = f"shipped:{push['order_id']}:{push['warehouse_id']}"
+            producer.send(ORDER_EVENTS.name, push["order_id"], "ShipmentDispatched", shipment)
+        producer.flush(120)
+    finally:
+        consumer.close()
+        producer.close()
+
+
 @pytest.mark.parametrize(
     ("seed", "kill_after", "guarantee"),
     [(1, (2.0, 4.5, 3.0), "exactly_once"), (2, (6.0, 1.5, 5.0), "at_least_once")],
@@ -69,10 +102,13 @@ def test_kill_9_mid_stream_leaves_no_drift(
     producer.flush()
     wait_for(lambda: all(worker.get(f"/stock/{sku}").get("on_hand") == 60 for sku in SKUS), what="stock")
 
-    stop = threading.Event()
+    stop, wms_stop = threading.Event(), threading.Event()
     result: dict[str, int] = {}
+    shipped: set[tuple[str, str]] = set()
     sender = threading.Thread(target=lambda: result.update(sent=stream_orders(settings, 1200, 20.0, seed, stop)))
+    wms = threading.Thread(target=ship_dispatched, args=(settings, seed, wms_stop, shipped))
     sender.start()
+    wms.start()
     kills = 0
     try:
         for delay in kill_after:
@@ -82,7 +118,10 @@ def test_kill_9_mid_stream_leaves_no_drift(
             worker = start_worker(settings, name=f"restart{kills}")
     finally:
         sender.join()
-    assert kills == len(kill_after) and result["sent"] == 1200
+        time.sleep(5)  # the last pushes reach the warehouse
+        wms_stop.set()
+        wms.join()
+    assert kills == len(kill_after) and result["sent"] == 1200 and shipped
 
     report = audit_until_ok(settings, timeout_s=180)
     summary = report.summary()
@@ -109,4 +148,5 @@ def test_kill_9_mid_stream_leaves_no_drift(
     assert summary["skus_drifted"] == 0
     assert summary["orders_placed"] == 1200
     assert summary["orders_decided"] + summary["orders_cancelled_before_decision"] == 1200
-    print(f"crash test seed={seed} {guarantee}: {kills} kills, {summary}")
+    assert summary["shipped_not_deducted"] == 0
+    print(f"crash test seed={seed} {guarantee}: {kills} kills, {len(shipped)} shipments, {summary}")

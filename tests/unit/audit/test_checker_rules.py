@@ -34,3 +34,28 @@ def test_a_presale_order_waiting_for_its_balance_is_not_overdue_until_its_window
     late = Report()
     _check_order_states({}, {"tmall:2": "reserved"}, times, WAITS, 2_000 + 3_600_000 + 61_000, late)
     assert late.overdue_timers == ["order tmall:2 unpaid past its balance window"]
+
+
+def test_a_shipment_the_pool_never_deducted_is_found_from_the_wms_message() -> None:
+    """New check: the audit took shipments from the pool's own SHIPPED answers, so a shipment whose SHIP the
+    pipeline lost (units gone, still counted on the shelf) was invisible to it. Each ShipmentDispatched the
+    pipeline took now needs a SHIPPED answer for the order's lines at that warehouse, and for lines allocated
+    to none."""
+    from agents.audit.checker import _check_shipments, _OrderInputs, _Reading
+    from streams.contract.codec import default_codec
+    from streams.settings import Settings
+
+    orders = _OrderInputs(
+        lines_of={"jd:1": [1, 2], "jd:2": [1, 2], "jd:3": [1], "jd:4": [1]},
+        shipments=[("jd:1", "WH-A"), ("jd:2", "WH-A"), ("jd:3", "WH-B"), ("jd:4", ""), ("jd:9", "WH-A")],
+    )
+    allocated = {"jd:1#1": "WH-A", "jd:1#2": "WH-B", "jd:2#1": "WH-A", "jd:2#2": "WH-A"}
+    last = {"jd:1#1": {"outcome": "SHIPPED"}, "jd:1#2": {"outcome": "COMMITTED"},  # a split order, one side shipped
+            "jd:2#1": {"outcome": "SHIPPED"}, "jd:2#2": {"outcome": "RELEASED"},  # cancelled; one line not deducted
+            "jd:3#1": {"outcome": "SHIPPED"},  # never routed: shipped where the WMS said
+            "jd:4#1": {"outcome": "REFUSED"}}  # fmt: skip
+    report = Report()
+    _check_shipments(orders, allocated, last, _Reading(Settings(), default_codec()), report)
+    # jd:9's order never reached the pipeline: its shipment was kept for it, then refused, and is not judged.
+    assert report.shipped_not_deducted == ["jd:2 from WH-A: jd:2#2", "jd:4 from an unnamed warehouse: jd:4#1"]
+    assert not report.ok and report.summary()["other_failures"] == {"shipped_not_deducted": 2}
