@@ -18,7 +18,8 @@ double holds (an order line held again after it was released, expired or shipped
 orders rejected while still holding stock, lost orders (placed and valid, yet neither decided nor
 cancelled), paid orders without an open hold behind every line, shipments the WMS reported (its own
 ``ShipmentDispatched`` on ``order.events``) whose lines at that warehouse the pool never answered SHIPPED
-(units gone from a shelf the pool still counts), and timers that did not fire (an unpaid hold past its
+(units gone from a shelf the pool still counts), orders timed out as unpaid although the pipeline took a
+payment for them, and timers that did not fire (an unpaid hold past its
 expiry, an unpaid order past its payment timeout).
 
 Order. The pool applies its input topics (commands, adjustments, returns, overrides) as one stream per
@@ -208,6 +209,7 @@ class Report:
     reserved_incomplete: list[str] = field(default_factory=list)
     paid_without_hold: list[str] = field(default_factory=list)
     shipped_not_deducted: list[str] = field(default_factory=list)
+    paid_but_timed_out: list[str] = field(default_factory=list)
     overdue_timers: list[str] = field(default_factory=list)
     vip_set_aside_misused: list[str] = field(default_factory=list)
     refunds: int = 0
@@ -242,7 +244,7 @@ class Report:
         return not (
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
             or self.rejected_but_held or self.reserved_incomplete or self.paid_without_hold or self.overdue_timers
-            or self.shipped_not_deducted
+            or self.shipped_not_deducted or self.paid_but_timed_out
             or self.vip_set_aside_misused or self.refunds_paid_twice or self.orders_refunded_above_price
             or self.refunds_lost or self.refunds_paid_unapproved
         )  # fmt: skip
@@ -264,6 +266,7 @@ class Report:
             "reserved_incomplete": len(self.reserved_incomplete),
             "paid_without_hold": len(self.paid_without_hold),
             "shipped_not_deducted": len(self.shipped_not_deducted),
+            "paid_but_timed_out": len(self.paid_but_timed_out),
             "overdue_timers": len(self.overdue_timers),
             "refunds": self.refunds,
             "refunds_paid_twice": len(self.refunds_paid_twice),
@@ -276,7 +279,7 @@ class Report:
 
     # The failure kinds the run verdicts (bench, demo) do not show a figure of their own for.
     OTHER_FAILURES = ("rejected_but_held", "reserved_incomplete", "paid_without_hold", "shipped_not_deducted",
-                      "overdue_timers", "vip_set_aside_misused", "orders_refunded_above_price",
+                      "paid_but_timed_out", "overdue_timers", "vip_set_aside_misused", "orders_refunded_above_price",
                       "refunds_paid_unapproved")  # fmt: skip
 
     @property
@@ -335,7 +338,7 @@ def audit(settings: Settings) -> Report:
     for sku, shipped in ships.items():
         changes[sku].extend(shipped)
     orders = _placed_orders(reading)
-    placed, presale_of, price_of = orders.placed, orders.presale_of, orders.price_of
+    presale_of, price_of = orders.presale_of, orders.price_of
     totals, holds = _fold_buckets(totals, holds)
     for by_line in holds.values():
         for key, hold in by_line.items():
@@ -357,7 +360,7 @@ def audit(settings: Settings) -> Report:
         state = totals.get(sku)
         if state is not None:
             _compare_with_store(sa, state, holds.get(sku, {}), expected_keys, presale_keys, unseen)
-    _audit_orders(reading, placed, last, now_ms, report)
+    _audit_orders(reading, orders, last, now_ms, report)
     _check_shipments(orders, allocated, last, reading, report)
     _audit_refunds(reading, price_of, report)
     return report
@@ -916,11 +919,12 @@ def _compare_with_store(sa: SkuAudit, state: dict[str, Any], lines: dict[str, di
                              f"line records {regular} / {presale}"
 
 
-def _audit_orders(reading: _Reading, placed: set[str], last: dict[str, dict[str, Any]], now_ms: int,
+def _audit_orders(reading: _Reading, orders: _OrderInputs, last: dict[str, dict[str, Any]], now_ms: int,
                   report: Report) -> None:  # fmt: skip
-    """4. Orders: every valid placed order is decided or was cancelled first. One undecided whose decision, or the
-    dead letter refusing its OrderPlaced, may be deleted is unjudged."""
-    settings = reading.settings
+    """4. Orders: every valid placed order is decided or was cancelled first, and none the pipeline took a payment
+    for ends timed out as unpaid. One undecided whose decision, or the dead letter refusing its OrderPlaced, may be
+    deleted is unjudged."""
+    settings, placed = reading.settings, orders.placed
     decided = {}
     for _, _, r in reading.decoded(RESERVATION_RESULTS.name):
         decided[r["order_id"]] = r
@@ -930,6 +934,8 @@ def _audit_orders(reading: _Reading, placed: set[str], last: dict[str, dict[str,
         final_state[r["order_id"]] = r["state"]
         stage_times[r["order_id"]] = r["stage_times"]
     report.orders_placed = len(placed)
+    # A payment the pipeline refused (the order had ended) is dead-lettered with an alert: not among these.
+    report.paid_but_timed_out = sorted(o for o in orders.paid if final_state.get(o) == "payment_timeout")
     report.orders_decided = len(placed & set(decided))
     for order_id in sorted(placed - set(decided)):
         if final_state.get(order_id) == "cancelled":
@@ -954,6 +960,7 @@ class _OrderInputs:
     presale_of: dict[str, bool] = field(default_factory=dict)
     price_of: dict[str, int] = field(default_factory=dict)  # the most an order may be paid back
     lines_of: dict[str, list[int]] = field(default_factory=dict)  # the line numbers of the order the lifecycle took
+    paid: set[str] = field(default_factory=set)  # orders with a payment the pipeline took (a deposit counts)
     shipments: list[tuple[str, str]] = field(default_factory=list)  # (order id, warehouse) of each the WMS reported
 
 
@@ -978,6 +985,8 @@ def _placed_orders(reading: _Reading) -> _OrderInputs:
             # A payment naming no amount pays the order in full, as the lifecycle counts it.
             amount = int(ev.get("amount_fen") or 0)
             payments[order_id][ev["event_id"]] = amount or UNNAMED
+            if taken:
+                out.paid.add(order_id)
         elif kind == "ShipmentDispatched" and taken:
             out.shipments.append((order_id, str(ev["warehouse_id"])))
     for order_id, paid in payments.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from agents.audit.checker import DEPOSIT_PAID, Report, _check_order_states
 
 WAITS = {"reserved": 60_000, DEPOSIT_PAID: 3_600_000}
@@ -59,3 +61,28 @@ def test_a_shipment_the_pool_never_deducted_is_found_from_the_wms_message() -> N
     # jd:9's order never reached the pipeline: its shipment was kept for it, then refused, and is not judged.
     assert report.shipped_not_deducted == ["jd:2 from WH-A: jd:2#2", "jd:4 from an unnamed warehouse: jd:4#1"]
     assert not report.ok and report.summary()["other_failures"] == {"shipped_not_deducted": 2}
+
+
+def test_an_order_paid_and_then_timed_out_as_unpaid_is_found() -> None:
+    """New check: a payment the pipeline took and then lost (parked and dropped, or applied to nothing) left the
+    customer's order to time out as unpaid, and no check looked: the order was decided, so it was not lost."""
+    from agents.audit.checker import _audit_orders, _OrderInputs
+    from streams.settings import Settings
+
+    class Topics:
+        settings = Settings()
+
+        def decoded(self, name: str) -> list[tuple[None, str, dict[str, Any]]]:
+            if name == "order.states":
+                return [(None, "OrderStateChanged", {"order_id": o, "state": s, "stage_times": {}})
+                        for o, s in (("jd:1", "payment_timeout"), ("jd:2", "routed"), ("jd:3", "payment_timeout"))]
+            if name == "reservation.results":
+                return [(None, "ReservationDecided", {"order_id": o, "outcome": "RESERVED", "lines": []})
+                        for o in ("jd:1", "jd:2", "jd:3")]  # fmt: skip
+            return []
+
+    report = Report()
+    orders = _OrderInputs(placed={"jd:1", "jd:2", "jd:3"}, paid={"jd:1", "jd:2"})  # jd:3 was never paid
+    _audit_orders(Topics(), orders, {}, 0, report)  # type: ignore[arg-type]
+    assert report.paid_but_timed_out == ["jd:1"] and not report.lost_orders
+    assert report.summary()["other_failures"] == {"paid_but_timed_out": 1}
