@@ -108,6 +108,7 @@ class Sent:
     bad_intake_refused: int = 0
     intake_errors: int = 0
     behind_ms_by: dict[str, int] = field(default_factory=dict)  # per sender (kafka, intake): how late it ever was
+    late_ms: dict[str, int] = field(default_factory=dict)  # order id -> how late its sender sent it
 
     @property
     def behind_ms(self) -> int:
@@ -164,6 +165,7 @@ class LoadRun:
                 producer.send(ORDER_EVENTS.name, key, "OrderPlaced", record)
                 with self._lock:
                     self.sent.orders[key] = intended
+                    self.sent.late_ms[key] = int(time.time() * 1000) - intended
                     self.sent.per_second[int(e.at_s)] += 1
                 progress.advance(task)
             elif e.kind in ("payment", "balance"):
@@ -267,6 +269,7 @@ class LoadRun:
             path = "/v1/channels/own/order"
             with self._lock:
                 self.sent.orders[f"own:{e.order}"] = intended
+                self.sent.late_ms[f"own:{e.order}"] = int(time.time() * 1000) - intended
                 self.sent.per_second[int(e.at_s)] += 1
         elif e.kind in ("payment", "balance"):
             body, path = (
@@ -456,6 +459,8 @@ def measure(run: LoadRun, drained_at: float, market: Marketplaces | None = None)
         second = (sent.orders[order] - sent.started_epoch_ms) // 1000
         latency_by_second[second].append(received[order] - sent.orders[order])
         split["to_batch"].append(r["event_time_ms"] - sent.orders[order])
+        if order in sent.late_ms:
+            split["sender_late"].append(sent.late_ms[order])
         split["batch_to_outside"].append(received[order] - r["event_time_ms"])
         split["intake" if order.startswith("own:") else "kafka"].append(received[order] - sent.orders[order])
         decided_per_second[(received[order] - sent.started_epoch_ms) // 1000] += 1
