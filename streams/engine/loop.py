@@ -232,6 +232,8 @@ class _Batch:
         # What the processors scheduled, per (timer store, partition): the store's timer index takes it
         # at the commit, with no value parsed again.
         self.scheduled: dict[tuple[str, int], dict[bytes, int]] = {}
+        self.testing = False  # a batch of no message that runs one suspect housekeeping item alone
+        self.suspect: tuple[str, int, bytes] | None = None  # the one it ran
 
     def context(self, proc: Processor, partition: int) -> Context:
         ctx = self.contexts.get((proc.name, partition))
@@ -306,9 +308,10 @@ class Engine:
         # Timers (processor, partition, key) and flushes (key b"") that raised: skipped until a restart, so
         # one broken key can neither stall the partition nor be blamed on the messages read with it.
         self._quarantined: dict[tuple[str, int, bytes], float] = {}  # -> monotonic time it is tried again
-        # A batch failed in its commit after timers or flushes ran: they go one per batch until one fails
-        # alone (then quarantined) or none is due; a message is then never judged with them.
-        self._housekeeping_one_by_one = False
+        # Timers and flushes that ran in a batch whose commit failed: each runs alone in a batch of its own
+        # (no message, nothing else), so one failing again is quarantined and never judged with a message,
+        # while everything else goes on as usual. Cleared as each passes or fails alone, or is no longer due.
+        self._suspects: set[tuple[str, int, bytes]] = set()
         # Input partitions (topic, partition) -> where they ended at the last assignment. Until the consumer
         # has read past that, records for them are published, never applied in the batch that wrote them:
         # what a previous owner sent there (a hot SKU's syncs, in order) must be applied first.
@@ -460,6 +463,12 @@ class Engine:
 
     def _process(self, messages: list[Message]) -> None:
         """One poll's messages: one batch, or one message per transaction while a failed batch is replayed."""
+        if self._suspects:
+            self._note_starts(messages)  # a rewind by the suspect's batch reads them again
+            rewinds = self._rewinds
+            self._run_batch([], alone=False, testing=True)
+            if self._rewinds != rewinds:
+                return
         if not self._careful:
             self._run_batch(messages, alone=False)
             return
@@ -578,8 +587,9 @@ class Engine:
         if key in self._careful and (msg.offset() or 0) >= self._careful[key]:
             del self._careful[key]
 
-    def _run_batch(self, messages: list[Message], alone: bool) -> None:
+    def _run_batch(self, messages: list[Message], alone: bool, testing: bool = False) -> None:
         batch = _Batch(self, self.clock.now_ms())
+        batch.testing = testing
         started = time.perf_counter()
         cpu = time.thread_time()
         try:
@@ -605,38 +615,53 @@ class Engine:
         except _HousekeepingFailed as exc:
             self._drop_transaction(repr(exc.__cause__))
             self._quarantine(exc.what, exc.__cause__)
+            self._suspects.discard(exc.what)
             self._note_starts(messages)
             self._rewind_to_committed()
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a handler raises fails its batch, never the worker
             self._drop_transaction(repr(exc))
-            if batch.fired:
-                # Failed in its commit with timers or flushes in it: any of them, or a message, may be to blame.
-                if not messages and len(batch.fired) == 1:
-                    self._quarantine(batch.fired[0], exc)
-                    self._rewind_to_committed()
-                    return
-                self._housekeeping_one_by_one = True
-                if messages:
-                    log.warning("batch of %d aborted by %r; its messages one at a time, then its timers", len(messages),
-                                exc)  # fmt: skip
-                    self._rewind(messages)
-                else:
-                    self._rewind_to_committed()
-                return
-            if not alone and len(messages) > 1:
-                log.warning("batch of %d aborted by %r; applying its messages one at a time", len(messages), exc)
-                self._rewind(messages)
-                return
-            if not messages:
-                log.exception("a timer or flush failed; its keys are rebuilt from state and tried again")
-                self._reset_timers()
-                return
-            log.exception("message at %s[%s]@%s failed alone: dead-lettered", messages[0].topic(),
-                          messages[0].partition(), messages[0].offset())  # fmt: skip
-            self._dead_letter_alone(messages[0], batch.now_ms, repr(exc))
+            self._batch_failed(batch, messages, alone, exc)
             return
+        if testing:
+            # Passed alone; or none was due (rescheduled, or no longer wanted): if one is bad, it fails again
+            # in a batch of its own kind and is suspected again.
+            if batch.suspect is None:
+                self._suspects.clear()
+            else:
+                self._suspects.discard(batch.suspect)
         self.stats.cpu_s += time.thread_time() - cpu
+
+    def _batch_failed(self, batch: _Batch, messages: list[Message], alone: bool, exc: Exception) -> None:
+        """A batch that did not commit: find what failed it, by trying its parts alone."""
+        if batch.fired:
+            # Failed in its commit with timers or flushes in it: any of them, or a message, may be to blame.
+            if not messages and len(batch.fired) == 1:
+                self._quarantine(batch.fired[0], exc)
+                self._suspects.discard(batch.fired[0])
+                self._rewind_to_committed()
+                return
+            self._suspects.update(batch.fired)
+            if messages:
+                log.warning("batch of %d aborted by %r; its messages one at a time, then its timers", len(messages),
+                            exc)  # fmt: skip
+                self._rewind(messages)
+            else:
+                self._rewind_to_committed()
+            return
+        if not alone and len(messages) > 1:
+            log.warning("batch of %d aborted by %r; applying its messages one at a time", len(messages), exc)
+            self._rewind(messages)
+            return
+        if not messages:
+            log.exception("a timer or flush failed; its keys are rebuilt from state and tried again")
+            self._reset_timers()
+            return
+        log.exception("message at %s[%s]@%s failed alone: dead-lettered", messages[0].topic(),
+                      messages[0].partition(), messages[0].offset())  # fmt: skip
+        self._dead_letter_alone(messages[0], batch.now_ms, repr(exc))
+        # Its handler may have moved timers in memory before it failed; its state change did not stand.
+        self._reset_timers()
 
     def _quarantine(self, what: tuple[str, int, bytes], cause: BaseException | None) -> None:
         proc, partition, key = what
@@ -788,18 +813,18 @@ class Engine:
                 timers = owned.timers.get(proc.name)
                 if timers is None:
                     continue
-                self._timers_ahead(owned, proc, timers, batch.now_ms)
+                self._timers_ahead(owned, proc, timers, batch.now_ms,
+                                   batch.scheduled.get((proc.timer_store, partition), {}))  # fmt: skip
                 if not len(timers):
                     continue
                 due = timers.pop_due(batch.now_ms)
                 if not due:
                     continue
                 ctx = batch.context(proc, partition)
-                for n, key in enumerate(due):
-                    if self._housekeeping_one_by_one and batch.fired:
-                        for later in due[n:]:
-                            timers.set(later, batch.now_ms)  # the next batches, one each
-                        return
+                for key in due:
+                    if not self._may_run(batch, (proc.name, partition, key)):
+                        timers.set(key, batch.now_ms)  # a later batch
+                        continue
                     if self._quarantined and self._quarantined_now((proc.name, partition, key)):
                         timers.set(key, batch.now_ms + int(QUARANTINE_S * 1000))
                         continue
@@ -814,14 +839,26 @@ class Engine:
                     except Exception as exc:
                         raise _HousekeepingFailed((proc.name, partition, key)) from exc
 
+    def _may_run(self, batch: _Batch, what: tuple[str, int, bytes]) -> bool:
+        """Whether a timer or flush runs in this batch: a suspect only alone in a batch testing one, and
+        nothing else there; everything else anywhere else."""
+        if not self._suspects:
+            return True
+        if not batch.testing:
+            return what not in self._suspects
+        if batch.suspect is not None or what not in self._suspects:
+            return False
+        batch.suspect = what
+        return True
+
     def _flush(self, batch: _Batch) -> None:
         now = batch.now_ms
         for partition, owned in list(self.owned.items()):
             for proc in self.processors:
                 if proc.flush_interval_ms <= 0 or now - owned.flushed_ms.get(proc.name, 0) < proc.flush_interval_ms:
                     continue
-                if self._housekeeping_one_by_one and batch.fired:
-                    return
+                if not self._may_run(batch, (proc.name, partition, b"")):
+                    continue  # still due: a later batch
                 owned.flushed_ms[proc.name] = now
                 if self._quarantined and self._quarantined_now((proc.name, partition, b"")):
                     continue
@@ -918,14 +955,7 @@ class Engine:
             self._produce_changes(changes, check)
             offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
             if self.exactly_once:
-                # Always with the group's metadata, even for a batch of timers and flushes alone: that is
-                # what fences a worker that lost its partitions while paused (their positions as they
-                # stand, a no-op for the group's offsets).
-                fence = offsets or [TopicPartition(t, p, o) for (t, p), o in self._committed.items()]
-                if fence:
-                    self.producer.send_offsets_to_transaction(fence, self.consumer.consumer_group_metadata(), 30)
-                self._finish_transaction()
-                self._in_transaction = False
+                self._finish_transaction(offsets)
             else:
                 self._flush_checked()
                 if offsets:
@@ -996,11 +1026,32 @@ class Engine:
         if remaining:
             raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"{remaining} records not acknowledged"))
 
-    def _finish_transaction(self) -> None:
-        # Flush first so every delivery report (the changelog offsets) is served in this thread.
-        self.producer.flush(60)
-        if self._delivery_error is not None:
-            raise KafkaException(self._delivery_error)
+    def _positions_to_fence(self) -> list[TopicPartition]:
+        """The input positions as they stand, for a transaction that read nothing; right after an assignment,
+        before anything is read, the group's own committed offsets (asked once)."""
+        if not self._committed:
+            assignment = self.consumer.assignment()
+            for tp in self.consumer.committed(assignment, timeout=10) if assignment else []:
+                if tp.error is None and tp.offset >= 0:
+                    self._committed[(tp.topic, tp.partition)] = tp.offset
+        return [TopicPartition(t, p, o) for (t, p), o in self._committed.items()]
+
+    def _finish_transaction(self, offsets: list[TopicPartition]) -> None:
+        """Send the batch's input offsets into its transaction and commit it."""
+        # Every record written before the offsets go: offsets the group accepted for records still lingering
+        # here would let a new owner, restoring while this worker stalls, miss records that a commit after the
+        # stall makes count.
+        self._flush_checked()
+        # Always with the group's metadata, even for a batch of timers and flushes alone: that is what fences a
+        # worker that lost its partitions while paused (their positions as they stand, a no-op for the group's
+        # offsets).
+        fence = offsets or self._positions_to_fence()
+        if fence:
+            self.producer.send_offsets_to_transaction(fence, self.consumer.consumer_group_metadata(), 30)
+        self._commit_transaction()
+        self._in_transaction = False
+
+    def _commit_transaction(self) -> None:
         for attempt in range(5):
             try:
                 self.producer.commit_transaction(60)
@@ -1134,12 +1185,18 @@ class Engine:
             timers.load(store.due_between(0, until), until)
             owned.timers[proc.name] = timers
 
-    def _timers_ahead(self, owned: _Owned, proc: Processor, timers: Timers, now_ms: int) -> None:
-        """Load the timers coming within the horizon, a step at a time (a range read of the index)."""
+    def _timers_ahead(self, owned: _Owned, proc: Processor, timers: Timers, now_ms: int,
+                      pending: dict[bytes, int]) -> None:  # fmt: skip
+        """Load the timers coming within the horizon, a step at a time (a range read of the index).
+
+        ``pending``: what the batch in hand set, which reaches the index only when it commits: the range
+        just read misses it (a timer due beyond the old window would be lost), or holds the time it replaces."""
         if timers.until_ms is None or now_ms + TIMER_HORIZON_MS <= timers.until_ms:
             return
         until = now_ms + TIMER_HORIZON_MS + TIMER_STEP_MS
         timers.load(owned.stores[proc.timer_store].due_between(timers.until_ms, until), until)
+        for key, due_ms in pending.items():
+            timers.set(key, due_ms)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({tp.partition for tp in partitions} - set(self.owned))

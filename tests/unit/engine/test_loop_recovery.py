@@ -130,6 +130,7 @@ class Consumer:
         self.queried = 0
         self.assigned: list[tuple[str, int]] = []
         self.paused: set[tuple[str, int]] = set()
+        self.group_offsets: dict[tuple[str, int], int] = {}
 
     def get_watermark_offsets(self, tp: TopicPartition, timeout: float = 0, cached: bool = False) -> tuple[int, int]:
         self.queried += 1
@@ -146,6 +147,11 @@ class Consumer:
 
     def consumer_group_metadata(self) -> str:
         return "group"
+
+    def committed(self, partitions: list[TopicPartition], timeout: float = 0) -> list[TopicPartition]:
+        """The group's committed offsets: none unless a test gives some."""
+        return [TopicPartition(tp.topic, tp.partition, self.group_offsets.get((tp.topic, tp.partition), -1001))
+                for tp in partitions]  # fmt: skip
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         self.assigned = [(tp.topic, tp.partition) for tp in partitions]
@@ -424,3 +430,120 @@ def test_a_committed_batch_its_stores_cannot_take_stops_the_worker_and_dead_lett
         eng._process(messages(eng, "A", "B"))
     assert committed_offsets(broker) == [12]  # committed once, as the batch it was
     assert not eng._careful and all(topic != "deadletters" for txn in broker.committed for topic, _ in txn["records"])
+
+
+def test_after_a_suspect_timer_is_quarantined_timers_and_flushes_run_as_before(tmp_path: Path) -> None:
+    """Changed on purpose: after one batch failed in its commit with a timer or flush in it, every later batch ran
+    at most one timer and no flush, for the life of the process: due timers piled up without bound (payment
+    timeouts, hold expiries) and stock levels stopped."""
+    flushes: list[int] = []
+    eng, proc = engine(tmp_path, Broker())
+    proc.flush = lambda ctx: flushes.append(ctx.now_ms)  # type: ignore[method-assign]
+    proc.flush_interval_ms = 1
+    eng._process(messages(eng, "late", "A"))  # its timer's output is refused at the commit
+    eng._process(messages(eng, "late", "A"))  # the messages again, one at a time
+    for _ in range(3):
+        eng._process([])  # the suspects alone: the timer fails and is quarantined; the flush passes
+    assert any(what[2] == b"late" for what in eng._quarantined) and not eng._suspects
+    flushes.clear()
+    timers = eng.owned[0].timers["stock"]
+    for i in range(20):
+        for j in range(3):
+            timers.set(f"K{i}-{j}".encode(), 1)
+        fired = eng.stats.timers_fired
+        eng.clock.offset_ms += 10  # a flush is due again
+        eng._process([])
+        assert eng.stats.timers_fired - fired == 3
+    assert len(flushes) == 20 and set(timers._due) == {b"late"}  # the quarantined one waits out its minute
+
+
+def test_a_suspect_runs_alone_while_everything_else_goes_on(tmp_path: Path) -> None:
+    """A timer suspected of failing a commit runs in a batch of its own, ahead of the messages polled with it;
+    the other partitions' timers and the messages are not held back meanwhile."""
+    broker = Broker()
+    eng, proc = engine(tmp_path, broker)
+    fired: list[bytes] = []
+    proc.on_timer = lambda ctx, key: fired.append(key)  # type: ignore[method-assign]
+    eng._suspects = {("stock", 0, b"S")}
+    timers = eng.owned[0].timers["stock"]
+    timers.set(b"S", 1)
+    timers.set(b"O", 1)
+    eng._process(messages(eng, "A"))
+    assert fired == [b"S", b"O"] and not eng._suspects  # S alone first, then O with the message
+    assert committed_offsets(broker) == [11]
+
+
+def test_a_timer_set_in_the_batch_that_moves_the_window_is_not_lost(tmp_path: Path) -> None:
+    """Changed on purpose: a timer set for just past the in-memory window by a handler, in the batch where the
+    window moved on, was read neither from memory (it was past the old window) nor from the index (the batch had
+    not committed it yet): with a payment timeout of an hour, such orders never timed out."""
+    eng, proc = engine(tmp_path, Broker())
+    fired: list[bytes] = []
+    proc.on_timer = lambda ctx, key: fired.append(key)  # type: ignore[method-assign]
+    original = proc.handle
+
+    def handle(ctx: Context, event_type: str, record: dict[str, Any]) -> None:
+        if record["sku"] == "order":
+            ctx.store("counts").set(b"O1", 1)
+            ctx.schedule(b"O1", ctx.now_ms + loop.TIMER_HORIZON_MS)  # just past the window until it moves
+            return
+        original(ctx, event_type, record)
+
+    proc.handle = handle  # type: ignore[method-assign]
+    proc.due_ms = lambda key, value: 0  # type: ignore[method-assign]
+    eng._rebuild_timers(0)
+    eng.clock.offset_ms += loop.TIMER_STEP_MS + 1_000  # the window steps on in the next batch
+    eng._process(messages(eng, "order"))
+    assert b"O1" in eng.owned[0].timers["stock"]._due
+    eng.clock.offset_ms += loop.TIMER_HORIZON_MS + 1_000
+    eng._process([])
+    assert fired == [b"O1"]
+
+
+def test_a_message_dead_lettered_alone_leaves_the_timers_as_committed(tmp_path: Path) -> None:
+    """Changed on purpose: a handler that moved a key's timer in memory and then failed was dead-lettered, but
+    the timer stayed moved: the committed state still needed it, and it never fired until a restart."""
+    broker = Broker()
+    eng, proc = engine(tmp_path, broker)
+    original = proc.handle
+
+    def handle(ctx: Context, event_type: str, record: dict[str, Any]) -> None:
+        if record["sku"] == "cancel-then-fail":
+            ctx.schedule(b"T", 0)
+            raise ValueError("a later step of the same handler fails")
+        original(ctx, event_type, record)
+
+    proc.handle = handle  # type: ignore[method-assign]
+    eng.owned[0].stores["counts"].apply({b"T": StoreSpec("counts").serde.dumps(5)}, 0)  # due at 1 (due_ms)
+    eng._rebuild_timers(0)
+    eng.owned[0].timers["stock"].set(b"T", eng.clock.now_ms() + 3_600_000)  # not due yet
+    eng._process(messages(eng, "cancel-then-fail"))
+    assert [topic for topic, _ in broker.committed[0]["records"]] == ["deadletters"]
+    assert b"T" in eng.owned[0].timers["stock"]._due
+
+
+def test_timers_right_after_an_assignment_are_fenced_by_the_groups_offsets(tmp_path: Path) -> None:
+    """Changed on purpose: a transaction of timers alone, before the worker had read anything since its
+    assignment, committed with no group metadata: a worker that lost its partitions while paused could still
+    write into them."""
+    broker = Broker()
+    eng, _ = engine(tmp_path, broker)
+    eng.consumer.group_offsets = {(TOPIC, 0): 40}  # type: ignore[attr-defined]
+    eng.owned[0].timers["stock"].set(b"H", 1)
+    eng._process([])
+    assert broker.committed[0]["offsets"] == {(TOPIC, 0): 40}
+
+
+def test_a_batch_is_written_before_its_offsets_join_the_transaction(tmp_path: Path) -> None:
+    """Changed on purpose: the input offsets were sent while the batch's records still lingered in the producer;
+    a worker stalled in between had offsets the group accepted for records a new owner could not restore."""
+    broker = Broker()
+    eng, _ = engine(tmp_path, broker)
+    calls: list[str] = []
+    producer = eng.producer
+    flush, send_offsets = producer.flush, producer.send_offsets_to_transaction
+    producer.flush = lambda timeout=0: calls.append("flush") or flush(timeout)  # type: ignore[method-assign]
+    producer.send_offsets_to_transaction = (  # type: ignore[method-assign]
+        lambda offsets, metadata, timeout: calls.append("offsets") or send_offsets(offsets, metadata, timeout))
+    eng._process(messages(eng, "A"))
+    assert calls[:2] == ["flush", "offsets"] and committed_offsets(broker) == [11]
