@@ -70,6 +70,8 @@ END_UNKNOWN = 1 << 62  # an input partition's end not read at assignment: learnt
 QUARANTINE_S = 60.0
 # Timers held in memory: those due within the horizon; the rest wait in the stores' indexes and are
 # loaded a step at a time as the clock moves on (the horizon is far above any step or batch).
+# A transaction left open this long (its worker dead or paused) is aborted by the broker.
+TRANSACTION_TIMEOUT_S = 10.0
 TIMER_HORIZON_MS = 3_600_000
 TIMER_STEP_MS = 60_000
 # A restore that failed at an assignment (the broker out of reach mid-rebalance) is tried again after
@@ -407,7 +409,7 @@ class Engine:
         }
         if self.exactly_once:
             config["transactional.id"] = transactional_id(self.settings, self.slot)
-            config["transaction.timeout.ms"] = 10_000
+            config["transaction.timeout.ms"] = int(TRANSACTION_TIMEOUT_S * 1000)
         return Producer(config)
 
     def _subscribe(self) -> None:
@@ -1037,17 +1039,23 @@ class Engine:
         return [TopicPartition(t, p, o) for (t, p), o in self._committed.items()]
 
     def _finish_transaction(self, offsets: list[TopicPartition]) -> None:
-        """Send the batch's input offsets into its transaction and commit it."""
-        # Every record written before the offsets go: offsets the group accepted for records still lingering
-        # here would let a new owner, restoring while this worker stalls, miss records that a commit after the
-        # stall makes count.
-        self._flush_checked()
+        """Send the batch's input offsets into its transaction and commit it.
+
+        The offsets go while the records may still linger here: flushing first was tried, and after a broker
+        outage it left send_offsets_to_transaction waiting past its timeout (librdkafka #5456) in one run of
+        three. A worker that stalls between the two is covered where its partitions land instead: the new
+        owner waits for the group's offsets to be stable before it restores (``_wait_for_open_transactions``).
+        """
         # Always with the group's metadata, even for a batch of timers and flushes alone: that is what fences a
         # worker that lost its partitions while paused (their positions as they stand, a no-op for the group's
         # offsets).
         fence = offsets or self._positions_to_fence()
         if fence:
             self.producer.send_offsets_to_transaction(fence, self.consumer.consumer_group_metadata(), 30)
+        # Flushed first so every delivery report (the changelog offsets) is served in this thread.
+        self.producer.flush(60)
+        if self._delivery_error is not None:
+            raise KafkaException(self._delivery_error)
         self._commit_transaction()
         self._in_transaction = False
 
@@ -1220,6 +1228,7 @@ class Engine:
                     store = PartitionStore(self._state_dir() / f"slot-{self.slot}" / name / str(partition),
                                            self._due_of(name))  # fmt: skip
                 wanted[(changelog_topic(self.settings, name), partition)] = store
+        self._wait_for_open_transactions(numbers)
         try:
             restored, applied = restore(wanted, self.settings)
         except (KafkaException, RuntimeError, TimeoutError, OSError) as exc:
@@ -1246,6 +1255,23 @@ class Engine:
         self.stats.assignments, self.stats.assigned_at_ms = self.stats.assignments + 1, int(time.time() * 1000)
         if not self._unrestored:
             self.ready.set()
+
+    def _wait_for_open_transactions(self, numbers: list[int]) -> None:
+        """Before a restore: let a previous owner's transaction on these partitions end.
+
+        A worker paused past its session may have had the group take its offsets into a transaction whose
+        records it had not sent yet; thawed before the transaction timed out, it sends them and commits. The
+        group's offsets stay pending until that transaction ends, and a read_committed consumer asking for them
+        waits, so the restore that follows reads what it committed. Bounded by the transaction timeout: past
+        it the broker has aborted it (offsets pending with no transaction left are ended by
+        ``_check_group_offsets`` once the partitions are owned)."""
+        partitions = self._input_partitions(numbers)
+        if not self.exactly_once or not partitions:
+            return
+        try:
+            self.consumer.committed(partitions, timeout=TRANSACTION_TIMEOUT_S + 2)
+        except KafkaException as exc:
+            log.warning("offsets of partitions %s not read before their restore (%s)", numbers, exc.args[0].str())
 
     def _restore_later(self, numbers: list[int], exc: BaseException) -> None:
         if not self._unrestored:

@@ -534,16 +534,25 @@ def test_timers_right_after_an_assignment_are_fenced_by_the_groups_offsets(tmp_p
     assert broker.committed[0]["offsets"] == {(TOPIC, 0): 40}
 
 
-def test_a_batch_is_written_before_its_offsets_join_the_transaction(tmp_path: Path) -> None:
-    """Changed on purpose: the input offsets were sent while the batch's records still lingered in the producer;
-    a worker stalled in between had offsets the group accepted for records a new owner could not restore."""
-    broker = Broker()
-    eng, _ = engine(tmp_path, broker)
+def test_a_new_owner_waits_for_the_groups_offsets_before_it_restores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changed on purpose: a restore read the changelog at once, while a previous owner paused past its session
+    could still commit a transaction whose offsets the group had taken (its records sent after the thaw): the new
+    owner's state then lacked a batch whose outputs were out. It first asks for the group's offsets, which a
+    read_committed consumer gets only once no transaction holds them pending."""
+    eng, _ = engine(tmp_path, Broker())
+    eng.owned.clear()
     calls: list[str] = []
-    producer = eng.producer
-    flush, send_offsets = producer.flush, producer.send_offsets_to_transaction
-    producer.flush = lambda timeout=0: calls.append("flush") or flush(timeout)  # type: ignore[method-assign]
-    producer.send_offsets_to_transaction = (  # type: ignore[method-assign]
-        lambda offsets, metadata, timeout: calls.append("offsets") or send_offsets(offsets, metadata, timeout))
-    eng._process(messages(eng, "A"))
-    assert calls[:2] == ["flush", "offsets"] and committed_offsets(broker) == [11]
+    consumer = eng.consumer
+    assert isinstance(consumer, Consumer)
+    committed = consumer.committed
+    monkeypatch.setattr(consumer, "committed", lambda tps, timeout=0: calls.append("offsets") or committed(tps))
+
+    def restore(wanted: dict[tuple[str, int], PartitionStore], settings: Settings) -> Any:
+        calls.append("restore")
+        return wanted, 0
+
+    monkeypatch.setattr(loop, "restore", restore)
+    eng._on_assign(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+    assert calls == ["offsets", "restore"] and 0 in eng.owned
