@@ -48,7 +48,14 @@ def check(
         for label, items in (("lost order", report.lost_orders), ("double hold", report.double_holds),
                              ("rejected but held", report.rejected_but_held),
                              ("VIP set-aside misused", report.vip_set_aside_misused),
+                             ("reserved but not every line held", report.reserved_incomplete),
+                             ("paid without a hold", report.paid_without_hold),
+                             ("shipped, never taken off the shelf", report.shipped_not_deducted),
+                             ("paid, then timed out as unpaid", report.paid_but_timed_out),
+                             ("timer that did not fire", report.overdue_timers),
                              ("refund paid twice", report.refunds_paid_twice),
+                             ("refund lost", report.refunds_lost),
+                             ("refund paid against the rules", report.refunds_paid_unapproved),
                              ("order refunded above its price", report.orders_refunded_above_price)):  # fmt: skip
             for item in items[:20]:
                 console.print(f"[red]{label}[/red] {item}")
