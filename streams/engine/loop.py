@@ -68,10 +68,12 @@ END_UNKNOWN = 1 << 62  # an input partition's end not read at assignment: learnt
 # How long a timer or flush that raised is skipped before it is tried again (a bug that depends on the
 # state it reads may pass once that changes; one that does not costs a rewind this often).
 QUARANTINE_S = 60.0
+# A transaction left open this long (its worker dead or paused) is aborted by the broker, at its next sweep
+# for such transactions (``transaction.abort.timed.out.transaction.cleanup.interval.ms``, 10 s by default).
+TRANSACTION_TIMEOUT_S = 10.0
+TRANSACTION_SWEEP_S = 10.0
 # Timers held in memory: those due within the horizon; the rest wait in the stores' indexes and are
 # loaded a step at a time as the clock moves on (the horizon is far above any step or batch).
-# A transaction left open this long (its worker dead or paused) is aborted by the broker.
-TRANSACTION_TIMEOUT_S = 10.0
 TIMER_HORIZON_MS = 3_600_000
 TIMER_STEP_MS = 60_000
 # A restore that failed at an assignment (the broker out of reach mid-rebalance) is tried again after
@@ -314,6 +316,7 @@ class Engine:
         # (no message, nothing else), so one failing again is quarantined and never judged with a message,
         # while everything else goes on as usual. Cleared as each passes or fails alone, or is no longer due.
         self._suspects: set[tuple[str, int, bytes]] = set()
+        self._said_unfenced = False  # logged once: a brand-new group's timers go unfenced until it commits
         # Input partitions (topic, partition) -> where they ended at the last assignment. Until the consumer
         # has read past that, records for them are published, never applied in the batch that wrote them:
         # what a previous owner sent there (a hot SKU's syncs, in order) must be applied first.
@@ -592,6 +595,7 @@ class Engine:
     def _run_batch(self, messages: list[Message], alone: bool, testing: bool = False) -> None:
         batch = _Batch(self, self.clock.now_ms())
         batch.testing = testing
+        rewinds = self._rewinds
         started = time.perf_counter()
         cpu = time.thread_time()
         try:
@@ -625,7 +629,7 @@ class Engine:
             self._drop_transaction(repr(exc))
             self._batch_failed(batch, messages, alone, exc)
             return
-        if testing:
+        if testing and self._rewinds == rewinds:  # a commit the broker aborted proved nothing
             # Passed alone; or none was due (rescheduled, or no longer wanted): if one is bad, it fails again
             # in a batch of its own kind and is suspected again.
             if batch.suspect is None:
@@ -645,8 +649,8 @@ class Engine:
                 return
             self._suspects.update(batch.fired)
             if messages:
-                log.warning("batch of %d aborted by %r; its messages one at a time, then its timers", len(messages),
-                            exc)  # fmt: skip
+                log.warning("batch of %d aborted by %r; its timers and flushes each alone, its messages one at a time",
+                            len(messages), exc)  # fmt: skip
                 self._rewind(messages)
             else:
                 self._rewind_to_committed()
@@ -662,8 +666,9 @@ class Engine:
         log.exception("message at %s[%s]@%s failed alone: dead-lettered", messages[0].topic(),
                       messages[0].partition(), messages[0].offset())  # fmt: skip
         self._dead_letter_alone(messages[0], batch.now_ms, repr(exc))
-        # Its handler may have moved timers in memory before it failed; its state change did not stand.
-        self._reset_timers()
+        if any(batch.scheduled.values()):
+            # Its handler moved timers in memory before it failed; its state change did not stand.
+            self._reset_timers()
 
     def _quarantine(self, what: tuple[str, int, bytes], cause: BaseException | None) -> None:
         proc, partition, key = what
@@ -857,7 +862,12 @@ class Engine:
         now = batch.now_ms
         for partition, owned in list(self.owned.items()):
             for proc in self.processors:
-                if proc.flush_interval_ms <= 0 or now - owned.flushed_ms.get(proc.name, 0) < proc.flush_interval_ms:
+                if proc.flush_interval_ms <= 0:
+                    continue
+                # A suspect's own batch runs it whatever its interval: the failed batch noted it as flushed.
+                if now - owned.flushed_ms.get(proc.name, 0) < proc.flush_interval_ms and not (
+                    batch.testing and (proc.name, partition, b"") in self._suspects
+                ):
                     continue
                 if not self._may_run(batch, (proc.name, partition, b"")):
                     continue  # still due: a later batch
@@ -933,8 +943,11 @@ class Engine:
         started = time.perf_counter()
         self._changelog_offsets.clear()
         self._delivery_error = None
+        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
         try:
             if self.exactly_once:
+                # Asked before the transaction opens: the question may wait on the group coordinator.
+                fence = offsets or self._positions_to_fence()
                 self.producer.begin_transaction()
                 self._in_transaction = True
             # Under a transaction a failed delivery fails the commit, so outputs need no callback each;
@@ -955,9 +968,8 @@ class Engine:
                 # every reader tolerates), never a state whose outputs were lost.
                 self._flush_checked()
             self._produce_changes(changes, check)
-            offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
             if self.exactly_once:
-                self._finish_transaction(offsets)
+                self._finish_transaction(fence)
             else:
                 self._flush_checked()
                 if offsets:
@@ -1030,16 +1042,20 @@ class Engine:
 
     def _positions_to_fence(self) -> list[TopicPartition]:
         """The input positions as they stand, for a transaction that read nothing; right after an assignment,
-        before anything is read, the group's own committed offsets (asked once)."""
+        before anything is read, the group's own committed offsets (asked while none is known)."""
         if not self._committed:
             assignment = self.consumer.assignment()
             for tp in self.consumer.committed(assignment, timeout=10) if assignment else []:
                 if tp.error is None and tp.offset >= 0:
                     self._committed[(tp.topic, tp.partition)] = tp.offset
+            if not self._committed and self.owned and not self._said_unfenced:
+                self._said_unfenced = True
+                log.warning("a transaction of timers alone goes unfenced: the group has no committed offset for "
+                            "the partitions this worker owns")  # fmt: skip
         return [TopicPartition(t, p, o) for (t, p), o in self._committed.items()]
 
-    def _finish_transaction(self, offsets: list[TopicPartition]) -> None:
-        """Send the batch's input offsets into its transaction and commit it.
+    def _finish_transaction(self, fence: list[TopicPartition]) -> None:
+        """Send the batch's input offsets (or the positions that fence it) into its transaction and commit it.
 
         The offsets go while the records may still linger here: flushing first was tried, and after a broker
         outage it left send_offsets_to_transaction waiting past its timeout (librdkafka #5456) in one run of
@@ -1049,7 +1065,6 @@ class Engine:
         # Always with the group's metadata, even for a batch of timers and flushes alone: that is what fences a
         # worker that lost its partitions while paused (their positions as they stand, a no-op for the group's
         # offsets).
-        fence = offsets or self._positions_to_fence()
         if fence:
             self.producer.send_offsets_to_transaction(fence, self.consumer.consumer_group_metadata(), 30)
         # Flushed first so every delivery report (the changelog offsets) is served in this thread.
@@ -1262,14 +1277,16 @@ class Engine:
         A worker paused past its session may have had the group take its offsets into a transaction whose
         records it had not sent yet; thawed before the transaction timed out, it sends them and commits. The
         group's offsets stay pending until that transaction ends, and a read_committed consumer asking for them
-        waits, so the restore that follows reads what it committed. Bounded by the transaction timeout: past
-        it the broker has aborted it (offsets pending with no transaction left are ended by
-        ``_check_group_offsets`` once the partitions are owned)."""
-        partitions = self._input_partitions(numbers)
+        waits, so the restore that follows reads what it committed. Bounded by the transaction timeout and the
+        broker's sweep for timed-out transactions: past both it has aborted it (offsets pending with no
+        transaction left are ended by ``_check_group_offsets`` once the partitions are owned)."""
+        # Every partition of the inputs: a batch read from one may have written the changelog of another (a
+        # record applied where it landed), which another worker may be taking over now.
+        partitions = self._input_partitions(list(range(self.settings.partitions)))
         if not self.exactly_once or not partitions:
             return
         try:
-            self.consumer.committed(partitions, timeout=TRANSACTION_TIMEOUT_S + 2)
+            self.consumer.committed(partitions, timeout=TRANSACTION_TIMEOUT_S + TRANSACTION_SWEEP_S + 2)
         except KafkaException as exc:
             log.warning("offsets of partitions %s not read before their restore (%s)", numbers, exc.args[0].str())
 

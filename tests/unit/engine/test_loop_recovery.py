@@ -556,3 +556,32 @@ def test_a_new_owner_waits_for_the_groups_offsets_before_it_restores(
     monkeypatch.setattr(loop, "restore", restore)
     eng._on_assign(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
     assert calls == ["offsets", "restore"] and 0 in eng.owned
+
+
+def test_a_flush_that_fails_its_commit_is_tried_alone_at_once_and_quarantined(tmp_path: Path) -> None:
+    """Changed on purpose (review): the failed batch noted the flush as done, so its own batch found it not due
+    and let it go untried; one interval later it failed beside messages again, a rewind and a one-at-a-time
+    replay every interval, and it was never quarantined."""
+    eng, proc = engine(tmp_path, Broker())
+    proc.flush = lambda ctx: ctx.emit(STOCK_LEVELS, "f", "StockLevel", {"sku": "f"})  # type: ignore[method-assign, typeddict-item]
+    proc.flush_interval_ms = 60_000
+    eng._process(messages(eng, "A"))  # the flush runs beside A; its output is refused at the commit
+    assert eng._suspects == {("stock", 0, b"")}
+    eng._process(messages(eng, "A"))  # the flush alone first: fails, quarantined; A is read again
+    assert ("stock", 0, b"") in eng._quarantined and not eng._suspects
+    eng._process(messages(eng, "A"))
+    assert eng.read("counts", b"A") == 1
+
+
+def test_a_suspects_batch_the_broker_aborted_proves_nothing(tmp_path: Path) -> None:
+    """Changed on purpose (review): a suspect's own batch whose commit the broker aborted counted as passed."""
+    broker = Broker()
+    eng, _ = engine(tmp_path, broker)
+    eng.owned[0].stores["counts"].apply({b"T": StoreSpec("counts").serde.dumps(5)}, 0)  # due at 1 (due_ms)
+    eng._rebuild_timers(0)
+    eng._suspects = {("stock", 0, b"T")}
+    broker.fail_commits = 1
+    eng._process([])
+    assert eng._suspects == {("stock", 0, b"T")}
+    eng._process([])
+    assert not eng._suspects and broker.committed and eng.read("counts", b"T") == -1
