@@ -95,6 +95,12 @@ _LET_GO = {"RELEASED", "EXPIRED", "SHIPPED"}
 # A presale order's stage time for its deposit (``OrderStateChanged.stage_times``): it stays reserved, unpaid,
 # for the balance window. The contract's name, restated: the audit shares no rule code with the lifecycle.
 DEPOSIT_PAID = "deposit_paid"
+# The reason on the state change of a presale order cancelled because its balance never came (contract, restated).
+BALANCE_UNPAID = "balance_unpaid"
+# Events of ``order.events`` that name their order (channel and channel order id); anything else there is the
+# pipeline's to refuse, and the audit's to skip.
+_ORDER_EVENT_KINDS = frozenset({"OrderPlaced", "PaymentConfirmed", "PaymentFailed", "OrderCancelled",
+                                "ShipmentDispatched", "ShipmentDelivered", "WmsAcknowledged"})  # fmt: skip
 # The stages whose dead letter means the order pipeline refused a message (the engine on reading it, the
 # lifecycle giving up a parked one); the sink's mean only that ClickHouse could not hold it.
 UNNAMED = -1  # a payment's amount when it names none
@@ -929,13 +935,25 @@ def _audit_orders(reading: _Reading, orders: _OrderInputs, last: dict[str, dict[
     for _, _, r in reading.decoded(RESERVATION_RESULTS.name):
         decided[r["order_id"]] = r
     final_state: dict[str, str] = {}
+    final_reason: dict[str, str] = {}
     stage_times: dict[str, dict[str, int]] = {}
     for _, _, r in reading.decoded(ORDER_STATES.name):
         final_state[r["order_id"]] = r["state"]
+        final_reason[r["order_id"]] = r.get("reason", "")
         stage_times[r["order_id"]] = r["stage_times"]
     report.orders_placed = len(placed)
-    # A payment the pipeline refused (the order had ended) is dead-lettered with an alert: not among these.
-    report.paid_but_timed_out = sorted(o for o in orders.paid if final_state.get(o) == "payment_timeout")
+    # A payment the pipeline refused (the order had ended) is dead-lettered with an alert: not among these,
+    # unless that dead letter is deleted by now.
+    timed_out = sorted(
+        o for o in orders.paid
+        if final_state.get(o) == "payment_timeout"
+        or (o in orders.balance_paid and final_state.get(o) == "cancelled" and final_reason.get(o) == BALANCE_UNPAID)
+    )  # fmt: skip
+    if timed_out and reading.cut(DEADLETTERS.name, settings.topic(ORDER_EVENTS.name)):
+        for order_id in timed_out:
+            report.unjudge(f"order {order_id}", "payment", DEADLETTERS.name)
+    else:
+        report.paid_but_timed_out = timed_out
     report.orders_decided = len(placed & set(decided))
     for order_id in sorted(placed - set(decided)):
         if final_state.get(order_id) == "cancelled":
@@ -961,7 +979,8 @@ class _OrderInputs:
     price_of: dict[str, int] = field(default_factory=dict)  # the most an order may be paid back
     lines_of: dict[str, list[int]] = field(default_factory=dict)  # the line numbers of the order the lifecycle took
     paid: set[str] = field(default_factory=set)  # orders with a payment the pipeline took (a deposit counts)
-    shipments: list[tuple[str, str]] = field(default_factory=list)  # (order id, warehouse) of each the WMS reported
+    balance_paid: set[str] = field(default_factory=set)  # presale orders whose balance payment it took
+    shipments: set[tuple[str, str]] = field(default_factory=set)  # (order id, warehouse) of each the WMS reported
 
 
 def _placed_orders(reading: _Reading) -> _OrderInputs:
@@ -974,6 +993,8 @@ def _placed_orders(reading: _Reading) -> _OrderInputs:
     out = _OrderInputs()
     payments: dict[str, dict[str, int]] = defaultdict(dict)  # order id -> payment event id -> amount
     for rec, kind, ev in reading.decoded(ORDER_EVENTS.name):
+        if kind not in _ORDER_EVENT_KINDS:
+            continue
         taken = (order_topic, rec.partition, rec.offset) not in refused
         order_id = order_key(ev["channel"], ev["channel_order_id"])
         if kind == "OrderPlaced" and taken:
@@ -987,8 +1008,10 @@ def _placed_orders(reading: _Reading) -> _OrderInputs:
             payments[order_id][ev["event_id"]] = amount or UNNAMED
             if taken:
                 out.paid.add(order_id)
+                if ev.get("balance"):
+                    out.balance_paid.add(order_id)
         elif kind == "ShipmentDispatched" and taken:
-            out.shipments.append((order_id, str(ev["warehouse_id"])))
+            out.shipments.add((order_id, str(ev["warehouse_id"])))  # a repeat is the same shipment
     for order_id, paid in payments.items():
         if order_id in out.price_of and UNNAMED not in paid.values():
             out.price_of[order_id] = min(out.price_of[order_id], sum(paid.values()))
@@ -999,20 +1022,28 @@ def _check_shipments(orders: _OrderInputs, allocated: dict[str, str], last: dict
                      reading: _Reading, report: Report) -> None:  # fmt: skip
     """Units the WMS shipped leave the shelf: for every shipment the pipeline took (the WMS's own message, not the
     pool's account of it), each line of its order allocated to the shipping warehouse, and each line allocated to
-    none, was answered SHIPPED. One left unanswered is stock the pool still counts on a shelf that is empty
-    (a cancel racing the shipment, a lost SHIP). Like every check here, it judges a pipeline that has drained.
-    A shipment whose answers may be deleted is unjudged."""
-    for order_id, warehouse in orders.shipments:
+    none (every line, when the WMS named no warehouse), was answered SHIPPED. One left unanswered is stock the
+    pool still counts on a shelf that is empty (a cancel racing the shipment, a lost SHIP). Like every check here,
+    it judges a pipeline that has drained. A shipment whose answers, or whose refusal, may be deleted is
+    unjudged."""
+    order_topic = reading.settings.topic(ORDER_EVENTS.name)
+    for order_id, warehouse in sorted(orders.shipments):
         lines = orders.lines_of.get(order_id)
         if not lines:
-            continue  # an order the pipeline never took: the shipment waited for it, then was refused
+            # The pipeline has not taken its order: the shipment waits for it (and is refused if it never
+            # comes), or the order's OrderPlaced is deleted by now.
+            if reading.cut(ORDER_EVENTS.name, order_id):
+                report.unjudge(f"order {order_id}", "shipment", ORDER_EVENTS.name)
+            continue
         keys = [f"{order_id}#{n}" for n in lines]
-        leaving = [k for k in keys if allocated.get(k, warehouse) == warehouse]
+        leaving = [k for k in keys if not warehouse or allocated.get(k, warehouse) == warehouse]
         missing = [k for k in leaving if last.get(k, {}).get("outcome") != "SHIPPED"]
         if not missing:
             continue
         if reading.cut(HOLD_RESULTS.name, order_id):
             report.unjudge(f"order {order_id}", "shipment", HOLD_RESULTS.name)
+        elif reading.cut(DEADLETTERS.name, order_topic):  # dead letters: keyed by source topic
+            report.unjudge(f"order {order_id}", "shipment refused", DEADLETTERS.name)
         else:
             report.shipped_not_deducted.append(f"{order_id} from {warehouse or 'an unnamed warehouse'}: "
                                                f"{', '.join(missing)}")  # fmt: skip

@@ -900,9 +900,11 @@ def _shipped_anyway(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules:
     keeps its state, and a payment after it routes only what did not ship."""
     fx = Effects()
     shipped_from = event.get("warehouse_id", "")
-    lines = [n for n in sorted(rec.lines, key=int) if n not in rec.shipped_lines]
+    # What that warehouse held of it: a split order's other warehouse took the cancel and kept its units.
+    lines = [n for n in sorted(rec.lines, key=int) if n not in rec.shipped_lines
+             and (not shipped_from or rec.allocated.get(n, shipped_from) == shipped_from)]  # fmt: skip
     if not lines:
-        return fx  # a repeated shipment notice
+        return fx  # a repeated shipment notice, or none of it was at that warehouse
     for line_no in lines:
         wh = rec.allocated.get(line_no) or shipped_from
         fx.hold_commands.append(_command(rec, "SHIP", line_no, now_ms, rules, warehouse_id=wh))

@@ -48,19 +48,22 @@ def test_a_shipment_the_pool_never_deducted_is_found_from_the_wms_message() -> N
     from streams.settings import Settings
 
     orders = _OrderInputs(
-        lines_of={"jd:1": [1, 2], "jd:2": [1, 2], "jd:3": [1], "jd:4": [1]},
-        shipments=[("jd:1", "WH-A"), ("jd:2", "WH-A"), ("jd:3", "WH-B"), ("jd:4", ""), ("jd:9", "WH-A")],
+        lines_of={"jd:1": [1, 2], "jd:2": [1, 2], "jd:3": [1], "jd:4": [1], "jd:5": [1, 2]},
+        shipments={("jd:1", "WH-A"), ("jd:2", "WH-A"), ("jd:3", "WH-B"), ("jd:4", ""), ("jd:9", "WH-A"),
+                   ("jd:5", "")},
     )
-    allocated = {"jd:1#1": "WH-A", "jd:1#2": "WH-B", "jd:2#1": "WH-A", "jd:2#2": "WH-A"}
+    allocated = {"jd:1#1": "WH-A", "jd:1#2": "WH-B", "jd:2#1": "WH-A", "jd:2#2": "WH-A", "jd:5#2": "WH-B"}
     last = {"jd:1#1": {"outcome": "SHIPPED"}, "jd:1#2": {"outcome": "COMMITTED"},  # a split order, one side shipped
             "jd:2#1": {"outcome": "SHIPPED"}, "jd:2#2": {"outcome": "RELEASED"},  # cancelled; one line not deducted
             "jd:3#1": {"outcome": "SHIPPED"},  # never routed: shipped where the WMS said
-            "jd:4#1": {"outcome": "REFUSED"}}  # fmt: skip
+            "jd:4#1": {"outcome": "REFUSED"},
+            "jd:5#1": {"outcome": "SHIPPED"}, "jd:5#2": {"outcome": "COMMITTED"}}  # none named: all go  # fmt: skip
     report = Report()
     _check_shipments(orders, allocated, last, _Reading(Settings(), default_codec()), report)
     # jd:9's order never reached the pipeline: its shipment was kept for it, then refused, and is not judged.
-    assert report.shipped_not_deducted == ["jd:2 from WH-A: jd:2#2", "jd:4 from an unnamed warehouse: jd:4#1"]
-    assert not report.ok and report.summary()["other_failures"] == {"shipped_not_deducted": 2}
+    assert report.shipped_not_deducted == ["jd:2 from WH-A: jd:2#2", "jd:4 from an unnamed warehouse: jd:4#1",
+                                           "jd:5 from an unnamed warehouse: jd:5#2"]  # fmt: skip
+    assert not report.ok and report.summary()["other_failures"] == {"shipped_not_deducted": 3}
 
 
 def test_an_order_paid_and_then_timed_out_as_unpaid_is_found() -> None:
@@ -74,15 +77,22 @@ def test_an_order_paid_and_then_timed_out_as_unpaid_is_found() -> None:
 
         def decoded(self, name: str) -> list[tuple[None, str, dict[str, Any]]]:
             if name == "order.states":
-                return [(None, "OrderStateChanged", {"order_id": o, "state": s, "stage_times": {}})
-                        for o, s in (("jd:1", "payment_timeout"), ("jd:2", "routed"), ("jd:3", "payment_timeout"))]
+                return [(None, "OrderStateChanged", {"order_id": o, "state": s, "reason": r, "stage_times": {}})
+                        for o, s, r in (("jd:1", "payment_timeout", ""), ("jd:2", "routed", ""),
+                                        ("jd:3", "payment_timeout", ""), ("tmall:4", "cancelled", "balance_unpaid"),
+                                        ("tmall:5", "cancelled", "balance_unpaid"))]  # fmt: skip
             if name == "reservation.results":
                 return [(None, "ReservationDecided", {"order_id": o, "outcome": "RESERVED", "lines": []})
-                        for o in ("jd:1", "jd:2", "jd:3")]  # fmt: skip
+                        for o in ("jd:1", "jd:2", "jd:3", "tmall:4", "tmall:5")]  # fmt: skip
             return []
 
+        def cut(self, name: str, key: str | None = None) -> bool:
+            return False
+
     report = Report()
-    orders = _OrderInputs(placed={"jd:1", "jd:2", "jd:3"}, paid={"jd:1", "jd:2"})  # jd:3 was never paid
+    # jd:3 was never paid; tmall:4's balance was taken and lost; tmall:5 paid its deposit alone
+    orders = _OrderInputs(placed={"jd:1", "jd:2", "jd:3", "tmall:4", "tmall:5"},
+                          paid={"jd:1", "jd:2", "tmall:4", "tmall:5"}, balance_paid={"tmall:4"})  # fmt: skip
     _audit_orders(Topics(), orders, {}, 0, report)  # type: ignore[arg-type]
-    assert report.paid_but_timed_out == ["jd:1"] and not report.lost_orders
-    assert report.summary()["other_failures"] == {"paid_but_timed_out": 1}
+    assert report.paid_but_timed_out == ["jd:1", "tmall:4"] and not report.lost_orders
+    assert report.summary()["other_failures"] == {"paid_but_timed_out": 2}

@@ -101,6 +101,23 @@ def test_cancel_after_routing_reaches_the_warehouse_and_a_shipment_still_takes_t
     assert r.read(POOL, sku_key("SKU-2"), "SKU-2")["on_hand"] == {wh: 3}  # no phantom stock
 
 
+def test_a_cancelled_split_order_shipped_anyway_by_one_warehouse_takes_only_that_warehouses_units() -> None:
+    """Changed on purpose (review): one warehouse shipping a cancelled split order took every line off the
+    shelves, the other warehouse's too, although that one had taken the cancel and kept its units."""
+    r, view = pipeline()
+    wh_a, wh_b = sorted(load_warehouses(Settings().warehouses_file))[:2]
+    stock(r, view, "SKU-SA", 5, wh_a)
+    stock(r, view, "SKU-SB", 5, wh_b)
+    order(r, "OrderPlaced", ev.order_placed("jd", "s1", [ev.line(1, "SKU-SA", 2), ev.line(2, "SKU-SB", 1)]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("jd", "s1"))
+    out = order(r, "OrderCancelled", ev.order_cancelled("jd", "s1"))
+    assert sorted(o.record["warehouse_id"] for o in out if o.event_type == "WarehouseDispatched") == [wh_a, wh_b]
+    out = order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "s1", wh_a))
+    assert [o.record["kind"] for o in out if o.event_type == "Alert"] == ["shipped_after_cancel"]
+    assert r.read(POOL, sku_key("SKU-SA"), "SKU-SA")["on_hand"] == {wh_a: 3}
+    assert r.read(POOL, sku_key("SKU-SB"), "SKU-SB")["on_hand"] == {wh_b: 5}  # B kept the cancelled units
+
+
 def test_a_shipment_of_an_unpaid_order_takes_the_units_off_the_shelf_and_is_never_routed_again() -> None:
     """Changed on purpose: a shipment for an order still reserved (its payment callback lost, the order pushed
     to the WMS by hand) was dead-lettered, and at the payment timeout the units that had left were sellable
