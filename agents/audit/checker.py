@@ -19,8 +19,8 @@ orders rejected while still holding stock, lost orders (placed and valid, yet ne
 cancelled), paid orders without an open hold behind every line, shipments the WMS reported (its own
 ``ShipmentDispatched`` on ``order.events``) whose lines at that warehouse the pool never answered SHIPPED
 (units gone from a shelf the pool still counts), orders timed out as unpaid although the pipeline took a
-payment for them, and timers that did not fire (an unpaid hold past its
-expiry, an unpaid order past its payment timeout).
+payment for them, and timers that did not fire (an unpaid hold past its expiry, an unpaid order past its
+payment timeout).
 
 Order. The pool applies its input topics (commands, adjustments, returns, overrides) as one stream per
 partition in the order it reads them, which no topic records: commands it applies locally are not even
@@ -97,10 +97,6 @@ _LET_GO = {"RELEASED", "EXPIRED", "SHIPPED"}
 DEPOSIT_PAID = "deposit_paid"
 # The reason on the state change of a presale order cancelled because its balance never came (contract, restated).
 BALANCE_UNPAID = "balance_unpaid"
-# Events of ``order.events`` that name their order (channel and channel order id); anything else there is the
-# pipeline's to refuse, and the audit's to skip.
-_ORDER_EVENT_KINDS = frozenset({"OrderPlaced", "PaymentConfirmed", "PaymentFailed", "OrderCancelled",
-                                "ShipmentDispatched", "ShipmentDelivered", "WmsAcknowledged"})  # fmt: skip
 # The stages whose dead letter means the order pipeline refused a message (the engine on reading it, the
 # lifecycle giving up a parked one); the sink's mean only that ClickHouse could not hold it.
 UNNAMED = -1  # a payment's amount when it names none
@@ -993,8 +989,8 @@ def _placed_orders(reading: _Reading) -> _OrderInputs:
     out = _OrderInputs()
     payments: dict[str, dict[str, int]] = defaultdict(dict)  # order id -> payment event id -> amount
     for rec, kind, ev in reading.decoded(ORDER_EVENTS.name):
-        if kind not in _ORDER_EVENT_KINDS:
-            continue
+        if kind not in ORDER_EVENTS.events:
+            continue  # not of the topic's contract: the pipeline's to refuse, the audit's to skip
         taken = (order_topic, rec.partition, rec.offset) not in refused
         order_id = order_key(ev["channel"], ev["channel_order_id"])
         if kind == "OrderPlaced" and taken:

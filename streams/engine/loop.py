@@ -237,6 +237,7 @@ class _Batch:
         # at the commit, with no value parsed again.
         self.scheduled: dict[tuple[str, int], dict[bytes, int]] = {}
         self.testing = False  # a batch of no message that runs one suspect housekeeping item alone
+        self.flushed: list[tuple[_Owned, str]] = []  # (partition, processor) flushes: noted as done once committed
         self.suspect: tuple[str, int, bytes] | None = None  # the one it ran
 
     def context(self, proc: Processor, partition: int) -> Context:
@@ -629,14 +630,18 @@ class Engine:
             self._drop_transaction(repr(exc))
             self._batch_failed(batch, messages, alone, exc)
             return
-        if testing and self._rewinds == rewinds:  # a commit the broker aborted proved nothing
+        self.stats.cpu_s += time.thread_time() - cpu
+        if self._rewinds != rewinds:
+            return  # the broker aborted the commit: nothing of the batch happened
+        for owned, name in batch.flushed:  # a flush that did not commit is still due
+            owned.flushed_ms[name] = batch.now_ms
+        if testing:
             # Passed alone; or none was due (rescheduled, or no longer wanted): if one is bad, it fails again
             # in a batch of its own kind and is suspected again.
             if batch.suspect is None:
                 self._suspects.clear()
             else:
                 self._suspects.discard(batch.suspect)
-        self.stats.cpu_s += time.thread_time() - cpu
 
     def _batch_failed(self, batch: _Batch, messages: list[Message], alone: bool, exc: Exception) -> None:
         """A batch that did not commit: find what failed it, by trying its parts alone."""
@@ -862,18 +867,14 @@ class Engine:
         now = batch.now_ms
         for partition, owned in list(self.owned.items()):
             for proc in self.processors:
-                if proc.flush_interval_ms <= 0:
-                    continue
-                # A suspect's own batch runs it whatever its interval: the failed batch noted it as flushed.
-                if now - owned.flushed_ms.get(proc.name, 0) < proc.flush_interval_ms and not (
-                    batch.testing and (proc.name, partition, b"") in self._suspects
-                ):
+                if proc.flush_interval_ms <= 0 or now - owned.flushed_ms.get(proc.name, 0) < proc.flush_interval_ms:
                     continue
                 if not self._may_run(batch, (proc.name, partition, b"")):
                     continue  # still due: a later batch
-                owned.flushed_ms[proc.name] = now
                 if self._quarantined and self._quarantined_now((proc.name, partition, b"")):
+                    owned.flushed_ms[proc.name] = now
                     continue
+                batch.flushed.append((owned, proc.name))
                 batch.fired.append((proc.name, partition, b""))
                 ctx = batch.context(proc, partition)
                 ctx.message = None
