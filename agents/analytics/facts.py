@@ -2,7 +2,8 @@
 
 The sink writes every event to ``events`` (the raw log) and, through ``FACTS``, typed rows to the
 tables the dashboards read (``schemas/ddl/003_facts.sql``; the refunds' in ``004_refunds.sql``; the order
-health scores' in ``005_order_health.sql``; the connectors' calls in ``006_connector_calls.sql``).
+health scores' in ``005_order_health.sql``; the connectors' calls in ``006_connector_calls.sql``; the
+refused events' ids in ``007_refused_facts.sql``).
 Adding a dashboard over a new event is a table in the DDL and one entry here.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from streams.contract.codec import event_id_of
 from streams.contract.keys import order_key, refund_key
 
 Row = dict[str, Any]
@@ -67,9 +69,12 @@ def routing_rows(r: dict[str, Any]) -> Iterable[Row]:
 
 
 def dead_letter_rows(r: dict[str, Any]) -> Iterable[Row]:
+    # The refused event's own id, so a dashboard reading the raw events (a marketplace's settlement) can
+    # leave out what the pipeline refused (007_refused_facts.sql); "" for a body that was never an event.
+    original = r.get("original_value") or b""
     yield {**_time(r), "source_topic": r["source_topic"], "source_partition": r["source_partition"],
            "source_offset": r["source_offset"], "stage": r["stage"], "reason": r["reason"], "detail": r["detail"],
-           "original_value_hex": (r.get("original_value") or b"").hex()}  # fmt: skip
+           "original_value_hex": original.hex(), "source_event_id": event_id_of(original)}  # fmt: skip
 
 
 def refund_state_rows(r: dict[str, Any]) -> Iterable[Row]:

@@ -50,6 +50,7 @@ CONFLUENT_HEADER_LEN = 5
 # Schema ids a registry said it does not know, remembered so a stream of such messages costs one lookup;
 # past this many the memory is cleared (a registry that learns an id later is then asked again).
 UNKNOWN_IDS_KEPT = 10_000
+LONG_VARINT_BITS = 70  # an Avro long takes at most 10 varint bytes of 7 bits
 
 
 class DecodeError(StockflowError, ValueError):
@@ -270,6 +271,41 @@ def _header_error(data: bytes) -> DecodeError:
         Reason.BAD_HEADER,
         f"neither single-object encoding nor a Schema Registry frame (starts {data[:4].hex() or 'empty'})",
     )
+
+
+def event_id_of(data: bytes | None) -> str:
+    """The event id a stockflow message carries, read without knowing its schema; "" when ``data`` is no
+    stockflow frame or too short to hold one.
+
+    Every stockflow event's first field is its ``event_id`` string (a contract rule
+    ``tests/unit/contract`` holds every schema to), so the id is the Avro string right after either
+    header: a zig-zag varint length, then that many UTF-8 bytes. What reads a dead letter's original bytes
+    (the sink) learns the id this way even for a message whose schema it cannot resolve."""
+    if not data:
+        return ""
+    if data[:2] == MARKER:
+        pos = HEADER_LEN
+    elif data[:1] == CONFLUENT_MAGIC:
+        pos = CONFLUENT_HEADER_LEN
+    else:
+        return ""
+    zigzag = shift = 0
+    while pos < len(data) and shift < LONG_VARINT_BITS:
+        byte = data[pos]
+        pos += 1
+        zigzag |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    else:
+        return ""
+    length = (zigzag >> 1) ^ -(zigzag & 1)
+    if length < 0 or pos + length > len(data):
+        return ""
+    try:
+        return data[pos:pos + length].decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
 
 
 def codec_for(settings: Settings) -> Codec:

@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -237,7 +238,8 @@ def migration_files(ddl_dir: Path = DDL_DIR) -> list[tuple[int, Path]]:
 
 
 def apply_migrations(ch: ClickHouse, ddl_dir: Path = DDL_DIR) -> list[int]:
-    """Apply the numbered DDL files not yet recorded; every statement is idempotent."""
+    """Apply the numbered DDL files not yet recorded; every statement is idempotent (a column added already is
+    not added again)."""
     ch.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version UInt32, name String, applied_at DateTime) ENGINE = MergeTree() ORDER BY version"
@@ -248,15 +250,26 @@ def apply_migrations(ch: ClickHouse, ddl_dir: Path = DDL_DIR) -> list[int]:
         if version in done:
             continue
         for statement in _statements(path.read_text(encoding="utf-8")):
-            ch.execute(statement)
-        import time
-
+            if not _column_there(ch, statement):
+                ch.execute(statement)
         ch.insert(
             "schema_migrations",
             {"version": [version], "name": [path.name], "applied_at": [int(time.time())]},
         )
         applied.append(version)
     return applied
+
+
+_ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+) ", re.IGNORECASE)
+
+
+def _column_there(ch: ClickHouse, statement: str) -> bool:
+    """Whether ``statement`` adds a column its table has already: a migration stopped after it ran is applied
+    again whole, and the Debian server (18.16) knows no ``ADD COLUMN IF NOT EXISTS``."""
+    added = _ADD_COLUMN.match(statement)
+    return added is not None and bool(ch.query(
+        "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = {table:String} "
+        "AND name = {column:String}", {"table": added[1], "column": added[2]}))  # fmt: skip
 
 
 def _statements(sql: str) -> list[str]:

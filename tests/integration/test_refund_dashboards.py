@@ -12,6 +12,7 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,6 +20,10 @@ import pytest
 
 from agents.analytics import queries as dashboards
 from agents.refunds import reports
+from streams.contract.codec import default_codec
+from streams.contract.reasons import Reason
+from streams.contract.topics import DEADLETTERS
+from streams.engine.deadletter import dead_letter
 from streams.engine.producer import EventProducer
 from streams.settings import Settings
 from tests.helpers import wait_for
@@ -83,6 +88,15 @@ def settled(refund_id: str, order_id: str, at: int, amount_fen: int, event_id: s
         "amount_fen": amount_fen, "settlement_id": f"st-{refund_id}"})  # fmt: skip
 
 
+def refused(event: Event, offset: int, reason: Reason, detail: str) -> list[Event]:
+    """``event`` and the dead letter the refund processor writes for it when it refuses it (read at ``offset``)."""
+    topic, key, kind, record = event
+    message = SimpleNamespace(topic=topic, partition=0, offset=offset, key=key.encode(),
+                              value=default_codec().encode(kind, record))  # fmt: skip
+    letter = dead_letter(message, "agents.refunds.run_refunds", reason, detail, record["event_time_ms"])
+    return [event, (DEADLETTERS.name, topic, "DeadLetter", dict(letter))]
+
+
 def call_failed(refund_id: str, at: int, reason: str) -> Event:
     channel = refund_id.split(":")[0]
     return (f"connector.failed.{channel}", channel, "ConnectorCallFailed", {
@@ -140,6 +154,13 @@ def refund_events(t0: int) -> list[Event]:
         returned("jd:R2", "jd:O2", t0 + 30 * H, qc_done=False),
         returned("jd:R2", "jd:O2", t0 + 60 * H, qc_done=True),
         issued("jd:R2", "jd:O2", t0 + 60 * H + 5 * MIN, 15_000),
+        # A settlement and a receipt of jd:R2 naming another order: the refund processor refused both, so no
+        # figure may count them (R2 stays issued and unsettled, its receipt and QC where they were).
+        *refused(settled("jd:R2", "jd:O99", t0 + 62 * H, 15_000, event_id="settled:jd:R2:jd:O99"), 70,
+                 Reason.UNKNOWN_REFUND, "a settlement of refund jd:R2 for order jd:O99; the refund is jd:O2's"),
+        *refused(("refund.events", "jd:O99", "ReturnReceived", {**returned("jd:R2", "jd:O99", t0 + 20 * H, True)[3],
+                                                                "event_id": "return-qc:jd:R2:jd:O99"}), 71,
+                 Reason.UNKNOWN_REFUND, "a return of refund jd:R2 for order jd:O99"),
         # tmall:R3 refund only, with customer service since +2 h.
         *refund("tmall:R3", "tmall:O3", "REFUND_ONLY", 12_000, [("requested", t0 + 2 * H), ("reviewing", t0 + 2 * H)]),
         # tmall:R4 approved after 1 h; the marketplace refused the call (rotated key), never issued.

@@ -9,7 +9,15 @@ import pytest
 from fastavro import parse_schema, schemaless_writer
 
 from loadtest import events as ev
-from streams.contract.codec import MARKER, Codec, DecodeError, schema_fingerprint
+from streams.contract.codec import (
+    HEADER_LEN,
+    MARKER,
+    Codec,
+    DecodeError,
+    confluent_header,
+    event_id_of,
+    schema_fingerprint,
+)
 from streams.contract.registry import EVENT_TYPES, SCHEMA_DIR
 
 
@@ -97,3 +105,34 @@ def test_truncated_and_trailing_bytes_are_refused(codec: Codec) -> None:
 def test_encoding_a_record_that_does_not_fit_fails_loudly(codec: Codec) -> None:
     with pytest.raises(ValueError):
         codec.encode("StockAdjusted", {"event_id": "x"})
+
+
+def test_the_event_id_is_read_from_either_frame_without_the_schema(codec: Codec) -> None:
+    record = ev.refund_settled("jd", "1", "r1", 9_800)
+    single = codec.encode("RefundSettled", record)
+    framed = confluent_header(7) + single[HEADER_LEN:]
+    assert event_id_of(single) == event_id_of(framed) == record["event_id"]
+    long_id = {**record, "event_id": "é" * 300}  # a length past one varint byte, and not ASCII
+    assert event_id_of(codec.encode("RefundSettled", long_id)) == "é" * 300
+
+
+NO_ID = MARKER + b"\x00" * 8  # a single-object header (any fingerprint will do)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        b"",
+        b'{"event_id": "x"}',
+        NO_ID,
+        NO_ID + b"\x14ab",
+        b"\x00\x00\x00\x00\x07\x01",
+        NO_ID + b"\x04\xff\xfe",
+        NO_ID + b"\xff" * 12,
+    ],
+)
+def test_what_holds_no_event_id_gives_an_empty_one(data: bytes | None) -> None:
+    # JSON (an HTTP body refused at intake), a header alone, a length past the end, a negative length, bytes
+    # that are no UTF-8, a varint that never ends.
+    assert event_id_of(data) == ""

@@ -89,3 +89,10 @@ def test_old_and_current_hold_decisions_read(codec: Codec) -> None:
         event_type, back = codec.decode(data)
         # Read into the current version: a decision from before hot-SKU buckets came from the SKU's home.
         assert event_type.short_name == "HoldDecided" and back == {**record, "bucket": -1}
+
+
+@pytest.mark.parametrize("path", sorted([*SCHEMA_DIR.glob("*.avsc"), *HISTORY.glob("*.avsc")]), ids=lambda p: p.name)
+def test_every_event_starts_with_its_event_id(path: Path) -> None:
+    """What reads a message without its schema (the sink, for a dead letter's original) finds the id there."""
+    first = json.loads(path.read_text(encoding="utf-8"))["fields"][0]
+    assert (first["name"], first["type"]) == ("event_id", "string")
