@@ -69,8 +69,8 @@ def routing_rows(r: dict[str, Any]) -> Iterable[Row]:
 
 
 def dead_letter_rows(r: dict[str, Any]) -> Iterable[Row]:
-    # The refused event's own id, so a dashboard reading the raw events (a marketplace's settlement) can
-    # leave out what the pipeline refused (007_refused_facts.sql); "" for a body that was never an event.
+    # The refused event's own id, so a dashboard reading the events as they came (a marketplace's settlement)
+    # can tell what the pipeline refused (007_refused_facts.sql); "" for a body that was never an event.
     original = r.get("original_value") or b""
     yield {**_time(r), "source_topic": r["source_topic"], "source_partition": r["source_partition"],
            "source_offset": r["source_offset"], "stage": r["stage"], "reason": r["reason"], "detail": r["detail"],

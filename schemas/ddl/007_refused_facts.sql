@@ -1,10 +1,13 @@
--- What the pipeline refused is no fact: a marketplace's settlement (or a warehouse's receipt of a return)
--- that the refund processor dead-lettered - it named another order than its refund's, or its refund was
--- never requested - no longer counts in the refund dashboards. The dashboards read those events as they
--- came (refund.events), so they learn of the refusal from the dead letter, matched by the refused event's
--- own id: the sink reads it from the dead letter's original bytes (every event's first field is its id).
--- Dead letters stored before this change have no id and leave their events counted; ``stockflow sink
--- --from-beginning`` stores them again with it.
+-- A refund event the pipeline refused is no fact of its refund. A warehouse's receipt of a return that the
+-- refund processor dead-lettered (it named another order than its refund's, or its refund was never
+-- requested) counts nowhere. A marketplace's settlement it dead-lettered is money the marketplace says went
+-- back that stockflow never matched to a refund it paid: it no longer makes its refund settled, and counts
+-- as a settlement stockflow never paid out (``settled_unknown``), under its refund id marked "(refused)" -
+-- one such refund id for all its refused settlements, as for a settlement notified twice. The dashboards
+-- read those events as they came (refund.events), so they learn of the refusal from the dead letter,
+-- matched by the refused event's own id: the sink reads it from the dead letter's original bytes (every
+-- event's first field is its id). Dead letters stored before this change have no id and leave their
+-- events counted as before; ``stockflow sink --from-beginning`` stores them again with it.
 
 ALTER TABLE dead_letters ADD COLUMN source_event_id String DEFAULT '';
 
@@ -15,7 +18,7 @@ SELECT DISTINCT source_event_id
 FROM dead_letters
 WHERE source_event_id != '' AND endsWith(source_topic, 'refund.events');
 
--- refund_facts as 004_refunds.sql made it, with the refused receipts and settlements left out. A view
+-- refund_facts as 004_refunds.sql made it, refused receipts left out and refused settlements apart. A view
 -- cannot be altered on every ClickHouse this runs on (the Debian server is 18.16): it is made again.
 DROP TABLE IF EXISTS refund_facts;
 CREATE VIEW refund_facts AS
@@ -50,15 +53,22 @@ SELECT
 FROM refund_issues FINAL
 UNION ALL
 SELECT
-    refund_id, channel, order_id, '' AS kind, toInt64(0) AS refund_fen, '' AS state, event_time_ms,
+    if(refused, concat(settled_refund_id, ' (refused)'), settled_refund_id) AS refund_id, channel,
+    settled_order_id AS order_id, '' AS kind, toInt64(0) AS refund_fen, '' AS state, event_time_ms,
     toUInt64(0) AS rank, toInt64(0) AS requested_ms, toInt64(0) AS reviewing_ms, toInt64(0) AS awaiting_return_ms,
     toInt64(0) AS received_ms, toInt64(0) AS return_received_ms, toInt64(0) AS inspected_ms,
     toInt64(0) AS refunding_ms, toInt64(0) AS issued_ms, toInt64(0) AS settled_ms, toInt64(0) AS completed_ms,
     toInt64(0) AS rejected_ms, toInt64(0) AS cancelled_ms, toInt64(0) AS receipt_ms, toInt64(0) AS qc_ms,
-    toInt64(0) AS issue_ms, toInt64(0) AS issue_fen, event_time_ms AS settlement_ms, amount_fen AS settlement_fen,
+    toInt64(0) AS issue_ms, toInt64(0) AS issue_fen, event_time_ms AS settlement_ms, settled_fen AS settlement_fen,
     toInt64(0) AS failure_ms, '' AS failure_reason
-FROM refund_settlements FINAL
-WHERE event_id NOT IN (SELECT source_event_id FROM refused_refund_events)
+FROM
+(
+    -- Renamed here, as the view's own columns cannot be aliases of themselves.
+    SELECT
+        event_id, event_time_ms, channel, refund_id AS settled_refund_id, order_id AS settled_order_id,
+        amount_fen AS settled_fen, event_id IN (SELECT source_event_id FROM refused_refund_events) AS refused
+    FROM refund_settlements FINAL
+)
 UNION ALL
 SELECT
     idempotency_key AS refund_id, channel, '' AS order_id, '' AS kind, toInt64(0) AS refund_fen, '' AS state,

@@ -154,8 +154,9 @@ def refund_events(t0: int) -> list[Event]:
         returned("jd:R2", "jd:O2", t0 + 30 * H, qc_done=False),
         returned("jd:R2", "jd:O2", t0 + 60 * H, qc_done=True),
         issued("jd:R2", "jd:O2", t0 + 60 * H + 5 * MIN, 15_000),
-        # A settlement and a receipt of jd:R2 naming another order: the refund processor refused both, so no
-        # figure may count them (R2 stays issued and unsettled, its receipt and QC where they were).
+        # A settlement and a receipt of jd:R2 naming another order: the refund processor refused both. R2 stays
+        # issued and unsettled, its receipt and QC where they were; the settlement is money the marketplace says
+        # went back that stockflow never paid out: settled_unknown, as "jd:R2 (refused)".
         *refused(settled("jd:R2", "jd:O99", t0 + 62 * H, 15_000, event_id="settled:jd:R2:jd:O99"), 70,
                  Reason.UNKNOWN_REFUND, "a settlement of refund jd:R2 for order jd:O99; the refund is jd:O2's"),
         *refused(("refund.events", "jd:O99", "ReturnReceived", {**returned("jd:R2", "jd:O99", t0 + 20 * H, True)[3],
@@ -205,6 +206,10 @@ def refund_events(t0: int) -> list[Event]:
         ),
         # kuaishou:R9: a settlement for a refund stockflow never paid out.
         settled("kuaishou:R9", "kuaishou:O9", t0 + 6 * H, 5_500),
+        # kuaishou:R12 the same, past the day the processor keeps it for its request: dead-lettered then, and
+        # still a settlement stockflow never paid out.
+        *refused(settled("kuaishou:R12", "kuaishou:O12", t0 + 7 * H, 2_500), 72, Reason.UNKNOWN_REFUND,
+                 "RefundSettled for refund kuaishou:R12 (2500 fen), which was never requested"),
         # own:R10 paid out 50.00, settled 40.00 (and the marketplace notified twice).
         *refund(
             "own:R10",
@@ -311,14 +316,17 @@ NOVEMBER_FLOW = {
 NOVEMBER_RECONCILIATION = {
     # channel: instructed, issued, settled, instructed_yuan, issued_yuan, settled_yuan, not_issued, issue_failed,
     #          unsettled, unsettled_overdue, amount_mismatch, settled_unknown
-    "jd": (3, 3, 1, 319.0, 319.0, 99.0, 0, 0, 2, 2, 0, 0),  # R11's settlement came in December
-    "kuaishou": (0, 0, 1, 0.0, 0.0, 55.0, 0, 0, 0, 0, 0, 1),
+    # R11's settlement came in December; R2's refused one stands apart, never paid out by stockflow.
+    "jd": (3, 3, 2, 319.0, 319.0, 249.0, 0, 0, 2, 2, 0, 1),
+    "kuaishou": (0, 0, 2, 0.0, 0.0, 80.0, 0, 0, 0, 0, 0, 2),
     "own": (1, 1, 1, 50.0, 50.0, 40.0, 0, 0, 0, 0, 1, 0),
     "tmall": (1, 0, 0, 200.0, 0.0, 0.0, 1, 1, 0, 0, 0, 0),
 }
 NOVEMBER_MISMATCHES = [
     ("jd:R11", "issued_not_settled", ""),
     ("jd:R2", "issued_not_settled", ""),
+    ("jd:R2 (refused)", "settled_unknown", ""),
+    ("kuaishou:R12 (refused)", "settled_unknown", ""),
     ("kuaishou:R9", "settled_unknown", ""),
     ("own:R10", "amount_mismatch", ""),
     ("tmall:R4", "issue_failed", "connector_credentials"),
@@ -440,7 +448,7 @@ def test_refunds_exceptions_and_reconcile_commands_print_csv_xlsx_and_tables(
     assert reconciled.returncode == 0, reconciled.stderr
     answer = json.loads(reconciled.stdout)
     assert {r["channel"]: r["settled_unknown"] for r in answer["channels"]} == {
-        "jd": 0, "kuaishou": 1, "own": 0, "tmall": 0}  # fmt: skip
+        "jd": 1, "kuaishou": 2, "own": 0, "tmall": 0}  # fmt: skip
     assert [(r["refund_id"], r["mismatch"]) for r in answer["mismatches"]] == [
         (m[0], m[1]) for m in NOVEMBER_MISMATCHES]  # fmt: skip
 

@@ -1,6 +1,7 @@
-"""Refund events the pipeline refused count in no refund dashboard (``schemas/ddl/007_refused_facts.sql``), on
-embedded ClickHouse: the dead letter's row names the refused event, ``refund_facts`` leaves it out, and the
-migration goes onto a database that already holds rows, or again after stopping half-way."""
+"""A settlement the pipeline refused is not its refund's (``schemas/ddl/007_refused_facts.sql``), on embedded
+ClickHouse: the dead letter's row names the refused event, ``refund_facts`` sets it apart under its refund id
+marked "(refused)", and the migration goes onto a database that already holds rows, or again after stopping
+half-way."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def settled_refunds(shared: SharedClickHouse) -> list[str]:
         "SELECT refund_id FROM refund_facts WHERE settlement_ms > 0 ORDER BY refund_id")]  # fmt: skip
 
 
-def test_a_refused_settlement_counts_nowhere_and_the_migration_goes_onto_a_used_database(tmp_path: Path) -> None:
+def test_a_refused_settlement_stands_apart_and_the_migration_goes_onto_a_used_database(tmp_path: Path) -> None:
     before = tmp_path / "ddl"
     before.mkdir()
     for path in sorted(DDL_DIR.glob("*.sql"))[:6]:  # the database as the release before this one left it
@@ -58,9 +59,9 @@ def test_a_refused_settlement_counts_nowhere_and_the_migration_goes_onto_a_used_
     assert apply_migrations(shared.get()) == [7]
     refused, kept = settlement("2", "r2", "settled:other-order"), settlement("3", "r3", "settled:own")
     assert not writer.write([refused, refusal(refused), kept], NOW_MS)
-    # A dead letter stored before the migration has no event id: its settlement still counts (the sink's
-    # --from-beginning stores it again with one).
-    assert settled_refunds(shared) == ["jd:r1", "jd:r3"]
+    # A dead letter stored before the migration has no event id: its settlement still counts as its refund's
+    # (the sink's --from-beginning stores it again with one).
+    assert settled_refunds(shared) == ["jd:r1", "jd:r2 (refused)", "jd:r3"]
     assert shared.query("SELECT source_event_id FROM dead_letters ORDER BY source_event_id") == [
         {"source_event_id": ""}, {"source_event_id": "settled:other-order"}]  # fmt: skip
 
@@ -70,5 +71,5 @@ def test_a_refused_settlement_counts_nowhere_and_the_migration_goes_onto_a_used_
     again.mkdir()
     shutil.copy(DDL_DIR / "007_refused_facts.sql", again / "008_refused_facts_again.sql")
     assert apply_migrations(shared.get(), again) == [8]
-    assert settled_refunds(shared) == ["jd:r1", "jd:r3"]
+    assert settled_refunds(shared) == ["jd:r1", "jd:r2 (refused)", "jd:r3"]
     shared.drop()
