@@ -154,9 +154,20 @@ FACTS: dict[str, tuple[str, Callable[[dict[str, Any]], Iterable[Row]]]] = {
 }
 
 
-def rows_of(event_type: str, record: dict[str, Any], fallback_ms: int = 0) -> list[tuple[str, Row]]:
+# The tables that keep every copy of an event as its own row, keyed '<event id>@<partition>.<offset>' (where the
+# sink read it; a redelivery of one message is still one row). A marketplace or a connector may send one event
+# again, later, under the same id: a retried callback stamped when intake got it, an issue repeated after a
+# crash. Keyed by the event id alone, ReplacingMergeTree kept the last copy, and a settled refund turned
+# unsettled when its callback came again after the month's end. The dashboards reduce these rows per refund
+# to the first copy, as the refund processor does; a copy it refused is matched by the same key
+# (``007_refused_facts.sql``).
+KEPT_PER_COPY = frozenset({"refund_settlements", "refund_returns", "refund_issues"})
+
+
+def rows_of(event_type: str, record: dict[str, Any], fallback_ms: int = 0, copy: str = "") -> list[tuple[str, Row]]:
     """The typed rows of one event, as (table, row); none for an event no dashboard reads. An event without
-    a time of its own (0) is stamped ``fallback_ms``, the time the sink gives it in ``events``."""
+    a time of its own (0) is stamped ``fallback_ms``, the time the sink gives it in ``events``. ``copy``
+    is where the sink read it ('<partition>.<offset>'), for the tables that keep every copy."""
     fact = FACTS.get(event_type)
     if fact is None:
         return []
@@ -165,4 +176,6 @@ def rows_of(event_type: str, record: dict[str, Any], fallback_ms: int = 0) -> li
         # Stamped 0, a settlement (or a receipt, an alert) fell outside every range the dashboards ask
         # for, and a completed refund showed as unsettled.
         record = {**record, "event_time_ms": fallback_ms}
+    if copy and table in KEPT_PER_COPY:
+        return [(table, {**row, "event_id": f"{row['event_id']}@{copy}"}) for row in rows(record)]
     return [(table, row) for row in rows(record)]

@@ -277,7 +277,7 @@ def decode_batch(codec: Codec, messages: Iterable[Received], now_ms: int) -> tup
                 "offset": msg.offset, "event_time": event_ms // 1000, "event_time_ms": event_ms,
                 "ingested_at": now_s, "payload": orjson.dumps(record, default=_payload_default).decode(),
             })]  # fmt: skip
-            rows.extend(facts.rows_of(name, record, event_ms))
+            rows.extend(facts.rows_of(name, record, event_ms, f"{msg.partition}.{msg.offset}"))
         except Exception as exc:  # noqa: BLE001 - one event's rows failing must not stop the others
             refused.append(Refused(msg, Reason.UNSTORABLE, f"its rows could not be built: {exc!r}"))
             continue

@@ -4,17 +4,20 @@
 -- back that stockflow never matched to a refund it paid: it no longer makes its refund settled, and counts
 -- as a settlement stockflow never paid out (``settled_unknown``), under its refund id marked "(refused)" -
 -- one such refund id for all its refused settlements, as for a settlement notified twice. The dashboards
--- read those events as they came (refund.events), so they learn of the refusal from the dead letter,
--- matched by the refused event's own id: the sink reads it from the dead letter's original bytes (every
--- event's first field is its id). Dead letters stored before this change have no id and leave their
--- events counted as before; ``stockflow sink --from-beginning`` stores them again with it.
+-- read those events as they came (refund.events), so they learn of the refusal from the dead letter: the
+-- sink reads the refused event's id from its original bytes (every event's first field is its id), and the
+-- dead letter's source partition and offset name the copy (agents/analytics/facts.py, KEPT_PER_COPY). Dead
+-- letters stored before this change have no id and leave their events counted as before; ``stockflow sink
+-- --from-beginning`` stores them again with it.
 
 ALTER TABLE dead_letters ADD COLUMN source_event_id String DEFAULT '';
 
--- The ids of the refund events the pipeline refused (any stage: an event it could not even read is no
--- fact either). By suffix, whatever STOCKFLOW_TOPIC_PREFIX the topics carry.
+-- The copies of refund events the pipeline refused (any stage: an event it could not even read is no fact
+-- either), keyed as the sink keys them in refund_returns and refund_settlements: '<event id>@<partition>.
+-- <offset>', so a copy refused is told from an earlier copy of the same event that was taken. By suffix,
+-- whatever STOCKFLOW_TOPIC_PREFIX the topics carry.
 CREATE VIEW IF NOT EXISTS refused_refund_events AS
-SELECT DISTINCT source_event_id
+SELECT DISTINCT concat(source_event_id, '@', toString(source_partition), '.', toString(source_offset)) AS copy_id
 FROM dead_letters
 WHERE source_event_id != '' AND endsWith(source_topic, 'refund.events');
 
@@ -40,7 +43,7 @@ SELECT
     if(qc_done = 1, event_time_ms, toInt64(0)) AS qc_ms, toInt64(0) AS issue_ms, toInt64(0) AS issue_fen,
     toInt64(0) AS settlement_ms, toInt64(0) AS settlement_fen, toInt64(0) AS failure_ms, '' AS failure_reason
 FROM refund_returns FINAL
-WHERE event_id NOT IN (SELECT source_event_id FROM refused_refund_events)
+WHERE event_id NOT IN (SELECT copy_id FROM refused_refund_events)
 UNION ALL
 SELECT
     refund_id, channel, order_id, '' AS kind, toInt64(0) AS refund_fen, '' AS state, event_time_ms,
@@ -66,7 +69,7 @@ FROM
     -- Renamed here, as the view's own columns cannot be aliases of themselves.
     SELECT
         event_id, event_time_ms, channel, refund_id AS settled_refund_id, order_id AS settled_order_id,
-        amount_fen AS settled_fen, event_id IN (SELECT source_event_id FROM refused_refund_events) AS refused
+        amount_fen AS settled_fen, event_id IN (SELECT copy_id FROM refused_refund_events) AS refused
     FROM refund_settlements FINAL
 )
 UNION ALL

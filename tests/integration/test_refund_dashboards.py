@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +21,7 @@ import pytest
 
 from agents.analytics import queries as dashboards
 from agents.refunds import reports
-from streams.contract.codec import default_codec
+from agents.refunds.run_refunds import STAGE
 from streams.contract.reasons import Reason
 from streams.contract.topics import DEADLETTERS
 from streams.engine.deadletter import dead_letter
@@ -88,13 +89,14 @@ def settled(refund_id: str, order_id: str, at: int, amount_fen: int, event_id: s
         "amount_fen": amount_fen, "settlement_id": f"st-{refund_id}"})  # fmt: skip
 
 
-def refused(event: Event, offset: int, reason: Reason, detail: str) -> list[Event]:
-    """``event`` and the dead letter the refund processor writes for it when it refuses it (read at ``offset``)."""
-    topic, key, kind, record = event
-    message = SimpleNamespace(topic=topic, partition=0, offset=offset, key=key.encode(),
-                              value=default_codec().encode(kind, record))  # fmt: skip
-    letter = dead_letter(message, "agents.refunds.run_refunds", reason, detail, record["event_time_ms"])
-    return [event, (DEADLETTERS.name, topic, "DeadLetter", dict(letter))]
+@dataclass(frozen=True)
+class Refused:
+    """An event the refund processor refuses: ``send_refunds`` sends it, then the dead letter the processor writes
+    for it, naming where it landed."""
+
+    event: Event
+    reason: Reason
+    detail: str
 
 
 def call_failed(refund_id: str, at: int, reason: str) -> Event:
@@ -106,7 +108,7 @@ def call_failed(refund_id: str, at: int, reason: str) -> Event:
         "source": "refund.instructions/0/7"})  # fmt: skip
 
 
-def refund_events(t0: int) -> list[Event]:
+def refund_events(t0: int) -> list[Event | Refused]:
     """The refunds every figure below is worked out from, times relative to ``t0`` (2025-11-10 10:00 in the
     shop's zone for the monthly figures), with the duplicates a redelivery or a resend makes."""
     r = "RETURN_AND_REFUND"
@@ -132,6 +134,9 @@ def refund_events(t0: int) -> list[Event]:
         returned("jd:R1", "jd:O1", t0 + 30 * H, qc_done=False),
         returned("jd:R1", "jd:O1", t0 + 40 * H, qc_done=True),
         settled("jd:R1", "jd:O1", t0 + 50 * H, 9_900),
+        # The same callback again in December, under the same id, stamped when it came (intake had restarted and
+        # forgotten it): the first copy stands, and R1 stays settled in November.
+        settled("jd:R1", "jd:O1", shop_ms("2025-12-02T09:00"), 9_900),
         # jd:R2 reviewed in 3 h (late), return +30 h, QC took 30 h (late), issued, never settled.
         *refund(
             "jd:R2",
@@ -157,11 +162,11 @@ def refund_events(t0: int) -> list[Event]:
         # A settlement and a receipt of jd:R2 naming another order: the refund processor refused both. R2 stays
         # issued and unsettled, its receipt and QC where they were; the settlement is money the marketplace says
         # went back that stockflow never paid out: settled_unknown, as "jd:R2 (refused)".
-        *refused(settled("jd:R2", "jd:O99", t0 + 62 * H, 15_000, event_id="settled:jd:R2:jd:O99"), 70,
-                 Reason.UNKNOWN_REFUND, "a settlement of refund jd:R2 for order jd:O99; the refund is jd:O2's"),
-        *refused(("refund.events", "jd:O99", "ReturnReceived", {**returned("jd:R2", "jd:O99", t0 + 20 * H, True)[3],
-                                                                "event_id": "return-qc:jd:R2:jd:O99"}), 71,
-                 Reason.UNKNOWN_REFUND, "a return of refund jd:R2 for order jd:O99"),
+        Refused(settled("jd:R2", "jd:O99", t0 + 62 * H, 15_000, event_id="settled:jd:R2:jd:O99"),
+                Reason.UNKNOWN_REFUND, "a settlement of refund jd:R2 for order jd:O99; the refund is jd:O2's"),
+        Refused(("refund.events", "jd:O99", "ReturnReceived", {**returned("jd:R2", "jd:O99", t0 + 20 * H, True)[3],
+                                                               "event_id": "return-qc:jd:R2:jd:O99"}),
+                Reason.UNKNOWN_REFUND, "a return of refund jd:R2 for order jd:O99"),
         # tmall:R3 refund only, with customer service since +2 h.
         *refund("tmall:R3", "tmall:O3", "REFUND_ONLY", 12_000, [("requested", t0 + 2 * H), ("reviewing", t0 + 2 * H)]),
         # tmall:R4 approved after 1 h; the marketplace refused the call (rotated key), never issued.
@@ -208,8 +213,8 @@ def refund_events(t0: int) -> list[Event]:
         settled("kuaishou:R9", "kuaishou:O9", t0 + 6 * H, 5_500),
         # kuaishou:R12 the same, past the day the processor keeps it for its request: dead-lettered then, and
         # still a settlement stockflow never paid out.
-        *refused(settled("kuaishou:R12", "kuaishou:O12", t0 + 7 * H, 2_500), 72, Reason.UNKNOWN_REFUND,
-                 "RefundSettled for refund kuaishou:R12 (2500 fen), which was never requested"),
+        Refused(settled("kuaishou:R12", "kuaishou:O12", t0 + 7 * H, 2_500), Reason.UNKNOWN_REFUND,
+                "RefundSettled for refund kuaishou:R12 (2500 fen), which was never requested"),
         # own:R10 paid out 50.00, settled 40.00 (and the marketplace notified twice).
         *refund(
             "own:R10",
@@ -227,6 +232,10 @@ def refund_events(t0: int) -> list[Event]:
         issued("own:R10", "own:O10", t0 + 5 * H + MIN, 5_000),
         settled("own:R10", "own:O10", t0 + 20 * H, 4_000),
         settled("own:R10", "own:O10", t0 + 21 * H, 4_000, event_id="settled:own:R10:again"),
+        # Its callback again, under the same id, naming another order: refused, it stands apart (settled_unknown)
+        # and leaves R10's own settlement as it was.
+        Refused(settled("own:R10", "own:O98", t0 + 22 * H, 5_000), Reason.UNKNOWN_REFUND,
+                "a settlement of refund own:R10 for order own:O98; the refund is own:O10's"),
         # jd:R11 approved at once, issued +2 min, return received +2 h and never checked, settled 2025-12-02.
         *refund(
             "jd:R11",
@@ -254,11 +263,23 @@ NOVEMBER = (shop_ms("2025-11-01T00:00"), shop_ms("2025-12-01T00:00"))
 
 def send_refunds(settings: Settings, t0: int = T0) -> int:
     producer = EventProducer(settings)
-    events = refund_events(t0)
-    for topic, key, kind, record in events:
-        producer.send(topic, key, kind, record)
+    items = refund_events(t0)
+    landed: list[tuple[Refused, Any]] = []
+    for item in items:
+        if isinstance(item, Refused):
+            topic, key, kind, record = item.event
+            producer.send_with_callback(topic, key, kind, record,
+                                        lambda _err, msg, item=item: landed.append((item, msg)))  # fmt: skip
+        else:
+            producer.send(*item)
     producer.flush()
-    return len(events)
+    for item, msg in landed:  # each copy refused names where it landed, as the processor's dead letter does
+        copy = SimpleNamespace(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), key=msg.key(),
+                               value=msg.value())  # fmt: skip
+        letter = dead_letter(copy, STAGE, item.reason, item.detail, item.event[3]["event_time_ms"])
+        producer.send(DEADLETTERS.name, item.event[0], "DeadLetter", dict(letter))
+    producer.flush()
+    return len(items) + len(landed)
 
 
 def rows(settings: Settings, name: str, **given: Any) -> list[dict[str, Any]]:
@@ -319,7 +340,7 @@ NOVEMBER_RECONCILIATION = {
     # R11's settlement came in December; R2's refused one stands apart, never paid out by stockflow.
     "jd": (3, 3, 2, 319.0, 319.0, 249.0, 0, 0, 2, 2, 0, 1),
     "kuaishou": (0, 0, 2, 0.0, 0.0, 80.0, 0, 0, 0, 0, 0, 2),
-    "own": (1, 1, 1, 50.0, 50.0, 40.0, 0, 0, 0, 0, 1, 0),
+    "own": (1, 1, 2, 50.0, 50.0, 90.0, 0, 0, 0, 0, 1, 1),
     "tmall": (1, 0, 0, 200.0, 0.0, 0.0, 1, 1, 0, 0, 0, 0),
 }
 NOVEMBER_MISMATCHES = [
@@ -329,6 +350,7 @@ NOVEMBER_MISMATCHES = [
     ("kuaishou:R12 (refused)", "settled_unknown", ""),
     ("kuaishou:R9", "settled_unknown", ""),
     ("own:R10", "amount_mismatch", ""),
+    ("own:R10 (refused)", "settled_unknown", ""),
     ("tmall:R4", "issue_failed", "connector_credentials"),
 ]
 RECONCILIATION_COLUMNS = ("instructed", "issued", "settled", "instructed_yuan", "issued_yuan", "settled_yuan",
@@ -448,7 +470,7 @@ def test_refunds_exceptions_and_reconcile_commands_print_csv_xlsx_and_tables(
     assert reconciled.returncode == 0, reconciled.stderr
     answer = json.loads(reconciled.stdout)
     assert {r["channel"]: r["settled_unknown"] for r in answer["channels"]} == {
-        "jd": 1, "kuaishou": 2, "own": 0, "tmall": 0}  # fmt: skip
+        "jd": 1, "kuaishou": 2, "own": 1, "tmall": 0}  # fmt: skip
     assert [(r["refund_id"], r["mismatch"]) for r in answer["mismatches"]] == [
         (m[0], m[1]) for m in NOVEMBER_MISMATCHES]  # fmt: skip
 

@@ -97,8 +97,10 @@ def test_refund_transitions_become_refund_states_rows_with_every_stage_time() ->
 
 def test_refund_events_become_rows_keyed_by_stockflows_refund_and_order_ids() -> None:
     received = ev.return_received("kuaishou", "O7", "R7", "WH-SH", qc_done=False)
+    # Each copy of a marketplace's event is a row of its own, keyed by where the sink read it (partition 0,
+    # offset 0 here): the same callback sent again later does not replace the first.
     assert sunk("ReturnReceived", received) == [("refund_returns", {
-        "event_id": received["event_id"], "event_time": received["event_time_ms"] // 1000,
+        "event_id": f"{received['event_id']}@0.0", "event_time": received["event_time_ms"] // 1000,
         "event_time_ms": received["event_time_ms"], "refund_id": "kuaishou:R7", "order_id": "kuaishou:O7",
         "channel": "kuaishou", "warehouse_id": "WH-SH", "qc_done": 0, "resellable": 1})]  # fmt: skip
     [(table, row)] = sunk("RefundSettled", ev.refund_settled("jd", "O8", "R8", 4_000))
