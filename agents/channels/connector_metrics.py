@@ -51,10 +51,13 @@ def families(status: Mapping[str, Any], expiries: Mapping[str, int | None], now_
             expiry.add_metric([channel], (ends - now_ms) / 1000)
     yield expiry
     received = counter("connector_records_received", "Records the connector's input loops read", ["loop"])
+    undecodable = counter("connector_records_undecodable", "Records the input loops skipped as unreadable (the sink "
+                          "dead-letters them)", ["loop"])  # fmt: skip
     for loop in ("refunds", "stock"):
         if isinstance(status.get(loop), Mapping):
             received.add_metric([loop], status[loop].get("received", 0))
-    yield received
+            undecodable.add_metric([loop], status[loop].get("undecodable", 0))
+    yield from (received, undecodable)
     ready = gauge("connector_ready", "1 once both input loops hold their partitions")
     ready.add_metric([], 1.0 if status.get("ready") else 0.0)
     yield ready

@@ -171,8 +171,8 @@ class ConnectorProcess:
                                   "failing": self.alerts.is_failing(channel, e)} for e in ENDPOINTS},
             }  # fmt: skip
         loops = {
-            name: {"received": loop.received, "in_flight": loop.in_flight(), "paused": loop.paused,
-                   "partitions": len(loop.assigned)}
+            name: {"received": loop.received, "undecodable": loop.undecodable, "in_flight": loop.in_flight(),
+                   "paused": loop.paused, "partitions": len(loop.assigned)}
             for name, loop in (("refunds", self.refunds.loop), ("stock", self.stock.loop))
         }  # fmt: skip
         return {"ready": self.ready, "started_ms": self.started_ms, "now_ms": now, "channels": channels, **loops}

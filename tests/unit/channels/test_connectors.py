@@ -21,7 +21,7 @@ from agents.channels.calls import CallResult, ChannelCaller, marketplace_url, ra
 from agents.channels.credentials import CredentialStore, StoredKey
 from agents.channels.failed_queue import ReplaySummary
 from agents.channels.issue_refunds import RefundCall, RefundLane
-from agents.channels.kafka_io import ConnectorAlerts, Received
+from agents.channels.kafka_io import ConnectorAlerts, InputLoop, Received
 from agents.channels.outbound import (
     FAILING_ALERT,
     RETRY_ALONE_MAX_FAILURES,
@@ -41,6 +41,7 @@ from agents.channels.outbound import (
 )
 from agents.channels.push_stock import MAX_CALLS_IN_FLIGHT, StockLane, calls_in_flight, level_version
 from agents.channels.simulator import AppSpec, Marketplace
+from streams.contract.codec import default_codec
 from streams.contract.reasons import Reason
 from streams.engine.clock import Clock, wall_ms
 from streams.settings import Settings
@@ -1088,3 +1089,21 @@ def test_a_backlog_parked_is_said_once_and_cleared_with_the_failing_alert() -> N
     cleared = watch.succeeded("pdd", "stock", 4)
     assert cleared is not None and cleared["cleared"] and "stockflow connectors replay pdd" in cleared["message"]
     assert watch.parked_backlog("pdd", "stock", 1, 100_000, 5) is not None  # away again: said again
+
+
+def test_unreadable_bytes_are_skipped_and_left_to_the_sink_to_dead_letter() -> None:
+    """The sink reads every topic and dead-letters unreadable bytes; a connector dead-lettering them too showed one
+    bad record twice on the dead-letters dashboard. Its offset still moves on: no ticket holds it back."""
+    sent: list[tuple[str, Any]] = []
+    sink: Any = SimpleNamespace(send=lambda topic, key, event, record, on_done=None: sent.append((topic, record)))
+    handled: list[Received] = []
+    loop = InputLoop(Settings(kafka_bootstrap="127.0.0.1:9"), default_codec(), sink, group_id="g",
+                     topic="stock.levels", stage="agents.channels.push_stock", stop=threading.Event(),
+                     handle=lambda msg, _type, _record: handled.append(msg), max_in_flight=10)  # fmt: skip
+    try:
+        loop._receive(Received("stock.levels", 0, 7, b"SKU-1", b"\x00\x00\x00\x00\x09not avro"))  # noqa: SLF001
+        assert (sent, handled, loop.undecodable, loop.in_flight()) == ([], [], 1, 0)
+        loop.refuse(Received("stock.levels", 0, 8, b"SKU-1", b"readable"), Reason.UNKNOWN_SKU, "no such SKU")
+        assert [topic for topic, _ in sent] == ["deadletters"] and loop.in_flight() == 1  # done once acknowledged
+    finally:
+        loop.consumer.close()
