@@ -6,9 +6,8 @@
 -- one such refund id for all its refused settlements, as for a settlement notified twice. The dashboards
 -- read those events as they came (refund.events), so they learn of the refusal from the dead letter: the
 -- sink reads the refused event's id from its original bytes (every event's first field is its id), and the
--- dead letter's source partition and offset name the copy (agents/analytics/facts.py, KEPT_PER_COPY). Dead
--- letters stored before this change have no id and leave their events counted as before; ``stockflow sink
--- --from-beginning`` stores them again with it.
+-- dead letter's source partition and offset name the copy (agents/analytics/facts.py, KEPT_PER_COPY). Rows
+-- and dead letters stored before this change carry neither the id nor the copy, and count as they did.
 
 ALTER TABLE dead_letters ADD COLUMN source_event_id String DEFAULT '';
 

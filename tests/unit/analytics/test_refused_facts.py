@@ -59,8 +59,7 @@ def test_a_refused_settlement_stands_apart_and_the_migration_goes_onto_a_used_da
     assert apply_migrations(shared.get()) == [7]
     refused, kept = settlement("2", "r2", "settled:other-order"), settlement("3", "r3", "settled:own")
     assert not writer.write([refused, refusal(refused), kept], NOW_MS)
-    # A dead letter stored before the migration has no event id: its settlement still counts as its refund's
-    # (the sink's --from-beginning stores it again with one).
+    # A dead letter stored before the migration has no event id: its settlement still counts as its refund's.
     assert settled_refunds(shared) == ["jd:r1", "jd:r2 (refused)", "jd:r3"]
     assert shared.query("SELECT source_event_id FROM dead_letters ORDER BY source_event_id") == [
         {"source_event_id": ""}, {"source_event_id": "settled:other-order"}]  # fmt: skip
