@@ -228,14 +228,17 @@ class Settings(BaseSettings):
     parked_grace_s: float = Field(
         default=600.0,
         gt=0,
-        description="How long an event may wait for its order to arrive; then it is dead-lettered (`unknown_order`). "
+        description="How long an event may wait for its order to arrive; then it is dead-lettered (`unknown_order`), "
+        "unless it is one `STOCKFLOW_PARKED_PAYMENT_GRACE_S` keeps longer. "
         "A marketplace settlement waiting this long for its refund's request raises a `refund_reconciliation` alert.",
     )
     parked_payment_grace_s: float = Field(
         default=86400.0,
         gt=0,
-        description="How long a payment may wait for its order: after `STOCKFLOW_PARKED_GRACE_S` a "
-        "`payment_without_order` alert is raised and the payment is kept this long, so a late order is still paid. "
+        description="How long a payment, a cancel, a shipment or a delivery may wait for its order: after "
+        "`STOCKFLOW_PARKED_GRACE_S` a `payment_without_order` (or `event_without_order`) alert is raised and the "
+        "event is kept this long, so a late order is still paid, never shipped after its cancel, and never shipped "
+        "twice. "
         "A marketplace settlement before its refund's request is kept as long, then dead-lettered (`unknown_refund`).",
     )
     order_retention_s: float = Field(
@@ -289,7 +292,10 @@ class Settings(BaseSettings):
     on_time_prior_weight: float = Field(default=20.0, ge=0, description="How many shipments the prior counts as.")
     on_time_window: int = Field(default=500, ge=1, description="Shipments the rolling on-time rate looks at.")
     ship_promise_s: float = Field(
-        default=86400.0, gt=0, description="Promised time from payment to shipment (what on-time means)."
+        default=86400.0,
+        gt=0,
+        description="Promised time from payment to shipment (what on-time means). A routed order past it with lines "
+        "not shipped raises a RED `shipment_overdue` alert (once; cleared when it moves on).",
     )
     health_rules_file: Path | None = Field(
         default=None,
@@ -356,7 +362,11 @@ class Settings(BaseSettings):
             # Money already taken or owed: a customer to pay back, goods gone out, refunds lost to retention.
             "paid_order_not_fulfilled",
             "shipped_after_cancel",
+            "cancelled_after_shipment",
+            "shipped_from_other_warehouse",
             "failed_queue_gap",
+            # An order nothing else would move: routed, and past its promised ship time.
+            "shipment_overdue",
         ),
         description="Alert kinds posted to the webhook (JSON list).",
     )

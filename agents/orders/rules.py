@@ -44,6 +44,10 @@ from streams.contract.records import (
 )
 
 TERMINAL = ("delivered", "rejected", "cancelled", "payment_timeout")
+# Events kept for their order past the grace (``STOCKFLOW_PARKED_PAYMENT_GRACE_S``), with an alert, not
+# dead-lettered: dropped, a payment leaves the customer's order unpaid, a cancel lets a late order ship to a
+# buyer who called it off, and a shipment or delivery leaves its units on the shelf while routing ships again.
+KEPT_FOR_ORDER = ("PaymentConfirmed", "OrderCancelled", "ShipmentDispatched", "ShipmentDelivered")
 # The reason of the OrderCancelled a refund-only approved before shipment sends (``refund.order-cancels``).
 REFUND_ONLY_CANCEL = "refund_only:"
 # States an order may rest in for good, whose record is purged after the retention time: the finished
@@ -120,6 +124,7 @@ class OrderRecord:
     allocated: dict[str, str] = field(default_factory=dict)  # line no -> warehouse, as the pool confirmed
     acked: dict[str, int] = field(default_factory=dict)  # warehouse -> WMS acknowledgement ms
     sla: str = ""  # "" | "red" | "cleared"
+    ship_overdue: str = ""  # "" | "red" | "cleared": routed, and past the promised ship time with lines unshipped
     shipped_lines: list[str] = field(default_factory=list)
     # What a refund decision needs of its order (the refund processor reads this store).
     amount_fen: int = 0
@@ -172,7 +177,14 @@ class OrderRecord:
             due.append(self.sla_since_ms() + rules.sla_ms)
         if self.state == "paid" and self.routing.get("retry_at_ms"):
             due.append(self.routing["retry_at_ms"])
+        if self.state == "routed" and not self.ship_overdue and self.stage_times.get("paid"):
+            due.append(self.ship_by_ms(rules))
         return min(due) if due else 0
+
+    def ship_by_ms(self, rules: OrderRules) -> int:
+        """When the order was promised to ship by (paid + ``STOCKFLOW_SHIP_PROMISE_S``); 0: not paid."""
+        paid_at = self.stage_times.get("paid", 0)
+        return paid_at + rules.ship_promise_ms if paid_at else 0
 
     def sla_since_ms(self) -> int:
         """When the order's 15 minutes to a warehouse began: when the customer paid, by the channel's clock, if
@@ -691,6 +703,34 @@ def sla_alerts(rec: OrderRecord, now_ms: int, rules: OrderRules) -> list[AlertSp
     return alerts
 
 
+def ship_overdue_alerts(rec: OrderRecord, now_ms: int, rules: OrderRules) -> list[AlertSpec]:
+    """RED once when a routed order is past its promised ship time with lines its warehouses have not shipped
+    (acknowledged and then never shipped, or shipped by one warehouse of a split order and not the other):
+    nothing else would ever move it. One clearing message when it moves on (shipped, or called off)."""
+    if rec.ship_overdue == "cleared" or (not rec.ship_overdue and rec.state != "routed"):
+        return []
+    due = rec.ship_by_ms(rules)
+    if not rec.ship_overdue and due and now_ms >= due:
+        rec.ship_overdue = "red"
+        waiting = {wh: [n for n in lines if n not in rec.shipped_lines] for wh, lines in rec.dispatched_to().items()}
+        waiting = {wh: lines for wh, lines in waiting.items() if lines}
+        where = "; ".join(f"{wh} line(s) {', '.join(lines)}" for wh, lines in sorted(waiting.items()))
+        return [AlertSpec(
+            "shipment_overdue", "RED", rec.order_id,
+            f"order {rec.order_id} ({rec.channel}) was promised to ship by now and has not: {where or 'unshipped'}",
+            event_id=f"shipment_overdue:{rec.order_id}", at_ms=now_ms,
+            details={"channel": rec.channel, "state": rec.state, "warehouses": ",".join(sorted(waiting))},
+        )]  # fmt: skip
+    if rec.ship_overdue == "red" and rec.state != "routed":
+        rec.ship_overdue = "cleared"
+        return [AlertSpec(
+            "shipment_overdue", "INFO", rec.order_id, f"order {rec.order_id} moved on: {rec.state}",
+            event_id=f"shipment_overdue:{rec.order_id}:cleared", at_ms=now_ms, cleared=True,
+            details={"channel": rec.channel, "state": rec.state},
+        )]  # fmt: skip
+    return []
+
+
 def payment_kind(rec: OrderRecord, event: dict[str, Any]) -> str:
     """Which of the order's payments ``event`` is. Tmall and Douyin send no step status for a presale paid in
     full at once (全款预售), so its one payment reads ``balance`` false: its amount tells it from a deposit (a
@@ -787,6 +827,16 @@ def on_cancel(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
             "or recover the refund",
             event_id=f"refund_only_shipped:{rec.order_id}:{refund_id}", at_ms=now_ms,
             details={"reason": "refund_only_after_shipment", "refund_id": refund_id, "state": rec.state}))  # fmt: skip
+    elif rec.shipped_lines:
+        # The channel called off an order whose goods (or some of them) have left: the buyer was refunded or
+        # will be, and gets the parcel unless someone intercepts it.
+        fx.alerts.append(AlertSpec(
+            "cancelled_after_shipment", "RED", rec.order_id,
+            f"order {rec.order_id} ({rec.channel}) was cancelled by the channel after line(s) "
+            f"{', '.join(rec.shipped_lines)} shipped from {rec.warehouse_id or 'the WMS'}: intercept the parcel, "
+            "or expect it back as a return",
+            event_id=f"cancelled_after_shipment:{rec.order_id}", at_ms=now_ms,
+            details={"channel": rec.channel, "state": rec.state, "reason": reason}))  # fmt: skip
     if not can_transition(rec.state, "cancelled"):
         fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"cannot cancel an order that is {rec.state}")
         return fx
@@ -811,9 +861,10 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
         if rec.state == "shipped":
             _move(rec, fx, target, now_ms)
         return fx
-    if target == "shipped" and rec.state in ("cancelled", "payment_timeout", "rejected", "placed", "reserved"):
-        # Called off, or not paid yet (a payment callback lost and the order pushed to the WMS by hand).
-        return _shipped_anyway(rec, event, now_ms, rules)
+    if rec.state in ("cancelled", "payment_timeout", "rejected", "placed", "reserved"):
+        # Called off, or not paid yet (a payment callback lost and the order pushed to the WMS by hand); a
+        # delivery means the same, its shipment notice lost on the way.
+        return _shipped_anyway(rec, event if target == "shipped" else {"warehouse_id": ""}, now_ms, rules)
     if not can_transition(rec.state, target):
         fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"cannot move an order that is {rec.state} to {target}")
         return fx
@@ -824,6 +875,7 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
     lines = [n for n in sorted(rec.lines, key=int) if n not in rec.shipped_lines
              and (not shipped_from or rec.allocated.get(n, shipped_from) == shipped_from)]  # fmt: skip
     if not lines:
+        fx.alerts.extend(_shipped_elsewhere(rec, shipped_from, now_ms))
         fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"{shipped_from!r} has no unshipped line of this order")
         return fx
     for line_no in lines:
@@ -871,14 +923,19 @@ def on_tick(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
         for parked in rec.parked:
             if parked_deadline_ms(parked, rules) > now_ms:
                 keep.append(parked)
-            elif parked["event_type"] == "PaymentConfirmed" and not parked.get("alerted"):
-                # A customer paid for an order we have not seen: say so now, keep the payment.
+            elif parked["event_type"] in KEPT_FOR_ORDER and not parked.get("alerted"):
+                # A customer paid, called off, or was shipped to, for an order we have not seen: say so now, and
+                # keep the event, so a late order is paid, not shipped after a cancel, or not shipped twice.
                 parked["alerted"] = True
+                kind = parked["event_type"]
+                alert = "payment_without_order" if kind == "PaymentConfirmed" else "event_without_order"
                 fx.alerts.append(AlertSpec(
-                    "payment_without_order", "WARNING", rec.order_id,
-                    f"payment for {rec.order_id} has waited {rules.parked_grace_ms // 60_000} min for its order; "
+                    alert, "WARNING", rec.order_id,
+                    f"{'payment' if kind == 'PaymentConfirmed' else kind} for {rec.order_id} has waited "
+                    f"{rules.parked_grace_ms // 60_000} min for its order; "
                     f"it is kept {rules.parked_payment_grace_ms // 60_000} min and applied if the order arrives",
-                    event_id=f"payment_without_order:{rec.order_id}", at_ms=now_ms,
+                    event_id=f"{alert}:{rec.order_id}" + ("" if kind == "PaymentConfirmed" else f":{kind}"),
+                    at_ms=now_ms, details={"event_type": kind},
                 ))  # fmt: skip
                 keep.append(parked)
             else:
@@ -888,10 +945,28 @@ def on_tick(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
 
 
 def parked_deadline_ms(parked: dict[str, Any], rules: OrderRules) -> int:
-    """When a parked event is next looked at: its grace, or for an alerted payment its longer one."""
+    """When a parked event is next looked at: its grace, or for an alerted one (``KEPT_FOR_ORDER``) its longer
+    one."""
     if parked.get("alerted"):
         return int(parked["parked_ms"]) + rules.parked_payment_grace_ms
     return int(parked["parked_ms"]) + rules.parked_grace_ms
+
+
+def _shipped_elsewhere(rec: OrderRecord, shipped_from: str, now_ms: int) -> list[AlertSpec]:
+    """A shipment from a warehouse routing did not choose, the order's lines still unshipped: moved by hand. Its
+    units left a shelf the pool still counts, and the routed warehouse's stay held; which units left cannot be
+    told from here, so ops must count, and hear of it now."""
+    routed_to = sorted(rec.dispatched_to())
+    unshipped = set(rec.lines) - set(rec.shipped_lines)
+    if not shipped_from or not rec.allocated or shipped_from in routed_to or not unshipped:
+        return []
+    return [AlertSpec(
+        "shipped_from_other_warehouse", "RED", rec.order_id,
+        f"order {rec.order_id} ({rec.channel}) was routed to {', '.join(routed_to)} but {shipped_from} reports "
+        f"shipping it: count {shipped_from}'s stock, and cancel the order's dispatch at {', '.join(routed_to)}",
+        event_id=f"shipped_from_other_warehouse:{rec.order_id}:{shipped_from}", at_ms=now_ms,
+        details={"channel": rec.channel, "state": rec.state, "warehouse": shipped_from,
+                 "routed_to": ",".join(routed_to)})]  # fmt: skip
 
 
 def _shipped_anyway(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:

@@ -206,6 +206,7 @@ class RunLifecycle(Processor):
                 fx.hold_commands = flow.merge_commit_and_allocate(fx.hold_commands)
         fx.route = []
         fx.alerts.extend(flow.sla_alerts(rec, now_ms, self._rules))
+        fx.alerts.extend(flow.ship_overdue_alerts(rec, now_ms, self._rules))
         return fx
 
     def on_timer(self, ctx: Context, key: bytes) -> None:

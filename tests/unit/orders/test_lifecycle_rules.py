@@ -53,11 +53,12 @@ def test_paid_before_reserved_commits_when_reserved_and_timeout_releases() -> No
 
 
 def test_illegal_transitions_are_refused() -> None:
-    rec = flow.OrderRecord(order_id="jd:1")
-    flow.on_placed(rec, order_of(("A", 1)), 0, ORDER_RULES)
-    assert flow.on_shipment(rec, {}, "ShipmentDelivered", 1, ORDER_RULES).refusal == (
+    """Changed on purpose: a delivery of an order not paid was the example, refused, and its units stayed on the
+    shelf; a delivery now means its shipment notice was lost, and the units come off (see test_run_lifecycle)."""
+    rec = flow.OrderRecord(order_id="jd:1", state="delivered", lines={"1": {"sku": "A", "qty": 1}})
+    assert flow.on_cancel(rec, {"reason": ""}, 1, ORDER_RULES).refusal == (
         "illegal_transition",
-        "cannot move an order that is placed to delivered",
+        "cannot cancel an order that is delivered",
     )
     assert not flow.can_transition("delivered", "cancelled")
 

@@ -203,3 +203,92 @@ def test_orders_for_a_sku_that_never_had_stock_leave_no_record_of_it() -> None:
     out = order(r, "OrderPlaced", ev.order_placed("jd", "9", [ev.line(1, "NO-SUCH-SKU", 1)]))
     assert states(out) == ["placed", "rejected"] and not [o for o in out if o.event_type == "Alert"]
     assert r.read(POOL, sku_key("NO-SUCH-SKU"), "NO-SUCH-SKU") is None
+
+
+def alert_kinds(outputs: list[Any]) -> list[tuple[str, str]]:
+    return [(o.record["kind"], o.record["severity"]) for o in outputs if o.event_type == "Alert"]
+
+
+def dispatched(outputs: list[Any]) -> list[tuple[str, str]]:
+    return [(o.record["warehouse_id"], o.record["action"]) for o in outputs if o.event_type == "WarehouseDispatched"]
+
+
+def test_a_cancel_or_a_shipment_waiting_long_for_its_order_is_kept_like_a_payment() -> None:
+    """Changed on purpose: after the 10 min grace a cancel or a shipment before its order was dead-lettered while
+    the payment was kept, so the late order was paid, routed and shipped to a buyer who had called it off, or
+    shipped a second time with the first shipment's units left on the shelf."""
+    r, view = pipeline(parked_grace_s=600, parked_payment_grace_s=86_400)
+    wh = first_warehouse()
+    stock(r, view, "SKU-C", 5, wh)
+    order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "c1"))
+    order(r, "OrderCancelled", ev.order_cancelled("tmall", "c1"))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "c2"))
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("tmall", "c2", wh))
+    kinds = sorted(alert_kinds(r.advance(11 * 60_000)))
+    assert kinds == [("event_without_order", "WARNING")] * 2 + [("payment_without_order", "WARNING")] * 2
+    out = order(r, "OrderPlaced", ev.order_placed("tmall", "c1", [ev.line(1, "SKU-C", 2)]))
+    assert (states(out), dispatched(out)) == (["placed", "cancelled"], [])
+    out = order(r, "OrderPlaced", ev.order_placed("tmall", "c2", [ev.line(1, "SKU-C", 2)]))
+    assert (states(out)[-1], dispatched(out)) == ("shipped", [])
+    sku = r.read(POOL, sku_key("SKU-C"), "SKU-C")
+    assert (sku["on_hand"][wh], sku["locked"], sku["sold"]) == (3, 0, 0) and not r.refusals
+
+
+def test_a_routed_order_its_warehouse_never_ships_raises_shipment_overdue_once_and_clears_when_shipped() -> None:
+    """Changed on purpose: acknowledged by its warehouse, a routed order had no timer left, so one never shipped
+    stayed routed for good, its stock held, and nobody was told."""
+    r, view = pipeline(ship_promise_s=3_600)
+    wh = first_warehouse()
+    stock(r, view, "SKU-O", 5, wh)
+    order(r, "OrderPlaced", ev.order_placed("jd", "o1", [ev.line(1, "SKU-O", 1)]))
+    assert states(order(r, "PaymentConfirmed", ev.payment_confirmed("jd", "o1"))) == ["paid", "routed"]
+    ack = {"event_id": "ack:o1", "event_time_ms": r.now_ms, "channel": "jd", "channel_order_id": "o1",
+           "warehouse_id": wh}  # fmt: skip
+    order(r, "WmsAcknowledged", ack)
+    assert alert_kinds(r.advance(3_500_000)) == []
+    assert alert_kinds(r.advance(200_000)) == [("shipment_overdue", "RED")]
+    assert alert_kinds(r.advance(30 * 86_400_000)) == []  # once
+    out = order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "o1", wh))
+    assert (states(out), alert_kinds(out)) == (["shipped"], [("shipment_overdue", "INFO")])
+
+
+def test_a_cancel_after_the_order_shipped_raises_a_red_alert() -> None:
+    """Changed on purpose: a cancel read after the shipment was only dead-lettered, and a split order cancelled
+    after one warehouse shipped was cancelled without a word; the reverse order already raised one."""
+    r, view = pipeline()
+    wh = first_warehouse()
+    stock(r, view, "SKU-S", 5, wh)
+    order(r, "OrderPlaced", ev.order_placed("jd", "s1", [ev.line(1, "SKU-S", 1)]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("jd", "s1"))
+    assert states(order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "s1", wh))) == ["shipped"]
+    out = order(r, "OrderCancelled", ev.order_cancelled("jd", "s1"))
+    assert alert_kinds(out) == [("cancelled_after_shipment", "RED")]
+    assert [refusal.reason for refusal in r.refusals] == ["illegal_transition"]
+
+
+def test_a_delivery_of_an_order_called_off_takes_its_units_off_the_shelf() -> None:
+    """Changed on purpose: a delivery of a cancelled (or not yet paid) order, its shipment notice lost, was refused
+    as an illegal transition and the units that left stayed on the shelf."""
+    r, view = pipeline()
+    wh = first_warehouse()
+    stock(r, view, "SKU-D", 5, wh)
+    order(r, "OrderPlaced", ev.order_placed("jd", "d1", [ev.line(1, "SKU-D", 2)]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("jd", "d1"))
+    assert states(order(r, "OrderCancelled", ev.order_cancelled("jd", "d1"))) == ["cancelled"]
+    out = order(r, "ShipmentDelivered", ev.shipment_delivered("jd", "d1"))
+    assert alert_kinds(out) == [("shipped_after_cancel", "RED")] and not r.refusals
+    sku = r.read(POOL, sku_key("SKU-D"), "SKU-D")
+    assert (sku["on_hand"][wh], sku["locked"], sku["sold"]) == (3, 0, 0)
+
+
+def test_a_shipment_from_a_warehouse_routing_did_not_choose_raises_a_red_alert() -> None:
+    """Changed on purpose: it was only dead-lettered, its units left on the other shelf and the routed warehouse's
+    held, with nobody told. The pool cannot tell which units left, so ops must count; they hear of it at once."""
+    r, view = pipeline()
+    routed, other = sorted(load_warehouses(Settings().warehouses_file))[:2]
+    stock(r, view, "SKU-W", 5, routed)
+    order(r, "OrderPlaced", ev.order_placed("jd", "w1", [ev.line(1, "SKU-W", 2)]))
+    assert dispatched(order(r, "PaymentConfirmed", ev.payment_confirmed("jd", "w1"))) == [(routed, "DISPATCH")]
+    out = order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "w1", other))
+    assert alert_kinds(out) == [("shipped_from_other_warehouse", "RED")]
+    assert [refusal.reason for refusal in r.refusals] == ["illegal_transition"]
