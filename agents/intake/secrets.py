@@ -17,8 +17,10 @@ A channel with a section has every callback verified with its platform's scheme
 ``STOCKFLOW_INTAKE_ALLOW_UNSIGNED`` is on. The WMS (``/v1/wms/*``) and customer service
 (``/v1/service/*``) send their token as ``Authorization: Bearer <token>``. ``SecretsFile`` re-reads
 the file when it changes, so a rotated key is taken up without a restart; a file that no longer
-reads keeps the last good secrets (and says so in the log, without any secret). Secrets are never
-logged or shown: reprs carry a fingerprint (``platforms.fingerprint``) instead.
+reads keeps the last good secrets (and says so in the log, without any secret). A channel's
+``previous_secret`` is accepted beside its ``secret`` while a key rotation runs, so no push signed with
+either is refused. Secrets are never logged or shown: reprs carry a fingerprint
+(``platforms.fingerprint``) instead.
 """
 
 from __future__ import annotations
@@ -49,10 +51,23 @@ RECHECK_S = 1.0  # how often a request may look at the file's modification time
 class IntakeSecrets:
     channels: Mapping[str, Credentials] = field(default_factory=lambda: MappingProxyType({}))
     tokens: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    # Per channel, the secret before the current one, still accepted while a rotation runs: a marketplace signs
+    # its pushes, and its retries of them, with whichever it holds, and a callback refused 401 is lost for good
+    # once the marketplace stops retrying.
+    previous: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
 
     def __repr__(self) -> str:
         tokens = {name: fingerprint(token) for name, token in self.tokens.items()}
-        return f"IntakeSecrets(channels={dict(self.channels)!r}, tokens={tokens})"
+        previous = {name: fingerprint(secret) for name, secret in self.previous.items()}
+        return f"IntakeSecrets(channels={dict(self.channels)!r}, tokens={tokens}, previous={previous})"
+
+    def callback_secrets(self, channel: str) -> list[str]:
+        """The secrets a callback of ``channel`` may be signed with: the current one first."""
+        creds = self.channels.get(channel)
+        if creds is None:
+            return []
+        earlier = self.previous.get(channel)
+        return [creds.secret, earlier] if earlier and earlier != creds.secret else [creds.secret]
 
     def token(self, name: str) -> str | None:
         return self.tokens.get(name)
@@ -71,6 +86,7 @@ def load_secrets(path: Path | None, known: Iterable[str]) -> IntakeSecrets:
     known = set(known)
     channels: dict[str, Credentials] = {}
     tokens: dict[str, str] = {}
+    previous: dict[str, str] = {}
     for section, values in data.items():
         if not isinstance(values, dict):
             raise ValueError(f"{path}: {section!r} must be a [section]")
@@ -88,7 +104,12 @@ def load_secrets(path: Path | None, known: Iterable[str]) -> IntakeSecrets:
         if not isinstance(app_key, str) or not app_key or not isinstance(secret, str) or not secret:
             raise ValueError(f"{path}: [{section}] needs a non-empty app_key and secret")
         channels[section] = Credentials(app_key, secret)
-    return IntakeSecrets(MappingProxyType(channels), MappingProxyType(tokens))
+        earlier = values.get("previous_secret")
+        if earlier is not None:
+            if not isinstance(earlier, str) or not earlier:
+                raise ValueError(f"{path}: [{section}] previous_secret must be a non-empty string (or left out)")
+            previous[section] = earlier
+    return IntakeSecrets(MappingProxyType(channels), MappingProxyType(tokens), MappingProxyType(previous))
 
 
 class SecretsFile:
@@ -132,11 +153,14 @@ class SecretsFile:
 
 
 def write_secrets(path: Path, channels: Mapping[str, Credentials], wms_token: str | None = None,
-                  service_token: str | None = None) -> Path:  # fmt: skip
+                  service_token: str | None = None, previous: Mapping[str, str] | None = None) -> Path:  # fmt: skip
     """Write a secrets file intake reads (readable by its owner only): for drills, load runs and tests."""
     lines = []
     for channel, creds in channels.items():
-        lines += [f"[{channel}]", f"app_key = {_toml_text(creds.app_key)}", f"secret = {_toml_text(creds.secret)}", ""]
+        lines += [f"[{channel}]", f"app_key = {_toml_text(creds.app_key)}", f"secret = {_toml_text(creds.secret)}"]
+        if (previous or {}).get(channel):
+            lines.append(f"previous_secret = {_toml_text((previous or {})[channel])}")
+        lines.append("")
     for name, token in ((WMS, wms_token), (SERVICE, service_token)):
         if token is not None:
             lines += [f"[{name}]", f"token = {_toml_text(token)}", ""]

@@ -405,13 +405,18 @@ class Intake:
         ``channel``'s secret as a ``kind`` notification; ``IntakeError`` if not (401 not signed so, 422
         ``event_mismatch`` signed as another kind). A channel without a secret passes unsigned only in
         development."""
-        creds = self.secrets.current().channels.get(channel)
+        secrets = self.secrets.current()
+        creds = secrets.channels.get(channel)
         if creds is None:
             if self.settings.intake_allow_unsigned:
                 return raw
             raise IntakeError(Reason.NO_SECRET, f"no callback secret is configured for {channel}", status=401)
-        verdict = platforms.verify_callback(channel, creds.secret, query, headers, raw, self.clock.now_ms(),
-                                            app_key=creds.app_key)  # fmt: skip
+        now_ms = self.clock.now_ms()
+        verdicts = (platforms.verify_callback(channel, secret, query, headers, raw, now_ms, app_key=creds.app_key)
+                    for secret in secrets.callback_secrets(channel))  # fmt: skip
+        first = next(verdicts)
+        # The current secret's verdict is the one told when neither passes: the previous one is a courtesy.
+        verdict = first if first.ok else next((v for v in verdicts if v.ok), first)
         if not verdict.ok:
             reason = AUTH_REASONS.get(verdict.failure or platforms.AuthFailure.BAD_SIGNATURE, Reason.SIGNATURE_MISMATCH)
             raise IntakeError(reason, verdict.detail or str(reason), status=401)

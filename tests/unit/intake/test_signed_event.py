@@ -14,6 +14,7 @@ import pytest
 from agents.channels import platforms as P
 from agents.channels.platforms import CHANNELS, settlement_body, sign_callback
 from agents.intake.mapping import load_channels
+from agents.intake.secrets import load_secrets, write_secrets
 from agents.intake.service import Intake
 from streams.settings import Settings
 from tests.unit.intake.pushes import CREDS, Broker, intake, now_ms, post
@@ -150,3 +151,23 @@ def test_what_an_authenticated_caller_sent_and_intake_refused_is_dead_lettered_w
     forged = sign_callback("own", P.Credentials("key-own", "not-the-secret"), EVENTS["own"]["order"], order, now_ms())
     assert post(service, "/v1/channels/own/order", forged)[0] == 401
     assert len(broker.dead_letters) == 2  # the forgery is refused and not kept: anyone could send one
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_during_a_key_rotation_a_push_signed_with_either_secret_is_accepted(tmp_path: Path, channel: str) -> None:
+    """Changed on purpose: intake held one secret a channel, so from the moment the marketplace signed with its
+    new key until the file changed (or, written early, from then until the marketplace switched) every push was
+    refused 401, and lost for good once its retries ran out."""
+    old = CREDS[channel]
+    new = P.Credentials(old.app_key, f"rotated-{channel}")
+    path = write_secrets(tmp_path / "secrets.toml", {channel: new}, previous={channel: old.secret})
+    broker = Broker()
+    service = Intake(Settings(intake_secrets_file=path), producer=broker)  # type: ignore[arg-type]
+    for creds in (old, new):
+        signed = sign_callback(channel, creds, EVENTS[channel]["cancel"], body(channel, "cancel"), now_ms())
+        assert post(service, f"/v1/channels/{channel}/cancel", signed)[0] == 200
+    stranger = P.Credentials(old.app_key, "never-configured")
+    signed = sign_callback(channel, stranger, EVENTS[channel]["cancel"], body(channel, "cancel"), now_ms())
+    status, answer = post(service, f"/v1/channels/{channel}/cancel", signed)
+    assert (status, answer["error"]) == (401, "signature_mismatch")
+    assert "rotated" not in repr(load_secrets(path, CHANNELS)) and old.secret not in repr(load_secrets(path, CHANNELS))
