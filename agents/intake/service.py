@@ -89,7 +89,7 @@ from streams.contract.reasons import Reason
 from streams.contract.topics import DEADLETTERS
 from streams.engine.clock import Clock
 from streams.engine.deadletter import refused_request
-from streams.engine.producer import EventProducer
+from streams.engine.producer import EventProducer, QueueFull
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -464,7 +464,11 @@ class Intake:
                 log.error("intake: the dead letter of a refused %s (%s) was not written: %s", posted.path,
                           err.reason, error)  # fmt: skip
 
-        self.producer.send_with_callback(DEADLETTERS.name, letter["source_topic"], "DeadLetter", letter, delivered)
+        try:
+            self.producer.send_with_callback(DEADLETTERS.name, letter["source_topic"], "DeadLetter", letter, delivered,
+                                             wait=False)  # fmt: skip
+        except QueueFull as exc:
+            log.error("intake: the dead letter of a refused %s (%s) was not written: %s", posted.path, err.reason, exc)
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -520,7 +524,10 @@ class Intake:
 
             loop.call_soon_threadsafe(settle)
 
-        self.producer.send_with_callback(mapped.topic, mapped.key, mapped.event_type, mapped.record, delivered)
+        # Never waits for room: with the broker away long enough to fill the queue, a caller is answered 503 at once
+        # and every other route (the health checks too) still answers.
+        self.producer.send_with_callback(mapped.topic, mapped.key, mapped.event_type, mapped.record, delivered,
+                                         wait=False)  # fmt: skip
         with self.produce_seconds.time():
             return await asyncio.wait_for(done, timeout=DELIVERY_TIMEOUT_S + 5.0)
 

@@ -12,6 +12,7 @@ from confluent_kafka import KafkaException, Producer
 
 from streams.contract.codec import Codec, codec_for
 from streams.contract.topics import PRODUCER_MAX_MESSAGE_BYTES
+from streams.errors import StockflowError
 from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
@@ -24,6 +25,10 @@ PRODUCER_CONFIG = {
     # A dead letter of the largest message a broker takes must leave too (the sink's, the connectors').
     "message.max.bytes": PRODUCER_MAX_MESSAGE_BYTES,
 }
+
+
+class QueueFull(StockflowError):
+    """The producer's local queue is full: the broker has been out of reach for a while."""
 
 
 class EventProducer:
@@ -58,14 +63,19 @@ class EventProducer:
                 self._producer.poll(0.05)
         self._producer.poll(0)
 
-    def send_with_callback(self, topic: str, key: str, event: str, record: Any, callback: Any) -> None:
-        """Queue one event; ``callback(err, msg)`` runs from ``poll`` once the broker answered."""
+    def send_with_callback(self, topic: str, key: str, event: str, record: Any, callback: Any, *,
+                           wait: bool = True) -> None:  # fmt: skip
+        """Queue one event; ``callback(err, msg)`` runs from ``poll`` once the broker answered. With the local queue
+        full (the broker away for a while), wait for room, or with ``wait`` False raise ``QueueFull`` at once:
+        what must answer its callers meanwhile (intake's event loop) cannot stand still until the broker is back."""
         value = self.codec.encode(event, record)
         while True:
             try:
                 self._producer.produce(self.settings.topic(topic), value=value, key=key.encode(), on_delivery=callback)
                 return
-            except BufferError:
+            except BufferError as exc:
+                if not wait:
+                    raise QueueFull(f"the queue to Kafka is full ({len(self._producer)} records waiting)") from exc
                 self._producer.poll(0.05)
 
     def reachable(self, timeout_s: float = 2.0) -> bool:

@@ -37,7 +37,8 @@ class Broker:
     def flush(self, *_: Any) -> int:
         return 0
 
-    def send_with_callback(self, topic: str, key: str, event_type: str, record: dict[str, Any], callback: Any) -> None:
+    def send_with_callback(self, topic: str, key: str, event_type: str, record: dict[str, Any], callback: Any, *,
+                           wait: bool = True) -> None:  # fmt: skip
         if topic == DEADLETTERS.name:
             self.dead_letters.append(record)
             offset = len(self.dead_letters) - 1

@@ -16,6 +16,8 @@ from agents.channels.platforms import CHANNELS, settlement_body, sign_callback
 from agents.intake.mapping import load_channels
 from agents.intake.secrets import load_secrets, write_secrets
 from agents.intake.service import Intake
+from loadtest import events as ev
+from streams.engine.producer import EventProducer, QueueFull
 from streams.settings import Settings
 from tests.unit.intake.pushes import CREDS, Broker, intake, now_ms, post
 
@@ -171,3 +173,22 @@ def test_during_a_key_rotation_a_push_signed_with_either_secret_is_accepted(tmp_
     status, answer = post(service, f"/v1/channels/{channel}/cancel", signed)
     assert (status, answer["error"]) == (401, "signature_mismatch")
     assert "rotated" not in repr(load_secrets(path, CHANNELS)) and old.secret not in repr(load_secrets(path, CHANNELS))
+
+
+def test_with_the_queue_to_kafka_full_a_push_is_answered_503_at_once(tmp_path: Path) -> None:
+    """Changed on purpose: with the broker away long enough to fill the producer's queue, intake waited for room
+    on its event loop, and every route, the health checks too, stopped answering until the broker was back."""
+    path = write_secrets(tmp_path / "secrets.toml", CREDS)
+    settings = Settings(intake_secrets_file=path, kafka_bootstrap="127.0.0.1:1")  # nothing listens there
+    producer = EventProducer(settings, None, **{"queue.buffering.max.messages": 1, "message.timeout.ms": 600_000})
+    try:
+        producer.send_raw("order.events", "own:O0", b"fills the queue")
+        with pytest.raises(QueueFull):
+            producer.send_with_callback("order.events", "own:O1", "PaymentConfirmed", ev.payment_confirmed("own", "O1"),
+                                        print, wait=False)  # fmt: skip
+        service = Intake(settings, producer=producer)
+        signed = sign_callback("own", CREDS["own"], EVENTS["own"]["payment"], PAYMENTS["own"], now_ms())
+        status, answer = post(service, "/v1/channels/own/payment", signed)
+        assert (status, answer["error"]) == (503, "kafka_unavailable")
+    finally:
+        producer._producer.purge()  # noqa: SLF001 - nothing is to reach a broker that is not there
