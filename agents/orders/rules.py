@@ -815,28 +815,24 @@ def on_cancel(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
     if rec.state == "cancelled":
         return fx
     reason = str(event.get("reason", ""))
-    if reason.startswith(REFUND_ONLY_CANCEL) and rec.shipped_lines:
-        # A refund-only approved while nothing had shipped, its money already on the way back, and a shipment
-        # read first (all of the order, or a split order's first part): the buyer is refunded and gets those
-        # goods unless someone acts. What has not shipped is still called off below.
-        refund_id = reason.removeprefix(REFUND_ONLY_CANCEL)
-        fx.alerts.append(AlertSpec(
-            "refund_reconciliation", "RED", rec.order_id,
-            f"refund {refund_id} paid order {rec.order_id} ({rec.channel}) back as not shipped, but line(s) "
-            f"{', '.join(rec.shipped_lines)} shipped from {rec.warehouse_id or 'the WMS'}: intercept the parcel, "
-            "or recover the refund",
-            event_id=f"refund_only_shipped:{rec.order_id}:{refund_id}", at_ms=now_ms,
-            details={"reason": "refund_only_after_shipment", "refund_id": refund_id, "state": rec.state}))  # fmt: skip
-    elif rec.shipped_lines:
-        # The channel called off an order whose goods (or some of them) have left: the buyer was refunded or
-        # will be, and gets the parcel unless someone intercepts it.
-        fx.alerts.append(AlertSpec(
-            "cancelled_after_shipment", "RED", rec.order_id,
-            f"order {rec.order_id} ({rec.channel}) was cancelled by the channel after line(s) "
-            f"{', '.join(rec.shipped_lines)} shipped from {rec.warehouse_id or 'the WMS'}: intercept the parcel, "
-            "or expect it back as a return",
-            event_id=f"cancelled_after_shipment:{rec.order_id}", at_ms=now_ms,
-            details={"channel": rec.channel, "state": rec.state, "reason": reason}))  # fmt: skip
+    if rec.shipped_lines:
+        # Goods (all of the order, or a split order's first part) left before the channel called it off: the buyer
+        # is refunded, or will be, and gets them unless someone intercepts the parcel. What has not shipped is
+        # still called off below.
+        shipped = f"line(s) {', '.join(rec.shipped_lines)} shipped from {rec.warehouse_id or 'the WMS'}"
+        refund_id = reason.removeprefix(REFUND_ONLY_CANCEL) if reason.startswith(REFUND_ONLY_CANCEL) else ""
+        if refund_id:  # a refund-only approved as not shipped: its money is already on the way back
+            kind, event_id = "refund_reconciliation", f"refund_only_shipped:{rec.order_id}:{refund_id}"
+            message = (f"refund {refund_id} paid order {rec.order_id} ({rec.channel}) back as not shipped, but "
+                       f"{shipped}: intercept the parcel, or recover the refund")
+            details = {"reason": "refund_only_after_shipment", "refund_id": refund_id, "state": rec.state}
+        else:
+            kind, event_id = "cancelled_after_shipment", f"cancelled_after_shipment:{rec.order_id}"
+            message = (f"order {rec.order_id} ({rec.channel}) was cancelled by the channel after {shipped}: "
+                       "intercept the parcel, or expect it back as a return")
+            details = {"channel": rec.channel, "state": rec.state, "reason": reason}
+        fx.alerts.append(AlertSpec(kind, "RED", rec.order_id, message, event_id=event_id, at_ms=now_ms,
+                                   details=details))  # fmt: skip
     if not can_transition(rec.state, "cancelled"):
         fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"cannot cancel an order that is {rec.state}")
         return fx
