@@ -180,7 +180,8 @@ def test_with_the_queue_to_kafka_full_a_push_is_answered_503_at_once(tmp_path: P
     on its event loop, and every route, the health checks too, stopped answering until the broker was back."""
     path = write_secrets(tmp_path / "secrets.toml", CREDS)
     settings = Settings(intake_secrets_file=path, kafka_bootstrap="127.0.0.1:1")  # nothing listens there
-    producer = EventProducer(settings, None, **{"queue.buffering.max.messages": 1, "message.timeout.ms": 600_000})
+    producer = EventProducer(settings, None, **{"queue.buffering.max.messages": 1, "message.timeout.ms": 600_000,
+                                                "log_level": 0})  # fmt: skip
     try:
         producer.send_raw("order.events", "own:O0", b"fills the queue")
         with pytest.raises(QueueFull):
@@ -192,3 +193,5 @@ def test_with_the_queue_to_kafka_full_a_push_is_answered_503_at_once(tmp_path: P
         assert (status, answer["error"]) == (503, "kafka_unavailable")
     finally:
         producer._producer.purge()  # noqa: SLF001 - nothing is to reach a broker that is not there
+        producer._producer.flush(0)  # noqa: SLF001
+        del producer  # its threads stop now, not at the collector's leisure, and stop dialling 127.0.0.1:1
