@@ -225,6 +225,19 @@ class StockLane:
                     self.pushes.release(push)
                 self.flying -= 1
             return  # their records stay unfinished and are read again at the next start
+        if result.outcome.kind is pf.OutcomeKind.FATAL and len(pushes) > 1:
+            # The platform refuses a call whole for one figure it cannot take (a SKU delisted there): each goes
+            # again alone, as the replay does, so only that one is parked and the others reach the channel now.
+            with self.cond:
+                self.flying += len(pushes) - 1  # each call alone ends as one call in flight
+            for push in pushes:
+                self.send([push])
+            return
+        self._settle(pushes, updates, result)
+
+    def _settle(self, pushes: list[Push], updates: list[pf.StockUpdate], result: CallResult) -> None:
+        """Settle each of ``pushes`` by what its call answered, the call no longer in flight."""
+        c = self.connector
         outcomes = pf.item_outcomes(result.outcome, updates)
         failed: list[tuple[Push, pf.Outcome]] = []
         retried: list[tuple[Push, pf.Outcome]] = []

@@ -389,6 +389,9 @@ class HoldStock(Processor):
                 "allocated": msg["allocated"], "open_lines": msg["open_lines"],
                 "newest_change_ms": msg["newest_change_ms"], "newest_source_ms": msg["newest_source_ms"],
             }  # fmt: skip
+            # The level's version moves on with every report: a bucket's change stamped on its own clock may be
+            # older than the home's last touch, and channels drop a figure whose version is not newer.
+            home.touch(ctx.now_ms)
             self._send(ctx, home, hot_.on_report(home, sender, figures, self.low_water))
             self._send(ctx, home, hot_.rebalance(home, ctx.now_ms, self.low_water, self.refresh_interval_ms))
         elif kind == hot_.COUNTED:

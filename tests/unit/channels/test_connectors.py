@@ -40,7 +40,7 @@ from agents.channels.outbound import (
     stock_key,
 )
 from agents.channels.push_stock import MAX_CALLS_IN_FLIGHT, StockLane, calls_in_flight, level_version
-from agents.channels.simulator import AppSpec, Marketplace
+from agents.channels.simulator import Answer, AppSpec, Marketplace
 from streams.contract.codec import default_codec
 from streams.contract.reasons import Reason
 from streams.engine.clock import Clock, wall_ms
@@ -1107,3 +1107,32 @@ def test_unreadable_bytes_are_skipped_and_left_to_the_sink_to_dead_letter() -> N
         assert [topic for topic, _ in sent] == ["deadletters"] and loop.in_flight() == 1  # done once acknowledged
     finally:
         loop.consumer.close()
+
+
+def test_a_call_the_platform_refuses_whole_for_one_figure_sends_the_others_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changed on purpose: a many-SKU call refused whole (one SKU delisted on the platform, say) parked every
+    figure in it and finished their records, so a flash sale's pause of 19 other SKUs never reached the channel,
+    which kept selling them. Each now goes again alone, as the replay does: only the one it cannot take is parked."""
+    monkeypatch.setattr(push_stock, "monotonic_ms", lambda: 0)
+    lane, connector, market = lane_for(tmp_path, "tmall")
+    for n in range(20):
+        lane.offer(f"S{n}", 50, 1000, Ticket("stock.levels", 0, n), "src")
+    send_due(lane, 1000)
+    handle = market.handle
+
+    def refuses_the_delisted_sku(channel: str, path: str, query: Any, headers: Any, body: bytes) -> Any:
+        if b"S7-DELISTED" in body:
+            return Answer(*pf.error_answer(channel, pf.ErrorKind.BAD_REQUEST), 0)
+        return handle(channel, path, query, headers, body)
+
+    monkeypatch.setattr(market, "handle", refuses_the_delisted_sku)
+    for n in range(19):  # a flash sale pauses them for tmall
+        lane.offer(f"S{n}", 0, 2000, Ticket("stock.levels", 0, 100 + n), "src")
+    lane.offer("S7-DELISTED", 0, 2000, Ticket("stock.levels", 0, 200), "src")
+    send_due(lane, 5000)
+    shown = {r["sku"]: r["quantity"] for r in market.stock_json("tmall")}
+    assert all(shown[f"S{n}"] == 0 for n in range(19))
+    assert len(connector.parked) == 1 and "S7-DELISTED" in connector.parked[0].request and lane.flying == 0
+    assert sorted(t.offset for t in connector.finished if t.offset >= 100) == [*range(100, 119), 200]

@@ -494,3 +494,22 @@ def test_a_count_below_what_the_buckets_hold_behind_lines_is_made_good_by_the_ne
 def holds_of(out: list[Any]) -> list[dict[str, Any]]:
     return [o.record for o in out if o.event_type == "HoldDecided" and o.record["outcome"] == "HELD"
             and o.record["action"] == "RESERVE"]  # fmt: skip
+
+
+def test_a_buckets_report_that_changes_the_figures_moves_the_levels_version_on() -> None:
+    """Changed on purpose: the home took a bucket's report without moving its own version, so a level whose
+    figures changed (a bucket's sales, told after a transfer had touched the home) could carry the version of
+    the one before. Channels drop a figure whose version is not newer: they kept showing the higher one."""
+    r = runner()
+    receipt(r, SKU, 100)
+    mark(r, 4)
+    before = level(r)
+    report = next(o.record for o in reversed(r.outputs)
+                  if o.topic == STOCK_BUCKETS.name and o.record["kind"] == "REPORT")  # fmt: skip
+    sold = {**report, "event_id": f"{report['event_id']}:later", "seq": report["seq"] + 100,
+            "locked": report["locked"] + 20, "open_lines": report["open_lines"] + 20,
+            "newest_change_ms": before["newest_change_ms"] - 10}  # sold on the bucket's clock, before the home's touch
+    r.send([(SKU, "BucketSync", sold)], STOCK_BUCKETS.name)
+    after = level(r)
+    assert after["available"] == before["available"] - 20
+    assert after["newest_change_ms"] > before["newest_change_ms"]
