@@ -96,6 +96,7 @@ from streams.contract.topics import (
     CONNECTOR_CALLS,
     CONNECTOR_FAILED,
     REFUND_ISSUED,
+    STOCK_LEVELS,
     TopicSpec,
     ensure_topics,
 )
@@ -284,6 +285,28 @@ def read_issued_refunds(settings: Settings, codec: Codec, channel: str,
     return issued_refunds(_scan(settings, settings.topic(REFUND_ISSUED.name), timeout_s), channel, codec)
 
 
+def newest_versions(records: Iterable[tuple[bytes | None, bytes | None]], codec: Codec) -> dict[str, int]:
+    """Per SKU, the version (``push_stock.level_version``) of its newest level in ``stock.levels``' (key, value)
+    records; unreadable records are left out."""
+    newest: dict[str, int] = {}
+    for key, value in records:
+        if key is None or value is None:
+            continue
+        try:
+            event_type, level = codec.decode(value)
+        except DecodeError:
+            continue
+        if event_type.short_name == "StockLevel":
+            sku = str(level["sku"])
+            newest[sku] = max(newest.get(sku, 0), max(1, int(level["newest_change_ms"])))
+    return newest
+
+
+def read_newest_versions(settings: Settings, codec: Codec, timeout_s: float = READ_TIMEOUT_S) -> dict[str, int]:
+    """``newest_versions`` of ``stock.levels`` as it stands now (read to its end, record by record)."""
+    return newest_versions(_scan(settings, settings.topic(STOCK_LEVELS.name), timeout_s), codec)
+
+
 def _scan(settings: Settings, topic: str, timeout_s: float) -> Iterator[tuple[bytes | None, bytes | None]]:
     """Every committed (key, value) now in ``topic``, from its start to its current end, without holding them all;
     ReplayError when it cannot be read or stops making progress for ``timeout_s``."""
@@ -417,6 +440,7 @@ class Replay:
         from_offset: int | None = None,
         positions: PositionStore | None = None,
         issued: Callable[[], IssuedRefunds] | None = None,
+        levels: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         """``from_offset``: start there, whatever position is saved (an operator's answer to a replay that
         found none over a queue replayed before). ``positions`` and ``issued`` (what reads ``refund.issued``)
@@ -439,12 +463,17 @@ class Replay:
         self.from_offset = from_offset
         self.positions = positions
         self._read_issued = issued or (lambda: read_issued_refunds(self.settings, self.codec, self.channel))
+        # Per SKU, the version of its newest stock level, read at the first stock figure: the platforms keep no
+        # version of their own, so a parked figure sent after a newer one took its place would set the channel
+        # back to the older, higher figure. One a newer level overtook is not sent: the connector sends that one.
+        self._read_levels = levels or (lambda: read_newest_versions(self.settings, self.codec))
+        self._levels: dict[str, int] | None = None
         self.issued = IssuedRefunds()
         self._paid_now: set[str] = set()  # refunds this run got agreed
 
     def run(self) -> ReplaySummary:
         with _replay_lock(self.settings, self.channel):
-            ensure_topics(self.settings, (self.spec, REFUND_ISSUED, CONNECTOR_CALLS, ALERTS, POSITIONS))
+            ensure_topics(self.settings, (self.spec, REFUND_ISSUED, STOCK_LEVELS, CONNECTOR_CALLS, ALERTS, POSITIONS))
             sink = ResultSink(self.settings, self.codec, on_fatal=self._fatal.append)
             if self._own_caller:  # a caller given is someone else's: they decide where its calls are recorded
                 self.caller.replaying = True
@@ -597,6 +626,12 @@ class Replay:
     def _take(self, consumer: Consumer, sink: ResultSink, offset: int, value: bytes | None, end: int) -> bool:
         """Replay the record at ``offset`` (a stock record joins the group of those before it); False to stop."""
         parked = self._read(offset, value)
+        if parked is not None and self._overtaken(parked):
+            if self._group and not self._flush(consumer, sink):
+                return False
+            self.summary.already_applied += 1
+            self._done_through(consumer, offset)
+            return True
         if self._group and (parked is None or not self._joins(parked)) and not self._flush(consumer, sink):
             return False
         if parked is not None and parked.update is not None:
@@ -610,6 +645,14 @@ class Replay:
             return False
         self._done_through(consumer, offset)
         return True
+
+    def _overtaken(self, parked: _Parked) -> bool:
+        """Whether ``parked`` is a stock figure older than its SKU's newest level."""
+        if parked.update is None:
+            return False
+        if self._levels is None:
+            self._levels = self._read_levels()
+        return parked.update.version < self._levels.get(parked.update.sku, 0)
 
     def _flush(self, consumer: Consumer, sink: ResultSink) -> bool:
         group, self._group = self._group, []

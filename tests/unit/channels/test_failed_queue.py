@@ -184,12 +184,20 @@ def issued(refund_ids: tuple[str, ...] = (), replayed: int = 0) -> Callable[[], 
     return lambda: IssuedRefunds(frozenset(refund_ids), replayed)
 
 
+def stock_record(n: int, sku: str, quantity: int, version: int) -> bytes:
+    body = pf.stock_body("jd", sku, quantity, version)
+    failed = FailedCall("jd", "stock", f"jd:{sku}@{version}", canonical_json(body), "503",
+                        Reason.CONNECTOR_RETRIES_EXHAUSTED, 3, f"stock.levels/0/{n}")  # fmt: skip
+    return CODEC.encode("ConnectorCallFailed", failed.record(1000 + n))
+
+
 def replay_over(queue: FakeQueue, positions: FakePositions, caller: AgreeingCaller, *,
                 paid: Callable[[], IssuedRefunds] | None = None, from_offset: int | None = None,
-                ) -> tuple[ReplaySummary, FakeSink]:  # fmt: skip
+                levels: dict[str, int] | None = None) -> tuple[ReplaySummary, FakeSink]:  # fmt: skip
     sink = FakeSink()
     replay = Replay(Settings(), "jd", caller=caller, codec=CODEC, positions=positions,  # type: ignore[arg-type]
-                    issued=paid or issued(), from_offset=from_offset)  # fmt: skip
+                    issued=paid or issued(), from_offset=from_offset,
+                    levels=lambda: dict(levels or {}))  # fmt: skip
     return replay.run_with(queue, sink), sink  # type: ignore[arg-type]
 
 
@@ -322,3 +330,15 @@ def test_a_replay_beside_running_connectors_takes_a_tenth_of_their_pace() -> Non
         assert caller.rate_share * rate_per_s(live, "jd") + rate_per_s(live, "jd") <= rate_per_s(live, "jd") / 0.9
     finally:
         server.shutdown()
+
+
+def test_a_parked_stock_figure_a_newer_level_overtook_is_not_sent_again() -> None:
+    """Changed on purpose: the replay sent every parked figure, and the platforms keep no version of their own: a
+    figure parked while the channel was away (10 units), replayed after the connector had set the channel to a
+    newer, lower one (3), set it back to 10 - 7 units oversold. A figure older than its SKU's newest level is
+    counted as overtaken; the connector sends (or sent) that level."""
+    caller = AgreeingCaller()
+    records = [stock_record(0, "SKU-X", 10, 1_000), stock_record(1, "SKU-Y", 4, 1_000)]
+    summary, _ = replay_over(FakeQueue(records), FakePositions(), caller, levels={"SKU-X": 2_000, "SKU-Y": 1_000})
+    assert caller.calls == ["of 1 SKU(s) (replay)"]
+    assert (summary.sent, summary.already_applied, summary.clean) == (1, 1, True)
