@@ -316,10 +316,13 @@ class HoldStock(Processor):
 
     def _pass_on(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, cmd: dict[str, Any], target: int,
                  tries: int) -> None:  # fmt: skip
-        """Send the command to ``target`` and leave a marker, so the line's later commands follow it."""
+        """Send the command to ``target`` and leave a marker, so the line's later commands follow it. The marker
+        lives as long as a hold may (``STOCKFLOW_HOLD_TTL_S``), not a finished line's tombstone: gone while the
+        target's partition still lags, the order's re-asked RESERVE was decided here and the late one there too,
+        the line held twice."""
+        ttl_ms = max(self._rules.tombstone_ttl_ms, self._rules.hold_ttl_ms)
         marker = LineHold(cmd["order_id"], cmd["line_no"], cmd["qty"], cmd["channel"], cmd["presale"],
-                          rules_.FORWARDED, f"to:{target}:{tries}", ctx.now_ms + self._rules.tombstone_ttl_ms,
-                          ctx.now_ms)  # fmt: skip
+                          rules_.FORWARDED, f"to:{target}:{tries}", ctx.now_ms + ttl_ms, ctx.now_ms)  # fmt: skip
         self._store_holds(ctx, db, stock.sku, cmd["order_id"], {cmd["line_no"]: marker})
         self._forward(ctx, cmd, marker)
 

@@ -513,3 +513,23 @@ def test_a_buckets_report_that_changes_the_figures_moves_the_levels_version_on()
     after = level(r)
     assert after["available"] == before["available"] - 20
     assert after["newest_change_ms"] > before["newest_change_ms"]
+
+
+def test_a_line_passed_on_to_a_lagging_bucket_is_held_once_however_long_the_lag() -> None:
+    """Changed on purpose: the marker a bucket leaves for a RESERVE it passed on lived a finished line's tombstone
+    (10 min). With the other bucket's partition lagging longer, the order's re-asked RESERVE found no marker, was
+    held where it landed once units came back, and the late one was held at the other bucket too: twice."""
+    r = runner(hot_sku_low_water=1)
+    receipt(r, SKU, 10)
+    mark(r, 2)
+    first, late = [o for o in (f"jd:x{i}" for i in range(100)) if bucket_for(o, 2) == 0][:2]
+    produced = r._round([(HOLD_COMMANDS.name, *reserve(first, qty=5, buckets=2)),  # noqa: SLF001
+                         (HOLD_COMMANDS.name, *reserve(late, qty=1, buckets=2))])  # bucket 0 is out: passed on
+    lagging = [e for e in produced if e[2] == "HoldCommand"]  # the other bucket's partition lags behind
+    r._drain([e for e in produced if e[2] != "HoldCommand"])  # noqa: SLF001
+    r.advance(601_000)
+    r.send([reserve(first, qty=5, buckets=2, action="RELEASE")], HOLD_COMMANDS.name)  # bucket 0 has units again
+    r.send([reserve(late, qty=1, buckets=2)], HOLD_COMMANDS.name)  # the order asks again, as it does every minute
+    r._drain(lagging)  # noqa: SLF001
+    held = [rec["locked"] for b in range(2) if (rec := record(r, bucket_key(SKU, b, P))) is not None]
+    assert sum(held) == 1
