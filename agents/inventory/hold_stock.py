@@ -266,7 +266,7 @@ class HoldStock(Processor):
                 return
             hold = None  # decided here (see _passed_back): the marker gives way to the line's hold
         action = cmd["action"]
-        if hold is None and (target := self._passes_on(stock, cmd)) is not None:
+        if (hold is None or _home_holds_it(stock, cmd, hold)) and (target := self._passes_on(stock, cmd)) is not None:
             self._pass_on(ctx, db, stock, cmd, target, cmd.get("tries", 0) + (1 if bucket >= 0 else 0))
             return
         if action == "RESERVE":
@@ -692,6 +692,14 @@ class HoldStock(Processor):
             level["buckets"] = {"count": stock.hot.count, "state": stock.hot.state, "sold_out": stock.hot.sold_out,
                                 "available": hot_.reported_available(stock.hot)}  # fmt: skip
         return level
+
+
+def _home_holds_it(stock: SkuStock, cmd: dict[str, Any], hold: LineHold) -> bool:
+    """A SHIP of a line no longer open at a bucket its SKU has merged back (the record made anew, empty): the
+    units the line gave back went home with the rest, so the shipment is taken from the home's shelf. Taken
+    here, it left the bucket below zero, which the home ignores: a phantom unit, sold again."""
+    return (cmd.get("bucket", HOME) >= 0 and cmd["action"] == "SHIP" and not hold.is_open
+            and stock.hot is not None and stock.hot.state == hot_.COLD)  # fmt: skip
 
 
 def _hot_state(stock: SkuStock) -> tuple[int, str]:
