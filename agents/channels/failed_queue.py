@@ -70,7 +70,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 from confluent_kafka import (
@@ -88,9 +88,10 @@ from agents.channels.calls import REPLAY_BESIDE_CONNECTORS, CallResult, ChannelC
 from agents.channels.credentials import CredentialStore
 from agents.channels.issue_refunds import RefundCall, write_result
 from agents.channels.kafka_io import ResultSink
+from agents.channels.push_stock import level_version
 from streams.contract.codec import Codec, DecodeError, codec_for
 from streams.contract.reasons import Reason
-from streams.contract.records import Alert, ConnectorCallFailed
+from streams.contract.records import Alert, ConnectorCallFailed, StockLevel
 from streams.contract.topics import (
     ALERTS,
     CONNECTOR_CALLS,
@@ -298,7 +299,7 @@ def newest_versions(records: Iterable[tuple[bytes | None, bytes | None]], codec:
             continue
         if event_type.short_name == "StockLevel":
             sku = str(level["sku"])
-            newest[sku] = max(newest.get(sku, 0), max(1, int(level["newest_change_ms"])))
+            newest[sku] = max(newest.get(sku, 0), level_version(cast(StockLevel, level)))
     return newest
 
 

@@ -158,8 +158,8 @@ def write_secrets(path: Path, channels: Mapping[str, Credentials], wms_token: st
     lines = []
     for channel, creds in channels.items():
         lines += [f"[{channel}]", f"app_key = {_toml_text(creds.app_key)}", f"secret = {_toml_text(creds.secret)}"]
-        if (previous or {}).get(channel):
-            lines.append(f"previous_secret = {_toml_text((previous or {})[channel])}")
+        if earlier := (previous or {}).get(channel):
+            lines.append(f"previous_secret = {_toml_text(earlier)}")
         lines.append("")
     for name, token in ((WMS, wms_token), (SERVICE, service_token)):
         if token is not None:

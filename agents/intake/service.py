@@ -468,7 +468,7 @@ class Intake:
             self.producer.send_with_callback(DEADLETTERS.name, letter["source_topic"], "DeadLetter", letter, delivered,
                                              wait=False)  # fmt: skip
         except QueueFull as exc:
-            log.error("intake: the dead letter of a refused %s (%s) was not written: %s", posted.path, err.reason, exc)
+            delivered(exc, None)
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1

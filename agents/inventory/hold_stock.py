@@ -266,7 +266,7 @@ class HoldStock(Processor):
                 return
             hold = None  # decided here (see _passed_back): the marker gives way to the line's hold
         action = cmd["action"]
-        if (hold is None or _home_holds_it(stock, cmd, hold)) and (target := self._passes_on(stock, cmd)) is not None:
+        if (target := self._passes_on(stock, cmd, hold)) is not None:
             self._pass_on(ctx, db, stock, cmd, target, cmd.get("tries", 0) + (1 if bucket >= 0 else 0))
             return
         if action == "RESERVE":
@@ -299,11 +299,17 @@ class HoldStock(Processor):
         if step.answer is not None:
             self._answer(ctx, stock, step.answer, cmd["source_time_ms"], bucket)
 
-    def _passes_on(self, stock: SkuStock, cmd: dict[str, Any]) -> int | None:
-        """Where a command for a line this record has never seen goes instead of being decided here: a
-        RESERVE at a hot SKU's home to its bucket, at a bucket not taking lines home; a SHIP of a line a
-        bucket does not hold to the home (whose on-hand the warehouse's shipment is taken from)."""
+    def _passes_on(self, stock: SkuStock, cmd: dict[str, Any], hold: LineHold | None) -> int | None:
+        """Where a command goes instead of being decided here. For a line this record has never seen: a RESERVE
+        at a hot SKU's home to its bucket, at a bucket not taking lines home; a SHIP of a line a bucket does not
+        hold to the home (whose on-hand the warehouse's shipment is taken from). And a SHIP of a line no longer
+        open at a bucket its SKU has merged back (the record made anew, empty) to the home too: the units the
+        line gave back went home with the rest. Taken at the bucket, it went below zero there, which the home
+        ignores: a phantom unit, sold again."""
         bucket, action = cmd.get("bucket", HOME), cmd["action"]
+        if hold is not None:
+            merged = bucket >= 0 and stock.hot is not None and stock.hot.state == hot_.COLD
+            return HOME if action == "SHIP" and merged and not hold.is_open else None
         if bucket >= 0:
             if action == "SHIP" or (action == "RESERVE" and not hot_.takes_reservations(stock)):
                 return HOME
@@ -692,14 +698,6 @@ class HoldStock(Processor):
             level["buckets"] = {"count": stock.hot.count, "state": stock.hot.state, "sold_out": stock.hot.sold_out,
                                 "available": hot_.reported_available(stock.hot)}  # fmt: skip
         return level
-
-
-def _home_holds_it(stock: SkuStock, cmd: dict[str, Any], hold: LineHold) -> bool:
-    """A SHIP of a line no longer open at a bucket its SKU has merged back (the record made anew, empty): the
-    units the line gave back went home with the rest, so the shipment is taken from the home's shelf. Taken
-    here, it left the bucket below zero, which the home ignores: a phantom unit, sold again."""
-    return (cmd.get("bucket", HOME) >= 0 and cmd["action"] == "SHIP" and not hold.is_open
-            and stock.hot is not None and stock.hot.state == hot_.COLD)  # fmt: skip
 
 
 def _hot_state(stock: SkuStock) -> tuple[int, str]:
