@@ -25,6 +25,7 @@ from tests.integration.test_crash import SKUS, stream_orders
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 OUTAGE_S = 15.0
+SETTLE_S = 90  # how long after the stream the audit may wait for the pipeline to settle
 # Python logging's WARNING and worse, and librdkafka's own lines at severity 4 (warning) or worse.
 NOISY_LINE = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]|^%[0-4]\||Traceback")
 
@@ -89,7 +90,11 @@ def test_broker_stopped_and_restarted_mid_load(dedicated_kafka: LocalKafka, make
     # (host.ENGINE_FAILED_EXIT), so the audit still says whether the outage cost any data.
     findings: list[str] = []
     outage_log = worker.log_file
-    deadline = time.monotonic() + 45
+    # Settling can take most of a minute after the broker is back: a transaction the old producer left open over
+    # the outage keeps the group's offsets pending until the transaction timeout and the broker's sweep end it
+    # (22 s), and then the engine ends it itself (a fresh clone's run: the broker back at 22:03:17, the offsets
+    # free at 22:04:11). The test asks that nothing is lost, not how fast the box is.
+    deadline = time.monotonic() + SETTLE_S
     while True:
         if not worker.alive() and worker.proc is not None:
             findings.append(f"the worker exited with code {worker.proc.returncode}: {fatal_lines(worker.log_file)}")
@@ -101,7 +106,7 @@ def test_broker_stopped_and_restarted_mid_load(dedicated_kafka: LocalKafka, make
             break
         time.sleep(2)
     if not report.ok:
-        findings.append(f"not settled 45 s after the stream: {audit_problems(report)}; "
+        findings.append(f"not settled {SETTLE_S} s after the stream: {audit_problems(report)}; "
                         f"engine {engine_status(worker)}")  # fmt: skip
     noisy = noisy_lines(outage_log)
     if len(noisy) > 40:
