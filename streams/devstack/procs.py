@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -93,12 +94,43 @@ def wait_for_port(host: str, port: int, timeout_s: float, pid: int | None = None
     return False
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 now (held together while chosen, so never the same one)."""
-    sockets = [socket.socket() for _ in range(count)]
+LISTEN_PORTS_FROM = 10_000  # well-known services sit below; a dev box's own listeners rarely above
+
+
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for sock in sockets:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 now, chosen below the kernel's ephemeral range.
+
+    A port the kernel hands out (``bind(0)``) comes from the same range as the source ports of outgoing
+    connections: between being chosen here and bound by the process it is for, a Kafka client's new
+    connection took one (a worker failed to start with "address already in use" under the parallel
+    suite). Below the range only another listener can take it, and the choice is random so that two
+    processes choosing at once rarely meet. Held together while chosen, so never the same one twice."""
+    low, _ = _ephemeral_range()
+    floor = LISTEN_PORTS_FROM if low > 2 * LISTEN_PORTS_FROM else 1_024
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(200 * count):
+            if len(sockets) == count:
+                break
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", random.randrange(floor, low)))
+            except OSError:
+                sock.close()
+                continue
+            sockets.append(sock)
+        while len(sockets) < count:  # the range below is crowded: take what the kernel gives
+            sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
         return [int(sock.getsockname()[1]) for sock in sockets]
     finally:
         for sock in sockets:
