@@ -99,17 +99,27 @@ def total(units: dict[str, int]) -> int:
     return sum(units.values())
 
 
-def movable(stock: SkuStock, owed: int = 0) -> dict[str, int]:
-    """Units per warehouse that may leave ``stock`` with every open line still backed: a line tied to a
-    warehouse by its own warehouse's units, the other lines by any (the fullest warehouses keep them);
-    ``owed`` more units are kept back too."""
+def _unallocated(stock: SkuStock) -> dict[str, int]:
     free = {}
     for wh, qty in stock.on_hand.items():
         left = max(0, qty) - stock.allocated.get(wh, 0)
         if left > 0:
             free[wh] = left
-    # Lent units are behind lines not tied to a warehouse, and are not here: the lines they back need no more.
-    keep = stock.locked + stock.presale_reserved - sum(stock.allocated.values()) - stock.lent() + owed
+    return free
+
+
+def _backing(stock: SkuStock) -> int:
+    """Units ``stock`` keeps behind its open lines not tied to a warehouse. Lent units are behind such lines,
+    and are not here: the lines they back need no more."""
+    return stock.locked + stock.presale_reserved - sum(stock.allocated.values()) - stock.lent()
+
+
+def movable(stock: SkuStock, owed: int = 0) -> dict[str, int]:
+    """Units per warehouse that may leave ``stock`` with every open line still backed: a line tied to a
+    warehouse by its own warehouse's units, the other lines by any (the fullest warehouses keep them);
+    ``owed`` more units are kept back too."""
+    free = _unallocated(stock)
+    keep = _backing(stock) + owed
     for wh in sorted(free, key=lambda w: (-free[w], w)):
         if keep <= 0:
             break
@@ -278,9 +288,22 @@ def on_report(home: SkuStock, bucket: int, figures: dict[str, Any], low_water: i
     return []
 
 
+def home_short(home: SkuStock) -> int:
+    """Units the home's own open lines claim beyond the free units it has: presale lines above all. They are
+    decided at the home, and the pool's rule (available = on_hand - locked - presale_reserved) keeps on-hand
+    units back for them, which while hot are out in the buckets."""
+    return max(0, _backing(home) - total(_unallocated(home)))
+
+
 def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> list[Sync]:
-    """Ask the richer buckets for their surplus when one runs low (or all of it, when gathering). At most
-    once per ``interval_ms``: figures reported meanwhile do not yet show the last round."""
+    """Ask the buckets for units home when the home's own lines are short of them (``home_short``); else ask the
+    richer buckets for their surplus when one runs low (or all of it, when gathering). At most once per
+    ``interval_ms``: figures reported meanwhile do not yet show the last round.
+
+    A presale line the home held counts against the SKU's whole on-hand, so the buckets give their free units
+    up to it: the ones they sold before the ask reached them were sold first, as a cold SKU's would be had
+    those orders come first (a presale hold depends on its cap alone). Units a bucket frees later go home at
+    its next report, as long as the home is short."""
     hot = home.hot
     if hot is None or hot.state != HOT or hot.settles or hot.count < MIN_BUCKETS:
         return []
@@ -290,7 +313,15 @@ def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> 
     units = sum(levels)
     if units <= 0:
         return []
-    if gathering(levels, low_water):
+    short = home_short(home)
+    if short > 0:
+        asks = []
+        for k in sorted(range(hot.count), key=lambda k: (-levels[k], k)):
+            if short <= 0 or levels[k] <= 0:
+                break
+            asks.append((k, min(short, levels[k])))
+            short -= asks[-1][1]
+    elif gathering(levels, low_water):
         target = max(range(hot.count), key=lambda k: (levels[k], -k))
         asks = [(k, levels[k]) for k in range(hot.count) if k != target and levels[k] > 0]
     elif min(levels) < low_water and max(levels) - min(levels) > 1:

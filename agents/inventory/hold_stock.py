@@ -510,6 +510,8 @@ class HoldStock(Processor):
             # Units freed at the home while the SKU is hot (a line held there released or expired) go to the
             # buckets, where the orders are taken; left at the home, no order could have them.
             self._send(ctx, stock, hot_.distribute(stock, self.low_water))
+            if hot_.home_short(stock):  # a presale line held here: its units are out in the buckets
+                self._send(ctx, stock, hot_.rebalance(stock, ctx.now_ms, self.low_water, self.refresh_interval_ms))
         rules = self._rules
         available = hot_.aggregate(stock).available()
         stock.paused = rules_.next_paused(stock.paused, available, rules.safety_threshold, rules.hysteresis)

@@ -553,3 +553,58 @@ def test_a_shipment_of_a_cancelled_line_after_the_buckets_merged_is_taken_from_t
     home = record(r, SKU)
     assert home is not None and home["on_hand"] == {"WH-SH": 6, "WH-GZ": 3}
     assert on_hand_everywhere(r, 2) == 9
+
+
+def presale_cap(r: LocalRunner, qty: int) -> None:
+    r.send([(SKU, "StockAdjusted", {"event_id": f"cap-{qty}-{r.now_ms}", "event_time_ms": r.now_ms, "sku": SKU,
+                                    "warehouse_id": "", "kind": "PRESALE_CAP", "qty": qty, "reason": ""})],
+           STOCK_ADJUSTMENTS.name)  # fmt: skip
+
+
+def presale(order_id: str, qty: int) -> tuple[str, str, dict[str, Any]]:
+    key, kind, cmd = reserve(order_id, qty)
+    return key, kind, {**cmd, "presale": True}
+
+
+def regular_held(r: LocalRunner, orders: list[str]) -> int:
+    held = 0
+    for order_id in orders:
+        out = r.send([reserve(order_id, buckets=2)], HOLD_COMMANDS.name)
+        held += sum(1 for o in out if o.event_type == "HoldDecided" and o.record["outcome"] == "HELD")
+    return held
+
+
+def test_a_presale_line_held_at_a_hot_skus_home_keeps_its_units_from_the_buckets() -> None:
+    """Changed on purpose: a presale line is decided at the home, whose units were all out in the buckets, so
+    the buckets went on selling them: 10 on hand, 5 presale held and 9 regular, 4 more than a cold SKU sells
+    (available = on_hand - locked - presale_reserved)."""
+    r = runner(hot_sku_low_water=1)
+    receipt(r, SKU, 10)
+    presale_cap(r, 5)
+    mark(r, 2)
+    assert answers(r.send([presale("pre:1", 5)], HOLD_COMMANDS.name)) == [("pre:1", "HELD")]
+    assert regular_held(r, [f"jd:r{i}" for i in range(20)]) == 5
+    lvl = level(r)
+    assert (lvl["on_hand"], lvl["locked"], lvl["presale_reserved"], lvl["available"]) == (10, 5, 5, 0)
+    assert on_hand_everywhere(r, 2) == 10
+
+
+def test_a_unit_a_bucket_frees_goes_to_the_homes_presale_line_it_was_short_of() -> None:
+    """The buckets sold 8 of 10 before the presale line of 5 came: it claims the last 2, and a unit a cancel
+    frees later goes to it too, as a cold SKU's would, not to the next regular order."""
+    r = runner(hot_sku_low_water=1)
+    receipt(r, SKU, 10)
+    presale_cap(r, 5)
+    mark(r, 2)
+    early = [f"jd:e{i}" for i in range(8)]
+    assert regular_held(r, early) == 8
+    assert answers(r.send([presale("pre:1", 5)], HOLD_COMMANDS.name)) == [("pre:1", "HELD")]
+    r.advance(1_000)
+    assert regular_held(r, [f"jd:r{i}" for i in range(5)]) == 0
+    r.send([reserve(early[0], buckets=2, action="RELEASE")], HOLD_COMMANDS.name)
+    r.advance(1_000)  # the bucket's report: the home asks for the freed unit
+    r.advance(1_000)
+    assert regular_held(r, [f"jd:s{i}" for i in range(5)]) == 0
+    home = record(r, SKU)
+    assert home is not None and sum(home["on_hand"].values()) == 3
+    assert on_hand_everywhere(r, 2) == 10
