@@ -430,13 +430,16 @@ class HoldStock(Processor):
     def _emit_sync(self, ctx: Context, stock: SkuStock, sync: Sync) -> None:
         hot = stock.hot
         assert hot is not None
+        issued: dict[str, int] = ctx.memo.setdefault("bucket_sync_seq", {})
         if hot.seq == 0:
             # A new life of this SKU's buckets (or of one bucket) after an unhot or a merge: the ids of the
             # last one's transfers are remembered for days and its sequence numbers in acks, so this one
             # numbers its syncs past them, from the clock, rather than from 1 again (its transfers would
-            # be taken for the old ones and dropped, and their units lost).
-            hot.seq = ctx.now_ms * 1000
+            # be taken for the old ones and dropped, and their units lost). A record that ended and began
+            # again in one batch has one clock reading for both lives: past the ids it issued in the batch.
+            hot.seq = max(ctx.now_ms * 1000, issued.get(stock.sku, 0))
         hot.seq += 1
+        issued[stock.sku] = hot.seq
         sku = home_sku(stock.sku, hot.bucket)
         record = BucketSync(
             event_id=f"{stock.sku}:{hot.seq}", event_time_ms=ctx.now_ms, sku=sku, kind=sync.kind,

@@ -72,6 +72,8 @@ class Context:
         self._schedule = schedule
         self.outputs: list[Output] = []
         self.refusals: list[tuple[SourceMessage, Refusal]] = []
+        # What a handler keeps for the rest of the batch on this partition (one clock reading): gone at its end.
+        self.memo: dict[str, Any] = {}
 
     def store(self, name: str) -> StoreTransaction[Any]:
         return self._stores[name]
