@@ -354,6 +354,11 @@ class PushQueue:
             push.due_ms = last = max(push.due_ms, last)
             self._pending[push.sku] = push
 
+    def under_way(self, partitions: Collection[TopicPartitionKey] | None = None) -> set[str]:
+        """SKUs whose call is under way (for a record of ``partitions``, when given)."""
+        return {sku for sku, push in self._in_flight.items()
+                if partitions is None or any(t.tp in partitions for t in push.tickets)}  # fmt: skip
+
     def forget_partitions(self, partitions: Collection[TopicPartitionKey]) -> None:
         """Partitions went to another connector, which sends what their records ask for: what waits here for
         them only goes from here if another partition's record asks for it too, and a call under way for

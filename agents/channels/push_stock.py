@@ -166,11 +166,25 @@ class StockLane:
         with self.cond:
             return self.pushes.retrying()
 
-    def forget_partitions(self, partitions: set[TopicPartitionKey]) -> None:
+    def forget_partitions(self, partitions: set[TopicPartitionKey]) -> set[str]:
+        """Drop what waits for ``partitions``; the SKUs whose call for them is under way."""
         with self.cond:
+            under_way = self.pushes.under_way(partitions)
             self.pushes.forget_partitions(partitions)
             # Another connector may push newer figures for those SKUs before they come back.
             self.pushes.forget_shown()
+            return under_way
+
+    def wait_landed(self, skus: set[str], deadline: float) -> set[str]:
+        """Wait until the calls under way for ``skus`` have their answers, or ``deadline`` (monotonic s) passes;
+        the SKUs still under way."""
+        with self.cond:
+            while (left := skus & self.pushes.under_way()) and not self.connector.stop.is_set():
+                wait_s = deadline - time.monotonic()
+                if wait_s <= 0:
+                    break
+                self.cond.wait(min(wait_s, IDLE_WAIT_S))
+            return left
 
     def start(self) -> None:
         for thread in self.threads:
@@ -258,7 +272,9 @@ class StockLane:
                     failed.append((push, outcome))  # refused alone past its bound: parked, retries exhausted
             superseded = self.pushes.take_superseded()
             self.flying -= 1
-            self.cond.notify()  # newer figures of these SKUs may be waiting for this call
+            # Newer figures of these SKUs may be waiting for this call, and a revoke for its answer (all: the
+            # revoke's wait must not take a lane thread's wake-up).
+            self.cond.notify_all()
         stats = c.caller.endpoint_stats(self.channel, ENDPOINT)
         applied = sum(1 for o in outcomes if o.kind is pf.OutcomeKind.OK)
         stats.items_applied += applied
@@ -341,8 +357,16 @@ class StockConnector(Connector[StockLane]):
                 self.loop.finish(ticket)
 
     def partitions_revoked(self, partitions: set[TopicPartitionKey]) -> None:
-        for lane in self.lanes.values():
-            lane.forget_partitions(partitions)
+        """Their waiting figures are dropped, and the revoke waits for their calls under way to land: platforms
+        keep no version, so a slow call landing after the new owner's first call for the SKU would set the
+        channel back to the older figure. The group gives the partitions out again only once this returns
+        (at most a call's whole retry budget, and its timeout, later)."""
+        under_way = {channel: lane.forget_partitions(partitions) for channel, lane in self.lanes.items()}
+        deadline = time.monotonic() + self.settings.connector_retry_budget_s + self.settings.connector_call_timeout_s
+        for channel, skus in under_way.items():
+            if skus and (left := self.lanes[channel].wait_landed(skus, deadline)):
+                log.warning("%s: %d stock call(s) of revoked partitions still under way (%s first); the partitions "
+                            "go to their next owner all the same", channel, len(left), sorted(left)[0])  # fmt: skip
 
     def pending(self) -> dict[str, int]:
         return {channel: lane.pending() for channel, lane in self.lanes.items()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -1009,6 +1010,43 @@ def test_a_call_under_way_at_a_revoke_of_other_partitions_is_not_remembered_as_s
     for push in settled:
         queue.settle(push, accepted=True)
     assert not queue.offer("B", 1, 1300, ticket(4), "s", 0)
+
+
+def test_a_revoke_waits_for_the_call_under_way_for_its_partition_to_land(tmp_path: Path, clock: list[int]) -> None:
+    """Changed on purpose: a revoke dropped the partition's waiting figures but not its call under way, which could
+    land after the new owner's newer figure; platforms keep no version, so the channel went back to the older."""
+    market = Marketplace({"jd": [AppSpec(app_key="lane-app", secret="lane-secret")]}, latency_ms=0, jitter_ms=0,
+                         seed=3, clock=Clock())  # fmt: skip
+    entered, answer = threading.Event(), threading.Event()
+    caller = market_caller(tmp_path, market, "jd", "lane-secret")
+    forward = caller.http._transport.handler  # type: ignore[attr-defined]  # noqa: SLF001
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        entered.set()
+        answer.wait(10)
+        return forward(request)  # type: ignore[no-any-return]
+
+    caller.http._transport.handler = slow  # type: ignore[attr-defined]  # noqa: SLF001
+    connector = FakeConnector(caller)
+    lane = StockLane("jd", connector, window_ms=100)  # type: ignore[arg-type]
+    lane.offer("A", 5, 1000, ticket(1), "src")
+    lane.offer("B", 5, 1000, Ticket("stock.levels", 1, 7), "src")  # another partition's, staying here
+    clock[0] = 100
+    sending = threading.Thread(target=send_due, args=(lane, 100))
+    sending.start()
+    assert entered.wait(10)
+    assert lane.forget_partitions({ticket(1).tp}) == {"A"}
+    left: list[set[str]] = []
+    waiting = threading.Thread(target=lambda: left.append(lane.wait_landed({"A"}, time.monotonic() + 10)))
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive()  # the revoke is still waiting for A's answer
+    answer.set()
+    waiting.join(10)
+    sending.join(10)
+    assert left == [set()]
+    assert {r["sku"] for r in market.stock_json("jd")} == {"A", "B"}
+    assert lane.wait_landed({"A"}, time.monotonic()) == set()
 
 
 def down_lane(tmp_path: Path, channel: str, cap: int) -> tuple[StockLane, FakeConnector, Marketplace]:
