@@ -219,6 +219,14 @@ class Settings(BaseSettings):
         "changes nothing (an adjustment dated further back is refused, `adjustment_too_old`); a VIP override is "
         "kept as long after its last change (a pending one then expires).",
     )
+    count_clock_skew_ms: int = Field(
+        default=500,
+        ge=0,
+        le=60_000,
+        description="How far a warehouse's clock may run ahead of the pipeline's. A count stands as of when it was "
+        "taken: a shipment the pool booked less than this before that time comes off it too (in doubt, fewer units; "
+        "the next count gives a unit taken twice back).",
+    )
     line_tombstone_ttl_s: float = Field(
         default=600.0,
         gt=0,

@@ -6,7 +6,8 @@ rebuilds, from what is in Kafka, what the pool's state must be, and compares.
 * on-hand per SKU and warehouse from ``stock.adjustments`` and ``stock.returns`` (each adjustment id once,
   known warehouses only) and the shipped lines (at the warehouse their line was allocated to), in the order
   the pool applied them: an absolute COUNT replaces its warehouse's figure, so only what the pool applied
-  after it stays on top (see *Order* below);
+  after it stays on top (see *Order* below), and the movements of the home's shelf it booked after the count
+  was taken, which it puts back on top (``STOCKFLOW_COUNT_CLOCK_SKEW_MS``);
 * the open holds per SKU (held or paid, not yet shipped/released/expired) from the last answer
   per order line in ``stock.hold-results``;
 * against the pool's store ``stock_by_sku`` as its changelog topic holds it (totals and line records).
@@ -127,6 +128,10 @@ class Change:
     at_ms: int | None
     seq: tuple[int, int] | None = None
     from_bucket: bool = False  # a shipment a hot SKU's bucket applied
+    # When it happened on the shelf, as the pool dates it: an adjustment's own time (a count's: when it was
+    # taken), else the pool's batch time; a shipment's batch time. None when nothing says it any more.
+    dated_ms: int | None = None
+    skew_ms: int = 0  # a count's: how far its warehouse's clock may run ahead (``STOCKFLOW_COUNT_CLOCK_SKEW_MS``)
 
 
 @dataclass(frozen=True)
@@ -516,6 +521,10 @@ def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], repor
     too_old = {where: int(r["event_time_ms"]) for where, r in reading.refused_by_pipeline().items()
                if r["reason"] == Reason.ADJUSTMENT_TOO_OLD}  # fmt: skip
     memory_ms = int(reading.settings.tombstone_ttl_s * 1000)
+    refused_counts: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    for (topic, partition, offset), r in reading.refused_by_pipeline().items():
+        if r["reason"] in (Reason.COUNT_SUPERSEDED, Reason.COUNT_TOO_OLD):
+            refused_counts[topic].add((partition, offset))
     for source, topic in ((_ADJUSTMENTS, STOCK_ADJUSTMENTS.name), (_RETURNS, STOCK_RETURNS.name)):
         full_name = reading.settings.topic(topic)
         for rec, kind, adj in reading.decoded(topic):
@@ -535,9 +544,13 @@ def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], repor
                 continue
             seen_adjustments.add((adj["sku"], adj["event_id"]))
             report.sku_audit(adj["sku"])
+            if adj["kind"] == "COUNT" and (rec.partition, rec.offset) in refused_counts.get(full_name, ()):
+                continue  # not applied: taken before the count in force, or before the movements the pool keeps
             at_ms = applied.get((adj["sku"], adj["event_id"]))
             where = "" if adj["kind"] == "PRESALE_CAP" else wh
-            changes[adj["sku"]].append(Change(adj["kind"], where, qty, at_ms, (source, rec.offset)))
+            dated = int(adj.get("event_time_ms") or 0) or at_ms
+            changes[adj["sku"]].append(Change(adj["kind"], where, qty, at_ms, (source, rec.offset), dated_ms=dated,
+                                              skew_ms=reading.settings.count_clock_skew_ms))  # fmt: skip
     return changes
 
 
@@ -570,7 +583,7 @@ def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]], report: Rep
         sku, at_ms = res["sku"], res["event_time_ms"]
         if res["outcome"] == "SHIPPED" and was != "SHIPPED":
             ships[sku].append(Change("SHIP", allocated.get(key, ""), -res["qty"], at_ms,
-                                     from_bucket=res.get("bucket", -1) >= 0))  # fmt: skip
+                                     from_bucket=res.get("bucket", -1) >= 0, dated_ms=at_ms))  # fmt: skip
         opened, is_open = was in _OPEN_OUTCOMES, res["outcome"] in _OPEN_OUTCOMES
         if is_open and not opened:
             reason = res["reason"]
@@ -704,7 +717,41 @@ def _find_overdue_holds(holds: dict[str, dict[str, dict[str, Any]]], now_ms: int
                 report.overdue_timers.append(f"hold {sku}/{key} expired at {hold['expires_at_ms']}")
 
 
+# The pool's rule for a count taken before shelf movements it booked (``agents.inventory.rules``, restated here
+# from its documentation): units taken count as after the count from STOCKFLOW_COUNT_CLOCK_SKEW_MS before its
+# time, dated to the end of their quarter of a second; units added only when dated after it, to its start.
+SHELF_MOVE_SLOT_MS = 250
+
+
 def _before(change: Change, count: Change) -> bool | None:
+    """Whether the COUNT ``count``'s figure includes ``change``: the pool applied it before the count, and not as
+    a shelf movement after the count was taken, which it puts back on top; None when the topics leave it open."""
+    order = _applied_before(change, count)
+    if order is False:
+        return False
+    back = _put_back(change, count)
+    if back:
+        return False
+    return None if back is None else order
+
+
+def _put_back(change: Change, count: Change) -> bool | None:
+    """Whether the pool, had it applied ``change`` before ``count``, put it back on top of the count: a movement of
+    the home's shelf booked after the count was taken. A bucket's shipment is in its answer to the probe instead;
+    one whose warehouse no answer named may or may not be the counted warehouse's."""
+    if change.from_bucket or change.kind not in ("SHIP", "RECEIPT", "CORRECTION"):
+        return False
+    if change.dated_ms is None or count.dated_ms is None:
+        return None
+    slot = SHELF_MOVE_SLOT_MS
+    if change.qty < 0:
+        back = -(-change.dated_ms // slot) * slot > count.dated_ms - count.skew_ms
+    else:
+        back = change.dated_ms // slot * slot > count.dated_ms
+    return None if back and not change.warehouse else back
+
+
+def _applied_before(change: Change, count: Change) -> bool | None:
     """Whether the pool applied ``change`` before the COUNT ``count``; None when the topics leave it open."""
     if change.seq is not None and count.seq is not None and change.seq[0] == count.seq[0]:
         return change.seq < count.seq
@@ -807,6 +854,8 @@ class _MostOnHand:
     stocked: set[str]  # warehouses the SKU has had an adjustment at: a shipment from another is unplaced
     most: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     count_of: dict[str, Change] = field(default_factory=dict)  # per warehouse, the count its figure stands on
+    # Per warehouse, the movements applied since its last count: the next count may put some back on top.
+    since_count: dict[str, list[Change]] = field(default_factory=lambda: defaultdict(list))
     applied_to: dict[int, int] = field(default_factory=dict)  # per adjustment topic, its last offset applied so far
     cap: int = 0
 
@@ -832,32 +881,37 @@ class _MostOnHand:
         for c in added:
             if c.warehouse not in self.count_of:
                 self.most[c.warehouse] += c.qty
+                self.since_count[c.warehouse].append(c)
 
     def apply(self, batch: list[Change]) -> None:
         ordered = sorted(batch, key=lambda c: c.seq or (-1, 0))
         counts = {c.warehouse: c for c in ordered if c.kind == "COUNT"}  # the batch's last per warehouse
         for wh, count in counts.items():
-            self.most[wh] = count.qty
+            # The count, and the movements of earlier batches the pool put back on top of it.
+            self.most[wh] = count.qty + sum(self._on_top(c, count) for c in self.since_count.pop(wh, []))
         self.count_of.update(counts)
         for c in ordered:
             if c.kind == "PRESALE_CAP":
                 self.cap = c.qty
             elif c.kind != "COUNT" and (c.kind != "SHIP" or c.warehouse in self.stocked):
                 in_force = self.count_of.get(c.warehouse)
-                order = self._before(c, in_force) if in_force is not None else False
-                if order is None:
-                    self.most[c.warehouse] += max(0, c.qty)
-                elif not order:
-                    self.most[c.warehouse] += c.qty
+                self.most[c.warehouse] += self._on_top(c, in_force) if in_force is not None else c.qty
+                self.since_count[c.warehouse].append(c)
         for c in ordered:
             if c.seq is not None:
                 self.applied_to[c.seq[0]] = max(self.applied_to.get(c.seq[0], -1), c.seq[1])
+
+    def _on_top(self, change: Change, count: Change) -> int:
+        """What ``change`` adds on top of ``count`` at the most."""
+        order = self._before(change, count)
+        return max(0, change.qty) if order is None else 0 if order else change.qty
 
     def _before(self, change: Change, count: Change) -> bool | None:
         """``_before``, and: a count the changelog no longer times was applied once a later adjustment on its topic
         was, in an earlier batch (a hot SKU's bucket still answers its probe at a moment no topic gives)."""
         order = _before(change, count)
-        if order is None and count.at_ms is None and count.seq is not None and not change.from_bucket:
+        if (order is None and _applied_before(change, count) is None and count.at_ms is None
+                and count.seq is not None and not change.from_bucket):  # fmt: skip
             return False if count.seq[1] < self.applied_to.get(count.seq[0], -1) else None
         return order
 

@@ -42,7 +42,7 @@ MEANINGS = {
     "warehouse_id": "the warehouse, as the routing configuration names it",
     "qty": "units (see kind)",
     "reason": "why, for the people reading it later",
-    "event_time_ms": "when it happened in the warehouse (absent: when intake received it)",
+    "event_time_ms": "when it happened in the warehouse, a count when it was taken (absent: when intake received it)",
 }
 PARSER: Parser = flat_parser(
     "StockDocument",

@@ -58,7 +58,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agents.inventory.rules import Answer, Buckets, LineHold, SkuStock, Step, allocate
+from agents.inventory.rules import (
+    Answer,
+    Buckets,
+    LineHold,
+    SkuStock,
+    Step,
+    allocate,
+    counted,
+    moved_since,
+    note_shelf_move,
+)
 from streams.contract.keys import bucket_for, bucket_key
 from streams.contract.reasons import Reason
 
@@ -353,14 +363,21 @@ def needs_settle(home: SkuStock, kind: str, qty: int) -> bool:
     return kind == "COUNT" or (kind == "CORRECTION" and qty < 0)
 
 
-def start_settle(home: SkuStock, kind: str, warehouse_id: str, qty: int, ref: str) -> list[Sync]:
-    """Begin a count (or negative correction) of ``warehouse_id``: snapshot the home, probe every bucket."""
+def start_settle(home: SkuStock, kind: str, warehouse_id: str, qty: int, ref: str, dated_ms: int,
+                 skew_ms: int = 0) -> list[Sync]:  # fmt: skip
+    """Begin a count (or negative correction) of ``warehouse_id``: snapshot the home, probe every bucket.
+
+    A count stands as of when it was taken for the home's own shelf movements (``rules.moved_since``), and as of
+    each bucket's answer for the buckets'."""
     hot = home.hot
     assert hot is not None
     waiting = [b for b in range(hot.count) if b not in hot.merged]
     base = home.on_hand.get(warehouse_id, 0)
+    if kind == "COUNT":
+        base -= moved_since(home, warehouse_id, dated_ms, skew_ms)
+        counted(home, warehouse_id, dated_ms, skew_ms)
     hot.settles.append({"ref": ref, "kind": kind, "wh": warehouse_id, "qty": qty, "base": base, "waiting": waiting,
-                        "got": {}, "pre": {}})  # fmt: skip
+                        "got": {}, "pre": {}, "dated": dated_ms})  # fmt: skip
     return [Sync(PROBE, b, warehouse_id=warehouse_id, ref=ref) for b in waiting]
 
 
@@ -387,6 +404,7 @@ def finish_settle(home: SkuStock, settle: dict[str, Any], low_water: int) -> lis
         delta = settle["qty"] - counted
     else:
         delta = settle["qty"]
+        note_shelf_move(home, wh, delta, settle.get("dated", 0))
     home.on_hand[wh] = home.on_hand.get(wh, 0) + delta
     hot.settles.remove(settle)
     for later in hot.settles:

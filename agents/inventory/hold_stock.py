@@ -100,6 +100,7 @@ def pool_rules(settings: Settings) -> PoolRules:
         tombstone_ttl_ms=int(settings.line_tombstone_ttl_s * 1000),
         adjustment_ttl_ms=int(settings.tombstone_ttl_s * 1000),
         max_line_qty=settings.max_line_qty,
+        count_clock_skew_ms=settings.count_clock_skew_ms,
     )
 
 
@@ -238,6 +239,10 @@ class HoldStock(Processor):
                 ctx.refuse(Reason.ADJUSTMENT_TOO_OLD, f"{record['kind']} {record['event_id']!r} dated "
                            f"{(ctx.now_ms - dated) / 86_400_000:.1f} days back; ids are remembered {ttl_days:g} days")
                 return
+            if record["kind"] == "COUNT" and (stale := rules_.count_refusal(
+                    stock, record["warehouse_id"], dated or ctx.now_ms, self._rules.count_clock_skew_ms)) is not None:
+                ctx.refuse(stale[0], f"COUNT {record['event_id']!r} at {record['warehouse_id']}: {stale[1]}")
+                return
             self._adjust(ctx, stock, record)
             db.set(adjustment, {"applied_ms": ctx.now_ms})
             ctx.schedule(adjustment, ctx.now_ms + self._rules.adjustment_ttl_ms)
@@ -247,13 +252,15 @@ class HoldStock(Processor):
 
     def _adjust(self, ctx: Context, stock: SkuStock, adj: dict[str, Any]) -> None:
         kind, wh, qty = adj["kind"], adj["warehouse_id"], adj["qty"]
+        dated = int(adj.get("event_time_ms") or 0) or ctx.now_ms
         if hot_.needs_settle(stock, kind, qty):
             # Some of the SKU's units are in its buckets: the count is settled with them first.
             stock.known = True
             stock.touch(ctx.now_ms)
-            self._send(ctx, stock, hot_.start_settle(stock, kind, wh, qty, adj["event_id"]))
+            self._send(ctx, stock, hot_.start_settle(stock, kind, wh, qty, adj["event_id"], dated,
+                                                     self._rules.count_clock_skew_ms))  # fmt: skip
             return
-        rules_.adjust(stock, kind, wh, qty, ctx.now_ms)
+        rules_.adjust(stock, kind, wh, qty, ctx.now_ms, dated, self._rules.count_clock_skew_ms)
         self._send(ctx, stock, hot_.distribute(stock, self.low_water))
 
     def _command(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, cmd: dict[str, Any]) -> None:

@@ -47,6 +47,7 @@ class PoolRules:
     tombstone_ttl_ms: int  # how long a finished line is remembered, against late duplicates
     adjustment_ttl_ms: int  # how long an adjustment id is remembered, against a WMS sending it again
     max_line_qty: int
+    count_clock_skew_ms: int = 0  # how far a warehouse's clock may run ahead (``count_refusal``)
 
 
 @cache
@@ -80,6 +81,12 @@ class SkuStock:
     touched_ms: int = 0  # the clock at the last change: the version moves on once per moment
     open_lines: int = 0  # open holds of this SKU: what a scan for VIP overrides can expect
     set_asides: int = 0  # open VIP set-asides: while 0, a RESERVE need not look for one
+    # Counts as of when they were taken (``counted``): per warehouse, the shelf's recent movements as
+    # [slot, units taken, units added], oldest first, at most SHELF_MOVES_KEPT; the slot up to which older
+    # ones were let go; and when the count the figure stands on was taken.
+    shelf_moves: dict[str, list[list[int]]] = field(default_factory=dict)
+    moves_from: dict[str, int] = field(default_factory=dict)
+    counted_ms: dict[str, int] = field(default_factory=dict)
     # A hot SKU's stock buckets (``agents.inventory.buckets``): None on every other SKU, so a cold SKU's
     # record stays as small as it was.
     hot: Buckets | None = None
@@ -335,7 +342,7 @@ def line_command(stock: SkuStock, rules: PoolRules, hold: LineHold | None, actio
         if action == "SHIP":
             # Shipped units leave the warehouse whatever the order's state: never phantom stock. The
             # line is remembered as shipped for a while, so the same SHIP again deducts nothing.
-            _deduct_shipped(stock, qty, warehouse_id)
+            _deduct_shipped(stock, qty, warehouse_id, now_ms)
             stock.touch(now_ms)
             shipped = LineHold(order_id, line_no, qty, "", False, SHIPPED, "no_open_hold",
                                now_ms + rules.tombstone_ttl_ms, now_ms, warehouse_id)  # fmt: skip
@@ -346,7 +353,7 @@ def line_command(stock: SkuStock, rules: PoolRules, hold: LineHold | None, actio
     if hold.status not in sources:
         if action == "SHIP" and hold.status in (RELEASED, EXPIRED):
             # The order was cancelled or expired, yet the warehouse shipped: the units are gone.
-            _deduct_shipped(stock, hold.qty, hold.warehouse_id or warehouse_id)
+            _deduct_shipped(stock, hold.qty, hold.warehouse_id or warehouse_id, now_ms)
             shipped = replace(hold, status=SHIPPED, reason=f"shipped_after_{hold.status}", updated_ms=now_ms)
             stock.touch(now_ms)
             return Step(Answer(order_id, line_no, hold.qty, action, "SHIPPED", shipped.reason), {line_no: shipped})
@@ -354,7 +361,7 @@ def line_command(stock: SkuStock, rules: PoolRules, hold: LineHold | None, actio
     if action == "SHIP":
         # A presale line's units were kept out of what is available (``presale_reserved``) until now;
         # once shipped they are off the shelf like any other.
-        _deduct_shipped(stock, hold.qty, hold.warehouse_id or warehouse_id)
+        _deduct_shipped(stock, hold.qty, hold.warehouse_id or warehouse_id, now_ms)
     after = replace(hold, status=target, reason=reason, updated_ms=now_ms,
                     expires_at_ms=0 if target == SOLD else now_ms + rules.tombstone_ttl_ms)  # fmt: skip
     account(stock, hold, after)
@@ -384,11 +391,13 @@ def allocate(stock: SkuStock, hold: LineHold | None, order_id: str, line_no: int
     return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "ALLOCATED", warehouse_id), {line_no: after})
 
 
-def _deduct_shipped(stock: SkuStock, qty: int, warehouse_id: str) -> None:
+def _deduct_shipped(stock: SkuStock, qty: int, warehouse_id: str, now_ms: int) -> None:
     if warehouse_id not in stock.on_hand:
         # The WMS did not say (or named a warehouse without this SKU): take it from the fullest.
         warehouse_id = max(stock.on_hand, key=lambda wh: stock.on_hand[wh], default="unassigned")
     stock.on_hand[warehouse_id] = stock.on_hand.get(warehouse_id, 0) - qty
+    if stock.hot is None or stock.hot.bucket < 0:  # a bucket's shelf is its home's: a count is settled there
+        note_shelf_move(stock, warehouse_id, -qty, now_ms)
 
 
 def on_due(stock: SkuStock, rules: PoolRules, hold: LineHold, now_ms: int) -> Step:
@@ -421,16 +430,89 @@ def check_adjustment(kind: str, qty: int, warehouse_id: str, warehouses: frozens
     return None
 
 
-def adjust(stock: SkuStock, kind: str, warehouse_id: str, qty: int, now_ms: int) -> None:
-    """Apply a validated stock adjustment (the processor makes it idempotent by adjustment id)."""
+def adjust(stock: SkuStock, kind: str, warehouse_id: str, qty: int, now_ms: int, dated_ms: int = 0,
+           skew_ms: int = 0) -> None:  # fmt: skip
+    """Apply a validated stock adjustment (the processor makes it idempotent by adjustment id); ``dated_ms``: when
+    the warehouse made it (a count: when it was taken; ``count_refusal`` first), the pool's clock if not said."""
     stock.known = True
     if kind in ("RECEIPT", "CORRECTION"):
         stock.on_hand[warehouse_id] = stock.on_hand.get(warehouse_id, 0) + qty
+        note_shelf_move(stock, warehouse_id, qty, dated_ms or now_ms)
     elif kind == "COUNT":
-        stock.on_hand[warehouse_id] = qty
+        taken_ms = dated_ms or now_ms
+        stock.on_hand[warehouse_id] = qty + moved_since(stock, warehouse_id, taken_ms, skew_ms)
+        counted(stock, warehouse_id, taken_ms, skew_ms)
     elif kind == "PRESALE_CAP":
         stock.presale_cap = qty
     stock.touch(now_ms)
+
+
+# ---- counts, as of when they were taken ------------------------------------------------------------
+#
+# A count says what stood on the shelf when it was taken, and reaches the pool later: a shipment booked in
+# between already came off, and replacing the figure would put it back (a phantom unit, sold again); a receipt
+# in between would be lost. So the pool keeps each warehouse's recent movements and puts those after the
+# count's time back on top of it. The clocks differ (a shipment is dated by the pool's batch, a count by the
+# warehouse), so every doubt errs on the side of fewer units: units taken count as after the count from
+# ``skew_ms`` (STOCKFLOW_COUNT_CLOCK_SKEW_MS) before its time, dated to the end of their slot of
+# SHELF_MOVE_SLOT_MS; units added only when dated after it, to the start of theirs. At most SHELF_MOVES_KEPT
+# slots are kept per warehouse; a count older than what is kept is refused (``count_too_old``), and one taken
+# before the count in force (``count_superseded``).
+
+SHELF_MOVE_SLOT_MS = 250
+SHELF_MOVES_KEPT = 48  # slots with movements per warehouse: 12 s of a SKU shipping all the time, ~1 KB
+
+
+def note_shelf_move(stock: SkuStock, warehouse_id: str, qty: int, at_ms: int) -> None:
+    """Units that left (``qty`` < 0) or reached (> 0) ``warehouse_id``'s shelf at ``at_ms``."""
+    if qty == 0:
+        return
+    slot = SHELF_MOVE_SLOT_MS
+    when = -(-at_ms // slot) * slot if qty < 0 else at_ms // slot * slot
+    moves = stock.shelf_moves.setdefault(warehouse_id, [])
+    at = len(moves)
+    while at > 0 and moves[at - 1][0] > when:
+        at -= 1
+    if at > 0 and moves[at - 1][0] == when:
+        moves[at - 1][1 if qty < 0 else 2] += abs(qty)
+    else:
+        moves.insert(at, [when, -qty if qty < 0 else 0, qty if qty > 0 else 0])
+    if len(moves) > SHELF_MOVES_KEPT:
+        gone = moves.pop(0)
+        stock.moves_from[warehouse_id] = max(stock.moves_from.get(warehouse_id, 0), gone[0])
+
+
+def moved_since(stock: SkuStock, warehouse_id: str, taken_ms: int, skew_ms: int) -> int:
+    """The shelf's net movement after a count taken at ``taken_ms``, as far as the pool has booked it."""
+    net = 0
+    for when, taken, added in stock.shelf_moves.get(warehouse_id, ()):
+        if when > taken_ms - skew_ms:
+            net -= taken
+        if when > taken_ms:
+            net += added
+    return net
+
+
+def count_refusal(stock: SkuStock, warehouse_id: str, taken_ms: int, skew_ms: int) -> tuple[Reason, str] | None:
+    """Why a count taken at ``taken_ms`` cannot be applied, if it cannot."""
+    in_force = stock.counted_ms.get(warehouse_id, 0)
+    if taken_ms < in_force:
+        return Reason.COUNT_SUPERSEDED, f"taken at {taken_ms}, before the count in force (taken at {in_force})"
+    kept_from = stock.moves_from.get(warehouse_id, 0)
+    if taken_ms - skew_ms < kept_from:
+        return Reason.COUNT_TOO_OLD, (f"taken at {taken_ms}; the shelf's movements are kept from {kept_from} on "
+                                      f"(its last {SHELF_MOVES_KEPT} moments with any)")  # fmt: skip
+    return None
+
+
+def counted(stock: SkuStock, warehouse_id: str, taken_ms: int, skew_ms: int) -> None:
+    """A count taken at ``taken_ms`` is in force: movements no later count can need are let go."""
+    stock.counted_ms[warehouse_id] = taken_ms
+    moves = stock.shelf_moves.get(warehouse_id)
+    if moves:
+        moves[:] = [m for m in moves if m[0] > taken_ms - skew_ms]
+        if not moves:
+            del stock.shelf_moves[warehouse_id]
 
 
 # ---- VIP override ----------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ class Reason(enum.StrEnum):
     INVALID_KIND = "invalid_kind"
     UNKNOWN_WAREHOUSE = "unknown_warehouse"
     ADJUSTMENT_TOO_OLD = "adjustment_too_old"
+    COUNT_SUPERSEDED = "count_superseded"
+    COUNT_TOO_OLD = "count_too_old"
     UNKNOWN_ORDER = "unknown_order"
     ORDER_NOT_PAYABLE = "order_not_payable"
     ILLEGAL_TRANSITION = "illegal_transition"
@@ -132,6 +134,15 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.ADJUSTMENT_TOO_OLD: (
         "pool: a stock adjustment dated further back than STOCKFLOW_TOMBSTONE_TTL_S, how long applied adjustment "
         "ids are remembered: it could not be told from a document the WMS sent again, so it is not applied"
+    ),
+    Reason.COUNT_SUPERSEDED: (
+        "pool: a stock count taken before the count its warehouse's figure stands on (a WMS sending counts out of "
+        "order): it is older news, so it is not applied"
+    ),
+    Reason.COUNT_TOO_OLD: (
+        "pool: a stock count taken before the oldest shelf movement the pool still keeps for its warehouse (its last "
+        "48 moments with any, a quarter of a second each): the movements since could not be put back on top of it, "
+        "so it is not applied"
     ),
     Reason.UNKNOWN_ORDER: "an event that waited for its order longer than STOCKFLOW_PARKED_GRACE_S",
     Reason.ORDER_NOT_PAYABLE: "a payment for an order that is already finished (rejected, cancelled, ...)",

@@ -115,7 +115,8 @@ def test_broker_stopped_and_restarted_mid_load(dedicated_kafka: LocalKafka, make
     during = sorted({answer for t, answer in readiness if outage["down_at"] <= t <= outage["up_at"]})
     # Readiness under an outage is reported, not asserted: whether a worker that cannot reach the
     # broker should answer 503 is the lead's call.
-    print(f"broker outage {outage}: /readyz answers during it {during}, {len(noisy)} warning/error lines, "
+    print(f"settled {round(time.monotonic() - started, 1)} s after the stream started; "
+          f"broker outage {outage}: /readyz answers during it {during}, {len(noisy)} warning/error lines, "
           f"dead letters {dead_letter_reasons(settings)}, {report.summary()}")  # fmt: skip
     assert not findings, "\n".join(findings)
     summary = report.summary()

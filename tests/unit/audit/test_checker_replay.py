@@ -134,7 +134,7 @@ def test_a_count_after_shipments_already_reflects_them(topics: Topics) -> None:
     and the pool, right, was reported drifted. Only the shipment after the count comes off it."""
     topics.adjust("A", "RECEIPT", 10, "rcpt-1", applied_ms=1_000)
     topics.adjust("A", "RECEIPT", 4, "rcpt-2", applied_ms=1_000, wh=WH2)  # another warehouse: the count leaves it
-    _ship(topics, "jd:1", "A", 3, 2_000, 3_000)
+    _ship(topics, "jd:1", "A", 3, 1_000, 2_000)
     topics.adjust("A", "COUNT", 7, "count-1", applied_ms=4_000, event_time_ms=3_500)
     _ship(topics, "jd:2", "A", 2, 5_000, 6_000)
     topics.totals("A", {WH: 5, WH2: 4})
@@ -157,8 +157,20 @@ def test_a_count_and_a_shipment_in_one_batch_may_be_in_either_order(topics: Topi
     passes (and what lies between: the audit keeps a range), nothing outside it."""
     topics.adjust("A", "RECEIPT", 10, "rcpt-1", applied_ms=1_000)
     _ship(topics, "jd:1", "A", 3, 2_000, 4_000)
-    topics.adjust("A", "COUNT", 7, "count-1", applied_ms=4_000)
+    topics.adjust("A", "COUNT", 7, "count-1", applied_ms=4_000, event_time_ms=5_000)  # the warehouse's clock ahead
     for on_hand, drifted in ((7, []), (4, []), (8, ["A"]), (3, ["A"])):
+        topics.totals("A", {WH: on_hand})
+        assert [sa.sku for sa in checker.audit(Settings()).drifted] == drifted
+
+
+def test_a_shipment_booked_after_a_count_was_taken_comes_off_it_in_any_order(topics: Topics) -> None:
+    """The count stands as of when it was taken: a shipment the pool booked after that, applied before the count
+    reached it or after, comes off it all the same (``agents.inventory.rules.count``)."""
+    topics.adjust("A", "RECEIPT", 10, "rcpt-1", applied_ms=1_000)
+    topics.adjust("A", "COUNT", 10, "count-1", applied_ms=9_000, event_time_ms=2_000)  # keyed in late
+    _ship(topics, "jd:1", "A", 3, 3_000, 4_000)  # shipped before it was keyed in
+    _ship(topics, "jd:2", "A", 1, 9_500, 10_000)
+    for on_hand, drifted in ((6, []), (9, ["A"]), (7, ["A"])):
         topics.totals("A", {WH: on_hand})
         assert [sa.sku for sa in checker.audit(Settings()).drifted] == drifted
 
@@ -427,7 +439,7 @@ def test_an_untimed_count_or_loss_is_taken_at_its_latest(topics: Topics) -> None
     an untimed loss would be off before holds its stock covered: neither is an oversell the pool had."""
     topics.adjust("C", "RECEIPT", 10, "rcpt-1", applied_ms=None)
     _ship(topics, "jd:1", "C", 10, 1_000, 1_500)
-    topics.adjust("C", "COUNT", 5, "count-1", applied_ms=None)  # after the shipment: 5 found
+    topics.adjust("C", "COUNT", 5, "count-1", applied_ms=None, event_time_ms=3_000)  # after the shipment: 5 found
     topics.placed("jd:2", "C", 5)
     topics.answer("jd:2", "C", 5, "RESERVE", "HELD", 2_000)
     topics.answer("jd:2", "C", 5, "RELEASE", "RELEASED", 2_500)

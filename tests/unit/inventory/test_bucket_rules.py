@@ -341,7 +341,7 @@ def test_a_count_is_settled_across_buckets_as_of_each_probe() -> None:
     stock = home({"WH-SH": 2}, count=2)
     assert b.needs_settle(stock, "COUNT", 30) and b.needs_settle(stock, "CORRECTION", -1)
     assert not b.needs_settle(stock, "CORRECTION", 5) and not b.needs_settle(stock, "RECEIPT", 5)
-    probes = b.start_settle(stock, "COUNT", "WH-SH", 30, "count-1")
+    probes = b.start_settle(stock, "COUNT", "WH-SH", 30, "count-1", 0)
     assert sorted(sent(probes, b.PROBE)) == [0, 1]
     bucket0 = SkuStock(f"{SKU}#0", on_hand={"WH-SH": 14}, locked=4, hot=Buckets(bucket=0))
     out0 = b.on_probe(bucket0, "WH-SH", "count-1")
@@ -358,7 +358,7 @@ def test_a_count_is_settled_across_buckets_as_of_each_probe() -> None:
 
 def test_a_count_sees_units_a_bucket_sent_home_before_its_probe_arrived() -> None:
     stock = home({"WH-SH": 0}, count=2)
-    b.start_settle(stock, "COUNT", "WH-SH", 20, "count-2")
+    b.start_settle(stock, "COUNT", "WH-SH", 20, "count-2", 0)
     # Bucket 0 had sent 6 home (a rebalance) before it saw the probe: they were its units when probed.
     b.credit(stock, 0, {"WH-SH": 6})
     b.on_counted(stock, 0, "count-2", 0, low_water=0)
@@ -373,7 +373,7 @@ def test_a_count_sees_units_the_home_sent_that_a_bucket_had_not_yet_applied() ->
     stock = home({"WH-SH": 10}, count=2)
     out = b.distribute(stock, low_water=0)  # 5 to each bucket, in flight
     assert stock.on_hand == {"WH-SH": 0} and len(sent(out, b.TRANSFER)) == 2
-    b.start_settle(stock, "COUNT", "WH-SH", 7, "count-3")
+    b.start_settle(stock, "COUNT", "WH-SH", 7, "count-3", 0)
     # Each channel is in order: the transfer reaches the bucket before the probe, so each answers 5.
     b.on_counted(stock, 0, "count-3", 5, low_water=0)
     b.on_counted(stock, 1, "count-3", 5, low_water=0)
@@ -382,7 +382,7 @@ def test_a_count_sees_units_the_home_sent_that_a_bucket_had_not_yet_applied() ->
 
 def test_a_negative_correction_is_applied_once_every_bucket_answered() -> None:
     stock = home({"WH-SH": 5}, count=2)
-    b.start_settle(stock, "CORRECTION", "WH-SH", -4, "corr-1")
+    b.start_settle(stock, "CORRECTION", "WH-SH", -4, "corr-1", 0)
     b.on_counted(stock, 0, "corr-1", 1, low_water=0)
     assert stock.on_hand == {"WH-SH": 5}
     out = b.on_counted(stock, 1, "corr-1", 0, low_water=0)

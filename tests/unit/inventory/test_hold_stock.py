@@ -186,3 +186,19 @@ def test_an_override_is_kept_as_long_as_an_adjustments_id_and_then_goes() -> Non
     assert r.read(STORE, override_key("SKU-O", "OV-9"), "SKU-O") is not None
     r.advance(700_000)
     assert r.read(STORE, override_key("SKU-O", "OV-9"), "SKU-O") is None
+
+
+def test_a_count_older_than_the_one_in_force_is_refused_with_its_reason() -> None:
+    r = runner()
+    receipt(r, "S1", 10)
+
+    def count(doc: str, qty: int, taken_ms: int) -> None:
+        record = {"event_id": doc, "event_time_ms": taken_ms, "sku": "S1", "warehouse_id": "WH-SH", "kind": "COUNT",
+                  "qty": qty, "reason": ""}  # fmt: skip
+        r.send([("S1", "StockAdjusted", record)], STOCK_ADJUSTMENTS.name)
+
+    r.advance(60_000)
+    count("count-2", 8, r.now_ms - 1_000)
+    count("count-1", 9, r.now_ms - 30_000)  # taken earlier, arriving later: older news
+    assert [x.reason for x in r.refusals] == ["count_superseded"]
+    assert r.read(STORE, sku_key("S1"), "S1")["on_hand"] == {"WH-SH": 8}

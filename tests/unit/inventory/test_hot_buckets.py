@@ -637,3 +637,24 @@ def test_a_bucket_that_ends_and_begins_again_in_one_batch_loses_no_transfer() ->
     home = record(r, SKU)
     assert home is not None and home["on_hand"] == {"WH-SH": 10, "WH-GZ": 6}
     assert on_hand_everywhere(r, 2) == 16
+
+
+def test_a_count_at_a_hot_skus_home_stands_as_of_when_it_was_taken() -> None:
+    """Changed on purpose: the home settled a count as of when it read it, so a line it had shipped since the count
+    was taken came back on the shelf, a phantom unit for the buckets to sell."""
+    r = runner(hot_sku_low_water=1)
+    receipt(r, SKU, 20)
+    r.send([reserve("jd:early", qty=5)], HOLD_COMMANDS.name)  # held at the home before the split
+    mark(r, 4)
+    r.advance(5_000)
+    taken_ms = r.now_ms  # the stock-take: 20 on the shelf, jd:early's 5 packed
+    r.advance(5_000)
+    r.send([command("jd:early", "COMMIT", 5, buckets=0, wh="WH-SH")], HOLD_COMMANDS.name)
+    r.send([command("jd:early", "SHIP", 5, buckets=0, wh="WH-SH")], HOLD_COMMANDS.name)  # 15 on the shelf
+    r.advance(5_000)
+    r.send([(SKU, "StockAdjusted", {"event_id": "count-1", "event_time_ms": taken_ms, "sku": SKU,
+                                    "warehouse_id": "WH-SH", "kind": "COUNT", "qty": 20, "reason": ""})],
+           STOCK_ADJUSTMENTS.name)  # fmt: skip
+    r.advance(1_000)
+    assert on_hand_everywhere(r, 4) == 15
+    assert level(r)["on_hand"] == 15

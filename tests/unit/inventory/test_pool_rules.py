@@ -304,16 +304,59 @@ def test_allocate_ties_a_line_to_a_warehouse_with_the_units_free() -> None:
 # ---- adjustments --------------------------------------------------------------------------------------
 
 
+SKEW = 500  # STOCKFLOW_COUNT_CLOCK_SKEW_MS's default
+
+
 def test_adjustments_apply_by_kind() -> None:
     stock = SkuStock(sku="S")
-    P.adjust(stock, "RECEIPT", "WH-SH", 5, 1)
-    P.adjust(stock, "CORRECTION", "WH-SH", -2, 2)
-    P.adjust(stock, "COUNT", "WH-GZ", 4, 3)
-    P.adjust(stock, "PRESALE_CAP", "", 6, 4)
+    P.adjust(stock, "RECEIPT", "WH-SH", 5, 1_000)
+    P.adjust(stock, "CORRECTION", "WH-SH", -2, 2_000)
+    P.adjust(stock, "COUNT", "WH-GZ", 4, 3_000)
+    P.adjust(stock, "PRESALE_CAP", "", 6, 4_000)
     assert stock.known and stock.on_hand == {"WH-SH": 3, "WH-GZ": 4} and stock.presale_cap == 6
-    assert stock.newest_change_ms == 4
-    P.adjust(stock, "COUNT", "WH-SH", 1, 5)  # a count replaces, it does not add
+    assert stock.newest_change_ms == 4_000
+    P.adjust(stock, "COUNT", "WH-SH", 1, 10_000)  # a count replaces, it does not add
     assert stock.on_hand == {"WH-SH": 1, "WH-GZ": 4}
+
+
+def test_a_count_stands_as_of_when_it_was_taken() -> None:
+    """Changed on purpose: a count replaced the figure when it reached the pool, so a shipment booked after it was
+    taken came back on the shelf (a phantom unit, sold again) and a receipt booked meanwhile was lost."""
+    pool = Pool(SkuStock(sku="S"))
+    P.adjust(pool.stock, "RECEIPT", "WH-SH", 10, 1_000_000)
+    pool.reserve("o1", 1, 3, now_ms=1_100_000)
+    pool.command("COMMIT", "o1", 1, 3, now_ms=1_100_000)
+    taken_ms = 1_200_000  # the stock-take: 10 on the shelf, o1 packed but not gone
+    pool.command("SHIP", "o1", 1, 3, now_ms=1_300_000, warehouse_id="WH-SH")  # it leaves: 7 on the shelf
+    P.adjust(pool.stock, "RECEIPT", "WH-SH", 5, 1_350_000, dated_ms=1_350_000)  # 12
+    assert P.count_refusal(pool.stock, "WH-SH", taken_ms, SKEW) is None
+    P.adjust(pool.stock, "COUNT", "WH-SH", 10, 1_400_000, dated_ms=taken_ms, skew_ms=SKEW)  # keyed in now
+    assert pool.stock.on_hand == {"WH-SH": 12}
+    # Movements no later count can need are let go; an older count is older news.
+    assert [m[0] for m in pool.stock.shelf_moves["WH-SH"]] == [1_300_000, 1_350_000]
+    refusal = P.count_refusal(pool.stock, "WH-SH", taken_ms - 1, SKEW)
+    assert refusal is not None and refusal[0] == "count_superseded"
+
+
+def test_a_shipment_within_the_clocks_skew_before_a_count_comes_off_it_again() -> None:
+    """The warehouse's clock may run ahead: a shipment the pool dated just before the count may have left after it.
+    In doubt, fewer units: it comes off the count too, a unit a later count gives back, never a phantom one."""
+    for booked_ms, on_hand in ((1_999_700, 8), (1_999_200, 9)):
+        stock = SkuStock(sku="S")
+        P.adjust(stock, "RECEIPT", "WH-SH", 10, 1_000_000, dated_ms=1_000_000)
+        P.note_shelf_move(stock, "WH-SH", -1, booked_ms)
+        P.adjust(stock, "COUNT", "WH-SH", 9, 2_100_000, dated_ms=2_000_000, skew_ms=SKEW)
+        assert stock.on_hand == {"WH-SH": on_hand}, booked_ms
+
+
+def test_a_count_older_than_the_movements_kept_is_refused() -> None:
+    stock = SkuStock(sku="S")
+    for n in range(P.SHELF_MOVES_KEPT + 5):
+        P.note_shelf_move(stock, "WH-SH", -1, 10_000_000 + n * 1_000)
+    assert len(stock.shelf_moves["WH-SH"]) == P.SHELF_MOVES_KEPT
+    refusal = P.count_refusal(stock, "WH-SH", 10_000_000, SKEW)
+    assert refusal is not None and refusal[0] == "count_too_old"
+    assert P.count_refusal(stock, "WH-SH", 10_000_000 + 5_000 + SKEW, SKEW) is None
 
 
 @pytest.mark.parametrize(
