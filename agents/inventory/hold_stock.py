@@ -511,6 +511,7 @@ class HoldStock(Processor):
                       had_breach: bool, was_hot: tuple[int, str] = (0, ""), had_free: int = 0) -> None:  # fmt: skip
         if stock.hot is not None and stock.hot.bucket >= 0:
             self._bucket_changed(ctx, db, stock, had_free)
+            self._alert_breach(ctx, stock, had_breach)
             return
         if not stock.known and not stock.on_hand and not stock.open_lines and stock.hot is None:
             # A SKU that never had stock and holds nothing (commands for it are refused as unknown_sku):
@@ -536,6 +537,16 @@ class HoldStock(Processor):
             if not told and stock.hot is not None and stock.hot.state != hot_.COLD:  # they refuse by its pause
                 told = [Sync(hot_.CONFIG, b) for b in range(stock.hot.count)]
         self._send(ctx, stock, told)
+        self._alert_breach(ctx, stock, had_breach)
+        if _hot_state(stock) != was_hot:
+            self._publish_hot(ctx, stock)
+        db.set(sku_key(stock.sku), stock)
+        self.levels.setdefault(ctx.partition, _Levels()).dirty.add(stock.sku)
+
+    def _alert_breach(self, ctx: Context, stock: SkuStock, had_breach: bool) -> None:
+        """A record's invariants broken by this change, or holding again. A hot SKU's bucket too (its key the
+        subject): a shipment from a warehouse it holds none of takes its figure there below zero, which the SKU's
+        total hides, and routing then sends orders to units that are not there."""
         breaches = [] if stock.healthy() else stock.breaches()
         if breaches and not had_breach:
             ctx.emit(ALERTS, stock.sku, "Alert",
@@ -543,10 +554,6 @@ class HoldStock(Processor):
         elif had_breach and not breaches:
             ctx.emit(ALERTS, stock.sku, "Alert", alert("invariant_breach", "INFO", stock.sku,
                                                        "invariants hold again", ctx.now_ms, cleared=True))  # fmt: skip
-        if _hot_state(stock) != was_hot:
-            self._publish_hot(ctx, stock)
-        db.set(sku_key(stock.sku), stock)
-        self.levels.setdefault(ctx.partition, _Levels()).dirty.add(stock.sku)
 
     def _bucket_changed(self, ctx: Context, db: StoreTransaction[Any], bucket: SkuStock, had_free: int) -> None:
         """A bucket not taking lines sends its free units home; once it holds nothing it says so and goes. One

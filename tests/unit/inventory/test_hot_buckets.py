@@ -658,3 +658,20 @@ def test_a_count_at_a_hot_skus_home_stands_as_of_when_it_was_taken() -> None:
     r.advance(1_000)
     assert on_hand_everywhere(r, 4) == 15
     assert level(r)["on_hand"] == 15
+
+
+def test_a_bucket_shipping_units_of_a_warehouse_it_holds_none_of_raises_an_invariant_alert() -> None:
+    """Changed on purpose: a bucket's breaches went unalerted. Two unallocated lines shipped from a warehouse the
+    bucket held one unit of took its figure there to -1, hidden in the SKU's total; routing then sent orders there."""
+    r = runner(hot_sku_low_water=1)
+    receipt(r, SKU, 2, "WH-SH")
+    receipt(r, SKU, 8, "WH-GZ")
+    mark(r, 2)
+    orders = [o for o in (f"jd:a{i}" for i in range(100)) if bucket_for(o, 2) == 0][:2]
+    for order_id in orders:
+        r.send([reserve(order_id, buckets=2)], HOLD_COMMANDS.name)
+    for order_id in orders:
+        r.send([command(order_id, "SHIP", 1, buckets=2, wh="WH-SH")], HOLD_COMMANDS.name)
+    alerts = [o.record for o in r.outputs if o.event_type == "Alert" and o.record["kind"] == "invariant_breach"]
+    assert [(a["severity"], a["subject"]) for a in alerts] == [("RED", bucket_key(SKU, 0, P))]
+    assert "negative on-hand {'WH-SH': -1}" in alerts[0]["message"]
