@@ -549,8 +549,11 @@ def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], repor
             at_ms = applied.get((adj["sku"], adj["event_id"]))
             where = "" if adj["kind"] == "PRESALE_CAP" else wh
             dated = int(adj.get("event_time_ms") or 0) or at_ms
+            skew_ms = reading.settings.count_clock_skew_ms
+            if adj["kind"] == "COUNT" and dated is not None and at_ms is not None:
+                dated = min(dated, at_ms + skew_ms)  # the pool believes no clock further ahead
             changes[adj["sku"]].append(Change(adj["kind"], where, qty, at_ms, (source, rec.offset), dated_ms=dated,
-                                              skew_ms=reading.settings.count_clock_skew_ms))  # fmt: skip
+                                              skew_ms=skew_ms))  # fmt: skip
     return changes
 
 
@@ -565,6 +568,7 @@ def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]], report: Rep
     moves: dict[str, list[HoldMove]] = defaultdict(list)
     opening: dict[str, tuple[int, str]] = {}  # an open line -> its opening's place in its SKU's moves, its answer
     ships: dict[str, list[Change]] = defaultdict(list)
+    shipped: dict[str, int] = {}  # a shipped line -> its shipment's place in its SKU's list
     for _, kind, res in results:
         if kind != "HoldDecided" or res["outcome"] == "IGNORED":
             continue
@@ -582,8 +586,12 @@ def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]], report: Rep
         was = last.get(key, {}).get("outcome")
         sku, at_ms = res["sku"], res["event_time_ms"]
         if res["outcome"] == "SHIPPED" and was != "SHIPPED":
+            shipped[key] = len(ships[sku])
             ships[sku].append(Change("SHIP", allocated.get(key, ""), -res["qty"], at_ms,
                                      from_bucket=res.get("bucket", -1) >= 0, dated_ms=at_ms))  # fmt: skip
+        elif res["outcome"] == "SHIPPED" and key in shipped and ships[sku][shipped[key]].dated_ms != at_ms:
+            # Answered again (at least once, a replay): the pool booked it at one of the two batch times.
+            ships[sku][shipped[key]] = replace(ships[sku][shipped[key]], dated_ms=None)
         opened, is_open = was in _OPEN_OUTCOMES, res["outcome"] in _OPEN_OUTCOMES
         if is_open and not opened:
             reason = res["reason"]
@@ -725,11 +733,19 @@ SHELF_MOVE_SLOT_MS = 250
 
 def _before(change: Change, count: Change) -> bool | None:
     """Whether the COUNT ``count``'s figure includes ``change``: the pool applied it before the count, and not as
-    a shelf movement after the count was taken, which it puts back on top; None when the topics leave it open."""
+    a shelf movement after the count was taken, which it puts back on top; None when the topics leave it open.
+    Units put away before the count was taken are in it when the pool applied them after it too: it skips a
+    receipt dated (to the millisecond) no later than the count in force."""
+    back = _put_back(change, count)
     order = _applied_before(change, count)
+    if back is not None and change.qty > 0 and change.kind in ("RECEIPT", "CORRECTION"):
+        assert change.dated_ms is not None and count.dated_ms is not None  # known, or _put_back said None
+        late = change.dated_ms > count.dated_ms
+        if order is None:
+            return (not late) if late == back else None
+        return not (back if order else late)
     if order is False:
         return False
-    back = _put_back(change, count)
     if back:
         return False
     return None if back is None else order
@@ -878,6 +894,7 @@ class _MostOnHand:
             before = earlier + sum(c.qty for c in here if _before(c, count) is not False)
             after = count.qty + sum(c.qty for c in here if _before(c, count) is not True)
             self.most[wh], self.count_of[wh] = max(before, after), count
+            self.since_count[wh].extend(c for c in here if _put_back(c, count) is not False)
         for c in added:
             if c.warehouse not in self.count_of:
                 self.most[c.warehouse] += c.qty
@@ -887,8 +904,11 @@ class _MostOnHand:
         ordered = sorted(batch, key=lambda c: c.seq or (-1, 0))
         counts = {c.warehouse: c for c in ordered if c.kind == "COUNT"}  # the batch's last per warehouse
         for wh, count in counts.items():
-            # The count, and the movements of earlier batches the pool put back on top of it.
-            self.most[wh] = count.qty + sum(self._on_top(c, count) for c in self.since_count.pop(wh, []))
+            # The count, and the movements of earlier batches the pool put back on top of it; those a later count
+            # may put back again stay in its journal.
+            earlier = self.since_count[wh]
+            self.most[wh] = count.qty + sum(self._on_top(c, count) for c in earlier)
+            earlier[:] = [c for c in earlier if _put_back(c, count) is not False]
         self.count_of.update(counts)
         for c in ordered:
             if c.kind == "PRESALE_CAP":

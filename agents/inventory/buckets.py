@@ -68,6 +68,7 @@ from agents.inventory.rules import (
     counted,
     moved_since,
     note_shelf_move,
+    taken_after,
 )
 from streams.contract.keys import bucket_for, bucket_key
 from streams.contract.reasons import Reason
@@ -291,6 +292,9 @@ def on_report(home: SkuStock, bucket: int, figures: dict[str, Any], low_water: i
     if len(hot.merged) < hot.count:
         return []
     hot.state, hot.count, hot.reports, hot.merged, hot.in_flight = COLD, 0, {}, [], []
+    # The buckets' shipments went with them, unjournaled: a count taken before now could not have them put back.
+    for wh in home.on_hand:
+        home.moves_from[wh] = max(home.moves_from.get(wh, 0), home.touched_ms)
     if hot.next_count >= MIN_BUCKETS:
         return mark(home, hot.next_count, low_water)
     if not hot.setting and not hot.settles:
@@ -377,7 +381,7 @@ def start_settle(home: SkuStock, kind: str, warehouse_id: str, qty: int, ref: st
         base -= moved_since(home, warehouse_id, dated_ms, skew_ms)
         counted(home, warehouse_id, dated_ms, skew_ms)
     hot.settles.append({"ref": ref, "kind": kind, "wh": warehouse_id, "qty": qty, "base": base, "waiting": waiting,
-                        "got": {}, "pre": {}, "dated": dated_ms})  # fmt: skip
+                        "got": {}, "pre": {}, "dated": dated_ms, "skew": skew_ms})  # fmt: skip
     return [Sync(PROBE, b, warehouse_id=warehouse_id, ref=ref) for b in waiting]
 
 
@@ -404,11 +408,16 @@ def finish_settle(home: SkuStock, settle: dict[str, Any], low_water: int) -> lis
         delta = settle["qty"] - counted
     else:
         delta = settle["qty"]
-        note_shelf_move(home, wh, delta, settle.get("dated", 0))
+        at_ms = settle.get("dated") or home.touched_ms  # a settle begun before corrections were dated: about then
+        note_shelf_move(home, wh, delta, at_ms)
     home.on_hand[wh] = home.on_hand.get(wh, 0) + delta
     hot.settles.remove(settle)
     for later in hot.settles:
-        if later["wh"] == wh:  # its snapshot was taken before this change was applied
+        # Its snapshot was taken before this change was applied: in it, unless it is a count taken before this
+        # correction was made, which the correction stays on top of.
+        after = later["kind"] == "COUNT" and settle["kind"] != "COUNT" and taken_after(
+            at_ms, later.get("dated", 0), later.get("skew", 0))
+        if later["wh"] == wh and not after:
             later["base"] += delta
     if hot.state == COLD and not hot.setting and not hot.settles and not hot.next_count:
         home.hot = None

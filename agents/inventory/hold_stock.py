@@ -239,8 +239,10 @@ class HoldStock(Processor):
                 ctx.refuse(Reason.ADJUSTMENT_TOO_OLD, f"{record['kind']} {record['event_id']!r} dated "
                            f"{(ctx.now_ms - dated) / 86_400_000:.1f} days back; ids are remembered {ttl_days:g} days")
                 return
-            if record["kind"] == "COUNT" and (stale := rules_.count_refusal(
-                    stock, record["warehouse_id"], dated or ctx.now_ms, self._rules.count_clock_skew_ms)) is not None:
+            skew_ms = self._rules.count_clock_skew_ms
+            taken_ms = rules_.count_time(dated, ctx.now_ms, skew_ms)
+            if record["kind"] == "COUNT" and (
+                    stale := rules_.count_refusal(stock, record["warehouse_id"], taken_ms, skew_ms)) is not None:
                 ctx.refuse(stale[0], f"COUNT {record['event_id']!r} at {record['warehouse_id']}: {stale[1]}")
                 return
             self._adjust(ctx, stock, record)
@@ -252,13 +254,14 @@ class HoldStock(Processor):
 
     def _adjust(self, ctx: Context, stock: SkuStock, adj: dict[str, Any]) -> None:
         kind, wh, qty = adj["kind"], adj["warehouse_id"], adj["qty"]
+        skew_ms = self._rules.count_clock_skew_ms
         dated = int(adj.get("event_time_ms") or 0) or ctx.now_ms
         if hot_.needs_settle(stock, kind, qty):
             # Some of the SKU's units are in its buckets: the count is settled with them first.
             stock.known = True
             stock.touch(ctx.now_ms)
-            self._send(ctx, stock, hot_.start_settle(stock, kind, wh, qty, adj["event_id"], dated,
-                                                     self._rules.count_clock_skew_ms))  # fmt: skip
+            taken = rules_.count_time(dated, ctx.now_ms, skew_ms) if kind == "COUNT" else dated
+            self._send(ctx, stock, hot_.start_settle(stock, kind, wh, qty, adj["event_id"], taken, skew_ms))
             return
         rules_.adjust(stock, kind, wh, qty, ctx.now_ms, dated, self._rules.count_clock_skew_ms)
         self._send(ctx, stock, hot_.distribute(stock, self.low_water))

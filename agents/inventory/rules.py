@@ -160,8 +160,14 @@ class SkuStock:
     def load(cls, data: dict[str, Any]) -> SkuStock:
         hot = data.get("hot")
         if isinstance(hot, dict):
-            return cls(**{**stored_fields(cls, data), "hot": Buckets(**stored_fields(Buckets, hot))})
-        return cls(**stored_fields(cls, data))
+            stock = cls(**{**stored_fields(cls, data), "hot": Buckets(**stored_fields(Buckets, hot))})
+        else:
+            stock = cls(**stored_fields(cls, data))
+        if "shelf_moves" not in data and stock.on_hand:
+            # Written before the pool kept the shelf's movements: none it booked so far can be put back on top of a
+            # count, so a count taken before its last change is refused (count_too_old), not applied without them.
+            stock.moves_from = dict.fromkeys(stock.on_hand, stock.newest_change_ms)
+        return stock
 
 
 @dataclass(slots=True)
@@ -436,10 +442,15 @@ def adjust(stock: SkuStock, kind: str, warehouse_id: str, qty: int, now_ms: int,
     the warehouse made it (a count: when it was taken; ``count_refusal`` first), the pool's clock if not said."""
     stock.known = True
     if kind in ("RECEIPT", "CORRECTION"):
+        at_ms = dated_ms or now_ms
+        if qty > 0 and at_ms <= stock.counted_ms.get(warehouse_id, -1):
+            # Put away before the count in force was taken: the count has these units already.
+            stock.touch(now_ms)
+            return
         stock.on_hand[warehouse_id] = stock.on_hand.get(warehouse_id, 0) + qty
-        note_shelf_move(stock, warehouse_id, qty, dated_ms or now_ms)
+        note_shelf_move(stock, warehouse_id, qty, at_ms)
     elif kind == "COUNT":
-        taken_ms = dated_ms or now_ms
+        taken_ms = count_time(dated_ms, now_ms, skew_ms)
         stock.on_hand[warehouse_id] = qty + moved_since(stock, warehouse_id, taken_ms, skew_ms)
         counted(stock, warehouse_id, taken_ms, skew_ms)
     elif kind == "PRESALE_CAP":
@@ -460,6 +471,17 @@ def adjust(stock: SkuStock, kind: str, warehouse_id: str, qty: int, now_ms: int,
 # before the count in force (``count_superseded``).
 
 SHELF_MOVE_SLOT_MS = 250
+
+
+def taken_after(at_ms: int, taken_ms: int, skew_ms: int) -> bool:
+    """Whether units that left the shelf at ``at_ms`` count as gone after a count taken at ``taken_ms``."""
+    return -(-at_ms // SHELF_MOVE_SLOT_MS) * SHELF_MOVE_SLOT_MS > taken_ms - skew_ms
+
+
+def count_time(dated_ms: int, now_ms: int, skew_ms: int) -> int:
+    """When a count dated ``dated_ms`` was taken, as the pool holds it: a clock further ahead than the skew allows is
+    not believed (the count would stand over every honest one taken before that moment)."""
+    return min(dated_ms, now_ms + skew_ms) if dated_ms else now_ms
 SHELF_MOVES_KEPT = 48  # slots with movements per warehouse: 12 s of a SKU shipping all the time, ~1 KB
 
 
@@ -485,7 +507,7 @@ def note_shelf_move(stock: SkuStock, warehouse_id: str, qty: int, at_ms: int) ->
 def moved_since(stock: SkuStock, warehouse_id: str, taken_ms: int, skew_ms: int) -> int:
     """The shelf's net movement after a count taken at ``taken_ms``, as far as the pool has booked it."""
     net = 0
-    for when, taken, added in stock.shelf_moves.get(warehouse_id, ()):
+    for when, taken, added in stock.shelf_moves.get(warehouse_id, ()):  # ``when``: the slot's end or start
         if when > taken_ms - skew_ms:
             net -= taken
         if when > taken_ms:
@@ -494,7 +516,7 @@ def moved_since(stock: SkuStock, warehouse_id: str, taken_ms: int, skew_ms: int)
 
 
 def count_refusal(stock: SkuStock, warehouse_id: str, taken_ms: int, skew_ms: int) -> tuple[Reason, str] | None:
-    """Why a count taken at ``taken_ms`` cannot be applied, if it cannot."""
+    """Why a count taken at ``taken_ms`` (``count_time``) cannot be applied, if it cannot."""
     in_force = stock.counted_ms.get(warehouse_id, 0)
     if taken_ms < in_force:
         return Reason.COUNT_SUPERSEDED, f"taken at {taken_ms}, before the count in force (taken at {in_force})"

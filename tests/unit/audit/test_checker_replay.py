@@ -65,7 +65,10 @@ class Topics:
 
     # -- the shapes the pool and its neighbours write -------------------------------------------------
     def adjust(self, sku: str, kind: str, qty: int, adj_id: str, applied_ms: int | None, *, wh: str = WH,
-               topic: str = STOCK_ADJUSTMENTS.name, event_time_ms: int = 1) -> None:  # fmt: skip
+               topic: str = STOCK_ADJUSTMENTS.name, event_time_ms: int | None = None) -> None:  # fmt: skip
+        """An adjustment dated ``event_time_ms`` (by default when the pool applied it, as a live WMS would)."""
+        if event_time_ms is None:
+            event_time_ms = applied_ms or 1
         self.event(topic, "StockAdjusted", {"event_id": adj_id, "event_time_ms": event_time_ms, "sku": sku,
                                             "warehouse_id": wh, "kind": kind, "qty": qty, "reason": ""})  # fmt: skip
         if applied_ms is not None:

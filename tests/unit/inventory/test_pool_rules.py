@@ -646,3 +646,20 @@ def test_stored_records_load_ignoring_fields_they_do_not_know_and_defaulting_mis
     del line["wants"]
     assert LineHold.load(line) == hold
     assert LineHold.load(hold.dump()) == hold
+
+
+def test_a_count_dated_ahead_of_the_pools_clock_is_taken_as_of_now() -> None:
+    """Found by review: a count dated minutes ahead stood over every honest count taken before that moment."""
+    assert P.count_time(9_999_000, 1_000_000, SKEW) == 1_000_000 + SKEW
+    assert P.count_time(900_000, 1_000_000, SKEW) == 900_000
+    assert P.count_time(0, 1_000_000, SKEW) == 1_000_000
+
+
+def test_a_record_stored_before_the_shelf_was_journaled_refuses_counts_older_than_its_last_change() -> None:
+    """Found by review: none of its movements could be put back, so a count taken before them brought them back."""
+    stored = {"sku": "S", "known": True, "on_hand": {"WH-SH": 7}, "newest_change_ms": 5_000_000}
+    stock = SkuStock.load(stored)
+    refusal = P.count_refusal(stock, "WH-SH", 4_000_000, SKEW)
+    assert refusal is not None and refusal[0] == "count_too_old"
+    assert P.count_refusal(stock, "WH-SH", 5_000_000 + SKEW, SKEW) is None
+    assert SkuStock.load({**stored, "shelf_moves": {}}).moves_from == {}

@@ -1,0 +1,194 @@
+"""The pool and the independent checker, side by side on counts: the pool (``HoldStock`` run in-process) goes through
+a story, what it wrote is laid out as the topics would hold it, and the checker must find the pool's on-hand in
+what those topics allow, no oversold unit, and the shelf the story ends with. The two share no rule code: where one
+of them misreads "a count stands as of when it was taken", this is where they part."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from agents.audit import checker
+from agents.inventory.hold_stock import STORE, HoldStock, adjustment_key, sku_key
+from streams.contract.keys import bucket_for, bucket_key
+from streams.contract.topics import (
+    DEADLETTERS,
+    HOLD_COMMANDS,
+    HOLD_RESULTS,
+    OPS_OVERRIDES,
+    STOCK_ADJUSTMENTS,
+    STOCK_RETURNS,
+)
+from streams.engine.changelog import changelog_topic
+from streams.engine.local import LocalRunner
+from streams.settings import Settings
+from tests.unit.audit.test_checker_replay import Topics
+
+SKU = "SKU-C"
+P = Settings().partitions
+
+
+class Story:
+    """The pool's inputs as a story, and what the checker makes of what the pool wrote."""
+
+    def __init__(self) -> None:
+        self.settings = Settings(safety_threshold=0, threshold_hysteresis=0, hot_sku_low_water=1)
+        self.r = LocalRunner([HoldStock.from_settings(self.settings, frozenset({"WH-SH", "WH-GZ"}))], partitions=12)
+        self.adjustments: list[tuple[str, int, dict[str, Any]]] = []  # topic, offset, record
+        self.refused: list[tuple[str, int, str]] = []  # topic, offset, reason
+        self.orders: dict[str, int] = {}
+
+    def adjust(self, *docs: tuple[str, int, str, int], topic: str = STOCK_ADJUSTMENTS.name) -> None:
+        """(kind, qty, document id, dated ms) documents read by the pool in one batch."""
+        events = []
+        for kind, qty, doc, dated_ms in docs:
+            record = {"event_id": doc, "event_time_ms": dated_ms, "sku": SKU, "warehouse_id": "WH-SH", "kind": kind,
+                      "qty": qty, "reason": ""}  # fmt: skip
+            self.adjustments.append((topic, sum(1 for t, _, _ in self.adjustments if t == topic), record))
+            events.append((SKU, "StockAdjusted", record))
+        before = len(self.r.refusals)
+        self.r.send(events, topic)
+        for refusal in self.r.refusals[before:]:  # its detail names the document
+            offset = next(o for t, o, rec in self.adjustments if t == topic and repr(rec["event_id"]) in refusal.detail)
+            self.refused.append((topic, offset, str(refusal.reason)))
+
+    def line(self, order_id: str, qty: int, *actions: str, buckets: int = 0) -> None:
+        self.orders[order_id] = qty
+        bucket = bucket_for(order_id, buckets) if buckets else -1
+        for action in actions:
+            self.r.send([(bucket_key(SKU, bucket, P), "HoldCommand", {
+                "event_id": f"{order_id}#1:{action}", "event_time_ms": 0, "action": action, "order_id": order_id,
+                "line_no": 1, "sku": SKU, "qty": qty, "channel": "jd", "presale": False, "expires_at_ms": 0,
+                "reason": "", "source_time_ms": 0, "warehouse_id": "WH-SH", "bucket": bucket, "tries": 0,
+            })], HOLD_COMMANDS.name)  # fmt: skip
+
+    def hot(self, buckets: int) -> None:
+        self.r.send([(SKU, "HotSku", {"event_id": f"hot-{buckets}-{self.r.now_ms}", "event_time_ms": self.r.now_ms,
+                                      "sku": SKU, "buckets": buckets, "state": "", "operator": "ops",
+                                      "reason": "live"})], OPS_OVERRIDES.name)  # fmt: skip
+
+    def on_hand(self) -> int:
+        return sum(sum(orjson.loads(raw)["on_hand"].values()) for (name, _), store in self.r.stores.items()
+                   if name == STORE for key, raw in store.items()
+                   if key == sku_key(SKU) or key.startswith(sku_key(SKU) + b"#"))  # fmt: skip
+
+    def audit(self, monkeypatch: pytest.MonkeyPatch) -> checker.SkuAudit:
+        topics = Topics(Settings())
+        for topic, _, record in self.adjustments:
+            topics.event(topic, "StockAdjusted", record)
+            applied = self.r.read(STORE, adjustment_key(SKU, record["event_id"]), SKU)
+            if applied is not None:
+                topics.store(b"a\0" + SKU.encode() + b"\0" + record["event_id"].encode(), applied)
+        for topic, offset, reason in self.refused:
+            topics.event(DEADLETTERS.name, "DeadLetter", {
+                "event_id": f"{topic}:0:{offset}", "event_time_ms": 1, "source_topic": Settings().topic(topic),
+                "source_partition": 0, "source_offset": offset, "stage": "streams.engine", "reason": reason,
+                "detail": "", "original_key": None, "original_value": None})  # fmt: skip
+        for order_id, qty in self.orders.items():
+            topics.placed(order_id, SKU, qty)
+        for out in self.r.outputs:
+            if out.event_type == "HoldDecided":
+                topics.event(HOLD_RESULTS.name, "HoldDecided", out.record)
+        changelog = changelog_topic(Settings(), STORE)
+        for (name, _), store in self.r.stores.items():
+            for key, raw in store.items() if name == STORE else ():
+                if key.startswith((b"s\0", b"h\0")):
+                    topics._append(changelog, key, raw)  # noqa: SLF001 - the changelog as the pool wrote it
+        monkeypatch.setattr(checker, "read_all", topics.read_all)
+        monkeypatch.setattr(checker, "earliest_offsets", topics.earliest_offsets)
+        report = checker.audit(Settings())
+        assert report.drifted == [] and report.oversold_units == 0
+        return report.skus[SKU]
+
+
+def test_a_shipment_after_the_count_was_taken_stays_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Story()
+    s.adjust(("RECEIPT", 10, "rcpt-1", s.r.now_ms))
+    s.line("jd:1", 3, "RESERVE", "ALLOCATE", "COMMIT")
+    s.r.advance(10_000)
+    taken = s.r.now_ms
+    s.r.advance(5_000)
+    s.line("jd:1", 3, "SHIP")
+    s.r.advance(5_000)
+    s.adjust(("COUNT", 10, "count-1", taken))
+    assert s.on_hand() == 7
+    assert (s.audit(monkeypatch).expected_on_hand, s.audit(monkeypatch).expected_on_hand_max) == (7, 7)
+
+
+def test_two_counts_taken_before_a_receipt_both_leave_it_on_top(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: the checker let the receipt go at the first count, the pool keeps it for the second, and the
+    holds it backs were reported oversold."""
+    s = Story()
+    s.adjust(("RECEIPT", 10, "rcpt-1", s.r.now_ms))
+    s.r.advance(10_000)
+    first = s.r.now_ms
+    s.r.advance(2_000)
+    second = s.r.now_ms
+    s.r.advance(8_000)
+    s.adjust(("RECEIPT", 5, "rcpt-2", s.r.now_ms))
+    for n in range(15):
+        s.line(f"jd:{n}", 1, "RESERVE")
+    s.r.advance(5_000)
+    s.adjust(("COUNT", 10, "count-1", first))
+    s.r.advance(1_000)
+    s.adjust(("COUNT", 10, "count-2", second))
+    assert s.on_hand() == 15
+    assert s.audit(monkeypatch).expected_on_hand == 15
+
+
+@pytest.mark.parametrize("topic", [STOCK_ADJUSTMENTS.name, STOCK_RETURNS.name])
+def test_a_receipt_put_away_before_the_count_and_booked_after_it_is_in_the_count(
+    monkeypatch: pytest.MonkeyPatch, topic: str
+) -> None:
+    """Found by review: the count has the units already, and the late document added them again."""
+    s = Story()
+    s.adjust(("RECEIPT", 10, "rcpt-1", s.r.now_ms))
+    s.r.advance(10_000)
+    put_away = s.r.now_ms
+    s.r.advance(10_000)
+    s.adjust(("COUNT", 15, "count-1", s.r.now_ms - 1_000))
+    s.r.advance(1_000)
+    s.adjust(("RECEIPT", 5, "rcpt-2", put_away), topic=topic)
+    assert s.on_hand() == 15
+    assert s.audit(monkeypatch).expected_on_hand == 15
+
+
+@pytest.mark.parametrize("hot", [False, True])
+def test_a_loss_found_after_the_count_was_taken_stays_off_it(monkeypatch: pytest.MonkeyPatch, hot: bool) -> None:
+    """Found by review: at a hot SKU's home, a negative correction still settling when the (earlier) count began was
+    folded into the count's snapshot, and its units came back."""
+    s = Story()
+    s.adjust(("RECEIPT", 20, "rcpt-1", s.r.now_ms))
+    if hot:
+        s.hot(2)
+    s.r.advance(10_000)
+    taken = s.r.now_ms
+    s.r.advance(5_000)
+    damaged = s.r.now_ms
+    s.r.advance(5_000)
+    s.adjust(("CORRECTION", -2, "corr-1", damaged), ("COUNT", 20, "count-1", taken))  # read in one batch
+    s.r.advance(1_000)
+    assert s.on_hand() == 18
+    assert s.audit(monkeypatch).expected_on_hand == 18
+
+
+def test_a_count_taken_before_a_hot_sku_merged_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: the buckets' shipments went with them unjournaled, so the count could not have them put back
+    and their units came back on the shelf."""
+    s = Story()
+    s.adjust(("RECEIPT", 20, "rcpt-1", s.r.now_ms))
+    s.hot(2)
+    s.r.advance(10_000)
+    s.line("jd:b1", 3, "RESERVE", "ALLOCATE", "COMMIT", buckets=2)
+    taken = s.r.now_ms
+    s.r.advance(5_000)
+    s.line("jd:b1", 3, "SHIP", buckets=2)
+    s.r.advance(5_000)
+    s.hot(0)
+    s.r.advance(5_000)
+    s.adjust(("COUNT", 20, "count-1", taken))
+    assert [reason for _, _, reason in s.refused] == ["count_too_old"]
+    assert s.on_hand() == 17
+    assert s.audit(monkeypatch).expected_on_hand == 17
