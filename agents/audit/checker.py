@@ -6,8 +6,8 @@ rebuilds, from what is in Kafka, what the pool's state must be, and compares.
 * on-hand per SKU and warehouse from ``stock.adjustments`` and ``stock.returns`` (each adjustment id once,
   known warehouses only) and the shipped lines (at the warehouse their line was allocated to), in the order
   the pool applied them: an absolute COUNT replaces its warehouse's figure, so only what the pool applied
-  after it stays on top (see *Order* below), and the movements of the home's shelf it booked after the count
-  was taken, which it puts back on top (``STOCKFLOW_COUNT_CLOCK_SKEW_MS``);
+  after it stays on top (see *Order* below), and the shelf movements it booked after the count was taken,
+  which it puts back on top (``STOCKFLOW_COUNT_CLOCK_SKEW_MS``);
 * the open holds per SKU (held or paid, not yet shipped/released/expired) from the last answer
   per order line in ``stock.hold-results``;
 * against the pool's store ``stock_by_sku`` as its changelog topic holds it (totals and line records).
@@ -752,10 +752,10 @@ def _before(change: Change, count: Change) -> bool | None:
 
 
 def _put_back(change: Change, count: Change) -> bool | None:
-    """Whether the pool, had it applied ``change`` before ``count``, put it back on top of the count: a movement of
-    the home's shelf booked after the count was taken. A bucket's shipment is in its answer to the probe instead;
-    one whose warehouse no answer named may or may not be the counted warehouse's."""
-    if change.from_bucket or change.kind not in ("SHIP", "RECEIPT", "CORRECTION"):
+    """Whether the pool, had it applied ``change`` before ``count``, put it back on top of the count: a shelf movement
+    booked after the count was taken (a hot SKU's bucket takes its shipments since out of its answer to the probe).
+    A shipment whose warehouse no answer named may or may not be the counted warehouse's."""
+    if change.kind not in ("SHIP", "RECEIPT", "CORRECTION"):
         return False
     if change.dated_ms is None or count.dated_ms is None:
         return None

@@ -93,6 +93,8 @@ class Sync:
     qty: int = 0
     warehouse_id: str = ""
     ref: str = ""
+    as_of_ms: int = 0  # PROBE: when the count was taken
+    skew_ms: int = 0  # PROBE: how far the warehouse's clock may run ahead
 
 
 def home_sku(key: str, bucket: int) -> str:
@@ -371,8 +373,8 @@ def start_settle(home: SkuStock, kind: str, warehouse_id: str, qty: int, ref: st
                  skew_ms: int = 0) -> list[Sync]:  # fmt: skip
     """Begin a count (or negative correction) of ``warehouse_id``: snapshot the home, probe every bucket.
 
-    A count stands as of when it was taken for the home's own shelf movements (``rules.moved_since``), and as of
-    each bucket's answer for the buckets'."""
+    A count stands as of when it was taken: the home takes its own shelf movements since out of its snapshot
+    (``rules.moved_since``), and each bucket its shipments since out of its answer (``on_probe``)."""
     hot = home.hot
     assert hot is not None
     waiting = [b for b in range(hot.count) if b not in hot.merged]
@@ -382,7 +384,8 @@ def start_settle(home: SkuStock, kind: str, warehouse_id: str, qty: int, ref: st
         counted(home, warehouse_id, dated_ms, skew_ms)
     hot.settles.append({"ref": ref, "kind": kind, "wh": warehouse_id, "qty": qty, "base": base, "waiting": waiting,
                         "got": {}, "pre": {}, "dated": dated_ms, "skew": skew_ms})  # fmt: skip
-    return [Sync(PROBE, b, warehouse_id=warehouse_id, ref=ref) for b in waiting]
+    as_of_ms = dated_ms if kind == "COUNT" else 0
+    return [Sync(PROBE, b, warehouse_id=warehouse_id, ref=ref, as_of_ms=as_of_ms, skew_ms=skew_ms) for b in waiting]
 
 
 def on_counted(home: SkuStock, bucket: int, ref: str, remaining: int, low_water: int) -> list[Sync]:
@@ -554,15 +557,19 @@ def on_rebalance(bucket: SkuStock, qty: int) -> list[Sync]:
     return [Sync(TRANSFER, HOME, part)]
 
 
-def on_probe(bucket: SkuStock, warehouse_id: str, ref: str) -> list[Sync]:
-    """Send the warehouse's free units home, then say what is left there (the units open lines hold)."""
+def on_probe(bucket: SkuStock, warehouse_id: str, ref: str, as_of_ms: int = 0, skew_ms: int = 0) -> list[Sync]:
+    """Send the warehouse's free units home, then say what was left there (the units open lines hold) when the count
+    was taken (``as_of_ms``; 0: as it stands): its shipments since stay on top of the count."""
     out = []
     free = movable(bucket).get(warehouse_id, 0)
     if free > 0:
         take(bucket, {warehouse_id: free})
         out.append(Sync(TRANSFER, HOME, {warehouse_id: free}))
     left = bucket.on_hand.get(warehouse_id, 0)
-    out.append(Sync(COUNTED, HOME, {warehouse_id: left}, qty=left, warehouse_id=warehouse_id, ref=ref))
+    then = left - moved_since(bucket, warehouse_id, as_of_ms, skew_ms) if as_of_ms else left
+    if as_of_ms:
+        counted(bucket, warehouse_id, as_of_ms, skew_ms)
+    out.append(Sync(COUNTED, HOME, {warehouse_id: left}, qty=then, warehouse_id=warehouse_id, ref=ref))
     return out
 
 

@@ -386,7 +386,8 @@ class HoldStock(Processor):
         elif kind == hot_.PROBE:
             if stock.hot is None:
                 stock.hot = Buckets(bucket=here)
-            self._send(ctx, stock, hot_.on_probe(stock, msg["warehouse_id"], msg["ref"]))
+            self._send(ctx, stock, hot_.on_probe(stock, msg["warehouse_id"], msg["ref"], msg.get("as_of_ms", 0),
+                                                 msg.get("skew_ms", 0)))  # fmt: skip
 
     def _home_sync(self, ctx: Context, db: StoreTransaction[Any], home: SkuStock, msg: dict[str, Any]) -> None:
         kind, sender = msg["kind"], msg["from_bucket"]
@@ -456,7 +457,7 @@ class HoldStock(Processor):
             from_bucket=hot.bucket, to_bucket=sync.to_bucket, units=dict(sync.units), qty=sync.qty,
             warehouse_id=sync.warehouse_id, ref=sync.ref, buckets=0, state="", paused=False, locked=0, sold=0,
             presale_reserved=0, open_lines=0, allocated={}, newest_change_ms=0, newest_source_ms=0, seq=hot.seq,
-            acked=0, lent=0,
+            acked=0, lent=0, as_of_ms=sync.as_of_ms, skew_ms=sync.skew_ms,
         )  # fmt: skip
         if hot.bucket == HOME:
             record["buckets"], record["state"], record["paused"] = hot.count, hot_.told_state(hot, sync), stock.paused

@@ -402,8 +402,7 @@ def _deduct_shipped(stock: SkuStock, qty: int, warehouse_id: str, now_ms: int) -
         # The WMS did not say (or named a warehouse without this SKU): take it from the fullest.
         warehouse_id = max(stock.on_hand, key=lambda wh: stock.on_hand[wh], default="unassigned")
     stock.on_hand[warehouse_id] = stock.on_hand.get(warehouse_id, 0) - qty
-    if stock.hot is None or stock.hot.bucket < 0:  # a bucket's shelf is its home's: a count is settled there
-        note_shelf_move(stock, warehouse_id, -qty, now_ms)
+    note_shelf_move(stock, warehouse_id, -qty, now_ms)
 
 
 def on_due(stock: SkuStock, rules: PoolRules, hold: LineHold, now_ms: int) -> Step:

@@ -495,3 +495,5 @@ class BucketSync(TypedDict):
     seq: int
     acked: int
     lent: int
+    as_of_ms: int
+    skew_ms: int
