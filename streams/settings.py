@@ -227,6 +227,14 @@ class Settings(BaseSettings):
         "taken: a shipment the pool booked less than this before that time comes off it too (in doubt, fewer units; "
         "the next count gives a unit taken twice back).",
     )
+    count_max_age_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86400.0,
+        description="How long after it was taken a stock count may still reach the pool: each warehouse's shelf "
+        "movements are kept this long (at most its last 48 quarter-seconds with any) to be put back on top of it; "
+        "an older count is refused (`count_too_old`).",
+    )
     line_tombstone_ttl_s: float = Field(
         default=600.0,
         gt=0,

@@ -550,7 +550,7 @@ def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], repor
             where = "" if adj["kind"] == "PRESALE_CAP" else wh
             dated = int(adj.get("event_time_ms") or 0) or at_ms
             skew_ms = reading.settings.count_clock_skew_ms
-            if adj["kind"] == "COUNT" and dated is not None and at_ms is not None:
+            if adj["kind"] in ("COUNT", "RECEIPT", "CORRECTION") and dated is not None and at_ms is not None:
                 dated = min(dated, at_ms + skew_ms)  # the pool believes no clock further ahead
             changes[adj["sku"]].append(Change(adj["kind"], where, qty, at_ms, (source, rec.offset), dated_ms=dated,
                                               skew_ms=skew_ms))  # fmt: skip
@@ -735,12 +735,12 @@ def _before(change: Change, count: Change) -> bool | None:
     """Whether the COUNT ``count``'s figure includes ``change``: the pool applied it before the count, and not as
     a shelf movement after the count was taken, which it puts back on top; None when the topics leave it open.
     Units put away before the count was taken are in it when the pool applied them after it too: it skips a
-    receipt dated (to the millisecond) no later than the count in force."""
+    receipt dated (to the millisecond) no later than the count in force, and a loss dated the skew before it."""
     back = _put_back(change, count)
     order = _applied_before(change, count)
-    if back is not None and change.qty > 0 and change.kind in ("RECEIPT", "CORRECTION"):
+    if back is not None and change.kind in ("RECEIPT", "CORRECTION"):
         assert change.dated_ms is not None and count.dated_ms is not None  # known, or _put_back said None
-        late = change.dated_ms > count.dated_ms
+        late = change.dated_ms > count.dated_ms - (count.skew_ms if change.qty < 0 else 0)
         if order is None:
             return (not late) if late == back else None
         return not (back if order else late)

@@ -291,12 +291,12 @@ def on_report(home: SkuStock, bucket: int, figures: dict[str, Any], low_water: i
     if any(f[1] == bucket for f in hot.in_flight):
         return []  # a report older than a transfer to the bucket: it will hold those units when it gets it
     hot.merged.append(bucket)
+    # The bucket goes, its shipment journal with it: a count taken before now could not have them put back.
+    for wh in {*home.on_hand, *figures.get("on_hand", {})}:
+        home.moves_from[wh] = max(home.moves_from.get(wh, 0), home.touched_ms)
     if len(hot.merged) < hot.count:
         return []
     hot.state, hot.count, hot.reports, hot.merged, hot.in_flight = COLD, 0, {}, [], []
-    # The buckets' shipments went with them, unjournaled: a count taken before now could not have them put back.
-    for wh in home.on_hand:
-        home.moves_from[wh] = max(home.moves_from.get(wh, 0), home.touched_ms)
     if hot.next_count >= MIN_BUCKETS:
         return mark(home, hot.next_count, low_water)
     if not hot.setting and not hot.settles:
@@ -358,6 +358,15 @@ def credit(home: SkuStock, bucket: int, units: dict[str, int]) -> None:
         if bucket in settle["waiting"] and str(bucket) not in settle["got"] and settle["wh"] in units:
             pre = settle["pre"]
             pre[str(bucket)] = pre.get(str(bucket), 0) + units[settle["wh"]]
+
+
+def buckets_kept_from(home: SkuStock) -> int:
+    """The latest moment from which some bucket, at its last report, still kept its shipments: a count taken
+    before it could not have them all put back."""
+    hot = home.hot
+    if hot is None or hot.state == COLD:
+        return 0
+    return max((int(fig.get("kept_from", 0)) for fig in hot.reports.values()), default=0)
 
 
 def needs_settle(home: SkuStock, kind: str, qty: int) -> bool:

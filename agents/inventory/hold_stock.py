@@ -51,6 +51,7 @@ from streams.engine.state import StoreSpec, StoreTransaction
 from streams.settings import Settings
 
 STORE = "stock_by_sku"
+LIFE_ENDED = "life-ended"  # under a bucket's adjustment ids: the last message number of a bucket dropped
 # After a restart, levels of SKUs changed this long before the newest change are published again.
 REPUBLISH_WINDOW_MS = 60_000
 # Levels one flush publishes for one partition at most (a flush runs every half refresh interval).
@@ -101,6 +102,7 @@ def pool_rules(settings: Settings) -> PoolRules:
         adjustment_ttl_ms=int(settings.tombstone_ttl_s * 1000),
         max_line_qty=settings.max_line_qty,
         count_clock_skew_ms=settings.count_clock_skew_ms,
+        count_max_age_ms=int(settings.count_max_age_s * 1000),
     )
 
 
@@ -242,7 +244,8 @@ class HoldStock(Processor):
             skew_ms = self._rules.count_clock_skew_ms
             taken_ms = rules_.count_time(dated, ctx.now_ms, skew_ms)
             if record["kind"] == "COUNT" and (
-                    stale := rules_.count_refusal(stock, record["warehouse_id"], taken_ms, skew_ms)) is not None:
+                    stale := rules_.count_refusal(stock, record["warehouse_id"], taken_ms, skew_ms,
+                                                  hot_.buckets_kept_from(stock))) is not None:
                 ctx.refuse(stale[0], f"COUNT {record['event_id']!r} at {record['warehouse_id']}: {stale[1]}")
                 return
             self._adjust(ctx, stock, record)
@@ -408,6 +411,7 @@ class HoldStock(Processor):
                 "locked": msg["locked"], "sold": msg["sold"], "presale_reserved": msg["presale_reserved"],
                 "allocated": msg["allocated"], "open_lines": msg["open_lines"],
                 "newest_change_ms": msg["newest_change_ms"], "newest_source_ms": msg["newest_source_ms"],
+                "kept_from": msg.get("as_of_ms", 0),
             }  # fmt: skip
             # The level's version moves on with every report: a bucket's change stamped on its own clock may be
             # older than the home's last touch, and channels drop a figure whose version is not newer.
@@ -446,9 +450,11 @@ class HoldStock(Processor):
             # A new life of this SKU's buckets (or of one bucket) after an unhot or a merge: the ids of the
             # last one's transfers are remembered for days and its sequence numbers in acks, so this one
             # numbers its syncs past them, from the clock, rather than from 1 again (its transfers would
-            # be taken for the old ones and dropped, and their units lost). A record that ended and began
-            # again in one batch has one clock reading for both lives: past the ids it issued in the batch.
-            hot.seq = max(ctx.now_ms * 1000, issued.get(stock.sku, 0))
+            # be taken for the old ones and dropped, and their units lost). Past the ids it issued in this
+            # batch too (one clock reading for both lives), and past a dropped bucket's last (``_life_ended``:
+            # batches a clock behind, or one message a batch after a failure, may share a reading).
+            ended = ctx.store(STORE).get(adjustment_key(stock.sku, LIFE_ENDED))
+            hot.seq = max(ctx.now_ms * 1000, issued.get(stock.sku, 0), int(ended["seq"]) if ended else 0)
         hot.seq += 1
         issued[stock.sku] = hot.seq
         sku = home_sku(stock.sku, hot.bucket)
@@ -470,6 +476,7 @@ class HoldStock(Processor):
             record["presale_reserved"] = fig["presale_reserved"]
             record["open_lines"], record["allocated"] = fig["open_lines"], fig["allocated"]
             record["newest_change_ms"], record["newest_source_ms"] = fig["newest_change_ms"], fig["newest_source_ms"]
+            record["as_of_ms"] = max(stock.moves_from.values(), default=0)  # its shipments are kept from then
         ctx.emit(STOCK_BUCKETS, bucket_key(sku, sync.to_bucket, self.partitions), "BucketSync", record)
 
     def _override(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, ov: dict[str, Any]) -> None:
@@ -513,6 +520,8 @@ class HoldStock(Processor):
 
     def _after_change(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, was_paused: bool,
                       had_breach: bool, was_hot: tuple[int, str] = (0, ""), had_free: int = 0) -> None:  # fmt: skip
+        if stock.shelf_moves:
+            rules_.forget_old_moves(stock, ctx.now_ms, self._rules.count_max_age_ms)
         if stock.hot is not None and stock.hot.bucket >= 0:
             self._bucket_changed(ctx, db, stock, had_free)
             self._alert_breach(ctx, stock, had_breach)
@@ -547,6 +556,14 @@ class HoldStock(Processor):
         db.set(sku_key(stock.sku), stock)
         self.levels.setdefault(ctx.partition, _Levels()).dirty.add(stock.sku)
 
+    def _life_ended(self, ctx: Context, db: StoreTransaction[Any], bucket: SkuStock) -> None:
+        """A dropped bucket's last message number, kept as long as its transfers' ids are: a bucket made anew
+        numbers its messages past it."""
+        if bucket.hot is not None and bucket.hot.seq:
+            ended = adjustment_key(bucket.sku, LIFE_ENDED)
+            db.set(ended, {"applied_ms": ctx.now_ms, "seq": bucket.hot.seq})
+            ctx.schedule(ended, ctx.now_ms + self._rules.adjustment_ttl_ms)
+
     def _alert_breach(self, ctx: Context, stock: SkuStock, had_breach: bool) -> None:
         """A record's invariants broken by this change, or holding again. A hot SKU's bucket too (its key the
         subject): a shipment from a warehouse it holds none of takes its figure there below zero, which the SKU's
@@ -566,6 +583,7 @@ class HoldStock(Processor):
         if not hot_.takes_reservations(bucket) and hot_.empty(hot_.figures(bucket)):
             if db.get(sku_key(bucket.sku)) is not None:  # a bucket that was: its home counts it merged
                 self._emit_sync(ctx, bucket, Sync(hot_.REPORT, HOME))
+            self._life_ended(ctx, db, bucket)
             db.delete(sku_key(bucket.sku))
             self.levels.setdefault(ctx.partition, _Levels()).dirty.discard(bucket.sku)
             return

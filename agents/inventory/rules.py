@@ -48,6 +48,7 @@ class PoolRules:
     adjustment_ttl_ms: int  # how long an adjustment id is remembered, against a WMS sending it again
     max_line_qty: int
     count_clock_skew_ms: int = 0  # how far a warehouse's clock may run ahead (``count_refusal``)
+    count_max_age_ms: int = 3_600_000  # how old a count may be when it arrives (``forget_old_moves``)
 
 
 @cache
@@ -441,9 +442,10 @@ def adjust(stock: SkuStock, kind: str, warehouse_id: str, qty: int, now_ms: int,
     the warehouse made it (a count: when it was taken; ``count_refusal`` first), the pool's clock if not said."""
     stock.known = True
     if kind in ("RECEIPT", "CORRECTION"):
-        at_ms = dated_ms or now_ms
-        if qty > 0 and at_ms <= stock.counted_ms.get(warehouse_id, -1):
-            # Put away before the count in force was taken: the count has these units already.
+        at_ms = count_time(dated_ms, now_ms, skew_ms)  # a date further ahead is not believed either
+        in_force = stock.counted_ms.get(warehouse_id)
+        if in_force is not None and at_ms <= (in_force if qty > 0 else in_force - skew_ms):
+            # Put away (or found missing) before the count in force was taken: the count has it already.
             stock.touch(now_ms)
             return
         stock.on_hand[warehouse_id] = stock.on_hand.get(warehouse_id, 0) + qty
@@ -503,6 +505,21 @@ def note_shelf_move(stock: SkuStock, warehouse_id: str, qty: int, at_ms: int) ->
         stock.moves_from[warehouse_id] = max(stock.moves_from.get(warehouse_id, 0), gone[0])
 
 
+def forget_old_moves(stock: SkuStock, now_ms: int, max_age_ms: int) -> None:
+    """Let go of movements older than a count may be (``STOCKFLOW_COUNT_MAX_AGE_S``): a SKU that stopped moving
+    keeps a small record, and a count taken before them is refused."""
+    for warehouse_id, moves in list(stock.shelf_moves.items()):
+        if moves[0][0] >= now_ms - max_age_ms:
+            continue
+        keep = [m for m in moves if m[0] >= now_ms - max_age_ms]
+        newest_gone = moves[len(moves) - len(keep) - 1][0]
+        stock.moves_from[warehouse_id] = max(stock.moves_from.get(warehouse_id, 0), newest_gone)
+        if keep:
+            stock.shelf_moves[warehouse_id] = keep
+        else:
+            del stock.shelf_moves[warehouse_id]
+
+
 def moved_since(stock: SkuStock, warehouse_id: str, taken_ms: int, skew_ms: int) -> int:
     """The shelf's net movement after a count taken at ``taken_ms``, as far as the pool has booked it."""
     net = 0
@@ -514,12 +531,14 @@ def moved_since(stock: SkuStock, warehouse_id: str, taken_ms: int, skew_ms: int)
     return net
 
 
-def count_refusal(stock: SkuStock, warehouse_id: str, taken_ms: int, skew_ms: int) -> tuple[Reason, str] | None:
-    """Why a count taken at ``taken_ms`` (``count_time``) cannot be applied, if it cannot."""
+def count_refusal(stock: SkuStock, warehouse_id: str, taken_ms: int, skew_ms: int,
+                  elsewhere_kept_from: int = 0) -> tuple[Reason, str] | None:  # fmt: skip
+    """Why a count taken at ``taken_ms`` (``count_time``) cannot be applied, if it cannot; ``elsewhere_kept_from``:
+    from when a hot SKU's buckets keep their shipments."""
     in_force = stock.counted_ms.get(warehouse_id, 0)
     if taken_ms < in_force:
         return Reason.COUNT_SUPERSEDED, f"taken at {taken_ms}, before the count in force (taken at {in_force})"
-    kept_from = stock.moves_from.get(warehouse_id, 0)
+    kept_from = max(stock.moves_from.get(warehouse_id, 0), elsewhere_kept_from)
     if taken_ms - skew_ms < kept_from:
         return Reason.COUNT_TOO_OLD, (f"taken at {taken_ms}; the shelf's movements are kept from {kept_from} on "
                                       f"(its last {SHELF_MOVES_KEPT} moments with any)")  # fmt: skip

@@ -210,3 +210,79 @@ def test_a_hot_skus_bucket_shipment_after_the_count_was_taken_stays_off(monkeypa
     s.r.advance(2_000)
     assert s.on_hand() == 17
     assert s.audit(monkeypatch).expected_on_hand == 17
+
+
+def test_a_count_taken_before_one_bucket_of_a_merging_sku_was_dropped_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by review: a bucket that shipped its last line while the SKU merged was dropped with its journal before
+    the merge was over, and the count taken before that shipment brought its units back."""
+    s = Story()
+    s.adjust(("RECEIPT", 20, "rcpt-1", s.r.now_ms))
+    s.hot(2)
+    s.r.advance(2_000)
+    first = next(o for o in (f"jd:a{i}" for i in range(50)) if bucket_for(o, 2) == 0)
+    second = next(o for o in (f"jd:b{i}" for i in range(50)) if bucket_for(o, 2) == 1)
+    s.line(first, 3, "RESERVE", "ALLOCATE", "COMMIT", buckets=2)
+    s.line(second, 2, "RESERVE", "ALLOCATE", "COMMIT", buckets=2)
+    s.r.advance(2_000)
+    s.hot(0)  # merging: each bucket waits for its open line
+    s.r.advance(2_000)
+    taken = s.r.now_ms
+    s.r.advance(2_000)
+    s.line(first, 3, "SHIP", buckets=2)  # its bucket's last line: it reports empty and is dropped
+    s.r.advance(2_000)
+    s.adjust(("COUNT", 20, "count-1", taken))
+    assert [reason for _, _, reason in s.refused] == ["count_too_old"]
+    assert s.on_hand() == 17
+    assert s.audit(monkeypatch).expected_on_hand == 17
+
+
+def test_a_loss_found_before_the_count_was_taken_is_in_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: a loss dated before the count in force, booked after it, came off a count that had it."""
+    s = Story()
+    s.adjust(("RECEIPT", 20, "rcpt-1", s.r.now_ms))
+    s.r.advance(10_000)
+    found = s.r.now_ms
+    s.r.advance(10_000)
+    s.adjust(("COUNT", 18, "count-1", s.r.now_ms - 1_000))
+    s.r.advance(1_000)
+    s.adjust(("CORRECTION", -2, "loss-1", found))
+    assert s.on_hand() == 18
+    assert s.audit(monkeypatch).expected_on_hand == 18
+
+
+def test_a_receipt_dated_ahead_of_the_pools_clock_is_not_believed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: a receipt dated a minute ahead (the WMS's clock) was put back on top of a later count that
+    had it already."""
+    s = Story()
+    s.adjust(("RECEIPT", 10, "rcpt-1", s.r.now_ms))
+    s.r.advance(10_000)
+    s.adjust(("RECEIPT", 5, "rcpt-2", s.r.now_ms + 60_000))
+    s.r.advance(10_000)
+    s.adjust(("COUNT", 15, "count-1", s.r.now_ms - 1_000))
+    assert s.on_hand() == 15
+    assert s.audit(monkeypatch).expected_on_hand == 15
+
+
+def test_a_count_taken_before_a_buckets_oldest_kept_shipment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: a bucket shipping in more than 48 quarter-seconds after the count was taken let the oldest go,
+    and answered the probe without them: the shipped units came back."""
+    s = Story()
+    s.adjust(("RECEIPT", 200, "rcpt-1", s.r.now_ms))
+    s.hot(2)
+    s.r.advance(10_000)
+    orders = [f"jd:o{n}" for n in range(130)]
+    for order_id in orders:
+        s.line(order_id, 1, "RESERVE", "ALLOCATE", "COMMIT", buckets=2)
+    taken = s.r.now_ms
+    s.r.advance(1_000)
+    for order_id in orders:  # each in a quarter-second of its own
+        s.line(order_id, 1, "SHIP", buckets=2)
+        s.r.advance(300)
+    s.r.advance(2_000)
+    s.adjust(("COUNT", 200, "count-1", taken))
+    s.r.advance(2_000)
+    assert [reason for _, _, reason in s.refused] == ["count_too_old"]
+    assert s.on_hand() == 70
+    assert s.audit(monkeypatch).expected_on_hand == 70

@@ -675,3 +675,29 @@ def test_a_bucket_shipping_units_of_a_warehouse_it_holds_none_of_raises_an_invar
     alerts = [o.record for o in r.outputs if o.event_type == "Alert" and o.record["kind"] == "invariant_breach"]
     assert [(a["severity"], a["subject"]) for a in alerts] == [("RED", bucket_key(SKU, 0, P))]
     assert "negative on-hand {'WH-SH': -1}" in alerts[0]["message"]
+
+
+def test_a_bucket_made_anew_in_a_later_batch_at_the_same_clock_reading_loses_no_transfer() -> None:
+    """Found by review: the batch's memory of issued numbers ends with the batch; a batch replayed one message at a
+    time, or a clock behind, can start the next life at the same reading. A dropped bucket's last number is kept."""
+    r = runner(hot_sku_low_water=1)
+    receipt(r, SKU, 10, "WH-SH")
+    receipt(r, SKU, 6, "WH-GZ")
+    r.send([reserve("jd:early", qty=3)], HOLD_COMMANDS.name)
+    to_buckets = []
+
+    def at_home(event: tuple[str, str, str, dict[str, Any]]) -> None:
+        to_buckets.extend(e for e in r._round([event]) if e[0] == STOCK_BUCKETS.name)  # noqa: SLF001
+
+    for count in (2, 0):
+        at_home((OPS_OVERRIDES.name, SKU, "HotSku", {"event_id": f"h{count}", "event_time_ms": r.now_ms, "sku": SKU,
+                                                    "buckets": count, "state": "", "operator": "ops", "reason": ""}))
+    at_home((HOLD_COMMANDS.name, *command("jd:early", "COMMIT", 3, buckets=0, wh="WH-GZ")))
+    r.now_ms += 5
+    pending = []
+    for event in to_buckets:  # one message a batch, every batch at one clock reading
+        pending += r._round([event])  # noqa: SLF001
+    while pending:
+        r.now_ms += 1
+        pending = [e for e in r._round(pending) if e[0] in r._reads]  # noqa: SLF001
+    assert on_hand_everywhere(r, 2) == 16
