@@ -199,6 +199,10 @@ class InputLoop:
             "session.timeout.ms": int(settings.session_timeout_s * 1000),
             "heartbeat.interval.ms": max(int(settings.session_timeout_s * 100), 500),
             "log.connection.close": False,
+            # A rebalance revokes only the partitions that move: a revoke waits for their calls under way to land
+            # (push_stock), and with every partition revoked each time a member came or went, one channel away
+            # held the whole group for a call's retry budget.
+            "partition.assignment.strategy": "cooperative-sticky",
         })  # fmt: skip
 
     # ---- what lanes call -----------------------------------------------------------------------------
@@ -306,7 +310,7 @@ class InputLoop:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # What is finished is committed; what is not is read again by the partition's next owner, which
-        # may be this loop again at once (an eager rebalance): the tickets read so far stop counting, so
+        # may be this loop again (a later rebalance gives it back): the tickets read so far stop counting, so
         # work queued for them can never finish the record read again, and the connector drops that work
         # (a call already under way may still land: the idempotency key makes that harmless).
         revoked = {(tp.topic, tp.partition) for tp in partitions}
