@@ -421,7 +421,10 @@ def finish_settle(home: SkuStock, settle: dict[str, Any], low_water: int) -> lis
     else:
         delta = settle["qty"]
         at_ms = settle.get("dated") or home.touched_ms  # a settle begun before corrections were dated: about then
-        note_shelf_move(home, wh, delta, at_ms)
+        if at_ms <= home.counted_ms.get(wh, -1) - settle.get("skew", 0):
+            delta = 0  # found before the count in force (or settling now) was taken: that count has it already
+        else:
+            note_shelf_move(home, wh, delta, at_ms)
     home.on_hand[wh] = home.on_hand.get(wh, 0) + delta
     hot.settles.remove(settle)
     for later in hot.settles:

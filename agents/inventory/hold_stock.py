@@ -263,7 +263,7 @@ class HoldStock(Processor):
             # Some of the SKU's units are in its buckets: the count is settled with them first.
             stock.known = True
             stock.touch(ctx.now_ms)
-            taken = rules_.count_time(dated, ctx.now_ms, skew_ms) if kind == "COUNT" else dated
+            taken = rules_.count_time(dated, ctx.now_ms, skew_ms)  # no date further ahead is believed
             self._send(ctx, stock, hot_.start_settle(stock, kind, wh, qty, adj["event_id"], taken, skew_ms))
             return
         rules_.adjust(stock, kind, wh, qty, ctx.now_ms, dated, self._rules.count_clock_skew_ms)
