@@ -392,7 +392,8 @@ def start_settle(home: SkuStock, kind: str, warehouse_id: str, qty: int, ref: st
         base -= moved_since(home, warehouse_id, dated_ms, skew_ms)
         counted(home, warehouse_id, dated_ms, skew_ms)
     hot.settles.append({"ref": ref, "kind": kind, "wh": warehouse_id, "qty": qty, "base": base, "waiting": waiting,
-                        "got": {}, "pre": {}, "dated": dated_ms, "skew": skew_ms})  # fmt: skip
+                        "got": {}, "pre": {}, "dated": dated_ms, "skew": skew_ms,
+                        "in_force": home.counted_ms.get(warehouse_id, -1)})  # fmt: skip
     as_of_ms = dated_ms if kind == "COUNT" else 0
     return [Sync(PROBE, b, warehouse_id=warehouse_id, ref=ref, as_of_ms=as_of_ms, skew_ms=skew_ms) for b in waiting]
 
@@ -409,6 +410,19 @@ def on_counted(home: SkuStock, bucket: int, ref: str, remaining: int, low_water:
     return finish_settle(home, settle, low_water)
 
 
+def _in_a_count(home: SkuStock, settle: dict[str, Any], at_ms: int) -> bool:
+    """Whether a loss settled now is in a count already, as a cold SKU would judge it: found before the count in
+    force when it was read, or before a count begun and settled since that a cold SKU would have put it back under
+    (not: one begun since and still settling, whose snapshot takes the loss in or leaves it on top itself)."""
+    wh, skew_ms = settle["wh"], settle.get("skew", 0)
+    in_force = settle.get("in_force", home.counted_ms.get(wh, -1))
+    if at_ms <= in_force - skew_ms:
+        return True
+    since = home.counted_ms.get(wh, -1)
+    pending = any(s["kind"] == "COUNT" and s["wh"] == wh for s in home.hot.settles) if home.hot else False
+    return since != in_force and not pending and not taken_after(at_ms, since, skew_ms)
+
+
 def finish_settle(home: SkuStock, settle: dict[str, Any], low_water: int) -> list[Sync]:
     """Apply a count as of the moment each bucket was probed: what the home held then, what each bucket held
     then (sent home or left), and everything that happened since stays on top."""
@@ -421,8 +435,8 @@ def finish_settle(home: SkuStock, settle: dict[str, Any], low_water: int) -> lis
     else:
         delta = settle["qty"]
         at_ms = settle.get("dated") or home.touched_ms  # a settle begun before corrections were dated: about then
-        if at_ms <= home.counted_ms.get(wh, -1) - settle.get("skew", 0):
-            delta = 0  # found before the count in force (or settling now) was taken: that count has it already
+        if _in_a_count(home, settle, at_ms):
+            delta = 0
         else:
             note_shelf_move(home, wh, delta, at_ms)
     home.on_hand[wh] = home.on_hand.get(wh, 0) + delta
