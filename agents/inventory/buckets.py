@@ -429,6 +429,7 @@ def finish_settle(home: SkuStock, settle: dict[str, Any], low_water: int) -> lis
     hot = home.hot
     assert hot is not None
     wh = settle["wh"]
+    at_ms: int | None = None  # a correction's date
     if settle["kind"] == "COUNT":
         counted = settle["base"] + sum(settle["got"].values()) + sum(settle["pre"].values())
         delta = settle["qty"] - counted
@@ -444,7 +445,7 @@ def finish_settle(home: SkuStock, settle: dict[str, Any], low_water: int) -> lis
     for later in hot.settles:
         # Its snapshot was taken before this change was applied: in it, unless it is a count taken before this
         # correction was made, which the correction stays on top of.
-        after = later["kind"] == "COUNT" and settle["kind"] != "COUNT" and taken_after(
+        after = at_ms is not None and later["kind"] == "COUNT" and taken_after(
             at_ms, later.get("dated", 0), later.get("skew", 0))
         if later["wh"] == wh and not after:
             later["base"] += delta

@@ -472,26 +472,31 @@ def adjust(stock: SkuStock, kind: str, warehouse_id: str, qty: int, now_ms: int,
 # before the count in force (``count_superseded``).
 
 SHELF_MOVE_SLOT_MS = 250
+SHELF_MOVES_KEPT = 48  # slots with movements per warehouse: 12 s of a SKU shipping all the time, ~1 KB
+
+
+def _slot_of(at_ms: int, qty: int) -> int:
+    """The slot a movement is dated to: units taken to the end of theirs, units added to the start (fewer units)."""
+    slots = -(-at_ms // SHELF_MOVE_SLOT_MS) if qty < 0 else at_ms // SHELF_MOVE_SLOT_MS
+    return slots * SHELF_MOVE_SLOT_MS
 
 
 def taken_after(at_ms: int, taken_ms: int, skew_ms: int) -> bool:
     """Whether units that left the shelf at ``at_ms`` count as gone after a count taken at ``taken_ms``."""
-    return -(-at_ms // SHELF_MOVE_SLOT_MS) * SHELF_MOVE_SLOT_MS > taken_ms - skew_ms
+    return _slot_of(at_ms, -1) > taken_ms - skew_ms
 
 
 def count_time(dated_ms: int, now_ms: int, skew_ms: int) -> int:
     """When a count dated ``dated_ms`` was taken, as the pool holds it: a clock further ahead than the skew allows is
     not believed (the count would stand over every honest one taken before that moment)."""
     return min(dated_ms, now_ms + skew_ms) if dated_ms else now_ms
-SHELF_MOVES_KEPT = 48  # slots with movements per warehouse: 12 s of a SKU shipping all the time, ~1 KB
 
 
 def note_shelf_move(stock: SkuStock, warehouse_id: str, qty: int, at_ms: int) -> None:
     """Units that left (``qty`` < 0) or reached (> 0) ``warehouse_id``'s shelf at ``at_ms``."""
     if qty == 0:
         return
-    slot = SHELF_MOVE_SLOT_MS
-    when = -(-at_ms // slot) * slot if qty < 0 else at_ms // slot * slot
+    when = _slot_of(at_ms, qty)
     moves = stock.shelf_moves.setdefault(warehouse_id, [])
     at = len(moves)
     while at > 0 and moves[at - 1][0] > when:
