@@ -135,7 +135,9 @@ class ChannelCaller:
         rate_share: float = 1.0,
     ) -> None:
         self.settings = settings
-        self.rate_share = rate_share  # of ``rate_per_s``: less for a replay beside running connectors
+        # Of ``rate_per_s``: less for a replay beside running connectors, and for a connector process that
+        # owns only some of the input partitions (``set_share``).
+        self.rate_share = rate_share
         self.store = store
         self.stopping = stopping
         self.budget_s = settings.connector_retry_budget_s if budget_s is None else budget_s
@@ -270,15 +272,35 @@ class ChannelCaller:
         call.failed_attempt(result.answer, stats.last_error_ms)
         return result
 
-    def _pace(self, channel: str) -> None:
-        """Wait for ``channel``'s rate limit; calls of both endpoints share it (the platform limits per app)."""
+    def set_share(self, share: float) -> None:
+        """Pace every channel at ``share`` of its rate from now on (0 < share <= 1)."""
+        if not 0 < share <= 1:
+            raise ValueError(f"a rate share is in (0, 1], not {share}")
+        with self._lock:  # held throughout, so two changes never land in the wrong order
+            self.rate_share = share
+            now_s = time.monotonic()
+            for channel, (bucket, lock) in self._buckets.items():
+                with lock:
+                    bucket.retune(rate_per_s(self.settings, channel, share), now_s)
+
+    def paced_at(self, channel: str) -> float:
+        """Calls a second ``channel`` is paced at now."""
+        bucket, lock = self._bucket(channel)
+        with lock:
+            return bucket.rate_per_s
+
+    def _bucket(self, channel: str) -> tuple[TokenBucket, threading.Lock]:
         entry = self._buckets.get(channel)
         if entry is None:
             with self._lock:
                 entry = self._buckets.setdefault(
                     channel, (TokenBucket(rate_per_s(self.settings, channel, self.rate_share)), threading.Lock())
                 )
-        bucket, lock = entry
+        return entry
+
+    def _pace(self, channel: str) -> None:
+        """Wait for ``channel``'s rate limit; calls of both endpoints share it (the platform limits per app)."""
+        bucket, lock = self._bucket(channel)
         with lock:
             delay = bucket.reserve(time.monotonic())
         if delay > 0:

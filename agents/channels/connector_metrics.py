@@ -43,7 +43,9 @@ def families(status: Mapping[str, Any], expiries: Mapping[str, int | None], now_
         queued.add_metric([channel, "refunds"], info.get("refunds_queued", 0))
         queued.add_metric([channel, "stock"], info.get("stock_pending", 0))
         failing.add_metric([channel], 1.0 if info.get("failing") else 0.0)
-    yield from (calls, latency, queued, failing)
+    share = gauge("connector_rate_share", "This process's share of each platform's rate limit (of the partitions held)")
+    share.add_metric([], status.get("rate_share", 1.0))
+    yield from (calls, latency, queued, failing, share)
     expiry = gauge("connector_credential_expiry_seconds", "Seconds until the channel's key expires (negative: expired)",
                    ["channel"])  # fmt: skip
     for channel, ends in sorted(expiries.items()):

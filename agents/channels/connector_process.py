@@ -75,12 +75,32 @@ class ConnectorProcess:
         self.alerts = ConnectorAlerts(self.sink)
         self.refunds = RefundConnector(settings, codec, self.caller, self.sink, self.alerts, self.stop, self.fail)
         self.stock = StockConnector(settings, codec, self.caller, self.sink, self.alerts, self.stop, self.fail)
+        for loop in (self.refunds.loop, self.stock.loop):
+            loop.on_assignment = self._reshare
         self.expiry = ExpiryWatch(settings.credential_warn_days)
         self.started_ms = wall_ms()
         self._loops: list[tuple[InputLoop, threading.Thread]] = []
 
     def _published(self, record: ConnectorCalled) -> None:
         self.sink.send(CONNECTOR_CALLS.name, record["channel"], "ConnectorCalled", record)
+
+    def rate_share(self) -> float:
+        """This process's share of each platform's rate limit: the share of the input partitions it holds.
+
+        A platform limits calls per app, and every connector process of a group calls as the same app. Each
+        partition of both inputs is held by one member at a time (a cooperative rebalance revokes before it
+        assigns), so the members' shares never add up to more than the whole limit, however many there are.
+        A process holding none keeps one partition's share, so calls it still has in hand can end.
+        """
+        loops = (self.refunds.loop, self.stock.loop)
+        held, total = sum(len(loop.assigned) for loop in loops), sum(loop.partitions for loop in loops)
+        return max(held, 1) / total if held < total else 1.0
+
+    def _reshare(self) -> None:
+        share = self.rate_share()
+        if share != self.caller.rate_share:
+            log.info("connectors: %.0f%% of each platform's rate limit (the share of partitions held)", share * 100)
+            self.caller.set_share(share)
 
     def fail(self, message: str) -> None:
         """Stop the process with exit code 1 (called from any thread)."""
@@ -175,7 +195,8 @@ class ConnectorProcess:
                    "paused": loop.paused, "partitions": len(loop.assigned)}
             for name, loop in (("refunds", self.refunds.loop), ("stock", self.stock.loop))
         }  # fmt: skip
-        return {"ready": self.ready, "started_ms": self.started_ms, "now_ms": now, "channels": channels, **loops}
+        return {"ready": self.ready, "started_ms": self.started_ms, "now_ms": now, "rate_share": self.caller.rate_share,
+                "channels": channels, **loops}  # fmt: skip
 
 
 def _json(data: object, status: int = 200) -> web.Response:

@@ -172,6 +172,10 @@ class InputLoop:
     ) -> None:
         self.settings = settings
         self.on_revoked = on_revoked
+        # Called after each change of ``assigned`` (on the loop's thread): the process shares the platforms'
+        # rate limits among the group's members by the partitions each holds.
+        self.on_assignment: Callable[[], None] = lambda: None
+        self.partitions_total: int | None = None  # the input topic's, read at the first assignment
         self.codec = codec
         self.sink = sink
         self.group_id = group_id
@@ -305,8 +309,20 @@ class InputLoop:
                 self._committed[(tp.topic, tp.partition)] = tp.offset
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.partitions_total is None:
+            try:
+                self.partitions_total = len(consumer.list_topics(self.topic, timeout=5).topics[self.topic].partitions)
+            except (KafkaException, KeyError) as exc:
+                log.warning("%s: partitions of %s not read (%s); taking %d", self.stage, self.topic, exc,
+                            self.settings.partitions)  # fmt: skip
         self.assigned.update((tp.topic, tp.partition) for tp in partitions)
         log.info("%s: assigned %s", self.stage, [tp.partition for tp in partitions])
+        self.on_assignment()
+
+    @property
+    def partitions(self) -> int:
+        """How many partitions the input topic has (the settings' count until the broker said)."""
+        return self.partitions_total or self.settings.partitions
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # What is finished is committed; what is not is read again by the partition's next owner, which
@@ -322,3 +338,4 @@ class InputLoop:
             self.assigned.discard(tp)
         if revoked:
             self.on_revoked(revoked)
+            self.on_assignment()

@@ -509,6 +509,17 @@ class TokenBucket:
         self._tokens -= 1
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate_per_s
 
+    def retune(self, rate_per_s: float, now_s: float) -> None:
+        """Go on at ``rate_per_s`` from ``now_s``: what was earned so far at the old rate is kept, and calls
+        already waiting keep their place (a debt is repaid at the new rate)."""
+        if rate_per_s <= 0:
+            raise ValueError(f"a token bucket needs a positive rate, not {rate_per_s}")
+        if self._at_s is not None:
+            elapsed = max(0.0, now_s - self._at_s)
+            self._tokens = min(self.capacity, self._tokens + elapsed * self.rate_per_s)
+            self._at_s = max(self._at_s, now_s)
+        self.rate_per_s = rate_per_s
+
 
 # ---- alerts --------------------------------------------------------------------------------------
 

@@ -409,6 +409,27 @@ def test_a_burst_over_200_skus_reaches_every_channel_in_few_calls_newest_figure_
         assert sum(r["changes"] for r in rows) == changes[channel] + 1, channel  # the older levels never went
 
 
+def test_two_connector_processes_together_stay_within_the_platforms_rate_limit(settings: Settings, sim) -> None:
+    """Both processes call as the same app, and the platform limits the app: each paces itself to the share of
+    the partitions it holds. Failed before: each took the whole limit, and the pair offered twice it."""
+    thread, _ = sim
+    admin = SimulatorClient(thread.base_url)
+    admin.configure("tmall", qps=4.0, burst=4.0)  # a platform's window of a second
+    paced = settings.model_copy(update={"connector_qps": {"tmall": 3.6}})
+    second = paced.model_copy(update={"connectors_port": free_port()})
+    skus = [f"Q{n:03d}" for n in range(400)]
+    with connectors(paced) as one, connectors(second) as other:
+        wait_for(lambda: one.rate_share() == other.rate_share() == 0.5, timeout_s=45,
+                 what="the two members holding half the partitions each")  # fmt: skip
+        assert one.caller.rate_share == other.caller.rate_share == 0.5
+        send_levels(paced, *(level(sku, 20_000 + n, tmall=n % 50) for n, sku in enumerate(skus)))
+        wait_for(lambda: len(admin.stock("tmall")) == len(skus), timeout_s=90, what="400 SKUs on tmall")
+        calls, _ = stock_calls(admin, "tmall")
+    assert calls >= 20  # 20 figures a call: the pair had to pace itself for seconds
+    refused = [r for r in admin.rejections("tmall") if r["kind"] == pf.ErrorKind.RATE_LIMITED.value]
+    assert refused == []
+
+
 def test_stock_under_a_rotated_key_waits_in_the_connector_and_reaches_the_channel_once_the_key_is_set(
     settings: Settings, sim
 ) -> None:

@@ -70,7 +70,7 @@ def test_the_connector_metrics_follow_the_status_view() -> None:
                 "latency_ms": {"p50": 20.0, "p99": 250.0}}  # fmt: skip
     idle = {"ok": 0, "already_applied": 0, "stale": 0, "retried": 0, "failed": 0,
             "latency_ms": {"p50": None, "p99": None}}  # fmt: skip
-    status = {"ready": True, "refunds": {"received": 4, "undecodable": 1}, "stock": {"received": 0},
+    status = {"ready": True, "rate_share": 0.5, "refunds": {"received": 4, "undecodable": 1}, "stock": {"received": 0},
               "channels": {"jd": {"failing": True, "refunds_queued": 2, "stock_pending": 1,
                                   "endpoints": {"refund": endpoint, "stock": idle}}}}  # fmt: skip
     found = samples(connector_collector(lambda: status, lambda: {"jd": 86_400_000, "pdd": None}, lambda: 0))
@@ -86,6 +86,7 @@ def test_the_connector_metrics_follow_the_status_view() -> None:
     assert ("stockflow_connector_credential_expiry_seconds", (("channel", "pdd"),)) not in found
     assert found[("stockflow_connector_records_received_total", (("loop", "refunds"),))] == 4
     assert found[("stockflow_connector_records_undecodable_total", (("loop", "refunds"),))] == 1
+    assert found[("stockflow_connector_rate_share", ())] == 0.5
 
 
 def test_the_connector_status_view_serves_metrics_over_http() -> None:

@@ -19,6 +19,7 @@ import pytest
 from agents.channels import platforms as pf
 from agents.channels import push_stock
 from agents.channels.calls import CallResult, ChannelCaller, marketplace_url, rate_per_s
+from agents.channels.connector_process import ConnectorProcess
 from agents.channels.credentials import CredentialStore, StoredKey
 from agents.channels.failed_queue import ReplaySummary
 from agents.channels.issue_refunds import RefundCall, RefundLane
@@ -543,6 +544,43 @@ def test_the_token_bucket_paces_calls_and_queues_reservations() -> None:
     assert bucket.reserve(1.0) == 0.0  # a second later the bucket has refilled
     with pytest.raises(ValueError):
         TokenBucket(rate_per_s=0)
+
+
+def test_a_retuned_bucket_keeps_what_it_earned_and_repays_a_debt_at_the_new_rate() -> None:
+    bucket = TokenBucket(rate_per_s=10.0)
+    assert bucket.reserve(0.0) == 0.0
+    bucket.retune(5.0, 0.05)  # half a token earned at 10/s is kept
+    assert bucket.reserve(0.05) == pytest.approx(0.1)  # the other half at 5/s
+    assert bucket.reserve(0.05) == pytest.approx(0.3)  # the next waits a whole token more at 5/s
+    bucket.retune(20.0, 0.05)
+    assert bucket.reserve(0.05) == pytest.approx(0.125)  # 2.5 tokens owed, at 20/s
+    with pytest.raises(ValueError):
+        bucket.retune(0.0, 1.0)
+
+
+def test_a_caller_paces_every_channel_at_its_share_from_the_change_on() -> None:
+    caller = ChannelCaller(Settings(connector_qps={"jd": 10.0, "pdd": 4.0}), CredentialStore(Path("/nonexistent")))
+    assert caller.paced_at("jd") == 10.0  # the jd pace exists before the change, pdd's after it
+    caller.set_share(0.5)
+    assert caller.rate_share == 0.5
+    assert caller.paced_at("jd") == pytest.approx(5.0)
+    assert caller.paced_at("pdd") == pytest.approx(2.0)
+    for share in (0.0, 1.5):
+        with pytest.raises(ValueError):
+            caller.set_share(share)
+
+
+def test_a_connector_process_takes_the_share_of_the_limit_its_partitions_are() -> None:
+    def process(refunds: int, stock: int, partitions: int = 4) -> Any:
+        def loop(held: int) -> SimpleNamespace:
+            return SimpleNamespace(assigned={("t", p) for p in range(held)}, partitions=partitions)
+        return SimpleNamespace(refunds=SimpleNamespace(loop=loop(refunds)), stock=SimpleNamespace(loop=loop(stock)))
+
+    assert ConnectorProcess.rate_share(process(4, 4)) == 1.0  # alone in its group
+    # Two members splitting each input: half each, so together they stay within the platform's limit.
+    assert ConnectorProcess.rate_share(process(2, 2)) + ConnectorProcess.rate_share(process(2, 2)) == 1.0
+    assert ConnectorProcess.rate_share(process(3, 1)) == 0.5
+    assert ConnectorProcess.rate_share(process(0, 0)) == 1 / 8  # holding nothing: calls in hand still end
 
 
 def test_the_client_rate_is_under_the_platforms_unless_configured() -> None:
