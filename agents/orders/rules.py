@@ -135,6 +135,9 @@ class OrderRecord:
     coupon_type: str = ""
     bundle: bool = False  # any bundle line
     paid_at_ms: int = 0  # the channel's payment time (PaymentConfirmed's event time; presale: the balance's)
+    # When the buyer got it (ShipmentDelivered's event time, never after it was read): a refund's no-reason window
+    # runs from it, so a carrier callback read days late does not stretch the window.
+    delivered_at_ms: int = 0
     health_score: float | None = None  # set once, when the order is paid
     # A hot SKU's lines: the stock bucket each was sent to and, once answered, the one holding it; their
     # later commands go there (absent: the SKU's home).
@@ -844,6 +847,11 @@ def on_cancel(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
     return fx
 
 
+def _delivered(rec: OrderRecord, fx: Effects, event: dict[str, Any], now_ms: int) -> None:
+    _move(rec, fx, "delivered", now_ms)
+    rec.delivered_at_ms = min(int(event.get("event_time_ms") or now_ms), now_ms)
+
+
 def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms: int,
                 rules: OrderRules) -> Effects:  # fmt: skip
     """Shipped (per warehouse: a split order is shipped when its last warehouse ships) or delivered."""
@@ -855,7 +863,7 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
         # Delivered before the WMS reported the shipment: the units have left all the same.
         fx = on_shipment(rec, {"warehouse_id": ""}, "ShipmentDispatched", now_ms, rules)
         if rec.state == "shipped":
-            _move(rec, fx, target, now_ms)
+            _delivered(rec, fx, event, now_ms)
         return fx
     if rec.state in ("cancelled", "payment_timeout", "rejected", "placed", "reserved"):
         # Called off, or not paid yet (a payment callback lost and the order pushed to the WMS by hand); a
@@ -865,7 +873,7 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
         fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"cannot move an order that is {rec.state} to {target}")
         return fx
     if target == "delivered":
-        _move(rec, fx, target, now_ms)
+        _delivered(rec, fx, event, now_ms)
         return fx
     shipped_from = event.get("warehouse_id", "")
     lines = [n for n in sorted(rec.lines, key=int) if n not in rec.shipped_lines

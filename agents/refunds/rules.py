@@ -229,8 +229,28 @@ def _above_order(amount_fen: int, facts: OrderFacts) -> str:
     return ""
 
 
-def auto_approval(kind: str, amount_fen: int, requested_at_ms: int, facts: OrderFacts,
-                  rules: ChannelRefundRules) -> Approval:  # fmt: skip
+def whole_order(lines: Mapping[str, int] | None, amount_fen: int, facts: OrderFacts) -> bool:
+    """Whether a refund of ``lines`` (line no -> units; None: the whole order) and ``amount_fen`` takes back all
+    the order has left."""
+    return lines is None or dict(lines) == dict(facts.qtys) or amount_fen >= facts.amount_left_fen()
+
+
+def _refund_only_unshipped(amount_fen: int, facts: OrderFacts, rules: ChannelRefundRules,
+                           lines: Mapping[str, int] | None) -> Approval:  # fmt: skip
+    if facts.custom and facts.unshipped:
+        # Made to order: its making may have begun though nothing shipped (DOMAIN: never a custom item).
+        return Approval(False, "custom_item")
+    if facts.unshipped and not whole_order(lines, amount_fen, facts):
+        # Paying part back cancels no order: the rest still ships, and the lines refunded must be stopped at the
+        # warehouse by a person (``_approve``).
+        return Approval(False, "partial_before_shipment")
+    if rules.auto_approve_unshipped_refund_only:
+        return Approval(True, "refund_only_unshipped" if facts.unshipped else f"order_{facts.state}")
+    return Approval(False, "channel_reviews_unshipped")
+
+
+def auto_approval(kind: str, amount_fen: int, requested_at_ms: int, facts: OrderFacts, rules: ChannelRefundRules,
+                  lines: Mapping[str, int] | None = None) -> Approval:  # fmt: skip
     """Whether a new request is approved without customer service, and why (not)."""
     if not facts.known:
         return Approval(False, "order_unknown")
@@ -241,12 +261,7 @@ def auto_approval(kind: str, amount_fen: int, requested_at_ms: int, facts: Order
     if above:
         return Approval(False, above)
     if kind == REFUND_ONLY and (facts.unshipped or (facts.state in UNFULFILLED and not facts.any_shipped)):
-        if facts.custom and facts.unshipped:
-            # Made to order: its making may have begun though nothing shipped (DOMAIN: never a custom item).
-            return Approval(False, "custom_item")
-        if rules.auto_approve_unshipped_refund_only:
-            return Approval(True, "refund_only_unshipped" if facts.unshipped else f"order_{facts.state}")
-        return Approval(False, "channel_reviews_unshipped")
+        return _refund_only_unshipped(amount_fen, facts, rules, lines)
     if kind != RETURN_AND_REFUND:
         return Approval(False, "refund_only_after_shipment")
     if not facts.delivered_at_ms:
@@ -291,7 +306,14 @@ def _start_refund(rec: RefundRecord, fx: RefundEffects, now_ms: int, reason: str
 def _approve(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, by: str, why: str, now_ms: int) -> None:
     rec.approved_by = by
     if rec.kind == REFUND_ONLY:
-        fx.cancel_order = facts.unshipped
+        fx.cancel_order = facts.unshipped and whole_order(rec.lines, rec.amount_fen, facts)
+        if facts.unshipped and not fx.cancel_order:
+            fx.alerts.append(AlertSpec(
+                "refund_partial_before_shipment", "WARNING", rec.refund_id,
+                f"refund {rec.refund_id} pays back {rec.amount_fen} fen of order {rec.order_id} before it shipped "
+                f"(lines {_lines_text(rec.lines)}); the order still ships in full: stop those lines at the warehouse",
+                event_id=f"{rec.refund_id}:partial_before_shipment",
+                details={"order_id": rec.order_id, "lines": _lines_text(rec.lines)}))  # fmt: skip
         _start_refund(rec, fx, now_ms, why)
     elif rec.auto_approved or rec.return_status == "inspected" or _settled(rec):
         # A no-reason return is paid back at once; the goods still come back and are checked. So is one the
@@ -304,6 +326,10 @@ def _approve(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, by: str, w
         _move(rec, fx, "awaiting_return", now_ms, why)
 
 
+def _lines_text(lines: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} x{q}" for n, q in sorted(lines.items(), key=lambda kv: int(kv[0]))) or "unknown"
+
+
 def _review(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, rules: RefundRules, now_ms: int) -> None:
     """A request ready for a decision: approved automatically, or handed to customer service."""
     channel = rules.for_channel(rec.channel)
@@ -313,7 +339,7 @@ def _review(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, rules: Refu
         return
     rec.waiting_for = ""
     requested_at = rec.stage_times.get("requested", now_ms)
-    approval = auto_approval(rec.kind, rec.amount_fen, requested_at, facts, channel)
+    approval = auto_approval(rec.kind, rec.amount_fen, requested_at, facts, channel, rec.lines)
     if approval.approved:
         rec.auto_approved = True
         _approve(rec, fx, facts, "auto", approval.why, now_ms)
@@ -393,9 +419,9 @@ def on_reviewed(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, 
                              f"{rec.channel} needs the return {rec.waiting_for} before a review")  # fmt: skip
         return fx
     if rec.state != "reviewing":
-        if rec.state and (rec.state == "rejected") != approved:
+        if rec.state not in ("", "cancelled") and (rec.state == "rejected") != approved:
             return fx  # the same decision again, or an approval of a refund approved automatically
-        return _illegal(fx, rec, "a review")
+        return _illegal(fx, rec, "a review")  # a withdrawn refund, above all, is never approved unnoticed
     if approved and (facts.known or facts.paid_fen) and rec.amount_fen > facts.amount_left_fen():
         # Customer service cannot pay an order back twice under two refund ids either.
         fx.refusal = Refusal(Reason.REFUNDS_ABOVE_ORDER,
@@ -452,6 +478,12 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: Order
     if rec.resellable and not rec.restocked:
         rec.restocked = True
         fx.restock = [(n, rec.skus.get(n, ""), qty) for n, qty in sorted(rec.lines.items(), key=lambda kv: int(kv[0]))]
+        if not rec.lines:
+            fx.alerts.append(AlertSpec(
+                "refund_return_unstocked", "WARNING", rec.refund_id,
+                f"refund {rec.refund_id}: the return came back resellable, but which lines it holds is unknown (order "
+                f"{rec.order_id} unknown when requested, and the request named none); put it on hand by hand",
+                event_id=f"{rec.refund_id}:unstocked"))  # fmt: skip
     if rec.state == "received":
         _start_refund(rec, fx, now_ms, "resellable" if rec.resellable else "not_resellable")
     _review_once_here(rec, fx, facts, rules, now_ms)
@@ -483,7 +515,10 @@ def on_settled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> Refu
         fx.refusal = Refusal(Reason.UNKNOWN_REFUND, detail)
         return fx
     if rec.state == "completed" or _settled(rec):
-        return fx  # the marketplace sent it again; a refund is settled once, the first settlement stands
+        # A refund is settled once, and the first settlement stands; the same one sent again is nothing new. One
+        # with another reference or amount says the marketplace paid twice.
+        fx.alerts += _settled_again(rec, str(event.get("settlement_id") or ""), int(event["amount_fen"]))
+        return fx
     rec.settled_amount_fen, rec.settlement_id = int(event["amount_fen"]), str(event.get("settlement_id") or "")
     rec.stage_times["settled"] = now_ms
     if rec.state in ("rejected", "cancelled"):
@@ -513,6 +548,18 @@ def on_settled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> Refu
     # Otherwise stockflow has not decided yet: the settlement waits on the refund and completes it when it is
     # approved (``_start_refund``); rejected meanwhile, it is flagged (``on_reviewed``).
     return fx
+
+
+def _settled_again(rec: RefundRecord, settlement_id: str, amount_fen: int) -> list[AlertSpec]:
+    if not _settled(rec) or (settlement_id == rec.settlement_id and amount_fen == rec.settled_amount_fen):
+        return []
+    return [AlertSpec(
+        "refund_reconciliation", "RED", rec.refund_id,
+        f"the marketplace reports refund {rec.refund_id} (order {rec.order_id}) settled again: {amount_fen} fen as "
+        f"{settlement_id or 'no reference'}, after {rec.settled_amount_fen} fen as "
+        f"{rec.settlement_id or 'no reference'}: paid twice? recover the second payout",
+        event_id=f"{rec.refund_id}:settled_again:{settlement_id}:{amount_fen}",
+        details={"reason": "settled_twice", "first": rec.settlement_id, "second": settlement_id})]  # fmt: skip
 
 
 def _amount_mismatch(rec: RefundRecord) -> list[AlertSpec]:
@@ -612,11 +659,17 @@ def _limits(rec: RefundRecord, rules: RefundRules) -> dict[str, int]:
     qc_open = rec.return_status == "received" and rec.state not in ("rejected", "cancelled")
     unsettled = rec.instructed and "settled" not in rec.stage_times and rec.state == "refunding"
     waiting_for_tracking = rec.state == "requested" and rec.waiting_for == "tracking_no"
+    # An approved return whose goods are not back: awaited, or paid back at once (a no-reason return: its goods are
+    # due all the same), from the approval on. One the marketplace paid on its own while it was awaited ends there.
+    paid_first = rec.auto_approved and rec.state in ("refunding", "completed")
+    goods_out = rec.kind == RETURN_AND_REFUND and rec.return_status not in ("received", "inspected") and (
+        rec.state == "awaiting_return" or paid_first)
+    approved_at = rec.stage_times.get("awaiting_return" if rec.state == "awaiting_return" else "refunding", 0)
     return {
         "respond": rec.stage_times.get("requested", 0) + rules.respond_ms if waiting_for_service else 0,
         "qc": rec.stage_times.get("return_received", 0) + rules.qc_ms if qc_open else 0,
         "settle": rec.stage_times.get("refunding", 0) + rules.settle_ms if unsettled else 0,
-        "return": rec.stage_times.get("awaiting_return", 0) + rules.return_ms if rec.state == "awaiting_return" else 0,
+        "return": approved_at + rules.return_ms if goods_out and approved_at else 0,
         # A channel that reviews only with the return's tracking number (Kuaishou): the buyer has as long to
         # ship it as an approved return has to arrive, or the request waits unseen for good.
         "tracking": rec.stage_times.get("requested", 0) + rules.return_ms if waiting_for_tracking else 0,

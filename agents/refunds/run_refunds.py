@@ -78,7 +78,7 @@ def order_facts(order: OrderRecord | None, refunded_fen: int = 0) -> OrderFacts:
     if order is None or not order.state:
         return OrderFacts()
     return OrderFacts(
-        known=True, state=order.state, delivered_at_ms=order.stage_times.get("delivered", 0),
+        known=True, state=order.state, delivered_at_ms=order.delivered_at_ms or order.stage_times.get("delivered", 0),
         amount_fen=order.amount_fen, custom=order.custom, customer_id=order.customer_id,
         skus={n: str(line["sku"]) for n, line in order.lines.items()},
         qtys={n: int(line["qty"]) for n, line in order.lines.items()}, refunded_fen=refunded_fen,
@@ -118,9 +118,9 @@ class RunRefunds(Processor):
     def _due(self, rec: RefundRecord) -> int:
         if not rec.state:
             return flow.parked_due_ms(rec, self._rules)
-        due = flow.next_deadline_ms(rec, self._rules)
-        purge = self._idle_since(rec) + self.retention_ms
-        return min(due, purge) if due else purge
+        # A limit still to run out keeps the record past its purge time (``on_timer``), so its deadline is the
+        # next moment to look; a past purge time would fire again at every batch until then.
+        return flow.next_deadline_ms(rec, self._rules) or self._idle_since(rec) + self.retention_ms
 
     @staticmethod
     def _idle_since(rec: RefundRecord) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -509,3 +510,25 @@ def test_a_refund_only_of_an_unshipped_custom_made_order_goes_to_customer_servic
     assert auto_approval("REFUND_ONLY", 300_000, DELIVERED, unshipped, RULES) == flow.Approval(False, "custom_item")
     plain = OrderFacts(**{**unshipped.__dict__, "custom": False})
     assert auto_approval("REFUND_ONLY", 300_000, DELIVERED, plain, RULES).approved
+
+
+def test_a_second_settlement_with_another_reference_or_amount_is_flagged_and_the_same_one_again_is_not() -> None:
+    """Failed before: any settlement after the first was taken for a resend, though the marketplace reported a
+    second payout."""
+    def settled() -> RefundRecord:
+        rec = RefundRecord(refund_id="jd:r1", order_id="jd:1", channel="jd", channel_order_id="1",
+                           channel_refund_id="r1", kind="RETURN_AND_REFUND", amount_fen=9_900, state="refunding",
+                           instructed=True, stage_times={"requested": 1, "refunding": 2})  # fmt: skip
+        assert not flow.on_settled(rec, settlement("st-1", 9_900), 3).alerts and rec.state == "completed"
+        return rec
+
+    def settlement(ref: str, fen: int) -> dict[str, Any]:
+        return {"channel": "jd", "channel_order_id": "1", "channel_refund_id": "r1", "amount_fen": fen,
+                "settlement_id": ref}  # fmt: skip
+
+    assert flow.on_settled(settled(), settlement("st-1", 9_900), 4).alerts == []
+    for ref, fen in (("st-2", 9_900), ("st-1", 19_800)):
+        rec = settled()
+        [spec] = flow.on_settled(rec, settlement(ref, fen), 4).alerts
+        assert (spec.kind, spec.severity, spec.details["reason"]) == ("refund_reconciliation", "RED", "settled_twice")
+        assert (rec.settlement_id, rec.settled_amount_fen) == ("st-1", 9_900)  # the first stands

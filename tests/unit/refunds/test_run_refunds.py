@@ -536,3 +536,105 @@ def test_a_refund_only_whose_split_order_partly_shipped_before_its_cancel_raises
     assert len(of(out, "RefundInstruction")) == 1 and r.read(ORDERS, b"jd:s3", "jd:s3").state == "cancelled"
     assert [(a["kind"], a["severity"], a["details"]["reason"]) for a in of(out, "Alert")] == [
         ("refund_reconciliation", "RED", "refund_only_after_shipment")]  # fmt: skip
+
+
+# ---- found by a read-through: each failed before its mend --------------------------------------------
+DAY = 86_400_000
+
+
+def test_a_partial_refund_only_before_shipment_goes_to_customer_service_and_never_cancels_the_order() -> None:
+    """Failed before: a refund-only of one line of two (half the money) was approved at once and cancelled the
+    whole order; the other line was never shipped and its money never paid back."""
+    r, view, wh = pipeline()
+    stock(r, view, "SKU-P1", 5, wh)
+    stock(r, view, "SKU-P2", 5, wh)
+    order(r, "OrderPlaced", ev.order_placed("tmall", "p1", [ev.line(1, "SKU-P1", 1, 9_900),
+                                                            ev.line(2, "SKU-P2", 1, 9_900)]))  # fmt: skip
+    order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "p1"))
+    out = refund(r, "RefundRequested", ev.refund_requested(
+        "tmall", "p1", "rp1", 9_900, kind="REFUND_ONLY", lines=[{"line_no": 1, "sku": "SKU-P1", "qty": 1}],
+        event_time_ms=r.now_ms))  # fmt: skip
+    assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1] == ("reviewing",
+                                                                                     "partial_before_shipment")
+    assert not of(out, "RefundInstruction") and not of(out, "OrderCancelled")
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("tmall", "p1", "rp1", True))
+    assert [i["amount_fen"] for i in of(out, "RefundInstruction")] == [9_900]
+    assert not of(out, "OrderCancelled")
+    assert r.read(ORDERS, b"tmall:p1", "tmall:p1").state != "cancelled"
+    assert [a["kind"] for a in of(out, "Alert")] == ["refund_partial_before_shipment"]  # the warehouse is told
+    # A refund-only of the whole order still cancels it at once.
+    paid_order(r, view, wh, "tmall", "p2", "SKU-P1", 1)
+    out = refund(r, "RefundRequested", ev.refund_requested("tmall", "p2", "rp2", 9_900, kind="REFUND_ONLY",
+                                                           event_time_ms=r.now_ms))  # fmt: skip
+    assert of(out, "RefundInstruction") and of(out, "OrderCancelled")
+
+
+def test_the_no_reason_window_runs_from_the_delivery_not_from_when_its_callback_was_read() -> None:
+    """Failed before: a delivery callback read two days late moved the window two days on."""
+    r, view, wh = pipeline()
+    stock(r, view, "SKU-W1", 5, wh)
+    order(r, "OrderPlaced", ev.order_placed("jd", "w1", [ev.line(1, "SKU-W1", 1)], event_time_ms=r.now_ms))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("jd", "w1"))
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "w1", wh))
+    delivered_at = r.now_ms
+    r.now_ms += 2 * DAY
+    order(r, "ShipmentDelivered", {**ev.shipment_delivered("jd", "w1"), "event_time_ms": delivered_at})
+    r.now_ms = delivered_at + 8 * DAY
+    out = refund(r, "RefundRequested", ev.refund_requested("jd", "w1", "rw1", 9_900, event_time_ms=r.now_ms))
+    assert not of(out, "RefundInstruction")
+    assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1] == ("reviewing",
+                                                                                     "past_no_reason_window")
+
+
+def test_a_no_reason_return_paid_at_once_whose_goods_never_come_back_is_flagged() -> None:
+    """Failed before: the return limit ran only while a return was awaited, which one paid at once never is."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "jd", "g1", "SKU-G1")
+    out = refund(r, "RefundRequested", ev.refund_requested("jd", "g1", "rg1", 9_900, event_time_ms=r.now_ms))
+    assert of(out, "RefundInstruction")
+    issued(r, "jd:g1", "jd:rg1", 9_900)
+    refund(r, "RefundSettled", ev.refund_settled("jd", "g1", "rg1", 9_900))
+    alerts = [a for _ in range(8) for a in of(r.advance(DAY), "Alert")]
+    assert [(a["kind"], a["details"]["limit"]) for a in alerts] == [("refund_sop_breach", "return")]
+    out = refund(r, "ReturnReceived", ev.return_received("jd", "g1", "rg1", wh))
+    assert [a["cleared"] for a in of(out, "Alert")] == [True]
+
+
+def test_an_approval_of_a_withdrawn_refund_is_refused() -> None:
+    """Failed before: it was dropped without a word, and the reviewer believed the refund approved."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "pdd", "x1", "SKU-X1", price_fen=90_000)
+    refund(r, "RefundRequested", ev.refund_requested("pdd", "x1", "rx1", 90_000, event_time_ms=r.now_ms))
+    refund(r, "RefundCancelled", ev.refund_cancelled("pdd", "x1", "rx1"))
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "x1", "rx1", True))
+    assert not of(out, "RefundInstruction")
+    assert [x.reason for x in r.refusals] == [Reason.ILLEGAL_TRANSITION]
+
+
+def test_a_resellable_return_whose_lines_are_unknown_is_flagged_for_stocking_by_hand() -> None:
+    """Failed before: the order was unknown when the refund was requested, so no lines were known to restock,
+    and nobody was told goods had come back."""
+    r, _, wh = pipeline()
+    refund(r, "RefundRequested", ev.refund_requested("pdd", "u1", "ru1", 9_900, event_time_ms=r.now_ms))
+    refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "u1", "ru1", True))
+    out = refund(r, "ReturnReceived", ev.return_received("pdd", "u1", "ru1", wh, resellable=True))
+    assert of(out, "RefundInstruction") and not of(out, "StockAdjusted")
+    assert [a["kind"] for a in of(out, "Alert")] == ["refund_return_unstocked"]
+
+
+def test_a_refund_past_its_purge_time_with_a_limit_to_come_waits_for_that_limit_not_every_batch() -> None:
+    """Failed before: its timer was set to the past purge time, and fired again at every batch until the limit."""
+    settings = Settings(safety_threshold=0, refund_retention_s=3600)
+    view = WarehouseView.from_settings(settings)
+    warehouses = frozenset(load_warehouses(settings.warehouses_file))
+    refunds = RunRefunds.from_settings(settings)
+    r = LocalRunner([RunLifecycle.from_settings(settings, view), HoldStock.from_settings(settings, warehouses),
+                     refunds])  # fmt: skip
+    view.ready = True
+    wh = sorted(warehouses)[0]
+    delivered_order(r, view, wh, "pdd", "t1", "SKU-T1", price_fen=90_000)
+    refund(r, "RefundRequested", ev.refund_requested("pdd", "t1", "rt1", 90_000, event_time_ms=r.now_ms))
+    refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "t1", "rt1", True))  # awaiting the return: 7 days
+    r.advance(2 * 3_600_000)
+    due = [t.next_due_ms() for (name, _), t in r.timers.items() if name == refunds.name and len(t)]
+    assert due and all(d > r.now_ms for d in due), (due, r.now_ms)
