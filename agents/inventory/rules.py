@@ -16,11 +16,11 @@ which commits atomically with the answers.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
-from functools import cache
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from streams.contract.reasons import Reason
+from streams.engine.stored import stored_fields
 
 HELD, SOLD, SHIPPED, RELEASED, EXPIRED = "held", "sold", "shipped", "released", "expired"
 # A hot SKU's bucket (or home) passed the line's RESERVE on; its commands follow (``reason`` says where).
@@ -49,19 +49,6 @@ class PoolRules:
     max_line_qty: int
     count_clock_skew_ms: int = 0  # how far a warehouse's clock may run ahead (``count_refusal``)
     count_max_age_ms: int = 3_600_000  # how old a count may be when it arrives (``forget_old_moves``)
-
-
-@cache
-def _field_names(cls: type) -> frozenset[str]:
-    return frozenset(f.name for f in fields(cls))
-
-
-def stored_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a stored record this version has. During a rolling deploy a worker reads records a newer one
-    wrote (a field it does not know would make every event of the SKU a dead letter, a TRANSFER's units lost with
-    it) and records an older one wrote (a field missing takes its default)."""
-    names = _field_names(cls)
-    return data if data.keys() <= names else {k: v for k, v in data.items() if k in names}
 
 
 @dataclass(slots=True)

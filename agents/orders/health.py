@@ -174,8 +174,10 @@ def promptness_points(paid_after_ms: int, presale: bool, rules: PromptnessRules)
 # part is there matters, so the patterns look at the one character before a marker, not the whole number.
 _DIGIT = r"[\d一二三四五六七八九十百零〇两]"
 _BUILDING_MARK = r"(?:[栋幢座]|号楼)"
-# A road, lane or village and its number: 文三路 90 号, 中关村大街 27 号院, 588 弄 12 号; not 5 号楼.
-_ROAD_NUMBER = re.compile(rf"(?:[路街道巷弄里村]|胡同)\s*{_DIGIT}+(?:\s*[-－]\s*{_DIGIT}+)?\s*号(?!\s*楼)")
+# A road, lane or village and its number: 文三路 90 号, 中关村大街 27 号院, 588 弄 12 号, with the road's part or
+# section between them (中山大道西 55 号, 人民南路四段 1 号); not 5 号楼.
+_ROAD_NUMBER = re.compile(rf"(?:[路街道巷弄里村]|胡同)(?:\s*[东西南北中])?(?:\s*{_DIGIT}+\s*段)?"
+                          rf"\s*{_DIGIT}+(?:\s*[-－]\s*{_DIGIT}+)?\s*号(?!\s*楼)")
 _BUILDING = re.compile(rf"[\dA-Za-zＡ-Ｚａ-ｚ一二三四五六七八九十百零〇两]\s*{_BUILDING_MARK}")
 _UNIT = re.compile(rf"{_DIGIT}\s*单元")
 _ROOM_MARKED = re.compile(rf"{_DIGIT}\s*(?:室|房(?!间))")  # 501 室, 501 房

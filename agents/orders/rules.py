@@ -42,6 +42,7 @@ from streams.contract.records import (
     ShipmentOutcome,
     WarehouseDispatched,
 )
+from streams.engine.stored import stored_fields
 
 TERMINAL = ("delivered", "rejected", "cancelled", "payment_timeout")
 # Events kept for their order past the grace (``STOCKFLOW_PARKED_PAYMENT_GRACE_S``), with an alert, not
@@ -166,7 +167,7 @@ class OrderRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OrderRecord:
-        return cls(**data)
+        return cls(**stored_fields(cls, data))
 
     def next_deadline_ms(self, rules: OrderRules) -> int:
         due = [parked_deadline_ms(p, rules) for p in self.parked]
@@ -609,15 +610,24 @@ def _on_allocated(rec: OrderRecord, line_no: str, outcome: str, reason: str, now
         del plan[line_no]
     if any(n not in rec.allocated for n in plan):
         return fx  # answers still to come for this attempt
-    if set(rec.allocated) == set(rec.lines):
-        _move(rec, fx, "routed", now_ms)
-        rec.warehouse_id = ",".join(sorted(set(rec.allocated.values())))
-        fx.dispatches = dispatch_records(rec, rules)
+    if _routed_when_placed(rec, fx, now_ms, rules):
+        pass
     elif int(rec.routing.get("attempt", 0)) < rules.max_route_attempts:
         fx.route = unrouted_lines(rec)
     else:
         rec.routing["retry_at_ms"] = now_ms + rules.route_retry_ms
     return fx
+
+
+def _routed_when_placed(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules) -> bool:
+    """A paid order whose every line is allocated to a warehouse, or shipped already (by hand, while the rest
+    was being routed): routed, and each warehouse sent its lines still to ship."""
+    if rec.state != "paid" or not set(rec.lines) <= set(rec.allocated) | set(rec.shipped_lines):
+        return False
+    _move(rec, fx, "routed", now_ms)
+    rec.warehouse_id = ",".join(sorted(set(rec.allocated.values())))
+    fx.dispatches = dispatch_records(rec, rules)
+    return True
 
 
 def merge_commit_and_allocate(commands: list[HoldCommand]) -> list[HoldCommand]:
@@ -638,7 +648,9 @@ def merge_commit_and_allocate(commands: list[HoldCommand]) -> list[HoldCommand]:
 def dispatch_records(rec: OrderRecord, rules: OrderRules, action: str = "DISPATCH") -> list[WarehouseDispatched]:
     """What each warehouse's WMS receives: its lines, the address, the promised ship-by time; with
     ``action`` CANCEL, that the push is called off."""
-    groups = rec.dispatched_to()
+    # A line shipped before its order was routed (by hand) is not pushed again: it would ship twice.
+    groups = {wh: nos for wh, lines in rec.dispatched_to().items()
+              if (nos := [n for n in lines if action != "DISPATCH" or n not in rec.shipped_lines])}  # fmt: skip
     suffix = "dispatch" if action == "DISPATCH" else "dispatch-cancel"
     return [
         {
@@ -875,10 +887,16 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
     if target == "delivered":
         _delivered(rec, fx, event, now_ms)
         return fx
-    shipped_from = event.get("warehouse_id", "")
+    return _shipped(rec, fx, event.get("warehouse_id", ""), now_ms, rules)
+
+
+def _shipped(rec: OrderRecord, fx: Effects, shipped_from: str, now_ms: int, rules: OrderRules) -> Effects:
+    """``shipped_from`` (or a warehouse not named: "") shipped its lines of a paid or routed order."""
     lines = [n for n in sorted(rec.lines, key=int) if n not in rec.shipped_lines
              and (not shipped_from or rec.allocated.get(n, shipped_from) == shipped_from)]  # fmt: skip
     if not lines:
+        if shipped_from and any(rec.allocated.get(n) == shipped_from for n in rec.shipped_lines):
+            return fx  # the same notice again: this warehouse's lines of a split order are shipped already
         fx.alerts.extend(_shipped_elsewhere(rec, shipped_from, now_ms))
         fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"{shipped_from!r} has no unshipped line of this order")
         return fx
@@ -898,7 +916,9 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
             "promised_ship_by_ms": promised, "shipped_ms": now_ms,
         })  # fmt: skip
     if set(rec.shipped_lines) == set(rec.lines):
-        _move(rec, fx, target, now_ms)
+        _move(rec, fx, "shipped", now_ms)
+    else:
+        _routed_when_placed(rec, fx, now_ms, rules)  # the lines left are allocated: they go to their warehouses
     return fx
 
 
@@ -921,7 +941,8 @@ def on_tick(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
         _move(rec, fx, "cancelled", now_ms, BALANCE_UNPAID)
     if rec.state == "paid" and 0 < rec.routing.get("retry_at_ms", 0) <= now_ms:
         rec.routing["retry_at_ms"] = 0
-        fx.route = unrouted_lines(rec)
+        if not _routed_when_placed(rec, fx, now_ms, rules):
+            fx.route = unrouted_lines(rec)
     if not rec.state:
         keep = []
         for parked in rec.parked:

@@ -47,6 +47,7 @@ from zoneinfo import ZoneInfo
 from agents.alerting.alerts import AlertSpec
 from streams.contract.keys import order_key
 from streams.contract.reasons import Reason, Refusal
+from streams.engine.stored import stored_fields
 
 TERMINAL = ("completed", "rejected", "cancelled")
 STATES = ("requested", "reviewing", "awaiting_return", "received", "refunding", *TERMINAL)
@@ -171,7 +172,7 @@ class RefundRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RefundRecord:
-        return cls(**data)
+        return cls(**stored_fields(cls, data))
 
 
 @dataclass

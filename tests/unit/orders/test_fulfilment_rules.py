@@ -57,3 +57,42 @@ def test_sla_is_red_once_after_fifteen_minutes_and_cleared_once_when_the_warehou
     flow.on_wms_ack(rec, {"warehouse_id": "WH-SH"}, 3_100_000)
     cleared = flow.sla_alerts(rec, 3_100_000, RULES)
     assert [a.cleared for a in cleared] == [True] and not flow.sla_alerts(rec, 4e6, RULES)  # type: ignore[arg-type]
+
+
+def test_a_split_order_whose_unroutable_line_is_shipped_by_hand_sends_its_other_line_to_its_warehouse() -> None:
+    """Failed before: line 2 allocated at WH-BJ, line 1 short everywhere and waiting for a retry, then shipped by
+    hand from WH-GZ; the order stayed paid for good, line 2 never pushed to WH-BJ and no timer left."""
+    rec = paid_order()
+    flow.on_route_decided(rec, {"assignments": {"WH-SH": [1], "WH-BJ": [2]}, "candidates": [], "weights": {}},
+                          1_500, RULES)  # fmt: skip
+    allocated(rec, 2)
+    assert allocated(rec, 1, "REFUSED", "warehouse_short").route == ["1"]
+    for _ in range(RULES.max_route_attempts):
+        flow.on_route_decided(rec, None, 3_000, RULES)  # no warehouse has it in the view
+    assert rec.state == "paid" and rec.routing["retry_at_ms"]
+    fx = flow.on_shipment(rec, {"warehouse_id": "WH-GZ"}, "ShipmentDispatched", 4_000, RULES)
+    assert rec.state == "routed" and rec.shipped_lines == ["1"]
+    assert [(d["warehouse_id"], [ln["line_no"] for ln in d["lines"]]) for d in fx.dispatches] == [("WH-BJ", [2])]
+    assert rec.next_deadline_ms(RULES)  # its ship-by time is watched
+    fx = flow.on_shipment(rec, {"warehouse_id": "WH-BJ"}, "ShipmentDispatched", 5_000, RULES)
+    assert rec.state == "shipped"
+
+
+def test_the_same_shipment_notice_again_from_one_warehouse_of_a_split_order_changes_nothing() -> None:
+    """Failed before: the WMS's retry of a notice was dead-lettered illegal_transition while the order's other
+    warehouse had not shipped yet (a single-warehouse order took it silently)."""
+    rec = paid_order()
+    flow.on_route_decided(rec, {"assignments": {"WH-SH": [1], "WH-BJ": [2]}, "candidates": [], "weights": {}},
+                          1_500, RULES)  # fmt: skip
+    allocated(rec, 1), allocated(rec, 2)
+    assert flow.on_shipment(rec, {"warehouse_id": "WH-BJ"}, "ShipmentDispatched", 3_000, RULES).hold_commands
+    again = flow.on_shipment(rec, {"warehouse_id": "WH-BJ"}, "ShipmentDispatched", 3_100, RULES)
+    assert (again.refusal, again.hold_commands, again.alerts, rec.state) == (None, [], [], "routed")
+    # A warehouse never given the order is still refused.
+    assert flow.on_shipment(rec, {"warehouse_id": "WH-CD"}, "ShipmentDispatched", 3_200, RULES).refusal is not None
+
+
+def test_a_stored_order_written_by_a_newer_version_still_loads() -> None:
+    """Failed before: a field this version does not know made every event and timer of the order fail."""
+    data = flow.OrderRecord(order_id="jd:1", state="paid").to_dict()
+    assert flow.OrderRecord.from_dict({**data, "field_of_a_newer_version": 1}) == flow.OrderRecord.from_dict(data)

@@ -128,6 +128,9 @@ def test_a_presale_order_or_an_unknown_payment_time_keeps_every_promptness_point
         ("三栋二单元五零一室", {"building", "unit", "room"}, 15),  # Chinese numerals
         ("张家村 12 号", {"road_number"}, 15),  # a village house number
         ("体育西路 1 号", {"road_number"}, 15),
+        ("人民南路四段1号", {"road_number"}, 15),  # the road's section between road and number
+        ("中山大道西55号", {"road_number"}, 15),  # ... or its part
+        ("建设大道中 18 号 2 栋", {"road_number", "building"}, 30),
         ("文三路 90-92 号", {"road_number"}, 15),  # a number range is a road number, not building-room
         ("5 号楼", {"building"}, 15),  # 号楼 is a building, not a road number
         ("3 幢 12 单元", {"building", "unit"}, 15),  # the number after the building is the unit's
