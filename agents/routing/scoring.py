@@ -153,17 +153,23 @@ def route(
         return None
     scored = score_candidates(sites, customer, partial, free, on_time, weights)
     ranked = sorted(partial, key=lambda wh: (-scored[wh]["score"], wh))
+    by_no = {ln.line_no: ln for ln in lines}
     for size in range(2, min(MAX_SPLIT, len(ranked)) + 1):
-        found: tuple[float, dict[str, list[int]]] | None = None
+        found: tuple[float, dict[str, list[int]], dict[str, dict[str, Any]]] | None = None
         for combo in itertools.combinations(ranked, size):
             plan = _assign(combo, lines, free)
             if plan is None or len(plan) < size:
                 continue  # cannot cover every line, or a smaller set would do
-            total = sum(scored[wh]["score"] for wh in plan)
+            # Each warehouse of the plan scored on the lines it would ship, not every line it could: one kept
+            # from a line another ships would lose sufficiency for stock it keeps. The other candidates stay in,
+            # so distance and cost are scaled alike for every plan.
+            shipped = {**partial, **{wh: [by_no[n] for n in nos] for wh, nos in plan.items()}}
+            plan_scored = score_candidates(sites, customer, shipped, free, on_time, weights)
+            total = sum(plan_scored[wh]["score"] for wh in plan)
             if found is None or total > found[0] + 1e-12:
-                found = (total, plan)
+                found = (total, plan, plan_scored)
         if found is not None:
-            return Decision(found[1], [scored[wh] for wh in sorted(scored)], weights)
+            return Decision(found[1], [found[2][wh] for wh in sorted(found[2])], weights)
     return None
 
 

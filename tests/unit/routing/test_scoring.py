@@ -109,3 +109,17 @@ def test_two_lines_of_one_sku_count_together_for_stock_sufficiency() -> None:
     sufficiency = {c["warehouse_id"]: c["sufficiency"] for c in split.candidates}
     assert sufficiency == {c["warehouse_id"]: c["sufficiency"] for c in whole.candidates}
     assert sufficiency["A"] == 0.0 and set(split.assignments) == set(whole.assignments) == {"B"}
+
+
+def test_a_split_scores_each_warehouse_on_the_lines_it_would_ship() -> None:
+    """Failed before: each warehouse of a split was scored on every line it could serve, so Guangzhou lost
+    sufficiency for Z units it would keep (Beijing ships Z), and the farther Chengdu won."""
+    sites = {wh: Site(wh, geo.locate(province, city), 5.0) for wh, province, city in  # type: ignore[arg-type]
+             (("WH-GZ", "广东", "广州"), ("WH-BJ", "北京", "北京"), ("WH-CD", "四川", "成都"))}  # fmt: skip
+    shanghai = geo.locate("上海", "上海")
+    free = {("WH-GZ", "Y"): 3, ("WH-GZ", "Z"): 3, ("WH-BJ", "X"): 3, ("WH-BJ", "Z"): 5, ("WH-CD", "Y"): 5}
+    lines = [Line(1, "Z", 2), Line(2, "Y", 1), Line(3, "X", 1)]
+    decision = routing.route(sites, shanghai, lines, free, dict.fromkeys(sites, 0.95), WEIGHTS)  # type: ignore[arg-type]
+    assert decision is not None and decision.assignments == {"WH-BJ": [1, 3], "WH-GZ": [2]}
+    gz = next(c for c in decision.candidates if c["warehouse_id"] == "WH-GZ")
+    assert gz["sufficiency"] == pytest.approx(2 / 3)  # one Y of three shipped; its Z units not counted
