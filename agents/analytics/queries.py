@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from streams.errors import StockflowError
 from streams.resources import packaged
@@ -118,8 +119,9 @@ def result_columns(sql: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def parse_time(text: str, now_ms: int) -> int:
-    """Milliseconds since the epoch from ``now``, ``-24h`` / ``now-30m``, an ISO time (UTC if no zone) or ms."""
+def parse_time(text: str, now_ms: int, zone: str = "UTC") -> int:
+    """Milliseconds since the epoch from ``now``, ``-24h`` / ``now-30m``, an ISO time (in ``zone`` if it names
+    none: the shop's, as every time a dashboard shows) or ms."""
     value = text.strip()
     if value == "now":
         return now_ms
@@ -134,7 +136,7 @@ def parse_time(text: str, now_ms: int) -> int:
     except ValueError:
         raise DashboardError(f"not a time: {text!r} (use now, -24h, 2026-11-11T00:00 or epoch ms)") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        moment = moment.replace(tzinfo=ZoneInfo(zone))
     return int(moment.timestamp() * 1000)
 
 
@@ -212,10 +214,13 @@ def _zone(value: str, settings: Settings, now_ms: int) -> str:
 
 
 PARAMS: dict[str, Param] = {
-    "from_ms": Param("Int64", "start of the time range (now, -24h, ISO time, epoch ms)",
-                     lambda s, now: now - 24 * 3600 * 1000, lambda v, s, now: parse_time(v, now)),
-    "to_ms": Param("Int64", "end of the time range", lambda s, now: now + 60_000, lambda v, s, now: parse_time(v, now)),
-    "now_ms": Param("Int64", "what 'now' is for ages", lambda s, now: now, lambda v, s, now: parse_time(v, now)),
+    "from_ms": Param("Int64", "start of the time range (now, -24h, ISO time in the shop's zone unless it names one, "
+                     "epoch ms)", lambda s, now: now - 24 * 3600 * 1000,
+                     lambda v, s, now: parse_time(v, now, _shop_zone(s))),
+    "to_ms": Param("Int64", "end of the time range", lambda s, now: now + 60_000,
+                   lambda v, s, now: parse_time(v, now, _shop_zone(s))),
+    "now_ms": Param("Int64", "what 'now' is for ages", lambda s, now: now,
+                    lambda v, s, now: parse_time(v, now, _shop_zone(s))),
     "channel": Param("String", "one channel, or empty for all", lambda s, now: "",
                      _choice("channel", lambda s: tuple(s.channels))),
     "warehouse": Param("String", "one warehouse id, or empty for all", lambda s, now: "",

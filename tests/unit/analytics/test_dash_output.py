@@ -6,6 +6,7 @@ import pytest
 
 from agents.analytics import queries as dashboards
 from agents.analytics.cli import print_table
+from streams.settings import Settings
 
 
 def test_a_wide_table_in_a_pipe_keeps_every_cell_whole(capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,3 +41,12 @@ def test_columns_are_read_from_the_outermost_select() -> None:
 def test_every_dashboard_names_its_columns() -> None:
     for dash in dashboards.load_all().values():
         assert dash.columns, dash.name
+
+
+def test_a_time_naming_no_zone_is_the_shops_as_every_time_a_dashboard_shows() -> None:
+    """Failed before: --from 2026-11-11T00:00 was read as UTC, 08:00 in Shanghai, and Double-11's first
+    eight hours were left out of the range."""
+    midnight_shanghai = 1794326400000
+    assert dashboards.PARAMS["from_ms"].check("2026-11-11T00:00", Settings(), 0) == midnight_shanghai
+    assert dashboards.PARAMS["to_ms"].check("2026-11-11T00:00+08:00", Settings(), 0) == midnight_shanghai
+    assert dashboards.parse_time("2026-11-11T00:00Z", 0) == midnight_shanghai + 8 * 3_600_000
