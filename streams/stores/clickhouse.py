@@ -67,7 +67,7 @@ class EmbeddedClickHouse:
         self._session.query(f"CREATE DATABASE IF NOT EXISTS {db}")
         self._session.query(f"USE {db}")
         self._session.query("SET output_format_json_quote_64bit_integers = 0")
-        for name, value in INSERT_SETTINGS.items():
+        for name, value in SESSION_SETTINGS.items():
             self._session.query(f"SET {name} = {value}")
         shm = Path("/dev/shm")
         self._spool = str(shm if shm.is_dir() and os.access(shm, os.W_OK) else path)
@@ -143,7 +143,11 @@ class EmbeddedClickHouse:
 # (TOO_MANY_PARTS) by default: a backfill or a replay of old topics whose events span over eight years
 # would be refused whole, every time, and the sink would wait on it for good. The event-time window the
 # sink accepts (2000-2100) is 1,200 months, all of which one insert may now hold.
-INSERT_SETTINGS = {"max_partitions_per_insert_block": 0}
+# Set on every session. ReplacingMergeTree keeps one copy of an event within a month's partition, and the sink puts
+# every copy of an event in that event's own month: FINAL then need not merge across partitions, and not merging
+# lets a query's time range skip the months outside it (merging, every dashboard read the table's whole history,
+# and on embedded ClickHouse held the sink's inserts meanwhile).
+SESSION_SETTINGS = {"max_partitions_per_insert_block": 0, "do_not_merge_across_partitions_select_final": 1}
 
 
 class ServerClickHouse:
@@ -160,7 +164,7 @@ class ServerClickHouse:
         self._client = Client(host, port=port, database=db, user=user, password=password)
         # A server older than the partition limit (Debian's 18.16) refuses the setting's name, and needs none.
         known = {row[0] for row in self._client.execute("SELECT name FROM system.settings")}
-        self._client.settings.update({k: v for k, v in INSERT_SETTINGS.items() if k in known})
+        self._client.settings.update({k: v for k, v in SESSION_SETTINGS.items() if k in known})
         self._lock = threading.Lock()
 
     def execute(self, sql: str) -> None:

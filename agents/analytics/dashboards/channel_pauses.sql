@@ -9,6 +9,7 @@ SELECT
 FROM alerts FINAL
 WHERE kind IN ('stock_paused', 'stock_resumed')
   AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+  AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
   AND ({sku:String} = '' OR subject = {sku:String})
 ORDER BY event_time_ms DESC, sku
 LIMIT 1000

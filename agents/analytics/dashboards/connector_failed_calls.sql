@@ -13,6 +13,7 @@ SELECT
 FROM connector_calls FINAL
 WHERE failed = 1
   AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+  AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
   AND ({channel:String} = '' OR channel = {channel:String})
 GROUP BY channel, endpoint, reason
 ORDER BY calls DESC, channel, endpoint, reason

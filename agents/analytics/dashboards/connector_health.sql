@@ -23,6 +23,7 @@ SELECT
     if(argMax(key_expires_ms, event_time_ms) = 0, NULL, toInt64(floor((argMax(key_expires_ms, event_time_ms) - {now_ms:Int64}) / 86400000))) AS key_days_left
 FROM connector_calls FINAL
 WHERE event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+  AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
   AND ({channel:String} = '' OR channel = {channel:String})
 GROUP BY channel, endpoint
 ORDER BY success_rate, channel, endpoint

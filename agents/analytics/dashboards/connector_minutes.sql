@@ -29,6 +29,7 @@ FROM
         argMaxIf(error, event_time_ms, failed = 1) AS error
     FROM connector_calls FINAL
     WHERE event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+      AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
       AND ({channel:String} = '' OR channel = {channel:String})
     GROUP BY channel, endpoint, minute_ms
 )

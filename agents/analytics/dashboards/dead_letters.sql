@@ -8,5 +8,6 @@ SELECT
     toDateTime(intDiv(max(event_time_ms), 1000), {tz:String}) AS last_seen
 FROM dead_letters FINAL
 WHERE event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+  AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
 GROUP BY source_topic, reason
 ORDER BY count DESC, source_topic, reason

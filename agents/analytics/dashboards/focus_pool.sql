@@ -22,6 +22,7 @@ FROM
     FROM order_health FINAL
     WHERE focus = 1
       AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+      AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
       AND ({channel:String} = '' OR channel = {channel:String})
 ) AS h
 LEFT JOIN

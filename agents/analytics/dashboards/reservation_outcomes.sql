@@ -9,6 +9,7 @@ FROM
     ARRAY JOIN splitByChar(',', reasons) AS reason
     WHERE outcome = 'REJECTED' AND {sku:String} = ''
       AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+      AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
       AND ({channel:String} = '' OR channel = {channel:String})
     GROUP BY reason
     UNION ALL
@@ -23,6 +24,7 @@ FROM
           SELECT event_id FROM reservations FINAL
           WHERE outcome = 'REJECTED'
             AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+            AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
             AND ({channel:String} = '' OR channel = {channel:String})
       )
     GROUP BY reason
@@ -31,6 +33,7 @@ FROM
     FROM hold_decisions FINAL
     WHERE outcome = 'EXPIRED'
       AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+      AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
       AND ({sku:String} = '' OR sku = {sku:String})
     GROUP BY reason
     UNION ALL
@@ -38,6 +41,7 @@ FROM
     FROM order_states FINAL
     WHERE state = 'payment_timeout' AND {sku:String} = ''
       AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+      AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
       AND ({channel:String} = '' OR channel = {channel:String})
 )
 WHERE count > 0

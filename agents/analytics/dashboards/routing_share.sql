@@ -8,6 +8,7 @@ SELECT
         SELECT uniqExact(order_id) FROM order_states FINAL
         WHERE state = 'routed'
           AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+          AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
           AND ({channel:String} = '' OR channel = {channel:String})
     ), 1) AS share_pct,
     round(avgIf(distance_km, decided = 1), 1) AS avg_km,
@@ -24,6 +25,7 @@ FROM
     FROM order_states FINAL
     WHERE state = 'routed'
       AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+      AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
       AND ({channel:String} = '' OR channel = {channel:String})
 ) AS given
 LEFT JOIN
@@ -44,6 +46,7 @@ LEFT JOIN
     WHERE order_id IN (
         SELECT order_id FROM order_states FINAL
         WHERE state = 'routed' AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+          AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
     )
     GROUP BY order_id, warehouse_id
 ) AS decisions USING (order_id, warehouse_id)

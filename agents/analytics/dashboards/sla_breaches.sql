@@ -8,5 +8,6 @@ SELECT
 FROM alerts FINAL
 WHERE kind = 'sla_breach'
   AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+  AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
 GROUP BY hour
 ORDER BY hour

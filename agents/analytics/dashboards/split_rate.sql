@@ -8,4 +8,5 @@ SELECT
 FROM order_states FINAL
 WHERE state = 'routed'
   AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+  AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
   AND ({channel:String} = '' OR channel = {channel:String})

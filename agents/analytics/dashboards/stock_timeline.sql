@@ -11,6 +11,7 @@ SELECT
 FROM stock_levels FINAL
 WHERE sku = {sku:String}
   AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
+  AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
 -- A busy SKU publishes tens of thousands of levels a day: one point per step keeps the chart light and
 -- reaching the range's end, where cutting the list at a row count showed only its first hours.
 GROUP BY intDiv(event_time_ms - {from_ms:Int64}, greatest(intDiv({to_ms:Int64} - {from_ms:Int64} + 999, 1000), 1000))

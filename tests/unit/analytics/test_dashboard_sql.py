@@ -382,3 +382,29 @@ def test_orders_per_hour_feeds_the_forecast_in_a_zone_off_the_hour(ch: SharedCli
     rows = dash(ch, "orders_per_hour", placed + 3 * H, from_ms=start, to_ms=start + 6 * H, tz=zone.key)
     assert from_hours({int(r["hour_ms"]): float(r["orders"]) for r in rows}, start, start + 6 * H).total() == 2
     assert [r["hour"] for r in rows] == ["2026-11-11 09:30:00"]  # the UTC hour 04:00, shown in India's zone
+
+
+RANGED = ("flow_time", "sla_breaches", "split_rate", "routing_share", "stock_timeline", "channel_pauses",
+          "reservation_outcomes", "dead_letters", "connector_health", "connector_failed_calls")  # fmt: skip
+
+
+def test_a_dashboards_time_range_reads_its_months_not_the_tables_whole_history(ch: SharedClickHouse) -> None:
+    """Failed before: FINAL merged across months, so no dashboard skipped a month outside its range. Each read
+    the table's whole history, and on embedded ClickHouse held the sink's inserts while it did."""
+    august = shop_ms("2026-08-10T10:00")
+    history: list[Event] = []
+    for n in range(1_500):
+        at = august + n * MIN
+        history += order(f"jd:old{n}", [("placed", at), ("reserved", at + S), ("paid", at + 2 * S)])
+        history += [sla_alert(f"jd:old{n}", at), stock_level("SKU-OLD", n, at)]
+    double11 = shop_ms("2026-11-11T00:30")
+    store(ch, [*history, *order("jd:new", [("placed", double11), ("reserved", double11 + S)], "WH-SH"),
+               sla_alert("jd:new", double11), stock_level("SKU-NEW", 1, double11)])  # fmt: skip
+    ch.get().execute("SET max_rows_to_read = 1000")  # under any one table's August rows
+    try:
+        day = {"from_ms": shop_ms("2026-11-11T00:00"), "to_ms": shop_ms("2026-11-12T00:00")}
+        for name in RANGED:
+            dash(ch, name, day["to_ms"], **day, **({"sku": "SKU-OLD"} if name == "stock_timeline" else {}))
+        assert [r["orders"] for r in dash(ch, "flow_time", day["to_ms"], **day)] == [1]
+    finally:
+        ch.get().execute("SET max_rows_to_read = 0")
