@@ -1,12 +1,12 @@
 -- title: Where orders wait now
--- description: Orders not yet finished, by the state they are in, with how long they have been in it: every one that entered its state before the range's end, however long ago (the range's start is not used, so the oldest stay in view). With a warehouse, the orders it was given alone or with others (a split order). The state with the most old orders is the bottleneck now. A presale order whose deposit is paid waits for its balance by design: it is shown as deposit_paid, apart from the reserved orders waiting for a payment.
+-- description: Orders not yet finished, by the state they are in, with how long they have been in it, as things stood at the range's end (or now, if it is later): every one that entered its state before then, however long ago (the range's start is not used, so the oldest stay in view). With a warehouse, the orders it was given alone or with others (a split order). The state with the most old orders is the bottleneck now. A presale order whose deposit is paid waits for its balance by design: it is shown as deposit_paid, apart from the reserved orders waiting for a payment.
 -- chart: bar x=state y=orders,p90_age_min
 SELECT
     if(current = 'reserved' AND deposit_paid, 'deposit_paid', current) AS state,
     count() AS orders,
-    round(quantileExact(0.5)((({now_ms:Int64}) - since) / 60000), 1) AS p50_age_min,
-    round(quantileExact(0.9)((({now_ms:Int64}) - since) / 60000), 1) AS p90_age_min,
-    round(max((({now_ms:Int64}) - since) / 60000), 1) AS oldest_min
+    round(quantileExact(0.5)((least({now_ms:Int64}, {to_ms:Int64}) - since) / 60000), 1) AS p50_age_min,
+    round(quantileExact(0.9)((least({now_ms:Int64}, {to_ms:Int64}) - since) / 60000), 1) AS p90_age_min,
+    round(max((least({now_ms:Int64}, {to_ms:Int64}) - since) / 60000), 1) AS oldest_min
 FROM
 (
     -- The current state is the furthest one in the lifecycle, not the newest stamp: a placing carries the
@@ -25,6 +25,7 @@ FROM
                indexOf(['placed', 'reserved', 'paid', 'routed', 'shipped', 'delivered',
                         'rejected', 'cancelled', 'payment_timeout'], state) AS rank
         FROM order_states FINAL
+        WHERE event_time_ms < least({now_ms:Int64}, {to_ms:Int64})  -- a range ending in the past: its state then
     )
     GROUP BY order_id
 )

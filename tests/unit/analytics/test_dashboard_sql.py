@@ -408,3 +408,33 @@ def test_a_dashboards_time_range_reads_its_months_not_the_tables_whole_history(c
         assert [r["orders"] for r in dash(ch, "flow_time", day["to_ms"], **day)] == [1]
     finally:
         ch.get().execute("SET max_rows_to_read = 0")
+
+
+def test_a_presale_orders_wait_for_its_balance_is_a_flow_time_stage_of_its_own(ch: SharedClickHouse) -> None:
+    """Failed before: two presale orders' three weeks between deposit and balance were counted as reserved→paid,
+    and topped that stage's p90 as if payments had stalled."""
+    t = shop_ms("2026-11-11T10:00")
+    events: list[Event] = []
+    for n in range(8):
+        events += order(f"jd:N{n}", [("placed", t), ("reserved", t + S), ("paid", t + S + MIN)])
+    deposit_at = shop_ms("2026-10-21T20:00")
+    for n in range(2):
+        steps = order(f"jd:P{n}", [("placed", deposit_at), ("reserved", deposit_at + S), ("paid", t + 5 * MIN)])
+        deposit = dict(steps[1][3], event_id=f"jd:P{n}:deposit", reason="deposit_paid", event_time_ms=deposit_at + S)
+        events += [*steps, ("order.states", f"jd:P{n}", "OrderStateChanged", deposit, 0)]
+    store(ch, events)
+    rows = {r["stage"]: r for r in dash(ch, "flow_time", t + DAY, from_ms=shop_ms("2026-10-01T00:00"), to_ms=t + DAY)}
+    assert (rows["2 reserved→paid"]["orders"], rows["2 reserved→paid"]["p90_s"]) == (8, 60.0)
+    assert rows["2 deposit→balance"]["orders"] == 2 and rows["2 deposit→balance"]["p50_s"] > 19 * 86_400
+
+
+def test_where_orders_waited_at_a_past_range_end_is_how_things_stood_then(ch: SharedClickHouse) -> None:
+    """Failed before: the state and the age were today's, so an order waiting at the range's end but routed since
+    was not shown at all."""
+    t = shop_ms("2026-11-11T10:00")
+    store(ch, order("jd:W", [("placed", t - MIN), ("reserved", t - MIN + S), ("paid", t),
+                             ("routed", shop_ms("2026-11-12T09:00"))], "WH-SH"))  # fmt: skip
+    rows = dash(ch, "orders_waiting_now", shop_ms("2026-11-12T12:00"), to_ms=shop_ms("2026-11-11T20:00"))
+    assert [(r["state"], r["orders"], r["oldest_min"]) for r in rows] == [("paid", 1, 600.0)]
+    now = dash(ch, "orders_waiting_now", shop_ms("2026-11-12T12:00"))  # now: routed 3 h ago, waiting to ship
+    assert [(r["state"], r["orders"], r["oldest_min"]) for r in now] == [("routed", 1, 180.0)]
