@@ -414,7 +414,10 @@ class HoldStock(Processor):
                 "kept_from": msg.get("as_of_ms", 0),
             }  # fmt: skip
             # The level's version moves on with every report: a bucket's change stamped on its own clock may be
-            # older than the home's last touch, and channels drop a figure whose version is not newer.
+            # older than the home's last touch, and channels drop a figure whose version is not newer. The home's
+            # own version first takes in the report's, which another worker's clock may have put ahead of it: the
+            # level's (the highest of them) then moves on with the next report too.
+            home.newest_change_ms = max(home.newest_change_ms, int(msg["newest_change_ms"]))
             home.touch(ctx.now_ms)
             self._send(ctx, home, hot_.on_report(home, sender, figures, self.low_water))
             self._send(ctx, home, hot_.rebalance(home, ctx.now_ms, self.low_water, self.refresh_interval_ms))

@@ -515,6 +515,27 @@ def test_a_buckets_report_that_changes_the_figures_moves_the_levels_version_on()
     assert after["newest_change_ms"] > before["newest_change_ms"]
 
 
+def test_a_report_after_one_from_a_bucket_whose_clock_runs_ahead_still_moves_the_levels_version_on() -> None:
+    """Failed before: a bucket on a worker whose clock ran ahead set the level's version past the home's own, and
+    the next report's level, its figures changed, carried that same version: channels kept the higher figure."""
+    r = runner()
+    receipt(r, SKU, 100)
+    mark(r, 4)
+    before = level(r)
+    reports = [o.record for o in r.outputs if o.topic == STOCK_BUCKETS.name and o.record["kind"] == "REPORT"]
+    ahead = reports[-1]
+    other = next(rep for rep in reversed(reports) if rep["from_bucket"] != ahead["from_bucket"])
+    r.send([(SKU, "BucketSync", {**ahead, "event_id": f"{ahead['event_id']}:ahead", "seq": ahead["seq"] + 100,
+                                 "newest_change_ms": before["newest_change_ms"] + 60_000})], STOCK_BUCKETS.name)
+    first = level(r)
+    r.send([(SKU, "BucketSync", {**other, "event_id": f"{other['event_id']}:sold", "seq": other["seq"] + 100,
+                                 "locked": other["locked"] + 20, "open_lines": other["open_lines"] + 20,
+                                 "newest_change_ms": before["newest_change_ms"] + 5})], STOCK_BUCKETS.name)
+    second = level(r)
+    assert second["available"] == first["available"] - 20
+    assert second["newest_change_ms"] > first["newest_change_ms"]
+
+
 def test_a_line_passed_on_to_a_lagging_bucket_is_held_once_however_long_the_lag() -> None:
     """Changed on purpose: the marker a bucket leaves for a RESERVE it passed on lived a finished line's tombstone
     (10 min). With the other bucket's partition lagging longer, the order's re-asked RESERVE found no marker, was
