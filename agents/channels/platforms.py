@@ -41,7 +41,8 @@ Callbacks (marketplace -> shop: settlements, order pushes), per channel:
 - **pdd**: query ``client_id, type`` (the event), ``timestamp`` (seconds), ``sign``; JSON body; TOP-style md5.
 - **douyin**: the Doudian push: headers ``app-id``, ``event-sign = hex(md5(app_key + body + secret))``,
   ``sign-method: md5``; the body is a JSON list of ``{"tag", "msg_id", "data"}`` with ``data`` the
-  event's JSON text. It signs no timestamp, so no window applies: the receiver de-duplicates by ``msg_id``.
+  event's JSON text. It signs no timestamp, so no window applies: a push sent again is a repeat of its event's
+  own id (the channel's order id and the kind), which intake answers ``duplicate`` and every consumer de-duplicates.
 - **kuaishou**: query ``appkey, event, timestamp`` (ms), ``signMethod=HMAC_SHA256, sign``; JSON body,
   signed as the parameter ``param`` with the Kwaixiaodian request scheme.
 - **own**: the own-site request headers plus ``X-Stockflow-Event``, the event, which the signature covers:
@@ -628,7 +629,9 @@ def _kwai_sign(secret: str, params: Mapping[str, str]) -> str:
 
 def _own_sign(secret: str, timestamp: str, body: bytes, event: str | None = None) -> str:
     """The own site's signature: over the timestamp and body of a request, and a push's event besides."""
-    signed = timestamp.encode() + b"." + (b"" if event is None else event.encode() + b".") + body
+    # Headers arrive surrogate-escaped where their bytes are not UTF-8: signed as the bytes that were sent.
+    signed = (timestamp.encode("utf-8", "surrogateescape") + b"."
+              + (b"" if event is None else event.encode("utf-8", "surrogateescape") + b".") + body)  # fmt: skip
     return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 
@@ -855,7 +858,7 @@ def _header(headers: Mapping[str, str], name: str) -> str:
 def _json_object(text: str | bytes, what: str) -> Json | Verdict:
     try:
         value = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nesting past the parser's depth: before any signature
         return _refused(AuthFailure.MALFORMED, f"{what} is not JSON")
     if not isinstance(value, dict):
         return _refused(AuthFailure.MALFORMED, f"{what} is not a JSON object")
@@ -1055,7 +1058,7 @@ def _parse_callback(
             message = messages[0]
             payload = _json_object(message["data"], "data")
             event = str(message["tag"])
-        except (ValueError, UnicodeDecodeError, LookupError, TypeError):
+        except (ValueError, UnicodeDecodeError, LookupError, TypeError, RecursionError):
             return _refused(AuthFailure.MALFORMED, "body is not a Doudian push")
         if isinstance(payload, Verdict):
             return payload
@@ -1578,14 +1581,20 @@ def classify(channel: str, http_status: int | None, body: Mapping[str, Any] | by
             return Outcome(OutcomeKind.OK, http_status=http_status, result=result, items=_item_results(p, result))
         return _by_status(http_status, "error status without an error body")
     code, sub_code, message = envelope
-    kind = _kind_of(p, code, sub_code)
-    if kind is None and p.error_style is ErrorStyle.TOP and sub_code.startswith("isp."):
-        kind = ErrorKind.SERVER_ERROR  # TOP: "isp." errors are the platform's own, worth another try
+    kind = _error_kind(p, code, sub_code)
     if kind is None:
         # An error we have no entry for: a faulty status says what it is; a refusal in a 2xx is fatal.
         by_status = _by_status(http_status, message).kind if http_status >= 300 else OutcomeKind.FATAL  # noqa: PLR2004
         return Outcome(by_status, None, code, message, http_status)
     return Outcome(OUTCOME_OF[kind], kind, code, message, http_status)
+
+
+def _error_kind(p: Platform, code: str, sub_code: str) -> ErrorKind | None:
+    """What a refusal is, of a whole call or of one figure in it (None: not one we can name)."""
+    kind = _kind_of(p, code, sub_code)
+    if kind is None and p.error_style is ErrorStyle.TOP and sub_code.startswith("isp."):
+        kind = ErrorKind.SERVER_ERROR  # TOP: "isp." errors are the platform's own, worth another try
+    return kind
 
 
 def _item_results(p: Platform, result: Mapping[str, Any]) -> tuple[ItemResult, ...] | None:
@@ -1607,7 +1616,7 @@ def _item_results(p: Platform, result: Mapping[str, Any]) -> tuple[ItemResult, .
             found.append(ItemResult(sku, version, OutcomeKind.OK))
             continue
         code, sub_code, message = envelope
-        kind = _kind_of(p, code, sub_code)
+        kind = _error_kind(p, code, sub_code)
         # Only a refusal of this figure can come per item; one we cannot name is not worth sending again.
         found.append(ItemResult(sku, version, OUTCOME_OF[kind] if kind else OutcomeKind.FATAL, kind, code, message))
     return tuple(found)

@@ -79,8 +79,10 @@ def build_adjustment(body: Any, warehouses: Collection[str], catalogue: Catalogu
               "sku": doc["sku"], "warehouse_id": doc["warehouse_id"], "kind": kind, "qty": doc["qty"],
               "reason": doc["reason"] or ""}  # fmt: skip
     volatile = () if given is not None else ("event_time_ms",)
-    # The pool applies an adjustment id once per SKU, so (SKU, document) is what a repeat repeats.
-    return Mapped("StockAdjusted", record, STOCK_ADJUSTMENTS.name, doc["sku"], f"{doc['sku']}@{doc['document_id']}",
+    # The pool applies an adjustment id once per SKU, so (SKU, document) is what a repeat repeats; the SKU's length
+    # first, as either may hold any separator ("SKU-1@A" and "B", "SKU-1" and "A@B").
+    identity = f"{len(doc['sku'])}:{doc['sku']}@{doc['document_id']}"
+    return Mapped("StockAdjusted", record, STOCK_ADJUSTMENTS.name, doc["sku"], identity,
                   content_digest(record, volatile))  # fmt: skip
 
 

@@ -519,6 +519,18 @@ def test_a_stock_batch_answer_says_per_figure_applied_or_stale(channel: str) -> 
     assert P.classify(channel, *P.ok_answer(channel, "stock", {})).items is None  # a one-SKU answer has no list
 
 
+def test_a_tmall_figure_refused_for_the_platforms_own_fault_is_sent_again_like_a_call_so_refused() -> None:
+    """Failed before: an "isp." refusal was worth another try for a whole call but final for one figure, which was
+    parked and its record committed; the channel kept the older, higher figure."""
+    isp = {"success": False, "code": 15, "msg": "Remote service error",
+           "sub_code": "isp.top-remote-connection-timeout"}  # fmt: skip
+    whole = P.classify("tmall", 200, {"error_response": isp})
+    status, body = P.ok_answer("tmall", P.STOCK_BATCH, {"sku_results": [
+        {"outer_id": "SKU-1", "quantity": 0, "version": 7, **isp}]})  # fmt: skip
+    [item] = P.item_outcomes(P.classify("tmall", status, body), FIGURES[:1])
+    assert whole.kind is item.kind is OutcomeKind.RETRIABLE
+
+
 @pytest.mark.parametrize("channel", CHANNELS)
 def test_what_a_batch_outcome_means_per_figure(channel: str) -> None:
     # a figure the answer names no result for: sending it again would be answered the same

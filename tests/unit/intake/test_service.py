@@ -174,6 +174,42 @@ def test_credentials_in_other_scripts_or_undecodable_bytes_are_refused_401(
     assert (err.value.reason, err.value.status) == ("signature_mismatch", 401)
 
 
+DEEP = b'{"a":' + b"[" * 3000 + b"]" * 3000 + b"}"
+
+
+@pytest.mark.parametrize(
+    ("channel", "query", "headers", "body"),
+    [("tmall", {"app_key": "key-tmall", "topic": "taobao_trade_TradeCreate", "timestamp": "2026-11-11 00:00:00",
+                "sign": "X"}, {}, DEEP),
+     ("kuaishou", {"appkey": "key-kuaishou", "event": "kwaishop_order_created", "timestamp": "1", "sign": "X"}, {},
+      DEEP),
+     ("own", {}, {"X-Stockflow-Key": "key-own", "X-Stockflow-Timestamp": "1", "X-Stockflow-Event": "order",
+                  "X-Stockflow-Signature": "x"}, DEEP),
+     ("own", {}, {"X-Stockflow-Key": "key-own", "X-Stockflow-Timestamp": str(int(time.time() * 1000)),
+                  "X-Stockflow-Event": "ord\udcffer", "X-Stockflow-Signature": "00"}, b'{"order_id": "O1"}'),
+     ("douyin", {}, {"app-id": "key-douyin", "event-sign": "x"}, b"[" + DEEP + b"]")],
+)  # fmt: skip
+def test_a_body_nested_past_the_parsers_depth_or_an_undecodable_event_header_is_refused_401_unsigned(
+    tmp_path: Path, channel: str, query: dict[str, str], headers: dict[str, str], body: bytes
+) -> None:
+    """Failed before: both raised in the signature check (RecursionError, UnicodeEncodeError), so anyone could make
+    intake answer 500 on every signed route without a valid signature."""
+    with pytest.raises(IntakeError) as err:
+        intake(tmp_path).authenticate_channel(channel, "order", query, CIMultiDict(headers), body)
+    assert err.value.status == 401
+
+
+def test_in_development_an_unsigned_douyin_push_is_read_from_its_envelope_or_bare(tmp_path: Path) -> None:
+    """Failed before: unsigned, the envelope was taken for the order and refused 400 not_an_object."""
+    creds = {c: v for c, v in pushes.CREDS.items() if c != "douyin"}
+    path = write_secrets(tmp_path / "secrets.toml", creds, "wms-token", "service-token")
+    service = Intake(Settings(intake_secrets_file=path, intake_allow_unsigned=True), producer=pushes.Broker())
+    data = orjson.dumps(ORDERS["douyin"])
+    envelope = orjson.dumps([{"tag": "doudian_trade_TradeCreate", "msg_id": "m1", "data": data.decode()}])
+    for raw in (envelope, data):
+        assert service.authenticate_channel("douyin", "order", {}, CIMultiDict(), raw) == data
+
+
 def test_a_douyin_push_its_signature_check_reads_but_strict_json_does_not_is_refused_400(tmp_path: Path) -> None:
     """Changed on purpose: an envelope with NaN in it passed the signature check (lenient JSON) and then raised."""
     service = intake(tmp_path)
