@@ -67,6 +67,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,6 +114,7 @@ IDLE_POLLS = 30  # empty polls of a second in a row before the replay stops wait
 GROUP_POLL_S = 0.05  # how long a replay holding stock records waits for the next before sending what it has
 GAP_ALERT = "failed_queue_gap"
 READ_TIMEOUT_S = 60.0  # how long reading refund.issued or the positions may go without progress
+LEVELS_FRESH_S = 5.0  # how old the newest stock levels may be when a replayed figure is checked against them
 
 # Where each channel's replay got to (see the module docstring). Not in the topic contract (no event, nobody
 # else reads it): the replay creates it, as the engine creates its changelogs.
@@ -464,11 +466,13 @@ class Replay:
         self.from_offset = from_offset
         self.positions = positions
         self._read_issued = issued or (lambda: read_issued_refunds(self.settings, self.codec, self.channel))
-        # Per SKU, the version of its newest stock level, read at the first stock figure: the platforms keep no
-        # version of their own, so a parked figure sent after a newer one took its place would set the channel
-        # back to the older, higher figure. One a newer level overtook is not sent: the connector sends that one.
+        # Per SKU, the version of its newest stock level: the platforms keep no version of their own, so a parked
+        # figure sent after a newer one took its place would set the channel back to the older, higher figure. One
+        # a newer level overtook is not sent: the connector sends that one. Read again before a call once
+        # LEVELS_FRESH_S old: a replay paced beside the connectors runs for minutes, and the SKUs sell meanwhile.
         self._read_levels = levels or (lambda: read_newest_versions(self.settings, self.codec))
         self._levels: dict[str, int] | None = None
+        self._levels_read_s = 0.0
         self.issued = IssuedRefunds()
         self._paid_now: set[str] = set()  # refunds this run got agreed
 
@@ -648,11 +652,12 @@ class Replay:
         return True
 
     def _overtaken(self, parked: _Parked) -> bool:
-        """Whether ``parked`` is a stock figure older than its SKU's newest level."""
+        """Whether ``parked`` is a stock figure older than its SKU's newest level (as read at most LEVELS_FRESH_S
+        ago)."""
         if parked.update is None:
             return False
-        if self._levels is None:
-            self._levels = self._read_levels()
+        if self._levels is None or time.monotonic() - self._levels_read_s > LEVELS_FRESH_S:
+            self._levels, self._levels_read_s = self._read_levels(), time.monotonic()
         return parked.update.version < self._levels.get(parked.update.sku, 0)
 
     def _flush(self, consumer: Consumer, sink: ResultSink) -> bool:
@@ -698,6 +703,14 @@ class Replay:
         """Send consecutive stock records as one many-SKU call, park what failed again, make it durable and move
         the position past them; False to stop the replay at the group's first record."""
         s = self.summary
+        # Overtaken since they were read (a sale the connector pushed while the replay paced itself): not sent.
+        last = group[-1].offset
+        for parked in [p for p in group if self._overtaken(p)]:
+            group.remove(parked)
+            self._count(pf.OutcomeKind.ALREADY_APPLIED, True, parked.record["idempotency_key"], "")
+        if not group:
+            self._done_through(consumer, last)
+            return True
         updates = [p.update for p in group if p.update is not None]
         body = pf.stock_batch_body(self.channel, updates)
         result = self.caller.call(self.channel, pf.STOCK_BATCH, body, what=f"of {len(group)} SKU(s) (replay)")

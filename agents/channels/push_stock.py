@@ -359,14 +359,20 @@ class StockConnector(Connector[StockLane]):
     def partitions_revoked(self, partitions: set[TopicPartitionKey]) -> None:
         """Their waiting figures are dropped, and the revoke waits for their calls under way to land: platforms
         keep no version, so a slow call landing after the new owner's first call for the SKU would set the
-        channel back to the older figure. The group gives the partitions out again only once this returns
-        (at most a call's whole retry budget, and its timeout, later)."""
+        channel back to the older figure. The group gives the partitions out again only once this returns.
+        Every call ends on its own (no attempt starts past its retry budget, each has its timeout), usually
+        within the budget and a timeout; one taking longer (a rate limit to wait for, an answer trickling in) is
+        waited for all the same, and said so each such interval, since letting go sooner is what sets a channel
+        back. Only the process stopping ends the wait."""
         under_way = {channel: lane.forget_partitions(partitions) for channel, lane in self.lanes.items()}
-        deadline = time.monotonic() + self.settings.connector_retry_budget_s + self.settings.connector_call_timeout_s
+        interval_s = self.settings.connector_retry_budget_s + self.settings.connector_call_timeout_s
         for channel, skus in under_way.items():
-            if skus and (left := self.lanes[channel].wait_landed(skus, deadline)):
+            lane = self.lanes[channel]
+            while skus and (skus := lane.wait_landed(skus, time.monotonic() + interval_s)):
+                if self.stop.is_set():
+                    break
                 log.warning("%s: %d stock call(s) of revoked partitions still under way (%s first); the partitions "
-                            "go to their next owner all the same", channel, len(left), sorted(left)[0])  # fmt: skip
+                            "go to their next owner once they land", channel, len(skus), sorted(skus)[0])  # fmt: skip
 
     def pending(self) -> dict[str, int]:
         return {channel: lane.pending() for channel, lane in self.lanes.items()}

@@ -95,7 +95,9 @@ class Retry:
         if self.attempts is not None:
             stops.append(tenacity.stop_after_attempt(self.attempts))
         if self.deadline_s is not None:
-            stops.append(tenacity.stop_after_delay(self.deadline_s))
+            # No attempt starts past the deadline: stopping after it would still sleep and try once more, which
+            # those waiting on the deadline (a revoke waiting for a call to land, say) do not count on.
+            stops.append(tenacity.stop_before_delay(self.deadline_s))
         return {
             "retry": tenacity.retry_if_exception(self.is_retriable),
             "stop": tenacity.stop_any(*stops) if stops else tenacity.stop_never,

@@ -1087,6 +1087,34 @@ def test_a_revoke_waits_for_the_call_under_way_for_its_partition_to_land(tmp_pat
     assert lane.wait_landed({"A"}, time.monotonic()) == set()
 
 
+def test_a_revoke_waits_for_a_call_that_outlasts_its_retry_budget_and_timeout(tmp_path: Path, clock: list[int]) -> None:
+    """Failed before: the revoke let go after a call's retry budget and timeout, while a call waiting out a rate
+    limit or an answer trickling in could still be under way: it then landed over the new owner's figure."""
+    market = Marketplace({"jd": [AppSpec(app_key="lane-app", secret="lane-secret")]}, latency_ms=0, jitter_ms=0,
+                         seed=3, clock=Clock())  # fmt: skip
+    caller = market_caller(tmp_path, market, "jd", "lane-secret")
+    forward = caller.http._transport.handler  # type: ignore[attr-defined]  # noqa: SLF001
+    entered = threading.Event()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        entered.set()
+        time.sleep(0.8)  # past the budget and the timeout below
+        return forward(request)  # type: ignore[no-any-return]
+
+    caller.http._transport.handler = slow  # type: ignore[attr-defined]  # noqa: SLF001
+    lane = StockLane("jd", FakeConnector(caller), window_ms=100)  # type: ignore[arg-type]
+    lane.offer("A", 5, 1000, ticket(1), "src")
+    clock[0] = 100
+    sending = threading.Thread(target=send_due, args=(lane, 100))
+    sending.start()
+    assert entered.wait(10)
+    connector: Any = SimpleNamespace(lanes={"jd": lane}, stop=threading.Event(), settings=Settings(
+        connector_retry_budget_s=0.1, connector_call_timeout_s=0.2))  # fmt: skip
+    push_stock.StockConnector.partitions_revoked(connector, {ticket(1).tp})
+    assert lane.pushes.under_way() == set()  # landed before the partition could go to its next owner
+    sending.join(10)
+
+
 def down_lane(tmp_path: Path, channel: str, cap: int) -> tuple[StockLane, FakeConnector, Marketplace]:
     """A lane whose channel answers every call with a 5xx, holding at most ``cap`` SKUs' figures."""
     lane, connector, market = lane_for(tmp_path, channel)

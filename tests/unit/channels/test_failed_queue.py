@@ -4,10 +4,13 @@ says how many records it never saw, instead of starting quietly at the queue's f
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from confluent_kafka import OFFSET_INVALID, TopicPartition
 
+from agents.channels import failed_queue
 from agents.channels import platforms as pf
 from agents.channels.calls import CallResult
 from agents.channels.failed_queue import (
@@ -342,3 +345,27 @@ def test_a_parked_stock_figure_a_newer_level_overtook_is_not_sent_again() -> Non
     summary, _ = replay_over(FakeQueue(records), FakePositions(), caller, levels={"SKU-X": 2_000, "SKU-Y": 1_000})
     assert caller.calls == ["of 1 SKU(s) (replay)"]
     assert (summary.sent, summary.already_applied, summary.clean) == (1, 1, True)
+
+
+def test_a_long_replay_checks_each_figure_against_levels_read_again_as_it_goes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failed before: the newest levels were read once, at the first stock figure. A replay paced beside the
+    connectors runs for minutes: a SKU that sold out meanwhile (its level pushed live) had its older, higher
+    parked figure sent over it."""
+    clock = [0.0]
+    monkeypatch.setattr(failed_queue, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    levels = {"SKU-X": 1_000, "SKU-Y": 1_000}
+    reads: list[dict[str, int]] = []
+
+    class SellingMeanwhile(AgreeingCaller):
+        def call(self, channel: str, endpoint: str, body: dict[str, Any], what: str = "") -> CallResult:
+            clock[0] += 60.0  # each call waits a minute for its share of the rate limit
+            levels["SKU-Y"] = 2_000  # and SKU-Y sells out meanwhile
+            return super().call(channel, endpoint, body, what)
+
+    caller = SellingMeanwhile()
+    replay = Replay(Settings(), "jd", caller=caller, codec=CODEC, positions=FakePositions(),  # type: ignore[arg-type]
+                    issued=issued(), levels=lambda: reads.append(dict(levels)) or dict(levels))  # type: ignore[func-returns-value]
+    records = [stock_record(0, "SKU-X", 10, 1_000), refund_record(1), stock_record(2, "SKU-Y", 4, 1_000)]
+    summary = replay.run_with(FakeQueue(records), FakeSink())  # type: ignore[arg-type]
+    assert (summary.sent, summary.already_applied) == (2, 1)  # SKU-X and the refund; SKU-Y's figure overtaken
+    assert "of 1 SKU(s) (replay)" in caller.calls and len(reads) >= 2
