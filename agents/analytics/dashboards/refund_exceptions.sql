@@ -1,5 +1,5 @@
 -- title: Refund exceptions
--- description: Refunds past an SOP limit in the range, one row per refund and limit: customer service answering (from the request), the buyer's return reaching the warehouse (from the approval), warehouse QC (from the return's receipt), the marketplace settling (from the refund instruction). _late: the stage took longer and has ended; _hanging: still in it at the end of the range (or now); issued_not_settled / not_issued: paid out and not settled, with or without the marketplace's acceptance. A refund is listed in every range in which it was past a limit. Times in the shop's time zone.
+-- description: Refunds past an SOP limit in the range, one row per refund and limit: customer service answering (from the request), the buyer's return reaching the warehouse (from the approval; a no-reason return paid back at once included), warehouse QC (from the return's receipt), the marketplace settling (from the refund instruction). _late: the stage took longer and has ended; _hanging: still in it at the end of the range (or now); issued_not_settled / not_issued: paid out and not settled, with or without the marketplace's acceptance. A refund is listed in every range in which it was past a limit. Times in the shop's time zone.
 -- chart: table
 SELECT
     refund_id,
@@ -71,7 +71,10 @@ FROM
                 maxIf(issued_ms, issued_ms <= cutoff) AS stated_issue,
                 minIf(receipt_ms, receipt_ms > 0) AS first_receipt,
                 minIf(qc_ms, qc_ms > 0) AS first_qc,
-                minIf(issue_ms, issue_ms > 0) AS first_issue
+                minIf(issue_ms, issue_ms > 0) AS first_issue,
+                -- A no-reason return is paid back at once: its goods are still due within the return limit.
+                refund_id IN (SELECT refund_id FROM refund_states FINAL
+                              WHERE auto_approved = 1 AND kind = 'RETURN_AND_REFUND') AS paid_first
             FROM refund_facts
             WHERE event_time_ms <= cutoff
             GROUP BY refund_id
@@ -80,8 +83,9 @@ FROM
     )
     ARRAY JOIN
         ['respond', 'return', 'qc', 'settle'] AS sop,
-        [requested, awaiting_return, return_received, refunding] AS entered,
-        [responded, returned, checked, settled] AS left_ms,
+        [requested, if(awaiting_return > 0 OR NOT paid_first, awaiting_return, refunding), return_received,
+         refunding] AS entered,
+        [responded, if(awaiting_return > 0 OR NOT paid_first, returned, return_received), checked, settled] AS left_ms,
         [{respond_s:Float64}, {return_s:Float64}, {qc_s:Float64}, {settle_s:Float64}] AS limit_s
     WHERE entered > 0
       AND ({channel:String} = '' OR channel = {channel:String})

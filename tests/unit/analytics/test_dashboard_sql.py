@@ -438,3 +438,16 @@ def test_where_orders_waited_at_a_past_range_end_is_how_things_stood_then(ch: Sh
     assert [(r["state"], r["orders"], r["oldest_min"]) for r in rows] == [("paid", 1, 600.0)]
     now = dash(ch, "orders_waiting_now", shop_ms("2026-11-12T12:00"))  # now: routed 3 h ago, waiting to ship
     assert [(r["state"], r["orders"], r["oldest_min"]) for r in now] == [("routed", 1, 180.0)]
+
+
+def test_a_no_reason_return_paid_at_once_whose_goods_are_late_is_a_return_exception(ch: SharedClickHouse) -> None:
+    """Failed before: the return limit ran from awaiting_return alone, which a return paid at once never enters, so
+    goods that never came back were on no exception list."""
+    t = shop_ms("2026-11-02T10:00")
+    store(ch, [*refund("jd:R5", "jd:O5", "RETURN_AND_REFUND", [("requested", t), ("refunding", t)]),
+               *refund("jd:R6", "jd:O6", "RETURN_AND_REFUND", [("requested", t), ("refunding", t),
+                                                              ("return_received", t + 2 * DAY)]),
+               returned("jd:R6", "jd:O6", t + 2 * DAY, qc_done=False)])  # fmt: skip
+    rows = dash(ch, "refund_exceptions", AFTER_NOVEMBER, **NOVEMBER)
+    assert [(r["refund_id"], r["exception"]) for r in rows if r["exception"].startswith("return")] == [
+        ("jd:R5", "return_hanging")]  # fmt: skip
