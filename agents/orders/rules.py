@@ -611,8 +611,8 @@ def _on_allocated(rec: OrderRecord, line_no: str, outcome: str, reason: str, now
     if any(n not in rec.allocated for n in plan):
         return fx  # answers still to come for this attempt
     if _routed_when_placed(rec, fx, now_ms, rules):
-        pass
-    elif int(rec.routing.get("attempt", 0)) < rules.max_route_attempts:
+        return fx
+    if int(rec.routing.get("attempt", 0)) < rules.max_route_attempts:
         fx.route = unrouted_lines(rec)
     else:
         rec.routing["retry_at_ms"] = now_ms + rules.route_retry_ms
