@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.contract.keys import partition_for
-from streams.engine.processor import Context, Output, Processor, Refusal
+from streams.engine.processor import Context, Output, Processor, Refusal, no_timers
 from streams.engine.state import MemoryStore, ReadOnlyStore, StoreTransaction
 from streams.engine.timers import Timers
 
@@ -77,7 +77,7 @@ class LocalRunner:
                 txn = txns[(spec.name, partition)] = StoreTransaction(store, spec.serde)
             reads[spec.name] = ReadOnlyStore(txn)
         timers = self.timers.setdefault((proc.name, partition), Timers())
-        return Context(partition, self.now_ms, stores, timers.set, reads)
+        return Context(partition, self.now_ms, stores, timers.set if proc.timer_store else no_timers, reads)
 
     def _commit(self, contexts: list[Context], txns: dict[tuple[str, int], StoreTransaction[Any]]) -> list[Event]:
         produced: list[Event] = []

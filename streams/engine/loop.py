@@ -45,7 +45,7 @@ from streams.contract.topics import ALL_TOPICS, DEADLETTERS, LARGEST_DEAD_LETTER
 from streams.engine.changelog import changelog_topic, ensure_changelogs, restore
 from streams.engine.clock import Clock
 from streams.engine.deadletter import dead_letter
-from streams.engine.processor import Context, Output, Processor
+from streams.engine.processor import Context, Output, Processor, no_timers
 from streams.engine.state import DueOf, PartitionStore, ReadOnlyStore, StoreSpec, StoreTransaction
 from streams.engine.timers import Timers
 from streams.gcpolicy import BETWEEN_BATCHES, collect_between_batches, pace_for_batches
@@ -249,7 +249,7 @@ class _Batch:
                 stores[spec.name] = self._txn(spec, owned, partition)
             reads = {spec.name: ReadOnlyStore(self._txn(spec, owned, partition)) for spec in proc.reads}
             timers = owned.timers.get(proc.name)
-            schedule = _no_timers
+            schedule = no_timers
             if timers is not None:
                 noted = self.scheduled.setdefault((proc.timer_store, partition), {})
 
@@ -267,10 +267,6 @@ class _Batch:
         if txn is None:
             txn = self.stores[(spec.name, partition)] = StoreTransaction(owned.stores[spec.name], spec.serde)
         return txn
-
-
-def _no_timers(key: bytes, due_ms: int) -> None:
-    raise RuntimeError("this processor declares no timer_store")
 
 
 class Engine:
@@ -938,11 +934,11 @@ class Engine:
         outputs = self._outputs(batch)
         refusals = [(msg, r) for ctx in batch.contexts.values() for msg, r in ctx.refusals]
         dead = list(dead or [])
+        self._changelog_offsets.clear()  # of the last commit: a store's offset never moves back to it
         if not (changes or outputs or refusals or dead or batch.offsets):
             self._write_stores(batch, {})  # timers fired or set, nothing else: only the local index moves
             return
         started = time.perf_counter()
-        self._changelog_offsets.clear()
         self._delivery_error = None
         offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
         try:
@@ -1180,7 +1176,7 @@ class Engine:
             # Read-only: what on_assign reads is committed state; it marks, it does not emit.
             txns = {spec.name: StoreTransaction(stores[spec.name], spec.serde) for spec in proc.stores}
             timers = self.owned[partition].timers.get(proc.name)
-            proc.on_assign(Context(partition, now_ms, txns, timers.set if timers else _no_timers))
+            proc.on_assign(Context(partition, now_ms, txns, timers.set if timers else no_timers))
 
     def _due_of(self, store: str) -> DueOf | None:
         """How a timer store's index reads a key's due time from its stored value (a restore, a first build)."""
@@ -1237,17 +1233,24 @@ class Engine:
         stay paused and unowned until the loop tries again (``RESTORE_RETRY_S``)."""
         started = time.perf_counter()
         wanted: dict[tuple[str, int], PartitionStore] = {}
+        opened: list[PartitionStore] = []
         for partition in numbers:
             for name in self.store_specs:
                 store = self._open.get((name, partition))
                 if store is None:
                     store = PartitionStore(self._state_dir() / f"slot-{self.slot}" / name / str(partition),
                                            self._due_of(name))  # fmt: skip
+                    opened.append(store)
                 wanted[(changelog_topic(self.settings, name), partition)] = store
         self._wait_for_open_transactions(numbers)
         try:
             restored, applied = restore(wanted, self.settings)
         except (KafkaException, RuntimeError, TimeoutError, OSError) as exc:
+            # Closed now, not whenever they are collected: the retry opens the same folders, and RocksDB refuses
+            # a folder this process still holds (a traceback kept by a log handler is enough to hold it).
+            for store in opened:
+                with contextlib.suppress(Exception):
+                    store.close()
             self._restore_later(numbers, exc)
             return
         self.stats.restored_records += applied

@@ -51,8 +51,9 @@ class Output:
 
 @dataclass
 class Refusal:
-    """The current message refused: it goes to ``deadletters`` with its bytes, and nothing else it
-    caused is kept."""
+    """The current message refused: it goes to ``deadletters`` with its bytes. What its handler did before
+    refusing (stores set, records emitted, timers) commits with the batch all the same, so a handler refuses
+    before it changes anything, unless what it changed is meant to stand (a state published beside the refusal)."""
 
     reason: Reason
     detail: str
@@ -161,3 +162,8 @@ class Processor(ABC):
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+
+def no_timers(key: bytes, due_ms: int) -> None:
+    """``Context.schedule`` of a processor that declares no ``timer_store``."""
+    raise RuntimeError("this processor declares no timer_store")
