@@ -36,9 +36,10 @@ def alert(
     details: dict[str, str] | None = None,
     event_id: str = "",
 ) -> Alert:
-    """The ``Alert`` record an engine processor emits (``ctx.emit(ALERTS, subject, "Alert", ...)``)."""
+    """The ``Alert`` record an engine processor emits (``ctx.emit(ALERTS, subject, "Alert", ...)``). Without an
+    ``event_id``, one of kind, subject and time: a clearing's differs from its raise's, which may share the time."""
     return Alert(
-        event_id=event_id or f"{kind}:{subject}:{at_ms}",
+        event_id=event_id or f"{kind}:{subject}:{at_ms}{':cleared' if cleared else ''}",
         event_time_ms=at_ms,
         kind=kind,
         severity=severity,

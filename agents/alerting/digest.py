@@ -174,6 +174,9 @@ def _cost(lines: Sequence[str]) -> int:
     return sum(nbytes(line) + 1 for line in lines)
 
 
+DigestGroup = tuple[tuple[int, int], str, bool]  # urgency, kind, cleared: one header each
+
+
 class _Packer:
     """Fills messages up to the size limit, line by line, starting a new one when the next line
     would not fit; a group cut across messages repeats its header there, marked continued."""
@@ -183,7 +186,7 @@ class _Packer:
         self.head = head
         self.notice = notice
         self.messages: list[Message] = []
-        self.last_group: tuple[str, bool] | None = None
+        self.last_group: DigestGroup | None = None
         self._start()
 
     def _start(self) -> None:
@@ -191,19 +194,19 @@ class _Packer:
         self.lines = [self.notice, self.head] if self.notice and not self.messages else [self.head]
         self.size = _content_bytes(self.lines)
         self.ids: list[str] = []
-        self.group: tuple[str, bool] | None = None
+        self.group: DigestGroup | None = None
 
     def flush(self) -> None:
         if self.ids:
             self.messages.append(Message("\n".join(self.lines), tuple(self.ids)))
             self._start()
 
-    def _new_lines(self, group: tuple[str, bool], header: str, continued: str, line: str) -> list[str]:
+    def _new_lines(self, group: DigestGroup, header: str, continued: str, line: str) -> list[str]:
         if self.group == group:
             return [line]
         return [continued if self.last_group == group else header, line]
 
-    def add(self, group: tuple[str, bool], header: str, continued: str, alert: Alert) -> None:
+    def add(self, group: DigestGroup, header: str, continued: str, alert: Alert) -> None:
         line = _digest_line(alert)
         new = self._new_lines(group, header, continued, line)
         if self.ids and self.size + _cost(new) > self.max_bytes:
@@ -227,16 +230,16 @@ def digests(alerts: Sequence[Alert], max_bytes: int, notice: str = "") -> list[M
     head = f'<font color="{colour}">**{len(alerts)} alerts at once** · {red} RED · grouped by kind, RED first</font>'
     packer = _Packer(max_bytes, head, notice)
 
-    def group_of(a: Alert) -> tuple[tuple[int, int], str, bool]:
+    def group_of(a: Alert) -> DigestGroup:
         return (urgency(a), a["kind"], a["cleared"])
 
     ordered = sorted(alerts, key=lambda a: (group_of(a), a["event_time_ms"], a["event_id"]))
-    for (_, kind, cleared), members in groupby(ordered, key=group_of):
+    for key, members in groupby(ordered, key=group_of):
         group = list(members)
         header = _group_header(group[0], len(group), continued=False)
         continued = _group_header(group[0], len(group), continued=True)
         for alert in group:
-            packer.add((kind, cleared), header, continued, alert)
+            packer.add(key, header, continued, alert)  # the whole key: a kind's RED and WARNING are two groups
     packer.flush()
     return packer.messages
 

@@ -211,6 +211,12 @@ class Policy:
 Finish = Callable[[Queued, str], None]
 
 
+
+def _which(alert: Alert) -> tuple[str, str, str]:
+    """Which alert a raise or clearing is of: its kind and subject, and the limit it is about (a refund has one
+    alert per SOP limit, each raised and cleared on its own)."""
+    return alert["kind"], alert["subject"], (alert.get("details") or {}).get("limit", "")
+
 class Robot:
     """One WeCom group robot (one webhook URL): the alerts waiting for it, its budget, its failures.
 
@@ -258,7 +264,7 @@ class Robot:
         new = item.alert
         for queued in list(self.queue.values()):
             old = queued.alert
-            if (old["kind"], old["subject"]) != (new["kind"], new["subject"]) or old["cleared"] == new["cleared"]:
+            if _which(old) != _which(new) or old["cleared"] == new["cleared"]:
                 continue
             if old["cleared"] and old["event_time_ms"] <= new["event_time_ms"]:
                 self.finish(self.queue.pop(queued.id), "superseded: raised again")

@@ -143,6 +143,15 @@ def _passed_back(bucket: SkuStock, cmd: dict[str, Any], marker: LineHold) -> boo
             and marker.reason.startswith(f"to:{HOME}:") and hot_.takes_reservations(bucket))
 
 
+
+def _alert_id(ctx: Context, kind: str, sku: str, *, cleared: bool = False) -> str:
+    """An alert's id: its kind, SKU and batch time, whether it clears, and how many such the batch raised before
+    (one batch may break a SKU's rules, mend them and break them again: each must reach the notifier and the
+    dashboards, which keep one of each id)."""
+    seen = ctx.memo.setdefault("alert_ids", {})
+    n = seen[(kind, sku, cleared)] = seen.get((kind, sku, cleared), 0) + 1
+    return f"{kind}:{sku}:{ctx.now_ms}" + (":cleared" if cleared else "") + (f":{n}" if n > 1 else "")
+
 @dataclass
 class HoldStock(Processor):
     rules: PoolRules | None = None
@@ -545,9 +554,10 @@ class HoldStock(Processor):
         told = hot_.sold_out_news(stock)  # the buckets hear at once that the SKU sold out, or has units again
         if stock.paused != was_paused:
             how = f"only {rules.main_channel} sells" if stock.paused else "every channel sells again"
+            kind, resumed = ("stock_paused", False) if stock.paused else ("stock_resumed", True)
             ctx.emit(ALERTS, stock.sku, "Alert", alert(
-                "stock_paused" if stock.paused else "stock_resumed", "WARNING" if stock.paused else "INFO",
-                stock.sku, f"{stock.sku}: available {available}; {how}", ctx.now_ms, cleared=not stock.paused,
+                kind, "INFO" if resumed else "WARNING", stock.sku, f"{stock.sku}: available {available}; {how}",
+                ctx.now_ms, cleared=resumed, event_id=_alert_id(ctx, kind, stock.sku, cleared=resumed),
                 details={"available": str(available), "threshold": str(rules.safety_threshold)},
             ))  # fmt: skip
             if not told and stock.hot is not None and stock.hot.state != hot_.COLD:  # they refuse by its pause
@@ -573,11 +583,13 @@ class HoldStock(Processor):
         total hides, and routing then sends orders to units that are not there."""
         breaches = [] if stock.healthy() else stock.breaches()
         if breaches and not had_breach:
-            ctx.emit(ALERTS, stock.sku, "Alert",
-                     alert("invariant_breach", "RED", stock.sku, "; ".join(breaches), ctx.now_ms))  # fmt: skip
+            ctx.emit(ALERTS, stock.sku, "Alert", alert(
+                "invariant_breach", "RED", stock.sku, "; ".join(breaches), ctx.now_ms,
+                event_id=_alert_id(ctx, "invariant_breach", stock.sku)))  # fmt: skip
         elif had_breach and not breaches:
-            ctx.emit(ALERTS, stock.sku, "Alert", alert("invariant_breach", "INFO", stock.sku,
-                                                       "invariants hold again", ctx.now_ms, cleared=True))  # fmt: skip
+            ctx.emit(ALERTS, stock.sku, "Alert", alert(
+                "invariant_breach", "INFO", stock.sku, "invariants hold again", ctx.now_ms, cleared=True,
+                event_id=_alert_id(ctx, "invariant_breach", stock.sku, cleared=True)))  # fmt: skip
 
     def _bucket_changed(self, ctx: Context, db: StoreTransaction[Any], bucket: SkuStock, had_free: int) -> None:
         """A bucket not taking lines sends its free units home; once it holds nothing it says so and goes. One

@@ -231,3 +231,17 @@ def test_retry_waits_double_up_to_the_cap() -> None:
         0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 300.0
     ]  # fmt: skip
     assert digest.retry_delay(10_000, 1.0, 300.0) == 300.0
+
+
+def test_a_kinds_red_and_warning_alerts_side_by_side_each_get_their_header() -> None:
+    """Failed before: the packer told groups apart by kind alone, so a WARNING group right after the same kind's
+    RED group was printed under the RED header and its count (the key-rotation incident: jd's key expired, pdd's
+    expiring)."""
+    t = 1_700_000_000_000
+    alerts = [alert("connector_failing", "RED", "jd/refund", "jd: refund calls failing (Invalid API Key)", t),
+              alert("credential_expiring", "RED", "jd", "jd: API key expired", t + 1),
+              alert("credential_expiring", "WARNING", "pdd", "pdd: API key expires in 5 d", t + 2)]  # fmt: skip
+    (message,) = digest.digests(alerts, 4096)
+    lines = message.content.split("\n")
+    warning = next(n for n, line in enumerate(lines) if "WARNING" in line and "credential expiring" in line)
+    assert lines[warning + 1].startswith("- pdd")

@@ -203,6 +203,20 @@ def test_the_robot_key_never_reaches_a_log() -> None:
     assert redact("http://127.0.0.1:8/hook") == "http://127.0.0.1:8/hook"
 
 
+def test_a_refunds_limit_cleared_is_not_dropped_for_another_limit_of_the_refund_raised() -> None:
+    """Failed before: the same alert was the same kind and subject, so a waiting "return: cleared" was dropped when
+    the refund's QC limit was breached a day later, and the chat never heard the return had arrived."""
+    finished = Finished()
+    robot = Robot("http://127.0.0.1:9/unused", policy(), finished)
+    cleared = alert("refund_sop_breach", "INFO", "jd:R1", "refund jd:R1 moved on (received)", 10, cleared=True,
+                    event_id="jd:R1:return:cleared", details={"limit": "return"})
+    qc = alert("refund_sop_breach", "RED", "jd:R1", "the warehouse has not finished QC", 20, event_id="jd:R1:qc",
+               details={"limit": "qc"})
+    robot.replace([Queued(cleared, 0, 1)])
+    robot.add(Queued(qc, 0, 2))
+    assert sorted(robot.queue) == sorted([cleared["event_id"], qc["event_id"]]) and not finished.done
+
+
 def test_a_clearing_older_than_a_raise_of_the_same_alert_is_never_the_last_word() -> None:
     """Changed on purpose: clearings are sent after raises, so a breach cleared at t=10 and raised again at
     t=20, both waiting, reached the chat as raise then "cleared" while the breach stood."""

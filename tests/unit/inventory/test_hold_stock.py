@@ -202,3 +202,20 @@ def test_a_count_older_than_the_one_in_force_is_refused_with_its_reason() -> Non
     count("count-1", 9, r.now_ms - 30_000)  # taken earlier, arriving later: older news
     assert [x.reason for x in r.refusals] == ["count_superseded"]
     assert r.read(STORE, sku_key("S1"), "S1")["on_hand"] == {"WH-SH": 8}
+
+
+def test_a_breach_mended_and_broken_again_in_one_batch_raises_three_alerts_of_three_ids() -> None:
+    """Failed before: a raise and its clearing in one batch shared an id (kind, SKU, the batch's time), and the
+    notifier and the dashboards keep one of each id: the chat showed RED and never its clearing, or "cleared" as
+    its last word while the breach stood."""
+    r = runner()
+    receipt(r, "SKU-B", 2)
+
+    def correction(n: int, qty: int) -> tuple[str, str, dict[str, Any]]:
+        return ("SKU-B", "StockAdjusted", {"event_id": f"fix-{n}", "event_time_ms": r.now_ms, "sku": "SKU-B",
+                                           "warehouse_id": "WH-SH", "kind": "CORRECTION", "qty": qty, "reason": ""})
+
+    out = r.send([correction(1, -5), correction(2, 5), correction(3, -5)], STOCK_ADJUSTMENTS.name)
+    breaches = [o.record for o in out if o.event_type == "Alert" and o.record["kind"] == "invariant_breach"]
+    assert [a["cleared"] for a in breaches] == [False, True, False]
+    assert len({a["event_id"] for a in breaches}) == 3
