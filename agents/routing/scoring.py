@@ -110,27 +110,36 @@ def score_candidates(
     weights: dict[str, float],
 ) -> dict[str, dict[str, Any]]:
     """Each candidate's factors and score; ``lines_by_site``: the lines each one would ship."""
-    km = {wh: distance_km(sites[wh].place, customer) for wh in lines_by_site}
+    placed = _placed(sites, customer, list(lines_by_site), on_time)
+    return {wh: _scored(placed[wh], free, lines, weights) for wh, lines in lines_by_site.items()}
+
+
+def _placed(sites: dict[str, Site], customer: Place, candidates: list[str],
+            on_time: dict[str, float]) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The factors that do not depend on the lines a candidate ships, scaled over ``candidates``."""
+    km = {wh: distance_km(sites[wh].place, customer) for wh in candidates}
     d_max = max(km.values(), default=0.0)
-    c_max = max((sites[wh].cost_per_order for wh in lines_by_site), default=0.0)
-    out = {}
-    for wh, lines in lines_by_site.items():
-        need: dict[str, int] = {}
-        for ln in lines:  # two lines of one SKU take from the same units
-            need[ln.sku] = need.get(ln.sku, 0) + ln.qty
-        sufficiency = min(
-            ((free[(wh, sku)] - qty) / free[(wh, sku)] for sku, qty in need.items() if free.get((wh, sku), 0) > 0),
-            default=0.0,
-        )
-        factors = {
-            "distance": 1.0 - km[wh] / d_max if d_max > 0 else 1.0,
-            "sufficiency": max(0.0, sufficiency),
-            "on_time": min(1.0, max(0.0, on_time[wh])),
-            "cost": 1.0 - sites[wh].cost_per_order / c_max if c_max > 0 else 1.0,
-        }
-        score = sum(weights[f] * factors[f] for f in FACTORS)
-        out[wh] = {"warehouse_id": wh, "distance_km": round(km[wh], 3), **factors, "score": score}
-    return out
+    c_max = max((sites[wh].cost_per_order for wh in candidates), default=0.0)
+    return {
+        wh: {"warehouse_id": wh, "distance_km": round(km[wh], 3),
+             "distance": 1.0 - km[wh] / d_max if d_max > 0 else 1.0, "on_time": min(1.0, max(0.0, on_time[wh])),
+             "cost": 1.0 - sites[wh].cost_per_order / c_max if c_max > 0 else 1.0}
+        for wh in candidates
+    }  # fmt: skip
+
+
+def _scored(placed: dict[str, Any], free: dict[tuple[str, str], int], lines: list[Line],
+            weights: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+    wh = placed["warehouse_id"]
+    need: dict[str, int] = {}
+    for ln in lines:  # two lines of one SKU take from the same units
+        need[ln.sku] = need.get(ln.sku, 0) + ln.qty
+    sufficiency = min(
+        ((free[(wh, sku)] - qty) / free[(wh, sku)] for sku, qty in need.items() if free.get((wh, sku), 0) > 0),
+        default=0.0,
+    )
+    factors = {**placed, "sufficiency": max(0.0, sufficiency)}
+    return {**factors, "score": sum(weights[f] * factors[f] for f in FACTORS)}
 
 
 def route(
@@ -151,7 +160,8 @@ def route(
     partial = {wh: served for wh, served in partial.items() if served}
     if not partial:
         return None
-    scored = score_candidates(sites, customer, partial, free, on_time, weights)
+    placed = _placed(sites, customer, list(partial), on_time)
+    scored = {wh: _scored(placed[wh], free, served, weights) for wh, served in partial.items()}
     ranked = sorted(partial, key=lambda wh: (-scored[wh]["score"], wh))
     by_no = {ln.line_no: ln for ln in lines}
     for size in range(2, min(MAX_SPLIT, len(ranked)) + 1):
@@ -163,13 +173,13 @@ def route(
             # Each warehouse of the plan scored on the lines it would ship, not every line it could: one kept
             # from a line another ships would lose sufficiency for stock it keeps. The other candidates stay in,
             # so distance and cost are scaled alike for every plan.
-            shipped = {**partial, **{wh: [by_no[n] for n in nos] for wh, nos in plan.items()}}
-            plan_scored = score_candidates(sites, customer, shipped, free, on_time, weights)
-            total = sum(plan_scored[wh]["score"] for wh in plan)
+            ships = {wh: _scored(placed[wh], free, [by_no[n] for n in nos], weights) for wh, nos in plan.items()}
+            total = sum(c["score"] for c in ships.values())
             if found is None or total > found[0] + 1e-12:
-                found = (total, plan, plan_scored)
+                found = (total, plan, ships)
         if found is not None:
-            return Decision(found[1], [found[2][wh] for wh in sorted(found[2])], weights)
+            candidates = {**scored, **found[2]}
+            return Decision(found[1], [candidates[wh] for wh in sorted(candidates)], weights)
     return None
 
 
