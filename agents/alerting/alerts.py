@@ -25,6 +25,12 @@ class AlertSpec:
     details: dict[str, str] = field(default_factory=dict)
 
 
+def alert_id(kind: str, subject: str, at_ms: int, *, cleared: bool = False) -> str:
+    """An alert's id from its kind, subject and time: a clearing's differs from its raise's, which may share the
+    time."""
+    return f"{kind}:{subject}:{at_ms}{':cleared' if cleared else ''}"
+
+
 def alert(
     kind: str,
     severity: str,
@@ -36,10 +42,10 @@ def alert(
     details: dict[str, str] | None = None,
     event_id: str = "",
 ) -> Alert:
-    """The ``Alert`` record an engine processor emits (``ctx.emit(ALERTS, subject, "Alert", ...)``). Without an
-    ``event_id``, one of kind, subject and time: a clearing's differs from its raise's, which may share the time."""
+    """The ``Alert`` record an engine processor emits (``ctx.emit(ALERTS, subject, "Alert", ...)``); without an
+    ``event_id``, ``alert_id``'s."""
     return Alert(
-        event_id=event_id or f"{kind}:{subject}:{at_ms}{':cleared' if cleared else ''}",
+        event_id=event_id or alert_id(kind, subject, at_ms, cleared=cleared),
         event_time_ms=at_ms,
         kind=kind,
         severity=severity,

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.alerting.alerts import alert
+from agents.alerting.alerts import alert, alert_id
 from agents.inventory import buckets as hot_
 from agents.inventory import rules as rules_
 from agents.inventory.buckets import HOME, Sync, bucket_key, home_sku
@@ -145,12 +145,11 @@ def _passed_back(bucket: SkuStock, cmd: dict[str, Any], marker: LineHold) -> boo
 
 
 def _alert_id(ctx: Context, kind: str, sku: str, *, cleared: bool = False) -> str:
-    """An alert's id: its kind, SKU and batch time, whether it clears, and how many such the batch raised before
-    (one batch may break a SKU's rules, mend them and break them again: each must reach the notifier and the
-    dashboards, which keep one of each id)."""
+    """``alert_id``, and how many such the batch raised before (one batch may break a SKU's rules, mend them and
+    break them again: each must reach the notifier and the dashboards, which keep one of each id)."""
     seen = ctx.memo.setdefault("alert_ids", {})
     n = seen[(kind, sku, cleared)] = seen.get((kind, sku, cleared), 0) + 1
-    return f"{kind}:{sku}:{ctx.now_ms}" + (":cleared" if cleared else "") + (f":{n}" if n > 1 else "")
+    return alert_id(kind, sku, ctx.now_ms, cleared=cleared) + (f":{n}" if n > 1 else "")
 
 @dataclass
 class HoldStock(Processor):
