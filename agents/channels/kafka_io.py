@@ -175,7 +175,7 @@ class InputLoop:
         # Called after each change of ``assigned`` (on the loop's thread): the process shares the platforms'
         # rate limits among the group's members by the partitions each holds.
         self.on_assignment: Callable[[], None] = lambda: None
-        self.partitions_total: int | None = None  # the input topic's, read at the first assignment
+        self.partitions_total: int | None = None  # the input topic's, read before subscribing
         self.codec = codec
         self.sink = sink
         self.group_id = group_id
@@ -230,6 +230,13 @@ class InputLoop:
     # ---- the loop ------------------------------------------------------------------------------------
     def run(self) -> None:
         """Read until ``stop`` is set; the consumer stays open for ``close`` (after the lanes' results are in)."""
+        # Read here, on the loop's thread: a client call from inside a rebalance callback can abort the process
+        # (confluent-kafka's CallState assertion).
+        try:
+            self.partitions_total = len(self.consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions)
+        except (KafkaException, KeyError) as exc:
+            log.warning("%s: partitions of %s not read (%s); taking %d", self.stage, self.topic, exc,
+                        self.settings.partitions)  # fmt: skip
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)  # fmt: skip
         while not self.stop.is_set():
@@ -309,12 +316,6 @@ class InputLoop:
                 self._committed[(tp.topic, tp.partition)] = tp.offset
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self.partitions_total is None:
-            try:
-                self.partitions_total = len(consumer.list_topics(self.topic, timeout=5).topics[self.topic].partitions)
-            except (KafkaException, KeyError) as exc:
-                log.warning("%s: partitions of %s not read (%s); taking %d", self.stage, self.topic, exc,
-                            self.settings.partitions)  # fmt: skip
         self.assigned.update((tp.topic, tp.partition) for tp in partitions)
         log.info("%s: assigned %s", self.stage, [tp.partition for tp in partitions])
         self.on_assignment()
