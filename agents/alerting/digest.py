@@ -256,14 +256,22 @@ def plan(alerts: Sequence[Alert], free: int, max_bytes: int, notice: str = "") -
     return digests(alerts, max_bytes, notice)[:free]
 
 
+Expendability = tuple[int, int, int, str]
+
+
+def expendability(alert: Alert) -> Expendability:
+    """Smaller goes first from a full queue: the least urgent - clearings, then INFO, WARNING, RED - and
+    among equals the oldest, the one most likely to be over by now."""
+    cleared, rank = urgency(alert)
+    return -cleared, -rank, alert["event_time_ms"], alert["event_id"]
+
+
 def overflow(alerts: Iterable[Alert], cap: int) -> tuple[list[Alert], list[Alert]]:
-    """A full queue: which alerts it keeps (in their order) and which it drops. The least urgent go
-    first - clearings, then INFO, WARNING, RED - and among equals the oldest, the one most likely to
-    be over by now."""
+    """A full queue: which alerts it keeps (in their order) and which it drops, by ``expendability``."""
     queue = list(alerts)
     if len(queue) <= cap:
         return queue, []
-    expendable = sorted(queue, key=lambda a: (tuple(-x for x in urgency(a)), a["event_time_ms"], a["event_id"]))
+    expendable = sorted(queue, key=expendability)
     dropped_ids = {a["event_id"] for a in expendable[: len(queue) - cap]}
     kept = [a for a in queue if a["event_id"] not in dropped_ids]
     dropped = [a for a in queue if a["event_id"] in dropped_ids]

@@ -26,7 +26,7 @@ What is guaranteed:
   ``STOCKFLOW_NOTIFY_REMEMBER_H``; an hourly sweep then deletes the row, so the table holds about
   that many hours of alerts whatever the traffic.
 - The queue is bounded (``STOCKFLOW_NOTIFY_QUEUE_MAX``): beyond it the least urgent alerts are
-  dropped (``digest.overflow``), logged as an error, recorded as dropped, and the next message
+  dropped (``digest.expendability``), logged as an error, recorded as dropped, and the next message
   starts with how many.
 
 The queue is a table of its own rather than the ``alerts`` offsets left uncommitted: an alert may
@@ -53,6 +53,7 @@ import orjson
 from yarl import URL
 
 from agents.alerting import digest
+from agents.alerting.waiting import Queued, Waiting
 from streams.contract.codec import DecodeError
 from streams.contract.records import Alert
 from streams.contract.topics import ALERTS
@@ -165,28 +166,6 @@ def redact(url: str) -> str:
 
 
 @dataclass(frozen=True)
-class Queued:
-    """An alert waiting for the robot, and the partition of ``alerts`` it came from (its row in
-    ``notify_pending`` lives there)."""
-
-    alert: Alert
-    partition: int
-    queued_ms: int
-
-    @property
-    def id(self) -> str:
-        return self.alert["event_id"]
-
-    def row(self) -> bytes:
-        return orjson.dumps({"alert": self.alert, "partition": self.partition, "queued_ms": self.queued_ms})
-
-    @classmethod
-    def from_row(cls, raw: bytes) -> Queued:
-        doc = orjson.loads(raw)
-        return cls(alert=doc["alert"], partition=int(doc["partition"]), queued_ms=int(doc["queued_ms"]))
-
-
-@dataclass(frozen=True)
 class Policy:
     """How the notifier treats one robot; from settings."""
 
@@ -211,12 +190,6 @@ class Policy:
 Finish = Callable[[Queued, str], None]
 
 
-
-def _which(alert: Alert) -> tuple[str, str, str]:
-    """Which alert a raise or clearing is of: its kind and subject, and the limit it is about (a refund has one
-    alert per SOP limit, each raised and cleared on its own)."""
-    return alert["kind"], alert["subject"], (alert.get("details") or {}).get("limit", "")
-
 class Robot:
     """One WeCom group robot (one webhook URL): the alerts waiting for it, its budget, its failures.
 
@@ -228,7 +201,7 @@ class Robot:
         self.url = url
         self.policy = policy
         self.finish = finish
-        self.queue: dict[str, Queued] = {}
+        self.queue = Waiting()
         self.window = digest.SlidingWindow(policy.rate, policy.window_s)
         self.ready = False  # the durable queue is loaded (false during a rebalance)
         self.failures = 0
@@ -250,7 +223,7 @@ class Robot:
 
     def replace(self, items: Iterable[Queued]) -> None:
         """The queue as the durable table holds it, after a restart or a rebalance."""
-        self.queue = {}
+        self.queue = Waiting()
         for item in sorted(items, key=lambda i: (i.alert["event_time_ms"], i.queued_ms, i.id)):
             self._queue(item)
         self._bound()
@@ -262,30 +235,32 @@ class Robot:
         supersedes. Clearings are sent after raises, so a clearing older than a raise of the same alert
         would otherwise be the last word the chat got while the alert stands. False: not queued."""
         new = item.alert
-        for queued in list(self.queue.values()):
+        for queued in self.queue.of(new):
             old = queued.alert
-            if _which(old) != _which(new) or old["cleared"] == new["cleared"]:
+            if old["cleared"] == new["cleared"]:
                 continue
             if old["cleared"] and old["event_time_ms"] <= new["event_time_ms"]:
-                self.finish(self.queue.pop(queued.id), "superseded: raised again")
+                self.queue.pop(queued.id)
+                self.finish(queued, "superseded: raised again")
             elif new["cleared"] and new["event_time_ms"] < old["event_time_ms"]:
                 self.finish(item, "superseded: raised again")
                 return False
-        self.queue[item.id] = item
+        self.queue.put(item)
         return True
 
     def release(self, partitions: set[int]) -> None:
         """Partitions moving away: their alerts are now their new owner's to send. Sending pauses
         until the durable queue is loaded again."""
         self.ready = False
-        self.queue = {k: v for k, v in self.queue.items() if v.partition not in partitions}
+        self.queue.keep(lambda item: item.partition not in partitions)
 
     def _bound(self) -> None:
         if len(self.queue) <= self.policy.queue_max:
             return
-        _, dropped = digest.overflow((i.alert for i in self.queue.values()), self.policy.queue_max)
-        for alert in dropped:
-            self.finish(self.queue.pop(alert["event_id"]), "dropped: queue full")
+        over = self.queue.over(self.policy.queue_max)
+        for item in over:
+            self.finish(item, "dropped: queue full")
+        dropped = [item.alert for item in over]
         self.unreported_drops += len(dropped)
         self.counts["dropped"] += len(dropped)
         self._drops_unlogged += len(dropped)
