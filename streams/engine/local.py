@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.contract.keys import partition_for
-from streams.engine.processor import Context, Output, Processor, Refusal, no_timers
+from streams.engine.processor import Context, Output, Processor, Refusal, check_wiring, no_timers
 from streams.engine.state import MemoryStore, ReadOnlyStore, StoreTransaction
 from streams.engine.timers import Timers
 
@@ -59,6 +59,7 @@ class LocalRunner:
     _offset: int = 0
 
     def __post_init__(self) -> None:
+        check_wiring(self.processors)
         self._reads = {spec.name: proc for proc in self.processors for spec in proc.inputs}
 
     def _context(self, proc: Processor, partition: int, txns: dict[tuple[str, int], StoreTransaction[Any]]) -> Context:

@@ -45,7 +45,7 @@ from streams.contract.topics import ALL_TOPICS, DEADLETTERS, LARGEST_DEAD_LETTER
 from streams.engine.changelog import changelog_topic, ensure_changelogs, restore
 from streams.engine.clock import Clock
 from streams.engine.deadletter import dead_letter
-from streams.engine.processor import Context, Output, Processor, no_timers
+from streams.engine.processor import Context, Output, Processor, check_wiring, no_timers
 from streams.engine.state import DueOf, PartitionStore, ReadOnlyStore, StoreSpec, StoreTransaction
 from streams.engine.timers import Timers
 from streams.gcpolicy import BETWEEN_BATCHES, collect_between_batches, pace_for_batches
@@ -277,6 +277,7 @@ class Engine:
         self.settings = settings
         self.codec = codec
         self.clock = clock
+        check_wiring(processors)
         self.processors = processors
         self.group_id = group_id or engine_group(settings)
         self.exactly_once = settings.processing_guarantee == "exactly_once"
@@ -289,9 +290,6 @@ class Engine:
         self.store_specs = {spec.name: spec for proc in processors for spec in proc.stores}
         # The processor whose timers each timer store's index keeps.
         self.timed_by = {proc.timer_store: proc for proc in processors if proc.timer_store}
-        unowned = {spec.name for proc in processors for spec in proc.reads} - set(self.store_specs)
-        if unowned:
-            raise ValueError(f"stores read but owned by no processor of this engine: {sorted(unowned)}")
         self.owned: dict[int, _Owned] = {}
         self._open: dict[tuple[str, int], PartitionStore] = {}
         self.stats = EngineStats()

@@ -164,6 +164,31 @@ class Processor(ABC):
         self.counters[name] = self.counters.get(name, 0) + n
 
 
+def check_wiring(processors: list[Processor]) -> None:
+    """Refuse processors that cannot run side by side: one engine routes each input topic to one processor,
+    gives each store one writer and indexes each timer store for one processor, so a second claim would
+    silently win over the first (its events, writes or timers lost to the other)."""
+    problems: list[str] = []
+    for what, claims in (
+        ("processor name", [(proc.name, proc.name) for proc in processors]),
+        ("input topic", [(spec.name, proc.name) for proc in processors for spec in proc.inputs]),
+        ("store", [(spec.name, proc.name) for proc in processors for spec in proc.stores]),
+    ):
+        by: dict[str, list[str]] = {}
+        for claimed, proc_name in claims:
+            by.setdefault(claimed, []).append(proc_name)
+        problems += [f"{what} {name!r} claimed by {sorted(names)}" for name, names in by.items() if len(names) > 1]
+    for proc in processors:
+        if proc.timer_store and proc.timer_store not in {spec.name for spec in proc.stores}:
+            problems.append(f"processor {proc.name!r} sets timers on {proc.timer_store!r}, a store it does not own")
+    if problems:
+        raise ValueError("processors that cannot run in one engine: " + "; ".join(problems))
+    owned = {spec.name for proc in processors for spec in proc.stores}
+    unowned = {spec.name for proc in processors for spec in proc.reads} - owned
+    if unowned:
+        raise ValueError(f"stores read but owned by no processor of this engine: {sorted(unowned)}")
+
+
 def no_timers(key: bytes, due_ms: int) -> None:
     """``Context.schedule`` of a processor that declares no ``timer_store``."""
     raise RuntimeError("this processor declares no timer_store")

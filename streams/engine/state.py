@@ -316,13 +316,14 @@ class StoreTransaction(Generic[V]):
         """Keys starting with ``prefix`` as this batch sees them (its own writes and deletes included)."""
         seen: dict[bytes, Any] = {}
         for key, raw in self._store.scan(prefix):
-            seen[key] = self._serde.loads(raw)
+            # Kept like a get's: a later get or scan in the batch hands out the same object, so a change
+            # made in place through one is seen through the other.
+            if key not in self._cache:
+                self._cache[key] = self._serde.loads(raw)
+            seen[key] = self._cache[key]
         for key in self._dirty:
             if key.startswith(prefix):
                 seen[key] = self._cache[key]
-        for key, value in self._cache.items():
-            if key.startswith(prefix) and key not in self._dirty and key in seen:
-                seen[key] = value  # the batch's parsed object, which it may have changed in place
         return sorted((k, v) for k, v in seen.items() if v is not _DELETED)
 
     def changes(self) -> dict[bytes, bytes | None]:

@@ -108,6 +108,15 @@ def test_scan_returns_the_objects_the_batch_already_read() -> None:
     assert scanned[b"p1"] is read and scanned == {b"p1": {"n": 10}, b"p2": {"n": 2}}
 
 
+def test_a_scanned_value_is_the_object_later_reads_get_and_is_parsed_once() -> None:
+    counting = CountingSerde()
+    txn: StoreTransaction[Any] = StoreTransaction(committed({b"p1": {"n": 1}, b"p2": {"n": 2}}), counting.serde())
+    scanned = dict(txn.scan(b"p"))
+    scanned[b"p1"]["n"] = 10  # changed in place through the scan: a get in the same batch sees it
+    assert txn.get(b"p1") is scanned[b"p1"] and txn.get(b"p1") == {"n": 10}
+    assert dict(txn.scan(b"p"))[b"p2"] is scanned[b"p2"] and counting.loaded == 2
+
+
 def test_memory_store_scans_in_key_order_and_applies_deletes() -> None:
     store = committed({b"b2": 2, b"a": 0, b"b1": 1, b"c": 3})
     assert [k for k, _ in store.scan(b"b")] == [b"b1", b"b2"]
