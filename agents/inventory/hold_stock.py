@@ -128,10 +128,22 @@ def stock_level(stock: SkuStock, rules: PoolRules, now_ms: int) -> StockLevel:
 
 @dataclass
 class _Levels:
-    """SKUs of one partition whose level changed, and when each was last sent."""
+    """SKUs of one partition whose level changed, when each was last sent and the version it was sent under."""
 
     dirty: set[str] = field(default_factory=set)
     sent_ms: dict[str, int] = field(default_factory=dict)
+    version_sent: dict[str, int] = field(default_factory=dict)
+
+    def next_version(self, stock: SkuStock, version: int) -> bool:
+        """Move ``stock``'s version past the one last sent for its SKU if ``version`` (what it would be sent
+        under now) is not past it: two batches may read one clock millisecond, and a change in the second
+        after the first sent the level would otherwise go out under the same version, which every channel
+        drops as not newer. True: the stock changed and must be stored."""
+        sent = self.version_sent.get(stock.sku)
+        if sent is None or version > sent:
+            return False
+        stock.newest_change_ms = sent + 1
+        return True
 
 
 def _passed_back(bucket: SkuStock, cmd: dict[str, Any], marker: LineHold) -> bool:
@@ -502,8 +514,9 @@ class HoldStock(Processor):
             unpaid = [h for h in self._open_holds(db, sku) if h.status == rules_.HELD and not h.presale
                       and h.line_no != rules_.VIP_LINE]  # fmt: skip
             before = self._hold(db, sku, existing.vip_order_id, rules_.VIP_LINE) if existing else None
+            out_in_buckets = stock.hot is not None and stock.hot.state != hot_.COLD
             result = rules_.approve_override(stock, self._rules, existing, ov["operator"], unpaid, before,
-                                             ctx.now_ms)  # fmt: skip
+                                             ctx.now_ms, out_in_buckets=out_in_buckets)  # fmt: skip
             for hold in result.released:
                 self._store_holds(ctx, db, sku, hold.order_id, {hold.line_no: hold})
             if result.set_aside is not None:
@@ -701,12 +714,19 @@ class HoldStock(Processor):
             levels.sent_ms[sku] = ctx.now_ms
             stock = self._stock(db, sku)
             if stock.hot is not None and stock.hot.bucket >= 0:
+                levels.next_version(stock, stock.newest_change_ms)
                 self._emit_sync(ctx, stock, Sync(hot_.REPORT, HOME))
                 db.set(sku_key(sku), stock)
+                levels.version_sent[sku] = stock.newest_change_ms
             elif stock.hot is None and "#" in sku and db.get(sku_key(sku)) is None:
                 continue  # a bucket that merged and went
             else:
-                ctx.emit(STOCK_LEVELS, sku, "StockLevel", stock_level(hot_.aggregate(stock), self._rules, ctx.now_ms))
+                whole = hot_.aggregate(stock)
+                if levels.next_version(stock, whole.newest_change_ms):
+                    db.set(sku_key(sku), stock)
+                    whole = hot_.aggregate(stock)
+                ctx.emit(STOCK_LEVELS, sku, "StockLevel", stock_level(whole, self._rules, ctx.now_ms))
+                levels.version_sent[sku] = whole.newest_change_ms
 
     def _apply_hot_setting(self, ctx: Context) -> None:
         """The hot_skus setting, for the SKUs whose home is this partition: applied when its value differs from

@@ -266,8 +266,12 @@ def reserve(stock: SkuStock, rules: PoolRules, existing: LineHold | None, vip: L
     if existing is not None:  # a duplicate: nothing taken; say what the line is now
         return Step(Answer(order_id, line_no, existing.qty, "RESERVE", OUTCOME_OF[existing.status], existing.reason))
     # A set-aside is regular stock: a presale line goes through the presale pool as usual.
-    if vip is not None and vip.status == HELD and not presale and 0 < qty <= vip.qty:
-        # Stock an operator set aside for this VIP order: the line takes it over.
+    if vip is not None and vip.status == HELD and not presale and 0 < qty <= rules.max_line_qty:
+        # Stock an operator set aside for this VIP order: the line takes it over, and free stock for what the
+        # set-aside does not cover (judged like any hold; refused, the set-aside stays for the order).
+        beyond = refusal(stock, rules, qty - vip.qty, channel, presale) if qty > vip.qty else None
+        if beyond is not None:
+            return Step(Answer(order_id, line_no, qty, "RESERVE", "REFUSED", beyond))
         taken = LineHold(order_id, line_no, qty, channel, presale, HELD, vip.reason, now_ms + rules.hold_ttl_ms, now_ms)
         rest = replace(vip, qty=vip.qty - qty, updated_ms=now_ms) if vip.qty > qty else None
         account(stock, vip, rest)
@@ -601,10 +605,11 @@ def request_override(existing: OverrideRequest | None, override_id: str, qty: in
 
 def approve_override(stock: SkuStock, rules: PoolRules, request: OverrideRequest | None, approver: str,
                      unpaid: list[LineHold], set_aside_before: LineHold | None,
-                     now_ms: int) -> OverrideStep:  # fmt: skip
+                     now_ms: int, *, out_in_buckets: bool = False) -> OverrideStep:  # fmt: skip
     """Release locked stock to the VIP order: free stock first, then the newest unpaid holds.
 
-    ``unpaid`` is every open, unpaid, regular hold of the SKU. An approval seen again (a duplicate)
+    ``unpaid`` is every open, unpaid, regular hold of the record; ``out_in_buckets``: the SKU is hot and
+    some of its units are held by its buckets, not this record. An approval seen again (a duplicate)
     answers with the recorded outcome, including which holds it released, so the orders that lost
     them are told again.
     """
@@ -619,7 +624,10 @@ def approve_override(stock: SkuStock, rules: PoolRules, request: OverrideRequest
     free = stock.available()
     newest_first = sorted(unpaid, key=lambda h: (h.updated_ms, h.order_id, h.line_no), reverse=True)
     if free + sum(h.qty for h in newest_first) < request.qty:
-        request.status, request.approver, request.detail = "refused", approver, Reason.INSUFFICIENT_LOCKED_STOCK
+        # A hot SKU's free units and newest holds are out in its buckets, on other partitions, where the home
+        # cannot take them back in one step: the operator sets it cold first (its buckets merge home).
+        reason = Reason.OVERRIDE_ON_HOT_SKU if out_in_buckets else Reason.INSUFFICIENT_LOCKED_STOCK
+        request.status, request.approver, request.detail = "refused", approver, reason
         return OverrideStep("REFUSED", request, request.detail)
     needed = request.qty - free
     released = []

@@ -69,6 +69,7 @@ class Reason(enum.StrEnum):
     UNKNOWN_OVERRIDE = "unknown_override"
     APPROVER_MUST_DIFFER_FROM_REQUESTER = "approver_must_differ_from_requester"
     INSUFFICIENT_LOCKED_STOCK = "insufficient_locked_stock"
+    OVERRIDE_ON_HOT_SKU = "override_on_hot_sku"
     # ---- outbound marketplace calls that failed for good (``connector.failed.<channel>``) --------
     CONNECTOR_CREDENTIALS = "connector_credentials"
     CONNECTOR_REFUSED = "connector_refused"
@@ -185,6 +186,10 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.UNKNOWN_OVERRIDE: "an approval for an override that was never requested",
     Reason.APPROVER_MUST_DIFFER_FROM_REQUESTER: "an override approved by its own requester (or by nobody)",
     Reason.INSUFFICIENT_LOCKED_STOCK: "an override asking for more than free stock plus unpaid holds",
+    Reason.OVERRIDE_ON_HOT_SKU: (
+        "an override a hot SKU's home cannot cover while its units are out in buckets: set the SKU cold "
+        "(`stockflow stock unhot SKU`), then approve again"
+    ),
     Reason.CONNECTOR_CREDENTIALS: (
         "a marketplace call refused for its key: unknown or rotated app key (\"Invalid API Key\"), expired "
         "authorisation, bad signature, or no key set; parked until `stockflow connectors set-key` and a replay"

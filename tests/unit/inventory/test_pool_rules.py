@@ -460,10 +460,11 @@ def test_the_set_aside_is_taken_over_by_the_vip_orders_lines() -> None:
     rest = pool.hold("vip:1", P.VIP_LINE)
     assert rest is not None and rest.qty == 1
     assert (pool.stock.locked, pool.stock.available(), pool.stock.open_lines) == (3, 1, 2)  # moved, not added
-    assert pool.reserve("vip:1", 2, 2, now_ms=5).reason == "insufficient_stock"  # more than is set aside
-    assert pool.reserve("vip:1", 3, 1, now_ms=6).reason == "vip_override:v1"
+    assert pool.reserve("vip:1", 2, 3, now_ms=5).reason == "insufficient_stock"  # beyond set-aside and free stock
+    # More than is set aside: the rest of the set-aside and a free unit.
+    assert pool.reserve("vip:1", 3, 2, now_ms=6).reason == "vip_override:v1"
     assert pool.hold("vip:1", P.VIP_LINE) is None and pool.stock.set_asides == 0
-    assert (pool.stock.locked, pool.stock.available()) == (3, 1)
+    assert (pool.stock.locked, pool.stock.available()) == (4, 0)
 
 
 def test_a_second_override_adds_to_the_set_aside_and_its_remainder_returns_to_the_pool() -> None:
