@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from loadtest import events as ev
-from streams.contract.codec import default_codec
+from streams.contract.codec import codec_for
 from streams.contract.topics import STOCK_ADJUSTMENTS
 from streams.devstack.localkafka import LocalKafka
 from streams.engine.producer import EventProducer
@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def read_topic(settings: Settings, name: str, timeout_s: float = 10.0) -> list[tuple[str, dict[str, Any]]]:
     """Every (event type, record) now in a topic, from the beginning, in order per partition."""
-    codec = default_codec()
+    codec = codec_for(settings)
     out = []
     for rec in read_all(settings, settings.topic(name), timeout_s):
         event_type, record = codec.decode(rec.value)

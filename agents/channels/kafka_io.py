@@ -37,6 +37,7 @@ from streams.contract.codec import Codec, DecodeError
 from streams.contract.reasons import Reason
 from streams.contract.records import Alert
 from streams.contract.registry import EventType
+from streams.contract.schema_registry import SchemaRegistryUnavailable
 from streams.contract.topics import ALERTS, CONNECTOR_FAILED, DEADLETTERS
 from streams.engine.clock import wall_ms
 from streams.engine.deadletter import dead_letter
@@ -47,6 +48,7 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 COMMIT_EVERY_S = 0.5
 MAX_POLL_INTERVAL_MS = 86_400_000  # a lane may retry for long; the group must not evict the loop meanwhile
+REGISTRY_WAIT_S = 1.0  # a record whose schema the registry could not give is read again after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +194,10 @@ class InputLoop:
         self.received = 0
         self.undecodable = 0  # records skipped as unreadable (the sink dead-letters them)
         self.assigned: set[tuple[str, int]] = set()
+        # The loop died part-way through what it had read: the consumer's position is past records never
+        # handled, so nothing is committed on the way out and the next start reads them again.
+        self.crashed = False
+        self.registry_away = ""
         self.consumer = Consumer({
             **confluent_config(settings),
             "group.id": group_id,
@@ -239,23 +245,52 @@ class InputLoop:
                         self.settings.partitions)  # fmt: skip
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)  # fmt: skip
-        while not self.stop.is_set():
-            for msg in self.consumer.consume(500, timeout=0.1):
-                error = msg.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("%s: kafka: %s", self.stage, error)
+        try:
+            while not self.stop.is_set():
+                if self._read() and not self.stop.wait(REGISTRY_WAIT_S):
                     continue
-                self._receive(Received(msg.topic() or "", msg.partition() or 0, msg.offset() or 0,
-                                       msg.key(), msg.value()))  # fmt: skip
-            self._flow_control()
-            if time.monotonic() >= self._next_commit:
-                self.commit()
+                self._flow_control()
+                if time.monotonic() >= self._next_commit:
+                    self.commit()
+        except BaseException:
+            self.crashed = True
+            raise
+
+    def _read(self) -> bool:
+        """Hand over what one fetch brought; True: a partition was rewound to a record the registry could not
+        decode for now, to be read again after a wait."""
+        rewound: set[tuple[str, int]] = set()
+        for msg in self.consumer.consume(500, timeout=0.1):
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("%s: kafka: %s", self.stage, error)
+                continue
+            received = Received(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value())
+            where = (received.topic, received.partition)
+            if where in rewound:
+                continue  # after the record read again: they come again behind it, in order
+            try:
+                self._receive(received)
+            except SchemaRegistryUnavailable as exc:
+                # Not the record's fault: never skipped, never dead-lettered; its partition waits for the registry.
+                self.consumer.seek(TopicPartition(received.topic, received.partition, received.offset))
+                rewound.add(where)
+                if not self.registry_away:
+                    log.warning("%s: %s; %s waits and reads it again", self.stage, exc, received.source)
+                self.registry_away = str(exc)
+                continue
+            if self.registry_away:
+                log.info("%s: the schema registry answers again", self.stage)
+                self.registry_away = ""
+        return bool(rewound)
 
     def close(self) -> None:
-        """Commit what is finished and leave the group (call once ``run`` returned and the results are flushed)."""
+        """Commit what is finished and leave the group (call once ``run`` returned and the results are flushed);
+        after a crash, only leave: what was read but not handled is read again at the next start."""
         try:
-            self.commit()
+            if not self.crashed:
+                self.commit()
         finally:
             self.consumer.close()
 

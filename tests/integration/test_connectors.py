@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from typer.testing import CliRunner
 
@@ -33,7 +33,9 @@ from agents.channels.failed_queue import Replay, replay_group
 from agents.channels.sim_client import SimulatorClient
 from agents.channels.simulator import AppSpec, Marketplace, SimulatorThread, generate_apps
 from agents.cli import app as cli_app
+from streams.contract.codec import Codec
 from streams.contract.records import RefundInstruction, StockLevel
+from streams.contract.schema_registry import SchemaRegistry
 from streams.contract.topics import (
     CONNECTOR_FAILED,
     ORDER_STATES,
@@ -48,6 +50,7 @@ from streams.engine.producer import EventProducer
 from streams.settings import Settings
 from tests.conftest import free_port
 from tests.helpers import read_topic, wait_for
+from tests.unit.contract.registry_stub import registry_stub
 
 pytestmark = pytest.mark.broker
 FAR = (datetime.now(pf.CHINA) + timedelta(days=365)).date()
@@ -187,6 +190,43 @@ def test_a_refund_instruction_is_agreed_once_and_issued(settings: Settings, sim,
         assert committed_to_end(settings, f"{settings.app_id}.connectors.refunds", REFUND_INSTRUCTIONS.name)
     finally:
         child.kill9()
+
+
+def test_refund_instructions_whose_schema_the_registry_cannot_give_yet_wait_and_are_sent_once(
+    settings: Settings, sim, tmp_path: Path
+) -> None:
+    # Before, the lookup's failure killed the input loop and its way out committed the consumer's position:
+    # every instruction of that fetch was committed unsent, for good.
+    thread, _ = sim
+    with registry_stub() as (url, state):
+        framed = settings.model_copy(update={"wire_format": "confluent", "schema_registry_url": url})
+        batch = [instruction("jd", 40 + n) for n in range(3)]
+        # Written by a newer producer: a later version of the schema (the same fields, a new doc), whose id the
+        # connectors, registering their own on start, do not know and must look up.
+        codec = Codec(wire_format="confluent", registry=SchemaRegistry(url))
+        first = codec.encode("RefundInstruction", batch[0])
+        schema = json.loads(state.schemas[int.from_bytes(first[1:5], "big")])
+        newer = state.add("stockflow.RefundInstruction", json.dumps({**schema, "doc": "version 2"}))
+        producer = Producer({"bootstrap.servers": settings.bootstrap})
+        for record in batch:
+            raw = codec.encode("RefundInstruction", record)
+            producer.produce(settings.topic(REFUND_INSTRUCTIONS.name), raw[:1] + newer.to_bytes(4, "big") + raw[5:],
+                             record["order_id"].encode())  # fmt: skip
+        producer.flush(10)
+        state.lookups_down = True
+        child = ConnectorsProcess(framed, tmp_path / "connectors.log").start()
+        try:
+            child.wait_ready(60)
+            lookup = ("GET", f"/schemas/ids/{newer}")
+            wait_for(lambda: lookup in state.requests, timeout_s=30, what="a lookup of the newer schema")
+            time.sleep(2)  # lookups keep failing a while
+            assert child.proc.poll() is None, "the connectors stopped"  # type: ignore[union-attr]
+            assert not issued(framed) and not agreed(thread, "jd")
+            state.lookups_down = False
+            wait_issued(framed, {i["refund_id"] for i in batch})
+            assert {r: v["agreed"] for r, v in agreed(thread, "jd").items()} == {f"R{40 + n}": 1 for n in range(3)}
+        finally:
+            child.kill9()
 
 
 def test_a_rotated_key_parks_calls_alerts_and_a_new_key_and_replay_recover(

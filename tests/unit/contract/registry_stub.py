@@ -29,6 +29,7 @@ class StubState:
     ids: dict[tuple[str, str], int] = field(default_factory=dict)  # (subject, text) -> id
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
     refuse_subjects: set[str] = field(default_factory=set)  # answered 409 (incompatible) when registered
+    lookups_down: bool = False  # schema lookups by id answered 503, as by a registry restarting
     next_id: int = 100
 
     def add(self, subject: str, text: str) -> int:
@@ -78,6 +79,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.state.requests.append(("GET", path))
         parts = path.strip("/").split("/")
         if len(parts) == 3 and parts[:2] == ["schemas", "ids"] and parts[2].isdigit():
+            if self.state.lookups_down:
+                self._answer(503, {"error_code": 50301, "message": "Service Unavailable"})
+                return
             text = self.state.schemas.get(int(parts[2]))
             if text is None:
                 self._answer(404, {"error_code": 40403, "message": "Schema not found"})
