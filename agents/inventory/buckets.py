@@ -220,10 +220,7 @@ def distribute(home: SkuStock, low_water: int) -> list[Sync]:
     hot = home.hot
     if hot is None or hot.state != HOT or hot.settles or hot.count < 1:
         return []
-    # A warehouse below zero at the home owes units: a count found fewer there than the buckets keep behind
-    # lines, so those lines are backed by units that are not there. New units cover them first, as they would
-    # a cold SKU's (its locked stays against its on-hand), instead of being handed out in full.
-    free = movable(home, owed=sum(-qty for qty in home.on_hand.values() if qty < 0))
+    free = movable(home, owed=owed(home))
     units = total(free)
     if units <= 0:
         return []
@@ -304,11 +301,31 @@ def on_report(home: SkuStock, bucket: int, figures: dict[str, Any], low_water: i
     return []
 
 
+def owed(home: SkuStock) -> int:
+    """Units a hot SKU's home owes for its warehouses below zero: as many as its buckets hold there. A count
+    found fewer units there than the buckets keep, or a shipment no line held was taken off the home's empty
+    shelf: the SKU's figure in that warehouse is the sum, so the buckets' units there are partly not there,
+    and as many units must stay home (or come back) as a cold SKU's on-hand would be short. A warehouse below
+    zero with nothing out in the buckets owes nothing: like a cold SKU's, it hides no other warehouse's stock."""
+    below = {wh: -qty for wh, qty in home.on_hand.items() if qty < 0}
+    hot = home.hot
+    if not below or hot is None:
+        return 0
+    out: dict[str, int] = {}
+    for fig in hot.reports.values():
+        for wh, qty in fig["on_hand"].items():
+            out[wh] = out.get(wh, 0) + qty
+    for _, _, units in hot.in_flight:
+        for wh, qty in units.items():
+            out[wh] = out.get(wh, 0) + qty
+    return sum(min(debt, max(0, out.get(wh, 0))) for wh, debt in below.items())
+
+
 def home_short(home: SkuStock) -> int:
-    """Units the home's own open lines claim beyond the free units it has: presale lines above all. They are
-    decided at the home, and the pool's rule (available = on_hand - locked - presale_reserved) keeps on-hand
-    units back for them, which while hot are out in the buckets."""
-    return max(0, _backing(home) - total(_unallocated(home)))
+    """Units the home's own open lines, and what it ``owed``, claim beyond the free units it has: presale lines
+    above all. They are decided at the home, and the pool's rule (available = on_hand - locked -
+    presale_reserved) keeps on-hand units back for them, which while hot are out in the buckets."""
+    return max(0, _backing(home) + owed(home) - total(_unallocated(home)))
 
 
 def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> list[Sync]:

@@ -146,6 +146,14 @@ class _Levels:
         return True
 
 
+def _came_back(cmd: dict[str, Any], here: int) -> bool:
+    """A SHIP the home sent along its marker that came home again: the line was refused on the way (no record
+    holds it), yet the warehouse shipped it. Followed again it would go round until its hops ran out and be
+    refused, the shipped units left on the shelf to be sold again; the home takes them off its own shelf, as a
+    cold SKU would (what that leaves it owing, its buckets send back: ``buckets.owed``)."""
+    return here == HOME and cmd["action"] == "SHIP" and bool(cmd.get("followed"))
+
+
 def _passed_back(bucket: SkuStock, cmd: dict[str, Any], marker: LineHold) -> bool:
     """A RESERVE this bucket passed home (it had not its CONFIG yet: the order's RESERVE and the home's CONFIG
     travel on two topics), which the home, hot, passed back here: the bucket decides it now rather than
@@ -294,10 +302,10 @@ class HoldStock(Processor):
         bucket = cmd.get("bucket", HOME)
         hold = self._hold(db, key, order_id, line_no)
         if hold is not None and hold.status == rules_.FORWARDED:
-            if not _passed_back(stock, cmd, hold):
+            if not (_passed_back(stock, cmd, hold) or _came_back(cmd, bucket)):
                 self._forward(ctx, cmd, hold)  # the line went on from here: so do its commands
                 return
-            hold = None  # decided here (see _passed_back): the marker gives way to the line's hold
+            hold = None  # decided here (see _passed_back, _came_back): the marker gives way
         action = cmd["action"]
         if (target := self._passes_on(stock, cmd, hold)) is not None:
             self._pass_on(ctx, db, stock, cmd, target, cmd.get("tries", 0) + (1 if bucket >= 0 else 0))
@@ -378,7 +386,7 @@ class HoldStock(Processor):
             answer = Answer(cmd["order_id"], cmd["line_no"], cmd["qty"], cmd["action"], "REFUSED", why)
             self._answer(ctx, None, answer, cmd["source_time_ms"], here, sku)
             return
-        onward = {**cmd, "bucket": int(target), "tries": hops}
+        onward = {**cmd, "bucket": int(target), "tries": hops, "followed": cmd.get("followed", False) or here == HOME}
         ctx.emit(STOCK_BUCKETS, bucket_key(sku, int(target), self.partitions), "HoldCommand", onward)
 
     def _sync(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, msg: dict[str, Any]) -> None:
@@ -558,7 +566,7 @@ class HoldStock(Processor):
             # Units freed at the home while the SKU is hot (a line held there released or expired) go to the
             # buckets, where the orders are taken; left at the home, no order could have them.
             self._send(ctx, stock, hot_.distribute(stock, self.low_water))
-            if hot_.home_short(stock):  # a presale line held here: its units are out in the buckets
+            if hot_.home_short(stock):  # a presale line held here, or units owed: they are out in the buckets
                 self._send(ctx, stock, hot_.rebalance(stock, ctx.now_ms, self.low_water, self.refresh_interval_ms))
         rules = self._rules
         available = hot_.aggregate(stock).available()

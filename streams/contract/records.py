@@ -108,6 +108,7 @@ class HoldCommand(TypedDict):
     warehouse_id: str
     bucket: NotRequired[int]  # a hot SKU's bucket (key '<sku>#<bucket>'); -1 or absent: the home
     tries: NotRequired[int]  # RESERVE: buckets that passed it on already
+    followed: NotRequired[bool]  # SHIP: sent along the line's way by the home already
 
 
 class HoldDecided(TypedDict):
