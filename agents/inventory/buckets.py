@@ -308,17 +308,10 @@ def owed(home: SkuStock) -> int:
     and as many units must stay home (or come back) as a cold SKU's on-hand would be short. A warehouse below
     zero with nothing out in the buckets owes nothing: like a cold SKU's, it hides no other warehouse's stock."""
     below = {wh: -qty for wh, qty in home.on_hand.items() if qty < 0}
-    hot = home.hot
-    if not below or hot is None:
+    if not below or home.hot is None:
         return 0
-    out: dict[str, int] = {}
-    for fig in hot.reports.values():
-        for wh, qty in fig["on_hand"].items():
-            out[wh] = out.get(wh, 0) + qty
-    for _, _, units in hot.in_flight:
-        for wh, qty in units.items():
-            out[wh] = out.get(wh, 0) + qty
-    return sum(min(debt, max(0, out.get(wh, 0))) for wh, debt in below.items())
+    whole = aggregate(home).on_hand  # the home's figure plus the buckets' (reported and in transit)
+    return sum(min(debt, max(0, whole.get(wh, 0) + debt)) for wh, debt in below.items())
 
 
 def home_short(home: SkuStock) -> int:
