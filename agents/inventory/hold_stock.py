@@ -343,14 +343,16 @@ class HoldStock(Processor):
     def _passes_on(self, stock: SkuStock, cmd: dict[str, Any], hold: LineHold | None) -> int | None:
         """Where a command goes instead of being decided here. For a line this record has never seen: a RESERVE
         at a hot SKU's home to its bucket, at a bucket not taking lines home; a SHIP of a line a bucket does not
-        hold to the home (whose on-hand the warehouse's shipment is taken from). And a SHIP of a line no longer
-        open at a bucket its SKU has merged back (the record made anew, empty) to the home too: the units the
+        hold to the home (whose on-hand the warehouse's shipment is taken from). And a SHIP of a line released or
+        expired at a bucket its SKU has merged back (the record made anew, empty) to the home too: the units the
         line gave back went home with the rest. Taken at the bucket, it went below zero there, which the home
-        ignores: a phantom unit, sold again."""
+        ignores: a phantom unit, sold again. A line the bucket shipped stays: the SHIP is one read again."""
         bucket, action = cmd.get("bucket", HOME), cmd["action"]
         if hold is not None:
             merged = bucket >= 0 and stock.hot is not None and stock.hot.state == hot_.COLD
-            return HOME if action == "SHIP" and merged and not hold.is_open else None
+            # A line shipped here already is a SHIP read again: answered here, it takes nothing twice.
+            given_back = hold.status in (rules_.RELEASED, rules_.EXPIRED)
+            return HOME if action == "SHIP" and merged and given_back else None
         if bucket >= 0:
             if action == "SHIP" or (action == "RESERVE" and not hot_.takes_reservations(stock)):
                 return HOME

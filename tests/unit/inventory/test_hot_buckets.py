@@ -576,6 +576,28 @@ def test_a_shipment_of_a_cancelled_line_after_the_buckets_merged_is_taken_from_t
     assert on_hand_everywhere(r, 2) == 9
 
 
+def test_a_repeated_shipment_of_a_line_shipped_before_the_buckets_merged_takes_nothing_again() -> None:
+    """Changed on purpose: a SHIP read again (a batch replayed without transactions) at a bucket merged since
+    found the line's SHIPPED tombstone on a record made anew, was passed home as a cancelled line's would be, and
+    the home took the units off its shelf a second time: stock that is there, never sold again."""
+    r = runner(hot_sku_low_water=1)
+    receipt(r, SKU, 6, "WH-SH")
+    receipt(r, SKU, 4, "WH-GZ")
+    mark(r, 2)
+    order_id = next(o for o in (f"jd:s{i}" for i in range(100)) if bucket_for(o, 2) == 1)
+    r.send([reserve(order_id, buckets=2)], HOLD_COMMANDS.name)
+    r.send([command(order_id, "COMMIT", 1, buckets=2, wh="WH-GZ")], HOLD_COMMANDS.name)
+    ship = command(order_id, "SHIP", 1, buckets=2, wh="WH-GZ")
+    r.send([ship], HOLD_COMMANDS.name)
+    mark(r, 0)
+    r.advance(1_000)
+    assert record(r, SKU)["on_hand"] == {"WH-SH": 6, "WH-GZ": 3}
+    out = r.send([ship], HOLD_COMMANDS.name)  # the same SHIP again
+    assert [outcome for _, outcome in answers(out)] in ([], ["SHIPPED"])
+    assert record(r, SKU)["on_hand"] == {"WH-SH": 6, "WH-GZ": 3}
+    assert on_hand_everywhere(r, 2) == 9
+
+
 def presale_cap(r: LocalRunner, qty: int) -> None:
     r.send([(SKU, "StockAdjusted", {"event_id": f"cap-{qty}-{r.now_ms}", "event_time_ms": r.now_ms, "sku": SKU,
                                     "warehouse_id": "", "kind": "PRESALE_CAP", "qty": qty, "reason": ""})],
