@@ -43,6 +43,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from streams.contract.keys import BUCKET_MARK
 from streams.contract.reasons import Reason
 from streams.errors import StockflowError
 
@@ -50,7 +51,7 @@ CHINA = timezone(timedelta(hours=8))
 ID_MAX = 128  # order, payment, warehouse, tracking ids
 TEXT_MAX = 1024  # free text: address detail, cancel reason
 SKU_MAX = 64
-SKU_PATTERN = r"^[^\s\x00-\x1f\x7f]+$"
+SKU_PATTERN = rf"^[^\s\x00-\x1f\x7f{BUCKET_MARK}]+$"
 SHOWN_MAX = 60  # how much of an offending value a refusal quotes
 DIGITS_MAX = 30  # a longer digit string is no quantity; never hand it to int()
 # Channels send far more than stockflow reads: unknown keys are ignored, numbers may stand for text.
@@ -109,7 +110,7 @@ def text(label: str, required: bool, max_length: int = ID_MAX) -> Role:
 
 def sku(label: str) -> Role:
     constraints = StringConstraints(strip_whitespace=True, min_length=1, max_length=SKU_MAX, pattern=SKU_PATTERN)
-    plain = {"string_pattern_mismatch": "a SKU has no whitespace or control characters"}
+    plain = {"string_pattern_mismatch": f"a SKU has no whitespace, control characters or {BUCKET_MARK!r}"}
     return Role(label, Annotated[str, constraints], range_reason=Reason.INVALID_SKU, messages=plain)
 
 

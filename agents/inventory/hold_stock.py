@@ -31,7 +31,7 @@ from agents.inventory import buckets as hot_
 from agents.inventory import rules as rules_
 from agents.inventory.buckets import HOME, Sync, bucket_key, home_sku
 from agents.inventory.rules import Answer, Buckets, LineHold, OverrideRequest, PoolRules, SkuStock
-from streams.contract.keys import partition_for
+from streams.contract.keys import BUCKET_MARK, partition_for
 from streams.contract.reasons import Reason
 from streams.contract.records import BucketSync, HoldDecided, HotSku, OverrideAudited, StockLevel
 from streams.contract.topics import (
@@ -235,16 +235,24 @@ class HoldStock(Processor):
         return str(record["sku"])
 
     # ---- events ----------------------------------------------------------------------------------------
-    def handle(self, ctx: Context, event_type: str, record: dict[str, Any]) -> None:
-        db = ctx.store(STORE)
-        key = self.key_of(event_type, record) or ""
+    def _invalid(self, event_type: str, record: dict[str, Any]) -> tuple[Reason, str] | None:
+        """Why an operator's or a warehouse's event is refused, if it is (the pool's own are valid)."""
+        if event_type in ("StockAdjusted", "HotSku") and BUCKET_MARK in record["sku"]:
+            # It would be read as, and change, the record of another SKU's bucket.
+            return Reason.INVALID_SKU, f"{event_type} for {record['sku']!r}"
         if event_type == "StockAdjusted":
             problem = rules_.check_adjustment(record["kind"], record["qty"], record["warehouse_id"], self.warehouses)
             if problem is not None:
-                ctx.refuse(problem, f"{record['kind']} {record['qty']} at {record['warehouse_id']!r}")
-                return
+                return problem, f"{record['kind']} {record['qty']} at {record['warehouse_id']!r}"
         elif event_type == "HotSku" and not 0 <= record["buckets"] <= hot_.MAX_BUCKETS:
-            ctx.refuse(Reason.INVALID_QTY, f"{record['buckets']} buckets; at most {hot_.MAX_BUCKETS}")
+            return Reason.INVALID_QTY, f"{record['buckets']} buckets; at most {hot_.MAX_BUCKETS}"
+        return None
+
+    def handle(self, ctx: Context, event_type: str, record: dict[str, Any]) -> None:
+        db = ctx.store(STORE)
+        key = self.key_of(event_type, record) or ""
+        if (refused := self._invalid(event_type, record)) is not None:
+            ctx.refuse(*refused)
             return
         stock = self._stock(db, key)
         target = record.get("bucket", HOME) if event_type == "HoldCommand" else record.get("to_bucket", HOME)

@@ -32,7 +32,7 @@ from agents.alerting.alerts import AlertSpec
 from agents.orders import health
 from agents.orders.health import HealthRules
 from agents.routing.geo import locate
-from streams.contract.keys import bucket_for
+from streams.contract.keys import BUCKET_MARK, bucket_for
 from streams.contract.reasons import Reason, Refusal
 from streams.contract.records import (
     HoldCommand,
@@ -272,6 +272,8 @@ def validate_placed(event: dict[str, Any], rules: OrderRules) -> Refusal | None:
     for ln in lines:
         if not ln["sku"].strip():
             return _invalid(Reason.MISSING_FIELD, f"lines[{ln['line_no']}].sku")
+        if BUCKET_MARK in ln["sku"]:
+            return _invalid(Reason.INVALID_SKU, f"line {ln['line_no']} sku {ln['sku']!r}")
         if ln["qty"] <= 0 or ln["qty"] > rules.max_line_qty:
             return _invalid(Reason.INVALID_QTY, f"line {ln['line_no']} qty {ln['qty']}")
         if ln["unit_price_fen"] < 0:

@@ -1,7 +1,8 @@
 """How messages on keyed topics are keyed and partitioned: part of the topic contract.
 
 Every event of one order is keyed by its order id, ``<channel>:<channel_order_id>`` (``order_key``);
-every event of one SKU by the SKU; a hot SKU's stock buckets by ``<sku>#<bucket>`` (``bucket_key``).
+every event of one SKU by the SKU; a hot SKU's stock buckets by ``<sku>#<bucket>`` (``bucket_key``), so a
+SKU itself never contains ``#`` (``BUCKET_MARK``): ``CUP#2`` would be the store record of ``CUP``'s bucket 2.
 Keyed topics are partitioned by Kafka's default (Java) partitioner,
 murmur2 of the key bytes (``partition_for``), so a producer in any language places an event on the
 partition whose owner keeps that order's or SKU's state.
@@ -13,6 +14,8 @@ import zlib
 from functools import lru_cache
 
 from aiokafka.partitioner import murmur2
+
+BUCKET_MARK = "#"
 
 
 def order_key(channel: str, channel_order_id: str) -> str:
@@ -47,7 +50,7 @@ def bucket_key(sku: str, bucket: int, partitions: int) -> str:
     """
     if bucket < 0:
         return sku
-    plain = f"{sku}#{bucket}"
+    plain = f"{sku}{BUCKET_MARK}{bucket}"
     taken = {partition_for(bucket_key(sku, b, partitions).encode(), partitions) for b in range(bucket)}
     if len(taken) >= partitions:
         return plain

@@ -208,7 +208,10 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.INVALID_FIELD_TYPE: "intake: a field has the wrong JSON type (text, whole number, time)",
     Reason.KAFKA_UNAVAILABLE: "intake: the broker did not acknowledge the write; retry",
     Reason.FIELD_TOO_LONG: "intake: a text field is longer than intake accepts (ids 128 characters, texts 1024)",
-    Reason.INVALID_SKU: "intake: a SKU longer than 64 characters, or with whitespace or control characters in it",
+    Reason.INVALID_SKU: (
+        "a SKU longer than 64 characters, or with whitespace, control characters or '#' in it (a hot SKU's "
+        "buckets are keyed '<sku>#<n>')"
+    ),
     Reason.TIME_OUT_OF_RANGE: (
         "intake: a time further in the past than STOCKFLOW_INTAKE_MAX_EVENT_AGE_S "
         "or further ahead than STOCKFLOW_INTAKE_MAX_FUTURE_S"

@@ -124,6 +124,7 @@ def refusal_of(channel: str, kind: str, body: object) -> tuple[str, str]:
         ({"lines": [{"sku": "SKU-" + "x" * 61, "qty": 1}]}, "invalid_sku", "lines.0.sku"),
         ({"lines": [{"sku": "SKU- 1", "qty": 1}]}, "invalid_sku", "lines.0.sku"),
         ({"lines": [{"sku": "SKU-\u00001", "qty": 1}]}, "invalid_sku", "lines.0.sku"),
+        ({"lines": [{"sku": "SKU-1#2", "qty": 1}]}, "invalid_sku", "lines.0.sku"),
         ({"lines": [{"sku": ["SKU-1"], "qty": 1}]}, "invalid_field_type", "lines.0.sku"),
         ({"lines": [{"line_no": 0, "sku": "SKU-1", "qty": 1}]}, "invalid_lines", "lines.0.line_no"),
         ({"lines": [{"line_no": 100_000, "sku": "SKU-1", "qty": 1}]}, "invalid_lines", "lines.0.line_no"),

@@ -49,6 +49,7 @@ def test_kinds_and_quantities() -> None:
         ({"warehouse_id": "WH-MARS"}, "unknown_warehouse", "warehouse_id"),
         ({"sku": "NOPE-1"}, "unknown_sku", "sku"),
         ({"sku": "SKU 1"}, "invalid_sku", "sku"),
+        ({"sku": "SKU-1#2"}, "invalid_sku", "sku"),  # the key of SKU-1's bucket 2 when it is hot
         ({"document_id": " "}, "empty_field", "document_id"),
         ({"event_time_ms": "yesterday"}, "invalid_field_type", "event_time_ms"),
         ({"event_time_ms": 0}, "time_out_of_range", "event_time_ms"),

@@ -104,6 +104,15 @@ def test_bad_adjustments_are_refused_with_a_reason() -> None:
     assert [ref.reason for ref in r.refusals] == ["unknown_warehouse"]
 
 
+def test_a_sku_named_like_a_bucket_is_refused_and_changes_no_record() -> None:
+    """Changed on purpose: a receipt for 'SKU-B#1' was booked on the record that is SKU-B's bucket 1 once SKU-B is
+    hot: units of one SKU sold as another's."""
+    r = runner()
+    receipt(r, "SKU-B#1", 3)
+    assert [ref.reason for ref in r.refusals] == ["invalid_sku"]
+    assert r.read(STORE, sku_key("SKU-B#1"), "SKU-B#1") is None
+
+
 def test_a_vip_set_aside_remainder_expires_without_cancelling_the_vip_order() -> None:
     r = runner(hold_ttl_s=60, payment_timeout_s=30)
     receipt(r, "SKU-V", 3)

@@ -69,6 +69,7 @@ def test_illegal_transitions_are_refused() -> None:
         ({"channel": "ebay"}, "unknown_channel"),
         ({"lines": []}, "missing_field"),
         ({"amount_fen": -1}, "invalid_amount"),
+        ({"lines": [order_of(("A#2", 1))["lines"][0]]}, "invalid_sku"),  # A's bucket 2, were A hot
     ],
 )
 def test_order_validation(change: dict, reason: str) -> None:
