@@ -72,6 +72,7 @@ from streams.contract.topics import (
     AUDIT_OVERRIDES,
     DEADLETTERS,
     HOLD_RESULTS,
+    OPS_CLOCK,
     ORDER_EVENTS,
     ORDER_STATES,
     REFUND_EVENTS,
@@ -89,6 +90,8 @@ from streams.settings import Settings
 _OPEN_OUTCOMES = {"HELD", "COMMITTED"}
 _STORED_OPEN = ("held", "sold")  # a line record's status while it holds units, in the pool's store
 _FULFILLING = _OPEN_OUTCOMES | {"SHIPPED"}  # a paid order's line: held for it, or gone to its customer
+ORDER_ENDED = ("cancelled", "payment_timeout", "delivered")  # an order over, whose lines hold nothing (rejected:
+# ``_check_decisions``)
 # A timer this late has not fired: the engine fires due timers within a batch window.
 OVERDUE_GRACE_MS = 60_000
 # A line let go: held before, no longer. A refusal held nothing: a line held after one is not held twice.
@@ -213,6 +216,7 @@ class Report:
     lost_orders: list[str] = field(default_factory=list)
     double_holds: list[str] = field(default_factory=list)
     rejected_but_held: list[str] = field(default_factory=list)
+    ended_but_held: list[str] = field(default_factory=list)  # cancelled, timed out or delivered, a line still held
     reserved_incomplete: list[str] = field(default_factory=list)
     paid_without_hold: list[str] = field(default_factory=list)
     shipped_not_deducted: list[str] = field(default_factory=list)
@@ -250,7 +254,8 @@ class Report:
     def ok(self) -> bool:
         return not (
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
-            or self.rejected_but_held or self.reserved_incomplete or self.paid_without_hold or self.overdue_timers
+            or self.rejected_but_held or self.ended_but_held or self.reserved_incomplete or self.paid_without_hold
+            or self.overdue_timers
             or self.shipped_not_deducted or self.paid_but_timed_out
             or self.vip_set_aside_misused or self.refunds_paid_twice or self.orders_refunded_above_price
             or self.refunds_lost or self.refunds_paid_unapproved
@@ -270,6 +275,7 @@ class Report:
             "lost_orders": len(self.lost_orders),
             "double_holds": len(self.double_holds),
             "rejected_but_held": len(self.rejected_but_held),
+            "ended_but_held": len(self.ended_but_held),
             "reserved_incomplete": len(self.reserved_incomplete),
             "paid_without_hold": len(self.paid_without_hold),
             "shipped_not_deducted": len(self.shipped_not_deducted),
@@ -285,9 +291,9 @@ class Report:
         }
 
     # The failure kinds the run verdicts (bench, demo) do not show a figure of their own for.
-    OTHER_FAILURES = ("rejected_but_held", "reserved_incomplete", "paid_without_hold", "shipped_not_deducted",
-                      "paid_but_timed_out", "overdue_timers", "vip_set_aside_misused", "orders_refunded_above_price",
-                      "refunds_paid_unapproved")  # fmt: skip
+    OTHER_FAILURES = ("rejected_but_held", "ended_but_held", "reserved_incomplete", "paid_without_hold",
+                      "shipped_not_deducted", "paid_but_timed_out", "overdue_timers", "vip_set_aside_misused",
+                      "orders_refunded_above_price", "refunds_paid_unapproved")  # fmt: skip
 
     @property
     def other_failures(self) -> dict[str, int]:
@@ -336,6 +342,16 @@ class _Reading:
         return starts.get(partition_for(key.encode(), max(starts) + 1), 0) > 0
 
 
+def _pipeline_now_ms(reading: _Reading, settings: Settings) -> int:
+    """The time on the pipeline's clock, which its timers go by: the wall's, moved on by ``ops.clock`` when drills
+    and tests may move it (``STOCKFLOW_CLOCK_CONTROL``). By the wall alone a timer due on a clock moved three
+    hours on would be overdue only three hours later, long after the run's audit."""
+    offset = 0
+    if settings.clock_control:
+        offset = max((int(record["offset_ms"]) for _, _, record in reading.decoded(OPS_CLOCK.name)), default=0)
+    return int(time.time() * 1000) + offset
+
+
 def audit(settings: Settings) -> Report:
     reading = _Reading(settings, codec_for(settings))
     report = Report()
@@ -354,7 +370,7 @@ def audit(settings: Settings) -> Report:
     open_by_sku = _open_lines_by_sku(last, report)
     presale_keys = {key for by_line in holds.values() for key, hold in by_line.items() if hold["presale"]}
     unseen = _lines_past_retention(holds, last, reading, report)
-    now_ms = int(time.time() * 1000)
+    now_ms = _pipeline_now_ms(reading, settings)
     hold_ttl_ms = int(settings.hold_ttl_s * 1000)
     _find_overdue_holds(holds, now_ms, report)
     _check_takeovers(moves, set_asides, reading, report)
@@ -1036,8 +1052,11 @@ def _audit_orders(reading: _Reading, orders: _OrderInputs, last: dict[str, dict[
             report.lost_orders.append(order_id)
     unpaid_for_ms = {"reserved": int(settings.payment_timeout_s * 1000),
                      DEPOSIT_PAID: int(settings.presale_balance_s * 1000)}  # fmt: skip
-    _check_order_states(last, final_state, stage_times, unpaid_for_ms, now_ms, report)
-    _check_decisions(decided, last, report)
+    # The lines each order was placed with, where none of their answers can be deleted: a line with no answer
+    # then is one the pool never held. (Where they can, the lines answered are judged, as they stand.)
+    placed_lines = {o: lines for o, lines in orders.lines_of.items() if not reading.cut(HOLD_RESULTS.name, o)}
+    _check_order_states(last, placed_lines, final_state, stage_times, unpaid_for_ms, now_ms, report)
+    _check_decisions(decided, last, placed_lines, report)
 
 
 @dataclass
@@ -1119,20 +1138,23 @@ def _check_shipments(orders: _OrderInputs, allocated: dict[str, str], last: dict
                                                f"{', '.join(missing)}")  # fmt: skip
 
 
-def _check_order_states(last: dict[str, dict[str, Any]], final_state: dict[str, str],
-                        stage_times: dict[str, dict[str, int]], unpaid_for_ms: dict[str, int], now_ms: int,
-                        report: Report) -> None:  # fmt: skip
-    """A paid order holds every line; an unpaid one does not outlive its payment timeout, nor a presale order
-    whose deposit is paid its balance window (``unpaid_for_ms``: how long each may wait, from its stage time)."""
-    lines_of: dict[str, list[str]] = defaultdict(list)
+def _check_order_states(last: dict[str, dict[str, Any]], placed_lines: dict[str, list[int]],
+                        final_state: dict[str, str], stage_times: dict[str, dict[str, int]],
+                        unpaid_for_ms: dict[str, int], now_ms: int, report: Report) -> None:  # fmt: skip
+    """A paid order holds every line it was placed with; an order that ended (cancelled, timed out, delivered,
+    rejected) holds none; an unpaid one does not outlive its payment timeout, nor a presale order whose deposit is
+    paid its balance window (``unpaid_for_ms``: how long each may wait, from its stage time)."""
+    answered: dict[str, list[str]] = defaultdict(list)
     for line_key in last:
-        lines_of[line_key.rpartition("#")[0]].append(line_key)
+        answered[line_key.rpartition("#")[0]].append(line_key)
     for order_id, order_state in final_state.items():
+        lines = sorted({f"{order_id}#{n}" for n in placed_lines.get(order_id, [])} | set(answered.get(order_id, [])))
+        outcomes = [last.get(k, {}).get("outcome") for k in lines]
         # A split order stays paid or routed until its last warehouse ships: lines shipped before are done.
-        if order_state in ("paid", "routed") and any(
-            last[k].get("outcome") not in _FULFILLING for k in lines_of.get(order_id, [])
-        ):
+        if order_state in ("paid", "routed") and any(o not in _FULFILLING for o in outcomes):
             report.paid_without_hold.append(order_id)
+        if order_state in ORDER_ENDED and any(o in _OPEN_OUTCOMES for o in outcomes):
+            report.ended_but_held.append(order_id)  # its units locked for an order that is over
         if order_state != "reserved":
             continue
         times = stage_times.get(order_id, {})
@@ -1143,12 +1165,21 @@ def _check_order_states(last: dict[str, dict[str, Any]], final_state: dict[str, 
             report.overdue_timers.append(f"order {order_id} unpaid past {what}")
 
 
-def _check_decisions(decided: dict[str, dict[str, Any]], last: dict[str, dict[str, Any]], report: Report) -> None:
-    """A rejected order holds nothing; a reserved one holds every line."""
+def _check_decisions(decided: dict[str, dict[str, Any]], last: dict[str, dict[str, Any]],
+                     placed_lines: dict[str, list[int]], report: Report) -> None:  # fmt: skip
+    """A rejected order holds nothing; a reserved one holds every line it was placed with, each answered HELD."""
     for order_id, r in decided.items():
         decided_lines = {f"{order_id}#{ln['line_no']}" for ln in r["lines"]}
         still_open = [k for k in decided_lines if last.get(k, {}).get("outcome") in _OPEN_OUTCOMES]
         if r["outcome"] == "REJECTED" and still_open:
             report.rejected_but_held.append(order_id)
-        if r["outcome"] == "RESERVED" and any(ln["outcome"] != "HELD" for ln in r["lines"]):
+        if r["outcome"] != "RESERVED":
+            continue
+        listed = {ln["line_no"] for ln in r["lines"] if ln["outcome"] == "HELD"}
+        if len(listed) != len(r["lines"]):
             report.reserved_incomplete.append(order_id)
+        elif order_id in placed_lines:
+            # Each line it was placed with listed HELD, and answered by the pool (held, then maybe moved on).
+            placed = set(placed_lines[order_id])
+            if placed - listed or any(f"{order_id}#{n}" not in last for n in placed):
+                report.reserved_incomplete.append(order_id)

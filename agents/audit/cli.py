@@ -47,6 +47,7 @@ def check(
                           f"{sa.presale_oversold} beyond the presale cap (the most at any moment)")  # fmt: skip
         for label, items in (("lost order", report.lost_orders), ("double hold", report.double_holds),
                              ("rejected but held", report.rejected_but_held),
+                             ("ended but still holding", report.ended_but_held),
                              ("VIP set-aside misused", report.vip_set_aside_misused),
                              ("reserved but not every line held", report.reserved_incomplete),
                              ("paid without a hold", report.paid_without_hold),

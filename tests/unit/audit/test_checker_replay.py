@@ -4,6 +4,7 @@ unjudged once a topic's retention has deleted the start of a key's history."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -17,7 +18,9 @@ from streams.contract.topics import (
     AUDIT_OVERRIDES,
     DEADLETTERS,
     HOLD_RESULTS,
+    OPS_CLOCK,
     ORDER_EVENTS,
+    ORDER_STATES,
     REFUND_EVENTS,
     REFUND_INSTRUCTIONS,
     REFUND_ISSUED,
@@ -705,3 +708,45 @@ def test_a_no_the_pipeline_refused_is_no_decision(topics: Topics) -> None:
     topics.event(REFUND_EVENTS.name, "RefundReviewed", _review(approved=True, event_id="reviewed:jd:r1:2"))
     _dead_letter(topics, REFUND_EVENTS.name, 0, "streams.engine", "precondition_missing")
     assert checker.audit(Settings()).refunds_paid_unapproved == []
+
+
+def test_timers_are_judged_on_the_pipelines_clock_where_drills_move_it(topics: Topics) -> None:
+    """Changed on purpose: overdue timers were judged by the wall clock, while the pipeline's ran on the offset
+    ``ops.clock`` gave it; a payment timeout and a hold expiry three hours due on it were not overdue, so a test
+    moving the clock on to see timers fire after a crash could not fail."""
+    now = int(time.time() * 1000)
+    topics.adjust("A", "RECEIPT", 5, "rcpt-1", applied_ms=now - 1_000)
+    topics.placed("jd:1", "A", 2)
+    topics.answer("jd:1", "A", 2, "RESERVE", "HELD", now)
+    topics.decided("jd:1", "A", 2)
+    topics.event(ORDER_STATES.name, "OrderStateChanged", {
+        "event_id": "jd:1:reserved", "event_time_ms": now, "order_id": "jd:1", "channel": "jd", "state": "reserved",
+        "previous_state": "placed", "reason": "", "warehouse_id": "", "stage_times": {"placed": now, "reserved": now}})
+    topics.store(b"h\0A\0jd:1#1", {"order_id": "jd:1", "line_no": 1, "qty": 2, "channel": "jd", "presale": False,
+                                   "status": "held", "reason": "", "expires_at_ms": now + 7_200_000, "updated_ms": now,
+                                   "warehouse_id": ""})  # fmt: skip
+    topics.totals("A", {WH: 5}, locked=2)
+    settings = Settings(clock_control=True, payment_timeout_s=1_800, hold_ttl_s=7_200)
+    assert checker.audit(settings).overdue_timers == []
+    topics.event(OPS_CLOCK.name, "ClockAdvanced", {"event_id": "clock-180", "event_time_ms": now,
+                                                   "offset_ms": 180 * 60_000})  # fmt: skip
+    assert sorted(checker.audit(settings).overdue_timers) == [
+        f"hold A/jd:1#1 expired at {now + 7_200_000}", "order jd:1 unpaid past its payment timeout"]
+    assert checker.audit(Settings(clock_control=False)).overdue_timers == []  # a production clock is the wall's
+
+
+def test_a_reserved_decision_that_leaves_a_placed_line_out_is_incomplete(topics: Topics) -> None:
+    """Changed on purpose: a decision was judged by the lines it listed, so one leaving out a line the order was
+    placed with, never held, passed as reserved."""
+    topics.adjust("A", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    topics.event(ORDER_EVENTS.name, "OrderPlaced", {
+        "event_id": "placed:jd:1", "event_time_ms": 1, "channel": "jd", "channel_order_id": "1", "customer_id": "c1",
+        "amount_fen": 200, "coupon_type": "", "presale": False, "vip": False, "sent_at_ms": 0,
+        "address": {"province": "上海", "city": "上海", "district": "青浦", "detail": "1号"},
+        "lines": [{"line_no": n, "sku": "A", "qty": 1, "unit_price_fen": 100, "custom": False, "bundle": False}
+                  for n in (1, 2)]})  # fmt: skip
+    topics.answer("jd:1", "A", 1, "RESERVE", "HELD", 2_000)
+    topics.decided("jd:1", "A", 1)  # line 1 alone, HELD; line 2 never answered
+    topics.line("A", "jd:1", 1)
+    topics.totals("A", {WH: 5}, locked=1)
+    assert checker.audit(Settings()).reserved_incomplete == ["jd:1"]

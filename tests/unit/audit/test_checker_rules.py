@@ -15,11 +15,11 @@ def test_a_split_order_partly_shipped_still_holds_what_it_should() -> None:
     last = {"jd:1#1": {"outcome": "SHIPPED"}, "jd:1#2": {"outcome": "COMMITTED"},
             "jd:2#1": {"outcome": "SHIPPED"}, "jd:2#2": {"outcome": "RELEASED"}}  # fmt: skip
     report = Report()
-    _check_order_states(last, {"jd:1": "routed", "jd:2": "routed"}, {}, WAITS, 0, report)
+    _check_order_states(last, {}, {"jd:1": "routed", "jd:2": "routed"}, {}, WAITS, 0, report)
     assert report.paid_without_hold == ["jd:2"]
     paid = Report()
-    _check_order_states({"jd:3#1": {"outcome": "SHIPPED"}, "jd:3#2": {"outcome": "EXPIRED"}}, {"jd:3": "paid"}, {},
-                        WAITS, 0, paid)  # fmt: skip
+    _check_order_states({"jd:3#1": {"outcome": "SHIPPED"}, "jd:3#2": {"outcome": "EXPIRED"}}, {}, {"jd:3": "paid"},
+                        {}, WAITS, 0, paid)  # fmt: skip
     assert paid.paid_without_hold == ["jd:3"]
 
 
@@ -31,10 +31,10 @@ def test_a_presale_order_waiting_for_its_balance_is_not_overdue_until_its_window
              "tmall:2": {"reserved": 1_000, DEPOSIT_PAID: 2_000},  # past it: see below
              "tmall:3": {"reserved": 1_000}}  # no deposit: past its payment timeout  # fmt: skip
     within = Report()
-    _check_order_states({}, states, times, WAITS, 2_000 + 3_600_000, within)
+    _check_order_states({}, {}, states, times, WAITS, 2_000 + 3_600_000, within)
     assert within.overdue_timers == ["order tmall:3 unpaid past its payment timeout"]
     late = Report()
-    _check_order_states({}, {"tmall:2": "reserved"}, times, WAITS, 2_000 + 3_600_000 + 61_000, late)
+    _check_order_states({}, {}, {"tmall:2": "reserved"}, times, WAITS, 2_000 + 3_600_000 + 61_000, late)
     assert late.overdue_timers == ["order tmall:2 unpaid past its balance window"]
 
 
@@ -96,3 +96,24 @@ def test_an_order_paid_and_then_timed_out_as_unpaid_is_found() -> None:
     _audit_orders(Topics(), orders, {}, 0, report)  # type: ignore[arg-type]
     assert report.paid_but_timed_out == ["jd:1", "tmall:4"] and not report.lost_orders
     assert report.summary()["other_failures"] == {"paid_but_timed_out": 2}
+
+
+def test_a_paid_order_with_a_line_the_pool_never_answered_has_no_hold_behind_it() -> None:
+    """Changed on purpose: an order's lines were taken from the pool's answers, so a line never answered (never held)
+    was in none of them, and a paid order holding only part of what it was placed with passed."""
+    last = {"jd:1#1": {"outcome": "COMMITTED"}}
+    report = Report()
+    _check_order_states(last, {"jd:1": [1, 2]}, {"jd:1": "paid"}, {}, WAITS, 0, report)
+    assert report.paid_without_hold == ["jd:1"]
+
+
+def test_an_order_that_ended_still_holding_a_line_is_a_failure() -> None:
+    """Changed on purpose: a cancelled, timed-out or delivered order whose line was never let go (a RELEASE lost)
+    passed: its units locked for good (a sold line never expires), or until the hold's expiry hours later."""
+    last = {"jd:1#1": {"outcome": "COMMITTED"}, "jd:2#1": {"outcome": "HELD"}, "jd:3#1": {"outcome": "RELEASED"},
+            "jd:4#1": {"outcome": "SHIPPED"}}  # fmt: skip
+    states = {"jd:1": "cancelled", "jd:2": "payment_timeout", "jd:3": "cancelled", "jd:4": "delivered"}
+    report = Report()
+    _check_order_states(last, {}, states, {}, WAITS, 0, report)
+    assert report.ended_but_held == ["jd:1", "jd:2"]
+    assert not report.ok and report.other_failures == {"ended_but_held": 2}
