@@ -313,9 +313,12 @@ class _Reading:
     def refused_by_pipeline(self) -> dict[tuple[str, int, int], dict[str, Any]]:
         """Where each message the pipeline refused was read (topic, partition, offset) -> its dead letter; read
         once an audit. The pipeline's only: the sink dead-letters what ClickHouse cannot hold, which the
-        pipeline took all the same."""
+        pipeline took all the same. And only what it refused for what the message says: one a handler failed on
+        (``processing_error``) was valid as far as anyone knows, and is judged as taken (an order never decided
+        is lost)."""
         if self._refused is None:
-            letters = [r for _, _, r in self.decoded(DEADLETTERS.name) if r["stage"] in PIPELINE_STAGES]
+            letters = [r for _, _, r in self.decoded(DEADLETTERS.name)
+                       if r["stage"] in PIPELINE_STAGES and r["reason"] != Reason.PROCESSING_ERROR]  # fmt: skip
             self._refused = {(r["source_topic"], r["source_partition"], r["source_offset"]): r for r in letters}
         return self._refused
 
@@ -1080,7 +1083,7 @@ def _placed_orders(reading: _Reading) -> _OrderInputs:
     refused = reading.refused_by_pipeline()  # an order the sink alone dead-lettered must still be decided
     order_topic = reading.settings.topic(ORDER_EVENTS.name)
     out = _OrderInputs()
-    payments: dict[str, dict[str, int]] = defaultdict(dict)  # order id -> payment event id -> amount
+    payments: dict[str, list[dict[str, Any]]] = defaultdict(list)  # order id -> its payment events, in order
     for rec, kind, ev in reading.decoded(ORDER_EVENTS.name):
         if kind not in ORDER_EVENTS.events:
             continue  # not of the topic's contract: the pipeline's to refuse, the audit's to skip
@@ -1092,17 +1095,26 @@ def _placed_orders(reading: _Reading) -> _OrderInputs:
             out.price_of.setdefault(order_id, int(ev["amount_fen"]))
             out.lines_of.setdefault(order_id, [int(line["line_no"]) for line in ev["lines"]])
         elif kind == "PaymentConfirmed":
-            # A payment naming no amount pays the order in full, as the lifecycle counts it.
-            amount = int(ev.get("amount_fen") or 0)
-            payments[order_id][ev["event_id"]] = amount or UNNAMED
+            payments[order_id].append(ev)
             if taken:
                 out.paid.add(order_id)
                 if ev.get("balance"):
                     out.balance_paid.add(order_id)
         elif kind == "ShipmentDispatched" and taken:
             out.shipments.add((order_id, str(ev["warehouse_id"])))  # a repeat is the same shipment
-    for order_id, paid in payments.items():
-        if order_id in out.price_of and UNNAMED not in paid.values():
+    for order_id, events in payments.items():
+        if order_id not in out.price_of:
+            continue
+        # One payment of each kind, the first heard, as the lifecycle keeps them (``on_payment``): a deposit
+        # heard twice under two event ids is one deposit. A payment naming no amount pays the order in full.
+        paid: dict[str, int] = {}
+        for ev in events:
+            amount = int(ev.get("amount_fen") or 0)
+            in_full = amount > 0 and amount >= out.price_of[order_id]
+            kind = "balance" if ev.get("balance") else "deposit" if out.presale_of[order_id] and not in_full \
+                else "in_full"  # fmt: skip
+            paid.setdefault(kind, amount or UNNAMED)
+        if UNNAMED not in paid.values():
             out.price_of[order_id] = min(out.price_of[order_id], sum(paid.values()))
     return out
 

@@ -593,6 +593,15 @@ def _refused_by(topics: Topics, stage: str) -> None:
     _dead_letter(topics, ORDER_EVENTS.name, 0, stage, "unknown_sku")
 
 
+def test_an_order_a_handler_failed_on_is_lost_not_refused(topics: Topics) -> None:
+    """Changed on purpose: any pipeline dead letter excused its order, so a valid order dead-lettered because a
+    handler raised (``processing_error``) was counted as refused, never as lost."""
+    topics.placed("jd:1", "A", 1)
+    _dead_letter(topics, ORDER_EVENTS.name, 0, "streams.engine", "processing_error")
+    report = checker.audit(Settings())
+    assert (report.orders_placed, report.lost_orders) == (1, ["jd:1"])
+
+
 def test_an_order_only_the_sink_dead_lettered_must_still_be_decided(topics: Topics) -> None:
     """Changed on purpose: any dead letter excused its order, the sink's too (ClickHouse could not hold it)
     though the lifecycle took the order: one never decided was not reported lost."""
@@ -750,3 +759,15 @@ def test_a_reserved_decision_that_leaves_a_placed_line_out_is_incomplete(topics:
     topics.line("A", "jd:1", 1)
     topics.totals("A", {WH: 5}, locked=1)
     assert checker.audit(Settings()).reserved_incomplete == ["jd:1"]
+
+
+def test_a_deposit_heard_twice_is_one_deposit_in_the_refund_bound(topics: Topics) -> None:
+    """Changed on purpose: payments counted by event id, so a deposit redelivered under another id lifted the
+    bound to twice the deposit, and 40 paid back on a 20-fen deposit passed. The lifecycle keeps one of each kind."""
+    topics.placed("jd:3", "A", 1, presale=True)  # amount_fen 100
+    for event_id in ("paid:jd:3:deposit", "paid:jd:3:deposit:again"):
+        topics.event(ORDER_EVENTS.name, "PaymentConfirmed", {
+            "event_id": event_id, "event_time_ms": 2, "channel": "jd", "channel_order_id": "3", "payment_id": "P1",
+            "amount_fen": 20, "balance": False})  # fmt: skip
+    _instructed(topics, "r5", 40, order="3")
+    assert checker.audit(Settings()).orders_refunded_above_price == ["jd:3"]
