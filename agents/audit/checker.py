@@ -174,6 +174,8 @@ class SkuAudit:
     peak_oversold: int = 0  # the most regular units held beyond on-hand at any moment of the run
     peak_presale_oversold: int = 0  # the most presale units held beyond the presale cap at any moment
     on_hand_unjudged: bool = False  # adjustments, returns or shipments of it may be deleted (retention)
+    on_hand_range: OnHandRange | None = None
+    warehouses_off: list[str] = field(default_factory=list)  # on-hand at a warehouse the topics cannot explain
     oversell_unjudged: bool = False  # adjustments or returns of it may be deleted: its stock over time is unknown
 
     @property
@@ -182,7 +184,8 @@ class SkuAudit:
             self.table_on_hand is None
             or (
                 not self.on_hand_unjudged
-                and not self.expected_on_hand <= self.table_on_hand <= self.expected_on_hand_max
+                and (not self.expected_on_hand <= self.table_on_hand <= self.expected_on_hand_max
+                     or bool(self.warehouses_off))
             )
             or self.table_open != self.expected_open
             or self.table_presale != self.expected_presale
@@ -801,7 +804,36 @@ def _applied_before(change: Change, count: Change) -> bool | None:
     return None  # one batch: the topics do not say which came first
 
 
-def _on_hand_range(changes: list[Change]) -> tuple[int, int]:
+@dataclass(frozen=True)
+class OnHandRange:
+    """What the topics allow the pool's on-hand of a SKU to be: per warehouse, the least and the most; and units
+    shipped with no warehouse named (``unplaced``), which may have come off any of them."""
+
+    by_warehouse: dict[str, tuple[int, int]]
+    off_for_sure: int = 0  # unplaced, and after every count
+    off_maybe: int = 0  # unplaced, and perhaps in a count already
+
+    @property
+    def least(self) -> int:
+        return sum(low for low, _ in self.by_warehouse.values()) + self.off_for_sure + self.off_maybe
+
+    @property
+    def most(self) -> int:
+        return sum(high for _, high in self.by_warehouse.values()) + self.off_for_sure
+
+    def outside(self, on_hand: dict[str, int]) -> list[str]:
+        """The warehouses whose figure in ``on_hand`` no order of the changes explains."""
+        unplaced = -(self.off_for_sure + self.off_maybe)  # shipped quantities are negative: this is what they took
+        off = []
+        for wh in sorted(self.by_warehouse.keys() | on_hand.keys()):
+            low, high = self.by_warehouse.get(wh, (0, 0))
+            low, figure = max(0, low - unplaced), max(0, on_hand.get(wh, 0))
+            if not low <= figure <= high:
+                off.append(f"{wh}: {figure} against {low}..{high}")
+        return off
+
+
+def _on_hand_range(changes: list[Change]) -> OnHandRange:
     """The least and the most on-hand the pool can hold after ``changes``, per warehouse: the last COUNT's figure
     and what it applied after it; a change it may have applied before or after counts as either."""
     stocked = {c.warehouse for c in changes if c.kind in ("RECEIPT", "COUNT", "CORRECTION")}
@@ -821,8 +853,8 @@ def _on_hand_range(changes: list[Change]) -> tuple[int, int]:
                 off_maybe += c.qty
             continue
         by_warehouse[c.warehouse].append(c)
-    least = most = 0
-    for items in by_warehouse.values():
+    ranges = {}
+    for wh, items in by_warehouse.items():
         count = max((c for c in items if c.kind == "COUNT"), key=lambda c: c.seq or (0, 0), default=None)
         low = high = count.qty if count is not None else 0
         for c in items:
@@ -833,8 +865,8 @@ def _on_hand_range(changes: list[Change]) -> tuple[int, int]:
                 low, high = low + min(0, c.qty), high + max(0, c.qty)
             elif not order:
                 low, high = low + c.qty, high + c.qty
-        least, most = least + max(0, low), most + max(0, high)
-    return least + off_for_sure + off_maybe, most + off_for_sure
+        ranges[wh] = (max(0, low), max(0, high))
+    return OnHandRange(ranges, off_for_sure, off_maybe)
 
 
 def _peak_oversold(changes: list[Change], moves: list[HoldMove], set_asides: list[SetAside],
@@ -988,7 +1020,8 @@ class _LeastHeld:
 
 def _expect(sa: SkuAudit, changes: list[Change], expected_keys: dict[str, int], presale_keys: set[str]) -> None:
     """What the topics say the pool must hold of ``sa.sku``."""
-    sa.expected_on_hand, sa.expected_on_hand_max = _on_hand_range(changes)
+    sa.on_hand_range = _on_hand_range(changes)
+    sa.expected_on_hand, sa.expected_on_hand_max = sa.on_hand_range.least, sa.on_hand_range.most
     caps = [c for c in changes if c.kind == "PRESALE_CAP"]
     sa.presale_cap = max(caps, key=lambda c: c.seq or (0, 0)).qty if caps else 0
     sa.expected_open = sum(q for k, q in expected_keys.items() if k not in presale_keys)
@@ -1002,6 +1035,8 @@ def _compare_with_store(sa: SkuAudit, state: dict[str, Any], lines: dict[str, di
     open_lines = {k: h for k, h in lines.items() if h["status"] in _STORED_OPEN}
     table_keys = {k: h["qty"] for k, h in open_lines.items() if h["line_no"] != 0 and k not in unseen}
     sa.table_on_hand = sum(max(0, q) for q in state["on_hand"].values())
+    if sa.on_hand_range is not None:
+        sa.warehouses_off = sa.on_hand_range.outside(state["on_hand"])
     sa.table_open = sum(q for k, q in table_keys.items() if k not in presale_keys)
     sa.table_presale = sum(q for k, q in table_keys.items() if k in presale_keys)
     sa.open_keys_missing_in_table = sorted(set(expected_keys) - set(table_keys))

@@ -41,6 +41,7 @@ def check(
                 f"[red]drift[/red] {sa.sku}: on-hand table {sa.table_on_hand} vs rebuilt {rebuilt}; "
                 f"open table {sa.table_open} vs rebuilt {sa.expected_open}; "
                 f"missing {sa.open_keys_missing_in_table[:5]} extra {sa.open_keys_only_in_table[:5]}"
+                + (f"; per warehouse {', '.join(sa.warehouses_off)}" if sa.warehouses_off else "")
             )
         for sa in [a for a in report.skus.values() if a.oversold][:20]:
             console.print(f"[red]oversold[/red] {sa.sku}: {sa.regular_oversold} beyond on-hand, "

@@ -771,3 +771,29 @@ def test_a_deposit_heard_twice_is_one_deposit_in_the_refund_bound(topics: Topics
             "amount_fen": 20, "balance": False})  # fmt: skip
     _instructed(topics, "r5", 40, order="3")
     assert checker.audit(Settings()).orders_refunded_above_price == ["jd:3"]
+
+
+def test_stock_booked_at_another_warehouse_is_drift(topics: Topics) -> None:
+    """Changed on purpose: on-hand was compared as one total per SKU, so units the pool booked at Guangzhou that the
+    WMS put away in Shanghai passed, while routing sent orders to a shelf that was empty."""
+    topics.adjust("A", "RECEIPT", 5, "rcpt-1", applied_ms=1_000, wh=WH)
+    topics.adjust("A", "RECEIPT", 2, "rcpt-2", applied_ms=1_000, wh=WH2)
+    topics.totals("A", {WH: 5, WH2: 2})
+    assert checker.audit(Settings()).ok
+    topics.totals("A", {WH: 3, WH2: 4})
+    report = checker.audit(Settings())
+    assert [sa.sku for sa in report.drifted] == ["A"]
+    assert report.skus["A"].warehouses_off == [f"{WH2}: 4 against 2..2", f"{WH}: 3 against 5..5"]
+
+
+def test_a_shipment_with_no_warehouse_named_may_have_left_any_shelf(topics: Topics) -> None:
+    topics.adjust("A", "RECEIPT", 5, "rcpt-1", applied_ms=1_000, wh=WH)
+    topics.adjust("A", "RECEIPT", 2, "rcpt-2", applied_ms=1_000, wh=WH2)
+    topics.placed("jd:1", "A", 2)
+    topics.answer("jd:1", "A", 2, "RESERVE", "HELD", 2_000)
+    topics.decided("jd:1", "A", 2)
+    topics.answer("jd:1", "A", 2, "SHIP", "SHIPPED", 3_000)  # allocated nowhere the answers say
+    topics.line("A", "jd:1", 2, status="shipped")
+    for shelf in ({WH: 3, WH2: 2}, {WH: 5}):
+        topics.totals("A", shelf)
+        assert checker.audit(Settings()).ok, shelf
