@@ -220,6 +220,7 @@ class Report:
     double_holds: list[str] = field(default_factory=list)
     rejected_but_held: list[str] = field(default_factory=list)
     ended_but_held: list[str] = field(default_factory=list)  # cancelled, timed out or delivered, a line still held
+    inputs_unrefused: list[str] = field(default_factory=list)  # an unreadable input the pipeline did not dead-letter
     reserved_incomplete: list[str] = field(default_factory=list)
     paid_without_hold: list[str] = field(default_factory=list)
     shipped_not_deducted: list[str] = field(default_factory=list)
@@ -257,7 +258,8 @@ class Report:
     def ok(self) -> bool:
         return not (
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
-            or self.rejected_but_held or self.ended_but_held or self.reserved_incomplete or self.paid_without_hold
+            or self.rejected_but_held or self.ended_but_held or self.inputs_unrefused or self.reserved_incomplete
+            or self.paid_without_hold
             or self.overdue_timers
             or self.shipped_not_deducted or self.paid_but_timed_out
             or self.vip_set_aside_misused or self.refunds_paid_twice or self.orders_refunded_above_price
@@ -279,6 +281,7 @@ class Report:
             "double_holds": len(self.double_holds),
             "rejected_but_held": len(self.rejected_but_held),
             "ended_but_held": len(self.ended_but_held),
+            "inputs_unrefused": len(self.inputs_unrefused),
             "reserved_incomplete": len(self.reserved_incomplete),
             "paid_without_hold": len(self.paid_without_hold),
             "shipped_not_deducted": len(self.shipped_not_deducted),
@@ -294,7 +297,8 @@ class Report:
         }
 
     # The failure kinds the run verdicts (bench, demo) do not show a figure of their own for.
-    OTHER_FAILURES = ("rejected_but_held", "ended_but_held", "reserved_incomplete", "paid_without_hold",
+    OTHER_FAILURES = ("rejected_but_held", "ended_but_held", "inputs_unrefused", "reserved_incomplete",
+                      "paid_without_hold",
                       "shipped_not_deducted", "paid_but_timed_out", "overdue_timers", "vip_set_aside_misused",
                       "orders_refunded_above_price", "refunds_paid_unapproved")  # fmt: skip
 
@@ -311,7 +315,10 @@ class _Reading:
     settings: Settings
     codec: Codec
     earliest: dict[str, dict[int, int]] = field(default_factory=dict)  # contract name -> partition -> offset
+    # contract name -> (partition, offset) of each record it could not decode
+    unreadable: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _refused: dict[tuple[str, int, int], dict[str, Any]] | None = None
+    _lettered: set[tuple[str, int, int]] = field(default_factory=set)  # every dead letter's source, any stage
 
     def refused_by_pipeline(self) -> dict[tuple[str, int, int], dict[str, Any]]:
         """Where each message the pipeline refused was read (topic, partition, offset) -> its dead letter; read
@@ -320,9 +327,10 @@ class _Reading:
         (``processing_error``) was valid as far as anyone knows, and is judged as taken (an order never decided
         is lost)."""
         if self._refused is None:
-            letters = [r for _, _, r in self.decoded(DEADLETTERS.name)
-                       if r["stage"] in PIPELINE_STAGES and r["reason"] != Reason.PROCESSING_ERROR]  # fmt: skip
-            self._refused = {(r["source_topic"], r["source_partition"], r["source_offset"]): r for r in letters}
+            letters = [r for _, _, r in self.decoded(DEADLETTERS.name)]
+            self._lettered = {(r["source_topic"], r["source_partition"], r["source_offset"]) for r in letters}
+            self._refused = {(r["source_topic"], r["source_partition"], r["source_offset"]): r for r in letters
+                             if r["stage"] in PIPELINE_STAGES and r["reason"] != Reason.PROCESSING_ERROR}  # fmt: skip
         return self._refused
 
     def decoded(self, name: str) -> list[tuple[Record, str, dict[str, Any]]]:
@@ -331,13 +339,24 @@ class _Reading:
         # After the records: a start that moved while they were read counts as cut, never the other way round.
         self.earliest[name] = earliest_offsets(self.settings, topic)
         out = []
+        unreadable = self.unreadable[name] = []
         for rec in records:
             try:
                 event_type, record = self.codec.decode(rec.value)
             except DecodeError:
+                unreadable.append((rec.partition, rec.offset))
                 continue
             out.append((rec, event_type.short_name, record))
         return out
+
+    def unrefused(self, names: tuple[str, ...]) -> list[str]:
+        """Records of the input topics ``names`` (read already) that no one could read and no one dead-lettered:
+        an input dropped without a word, whatever it was (an order, a payment, a stock count). The sink, which
+        reads every topic, is the one that dead-letters unreadable bytes; the engine skips them."""
+        self.refused_by_pipeline()
+        return [f"{name} partition {partition} offset {offset}" for name in names
+                for partition, offset in self.unreadable.get(name, [])
+                if (self.settings.topic(name), partition, offset) not in self._lettered]  # fmt: skip
 
     def cut(self, name: str, key: str | None = None) -> bool:
         """Whether the retention of topic ``name`` (read already) deleted records from the partition of ``key``
@@ -392,6 +411,12 @@ def audit(settings: Settings) -> Report:
     _audit_orders(reading, orders, last, now_ms, report)
     _check_shipments(orders, allocated, last, reading, report)
     _audit_refunds(reading, price_of, report)
+    unrefused = reading.unrefused((ORDER_EVENTS.name, REFUND_EVENTS.name, STOCK_ADJUSTMENTS.name))
+    if unrefused and reading.cut(DEADLETTERS.name):
+        for where in unrefused:
+            report.unjudge(f"record {where}", "refusal", DEADLETTERS.name)
+    else:
+        report.inputs_unrefused = unrefused
     return report
 
 

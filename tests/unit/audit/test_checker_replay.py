@@ -62,6 +62,10 @@ class Topics:
     def event(self, name: str, event_type: str, record: dict[str, Any], partition: int = 0) -> None:
         self._append(self.settings.topic(name), b"", CODEC.encode(event_type, record), partition)
 
+    def raw(self, name: str, key: bytes, value: bytes) -> None:
+        """Bytes on ``name`` that are no event of the contract."""
+        self._append(self.settings.topic(name), key, value)
+
     def store(self, key: bytes, value: dict[str, Any] | None) -> None:
         raw = orjson.dumps(value) if value is not None else None
         self._append(changelog_topic(self.settings, "stock_by_sku"), key, raw)
@@ -797,3 +801,19 @@ def test_a_shipment_with_no_warehouse_named_may_have_left_any_shelf(topics: Topi
     for shelf in ({WH: 3, WH2: 2}, {WH: 5}):
         topics.totals("A", shelf)
         assert checker.audit(Settings()).ok, shelf
+
+
+def test_an_unreadable_input_the_pipeline_did_not_dead_letter_is_a_failure(topics: Topics) -> None:
+    """Changed on purpose: records the audit could not decode were skipped, so an order message dropped without a
+    dead letter was neither placed nor lost: all 0 while the customer's order vanished."""
+    topics.adjust("A", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    topics.totals("A", {WH: 5})
+    topics.raw(ORDER_EVENTS.name, b"jd:1", b"\xc3\x01" + bytes(8) + b"not an order")
+    report = checker.audit(Settings())
+    assert report.inputs_unrefused == [f"{ORDER_EVENTS.name} partition 0 offset 0"] and not report.ok
+    _dead_letter(topics, ORDER_EVENTS.name, 0, "agents.analytics.sink", "malformed_body")
+    assert checker.audit(Settings()).ok  # kept with its reason by the sink, which dead-letters unreadable bytes
+    topics.expire(DEADLETTERS.name, 1)
+    report = checker.audit(Settings())
+    assert (report.inputs_unrefused, report.ok) == ([], True)
+    assert report.unjudged == {f"record {ORDER_EVENTS.name} partition 0 offset 0": f"refusal: {RETAINED} deadletters"}
