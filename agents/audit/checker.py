@@ -382,7 +382,9 @@ def audit(settings: Settings) -> Report:
     report = Report()
     totals, holds, applied = _pool_store(settings)
     changes = _stock_changes(reading, applied, report)
-    last, moves, ships, allocated = _fold_answers(reading.decoded(HOLD_RESULTS.name), report)
+    last, moves, ships, allocated = _fold_answers(
+        reading.decoded(HOLD_RESULTS.name), report,
+        replays_lose_state=settings.processing_guarantee == "at_least_once")  # fmt: skip
     for sku, shipped in ships.items():
         changes[sku].extend(shipped)
     orders = _placed_orders(reading)
@@ -604,11 +606,12 @@ def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], repor
     return changes
 
 
-def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]], report: Report
+def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]], report: Report, *, replays_lose_state: bool
                   ) -> tuple[dict[str, dict[str, Any]], _BySku[HoldMove], _BySku[Change], dict[str, str]]:  # fmt: skip
     """2. The last answer per order line (``<order>#<line>``), in the order the pool gave them; per SKU, when
     each line's hold opened and closed, and its shipments; the warehouse each line was allocated to. An order
-    line held again after it was let go is a double hold."""
+    line held again after it was let go is a double hold. ``replays_lose_state``: at least once, where a replay
+    repeats answers whose state never committed (see below)."""
     last: dict[str, dict[str, Any]] = {}
     history: dict[str, list[str]] = defaultdict(list)
     allocated: dict[str, str] = {}
@@ -645,10 +648,13 @@ def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]], report: Rep
             taken = reason[len(VIP_OVERRIDE_REASON):] if reason.startswith(VIP_OVERRIDE_REASON) else ""
             opening[key] = (len(moves[sku]), res["outcome"])
             moves[sku].append(HoldMove(at_ms, key, res["qty"], taken))
-        elif opened and is_open and opening.get(key, (0, ""))[1] == res["outcome"]:
+        elif opened and is_open and replays_lose_state and opening.get(key, (0, ""))[1] == res["outcome"]:
             # The answer that opened it, again: at least once, a replay repeats the answers flushed before a crash,
             # and only the replay's changelog (the stock they were taken from) is there. The hold is dated by the
-            # last repeat (the fewest held), its closing by the first answer that let it go.
+            # last repeat (the fewest held), its closing by the first answer that let it go. Exactly once, the
+            # first answer committed with its state: a repeat is the pool answering a RESERVE asked again (the
+            # lifecycle's retry, a duplicate) with what the line is, and dating the hold by it would hide a hold
+            # taken beyond the stock before a later receipt.
             at = opening[key][0]
             moves[sku][at] = replace(moves[sku][at], at_ms=at_ms)
         elif opened and not is_open:
