@@ -69,6 +69,7 @@ from streams.contract.codec import Codec, DecodeError, codec_for
 from streams.contract.keys import order_key, partition_for, refund_key
 from streams.contract.reasons import Reason
 from streams.contract.topics import (
+    ALERTS,
     AUDIT_OVERRIDES,
     DEADLETTERS,
     HOLD_RESULTS,
@@ -1126,6 +1127,7 @@ def _audit_orders(reading: _Reading, orders: _OrderInputs, last: dict[str, dict[
     placed_lines = {o: lines for o, lines in orders.lines_of.items() if not reading.cut(HOLD_RESULTS.name, o)}
     _check_order_states(last, placed_lines, final_state, stage_times, unpaid_for_ms, now_ms, report)
     _check_decisions(decided, last, placed_lines, report)
+    _check_sla_alerts(reading, final_state, stage_times, now_ms, report)
 
 
 @dataclass
@@ -1241,6 +1243,25 @@ def _check_order_states(last: dict[str, dict[str, Any]], placed_lines: dict[str,
         if since and since + unpaid_for_ms[waits] < now_ms - OVERDUE_GRACE_MS:
             what = "its balance window" if waits == DEPOSIT_PAID else "its payment timeout"
             report.overdue_timers.append(f"order {order_id} unpaid past {what}")
+
+
+def _check_sla_alerts(reading: _Reading, final_state: dict[str, str], stage_times: dict[str, dict[str, int]],
+                      now_ms: int, report: Report) -> None:  # fmt: skip
+    """An order paid and still not pushed to a warehouse past ``STOCKFLOW_SLA_UNROUTED_S`` has had its RED
+    ``sla_breach`` alert: the timer that raises it fired. (Its paid time is when the payment was heard, the
+    latest the SLA can have started.)"""
+    sla_ms = int(reading.settings.sla_unrouted_s * 1000)
+    late = now_ms - sla_ms - OVERDUE_GRACE_MS
+    due = [o for o, st in final_state.items() if st == "paid" and 0 < stage_times.get(o, {}).get("paid", 0) < late]
+    if not due:
+        return
+    raised = {a["subject"] for _, kind, a in reading.decoded(ALERTS.name)
+              if kind == "Alert" and a["kind"] == "sla_breach" and not a.get("cleared")}  # fmt: skip
+    for order_id in sorted(set(due) - raised):
+        if reading.cut(ALERTS.name, order_id):
+            report.unjudge(f"order {order_id}", "SLA alert", ALERTS.name)
+        else:
+            report.overdue_timers.append(f"order {order_id} paid, unrouted past its SLA, no sla_breach alert")
 
 
 def _check_decisions(decided: dict[str, dict[str, Any]], last: dict[str, dict[str, Any]],

@@ -15,6 +15,7 @@ from agents.audit import checker
 from streams.contract.codec import default_codec
 from streams.contract.keys import partition_for
 from streams.contract.topics import (
+    ALERTS,
     AUDIT_OVERRIDES,
     DEADLETTERS,
     HOLD_RESULTS,
@@ -832,3 +833,19 @@ def test_an_unreadable_input_the_pipeline_did_not_dead_letter_is_a_failure(topic
     report = checker.audit(Settings())
     assert (report.inputs_unrefused, report.ok) == ([], True)
     assert report.unjudged == {f"record {ORDER_EVENTS.name} partition 0 offset 0": f"refusal: {RETAINED} deadletters"}
+
+
+def test_a_paid_order_unrouted_past_its_sla_without_its_alert_is_a_timer_that_did_not_fire(topics: Topics) -> None:
+    """Changed on purpose: the checker never read the alerts, so the SLA timer not firing for a paid order left
+    unrouted for hours passed."""
+    paid = int(time.time() * 1000) - 4 * 3_600_000
+    topics.event(ORDER_STATES.name, "OrderStateChanged", {
+        "event_id": "jd:1:paid", "event_time_ms": paid, "order_id": "jd:1", "channel": "jd", "state": "paid",
+        "previous_state": "reserved", "reason": "", "warehouse_id": "",
+        "stage_times": {"placed": paid, "reserved": paid, "paid": paid}})  # fmt: skip
+    assert checker.audit(Settings()).overdue_timers == ["order jd:1 paid, unrouted past its SLA, no sla_breach alert"]
+    topics.event(ALERTS.name, "Alert", {
+        "event_id": "sla_breach:jd:1", "event_time_ms": paid + 900_000, "kind": "sla_breach", "severity": "RED",
+        "subject": "jd:1", "message": "order jd:1 (jd) paid 15 min ago, not pushed to a warehouse", "cleared": False,
+        "details": {}})  # fmt: skip
+    assert checker.audit(Settings()).overdue_timers == []
