@@ -222,6 +222,7 @@ class Report:
     rejected_but_held: list[str] = field(default_factory=list)
     ended_but_held: list[str] = field(default_factory=list)  # cancelled, timed out or delivered, a line still held
     inputs_unrefused: list[str] = field(default_factory=list)  # an unreadable input the pipeline did not dead-letter
+    restocked_unreturned: list[str] = field(default_factory=list)  # a return put on hand QC never found resellable
     reserved_incomplete: list[str] = field(default_factory=list)
     paid_without_hold: list[str] = field(default_factory=list)
     shipped_not_deducted: list[str] = field(default_factory=list)
@@ -259,7 +260,8 @@ class Report:
     def ok(self) -> bool:
         return not (
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
-            or self.rejected_but_held or self.ended_but_held or self.inputs_unrefused or self.reserved_incomplete
+            or self.rejected_but_held or self.ended_but_held or self.inputs_unrefused or self.restocked_unreturned
+            or self.reserved_incomplete
             or self.paid_without_hold
             or self.overdue_timers
             or self.shipped_not_deducted or self.paid_but_timed_out
@@ -283,6 +285,7 @@ class Report:
             "rejected_but_held": len(self.rejected_but_held),
             "ended_but_held": len(self.ended_but_held),
             "inputs_unrefused": len(self.inputs_unrefused),
+            "restocked_unreturned": len(self.restocked_unreturned),
             "reserved_incomplete": len(self.reserved_incomplete),
             "paid_without_hold": len(self.paid_without_hold),
             "shipped_not_deducted": len(self.shipped_not_deducted),
@@ -298,8 +301,8 @@ class Report:
         }
 
     # The failure kinds the run verdicts (bench, demo) do not show a figure of their own for.
-    OTHER_FAILURES = ("rejected_but_held", "ended_but_held", "inputs_unrefused", "reserved_incomplete",
-                      "paid_without_hold",
+    OTHER_FAILURES = ("rejected_but_held", "ended_but_held", "inputs_unrefused", "restocked_unreturned",
+                      "reserved_incomplete", "paid_without_hold",
                       "shipped_not_deducted", "paid_but_timed_out", "overdue_timers", "vip_set_aside_misused",
                       "orders_refunded_above_price", "refunds_paid_unapproved")  # fmt: skip
 
@@ -414,6 +417,7 @@ def audit(settings: Settings) -> Report:
     _audit_orders(reading, orders, last, now_ms, report)
     _check_shipments(orders, allocated, last, reading, report)
     _audit_refunds(reading, price_of, report)
+    _check_restocks(reading, report)
     unrefused = reading.unrefused((ORDER_EVENTS.name, REFUND_EVENTS.name, STOCK_ADJUSTMENTS.name))
     if unrefused and reading.cut(DEADLETTERS.name):
         for where in unrefused:
@@ -454,6 +458,31 @@ def _stock_past_retention(sa: SkuAudit, reading: _Reading, report: Report) -> No
     if reading.cut(HOLD_RESULTS.name):
         sa.on_hand_unjudged = True
         report.unjudge(f"sku {sa.sku}", "on-hand", HOLD_RESULTS.name)
+
+
+def _check_restocks(reading: _Reading, report: Report) -> None:
+    """A return goes back on hand (``stock.returns``, ids ``return:<refund id>:<line>``) only once the warehouse
+    said it received it and QC found it resellable: the refund's first QC report the pipeline took says so. A
+    restock with no such report is units on a shelf that are not there (written off, or never sent back), sold
+    again. One whose refund's events may be deleted is unjudged."""
+    refused = reading.refused_by_pipeline()
+    topic = reading.settings.topic(REFUND_EVENTS.name)
+    first_qc: dict[str, bool] = {}  # refund id -> resellable, by its first QC report the pipeline took
+    order_of: dict[str, str] = {}
+    for rec, kind, r in reading.decoded(REFUND_EVENTS.name):
+        if kind != "ReturnReceived" or not r.get("qc_done", True) or (topic, rec.partition, rec.offset) in refused:
+            continue
+        refund_id = refund_key(r["channel"], r["channel_refund_id"])
+        first_qc.setdefault(refund_id, bool(r["resellable"]))
+        order_of[refund_id] = order_key(r["channel"], r["channel_order_id"])
+    for _, _, r in reading.decoded(STOCK_RETURNS.name):
+        refund_id = r["event_id"].removeprefix("return:").rpartition(":")[0]
+        if first_qc.get(refund_id):
+            continue
+        if refund_id not in first_qc and reading.cut(REFUND_EVENTS.name):
+            report.unjudge(f"refund {refund_id}", "return", REFUND_EVENTS.name)
+        else:
+            report.restocked_unreturned.append(f"{r['event_id']}: {r['qty']} of {r['sku']} at {r['warehouse_id']}")
 
 
 def _audit_refunds(reading: _Reading, price_of: dict[str, int], report: Report) -> None:

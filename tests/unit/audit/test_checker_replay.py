@@ -849,3 +849,38 @@ def test_a_paid_order_unrouted_past_its_sla_without_its_alert_is_a_timer_that_di
         "subject": "jd:1", "message": "order jd:1 (jd) paid 15 min ago, not pushed to a warehouse", "cleared": False,
         "details": {}})  # fmt: skip
     assert checker.audit(Settings()).overdue_timers == []
+
+
+def _return_checked(topics: Topics, refund: str, resellable: bool) -> None:
+    topics.event(REFUND_EVENTS.name, "ReturnReceived", {
+        "event_id": f"return-qc:jd:{refund}", "event_time_ms": 3_000, "channel": "jd", "channel_order_id": "1",
+        "channel_refund_id": refund, "warehouse_id": WH, "qc_done": True, "resellable": resellable,
+        "qc_note": ""})  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["written_off", "never_sent_back", "one_parcel_twice"])
+def test_a_return_put_on_hand_that_qc_never_passed_is_a_failure(topics: Topics, case: str) -> None:
+    """Changed on purpose: restocks were taken as the refund agent wrote them, never held against the warehouse's
+    own report, so units written off or never sent back went on the shelf and were sold again, unseen."""
+    topics.adjust("A", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    if case == "written_off":
+        _return_checked(topics, "r1", resellable=False)
+        restocked = ["r1"]
+    elif case == "never_sent_back":
+        restocked = ["r1"]
+    else:
+        _return_checked(topics, "r1", resellable=True)
+        restocked = ["r1", "r2"]
+    for n, refund in enumerate(restocked):
+        topics.adjust("A", "RECEIPT", 2, f"return:jd:{refund}:1", applied_ms=4_000 + n, topic=STOCK_RETURNS.name)
+    topics.totals("A", {WH: 5 + 2 * len(restocked)})
+    report = checker.audit(Settings())
+    assert report.restocked_unreturned == [f"return:jd:{restocked[-1]}:1: 2 of A at {WH}"] and not report.ok
+
+
+def test_a_return_qc_passed_goes_back_on_hand(topics: Topics) -> None:
+    topics.adjust("A", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    _return_checked(topics, "r1", resellable=True)
+    topics.adjust("A", "RECEIPT", 2, "return:jd:r1:1", applied_ms=4_000, topic=STOCK_RETURNS.name)
+    topics.totals("A", {WH: 7})
+    assert checker.audit(Settings()).ok
