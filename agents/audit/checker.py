@@ -960,11 +960,24 @@ def _peak_oversold(changes: list[Change], moves: list[HoldMove], set_asides: lis
     peak = peak_presale = 0
     for at_ms in sorted(timeline):
         batch = timeline[at_ms]
+        moves_now = [i for i in batch if isinstance(i, HoldMove)]
+        # The pool holds a regular line only from what presale holds leave of on-hand: the presale held through
+        # the batch, at the least (what was held before it, less what it let go), stands behind a regular line the
+        # batch opened. (Not at every moment: presale holds taken after the regular ones may pass on-hand, up to
+        # the presale cap.)
+        presale_through = held.presale + sum(m.qty for m in moves_now if m.qty < 0 and presale_of.get(_order(m)))
+        opens_regular = any(m.qty > 0 and not m.override_id and presale_of.get(_order(m)) is False for m in moves_now)
         stock.apply([i for i in batch if isinstance(i, Change)])
-        held.apply(at_ms, [i for i in batch if isinstance(i, SetAside)], [i for i in batch if isinstance(i, HoldMove)])
+        held.apply(at_ms, [i for i in batch if isinstance(i, SetAside)], moves_now)
         peak = max(peak, held.regular + held.aside_at(at_ms) - stock.on_hand())
+        if opens_regular:
+            peak = max(peak, held.regular + held.aside_at(at_ms) + max(0, presale_through) - stock.on_hand())
         peak_presale = max(peak_presale, held.presale - stock.cap)
     return peak, peak_presale
+
+
+def _order(move: HoldMove) -> str:
+    return move.key.rpartition("#")[0]
 
 
 def _next_timed(change: Change, changes: list[Change]) -> int | None:

@@ -884,3 +884,42 @@ def test_a_return_qc_passed_goes_back_on_hand(topics: Topics) -> None:
     topics.adjust("A", "RECEIPT", 2, "return:jd:r1:1", applied_ms=4_000, topic=STOCK_RETURNS.name)
     topics.totals("A", {WH: 7})
     assert checker.audit(Settings()).ok
+
+
+def test_a_regular_hold_taking_units_presale_holds_is_oversold(topics: Topics) -> None:
+    """Changed on purpose: regular holds were judged against on-hand and presale holds against the cap, each
+    alone; the pool holds a regular line only from what presale holds leave (available = on-hand - locked -
+    presale reserved), so 5 regular units held on a shelf of 5 with 3 held for presale passed."""
+    topics.adjust("P", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    topics.adjust("P", "PRESALE_CAP", 5, "cap-1", applied_ms=1_000)
+    topics.placed("tmall:pre", "P", 3, presale=True)
+    topics.answer("tmall:pre", "P", 3, "RESERVE", "HELD", 2_000)
+    topics.decided("tmall:pre", "P", 3)
+    topics.line("P", "tmall:pre", 3, presale=True)
+    topics.placed("jd:reg", "P", 2)
+    topics.answer("jd:reg", "P", 2, "RESERVE", "HELD", 3_000)  # 2 free after presale's 3: within
+    topics.decided("jd:reg", "P", 2)
+    topics.line("P", "jd:reg", 2)
+    topics.totals("P", {WH: 5}, locked=2, presale=3)
+    assert checker.audit(Settings()).ok
+    topics.placed("jd:more", "P", 2)
+    topics.answer("jd:more", "P", 2, "RESERVE", "HELD", 4_000)  # none free: 2 beyond
+    topics.decided("jd:more", "P", 2)
+    topics.line("P", "jd:more", 2)
+    topics.totals("P", {WH: 5}, locked=4, presale=3)
+    assert checker.audit(Settings()).skus["P"].oversold == 2
+
+
+def test_presale_holds_taken_after_regular_ones_may_pass_on_hand_up_to_the_cap(topics: Topics) -> None:
+    topics.adjust("P", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    topics.adjust("P", "PRESALE_CAP", 5, "cap-1", applied_ms=1_000)
+    topics.placed("jd:reg", "P", 4)
+    topics.answer("jd:reg", "P", 4, "RESERVE", "HELD", 2_000)
+    topics.decided("jd:reg", "P", 4)
+    topics.line("P", "jd:reg", 4)
+    topics.placed("tmall:pre", "P", 5, presale=True)
+    topics.answer("tmall:pre", "P", 5, "RESERVE", "HELD", 3_000)  # future stock: judged against the cap
+    topics.decided("tmall:pre", "P", 5)
+    topics.line("P", "tmall:pre", 5, presale=True)
+    topics.totals("P", {WH: 5}, locked=4, presale=5)
+    assert checker.audit(Settings()).ok
