@@ -556,16 +556,23 @@ def test_a_line_passed_on_to_a_lagging_bucket_is_held_once_however_long_the_lag(
     assert sum(held) == 1
 
 
-def test_a_shipment_of_a_cancelled_line_after_the_buckets_merged_is_taken_from_the_homes_shelf() -> None:
-    """Changed on purpose: the late SHIP was taken at the bucket, made anew and empty after the merge; it went
-    below zero there, which the home ignores, and the unit that left was sold again."""
+def paid_in_bucket_one(tag: str) -> tuple[LocalRunner, str]:
+    """6 units at Shanghai and 4 at Guangzhou in two buckets; one line held in bucket 1, paid and routed to
+    Guangzhou."""
     r = runner(hot_sku_low_water=1)
     receipt(r, SKU, 6, "WH-SH")
     receipt(r, SKU, 4, "WH-GZ")
     mark(r, 2)
-    order_id = next(o for o in (f"jd:u{i}" for i in range(100)) if bucket_for(o, 2) == 1)
+    order_id = next(o for o in (f"jd:{tag}{i}" for i in range(100)) if bucket_for(o, 2) == 1)
     r.send([reserve(order_id, buckets=2)], HOLD_COMMANDS.name)
     r.send([command(order_id, "COMMIT", 1, buckets=2, wh="WH-GZ")], HOLD_COMMANDS.name)
+    return r, order_id
+
+
+def test_a_shipment_of_a_cancelled_line_after_the_buckets_merged_is_taken_from_the_homes_shelf() -> None:
+    """Changed on purpose: the late SHIP was taken at the bucket, made anew and empty after the merge; it went
+    below zero there, which the home ignores, and the unit that left was sold again."""
+    r, order_id = paid_in_bucket_one("u")
     r.send([reserve(order_id, buckets=2, action="RELEASE")], HOLD_COMMANDS.name)  # the buyer cancels
     mark(r, 0)  # the live stream ends: ops merge the buckets
     r.advance(1_000)
@@ -580,13 +587,7 @@ def test_a_repeated_shipment_of_a_line_shipped_before_the_buckets_merged_takes_n
     """Changed on purpose: a SHIP read again (a batch replayed without transactions) at a bucket merged since
     found the line's SHIPPED tombstone on a record made anew, was passed home as a cancelled line's would be, and
     the home took the units off its shelf a second time: stock that is there, never sold again."""
-    r = runner(hot_sku_low_water=1)
-    receipt(r, SKU, 6, "WH-SH")
-    receipt(r, SKU, 4, "WH-GZ")
-    mark(r, 2)
-    order_id = next(o for o in (f"jd:s{i}" for i in range(100)) if bucket_for(o, 2) == 1)
-    r.send([reserve(order_id, buckets=2)], HOLD_COMMANDS.name)
-    r.send([command(order_id, "COMMIT", 1, buckets=2, wh="WH-GZ")], HOLD_COMMANDS.name)
+    r, order_id = paid_in_bucket_one("s")
     ship = command(order_id, "SHIP", 1, buckets=2, wh="WH-GZ")
     r.send([ship], HOLD_COMMANDS.name)
     mark(r, 0)
