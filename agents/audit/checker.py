@@ -91,8 +91,8 @@ from streams.settings import Settings
 _OPEN_OUTCOMES = {"HELD", "COMMITTED"}
 _STORED_OPEN = ("held", "sold")  # a line record's status while it holds units, in the pool's store
 _FULFILLING = _OPEN_OUTCOMES | {"SHIPPED"}  # a paid order's line: held for it, or gone to its customer
-ORDER_ENDED = ("cancelled", "payment_timeout", "delivered")  # an order over, whose lines hold nothing (rejected:
-# ``_check_decisions``)
+# An order that is over, whose lines hold nothing (a rejected one: ``_check_decisions``).
+ORDER_ENDED = ("cancelled", "payment_timeout", "delivered")
 # A timer this late has not fired: the engine fires due timers within a batch window.
 OVERDUE_GRACE_MS = 60_000
 # A line let go: held before, no longer. A refusal held nothing: a line held after one is not held twice.
@@ -261,9 +261,7 @@ class Report:
         return not (
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
             or self.rejected_but_held or self.ended_but_held or self.inputs_unrefused or self.restocked_unreturned
-            or self.reserved_incomplete
-            or self.paid_without_hold
-            or self.overdue_timers
+            or self.reserved_incomplete or self.paid_without_hold or self.overdue_timers
             or self.shipped_not_deducted or self.paid_but_timed_out
             or self.vip_set_aside_misused or self.refunds_paid_twice or self.orders_refunded_above_price
             or self.refunds_lost or self.refunds_paid_unapproved
@@ -302,9 +300,9 @@ class Report:
 
     # The failure kinds the run verdicts (bench, demo) do not show a figure of their own for.
     OTHER_FAILURES = ("rejected_but_held", "ended_but_held", "inputs_unrefused", "restocked_unreturned",
-                      "reserved_incomplete", "paid_without_hold",
-                      "shipped_not_deducted", "paid_but_timed_out", "overdue_timers", "vip_set_aside_misused",
-                      "orders_refunded_above_price", "refunds_paid_unapproved")  # fmt: skip
+                      "reserved_incomplete", "paid_without_hold", "shipped_not_deducted", "paid_but_timed_out",
+                      "overdue_timers", "vip_set_aside_misused", "orders_refunded_above_price",
+                      "refunds_paid_unapproved")  # fmt: skip
 
     @property
     def other_failures(self) -> dict[str, int]:
@@ -371,12 +369,12 @@ class _Reading:
         return starts.get(partition_for(key.encode(), max(starts) + 1), 0) > 0
 
 
-def _pipeline_now_ms(reading: _Reading, settings: Settings) -> int:
+def _pipeline_now_ms(reading: _Reading) -> int:
     """The time on the pipeline's clock, which its timers go by: the wall's, moved on by ``ops.clock`` when drills
     and tests may move it (``STOCKFLOW_CLOCK_CONTROL``). By the wall alone a timer due on a clock moved three
     hours on would be overdue only three hours later, long after the run's audit."""
     offset = 0
-    if settings.clock_control:
+    if reading.settings.clock_control:
         offset = max((int(record["offset_ms"]) for _, _, record in reading.decoded(OPS_CLOCK.name)), default=0)
     return int(time.time() * 1000) + offset
 
@@ -401,7 +399,7 @@ def audit(settings: Settings) -> Report:
     open_by_sku = _open_lines_by_sku(last, report)
     presale_keys = {key for by_line in holds.values() for key, hold in by_line.items() if hold["presale"]}
     unseen = _lines_past_retention(holds, last, reading, report)
-    now_ms = _pipeline_now_ms(reading, settings)
+    now_ms = _pipeline_now_ms(reading)
     hold_ttl_ms = int(settings.hold_ttl_s * 1000)
     _find_overdue_holds(holds, now_ms, report)
     _check_takeovers(moves, set_asides, reading, report)
@@ -418,13 +416,19 @@ def audit(settings: Settings) -> Report:
     _check_shipments(orders, allocated, last, reading, report)
     _audit_refunds(reading, price_of, report)
     _check_restocks(reading, report)
+    _check_unreadable_inputs(reading, report)
+    return report
+
+
+def _check_unreadable_inputs(reading: _Reading, report: Report) -> None:
+    """Every record on the input topics that no one can read has its dead letter, unless dead letters may be
+    deleted by now (unjudged then)."""
     unrefused = reading.unrefused((ORDER_EVENTS.name, REFUND_EVENTS.name, STOCK_ADJUSTMENTS.name))
     if unrefused and reading.cut(DEADLETTERS.name):
         for where in unrefused:
             report.unjudge(f"record {where}", "refusal", DEADLETTERS.name)
     else:
         report.inputs_unrefused = unrefused
-    return report
 
 
 def _lines_past_retention(holds: dict[str, dict[str, dict[str, Any]]], last: dict[str, dict[str, Any]],
@@ -468,13 +472,11 @@ def _check_restocks(reading: _Reading, report: Report) -> None:
     refused = reading.refused_by_pipeline()
     topic = reading.settings.topic(REFUND_EVENTS.name)
     first_qc: dict[str, bool] = {}  # refund id -> resellable, by its first QC report the pipeline took
-    order_of: dict[str, str] = {}
     for rec, kind, r in reading.decoded(REFUND_EVENTS.name):
         if kind != "ReturnReceived" or not r.get("qc_done", True) or (topic, rec.partition, rec.offset) in refused:
             continue
         refund_id = refund_key(r["channel"], r["channel_refund_id"])
         first_qc.setdefault(refund_id, bool(r["resellable"]))
-        order_of[refund_id] = order_key(r["channel"], r["channel_order_id"])
     for _, _, r in reading.decoded(STOCK_RETURNS.name):
         refund_id = r["event_id"].removeprefix("return:").rpartition(":")[0]
         if first_qc.get(refund_id):
