@@ -320,7 +320,7 @@ class _Reading:
     # contract name -> (partition, offset) of each record it could not decode
     unreadable: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _refused: dict[tuple[str, int, int], dict[str, Any]] | None = None
-    _lettered: set[tuple[str, int, int]] = field(default_factory=set)  # every dead letter's source, any stage
+    _letters: dict[tuple[str, int, int], dict[str, Any]] | None = None
 
     def refused_by_pipeline(self) -> dict[tuple[str, int, int], dict[str, Any]]:
         """Where each message the pipeline refused was read (topic, partition, offset) -> its dead letter; read
@@ -329,11 +329,16 @@ class _Reading:
         (``processing_error``) was valid as far as anyone knows, and is judged as taken (an order never decided
         is lost)."""
         if self._refused is None:
-            letters = [r for _, _, r in self.decoded(DEADLETTERS.name)]
-            self._lettered = {(r["source_topic"], r["source_partition"], r["source_offset"]) for r in letters}
-            self._refused = {(r["source_topic"], r["source_partition"], r["source_offset"]): r for r in letters
+            self._refused = {where: r for where, r in self._dead_letters().items()
                              if r["stage"] in PIPELINE_STAGES and r["reason"] != Reason.PROCESSING_ERROR}  # fmt: skip
         return self._refused
+
+    def _dead_letters(self) -> dict[tuple[str, int, int], dict[str, Any]]:
+        """Every dead letter, any stage's, by where its message was read (topic, partition, offset); read once."""
+        if self._letters is None:
+            self._letters = {(r["source_topic"], r["source_partition"], r["source_offset"]): r
+                             for _, _, r in self.decoded(DEADLETTERS.name)}  # fmt: skip
+        return self._letters
 
     def decoded(self, name: str) -> list[tuple[Record, str, dict[str, Any]]]:
         topic = self.settings.topic(name)
@@ -355,10 +360,10 @@ class _Reading:
         """Records of the input topics ``names`` (read already) that no one could read and no one dead-lettered:
         an input dropped without a word, whatever it was (an order, a payment, a stock count). The sink, which
         reads every topic, is the one that dead-letters unreadable bytes; the engine skips them."""
-        self.refused_by_pipeline()
+        lettered = self._dead_letters()
         return [f"{name} partition {partition} offset {offset}" for name in names
                 for partition, offset in self.unreadable.get(name, [])
-                if (self.settings.topic(name), partition, offset) not in self._lettered]  # fmt: skip
+                if (self.settings.topic(name), partition, offset) not in lettered]  # fmt: skip
 
     def cut(self, name: str, key: str | None = None) -> bool:
         """Whether the retention of topic ``name`` (read already) deleted records from the partition of ``key``
