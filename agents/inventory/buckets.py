@@ -585,6 +585,19 @@ def send_home(bucket: SkuStock) -> list[Sync]:
     return [Sync(TRANSFER, HOME, units)]
 
 
+def send_shortfall(bucket: SkuStock) -> list[Sync]:
+    """A bucket taking lines that shipped more of a warehouse than it held (a line shipped from a warehouse routing
+    did not tie it to) sends the shortfall home at once: kept here below zero, its other warehouses' units would hide
+    it (on-hand counts no warehouse below zero) and be sold, while at the home it is owed (``owed``) and made good."""
+    if not takes_reservations(bucket):
+        return []  # send_home sends it
+    short = {wh: qty for wh, qty in bucket.on_hand.items() if qty < 0}
+    if not short:
+        return []
+    take(bucket, short)
+    return [Sync(TRANSFER, HOME, short)]
+
+
 def on_rebalance(bucket: SkuStock, qty: int) -> list[Sync]:
     free = movable(bucket)
     part = apportion(free, [min(qty, total(free))])[0]

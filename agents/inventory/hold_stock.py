@@ -60,6 +60,8 @@ SEP = b"\x00"
 # A RESERVE passed on more often than this is going round in circles (a merge and a new split crossing
 # it): it is refused rather than passed on again.
 MAX_HOPS = 2 * hot_.MAX_BUCKETS + 2
+# The tail of a pass-on marker's reason when a SHIP left it (``_pass_on``): the line shipped, so it is never held here.
+SHIPPED_ON = ":ship"
 
 
 def sku_key(sku: str) -> bytes:
@@ -150,17 +152,22 @@ def _came_back(cmd: dict[str, Any], here: int) -> bool:
     """A SHIP the home sent along its marker that came home again: the line was refused on the way (no record
     holds it), yet the warehouse shipped it. Followed again it would go round until its hops ran out and be
     refused, the shipped units left on the shelf to be sold again; the home takes them off its own shelf, as a
-    cold SKU would (what that leaves it owing, its buckets send back: ``buckets.owed``)."""
-    return here == HOME and cmd["action"] == "SHIP" and bool(cmd.get("followed"))
+    cold SKU would (what that leaves it owing, its buckets send back: ``buckets.owed``). A RELEASE likewise: held
+    nowhere on the way, it is decided at the home (a tombstone there, as a cold SKU's) rather than go round for
+    ``MAX_HOPS`` hops - each repeated on every at-least-once replay on the way - to end refused."""
+    return here == HOME and cmd["action"] in ("SHIP", "RELEASE") and bool(cmd.get("followed"))
 
 
 def _passed_back(bucket: SkuStock, cmd: dict[str, Any], marker: LineHold) -> bool:
     """A RESERVE this bucket passed home (it had not its CONFIG yet: the order's RESERVE and the home's CONFIG
     travel on two topics), which the home, hot, passed back here: the bucket decides it now rather than
     send it home again. Safe because it came from a pool record (tries > 0), and a pool record that passes a
-    line on holds none of it; the home's CONFIG went ahead of it on this bucket's partition."""
+    line on holds none of it; the home's CONFIG went ahead of it on this bucket's partition. Not a marker a SHIP
+    left (``SHIPPED_ON``): the line shipped, and a RESERVE read again follows it home, where the shipment's
+    tombstone answers it as a cold SKU's would; held here, a SHIP read again would take its units a second time."""
     return (cmd["action"] == "RESERVE" and cmd.get("tries", 0) > 0 and cmd.get("bucket", HOME) >= 0
-            and marker.reason.startswith(f"to:{HOME}:") and hot_.takes_reservations(bucket))
+            and marker.reason.startswith(f"to:{HOME}:") and not marker.reason.endswith(SHIPPED_ON)
+            and hot_.takes_reservations(bucket))
 
 
 
@@ -260,6 +267,7 @@ class HoldStock(Processor):
             stock.hot = Buckets(bucket=target)  # a bucket its home has not (or no longer) set up
         was_paused, had_breach, was_hot = stock.paused, not stock.healthy(), _hot_state(stock)
         had_free = stock.available()
+        home_seq = stock.hot.seq if stock.hot is not None and stock.hot.bucket < 0 else 0
         if event_type == "HoldCommand":
             self._command(ctx, db, stock, record)
         elif event_type == "BucketSync":
@@ -289,6 +297,10 @@ class HoldStock(Processor):
             ctx.schedule(adjustment, ctx.now_ms + self._rules.adjustment_ttl_ms)
         else:
             self._override(ctx, db, stock, record)
+        if home_seq and stock.hot is None:
+            # The home dropped its split (merged, cold): its next split numbers its messages past this one's, whose
+            # transfer ids the buckets remember, even at the same clock reading (or one behind: a partition moved).
+            self._life_ended(ctx, db, stock, home_seq)
         self._after_change(ctx, db, stock, was_paused, had_breach, was_hot, had_free)
 
     def _adjust(self, ctx: Context, stock: SkuStock, adj: dict[str, Any]) -> None:
@@ -354,13 +366,19 @@ class HoldStock(Processor):
         hold to the home (whose on-hand the warehouse's shipment is taken from). And a SHIP of a line released or
         expired at a bucket its SKU has merged back (the record made anew, empty) to the home too: the units the
         line gave back went home with the rest. Taken at the bucket, it went below zero there, which the home
-        ignores: a phantom unit, sold again. A line the bucket shipped stays: the SHIP is one read again."""
+        ignores: a phantom unit, sold again. So too at a bucket that no longer has the warehouse's units free for it
+        (made anew by a split after the merge, its units not there yet; or they went home or to other lines since):
+        taken there, it went below zero too, or under 'unassigned' off a record with no such warehouse at all. A
+        line the bucket shipped stays: the SHIP is one read again."""
         bucket, action = cmd.get("bucket", HOME), cmd["action"]
         if hold is not None:
-            merged = bucket >= 0 and stock.hot is not None and stock.hot.state == hot_.COLD
             # A line shipped here already is a SHIP read again: answered here, it takes nothing twice.
             given_back = hold.status in (rules_.RELEASED, rules_.EXPIRED)
-            return HOME if action == "SHIP" and merged and given_back else None
+            if action != "SHIP" or bucket < 0 or not given_back:
+                return None
+            merged = stock.hot is not None and stock.hot.state == hot_.COLD
+            gone = stock.warehouse_free(hold.warehouse_id or cmd.get("warehouse_id", "")) < hold.qty
+            return HOME if merged or gone else None
         if bucket >= 0:
             if action == "SHIP" or (action == "RESERVE" and not hot_.takes_reservations(stock)):
                 return HOME
@@ -378,13 +396,14 @@ class HoldStock(Processor):
         target's partition still lags, the order's re-asked RESERVE was decided here and the late one there too,
         the line held twice."""
         ttl_ms = max(self._rules.tombstone_ttl_ms, self._rules.hold_ttl_ms)
+        why = f"to:{target}:{tries}" + (SHIPPED_ON if cmd["action"] == "SHIP" else "")
         marker = LineHold(cmd["order_id"], cmd["line_no"], cmd["qty"], cmd["channel"], cmd["presale"],
-                          rules_.FORWARDED, f"to:{target}:{tries}", ctx.now_ms + ttl_ms, ctx.now_ms)  # fmt: skip
+                          rules_.FORWARDED, why, ctx.now_ms + ttl_ms, ctx.now_ms)  # fmt: skip
         self._store_holds(ctx, db, stock.sku, cmd["order_id"], {cmd["line_no"]: marker})
         self._forward(ctx, cmd, marker)
 
     def _forward(self, ctx: Context, cmd: dict[str, Any], marker: LineHold) -> None:
-        _, target, tries = marker.reason.split(":")
+        _, target, tries = marker.reason.split(":")[:3]
         here = cmd.get("bucket", HOME)
         sku = str(cmd["sku"])
         # A RESERVE the order sent again (tries 0) follows the line with the count it had; one another pool
@@ -427,6 +446,11 @@ class HoldStock(Processor):
         elif kind == hot_.PROBE:
             if stock.hot is None:
                 stock.hot = Buckets(bucket=here)
+            ended = db.get(adjustment_key(stock.sku, LIFE_ENDED))
+            if ended and not stock.shelf_moves and db.get(sku_key(stock.sku)) is None:
+                # Made anew since its last life ended: that life's shipments after the count stay on top of it.
+                stock.shelf_moves = {wh: [list(m) for m in moves] for wh, moves in ended.get("shelf_moves", {}).items()}
+                stock.moves_from = dict(ended.get("moves_from", {}))
             self._send(ctx, stock, hot_.on_probe(stock, msg["warehouse_id"], msg["ref"], msg.get("as_of_ms", 0),
                                                  msg.get("skew_ms", 0)))  # fmt: skip
 
@@ -599,12 +623,15 @@ class HoldStock(Processor):
         db.set(sku_key(stock.sku), stock)
         self.levels.setdefault(ctx.partition, _Levels()).dirty.add(stock.sku)
 
-    def _life_ended(self, ctx: Context, db: StoreTransaction[Any], bucket: SkuStock) -> None:
+    def _life_ended(self, ctx: Context, db: StoreTransaction[Any], bucket: SkuStock, seq: int = 0) -> None:
         """A dropped bucket's last message number, kept as long as its transfers' ids are: a bucket made anew
-        numbers its messages past it."""
-        if bucket.hot is not None and bucket.hot.seq:
+        numbers its messages past it. And its shelf journal: a count taken before its last shipments may still
+        probe it (the count reached the home before the bucket's word that it ended), and must find them."""
+        seq = seq or (bucket.hot.seq if bucket.hot is not None else 0)
+        if seq or bucket.shelf_moves:
             ended = adjustment_key(bucket.sku, LIFE_ENDED)
-            db.set(ended, {"applied_ms": ctx.now_ms, "seq": bucket.hot.seq})
+            db.set(ended, {"applied_ms": ctx.now_ms, "seq": seq,
+                           "shelf_moves": bucket.shelf_moves, "moves_from": bucket.moves_from})  # fmt: skip
             ctx.schedule(ended, ctx.now_ms + self._rules.adjustment_ttl_ms)
 
     def _alert_breach(self, ctx: Context, stock: SkuStock, had_breach: bool) -> None:
@@ -624,7 +651,8 @@ class HoldStock(Processor):
     def _bucket_changed(self, ctx: Context, db: StoreTransaction[Any], bucket: SkuStock, had_free: int) -> None:
         """A bucket not taking lines sends its free units home; once it holds nothing it says so and goes. One
         that just ran dry, or was told the SKU is sold out and has free units, tells its home at once."""
-        self._send(ctx, bucket, hot_.send_home(bucket) + hot_.ran_dry(bucket, had_free) + hot_.found_units(bucket))
+        self._send(ctx, bucket, hot_.send_home(bucket) + hot_.send_shortfall(bucket) + hot_.ran_dry(bucket, had_free)
+                   + hot_.found_units(bucket))  # fmt: skip
         if not hot_.takes_reservations(bucket) and hot_.empty(hot_.figures(bucket)):
             if db.get(sku_key(bucket.sku)) is not None:  # a bucket that was: its home counts it merged
                 self._emit_sync(ctx, bucket, Sync(hot_.REPORT, HOME))

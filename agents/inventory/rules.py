@@ -390,8 +390,10 @@ def allocate(stock: SkuStock, hold: LineHold | None, order_id: str, line_no: int
 
 
 def _deduct_shipped(stock: SkuStock, qty: int, warehouse_id: str, now_ms: int) -> None:
-    if warehouse_id not in stock.on_hand:
-        # The WMS did not say (or named a warehouse without this SKU): take it from the fullest.
+    bucket = stock.hot is not None and stock.hot.bucket >= 0
+    if warehouse_id not in stock.on_hand and not (bucket and warehouse_id):
+        # The WMS did not say (or named a warehouse without this SKU): take it from the fullest. Not at a hot SKU's
+        # bucket that has none of a warehouse named: the SKU may have it elsewhere (the shortfall goes home).
         warehouse_id = max(stock.on_hand, key=lambda wh: stock.on_hand[wh], default="unassigned")
     stock.on_hand[warehouse_id] = stock.on_hand.get(warehouse_id, 0) - qty
     note_shelf_move(stock, warehouse_id, -qty, now_ms)
