@@ -377,7 +377,7 @@ class HoldStock(Processor):
             if action != "SHIP" or bucket < 0 or not given_back:
                 return None
             merged = stock.hot is not None and stock.hot.state == hot_.COLD
-            gone = stock.warehouse_free(hold.warehouse_id or cmd.get("warehouse_id", "")) < hold.qty
+            gone = stock.warehouse_free(cmd.get("warehouse_id") or hold.warehouse_id) < hold.qty
             return HOME if merged or gone else None
         if bucket >= 0:
             if action == "SHIP" or (action == "RESERVE" and not hot_.takes_reservations(stock)):

@@ -351,7 +351,7 @@ def line_command(stock: SkuStock, rules: PoolRules, hold: LineHold | None, actio
     if hold.status not in sources:
         if action == "SHIP" and hold.status in (RELEASED, EXPIRED):
             # The order was cancelled or expired, yet the warehouse shipped: the units are gone.
-            _deduct_shipped(stock, hold.qty, hold.warehouse_id or warehouse_id, now_ms)
+            _deduct_shipped(stock, hold.qty, warehouse_id or hold.warehouse_id, now_ms)
             shipped = replace(hold, status=SHIPPED, reason=f"shipped_after_{hold.status}", updated_ms=now_ms)
             stock.touch(now_ms)
             return Step(Answer(order_id, line_no, hold.qty, action, "SHIPPED", shipped.reason), {line_no: shipped})
@@ -359,7 +359,7 @@ def line_command(stock: SkuStock, rules: PoolRules, hold: LineHold | None, actio
     if action == "SHIP":
         # A presale line's units were kept out of what is available (``presale_reserved``) until now;
         # once shipped they are off the shelf like any other.
-        _deduct_shipped(stock, hold.qty, hold.warehouse_id or warehouse_id, now_ms)
+        _deduct_shipped(stock, hold.qty, warehouse_id or hold.warehouse_id, now_ms)
     after = replace(hold, status=target, reason=reason, updated_ms=now_ms,
                     expires_at_ms=0 if target == SOLD else now_ms + rules.tombstone_ttl_ms)  # fmt: skip
     account(stock, hold, after)

@@ -247,6 +247,25 @@ def test_a_ship_with_no_hold_deducts_on_hand_from_the_named_or_fullest_warehouse
     assert pool.stock.on_hand == {"WH-SH": 3, "WH-GZ": 5} and pool.stock.locked == 0
 
 
+@pytest.mark.parametrize("finish", ["", "RELEASE"])
+def test_a_line_shipped_from_another_warehouse_than_its_allocation_comes_off_the_shelf_it_left(finish: str) -> None:
+    """The warehouse a shipment names is where the units left. The lifecycle names the line's allocation when it has
+    one, so the two differ only when it never heard of the allocation (routing refused, the order pushed to another
+    warehouse by hand, and a COMMIT read again later allocated the line after all): taken off the allocated
+    warehouse instead, one shelf kept phantom units and the other lost real ones."""
+    pool = stocked(5, "WH-SH")
+    P.adjust(pool.stock, "RECEIPT", "WH-GZ", 5, 0)
+    pool.reserve("o1", 1, 2)
+    pool.command("COMMIT", "o1", 1, 2, now_ms=1, warehouse_id="WH-SH")
+    if finish:
+        pool.command(finish, "o1", 1, 2, now_ms=2)
+    assert pool.command("SHIP", "o1", 1, 2, now_ms=3, warehouse_id="WH-GZ").outcome == "SHIPPED"
+    assert pool.stock.on_hand == {"WH-SH": 5, "WH-GZ": 3}
+    assert (pool.stock.locked, pool.stock.allocated) == (0, {})
+    pool.command("SHIP", "o1", 1, 2, now_ms=4)  # a repeat not naming it changes nothing
+    assert pool.stock.on_hand == {"WH-SH": 5, "WH-GZ": 3}
+
+
 def test_a_ship_with_no_hold_applied_twice_deducts_once() -> None:
     """Changed on purpose: a SHIP for a line the pool no longer knew (its record gone after a cancel)
     stored nothing, so the same SHIP again (a replay) took the units off a second time. It now leaves
