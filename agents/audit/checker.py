@@ -388,7 +388,7 @@ def audit(settings: Settings) -> Report:
     reading = _Reading(settings, codec_for(settings))
     report = Report()
     totals, holds, applied = _pool_store(settings)
-    changes = _stock_changes(reading, applied, report)
+    changes, mentioned = _stock_changes(reading, applied, report)
     last, moves, ships, allocated = _fold_answers(
         reading.decoded(HOLD_RESULTS.name), report,
         replays_lose_state=settings.processing_guarantee == "at_least_once")  # fmt: skip
@@ -400,8 +400,16 @@ def audit(settings: Settings) -> Report:
     for by_line in holds.values():
         for key, hold in by_line.items():
             presale_of.setdefault(key.rpartition("#")[0], bool(hold["presale"]))
+    _classify_unplaced_holds(moves, presale_of, reading, report)
     set_asides = _set_asides(reading)
     open_by_sku = _open_lines_by_sku(last, report)
+    # SKUs the topics give a stock or an open line: a store with no record of one has lost it (drift). Every other
+    # SKU the store, an answer or an adjustment (a refused one too) names is judged as well, against no record as
+    # against an empty one: units held of a SKU that never had stock are oversold, units in the store the topics do
+    # not explain (a receipt the pool should have refused, a record nothing wrote) are drift.
+    stocked = set(report.skus)
+    for sku in (*totals, *holds, *(res["sku"] for res in last.values()), *moves, *ships, *changes, *mentioned):
+        report.sku_audit(sku)
     presale_keys = {key for by_line in holds.values() for key, hold in by_line.items() if hold["presale"]}
     unseen = _lines_past_retention(holds, last, reading, report)
     now_ms = _pipeline_now_ms(reading)
@@ -414,7 +422,7 @@ def audit(settings: Settings) -> Report:
         _expect(sa, changes.get(sku, []), expected_keys, presale_keys)
         sa.peak_oversold, sa.peak_presale_oversold = _peak_oversold(
             changes.get(sku, []), moves.get(sku, []), set_asides.get(sku, []), presale_of, hold_ttl_ms)
-        state = totals.get(sku)
+        state = totals.get(sku, None if sku in stocked else _NO_RECORD)
         if state is not None:
             _compare_with_store(sa, state, holds.get(sku, {}), expected_keys, presale_keys, unseen)
     _audit_orders(reading, orders, last, now_ms, report)
@@ -423,6 +431,25 @@ def audit(settings: Settings) -> Report:
     _check_restocks(reading, report)
     _check_unreadable_inputs(reading, report)
     return report
+
+
+# What the store holds of a SKU it has no record of: nothing on hand, nothing locked.
+_NO_RECORD: dict[str, Any] = {"on_hand": {}, "locked": 0, "presale_reserved": 0}
+
+
+def _classify_unplaced_holds(moves: dict[str, list[HoldMove]], presale_of: dict[str, bool], reading: _Reading,
+                             report: Report) -> None:  # fmt: skip
+    """A hold whose order no OrderPlaced the pipeline took describes, nor a line record in the store (a stray or
+    replayed RESERVE, an order the pipeline refused), counts as a regular hold: counted in neither regular nor
+    presale holds, the units it took beyond on-hand were oversold unseen. Unless its OrderPlaced may be deleted
+    (its partition of ``order.events`` lost its start): a presale order's holds may pass on-hand up to the cap, so
+    such a hold's oversell is unjudged (it counts in neither)."""
+    for sku_moves in moves.values():
+        for order_id in sorted({_order(m) for m in sku_moves} - set(presale_of)):
+            if reading.cut(ORDER_EVENTS.name, order_id):
+                report.unjudge(f"order {order_id}", "presale or regular", ORDER_EVENTS.name)
+            else:
+                presale_of[order_id] = False
 
 
 def _check_unreadable_inputs(reading: _Reading, report: Report) -> None:
@@ -596,11 +623,14 @@ def _refunded_above_price(instructions: list[dict[str, Any]], issued: list[dict[
                   if order_id in price_of and total > price_of[order_id])  # fmt: skip
 
 
-def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], report: Report) -> dict[str, list[Change]]:
+def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], report: Report
+                   ) -> tuple[dict[str, list[Change]], set[str]]:  # fmt: skip
     """1. Each SKU's adjustments and returns, each id once, refused ones skipped, with the pool's batch time
-    where its changelog still records it (``applied``: (SKU, adjustment id) -> ms)."""
+    where its changelog still records it (``applied``: (SKU, adjustment id) -> ms); and every SKU an adjustment
+    names, a refused one's too (units the pool booked from it are drift)."""
     warehouses = set(load_warehouses(reading.settings.warehouses_file))
     changes: dict[str, list[Change]] = defaultdict(list)
+    mentioned: set[str] = set()
     seen_adjustments: set[tuple[str, str]] = set()
     # Dated before the ids the pool remembers: refused on the pool's clock at the time, which only its
     # dead letter records (its time); the age is judged here again, so a refusal that was wrong still counts.
@@ -616,6 +646,7 @@ def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], repor
         for rec, kind, adj in reading.decoded(topic):
             if kind != "StockAdjusted" or (adj["sku"], adj["event_id"]) in seen_adjustments:
                 continue
+            mentioned.add(adj["sku"])
             refused_at = too_old.get((full_name, rec.partition, rec.offset))
             if refused_at is not None and 0 < int(adj.get("event_time_ms") or 0) < refused_at - memory_ms:
                 continue
@@ -640,7 +671,7 @@ def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], repor
                 dated = min(dated, at_ms + skew_ms)  # the pool believes no clock further ahead
             changes[adj["sku"]].append(Change(adj["kind"], where, qty, at_ms, (source, rec.offset), dated_ms=dated,
                                               skew_ms=skew_ms))  # fmt: skip
-    return changes
+    return changes, mentioned
 
 
 def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]], report: Report, *, replays_lose_state: bool

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.audit.checker import DEPOSIT_PAID, Report, _check_order_states
+from agents.audit import checker
+from agents.audit.checker import DEPOSIT_PAID, RETAINED, Report, _check_order_states
+from streams.contract.topics import (
+    ORDER_EVENTS,
+    ORDER_STATES,
+)
+from streams.settings import Settings
+from tests.unit.audit.test_checker_replay import WH, Topics
 
 WAITS = {"reserved": 60_000, DEPOSIT_PAID: 3_600_000}
 
@@ -117,3 +124,100 @@ def test_an_order_that_ended_still_holding_a_line_is_a_failure() -> None:
     _check_order_states(last, {}, states, {}, WAITS, 0, report)
     assert report.ended_but_held == ["jd:1", "jd:2"]
     assert not report.ok and report.other_failures == {"ended_but_held": 2}
+
+
+# ---- blind spots: wrong runs the checker passed, each with a correct variant that still passes ------------------
+
+DAY_MS = 86_400_000
+GARBAGE = b"\xc3\x01" + bytes(8) + b"not a record"
+
+
+def _placed_lines(topics: Topics, order_id: str, lines: list[tuple[int, str, int]], presale: bool = False) -> None:
+    channel, _, number = order_id.partition(":")
+    topics.event(ORDER_EVENTS.name, "OrderPlaced", {
+        "event_id": f"placed:{order_id}", "event_time_ms": 1, "channel": channel, "channel_order_id": number,
+        "customer_id": "c1", "amount_fen": 100, "coupon_type": "", "presale": presale, "vip": False,
+        "sent_at_ms": 0, "address": {"province": "上海", "city": "上海", "district": "青浦", "detail": "1号"},
+        "lines": [{"line_no": n, "sku": sku, "qty": qty, "unit_price_fen": 100, "custom": False, "bundle": False}
+                  for n, sku, qty in lines]})  # fmt: skip
+
+
+def _state(topics: Topics, order_id: str, state: str, stage_times: dict[str, int], reason: str = "") -> None:
+    topics.event(ORDER_STATES.name, "OrderStateChanged", {
+        "event_id": f"{order_id}:{state}", "event_time_ms": max(stage_times.values()), "order_id": order_id,
+        "channel": order_id.partition(":")[0], "state": state, "previous_state": "", "reason": reason,
+        "warehouse_id": "", "stage_times": stage_times})  # fmt: skip
+
+
+def _payment(topics: Topics, order_id: str, at_ms: int, amount_fen: int = 100, balance: bool = False) -> None:
+    channel, _, number = order_id.partition(":")
+    topics.event(ORDER_EVENTS.name, "PaymentConfirmed", {
+        "event_id": f"paid:{order_id}:{at_ms}", "event_time_ms": at_ms, "channel": channel,
+        "channel_order_id": number, "payment_id": "P1", "amount_fen": amount_fen, "balance": balance})  # fmt: skip
+
+
+def _held_then_cancelled(topics: Topics, order_id: str, sku: str, qty: int) -> None:
+    topics.placed(order_id, sku, qty)
+    topics.answer(order_id, sku, qty, "RESERVE", "HELD", 1_000)
+    topics.decided(order_id, sku, qty)
+    topics.answer(order_id, sku, qty, "RELEASE", "RELEASED", 2_000, reason="order_cancelled")
+    _state(topics, order_id, "cancelled", {"placed": 1, "reserved": 1_000, "cancelled": 2_000})
+
+
+def test_holds_on_a_sku_that_never_had_stock_are_oversold(topics: Topics) -> None:
+    """New check: a SKU was audited only with a valid adjustment or a line open at the end, so 3 units held (and
+    let go) of a SKU that never had one passed. Every SKU an answer names is audited; with the stock, it passes."""
+    _held_then_cancelled(topics, "jd:1", "Z", 3)
+    topics.totals("Z", {})
+    report = checker.audit(Settings())
+    assert report.oversold_units == 3 and not report.ok
+    topics.adjust("Z", "RECEIPT", 3, "rcpt-1", applied_ms=500)
+    topics.totals("Z", {WH: 3})
+    assert checker.audit(Settings()).ok
+
+
+def test_a_sku_refused_as_unknown_with_nothing_in_the_store_passes(topics: Topics) -> None:
+    """The correct run the new audit of every SKU must leave alone: an order for a SKU the pool never heard of,
+    refused, with no store record for it."""
+    topics.placed("jd:1", "NOPE", 1)
+    topics.answer("jd:1", "NOPE", 1, "RESERVE", "REFUSED", 1_000, reason="unknown_sku")
+    topics.decided("jd:1", "NOPE", 1, outcome="REJECTED")
+    report = checker.audit(Settings())
+    assert "NOPE" in report.skus and report.ok, report.summary()
+
+
+def test_stock_from_a_receipt_the_pool_should_have_refused_is_drift(topics: Topics) -> None:
+    """New check: a receipt at a warehouse that does not exist was dropped before it registered its SKU, so the 50
+    phantom units the pool booked from it (and the hold taken on them) were never compared."""
+    topics.adjust("Y", "RECEIPT", 50, "rcpt-bad", applied_ms=500, wh="WH-NOWHERE")
+    _held_then_cancelled(topics, "jd:2", "Y", 50)
+    topics.totals("Y", {"WH-NOWHERE": 50})
+    report = checker.audit(Settings())
+    assert [sa.sku for sa in report.drifted] == ["Y"] and report.oversold_units == 50
+    topics.totals("Y", {})  # the pool refused it: nothing on hand, and the hold was oversold all the same
+    report = checker.audit(Settings())
+    assert report.drifted == [] and report.oversold_units == 50
+
+
+def test_store_totals_no_topic_mentions_are_drift(topics: Topics) -> None:
+    """New check: 40 units and 5 locked (no line record behind them) of a SKU no topic mentions were not judged."""
+    topics.totals("X", {WH: 40}, locked=5)
+    assert [sa.sku for sa in checker.audit(Settings()).drifted] == ["X"]
+    topics.totals("X", {})
+    assert checker.audit(Settings()).ok
+
+
+def test_a_hold_for_an_order_no_placement_describes_counts_as_regular(topics: Topics) -> None:
+    """New check: a hold whose order no OrderPlaced describes (a stray RESERVE) counted in neither regular nor
+    presale holds: 5 held on a shelf of 2 reported no oversell. Counted as regular (the conservative side); where
+    the order's OrderPlaced may be deleted by retention, its oversell is unjudged instead."""
+    topics.adjust("A", "RECEIPT", 2, "rcpt-1", applied_ms=500)
+    topics.answer("jd:stray", "A", 5, "RESERVE", "HELD", 1_000)
+    topics.answer("jd:stray", "A", 5, "RELEASE", "RELEASED", 2_000)
+    topics.totals("A", {WH: 2})
+    assert checker.audit(Settings()).oversold_units == 3
+    topics.placed("jd:other", "A", 1)  # offset 0 on order.events: deleted below
+    topics.expire(ORDER_EVENTS.name, 1)
+    report = checker.audit(Settings())
+    assert report.oversold_units == 0
+    assert report.unjudged == {"order jd:stray": f"presale or regular: {RETAINED} order.events"}
