@@ -224,6 +224,8 @@ class Report:
     inputs_unrefused: list[str] = field(default_factory=list)  # an unreadable input the pipeline did not dead-letter
     restocked_unreturned: list[str] = field(default_factory=list)  # a return put on hand QC never found resellable
     reserved_incomplete: list[str] = field(default_factory=list)
+    # An answer that took stock (held, committed, shipped) for another SKU or quantity than its order line.
+    lines_misheld: list[str] = field(default_factory=list)
     paid_without_hold: list[str] = field(default_factory=list)
     shipped_not_deducted: list[str] = field(default_factory=list)
     paid_but_timed_out: list[str] = field(default_factory=list)
@@ -261,7 +263,7 @@ class Report:
         return not (
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
             or self.rejected_but_held or self.ended_but_held or self.inputs_unrefused or self.restocked_unreturned
-            or self.reserved_incomplete or self.paid_without_hold or self.overdue_timers
+            or self.reserved_incomplete or self.lines_misheld or self.paid_without_hold or self.overdue_timers
             or self.shipped_not_deducted or self.paid_but_timed_out
             or self.vip_set_aside_misused or self.refunds_paid_twice or self.orders_refunded_above_price
             or self.refunds_lost or self.refunds_paid_unapproved
@@ -285,6 +287,7 @@ class Report:
             "inputs_unrefused": len(self.inputs_unrefused),
             "restocked_unreturned": len(self.restocked_unreturned),
             "reserved_incomplete": len(self.reserved_incomplete),
+            "lines_misheld": len(self.lines_misheld),
             "paid_without_hold": len(self.paid_without_hold),
             "shipped_not_deducted": len(self.shipped_not_deducted),
             "paid_but_timed_out": len(self.paid_but_timed_out),
@@ -300,8 +303,8 @@ class Report:
 
     # The failure kinds the run verdicts (bench, demo) do not show a figure of their own for.
     OTHER_FAILURES = ("rejected_but_held", "ended_but_held", "inputs_unrefused", "restocked_unreturned",
-                      "reserved_incomplete", "paid_without_hold", "shipped_not_deducted", "paid_but_timed_out",
-                      "overdue_timers", "vip_set_aside_misused", "orders_refunded_above_price",
+                      "reserved_incomplete", "lines_misheld", "paid_without_hold", "shipped_not_deducted",
+                      "paid_but_timed_out", "overdue_timers", "vip_set_aside_misused", "orders_refunded_above_price",
                       "refunds_paid_unapproved")  # fmt: skip
 
     @property
@@ -389,9 +392,9 @@ def audit(settings: Settings) -> Report:
     report = Report()
     totals, holds, applied = _pool_store(settings)
     changes, mentioned = _stock_changes(reading, applied, report)
+    answers = reading.decoded(HOLD_RESULTS.name)
     last, moves, ships, allocated = _fold_answers(
-        reading.decoded(HOLD_RESULTS.name), report,
-        replays_lose_state=settings.processing_guarantee == "at_least_once")  # fmt: skip
+        answers, report, replays_lose_state=settings.processing_guarantee == "at_least_once")  # fmt: skip
     for sku, shipped in ships.items():
         changes[sku].extend(shipped)
     orders = _placed_orders(reading)
@@ -426,6 +429,7 @@ def audit(settings: Settings) -> Report:
         if state is not None:
             _compare_with_store(sa, state, holds.get(sku, {}), expected_keys, presale_keys, unseen)
     _audit_orders(reading, orders, last, now_ms, report)
+    _check_lines_held_as_placed(answers, orders, report)
     _check_shipments(orders, allocated, last, reading, report)
     _audit_refunds(reading, price_of, report)
     _check_restocks(reading, report)
@@ -1218,6 +1222,7 @@ class _OrderInputs:
     presale_of: dict[str, bool] = field(default_factory=dict)
     price_of: dict[str, int] = field(default_factory=dict)  # the most an order may be paid back
     lines_of: dict[str, list[int]] = field(default_factory=dict)  # the line numbers of the order the lifecycle took
+    line_items: dict[str, dict[int, tuple[str, int]]] = field(default_factory=dict)  # order -> line -> (SKU, qty)
     paid: set[str] = field(default_factory=set)  # orders with a payment the pipeline took (a deposit counts)
     balance_paid: set[str] = field(default_factory=set)  # presale orders whose balance payment it took
     shipments: set[tuple[str, str]] = field(default_factory=set)  # (order id, warehouse) of each the WMS reported
@@ -1242,6 +1247,8 @@ def _placed_orders(reading: _Reading) -> _OrderInputs:
             out.presale_of.setdefault(order_id, bool(ev["presale"]))
             out.price_of.setdefault(order_id, int(ev["amount_fen"]))
             out.lines_of.setdefault(order_id, [int(line["line_no"]) for line in ev["lines"]])
+            out.line_items.setdefault(order_id, {int(line["line_no"]): (str(line["sku"]), int(line["qty"]))
+                                                 for line in ev["lines"]})  # fmt: skip
         elif kind == "PaymentConfirmed":
             payments[order_id].append(ev)
             if taken:
@@ -1296,6 +1303,30 @@ def _check_shipments(orders: _OrderInputs, allocated: dict[str, str], last: dict
         else:
             report.shipped_not_deducted.append(f"{order_id} from {warehouse or 'an unnamed warehouse'}: "
                                                f"{', '.join(missing)}")  # fmt: skip
+
+
+def _check_lines_held_as_placed(answers: list[tuple[Record, str, dict[str, Any]]], orders: _OrderInputs,
+                                report: Report) -> None:
+    """Every answer that took or keeps stock for an order line (held, committed, shipped) is for the SKU and the
+    quantity the line was placed with: the lifecycle sends one command per line, its SKU and qty as placed (a
+    bundle or custom line too: none is split into components), and the pool answers with the qty it holds (a
+    hot SKU's bucket with the plain SKU). A line held as 1 of 5, then shipped, leaves 4 units the pool counts on
+    an empty shelf; one held under another SKU takes that SKU's stock. Judged where the OrderPlaced the pipeline
+    took is on the topics; a line number it does not have is misheld too."""
+    misheld: dict[str, str] = {}
+    for _, kind, res in answers:
+        if kind != "HoldDecided" or res["outcome"] not in _FULFILLING:
+            continue
+        order_id, line_no = res["order_id"], int(res["line_no"])
+        items = orders.line_items.get(order_id)
+        key = f"{order_id}#{line_no}"
+        if items is None or key in misheld:
+            continue
+        placed = items.get(line_no)
+        if placed != (res["sku"], res["qty"]):
+            what = f"placed {placed[1]} of {placed[0]}" if placed else "no such line placed"
+            misheld[key] = f"{key}: {res['outcome']} {res['qty']} of {res['sku']}, {what}"
+    report.lines_misheld = sorted(misheld.values())
 
 
 def _check_order_states(last: dict[str, dict[str, Any]], placed_lines: dict[str, list[int]],

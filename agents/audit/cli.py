@@ -51,6 +51,7 @@ def check(
                              ("ended but still holding", report.ended_but_held),
                              ("VIP set-aside misused", report.vip_set_aside_misused),
                              ("reserved but not every line held", report.reserved_incomplete),
+                             ("line held as another SKU or quantity", report.lines_misheld),
                              ("paid without a hold", report.paid_without_hold),
                              ("shipped, never taken off the shelf", report.shipped_not_deducted),
                              ("paid, then timed out as unpaid", report.paid_but_timed_out),

@@ -221,3 +221,40 @@ def test_a_hold_for_an_order_no_placement_describes_counts_as_regular(topics: To
     report = checker.audit(Settings())
     assert report.oversold_units == 0
     assert report.unjudged == {"order jd:stray": f"presale or regular: {RETAINED} order.events"}
+
+
+def _paid_and_shipped(topics: Topics, held_qty: int, placed_qty: int = 5, held_sku: str = "A") -> None:
+    topics.adjust("A", "RECEIPT", 10, "rcpt-1", applied_ms=1_000)
+    _placed_lines(topics, "jd:1", [(1, "A", placed_qty)])
+    topics.answer("jd:1", held_sku, held_qty, "RESERVE", "HELD", 2_000)
+    topics.decided("jd:1", "A", placed_qty)
+    topics.answer("jd:1", held_sku, held_qty, "COMMIT", "COMMITTED", 3_000)
+    topics.answer("jd:1", held_sku, held_qty, "SHIP", "SHIPPED", 4_000)
+    _state(topics, "jd:1", "shipped", {"placed": 1, "reserved": 2_000, "paid": 3_000, "shipped": 4_000})
+    topics.line(held_sku, "jd:1", held_qty, status="shipped")
+
+
+def test_a_line_held_with_another_quantity_than_ordered_is_misheld(topics: Topics) -> None:
+    """New check: an answer's quantity was never compared with its order line, so a line of 5 held, committed and
+    shipped as 1 (4 units left the shelf the pool still counts) passed."""
+    _paid_and_shipped(topics, held_qty=1)
+    topics.totals("A", {WH: 9})
+    report = checker.audit(Settings())
+    assert report.lines_misheld == ["jd:1#1: HELD 1 of A, placed 5 of A"] and not report.ok
+    assert report.summary()["other_failures"] == {"lines_misheld": 1}
+
+
+def test_a_line_held_under_another_sku_is_misheld(topics: Topics) -> None:
+    """New check: nor its SKU: a line of A held as B (B's stock gone, A's not) passed."""
+    topics.adjust("B", "RECEIPT", 10, "rcpt-b", applied_ms=1_000)
+    _paid_and_shipped(topics, held_qty=5, held_sku="B")
+    topics.totals("A", {WH: 10})
+    topics.totals("B", {WH: 5})
+    assert checker.audit(Settings()).lines_misheld == ["jd:1#1: HELD 5 of B, placed 5 of A"]
+
+
+def test_a_line_held_as_ordered_is_not_misheld(topics: Topics) -> None:
+    _paid_and_shipped(topics, held_qty=5)
+    topics.totals("A", {WH: 5})
+    report = checker.audit(Settings())
+    assert report.lines_misheld == [] and report.ok, report.summary()
