@@ -230,6 +230,7 @@ class Report:
     shipped_not_deducted: list[str] = field(default_factory=list)
     paid_but_timed_out: list[str] = field(default_factory=list)
     overdue_timers: list[str] = field(default_factory=list)
+    early_timers: list[str] = field(default_factory=list)  # a hold expired, or an order timed out, before its time
     vip_set_aside_misused: list[str] = field(default_factory=list)
     refunds: int = 0
     refunds_paid_twice: list[str] = field(default_factory=list)
@@ -264,6 +265,7 @@ class Report:
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
             or self.rejected_but_held or self.ended_but_held or self.inputs_unrefused or self.restocked_unreturned
             or self.reserved_incomplete or self.lines_misheld or self.paid_without_hold or self.overdue_timers
+            or self.early_timers
             or self.shipped_not_deducted or self.paid_but_timed_out
             or self.vip_set_aside_misused or self.refunds_paid_twice or self.orders_refunded_above_price
             or self.refunds_lost or self.refunds_paid_unapproved
@@ -292,6 +294,7 @@ class Report:
             "shipped_not_deducted": len(self.shipped_not_deducted),
             "paid_but_timed_out": len(self.paid_but_timed_out),
             "overdue_timers": len(self.overdue_timers),
+            "early_timers": len(self.early_timers),
             "refunds": self.refunds,
             "refunds_paid_twice": len(self.refunds_paid_twice),
             "orders_refunded_above_price": len(self.orders_refunded_above_price),
@@ -304,8 +307,8 @@ class Report:
     # The failure kinds the run verdicts (bench, demo) do not show a figure of their own for.
     OTHER_FAILURES = ("rejected_but_held", "ended_but_held", "inputs_unrefused", "restocked_unreturned",
                       "reserved_incomplete", "lines_misheld", "paid_without_hold", "shipped_not_deducted",
-                      "paid_but_timed_out", "overdue_timers", "vip_set_aside_misused", "orders_refunded_above_price",
-                      "refunds_paid_unapproved")  # fmt: skip
+                      "paid_but_timed_out", "overdue_timers", "early_timers", "vip_set_aside_misused",
+                      "orders_refunded_above_price", "refunds_paid_unapproved")  # fmt: skip
 
     @property
     def other_failures(self) -> dict[str, int]:
@@ -428,7 +431,8 @@ def audit(settings: Settings) -> Report:
         state = totals.get(sku, None if sku in stocked else _NO_RECORD)
         if state is not None:
             _compare_with_store(sa, state, holds.get(sku, {}), expected_keys, presale_keys, unseen)
-    _audit_orders(reading, orders, last, now_ms, report)
+    expired = _check_early_expiries(answers, hold_ttl_ms, report)
+    _audit_orders(reading, orders, last, now_ms, report, expired)
     _check_lines_held_as_placed(answers, orders, report)
     _check_shipments(orders, allocated, last, reading, report)
     _audit_refunds(reading, price_of, report)
@@ -1166,7 +1170,7 @@ def _compare_with_store(sa: SkuAudit, state: dict[str, Any], lines: dict[str, di
 
 
 def _audit_orders(reading: _Reading, orders: _OrderInputs, last: dict[str, dict[str, Any]], now_ms: int,
-                  report: Report) -> None:  # fmt: skip
+                  report: Report, expired: frozenset[str] = frozenset()) -> None:  # fmt: skip
     """4. Orders: every valid placed order is decided or was cancelled first, and none the pipeline took a payment
     for ends timed out as unpaid. One undecided whose decision, or the dead letter refusing its OrderPlaced, may be
     deleted is unjudged."""
@@ -1212,6 +1216,7 @@ def _audit_orders(reading: _Reading, orders: _OrderInputs, last: dict[str, dict[
     _check_order_states(last, placed_lines, final_state, stage_times, unpaid_for_ms, now_ms, report)
     _check_decisions(decided, last, placed_lines, report)
     _check_sla_alerts(reading, final_state, stage_times, now_ms, report)
+    _check_early_order_timers(final_state, final_reason, stage_times, orders, expired, settings, report)
 
 
 @dataclass
@@ -1224,6 +1229,9 @@ class _OrderInputs:
     lines_of: dict[str, list[int]] = field(default_factory=dict)  # the line numbers of the order the lifecycle took
     line_items: dict[str, dict[int, tuple[str, int]]] = field(default_factory=dict)  # order -> line -> (SKU, qty)
     paid: set[str] = field(default_factory=set)  # orders with a payment the pipeline took (a deposit counts)
+    # The earliest channel time of any payment but a balance (a presale's deposit among them), by order.
+    first_paid_ms: dict[str, int] = field(default_factory=dict)
+    cancelled: set[str] = field(default_factory=set)  # orders a channel's OrderCancelled called off
     balance_paid: set[str] = field(default_factory=set)  # presale orders whose balance payment it took
     shipments: set[tuple[str, str]] = field(default_factory=set)  # (order id, warehouse) of each the WMS reported
 
@@ -1257,7 +1265,19 @@ def _placed_orders(reading: _Reading) -> _OrderInputs:
                     out.balance_paid.add(order_id)
         elif kind == "ShipmentDispatched" and taken:
             out.shipments.add((order_id, str(ev["warehouse_id"])))  # a repeat is the same shipment
+        elif kind == "OrderCancelled":
+            out.cancelled.add(order_id)
+    _note_payments(out, payments)
+    return out
+
+
+def _note_payments(out: _OrderInputs, payments: dict[str, list[dict[str, Any]]]) -> None:
+    """What each order's payment events (``payments``, in order) say: the earliest channel time of one that is no
+    balance, and the most the order may be paid back."""
     for order_id, events in payments.items():
+        times = [int(ev.get("event_time_ms") or 0) for ev in events if not ev.get("balance")]
+        if any(times):
+            out.first_paid_ms[order_id] = min(t for t in times if t > 0)
         if order_id not in out.price_of:
             continue
         # One payment of each kind, the first heard, as the lifecycle keeps them (``on_payment``): a deposit
@@ -1271,7 +1291,6 @@ def _placed_orders(reading: _Reading) -> _OrderInputs:
             paid.setdefault(kind, amount or UNNAMED)
         if UNNAMED not in paid.values():
             out.price_of[order_id] = min(out.price_of[order_id], sum(paid.values()))
-    return out
 
 
 def _check_shipments(orders: _OrderInputs, allocated: dict[str, str], last: dict[str, dict[str, Any]],
@@ -1354,6 +1373,58 @@ def _check_order_states(last: dict[str, dict[str, Any]], placed_lines: dict[str,
         if since and since + unpaid_for_ms[waits] < now_ms - OVERDUE_GRACE_MS:
             what = "its balance window" if waits == DEPOSIT_PAID else "its payment timeout"
             report.overdue_timers.append(f"order {order_id} unpaid past {what}")
+
+
+def _check_early_expiries(answers: list[tuple[Record, str, dict[str, Any]]], hold_ttl_ms: int,
+                          report: Report) -> frozenset[str]:  # fmt: skip
+    """No hold expires before its time: the pool dates a hold's expiry ``STOCKFLOW_HOLD_TTL_S`` after the batch
+    that held it (the HELD answer's time, its own clock, which ``ops.clock`` only moves on) and expires it in the
+    first batch at or after that. Judged from the first HELD answer of the hold: a repeat (at least once, a replay;
+    or a RESERVE asked again, answered as the line stands) is later, and a replay whose state was lost holds it
+    anew, later still. Returns the orders a line of which expired (their timeout is the hold's)."""
+    held_at: dict[str, int] = {}  # an open line -> when its hold was first answered HELD
+    expired: set[str] = set()
+    for _, kind, res in answers:
+        if kind != "HoldDecided" or res["action"] == "ALLOCATE" or res["outcome"] == "IGNORED":
+            continue
+        key, outcome, at_ms = f"{res['order_id']}#{res['line_no']}", res["outcome"], int(res["event_time_ms"])
+        if outcome == "HELD":
+            held_at.setdefault(key, at_ms)
+        elif outcome == "EXPIRED":
+            expired.add(res["order_id"])
+            since = held_at.pop(key, None)
+            if since is not None and at_ms < since + hold_ttl_ms:
+                report.early_timers.append(f"hold {key} expired {at_ms - since} ms after it was held, "
+                                           f"due after {hold_ttl_ms}")  # fmt: skip
+        elif outcome in _LET_GO:
+            held_at.pop(key, None)
+    return frozenset(expired)
+
+
+def _check_early_order_timers(final_state: dict[str, str], final_reason: dict[str, str],
+                              stage_times: dict[str, dict[str, int]], orders: _OrderInputs, expired: frozenset[str],
+                              settings: Settings, report: Report) -> None:  # fmt: skip
+    """No order times out before its time, by the lifecycle's own deadlines (its stage times are on the pipeline's
+    clock, which never runs backwards, so the two times compared are on one clock): an unpaid order times out
+    ``STOCKFLOW_PAYMENT_TIMEOUT_S`` after it was reserved, unless its hold expired first (``expired``: judged by
+    its hold's time); a presale order is cancelled ``balance_unpaid`` ``STOCKFLOW_PRESALE_BALANCE_S`` after its
+    deposit, counted from the deposit's channel time when that is earlier than when it was heard - unless a
+    channel's OrderCancelled, which may give any reason, called it off."""
+    payment_ms, balance_ms = int(settings.payment_timeout_s * 1000), int(settings.presale_balance_s * 1000)
+    for order_id, order_state in sorted(final_state.items()):
+        times = stage_times.get(order_id, {})
+        if order_state == "payment_timeout" and order_id not in expired and times.get("reserved"):
+            since, at_ms = times["reserved"], times.get("payment_timeout", 0)
+            if at_ms < since + payment_ms:
+                report.early_timers.append(f"order {order_id} timed out {at_ms - since} ms after it was reserved, "
+                                           f"due after {payment_ms}")  # fmt: skip
+        elif (order_state == "cancelled" and final_reason.get(order_id) == BALANCE_UNPAID
+              and order_id not in orders.cancelled and times.get(DEPOSIT_PAID)):  # fmt: skip
+            since = min(times[DEPOSIT_PAID], orders.first_paid_ms.get(order_id, times[DEPOSIT_PAID]))
+            at_ms = times.get("cancelled", 0)
+            if at_ms < since + balance_ms:
+                report.early_timers.append(f"order {order_id} cancelled {BALANCE_UNPAID} {at_ms - since} ms after its "
+                                           f"deposit, due after {balance_ms}")  # fmt: skip
 
 
 def _check_sla_alerts(reading: _Reading, final_state: dict[str, str], stage_times: dict[str, dict[str, int]],

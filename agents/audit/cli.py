@@ -56,6 +56,7 @@ def check(
                              ("shipped, never taken off the shelf", report.shipped_not_deducted),
                              ("paid, then timed out as unpaid", report.paid_but_timed_out),
                              ("timer that did not fire", report.overdue_timers),
+                             ("timer that fired before its time", report.early_timers),
                              ("refund paid twice", report.refunds_paid_twice),
                              ("refund lost", report.refunds_lost),
                              ("refund paid against the rules", report.refunds_paid_unapproved),

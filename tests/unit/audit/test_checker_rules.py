@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from agents.audit import checker
 from agents.audit.checker import DEPOSIT_PAID, RETAINED, Report, _check_order_states
 from streams.contract.topics import (
+    HOLD_RESULTS,
     ORDER_EVENTS,
     ORDER_STATES,
 )
@@ -258,3 +260,78 @@ def test_a_line_held_as_ordered_is_not_misheld(topics: Topics) -> None:
     topics.totals("A", {WH: 5})
     report = checker.audit(Settings())
     assert report.lines_misheld == [] and report.ok, report.summary()
+
+
+def test_a_payment_timeout_before_its_time_is_an_early_timer(topics: Topics) -> None:
+    """New check: only timers that did not fire were judged; an order timed out 2 s after it was reserved (payment
+    timeout 30 min) passed. At its time exactly it is the lifecycle's own rule."""
+    t0 = int(time.time() * 1000) - DAY_MS
+    topics.adjust("A", "RECEIPT", 5, "rcpt-1", applied_ms=t0 - 1_000)
+    topics.placed("jd:1", "A", 2)
+    topics.answer("jd:1", "A", 2, "RESERVE", "HELD", t0)
+    topics.decided("jd:1", "A", 2)
+    topics.answer("jd:1", "A", 2, "RELEASE", "RELEASED", t0 + 2_000, reason="order_payment_timeout")
+    _state(topics, "jd:1", "payment_timeout", {"placed": t0, "reserved": t0, "payment_timeout": t0 + 2_000})
+    topics.totals("A", {WH: 5})
+    settings = Settings(payment_timeout_s=1_800)
+    report = checker.audit(settings)
+    assert report.early_timers == ["order jd:1 timed out 2000 ms after it was reserved, due after 1800000"]
+    assert not report.ok
+    _state(topics, "jd:1", "payment_timeout", {"placed": t0, "reserved": t0, "payment_timeout": t0 + 1_800_000})
+    assert checker.audit(settings).ok
+
+
+def test_a_hold_expired_before_its_time_is_an_early_timer(topics: Topics) -> None:
+    """New check: an EXPIRED answer 5 s after its HELD (hold TTL 2 h) passed, and the order timed out with it. An
+    expiry is judged from the first answer that held the line (a replay repeats it later; the pool dates it by the
+    first), and the order's timeout by its hold's, not the payment timeout."""
+    t0 = int(time.time() * 1000) - DAY_MS
+    topics.adjust("A", "RECEIPT", 5, "rcpt-1", applied_ms=t0 - 1_000)
+    topics.placed("jd:1", "A", 2)
+    topics.answer("jd:1", "A", 2, "RESERVE", "HELD", t0)
+    topics.decided("jd:1", "A", 2)
+    topics.answer("jd:1", "A", 2, "RESERVE", "HELD", t0 + 4_000)  # repeated
+    topics.answer("jd:1", "A", 2, "EXPIRE", "EXPIRED", t0 + 5_000, reason="hold_expired")
+    _state(topics, "jd:1", "payment_timeout", {"placed": t0, "reserved": t0, "payment_timeout": t0 + 5_000},
+           reason="hold_expired")  # fmt: skip
+    topics.totals("A", {WH: 5})
+    settings = Settings(hold_ttl_s=7_200, payment_timeout_s=1_800)
+    assert checker.audit(settings).early_timers == ["hold jd:1#1 expired 5000 ms after it was held, due after 7200000"]
+    topics.answer("jd:1", "A", 2, "EXPIRE", "EXPIRED", t0 + 7_200_000, reason="hold_expired")  # the real one
+    topics.records[Settings().topic(HOLD_RESULTS.name)].pop(-2)
+    _state(topics, "jd:1", "payment_timeout", {"placed": t0, "reserved": t0, "payment_timeout": t0 + 7_200_000},
+           reason="hold_expired")  # fmt: skip
+    report = checker.audit(settings)
+    assert report.early_timers == [] and report.ok, report.summary()
+
+
+def _presale_deposit(topics: Topics, t0: int, cancelled_ms: int, *, deposit_ms: int | None = None) -> None:
+    topics.adjust("P", "PRESALE_CAP", 5, "cap-1", applied_ms=t0 - 1_000)
+    topics.placed("tmall:1", "P", 2, presale=True)
+    topics.answer("tmall:1", "P", 2, "RESERVE", "HELD", t0)
+    topics.decided("tmall:1", "P", 2)
+    _payment(topics, "tmall:1", t0 if deposit_ms is None else deposit_ms, amount_fen=20)
+    topics.answer("tmall:1", "P", 2, "COMMIT", "COMMITTED", t0 + 10)
+    topics.answer("tmall:1", "P", 2, "RELEASE", "RELEASED", cancelled_ms, reason="order_cancelled")
+    _state(topics, "tmall:1", "cancelled", {"placed": t0, "reserved": t0, "deposit_paid": t0,
+                                            "cancelled": cancelled_ms}, reason="balance_unpaid")  # fmt: skip
+    topics.totals("P", {})
+
+
+def test_a_presale_cancelled_for_its_balance_before_the_window_ends_is_an_early_timer(topics: Topics) -> None:
+    """New check: a presale order cancelled balance_unpaid an hour after its deposit (window 30 days) passed. The
+    window runs from the deposit's channel time when that is earlier, as the lifecycle has it."""
+    t0 = int(time.time() * 1000) - 40 * DAY_MS
+    settings = Settings(presale_balance_s=30 * 86_400)
+    _presale_deposit(topics, t0, t0 + 3_600_000)
+    assert checker.audit(settings).early_timers == [
+        "order tmall:1 cancelled balance_unpaid 3600000 ms after its deposit, due after 2592000000"]
+
+
+def test_a_presale_cancelled_for_its_balance_at_the_window_from_the_deposits_channel_time_passes(
+        topics: Topics) -> None:  # fmt: skip
+    t0 = int(time.time() * 1000) - 40 * DAY_MS
+    settings = Settings(presale_balance_s=30 * 86_400)
+    _presale_deposit(topics, t0, t0 + 30 * DAY_MS - 60_000, deposit_ms=t0 - 60_000)  # paid a minute before heard
+    report = checker.audit(settings)
+    assert report.early_timers == [] and report.ok, report.summary()
