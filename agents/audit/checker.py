@@ -226,7 +226,7 @@ class Report:
     reserved_incomplete: list[str] = field(default_factory=list)
     # An answer that took stock (held, committed, shipped) for another SKU or quantity than its order line.
     lines_misheld: list[str] = field(default_factory=list)
-    paid_without_hold: list[str] = field(default_factory=list)
+    paid_without_hold: list[str] = field(default_factory=list)  # a paid, routed or reserved order, a line unheld
     shipped_not_deducted: list[str] = field(default_factory=list)
     paid_but_timed_out: list[str] = field(default_factory=list)
     overdue_timers: list[str] = field(default_factory=list)
@@ -1351,9 +1351,12 @@ def _check_lines_held_as_placed(answers: list[tuple[Record, str, dict[str, Any]]
 def _check_order_states(last: dict[str, dict[str, Any]], placed_lines: dict[str, list[int]],
                         final_state: dict[str, str], stage_times: dict[str, dict[str, int]],
                         unpaid_for_ms: dict[str, int], now_ms: int, report: Report) -> None:  # fmt: skip
-    """A paid order holds every line it was placed with; an order that ended (cancelled, timed out, delivered,
-    rejected) holds none; an unpaid one does not outlive its payment timeout, nor a presale order whose deposit is
-    paid its balance window (``unpaid_for_ms``: how long each may wait, from its stage time)."""
+    """A paid order holds every line it was placed with, and so does a reserved one (what it was reserved with is
+    what the buyer is shown and pays for: a hold the pool took back, a VIP override's or an expiry, moves it on,
+    cancelled or timed out; a presale deposit commits its lines, the WMS shipping it unpaid ships them); an order
+    that ended (cancelled, timed out, delivered, rejected) holds none; an unpaid one does not outlive its payment
+    timeout, nor a presale order whose deposit is paid its balance window (``unpaid_for_ms``: how long each may
+    wait, from its stage time)."""
     answered: dict[str, list[str]] = defaultdict(list)
     for line_key in last:
         answered[line_key.rpartition("#")[0]].append(line_key)
@@ -1361,7 +1364,7 @@ def _check_order_states(last: dict[str, dict[str, Any]], placed_lines: dict[str,
         lines = sorted({f"{order_id}#{n}" for n in placed_lines.get(order_id, [])} | set(answered.get(order_id, [])))
         outcomes = [last.get(k, {}).get("outcome") for k in lines]
         # A split order stays paid or routed until its last warehouse ships: lines shipped before are done.
-        if order_state in ("paid", "routed") and any(o not in _FULFILLING for o in outcomes):
+        if order_state in ("reserved", "paid", "routed") and any(o not in _FULFILLING for o in outcomes):
             report.paid_without_hold.append(order_id)
         if order_state in ORDER_ENDED and any(o in _OPEN_OUTCOMES for o in outcomes):
             report.ended_but_held.append(order_id)  # its units locked for an order that is over

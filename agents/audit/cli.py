@@ -52,7 +52,7 @@ def check(
                              ("VIP set-aside misused", report.vip_set_aside_misused),
                              ("reserved but not every line held", report.reserved_incomplete),
                              ("line held as another SKU or quantity", report.lines_misheld),
-                             ("paid without a hold", report.paid_without_hold),
+                             ("paid or reserved without a hold", report.paid_without_hold),
                              ("shipped, never taken off the shelf", report.shipped_not_deducted),
                              ("paid, then timed out as unpaid", report.paid_but_timed_out),
                              ("timer that did not fire", report.overdue_timers),

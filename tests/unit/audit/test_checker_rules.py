@@ -335,3 +335,32 @@ def test_a_presale_cancelled_for_its_balance_at_the_window_from_the_deposits_cha
     _presale_deposit(topics, t0, t0 + 30 * DAY_MS - 60_000, deposit_ms=t0 - 60_000)  # paid a minute before heard
     report = checker.audit(settings)
     assert report.early_timers == [] and report.ok, report.summary()
+
+
+def test_a_reserved_order_whose_line_holds_nothing_is_a_failure(topics: Topics) -> None:
+    """New check: paid and routed orders had to hold their lines, reserved ones not: an order the pool's VIP
+    override took the hold from, stuck 'reserved' (shown to the buyer as reserved, nothing held), passed."""
+    now = int(time.time() * 1000)
+    topics.adjust("A", "RECEIPT", 5, "rcpt-1", applied_ms=now - 60_000)
+    topics.placed("jd:1", "A", 2)
+    topics.answer("jd:1", "A", 2, "RESERVE", "HELD", now - 50_000)
+    topics.decided("jd:1", "A", 2)
+    _state(topics, "jd:1", "reserved", {"placed": now - 50_000, "reserved": now - 50_000})
+    topics.line("A", "jd:1", 2)
+    topics.totals("A", {WH: 5}, locked=2)
+    assert checker.audit(Settings()).ok
+    topics.answer("jd:1", "A", 2, "RELEASE", "RELEASED", now - 40_000, reason="vip_override:ov9")
+    topics.line("A", "jd:1", 2, status="released")
+    topics.totals("A", {WH: 5})
+    report = checker.audit(Settings())
+    assert report.paid_without_hold == ["jd:1"] and not report.ok
+
+
+def test_a_reserved_order_the_wms_shipped_unpaid_holds_what_it_should() -> None:
+    """A reserved order keeps its state when the WMS ships it unpaid (its line SHIPPED), and a presale one whose
+    deposit is paid its lines COMMITTED: neither lacks a hold."""
+    last = {"jd:1#1": {"outcome": "SHIPPED"}, "tmall:2#1": {"outcome": "COMMITTED"}, "jd:3#1": {"outcome": "EXPIRED"}}
+    report = Report()
+    _check_order_states(last, {}, {"jd:1": "reserved", "tmall:2": "reserved", "jd:3": "reserved"}, {}, WAITS, 0,
+                        report)  # fmt: skip
+    assert report.paid_without_hold == ["jd:3"]
