@@ -436,7 +436,7 @@ def audit(settings: Settings) -> Report:
     _check_lines_held_as_placed(answers, orders, report)
     _check_shipments(orders, allocated, last, reading, report)
     _audit_refunds(reading, price_of, report)
-    _check_restocks(reading, report)
+    _check_restocks(reading, orders, last, report)
     _check_unreadable_inputs(reading, report)
     return report
 
@@ -504,27 +504,87 @@ def _stock_past_retention(sa: SkuAudit, reading: _Reading, report: Report) -> No
         report.unjudge(f"sku {sa.sku}", "on-hand", HOLD_RESULTS.name)
 
 
-def _check_restocks(reading: _Reading, report: Report) -> None:
-    """A return goes back on hand (``stock.returns``, ids ``return:<refund id>:<line>``) only once the warehouse
-    said it received it and QC found it resellable: the refund's first QC report the pipeline took says so. A
-    restock with no such report is units on a shelf that are not there (written off, or never sent back), sold
-    again. One whose refund's events may be deleted is unjudged."""
+@dataclass
+class _Returns:
+    """What ``refund.events`` says came back, the messages the pipeline refused left out, by refund id."""
+
+    first_qc: dict[str, bool] = field(default_factory=dict)  # resellable, by its first QC report
+    reached: dict[str, set[str]] = field(default_factory=dict)  # the warehouses its return reports name
+    order_of: dict[str, str] = field(default_factory=dict)  # its order id, by its request
+    units: dict[str, dict[str, int]] = field(default_factory=dict)  # SKU -> units it asked to return
+
+
+def _returns(reading: _Reading, orders: _OrderInputs) -> _Returns:
+    """Each refund's return as its messages the pipeline took give it. The units: per line its request names, the
+    line's qty (a request naming none returns the whole order, as the refund agent has it), under the SKU its
+    order was placed with (the request's own where the OrderPlaced is not on the topics); a request sent again
+    that asks more counts at its most."""
     refused = reading.refused_by_pipeline()
     topic = reading.settings.topic(REFUND_EVENTS.name)
-    first_qc: dict[str, bool] = {}  # refund id -> resellable, by its first QC report the pipeline took
+    out = _Returns()
+    lines: dict[str, dict[int, tuple[str, int]]] = defaultdict(dict)  # refund id -> line -> (SKU, units)
     for rec, kind, r in reading.decoded(REFUND_EVENTS.name):
-        if kind != "ReturnReceived" or not r.get("qc_done", True) or (topic, rec.partition, rec.offset) in refused:
+        if (topic, rec.partition, rec.offset) in refused or kind not in ("ReturnReceived", "RefundRequested"):
             continue
         refund_id = refund_key(r["channel"], r["channel_refund_id"])
-        first_qc.setdefault(refund_id, bool(r["resellable"]))
-    for _, _, r in reading.decoded(STOCK_RETURNS.name):
-        refund_id = r["event_id"].removeprefix("return:").rpartition(":")[0]
-        if first_qc.get(refund_id):
+        if kind == "ReturnReceived":
+            out.reached.setdefault(refund_id, set()).add(str(r["warehouse_id"]))
+            if r.get("qc_done", True):
+                out.first_qc.setdefault(refund_id, bool(r["resellable"]))
             continue
-        if refund_id not in first_qc and reading.cut(REFUND_EVENTS.name):
+        order_id = out.order_of.setdefault(refund_id, order_key(r["channel"], r["channel_order_id"]))
+        placed = orders.line_items.get(order_id, {})
+        asked = {int(ln["line_no"]): (str(ln.get("sku") or ""), int(ln["qty"])) for ln in r["lines"]} or placed
+        for line_no, (sku, qty) in asked.items():
+            sku = placed.get(line_no, (sku, 0))[0]
+            lines[refund_id][line_no] = (sku, max(qty, lines[refund_id].get(line_no, (sku, 0))[1]))
+    for refund_id, by_line in lines.items():
+        units = out.units[refund_id] = defaultdict(int)
+        for sku, qty in by_line.values():
+            units[sku] += qty
+    return out
+
+
+def _check_restocks(reading: _Reading, orders: _OrderInputs, last: dict[str, dict[str, Any]],
+                    report: Report) -> None:  # fmt: skip
+    """A return goes back on hand (``stock.returns``, ids ``return:<refund id>:<line>``) only once the warehouse
+    said it received it and QC found it resellable: the refund's first QC report the pipeline took says so; at a
+    warehouse the return reached; and no more units of a SKU than its refund asked to return, nor, over all of
+    its order's refunds, than the order shipped of it (the pool's SHIPPED answers). A restock beyond any of these
+    is units on a shelf that are not there (written off, never sent back, counted twice), sold again. One whose
+    refund's events, or its order's answers, may be deleted is unjudged. Each restock id once: the pool applies
+    it once."""
+    returns = _returns(reading, orders)
+    shipped: dict[tuple[str, str], int] = defaultdict(int)  # (order id, SKU) -> units shipped
+    for key, res in last.items():
+        if res["outcome"] == "SHIPPED":
+            shipped[(key.rpartition("#")[0], res["sku"])] += res["qty"]
+    put_back: dict[tuple[str, str], int] = defaultdict(int)  # (refund or order id, SKU) -> units restocked so far
+    seen: set[tuple[str, str]] = set()
+    for _, kind, r in reading.decoded(STOCK_RETURNS.name):
+        if kind != "StockAdjusted" or (r["sku"], r["event_id"]) in seen:
+            continue
+        seen.add((r["sku"], r["event_id"]))
+        refund_id = r["event_id"].removeprefix("return:").rpartition(":")[0]
+        order_id = returns.order_of.get(refund_id, "")
+        put_back[(refund_id, r["sku"])] += r["qty"]
+        put_back[(order_id, r["sku"])] += r["qty"]
+        what = f"{r['event_id']}: {r['qty']} of {r['sku']} at {r['warehouse_id']}"
+        qc, asked = returns.first_qc.get(refund_id), returns.units.get(refund_id)
+        if (qc is None or (qc and asked is None)) and reading.cut(REFUND_EVENTS.name):
             report.unjudge(f"refund {refund_id}", "return", REFUND_EVENTS.name)
-        else:
-            report.restocked_unreturned.append(f"{r['event_id']}: {r['qty']} of {r['sku']} at {r['warehouse_id']}")
+        elif not qc or asked is None:
+            report.restocked_unreturned.append(what if not qc else f"{what}, no return asked")
+        elif r["warehouse_id"] not in returns.reached[refund_id]:
+            reached = ", ".join(sorted(returns.reached[refund_id]))
+            report.restocked_unreturned.append(f"{what}, the return reached {reached}")
+        elif put_back[(refund_id, r["sku"])] > asked.get(r["sku"], 0):
+            report.restocked_unreturned.append(f"{what}, {asked.get(r['sku'], 0)} returned")
+        elif put_back[(order_id, r["sku"])] > (left := shipped[(order_id, r["sku"])]):
+            if reading.cut(HOLD_RESULTS.name, order_id):
+                report.unjudge(f"refund {refund_id}", "units shipped", HOLD_RESULTS.name)
+            else:
+                report.restocked_unreturned.append(f"{what}, order {order_id} shipped {left}")
 
 
 def _audit_refunds(reading: _Reading, price_of: dict[str, int], report: Report) -> None:

@@ -11,9 +11,11 @@ from streams.contract.topics import (
     HOLD_RESULTS,
     ORDER_EVENTS,
     ORDER_STATES,
+    REFUND_EVENTS,
+    STOCK_RETURNS,
 )
 from streams.settings import Settings
-from tests.unit.audit.test_checker_replay import WH, Topics
+from tests.unit.audit.test_checker_replay import WH, WH2, Topics
 
 WAITS = {"reserved": 60_000, DEPOSIT_PAID: 3_600_000}
 
@@ -364,3 +366,65 @@ def test_a_reserved_order_the_wms_shipped_unpaid_holds_what_it_should() -> None:
     _check_order_states(last, {}, {"jd:1": "reserved", "tmall:2": "reserved", "jd:3": "reserved"}, {}, WAITS, 0,
                         report)  # fmt: skip
     assert report.paid_without_hold == ["jd:3"]
+
+
+def _returned(topics: Topics, refund: str, lines: list[tuple[int, str, int]], wh: str = WH) -> None:
+    topics.event(REFUND_EVENTS.name, "RefundRequested", {
+        "event_id": f"req:jd:{refund}", "event_time_ms": 4_000, "channel": "jd", "channel_order_id": "1",
+        "channel_refund_id": refund, "kind": "RETURN_AND_REFUND", "amount_fen": 100, "reason": "no_reason_7d",
+        "lines": [{"line_no": n, "sku": sku, "qty": qty} for n, sku, qty in lines], "tracking_no": "",
+        "sent_at_ms": 0})  # fmt: skip
+    topics.event(REFUND_EVENTS.name, "ReturnReceived", {
+        "event_id": f"return-qc:jd:{refund}", "event_time_ms": 5_000, "channel": "jd", "channel_order_id": "1",
+        "channel_refund_id": refund, "warehouse_id": wh, "qc_done": True, "resellable": True, "qc_note": ""})
+
+
+def _bought_two(topics: Topics) -> None:
+    """Order jd:1: 2 units of A, shipped."""
+    topics.adjust("A", "RECEIPT", 2, "rcpt-1", applied_ms=1_000)
+    _placed_lines(topics, "jd:1", [(1, "A", 2)])
+    topics.answer("jd:1", "A", 2, "RESERVE", "HELD", 2_000)
+    topics.decided("jd:1", "A", 2)
+    topics.answer("jd:1", "A", 2, "SHIP", "SHIPPED", 3_000)
+
+
+def test_a_restock_of_more_units_than_came_back_is_a_failure(topics: Topics) -> None:
+    """New check: a restock needed a resellable QC report for its refund, never more: 1 unit returned, 5 put back
+    on hand passed (4 phantom units, sold again)."""
+    _bought_two(topics)
+    _returned(topics, "r1", [(1, "A", 1)])
+    topics.adjust("A", "RECEIPT", 5, "return:jd:r1:1", applied_ms=6_000, topic=STOCK_RETURNS.name)
+    topics.totals("A", {WH: 5})
+    report = checker.audit(Settings())
+    assert report.restocked_unreturned == [f"return:jd:r1:1: 5 of A at {WH}, 1 returned"] and not report.ok
+
+
+def test_a_restock_at_another_warehouse_than_the_return_reached_is_a_failure(topics: Topics) -> None:
+    _bought_two(topics)
+    _returned(topics, "r1", [(1, "A", 1)])
+    topics.adjust("A", "RECEIPT", 1, "return:jd:r1:1", applied_ms=6_000, wh=WH2, topic=STOCK_RETURNS.name)
+    topics.totals("A", {WH2: 1})
+    assert checker.audit(Settings()).restocked_unreturned == [
+        f"return:jd:r1:1: 1 of A at {WH2}, the return reached {WH}"]
+
+
+def test_restocks_of_more_units_than_the_order_shipped_are_a_failure(topics: Topics) -> None:
+    """Two refunds of one order, each returning both units it shipped: 4 restocked of 2 shipped."""
+    _bought_two(topics)
+    for refund in ("r1", "r2"):
+        _returned(topics, refund, [(1, "A", 2)])
+        topics.adjust("A", "RECEIPT", 2, f"return:jd:{refund}:1", applied_ms=6_000, topic=STOCK_RETURNS.name)
+    topics.totals("A", {WH: 4})
+    assert checker.audit(Settings()).restocked_unreturned == ["return:jd:r2:1: 2 of A at WH-SH, order jd:1 shipped 2"]
+
+
+def test_a_return_of_the_whole_order_restocks_what_it_shipped(topics: Topics) -> None:
+    """A request naming no line returns the whole order (the refund agent restocks every line it was placed with);
+    a partial return restocks its units; a restock read twice (at least once) is one."""
+    _bought_two(topics)
+    _returned(topics, "r1", [])
+    for _ in range(2):
+        topics.adjust("A", "RECEIPT", 2, "return:jd:r1:1", applied_ms=6_000, topic=STOCK_RETURNS.name)
+    topics.totals("A", {WH: 2})
+    report = checker.audit(Settings())
+    assert report.restocked_unreturned == [] and report.ok, report.summary()
