@@ -222,6 +222,7 @@ class Report:
     rejected_but_held: list[str] = field(default_factory=list)
     ended_but_held: list[str] = field(default_factory=list)  # cancelled, timed out or delivered, a line still held
     inputs_unrefused: list[str] = field(default_factory=list)  # an unreadable input the pipeline did not dead-letter
+    outputs_unreadable: list[str] = field(default_factory=list)  # a record of the pipeline's the audit cannot read
     restocked_unreturned: list[str] = field(default_factory=list)  # a return put on hand QC never found resellable
     reserved_incomplete: list[str] = field(default_factory=list)
     # An answer that took stock (held, committed, shipped) for another SKU or quantity than its order line.
@@ -263,7 +264,8 @@ class Report:
     def ok(self) -> bool:
         return not (
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
-            or self.rejected_but_held or self.ended_but_held or self.inputs_unrefused or self.restocked_unreturned
+            or self.rejected_but_held or self.ended_but_held or self.inputs_unrefused or self.outputs_unreadable
+            or self.restocked_unreturned
             or self.reserved_incomplete or self.lines_misheld or self.paid_without_hold or self.overdue_timers
             or self.early_timers
             or self.shipped_not_deducted or self.paid_but_timed_out
@@ -287,6 +289,7 @@ class Report:
             "rejected_but_held": len(self.rejected_but_held),
             "ended_but_held": len(self.ended_but_held),
             "inputs_unrefused": len(self.inputs_unrefused),
+            "outputs_unreadable": len(self.outputs_unreadable),
             "restocked_unreturned": len(self.restocked_unreturned),
             "reserved_incomplete": len(self.reserved_incomplete),
             "lines_misheld": len(self.lines_misheld),
@@ -305,10 +308,10 @@ class Report:
         }
 
     # The failure kinds the run verdicts (bench, demo) do not show a figure of their own for.
-    OTHER_FAILURES = ("rejected_but_held", "ended_but_held", "inputs_unrefused", "restocked_unreturned",
-                      "reserved_incomplete", "lines_misheld", "paid_without_hold", "shipped_not_deducted",
-                      "paid_but_timed_out", "overdue_timers", "early_timers", "vip_set_aside_misused",
-                      "orders_refunded_above_price", "refunds_paid_unapproved")  # fmt: skip
+    OTHER_FAILURES = ("rejected_but_held", "ended_but_held", "inputs_unrefused", "outputs_unreadable",
+                      "restocked_unreturned", "reserved_incomplete", "lines_misheld", "paid_without_hold",
+                      "shipped_not_deducted", "paid_but_timed_out", "overdue_timers", "early_timers",
+                      "vip_set_aside_misused", "orders_refunded_above_price", "refunds_paid_unapproved")  # fmt: skip
 
     @property
     def other_failures(self) -> dict[str, int]:
@@ -438,6 +441,7 @@ def audit(settings: Settings) -> Report:
     _audit_refunds(reading, price_of, report)
     _check_restocks(reading, orders, last, report)
     _check_unreadable_inputs(reading, report)
+    _check_unreadable_outputs(reading, report)
     return report
 
 
@@ -462,13 +466,28 @@ def _classify_unplaced_holds(moves: dict[str, list[HoldMove]], presale_of: dict[
 
 def _check_unreadable_inputs(reading: _Reading, report: Report) -> None:
     """Every record on the input topics that no one can read has its dead letter, unless dead letters may be
-    deleted by now (unjudged then)."""
-    unrefused = reading.unrefused((ORDER_EVENTS.name, REFUND_EVENTS.name, STOCK_ADJUSTMENTS.name))
+    deleted by now (unjudged then). ``stock.returns`` is the pool's input too: a restock dropped unread is a return
+    that never reached the shelf."""
+    unrefused = reading.unrefused((ORDER_EVENTS.name, REFUND_EVENTS.name, STOCK_ADJUSTMENTS.name, STOCK_RETURNS.name))
     if unrefused and reading.cut(DEADLETTERS.name):
         for where in unrefused:
             report.unjudge(f"record {where}", "refusal", DEADLETTERS.name)
     else:
         report.inputs_unrefused = unrefused
+
+
+# The pipeline's own outputs the audit judges by (those it read: the alerts only when an SLA was due).
+_OUTPUTS = (HOLD_RESULTS.name, RESERVATION_RESULTS.name, ORDER_STATES.name, AUDIT_OVERRIDES.name, DEADLETTERS.name,
+            ALERTS.name, REFUND_STATES.name, REFUND_INSTRUCTIONS.name, REFUND_ISSUED.name)  # fmt: skip
+
+
+def _check_unreadable_outputs(reading: _Reading, report: Report) -> None:
+    """Every record of the pipeline's outputs the audit read is one it can read. An unreadable one is no input
+    refused (nothing dead-letters what the pipeline wrote, and a dead letter would not make it readable): it is an
+    answer, a decision, a state the audit cannot see, so what it judges without it may pass a broken run (a double
+    hold in an unreadable answer). A failure, not unjudged: a run's own outputs have none."""
+    report.outputs_unreadable = [f"{name} partition {partition} offset {offset}" for name in _OUTPUTS
+                                 for partition, offset in reading.unreadable.get(name, [])]  # fmt: skip
 
 
 def _lines_past_retention(holds: dict[str, dict[str, dict[str, Any]]], last: dict[str, dict[str, Any]],

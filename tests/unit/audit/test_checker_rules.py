@@ -428,3 +428,31 @@ def test_a_return_of_the_whole_order_restocks_what_it_shipped(topics: Topics) ->
     topics.totals("A", {WH: 2})
     report = checker.audit(Settings())
     assert report.restocked_unreturned == [] and report.ok, report.summary()
+
+
+def test_an_unreadable_restock_no_one_dead_lettered_is_a_failure(topics: Topics) -> None:
+    """New check: unreadable bytes on stock.returns (a pool input too: a return that never reaches the shelf)
+    passed, while the same on stock.adjustments failed."""
+    topics.adjust("A", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    topics.totals("A", {WH: 5})
+    assert checker.audit(Settings()).ok
+    topics.raw(STOCK_RETURNS.name, b"A", GARBAGE)
+    report = checker.audit(Settings())
+    assert report.inputs_unrefused == [f"{STOCK_RETURNS.name} partition 0 offset 0"] and not report.ok
+
+
+def test_an_unreadable_answer_of_the_pool_is_a_failure(topics: Topics) -> None:
+    """New check: an answer the audit cannot read was skipped without a word, and the double hold it stood for (2
+    units held on a shelf of 2 another order held) with it. An output the audit cannot read leaves it unable to
+    judge: a failure, whether or not the sink dead-lettered it."""
+    topics.adjust("A", "RECEIPT", 2, "rcpt-1", applied_ms=500)
+    topics.placed("jd:2", "A", 2)
+    topics.answer("jd:2", "A", 2, "RESERVE", "HELD", 1_600)
+    topics.decided("jd:2", "A", 2)
+    topics.line("A", "jd:2", 2)
+    topics.totals("A", {WH: 2}, locked=2)
+    assert checker.audit(Settings()).ok
+    topics.raw(HOLD_RESULTS.name, b"jd:1", GARBAGE)
+    report = checker.audit(Settings())
+    assert report.outputs_unreadable == [f"{HOLD_RESULTS.name} partition 0 offset 1"] and not report.ok
+    assert report.summary()["other_failures"] == {"outputs_unreadable": 1}
