@@ -17,11 +17,16 @@ oversold units (at any moment of the run, not only at its end: open regular hold
 beyond on-hand, open presale holds beyond the presale cap), VIP set-aside units handed to another order,
 double holds (an order line held again after it was released, expired or shipped: a refusal held nothing),
 orders rejected while still holding stock, lost orders (placed and valid, yet neither decided nor
-cancelled), paid orders without an open hold behind every line, shipments the WMS reported (its own
+cancelled), paid or reserved orders without an open hold behind every line, shipments the WMS reported (its own
 ``ShipmentDispatched`` on ``order.events``) whose lines at that warehouse the pool never answered SHIPPED
 (units gone from a shelf the pool still counts), orders timed out as unpaid although the pipeline took a
-payment for them, and timers that did not fire (an unpaid hold past its expiry, an unpaid order past its
-payment timeout).
+payment for them, timers that did not fire (an unpaid hold past its expiry, an unpaid order past its
+payment timeout), and timers that fired early (a hold expired, an unpaid order timed out, a presale order
+cancelled for its balance, each before the pipeline's own deadline). Every SKU the store, an answer or an
+adjustment names is judged (units held of a SKU that never had stock are oversold, store units the topics do
+not explain are drift); every answer that holds a line is for the SKU and qty the line was placed with; a
+return goes back on hand no more than its refund returned and its order shipped, at the warehouse it reached;
+and a record of the pipeline's outputs the audit cannot read is a failure, not a skip.
 
 Order. The pool applies its input topics (commands, adjustments, returns, overrides) as one stream per
 partition in the order it reads them, which no topic records: commands it applies locally are not even
@@ -262,6 +267,14 @@ class Report:
 
     @property
     def ok(self) -> bool:
+        """No failure of any kind. ``unjudged`` is not one, on purpose: every key in it is one whose history a
+        topic's retention deleted (its partition no longer starts at 0; ``unjudge`` says so), which on a cluster
+        older than its retention is true of every key that old, for good - failing on it would fail every audit
+        of such a cluster and leave ``stockflow check --wait`` nothing to wait for. It is never silent: the
+        summary counts it, the command prints each key with its reason, and the run verdicts (bench, demo),
+        whose topics are the run's own and start at 0, fail on any. What the audit cannot judge for any other
+        reason is a failure here: an input no one could read nor dead-lettered (``inputs_unrefused``), an
+        output it cannot read (``outputs_unreadable``)."""
         return not (
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
             or self.rejected_but_held or self.ended_but_held or self.inputs_unrefused or self.outputs_unreadable
