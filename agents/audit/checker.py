@@ -412,8 +412,8 @@ def audit(settings: Settings) -> Report:
     totals, holds, applied = _pool_store(settings)
     changes, mentioned = _stock_changes(reading, applied, report)
     answers = reading.decoded(HOLD_RESULTS.name)
-    last, moves, ships, allocated = _fold_answers(
-        answers, report, replays_lose_state=settings.processing_guarantee == "at_least_once")  # fmt: skip
+    at_least_once = settings.processing_guarantee == "at_least_once"
+    last, moves, ships, allocated = _fold_answers(answers, report, replays_lose_state=at_least_once)
     for sku, shipped in ships.items():
         changes[sku].extend(shipped)
     orders = _placed_orders(reading)
@@ -447,7 +447,9 @@ def audit(settings: Settings) -> Report:
         state = totals.get(sku, None if sku in stocked else _NO_RECORD)
         if state is not None:
             _compare_with_store(sa, state, holds.get(sku, {}), expected_keys, presale_keys, unseen)
-    expired = _check_early_expiries(answers, hold_ttl_ms, report)
+    # At least once, a crash in a batch's flush may keep its changelog and lose its answers: the hold's first HELD
+    # on the topic is then the replay's, answered as the line stands, later than the hold.
+    expired = _check_early_expiries(answers, hold_ttl_ms, report, orders.placed_at_ms if at_least_once else None)
     _audit_orders(reading, orders, last, now_ms, report, expired)
     _check_lines_held_as_placed(answers, orders, report)
     _check_shipments(orders, allocated, last, reading, report)
@@ -1323,6 +1325,7 @@ class _OrderInputs:
     paid: set[str] = field(default_factory=set)  # orders with a payment the pipeline took (a deposit counts)
     # The earliest channel time of any payment but a balance (a presale's deposit among them), by order.
     first_paid_ms: dict[str, int] = field(default_factory=dict)
+    placed_at_ms: dict[str, int] = field(default_factory=dict)  # the channel time of the OrderPlaced it took
     cancelled: set[str] = field(default_factory=set)  # orders a channel's OrderCancelled called off
     balance_paid: set[str] = field(default_factory=set)  # presale orders whose balance payment it took
     shipments: set[tuple[str, str]] = field(default_factory=set)  # (order id, warehouse) of each the WMS reported
@@ -1345,6 +1348,8 @@ def _placed_orders(reading: _Reading) -> _OrderInputs:
         if kind == "OrderPlaced" and taken:
             out.placed.add(order_id)
             out.presale_of.setdefault(order_id, bool(ev["presale"]))
+            if int(ev.get("event_time_ms") or 0) > 0:
+                out.placed_at_ms.setdefault(order_id, int(ev["event_time_ms"]))
             out.price_of.setdefault(order_id, int(ev["amount_fen"]))
             out.lines_of.setdefault(order_id, [int(line["line_no"]) for line in ev["lines"]])
             out.line_items.setdefault(order_id, {int(line["line_no"]): (str(line["sku"]), int(line["qty"]))
@@ -1470,13 +1475,15 @@ def _check_order_states(last: dict[str, dict[str, Any]], placed_lines: dict[str,
             report.overdue_timers.append(f"order {order_id} unpaid past {what}")
 
 
-def _check_early_expiries(answers: list[tuple[Record, str, dict[str, Any]]], hold_ttl_ms: int,
-                          report: Report) -> frozenset[str]:  # fmt: skip
+def _check_early_expiries(answers: list[tuple[Record, str, dict[str, Any]]], hold_ttl_ms: int, report: Report,
+                          placed_at_ms: dict[str, int] | None = None) -> frozenset[str]:  # fmt: skip
     """No hold expires before its time: the pool dates a hold's expiry ``STOCKFLOW_HOLD_TTL_S`` after the batch
     that held it (the HELD answer's time, its own clock, which ``ops.clock`` only moves on) and expires it in the
     first batch at or after that. Judged from the first HELD answer of the hold: a repeat (at least once, a replay;
     or a RESERVE asked again, answered as the line stands) is later, and a replay whose state was lost holds it
-    anew, later still. Returns the orders a line of which expired (their timeout is the hold's)."""
+    anew, later still. With ``placed_at_ms`` (at least once, where the first HELD itself may be lost) no later
+    than when its order was placed (its channel time): no hold is taken before. Returns the orders a line of
+    which expired (their timeout is the hold's)."""
     held_at: dict[str, int] = {}  # an open line -> when its hold was first answered HELD
     expired: set[str] = set()
     for _, kind, res in answers:
@@ -1484,7 +1491,7 @@ def _check_early_expiries(answers: list[tuple[Record, str, dict[str, Any]]], hol
             continue
         key, outcome, at_ms = f"{res['order_id']}#{res['line_no']}", res["outcome"], int(res["event_time_ms"])
         if outcome == "HELD":
-            held_at.setdefault(key, at_ms)
+            held_at.setdefault(key, min(at_ms, (placed_at_ms or {}).get(res["order_id"], at_ms)))
         elif outcome == "EXPIRED":
             expired.add(res["order_id"])
             since = held_at.pop(key, None)

@@ -456,3 +456,27 @@ def test_an_unreadable_answer_of_the_pool_is_a_failure(topics: Topics) -> None:
     report = checker.audit(Settings())
     assert report.outputs_unreadable == [f"{HOLD_RESULTS.name} partition 0 offset 1"] and not report.ok
     assert report.summary()["other_failures"] == {"outputs_unreadable": 1}
+
+
+def test_at_least_once_a_hold_whose_first_answer_was_lost_expires_from_its_orders_placement(topics: Topics) -> None:
+    """At least once, a crash in the flush may keep a batch's changelog and lose its HELD answer: the first HELD on
+    the topic is the replay's, answered as the line stands, later than the hold the pool expires by. Judged from
+    the order's placement then, no hold is taken before it; exactly once the answer commits with its hold."""
+    t0 = int(time.time() * 1000) - DAY_MS
+    topics.adjust("A", "RECEIPT", 5, "rcpt-1", applied_ms=t0 - 1_000)
+    channel_time = t0 - 100
+    topics.event(ORDER_EVENTS.name, "OrderPlaced", {
+        "event_id": "placed:jd:1", "event_time_ms": channel_time, "channel": "jd", "channel_order_id": "1",
+        "customer_id": "c1", "amount_fen": 100, "coupon_type": "", "presale": False, "vip": False, "sent_at_ms": 0,
+        "address": {"province": "上海", "city": "上海", "district": "青浦", "detail": "1号"},
+        "lines": [{"line_no": 1, "sku": "A", "qty": 2, "unit_price_fen": 100, "custom": False, "bundle": False}]})
+    topics.answer("jd:1", "A", 2, "RESERVE", "HELD", t0 + 20_000)  # the replay's; the hold was taken at t0
+    topics.decided("jd:1", "A", 2)
+    topics.answer("jd:1", "A", 2, "EXPIRE", "EXPIRED", t0 + 7_200_000, reason="hold_expired")
+    _state(topics, "jd:1", "payment_timeout", {"placed": channel_time, "reserved": t0,
+                                               "payment_timeout": t0 + 7_200_000}, reason="hold_expired")  # fmt: skip
+    topics.totals("A", {WH: 5})
+    report = checker.audit(Settings(hold_ttl_s=7_200, processing_guarantee="at_least_once"))
+    assert report.early_timers == [] and report.ok, report.summary()
+    assert checker.audit(Settings(hold_ttl_s=7_200)).early_timers == [
+        "hold jd:1#1 expired 7180000 ms after it was held, due after 7200000"]
