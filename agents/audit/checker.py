@@ -568,7 +568,8 @@ def _returns(reading: _Reading, orders: _OrderInputs) -> _Returns:
             continue
         order_id = out.order_of.setdefault(refund_id, order_key(r["channel"], r["channel_order_id"]))
         placed = orders.line_items.get(order_id, {})
-        asked = {int(ln["line_no"]): (str(ln.get("sku") or ""), int(ln["qty"])) for ln in r["lines"]} or placed
+        asked = {int(ln["line_no"]): (str(ln.get("sku") or ""), int(ln["qty"])) for ln in r.get("lines") or []}
+        asked = asked or placed
         for line_no, (sku, qty) in asked.items():
             sku = placed.get(line_no, (sku, 0))[0]
             lines[refund_id][line_no] = (sku, max(qty, lines[refund_id].get(line_no, (sku, 0))[1]))
