@@ -17,11 +17,16 @@ oversold units (at any moment of the run, not only at its end: open regular hold
 beyond on-hand, open presale holds beyond the presale cap), VIP set-aside units handed to another order,
 double holds (an order line held again after it was released, expired or shipped: a refusal held nothing),
 orders rejected while still holding stock, lost orders (placed and valid, yet neither decided nor
-cancelled), paid orders without an open hold behind every line, shipments the WMS reported (its own
+cancelled), paid or reserved orders without an open hold behind every line, shipments the WMS reported (its own
 ``ShipmentDispatched`` on ``order.events``) whose lines at that warehouse the pool never answered SHIPPED
 (units gone from a shelf the pool still counts), orders timed out as unpaid although the pipeline took a
-payment for them, and timers that did not fire (an unpaid hold past its expiry, an unpaid order past its
-payment timeout).
+payment for them, timers that did not fire (an unpaid hold past its expiry, an unpaid order past its
+payment timeout), and timers that fired early (a hold expired, an unpaid order timed out, a presale order
+cancelled for its balance, each before the pipeline's own deadline). Every SKU the store, an answer or an
+adjustment names is judged (units held of a SKU that never had stock are oversold, store units the topics do
+not explain are drift); every answer that holds a line is for the SKU and qty the line was placed with; a
+return goes back on hand no more than its refund returned and its order shipped, at the warehouse it reached;
+and a record of the pipeline's outputs the audit cannot read is a failure, not a skip.
 
 Order. The pool applies its input topics (commands, adjustments, returns, overrides) as one stream per
 partition in the order it reads them, which no topic records: commands it applies locally are not even
@@ -222,12 +227,16 @@ class Report:
     rejected_but_held: list[str] = field(default_factory=list)
     ended_but_held: list[str] = field(default_factory=list)  # cancelled, timed out or delivered, a line still held
     inputs_unrefused: list[str] = field(default_factory=list)  # an unreadable input the pipeline did not dead-letter
+    outputs_unreadable: list[str] = field(default_factory=list)  # a record of the pipeline's the audit cannot read
     restocked_unreturned: list[str] = field(default_factory=list)  # a return put on hand QC never found resellable
     reserved_incomplete: list[str] = field(default_factory=list)
-    paid_without_hold: list[str] = field(default_factory=list)
+    # An answer that took stock (held, committed, shipped) for another SKU or quantity than its order line.
+    lines_misheld: list[str] = field(default_factory=list)
+    paid_without_hold: list[str] = field(default_factory=list)  # a paid, routed or reserved order, a line unheld
     shipped_not_deducted: list[str] = field(default_factory=list)
     paid_but_timed_out: list[str] = field(default_factory=list)
     overdue_timers: list[str] = field(default_factory=list)
+    early_timers: list[str] = field(default_factory=list)  # a hold expired, or an order timed out, before its time
     vip_set_aside_misused: list[str] = field(default_factory=list)
     refunds: int = 0
     refunds_paid_twice: list[str] = field(default_factory=list)
@@ -258,10 +267,20 @@ class Report:
 
     @property
     def ok(self) -> bool:
+        """No failure of any kind. ``unjudged`` is not one, on purpose: every key in it is one whose history a
+        topic's retention deleted (its partition no longer starts at 0; ``unjudge`` says so), which on a cluster
+        older than its retention is true of every key that old, for good - failing on it would fail every audit
+        of such a cluster and leave ``stockflow check --wait`` nothing to wait for. It is never silent: the
+        summary counts it, the command prints each key with its reason, and the run verdicts (bench, demo),
+        whose topics are the run's own and start at 0, fail on any. What the audit cannot judge for any other
+        reason is a failure here: an input no one could read nor dead-lettered (``inputs_unrefused``), an
+        output it cannot read (``outputs_unreadable``)."""
         return not (
             self.drifted or self.oversold_units or self.lost_orders or self.double_holds
-            or self.rejected_but_held or self.ended_but_held or self.inputs_unrefused or self.restocked_unreturned
-            or self.reserved_incomplete or self.paid_without_hold or self.overdue_timers
+            or self.rejected_but_held or self.ended_but_held or self.inputs_unrefused or self.outputs_unreadable
+            or self.restocked_unreturned
+            or self.reserved_incomplete or self.lines_misheld or self.paid_without_hold or self.overdue_timers
+            or self.early_timers
             or self.shipped_not_deducted or self.paid_but_timed_out
             or self.vip_set_aside_misused or self.refunds_paid_twice or self.orders_refunded_above_price
             or self.refunds_lost or self.refunds_paid_unapproved
@@ -283,12 +302,15 @@ class Report:
             "rejected_but_held": len(self.rejected_but_held),
             "ended_but_held": len(self.ended_but_held),
             "inputs_unrefused": len(self.inputs_unrefused),
+            "outputs_unreadable": len(self.outputs_unreadable),
             "restocked_unreturned": len(self.restocked_unreturned),
             "reserved_incomplete": len(self.reserved_incomplete),
+            "lines_misheld": len(self.lines_misheld),
             "paid_without_hold": len(self.paid_without_hold),
             "shipped_not_deducted": len(self.shipped_not_deducted),
             "paid_but_timed_out": len(self.paid_but_timed_out),
             "overdue_timers": len(self.overdue_timers),
+            "early_timers": len(self.early_timers),
             "refunds": self.refunds,
             "refunds_paid_twice": len(self.refunds_paid_twice),
             "orders_refunded_above_price": len(self.orders_refunded_above_price),
@@ -299,10 +321,10 @@ class Report:
         }
 
     # The failure kinds the run verdicts (bench, demo) do not show a figure of their own for.
-    OTHER_FAILURES = ("rejected_but_held", "ended_but_held", "inputs_unrefused", "restocked_unreturned",
-                      "reserved_incomplete", "paid_without_hold", "shipped_not_deducted", "paid_but_timed_out",
-                      "overdue_timers", "vip_set_aside_misused", "orders_refunded_above_price",
-                      "refunds_paid_unapproved")  # fmt: skip
+    OTHER_FAILURES = ("rejected_but_held", "ended_but_held", "inputs_unrefused", "outputs_unreadable",
+                      "restocked_unreturned", "reserved_incomplete", "lines_misheld", "paid_without_hold",
+                      "shipped_not_deducted", "paid_but_timed_out", "overdue_timers", "early_timers",
+                      "vip_set_aside_misused", "orders_refunded_above_price", "refunds_paid_unapproved")  # fmt: skip
 
     @property
     def other_failures(self) -> dict[str, int]:
@@ -388,10 +410,10 @@ def audit(settings: Settings) -> Report:
     reading = _Reading(settings, codec_for(settings))
     report = Report()
     totals, holds, applied = _pool_store(settings)
-    changes = _stock_changes(reading, applied, report)
-    last, moves, ships, allocated = _fold_answers(
-        reading.decoded(HOLD_RESULTS.name), report,
-        replays_lose_state=settings.processing_guarantee == "at_least_once")  # fmt: skip
+    changes, mentioned = _stock_changes(reading, applied, report)
+    answers = reading.decoded(HOLD_RESULTS.name)
+    at_least_once = settings.processing_guarantee == "at_least_once"
+    last, moves, ships, allocated = _fold_answers(answers, report, replays_lose_state=at_least_once)
     for sku, shipped in ships.items():
         changes[sku].extend(shipped)
     orders = _placed_orders(reading)
@@ -400,8 +422,16 @@ def audit(settings: Settings) -> Report:
     for by_line in holds.values():
         for key, hold in by_line.items():
             presale_of.setdefault(key.rpartition("#")[0], bool(hold["presale"]))
+    _classify_unplaced_holds(moves, presale_of, reading, report)
     set_asides = _set_asides(reading)
     open_by_sku = _open_lines_by_sku(last, report)
+    # SKUs the topics give a stock or an open line: a store with no record of one has lost it (drift). Every other
+    # SKU the store, an answer or an adjustment (a refused one too) names is judged as well, against no record as
+    # against an empty one: units held of a SKU that never had stock are oversold, units in the store the topics do
+    # not explain (a receipt the pool should have refused, a record nothing wrote) are drift.
+    stocked = set(report.skus)
+    for sku in (*totals, *holds, *(res["sku"] for res in last.values()), *moves, *ships, *changes, *mentioned):
+        report.sku_audit(sku)
     presale_keys = {key for by_line in holds.values() for key, hold in by_line.items() if hold["presale"]}
     unseen = _lines_past_retention(holds, last, reading, report)
     now_ms = _pipeline_now_ms(reading)
@@ -414,26 +444,65 @@ def audit(settings: Settings) -> Report:
         _expect(sa, changes.get(sku, []), expected_keys, presale_keys)
         sa.peak_oversold, sa.peak_presale_oversold = _peak_oversold(
             changes.get(sku, []), moves.get(sku, []), set_asides.get(sku, []), presale_of, hold_ttl_ms)
-        state = totals.get(sku)
+        state = totals.get(sku, None if sku in stocked else _NO_RECORD)
         if state is not None:
             _compare_with_store(sa, state, holds.get(sku, {}), expected_keys, presale_keys, unseen)
-    _audit_orders(reading, orders, last, now_ms, report)
+    # At least once, a crash in a batch's flush may keep its changelog and lose its answers: the hold's first HELD
+    # on the topic is then the replay's, answered as the line stands, later than the hold.
+    expired = _check_early_expiries(answers, hold_ttl_ms, report, orders.placed_at_ms if at_least_once else None)
+    _audit_orders(reading, orders, last, now_ms, report, expired)
+    _check_lines_held_as_placed(answers, orders, report)
     _check_shipments(orders, allocated, last, reading, report)
     _audit_refunds(reading, price_of, report)
-    _check_restocks(reading, report)
+    _check_restocks(reading, orders, last, report)
     _check_unreadable_inputs(reading, report)
+    _check_unreadable_outputs(reading, report)
     return report
+
+
+# What the store holds of a SKU it has no record of: nothing on hand, nothing locked.
+_NO_RECORD: dict[str, Any] = {"on_hand": {}, "locked": 0, "presale_reserved": 0}
+
+
+def _classify_unplaced_holds(moves: dict[str, list[HoldMove]], presale_of: dict[str, bool], reading: _Reading,
+                             report: Report) -> None:  # fmt: skip
+    """A hold whose order no OrderPlaced the pipeline took describes, nor a line record in the store (a stray or
+    replayed RESERVE, an order the pipeline refused), counts as a regular hold: counted in neither regular nor
+    presale holds, the units it took beyond on-hand were oversold unseen. Unless its OrderPlaced may be deleted
+    (its partition of ``order.events`` lost its start): a presale order's holds may pass on-hand up to the cap, so
+    such a hold's oversell is unjudged (it counts in neither)."""
+    for sku_moves in moves.values():
+        for order_id in sorted({_order(m) for m in sku_moves} - set(presale_of)):
+            if reading.cut(ORDER_EVENTS.name, order_id):
+                report.unjudge(f"order {order_id}", "presale or regular", ORDER_EVENTS.name)
+            else:
+                presale_of[order_id] = False
 
 
 def _check_unreadable_inputs(reading: _Reading, report: Report) -> None:
     """Every record on the input topics that no one can read has its dead letter, unless dead letters may be
-    deleted by now (unjudged then)."""
-    unrefused = reading.unrefused((ORDER_EVENTS.name, REFUND_EVENTS.name, STOCK_ADJUSTMENTS.name))
+    deleted by now (unjudged then). ``stock.returns`` is the pool's input too: a restock dropped unread is a return
+    that never reached the shelf."""
+    unrefused = reading.unrefused((ORDER_EVENTS.name, REFUND_EVENTS.name, STOCK_ADJUSTMENTS.name, STOCK_RETURNS.name))
     if unrefused and reading.cut(DEADLETTERS.name):
         for where in unrefused:
             report.unjudge(f"record {where}", "refusal", DEADLETTERS.name)
     else:
         report.inputs_unrefused = unrefused
+
+
+# The pipeline's own outputs the audit judges by (those it read: the alerts only when an SLA was due).
+_OUTPUTS = (HOLD_RESULTS.name, RESERVATION_RESULTS.name, ORDER_STATES.name, AUDIT_OVERRIDES.name, DEADLETTERS.name,
+            ALERTS.name, REFUND_STATES.name, REFUND_INSTRUCTIONS.name, REFUND_ISSUED.name)  # fmt: skip
+
+
+def _check_unreadable_outputs(reading: _Reading, report: Report) -> None:
+    """Every record of the pipeline's outputs the audit read is one it can read. An unreadable one is no input
+    refused (nothing dead-letters what the pipeline wrote, and a dead letter would not make it readable): it is an
+    answer, a decision, a state the audit cannot see, so what it judges without it may pass a broken run (a double
+    hold in an unreadable answer). A failure, not unjudged: a run's own outputs have none."""
+    report.outputs_unreadable = [f"{name} partition {partition} offset {offset}" for name in _OUTPUTS
+                                 for partition, offset in reading.unreadable.get(name, [])]  # fmt: skip
 
 
 def _lines_past_retention(holds: dict[str, dict[str, dict[str, Any]]], last: dict[str, dict[str, Any]],
@@ -469,27 +538,88 @@ def _stock_past_retention(sa: SkuAudit, reading: _Reading, report: Report) -> No
         report.unjudge(f"sku {sa.sku}", "on-hand", HOLD_RESULTS.name)
 
 
-def _check_restocks(reading: _Reading, report: Report) -> None:
-    """A return goes back on hand (``stock.returns``, ids ``return:<refund id>:<line>``) only once the warehouse
-    said it received it and QC found it resellable: the refund's first QC report the pipeline took says so. A
-    restock with no such report is units on a shelf that are not there (written off, or never sent back), sold
-    again. One whose refund's events may be deleted is unjudged."""
+@dataclass
+class _Returns:
+    """What ``refund.events`` says came back, the messages the pipeline refused left out, by refund id."""
+
+    first_qc: dict[str, bool] = field(default_factory=dict)  # resellable, by its first QC report
+    reached: dict[str, set[str]] = field(default_factory=dict)  # the warehouses its return reports name
+    order_of: dict[str, str] = field(default_factory=dict)  # its order id, by its request
+    units: dict[str, dict[str, int]] = field(default_factory=dict)  # SKU -> units it asked to return
+
+
+def _returns(reading: _Reading, orders: _OrderInputs) -> _Returns:
+    """Each refund's return as its messages the pipeline took give it. The units: per line its request names, the
+    line's qty (a request naming none returns the whole order, as the refund agent has it), under the SKU its
+    order was placed with (the request's own where the OrderPlaced is not on the topics); a request sent again
+    that asks more counts at its most."""
     refused = reading.refused_by_pipeline()
     topic = reading.settings.topic(REFUND_EVENTS.name)
-    first_qc: dict[str, bool] = {}  # refund id -> resellable, by its first QC report the pipeline took
+    out = _Returns()
+    lines: dict[str, dict[int, tuple[str, int]]] = defaultdict(dict)  # refund id -> line -> (SKU, units)
     for rec, kind, r in reading.decoded(REFUND_EVENTS.name):
-        if kind != "ReturnReceived" or not r.get("qc_done", True) or (topic, rec.partition, rec.offset) in refused:
+        if (topic, rec.partition, rec.offset) in refused or kind not in ("ReturnReceived", "RefundRequested"):
             continue
         refund_id = refund_key(r["channel"], r["channel_refund_id"])
-        first_qc.setdefault(refund_id, bool(r["resellable"]))
-    for _, _, r in reading.decoded(STOCK_RETURNS.name):
-        refund_id = r["event_id"].removeprefix("return:").rpartition(":")[0]
-        if first_qc.get(refund_id):
+        if kind == "ReturnReceived":
+            out.reached.setdefault(refund_id, set()).add(str(r["warehouse_id"]))
+            if r.get("qc_done", True):
+                out.first_qc.setdefault(refund_id, bool(r["resellable"]))
             continue
-        if refund_id not in first_qc and reading.cut(REFUND_EVENTS.name):
+        order_id = out.order_of.setdefault(refund_id, order_key(r["channel"], r["channel_order_id"]))
+        placed = orders.line_items.get(order_id, {})
+        asked = {int(ln["line_no"]): (str(ln.get("sku") or ""), int(ln["qty"])) for ln in r.get("lines") or []}
+        asked = asked or placed
+        for line_no, (sku, qty) in asked.items():
+            sku = placed.get(line_no, (sku, 0))[0]
+            lines[refund_id][line_no] = (sku, max(qty, lines[refund_id].get(line_no, (sku, 0))[1]))
+    for refund_id, by_line in lines.items():
+        units = out.units[refund_id] = defaultdict(int)
+        for sku, qty in by_line.values():
+            units[sku] += qty
+    return out
+
+
+def _check_restocks(reading: _Reading, orders: _OrderInputs, last: dict[str, dict[str, Any]],
+                    report: Report) -> None:  # fmt: skip
+    """A return goes back on hand (``stock.returns``, ids ``return:<refund id>:<line>``) only once the warehouse
+    said it received it and QC found it resellable: the refund's first QC report the pipeline took says so; at a
+    warehouse the return reached; and no more units of a SKU than its refund asked to return, nor, over all of
+    its order's refunds, than the order shipped of it (the pool's SHIPPED answers). A restock beyond any of these
+    is units on a shelf that are not there (written off, never sent back, counted twice), sold again. One whose
+    refund's events, or its order's answers, may be deleted is unjudged. Each restock id once: the pool applies
+    it once."""
+    returns = _returns(reading, orders)
+    shipped: dict[tuple[str, str], int] = defaultdict(int)  # (order id, SKU) -> units shipped
+    for key, res in last.items():
+        if res["outcome"] == "SHIPPED":
+            shipped[(key.rpartition("#")[0], res["sku"])] += res["qty"]
+    put_back: dict[tuple[str, str], int] = defaultdict(int)  # (refund or order id, SKU) -> units restocked so far
+    seen: set[tuple[str, str]] = set()
+    for _, kind, r in reading.decoded(STOCK_RETURNS.name):
+        if kind != "StockAdjusted" or (r["sku"], r["event_id"]) in seen:
+            continue
+        seen.add((r["sku"], r["event_id"]))
+        refund_id = r["event_id"].removeprefix("return:").rpartition(":")[0]
+        order_id = returns.order_of.get(refund_id, "")
+        put_back[(refund_id, r["sku"])] += r["qty"]
+        put_back[(order_id, r["sku"])] += r["qty"]
+        what = f"{r['event_id']}: {r['qty']} of {r['sku']} at {r['warehouse_id']}"
+        qc, asked = returns.first_qc.get(refund_id), returns.units.get(refund_id)
+        if (qc is None or (qc and asked is None)) and reading.cut(REFUND_EVENTS.name):
             report.unjudge(f"refund {refund_id}", "return", REFUND_EVENTS.name)
-        else:
-            report.restocked_unreturned.append(f"{r['event_id']}: {r['qty']} of {r['sku']} at {r['warehouse_id']}")
+        elif not qc or asked is None:
+            report.restocked_unreturned.append(what if not qc else f"{what}, no return asked")
+        elif r["warehouse_id"] not in returns.reached[refund_id]:
+            reached = ", ".join(sorted(returns.reached[refund_id]))
+            report.restocked_unreturned.append(f"{what}, the return reached {reached}")
+        elif put_back[(refund_id, r["sku"])] > asked.get(r["sku"], 0):
+            report.restocked_unreturned.append(f"{what}, {asked.get(r['sku'], 0)} returned")
+        elif put_back[(order_id, r["sku"])] > (left := shipped[(order_id, r["sku"])]):
+            if reading.cut(HOLD_RESULTS.name, order_id):
+                report.unjudge(f"refund {refund_id}", "units shipped", HOLD_RESULTS.name)
+            else:
+                report.restocked_unreturned.append(f"{what}, order {order_id} shipped {left}")
 
 
 def _audit_refunds(reading: _Reading, price_of: dict[str, int], report: Report) -> None:
@@ -596,11 +726,14 @@ def _refunded_above_price(instructions: list[dict[str, Any]], issued: list[dict[
                   if order_id in price_of and total > price_of[order_id])  # fmt: skip
 
 
-def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], report: Report) -> dict[str, list[Change]]:
+def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], report: Report
+                   ) -> tuple[dict[str, list[Change]], set[str]]:  # fmt: skip
     """1. Each SKU's adjustments and returns, each id once, refused ones skipped, with the pool's batch time
-    where its changelog still records it (``applied``: (SKU, adjustment id) -> ms)."""
+    where its changelog still records it (``applied``: (SKU, adjustment id) -> ms); and every SKU an adjustment
+    names, a refused one's too (units the pool booked from it are drift)."""
     warehouses = set(load_warehouses(reading.settings.warehouses_file))
     changes: dict[str, list[Change]] = defaultdict(list)
+    mentioned: set[str] = set()
     seen_adjustments: set[tuple[str, str]] = set()
     # Dated before the ids the pool remembers: refused on the pool's clock at the time, which only its
     # dead letter records (its time); the age is judged here again, so a refusal that was wrong still counts.
@@ -616,6 +749,7 @@ def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], repor
         for rec, kind, adj in reading.decoded(topic):
             if kind != "StockAdjusted" or (adj["sku"], adj["event_id"]) in seen_adjustments:
                 continue
+            mentioned.add(adj["sku"])
             refused_at = too_old.get((full_name, rec.partition, rec.offset))
             if refused_at is not None and 0 < int(adj.get("event_time_ms") or 0) < refused_at - memory_ms:
                 continue
@@ -640,7 +774,7 @@ def _stock_changes(reading: _Reading, applied: dict[tuple[str, str], int], repor
                 dated = min(dated, at_ms + skew_ms)  # the pool believes no clock further ahead
             changes[adj["sku"]].append(Change(adj["kind"], where, qty, at_ms, (source, rec.offset), dated_ms=dated,
                                               skew_ms=skew_ms))  # fmt: skip
-    return changes
+    return changes, mentioned
 
 
 def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]], report: Report, *, replays_lose_state: bool
@@ -1131,7 +1265,7 @@ def _compare_with_store(sa: SkuAudit, state: dict[str, Any], lines: dict[str, di
 
 
 def _audit_orders(reading: _Reading, orders: _OrderInputs, last: dict[str, dict[str, Any]], now_ms: int,
-                  report: Report) -> None:  # fmt: skip
+                  report: Report, expired: frozenset[str] = frozenset()) -> None:  # fmt: skip
     """4. Orders: every valid placed order is decided or was cancelled first, and none the pipeline took a payment
     for ends timed out as unpaid. One undecided whose decision, or the dead letter refusing its OrderPlaced, may be
     deleted is unjudged."""
@@ -1177,6 +1311,7 @@ def _audit_orders(reading: _Reading, orders: _OrderInputs, last: dict[str, dict[
     _check_order_states(last, placed_lines, final_state, stage_times, unpaid_for_ms, now_ms, report)
     _check_decisions(decided, last, placed_lines, report)
     _check_sla_alerts(reading, final_state, stage_times, now_ms, report)
+    _check_early_order_timers(final_state, final_reason, stage_times, orders, expired, settings, report)
 
 
 @dataclass
@@ -1187,7 +1322,12 @@ class _OrderInputs:
     presale_of: dict[str, bool] = field(default_factory=dict)
     price_of: dict[str, int] = field(default_factory=dict)  # the most an order may be paid back
     lines_of: dict[str, list[int]] = field(default_factory=dict)  # the line numbers of the order the lifecycle took
+    line_items: dict[str, dict[int, tuple[str, int]]] = field(default_factory=dict)  # order -> line -> (SKU, qty)
     paid: set[str] = field(default_factory=set)  # orders with a payment the pipeline took (a deposit counts)
+    # The earliest channel time of any payment but a balance (a presale's deposit among them), by order.
+    first_paid_ms: dict[str, int] = field(default_factory=dict)
+    placed_at_ms: dict[str, int] = field(default_factory=dict)  # the channel time of the OrderPlaced it took
+    cancelled: set[str] = field(default_factory=set)  # orders a channel's OrderCancelled called off
     balance_paid: set[str] = field(default_factory=set)  # presale orders whose balance payment it took
     shipments: set[tuple[str, str]] = field(default_factory=set)  # (order id, warehouse) of each the WMS reported
 
@@ -1209,8 +1349,12 @@ def _placed_orders(reading: _Reading) -> _OrderInputs:
         if kind == "OrderPlaced" and taken:
             out.placed.add(order_id)
             out.presale_of.setdefault(order_id, bool(ev["presale"]))
+            if int(ev.get("event_time_ms") or 0) > 0:
+                out.placed_at_ms.setdefault(order_id, int(ev["event_time_ms"]))
             out.price_of.setdefault(order_id, int(ev["amount_fen"]))
             out.lines_of.setdefault(order_id, [int(line["line_no"]) for line in ev["lines"]])
+            out.line_items.setdefault(order_id, {int(line["line_no"]): (str(line["sku"]), int(line["qty"]))
+                                                 for line in ev["lines"]})  # fmt: skip
         elif kind == "PaymentConfirmed":
             payments[order_id].append(ev)
             if taken:
@@ -1219,7 +1363,19 @@ def _placed_orders(reading: _Reading) -> _OrderInputs:
                     out.balance_paid.add(order_id)
         elif kind == "ShipmentDispatched" and taken:
             out.shipments.add((order_id, str(ev["warehouse_id"])))  # a repeat is the same shipment
+        elif kind == "OrderCancelled":
+            out.cancelled.add(order_id)
+    _note_payments(out, payments)
+    return out
+
+
+def _note_payments(out: _OrderInputs, payments: dict[str, list[dict[str, Any]]]) -> None:
+    """What each order's payment events (``payments``, in order) say: the earliest channel time of one that is no
+    balance, and the most the order may be paid back."""
     for order_id, events in payments.items():
+        times = [int(ev.get("event_time_ms") or 0) for ev in events if not ev.get("balance")]
+        if any(times):
+            out.first_paid_ms[order_id] = min(t for t in times if t > 0)
         if order_id not in out.price_of:
             continue
         # One payment of each kind, the first heard, as the lifecycle keeps them (``on_payment``): a deposit
@@ -1233,7 +1389,6 @@ def _placed_orders(reading: _Reading) -> _OrderInputs:
             paid.setdefault(kind, amount or UNNAMED)
         if UNNAMED not in paid.values():
             out.price_of[order_id] = min(out.price_of[order_id], sum(paid.values()))
-    return out
 
 
 def _check_shipments(orders: _OrderInputs, allocated: dict[str, str], last: dict[str, dict[str, Any]],
@@ -1267,12 +1422,39 @@ def _check_shipments(orders: _OrderInputs, allocated: dict[str, str], last: dict
                                                f"{', '.join(missing)}")  # fmt: skip
 
 
+def _check_lines_held_as_placed(answers: list[tuple[Record, str, dict[str, Any]]], orders: _OrderInputs,
+                                report: Report) -> None:
+    """Every answer that took or keeps stock for an order line (held, committed, shipped) is for the SKU and the
+    quantity the line was placed with: the lifecycle sends one command per line, its SKU and qty as placed (a
+    bundle or custom line too: none is split into components), and the pool answers with the qty it holds (a
+    hot SKU's bucket with the plain SKU). A line held as 1 of 5, then shipped, leaves 4 units the pool counts on
+    an empty shelf; one held under another SKU takes that SKU's stock. Judged where the OrderPlaced the pipeline
+    took is on the topics; a line number it does not have is misheld too."""
+    misheld: dict[str, str] = {}
+    for _, kind, res in answers:
+        if kind != "HoldDecided" or res["outcome"] not in _FULFILLING:
+            continue
+        order_id, line_no = res["order_id"], int(res["line_no"])
+        items = orders.line_items.get(order_id)
+        key = f"{order_id}#{line_no}"
+        if items is None or key in misheld:
+            continue
+        placed = items.get(line_no)
+        if placed != (res["sku"], res["qty"]):
+            what = f"placed {placed[1]} of {placed[0]}" if placed else "no such line placed"
+            misheld[key] = f"{key}: {res['outcome']} {res['qty']} of {res['sku']}, {what}"
+    report.lines_misheld = sorted(misheld.values())
+
+
 def _check_order_states(last: dict[str, dict[str, Any]], placed_lines: dict[str, list[int]],
                         final_state: dict[str, str], stage_times: dict[str, dict[str, int]],
                         unpaid_for_ms: dict[str, int], now_ms: int, report: Report) -> None:  # fmt: skip
-    """A paid order holds every line it was placed with; an order that ended (cancelled, timed out, delivered,
-    rejected) holds none; an unpaid one does not outlive its payment timeout, nor a presale order whose deposit is
-    paid its balance window (``unpaid_for_ms``: how long each may wait, from its stage time)."""
+    """A paid order holds every line it was placed with, and so does a reserved one (what it was reserved with is
+    what the buyer is shown and pays for: a hold the pool took back, a VIP override's or an expiry, moves it on,
+    cancelled or timed out; a presale deposit commits its lines, the WMS shipping it unpaid ships them); an order
+    that ended (cancelled, timed out, delivered, rejected) holds none; an unpaid one does not outlive its payment
+    timeout, nor a presale order whose deposit is paid its balance window (``unpaid_for_ms``: how long each may
+    wait, from its stage time)."""
     answered: dict[str, list[str]] = defaultdict(list)
     for line_key in last:
         answered[line_key.rpartition("#")[0]].append(line_key)
@@ -1280,7 +1462,7 @@ def _check_order_states(last: dict[str, dict[str, Any]], placed_lines: dict[str,
         lines = sorted({f"{order_id}#{n}" for n in placed_lines.get(order_id, [])} | set(answered.get(order_id, [])))
         outcomes = [last.get(k, {}).get("outcome") for k in lines]
         # A split order stays paid or routed until its last warehouse ships: lines shipped before are done.
-        if order_state in ("paid", "routed") and any(o not in _FULFILLING for o in outcomes):
+        if order_state in ("reserved", "paid", "routed") and any(o not in _FULFILLING for o in outcomes):
             report.paid_without_hold.append(order_id)
         if order_state in ORDER_ENDED and any(o in _OPEN_OUTCOMES for o in outcomes):
             report.ended_but_held.append(order_id)  # its units locked for an order that is over
@@ -1292,6 +1474,60 @@ def _check_order_states(last: dict[str, dict[str, Any]], placed_lines: dict[str,
         if since and since + unpaid_for_ms[waits] < now_ms - OVERDUE_GRACE_MS:
             what = "its balance window" if waits == DEPOSIT_PAID else "its payment timeout"
             report.overdue_timers.append(f"order {order_id} unpaid past {what}")
+
+
+def _check_early_expiries(answers: list[tuple[Record, str, dict[str, Any]]], hold_ttl_ms: int, report: Report,
+                          placed_at_ms: dict[str, int] | None = None) -> frozenset[str]:  # fmt: skip
+    """No hold expires before its time: the pool dates a hold's expiry ``STOCKFLOW_HOLD_TTL_S`` after the batch
+    that held it (the HELD answer's time, its own clock, which ``ops.clock`` only moves on) and expires it in the
+    first batch at or after that. Judged from the first HELD answer of the hold: a repeat (at least once, a replay;
+    or a RESERVE asked again, answered as the line stands) is later, and a replay whose state was lost holds it
+    anew, later still. With ``placed_at_ms`` (at least once, where the first HELD itself may be lost) no later
+    than when its order was placed (its channel time): no hold is taken before. Returns the orders a line of
+    which expired (their timeout is the hold's)."""
+    held_at: dict[str, int] = {}  # an open line -> when its hold was first answered HELD
+    expired: set[str] = set()
+    for _, kind, res in answers:
+        if kind != "HoldDecided" or res["action"] == "ALLOCATE" or res["outcome"] == "IGNORED":
+            continue
+        key, outcome, at_ms = f"{res['order_id']}#{res['line_no']}", res["outcome"], int(res["event_time_ms"])
+        if outcome == "HELD":
+            held_at.setdefault(key, min(at_ms, (placed_at_ms or {}).get(res["order_id"], at_ms)))
+        elif outcome == "EXPIRED":
+            expired.add(res["order_id"])
+            since = held_at.pop(key, None)
+            if since is not None and at_ms < since + hold_ttl_ms:
+                report.early_timers.append(f"hold {key} expired {at_ms - since} ms after it was held, "
+                                           f"due after {hold_ttl_ms}")  # fmt: skip
+        elif outcome in _LET_GO:
+            held_at.pop(key, None)
+    return frozenset(expired)
+
+
+def _check_early_order_timers(final_state: dict[str, str], final_reason: dict[str, str],
+                              stage_times: dict[str, dict[str, int]], orders: _OrderInputs, expired: frozenset[str],
+                              settings: Settings, report: Report) -> None:  # fmt: skip
+    """No order times out before its time, by the lifecycle's own deadlines (its stage times are on the pipeline's
+    clock, which never runs backwards, so the two times compared are on one clock): an unpaid order times out
+    ``STOCKFLOW_PAYMENT_TIMEOUT_S`` after it was reserved, unless its hold expired first (``expired``: judged by
+    its hold's time); a presale order is cancelled ``balance_unpaid`` ``STOCKFLOW_PRESALE_BALANCE_S`` after its
+    deposit, counted from the deposit's channel time when that is earlier than when it was heard - unless a
+    channel's OrderCancelled, which may give any reason, called it off."""
+    payment_ms, balance_ms = int(settings.payment_timeout_s * 1000), int(settings.presale_balance_s * 1000)
+    for order_id, order_state in sorted(final_state.items()):
+        times = stage_times.get(order_id, {})
+        if order_state == "payment_timeout" and order_id not in expired and times.get("reserved"):
+            since, at_ms = times["reserved"], times.get("payment_timeout", 0)
+            if at_ms < since + payment_ms:
+                report.early_timers.append(f"order {order_id} timed out {at_ms - since} ms after it was reserved, "
+                                           f"due after {payment_ms}")  # fmt: skip
+        elif (order_state == "cancelled" and final_reason.get(order_id) == BALANCE_UNPAID
+              and order_id not in orders.cancelled and times.get(DEPOSIT_PAID)):  # fmt: skip
+            since = min(times[DEPOSIT_PAID], orders.first_paid_ms.get(order_id, times[DEPOSIT_PAID]))
+            at_ms = times.get("cancelled", 0)
+            if at_ms < since + balance_ms:
+                report.early_timers.append(f"order {order_id} cancelled {BALANCE_UNPAID} {at_ms - since} ms after its "
+                                           f"deposit, due after {balance_ms}")  # fmt: skip
 
 
 def _check_sla_alerts(reading: _Reading, final_state: dict[str, str], stage_times: dict[str, dict[str, int]],
