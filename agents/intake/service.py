@@ -154,10 +154,22 @@ def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _Accepted:
-    answer: dict[str, Any]
+    """Where an accepted request was written, and a digest of what it said. Half a million are kept: as slots
+    rather than the answer's dict each costs ~460 bytes instead of ~650 (~220 MiB rather than ~310 at the limit)."""
+
+    event_id: str
+    event_type: str
+    key: str
+    partition: int
+    offset: int
     digest: bytes
+
+    def answer(self) -> dict[str, Any]:
+        subject = {"sku": self.key} if self.event_type == "StockAdjusted" else {"order_id": self.key}
+        return {"event_id": self.event_id, "event_type": self.event_type, **subject, "partition": self.partition,
+                "offset": self.offset}  # fmt: skip
 
 
 class Intake:
@@ -188,7 +200,7 @@ class Intake:
         self.producer = producer or EventProducer(settings, None, **delivery)
         self._owns_producer = producer is None
         self.clock = Clock()
-        self.accepted: OrderedDict[str, _Accepted] = OrderedDict()
+        self.accepted: OrderedDict[str, _Accepted] = OrderedDict()  # popping a dict's oldest key is O(size)
         self.inflight: dict[str, asyncio.Future[None]] = {}
         self.counts: dict[str, int] = {}
         self._stop = threading.Event()
@@ -484,11 +496,10 @@ class Intake:
         if known is not None:
             if known.digest == mapped.digest:
                 self._count("duplicate")
-                return web.json_response({"status": "duplicate", **known.answer}, dumps=_dumps)
-            first = known.answer
+                return web.json_response({"status": "duplicate", **known.answer()}, dumps=_dumps)
             return self._refuse(IntakeError(
                 Reason.CONFLICTING_DUPLICATE,
-                f"{first['event_id']} was accepted before (partition {first['partition']}, offset {first['offset']}) "
+                f"{known.event_id} was accepted before (partition {known.partition}, offset {known.offset}) "
                 "with different content; the first stands and this is not applied",
                 id_field, status=409,
             ), posted)  # fmt: skip
@@ -502,13 +513,12 @@ class Intake:
         finally:
             del self.inflight[identity]
             done.set_result(None)
-        subject = {"sku": mapped.key} if mapped.event_type == "StockAdjusted" else {"order_id": mapped.key}
-        answer = {"event_id": mapped.record["event_id"], "event_type": mapped.event_type, **subject, **where}
-        self.accepted[identity] = _Accepted(answer, mapped.digest)
+        accepted = self.accepted[identity] = _Accepted(mapped.record["event_id"], mapped.event_type, mapped.key,
+                                                       where["partition"], where["offset"], mapped.digest)  # fmt: skip
         while len(self.accepted) > REMEMBERED_IDS:
             self.accepted.popitem(last=False)
         self._count(mapped.event_type)
-        return web.json_response({"status": "accepted", **answer}, dumps=_dumps)
+        return web.json_response({"status": "accepted", **accepted.answer()}, dumps=_dumps)
 
     async def _write(self, mapped: Mapped) -> dict[str, Any]:
         """Produce and wait for the broker's acknowledgement."""
