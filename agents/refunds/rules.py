@@ -142,7 +142,9 @@ class RefundRecord:
     kind: str = ""
     amount_fen: int = 0
     reason: str = ""
-    lines: dict[str, int] = field(default_factory=dict)  # line no -> units refunded ({}: whole order)
+    # line no -> units refunded: as the request named them or, named none, as its amount says beyond doubt
+    # (``units_for_amount``); {}: which units is not known (the order unknown, or part of it paid back).
+    lines: dict[str, int] = field(default_factory=dict)
     skus: dict[str, str] = field(default_factory=dict)  # line no -> SKU, as far as known
     state: str = ""
     previous_state: str = ""
@@ -166,6 +168,10 @@ class RefundRecord:
     early: list[dict[str, Any]] = field(default_factory=list)
     flags: dict[str, str] = field(default_factory=dict)  # SOP limit -> "red" | "cleared"
     customer_id: str = ""  # from the order when the request came: the health score counts returns by it
+    # Whether the request named its lines (five of the six channels' refund callbacks never do): named none, its
+    # amount alone says whether it takes back the whole order. True for records stored before it was kept (their
+    # lines were named, or taken for the whole order).
+    lines_named: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -231,9 +237,28 @@ def _above_order(amount_fen: int, facts: OrderFacts) -> str:
 
 
 def whole_order(lines: Mapping[str, int] | None, amount_fen: int, facts: OrderFacts) -> bool:
-    """Whether a refund of ``lines`` (line no -> units; None: the whole order) and ``amount_fen`` takes back all
-    the order has left."""
-    return lines is None or dict(lines) == dict(facts.qtys) or amount_fen >= facts.amount_left_fen()
+    """Whether a refund of ``lines`` (line no -> units; None: the request named none) and ``amount_fen`` takes
+    back all the order has left. Named none, the amount alone says so: a refund of part of the money is no
+    refund of the whole order, whichever channel left its lines out."""
+    return amount_fen >= facts.amount_left_fen() or (lines is not None and dict(lines) == dict(facts.qtys))
+
+
+def units_for_amount(kind: str, amount_fen: int, facts: OrderFacts) -> dict[str, int]:
+    """The units a request naming no lines takes back, where its amount says so beyond doubt: every unit for all
+    the buyer paid; and a return (its goods come back) of an order of one unit, that unit, or ``k`` of a one-line
+    order's ``qty`` units for ``k/qty`` of what was paid. {}: not known (the order unknown, part of the money of a
+    many-line order, an amount no whole number of units comes to, a refund-only of part of the money: a price
+    difference as much as a unit called off): a person decides, and counts what comes back."""
+    if not facts.qtys or facts.paid_fen <= 0:
+        return {}
+    if amount_fen >= facts.paid_fen or (kind == RETURN_AND_REFUND and sum(facts.qtys.values()) == 1):
+        return dict(facts.qtys)
+    if kind == RETURN_AND_REFUND and len(facts.qtys) == 1:
+        [(line_no, qty)] = facts.qtys.items()
+        units, rest = divmod(amount_fen * qty, facts.paid_fen)
+        if units and not rest:
+            return {line_no: units}
+    return {}
 
 
 def _refund_only_unshipped(amount_fen: int, facts: OrderFacts, rules: ChannelRefundRules,
@@ -252,7 +277,8 @@ def _refund_only_unshipped(amount_fen: int, facts: OrderFacts, rules: ChannelRef
 
 def auto_approval(kind: str, amount_fen: int, requested_at_ms: int, facts: OrderFacts, rules: ChannelRefundRules,
                   lines: Mapping[str, int] | None = None) -> Approval:  # fmt: skip
-    """Whether a new request is approved without customer service, and why (not)."""
+    """Whether a new request is approved without customer service, and why (not); ``lines``: those the request
+    named (None: none)."""
     if not facts.known:
         return Approval(False, "order_unknown")
     if facts.deposit_forfeited:
@@ -304,17 +330,23 @@ def _start_refund(rec: RefundRecord, fx: RefundEffects, now_ms: int, reason: str
         _move(rec, fx, "completed", now_ms, "settled")
 
 
+def named_lines(rec: RefundRecord) -> dict[str, int] | None:
+    """The lines the request named (None: it named none; ``rec.lines`` may still hold units its amount implies)."""
+    return rec.lines if rec.lines_named else None
+
+
 def _approve(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, by: str, why: str, now_ms: int) -> None:
     rec.approved_by = by
     if rec.kind == REFUND_ONLY:
-        fx.cancel_order = facts.unshipped and whole_order(rec.lines, rec.amount_fen, facts)
+        fx.cancel_order = facts.unshipped and whole_order(named_lines(rec), rec.amount_fen, facts)
         if facts.unshipped and not fx.cancel_order:
+            lines = _lines_text(rec.lines) + ("" if rec.lines_named or not rec.lines else ", from its amount")
             fx.alerts.append(AlertSpec(
                 "refund_partial_before_shipment", "WARNING", rec.refund_id,
                 f"refund {rec.refund_id} pays back {rec.amount_fen} fen of order {rec.order_id} before it shipped "
-                f"(lines {_lines_text(rec.lines)}); the order still ships in full: stop those lines at the warehouse",
+                f"(lines {lines}); the order still ships in full: stop those lines at the warehouse",
                 event_id=f"{rec.refund_id}:partial_before_shipment",
-                details={"order_id": rec.order_id, "lines": _lines_text(rec.lines)}))  # fmt: skip
+                details={"order_id": rec.order_id, "lines": lines}))  # fmt: skip
         _start_refund(rec, fx, now_ms, why)
     elif rec.auto_approved or rec.return_status == "inspected" or _settled(rec):
         # A no-reason return is paid back at once; the goods still come back and are checked. So is one the
@@ -340,7 +372,7 @@ def _review(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, rules: Refu
         return
     rec.waiting_for = ""
     requested_at = rec.stage_times.get("requested", now_ms)
-    approval = auto_approval(rec.kind, rec.amount_fen, requested_at, facts, channel, rec.lines)
+    approval = auto_approval(rec.kind, rec.amount_fen, requested_at, facts, channel, named_lines(rec))
     if approval.approved:
         rec.auto_approved = True
         _approve(rec, fx, facts, "auto", approval.why, now_ms)
@@ -360,9 +392,9 @@ def on_requested(rec: RefundRecord, event: Mapping[str, Any], order_id: str, fac
     if amount <= 0:
         fx.refusal = Refusal(Reason.INVALID_AMOUNT, f"refund of {amount} fen")
         return fx
-    lines = {str(ln["line_no"]): int(ln["qty"]) for ln in event.get("lines") or []}
+    named = {str(ln["line_no"]): int(ln["qty"]) for ln in event.get("lines") or []}
     if facts.known:
-        bad = [n for n, qty in lines.items() if n not in facts.qtys or not 0 < qty <= facts.qtys[n]]
+        bad = [n for n, qty in named.items() if n not in facts.qtys or not 0 < qty <= facts.qtys[n]]
         if bad:
             fx.refusal = Refusal(Reason.INVALID_LINES, f"order {order_id} has no such line/units: {sorted(bad)}")
             return fx
@@ -373,8 +405,10 @@ def on_requested(rec: RefundRecord, event: Mapping[str, Any], order_id: str, fac
     rec.order_id, rec.channel, rec.kind, rec.amount_fen = order_id, str(event["channel"]), kind, amount
     rec.channel_order_id, rec.channel_refund_id = str(event["channel_order_id"]), str(event["channel_refund_id"])
     rec.customer_id = facts.customer_id
-    if not lines:
-        lines = dict(facts.qtys)  # the whole order (unknown when the order is: nothing to restock then)
+    # Named none (Tmall, JD, Douyin, Pinduoduo and Kuaishou never name them): what the amount says beyond doubt,
+    # else none, so a return of one unit of three is never taken for all three when it is put back on hand.
+    rec.lines_named = bool(named)
+    lines = named or units_for_amount(kind, amount, facts)
     rec.reason, rec.tracking_no, rec.lines = str(event.get("reason", "")), str(event.get("tracking_no", "")), lines
     rec.skus = {n: str(ln.get("sku") or "") for ln in event.get("lines") or [] for n in [str(ln["line_no"])]}
     rec.skus.update({n: sku for n, sku in facts.skus.items() if not lines or n in lines})
@@ -480,15 +514,25 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: Order
         rec.restocked = True
         fx.restock = [(n, rec.skus.get(n, ""), qty) for n, qty in sorted(rec.lines.items(), key=lambda kv: int(kv[0]))]
         if not rec.lines:
-            fx.alerts.append(AlertSpec(
-                "refund_return_unstocked", "WARNING", rec.refund_id,
-                f"refund {rec.refund_id}: the return came back resellable, but which lines it holds is unknown (order "
-                f"{rec.order_id} unknown when requested, and the request named none); put it on hand by hand",
-                event_id=f"{rec.refund_id}:unstocked"))  # fmt: skip
+            fx.alerts.append(_unstocked(rec))
     if rec.state == "received":
         _start_refund(rec, fx, now_ms, "resellable" if rec.resellable else "not_resellable")
     _review_once_here(rec, fx, facts, rules, now_ms)
     return fx
+
+
+def _unstocked(rec: RefundRecord) -> AlertSpec:
+    """A resellable return nothing is put on hand for: which units it holds is not known."""
+    if rec.skus:  # the order was known: the request named no lines, and paid back part of it
+        why, reason = (f"the request named no lines and its {rec.amount_fen} fen is part of order {rec.order_id}, "
+                       "no whole number of one line's units"), "lines_not_named"  # fmt: skip
+    else:
+        why, reason = f"order {rec.order_id} unknown when requested, and the request named no lines", "order_unknown"
+    return AlertSpec(
+        "refund_return_unstocked", "WARNING", rec.refund_id,
+        f"refund {rec.refund_id}: the return came back resellable, but which units it holds is unknown ({why}); "
+        "count them and put them on hand by hand", event_id=f"{rec.refund_id}:unstocked",
+        details={"reason": reason, "order_id": rec.order_id, "warehouse_id": rec.warehouse_id})  # fmt: skip
 
 
 def _review_once_here(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, rules: RefundRules,

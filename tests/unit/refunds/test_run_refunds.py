@@ -57,10 +57,10 @@ def paid_order(r: LocalRunner, view: WarehouseView, wh: str, channel: str, oid: 
 
 
 def delivered_order(r: LocalRunner, view: WarehouseView, wh: str, channel: str, oid: str, sku: str,
-                    price_fen: int = 9_900) -> None:  # fmt: skip
+                    price_fen: int = 9_900, *, qty: int = 1) -> None:  # fmt: skip
     stock(r, view, sku, 5, wh)
-    order(r, "OrderPlaced", ev.order_placed(channel, oid, [ev.line(1, sku, 1, price_fen)]))
-    order(r, "PaymentConfirmed", ev.payment_confirmed(channel, oid))
+    order(r, "OrderPlaced", ev.order_placed(channel, oid, [ev.line(1, sku, qty, price_fen)]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed(channel, oid, price_fen * qty))
     order(r, "ShipmentDispatched", ev.shipment_dispatched(channel, oid, wh))
     order(r, "ShipmentDelivered", ev.shipment_delivered(channel, oid))
 
@@ -638,3 +638,60 @@ def test_a_refund_past_its_purge_time_with_a_limit_to_come_waits_for_that_limit_
     r.advance(2 * 3_600_000)
     due = [t.next_due_ms() for (name, _), t in r.timers.items() if name == refunds.name and len(t)]
     assert due and all(d > r.now_ms for d in due), (due, r.now_ms)
+
+
+# ---- found by the refund-path review: each failed before its mend ------------------------------------
+
+
+def on_hand(r: LocalRunner, sku: str, wh: str) -> int:
+    return int(r.read(POOL, sku_key(sku), sku)["on_hand"][wh])
+
+
+def test_a_return_of_one_unit_of_three_naming_no_lines_puts_one_unit_back_on_hand() -> None:
+    """Failed before: JD's request (like Tmall's, Douyin's, Pinduoduo's and Kuaishou's) names no lines, and one
+    naming none was taken for the whole order: the return of one unit of three, paid back one unit's worth, put
+    all three back on hand when it passed QC, two units that never came back, sold again and oversold."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "jd", "q1", "SKU-Q1", qty=3)  # 3 units, 29,700 fen; 2 left on hand
+    out = refund(r, "RefundRequested", ev.refund_requested("jd", "q1", "rq1", 9_900, event_time_ms=r.now_ms))
+    assert [i["amount_fen"] for i in of(out, "RefundInstruction")] == [9_900]
+    out = refund(r, "ReturnReceived", ev.return_received("jd", "q1", "rq1", wh))
+    assert [(a["event_id"], a["qty"]) for a in of(out, "StockAdjusted")] == [("return:jd:rq1:1", 1)]
+    assert on_hand(r, "SKU-Q1", wh) == 3
+
+
+def test_a_partial_return_naming_no_lines_that_no_unit_count_explains_is_left_to_a_person() -> None:
+    """Failed before: a return of 9,900 fen of a two-line order (no lines named) put both lines back on hand."""
+    r, view, wh = pipeline()
+    stock(r, view, "SKU-Q2", 5, wh)
+    stock(r, view, "SKU-Q3", 5, wh)
+    order(r, "OrderPlaced", ev.order_placed("tmall", "q2", [ev.line(1, "SKU-Q2", 1, 9_900),
+                                                            ev.line(2, "SKU-Q3", 1, 9_900)]))  # fmt: skip
+    order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "q2", 19_800))
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("tmall", "q2", wh))
+    order(r, "ShipmentDelivered", ev.shipment_delivered("tmall", "q2"))
+    refund(r, "RefundRequested", ev.refund_requested("tmall", "q2", "rq2", 9_900, event_time_ms=r.now_ms))
+    out = refund(r, "ReturnReceived", ev.return_received("tmall", "q2", "rq2", wh))
+    assert not of(out, "StockAdjusted")
+    assert [(a["kind"], a["details"]["reason"]) for a in of(out, "Alert")] == [
+        ("refund_return_unstocked", "lines_not_named")]  # fmt: skip
+    assert (on_hand(r, "SKU-Q2", wh), on_hand(r, "SKU-Q3", wh)) == (4, 4)
+
+
+def test_a_refund_only_of_part_of_an_unshipped_order_naming_no_lines_goes_to_customer_service() -> None:
+    """Failed before: Tmall's request names no lines, so one unit of two called off before shipment (9,900 fen of
+    19,800) was approved at once and cancelled the whole order: the buyer got half the money back and no goods."""
+    r, view, wh = pipeline()
+    stock(r, view, "SKU-H1", 5, wh)
+    order(r, "OrderPlaced", ev.order_placed("tmall", "h1", [ev.line(1, "SKU-H1", 2, 9_900)]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "h1", 19_800))
+    out = refund(r, "RefundRequested", ev.refund_requested("tmall", "h1", "rh1", 9_900, kind="REFUND_ONLY",
+                                                           event_time_ms=r.now_ms))  # fmt: skip
+    assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1] == (
+        "reviewing", "partial_before_shipment")  # fmt: skip
+    assert not of(out, "RefundInstruction") and not of(out, "OrderCancelled")
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("tmall", "h1", "rh1", True))
+    assert [i["amount_fen"] for i in of(out, "RefundInstruction")] == [9_900] and not of(out, "OrderCancelled")
+    assert [(a["kind"], a["details"]["lines"]) for a in of(out, "Alert")] == [
+        ("refund_partial_before_shipment", "unknown")]  # fmt: skip
+    assert r.read(ORDERS, b"tmall:h1", "tmall:h1").state == "routed"
