@@ -123,6 +123,7 @@ class OrderFacts:
     paid_fen: int = 0  # what the buyer paid for it (a presale order: maybe its deposit alone), not its price
     deposit_forfeited: bool = False  # a presale order cancelled for its unpaid balance (``balance_unpaid``)
     any_shipped: bool = False  # a line has left a warehouse (a split order's first part, or before payment)
+    restocked: Mapping[str, int] = field(default_factory=dict)  # line no -> units the order's other refunds put back
 
     def amount_left_fen(self) -> int:
         return self.paid_fen - self.refunded_fen
@@ -512,13 +513,37 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: Order
     rec.stage_times.setdefault("inspected", now_ms)
     if rec.resellable and not rec.restocked:
         rec.restocked = True
-        fx.restock = [(n, rec.skus.get(n, ""), qty) for n, qty in sorted(rec.lines.items(), key=lambda kv: int(kv[0]))]
+        fx.restock, capped = restock_within_order(rec, facts)
+        fx.alerts += capped
         if not rec.lines:
             fx.alerts.append(_unstocked(rec))
     if rec.state == "received":
         _start_refund(rec, fx, now_ms, "resellable" if rec.resellable else "not_resellable")
     _review_once_here(rec, fx, facts, rules, now_ms)
     return fx
+
+
+def restock_within_order(rec: RefundRecord, facts: OrderFacts) -> tuple[list[tuple[str, str, int]], list[AlertSpec]]:
+    """The units of each of the return's lines put back on hand: never more than the order line had, less what the
+    order's other refunds put back (a unit scanned in again under a second refund id is no second unit); and an
+    alert for any left off. A line whose units ordered are not known (the order unknown) is taken as it comes."""
+    restock, left_off = [], []
+    for line_no, qty in sorted(rec.lines.items(), key=lambda kv: int(kv[0])):
+        ordered = facts.qtys.get(line_no)
+        before = facts.restocked.get(line_no, 0)
+        units = qty if ordered is None else max(0, min(qty, ordered - before))
+        if units:
+            restock.append((line_no, rec.skus.get(line_no, ""), units))
+        if units < qty:
+            left_off.append(AlertSpec(
+                "refund_restock_capped", "WARNING", rec.refund_id,
+                f"refund {rec.refund_id}: its return holds {qty} unit(s) of line {line_no} of order {rec.order_id}, "
+                f"which had {ordered}, {before} of them put back on hand by its other refunds: {units} restocked. "
+                "The same unit returned under two refund ids? check the parcel and put any real extra on hand by hand",
+                event_id=f"{rec.refund_id}:{line_no}:restock_capped",
+                details={"reason": "above_units_ordered", "order_id": rec.order_id, "line_no": line_no,
+                         "ordered": str(ordered), "restocked_before": str(before), "returned": str(qty)}))  # fmt: skip
+    return restock, left_off
 
 
 def _unstocked(rec: RefundRecord) -> AlertSpec:

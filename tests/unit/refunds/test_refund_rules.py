@@ -566,3 +566,13 @@ def test_a_second_settlement_with_another_reference_or_amount_is_flagged_and_the
         [spec] = flow.on_settled(rec, settlement(ref, fen), 4).alerts
         assert (spec.kind, spec.severity, spec.details["reason"]) == ("refund_reconciliation", "RED", "settled_twice")
         assert (rec.settlement_id, rec.settled_amount_fen) == ("st-1", 9_900)  # the first stands
+
+
+def test_a_return_restocks_no_more_of_a_line_than_its_order_had_less_what_other_refunds_restocked() -> None:
+    rec = RefundRecord(refund_id="jd:r2", order_id="jd:o1", lines={"1": 2, "2": 1}, skus={"1": "SKU-1", "2": "SKU-2"})
+    facts = OrderFacts(known=True, state="delivered", qtys={"1": 2, "2": 1}, restocked={"1": 1})
+    restock, alerts = flow.restock_within_order(rec, facts)
+    assert restock == [("1", "SKU-1", 1), ("2", "SKU-2", 1)]
+    assert [(a.kind, a.details["line_no"], a.details["returned"]) for a in alerts] == [
+        ("refund_restock_capped", "1", "2")]  # fmt: skip
+    assert flow.restock_within_order(rec, OrderFacts())[0] == [("1", "SKU-1", 2), ("2", "SKU-2", 1)]  # order unknown

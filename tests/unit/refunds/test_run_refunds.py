@@ -695,3 +695,35 @@ def test_a_refund_only_of_part_of_an_unshipped_order_naming_no_lines_goes_to_cus
     assert [(a["kind"], a["details"]["lines"]) for a in of(out, "Alert")] == [
         ("refund_partial_before_shipment", "unknown")]  # fmt: skip
     assert r.read(ORDERS, b"tmall:h1", "tmall:h1").state == "routed"
+
+
+def test_returns_of_one_order_line_under_two_refund_ids_never_restock_more_units_than_were_ordered() -> None:
+    """Failed before: restocking was tracked per refund, so the same unit scanned in under a second refund id
+    (an after-sale reopened, the parcel booked under both) was put back on hand twice: a one-unit order line
+    restocked two units, one of them a phantom sold again."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "jd", "s1", "SKU-S1")  # 1 unit; 4 left on hand
+    line = [{"line_no": 1, "sku": "SKU-S1", "qty": 1}]
+    refund(r, "RefundRequested", ev.refund_requested("jd", "s1", "sa", 9_900, lines=line, event_time_ms=r.now_ms))
+    out = refund(r, "ReturnReceived", ev.return_received("jd", "s1", "sa", wh))
+    assert [a["qty"] for a in of(out, "StockAdjusted")] == [1] and on_hand(r, "SKU-S1", wh) == 5
+    assert r.read(APPROVED_BY_ORDER, b"jd:s1", "jd:s1") == {"jd:sa": 9_900, "@restocked:1:jd:sa": 1, ORDER_PAID: 9_900}
+    refund(r, "RefundRequested", ev.refund_requested("jd", "s1", "sb", 100, lines=line, event_time_ms=r.now_ms))
+    out = refund(r, "ReturnReceived", ev.return_received("jd", "s1", "sb", wh))
+    assert not of(out, "StockAdjusted") and on_hand(r, "SKU-S1", wh) == 5
+    [capped] = of(out, "Alert")
+    details = capped["details"]
+    assert (capped["kind"], capped["severity"], details["ordered"], details["restocked_before"]) == (
+        "refund_restock_capped", "WARNING", "1", "1")  # fmt: skip
+
+
+def test_what_a_refund_restocked_is_forgotten_with_the_refund() -> None:
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "jd", "s2", "SKU-S2")
+    refund(r, "RefundRequested", ev.refund_requested("jd", "s2", "sc", 9_900, event_time_ms=r.now_ms))
+    refund(r, "ReturnReceived", ev.return_received("jd", "s2", "sc", wh))
+    issued(r, "jd:s2", "jd:sc", 9_900)
+    refund(r, "RefundSettled", ev.refund_settled("jd", "s2", "sc", 9_900))
+    assert "@restocked:1:jd:sc" in r.read(APPROVED_BY_ORDER, b"jd:s2", "jd:s2")
+    r.advance(int(Settings().refund_retention_s * 1000) + DAY)
+    assert r.read(REFUNDS, b"jd:sc", "jd:s2") is None and r.read(APPROVED_BY_ORDER, b"jd:s2", "jd:s2") is None
