@@ -18,7 +18,7 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
 - A refund is bounded by what the buyer paid for the order (``OrderFacts.paid_fen``: a presale order
   may have only its deposit paid), less what its other refunds pay back.
 - Channel rules differ (``config/refund_rules.toml``): Kuaishou needs the return tracking number
-  before a return is reviewed.
+  before a return is reviewed, unless the marketplace settled it meanwhile (then the review starts).
 - SOP limits on the pipeline clock: customer service answers within 2 h of the request, the
   warehouse finishes QC within 24 h of receiving a return; and a refund paid out is settled by the
   marketplace within ``settle_ms``. A breach is flagged red once and cleared when the refund moves on.
@@ -368,7 +368,8 @@ def _review(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, rules: Refu
     """A request ready for a decision: approved automatically, or handed to customer service."""
     channel = rules.for_channel(rec.channel)
     here = rec.return_status in ("received", "inspected")
-    if rec.kind == RETURN_AND_REFUND and channel.tracking_before_review and not rec.tracking_no and not here:
+    if rec.kind == RETURN_AND_REFUND and channel.tracking_before_review and not rec.tracking_no and not here \
+            and not _settled(rec):  # the marketplace paid it: waiting for the number would keep it open for good
         rec.waiting_for = "tracking_no"
         return
     rec.waiting_for = ""
@@ -576,7 +577,10 @@ def on_issued(rec: RefundRecord, now_ms: int) -> RefundEffects:
     return fx
 
 
-def on_settled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> RefundEffects:
+def on_settled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int, facts: OrderFacts | None = None,
+               rules: RefundRules | None = None) -> RefundEffects:  # fmt: skip
+    """A marketplace's settlement; ``facts`` and ``rules`` review a request that waited for the return's
+    tracking number (without them it goes to customer service)."""
     fx = RefundEffects()
     channel_order_id = str(event["channel_order_id"])
     if rec.channel_order_id and channel_order_id != rec.channel_order_id:
@@ -615,6 +619,15 @@ def on_settled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> Refu
         # and the goods may never come. The money is out, so it ends now; a return that still comes is
         # received, checked and restocked on the completed refund (``on_return_received``), never paid again.
         _start_refund(rec, fx, now_ms, "settled")
+    elif rec.state == "requested" and rec.waiting_for:
+        # Waiting for the return's tracking number (Kuaishou), which nothing may ever send now: the marketplace
+        # paid (its timeout rule), so the review starts. Approved (at once, or by customer service, whom the
+        # precondition no longer refuses), it completes; rejected, it is flagged.
+        if facts is not None and rules is not None:
+            _review(rec, fx, facts, rules, now_ms)
+        else:
+            rec.waiting_for = ""
+            _move(rec, fx, "reviewing", now_ms, "settled")
     # Otherwise stockflow has not decided yet: the settlement waits on the refund and completes it when it is
     # approved (``_start_refund``); rejected meanwhile, it is flagged (``on_reviewed``).
     return fx

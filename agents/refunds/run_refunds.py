@@ -154,7 +154,9 @@ class RunRefunds(Processor):
             order_id = order_key(record["channel"], record["channel_order_id"])
             fx = flow.on_requested(rec, record, order_id, self._facts(ctx, order_id, refund_id), rules, now)
         elif event_type == "RefundSettled":
-            fx = flow.on_settled(rec, record, now)  # one before its request is kept for it, not refused
+            # One before its request is kept for it, not refused.
+            facts = self._facts(ctx, rec.order_id, refund_id) if rec.state else None
+            fx = flow.on_settled(rec, record, now, facts, rules)
         elif not rec.state:
             fx = RefundEffects()
         else:

@@ -727,3 +727,36 @@ def test_what_a_refund_restocked_is_forgotten_with_the_refund() -> None:
     assert "@restocked:1:jd:sc" in r.read(APPROVED_BY_ORDER, b"jd:s2", "jd:s2")
     r.advance(int(Settings().refund_retention_s * 1000) + DAY)
     assert r.read(REFUNDS, b"jd:sc", "jd:s2") is None and r.read(APPROVED_BY_ORDER, b"jd:s2", "jd:s2") is None
+
+
+def test_a_kuaishou_return_the_marketplace_settles_while_it_waits_for_its_tracking_number_is_completed() -> None:
+    """Failed before: Kuaishou reviews a return only with its tracking number; one the marketplace paid on its
+    own meanwhile (its timeout rule) stayed `requested` for good, the money out, and customer service, approving
+    it, was refused (`precondition_missing`). The settlement now starts the review: a no-reason return is
+    approved at once and completes; another goes to customer service, whose approval completes it."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "kuaishou", "k1", "SKU-K1")
+    refund(r, "RefundRequested", ev.refund_requested("kuaishou", "k1", "rk1", 9_900, event_time_ms=r.now_ms))
+    assert r.read(REFUNDS, b"kuaishou:rk1", "kuaishou:k1").waiting_for == "tracking_no"
+    out = refund(r, "RefundSettled", ev.refund_settled("kuaishou", "k1", "rk1", 9_900))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["refunding", "completed"]
+    assert len(of(out, "RefundInstruction")) == 1
+    refund(r, "RefundReviewed", ev.refund_reviewed("kuaishou", "k1", "rk1", True))  # seen paid on the marketplace
+    assert not r.refusals and r.read(REFUNDS, b"kuaishou:rk1", "kuaishou:k1").state == "completed"
+
+    delivered_order(r, view, wh, "kuaishou", "k2", "SKU-K2", price_fen=90_000)  # above the auto-approval limit
+    refund(r, "RefundRequested", ev.refund_requested("kuaishou", "k2", "rk2", 90_000, event_time_ms=r.now_ms))
+    out = refund(r, "RefundSettled", ev.refund_settled("kuaishou", "k2", "rk2", 90_000))
+    assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")] == [
+        ("reviewing", "amount_over_auto_limit")]  # fmt: skip
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("kuaishou", "k2", "rk2", True))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["refunding", "completed"] and not r.refusals
+
+
+def test_a_kuaishou_return_settled_before_its_request_is_not_left_waiting_for_a_tracking_number() -> None:
+    """Failed before: the request found the settlement but still waited for the tracking number, for good."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "kuaishou", "k3", "SKU-K3")
+    refund(r, "RefundSettled", ev.refund_settled("kuaishou", "k3", "rk3", 9_900))
+    out = refund(r, "RefundRequested", ev.refund_requested("kuaishou", "k3", "rk3", 9_900, event_time_ms=r.now_ms))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["requested", "refunding", "completed"]
