@@ -146,6 +146,9 @@ class OrderRecord:
     balance_deadline_ms: int = 0  # a presale order's deposit: when it is cancelled if its balance has not come
     # What each payment heard for the order took (DEPOSIT | BALANCE | IN_FULL -> amount_fen), a late one too.
     payments: dict[str, int] = field(default_factory=dict)
+    # A paid order's record purged after the retention time leaves a slim one (``refund_tombstone``) for as long
+    # as its refunds may come: state "" (no order to anyone), what was paid and its lines kept, and this set.
+    purged_at_ms: int = 0
 
     @property
     def deposit_paid(self) -> bool:
@@ -168,6 +171,11 @@ class OrderRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OrderRecord:
         return cls(**stored_fields(cls, data))
+
+    @property
+    def tombstone(self) -> bool:
+        """What is left of a paid order purged after the retention time, for its refunds (``refund_tombstone``)."""
+        return bool(self.purged_at_ms) and not self.state
 
     def next_deadline_ms(self, rules: OrderRules) -> int:
         due = [parked_deadline_ms(p, rules) for p in self.parked]
@@ -825,6 +833,20 @@ def score_health(rec: OrderRecord, returns: int, rules: HealthRules, now_ms: int
         "focus": scored.focus, "focus_below": rules.focus_below, "breakdown": scored.breakdown,
         "weights": rules.weights(), "notes": notes, "paid_after_ms": scored.paid_after_ms, "returns": returns,
     }  # fmt: skip
+
+
+def refund_tombstone(rec: OrderRecord, now_ms: int) -> OrderRecord | None:
+    """What is kept of a finished order when its record is purged: for a paid one, what its refunds are bounded by
+    (its payments and amount) and its lines (SKU and units: what a return may put back on hand), so a refund asked
+    after the purge is neither unbounded nor paid twice; nothing of an order nobody paid for."""
+    if rec.paid_fen <= 0:
+        return None
+    return OrderRecord(
+        order_id=rec.order_id, channel=rec.channel, channel_order_id=rec.channel_order_id,
+        lines={n: {"sku": line["sku"], "qty": line["qty"]} for n, line in rec.lines.items()},
+        paid=rec.paid, payments=dict(rec.payments), amount_fen=rec.amount_fen, custom=rec.custom,
+        customer_id=rec.customer_id, delivered_at_ms=rec.delivered_at_ms, purged_at_ms=now_ms,
+    )  # fmt: skip
 
 
 def on_cancel(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:

@@ -108,8 +108,10 @@ def load_refund_rules(path: Path, respond_ms: int, qc_ms: int, settle_ms: int, r
 @dataclass(frozen=True)
 class OrderFacts:
     """What a refund decision needs of its order; ``known`` False when the order is not (or no
-    longer) in the order store, in which case nothing is approved automatically (and ``paid_fen`` is
-    what an earlier refund of it recorded the buyer paid, or 0)."""
+    longer) in the order store, in which case nothing is approved automatically (and ``paid_fen``,
+    ``qtys`` and ``skus`` are what its purge left, or ``paid_fen`` what an earlier refund of it
+    recorded the buyer paid, or 0: then a person's approval is the only one, and only while none of
+    its other refunds pays back)."""
 
     known: bool = False
     state: str = ""
@@ -395,7 +397,7 @@ def on_requested(rec: RefundRecord, event: Mapping[str, Any], order_id: str, fac
         fx.refusal = Refusal(Reason.INVALID_AMOUNT, f"refund of {amount} fen")
         return fx
     named = {str(ln["line_no"]): int(ln["qty"]) for ln in event.get("lines") or []}
-    if facts.known:
+    if facts.qtys:  # the order known, or what its purge left
         bad = [n for n, qty in named.items() if n not in facts.qtys or not 0 < qty <= facts.qtys[n]]
         if bad:
             fx.refusal = Refusal(Reason.INVALID_LINES, f"order {order_id} has no such line/units: {sorted(bad)}")
@@ -459,6 +461,13 @@ def on_reviewed(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, 
         if rec.state not in ("", "cancelled") and (rec.state == "rejected") != approved:
             return fx  # the same decision again, or an approval of a refund approved automatically
         return _illegal(fx, rec, "a review")  # a withdrawn refund, above all, is never approved unnoticed
+    if approved and not facts.known and not facts.paid_fen and facts.refunded_fen:
+        # Nothing says what the buyer paid (an order stockflow never saw, or long gone), yet its other refunds pay
+        # back already: one more is paid back blind. The marketplace's own after-sales page shows what is left.
+        fx.refusal = Refusal(Reason.REFUND_BOUND_UNKNOWN,
+                             f"refund {rec.refund_id} of {rec.amount_fen} fen: what order {rec.order_id} was paid is "
+                             f"not known, and its other refunds pay back {facts.refunded_fen}")  # fmt: skip
+        return fx
     if approved and (facts.known or facts.paid_fen) and rec.amount_fen > facts.amount_left_fen():
         # Customer service cannot pay an order back twice under two refund ids either.
         fx.refusal = Refusal(Reason.REFUNDS_ABOVE_ORDER,

@@ -80,8 +80,17 @@ def refund_rules(settings: Settings) -> RefundRules:
 
 
 def order_facts(order: OrderRecord | None, refunded_fen: int = 0) -> OrderFacts:
+    """What a refund needs of its order; of one unknown, what its other refunds pay back (``refunded_fen``) all the
+    same, and of one purged, what its slim record kept (what was paid, its lines) - still unknown, so nothing of
+    it is approved automatically, but bounded."""
+    if order is not None and order.tombstone:
+        return OrderFacts(
+            amount_fen=order.amount_fen, paid_fen=order.paid_fen, custom=order.custom, customer_id=order.customer_id,
+            skus={n: str(line["sku"]) for n, line in order.lines.items()},
+            qtys={n: int(line["qty"]) for n, line in order.lines.items()}, refunded_fen=refunded_fen,
+        )  # fmt: skip
     if order is None or not order.state:
-        return OrderFacts()
+        return OrderFacts(refunded_fen=refunded_fen)
     return OrderFacts(
         known=True, state=order.state, delivered_at_ms=order.delivered_at_ms or order.stage_times.get("delivered", 0),
         amount_fen=order.amount_fen, custom=order.custom, customer_id=order.customer_id,
@@ -236,9 +245,9 @@ class RunRefunds(Processor):
                 if other != refund_id:
                     restocked[line_no] = restocked.get(line_no, 0) + units
         facts = replace(order_facts(order, refunded), restocked=restocked)
-        if not facts.known and approved.get(ORDER_PAID):
+        if not facts.known and not facts.paid_fen and approved.get(ORDER_PAID):
             paid = approved[ORDER_PAID]
-            facts = replace(facts, paid_fen=paid, amount_fen=paid, refunded_fen=refunded)
+            facts = replace(facts, paid_fen=paid, amount_fen=paid)
         return facts
 
     def _note_paid_back(self, ctx: Context, rec: RefundRecord, fen: int,
@@ -261,7 +270,7 @@ class RunRefunds(Processor):
             entry = {name: v for name, v in entry.items()
                      if not (name.startswith(RESTOCKED) and name.split(":", 2)[2] == rec.refund_id)}  # fmt: skip
         order: OrderRecord | None = ctx.read_store(ORDER_STORE).get(key) if fen else None
-        paid = order.paid_fen if order is not None and order.state else entry.get(ORDER_PAID, 0)
+        paid = order.paid_fen if order is not None and (order.state or order.tombstone) else entry.get(ORDER_PAID, 0)
         if paid:
             entry[ORDER_PAID] = paid
         if set(entry) <= {ORDER_PAID}:

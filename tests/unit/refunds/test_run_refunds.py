@@ -368,7 +368,7 @@ def test_an_order_purged_before_its_second_refund_is_still_not_paid_back_twice()
     refund(r, "RefundSettled", ev.refund_settled("jd", "20", "r20a", 9_900))
     assert r.read(REFUNDS, b"jd:r20a", "jd:20").state == "completed"
     r.advance(int(Settings().order_retention_s * 1000) + 86_400_000)
-    assert r.read(ORDERS, b"jd:20", "jd:20") is None  # the order is gone, its refund is not
+    assert r.read(ORDERS, b"jd:20", "jd:20").tombstone  # the order is gone (a slim record left), its refund is not
     out = refund(r, "RefundRequested", ev.refund_requested("jd", "20", "r20b", 9_900, kind="REFUND_ONLY",
                                                            event_time_ms=r.now_ms))  # fmt: skip
     assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1] == ("reviewing", "order_unknown")
@@ -760,3 +760,41 @@ def test_a_kuaishou_return_settled_before_its_request_is_not_left_waiting_for_a_
     refund(r, "RefundSettled", ev.refund_settled("kuaishou", "k3", "rk3", 9_900))
     out = refund(r, "RefundRequested", ev.refund_requested("kuaishou", "k3", "rk3", 9_900, event_time_ms=r.now_ms))
     assert [s["state"] for s in of(out, "RefundStateChanged")] == ["requested", "refunding", "completed"]
+
+
+def test_refunds_of_an_order_purged_before_its_first_refund_are_still_bounded_by_what_was_paid() -> None:
+    """Failed before: an order purged (30 days after delivery) before its first refund left nothing to bound its
+    refunds: customer service approved two full refunds of a 9,900 fen order under two refund ids."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "jd", "p1", "SKU-PU1")  # paid 9,900
+    r.advance(int(Settings().order_retention_s * 1000) + 2 * DAY)
+    assert r.read(ORDERS, b"jd:p1", "jd:p1").tombstone  # purged: a slim record left for its refunds
+    paid_out = []
+    for rid in ("ra", "rb"):
+        # A quality complaint 32 days after delivery: out of the no-reason window, so customer service decides.
+        out = refund(r, "RefundRequested", ev.refund_requested("jd", "p1", rid, 9_900, kind="REFUND_ONLY",
+                                                               event_time_ms=r.now_ms))  # fmt: skip
+        assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1][0] == "reviewing"
+        out = refund(r, "RefundReviewed", ev.refund_reviewed("jd", "p1", rid, True))
+        paid_out += [i["amount_fen"] for i in of(out, "RefundInstruction")]
+    assert paid_out == [9_900] and [x.reason for x in r.refusals] == [Reason.REFUNDS_ABOVE_ORDER]
+    out = refund(r, "RefundRequested", ev.refund_requested("jd", "p1", "rc", 19_800, event_time_ms=r.now_ms))
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("jd", "p1", "rc", True))  # more than was ever paid
+    assert not of(out, "RefundInstruction") and r.refusals[-1].reason is Reason.REFUNDS_ABOVE_ORDER
+    r.advance(int(Settings().refund_retention_s * 1000) + DAY)
+    assert r.read(ORDERS, b"jd:p1", "jd:p1") is None  # kept as long as refunds are, then gone
+
+
+def test_a_second_approval_for_an_order_whose_paid_amount_nothing_knows_is_refused() -> None:
+    """Failed before: an order stockflow never saw (or long gone) dropped what its other refunds paid back, and
+    customer service approved one refund after another for it without any bound."""
+    r, _view, _wh = pipeline()
+    refund(r, "RefundRequested", ev.refund_requested("pdd", "n1", "rn1", 9_900, kind="REFUND_ONLY",
+                                                     event_time_ms=r.now_ms))  # fmt: skip
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "n1", "rn1", True))
+    assert [i["amount_fen"] for i in of(out, "RefundInstruction")] == [9_900]  # a person's approval: the human path
+    refund(r, "RefundRequested", ev.refund_requested("pdd", "n1", "rn2", 9_900, kind="REFUND_ONLY",
+                                                     event_time_ms=r.now_ms))  # fmt: skip
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "n1", "rn2", True))
+    assert not of(out, "RefundInstruction") and [x.reason for x in r.refusals] == [Reason.REFUND_BOUND_UNKNOWN]
+    assert r.read(REFUNDS, b"pdd:rn2", "pdd:n1").state == "reviewing"
