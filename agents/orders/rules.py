@@ -880,7 +880,30 @@ def on_cancel(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
         fx.dispatches = dispatch_records(rec, rules, "CANCEL")
     _release_held(rec, fx, now_ms, rules, "order_cancelled")
     _move(rec, fx, "cancelled", now_ms, event.get("reason", ""))
+    _paid_past_refund(rec, fx, event, now_ms)
     return fx
+
+
+def _paid_past_refund(rec: OrderRecord, fx: Effects, event: dict[str, Any], now_ms: int) -> None:
+    """A refund-only's cancel decided on less than the buyer has paid now: a payment came between the refund's
+    decision and its cancel (a presale's balance, read first). The order is cancelled all the same - the buyer
+    asked for it back, and the shop must not ship goods it has already paid a part of back - and the rest is
+    owed back: a RED ``paid_order_not_fulfilled`` naming it, as for any payment for an order let go."""
+    reason = str(event.get("reason", ""))
+    seen = int(event.get("paid_fen_seen") or 0)
+    if not reason.startswith(REFUND_ONLY_CANCEL) or not seen or rec.paid_fen <= seen:
+        return
+    refund_id, owed = reason.removeprefix(REFUND_ONLY_CANCEL), rec.paid_fen - seen
+    fx.alerts.append(AlertSpec(
+        "paid_order_not_fulfilled", "RED", rec.order_id,
+        f"order {rec.order_id} ({rec.channel}) was cancelled by refund {refund_id}, which paid back what was paid "
+        f"when it was decided ({seen / 100:.2f} yuan); {owed / 100:.2f} yuan paid since (a presale's balance?) "
+        "is owed back to the customer too",
+        event_id=f"paid_order_not_fulfilled:{rec.order_id}:{refund_id}", at_ms=now_ms,
+        details={"channel": rec.channel, "state": rec.state, "reason": "paid_after_refund_decided",
+                 "refund_id": refund_id, "paid_fen": str(rec.paid_fen), "paid_fen_seen": str(seen),
+                 "amount_fen": str(owed)},
+    ))  # fmt: skip
 
 
 def _delivered(rec: OrderRecord, fx: Effects, event: dict[str, Any], now_ms: int) -> None:

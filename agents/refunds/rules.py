@@ -189,6 +189,7 @@ class RefundEffects:
     transitions: list[tuple[str, str, str]] = field(default_factory=list)  # previous, state, reason
     instruct: bool = False
     cancel_order: bool = False
+    cancel_paid_fen: int = 0  # with cancel_order: what the buyer had paid for the order when the refund was decided
     restock: list[tuple[str, str, int]] = field(default_factory=list)  # line no, SKU, units
     alerts: list[AlertSpec] = field(default_factory=list)
     refusal: Refusal | None = None
@@ -203,6 +204,7 @@ class RefundEffects:
         self.transitions += later.transitions
         self.instruct |= later.instruct
         self.cancel_order |= later.cancel_order
+        self.cancel_paid_fen = later.cancel_paid_fen or self.cancel_paid_fen
         self.restock += later.restock
         self.alerts += later.alerts
 
@@ -342,6 +344,9 @@ def _approve(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, by: str, w
     rec.approved_by = by
     if rec.kind == REFUND_ONLY:
         fx.cancel_order = facts.unshipped and whole_order(named_lines(rec), rec.amount_fen, facts)
+        # The cancel reaches the order later, on its own topic: a payment heard meanwhile (a presale's balance) is
+        # money this refund never saw, and the order agent says so (``agents.orders.rules.on_cancel``).
+        fx.cancel_paid_fen = facts.paid_fen if fx.cancel_order else 0
         if facts.unshipped and not fx.cancel_order:
             lines = _lines_text(rec.lines) + ("" if rec.lines_named or not rec.lines else ", from its amount")
             fx.alerts.append(AlertSpec(

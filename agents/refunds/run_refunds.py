@@ -344,6 +344,7 @@ class RunRefunds(Processor):
             ctx.emit(REFUND_ORDER_CANCELS, rec.order_id, "OrderCancelled", OrderCancelled(
                 event_id=f"{rec.refund_id}:cancel", event_time_ms=now, channel=rec.channel,
                 channel_order_id=rec.channel_order_id, reason=f"{REFUND_ONLY_CANCEL}{rec.refund_id}",
+                paid_fen_seen=fx.cancel_paid_fen,
             ))  # fmt: skip
         if fx.instruct:
             ctx.emit(REFUND_INSTRUCTIONS, rec.order_id, "RefundInstruction", RefundInstruction(

@@ -798,3 +798,43 @@ def test_a_second_approval_for_an_order_whose_paid_amount_nothing_knows_is_refus
     out = refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "n1", "rn2", True))
     assert not of(out, "RefundInstruction") and [x.reason for x in r.refusals] == [Reason.REFUND_BOUND_UNKNOWN]
     assert r.read(REFUNDS, b"pdd:rn2", "pdd:n1").state == "reviewing"
+
+
+def test_a_balance_paid_while_a_deposit_refund_cancels_the_order_is_owed_back_not_kept_silently() -> None:
+    """Failed before: a refund-only of a presale's deposit was approved at once on the order as it stood (deposit
+    only) and sent its cancel; the balance, read by the lifecycle first, paid the order; the cancel then
+    cancelled an order paid in full with only the deposit paid back, and nothing said the balance was owed. The
+    cancel now carries what the refund saw paid: the order is still cancelled (the buyer asked for it back, and
+    goods must not ship with part of their price paid back) and a RED paid_order_not_fulfilled names the rest."""
+    r, view, wh = pipeline()
+    stock(r, view, "SKU-D1", 5, wh)
+    presale_stock(r, "SKU-D1", 5)
+    r.advance(1_000)
+    order(r, "OrderPlaced", ev.order_placed("tmall", "d1", [ev.line(1, "SKU-D1", 1, 9_900)], presale=True,
+                                            event_time_ms=r.now_ms))  # fmt: skip
+    order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "d1", 1_980))  # the deposit
+    first = r.read(ORDERS, b"tmall:d1", "tmall:d1")
+    assert (first.state, first.payments) == ("reserved", {"deposit": 1_980})
+    balance = {**ev.payment_confirmed("tmall", "d1", 7_920), "event_id": "paid-balance:tmall:d1", "balance": True}
+    before = len(r.outputs)
+    # Read in one poll: the refund decides on the order as committed (deposit only), the lifecycle applies the
+    # balance; the refund's cancel reaches the lifecycle after it.
+    r._drain([(REFUND_EVENTS.name, "tmall:d1", "RefundRequested",  # noqa: SLF001 - one poll of two topics
+               ev.refund_requested("tmall", "d1", "rd1", 1_980, kind="REFUND_ONLY", event_time_ms=r.now_ms)),
+              (ORDER_EVENTS.name, "tmall:d1", "PaymentConfirmed", balance)])  # fmt: skip
+    out = r.outputs[before:]
+    assert [i["amount_fen"] for i in of(out, "RefundInstruction")] == [1_980]
+    assert [c["paid_fen_seen"] for c in of(out, "OrderCancelled")] == [1_980]
+    rec = r.read(ORDERS, b"tmall:d1", "tmall:d1")
+    assert (rec.state, rec.paid_fen) == ("cancelled", 9_900)
+    [owed] = [a for a in of(out, "Alert") if a["kind"] == "paid_order_not_fulfilled"]
+    details = owed["details"]
+    assert (owed["severity"], details["amount_fen"], details["refund_id"]) == ("RED", "7920", "tmall:rd1")
+
+
+def test_a_refund_only_cancel_with_nothing_paid_since_raises_nothing_more() -> None:
+    r, view, wh = pipeline()
+    paid_order(r, view, wh, "tmall", "d2", "SKU-D2", 1)
+    out = refund(r, "RefundRequested", ev.refund_requested("tmall", "d2", "rd2", 9_900, kind="REFUND_ONLY"))
+    assert [c["paid_fen_seen"] for c in of(out, "OrderCancelled")] == [9_900]
+    assert r.read(ORDERS, b"tmall:d2", "tmall:d2").state == "cancelled" and not of(out, "Alert")
