@@ -146,6 +146,9 @@ class OrderRecord:
     balance_deadline_ms: int = 0  # a presale order's deposit: when it is cancelled if its balance has not come
     # What each payment heard for the order took (DEPOSIT | BALANCE | IN_FULL -> amount_fen), a late one too.
     payments: dict[str, int] = field(default_factory=dict)
+    # A paid order's record purged after the retention time leaves a slim one (``refund_tombstone``) for as long
+    # as its refunds may come: state "" (no order to anyone), what was paid and its lines kept, and this set.
+    purged_at_ms: int = 0
 
     @property
     def deposit_paid(self) -> bool:
@@ -168,6 +171,11 @@ class OrderRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OrderRecord:
         return cls(**stored_fields(cls, data))
+
+    @property
+    def tombstone(self) -> bool:
+        """What is left of a paid order purged after the retention time, for its refunds (``refund_tombstone``)."""
+        return bool(self.purged_at_ms) and not self.state
 
     def next_deadline_ms(self, rules: OrderRules) -> int:
         due = [parked_deadline_ms(p, rules) for p in self.parked]
@@ -827,6 +835,20 @@ def score_health(rec: OrderRecord, returns: int, rules: HealthRules, now_ms: int
     }  # fmt: skip
 
 
+def refund_tombstone(rec: OrderRecord, now_ms: int) -> OrderRecord | None:
+    """What is kept of a finished order when its record is purged: for a paid one, what its refunds are bounded by
+    (its payments and amount) and its lines (SKU and units: what a return may put back on hand), so a refund asked
+    after the purge is neither unbounded nor paid twice; nothing of an order nobody paid for."""
+    if rec.paid_fen <= 0:
+        return None
+    return OrderRecord(
+        order_id=rec.order_id, channel=rec.channel, channel_order_id=rec.channel_order_id,
+        lines={n: {"sku": line["sku"], "qty": line["qty"]} for n, line in rec.lines.items()},
+        paid=rec.paid, payments=dict(rec.payments), amount_fen=rec.amount_fen, custom=rec.custom,
+        customer_id=rec.customer_id, delivered_at_ms=rec.delivered_at_ms, purged_at_ms=now_ms,
+    )  # fmt: skip
+
+
 def on_cancel(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
     fx = Effects()
     if rec.state == "cancelled":
@@ -858,7 +880,30 @@ def on_cancel(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
         fx.dispatches = dispatch_records(rec, rules, "CANCEL")
     _release_held(rec, fx, now_ms, rules, "order_cancelled")
     _move(rec, fx, "cancelled", now_ms, event.get("reason", ""))
+    _paid_past_refund(rec, fx, event, now_ms)
     return fx
+
+
+def _paid_past_refund(rec: OrderRecord, fx: Effects, event: dict[str, Any], now_ms: int) -> None:
+    """A refund-only's cancel decided on less than the buyer has paid now: a payment came between the refund's
+    decision and its cancel (a presale's balance, read first). The order is cancelled all the same - the buyer
+    asked for it back, and the shop must not ship goods it has already paid a part of back - and the rest is
+    owed back: a RED ``paid_order_not_fulfilled`` naming it, as for any payment for an order let go."""
+    reason = str(event.get("reason", ""))
+    seen = int(event.get("paid_fen_seen") or 0)
+    if not reason.startswith(REFUND_ONLY_CANCEL) or not seen or rec.paid_fen <= seen:
+        return
+    refund_id, owed = reason.removeprefix(REFUND_ONLY_CANCEL), rec.paid_fen - seen
+    fx.alerts.append(AlertSpec(
+        "paid_order_not_fulfilled", "RED", rec.order_id,
+        f"order {rec.order_id} ({rec.channel}) was cancelled by refund {refund_id}, which paid back what was paid "
+        f"when it was decided ({seen / 100:.2f} yuan); {owed / 100:.2f} yuan paid since (a presale's balance?) "
+        "is owed back to the customer too",
+        event_id=f"paid_order_not_fulfilled:{rec.order_id}:{refund_id}", at_ms=now_ms,
+        details={"channel": rec.channel, "state": rec.state, "reason": "paid_after_refund_decided",
+                 "refund_id": refund_id, "paid_fen": str(rec.paid_fen), "paid_fen_seen": str(seen),
+                 "amount_fen": str(owed)},
+    ))  # fmt: skip
 
 
 def _delivered(rec: OrderRecord, fx: Effects, event: dict[str, Any], now_ms: int) -> None:

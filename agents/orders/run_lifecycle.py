@@ -15,7 +15,9 @@ order: lines, the pool's answer per line, state and stage times, payment deadlin
 allocations, WMS acknowledgements, SLA flag, and events parked until their order arrives. Timers:
 each order's next deadline (payment timeout, a presale deposit's balance window, parked grace, SLA,
 routing retry) and, once it is finished, its purge after ``STOCKFLOW_ORDER_RETENTION_S``; all derived
-from the stored order (``due_ms``), so a restart rebuilds every one.
+from the stored order (``due_ms``), so a restart rebuilds every one. A paid order's purge leaves a slim
+record (``flow.refund_tombstone``: state "", what was paid, its lines) that the refunds read for as long as
+refunds are kept (``STOCKFLOW_REFUND_RETENTION_S``), then goes too.
 
 The rules are ``agents.orders.rules``; paid orders are routed with the in-memory
 ``agents.routing.warehouse_view`` and scored (``agents.orders.health``) with the customer's returns
@@ -89,6 +91,7 @@ class RunLifecycle(Processor):
     rules: OrderRules | None = None
     view: WarehouseView | None = None
     retention_ms: int = 30 * 86_400_000
+    tombstone_ms: int = 90 * 86_400_000  # how long a paid order's slim record outlives its purge: refunds may come
     parked_grace_s: float = 600.0
     health: HealthRules | None = None
     returns: CustomerReturns | None = None
@@ -109,6 +112,7 @@ class RunLifecycle(Processor):
             rules=order_rules(settings),
             view=view,
             retention_ms=int(settings.order_retention_s * 1000),
+            tombstone_ms=int(settings.refund_retention_s * 1000),
             parked_grace_s=settings.parked_grace_s,
             health=health,
             returns=returns if returns is not None else CustomerReturns.from_rules(health.returns, ready=True),
@@ -133,7 +137,7 @@ class RunLifecycle(Processor):
 
     def _store(self, ctx: Context, db: StoreTransaction[Any], rec: OrderRecord) -> None:
         key = rec.order_id.encode()
-        if not rec.state and not rec.parked:
+        if not rec.state and not rec.parked and not rec.tombstone:
             db.delete(key)  # parked events given up on: nothing left to keep
             ctx.schedule(key, 0)
             return
@@ -142,8 +146,9 @@ class RunLifecycle(Processor):
 
     def _due(self, rec: OrderRecord) -> int:
         due = rec.next_deadline_ms(self._rules)
-        if rec.state in flow.RESTING:
-            purge = rec.stage_times.get(rec.state, 0) + self.retention_ms
+        if rec.state in flow.RESTING or rec.tombstone:
+            purge = rec.purged_at_ms + self.tombstone_ms if rec.tombstone else (
+                rec.stage_times.get(rec.state, 0) + self.retention_ms)  # fmt: skip
             return min(due, purge) if due else purge
         return due
 
@@ -156,6 +161,8 @@ class RunLifecycle(Processor):
         db = ctx.store(STORE)
         order_id = self.key_of(event_type, record) or ""
         rec = self._load(db, order_id)
+        if rec.tombstone and event_type == "OrderPlaced":
+            rec = OrderRecord(order_id=order_id, parked=rec.parked)  # placed again after its purge: a new order
         if event_type == "HoldDecided":
             if not rec.state:
                 return  # an answer for no order of ours (a VIP set-aside, an orphan's expiry)
@@ -214,7 +221,16 @@ class RunLifecycle(Processor):
         rec = self._load(db, key.decode())
         finished_at = rec.stage_times.get(rec.state, 0) if rec.state in flow.RESTING else 0
         if finished_at and not rec.next_deadline_ms(self._rules) and finished_at + self.retention_ms <= ctx.now_ms:
-            db.delete(key)  # finished long enough ago: the order's record goes
+            # Finished long enough ago: the order's record goes; a paid one's slim record stays for its refunds.
+            tombstone = flow.refund_tombstone(rec, ctx.now_ms)
+            if tombstone is None:
+                db.delete(key)
+            else:
+                db.set(key, tombstone)
+                ctx.schedule(key, self._due(tombstone))
+            return
+        if rec.tombstone and not rec.parked and rec.purged_at_ms + self.tombstone_ms <= ctx.now_ms:
+            db.delete(key)  # kept as long as refunds are: now nothing is left of the order
             return
         fx = flow.on_tick(rec, ctx.now_ms, self._rules)
         self._publish(ctx, rec, self._settle(rec, fx, ctx.now_ms))
@@ -260,7 +276,7 @@ class RunLifecycle(Processor):
     def view_of(self, read: Any, order_id: str) -> dict[str, Any] | None:
         """The ``/orders/{id}`` answer from committed state."""
         rec: OrderRecord | None = read(STORE, order_id.encode())
-        return rec.to_dict() if rec is not None else None
+        return rec.to_dict() if rec is not None and not rec.tombstone else None  # a purged order is none any more
 
 
 def _alert(spec: AlertSpec, now_ms: int) -> Any:

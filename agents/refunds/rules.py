@@ -18,7 +18,7 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
 - A refund is bounded by what the buyer paid for the order (``OrderFacts.paid_fen``: a presale order
   may have only its deposit paid), less what its other refunds pay back.
 - Channel rules differ (``config/refund_rules.toml``): Kuaishou needs the return tracking number
-  before a return is reviewed.
+  before a return is reviewed, unless the marketplace settled it meanwhile (then the review starts).
 - SOP limits on the pipeline clock: customer service answers within 2 h of the request, the
   warehouse finishes QC within 24 h of receiving a return; and a refund paid out is settled by the
   marketplace within ``settle_ms``. A breach is flagged red once and cleared when the refund moves on.
@@ -108,8 +108,10 @@ def load_refund_rules(path: Path, respond_ms: int, qc_ms: int, settle_ms: int, r
 @dataclass(frozen=True)
 class OrderFacts:
     """What a refund decision needs of its order; ``known`` False when the order is not (or no
-    longer) in the order store, in which case nothing is approved automatically (and ``paid_fen`` is
-    what an earlier refund of it recorded the buyer paid, or 0)."""
+    longer) in the order store, in which case nothing is approved automatically (and ``paid_fen``,
+    ``qtys`` and ``skus`` are what its purge left, or ``paid_fen`` what an earlier refund of it
+    recorded the buyer paid, or 0: then a person's approval is the only one, and only while none of
+    its other refunds pays back)."""
 
     known: bool = False
     state: str = ""
@@ -123,6 +125,7 @@ class OrderFacts:
     paid_fen: int = 0  # what the buyer paid for it (a presale order: maybe its deposit alone), not its price
     deposit_forfeited: bool = False  # a presale order cancelled for its unpaid balance (``balance_unpaid``)
     any_shipped: bool = False  # a line has left a warehouse (a split order's first part, or before payment)
+    restocked: Mapping[str, int] = field(default_factory=dict)  # line no -> units the order's other refunds put back
 
     def amount_left_fen(self) -> int:
         return self.paid_fen - self.refunded_fen
@@ -142,7 +145,9 @@ class RefundRecord:
     kind: str = ""
     amount_fen: int = 0
     reason: str = ""
-    lines: dict[str, int] = field(default_factory=dict)  # line no -> units refunded ({}: whole order)
+    # line no -> units refunded: as the request named them or, named none, as its amount says beyond doubt
+    # (``units_for_amount``); {}: which units is not known (the order unknown, or part of it paid back).
+    lines: dict[str, int] = field(default_factory=dict)
     skus: dict[str, str] = field(default_factory=dict)  # line no -> SKU, as far as known
     state: str = ""
     previous_state: str = ""
@@ -166,6 +171,10 @@ class RefundRecord:
     early: list[dict[str, Any]] = field(default_factory=list)
     flags: dict[str, str] = field(default_factory=dict)  # SOP limit -> "red" | "cleared"
     customer_id: str = ""  # from the order when the request came: the health score counts returns by it
+    # Whether the request named its lines (five of the six channels' refund callbacks never do): named none, its
+    # amount alone says whether it takes back the whole order. True for records stored before it was kept (their
+    # lines were named, or taken for the whole order).
+    lines_named: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -180,6 +189,7 @@ class RefundEffects:
     transitions: list[tuple[str, str, str]] = field(default_factory=list)  # previous, state, reason
     instruct: bool = False
     cancel_order: bool = False
+    cancel_paid_fen: int = 0  # with cancel_order: what the buyer had paid for the order when the refund was decided
     restock: list[tuple[str, str, int]] = field(default_factory=list)  # line no, SKU, units
     alerts: list[AlertSpec] = field(default_factory=list)
     refusal: Refusal | None = None
@@ -194,6 +204,7 @@ class RefundEffects:
         self.transitions += later.transitions
         self.instruct |= later.instruct
         self.cancel_order |= later.cancel_order
+        self.cancel_paid_fen = later.cancel_paid_fen or self.cancel_paid_fen
         self.restock += later.restock
         self.alerts += later.alerts
 
@@ -231,9 +242,28 @@ def _above_order(amount_fen: int, facts: OrderFacts) -> str:
 
 
 def whole_order(lines: Mapping[str, int] | None, amount_fen: int, facts: OrderFacts) -> bool:
-    """Whether a refund of ``lines`` (line no -> units; None: the whole order) and ``amount_fen`` takes back all
-    the order has left."""
-    return lines is None or dict(lines) == dict(facts.qtys) or amount_fen >= facts.amount_left_fen()
+    """Whether a refund of ``lines`` (line no -> units; None: the request named none) and ``amount_fen`` takes
+    back all the order has left. Named none, the amount alone says so: a refund of part of the money is no
+    refund of the whole order, whichever channel left its lines out."""
+    return amount_fen >= facts.amount_left_fen() or (lines is not None and dict(lines) == dict(facts.qtys))
+
+
+def units_for_amount(kind: str, amount_fen: int, facts: OrderFacts) -> dict[str, int]:
+    """The units a request naming no lines takes back, where its amount says so beyond doubt: every unit for all
+    the buyer paid; and a return (its goods come back) of an order of one unit, that unit, or ``k`` of a one-line
+    order's ``qty`` units for ``k/qty`` of what was paid. {}: not known (the order unknown, part of the money of a
+    many-line order, an amount no whole number of units comes to, a refund-only of part of the money: a price
+    difference as much as a unit called off): a person decides, and counts what comes back."""
+    if not facts.qtys or facts.paid_fen <= 0:
+        return {}
+    if amount_fen >= facts.paid_fen or (kind == RETURN_AND_REFUND and sum(facts.qtys.values()) == 1):
+        return dict(facts.qtys)
+    if kind == RETURN_AND_REFUND and len(facts.qtys) == 1:
+        [(line_no, qty)] = facts.qtys.items()
+        units, rest = divmod(amount_fen * qty, facts.paid_fen)
+        if units and not rest:
+            return {line_no: units}
+    return {}
 
 
 def _refund_only_unshipped(amount_fen: int, facts: OrderFacts, rules: ChannelRefundRules,
@@ -252,7 +282,8 @@ def _refund_only_unshipped(amount_fen: int, facts: OrderFacts, rules: ChannelRef
 
 def auto_approval(kind: str, amount_fen: int, requested_at_ms: int, facts: OrderFacts, rules: ChannelRefundRules,
                   lines: Mapping[str, int] | None = None) -> Approval:  # fmt: skip
-    """Whether a new request is approved without customer service, and why (not)."""
+    """Whether a new request is approved without customer service, and why (not); ``lines``: those the request
+    named (None: none)."""
     if not facts.known:
         return Approval(False, "order_unknown")
     if facts.deposit_forfeited:
@@ -304,17 +335,26 @@ def _start_refund(rec: RefundRecord, fx: RefundEffects, now_ms: int, reason: str
         _move(rec, fx, "completed", now_ms, "settled")
 
 
+def named_lines(rec: RefundRecord) -> dict[str, int] | None:
+    """The lines the request named (None: it named none; ``rec.lines`` may still hold units its amount implies)."""
+    return rec.lines if rec.lines_named else None
+
+
 def _approve(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, by: str, why: str, now_ms: int) -> None:
     rec.approved_by = by
     if rec.kind == REFUND_ONLY:
-        fx.cancel_order = facts.unshipped and whole_order(rec.lines, rec.amount_fen, facts)
+        fx.cancel_order = facts.unshipped and whole_order(named_lines(rec), rec.amount_fen, facts)
+        # The cancel reaches the order later, on its own topic: a payment heard meanwhile (a presale's balance) is
+        # money this refund never saw, and the order agent says so (``agents.orders.rules.on_cancel``).
+        fx.cancel_paid_fen = facts.paid_fen if fx.cancel_order else 0
         if facts.unshipped and not fx.cancel_order:
+            lines = _lines_text(rec.lines) + ("" if rec.lines_named or not rec.lines else ", from its amount")
             fx.alerts.append(AlertSpec(
                 "refund_partial_before_shipment", "WARNING", rec.refund_id,
                 f"refund {rec.refund_id} pays back {rec.amount_fen} fen of order {rec.order_id} before it shipped "
-                f"(lines {_lines_text(rec.lines)}); the order still ships in full: stop those lines at the warehouse",
+                f"(lines {lines}); the order still ships in full: stop those lines at the warehouse",
                 event_id=f"{rec.refund_id}:partial_before_shipment",
-                details={"order_id": rec.order_id, "lines": _lines_text(rec.lines)}))  # fmt: skip
+                details={"order_id": rec.order_id, "lines": lines}))  # fmt: skip
         _start_refund(rec, fx, now_ms, why)
     elif rec.auto_approved or rec.return_status == "inspected" or _settled(rec):
         # A no-reason return is paid back at once; the goods still come back and are checked. So is one the
@@ -335,12 +375,13 @@ def _review(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, rules: Refu
     """A request ready for a decision: approved automatically, or handed to customer service."""
     channel = rules.for_channel(rec.channel)
     here = rec.return_status in ("received", "inspected")
-    if rec.kind == RETURN_AND_REFUND and channel.tracking_before_review and not rec.tracking_no and not here:
+    if rec.kind == RETURN_AND_REFUND and channel.tracking_before_review and not rec.tracking_no and not here \
+            and not _settled(rec):  # the marketplace paid it: waiting for the number would keep it open for good
         rec.waiting_for = "tracking_no"
         return
     rec.waiting_for = ""
     requested_at = rec.stage_times.get("requested", now_ms)
-    approval = auto_approval(rec.kind, rec.amount_fen, requested_at, facts, channel, rec.lines)
+    approval = auto_approval(rec.kind, rec.amount_fen, requested_at, facts, channel, named_lines(rec))
     if approval.approved:
         rec.auto_approved = True
         _approve(rec, fx, facts, "auto", approval.why, now_ms)
@@ -360,9 +401,9 @@ def on_requested(rec: RefundRecord, event: Mapping[str, Any], order_id: str, fac
     if amount <= 0:
         fx.refusal = Refusal(Reason.INVALID_AMOUNT, f"refund of {amount} fen")
         return fx
-    lines = {str(ln["line_no"]): int(ln["qty"]) for ln in event.get("lines") or []}
-    if facts.known:
-        bad = [n for n, qty in lines.items() if n not in facts.qtys or not 0 < qty <= facts.qtys[n]]
+    named = {str(ln["line_no"]): int(ln["qty"]) for ln in event.get("lines") or []}
+    if facts.qtys:  # the order known, or what its purge left
+        bad = [n for n, qty in named.items() if n not in facts.qtys or not 0 < qty <= facts.qtys[n]]
         if bad:
             fx.refusal = Refusal(Reason.INVALID_LINES, f"order {order_id} has no such line/units: {sorted(bad)}")
             return fx
@@ -373,8 +414,10 @@ def on_requested(rec: RefundRecord, event: Mapping[str, Any], order_id: str, fac
     rec.order_id, rec.channel, rec.kind, rec.amount_fen = order_id, str(event["channel"]), kind, amount
     rec.channel_order_id, rec.channel_refund_id = str(event["channel_order_id"]), str(event["channel_refund_id"])
     rec.customer_id = facts.customer_id
-    if not lines:
-        lines = dict(facts.qtys)  # the whole order (unknown when the order is: nothing to restock then)
+    # Named none (Tmall, JD, Douyin, Pinduoduo and Kuaishou never name them): what the amount says beyond doubt,
+    # else none, so a return of one unit of three is never taken for all three when it is put back on hand.
+    rec.lines_named = bool(named)
+    lines = named or units_for_amount(kind, amount, facts)
     rec.reason, rec.tracking_no, rec.lines = str(event.get("reason", "")), str(event.get("tracking_no", "")), lines
     rec.skus = {n: str(ln.get("sku") or "") for ln in event.get("lines") or [] for n in [str(ln["line_no"])]}
     rec.skus.update({n: sku for n, sku in facts.skus.items() if not lines or n in lines})
@@ -423,6 +466,13 @@ def on_reviewed(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, 
         if rec.state not in ("", "cancelled") and (rec.state == "rejected") != approved:
             return fx  # the same decision again, or an approval of a refund approved automatically
         return _illegal(fx, rec, "a review")  # a withdrawn refund, above all, is never approved unnoticed
+    if approved and not facts.known and not facts.paid_fen and facts.refunded_fen:
+        # Nothing says what the buyer paid (an order stockflow never saw, or long gone), yet its other refunds pay
+        # back already: one more is paid back blind. The marketplace's own after-sales page shows what is left.
+        fx.refusal = Refusal(Reason.REFUND_BOUND_UNKNOWN,
+                             f"refund {rec.refund_id} of {rec.amount_fen} fen: what order {rec.order_id} was paid is "
+                             f"not known, and its other refunds pay back {facts.refunded_fen}")  # fmt: skip
+        return fx
     if approved and (facts.known or facts.paid_fen) and rec.amount_fen > facts.amount_left_fen():
         # Customer service cannot pay an order back twice under two refund ids either.
         fx.refusal = Refusal(Reason.REFUNDS_ABOVE_ORDER,
@@ -478,17 +528,51 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: Order
     rec.stage_times.setdefault("inspected", now_ms)
     if rec.resellable and not rec.restocked:
         rec.restocked = True
-        fx.restock = [(n, rec.skus.get(n, ""), qty) for n, qty in sorted(rec.lines.items(), key=lambda kv: int(kv[0]))]
+        fx.restock, capped = restock_within_order(rec, facts)
+        fx.alerts += capped
         if not rec.lines:
-            fx.alerts.append(AlertSpec(
-                "refund_return_unstocked", "WARNING", rec.refund_id,
-                f"refund {rec.refund_id}: the return came back resellable, but which lines it holds is unknown (order "
-                f"{rec.order_id} unknown when requested, and the request named none); put it on hand by hand",
-                event_id=f"{rec.refund_id}:unstocked"))  # fmt: skip
+            fx.alerts.append(_unstocked(rec))
     if rec.state == "received":
         _start_refund(rec, fx, now_ms, "resellable" if rec.resellable else "not_resellable")
     _review_once_here(rec, fx, facts, rules, now_ms)
     return fx
+
+
+def restock_within_order(rec: RefundRecord, facts: OrderFacts) -> tuple[list[tuple[str, str, int]], list[AlertSpec]]:
+    """The units of each of the return's lines put back on hand: never more than the order line had, less what the
+    order's other refunds put back (a unit scanned in again under a second refund id is no second unit); and an
+    alert for any left off. A line whose units ordered are not known (the order unknown) is taken as it comes."""
+    restock, left_off = [], []
+    for line_no, qty in sorted(rec.lines.items(), key=lambda kv: int(kv[0])):
+        ordered = facts.qtys.get(line_no)
+        before = facts.restocked.get(line_no, 0)
+        units = qty if ordered is None else max(0, min(qty, ordered - before))
+        if units:
+            restock.append((line_no, rec.skus.get(line_no, ""), units))
+        if units < qty:
+            left_off.append(AlertSpec(
+                "refund_restock_capped", "WARNING", rec.refund_id,
+                f"refund {rec.refund_id}: its return holds {qty} unit(s) of line {line_no} of order {rec.order_id}, "
+                f"which had {ordered}, {before} of them put back on hand by its other refunds: {units} restocked. "
+                "The same unit returned under two refund ids? check the parcel and put any real extra on hand by hand",
+                event_id=f"{rec.refund_id}:{line_no}:restock_capped",
+                details={"reason": "above_units_ordered", "order_id": rec.order_id, "line_no": line_no,
+                         "ordered": str(ordered), "restocked_before": str(before), "returned": str(qty)}))  # fmt: skip
+    return restock, left_off
+
+
+def _unstocked(rec: RefundRecord) -> AlertSpec:
+    """A resellable return nothing is put on hand for: which units it holds is not known."""
+    if rec.skus:  # the order was known: the request named no lines, and paid back part of it
+        why, reason = (f"the request named no lines and its {rec.amount_fen} fen is part of order {rec.order_id}, "
+                       "no whole number of one line's units"), "lines_not_named"  # fmt: skip
+    else:
+        why, reason = f"order {rec.order_id} unknown when requested, and the request named no lines", "order_unknown"
+    return AlertSpec(
+        "refund_return_unstocked", "WARNING", rec.refund_id,
+        f"refund {rec.refund_id}: the return came back resellable, but which units it holds is unknown ({why}); "
+        "count them and put them on hand by hand", event_id=f"{rec.refund_id}:unstocked",
+        details={"reason": reason, "order_id": rec.order_id, "warehouse_id": rec.warehouse_id})  # fmt: skip
 
 
 def _review_once_here(rec: RefundRecord, fx: RefundEffects, facts: OrderFacts, rules: RefundRules,
@@ -507,7 +591,10 @@ def on_issued(rec: RefundRecord, now_ms: int) -> RefundEffects:
     return fx
 
 
-def on_settled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> RefundEffects:
+def on_settled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int, facts: OrderFacts | None = None,
+               rules: RefundRules | None = None) -> RefundEffects:  # fmt: skip
+    """A marketplace's settlement; ``facts`` and ``rules`` review a request that waited for the return's
+    tracking number (without them it goes to customer service)."""
     fx = RefundEffects()
     channel_order_id = str(event["channel_order_id"])
     if rec.channel_order_id and channel_order_id != rec.channel_order_id:
@@ -546,6 +633,15 @@ def on_settled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> Refu
         # and the goods may never come. The money is out, so it ends now; a return that still comes is
         # received, checked and restocked on the completed refund (``on_return_received``), never paid again.
         _start_refund(rec, fx, now_ms, "settled")
+    elif rec.state == "requested" and rec.waiting_for:
+        # Waiting for the return's tracking number (Kuaishou), which nothing may ever send now: the marketplace
+        # paid (its timeout rule), so the review starts. Approved (at once, or by customer service, whom the
+        # precondition no longer refuses), it completes; rejected, it is flagged.
+        if facts is not None and rules is not None:
+            _review(rec, fx, facts, rules, now_ms)
+        else:
+            rec.waiting_for = ""
+            _move(rec, fx, "reviewing", now_ms, "settled")
     # Otherwise stockflow has not decided yet: the settlement waits on the refund and completes it when it is
     # approved (``_start_refund``); rejected meanwhile, it is flagged (``on_reviewed``).
     return fx

@@ -15,8 +15,9 @@ Owns: store ``refunds_by_id`` (changelog ``<app>.refunds_by_id.changelog``): one
 per refund, or per refund id whose callbacks (a settlement, a review, a withdrawal, the return's
 shipment or receipt) wait for its request; store ``approved_refunds_by_order``:
 per order, what its approved or marketplace-settled refunds pay back (what it has left to pay back, so
-one order is never refunded twice under two refund ids), each kept until its refund is purged, and what
-the buyer paid for it (the bound still holds once the order itself is purged).
+one order is never refunded twice under two refund ids) and the units of each line its returns put back
+on hand (so one unit is never restocked twice under two refund ids), each kept until its refund is
+purged, and what the buyer paid for it (the bound still holds once the order itself is purged).
 Timers: each refund's next SOP limit and its purge ``STOCKFLOW_REFUND_RETENTION_S`` after it finished
 (or, still open, after it last moved: then with a RED alert, so no lost callback keeps a record for
 ever); callbacks before their request are flagged after
@@ -61,6 +62,10 @@ APPROVED_BY_ORDER = "approved_refunds_by_order"
 # In an order's entry of APPROVED_BY_ORDER beside its refunds' amounts: what the buyer paid for the order, so
 # a refund reviewed after the order was purged (30 days; refunds are kept 90) is still bounded by it.
 ORDER_PAID = "@order_paid_fen"
+# And, per refund that put a return back on hand, the units of each line it put back (``RESTOCKED`` + line no +
+# ":" + refund id -> units), so the order's other returns restock no more than the line had; kept, like its
+# amount, until the refund is purged. Every key of the entry that is no refund id begins with "@".
+RESTOCKED = "@restocked:"
 REFUND_RECORDS = records_serde(RefundRecord.from_dict)
 
 
@@ -75,8 +80,17 @@ def refund_rules(settings: Settings) -> RefundRules:
 
 
 def order_facts(order: OrderRecord | None, refunded_fen: int = 0) -> OrderFacts:
+    """What a refund needs of its order; of one unknown, what its other refunds pay back (``refunded_fen``) all the
+    same, and of one purged, what its slim record kept (what was paid, its lines) - still unknown, so nothing of
+    it is approved automatically, but bounded."""
+    if order is not None and order.tombstone:
+        return OrderFacts(
+            amount_fen=order.amount_fen, paid_fen=order.paid_fen, custom=order.custom, customer_id=order.customer_id,
+            skus={n: str(line["sku"]) for n, line in order.lines.items()},
+            qtys={n: int(line["qty"]) for n, line in order.lines.items()}, refunded_fen=refunded_fen,
+        )  # fmt: skip
     if order is None or not order.state:
-        return OrderFacts()
+        return OrderFacts(refunded_fen=refunded_fen)
     return OrderFacts(
         known=True, state=order.state, delivered_at_ms=order.delivered_at_ms or order.stage_times.get("delivered", 0),
         amount_fen=order.amount_fen, custom=order.custom, customer_id=order.customer_id,
@@ -149,7 +163,9 @@ class RunRefunds(Processor):
             order_id = order_key(record["channel"], record["channel_order_id"])
             fx = flow.on_requested(rec, record, order_id, self._facts(ctx, order_id, refund_id), rules, now)
         elif event_type == "RefundSettled":
-            fx = flow.on_settled(rec, record, now)  # one before its request is kept for it, not refused
+            # One before its request is kept for it, not refused.
+            facts = self._facts(ctx, rec.order_id, refund_id) if rec.state else None
+            fx = flow.on_settled(rec, record, now, facts, rules)
         elif not rec.state:
             fx = RefundEffects()
         else:
@@ -173,7 +189,7 @@ class RunRefunds(Processor):
             fx.transitions.append((rec.state, rec.state, ",".join(new_stages)))
         self._publish(ctx, rec, fx)
         self._store(ctx, db, rec)
-        self._note_paid_back(ctx, rec, flow.paid_back_fen(rec))
+        self._note_paid_back(ctx, rec, flow.paid_back_fen(rec), fx.restock)
 
     def _apply(self, ctx: Context, rec: RefundRecord, event_type: str, record: dict[str, Any]) -> RefundEffects:
         """An event for a refund already requested."""
@@ -221,29 +237,48 @@ class RunRefunds(Processor):
     def _facts(self, ctx: Context, order_id: str, refund_id: str) -> OrderFacts:
         order: OrderRecord | None = ctx.read_store(ORDER_STORE).get(order_id.encode())
         approved: dict[str, int] = ctx.store(APPROVED_BY_ORDER).get(order_id.encode()) or {}
-        refunded = sum(fen for other, fen in approved.items() if other not in (refund_id, ORDER_PAID))
-        facts = order_facts(order, refunded)
-        if not facts.known and approved.get(ORDER_PAID):
+        refunded = sum(fen for other, fen in approved.items() if other != refund_id and not other.startswith("@"))
+        restocked: dict[str, int] = {}
+        for name, units in approved.items():
+            if name.startswith(RESTOCKED):
+                line_no, other = name.removeprefix(RESTOCKED).split(":", 1)
+                if other != refund_id:
+                    restocked[line_no] = restocked.get(line_no, 0) + units
+        facts = replace(order_facts(order, refunded), restocked=restocked)
+        if not facts.known and not facts.paid_fen and approved.get(ORDER_PAID):
             paid = approved[ORDER_PAID]
-            facts = replace(facts, paid_fen=paid, amount_fen=paid, refunded_fen=refunded)
+            facts = replace(facts, paid_fen=paid, amount_fen=paid)
         return facts
 
-    def _note_paid_back(self, ctx: Context, rec: RefundRecord, fen: int) -> None:
-        """Keep what the order's refunds pay back up to date with this one (0: nothing, or no more)."""
+    def _note_paid_back(self, ctx: Context, rec: RefundRecord, fen: int,
+                        restocked: list[tuple[str, str, int]] | None = None, *,
+                        purged: bool = False) -> None:  # fmt: skip
+        """Keep the order's entry up to date with this refund: what it pays back (0: nothing, or no more), the
+        units it put back on hand (``restocked``, added), all of it forgotten when the refund is ``purged``."""
         db = ctx.store(APPROVED_BY_ORDER)
         key = rec.order_id.encode()
-        entry: dict[str, int] = db.get(key) or {}
-        order: OrderRecord | None = ctx.read_store(ORDER_STORE).get(key) if fen else None
-        paid = order.paid_fen if order is not None and order.state else entry.get(ORDER_PAID, 0)
-        if entry.get(rec.refund_id, 0) == fen and entry.get(ORDER_PAID, 0) == paid:
-            return
-        entry = dict(entry)
+        before: dict[str, int] = db.get(key) or {}
+        entry = dict(before)
         if fen:
             entry[rec.refund_id] = fen
         else:
             entry.pop(rec.refund_id, None)
-        if set(entry) - {ORDER_PAID}:
-            db.set(key, {**entry, ORDER_PAID: paid} if paid else entry)
+        for line_no, _sku, units in restocked or ():
+            name = f"{RESTOCKED}{line_no}:{rec.refund_id}"
+            entry[name] = entry.get(name, 0) + units
+        if purged:
+            entry = {name: v for name, v in entry.items()
+                     if not (name.startswith(RESTOCKED) and name.split(":", 2)[2] == rec.refund_id)}  # fmt: skip
+        order: OrderRecord | None = ctx.read_store(ORDER_STORE).get(key) if fen else None
+        paid = order.paid_fen if order is not None and (order.state or order.tombstone) else entry.get(ORDER_PAID, 0)
+        if paid:
+            entry[ORDER_PAID] = paid
+        if set(entry) <= {ORDER_PAID}:
+            entry = {}  # nothing of the order's refunds left to keep
+        if entry == before:
+            return
+        if entry:
+            db.set(key, entry)
         else:
             db.delete(key)
 
@@ -262,7 +297,7 @@ class RunRefunds(Processor):
             if rec.state not in flow.TERMINAL:
                 self._publish(ctx, rec, RefundEffects(alerts=[flow.abandoned_alert(rec, self.retention_ms)]))
             db.delete(key)
-            self._note_paid_back(ctx, rec, 0)
+            self._note_paid_back(ctx, rec, 0, purged=True)
             return
         fx = RefundEffects(alerts=flow.check_limits(rec, ctx.now_ms, self._rules))
         self._publish(ctx, rec, fx)
@@ -309,6 +344,7 @@ class RunRefunds(Processor):
             ctx.emit(REFUND_ORDER_CANCELS, rec.order_id, "OrderCancelled", OrderCancelled(
                 event_id=f"{rec.refund_id}:cancel", event_time_ms=now, channel=rec.channel,
                 channel_order_id=rec.channel_order_id, reason=f"{REFUND_ONLY_CANCEL}{rec.refund_id}",
+                paid_fen_seen=fx.cancel_paid_fen,
             ))  # fmt: skip
         if fx.instruct:
             ctx.emit(REFUND_INSTRUCTIONS, rec.order_id, "RefundInstruction", RefundInstruction(

@@ -48,6 +48,7 @@ class Reason(enum.StrEnum):
     PRECONDITION_MISSING = "precondition_missing"
     UNKNOWN_REFUND = "unknown_refund"
     REFUNDS_ABOVE_ORDER = "refunds_above_order"
+    REFUND_BOUND_UNKNOWN = "refund_bound_unknown"
     # ---- invalid orders: the intake (HTTP 4xx) and the order agent (dead letters) ----------------
     UNKNOWN_CHANNEL = "unknown_channel"
     MISSING_FIELD = "missing_field"
@@ -159,6 +160,10 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.UNKNOWN_REFUND: "a review, return, settlement or cancel for a refund that was never requested",
     Reason.REFUNDS_ABOVE_ORDER: (
         "a refund approval that would take what the order's approved refunds pay back past what was paid for it"
+    ),
+    Reason.REFUND_BOUND_UNKNOWN: (
+        "a refund approval for an order whose paid amount is not known (never seen, or purged longer ago than "
+        "refunds are kept) while its other refunds already pay some of it back"
     ),
     Reason.PRECONDITION_MISSING: (
         "a refund review before the channel's precondition is met (Kuaishou: the return tracking number)"

@@ -64,6 +64,7 @@ class OrderCancelled(TypedDict):
     channel: str
     channel_order_id: str
     reason: str
+    paid_fen_seen: NotRequired[int]  # a refund-only's cancel: what was paid when it was decided; 0/absent: unsaid
 
 
 class StockAdjusted(TypedDict):

@@ -183,8 +183,9 @@ def test_a_delivery_heard_before_the_shipment_ships_the_order_and_the_shipment_t
 
 def test_a_shipped_order_no_channel_reports_delivered_is_purged_after_the_retention_time() -> None:
     """Changed on purpose: "shipped" had no timer, so every order whose channel never reports delivery
-    stayed in the store for good."""
-    r, view = pipeline(order_retention_s=3_600)
+    stayed in the store for good. Changed on purpose again: a paid order's purge left its refunds nothing to be
+    bounded by, so its slim record (what was paid, its lines) stays as long as refunds are kept, then goes."""
+    r, view = pipeline(order_retention_s=3_600, refund_retention_s=7_200)
     wh = first_warehouse()
     stock(r, view, "SKU-8", 5, wh)
     order(r, "OrderPlaced", ev.order_placed("jd", "8", [ev.line(1, "SKU-8", 1)]))
@@ -193,6 +194,10 @@ def test_a_shipped_order_no_channel_reports_delivered_is_purged_after_the_retent
     r.advance(3_000_000)
     assert r.read(ORDERS, b"jd:8") is not None
     r.advance(700_000)
+    slim = r.read(ORDERS, b"jd:8")
+    assert slim.tombstone and (slim.paid_fen, slim.lines) == (9_900, {"1": {"sku": "SKU-8", "qty": 1}})
+    assert not slim.routing and not slim.address and not slim.stage_times
+    r.advance(7_200_000)
     assert r.read(ORDERS, b"jd:8") is None
 
 

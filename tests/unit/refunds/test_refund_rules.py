@@ -163,10 +163,44 @@ def test_a_kuaishou_return_that_arrives_before_its_tracking_number_is_reviewed_o
 
 
 def test_refund_only_before_shipment_cancels_the_order() -> None:
+    """Changed on purpose: it asked 100 fen of a 5,000 fen order, naming no lines, and cancelled the order; a
+    request naming no lines is the whole order only when its amount is all the order has left."""
     rec = new()
     facts = OrderFacts(known=True, state="paid", amount_fen=5_000, skus={"1": "SKU-1"}, qtys={"1": 1}, paid_fen=5_000)
-    fx = flow.on_requested(rec, request(kind="REFUND_ONLY"), "tmall:o1", facts, packaged_rules(), DELIVERED)
+    fx = flow.on_requested(rec, request(kind="REFUND_ONLY", amount=5_000), "tmall:o1", facts, packaged_rules(),
+                           DELIVERED)  # fmt: skip
     assert fx.cancel_order and fx.instruct and rec.state == "refunding"
+
+
+def test_a_request_naming_no_lines_takes_back_only_the_units_its_amount_says() -> None:
+    """Five of six channels name no refund lines. Taken for the whole order, a return of one unit of three put
+    all three back on hand (two units that never came back: oversold), and a refund-only of part of an unshipped
+    order cancelled all of it."""
+    three = OrderFacts(known=True, state="delivered", amount_fen=29_700, skus={"1": "SKU-1"}, qtys={"1": 3},
+                       paid_fen=29_700)  # fmt: skip
+    two_lines = OrderFacts(known=True, state="delivered", amount_fen=19_800, skus={"1": "SKU-1", "2": "SKU-2"},
+                           qtys={"1": 1, "2": 1}, paid_fen=19_800)  # fmt: skip
+    assert flow.units_for_amount("RETURN_AND_REFUND", 9_900, three) == {"1": 1}
+    assert flow.units_for_amount("RETURN_AND_REFUND", 19_800, three) == {"1": 2}
+    assert flow.units_for_amount("RETURN_AND_REFUND", 29_700, three) == {"1": 3}
+    assert flow.units_for_amount("RETURN_AND_REFUND", 9_000, three) == {}  # no whole number of units: a person
+    assert flow.units_for_amount("RETURN_AND_REFUND", 9_900, two_lines) == {}  # which line? a person
+    assert flow.units_for_amount("REFUND_ONLY", 9_900, three) == {}  # a price difference, or a unit called off
+    assert flow.units_for_amount("RETURN_AND_REFUND", 9_900, OrderFacts()) == {}  # order unknown
+    assert not flow.whole_order(None, 9_900, three) and flow.whole_order(None, 29_700, three)
+    assert flow.whole_order({"1": 3}, 100, three)  # every unit named: the whole order, whatever its amount
+
+
+def test_a_partial_return_naming_no_lines_of_a_many_line_order_is_stocked_by_a_person() -> None:
+    rec, rules = new("jd"), packaged_rules()
+    facts = OrderFacts(known=True, state="delivered", delivered_at_ms=DELIVERED, amount_fen=19_800,
+                       skus={"1": "SKU-1", "2": "SKU-2"}, qtys={"1": 1, "2": 1}, paid_fen=19_800)  # fmt: skip
+    request_ = dict(ev.refund_requested("jd", "o1", "r1", 9_900, event_time_ms=DELIVERED + 1))
+    fx = flow.on_requested(rec, request_, "jd:o1", facts, rules, DELIVERED + 1)
+    assert fx.instruct and not rec.lines_named and rec.lines == {}  # paid back at once: a no-reason return
+    fx = flow.on_return_received(rec, dict(ev.return_received("jd", "o1", "r1", "WH-1")), facts, rules, DELIVERED + 9)
+    assert fx.restock == []
+    assert [(a.kind, a.details["reason"]) for a in fx.alerts] == [("refund_return_unstocked", "lines_not_named")]
 
 
 @pytest.mark.parametrize(
@@ -532,3 +566,13 @@ def test_a_second_settlement_with_another_reference_or_amount_is_flagged_and_the
         [spec] = flow.on_settled(rec, settlement(ref, fen), 4).alerts
         assert (spec.kind, spec.severity, spec.details["reason"]) == ("refund_reconciliation", "RED", "settled_twice")
         assert (rec.settlement_id, rec.settled_amount_fen) == ("st-1", 9_900)  # the first stands
+
+
+def test_a_return_restocks_no_more_of_a_line_than_its_order_had_less_what_other_refunds_restocked() -> None:
+    rec = RefundRecord(refund_id="jd:r2", order_id="jd:o1", lines={"1": 2, "2": 1}, skus={"1": "SKU-1", "2": "SKU-2"})
+    facts = OrderFacts(known=True, state="delivered", qtys={"1": 2, "2": 1}, restocked={"1": 1})
+    restock, alerts = flow.restock_within_order(rec, facts)
+    assert restock == [("1", "SKU-1", 1), ("2", "SKU-2", 1)]
+    assert [(a.kind, a.details["line_no"], a.details["returned"]) for a in alerts] == [
+        ("refund_restock_capped", "1", "2")]  # fmt: skip
+    assert flow.restock_within_order(rec, OrderFacts())[0] == [("1", "SKU-1", 2), ("2", "SKU-2", 1)]  # order unknown
