@@ -521,10 +521,14 @@ def aggregate(home: SkuStock) -> SkuStock:
 
 
 def sent_to_bucket(home: SkuStock, seq: int, sync: Sync) -> None:
-    """Remember a transfer until its bucket reports having applied it (``aggregate`` counts it meanwhile). Not an
-    exchange's: the record that asked for it counts its units as lent until they are back."""
-    if home.hot is not None and sync.kind == TRANSFER and sync.to_bucket >= 0 and swap_of(sync.ref) is None:
-        home.hot.in_flight.append([seq, sync.to_bucket, dict(sync.units)])
+    """Remember a transfer until its bucket reports having applied it (``aggregate`` counts it meanwhile). An
+    exchange's without its units (the record that asked for it counts them as lent until they are back), yet
+    remembered all the same: its bucket sends them on or back, so it is not done (``on_report``) until it applied
+    it. Taken as merged on a report older than the exchange (a bucket that went while its last figures still showed
+    the warehouse's units), it is left out of a count's probes, and the units it sends home after the count's
+    snapshot, in no bucket's answer and not in the home's figure, land on top of the count: phantom units."""
+    if home.hot is not None and sync.kind == TRANSFER and sync.to_bucket >= 0:
+        home.hot.in_flight.append([seq, sync.to_bucket, {} if swap_of(sync.ref) is not None else dict(sync.units)])
 
 
 # ---- a bucket -------------------------------------------------------------------------------------

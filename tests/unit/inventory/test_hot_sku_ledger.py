@@ -187,11 +187,12 @@ MIXES = {
 }
 # Per mix: seeds that failed on the code before the five fixes (on-hand off, or a RELEASE sent round the buckets
 # until refused); 257 and 214, before a shipment came off the warehouse it named rather than the line's allocation;
-# then seeds that passed there too.
+# 160, before an exchange's transfer to a bucket kept the home from taking that bucket as merged (a count then left
+# it out, and the exchange's units came home on top of the count); then seeds that passed there too.
 SEEDS = {
     "ship-refused-unrouted": [30, 41, 51, 52, 53, 257, 0, 1, 2],
     "count-remark": [4, 6, 10, 13, 29, 33, 0, 1],
-    "count-remark-replay": [1, 2, 17, 20, 52, 56, 214, 0, 3],
+    "count-remark-replay": [1, 2, 17, 20, 52, 56, 214, 160, 0, 3],
     "remark-still-clock": [69, 72, 122, 0, 1],
     "cold-count": [0, 1, 2, 3],
 }
