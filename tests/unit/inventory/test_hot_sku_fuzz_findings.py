@@ -13,19 +13,7 @@ from streams.contract.topics import HOLD_COMMANDS, OPS_OVERRIDES, STOCK_ADJUSTME
 from streams.engine.local import LocalRunner
 from streams.settings import Settings
 
-SKU = "SKU-A"
-P = 12
-WAREHOUSES = frozenset({"WH-SH", "WH-GZ"})
-
-
-def runner(**overrides: Any) -> LocalRunner:
-    settings = Settings(**{"safety_threshold": 0, "threshold_hysteresis": 0, "partitions": P, **overrides})
-    return LocalRunner([HoldStock.from_settings(settings, WAREHOUSES)], partitions=P)
-
-
-def adjust(r: LocalRunner, kind: str, qty: int, wh: str, doc: str) -> None:
-    r.send([(SKU, "StockAdjusted", {"event_id": doc, "event_time_ms": r.now_ms, "sku": SKU, "warehouse_id": wh,
-                                    "kind": kind, "qty": qty, "reason": ""})], STOCK_ADJUSTMENTS.name)  # fmt: skip
+from .test_hot_sku_shelf import SKU, WAREHOUSES, P, adjust, runner
 
 
 def hot(r: LocalRunner, buckets: int, doc: str) -> None:
@@ -58,6 +46,18 @@ def on_hand(r: LocalRunner) -> dict[str, int]:
 def settle(r: LocalRunner) -> None:
     for _ in range(5):
         r.advance(1_000)
+
+
+def shelves_split(buckets: int) -> tuple[LocalRunner, list[dict[str, Any]]]:
+    """10 units at Shanghai and 1 at Guangzhou, split in ``buckets`` (0: cold); with each bucket's record."""
+    r = runner(hot_sku_low_water=1)
+    adjust(r, "RECEIPT", 10, "WH-SH", "rcpt-sh")
+    adjust(r, "RECEIPT", 1, "WH-GZ", "rcpt-gz")
+    if buckets:
+        hot(r, buckets, "hot-1")
+        settle(r)
+    records = [r.read(STORE, sku_key(bucket_key(SKU, k, P)), bucket_key(SKU, k, P)) for k in range(buckets)]
+    return r, records
 
 
 # ---- 1. a SHIP's pass-home marker gives way to a late duplicate RESERVE: the line is held again and shipped twice ----
@@ -221,17 +221,11 @@ def test_a_line_shipped_from_a_warehouse_its_bucket_has_none_of_is_taken_off_tha
     SKU says {SH 8, GZ 1}: one phantom unit at Guangzhou (and two missing at Shanghai)."""
     results = {}
     for buckets in (0, 2):
-        r = runner(hot_sku_low_water=1)
-        adjust(r, "RECEIPT", 10, "WH-SH", "rcpt-sh")
-        adjust(r, "RECEIPT", 1, "WH-GZ", "rcpt-gz")
+        r, records = shelves_split(buckets)
         b = -1
         order = "jd:g0"
         if buckets:
-            hot(r, 2, "hot-1")
-            settle(r)
-            no_gz = [k for k in range(2) if not r.read(STORE, sku_key(bucket_key(SKU, k, P)), bucket_key(SKU, k, P))
-                     ["on_hand"].get("WH-GZ")]  # fmt: skip
-            b = no_gz[0]
+            b = next(k for k, rec in enumerate(records) if not rec["on_hand"].get("WH-GZ"))
             order = next(o for o in (f"jd:g{i}" for i in range(100)) if bucket_for(o, 2) == b)
         assert [a["outcome"] for a in send(r, cmd("RESERVE", order, 2, b))] == ["HELD"]
         assert [a["outcome"] for a in send(r, cmd("SHIP", order, 2, b, "WH-GZ"))] == ["SHIPPED"]
@@ -287,15 +281,10 @@ def test_a_count_while_an_exchanges_units_are_out_at_a_merged_bucket_counts_them
     says it applied it, so the count probes it and the unit is counted, as any transfer's, once."""
     results = {}
     for buckets in (0, 2):
-        r = runner(hot_sku_low_water=1)
-        adjust(r, "RECEIPT", 10, "WH-SH", "rcpt-sh")
-        adjust(r, "RECEIPT", 1, "WH-GZ", "rcpt-gz")
+        r, records = shelves_split(buckets)
         b = -1
         if buckets:
-            hot(r, 2, "hot-1")
-            settle(r)
-            b = next(k for k in range(2) if r.read(STORE, sku_key(bucket_key(SKU, k, P)), bucket_key(SKU, k, P))
-                     ["on_hand"].get("WH-GZ"))  # fmt: skip
+            b = next(k for k, rec in enumerate(records) if rec["on_hand"].get("WH-GZ"))
             other = next(o for o in (f"jd:e{i}" for i in range(100)) if bucket_for(o, 2) != b)
             assert [a["outcome"] for a in send(r, cmd("RESERVE", other, 1, 1 - b))] == ["HELD"]  # it stays merging
         from_b = lambda e, b=b: e[2] == "BucketSync" and e[3]["from_bucket"] == b >= 0  # noqa: E731
