@@ -211,11 +211,20 @@ class HoldStock(Processor):
         return self.rules
 
     # ---- loading and storing ---------------------------------------------------------------------------
-    def _stock(self, db: StoreTransaction[Any], sku: str) -> SkuStock:
+    def _stock(self, db: StoreTransaction[Any], sku: str, up_to_date: bool = True) -> SkuStock:
+        """The SKU's (or bucket's) record; one an older version wrote brought up to date (``up_to_date`` False:
+        not yet, the caller does it with ``_bring_up_to_date``)."""
         data = db.get(sku_key(sku))
         if isinstance(data, SkuStock):
             return data
-        return SkuStock.load(data) if data is not None else SkuStock(sku)
+        stock = SkuStock.load(data) if data is not None else SkuStock(sku)
+        if up_to_date:
+            self._bring_up_to_date(db, stock)
+        return stock
+
+    def _bring_up_to_date(self, db: StoreTransaction[Any], stock: SkuStock) -> None:
+        if not stock.presale_allocated:  # once per record written before presale lines counted in ``allocated``
+            rules_.count_presale_allocations(stock, self._open_holds(db, stock.sku))
 
     def _hold(self, db: StoreTransaction[Any], sku: str, order_id: str, line_no: int) -> LineHold | None:
         data = db.get(hold_key(sku, order_id, line_no))
@@ -261,11 +270,13 @@ class HoldStock(Processor):
         if (refused := self._invalid(event_type, record)) is not None:
             ctx.refuse(*refused)
             return
-        stock = self._stock(db, key)
+        stock = self._stock(db, key, up_to_date=False)
         target = record.get("bucket", HOME) if event_type == "HoldCommand" else record.get("to_bucket", HOME)
         if event_type in ("HoldCommand", "BucketSync") and target >= 0 and stock.hot is None:
             stock.hot = Buckets(bucket=target)  # a bucket its home has not (or no longer) set up
         was_paused, had_breach, was_hot = stock.paused, not stock.healthy(), _hot_state(stock)
+        # After ``had_breach``: a warehouse an older version overbooked with a presale line is alerted now.
+        self._bring_up_to_date(db, stock)
         had_free = stock.available()
         home_seq = stock.hot.seq if stock.hot is not None and stock.hot.bucket < 0 else 0
         if event_type == "HoldCommand":

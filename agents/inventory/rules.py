@@ -16,6 +16,7 @@ which commits atomically with the answers.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -63,6 +64,9 @@ class SkuStock:
     sold: int = 0  # paid, not shipped (regular)
     presale_reserved: int = 0  # open presale holds
     allocated: dict[str, int] = field(default_factory=dict)  # open units routing tied to a warehouse
+    # ``allocated`` counts routed presale lines too: a record written before it did is brought up to date from its
+    # line records when loaded (``count_presale_allocations``); False only until then.
+    presale_allocated: bool = True
     paused: bool = False
     newest_change_ms: int = 0
     newest_source_ms: int = 0
@@ -155,6 +159,8 @@ class SkuStock:
             # Written before the pool kept the shelf's movements: none it booked so far can be put back on top of a
             # count, so a count taken before its last change is refused (count_too_old), not applied without them.
             stock.moves_from = dict.fromkeys(stock.on_hand, stock.newest_change_ms)
+        if "presale_allocated" not in data:
+            stock.presale_allocated = False  # written when routed presale lines were left out of ``allocated``
         return stock
 
 
@@ -240,10 +246,23 @@ def account(stock: SkuStock, before: LineHold | None, after: LineHold | None) ->
             stock.locked += sign * hold.qty
             if hold.status == SOLD:
                 stock.sold += sign * hold.qty
-        if hold.warehouse_id and not hold.presale:  # presale units are not on a shelf yet
+        if hold.warehouse_id:  # a presale line too: routed, it is sent the warehouse's units like any other
             stock.allocated[hold.warehouse_id] = stock.allocated.get(hold.warehouse_id, 0) + sign * hold.qty
             if stock.allocated[hold.warehouse_id] == 0:
                 del stock.allocated[hold.warehouse_id]
+
+
+def count_presale_allocations(stock: SkuStock, open_holds: Iterable[LineHold]) -> None:
+    """Bring a record written before ``allocated`` counted routed presale lines (``presale_allocated`` False) up
+    to date: add each open presale line tied to a warehouse, once. Left out, such a line would be taken off its
+    warehouse's figure when it ships or is let go (``account``), a figure it was never added to; and its units
+    looked free to the next order routed there. A warehouse the two already overbook is then a breach (alerted)."""
+    if stock.presale_allocated:
+        return
+    for hold in open_holds:
+        if hold.presale and hold.is_open and hold.warehouse_id:
+            stock.allocated[hold.warehouse_id] = stock.allocated.get(hold.warehouse_id, 0) + hold.qty
+    stock.presale_allocated = True
 
 
 def next_paused(paused: bool, available: int, threshold: int, hysteresis: int) -> bool:
@@ -374,6 +393,9 @@ def allocate(stock: SkuStock, hold: LineHold | None, order_id: str, line_no: int
 
     Routing scores warehouses from published stock levels, which can be a refresh interval old;
     this is the authoritative check, so two orders routed at once never take the same last units.
+    A presale line is checked alike: the pool keeps on-hand units back for it (``presale_reserved``), and
+    routed it is sent a warehouse's units. Its stock not on a shelf yet, routing finds no warehouse for it and
+    retries, as for a regular line; a refusal here has the order routed again, never the units booked twice.
     """
     if hold is None or not hold.is_open:
         detail = "no_open_hold" if hold is None else f"hold_is_{hold.status}"
@@ -382,7 +404,7 @@ def allocate(stock: SkuStock, hold: LineHold | None, order_id: str, line_no: int
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "ALLOCATED", warehouse_id))
     if hold.warehouse_id:
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "IGNORED", f"allocated_to_{hold.warehouse_id}"))
-    if not hold.presale and stock.warehouse_free(warehouse_id) < hold.qty:
+    if stock.warehouse_free(warehouse_id) < hold.qty:
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "REFUSED", Reason.WAREHOUSE_SHORT))
     after = replace(hold, warehouse_id=warehouse_id, updated_ms=now_ms)
     account(stock, hold, after)

@@ -298,7 +298,7 @@ def assert_pool_consistent(r: LocalRunner, on_hand: dict[str, int]) -> None:
         assert rec["locked"] == sum(h["qty"] for h in open_lines if not h["presale"]), key
         allocated: dict[str, int] = {}
         for h in open_lines:
-            if h["warehouse_id"] and not h["presale"]:
+            if h["warehouse_id"]:  # a routed presale line too
                 allocated[h["warehouse_id"]] = allocated.get(h["warehouse_id"], 0) + h["qty"]
         assert rec["allocated"] == allocated, key
         assert all(q <= rec["on_hand"].get(wh, 0) for wh, q in allocated.items()), (key, rec)
@@ -652,6 +652,28 @@ def test_a_unit_a_bucket_frees_goes_to_the_homes_presale_line_it_was_short_of() 
     home = record(r, SKU)
     assert home is not None and sum(home["on_hand"].values()) == 3
     assert on_hand_everywhere(r, 2) == 10
+
+
+def test_a_presale_line_at_a_hot_skus_home_is_allocated_with_the_units_of_its_warehouse() -> None:
+    """A routed presale line counts against its warehouse like a regular one. Decided at the home, whose units
+    are mostly out in the buckets, it gets its routed warehouse's units by exchange, as a regular line held
+    there does (``buckets.want``): allocated with them, never to units a bucket sells on, and never stuck."""
+    r = runner(hot_sku_low_water=1)
+    receipt(r, SKU, 10, "WH-SH")
+    receipt(r, SKU, 10, "WH-GZ")
+    presale_cap(r, 5)
+    mark(r, 2)
+    assert answers(r.send([presale("pre:1", 5)], HOLD_COMMANDS.name)) == [("pre:1", "HELD")]
+    r.advance(1_000)  # the home asks its buckets for units behind the presale line
+    r.advance(1_000)
+    _, kind, cmd = reserve("pre:1", 5, action="COMMIT")
+    out = r.send([(SKU, kind, {**cmd, "presale": True, "warehouse_id": "WH-GZ"})], HOLD_COMMANDS.name)
+    out += r.advance(1_000)
+    assert allocations(out, "pre:1") == [("ALLOCATED", "WH-GZ")]
+    home = record(r, SKU)
+    assert home is not None and home["allocated"] == {"WH-GZ": 5} and home["on_hand"].get("WH-GZ", 0) >= 5
+    assert level(r)["allocated_by_warehouse"] == {"WH-GZ": 5}
+    assert_pool_consistent(r, {"WH-SH": 10, "WH-GZ": 10})
 
 
 def test_a_bucket_that_ends_and_begins_again_in_one_batch_loses_no_transfer() -> None:

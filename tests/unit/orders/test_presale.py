@@ -17,6 +17,7 @@ from agents.inventory.hold_stock import sku_key
 from agents.orders import rules as flow
 from agents.orders.run_lifecycle import STORE as ORDERS
 from agents.orders.run_lifecycle import order_rules
+from agents.routing.warehouse_view import WarehouseView
 from loadtest import events as ev
 from streams.contract.reasons import Reason
 from streams.contract.topics import STOCK_ADJUSTMENTS
@@ -376,3 +377,81 @@ def test_in_process_a_presale_order_paid_in_full_at_once_is_routed_as_any_paid_o
     assert states(out) == ["paid", "routed"]
     assert [(d["warehouse_id"], d["action"]) for d in of_type(out, "WarehouseDispatched")] == [(wh, "DISPATCH")]
     assert not r.refusals
+
+
+# ---- a routed presale line and its warehouse's units ---------------------------------------------------
+
+
+def _levels(r: LocalRunner, view: WarehouseView, outputs: list[Any]) -> None:
+    for out in outputs:
+        if out.event_type == "StockLevel":
+            view.apply_level(out.record)
+
+
+def test_a_routed_presale_line_keeps_its_warehouse_units_from_the_next_order() -> None:
+    """Changed on purpose: a presale line routed to a warehouse was not counted in that warehouse's allocated
+    units (``presale units are not on a shelf yet``), though the pool keeps on-hand units back for it
+    (available = on_hand - locked - presale_reserved). WH-SH and WH-GZ have 5 each, the presale cap is 5: a
+    presale order for 5 pays its deposit and balance and is routed to WH-SH; a regular order for 5, paid after,
+    saw WH-SH still free in the published level, the pool's allocation agreed, and it went to WH-SH too - WH-SH
+    owed 10 with 5 on its shelf while WH-GZ's 5 sat unallocated. The presale line now counts against WH-SH
+    like any allocated line: the regular order goes to WH-GZ."""
+    r, view = pipeline()
+    stock(r, view, "SKU-PA", 5, "WH-SH")  # nearest to the default address (Hangzhou)
+    stock(r, view, "SKU-PA", 5, "WH-GZ")
+    presale_stock(r, "SKU-PA", 5)
+    order(r, "OrderPlaced", ev.order_placed("tmall", "pre1", [ev.line(1, "SKU-PA", 5)], presale=True))
+    order(r, "PaymentConfirmed", payment("tmall", "pre1", is_balance=False))  # the deposit
+    out = order(r, "PaymentConfirmed", payment("tmall", "pre1", is_balance=True))
+    assert [(d["warehouse_id"], d["action"]) for d in of_type(out, "WarehouseDispatched")] == [("WH-SH", "DISPATCH")]
+    assert r.read(POOL, sku_key("SKU-PA"), "SKU-PA")["allocated"] == {"WH-SH": 5}
+    _levels(r, view, r.advance(1_000))  # the pool's level reaches routing: WH-SH has nothing free
+    assert (view.free[("WH-SH", "SKU-PA")], view.free[("WH-GZ", "SKU-PA")]) == (0, 5)
+    assert states(order(r, "OrderPlaced", ev.order_placed("tmall", "reg1", [ev.line(1, "SKU-PA", 5)]))) == [
+        "placed", "reserved"]  # fmt: skip
+    out = order(r, "PaymentConfirmed", payment("tmall", "reg1", is_balance=False))
+    assert [(d["warehouse_id"], d["action"]) for d in of_type(out, "WarehouseDispatched")] == [("WH-GZ", "DISPATCH")]
+    assert r.read(POOL, sku_key("SKU-PA"), "SKU-PA")["allocated"] == {"WH-SH": 5, "WH-GZ": 5}
+
+
+def test_a_presale_line_routed_on_a_stale_view_to_a_warehouse_now_short_is_routed_again() -> None:
+    """Routing's view of free units can be a refresh interval old: the pool's allocation is the check, for a
+    presale line as for a regular one. A regular order took WH-SH's 5 after the view last heard; the presale
+    balance routes to WH-SH on the old figure, the pool refuses it (``warehouse_short``), and the line is routed
+    again, to WH-GZ, instead of being sent to units another order has."""
+    r, view = pipeline()
+    stock(r, view, "SKU-PB", 5, "WH-SH")
+    stock(r, view, "SKU-PB", 5, "WH-GZ")
+    presale_stock(r, "SKU-PB", 5)
+    order(r, "OrderPlaced", ev.order_placed("tmall", "pre2", [ev.line(1, "SKU-PB", 5)], presale=True))
+    order(r, "PaymentConfirmed", payment("tmall", "pre2", is_balance=False))
+    order(r, "OrderPlaced", ev.order_placed("tmall", "reg2", [ev.line(1, "SKU-PB", 5)]))
+    out = order(r, "PaymentConfirmed", payment("tmall", "reg2", is_balance=False))
+    assert [(d["warehouse_id"], d["action"]) for d in of_type(out, "WarehouseDispatched")] == [("WH-SH", "DISPATCH")]
+    view.planned.clear()  # routing forgets its own plan: only the published level (not yet read) is left
+    assert view.free[("WH-SH", "SKU-PB")] == 5  # stale
+    out = order(r, "PaymentConfirmed", payment("tmall", "pre2", is_balance=True))
+    refused = [d for d in of_type(out, "HoldDecided") if d["outcome"] == "REFUSED"]
+    assert [(d["action"], d["reason"]) for d in refused] == [("ALLOCATE", Reason.WAREHOUSE_SHORT)]
+    assert states(out) == ["paid", "routed"]
+    assert [(d["warehouse_id"], d["action"]) for d in of_type(out, "WarehouseDispatched")] == [("WH-GZ", "DISPATCH")]
+    assert r.read(POOL, sku_key("SKU-PB"), "SKU-PB")["allocated"] == {"WH-SH": 5, "WH-GZ": 5}
+
+
+def test_a_presale_order_paid_before_its_stock_arrives_waits_for_it_and_is_routed_when_it_does() -> None:
+    """A presale cap may run ahead of the shelf (stock still coming): the balance can come before the units.
+    Nothing is allocated to a warehouse without them - the order is unroutable and retried, as a regular one
+    whose units are not there, and is routed once the receipt is in."""
+    r, view = pipeline(route_retry_s=30)
+    presale_stock(r, "SKU-PC", 4)
+    order(r, "OrderPlaced", ev.order_placed("tmall", "pre3", [ev.line(1, "SKU-PC", 4)], presale=True))
+    order(r, "PaymentConfirmed", payment("tmall", "pre3", is_balance=False))
+    out = order(r, "PaymentConfirmed", payment("tmall", "pre3", is_balance=True))
+    assert states(out) == ["paid"] and of_type(out, "WarehouseDispatched") == []
+    assert [(a["kind"], a["severity"]) for a in of_type(out, "Alert")] == [("unroutable", "WARNING")]
+    assert r.read(POOL, sku_key("SKU-PC"), "SKU-PC")["allocated"] == {}
+    stock(r, view, "SKU-PC", 4, "WH-GZ")  # the presale stock is received
+    out = r.advance(30_000)
+    assert states(out) == ["routed"]
+    assert [(d["warehouse_id"], d["action"]) for d in of_type(out, "WarehouseDispatched")] == [("WH-GZ", "DISPATCH")]
+    assert r.read(POOL, sku_key("SKU-PC"), "SKU-PC")["allocated"] == {"WH-GZ": 4}
