@@ -925,8 +925,13 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
             _delivered(rec, fx, event, now_ms)
         return fx
     if rec.state in ("cancelled", "payment_timeout", "rejected", "placed", "reserved"):
+        if target == "delivered" and rec.shipped_lines:
+            # The parcel delivered is the part that left, shipped and off the shelf already (a split order's first
+            # warehouse shipped, the other took the cancel and still has its units): it confirms those lines. The
+            # delivery names no warehouse, so taking it as a shipment of the rest would take units still on a shelf.
+            return fx
         # Called off, or not paid yet (a payment callback lost and the order pushed to the WMS by hand); a
-        # delivery means the same, its shipment notice lost on the way.
+        # delivery of an order none of which shipped means the same, its shipment notice lost on the way.
         return _shipped_anyway(rec, event if target == "shipped" else {"warehouse_id": ""}, now_ms, rules)
     if not can_transition(rec.state, target):
         fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"cannot move an order that is {rec.state} to {target}")

@@ -297,3 +297,33 @@ def test_a_shipment_from_a_warehouse_routing_did_not_choose_raises_a_red_alert()
     out = order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "w1", other))
     assert alert_kinds(out) == [("shipped_from_other_warehouse", "RED")]
     assert [refusal.reason for refusal in r.refusals] == ["illegal_transition"]
+
+
+def split_order(r: LocalRunner, view: WarehouseView, oid: str) -> tuple[str, str]:
+    """A paid jd order routed in two parts: line 1 (SKU-XA, 2 units) to the first warehouse, line 2 (SKU-XB, 1 unit)
+    to the second, each the only one with stock of its SKU."""
+    wh_a, wh_b = sorted(load_warehouses(Settings().warehouses_file))[:2]
+    stock(r, view, "SKU-XA", 5, wh_a)
+    stock(r, view, "SKU-XB", 5, wh_b)
+    order(r, "OrderPlaced", ev.order_placed("jd", oid, [ev.line(1, "SKU-XA", 2), ev.line(2, "SKU-XB", 1)]))
+    out = order(r, "PaymentConfirmed", ev.payment_confirmed("jd", oid))
+    assert sorted(dispatched(out)) == [(wh_a, "DISPATCH"), (wh_b, "DISPATCH")]
+    return wh_a, wh_b
+
+
+def test_delivery_of_the_shipped_part_of_a_cancelled_split_order_keeps_the_other_warehouses_units() -> None:
+    """Changed on purpose (review): a split order's first warehouse ships, the channel cancels, the second warehouse
+    takes the cancel and keeps its units; the first parcel's delivery (naming no warehouse) was taken as a shipment of
+    every unshipped line, so the second warehouse's units, still on its shelf, left the pool, with a false
+    ``shipped_after_cancel``. The delivery now confirms the lines that shipped: nothing more is deducted or said."""
+    r, view = pipeline()
+    wh_a, wh_b = split_order(r, view, "x1")
+    assert states(order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "x1", wh_a))) == []
+    out = order(r, "OrderCancelled", ev.order_cancelled("jd", "x1"))
+    assert states(out) == ["cancelled"] and (wh_b, "CANCEL") in dispatched(out)
+    assert r.read(POOL, sku_key("SKU-XB"), "SKU-XB")["on_hand"] == {wh_b: 5}
+    out = order(r, "ShipmentDelivered", ev.shipment_delivered("jd", "x1"))  # the first warehouse's parcel arrived
+    assert (states(out), alert_kinds(out), r.refusals) == ([], [], [])
+    assert r.read(POOL, sku_key("SKU-XB"), "SKU-XB")["on_hand"] == {wh_b: 5}  # the second took the cancel
+    assert r.read(POOL, sku_key("SKU-XA"), "SKU-XA")["on_hand"] == {wh_a: 3}
+    assert r.read(ORDERS, b"jd:x1").shipped_lines == ["1"]
