@@ -1064,7 +1064,9 @@ def _shipped_anyway(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules:
     fx.alerts.append(AlertSpec(
         "shipped_after_cancel", "RED", rec.order_id,
         f"order {rec.order_id} ({rec.channel}) was shipped by {shipped_from or 'the WMS'} although it is {rec.state}",
-        event_id=f"shipped_after_cancel:{rec.order_id}", at_ms=now_ms,
+        # One per warehouse: both parts of a split order may ship after its cancel, and the notifier and the
+        # dashboards keep one alert per id; a repeat of the same warehouse's notice is the same alert.
+        event_id=f"shipped_after_cancel:{rec.order_id}" + (f":{shipped_from}" if shipped_from else ""), at_ms=now_ms,
         details={"channel": rec.channel, "state": rec.state, "warehouse": shipped_from},
     ))  # fmt: skip
     return fx

@@ -327,3 +327,19 @@ def test_delivery_of_the_shipped_part_of_a_cancelled_split_order_keeps_the_other
     assert r.read(POOL, sku_key("SKU-XB"), "SKU-XB")["on_hand"] == {wh_b: 5}  # the second took the cancel
     assert r.read(POOL, sku_key("SKU-XA"), "SKU-XA")["on_hand"] == {wh_a: 3}
     assert r.read(ORDERS, b"jd:x1").shipped_lines == ["1"]
+
+
+def test_each_warehouse_that_ships_a_cancelled_split_order_is_reported() -> None:
+    """Changed on purpose (review): both warehouses of a split order shipping after its cancel raised
+    ``shipped_after_cancel`` with one id, ``shipped_after_cancel:<order>``; the notifier and the dashboards keep one
+    alert per id, so the second parcel was never reported. The id names the warehouse; a repeat of the same notice
+    (a replay) carries the same id."""
+    r, view = pipeline()
+    wh_a, wh_b = split_order(r, view, "x3")
+    assert states(order(r, "OrderCancelled", ev.order_cancelled("jd", "x3"))) == ["cancelled"]
+    first = order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "x3", wh_a))
+    second = order(r, "ShipmentDispatched", {**ev.shipment_dispatched("jd", "x3", wh_b), "event_id": "shipped:x3:b"})
+    ids = [o.record["event_id"] for o in first + second if o.event_type == "Alert"]
+    assert ids == [f"shipped_after_cancel:jd:x3:{wh_a}", f"shipped_after_cancel:jd:x3:{wh_b}"]
+    assert r.read(POOL, sku_key("SKU-XB"), "SKU-XB")["on_hand"] == {wh_b: 4}
+
