@@ -343,3 +343,68 @@ def test_each_warehouse_that_ships_a_cancelled_split_order_is_reported() -> None
     assert ids == [f"shipped_after_cancel:jd:x3:{wh_a}", f"shipped_after_cancel:jd:x3:{wh_b}"]
     assert r.read(POOL, sku_key("SKU-XB"), "SKU-XB")["on_hand"] == {wh_b: 4}
 
+
+
+def owed(outputs: list[Any]) -> list[tuple[str, str, str]]:
+    """The ``paid_order_not_fulfilled`` alerts among ``outputs``: (severity, event id, amount)."""
+    return [(o.record["severity"], o.record["event_id"], o.record["details"].get("amount_fen", ""))
+            for o in outputs if o.event_type == "Alert" and o.record["kind"] == "paid_order_not_fulfilled"]  # fmt: skip
+
+
+def test_a_payment_given_up_on_is_owed_back_loudly_and_still_applied_when_its_order_comes() -> None:
+    """Changed on purpose (review): a payment that waited its longer grace for its order was dead-lettered and
+    forgotten, with a dashboard WARNING alone; the order replayed later from intake's dead letters was reserved as
+    unpaid and timed out (the checker's ``paid_but_timed_out``), its units sold again, nobody told the money was owed.
+    Given up on, it is dead-lettered as before, a RED ``paid_order_not_fulfilled`` names the amount, and a slim copy
+    is kept for the order retention: the order coming later is paid and routed, and the alert cleared."""
+    r, view = pipeline(parked_grace_s=600, parked_payment_grace_s=86_400, order_retention_s=30 * 86_400)
+    wh = first_warehouse()
+    stock(r, view, "SKU-L2", 5, wh)
+    order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "L2", amount_fen=9_900))
+    assert alert_kinds(r.advance(11 * 60_000)) == [("payment_without_order", "WARNING")]
+    gone = r.advance(25 * 3_600_000)
+    assert [o.record["reason"] for o in gone if o.event_type == "DeadLetter"] == ["unknown_order"]
+    assert owed(gone) == [("RED", "paid_order_not_fulfilled:tmall:L2:unclaimed:payment", "9900")]
+    assert "99.00 yuan" in next(o.record["message"] for o in gone if o.event_type == "Alert")
+    out = order(r, "OrderPlaced", ev.order_placed("tmall", "L2", [ev.line(1, "SKU-L2", 1)]))  # replayed, days on
+    assert states(out) == ["placed", "reserved", "paid", "routed"]
+    assert owed(out) == [("INFO", "paid_order_not_fulfilled:tmall:L2:unclaimed:payment:cleared", "9900")]
+    assert not r.refusals and not [o for o in out if o.event_type == "DeadLetter"]  # dead-lettered once, not again
+    out = r.advance(Settings().payment_timeout_s * 1000 + 60_000)
+    assert r.read(ORDERS, b"tmall:L2").state == "routed" and "payment_timeout" not in states(out)
+    assert r.read(POOL, sku_key("SKU-L2"), "SKU-L2")["sold"] == 1
+
+
+def test_a_payment_given_up_on_is_kept_no_longer_than_the_order_retention() -> None:
+    """The slim copy of a payment given up on is bounded: it goes the order retention after it was given up on, with
+    nothing more said or dead-lettered, and the order's record with it; a repeat of the payment meanwhile is the
+    same payment, kept once and owed once."""
+    r, _ = pipeline(parked_grace_s=600, parked_payment_grace_s=3_600, order_retention_s=86_400)
+    paid = ev.payment_confirmed("jd", "g1", amount_fen=500)
+    order(r, "PaymentConfirmed", paid)
+    r.advance(11 * 60_000)  # the WARNING: it waits for its order
+    assert len(owed(r.advance(3_000_000))) == 1
+    assert [p["event_id"] for p in r.read(ORDERS, b"jd:g1").parked] == [paid["event_id"]]
+    assert "source" not in r.read(ORDERS, b"jd:g1").parked[0]  # its bytes went to the dead letter
+    order(r, "PaymentConfirmed", paid)  # intake's dead letter replayed, and no order
+    assert len(r.read(ORDERS, b"jd:g1").parked) == 1
+    out = r.advance(86_400_000)
+    assert [o for o in out if o.event_type in ("Alert", "DeadLetter")] == []
+    assert r.read(ORDERS, b"jd:g1") is None
+
+
+def test_a_cancel_given_up_on_with_its_payment_still_calls_off_the_order_that_comes_later() -> None:
+    """A payment given up on is applied to an order that comes later; so must the rest given up on with it be, or the
+    late order would be paid, routed and shipped to a buyer who had called it off (or shipped twice)."""
+    r, view = pipeline(parked_grace_s=600, parked_payment_grace_s=3_600)
+    wh = first_warehouse()
+    stock(r, view, "SKU-GC", 5, wh)
+    order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "gc", amount_fen=300))
+    order(r, "OrderCancelled", ev.order_cancelled("tmall", "gc"))
+    r.advance(11 * 60_000)
+    gone = r.advance(3_000_000)
+    assert len([o for o in gone if o.event_type == "DeadLetter"]) == 2 and len(owed(gone)) == 1
+    out = order(r, "OrderPlaced", ev.order_placed("tmall", "gc", [ev.line(1, "SKU-GC", 2)]))
+    assert (states(out)[-1], dispatched(out)) == ("cancelled", [])
+    sku = r.read(POOL, sku_key("SKU-GC"), "SKU-GC")
+    assert (sku["on_hand"][wh], sku["locked"], sku["sold"]) == (5, 0, 0) and not r.refusals
