@@ -362,6 +362,7 @@ def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
         return fx
     fx.refusal = validate_placed(event, rules)
     if fx.refusal is not None:
+        _refused_while_paid(rec, fx.refusal, fx, now_ms)
         return fx
     rec.channel = event["channel"]
     rec.channel_order_id = event["channel_order_id"]
@@ -385,6 +386,17 @@ def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
     # back for an order that ships (if the order is let go now, paid_order_not_fulfilled is raised anew).
     fx.alerts.extend(_unclaimed_payment_alert(rec, p, now_ms, cleared=True) for p in fx.replay_parked if p.get("owed"))
     return fx
+
+
+def _refused_while_paid(rec: OrderRecord, refusal: Refusal, fx: Effects, now_ms: int) -> None:
+    """An order refused (invalid: no record of it is kept) whose payment waits parked for it: the customer paid for
+    an order that will not ship unless it is placed again, corrected. Said now, loudly, not when the payment is given
+    up on a day later; the payment stays parked, and is applied if the order comes again in time."""
+    for parked in rec.parked:
+        if parked["event_type"] == "PaymentConfirmed" and not parked.get("owed"):
+            parked["owed"] = True
+            why = f"came for an order refused ({refusal.reason}: see the dead letters)"
+            fx.alerts.append(_unclaimed_payment_alert(rec, parked, now_ms, why=why))
 
 
 def _ask_again(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules) -> None:
@@ -1040,8 +1052,8 @@ def _given_up(rec: OrderRecord, fx: Effects, parked: dict[str, Any], now_ms: int
     as if it had come in time. A payment taken for an order that never came is money owed back: a RED alert, not
     the dashboard's WARNING alone (none after a purge: a payment for an order paid and finished is a repeat)."""
     slim = {k: v for k, v in parked.items() if k != "source"} | {"dead_lettered": True}
-    if parked["event_type"] == "PaymentConfirmed" and not rec.tombstone:
-        slim["owed"] = True
+    if parked["event_type"] == "PaymentConfirmed" and not rec.tombstone and not parked.get("owed"):
+        slim["owed"] = True  # (one said to be owed when its order was refused is not said again)
         fx.alerts.append(_unclaimed_payment_alert(rec, slim, now_ms))
     return slim
 

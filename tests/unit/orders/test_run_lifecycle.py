@@ -393,6 +393,33 @@ def test_a_payment_given_up_on_is_kept_no_longer_than_the_order_retention() -> N
     assert r.read(ORDERS, b"jd:g1") is None
 
 
+def test_a_payment_for_an_order_whose_placement_was_refused_is_owed_back_loudly() -> None:
+    """Changed on purpose (review): an order refused as placed (an address that cannot be placed) keeps no record;
+    its customer's payment was parked, raised a dashboard WARNING and was dead-lettered after its grace: nobody was
+    told money was taken for an order that will not ship. Parked when the order is refused, it raises a RED
+    ``paid_order_not_fulfilled`` at once; parked after, when it is given up on. Either way, it is applied to the
+    order if that is placed again, corrected."""
+    r, view = pipeline(parked_grace_s=600, parked_payment_grace_s=86_400)
+    stock(r, view, "SKU-L", 5, first_warehouse())
+    bad_address = {"province": "Atlantis", "city": "x", "district": "y", "detail": "z"}
+    # Refused first, paid after: the payment waits for an order that may be placed again, then is owed back.
+    out = order(r, "OrderPlaced", ev.order_placed("tmall", "L1", [ev.line(1, "SKU-L", 1)], address=bad_address))
+    assert [x.reason for x in r.refusals] == ["address_unplaceable"] and states(out) == []
+    out = order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "L1", amount_fen=9_900))
+    out += r.advance(11 * 60_000) + r.advance(25 * 3_600_000)
+    assert owed(out) == [("RED", "paid_order_not_fulfilled:tmall:L1:unclaimed:payment", "9900")]
+    assert "paid_order_not_fulfilled" in Settings().notify_kinds
+    # Paid first, refused after: said at once, and cleared when the order is placed again, corrected.
+    order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "L3", amount_fen=1_200))
+    out = order(r, "OrderPlaced", ev.order_placed("tmall", "L3", [ev.line(1, "SKU-L", 1)], address=bad_address))
+    assert owed(out) == [("RED", "paid_order_not_fulfilled:tmall:L3:unclaimed:payment", "1200")]
+    assert "address_unplaceable" in next(o.record["message"] for o in out if o.event_type == "Alert")
+    out = order(r, "OrderPlaced", {**ev.order_placed("tmall", "L3", [ev.line(1, "SKU-L", 1)]), "event_id": "L3:fixed"})
+    assert states(out) == ["placed", "reserved", "paid", "routed"]
+    assert owed(out) == [("INFO", "paid_order_not_fulfilled:tmall:L3:unclaimed:payment:cleared", "1200")]
+    assert owed(r.advance(25 * 3_600_000)) == []
+
+
 def test_a_cancel_given_up_on_with_its_payment_still_calls_off_the_order_that_comes_later() -> None:
     """A payment given up on is applied to an order that comes later; so must the rest given up on with it be, or the
     late order would be paid, routed and shipped to a buyer who had called it off (or shipped twice)."""
