@@ -384,8 +384,10 @@ class Settings(BaseSettings):
             "cancelled_after_shipment",
             "shipped_from_other_warehouse",
             "failed_queue_gap",
-            # An order nothing else would move: routed, and past its promised ship time.
+            # An order nothing else would move: routed, and past its promised ship time; or delivered with a part
+            # its warehouse never reported shipping.
             "shipment_overdue",
+            "delivered_with_unshipped_lines",
         ),
         description="Alert kinds posted to the webhook (JSON list).",
     )

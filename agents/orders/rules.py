@@ -940,9 +940,11 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
         return fx  # a duplicate, or the WMS's notice after the channel's delivery: shipped already
     if target == "delivered" and rec.state in ("paid", "routed"):
         # Delivered before the WMS reported the shipment: the units have left all the same.
+        unshipped = _unshipped_part(rec, now_ms)
         fx = on_shipment(rec, {"warehouse_id": ""}, "ShipmentDispatched", now_ms, rules)
         if rec.state == "shipped":
             _delivered(rec, fx, event, now_ms)
+        fx.alerts.extend(unshipped)
         return fx
     if rec.state in ("cancelled", "payment_timeout", "rejected", "placed", "reserved"):
         if target == "delivered" and rec.shipped_lines:
@@ -960,6 +962,28 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
         _delivered(rec, fx, event, now_ms)
         return fx
     return _shipped(rec, fx, event.get("warehouse_id", ""), now_ms, rules)
+
+
+def _unshipped_part(rec: OrderRecord, now_ms: int) -> list[AlertSpec]:
+    """A delivery (naming no warehouse) of an order part of which shipped and part not (a split order, one warehouse
+    shipped): it is taken as the shipment of the rest - its notice may be what was lost - but it may be the first
+    parcel's alone, the rest still on a shelf, never to leave, with its units off the pool and the order delivered.
+    Which cannot be told from here: ops must check with the warehouse, and hear of it now."""
+    unshipped = [n for n in sorted(rec.lines, key=int) if n not in rec.shipped_lines]
+    if not rec.shipped_lines or not unshipped:
+        return []
+    where: dict[str, list[str]] = {}
+    for line_no in unshipped:
+        where.setdefault(rec.allocated.get(line_no, "no warehouse yet"), []).append(line_no)
+    at = "; ".join(f"{wh} line(s) {', '.join(nos)}" for wh, nos in sorted(where.items()))
+    return [AlertSpec(
+        "delivered_with_unshipped_lines", "RED", rec.order_id,
+        f"order {rec.order_id} ({rec.channel}) was reported delivered while {at} had not reported shipping: taken as "
+        "shipped (its units are off the pool); check it left, or ship it and count that warehouse's stock",
+        event_id=f"delivered_with_unshipped_lines:{rec.order_id}", at_ms=now_ms,
+        details={"channel": rec.channel, "state": rec.state, "warehouses": ",".join(sorted(where)),
+                 "lines": ",".join(unshipped)},
+    )]  # fmt: skip
 
 
 def _shipped(rec: OrderRecord, fx: Effects, shipped_from: str, now_ms: int, rules: OrderRules) -> Effects:

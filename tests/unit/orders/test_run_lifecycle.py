@@ -435,3 +435,23 @@ def test_a_cancel_given_up_on_with_its_payment_still_calls_off_the_order_that_co
     assert (states(out)[-1], dispatched(out)) == ("cancelled", [])
     sku = r.read(POOL, sku_key("SKU-GC"), "SKU-GC")
     assert (sku["on_hand"][wh], sku["locked"], sku["sold"]) == (5, 0, 0) and not r.refusals
+
+
+def test_a_delivery_of_a_split_order_one_warehouse_has_not_shipped_raises_a_red_alert() -> None:
+    """Changed on purpose (review): a delivery (naming no warehouse) of a split order one warehouse had shipped was
+    taken, without a word, as the shipment of the part the other had not reported: if that parcel never left, the
+    buyer waits for good, its units are off the pool while on the shelf, and no overdue alert can fire for a
+    delivered order. It is still taken so (its shipment notice may be what was lost), with a RED alert naming the
+    warehouse and lines to check. Not left routed instead: a channel's delivery of the whole order would then never
+    deliver it, and an order whose notice was lost would stay routed for good."""
+    r, view = pipeline(ship_promise_s=3_600)
+    wh_a, wh_b = split_order(r, view, "x2")
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "x2", wh_a))
+    out = order(r, "ShipmentDelivered", ev.shipment_delivered("jd", "x2"))
+    assert states(out) == ["shipped", "delivered"]
+    assert alert_kinds(out) == [("delivered_with_unshipped_lines", "RED")]
+    [raised] = [o.record for o in out if o.event_type == "Alert"]
+    assert (raised["details"]["warehouses"], raised["details"]["lines"]) == (wh_b, "2") and wh_b in raised["message"]
+    assert "delivered_with_unshipped_lines" in Settings().notify_kinds
+    assert states(order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "x2", wh_b))) == []  # then nothing
+    assert r.read(POOL, sku_key("SKU-XB"), "SKU-XB")["on_hand"] == {wh_b: 4}  # taken once
