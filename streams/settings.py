@@ -254,15 +254,18 @@ class Settings(BaseSettings):
         description="How long a payment, a cancel, a shipment or a delivery may wait for its order: after "
         "`STOCKFLOW_PARKED_GRACE_S` a `payment_without_order` (or `event_without_order`) alert is raised and the "
         "event is kept this long, so a late order is still paid, never shipped after its cancel, and never shipped "
-        "twice. "
-        "A marketplace settlement before its refund's request is kept as long, then dead-lettered (`unknown_refund`).",
+        "twice; then it is dead-lettered (`unknown_order`; a payment raises a RED `paid_order_not_fulfilled`: owed "
+        "back) and a slim copy is kept `STOCKFLOW_ORDER_RETENTION_S` more for an order replayed later. "
+        "A marketplace settlement before its refund's request waits this grace too, then is dead-lettered "
+        "(`unknown_refund`).",
     )
     order_retention_s: float = Field(
         default=30 * 86400.0,
         gt=0,
         description="How long a finished order (delivered, rejected, cancelled, timed out, or shipped with no delivery "
         "reported) keeps its state after its last change, for late WMS and channel events; then it is purged, so "
-        "stored orders stay bounded.",
+        "stored orders stay bounded. A payment, cancel, shipment or delivery given up on waiting for its order is "
+        "kept as long after it was.",
     )
     max_line_qty: int = Field(default=10_000, ge=1, description="Larger line quantities are refused (`invalid_qty`).")
     max_order_lines: int = Field(
@@ -381,8 +384,10 @@ class Settings(BaseSettings):
             "cancelled_after_shipment",
             "shipped_from_other_warehouse",
             "failed_queue_gap",
-            # An order nothing else would move: routed, and past its promised ship time.
+            # An order nothing else would move: routed, and past its promised ship time; or delivered with a part
+            # its warehouse never reported shipping.
             "shipment_overdue",
+            "delivered_with_unshipped_lines",
         ),
         description="Alert kinds posted to the webhook (JSON list).",
     )

@@ -7,7 +7,8 @@ An order's lines are reserved all-or-nothing: one RESERVE per line goes to the l
 the order waits for exactly one answer per expected line number (a set, not a count, so a
 duplicated answer cannot complete an order early), then either every line is held or every held
 line is released. Events that arrive before their order (paid before created, as marketplaces do)
-are parked on the order and applied when it arrives. Every handler is idempotent: it looks at the
+are parked on the order and applied when it arrives (a payment no order claims in time is owed back: a RED
+``paid_order_not_fulfilled``). Every handler is idempotent: it looks at the
 order's recorded state, so a duplicate or replayed event changes nothing.
 
 A presale order (预售) is paid twice: its deposit secures it (stage time ``deposit_paid``: the holds are
@@ -48,6 +49,7 @@ TERMINAL = ("delivered", "rejected", "cancelled", "payment_timeout")
 # Events kept for their order past the grace (``STOCKFLOW_PARKED_PAYMENT_GRACE_S``), with an alert, not
 # dead-lettered: dropped, a payment leaves the customer's order unpaid, a cancel lets a late order ship to a
 # buyer who called it off, and a shipment or delivery leaves its units on the shelf while routing ships again.
+# Past that they are dead-lettered, and for the same reasons a slim copy stays for the order retention.
 KEPT_FOR_ORDER = ("PaymentConfirmed", "OrderCancelled", "ShipmentDispatched", "ShipmentDelivered")
 # The reason of the OrderCancelled a refund-only approved before shipment sends (``refund.order-cancels``).
 REFUND_ONLY_CANCEL = "refund_only:"
@@ -79,6 +81,9 @@ class OrderRules:
     hold_ttl_ms: int
     parked_grace_ms: int
     parked_payment_grace_ms: int  # a payment is never dropped for waiting: it waits this long
+    # How long a finished order is kept; an event ``KEPT_FOR_ORDER`` given up on (dead-lettered) keeps a slim copy
+    # as long, so an order that comes later still (replayed from intake's dead letters) is paid, or called off.
+    order_retention_ms: int
     max_line_qty: int
     max_lines: int
     sla_ms: int
@@ -340,7 +345,7 @@ def _release_held(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules,
 
 def park(rec: OrderRecord, event_type: str, event: dict[str, Any], source: dict[str, Any],
          now_ms: int) -> Effects:  # fmt: skip
-    """Keep an event that arrived before its order."""
+    """Keep an event that arrived before its order (a repeat of one kept, its slim copy too, changes nothing)."""
     if not any(p["event_id"] == event["event_id"] for p in rec.parked):
         rec.parked.append({"event_type": event_type, "event": event, "event_id": event["event_id"],
                            "source": source, "parked_ms": now_ms})  # fmt: skip
@@ -357,6 +362,7 @@ def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
         return fx
     fx.refusal = validate_placed(event, rules)
     if fx.refusal is not None:
+        _refused_while_paid(rec, fx.refusal, fx, now_ms)
         return fx
     rec.channel = event["channel"]
     rec.channel_order_id = event["channel_order_id"]
@@ -376,7 +382,21 @@ def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
     fx.hold_commands = [_command(rec, "RESERVE", n, now_ms, rules) for n in rec.lines]
     rec.reserve_asked_ms = now_ms
     fx.replay_parked, rec.parked = rec.parked, []
+    # A payment said to be owed back when it was given up on is the order's after all: say so, so nobody pays it
+    # back for an order that ships (if the order is let go now, paid_order_not_fulfilled is raised anew).
+    fx.alerts.extend(_unclaimed_payment_alert(rec, p, now_ms, cleared=True) for p in fx.replay_parked if p.get("owed"))
     return fx
+
+
+def _refused_while_paid(rec: OrderRecord, refusal: Refusal, fx: Effects, now_ms: int) -> None:
+    """An order refused (invalid: no record of it is kept) whose payment waits parked for it: the customer paid for
+    an order that will not ship unless it is placed again, corrected. Said now, loudly, not when the payment is given
+    up on a day later; the payment stays parked, and is applied if the order comes again in time."""
+    for parked in rec.parked:
+        if parked["event_type"] == "PaymentConfirmed" and not parked.get("owed"):
+            parked["owed"] = True
+            why = f"came for an order refused ({refusal.reason}: see the dead letters)"
+            fx.alerts.append(_unclaimed_payment_alert(rec, parked, now_ms, why=why))
 
 
 def _ask_again(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules) -> None:
@@ -920,13 +940,20 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
         return fx  # a duplicate, or the WMS's notice after the channel's delivery: shipped already
     if target == "delivered" and rec.state in ("paid", "routed"):
         # Delivered before the WMS reported the shipment: the units have left all the same.
+        unshipped = _unshipped_part(rec, now_ms)
         fx = on_shipment(rec, {"warehouse_id": ""}, "ShipmentDispatched", now_ms, rules)
         if rec.state == "shipped":
             _delivered(rec, fx, event, now_ms)
+        fx.alerts.extend(unshipped)
         return fx
     if rec.state in ("cancelled", "payment_timeout", "rejected", "placed", "reserved"):
+        if target == "delivered" and rec.shipped_lines:
+            # The parcel delivered is the part that left, shipped and off the shelf already (a split order's first
+            # warehouse shipped, the other took the cancel and still has its units): it confirms those lines. The
+            # delivery names no warehouse, so taking it as a shipment of the rest would take units still on a shelf.
+            return fx
         # Called off, or not paid yet (a payment callback lost and the order pushed to the WMS by hand); a
-        # delivery means the same, its shipment notice lost on the way.
+        # delivery of an order none of which shipped means the same, its shipment notice lost on the way.
         return _shipped_anyway(rec, event if target == "shipped" else {"warehouse_id": ""}, now_ms, rules)
     if not can_transition(rec.state, target):
         fx.refusal = Refusal(Reason.ILLEGAL_TRANSITION, f"cannot move an order that is {rec.state} to {target}")
@@ -935,6 +962,28 @@ def on_shipment(rec: OrderRecord, event: dict[str, Any], event_type: str, now_ms
         _delivered(rec, fx, event, now_ms)
         return fx
     return _shipped(rec, fx, event.get("warehouse_id", ""), now_ms, rules)
+
+
+def _unshipped_part(rec: OrderRecord, now_ms: int) -> list[AlertSpec]:
+    """A delivery (naming no warehouse) of an order part of which shipped and part not (a split order, one warehouse
+    shipped): it is taken as the shipment of the rest - its notice may be what was lost - but it may be the first
+    parcel's alone, the rest still on a shelf, never to leave, with its units off the pool and the order delivered.
+    Which cannot be told from here: ops must check with the warehouse, and hear of it now."""
+    unshipped = [n for n in sorted(rec.lines, key=int) if n not in rec.shipped_lines]
+    if not rec.shipped_lines or not unshipped:
+        return []
+    where: dict[str, list[str]] = {}
+    for line_no in unshipped:
+        where.setdefault(rec.allocated.get(line_no, "no warehouse yet"), []).append(line_no)
+    at = "; ".join(f"{wh} line(s) {', '.join(nos)}" for wh, nos in sorted(where.items()))
+    return [AlertSpec(
+        "delivered_with_unshipped_lines", "RED", rec.order_id,
+        f"order {rec.order_id} ({rec.channel}) was reported delivered while {at} had not reported shipping: taken as "
+        "shipped (its units are off the pool); check it left, or ship it and count that warehouse's stock",
+        event_id=f"delivered_with_unshipped_lines:{rec.order_id}", at_ms=now_ms,
+        details={"channel": rec.channel, "state": rec.state, "warehouses": ",".join(sorted(where)),
+                 "lines": ",".join(unshipped)},
+    )]  # fmt: skip
 
 
 def _shipped(rec: OrderRecord, fx: Effects, shipped_from: str, now_ms: int, rules: OrderRules) -> Effects:
@@ -995,6 +1044,8 @@ def on_tick(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
         for parked in rec.parked:
             if parked_deadline_ms(parked, rules) > now_ms:
                 keep.append(parked)
+            elif parked.get("dead_lettered"):
+                continue  # a slim copy past the order retention: its order is not coming
             elif parked["event_type"] in KEPT_FOR_ORDER and not parked.get("alerted"):
                 # A customer paid, called off, or was shipped to, for an order we have not seen: say so now, and
                 # keep the event, so a late order is paid, not shipped after a cancel, or not shipped twice.
@@ -1012,13 +1063,56 @@ def on_tick(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
                 keep.append(parked)
             else:
                 fx.expired_parked.append(parked)
+                if parked["event_type"] in KEPT_FOR_ORDER:
+                    keep.append(_given_up(rec, fx, parked, now_ms))
         rec.parked = keep
     return fx
 
 
+def _given_up(rec: OrderRecord, fx: Effects, parked: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """An event kept for its order (``KEPT_FOR_ORDER``) that waited its longer grace in vain: dead-lettered
+    (``unknown_order``), and a slim copy of it (no message bytes) kept for the order retention, so an order that
+    comes later still (replayed from intake's dead letters) is paid, not shipped after its cancel, not shipped twice,
+    as if it had come in time. A payment taken for an order that never came is money owed back: a RED alert, not
+    the dashboard's WARNING alone (none after a purge: a payment for an order paid and finished is a repeat)."""
+    slim = {k: v for k, v in parked.items() if k != "source"} | {"dead_lettered": True}
+    if parked["event_type"] == "PaymentConfirmed" and not rec.tombstone and not parked.get("owed"):
+        slim["owed"] = True  # (one said to be owed when its order was refused is not said again)
+        fx.alerts.append(_unclaimed_payment_alert(rec, slim, now_ms))
+    return slim
+
+
+def _unclaimed_payment_alert(rec: OrderRecord, parked: dict[str, Any], now_ms: int, *, cleared: bool = False,
+                             why: str = "") -> AlertSpec:  # fmt: skip
+    """RED ``paid_order_not_fulfilled`` for a parked payment no order claimed (``why``: what is known of the order),
+    or, ``cleared``, its clearing when the order came after all and the payment was applied to it."""
+    event = parked["event"]
+    kind = BALANCE if event.get("balance") else IN_FULL
+    amount = int(event.get("amount_fen") or 0)
+    paid = f"{amount / 100:.2f} yuan" if amount else "an amount not given"
+    event_id = f"paid_order_not_fulfilled:{rec.order_id}:unclaimed:{kind}"
+    details = {"channel": rec.channel or str(event.get("channel", "")), "reason": "payment_without_order",
+               "payment": kind, "payment_id": str(event.get("payment_id", "")), "amount_fen": str(amount)}  # fmt: skip
+    if cleared:
+        return AlertSpec(
+            "paid_order_not_fulfilled", "INFO", rec.order_id,
+            f"order {rec.order_id} came after all and its {paid} payment given up on is applied to it: nothing is "
+            "owed back for it", event_id=f"{event_id}:cleared", at_ms=now_ms, cleared=True, details=details,
+        )  # fmt: skip
+    return AlertSpec(
+        "paid_order_not_fulfilled", "RED", rec.order_id,
+        f"a payment of {paid} for order {rec.order_id} ({details['channel']}) "
+        f"{why or 'waited in vain for its order (lost, or refused: see the dead letters)'}: the customer is owed it "
+        "back, unless the order is placed again (then the payment is applied to it)",
+        event_id=event_id, at_ms=now_ms, details=details,
+    )  # fmt: skip
+
+
 def parked_deadline_ms(parked: dict[str, Any], rules: OrderRules) -> int:
     """When a parked event is next looked at: its grace, or for an alerted one (``KEPT_FOR_ORDER``) its longer
-    one."""
+    one; the slim copy of one given up on goes the order retention after that."""
+    if parked.get("dead_lettered"):
+        return int(parked["parked_ms"]) + rules.parked_payment_grace_ms + rules.order_retention_ms
     if parked.get("alerted"):
         return int(parked["parked_ms"]) + rules.parked_payment_grace_ms
     return int(parked["parked_ms"]) + rules.parked_grace_ms
@@ -1059,7 +1153,9 @@ def _shipped_anyway(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules:
     fx.alerts.append(AlertSpec(
         "shipped_after_cancel", "RED", rec.order_id,
         f"order {rec.order_id} ({rec.channel}) was shipped by {shipped_from or 'the WMS'} although it is {rec.state}",
-        event_id=f"shipped_after_cancel:{rec.order_id}", at_ms=now_ms,
+        # One per warehouse: both parts of a split order may ship after its cancel, and the notifier and the
+        # dashboards keep one alert per id; a repeat of the same warehouse's notice is the same alert.
+        event_id=f"shipped_after_cancel:{rec.order_id}" + (f":{shipped_from}" if shipped_from else ""), at_ms=now_ms,
         details={"channel": rec.channel, "state": rec.state, "warehouse": shipped_from},
     ))  # fmt: skip
     return fx

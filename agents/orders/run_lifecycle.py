@@ -8,12 +8,13 @@ SKU; a hot SKU's line by its bucket, ``SKU#k``, chosen by order id from the in-m
 ``agents.orders.hot_skus`` view, the line's later commands to the bucket that answered),
 ``reservation.results``, ``order.states``, ``routing.decisions``, ``warehouse.dispatch``,
 ``warehouse.performance``, ``order.health`` (each order's health score, once, when it is paid),
-alerts (SLA, unroutable, payment waiting for its order, money taken for an order let go) and dead
-letters (refused events, events parked past their grace).
+alerts (SLA, unroutable, payment waiting for its order, money taken for an order let go or never
+seen) and dead letters (refused events, events parked past their grace).
 Owns: store ``orders_by_id`` (changelog ``<app>.orders_by_id.changelog``): one ``OrderRecord`` per
 order: lines, the pool's answer per line, state and stage times, payment deadline, routing plan and
-allocations, WMS acknowledgements, SLA flag, and events parked until their order arrives. Timers:
-each order's next deadline (payment timeout, a presale deposit's balance window, parked grace, SLA,
+allocations, WMS acknowledgements, SLA flag, and events parked until their order arrives (those given
+up on and dead-lettered keep a slim copy for ``STOCKFLOW_ORDER_RETENTION_S``, for an order replayed later).
+Timers: each order's next deadline (payment timeout, a presale deposit's balance window, parked grace, SLA,
 routing retry) and, once it is finished, its purge after ``STOCKFLOW_ORDER_RETENTION_S``; all derived
 from the stored order (``due_ms``), so a restart rebuilds every one. A paid order's purge leaves a slim
 record (``flow.refund_tombstone``: state "", what was paid, its lines) that the refunds read for as long as
@@ -75,6 +76,7 @@ def order_rules(s: Settings) -> OrderRules:
         hold_ttl_ms=int(s.hold_ttl_s * 1000),
         parked_grace_ms=int(s.parked_grace_s * 1000),
         parked_payment_grace_ms=int(s.parked_payment_grace_s * 1000),
+        order_retention_ms=int(s.order_retention_s * 1000),
         max_line_qty=s.max_line_qty,
         max_lines=s.max_order_lines,
         sla_ms=int(s.sla_unrouted_s * 1000),
@@ -178,7 +180,7 @@ class RunLifecycle(Processor):
         self._publish(ctx, rec, self._settle(rec, fx, now))
         for parked in fx.replay_parked:
             later = self._apply(rec, parked["event_type"], parked["event"], now)
-            if later.refusal is not None:
+            if later.refusal is not None and not parked.get("dead_lettered"):  # one given up on was already
                 ctx.refuse_kept(parked["source"], STAGE, later.refusal.reason, later.refusal.detail)
             self._publish(ctx, rec, self._settle(rec, later, now))
         self._store(ctx, db, rec)

@@ -194,3 +194,16 @@ def test_the_fifteen_minutes_to_a_warehouse_run_from_when_the_customer_paid() ->
         assert rec.state == "paid" and rec.next_deadline_ms(ORDER_RULES) == red_at
         assert flow.sla_alerts(rec, red_at - 1, ORDER_RULES) == []
         assert [a.severity for a in flow.sla_alerts(rec, red_at, ORDER_RULES)] == ["RED"]
+
+
+def test_a_repeated_shipped_after_cancel_notice_of_one_warehouse_keeps_its_alert_id() -> None:
+    """The id names the warehouse (each part of a split order shipped after its cancel is reported), and a repeat of
+    the same warehouse's notice - replayed against the state before it - raises the same id: one alert."""
+    ids = []
+    for _ in range(2):
+        rec = flow.OrderRecord(order_id="jd:r1", channel="jd", state="cancelled", lines={"1": {"sku": "S", "qty": 1}},
+                               allocated={"1": "WH-A"})  # fmt: skip
+        ids += [a.event_id for a in flow.on_shipment(rec, {"warehouse_id": "WH-A"}, "ShipmentDispatched", 0,
+                                                     ORDER_RULES).alerts]  # fmt: skip
+        assert flow.on_shipment(rec, {"warehouse_id": "WH-A"}, "ShipmentDispatched", 1, ORDER_RULES).alerts == []
+    assert ids == ["shipped_after_cancel:jd:r1:WH-A"] * 2
