@@ -68,8 +68,10 @@ def test_events_sent_with_the_sdk_land_on_their_partition_and_are_applied(
 
     with StockflowProducer(settings) as producer:
         cancelled = producer.send_order_cancelled(ev.order_cancelled(*orders[1]))
-        # Refund only, before shipment: approved at once, and the order is cancelled.
-        refund = producer.send_refund_requested(ev.refund_requested(*orders[2], "R-SDK-1", 9_900, kind="REFUND_ONLY"))
+        # Refund only of all it was paid (two units), before shipment: approved at once, and the order is cancelled.
+        # (Of one unit, naming no lines, it would go to customer service: a part is not the whole order.)
+        refund = producer.send_refund_requested(ev.refund_requested(*orders[2], "R-SDK-1", 2 * ev.DEFAULT_PRICE_FEN,
+                                                                    kind="REFUND_ONLY"))  # fmt: skip
     assert owned_by_its_key(settings, cancelled.result(0), "order.events")
     assert owned_by_its_key(settings, refund.result(0), "refund.events") and refund.result(0).key == ids[2]
     wait_for(lambda: worker.get(f"/orders/{ids[1]}").get("state") == "cancelled", what="the cancel applied")
