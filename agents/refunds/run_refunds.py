@@ -83,20 +83,19 @@ def order_facts(order: OrderRecord | None, refunded_fen: int = 0) -> OrderFacts:
     """What a refund needs of its order; of one unknown, what its other refunds pay back (``refunded_fen``) all the
     same, and of one purged, what its slim record kept (what was paid, its lines) - still unknown, so nothing of
     it is approved automatically, but bounded."""
-    if order is not None and order.tombstone:
-        return OrderFacts(
-            amount_fen=order.amount_fen, paid_fen=order.paid_fen, custom=order.custom, customer_id=order.customer_id,
-            skus={n: str(line["sku"]) for n, line in order.lines.items()},
-            qtys={n: int(line["qty"]) for n, line in order.lines.items()}, refunded_fen=refunded_fen,
-        )  # fmt: skip
-    if order is None or not order.state:
+    if order is None or not (order.state or order.tombstone):
         return OrderFacts(refunded_fen=refunded_fen)
-    return OrderFacts(
-        known=True, state=order.state, delivered_at_ms=order.delivered_at_ms or order.stage_times.get("delivered", 0),
-        amount_fen=order.amount_fen, custom=order.custom, customer_id=order.customer_id,
+    kept = OrderFacts(
+        amount_fen=order.amount_fen, paid_fen=order.paid_fen, custom=order.custom, customer_id=order.customer_id,
         skus={n: str(line["sku"]) for n, line in order.lines.items()},
         qtys={n: int(line["qty"]) for n, line in order.lines.items()}, refunded_fen=refunded_fen,
-        paid_fen=order.paid_fen, deposit_forfeited=order.state == "cancelled" and order.reason == BALANCE_UNPAID,
+    )  # fmt: skip
+    if order.tombstone:
+        return kept
+    return replace(
+        kept, known=True, state=order.state,
+        delivered_at_ms=order.delivered_at_ms or order.stage_times.get("delivered", 0),
+        deposit_forfeited=order.state == "cancelled" and order.reason == BALANCE_UNPAID,
         any_shipped=bool(order.shipped_lines),
     )  # fmt: skip
 
