@@ -482,18 +482,28 @@ def _on_line_changed(rec: OrderRecord, fx: Effects, line_no: str, decided: dict[
         rec.line_status[line_no] = outcome
 
 
+def _owed_back(rec: OrderRecord, message: str, now_ms: int, details: dict[str, str], suffix: str = "",
+               severity: str = "RED", *, cleared: bool = False) -> AlertSpec:  # fmt: skip
+    """A ``paid_order_not_fulfilled`` alert: money taken for an order that will not ship is owed back. One id per
+    order and ``suffix`` (what was paid, or by what it was let go), so each owed sum is said once."""
+    return AlertSpec("paid_order_not_fulfilled", severity, rec.order_id, message,
+                     event_id=f"paid_order_not_fulfilled:{rec.order_id}" + (f":{suffix}" if suffix else ""),
+                     at_ms=now_ms, cleared=cleared, details=details)  # fmt: skip
+
+
+def _yuan(amount_fen: int) -> str:
+    return f"{amount_fen / 100:.2f} yuan" if amount_fen else "an amount not given"
+
+
 def _paid_and_let_go(rec: OrderRecord, fx: Effects, now_ms: int) -> None:
     """The pipeline let an order go (refused, or its stock taken back) after the customer had paid: the
     money must go back, and nothing else here would say so. A presale deposit too: the shop, not the
     buyer, let the order go."""
     if rec.paid or rec.deposit_paid:
         owed = "a refund" if rec.paid else "the deposit back"
-        fx.alerts.append(AlertSpec(
-            "paid_order_not_fulfilled", "RED", rec.order_id,
-            f"order {rec.order_id} was {'paid' if rec.paid else 'given its deposit'} but is {rec.state} "
-            f"({rec.reason}): the customer is owed {owed}",
-            event_id=f"paid_order_not_fulfilled:{rec.order_id}", at_ms=now_ms,
-            details={"channel": rec.channel, "state": rec.state},
+        fx.alerts.append(_owed_back(
+            rec, f"order {rec.order_id} was {'paid' if rec.paid else 'given its deposit'} but is {rec.state} "
+            f"({rec.reason}): the customer is owed {owed}", now_ms, {"channel": rec.channel, "state": rec.state},
         ))  # fmt: skip
 
 
@@ -503,14 +513,11 @@ def _paid_after_let_go(rec: OrderRecord, fx: Effects, kind: str, now_ms: int) ->
     tells nobody that the customer is owed it back."""
     what = {DEPOSIT: "deposit", BALANCE: "balance"}.get(kind, "payment")
     amount = rec.payments.get(kind, 0)
-    paid = f"{amount / 100:.2f} yuan" if amount else "an amount not given"
-    fx.alerts.append(AlertSpec(
-        "paid_order_not_fulfilled", "RED", rec.order_id,
-        f"order {rec.order_id} ({rec.channel}) is {rec.state} ({rec.reason or 'no reason given'}) but its {what} "
-        f"came now ({paid}): the customer is owed it back",
-        event_id=f"paid_order_not_fulfilled:{rec.order_id}:{kind}", at_ms=now_ms,
-        details={"channel": rec.channel, "state": rec.state, "reason": rec.reason, "payment": kind,
-                 "amount_fen": str(amount)},
+    fx.alerts.append(_owed_back(
+        rec, f"order {rec.order_id} ({rec.channel}) is {rec.state} ({rec.reason or 'no reason given'}) but its {what} "
+        f"came now ({_yuan(amount)}): the customer is owed it back", now_ms,
+        {"channel": rec.channel, "state": rec.state, "reason": rec.reason, "payment": kind, "amount_fen": str(amount)},
+        kind,
     ))  # fmt: skip
 
 
@@ -914,15 +921,13 @@ def _paid_past_refund(rec: OrderRecord, fx: Effects, event: dict[str, Any], now_
     if not reason.startswith(REFUND_ONLY_CANCEL) or not seen or rec.paid_fen <= seen:
         return
     refund_id, owed = reason.removeprefix(REFUND_ONLY_CANCEL), rec.paid_fen - seen
-    fx.alerts.append(AlertSpec(
-        "paid_order_not_fulfilled", "RED", rec.order_id,
-        f"order {rec.order_id} ({rec.channel}) was cancelled by refund {refund_id}, which paid back what was paid "
-        f"when it was decided ({seen / 100:.2f} yuan); {owed / 100:.2f} yuan paid since (a presale's balance?) "
-        "is owed back to the customer too",
-        event_id=f"paid_order_not_fulfilled:{rec.order_id}:{refund_id}", at_ms=now_ms,
-        details={"channel": rec.channel, "state": rec.state, "reason": "paid_after_refund_decided",
-                 "refund_id": refund_id, "paid_fen": str(rec.paid_fen), "paid_fen_seen": str(seen),
-                 "amount_fen": str(owed)},
+    fx.alerts.append(_owed_back(
+        rec, f"order {rec.order_id} ({rec.channel}) was cancelled by refund {refund_id}, which paid back what was "
+        f"paid when it was decided ({_yuan(seen)}); {_yuan(owed)} paid since (a presale's balance?) is owed back to "
+        "the customer too", now_ms,
+        {"channel": rec.channel, "state": rec.state, "reason": "paid_after_refund_decided", "refund_id": refund_id,
+         "paid_fen": str(rec.paid_fen), "paid_fen_seen": str(seen), "amount_fen": str(owed)},
+        refund_id,
     ))  # fmt: skip
 
 
@@ -1089,22 +1094,19 @@ def _unclaimed_payment_alert(rec: OrderRecord, parked: dict[str, Any], now_ms: i
     event = parked["event"]
     kind = BALANCE if event.get("balance") else IN_FULL
     amount = int(event.get("amount_fen") or 0)
-    paid = f"{amount / 100:.2f} yuan" if amount else "an amount not given"
-    event_id = f"paid_order_not_fulfilled:{rec.order_id}:unclaimed:{kind}"
+    paid = _yuan(amount)
     details = {"channel": rec.channel or str(event.get("channel", "")), "reason": "payment_without_order",
                "payment": kind, "payment_id": str(event.get("payment_id", "")), "amount_fen": str(amount)}  # fmt: skip
     if cleared:
-        return AlertSpec(
-            "paid_order_not_fulfilled", "INFO", rec.order_id,
-            f"order {rec.order_id} came after all and its {paid} payment given up on is applied to it: nothing is "
-            "owed back for it", event_id=f"{event_id}:cleared", at_ms=now_ms, cleared=True, details=details,
+        return _owed_back(
+            rec, f"order {rec.order_id} came after all and its {paid} payment given up on is applied to it: nothing "
+            "is owed back for it", now_ms, details, f"unclaimed:{kind}:cleared", "INFO", cleared=True,
         )  # fmt: skip
-    return AlertSpec(
-        "paid_order_not_fulfilled", "RED", rec.order_id,
-        f"a payment of {paid} for order {rec.order_id} ({details['channel']}) "
+    return _owed_back(
+        rec, f"a payment of {paid} for order {rec.order_id} ({details['channel']}) "
         f"{why or 'waited in vain for its order (lost, or refused: see the dead letters)'}: the customer is owed it "
-        "back, unless the order is placed again (then the payment is applied to it)",
-        event_id=event_id, at_ms=now_ms, details=details,
+        "back, unless the order is placed again (then the payment is applied to it)", now_ms, details,
+        f"unclaimed:{kind}",
     )  # fmt: skip
 
 
