@@ -25,7 +25,8 @@ pytestmark = pytest.mark.broker
 
 S = 1000
 MIN = 60 * S
-BASE = ev.now_ms() - 2 * 3600 * S  # two hours ago: inside the default 24 h range
+HOUR = 60 * MIN
+BASE = ev.now_ms() - 2 * HOUR  # two hours ago: inside the default 24 h range
 
 
 def state(order_id: str, channel: str, new: str, times: dict[str, int], warehouse: str = "") -> dict[str, Any]:
@@ -161,7 +162,8 @@ def expected_dashboards(settings: Settings) -> dict[str, Any]:
         "sla": rows(settings, "sla_breaches"),
         "red": rows(settings, "orders_red_now"),
         "outcomes": rows(settings, "reservation_outcomes"),
-        "timeline": rows(settings, "stock_timeline", sku="SKU-D1"),
+        # Levels a minute apart: over a day's range (86 s steps) two of them can share a step.
+        "timeline": rows(settings, "stock_timeline", sku="SKU-D1", from_ms=str(BASE - HOUR), to_ms=str(BASE + HOUR)),
         "pauses": rows(settings, "channel_pauses"),
         "low": rows(settings, "low_stock"),
         "share": rows(settings, "routing_share"),

@@ -202,6 +202,17 @@ def test_a_busy_skus_timeline_covers_the_whole_range_one_point_per_bucket(ch: Sh
     assert points[-1]["sold"] == 7199  # each bucket shows its last level
 
 
+def test_a_refresh_a_moment_later_shows_the_same_timeline(ch: SharedClickHouse) -> None:
+    """The default range slides with 'now'; steps on fixed clock times keep the same levels grouped the same
+    way, where steps counted from the range's start regrouped them and made points come and go."""
+    now = shop_ms("2026-11-12T12:00")
+    store(ch, [stock_level("SKU-STILL", n, now - 2 * H + n * MIN) for n in range(30)])  # 60 s apart, steps of 86 s
+    first = dash(ch, "stock_timeline", now, sku="SKU-STILL")
+    for later in (7 * S, 29 * S, 51 * S, 77 * S):
+        assert dash(ch, "stock_timeline", now + later, sku="SKU-STILL") == first, later
+    assert first[-1]["sold"] == 29
+
+
 def test_times_are_grouped_and_shown_in_the_shops_zone(ch: SharedClickHouse) -> None:
     placed = shop_ms("2026-11-11T00:30")  # 2026-11-10 16:30 UTC
     store(ch, [*order("jd:K", [("placed", placed), ("reserved", placed + S)]), sla_alert("jd:K", placed + MIN)])
