@@ -440,3 +440,14 @@ def test_docker_compose_config_refuses_the_env_file_without_passwords() -> None:
     done = _compose_config(ENV_EXAMPLE)
     assert done.returncode != 0
     assert "set CLICKHOUSE_PASSWORD in .env" in done.stdout + done.stderr
+
+
+def test_the_single_brokers_stop_without_a_controlled_shutdown(tmp_path: Path) -> None:
+    """A single broker's controlled shutdown leaves its partitions leaderless while its transaction coordinator
+    still commits, and a commit acknowledged then can be aborted on restart (README, Guarantees): the compose
+    file's broker and the local one both stop without it."""
+    from streams.devstack.localkafka import LocalKafka
+
+    assert environment(services()["kafka"])["KAFKA_CONTROLLED_SHUTDOWN_ENABLE"] == "false"
+    local = LocalKafka(Settings(home=tmp_path, kafka_port=19092, kafka_controller_port=19093)).config_text()
+    assert "controlled.shutdown.enable=false" in local.splitlines()
