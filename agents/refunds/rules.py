@@ -7,7 +7,9 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
     exits: rejected (customer service said no), cancelled (the buyer withdrew it)
 
 - A refund-only request skips the return leg; if its order has not shipped, the order is cancelled
-  with it (holds released, or the warehouse told to stop).
+  with it (holds released, or the warehouse told to stop). A parcel of a shipped order that comes back
+  all the same (refused at the door, sent back unasked) is received, checked and its resellable units of
+  shipped lines restocked like a return's; a receipt for one whose order never shipped is refused.
 - Auto-approval (the 7-day no-reason return): delivered no more than ``no_reason_days`` calendar days
   before the request in the shop's time zone, no custom-made line anywhere in the order, order amount
   below the limit -> approved at once and the refund paid back at once on the original payment path;
@@ -125,6 +127,7 @@ class OrderFacts:
     paid_fen: int = 0  # what the buyer paid for it (a presale order: maybe its deposit alone), not its price
     deposit_forfeited: bool = False  # a presale order cancelled for its unpaid balance (``balance_unpaid``)
     any_shipped: bool = False  # a line has left a warehouse (a split order's first part, or before payment)
+    shipped: tuple[str, ...] = ()  # the line nos that left a warehouse (a line ships whole: all its units)
     restocked: Mapping[str, int] = field(default_factory=dict)  # line no -> units the order's other refunds put back
 
     def amount_left_fen(self) -> int:
@@ -511,8 +514,15 @@ def on_return_shipped(rec: RefundRecord, event: Mapping[str, Any], facts: OrderF
 def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, rules: RefundRules,
                        now_ms: int) -> RefundEffects:  # fmt: skip
     fx = RefundEffects()
-    if rec.kind != RETURN_AND_REFUND or rec.state in ("rejected", "cancelled", ""):
+    if rec.state in ("rejected", "cancelled", ""):
         return _illegal(fx, rec, "a return receipt")
+    if rec.kind == REFUND_ONLY and facts.known and not facts.any_shipped:
+        # Nothing of the order left a warehouse (a refund-only that cancelled it, or it has not shipped yet): no
+        # parcel can come back, and putting one on hand would make units that are already on the shelf twice.
+        fx.refusal = Refusal(Reason.NOTHING_SHIPPED,
+                             f"a return receipt for refund-only {rec.refund_id}: order {rec.order_id} "
+                             f"({facts.state}) never shipped")  # fmt: skip
+        return fx
     if rec.return_status == "inspected":
         return fx  # QC already recorded: the warehouse sent it again
     if rec.return_status != "received":
@@ -528,10 +538,15 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: Order
     rec.stage_times.setdefault("inspected", now_ms)
     if rec.resellable and not rec.restocked:
         rec.restocked = True
-        fx.restock, capped = restock_within_order(rec, facts)
-        fx.alerts += capped
-        if not rec.lines:
-            fx.alerts.append(_unstocked(rec))
+        if rec.kind == REFUND_ONLY and not facts.known:
+            # A refund-only's parcel (refused at the door, sent back unasked) of an order no longer known: whether,
+            # and which of, its lines ever shipped is not known, so a person counts it.
+            fx.alerts.append(_unstocked(rec, shipment_unknown=True))
+        else:
+            fx.restock, capped = restock_within_order(rec, facts)
+            fx.alerts += capped
+            if not rec.lines:
+                fx.alerts.append(_unstocked(rec))
     if rec.state == "received":
         _start_refund(rec, fx, now_ms, "resellable" if rec.resellable else "not_resellable")
     _review_once_here(rec, fx, facts, rules, now_ms)
@@ -541,29 +556,37 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: Order
 def restock_within_order(rec: RefundRecord, facts: OrderFacts) -> tuple[list[tuple[str, str, int]], list[AlertSpec]]:
     """The units of each of the return's lines put back on hand: never more than the order line had, less what the
     order's other refunds put back (a unit scanned in again under a second refund id is no second unit); and an
-    alert for any left off. A line whose units ordered are not known (the order unknown) is taken as it comes."""
+    alert for any left off. A line whose units ordered are not known (the order unknown) is taken as it comes. A
+    refund-only's parcel (no return was asked; it came back all the same) holds only units of lines that shipped."""
     restock, left_off = [], []
     for line_no, qty in sorted(rec.lines.items(), key=lambda kv: int(kv[0])):
         ordered = facts.qtys.get(line_no)
+        never_shipped = rec.kind == REFUND_ONLY and line_no not in facts.shipped
         before = facts.restocked.get(line_no, 0)
-        units = qty if ordered is None else max(0, min(qty, ordered - before))
+        units = 0 if never_shipped else qty if ordered is None else max(0, min(qty, ordered - before))
         if units:
             restock.append((line_no, rec.skus.get(line_no, ""), units))
         if units < qty:
+            why = ("which never shipped: 0 restocked. Check the parcel" if never_shipped else
+                   f"which had {ordered}, {before} of them put back on hand by its other refunds: {units} restocked. "
+                   "The same unit returned under two refund ids? check the parcel")  # fmt: skip
             left_off.append(AlertSpec(
                 "refund_restock_capped", "WARNING", rec.refund_id,
                 f"refund {rec.refund_id}: its return holds {qty} unit(s) of line {line_no} of order {rec.order_id}, "
-                f"which had {ordered}, {before} of them put back on hand by its other refunds: {units} restocked. "
-                "The same unit returned under two refund ids? check the parcel and put any real extra on hand by hand",
+                f"{why} and put any real extra on hand by hand",
                 event_id=f"{rec.refund_id}:{line_no}:restock_capped",
-                details={"reason": "above_units_ordered", "order_id": rec.order_id, "line_no": line_no,
-                         "ordered": str(ordered), "restocked_before": str(before), "returned": str(qty)}))  # fmt: skip
+                details={"reason": "line_not_shipped" if never_shipped else "above_units_ordered",
+                         "order_id": rec.order_id, "line_no": line_no, "ordered": str(ordered),
+                         "restocked_before": str(before), "returned": str(qty)}))  # fmt: skip
     return restock, left_off
 
 
-def _unstocked(rec: RefundRecord) -> AlertSpec:
+def _unstocked(rec: RefundRecord, *, shipment_unknown: bool = False) -> AlertSpec:
     """A resellable return nothing is put on hand for: which units it holds is not known."""
-    if rec.skus:  # the order was known: the request named no lines, and paid back part of it
+    if shipment_unknown:
+        why, reason = (f"a refund-only's parcel, and order {rec.order_id} is not known any more: what of it "
+                       "shipped is not known"), "shipment_unknown"  # fmt: skip
+    elif rec.skus:  # the order was known: the request named no lines, and paid back part of it
         why, reason = (f"the request named no lines and its {rec.amount_fen} fen is part of order {rec.order_id}, "
                        "no whole number of one line's units"), "lines_not_named"  # fmt: skip
     else:

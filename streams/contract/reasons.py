@@ -44,6 +44,7 @@ class Reason(enum.StrEnum):
     ORDER_NOT_PAYABLE = "order_not_payable"
     ILLEGAL_TRANSITION = "illegal_transition"
     NOT_DISPATCHED = "not_dispatched"
+    NOTHING_SHIPPED = "nothing_shipped"
     NOT_PRESALE = "not_presale"
     PRECONDITION_MISSING = "precondition_missing"
     UNKNOWN_REFUND = "unknown_refund"
@@ -153,6 +154,10 @@ DESCRIPTIONS: dict[Reason, str] = {
         "does not allow (a settlement before the refund was paid out, a cancel once it is being paid, ...)"
     ),
     Reason.NOT_DISPATCHED: "a WMS acknowledgement for an order not pushed to a warehouse yet",
+    Reason.NOTHING_SHIPPED: (
+        "a return receipt for a refund-only whose order never left a warehouse (cancelled before shipment, or not "
+        "shipped yet): nothing went out, so nothing goes back on hand"
+    ),
     Reason.NOT_PRESALE: (
         "a balance payment (`balance` true) for an order that was not placed as presale: there is no deposit for it "
         "to complete, so it pays nothing"

@@ -576,3 +576,40 @@ def test_a_return_restocks_no_more_of_a_line_than_its_order_had_less_what_other_
     assert [(a.kind, a.details["line_no"], a.details["returned"]) for a in alerts] == [
         ("refund_restock_capped", "1", "2")]  # fmt: skip
     assert flow.restock_within_order(rec, OrderFacts())[0] == [("1", "SKU-1", 2), ("2", "SKU-2", 1)]  # order unknown
+
+
+def test_a_refund_only_parcel_puts_back_only_units_of_lines_that_shipped() -> None:
+    """Failed before: any return receipt of a refund-only was refused, its units never restocked. A split order's
+    line still at the warehouse cannot be in the parcel; an order no longer known leaves what shipped unknown."""
+    rules = packaged_rules()
+    split = OrderFacts(known=True, state="shipped", amount_fen=20_000, paid_fen=20_000,
+                       skus={"1": "SKU-1", "2": "SKU-2"}, qtys={"1": 1, "2": 1}, any_shipped=True,
+                       shipped=("1",))  # fmt: skip
+    rec = new()
+    both = [{"line_no": 1, "sku": "SKU-1", "qty": 1}, {"line_no": 2, "sku": "SKU-2", "qty": 1}]
+    flow.on_requested(rec, {**request(kind="REFUND_ONLY", amount=20_000), "lines": both}, "tmall:o1", split, rules,
+                      DELIVERED + 1)  # fmt: skip
+    flow.on_reviewed(rec, APPROVAL, split, rules, DELIVERED + 2)
+    assert rec.state == "refunding"
+    back = dict(ev.return_received("tmall", "o1", "r1", "WH-1"))
+    fx = flow.on_return_received(rec, back, split, rules, DELIVERED + 3)
+    assert fx.refusal is None and fx.restock == [("1", "SKU-1", 1)]
+    assert [(a.kind, a.details["reason"], a.details["line_no"]) for a in fx.alerts] == [
+        ("refund_restock_capped", "line_not_shipped", "2")]  # fmt: skip
+    assert (rec.state, rec.return_status) == ("refunding", "inspected")
+
+    rec = new()
+    flow.on_requested(rec, request(kind="REFUND_ONLY", amount=20_000), "tmall:o1", split, rules, DELIVERED + 1)
+    flow.on_reviewed(rec, APPROVAL, split, rules, DELIVERED + 2)
+    gone = OrderFacts(paid_fen=20_000, amount_fen=20_000, skus=split.skus, qtys=split.qtys)  # purged since
+    fx = flow.on_return_received(rec, back, gone, rules, DELIVERED + 3)
+    assert fx.refusal is None and fx.restock == []
+    assert [(a.kind, a.details["reason"]) for a in fx.alerts] == [("refund_return_unstocked", "shipment_unknown")]
+
+    unshipped = OrderFacts(known=True, state="cancelled", amount_fen=20_000, paid_fen=20_000, qtys={"1": 1})
+    rec = new()
+    flow.on_requested(rec, request(kind="REFUND_ONLY", amount=20_000), "tmall:o1", unshipped, rules, DELIVERED + 1)
+    before = rec.to_dict()
+    fx = flow.on_return_received(rec, back, unshipped, rules, DELIVERED + 3)
+    assert fx.refusal is not None and fx.refusal.reason is Reason.NOTHING_SHIPPED
+    assert rec.to_dict() == before and fx.restock == []

@@ -838,3 +838,44 @@ def test_a_refund_only_cancel_with_nothing_paid_since_raises_nothing_more() -> N
     out = refund(r, "RefundRequested", ev.refund_requested("tmall", "d2", "rd2", 9_900, kind="REFUND_ONLY"))
     assert [c["paid_fen_seen"] for c in of(out, "OrderCancelled")] == [9_900]
     assert r.read(ORDERS, b"tmall:d2", "tmall:d2").state == "cancelled" and not of(out, "Alert")
+
+
+def test_a_refund_only_whose_parcel_comes_back_puts_its_resellable_units_back_on_hand() -> None:
+    """Failed before: a return receipt was refused for any refund-only (`illegal_transition`), so a parcel the buyer
+    refused at the door, or sent back unasked, after a refund-only of a shipped order came back, passed QC and was
+    never put back on hand: the units lost for good, nothing but a dead letter saying so. Now it is restocked as a
+    return is (once, within the line's shipped units, under the order's per-line cap)."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "tmall", "b1", "SKU-B1", qty=2)  # 2 units shipped; 3 left on hand
+    out = refund(r, "RefundRequested", ev.refund_requested("tmall", "b1", "rb1", 19_800, kind="REFUND_ONLY",
+                                                           event_time_ms=r.now_ms))  # fmt: skip
+    assert [(s["state"], s["reason"]) for s in of(out, "RefundStateChanged")][-1] == (
+        "reviewing", "refund_only_after_shipment")  # fmt: skip
+    refund(r, "RefundReviewed", ev.refund_reviewed("tmall", "b1", "rb1", True))
+    out = refund(r, "ReturnReceived", ev.return_received("tmall", "b1", "rb1", wh))
+    assert [(a["event_id"], a["qty"]) for a in of(out, "StockAdjusted")] == [("return:tmall:rb1:1", 2)]
+    assert on_hand(r, "SKU-B1", wh) == 5 and not r.refusals
+    out = refund(r, "ReturnReceived", ev.return_received("tmall", "b1", "rb1", wh))  # scanned again
+    assert not of(out, "StockAdjusted") and on_hand(r, "SKU-B1", wh) == 5
+    rec = r.read(REFUNDS, b"tmall:rb1", "tmall:b1")
+    assert (rec.state, rec.return_status, rec.warehouse_id) == ("refunding", "inspected", wh)
+    # A second refund id for the same line restocks nothing more than the line shipped.
+    refund(r, "RefundRequested", ev.refund_requested("tmall", "b1", "rb2", 100, kind="REFUND_ONLY",
+                                                     lines=[{"line_no": 1, "sku": "SKU-B1", "qty": 1}],
+                                                     event_time_ms=r.now_ms))  # fmt: skip
+    refund(r, "RefundReviewed", ev.refund_reviewed("tmall", "b1", "rb2", True))
+    out = refund(r, "ReturnReceived", ev.return_received("tmall", "b1", "rb2", wh))
+    assert not of(out, "StockAdjusted") and on_hand(r, "SKU-B1", wh) == 5
+    assert [a["kind"] for a in of(out, "Alert")] == ["refund_restock_capped"]
+
+
+def test_a_refund_only_that_cancelled_an_unshipped_order_never_restocks_a_return() -> None:
+    """Nothing left the shelf: a receipt for it is refused (`nothing_shipped`) and puts nothing on hand."""
+    r, view, wh = pipeline()
+    paid_order(r, view, wh, "tmall", "b2", "SKU-B2", 1)
+    out = refund(r, "RefundRequested", ev.refund_requested("tmall", "b2", "rb3", 9_900, kind="REFUND_ONLY"))
+    assert r.read(ORDERS, b"tmall:b2", "tmall:b2").state == "cancelled" and of(out, "RefundInstruction")
+    out = refund(r, "ReturnReceived", ev.return_received("tmall", "b2", "rb3", wh))
+    assert not of(out, "StockAdjusted") and on_hand(r, "SKU-B2", wh) == 5
+    assert [x.reason for x in r.refusals] == [Reason.NOTHING_SHIPPED]
+    assert r.read(REFUNDS, b"tmall:rb3", "tmall:b2").return_status == ""
