@@ -10,6 +10,10 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
   with it (holds released, or the warehouse told to stop). A parcel of a shipped order that comes back
   all the same (refused at the door, sent back unasked) is received, checked and its resellable units of
   shipped lines restocked like a return's; a receipt for one whose order never shipped is refused.
+- So is the parcel of a refund customer service rejected or the buyer withdrew (goods sent back all the
+  same): received, checked, its resellable units of shipped lines restocked once, and customer service told
+  (``refund_parcel_after_close``) so a person decides whether to reopen it. The refund stays as it was
+  decided: the receipt pays nothing and moves no state.
 - Auto-approval (the 7-day no-reason return): delivered no more than ``no_reason_days`` calendar days
   before the request in the shop's time zone, no custom-made line anywhere in the order, order amount
   below the limit -> approved at once and the refund paid back at once on the original payment path;
@@ -59,9 +63,12 @@ APPROVED = ("awaiting_return", "received", "refunding", "completed")
 UNSHIPPED = ("placed", "reserved", "paid", "routed")
 # Order states that end without goods leaving: a refund-only has nothing to cancel and nothing to wait for.
 UNFULFILLED = ("rejected", "cancelled", "payment_timeout")
+# A refund's exits that pay nothing: customer service said no, the buyer withdrew it.
+CLOSED = ("rejected", "cancelled")
 REFUND_ONLY, RETURN_AND_REFUND = "REFUND_ONLY", "RETURN_AND_REFUND"
 ON_ORIGINAL_PATH = "original"
 UNREQUESTED = "unrequested"  # the ``flags`` key of callbacks flagged for waiting too long for their request
+PARCEL_AFTER_CLOSE = "parcel_after_close"  # the ``flags`` key of a closed refund whose parcel came back, told once
 # Callbacks kept on a refund id until its request comes (a settlement is kept on the record itself), at most
 # MAX_EARLY of them: more for one refund id is no late request but a wrong id, refused at once.
 EARLY_EVENTS = ("RefundReviewed", "RefundCancelled", "ReturnShipped", "ReturnReceived")
@@ -172,7 +179,8 @@ class RefundRecord:
     # Other callbacks that came before the request, in arrival order: {"type", "event", "source", "at_ms"}
     # (``keep_early``); applied when it comes (``run_refunds``), dead-lettered from ``source`` if it does not.
     early: list[dict[str, Any]] = field(default_factory=list)
-    flags: dict[str, str] = field(default_factory=dict)  # SOP limit -> "red" | "cleared"
+    # SOP limit (and UNREQUESTED) -> "red" | "cleared"; PARCEL_AFTER_CLOSE -> "flagged"
+    flags: dict[str, str] = field(default_factory=dict)
     customer_id: str = ""  # from the order when the request came: the health score counts returns by it
     # Whether the request named its lines (five of the six channels' refund callbacks never do): named none, its
     # amount alone says whether it takes back the whole order. True for records stored before it was kept (their
@@ -513,14 +521,18 @@ def on_return_shipped(rec: RefundRecord, event: Mapping[str, Any], facts: OrderF
 
 def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, rules: RefundRules,
                        now_ms: int) -> RefundEffects:  # fmt: skip
+    """The warehouse received a refund's parcel (and, ``qc_done``, checked it): recorded, its resellable units put
+    back on hand once. A refund rejected or withdrawn (``CLOSED``) takes it too - the goods are on the shelf all the
+    same - but stays as it was decided: nothing paid, no state moved, and customer service told."""
     fx = RefundEffects()
-    if rec.state in ("rejected", "cancelled", ""):
+    if not rec.state:
         return _illegal(fx, rec, "a return receipt")
-    if rec.kind == REFUND_ONLY and facts.known and not facts.any_shipped:
+    closed = rec.state in CLOSED
+    if _unasked(rec) and facts.known and not facts.any_shipped:
         # Nothing of the order left a warehouse (a refund-only that cancelled it, or it has not shipped yet): no
         # parcel can come back, and putting one on hand would make units that are already on the shelf twice.
         fx.refusal = Refusal(Reason.NOTHING_SHIPPED,
-                             f"a return receipt for refund-only {rec.refund_id}: order {rec.order_id} "
+                             f"a return receipt for {_unasked_text(rec)} {rec.refund_id}: order {rec.order_id} "
                              f"({facts.state}) never shipped")  # fmt: skip
         return fx
     if rec.return_status == "inspected":
@@ -531,37 +543,74 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: Order
         rec.stage_times.setdefault("return_received", now_ms)
         if rec.state == "awaiting_return":
             _move(rec, fx, "received", now_ms)
-    if not event.get("qc_done", True):
-        _review_once_here(rec, fx, facts, rules, now_ms)
+    if event.get("qc_done", True):
+        rec.return_status, rec.resellable = "inspected", bool(event["resellable"])
+        rec.stage_times.setdefault("inspected", now_ms)
+        if rec.resellable and not rec.restocked:
+            rec.restocked = True
+            if _unasked(rec) and not facts.known:
+                # A parcel no approved return asked for (refused at the door, sent back unasked) of an order no
+                # longer known: whether, and which of, its lines ever shipped is not known, so a person counts it.
+                fx.alerts.append(_unstocked(rec, shipment_unknown=True))
+            else:
+                fx.restock, capped = restock_within_order(rec, facts)
+                fx.alerts += capped
+                if not rec.lines:
+                    fx.alerts.append(_unstocked(rec))
+    if closed:
+        # Rejected or withdrawn, it stays so: the parcel coming back pays nothing and reopens nothing by itself.
+        fx.alerts += _parcel_after_close(rec, fx.restock)
         return fx
-    rec.return_status, rec.resellable = "inspected", bool(event["resellable"])
-    rec.stage_times.setdefault("inspected", now_ms)
-    if rec.resellable and not rec.restocked:
-        rec.restocked = True
-        if rec.kind == REFUND_ONLY and not facts.known:
-            # A refund-only's parcel (refused at the door, sent back unasked) of an order no longer known: whether,
-            # and which of, its lines ever shipped is not known, so a person counts it.
-            fx.alerts.append(_unstocked(rec, shipment_unknown=True))
-        else:
-            fx.restock, capped = restock_within_order(rec, facts)
-            fx.alerts += capped
-            if not rec.lines:
-                fx.alerts.append(_unstocked(rec))
-    if rec.state == "received":
+    if rec.state == "received" and rec.return_status == "inspected":
         _start_refund(rec, fx, now_ms, "resellable" if rec.resellable else "not_resellable")
     _review_once_here(rec, fx, facts, rules, now_ms)
     return fx
+
+
+def _unasked(rec: RefundRecord) -> bool:
+    """Whether a parcel of this refund is one no approved return asked for: a refund-only's (refused at the door,
+    sent back unasked), or one of a refund rejected or withdrawn. It holds only units of lines that shipped."""
+    return rec.kind == REFUND_ONLY or rec.state in CLOSED
+
+
+def _unasked_text(rec: RefundRecord) -> str:
+    return f"{rec.state} refund" if rec.state in CLOSED else "refund-only"
+
+
+def _parcel_after_close(rec: RefundRecord, restock: list[tuple[str, str, int]]) -> list[AlertSpec]:
+    """Customer service told, once, that a refund it rejected (or the buyer withdrew) had its parcel come back."""
+    if rec.flags.get(PARCEL_AFTER_CLOSE):
+        return []
+    rec.flags[PARCEL_AFTER_CLOSE] = "flagged"
+    decided = f"rejected by {rec.approved_by or 'customer service'}" if rec.state == "rejected" else "withdrawn"
+    units = sum(qty for _, sku, qty in restock if sku)
+    if rec.return_status != "inspected":
+        qc, checked = "qc_pending", "QC not done yet: its resellable units go back on hand when it is"
+    elif rec.resellable:
+        qc, checked = "resellable", f"resellable, {units} unit(s) put back on hand"
+    else:
+        qc, checked = "not_resellable", "not resellable, nothing put back on hand"
+    return [AlertSpec(
+        "refund_parcel_after_close", "WARNING", rec.refund_id,
+        f"refund {rec.refund_id} of order {rec.order_id} was {decided}, but its parcel came back to "
+        f"{rec.warehouse_id} ({checked}). The refund stays {rec.state} and nothing is paid back: decide whether to "
+        "reopen it on the marketplace",
+        event_id=f"{rec.refund_id}:{PARCEL_AFTER_CLOSE}",
+        details={"reason": "refund_rejected" if rec.state == "rejected" else "refund_withdrawn", "state": rec.state,
+                 "order_id": rec.order_id, "warehouse_id": rec.warehouse_id, "qc": qc,
+                 "restocked": str(units)})]  # fmt: skip
 
 
 def restock_within_order(rec: RefundRecord, facts: OrderFacts) -> tuple[list[tuple[str, str, int]], list[AlertSpec]]:
     """The units of each of the return's lines put back on hand: never more than the order line had, less what the
     order's other refunds put back (a unit scanned in again under a second refund id is no second unit); and an
     alert for any left off. A line whose units ordered are not known (the order unknown) is taken as it comes. A
-    refund-only's parcel (no return was asked; it came back all the same) holds only units of lines that shipped."""
+    parcel no approved return asked for (``_unasked``: a refund-only's, a rejected or withdrawn refund's; it came
+    back all the same) holds only units of lines that shipped."""
     restock, left_off = [], []
     for line_no, qty in sorted(rec.lines.items(), key=lambda kv: int(kv[0])):
         ordered = facts.qtys.get(line_no)
-        never_shipped = rec.kind == REFUND_ONLY and line_no not in facts.shipped
+        never_shipped = _unasked(rec) and line_no not in facts.shipped
         before = facts.restocked.get(line_no, 0)
         units = 0 if never_shipped else qty if ordered is None else max(0, min(qty, ordered - before))
         if units:
@@ -584,8 +633,8 @@ def restock_within_order(rec: RefundRecord, facts: OrderFacts) -> tuple[list[tup
 def _unstocked(rec: RefundRecord, *, shipment_unknown: bool = False) -> AlertSpec:
     """A resellable return nothing is put on hand for: which units it holds is not known."""
     if shipment_unknown:
-        why, reason = (f"a refund-only's parcel, and order {rec.order_id} is not known any more: what of it "
-                       "shipped is not known"), "shipment_unknown"  # fmt: skip
+        why, reason = (f"a parcel no approved return asked for ({_unasked_text(rec)}), and order {rec.order_id} is "
+                       "not known any more: what of it shipped is not known"), "shipment_unknown"  # fmt: skip
     elif rec.skus:  # the order was known: the request named no lines, and paid back part of it
         why, reason = (f"the request named no lines and its {rec.amount_fen} fen is part of order {rec.order_id}, "
                        "no whole number of one line's units"), "lines_not_named"  # fmt: skip

@@ -209,7 +209,9 @@ def test_a_partial_return_naming_no_lines_of_a_many_line_order_is_stocked_by_a_p
     # (test_a_settlement_before_the_approval_completes_the_refund_when_it_is_paid).
     # One for a refund rejected or cancelled is kept and flagged
     # (test_a_settlement_after_the_refund_was_rejected_or_withdrawn_still_counts_as_paid_back).
-    [("refunding", "cancel"), ("rejected", "receive"), ("", "issued")],
+    # Changed on purpose: a return receipt for a refund rejected was refused here; its parcel is taken now, the
+    # refund left as it was (test_a_rejected_or_withdrawn_refunds_parcel_is_restocked_and_pays_nothing).
+    [("refunding", "cancel"), ("rejected", "issued"), ("", "receive"), ("", "issued")],
 )
 def test_illegal_transitions_are_refused_and_change_nothing(state: str, event: str) -> None:
     rec = new()
@@ -613,3 +615,100 @@ def test_a_refund_only_parcel_puts_back_only_units_of_lines_that_shipped() -> No
     fx = flow.on_return_received(rec, back, unshipped, rules, DELIVERED + 3)
     assert fx.refusal is not None and fx.refusal.reason is Reason.NOTHING_SHIPPED
     assert rec.to_dict() == before and fx.restock == []
+
+
+# An order that shipped and was delivered, its one line shipped (what a refund's parcel can hold).
+SHIPPED_BACK = OrderFacts(known=True, state="delivered", delivered_at_ms=DELIVERED, amount_fen=90_000,
+                          paid_fen=90_000, skus={"1": "SKU-1"}, qtys={"1": 1}, any_shipped=True,
+                          shipped=("1",))  # fmt: skip
+
+
+def closed_refund(how: str, kind: str = "RETURN_AND_REFUND", facts: OrderFacts = SHIPPED_BACK) -> RefundRecord:
+    """A refund of 900.00 (above the auto-approval limit: customer service reviews it), rejected or withdrawn."""
+    rec, rules = new(), packaged_rules()
+    flow.on_requested(rec, request(kind=kind, amount=90_000), "tmall:o1", facts, rules, DELIVERED + 1)
+    assert rec.state == "reviewing"
+    if how == "rejected":
+        flow.on_reviewed(rec, dict(ev.refund_reviewed("tmall", "o1", "r1", False)), facts, rules, DELIVERED + 2)
+    else:
+        flow.on_cancelled(rec, dict(ev.refund_cancelled("tmall", "o1", "r1")), DELIVERED + 2)
+    assert rec.state == how
+    return rec
+
+
+def money_and_state(rec: RefundRecord) -> tuple[object, ...]:
+    return (rec.state, rec.previous_state, rec.amount_fen, rec.instructed, rec.approved_by, rec.auto_approved,
+            rec.settled_amount_fen, {k: v for k, v in rec.stage_times.items()
+                                     if k not in ("return_received", "inspected")})  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["rejected", "cancelled"])
+def test_a_rejected_or_withdrawn_refunds_parcel_is_restocked_and_pays_nothing(how: str) -> None:
+    """Failed before: the receipt was refused (`illegal_transition`) for a refund rejected or withdrawn, so a parcel
+    the buyer sent back all the same passed QC and was never put back on hand, no person told. It is taken now -
+    received, checked, its resellable units restocked once - and customer service warned; the refund stays as it
+    was decided: no transition, no instruction, no approval."""
+    rules = packaged_rules()
+    rec = closed_refund(how)
+    before = money_and_state(rec)
+    back = dict(ev.return_received("tmall", "o1", "r1", "WH-1"))
+    fx = flow.on_return_received(rec, back, SHIPPED_BACK, rules, DELIVERED + 3)
+    assert fx.refusal is None and fx.restock == [("1", "SKU-1", 1)]
+    assert not fx.instruct and not fx.transitions and not fx.cancel_order
+    [warned] = fx.alerts
+    reason = "refund_rejected" if how == "rejected" else "refund_withdrawn"
+    assert (warned.kind, warned.severity, warned.details["reason"], warned.details["qc"], warned.details["restocked"]
+            ) == ("refund_parcel_after_close", "WARNING", reason, "resellable", "1")  # fmt: skip
+    assert money_and_state(rec) == before and flow.paid_back_fen(rec) == 0
+    assert (rec.return_status, rec.warehouse_id, rec.restocked) == ("inspected", "WH-1", True)
+    assert {"return_received", "inspected"} <= set(rec.stage_times)
+    # Scanned in again: nothing more, no second warning.
+    again = flow.on_return_received(rec, back, SHIPPED_BACK, rules, DELIVERED + 4)
+    assert not again.changed and again.refusal is None and money_and_state(rec) == before
+    # Nor does the parcel open a way to pay it: an approval of it is still refused.
+    late = flow.on_reviewed(rec, APPROVAL, SHIPPED_BACK, rules, DELIVERED + 5)
+    assert late.refusal is not None and not late.instruct and money_and_state(rec) == before
+    assert not flow.check_limits(rec, DELIVERED + 30 * 86_400_000, rules)  # no SOP limit runs on it
+
+
+def test_a_closed_refunds_parcel_holds_only_shipped_lines_and_is_told_once() -> None:
+    """Failed before (refused). A rejected refund-only of a split order: the parcel is received before QC (one
+    warning, QC pending), then checked: only the line that shipped is restocked. A closed refund of an order that
+    never shipped has nothing to put back (`nothing_shipped`); of one no longer known, a person counts it."""
+    rules = packaged_rules()
+    split = OrderFacts(known=True, state="shipped", amount_fen=90_000, paid_fen=90_000,
+                       skus={"1": "SKU-1", "2": "SKU-2"}, qtys={"1": 1, "2": 1}, any_shipped=True,
+                       shipped=("1",))  # fmt: skip
+    rec = new()
+    both = [{"line_no": 1, "sku": "SKU-1", "qty": 1}, {"line_no": 2, "sku": "SKU-2", "qty": 1}]
+    flow.on_requested(rec, {**request(kind="REFUND_ONLY", amount=90_000), "lines": both}, "tmall:o1", split, rules,
+                      DELIVERED + 1)  # fmt: skip
+    flow.on_reviewed(rec, dict(ev.refund_reviewed("tmall", "o1", "r1", False)), split, rules, DELIVERED + 2)
+    before = money_and_state(rec)
+    fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1", qc_done=False)), split,
+                                 rules, DELIVERED + 3)  # fmt: skip
+    assert fx.refusal is None and fx.restock == [] and rec.return_status == "received"
+    assert [(a.kind, a.details["qc"]) for a in fx.alerts] == [("refund_parcel_after_close", "qc_pending")]
+    fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), split, rules,
+                                 DELIVERED + 4)  # fmt: skip
+    assert fx.restock == [("1", "SKU-1", 1)]
+    assert [(a.kind, a.details["reason"], a.details["line_no"]) for a in fx.alerts] == [
+        ("refund_restock_capped", "line_not_shipped", "2")]  # fmt: skip
+    assert money_and_state(rec) == before and not fx.instruct and not fx.transitions
+
+    unshipped = OrderFacts(known=True, state="routed", amount_fen=90_000, paid_fen=90_000, skus={"1": "SKU-1"},
+                           qtys={"1": 1})  # fmt: skip
+    rec = closed_refund("rejected", facts=unshipped)
+    snapshot = rec.to_dict()
+    fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), unshipped, rules,
+                                 DELIVERED + 3)  # fmt: skip
+    assert fx.refusal is not None and fx.refusal.reason is Reason.NOTHING_SHIPPED
+    assert rec.to_dict() == snapshot and fx.restock == []
+
+    rec = closed_refund("cancelled")
+    gone = OrderFacts(paid_fen=90_000, amount_fen=90_000, skus={"1": "SKU-1"}, qtys={"1": 1})  # purged since
+    fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), gone, rules,
+                                 DELIVERED + 3)  # fmt: skip
+    assert fx.refusal is None and fx.restock == []
+    assert [(a.kind, a.details["reason"]) for a in fx.alerts] == [
+        ("refund_return_unstocked", "shipment_unknown"), ("refund_parcel_after_close", "refund_withdrawn")]  # fmt: skip

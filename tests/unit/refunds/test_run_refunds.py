@@ -879,3 +879,60 @@ def test_a_refund_only_that_cancelled_an_unshipped_order_never_restocks_a_return
     assert not of(out, "StockAdjusted") and on_hand(r, "SKU-B2", wh) == 5
     assert [x.reason for x in r.refusals] == [Reason.NOTHING_SHIPPED]
     assert r.read(REFUNDS, b"tmall:rb3", "tmall:b2").return_status == ""
+
+
+def test_a_rejected_refunds_parcel_is_restocked_once_and_its_refund_neither_moves_nor_pays() -> None:
+    """Failed before: the receipt of a refund customer service rejected was dead-lettered (`illegal_transition`),
+    so the parcel the buyer sent back all the same, resellable, never went back on hand and no person was told.
+    Now it is restocked (once, `return:<refund>:<line>`), customer service is warned, and the refund stays
+    rejected with nothing paid. A later refund of the same line restocks nothing more: the unit is back once."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "pdd", "p1", "SKU-P1", price_fen=90_000)  # 1 shipped; 4 left on hand
+    out = refund(r, "RefundRequested", ev.refund_requested("pdd", "p1", "rp1", 90_000, event_time_ms=r.now_ms))
+    assert [s["state"] for s in of(out, "RefundStateChanged")][-1] == "reviewing"
+    refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "p1", "rp1", False))
+    rejected = r.read(REFUNDS, b"pdd:rp1", "pdd:p1")
+    assert rejected.state == "rejected"
+    out = refund(r, "ReturnReceived", ev.return_received("pdd", "p1", "rp1", wh))
+    assert not r.refusals and not of(out, "DeadLetter")
+    assert [(a["event_id"], a["qty"]) for a in of(out, "StockAdjusted")] == [("return:pdd:rp1:1", 1)]
+    assert on_hand(r, "SKU-P1", wh) == 5
+    assert [(a["kind"], a["severity"], a["details"]["reason"]) for a in of(out, "Alert")] == [
+        ("refund_parcel_after_close", "WARNING", "refund_rejected")]  # fmt: skip
+    # The refund does not move: no instruction, no cancel, its only record a stage-time one that stays rejected.
+    assert not of(out, "RefundInstruction") and not of(out, "OrderCancelled")
+    assert [(s["previous_state"], s["state"]) for s in of(out, "RefundStateChanged")] == [("rejected", "rejected")]
+    rec = r.read(REFUNDS, b"pdd:rp1", "pdd:p1")
+    assert (rec.state, rec.instructed, rec.approved_by, rec.return_status) == ("rejected", False, "cs-01", "inspected")
+    assert r.read(APPROVED_BY_ORDER, b"pdd:p1", "pdd:p1") == {"@restocked:1:pdd:rp1": 1}  # nothing paid back
+    out = refund(r, "ReturnReceived", ev.return_received("pdd", "p1", "rp1", wh))  # scanned again
+    assert not of(out, "StockAdjusted") and not of(out, "Alert") and on_hand(r, "SKU-P1", wh) == 5
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "p1", "rp1", True))  # nor approved after all
+    assert not of(out, "RefundInstruction") and r.read(REFUNDS, b"pdd:rp1", "pdd:p1").state == "rejected"
+    # The buyer asks again under a second refund id, approved: paid, but the same unit is not put back twice.
+    refund(r, "RefundRequested", ev.refund_requested("pdd", "p1", "rp2", 90_000, event_time_ms=r.now_ms))
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "p1", "rp2", True))
+    assert [i["refund_id"] for i in of(out, "RefundInstruction")] == []  # approved: it waits for its return
+    out = refund(r, "ReturnReceived", ev.return_received("pdd", "p1", "rp2", wh))
+    assert [i["refund_id"] for i in of(out, "RefundInstruction")] == ["pdd:rp2"]
+    assert not of(out, "StockAdjusted") and on_hand(r, "SKU-P1", wh) == 5
+    assert [(a["kind"], a["details"]["reason"]) for a in of(out, "Alert")] == [
+        ("refund_restock_capped", "above_units_ordered")]  # fmt: skip
+
+
+def test_a_withdrawn_refund_onlys_parcel_refused_at_the_door_is_put_back_on_hand() -> None:
+    """Failed before (`illegal_transition`, units lost): a refund-only the buyer withdrew, then refused the parcel
+    at the door; it comes back resellable and is restocked, the refund staying withdrawn and unpaid."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "tmall", "w1", "SKU-W1", qty=2)  # 2 shipped; 3 left on hand
+    refund(r, "RefundRequested", ev.refund_requested("tmall", "w1", "rw1", 19_800, kind="REFUND_ONLY",
+                                                     event_time_ms=r.now_ms))  # fmt: skip
+    refund(r, "RefundCancelled", ev.refund_cancelled("tmall", "w1", "rw1"))
+    out = refund(r, "ReturnReceived", ev.return_received("tmall", "w1", "rw1", wh))
+    assert not r.refusals and [(a["event_id"], a["qty"]) for a in of(out, "StockAdjusted")] == [
+        ("return:tmall:rw1:1", 2)]  # fmt: skip
+    assert on_hand(r, "SKU-W1", wh) == 5 and not of(out, "RefundInstruction")
+    assert [(a["kind"], a["details"]["reason"]) for a in of(out, "Alert")] == [
+        ("refund_parcel_after_close", "refund_withdrawn")]  # fmt: skip
+    rec = r.read(REFUNDS, b"tmall:rw1", "tmall:w1")
+    assert (rec.state, rec.instructed, rec.return_status) == ("cancelled", False, "inspected")
