@@ -388,6 +388,8 @@ class Settings(BaseSettings):
             # its warehouse never reported shipping.
             "shipment_overdue",
             "delivered_with_unshipped_lines",
+            # Goods back for a refund customer service closed: a person decides whether to reopen it.
+            "refund_parcel_after_close",
         ),
         description="Alert kinds posted to the webhook (JSON list).",
     )

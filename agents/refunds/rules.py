@@ -605,12 +605,14 @@ def restock_within_order(rec: RefundRecord, facts: OrderFacts) -> tuple[list[tup
     """The units of each of the return's lines put back on hand: never more than the order line had, less what the
     order's other refunds put back (a unit scanned in again under a second refund id is no second unit); and an
     alert for any left off. A line whose units ordered are not known (the order unknown) is taken as it comes. A
-    parcel no approved return asked for (``_unasked``: a refund-only's, a rejected or withdrawn refund's; it came
-    back all the same) holds only units of lines that shipped."""
+    parcel holds only units of lines that shipped: a split order's line still at its warehouse is on hand there
+    already. An approved return of an order that says nothing of its shipped lines (stored before they were kept)
+    is taken as it comes; a parcel no approved return asked for (``_unasked``: a refund-only's, a rejected or
+    withdrawn refund's; it came back all the same) never is."""
     restock, left_off = [], []
     for line_no, qty in sorted(rec.lines.items(), key=lambda kv: int(kv[0])):
         ordered = facts.qtys.get(line_no)
-        never_shipped = _unasked(rec) and line_no not in facts.shipped
+        never_shipped = line_no not in facts.shipped and (_unasked(rec) or bool(facts.shipped))
         before = facts.restocked.get(line_no, 0)
         units = 0 if never_shipped else qty if ordered is None else max(0, min(qty, ordered - before))
         if units:

@@ -617,6 +617,33 @@ def test_a_refund_only_parcel_puts_back_only_units_of_lines_that_shipped() -> No
     assert rec.to_dict() == before and fx.restock == []
 
 
+def test_an_approved_return_of_a_split_order_puts_back_only_the_lines_that_shipped() -> None:
+    """Failed before: an approved return naming a split order's line still at its warehouse (released there when
+    the order was cancelled, or never picked) restocked it too, so its units stood on hand twice."""
+    rules = packaged_rules()
+    split = OrderFacts(known=True, state="shipped", amount_fen=20_000, paid_fen=20_000,
+                       skus={"1": "SKU-1", "2": "SKU-2"}, qtys={"1": 1, "2": 1}, any_shipped=True,
+                       shipped=("1",))  # fmt: skip
+    rec = new()
+    both = [{"line_no": 1, "sku": "SKU-1", "qty": 1}, {"line_no": 2, "sku": "SKU-2", "qty": 1}]
+    flow.on_requested(rec, {**request(amount=20_000), "lines": both}, "tmall:o1", split, rules, DELIVERED + 1)
+    flow.on_reviewed(rec, APPROVAL, split, rules, DELIVERED + 2)
+    assert rec.state == "awaiting_return"
+    fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), split, rules,
+                                 DELIVERED + 3)  # fmt: skip
+    assert fx.refusal is None and fx.restock == [("1", "SKU-1", 1)]
+    assert [(a.kind, a.details["reason"], a.details["line_no"]) for a in fx.alerts] == [
+        ("refund_restock_capped", "line_not_shipped", "2")]  # fmt: skip
+    # An order stored before shipped lines were kept says none shipped: its return is taken as it comes.
+    old = OrderFacts(**{**split.__dict__, "shipped": ()})
+    rec = new()
+    flow.on_requested(rec, {**request(amount=20_000), "lines": both}, "tmall:o1", old, rules, DELIVERED + 1)
+    flow.on_reviewed(rec, APPROVAL, old, rules, DELIVERED + 2)
+    fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), old, rules,
+                                 DELIVERED + 3)  # fmt: skip
+    assert fx.restock == [("1", "SKU-1", 1), ("2", "SKU-2", 1)]
+
+
 # An order that shipped and was delivered, its one line shipped (what a refund's parcel can hold).
 SHIPPED_BACK = OrderFacts(known=True, state="delivered", delivered_at_ms=DELIVERED, amount_fen=90_000,
                           paid_fen=90_000, skus={"1": "SKU-1"}, qtys={"1": 1}, any_shipped=True,
