@@ -121,11 +121,10 @@ class LocalKafka:
                 "log.retention.hours=168",
                 "log.cleaner.min.compaction.lag.ms=0",
                 # One broker has no other replica to hand its partitions to: a controlled shutdown leaves them
-                # without a leader while its transaction coordinator still commits, and the coordinator skips the
-                # markers of leaderless partitions ("likely deleted") yet completes the transaction. A commit
-                # acknowledged then was aborted on restart where the producer's next transaction also wrote
-                # (tests/integration/test_broker_outage.py). Stopped without it, the coordinator finishes such a
-                # transaction when it starts again.
+                # without a leader while its transaction coordinator still commits. A commit acknowledged then
+                # was aborted on restart where the producer's next transaction also wrote, and kept elsewhere
+                # (README, Guarantees; tests/integration/test_broker_outage.py). Stopped without it, the
+                # coordinator finishes such a transaction when it starts again.
                 "controlled.shutdown.enable=false",
                 "",
             ]
