@@ -580,15 +580,23 @@ def test_a_return_restocks_no_more_of_a_line_than_its_order_had_less_what_other_
     assert flow.restock_within_order(rec, OrderFacts())[0] == [("1", "SKU-1", 2), ("2", "SKU-2", 1)]  # order unknown
 
 
+def split_order(amount_fen: int) -> OrderFacts:
+    """A split order whose line 1 shipped and line 2 is still at its warehouse."""
+    return OrderFacts(known=True, state="shipped", amount_fen=amount_fen, paid_fen=amount_fen,
+                      skus={"1": "SKU-1", "2": "SKU-2"}, qtys={"1": 1, "2": 1}, any_shipped=True,
+                      shipped=("1",))  # fmt: skip
+
+
+BOTH_LINES = [{"line_no": 1, "sku": "SKU-1", "qty": 1}, {"line_no": 2, "sku": "SKU-2", "qty": 1}]
+
+
 def test_a_refund_only_parcel_puts_back_only_units_of_lines_that_shipped() -> None:
     """Failed before: any return receipt of a refund-only was refused, its units never restocked. A split order's
     line still at the warehouse cannot be in the parcel; an order no longer known leaves what shipped unknown."""
     rules = packaged_rules()
-    split = OrderFacts(known=True, state="shipped", amount_fen=20_000, paid_fen=20_000,
-                       skus={"1": "SKU-1", "2": "SKU-2"}, qtys={"1": 1, "2": 1}, any_shipped=True,
-                       shipped=("1",))  # fmt: skip
+    split = split_order(20_000)
     rec = new()
-    both = [{"line_no": 1, "sku": "SKU-1", "qty": 1}, {"line_no": 2, "sku": "SKU-2", "qty": 1}]
+    both = BOTH_LINES
     flow.on_requested(rec, {**request(kind="REFUND_ONLY", amount=20_000), "lines": both}, "tmall:o1", split, rules,
                       DELIVERED + 1)  # fmt: skip
     flow.on_reviewed(rec, APPROVAL, split, rules, DELIVERED + 2)
@@ -621,11 +629,9 @@ def test_an_approved_return_of_a_split_order_puts_back_only_the_lines_that_shipp
     """Failed before: an approved return naming a split order's line still at its warehouse (released there when
     the order was cancelled, or never picked) restocked it too, so its units stood on hand twice."""
     rules = packaged_rules()
-    split = OrderFacts(known=True, state="shipped", amount_fen=20_000, paid_fen=20_000,
-                       skus={"1": "SKU-1", "2": "SKU-2"}, qtys={"1": 1, "2": 1}, any_shipped=True,
-                       shipped=("1",))  # fmt: skip
+    split = split_order(20_000)
     rec = new()
-    both = [{"line_no": 1, "sku": "SKU-1", "qty": 1}, {"line_no": 2, "sku": "SKU-2", "qty": 1}]
+    both = BOTH_LINES
     flow.on_requested(rec, {**request(amount=20_000), "lines": both}, "tmall:o1", split, rules, DELIVERED + 1)
     flow.on_reviewed(rec, APPROVAL, split, rules, DELIVERED + 2)
     assert rec.state == "awaiting_return"
@@ -703,11 +709,9 @@ def test_a_closed_refunds_parcel_holds_only_shipped_lines_and_is_told_once() -> 
     warning, QC pending), then checked: only the line that shipped is restocked. A closed refund of an order that
     never shipped has nothing to put back (`nothing_shipped`); of one no longer known, a person counts it."""
     rules = packaged_rules()
-    split = OrderFacts(known=True, state="shipped", amount_fen=90_000, paid_fen=90_000,
-                       skus={"1": "SKU-1", "2": "SKU-2"}, qtys={"1": 1, "2": 1}, any_shipped=True,
-                       shipped=("1",))  # fmt: skip
+    split = split_order(90_000)
     rec = new()
-    both = [{"line_no": 1, "sku": "SKU-1", "qty": 1}, {"line_no": 2, "sku": "SKU-2", "qty": 1}]
+    both = BOTH_LINES
     flow.on_requested(rec, {**request(kind="REFUND_ONLY", amount=90_000), "lines": both}, "tmall:o1", split, rules,
                       DELIVERED + 1)  # fmt: skip
     flow.on_reviewed(rec, dict(ev.refund_reviewed("tmall", "o1", "r1", False)), split, rules, DELIVERED + 2)
