@@ -133,12 +133,16 @@ class OrderFacts:
     refunded_fen: int = 0  # what the order's other refunds, approved and not called off, pay back
     paid_fen: int = 0  # what the buyer paid for it (a presale order: maybe its deposit alone), not its price
     deposit_forfeited: bool = False  # a presale order cancelled for its unpaid balance (``balance_unpaid``)
-    any_shipped: bool = False  # a line has left a warehouse (a split order's first part, or before payment)
     shipped: tuple[str, ...] = ()  # the line nos that left a warehouse (a line ships whole: all its units)
     restocked: Mapping[str, int] = field(default_factory=dict)  # line no -> units the order's other refunds put back
 
     def amount_left_fen(self) -> int:
         return self.paid_fen - self.refunded_fen
+
+    @property
+    def any_shipped(self) -> bool:
+        """A line has left a warehouse (a split order's first part, or before payment)."""
+        return bool(self.shipped)
 
     @property
     def unshipped(self) -> bool:

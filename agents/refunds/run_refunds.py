@@ -96,7 +96,7 @@ def order_facts(order: OrderRecord | None, refunded_fen: int = 0) -> OrderFacts:
         kept, known=True, state=order.state,
         delivered_at_ms=order.delivered_at_ms or order.stage_times.get("delivered", 0),
         deposit_forfeited=order.state == "cancelled" and order.reason == BALANCE_UNPAID,
-        any_shipped=bool(order.shipped_lines), shipped=tuple(order.shipped_lines),
+        shipped=tuple(order.shipped_lines),
     )  # fmt: skip
 
 

@@ -583,7 +583,7 @@ def test_a_return_restocks_no_more_of_a_line_than_its_order_had_less_what_other_
 def split_order(amount_fen: int) -> OrderFacts:
     """A split order whose line 1 shipped and line 2 is still at its warehouse."""
     return OrderFacts(known=True, state="shipped", amount_fen=amount_fen, paid_fen=amount_fen,
-                      skus={"1": "SKU-1", "2": "SKU-2"}, qtys={"1": 1, "2": 1}, any_shipped=True,
+                      skus={"1": "SKU-1", "2": "SKU-2"}, qtys={"1": 1, "2": 1},
                       shipped=("1",))  # fmt: skip
 
 
@@ -652,7 +652,7 @@ def test_an_approved_return_of_a_split_order_puts_back_only_the_lines_that_shipp
 
 # An order that shipped and was delivered, its one line shipped (what a refund's parcel can hold).
 SHIPPED_BACK = OrderFacts(known=True, state="delivered", delivered_at_ms=DELIVERED, amount_fen=90_000,
-                          paid_fen=90_000, skus={"1": "SKU-1"}, qtys={"1": 1}, any_shipped=True,
+                          paid_fen=90_000, skus={"1": "SKU-1"}, qtys={"1": 1},
                           shipped=("1",))  # fmt: skip
 
 
