@@ -19,14 +19,16 @@ double holds (an order line held again after it was released, expired or shipped
 orders rejected while still holding stock, lost orders (placed and valid, yet neither decided nor
 cancelled), paid or reserved orders without an open hold behind every line, shipments the WMS reported (its own
 ``ShipmentDispatched`` on ``order.events``) whose lines at that warehouse the pool never answered SHIPPED
-(units gone from a shelf the pool still counts), orders timed out as unpaid although the pipeline took a
-payment for them, timers that did not fire (an unpaid hold past its expiry, an unpaid order past its
-payment timeout), and timers that fired early (a hold expired, an unpaid order timed out, a presale order
-cancelled for its balance, each before the pipeline's own deadline). Every SKU the store, an answer or an
-adjustment names is judged (units held of a SKU that never had stock are oversold, store units the topics do
-not explain are drift); every answer that holds a line is for the SKU and qty the line was placed with; a
-return goes back on hand no more than its refund returned and its order shipped, at the warehouse it reached;
-and a record of the pipeline's outputs the audit cannot read is a failure, not a skip.
+(units gone from a shelf the pool still counts), a warehouse's units of a SKU tied to more order lines than it
+had on hand when one more was tied there, and a line pushed to a warehouse (``warehouse.dispatch``) the pool did
+not tie it to (both ``warehouse_overbooked``: two orders given the same units on one shelf), orders timed out
+as unpaid although the pipeline took a payment for them, timers that did not fire (an unpaid hold past its
+expiry, an unpaid order past its payment timeout), and timers that fired early (a hold expired, an unpaid order
+timed out, a presale order cancelled for its balance, each before the pipeline's own deadline). Every SKU the
+store, an answer or an adjustment names is judged (units held of a SKU that never had stock are oversold, store
+units the topics do not explain are drift); every answer that holds a line is for the SKU and qty the line was
+placed with; a return goes back on hand no more than its refund returned and its order shipped, at the warehouse
+it reached; and a record of the pipeline's outputs the audit cannot read is a failure, not a skip.
 
 Order. The pool applies its input topics (commands, adjustments, returns, overrides) as one stream per
 partition in the order it reads them, which no topic records: commands it applies locally are not even
@@ -88,6 +90,7 @@ from streams.contract.topics import (
     RESERVATION_RESULTS,
     STOCK_ADJUSTMENTS,
     STOCK_RETURNS,
+    WAREHOUSE_DISPATCH,
 )
 from streams.engine.changelog import changelog_topic
 from streams.engine.topicreader import Record, earliest_offsets, read_all
@@ -117,6 +120,13 @@ MAX_ADJUSTMENT_QTY = 10_000_000
 # The reason on the answer of a line that took over a VIP set-aside, followed by the override's id: part of
 # the topic contract (``HoldDecided.reason``), not a rule.
 VIP_OVERRIDE_REASON = "vip_override:"
+# The reason on the answer refusing to tie a line to a warehouse because the pool tied it to another, followed by
+# that warehouse: part of the topic contract (``HoldDecided.reason``), restated.
+ALLOCATED_TO = "allocated_to_"
+# Why a warehouse is overbooked (``Report.warehouse_overbooked``): more of a SKU's units tied to its lines than it
+# had on hand when one more was; a line pushed to a warehouse the pool did not tie it to.
+ALLOCATED_BEYOND_ON_HAND = "allocated_beyond_on_hand"
+DISPATCHED_UNALLOCATED = "dispatched_unallocated"
 _ADJUSTMENTS, _RETURNS = 0, 1  # the topics whose offsets order one SKU's adjustments
 RETAINED = "history before the retention of"  # why a key is unjudged: its topic's first records are deleted
 _T = TypeVar("_T")
@@ -154,6 +164,17 @@ class HoldMove:
 
 
 @dataclass(frozen=True)
+class AllocMove:
+    """An order line's units tied to ``warehouse`` (``qty`` > 0: its ALLOCATED answer) or let go (< 0: the line
+    released, expired or shipped) at the pool's batch time ``at_ms``."""
+
+    at_ms: int
+    key: str  # '<order>#<line>'
+    warehouse: str
+    qty: int
+
+
+@dataclass(frozen=True)
 class SetAside:
     """Units an approved VIP override set aside for one order (from ``audit.overrides``)."""
 
@@ -161,6 +182,9 @@ class SetAside:
     override_id: str
     vip_order_id: str
     qty: int
+
+
+_Timed: TypeAlias = Change | HoldMove | SetAside | AllocMove  # what happens at one of the pool's batch times
 
 
 @dataclass
@@ -234,6 +258,9 @@ class Report:
     lines_misheld: list[str] = field(default_factory=list)
     paid_without_hold: list[str] = field(default_factory=list)  # a paid, routed or reserved order, a line unheld
     shipped_not_deducted: list[str] = field(default_factory=list)
+    # One warehouse's units of a SKU given to more lines than it had, or an order sent to a warehouse the pool
+    # never tied its line to: '<reason> key=value ...' (``_overbooked``, ``_check_dispatches``).
+    warehouse_overbooked: list[str] = field(default_factory=list)
     paid_but_timed_out: list[str] = field(default_factory=list)
     overdue_timers: list[str] = field(default_factory=list)
     early_timers: list[str] = field(default_factory=list)  # a hold expired, or an order timed out, before its time
@@ -281,7 +308,7 @@ class Report:
             or self.restocked_unreturned
             or self.reserved_incomplete or self.lines_misheld or self.paid_without_hold or self.overdue_timers
             or self.early_timers
-            or self.shipped_not_deducted or self.paid_but_timed_out
+            or self.shipped_not_deducted or self.warehouse_overbooked or self.paid_but_timed_out
             or self.vip_set_aside_misused or self.refunds_paid_twice or self.orders_refunded_above_price
             or self.refunds_lost or self.refunds_paid_unapproved
         )  # fmt: skip
@@ -308,6 +335,7 @@ class Report:
             "lines_misheld": len(self.lines_misheld),
             "paid_without_hold": len(self.paid_without_hold),
             "shipped_not_deducted": len(self.shipped_not_deducted),
+            "warehouse_overbooked": len(self.warehouse_overbooked),
             "paid_but_timed_out": len(self.paid_but_timed_out),
             "overdue_timers": len(self.overdue_timers),
             "early_timers": len(self.early_timers),
@@ -323,8 +351,9 @@ class Report:
     # The failure kinds the run verdicts (bench, demo) do not show a figure of their own for.
     OTHER_FAILURES = ("rejected_but_held", "ended_but_held", "inputs_unrefused", "outputs_unreadable",
                       "restocked_unreturned", "reserved_incomplete", "lines_misheld", "paid_without_hold",
-                      "shipped_not_deducted", "paid_but_timed_out", "overdue_timers", "early_timers",
-                      "vip_set_aside_misused", "orders_refunded_above_price", "refunds_paid_unapproved")  # fmt: skip
+                      "shipped_not_deducted", "warehouse_overbooked", "paid_but_timed_out", "overdue_timers",
+                      "early_timers", "vip_set_aside_misused", "orders_refunded_above_price",
+                      "refunds_paid_unapproved")  # fmt: skip
 
     @property
     def other_failures(self) -> dict[str, int]:
@@ -409,11 +438,14 @@ def _pipeline_now_ms(reading: _Reading) -> int:
 def audit(settings: Settings) -> Report:
     reading = _Reading(settings, codec_for(settings))
     report = Report()
-    totals, holds, applied = _pool_store(settings)
+    totals, holds, applied, split = _pool_store(settings)
     changes, mentioned = _stock_changes(reading, applied, report)
     answers = reading.decoded(HOLD_RESULTS.name)
     at_least_once = settings.processing_guarantee == "at_least_once"
     last, moves, ships, allocated = _fold_answers(answers, report, replays_lose_state=at_least_once)
+    allocations, told = _fold_allocations(answers, replays_lose_state=at_least_once)
+    split |= set(settings.hot_skus) | {res["sku"] for _, kind, res in answers
+                                       if kind == "HoldDecided" and res.get("bucket", -1) >= 0}  # fmt: skip
     for sku, shipped in ships.items():
         changes[sku].extend(shipped)
     orders = _placed_orders(reading)
@@ -444,6 +476,9 @@ def audit(settings: Settings) -> Report:
         _expect(sa, changes.get(sku, []), expected_keys, presale_keys)
         sa.peak_oversold, sa.peak_presale_oversold = _peak_oversold(
             changes.get(sku, []), moves.get(sku, []), set_asides.get(sku, []), presale_of, hold_ttl_ms)
+        if not sa.oversell_unjudged:
+            report.warehouse_overbooked.extend(_overbooked(sku, changes.get(sku, []), allocations.get(sku, []),
+                                                           late_losses=sku in split))  # fmt: skip
         state = totals.get(sku, None if sku in stocked else _NO_RECORD)
         if state is not None:
             _compare_with_store(sa, state, holds.get(sku, {}), expected_keys, presale_keys, unseen)
@@ -453,6 +488,7 @@ def audit(settings: Settings) -> Report:
     _audit_orders(reading, orders, last, now_ms, report, expired)
     _check_lines_held_as_placed(answers, orders, report)
     _check_shipments(orders, allocated, last, reading, report)
+    _check_dispatches(reading, told, report)
     _audit_refunds(reading, price_of, report)
     _check_restocks(reading, orders, last, report)
     _check_unreadable_inputs(reading, report)
@@ -493,7 +529,8 @@ def _check_unreadable_inputs(reading: _Reading, report: Report) -> None:
 
 # The pipeline's own outputs the audit judges by (those it read: the alerts only when an SLA was due).
 _OUTPUTS = (HOLD_RESULTS.name, RESERVATION_RESULTS.name, ORDER_STATES.name, AUDIT_OVERRIDES.name, DEADLETTERS.name,
-            ALERTS.name, REFUND_STATES.name, REFUND_INSTRUCTIONS.name, REFUND_ISSUED.name)  # fmt: skip
+            ALERTS.name, REFUND_STATES.name, REFUND_INSTRUCTIONS.name, REFUND_ISSUED.name,
+            WAREHOUSE_DISPATCH.name)  # fmt: skip
 
 
 def _check_unreadable_outputs(reading: _Reading, report: Report) -> None:
@@ -835,6 +872,39 @@ def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]], report: Rep
     return last, moves, ships, allocated
 
 
+def _fold_allocations(results: list[tuple[Record, str, dict[str, Any]]], *, replays_lose_state: bool
+                      ) -> tuple[_BySku[AllocMove], dict[str, set[str]]]:  # fmt: skip
+    """Per SKU, when each order line's units were tied to a warehouse (its ALLOCATED answer: the answer to an
+    ALLOCATE, or to a COMMIT naming a warehouse) and when it let them go (its first answer RELEASED, EXPIRED or
+    SHIPPED after that), in the order the pool gave them; and per line, every warehouse an answer says the pool
+    tied it to (ALLOCATED there, or another warehouse refused as ``allocated_to_`` it). A repeated ALLOCATED
+    answer dates the allocation as a repeated HELD dates a hold (``_fold_answers``): at least once by the last
+    repeat, exactly once by the first (a repeat is the pool answering an ALLOCATE asked again)."""
+    moves: dict[str, list[AllocMove]] = defaultdict(list)
+    told: dict[str, set[str]] = defaultdict(set)
+    tied: dict[str, tuple[str, int]] = {}  # a line tied to a warehouse -> its SKU, its allocation's place in its moves
+    for _, kind, res in results:
+        if kind != "HoldDecided":
+            continue
+        key, outcome, at_ms = f"{res['order_id']}#{res['line_no']}", res["outcome"], int(res["event_time_ms"])
+        if res["action"] == "ALLOCATE":
+            if outcome == "IGNORED" and res["reason"].startswith(ALLOCATED_TO):
+                told[key].add(res["reason"].removeprefix(ALLOCATED_TO))
+            if outcome != "ALLOCATED":
+                continue
+            told[key].add(res["reason"])
+            if key not in tied:
+                tied[key] = (res["sku"], len(moves[res["sku"]]))
+                moves[res["sku"]].append(AllocMove(at_ms, key, res["reason"], res["qty"]))
+            elif replays_lose_state:
+                sku, at = tied[key]
+                moves[sku][at] = replace(moves[sku][at], at_ms=at_ms)
+        elif outcome in _LET_GO and key in tied:
+            sku, at = tied.pop(key)
+            moves[sku].append(AllocMove(at_ms, key, moves[sku][at].warehouse, -moves[sku][at].qty))
+    return moves, told
+
+
 def _open_lines_by_sku(last: dict[str, dict[str, Any]], report: Report) -> dict[str, dict[str, int]]:
     """The units each open order line holds, per SKU, by the last answers."""
     open_by_sku: dict[str, dict[str, int]] = defaultdict(dict)
@@ -882,13 +952,15 @@ def _check_takeovers(moves: dict[str, list[HoldMove]], set_asides: dict[str, lis
 
 
 def _pool_store(settings: Settings) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]],
-                                             dict[tuple[str, str], int]]:  # fmt: skip
+                                             dict[tuple[str, str], int], set[str]]:  # fmt: skip
     r"""3. The pool's store as its changelog holds it (committed batches only): per SKU its totals
-    record (key "s\0<sku>") and one record per order line (key "h\0<sku>\0<order>#<line>"); and when it
-    applied each adjustment (key "a\0<sku>\0<adjustment id>", its first record: a purge deletes it later)."""
+    record (key "s\0<sku>") and one record per order line (key "h\0<sku>\0<order>#<line>"); when it
+    applied each adjustment (key "a\0<sku>\0<adjustment id>", its first record: a purge deletes it later); and the
+    SKUs any version of whose totals, or of a bucket's, says they were split into buckets."""
     totals: dict[str, dict[str, Any]] = {}
     holds: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     applied: dict[tuple[str, str], int] = {}
+    split: set[str] = set()
     for rec in read_all(settings, changelog_topic(settings, "stock_by_sku")):
         kind_byte, _, rest = (rec.key or b"").partition(b"\0")
         value = orjson.loads(rec.value) if rec.value else None
@@ -897,6 +969,9 @@ def _pool_store(settings: Settings) -> tuple[dict[str, dict[str, Any]], dict[str
                 totals.pop(rest.decode(), None)
             else:
                 totals[rest.decode()] = value
+                if value.get("hot"):
+                    key = rest.decode()
+                    split.add(key.rpartition("#")[0] if int(value["hot"].get("bucket", -1)) >= 0 else key)
         elif kind_byte == b"h":
             sku_raw, _, line = rest.partition(b"\0")
             if value is None:
@@ -906,7 +981,7 @@ def _pool_store(settings: Settings) -> tuple[dict[str, dict[str, Any]], dict[str
         elif kind_byte == b"a" and isinstance(value, dict) and "applied_ms" in value:
             sku_raw, _, adjustment_id = rest.partition(b"\0")
             applied.setdefault((sku_raw.decode(), adjustment_id.decode()), int(value["applied_ms"]))
-    return totals, holds, applied
+    return totals, holds, applied, split
 
 
 def _fold_buckets(totals: dict[str, dict[str, Any]], holds: dict[str, dict[str, dict[str, Any]]]
@@ -1084,18 +1159,8 @@ def _peak_oversold(changes: list[Change], moves: list[HoldMove], set_asides: lis
     one on its topic (the pool applies them in offset order) and at a moment no topic gives: it is taken at
     the moment that leaves the most on-hand (see ``_MostOnHand.start``), a loss at its latest: in the batch of
     the next timed adjustment on its topic, or, with none, not at all."""
-    timeline: dict[int, list[Change | HoldMove | SetAside]] = defaultdict(list)
-    untimed: list[Change] = []
-    items: list[Change | HoldMove | SetAside] = [*changes, *moves, *set_asides]
-    for item in items:
-        if item.at_ms is not None:
-            timeline[item.at_ms].append(item)
-        elif isinstance(item, Change):
-            if item.kind in ("COUNT", "PRESALE_CAP") or item.qty > 0:
-                untimed.append(item)
-            elif (latest := _next_timed(item, changes)) is not None:
-                timeline[latest].append(replace(item, at_ms=latest))
-    stock = _MostOnHand({c.warehouse for c in changes if c.kind in ("RECEIPT", "COUNT", "CORRECTION")})
+    timeline, untimed = _batches(changes, [*moves, *set_asides])
+    stock = _MostOnHand(_stocked(changes))
     stock.start(untimed)
     held = _LeastHeld(presale_of, {s.override_id: s.vip_order_id for s in set_asides}, hold_ttl_ms)
     peak = peak_presale = 0
@@ -1115,6 +1180,73 @@ def _peak_oversold(changes: list[Change], moves: list[HoldMove], set_asides: lis
             peak = max(peak, held.regular + held.aside_at(at_ms) + max(0, presale_through) - stock.on_hand())
         peak_presale = max(peak_presale, held.presale - stock.cap)
     return peak, peak_presale
+
+
+def _batches(changes: list[Change], others: list[_Timed]) -> tuple[dict[int, list[_Timed]], list[Change]]:
+    """``changes`` and ``others`` by the pool's batch time, and the adjustments no batch time dates that add stock
+    (counts and presale caps among them: ``_MostOnHand.start`` takes each at the moment that leaves the most). A
+    loss no batch time dates goes in the batch of the next timed adjustment on its topic (the latest the pool can
+    have applied it), or in none."""
+    timeline: dict[int, list[_Timed]] = defaultdict(list)
+    untimed: list[Change] = []
+    for item in [*changes, *others]:
+        if item.at_ms is not None:
+            timeline[item.at_ms].append(item)
+        elif isinstance(item, Change):
+            if item.kind in ("COUNT", "PRESALE_CAP") or item.qty > 0:
+                untimed.append(item)
+            elif (latest := _next_timed(item, changes)) is not None:
+                timeline[latest].append(replace(item, at_ms=latest))
+    return timeline, untimed
+
+
+def _stocked(changes: list[Change]) -> set[str]:
+    """The warehouses a SKU has had an adjustment at."""
+    return {c.warehouse for c in changes if c.kind in ("RECEIPT", "COUNT", "CORRECTION")}
+
+
+def _overbooked(sku: str, changes: list[Change], allocations: list[AllocMove], *, late_losses: bool) -> list[str]:
+    """The warehouses that tied more of ``sku``'s units to order lines than they had on hand, each at the first
+    batch that did: in a batch that tied a line to a warehouse, the units tied there after it exceed the most the
+    warehouse can have held at any moment of it.
+
+    The pool ties a line to a warehouse only if the warehouse's on-hand, less what is tied there already, covers it
+    (``allocate``): at that moment every line tied there (that line too) stood on units it had. So the units tied
+    there at the least - lines tied in that batch or before, and not let go in it or before - cannot pass the most
+    it had at any moment of the batch: its most on-hand before and after the batch (``_MostOnHand``: a change of
+    unknown order against a count counts as whichever leaves more, a shipment of a line tied nowhere comes off no
+    warehouse), or a count of the batch with what a count may put on top of it, plus every unit the batch's other
+    changes there moved, in or out, as any of them may have come after the line. Lines let go after the batch
+    count as tied; a count that found fewer units than are tied does not, by itself, book anything twice (it is
+    the pool's breach, alerted): only a line tied there while the warehouse is short is. ``late_losses``: a SKU
+    split into buckets settles a count, or a correction that takes units, once every bucket has answered it, at a
+    moment no topic records, and its records tie lines meanwhile on the figures before it: such a loss is never
+    taken off."""
+    timeline, untimed = _batches(changes, list(allocations))
+    stock = _MostOnHand(_stocked(changes), late_losses=late_losses)
+    stock.start(untimed)
+    tied: dict[str, dict[str, int]] = defaultdict(dict)  # warehouse -> line -> units tied to it
+    found: dict[str, str] = {}
+    for at_ms in sorted(timeline):
+        batch = timeline[at_ms]
+        changes_now = [i for i in batch if isinstance(i, Change)]
+        moves_now = [i for i in batch if isinstance(i, AllocMove)]
+        opened = {m.warehouse for m in moves_now if m.qty > 0} - set(found)
+        before = {wh: stock.most_during(wh, changes_now) for wh in opened}
+        stock.apply(changes_now)
+        for m in moves_now:
+            if m.qty > 0:
+                tied[m.warehouse][m.key] = m.qty
+            else:
+                tied[m.warehouse].pop(m.key, None)
+        for wh in sorted(opened):
+            most = max(before[wh], stock.most_during(wh, changes_now))
+            units = sum(tied[wh].values())
+            if units > most:
+                by = ",".join(sorted(m.key for m in moves_now if m.qty > 0 and m.warehouse == wh))
+                found[wh] = (f"{ALLOCATED_BEYOND_ON_HAND} sku={sku} warehouse={wh} at_ms={at_ms} allocated={units} "
+                             f"on_hand_at_most={most} lines={by}")  # fmt: skip
+    return [found[wh] for wh in sorted(found)]
 
 
 def _order(move: HoldMove) -> str:
@@ -1140,9 +1272,20 @@ class _MostOnHand:
     since_count: dict[str, list[Change]] = field(default_factory=lambda: defaultdict(list))
     applied_to: dict[int, int] = field(default_factory=dict)  # per adjustment topic, its last offset applied so far
     cap: int = 0
+    late_losses: bool = False  # a count or a correction never takes units off (``_overbooked``)
 
     def on_hand(self) -> int:
         return sum(max(0, q) for q in self.most.values())
+
+    def most_during(self, warehouse: str, batch: list[Change]) -> int:
+        """The most ``warehouse`` can hold at any moment of ``batch``, before or after it is applied: what it holds
+        now, or a count of the batch with every movement a count may put on top, and each unit the batch's other
+        changes there move, which may come before or after any moment of it."""
+        now = max(0, self.most.get(warehouse, 0))
+        counted = [c.qty for c in batch if c.kind == "COUNT" and c.warehouse == warehouse]
+        if counted:
+            now = max(now, max(counted) + sum(max(0, c.qty) for c in self.since_count.get(warehouse, ())))
+        return now + sum(abs(c.qty) for c in batch if c.warehouse == warehouse and c.kind != "COUNT")
 
     def start(self, untimed: list[Change]) -> None:
         """The adjustments the changelog no longer times (no losses: see ``_peak_oversold``), before the first
@@ -1173,12 +1316,15 @@ class _MostOnHand:
             # The count, and the movements of earlier batches the pool put back on top of it; those a later count
             # may put back again stay in its journal.
             earlier = self.since_count[wh]
-            self.most[wh] = count.qty + sum(self._on_top(c, count) for c in earlier)
+            figure = count.qty + sum(self._on_top(c, count) for c in earlier)
+            self.most[wh] = max(self.most[wh], figure) if self.late_losses else figure
             earlier[:] = [c for c in earlier if _put_back(c, count) is not False]
         self.count_of.update(counts)
         for c in ordered:
             if c.kind == "PRESALE_CAP":
                 self.cap = c.qty
+            elif self.late_losses and c.kind == "CORRECTION" and c.qty < 0:
+                continue
             elif c.kind != "COUNT" and (c.kind != "SHIP" or c.warehouse in self.stocked):
                 in_force = self.count_of.get(c.warehouse)
                 self.most[c.warehouse] += self._on_top(c, in_force) if in_force is not None else c.qty
@@ -1420,6 +1566,30 @@ def _check_shipments(orders: _OrderInputs, allocated: dict[str, str], last: dict
         else:
             report.shipped_not_deducted.append(f"{order_id} from {warehouse or 'an unnamed warehouse'}: "
                                                f"{', '.join(missing)}")  # fmt: skip
+
+
+def _check_dispatches(reading: _Reading, told: dict[str, set[str]], report: Report) -> None:
+    """Every line pushed to a warehouse (a DISPATCH on ``warehouse.dispatch``: what its WMS ships) is one the pool
+    tied to that warehouse (``told``: per line, the warehouses its answers name). One the pool tied elsewhere, or
+    nowhere, is units that warehouse ships while the pool still offers them to the next order routed there: the
+    judgement of the warehouses' allocations (``_overbooked``) cannot see it. Unjudged where the order's answers
+    may be deleted."""
+    found: dict[tuple[str, str], str] = {}
+    for _, kind, d in reading.decoded(WAREHOUSE_DISPATCH.name):
+        if kind != "WarehouseDispatched" or d["action"] != "DISPATCH":
+            continue
+        order_id, wh = d["order_id"], d["warehouse_id"]
+        for line in d["lines"]:
+            key = f"{order_id}#{line['line_no']}"
+            pool = told.get(key, set())
+            if wh in pool or (key, wh) in found:
+                continue
+            if reading.cut(HOLD_RESULTS.name, order_id):
+                report.unjudge(f"line {key}", "dispatch", HOLD_RESULTS.name)
+            else:
+                found[(key, wh)] = (f"{DISPATCHED_UNALLOCATED} sku={line['sku']} warehouse={wh} line={key} "
+                                    f"pool_allocated={','.join(sorted(pool)) or 'none'}")  # fmt: skip
+    report.warehouse_overbooked.extend(found[k] for k in sorted(found))
 
 
 def _check_lines_held_as_placed(answers: list[tuple[Record, str, dict[str, Any]]], orders: _OrderInputs,

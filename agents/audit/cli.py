@@ -57,6 +57,7 @@ def check(
                              ("line held as another SKU or quantity", report.lines_misheld),
                              ("paid or reserved without a hold", report.paid_without_hold),
                              ("shipped, never taken off the shelf", report.shipped_not_deducted),
+                             ("warehouse overbooked", report.warehouse_overbooked),
                              ("paid, then timed out as unpaid", report.paid_but_timed_out),
                              ("timer that did not fire", report.overdue_timers),
                              ("timer that fired before its time", report.early_timers),

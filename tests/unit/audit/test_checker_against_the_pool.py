@@ -40,11 +40,11 @@ class Story:
         self.refused: list[tuple[str, int, str]] = []  # topic, offset, reason
         self.orders: dict[str, int] = {}
 
-    def adjust(self, *docs: tuple[str, int, str, int], topic: str = STOCK_ADJUSTMENTS.name) -> None:
+    def adjust(self, *docs: tuple[str, int, str, int], topic: str = STOCK_ADJUSTMENTS.name, wh: str = "WH-SH") -> None:
         """(kind, qty, document id, dated ms) documents read by the pool in one batch."""
         events = []
         for kind, qty, doc, dated_ms in docs:
-            record = {"event_id": doc, "event_time_ms": dated_ms, "sku": SKU, "warehouse_id": "WH-SH", "kind": kind,
+            record = {"event_id": doc, "event_time_ms": dated_ms, "sku": SKU, "warehouse_id": wh, "kind": kind,
                       "qty": qty, "reason": ""}  # fmt: skip
             self.adjustments.append((topic, sum(1 for t, _, _ in self.adjustments if t == topic), record))
             events.append((SKU, "StockAdjusted", record))
@@ -54,14 +54,14 @@ class Story:
             offset = next(o for t, o, rec in self.adjustments if t == topic and repr(rec["event_id"]) in refusal.detail)
             self.refused.append((topic, offset, str(refusal.reason)))
 
-    def line(self, order_id: str, qty: int, *actions: str, buckets: int = 0) -> None:
+    def line(self, order_id: str, qty: int, *actions: str, buckets: int = 0, wh: str = "WH-SH") -> None:
         self.orders[order_id] = qty
         bucket = bucket_for(order_id, buckets) if buckets else -1
         for action in actions:
             self.r.send([(bucket_key(SKU, bucket, P), "HoldCommand", {
                 "event_id": f"{order_id}#1:{action}", "event_time_ms": 0, "action": action, "order_id": order_id,
                 "line_no": 1, "sku": SKU, "qty": qty, "channel": "jd", "presale": False, "expires_at_ms": 0,
-                "reason": "", "source_time_ms": 0, "warehouse_id": "WH-SH", "bucket": bucket, "tries": 0,
+                "reason": "", "source_time_ms": 0, "warehouse_id": wh, "bucket": bucket, "tries": 0,
             })], HOLD_COMMANDS.name)  # fmt: skip
 
     def hot(self, buckets: int) -> None:
@@ -99,7 +99,7 @@ class Story:
         monkeypatch.setattr(checker, "read_all", topics.read_all)
         monkeypatch.setattr(checker, "earliest_offsets", topics.earliest_offsets)
         report = checker.audit(Settings())
-        assert report.drifted == [] and report.oversold_units == 0
+        assert report.drifted == [] and report.oversold_units == 0 and report.warehouse_overbooked == []
         return report.skus[SKU]
 
 
@@ -314,3 +314,28 @@ def test_a_loss_read_with_a_count_in_one_batch_is_judged_as_a_cold_sku_would(
     s.r.advance(2_000)
     assert s.on_hand() == 18
     assert s.audit(monkeypatch).expected_on_hand == 18
+
+
+def test_the_pools_allocations_at_a_warehouse_are_no_double_booking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool refuses a line a warehouse has no free units for, frees a released line's units, takes a shipped
+    line's off, and keeps what it tied when a count finds fewer: the checker's ``warehouse_overbooked`` finds
+    nothing in what it wrote (``Story.audit``)."""
+    s = Story()
+    s.adjust(("RECEIPT", 4, "rcpt-1", s.r.now_ms))
+    s.adjust(("RECEIPT", 3, "rcpt-2", s.r.now_ms), wh="WH-GZ")
+    s.line("jd:1", 3, "RESERVE", "ALLOCATE", "COMMIT")
+    s.line("jd:2", 2, "RESERVE", "ALLOCATE")  # one unit left at WH-SH
+    s.line("jd:2", 2, "ALLOCATE", wh="WH-GZ")
+    s.r.advance(1_000)
+    s.line("jd:1", 3, "RELEASE")
+    s.line("jd:3", 4, "RESERVE", "ALLOCATE", "COMMIT")  # jd:1's units and the one left
+    s.r.advance(1_000)
+    s.line("jd:2", 2, "SHIP", wh="WH-GZ")
+    s.adjust(("COUNT", 3, "count-1", s.r.now_ms))  # one of jd:3's units gone from the shelf
+    s.r.advance(1_000)
+    # (a COMMIT naming the warehouse is answered as its allocation again)
+    allocations = dict.fromkeys((out.record["order_id"], out.record["outcome"]) for out in s.r.outputs
+                                if out.event_type == "HoldDecided" and out.record["action"] == "ALLOCATE")  # fmt: skip
+    assert list(allocations) == [("jd:1", "ALLOCATED"), ("jd:2", "REFUSED"), ("jd:2", "ALLOCATED"),
+                                 ("jd:3", "ALLOCATED")]  # fmt: skip
+    s.audit(monkeypatch)
