@@ -640,7 +640,9 @@ def _on_allocated(rec: OrderRecord, line_no: str, outcome: str, reason: str, now
     if rec.state != "paid" or line_no not in plan or line_no in rec.allocated:
         return fx  # late, duplicate, or for an attempt that is over
     if outcome == "ALLOCATED":
-        rec.allocated[line_no] = plan[line_no]
+        # Where the pool tied it, which its answer names: at least once, an answer to an earlier routing of the
+        # order (replayed since) may come for this one's plan, and the line must go where its units are booked.
+        rec.allocated[line_no] = reason or plan[line_no]
     elif reason.startswith("allocated_to_"):  # the pool already tied it to a warehouse
         rec.allocated[line_no] = reason.removeprefix("allocated_to_")
     else:  # the warehouse no longer has the units: route what is left again

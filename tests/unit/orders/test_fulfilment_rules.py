@@ -37,6 +37,22 @@ def test_an_order_is_routed_when_the_pool_confirmed_every_allocation() -> None:
     assert rec.state == "routed" and [d["warehouse_id"] for d in fx.dispatches] == ["WH-GZ", "WH-SH"]
 
 
+def test_a_line_goes_to_the_warehouse_the_pool_tied_it_to() -> None:
+    """Failed before: at least once, a lifecycle that replays a payment routes the order again (the stock levels
+    moved on: WH-GZ now) while the pool's answer to the first routing (line 1 ALLOCATED at WH-SH) is on the topic
+    already. The order took that answer for the new plan's warehouse and pushed line 1 to WH-GZ, whose WMS
+    shipped units the pool still offered there to the next order, while WH-SH's stayed tied to a line no one
+    would ship from it."""
+    rec = paid_order()
+    flow.on_route_decided(rec, {"assignments": {"WH-GZ": [1, 2]}, "candidates": [], "weights": {}}, 1_500, RULES)
+    allocated(rec, 1, reason="WH-SH")  # the first routing's answer
+    fx = allocated(rec, 2, reason="WH-GZ")
+    assert rec.state == "routed" and rec.allocated == {"1": "WH-SH", "2": "WH-GZ"}
+    assert [(d["warehouse_id"], [ln["line_no"] for ln in d["lines"]]) for d in fx.dispatches] == [
+        ("WH-GZ", [2]), ("WH-SH", [1])]
+    assert not allocated(rec, 1, "IGNORED", "allocated_to_WH-SH").dispatches  # the second routing's, for line 1
+
+
 def test_a_refused_allocation_routes_the_line_again() -> None:
     rec = paid_order()
     flow.on_route_decided(rec, {"assignments": {"WH-SH": [1, 2]}, "candidates": [], "weights": {}}, 1_500, RULES)
