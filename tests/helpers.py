@@ -155,6 +155,7 @@ def audit_problems(report: Any) -> dict[str, Any]:
         "incomplete": report.reserved_incomplete[:5],
         "paid_without_hold": report.paid_without_hold[:5],
         "shipped_not_deducted": report.shipped_not_deducted[:5],
+        "warehouse_overbooked": report.warehouse_overbooked[:5],
         "paid_but_timed_out": report.paid_but_timed_out[:5],
         "overdue": report.overdue_timers[:5],
     }
