@@ -1222,6 +1222,8 @@ def _overbooked(sku: str, changes: list[Change], allocations: list[AllocMove], *
     split into buckets settles a count, or a correction that takes units, once every bucket has answered it, at a
     moment no topic records, and its records tie lines meanwhile on the figures before it: such a loss is never
     taken off."""
+    if not allocations:
+        return []
     timeline, untimed = _batches(changes, list(allocations))
     stock = _MostOnHand(_stocked(changes), late_losses=late_losses)
     stock.start(untimed)
