@@ -13,7 +13,8 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
 - So is the parcel of a refund customer service rejected or the buyer withdrew (goods sent back all the
   same): received, checked, its resellable units of shipped lines restocked once, and customer service told
   (``refund_parcel_after_close``) so a person decides whether to reopen it. The refund stays as it was
-  decided: the receipt pays nothing and moves no state.
+  decided: the receipt pays nothing and moves no state. A parcel received while the refund was still
+  undecided is told the same way, once, when it is rejected or withdrawn (with the units it put back).
 - Auto-approval (the 7-day no-reason return): delivered no more than ``no_reason_days`` calendar days
   before the request in the shop's time zone, no custom-made line anywhere in the order, order amount
   below the limit -> approved at once and the refund paid back at once on the original payment path;
@@ -174,6 +175,9 @@ class RefundRecord:
     warehouse_id: str = ""
     resellable: bool = False
     restocked: bool = False
+    # The units its parcel put back on hand, so customer service hears how many when it closes the refund later
+    # (``_parcel_after_close``); None with ``restocked``: put back before the count was kept.
+    restocked_units: int | None = None
     instructed: bool = False  # the refund instruction has been emitted
     settled_amount_fen: int = 0  # with stage "settled": what the marketplace says it paid back
     settlement_id: str = ""
@@ -499,6 +503,9 @@ def on_reviewed(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, 
     else:
         rec.approved_by = str(event.get("reviewer") or "customer_service")
         _move(rec, fx, "rejected", now_ms, str(event.get("note") or "rejected"))
+        if _parcel_here(rec):
+            # Received (and maybe restocked) while it was under review: said no to, its units are on the shelf.
+            fx.alerts += _parcel_after_close(rec)
         if _settled(rec):
             fx.alerts.append(AlertSpec(
                 "refund_reconciliation", "RED", rec.refund_id,
@@ -561,9 +568,10 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: Order
                 fx.alerts += capped
                 if not rec.lines:
                     fx.alerts.append(_unstocked(rec))
+            rec.restocked_units = sum(qty for _, sku, qty in fx.restock if sku)  # a line without SKU is put by hand
     if closed:
         # Rejected or withdrawn, it stays so: the parcel coming back pays nothing and reopens nothing by itself.
-        fx.alerts += _parcel_after_close(rec, fx.restock)
+        fx.alerts += _parcel_after_close(rec)
         return fx
     if rec.state == "received" and rec.return_status == "inspected":
         _start_refund(rec, fx, now_ms, "resellable" if rec.resellable else "not_resellable")
@@ -581,28 +589,35 @@ def _unasked_text(rec: RefundRecord) -> str:
     return f"{rec.state} refund" if rec.state in CLOSED else "refund-only"
 
 
-def _parcel_after_close(rec: RefundRecord, restock: list[tuple[str, str, int]]) -> list[AlertSpec]:
-    """Customer service told, once, that a refund it rejected (or the buyer withdrew) had its parcel come back."""
+def _parcel_here(rec: RefundRecord) -> bool:
+    return rec.return_status in ("received", "inspected")
+
+
+def _parcel_after_close(rec: RefundRecord) -> list[AlertSpec]:
+    """Customer service told, once, that a refund it rejected (or the buyer withdrew) has its parcel back, whether
+    the parcel came before the decision or after it."""
     if rec.flags.get(PARCEL_AFTER_CLOSE):
         return []
     rec.flags[PARCEL_AFTER_CLOSE] = "flagged"
     decided = f"rejected by {rec.approved_by or 'customer service'}" if rec.state == "rejected" else "withdrawn"
-    units = sum(qty for _, sku, qty in restock if sku)
+    units = "unknown" if rec.restocked_units is None else str(rec.restocked_units)
     if rec.return_status != "inspected":
         qc, checked = "qc_pending", "QC not done yet: its resellable units go back on hand when it is"
-    elif rec.resellable:
-        qc, checked = "resellable", f"resellable, {units} unit(s) put back on hand"
-    else:
+    elif not rec.resellable:
         qc, checked = "not_resellable", "not resellable, nothing put back on hand"
+    elif rec.restocked_units is None:
+        qc, checked = "resellable", "resellable, put back on hand (how many units is not on record)"
+    else:
+        qc, checked = "resellable", f"resellable, {units} unit(s) put back on hand"
     return [AlertSpec(
         "refund_parcel_after_close", "WARNING", rec.refund_id,
-        f"refund {rec.refund_id} of order {rec.order_id} was {decided}, but its parcel came back to "
+        f"refund {rec.refund_id} of order {rec.order_id} was {decided}, but its parcel is back at "
         f"{rec.warehouse_id} ({checked}). The refund stays {rec.state} and nothing is paid back: decide whether to "
         "reopen it on the marketplace",
         event_id=f"{rec.refund_id}:{PARCEL_AFTER_CLOSE}",
         details={"reason": "refund_rejected" if rec.state == "rejected" else "refund_withdrawn", "state": rec.state,
                  "order_id": rec.order_id, "warehouse_id": rec.warehouse_id, "qc": qc,
-                 "restocked": str(units)})]  # fmt: skip
+                 "restocked": units})]  # fmt: skip
 
 
 def restock_within_order(rec: RefundRecord, facts: OrderFacts) -> tuple[list[tuple[str, str, int]], list[AlertSpec]]:
@@ -824,6 +839,8 @@ def on_cancelled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> Re
                              f"marketplace already paid back ({rec.settled_amount_fen} fen)")  # fmt: skip
         return fx
     _move(rec, fx, "cancelled", now_ms, _withdrawn_by(event))
+    if _parcel_here(rec):
+        fx.alerts += _parcel_after_close(rec)  # withdrawn with its parcel already back: its units are on the shelf
     return fx
 
 

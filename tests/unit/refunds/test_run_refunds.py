@@ -936,3 +936,22 @@ def test_a_withdrawn_refund_onlys_parcel_refused_at_the_door_is_put_back_on_hand
         ("refund_parcel_after_close", "refund_withdrawn")]  # fmt: skip
     rec = r.read(REFUNDS, b"tmall:rw1", "tmall:w1")
     assert (rec.state, rec.instructed, rec.return_status) == ("cancelled", False, "inspected")
+
+
+def test_a_refund_rejected_after_its_parcel_was_restocked_tells_customer_service_how_many_units_are_back() -> None:
+    """Failed before: the parcel of a refund-only under review (refused at the door) was restocked, customer service
+    then said no, and nobody was told the units of a refund it rejected were back on the shelf."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "tmall", "c1", "SKU-C1", qty=2)  # 2 shipped; 3 left on hand
+    refund(r, "RefundRequested", ev.refund_requested("tmall", "c1", "rc1", 19_800, kind="REFUND_ONLY",
+                                                     event_time_ms=r.now_ms))  # fmt: skip
+    out = refund(r, "ReturnReceived", ev.return_received("tmall", "c1", "rc1", wh))
+    assert [(a["event_id"], a["qty"]) for a in of(out, "StockAdjusted")] == [("return:tmall:rc1:1", 2)]
+    assert not of(out, "Alert") and on_hand(r, "SKU-C1", wh) == 5
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("tmall", "c1", "rc1", False))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["rejected"] and not of(out, "RefundInstruction")
+    assert [(a["kind"], a["details"]["reason"], a["details"]["qc"], a["details"]["restocked"])
+            for a in of(out, "Alert")] == [
+        ("refund_parcel_after_close", "refund_rejected", "resellable", "2")]  # fmt: skip
+    assert not of(refund(r, "ReturnReceived", ev.return_received("tmall", "c1", "rc1", wh)), "Alert")
+    assert not r.refusals
