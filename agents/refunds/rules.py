@@ -27,8 +27,10 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
 - Channel rules differ (``config/refund_rules.toml``): Kuaishou needs the return tracking number
   before a return is reviewed, unless the marketplace settled it meanwhile (then the review starts).
 - SOP limits on the pipeline clock: customer service answers within 2 h of the request, the
-  warehouse finishes QC within 24 h of receiving a return; and a refund paid out is settled by the
-  marketplace within ``settle_ms``. A breach is flagged red once and cleared when the refund moves on.
+  warehouse finishes QC within 24 h of receiving a parcel, whatever the refund came to (a rejected or
+  withdrawn refund's parcel is restocked only at its QC too: until then it is not ``finished``); and a
+  refund paid out is settled by the marketplace within ``settle_ms``. A breach is flagged red once and
+  cleared when the refund moves on.
 - A settlement may come before stockflow pays (the marketplace's own timeout rule, the seller agreeing
   in its back office, callbacks out of order): it is kept on the refund and completes it the moment
   the refund is paid, so the outcome never depends on the order the events came in; an approved return
@@ -848,7 +850,8 @@ def on_cancelled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> Re
 def _limits(rec: RefundRecord, rules: RefundRules) -> dict[str, int]:
     """Each SOP limit that applies now, with when it runs out (0: it does not apply)."""
     waiting_for_service = rec.state == "reviewing" or (rec.state == "requested" and not rec.waiting_for)
-    qc_open = rec.return_status == "received" and rec.state not in ("rejected", "cancelled")
+    # Whatever the refund came to: a parcel's resellable units go back on hand only at its QC.
+    qc_open = qc_owed(rec)
     unsettled = rec.instructed and "settled" not in rec.stage_times and rec.state == "refunding"
     waiting_for_tracking = rec.state == "requested" and rec.waiting_for == "tracking_no"
     # An approved return whose goods are not back: awaited, or paid back at once (a no-reason return: its goods are
@@ -898,17 +901,34 @@ def check_limits(rec: RefundRecord, now_ms: int, rules: RefundRules) -> list[Ale
     return alerts
 
 
+def qc_owed(rec: RefundRecord) -> bool:
+    """A parcel of the refund was received and its QC is not recorded yet."""
+    return rec.return_status == "received"
+
+
+def finished(rec: RefundRecord) -> bool:
+    """Nothing left to do on the refund: it ended (completed, rejected, withdrawn) and no parcel of it waits for its
+    QC. One that ended with its QC owed is still open to the warehouse: kept, timed and let go like an open one."""
+    return rec.state in TERMINAL and not qc_owed(rec)
+
+
 def last_moved_ms(rec: RefundRecord) -> int:
     """When the refund last moved (a state or a stage reached)."""
     return max(rec.stage_times.values(), default=0)
 
 
 def abandoned_alert(rec: RefundRecord, retention_ms: int) -> AlertSpec:
-    """A refund still open after ``retention_ms`` without moving, its limits all flagged: it is let go."""
-    return AlertSpec("refund_sop_breach", "RED", rec.refund_id,
-                     f"refund {rec.refund_id} has not moved in {retention_ms / 86_400_000:g} days ({rec.state}): "
-                     "its record is let go; finish it by hand on the marketplace (its history is on refund.states)",
-                     event_id=f"{rec.refund_id}:abandoned",
+    """A refund still open (``finished`` False) after ``retention_ms`` without moving, its limits all flagged: it is
+    let go."""
+    days = f"{retention_ms / 86_400_000:g} days"
+    if rec.state in TERMINAL:  # ended, its parcel's QC never recorded
+        text = (f"refund {rec.refund_id} ({rec.state}) has waited {days} for the QC of its parcel at "
+                f"{rec.warehouse_id}: its record is let go; check the parcel and put its resellable units on hand "
+                "by hand")  # fmt: skip
+    else:
+        text = (f"refund {rec.refund_id} has not moved in {days} ({rec.state}): its record is let go; finish it by "
+                "hand on the marketplace (its history is on refund.states)")  # fmt: skip
+    return AlertSpec("refund_sop_breach", "RED", rec.refund_id, text, event_id=f"{rec.refund_id}:abandoned",
                      details={"limit": "abandoned", "channel": rec.channel, "state": rec.state})  # fmt: skip
 
 

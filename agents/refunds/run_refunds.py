@@ -19,8 +19,8 @@ one order is never refunded twice under two refund ids) and the units of each li
 on hand (so one unit is never restocked twice under two refund ids), each kept until its refund is
 purged, and what the buyer paid for it (the bound still holds once the order itself is purged).
 Timers: each refund's next SOP limit and its purge ``STOCKFLOW_REFUND_RETENTION_S`` after it finished
-(or, still open, after it last moved: then with a RED alert, so no lost callback keeps a record for
-ever); callbacks before their request are flagged after
+(or, still open - a refund that ended with its parcel's QC owed too - after it last moved: then with a
+RED alert, so no lost callback keeps a record for ever); callbacks before their request are flagged after
 ``STOCKFLOW_PARKED_GRACE_S`` and dead-lettered (``unknown_refund``) after
 ``STOCKFLOW_PARKED_PAYMENT_GRACE_S``.
 
@@ -137,8 +137,9 @@ class RunRefunds(Processor):
 
     @staticmethod
     def _idle_since(rec: RefundRecord) -> int:
-        """Since when a refund has been finished, or (still open) has not moved: after the retention it goes."""
-        return rec.stage_times.get(rec.state, 0) if rec.state in flow.TERMINAL else flow.last_moved_ms(rec)
+        """Since when a refund has been finished, or (still open: its parcel's QC owed counts) has not moved: after
+        the retention it goes."""
+        return rec.stage_times.get(rec.state, 0) if flow.finished(rec) else flow.last_moved_ms(rec)
 
     def due_ms(self, key: bytes, value: Any) -> int:
         return self._due(value)
@@ -292,8 +293,9 @@ class RunRefunds(Processor):
         expired = self._idle_since(rec) + self.retention_ms <= ctx.now_ms
         if expired and not flow.next_deadline_ms(rec, self._rules):
             # Finished long enough ago, or open and not moved since (its limits all flagged: a lost callback,
-            # a review never made): the refund's record goes, and its part of the order's, so state stays bounded.
-            if rec.state not in flow.TERMINAL:
+            # a review never made, a parcel never checked): the refund's record goes, and its part of the order's,
+            # so state stays bounded.
+            if not flow.finished(rec):
                 self._publish(ctx, rec, RefundEffects(alerts=[flow.abandoned_alert(rec, self.retention_ms)]))
             db.delete(key)
             self._note_paid_back(ctx, rec, 0, purged=True)

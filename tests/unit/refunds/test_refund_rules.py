@@ -803,3 +803,36 @@ def test_a_parcel_restocked_before_its_count_was_kept_is_not_told_as_none_put_ba
     [warned] = close(rec, "rejected", DELIVERED + 3).alerts
     assert (warned.details["qc"], warned.details["restocked"]) == ("resellable", "unknown")
     assert "0 unit" not in warned.message
+
+
+@pytest.mark.parametrize("how", ["rejected", "cancelled"])
+def test_a_closed_refunds_parcel_waiting_for_its_qc_is_chased_by_the_qc_limit(how: str) -> None:
+    """Failed before: the QC limit left out rejected and withdrawn refunds, so a parcel of one received and never
+    checked was chased by nothing, though its resellable units go back on hand only at QC."""
+    rules = packaged_rules()
+    rec = closed_refund(how)
+    received_at = DELIVERED + 3
+    flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1", qc_done=False)), SHIPPED_BACK,
+                            rules, received_at)  # fmt: skip
+    assert flow.next_deadline_ms(rec, rules) == received_at + rules.qc_ms and not flow.finished(rec)
+    breach = flow.check_limits(rec, received_at + rules.qc_ms, rules)
+    assert [(a.kind, a.severity, a.details["limit"], a.details["state"]) for a in breach] == [
+        ("refund_sop_breach", "RED", "qc", how)]  # fmt: skip
+    fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), SHIPPED_BACK, rules,
+                                 received_at + rules.qc_ms + 1)  # fmt: skip
+    assert fx.restock == [("1", "SKU-1", 1)]
+    cleared = flow.check_limits(rec, received_at + rules.qc_ms + 1, rules)
+    assert [(a.details["limit"], a.cleared) for a in cleared] == [("qc", True)]
+    assert flow.next_deadline_ms(rec, rules) == 0 and flow.finished(rec)
+
+
+def test_a_qc_breach_of_a_parcel_received_under_review_is_not_cleared_by_rejecting_the_refund() -> None:
+    """Failed before: rejecting the refund cleared the QC breach ("moved on") though the parcel was still unchecked."""
+    rules = packaged_rules()
+    rec = under_review_with_its_parcel_back("RETURN_AND_REFUND", qc_done=False)
+    received_at = rec.stage_times["return_received"]
+    breach = flow.check_limits(rec, received_at + rules.qc_ms, rules)
+    assert [a.details["limit"] for a in breach] == ["respond", "qc"]
+    close(rec, "rejected", received_at + rules.qc_ms + 1)
+    cleared = flow.check_limits(rec, received_at + rules.qc_ms + 1, rules)
+    assert [(a.details["limit"], a.cleared) for a in cleared] == [("respond", True)] and rec.flags["qc"] == "red"

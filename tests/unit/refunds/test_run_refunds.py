@@ -955,3 +955,58 @@ def test_a_refund_rejected_after_its_parcel_was_restocked_tells_customer_service
         ("refund_parcel_after_close", "refund_rejected", "resellable", "2")]  # fmt: skip
     assert not of(refund(r, "ReturnReceived", ev.return_received("tmall", "c1", "rc1", wh)), "Alert")
     assert not r.refusals
+
+
+def short_retention(days: int) -> tuple[LocalRunner, RunRefunds, WarehouseView, str]:
+    settings = Settings(safety_threshold=0, refund_retention_s=days * DAY // 1000)
+    view = WarehouseView.from_settings(settings)
+    warehouses = frozenset(load_warehouses(settings.warehouses_file))
+    refunds = RunRefunds.from_settings(settings)
+    r = LocalRunner([RunLifecycle.from_settings(settings, view), HoldStock.from_settings(settings, warehouses),
+                     refunds])  # fmt: skip
+    view.ready = True
+    return r, refunds, view, sorted(warehouses)[0]
+
+
+def rejected_then_received_unchecked(r: LocalRunner, view: WarehouseView, wh: str, oid: str, days_later: int) -> None:
+    """A refund of 900.00 customer service rejects; its parcel reaches the warehouse ``days_later``, QC not done."""
+    delivered_order(r, view, wh, "pdd", oid, f"SKU-{oid}", price_fen=90_000)
+    refund(r, "RefundRequested", ev.refund_requested("pdd", oid, f"r{oid}", 90_000, event_time_ms=r.now_ms))
+    refund(r, "RefundReviewed", ev.refund_reviewed("pdd", oid, f"r{oid}", False))
+    r.advance(days_later * DAY)
+    out = refund(r, "ReturnReceived", ev.return_received("pdd", oid, f"r{oid}", wh, qc_done=False))
+    assert [(a["kind"], a["details"]["qc"]) for a in of(out, "Alert")] == [("refund_parcel_after_close", "qc_pending")]
+
+
+def test_a_closed_refunds_parcel_waiting_for_qc_is_chased_and_kept_until_its_qc_is_recorded() -> None:
+    """Failed before: nothing chased the QC of a rejected refund's parcel; and a rejected refund was purged its
+    retention after the rejection, so a parcel received near its end lost its record before its QC, which was then
+    dead-lettered as a callback of a refund never requested: its units never back on hand. Its QC is now chased
+    like any other, and the record kept (from its receipt, like an open refund's) until the QC is recorded."""
+    r, _, view, wh = short_retention(days=3)
+    rejected_then_received_unchecked(r, view, wh, "q1", days_later=2)
+    out = r.advance(DAY)  # the QC limit; the rejection's retention runs out too
+    assert [(a["kind"], a["severity"], a["details"]["limit"], a["details"]["state"]) for a in of(out, "Alert")] == [
+        ("refund_sop_breach", "RED", "qc", "rejected")]  # fmt: skip
+    assert not of(r.advance(3_600_000), "Alert") and r.read(REFUNDS, b"pdd:rq1", "pdd:q1") is not None
+    out = refund(r, "ReturnReceived", ev.return_received("pdd", "q1", "rq1", wh))
+    assert [(a["details"]["limit"], a["cleared"]) for a in of(out, "Alert")] == [("qc", True)]
+    assert [(s["event_id"], s["qty"]) for s in of(out, "StockAdjusted")] == [("return:pdd:rq1:1", 1)]
+    assert on_hand(r, "SKU-q1", wh) == 5 and not r.refusals
+    out = r.advance(DAY)  # finished, and long past its retention: it goes, quietly
+    assert not of(out, "Alert") and r.read(REFUNDS, b"pdd:rq1", "pdd:q1") is None
+
+
+def test_a_closed_refunds_parcel_whose_qc_never_comes_is_let_go_with_an_alert() -> None:
+    r, refunds, view, wh = short_retention(days=3)
+    rejected_then_received_unchecked(r, view, wh, "q2", days_later=2)
+    received_at = r.now_ms
+    rec = r.read(REFUNDS, b"pdd:rq2", "pdd:q2")
+    assert refunds.due_ms(b"pdd:rq2", rec) == received_at + int(Settings().refund_qc_s * 1000)
+    r.advance(DAY)
+    rec = r.read(REFUNDS, b"pdd:rq2", "pdd:q2")
+    assert rec.flags["qc"] == "red" and refunds.due_ms(b"pdd:rq2", rec) == received_at + 3 * DAY
+    out = r.advance(2 * DAY)
+    assert [(a["severity"], a["details"]["limit"], a["details"]["state"]) for a in of(out, "Alert")] == [
+        ("RED", "abandoned", "rejected")]  # fmt: skip
+    assert "QC" in of(out, "Alert")[0]["message"] and r.read(REFUNDS, b"pdd:rq2", "pdd:q2") is None
