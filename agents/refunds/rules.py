@@ -26,6 +26,9 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
   may have only its deposit paid), less what its other refunds pay back.
 - Channel rules differ (``config/refund_rules.toml``): Kuaishou needs the return tracking number
   before a return is reviewed, unless the marketplace settled it meanwhile (then the review starts).
+  A customer-service review that comes before the number (its callback out of order, or a reviewer
+  ahead of the buyer) is a person's decision, not lost: it waits on the refund and takes effect the
+  moment the review may start (the number, the parcel or a settlement came), as if it came then.
 - SOP limits on the pipeline clock: customer service answers within 2 h of the request, the
   warehouse finishes QC within 24 h of receiving a parcel, whatever the refund came to (a rejected or
   withdrawn refund's parcel is restocked only at its QC too: until then it is not ``finished``); and a
@@ -186,8 +189,9 @@ class RefundRecord:
     # A settlement that came before its request: where it was read, so it can still be dead-lettered with
     # its own bytes if the request never comes (kept by ``run_refunds``; {} once the request is recorded).
     settlement_source: dict[str, Any] = field(default_factory=dict)
-    # Other callbacks that came before the request, in arrival order: {"type", "event", "source", "at_ms"}
-    # (``keep_early``); applied when it comes (``run_refunds``), dead-lettered from ``source`` if it does not.
+    # Other callbacks that came before the refund could take them, in arrival order: {"type", "event", "source",
+    # "at_ms"} (``keep_early``): before its request, or a review before the channel's precondition was met
+    # (``waits_for_precondition``). Applied when it can (``run_refunds``), dead-lettered from ``source`` if never.
     early: list[dict[str, Any]] = field(default_factory=list)
     # SOP limit (and UNREQUESTED) -> "red" | "cleared"; PARCEL_AFTER_CLOSE -> "flagged"
     flags: dict[str, str] = field(default_factory=dict)
@@ -467,8 +471,16 @@ def keep_early(rec: RefundRecord, event_type: str, event: Mapping[str, Any], sou
     rec.early.append({"type": event_type, "event": dict(event), "source": source, "at_ms": now_ms})
 
 
+def waits_for_precondition(rec: RefundRecord, event_type: str) -> bool:
+    """A review of a request still waiting for the channel's precondition (Kuaishou: the return's tracking number):
+    not refused, but kept until the review may start (``can_keep_early``)."""
+    return event_type == "RefundReviewed" and rec.state == "requested" and bool(rec.waiting_for)
+
+
 def can_keep_early(rec: RefundRecord, event_type: str) -> bool:
-    return not rec.state and event_type in EARLY_EVENTS and len(rec.early) < MAX_EARLY
+    """Whether a callback the refund cannot take yet is kept for when it can, at most MAX_EARLY of them."""
+    early = (not rec.state and event_type in EARLY_EVENTS) or waits_for_precondition(rec, event_type)
+    return early and len(rec.early) < MAX_EARLY
 
 
 def _withdrawn_by(event: Mapping[str, Any]) -> str:
@@ -480,6 +492,7 @@ def on_reviewed(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, 
     fx = RefundEffects()
     approved = bool(event["approved"])
     if rec.state == "requested" and rec.waiting_for:
+        # Refused only when it cannot be kept for the precondition (``waits_for_precondition``): MAX_EARLY kept.
         fx.refusal = Refusal(Reason.PRECONDITION_MISSING,
                              f"{rec.channel} needs the return {rec.waiting_for} before a review")  # fmt: skip
         return fx

@@ -136,9 +136,12 @@ def test_kuaishou_reviews_a_return_only_with_its_tracking_number() -> None:
     flow.on_requested(rec, request(channel="kuaishou"), "kuaishou:o1", facts, rules, DELIVERED + 5)
     assert (rec.state, rec.waiting_for) == ("requested", "tracking_no")
     fx = flow.on_reviewed(rec, dict(ev.refund_reviewed("kuaishou", "o1", "r1", True)), facts, rules, DELIVERED + 6)
-    assert fx.refusal is not None and fx.refusal.reason is Reason.PRECONDITION_MISSING
+    assert fx.refusal is not None and fx.refusal.reason is Reason.PRECONDITION_MISSING and rec.state == "requested"
+    # Not applied before the number, but kept for it (``run_refunds`` applies it when the review may start).
+    assert flow.waits_for_precondition(rec, "RefundReviewed") and flow.can_keep_early(rec, "RefundReviewed")
+    assert not flow.can_keep_early(rec, "ReturnShipped")
     flow.on_return_shipped(rec, dict(ev.return_shipped("kuaishou", "o1", "r1")), facts, rules, DELIVERED + 7)
-    assert rec.state == "reviewing"
+    assert rec.state == "reviewing" and not flow.waits_for_precondition(rec, "RefundReviewed")
     # Another channel reviews at once without a tracking number.
     other = new("jd")
     flow.on_requested(other, request(channel="jd"), "jd:o1", facts, rules, DELIVERED + 5)

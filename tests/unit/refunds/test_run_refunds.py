@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from agents.inventory.hold_stock import STORE as POOL
 from agents.inventory.hold_stock import HoldStock, sku_key
 from agents.orders.rules import BALANCE_UNPAID, OrderRecord
@@ -1010,3 +1012,56 @@ def test_a_closed_refunds_parcel_whose_qc_never_comes_is_let_go_with_an_alert() 
     assert [(a["severity"], a["details"]["limit"], a["details"]["state"]) for a in of(out, "Alert")] == [
         ("RED", "abandoned", "rejected")]  # fmt: skip
     assert "QC" in of(out, "Alert")[0]["message"] and r.read(REFUNDS, b"pdd:rq2", "pdd:q2") is None
+
+
+def kuaishou_request_waiting_for_its_tracking_number(r: LocalRunner, view: WarehouseView, wh: str, oid: str) -> None:
+    """A Kuaishou return of 900.00 (above the auto-approval limit: customer service decides), no tracking number."""
+    delivered_order(r, view, wh, "kuaishou", oid, f"SKU-{oid}", price_fen=90_000)
+    refund(r, "RefundRequested", ev.refund_requested("kuaishou", oid, f"r{oid}", 90_000, event_time_ms=r.now_ms))
+    assert r.read(REFUNDS, f"kuaishou:r{oid}".encode(), f"kuaishou:{oid}").waiting_for == "tracking_no"
+
+
+@pytest.mark.parametrize(("approved", "decided"), [(True, "awaiting_return"), (False, "rejected")])
+def test_a_kuaishou_review_before_the_tracking_number_is_kept_and_applied_when_the_number_comes(
+        approved: bool, decided: str) -> None:  # fmt: skip
+    """Failed before: the review was refused (`precondition_missing`) and dead-lettered; when the tracking number
+    came the refund went to customer service as if it had never answered, the 2 h answer limit long past (a RED
+    breach at once), and it waited for a second review that nothing asked for. The decision is a person's: it is
+    kept, and takes effect when Kuaishou's rule lets it - the refund decided no earlier than with the number."""
+    r, view, wh = pipeline()
+    kuaishou_request_waiting_for_its_tracking_number(r, view, wh, "k4")
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("kuaishou", "k4", "rk4", approved))
+    assert not r.refusals and not of(out, "DeadLetter") and not of(out, "RefundStateChanged")
+    rec = r.read(REFUNDS, b"kuaishou:rk4", "kuaishou:k4")
+    assert (rec.state, [e["type"] for e in rec.early]) == ("requested", ["RefundReviewed"])
+    assert not of(r.advance(3 * 3_600_000), "Alert")
+    out = refund(r, "ReturnShipped", ev.return_shipped("kuaishou", "k4", "rk4", "SF4"))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["reviewing", decided]
+    assert not of(out, "Alert") and not of(out, "RefundInstruction") and not r.refusals
+    rec = r.read(REFUNDS, b"kuaishou:rk4", "kuaishou:k4")
+    assert (rec.state, rec.approved_by, rec.early) == (decided, "cs-01", [])
+    assert not of(r.advance(3 * 3_600_000), "Alert")
+
+
+def test_a_kuaishou_review_read_before_its_request_waits_for_the_tracking_number_too() -> None:
+    """Failed before: applied when the request came, still without its tracking number, it was dead-lettered."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "kuaishou", "k5", "SKU-k5", price_fen=90_000)
+    refund(r, "RefundReviewed", ev.refund_reviewed("kuaishou", "k5", "rk5", True))
+    out = refund(r, "RefundRequested", ev.refund_requested("kuaishou", "k5", "rk5", 90_000, event_time_ms=r.now_ms))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["requested"] and not of(out, "DeadLetter")
+    out = refund(r, "ReturnShipped", ev.return_shipped("kuaishou", "k5", "rk5", "SF5"))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["reviewing", "awaiting_return"]
+    assert not r.refusals and not of(out, "DeadLetter")
+
+
+def test_a_kuaishou_review_kept_for_a_tracking_number_that_never_comes_is_dead_lettered_when_the_refund_goes() -> None:
+    r, _, view, wh = short_retention(days=3)
+    kuaishou_request_waiting_for_its_tracking_number(r, view, wh, "k6")
+    refund(r, "RefundReviewed", ev.refund_reviewed("kuaishou", "k6", "rk6", True))
+    out = r.advance(int(Settings().refund_return_s * 1000)) + r.advance(60_000)
+    assert [a["details"]["limit"] for a in of(out, "Alert")] == ["tracking", "abandoned"]
+    [dead] = of(out, "DeadLetter")
+    assert (dead["reason"], dead["source_topic"], dead["stage"]) == ("precondition_missing", "refund.events",
+                                                                    "agents.refunds.run_refunds")  # fmt: skip
+    assert r.read(REFUNDS, b"kuaishou:rk6", "kuaishou:k6") is None
