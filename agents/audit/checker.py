@@ -698,8 +698,8 @@ def _paid_against_the_rules(instructions: list[dict[str, Any]], reviewed: set[st
                             refund_events: list[tuple[Record, str, dict[str, Any]]]) -> set[str]:  # fmt: skip
     """Refunds handed to customer service and paid though its first decision the pipeline took was no (a later
     decision is refused, so it cannot have turned it into a yes), whatever the refund agent's states say next.
-    ``refund_events``: those the pipeline did not dead-letter (a review before Kuaishou's tracking number is
-    refused, and customer service decides again)."""
+    ``refund_events``: those the pipeline did not dead-letter (a review it refused decided nothing, and customer
+    service decides again)."""
     first_review: dict[str, bool] = {}
     for _, kind, r in refund_events:
         if kind == "RefundReviewed":

@@ -13,7 +13,8 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
 - So is the parcel of a refund customer service rejected or the buyer withdrew (goods sent back all the
   same): received, checked, its resellable units of shipped lines restocked once, and customer service told
   (``refund_parcel_after_close``) so a person decides whether to reopen it. The refund stays as it was
-  decided: the receipt pays nothing and moves no state.
+  decided: the receipt pays nothing and moves no state. A parcel received while the refund was still
+  undecided is told the same way, once, when it is rejected or withdrawn (with the units it put back).
 - Auto-approval (the 7-day no-reason return): delivered no more than ``no_reason_days`` calendar days
   before the request in the shop's time zone, no custom-made line anywhere in the order, order amount
   below the limit -> approved at once and the refund paid back at once on the original payment path;
@@ -25,9 +26,14 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
   may have only its deposit paid), less what its other refunds pay back.
 - Channel rules differ (``config/refund_rules.toml``): Kuaishou needs the return tracking number
   before a return is reviewed, unless the marketplace settled it meanwhile (then the review starts).
+  A customer-service review that comes before the number (its callback out of order, or a reviewer
+  ahead of the buyer) is a person's decision, not lost: it waits on the refund and takes effect the
+  moment the review may start (the number, the parcel or a settlement came), as if it came then.
 - SOP limits on the pipeline clock: customer service answers within 2 h of the request, the
-  warehouse finishes QC within 24 h of receiving a return; and a refund paid out is settled by the
-  marketplace within ``settle_ms``. A breach is flagged red once and cleared when the refund moves on.
+  warehouse finishes QC within 24 h of receiving a parcel, whatever the refund came to (a rejected or
+  withdrawn refund's parcel is restocked only at its QC too: until then it is not ``finished``); and a
+  refund paid out is settled by the marketplace within ``settle_ms``. A breach is flagged red once and
+  cleared when the refund moves on.
 - A settlement may come before stockflow pays (the marketplace's own timeout rule, the seller agreeing
   in its back office, callbacks out of order): it is kept on the refund and completes it the moment
   the refund is paid, so the outcome never depends on the order the events came in; an approved return
@@ -174,14 +180,18 @@ class RefundRecord:
     warehouse_id: str = ""
     resellable: bool = False
     restocked: bool = False
+    # The units its parcel put back on hand, so customer service hears how many when it closes the refund later
+    # (``_parcel_after_close``); None with ``restocked``: put back before the count was kept.
+    restocked_units: int | None = None
     instructed: bool = False  # the refund instruction has been emitted
     settled_amount_fen: int = 0  # with stage "settled": what the marketplace says it paid back
     settlement_id: str = ""
     # A settlement that came before its request: where it was read, so it can still be dead-lettered with
     # its own bytes if the request never comes (kept by ``run_refunds``; {} once the request is recorded).
     settlement_source: dict[str, Any] = field(default_factory=dict)
-    # Other callbacks that came before the request, in arrival order: {"type", "event", "source", "at_ms"}
-    # (``keep_early``); applied when it comes (``run_refunds``), dead-lettered from ``source`` if it does not.
+    # Other callbacks that came before the refund could take them, in arrival order: {"type", "event", "source",
+    # "at_ms"} (``keep_early``): before its request, or a review before the channel's precondition was met
+    # (``waits_for_precondition``). Applied when it can (``run_refunds``), dead-lettered from ``source`` if never.
     early: list[dict[str, Any]] = field(default_factory=list)
     # SOP limit (and UNREQUESTED) -> "red" | "cleared"; PARCEL_AFTER_CLOSE -> "flagged"
     flags: dict[str, str] = field(default_factory=dict)
@@ -461,8 +471,16 @@ def keep_early(rec: RefundRecord, event_type: str, event: Mapping[str, Any], sou
     rec.early.append({"type": event_type, "event": dict(event), "source": source, "at_ms": now_ms})
 
 
+def waits_for_precondition(rec: RefundRecord, event_type: str) -> bool:
+    """A review of a request still waiting for the channel's precondition (Kuaishou: the return's tracking number):
+    not refused, but kept until the review may start (``can_keep_early``)."""
+    return event_type == "RefundReviewed" and rec.state == "requested" and bool(rec.waiting_for)
+
+
 def can_keep_early(rec: RefundRecord, event_type: str) -> bool:
-    return not rec.state and event_type in EARLY_EVENTS and len(rec.early) < MAX_EARLY
+    """Whether a callback the refund cannot take yet is kept for when it can, at most MAX_EARLY of them."""
+    early = (not rec.state and event_type in EARLY_EVENTS) or waits_for_precondition(rec, event_type)
+    return early and len(rec.early) < MAX_EARLY
 
 
 def _withdrawn_by(event: Mapping[str, Any]) -> str:
@@ -474,6 +492,7 @@ def on_reviewed(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, 
     fx = RefundEffects()
     approved = bool(event["approved"])
     if rec.state == "requested" and rec.waiting_for:
+        # Refused only when it cannot be kept for the precondition (``waits_for_precondition``): MAX_EARLY kept.
         fx.refusal = Refusal(Reason.PRECONDITION_MISSING,
                              f"{rec.channel} needs the return {rec.waiting_for} before a review")  # fmt: skip
         return fx
@@ -499,6 +518,9 @@ def on_reviewed(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, 
     else:
         rec.approved_by = str(event.get("reviewer") or "customer_service")
         _move(rec, fx, "rejected", now_ms, str(event.get("note") or "rejected"))
+        if _parcel_here(rec):
+            # Received (and maybe restocked) while it was under review: said no to, its units are on the shelf.
+            fx.alerts += _parcel_after_close(rec)
         if _settled(rec):
             fx.alerts.append(AlertSpec(
                 "refund_reconciliation", "RED", rec.refund_id,
@@ -561,9 +583,10 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: Order
                 fx.alerts += capped
                 if not rec.lines:
                     fx.alerts.append(_unstocked(rec))
+            rec.restocked_units = sum(qty for _, sku, qty in fx.restock if sku)  # a line without SKU is put by hand
     if closed:
         # Rejected or withdrawn, it stays so: the parcel coming back pays nothing and reopens nothing by itself.
-        fx.alerts += _parcel_after_close(rec, fx.restock)
+        fx.alerts += _parcel_after_close(rec)
         return fx
     if rec.state == "received" and rec.return_status == "inspected":
         _start_refund(rec, fx, now_ms, "resellable" if rec.resellable else "not_resellable")
@@ -581,28 +604,35 @@ def _unasked_text(rec: RefundRecord) -> str:
     return f"{rec.state} refund" if rec.state in CLOSED else "refund-only"
 
 
-def _parcel_after_close(rec: RefundRecord, restock: list[tuple[str, str, int]]) -> list[AlertSpec]:
-    """Customer service told, once, that a refund it rejected (or the buyer withdrew) had its parcel come back."""
+def _parcel_here(rec: RefundRecord) -> bool:
+    return rec.return_status in ("received", "inspected")
+
+
+def _parcel_after_close(rec: RefundRecord) -> list[AlertSpec]:
+    """Customer service told, once, that a refund it rejected (or the buyer withdrew) has its parcel back, whether
+    the parcel came before the decision or after it."""
     if rec.flags.get(PARCEL_AFTER_CLOSE):
         return []
     rec.flags[PARCEL_AFTER_CLOSE] = "flagged"
     decided = f"rejected by {rec.approved_by or 'customer service'}" if rec.state == "rejected" else "withdrawn"
-    units = sum(qty for _, sku, qty in restock if sku)
+    units = "unknown" if rec.restocked_units is None else str(rec.restocked_units)
     if rec.return_status != "inspected":
         qc, checked = "qc_pending", "QC not done yet: its resellable units go back on hand when it is"
-    elif rec.resellable:
-        qc, checked = "resellable", f"resellable, {units} unit(s) put back on hand"
-    else:
+    elif not rec.resellable:
         qc, checked = "not_resellable", "not resellable, nothing put back on hand"
+    elif rec.restocked_units is None:
+        qc, checked = "resellable", "resellable, put back on hand (how many units is not on record)"
+    else:
+        qc, checked = "resellable", f"resellable, {units} unit(s) put back on hand"
     return [AlertSpec(
         "refund_parcel_after_close", "WARNING", rec.refund_id,
-        f"refund {rec.refund_id} of order {rec.order_id} was {decided}, but its parcel came back to "
+        f"refund {rec.refund_id} of order {rec.order_id} was {decided}, but its parcel is back at "
         f"{rec.warehouse_id} ({checked}). The refund stays {rec.state} and nothing is paid back: decide whether to "
         "reopen it on the marketplace",
         event_id=f"{rec.refund_id}:{PARCEL_AFTER_CLOSE}",
         details={"reason": "refund_rejected" if rec.state == "rejected" else "refund_withdrawn", "state": rec.state,
                  "order_id": rec.order_id, "warehouse_id": rec.warehouse_id, "qc": qc,
-                 "restocked": str(units)})]  # fmt: skip
+                 "restocked": units})]  # fmt: skip
 
 
 def restock_within_order(rec: RefundRecord, facts: OrderFacts) -> tuple[list[tuple[str, str, int]], list[AlertSpec]]:
@@ -824,6 +854,8 @@ def on_cancelled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> Re
                              f"marketplace already paid back ({rec.settled_amount_fen} fen)")  # fmt: skip
         return fx
     _move(rec, fx, "cancelled", now_ms, _withdrawn_by(event))
+    if _parcel_here(rec):
+        fx.alerts += _parcel_after_close(rec)  # withdrawn with its parcel already back: its units are on the shelf
     return fx
 
 
@@ -831,7 +863,8 @@ def on_cancelled(rec: RefundRecord, event: Mapping[str, Any], now_ms: int) -> Re
 def _limits(rec: RefundRecord, rules: RefundRules) -> dict[str, int]:
     """Each SOP limit that applies now, with when it runs out (0: it does not apply)."""
     waiting_for_service = rec.state == "reviewing" or (rec.state == "requested" and not rec.waiting_for)
-    qc_open = rec.return_status == "received" and rec.state not in ("rejected", "cancelled")
+    # Whatever the refund came to: a parcel's resellable units go back on hand only at its QC.
+    qc_open = qc_owed(rec)
     unsettled = rec.instructed and "settled" not in rec.stage_times and rec.state == "refunding"
     waiting_for_tracking = rec.state == "requested" and rec.waiting_for == "tracking_no"
     # An approved return whose goods are not back: awaited, or paid back at once (a no-reason return: its goods are
@@ -881,17 +914,34 @@ def check_limits(rec: RefundRecord, now_ms: int, rules: RefundRules) -> list[Ale
     return alerts
 
 
+def qc_owed(rec: RefundRecord) -> bool:
+    """A parcel of the refund was received and its QC is not recorded yet."""
+    return rec.return_status == "received"
+
+
+def finished(rec: RefundRecord) -> bool:
+    """Nothing left to do on the refund: it ended (completed, rejected, withdrawn) and no parcel of it waits for its
+    QC. One that ended with its QC owed is still open to the warehouse: kept, timed and let go like an open one."""
+    return rec.state in TERMINAL and not qc_owed(rec)
+
+
 def last_moved_ms(rec: RefundRecord) -> int:
     """When the refund last moved (a state or a stage reached)."""
     return max(rec.stage_times.values(), default=0)
 
 
 def abandoned_alert(rec: RefundRecord, retention_ms: int) -> AlertSpec:
-    """A refund still open after ``retention_ms`` without moving, its limits all flagged: it is let go."""
-    return AlertSpec("refund_sop_breach", "RED", rec.refund_id,
-                     f"refund {rec.refund_id} has not moved in {retention_ms / 86_400_000:g} days ({rec.state}): "
-                     "its record is let go; finish it by hand on the marketplace (its history is on refund.states)",
-                     event_id=f"{rec.refund_id}:abandoned",
+    """A refund still open (``finished`` False) after ``retention_ms`` without moving, its limits all flagged: it is
+    let go."""
+    days = f"{retention_ms / 86_400_000:g} days"
+    if rec.state in TERMINAL:  # ended, its parcel's QC never recorded
+        text = (f"refund {rec.refund_id} ({rec.state}) has waited {days} for the QC of its parcel at "
+                f"{rec.warehouse_id}: its record is let go; check the parcel and put its resellable units on hand "
+                "by hand")  # fmt: skip
+    else:
+        text = (f"refund {rec.refund_id} has not moved in {days} ({rec.state}): its record is let go; finish it by "
+                "hand on the marketplace (its history is on refund.states)")  # fmt: skip
+    return AlertSpec("refund_sop_breach", "RED", rec.refund_id, text, event_id=f"{rec.refund_id}:abandoned",
                      details={"limit": "abandoned", "channel": rec.channel, "state": rec.state})  # fmt: skip
 
 

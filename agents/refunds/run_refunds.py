@@ -9,18 +9,20 @@ Writes: ``refund.states`` (every transition, keyed by refund id, with the order'
 health score counts a customer's returns from it), ``refund.instructions`` (pay this back on the
 original payment path), ``stock.returns`` (resellable returned units, keyed by SKU),
 ``refund.order-cancels`` (a refund-only approved before shipment cancels its order), alerts (SOP
-breaches, reconciliation) and dead letters (events a refund's state does not allow, and callbacks
-whose refund was never requested in the time they were kept).
+breaches, reconciliation) and dead letters (events a refund's state does not allow, callbacks
+whose refund was never requested in the time they were kept, and reviews kept for a channel's
+precondition - Kuaishou's return tracking number - that never came before the refund was let go).
 Owns: store ``refunds_by_id`` (changelog ``<app>.refunds_by_id.changelog``): one ``RefundRecord``
-per refund, or per refund id whose callbacks (a settlement, a review, a withdrawal, the return's
-shipment or receipt) wait for its request; store ``approved_refunds_by_order``:
+per refund (with the reviews that wait for its channel's precondition), or per refund id whose
+callbacks (a settlement, a review, a withdrawal, the return's shipment or receipt) wait for its
+request; store ``approved_refunds_by_order``:
 per order, what its approved or marketplace-settled refunds pay back (what it has left to pay back, so
 one order is never refunded twice under two refund ids) and the units of each line its returns put back
 on hand (so one unit is never restocked twice under two refund ids), each kept until its refund is
 purged, and what the buyer paid for it (the bound still holds once the order itself is purged).
 Timers: each refund's next SOP limit and its purge ``STOCKFLOW_REFUND_RETENTION_S`` after it finished
-(or, still open, after it last moved: then with a RED alert, so no lost callback keeps a record for
-ever); callbacks before their request are flagged after
+(or, still open - a refund that ended with its parcel's QC owed too - after it last moved: then with a
+RED alert, so no lost callback keeps a record for ever); callbacks before their request are flagged after
 ``STOCKFLOW_PARKED_GRACE_S`` and dead-lettered (``unknown_refund``) after
 ``STOCKFLOW_PARKED_PAYMENT_GRACE_S``.
 
@@ -137,8 +139,9 @@ class RunRefunds(Processor):
 
     @staticmethod
     def _idle_since(rec: RefundRecord) -> int:
-        """Since when a refund has been finished, or (still open) has not moved: after the retention it goes."""
-        return rec.stage_times.get(rec.state, 0) if rec.state in flow.TERMINAL else flow.last_moved_ms(rec)
+        """Since when a refund has been finished, or (still open: its parcel's QC owed counts) has not moved: after
+        the retention it goes."""
+        return rec.stage_times.get(rec.state, 0) if flow.finished(rec) else flow.last_moved_ms(rec)
 
     def due_ms(self, key: bytes, value: Any) -> int:
         return self._due(value)
@@ -168,7 +171,7 @@ class RunRefunds(Processor):
         elif not rec.state:
             fx = RefundEffects()
         else:
-            fx = self._apply(ctx, rec, event_type, record)
+            fx = self._take(ctx, rec, event_type, record)
         if fx.refusal is not None:
             ctx.refuse(fx.refusal.reason, fx.refusal.detail)
         if not rec.state:
@@ -189,6 +192,14 @@ class RunRefunds(Processor):
         self._publish(ctx, rec, fx)
         self._store(ctx, db, rec)
         self._note_paid_back(ctx, rec, flow.paid_back_fen(rec), fx.restock)
+
+    def _take(self, ctx: Context, rec: RefundRecord, event_type: str, record: dict[str, Any]) -> RefundEffects:
+        """An event for a refund already requested: applied, or kept until the refund may take it."""
+        if flow.can_keep_early(rec, event_type) and ctx.message is not None:
+            # A review before the channel's precondition: a person decided, so it waits for it (``_apply_early``).
+            flow.keep_early(rec, event_type, record, ctx.keep_message(), ctx.now_ms)
+            return RefundEffects()
+        return self._apply(ctx, rec, event_type, record)
 
     def _apply(self, ctx: Context, rec: RefundRecord, event_type: str, record: dict[str, Any]) -> RefundEffects:
         """An event for a refund already requested."""
@@ -218,10 +229,15 @@ class RunRefunds(Processor):
         self._store(ctx, db, rec)
 
     def _apply_early(self, ctx: Context, rec: RefundRecord, fx: RefundEffects) -> None:
-        """The callbacks kept for this refund's request, now that it came, in the order they arrived; one the
-        refund's state does not allow (or naming another order) is dead-lettered with its own bytes."""
-        early, rec.early = rec.early, []
-        for kept in early:
+        """The callbacks kept for this refund, in the order they arrived, now that it may take them: its request
+        came, or the precondition a review waited for was met (one still waiting for it is kept). One the refund's
+        state does not allow (or naming another order) is dead-lettered with its own bytes."""
+        pending, rec.early = rec.early, []
+        while pending:
+            kept = pending.pop(0)
+            if flow.waits_for_precondition(rec, kept["type"]):
+                rec.early.append(kept)
+                continue
             if str(kept["event"]["channel_order_id"]) != rec.channel_order_id:
                 named = order_key(rec.channel, str(kept["event"]["channel_order_id"]))
                 ctx.refuse_kept(kept["source"], STAGE, Reason.UNKNOWN_REFUND,
@@ -232,6 +248,10 @@ class RunRefunds(Processor):
             fx.absorb(later)
             if later.refusal is not None:
                 ctx.refuse_kept(kept["source"], STAGE, later.refusal.reason, later.refusal.detail)
+            if rec.early and not flow.waits_for_precondition(rec, rec.early[0]["type"]):
+                # This one met the precondition (a tracking number, the parcel): the reviews that waited for it
+                # are next, before the callbacks that came after them.
+                pending, rec.early = rec.early + pending, []
 
     def _facts(self, ctx: Context, order_id: str, refund_id: str) -> OrderFacts:
         order: OrderRecord | None = ctx.read_store(ORDER_STORE).get(order_id.encode())
@@ -292,9 +312,14 @@ class RunRefunds(Processor):
         expired = self._idle_since(rec) + self.retention_ms <= ctx.now_ms
         if expired and not flow.next_deadline_ms(rec, self._rules):
             # Finished long enough ago, or open and not moved since (its limits all flagged: a lost callback,
-            # a review never made): the refund's record goes, and its part of the order's, so state stays bounded.
-            if rec.state not in flow.TERMINAL:
+            # a review never made, a parcel never checked): the refund's record goes, and its part of the order's,
+            # so state stays bounded.
+            if not flow.finished(rec):
                 self._publish(ctx, rec, RefundEffects(alerts=[flow.abandoned_alert(rec, self.retention_ms)]))
+            for kept in rec.early:  # reviews that waited for a precondition never met: refused now, not dropped
+                ctx.refuse_kept(kept["source"], STAGE, Reason.PRECONDITION_MISSING,
+                                f"{kept['type']} of refund {rec.refund_id}, kept for its return "
+                                f"{rec.waiting_for or 'precondition'}, which never came")  # fmt: skip
             db.delete(key)
             self._note_paid_back(ctx, rec, 0, purged=True)
             return

@@ -171,7 +171,8 @@ DESCRIPTIONS: dict[Reason, str] = {
         "refunds are kept) while its other refunds already pay some of it back"
     ),
     Reason.PRECONDITION_MISSING: (
-        "a refund review before the channel's precondition is met (Kuaishou: the return tracking number)"
+        "a refund review kept for the channel's precondition (Kuaishou: the return tracking number) when the refund "
+        "is let go without it, or one more than are kept for it"
     ),
     Reason.UNKNOWN_CHANNEL: "an order from a channel not in STOCKFLOW_CHANNELS, or an intake route or body naming one",
     Reason.MISSING_FIELD: "a required field (order id, lines, SKU, address part, ...) is absent",

@@ -1,5 +1,5 @@
 -- title: Refund exceptions
--- description: Refunds past an SOP limit in the range, one row per refund and limit: customer service answering (from the request), the buyer's return reaching the warehouse (from the approval; a no-reason return paid back at once included), warehouse QC (from the return's receipt), the marketplace settling (from the refund instruction). _late: the stage took longer and has ended; _hanging: still in it at the end of the range (or now); issued_not_settled / not_issued: paid out and not settled, with or without the marketplace's acceptance. A refund is listed in every range in which it was past a limit. Times in the shop's time zone.
+-- description: Refunds past an SOP limit in the range, one row per refund and limit: customer service answering (from the request), the buyer's return reaching the warehouse (from the approval; a no-reason return paid back at once included), warehouse QC (from the parcel's receipt, whatever the refund came to), the marketplace settling (from the refund instruction). _late: the stage took longer and has ended; _hanging: still in it at the end of the range (or now); issued_not_settled / not_issued: paid out and not settled, with or without the marketplace's acceptance. A refund is listed in every range in which it was past a limit. Times in the shop's time zone.
 -- chart: table
 SELECT
     refund_id,
@@ -41,7 +41,8 @@ FROM
                if(refunding > 0 AND first_issue > 0, greatest(first_issue, refunding), 0)) AS issued,
             arrayReduce('min', arrayFilter(x -> x > 0,
                 [awaiting_return, received, refunding, completed, rejected, cancelled])) AS responded,
-            arrayReduce('min', arrayFilter(x -> x > 0, [inspected, rejected, cancelled])) AS checked,
+            -- Only a QC ends the QC stage: a refund rejected or withdrawn still has its parcel's units to put back.
+            inspected AS checked,
             arrayReduce('min', arrayFilter(x -> x > 0, [return_received, received, refunding, cancelled])) AS returned
         FROM
         (

@@ -462,3 +462,26 @@ def test_a_no_reason_return_paid_at_once_whose_goods_are_late_is_a_return_except
     rows = dash(ch, "refund_exceptions", AFTER_NOVEMBER, **NOVEMBER)
     assert [(r["refund_id"], r["exception"]) for r in rows if r["exception"].startswith("return")] == [
         ("jd:R5", "return_hanging")]  # fmt: skip
+
+
+def test_a_closed_refunds_parcel_not_checked_in_time_is_a_qc_exception(ch: SharedClickHouse) -> None:
+    """Failed before: a rejection or withdrawal ended the QC stage, so a parcel received under review and never
+    checked, or one received after the refund closed, was on no exception list, though the refund agent raises its
+    QC breach (its units go back on hand only at QC)."""
+    t = shop_ms("2026-11-02T10:00")
+    store(ch, [
+        *refund("jd:R7", "jd:O7", "REFUND_ONLY", [("requested", t), ("reviewing", t), ("rejected", t + H),
+                                                   ("return_received", t + 2 * DAY)]),
+        returned("jd:R7", "jd:O7", t + 2 * DAY, qc_done=False),
+        *refund("jd:R8", "jd:O8", "RETURN_AND_REFUND", [("requested", t), ("reviewing", t),
+                                                         ("return_received", t + H), ("cancelled", t + 2 * H)]),
+        returned("jd:R8", "jd:O8", t + H, qc_done=False),
+        *refund("jd:R9", "jd:O9", "RETURN_AND_REFUND", [("requested", t), ("reviewing", t), ("rejected", t + H),
+                                                         ("return_received", t + 2 * DAY),
+                                                         ("inspected", t + 2 * DAY + H)]),
+        returned("jd:R9", "jd:O9", t + 2 * DAY, qc_done=False),
+        returned("jd:R9", "jd:O9", t + 2 * DAY + H, qc_done=True),
+    ])  # fmt: skip
+    rows = dash(ch, "refund_exceptions", AFTER_NOVEMBER, **NOVEMBER)
+    assert [(r["refund_id"], r["exception"], r["current_state"]) for r in rows if r["exception"].startswith("qc")] == [
+        ("jd:R8", "qc_hanging", "cancelled"), ("jd:R7", "qc_hanging", "rejected")]  # fmt: skip

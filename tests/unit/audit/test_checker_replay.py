@@ -730,8 +730,9 @@ def test_a_refund_customer_service_said_no_to_and_paid_all_the_same_is_found(top
 
 
 def test_a_no_the_pipeline_refused_is_no_decision(topics: Topics) -> None:
-    """Found by review: a Kuaishou 'no' before the return's tracking number is refused (precondition_missing)
-    and customer service decides again; a yes then paid is approved, not paid against its first decision."""
+    """Found by review: a 'no' the pipeline refused (precondition_missing: a Kuaishou review beyond those it keeps
+    for the return's tracking number) decided nothing, and customer service decides again; a yes then paid is
+    approved, not paid against its first decision."""
     _paid_after_review(topics)
     topics.event(REFUND_EVENTS.name, "RefundReviewed", _review(approved=False))  # offset 0: refused by the pipeline
     topics.event(REFUND_EVENTS.name, "RefundReviewed", _review(approved=True, event_id="reviewed:jd:r1:2"))

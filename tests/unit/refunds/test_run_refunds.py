@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from agents.inventory.hold_stock import STORE as POOL
 from agents.inventory.hold_stock import HoldStock, sku_key
 from agents.orders.rules import BALANCE_UNPAID, OrderRecord
@@ -936,3 +938,130 @@ def test_a_withdrawn_refund_onlys_parcel_refused_at_the_door_is_put_back_on_hand
         ("refund_parcel_after_close", "refund_withdrawn")]  # fmt: skip
     rec = r.read(REFUNDS, b"tmall:rw1", "tmall:w1")
     assert (rec.state, rec.instructed, rec.return_status) == ("cancelled", False, "inspected")
+
+
+def test_a_refund_rejected_after_its_parcel_was_restocked_tells_customer_service_how_many_units_are_back() -> None:
+    """Failed before: the parcel of a refund-only under review (refused at the door) was restocked, customer service
+    then said no, and nobody was told the units of a refund it rejected were back on the shelf."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "tmall", "c1", "SKU-C1", qty=2)  # 2 shipped; 3 left on hand
+    refund(r, "RefundRequested", ev.refund_requested("tmall", "c1", "rc1", 19_800, kind="REFUND_ONLY",
+                                                     event_time_ms=r.now_ms))  # fmt: skip
+    out = refund(r, "ReturnReceived", ev.return_received("tmall", "c1", "rc1", wh))
+    assert [(a["event_id"], a["qty"]) for a in of(out, "StockAdjusted")] == [("return:tmall:rc1:1", 2)]
+    assert not of(out, "Alert") and on_hand(r, "SKU-C1", wh) == 5
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("tmall", "c1", "rc1", False))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["rejected"] and not of(out, "RefundInstruction")
+    assert [(a["kind"], a["details"]["reason"], a["details"]["qc"], a["details"]["restocked"])
+            for a in of(out, "Alert")] == [
+        ("refund_parcel_after_close", "refund_rejected", "resellable", "2")]  # fmt: skip
+    assert not of(refund(r, "ReturnReceived", ev.return_received("tmall", "c1", "rc1", wh)), "Alert")
+    assert not r.refusals
+
+
+def short_retention(days: int) -> tuple[LocalRunner, RunRefunds, WarehouseView, str]:
+    settings = Settings(safety_threshold=0, refund_retention_s=days * DAY // 1000)
+    view = WarehouseView.from_settings(settings)
+    warehouses = frozenset(load_warehouses(settings.warehouses_file))
+    refunds = RunRefunds.from_settings(settings)
+    r = LocalRunner([RunLifecycle.from_settings(settings, view), HoldStock.from_settings(settings, warehouses),
+                     refunds])  # fmt: skip
+    view.ready = True
+    return r, refunds, view, sorted(warehouses)[0]
+
+
+def rejected_then_received_unchecked(r: LocalRunner, view: WarehouseView, wh: str, oid: str, days_later: int) -> None:
+    """A refund of 900.00 customer service rejects; its parcel reaches the warehouse ``days_later``, QC not done."""
+    delivered_order(r, view, wh, "pdd", oid, f"SKU-{oid}", price_fen=90_000)
+    refund(r, "RefundRequested", ev.refund_requested("pdd", oid, f"r{oid}", 90_000, event_time_ms=r.now_ms))
+    refund(r, "RefundReviewed", ev.refund_reviewed("pdd", oid, f"r{oid}", False))
+    r.advance(days_later * DAY)
+    out = refund(r, "ReturnReceived", ev.return_received("pdd", oid, f"r{oid}", wh, qc_done=False))
+    assert [(a["kind"], a["details"]["qc"]) for a in of(out, "Alert")] == [("refund_parcel_after_close", "qc_pending")]
+
+
+def test_a_closed_refunds_parcel_waiting_for_qc_is_chased_and_kept_until_its_qc_is_recorded() -> None:
+    """Failed before: nothing chased the QC of a rejected refund's parcel; and a rejected refund was purged its
+    retention after the rejection, so a parcel received near its end lost its record before its QC, which was then
+    dead-lettered as a callback of a refund never requested: its units never back on hand. Its QC is now chased
+    like any other, and the record kept (from its receipt, like an open refund's) until the QC is recorded."""
+    r, _, view, wh = short_retention(days=3)
+    rejected_then_received_unchecked(r, view, wh, "q1", days_later=2)
+    out = r.advance(DAY)  # the QC limit; the rejection's retention runs out too
+    assert [(a["kind"], a["severity"], a["details"]["limit"], a["details"]["state"]) for a in of(out, "Alert")] == [
+        ("refund_sop_breach", "RED", "qc", "rejected")]  # fmt: skip
+    assert not of(r.advance(3_600_000), "Alert") and r.read(REFUNDS, b"pdd:rq1", "pdd:q1") is not None
+    out = refund(r, "ReturnReceived", ev.return_received("pdd", "q1", "rq1", wh))
+    assert [(a["details"]["limit"], a["cleared"]) for a in of(out, "Alert")] == [("qc", True)]
+    assert [(s["event_id"], s["qty"]) for s in of(out, "StockAdjusted")] == [("return:pdd:rq1:1", 1)]
+    assert on_hand(r, "SKU-q1", wh) == 5 and not r.refusals
+    out = r.advance(DAY)  # finished, and long past its retention: it goes, quietly
+    assert not of(out, "Alert") and r.read(REFUNDS, b"pdd:rq1", "pdd:q1") is None
+
+
+def test_a_closed_refunds_parcel_whose_qc_never_comes_is_let_go_with_an_alert() -> None:
+    r, refunds, view, wh = short_retention(days=3)
+    rejected_then_received_unchecked(r, view, wh, "q2", days_later=2)
+    received_at = r.now_ms
+    rec = r.read(REFUNDS, b"pdd:rq2", "pdd:q2")
+    assert refunds.due_ms(b"pdd:rq2", rec) == received_at + int(Settings().refund_qc_s * 1000)
+    r.advance(DAY)
+    rec = r.read(REFUNDS, b"pdd:rq2", "pdd:q2")
+    assert rec.flags["qc"] == "red" and refunds.due_ms(b"pdd:rq2", rec) == received_at + 3 * DAY
+    out = r.advance(2 * DAY)
+    assert [(a["severity"], a["details"]["limit"], a["details"]["state"]) for a in of(out, "Alert")] == [
+        ("RED", "abandoned", "rejected")]  # fmt: skip
+    assert "QC" in of(out, "Alert")[0]["message"] and r.read(REFUNDS, b"pdd:rq2", "pdd:q2") is None
+
+
+def kuaishou_request_waiting_for_its_tracking_number(r: LocalRunner, view: WarehouseView, wh: str, oid: str) -> None:
+    """A Kuaishou return of 900.00 (above the auto-approval limit: customer service decides), no tracking number."""
+    delivered_order(r, view, wh, "kuaishou", oid, f"SKU-{oid}", price_fen=90_000)
+    refund(r, "RefundRequested", ev.refund_requested("kuaishou", oid, f"r{oid}", 90_000, event_time_ms=r.now_ms))
+    assert r.read(REFUNDS, f"kuaishou:r{oid}".encode(), f"kuaishou:{oid}").waiting_for == "tracking_no"
+
+
+@pytest.mark.parametrize(("approved", "decided"), [(True, "awaiting_return"), (False, "rejected")])
+def test_a_kuaishou_review_before_the_tracking_number_is_kept_and_applied_when_the_number_comes(
+        approved: bool, decided: str) -> None:  # fmt: skip
+    """Failed before: the review was refused (`precondition_missing`) and dead-lettered; when the tracking number
+    came the refund went to customer service as if it had never answered, the 2 h answer limit long past (a RED
+    breach at once), and it waited for a second review that nothing asked for. The decision is a person's: it is
+    kept, and takes effect when Kuaishou's rule lets it - the refund decided no earlier than with the number."""
+    r, view, wh = pipeline()
+    kuaishou_request_waiting_for_its_tracking_number(r, view, wh, "k4")
+    out = refund(r, "RefundReviewed", ev.refund_reviewed("kuaishou", "k4", "rk4", approved))
+    assert not r.refusals and not of(out, "DeadLetter") and not of(out, "RefundStateChanged")
+    rec = r.read(REFUNDS, b"kuaishou:rk4", "kuaishou:k4")
+    assert (rec.state, [e["type"] for e in rec.early]) == ("requested", ["RefundReviewed"])
+    assert not of(r.advance(3 * 3_600_000), "Alert")
+    out = refund(r, "ReturnShipped", ev.return_shipped("kuaishou", "k4", "rk4", "SF4"))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["reviewing", decided]
+    assert not of(out, "Alert") and not of(out, "RefundInstruction") and not r.refusals
+    rec = r.read(REFUNDS, b"kuaishou:rk4", "kuaishou:k4")
+    assert (rec.state, rec.approved_by, rec.early) == (decided, "cs-01", [])
+    assert not of(r.advance(3 * 3_600_000), "Alert")
+
+
+def test_a_kuaishou_review_read_before_its_request_waits_for_the_tracking_number_too() -> None:
+    """Failed before: applied when the request came, still without its tracking number, it was dead-lettered."""
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "kuaishou", "k5", "SKU-k5", price_fen=90_000)
+    refund(r, "RefundReviewed", ev.refund_reviewed("kuaishou", "k5", "rk5", True))
+    out = refund(r, "RefundRequested", ev.refund_requested("kuaishou", "k5", "rk5", 90_000, event_time_ms=r.now_ms))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["requested"] and not of(out, "DeadLetter")
+    out = refund(r, "ReturnShipped", ev.return_shipped("kuaishou", "k5", "rk5", "SF5"))
+    assert [s["state"] for s in of(out, "RefundStateChanged")] == ["reviewing", "awaiting_return"]
+    assert not r.refusals and not of(out, "DeadLetter")
+
+
+def test_a_kuaishou_review_kept_for_a_tracking_number_that_never_comes_is_dead_lettered_when_the_refund_goes() -> None:
+    r, _, view, wh = short_retention(days=3)
+    kuaishou_request_waiting_for_its_tracking_number(r, view, wh, "k6")
+    refund(r, "RefundReviewed", ev.refund_reviewed("kuaishou", "k6", "rk6", True))
+    out = r.advance(int(Settings().refund_return_s * 1000)) + r.advance(60_000)
+    assert [a["details"]["limit"] for a in of(out, "Alert")] == ["tracking", "abandoned"]
+    [dead] = of(out, "DeadLetter")
+    assert (dead["reason"], dead["source_topic"], dead["stage"]) == ("precondition_missing", "refund.events",
+                                                                    "agents.refunds.run_refunds")  # fmt: skip
+    assert r.read(REFUNDS, b"kuaishou:rk6", "kuaishou:k6") is None
