@@ -431,10 +431,12 @@ class HoldStock(Processor):
 
     def _sync(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, msg: dict[str, Any]) -> None:
         kind, here, sender = msg["kind"], msg["to_bucket"], msg["from_bucket"]
-        if kind == hot_.TRANSFER:
-            applied = adjustment_key(stock.sku, f"transfer:{msg['event_id']}")
+        if kind in (hot_.TRANSFER, hot_.PROBE):
+            # A probe answered again would send the bucket's free units home a second time, outside the count's
+            # snapshot, and leave the bucket waiting for a settling that came already: it ties no line there again.
+            applied = adjustment_key(stock.sku, f"{kind.lower()}:{msg['event_id']}")
             if db.get(applied) is not None:
-                return  # credited before (a batch replayed without transactions)
+                return  # credited or answered before (a batch replayed without transactions)
             db.set(applied, {"applied_ms": ctx.now_ms})
             ctx.schedule(applied, ctx.now_ms + self._rules.adjustment_ttl_ms)
         if here == HOME:

@@ -881,7 +881,7 @@ def test_the_next_units_back_a_buckets_lines_a_count_left_short_first() -> None:
     assert b.deficits(stock.hot)[0] == 2 and b.reported_available(stock.hot)[0] == 0
 
 
-def test_a_counts_settling_delivered_twice_charges_the_bucket_once() -> None:
+def test_a_counts_probe_and_settling_delivered_twice_count_once() -> None:
     settings = Settings(safety_threshold=0, threshold_hysteresis=0)
     r = LocalRunner([HoldStock.from_settings(settings, WAREHOUSES)], partitions=12)
     key = bucket_key(SKU, 1, settings.partitions)  # where the pool keys bucket 1
@@ -896,8 +896,9 @@ def test_a_counts_settling_delivered_twice_charges_the_bucket_once() -> None:
         "event_id": "jd:4#1:RESERVE", "event_time_ms": 0, "action": "RESERVE", "order_id": "jd:4", "line_no": 1,
         "sku": SKU, "qty": 5, "channel": "jd", "presale": False, "expires_at_ms": 0, "reason": "", "source_time_ms": 0,
         "warehouse_id": "", "bucket": 1, "tries": 0})], HOLD_COMMANDS.name)  # fmt: skip
-    r.send([(key, "BucketSync", {**msg, "event_id": f"{SKU}:8", "seq": 8, "kind": b.PROBE, "units": {},
-                                 "warehouse_id": "WH-SH", "ref": "count-1"})], STOCK_BUCKETS.name)  # fmt: skip
+    probe = {**msg, "event_id": f"{SKU}:8", "seq": 8, "kind": b.PROBE, "units": {}, "warehouse_id": "WH-SH",
+             "ref": "count-1"}  # fmt: skip
+    r.send([(key, "BucketSync", probe)], STOCK_BUCKETS.name)
     assert r.read(STORE, sku_key(key), key)["hot"]["counting"] == {"count-1": "WH-SH"}
     settled = {**msg, "event_id": f"{SKU}:9", "seq": 9, "units": {"WH-SH": -2}, "warehouse_id": "WH-SH",
                "ref": "count:count-1"}  # fmt: skip
@@ -905,3 +906,8 @@ def test_a_counts_settling_delivered_twice_charges_the_bucket_once() -> None:
         r.send([(key, "BucketSync", settled)], STOCK_BUCKETS.name)
         record = r.read(STORE, sku_key(key), key)
         assert (record["on_hand"], record["hot"]["counting"]) == ({"WH-SH": 3}, {})
+    answers = len(r.outputs)
+    r.send([(key, "BucketSync", probe)], STOCK_BUCKETS.name)  # the probe's batch replayed after the settling
+    record = r.read(STORE, sku_key(key), key)
+    assert (record["on_hand"], record["hot"]["counting"]) == ({"WH-SH": 3}, {})
+    assert len(r.outputs) == answers  # no second answer, no units sent home again
