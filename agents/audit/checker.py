@@ -127,6 +127,9 @@ ALLOCATED_TO = "allocated_to_"
 # had on hand when one more was; a line pushed to a warehouse the pool did not tie it to.
 ALLOCATED_BEYOND_ON_HAND = "allocated_beyond_on_hand"
 DISPATCHED_UNALLOCATED = "dispatched_unallocated"
+# The line number of a VIP order's set-aside on the pool's answers (contract): no line of the order. Offered to it
+# (``OFFERED``), or let go (``RELEASED``) before its expiry once the order's lines can no longer take it.
+SET_ASIDE_LINE = 0
 _ADJUSTMENTS, _RETURNS = 0, 1  # the topics whose offsets order one SKU's adjustments
 RETAINED = "history before the retention of"  # why a key is unjudged: its topic's first records are deleted
 _T = TypeVar("_T")
@@ -184,7 +187,16 @@ class SetAside:
     qty: int
 
 
-_Timed: TypeAlias = Change | HoldMove | SetAside | AllocMove  # what happens at one of the pool's batch times
+@dataclass(frozen=True)
+class SetAsideLetGo:
+    """What was left of the set-aside of ``vip_order_id`` went back to the pool (a RELEASED answer on its line)."""
+
+    at_ms: int
+    vip_order_id: str
+
+
+# What happens at one of the pool's batch times.
+_Timed: TypeAlias = Change | HoldMove | SetAside | SetAsideLetGo | AllocMove
 
 
 @dataclass
@@ -456,6 +468,7 @@ def audit(settings: Settings) -> Report:
             presale_of.setdefault(key.rpartition("#")[0], bool(hold["presale"]))
     _classify_unplaced_holds(moves, presale_of, reading, report)
     set_asides = _set_asides(reading)
+    let_go = _set_asides_let_go(answers)
     open_by_sku = _open_lines_by_sku(last, report)
     # SKUs the topics give a stock or an open line: a store with no record of one has lost it (drift). Every other
     # SKU the store, an answer or an adjustment (a refused one too) names is judged as well, against no record as
@@ -475,7 +488,8 @@ def audit(settings: Settings) -> Report:
         expected_keys = open_by_sku.get(sku, {})
         _expect(sa, changes.get(sku, []), expected_keys, presale_keys)
         sa.peak_oversold, sa.peak_presale_oversold = _peak_oversold(
-            changes.get(sku, []), moves.get(sku, []), set_asides.get(sku, []), presale_of, hold_ttl_ms)
+            changes.get(sku, []), moves.get(sku, []), set_asides.get(sku, []), presale_of, hold_ttl_ms,
+            let_go.get(sku, []))
         if not sa.oversell_unjudged:
             report.warehouse_overbooked.extend(_overbooked(sku, changes.get(sku, []), allocations.get(sku, []),
                                                            late_losses=sku in split))  # fmt: skip
@@ -828,8 +842,8 @@ def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]], report: Rep
     ships: dict[str, list[Change]] = defaultdict(list)
     shipped: dict[str, int] = {}  # a shipped line -> its shipment's place in its SKU's list
     for _, kind, res in results:
-        if kind != "HoldDecided" or res["outcome"] == "IGNORED":
-            continue
+        if kind != "HoldDecided" or res["outcome"] == "IGNORED" or res["line_no"] == SET_ASIDE_LINE:
+            continue  # a set-aside is judged from its override and its letting go (``_set_asides_let_go``)
         key = f"{res['order_id']}#{res['line_no']}"
         if res["action"] == "ALLOCATE":
             # An allocation ties an open line to a warehouse (its answer's reason); it neither opens nor closes it.
@@ -923,6 +937,15 @@ def _set_asides(reading: _Reading) -> dict[str, list[SetAside]]:
         if r["outcome"] == "APPLIED" and r["override_id"] not in seen:
             seen.add(r["override_id"])
             out[r["sku"]].append(SetAside(r["event_time_ms"], r["override_id"], r["vip_order_id"], r["qty"]))
+    return out
+
+
+def _set_asides_let_go(answers: list[tuple[Record, str, dict[str, Any]]]) -> dict[str, list[SetAsideLetGo]]:
+    """When the rest of each VIP order's set-aside went back to the pool before its expiry, per SKU."""
+    out: dict[str, list[SetAsideLetGo]] = defaultdict(list)
+    for _, kind, res in answers:
+        if kind == "HoldDecided" and res["line_no"] == SET_ASIDE_LINE and res["outcome"] == "RELEASED":
+            out[res["sku"]].append(SetAsideLetGo(res["event_time_ms"], res["order_id"]))
     return out
 
 
@@ -1147,19 +1170,21 @@ def _on_hand_range(changes: list[Change]) -> OnHandRange:
 
 
 def _peak_oversold(changes: list[Change], moves: list[HoldMove], set_asides: list[SetAside],
-                   presale_of: dict[str, bool], hold_ttl_ms: int) -> tuple[int, int]:  # fmt: skip
+                   presale_of: dict[str, bool], hold_ttl_ms: int,
+                   let_go: list[SetAsideLetGo] | None = None) -> tuple[int, int]:  # fmt: skip
     """The most units held beyond what could be held, at any of the pool's batch times in the run: regular
     holds and VIP set-asides beyond on-hand, and presale holds beyond the presale cap.
 
     A batch's changes commit together, so the state is judged after each batch time. On-hand is taken at the
     most the topics allow (a change of unknown order against a count: whichever leaves more; a line shipped
     with no allocation named: not taken off) and held units at the least (a line whose order says neither
-    presale nor regular: in neither; a set-aside: gone from its expiry on), so an excess found is one the pool
+    presale nor regular: in neither; a set-aside: gone from its expiry on, or from when it was let go, last in
+    its batch), so an excess found is one the pool
     really had. An adjustment whose batch time the pool's changelog no longer records came before every timed
     one on its topic (the pool applies them in offset order) and at a moment no topic gives: it is taken at
     the moment that leaves the most on-hand (see ``_MostOnHand.start``), a loss at its latest: in the batch of
     the next timed adjustment on its topic, or, with none, not at all."""
-    timeline, untimed = _batches(changes, [*moves, *set_asides])
+    timeline, untimed = _batches(changes, [*moves, *set_asides, *(let_go or [])])
     stock = _MostOnHand(_stocked(changes))
     stock.start(untimed)
     held = _LeastHeld(presale_of, {s.override_id: s.vip_order_id for s in set_asides}, hold_ttl_ms)
@@ -1174,7 +1199,8 @@ def _peak_oversold(changes: list[Change], moves: list[HoldMove], set_asides: lis
         presale_through = held.presale + sum(m.qty for m in moves_now if m.qty < 0 and presale_of.get(_order(m)))
         opens_regular = any(m.qty > 0 and not m.override_id and presale_of.get(_order(m)) is False for m in moves_now)
         stock.apply([i for i in batch if isinstance(i, Change)])
-        held.apply(at_ms, [i for i in batch if isinstance(i, SetAside)], moves_now)
+        held.apply(at_ms, [i for i in batch if isinstance(i, SetAside)], moves_now,
+                   [i for i in batch if isinstance(i, SetAsideLetGo)])
         peak = max(peak, held.regular + held.aside_at(at_ms) - stock.on_hand())
         if opens_regular:
             peak = max(peak, held.regular + held.aside_at(at_ms) + max(0, presale_through) - stock.on_hand())
@@ -1365,7 +1391,8 @@ class _LeastHeld:
         # The pool lets a set-aside go in the first batch at or after its expiry: from then on, maybe gone.
         return sum(left for left, due in self.aside.values() if at_ms < due)
 
-    def apply(self, at_ms: int, set_asides: list[SetAside], moves: list[HoldMove]) -> None:
+    def apply(self, at_ms: int, set_asides: list[SetAside], moves: list[HoldMove],
+              let_go: list[SetAsideLetGo] | None = None) -> None:  # fmt: skip
         for s in set_asides:  # before the batch's takeovers: a line takes over only what is set aside
             left, due = self.aside.get(s.vip_order_id, (0, 0))
             self.aside[s.vip_order_id] = (s.qty + (left if at_ms < due else 0), at_ms + self.hold_ttl_ms)
@@ -1379,6 +1406,9 @@ class _LeastHeld:
             if m.qty > 0 and vip in self.aside:
                 left, due = self.aside[vip]
                 self.aside[vip] = (max(0, left - m.qty), due)
+        for gone in let_go or ():  # last: whatever the batch's order, the fewest units held
+            if gone.vip_order_id in self.aside:
+                self.aside[gone.vip_order_id] = (0, self.aside[gone.vip_order_id][1])
 
 
 def _expect(sa: SkuAudit, changes: list[Change], expected_keys: dict[str, int], presale_keys: set[str]) -> None:

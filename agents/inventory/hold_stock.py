@@ -1,11 +1,13 @@
 """Hold stock: the pool's engine processor.
 
-Reads: ``stock.hold-commands`` (RESERVE / RELEASE / COMMIT / SHIP / ALLOCATE per order line),
+Reads: ``stock.hold-commands`` (RESERVE / RELEASE / COMMIT / SHIP / ALLOCATE per order line; on line 0, a
+VIP order's answer to an override offered to it, or its set-aside let go),
 ``stock.adjustments`` (receipts, counts, corrections, presale caps; ``HotSku``: mark a SKU hot or
 not), ``stock.returns`` (returned units QC found resellable, as receipts), ``ops.overrides`` (VIP
 override requests and approvals) and ``stock.buckets`` (its own traffic between a hot SKU's home and
 buckets), all keyed and partitioned by SKU, or ``SKU#k`` for bucket k of a hot SKU.
-Writes: ``stock.hold-results`` (one answer per command, keyed by order id), ``stock.levels``
+Writes: ``stock.hold-results`` (one answer per command, and an approved override's offer to its VIP order,
+keyed by order id), ``stock.levels``
 (coalesced per SKU, at most one per ``STOCKFLOW_REFRESH_INTERVAL_MS``; a hot SKU's from its home
 only, for all its buckets), ``stock.hot-skus`` (which SKUs are split, for the order lifecycle),
 ``stock.buckets``, ``audit.overrides``, and alerts (channel pause/resume, invariant breach).
@@ -331,6 +333,9 @@ class HoldStock(Processor):
     def _command(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, cmd: dict[str, Any]) -> None:
         key, order_id, line_no = stock.sku, cmd["order_id"], cmd["line_no"]
         bucket = cmd.get("bucket", HOME)
+        if line_no == rules_.VIP_LINE and bucket < 0 and cmd["action"] in ("RESERVE", "RELEASE"):
+            self._set_aside_reply(ctx, db, stock, cmd)  # no order line: the set-aside, the home's
+            return
         hold = self._hold(db, key, order_id, line_no)
         if hold is not None and hold.status == rules_.FORWARDED:
             if not (_passed_back(stock, cmd, hold) or _came_back(cmd, bucket)):
@@ -569,35 +574,83 @@ class HoldStock(Processor):
 
     def _override(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, ov: dict[str, Any]) -> None:
         sku, override_id = stock.sku, ov["override_id"]
-        key = override_key(sku, override_id)
-        data = db.get(key)
-        existing = OverrideRequest.load(data) if isinstance(data, dict) else data
+        existing = self._override_request(db, sku, override_id)
         if ov["action"] == "REQUEST":
             result = rules_.request_override(existing, override_id, ov["qty"], ov["vip_order_id"], ov["operator"],
                                              ov["reason"], ctx.now_ms)  # fmt: skip
         else:
-            unpaid = [h for h in self._open_holds(db, sku) if h.status == rules_.HELD and not h.presale
-                      and h.line_no != rules_.VIP_LINE]  # fmt: skip
-            before = self._hold(db, sku, existing.vip_order_id, rules_.VIP_LINE) if existing else None
-            out_in_buckets = stock.hot is not None and stock.hot.state != hot_.COLD
-            result = rules_.approve_override(stock, self._rules, existing, ov["operator"], unpaid, before,
-                                             ctx.now_ms, out_in_buckets=out_in_buckets)  # fmt: skip
-            for hold in result.released:
-                self._store_holds(ctx, db, sku, hold.order_id, {hold.line_no: hold})
-            if result.set_aside is not None:
-                self._store_holds(ctx, db, sku, result.set_aside.order_id, {rules_.VIP_LINE: result.set_aside})
-            if result.outcome == "APPLIED" and result.request is not None:
-                # Also when the approval is seen again: the orders that lost their holds hear it again.
-                for order_id, line_no, qty in result.request.released:
-                    answer = Answer(order_id, line_no, qty, "RELEASE", "RELEASED", f"vip_override:{override_id}")
-                    self._answer(ctx, stock, answer, 0)
+            result = rules_.approve_override(stock, existing, ov["operator"], self._unpaid(db, sku), ctx.now_ms,
+                                             out_in_buckets=_out_in_buckets(stock))  # fmt: skip
+            self._settle_override(ctx, db, stock, result)
+        self._keep_override(ctx, db, sku, override_id, existing, result)
+        self._audit(ctx, sku, override_id, result, ov["operator"])
+
+    def _set_aside_reply(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, cmd: dict[str, Any]) -> None:
+        """A VIP order's command on its set-aside's line (``rules.VIP_LINE``): its answer to an override offered to it
+        (a RESERVE claims it; a RELEASE refuses it), or a RELEASE of what is set aside for it (see the rules)."""
+        sku, order_id = stock.sku, cmd["order_id"]
+        if cmd["action"] == "RESERVE":
+            override_id = cmd["reason"].removeprefix(rules_.SET_ASIDE_REASON)
+            existing = self._override_request(db, sku, override_id)
+            before = self._hold(db, sku, order_id, rules_.VIP_LINE)
+            result = rules_.claim_override(stock, self._rules, existing, order_id, self._unpaid(db, sku), before,
+                                           ctx.now_ms, out_in_buckets=_out_in_buckets(stock))  # fmt: skip
+            self._settle_override(ctx, db, stock, result)
+        else:
+            why, override_id = rules_.set_aside_reply(cmd["reason"])
+            held = self._hold(db, sku, order_id, rules_.VIP_LINE)
+            if held is not None and held.is_open:  # none held: nothing to say (no tombstone: no hold can follow)
+                step = rules_.line_command(stock, self._rules, held, "RELEASE", order_id, rules_.VIP_LINE, held.qty,
+                                           ctx.now_ms, reason=why)  # fmt: skip
+                self._store_holds(ctx, db, sku, order_id, step.holds)
+                if step.answer is not None:
+                    self._answer(ctx, stock, step.answer, cmd["source_time_ms"])
+            if not override_id:
+                return
+            existing = self._override_request(db, sku, override_id)
+            result = rules_.decline_override(existing, order_id, why)
+        if result.request is not None:
+            self._keep_override(ctx, db, sku, result.request.override_id, existing, result)
+            self._audit(ctx, sku, result.request.override_id, result, "")
+
+    def _settle_override(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock,
+                         result: rules_.OverrideStep) -> None:  # fmt: skip
+        """Store what an approval or a claim changed and tell the orders concerned."""
+        for hold in result.released:
+            self._store_holds(ctx, db, stock.sku, hold.order_id, {hold.line_no: hold})
+        if result.set_aside is not None:
+            self._store_holds(ctx, db, stock.sku, result.set_aside.order_id, {rules_.VIP_LINE: result.set_aside})
+        request = result.request
+        if request is None:
+            return
+        reason = f"{rules_.SET_ASIDE_REASON}{request.override_id}"
+        if result.outcome == "APPLIED":
+            # Also when the approval or the claim is seen again: the orders that lost their holds hear it again.
+            for order_id, line_no, qty in request.released:
+                self._answer(ctx, stock, Answer(order_id, line_no, qty, "RELEASE", "RELEASED", reason), 0)
+        elif result.outcome == "OFFERED":
+            # Again for an approval seen again: an offer its order never answered is made once more.
+            offer = Answer(request.vip_order_id, rules_.VIP_LINE, request.qty, "RESERVE", "OFFERED", reason)
+            self._answer(ctx, stock, offer, 0)
+
+    def _override_request(self, db: StoreTransaction[Any], sku: str, override_id: str) -> OverrideRequest | None:
+        data = db.get(override_key(sku, override_id))
+        return OverrideRequest.load(data) if isinstance(data, dict) else data
+
+    def _keep_override(self, ctx: Context, db: StoreTransaction[Any], sku: str, override_id: str,
+                       existing: OverrideRequest | None, result: rules_.OverrideStep) -> None:  # fmt: skip
         if result.request is not None and (existing is None or result.request is not existing or
                                            result.outcome != "REQUESTED"):  # fmt: skip
+            key = override_key(sku, override_id)
             db.set(key, result.request)
             # Kept as long as an adjustment's id, for approvals seen again; then it goes (a pending request
             # with it: an approval after that is refused as unknown_override).
             ctx.schedule(key, self.due_ms(key, result.request))
-        self._audit(ctx, sku, override_id, result, ov["operator"])
+
+    def _unpaid(self, db: StoreTransaction[Any], sku: str) -> list[LineHold]:
+        """The holds an override may release: open, unpaid, regular, not a set-aside."""
+        return [h for h in self._open_holds(db, sku) if h.status == rules_.HELD and not h.presale
+                and h.line_no != rules_.VIP_LINE]  # fmt: skip
 
     def _open_holds(self, db: StoreTransaction[Any], sku: str) -> list[LineHold]:
         out = []
@@ -692,8 +745,11 @@ class HoldStock(Processor):
         if stock is not None:
             bucket = stock.hot.bucket if stock.hot is not None else bucket
             sku = home_sku(stock.sku, bucket)
+        event_id = f"{a.order_id}#{a.line_no}:{a.action}:{a.outcome}"
+        if a.line_no == rules_.VIP_LINE:  # an order has one set-aside per SKU, and one offer per override
+            event_id += f":{sku}:{a.reason}"
         ctx.emit(HOLD_RESULTS, a.order_id, "HoldDecided", HoldDecided(
-            event_id=f"{a.order_id}#{a.line_no}:{a.action}:{a.outcome}", event_time_ms=ctx.now_ms,
+            event_id=event_id, event_time_ms=ctx.now_ms,
             order_id=a.order_id, line_no=a.line_no, sku=sku, qty=a.qty, action=a.action, outcome=a.outcome,
             reason=str(a.reason), source_time_ms=source_ms, bucket=bucket,
         ))  # fmt: skip
@@ -842,6 +898,10 @@ class HoldStock(Processor):
             level["buckets"] = {"count": stock.hot.count, "state": stock.hot.state, "sold_out": stock.hot.sold_out,
                                 "available": hot_.reported_available(stock.hot)}  # fmt: skip
         return level
+
+
+def _out_in_buckets(stock: SkuStock) -> bool:
+    return stock.hot is not None and stock.hot.state != hot_.COLD
 
 
 def _hot_state(stock: SkuStock) -> tuple[int, str]:

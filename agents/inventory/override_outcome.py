@@ -25,8 +25,9 @@ from streams.kafkaconf import confluent_config
 from streams.settings import Settings
 
 TOPIC_APPEARS_S = 5.0  # how long a topic may take to show in metadata after its creation
-# The outcomes that answer each action: a REQUEST seen again answers with the recorded outcome.
-ANSWERS = {"REQUEST": ("REQUESTED", "APPLIED", "REFUSED"), "APPROVE": ("APPLIED", "REFUSED")}
+# The outcomes that answer each action: a REQUEST seen again answers with the recorded outcome. An approval is
+# answered once its VIP order has answered the offer (OFFERED is on the way: its order claims it or refuses it).
+ANSWERS = {"REQUEST": ("REQUESTED", "OFFERED", "APPLIED", "REFUSED"), "APPROVE": ("APPLIED", "REFUSED")}
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ def verdict(record: dict[str, Any]) -> Verdict:
         released = ", ".join(record.get("released_holds") or []) or "none (free stock sufficed)"
         return Verdict(True, f"override {oid} APPLIED: {what}, approved by {record.get('approver')}; "
                              f"holds released: {released}")  # fmt: skip
+    if outcome == "OFFERED":
+        return Verdict(True, f"override {oid} OFFERED: {what}, approved by {record.get('approver')}; waits for the "
+                             "VIP order to claim it (nothing moves before)")  # fmt: skip
     return Verdict(True, f"override {oid} REQUESTED: {what}, by {record.get('requester')}; waits for another "
                          "operator's approval")  # fmt: skip
 

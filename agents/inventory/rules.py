@@ -586,6 +586,15 @@ def counted(stock: SkuStock, warehouse_id: str, taken_ms: int, skew_ms: int) -> 
 
 
 # ---- VIP override ----------------------------------------------------------------------------------
+#
+# Requested by one operator, approved by another, then offered to the VIP order before any stock moves: the pool
+# cannot tell an order that can still take a set-aside from one that never will (rejected, cancelled, timed out,
+# or placed already, its lines asked for stock before the override). The order's lifecycle answers on the
+# set-aside's line (``VIP_LINE``): a RESERVE claims the override, and only then are holds released and units set
+# aside; a RELEASE whose reason is ``<why>:vip_override:<id>`` refuses it, ``why`` becoming the override's
+# refusal. A RELEASE naming no override lets go of what is set aside for the order: its lines took what they could.
+
+SET_ASIDE_REASON = "vip_override:"  # followed by the override id: the set-aside's reason, the offer's, the claim's
 
 
 @dataclass
@@ -596,7 +605,7 @@ class OverrideRequest:
     requester: str
     reason: str
     requested_ms: int
-    status: str = "pending"  # pending | applied | refused
+    status: str = "pending"  # pending | offered (approved, the VIP order's answer awaited) | applied | refused
     approver: str = ""
     approved_ms: int = 0
     detail: str = ""
@@ -609,18 +618,28 @@ class OverrideRequest:
 
 @dataclass
 class OverrideStep:
-    outcome: str  # REQUESTED | APPLIED | REFUSED
+    outcome: str  # REQUESTED | OFFERED | APPLIED | REFUSED
     request: OverrideRequest | None
     detail: str = ""
     released: list[LineHold] = field(default_factory=list)  # holds after their release
     set_aside: LineHold | None = None  # the VIP order's line-0 hold
 
 
+_OUTCOME_OF_STATUS = {"pending": "REQUESTED", "offered": "OFFERED", "applied": "APPLIED", "refused": "REFUSED"}
+
+
+def recorded(request: OverrideRequest | None) -> OverrideStep:
+    """An override's step seen again (a duplicate, a replay) answers with its recorded outcome; an applied one's
+    request names the holds it released, so the orders that lost them are told again."""
+    if request is None:
+        return OverrideStep("REFUSED", None, Reason.UNKNOWN_OVERRIDE)
+    return OverrideStep(_OUTCOME_OF_STATUS.get(request.status, "REFUSED"), request, request.detail)
+
+
 def request_override(existing: OverrideRequest | None, override_id: str, qty: int, vip_order_id: str,
                      requester: str, reason: str, now_ms: int) -> OverrideStep:  # fmt: skip
-    if existing is not None:  # a duplicate: the recorded outcome again
-        outcome = {"pending": "REQUESTED", "applied": "APPLIED"}.get(existing.status, "REFUSED")
-        return OverrideStep(outcome, existing, existing.detail)
+    if existing is not None:
+        return recorded(existing)
     request = OverrideRequest(override_id, qty, vip_order_id, requester, reason, now_ms)
     problem: Reason | None = None
     if not reason.strip():
@@ -637,47 +656,87 @@ def request_override(existing: OverrideRequest | None, override_id: str, qty: in
     return OverrideStep("REQUESTED", request)
 
 
-def approve_override(stock: SkuStock, rules: PoolRules, request: OverrideRequest | None, approver: str,
-                     unpaid: list[LineHold], set_aside_before: LineHold | None,
+def _releasable(request: OverrideRequest, unpaid: list[LineHold]) -> list[LineHold]:
+    # Never the VIP order's own: released, it would cancel the order the override is for.
+    return [h for h in unpaid if h.order_id != request.vip_order_id]
+
+
+def _shortfall(stock: SkuStock, qty: int, unpaid: list[LineHold], out_in_buckets: bool) -> Reason | None:
+    if stock.available() + sum(h.qty for h in unpaid) >= qty:
+        return None
+    # A hot SKU's free units and newest holds are out in its buckets, on other partitions, where the home
+    # cannot take them back in one step: the operator sets it cold first (its buckets merge home).
+    return Reason.OVERRIDE_ON_HOT_SKU if out_in_buckets else Reason.INSUFFICIENT_LOCKED_STOCK
+
+
+def approve_override(stock: SkuStock, request: OverrideRequest | None, approver: str, unpaid: list[LineHold],
                      now_ms: int, *, out_in_buckets: bool = False) -> OverrideStep:  # fmt: skip
-    """Release locked stock to the VIP order: free stock first, then the newest unpaid holds.
+    """Approve a requested override: if free stock and unpaid holds could cover it, it is offered to its VIP order
+    (OFFERED) and nothing moves until the order claims it (``claim_override``) or refuses it (``decline_override``).
 
     ``unpaid`` is every open, unpaid, regular hold of the record; ``out_in_buckets``: the SKU is hot and
-    some of its units are held by its buckets, not this record. An approval seen again (a duplicate)
-    answers with the recorded outcome, including which holds it released, so the orders that lost
-    them are told again.
+    some of its units are held by its buckets, not this record.
     """
-    if request is None:
-        return OverrideStep("REFUSED", None, Reason.UNKNOWN_OVERRIDE)
-    if request.status != "pending":
-        outcome = "APPLIED" if request.status == "applied" else "REFUSED"
-        return OverrideStep(outcome, request, request.detail)
+    if request is None or request.status != "pending":
+        return recorded(request)
     if not approver.strip() or approver == request.requester:
         # Not recorded as a decision: the right approver may still approve it.
         return OverrideStep("REFUSED", request, Reason.APPROVER_MUST_DIFFER_FROM_REQUESTER)
-    free = stock.available()
-    newest_first = sorted(unpaid, key=lambda h: (h.updated_ms, h.order_id, h.line_no), reverse=True)
-    if free + sum(h.qty for h in newest_first) < request.qty:
-        # A hot SKU's free units and newest holds are out in its buckets, on other partitions, where the home
-        # cannot take them back in one step: the operator sets it cold first (its buckets merge home).
-        reason = Reason.OVERRIDE_ON_HOT_SKU if out_in_buckets else Reason.INSUFFICIENT_LOCKED_STOCK
-        request.status, request.approver, request.detail = "refused", approver, reason
-        return OverrideStep("REFUSED", request, request.detail)
-    needed = request.qty - free
+    short = _shortfall(stock, request.qty, _releasable(request, unpaid), out_in_buckets)
+    if short is not None:
+        request.status, request.approver, request.detail = "refused", approver, short
+        return OverrideStep("REFUSED", request, short)
+    request.status, request.approver, request.approved_ms = "offered", approver, now_ms
+    return OverrideStep("OFFERED", request)
+
+
+def claim_override(stock: SkuStock, rules: PoolRules, request: OverrideRequest | None, order_id: str,
+                   unpaid: list[LineHold], set_aside_before: LineHold | None, now_ms: int, *,
+                   out_in_buckets: bool = False) -> OverrideStep:  # fmt: skip
+    """The VIP order ``order_id`` claims the override offered to it: locked stock is released to it, free stock first,
+    then the newest unpaid holds (``unpaid`` as for ``approve_override``), checked again against the stock now."""
+    if request is None or request.vip_order_id != order_id:
+        return recorded(None)  # only the order an override names can claim it
+    if request.status != "offered":
+        return recorded(request)
+    unpaid = _releasable(request, unpaid)
+    short = _shortfall(stock, request.qty, unpaid, out_in_buckets)
+    if short is not None:
+        request.status, request.detail = "refused", short
+        return OverrideStep("REFUSED", request, short)
+    reason = f"{SET_ASIDE_REASON}{request.override_id}"
+    needed = request.qty - stock.available()
     released = []
-    for hold in newest_first:
+    for hold in sorted(unpaid, key=lambda h: (h.updated_ms, h.order_id, h.line_no), reverse=True):
         if needed <= 0:
             break
-        step = line_command(stock, rules, hold, "RELEASE", hold.order_id, hold.line_no, hold.qty, now_ms,
-                            reason=f"vip_override:{request.override_id}")  # fmt: skip
+        step = line_command(stock, rules, hold, "RELEASE", hold.order_id, hold.line_no, hold.qty, now_ms, reason=reason)
         released.append(step.holds[hold.line_no] or hold)
         needed -= hold.qty
     # A second override for the same VIP order adds to what the first set aside.
     before = set_aside_before if set_aside_before is not None and set_aside_before.status == HELD else None
     set_aside = LineHold(request.vip_order_id, VIP_LINE, request.qty + (before.qty if before else 0), "vip", False,
-                         HELD, f"vip_override:{request.override_id}", now_ms + rules.hold_ttl_ms, now_ms)  # fmt: skip
+                         HELD, reason, now_ms + rules.hold_ttl_ms, now_ms)  # fmt: skip
     account(stock, before, set_aside)
     stock.touch(now_ms)
-    request.status, request.approver, request.approved_ms = "applied", approver, now_ms
+    request.status = "applied"
     request.released = [[h.order_id, h.line_no, h.qty] for h in released]
     return OverrideStep("APPLIED", request, released=released, set_aside=set_aside)
+
+
+def decline_override(request: OverrideRequest | None, order_id: str, why: str) -> OverrideStep:
+    """The VIP order ``order_id`` refuses the override offered to it, ``why`` (a ``Reason``): nothing was released or
+    set aside for it."""
+    if request is None or request.vip_order_id != order_id:
+        return recorded(None)
+    if request.status != "offered":
+        return recorded(request)
+    request.status, request.detail = "refused", why
+    return OverrideStep("REFUSED", request, why)
+
+
+def set_aside_reply(reason: str) -> tuple[str, str]:
+    """(why, override id) of a RELEASE on the set-aside's line: ``<why>:vip_override:<id>`` refuses that override;
+    any other reason names none (id "")."""
+    why, named, override_id = reason.partition(f":{SET_ASIDE_REASON}")
+    return (why, override_id) if named else (reason, "")

@@ -19,6 +19,12 @@ channel time cancels it here too (``balance_unpaid``), should that close be lost
 let go (cancelled, timed out, refused) is refused, and raises ``paid_order_not_fulfilled``: it is owed back.
 What the buyer paid is kept per payment (``payments``, ``paid_fen``): refunds are bounded by it.
 
+A VIP override's set-aside is offered to its order by the pool (``on_set_aside``) before any stock moves. Only
+lines not yet sent to the pool can take one, so the order claims it while it has not been placed, and refuses it
+otherwise, saying why (``Reason.VIP_ORDER_ENDED``, ``Reason.VIP_ORDER_ALREADY_PLACED``): the override is refused,
+no other order's hold is taken, nothing is set aside. What its lines did not take is let go once the order leaves
+``placed``, not kept until the set-aside's expiry.
+
 A paid order is scored for health once (``score_health``, the rules in ``agents.orders.health``),
 with the customer's returns the agent looks up.
 """
@@ -46,6 +52,9 @@ from streams.contract.records import (
 from streams.engine.stored import stored_fields
 
 TERMINAL = ("delivered", "rejected", "cancelled", "payment_timeout")
+# The pool's line number for a VIP override's set-aside (``HoldDecided``/``HoldCommand`` line 0; an order's own
+# lines are numbered from 1): no line of the order, each of its SKUs may have one.
+SET_ASIDE_LINE = 0
 # Events kept for their order past the grace (``STOCKFLOW_PARKED_PAYMENT_GRACE_S``), with an alert, not
 # dead-lettered: dropped, a payment leaves the customer's order unpaid, a cancel lets a late order ship to a
 # buyer who called it off, and a shipment or delivery leaves its units on the shelf while routing ships again.
@@ -154,6 +163,9 @@ class OrderRecord:
     # A paid order's record purged after the retention time leaves a slim one (``refund_tombstone``) for as long
     # as its refunds may come: state "" (no order to anyone), what was paid and its lines kept, and this set.
     purged_at_ms: int = 0
+    # The VIP set-asides the order claimed before it was placed: SKU -> when the claim is forgotten (the
+    # set-aside's expiry, if the order never comes). What its lines do not take is let go once they have asked.
+    set_asides: dict[str, int] = field(default_factory=dict)
 
     @property
     def deposit_paid(self) -> bool:
@@ -184,6 +196,8 @@ class OrderRecord:
 
     def next_deadline_ms(self, rules: OrderRules) -> int:
         due = [parked_deadline_ms(p, rules) for p in self.parked]
+        if not self.state and self.set_asides:
+            due.append(min(self.set_asides.values()))
         if self.state == "placed" and self.reserve_asked_ms:
             due.append(self.reserve_asked_ms + rules.reserve_retry_ms)
         if self.state == "reserved" and not self.paid and self.payment_deadline_ms:
@@ -308,6 +322,12 @@ def _move(rec: OrderRecord, fx: Effects, new: str, now_ms: int, reason: str = ""
     rec.state = new
     rec.reason = reason
     rec.stage_times[new] = now_ms
+    if new != "placed":
+        # Every line has asked the pool (sent before this, so decided first) or never will: no line can take
+        # what is left of a set-aside, and kept until its expiry it would be stock no one may sell.
+        for sku in sorted(rec.set_asides):
+            fx.hold_commands.append(_set_aside_command(rec, "RELEASE", sku, 0, f"order_{new}", now_ms))
+        rec.set_asides = {}
 
 
 def _command(rec: OrderRecord, action: str, line_no: str, now_ms: int, rules: OrderRules,
@@ -411,13 +431,21 @@ def _ask_again(rec: OrderRecord, fx: Effects, now_ms: int, rules: OrderRules) ->
 
 
 def on_hold_decided(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
-    fx = Effects()
+    if decided["line_no"] == SET_ASIDE_LINE:
+        # Never an order line's: a set-aside let go must not read as the order's stock taken back.
+        return on_set_aside(rec, decided, now_ms, rules)
     line_no = str(decided["line_no"])
     if decided["action"] == "ALLOCATE":
         return _on_allocated(rec, line_no, decided["outcome"], decided["reason"], now_ms, rules)
+    fx = Effects()
     if decided["action"] != "RESERVE":
         _on_line_changed(rec, fx, line_no, decided, now_ms, rules)
         return fx
+    return _on_reserve_answered(rec, fx, line_no, decided, now_ms, rules)
+
+
+def _on_reserve_answered(rec: OrderRecord, fx: Effects, line_no: str, decided: dict[str, Any], now_ms: int,
+                         rules: OrderRules) -> Effects:  # fmt: skip
     if line_no not in rec.lines:
         return fx
     if line_no in rec.answers:
@@ -482,6 +510,54 @@ def _on_line_changed(rec: OrderRecord, fx: Effects, line_no: str, decided: dict[
         rec.line_status[line_no] = outcome
 
 
+def on_set_aside(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
+    """The pool offers the order a VIP override's set-aside (``OFFERED`` on ``SET_ASIDE_LINE``): claimed while no
+    line of the order has asked the pool for stock, refused otherwise with why. Any other answer on that line is the
+    pool letting a set-aside go, as the order asked: no line of the order is concerned, so nothing changes."""
+    fx = Effects()
+    if decided["outcome"] != "OFFERED":
+        return fx
+    sku, qty, offer = decided["sku"], decided["qty"], decided["reason"]
+    why = set_aside_refusal(rec)
+    if why is None:
+        rec.set_asides[sku] = now_ms + rules.hold_ttl_ms
+        fx.hold_commands.append(_set_aside_command(rec, "RESERVE", sku, qty, offer, now_ms))
+    else:
+        # The offer's reason names the override; the pool refuses it with ``why``.
+        fx.hold_commands.append(_set_aside_command(rec, "RELEASE", sku, qty, f"{why}:{offer}", now_ms))
+    return fx
+
+
+def set_aside_refusal(rec: OrderRecord) -> Reason | None:
+    """Why the order cannot take a set-aside offered now, or None. A line takes one only with its RESERVE, which
+    an order sends once, when placed: before that (a record with no state, or parked events only) it can."""
+    if rec.state in RESTING or rec.tombstone or any(p["event_type"] == "OrderCancelled" for p in rec.parked):
+        return Reason.VIP_ORDER_ENDED  # a parked cancel ends it as soon as it is placed
+    if rec.state:
+        return Reason.VIP_ORDER_ALREADY_PLACED
+    return None
+
+
+def _set_aside_command(rec: OrderRecord, action: str, sku: str, qty: int, reason: str, now_ms: int) -> HoldCommand:
+    return {
+        "event_id": f"{action.lower()}:{rec.order_id}#{SET_ASIDE_LINE}:{sku}:{reason}",
+        "event_time_ms": now_ms,
+        "action": action,
+        "order_id": rec.order_id,
+        "line_no": SET_ASIDE_LINE,
+        "sku": sku,
+        "qty": qty,
+        "channel": rec.channel,
+        "presale": False,
+        "expires_at_ms": 0,
+        "reason": reason,
+        "source_time_ms": 0,
+        "warehouse_id": "",
+        "bucket": -1,  # a set-aside lives at its SKU's home
+        "tries": 0,
+    }
+
+
 def _owed_back(rec: OrderRecord, message: str, now_ms: int, details: dict[str, str], suffix: str = "",
                severity: str = "RED", *, cleared: bool = False) -> AlertSpec:  # fmt: skip
     """A ``paid_order_not_fulfilled`` alert: money taken for an order that will not ship is owed back. One id per
@@ -524,10 +600,12 @@ def _paid_after_let_go(rec: OrderRecord, fx: Effects, kind: str, now_ms: int) ->
 def route_reserves(rec: OrderRecord, commands: list[HoldCommand], buckets_of: Callable[[str], int]) -> None:
     """Send each new RESERVE of a hot SKU (``buckets_of(sku)`` > 1) to the bucket the order id picks, and
     remember it, so a RELEASE sent before the answer goes the same way. Presale and VIP lines stay with
-    the SKU's home (its presale pool and the set-aside live there)."""
+    the SKU's home (its presale pool and the set-aside live there), as do the lines of a SKU the order claimed a
+    set-aside of (an override may name an order not marked VIP)."""
     for cmd in commands:
         line_no = str(cmd["line_no"])
-        if cmd["action"] != "RESERVE" or line_no in rec.buckets or rec.presale or rec.vip:
+        if (cmd["action"] != "RESERVE" or line_no in rec.buckets or rec.presale or rec.vip
+                or cmd["sku"] in rec.set_asides):  # fmt: skip
             continue
         count = buckets_of(cmd["sku"])
         if count > 1:
@@ -1047,6 +1125,8 @@ def on_tick(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
         if not _routed_when_placed(rec, fx, now_ms, rules):
             fx.route = unrouted_lines(rec)
     if not rec.state:
+        # A claim the order never came for: the set-aside expired at the pool by now.
+        rec.set_asides = {sku: due for sku, due in rec.set_asides.items() if due > now_ms}
         keep = []
         for parked in rec.parked:
             if parked_deadline_ms(parked, rules) > now_ms:

@@ -1,6 +1,7 @@
 """Run the order lifecycle: the orders' engine processor.
 
-Reads: ``order.events`` (channel and WMS events), ``stock.hold-results`` (the pool's answers) and
+Reads: ``order.events`` (channel and WMS events), ``stock.hold-results`` (the pool's answers, and the
+set-asides of VIP overrides it offers, claimed or refused on line 0) and
 ``refund.order-cancels`` (a refund-only approved before shipment), all keyed and partitioned by
 order id.
 Writes: ``stock.hold-commands`` (RESERVE / RELEASE / COMMIT / ALLOCATE / SHIP per line, keyed by
@@ -139,8 +140,8 @@ class RunLifecycle(Processor):
 
     def _store(self, ctx: Context, db: StoreTransaction[Any], rec: OrderRecord) -> None:
         key = rec.order_id.encode()
-        if not rec.state and not rec.parked and not rec.tombstone:
-            db.delete(key)  # parked events given up on: nothing left to keep
+        if not rec.state and not rec.parked and not rec.tombstone and not rec.set_asides:
+            db.delete(key)  # parked events given up on, a set-aside's claim forgotten: nothing left to keep
             ctx.schedule(key, 0)
             return
         db.set(key, rec)
@@ -166,8 +167,8 @@ class RunLifecycle(Processor):
         if rec.tombstone and event_type == "OrderPlaced":
             rec = OrderRecord(order_id=order_id, parked=rec.parked)  # placed again after its purge: a new order
         if event_type == "HoldDecided":
-            if not rec.state:
-                return  # an answer for no order of ours (a VIP set-aside, an orphan's expiry)
+            if not rec.state and record["line_no"] != flow.SET_ASIDE_LINE:
+                return  # an answer for no order of ours (an orphan's expiry)
             fx = flow.on_hold_decided(rec, record, now, rules)
         elif event_type != "OrderPlaced" and not rec.state:
             flow.park(rec, event_type, record, ctx.keep_message(), now)

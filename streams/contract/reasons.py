@@ -3,14 +3,16 @@
 A reason is part of the contract: it is the ``reason`` of a dead letter (``deadletters``, the
 ``dead_letters`` table and its dashboard), of a pool answer (``stock.hold-results``, and through
 it a rejected order's reason and reservation lines), the ``detail`` of a refused VIP override
-(``audit.overrides``) and the ``error`` of an HTTP intake refusal. ``Reason`` is a ``StrEnum``, so
+(``audit.overrides``; the two ``vip_order_*`` ones the order lifecycle gives, answering the set-aside's
+offer) and the ``error`` of an HTTP intake refusal. ``Reason`` is a ``StrEnum``, so
 a member is equal to, encodes as and serialises as exactly the string already on the wire, in
 ClickHouse and in tests. ``DESCRIPTIONS`` says when each one is used; the README's "Refused input"
 section and intake table list the same codes (checked by ``tests/unit/contract/test_reasons.py``).
 
 Codes built from data (``hold_is_<status>``, ``allocated_to_<warehouse>``, ``order_<state>``,
-``vip_override:<id>``) and internal markers of the pool (``no_hold``, ``no_open_hold``,
-``released_before_reserve``) describe a hold's state, not a refusal, and are not listed here.
+``vip_override:<id>``, and ``<reason>:vip_override:<id>``: a VIP order refusing that override's set-aside) and
+internal markers of the pool (``no_hold``, ``no_open_hold``, ``released_before_reserve``) describe a hold's state,
+not a refusal, and are not listed here.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class Reason(enum.StrEnum):
     APPROVER_MUST_DIFFER_FROM_REQUESTER = "approver_must_differ_from_requester"
     INSUFFICIENT_LOCKED_STOCK = "insufficient_locked_stock"
     OVERRIDE_ON_HOT_SKU = "override_on_hot_sku"
+    VIP_ORDER_ENDED = "vip_order_ended"
+    VIP_ORDER_ALREADY_PLACED = "vip_order_already_placed"
     # ---- outbound marketplace calls that failed for good (``connector.failed.<channel>``) --------
     CONNECTOR_CREDENTIALS = "connector_credentials"
     CONNECTOR_REFUSED = "connector_refused"
@@ -200,6 +204,15 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.OVERRIDE_ON_HOT_SKU: (
         "an override a hot SKU's home cannot cover while its units are out in buckets: set the SKU cold "
         "(`stockflow stock unhot SKU`), then approve again"
+    ),
+    Reason.VIP_ORDER_ENDED: (
+        "an override whose VIP order answered the offer of its set-aside as over: rejected, cancelled, timed out "
+        "unpaid, shipped or delivered (or cancelled before it arrived); no hold was released, nothing set aside"
+    ),
+    Reason.VIP_ORDER_ALREADY_PLACED: (
+        "an override whose VIP order was placed before it was approved: its lines asked the pool for stock then, "
+        "and a set-aside is taken only by a line's first ask; no hold was released, nothing set aside (approve "
+        "an override before its VIP order is placed)"
     ),
     Reason.CONNECTOR_CREDENTIALS: (
         "a marketplace call refused for its key: unknown or rotated app key (\"Invalid API Key\"), expired "

@@ -120,7 +120,7 @@ class HoldDecided(TypedDict):
     sku: str
     qty: int
     action: str
-    outcome: str  # HELD | REFUSED | RELEASED | COMMITTED | SHIPPED | EXPIRED | IGNORED | ALLOCATED
+    outcome: str  # HELD | REFUSED | RELEASED | COMMITTED | SHIPPED | EXPIRED | IGNORED | ALLOCATED | OFFERED (line 0)
     reason: str
     source_time_ms: int
     bucket: NotRequired[int]  # the hot SKU's bucket that answered (and holds the line); -1: the home
@@ -257,7 +257,7 @@ class OverrideAudited(TypedDict):
     event_id: str
     event_time_ms: int
     override_id: str
-    outcome: str  # REQUESTED | APPLIED | REFUSED
+    outcome: str  # REQUESTED | OFFERED | APPLIED | REFUSED
     sku: str
     qty: int
     vip_order_id: str

@@ -11,7 +11,7 @@ from agents.cli import app
 from loadtest import events as ev
 from streams.contract.topics import ORDER_EVENTS
 from streams.engine.producer import EventProducer
-from tests.helpers import stock_up
+from tests.helpers import stock_up, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -46,6 +46,35 @@ def test_override_commands_print_the_outcome_and_fail_on_refusal(make_settings, 
     assert listed.exit_code == 0, listed.output
     latest = {r["override_id"]: r["outcome"] for r in json.loads(listed.output)}
     assert latest == {"ov-1": "APPLIED", "ov-404": "REFUSED"}
+
+
+def test_an_override_for_a_vip_order_already_rejected_fails_with_the_orders_reason(make_settings, start_worker
+                                                                                    ) -> None:  # fmt: skip
+    """The VIP order was rejected for stock: the approval is refused by the order's lifecycle (exit 1, the reason
+    code), and the order holding the stock keeps it."""
+    settings = make_settings(safety_threshold=0)
+    worker = start_worker(settings)
+    producer = EventProducer(settings)
+    stock_up(producer, worker, "SKU-W", 2)
+    for order_id, qty in (("live-2", 2), ("vip-3", 1)):
+        placed = ev.order_placed("douyin", order_id, [ev.line(1, "SKU-W", qty)], vip=order_id == "vip-3")
+        producer.send(ORDER_EVENTS.name, f"douyin:{order_id}", "OrderPlaced", placed)
+        producer.flush()
+        wait_for(lambda o=order_id: (worker.get(f"/orders/douyin:{o}") or {}).get("state") in ("reserved", "rejected"),
+                 what=f"douyin:{order_id} decided")  # fmt: skip
+    assert worker.get("/orders/douyin:vip-3")["state"] == "rejected"
+    env = settings.as_env()
+    runner = CliRunner()
+    requested = runner.invoke(app, ["override", "request", "--id", "ov-2", "--sku", "SKU-W", "--qty", "1",
+                                    "--vip-order", "douyin:vip-3", "--requester", "alice", "--reason", "key account"],
+                              env=env)  # fmt: skip
+    assert requested.exit_code == 0, requested.output
+    approved = runner.invoke(app, ["override", "approve", "--id", "ov-2", "--sku", "SKU-W", "--approver", "bob"],
+                             env=env)  # fmt: skip
+    assert approved.exit_code == 1, approved.output
+    assert "override ov-2 REFUSED: vip_order_ended" in approved.output
+    assert worker.get("/orders/douyin:live-2")["state"] == "reserved"
+    assert worker.get("/stock/SKU-W")["locked"] == 2  # live-2's units, nothing set aside
 
 
 def test_no_answer_within_the_wait_is_a_timeout(make_settings) -> None:

@@ -318,6 +318,43 @@ def test_a_set_aside_past_its_expiry_holds_nothing(topics: Topics) -> None:
     assert checker.audit(Settings()).summary()["oversold_units"] == 0
 
 
+def _set_aside_answer(topics: Topics, outcome: str, at_ms: int, reason: str, qty: int = 3,
+                      vip_order: str = "own:vip") -> None:  # fmt: skip
+    """The pool's answer on a VIP order's set-aside line (0): the override offered to it, or the set-aside let go."""
+    action = "RESERVE" if outcome == "OFFERED" else "RELEASE"
+    topics.event(HOLD_RESULTS.name, "HoldDecided", {
+        "event_id": f"{vip_order}#0:{action}:{outcome}:D:{reason}", "event_time_ms": at_ms, "order_id": vip_order,
+        "line_no": 0, "sku": "D", "qty": qty, "action": action, "outcome": outcome, "reason": reason,
+        "source_time_ms": 0, "bucket": -1})  # fmt: skip
+
+
+def test_a_set_aside_its_order_let_go_holds_nothing_from_then_on(topics: Topics) -> None:
+    """Its VIP order's lines have all asked (or it ended): what they left goes back before the set-aside's expiry,
+    and a hold taking those units oversells nothing."""
+    topics.adjust("D", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    _set_aside_answer(topics, "OFFERED", 1_900, "vip_override:ov1")
+    _override(topics)
+    _set_aside_answer(topics, "RELEASED", 2_100, "order_rejected")
+    topics.placed("jd:8", "D", 5)
+    topics.answer("jd:8", "D", 5, "RESERVE", "HELD", 2_500)
+    topics.decided("jd:8", "D", 5)
+    topics.totals("D", {WH: 5}, locked=5)
+    topics.line("D", "jd:8", 5)
+    report = checker.audit(Settings())
+    failures = {k: v for k, v in report.summary().items() if v}
+    assert (report.summary()["oversold_units"], report.ok) == (0, True), failures
+
+
+def test_a_set_aside_let_go_in_the_batch_of_a_hold_counts_as_gone(topics: Topics) -> None:
+    """One batch: which came first is not on the topics, and the audit takes the fewest units held."""
+    topics.adjust("D", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    _override(topics)
+    _set_aside_answer(topics, "RELEASED", 2_500, "order_reserved", qty=2)
+    topics.placed("jd:8", "D", 4)
+    topics.answer("jd:8", "D", 4, "RESERVE", "HELD", 2_500)
+    assert checker.audit(Settings()).summary()["oversold_units"] == 0
+
+
 def _instruction(amount_fen: int, at_ms: int) -> dict[str, Any]:
     return {"event_id": "jd:r1:instruction", "event_time_ms": at_ms, "refund_id": "jd:r1", "order_id": "jd:1",
             "channel": "jd", "channel_order_id": "1", "channel_refund_id": "r1", "amount_fen": amount_fen,

@@ -358,6 +358,27 @@ def test_a_reserved_order_whose_line_holds_nothing_is_a_failure(topics: Topics) 
     assert report.paid_without_hold == ["jd:1"] and not report.ok
 
 
+def test_a_reserved_vip_order_whose_set_aside_was_offered_and_let_go_holds_what_it_should(topics: Topics) -> None:
+    """The answers on a VIP order's set-aside line (0: offered, let go once its lines have asked) are no line of
+    the order: read as one, the reserved order looked as if a line of it held nothing."""
+    now = int(time.time() * 1000)
+    topics.adjust("A", "RECEIPT", 5, "rcpt-1", applied_ms=now - 60_000)
+    for outcome, at_ms, reason in (("OFFERED", now - 55_000, "vip_override:ov1"),
+                                   ("RELEASED", now - 50_000, "order_reserved")):  # fmt: skip
+        topics.event(HOLD_RESULTS.name, "HoldDecided", {
+            "event_id": f"own:vip#0:{outcome}", "event_time_ms": at_ms, "order_id": "own:vip", "line_no": 0,
+            "sku": "A", "qty": 2, "action": "RESERVE" if outcome == "OFFERED" else "RELEASE", "outcome": outcome,
+            "reason": reason, "source_time_ms": 0, "bucket": -1})  # fmt: skip
+    topics.placed("own:vip", "A", 1)
+    topics.answer("own:vip", "A", 1, "RESERVE", "HELD", now - 50_000)
+    topics.decided("own:vip", "A", 1)
+    _state(topics, "own:vip", "reserved", {"placed": now - 50_000, "reserved": now - 50_000})
+    topics.line("A", "own:vip", 1)
+    topics.totals("A", {WH: 5}, locked=1)
+    report = checker.audit(Settings())
+    assert report.ok, {k: v for k, v in report.summary().items() if v}
+
+
 def test_a_reserved_order_the_wms_shipped_unpaid_holds_what_it_should() -> None:
     """A reserved order keeps its state when the WMS ships it unpaid (its line SHIPPED), and a presale one whose
     deposit is paid its lines COMMITTED: neither lacks a hold."""

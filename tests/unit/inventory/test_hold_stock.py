@@ -35,6 +35,12 @@ def command(action: str, order_id: str, sku: str, *, qty: int = 1, line_no: int 
     })
 
 
+def claim(order_id: str, sku: str, override_id: str) -> tuple[str, str, dict[str, Any]]:
+    """What the lifecycle of a VIP order not placed yet answers the offer of an override's set-aside."""
+    sku, kind, record = command("RESERVE", order_id, sku, line_no=0)
+    return sku, kind, {**record, "reason": f"vip_override:{override_id}"}
+
+
 def answers(outputs: list[Any]) -> list[tuple[str, str]]:
     return [(o.record["order_id"], o.record["outcome"]) for o in outputs if o.event_type == "HoldDecided"]
 
@@ -122,13 +128,17 @@ def test_a_vip_set_aside_remainder_expires_without_cancelling_the_vip_order() ->
     r.send([("SKU-V", "VipOverride", {**ov, "action": "REQUEST"})], OPS_OVERRIDES.name)
     out = r.send([("SKU-V", "VipOverride", {**ov, "action": "APPROVE", "operator": "bob", "event_id": "y"})],
                  OPS_OVERRIDES.name)
+    assert answers(out) == [("tmall:vip", "OFFERED")]  # nothing moves before the VIP order answers
+    out = r.send([claim("tmall:vip", "SKU-V", "OV-1")])
     assert ("tmall:a", "RELEASED") in answers(out)
     r.send([command("RESERVE", "tmall:vip", "SKU-V", qty=1)])
     assert answers(r.outputs)[-1] == ("tmall:vip", "HELD")
-    # A replayed approval tells the order that lost its hold again.
-    again = r.send([("SKU-V", "VipOverride", {**ov, "action": "APPROVE", "operator": "bob", "event_id": "y"})],
-                   OPS_OVERRIDES.name)
-    assert ("tmall:a", "RELEASED") in answers(again)
+    # A replayed approval, or claim, tells the order that lost its hold again.
+    for replayed, topic in ((("SKU-V", "VipOverride", {**ov, "action": "APPROVE", "operator": "bob", "event_id": "y"}),
+                             OPS_OVERRIDES.name), (claim("tmall:vip", "SKU-V", "OV-1"), HOLD_COMMANDS.name)):
+        again = r.send([replayed], topic)
+        assert ("tmall:a", "RELEASED") in answers(again)
+        assert r.read(STORE, sku_key("SKU-V"), "SKU-V")["locked"] == 2  # nothing released or set aside twice
     expired = r.advance(61_000)
     assert [a for a in answers(expired) if a[0] == "tmall:vip"] == [("tmall:vip", "EXPIRED")]  # line 1 only
     assert r.read(STORE, sku_key("SKU-V"), "SKU-V")["locked"] == 0

@@ -16,6 +16,7 @@ import pytest
 
 from agents.inventory import rules as P
 from agents.inventory.rules import Answer, LineHold, OverrideRequest, SkuStock
+from streams.contract.reasons import Reason
 
 RULES = P.PoolRules(
     main_channel="tmall",
@@ -74,15 +75,28 @@ class Pool:
         return out
 
     def approve(self, request: OverrideRequest | None, approver: str, now_ms: int) -> P.OverrideStep:
-        # The processor offers every open, unpaid, regular hold that is not itself a set-aside.
-        unpaid = [h for h in self.holds.values() if h.status == P.HELD and not h.presale and h.line_no != P.VIP_LINE]
-        before = self.holds.get((request.vip_order_id, P.VIP_LINE)) if request is not None else None
-        result = P.approve_override(self.stock, RULES, request, approver, unpaid, before, now_ms)
+        """Approve, and claim the offer as the lifecycle of a VIP order not placed yet does."""
+        result = self.offer(request, approver, now_ms)
+        if result.outcome != "OFFERED" or request is None:
+            return result
+        return self.claim(request, now_ms)
+
+    def offer(self, request: OverrideRequest | None, approver: str, now_ms: int) -> P.OverrideStep:
+        return P.approve_override(self.stock, request, approver, self.unpaid(), now_ms)
+
+    def claim(self, request: OverrideRequest, now_ms: int, order_id: str = "") -> P.OverrideStep:
+        before = self.holds.get((request.vip_order_id, P.VIP_LINE))
+        result = P.claim_override(self.stock, RULES, request, order_id or request.vip_order_id, self.unpaid(), before,
+                                  now_ms)  # fmt: skip
         for hold in result.released:
             self.store(hold.order_id, {hold.line_no: hold})
         if result.set_aside is not None:
             self.store(result.set_aside.order_id, {P.VIP_LINE: result.set_aside})
         return result
+
+    def unpaid(self) -> list[LineHold]:
+        # The processor offers every open, unpaid, regular hold that is not itself a set-aside.
+        return [h for h in self.holds.values() if h.status == P.HELD and not h.presale and h.line_no != P.VIP_LINE]
 
     def hold(self, order_id: str, line_no: int) -> LineHold | None:
         return self.holds.get((order_id, line_no))
@@ -490,6 +504,84 @@ def test_vip_override_needs_a_second_approver_and_is_audited() -> None:
     assert P.request_override(request, "v1", 2, "vip:1", "alice", "launch", 7).outcome == "APPLIED"
 
 
+def test_an_approved_override_is_offered_to_its_vip_order_and_moves_nothing_until_it_claims_it() -> None:
+    """Changed on purpose: an approval released holds and set units aside at once, for an order the pool knows
+    nothing of; one already rejected, cancelled or timed out never took them (see test_vip_set_asides)."""
+    pool = stocked(3)
+    pool.reserve("o1", 1, 3, now_ms=1)
+    request = P.request_override(None, "v1", 2, "vip:1", "alice", "launch", 2).request
+    assert request is not None
+    offered = pool.offer(request, "bob", 3)
+    assert (offered.outcome, offered.released, offered.set_aside) == ("OFFERED", [], None)
+    assert (request.status, request.approver, request.approved_ms) == ("offered", "bob", 3)
+    assert pool.offer(request, "carol", 4).outcome == "OFFERED"  # seen again: offered again, still bob's
+    assert P.request_override(request, "v1", 2, "vip:1", "alice", "launch", 4).outcome == "OFFERED"
+    assert (pool.stock.locked, pool.stock.set_asides) == (3, 0) and pool.hold("o1", 1) == pool.holds[("o1", 1)]
+    assert pool.holds[("o1", 1)].status == P.HELD
+    assert pool.claim(request, 5, order_id="vip:2").detail == Reason.UNKNOWN_OVERRIDE  # not the order it names
+    assert request.status == "offered"
+    claimed = pool.claim(request, 6)
+    assert claimed.outcome == "APPLIED" and [h.order_id for h in claimed.released] == ["o1"]
+    assert (request.status, request.approver, request.approved_ms, request.released) == (
+        "applied", "bob", 3, [["o1", 1, 3]])  # fmt: skip
+    assert claimed.set_aside is not None and claimed.set_aside.expires_at_ms == 6 + RULES.hold_ttl_ms
+    again = pool.claim(request, 7)  # a claim seen again: the recorded outcome, nothing released twice
+    assert (again.outcome, again.released, again.set_aside) == ("APPLIED", [], None)
+    assert (pool.stock.locked, pool.stock.set_asides, pool.stock.available()) == (2, 1, 1)
+
+
+def test_an_override_its_vip_order_refuses_is_refused_with_its_reason_and_moves_nothing() -> None:
+    pool = stocked(2)
+    pool.reserve("o1", 1, 2, now_ms=1)
+    request = P.request_override(None, "v1", 1, "vip:1", "alice", "launch", 2).request
+    assert request is not None and pool.offer(request, "bob", 3).outcome == "OFFERED"
+    assert P.decline_override(request, "vip:2", Reason.VIP_ORDER_ENDED).detail == Reason.UNKNOWN_OVERRIDE
+    refused = P.decline_override(request, "vip:1", Reason.VIP_ORDER_ENDED)
+    assert (refused.outcome, refused.detail) == ("REFUSED", Reason.VIP_ORDER_ENDED)
+    assert (request.status, request.approver, request.detail) == ("refused", "bob", Reason.VIP_ORDER_ENDED)
+    # The decision stands, whatever comes after: a late claim, an approval or a request seen again.
+    for step in (pool.claim(request, 4), pool.offer(request, "carol", 5),
+                 P.request_override(request, "v1", 1, "vip:1", "alice", "launch", 6),
+                 P.decline_override(request, "vip:1", Reason.VIP_ORDER_ALREADY_PLACED)):  # fmt: skip
+        assert (step.outcome, step.detail, step.released, step.set_aside) == ("REFUSED", Reason.VIP_ORDER_ENDED, [],
+                                                                              None)  # fmt: skip
+    assert (pool.stock.locked, pool.stock.set_asides, pool.stock.open_lines) == (2, 0, 1)
+    assert pool.hold("vip:1", P.VIP_LINE) is None
+
+
+def test_a_claim_is_judged_on_the_stock_when_it_comes() -> None:
+    pool = stocked(2)
+    pool.reserve("o1", 1, 2, now_ms=1)
+    request = P.request_override(None, "v1", 2, "vip:1", "alice", "launch", 2).request
+    assert request is not None and pool.offer(request, "bob", 3).outcome == "OFFERED"
+    pool.command("COMMIT", "o1", 1, 2, now_ms=4)  # paid while the offer travelled: never released for a VIP
+    result = pool.claim(request, 5)
+    assert (result.outcome, result.detail, result.released) == ("REFUSED", Reason.INSUFFICIENT_LOCKED_STOCK, [])
+    assert (request.status, request.approver) == ("refused", "bob")
+    assert (pool.stock.locked, pool.stock.sold, pool.stock.set_asides) == (2, 2, 0)
+
+
+def test_an_override_never_releases_a_hold_of_the_vip_order_it_is_for() -> None:
+    """Changed on purpose: the newest unpaid hold could be the VIP order's own, and released to it, it cancelled
+    the VIP order (reason vip_override) and set its units aside for an order that was over."""
+    pool = stocked(3)
+    pool.reserve("o1", 1, 2, now_ms=1)
+    pool.reserve("vip:1", 1, 1, now_ms=2)  # the newest
+    request = P.request_override(None, "v1", 1, "vip:1", "alice", "launch", 3).request
+    assert request is not None and pool.offer(request, "bob", 4).outcome == "OFFERED"
+    claimed = pool.claim(request, 5)
+    assert [h.order_id for h in claimed.released] == ["o1"]
+    assert pool.holds[("vip:1", 1)].status == P.HELD
+    big = P.request_override(None, "v2", 3, "vip:1", "alice", "launch", 6).request
+    assert big is not None and pool.offer(big, "bob", 7).detail == Reason.INSUFFICIENT_LOCKED_STOCK
+
+
+def test_a_release_on_the_set_aside_line_names_the_override_it_refuses() -> None:
+    assert P.set_aside_reply("vip_order_ended:vip_override:OV-1") == ("vip_order_ended", "OV-1")
+    assert P.set_aside_reply("vip_order_already_placed:vip_override:a:b") == ("vip_order_already_placed", "a:b")
+    assert P.set_aside_reply("order_reserved") == ("order_reserved", "")  # what the order's lines left: no override
+
+
 def test_vip_override_refused_when_free_and_unpaid_stock_fall_short() -> None:
     pool = stocked(3)
     pool.reserve("o1", 1, 1)
@@ -601,7 +693,7 @@ def random_step(pool: Pool, rng: random.Random, now_ms: int, n: int, regular_onl
     qty = rng.randint(1, 4)
     warehouse = "WH-A" if regular_only else rng.choice(["", *WAREHOUSES, "WH-X"])
     op = rng.choice(["reserve", "reserve", "COMMIT", "ALLOCATE", "SHIP", "RELEASE", "EXPIRE", "due", "adjust",
-                     "override"])  # fmt: skip
+                     "override", "let_go"])  # fmt: skip
     if op == "reserve":
         pool.reserve(order, line, qty, rng.choice(RULES.channels), not regular_only and rng.random() < 0.3, now_ms)
     elif op == "due":
@@ -614,7 +706,17 @@ def random_step(pool: Pool, rng: random.Random, now_ms: int, n: int, regular_onl
         P.adjust(pool.stock, kind, wh, adj_qty, now_ms)
     elif op == "override":
         request = P.request_override(None, f"v{n}", qty, "vip:1", "alice", "launch", now_ms).request
-        pool.approve(request, "bob", now_ms)
+        assert request is not None
+        pool.offer(request, "bob", now_ms)
+        answer = rng.choice(["claim", "claim", "decline", "none"])  # "none": the order's answer never came
+        if answer == "claim":
+            pool.claim(request, now_ms)
+        elif answer == "decline":
+            P.decline_override(request, "vip:1", "vip_order_ended")
+    elif op == "let_go":  # the VIP order's lines have all asked: what they left of the set-aside goes back
+        hold = pool.hold("vip:1", P.VIP_LINE)
+        if hold is not None and hold.is_open:
+            pool.command("RELEASE", "vip:1", P.VIP_LINE, hold.qty, now_ms, reason="order_reserved")
     else:
         hold = pool.hold(order, line)
         if regular_only and op == "SHIP" and (hold is None or not hold.is_open):

@@ -9,7 +9,7 @@ from agents.inventory.hold_stock import STORE, sku_key
 from streams.contract.reasons import Reason
 from streams.contract.topics import HOLD_COMMANDS, OPS_OVERRIDES
 from streams.engine.local import LocalRunner
-from tests.unit.inventory.test_hold_stock import command, receipt, runner
+from tests.unit.inventory.test_hold_stock import claim, command, receipt, runner
 
 
 def decided(outputs: list[Any]) -> list[tuple[str, str, str]]:
@@ -26,7 +26,10 @@ def override(r: LocalRunner, sku: str, override_id: str, qty: int, vip_order: st
           "vip_order_id": vip_order, "reason": "key account", "operator": "alice"}  # fmt: skip
     r.send([(sku, "VipOverride", {**ov, "action": "REQUEST"})], OPS_OVERRIDES.name)
     approval = {**ov, "action": "APPROVE", "operator": "bob", "event_id": f"{override_id}-ok"}
-    return r.send([(sku, "VipOverride", approval)], OPS_OVERRIDES.name)
+    out = r.send([(sku, "VipOverride", approval)], OPS_OVERRIDES.name)
+    if ("OFFERED", "") not in audited(out):
+        return out
+    return out + r.send([claim(vip_order, sku, override_id)], HOLD_COMMANDS.name)
 
 
 def audited(outputs: list[Any]) -> list[tuple[str, str]]:
@@ -54,7 +57,7 @@ def test_a_vip_line_larger_than_its_set_aside_takes_it_and_the_rest_from_free_st
     r = runner()
     receipt(r, "SKU-VIP", 10)
     r.send([command("RESERVE", "jd:other", "SKU-VIP", qty=6)], HOLD_COMMANDS.name)
-    assert audited(override(r, "SKU-VIP", "OV-1", 2, "tmall:vip")) == [("APPLIED", "")]
+    assert audited(override(r, "SKU-VIP", "OV-1", 2, "tmall:vip")) == [("OFFERED", ""), ("APPLIED", "")]
     out = r.send([command("RESERVE", "tmall:vip", "SKU-VIP", qty=3)], HOLD_COMMANDS.name)
     assert decided(out) == [("tmall:vip", "HELD", "vip_override:OV-1")]
     totals = r.read(STORE, sku_key("SKU-VIP"), "SKU-VIP")

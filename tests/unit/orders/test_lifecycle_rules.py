@@ -207,3 +207,97 @@ def test_a_repeated_shipped_after_cancel_notice_of_one_warehouse_keeps_its_alert
                                                      ORDER_RULES).alerts]  # fmt: skip
         assert flow.on_shipment(rec, {"warehouse_id": "WH-A"}, "ShipmentDispatched", 1, ORDER_RULES).alerts == []
     assert ids == ["shipped_after_cancel:jd:r1:WH-A"] * 2
+
+
+# ---- a VIP override's set-aside, offered to the order -----------------------------------------------
+
+
+def offer(sku: str = "A", qty: int = 2, override_id: str = "OV-1") -> dict:
+    return {"line_no": flow.SET_ASIDE_LINE, "sku": sku, "qty": qty, "action": "RESERVE", "outcome": "OFFERED",
+            "reason": f"vip_override:{override_id}"}  # fmt: skip
+
+
+def held(line_no: int) -> dict:
+    return {"line_no": line_no, "action": "RESERVE", "outcome": "HELD", "reason": ""}
+
+
+def set_aside_commands(fx: flow.Effects) -> list[tuple[str, str, int, str, int]]:
+    return [(c["action"], c["sku"], c["qty"], c["reason"], c["bucket"]) for c in fx.hold_commands
+            if c["line_no"] == flow.SET_ASIDE_LINE]  # fmt: skip
+
+
+def test_a_set_aside_offered_before_its_order_is_placed_is_claimed_and_its_skus_lines_stay_home() -> None:
+    rec = flow.OrderRecord(order_id="jd:1")
+    fx = flow.on_hold_decided(rec, offer("A", 2), 10, ORDER_RULES)
+    assert set_aside_commands(fx) == [("RESERVE", "A", 2, "vip_override:OV-1", -1)]
+    assert (rec.state, fx.transitions, rec.set_asides) == ("", [], {"A": 10 + ORDER_RULES.hold_ttl_ms})
+    assert rec.next_deadline_ms(ORDER_RULES) == 10 + ORDER_RULES.hold_ttl_ms  # kept while the set-aside may be
+    placed = flow.on_placed(rec, order_of(("A", 1), ("B", 1)), 20, ORDER_RULES).hold_commands
+    flow.route_reserves(rec, placed, lambda sku: 4)  # both hot, and the order not marked VIP
+    assert [c["sku"] for c in placed] == ["A", "B"]
+    assert placed[0]["bucket"] == -1 and placed[1]["bucket"] >= 0  # A's set-aside is its home's
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        *((flow.OrderRecord(order_id="jd:1", state=s), "vip_order_ended")
+          for s in ("rejected", "cancelled", "payment_timeout", "shipped", "delivered")),
+        *((flow.OrderRecord(order_id="jd:1", state=s), "vip_order_already_placed")
+          for s in ("placed", "reserved", "paid", "routed")),
+        (flow.OrderRecord(order_id="jd:1", purged_at_ms=5), "vip_order_ended"),  # a paid order's slim record
+        (flow.OrderRecord(order_id="jd:1", parked=[{"event_type": "OrderCancelled", "event_id": "c"}]),
+         "vip_order_ended"),  # called off before it came
+    ],
+)
+def test_a_set_aside_offered_to_an_order_whose_lines_can_no_longer_take_it_is_refused_with_why(
+    record: flow.OrderRecord, why: str
+) -> None:
+    """The order's lines take a set-aside with their RESERVE, sent once when the order is placed: an order placed
+    already (or over) refuses the offer, naming the override, and the pool refuses the override with ``why``."""
+    before = record.to_dict()
+    fx = flow.on_hold_decided(record, offer("A", 2), 10, ORDER_RULES)
+    assert set_aside_commands(fx) == [("RELEASE", "A", 2, f"{why}:vip_override:OV-1", -1)]
+    assert (fx.transitions, fx.alerts, fx.reservation) == ([], [], None)
+    assert record.to_dict() == before  # not resurrected, not moved, nothing claimed
+
+
+@pytest.mark.parametrize("outcome", ["HELD", "REFUSED"])
+def test_what_the_lines_left_of_a_set_aside_is_let_go_once_they_have_all_asked(outcome: str) -> None:
+    """Changed on purpose: what no line took stayed set aside until its expiry (the hold TTL, 2 hours by default),
+    for a reserved order that no longer needed it or a rejected one that never would."""
+    rec = flow.OrderRecord(order_id="jd:1")
+    flow.on_hold_decided(rec, offer("A", 3), 0, ORDER_RULES)
+    flow.on_hold_decided(rec, offer("B", 1, "OV-2"), 0, ORDER_RULES)
+    flow.on_placed(rec, order_of(("A", 1), ("C", 1)), 1, ORDER_RULES)
+    assert rec.set_asides  # placed: the RESERVEs just sent take what they can
+    flow.on_hold_decided(rec, {**held(1), "reason": "vip_override:OV-1"}, 2, ORDER_RULES)
+    fx = flow.on_hold_decided(rec, {**held(2), "outcome": outcome}, 3, ORDER_RULES)
+    state = "reserved" if outcome == "HELD" else "rejected"
+    assert rec.state == state and rec.set_asides == {}
+    assert set_aside_commands(fx) == [("RELEASE", "A", 0, f"order_{state}", -1), ("RELEASE", "B", 0, f"order_{state}",
+                                                                                -1)]  # fmt: skip
+    assert set_aside_commands(flow.on_cancel(rec, {"reason": ""}, 4, ORDER_RULES)) == []  # once
+
+
+def test_a_set_aside_let_go_never_moves_the_order() -> None:
+    """The set-aside's line is no line of the order: the pool letting it go (as asked, or at its expiry) is not the
+    order's stock taken back, which cancels a reserved order."""
+    rec = flow.OrderRecord(order_id="jd:1")
+    flow.on_placed(rec, order_of(("A", 1)), 0, ORDER_RULES)
+    flow.on_hold_decided(rec, held(1), 1, ORDER_RULES)
+    for outcome, reason in (("RELEASED", "vip_order_already_placed"), ("RELEASED", "order_reserved"),
+                            ("EXPIRED", "hold_expired")):  # fmt: skip
+        answer = {"line_no": flow.SET_ASIDE_LINE, "sku": "A", "qty": 1, "action": "RELEASE", "outcome": outcome,
+                  "reason": reason}  # fmt: skip
+        fx = flow.on_hold_decided(rec, answer, 2, ORDER_RULES)
+        assert (fx.transitions, fx.hold_commands, rec.state) == ([], [], "reserved")
+
+
+def test_a_claim_whose_order_never_came_is_forgotten_when_its_set_aside_expires() -> None:
+    rec = flow.OrderRecord(order_id="jd:1")
+    flow.on_hold_decided(rec, offer("A", 1), 0, ORDER_RULES)
+    flow.on_tick(rec, ORDER_RULES.hold_ttl_ms - 1, ORDER_RULES)
+    assert rec.set_asides == {"A": ORDER_RULES.hold_ttl_ms}
+    flow.on_tick(rec, ORDER_RULES.hold_ttl_ms, ORDER_RULES)
+    assert rec.set_asides == {} and rec.next_deadline_ms(ORDER_RULES) == 0
