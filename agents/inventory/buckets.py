@@ -33,12 +33,7 @@ rules, so K workers sell the SKU at once.
 - Stock arrives at the home: receipts are handed out at once. An absolute COUNT (and a negative
   CORRECTION) is settled like a snapshot: the home stops handing out units, asks each bucket to send
   home that warehouse's free units and say what is left (PROBE / COUNTED; every channel between home
-  and a bucket is in order), then applies the difference once every bucket answered (``finish_settle``). The
-  difference lands on the home, but the units the count found missing may be ones a bucket keeps behind lines not
-  tied to a warehouse yet: so the home charges what it then lacks there to those units (a negative TRANSFER, ref
-  ``count:<ref>``, ``charge_shortfall``), and a bucket ties no line to the warehouse from its answer until that
-  arrives (``count_settled``). A bucket whose lines the count left without units gets the next units first
-  (``deficits``), as a cold SKU's held lines take its next receipt before a new order does.
+  and a bucket is in order), then applies the difference once every bucket answered (``finish_settle``).
 - Un-marking merges: the buckets stop taking new lines, send every free unit home, finish their open
   lines, and report empty; when all did, the SKU is cold.
 - A paid line is allocated where it is held, but routing chooses its warehouse from the SKU's whole stock, so
@@ -100,7 +95,6 @@ class Sync:
     ref: str = ""
     as_of_ms: int = 0  # PROBE: when the count was taken
     skew_ms: int = 0  # PROBE: how far the warehouse's clock may run ahead
-    allocated: dict[str, int] = field(default_factory=dict)  # COUNTED: the warehouse's units tied to lines
 
 
 def home_sku(key: str, bucket: int) -> str:
@@ -212,23 +206,7 @@ def reported_available(hot: Buckets) -> list[int]:
     for _, bucket, units in hot.in_flight:
         if 0 <= bucket < hot.count:
             levels[bucket] += total(units)
-    return [max(0, level) for level in levels]  # a count's charge on its way (negative) takes no more than there is
-
-
-def deficits(hot: Buckets) -> list[int]:
-    """Units each bucket's open lines claim beyond the units it holds, by its last figures and what is on its way to
-    it: a count that found fewer units than a bucket kept behind its lines (``charge_shortfall``). A cold SKU's next
-    units back such lines before any new one: so do the buckets' (``distribute``, ``home_short``)."""
-    out = [0] * hot.count
-    for k in range(hot.count):
-        fig = hot.reports.get(str(k))
-        if fig:
-            held = sum(max(0, q) for q in fig.get("on_hand", {}).values()) + int(fig.get("lent", 0))
-            out[k] = int(fig.get("locked", 0)) + int(fig.get("presale_reserved", 0)) - held
-    for _, bucket, units in hot.in_flight:
-        if 0 <= bucket < hot.count:
-            out[bucket] -= total(units)
-    return [max(0, d) for d in out]
+    return levels
 
 
 def gathering(levels: list[int], low_water: int) -> bool:
@@ -247,16 +225,11 @@ def distribute(home: SkuStock, low_water: int) -> list[Sync]:
     if units <= 0:
         return []
     levels = reported_available(hot)
-    first: list[int] = []  # the lines a count left without units first, as a cold SKU's next units would
-    for need in deficits(hot):
-        first.append(min(need, units - sum(first)))
-    rest = units - sum(first)
-    if hot.count > 1 and sum(levels) + rest <= hot.count * low_water:
+    if hot.count > 1 and sum(levels) + units <= hot.count * low_water:
         target = max(range(hot.count), key=lambda k: (levels[k], -k))
-        amounts = [rest if k == target else 0 for k in range(hot.count)]
+        amounts = [units if k == target else 0 for k in range(hot.count)]
     else:
-        amounts = water_fill(rest, levels)
-    amounts = [a + f for a, f in zip(amounts, first, strict=True)]
+        amounts = water_fill(units, levels)
     out = []
     for bucket, part in enumerate(apportion(free, amounts)):
         if part:
@@ -345,10 +318,7 @@ def home_short(home: SkuStock) -> int:
     """Units the home's own open lines, and what it ``owed``, claim beyond the free units it has: presale lines
     above all. They are decided at the home, and the pool's rule (available = on_hand - locked -
     presale_reserved) keeps on-hand units back for them, which while hot are out in the buckets."""
-    short = max(0, _backing(home) + owed(home) - total(_unallocated(home)))
-    if home.hot is not None and home.hot.state == HOT:
-        short += max(0, sum(deficits(home.hot)) - max(0, total(_unallocated(home)) - _backing(home) - owed(home)))
-    return short
+    return max(0, _backing(home) + owed(home) - total(_unallocated(home)))
 
 
 def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> list[Sync]:
@@ -438,15 +408,13 @@ def start_settle(home: SkuStock, kind: str, warehouse_id: str, qty: int, ref: st
     return [Sync(PROBE, b, warehouse_id=warehouse_id, ref=ref, as_of_ms=as_of_ms, skew_ms=skew_ms) for b in waiting]
 
 
-def on_counted(home: SkuStock, bucket: int, ref: str, remaining: int, low_water: int, untied: int = 0) -> list[Sync]:
-    """A bucket's answer to a probe (``untied``: its units of the warehouse no line is tied to, as it answered); the
-    last one settles the count, and the home hands out units again."""
+def on_counted(home: SkuStock, bucket: int, ref: str, remaining: int, low_water: int) -> list[Sync]:
+    """A bucket's answer to a probe; the last one settles the count, and the home hands out units again."""
     hot = home.hot
     settle = next((s for s in hot.settles if s["ref"] == ref), None) if hot is not None else None
     if hot is None or settle is None or bucket not in settle["waiting"] or str(bucket) in settle["got"]:
         return []
     settle["got"][str(bucket)] = remaining
-    settle.setdefault("untied", {})[str(bucket)] = max(0, untied)
     if len(settle["got"]) < len(settle["waiting"]):
         return []
     return finish_settle(home, settle, low_water)
@@ -491,51 +459,9 @@ def finish_settle(home: SkuStock, settle: dict[str, Any], low_water: int) -> lis
             at_ms, later.get("dated", 0), later.get("skew", 0))
         if later["wh"] == wh and not after:
             later["base"] += delta
-    charged = charge_shortfall(home, settle)
     if hot.state == COLD and not hot.setting and not hot.settles and not hot.next_count:
         home.hot = None
-    return charged + distribute(home, low_water)
-
-
-COUNT_SETTLED = "count"  # the ref of a count's settling transfer to a bucket: "count:<the count's ref>"
-
-
-def settled_ref(ref: str) -> str:
-    return f"{COUNT_SETTLED}:{ref}"
-
-
-def settled_count(ref: str) -> str | None:
-    """The count a transfer settles at the bucket it goes to; None for any other transfer."""
-    kind, _, count = ref.partition(":")
-    return count if kind == COUNT_SETTLED else None
-
-
-def charge_shortfall(home: SkuStock, settle: dict[str, Any]) -> list[Sync]:
-    """Tell every bucket the count probed (and that is still there) that it is settled, charging the home's shortfall
-    in the warehouse to the buckets' units of it that no line is tied to, as they answered: a negative transfer.
-
-    The count's difference lands on the home alone, but the units the count found missing may be the ones a bucket
-    keeps behind its lines not yet tied to a warehouse, which it would then tie there: the warehouse's WMS sent more
-    units than it has. A cold SKU's figure is one: its lines tie only units the count left. So the home's units of
-    the warehouse below what its own lines are tied to there go, one for one, off the buckets' untied ones, in bucket
-    order; the SKU's figure there stays as the count left it, and whatever no bucket can take stays owed at the home
-    (``owed``). A bucket that answered ties no line to the warehouse until this arrives (``count_settled``)."""
-    hot = home.hot
-    if hot is None or hot.state == COLD:
-        return []  # every bucket went home, and took its part of the count with it
-    wh = settle["wh"]
-    short = max(0, home.allocated.get(wh, 0) - home.on_hand.get(wh, 0))
-    untied = settle.get("untied", {})
-    out = []
-    for bucket in settle["waiting"]:
-        if bucket in hot.merged:
-            continue
-        part = min(short, int(untied.get(str(bucket), 0)))
-        short -= part
-        units = {wh: -part} if part else {}
-        take(home, units)
-        out.append(Sync(TRANSFER, bucket, units, warehouse_id=wh, ref=settled_ref(settle["ref"])))
-    return out
+    return distribute(home, low_water)
 
 
 def sku_sold_out(home: SkuStock) -> bool:
@@ -697,27 +623,8 @@ def on_probe(bucket: SkuStock, warehouse_id: str, ref: str, as_of_ms: int = 0, s
     then = left - moved_since(bucket, warehouse_id, as_of_ms, skew_ms) if as_of_ms else left
     if as_of_ms:
         counted(bucket, warehouse_id, as_of_ms, skew_ms)
-    assert bucket.hot is not None
-    bucket.hot.counting[ref] = warehouse_id  # until the home settles it (``count_settled``)
-    tied = {warehouse_id: bucket.allocated.get(warehouse_id, 0)}
-    out.append(Sync(COUNTED, HOME, {warehouse_id: left}, qty=then, warehouse_id=warehouse_id, ref=ref, allocated=tied))
+    out.append(Sync(COUNTED, HOME, {warehouse_id: left}, qty=then, warehouse_id=warehouse_id, ref=ref))
     return out
-
-
-def count_settled(bucket: SkuStock, warehouse_id: str, ref: str, units: dict[str, int]) -> list[Sync]:
-    """The home settled a count this bucket answered; ``units`` (just credited): the units of the warehouse the count
-    took from the ones it keeps behind its untied lines, as a negative transfer. It ties lines there again. What it
-    cannot give of them (its units there went to lines since it answered: shipped, or let go and sent home) goes
-    back home, still owed there, rather than take the units its tied lines stand on."""
-    hot = bucket.hot
-    if hot is not None:
-        hot.counting.pop(ref, None)
-    charged = -units.get(warehouse_id, 0)
-    back = min(charged, bucket.allocated.get(warehouse_id, 0) - bucket.on_hand.get(warehouse_id, 0))
-    if back <= 0:
-        return []
-    take(bucket, {warehouse_id: -back})
-    return [Sync(TRANSFER, HOME, {warehouse_id: -back}, warehouse_id=warehouse_id)]
 
 
 def figures(bucket: SkuStock) -> dict[str, Any]:
@@ -771,7 +678,7 @@ def offer(stock: SkuStock, warehouse_id: str, qty: int) -> dict[str, int]:
     none of a warehouse another line here waits for, nor, at the home, of one whose count is being settled (the
     count's difference is applied to the home's units: a bucket that answered the count would keep them)."""
     hot = stock.hot
-    kept = set(hot.lent) | {s["wh"] for s in hot.settles} | set(hot.counting.values()) if hot is not None else set()
+    kept = set(hot.lent) | {settle["wh"] for settle in hot.settles} if hot is not None else set()
     spare = {wh: max(0, q) - stock.allocated.get(wh, 0) for wh, q in stock.on_hand.items()
              if wh != warehouse_id and wh not in kept}  # fmt: skip
     out = {}
@@ -814,8 +721,6 @@ def want(stock: SkuStock, hold: LineHold, warehouse_id: str) -> tuple[LineHold, 
     The units offered are ``lent`` until the exchange comes back: they still back the line meanwhile."""
     if hold.wants == warehouse_id:
         return hold, []  # asked already (a duplicate command): the answer comes with the units
-    if stock.being_counted(warehouse_id):
-        return None  # refused until the count is settled: no record gives its units of it meanwhile
     hot = stock.hot
     assert hot is not None
     units = offer(stock, warehouse_id, hold.qty - max(0, stock.warehouse_free(warehouse_id)))
@@ -840,8 +745,6 @@ def spares(stock: SkuStock, warehouse_id: str, requester: int) -> bool:
     waiting for the same units would otherwise give each other theirs, each get one back and ask again, for ever;
     this way the units only go one way, and the first one gets them all."""
     hot = stock.hot
-    if stock.being_counted(warehouse_id):
-        return False  # the count may take them: the home charges them to this bucket once it settled it
     return hot is None or warehouse_id not in hot.lent or requester < hot.bucket
 
 
@@ -906,7 +809,7 @@ def swap_arrived(stock: SkuStock, hold: LineHold | None, warehouse_id: str, brou
     if hold is None or not hold.is_open or hold.warehouse_id or hold.wants != warehouse_id:
         return Step(None), []
     waiting = replace(hold, wants="", asks=0)  # answered: routed here again, it may exchange again
-    if stock.warehouse_free(warehouse_id) >= hold.qty and not stock.being_counted(warehouse_id):
+    if stock.warehouse_free(warehouse_id) >= hold.qty:
         return allocate(stock, waiting, hold.order_id, hold.line_no, hold.qty, warehouse_id, now_ms), []
     if hold.asks < MAX_ASKS and brought.get(warehouse_id, 0) > 0 and wanted(brought, warehouse_id) == 0:
         asked = want(stock, replace(waiting, asks=hold.asks), warehouse_id)

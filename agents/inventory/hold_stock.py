@@ -436,12 +436,10 @@ class HoldStock(Processor):
 
     def _sync(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, msg: dict[str, Any]) -> None:
         kind, here, sender = msg["kind"], msg["to_bucket"], msg["from_bucket"]
-        if kind in (hot_.TRANSFER, hot_.PROBE):
-            # A probe answered again would send the bucket's free units home a second time, outside the count's
-            # snapshot, and leave the bucket waiting for a settling that came already: it ties no line there again.
-            applied = adjustment_key(stock.sku, f"{kind.lower()}:{msg['event_id']}")
+        if kind == hot_.TRANSFER:
+            applied = adjustment_key(stock.sku, f"transfer:{msg['event_id']}")
             if db.get(applied) is not None:
-                return  # credited or answered before (a batch replayed without transactions)
+                return  # credited before (a batch replayed without transactions)
             db.set(applied, {"applied_ms": ctx.now_ms})
             ctx.schedule(applied, ctx.now_ms + self._rules.adjustment_ttl_ms)
         if here == HOME:
@@ -451,7 +449,14 @@ class HoldStock(Processor):
             hot_.configure(stock, here, msg["buckets"], msg["state"], msg["paused"], msg["seq"])
             stock.known = True
         if kind == hot_.TRANSFER:
-            self._bucket_credit(ctx, db, stock, msg)
+            hot_.give(stock, msg["units"])
+            stock.known = True
+            stock.touch(ctx.now_ms)
+            swap = hot_.swap_of(msg["ref"])
+            if swap is not None and swap[0] == here:
+                self._swap_arrived(ctx, db, stock, swap, msg)
+            elif swap is not None:
+                self._send(ctx, stock, hot_.swap_ask(stock, msg["warehouse_id"], msg["units"], msg["ref"]))
         elif kind == hot_.REBALANCE:
             self._send(ctx, stock, hot_.on_rebalance(stock, msg["qty"]))
         elif kind == hot_.PROBE:
@@ -464,19 +469,6 @@ class HoldStock(Processor):
                 stock.moves_from = dict(ended.get("moves_from", {}))
             self._send(ctx, stock, hot_.on_probe(stock, msg["warehouse_id"], msg["ref"], msg.get("as_of_ms", 0),
                                                  msg.get("skew_ms", 0)))  # fmt: skip
-
-    def _bucket_credit(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, msg: dict[str, Any]) -> None:
-        """A transfer at a bucket, once: plain units, a step of an exchange, or a count's settling from the home."""
-        hot_.give(stock, msg["units"])
-        stock.known = True
-        stock.touch(ctx.now_ms)
-        swap = hot_.swap_of(msg["ref"])
-        if swap is not None and swap[0] == msg["to_bucket"]:
-            self._swap_arrived(ctx, db, stock, swap, msg)
-        elif swap is not None:
-            self._send(ctx, stock, hot_.swap_ask(stock, msg["warehouse_id"], msg["units"], msg["ref"]))
-        elif (count := hot_.settled_count(msg["ref"])) is not None:
-            self._send(ctx, stock, hot_.count_settled(stock, msg["warehouse_id"], count, msg["units"]))
 
     def _home_sync(self, ctx: Context, db: StoreTransaction[Any], home: SkuStock, msg: dict[str, Any]) -> None:
         kind, sender = msg["kind"], msg["from_bucket"]
@@ -508,11 +500,7 @@ class HoldStock(Processor):
             self._send(ctx, home, hot_.on_report(home, sender, figures, self.low_water))
             self._send(ctx, home, hot_.rebalance(home, ctx.now_ms, self.low_water, self.refresh_interval_ms))
         elif kind == hot_.COUNTED:
-            wh = msg["warehouse_id"]
-            # A bucket's answer from before it said what its lines are tied to counts every unit as untied: charged
-            # more than it has untied, it sends the rest back (``count_settled``).
-            untied = msg["units"].get(wh, 0) - msg.get("allocated", {}).get(wh, 0)
-            self._send(ctx, home, hot_.on_counted(home, sender, msg["ref"], msg["qty"], self.low_water, untied))
+            self._send(ctx, home, hot_.on_counted(home, sender, msg["ref"], msg["qty"], self.low_water))
 
     def _swap_arrived(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, swap: tuple[int, str, int],
                       msg: dict[str, Any]) -> None:  # fmt: skip
@@ -555,8 +543,8 @@ class HoldStock(Processor):
             event_id=f"{stock.sku}:{hot.seq}", event_time_ms=ctx.now_ms, sku=sku, kind=sync.kind,
             from_bucket=hot.bucket, to_bucket=sync.to_bucket, units=dict(sync.units), qty=sync.qty,
             warehouse_id=sync.warehouse_id, ref=sync.ref, buckets=0, state="", paused=False, locked=0, sold=0,
-            presale_reserved=0, open_lines=0, allocated=dict(sync.allocated), newest_change_ms=0, newest_source_ms=0,
-            seq=hot.seq, acked=0, lent=0, as_of_ms=sync.as_of_ms, skew_ms=sync.skew_ms,
+            presale_reserved=0, open_lines=0, allocated={}, newest_change_ms=0, newest_source_ms=0, seq=hot.seq,
+            acked=0, lent=0, as_of_ms=sync.as_of_ms, skew_ms=sync.skew_ms,
         )  # fmt: skip
         if hot.bucket == HOME:
             record["buckets"], record["state"], record["paused"] = hot.count, hot_.told_state(hot, sync), stock.paused

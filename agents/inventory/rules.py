@@ -103,10 +103,6 @@ class SkuStock:
     def warehouse_free(self, warehouse_id: str) -> int:
         return max(0, self.on_hand.get(warehouse_id, 0)) - self.allocated.get(warehouse_id, 0)
 
-    def being_counted(self, warehouse_id: str) -> bool:
-        """A hot SKU's bucket that answered a count of the warehouse its home has not settled yet."""
-        return self.hot is not None and warehouse_id in self.hot.counting.values()
-
     def sellable(self, rules: PoolRules) -> dict[str, int]:
         available = self.available()
         return {ch: available if (ch == rules.main_channel or not self.paused) else 0 for ch in rules.channels}
@@ -191,10 +187,6 @@ class Buckets:
     # Units out on exchanges for lines held here (``SkuStock.lent``), by the warehouse they are exchanged for: while
     # a line waits for a warehouse, the record keeps its own units of it (``buckets.spares``).
     lent: dict[str, int] = field(default_factory=dict)
-    # Bucket: the counts it answered (ref -> warehouse) whose settling its home has not sent back yet. Until then the
-    # count may take units this bucket keeps behind its lines there (``buckets.count_settled``): it ties no line to
-    # that warehouse, nor lets its units of it go to another record.
-    counting: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -412,8 +404,7 @@ def allocate(stock: SkuStock, hold: LineHold | None, order_id: str, line_no: int
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "ALLOCATED", warehouse_id))
     if hold.warehouse_id:
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "IGNORED", f"allocated_to_{hold.warehouse_id}"))
-    if stock.warehouse_free(warehouse_id) < hold.qty or stock.being_counted(warehouse_id):
-        # A hot SKU's bucket while a count of the warehouse is settled: the count may take the units it sees free.
+    if stock.warehouse_free(warehouse_id) < hold.qty:
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "REFUSED", Reason.WAREHOUSE_SHORT))
     after = replace(hold, warehouse_id=warehouse_id, updated_ms=now_ms)
     account(stock, hold, after)

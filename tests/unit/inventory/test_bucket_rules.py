@@ -16,7 +16,7 @@ from agents.inventory import rules
 from agents.inventory.hold_stock import STORE, HoldStock, adjustment_key, pool_rules, sku_key
 from agents.inventory.rules import Buckets, LineHold, SkuStock
 from streams.contract.keys import bucket_key, partition_for
-from streams.contract.topics import HOLD_COMMANDS, STOCK_BUCKETS
+from streams.contract.topics import STOCK_BUCKETS
 from streams.engine.local import LocalRunner
 from streams.settings import Settings
 from tests.unit.inventory.test_hold_stock import WAREHOUSES, receipt
@@ -808,106 +808,3 @@ def test_buckets_land_on_partitions_of_their_own() -> None:
         assert sorted(eight) == list(range(8))  # the eighth takes the home's partition
         assert bucket_key(sku, 9, 8) == f"{sku}#9"  # more buckets than partitions: they share
         assert bucket_key(sku, 2, 8) == bucket_key(sku, 2, 8)  # the same in every process
-
-
-# ---- a count that takes units a bucket keeps behind its untied lines -------------------------------------
-def counted_short() -> tuple[SkuStock, list[SkuStock], LineHold, list[b.Sync]]:
-    """WH-SH holds 10: bucket 0 keeps 5 (4 tied to jd:0), bucket 1 keeps 5 and 1 of WH-GZ (3 held for jd:4, not tied).
-    A count finds 4 at WH-SH, all jd:0's; each bucket answers as the processor sends it. Returns what the home sent."""
-    stock, (b0, b1) = split([{"WH-SH": 5, "WH-GZ": 1}, {"WH-SH": 5, "WH-GZ": 1}])
-    tied = held(b0, "jd:0", 4)
-    tied = rules.allocate(b0, tied, "jd:0", 1, 4, "WH-SH", 0).holds[1] or tied
-    untied = held(b1, "jd:4", 3)
-    b.start_settle(stock, "COUNT", "WH-SH", 4, "count-1", 0)
-    out: list[b.Sync] = []
-    for k, bucket in enumerate((b0, b1)):
-        sent_home = b.on_probe(bucket, "WH-SH", "count-1")
-        for s in sent_home[:-1]:
-            b.credit(stock, k, s.units)
-        answer = sent_home[-1]
-        untied_there = answer.units["WH-SH"] - answer.allocated["WH-SH"]
-        out += b.on_counted(stock, k, "count-1", answer.qty, low_water=0, untied=untied_there)
-    return stock, [b0, b1], untied, out
-
-
-def test_a_count_charges_the_homes_shortfall_to_the_units_a_bucket_keeps_behind_untied_lines() -> None:
-    """Changed on purpose: the home took the count's whole loss (WH-SH at -3) while bucket 1 kept 3 WH-SH units behind
-    jd:4's untied line, and tied jd:4 there: WH-SH's WMS was sent 7 units for the 4 it has."""
-    stock, (b0, b1), hold, out = counted_short()
-    settled = sent(out, b.TRANSFER)
-    assert (settled[0].units, settled[1].units) == ({}, {"WH-SH": -3})  # bucket 0's 4 are all tied to jd:0
-    assert {s.ref for s in settled.values()} == {"count:count-1"}
-    assert stock.on_hand["WH-SH"] == 0 and b.owed(stock) == 0  # the SKU's figure there: 0 + 4 + 3 - 3 = 4, as counted
-    # Until the settling arrives, bucket 1 ties nothing there, gives none of it away, and asks nobody for it.
-    assert b1.being_counted("WH-SH") and not b.spares(b1, "WH-SH", b.HOME) and b.offer(b1, "WH-GZ", 3) == {}
-    refused = rules.allocate(b1, hold, "jd:4", 1, 3, "WH-SH", 0).answer
-    assert refused is not None and (refused.outcome, refused.reason) == ("REFUSED", "warehouse_short")
-    assert b.want(b1, hold, "WH-SH") is None
-    for k, bucket in enumerate((b0, b1)):
-        b.give(bucket, settled[k].units)
-        assert b.count_settled(bucket, "WH-SH", "count-1", settled[k].units) == []  # nothing to send back
-        assert not bucket.being_counted("WH-SH")
-    assert (b0.on_hand, b1.on_hand) == ({"WH-SH": 4, "WH-GZ": 1}, {"WH-SH": 0, "WH-GZ": 1})
-    refused = rules.allocate(b1, hold, "jd:4", 1, 3, "WH-SH", 0).answer  # as a cold SKU refuses it
-    assert refused is not None and (refused.outcome, refused.reason) == ("REFUSED", "warehouse_short")
-    assert b1.breaches() == ["locked 3 exceeds on-hand 1"]  # as a cold SKU's: 7 held for 6 units
-
-
-def test_a_bucket_charged_for_units_its_lines_took_since_it_answered_sends_them_back() -> None:
-    """Its units there went to a line since (an answer from before buckets said what is tied reads them all as untied):
-    it gives what it can and sends the rest of the charge home, where it stays owed, not under its tied line."""
-    bucket = SkuStock(f"{SKU}#1", known=True, on_hand={"WH-SH": 3}, allocated={"WH-SH": 2}, locked=3,
-                      hot=Buckets(bucket=1, count=2, state=b.HOT, counting={"count-1": "WH-SH"}))  # fmt: skip
-    b.give(bucket, {"WH-SH": -3})
-    back = b.count_settled(bucket, "WH-SH", "count-1", {"WH-SH": -3})
-    assert [(s.kind, s.to_bucket, s.units) for s in back] == [(b.TRANSFER, b.HOME, {"WH-SH": -2})]
-    assert bucket.on_hand == {"WH-SH": 2} and bucket.hot is not None and bucket.hot.counting == {}
-
-
-def test_the_next_units_back_a_buckets_lines_a_count_left_short_first() -> None:
-    """As a cold SKU's next receipt backs its held lines before it sells one more. Changed on purpose: with the count's
-    loss charged to the bucket, its lines stood on nothing while the next units were sold elsewhere."""
-    stock, _ = split([{"WH-SH": 0}, {"WH-SH": 0}])
-    assert stock.hot is not None
-    stock.hot.reports["1"] = figures({"WH-SH": 0}, open_lines=1, locked=3, available=0)
-    assert b.deficits(stock.hot) == [0, 3] and b.home_short(stock) == 3  # nothing at home: ask the buckets for it
-    b.give(stock, {"WH-GZ": 7})
-    assert b.home_short(stock) == 0
-    out = sent(b.distribute(stock, low_water=0), b.TRANSFER)
-    assert (b.total(out[0].units), b.total(out[1].units)) == (2, 5)  # 3 behind the lines, then 2 and 2
-    # A charge still on its way counts: bucket 0's report shows 4 units behind 4 lines, 2 of them going.
-    stock.hot.reports["0"] = figures({"WH-SH": 4}, open_lines=1, locked=4, available=0)
-    stock.hot.in_flight = [[9, 0, {"WH-SH": -2}]]
-    assert b.deficits(stock.hot)[0] == 2 and b.reported_available(stock.hot)[0] == 0
-
-
-def test_a_counts_probe_and_settling_delivered_twice_count_once() -> None:
-    settings = Settings(safety_threshold=0, threshold_hysteresis=0)
-    r = LocalRunner([HoldStock.from_settings(settings, WAREHOUSES)], partitions=12)
-    key = bucket_key(SKU, 1, settings.partitions)  # where the pool keys bucket 1
-    msg = {
-        "event_id": f"{SKU}:7", "event_time_ms": 0, "sku": SKU, "kind": b.TRANSFER, "from_bucket": b.HOME,
-        "to_bucket": 1, "units": {"WH-SH": 5}, "qty": 0, "warehouse_id": "", "ref": "", "buckets": 2, "state": b.HOT,
-        "paused": False, "locked": 0, "sold": 0, "presale_reserved": 0, "open_lines": 0, "allocated": {},
-        "newest_change_ms": 0, "newest_source_ms": 0, "seq": 7, "acked": 0,
-    }  # fmt: skip
-    r.send([(key, "BucketSync", msg)], STOCK_BUCKETS.name)
-    r.send([(key, "HoldCommand", {
-        "event_id": "jd:4#1:RESERVE", "event_time_ms": 0, "action": "RESERVE", "order_id": "jd:4", "line_no": 1,
-        "sku": SKU, "qty": 5, "channel": "jd", "presale": False, "expires_at_ms": 0, "reason": "", "source_time_ms": 0,
-        "warehouse_id": "", "bucket": 1, "tries": 0})], HOLD_COMMANDS.name)  # fmt: skip
-    probe = {**msg, "event_id": f"{SKU}:8", "seq": 8, "kind": b.PROBE, "units": {}, "warehouse_id": "WH-SH",
-             "ref": "count-1"}  # fmt: skip
-    r.send([(key, "BucketSync", probe)], STOCK_BUCKETS.name)
-    assert r.read(STORE, sku_key(key), key)["hot"]["counting"] == {"count-1": "WH-SH"}
-    settled = {**msg, "event_id": f"{SKU}:9", "seq": 9, "units": {"WH-SH": -2}, "warehouse_id": "WH-SH",
-               "ref": "count:count-1"}  # fmt: skip
-    for _ in range(2):  # a batch replayed: the same record again
-        r.send([(key, "BucketSync", settled)], STOCK_BUCKETS.name)
-        record = r.read(STORE, sku_key(key), key)
-        assert (record["on_hand"], record["hot"]["counting"]) == ({"WH-SH": 3}, {})
-    answers = len(r.outputs)
-    r.send([(key, "BucketSync", probe)], STOCK_BUCKETS.name)  # the probe's batch replayed after the settling
-    record = r.read(STORE, sku_key(key), key)
-    assert (record["on_hand"], record["hot"]["counting"]) == ({"WH-SH": 3}, {})
-    assert len(r.outputs) == answers  # no second answer, no units sent home again
