@@ -348,7 +348,8 @@ class Settings(BaseSettings):
     refund_retention_s: float = Field(
         default=90 * 86400.0,
         gt=0,
-        description="How long a finished refund (completed, rejected, cancelled) keeps its state, then it is purged; "
+        description="How long a finished refund (completed, rejected, cancelled) keeps its state after it last moved "
+        "(its parcel's QC too), then it is purged; "
         "a refund still open that has not moved for this long is purged too, with a RED `refund_sop_breach` alert "
         "(`abandoned`).",
     )

@@ -20,9 +20,9 @@ per order, what its approved or marketplace-settled refunds pay back (what it ha
 one order is never refunded twice under two refund ids) and the units of each line its returns put back
 on hand (so one unit is never restocked twice under two refund ids), each kept until its refund is
 purged, and what the buyer paid for it (the bound still holds once the order itself is purged).
-Timers: each refund's next SOP limit and its purge ``STOCKFLOW_REFUND_RETENTION_S`` after it finished
-(or, still open - a refund that ended with its parcel's QC owed too - after it last moved: then with a
-RED alert, so no lost callback keeps a record for ever); callbacks before their request are flagged after
+Timers: each refund's next SOP limit and its purge ``STOCKFLOW_REFUND_RETENTION_S`` after it last moved
+(finished, or still open - a refund that ended with its parcel's QC owed too - then with a RED alert, so
+no lost callback keeps a record for ever); callbacks before their request are flagged after
 ``STOCKFLOW_PARKED_GRACE_S`` and dead-lettered (``unknown_refund``) after
 ``STOCKFLOW_PARKED_PAYMENT_GRACE_S``.
 
@@ -139,9 +139,11 @@ class RunRefunds(Processor):
 
     @staticmethod
     def _idle_since(rec: RefundRecord) -> int:
-        """Since when a refund has been finished, or (still open: its parcel's QC owed counts) has not moved: after
-        the retention it goes."""
-        return rec.stage_times.get(rec.state, 0) if flow.finished(rec) else flow.last_moved_ms(rec)
+        """Since when a refund has not moved, finished or not (its parcel's QC owed counts as open): after the
+        retention it goes. A finished one counts from its last move too, not from when it ended: a closed refund's
+        parcel checked late put units back on hand then, and the order's record of them (one unit is never restocked
+        twice under two refund ids) must last as long as any other refund's."""
+        return flow.last_moved_ms(rec)
 
     def due_ms(self, key: bytes, value: Any) -> int:
         return self._due(value)

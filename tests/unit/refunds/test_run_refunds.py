@@ -995,7 +995,9 @@ def test_a_closed_refunds_parcel_waiting_for_qc_is_chased_and_kept_until_its_qc_
     assert [(a["details"]["limit"], a["cleared"]) for a in of(out, "Alert")] == [("qc", True)]
     assert [(s["event_id"], s["qty"]) for s in of(out, "StockAdjusted")] == [("return:pdd:rq1:1", 1)]
     assert on_hand(r, "SKU-q1", wh) == 5 and not r.refusals
-    out = r.advance(DAY)  # finished, and long past its retention: it goes, quietly
+    out = r.advance(DAY)  # finished: kept its retention from the QC (it put units back on hand then)
+    assert not of(out, "Alert") and r.read(REFUNDS, b"pdd:rq1", "pdd:q1") is not None
+    out = r.advance(3 * DAY)  # then it goes, quietly
     assert not of(out, "Alert") and r.read(REFUNDS, b"pdd:rq1", "pdd:q1") is None
 
 
@@ -1065,3 +1067,19 @@ def test_a_kuaishou_review_kept_for_a_tracking_number_that_never_comes_is_dead_l
     assert (dead["reason"], dead["source_topic"], dead["stage"]) == ("precondition_missing", "refund.events",
                                                                     "agents.refunds.run_refunds")  # fmt: skip
     assert r.read(REFUNDS, b"kuaishou:rk6", "kuaishou:k6") is None
+
+
+def test_a_late_qc_of_a_closed_refund_keeps_its_restock_on_record_for_the_whole_retention() -> None:
+    """A rejected refund's parcel checked near the end of the retention: purged at once, the refund took its line
+    of the order's restock record with it, and the same parcel scanned again under a new refund id went back on
+    hand a second time. The retention runs from the refund's last move, its QC too."""
+    r, _, view, wh = short_retention(days=3)
+    rejected_then_received_unchecked(r, view, wh, "q1", days_later=2)
+    r.advance(DAY + 3_600_000)
+    out = refund(r, "ReturnReceived", ev.return_received("pdd", "q1", "rq1", wh))
+    assert [(s["event_id"], s["qty"]) for s in of(out, "StockAdjusted")] == [("return:pdd:rq1:1", 1)]
+    r.advance(60_000)
+    assert r.read(REFUNDS, b"pdd:rq1", "pdd:q1") is not None
+    refund(r, "RefundRequested", ev.refund_requested("pdd", "q1", "rq1b", 90_000, event_time_ms=r.now_ms))
+    out = refund(r, "ReturnReceived", ev.return_received("pdd", "q1", "rq1b", wh))
+    assert not of(out, "StockAdjusted")  # the order's one unit is back on hand once
