@@ -74,7 +74,8 @@ CLOSED = ("rejected", "cancelled")
 REFUND_ONLY, RETURN_AND_REFUND = "REFUND_ONLY", "RETURN_AND_REFUND"
 ON_ORIGINAL_PATH = "original"
 UNREQUESTED = "unrequested"  # the ``flags`` key of callbacks flagged for waiting too long for their request
-PARCEL_AFTER_CLOSE = "parcel_after_close"  # the ``flags`` key of a closed refund whose parcel came back, told once
+PARCEL_AFTER_CLOSE = "parcel_after_close"  # the ``flags`` key of a closed refund whose parcel came back
+QC_PENDING = "qc_pending"  # ... its value while customer service was told before the parcel's QC (told again after)
 # Callbacks kept on a refund id until its request comes (a settlement is kept on the record itself), at most
 # MAX_EARLY of them: more for one refund id is no late request but a wrong id, refused at once.
 EARLY_EVENTS = ("RefundReviewed", "RefundCancelled", "ReturnShipped", "ReturnReceived")
@@ -193,7 +194,7 @@ class RefundRecord:
     # "at_ms"} (``keep_early``): before its request, or a review before the channel's precondition was met
     # (``waits_for_precondition``). Applied when it can (``run_refunds``), dead-lettered from ``source`` if never.
     early: list[dict[str, Any]] = field(default_factory=list)
-    # SOP limit (and UNREQUESTED) -> "red" | "cleared"; PARCEL_AFTER_CLOSE -> "flagged"
+    # SOP limit (and UNREQUESTED) -> "red" | "cleared"; PARCEL_AFTER_CLOSE -> "flagged" | QC_PENDING
     flags: dict[str, str] = field(default_factory=dict)
     customer_id: str = ""  # from the order when the request came: the health score counts returns by it
     # Whether the request named its lines (five of the six channels' refund callbacks never do): named none, its
@@ -610,13 +611,18 @@ def _parcel_here(rec: RefundRecord) -> bool:
 
 def _parcel_after_close(rec: RefundRecord) -> list[AlertSpec]:
     """Customer service told, once, that a refund it rejected (or the buyer withdrew) has its parcel back, whether
-    the parcel came before the decision or after it."""
-    if rec.flags.get(PARCEL_AFTER_CLOSE):
+    the parcel came before the decision or after it; told before the parcel's QC, once more with its result."""
+    told = rec.flags.get(PARCEL_AFTER_CLOSE)
+    inspected = rec.return_status == "inspected"
+    if told == "flagged" or (told == QC_PENDING and not inspected):
         return []
-    rec.flags[PARCEL_AFTER_CLOSE] = "flagged"
+    # Told before its QC, customer service hears the QC's result once more (what went back on hand).
+    suffix = ":qc" if told == QC_PENDING else ""
+    rec.flags[PARCEL_AFTER_CLOSE] = "flagged" if inspected else QC_PENDING
     decided = f"rejected by {rec.approved_by or 'customer service'}" if rec.state == "rejected" else "withdrawn"
-    units = "unknown" if rec.restocked_units is None else str(rec.restocked_units)
-    if rec.return_status != "inspected":
+    put_back = rec.restocked_units if inspected and rec.resellable else 0  # None: restocked, count not on record
+    units = "unknown" if put_back is None else str(put_back)
+    if not inspected:
         qc, checked = "qc_pending", "QC not done yet: its resellable units go back on hand when it is"
     elif not rec.resellable:
         qc, checked = "not_resellable", "not resellable, nothing put back on hand"
@@ -629,7 +635,7 @@ def _parcel_after_close(rec: RefundRecord) -> list[AlertSpec]:
         f"refund {rec.refund_id} of order {rec.order_id} was {decided}, but its parcel is back at "
         f"{rec.warehouse_id} ({checked}). The refund stays {rec.state} and nothing is paid back: decide whether to "
         "reopen it on the marketplace",
-        event_id=f"{rec.refund_id}:{PARCEL_AFTER_CLOSE}",
+        event_id=f"{rec.refund_id}:{PARCEL_AFTER_CLOSE}{suffix}",
         details={"reason": "refund_rejected" if rec.state == "rejected" else "refund_withdrawn", "state": rec.state,
                  "order_id": rec.order_id, "warehouse_id": rec.warehouse_id, "qc": qc,
                  "restocked": units})]  # fmt: skip

@@ -726,8 +726,9 @@ def test_a_closed_refunds_parcel_holds_only_shipped_lines_and_is_told_once() -> 
     fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), split, rules,
                                  DELIVERED + 4)  # fmt: skip
     assert fx.restock == [("1", "SKU-1", 1)]
-    assert [(a.kind, a.details["reason"], a.details["line_no"]) for a in fx.alerts] == [
-        ("refund_restock_capped", "line_not_shipped", "2")]  # fmt: skip
+    assert [(a.kind, a.details.get("reason"), a.details.get("line_no") or a.details.get("restocked"))
+            for a in fx.alerts] == [("refund_restock_capped", "line_not_shipped", "2"),
+                                    ("refund_parcel_after_close", "refund_rejected", "1")]  # fmt: skip
     assert money_and_state(rec) == before and not fx.instruct and not fx.transitions
 
     unshipped = OrderFacts(known=True, state="routed", amount_fen=90_000, paid_fen=90_000, skus={"1": "SKU-1"},
@@ -792,10 +793,19 @@ def test_a_refund_closed_with_its_parcel_received_and_qc_pending_is_told_once_an
     rules = packaged_rules()
     rec = under_review_with_its_parcel_back("RETURN_AND_REFUND", qc_done=False)
     fx = close(rec, "rejected", DELIVERED + 3)
-    assert [(a.kind, a.details["qc"]) for a in fx.alerts] == [("refund_parcel_after_close", "qc_pending")]
+    [told] = fx.alerts
+    assert (told.kind, told.details["qc"], told.details["restocked"]) == (
+        "refund_parcel_after_close", "qc_pending", "0")  # fmt: skip
     fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), SHIPPED_BACK, rules,
                                  DELIVERED + 4)  # fmt: skip
-    assert fx.restock == [("1", "SKU-1", 1)] and not fx.alerts and rec.state == "rejected"
+    assert fx.restock == [("1", "SKU-1", 1)] and rec.state == "rejected"
+    # Told before the QC, customer service hears its result once more: what went back on hand.
+    [qc] = fx.alerts
+    assert (qc.details["qc"], qc.details["restocked"], qc.event_id) == ("resellable", "1",
+                                                                        f"{told.event_id}:qc")  # fmt: skip
+    again = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), SHIPPED_BACK, rules,
+                                    DELIVERED + 5)  # fmt: skip
+    assert not again.alerts
 
 
 def test_a_parcel_restocked_before_its_count_was_kept_is_not_told_as_none_put_back() -> None:
