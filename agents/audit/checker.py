@@ -175,6 +175,9 @@ class AllocMove:
     key: str  # '<order>#<line>'
     warehouse: str
     qty: int
+    # Dated by an answer a replay repeated (at least once): the line was tied then or before, on a check made then
+    # or before, so the batch is no moment the pool checked the shelf for it (``_overbooked`` judges it not there).
+    repeated: bool = False
 
 
 @dataclass(frozen=True)
@@ -912,7 +915,7 @@ def _fold_allocations(results: list[tuple[Record, str, dict[str, Any]]], *, repl
                 moves[res["sku"]].append(AllocMove(at_ms, key, res["reason"], res["qty"]))
             elif replays_lose_state:
                 sku, at = tied[key]
-                moves[sku][at] = replace(moves[sku][at], at_ms=at_ms)
+                moves[sku][at] = replace(moves[sku][at], at_ms=at_ms, repeated=True)
         elif outcome in _LET_GO and key in tied:
             sku, at = tied.pop(key)
             moves[sku].append(AllocMove(at_ms, key, moves[sku][at].warehouse, -moves[sku][at].qty))
@@ -1259,7 +1262,7 @@ def _overbooked(sku: str, changes: list[Change], allocations: list[AllocMove], *
         batch = timeline[at_ms]
         changes_now = [i for i in batch if isinstance(i, Change)]
         moves_now = [i for i in batch if isinstance(i, AllocMove)]
-        opened = {m.warehouse for m in moves_now if m.qty > 0} - set(found)
+        opened = {m.warehouse for m in moves_now if m.qty > 0 and not m.repeated} - set(found)
         before = {wh: stock.most_during(wh, changes_now) for wh in opened}
         stock.apply(changes_now)
         for m in moves_now:

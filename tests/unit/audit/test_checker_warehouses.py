@@ -228,3 +228,16 @@ def test_a_push_whose_answers_the_retention_deleted_is_unjudged(topics: Topics) 
     topics.expire(HOLD_RESULTS.name, 1)
     report = checker.audit(Settings())
     assert report.warehouse_overbooked == [] and "line jd:1#1" in report.unjudged
+
+
+def test_an_allocation_a_replay_repeats_after_a_short_count_is_no_double_booking(topics: Topics) -> None:
+    """At least once, the pool answers a line's ALLOCATE asked again as it stands (ALLOCATED, the units still tied)
+    without checking the shelf again: a count that found the warehouse short in between makes that answer no second
+    booking. Dated by its repeat, it was judged as a line tied while the warehouse was short."""
+    topics.adjust("A", "RECEIPT", 10, "rcpt-1", applied_ms=1_000)
+    _tie(topics, "jd:1", "A", 5, 2_000)
+    _tie(topics, "jd:2", "A", 5, 2_000)
+    topics.adjust("A", "COUNT", 5, "count-1", applied_ms=3_000)
+    topics.answer("jd:1", "A", 5, "ALLOCATE", "ALLOCATED", 4_000, reason=WH)
+    for guarantee in ("at_least_once", "exactly_once"):
+        assert _overbooked(topics, Settings(processing_guarantee=guarantee)) == []
