@@ -171,7 +171,7 @@ class RunLifecycle(Processor):
                 return  # an answer for no order of ours (an orphan's expiry)
             fx = flow.on_hold_decided(rec, record, now, rules)
         elif event_type != "OrderPlaced" and not rec.state:
-            flow.park(rec, event_type, record, ctx.keep_message(), now)
+            self._publish(ctx, rec, flow.park(rec, event_type, record, ctx.keep_message(), now))
             self._store(ctx, db, rec)
             return
         else:
