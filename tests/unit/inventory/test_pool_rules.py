@@ -849,3 +849,19 @@ def test_a_record_stored_before_the_shelf_was_journaled_refuses_counts_older_tha
     assert refusal is not None and refusal[0] == "count_too_old"
     assert P.count_refusal(stock, "WH-SH", 5_000_000 + SKEW, SKEW) is None
     assert SkuStock.load({**stored, "shelf_moves": {}}).moves_from == {}
+
+
+def test_an_override_refused_on_a_hot_sku_stays_refused_and_its_reason_says_a_new_one_is_needed() -> None:
+    """The reason's text said to set the SKU cold, then approve again: an approval of a refused override answers
+    with its refusal, so only a new override (a new id) can be approved."""
+    request = OverrideRequest("OV", 1, "tmall:vip", "alice", "r", 0, status="refused",
+                              detail=Reason.OVERRIDE_ON_HOT_SKU)  # fmt: skip
+    step = P.approve_override(SkuStock("S", known=True, on_hand={"w": 5}), request, "bob", [], 1)
+    assert (step.outcome, step.detail) == ("REFUSED", Reason.OVERRIDE_ON_HOT_SKU)
+    assert "approve again" not in Reason.OVERRIDE_ON_HOT_SKU.description
+    assert "new override" in Reason.OVERRIDE_ON_HOT_SKU.description
+
+
+def test_vip_order_ended_claims_no_more_than_the_lifecycle_knows() -> None:
+    """An order whose record was purged after the retention time is not known as ended: it claims an offer."""
+    assert "purged" in Reason.VIP_ORDER_ENDED.description
