@@ -50,12 +50,10 @@ from streams.contract.records import (
     ShipmentOutcome,
     WarehouseDispatched,
 )
+from streams.contract.set_aside import SET_ASIDE_LINE, refusal_reason
 from streams.engine.stored import stored_fields
 
 TERMINAL = ("delivered", "rejected", "cancelled", "payment_timeout")
-# The pool's line number for a VIP override's set-aside (``HoldDecided``/``HoldCommand`` line 0; an order's own
-# lines are numbered from 1): no line of the order, each of its SKUs may have one.
-SET_ASIDE_LINE = 0
 CLAIM_KEPT_TTLS = 2  # a set-aside's claim is remembered this many hold TTLs (``OrderRecord.set_asides``)
 # Events kept for their order past the grace (``STOCKFLOW_PARKED_PAYMENT_GRACE_S``), with an alert, not
 # dead-lettered: dropped, a payment leaves the customer's order unpaid, a cancel lets a late order ship to a
@@ -539,7 +537,7 @@ def on_set_aside(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rules: 
         fx.hold_commands.append(_set_aside_command(rec, "RESERVE", sku, qty, offer, now_ms))
     else:
         # The offer's reason names the override; the pool refuses it with ``why``.
-        fx.hold_commands.append(_set_aside_command(rec, "RELEASE", sku, qty, f"{why}:{offer}", now_ms))
+        fx.hold_commands.append(_set_aside_command(rec, "RELEASE", sku, qty, refusal_reason(why, offer), now_ms))
     return fx
 
 

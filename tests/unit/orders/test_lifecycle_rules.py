@@ -7,6 +7,7 @@ import pytest
 from agents.orders import rules as flow
 from agents.orders.run_lifecycle import order_rules
 from loadtest import events as ev
+from streams.contract.set_aside import SET_ASIDE_LINE
 from streams.settings import Settings
 
 ORDER_RULES = order_rules(Settings(channels=("tmall", "jd"), max_line_qty=1000))
@@ -213,7 +214,7 @@ def test_a_repeated_shipped_after_cancel_notice_of_one_warehouse_keeps_its_alert
 
 
 def offer(sku: str = "A", qty: int = 2, override_id: str = "OV-1") -> dict:
-    return {"line_no": flow.SET_ASIDE_LINE, "sku": sku, "qty": qty, "action": "RESERVE", "outcome": "OFFERED",
+    return {"line_no": SET_ASIDE_LINE, "sku": sku, "qty": qty, "action": "RESERVE", "outcome": "OFFERED",
             "reason": f"vip_override:{override_id}"}  # fmt: skip
 
 
@@ -223,7 +224,7 @@ def held(line_no: int) -> dict:
 
 def set_aside_commands(fx: flow.Effects) -> list[tuple[str, str, int, str, int]]:
     return [(c["action"], c["sku"], c["qty"], c["reason"], c["bucket"]) for c in fx.hold_commands
-            if c["line_no"] == flow.SET_ASIDE_LINE]  # fmt: skip
+            if c["line_no"] == SET_ASIDE_LINE]  # fmt: skip
 
 
 def test_a_set_aside_offered_before_its_order_is_placed_is_claimed_and_its_skus_lines_stay_home() -> None:
@@ -289,7 +290,7 @@ def test_a_set_aside_let_go_never_moves_the_order() -> None:
     flow.on_hold_decided(rec, held(1), 1, ORDER_RULES)
     for outcome, reason in (("RELEASED", "vip_order_already_placed"), ("RELEASED", "order_reserved"),
                             ("EXPIRED", "hold_expired")):  # fmt: skip
-        answer = {"line_no": flow.SET_ASIDE_LINE, "sku": "A", "qty": 1, "action": "RELEASE", "outcome": outcome,
+        answer = {"line_no": SET_ASIDE_LINE, "sku": "A", "qty": 1, "action": "RELEASE", "outcome": outcome,
                   "reason": reason}  # fmt: skip
         fx = flow.on_hold_decided(rec, answer, 2, ORDER_RULES)
         assert (fx.transitions, fx.hold_commands, rec.state) == ([], [], "reserved")
