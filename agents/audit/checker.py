@@ -75,6 +75,7 @@ from agents.routing.warehouses import load_warehouses
 from streams.contract.codec import Codec, DecodeError, codec_for
 from streams.contract.keys import order_key, partition_for, refund_key
 from streams.contract.reasons import Reason
+from streams.contract.set_aside import SET_ASIDE_LINE, override_of
 from streams.contract.topics import (
     ALERTS,
     AUDIT_OVERRIDES,
@@ -117,9 +118,6 @@ PIPELINE_STAGES = frozenset({"streams.engine", "agents.orders.run_lifecycle", "a
 # A larger single adjustment is a typing error, not stock: the pool's limit, restated here because
 # the audit shares no rule code with the pool.
 MAX_ADJUSTMENT_QTY = 10_000_000
-# The reason on the answer of a line that took over a VIP set-aside, followed by the override's id: part of
-# the topic contract (``HoldDecided.reason``), not a rule.
-VIP_OVERRIDE_REASON = "vip_override:"
 # The reason on the answer refusing to tie a line to a warehouse because the pool tied it to another, followed by
 # that warehouse: part of the topic contract (``HoldDecided.reason``), restated.
 ALLOCATED_TO = "allocated_to_"
@@ -127,9 +125,6 @@ ALLOCATED_TO = "allocated_to_"
 # had on hand when one more was; a line pushed to a warehouse the pool did not tie it to.
 ALLOCATED_BEYOND_ON_HAND = "allocated_beyond_on_hand"
 DISPATCHED_UNALLOCATED = "dispatched_unallocated"
-# The line number of a VIP order's set-aside on the pool's answers (contract): no line of the order. Offered to it
-# (``OFFERED``), or let go (``RELEASED``) before its expiry once the order's lines can no longer take it.
-SET_ASIDE_LINE = 0
 _ADJUSTMENTS, _RETURNS = 0, 1  # the topics whose offsets order one SKU's adjustments
 RETAINED = "history before the retention of"  # why a key is unjudged: its topic's first records are deleted
 _T = TypeVar("_T")
@@ -870,7 +865,7 @@ def _fold_answers(results: list[tuple[Record, str, dict[str, Any]]], report: Rep
         opened, is_open = was in _OPEN_OUTCOMES, res["outcome"] in _OPEN_OUTCOMES
         if is_open and not opened:
             reason = res["reason"]
-            taken = reason[len(VIP_OVERRIDE_REASON):] if reason.startswith(VIP_OVERRIDE_REASON) else ""
+            taken = override_of(reason)  # a line that took over a VIP set-aside: the override's id
             opening[key] = (len(moves[sku]), res["outcome"])
             moves[sku].append(HoldMove(at_ms, key, res["qty"], taken))
         elif opened and is_open and replays_lose_state and opening.get(key, (0, ""))[1] == res["outcome"]:

@@ -150,7 +150,8 @@ def stock_unhot(
     console.print(f"{sku}: merge requested; its buckets finish their open lines and send their units home")
 
 
-WAIT = typer.Option(30.0, "--wait", min=0, help="Seconds to wait for the pool's answer (0: send only, do not wait).")
+WAIT = typer.Option(30.0, "--wait", min=0, help="Seconds to wait for the outcome, for an approval its VIP order's "
+                                                "answer to the offer (0: send only, do not wait).")  # fmt: skip
 
 
 def _send_override(action: str, override_id: str, sku: str, qty: int, vip_order: str, operator: str,
@@ -162,7 +163,12 @@ def _send_override(action: str, override_id: str, sku: str, qty: int, vip_order:
     from streams.engine.producer import EventProducer
 
     settings = Settings()
-    watch, answer = None, None
+    watch, answer, offered = None, None, []
+
+    def on_progress(record: dict[str, Any]) -> None:
+        offered.append(record)
+        console.print(verdict(record).line, soft_wrap=True)
+
     try:
         if wait_s > 0:  # positioned before sending: the answer may come faster than we start listening
             watch = OutcomeWatch(settings)
@@ -176,12 +182,16 @@ def _send_override(action: str, override_id: str, sku: str, qty: int, vip_order:
         if watch is None:
             console.print(f"{action} {override_id} sent; the outcome is written to audit.overrides")
             return
-        answer = watch.wait(override_id, action, wait_s)
+        answer = watch.wait(override_id, action, wait_s, on_progress)
     except Exception as exc:  # noqa: BLE001 - a command turns any failure to reach the broker into one line
         fail(f"{action} {override_id} not sent to {settings.bootstrap}: {exc}")
     finally:
         if watch is not None:
             watch.close()
+    if answer is None and offered:
+        fail(f"{action} {override_id} OFFERED, but its VIP order has not answered yet within {wait_s:g}s (timeout): "
+             "the override is APPLIED or REFUSED once it does; `stockflow override list` shows it later")  # fmt: skip
+        return
     if answer is None:
         fail(f"{action} {override_id} sent, but no answer on audit.overrides within {wait_s:g}s (timeout): "
              "is a worker running? `stockflow override list` shows it later")  # fmt: skip

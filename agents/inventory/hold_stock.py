@@ -36,6 +36,7 @@ from agents.inventory.rules import Answer, Buckets, LineHold, OverrideRequest, P
 from streams.contract.keys import BUCKET_MARK, partition_for
 from streams.contract.reasons import Reason
 from streams.contract.records import BucketSync, HoldDecided, HotSku, OverrideAudited, StockLevel
+from streams.contract.set_aside import SET_ASIDE_LINE, override_of, override_reason, parse_reply
 from streams.contract.topics import (
     ALERTS,
     AUDIT_OVERRIDES,
@@ -333,7 +334,7 @@ class HoldStock(Processor):
     def _command(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, cmd: dict[str, Any]) -> None:
         key, order_id, line_no = stock.sku, cmd["order_id"], cmd["line_no"]
         bucket = cmd.get("bucket", HOME)
-        if line_no == rules_.VIP_LINE and bucket < 0 and cmd["action"] in ("RESERVE", "RELEASE"):
+        if line_no == SET_ASIDE_LINE and bucket < 0 and cmd["action"] in ("RESERVE", "RELEASE"):
             self._set_aside_reply(ctx, db, stock, cmd)  # no order line: the set-aside, the home's
             return
         hold = self._hold(db, key, order_id, line_no)
@@ -347,8 +348,8 @@ class HoldStock(Processor):
             self._pass_on(ctx, db, stock, cmd, target, cmd.get("tries", 0) + (1 if bucket >= 0 else 0))
             return
         if action == "RESERVE":
-            wants_vip = bucket < 0 and stock.set_asides > 0 and line_no != rules_.VIP_LINE
-            vip = self._hold(db, key, order_id, rules_.VIP_LINE) if wants_vip else None
+            wants_vip = bucket < 0 and stock.set_asides > 0 and line_no != SET_ASIDE_LINE
+            vip = self._hold(db, key, order_id, SET_ASIDE_LINE) if wants_vip else None
             step = rules_.reserve(stock, self._rules, hold, vip, order_id, line_no, cmd["qty"], cmd["channel"],
                                   cmd["presale"], ctx.now_ms)  # fmt: skip
             answer = step.answer
@@ -574,21 +575,21 @@ class HoldStock(Processor):
         self._audit(ctx, sku, override_id, result, ov["operator"])
 
     def _set_aside_reply(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, cmd: dict[str, Any]) -> None:
-        """A VIP order's command on its set-aside's line (``rules.VIP_LINE``): its answer to an override offered to it
+        """A VIP order's command on its set-aside's line (``SET_ASIDE_LINE``): its answer to an override offered to it
         (a RESERVE claims it; a RELEASE refuses it), or a RELEASE of what is set aside for it (see the rules)."""
         sku, order_id = stock.sku, cmd["order_id"]
         if cmd["action"] == "RESERVE":
-            override_id = cmd["reason"].removeprefix(rules_.SET_ASIDE_REASON)
+            override_id = override_of(cmd["reason"])
             existing = self._override_request(db, sku, override_id)
-            before = self._hold(db, sku, order_id, rules_.VIP_LINE)
+            before = self._hold(db, sku, order_id, SET_ASIDE_LINE)
             result = rules_.claim_override(stock, self._rules, existing, order_id, self._unpaid(db, sku), before,
                                            ctx.now_ms, out_in_buckets=_out_in_buckets(stock))  # fmt: skip
             self._settle_override(ctx, db, stock, result)
         else:
-            why, override_id = rules_.set_aside_reply(cmd["reason"])
-            held = self._hold(db, sku, order_id, rules_.VIP_LINE)
+            why, override_id = parse_reply(cmd["reason"])
+            held = self._hold(db, sku, order_id, SET_ASIDE_LINE)
             if held is not None and held.is_open:  # none held: nothing to say (no tombstone: no hold can follow)
-                step = rules_.line_command(stock, self._rules, held, "RELEASE", order_id, rules_.VIP_LINE, held.qty,
+                step = rules_.line_command(stock, self._rules, held, "RELEASE", order_id, SET_ASIDE_LINE, held.qty,
                                            ctx.now_ms, reason=why)  # fmt: skip
                 self._store_holds(ctx, db, sku, order_id, step.holds)
                 if step.answer is not None:
@@ -607,18 +608,18 @@ class HoldStock(Processor):
         for hold in result.released:
             self._store_holds(ctx, db, stock.sku, hold.order_id, {hold.line_no: hold})
         if result.set_aside is not None:
-            self._store_holds(ctx, db, stock.sku, result.set_aside.order_id, {rules_.VIP_LINE: result.set_aside})
+            self._store_holds(ctx, db, stock.sku, result.set_aside.order_id, {SET_ASIDE_LINE: result.set_aside})
         request = result.request
         if request is None:
             return
-        reason = f"{rules_.SET_ASIDE_REASON}{request.override_id}"
+        reason = override_reason(request.override_id)
         if result.outcome == "APPLIED":
             # Also when the approval or the claim is seen again: the orders that lost their holds hear it again.
             for order_id, line_no, qty in request.released:
                 self._answer(ctx, stock, Answer(order_id, line_no, qty, "RELEASE", "RELEASED", reason), 0)
         elif result.outcome == "OFFERED":
             # Again for an approval seen again: an offer its order never answered is made once more.
-            offer = Answer(request.vip_order_id, rules_.VIP_LINE, request.qty, "RESERVE", "OFFERED", reason)
+            offer = Answer(request.vip_order_id, SET_ASIDE_LINE, request.qty, "RESERVE", "OFFERED", reason)
             self._answer(ctx, stock, offer, 0)
 
     def _override_request(self, db: StoreTransaction[Any], sku: str, override_id: str) -> OverrideRequest | None:
@@ -638,7 +639,7 @@ class HoldStock(Processor):
     def _unpaid(self, db: StoreTransaction[Any], sku: str) -> list[LineHold]:
         """The holds an override may release: open, unpaid, regular, not a set-aside."""
         return [h for h in self._open_holds(db, sku) if h.status == rules_.HELD and not h.presale
-                and h.line_no != rules_.VIP_LINE]  # fmt: skip
+                and h.line_no != SET_ASIDE_LINE]  # fmt: skip
 
     def _open_holds(self, db: StoreTransaction[Any], sku: str) -> list[LineHold]:
         out = []
@@ -734,7 +735,7 @@ class HoldStock(Processor):
             bucket = stock.hot.bucket if stock.hot is not None else bucket
             sku = home_sku(stock.sku, bucket)
         event_id = f"{a.order_id}#{a.line_no}:{a.action}:{a.outcome}"
-        if a.line_no == rules_.VIP_LINE:  # an order has one set-aside per SKU, and one offer per override
+        if a.line_no == SET_ASIDE_LINE:  # an order has one set-aside per SKU, and one offer per override
             event_id += f":{sku}:{a.reason}"
         ctx.emit(HOLD_RESULTS, a.order_id, "HoldDecided", HoldDecided(
             event_id=event_id, event_time_ms=ctx.now_ms,

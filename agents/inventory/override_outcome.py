@@ -1,7 +1,7 @@
 """What became of a VIP override: the pool's answer on ``audit.overrides``, for the ``override`` commands.
 
 Reads: ``audit.overrides`` (read_committed: the pool writes it in its transactions). Writes: nothing.
-The pure functions (``answers``, ``verdict``, ``latest_per_override``) decide which audit record answers
+The pure functions (``answers``, ``progress``, ``verdict``, ``latest_per_override``) decide which audit record answers
 an operator's action and what it means; ``wait_for_outcome`` and ``read_audits`` talk to the broker.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +26,9 @@ from streams.settings import Settings
 
 TOPIC_APPEARS_S = 5.0  # how long a topic may take to show in metadata after its creation
 # The outcomes that answer each action: a REQUEST seen again answers with the recorded outcome. An approval is
-# answered once its VIP order has answered the offer (OFFERED is on the way: its order claims it or refuses it).
+# answered once its VIP order has answered the offer; OFFERED is on the way (``PROGRESS``): reported, waited past.
 ANSWERS = {"REQUEST": ("REQUESTED", "OFFERED", "APPLIED", "REFUSED"), "APPROVE": ("APPLIED", "REFUSED")}
+PROGRESS = {"REQUEST": (), "APPROVE": ("OFFERED",)}
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,12 @@ def answers(record: dict[str, Any], override_id: str, action: str) -> bool:
     approval of an override already decided answers with the recorded decision, naming its approver.
     """
     return record.get("override_id") == override_id and record.get("outcome") in ANSWERS[action]
+
+
+def progress(record: dict[str, Any], override_id: str, action: str) -> bool:
+    """Whether an ``OverrideAudited`` record is a step towards the action's answer, not the answer: an approval
+    offered to its VIP order, which has yet to claim it (APPLIED) or refuse it (REFUSED)."""
+    return record.get("override_id") == override_id and record.get("outcome") in PROGRESS[action]
 
 
 def verdict(record: dict[str, Any]) -> Verdict:
@@ -107,8 +114,10 @@ class OutcomeWatch:
         _, high = watermark(self.consumer, TopicPartition(self.topic, partition), 15)  # waits for a new leader
         return TopicPartition(self.topic, partition, high if high >= 0 else OFFSET_END)
 
-    def wait(self, override_id: str, action: str, timeout_s: float) -> dict[str, Any] | None:
-        """The pool's answer, or None if none came within ``timeout_s``."""
+    def wait(self, override_id: str, action: str, timeout_s: float,
+             on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:  # fmt: skip
+        """The pool's answer, or None if none came within ``timeout_s``; each step seen on the way (an approval's
+        offer) is given to ``on_progress``, and the wait goes on within the same bound."""
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             for msg in self.consumer.consume(num_messages=500, timeout=min(0.5, left)):
@@ -120,6 +129,8 @@ class OutcomeWatch:
                     continue
                 if answers(record, override_id, action):
                     return record
+                if on_progress is not None and progress(record, override_id, action):
+                    on_progress(record)
         return None
 
     def close(self) -> None:

@@ -21,15 +21,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from streams.contract.reasons import Reason
+from streams.contract.set_aside import SET_ASIDE_LINE, override_reason
 from streams.engine.stored import stored_fields
 
 HELD, SOLD, SHIPPED, RELEASED, EXPIRED = "held", "sold", "shipped", "released", "expired"
 # A hot SKU's bucket (or home) passed the line's RESERVE on; its commands follow (``reason`` says where).
 FORWARDED = "forwarded"
 OPEN = (HELD, SOLD)
-# The line number of stock an approved VIP override sets aside for a VIP order; the order's own
-# lines take it over when they are reserved, and what no line takes goes back to the pool.
-VIP_LINE = 0
 OUTCOME_OF = {HELD: "HELD", SOLD: "COMMITTED", SHIPPED: "SHIPPED", RELEASED: "RELEASED", EXPIRED: "EXPIRED"}
 ADJUSTMENT_KINDS = ("RECEIPT", "COUNT", "CORRECTION", "PRESALE_CAP")
 # Larger single adjustments are typing errors, not stock.
@@ -238,7 +236,7 @@ def account(stock: SkuStock, before: LineHold | None, after: LineHold | None) ->
         if hold is None or not hold.is_open:
             continue
         stock.open_lines += sign
-        if hold.line_no == VIP_LINE:
+        if hold.line_no == SET_ASIDE_LINE:
             stock.set_asides += sign
         if hold.presale:
             stock.presale_reserved += sign * hold.qty
@@ -297,7 +295,8 @@ def reserve(stock: SkuStock, rules: PoolRules, existing: LineHold | None, vip: L
         account(stock, vip, rest)
         account(stock, None, taken)
         stock.touch(now_ms)
-        return Step(Answer(order_id, line_no, qty, "RESERVE", "HELD", vip.reason), {line_no: taken, VIP_LINE: rest})
+        return Step(Answer(order_id, line_no, qty, "RESERVE", "HELD", vip.reason),
+                    {line_no: taken, SET_ASIDE_LINE: rest})  # fmt: skip
     reason = refusal(stock, rules, qty, channel, presale)
     if reason is not None:
         return Step(Answer(order_id, line_no, qty, "RESERVE", "REFUSED", reason))
@@ -433,7 +432,7 @@ def on_due(stock: SkuStock, rules: PoolRules, hold: LineHold, now_ms: int) -> St
     if hold.status == HELD:
         step = line_command(stock, rules, hold, "EXPIRE", hold.order_id, hold.line_no, hold.qty, now_ms,
                             reason=Reason.HOLD_EXPIRED)  # fmt: skip
-        if hold.line_no == VIP_LINE:
+        if hold.line_no == SET_ASIDE_LINE:
             step.answer = None
         return step
     return Step(None, {hold.line_no: None})
@@ -581,11 +580,10 @@ def counted(stock: SkuStock, warehouse_id: str, taken_ms: int, skew_ms: int) -> 
 # Requested by one operator, approved by another, then offered to the VIP order before any stock moves: the pool
 # cannot tell an order that can still take a set-aside from one that never will (rejected, cancelled, timed out,
 # or placed already, its lines asked for stock before the override). The order's lifecycle answers on the
-# set-aside's line (``VIP_LINE``): a RESERVE claims the override, and only then are holds released and units set
-# aside; a RELEASE whose reason is ``<why>:vip_override:<id>`` refuses it, ``why`` becoming the override's
+# set-aside's line (``SET_ASIDE_LINE``): a RESERVE claims the override, and only then are holds released and units
+# set aside; a RELEASE whose reason is ``<why>:vip_override:<id>`` refuses it, ``why`` becoming the override's
 # refusal. A RELEASE naming no override lets go of what is set aside for the order: its lines took what they could.
-
-SET_ASIDE_REASON = "vip_override:"  # followed by the override id: the set-aside's reason, the offer's, the claim's
+# The line and the reasons naming an override are the contract's (``streams.contract.set_aside``).
 
 
 @dataclass
@@ -695,7 +693,7 @@ def claim_override(stock: SkuStock, rules: PoolRules, request: OverrideRequest |
     if short is not None:
         request.status, request.detail = "refused", short
         return OverrideStep("REFUSED", request, short)
-    reason = f"{SET_ASIDE_REASON}{request.override_id}"
+    reason = override_reason(request.override_id)
     needed = request.qty - stock.available()
     released = []
     for hold in sorted(unpaid, key=lambda h: (h.updated_ms, h.order_id, h.line_no), reverse=True):
@@ -706,8 +704,8 @@ def claim_override(stock: SkuStock, rules: PoolRules, request: OverrideRequest |
         needed -= hold.qty
     # A second override for the same VIP order adds to what the first set aside.
     before = set_aside_before if set_aside_before is not None and set_aside_before.status == HELD else None
-    set_aside = LineHold(request.vip_order_id, VIP_LINE, request.qty + (before.qty if before else 0), "vip", False,
-                         HELD, reason, now_ms + rules.hold_ttl_ms, now_ms)  # fmt: skip
+    set_aside = LineHold(request.vip_order_id, SET_ASIDE_LINE, request.qty + (before.qty if before else 0), "vip",
+                         False, HELD, reason, now_ms + rules.hold_ttl_ms, now_ms)  # fmt: skip
     account(stock, before, set_aside)
     stock.touch(now_ms)
     request.status = "applied"
@@ -724,10 +722,3 @@ def decline_override(request: OverrideRequest | None, order_id: str, why: str) -
         return recorded(request)
     request.status, request.detail = "refused", why
     return OverrideStep("REFUSED", request, why)
-
-
-def set_aside_reply(reason: str) -> tuple[str, str]:
-    """(why, override id) of a RELEASE on the set-aside's line: ``<why>:vip_override:<id>`` refuses that override;
-    any other reason names none (id "")."""
-    why, named, override_id = reason.partition(f":{SET_ASIDE_REASON}")
-    return (why, override_id) if named else (reason, "")

@@ -23,7 +23,8 @@ A VIP override's set-aside is offered to its order by the pool (``on_set_aside``
 lines not yet sent to the pool can take one, so the order claims it while it has not been placed, and refuses it
 otherwise, saying why (``Reason.VIP_ORDER_ENDED``, ``Reason.VIP_ORDER_ALREADY_PLACED``): the override is refused,
 no other order's hold is taken, nothing is set aside. What its lines did not take is let go once the order leaves
-``placed``, not kept until the set-aside's expiry.
+``placed``, and all of it as soon as the order is known never to be placed and take it (a cancel parked for it, the
+placement refused), not kept until the set-aside's expiry.
 
 A paid order is scored for health once (``score_health``, the rules in ``agents.orders.health``),
 with the customer's returns the agent looks up.
@@ -49,12 +50,11 @@ from streams.contract.records import (
     ShipmentOutcome,
     WarehouseDispatched,
 )
+from streams.contract.set_aside import SET_ASIDE_LINE, refusal_reason
 from streams.engine.stored import stored_fields
 
 TERMINAL = ("delivered", "rejected", "cancelled", "payment_timeout")
-# The pool's line number for a VIP override's set-aside (``HoldDecided``/``HoldCommand`` line 0; an order's own
-# lines are numbered from 1): no line of the order, each of its SKUs may have one.
-SET_ASIDE_LINE = 0
+CLAIM_KEPT_TTLS = 2  # a set-aside's claim is remembered this many hold TTLs (``OrderRecord.set_asides``)
 # Events kept for their order past the grace (``STOCKFLOW_PARKED_PAYMENT_GRACE_S``), with an alert, not
 # dead-lettered: dropped, a payment leaves the customer's order unpaid, a cancel lets a late order ship to a
 # buyer who called it off, and a shipment or delivery leaves its units on the shelf while routing ships again.
@@ -163,8 +163,11 @@ class OrderRecord:
     # A paid order's record purged after the retention time leaves a slim one (``refund_tombstone``) for as long
     # as its refunds may come: state "" (no order to anyone), what was paid and its lines kept, and this set.
     purged_at_ms: int = 0
-    # The VIP set-asides the order claimed before it was placed: SKU -> when the claim is forgotten (the
-    # set-aside's expiry, if the order never comes). What its lines do not take is let go once they have asked.
+    # The VIP set-asides the order claimed before it was placed: SKU -> when the claim is forgotten, if the order
+    # never comes. Twice the hold TTL from the claim: the pool stamps the set-aside's expiry when it takes the claim,
+    # later (lag), maybe on another worker's clock; forgotten too soon, what the order's lines leave stays locked
+    # until then. What its lines leave is let go once the order leaves placed, or when it is known never to take
+    # it (a cancel parked for it); a RELEASE of a set-aside already expired lets go of nothing.
     set_asides: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -325,9 +328,13 @@ def _move(rec: OrderRecord, fx: Effects, new: str, now_ms: int, reason: str = ""
     if new != "placed":
         # Every line has asked the pool (sent before this, so decided first) or never will: no line can take
         # what is left of a set-aside, and kept until its expiry it would be stock no one may sell.
-        for sku in sorted(rec.set_asides):
-            fx.hold_commands.append(_set_aside_command(rec, "RELEASE", sku, 0, f"order_{new}", now_ms))
-        rec.set_asides = {}
+        _let_set_asides_go(rec, fx, f"order_{new}", now_ms)
+
+
+def _let_set_asides_go(rec: OrderRecord, fx: Effects, reason: str, now_ms: int) -> None:
+    for sku in sorted(rec.set_asides):
+        fx.hold_commands.append(_set_aside_command(rec, "RELEASE", sku, 0, reason, now_ms))
+    rec.set_asides = {}
 
 
 def _command(rec: OrderRecord, action: str, line_no: str, now_ms: int, rules: OrderRules,
@@ -370,7 +377,11 @@ def park(rec: OrderRecord, event_type: str, event: dict[str, Any], source: dict[
         rec.parked.append({"event_type": event_type, "event": event, "event_id": event["event_id"],
                            "source": source, "parked_ms": now_ms})  # fmt: skip
     rec.channel = rec.channel or event["channel"]
-    return Effects()
+    fx = Effects()
+    if event_type == "OrderCancelled":
+        # The order ends as soon as it is placed: its lines will never take a set-aside it claimed.
+        _let_set_asides_go(rec, fx, "order_cancelled", now_ms)
+    return fx
 
 
 def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: OrderRules) -> Effects:
@@ -383,6 +394,8 @@ def on_placed(rec: OrderRecord, event: dict[str, Any], now_ms: int, rules: Order
     fx.refusal = validate_placed(event, rules)
     if fx.refusal is not None:
         _refused_while_paid(rec, fx.refusal, fx, now_ms)
+        # No line of it asked the pool: a set-aside it claimed would stay locked for an order that may not come.
+        _let_set_asides_go(rec, fx, "order_refused", now_ms)
         return fx
     rec.channel = event["channel"]
     rec.channel_order_id = event["channel_order_id"]
@@ -520,11 +533,11 @@ def on_set_aside(rec: OrderRecord, decided: dict[str, Any], now_ms: int, rules: 
     sku, qty, offer = decided["sku"], decided["qty"], decided["reason"]
     why = set_aside_refusal(rec)
     if why is None:
-        rec.set_asides[sku] = now_ms + rules.hold_ttl_ms
+        rec.set_asides[sku] = now_ms + CLAIM_KEPT_TTLS * rules.hold_ttl_ms
         fx.hold_commands.append(_set_aside_command(rec, "RESERVE", sku, qty, offer, now_ms))
     else:
         # The offer's reason names the override; the pool refuses it with ``why``.
-        fx.hold_commands.append(_set_aside_command(rec, "RELEASE", sku, qty, f"{why}:{offer}", now_ms))
+        fx.hold_commands.append(_set_aside_command(rec, "RELEASE", sku, qty, refusal_reason(why, offer), now_ms))
     return fx
 
 
@@ -1125,7 +1138,8 @@ def on_tick(rec: OrderRecord, now_ms: int, rules: OrderRules) -> Effects:
         if not _routed_when_placed(rec, fx, now_ms, rules):
             fx.route = unrouted_lines(rec)
     if not rec.state:
-        # A claim the order never came for: the set-aside expired at the pool by now.
+        # A claim the order never came for: kept twice the hold TTL, the set-aside expired at the pool by now
+        # unless the pool took the claim more than a hold TTL late.
         rec.set_asides = {sku: due for sku, due in rec.set_asides.items() if due > now_ms}
         keep = []
         for parked in rec.parked:

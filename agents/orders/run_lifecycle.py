@@ -44,6 +44,7 @@ from agents.routing.warehouse_view import WarehouseView
 from streams.contract.keys import bucket_key, order_key
 from streams.contract.reasons import Reason
 from streams.contract.records import OrderStateChanged, ReservationDecided
+from streams.contract.set_aside import SET_ASIDE_LINE
 from streams.contract.topics import (
     ALERTS,
     HOLD_COMMANDS,
@@ -167,11 +168,11 @@ class RunLifecycle(Processor):
         if rec.tombstone and event_type == "OrderPlaced":
             rec = OrderRecord(order_id=order_id, parked=rec.parked)  # placed again after its purge: a new order
         if event_type == "HoldDecided":
-            if not rec.state and record["line_no"] != flow.SET_ASIDE_LINE:
+            if not rec.state and record["line_no"] != SET_ASIDE_LINE:
                 return  # an answer for no order of ours (an orphan's expiry)
             fx = flow.on_hold_decided(rec, record, now, rules)
         elif event_type != "OrderPlaced" and not rec.state:
-            flow.park(rec, event_type, record, ctx.keep_message(), now)
+            self._publish(ctx, rec, flow.park(rec, event_type, record, ctx.keep_message(), now))
             self._store(ctx, db, rec)
             return
         else:

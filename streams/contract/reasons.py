@@ -203,11 +203,14 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.INSUFFICIENT_LOCKED_STOCK: "an override asking for more than free stock plus unpaid holds",
     Reason.OVERRIDE_ON_HOT_SKU: (
         "an override a hot SKU's home cannot cover while its units are out in buckets: set the SKU cold "
-        "(`stockflow stock unhot SKU`), then approve again"
+        "(`stockflow stock unhot SKU`), then request and approve a new override (a new id: a refused one stays "
+        "refused)"
     ),
     Reason.VIP_ORDER_ENDED: (
         "an override whose VIP order answered the offer of its set-aside as over: rejected, cancelled, timed out "
-        "unpaid, shipped or delivered (or cancelled before it arrived); no hold was released, nothing set aside"
+        "unpaid, shipped or delivered (or cancelled before it arrived), as far as its lifecycle still knows it (an "
+        "order whose record was purged after the retention time is not known as ended); no hold was released, "
+        "nothing set aside"
     ),
     Reason.VIP_ORDER_ALREADY_PLACED: (
         "an override whose VIP order was placed before it was approved: its lines asked the pool for stock then, "

@@ -42,6 +42,7 @@ def test_override_commands_print_the_outcome_and_fail_on_refusal(make_settings, 
     applied = cli("approve", "--id", "ov-1", "--sku", "SKU-V", "--approver", "bob")
     assert applied.exit_code == 0, applied.output
     assert "override ov-1 APPLIED" in applied.output and "approved by bob" in applied.output
+    assert applied.output.index("override ov-1 OFFERED") < applied.output.index("override ov-1 APPLIED")
     listed = cli("list", "--json")
     assert listed.exit_code == 0, listed.output
     latest = {r["override_id"]: r["outcome"] for r in json.loads(listed.output)}
@@ -72,7 +73,7 @@ def test_an_override_for_a_vip_order_already_rejected_fails_with_the_orders_reas
     approved = runner.invoke(app, ["override", "approve", "--id", "ov-2", "--sku", "SKU-W", "--approver", "bob"],
                              env=env)  # fmt: skip
     assert approved.exit_code == 1, approved.output
-    assert "override ov-2 REFUSED: vip_order_ended" in approved.output
+    assert "override ov-2 OFFERED" in approved.output and "override ov-2 REFUSED: vip_order_ended" in approved.output
     assert worker.get("/orders/douyin:live-2")["state"] == "reserved"
     assert worker.get("/stock/SKU-W")["locked"] == 2  # live-2's units, nothing set aside
 

@@ -17,6 +17,7 @@ import pytest
 from agents.inventory import rules as P
 from agents.inventory.rules import Answer, LineHold, OverrideRequest, SkuStock
 from streams.contract.reasons import Reason
+from streams.contract.set_aside import SET_ASIDE_LINE, parse_reply
 
 RULES = P.PoolRules(
     main_channel="tmall",
@@ -47,8 +48,8 @@ class Pool:
     def reserve(self, order_id: str, line_no: int, qty: int, channel: str = "jd", presale: bool = False,
                 now_ms: int = 1) -> Answer:  # fmt: skip
         # As the processor does: the set-aside is looked up only while the SKU has one.
-        wants_vip = self.stock.set_asides > 0 and line_no != P.VIP_LINE
-        vip = self.holds.get((order_id, P.VIP_LINE)) if wants_vip else None
+        wants_vip = self.stock.set_asides > 0 and line_no != SET_ASIDE_LINE
+        vip = self.holds.get((order_id, SET_ASIDE_LINE)) if wants_vip else None
         step = P.reserve(self.stock, RULES, self.holds.get((order_id, line_no)), vip, order_id, line_no, qty,
                          channel, presale, now_ms)  # fmt: skip
         self.store(order_id, step.holds)
@@ -85,18 +86,18 @@ class Pool:
         return P.approve_override(self.stock, request, approver, self.unpaid(), now_ms)
 
     def claim(self, request: OverrideRequest, now_ms: int, order_id: str = "") -> P.OverrideStep:
-        before = self.holds.get((request.vip_order_id, P.VIP_LINE))
+        before = self.holds.get((request.vip_order_id, SET_ASIDE_LINE))
         result = P.claim_override(self.stock, RULES, request, order_id or request.vip_order_id, self.unpaid(), before,
                                   now_ms)  # fmt: skip
         for hold in result.released:
             self.store(hold.order_id, {hold.line_no: hold})
         if result.set_aside is not None:
-            self.store(result.set_aside.order_id, {P.VIP_LINE: result.set_aside})
+            self.store(result.set_aside.order_id, {SET_ASIDE_LINE: result.set_aside})
         return result
 
     def unpaid(self) -> list[LineHold]:
         # The processor offers every open, unpaid, regular hold that is not itself a set-aside.
-        return [h for h in self.holds.values() if h.status == P.HELD and not h.presale and h.line_no != P.VIP_LINE]
+        return [h for h in self.holds.values() if h.status == P.HELD and not h.presale and h.line_no != SET_ASIDE_LINE]
 
     def hold(self, order_id: str, line_no: int) -> LineHold | None:
         return self.holds.get((order_id, line_no))
@@ -497,7 +498,7 @@ def test_vip_override_needs_a_second_approver_and_is_audited() -> None:
     assert (request.status, request.requester, request.approver, request.approved_ms, request.reason) == (
         "applied", "alice", "bob", 6, "launch")  # fmt: skip
     assert request.released == [["o2", 1, 2]]
-    assert result.set_aside == LineHold("vip:1", P.VIP_LINE, 2, "vip", False, P.HELD, "vip_override:v1",
+    assert result.set_aside == LineHold("vip:1", SET_ASIDE_LINE, 2, "vip", False, P.HELD, "vip_override:v1",
                                         6 + RULES.hold_ttl_ms, 6)  # fmt: skip
     s = pool.stock
     assert (s.locked, s.available(), s.open_lines, s.set_asides) == (4, 1, 2, 1)
@@ -546,7 +547,7 @@ def test_an_override_its_vip_order_refuses_is_refused_with_its_reason_and_moves_
         assert (step.outcome, step.detail, step.released, step.set_aside) == ("REFUSED", Reason.VIP_ORDER_ENDED, [],
                                                                               None)  # fmt: skip
     assert (pool.stock.locked, pool.stock.set_asides, pool.stock.open_lines) == (2, 0, 1)
-    assert pool.hold("vip:1", P.VIP_LINE) is None
+    assert pool.hold("vip:1", SET_ASIDE_LINE) is None
 
 
 def test_a_claim_is_judged_on_the_stock_when_it_comes() -> None:
@@ -577,9 +578,9 @@ def test_an_override_never_releases_a_hold_of_the_vip_order_it_is_for() -> None:
 
 
 def test_a_release_on_the_set_aside_line_names_the_override_it_refuses() -> None:
-    assert P.set_aside_reply("vip_order_ended:vip_override:OV-1") == ("vip_order_ended", "OV-1")
-    assert P.set_aside_reply("vip_order_already_placed:vip_override:a:b") == ("vip_order_already_placed", "a:b")
-    assert P.set_aside_reply("order_reserved") == ("order_reserved", "")  # what the order's lines left: no override
+    assert parse_reply("vip_order_ended:vip_override:OV-1") == ("vip_order_ended", "OV-1")
+    assert parse_reply("vip_order_already_placed:vip_override:a:b") == ("vip_order_already_placed", "a:b")
+    assert parse_reply("order_reserved") == ("order_reserved", "")  # what the order's lines left: no override
 
 
 def test_vip_override_refused_when_free_and_unpaid_stock_fall_short() -> None:
@@ -607,13 +608,13 @@ def test_the_set_aside_is_taken_over_by_the_vip_orders_lines() -> None:
     assert (pool.stock.locked, pool.stock.available(), pool.stock.set_asides) == (3, 1, 1)
     taken = pool.reserve("vip:1", 1, 2, channel="tmall", now_ms=4)
     assert (taken.outcome, taken.reason) == ("HELD", "vip_override:v1")
-    rest = pool.hold("vip:1", P.VIP_LINE)
+    rest = pool.hold("vip:1", SET_ASIDE_LINE)
     assert rest is not None and rest.qty == 1
     assert (pool.stock.locked, pool.stock.available(), pool.stock.open_lines) == (3, 1, 2)  # moved, not added
     assert pool.reserve("vip:1", 2, 3, now_ms=5).reason == "insufficient_stock"  # beyond set-aside and free stock
     # More than is set aside: the rest of the set-aside and a free unit.
     assert pool.reserve("vip:1", 3, 2, now_ms=6).reason == "vip_override:v1"
-    assert pool.hold("vip:1", P.VIP_LINE) is None and pool.stock.set_asides == 0
+    assert pool.hold("vip:1", SET_ASIDE_LINE) is None and pool.stock.set_asides == 0
     assert (pool.stock.locked, pool.stock.available()) == (4, 0)
 
 
@@ -622,7 +623,7 @@ def test_a_second_override_adds_to_the_set_aside_and_its_remainder_returns_to_th
     for n, override_id in enumerate(("v1", "v2")):
         request = P.request_override(None, override_id, 2, "vip:1", "alice", "launch", n).request
         assert pool.approve(request, "bob", 10 + n).outcome == "APPLIED"
-    set_aside = pool.hold("vip:1", P.VIP_LINE)
+    set_aside = pool.hold("vip:1", SET_ASIDE_LINE)
     assert set_aside is not None and (set_aside.qty, set_aside.reason) == (4, "vip_override:v2")
     assert (pool.stock.locked, pool.stock.set_asides, pool.stock.open_lines) == (4, 1, 1)
     pool.reserve("vip:1", 1, 1, now_ms=20)
@@ -677,7 +678,7 @@ def expected_totals(holds: dict[tuple[str, int], LineHold]) -> dict[str, object]
         "presale_reserved": sum(h.qty for h in open_ if h.presale),
         "allocated": {wh: q for wh, q in allocated.items() if q},
         "open_lines": len(open_),
-        "set_asides": sum(1 for h in open_ if h.line_no == P.VIP_LINE),
+        "set_asides": sum(1 for h in open_ if h.line_no == SET_ASIDE_LINE),
     }
 
 
@@ -714,9 +715,9 @@ def random_step(pool: Pool, rng: random.Random, now_ms: int, n: int, regular_onl
         elif answer == "decline":
             P.decline_override(request, "vip:1", "vip_order_ended")
     elif op == "let_go":  # the VIP order's lines have all asked: what they left of the set-aside goes back
-        hold = pool.hold("vip:1", P.VIP_LINE)
+        hold = pool.hold("vip:1", SET_ASIDE_LINE)
         if hold is not None and hold.is_open:
-            pool.command("RELEASE", "vip:1", P.VIP_LINE, hold.qty, now_ms, reason="order_reserved")
+            pool.command("RELEASE", "vip:1", SET_ASIDE_LINE, hold.qty, now_ms, reason="order_reserved")
     else:
         hold = pool.hold(order, line)
         if regular_only and op == "SHIP" and (hold is None or not hold.is_open):
@@ -849,3 +850,19 @@ def test_a_record_stored_before_the_shelf_was_journaled_refuses_counts_older_tha
     assert refusal is not None and refusal[0] == "count_too_old"
     assert P.count_refusal(stock, "WH-SH", 5_000_000 + SKEW, SKEW) is None
     assert SkuStock.load({**stored, "shelf_moves": {}}).moves_from == {}
+
+
+def test_an_override_refused_on_a_hot_sku_stays_refused_and_its_reason_says_a_new_one_is_needed() -> None:
+    """The reason's text said to set the SKU cold, then approve again: an approval of a refused override answers
+    with its refusal, so only a new override (a new id) can be approved."""
+    request = OverrideRequest("OV", 1, "tmall:vip", "alice", "r", 0, status="refused",
+                              detail=Reason.OVERRIDE_ON_HOT_SKU)  # fmt: skip
+    step = P.approve_override(SkuStock("S", known=True, on_hand={"w": 5}), request, "bob", [], 1)
+    assert (step.outcome, step.detail) == ("REFUSED", Reason.OVERRIDE_ON_HOT_SKU)
+    assert "approve again" not in Reason.OVERRIDE_ON_HOT_SKU.description
+    assert "new override" in Reason.OVERRIDE_ON_HOT_SKU.description
+
+
+def test_vip_order_ended_claims_no_more_than_the_lifecycle_knows() -> None:
+    """An order whose record was purged after the retention time is not known as ended: it claims an offer."""
+    assert "purged" in Reason.VIP_ORDER_ENDED.description

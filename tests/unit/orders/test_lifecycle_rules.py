@@ -7,6 +7,7 @@ import pytest
 from agents.orders import rules as flow
 from agents.orders.run_lifecycle import order_rules
 from loadtest import events as ev
+from streams.contract.set_aside import SET_ASIDE_LINE
 from streams.settings import Settings
 
 ORDER_RULES = order_rules(Settings(channels=("tmall", "jd"), max_line_qty=1000))
@@ -213,7 +214,7 @@ def test_a_repeated_shipped_after_cancel_notice_of_one_warehouse_keeps_its_alert
 
 
 def offer(sku: str = "A", qty: int = 2, override_id: str = "OV-1") -> dict:
-    return {"line_no": flow.SET_ASIDE_LINE, "sku": sku, "qty": qty, "action": "RESERVE", "outcome": "OFFERED",
+    return {"line_no": SET_ASIDE_LINE, "sku": sku, "qty": qty, "action": "RESERVE", "outcome": "OFFERED",
             "reason": f"vip_override:{override_id}"}  # fmt: skip
 
 
@@ -223,15 +224,16 @@ def held(line_no: int) -> dict:
 
 def set_aside_commands(fx: flow.Effects) -> list[tuple[str, str, int, str, int]]:
     return [(c["action"], c["sku"], c["qty"], c["reason"], c["bucket"]) for c in fx.hold_commands
-            if c["line_no"] == flow.SET_ASIDE_LINE]  # fmt: skip
+            if c["line_no"] == SET_ASIDE_LINE]  # fmt: skip
 
 
 def test_a_set_aside_offered_before_its_order_is_placed_is_claimed_and_its_skus_lines_stay_home() -> None:
     rec = flow.OrderRecord(order_id="jd:1")
     fx = flow.on_hold_decided(rec, offer("A", 2), 10, ORDER_RULES)
     assert set_aside_commands(fx) == [("RESERVE", "A", 2, "vip_override:OV-1", -1)]
-    assert (rec.state, fx.transitions, rec.set_asides) == ("", [], {"A": 10 + ORDER_RULES.hold_ttl_ms})
-    assert rec.next_deadline_ms(ORDER_RULES) == 10 + ORDER_RULES.hold_ttl_ms  # kept while the set-aside may be
+    kept = 10 + 2 * ORDER_RULES.hold_ttl_ms  # the pool stamps the set-aside's expiry later, when it takes the claim
+    assert (rec.state, fx.transitions, rec.set_asides) == ("", [], {"A": kept})
+    assert rec.next_deadline_ms(ORDER_RULES) == kept  # kept while the set-aside may be
     placed = flow.on_placed(rec, order_of(("A", 1), ("B", 1)), 20, ORDER_RULES).hold_commands
     flow.route_reserves(rec, placed, lambda sku: 4)  # both hot, and the order not marked VIP
     assert [c["sku"] for c in placed] == ["A", "B"]
@@ -288,16 +290,43 @@ def test_a_set_aside_let_go_never_moves_the_order() -> None:
     flow.on_hold_decided(rec, held(1), 1, ORDER_RULES)
     for outcome, reason in (("RELEASED", "vip_order_already_placed"), ("RELEASED", "order_reserved"),
                             ("EXPIRED", "hold_expired")):  # fmt: skip
-        answer = {"line_no": flow.SET_ASIDE_LINE, "sku": "A", "qty": 1, "action": "RELEASE", "outcome": outcome,
+        answer = {"line_no": SET_ASIDE_LINE, "sku": "A", "qty": 1, "action": "RELEASE", "outcome": outcome,
                   "reason": reason}  # fmt: skip
         fx = flow.on_hold_decided(rec, answer, 2, ORDER_RULES)
         assert (fx.transitions, fx.hold_commands, rec.state) == ([], [], "reserved")
 
 
-def test_a_claim_whose_order_never_came_is_forgotten_when_its_set_aside_expires() -> None:
+def test_a_claim_whose_order_never_came_is_forgotten_well_after_its_set_aside_expired() -> None:
+    """Changed on purpose: forgotten a hold TTL after the offer, a claim the pool took late (it stamps the
+    set-aside's expiry then) was gone while its units were still set aside, and what the order's lines left of them
+    stayed locked; remembered twice as long, a RELEASE of a set-aside expired already lets go of nothing."""
     rec = flow.OrderRecord(order_id="jd:1")
     flow.on_hold_decided(rec, offer("A", 1), 0, ORDER_RULES)
-    flow.on_tick(rec, ORDER_RULES.hold_ttl_ms - 1, ORDER_RULES)
-    assert rec.set_asides == {"A": ORDER_RULES.hold_ttl_ms}
     flow.on_tick(rec, ORDER_RULES.hold_ttl_ms, ORDER_RULES)
+    assert rec.set_asides == {"A": 2 * ORDER_RULES.hold_ttl_ms}
+    flow.on_tick(rec, 2 * ORDER_RULES.hold_ttl_ms, ORDER_RULES)
     assert rec.set_asides == {} and rec.next_deadline_ms(ORDER_RULES) == 0
+
+
+def test_a_claimed_set_aside_is_let_go_when_a_cancel_is_parked_for_its_order() -> None:
+    """The order is cancelled as soon as it is placed: no line of it will take the set-aside, kept until its expiry
+    it was stock no one could sell. Any other event parked keeps the claim."""
+    rec = flow.OrderRecord(order_id="jd:1")
+    flow.on_hold_decided(rec, offer("A", 2), 0, ORDER_RULES)
+    flow.on_hold_decided(rec, offer("B", 1, "OV-2"), 0, ORDER_RULES)
+    paid = flow.park(rec, "PaymentConfirmed", ev.payment_confirmed("jd", "1"), {}, 1)
+    assert set_aside_commands(paid) == [] and set(rec.set_asides) == {"A", "B"}
+    fx = flow.park(rec, "OrderCancelled", ev.order_cancelled("jd", "1"), {}, 2)
+    assert set_aside_commands(fx) == [("RELEASE", "A", 0, "order_cancelled", -1),
+                                      ("RELEASE", "B", 0, "order_cancelled", -1)]  # fmt: skip
+    assert rec.set_asides == {} and rec.next_deadline_ms(ORDER_RULES) > 0  # the parked events stay
+    assert set_aside_commands(flow.park(rec, "OrderCancelled", ev.order_cancelled("jd", "1"), {}, 3)) == []  # once
+
+
+def test_a_claimed_set_aside_is_let_go_when_its_order_is_refused() -> None:
+    """An order refused (invalid) sends no RESERVE: what it claimed would stay set aside until its expiry."""
+    rec = flow.OrderRecord(order_id="jd:1")
+    flow.on_hold_decided(rec, offer("A", 2), 0, ORDER_RULES)
+    fx = flow.on_placed(rec, order_of(("A", 1), channel_order_id=""), 1, ORDER_RULES)
+    assert fx.refusal is not None and rec.state == ""
+    assert set_aside_commands(fx) == [("RELEASE", "A", 0, "order_refused", -1)] and rec.set_asides == {}

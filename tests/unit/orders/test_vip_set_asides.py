@@ -171,3 +171,44 @@ def test_an_order_that_ends_while_its_offer_travels_refuses_it_and_no_hold_is_ta
     assert [o for o in r.outputs[before:] if o.event_type == "OrderStateChanged"] == []  # no one's hold taken
     assert state(r, VIP) == how and pool(r, "SKU-X") == locked
     assert r.read(POOL, hold_key("SKU-X", VIP, 0), "SKU-X") is None
+
+
+def test_a_claim_the_pool_takes_late_is_remembered_until_its_set_aside_expired_there() -> None:
+    """The defect: the lifecycle forgot its claim a hold TTL after the offer, the pool set the units aside for a hold
+    TTL after it took the claim, later. An order placed in between took part of the set-aside, and what it left
+    stayed locked until the pool's expiry: no RELEASE on line 0 was sent."""
+    r, view = pipeline()
+    stock(r, view, "SKU-F", 3, first_warehouse())
+    ov = {"event_id": "F-req", "event_time_ms": 0, "override_id": "OV-F", "sku": "SKU-F", "qty": 2,
+          "vip_order_id": VIP, "reason": "key account", "operator": "alice"}  # fmt: skip
+    r.send([("SKU-F", "VipOverride", {**ov, "action": "REQUEST"})], OPS_OVERRIDES.name)
+    approval = {**ov, "action": "APPROVE", "operator": "bob", "event_id": "F-ok"}
+    approved = r._round([(OPS_OVERRIDES.name, "SKU-F", "VipOverride", approval)])  # noqa: SLF001 - one step at a time
+    offer = [e for e in approved if e[2] == "HoldDecided"]
+    claim = [e for e in r._round(offer) if e[2] == "HoldCommand"]  # noqa: SLF001 - the claim held back
+    assert [c[3]["action"] for c in claim] == ["RESERVE"]
+    ttl, lag = int(Settings().hold_ttl_s * 1000), 10 * 60_000
+    r.advance(lag)  # the pool takes the claim 10 minutes late
+    r._drain(claim)  # noqa: SLF001 - the claim arrives now
+    assert pool(r, "SKU-F")["set_asides"] == 1
+    r.advance(ttl - lag + 1_000)  # a hold TTL after the offer, the set-aside still there at the pool
+    assert pool(r, "SKU-F")["set_asides"] == 1
+    out = order(r, "OrderPlaced", ev.order_placed("tmall", "vip", [ev.line(1, "SKU-F", 1)], vip=True))
+    assert states(out) == ["placed", "reserved"]
+    assert pool(r, "SKU-F") == {"locked": 1, "open_lines": 1, "set_asides": 0}  # the unit it left went back
+
+
+def test_a_cancel_parked_for_an_order_that_claimed_a_set_aside_lets_it_go_at_once() -> None:
+    """The defect: the order will be cancelled as soon as it is placed, so no line of it takes the set-aside, yet
+    the units stayed set aside for the hold TTL."""
+    r, view = pipeline()
+    stock(r, view, "SKU-C", 2, first_warehouse())
+    assert audited(approve(r, "SKU-C", "OV-C", 1)) == [("OFFERED", ""), ("APPLIED", "")]
+    assert pool(r, "SKU-C")["set_asides"] == 1
+    order(r, "OrderCancelled", ev.order_cancelled("tmall", "vip"))  # parked: the order is not placed yet
+    assert pool(r, "SKU-C") == {"locked": 0, "open_lines": 0, "set_asides": 0}
+    assert r.read(ORDERS, VIP.encode()).set_asides == {}
+    # Placed later, it is cancelled at once and takes nothing.
+    out = order(r, "OrderPlaced", ev.order_placed("tmall", "vip", [ev.line(1, "SKU-C", 1)], vip=True))
+    assert states(out)[-1] == "cancelled"
+    assert pool(r, "SKU-C") == {"locked": 0, "open_lines": 0, "set_asides": 0}
