@@ -626,14 +626,7 @@ def test_a_resellable_return_whose_lines_are_unknown_is_flagged_for_stocking_by_
 
 def test_a_refund_past_its_purge_time_with_a_limit_to_come_waits_for_that_limit_not_every_batch() -> None:
     """Failed before: its timer was set to the past purge time, and fired again at every batch until the limit."""
-    settings = Settings(safety_threshold=0, refund_retention_s=3600)
-    view = WarehouseView.from_settings(settings)
-    warehouses = frozenset(load_warehouses(settings.warehouses_file))
-    refunds = RunRefunds.from_settings(settings)
-    r = LocalRunner([RunLifecycle.from_settings(settings, view), HoldStock.from_settings(settings, warehouses),
-                     refunds])  # fmt: skip
-    view.ready = True
-    wh = sorted(warehouses)[0]
+    r, refunds, view, wh = with_retention(3600)
     delivered_order(r, view, wh, "pdd", "t1", "SKU-T1", price_fen=90_000)
     refund(r, "RefundRequested", ev.refund_requested("pdd", "t1", "rt1", 90_000, event_time_ms=r.now_ms))
     refund(r, "RefundReviewed", ev.refund_reviewed("pdd", "t1", "rt1", True))  # awaiting the return: 7 days
@@ -960,7 +953,12 @@ def test_a_refund_rejected_after_its_parcel_was_restocked_tells_customer_service
 
 
 def short_retention(days: int) -> tuple[LocalRunner, RunRefunds, WarehouseView, str]:
-    settings = Settings(safety_threshold=0, refund_retention_s=days * DAY // 1000)
+    return with_retention(days * DAY // 1000)
+
+
+def with_retention(seconds: int) -> tuple[LocalRunner, RunRefunds, WarehouseView, str]:
+    """The order lifecycle, the pool and refunds in one runner, refunds kept ``seconds`` after their last move."""
+    settings = Settings(safety_threshold=0, refund_retention_s=seconds)
     view = WarehouseView.from_settings(settings)
     warehouses = frozenset(load_warehouses(settings.warehouses_file))
     refunds = RunRefunds.from_settings(settings)
