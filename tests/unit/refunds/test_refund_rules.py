@@ -593,15 +593,20 @@ def split_order(amount_fen: int) -> OrderFacts:
 BOTH_LINES = [{"line_no": 1, "sku": "SKU-1", "qty": 1}, {"line_no": 2, "sku": "SKU-2", "qty": 1}]
 
 
+def requested_for_both_lines(facts: OrderFacts, amount: int, kind: str = "RETURN_AND_REFUND") -> RefundRecord:
+    """A refund of ``amount`` naming both lines of the order ``facts`` describes (``split_order``), just requested."""
+    rec = new()
+    flow.on_requested(rec, {**request(kind=kind, amount=amount), "lines": BOTH_LINES}, "tmall:o1", facts,
+                      packaged_rules(), DELIVERED + 1)  # fmt: skip
+    return rec
+
+
 def test_a_refund_only_parcel_puts_back_only_units_of_lines_that_shipped() -> None:
     """Failed before: any return receipt of a refund-only was refused, its units never restocked. A split order's
     line still at the warehouse cannot be in the parcel; an order no longer known leaves what shipped unknown."""
     rules = packaged_rules()
     split = split_order(20_000)
-    rec = new()
-    both = BOTH_LINES
-    flow.on_requested(rec, {**request(kind="REFUND_ONLY", amount=20_000), "lines": both}, "tmall:o1", split, rules,
-                      DELIVERED + 1)  # fmt: skip
+    rec = requested_for_both_lines(split, 20_000, "REFUND_ONLY")
     flow.on_reviewed(rec, APPROVAL, split, rules, DELIVERED + 2)
     assert rec.state == "refunding"
     back = dict(ev.return_received("tmall", "o1", "r1", "WH-1"))
@@ -633,9 +638,7 @@ def test_an_approved_return_of_a_split_order_puts_back_only_the_lines_that_shipp
     the order was cancelled, or never picked) restocked it too, so its units stood on hand twice."""
     rules = packaged_rules()
     split = split_order(20_000)
-    rec = new()
-    both = BOTH_LINES
-    flow.on_requested(rec, {**request(amount=20_000), "lines": both}, "tmall:o1", split, rules, DELIVERED + 1)
+    rec = requested_for_both_lines(split, 20_000)
     flow.on_reviewed(rec, APPROVAL, split, rules, DELIVERED + 2)
     assert rec.state == "awaiting_return"
     fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), split, rules,
@@ -645,8 +648,7 @@ def test_an_approved_return_of_a_split_order_puts_back_only_the_lines_that_shipp
         ("refund_restock_capped", "line_not_shipped", "2")]  # fmt: skip
     # An order stored before shipped lines were kept says none shipped: its return is taken as it comes.
     old = OrderFacts(**{**split.__dict__, "shipped": ()})
-    rec = new()
-    flow.on_requested(rec, {**request(amount=20_000), "lines": both}, "tmall:o1", old, rules, DELIVERED + 1)
+    rec = requested_for_both_lines(old, 20_000)
     flow.on_reviewed(rec, APPROVAL, old, rules, DELIVERED + 2)
     fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), old, rules,
                                  DELIVERED + 3)  # fmt: skip
@@ -713,10 +715,7 @@ def test_a_closed_refunds_parcel_holds_only_shipped_lines_and_is_told_once() -> 
     never shipped has nothing to put back (`nothing_shipped`); of one no longer known, a person counts it."""
     rules = packaged_rules()
     split = split_order(90_000)
-    rec = new()
-    both = BOTH_LINES
-    flow.on_requested(rec, {**request(kind="REFUND_ONLY", amount=90_000), "lines": both}, "tmall:o1", split, rules,
-                      DELIVERED + 1)  # fmt: skip
+    rec = requested_for_both_lines(split, 90_000, "REFUND_ONLY")
     flow.on_reviewed(rec, dict(ev.refund_reviewed("tmall", "o1", "r1", False)), split, rules, DELIVERED + 2)
     before = money_and_state(rec)
     fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1", qc_done=False)), split,
