@@ -34,6 +34,9 @@ rules, so K workers sell the SKU at once.
   CORRECTION) is settled like a snapshot: the home stops handing out units, asks each bucket to send
   home that warehouse's free units and say what is left (PROBE / COUNTED; every channel between home
   and a bucket is in order), then applies the difference once every bucket answered (``finish_settle``).
+  A loss takes first the units buckets keep there behind lines not tied to a warehouse: the home takes
+  them off those buckets, with units of its other warehouses in their place where it has them
+  (``relabel_phantoms``), and keeps back what a bucket's lines are left short of (``bucket_short``).
 - Un-marking merges: the buckets stop taking new lines, send every free unit home, finish their open
   lines, and report empty; when all did, the SKU is cold.
 - A paid line is allocated where it is held, but routing chooses its warehouse from the SKU's whole stock, so
@@ -95,6 +98,7 @@ class Sync:
     ref: str = ""
     as_of_ms: int = 0  # PROBE: when the count was taken
     skew_ms: int = 0  # PROBE: how far the warehouse's clock may run ahead
+    allocated: dict[str, int] = field(default_factory=dict)  # COUNTED: the warehouse's units tied to lines
 
 
 def home_sku(key: str, bucket: int) -> str:
@@ -307,11 +311,30 @@ def owed(home: SkuStock) -> int:
     shelf: the SKU's figure in that warehouse is the sum, so the buckets' units there are partly not there,
     and as many units must stay home (or come back) as a cold SKU's on-hand would be short. A warehouse below
     zero with nothing out in the buckets owes nothing: like a cold SKU's, it hides no other warehouse's stock."""
-    below = {wh: -qty for wh, qty in home.on_hand.items() if qty < 0}
-    if not below or home.hot is None:
+    if home.hot is None:
         return 0
+    below = {wh: -qty for wh, qty in home.on_hand.items() if qty < 0}
+    short = sum(bucket_short(home.hot, k) for k in range(home.hot.count))
+    if not below:
+        return short
     whole = aggregate(home).on_hand  # the home's figure plus the buckets' (reported and in transit)
-    return sum(min(debt, max(0, whole.get(wh, 0) + debt)) for wh, debt in below.items())
+    return short + sum(min(debt, max(0, whole.get(wh, 0) + debt)) for wh, debt in below.items())
+
+
+def bucket_short(hot: Buckets, bucket: int) -> int:
+    """Units a bucket's open lines hold beyond the units it has, by its last figures and what was sent it since:
+    none, but after a count took units from behind lines not yet tied (``relabel_phantoms``). Every other record's
+    free units are that many fewer in truth, so the home keeps them back (``owed``) rather than let them be sold."""
+    fig = hot.reports.get(str(bucket))
+    if fig is None:
+        return 0
+    on_hand = dict(fig.get("on_hand", {}))
+    for _, to, units in hot.in_flight:
+        if to == bucket:
+            for wh, qty in units.items():
+                on_hand[wh] = on_hand.get(wh, 0) + qty
+    has = sum(q for q in on_hand.values() if q > 0) + int(fig.get("lent", 0))
+    return max(0, int(fig.get("locked", 0)) + int(fig.get("presale_reserved", 0)) - has)
 
 
 def home_short(home: SkuStock) -> int:
@@ -337,7 +360,7 @@ def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> 
         return []
     levels = reported_available(hot)
     units = sum(levels)
-    if units <= 0:
+    if max(levels) <= 0:  # a bucket short of units (``bucket_short``) may take the sum to zero or below
         return []
     short = home_short(home)
     if short > 0:
@@ -408,13 +431,23 @@ def start_settle(home: SkuStock, kind: str, warehouse_id: str, qty: int, ref: st
     return [Sync(PROBE, b, warehouse_id=warehouse_id, ref=ref, as_of_ms=as_of_ms, skew_ms=skew_ms) for b in waiting]
 
 
-def on_counted(home: SkuStock, bucket: int, ref: str, remaining: int, low_water: int) -> list[Sync]:
-    """A bucket's answer to a probe; the last one settles the count, and the home hands out units again."""
+def on_counted(home: SkuStock, bucket: int, ref: str, remaining: int, low_water: int,
+               left: dict[str, int] | None = None, tied: dict[str, int] | None = None) -> list[Sync]:  # fmt: skip
+    """A bucket's answer to a probe; the last one settles the count, and the home hands out units again.
+
+    ``left`` and ``tied``: the warehouse's units the bucket kept and how many of them are tied to lines; the rest
+    back its untied lines, and are the first a count that finds fewer takes away (``relabel_phantoms``). A bucket
+    of a release before this says nothing of them (no ``tied``), and keeps them as before."""
     hot = home.hot
     settle = next((s for s in hot.settles if s["ref"] == ref), None) if hot is not None else None
     if hot is None or settle is None or bucket not in settle["waiting"] or str(bucket) in settle["got"]:
         return []
     settle["got"][str(bucket)] = remaining
+    wh = settle["wh"]
+    if left is not None and tied is not None and wh in tied:
+        untied = left.get(wh, 0) - tied[wh]
+        if untied > 0:
+            settle.setdefault("untied", {})[str(bucket)] = untied
     if len(settle["got"]) < len(settle["waiting"]):
         return []
     return finish_settle(home, settle, low_water)
@@ -459,9 +492,39 @@ def finish_settle(home: SkuStock, settle: dict[str, Any], low_water: int) -> lis
             at_ms, later.get("dated", 0), later.get("skew", 0))
         if later["wh"] == wh and not after:
             later["base"] += delta
+    relabelled = relabel_phantoms(home, settle)
     if hot.state == COLD and not hot.setting and not hot.settles and not hot.next_count:
         home.hot = None
-    return distribute(home, low_water)
+    return relabelled + distribute(home, low_water)
+
+
+def relabel_phantoms(home: SkuStock, settle: dict[str, Any]) -> list[Sync]:
+    """A count that found fewer of a warehouse's units than its records keep: the home's figure went below zero,
+    while buckets still keep units of it behind lines not yet tied to it. Those are the units the warehouse lacks
+    (the ones tied to lines stay theirs, as a cold SKU's allocation does), so the home takes them off the buckets
+    that keep them, giving free units of its other warehouses in their place where it has them: a bucket then ties
+    no line to the warehouse with units it does not have. A bucket given fewer than it lost holds lines its units
+    no longer cover; the home keeps as many units back for it (``owed``) as a cold SKU's on-hand would be short."""
+    hot = home.hot
+    wh = settle["wh"]
+    debt = -home.on_hand.get(wh, 0)
+    if hot is None or hot.state == COLD or debt <= 0:
+        return []
+    out = []
+    spare = {w: q for w, q in movable(home, owed=owed(home)).items() if w != wh}
+    for key, untied in sorted(settle.get("untied", {}).items(), key=lambda kv: int(kv[0])):
+        bucket = int(key)
+        taken = min(untied, debt)
+        if taken <= 0 or not 0 <= bucket < hot.count or bucket in hot.merged:
+            continue
+        instead = apportion(spare, [taken])[0]
+        for w, q in instead.items():
+            spare[w] -= q
+        units = {wh: -taken, **instead}
+        take(home, units)
+        out.append(Sync(TRANSFER, bucket, units))
+        debt -= taken
+    return out
 
 
 def sku_sold_out(home: SkuStock) -> bool:
@@ -623,7 +686,8 @@ def on_probe(bucket: SkuStock, warehouse_id: str, ref: str, as_of_ms: int = 0, s
     then = left - moved_since(bucket, warehouse_id, as_of_ms, skew_ms) if as_of_ms else left
     if as_of_ms:
         counted(bucket, warehouse_id, as_of_ms, skew_ms)
-    out.append(Sync(COUNTED, HOME, {warehouse_id: left}, qty=then, warehouse_id=warehouse_id, ref=ref))
+    tied = {warehouse_id: bucket.allocated.get(warehouse_id, 0)}  # the rest of ``left`` backs untied lines
+    out.append(Sync(COUNTED, HOME, {warehouse_id: left}, qty=then, warehouse_id=warehouse_id, ref=ref, allocated=tied))
     return out
 
 

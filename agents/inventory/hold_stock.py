@@ -501,7 +501,8 @@ class HoldStock(Processor):
             self._send(ctx, home, hot_.on_report(home, sender, figures, self.low_water))
             self._send(ctx, home, hot_.rebalance(home, ctx.now_ms, self.low_water, self.refresh_interval_ms))
         elif kind == hot_.COUNTED:
-            self._send(ctx, home, hot_.on_counted(home, sender, msg["ref"], msg["qty"], self.low_water))
+            self._send(ctx, home, hot_.on_counted(home, sender, msg["ref"], msg["qty"], self.low_water,
+                                                  left=msg["units"], tied=msg["allocated"]))
 
     def _swap_arrived(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, swap: tuple[int, str, int],
                       msg: dict[str, Any]) -> None:  # fmt: skip
@@ -547,6 +548,8 @@ class HoldStock(Processor):
             presale_reserved=0, open_lines=0, allocated={}, newest_change_ms=0, newest_source_ms=0, seq=hot.seq,
             acked=0, lent=0, as_of_ms=sync.as_of_ms, skew_ms=sync.skew_ms,
         )  # fmt: skip
+        if sync.kind == hot_.COUNTED:
+            record["allocated"] = dict(sync.allocated)
         if hot.bucket == HOME:
             record["buckets"], record["state"], record["paused"] = hot.count, hot_.told_state(hot, sync), stock.paused
             hot_.sent_to_bucket(stock, hot.seq, sync)

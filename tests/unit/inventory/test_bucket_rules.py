@@ -390,6 +390,64 @@ def test_a_negative_correction_is_applied_once_every_bucket_answered() -> None:
     assert b.total(stock.on_hand) == 0 and sum(b.total(s.units) for s in sent(out, b.TRANSFER).values()) == 1
 
 
+def _count_with_untied(home_units: dict[str, int], untied: int, found: int,
+                       tied: bool = True) -> tuple[SkuStock, list[b.Sync]]:  # fmt: skip
+    """WH-SH counted at ``found``: bucket 0 keeps 4 units tied to a line, bucket 1 ``untied`` behind lines not yet
+    tied to a warehouse (its other units elsewhere)."""
+    stock = home(home_units, count=2)
+    b.start_settle(stock, "COUNT", "WH-SH", found, "count-u", 0)
+    b.on_counted(stock, 0, "count-u", 4, low_water=0, left={"WH-SH": 4}, tied={"WH-SH": 4})
+    out = b.on_counted(stock, 1, "count-u", untied, low_water=0, left={"WH-SH": untied},
+                       tied={"WH-SH": 0} if tied else {})  # fmt: skip
+    return stock, out
+
+
+def test_a_count_short_of_a_warehouse_takes_the_units_a_bucket_keeps_behind_untied_lines() -> None:
+    # 7 kept at WH-SH, 4 found: the 3 behind bucket 1's untied lines are the ones missing; the home gives
+    # WH-GZ units in their place, so bucket 1's lines stay backed and it ties none of them to WH-SH.
+    stock, out = _count_with_untied({"WH-SH": 0, "WH-GZ": 5}, untied=3, found=4)
+    moved = [s for s in out if s.kind == b.TRANSFER]
+    assert (moved[0].to_bucket, moved[0].units) == (1, {"WH-SH": -3, "WH-GZ": 3})
+    assert stock.on_hand["WH-SH"] == 0  # the loss is off the home: nothing owed there any more
+    assert b.total(stock.on_hand) + sum(b.total(s.units) for s in moved) == 2  # 5 + 0 - 3 lost: the rest handed out
+
+
+def test_a_count_loss_beyond_the_untied_units_stays_the_homes_to_make_good() -> None:
+    # 7 kept, 2 found: 3 untied units go from bucket 1, and 2 of the units tied to bucket 0's line are missing
+    # too: the warehouse's own shortfall, which the home owes as before (``owed``), never a bucket's lines.
+    stock, out = _count_with_untied({"WH-SH": 0}, untied=3, found=2)
+    assert sent(out, b.TRANSFER)[1].units == {"WH-SH": -3}
+    assert stock.on_hand["WH-SH"] == -2 and 0 not in sent(out, b.TRANSFER)
+
+
+def test_a_count_that_finds_every_unit_takes_nothing_from_the_buckets() -> None:
+    stock, out = _count_with_untied({"WH-SH": 0, "WH-GZ": 5}, untied=3, found=7)
+    assert stock.on_hand["WH-SH"] == 0
+    assert all("WH-SH" not in s.units for s in sent(out, b.TRANSFER).values())
+
+
+def test_an_answer_that_does_not_say_what_is_tied_keeps_the_old_settlement() -> None:
+    # A bucket of an earlier release answers without ``allocated``: its untied units are not known, so the home
+    # carries the loss below zero as it did (``owed``), and takes nothing off the bucket.
+    stock, out = _count_with_untied({"WH-SH": 0}, untied=3, found=4, tied=False)
+    assert stock.on_hand["WH-SH"] == -3 and sent(out, b.TRANSFER) == {}
+
+
+def test_a_bucket_whose_lines_lost_their_units_has_the_rest_of_the_sku_kept_back_for_it() -> None:
+    # Bucket 1 lost the 3 units behind its untied lines and was given 1 in their place: 2 short. Bucket 0 reports
+    # 2 free: they are the SKU's only free units only on paper, so the home asks them home and keeps them.
+    stock, out = _count_with_untied({"WH-SH": 0, "WH-GZ": 1}, untied=3, found=4)
+    hot = stock.hot
+    assert hot is not None
+    report(hot, 0, available=2, on_hand={"WH-SH": 4, "WH-GZ": 2}, locked=4, allocated={"WH-SH": 4})
+    report(hot, 1, available=0, on_hand={"WH-SH": 3}, locked=3)  # before the count took them
+    for seq, sync in enumerate(sent(out, b.TRANSFER).values(), 100):
+        b.sent_to_bucket(stock, seq, sync)
+    assert b.bucket_short(hot, 1) == 2 and b.bucket_short(hot, 0) == 0
+    assert b.owed(stock) == 2 and b.home_short(stock) == 2
+    assert sent(b.rebalance(stock, 10_000, low_water=0, interval_ms=200), b.REBALANCE)[0].qty == 2
+
+
 # ---- un-marking and merging -------------------------------------------------------------------------------
 def test_unmark_then_every_bucket_reports_empty_and_the_sku_goes_cold() -> None:
     stock = home({"WH-SH": 0}, count=3)
