@@ -880,7 +880,10 @@ def _limits(rec: RefundRecord, rules: RefundRules) -> dict[str, int]:
         rec.state == "awaiting_return" or paid_first)
     approved_at = rec.stage_times.get("awaiting_return" if rec.state == "awaiting_return" else "refunding", 0)
     return {
-        "respond": rec.stage_times.get("requested", 0) + rules.respond_ms if waiting_for_service else 0,
+        # From when customer service could first see it: a review that waited for the channel's precondition
+        # (Kuaishou's tracking number) reaches it only then; every other one at its request.
+        "respond": rec.stage_times.get("reviewing", rec.stage_times.get("requested", 0)) + rules.respond_ms
+        if waiting_for_service else 0,
         "qc": rec.stage_times.get("return_received", 0) + rules.qc_ms if qc_open else 0,
         "settle": rec.stage_times.get("refunding", 0) + rules.settle_ms if unsettled else 0,
         "return": approved_at + rules.return_ms if goods_out and approved_at else 0,

@@ -209,6 +209,15 @@ def refund_events(t0: int) -> list[Event | Refused]:
             4_000,
             [("requested", t0), ("reviewing", t0), ("rejected", t0 + 90 * MIN)],
         ),
+        # kuaishou:R13 waited 3 h for the buyer's tracking number, then customer service rejected it within 1 h:
+        # not late (its answer limit runs from when it reached review).
+        *refund(
+            "kuaishou:R13",
+            "kuaishou:O13",
+            "RETURN_AND_REFUND",
+            70_000,
+            [("requested", t0 + 5 * H), ("reviewing", t0 + 8 * H), ("rejected", t0 + 9 * H)],
+        ),
         # kuaishou:R9: a settlement for a refund stockflow never paid out.
         settled("kuaishou:R9", "kuaishou:O9", t0 + 6 * H, 5_500),
         # kuaishou:R12 the same, past the day the processor keeps it for its request: dead-lettered then, and
@@ -327,6 +336,9 @@ NOVEMBER_FLOW = {
     ("own", "5 refunding→issued"): (1, h(1), h(1), h(1)),
     ("own", "6 issued→settled"): (1, h(15 * 60 - 1), h(15 * 60 - 1), h(15 * 60 - 1)),
     ("own", "7 requested→finished"): (1, 15.0, 15.0, 15.0),
+    ("kuaishou", "1 requested"): (1, 3.0, 3.0, 3.0),  # R13, waiting for its tracking number
+    ("kuaishou", "2 reviewing"): (1, 1.0, 1.0, 1.0),
+    ("kuaishou", "7 requested→finished"): (1, 4.0, 4.0, 4.0),
     ("pdd", "1 requested"): (2, 0.0, 0.0, 0.0),
     ("pdd", "2 reviewing"): (2, 1.5, 1.5, 1.0),  # R7 30 min to its cancellation, R8 90 min to its rejection
     ("pdd", "7 requested→finished"): (2, 1.5, 1.5, 1.0),

@@ -1,5 +1,5 @@
 -- title: Refund exceptions
--- description: Refunds past an SOP limit in the range, one row per refund and limit: customer service answering (from the request), the buyer's return reaching the warehouse (from the approval; a no-reason return paid back at once included), warehouse QC (from the parcel's receipt, whatever the refund came to), the marketplace settling (from the refund instruction). _late: the stage took longer and has ended; _hanging: still in it at the end of the range (or now); issued_not_settled / not_issued: paid out and not settled, with or without the marketplace's acceptance. A refund is listed in every range in which it was past a limit. Times in the shop's time zone.
+-- description: Refunds past an SOP limit in the range, one row per refund and limit: customer service answering (from when the request reached review: a Kuaishou return's once its tracking number came), the buyer's return reaching the warehouse (from the approval; a no-reason return paid back at once included), warehouse QC (from the parcel's receipt, whatever the refund came to), the marketplace settling (from the refund instruction). _late: the stage took longer and has ended; _hanging: still in it at the end of the range (or now); issued_not_settled / not_issued: paid out and not settled, with or without the marketplace's acceptance. A refund is listed in every range in which it was past a limit. Times in the shop's time zone.
 -- chart: table
 SELECT
     refund_id,
@@ -84,7 +84,7 @@ FROM
     )
     ARRAY JOIN
         ['respond', 'return', 'qc', 'settle'] AS sop,
-        [requested, if(awaiting_return > 0 OR NOT paid_first, awaiting_return, refunding), return_received,
+        [if(reviewing > 0, reviewing, requested), if(awaiting_return > 0 OR NOT paid_first, awaiting_return, refunding), return_received,
          refunding] AS entered,
         [responded, if(awaiting_return > 0 OR NOT paid_first, returned, return_received), checked, settled] AS left_ms,
         [{respond_s:Float64}, {return_s:Float64}, {qc_s:Float64}, {settle_s:Float64}] AS limit_s

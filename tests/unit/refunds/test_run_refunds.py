@@ -462,6 +462,22 @@ def test_a_kuaishou_request_waiting_for_its_tracking_number_has_a_limit() -> Non
     assert [(a["severity"], a["cleared"]) for a in of(out, "Alert")] == [("INFO", True)]
 
 
+def test_a_kuaishou_request_gives_customer_service_its_answer_time_from_the_tracking_number() -> None:
+    """Changed on purpose: the 2 h answer limit ran from the request, so a Kuaishou return whose buyer shipped
+    three hours later was a breach the moment customer service could first see it."""
+    r, view, wh = pipeline()
+    settings = Settings()
+    delivered_order(r, view, wh, "kuaishou", "26b", "SKU-R26b")
+    refund(r, "RefundRequested", ev.refund_requested("kuaishou", "26b", "r26b", 60_000, event_time_ms=r.now_ms))
+    r.advance(3 * 3_600_000)
+    out = refund(r, "ReturnShipped", ev.return_shipped("kuaishou", "26b", "r26b", "SF26b"))
+    assert r.read(REFUNDS, b"kuaishou:r26b", "kuaishou:26b").state == "reviewing" and of(out, "Alert") == []
+    respond_ms = int(settings.refund_respond_s * 1000)
+    assert of(r.advance(respond_ms - 1_000), "Alert") == []
+    out = r.advance(2_000)
+    assert [(a["severity"], a["details"]["limit"]) for a in of(out, "Alert")] == [("RED", "respond")]
+
+
 def test_a_refund_that_never_moves_again_is_let_go_with_an_alert() -> None:
     """Changed on purpose: only finished refunds were purged, so each refund left open by a lost callback or a
     review never made kept its record (and its timer) for ever."""
