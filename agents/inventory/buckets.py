@@ -287,6 +287,8 @@ def on_report(home: SkuStock, bucket: int, figures: dict[str, Any], low_water: i
         hot.reports[str(bucket)] = figures
     acked = int(figures.get("acked", 0))
     hot.in_flight = [f for f in hot.in_flight if f[1] != bucket or f[0] > acked]
+    if bucket in hot.short and not bucket_short(hot, bucket):
+        hot.short.remove(bucket)
     if hot.state != MERGING or not empty(figures) or bucket in hot.merged:
         return []
     if any(f[1] == bucket for f in hot.in_flight):
@@ -297,7 +299,9 @@ def on_report(home: SkuStock, bucket: int, figures: dict[str, Any], low_water: i
         home.moves_from[wh] = max(home.moves_from.get(wh, 0), home.touched_ms)
     if len(hot.merged) < hot.count:
         return []
-    hot.state, hot.count, hot.reports, hot.merged, hot.in_flight = COLD, 0, {}, [], []
+    hot.state, hot.count, hot.reports, hot.merged, hot.in_flight, hot.short = COLD, 0, {}, [], [], []
+    for settle in hot.settles:
+        settle.pop("untied", None)  # those buckets are gone: a next split's of the same numbers kept none of it
     if hot.next_count >= MIN_BUCKETS:
         return mark(home, hot.next_count, low_water)
     if not hot.setting and not hot.settles:
@@ -314,7 +318,7 @@ def owed(home: SkuStock) -> int:
     if home.hot is None:
         return 0
     below = {wh: -qty for wh, qty in home.on_hand.items() if qty < 0}
-    short = sum(bucket_short(home.hot, k) for k in range(home.hot.count))
+    short = sum(bucket_short(home.hot, k) for k in home.hot.short)
     if not below:
         return short
     whole = aggregate(home).on_hand  # the home's figure plus the buckets' (reported and in transit)
@@ -495,7 +499,12 @@ def finish_settle(home: SkuStock, settle: dict[str, Any], low_water: int) -> lis
     relabelled = relabel_phantoms(home, settle)
     if hot.state == COLD and not hot.setting and not hot.settles and not hot.next_count:
         home.hot = None
-    return relabelled + distribute(home, low_water)
+    if relabelled:
+        # Handed out only once the home counts these transfers as on their way (``sent_to_bucket``): before, a
+        # bucket they leave short is not yet seen, and the units kept back for it would go out (the processor
+        # hands out the home's free units after every change).
+        return relabelled
+    return distribute(home, low_water)
 
 
 def relabel_phantoms(home: SkuStock, settle: dict[str, Any]) -> list[Sync]:
@@ -510,20 +519,26 @@ def relabel_phantoms(home: SkuStock, settle: dict[str, Any]) -> list[Sync]:
     debt = -home.on_hand.get(wh, 0)
     if hot is None or hot.state == COLD or debt <= 0:
         return []
-    out = []
-    spare = {w: q for w, q in movable(home, owed=owed(home)).items() if w != wh}
+    moves = []
     for key, untied in sorted(settle.get("untied", {}).items(), key=lambda kv: int(kv[0])):
         bucket = int(key)
         taken = min(untied, debt)
         if taken <= 0 or not 0 <= bucket < hot.count or bucket in hot.merged:
             continue
+        moves.append((bucket, taken))
+        debt -= taken
+    # The debt moved off the home first: what it still owes after, and its own lines, are all it keeps back.
+    take(home, {wh: -sum(taken for _, taken in moves)})
+    spare = {w: q for w, q in movable(home, owed=owed(home)).items() if w != wh}
+    out = []
+    for bucket, taken in moves:
         instead = apportion(spare, [taken])[0]
         for w, q in instead.items():
             spare[w] -= q
-        units = {wh: -taken, **instead}
-        take(home, units)
-        out.append(Sync(TRANSFER, bucket, units))
-        debt -= taken
+        take(home, instead)
+        out.append(Sync(TRANSFER, bucket, {wh: -taken, **instead}))
+        if total(instead) < taken and bucket not in hot.short:
+            hot.short.append(bucket)
     return out
 
 

@@ -185,6 +185,9 @@ class Buckets:
     # Units out on exchanges for lines held here (``SkuStock.lent``), by the warehouse they are exchanged for: while
     # a line waits for a warehouse, the record keeps its own units of it (``buckets.spares``).
     lent: dict[str, int] = field(default_factory=dict)
+    # Home: buckets a count left holding lines beyond their units (``buckets.relabel_phantoms``), until they report
+    # they are not; the home keeps units back for them meanwhile (``buckets.owed``).
+    short: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -40,12 +40,13 @@ class Story:
         self.refused: list[tuple[str, int, str]] = []  # topic, offset, reason
         self.orders: dict[str, int] = {}
 
-    def adjust(self, *docs: tuple[str, int, str, int], topic: str = STOCK_ADJUSTMENTS.name, wh: str = "WH-SH") -> None:
-        """(kind, qty, document id, dated ms) documents read by the pool in one batch."""
+    def adjust(self, *docs: tuple[str, int, str, int] | tuple[str, int, str, int, str],
+               topic: str = STOCK_ADJUSTMENTS.name, wh: str = "WH-SH") -> None:  # fmt: skip
+        """(kind, qty, document id, dated ms[, warehouse]) documents read by the pool in one batch."""
         events = []
-        for kind, qty, doc, dated_ms in docs:
-            record = {"event_id": doc, "event_time_ms": dated_ms, "sku": SKU, "warehouse_id": wh, "kind": kind,
-                      "qty": qty, "reason": ""}  # fmt: skip
+        for kind, qty, doc, dated_ms, *at in docs:
+            record = {"event_id": doc, "event_time_ms": dated_ms, "sku": SKU, "warehouse_id": at[0] if at else wh,
+                      "kind": kind, "qty": qty, "reason": ""}  # fmt: skip
             self.adjustments.append((topic, sum(1 for t, _, _ in self.adjustments if t == topic), record))
             events.append((SKU, "StockAdjusted", record))
         before = len(self.r.refusals)
@@ -375,3 +376,26 @@ def test_a_warehouse_a_count_left_short_takes_no_more_lines(monkeypatch: pytest.
     answers = [out.record["outcome"] for out in s.r.outputs if out.event_type == "HoldDecided"
                and out.record["order_id"] == "jd:8"]  # fmt: skip
     assert answers[-1] == "REFUSED"
+
+
+@pytest.mark.parametrize("hot", [False, True])
+def test_a_receipt_read_with_a_count_is_not_sold_from_under_a_bucket_the_count_left_short(
+    monkeypatch: pytest.MonkeyPatch, hot: bool
+) -> None:
+    """Found in review: the count took jd:4's three WH-SH units off its bucket, and the home handed the WH-GZ
+    receipt read with the count (waiting at the home while the count settled) to both buckets instead of giving
+    it in their place: four one-unit lines sold 9 units of 7."""
+    s = Story()
+    s.adjust(("RECEIPT", 10, "rcpt-1", s.r.now_ms))
+    buckets = 0
+    if hot:
+        s.hot(buckets := 2)
+    s.r.advance(10_000)
+    s.line("jd:0", 4, "RESERVE", "ALLOCATE", "COMMIT", buckets=buckets)
+    s.line("jd:4", 3, "RESERVE", buckets=buckets)
+    s.r.advance(1_000)
+    s.adjust(("COUNT", 4, "count-1", s.r.now_ms), ("RECEIPT", 3, "rcpt-gz", s.r.now_ms, "WH-GZ"))
+    for order_id in ("jd:8", "jd:11", "jd:13", "jd:21"):
+        s.line(order_id, 1, "RESERVE", buckets=buckets, wh="WH-GZ")
+    s.r.advance(1_000)
+    s.audit(monkeypatch)

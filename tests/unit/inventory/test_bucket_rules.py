@@ -412,6 +412,54 @@ def test_a_count_short_of_a_warehouse_takes_the_units_a_bucket_keeps_behind_unti
     assert b.total(stock.on_hand) + sum(b.total(s.units) for s in moved) == 2  # 5 + 0 - 3 lost: the rest handed out
 
 
+def test_a_count_gives_a_bucket_units_in_place_of_its_lost_ones_once_the_buckets_have_reported() -> None:
+    """Found in review: with the buckets' figures in (as they always are), the home counted the debt it was moving
+    to bucket 1 as its own still, kept its WH-GZ units back for it and handed them out to both buckets after:
+    bucket 1 was left short while the units kept for it were sold elsewhere."""
+    stock = home({"WH-SH": 0, "WH-GZ": 3}, count=2)
+    hot = stock.hot
+    assert hot is not None
+    fig = {"acked": 0, "sold": 0, "presale_reserved": 0, "open_lines": 1, "lent": 0}
+    report(hot, 0, available=0, on_hand={"WH-SH": 4}, locked=4, allocated={"WH-SH": 4}, **fig)
+    report(hot, 1, available=0, on_hand={"WH-SH": 3}, locked=3, allocated={}, **fig)
+    b.start_settle(stock, "COUNT", "WH-SH", 4, "count-r", 0)
+    b.on_counted(stock, 0, "count-r", 4, low_water=0, left={"WH-SH": 4}, tied={"WH-SH": 4})
+    out = b.on_counted(stock, 1, "count-r", 3, low_water=0, left={"WH-SH": 3}, tied={"WH-SH": 0})
+    assert [(s.kind, s.to_bucket, s.units) for s in out] == [(b.TRANSFER, 1, {"WH-SH": -3, "WH-GZ": 3})]
+    for seq, sync in enumerate(out, 100):
+        b.sent_to_bucket(stock, seq, sync)
+    assert b.owed(stock) == 0 and hot.short == []
+
+
+def test_a_short_bucket_is_kept_for_until_it_reports_it_is_not() -> None:
+    stock, out = _count_with_untied({"WH-SH": 0}, untied=3, found=4)  # nothing at the home to give in place
+    hot = stock.hot
+    assert hot is not None and hot.short == [1]
+    report(hot, 1, available=0, on_hand={"WH-SH": 3}, locked=3)  # its figures before the count took them
+    b.sent_to_bucket(stock, 100, out[0])
+    assert b.owed(stock) == 3
+    b.on_report(stock, 1, figures({"WH-SH": 0}, open_lines=1, seq=2, acked=100, locked=3), low_water=0)
+    assert b.owed(stock) == 3 and hot.short == [1]  # it applied the transfer: still 3 short
+    b.on_report(stock, 1, figures({"WH-SH": 0}, seq=3, acked=100), low_water=0)  # its line let go
+    assert b.owed(stock) == 0 and hot.short == []
+
+
+def test_a_merge_finished_while_a_count_settles_leaves_the_next_splits_buckets_alone() -> None:
+    """Bucket numbers are reused by the next split: a count begun before the merge takes nothing off them."""
+    stock = home({"WH-SH": 0}, count=2)
+    hot = stock.hot
+    assert hot is not None
+    b.start_settle(stock, "COUNT", "WH-SH", 4, "count-m", 0)
+    b.on_counted(stock, 1, "count-m", 3, low_water=0, left={"WH-SH": 3}, tied={"WH-SH": 0})
+    b.unmark(stock)
+    for k in (0, 1):
+        b.on_report(stock, k, figures({"WH-SH": 0}, seq=5), low_water=0)
+    assert hot.state == b.COLD
+    b.mark(stock, 2, low_water=0)
+    out = b.on_counted(stock, 0, "count-m", 4, low_water=0, left={"WH-SH": 4}, tied={"WH-SH": 4})
+    assert all("WH-SH" not in s.units or s.units["WH-SH"] >= 0 for s in out if s.kind == b.TRANSFER)
+
+
 def test_a_count_loss_beyond_the_untied_units_stays_the_homes_to_make_good() -> None:
     # 7 kept, 2 found: 3 untied units go from bucket 1, and 2 of the units tied to bucket 0's line are missing
     # too: the warehouse's own shortfall, which the home owes as before (``owed``), never a bucket's lines.
