@@ -702,6 +702,9 @@ def on_probe(bucket: SkuStock, warehouse_id: str, ref: str, as_of_ms: int = 0, s
     if as_of_ms:
         counted(bucket, warehouse_id, as_of_ms, skew_ms)
     tied = {warehouse_id: bucket.allocated.get(warehouse_id, 0)}  # the rest of ``left`` backs untied lines
+    # Its figures first, on the same ordered channel: the home settles the count on the last answer, and what it
+    # keeps back for a bucket the count leaves short is worked out from them (``bucket_short``).
+    out.append(Sync(REPORT, HOME))
     out.append(Sync(COUNTED, HOME, {warehouse_id: left}, qty=then, warehouse_id=warehouse_id, ref=ref, allocated=tied))
     return out
 

@@ -522,7 +522,8 @@ class HoldStock(Processor):
         hot = stock.hot = stock.hot or Buckets()
         for sync in syncs:
             self._emit_sync(ctx, stock, sync)
-        if hot.bucket >= 0 and any(s.kind == hot_.TRANSFER for s in syncs):
+        kinds = {s.kind for s in syncs}
+        if hot.bucket >= 0 and hot_.TRANSFER in kinds and hot_.REPORT not in kinds:
             self._emit_sync(ctx, stock, Sync(hot_.REPORT, HOME))
 
     def _emit_sync(self, ctx: Context, stock: SkuStock, sync: Sync) -> None:
