@@ -36,7 +36,9 @@ rules, so K workers sell the SKU at once.
   and a bucket is in order), then applies the difference once every bucket answered (``finish_settle``).
   A loss takes first the units buckets keep there behind lines not tied to a warehouse: the home takes
   them off those buckets, with units of its other warehouses in their place where it has them
-  (``relabel_phantoms``), and keeps back what a bucket's lines are left short of (``bucket_short``).
+  (``relabel_phantoms``), and keeps back what a bucket's lines are left short of (``bucket_short``). Such a
+  bucket ties no line there, and gives none of its units there away, until the home says the count is
+  settled (``on_settled``; ``rules.awaits_count``), or ``PROBE_HOLD_MS`` passed.
 - Un-marking merges: the buckets stop taking new lines, send every free unit home, finish their open
   lines, and report empty; when all did, the SKU is cold.
 - A paid line is allocated where it is held, but routing chooses its warehouse from the SKU's whole stock, so
@@ -80,6 +82,11 @@ __all__ = ["bucket_for", "bucket_key"]  # the contract's, here beside the rules 
 
 HOME = -1
 MAX_BUCKETS = 64
+# Longest a bucket keeps a counted warehouse's units behind untied lines from being tied or exchanged, waiting for the
+# home's word that the count is settled: one exchange of messages, unless the home is down or runs a release that
+# does not send it (a rolling deploy); past it, the bucket goes on as before this wait was kept.
+PROBE_HOLD_MS = 60_000
+SETTLED = "settled:"  # the ref prefix of a home's word to a bucket that a count it answered is settled
 MIN_BUCKETS = 2  # fewer is no split: the SKU is decided at its home
 HOT, MERGING, COLD = "hot", "merging", ""
 SOLD_OUT = "sold_out"  # only as the home's word to a bucket: hot, and no unit of the SKU is free anywhere
@@ -507,6 +514,25 @@ def finish_settle(home: SkuStock, settle: dict[str, Any], low_water: int) -> lis
     return distribute(home, low_water)
 
 
+def on_settled(bucket: SkuStock, ref: str) -> None:
+    """The home's word that a count this bucket answered is settled (a TRANSFER taking units off it, or a CONFIG):
+    the warehouse's units left here are the ones the count found."""
+    hot = bucket.hot
+    if hot is None or not ref.startswith(SETTLED):
+        return
+    count_ref = ref.removeprefix(SETTLED)
+    for wh in [wh for wh, (probed, _) in hot.probed.items() if probed == count_ref]:
+        del hot.probed[wh]
+
+
+def forget_stale_probes(bucket: SkuStock, now_ms: int) -> None:
+    """Counts whose settling the bucket waited for longer than ``PROBE_HOLD_MS``: it goes on without the word."""
+    hot = bucket.hot
+    if hot is not None and hot.probed:
+        for wh in [wh for wh, (_, until) in hot.probed.items() if now_ms >= int(until)]:
+            del hot.probed[wh]
+
+
 def relabel_phantoms(home: SkuStock, settle: dict[str, Any]) -> list[Sync]:
     """A count that found fewer of a warehouse's units than its records keep: the home's figure went below zero,
     while buckets still keep units of it behind lines not yet tied to it. Those are the units the warehouse lacks
@@ -516,17 +542,24 @@ def relabel_phantoms(home: SkuStock, settle: dict[str, Any]) -> list[Sync]:
     no longer cover; the home keeps as many units back for it (``owed``) as a cold SKU's on-hand would be short."""
     hot = home.hot
     wh = settle["wh"]
-    debt = -home.on_hand.get(wh, 0)
-    if hot is None or hot.state == COLD or debt <= 0:
+    if hot is None or hot.state == COLD:
         return []
+    told = [int(k) for k in sorted(settle.get("untied", {}), key=int)
+            if 0 <= int(k) < hot.count and int(k) not in hot.merged]  # fmt: skip
+    debt = -home.on_hand.get(wh, 0)
     moves = []
-    for key, untied in sorted(settle.get("untied", {}).items(), key=lambda kv: int(kv[0])):
-        bucket = int(key)
-        taken = min(untied, debt)
-        if taken <= 0 or not 0 <= bucket < hot.count or bucket in hot.merged:
+    for bucket in told:
+        taken = min(settle["untied"][str(bucket)], debt)
+        if taken <= 0:
             continue
         moves.append((bucket, taken))
         debt -= taken
+    ref = SETTLED + settle["ref"]
+    # Every bucket that kept units there behind untied lines waits for word that the count is settled: with the
+    # units taken off it, or a CONFIG.
+    settled = [Sync(CONFIG, bucket, ref=ref) for bucket in told if bucket not in dict(moves)]
+    if not moves:
+        return settled
     # The debt moved off the home first: what it still owes after, and its own lines, are all it keeps back.
     take(home, {wh: -sum(taken for _, taken in moves)})
     spare = {w: q for w, q in movable(home, owed=owed(home)).items() if w != wh}
@@ -536,10 +569,10 @@ def relabel_phantoms(home: SkuStock, settle: dict[str, Any]) -> list[Sync]:
         for w, q in instead.items():
             spare[w] -= q
         take(home, instead)
-        out.append(Sync(TRANSFER, bucket, {wh: -taken, **instead}))
+        out.append(Sync(TRANSFER, bucket, {wh: -taken, **instead}, ref=ref))
         if total(instead) < taken and bucket not in hot.short:
             hot.short.append(bucket)
-    return out
+    return out + settled
 
 
 def sku_sold_out(home: SkuStock) -> bool:
@@ -689,9 +722,11 @@ def on_rebalance(bucket: SkuStock, qty: int) -> list[Sync]:
     return [Sync(TRANSFER, HOME, part)]
 
 
-def on_probe(bucket: SkuStock, warehouse_id: str, ref: str, as_of_ms: int = 0, skew_ms: int = 0) -> list[Sync]:
+def on_probe(bucket: SkuStock, warehouse_id: str, ref: str, as_of_ms: int = 0, skew_ms: int = 0,
+             now_ms: int = 0) -> list[Sync]:  # fmt: skip
     """Send the warehouse's free units home, then say what was left there (the units open lines hold) when the count
-    was taken (``as_of_ms``; 0: as it stands): its shipments since stay on top of the count."""
+    was taken (``as_of_ms``; 0: as it stands): its shipments since stay on top of the count. Units kept there behind
+    untied lines wait for the count to be settled (``rules.awaits_count``): the home may take them off."""
     out = []
     free = movable(bucket).get(warehouse_id, 0)
     if free > 0:
@@ -702,6 +737,8 @@ def on_probe(bucket: SkuStock, warehouse_id: str, ref: str, as_of_ms: int = 0, s
     if as_of_ms:
         counted(bucket, warehouse_id, as_of_ms, skew_ms)
     tied = {warehouse_id: bucket.allocated.get(warehouse_id, 0)}  # the rest of ``left`` backs untied lines
+    if left > tied[warehouse_id] and bucket.hot is not None:
+        bucket.hot.probed[warehouse_id] = [ref, now_ms + PROBE_HOLD_MS]
     # Its figures first, on the same ordered channel: the home settles the count on the last answer, and what it
     # keeps back for a bucket the count leaves short is worked out from them (``bucket_short``).
     out.append(Sync(REPORT, HOME))
@@ -760,7 +797,7 @@ def offer(stock: SkuStock, warehouse_id: str, qty: int) -> dict[str, int]:
     none of a warehouse another line here waits for, nor, at the home, of one whose count is being settled (the
     count's difference is applied to the home's units: a bucket that answered the count would keep them)."""
     hot = stock.hot
-    kept = set(hot.lent) | {settle["wh"] for settle in hot.settles} if hot is not None else set()
+    kept = set(hot.lent) | {settle["wh"] for settle in hot.settles} | set(hot.probed) if hot is not None else set()
     spare = {wh: max(0, q) - stock.allocated.get(wh, 0) for wh, q in stock.on_hand.items()
              if wh != warehouse_id and wh not in kept}  # fmt: skip
     out = {}
@@ -827,6 +864,8 @@ def spares(stock: SkuStock, warehouse_id: str, requester: int) -> bool:
     waiting for the same units would otherwise give each other theirs, each get one back and ask again, for ever;
     this way the units only go one way, and the first one gets them all."""
     hot = stock.hot
+    if hot is not None and warehouse_id in hot.probed:
+        return False  # units a count being settled may not have found (``rules.awaits_count``)
     return hot is None or warehouse_id not in hot.lent or requester < hot.bucket
 
 

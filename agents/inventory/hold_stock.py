@@ -365,7 +365,8 @@ class HoldStock(Processor):
             step = rules_.line_command(stock, self._rules, hold, action, order_id, line_no, cmd["qty"],
                                        ctx.now_ms, cmd.get("warehouse_id", ""), cmd["reason"])  # fmt: skip
             answer = step.answer
-            if answer is not None and answer.reason == Reason.WAREHOUSE_SHORT and hot_.exchanges(stock):
+            if (answer is not None and answer.reason == Reason.WAREHOUSE_SHORT and hot_.exchanges(stock)
+                    and not rules_.awaits_count(stock, cmd.get("warehouse_id", ""), ctx.now_ms)):  # fmt: skip
                 # Routing saw the SKU's whole stock; this record holds only part of it: it fetches the units.
                 line = step.holds.get(line_no, hold)
                 assert line is not None
@@ -448,6 +449,7 @@ class HoldStock(Processor):
             return
         if sender == HOME:
             hot_.configure(stock, here, msg["buckets"], msg["state"], msg["paused"], msg["seq"])
+            hot_.on_settled(stock, msg["ref"])
             stock.known = True
         if kind == hot_.TRANSFER:
             hot_.give(stock, msg["units"])
@@ -469,7 +471,7 @@ class HoldStock(Processor):
                 stock.shelf_moves = {wh: [list(m) for m in moves] for wh, moves in ended.get("shelf_moves", {}).items()}
                 stock.moves_from = dict(ended.get("moves_from", {}))
             self._send(ctx, stock, hot_.on_probe(stock, msg["warehouse_id"], msg["ref"], msg.get("as_of_ms", 0),
-                                                 msg.get("skew_ms", 0)))  # fmt: skip
+                                                 msg.get("skew_ms", 0), ctx.now_ms))  # fmt: skip
 
     def _home_sync(self, ctx: Context, db: StoreTransaction[Any], home: SkuStock, msg: dict[str, Any]) -> None:
         kind, sender = msg["kind"], msg["from_bucket"]
@@ -658,6 +660,7 @@ class HoldStock(Processor):
         if stock.shelf_moves:
             rules_.forget_old_moves(stock, ctx.now_ms, self._rules.count_max_age_ms)
         if stock.hot is not None and stock.hot.bucket >= 0:
+            hot_.forget_stale_probes(stock, ctx.now_ms)
             self._bucket_changed(ctx, db, stock, had_free)
             self._alert_breach(ctx, stock, had_breach)
             return

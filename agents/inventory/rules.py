@@ -188,6 +188,10 @@ class Buckets:
     # Home: buckets a count left holding lines beyond their units (``buckets.relabel_phantoms``), until they report
     # they are not; the home keeps units back for them meanwhile (``buckets.owed``).
     short: list[int] = field(default_factory=list)
+    # Bucket: warehouses whose count it answered keeping units there behind untied lines -> [the count's ref, until
+    # when]: those may be units the count did not find, so no line is tied there with them, and none leave in an
+    # exchange, until the home says the count is settled (``buckets.on_settled``), or for ``buckets.PROBE_HOLD_MS``.
+    probed: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -406,12 +410,20 @@ def allocate(stock: SkuStock, hold: LineHold | None, order_id: str, line_no: int
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "ALLOCATED", warehouse_id))
     if hold.warehouse_id:
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "IGNORED", f"allocated_to_{hold.warehouse_id}"))
-    if stock.warehouse_free(warehouse_id) < hold.qty:
+    if stock.warehouse_free(warehouse_id) < hold.qty or awaits_count(stock, warehouse_id, now_ms):
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "REFUSED", Reason.WAREHOUSE_SHORT))
     after = replace(hold, warehouse_id=warehouse_id, updated_ms=now_ms)
     account(stock, hold, after)
     stock.touch(now_ms)
     return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "ALLOCATED", warehouse_id), {line_no: after})
+
+
+def awaits_count(stock: SkuStock, warehouse_id: str, now_ms: int) -> bool:
+    """A hot SKU's bucket that answered a count of the warehouse with units kept there behind untied lines, and has
+    not heard it settled: a line tied there now might be tied to units the count did not find (routing chooses
+    again; a refusal has the order routed again, never the units booked twice)."""
+    probed = stock.hot.probed.get(warehouse_id) if stock.hot is not None else None
+    return probed is not None and now_ms < int(probed[1])
 
 
 def _deduct_shipped(stock: SkuStock, qty: int, warehouse_id: str, now_ms: int) -> None:

@@ -462,6 +462,51 @@ def test_a_merge_finished_while_a_count_settles_leaves_the_next_splits_buckets_a
     assert all("WH-SH" not in s.units or s.units["WH-SH"] >= 0 for s in out if s.kind == b.TRANSFER)
 
 
+def test_a_bucket_ties_no_line_to_a_counted_warehouse_with_units_behind_untied_lines_until_it_is_settled() -> None:
+    """Found in review: between its answer and the home's settling, a bucket tied an untied line to the warehouse
+    with units the count had not found (or gave them away in an exchange), and the warehouse was overbooked."""
+    bucket = SkuStock(f"{SKU}#1", known=True, on_hand={"WH-SH": 3, "WH-GZ": 1}, locked=3,
+                      hot=Buckets(bucket=1, count=2, state=b.HOT))  # fmt: skip
+    line = LineHold("jd:4", 1, 3, "jd", False, rules.HELD, "", 10**12, 0)
+    out = b.on_probe(bucket, "WH-SH", "count-w", now_ms=1_000)
+    assert out[-1].kind == b.COUNTED and out[-1].allocated == {"WH-SH": 0}
+    refused = rules.allocate(bucket, line, "jd:4", 1, 3, "WH-SH", 2_000)
+    assert refused.answer is not None and refused.answer.reason == rules.Reason.WAREHOUSE_SHORT
+    assert not b.spares(bucket, "WH-SH", requester=0)  # nor given to another record's exchange for WH-SH
+    assert b.offer(bucket, "WH-GZ", 3) == {}  # nor offered for another warehouse's units
+    assert b.offer(bucket, "WH-BJ", 3) == {"WH-GZ": 1}
+    b.on_settled(bucket, "count-w")  # not the home's word (no prefix): still waiting
+    assert rules.awaits_count(bucket, "WH-SH", 2_000)
+    b.on_settled(bucket, b.SETTLED + "count-w")
+    held = rules.allocate(bucket, line, "jd:4", 1, 3, "WH-SH", 3_000)
+    assert held.answer is not None and held.answer.outcome == "ALLOCATED"
+
+
+def test_a_bucket_that_never_hears_a_count_settled_goes_on_after_the_wait() -> None:
+    # An older home (a rolling deploy) never says: the bucket stops waiting after PROBE_HOLD_MS.
+    bucket = SkuStock(f"{SKU}#1", known=True, on_hand={"WH-SH": 3}, locked=3,
+                      hot=Buckets(bucket=1, count=2, state=b.HOT))  # fmt: skip
+    b.on_probe(bucket, "WH-SH", "count-w", now_ms=1_000)
+    assert rules.awaits_count(bucket, "WH-SH", 1_000 + b.PROBE_HOLD_MS - 1)
+    assert not rules.awaits_count(bucket, "WH-SH", 1_000 + b.PROBE_HOLD_MS)
+    b.forget_stale_probes(bucket, 1_000 + b.PROBE_HOLD_MS)
+    assert bucket.hot is not None and bucket.hot.probed == {}
+
+
+def test_a_bucket_with_every_unit_there_tied_does_not_wait() -> None:
+    bucket = SkuStock(f"{SKU}#0", known=True, on_hand={"WH-SH": 4}, locked=4, allocated={"WH-SH": 4},
+                      hot=Buckets(bucket=0, count=2, state=b.HOT))  # fmt: skip
+    b.on_probe(bucket, "WH-SH", "count-w", now_ms=1_000)
+    assert bucket.hot is not None and bucket.hot.probed == {}
+
+
+def test_the_home_tells_every_bucket_that_kept_units_behind_untied_lines_that_the_count_is_settled() -> None:
+    _, out = _count_with_untied({"WH-SH": 0, "WH-GZ": 5}, untied=3, found=7)  # every unit found: none taken
+    assert [(s.kind, s.to_bucket, s.ref) for s in out if s.ref] == [(b.CONFIG, 1, b.SETTLED + "count-u")]
+    _, out = _count_with_untied({"WH-SH": 0, "WH-GZ": 5}, untied=3, found=4)
+    assert [(s.kind, s.to_bucket, s.ref) for s in out if s.ref] == [(b.TRANSFER, 1, b.SETTLED + "count-u")]
+
+
 def test_a_count_loss_beyond_the_untied_units_stays_the_homes_to_make_good() -> None:
     # 7 kept, 2 found: 3 untied units go from bucket 1, and 2 of the units tied to bucket 0's line are missing
     # too: the warehouse's own shortfall, which the home owes as before (``owed``), never a bucket's lines.
