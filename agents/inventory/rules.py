@@ -419,10 +419,16 @@ def allocate(stock: SkuStock, hold: LineHold | None, order_id: str, line_no: int
 
 
 def awaits_count(stock: SkuStock, warehouse_id: str, now_ms: int) -> bool:
-    """A hot SKU's bucket that answered a count of the warehouse with units kept there behind untied lines, and has
-    not heard it settled: a line tied there now might be tied to units the count did not find (routing chooses
-    again; a refusal has the order routed again, never the units booked twice)."""
-    probed = stock.hot.probed.get(warehouse_id) if stock.hot is not None else None
+    """A hot SKU's record whose figure of the warehouse a count may still change: a bucket that answered the count
+    with units kept there behind untied lines and has not heard it settled, or the home settling it. A line tied
+    there now might be tied to units the count did not find (a refusal has the order routed again, never the units
+    booked twice)."""
+    hot = stock.hot
+    if hot is None:
+        return False
+    if hot.bucket < 0:
+        return any(settle["wh"] == warehouse_id for settle in hot.settles)
+    probed = hot.probed.get(warehouse_id)
     return probed is not None and now_ms < int(probed[1])
 
 

@@ -482,6 +482,19 @@ def test_a_bucket_ties_no_line_to_a_counted_warehouse_with_units_behind_untied_l
     assert held.answer is not None and held.answer.outcome == "ALLOCATED"
 
 
+def test_the_home_ties_none_of_its_own_lines_to_a_warehouse_it_is_settling_a_count_of() -> None:
+    stock = home({"WH-SH": 5}, count=2, locked=3)
+    line = LineHold("jd:9", 1, 3, "jd", False, rules.HELD, "", 10**12, 0)
+    b.start_settle(stock, "COUNT", "WH-SH", 1, "count-h", 0)
+    refused = rules.allocate(stock, line, "jd:9", 1, 3, "WH-SH", 1_000)
+    assert refused.answer is not None and refused.answer.reason == rules.Reason.WAREHOUSE_SHORT
+    b.on_counted(stock, 0, "count-h", 0, low_water=0)
+    b.on_counted(stock, 1, "count-h", 0, low_water=0)
+    assert stock.on_hand["WH-SH"] == 1  # the count found 1: the line no longer fits there
+    refused = rules.allocate(stock, line, "jd:9", 1, 3, "WH-SH", 2_000)
+    assert refused.answer is not None and refused.answer.reason == rules.Reason.WAREHOUSE_SHORT
+
+
 def test_a_bucket_that_never_hears_a_count_settled_goes_on_after_the_wait() -> None:
     # An older home (a rolling deploy) never says: the bucket stops waiting after PROBE_HOLD_MS.
     bucket = SkuStock(f"{SKU}#1", known=True, on_hand={"WH-SH": 3}, locked=3,
