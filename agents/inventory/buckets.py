@@ -70,6 +70,7 @@ from agents.inventory.rules import (
     SkuStock,
     Step,
     allocate,
+    awaits_count,
     counted,
     moved_since,
     note_shelf_move,
@@ -931,8 +932,12 @@ def swap_arrived(stock: SkuStock, hold: LineHold | None, warehouse_id: str, brou
         return Step(None), []
     waiting = replace(hold, wants="", asks=0)  # answered: routed here again, it may exchange again
     if stock.warehouse_free(warehouse_id) >= hold.qty:
-        return allocate(stock, waiting, hold.order_id, hold.line_no, hold.qty, warehouse_id, now_ms), []
-    if hold.asks < MAX_ASKS and brought.get(warehouse_id, 0) > 0 and wanted(brought, warehouse_id) == 0:
+        placed = allocate(stock, waiting, hold.order_id, hold.line_no, hold.qty, warehouse_id, now_ms)
+        # Refused (a count of the warehouse awaits its settling: ``rules.awaits_count``), the line is stored answered
+        # all the same: left wanting the warehouse, it would take its next routing there for an exchange still out.
+        return Step(placed.answer, placed.holds or {hold.line_no: replace(waiting, updated_ms=now_ms)}), []
+    if (hold.asks < MAX_ASKS and brought.get(warehouse_id, 0) > 0 and wanted(brought, warehouse_id) == 0
+            and not awaits_count(stock, warehouse_id, now_ms)):  # fmt: skip
         asked = want(stock, replace(waiting, asks=hold.asks), warehouse_id)
         if asked is not None:
             return Step(None, {hold.line_no: asked[0]}), asked[1]

@@ -495,6 +495,18 @@ def test_the_home_ties_none_of_its_own_lines_to_a_warehouse_it_is_settling_a_cou
     assert refused.answer is not None and refused.answer.reason == rules.Reason.WAREHOUSE_SHORT
 
 
+def test_an_exchange_back_while_a_count_awaits_its_settling_leaves_the_line_answered() -> None:
+    """Found in review: the allocation refused on the exchange's return left the line wanting the warehouse, so its
+    next routing there took the exchange as still out and was never answered (a paid order stuck)."""
+    bucket = SkuStock(f"{SKU}#1", known=True, on_hand={"WH-SH": 4}, locked=4,
+                      hot=Buckets(bucket=1, count=2, state=b.HOT, lent={"WH-SH": 4}))  # fmt: skip
+    bucket.hot.probed["WH-SH"] = ["count-w", 10**9]  # type: ignore[union-attr]
+    line = LineHold("jd:4", 1, 4, "jd", False, rules.SOLD, "", 10**12, 0, wants="WH-SH", asks=1)
+    step, again = b.swap_arrived(bucket, line, "WH-SH", {"WH-SH": 4}, 1_000)
+    assert step.answer is not None and step.answer.outcome == "REFUSED" and again == []
+    assert step.holds[1] is not None and step.holds[1].wants == ""
+
+
 def test_a_bucket_that_never_hears_a_count_settled_goes_on_after_the_wait() -> None:
     # An older home (a rolling deploy) never says: the bucket stops waiting after PROBE_HOLD_MS.
     bucket = SkuStock(f"{SKU}#1", known=True, on_hand={"WH-SH": 3}, locked=3,
