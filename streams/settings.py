@@ -367,7 +367,8 @@ class Settings(BaseSettings):
         default=5,
         ge=1,
         description="Routing attempts in a row for one order (each after a warehouse refused an allocation) "
-        "before it waits `STOCKFLOW_ROUTE_RETRY_S`.",
+        "before it waits `STOCKFLOW_ROUTE_RETRY_S`. A refusal while a hot SKU's warehouse is being counted "
+        "(`warehouse_counting`) is not one: the line is routed again a second later.",
     )
     webhook_url: str = Field(default="", description="WeCom group-robot webhook for alerts; empty: no notifications.")
     notify_kinds: tuple[str, ...] = Field(

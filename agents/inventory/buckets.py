@@ -936,10 +936,12 @@ def swap_arrived(stock: SkuStock, hold: LineHold | None, warehouse_id: str, brou
         # Refused (a count of the warehouse awaits its settling: ``rules.awaits_count``), the line is stored answered
         # all the same: left wanting the warehouse, it would take its next routing there for an exchange still out.
         return Step(placed.answer, placed.holds or {hold.line_no: replace(waiting, updated_ms=now_ms)}), []
-    if (hold.asks < MAX_ASKS and brought.get(warehouse_id, 0) > 0 and wanted(brought, warehouse_id) == 0
-            and not awaits_count(stock, warehouse_id, now_ms)):  # fmt: skip
+    counting = awaits_count(stock, warehouse_id, now_ms)
+    every_unit_taken = brought.get(warehouse_id, 0) > 0 and wanted(brought, warehouse_id) == 0
+    if not counting and hold.asks < MAX_ASKS and every_unit_taken:
         asked = want(stock, replace(waiting, asks=hold.asks), warehouse_id)
         if asked is not None:
             return Step(None, {hold.line_no: asked[0]}), asked[1]
-    refused = Answer(hold.order_id, hold.line_no, hold.qty, "ALLOCATE", "REFUSED", Reason.WAREHOUSE_SHORT)
+    why = Reason.WAREHOUSE_COUNTING if counting else Reason.WAREHOUSE_SHORT
+    refused = Answer(hold.order_id, hold.line_no, hold.qty, "ALLOCATE", "REFUSED", why)
     return Step(refused, {hold.line_no: replace(waiting, updated_ms=now_ms)}), []

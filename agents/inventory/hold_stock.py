@@ -365,8 +365,7 @@ class HoldStock(Processor):
             step = rules_.line_command(stock, self._rules, hold, action, order_id, line_no, cmd["qty"],
                                        ctx.now_ms, cmd.get("warehouse_id", ""), cmd["reason"])  # fmt: skip
             answer = step.answer
-            if (answer is not None and answer.reason == Reason.WAREHOUSE_SHORT and hot_.exchanges(stock)
-                    and not rules_.awaits_count(stock, cmd.get("warehouse_id", ""), ctx.now_ms)):  # fmt: skip
+            if answer is not None and answer.reason == Reason.WAREHOUSE_SHORT and hot_.exchanges(stock):
                 # Routing saw the SKU's whole stock; this record holds only part of it: it fetches the units.
                 line = step.holds.get(line_no, hold)
                 assert line is not None

@@ -410,7 +410,9 @@ def allocate(stock: SkuStock, hold: LineHold | None, order_id: str, line_no: int
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "ALLOCATED", warehouse_id))
     if hold.warehouse_id:
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "IGNORED", f"allocated_to_{hold.warehouse_id}"))
-    if stock.warehouse_free(warehouse_id) < hold.qty or awaits_count(stock, warehouse_id, now_ms):
+    if awaits_count(stock, warehouse_id, now_ms):
+        return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "REFUSED", Reason.WAREHOUSE_COUNTING))
+    if stock.warehouse_free(warehouse_id) < hold.qty:
         return Step(Answer(order_id, line_no, hold.qty, "ALLOCATE", "REFUSED", Reason.WAREHOUSE_SHORT))
     after = replace(hold, warehouse_id=warehouse_id, updated_ms=now_ms)
     account(stock, hold, after)

@@ -103,6 +103,9 @@ class OrderRules:
     presale_balance_ms: int  # a presale order's deposit waits this long for its balance
 
 
+# A line refused because a count of its warehouse is being settled (``Reason.WAREHOUSE_COUNTING``) is routed again
+# this soon: the settling takes one exchange of messages between a hot SKU's records, at most the pool's 60 s.
+COUNT_WAIT_MS = 1_000
 # A presale order's stage time for its deposit: the order stays reserved (it is paid by its balance).
 DEPOSIT_PAID = "deposit_paid"
 # Why a presale order whose balance did not come in time is cancelled (``OrderStateChanged.reason``).
@@ -134,7 +137,8 @@ class OrderRecord:
     parked: list[dict[str, Any]] = field(default_factory=list)
     channel_order_id: str = ""
     address: dict[str, str] = field(default_factory=dict)
-    # Routing: the plan (line -> warehouse) of the current attempt, its decision record, retries.
+    # Routing: the plan (line -> warehouse) of the current attempt, its number, the waits for a warehouse's count
+    # among them (not attempts), when to retry.
     routing: dict[str, Any] = field(default_factory=dict)
     allocated: dict[str, str] = field(default_factory=dict)  # line no -> warehouse, as the pool confirmed
     acked: dict[str, int] = field(default_factory=dict)  # warehouse -> WMS acknowledgement ms
@@ -717,7 +721,8 @@ def on_route_decided(rec: OrderRecord, decision: dict[str, Any] | None, now_ms: 
     }
     # The decision itself is published on routing.decisions, not kept: its candidates were half of
     # a routed order's stored bytes, written and parsed again with every later change of the order.
-    rec.routing = {"attempt": attempt, "plan": plan, "retry_at_ms": 0}
+    waits = {"waits": rec.routing["waits"]} if rec.routing.get("waits") else {}
+    rec.routing = {"attempt": attempt, **waits, "plan": plan, "retry_at_ms": 0}
     fx.routing_decision = record
     for line_no, wh in sorted(plan.items(), key=lambda x: int(x[0])):
         fx.hold_commands.append(_command(rec, "ALLOCATE", line_no, now_ms, rules, warehouse_id=wh))
@@ -736,13 +741,21 @@ def _on_allocated(rec: OrderRecord, line_no: str, outcome: str, reason: str, now
         rec.allocated[line_no] = reason or plan[line_no]
     elif reason.startswith("allocated_to_"):  # the pool already tied it to a warehouse
         rec.allocated[line_no] = reason.removeprefix("allocated_to_")
-    else:  # the warehouse no longer has the units: route what is left again
+    else:  # the warehouse no longer has the units, or is being counted: route what is left again
         del plan[line_no]
+        if reason == Reason.WAREHOUSE_COUNTING:
+            rec.routing["counting"] = True
     if any(n not in rec.allocated for n in plan):
         return fx  # answers still to come for this attempt
     if _routed_when_placed(rec, fx, now_ms, rules):
         return fx
-    if int(rec.routing.get("attempt", 0)) < rules.max_route_attempts:
+    if rec.routing.pop("counting", False):
+        # Nothing is short: a hot SKU's count settles within one exchange of messages. Routed again at once, the
+        # line would find the same warehouse still counting and use up its attempts in milliseconds; this wait is
+        # not an attempt (``waits``), so the order never waits ``route_retry_ms`` for a count.
+        rec.routing["waits"] = int(rec.routing.get("waits", 0)) + 1
+        rec.routing["retry_at_ms"] = now_ms + COUNT_WAIT_MS
+    elif int(rec.routing.get("attempt", 0)) - int(rec.routing.get("waits", 0)) < rules.max_route_attempts:
         fx.route = unrouted_lines(rec)
     else:
         rec.routing["retry_at_ms"] = now_ms + rules.route_retry_ms

@@ -65,6 +65,7 @@ class Reason(enum.StrEnum):
     CHANNEL_PAUSED = "channel_paused"
     INSUFFICIENT_PRESALE_STOCK = "insufficient_presale_stock"
     WAREHOUSE_SHORT = "warehouse_short"
+    WAREHOUSE_COUNTING = "warehouse_counting"
     HOLD_EXPIRED = "hold_expired"
     # ---- refused VIP overrides (``OverrideAudited.detail``) --------------------------------------
     REASON_REQUIRED = "reason_required"
@@ -194,6 +195,10 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.CHANNEL_PAUSED: "the pool refused a hold: below the safety threshold only the main channel sells",
     Reason.INSUFFICIENT_PRESALE_STOCK: "the pool refused a presale hold: it would exceed the SKU's presale cap",
     Reason.WAREHOUSE_SHORT: "the pool refused an allocation: the chosen warehouse no longer has the units free",
+    Reason.WAREHOUSE_COUNTING: (
+        "the pool refused an allocation for now: a count of the warehouse is being settled across a hot SKU's "
+        "buckets (milliseconds, at most 60 s); the line is routed again shortly, not counted as a routing attempt"
+    ),
     Reason.HOLD_EXPIRED: "an unpaid hold outlived STOCKFLOW_HOLD_TTL_S and was given back by the pool",
     Reason.REASON_REQUIRED: "a VIP override request without a reason",
     Reason.REQUESTER_REQUIRED: "a VIP override request without a requester",

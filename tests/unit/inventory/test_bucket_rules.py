@@ -471,7 +471,7 @@ def test_a_bucket_ties_no_line_to_a_counted_warehouse_with_units_behind_untied_l
     out = b.on_probe(bucket, "WH-SH", "count-w", now_ms=1_000)
     assert out[-1].kind == b.COUNTED and out[-1].allocated == {"WH-SH": 0}
     refused = rules.allocate(bucket, line, "jd:4", 1, 3, "WH-SH", 2_000)
-    assert refused.answer is not None and refused.answer.reason == rules.Reason.WAREHOUSE_SHORT
+    assert refused.answer is not None and refused.answer.reason == rules.Reason.WAREHOUSE_COUNTING
     assert not b.spares(bucket, "WH-SH", requester=0)  # nor given to another record's exchange for WH-SH
     assert b.offer(bucket, "WH-GZ", 3) == {}  # nor offered for another warehouse's units
     assert b.offer(bucket, "WH-BJ", 3) == {"WH-GZ": 1}
@@ -487,7 +487,7 @@ def test_the_home_ties_none_of_its_own_lines_to_a_warehouse_it_is_settling_a_cou
     line = LineHold("jd:9", 1, 3, "jd", False, rules.HELD, "", 10**12, 0)
     b.start_settle(stock, "COUNT", "WH-SH", 1, "count-h", 0)
     refused = rules.allocate(stock, line, "jd:9", 1, 3, "WH-SH", 1_000)
-    assert refused.answer is not None and refused.answer.reason == rules.Reason.WAREHOUSE_SHORT
+    assert refused.answer is not None and refused.answer.reason == rules.Reason.WAREHOUSE_COUNTING
     b.on_counted(stock, 0, "count-h", 0, low_water=0)
     b.on_counted(stock, 1, "count-h", 0, low_water=0)
     assert stock.on_hand["WH-SH"] == 1  # the count found 1: the line no longer fits there
@@ -503,7 +503,8 @@ def test_an_exchange_back_while_a_count_awaits_its_settling_leaves_the_line_answ
     bucket.hot.probed["WH-SH"] = ["count-w", 10**9]  # type: ignore[union-attr]
     line = LineHold("jd:4", 1, 4, "jd", False, rules.SOLD, "", 10**12, 0, wants="WH-SH", asks=1)
     step, again = b.swap_arrived(bucket, line, "WH-SH", {"WH-SH": 4}, 1_000)
-    assert step.answer is not None and step.answer.outcome == "REFUSED" and again == []
+    assert step.answer is not None and again == []
+    assert (step.answer.outcome, step.answer.reason) == ("REFUSED", rules.Reason.WAREHOUSE_COUNTING)
     assert step.holds[1] is not None and step.holds[1].wants == ""
 
 

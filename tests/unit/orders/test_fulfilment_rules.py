@@ -61,6 +61,29 @@ def test_a_refused_allocation_routes_the_line_again() -> None:
     assert rec.state == "paid" and fx.route == ["2"]
 
 
+def test_a_line_refused_while_its_warehouse_is_counted_waits_a_second_and_uses_no_attempt() -> None:
+    """Failed before: a hot SKU's count settles in milliseconds, and a line refused meanwhile was routed again at
+    once, to the same warehouse (the view had not moved), refused again, and after five attempts in milliseconds
+    waited route_retry_s (30 s) with nothing short."""
+    rec = paid_order()
+    plan = {"assignments": {"WH-SH": [1, 2]}, "candidates": [], "weights": {}}
+    flow.on_route_decided(rec, plan, 1_500, RULES)
+    allocated(rec, 1)
+    for n in range(RULES.max_route_attempts + 2):  # more waits than attempts: none of them counts
+        fx = allocated(rec, 2, "REFUSED", "warehouse_counting")
+        assert not fx.route and rec.routing["retry_at_ms"] == 2_000 + flow.COUNT_WAIT_MS
+        fx = flow.on_tick(rec, 2_000 + flow.COUNT_WAIT_MS, RULES)
+        assert fx.route == ["2"]
+        decision = flow.on_route_decided(rec, {**plan, "assignments": {"WH-SH": [2]}}, 3_500, RULES).routing_decision
+        assert decision is not None and decision["event_id"] == f"jd:1:route:{n + 2}"  # each decision its own id
+    fx = allocated(rec, 2, "REFUSED", "warehouse_short")
+    assert fx.route == ["2"]  # a real shortage: routed again at once, the first attempt of five used
+    assert int(rec.routing["attempt"]) - int(rec.routing["waits"]) == 1
+    flow.on_route_decided(rec, {**plan, "assignments": {"WH-GZ": [2]}}, 4_000, RULES)
+    allocated(rec, 2)
+    assert rec.state == "routed" and rec.allocated == {"1": "WH-SH", "2": "WH-GZ"}
+
+
 def test_sla_is_red_once_after_fifteen_minutes_and_cleared_once_when_the_warehouse_has_it() -> None:
     rec = paid_order()
     assert not flow.sla_alerts(rec, 1_000 + 899_999, RULES)
