@@ -280,6 +280,9 @@ class HoldStock(Processor):
         was_paused, had_breach, was_hot = stock.paused, not stock.healthy(), _hot_state(stock)
         # After ``had_breach``: a warehouse an older version overbooked with a presale line is alerted now.
         self._bring_up_to_date(db, stock)
+        if stock.hot is not None and stock.hot.bucket >= 0:
+            # Before the event, not after it: an exchange or offer it makes must not skip a warehouse still.
+            hot_.forget_stale_probes(stock, ctx.now_ms)
         had_free = stock.available()
         home_seq = stock.hot.seq if stock.hot is not None and stock.hot.bucket < 0 else 0
         if event_type == "HoldCommand":
@@ -659,7 +662,6 @@ class HoldStock(Processor):
         if stock.shelf_moves:
             rules_.forget_old_moves(stock, ctx.now_ms, self._rules.count_max_age_ms)
         if stock.hot is not None and stock.hot.bucket >= 0:
-            hot_.forget_stale_probes(stock, ctx.now_ms)
             self._bucket_changed(ctx, db, stock, had_free)
             self._alert_breach(ctx, stock, had_breach)
             return

@@ -384,6 +384,27 @@ def test_a_line_held_at_the_home_of_a_hot_sku_is_allocated_where_routing_sends_i
     assert_pool_consistent(r, {"WH-SH": 20, "WH-GZ": 20})
 
 
+def test_a_count_waited_for_past_its_limit_no_longer_holds_back_the_event_that_first_sees_it() -> None:
+    """Failed before: a bucket forgot a count it waited for too long (``PROBE_HOLD_MS``: the home's word never came)
+    only after the next event, which still kept that warehouse's units out of its exchange and was refused."""
+    r = runner()
+    receipt(r, SKU, 60, "WH-SH")
+    receipt(r, SKU, 40, "WH-GZ")
+    mark(r, 4)
+    order = orders_in(0, 1)[0]
+    r.send([command(order, "RESERVE", 12)], HOLD_COMMANDS.name)
+    key = sku_key(bucket_key(SKU, 0, P))
+    serde = HoldStock.from_settings(Settings(), WAREHOUSES).stores[0].serde
+    store = next(store for (name, _), store in r.stores.items() if name == STORE and store.get(key) is not None)
+    bucket = serde.loads(store.get(key))
+    bucket["hot"]["probed"] = {"WH-SH": ["count-lost", r.now_ms - 1]}  # its wait ended a millisecond ago
+    store.apply({key: serde.dumps(bucket)}, -1)
+    out = r.send([command(order, "COMMIT", 12, wh="WH-GZ")], HOLD_COMMANDS.name)
+    assert allocations(out, order) == [("ALLOCATED", "WH-GZ")]  # its Shanghai units exchanged for Guangzhou's
+    assert record(r, bucket_key(SKU, 0, P))["hot"]["probed"] == {}
+    assert_pool_consistent(r, {"WH-SH": 60, "WH-GZ": 40})
+
+
 def test_a_warehouse_short_everywhere_is_still_refused() -> None:
     r = runner()
     receipt(r, SKU, 60, "WH-SH")
