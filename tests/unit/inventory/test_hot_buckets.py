@@ -305,15 +305,21 @@ def assert_pool_consistent(r: LocalRunner, on_hand: dict[str, int]) -> None:
     assert {wh: q for wh, q in seen.items() if q} == on_hand
 
 
-def routed_beyond_its_buckets_share() -> tuple[LocalRunner, str, list[Output]]:
-    """Four buckets of 15 Shanghai and 10 Guangzhou units each; one order of 12 held in bucket 0 and paid
-    and routed to Guangzhou together: more than its bucket's share there."""
+def held_beyond_its_buckets_share() -> tuple[LocalRunner, str]:
+    """Four buckets of 15 Shanghai and 10 Guangzhou units each; one order of 12 held in bucket 0: more than its
+    bucket's share of Guangzhou."""
     r = runner()
     receipt(r, SKU, 60, "WH-SH")
     receipt(r, SKU, 40, "WH-GZ")
     mark(r, 4)
     order = orders_in(0, 1)[0]
     r.send([command(order, "RESERVE", 12)], HOLD_COMMANDS.name)
+    return r, order
+
+
+def routed_beyond_its_buckets_share() -> tuple[LocalRunner, str, list[Output]]:
+    """``held_beyond_its_buckets_share``, paid and routed to Guangzhou together."""
+    r, order = held_beyond_its_buckets_share()
     return r, order, r.send([command(order, "COMMIT", 12, wh="WH-GZ")], HOLD_COMMANDS.name)
 
 
@@ -387,12 +393,7 @@ def test_a_line_held_at_the_home_of_a_hot_sku_is_allocated_where_routing_sends_i
 def test_a_count_waited_for_past_its_limit_no_longer_holds_back_the_event_that_first_sees_it() -> None:
     """Failed before: a bucket forgot a count it waited for too long (``PROBE_HOLD_MS``: the home's word never came)
     only after the next event, which still kept that warehouse's units out of its exchange and was refused."""
-    r = runner()
-    receipt(r, SKU, 60, "WH-SH")
-    receipt(r, SKU, 40, "WH-GZ")
-    mark(r, 4)
-    order = orders_in(0, 1)[0]
-    r.send([command(order, "RESERVE", 12)], HOLD_COMMANDS.name)
+    r, order = held_beyond_its_buckets_share()
     key = sku_key(bucket_key(SKU, 0, P))
     serde = HoldStock.from_settings(Settings(), WAREHOUSES).stores[0].serde
     store = next(store for (name, _), store in r.stores.items() if name == STORE and store.get(key) is not None)
