@@ -227,22 +227,35 @@ def gathering(levels: list[int], low_water: int) -> bool:
 
 
 def distribute(home: SkuStock, low_water: int) -> list[Sync]:
-    """Hand the home's free units to its buckets: to the poorest first, or all to the richest when gathering.
+    """Hand the home's free units to its buckets: first what a bucket left short by a count lacks (the home kept
+    them back for it: ``owed``), then the rest to the poorest first, or all to the richest when gathering.
     Not while a count is being settled (the buckets' figures are being taken)."""
     hot = home.hot
     if hot is None or hot.state != HOT or hot.settles or hot.count < 1:
         return []
-    free = movable(home, owed=owed(home))
+    kept = owed(home)
+    out = []
+    shorts = {k: lack for k in hot.short if 0 <= k < hot.count and (lack := bucket_short(hot, k)) > 0}
+    if shorts:
+        # A short bucket's paid lines can be tied to a warehouse only with units there: kept at the home, they would
+        # be sold to no one, and those lines refused wherever routing sends them.
+        kept -= sum(shorts.values())
+        for bucket, part in zip(shorts, apportion(movable(home, owed=kept), list(shorts.values())), strict=True):
+            if part:
+                take(home, part)
+                out.append(Sync(TRANSFER, bucket, part))
+    free = movable(home, owed=kept)
     units = total(free)
     if units <= 0:
-        return []
+        return out
     levels = reported_available(hot)
+    for sync in out:
+        levels[sync.to_bucket] += total(sync.units)
     if hot.count > 1 and sum(levels) + units <= hot.count * low_water:
         target = max(range(hot.count), key=lambda k: (levels[k], -k))
         amounts = [units if k == target else 0 for k in range(hot.count)]
     else:
         amounts = water_fill(units, levels)
-    out = []
     for bucket, part in enumerate(apportion(free, amounts)):
         if part:
             take(home, part)

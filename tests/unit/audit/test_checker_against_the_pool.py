@@ -379,6 +379,31 @@ def test_a_warehouse_a_count_left_short_takes_no_more_lines(monkeypatch: pytest.
 
 
 @pytest.mark.parametrize("hot", [False, True])
+def test_a_line_a_count_left_short_is_tied_where_stock_comes_in(hot: bool) -> None:
+    """Found in review: the count left jd:4's bucket short, and the WH-GZ receipt that came after was kept at the home
+    for it (``owed``) but never sent there: jd:4, routed to WH-GZ, was refused there and at WH-SH on every retry,
+    where a cold SKU ties it to the receipt's units."""
+    s = Story()
+    s.adjust(("RECEIPT", 10, "rcpt-1", s.r.now_ms))
+    buckets = 0
+    if hot:
+        s.hot(buckets := 2)
+    s.r.advance(10_000)
+    s.line("jd:0", 4, "RESERVE", "ALLOCATE", "COMMIT", buckets=buckets)
+    s.line("jd:4", 3, "RESERVE", buckets=buckets)
+    s.r.advance(1_000)
+    s.adjust(("COUNT", 4, "count-1", s.r.now_ms))
+    s.r.advance(2_000)
+    s.adjust(("RECEIPT", 3, "rcpt-2", s.r.now_ms), wh="WH-GZ")
+    s.r.advance(2_000)
+    s.line("jd:4", 3, "ALLOCATE", buckets=buckets, wh="WH-GZ")
+    s.r.advance(1_000)
+    answers = [(out.record["outcome"], out.record["reason"]) for out in s.r.outputs if out.event_type == "HoldDecided"
+               and out.record["order_id"] == "jd:4" and out.record["action"] == "ALLOCATE"]  # fmt: skip
+    assert answers == [("ALLOCATED", "WH-GZ")]
+
+
+@pytest.mark.parametrize("hot", [False, True])
 def test_a_receipt_read_with_a_count_is_not_sold_from_under_a_bucket_the_count_left_short(
     monkeypatch: pytest.MonkeyPatch, hot: bool
 ) -> None:
