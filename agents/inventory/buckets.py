@@ -84,8 +84,9 @@ __all__ = ["bucket_for", "bucket_key"]  # the contract's, here beside the rules 
 HOME = -1
 MAX_BUCKETS = 64
 # Longest a bucket keeps a counted warehouse's units behind untied lines from being tied or exchanged, waiting for the
-# home's word that the count is settled: one exchange of messages, unless the home is down or runs a release that
-# does not send it (a rolling deploy); past it, the bucket goes on as before this wait was kept.
+# home's word that the count is settled: the slowest bucket's answer and the word back, unless the home is down or
+# runs a release that does not send it (a rolling deploy); past it, the bucket goes on as before this wait was kept
+# (and a word that comes later takes no unit a line was tied to meanwhile: ``take_settled``).
 PROBE_HOLD_MS = 60_000
 SETTLED = "settled:"  # the ref prefix of a home's word to a bucket that a count it answered is settled
 MIN_BUCKETS = 2  # fewer is no split: the SKU is decided at its home
@@ -537,6 +538,22 @@ def on_settled(bucket: SkuStock, ref: str) -> None:
     count_ref = ref.removeprefix(SETTLED)
     for wh in [wh for wh, (probed, _) in hot.probed.items() if probed == count_ref]:
         del hot.probed[wh]
+
+
+def take_settled(bucket: SkuStock, units: dict[str, int], ref: str) -> tuple[dict[str, int], list[Sync]]:
+    """What a home's TRANSFER (``units``) changes at this bucket, and what goes back home. One that settles a count
+    takes the units the bucket kept behind untied lines when it answered; but a bucket stops waiting for that word
+    after ``PROBE_HOLD_MS`` (the slowest bucket's answer may take longer), and may have tied lines there since. No
+    unit a tied line holds is taken: that part of the debt goes back home, below zero there, as the home carried a
+    count's loss before it took units off buckets."""
+    if not ref.startswith(SETTLED):
+        return units, []
+    applied, back = dict(units), {}
+    for wh, qty in units.items():
+        excess = min(-qty, bucket.allocated.get(wh, 0) - bucket.on_hand.get(wh, 0) - qty) if qty < 0 else 0
+        if excess > 0:
+            applied[wh], back[wh] = qty + excess, -excess
+    return applied, [Sync(TRANSFER, HOME, back, ref=ref)] if back else []
 
 
 def forget_stale_probes(bucket: SkuStock, now_ms: int) -> None:

@@ -454,7 +454,9 @@ class HoldStock(Processor):
             hot_.on_settled(stock, msg["ref"])
             stock.known = True
         if kind == hot_.TRANSFER:
-            hot_.give(stock, msg["units"])
+            units, back = hot_.take_settled(stock, msg["units"], msg["ref"])
+            hot_.give(stock, units)
+            self._send(ctx, stock, back)
             stock.known = True
             stock.touch(ctx.now_ms)
             swap = hot_.swap_of(msg["ref"])

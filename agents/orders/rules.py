@@ -104,8 +104,11 @@ class OrderRules:
 
 
 # A line refused because a count of its warehouse is being settled (``Reason.WAREHOUSE_COUNTING``) is routed again
-# this soon: the settling takes one exchange of messages between a hot SKU's records, at most the pool's 60 s.
+# this soon: the settling waits for every bucket of a hot SKU to answer, milliseconds unless one lags. Past as many
+# waits as a bucket waits at most (the pool's 60 s), they count as attempts: a count never settled is not waited on
+# for ever without the order's routing alerts.
 COUNT_WAIT_MS = 1_000
+MAX_COUNT_WAITS = 60
 # A presale order's stage time for its deposit: the order stays reserved (it is paid by its balance).
 DEPOSIT_PAID = "deposit_paid"
 # Why a presale order whose balance did not come in time is cancelled (``OrderStateChanged.reason``).
@@ -747,12 +750,13 @@ def _on_allocated(rec: OrderRecord, line_no: str, outcome: str, reason: str, now
             rec.routing["counting"] = True
     if any(n not in rec.allocated for n in plan):
         return fx  # answers still to come for this attempt
+    counting = rec.routing.pop("counting", False)
     if _routed_when_placed(rec, fx, now_ms, rules):
         return fx
-    if rec.routing.pop("counting", False):
-        # Nothing is short: a hot SKU's count settles within one exchange of messages. Routed again at once, the
-        # line would find the same warehouse still counting and use up its attempts in milliseconds; this wait is
-        # not an attempt (``waits``), so the order never waits ``route_retry_ms`` for a count.
+    if counting and int(rec.routing.get("waits", 0)) < MAX_COUNT_WAITS:
+        # Nothing is short: a hot SKU's count settles in milliseconds. Routed again at once, the line would find
+        # the same warehouse still counting and use up its attempts in milliseconds; this wait is not an attempt
+        # (``waits``), so the order does not wait ``route_retry_ms`` for a count.
         rec.routing["waits"] = int(rec.routing.get("waits", 0)) + 1
         rec.routing["retry_at_ms"] = now_ms + COUNT_WAIT_MS
     elif int(rec.routing.get("attempt", 0)) - int(rec.routing.get("waits", 0)) < rules.max_route_attempts:

@@ -508,6 +508,32 @@ def test_an_exchange_back_while_a_count_awaits_its_settling_leaves_the_line_answ
     assert step.holds[1] is not None and step.holds[1].wants == ""
 
 
+def test_a_count_settled_after_a_bucket_stopped_waiting_takes_no_unit_a_line_was_tied_to_since() -> None:
+    """Found in review: the home settles on the slowest bucket's answer. Bucket 0 lagged past ``PROBE_HOLD_MS``,
+    bucket 1 stopped waiting and tied its line to WH-SH, and the home's transfer then took those 3 units from under
+    it (WH-SH 0 with 3 tied). The bucket now keeps them and sends the debt back: the home carries it below zero."""
+    bucket = SkuStock(f"{SKU}#1", known=True, on_hand={"WH-SH": 3}, locked=3,
+                      hot=Buckets(bucket=1, count=2, state=b.HOT))  # fmt: skip
+    line = LineHold("jd:4", 1, 3, "jd", False, rules.SOLD, "", 10**12, 0)
+    counted = b.on_probe(bucket, "WH-SH", "count-w", now_ms=0)[-1]
+    stock = home({"WH-SH": 0}, count=2)
+    b.start_settle(stock, "COUNT", "WH-SH", 0, "count-w", 0)
+    b.on_counted(stock, 1, "count-w", counted.qty, 0, left=counted.units, tied=counted.allocated)
+    b.forget_stale_probes(bucket, b.PROBE_HOLD_MS)
+    tied = rules.allocate(bucket, line, "jd:4", 1, 3, "WH-SH", b.PROBE_HOLD_MS)
+    assert tied.answer is not None and tied.answer.outcome == "ALLOCATED"
+    syncs = b.on_counted(stock, 0, "count-w", 0, 0, left={"WH-SH": 0}, tied={"WH-SH": 0})  # the lagging answer
+    transfer = next(s for s in syncs if s.kind == b.TRANSFER)
+    assert transfer.units == {"WH-SH": -3}
+    units, back = b.take_settled(bucket, transfer.units, transfer.ref)
+    b.give(bucket, units)
+    assert bucket.on_hand == {"WH-SH": 3} and bucket.allocated == {"WH-SH": 3} and bucket.healthy()
+    assert [(s.kind, s.to_bucket, s.units) for s in back] == [(b.TRANSFER, b.HOME, {"WH-SH": -3})]
+    b.credit(stock, 1, back[0].units)
+    assert stock.on_hand == {"WH-SH": -3}  # the count's loss, kept by the home (``owed``)
+    assert b.take_settled(bucket, {"WH-SH": -1}, "swap:0:jd:9#1") == ({"WH-SH": -1}, [])  # other transfers as sent
+
+
 def test_a_bucket_that_never_hears_a_count_settled_goes_on_after_the_wait() -> None:
     # An older home (a rolling deploy) never says: the bucket stops waiting after PROBE_HOLD_MS.
     bucket = SkuStock(f"{SKU}#1", known=True, on_hand={"WH-SH": 3}, locked=3,

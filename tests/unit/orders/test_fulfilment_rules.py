@@ -84,6 +84,16 @@ def test_a_line_refused_while_its_warehouse_is_counted_waits_a_second_and_uses_n
     assert rec.state == "routed" and rec.allocated == {"1": "WH-SH", "2": "WH-GZ"}
 
 
+def test_a_count_that_never_settles_is_waited_on_no_longer_than_a_bucket_waits() -> None:
+    rec = paid_order()
+    plan = {"assignments": {"WH-SH": [1, 2]}, "candidates": [], "weights": {}}
+    flow.on_route_decided(rec, plan, 1_500, RULES)
+    allocated(rec, 1)
+    rec.routing["waits"] = flow.MAX_COUNT_WAITS
+    fx = allocated(rec, 2, "REFUSED", "warehouse_counting")
+    assert fx.route == ["2"] and "counting" not in rec.routing  # an attempt now, routed at once
+
+
 def test_sla_is_red_once_after_fifteen_minutes_and_cleared_once_when_the_warehouse_has_it() -> None:
     rec = paid_order()
     assert not flow.sla_alerts(rec, 1_000 + 899_999, RULES)
