@@ -536,8 +536,7 @@ def on_settled(bucket: SkuStock, ref: str) -> None:
     if hot is None or not ref.startswith(SETTLED):
         return
     count_ref = ref.removeprefix(SETTLED)
-    for wh in [wh for wh, (probed, _) in hot.probed.items() if probed == count_ref]:
-        del hot.probed[wh]
+    hot.probed = {wh: probe for wh, probe in hot.probed.items() if probe[0] != count_ref}
 
 
 def take_settled(bucket: SkuStock, units: dict[str, int], ref: str) -> tuple[dict[str, int], list[Sync]]:
@@ -560,8 +559,7 @@ def forget_stale_probes(bucket: SkuStock, now_ms: int) -> None:
     """Counts whose settling the bucket waited for longer than ``PROBE_HOLD_MS``: it goes on without the word."""
     hot = bucket.hot
     if hot is not None and hot.probed:
-        for wh in [wh for wh, (_, until) in hot.probed.items() if now_ms >= int(until)]:
-            del hot.probed[wh]
+        hot.probed = {wh: probe for wh, probe in hot.probed.items() if now_ms < int(probe[1])}
 
 
 def relabel_phantoms(home: SkuStock, settle: dict[str, Any]) -> list[Sync]:
@@ -575,27 +573,26 @@ def relabel_phantoms(home: SkuStock, settle: dict[str, Any]) -> list[Sync]:
     wh = settle["wh"]
     if hot is None or hot.state == COLD:
         return []
-    told = [int(k) for k in sorted(settle.get("untied", {}), key=int)
-            if 0 <= int(k) < hot.count and int(k) not in hot.merged]  # fmt: skip
+    untied = {bucket: qty for k, qty in settle.get("untied", {}).items()
+              if 0 <= (bucket := int(k)) < hot.count and bucket not in hot.merged}  # fmt: skip
     debt = -home.on_hand.get(wh, 0)
-    moves = []
-    for bucket in told:
-        taken = min(settle["untied"][str(bucket)], debt)
-        if taken <= 0:
-            continue
-        moves.append((bucket, taken))
-        debt -= taken
+    moves: dict[int, int] = {}
+    for bucket in sorted(untied):
+        if debt <= 0:
+            break
+        moves[bucket] = min(untied[bucket], debt)  # every entry is above zero
+        debt -= moves[bucket]
     ref = SETTLED + settle["ref"]
     # Every bucket that kept units there behind untied lines waits for word that the count is settled: with the
     # units taken off it, or a CONFIG.
-    settled = [Sync(CONFIG, bucket, ref=ref) for bucket in told if bucket not in dict(moves)]
+    settled = [Sync(CONFIG, bucket, ref=ref) for bucket in sorted(untied) if bucket not in moves]
     if not moves:
         return settled
     # The debt moved off the home first: what it still owes after, and its own lines, are all it keeps back.
-    take(home, {wh: -sum(taken for _, taken in moves)})
+    take(home, {wh: -sum(moves.values())})
     spare = {w: q for w, q in movable(home, owed=owed(home)).items() if w != wh}
     out = []
-    for bucket, taken in moves:
+    for bucket, taken in moves.items():
         instead = apportion(spare, [taken])[0]
         for w, q in instead.items():
             spare[w] -= q
@@ -753,8 +750,8 @@ def on_rebalance(bucket: SkuStock, qty: int) -> list[Sync]:
     return [Sync(TRANSFER, HOME, part)]
 
 
-def on_probe(bucket: SkuStock, warehouse_id: str, ref: str, as_of_ms: int = 0, skew_ms: int = 0,
-             now_ms: int = 0) -> list[Sync]:  # fmt: skip
+def on_probe(bucket: SkuStock, warehouse_id: str, ref: str, now_ms: int, as_of_ms: int = 0,
+             skew_ms: int = 0) -> list[Sync]:  # fmt: skip
     """Send the warehouse's free units home, then say what was left there (the units open lines hold) when the count
     was taken (``as_of_ms``; 0: as it stands): its shipments since stay on top of the count. Units kept there behind
     untied lines wait for the count to be settled (``rules.awaits_count``): the home may take them off."""

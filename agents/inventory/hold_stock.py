@@ -474,8 +474,8 @@ class HoldStock(Processor):
                 # Made anew since its last life ended: that life's shipments after the count stay on top of it.
                 stock.shelf_moves = {wh: [list(m) for m in moves] for wh, moves in ended.get("shelf_moves", {}).items()}
                 stock.moves_from = dict(ended.get("moves_from", {}))
-            self._send(ctx, stock, hot_.on_probe(stock, msg["warehouse_id"], msg["ref"], msg.get("as_of_ms", 0),
-                                                 msg.get("skew_ms", 0), ctx.now_ms))  # fmt: skip
+            self._send(ctx, stock, hot_.on_probe(stock, msg["warehouse_id"], msg["ref"], ctx.now_ms,
+                                                 msg.get("as_of_ms", 0), msg.get("skew_ms", 0)))  # fmt: skip
 
     def _home_sync(self, ctx: Context, db: StoreTransaction[Any], home: SkuStock, msg: dict[str, Any]) -> None:
         kind, sender = msg["kind"], msg["from_bucket"]
@@ -552,11 +552,9 @@ class HoldStock(Processor):
             event_id=f"{stock.sku}:{hot.seq}", event_time_ms=ctx.now_ms, sku=sku, kind=sync.kind,
             from_bucket=hot.bucket, to_bucket=sync.to_bucket, units=dict(sync.units), qty=sync.qty,
             warehouse_id=sync.warehouse_id, ref=sync.ref, buckets=0, state="", paused=False, locked=0, sold=0,
-            presale_reserved=0, open_lines=0, allocated={}, newest_change_ms=0, newest_source_ms=0, seq=hot.seq,
-            acked=0, lent=0, as_of_ms=sync.as_of_ms, skew_ms=sync.skew_ms,
+            presale_reserved=0, open_lines=0, allocated=dict(sync.allocated), newest_change_ms=0, newest_source_ms=0,
+            seq=hot.seq, acked=0, lent=0, as_of_ms=sync.as_of_ms, skew_ms=sync.skew_ms,
         )  # fmt: skip
-        if sync.kind == hot_.COUNTED:
-            record["allocated"] = dict(sync.allocated)
         if hot.bucket == HOME:
             record["buckets"], record["state"], record["paused"] = hot.count, hot_.told_state(hot, sync), stock.paused
             hot_.sent_to_bucket(stock, hot.seq, sync)

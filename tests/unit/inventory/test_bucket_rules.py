@@ -344,7 +344,7 @@ def test_a_count_is_settled_across_buckets_as_of_each_probe() -> None:
     probes = b.start_settle(stock, "COUNT", "WH-SH", 30, "count-1", 0)
     assert sorted(sent(probes, b.PROBE)) == [0, 1]
     bucket0 = SkuStock(f"{SKU}#0", on_hand={"WH-SH": 14}, locked=4, hot=Buckets(bucket=0))
-    out0 = b.on_probe(bucket0, "WH-SH", "count-1")
+    out0 = b.on_probe(bucket0, "WH-SH", "count-1", now_ms=0)
     # Its figures go before its answer (found in review: a count that left it short was settled on figures older
     # than its lines, and the units the home had to keep back for them were handed out).
     assert [(s.kind, b.total(s.units)) for s in out0] == [(b.TRANSFER, 10), (b.REPORT, 0), (b.COUNTED, 4)]
