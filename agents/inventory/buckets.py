@@ -84,10 +84,11 @@ __all__ = ["bucket_for", "bucket_key"]  # the contract's, here beside the rules 
 HOME = -1
 MAX_BUCKETS = 64
 # Longest a bucket keeps a counted warehouse's units behind untied lines from being tied or exchanged, waiting for the
-# home's word that the count is settled: the slowest bucket's answer and the word back, unless the home is down or
-# runs a release that does not send it (a rolling deploy); past it, the bucket goes on as before this wait was kept
-# (and a word that comes later takes no unit a line was tied to meanwhile: ``take_settled``).
-PROBE_HOLD_MS = 60_000
+# home's word that the count is settled: the slowest bucket's answer and the word back (seconds, even with a flash
+# sale's backlog), unless the home runs a release that does not send it (a rolling deploy). Past it, the bucket goes
+# on as before this wait was kept: a line it ties there then may be left on units the count did not find, so the
+# wait is long enough that only a partition minutes behind, or an older home, ends it.
+PROBE_HOLD_MS = 300_000
 SETTLED = "settled:"  # the ref prefix of a home's word to a bucket that a count it answered is settled
 MIN_BUCKETS = 2  # fewer is no split: the SKU is decided at its home
 HOT, MERGING, COLD = "hot", "merging", ""
@@ -537,22 +538,6 @@ def on_settled(bucket: SkuStock, ref: str) -> None:
         return
     count_ref = ref.removeprefix(SETTLED)
     hot.probed = {wh: probe for wh, probe in hot.probed.items() if probe[0] != count_ref}
-
-
-def take_settled(bucket: SkuStock, units: dict[str, int], ref: str) -> tuple[dict[str, int], list[Sync]]:
-    """What a home's TRANSFER (``units``) changes at this bucket, and what goes back home. One that settles a count
-    takes the units the bucket kept behind untied lines when it answered; but a bucket stops waiting for that word
-    after ``PROBE_HOLD_MS`` (the slowest bucket's answer may take longer), and may have tied lines there since. No
-    unit a tied line holds is taken: that part of the debt goes back home, below zero there, as the home carried a
-    count's loss before it took units off buckets."""
-    if not ref.startswith(SETTLED):
-        return units, []
-    applied, back = dict(units), {}
-    for wh, qty in units.items():
-        excess = min(-qty, bucket.allocated.get(wh, 0) - bucket.on_hand.get(wh, 0) - qty) if qty < 0 else 0
-        if excess > 0:
-            applied[wh], back[wh] = qty + excess, -excess
-    return applied, [Sync(TRANSFER, HOME, back, ref=ref)] if back else []
 
 
 def forget_stale_probes(bucket: SkuStock, now_ms: int) -> None:

@@ -454,9 +454,7 @@ class HoldStock(Processor):
             hot_.on_settled(stock, msg["ref"])
             stock.known = True
         if kind == hot_.TRANSFER:
-            units, back = hot_.take_settled(stock, msg["units"], msg["ref"])
-            hot_.give(stock, units)
-            self._send(ctx, stock, back)
+            hot_.give(stock, msg["units"])
             stock.known = True
             stock.touch(ctx.now_ms)
             swap = hot_.swap_of(msg["ref"])

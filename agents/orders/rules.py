@@ -104,9 +104,9 @@ class OrderRules:
 
 
 # A line refused because a count of its warehouse is being settled (``Reason.WAREHOUSE_COUNTING``) is routed again
-# this soon: the settling waits for every bucket of a hot SKU to answer, milliseconds unless one lags. Past as many
-# waits as a bucket waits at most (the pool's 60 s), they count as attempts: a count never settled is not waited on
-# for ever without the order's routing alerts.
+# this soon: the settling waits for every bucket of a hot SKU to answer, milliseconds unless one lags. Past a minute of
+# such waits over the order's life they count as attempts, so a count that does not settle is not waited on for ever
+# without the order's routing alerts.
 COUNT_WAIT_MS = 1_000
 MAX_COUNT_WAITS = 60
 # A presale order's stage time for its deposit: the order stays reserved (it is paid by its balance).

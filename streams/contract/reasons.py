@@ -197,7 +197,8 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.WAREHOUSE_SHORT: "the pool refused an allocation: the chosen warehouse no longer has the units free",
     Reason.WAREHOUSE_COUNTING: (
         "the pool refused an allocation for now: a count of the warehouse is being settled across a hot SKU's "
-        "buckets (milliseconds, at most 60 s); the line is routed again shortly, not counted as a routing attempt"
+        "buckets (milliseconds unless a bucket lags; at most 5 minutes); the line is routed again a second later, not "
+        "counted as a routing attempt"
     ),
     Reason.HOLD_EXPIRED: "an unpaid hold outlived STOCKFLOW_HOLD_TTL_S and was given back by the pool",
     Reason.REASON_REQUIRED: "a VIP override request without a reason",
