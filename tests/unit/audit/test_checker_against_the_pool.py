@@ -378,11 +378,9 @@ def test_a_warehouse_a_count_left_short_takes_no_more_lines(monkeypatch: pytest.
     assert answers[-1] == "REFUSED"
 
 
-@pytest.mark.parametrize("hot", [False, True])
-def test_a_line_a_count_left_short_is_tied_where_stock_comes_in(hot: bool) -> None:
-    """Found in review: the count left jd:4's bucket short, and the WH-GZ receipt that came after was kept at the home
-    for it (``owed``) but never sent there: jd:4, routed to WH-GZ, was refused there and at WH-SH on every retry,
-    where a cold SKU ties it to the receipt's units."""
+def jd4_held_beside_jd0_tied(hot: bool) -> tuple[Story, int]:
+    """WH-SH has 10 units: 4 tied to jd:0, 3 held for jd:4 (not tied to a warehouse); split in two buckets when
+    ``hot``. The story and its bucket count."""
     s = Story()
     s.adjust(("RECEIPT", 10, "rcpt-1", s.r.now_ms))
     buckets = 0
@@ -392,6 +390,15 @@ def test_a_line_a_count_left_short_is_tied_where_stock_comes_in(hot: bool) -> No
     s.line("jd:0", 4, "RESERVE", "ALLOCATE", "COMMIT", buckets=buckets)
     s.line("jd:4", 3, "RESERVE", buckets=buckets)
     s.r.advance(1_000)
+    return s, buckets
+
+
+@pytest.mark.parametrize("hot", [False, True])
+def test_a_line_a_count_left_short_is_tied_where_stock_comes_in(hot: bool) -> None:
+    """Found in review: the count left jd:4's bucket short, and the WH-GZ receipt that came after was kept at the home
+    for it (``owed``) but never sent there: jd:4, routed to WH-GZ, was refused there and at WH-SH on every retry,
+    where a cold SKU ties it to the receipt's units."""
+    s, buckets = jd4_held_beside_jd0_tied(hot)
     s.adjust(("COUNT", 4, "count-1", s.r.now_ms))
     s.r.advance(2_000)
     s.adjust(("RECEIPT", 3, "rcpt-2", s.r.now_ms), wh="WH-GZ")
@@ -410,15 +417,7 @@ def test_a_receipt_read_with_a_count_is_not_sold_from_under_a_bucket_the_count_l
     """Found in review: the count took jd:4's three WH-SH units off its bucket, and the home handed the WH-GZ
     receipt read with the count (waiting at the home while the count settled) to both buckets instead of giving
     it in their place: four one-unit lines sold 9 units of 7."""
-    s = Story()
-    s.adjust(("RECEIPT", 10, "rcpt-1", s.r.now_ms))
-    buckets = 0
-    if hot:
-        s.hot(buckets := 2)
-    s.r.advance(10_000)
-    s.line("jd:0", 4, "RESERVE", "ALLOCATE", "COMMIT", buckets=buckets)
-    s.line("jd:4", 3, "RESERVE", buckets=buckets)
-    s.r.advance(1_000)
+    s, buckets = jd4_held_beside_jd0_tied(hot)
     s.adjust(("COUNT", 4, "count-1", s.r.now_ms), ("RECEIPT", 3, "rcpt-gz", s.r.now_ms, "WH-GZ"))
     for order_id in ("jd:8", "jd:11", "jd:13", "jd:21"):
         s.line(order_id, 1, "RESERVE", buckets=buckets, wh="WH-GZ")
