@@ -257,7 +257,8 @@ class Settings(BaseSettings):
         "twice; then it is dead-lettered (`unknown_order`; a payment raises a RED `paid_order_not_fulfilled`: owed "
         "back) and a slim copy is kept `STOCKFLOW_ORDER_RETENTION_S` more for an order replayed later. "
         "A marketplace settlement before its refund's request waits this grace too, then is dead-lettered "
-        "(`unknown_refund`).",
+        "(`unknown_refund`); so does a return receipt for an order no warehouse is known to have shipped, for the "
+        "order's shipment notice (then `nothing_shipped`).",
     )
     order_retention_s: float = Field(
         default=30 * 86400.0,

@@ -478,6 +478,40 @@ def waits_for_precondition(rec: RefundRecord, event_type: str) -> bool:
     return event_type == "RefundReviewed" and rec.state == "requested" and bool(rec.waiting_for)
 
 
+# A return receipt for an order no warehouse is known to have shipped waits for the shipment's notice (a WMS's
+# notices can come late, and the parcel it sent may come back first), looked at again this often while kept.
+SHIPMENT_RECHECK_MS = 600_000
+WAITS_FOR_SHIPMENT = "shipment"
+
+
+def keep_for_shipment(rec: RefundRecord, event: Mapping[str, Any], source: dict[str, Any], now_ms: int) -> None:
+    """Keep a return receipt refused ``nothing_shipped`` until its order is known to have shipped: applied then
+    (``run_refunds``), dead-lettered from ``source`` after ``parked_keep_ms``."""
+    rec.early.append({"type": "ReturnReceived", "event": dict(event), "source": source, "at_ms": now_ms,
+                      "waits": WAITS_FOR_SHIPMENT, "due_ms": now_ms + SHIPMENT_RECHECK_MS})  # fmt: skip
+
+
+def can_keep_for_shipment(rec: RefundRecord, event_type: str, refusal: Refusal | None) -> bool:
+    return (event_type == "ReturnReceived" and refusal is not None and refusal.reason == Reason.NOTHING_SHIPPED
+            and len(rec.early) < MAX_EARLY)  # fmt: skip
+
+
+def kept_for_shipment_again(kept: dict[str, Any], refusal: Refusal, now_ms: int,
+                            rules: RefundRules) -> dict[str, Any] | Refusal:  # fmt: skip
+    """A receipt kept for its order's shipment and refused again: kept on, looked at next after
+    ``SHIPMENT_RECHECK_MS``, while within ``parked_keep_ms``; else the refusal it is dead-lettered with."""
+    if refusal.reason != Reason.NOTHING_SHIPPED or now_ms >= int(kept["at_ms"]) + rules.parked_keep_ms:
+        kept_h = rules.parked_keep_ms / 3.6e6
+        return Refusal(refusal.reason, f"{refusal.detail}; kept {kept_h:g} h for its order's shipment notice")
+    due = int(kept["due_ms"])
+    return {**kept, "due_ms": due if now_ms < due else now_ms + SHIPMENT_RECHECK_MS}
+
+
+def shipment_recheck_due_ms(rec: RefundRecord) -> int:
+    """When the receipts kept for their order's shipment are next looked at (0: none is kept)."""
+    return min((int(e["due_ms"]) for e in rec.early if e.get("waits") == WAITS_FOR_SHIPMENT), default=0)
+
+
 def can_keep_early(rec: RefundRecord, event_type: str) -> bool:
     """Whether a callback the refund cannot take yet is kept for when it can, at most MAX_EARLY of them."""
     early = (not rec.state and event_type in EARLY_EVENTS) or waits_for_precondition(rec, event_type)
@@ -956,4 +990,5 @@ def abandoned_alert(rec: RefundRecord, retention_ms: int) -> AlertSpec:
 
 def next_deadline_ms(rec: RefundRecord, rules: RefundRules) -> int:
     due = [d for limit, d in _limits(rec, rules).items() if d and rec.flags.get(limit) != "red"]
+    due += [d for d in (shipment_recheck_due_ms(rec),) if d]
     return min(due) if due else 0

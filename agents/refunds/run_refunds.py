@@ -13,7 +13,8 @@ breaches, reconciliation) and dead letters (events a refund's state does not all
 whose refund was never requested in the time they were kept, and reviews kept for a channel's
 precondition - Kuaishou's return tracking number - that never came before the refund was let go).
 Owns: store ``refunds_by_id`` (changelog ``<app>.refunds_by_id.changelog``): one ``RefundRecord``
-per refund (with the reviews that wait for its channel's precondition), or per refund id whose
+per refund (with the reviews that wait for its channel's precondition, and return receipts that wait for
+their order's shipment notice), or per refund id whose
 callbacks (a settlement, a review, a withdrawal, the return's shipment or receipt) wait for its
 request; store ``approved_refunds_by_order``:
 per order, what its approved or marketplace-settled refunds pay back (what it has left to pay back, so
@@ -24,7 +25,8 @@ Timers: each refund's next SOP limit and its purge ``STOCKFLOW_REFUND_RETENTION_
 (finished, or still open - a refund that ended with its parcel's QC owed too - then with a RED alert, so
 no lost callback keeps a record for ever); callbacks before their request are flagged after
 ``STOCKFLOW_PARKED_GRACE_S`` and dead-lettered (``unknown_refund``) after
-``STOCKFLOW_PARKED_PAYMENT_GRACE_S``.
+``STOCKFLOW_PARKED_PAYMENT_GRACE_S``; a return receipt waiting for its order's shipment is looked at
+again every ``SHIPMENT_RECHECK_MS`` and dead-lettered (``nothing_shipped``) after that grace.
 
 The rules are ``agents.refunds.rules``. The engine commits a batch's outputs, the changed refunds and
 the input offsets in one transaction, so an instruction leaves exactly once with its refund's state.
@@ -174,6 +176,10 @@ class RunRefunds(Processor):
             fx = RefundEffects()
         else:
             fx = self._take(ctx, rec, event_type, record)
+            if ctx.message is not None and flow.can_keep_for_shipment(rec, event_type, fx.refusal):
+                # Its order's shipment notice may still come (a WMS's notices can lag its parcels): kept for it.
+                flow.keep_for_shipment(rec, record, ctx.keep_message(), now)
+                fx.refusal = None
         if fx.refusal is not None:
             ctx.refuse(fx.refusal.reason, fx.refusal.detail)
         if not rec.state:
@@ -185,7 +191,12 @@ class RunRefunds(Processor):
             rec.settlement_source = {}  # its request is here: the settlement is the refund's now, or given up
         if rec.early:
             self._apply_early(ctx, rec, fx)
-        fx.alerts += flow.check_limits(rec, now, rules)
+        self._done(ctx, db, rec, fx, stages_before)
+
+    def _done(self, ctx: Context, db: StoreTransaction[RefundRecord], rec: RefundRecord, fx: RefundEffects,
+              stages_before: set[str]) -> None:  # fmt: skip
+        """A requested refund after an event or a timer: its limits looked at, what changed published and stored."""
+        fx.alerts += flow.check_limits(rec, ctx.now_ms, self._rules)
         new_stages = sorted(set(rec.stage_times) - stages_before - {t[1] for t in fx.transitions})
         if new_stages and not fx.transitions:
             # A return received, checked or paid out while the refund's state stays: the stage time
@@ -235,6 +246,7 @@ class RunRefunds(Processor):
         came, or the precondition a review waited for was met (one still waiting for it is kept). One the refund's
         state does not allow (or naming another order) is dead-lettered with its own bytes."""
         pending, rec.early = rec.early, []
+        still_unshipped = []
         while pending:
             kept = pending.pop(0)
             if flow.waits_for_precondition(rec, kept["type"]):
@@ -248,12 +260,19 @@ class RunRefunds(Processor):
                 continue
             later = self._apply(ctx, rec, kept["type"], kept["event"])
             fx.absorb(later)
+            if kept.get("waits") == flow.WAITS_FOR_SHIPMENT and later.refusal is not None:
+                again = flow.kept_for_shipment_again(kept, later.refusal, ctx.now_ms, self._rules)
+                if isinstance(again, dict):
+                    still_unshipped.append(again)
+                    continue
+                later.refusal = again
             if later.refusal is not None:
                 ctx.refuse_kept(kept["source"], STAGE, later.refusal.reason, later.refusal.detail)
             if rec.early and not flow.waits_for_precondition(rec, rec.early[0]["type"]):
                 # This one met the precondition (a tracking number, the parcel): the reviews that waited for it
                 # are next, before the callbacks that came after them.
                 pending, rec.early = rec.early + pending, []
+        rec.early += still_unshipped  # after the loop: back in it, they would be taken up again at once
 
     def _facts(self, ctx: Context, order_id: str, refund_id: str) -> OrderFacts:
         order: OrderRecord | None = ctx.read_store(ORDER_STORE).get(order_id.encode())
@@ -311,6 +330,10 @@ class RunRefunds(Processor):
         if not rec.state:
             self._parked_timer(ctx, db, rec)
             return
+        stages_before = set(rec.stage_times)
+        fx = RefundEffects()
+        if 0 < flow.shipment_recheck_due_ms(rec) <= ctx.now_ms:
+            self._apply_early(ctx, rec, fx)  # a receipt kept for its order's shipment notice
         expired = self._idle_since(rec) + self.retention_ms <= ctx.now_ms
         if expired and not flow.next_deadline_ms(rec, self._rules):
             # Finished long enough ago, or open and not moved since (its limits all flagged: a lost callback,
@@ -325,9 +348,7 @@ class RunRefunds(Processor):
             db.delete(key)
             self._note_paid_back(ctx, rec, 0, purged=True)
             return
-        fx = RefundEffects(alerts=flow.check_limits(rec, ctx.now_ms, self._rules))
-        self._publish(ctx, rec, fx)
-        self._store(ctx, db, rec)
+        self._done(ctx, db, rec, fx, stages_before)
 
     def _parked_timer(self, ctx: Context, db: StoreTransaction[RefundRecord], rec: RefundRecord) -> None:
         """Callbacks still waiting for their refund's request: flagged after the grace, given up after the

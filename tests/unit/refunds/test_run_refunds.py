@@ -880,16 +880,40 @@ def test_a_refund_only_whose_parcel_comes_back_puts_its_resellable_units_back_on
     assert [a["kind"] for a in of(out, "Alert")] == ["refund_restock_capped"]
 
 
-def test_a_refund_only_that_cancelled_an_unshipped_order_never_restocks_a_return() -> None:
-    """Nothing left the shelf: a receipt for it is refused (`nothing_shipped`) and puts nothing on hand."""
+def refund_only_that_cancelled_an_unshipped_order() -> tuple[LocalRunner, str]:
     r, view, wh = pipeline()
     paid_order(r, view, wh, "tmall", "b2", "SKU-B2", 1)
     out = refund(r, "RefundRequested", ev.refund_requested("tmall", "b2", "rb3", 9_900, kind="REFUND_ONLY"))
     assert r.read(ORDERS, b"tmall:b2", "tmall:b2").state == "cancelled" and of(out, "RefundInstruction")
+    return r, wh
+
+
+def test_a_refund_only_that_cancelled_an_unshipped_order_never_restocks_a_return() -> None:
+    """Nothing left the shelf: a receipt for it puts nothing on hand, and once its order's shipment notice has not
+    come in the time it is kept for it (``STOCKFLOW_PARKED_PAYMENT_GRACE_S``), it is refused (`nothing_shipped`)."""
+    r, wh = refund_only_that_cancelled_an_unshipped_order()
     out = refund(r, "ReturnReceived", ev.return_received("tmall", "b2", "rb3", wh))
+    assert not of(out, "StockAdjusted") and on_hand(r, "SKU-B2", wh) == 5 and not of(out, "DeadLetter")
+    assert not r.refusals
+    out = r.advance(int(Settings().parked_payment_grace_s * 1000))
+    assert [(d["reason"], d["source_topic"]) for d in of(out, "DeadLetter")] == [(Reason.NOTHING_SHIPPED,
+                                                                                   REFUND_EVENTS.name)]  # fmt: skip
     assert not of(out, "StockAdjusted") and on_hand(r, "SKU-B2", wh) == 5
-    assert [x.reason for x in r.refusals] == [Reason.NOTHING_SHIPPED]
-    assert r.read(REFUNDS, b"tmall:rb3", "tmall:b2").return_status == ""
+    kept = r.read(REFUNDS, b"tmall:rb3", "tmall:b2")
+    assert kept.return_status == "" and kept.early == []
+
+
+def test_a_return_receipt_before_its_orders_late_shipment_notice_is_taken_when_the_notice_comes() -> None:
+    """Failed before: the WMS shipped the order the refund cancelled, its notice came late, and the parcel sent back
+    (refused at the door) was received first: refused `nothing_shipped` for good, its unit never back on hand."""
+    r, wh = refund_only_that_cancelled_an_unshipped_order()
+    refund(r, "ReturnReceived", ev.return_received("tmall", "b2", "rb3", wh))
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("tmall", "b2", wh))  # the late notice: 1 unit left
+    assert on_hand(r, "SKU-B2", wh) == 4
+    out = r.advance(600_000)
+    assert [(a["event_id"], a["qty"]) for a in of(out, "StockAdjusted")] == [("return:tmall:rb3:1", 1)]
+    assert on_hand(r, "SKU-B2", wh) == 5 and not of(out, "DeadLetter") and not r.refusals
+    assert r.read(REFUNDS, b"tmall:rb3", "tmall:b2").early == []
 
 
 def test_a_rejected_refunds_parcel_is_restocked_once_and_its_refund_neither_moves_nor_pays() -> None:
