@@ -498,13 +498,16 @@ def can_keep_for_shipment(rec: RefundRecord, event_type: str, refusal: Refusal |
 
 def kept_for_shipment_again(kept: dict[str, Any], refusal: Refusal, now_ms: int,
                             rules: RefundRules) -> dict[str, Any] | Refusal:  # fmt: skip
-    """A receipt kept for its order's shipment and refused again: kept on, looked at next after
-    ``SHIPMENT_RECHECK_MS``, while within ``parked_keep_ms``; else the refusal it is dead-lettered with."""
-    if refusal.reason != Reason.NOTHING_SHIPPED or now_ms >= int(kept["at_ms"]) + rules.parked_keep_ms:
+    """A kept return receipt refused (one kept for its refund's request, or for its order's shipment): kept on for
+    the shipment, looked at next after ``SHIPMENT_RECHECK_MS``, while it is ``nothing_shipped`` and within
+    ``parked_keep_ms`` of its arrival; else the refusal it is dead-lettered with."""
+    if refusal.reason != Reason.NOTHING_SHIPPED:
+        return refusal
+    if now_ms >= int(kept["at_ms"]) + rules.parked_keep_ms:
         kept_h = rules.parked_keep_ms / 3.6e6
         return Refusal(refusal.reason, f"{refusal.detail}; kept {kept_h:g} h for its order's shipment notice")
-    due = int(kept["due_ms"])
-    return {**kept, "due_ms": due if now_ms < due else now_ms + SHIPMENT_RECHECK_MS}
+    due = int(kept.get("due_ms", 0))
+    return {**kept, "waits": WAITS_FOR_SHIPMENT, "due_ms": due if now_ms < due else now_ms + SHIPMENT_RECHECK_MS}
 
 
 def shipment_recheck_due_ms(rec: RefundRecord) -> int:

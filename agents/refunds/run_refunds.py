@@ -260,7 +260,7 @@ class RunRefunds(Processor):
                 continue
             later = self._apply(ctx, rec, kept["type"], kept["event"])
             fx.absorb(later)
-            if kept.get("waits") == flow.WAITS_FOR_SHIPMENT and later.refusal is not None:
+            if kept["type"] == "ReturnReceived" and later.refusal is not None:  # also one kept for its request
                 again = flow.kept_for_shipment_again(kept, later.refusal, ctx.now_ms, self._rules)
                 if isinstance(again, dict):
                     still_unshipped.append(again)

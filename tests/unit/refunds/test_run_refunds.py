@@ -903,6 +903,18 @@ def test_a_refund_only_that_cancelled_an_unshipped_order_never_restocks_a_return
     assert kept.return_status == "" and kept.early == []
 
 
+def test_a_return_receipt_before_its_request_waits_for_its_orders_shipment_too() -> None:
+    r, view, wh = pipeline()
+    paid_order(r, view, wh, "tmall", "b2", "SKU-B2", 1)
+    refund(r, "ReturnReceived", ev.return_received("tmall", "b2", "rb3", wh))  # before its request: kept for it
+    out = refund(r, "RefundRequested", ev.refund_requested("tmall", "b2", "rb3", 9_900, kind="REFUND_ONLY"))
+    assert not of(out, "DeadLetter") and not r.refusals  # nothing shipped yet: kept for the shipment now
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("tmall", "b2", wh))
+    out = r.advance(600_000)
+    assert [(a["event_id"], a["qty"]) for a in of(out, "StockAdjusted")] == [("return:tmall:rb3:1", 1)]
+    assert on_hand(r, "SKU-B2", wh) == 5
+
+
 def test_a_return_receipt_before_its_orders_late_shipment_notice_is_taken_when_the_notice_comes() -> None:
     """Failed before: the WMS shipped the order the refund cancelled, its notice came late, and the parcel sent back
     (refused at the door) was received first: refused `nothing_shipped` for good, its unit never back on hand."""
