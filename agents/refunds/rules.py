@@ -510,6 +510,11 @@ def kept_for_shipment_again(kept: dict[str, Any], refusal: Refusal, now_ms: int,
     return {**kept, "waits": WAITS_FOR_SHIPMENT, "due_ms": due if now_ms < due else now_ms + SHIPMENT_RECHECK_MS}
 
 
+def kept_already(rec: RefundRecord, event: Mapping[str, Any]) -> bool:
+    """The same callback (by event id) is kept on the refund already: one sent again while the first waits."""
+    return any(kept["event"].get("event_id") == event.get("event_id") for kept in rec.early)
+
+
 def shipment_recheck_due_ms(rec: RefundRecord) -> int:
     """When the receipts kept for their order's shipment are next looked at (0: none is kept)."""
     return min((int(e["due_ms"]) for e in rec.early if e.get("waits") == WAITS_FOR_SHIPMENT), default=0)

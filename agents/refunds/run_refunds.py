@@ -212,6 +212,14 @@ class RunRefunds(Processor):
             # A review before the channel's precondition: a person decided, so it waits for it (``_apply_early``).
             flow.keep_early(rec, event_type, record, ctx.keep_message(), ctx.now_ms)
             return RefundEffects()
+        if event_type == "ReturnReceived" and ctx.message is not None and flow.shipment_recheck_due_ms(rec):
+            # Receipts wait for the order's shipment already: this one goes behind them, so the first QC stays the
+            # one that counts (``_apply_early`` takes them in order), and one the WMS sent again is kept once.
+            if flow.kept_already(rec, record):
+                return RefundEffects()
+            if len(rec.early) < flow.MAX_EARLY:
+                flow.keep_for_shipment(rec, record, ctx.keep_message(), ctx.now_ms)
+                return RefundEffects()
         return self._apply(ctx, rec, event_type, record)
 
     def _apply(self, ctx: Context, rec: RefundRecord, event_type: str, record: dict[str, Any]) -> RefundEffects:

@@ -903,6 +903,26 @@ def test_a_refund_only_that_cancelled_an_unshipped_order_never_restocks_a_return
     assert kept.return_status == "" and kept.early == []
 
 
+def test_a_receipt_sent_again_while_the_first_waits_for_the_shipment_is_kept_once() -> None:
+    """Found in review: each copy was kept, so eight filled the refund's room for callbacks."""
+    r, wh = refund_only_that_cancelled_an_unshipped_order()
+    for _ in range(3):
+        refund(r, "ReturnReceived", ev.return_received("tmall", "b2", "rb3", wh))
+    assert len(r.read(REFUNDS, b"tmall:rb3", "tmall:b2").early) == 1
+
+
+def test_a_later_qc_does_not_overtake_one_that_waits_for_the_shipment() -> None:
+    """Found in review: the second QC (resellable) was applied at once, and the first (not resellable) found the
+    parcel checked when its turn came and vanished: the first QC is the one that counts."""
+    r, wh = refund_only_that_cancelled_an_unshipped_order()
+    first = ev.return_received("tmall", "b2", "rb3", wh, resellable=False)
+    refund(r, "ReturnReceived", first)
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("tmall", "b2", wh))
+    refund(r, "ReturnReceived", dict(first, event_id="return-qc2:tmall:rb3", resellable=True))
+    r.advance(600_000)
+    assert r.read(REFUNDS, b"tmall:rb3", "tmall:b2").resellable is False and on_hand(r, "SKU-B2", wh) == 4
+
+
 def test_a_return_receipt_before_its_request_waits_for_its_orders_shipment_too() -> None:
     r, view, wh = pipeline()
     paid_order(r, view, wh, "tmall", "b2", "SKU-B2", 1)
