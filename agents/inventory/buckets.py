@@ -236,16 +236,20 @@ def distribute(home: SkuStock, low_water: int) -> list[Sync]:
     if hot is None or hot.state != HOT or hot.settles or hot.count < 1:
         return []
     kept = owed(home)
-    out = []
+    out: list[Sync] = []
+
+    def hand(buckets: list[int], parts: list[dict[str, int]]) -> None:
+        for bucket, part in zip(buckets, parts, strict=True):
+            if part:
+                take(home, part)
+                out.append(Sync(TRANSFER, bucket, part))
+
     shorts = {k: lack for k in hot.short if 0 <= k < hot.count and (lack := bucket_short(hot, k)) > 0}
     if shorts:
         # A short bucket's paid lines can be tied to a warehouse only with units there: kept at the home, they would
         # be sold to no one, and those lines refused wherever routing sends them.
         kept -= sum(shorts.values())
-        for bucket, part in zip(shorts, apportion(movable(home, owed=kept), list(shorts.values())), strict=True):
-            if part:
-                take(home, part)
-                out.append(Sync(TRANSFER, bucket, part))
+        hand(list(shorts), apportion(movable(home, owed=kept), list(shorts.values())))
     free = movable(home, owed=kept)
     units = total(free)
     if units <= 0:
@@ -258,10 +262,7 @@ def distribute(home: SkuStock, low_water: int) -> list[Sync]:
         amounts = [units if k == target else 0 for k in range(hot.count)]
     else:
         amounts = water_fill(units, levels)
-    for bucket, part in enumerate(apportion(free, amounts)):
-        if part:
-            take(home, part)
-            out.append(Sync(TRANSFER, bucket, part))
+    hand(list(range(hot.count)), apportion(free, amounts))
     return out
 
 

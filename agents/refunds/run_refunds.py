@@ -176,10 +176,6 @@ class RunRefunds(Processor):
             fx = RefundEffects()
         else:
             fx = self._take(ctx, rec, event_type, record)
-            if ctx.message is not None and flow.can_keep_for_shipment(rec, event_type, fx.refusal):
-                # Its order's shipment notice may still come (a WMS's notices can lag its parcels): kept for it.
-                flow.keep_for_shipment(rec, record, ctx.keep_message(), now)
-                fx.refusal = None
         if fx.refusal is not None:
             ctx.refuse(fx.refusal.reason, fx.refusal.detail)
         if not rec.state:
@@ -220,7 +216,12 @@ class RunRefunds(Processor):
             if len(rec.early) < flow.MAX_EARLY:
                 flow.keep_for_shipment(rec, record, ctx.keep_message(), ctx.now_ms)
                 return RefundEffects()
-        return self._apply(ctx, rec, event_type, record)
+        fx = self._apply(ctx, rec, event_type, record)
+        if ctx.message is not None and flow.can_keep_for_shipment(rec, event_type, fx.refusal):
+            # Its order's shipment notice may still come (a WMS's notices can lag its parcels): kept for it.
+            flow.keep_for_shipment(rec, record, ctx.keep_message(), ctx.now_ms)
+            fx.refusal = None
+        return fx
 
     def _apply(self, ctx: Context, rec: RefundRecord, event_type: str, record: dict[str, Any]) -> RefundEffects:
         """An event for a refund already requested."""
