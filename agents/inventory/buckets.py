@@ -247,9 +247,11 @@ def distribute(home: SkuStock, low_water: int) -> list[Sync]:
     shorts = {k: lack for k in hot.short if 0 <= k < hot.count and (lack := bucket_short(hot, k)) > 0}
     if shorts:
         # A short bucket's paid lines can be tied to a warehouse only with units there: kept at the home, they would
-        # be sold to no one, and those lines refused wherever routing sends them.
+        # be sold to no one, and those lines refused wherever routing sends them. They go before what the home keeps
+        # for a warehouse below zero (the rest of ``owed``): that only holds new sales back, and a short bucket
+        # given no more than it lacks sells nothing new.
         kept -= sum(shorts.values())
-        hand(list(shorts), apportion(movable(home, owed=kept), list(shorts.values())))
+        hand(list(shorts), apportion(movable(home), list(shorts.values())))
     free = movable(home, owed=kept)
     units = total(free)
     if units <= 0:

@@ -423,3 +423,37 @@ def test_a_receipt_read_with_a_count_is_not_sold_from_under_a_bucket_the_count_l
         s.line(order_id, 1, "RESERVE", buckets=buckets, wh="WH-GZ")
     s.r.advance(1_000)
     s.audit(monkeypatch)
+
+
+@pytest.mark.parametrize("hot", [False, True])
+def test_a_receipt_too_small_for_every_short_line_is_tied_to_one_of_them_as_a_cold_sku_ties_it(hot: bool) -> None:
+    """Found in review: WH-SH has 20 units, four lines of 3 are held (two a bucket), one of each bucket's tied to
+    WH-SH; a count finds 3 there, and a receipt brings 4 to WH-GZ. A cold SKU ties one of the two untied lines to
+    WH-GZ; the home kept the 4 units back for WH-SH's debt (``owed``), gave the short buckets none, and both lines
+    were refused on every retry. A short bucket now gets its lack before the home keeps units for a debt: that
+    debt only holds new sales back, and no new sale is made (the SKU stays 5 short either way)."""
+    s = Story()
+    s.adjust(("RECEIPT", 20, "rcpt-1", s.r.now_ms))
+    buckets = 0
+    if hot:
+        s.hot(buckets := 2)
+    s.r.advance(10_000)
+    for order_id in ("jd:0", "jd:4"):  # bucket 0's and bucket 1's
+        s.line(order_id, 3, "RESERVE", "ALLOCATE", "COMMIT", buckets=buckets)
+    for order_id in ("jd:1", "jd:5"):
+        s.line(order_id, 3, "RESERVE", "COMMIT", buckets=buckets, wh="")  # paid, not yet routed
+    s.r.advance(2_000)
+    s.adjust(("COUNT", 3, "count-1", s.r.now_ms))
+    s.r.advance(2_000)
+    s.adjust(("RECEIPT", 4, "rcpt-2", s.r.now_ms), wh="WH-GZ")
+    for _ in range(5):
+        s.r.advance(2_000)
+    s.line("jd:9", 1, "RESERVE", buckets=buckets)
+    for order_id in ("jd:1", "jd:5"):
+        s.line(order_id, 3, "ALLOCATE", buckets=buckets, wh="WH-GZ")
+        s.r.advance(1_000)
+    decided = [(out.record["order_id"], out.record["action"], out.record["outcome"]) for out in s.r.outputs
+               if out.event_type == "HoldDecided" and out.record["order_id"] in ("jd:1", "jd:5", "jd:9")
+               and out.record["action"] != "COMMIT"]  # fmt: skip
+    assert decided[2:] == [("jd:9", "RESERVE", "REFUSED"), ("jd:1", "ALLOCATE", "ALLOCATED"),
+                           ("jd:5", "ALLOCATE", "REFUSED")]  # fmt: skip
