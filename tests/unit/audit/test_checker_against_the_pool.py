@@ -65,6 +65,12 @@ class Story:
                 "reason": "", "source_time_ms": 0, "warehouse_id": wh, "bucket": bucket, "tries": 0,
             })], HOLD_COMMANDS.name)  # fmt: skip
 
+    def answers(self, order_id: str, action: str = "") -> list[tuple[str, str]]:
+        """(outcome, reason) of the pool's answers to the order's commands, ``action``'s only if given."""
+        return [(out.record["outcome"], out.record["reason"]) for out in self.r.outputs
+                if out.event_type == "HoldDecided" and out.record["order_id"] == order_id
+                and (not action or out.record["action"] == action)]  # fmt: skip
+
     def hot(self, buckets: int) -> None:
         self.r.send([(SKU, "HotSku", {"event_id": f"hot-{buckets}-{self.r.now_ms}", "event_time_ms": self.r.now_ms,
                                       "sku": SKU, "buckets": buckets, "state": "", "operator": "ops",
@@ -368,25 +374,27 @@ def test_a_warehouse_a_count_left_short_takes_no_more_lines(monkeypatch: pytest.
     s.r.advance(2_000)
     s.line("jd:4", 3, "ALLOCATE", buckets=buckets)
     s.r.advance(1_000)
-    answers = [out.record["outcome"] for out in s.r.outputs if out.event_type == "HoldDecided"
-               and out.record["order_id"] == "jd:4" and out.record["action"] == "ALLOCATE"]  # fmt: skip
-    assert answers == ["REFUSED"]
+    assert [outcome for outcome, _ in s.answers("jd:4", "ALLOCATE")] == ["REFUSED"]
     s.line("jd:8", 1, "RESERVE", buckets=buckets)  # bucket 0's, which still has a WH-GZ unit of its own
     s.r.advance(1_000)
-    answers = [out.record["outcome"] for out in s.r.outputs if out.event_type == "HoldDecided"
-               and out.record["order_id"] == "jd:8"]  # fmt: skip
-    assert answers[-1] == "REFUSED"
+    assert s.answers("jd:8")[-1][0] == "REFUSED"
+
+
+def stocked(units: int, hot: bool) -> tuple[Story, int]:
+    """A story whose WH-SH received ``units``, split in two buckets when ``hot``; and its bucket count."""
+    s = Story()
+    s.adjust(("RECEIPT", units, "rcpt-1", s.r.now_ms))
+    buckets = 0
+    if hot:
+        s.hot(buckets := 2)
+    s.r.advance(10_000)
+    return s, buckets
 
 
 def jd4_held_beside_jd0_tied(hot: bool) -> tuple[Story, int]:
     """WH-SH has 10 units: 4 tied to jd:0, 3 held for jd:4 (not tied to a warehouse); split in two buckets when
     ``hot``. The story and its bucket count."""
-    s = Story()
-    s.adjust(("RECEIPT", 10, "rcpt-1", s.r.now_ms))
-    buckets = 0
-    if hot:
-        s.hot(buckets := 2)
-    s.r.advance(10_000)
+    s, buckets = stocked(10, hot)
     s.line("jd:0", 4, "RESERVE", "ALLOCATE", "COMMIT", buckets=buckets)
     s.line("jd:4", 3, "RESERVE", buckets=buckets)
     s.r.advance(1_000)
@@ -405,9 +413,7 @@ def test_a_line_a_count_left_short_is_tied_where_stock_comes_in(hot: bool) -> No
     s.r.advance(2_000)
     s.line("jd:4", 3, "ALLOCATE", buckets=buckets, wh="WH-GZ")
     s.r.advance(1_000)
-    answers = [(out.record["outcome"], out.record["reason"]) for out in s.r.outputs if out.event_type == "HoldDecided"
-               and out.record["order_id"] == "jd:4" and out.record["action"] == "ALLOCATE"]  # fmt: skip
-    assert answers == [("ALLOCATED", "WH-GZ")]
+    assert s.answers("jd:4", "ALLOCATE") == [("ALLOCATED", "WH-GZ")]
 
 
 @pytest.mark.parametrize("hot", [False, True])
@@ -432,12 +438,7 @@ def test_a_receipt_too_small_for_every_short_line_is_tied_to_one_of_them_as_a_co
     WH-GZ; the home kept the 4 units back for WH-SH's debt (``owed``), gave the short buckets none, and both lines
     were refused on every retry. A short bucket now gets its lack before the home keeps units for a debt: that
     debt only holds new sales back, and no new sale is made (the SKU stays 5 short either way)."""
-    s = Story()
-    s.adjust(("RECEIPT", 20, "rcpt-1", s.r.now_ms))
-    buckets = 0
-    if hot:
-        s.hot(buckets := 2)
-    s.r.advance(10_000)
+    s, buckets = stocked(20, hot)
     for order_id in ("jd:0", "jd:4"):  # bucket 0's and bucket 1's
         s.line(order_id, 3, "RESERVE", "ALLOCATE", "COMMIT", buckets=buckets)
     for order_id in ("jd:1", "jd:5"):
@@ -452,8 +453,6 @@ def test_a_receipt_too_small_for_every_short_line_is_tied_to_one_of_them_as_a_co
     for order_id in ("jd:1", "jd:5"):
         s.line(order_id, 3, "ALLOCATE", buckets=buckets, wh="WH-GZ")
         s.r.advance(1_000)
-    decided = [(out.record["order_id"], out.record["action"], out.record["outcome"]) for out in s.r.outputs
-               if out.event_type == "HoldDecided" and out.record["order_id"] in ("jd:1", "jd:5", "jd:9")
-               and out.record["action"] != "COMMIT"]  # fmt: skip
-    assert decided[2:] == [("jd:9", "RESERVE", "REFUSED"), ("jd:1", "ALLOCATE", "ALLOCATED"),
-                           ("jd:5", "ALLOCATE", "REFUSED")]  # fmt: skip
+    assert s.answers("jd:9")[0][0] == "REFUSED"  # no new sale: the SKU is 5 units short
+    assert s.answers("jd:1", "ALLOCATE") == [("ALLOCATED", "WH-GZ")]
+    assert s.answers("jd:5", "ALLOCATE")[0][0] == "REFUSED"
