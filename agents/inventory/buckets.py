@@ -90,6 +90,7 @@ MAX_BUCKETS = 64
 # wait is long enough that only a partition minutes behind, or an older home, ends it.
 PROBE_HOLD_MS = 300_000
 SETTLED = "settled:"  # the ref prefix of a home's word to a bucket that a count it answered is settled
+LACK = "lack"  # the ref of a transfer of units a bucket's lines lack (``distribute``): kept for them (``for_lack``)
 MIN_BUCKETS = 2  # fewer is no split: the SKU is decided at its home
 HOT, MERGING, COLD = "hot", "merging", ""
 SOLD_OUT = "sold_out"  # only as the home's word to a bucket: hot, and no unit of the SKU is free anywhere
@@ -238,20 +239,20 @@ def distribute(home: SkuStock, low_water: int) -> list[Sync]:
     kept = owed(home)
     out: list[Sync] = []
 
-    def hand(buckets: list[int], parts: list[dict[str, int]]) -> None:
+    def hand(buckets: list[int], parts: list[dict[str, int]], ref: str = "") -> None:
         for bucket, part in zip(buckets, parts, strict=True):
             if part:
                 take(home, part)
-                out.append(Sync(TRANSFER, bucket, part))
+                out.append(Sync(TRANSFER, bucket, part, ref=ref))
 
     shorts = {k: lack for k in hot.short if 0 <= k < hot.count and (lack := bucket_short(hot, k)) > 0}
     if shorts:
         # A short bucket's paid lines can be tied to a warehouse only with units there: kept at the home, they would
         # be sold to no one, and those lines refused wherever routing sends them. They go before what the home keeps
-        # for a warehouse below zero (the rest of ``owed``): that only holds new sales back, and a short bucket
-        # given no more than it lacks sells nothing new.
+        # for a warehouse below zero, marked as a lack: a bucket that sold them as its lines end would sell units
+        # the SKU as a whole is short of, where a cold SKU's ended line frees nothing.
         kept -= sum(shorts.values())
-        hand(list(shorts), apportion(movable(home), list(shorts.values())))
+        hand(list(shorts), apportion(movable(home), list(shorts.values())), LACK)
     free = movable(home, owed=kept)
     units = total(free)
     if units <= 0:
@@ -714,6 +715,31 @@ def send_home(bucket: SkuStock) -> list[Sync]:
         return []
     take(bucket, units)
     return [Sync(TRANSFER, HOME, units)]
+
+
+def received(bucket: SkuStock, units: dict[str, int], ref: str) -> None:
+    """A transfer to a bucket arrived; units its home sent for lines a count left short are kept for them."""
+    give(bucket, units)
+    if ref == LACK and bucket.hot is not None:
+        bucket.hot.for_lack += total(units)
+
+
+def return_lack(bucket: SkuStock) -> list[Sync]:
+    """Units sent for a lack that its lines no longer need (one ended) go home, where what the SKU is short of is
+    kept (``owed``); none are sold here. Lines that shipped took theirs with them."""
+    hot = bucket.hot
+    if hot is None or hot.for_lack <= 0:
+        return []
+    out = []
+    spare = min(hot.for_lack, bucket.on_hand_total() + bucket.lent() - bucket.locked - bucket.presale_reserved)
+    if spare > 0:
+        units = apportion(movable(bucket), [spare])[0]
+        if units:
+            take(bucket, units)
+            hot.for_lack -= total(units)
+            out.append(Sync(TRANSFER, HOME, units))
+    hot.for_lack = max(0, min(hot.for_lack, bucket.locked + bucket.presale_reserved))
+    return out
 
 
 def send_shortfall(bucket: SkuStock) -> list[Sync]:

@@ -454,7 +454,7 @@ class HoldStock(Processor):
             hot_.on_settled(stock, msg["ref"])
             stock.known = True
         if kind == hot_.TRANSFER:
-            hot_.give(stock, msg["units"])
+            hot_.received(stock, msg["units"], msg["ref"])
             stock.known = True
             stock.touch(ctx.now_ms)
             swap = hot_.swap_of(msg["ref"])
@@ -722,8 +722,8 @@ class HoldStock(Processor):
     def _bucket_changed(self, ctx: Context, db: StoreTransaction[Any], bucket: SkuStock, had_free: int) -> None:
         """A bucket not taking lines sends its free units home; once it holds nothing it says so and goes. One
         that just ran dry, or was told the SKU is sold out and has free units, tells its home at once."""
-        self._send(ctx, bucket, hot_.send_home(bucket) + hot_.send_shortfall(bucket) + hot_.ran_dry(bucket, had_free)
-                   + hot_.found_units(bucket))  # fmt: skip
+        self._send(ctx, bucket, hot_.return_lack(bucket) + hot_.send_home(bucket) + hot_.send_shortfall(bucket)
+                   + hot_.ran_dry(bucket, had_free) + hot_.found_units(bucket))  # fmt: skip
         if not hot_.takes_reservations(bucket) and hot_.empty(hot_.figures(bucket)):
             if db.get(sku_key(bucket.sku)) is not None:  # a bucket that was: its home counts it merged
                 self._emit_sync(ctx, bucket, Sync(hot_.REPORT, HOME))

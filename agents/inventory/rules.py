@@ -90,8 +90,11 @@ class SkuStock:
 
     def available(self) -> int:
         # Lent units left on_hand but are still in locked (behind the line that lent them): without adding them
-        # back they would be taken away twice, and a record with a free unit could look sold out.
-        return max(0, self.on_hand_total() + self.lent() - self.locked - self.presale_reserved)
+        # back they would be taken away twice, and a record with a free unit could look sold out. Units a bucket
+        # was sent for lines a count left short back those lines only (``buckets.return_lack``).
+        hot = self.hot
+        beside = sum(hot.lent.values()) - hot.for_lack if hot is not None else 0
+        return max(0, self.on_hand_total() + beside - self.locked - self.presale_reserved)
 
     def lent(self) -> int:
         """Units a hot SKU's record offered in exchange for a warehouse one of its lines was routed to
@@ -192,6 +195,9 @@ class Buckets:
     # when]: those may be units the count did not find, so no line is tied there with them, and none leave in an
     # exchange, until the home says the count is settled (``buckets.on_settled``), or for ``buckets.PROBE_HOLD_MS``.
     probed: dict[str, list[Any]] = field(default_factory=dict)
+    # Bucket: units its home sent for lines a count left short (``buckets.distribute``) while the SKU is short as a
+    # whole: they back those lines and are never sold here; as the lines end, as many go home (``buckets.return_lack``).
+    for_lack: int = 0
 
 
 @dataclass(slots=True)

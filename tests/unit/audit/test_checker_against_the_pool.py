@@ -431,18 +431,46 @@ def test_a_receipt_read_with_a_count_is_not_sold_from_under_a_bucket_the_count_l
     s.audit(monkeypatch)
 
 
+def two_lines_a_bucket(units: int, hot: bool) -> tuple[Story, int]:
+    """WH-SH received ``units``; each of two buckets (when ``hot``) holds a paid line of 3 tied there and a paid line
+    of 3 not tied yet: jd:0 and jd:1 bucket 0's, jd:4 and jd:5 bucket 1's."""
+    s, buckets = stocked(units, hot)
+    for order_id in ("jd:0", "jd:4"):  # bucket 0's and bucket 1's
+        s.line(order_id, 3, "RESERVE", "ALLOCATE", "COMMIT", buckets=buckets)
+    for order_id in ("jd:1", "jd:5"):
+        s.line(order_id, 3, "RESERVE", "COMMIT", buckets=buckets, wh="")  # paid, not yet routed
+    return s, buckets
+
+
+@pytest.mark.parametrize(("receipt", "released", "sold"),
+                         [(5, "jd:1", 0), (5, "jd:5", 0), (7, "jd:1", 0), (8, "jd:5", 1), (12, "jd:1", 5)])
+@pytest.mark.parametrize("hot", [False, True])
+def test_a_bucket_a_count_left_short_sells_no_unit_a_cold_sku_would_not_when_its_lines_end(
+    hot: bool, receipt: int, released: str, sold: int
+) -> None:
+    """Found in review: WH-SH has 12 units; each of two buckets holds a line of 3 tied there and one not tied; a count
+    finds 2 there (each bucket 3 short, the home 4 below zero: 10 owed) and a receipt brings ``receipt`` to WH-GZ.
+    The home handed short buckets their lack out of units it owed: when one of their lines ended, they sold what
+    they had been given, though the SKU was still short (5 and 7: 2-3 units sold where a cold SKU sells none). A
+    short bucket now gets its lack only once the home has every unit it owes (12: then new units are sold alike)."""
+    s, buckets = two_lines_a_bucket(12, hot)
+    s.r.advance(3_000)
+    s.adjust(("COUNT", 2, "count-1", s.r.now_ms))
+    s.adjust(("RECEIPT", receipt, "rcpt-2", s.r.now_ms), wh="WH-GZ")
+    s.line(released, 3, "RELEASE", buckets=buckets)  # before the bucket's next report
+    new = [f"jd:{n}" for n in (2, 3, 8, 9, 6, 7, 10, 11)]  # four of each bucket's
+    for order_id in new:
+        s.line(order_id, 1, "RESERVE", buckets=buckets)
+    assert sum(s.answers(order_id)[0][0] == "HELD" for order_id in new) == sold
+
+
 @pytest.mark.parametrize("hot", [False, True])
 def test_a_receipt_too_small_for_every_short_line_is_tied_to_one_of_them_as_a_cold_sku_ties_it(hot: bool) -> None:
     """Found in review: WH-SH has 20 units, four lines of 3 are held (two a bucket), one of each bucket's tied to
     WH-SH; a count finds 3 there, and a receipt brings 4 to WH-GZ. A cold SKU ties one of the two untied lines to
     WH-GZ; the home kept the 4 units back for WH-SH's debt (``owed``), gave the short buckets none, and both lines
-    were refused on every retry. A short bucket now gets its lack before the home keeps units for a debt: that
-    debt only holds new sales back, and no new sale is made (the SKU stays 5 short either way)."""
-    s, buckets = stocked(20, hot)
-    for order_id in ("jd:0", "jd:4"):  # bucket 0's and bucket 1's
-        s.line(order_id, 3, "RESERVE", "ALLOCATE", "COMMIT", buckets=buckets)
-    for order_id in ("jd:1", "jd:5"):
-        s.line(order_id, 3, "RESERVE", "COMMIT", buckets=buckets, wh="")  # paid, not yet routed
+    were refused on every retry. A short bucket now gets its lack first, kept for its lines (``for_lack``)."""
+    s, buckets = two_lines_a_bucket(20, hot)
     s.r.advance(2_000)
     s.adjust(("COUNT", 3, "count-1", s.r.now_ms))
     s.r.advance(2_000)

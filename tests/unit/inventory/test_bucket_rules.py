@@ -1010,3 +1010,27 @@ def test_buckets_land_on_partitions_of_their_own() -> None:
         assert sorted(eight) == list(range(8))  # the eighth takes the home's partition
         assert bucket_key(sku, 9, 8) == f"{sku}#9"  # more buckets than partitions: they share
         assert bucket_key(sku, 2, 8) == bucket_key(sku, 2, 8)  # the same in every process
+
+
+def bucket_with_lack(on_hand: dict[str, int], locked: int, for_lack: int) -> SkuStock:
+    return SkuStock(SKU, known=True, on_hand=dict(on_hand), locked=locked,
+                    hot=Buckets(bucket=0, count=2, state=b.HOT, for_lack=for_lack))  # fmt: skip
+
+
+def test_units_sent_for_a_lack_are_not_sold_and_go_home_as_the_lines_end() -> None:
+    given = bucket_with_lack({"WH-SH": 3}, locked=6, for_lack=0)
+    b.received(given, {"WH-GZ": 3}, b.LACK)
+    assert (given.hot and given.hot.for_lack, given.available(), b.return_lack(given)) == (3, 0, [])
+    given.locked = 3  # a line of 3 ended: the SKU is still short, so its units are not this bucket's to sell
+    assert given.available() == 0
+    sent = b.return_lack(given)
+    assert [(s.kind, s.to_bucket, b.total(s.units)) for s in sent] == [(b.TRANSFER, b.HOME, 3)]
+    assert (given.hot and given.hot.for_lack, given.available(), b.total(given.on_hand)) == (0, 0, 3)
+
+
+def test_a_lack_shipped_with_its_lines_is_forgotten() -> None:
+    shipped = bucket_with_lack({"WH-SH": 0}, locked=0, for_lack=3)
+    assert b.return_lack(shipped) == []
+    assert shipped.hot is not None and shipped.hot.for_lack == 0
+    b.received(shipped, {"WH-SH": 2}, "")  # a regular transfer later is the bucket's to sell
+    assert shipped.available() == 2
