@@ -75,7 +75,7 @@ from agents.routing.warehouses import load_warehouses
 from streams.contract.codec import Codec, DecodeError, codec_for
 from streams.contract.keys import order_key, partition_for, refund_key
 from streams.contract.reasons import Reason
-from streams.contract.set_aside import SET_ASIDE_LINE, override_of
+from streams.contract.set_aside import SET_ASIDE_LINE, override_of, parse_pledge
 from streams.contract.topics import (
     ALERTS,
     AUDIT_OVERRIDES,
@@ -928,13 +928,16 @@ def _open_lines_by_sku(last: dict[str, dict[str, Any]], report: Report) -> dict[
 
 
 def _set_asides(reading: _Reading) -> dict[str, list[SetAside]]:
-    """What each applied VIP override set aside, per SKU (an approval seen again is audited again: once)."""
+    """What each applied VIP override set aside at its claim, per SKU (a claim seen again is audited again: once).
+    Its pledge is not set aside: the units stay in other orders' holds until a line of its VIP order takes them over
+    (audited again, naming the line), which lets those holds go and opens the line's in the same batch."""
     out: dict[str, list[SetAside]] = defaultdict(list)
     seen: set[str] = set()
     for _, _, r in reading.decoded(AUDIT_OVERRIDES.name):
-        if r["outcome"] == "APPLIED" and r["override_id"] not in seen:
+        pledged, taken_by = parse_pledge(r.get("detail") or "")
+        if r["outcome"] == "APPLIED" and not taken_by and r["override_id"] not in seen:
             seen.add(r["override_id"])
-            out[r["sku"]].append(SetAside(r["event_time_ms"], r["override_id"], r["vip_order_id"], r["qty"]))
+            out[r["sku"]].append(SetAside(r["event_time_ms"], r["override_id"], r["vip_order_id"], r["qty"] - pledged))
     return out
 
 
