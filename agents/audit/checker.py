@@ -177,12 +177,14 @@ class AllocMove:
 
 @dataclass(frozen=True)
 class SetAside:
-    """Units an approved VIP override set aside for one order (from ``audit.overrides``)."""
+    """Units an approved VIP override set aside for one order at its claim (from ``audit.overrides``), and those it
+    pledged: its order's lines may take them over from other orders' unpaid holds later."""
 
     at_ms: int
     override_id: str
     vip_order_id: str
     qty: int
+    pledged: int = 0
 
 
 @dataclass(frozen=True)
@@ -937,7 +939,8 @@ def _set_asides(reading: _Reading) -> dict[str, list[SetAside]]:
         pledged, taken_by = parse_pledge(r.get("detail") or "")
         if r["outcome"] == "APPLIED" and not taken_by and r["override_id"] not in seen:
             seen.add(r["override_id"])
-            out[r["sku"]].append(SetAside(r["event_time_ms"], r["override_id"], r["vip_order_id"], r["qty"] - pledged))
+            out[r["sku"]].append(SetAside(r["event_time_ms"], r["override_id"], r["vip_order_id"], r["qty"] - pledged,
+                                          pledged))  # fmt: skip
     return out
 
 
@@ -964,7 +967,8 @@ def _check_takeovers(moves: dict[str, list[HoldMove]], set_asides: dict[str, lis
             order_id = move.key.rpartition("#")[0]
             override = overrides.get(move.override_id)
             taken[order_id] += move.qty
-            given = sum(s.qty for s in overrides.values() if s.vip_order_id == order_id and s.at_ms <= move.at_ms)
+            given = sum(s.qty + s.pledged for s in overrides.values()
+                        if s.vip_order_id == order_id and s.at_ms <= move.at_ms)  # fmt: skip
             if override is not None and override.vip_order_id != order_id:
                 report.vip_set_aside_misused.append(f"{sku}/{move.key}")
             elif override is None or taken[order_id] > given:

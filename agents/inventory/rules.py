@@ -653,9 +653,11 @@ def counted(stock: SkuStock, warehouse_id: str, taken_ms: int, skew_ms: int) -> 
 # Requested by one operator, approved by another, then offered to the VIP order before any stock moves: the pool
 # cannot tell an order that can still take a set-aside from one that never will (rejected, cancelled, timed out,
 # or placed already, its lines asked for stock before the override). The order's lifecycle answers on the
-# set-aside's line (``SET_ASIDE_LINE``): a RESERVE claims the override, and only then are holds released and units
-# set aside; a RELEASE whose reason is ``<why>:vip_override:<id>`` refuses it, ``why`` becoming the override's
-# refusal. A RELEASE naming no override lets go of what is set aside for the order: its lines took what they could.
+# set-aside's line (``SET_ASIDE_LINE``): a RESERVE claims the override, and only then are free units set aside and
+# the rest pledged (the lifecycle claims for an order it has not seen, so the order may never come: no other order's
+# hold is released until a line of the VIP order needs it, ``reserve``); a RELEASE whose reason is
+# ``<why>:vip_override:<id>`` refuses it, ``why`` becoming the override's refusal. A RELEASE naming no override lets
+# go of what is set aside for the order: its lines took what they could.
 # The line and the reasons naming an override are the contract's (``streams.contract.set_aside``).
 
 
