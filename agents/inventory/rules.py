@@ -721,8 +721,10 @@ def request_override(existing: OverrideRequest | None, override_id: str, qty: in
 
 
 def _releasable(vip_order_id: str, unpaid: list[LineHold]) -> list[LineHold]:
-    # Never the VIP order's own: released, it would cancel the order the override is for.
-    return [h for h in unpaid if h.order_id != vip_order_id and h.line_no != SET_ASIDE_LINE]
+    # Never the VIP order's own: released, it would cancel the order the override is for. Never a paid or presale
+    # hold, nor a set-aside, whatever the caller passed: a pledge is on unpaid regular holds only.
+    return [h for h in unpaid if h.order_id != vip_order_id and h.line_no != SET_ASIDE_LINE and h.status == HELD
+            and not h.presale]  # fmt: skip
 
 
 def _shortfall(stock: SkuStock, qty: int, unpaid: list[LineHold], out_in_buckets: bool) -> Reason | None:
