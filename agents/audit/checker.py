@@ -75,7 +75,7 @@ from agents.routing.warehouses import load_warehouses
 from streams.contract.codec import Codec, DecodeError, codec_for
 from streams.contract.keys import order_key, partition_for, refund_key
 from streams.contract.reasons import Reason
-from streams.contract.set_aside import SET_ASIDE_LINE, override_of
+from streams.contract.set_aside import SET_ASIDE_LINE, override_of, parse_pledge
 from streams.contract.topics import (
     ALERTS,
     AUDIT_OVERRIDES,
@@ -177,12 +177,14 @@ class AllocMove:
 
 @dataclass(frozen=True)
 class SetAside:
-    """Units an approved VIP override set aside for one order (from ``audit.overrides``)."""
+    """Units an approved VIP override set aside for one order at its claim (from ``audit.overrides``), and those it
+    pledged: its order's lines may take them over from other orders' unpaid holds later."""
 
     at_ms: int
     override_id: str
     vip_order_id: str
     qty: int
+    pledged: int = 0
 
 
 @dataclass(frozen=True)
@@ -928,13 +930,17 @@ def _open_lines_by_sku(last: dict[str, dict[str, Any]], report: Report) -> dict[
 
 
 def _set_asides(reading: _Reading) -> dict[str, list[SetAside]]:
-    """What each applied VIP override set aside, per SKU (an approval seen again is audited again: once)."""
+    """What each applied VIP override set aside at its claim, per SKU (a claim seen again is audited again: once).
+    Its pledge is not set aside: the units stay in other orders' holds until a line of its VIP order takes them over
+    (audited again, naming the line), which lets those holds go and opens the line's in the same batch."""
     out: dict[str, list[SetAside]] = defaultdict(list)
     seen: set[str] = set()
     for _, _, r in reading.decoded(AUDIT_OVERRIDES.name):
-        if r["outcome"] == "APPLIED" and r["override_id"] not in seen:
+        pledged, taken_by = parse_pledge(r.get("detail") or "")
+        if r["outcome"] == "APPLIED" and not taken_by and r["override_id"] not in seen:
             seen.add(r["override_id"])
-            out[r["sku"]].append(SetAside(r["event_time_ms"], r["override_id"], r["vip_order_id"], r["qty"]))
+            out[r["sku"]].append(SetAside(r["event_time_ms"], r["override_id"], r["vip_order_id"], r["qty"] - pledged,
+                                          pledged))  # fmt: skip
     return out
 
 
@@ -961,7 +967,8 @@ def _check_takeovers(moves: dict[str, list[HoldMove]], set_asides: dict[str, lis
             order_id = move.key.rpartition("#")[0]
             override = overrides.get(move.override_id)
             taken[order_id] += move.qty
-            given = sum(s.qty for s in overrides.values() if s.vip_order_id == order_id and s.at_ms <= move.at_ms)
+            given = sum(s.qty + s.pledged for s in overrides.values()
+                        if s.vip_order_id == order_id and s.at_ms <= move.at_ms)  # fmt: skip
             if override is not None and override.vip_order_id != order_id:
                 report.vip_set_aside_misused.append(f"{sku}/{move.key}")
             elif override is None or taken[order_id] > given:

@@ -223,9 +223,10 @@ def override_approve(
     approver: str = typer.Option(..., help="Must differ from the requester."),
     wait: float = WAIT,
 ) -> None:
-    """Approve a requested override; the pool offers it to the VIP order, which claims it (APPLIED: holds released,
-    units set aside) or refuses it (an order rejected, cancelled, timed out or placed already cannot take a
-    set-aside), and audits who, when, why, how much."""
+    """Approve a requested override; the pool offers it to the VIP order, which claims it (APPLIED: free units set
+    aside, the rest pledged: unpaid holds of other orders are released only as its lines need them) or refuses it
+    (an order rejected, cancelled, timed out or placed already cannot take a set-aside), and audits who, when, why,
+    how much."""
     _send_override("APPROVE", override_id, sku, 0, "", approver, "", wait)
 
 

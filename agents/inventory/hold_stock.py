@@ -351,10 +351,7 @@ class HoldStock(Processor):
             self._pass_on(ctx, db, stock, cmd, target, cmd.get("tries", 0) + (1 if bucket >= 0 else 0))
             return
         if action == "RESERVE":
-            wants_vip = bucket < 0 and stock.set_asides > 0 and line_no != SET_ASIDE_LINE
-            vip = self._hold(db, key, order_id, SET_ASIDE_LINE) if wants_vip else None
-            step = rules_.reserve(stock, self._rules, hold, vip, order_id, line_no, cmd["qty"], cmd["channel"],
-                                  cmd["presale"], ctx.now_ms)  # fmt: skip
+            step = self._reserve(ctx, db, stock, cmd, hold)
             answer = step.answer
             if answer is not None and answer.outcome == "HELD":
                 stock.newest_source_ms = max(stock.newest_source_ms, cmd["source_time_ms"])
@@ -379,6 +376,19 @@ class HoldStock(Processor):
         self._store_holds(ctx, db, key, order_id, step.holds)
         if step.answer is not None:
             self._answer(ctx, stock, step.answer, cmd["source_time_ms"], bucket)
+
+    def _reserve(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, cmd: dict[str, Any],
+                 hold: LineHold | None) -> rules_.Step:  # fmt: skip
+        """A RESERVE decided here; a VIP order's line takes over what is set aside (and pledged) for it."""
+        key, order_id, line_no = stock.sku, cmd["order_id"], cmd["line_no"]
+        wants_vip = cmd.get("bucket", HOME) < 0 and stock.set_asides > 0 and line_no != SET_ASIDE_LINE
+        vip = self._hold(db, key, order_id, SET_ASIDE_LINE) if wants_vip else None
+        unpaid = self._unpaid(db, key) if vip is not None and vip.pledged else None  # a scan: only if pledged
+        step = rules_.reserve(stock, self._rules, hold, vip, order_id, line_no, cmd["qty"], cmd["channel"],
+                              cmd["presale"], ctx.now_ms, unpaid)  # fmt: skip
+        if step.released and vip is not None:
+            self._took_over(ctx, db, stock, vip, step, f"{order_id}#{line_no}")
+        return step
 
     def _passes_on(self, stock: SkuStock, cmd: dict[str, Any], hold: LineHold | None) -> int | None:
         """Where a command goes instead of being decided here. For a line this record has never seen: a RESERVE
@@ -608,19 +618,34 @@ class HoldStock(Processor):
             self._keep_override(ctx, db, sku, result.request.override_id, existing, result)
             self._audit(ctx, sku, result.request.override_id, result, "")
 
+    def _took_over(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, vip: LineHold,
+                   step: rules_.Step, line: str) -> None:  # fmt: skip
+        """A VIP order's line took over unpaid holds its set-aside's override pledged: stored, their orders told, and
+        the override's request and audit name them, as its claim's did before pledges."""
+        override_id = override_of(vip.reason)
+        existing = self._override_request(db, stock.sku, override_id)
+        rest = step.holds.get(SET_ASIDE_LINE)
+        result = rules_.took_over(existing, step.released, rest.pledged if rest is not None else 0, line)
+        self._settle_override(ctx, db, stock, result)
+        if result.request is not None:
+            self._keep_override(ctx, db, stock.sku, override_id, existing, result)
+            self._audit(ctx, stock.sku, override_id, result, "")
+
     def _settle_override(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock,
                          result: rules_.OverrideStep) -> None:  # fmt: skip
-        """Store what an approval or a claim changed and tell the orders concerned."""
+        """Store what an approval, a claim or a VIP line's takeover changed and tell the orders concerned."""
         for hold in result.released:
             self._store_holds(ctx, db, stock.sku, hold.order_id, {hold.line_no: hold})
+            self._answer(ctx, stock, Answer(hold.order_id, hold.line_no, hold.qty, "RELEASE", "RELEASED",
+                                            hold.reason), 0)  # fmt: skip
         if result.set_aside is not None:
             self._store_holds(ctx, db, stock.sku, result.set_aside.order_id, {SET_ASIDE_LINE: result.set_aside})
         request = result.request
         if request is None:
             return
         reason = override_reason(request.override_id)
-        if result.outcome == "APPLIED":
-            # Also when the approval or the claim is seen again: the orders that lost their holds hear it again.
+        if result.outcome == "APPLIED" and not result.released:
+            # An approval or a claim seen again: the orders whose holds its VIP order's lines took hear it again.
             for order_id, line_no, qty in request.released:
                 self._answer(ctx, stock, Answer(order_id, line_no, qty, "RELEASE", "RELEASED", reason), 0)
         elif result.outcome == "OFFERED":

@@ -18,6 +18,7 @@ from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from streams.contract.codec import DecodeError, codec_for
 from streams.contract.reasons import Reason
+from streams.contract.set_aside import parse_pledge
 from streams.contract.topics import AUDIT_OVERRIDES
 from streams.engine.retry import Backoff, Retry
 from streams.engine.topicreader import read_all, watermark
@@ -63,9 +64,12 @@ def verdict(record: dict[str, Any]) -> Verdict:
             why = detail or "no reason given"
         return Verdict(False, f"override {oid} REFUSED: {why}")
     if outcome == "APPLIED":
-        released = ", ".join(record.get("released_holds") or []) or "none (free stock sufficed)"
+        pledged, taken_by = parse_pledge(detail)
+        released = ", ".join(record.get("released_holds") or []) or "none"
+        pledge = f"; {pledged} pledged from unpaid holds, taken as its lines need them" if pledged else ""
+        by = f" (taken over by line {taken_by})" if taken_by else ""
         return Verdict(True, f"override {oid} APPLIED: {what}, approved by {record.get('approver')}; "
-                             f"holds released: {released}")  # fmt: skip
+                             f"holds released: {released}{by}{pledge}")  # fmt: skip
     if outcome == "OFFERED":
         return Verdict(True, f"override {oid} OFFERED: {what}, approved by {record.get('approver')}; waits for the "
                              "VIP order to claim it (nothing moves before)")  # fmt: skip

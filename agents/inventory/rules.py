@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from streams.contract.reasons import Reason
-from streams.contract.set_aside import SET_ASIDE_LINE, override_reason
+from streams.contract.set_aside import SET_ASIDE_LINE, override_reason, pledge_detail
 from streams.engine.stored import stored_fields
 
 HELD, SOLD, SHIPPED, RELEASED, EXPIRED = "held", "sold", "shipped", "released", "expired"
@@ -71,6 +71,8 @@ class SkuStock:
     touched_ms: int = 0  # the clock at the last change: the version moves on once per moment
     open_lines: int = 0  # open holds of this SKU: what a scan for VIP overrides can expect
     set_asides: int = 0  # open VIP set-asides: while 0, a RESERVE need not look for one
+    # What open VIP set-asides pledged of unpaid holds (``LineHold.pledged``): no other override may count on it.
+    pledged: int = 0
     # Counts as of when they were taken (``counted``): per warehouse, the shelf's recent movements as
     # [slot, units taken, units added], oldest first, at most SHELF_MOVES_KEPT; the slot up to which older
     # ones were let go; and when the count the figure stands on was taken.
@@ -88,13 +90,14 @@ class SkuStock:
                 total += qty
         return total
 
-    def available(self) -> int:
+    def available(self, freeing: int = 0) -> int:
+        """Free units; ``freeing``: as they would be once that many locked units are let go."""
         # Lent units left on_hand but are still in locked (behind the line that lent them): without adding them
         # back they would be taken away twice, and a record with a free unit could look sold out. Units a bucket
         # was sent for lines a count left short back those lines only (``buckets.return_lack``).
         hot = self.hot
         beside = sum(hot.lent.values()) - hot.for_lack if hot is not None else 0
-        return max(0, self.on_hand_total() + beside - self.locked - self.presale_reserved)
+        return max(0, self.on_hand_total() + beside - self.locked - self.presale_reserved + freeing)
 
     def lent(self) -> int:
         """Units a hot SKU's record offered in exchange for a warehouse one of its lines was routed to
@@ -218,6 +221,9 @@ class LineHold:
     # while the record exchanges units for it with the SKU's other records (``buckets.want``); the answer waits.
     wants: str = ""
     asks: int = 0  # exchanges made for ``wants`` since the line was routed there (``buckets.MAX_ASKS``)
+    # A VIP set-aside: units its order's lines may still take from other orders' unpaid holds. Held in no total:
+    # the holds are let go only when a line of the VIP order needs them, never for an order that may not come.
+    pledged: int = 0
 
     @property
     def is_open(self) -> bool:
@@ -251,6 +257,7 @@ def account(stock: SkuStock, before: LineHold | None, after: LineHold | None) ->
         stock.open_lines += sign
         if hold.line_no == SET_ASIDE_LINE:
             stock.set_asides += sign
+            stock.pledged += sign * hold.pledged
         if hold.presale:
             stock.presale_reserved += sign * hold.qty
         else:
@@ -289,27 +296,19 @@ class Step:
 
     answer: Answer | None
     holds: dict[int, LineHold | None] = field(default_factory=dict)  # line no -> new record
+    released: list[LineHold] = field(default_factory=list)  # other orders' holds a VIP line took over, let go
 
 
 def reserve(stock: SkuStock, rules: PoolRules, existing: LineHold | None, vip: LineHold | None, order_id: str,  # noqa: PLR0913, PLR0917 - a pool rule takes a command's fields one by one
-            line_no: int, qty: int, channel: str, presale: bool, now_ms: int) -> Step:  # fmt: skip
-    """Hold ``qty`` for one order line, or refuse with a reason (a refusal stores nothing)."""
+            line_no: int, qty: int, channel: str, presale: bool, now_ms: int,
+            unpaid: list[LineHold] | None = None) -> Step:  # fmt: skip
+    """Hold ``qty`` for one order line, or refuse with a reason (a refusal stores nothing). ``unpaid``: the holds
+    a VIP set-aside's pledge may take over (as for ``approve_override``), wanted only while ``vip.pledged``."""
     if existing is not None:  # a duplicate: nothing taken; say what the line is now
         return Step(Answer(order_id, line_no, existing.qty, "RESERVE", OUTCOME_OF[existing.status], existing.reason))
     # A set-aside is regular stock: a presale line goes through the presale pool as usual.
     if vip is not None and vip.status == HELD and not presale and 0 < qty <= rules.max_line_qty:
-        # Stock an operator set aside for this VIP order: the line takes it over, and free stock for what the
-        # set-aside does not cover (judged like any hold; refused, the set-aside stays for the order).
-        beyond = refusal(stock, rules, qty - vip.qty, channel, presale) if qty > vip.qty else None
-        if beyond is not None:
-            return Step(Answer(order_id, line_no, qty, "RESERVE", "REFUSED", beyond))
-        taken = LineHold(order_id, line_no, qty, channel, presale, HELD, vip.reason, now_ms + rules.hold_ttl_ms, now_ms)
-        rest = replace(vip, qty=vip.qty - qty, updated_ms=now_ms) if vip.qty > qty else None
-        account(stock, vip, rest)
-        account(stock, None, taken)
-        stock.touch(now_ms)
-        return Step(Answer(order_id, line_no, qty, "RESERVE", "HELD", vip.reason),
-                    {line_no: taken, SET_ASIDE_LINE: rest})  # fmt: skip
+        return _take_set_aside(stock, rules, vip, unpaid or [], order_id, line_no, qty, channel, now_ms)
     reason = refusal(stock, rules, qty, channel, presale)
     if reason is not None:
         return Step(Answer(order_id, line_no, qty, "RESERVE", "REFUSED", reason))
@@ -319,8 +318,59 @@ def reserve(stock: SkuStock, rules: PoolRules, existing: LineHold | None, vip: L
     return Step(Answer(order_id, line_no, qty, "RESERVE", "HELD", ""), {line_no: hold})
 
 
-def refusal(stock: SkuStock, rules: PoolRules, qty: int, channel: str, presale: bool) -> Reason | None:
-    """Why ``qty`` cannot be held now, or None."""
+def _take_set_aside(stock: SkuStock, rules: PoolRules, vip: LineHold, unpaid: list[LineHold], order_id: str,  # noqa: PLR0913, PLR0917 - as reserve
+                    line_no: int, qty: int, channel: str, now_ms: int) -> Step:  # fmt: skip
+    """Stock an operator set aside for this VIP order: the line takes it over, then free stock, then, within the
+    set-aside's pledge, the newest unpaid holds of other orders (judged like any hold; refused, nothing is let go
+    and the set-aside stays for the order)."""
+    beyond = max(0, qty - vip.qty)
+    taking = _pledge_takes(stock, vip, unpaid, beyond)
+    freed = sum(h.qty for h in taking)
+    short = refusal(stock, rules, beyond, channel, False, freed) if beyond else None
+    if short is not None:
+        return Step(Answer(order_id, line_no, qty, "RESERVE", "REFUSED", short))
+    needed = max(0, beyond - stock.available())  # from the holds let go
+    released = [_let_go(stock, rules, hold, vip.reason, now_ms) for hold in taking]
+    pledged = max(0, vip.pledged - freed)
+    # Units the holds let go beyond the line's need stay set aside, within the pledge: left free, a regular order
+    # could take them and be the next one the pledge lets go.
+    kept = min(stock.available() - beyond, vip.pledged - pledged - needed)
+    left = vip.qty - min(qty, vip.qty) + kept
+    rest = replace(vip, qty=left, pledged=pledged, updated_ms=now_ms) if left or pledged else None
+    taken = LineHold(order_id, line_no, qty, channel, False, HELD, vip.reason, now_ms + rules.hold_ttl_ms, now_ms)
+    account(stock, vip, rest)
+    account(stock, None, taken)
+    stock.touch(now_ms)
+    return Step(Answer(order_id, line_no, qty, "RESERVE", "HELD", vip.reason), {line_no: taken, SET_ASIDE_LINE: rest},
+                released)  # fmt: skip
+
+
+def _pledge_takes(stock: SkuStock, vip: LineHold, unpaid: list[LineHold], beyond: int) -> list[LineHold]:
+    """The newest unpaid holds of other orders that cover what a VIP line needs beyond its set-aside and the free
+    stock, if its pledge reaches that far and they can; else none."""
+    if beyond <= stock.available() or beyond - stock.available() > vip.pledged:
+        return []
+    taking: list[LineHold] = []
+    for hold in _newest_first(_releasable(vip.order_id, unpaid)):
+        taking.append(hold)
+        if stock.available(sum(h.qty for h in taking)) >= beyond:
+            return taking
+    return []
+
+
+def _newest_first(holds: list[LineHold]) -> list[LineHold]:
+    return sorted(holds, key=lambda h: (h.updated_ms, h.order_id, h.line_no), reverse=True)
+
+
+def _let_go(stock: SkuStock, rules: PoolRules, hold: LineHold, reason: str, now_ms: int) -> LineHold:
+    """An unpaid hold a VIP override takes over, released (its order is told, with the override's reason)."""
+    step = line_command(stock, rules, hold, "RELEASE", hold.order_id, hold.line_no, hold.qty, now_ms, reason=reason)
+    return step.holds[hold.line_no] or hold
+
+
+def refusal(stock: SkuStock, rules: PoolRules, qty: int, channel: str, presale: bool,
+            freeing: int = 0) -> Reason | None:  # fmt: skip
+    """Why ``qty`` cannot be held now (``freeing``: once that many locked units are let go), or None."""
     if qty <= 0 or qty > rules.max_line_qty:
         return Reason.INVALID_QTY
     if not stock.known:
@@ -331,7 +381,7 @@ def refusal(stock: SkuStock, rules: PoolRules, qty: int, channel: str, presale: 
         return Reason.CHANNEL_PAUSED
     if presale:
         return Reason.INSUFFICIENT_PRESALE_STOCK if stock.presale_reserved + qty > stock.presale_cap else None
-    if qty > stock.available():
+    if qty > stock.available(freeing):
         return Reason.INSUFFICIENT_STOCK
     return None
 
@@ -609,9 +659,11 @@ def counted(stock: SkuStock, warehouse_id: str, taken_ms: int, skew_ms: int) -> 
 # Requested by one operator, approved by another, then offered to the VIP order before any stock moves: the pool
 # cannot tell an order that can still take a set-aside from one that never will (rejected, cancelled, timed out,
 # or placed already, its lines asked for stock before the override). The order's lifecycle answers on the
-# set-aside's line (``SET_ASIDE_LINE``): a RESERVE claims the override, and only then are holds released and units
-# set aside; a RELEASE whose reason is ``<why>:vip_override:<id>`` refuses it, ``why`` becoming the override's
-# refusal. A RELEASE naming no override lets go of what is set aside for the order: its lines took what they could.
+# set-aside's line (``SET_ASIDE_LINE``): a RESERVE claims the override, and only then are free units set aside and
+# the rest pledged (the lifecycle claims for an order it has not seen, so the order may never come: no other order's
+# hold is released until a line of the VIP order needs it, ``reserve``); a RELEASE whose reason is
+# ``<why>:vip_override:<id>`` refuses it, ``why`` becoming the override's refusal. A RELEASE naming no override lets
+# go of what is set aside for the order: its lines took what they could.
 # The line and the reasons naming an override are the contract's (``streams.contract.set_aside``).
 
 
@@ -674,13 +726,15 @@ def request_override(existing: OverrideRequest | None, override_id: str, qty: in
     return OverrideStep("REQUESTED", request)
 
 
-def _releasable(request: OverrideRequest, unpaid: list[LineHold]) -> list[LineHold]:
-    # Never the VIP order's own: released, it would cancel the order the override is for.
-    return [h for h in unpaid if h.order_id != request.vip_order_id]
+def _releasable(vip_order_id: str, unpaid: list[LineHold]) -> list[LineHold]:
+    # Never the VIP order's own: released, it would cancel the order the override is for. Never a paid or presale
+    # hold, nor a set-aside, whatever the caller passed: a pledge is on unpaid regular holds only.
+    return [h for h in unpaid if h.order_id != vip_order_id and h.line_no != SET_ASIDE_LINE and h.status == HELD
+            and not h.presale]  # fmt: skip
 
 
 def _shortfall(stock: SkuStock, qty: int, unpaid: list[LineHold], out_in_buckets: bool) -> Reason | None:
-    if stock.available() + sum(h.qty for h in unpaid) >= qty:
+    if stock.available() + sum(h.qty for h in unpaid) - stock.pledged >= qty:
         return None
     # A hot SKU's free units and newest holds are out in its buckets, on other partitions, where the home
     # cannot take them back in one step: the operator sets it cold first (its buckets merge home).
@@ -700,7 +754,7 @@ def approve_override(stock: SkuStock, request: OverrideRequest | None, approver:
     if not approver.strip() or approver == request.requester:
         # Not recorded as a decision: the right approver may still approve it.
         return OverrideStep("REFUSED", request, Reason.APPROVER_MUST_DIFFER_FROM_REQUESTER)
-    short = _shortfall(stock, request.qty, _releasable(request, unpaid), out_in_buckets)
+    short = _shortfall(stock, request.qty, _releasable(request.vip_order_id, unpaid), out_in_buckets)
     if short is not None:
         request.status, request.approver, request.detail = "refused", approver, short
         return OverrideStep("REFUSED", request, short)
@@ -711,35 +765,36 @@ def approve_override(stock: SkuStock, request: OverrideRequest | None, approver:
 def claim_override(stock: SkuStock, rules: PoolRules, request: OverrideRequest | None, order_id: str,
                    unpaid: list[LineHold], set_aside_before: LineHold | None, now_ms: int, *,
                    out_in_buckets: bool = False) -> OverrideStep:  # fmt: skip
-    """The VIP order ``order_id`` claims the override offered to it: locked stock is released to it, free stock first,
-    then the newest unpaid holds (``unpaid`` as for ``approve_override``), checked again against the stock now."""
+    """The VIP order ``order_id`` claims the override offered to it, checked again against the stock now (``unpaid``
+    as for ``approve_override``): free units are set aside at once, the rest pledged. No hold of another order is
+    let go yet: the order may never come (a mistyped id claims too); its lines take the pledge over (``reserve``)."""
     if request is None or request.vip_order_id != order_id:
         return recorded(None)  # only the order an override names can claim it
     if request.status != "offered":
         return recorded(request)
-    unpaid = _releasable(request, unpaid)
-    short = _shortfall(stock, request.qty, unpaid, out_in_buckets)
+    short = _shortfall(stock, request.qty, _releasable(request.vip_order_id, unpaid), out_in_buckets)
     if short is not None:
         request.status, request.detail = "refused", short
         return OverrideStep("REFUSED", request, short)
-    reason = override_reason(request.override_id)
-    needed = request.qty - stock.available()
-    released = []
-    for hold in sorted(unpaid, key=lambda h: (h.updated_ms, h.order_id, h.line_no), reverse=True):
-        if needed <= 0:
-            break
-        step = line_command(stock, rules, hold, "RELEASE", hold.order_id, hold.line_no, hold.qty, now_ms, reason=reason)
-        released.append(step.holds[hold.line_no] or hold)
-        needed -= hold.qty
-    # A second override for the same VIP order adds to what the first set aside.
+    free = min(request.qty, stock.available())
+    # A second override for the same VIP order adds to what the first set aside and pledged.
     before = set_aside_before if set_aside_before is not None and set_aside_before.status == HELD else None
-    set_aside = LineHold(request.vip_order_id, SET_ASIDE_LINE, request.qty + (before.qty if before else 0), "vip",
-                         False, HELD, reason, now_ms + rules.hold_ttl_ms, now_ms)  # fmt: skip
+    set_aside = LineHold(request.vip_order_id, SET_ASIDE_LINE, free + (before.qty if before else 0), "vip", False,
+                         HELD, override_reason(request.override_id), now_ms + rules.hold_ttl_ms, now_ms,
+                         pledged=request.qty - free + (before.pledged if before else 0))  # fmt: skip
     account(stock, before, set_aside)
     stock.touch(now_ms)
-    request.status = "applied"
-    request.released = [[h.order_id, h.line_no, h.qty] for h in released]
-    return OverrideStep("APPLIED", request, released=released, set_aside=set_aside)
+    request.status, request.released = "applied", []
+    request.detail = pledge_detail(request.qty - free) if request.qty > free else ""
+    return OverrideStep("APPLIED", request, request.detail, set_aside=set_aside)
+
+
+def took_over(request: OverrideRequest | None, released: list[LineHold], pledged: int, line: str) -> OverrideStep:
+    """The VIP order's line ``line`` (``<order>#<line>``) took over ``released`` holds its override pledged, leaving
+    ``pledged``: the request names them with those its claim released, and the audit says which line took them."""
+    if request is not None:
+        request.released += [[h.order_id, h.line_no, h.qty] for h in released]
+    return OverrideStep("APPLIED", request, pledge_detail(pledged, line), released=released)
 
 
 def decline_override(request: OverrideRequest | None, order_id: str, why: str) -> OverrideStep:

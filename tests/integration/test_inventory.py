@@ -288,9 +288,9 @@ def test_vip_override_needs_a_second_approver_and_is_audited(make_settings, star
         what="applied override",
     )[0]
     assert applied["requester"] == "alice" and applied["approver"] == "bob" and applied["qty"] == 2
-    assert applied["released_holds"] == ["douyin:live-1#1"] and applied["reason"] == "key account launch"
-    # The live-stream order lost its hold; the VIP order is served from the released stock.
-    wait_for(lambda: worker.get("/orders/douyin:live-1")["state"] == "cancelled", what="live order cancelled")
+    assert (applied["released_holds"], applied["detail"], applied["reason"]) == ([], "pledged:2", "key account launch")
+    # Nothing free: the 2 units are pledged; the live-stream order keeps its hold until the VIP order's line comes.
+    assert worker.get("/orders/douyin:live-1")["state"] == "reserved" and stock(worker, "SKU-V")["locked"] == 5
     producer.send(
         ORDER_EVENTS.name,
         "own:vip-9",
@@ -299,6 +299,11 @@ def test_vip_override_needs_a_second_approver_and_is_audited(make_settings, star
     )
     producer.flush()
     assert wait_reservations(settings, 2, including=("own:vip-9",))["own:vip-9"]["outcome"] == "RESERVED"
+    # The live-stream order lost its hold to the VIP order's line, which the override's audit names.
+    wait_for(lambda: worker.get("/orders/douyin:live-1")["state"] == "cancelled", what="live order cancelled")
+    taken = wait_for(lambda: [r for t, r in read_topic(settings, "audit.overrides") if r["outcome"] == "APPLIED"
+                              and r["released_holds"]], what="the takeover audited")[0]  # fmt: skip
+    assert (taken["released_holds"], taken["detail"]) == (["douyin:live-1#1"], "pledged:0 taken_by:own:vip-9#1")
     wait_for(lambda: stock(worker, "SKU-V")["locked"] == 2, what="only the VIP hold locked")
 
 

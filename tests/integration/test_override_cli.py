@@ -25,6 +25,7 @@ def test_override_commands_print_the_outcome_and_fail_on_refusal(make_settings, 
         ORDER_EVENTS.name, "douyin:live-1", "OrderPlaced", ev.order_placed("douyin", "live-1", [ev.line(1, "SKU-V", 5)])
     )
     producer.flush()
+    wait_for(lambda: (worker.get("/orders/douyin:live-1") or {}).get("state") == "reserved", what="live-1 reserved")
     env = settings.as_env()
 
     def cli(*args: str) -> object:
@@ -43,6 +44,11 @@ def test_override_commands_print_the_outcome_and_fail_on_refusal(make_settings, 
     assert applied.exit_code == 0, applied.output
     assert "override ov-1 APPLIED" in applied.output and "approved by bob" in applied.output
     assert applied.output.index("override ov-1 OFFERED") < applied.output.index("override ov-1 APPLIED")
+    # own:vip-9 has placed no order (it may never): nothing is free, so the 2 units are pledged and live-1 keeps its
+    # hold until a line of own:vip-9 asks for them.
+    assert "holds released: none; 2 pledged" in applied.output
+    assert worker.get("/orders/douyin:live-1")["state"] == "reserved"
+    assert worker.get("/stock/SKU-V")["locked"] == 5
     listed = cli("list", "--json")
     assert listed.exit_code == 0, listed.output
     latest = {r["override_id"]: r["outcome"] for r in json.loads(listed.output)}

@@ -264,11 +264,47 @@ def test_presale_holds_beyond_the_cap_are_found(topics: Topics) -> None:
 
 
 def _override(topics: Topics, override_id: str = "ov1", qty: int = 3, vip_order: str = "own:vip",
-              at_ms: int = 2_000) -> None:  # fmt: skip
+              at_ms: int = 2_000, detail: str = "", released: tuple[str, ...] = ()) -> None:  # fmt: skip
     topics.event(AUDIT_OVERRIDES.name, "OverrideAudited", {
-        "event_id": f"override:{override_id}:APPLIED:applied", "event_time_ms": at_ms, "override_id": override_id,
-        "outcome": "APPLIED", "sku": "D", "qty": qty, "vip_order_id": vip_order, "requester": "a", "approver": "b",
-        "reason": "key account", "released_holds": [], "detail": ""})  # fmt: skip
+        "event_id": f"override:{override_id}:APPLIED:{detail or 'applied'}", "event_time_ms": at_ms,
+        "override_id": override_id, "outcome": "APPLIED", "sku": "D", "qty": qty, "vip_order_id": vip_order,
+        "requester": "a", "approver": "b", "reason": "key account", "released_holds": list(released),
+        "detail": detail})  # fmt: skip
+
+
+def _pledged_then_taken_over(topics: Topics) -> None:
+    """5 units; jd:1 holds 4 unpaid; an override of 3 for own:vip sets the free unit aside and pledges 2; own:vip's
+    line (3) comes later and takes jd:1's hold over: jd:1 let go, the line held, in one batch."""
+    topics.adjust("D", "RECEIPT", 5, "rcpt-1", applied_ms=1_000)
+    topics.placed("jd:1", "D", 4)
+    topics.answer("jd:1", "D", 4, "RESERVE", "HELD", 1_500)
+    _override(topics, detail="pledged:2")
+    topics.placed("own:vip", "D", 3)
+    topics.answer("jd:1", "D", 4, "RELEASE", "RELEASED", 2_600, reason="vip_override:ov1")
+    topics.answer("own:vip", "D", 3, "RESERVE", "HELD", 2_600, reason="vip_override:ov1")
+    _override(topics, at_ms=2_600, detail="pledged:0 taken_by:own:vip#1", released=("jd:1#1",))
+
+
+def test_holds_a_vip_line_takes_over_through_its_pledge_are_clean(topics: Topics) -> None:
+    """Units pledged at the claim stay in jd:1's hold until the VIP line takes them: counted set aside from the claim,
+    they were held twice (an oversell of 2), and the takeover's audit record is no second claim."""
+    _pledged_then_taken_over(topics)
+    report = checker.audit(Settings())
+    assert (report.vip_set_aside_misused, report.double_holds, report.summary()["oversold_units"]) == ([], [], 0)
+
+
+def test_a_hold_a_vip_line_took_over_held_again_is_a_double_hold(topics: Topics) -> None:
+    _pledged_then_taken_over(topics)
+    topics.answer("jd:1", "D", 4, "RESERVE", "HELD", 2_700)
+    report = checker.audit(Settings())
+    assert (report.double_holds, report.summary()["oversold_units"] > 0) == (["jd:1#1"], True)
+
+
+def test_a_plain_hold_on_the_unit_a_pledging_claim_set_aside_is_oversold(topics: Topics) -> None:
+    _pledged_then_taken_over(topics)
+    topics.placed("jd:9", "D", 1)
+    topics.answer("jd:9", "D", 1, "RESERVE", "HELD", 2_100)  # the free unit was set aside at 2_000
+    assert checker.audit(Settings()).summary()["oversold_units"] == 1
 
 
 def test_set_aside_units_taken_over_by_another_order_are_a_misuse(topics: Topics) -> None:

@@ -130,9 +130,16 @@ def test_a_vip_set_aside_remainder_expires_without_cancelling_the_vip_order() ->
                  OPS_OVERRIDES.name)
     assert answers(out) == [("tmall:vip", "OFFERED")]  # nothing moves before the VIP order answers
     out = r.send([claim("tmall:vip", "SKU-V", "OV-1")])
-    assert ("tmall:a", "RELEASED") in answers(out)
-    r.send([command("RESERVE", "tmall:vip", "SKU-V", qty=1)])
-    assert answers(r.outputs)[-1] == ("tmall:vip", "HELD")
+    assert answers(out) == []  # nothing free: pledged; tmall:a keeps its hold until the VIP order's line comes
+    assert r.read(STORE, hold_key("SKU-V", "tmall:a", 1), "SKU-V")["status"] == "held"
+    out = r.send([command("RESERVE", "tmall:vip", "SKU-V", qty=1)])
+    assert answers(out) == [("tmall:a", "RELEASED"), ("tmall:vip", "HELD")]
+    assert [o.record["reason"] for o in out if o.event_type == "HoldDecided"] == ["vip_override:OV-1"] * 2
+    # The override's outcome names the hold its VIP order's line took, and which line took it.
+    audited = [o.record for o in out if o.event_type == "OverrideAudited"]
+    assert [(a["outcome"], a["released_holds"], a["detail"]) for a in audited] == [
+        ("APPLIED", ["tmall:a#1"], "pledged:0 taken_by:tmall:vip#1")]  # fmt: skip
+    assert r.read(STORE, override_key("SKU-V", "OV-1"), "SKU-V")["released"] == [["tmall:a", 1, 3]]
     # A replayed approval, or claim, tells the order that lost its hold again.
     for replayed, topic in ((("SKU-V", "VipOverride", {**ov, "action": "APPROVE", "operator": "bob", "event_id": "y"}),
                              OPS_OVERRIDES.name), (claim("tmall:vip", "SKU-V", "OV-1"), HOLD_COMMANDS.name)):
@@ -142,6 +149,25 @@ def test_a_vip_set_aside_remainder_expires_without_cancelling_the_vip_order() ->
     expired = r.advance(61_000)
     assert [a for a in answers(expired) if a[0] == "tmall:vip"] == [("tmall:vip", "EXPIRED")]  # line 1 only
     assert r.read(STORE, sku_key("SKU-V"), "SKU-V")["locked"] == 0
+
+
+def test_an_override_claimed_for_a_mistyped_order_lets_no_hold_go() -> None:
+    """Fixed: the claim of an order id no order ever had (the lifecycle claims for an order it has not seen)
+    released tmall:a's unpaid hold, and the set-aside expired unused."""
+    r = runner(hold_ttl_s=60, payment_timeout_s=30)
+    receipt(r, "SKU-T", 3)
+    r.send([command("RESERVE", "tmall:a", "SKU-T", qty=2)])
+    ov = {"event_id": "x", "event_time_ms": 0, "override_id": "OV-T", "sku": "SKU-T", "qty": 3,
+          "vip_order_id": "tmall:vip-typo", "reason": "key account", "operator": "alice"}
+    r.send([("SKU-T", "VipOverride", {**ov, "action": "REQUEST"})], OPS_OVERRIDES.name)
+    r.send([("SKU-T", "VipOverride", {**ov, "action": "APPROVE", "operator": "bob", "event_id": "y"})],
+           OPS_OVERRIDES.name)  # fmt: skip
+    out = r.send([claim("tmall:vip-typo", "SKU-T", "OV-T")])
+    assert answers(out) == []
+    assert [o.record["released_holds"] for o in out if o.event_type == "OverrideAudited"] == [[]]
+    assert r.read(STORE, hold_key("SKU-T", "tmall:a", 1), "SKU-T")["status"] == "held"
+    totals = r.read(STORE, sku_key("SKU-T"), "SKU-T")
+    assert (totals["locked"], totals["pledged"], totals["set_asides"]) == (3, 2, 1)
 
 
 def test_an_adjustment_document_sent_twice_in_one_batch_counts_once() -> None:

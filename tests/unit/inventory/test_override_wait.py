@@ -98,3 +98,13 @@ def test_an_offer_its_vip_order_has_not_answered_in_time_says_so(monkeypatch: py
 def test_no_record_at_all_is_still_a_timeout_asking_for_a_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     result = approve(monkeypatch)
     assert result.exit_code == 1 and "is a worker running?" in result.output
+
+
+def test_an_applied_verdict_says_what_is_pledged_and_which_line_took_holds_over() -> None:
+    claimed = override_outcome.verdict(audit("APPLIED", "pledged:2"))
+    assert claimed.ok and claimed.line.endswith("holds released: none; 2 pledged from unpaid holds, taken as its "
+                                                "lines need them")  # fmt: skip
+    taken = override_outcome.verdict({**audit("APPLIED", "pledged:0 taken_by:own:vip-9#1"),
+                                      "released_holds": ["jd:1#1"]})  # fmt: skip
+    assert taken.line.endswith("holds released: jd:1#1 (taken over by line own:vip-9#1)")
+    assert override_outcome.verdict(audit("APPLIED")).line.endswith("holds released: none")

@@ -37,6 +37,7 @@ class Pool:
     def __init__(self, stock: SkuStock) -> None:
         self.stock = stock
         self.holds: dict[tuple[str, int], LineHold] = {}
+        self.released: list[LineHold] = []  # holds VIP lines took over, as they were let go
 
     def store(self, order_id: str, holds: dict[int, LineHold | None]) -> None:
         for line_no, hold in holds.items():
@@ -50,9 +51,13 @@ class Pool:
         # As the processor does: the set-aside is looked up only while the SKU has one.
         wants_vip = self.stock.set_asides > 0 and line_no != SET_ASIDE_LINE
         vip = self.holds.get((order_id, SET_ASIDE_LINE)) if wants_vip else None
+        unpaid = self.unpaid() if vip is not None and vip.pledged else None
         step = P.reserve(self.stock, RULES, self.holds.get((order_id, line_no)), vip, order_id, line_no, qty,
-                         channel, presale, now_ms)  # fmt: skip
+                         channel, presale, now_ms, unpaid)  # fmt: skip
         self.store(order_id, step.holds)
+        for hold in step.released:
+            self.store(hold.order_id, {hold.line_no: hold})
+        self.released += step.released
         assert step.answer is not None
         return step.answer
 
@@ -492,17 +497,20 @@ def test_vip_override_needs_a_second_approver_and_is_audited() -> None:
         assert (refused.outcome, refused.detail) == ("REFUSED", "approver_must_differ_from_requester")
     assert request.status == "pending" and pool.stock.locked == 4  # not a decision: bob may still approve
     result = pool.approve(request, "bob", 6)
-    assert result.outcome == "APPLIED"
-    # Free stock first (1 unit), then the newest unpaid hold.
-    assert [(h.order_id, h.status, h.reason) for h in result.released] == [("o2", P.RELEASED, "vip_override:v1")]
+    assert (result.outcome, result.detail) == ("APPLIED", "pledged:1")
+    # Free stock (1 unit) set aside; the other pledged, no hold let go before the VIP order's line comes.
+    assert result.released == [] and request.released == []
     assert (request.status, request.requester, request.approver, request.approved_ms, request.reason) == (
         "applied", "alice", "bob", 6, "launch")  # fmt: skip
-    assert request.released == [["o2", 1, 2]]
-    assert result.set_aside == LineHold("vip:1", SET_ASIDE_LINE, 2, "vip", False, P.HELD, "vip_override:v1",
-                                        6 + RULES.hold_ttl_ms, 6)  # fmt: skip
+    assert result.set_aside == LineHold("vip:1", SET_ASIDE_LINE, 1, "vip", False, P.HELD, "vip_override:v1",
+                                        6 + RULES.hold_ttl_ms, 6, pledged=1)  # fmt: skip
     s = pool.stock
-    assert (s.locked, s.available(), s.open_lines, s.set_asides) == (4, 1, 2, 1)
+    assert (s.locked, s.available(), s.open_lines, s.set_asides, s.pledged) == (5, 0, 3, 1, 1)
     assert P.request_override(request, "v1", 2, "vip:1", "alice", "launch", 7).outcome == "APPLIED"
+    # The VIP order's line takes the set-aside unit and, through the pledge, the newest unpaid hold.
+    assert pool.reserve("vip:1", 1, 2, now_ms=8).outcome == "HELD"
+    assert [(h.order_id, h.status, h.reason) for h in pool.released] == [("o2", P.RELEASED, "vip_override:v1")]
+    assert (s.locked, s.available(), s.open_lines, s.set_asides, s.pledged) == (4, 1, 2, 0, 0)
 
 
 def test_an_approved_override_is_offered_to_its_vip_order_and_moves_nothing_until_it_claims_it() -> None:
@@ -522,13 +530,16 @@ def test_an_approved_override_is_offered_to_its_vip_order_and_moves_nothing_unti
     assert pool.claim(request, 5, order_id="vip:2").detail == Reason.UNKNOWN_OVERRIDE  # not the order it names
     assert request.status == "offered"
     claimed = pool.claim(request, 6)
-    assert claimed.outcome == "APPLIED" and [h.order_id for h in claimed.released] == ["o1"]
-    assert (request.status, request.approver, request.approved_ms, request.released) == (
-        "applied", "bob", 3, [["o1", 1, 3]])  # fmt: skip
+    assert (claimed.outcome, claimed.released) == ("APPLIED", [])  # no free unit: all pledged, nothing let go yet
+    assert (request.status, request.approver, request.approved_ms, request.released) == ("applied", "bob", 3, [])
     assert claimed.set_aside is not None and claimed.set_aside.expires_at_ms == 6 + RULES.hold_ttl_ms
-    again = pool.claim(request, 7)  # a claim seen again: the recorded outcome, nothing released twice
+    assert (claimed.set_aside.qty, claimed.set_aside.pledged) == (0, 2)
+    again = pool.claim(request, 7)  # a claim seen again: the recorded outcome, nothing set aside twice
     assert (again.outcome, again.released, again.set_aside) == ("APPLIED", [], None)
-    assert (pool.stock.locked, pool.stock.set_asides, pool.stock.available()) == (2, 1, 1)
+    assert (pool.stock.locked, pool.stock.set_asides, pool.stock.pledged, pool.stock.available()) == (3, 1, 2, 0)
+    assert pool.reserve("vip:1", 1, 2, now_ms=8).outcome == "HELD"
+    assert [h.order_id for h in pool.released] == ["o1"]
+    assert (pool.stock.locked, pool.stock.set_asides, pool.stock.available()) == (2, 0, 1)
 
 
 def test_an_override_its_vip_order_refuses_is_refused_with_its_reason_and_moves_nothing() -> None:
@@ -570,8 +581,9 @@ def test_an_override_never_releases_a_hold_of_the_vip_order_it_is_for() -> None:
     pool.reserve("vip:1", 1, 1, now_ms=2)  # the newest
     request = P.request_override(None, "v1", 1, "vip:1", "alice", "launch", 3).request
     assert request is not None and pool.offer(request, "bob", 4).outcome == "OFFERED"
-    claimed = pool.claim(request, 5)
-    assert [h.order_id for h in claimed.released] == ["o1"]
+    assert pool.claim(request, 5).released == []
+    assert pool.reserve("vip:1", 2, 1, now_ms=6).outcome == "HELD"
+    assert [h.order_id for h in pool.released] == ["o1"]
     assert pool.holds[("vip:1", 1)].status == P.HELD
     big = P.request_override(None, "v2", 3, "vip:1", "alice", "launch", 6).request
     assert big is not None and pool.offer(big, "bob", 7).detail == Reason.INSUFFICIENT_LOCKED_STOCK
@@ -605,17 +617,81 @@ def test_the_set_aside_is_taken_over_by_the_vip_orders_lines() -> None:
     pool.reserve("o1", 1, 4, now_ms=1)
     request = P.request_override(None, "v1", 3, "vip:1", "alice", "launch", 2).request
     assert pool.approve(request, "bob", 3).outcome == "APPLIED"
-    assert (pool.stock.locked, pool.stock.available(), pool.stock.set_asides) == (3, 1, 1)
+    # Nothing free: all 3 pledged, o1 keeps its hold until a line of the VIP order comes.
+    assert (pool.stock.locked, pool.stock.available(), pool.stock.set_asides, pool.stock.pledged) == (4, 0, 1, 3)
     taken = pool.reserve("vip:1", 1, 2, channel="tmall", now_ms=4)
     assert (taken.outcome, taken.reason) == ("HELD", "vip_override:v1")
+    assert [h.order_id for h in pool.released] == ["o1"]
+    # o1's 4 units: 2 to the line, 1 set aside (the pledge's rest), 1 free.
     rest = pool.hold("vip:1", SET_ASIDE_LINE)
-    assert rest is not None and rest.qty == 1
+    assert rest is not None and (rest.qty, rest.pledged) == (1, 0)
     assert (pool.stock.locked, pool.stock.available(), pool.stock.open_lines) == (3, 1, 2)  # moved, not added
     assert pool.reserve("vip:1", 2, 3, now_ms=5).reason == "insufficient_stock"  # beyond set-aside and free stock
     # More than is set aside: the rest of the set-aside and a free unit.
     assert pool.reserve("vip:1", 3, 2, now_ms=6).reason == "vip_override:v1"
     assert pool.hold("vip:1", SET_ASIDE_LINE) is None and pool.stock.set_asides == 0
     assert (pool.stock.locked, pool.stock.available()) == (4, 0)
+
+
+def test_an_override_claimed_for_an_order_that_never_comes_lets_no_hold_go() -> None:
+    """Fixed: the lifecycle claims an offer for an order id it has never seen (the VIP may order later), so a
+    mistyped id claimed it too, and the claim released other customers' unpaid holds for an order that never came;
+    the set-aside then just expired. Now only free units are set aside; the rest is a pledge, taken from unpaid holds
+    only when a line of the VIP order asks."""
+    pool = stocked(5)
+    for n, order_id in enumerate(("o1", "o2", "o3")):
+        pool.reserve(order_id, 1, 1 + n % 2, now_ms=1 + n)  # 1 + 2 + 1 units: 1 free
+    holds_before = dict(pool.holds)
+    totals_before = actual_totals(pool.stock)
+    request = P.request_override(None, "v1", 4, "vip:typo", "alice", "launch", 10).request
+    claimed = pool.approve(request, "bob", 11)
+    assert (claimed.outcome, claimed.released) == ("APPLIED", [])
+    assert {k: h for k, h in pool.holds.items() if k[0] != "vip:typo"} == holds_before  # every hold still held
+    assert request is not None and request.released == []
+    set_aside = pool.hold("vip:typo", SET_ASIDE_LINE)
+    assert set_aside is not None and (set_aside.qty, set_aside.pledged) == (1, 3)
+    assert (pool.stock.locked, pool.stock.available(), pool.stock.pledged) == (5, 0, 3)
+    # Its expiry lets the free unit go back, tells no order anything, and releases nothing of others.
+    expired = P.on_due(pool.stock, RULES, set_aside, 11 + RULES.hold_ttl_ms)
+    pool.store("vip:typo", expired.holds)
+    assert (expired.answer, expired.released) == (None, [])
+    assert pool.holds[("vip:typo", SET_ASIDE_LINE)].status == P.EXPIRED
+    assert {k: h for k, h in pool.holds.items() if k[0] != "vip:typo"} == holds_before
+    assert actual_totals(pool.stock) == totals_before and pool.released == []
+
+
+def test_a_vip_line_takes_from_unpaid_holds_only_what_it_needs_within_the_pledge() -> None:
+    pool = stocked(5)
+    for n in range(1, 5):
+        pool.reserve(f"o{n}", 1, 1, now_ms=n)  # o4 the newest unpaid
+    pool.reserve("o5", 1, 1, now_ms=5)
+    pool.command("COMMIT", "o5", 1, 1, now_ms=5)  # the newest, but paid: never taken
+    request = P.request_override(None, "v1", 2, "vip:1", "alice", "launch", 6).request
+    assert request is not None and pool.approve(request, "bob", 6).detail == "pledged:2"
+    assert pool.reserve("vip:1", 9, 3, now_ms=7).reason == Reason.INSUFFICIENT_STOCK  # beyond the pledge
+    assert pool.released == [] and pool.stock.pledged == 2  # refused: nothing let go
+    assert pool.reserve("vip:1", 1, 1, now_ms=8).reason == "vip_override:v1"
+    assert [(h.order_id, h.status, h.reason) for h in pool.released] == [("o4", P.RELEASED, "vip_override:v1")]
+    rest = pool.hold("vip:1", SET_ASIDE_LINE)
+    assert rest is not None and (rest.qty, rest.pledged) == (0, 1)
+    took = P.took_over(request, pool.released, rest.pledged, "vip:1#1")
+    assert (took.outcome, took.detail, request.released) == ("APPLIED", "pledged:1 taken_by:vip:1#1", [["o4", 1, 1]])
+    # The second line takes the rest of the pledge: o3, not the VIP order's own line 1 (newer) nor o5 (paid).
+    assert pool.reserve("vip:1", 2, 1, now_ms=9).outcome == "HELD"
+    assert [h.order_id for h in pool.released] == ["o4", "o3"]
+    assert pool.hold("vip:1", SET_ASIDE_LINE) is None and (pool.stock.set_asides, pool.stock.pledged) == (0, 0)
+    assert pool.reserve("vip:1", 3, 1, now_ms=10).reason == Reason.INSUFFICIENT_STOCK  # the pledge is spent
+    assert [pool.holds[(o, 1)].status for o in ("o1", "o2", "vip:1", "o5")] == [P.HELD, P.HELD, P.HELD, P.SOLD]
+    assert actual_totals(pool.stock) == expected_totals(pool.holds)
+
+
+def test_a_pledge_no_other_override_may_count_on_the_same_unpaid_holds() -> None:
+    pool = stocked(2)
+    pool.reserve("o1", 1, 2, now_ms=1)
+    first = P.request_override(None, "v1", 2, "vip:1", "alice", "launch", 2).request
+    assert pool.approve(first, "bob", 3).outcome == "APPLIED"
+    second = P.request_override(None, "v2", 1, "vip:2", "alice", "launch", 4).request
+    assert pool.offer(second, "bob", 5).detail == Reason.INSUFFICIENT_LOCKED_STOCK  # o1's units are pledged
 
 
 def test_a_second_override_adds_to_the_set_aside_and_its_remainder_returns_to_the_pool() -> None:
@@ -640,10 +716,11 @@ def test_a_duplicate_approval_answers_the_recorded_outcome_and_released_holds() 
     before = (pool.stock.locked, dict(pool.holds))
     again = pool.approve(request, "bob", 4)
     assert again.outcome == "APPLIED" and again.request is request
-    assert request.released == [["o1", 1, 3]]  # the processor tells o1 again from this
+    assert request.released == [] and request.detail == "pledged:2"
     assert again.released == [] and again.set_aside is None  # nothing released or set aside twice
     assert (pool.stock.locked, pool.holds) == before
     assert pool.reserve("vip:1", 1, 2, channel="own", now_ms=5).outcome == "HELD"
+    assert [h.order_id for h in pool.released] == ["o1"]
     assert pool.stock.locked == 2 and pool.stock.available() == 1
 
 
@@ -679,13 +756,14 @@ def expected_totals(holds: dict[tuple[str, int], LineHold]) -> dict[str, object]
         "allocated": {wh: q for wh, q in allocated.items() if q},
         "open_lines": len(open_),
         "set_asides": sum(1 for h in open_ if h.line_no == SET_ASIDE_LINE),
+        "pledged": sum(h.pledged for h in open_),
     }
 
 
 def actual_totals(stock: SkuStock) -> dict[str, object]:
     return {"locked": stock.locked, "sold": stock.sold, "presale_reserved": stock.presale_reserved,
             "allocated": dict(stock.allocated), "open_lines": stock.open_lines,
-            "set_asides": stock.set_asides}  # fmt: skip
+            "set_asides": stock.set_asides, "pledged": stock.pledged}  # fmt: skip
 
 
 def random_step(pool: Pool, rng: random.Random, now_ms: int, n: int, regular_only: bool) -> None:
@@ -741,7 +819,9 @@ def test_totals_always_equal_what_the_line_records_add_up_to(seed: int) -> None:
         assert actual_totals(s) == expected_totals(pool.holds), f"step {n}"
         assert min(s.locked, s.sold, s.presale_reserved, s.open_lines, s.set_asides) >= 0
         assert all(q > 0 for q in s.allocated.values())
-        assert all(h.qty > 0 for h in pool.holds.values() if h.is_open)
+        # A set-aside of nothing but a pledge holds no unit, yet is open: its VIP order's lines may take it.
+        assert all(h.qty > 0 or (h.line_no == SET_ASIDE_LINE and h.pledged > 0) for h in pool.holds.values()
+                   if h.is_open)  # fmt: skip
         assert s.available() >= 0
         assert s.healthy() is (not s.breaches()), s.breaches()
 
@@ -768,7 +848,7 @@ def test_account_moves_a_lines_contribution_between_records() -> None:
     sold = replace(held, status=P.SOLD, warehouse_id="WH-A")
     P.account(stock, held, sold)
     assert actual_totals(stock) == {"locked": 3, "sold": 3, "presale_reserved": 0, "allocated": {"WH-A": 3},
-                                    "open_lines": 1, "set_asides": 0}  # fmt: skip
+                                    "open_lines": 1, "set_asides": 0, "pledged": 0}  # fmt: skip
     P.account(stock, sold, replace(sold, status=P.SHIPPED))
     assert actual_totals(stock) == expected_totals({})
 
@@ -809,6 +889,13 @@ def test_stored_records_load_ignoring_fields_they_do_not_know_and_defaulting_mis
     del line["wants"]
     assert LineHold.load(line) == hold
     assert LineHold.load(hold.dump()) == hold
+    # A set-aside written before pledges: it pledged nothing.
+    aside = LineHold("vip:1", SET_ASIDE_LINE, 2, "vip", False, P.HELD, "vip_override:v1", 9, 5, pledged=3)
+    old_aside = orjson.loads(orjson.dumps(aside))
+    del old_aside["pledged"]
+    assert LineHold.load(old_aside) == replace(aside, pledged=0)
+    assert LineHold.load(orjson.loads(orjson.dumps(aside))) == aside
+    assert SkuStock.load({"sku": "S", "set_asides": 1}).pledged == 0
 
 
 def test_a_record_written_before_presale_lines_counted_in_allocated_is_brought_up_to_date_once() -> None:

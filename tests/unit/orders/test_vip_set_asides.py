@@ -104,15 +104,35 @@ def test_an_override_approved_before_its_vip_order_is_placed_serves_it_and_nothi
     assert states(order(r, "OrderPlaced", ev.order_placed("jd", "other", [ev.line(1, "SKU-S", 3)]))) == [
         "placed", "reserved"]  # fmt: skip
     out = approve(r, "SKU-S", "OV-S", 2)
-    assert audited(out) == [("OFFERED", ""), ("APPLIED", "")]
-    assert state(r, "jd:other") == "cancelled"  # its unpaid hold released to the VIP order, as approved
-    assert pool(r, "SKU-S") == {"locked": 2, "open_lines": 1, "set_asides": 1}
+    assert audited(out) == [("OFFERED", ""), ("APPLIED", "pledged:2")]
+    # Nothing free: the 2 units are pledged, jd:other keeps its hold until the VIP order's line needs it.
+    assert state(r, "jd:other") == "reserved"
+    assert pool(r, "SKU-S") == {"locked": 3, "open_lines": 2, "set_asides": 1}
     out = order(r, "OrderPlaced", ev.order_placed("tmall", "vip", [ev.line(1, "SKU-S", 1)], vip=True))
-    assert states(out) == ["placed", "reserved"]
+    assert [(o.record["order_id"], o.record["state"]) for o in out if o.event_type == "OrderStateChanged"] == [
+        (VIP, "placed"), ("jd:other", "cancelled"), (VIP, "reserved")]  # fmt: skip
+    # jd:other's unpaid hold released to the VIP order's line, as approved: now, not at the approval
+    assert audited(out) == [("APPLIED", "pledged:0 taken_by:tmall:vip#1")]
     assert pool(r, "SKU-S") == {"locked": 1, "open_lines": 1, "set_asides": 0}  # the unit left over is free again
     assert r.read(ORDERS, VIP.encode()).set_asides == {}
     out = order(r, "PaymentConfirmed", ev.payment_confirmed("tmall", "vip"))
     assert states(out) == ["paid", "routed"]
+
+
+def test_an_override_for_a_mistyped_vip_order_takes_no_hold_from_anyone() -> None:
+    """Fixed: the lifecycle claims an offer for an order it has never seen (the VIP may order later), so an override
+    naming a mistyped order id was claimed, and the claim released jd:other's unpaid hold (its order cancelled) for
+    an order that never came."""
+    r, view = pipeline()
+    stock(r, view, "SKU-M", 3, first_warehouse())
+    assert states(order(r, "OrderPlaced", ev.order_placed("jd", "other", [ev.line(1, "SKU-M", 2)]))) == [
+        "placed", "reserved"]  # fmt: skip
+    out = approve(r, "SKU-M", "OV-M", 2, vip_order="tmall:vpi")
+    assert audited(out) == [("OFFERED", ""), ("APPLIED", "pledged:1")]
+    assert state(r, "jd:other") == "reserved"
+    assert [o for o in out if o.event_type in ("OrderStateChanged", "ReservationDecided")] == []
+    assert pool(r, "SKU-M") == {"locked": 3, "open_lines": 2, "set_asides": 1}
+    assert states(order(r, "PaymentConfirmed", ev.payment_confirmed("jd", "other"))) == ["paid", "routed"]
 
 
 @pytest.mark.parametrize("line_qty", [1, 3])
