@@ -387,13 +387,15 @@ def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> 
     hot = home.hot
     if hot is None or hot.state != HOT or hot.settles or hot.count < MIN_BUCKETS:
         return []
-    if now_ms - hot.rebalanced_ms < interval_ms:
+    short, lacking = home_short(home), owed(home)
+    if now_ms - hot.rebalanced_ms < interval_ms and (short <= 0 or lacking == hot.asked_owed):
+        # Not when a count (or a shipment off an empty shelf) left the SKU owing units the home has not asked for
+        # yet: a bucket sells its free units until the ask reaches it, and the SKU as a whole has none to spare.
         return []
     levels = reported_available(hot)
     units = sum(levels)
     if max(levels) <= 0:  # a bucket short of units (``bucket_short``) may take the sum to zero or below
         return []
-    short = home_short(home)
     if short > 0:
         asks = []
         for k in sorted(range(hot.count), key=lambda k: (-levels[k], k)):
@@ -410,7 +412,7 @@ def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> 
     else:
         asks = []
     if asks:
-        hot.rebalanced_ms = now_ms
+        hot.rebalanced_ms, hot.asked_owed = now_ms, lacking
     return [Sync(REBALANCE, k, qty=qty) for k, qty in asks]
 
 

@@ -33,8 +33,8 @@ P = Settings().partitions
 class Story:
     """The pool's inputs as a story, and what the checker makes of what the pool wrote."""
 
-    def __init__(self) -> None:
-        self.settings = Settings(safety_threshold=0, threshold_hysteresis=0, hot_sku_low_water=1)
+    def __init__(self, low_water: int = 1) -> None:
+        self.settings = Settings(safety_threshold=0, threshold_hysteresis=0, hot_sku_low_water=low_water)
         self.r = LocalRunner([HoldStock.from_settings(self.settings, frozenset({"WH-SH", "WH-GZ"}))], partitions=12)
         self.adjustments: list[tuple[str, int, dict[str, Any]]] = []  # topic, offset, record
         self.refused: list[tuple[str, int, str]] = []  # topic, offset, reason
@@ -484,3 +484,24 @@ def test_a_receipt_too_small_for_every_short_line_is_tied_to_one_of_them_as_a_co
     assert s.answers("jd:9")[0][0] == "REFUSED"  # no new sale: the SKU is 5 units short
     assert s.answers("jd:1", "ALLOCATE") == [("ALLOCATED", "WH-GZ")]
     assert s.answers("jd:5", "ALLOCATE")[0][0] == "REFUSED"
+
+
+@pytest.mark.parametrize("hot", [False, True])
+def test_a_count_right_after_a_rebalance_still_calls_home_the_units_the_sku_lacks(hot: bool) -> None:
+    """Found in review: WH-SH has 12 units, WH-GZ 2; bucket 0 holds two paid lines of 3 not tied yet; a count finds 4
+    at WH-SH, leaving bucket 0 two short while bucket 1 keeps 2 free WH-GZ units. The home owes them and asks for
+    them, but only once per refresh interval: a count within it of a routine rebalance asked nothing, and bucket 1
+    sold the 2 units the SKU does not have. A count's new debt is asked for at once."""
+    s = Story(low_water=Settings().hot_sku_low_water)  # bucket 0 runs low: a routine rebalance
+    s.adjust(("RECEIPT", 12, "rcpt-1", s.r.now_ms), ("RECEIPT", 2, "rcpt-gz", s.r.now_ms, "WH-GZ"))
+    buckets = 0
+    if hot:
+        s.hot(buckets := 2)
+    for order_id in ("jd:0", "jd:1"):  # bucket 0's
+        s.line(order_id, 3, "RESERVE", "COMMIT", buckets=buckets, wh="")
+    s.r.advance(3_000)  # a report and a rebalance
+    s.adjust(("COUNT", 4, "count-1", s.r.now_ms))
+    new = ["jd:4", "jd:5", "jd:6", "jd:7"]  # bucket 1's
+    for order_id in new:
+        s.line(order_id, 1, "RESERVE", buckets=buckets)
+    assert [s.answers(order_id)[0][0] for order_id in new] == ["REFUSED"] * 4
