@@ -64,6 +64,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agents.inventory.rules import (
+    MOST_SOLD,
     Answer,
     Buckets,
     LineHold,
@@ -726,6 +727,19 @@ def received(bucket: SkuStock, units: dict[str, int], ref: str) -> None:
         bucket.hot.for_lack += total(units)
 
 
+def hold_probes_down(bucket: SkuStock) -> None:
+    """After each change, what a bucket waiting for counts may sell goes down with every unit it sold (or sent
+    away), never up: units a line let go meanwhile wait for the count's settling (``SkuStock.available``)."""
+    hot = bucket.hot
+    if hot is None or not hot.probed:
+        return
+    free = bucket.unheld()
+    for waiting in hot.probed.values():
+        if len(waiting) > MOST_SOLD + 1:
+            waiting[MOST_SOLD] = int(waiting[MOST_SOLD]) + min(0, free - int(waiting[MOST_SOLD + 1]))
+            waiting[MOST_SOLD + 1] = free
+
+
 def return_lack(bucket: SkuStock) -> list[Sync]:
     """Units sent for a lack that its lines no longer need (one ended) go home, where what the SKU is short of is
     kept (``owed``); none are sold here. Lines that shipped took theirs with them."""
@@ -733,7 +747,7 @@ def return_lack(bucket: SkuStock) -> list[Sync]:
     if hot is None or hot.for_lack <= 0:
         return []
     out = []
-    spare = min(hot.for_lack, bucket.on_hand_total() + bucket.lent() - bucket.locked - bucket.presale_reserved)
+    spare = min(hot.for_lack, bucket.unheld() + hot.for_lack)
     if spare > 0:
         units = apportion(movable(bucket), [spare])[0]
         if units:
@@ -782,7 +796,7 @@ def on_probe(bucket: SkuStock, warehouse_id: str, ref: str, now_ms: int, as_of_m
         counted(bucket, warehouse_id, as_of_ms, skew_ms)
     tied = {warehouse_id: bucket.allocated.get(warehouse_id, 0)}  # the rest of ``left`` backs untied lines
     if left > tied[warehouse_id] and bucket.hot is not None:
-        bucket.hot.probed[warehouse_id] = [ref, now_ms + PROBE_HOLD_MS]
+        bucket.hot.probed[warehouse_id] = [ref, now_ms + PROBE_HOLD_MS, bucket.available(), bucket.unheld()]
     # Its figures first, on the same ordered channel: the home settles the count on the last answer, and what it
     # keeps back for a bucket the count leaves short is worked out from them (``bucket_short``).
     out.append(Sync(REPORT, HOME))

@@ -747,6 +747,7 @@ class HoldStock(Processor):
     def _bucket_changed(self, ctx: Context, db: StoreTransaction[Any], bucket: SkuStock, had_free: int) -> None:
         """A bucket not taking lines sends its free units home; once it holds nothing it says so and goes. One
         that just ran dry, or was told the SKU is sold out and has free units, tells its home at once."""
+        hot_.hold_probes_down(bucket)
         self._send(ctx, bucket, hot_.return_lack(bucket) + hot_.send_home(bucket) + hot_.send_shortfall(bucket)
                    + hot_.ran_dry(bucket, had_free) + hot_.found_units(bucket))  # fmt: skip
         if not hot_.takes_reservations(bucket) and hot_.empty(hot_.figures(bucket)):

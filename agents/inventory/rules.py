@@ -24,6 +24,9 @@ from streams.contract.reasons import Reason
 from streams.contract.set_aside import SET_ASIDE_LINE, override_reason, pledge_detail
 from streams.engine.stored import stored_fields
 
+# In a bucket's count wait (``Buckets.probed``): the most it may sell, then its units no line held when it last
+# looked (``buckets.hold_probes_down``); a wait stored before has neither.
+MOST_SOLD = 2
 HELD, SOLD, SHIPPED, RELEASED, EXPIRED = "held", "sold", "shipped", "released", "expired"
 # A hot SKU's bucket (or home) passed the line's RESERVE on; its commands follow (``reason`` says where).
 FORWARDED = "forwarded"
@@ -92,12 +95,26 @@ class SkuStock:
 
     def available(self, freeing: int = 0) -> int:
         """Free units; ``freeing``: as they would be once that many locked units are let go."""
-        # Lent units left on_hand but are still in locked (behind the line that lent them): without adding them
-        # back they would be taken away twice, and a record with a free unit could look sold out. Units a bucket
-        # was sent for lines a count left short back those lines only (``buckets.return_lack``).
+        free = self.unheld(freeing)
         hot = self.hot
-        beside = sum(hot.lent.values()) - hot.for_lack if hot is not None else 0
-        return max(0, self.on_hand_total() + beside - self.locked - self.presale_reserved + freeing)
+        if hot is not None:
+            for waiting in hot.probed.values():
+                # A bucket waiting for a count it answered sells no more than it could since: a line let go meanwhile
+                # may free units the count did not find, which the home takes off it when the count is settled.
+                if len(waiting) > MOST_SOLD:
+                    free = min(free, int(waiting[MOST_SOLD]))
+        return max(0, free)
+
+    def unheld(self, freeing: int = 0) -> int:
+        """Units no open line holds (below zero: lines hold more than there are)."""
+        free = self.on_hand_total() - self.locked - self.presale_reserved + freeing
+        hot = self.hot
+        if hot is not None:
+            # Lent units left on_hand but are still in locked (behind the line that lent them): without adding them
+            # back they would be taken away twice, and a record with a free unit could look sold out. Units a bucket
+            # was sent for lines a count left short back those lines only (``buckets.return_lack``).
+            free += sum(hot.lent.values()) - hot.for_lack
+        return free
 
     def lent(self) -> int:
         """Units a hot SKU's record offered in exchange for a warehouse one of its lines was routed to
@@ -196,8 +213,10 @@ class Buckets:
     # they are not; the home keeps units back for them meanwhile (``buckets.owed``).
     short: list[int] = field(default_factory=list)
     # Bucket: warehouses whose count it answered keeping units there behind untied lines -> [the count's ref, until
-    # when]: those may be units the count did not find, so no line is tied there with them, and none leave in an
-    # exchange, until the home says the count is settled (``buckets.on_settled``), or for ``buckets.PROBE_HOLD_MS``.
+    # when, the most it may sell, its unheld units then]: those may be units the count did not find, so no line is
+    # tied there with them, none leave in an exchange, and a line let go frees none to sell
+    # (``buckets.hold_probes_down``), until the home says the count is settled (``buckets.on_settled``), or for
+    # ``buckets.PROBE_HOLD_MS``.
     probed: dict[str, list[Any]] = field(default_factory=dict)
     # Bucket: units its home sent for lines a count left short (``buckets.distribute``) while the SKU is short as a
     # whole: they back those lines and are never sold here; as the lines end, as many go home (``buckets.return_lack``).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -1034,3 +1034,22 @@ def test_a_lack_shipped_with_its_lines_is_forgotten() -> None:
     assert shipped.hot is not None and shipped.hot.for_lack == 0
     b.received(shipped, {"WH-SH": 2}, "")  # a regular transfer later is the bucket's to sell
     assert shipped.available() == 2
+
+
+def test_a_line_let_go_while_a_bucket_waits_for_a_count_frees_no_unit_to_sell() -> None:
+    """Found in review: bucket 0 answered a count of WH-SH keeping 6 units there behind two untied lines; the count
+    found 3, but the home waited for bucket 1's lagging answer. One line was let go, and bucket 0 sold its 3 WH-SH
+    units to new orders: the home then took them off it, and the SKU held 6 units on 3 where a cold SKU refuses."""
+    bucket = SkuStock(f"{SKU}#0", known=True, on_hand={"WH-SH": 6, "WH-GZ": 1}, locked=6,
+                      hot=Buckets(bucket=0, count=2, state=b.HOT))  # fmt: skip
+    lines = [LineHold(f"jd:{n}", 1, 3, "jd", False, rules.HELD, "", 10**12, 0) for n in (0, 1)]
+    b.on_probe(bucket, "WH-SH", "count-r", now_ms=0)
+    assert bucket.available() == 1  # its WH-GZ unit
+    rules.account(bucket, lines[0], replace(lines[0], status=rules.RELEASED))
+    b.hold_probes_down(bucket)
+    assert (bucket.unheld(), bucket.available()) == (4, 1)
+    rules.account(bucket, None, LineHold("jd:2", 1, 1, "jd", False, rules.HELD, "", 10**12, 0))  # sold
+    b.hold_probes_down(bucket)
+    assert bucket.available() == 0
+    b.on_settled(bucket, b.SETTLED + "count-r")
+    assert bucket.available() == 3  # the home took what the count did not find first, in the same transfer
