@@ -9,7 +9,8 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
 - A refund-only request skips the return leg; if its order has not shipped, the order is cancelled
   with it (holds released, or the warehouse told to stop). A parcel of a shipped order that comes back
   all the same (refused at the door, sent back unasked) is received, checked and its resellable units of
-  shipped lines restocked like a return's; a receipt for one whose order never shipped is refused.
+  shipped lines restocked like a return's; a receipt for one whose order never shipped is refused, and one holding
+  a line not known shipped yet waits for that line's shipment notice (``_not_shipped_yet``).
 - So is the parcel of a refund customer service rejected or the buyer withdrew (goods sent back all the
   same): received, checked, its resellable units of shipped lines restocked once, and customer service told
   (``refund_parcel_after_close``) so a person decides whether to reopen it. The refund stays as it was
@@ -503,11 +504,17 @@ def kept_for_shipment_again(kept: dict[str, Any], refusal: Refusal, now_ms: int,
     ``parked_keep_ms`` of its arrival; else the refusal it is dead-lettered with."""
     if refusal.reason != Reason.NOTHING_SHIPPED:
         return refusal
-    if now_ms >= int(kept["at_ms"]) + rules.parked_keep_ms:
+    if shipment_wait_over(kept, now_ms, rules):
         kept_h = rules.parked_keep_ms / 3.6e6
         return Refusal(refusal.reason, f"{refusal.detail}; kept {kept_h:g} h for its order's shipment notice")
     due = int(kept.get("due_ms", 0))
     return {**kept, "waits": WAITS_FOR_SHIPMENT, "due_ms": due if now_ms < due else now_ms + SHIPMENT_RECHECK_MS}
+
+
+def shipment_wait_over(kept: Mapping[str, Any], now_ms: int, rules: RefundRules) -> bool:
+    """A kept return receipt has waited ``parked_keep_ms`` for its order's shipment notice: taken for what shipped,
+    or given up (``kept_for_shipment_again``)."""
+    return now_ms >= int(kept["at_ms"]) + rules.parked_keep_ms
 
 
 def kept_already(rec: RefundRecord, event: Mapping[str, Any]) -> bool:
@@ -589,21 +596,19 @@ def on_return_shipped(rec: RefundRecord, event: Mapping[str, Any], facts: OrderF
 
 
 def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, rules: RefundRules,
-                       now_ms: int) -> RefundEffects:  # fmt: skip
+                       now_ms: int, *, wait_over: bool = False) -> RefundEffects:  # fmt: skip
     """The warehouse received a refund's parcel (and, ``qc_done``, checked it): recorded, its resellable units put
     back on hand once. A refund rejected or withdrawn (``CLOSED``) takes it too - the goods are on the shelf all the
-    same - but stays as it was decided: nothing paid, no state moved, and customer service told."""
+    same - but stays as it was decided: nothing paid, no state moved, and customer service told. ``wait_over``: a
+    receipt kept for its order's shipment notice that has waited ``parked_keep_ms`` (``shipment_wait_over``)."""
     fx = RefundEffects()
     if not rec.state:
         return _illegal(fx, rec, "a return receipt")
     closed = rec.state in CLOSED
-    if _unasked(rec) and facts.known and not facts.any_shipped:
-        # Nothing of the order left a warehouse (a refund-only that cancelled it, or it has not shipped yet): no
-        # parcel can come back, and putting one on hand would make units that are already on the shelf twice.
-        fx.refusal = Refusal(Reason.NOTHING_SHIPPED,
-                             f"a return receipt for {_unasked_text(rec)} {rec.refund_id}: order {rec.order_id} "
-                             f"({facts.state}) never shipped")  # fmt: skip
-        return fx
+    if _unasked(rec) and facts.known:
+        fx.refusal = _not_shipped_yet(rec, facts, wait_over)
+        if fx.refusal is not None:
+            return fx
     if rec.return_status == "inspected":
         return fx  # QC already recorded: the warehouse sent it again
     if rec.return_status != "received":
@@ -613,20 +618,7 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: Order
         if rec.state == "awaiting_return":
             _move(rec, fx, "received", now_ms)
     if event.get("qc_done", True):
-        rec.return_status, rec.resellable = "inspected", bool(event["resellable"])
-        rec.stage_times.setdefault("inspected", now_ms)
-        if rec.resellable and not rec.restocked:
-            rec.restocked = True
-            if _unasked(rec) and not facts.known:
-                # A parcel no approved return asked for (refused at the door, sent back unasked) of an order no
-                # longer known: whether, and which of, its lines ever shipped is not known, so a person counts it.
-                fx.alerts.append(_unstocked(rec, shipment_unknown=True))
-            else:
-                fx.restock, capped = restock_within_order(rec, facts)
-                fx.alerts += capped
-                if not rec.lines:
-                    fx.alerts.append(_unstocked(rec))
-            rec.restocked_units = sum(qty for _, sku, qty in fx.restock if sku)  # a line without SKU is put by hand
+        _inspected(rec, fx, bool(event["resellable"]), facts, now_ms)
     if closed:
         # Rejected or withdrawn, it stays so: the parcel coming back pays nothing and reopens nothing by itself.
         fx.alerts += _parcel_after_close(rec)
@@ -635,6 +627,42 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: Order
         _start_refund(rec, fx, now_ms, "resellable" if rec.resellable else "not_resellable")
     _review_once_here(rec, fx, facts, rules, now_ms)
     return fx
+
+
+def _inspected(rec: RefundRecord, fx: RefundEffects, resellable: bool, facts: OrderFacts, at_ms: int) -> None:
+    """The parcel's QC recorded: its resellable units put back on hand once."""
+    rec.return_status, rec.resellable = "inspected", resellable
+    rec.stage_times.setdefault("inspected", at_ms)
+    if not rec.resellable or rec.restocked:
+        return
+    rec.restocked = True
+    if _unasked(rec) and not facts.known:
+        # A parcel no approved return asked for (refused at the door, sent back unasked) of an order no longer
+        # known: whether, and which of, its lines ever shipped is not known, so a person counts it.
+        fx.alerts.append(_unstocked(rec, shipment_unknown=True))
+    else:
+        fx.restock, capped = restock_within_order(rec, facts)
+        fx.alerts += capped
+        if not rec.lines:
+            fx.alerts.append(_unstocked(rec))
+    rec.restocked_units = sum(qty for _, sku, qty in fx.restock if sku)  # a line without SKU is put by hand
+
+
+def _not_shipped_yet(rec: RefundRecord, facts: OrderFacts, wait_over: bool) -> Refusal | None:
+    """Why an unasked parcel (``_unasked``) is not taken yet (``nothing_shipped``: kept for the shipment notice by
+    ``run_refunds``), or None. Nothing of the order left a warehouse (a refund-only that cancelled it, or it has not
+    shipped yet): no parcel can come back, and putting one on hand would make units that are already on the shelf
+    twice. A line of it not known shipped (a split order's late notice) waits for that line's notice the same way:
+    taken now, it would be put back on hand as none (``restock_within_order``) and never again once the notice came.
+    Once that wait is over, the parcel is taken for the lines that did ship, the others left to a person."""
+    if not facts.any_shipped:
+        return Refusal(Reason.NOTHING_SHIPPED, f"a return receipt for {_unasked_text(rec)} {rec.refund_id}: order "
+                       f"{rec.order_id} ({facts.state}) never shipped")  # fmt: skip
+    waiting = {n: q for n, q in rec.lines.items() if n not in facts.shipped}
+    if not waiting or wait_over:
+        return None
+    return Refusal(Reason.NOTHING_SHIPPED, f"a return receipt for {_unasked_text(rec)} {rec.refund_id}: line(s) "
+                   f"{_lines_text(waiting)} of order {rec.order_id} not known shipped")  # fmt: skip
 
 
 def _unasked(rec: RefundRecord) -> bool:

@@ -223,15 +223,18 @@ class RunRefunds(Processor):
             fx.refusal = None
         return fx
 
-    def _apply(self, ctx: Context, rec: RefundRecord, event_type: str, record: dict[str, Any]) -> RefundEffects:
-        """An event for a refund already requested."""
+    def _apply(self, ctx: Context, rec: RefundRecord, event_type: str, record: dict[str, Any],
+               kept: dict[str, Any] | None = None) -> RefundEffects:  # fmt: skip
+        """An event for a refund already requested; ``kept``: its entry in ``rec.early`` when it waited there."""
         now = ctx.now_ms
         if event_type == "RefundReviewed":
             return flow.on_reviewed(rec, record, self._facts(ctx, rec.order_id, rec.refund_id), self._rules, now)
         if event_type == "ReturnShipped":
             return flow.on_return_shipped(rec, record, self._facts(ctx, rec.order_id, rec.refund_id), self._rules, now)
         if event_type == "ReturnReceived":
-            return flow.on_return_received(rec, record, self._facts(ctx, rec.order_id, rec.refund_id), self._rules, now)
+            wait_over = kept is not None and flow.shipment_wait_over(kept, now, self._rules)
+            return flow.on_return_received(rec, record, self._facts(ctx, rec.order_id, rec.refund_id), self._rules, now,
+                                           wait_over=wait_over)  # fmt: skip
         if event_type == "RefundIssued":
             return flow.on_issued(rec, now)
         return flow.on_cancelled(rec, record, now)
@@ -267,7 +270,7 @@ class RunRefunds(Processor):
                                 f"{kept['type']} of refund {rec.refund_id} for order {named}, which was requested "
                                 f"for order {rec.order_id}")  # fmt: skip
                 continue
-            later = self._apply(ctx, rec, kept["type"], kept["event"])
+            later = self._apply(ctx, rec, kept["type"], kept["event"], kept)
             fx.absorb(later)
             if kept["type"] == "ReturnReceived" and later.refusal is not None:  # also one kept for its request
                 again = flow.kept_for_shipment_again(kept, later.refusal, ctx.now_ms, self._rules)

@@ -163,7 +163,8 @@ DESCRIPTIONS: dict[Reason, str] = {
         "a return receipt for a refund-only, or for a refund rejected or withdrawn, whose order never left a "
         "warehouse (cancelled before shipment, or not shipped yet) after it waited STOCKFLOW_PARKED_PAYMENT_GRACE_S "
         "for the order's shipment notice (at once when the refund keeps its most callbacks already): nothing went out, "
-        "so nothing goes back on hand"
+        "so nothing goes back on hand (one holding a line not known shipped waits for that line's notice too, then is "
+        "taken for the lines that shipped)"
     ),
     Reason.NOT_PRESALE: (
         "a balance payment (`balance` true) for an order that was not placed as presale: there is no deposit for it "

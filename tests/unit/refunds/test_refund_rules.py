@@ -610,7 +610,13 @@ def test_a_refund_only_parcel_puts_back_only_units_of_lines_that_shipped() -> No
     flow.on_reviewed(rec, APPROVAL, split, rules, DELIVERED + 2)
     assert rec.state == "refunding"
     back = dict(ev.return_received("tmall", "o1", "r1", "WH-1"))
+    # Changed on purpose (found by review): line 2's notice may still come, so the receipt waits for it first
+    # (``run_refunds`` keeps it); taken at once, line 2's unit was never put back once the notice came.
+    before = rec.to_dict()
     fx = flow.on_return_received(rec, back, split, rules, DELIVERED + 3)
+    assert fx.refusal is not None and fx.refusal.reason is Reason.NOTHING_SHIPPED
+    assert "line(s) 2 x1" in fx.refusal.detail and rec.to_dict() == before and not fx.changed
+    fx = flow.on_return_received(rec, back, split, rules, DELIVERED + 3, wait_over=True)  # it never came
     assert fx.refusal is None and fx.restock == [("1", "SKU-1", 1)]
     assert [(a.kind, a.details["reason"], a.details["line_no"]) for a in fx.alerts] == [
         ("refund_restock_capped", "line_not_shipped", "2")]  # fmt: skip
@@ -718,12 +724,14 @@ def test_a_closed_refunds_parcel_holds_only_shipped_lines_and_is_told_once() -> 
     rec = requested_for_both_lines(split, 90_000, "REFUND_ONLY")
     flow.on_reviewed(rec, dict(ev.refund_reviewed("tmall", "o1", "r1", False)), split, rules, DELIVERED + 2)
     before = money_and_state(rec)
-    fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1", qc_done=False)), split,
-                                 rules, DELIVERED + 3)  # fmt: skip
+    unchecked = dict(ev.return_received("tmall", "o1", "r1", "WH-1", qc_done=False))
+    fx = flow.on_return_received(rec, unchecked, split, rules, DELIVERED + 3)  # line 2's notice may come yet
+    assert fx.refusal is not None and fx.refusal.reason is Reason.NOTHING_SHIPPED and not fx.changed
+    fx = flow.on_return_received(rec, unchecked, split, rules, DELIVERED + 3, wait_over=True)
     assert fx.refusal is None and fx.restock == [] and rec.return_status == "received"
     assert [(a.kind, a.details["qc"]) for a in fx.alerts] == [("refund_parcel_after_close", "qc_pending")]
     fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), split, rules,
-                                 DELIVERED + 4)  # fmt: skip
+                                 DELIVERED + 4, wait_over=True)  # fmt: skip
     assert fx.restock == [("1", "SKU-1", 1)]
     assert [(a.kind, a.details.get("reason"), a.details.get("line_no") or a.details.get("restocked"))
             for a in fx.alerts] == [("refund_restock_capped", "line_not_shipped", "2"),

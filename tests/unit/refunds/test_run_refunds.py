@@ -1155,3 +1155,54 @@ def test_a_late_qc_of_a_closed_refund_keeps_its_restock_on_record_for_the_whole_
     refund(r, "RefundRequested", ev.refund_requested("pdd", "q1", "rq1b", 90_000, event_time_ms=r.now_ms))
     out = refund(r, "ReturnReceived", ev.return_received("pdd", "q1", "rq1b", wh))
     assert not of(out, "StockAdjusted")  # the order's one unit is back on hand once
+
+
+def split_order_line_1_shipped(r: LocalRunner, view: WarehouseView) -> tuple[str, str]:
+    """A split order of one SKU-A (line 1) and one SKU-B (line 2) from two warehouses; only line 1's notice read."""
+    wh1, wh2 = sorted(load_warehouses(Settings().warehouses_file))[:2]
+    stock(r, view, "SKU-A", 5, wh1)
+    stock(r, view, "SKU-B", 5, wh2)
+    order(r, "OrderPlaced", ev.order_placed("jd", "s1", [ev.line(1, "SKU-A", 1), ev.line(2, "SKU-B", 1)]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("jd", "s1"))
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "s1", wh1))
+    return wh1, wh2
+
+
+def test_a_parcel_of_a_split_orders_line_received_before_that_lines_shipment_notice_waits_for_it() -> None:
+    """Failed before: line 1 had shipped, so the receipt of line 2's parcel was taken at once, put back nothing (line
+    2 not shipped: `refund_restock_capped`) and marked the refund restocked; line 2's late notice then left its unit
+    off hand for good."""
+    r, view, _ = pipeline()
+    _, wh2 = split_order_line_1_shipped(r, view)
+    refund(r, "RefundRequested", ev.refund_requested("jd", "s1", "rs", 9_900, kind="REFUND_ONLY",
+                                                     lines=[{"line_no": 2, "qty": 1, "sku": "SKU-B"}]))  # fmt: skip
+    out = refund(r, "ReturnReceived", ev.return_received("jd", "s1", "rs", wh2))
+    assert not of(out, "Alert") and not of(out, "StockAdjusted") and not of(out, "DeadLetter") and not r.refusals
+    rec = r.read(REFUNDS, b"jd:rs", "jd:s1")
+    assert (rec.restocked, rec.return_status, [e["waits"] for e in rec.early]) == (False, "", ["shipment"])
+    order(r, "ShipmentDispatched", dict(ev.shipment_dispatched("jd", "s1", wh2), event_id="shipped2:jd:s1"))
+    assert on_hand(r, "SKU-B", wh2) == 4
+    out = r.advance(600_000)
+    assert [(a["event_id"], a["qty"]) for a in of(out, "StockAdjusted")] == [("return:jd:rs:2", 1)]
+    assert on_hand(r, "SKU-B", wh2) == 5 and not of(out, "DeadLetter")
+    rec = r.read(REFUNDS, b"jd:rs", "jd:s1")
+    assert (rec.restocked, rec.return_status, rec.early) == (True, "inspected", [])
+    assert r.read(APPROVED_BY_ORDER, b"jd:s1", "jd:s1")["@restocked:2:jd:rs"] == 1
+    out = refund(r, "ReturnReceived", dict(ev.return_received("jd", "s1", "rs", wh2), event_id="again:jd:rs"))
+    assert not of(out, "StockAdjusted") and on_hand(r, "SKU-B", wh2) == 5  # never restocked twice
+
+
+def test_a_parcel_whose_line_never_ships_is_taken_for_the_lines_that_did_once_the_wait_is_over() -> None:
+    """The parcel holds both lines; line 2's notice never comes: after the grace, line 1 goes back on hand and line 2
+    is left to a person (`line_not_shipped`), not the whole parcel dead-lettered."""
+    r, view, _ = pipeline()
+    wh1, _ = split_order_line_1_shipped(r, view)
+    refund(r, "RefundRequested", ev.refund_requested("jd", "s1", "rs", 19_800, kind="REFUND_ONLY"))
+    out = refund(r, "ReturnReceived", ev.return_received("jd", "s1", "rs", wh1))
+    assert not of(out, "StockAdjusted") and not r.refusals
+    out = r.advance(int(Settings().parked_payment_grace_s * 1000))
+    assert [(a["event_id"], a["qty"]) for a in of(out, "StockAdjusted")] == [("return:jd:rs:1", 1)]
+    assert [(a["kind"], a["details"]["reason"]) for a in of(out, "Alert") if a["kind"] == "refund_restock_capped"] == [
+        ("refund_restock_capped", "line_not_shipped")]  # fmt: skip
+    assert not of(out, "DeadLetter") and on_hand(r, "SKU-A", wh1) == 5
+    assert r.read(REFUNDS, b"jd:rs", "jd:s1").early == []
