@@ -596,11 +596,12 @@ def on_return_shipped(rec: RefundRecord, event: Mapping[str, Any], facts: OrderF
 
 
 def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, rules: RefundRules,
-                       now_ms: int, *, wait_over: bool = False) -> RefundEffects:  # fmt: skip
+                       now_ms: int, *, wait_over: bool = False, received_at_ms: int = 0) -> RefundEffects:  # fmt: skip
     """The warehouse received a refund's parcel (and, ``qc_done``, checked it): recorded, its resellable units put
     back on hand once. A refund rejected or withdrawn (``CLOSED``) takes it too - the goods are on the shelf all the
     same - but stays as it was decided: nothing paid, no state moved, and customer service told. ``wait_over``: a
-    receipt kept for its order's shipment notice that has waited ``parked_keep_ms`` (``shipment_wait_over``)."""
+    receipt kept for its order's shipment notice that has waited ``parked_keep_ms`` (``shipment_wait_over``);
+    ``received_at_ms``: when a kept receipt arrived (0: now)."""
     fx = RefundEffects()
     if not rec.state:
         return _illegal(fx, rec, "a return receipt")
@@ -614,11 +615,11 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: Order
     if rec.return_status != "received":
         rec.return_status = "received"
         rec.warehouse_id = str(event["warehouse_id"])
-        rec.stage_times.setdefault("return_received", now_ms)
+        rec.stage_times.setdefault("return_received", _arrived_at(rec, received_at_ms, now_ms))
         if rec.state == "awaiting_return":
             _move(rec, fx, "received", now_ms)
     if event.get("qc_done", True):
-        _inspected(rec, fx, bool(event["resellable"]), facts, now_ms)
+        _inspected(rec, fx, bool(event["resellable"]), facts, _arrived_at(rec, received_at_ms, now_ms))
     if closed:
         # Rejected or withdrawn, it stays so: the parcel coming back pays nothing and reopens nothing by itself.
         fx.alerts += _parcel_after_close(rec)
@@ -627,6 +628,13 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: Order
         _start_refund(rec, fx, now_ms, "resellable" if rec.resellable else "not_resellable")
     _review_once_here(rec, fx, facts, rules, now_ms)
     return fx
+
+
+def _arrived_at(rec: RefundRecord, received_at_ms: int, now_ms: int) -> int:
+    """When a receipt's stage times are stamped: when it arrived, not when a receipt kept for the shipment notice (or
+    the request) was applied, so the QC limit runs from the parcel's arrival; never before the request, so no flow
+    time from it goes negative (nor after now: a request stamped with a channel's clock ahead of the pipeline's)."""
+    return min(now_ms, max(received_at_ms, rec.stage_times.get("requested", 0))) if received_at_ms else now_ms
 
 
 def _inspected(rec: RefundRecord, fx: RefundEffects, resellable: bool, facts: OrderFacts, at_ms: int) -> None:

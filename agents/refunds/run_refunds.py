@@ -232,9 +232,11 @@ class RunRefunds(Processor):
         if event_type == "ReturnShipped":
             return flow.on_return_shipped(rec, record, self._facts(ctx, rec.order_id, rec.refund_id), self._rules, now)
         if event_type == "ReturnReceived":
-            wait_over = kept is not None and flow.shipment_wait_over(kept, now, self._rules)
-            return flow.on_return_received(rec, record, self._facts(ctx, rec.order_id, rec.refund_id), self._rules, now,
-                                           wait_over=wait_over)  # fmt: skip
+            facts = self._facts(ctx, rec.order_id, rec.refund_id)
+            if kept is None:
+                return flow.on_return_received(rec, record, facts, self._rules, now)
+            return flow.on_return_received(rec, record, facts, self._rules, now, received_at_ms=int(kept["at_ms"]),
+                                           wait_over=flow.shipment_wait_over(kept, now, self._rules))  # fmt: skip
         if event_type == "RefundIssued":
             return flow.on_issued(rec, now)
         return flow.on_cancelled(rec, record, now)

@@ -1206,3 +1206,34 @@ def test_a_parcel_whose_line_never_ships_is_taken_for_the_lines_that_did_once_th
         ("refund_restock_capped", "line_not_shipped")]  # fmt: skip
     assert not of(out, "DeadLetter") and on_hand(r, "SKU-A", wh1) == 5
     assert r.read(REFUNDS, b"jd:rs", "jd:s1").early == []
+
+
+def test_a_receipt_kept_for_the_shipment_notice_is_stamped_and_qc_timed_from_when_the_parcel_arrived() -> None:
+    """Failed before: the parcel received (QC not done) 20 h before the late notice was stamped `return_received` when
+    the kept receipt was applied, so the QC limit ran out 44 h after the parcel came instead of 24 h."""
+    r, view, wh = pipeline()
+    paid_order(r, view, wh, "tmall", "b2", "SKU-B2", 1)
+    refund(r, "RefundRequested", ev.refund_requested("tmall", "b2", "rb3", 9_900, kind="REFUND_ONLY",
+                                                     event_time_ms=r.now_ms))  # fmt: skip
+    arrived = r.now_ms
+    refund(r, "ReturnReceived", ev.return_received("tmall", "b2", "rb3", wh, qc_done=False))
+    r.advance(20 * 3_600_000)
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("tmall", "b2", wh))
+    out = r.advance(600_000)
+    rec = r.read(REFUNDS, b"tmall:rb3", "tmall:b2")
+    assert (rec.return_status, rec.stage_times["return_received"], rec.early) == ("received", arrived, [])
+    assert [s["event_time_ms"] for s in of(out, "RefundStateChanged")] == [arrived]
+    out = r.advance(arrived + Settings().refund_qc_s * 1000 - r.now_ms)
+    assert [(a["kind"], a["details"]["limit"]) for a in of(out, "Alert")] == [("refund_sop_breach", "qc")]
+
+
+def test_a_receipt_kept_for_its_request_is_stamped_no_earlier_than_the_request() -> None:
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "tmall", "b4", "SKU-B4")
+    refund(r, "ReturnReceived", ev.return_received("tmall", "b4", "rb4", wh))  # before its request: kept for it
+    r.advance(3_600_000)
+    requested = r.now_ms
+    refund(r, "RefundRequested", ev.refund_requested("tmall", "b4", "rb4", 9_900, kind="REFUND_ONLY",
+                                                     event_time_ms=requested))  # fmt: skip
+    rec = r.read(REFUNDS, b"tmall:rb4", "tmall:b4")
+    assert rec.stage_times["return_received"] == rec.stage_times["inspected"] == requested
