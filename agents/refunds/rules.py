@@ -489,7 +489,8 @@ def keep_for_shipment(rec: RefundRecord, event: Mapping[str, Any], source: dict[
     """Keep a return receipt refused ``nothing_shipped`` until its order is known to have shipped: applied then
     (``run_refunds``), dead-lettered from ``source`` after ``parked_keep_ms``."""
     rec.early.append({"type": "ReturnReceived", "event": dict(event), "source": source, "at_ms": now_ms,
-                      "waits": WAITS_FOR_SHIPMENT, "due_ms": now_ms + SHIPMENT_RECHECK_MS})  # fmt: skip
+                      "waits": WAITS_FOR_SHIPMENT, "shipment_since": now_ms,
+                      "due_ms": now_ms + SHIPMENT_RECHECK_MS})  # fmt: skip
 
 
 def can_keep_for_shipment(rec: RefundRecord, event_type: str, refusal: Refusal | None) -> bool:
@@ -501,20 +502,30 @@ def kept_for_shipment_again(kept: dict[str, Any], refusal: Refusal, now_ms: int,
                             rules: RefundRules) -> dict[str, Any] | Refusal:  # fmt: skip
     """A kept return receipt refused (one kept for its refund's request, or for its order's shipment): kept on for
     the shipment, looked at next after ``SHIPMENT_RECHECK_MS``, while it is ``nothing_shipped`` and within
-    ``parked_keep_ms`` of its arrival; else the refusal it is dead-lettered with."""
+    ``parked_keep_ms`` of when it began waiting for the shipment; else the refusal it is dead-lettered with."""
     if refusal.reason != Reason.NOTHING_SHIPPED:
         return refusal
     if shipment_wait_over(kept, now_ms, rules):
         kept_h = rules.parked_keep_ms / 3.6e6
         return Refusal(refusal.reason, f"{refusal.detail}; kept {kept_h:g} h for its order's shipment notice")
     due = int(kept.get("due_ms", 0))
-    return {**kept, "waits": WAITS_FOR_SHIPMENT, "due_ms": due if now_ms < due else now_ms + SHIPMENT_RECHECK_MS}
+    return {**kept, "waits": WAITS_FOR_SHIPMENT, "shipment_since": _shipment_since(kept, now_ms),
+            "due_ms": due if now_ms < due else now_ms + SHIPMENT_RECHECK_MS}  # fmt: skip
 
 
 def shipment_wait_over(kept: Mapping[str, Any], now_ms: int, rules: RefundRules) -> bool:
     """A kept return receipt has waited ``parked_keep_ms`` for its order's shipment notice: taken for what shipped,
     or given up (``kept_for_shipment_again``)."""
-    return now_ms >= int(kept["at_ms"]) + rules.parked_keep_ms
+    return now_ms >= _shipment_since(kept, now_ms) + rules.parked_keep_ms
+
+
+def _shipment_since(kept: Mapping[str, Any], now_ms: int) -> int:
+    """Since when a kept return receipt waits for its order's shipment: one kept for its refund's request only starts
+    now (its request came), so its time kept for that does not eat the shipment's grace. One stored before this was
+    recorded waits since it arrived."""
+    if kept.get("waits") != WAITS_FOR_SHIPMENT:
+        return now_ms
+    return int(kept.get("shipment_since", kept["at_ms"]))
 
 
 def kept_already(rec: RefundRecord, event: Mapping[str, Any]) -> bool:

@@ -12,7 +12,7 @@ from agents.refunds import rules as flow
 from agents.refunds.rules import ChannelRefundRules, OrderFacts, RefundRecord, RefundRules, auto_approval
 from agents.refunds.run_refunds import refund_rules
 from loadtest import events as ev
-from streams.contract.reasons import Reason
+from streams.contract.reasons import Reason, Refusal
 from streams.settings import Settings
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -856,3 +856,16 @@ def test_a_qc_breach_of_a_parcel_received_under_review_is_not_cleared_by_rejecti
     close(rec, "rejected", received_at + rules.qc_ms + 1)
     cleared = flow.check_limits(rec, received_at + rules.qc_ms + 1, rules)
     assert [(a.details["limit"], a.cleared) for a in cleared] == [("respond", True)] and rec.flags["qc"] == "red"
+
+
+def test_a_receipt_waits_for_the_shipment_from_when_it_began_to_and_an_old_entry_from_its_arrival() -> None:
+    rules = RefundRules(parked_keep_ms=1_000)
+    refusal = Refusal(Reason.NOTHING_SHIPPED, "order never shipped")
+    for_request = {"type": "ReturnReceived", "event": {}, "source": {}, "at_ms": 0}
+    again = flow.kept_for_shipment_again(for_request, refusal, 5_000, rules)  # its request came at 5 000
+    assert isinstance(again, dict) and again["shipment_since"] == 5_000
+    assert not flow.shipment_wait_over(again, 5_999, rules) and flow.shipment_wait_over(again, 6_000, rules)
+    stored_before = {**for_request, "waits": flow.WAITS_FOR_SHIPMENT, "due_ms": 600}  # no shipment_since kept
+    assert isinstance(flow.kept_for_shipment_again(stored_before, refusal, 999, rules), dict)
+    given_up = flow.kept_for_shipment_again(stored_before, refusal, 1_000, rules)
+    assert isinstance(given_up, Refusal) and given_up.reason is Reason.NOTHING_SHIPPED

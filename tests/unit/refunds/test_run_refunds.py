@@ -1237,3 +1237,20 @@ def test_a_receipt_kept_for_its_request_is_stamped_no_earlier_than_the_request()
                                                      event_time_ms=requested))  # fmt: skip
     rec = r.read(REFUNDS, b"tmall:rb4", "tmall:b4")
     assert rec.stage_times["return_received"] == rec.stage_times["inspected"] == requested
+
+
+def test_a_receipt_kept_for_its_request_gets_the_whole_grace_for_its_orders_shipment_after_the_request() -> None:
+    """Failed before: the 24 h for the shipment notice counted from the receipt's arrival, so one that waited 23.5 h
+    for its request was dead-lettered `nothing_shipped` 30 minutes after it, before a notice could come."""
+    r, view, wh = pipeline()
+    paid_order(r, view, wh, "tmall", "b2", "SKU-B2", 1)
+    refund(r, "ReturnReceived", ev.return_received("tmall", "b2", "rb3", wh))
+    grace = int(Settings().parked_payment_grace_s * 1000)
+    r.advance(grace - 1_800_000)
+    refund(r, "RefundRequested", ev.refund_requested("tmall", "b2", "rb3", 9_900, kind="REFUND_ONLY"))
+    requested = r.now_ms
+    out = r.advance(3_600_000)
+    assert not of(out, "DeadLetter")
+    assert [e["shipment_since"] for e in r.read(REFUNDS, b"tmall:rb3", "tmall:b2").early] == [requested]
+    out = r.advance(requested + grace - r.now_ms)
+    assert [d["reason"] for d in of(out, "DeadLetter")] == [Reason.NOTHING_SHIPPED]
