@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -465,7 +465,10 @@ def on_requested(rec: RefundRecord, event: Mapping[str, Any], order_id: str, fac
 
 def keep_early(rec: RefundRecord, event_type: str, event: Mapping[str, Any], source: dict[str, Any],
                now_ms: int) -> None:  # fmt: skip
-    """Keep a callback that came before its refund's request on the refund id (``can_keep_early``)."""
+    """Keep a callback that came before its refund's request on the refund id (``can_keep_early``); the same one sent
+    again while the first waits is kept once, so it is neither applied, waited on nor dead-lettered twice."""
+    if kept_already(rec, event):
+        return
     if not rec.order_id:
         rec.channel, rec.channel_order_id = str(event["channel"]), str(event["channel_order_id"])
         rec.channel_refund_id = str(event["channel_refund_id"])
@@ -528,9 +531,10 @@ def _shipment_since(kept: Mapping[str, Any], now_ms: int) -> int:
     return int(kept.get("shipment_since", kept["at_ms"]))
 
 
-def kept_already(rec: RefundRecord, event: Mapping[str, Any]) -> bool:
-    """The same callback (by event id) is kept on the refund already: one sent again while the first waits."""
-    return any(kept["event"].get("event_id") == event.get("event_id") for kept in rec.early)
+def kept_already(rec: RefundRecord, event: Mapping[str, Any], more: Sequence[Mapping[str, Any]] = ()) -> bool:
+    """The same callback (by event id) is kept on the refund already (or among ``more`` entries about to be kept
+    again): one sent again while the first waits."""
+    return any(kept["event"].get("event_id") == event.get("event_id") for kept in (*rec.early, *more))
 
 
 def shipment_recheck_due_ms(rec: RefundRecord) -> int:

@@ -260,7 +260,7 @@ class RunRefunds(Processor):
         came, or the precondition a review waited for was met (one still waiting for it is kept). One the refund's
         state does not allow (or naming another order) is dead-lettered with its own bytes."""
         pending, rec.early = rec.early, []
-        still_unshipped = []
+        still_unshipped: list[dict[str, Any]] = []
         while pending:
             kept = pending.pop(0)
             if flow.waits_for_precondition(rec, kept["type"]):
@@ -277,7 +277,9 @@ class RunRefunds(Processor):
             if kept["type"] == "ReturnReceived" and later.refusal is not None:  # also one kept for its request
                 again = flow.kept_for_shipment_again(kept, later.refusal, ctx.now_ms, self._rules)
                 if isinstance(again, dict):
-                    still_unshipped.append(again)
+                    # Copies a record stored before keep_early kept one only: one waits, and is dead-lettered once.
+                    if not flow.kept_already(rec, again["event"], still_unshipped):
+                        still_unshipped.append(again)
                     continue
                 later.refusal = again
             if later.refusal is not None:
