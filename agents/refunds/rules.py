@@ -496,9 +496,18 @@ def keep_for_shipment(rec: RefundRecord, event: Mapping[str, Any], source: dict[
                       "due_ms": now_ms + SHIPMENT_RECHECK_MS})  # fmt: skip
 
 
-def can_keep_for_shipment(rec: RefundRecord, event_type: str, refusal: Refusal | None) -> bool:
-    return (event_type == "ReturnReceived" and refusal is not None and refusal.reason == Reason.NOTHING_SHIPPED
-            and len(rec.early) < MAX_EARLY)  # fmt: skip
+def can_keep_for_shipment(event_type: str, refusal: Refusal | None) -> bool:
+    """A return receipt refused only because its order (or a line of it) is not known shipped yet: kept for the notice
+    while the refund has room (``MAX_EARLY``)."""
+    return event_type == "ReturnReceived" and refusal is not None and refusal.reason == Reason.NOTHING_SHIPPED
+
+
+def behind_waiting_receipts(rec: RefundRecord) -> Refusal:
+    """Why a return receipt is refused when receipts before it wait for the order's shipment and the refund has no
+    room to keep it behind them: taken ahead of them, a later QC would overtake the first one."""
+    return Refusal(Reason.RECEIPT_QUEUE_FULL,
+                   f"a return receipt for refund {rec.refund_id}, behind receipts waiting for order {rec.order_id}'s "
+                   f"shipment notice, with {MAX_EARLY} callbacks kept already")  # fmt: skip
 
 
 def kept_for_shipment_again(kept: dict[str, Any], refusal: Refusal, now_ms: int,

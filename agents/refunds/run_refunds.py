@@ -44,7 +44,7 @@ from agents.orders.run_lifecycle import STORE as ORDER_STORE
 from agents.refunds import rules as flow
 from agents.refunds.rules import OrderFacts, RefundEffects, RefundRecord, RefundRules
 from streams.contract.keys import order_key, refund_key
-from streams.contract.reasons import Reason
+from streams.contract.reasons import Reason, Refusal
 from streams.contract.records import OrderCancelled, RefundInstruction, RefundStateChanged, StockAdjusted
 from streams.contract.topics import (
     ALERTS,
@@ -210,18 +210,24 @@ class RunRefunds(Processor):
             return RefundEffects()
         if event_type == "ReturnReceived" and ctx.message is not None and flow.shipment_recheck_due_ms(rec):
             # Receipts wait for the order's shipment already: this one goes behind them, so the first QC stays the
-            # one that counts (``_apply_early`` takes them in order), and one the WMS sent again is kept once.
-            if flow.kept_already(rec, record):
-                return RefundEffects()
-            if len(rec.early) < flow.MAX_EARLY:
-                flow.keep_for_shipment(rec, record, ctx.keep_message(), ctx.now_ms)
-                return RefundEffects()
+            # one that counts (``_apply_early`` takes them in order); never ahead of them, even with no room left.
+            return self._keep_for_shipment(ctx, rec, record, flow.behind_waiting_receipts(rec))
         fx = self._apply(ctx, rec, event_type, record)
-        if ctx.message is not None and flow.can_keep_for_shipment(rec, event_type, fx.refusal):
+        if ctx.message is not None and fx.refusal is not None and flow.can_keep_for_shipment(event_type, fx.refusal):
             # Its order's shipment notice may still come (a WMS's notices can lag its parcels): kept for it.
-            flow.keep_for_shipment(rec, record, ctx.keep_message(), ctx.now_ms)
-            fx.refusal = None
+            return self._keep_for_shipment(ctx, rec, record, fx.refusal)
         return fx
+
+    @staticmethod
+    def _keep_for_shipment(ctx: Context, rec: RefundRecord, record: dict[str, Any], full: Refusal) -> RefundEffects:
+        """A return receipt kept for its order's shipment notice, behind any kept already, and once (one the WMS sent
+        again is nothing new); refused ``full`` when the refund keeps its most callbacks already."""
+        if flow.kept_already(rec, record):
+            return RefundEffects()
+        if len(rec.early) >= flow.MAX_EARLY:
+            return RefundEffects(refusal=full)
+        flow.keep_for_shipment(rec, record, ctx.keep_message(), ctx.now_ms)
+        return RefundEffects()
 
     def _apply(self, ctx: Context, rec: RefundRecord, event_type: str, record: dict[str, Any],
                kept: dict[str, Any] | None = None) -> RefundEffects:  # fmt: skip

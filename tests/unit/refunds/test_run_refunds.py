@@ -1285,3 +1285,17 @@ def test_copies_of_a_receipt_kept_twice_before_the_fix_wait_for_the_shipment_onc
     assert len(r.read(REFUNDS, b"tmall:rb3", "tmall:b2").early) == 2
     refund(r, "RefundRequested", ev.refund_requested("tmall", "b2", "rb3", 9_900, kind="REFUND_ONLY"))
     assert [e["waits"] for e in r.read(REFUNDS, b"tmall:rb3", "tmall:b2").early] == ["shipment"]
+
+
+def test_a_receipt_with_no_room_behind_those_waiting_for_the_shipment_is_refused_not_taken_ahead() -> None:
+    """Failed before: with MAX_EARLY receipts kept for the shipment, a later one fell through and was applied first,
+    so its QC (resellable) overtook the first one (not resellable) and its unit was put back on hand."""
+    r, wh = refund_only_that_cancelled_an_unshipped_order()
+    first = ev.return_received("tmall", "b2", "rb3", wh, resellable=False)
+    for n in range(MAX_EARLY):
+        refund(r, "ReturnReceived", dict(first, event_id=f"return-qc{n}:tmall:rb3"))
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("tmall", "b2", wh))
+    refund(r, "ReturnReceived", dict(first, event_id="return-qc-last:tmall:rb3", resellable=True))
+    assert [x.reason for x in r.refusals] == [Reason.RECEIPT_QUEUE_FULL]
+    r.advance(600_000)
+    assert r.read(REFUNDS, b"tmall:rb3", "tmall:b2").resellable is False and on_hand(r, "SKU-B2", wh) == 4
