@@ -9,7 +9,8 @@ Pure functions over a ``RefundRecord`` and what the refund needs of its order (`
 - A refund-only request skips the return leg; if its order has not shipped, the order is cancelled
   with it (holds released, or the warehouse told to stop). A parcel of a shipped order that comes back
   all the same (refused at the door, sent back unasked) is received, checked and its resellable units of
-  shipped lines restocked like a return's; a receipt for one whose order never shipped is refused.
+  shipped lines restocked like a return's; a receipt for one whose order never shipped is refused, and one holding
+  a line not known shipped yet waits for that line's shipment notice (``_not_shipped_yet``).
 - So is the parcel of a refund customer service rejected or the buyer withdrew (goods sent back all the
   same): received, checked, its resellable units of shipped lines restocked once, and customer service told
   (``refund_parcel_after_close``) so a person decides whether to reopen it. The refund stays as it was
@@ -49,7 +50,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -464,7 +465,10 @@ def on_requested(rec: RefundRecord, event: Mapping[str, Any], order_id: str, fac
 
 def keep_early(rec: RefundRecord, event_type: str, event: Mapping[str, Any], source: dict[str, Any],
                now_ms: int) -> None:  # fmt: skip
-    """Keep a callback that came before its refund's request on the refund id (``can_keep_early``)."""
+    """Keep a callback that came before its refund's request on the refund id (``can_keep_early``); the same one sent
+    again while the first waits is kept once, so it is neither applied, waited on nor dead-lettered twice."""
+    if kept_already(rec, event):
+        return
     if not rec.order_id:
         rec.channel, rec.channel_order_id = str(event["channel"]), str(event["channel_order_id"])
         rec.channel_refund_id = str(event["channel_refund_id"])
@@ -488,31 +492,58 @@ def keep_for_shipment(rec: RefundRecord, event: Mapping[str, Any], source: dict[
     """Keep a return receipt refused ``nothing_shipped`` until its order is known to have shipped: applied then
     (``run_refunds``), dead-lettered from ``source`` after ``parked_keep_ms``."""
     rec.early.append({"type": "ReturnReceived", "event": dict(event), "source": source, "at_ms": now_ms,
-                      "waits": WAITS_FOR_SHIPMENT, "due_ms": now_ms + SHIPMENT_RECHECK_MS})  # fmt: skip
+                      "waits": WAITS_FOR_SHIPMENT, "shipment_since": now_ms,
+                      "due_ms": now_ms + SHIPMENT_RECHECK_MS})  # fmt: skip
 
 
-def can_keep_for_shipment(rec: RefundRecord, event_type: str, refusal: Refusal | None) -> bool:
-    return (event_type == "ReturnReceived" and refusal is not None and refusal.reason == Reason.NOTHING_SHIPPED
-            and len(rec.early) < MAX_EARLY)  # fmt: skip
+def can_keep_for_shipment(event_type: str, refusal: Refusal | None) -> bool:
+    """A return receipt refused only because its order (or a line of it) is not known shipped yet: kept for the notice
+    while the refund has room (``MAX_EARLY``)."""
+    return event_type == "ReturnReceived" and refusal is not None and refusal.reason == Reason.NOTHING_SHIPPED
+
+
+def behind_waiting_receipts(rec: RefundRecord) -> Refusal:
+    """Why a return receipt is refused when receipts before it wait for the order's shipment and the refund has no
+    room to keep it behind them: taken ahead of them, a later QC would overtake the first one."""
+    return Refusal(Reason.RECEIPT_QUEUE_FULL,
+                   f"a return receipt for refund {rec.refund_id}, behind receipts waiting for order {rec.order_id}'s "
+                   f"shipment notice, with {MAX_EARLY} callbacks kept already")  # fmt: skip
 
 
 def kept_for_shipment_again(kept: dict[str, Any], refusal: Refusal, now_ms: int,
                             rules: RefundRules) -> dict[str, Any] | Refusal:  # fmt: skip
     """A kept return receipt refused (one kept for its refund's request, or for its order's shipment): kept on for
     the shipment, looked at next after ``SHIPMENT_RECHECK_MS``, while it is ``nothing_shipped`` and within
-    ``parked_keep_ms`` of its arrival; else the refusal it is dead-lettered with."""
+    ``parked_keep_ms`` of when it began waiting for the shipment; else the refusal it is dead-lettered with."""
     if refusal.reason != Reason.NOTHING_SHIPPED:
         return refusal
-    if now_ms >= int(kept["at_ms"]) + rules.parked_keep_ms:
+    if shipment_wait_over(kept, now_ms, rules):
         kept_h = rules.parked_keep_ms / 3.6e6
         return Refusal(refusal.reason, f"{refusal.detail}; kept {kept_h:g} h for its order's shipment notice")
     due = int(kept.get("due_ms", 0))
-    return {**kept, "waits": WAITS_FOR_SHIPMENT, "due_ms": due if now_ms < due else now_ms + SHIPMENT_RECHECK_MS}
+    return {**kept, "waits": WAITS_FOR_SHIPMENT, "shipment_since": _shipment_since(kept, now_ms),
+            "due_ms": due if now_ms < due else now_ms + SHIPMENT_RECHECK_MS}  # fmt: skip
 
 
-def kept_already(rec: RefundRecord, event: Mapping[str, Any]) -> bool:
-    """The same callback (by event id) is kept on the refund already: one sent again while the first waits."""
-    return any(kept["event"].get("event_id") == event.get("event_id") for kept in rec.early)
+def shipment_wait_over(kept: Mapping[str, Any], now_ms: int, rules: RefundRules) -> bool:
+    """A kept return receipt has waited ``parked_keep_ms`` for its order's shipment notice: taken for what shipped,
+    or given up (``kept_for_shipment_again``)."""
+    return now_ms >= _shipment_since(kept, now_ms) + rules.parked_keep_ms
+
+
+def _shipment_since(kept: Mapping[str, Any], now_ms: int) -> int:
+    """Since when a kept return receipt waits for its order's shipment: one kept for its refund's request only starts
+    now (its request came), so its time kept for that does not eat the shipment's grace. One stored before this was
+    recorded waits since it arrived."""
+    if kept.get("waits") != WAITS_FOR_SHIPMENT:
+        return now_ms
+    return int(kept.get("shipment_since", kept["at_ms"]))
+
+
+def kept_already(rec: RefundRecord, event: Mapping[str, Any], more: Sequence[Mapping[str, Any]] = ()) -> bool:
+    """The same callback (by event id) is kept on the refund already (or among ``more`` entries about to be kept
+    again): one sent again while the first waits."""
+    return any(kept["event"].get("event_id") == event.get("event_id") for kept in (*rec.early, *more))
 
 
 def shipment_recheck_due_ms(rec: RefundRecord) -> int:
@@ -589,44 +620,30 @@ def on_return_shipped(rec: RefundRecord, event: Mapping[str, Any], facts: OrderF
 
 
 def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: OrderFacts, rules: RefundRules,
-                       now_ms: int) -> RefundEffects:  # fmt: skip
+                       now_ms: int, *, wait_over: bool = False, received_at_ms: int = 0) -> RefundEffects:  # fmt: skip
     """The warehouse received a refund's parcel (and, ``qc_done``, checked it): recorded, its resellable units put
     back on hand once. A refund rejected or withdrawn (``CLOSED``) takes it too - the goods are on the shelf all the
-    same - but stays as it was decided: nothing paid, no state moved, and customer service told."""
+    same - but stays as it was decided: nothing paid, no state moved, and customer service told. ``wait_over``: a
+    receipt kept for its order's shipment notice that has waited ``parked_keep_ms`` (``shipment_wait_over``);
+    ``received_at_ms``: when a kept receipt arrived (0: now)."""
     fx = RefundEffects()
     if not rec.state:
         return _illegal(fx, rec, "a return receipt")
     closed = rec.state in CLOSED
-    if _unasked(rec) and facts.known and not facts.any_shipped:
-        # Nothing of the order left a warehouse (a refund-only that cancelled it, or it has not shipped yet): no
-        # parcel can come back, and putting one on hand would make units that are already on the shelf twice.
-        fx.refusal = Refusal(Reason.NOTHING_SHIPPED,
-                             f"a return receipt for {_unasked_text(rec)} {rec.refund_id}: order {rec.order_id} "
-                             f"({facts.state}) never shipped")  # fmt: skip
-        return fx
+    if _unasked(rec) and facts.known:
+        fx.refusal = _not_shipped_yet(rec, facts, wait_over)
+        if fx.refusal is not None:
+            return fx
     if rec.return_status == "inspected":
         return fx  # QC already recorded: the warehouse sent it again
     if rec.return_status != "received":
         rec.return_status = "received"
         rec.warehouse_id = str(event["warehouse_id"])
-        rec.stage_times.setdefault("return_received", now_ms)
+        rec.stage_times.setdefault("return_received", _arrived_at(rec, received_at_ms, now_ms))
         if rec.state == "awaiting_return":
             _move(rec, fx, "received", now_ms)
     if event.get("qc_done", True):
-        rec.return_status, rec.resellable = "inspected", bool(event["resellable"])
-        rec.stage_times.setdefault("inspected", now_ms)
-        if rec.resellable and not rec.restocked:
-            rec.restocked = True
-            if _unasked(rec) and not facts.known:
-                # A parcel no approved return asked for (refused at the door, sent back unasked) of an order no
-                # longer known: whether, and which of, its lines ever shipped is not known, so a person counts it.
-                fx.alerts.append(_unstocked(rec, shipment_unknown=True))
-            else:
-                fx.restock, capped = restock_within_order(rec, facts)
-                fx.alerts += capped
-                if not rec.lines:
-                    fx.alerts.append(_unstocked(rec))
-            rec.restocked_units = sum(qty for _, sku, qty in fx.restock if sku)  # a line without SKU is put by hand
+        _inspected(rec, fx, bool(event["resellable"]), facts, _arrived_at(rec, received_at_ms, now_ms))
     if closed:
         # Rejected or withdrawn, it stays so: the parcel coming back pays nothing and reopens nothing by itself.
         fx.alerts += _parcel_after_close(rec)
@@ -635,6 +652,49 @@ def on_return_received(rec: RefundRecord, event: Mapping[str, Any], facts: Order
         _start_refund(rec, fx, now_ms, "resellable" if rec.resellable else "not_resellable")
     _review_once_here(rec, fx, facts, rules, now_ms)
     return fx
+
+
+def _arrived_at(rec: RefundRecord, received_at_ms: int, now_ms: int) -> int:
+    """When a receipt's stage times are stamped: when it arrived, not when a receipt kept for the shipment notice (or
+    the request) was applied, so the QC limit runs from the parcel's arrival; never before the request, so no flow
+    time from it goes negative (nor after now: a request stamped with a channel's clock ahead of the pipeline's)."""
+    return min(now_ms, max(received_at_ms, rec.stage_times.get("requested", 0))) if received_at_ms else now_ms
+
+
+def _inspected(rec: RefundRecord, fx: RefundEffects, resellable: bool, facts: OrderFacts, at_ms: int) -> None:
+    """The parcel's QC recorded: its resellable units put back on hand once."""
+    rec.return_status, rec.resellable = "inspected", resellable
+    rec.stage_times.setdefault("inspected", at_ms)
+    if not rec.resellable or rec.restocked:
+        return
+    rec.restocked = True
+    if _unasked(rec) and not facts.known:
+        # A parcel no approved return asked for (refused at the door, sent back unasked) of an order no longer
+        # known: whether, and which of, its lines ever shipped is not known, so a person counts it.
+        fx.alerts.append(_unstocked(rec, shipment_unknown=True))
+    else:
+        fx.restock, capped = restock_within_order(rec, facts)
+        fx.alerts += capped
+        if not rec.lines:
+            fx.alerts.append(_unstocked(rec))
+    rec.restocked_units = sum(qty for _, sku, qty in fx.restock if sku)  # a line without SKU is put by hand
+
+
+def _not_shipped_yet(rec: RefundRecord, facts: OrderFacts, wait_over: bool) -> Refusal | None:
+    """Why an unasked parcel (``_unasked``) is not taken yet (``nothing_shipped``: kept for the shipment notice by
+    ``run_refunds``), or None. Nothing of the order left a warehouse (a refund-only that cancelled it, or it has not
+    shipped yet): no parcel can come back, and putting one on hand would make units that are already on the shelf
+    twice. A line of it not known shipped (a split order's late notice) waits for that line's notice the same way:
+    taken now, it would be put back on hand as none (``restock_within_order``) and never again once the notice came.
+    Once that wait is over, the parcel is taken for the lines that did ship, the others left to a person."""
+    if not facts.any_shipped:
+        return Refusal(Reason.NOTHING_SHIPPED, f"a return receipt for {_unasked_text(rec)} {rec.refund_id}: order "
+                       f"{rec.order_id} ({facts.state}) never shipped")  # fmt: skip
+    waiting = {n: q for n, q in rec.lines.items() if n not in facts.shipped}
+    if not waiting or wait_over:
+        return None
+    return Refusal(Reason.NOTHING_SHIPPED, f"a return receipt for {_unasked_text(rec)} {rec.refund_id}: line(s) "
+                   f"{_lines_text(waiting)} of order {rec.order_id} not known shipped")  # fmt: skip
 
 
 def _unasked(rec: RefundRecord) -> bool:

@@ -44,7 +44,7 @@ from agents.orders.run_lifecycle import STORE as ORDER_STORE
 from agents.refunds import rules as flow
 from agents.refunds.rules import OrderFacts, RefundEffects, RefundRecord, RefundRules
 from streams.contract.keys import order_key, refund_key
-from streams.contract.reasons import Reason
+from streams.contract.reasons import Reason, Refusal
 from streams.contract.records import OrderCancelled, RefundInstruction, RefundStateChanged, StockAdjusted
 from streams.contract.topics import (
     ALERTS,
@@ -210,28 +210,39 @@ class RunRefunds(Processor):
             return RefundEffects()
         if event_type == "ReturnReceived" and ctx.message is not None and flow.shipment_recheck_due_ms(rec):
             # Receipts wait for the order's shipment already: this one goes behind them, so the first QC stays the
-            # one that counts (``_apply_early`` takes them in order), and one the WMS sent again is kept once.
-            if flow.kept_already(rec, record):
-                return RefundEffects()
-            if len(rec.early) < flow.MAX_EARLY:
-                flow.keep_for_shipment(rec, record, ctx.keep_message(), ctx.now_ms)
-                return RefundEffects()
+            # one that counts (``_apply_early`` takes them in order); never ahead of them, even with no room left.
+            return self._keep_for_shipment(ctx, rec, record, flow.behind_waiting_receipts(rec))
         fx = self._apply(ctx, rec, event_type, record)
-        if ctx.message is not None and flow.can_keep_for_shipment(rec, event_type, fx.refusal):
+        if ctx.message is not None and fx.refusal is not None and flow.can_keep_for_shipment(event_type, fx.refusal):
             # Its order's shipment notice may still come (a WMS's notices can lag its parcels): kept for it.
-            flow.keep_for_shipment(rec, record, ctx.keep_message(), ctx.now_ms)
-            fx.refusal = None
+            return self._keep_for_shipment(ctx, rec, record, fx.refusal)
         return fx
 
-    def _apply(self, ctx: Context, rec: RefundRecord, event_type: str, record: dict[str, Any]) -> RefundEffects:
-        """An event for a refund already requested."""
+    @staticmethod
+    def _keep_for_shipment(ctx: Context, rec: RefundRecord, record: dict[str, Any], full: Refusal) -> RefundEffects:
+        """A return receipt kept for its order's shipment notice, behind any kept already, and once (one the WMS sent
+        again is nothing new); refused ``full`` when the refund keeps its most callbacks already."""
+        if flow.kept_already(rec, record):
+            return RefundEffects()
+        if len(rec.early) >= flow.MAX_EARLY:
+            return RefundEffects(refusal=full)
+        flow.keep_for_shipment(rec, record, ctx.keep_message(), ctx.now_ms)
+        return RefundEffects()
+
+    def _apply(self, ctx: Context, rec: RefundRecord, event_type: str, record: dict[str, Any],
+               kept: dict[str, Any] | None = None) -> RefundEffects:  # fmt: skip
+        """An event for a refund already requested; ``kept``: its entry in ``rec.early`` when it waited there."""
         now = ctx.now_ms
         if event_type == "RefundReviewed":
             return flow.on_reviewed(rec, record, self._facts(ctx, rec.order_id, rec.refund_id), self._rules, now)
         if event_type == "ReturnShipped":
             return flow.on_return_shipped(rec, record, self._facts(ctx, rec.order_id, rec.refund_id), self._rules, now)
         if event_type == "ReturnReceived":
-            return flow.on_return_received(rec, record, self._facts(ctx, rec.order_id, rec.refund_id), self._rules, now)
+            facts = self._facts(ctx, rec.order_id, rec.refund_id)
+            if kept is None:
+                return flow.on_return_received(rec, record, facts, self._rules, now)
+            return flow.on_return_received(rec, record, facts, self._rules, now, received_at_ms=int(kept["at_ms"]),
+                                           wait_over=flow.shipment_wait_over(kept, now, self._rules))  # fmt: skip
         if event_type == "RefundIssued":
             return flow.on_issued(rec, now)
         return flow.on_cancelled(rec, record, now)
@@ -255,7 +266,7 @@ class RunRefunds(Processor):
         came, or the precondition a review waited for was met (one still waiting for it is kept). One the refund's
         state does not allow (or naming another order) is dead-lettered with its own bytes."""
         pending, rec.early = rec.early, []
-        still_unshipped = []
+        still_unshipped: list[dict[str, Any]] = []
         while pending:
             kept = pending.pop(0)
             if flow.waits_for_precondition(rec, kept["type"]):
@@ -267,12 +278,14 @@ class RunRefunds(Processor):
                                 f"{kept['type']} of refund {rec.refund_id} for order {named}, which was requested "
                                 f"for order {rec.order_id}")  # fmt: skip
                 continue
-            later = self._apply(ctx, rec, kept["type"], kept["event"])
+            later = self._apply(ctx, rec, kept["type"], kept["event"], kept)
             fx.absorb(later)
             if kept["type"] == "ReturnReceived" and later.refusal is not None:  # also one kept for its request
                 again = flow.kept_for_shipment_again(kept, later.refusal, ctx.now_ms, self._rules)
                 if isinstance(again, dict):
-                    still_unshipped.append(again)
+                    # Copies a record stored before keep_early kept one only: one waits, and is dead-lettered once.
+                    if not flow.kept_already(rec, again["event"], still_unshipped):
+                        still_unshipped.append(again)
                     continue
                 later.refusal = again
             if later.refusal is not None:

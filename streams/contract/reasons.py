@@ -47,6 +47,7 @@ class Reason(enum.StrEnum):
     ILLEGAL_TRANSITION = "illegal_transition"
     NOT_DISPATCHED = "not_dispatched"
     NOTHING_SHIPPED = "nothing_shipped"
+    RECEIPT_QUEUE_FULL = "receipt_queue_full"
     NOT_PRESALE = "not_presale"
     PRECONDITION_MISSING = "precondition_missing"
     UNKNOWN_REFUND = "unknown_refund"
@@ -163,7 +164,13 @@ DESCRIPTIONS: dict[Reason, str] = {
         "a return receipt for a refund-only, or for a refund rejected or withdrawn, whose order never left a "
         "warehouse (cancelled before shipment, or not shipped yet) after it waited STOCKFLOW_PARKED_PAYMENT_GRACE_S "
         "for the order's shipment notice (at once when the refund keeps its most callbacks already): nothing went out, "
-        "so nothing goes back on hand"
+        "so nothing goes back on hand (one holding a line not known shipped waits for that line's notice too, then is "
+        "taken for the lines that shipped)"
+    ),
+    Reason.RECEIPT_QUEUE_FULL: (
+        "a return receipt for a refund whose earlier receipts wait for its order's shipment notice while it keeps its "
+        "most callbacks already: taken ahead of them, a later QC would overtake the first, so it is refused (replay it "
+        "once they are taken)"
     ),
     Reason.NOT_PRESALE: (
         "a balance payment (`balance` true) for an order that was not placed as presale: there is no deposit for it "

@@ -12,7 +12,7 @@ from agents.refunds import rules as flow
 from agents.refunds.rules import ChannelRefundRules, OrderFacts, RefundRecord, RefundRules, auto_approval
 from agents.refunds.run_refunds import refund_rules
 from loadtest import events as ev
-from streams.contract.reasons import Reason
+from streams.contract.reasons import Reason, Refusal
 from streams.settings import Settings
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -610,7 +610,13 @@ def test_a_refund_only_parcel_puts_back_only_units_of_lines_that_shipped() -> No
     flow.on_reviewed(rec, APPROVAL, split, rules, DELIVERED + 2)
     assert rec.state == "refunding"
     back = dict(ev.return_received("tmall", "o1", "r1", "WH-1"))
+    # Changed on purpose (found by review): line 2's notice may still come, so the receipt waits for it first
+    # (``run_refunds`` keeps it); taken at once, line 2's unit was never put back once the notice came.
+    before = rec.to_dict()
     fx = flow.on_return_received(rec, back, split, rules, DELIVERED + 3)
+    assert fx.refusal is not None and fx.refusal.reason is Reason.NOTHING_SHIPPED
+    assert "line(s) 2 x1" in fx.refusal.detail and rec.to_dict() == before and not fx.changed
+    fx = flow.on_return_received(rec, back, split, rules, DELIVERED + 3, wait_over=True)  # it never came
     assert fx.refusal is None and fx.restock == [("1", "SKU-1", 1)]
     assert [(a.kind, a.details["reason"], a.details["line_no"]) for a in fx.alerts] == [
         ("refund_restock_capped", "line_not_shipped", "2")]  # fmt: skip
@@ -718,12 +724,14 @@ def test_a_closed_refunds_parcel_holds_only_shipped_lines_and_is_told_once() -> 
     rec = requested_for_both_lines(split, 90_000, "REFUND_ONLY")
     flow.on_reviewed(rec, dict(ev.refund_reviewed("tmall", "o1", "r1", False)), split, rules, DELIVERED + 2)
     before = money_and_state(rec)
-    fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1", qc_done=False)), split,
-                                 rules, DELIVERED + 3)  # fmt: skip
+    unchecked = dict(ev.return_received("tmall", "o1", "r1", "WH-1", qc_done=False))
+    fx = flow.on_return_received(rec, unchecked, split, rules, DELIVERED + 3)  # line 2's notice may come yet
+    assert fx.refusal is not None and fx.refusal.reason is Reason.NOTHING_SHIPPED and not fx.changed
+    fx = flow.on_return_received(rec, unchecked, split, rules, DELIVERED + 3, wait_over=True)
     assert fx.refusal is None and fx.restock == [] and rec.return_status == "received"
     assert [(a.kind, a.details["qc"]) for a in fx.alerts] == [("refund_parcel_after_close", "qc_pending")]
     fx = flow.on_return_received(rec, dict(ev.return_received("tmall", "o1", "r1", "WH-1")), split, rules,
-                                 DELIVERED + 4)  # fmt: skip
+                                 DELIVERED + 4, wait_over=True)  # fmt: skip
     assert fx.restock == [("1", "SKU-1", 1)]
     assert [(a.kind, a.details.get("reason"), a.details.get("line_no") or a.details.get("restocked"))
             for a in fx.alerts] == [("refund_restock_capped", "line_not_shipped", "2"),
@@ -848,3 +856,16 @@ def test_a_qc_breach_of_a_parcel_received_under_review_is_not_cleared_by_rejecti
     close(rec, "rejected", received_at + rules.qc_ms + 1)
     cleared = flow.check_limits(rec, received_at + rules.qc_ms + 1, rules)
     assert [(a.details["limit"], a.cleared) for a in cleared] == [("respond", True)] and rec.flags["qc"] == "red"
+
+
+def test_a_receipt_waits_for_the_shipment_from_when_it_began_to_and_an_old_entry_from_its_arrival() -> None:
+    rules = RefundRules(parked_keep_ms=1_000)
+    refusal = Refusal(Reason.NOTHING_SHIPPED, "order never shipped")
+    for_request = {"type": "ReturnReceived", "event": {}, "source": {}, "at_ms": 0}
+    again = flow.kept_for_shipment_again(for_request, refusal, 5_000, rules)  # its request came at 5 000
+    assert isinstance(again, dict) and again["shipment_since"] == 5_000
+    assert not flow.shipment_wait_over(again, 5_999, rules) and flow.shipment_wait_over(again, 6_000, rules)
+    stored_before = {**for_request, "waits": flow.WAITS_FOR_SHIPMENT, "due_ms": 600}  # no shipment_since kept
+    assert isinstance(flow.kept_for_shipment_again(stored_before, refusal, 999, rules), dict)
+    given_up = flow.kept_for_shipment_again(stored_before, refusal, 1_000, rules)
+    assert isinstance(given_up, Refusal) and given_up.reason is Reason.NOTHING_SHIPPED

@@ -11,6 +11,7 @@ from agents.inventory.hold_stock import HoldStock, sku_key
 from agents.orders.rules import BALANCE_UNPAID, OrderRecord
 from agents.orders.run_lifecycle import STORE as ORDERS
 from agents.orders.run_lifecycle import RunLifecycle
+from agents.refunds import rules as flow
 from agents.refunds.rules import MAX_EARLY
 from agents.refunds.run_refunds import APPROVED_BY_ORDER, ORDER_PAID, RunRefunds, order_facts
 from agents.refunds.run_refunds import STORE as REFUNDS
@@ -442,8 +443,8 @@ def test_callbacks_whose_request_never_comes_are_flagged_then_dead_lettered_each
 
 def test_more_callbacks_for_one_unrequested_refund_than_are_kept_are_refused_at_once() -> None:
     r, _view, _wh = pipeline()
-    for n in range(MAX_EARLY + 2):
-        refund(r, "ReturnShipped", ev.return_shipped("jd", "25", "r25", f"SF{n}"))
+    for n in range(MAX_EARLY + 2):  # each its own callback (a copy of one is kept once)
+        refund(r, "ReturnShipped", dict(ev.return_shipped("jd", "25", "r25", f"SF{n}"), event_id=f"shipped{n}:jd:r25"))
     assert [x.reason for x in r.refusals] == [Reason.UNKNOWN_REFUND] * 2
     assert len(r.read(REFUNDS, b"jd:r25", "jd:25").early) == MAX_EARLY
 
@@ -1155,3 +1156,146 @@ def test_a_late_qc_of_a_closed_refund_keeps_its_restock_on_record_for_the_whole_
     refund(r, "RefundRequested", ev.refund_requested("pdd", "q1", "rq1b", 90_000, event_time_ms=r.now_ms))
     out = refund(r, "ReturnReceived", ev.return_received("pdd", "q1", "rq1b", wh))
     assert not of(out, "StockAdjusted")  # the order's one unit is back on hand once
+
+
+def split_order_line_1_shipped(r: LocalRunner, view: WarehouseView) -> tuple[str, str]:
+    """A split order of one SKU-A (line 1) and one SKU-B (line 2) from two warehouses; only line 1's notice read."""
+    wh1, wh2 = sorted(load_warehouses(Settings().warehouses_file))[:2]
+    stock(r, view, "SKU-A", 5, wh1)
+    stock(r, view, "SKU-B", 5, wh2)
+    order(r, "OrderPlaced", ev.order_placed("jd", "s1", [ev.line(1, "SKU-A", 1), ev.line(2, "SKU-B", 1)]))
+    order(r, "PaymentConfirmed", ev.payment_confirmed("jd", "s1"))
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("jd", "s1", wh1))
+    return wh1, wh2
+
+
+def test_a_parcel_of_a_split_orders_line_received_before_that_lines_shipment_notice_waits_for_it() -> None:
+    """Failed before: line 1 had shipped, so the receipt of line 2's parcel was taken at once, put back nothing (line
+    2 not shipped: `refund_restock_capped`) and marked the refund restocked; line 2's late notice then left its unit
+    off hand for good."""
+    r, view, _ = pipeline()
+    _, wh2 = split_order_line_1_shipped(r, view)
+    refund(r, "RefundRequested", ev.refund_requested("jd", "s1", "rs", 9_900, kind="REFUND_ONLY",
+                                                     lines=[{"line_no": 2, "qty": 1, "sku": "SKU-B"}]))  # fmt: skip
+    out = refund(r, "ReturnReceived", ev.return_received("jd", "s1", "rs", wh2))
+    assert not of(out, "Alert") and not of(out, "StockAdjusted") and not of(out, "DeadLetter") and not r.refusals
+    rec = r.read(REFUNDS, b"jd:rs", "jd:s1")
+    assert (rec.restocked, rec.return_status, [e["waits"] for e in rec.early]) == (False, "", ["shipment"])
+    order(r, "ShipmentDispatched", dict(ev.shipment_dispatched("jd", "s1", wh2), event_id="shipped2:jd:s1"))
+    assert on_hand(r, "SKU-B", wh2) == 4
+    out = r.advance(600_000)
+    assert [(a["event_id"], a["qty"]) for a in of(out, "StockAdjusted")] == [("return:jd:rs:2", 1)]
+    assert on_hand(r, "SKU-B", wh2) == 5 and not of(out, "DeadLetter")
+    rec = r.read(REFUNDS, b"jd:rs", "jd:s1")
+    assert (rec.restocked, rec.return_status, rec.early) == (True, "inspected", [])
+    assert r.read(APPROVED_BY_ORDER, b"jd:s1", "jd:s1")["@restocked:2:jd:rs"] == 1
+    out = refund(r, "ReturnReceived", dict(ev.return_received("jd", "s1", "rs", wh2), event_id="again:jd:rs"))
+    assert not of(out, "StockAdjusted") and on_hand(r, "SKU-B", wh2) == 5  # never restocked twice
+
+
+def test_a_parcel_whose_line_never_ships_is_taken_for_the_lines_that_did_once_the_wait_is_over() -> None:
+    """The parcel holds both lines; line 2's notice never comes: after the grace, line 1 goes back on hand and line 2
+    is left to a person (`line_not_shipped`), not the whole parcel dead-lettered."""
+    r, view, _ = pipeline()
+    wh1, _ = split_order_line_1_shipped(r, view)
+    refund(r, "RefundRequested", ev.refund_requested("jd", "s1", "rs", 19_800, kind="REFUND_ONLY"))
+    out = refund(r, "ReturnReceived", ev.return_received("jd", "s1", "rs", wh1))
+    assert not of(out, "StockAdjusted") and not r.refusals
+    out = r.advance(int(Settings().parked_payment_grace_s * 1000))
+    assert [(a["event_id"], a["qty"]) for a in of(out, "StockAdjusted")] == [("return:jd:rs:1", 1)]
+    assert [(a["kind"], a["details"]["reason"]) for a in of(out, "Alert") if a["kind"] == "refund_restock_capped"] == [
+        ("refund_restock_capped", "line_not_shipped")]  # fmt: skip
+    assert not of(out, "DeadLetter") and on_hand(r, "SKU-A", wh1) == 5
+    assert r.read(REFUNDS, b"jd:rs", "jd:s1").early == []
+
+
+def test_a_receipt_kept_for_the_shipment_notice_is_stamped_and_qc_timed_from_when_the_parcel_arrived() -> None:
+    """Failed before: the parcel received (QC not done) 20 h before the late notice was stamped `return_received` when
+    the kept receipt was applied, so the QC limit ran out 44 h after the parcel came instead of 24 h."""
+    r, view, wh = pipeline()
+    paid_order(r, view, wh, "tmall", "b2", "SKU-B2", 1)
+    refund(r, "RefundRequested", ev.refund_requested("tmall", "b2", "rb3", 9_900, kind="REFUND_ONLY",
+                                                     event_time_ms=r.now_ms))  # fmt: skip
+    arrived = r.now_ms
+    refund(r, "ReturnReceived", ev.return_received("tmall", "b2", "rb3", wh, qc_done=False))
+    r.advance(20 * 3_600_000)
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("tmall", "b2", wh))
+    out = r.advance(600_000)
+    rec = r.read(REFUNDS, b"tmall:rb3", "tmall:b2")
+    assert (rec.return_status, rec.stage_times["return_received"], rec.early) == ("received", arrived, [])
+    assert [s["event_time_ms"] for s in of(out, "RefundStateChanged")] == [arrived]
+    out = r.advance(arrived + Settings().refund_qc_s * 1000 - r.now_ms)
+    assert [(a["kind"], a["details"]["limit"]) for a in of(out, "Alert")] == [("refund_sop_breach", "qc")]
+
+
+def test_a_receipt_kept_for_its_request_is_stamped_no_earlier_than_the_request() -> None:
+    r, view, wh = pipeline()
+    delivered_order(r, view, wh, "tmall", "b4", "SKU-B4")
+    refund(r, "ReturnReceived", ev.return_received("tmall", "b4", "rb4", wh))  # before its request: kept for it
+    r.advance(3_600_000)
+    requested = r.now_ms
+    refund(r, "RefundRequested", ev.refund_requested("tmall", "b4", "rb4", 9_900, kind="REFUND_ONLY",
+                                                     event_time_ms=requested))  # fmt: skip
+    rec = r.read(REFUNDS, b"tmall:rb4", "tmall:b4")
+    assert rec.stage_times["return_received"] == rec.stage_times["inspected"] == requested
+
+
+def test_a_receipt_kept_for_its_request_gets_the_whole_grace_for_its_orders_shipment_after_the_request() -> None:
+    """Failed before: the 24 h for the shipment notice counted from the receipt's arrival, so one that waited 23.5 h
+    for its request was dead-lettered `nothing_shipped` 30 minutes after it, before a notice could come."""
+    r, view, wh = pipeline()
+    paid_order(r, view, wh, "tmall", "b2", "SKU-B2", 1)
+    refund(r, "ReturnReceived", ev.return_received("tmall", "b2", "rb3", wh))
+    grace = int(Settings().parked_payment_grace_s * 1000)
+    r.advance(grace - 1_800_000)
+    refund(r, "RefundRequested", ev.refund_requested("tmall", "b2", "rb3", 9_900, kind="REFUND_ONLY"))
+    requested = r.now_ms
+    out = r.advance(3_600_000)
+    assert not of(out, "DeadLetter")
+    assert [e["shipment_since"] for e in r.read(REFUNDS, b"tmall:rb3", "tmall:b2").early] == [requested]
+    out = r.advance(requested + grace - r.now_ms)
+    assert [d["reason"] for d in of(out, "DeadLetter")] == [Reason.NOTHING_SHIPPED]
+
+
+def test_a_receipt_sent_twice_before_its_request_is_kept_waited_on_and_dead_lettered_once() -> None:
+    """Failed before: each copy (same event id) read before the request was kept, then each waited for the shipment
+    and each was dead-lettered `nothing_shipped`."""
+    r, view, wh = pipeline()
+    paid_order(r, view, wh, "tmall", "b2", "SKU-B2", 1)
+    receipt = ev.return_received("tmall", "b2", "rb3", wh)
+    refund(r, "ReturnReceived", receipt)
+    refund(r, "ReturnReceived", receipt)
+    assert len(r.read(REFUNDS, b"tmall:rb3", "tmall:b2").early) == 1
+    refund(r, "RefundRequested", ev.refund_requested("tmall", "b2", "rb3", 9_900, kind="REFUND_ONLY"))
+    assert [e["waits"] for e in r.read(REFUNDS, b"tmall:rb3", "tmall:b2").early] == ["shipment"]
+    out = r.advance(int(Settings().parked_payment_grace_s * 1000))
+    assert [d["reason"] for d in of(out, "DeadLetter")] == [Reason.NOTHING_SHIPPED]
+
+
+def test_copies_of_a_receipt_kept_twice_before_the_fix_wait_for_the_shipment_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A record stored by a version that kept each copy: the request leaves one of them waiting for the shipment."""
+    r, view, wh = pipeline()
+    paid_order(r, view, wh, "tmall", "b2", "SKU-B2", 1)
+    receipt = ev.return_received("tmall", "b2", "rb3", wh)
+    with monkeypatch.context() as patched:
+        patched.setattr(flow, "kept_already", lambda *_: False)  # as each copy was kept before
+        refund(r, "ReturnReceived", receipt)
+        refund(r, "ReturnReceived", receipt)
+    assert len(r.read(REFUNDS, b"tmall:rb3", "tmall:b2").early) == 2
+    refund(r, "RefundRequested", ev.refund_requested("tmall", "b2", "rb3", 9_900, kind="REFUND_ONLY"))
+    assert [e["waits"] for e in r.read(REFUNDS, b"tmall:rb3", "tmall:b2").early] == ["shipment"]
+
+
+def test_a_receipt_with_no_room_behind_those_waiting_for_the_shipment_is_refused_not_taken_ahead() -> None:
+    """Failed before: with MAX_EARLY receipts kept for the shipment, a later one fell through and was applied first,
+    so its QC (resellable) overtook the first one (not resellable) and its unit was put back on hand."""
+    r, wh = refund_only_that_cancelled_an_unshipped_order()
+    first = ev.return_received("tmall", "b2", "rb3", wh, resellable=False)
+    for n in range(MAX_EARLY):
+        refund(r, "ReturnReceived", dict(first, event_id=f"return-qc{n}:tmall:rb3"))
+    order(r, "ShipmentDispatched", ev.shipment_dispatched("tmall", "b2", wh))
+    refund(r, "ReturnReceived", dict(first, event_id="return-qc-last:tmall:rb3", resellable=True))
+    assert [x.reason for x in r.refusals] == [Reason.RECEIPT_QUEUE_FULL]
+    r.advance(600_000)
+    assert r.read(REFUNDS, b"tmall:rb3", "tmall:b2").resellable is False and on_hand(r, "SKU-B2", wh) == 4
