@@ -237,7 +237,8 @@ def distribute(home: SkuStock, low_water: int) -> list[Sync]:
     hot = home.hot
     if hot is None or hot.state != HOT or hot.settles or hot.count < 1:
         return []
-    kept = owed(home)
+    # Units a VIP override pledged stay home too: the home decides the VIP order's lines (its set-aside is there).
+    kept = owed(home) + home.pledged
     out: list[Sync] = []
 
     def hand(buckets: list[int], parts: list[dict[str, int]], ref: str = "") -> None:

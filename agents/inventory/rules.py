@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from streams.contract.reasons import Reason
-from streams.contract.set_aside import SET_ASIDE_LINE, override_reason, pledge_detail
+from streams.contract.set_aside import SET_ASIDE_LINE, override_of, override_reason, pledge_detail
 from streams.engine.stored import stored_fields
 
 # In a bucket's count wait (``Buckets.probed``): the most it may sell, then its units no line held when it last
@@ -277,7 +277,7 @@ def account(stock: SkuStock, before: LineHold | None, after: LineHold | None) ->
         stock.open_lines += sign
         if hold.line_no == SET_ASIDE_LINE:
             stock.set_asides += sign
-            stock.pledged += sign * hold.pledged
+            stock.pledged = max(0, stock.pledged + sign * hold.pledged)  # 0 if an older release dropped it
         if hold.presale:
             stock.presale_reserved += sign * hold.qty
         else:
@@ -327,7 +327,9 @@ def reserve(stock: SkuStock, rules: PoolRules, existing: LineHold | None, vip: L
     if existing is not None:  # a duplicate: nothing taken; say what the line is now
         return Step(Answer(order_id, line_no, existing.qty, "RESERVE", OUTCOME_OF[existing.status], existing.reason))
     # A set-aside is regular stock: a presale line goes through the presale pool as usual.
-    if vip is not None and vip.status == HELD and not presale and 0 < qty <= rules.max_line_qty:
+    # (Not past its expiry: the engine applies a batch's commands before its due timers.)
+    open_vip = vip is not None and vip.status == HELD and vip.expires_at_ms > now_ms
+    if open_vip and vip is not None and not presale and 0 < qty <= rules.max_line_qty:
         return _take_set_aside(stock, rules, vip, unpaid or [], order_id, line_no, qty, channel, now_ms)
     reason = refusal(stock, rules, qty, channel, presale)
     if reason is not None:
@@ -346,16 +348,21 @@ def _take_set_aside(stock: SkuStock, rules: PoolRules, vip: LineHold, unpaid: li
     beyond = max(0, qty - vip.qty)
     taking = _pledge_takes(stock, vip, unpaid, beyond)
     freed = sum(h.qty for h in taking)
-    short = refusal(stock, rules, beyond, channel, False, freed) if beyond else None
+    # What the pledge covers was approved for this order by two operators: a channel paused for the SKU's low stock
+    # (the pledge's very case) does not refuse it.
+    judged_as = rules.main_channel if beyond <= vip.pledged else channel
+    short = refusal(stock, rules, beyond, judged_as, False, freed) if beyond else None
     if short is not None:
         return Step(Answer(order_id, line_no, qty, "RESERVE", "REFUSED", short))
     needed = max(0, beyond - stock.available())  # from the holds let go
     released = [_let_go(stock, rules, hold, vip.reason, now_ms) for hold in taking]
-    pledged = max(0, vip.pledged - freed)
-    # Units the holds let go beyond the line's need stay set aside, within the pledge: left free, a regular order
-    # could take them and be the next one the pledge lets go.
-    kept = min(stock.available() - beyond, vip.pledged - pledged - needed)
+    # Whatever the line takes beyond the set-aside, free stock too, is the override's: its VIP order gets no more
+    # through it than was approved. Units a released hold had beyond the line's need stay set aside within that (left
+    # free, a regular order could take them and be the next one the pledge lets go); the pledge keeps the rest.
+    owed_still = max(0, vip.pledged - beyond)
+    kept = min(freed - needed, owed_still) if taking else 0
     left = vip.qty - min(qty, vip.qty) + kept
+    pledged = owed_still - kept
     rest = replace(vip, qty=left, pledged=pledged, updated_ms=now_ms) if left or pledged else None
     taken = LineHold(order_id, line_no, qty, channel, False, HELD, vip.reason, now_ms + rules.hold_ttl_ms, now_ms)
     account(stock, vip, rest)
@@ -749,8 +756,9 @@ def request_override(existing: OverrideRequest | None, override_id: str, qty: in
 def _releasable(vip_order_id: str, unpaid: list[LineHold]) -> list[LineHold]:
     # Never the VIP order's own: released, it would cancel the order the override is for. Never a paid or presale
     # hold, nor a set-aside, whatever the caller passed: a pledge is on unpaid regular holds only.
+    # Nor a line another VIP order holds through its own override.
     return [h for h in unpaid if h.order_id != vip_order_id and h.line_no != SET_ASIDE_LINE and h.status == HELD
-            and not h.presale]  # fmt: skip
+            and not h.presale and not override_of(h.reason)]  # fmt: skip
 
 
 def _shortfall(stock: SkuStock, qty: int, unpaid: list[LineHold], out_in_buckets: bool) -> Reason | None:

@@ -322,3 +322,25 @@ def test_a_warehouse_an_older_version_overbooked_with_a_presale_line_is_alerted_
     out = r.send([command("RESERVE", "tmall:next", "SKU-OB", qty=1)])
     breaches = [o.record for o in out if o.event_type == "Alert" and o.record["kind"] == "invariant_breach"]
     assert [(a["severity"], a["message"]) for a in breaches] == [("RED", "WH-SH: allocated 10 exceeds its on-hand 5")]
+
+
+def test_a_hot_skus_home_keeps_what_an_override_pledged_for_the_vip_order() -> None:
+    """Found in review: the pledge counted on jd:a's hold at the home of a SKU split in buckets; jd:a cancelled, the
+    home handed its 10 units out to the buckets, and the VIP order's line (decided at the home, where its set-aside
+    is) was refused insufficient_stock with 50 units in stock."""
+    r = runner(hold_ttl_s=600, payment_timeout_s=300)
+    receipt(r, "H", 10)
+    r.send([command("RESERVE", "jd:a", "H", qty=10)])
+    r.send([("H", "HotSku", {"event_id": "hot-1", "event_time_ms": r.now_ms, "sku": "H", "buckets": 4, "state": "",
+                             "operator": "ops", "reason": "live"})], OPS_OVERRIDES.name)  # fmt: skip
+    receipt(r, "H", 40, doc="r2")
+    ov = {"event_id": "x", "event_time_ms": 0, "override_id": "OV-H", "sku": "H", "qty": 3,
+          "vip_order_id": "own:vip", "reason": "key account", "operator": "alice"}
+    r.send([("H", "VipOverride", {**ov, "action": "REQUEST"})], OPS_OVERRIDES.name)
+    r.send([("H", "VipOverride", {**ov, "action": "APPROVE", "operator": "bob", "event_id": "y"})], OPS_OVERRIDES.name)
+    r.send([claim("own:vip", "H", "OV-H")])  # nothing free at the home: all 3 pledged
+    r.send([command("RELEASE", "jd:a", "H", qty=10)])
+    for _ in range(5):
+        r.advance(200)
+    out = r.send([command("RESERVE", "own:vip", "H", qty=3)])
+    assert answers(out) == [("own:vip", "HELD")]

@@ -953,3 +953,65 @@ def test_an_override_refused_on_a_hot_sku_stays_refused_and_its_reason_says_a_ne
 def test_vip_order_ended_claims_no_more_than_the_lifecycle_knows() -> None:
     """An order whose record was purged after the retention time is not known as ended: it claims an offer."""
     assert "purged" in Reason.VIP_ORDER_ENDED.description
+
+
+def pledged_for(pool: Pool, vip_order_id: str, qty: int, override_id: str = "v1", now_ms: int = 10) -> None:
+    request = P.request_override(None, override_id, qty, vip_order_id, "alice", "launch", now_ms).request
+    assert pool.approve(request, "bob", now_ms + 1).outcome == "APPLIED"
+
+
+def test_a_vip_line_its_pledge_covers_is_not_refused_for_a_channel_paused_by_low_stock() -> None:
+    """Found in review: a pledge exists only when nothing is free, which is when the SKU's other channels are paused;
+    the VIP order's own-shop line was refused channel_paused and the customer's hold kept."""
+    pool = Pool(SkuStock(sku="S"))
+    P.adjust(pool.stock, "RECEIPT", "WH-SH", 5, 0)
+    pool.stock.paused = True  # below the safety threshold
+    pool.reserve("jd:a", 1, 5, channel=RULES.main_channel, now_ms=1)
+    pledged_for(pool, "own:vip", 3)
+    assert pool.reserve("own:vip", 1, 3, channel="own", now_ms=20).outcome == "HELD"
+    assert [h.order_id for h in pool.released] == ["jd:a"]
+
+
+def test_a_pledge_takes_no_line_another_vip_order_holds_through_its_override() -> None:
+    pool = stocked(4)
+    pledged_for(pool, "own:vipA", 3, "ov-a")
+    pool.reserve("jd:b", 1, 1, now_ms=12)
+    pool.reserve("own:vipA", 1, 3, now_ms=13)  # takes its set-aside: the newest unpaid hold
+    pledged_for(pool, "own:vipB", 1, "ov-b", now_ms=14)  # pledged: jd:b's unit only
+    assert pool.reserve("own:vipB", 1, 1, now_ms=20).outcome == "HELD"
+    assert [h.order_id for h in pool.released] == ["jd:b"]
+    assert pool.hold("own:vipA", 1) is not None and pool.hold("own:vipA", 1).status == P.HELD  # type: ignore[union-attr]
+
+
+def test_a_set_aside_at_its_expiry_takes_over_nothing() -> None:
+    """Found in review: the engine applies a batch's commands before its due timers, so a VIP line read at the
+    set-aside's expiry released a customer's hold the override no longer stood for."""
+    pool = stocked(2)
+    pool.reserve("jd:b", 1, 2, now_ms=1)
+    pledged_for(pool, "own:vip", 2)
+    expiry = pool.hold("own:vip", SET_ASIDE_LINE).expires_at_ms  # type: ignore[union-attr]
+    assert pool.reserve("own:vip", 1, 2, now_ms=expiry).reason == "insufficient_stock"
+    assert pool.released == []
+
+
+def test_free_stock_a_vip_line_takes_counts_against_its_override() -> None:
+    """Found in review: a line took a free unit and a pledged one; the rest of the released hold stayed set aside
+    for the order's next line, which the checker then saw as more units than the override was approved for."""
+    pool = stocked(5)
+    pool.reserve("jd:1", 1, 4, now_ms=1)
+    pledged_for(pool, "own:vip", 3)  # 1 free unit set aside, 2 pledged
+    P.adjust(pool.stock, "RECEIPT", "WH-SH", 1, 12)
+    assert pool.reserve("own:vip", 1, 3, now_ms=20).reason == "vip_override:v1"  # set-aside, free unit, jd:1's
+    assert pool.hold("own:vip", SET_ASIDE_LINE) is None  # the override's 3 units are all the order's now
+    assert pool.reserve("own:vip", 2, 1, now_ms=21).reason == ""  # a regular hold of free stock
+    assert (pool.stock.locked, pool.stock.available(), pool.stock.pledged) == (4, 2, 0)
+
+
+def test_pledged_totals_never_go_below_zero() -> None:
+    # An older release rewrote the totals without ``pledged``; the set-aside's record kept its pledge.
+    pool = stocked(3)
+    pool.reserve("jd:a", 1, 3, now_ms=1)
+    pledged_for(pool, "own:vip", 3)
+    pool.stock.pledged = 0
+    pool.due(10**12)
+    assert pool.stock.pledged == 0
