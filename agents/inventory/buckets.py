@@ -825,6 +825,9 @@ def empty(fig: dict[str, Any]) -> bool:
 # ---- a line short of the warehouse routing chose ----------------------------------------------------------
 
 SWAP = "swap"  # the ref of an exchange's transfers: "swap:<record that asked>:<order id>#<line no>"
+# An exchange's ref once a record on the way kept the warehouse's units back for a count being settled: refused
+# for want of them, the line is refused ``warehouse_counting`` (its order tries again in a second), not short.
+SWAP_COUNTED = "swap-counted"
 # Exchanges one allocation makes: its own, and one more if the record's other lines took the warehouse's units
 # meanwhile; then the line is refused and routing chooses again, rather than the records trading units for ever.
 MAX_ASKS = 2
@@ -837,7 +840,7 @@ def swap_ref(requester: int, order_id: str, line_no: int) -> str:
 def swap_of(ref: str) -> tuple[int, str, int] | None:
     """(the record that asked, order id, line no) of an exchange's transfer; None for any other transfer."""
     kind, _, rest = ref.partition(":")
-    if kind != SWAP:
+    if kind not in (SWAP, SWAP_COUNTED):
         return None
     requester, _, line = rest.partition(":")
     order_id, _, line_no = line.rpartition("#")
@@ -951,7 +954,14 @@ def swap_ask(bucket: SkuStock, warehouse_id: str, units: dict[str, int], ref: st
     what it kept (the home waits for this answer to ask the next bucket or to end the exchange)."""
     swap = swap_of(ref)
     out = swap_give(bucket, warehouse_id, units, own=swap is not None and spares(bucket, warehouse_id, swap[0]))
+    if bucket.hot is not None and warehouse_id in bucket.hot.probed:
+        ref = counted_swap(ref)
     return [Sync(TRANSFER, HOME, out, wanted(out, warehouse_id), warehouse_id, ref)]
+
+
+def counted_swap(ref: str) -> str:
+    """An exchange's ref, saying a record on the way kept the warehouse's units back for a count."""
+    return SWAP_COUNTED + ref.removeprefix(SWAP) if ref.startswith(SWAP + ":") else ref
 
 
 def swap_at_home(home: SkuStock, sender: int, units: dict[str, int], warehouse_id: str,
@@ -965,6 +975,8 @@ def swap_at_home(home: SkuStock, sender: int, units: dict[str, int], warehouse_i
     counting = home.hot is not None and any(s["wh"] == warehouse_id for s in home.hot.settles)
     own = sender == requester >= 0 and not counting and spares(home, warehouse_id, requester)
     passing = swap_give(home, warehouse_id, units, own=own)
+    if counting:
+        ref = counted_swap(ref)
     still = wanted(passing, warehouse_id)
     nxt = next_donor(home, warehouse_id, requester, sender) if still > 0 else None
     if nxt is None and requester == HOME:
@@ -974,7 +986,7 @@ def swap_at_home(home: SkuStock, sender: int, units: dict[str, int], warehouse_i
 
 
 def swap_arrived(stock: SkuStock, hold: LineHold | None, warehouse_id: str, brought: dict[str, int],
-                 now_ms: int) -> tuple[Step, list[Sync]]:  # fmt: skip
+                 now_ms: int, ref: str = "") -> tuple[Step, list[Sync]]:  # fmt: skip
     """An exchange back at the record that asked, its units credited (as many as it lent): the line is allocated
     if the warehouse's units are here now; asked for again (once: ``MAX_ASKS``) if every unit offered was taken
     but other lines here took the warehouse's units meanwhile; else refused (no record had enough free: routing
@@ -994,7 +1006,7 @@ def swap_arrived(stock: SkuStock, hold: LineHold | None, warehouse_id: str, brou
         # Refused (a count of the warehouse awaits its settling: ``rules.awaits_count``), the line is stored answered
         # all the same: left wanting the warehouse, it would take its next routing there for an exchange still out.
         return Step(placed.answer, placed.holds or {hold.line_no: replace(waiting, updated_ms=now_ms)}), []
-    counting = awaits_count(stock, warehouse_id, now_ms)
+    counting = awaits_count(stock, warehouse_id, now_ms) or ref.startswith(SWAP_COUNTED + ":")
     every_unit_taken = brought.get(warehouse_id, 0) > 0 and wanted(brought, warehouse_id) == 0
     if not counting and hold.asks < MAX_ASKS and every_unit_taken:
         asked = want(stock, replace(waiting, asks=hold.asks), warehouse_id)

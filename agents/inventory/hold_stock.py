@@ -523,7 +523,7 @@ class HoldStock(Processor):
         """An exchange back at the record whose line asked for it: the line's allocation is answered now."""
         _, order_id, line_no = swap
         hold = self._hold(db, stock.sku, order_id, line_no)
-        step, again = hot_.swap_arrived(stock, hold, msg["warehouse_id"], msg["units"], ctx.now_ms)
+        step, again = hot_.swap_arrived(stock, hold, msg["warehouse_id"], msg["units"], ctx.now_ms, msg["ref"])
         self._store_holds(ctx, db, stock.sku, order_id, step.holds)
         self._send(ctx, stock, again)
         if step.answer is not None:

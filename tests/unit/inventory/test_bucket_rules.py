@@ -1053,3 +1053,25 @@ def test_a_line_let_go_while_a_bucket_waits_for_a_count_frees_no_unit_to_sell() 
     assert bucket.available() == 0
     b.on_settled(bucket, b.SETTLED + "count-r")
     assert bucket.available() == 3  # the home took what the count did not find first, in the same transfer
+
+
+def test_an_exchange_a_count_kept_units_from_refuses_the_line_as_counting_not_short() -> None:
+    """Found in review: a count of WH-SH was being settled (its slowest bucket lagged); a bucket's paid line routed
+    there asked the others for WH-SH units, the home and the bucket that answered the count kept theirs back, and
+    the line was refused warehouse_short on every try: its order waited route_retry_s (30 s) with nothing short."""
+    donor = SkuStock(f"{SKU}#2", known=True, on_hand={"WH-SH": 4}, locked=2,
+                     hot=Buckets(bucket=2, count=3, state=b.HOT))  # fmt: skip
+    donor.hot.probed["WH-SH"] = ["count-x", 10**9]  # type: ignore[union-attr]
+    ref = b.swap_ref(1, "jd:4", 1)
+    back = b.swap_ask(donor, "WH-SH", {"WH-GZ": 3}, ref)[0]
+    assert back.ref.startswith(b.SWAP_COUNTED + ":") and b.swap_of(back.ref) == (1, "jd:4", 1)
+    asker = SkuStock(f"{SKU}#1", known=True, on_hand={"WH-GZ": 0}, locked=3,
+                     hot=Buckets(bucket=1, count=3, state=b.HOT, lent={"WH-SH": 3}))  # fmt: skip
+    line = LineHold("jd:4", 1, 3, "jd", False, rules.SOLD, "", 10**12, 0, wants="WH-SH", asks=1)
+    b.give(asker, back.units)
+    step, _ = b.swap_arrived(asker, line, "WH-SH", back.units, 1_000, back.ref)
+    assert step.answer is not None and step.answer.reason == rules.Reason.WAREHOUSE_COUNTING
+    home_ = home({"WH-SH": 2, "WH-GZ": 0}, count=3)
+    b.start_settle(home_, "COUNT", "WH-SH", 6, "count-x", 0)
+    onward, _ = b.swap_at_home(home_, 1, {"WH-GZ": 3}, "WH-SH", ref)
+    assert onward and onward[0].ref.startswith(b.SWAP_COUNTED + ":")
