@@ -452,10 +452,13 @@ class Marketplace:
         known = self.refunds.get((channel, refund.refund_id))
         if known is not None:
             known.duplicate_attempts += 1
-            known.duplicate_amount_mismatches += refund.amount_fen != known.amount_fen
+            mismatch = (refund.amount_fen, refund.channel_order_id) != (known.amount_fen, known.channel_order_id)
+            known.duplicate_amount_mismatches += mismatch
             known.last_attempt_at_ms = now
             self._record(channel, "refund", app_key, refund.idempotency_key, "duplicate", now, payload)
-            status, body = pf.error_answer(channel, ErrorKind.ALREADY_APPLIED)
+            # As the platforms do: a refund id agreed for one amount and order is not "already agreed" for another;
+            # taken as done, the caller would record a payment that was never made.
+            status, body = pf.error_answer(channel, ErrorKind.BAD_REQUEST if mismatch else ErrorKind.ALREADY_APPLIED)
             return Answer(status, body, delay_s)
         record = RefundRecord(channel, refund.refund_id, refund.amount_fen, app_key, now, refund.channel_order_id,
                               last_attempt_at_ms=now)  # fmt: skip

@@ -151,3 +151,14 @@ def test_a_stock_batch_the_platform_cannot_take_is_refused_whole() -> None:
     ):
         assert batch_answer(m, "jd", [], body).error is ErrorKind.BAD_REQUEST
     assert m.stock_json("jd") == [] and m.calls_json("jd") == [] and not m.counters["jd"]["stock_batch:calls"]
+
+
+def test_a_refund_id_agreed_again_for_another_amount_or_order_is_refused_not_taken_as_done() -> None:
+    """Found in review: "already agreed" came back for a refund id reused with 99,999 fen on another order, the
+    connector took it as done and recorded a payment that was never made."""
+    m = market()
+    assert answer(m, P.refund_body("jd", "R-1", 100, channel_order_id="O1")).kind is OutcomeKind.OK
+    assert answer(m, P.refund_body("jd", "R-1", 100, channel_order_id="O1")).kind is OutcomeKind.ALREADY_APPLIED
+    assert answer(m, P.refund_body("jd", "R-1", 99_999, channel_order_id="O1")).kind is OutcomeKind.FATAL
+    assert answer(m, P.refund_body("jd", "R-1", 100, channel_order_id="O2")).kind is OutcomeKind.FATAL
+    assert m.refunds[("jd", "R-1")].duplicate_amount_mismatches == 2
