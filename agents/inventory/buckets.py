@@ -92,6 +92,7 @@ MAX_BUCKETS = 64
 PROBE_HOLD_MS = 300_000
 SETTLED = "settled:"  # the ref prefix of a home's word to a bucket that a count it answered is settled
 LACK = "lack"  # the ref of a transfer of units a bucket's lines lack (``distribute``): kept for them (``for_lack``)
+LACK_LIFTED = "lack-lifted"  # the ref of a home's word that the SKU owes nothing: units kept for a lack are free
 MIN_BUCKETS = 2  # fewer is no split: the SKU is decided at its home
 HOT, MERGING, COLD = "hot", "merging", ""
 SOLD_OUT = "sold_out"  # only as the home's word to a bucket: hot, and no unit of the SKU is free anywhere
@@ -255,6 +256,7 @@ def distribute(home: SkuStock, low_water: int) -> list[Sync]:
         # the SKU as a whole is short of, where a cold SKU's ended line frees nothing.
         kept -= sum(shorts.values())
         hand(list(shorts), apportion(movable(home), list(shorts.values())), LACK)
+        hot.lacked = sorted({*hot.lacked, *(sync.to_bucket for sync in out)})
     free = movable(home, owed=kept)
     units = total(free)
     if units <= 0:
@@ -318,6 +320,11 @@ def on_report(home: SkuStock, bucket: int, figures: dict[str, Any], low_water: i
     hot.in_flight = [f for f in hot.in_flight if f[1] != bucket or f[0] > acked]
     if bucket in hot.short and not bucket_short(hot, bucket):
         hot.short.remove(bucket)
+    if hot.lacked and hot.state == HOT and not owed(home):
+        # Nothing short anywhere now: the units buckets keep for lines a count left short are no longer the SKU's
+        # lack (which of its units left with the lines that shipped, a bucket cannot tell).
+        lifted, hot.lacked = hot.lacked, []
+        return [Sync(CONFIG, k, ref=LACK_LIFTED) for k in lifted]
     if hot.state != MERGING or not empty(figures) or bucket in hot.merged:
         return []
     if any(f[1] == bucket for f in hot.in_flight):
@@ -389,11 +396,14 @@ def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> 
     hot = home.hot
     if hot is None or hot.state != HOT or hot.settles or hot.count < MIN_BUCKETS:
         return []
-    short, lacking = home_short(home), owed(home)
-    if now_ms - hot.rebalanced_ms < interval_ms and (short <= 0 or lacking == hot.asked_owed):
-        # Not when a count (or a shipment off an empty shelf) left the SKU owing units the home has not asked for
-        # yet: a bucket sells its free units until the ask reaches it, and the SKU as a whole has none to spare.
-        return []
+    short = home_short(home)
+    lacking = owed(home) if short > 0 else 0
+    if now_ms - hot.rebalanced_ms < interval_ms:
+        # Only for what a count (or a shipment off an empty shelf) added to what the SKU owes since the last ask: a
+        # bucket sells its free units until the ask reaches it, and the SKU as a whole has none to spare.
+        if lacking <= hot.asked_owed:
+            return []
+        short = min(short, lacking - hot.asked_owed)
     levels = reported_available(hot)
     units = sum(levels)
     if max(levels) <= 0:  # a bucket short of units (``bucket_short``) may take the sum to zero or below
@@ -722,10 +732,25 @@ def send_home(bucket: SkuStock) -> list[Sync]:
 
 
 def received(bucket: SkuStock, units: dict[str, int], ref: str) -> None:
-    """A transfer to a bucket arrived; units its home sent for lines a count left short are kept for them."""
+    """A transfer to a bucket arrived; units its home sent for lines a count left short are kept for them. Other
+    units are the bucket's to sell, even while it waits for a count (none of them is one the count may not find)."""
     give(bucket, units)
-    if ref == LACK and bucket.hot is not None:
-        bucket.hot.for_lack += total(units)
+    hot = bucket.hot
+    if hot is None:
+        return
+    if ref == LACK:
+        hot.for_lack += total(units)
+        return
+    for waiting in hot.probed.values():
+        if len(waiting) > MOST_SOLD + 1:
+            waiting[MOST_SOLD] = int(waiting[MOST_SOLD]) + total(units)
+            waiting[MOST_SOLD + 1] = int(waiting[MOST_SOLD + 1]) + total(units)
+
+
+def lift_lack(bucket: SkuStock, ref: str) -> None:
+    """The home's word that the SKU owes nothing (``LACK_LIFTED``)."""
+    if ref == LACK_LIFTED and bucket.hot is not None:
+        bucket.hot.for_lack = 0
 
 
 def hold_probes_down(bucket: SkuStock) -> None:

@@ -221,6 +221,7 @@ class Buckets:
     # Bucket: units its home sent for lines a count left short (``buckets.distribute``) while the SKU is short as a
     # whole: they back those lines and are never sold here; as the lines end, as many go home (``buckets.return_lack``).
     for_lack: int = 0
+    lacked: list[int] = field(default_factory=list)  # home: buckets sent units for a lack, until it owes nothing
 
 
 @dataclass(slots=True)

@@ -1075,3 +1075,46 @@ def test_an_exchange_a_count_kept_units_from_refuses_the_line_as_counting_not_sh
     b.start_settle(home_, "COUNT", "WH-SH", 6, "count-x", 0)
     onward, _ = b.swap_at_home(home_, 1, {"WH-GZ": 3}, "WH-SH", ref)
     assert onward and onward[0].ref.startswith(b.SWAP_COUNTED + ":")
+
+
+def test_a_debt_that_grows_within_the_interval_is_asked_for_by_what_it_grew() -> None:
+    """Found in review: every change of what the home owes asked the buckets for the whole debt again, while the
+    last ask's answers were still on their way (5 units asked for a debt of 3)."""
+    hot = Buckets(count=2, state=b.HOT, reports={"0": figures({"WH-SH": 5}), "1": figures({})})
+    stock = home({"WH-SH": -2}, count=2)
+    stock.hot = hot
+    assert [(s.to_bucket, s.qty) for s in b.rebalance(stock, 1_000, 2, 5_000)] == [(0, 2)]
+    stock.on_hand["WH-SH"] = -3  # another shipment off the empty home shelf, the answer not in yet
+    assert [(s.to_bucket, s.qty) for s in b.rebalance(stock, 2_000, 2, 5_000)] == [(0, 1)]
+    assert b.rebalance(stock, 3_000, 2, 5_000) == []
+
+
+def test_units_sent_to_a_bucket_waiting_for_a_count_are_its_to_sell() -> None:
+    """Found in review: the cap on what a bucket waiting for a count sells only went down, so WH-GZ units its home
+    sent meanwhile sat unsold for up to PROBE_HOLD_MS."""
+    bucket = SkuStock(f"{SKU}#0", known=True, on_hand={"WH-SH": 3}, locked=3,
+                      hot=Buckets(bucket=0, count=2, state=b.HOT))  # fmt: skip
+    b.on_probe(bucket, "WH-SH", "count-c", now_ms=0)
+    assert bucket.available() == 0
+    b.received(bucket, {"WH-GZ": 4}, "")
+    b.hold_probes_down(bucket)
+    assert bucket.available() == 4
+
+
+def test_units_kept_for_a_lack_are_free_once_the_sku_owes_nothing() -> None:
+    """Found in review: the units a bucket keeps for lines a count left short stayed kept after those lines shipped
+    (a bucket cannot tell which of its units left with them), and it sold 1 of 4 free units. Once its home owes
+    nothing, it says so, and they are free."""
+    stock = home({"WH-SH": 0, "WH-GZ": 3}, count=2)
+    assert stock.hot is not None
+    report(stock.hot, 0, 0, on_hand={"WH-SH": 3}, locked=6, presale_reserved=0, lent=0)  # 3 short
+    stock.hot.short = [0]
+    sent = b.distribute(stock, 1)
+    assert [(s.to_bucket, s.ref) for s in sent] == [(0, b.LACK)] and stock.hot.lacked == [0]
+    report(stock.hot, 0, 0, seq=2, acked=9, on_hand={"WH-SH": 3, "WH-GZ": 3}, locked=6, presale_reserved=0, lent=0,
+           allocated={}, open_lines=2)  # fmt: skip
+    lifted = b.on_report(stock, 0, stock.hot.reports["0"], 1)
+    assert [(s.kind, s.to_bucket, s.ref) for s in lifted] == [(b.CONFIG, 0, b.LACK_LIFTED)] and stock.hot.lacked == []
+    bucket = bucket_with_lack({"WH-SH": 3, "WH-GZ": 3}, locked=6, for_lack=3)
+    b.lift_lack(bucket, b.LACK_LIFTED)
+    assert bucket.hot is not None and bucket.hot.for_lack == 0
