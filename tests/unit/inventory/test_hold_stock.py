@@ -41,6 +41,15 @@ def claim(order_id: str, sku: str, override_id: str) -> tuple[str, str, dict[str
     return sku, kind, {**record, "reason": f"vip_override:{override_id}"}
 
 
+def requested_and_approved(r: LocalRunner, sku: str, override_id: str, qty: int, vip_order_id: str) -> list[Any]:
+    """An override requested by alice and approved by bob: what the approval wrote."""
+    ov = {"event_id": "x", "event_time_ms": 0, "override_id": override_id, "sku": sku, "qty": qty,
+          "vip_order_id": vip_order_id, "reason": "key account", "operator": "alice"}
+    r.send([(sku, "VipOverride", {**ov, "action": "REQUEST"})], OPS_OVERRIDES.name)
+    return r.send([(sku, "VipOverride", {**ov, "action": "APPROVE", "operator": "bob", "event_id": "y"})],
+                  OPS_OVERRIDES.name)  # fmt: skip
+
+
 def answers(outputs: list[Any]) -> list[tuple[str, str]]:
     return [(o.record["order_id"], o.record["outcome"]) for o in outputs if o.event_type == "HoldDecided"]
 
@@ -157,11 +166,7 @@ def test_an_override_claimed_for_a_mistyped_order_lets_no_hold_go() -> None:
     r = runner(hold_ttl_s=60, payment_timeout_s=30)
     receipt(r, "SKU-T", 3)
     r.send([command("RESERVE", "tmall:a", "SKU-T", qty=2)])
-    ov = {"event_id": "x", "event_time_ms": 0, "override_id": "OV-T", "sku": "SKU-T", "qty": 3,
-          "vip_order_id": "tmall:vip-typo", "reason": "key account", "operator": "alice"}
-    r.send([("SKU-T", "VipOverride", {**ov, "action": "REQUEST"})], OPS_OVERRIDES.name)
-    r.send([("SKU-T", "VipOverride", {**ov, "action": "APPROVE", "operator": "bob", "event_id": "y"})],
-           OPS_OVERRIDES.name)  # fmt: skip
+    requested_and_approved(r, "SKU-T", "OV-T", 3, "tmall:vip-typo")
     out = r.send([claim("tmall:vip-typo", "SKU-T", "OV-T")])
     assert answers(out) == []
     assert [o.record["released_holds"] for o in out if o.event_type == "OverrideAudited"] == [[]]
@@ -334,10 +339,7 @@ def test_a_hot_skus_home_keeps_what_an_override_pledged_for_the_vip_order() -> N
     r.send([("H", "HotSku", {"event_id": "hot-1", "event_time_ms": r.now_ms, "sku": "H", "buckets": 4, "state": "",
                              "operator": "ops", "reason": "live"})], OPS_OVERRIDES.name)  # fmt: skip
     receipt(r, "H", 40, doc="r2")
-    ov = {"event_id": "x", "event_time_ms": 0, "override_id": "OV-H", "sku": "H", "qty": 3,
-          "vip_order_id": "own:vip", "reason": "key account", "operator": "alice"}
-    r.send([("H", "VipOverride", {**ov, "action": "REQUEST"})], OPS_OVERRIDES.name)
-    r.send([("H", "VipOverride", {**ov, "action": "APPROVE", "operator": "bob", "event_id": "y"})], OPS_OVERRIDES.name)
+    requested_and_approved(r, "H", "OV-H", 3, "own:vip")
     r.send([claim("own:vip", "H", "OV-H")])  # nothing free at the home: all 3 pledged
     r.send([command("RELEASE", "jd:a", "H", qty=10)])
     for _ in range(5):
