@@ -93,6 +93,10 @@ PROBE_HOLD_MS = 300_000
 SETTLED = "settled:"  # the ref prefix of a home's word to a bucket that a count it answered is settled
 LACK = "lack"  # the ref of a transfer of units a bucket's lines lack (``distribute``): kept for them (``for_lack``)
 LACK_LIFTED = "lack-lifted"  # the ref of a home's word that the SKU owes nothing: units kept for a lack are free
+# The ref of a home's REBALANCE for units it lacks that no bucket had free when asked: every bucket keeps that many
+# of the units its lines free out of what it sells, and sends them home (``pay_debt``), until the home has them
+# (``DEBT_LIFTED``). A bucket selling them meanwhile would sell units the SKU as a whole no longer has.
+DEBT, DEBT_LIFTED = "debt", "debt-lifted"
 MIN_BUCKETS = 2  # fewer is no split: the SKU is decided at its home
 HOT, MERGING, COLD = "hot", "merging", ""
 SOLD_OUT = "sold_out"  # only as the home's word to a bucket: hot, and no unit of the SKU is free anywhere
@@ -240,7 +244,7 @@ def distribute(home: SkuStock, low_water: int) -> list[Sync]:
         return []
     # Units a VIP override pledged stay home too: the home decides the VIP order's lines (its set-aside is there).
     kept = owed(home) + home.pledged
-    out: list[Sync] = []
+    out: list[Sync] = lifts(home)
 
     def hand(buckets: list[int], parts: list[dict[str, int]], ref: str = "") -> None:
         for bucket, part in zip(buckets, parts, strict=True):
@@ -256,7 +260,7 @@ def distribute(home: SkuStock, low_water: int) -> list[Sync]:
         # the SKU as a whole is short of, where a cold SKU's ended line frees nothing.
         kept -= sum(shorts.values())
         hand(list(shorts), apportion(movable(home), list(shorts.values())), LACK)
-        hot.lacked = sorted({*hot.lacked, *(sync.to_bucket for sync in out)})
+        hot.lacked = sorted({*hot.lacked, *(sync.to_bucket for sync in out if sync.ref == LACK)})
     free = movable(home, owed=kept)
     units = total(free)
     if units <= 0:
@@ -320,11 +324,9 @@ def on_report(home: SkuStock, bucket: int, figures: dict[str, Any], low_water: i
     hot.in_flight = [f for f in hot.in_flight if f[1] != bucket or f[0] > acked]
     if bucket in hot.short and not bucket_short(hot, bucket):
         hot.short.remove(bucket)
-    if hot.lacked and hot.state == HOT and not owed(home):
-        # Nothing short anywhere now: the units buckets keep for lines a count left short are no longer the SKU's
-        # lack (which of its units left with the lines that shipped, a bucket cannot tell).
-        lifted, hot.lacked = hot.lacked, []
-        return [Sync(CONFIG, k, ref=LACK_LIFTED) for k in lifted]
+    lifted = lifts(home)
+    if lifted:
+        return lifted
     if hot.state != MERGING or not empty(figures) or bucket in hot.merged:
         return []
     if any(f[1] == bucket for f in hot.in_flight):
@@ -343,6 +345,23 @@ def on_report(home: SkuStock, bucket: int, figures: dict[str, Any], low_water: i
     if not hot.setting and not hot.settles:
         home.hot = None  # a cold SKU's record is as small as it always was
     return []
+
+
+def lifts(home: SkuStock) -> list[Sync]:
+    """The home's word to buckets that what they keep back for it is theirs again: a debt, once the home has what it
+    lacks; units kept for a lack, once nothing is short anywhere (which of its units left with the lines that
+    shipped, a bucket cannot tell)."""
+    hot = home.hot
+    if hot is None or hot.state != HOT:
+        return []
+    out = []
+    if hot.indebted and not home_short(home):
+        out += [Sync(CONFIG, k, ref=DEBT_LIFTED) for k in hot.indebted]
+        hot.indebted = []
+    if hot.lacked and not owed(home):
+        out += [Sync(CONFIG, k, ref=LACK_LIFTED) for k in hot.lacked]
+        hot.lacked = []
+    return out
 
 
 def owed(home: SkuStock) -> int:
@@ -406,8 +425,9 @@ def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> 
         short = min(short, lacking - hot.asked_owed)
     levels = reported_available(hot)
     units = sum(levels)
-    if max(levels) <= 0:  # a bucket short of units (``bucket_short``) may take the sum to zero or below
+    if max(levels) <= 0 and short <= 0:  # a bucket short of units (``bucket_short``) may take the sum to 0 or below
         return []
+    debts: list[int] = []
     if short > 0:
         asks = []
         for k in sorted(range(hot.count), key=lambda k: (-levels[k], k)):
@@ -415,6 +435,9 @@ def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> 
                 break
             asks.append((k, min(short, levels[k])))
             short -= asks[-1][1]
+        if short > 0:
+            debts = [k for k in range(hot.count) if k not in hot.merged]
+            hot.indebted = sorted({*hot.indebted, *debts})
     elif gathering(levels, low_water):
         target = max(range(hot.count), key=lambda k: (levels[k], -k))
         asks = [(k, levels[k]) for k in range(hot.count) if k != target and levels[k] > 0]
@@ -423,9 +446,9 @@ def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> 
         asks = [(k, levels[k] - mean) for k in range(hot.count) if levels[k] > mean]
     else:
         asks = []
-    if asks:
+    if asks or debts:
         hot.rebalanced_ms, hot.asked_owed = now_ms, lacking
-    return [Sync(REBALANCE, k, qty=qty) for k, qty in asks]
+    return [Sync(REBALANCE, k, qty=qty) for k, qty in asks] + [Sync(REBALANCE, k, qty=short, ref=DEBT) for k in debts]
 
 
 def credit(home: SkuStock, bucket: int, units: dict[str, int]) -> None:
@@ -748,9 +771,25 @@ def received(bucket: SkuStock, units: dict[str, int], ref: str) -> None:
 
 
 def lift_lack(bucket: SkuStock, ref: str) -> None:
-    """The home's word that the SKU owes nothing (``LACK_LIFTED``)."""
-    if ref == LACK_LIFTED and bucket.hot is not None:
+    """The home's word that the SKU owes nothing (``LACK_LIFTED``), or has what it asked for as a debt."""
+    if bucket.hot is not None and ref == LACK_LIFTED:
         bucket.hot.for_lack = 0
+    if bucket.hot is not None and ref == DEBT_LIFTED:
+        bucket.hot.owes_home = 0
+
+
+def pay_debt(bucket: SkuStock) -> list[Sync]:
+    """Units its lines freed, up to what its home asked for as a debt (``DEBT``), go home; none are sold here."""
+    hot = bucket.hot
+    if hot is None or hot.owes_home <= 0:
+        return []
+    spare = min(hot.owes_home, bucket.unheld() + hot.owes_home)
+    units = apportion(movable(bucket), [spare])[0] if spare > 0 else {}
+    if not units:
+        return []
+    take(bucket, units)
+    hot.owes_home -= total(units)
+    return [Sync(TRANSFER, HOME, units)]
 
 
 def hold_probes_down(bucket: SkuStock) -> None:
@@ -773,7 +812,7 @@ def return_lack(bucket: SkuStock) -> list[Sync]:
     if hot is None or hot.for_lack <= 0:
         return []
     out = []
-    spare = min(hot.for_lack, bucket.unheld() + hot.for_lack)
+    spare = min(hot.for_lack, bucket.unheld() + hot.for_lack + hot.owes_home)  # units no line holds
     if spare > 0:
         units = apportion(movable(bucket), [spare])[0]
         if units:
@@ -797,9 +836,11 @@ def send_shortfall(bucket: SkuStock) -> list[Sync]:
     return [Sync(TRANSFER, HOME, short)]
 
 
-def on_rebalance(bucket: SkuStock, qty: int) -> list[Sync]:
+def on_rebalance(bucket: SkuStock, qty: int, ref: str = "") -> list[Sync]:
     free = movable(bucket)
     part = apportion(free, [min(qty, total(free))])[0]
+    if ref == DEBT and bucket.hot is not None:
+        bucket.hot.owes_home = max(bucket.hot.owes_home, qty - total(part))
     if not part:
         return []
     take(bucket, part)

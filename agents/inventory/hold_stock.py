@@ -474,7 +474,7 @@ class HoldStock(Processor):
             elif swap is not None:
                 self._send(ctx, stock, hot_.swap_ask(stock, msg["warehouse_id"], msg["units"], msg["ref"]))
         elif kind == hot_.REBALANCE:
-            self._send(ctx, stock, hot_.on_rebalance(stock, msg["qty"]))
+            self._send(ctx, stock, hot_.on_rebalance(stock, msg["qty"], msg["ref"]))
         elif kind == hot_.PROBE:
             if stock.hot is None:
                 stock.hot = Buckets(bucket=here)
@@ -749,7 +749,8 @@ class HoldStock(Processor):
         """A bucket not taking lines sends its free units home; once it holds nothing it says so and goes. One
         that just ran dry, or was told the SKU is sold out and has free units, tells its home at once."""
         hot_.hold_probes_down(bucket)
-        self._send(ctx, bucket, hot_.return_lack(bucket) + hot_.send_home(bucket) + hot_.send_shortfall(bucket)
+        self._send(ctx, bucket, hot_.return_lack(bucket) + hot_.pay_debt(bucket) + hot_.send_home(bucket)
+                   + hot_.send_shortfall(bucket)
                    + hot_.ran_dry(bucket, had_free) + hot_.found_units(bucket))  # fmt: skip
         if not hot_.takes_reservations(bucket) and hot_.empty(hot_.figures(bucket)):
             if db.get(sku_key(bucket.sku)) is not None:  # a bucket that was: its home counts it merged

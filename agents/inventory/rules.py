@@ -113,7 +113,7 @@ class SkuStock:
             # Lent units left on_hand but are still in locked (behind the line that lent them): without adding them
             # back they would be taken away twice, and a record with a free unit could look sold out. Units a bucket
             # was sent for lines a count left short back those lines only (``buckets.return_lack``).
-            free += sum(hot.lent.values()) - hot.for_lack
+            free += sum(hot.lent.values()) - hot.for_lack - hot.owes_home
         return free
 
     def lent(self) -> int:
@@ -222,6 +222,8 @@ class Buckets:
     # whole: they back those lines and are never sold here; as the lines end, as many go home (``buckets.return_lack``).
     for_lack: int = 0
     lacked: list[int] = field(default_factory=list)  # home: buckets sent units for a lack, until it owes nothing
+    owes_home: int = 0  # bucket: units its home asked for as a debt (``buckets.DEBT``), not sent yet
+    indebted: list[int] = field(default_factory=list)  # home: buckets asked for a debt, until it has what it lacks
 
 
 @dataclass(slots=True)

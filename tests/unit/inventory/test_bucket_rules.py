@@ -1118,3 +1118,25 @@ def test_units_kept_for_a_lack_are_free_once_the_sku_owes_nothing() -> None:
     bucket = bucket_with_lack({"WH-SH": 3, "WH-GZ": 3}, locked=6, for_lack=3)
     b.lift_lack(bucket, b.LACK_LIFTED)
     assert bucket.hot is not None and bucket.hot.for_lack == 0
+
+
+def test_a_debt_no_bucket_can_pay_now_is_kept_back_until_paid_and_then_lifted() -> None:
+    stock = home({"WH-SH": -1}, count=2)
+    assert stock.hot is not None
+    stock.hot.reports = {str(k): {**figures({"WH-SH": 3}), "available": 0, "locked": 3} for k in (0, 1)}
+    asks = b.rebalance(stock, 1_000, 1, 200)
+    assert [(s.to_bucket, s.qty, s.ref) for s in asks] == [(0, 1, b.DEBT), (1, 1, b.DEBT)]
+    bucket = SkuStock(f"{SKU}#1", known=True, on_hand={"WH-SH": 3}, locked=3,
+                      hot=Buckets(bucket=1, count=2, state=b.HOT))  # fmt: skip
+    assert b.on_rebalance(bucket, 1, b.DEBT) == [] and bucket.hot is not None and bucket.hot.owes_home == 1
+    bucket.locked = 0  # its line let go: one of its 3 units is the home's
+    assert bucket.available() == 2
+    paid = b.pay_debt(bucket)
+    assert [(s.kind, s.to_bucket, b.total(s.units)) for s in paid] == [(b.TRANSFER, b.HOME, 1)]
+    assert (bucket.hot.owes_home, bucket.available()) == (0, 2)
+    b.give(stock, {"WH-SH": 1})  # the payment at the home
+    assert [(s.to_bucket, s.ref) for s in b.lifts(stock)] == [(0, b.DEBT_LIFTED), (1, b.DEBT_LIFTED)]
+    other = SkuStock(f"{SKU}#0", known=True, on_hand={"WH-SH": 3}, locked=3,
+                     hot=Buckets(bucket=0, count=2, state=b.HOT, owes_home=1))  # fmt: skip
+    b.lift_lack(other, b.DEBT_LIFTED)
+    assert other.hot is not None and other.hot.owes_home == 0

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from agents.inventory.hold_stock import STORE, HoldStock, hold_key, sku_key
 from streams.contract.keys import bucket_for, bucket_key
 from streams.contract.topics import HOLD_COMMANDS, OPS_OVERRIDES, STOCK_ADJUSTMENTS, STOCK_BUCKETS, STOCK_HOT_SKUS
@@ -796,13 +794,12 @@ def test_a_bucket_made_anew_in_a_later_batch_at_the_same_clock_reading_loses_no_
     assert on_hand_everywhere(r, 2) == 16
 
 
-@pytest.mark.xfail(strict=True, reason="known, next to fix: a debt no bucket can pay now is not remembered")
 def test_units_a_line_frees_while_the_sku_owes_a_count_loss_are_not_sold() -> None:
     """Found at the end of a stop by a random hot-against-cold comparison: a count finds 9 of 16 WH-SH units and
     leaves bucket 1 one unit short; the home, with none, owes it, and asks only buckets with free units (none).
     A line then expires in bucket 2, which sells its 3 freed units before its next report: 12 held on 11, where a
-    cold SKU holds 11. The fix to build: a bucket remembers a debt it cannot pay yet (``owes_home``), keeps that
-    many out of what it sells and sends them home as units free up; the home lifts it once it owes nothing."""
+    cold SKU holds 11. Now a bucket remembers a debt it cannot pay yet (``owes_home``), keeps that many out of what
+    it sells and sends them home as units free up; the home lifts it once it has what it lacks."""
     r = runner()
     receipt(r, SKU, 16, "WH-SH")
     receipt(r, SKU, 2, "WH-GZ", doc="gz0")
