@@ -357,7 +357,7 @@ def lifts(home: SkuStock) -> list[Sync]:
     out = []
     if hot.indebted and not home_short(home):
         out += [Sync(CONFIG, k, ref=DEBT_LIFTED) for k in hot.indebted]
-        hot.indebted = []
+        hot.indebted, hot.debt_asked = [], 0
     if hot.lacked and not owed(home):
         out += [Sync(CONFIG, k, ref=LACK_LIFTED) for k in hot.lacked]
         hot.lacked = []
@@ -435,9 +435,9 @@ def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> 
                 break
             asks.append((k, min(short, levels[k])))
             short -= asks[-1][1]
-        if short > 0:
+        if short > hot.debt_asked:  # asked for already: the buckets keep it back until it is lifted
             debts = [k for k in range(hot.count) if k not in hot.merged]
-            hot.indebted = sorted({*hot.indebted, *debts})
+            hot.indebted, hot.debt_asked = sorted({*hot.indebted, *debts}), short
     elif gathering(levels, low_water):
         target = max(range(hot.count), key=lambda k: (levels[k], -k))
         asks = [(k, levels[k]) for k in range(hot.count) if k != target and levels[k] > 0]

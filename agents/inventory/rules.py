@@ -224,6 +224,7 @@ class Buckets:
     lacked: list[int] = field(default_factory=list)  # home: buckets sent units for a lack, until it owes nothing
     owes_home: int = 0  # bucket: units its home asked for as a debt (``buckets.DEBT``), not sent yet
     indebted: list[int] = field(default_factory=list)  # home: buckets asked for a debt, until it has what it lacks
+    debt_asked: int = 0  # home: the debt they were asked for (asked again only once it grows)
 
 
 @dataclass(slots=True)
