@@ -770,7 +770,7 @@ def received(bucket: SkuStock, units: dict[str, int], ref: str) -> None:
             waiting[MOST_SOLD + 1] = int(waiting[MOST_SOLD + 1]) + total(units)
 
 
-def lift_lack(bucket: SkuStock, ref: str) -> None:
+def lift(bucket: SkuStock, ref: str) -> None:
     """The home's word that the SKU owes nothing (``LACK_LIFTED``), or has what it asked for as a debt."""
     if bucket.hot is not None and ref == LACK_LIFTED:
         bucket.hot.for_lack = 0
@@ -783,13 +783,16 @@ def pay_debt(bucket: SkuStock) -> list[Sync]:
     hot = bucket.hot
     if hot is None or hot.owes_home <= 0:
         return []
-    spare = min(hot.owes_home, bucket.unheld() + hot.owes_home)
-    units = apportion(movable(bucket), [spare])[0] if spare > 0 else {}
-    if not units:
-        return []
-    take(bucket, units)
+    units = _taken_home(bucket, min(hot.owes_home, bucket.unheld() + hot.owes_home))
     hot.owes_home -= total(units)
-    return [Sync(TRANSFER, HOME, units)]
+    return [Sync(TRANSFER, HOME, units)] if units else []
+
+
+def _taken_home(bucket: SkuStock, qty: int) -> dict[str, int]:
+    """Up to ``qty`` of a bucket's units no open line needs, taken off it to go home."""
+    units = apportion(movable(bucket), [qty])[0] if qty > 0 else {}
+    take(bucket, units)
+    return units
 
 
 def hold_probes_down(bucket: SkuStock) -> None:
@@ -811,16 +814,9 @@ def return_lack(bucket: SkuStock) -> list[Sync]:
     hot = bucket.hot
     if hot is None or hot.for_lack <= 0:
         return []
-    out = []
-    spare = min(hot.for_lack, bucket.unheld() + hot.for_lack + hot.owes_home)  # units no line holds
-    if spare > 0:
-        units = apportion(movable(bucket), [spare])[0]
-        if units:
-            take(bucket, units)
-            hot.for_lack -= total(units)
-            out.append(Sync(TRANSFER, HOME, units))
-    hot.for_lack = max(0, min(hot.for_lack, bucket.locked + bucket.presale_reserved))
-    return out
+    units = _taken_home(bucket, min(hot.for_lack, bucket.unheld() + hot.for_lack + hot.owes_home))
+    hot.for_lack = max(0, min(hot.for_lack - total(units), bucket.locked + bucket.presale_reserved))
+    return [Sync(TRANSFER, HOME, units)] if units else []
 
 
 def send_shortfall(bucket: SkuStock) -> list[Sync]:
@@ -837,14 +833,10 @@ def send_shortfall(bucket: SkuStock) -> list[Sync]:
 
 
 def on_rebalance(bucket: SkuStock, qty: int, ref: str = "") -> list[Sync]:
-    free = movable(bucket)
-    part = apportion(free, [min(qty, total(free))])[0]
+    part = _taken_home(bucket, qty)
     if ref == DEBT and bucket.hot is not None:
         bucket.hot.owes_home = max(bucket.hot.owes_home, qty - total(part))
-    if not part:
-        return []
-    take(bucket, part)
-    return [Sync(TRANSFER, HOME, part)]
+    return [Sync(TRANSFER, HOME, part)] if part else []
 
 
 def on_probe(bucket: SkuStock, warehouse_id: str, ref: str, now_ms: int, as_of_ms: int = 0,

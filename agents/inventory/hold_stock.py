@@ -462,7 +462,7 @@ class HoldStock(Processor):
         if sender == HOME:
             hot_.configure(stock, here, msg["buckets"], msg["state"], msg["paused"], msg["seq"])
             hot_.on_settled(stock, msg["ref"])
-            hot_.lift_lack(stock, msg["ref"])
+            hot_.lift(stock, msg["ref"])
             stock.known = True
         if kind == hot_.TRANSFER:
             hot_.received(stock, msg["units"], msg["ref"])

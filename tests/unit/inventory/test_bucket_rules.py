@@ -1116,7 +1116,7 @@ def test_units_kept_for_a_lack_are_free_once_the_sku_owes_nothing() -> None:
     lifted = b.on_report(stock, 0, stock.hot.reports["0"], 1)
     assert [(s.kind, s.to_bucket, s.ref) for s in lifted] == [(b.CONFIG, 0, b.LACK_LIFTED)] and stock.hot.lacked == []
     bucket = bucket_with_lack({"WH-SH": 3, "WH-GZ": 3}, locked=6, for_lack=3)
-    b.lift_lack(bucket, b.LACK_LIFTED)
+    b.lift(bucket, b.LACK_LIFTED)
     assert bucket.hot is not None and bucket.hot.for_lack == 0
 
 
@@ -1138,5 +1138,5 @@ def test_a_debt_no_bucket_can_pay_now_is_kept_back_until_paid_and_then_lifted() 
     assert [(s.to_bucket, s.ref) for s in b.lifts(stock)] == [(0, b.DEBT_LIFTED), (1, b.DEBT_LIFTED)]
     other = SkuStock(f"{SKU}#0", known=True, on_hand={"WH-SH": 3}, locked=3,
                      hot=Buckets(bucket=0, count=2, state=b.HOT, owes_home=1))  # fmt: skip
-    b.lift_lack(other, b.DEBT_LIFTED)
+    b.lift(other, b.DEBT_LIFTED)
     assert other.hot is not None and other.hot.owes_home == 0
