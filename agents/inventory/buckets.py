@@ -403,6 +403,19 @@ def home_short(home: SkuStock) -> int:
     return max(0, _backing(home) + owed(home) - total(_unallocated(home)))
 
 
+def outstanding_asks(home: SkuStock) -> None:
+    """What the home asked its buckets for and no longer lacks came home (or was freed): it is not outstanding,
+    so a debt that grows again within the refresh interval is asked for beyond what is still owed, not beyond the
+    last ask. Called after every change at the home; a dip seen by no ask would leave the next ask short."""
+    hot = home.hot
+    if hot is None or hot.asked_owed <= 0:
+        return
+    lacking = owed(home)
+    if _backing(home) + lacking <= total(_unallocated(home)):  # not short (``home_short``): nothing outstanding
+        lacking = 0
+    hot.asked_owed = min(hot.asked_owed, lacking)
+
+
 def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> list[Sync]:
     """Ask the buckets for units home when the home's own lines are short of them (``home_short``); else ask the
     richer buckets for their surplus when one runs low (or all of it, when gathering). At most once per

@@ -696,6 +696,7 @@ class HoldStock(Processor):
         if stock.hot is not None and stock.hot.state == hot_.HOT:
             # Units freed at the home while the SKU is hot (a line held there released or expired) go to the
             # buckets, where the orders are taken; left at the home, no order could have them.
+            hot_.outstanding_asks(stock)
             self._send(ctx, stock, hot_.distribute(stock, self.low_water))
             if hot_.home_short(stock):  # a presale line held here, or units owed: they are out in the buckets
                 self._send(ctx, stock, hot_.rebalance(stock, ctx.now_ms, self.low_water, self.refresh_interval_ms))
