@@ -369,15 +369,19 @@ def owed(home: SkuStock) -> int:
     found fewer units there than the buckets keep, or a shipment no line held was taken off the home's empty
     shelf: the SKU's figure in that warehouse is the sum, so the buckets' units there are partly not there,
     and as many units must stay home (or come back) as a cold SKU's on-hand would be short. A warehouse below
-    zero with nothing out in the buckets owes nothing: like a cold SKU's, it hides no other warehouse's stock."""
+    zero with nothing out in the buckets owes nothing: like a cold SKU's, it hides no other warehouse's stock.
+
+    Units out on an exchange (``lent``) are known here by number only: any of them may be of that warehouse (one
+    that came back to a bucket that has not reported since), so they count as if they were, until reported."""
     if home.hot is None:
         return 0
     below = {wh: -qty for wh, qty in home.on_hand.items() if qty < 0}
     short = sum(bucket_short(home.hot, k) for k in home.hot.short)
     if not below:
         return short
-    whole = aggregate(home).on_hand  # the home's figure plus the buckets' (reported and in transit)
-    return short + sum(min(debt, max(0, whole.get(wh, 0) + debt)) for wh, debt in below.items())
+    whole = aggregate(home)  # the home's figure plus the buckets' (reported and in transit)
+    travelling = whole.lent()
+    return short + sum(min(debt, max(0, whole.on_hand.get(wh, 0) + travelling + debt)) for wh, debt in below.items())
 
 
 def bucket_short(hot: Buckets, bucket: int) -> int:
