@@ -322,8 +322,7 @@ def on_report(home: SkuStock, bucket: int, figures: dict[str, Any], low_water: i
         hot.reports[str(bucket)] = figures
     acked = int(figures.get("acked", 0))
     hot.in_flight = [f for f in hot.in_flight if f[1] != bucket or f[0] > acked]
-    if bucket in hot.short and not bucket_short(hot, bucket):
-        hot.short.remove(bucket)
+    _note_short(hot, bucket)
     lifted = lifts(home)
     if lifted:
         return lifted
@@ -345,6 +344,15 @@ def on_report(home: SkuStock, bucket: int, figures: dict[str, Any], low_water: i
     if not hot.setting and not hot.settles:
         home.hot = None  # a cold SKU's record is as small as it always was
     return []
+
+
+def _note_short(hot: Buckets, bucket: int) -> None:
+    """Whether a bucket's lines hold units it lacks (a count took them, or a line let go shipped off units behind
+    another): as many stay home (``owed``) and go to it first (``distribute``) while it does."""
+    if bucket in hot.short and not bucket_short(hot, bucket):
+        hot.short.remove(bucket)
+    elif hot.state == HOT and bucket not in hot.short and bucket_short(hot, bucket):
+        hot.short.append(bucket)
 
 
 def lifts(home: SkuStock) -> list[Sync]:
@@ -741,6 +749,21 @@ def ran_dry(bucket: SkuStock, had_free: int) -> list[Sync]:
     bucket is dry the SKU is sold out, and the sooner its home knows, the fewer lines go round all K."""
     hot = bucket.hot
     if hot is None or hot.bucket < 0 or hot.state != HOT or had_free <= 0 or bucket.available() > 0:
+        return []
+    return [Sync(REPORT, HOME)]
+
+
+def uncovered(stock: SkuStock) -> int:
+    """Units a record's open lines hold beyond the units it has: its own figure of ``bucket_short``."""
+    return max(0, stock.locked + stock.presale_reserved - stock.on_hand_total() - stock.lent())
+
+
+def ran_short(bucket: SkuStock, had_uncovered: int) -> list[Sync]:
+    """A bucket whose lines came to hold more than its units (a line let go shipped all the same, off units that
+    back its other lines) reports at once: the SKU as a whole may be short of them, and until its home knows, it
+    hands the next units in to be sold where a cold SKU's lines would keep them."""
+    hot = bucket.hot
+    if hot is None or hot.bucket < 0 or hot.state != HOT or uncovered(bucket) <= had_uncovered:
         return []
     return [Sync(REPORT, HOME)]
 

@@ -131,6 +131,27 @@ def stock_level(stock: SkuStock, rules: PoolRules, now_ms: int) -> StockLevel:
     )
 
 
+@dataclass(slots=True)
+class _Before:
+    """A record's figures before an event, what the event did is told against: the pause, a broken invariant, the
+    split's state; for a bucket, its free units and the units its lines held beyond its own (``buckets.ran_dry``,
+    ``buckets.ran_short``)."""
+
+    paused: bool
+    breach: bool
+    hot_state: tuple[int, str]
+    free: int = 0
+    uncovered: int = 0
+
+    @classmethod
+    def of(cls, stock: SkuStock) -> _Before:
+        return cls(stock.paused, not stock.healthy(), _hot_state(stock))
+
+    def units_of(self, stock: SkuStock) -> None:
+        self.free = stock.available()
+        self.uncovered = hot_.uncovered(stock) if stock.hot is not None else 0
+
+
 @dataclass
 class _Levels:
     """SKUs of one partition whose level changed, when each was last sent and the version it was sent under."""
@@ -277,13 +298,13 @@ class HoldStock(Processor):
         target = record.get("bucket", HOME) if event_type == "HoldCommand" else record.get("to_bucket", HOME)
         if event_type in ("HoldCommand", "BucketSync") and target >= 0 and stock.hot is None:
             stock.hot = Buckets(bucket=target)  # a bucket its home has not (or no longer) set up
-        was_paused, had_breach, was_hot = stock.paused, not stock.healthy(), _hot_state(stock)
-        # After ``had_breach``: a warehouse an older version overbooked with a presale line is alerted now.
+        before = _Before.of(stock)
+        # After the breach is noted: a warehouse an older version overbooked with a presale line is alerted now.
         self._bring_up_to_date(db, stock)
         if stock.hot is not None and stock.hot.bucket >= 0:
             # Before the event, not after it: an exchange or offer it makes must not skip a warehouse still.
             hot_.forget_stale_probes(stock, ctx.now_ms)
-        had_free = stock.available()
+        before.units_of(stock)
         home_seq = stock.hot.seq if stock.hot is not None and stock.hot.bucket < 0 else 0
         if event_type == "HoldCommand":
             self._command(ctx, db, stock, record)
@@ -318,7 +339,7 @@ class HoldStock(Processor):
             # The home dropped its split (merged, cold): its next split numbers its messages past this one's, whose
             # transfer ids the buckets remember, even at the same clock reading (or one behind: a partition moved).
             self._life_ended(ctx, db, stock, home_seq)
-        self._after_change(ctx, db, stock, was_paused, had_breach, was_hot, had_free)
+        self._after_change(ctx, db, stock, before)
 
     def _adjust(self, ctx: Context, stock: SkuStock, adj: dict[str, Any]) -> None:
         kind, wh, qty = adj["kind"], adj["warehouse_id"], adj["qty"]
@@ -681,13 +702,12 @@ class HoldStock(Processor):
                 out.append(hold)
         return out
 
-    def _after_change(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, was_paused: bool,
-                      had_breach: bool, was_hot: tuple[int, str] = (0, ""), had_free: int = 0) -> None:  # fmt: skip
+    def _after_change(self, ctx: Context, db: StoreTransaction[Any], stock: SkuStock, before: _Before) -> None:
         if stock.shelf_moves:
             rules_.forget_old_moves(stock, ctx.now_ms, self._rules.count_max_age_ms)
         if stock.hot is not None and stock.hot.bucket >= 0:
-            self._bucket_changed(ctx, db, stock, had_free)
-            self._alert_breach(ctx, stock, had_breach)
+            self._bucket_changed(ctx, db, stock, before)
+            self._alert_breach(ctx, stock, before.breach)
             return
         if not stock.known and not stock.on_hand and not stock.open_lines and stock.hot is None:
             # A SKU that never had stock and holds nothing (commands for it are refused as unknown_sku):
@@ -704,7 +724,7 @@ class HoldStock(Processor):
         available = hot_.aggregate(stock).available()
         stock.paused = rules_.next_paused(stock.paused, available, rules.safety_threshold, rules.hysteresis)
         told = hot_.sold_out_news(stock)  # the buckets hear at once that the SKU sold out, or has units again
-        if stock.paused != was_paused:
+        if stock.paused != before.paused:
             how = f"only {rules.main_channel} sells" if stock.paused else "every channel sells again"
             kind, resumed = ("stock_paused", False) if stock.paused else ("stock_resumed", True)
             ctx.emit(ALERTS, stock.sku, "Alert", alert(
@@ -715,8 +735,8 @@ class HoldStock(Processor):
             if not told and stock.hot is not None and stock.hot.state != hot_.COLD:  # they refuse by its pause
                 told = [Sync(hot_.CONFIG, b) for b in range(stock.hot.count)]
         self._send(ctx, stock, told)
-        self._alert_breach(ctx, stock, had_breach)
-        if _hot_state(stock) != was_hot:
+        self._alert_breach(ctx, stock, before.breach)
+        if _hot_state(stock) != before.hot_state:
             self._publish_hot(ctx, stock)
         db.set(sku_key(stock.sku), stock)
         self.levels.setdefault(ctx.partition, _Levels()).dirty.add(stock.sku)
@@ -746,13 +766,14 @@ class HoldStock(Processor):
                 "invariant_breach", "INFO", stock.sku, "invariants hold again", ctx.now_ms, cleared=True,
                 event_id=_alert_id(ctx, "invariant_breach", stock.sku, cleared=True)))  # fmt: skip
 
-    def _bucket_changed(self, ctx: Context, db: StoreTransaction[Any], bucket: SkuStock, had_free: int) -> None:
+    def _bucket_changed(self, ctx: Context, db: StoreTransaction[Any], bucket: SkuStock, before: _Before) -> None:
         """A bucket not taking lines sends its free units home; once it holds nothing it says so and goes. One
-        that just ran dry, or was told the SKU is sold out and has free units, tells its home at once."""
+        that just ran dry or short, or was told the SKU is sold out and has free units, tells its home at once."""
         hot_.hold_probes_down(bucket)
         self._send(ctx, bucket, hot_.return_lack(bucket) + hot_.pay_debt(bucket) + hot_.send_home(bucket)
                    + hot_.send_shortfall(bucket)
-                   + hot_.ran_dry(bucket, had_free) + hot_.found_units(bucket))  # fmt: skip
+                   + (hot_.ran_dry(bucket, before.free) or hot_.ran_short(bucket, before.uncovered))
+                   + hot_.found_units(bucket))  # fmt: skip
         if not hot_.takes_reservations(bucket) and hot_.empty(hot_.figures(bucket)):
             if db.get(sku_key(bucket.sku)) is not None:  # a bucket that was: its home counts it merged
                 self._emit_sync(ctx, bucket, Sync(hot_.REPORT, HOME))
@@ -831,7 +852,8 @@ class HoldStock(Processor):
         hold = data if isinstance(data, LineHold) else LineHold.load(data)
         sku = sku_of(key)
         stock = self._stock(db, sku)
-        was_paused, had_breach, was_hot = stock.paused, not stock.healthy(), _hot_state(stock)
+        before = _Before.of(stock)
+        before.units_of(stock)
         step = rules_.on_due(stock, self._rules, hold, ctx.now_ms)
         if not step.holds and step.answer is None:
             ctx.schedule(key, hold.expires_at_ms if hold.expires_at_ms > ctx.now_ms else 0)
@@ -841,7 +863,7 @@ class HoldStock(Processor):
             self._answer(ctx, stock, step.answer, 0)
         if step.answer is None and (stock.hot is None or stock.hot.bucket < 0) and db.get(sku_key(sku)) is None:
             return  # a purged tombstone of a bucket that is gone: nothing to store
-        self._after_change(ctx, db, stock, was_paused, had_breach, was_hot)
+        self._after_change(ctx, db, stock, before)
 
     def flush(self, ctx: Context) -> None:
         """Publish the level of every SKU that changed and was not sent within the refresh interval; a bucket
@@ -888,11 +910,11 @@ class HoldStock(Processor):
             stock = self._stock(db, sku)
             if (stock.hot.setting if stock.hot else 0) == count:
                 continue
-            was_paused, had_breach, was_hot = stock.paused, not stock.healthy(), _hot_state(stock)
+            before = _Before.of(stock)
             stock.hot = stock.hot or Buckets()
             stock.hot.setting = count
             self._send(ctx, stock, hot_.mark(stock, count, self.low_water))
-            self._after_change(ctx, db, stock, was_paused, had_breach, was_hot)
+            self._after_change(ctx, db, stock, before)
 
     def on_assign(self, ctx: Context) -> None:
         # A level is emitted in the transaction after its change, at most a refresh interval later,
