@@ -306,6 +306,14 @@ def unmark(home: SkuStock, keep_next: bool = False) -> list[Sync]:
     return [Sync(CONFIG, b) for b in range(hot.count)]
 
 
+def short_as_a_whole(home: SkuStock, qty: int) -> bool:
+    """Whether a line the home of a split SKU decides (its buckets merging, or a VIP set-aside open) would take
+    units the SKU as a whole lacks: a bucket's lines may hold more than its units (a count, a shipment), which the
+    SKU's figure shows and the home's own does not, while the units the home keeps back for them look free."""
+    hot = home.hot
+    return hot is not None and hot.bucket < 0 and hot.state != COLD and aggregate(home).available() < qty
+
+
 def taking_reservations(home: SkuStock) -> int:
     """K while the buckets take new lines; 0 when the home decides them (cold, or merging)."""
     hot = home.hot

@@ -405,6 +405,8 @@ class HoldStock(Processor):
         wants_vip = cmd.get("bucket", HOME) < 0 and stock.set_asides > 0 and line_no != SET_ASIDE_LINE
         vip = self._hold(db, key, order_id, SET_ASIDE_LINE) if wants_vip else None
         unpaid = self._unpaid(db, key) if vip is not None and vip.pledged else None  # a scan: only if pledged
+        if hold is None and vip is None and not cmd["presale"] and hot_.short_as_a_whole(stock, cmd["qty"]):
+            return rules_.Step(Answer(order_id, line_no, cmd["qty"], "RESERVE", "REFUSED", Reason.INSUFFICIENT_STOCK))
         step = rules_.reserve(stock, self._rules, hold, vip, order_id, line_no, cmd["qty"], cmd["channel"],
                               cmd["presale"], ctx.now_ms, unpaid)  # fmt: skip
         if step.released and vip is not None:
