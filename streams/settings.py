@@ -518,6 +518,14 @@ class Settings(BaseSettings):
     connector_call_timeout_s: float = Field(
         default=5.0, gt=0, description="How long one marketplace call may take before it counts as no answer."
     )
+    connector_in_doubt_ms: int = Field(
+        default=30_000,
+        ge=0,
+        le=300_000,
+        description="How long a stock call whose answer was lost (no answer, a 5xx) may still land at its platform. "
+        "The platforms' stock APIs carry no version, so such a call landing late would set its older figure over "
+        "a newer one: a SKU's figure sent within this time after a lost call is sent once more after it.",
+    )
     connector_push_window_ms: int = Field(
         default=100,
         ge=0,

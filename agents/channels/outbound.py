@@ -161,6 +161,8 @@ class Push:
     alone_failures: int = 0  # times this figure was refused alone, for now (a newer figure starts again at 0)
     alone_since_ms: int | None = None  # when it was first
     taken_in: int = 0  # the queue's revoke count when its call was taken (``PushQueue.forget_shown``)
+    taken_ms: int = 0  # when its call was taken
+    confirming: bool = False  # applied, it goes once more after a lost call's time to land (``PushQueue.settle``)
 
     @property
     def idempotency_key(self) -> str:
@@ -220,10 +222,18 @@ class PushQueue:
     While the channel is away, the lane bounds what waits: ``overflow`` hands out the oldest waiting figures past
     its cap, for parking. Remembers the last figure each SKU's channel accepted: bounded by the SKUs of the
     catalogue; what a call lands after a revoke is not remembered (``settle``).
+
+    A call whose answer was lost (no answer, a 5xx: ``retry``, or an attempt of it before the one answered:
+    ``settle(lost=True)``) may still land at the platform up to ``doubt_ms`` later, and the platforms keep no
+    version: landing after a newer figure, it would set its older one over it. A newer figure of that SKU applied
+    within that time goes once more after it (``settle`` answers False and the push waits in the queue, its records
+    open); a newer figure still takes its place at once.
     """
 
-    def __init__(self, window_ms: int) -> None:
+    def __init__(self, window_ms: int, doubt_ms: int = 0) -> None:
         self.window_ms = window_ms
+        self.doubt_ms = doubt_ms
+        self._doubt: dict[str, tuple[int, int]] = {}  # sku -> (until when, the newest version) a lost call may land
         self._pending: OrderedDict[str, Push] = OrderedDict()  # due times grow with insertion: oldest first
         self._in_flight: dict[str, Push] = {}  # sku -> the push whose call is under way
         self._retrying: dict[str, Push] = {}  # sku -> a push waiting out its backoff (never also pending)
@@ -284,6 +294,11 @@ class PushQueue:
             return True
         if accepted is not None and version <= accepted[1]:
             return False  # an older level read again (a restart, a rebalance): never send it over a newer one
+        if waiting is not None and waiting.confirming:
+            # Applied, waiting to go once more after a lost call's time: the newer figure goes now, not then.
+            del self._retrying[sku]
+            waiting.confirming, waiting.due_ms = False, now_ms + self.window_ms
+            self._pending[sku] = waiting
         if waiting is not None:
             # The newest figure wins; it keeps its place and due time (or backoff), and has a bound of its own.
             waiting.quantity, waiting.version, waiting.source = quantity, version, source
@@ -306,16 +321,20 @@ class PushQueue:
             (self._superseded if any(n.replaces(ticket) for n in newest.tickets) else kept).append(ticket)
         newest.tickets = kept + newest.tickets
 
-    def retry(self, push: Push, now_ms: int, *, alone: bool = False) -> bool:
+    def retry(self, push: Push, now_ms: int, *, alone: bool = False, lost: bool | None = None) -> bool:
         """``push``'s call failed for now (no usable answer within the retry budget, a refused key), or, with
         ``alone``, the platform refused this figure on its own for now in a call it otherwise answered: it goes
         again after a backoff, unless a newer figure of its SKU waits already, which then stands for it. Its
         records stay open until the channel has the figure or a newer one: a figure given up on here would
         leave the channel showing stock the pool no longer has, the last change of a SKU never sent - except a
         figure refused alone past ``RETRY_ALONE_MAX_FAILURES`` / ``RETRY_ALONE_MAX_MS``: False then, it is out
-        of the queue (its SKU free, as after ``release``) and the caller parks it and finishes its records."""
+        of the queue (its SKU free, as after ``release``) and the caller parks it and finishes its records. ``lost``
+        (by default: not ``alone``): an attempt of its call got no answer, and may still land (see the class
+        docstring)."""
         self._in_flight.pop(push.sku, None)
         self._forget_figure(push.sku)  # it may have landed before the answer was lost
+        if (not alone) if lost is None else lost:
+            self._lost(push, now_ms)
         newer = self._pending.get(push.sku)
         if newer is not None:
             older, push.tickets = push.tickets, []
@@ -424,7 +443,7 @@ class PushQueue:
         for push in sendable:
             del self._pending[push.sku]
             self._in_flight[push.sku] = push
-            push.taken_in = self._revokes
+            push.taken_in, push.taken_ms, push.confirming = self._revokes, now_ms, False
         batch.send = sendable
         return batch
 
@@ -432,8 +451,27 @@ class PushQueue:
         accepted = self._accepted.get(push.sku)
         return accepted is not None and accepted[0] == push.quantity
 
-    def settle(self, push: Push, accepted: bool) -> None:
-        """The platform answered ``push``: ``accepted`` (now shows it), or stale (it holds a newer version).
+    def _lost(self, push: Push, now_ms: int) -> None:
+        if self.doubt_ms > 0:
+            until, version = self._doubt.get(push.sku, (0, 0))
+            self._doubt[push.sku] = (max(until, now_ms + self.doubt_ms), max(version, push.version))
+
+    def _to_confirm(self, push: Push, accepted: bool) -> int:
+        """When ``push``, applied, must go once more: after a call of an older figure of its SKU whose answer was
+        lost can have landed (0: it need not). A call taken once that time is over is the last to land."""
+        doubt = self._doubt.get(push.sku)
+        if doubt is None:
+            return 0
+        until, version = doubt
+        if until <= push.taken_ms:
+            del self._doubt[push.sku]
+            return 0
+        return until if accepted and push.version > version else 0
+
+    def settle(self, push: Push, accepted: bool, now_ms: int = 0, lost: bool = False) -> bool:
+        """The platform answered ``push``: ``accepted`` (now shows it), or stale (it holds a newer version); ``lost``:
+        an attempt of its call before the one answered got no answer. False: it must go once more (see the class
+        docstring): it waits in the queue, its records open.
 
         A call taken before a revoke (``forget_shown``), or whose records all went with their partition, may land
         after the partition's new owner pushed a newer figure, or before it does: what the channel shows then is
@@ -441,6 +479,14 @@ class PushQueue:
         partition comes back (with no revoke here meanwhile to forget it, if this process held nothing). Only
         its version is kept (the platform holds at least that), so the SKU's next figure is sent whatever it is."""
         self._in_flight.pop(push.sku, None)
+        confirm_at = self._to_confirm(push, accepted)
+        if lost:
+            self._lost(push, now_ms)
+        if confirm_at and push.tickets:
+            self._forget_figure(push.sku)
+            push.confirming, push.due_ms, push.failures, push.wake_on_success = True, confirm_at, 0, False
+            self._retrying[push.sku] = push
+            return False
         if accepted and (push.taken_in != self._revokes or not push.tickets):
             known = self._accepted.get(push.sku)
             self._accepted[push.sku] = (UNKNOWN_QUANTITY, max(push.version, known[1] if known else 0))
@@ -449,6 +495,7 @@ class PushQueue:
         else:
             # A newer version is there, set by an earlier run: its figure is unknown, so the next change is sent.
             self._accepted.pop(push.sku, None)
+        return True
 
     def release(self, push: Push) -> None:
         """``push``'s call failed for good or was abandoned: the SKU may be sent again. The channel still shows

@@ -62,7 +62,8 @@ is there). Where the many-SKU API and its limit come from (``StockBatch.source``
 ``sku_sync_list``; jd, pdd and kuaishou are modelled in their platforms' style (their batch API names
 and limits are not confirmed here); own is ours. The platforms scope a batch to one item (product)
 and carry no version; the simulator's version per figure is what makes a replayed or reordered push
-harmless, as for the one-SKU call.
+harmless, as for the one-SKU call (its ``honors_versions`` off, it applies them as the platforms do; the
+connector then sends a figure once more after a call whose answer was lost: ``push_stock``).
 
 Answers: tmall, jd, pdd, douyin and kuaishou answer HTTP 200 with an error envelope for a refused
 call (gateway faults come as 5xx); own answers with the HTTP status that fits. ``classify`` reads

@@ -50,8 +50,15 @@ running maximum in the pool's own state, so it never goes backwards - not when t
 moves to a worker whose clock is behind, not across restarts - and it names the state, not the moment
 of publishing: a level republished after a restart carries the same version (the level's event id
 is built from it too). ``event_time_ms`` (when the level was published) has neither property. The
-platform applies a push only if its version is newer than the one it holds and answers "stale"
+simulator applies a push only if its version is newer than the one it holds and answers "stale"
 otherwise, so a replayed or reordered push never sets an older figure; stale counts as done.
+
+The platforms' own stock APIs carry no version: whatever lands last stands (the simulator plays that with
+``honors_versions`` off). The lane never has two calls of one SKU going, a revoke waits for the calls under way,
+and a replay skips a figure older than its SKU's newest level; what is left is a call whose answer was lost (a
+timeout, a 5xx: the platform's gateway may still hold it) landing after the SKU's next figure. So a figure
+applied within ``STOCKFLOW_CONNECTOR_IN_DOUBT_MS`` of such a call goes once more after that time
+(``outbound.PushQueue.settle``), its record open until then; a newer figure of the SKU goes at once meanwhile.
 """
 
 from __future__ import annotations
@@ -111,11 +118,11 @@ class StockLane:
     time, at most ``calls`` calls at once (a second one only for a full batch, see the module docstring)."""
 
     def __init__(self, channel: str, connector: StockConnector, window_ms: int, calls: int = 1,
-                 max_items: int | None = None) -> None:  # fmt: skip
+                 max_items: int | None = None, doubt_ms: int = 0) -> None:  # fmt: skip
         self.channel = channel
         self.connector = connector
         self.max_items = max_items or pf.platform(channel).stock_batch.max_items
-        self.pushes = PushQueue(window_ms)
+        self.pushes = PushQueue(window_ms, doubt_ms)
         self.cond = threading.Condition()
         self.flying = 0  # calls under way
         self.max_waiting = MAX_WAITING_PER_CHANNEL  # SKUs' figures held while the channel is away, at most
@@ -255,6 +262,8 @@ class StockLane:
         outcomes = pf.item_outcomes(result.outcome, updates)
         failed: list[tuple[Push, pf.Outcome]] = []
         retried: list[tuple[Push, pf.Outcome]] = []
+        done: list[Push] = []
+        lost = not result.done or result.attempts > 1  # an attempt without an answer may still land
         with self.cond:
             now = monotonic_ms()
             self.away = "" if result.done else (result.answer[:300] or "no answer")
@@ -262,11 +271,12 @@ class StockLane:
                 self.pushes.resume_retries(now)  # the channel answers: what waits out a backoff may go now
             for push, outcome in zip(pushes, outcomes, strict=True):
                 if outcome.done:
-                    self.pushes.settle(push, accepted=outcome.kind is pf.OutcomeKind.OK)
+                    if self.pushes.settle(push, outcome.kind is pf.OutcomeKind.OK, now, lost):
+                        done.append(push)  # else it goes once more after a lost call's time to land
                 elif outcome.kind is pf.OutcomeKind.FATAL:
                     self.pushes.release(push)
                     failed.append((push, outcome))
-                elif self.pushes.retry(push, now, alone=result.done):  # alone: the call itself went through
+                elif self.pushes.retry(push, now, alone=result.done, lost=lost):  # alone: the call went through
                     retried.append((push, outcome))
                 else:
                     failed.append((push, outcome))  # refused alone past its bound: parked, retries exhausted
@@ -281,9 +291,8 @@ class StockLane:
         stats.items_stale += len(outcomes) - applied - len(failed) - len(retried)
         stats.items_failed += len(failed)
         stats.items_retried += len(retried)
-        for push, outcome in zip(pushes, outcomes, strict=True):
-            if outcome.done:
-                self.finish(push)
+        for push in done:
+            self.finish(push)
         self.finish_tickets(superseded)
         # The endpoint's alert is decided once per call: cleared only by a call whose every figure went through
         # (one the platform refused alone keeps it raised, rather than a clear and a raise per call).
@@ -341,8 +350,9 @@ class StockConnector(Connector[StockLane]):
 
     def make_lanes(self) -> dict[str, StockLane]:
         channels = [c for c in self.settings.channels if c in CONNECTOR_FAILED]
-        window_ms = self.settings.connector_push_window_ms
-        return {c: StockLane(c, self, window_ms, calls_in_flight(rate_per_s(self.settings, c))) for c in channels}
+        window_ms, doubt_ms = self.settings.connector_push_window_ms, self.settings.connector_in_doubt_ms
+        return {c: StockLane(c, self, window_ms, calls_in_flight(rate_per_s(self.settings, c)), doubt_ms=doubt_ms)
+                for c in channels}  # fmt: skip
 
     def handle(self, msg: Received, event_type: EventType, record: dict[str, Any]) -> None:
         if event_type.short_name != "StockLevel":

@@ -100,8 +100,9 @@ class SimulatorClient:
     # --- behaviour ---
 
     def configure(self, channel: str | None = None, **changes: Any) -> dict[str, Any]:
-        """Change ``qps``, ``burst``, ``latency_ms``, ``jitter_ms``, ``error_rate``, ``extra_latency_ms`` or
-        ``outages`` (list of [start_ms, end_ms)) of one channel, or of every channel when ``channel`` is None."""
+        """Change ``qps``, ``burst``, ``latency_ms``, ``jitter_ms``, ``error_rate``, ``extra_latency_ms``, ``outages``
+        (list of [start_ms, end_ms)), ``honors_versions``, ``late_calls`` or ``late_apply_ms`` of one channel, or of
+        every channel when ``channel`` is None."""
         return dict(self._call("POST", "config", {"channel": channel, **changes}))
 
     def set_settlement(self, url: str | None = None, *, delay_ms: float | None = None) -> dict[str, Any]:

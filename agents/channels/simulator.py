@@ -19,7 +19,10 @@ without the endpoint's fields "bad request". Only then is the call applied:
   ``settle_delay_ms`` after agreeing, a settlement notification signed with the app's secret
   (``platforms.sign_callback``) is posted to ``settle_url``, retried a few times if it fails;
 - stock update sets (quantity, version) per channel and SKU unless the version is not newer than
-  the one applied: then the platform's stale answer, and the figure stays;
+  the one applied: then the platform's stale answer, and the figure stays. With ``honors_versions`` off
+  it sets whatever lands last, as the platforms' own stock APIs (which carry no version) do; and the next
+  ``late_calls`` stock calls are held ``late_apply_ms`` before they are applied and answered, as a gateway
+  holding them would: a caller that timed out meanwhile finds them landed after its next call;
 - a many-SKU stock update (``stock_batch``) is one call, so one token of the app's rate limit, and
   applies each of its figures by the same rule, in the order sent: its answer is ok and says per
   figure applied or stale (``platforms.stock_batch_answer``). A body the platform cannot take (no
@@ -55,7 +58,7 @@ import threading
 import time
 import tomllib
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from random import Random
@@ -211,6 +214,12 @@ class ChannelConfig(BaseModel):
     error_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls answered with a 5xx")
     extra_latency_ms: float = Field(default=0.0, ge=0)
     outages: list[tuple[int, int]] = Field(default_factory=list, description="[start_ms, end_ms) windows of 5xx")
+    honors_versions: bool = Field(
+        default=True, description="False: a stock figure is applied whatever its version, as the platforms' own stock "
+        "APIs (which carry none) apply it: a call landing late sets its older figure over a newer one")
+    late_calls: int = Field(default=0, ge=0, description="The next this many stock calls are applied only "
+                            "late_apply_ms after they arrive (a gateway that held them), and answered after that")
+    late_apply_ms: float = Field(default=0.0, ge=0)
 
 
 # --- what the simulator remembers ----------------------------------------------------------------
@@ -276,6 +285,7 @@ class Answer:
     body: dict[str, Any]
     delay_s: float
     settle: RefundRecord | None = None  # a refund just agreed: its settlement is due
+    late: tuple[float, Callable[[], Answer]] | None = None  # (seconds, the call applied): a stock call held back
 
 
 # --- the marketplace: state and decisions, no I/O -------------------------------------------------
@@ -403,16 +413,27 @@ class Marketplace:
         bucket = self.buckets.setdefault((channel, app.app_key), TokenBucket(config.qps, config.burst))
         if not bucket.take(time.monotonic()):
             return self._refuse(channel, ErrorKind.RATE_LIMITED, app.app_key, f"over {config.qps:g} qps", now, delay_s)
+        endpoint, payload, key = verdict.endpoint, verdict.payload, app.app_key
+        if endpoint == "refund":
+            try:
+                return self._agree_refund(channel, key, pf.parse_refund(channel, payload), payload, now, delay_s)
+            except pf.BodyError as exc:
+                return self._refuse(channel, ErrorKind.BAD_REQUEST, key, str(exc), now, delay_s)
+        if config.late_calls > 0:
+            self.config[channel] = config.model_copy(update={"late_calls": config.late_calls - 1})
+            late = (config.late_apply_ms / 1000, lambda: self._stock_call(channel, key, endpoint, payload, delay_s))
+            return Answer(0, {}, 0.0, late=late)
+        return self._stock_call(channel, key, endpoint, payload, delay_s, now)
+
+    def _stock_call(self, channel: str, app_key: str, endpoint: Endpoint, payload: dict[str, Any], delay_s: float,
+                    now: int | None = None) -> Answer:  # fmt: skip
+        now = self.now_ms() if now is None else now
         try:
-            if verdict.endpoint == "refund":
-                return self._agree_refund(channel, app.app_key, pf.parse_refund(channel, verdict.payload),
-                                          verdict.payload, now, delay_s)  # fmt: skip
-            if verdict.endpoint == pf.STOCK_BATCH:
-                return self._update_stock_batch(channel, app.app_key, verdict.payload, now, delay_s)
-            return self._update_stock(channel, app.app_key, pf.parse_stock(channel, verdict.payload), verdict.payload,
-                                      now, delay_s)  # fmt: skip
+            if endpoint == pf.STOCK_BATCH:
+                return self._update_stock_batch(channel, app_key, payload, now, delay_s)
+            return self._update_stock(channel, app_key, pf.parse_stock(channel, payload), payload, now, delay_s)
         except pf.BodyError as exc:
-            return self._refuse(channel, ErrorKind.BAD_REQUEST, app.app_key, str(exc), now, delay_s)
+            return self._refuse(channel, ErrorKind.BAD_REQUEST, app_key, str(exc), now, delay_s)
 
     def _signed_with_retired(
         self, channel: str, app_key: str | None, query: Mapping[str, str], headers: Mapping[str, str], body: bytes,
@@ -494,7 +515,7 @@ class Marketplace:
                      *, batch: int = 0) -> bool:  # fmt: skip
         """Set the figure unless its version is not newer than the one applied (stale); recorded either way."""
         known = self.stock.get((channel, update.sku))
-        if known is not None and update.version <= known.version:
+        if known is not None and update.version <= known.version and self.config[channel].honors_versions:
             known.stale_attempts += 1
             self._record(channel, "stock", app_key, update.idempotency_key, "stale", now, payload, batch=batch)
             return False
@@ -502,6 +523,7 @@ class Marketplace:
             known = self.stock[(channel, update.sku)] = StockRecord(channel, update.sku, update.quantity,
                                                                     update.version, now)  # fmt: skip
         else:
+            # A platform that keeps no version: whatever lands last stands, and its version is the one it carried.
             known.quantity, known.version, known.accepted_at_ms = update.quantity, update.version, now
             known.changes += 1
         known.history.append((update.version, update.quantity, now))
@@ -566,6 +588,9 @@ class ConfigChange(BaseModel):
     error_rate: float | None = Field(default=None, ge=0, le=1)
     extra_latency_ms: float | None = Field(default=None, ge=0)
     outages: list[tuple[int, int]] | None = None
+    honors_versions: bool | None = None
+    late_calls: int | None = Field(default=None, ge=0)
+    late_apply_ms: float | None = Field(default=None, ge=0)
 
 
 class AppChange(AppSpec):
@@ -677,6 +702,9 @@ class SimulatorServer:
         path = request.path[len(channel) + 1 :]
         body = await request.read()
         answer = self.market.handle(channel, path, request.query, request.headers, body)
+        if answer.late is not None:
+            # Applied later whether or not the caller is still there to hear it.
+            answer = await asyncio.shield(self._spawn(self._apply_late(*answer.late)))
         if answer.settle is not None:
             self._spawn(self._settle(answer.settle))
         if answer.delay_s > 0:
@@ -685,10 +713,16 @@ class SimulatorServer:
 
     # --- settlements ---
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    @staticmethod
+    async def _apply_late(after_s: float, apply: Callable[[], Answer]) -> Answer:
+        await asyncio.sleep(after_s)
+        return apply()
 
     async def _settle(self, record: RefundRecord) -> None:
         await asyncio.sleep(self.settle_delay_ms / 1000)

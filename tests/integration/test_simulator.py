@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,20 @@ import httpx
 import pytest
 
 from agents.channels import platforms as P
+from agents.channels import push_stock
+from agents.channels.calls import ChannelCaller
+from agents.channels.credentials import CredentialStore, StoredKey
+from agents.channels.outbound import RETRY_FIRST_MS
 from agents.channels.platforms import CHANNELS, Credentials, Endpoint, ErrorKind, OutcomeKind
+from agents.channels.push_stock import StockLane
 from agents.channels.sim_client import SimulatorClient
 from agents.channels.simulator import AppSpec, Marketplace, SimulatorThread
 from streams.devstack import procs
 from streams.engine.retry import Backoff
+from streams.settings import Settings
 from tests.conftest import free_port
 from tests.helpers import REPO_ROOT, wait_for
+from tests.unit.channels.test_connectors import FakeConnector, send_due, ticket
 
 MINUTE = 60_000
 
@@ -390,3 +398,47 @@ def test_sim_up_generates_apps_once_and_keeps_them(tmp_path: Path) -> None:
     finally:
         subprocess.run([*cmd, "down"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert json.loads(apps_file.read_text()) == apps
+
+
+def test_a_platform_keeping_no_version_sets_whatever_lands_last(sim: SimulatorThread, admin: SimulatorClient) -> None:
+    """As the platforms' own stock APIs do: a call a gateway held lands after a newer one and sets its older figure."""
+    admin.configure("own", honors_versions=False, late_calls=1, late_apply_ms=600)
+    with pytest.raises(httpx.TimeoutException):
+        call(sim, "own", "stock", stock("own", 100, 10), timeout_s=0.2)
+    assert call(sim, "own", "stock", stock("own", 200, 20))[2].kind is OutcomeKind.OK
+    wait_for(lambda: admin.stock("own", "SKU-1")[0]["quantity"] == 10, timeout_s=5, what="the held call landing")
+    assert [(h["version"], h["quantity"]) for h in admin.stock("own", "SKU-1")[0]["history"]] == [(200, 20), (100, 10)]
+
+
+@pytest.mark.parametrize("doubt_ms", [0, 5_000])
+def test_a_figure_sent_after_a_lost_call_goes_once_more_when_that_call_can_no_longer_land(
+    sim: SimulatorThread, admin: SimulatorClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, doubt_ms: int
+) -> None:
+    """A stock call times out at the connector while the platform's gateway holds it; the SKU's next figure goes
+    through; then the held call lands and the channel shows the older figure - stock since sold, on a platform
+    that keeps no version. With ``STOCKFLOW_CONNECTOR_IN_DOUBT_MS`` (``doubt_ms``) the newer figure goes once more
+    when the held call can no longer land, and its record stays open until then; without it, the channel keeps
+    the older figure."""
+    clock = [0]
+    monkeypatch.setattr(push_stock, "monotonic_ms", lambda: clock[0])
+    store = CredentialStore(tmp_path / "credentials.json")
+    store.set_key(StoredKey("own", creds("own"), date(2030, 1, 1), 0))
+    settings = Settings(marketplace_url=sim.base_url, connector_call_timeout_s=0.2)
+    connector = FakeConnector(ChannelCaller(settings, store, budget_s=0))
+    lane = StockLane("own", connector, window_ms=0, doubt_ms=doubt_ms)  # type: ignore[arg-type]
+    admin.configure("own", honors_versions=False, late_calls=1, late_apply_ms=600)
+    lane.offer("SKU-1", 10, 100, ticket(1), "stock.levels/0/1")
+    assert send_due(lane, 0) == 1 and connector.finished == []  # no answer: it goes again after a backoff
+    lane.offer("SKU-1", 20, 200, ticket(2), "stock.levels/0/2")  # the pool moved on meanwhile
+    clock[0] = RETRY_FIRST_MS
+    assert send_due(lane, clock[0]) == 1
+    wait_for(lambda: admin.stock("own", "SKU-1")[0]["quantity"] == 10, timeout_s=5, what="the held call landing")
+    assert connector.finished == [ticket(1)] if doubt_ms else [ticket(1), ticket(2)]
+    clock[0] = doubt_ms + 1
+    send_due(lane, clock[0])
+    (shown,) = admin.stock("own", "SKU-1")
+    if doubt_ms:
+        assert (shown["quantity"], shown["version"]) == (20, 200)
+        assert connector.finished == [ticket(1), ticket(2)] and lane.pending() == 0
+    else:
+        assert (shown["quantity"], shown["version"]) == (10, 100)  # what the setting is for

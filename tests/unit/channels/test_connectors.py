@@ -348,6 +348,48 @@ def test_a_figure_that_failed_for_now_is_sent_again_after_a_growing_backoff() ->
     assert queue.retrying() == 0 and not queue.offer("A", 5, 150, ticket(2), "s", 0)
 
 
+def test_a_figure_applied_while_a_lost_call_may_still_land_goes_once_more_after_it() -> None:
+    """The platforms keep no version: a call whose answer was lost may land after a newer figure and set its older one
+    over it. A newer figure applied before the lost call's time is over goes once more after it, its record open."""
+    queue = PushQueue(window_ms=0, doubt_ms=30_000)
+    queue.offer("A", 10, 100, ticket(1), "s", 0)
+    lost = take(queue, 0)
+    assert lost is not None and queue.retry(lost, now_ms=5_000)  # no answer in time: it may still land
+    queue.offer("A", 20, 200, ticket(2), "s", 6_000)
+    newer = take(queue, 5_000 + RETRY_FIRST_MS)
+    assert newer is not None and newer.tickets == [ticket(2)]
+    assert not queue.settle(newer, accepted=True, now_ms=6_100)  # applied, but the lost call may land after it
+    assert queue.ready_at_ms() == 35_000 and take(queue, 34_999) is None
+    again = take(queue, 35_000)
+    assert again is newer and (again.quantity, again.version) == (20, 200)
+    assert queue.settle(again, accepted=True, now_ms=35_050)  # taken once the lost call can no longer land
+    assert not queue.offer("A", 20, 250, ticket(3), "s", 36_000)  # shown: nothing more to send
+
+
+def test_a_newer_figure_does_not_wait_for_the_confirmation_of_an_older_one() -> None:
+    queue = PushQueue(window_ms=100, doubt_ms=30_000)
+    queue.offer("A", 10, 100, ticket(1), "s", 0)
+    queue.retry(take(queue, 100), now_ms=1_000)  # type: ignore[arg-type]
+    queue.offer("A", 20, 200, ticket(2), "s", 1_500)
+    assert not queue.settle(take(queue, 2_000), accepted=True, now_ms=2_050)  # type: ignore[arg-type]
+    queue.offer("A", 15, 300, ticket(3), "s", 3_000)  # the pool moved on: it goes after the window, not at 31 s
+    newest = take(queue, 3_100)
+    assert newest is not None and (newest.quantity, newest.version, newest.tickets) == (15, 300, [ticket(3)])
+    assert queue.take_superseded() == [ticket(1), ticket(2)]  # a newer record stands for each
+    assert not queue.settle(newest, accepted=True, now_ms=3_150)  # and once more after the lost call's time
+    assert queue.ready_at_ms() == 31_000
+
+
+def test_a_call_answered_after_a_lost_attempt_makes_its_next_figures_wait_for_that_attempt_too() -> None:
+    queue = PushQueue(window_ms=0, doubt_ms=30_000)
+    queue.offer("A", 10, 100, ticket(1), "s", 0)
+    assert queue.settle(take(queue, 0), accepted=True, now_ms=500, lost=True)  # type: ignore[arg-type]
+    queue.offer("A", 20, 200, ticket(2), "s", 1_000)
+    assert not queue.settle(take(queue, 1_000), accepted=True, now_ms=1_050)  # type: ignore[arg-type]
+    queue.offer("B", 5, 100, ticket(3), "s", 1_000)  # another SKU: no lost call of its own
+    assert queue.settle(take(queue, 1_000), accepted=True, now_ms=1_050)  # type: ignore[arg-type]
+
+
 def test_a_newer_figure_supersedes_one_waiting_for_its_retry() -> None:
     queue = PushQueue(window_ms=0)
     queue.offer("A", 5, 100, ticket(1), "s", 0)
