@@ -18,6 +18,7 @@ connectivity report read it in ClickHouse). Never logs a key or a signed request
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -50,6 +51,7 @@ from streams.errors import StockflowError
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+SERVER_ERROR = 500  # and above: a gateway or server fault, which may have applied the call, or may yet
 RATE_SHARE = 0.9  # of the platform's per-app limit: our clock and theirs never agree exactly
 # A replay run while the connectors serve the same app takes this much of what they take: the platform
 # limits per app, and two callers each pacing themselves to 90% would offer it 1.8 times its limit.
@@ -65,11 +67,13 @@ class Stopping(StockflowError, RuntimeError):
 
 @dataclass(frozen=True)
 class CallResult:
-    """How a call ended: the last answer judged, its text, how many attempts it took."""
+    """How a call ended: the last answer judged, its text, how many attempts it took; ``lost``: one of them got no
+    answer or a server error, so the platform may have applied it, or may yet (a gateway holding it)."""
 
     outcome: Outcome
     answer: str
     attempts: int
+    lost: bool = False
 
     @property
     def done(self) -> bool:
@@ -193,13 +197,14 @@ class ChannelCaller:
         Raises ``Stopping`` if the process stops while the call waits to be retried.
         """
         stats = self.endpoint_stats(channel, purpose(endpoint))
-        attempts = 0
+        attempts, lost = 0, False
         outcome = CallOutcome(channel, purpose(endpoint), wall_ms(), replayed=self.replaying)
 
         def attempt() -> CallResult:
-            nonlocal attempts
+            nonlocal attempts, lost
             attempts += 1
             result = self._attempt(channel, endpoint, body, attempts, stats, outcome)
+            lost = lost or result.lost
             if result.outcome.kind is OutcomeKind.RETRIABLE:
                 raise _Again(result)
             return result
@@ -216,6 +221,7 @@ class ChannelCaller:
             result = retry.call(attempt, before_retry)
         except _Again as exc:
             result = exc.result
+        result = dataclasses.replace(result, lost=lost)
         if result.done:
             stats.last_ok_ms = wall_ms()
             if result.outcome.kind is OutcomeKind.OK:
@@ -256,13 +262,13 @@ class ChannelCaller:
         except httpx.TransportError as exc:
             # The URL carries the signature and maybe an access token: the answer names only the error.
             answer = f"no answer: {type(exc).__name__}: {exc}"[:ANSWER_CHARS]
-            return self._failed(stats, call, CallResult(classify(channel, None, None), answer, attempt_no))
+            return self._failed(stats, call, CallResult(classify(channel, None, None), answer, attempt_no, lost=True))
         took_ms = (time.perf_counter() - started) * 1000
         stats.latencies_ms.append(took_ms)
         call.latencies_ms.append(took_ms)
         outcome = classify(channel, response.status_code, response.content)
         answer = f"HTTP {response.status_code} {response.text}"[:ANSWER_CHARS]
-        result = CallResult(outcome, answer, attempt_no)
+        result = CallResult(outcome, answer, attempt_no, lost=response.status_code >= SERVER_ERROR)
         return result if outcome.done else self._failed(stats, call, result)
 
     @staticmethod

@@ -233,7 +233,7 @@ class PushQueue:
     def __init__(self, window_ms: int, doubt_ms: int = 0) -> None:
         self.window_ms = window_ms
         self.doubt_ms = doubt_ms
-        self._doubt: dict[str, tuple[int, int]] = {}  # sku -> (until when, the newest version) a lost call may land
+        self._doubt: dict[str, list[tuple[int, int]]] = {}  # sku -> (until when, version) of each lost call
         self._pending: OrderedDict[str, Push] = OrderedDict()  # due times grow with insertion: oldest first
         self._in_flight: dict[str, Push] = {}  # sku -> the push whose call is under way
         self._retrying: dict[str, Push] = {}  # sku -> a push waiting out its backoff (never also pending)
@@ -267,7 +267,7 @@ class PushQueue:
             for sku, push in waiting.items():
                 if len(taken) >= excess:
                     break
-                if sku not in self._in_flight:
+                if sku not in self._in_flight and not push.confirming:  # applied already: not for parking
                     taken.append(push)
         for push in taken:
             if self._retrying.pop(push.sku, None) is None:
@@ -453,20 +453,22 @@ class PushQueue:
 
     def _lost(self, push: Push, now_ms: int) -> None:
         if self.doubt_ms > 0:
-            until, version = self._doubt.get(push.sku, (0, 0))
-            self._doubt[push.sku] = (max(until, now_ms + self.doubt_ms), max(version, push.version))
+            lost = [d for d in self._doubt.get(push.sku, []) if d[0] > now_ms]
+            self._doubt[push.sku] = [*lost, (now_ms + self.doubt_ms, push.version)]
 
     def _to_confirm(self, push: Push, accepted: bool) -> int:
-        """When ``push``, applied, must go once more: after a call of an older figure of its SKU whose answer was
-        lost can have landed (0: it need not). A call taken once that time is over is the last to land."""
+        """When ``push``, applied, must go once more: once every call of an older figure of its SKU whose answer was
+        lost can have landed (0: it need not). A call taken after that is the last to land. Lost calls whose time
+        was over when ``push`` was taken are forgotten: no later call is taken earlier."""
         doubt = self._doubt.get(push.sku)
         if doubt is None:
             return 0
-        until, version = doubt
-        if until <= push.taken_ms:
+        doubt = [d for d in doubt if d[0] > push.taken_ms]
+        if doubt:
+            self._doubt[push.sku] = doubt
+        else:
             del self._doubt[push.sku]
-            return 0
-        return until if accepted and push.version > version else 0
+        return max((until for until, version in doubt if version < push.version), default=0) if accepted else 0
 
     def settle(self, push: Push, accepted: bool, now_ms: int = 0, lost: bool = False) -> bool:
         """The platform answered ``push``: ``accepted`` (now shows it), or stale (it holds a newer version); ``lost``:
@@ -484,7 +486,13 @@ class PushQueue:
             self._lost(push, now_ms)
         if confirm_at and push.tickets:
             self._forget_figure(push.sku)
+            newer = self._pending.get(push.sku)  # offered while this call was under way: it goes, and confirms
+            if newer is not None:
+                older, push.tickets = push.tickets, []
+                self._absorb(newer, older)
+                return False
             push.confirming, push.due_ms, push.failures, push.wake_on_success = True, confirm_at, 0, False
+            push.alone_failures, push.alone_since_ms = 0, None
             self._retrying[push.sku] = push
             return False
         if accepted and (push.taken_in != self._revokes or not push.tickets):

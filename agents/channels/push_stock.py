@@ -263,7 +263,7 @@ class StockLane:
         failed: list[tuple[Push, pf.Outcome]] = []
         retried: list[tuple[Push, pf.Outcome]] = []
         done: list[Push] = []
-        lost = not result.done or result.attempts > 1  # an attempt without an answer may still land
+        lost = result.lost  # an attempt without an answer may still land
         with self.cond:
             now = monotonic_ms()
             self.away = "" if result.done else (result.answer[:300] or "no answer")

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -433,7 +434,7 @@ def test_a_figure_sent_after_a_lost_call_goes_once_more_when_that_call_can_no_lo
     clock[0] = RETRY_FIRST_MS
     assert send_due(lane, clock[0]) == 1
     wait_for(lambda: admin.stock("own", "SKU-1")[0]["quantity"] == 10, timeout_s=5, what="the held call landing")
-    assert connector.finished == [ticket(1)] if doubt_ms else [ticket(1), ticket(2)]
+    assert connector.finished == ([ticket(1)] if doubt_ms else [ticket(1), ticket(2)])
     clock[0] = doubt_ms + 1
     send_due(lane, clock[0])
     (shown,) = admin.stock("own", "SKU-1")
@@ -442,3 +443,31 @@ def test_a_figure_sent_after_a_lost_call_goes_once_more_when_that_call_can_no_lo
         assert connector.finished == [ticket(1), ticket(2)] and lane.pending() == 0
     else:
         assert (shown["quantity"], shown["version"]) == (10, 100)  # what the setting is for
+
+
+def test_two_lost_calls_in_a_row_still_end_with_the_newest_figure(
+    sim: SimulatorThread, admin: SimulatorClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the older of two lost calls was forgotten when the newer one was lost too."""
+    clock = [0]
+    monkeypatch.setattr(push_stock, "monotonic_ms", lambda: clock[0])
+    store = CredentialStore(tmp_path / "credentials.json")
+    store.set_key(StoredKey("own", creds("own"), date(2030, 1, 1), 0))
+    settings = Settings(marketplace_url=sim.base_url, connector_call_timeout_s=0.2)
+    connector = FakeConnector(ChannelCaller(settings, store, budget_s=0))
+    lane = StockLane("own", connector, window_ms=0, doubt_ms=30_000)  # type: ignore[arg-type]
+    admin.configure("own", honors_versions=False, late_calls=1, late_apply_ms=2_000)  # v100 held 2 s
+    lane.offer("SKU-1", 10, 100, ticket(1), "stock.levels/0/1")
+    assert send_due(lane, 0) == 1 and connector.finished == []  # v100: no answer
+    lane.offer("SKU-1", 20, 200, ticket(2), "stock.levels/0/2")
+    admin.configure("own", late_calls=1, late_apply_ms=300)  # the next call held 0.3 s
+    clock[0] = 1_000
+    assert send_due(lane, clock[0]) == 1 and ticket(2) not in connector.finished  # v200: no answer either
+    clock[0] = 3_000
+    assert send_due(lane, clock[0]) == 1  # v200 again: applied
+    wait_for(lambda: admin.stock("own", "SKU-1")[0]["quantity"] == 10, timeout_s=5, what="held v100 landing")
+    time.sleep(0.3)
+    clock[0] = 60_000  # long past every lost call's time to land
+    send_due(lane, clock[0])
+    (shown,) = admin.stock("own", "SKU-1")
+    assert (shown["quantity"], shown["version"]) == (20, 200), "the channel ends on the older figure"

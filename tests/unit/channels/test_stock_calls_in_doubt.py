@@ -1,0 +1,161 @@
+"""A stock call whose answer was lost may still land, and the platforms keep no version: what the stock queue
+(``outbound.PushQueue``) does about it with other lost calls, newer figures, a channel away and per-item refusals.
+Found in review, each a sequence that left the channel on an older figure or a record open for good."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agents.channels import platforms as pf
+from agents.channels import push_stock
+from agents.channels.calls import ChannelCaller
+from agents.channels.credentials import CredentialStore, StoredKey
+from agents.channels.outbound import Push, PushQueue, Ticket
+from agents.channels.push_stock import StockLane
+from agents.channels.simulator import AppSpec, Marketplace
+from streams.settings import Settings
+from tests.unit.channels.test_connectors import Clock, FakeConnector, send_due
+
+
+def ticket(offset: int) -> Ticket:
+    return Ticket("stock.levels", 0, offset)
+
+
+def take(queue: PushQueue, now_ms: int) -> Push | None:
+    batch = queue.take_batch(now_ms, 1)
+    return batch.send[0] if batch.send else None
+
+
+def test_a_newer_lost_call_does_not_hide_an_older_one_still_in_doubt() -> None:
+    """Every lost call of a SKU is remembered: one kept (until, newest version) forgot the older one."""
+    q = PushQueue(window_ms=0, doubt_ms=30_000)
+    q.offer("A", 10, 100, ticket(1), "s", 0)
+    p = take(q, 0)
+    assert p is not None and q.retry(p, 1_000)  # v100 (q10) lost: may land until 31_000
+    q.offer("A", 20, 200, ticket(2), "s", 1_500)  # replaces it in its backoff
+    p = take(q, 2_000)
+    assert p is not None and p.version == 200 and q.retry(p, 3_000)  # v200 lost too: doubt -> (33_000, 200)
+    p = take(q, 5_000)
+    assert p is not None and p.version == 200
+    # Applied at 5_100; the v100 call may still land until 31_000 and set q10 over q20: it must go once more.
+    assert not q.settle(p, accepted=True, now_ms=5_100), "v200 finished while the v100 (q10) call may still land"
+
+
+def test_a_figure_to_confirm_while_a_newer_one_waits_hands_its_records_to_it() -> None:
+    """A newer figure offered while the call was under way goes, and confirms: the older one's records go with it."""
+    q = PushQueue(window_ms=0, doubt_ms=30_000)
+    q.offer("A", 10, 100, ticket(1), "s", 0)
+    q.retry(take(q, 0), 1_000)  # type: ignore[arg-type]  # lost: doubt until 31_000
+    q.offer("A", 20, 200, ticket(2), "s", 1_500)
+    v200 = take(q, 2_000)
+    assert v200 is not None and v200.version == 200
+    assert q.offer("A", 30, 300, ticket(3), "s", 2_050)  # the pool moved on while v200 is in flight
+    assert not q.settle(v200, accepted=True, now_ms=2_100)  # confirming
+    done: list[Ticket] = [*q.take_superseded()]
+    now = 2_100
+    for _ in range(10):  # play the queue out, every call applied
+        p = take(q, now)
+        if p is not None and q.settle(p, accepted=True, now_ms=now + 50):
+            done += p.tickets
+        done += q.take_superseded()
+        now += 30_000
+    assert q.waiting() == 0 and q.in_flight() == 0
+    # ticket 2 is never finished nor superseded: partition 0's commit stops at offset 2 for good
+    assert ticket(2) in done, f"finished/superseded: {done}"
+
+
+def test_the_newest_figure_is_the_one_sent_last_when_its_call_fails_while_an_older_waits_to_confirm() -> None:
+    """A figure waiting to go once more never outlives a newer one: the newer call failing for now sends the newer."""
+    q = PushQueue(window_ms=0, doubt_ms=30_000)
+    q.offer("A", 10, 100, ticket(1), "s", 0)
+    q.retry(take(q, 0), 1_000)  # type: ignore[arg-type]  # lost: doubt until 31_000
+    q.offer("A", 20, 200, ticket(2), "s", 1_500)
+    v200 = take(q, 2_000)
+    assert v200 is not None
+    q.offer("A", 30, 300, ticket(3), "s", 2_050)
+    assert not q.settle(v200, accepted=True, now_ms=2_100)  # confirming, due 31_000
+    v300 = take(q, 2_100)
+    assert v300 is not None and v300.version == 300  # in flight (a slow call)
+    assert take(q, 31_000) is None  # promotes v200 into _pending; A is in flight
+    assert q.retry(v300, 31_100)  # v300's call: no answer in time
+    ready = q.ready_at_ms()
+    assert ready is not None
+    nxt = take(q, ready)  # after its backoff
+    assert nxt is not None
+    assert (nxt.quantity, nxt.version) == (30, 300), f"sends {nxt.quantity}@{nxt.version} carrying {nxt.tickets}"
+
+
+def test_a_channel_away_parks_unsent_figures_not_one_applied_and_waiting_to_confirm() -> None:
+    """Parked as unsent, a figure applied and waiting to go once more would leave the lost call to land after it."""
+    q = PushQueue(window_ms=0, doubt_ms=30_000)
+    q.offer("A", 10, 100, ticket(1), "s", 0)
+    q.retry(take(q, 0), 1_000)  # type: ignore[arg-type]
+    q.offer("A", 20, 200, ticket(2), "s", 1_500)
+    v200 = take(q, 2_000)
+    assert v200 is not None and not q.settle(v200, accepted=True, now_ms=2_100)  # confirming
+    q.offer("B", 5, 100, Ticket("stock.levels", 1, 1), "s", 2_200)  # unsent
+    parked = q.overflow(1)
+    assert [p.sku for p in parked] == ["B"], f"parked {[(p.sku, p.confirming) for p in parked]}"
+
+
+def test_a_confirmation_starts_its_own_count_of_refusals_alone() -> None:
+    """The figure's refusals before it was applied do not count against its confirmation."""
+    q = PushQueue(window_ms=0, doubt_ms=300_000)
+    q.offer("A", 10, 100, ticket(1), "s", 0)
+    q.retry(take(q, 0), 1_000)  # type: ignore[arg-type]  # lost: doubt until 301_000
+    q.offer("A", 20, 200, ticket(2), "s", 1_500)
+    now = 2_000
+    for _ in range(9):  # refused alone 9 times (bound: 10)
+        p = take(q, now)
+        assert p is not None and q.retry(p, now + 10, alone=True)
+        now = p.due_ms
+    p = take(q, now)
+    assert p is not None and not q.settle(p, accepted=True, now_ms=now + 10)  # applied: confirming
+    p = take(q, 301_000)
+    assert p is not None and p.confirming is False
+    assert q.retry(p, 301_010, alone=True), "its first refusal as a confirmation parks it (retries exhausted)"
+
+
+def test_an_attempt_answered_429_is_not_lost_and_its_next_figure_goes_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A rate-limited attempt had an answer: nothing of it can land later, so no figure waits to confirm."""
+    clock = [0]
+    monkeypatch.setattr(push_stock, "monotonic_ms", lambda: clock[0])
+    market = Marketplace({"own": [AppSpec(app_key="lane-app", secret="lane-secret")]}, latency_ms=0, jitter_ms=0,
+                         seed=3, clock=Clock())
+    limited = [1]  # the first attempt is answered 429 by the platform
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if limited[0]:
+            limited[0] -= 1
+            market.configure("own", qps=0.001, burst=1.0)
+            market.buckets.clear()
+            market.handle("own", request.url.path.removeprefix("/own"), dict(request.url.params),
+                          dict(request.headers), request.content)  # takes the only token
+            answer = market.handle("own", request.url.path.removeprefix("/own"), dict(request.url.params),
+                                   dict(request.headers), request.content)
+            market.configure("own", qps=100.0, burst=100.0)
+            market.buckets.clear()
+            market.stock.clear()
+        else:
+            answer = market.handle("own", request.url.path.removeprefix("/own"), dict(request.url.params),
+                                   dict(request.headers), request.content)
+        return httpx.Response(answer.status, json=answer.body)
+
+    store = CredentialStore(tmp_path / "credentials.json")
+    store.set_key(StoredKey("own", pf.Credentials("lane-app", "lane-secret"), date(2030, 1, 1), 0))
+    caller = ChannelCaller(Settings(marketplace_url="http://market.test"), store,
+                           http=httpx.Client(transport=httpx.MockTransport(handle)), budget_s=5)
+    connector = FakeConnector(caller)
+    lane = StockLane("own", connector, window_ms=0, doubt_ms=30_000)  # type: ignore[arg-type]
+    lane.offer("A", 10, 100, ticket(1), "s")
+    assert send_due(lane, 0) == 1 and caller.endpoint_stats("own", "stock").retried == 1  # a 429, then applied
+    lane.offer("A", 20, 200, ticket(2), "s")
+    clock[0] = 1_000
+    assert send_due(lane, clock[0]) == 1
+    assert connector.finished == [ticket(1), ticket(2)], (connector.finished, lane.pending())
