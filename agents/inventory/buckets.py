@@ -309,9 +309,13 @@ def unmark(home: SkuStock, keep_next: bool = False) -> list[Sync]:
 def short_as_a_whole(home: SkuStock, qty: int) -> bool:
     """Whether a line the home of a split SKU decides (its buckets merging, or a VIP set-aside open) would take
     units the SKU as a whole lacks: a bucket's lines may hold more than its units (a count, a shipment), which the
-    SKU's figure shows and the home's own does not, while the units the home keeps back for them look free."""
+    SKU's figure shows and the home's own does not, while the units the home keeps back for them look free. Units
+    out on an exchange are left out: a bucket's last report may count them while they are already home."""
     hot = home.hot
-    return hot is not None and hot.bucket < 0 and hot.state != COLD and aggregate(home).available() < qty
+    if hot is None or hot.bucket >= 0 or hot.state == COLD:
+        return False
+    whole = aggregate(home)
+    return whole.available() - whole.lent() < qty
 
 
 def taking_reservations(home: SkuStock) -> int:

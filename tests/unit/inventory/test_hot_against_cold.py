@@ -247,3 +247,31 @@ class Busier:
 @pytest.mark.parametrize("seeds", [FOUND_BUSIER, range(0, 200)], ids=["found", "0-199"])
 def test_nor_in_a_busier_story(seeds: Iterable[int]) -> None:
     assert split_beyond_cold(play_busier, seeds) == []
+
+
+def merge_then_ship_elsewhere(hot: bool, settle_ms: int = 0) -> tuple[list[str], int]:
+    shop = Shop(3 if hot else 0)
+    shop.adjust("RECEIPT", 12, "WH-SH", "r1")
+    shop.adjust("RECEIPT", 4, "WH-GZ", "r2")
+    shop.split()
+    for order_id in ["jd:o0", "jd:o1", "jd:o2", "jd:o3"]:
+        assert shop.line(order_id, "RESERVE", 3) == "HELD"
+        shop.held.add(order_id)
+    shop.split(0, "unhot")  # merging: the home decides new lines, held to the SKU's whole figure
+    shop.r.advance(settle_ms)
+    shop.line("jd:o3", "ALLOCATE", 3, "WH-GZ", "jd:o3:A:1")
+    sold = [shop.line("jd:n0", "RESERVE", 1)]
+    shop.line("jd:o0", "SHIP", 3, "WH-GZ")
+    sold += [shop.line(f"jd:n{i}", "RESERVE", 1) for i in range(1, 5)]
+    for _ in range(4):
+        shop.r.advance(2_000)
+    return sold, shop.beyond()
+
+
+def test_the_home_deciding_lines_while_merging_sells_no_unit_the_sku_lacks() -> None:
+    """Found in review: o3's ALLOCATE at WH-GZ is an exchange between bucket 0 and the home while merging; bucket
+    0's last report (before it) still counts 2 units ``lent`` that are now in the home's WH-SH, and it does not report
+    again within the refresh interval, so the SKU's whole figure showed 1 unit free where it had none. Cold sells
+    n0..n3 and refuses n4; merging, all 5 were held. Units out on an exchange no longer count there."""
+    assert merge_then_ship_elsewhere(False) == (["HELD"] * 4 + ["REFUSED"], 0)
+    assert merge_then_ship_elsewhere(True)[1] <= 0
