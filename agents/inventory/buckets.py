@@ -840,9 +840,9 @@ def pay_debt(bucket: SkuStock) -> list[Sync]:
     return [Sync(TRANSFER, HOME, units)] if units else []
 
 
-def _taken_home(bucket: SkuStock, qty: int) -> dict[str, int]:
-    """Up to ``qty`` of a bucket's units no open line needs, taken off it to go home."""
-    units = apportion(movable(bucket), [qty])[0] if qty > 0 else {}
+def _taken_home(bucket: SkuStock, qty: int, keep: int = 0) -> dict[str, int]:
+    """Up to ``qty`` of a bucket's units no open line needs, taken off it to go home; ``keep`` more stay."""
+    units = apportion(movable(bucket, owed=keep), [qty])[0] if qty > 0 else {}
     take(bucket, units)
     return units
 
@@ -885,7 +885,10 @@ def send_shortfall(bucket: SkuStock) -> list[Sync]:
 
 
 def on_rebalance(bucket: SkuStock, qty: int, ref: str = "") -> list[Sync]:
-    part = _taken_home(bucket, qty)
+    """Units home, as many as asked and free here: never units sent for a lack (``for_lack``). A line tied to a
+    warehouse this bucket lacks is not backed by its other units, so they look free; sent home, the home would hand
+    them to the short bucket again, and ask again: round and round within one batch."""
+    part = _taken_home(bucket, qty, keep=bucket.hot.for_lack if bucket.hot is not None else 0)
     if ref == DEBT and bucket.hot is not None:
         bucket.hot.owes_home = max(bucket.hot.owes_home, qty - total(part))
     return [Sync(TRANSFER, HOME, part)] if part else []
