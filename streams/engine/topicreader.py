@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from streams.engine.retry import Backoff, Retry, leader_moving
 from streams.kafkaconf import confluent_config
@@ -38,12 +38,23 @@ def _reader(kafka: Settings | str) -> Consumer:
     )
 
 
+MISSING = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)  # noqa: SLF001 - librdkafka's own code
+
+
 def watermarks(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, tuple[int, int]]:
-    """Per partition of ``topic``, (low, high): the earliest offset still held and the end ({} if it is missing)."""
-    meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-    if meta is None or meta.error is not None:
-        return {}
-    return {p: watermark(consumer, TopicPartition(topic, p), timeout_s) for p in meta.partitions}
+    """Per partition of ``topic``, (low, high): the earliest offset still held and the end ({} if it is missing).
+    Metadata with any other error (a leader not there yet, a broker busy) is asked again for up to ``timeout_s``,
+    then TimeoutError: read as missing, a topic would look empty, and a checker would find nothing wrong in it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or (meta.error is not None and meta.error.code() in MISSING):
+            return {}
+        if meta.error is None and meta.partitions:
+            return {p: watermark(consumer, TopicPartition(topic, p), timeout_s) for p in meta.partitions}
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{topic}: no metadata in {timeout_s:g} s ({meta.error})")
+        time.sleep(0.2)
 
 
 def watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
