@@ -411,6 +411,19 @@ def test_a_platform_keeping_no_version_sets_whatever_lands_last(sim: SimulatorTh
     assert [(h["version"], h["quantity"]) for h in admin.stock("own", "SKU-1")[0]["history"]] == [(200, 20), (100, 10)]
 
 
+def own_lane(sim: SimulatorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+             doubt_ms: int) -> tuple[list[int], FakeConnector, StockLane]:  # fmt: skip
+    """The own shop's stock lane against the simulator over HTTP, calls timing out after 0.2 s, not retried; its
+    clock (``clock[0]``, ms) set by the test."""
+    clock = [0]
+    monkeypatch.setattr(push_stock, "monotonic_ms", lambda: clock[0])
+    store = CredentialStore(tmp_path / "credentials.json")
+    store.set_key(StoredKey("own", creds("own"), date(2030, 1, 1), 0))
+    settings = Settings(marketplace_url=sim.base_url, connector_call_timeout_s=0.2)
+    connector = FakeConnector(ChannelCaller(settings, store, budget_s=0))
+    return clock, connector, StockLane("own", connector, window_ms=0, doubt_ms=doubt_ms)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("doubt_ms", [0, 5_000])
 def test_a_figure_sent_after_a_lost_call_goes_once_more_when_that_call_can_no_longer_land(
     sim: SimulatorThread, admin: SimulatorClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, doubt_ms: int
@@ -420,13 +433,7 @@ def test_a_figure_sent_after_a_lost_call_goes_once_more_when_that_call_can_no_lo
     that keeps no version. With ``STOCKFLOW_CONNECTOR_IN_DOUBT_MS`` (``doubt_ms``) the newer figure goes once more
     when the held call can no longer land, and its record stays open until then; without it, the channel keeps
     the older figure."""
-    clock = [0]
-    monkeypatch.setattr(push_stock, "monotonic_ms", lambda: clock[0])
-    store = CredentialStore(tmp_path / "credentials.json")
-    store.set_key(StoredKey("own", creds("own"), date(2030, 1, 1), 0))
-    settings = Settings(marketplace_url=sim.base_url, connector_call_timeout_s=0.2)
-    connector = FakeConnector(ChannelCaller(settings, store, budget_s=0))
-    lane = StockLane("own", connector, window_ms=0, doubt_ms=doubt_ms)  # type: ignore[arg-type]
+    clock, connector, lane = own_lane(sim, tmp_path, monkeypatch, doubt_ms)
     admin.configure("own", honors_versions=False, late_calls=1, late_apply_ms=600)
     lane.offer("SKU-1", 10, 100, ticket(1), "stock.levels/0/1")
     assert send_due(lane, 0) == 1 and connector.finished == []  # no answer: it goes again after a backoff
@@ -449,13 +456,7 @@ def test_two_lost_calls_in_a_row_still_end_with_the_newest_figure(
     sim: SimulatorThread, admin: SimulatorClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found in review: the older of two lost calls was forgotten when the newer one was lost too."""
-    clock = [0]
-    monkeypatch.setattr(push_stock, "monotonic_ms", lambda: clock[0])
-    store = CredentialStore(tmp_path / "credentials.json")
-    store.set_key(StoredKey("own", creds("own"), date(2030, 1, 1), 0))
-    settings = Settings(marketplace_url=sim.base_url, connector_call_timeout_s=0.2)
-    connector = FakeConnector(ChannelCaller(settings, store, budget_s=0))
-    lane = StockLane("own", connector, window_ms=0, doubt_ms=30_000)  # type: ignore[arg-type]
+    clock, connector, lane = own_lane(sim, tmp_path, monkeypatch, 30_000)
     admin.configure("own", honors_versions=False, late_calls=1, late_apply_ms=2_000)  # v100 held 2 s
     lane.offer("SKU-1", 10, 100, ticket(1), "stock.levels/0/1")
     assert send_due(lane, 0) == 1 and connector.finished == []  # v100: no answer
