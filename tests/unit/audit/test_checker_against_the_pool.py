@@ -542,7 +542,9 @@ def test_a_debt_paid_down_then_grown_by_a_count_is_asked_for_in_full(hot: bool) 
 
 
 @pytest.mark.parametrize("hot", [False, True])
-def test_units_out_on_an_exchange_are_not_taken_for_stock_a_warehouse_below_zero_hides(hot: bool) -> None:
+def test_units_out_on_an_exchange_are_not_taken_for_stock_a_warehouse_below_zero_hides(
+    hot: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Found by the random hot-against-cold comparator (seed 1350): a count leaves WH-SH 5; a line routed to WH-SH
     gets 1 unit of it from another bucket in an exchange, not enough, and is refused; its bucket has not reported
     since. A shipment then takes WH-SH below zero at the home. The home's figure for WH-SH left out the unit that
@@ -578,4 +580,4 @@ def test_units_out_on_an_exchange_are_not_taken_for_stock_a_warehouse_below_zero
         s.r.advance(2_000)
     s.line("jd:n5", 1, "RESERVE", buckets=buckets)
     assert s.answers("jd:n5")[0][0] == ("HELD" if held == 0 else "REFUSED")
-    s.audit(pytest.MonkeyPatch())
+    s.audit(monkeypatch)
