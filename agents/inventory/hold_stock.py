@@ -145,11 +145,8 @@ class _Before:
 
     @classmethod
     def of(cls, stock: SkuStock) -> _Before:
-        return cls(stock.paused, not stock.healthy(), _hot_state(stock))
-
-    def units_of(self, stock: SkuStock) -> None:
-        self.free = stock.available()
-        self.uncovered = hot_.uncovered(stock) if stock.hot is not None else 0
+        uncovered = hot_.uncovered(stock) if stock.hot is not None else 0
+        return cls(stock.paused, not stock.healthy(), _hot_state(stock), uncovered=uncovered)
 
 
 @dataclass
@@ -304,7 +301,7 @@ class HoldStock(Processor):
         if stock.hot is not None and stock.hot.bucket >= 0:
             # Before the event, not after it: an exchange or offer it makes must not skip a warehouse still.
             hot_.forget_stale_probes(stock, ctx.now_ms)
-        before.units_of(stock)
+        before.free = stock.available()
         home_seq = stock.hot.seq if stock.hot is not None and stock.hot.bucket < 0 else 0
         if event_type == "HoldCommand":
             self._command(ctx, db, stock, record)
@@ -855,7 +852,6 @@ class HoldStock(Processor):
         sku = sku_of(key)
         stock = self._stock(db, sku)
         before = _Before.of(stock)
-        before.units_of(stock)
         step = rules_.on_due(stock, self._rules, hold, ctx.now_ms)
         if not step.holds and step.answer is None:
             ctx.schedule(key, hold.expires_at_ms if hold.expires_at_ms > ctx.now_ms else 0)
