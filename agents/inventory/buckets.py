@@ -38,7 +38,11 @@ rules, so K workers sell the SKU at once.
   them off those buckets, with units of its other warehouses in their place where it has them
   (``relabel_phantoms``), and keeps back what a bucket's lines are left short of (``bucket_short``). Such a
   bucket ties no line there, and gives none of its units there away, until the home says the count is
-  settled (``on_settled``; ``rules.awaits_count``), or ``PROBE_HOLD_MS`` passed.
+  settled (``on_settled``; ``rules.awaits_count``), or ``PROBE_HOLD_MS`` passed. From its answer until the
+  count is settled, every bucket also keeps back the most the count can take from the SKU (``loss_bound``,
+  as a ``DEBT``), so none sells a unit the count did not find while a slower bucket's answer is on its way.
+- What the SKU as a whole lacks once settled (or after a shipment from a warehouse with no units) is a debt
+  asked of every bucket at once (``rebalance``): each keeps it back and sends it home as units free up.
 - Un-marking merges: the buckets stop taking new lines, send every free unit home, finish their open
   lines, and report empty; when all did, the SKU is cold.
 - A paid line is allocated where it is held, but routing chooses its warehouse from the SKU's whole stock, so
@@ -93,9 +97,10 @@ PROBE_HOLD_MS = 300_000
 SETTLED = "settled:"  # the ref prefix of a home's word to a bucket that a count it answered is settled
 LACK = "lack"  # the ref of a transfer of units a bucket's lines lack (``distribute``): kept for them (``for_lack``)
 LACK_LIFTED = "lack-lifted"  # the ref of a home's word that the SKU owes nothing: units kept for a lack are free
-# The ref of a home's REBALANCE for units it lacks that no bucket had free when asked: every bucket keeps that many
-# of the units its lines free out of what it sells, and sends them home (``pay_debt``), until the home has them
-# (``DEBT_LIFTED``). A bucket selling them meanwhile would sell units the SKU as a whole no longer has.
+# The ref of a home's REBALANCE for units the SKU as a whole lacks (``owed``), or that no bucket had free when asked:
+# every bucket sends home that many of its free units, and of the units its lines free later (``pay_debt``), selling
+# none of them, until the home has them (``DEBT_LIFTED``). A bucket selling them meanwhile would sell units the SKU
+# as a whole no longer has.
 DEBT, DEBT_LIFTED = "debt", "debt-lifted"
 MIN_BUCKETS = 2  # fewer is no split: the SKU is decided at its home
 HOT, MERGING, COLD = "hot", "merging", ""
@@ -267,7 +272,8 @@ def distribute(home: SkuStock, low_water: int) -> list[Sync]:
         return out
     levels = reported_available(hot)
     for sync in out:
-        levels[sync.to_bucket] += total(sync.units)
+        if sync.kind == TRANSFER:
+            levels[sync.to_bucket] += total(sync.units)
     if hot.count > 1 and sum(levels) + units <= hot.count * low_water:
         target = max(range(hot.count), key=lambda k: (levels[k], -k))
         amounts = [units if k == target else 0 for k in range(hot.count)]
@@ -349,6 +355,7 @@ def on_report(home: SkuStock, bucket: int, figures: dict[str, Any], low_water: i
     if len(hot.merged) < hot.count:
         return []
     hot.state, hot.count, hot.reports, hot.merged, hot.in_flight, hot.short = COLD, 0, {}, [], [], []
+    hot.indebted, hot.debt_asked, hot.lacked = [], 0, []  # those buckets are gone, and what they kept back with them
     for settle in hot.settles:
         settle.pop("untied", None)  # those buckets are gone: a next split's of the same numbers kept none of it
     if hot.next_count >= MIN_BUCKETS:
@@ -375,7 +382,7 @@ def lifts(home: SkuStock) -> list[Sync]:
     if hot is None or hot.state != HOT:
         return []
     out = []
-    if hot.indebted and not home_short(home):
+    if hot.indebted and not home_short(home) and not hot.settles:  # a count's loss is owed once it is settled
         out += [Sync(CONFIG, k, ref=DEBT_LIFTED) for k in hot.indebted]
         hot.indebted, hot.debt_asked = [], 0
     if hot.lacked and not owed(home):
@@ -427,17 +434,14 @@ def home_short(home: SkuStock) -> int:
     return max(0, _backing(home) + owed(home) - total(_unallocated(home)))
 
 
-def outstanding_asks(home: SkuStock) -> None:
-    """What the home asked its buckets for and no longer lacks came home (or was freed): it is not outstanding,
-    so a debt that grows again within the refresh interval is asked for beyond what is still owed, not beyond the
-    last ask. Called after every change at the home; a dip seen by no ask would leave the next ask short."""
+def outstanding_debt(home: SkuStock) -> None:
+    """What the home asked its buckets for as a debt and no longer lacks came home: not outstanding. Units that came
+    home may go out again (behind a short bucket's lines, ``relabel_phantoms``), and a debt that then grows is asked
+    for anew, not taken as asked already. Called after every change at the home."""
     hot = home.hot
-    if hot is None or hot.asked_owed <= 0:
-        return
-    lacking = owed(home)
-    if _backing(home) + lacking <= total(_unallocated(home)):  # not short (``home_short``): nothing outstanding
-        lacking = 0
-    hot.asked_owed = min(hot.asked_owed, lacking)
+    if hot is not None and hot.debt_asked > 0:
+        short = home_short(home)
+        hot.debt_asked = min(hot.debt_asked, min(short, owed(home)) if short > 0 else 0)
 
 
 def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> list[Sync]:
@@ -453,13 +457,16 @@ def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> 
     if hot is None or hot.state != HOT or hot.settles or hot.count < MIN_BUCKETS:
         return []
     short = home_short(home)
-    lacking = owed(home) if short > 0 else 0
+    # What the SKU as a whole lacks (a count, a correction or a shipment took it) is a debt of every bucket at once:
+    # asked of the one whose last figures looked richest, the others sold their free units until its answer came,
+    # and it may have had none left to pay. Every bucket keeps the debt back from what it sells and sends it home as
+    # units free up; more may come home than lacked, and go out again once the home has it (``lifts``). Asked again
+    # only for what it grew by, at once, whatever the interval: the SKU as a whole has no unit to spare meanwhile.
+    debt = min(short, owed(home)) if short > 0 else 0
     if now_ms - hot.rebalanced_ms < interval_ms:
-        # Only for what a count (or a shipment off an empty shelf) added to what the SKU owes since the last ask: a
-        # bucket sells its free units until the ask reaches it, and the SKU as a whole has none to spare.
-        if lacking <= hot.asked_owed:
+        if debt <= hot.debt_asked:
             return []
-        short = min(short, lacking - hot.asked_owed)
+        short = debt
     levels = reported_available(hot)
     units = sum(levels)
     if max(levels) <= 0 and short <= 0:  # a bucket short of units (``bucket_short``) may take the sum to 0 or below
@@ -467,14 +474,17 @@ def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> 
     debts: list[int] = []
     if short > 0:
         asks = []
+        claimed = short - debt  # the home's own lines' (presale): asked of the richest buckets
         for k in sorted(range(hot.count), key=lambda k: (-levels[k], k)):
-            if short <= 0 or levels[k] <= 0:
+            if claimed <= 0 or levels[k] <= 0:
                 break
-            asks.append((k, min(short, levels[k])))
-            short -= asks[-1][1]
+            asks.append((k, min(claimed, levels[k])))
+            claimed -= asks[-1][1]
+        short = debt + claimed  # and what no bucket had free when asked: a debt too
         if short > hot.debt_asked:  # asked for already: the buckets keep it back until it is lifted
             debts = [k for k in range(hot.count) if k not in hot.merged]
-            hot.indebted, hot.debt_asked = sorted({*hot.indebted, *debts}), short
+            hot.indebted = sorted({*hot.indebted, *debts})
+            short, hot.debt_asked = short - hot.debt_asked, short  # each bucket is asked for what it grew by
     elif gathering(levels, low_water):
         target = max(range(hot.count), key=lambda k: (levels[k], -k))
         asks = [(k, levels[k]) for k in range(hot.count) if k != target and levels[k] > 0]
@@ -484,7 +494,7 @@ def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> 
     else:
         asks = []
     if asks or debts:
-        hot.rebalanced_ms, hot.asked_owed = now_ms, lacking
+        hot.rebalanced_ms = now_ms
     return [Sync(REBALANCE, k, qty=qty) for k, qty in asks] + [Sync(REBALANCE, k, qty=short, ref=DEBT) for k in debts]
 
 
@@ -533,7 +543,28 @@ def start_settle(home: SkuStock, kind: str, warehouse_id: str, qty: int, ref: st
                         "got": {}, "pre": {}, "dated": dated_ms, "skew": skew_ms,
                         "in_force": home.counted_ms.get(warehouse_id, -1)})  # fmt: skip
     as_of_ms = dated_ms if kind == "COUNT" else 0
-    return [Sync(PROBE, b, warehouse_id=warehouse_id, ref=ref, as_of_ms=as_of_ms, skew_ms=skew_ms) for b in waiting]
+    keep = loss_bound(home, kind, warehouse_id, qty, base)
+    if keep > 0:  # kept back until settled (``lifts``); then the home asks for what the SKU really lacks
+        hot.indebted = sorted({*hot.indebted, *waiting})
+    return [Sync(PROBE, b, qty=keep, warehouse_id=warehouse_id, ref=ref, as_of_ms=as_of_ms, skew_ms=skew_ms)
+            for b in waiting]  # fmt: skip
+
+
+def loss_bound(home: SkuStock, kind: str, warehouse_id: str, qty: int, base: int) -> int:
+    """The most free units a count (or a negative correction) being settled can take from the SKU as a whole: every
+    bucket keeps that many back from what it sells from its answer until the home has settled it and asked for what
+    the SKU really lacks (a debt, ``DEBT``). Without it, a bucket that answered sold units the count had not found
+    while the slowest bucket's answer was on its way. A count's is the warehouse's units by the records' last
+    figures (and any units out on an exchange) less the count: a bucket's figures are no fewer than it has there
+    now, since units reach a bucket only as transfers its home counts until the bucket reports them."""
+    if kind != "COUNT":
+        return max(0, -qty)
+    hot = home.hot
+    assert hot is not None
+    there = [int(fig.get("on_hand", {}).get(warehouse_id, 0)) for fig in hot.reports.values()]
+    there += [int(units.get(warehouse_id, 0)) for _, _, units in hot.in_flight]
+    lent = sum(int(fig.get("lent", 0)) for fig in hot.reports.values())
+    return max(0, max(0, base) + sum(q for q in there if q > 0) + lent - qty)
 
 
 def on_counted(home: SkuStock, bucket: int, ref: str, remaining: int, low_water: int,
@@ -885,17 +916,17 @@ def send_shortfall(bucket: SkuStock) -> list[Sync]:
 
 
 def on_rebalance(bucket: SkuStock, qty: int, ref: str = "") -> list[Sync]:
-    """Units home, as many as asked and free here: never units sent for a lack (``for_lack``). A line tied to a
-    warehouse this bucket lacks is not backed by its other units, so they look free; sent home, the home would hand
-    them to the short bucket again, and ask again: round and round within one batch."""
-    part = _taken_home(bucket, qty, keep=bucket.hot.for_lack if bucket.hot is not None else 0)
+    """Units home, as many as asked and free here: never units sent for a lack (``for_lack``), nor any while its
+    lines hold as many as it has. A line tied to a warehouse this bucket lacks is not backed by its other units, so
+    they look free; sent home, the home would hand them to the short bucket again, and ask again: round and round."""
+    part = _taken_home(bucket, min(qty, max(0, bucket.unheld())), keep=bucket.hot.for_lack if bucket.hot else 0)
     if ref == DEBT and bucket.hot is not None:
-        bucket.hot.owes_home = max(bucket.hot.owes_home, qty - total(part))
+        bucket.hot.owes_home += qty - total(part)  # a debt is asked for again only by what it grew
     return [Sync(TRANSFER, HOME, part)] if part else []
 
 
 def on_probe(bucket: SkuStock, warehouse_id: str, ref: str, now_ms: int, as_of_ms: int = 0,
-             skew_ms: int = 0) -> list[Sync]:  # fmt: skip
+             skew_ms: int = 0, keep: int = 0) -> list[Sync]:  # fmt: skip
     """Send the warehouse's free units home, then say what was left there (the units open lines hold) when the count
     was taken (``as_of_ms``; 0: as it stands): its shipments since stay on top of the count. Units kept there behind
     untied lines wait for the count to be settled (``rules.awaits_count``): the home may take them off."""
@@ -904,6 +935,8 @@ def on_probe(bucket: SkuStock, warehouse_id: str, ref: str, now_ms: int, as_of_m
     if free > 0:
         take(bucket, {warehouse_id: free})
         out.append(Sync(TRANSFER, HOME, {warehouse_id: free}))
+    if keep > max(0, free):  # what the count may take from the SKU as a whole (``loss_bound``): kept back as a debt
+        out += on_rebalance(bucket, keep - max(0, free), DEBT)
     left = bucket.on_hand.get(warehouse_id, 0)
     then = left - moved_since(bucket, warehouse_id, as_of_ms, skew_ms) if as_of_ms else left
     if as_of_ms:

@@ -504,7 +504,7 @@ class HoldStock(Processor):
                 stock.shelf_moves = {wh: [list(m) for m in moves] for wh, moves in ended.get("shelf_moves", {}).items()}
                 stock.moves_from = dict(ended.get("moves_from", {}))
             self._send(ctx, stock, hot_.on_probe(stock, msg["warehouse_id"], msg["ref"], ctx.now_ms,
-                                                 msg.get("as_of_ms", 0), msg.get("skew_ms", 0)))  # fmt: skip
+                                                 msg.get("as_of_ms", 0), msg.get("skew_ms", 0), keep=msg["qty"]))
 
     def _home_sync(self, ctx: Context, db: StoreTransaction[Any], home: SkuStock, msg: dict[str, Any]) -> None:
         kind, sender = msg["kind"], msg["from_bucket"]
@@ -715,7 +715,7 @@ class HoldStock(Processor):
         if stock.hot is not None and stock.hot.state == hot_.HOT:
             # Units freed at the home while the SKU is hot (a line held there released or expired) go to the
             # buckets, where the orders are taken; left at the home, no order could have them.
-            hot_.outstanding_asks(stock)
+            hot_.outstanding_debt(stock)
             self._send(ctx, stock, hot_.distribute(stock, self.low_water))
             if hot_.home_short(stock):  # a presale line held here, or units owed: they are out in the buckets
                 self._send(ctx, stock, hot_.rebalance(stock, ctx.now_ms, self.low_water, self.refresh_interval_ms))

@@ -199,7 +199,6 @@ class Buckets:
     next_count: int = 0  # home: K to split into once the current merge finishes
     setting: int = 0  # home: the K last applied from the hot_skus setting
     rebalanced_ms: int = 0  # home: when buckets were last asked to send units home
-    asked_owed: int = 0  # home: what it owed at its last ask for units (``buckets.owed``, ``buckets.rebalance``)
     # Home: [seq, bucket, units] sent, not yet reported (an exchange's without its units: ``buckets.sent_to_bucket``).
     in_flight: list[list[Any]] = field(default_factory=list)
     acked: int = 0  # bucket: the sequence number of the last message from its home it applied

@@ -1079,14 +1079,35 @@ def test_an_exchange_a_count_kept_units_from_refuses_the_line_as_counting_not_sh
 
 def test_a_debt_that_grows_within_the_interval_is_asked_for_by_what_it_grew() -> None:
     """Found in review: every change of what the home owes asked the buckets for the whole debt again, while the
-    last ask's answers were still on their way (5 units asked for a debt of 3)."""
+    last ask's answers were still on their way (5 units asked for a debt of 3). Every bucket is asked (each keeps
+    the debt back from what it sells), for what the debt grew by."""
     hot = Buckets(count=2, state=b.HOT, reports={"0": figures({"WH-SH": 5}), "1": figures({})})
     stock = home({"WH-SH": -2}, count=2)
     stock.hot = hot
-    assert [(s.to_bucket, s.qty) for s in b.rebalance(stock, 1_000, 2, 5_000)] == [(0, 2)]
+    asked = b.rebalance(stock, 1_000, 2, 5_000)
+    assert [(s.to_bucket, s.qty, s.ref) for s in asked] == [(0, 2, b.DEBT), (1, 2, b.DEBT)]
     stock.on_hand["WH-SH"] = -3  # another shipment off the empty home shelf, the answer not in yet
-    assert [(s.to_bucket, s.qty) for s in b.rebalance(stock, 2_000, 2, 5_000)] == [(0, 1)]
+    assert [(s.to_bucket, s.qty) for s in b.rebalance(stock, 2_000, 2, 5_000)] == [(0, 1), (1, 1)]
     assert b.rebalance(stock, 3_000, 2, 5_000) == []
+
+
+def test_a_bucket_whose_lines_hold_all_it_has_sends_nothing_home_for_a_debt() -> None:
+    """Its lines are tied to WH-SH, which it lacks: its WH-GZ units look free by warehouse, but the SKU counts them
+    behind those lines. Sent home for a debt, the home handed them back for the lack and asked again: round and
+    round (a livelock the random story found while every bucket came to be asked for a debt)."""
+    bucket = SkuStock(f"{SKU}#1", known=True, on_hand={"WH-GZ": 2, "WH-SH": 0}, locked=3, allocated={"WH-SH": 3},
+                      hot=Buckets(bucket=1, count=2, state=b.HOT))  # fmt: skip
+    assert b.on_rebalance(bucket, 1, b.DEBT) == []
+    assert bucket.on_hand == {"WH-GZ": 2, "WH-SH": 0} and bucket.hot is not None and bucket.hot.owes_home == 1
+
+
+def test_a_debt_asked_again_adds_to_what_a_bucket_owes() -> None:
+    """A bucket with no free unit keeps owing the first ask when the second comes: it owes both."""
+    bucket = SkuStock(f"{SKU}#1", known=True, on_hand={"WH-SH": 3}, locked=3,
+                      hot=Buckets(bucket=1, count=2, state=b.HOT))  # fmt: skip
+    assert b.on_rebalance(bucket, 2, b.DEBT) == []
+    assert b.on_rebalance(bucket, 1, b.DEBT) == []
+    assert bucket.hot is not None and bucket.hot.owes_home == 3
 
 
 def test_units_sent_to_a_bucket_waiting_for_a_count_are_its_to_sell() -> None:
@@ -1140,3 +1161,32 @@ def test_a_debt_no_bucket_can_pay_now_is_kept_back_until_paid_and_then_lifted() 
                      hot=Buckets(bucket=0, count=2, state=b.HOT, owes_home=1))  # fmt: skip
     b.lift(other, b.DEBT_LIFTED)
     assert other.hot is not None and other.hot.owes_home == 0
+
+
+# ---- what a count being settled may take ------------------------------------------------------------------
+def test_a_count_is_probed_with_the_most_it_can_take_from_the_sku_as_a_whole() -> None:
+    """The buckets' last figures put 4 + 3 WH-SH units out there, 1 more on its way, 2 out on an exchange, and the
+    home has 1: a count finding 6 can take at most 11 - 6 = 5 free units; a correction of -2 exactly 2. Every bucket
+    is asked to keep that back, and the home does not lift it while the count is being settled."""
+    stock = home({"WH-SH": 1}, count=2)
+    assert stock.hot is not None
+    stock.hot.reports = {"0": figures({"WH-SH": 4, "WH-GZ": 9}, lent=2), "1": figures({"WH-SH": 3})}
+    stock.hot.in_flight = [[7, 1, {"WH-SH": 1}]]
+    probes = sent(b.start_settle(stock, "COUNT", "WH-SH", 6, "c1", 0), b.PROBE)
+    assert {k: s.qty for k, s in probes.items()} == {0: 5, 1: 5}
+    assert stock.hot.indebted == [0, 1]
+    assert b.lifts(stock) == []  # settling: what the count takes is not known yet
+    other = home({"WH-SH": 1}, count=2)
+    assert {s.qty for s in b.start_settle(other, "CORRECTION", "WH-SH", -2, "k1", 0)} == {2}
+    found_more = home({"WH-SH": 1}, count=2)
+    assert {s.qty for s in b.start_settle(found_more, "COUNT", "WH-SH", 9, "c2", 0)} == {0}
+
+
+def test_a_bucket_answering_a_count_keeps_back_what_it_may_take() -> None:
+    """It sends the warehouse's free units home as before, and of its other free units as many as the count may take,
+    owing the rest: nothing it sells meanwhile can be a unit the count did not find."""
+    bucket = SkuStock(f"{SKU}#1", known=True, on_hand={"WH-SH": 2, "WH-GZ": 3}, locked=2,
+                      hot=Buckets(bucket=1, count=2, state=b.HOT))  # fmt: skip
+    out = b.on_probe(bucket, "WH-SH", "c1", 1_000, keep=4)
+    assert [s.units for s in out if s.kind == b.TRANSFER] == [{"WH-SH": 2}, {"WH-GZ": 1}]
+    assert bucket.available() == 0 and bucket.hot is not None and bucket.hot.owes_home == 1

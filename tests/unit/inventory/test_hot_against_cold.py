@@ -19,7 +19,7 @@ import pytest
 
 from agents.inventory.hold_stock import STORE, HoldStock, sku_key
 from streams.contract.keys import bucket_for, bucket_key
-from streams.contract.topics import HOLD_COMMANDS, OPS_OVERRIDES, STOCK_ADJUSTMENTS
+from streams.contract.topics import HOLD_COMMANDS, OPS_OVERRIDES, STOCK_ADJUSTMENTS, STOCK_BUCKETS
 from streams.engine.local import LocalRunner
 from streams.settings import Settings
 
@@ -28,8 +28,9 @@ P = Settings().partitions
 WAREHOUSES = frozenset({"WH-SH", "WH-GZ"})
 SKEW_MS = Settings().count_clock_skew_ms
 # A debt paid down and grown again; a unit out on an exchange behind a warehouse below zero; a line let go shipped
-# all the same, off units behind another line of its bucket.
-FOUND = [223, 1350, 2061, 1877]  # 1877: a short bucket sent home the unit it was sent for its lack, round and round
+# all the same, off units behind another line of its bucket; a short bucket sent home the unit it was sent for its
+# lack, round and round; a shortfall asked of the one bucket whose last figures looked rich, while the others sold.
+FOUND = [223, 1350, 2061, 1877, 2078]
 MAX_ROUNDS = 20_000
 FOUND_BUSIER = [12]  # the home, deciding lines while the buckets merge, sold units a short bucket's lines lacked
 
@@ -43,14 +44,33 @@ class Shop:
         settings = Settings(safety_threshold=0, threshold_hysteresis=0)
         self.r = LocalRunner([HoldStock.from_settings(settings, WAREHOUSES)], partitions=12)
         self.rounds = 0
+        self.lagging: set[str] = set()  # bucket keys whose messages from the SKU's other records wait (``lag``)
+        self.held_back: list[Any] = []
         apply_round = self.r._round  # noqa: SLF001 - every round of the runner's messages is counted
 
         def counted(events: list[Any]) -> list[Any]:
             self.rounds += 1  # a story's messages settle in far fewer: more is records sending each other round
             assert self.rounds < MAX_ROUNDS, f"{self.rounds} rounds of messages: a livelock"
-            return apply_round(events)
+            held = [e for e in events if e[0] == STOCK_BUCKETS.name and e[1] in self.lagging]
+            self.held_back += held
+            return apply_round([e for e in events if not held or e not in held])
 
         self.r._round = counted  # type: ignore[method-assign]  # noqa: SLF001
+
+    def lag(self, bucket: int) -> None:
+        """Bucket ``bucket``'s partition falls behind: what the home and the other buckets send it waits, in order,
+        until ``catch_up`` (a cold SKU has no bucket: nothing waits)."""
+        if self.buckets:
+            self.lagging.add(bucket_key(SKU, bucket, P))
+
+    def catch_up(self) -> None:
+        """The partition catches up; lines passed on to it are answered now, and the held ones may ship."""
+        self.lagging.clear()
+        waiting, self.held_back = self.held_back, []
+        before = len(self.r.outputs)
+        self.r._drain(waiting)  # noqa: SLF001
+        self.held |= {o.record["order_id"] for o in self.r.outputs[before:]
+                      if o.event_type == "HoldDecided" and o.record["outcome"] == "HELD"}  # fmt: skip
 
     def adjust(self, kind: str, qty: int, wh: str, doc: str) -> None:
         self.r.send([(SKU, "StockAdjusted", {"event_id": doc, "event_time_ms": self.r.now_ms, "sku": SKU,
@@ -79,7 +99,11 @@ class Shop:
 
     def beyond(self) -> int:
         """Units the SKU's lines hold beyond its on-hand, over its home and buckets (as a cold SKU's level reads it:
-        a warehouse below zero hides no other's units)."""
+        a warehouse below zero hides no other's units). While a bucket is behind, none: a count it has not answered
+        is not applied yet (one that found more units shows later than the cold SKU's); a unit sold meanwhile is
+        still held when it catches up."""
+        if self.lagging:
+            return -(10**6)
         per: dict[str, int] = {}
         held = 0
         for key in [SKU] + [bucket_key(SKU, k, P) for k in range(self.buckets)]:
@@ -109,6 +133,7 @@ def to_the_end(story: Story | Busier, steps: list[tuple[str, int]], count: int) 
     """``count`` more steps of the story, then time for every report and rebalance to land."""
     for step in range(count):
         steps.extend((label, story.shop.beyond()) for label in story.next(step))
+    story.shop.catch_up()
     for _ in range(4):
         story.shop.r.advance(2_000)
     return [*steps, ("the end", story.shop.beyond())]
@@ -210,6 +235,10 @@ class Busier:
     shop: Shop
     orders: list[str]
     new: list[str] = field(default_factory=list)
+    merges: bool = True
+
+    def next_order_id(self) -> str:
+        return f"jd:n{len(self.new)}"
 
     def next(self, step: int) -> list[str]:
         rng, shop, roll = self.rng, self.shop, self.rng.random()
@@ -237,16 +266,16 @@ class Busier:
         if roll < 0.54:
             shop.r.advance(rng.choice([10, 300, 2_000]))
             return ["advance"]
-        if roll < 0.58:
+        if roll < 0.58 and self.merges:
             shop.split(0, f"unhot-{step}")
             shop.r.advance(SKEW_MS + 1)
             return ["merge"]
-        if roll < 0.62:
+        if roll < 0.62 and self.merges:
             shop.split(None, f"hot-{step}")
             return ["split"]
         labels = []
         for _ in range(rng.randint(1, 4)):
-            order_id = f"jd:n{len(self.new)}"
+            order_id = self.next_order_id()
             self.new.append(order_id)
             if shop.line(order_id, "RESERVE", 1) == "HELD":
                 shop.held.add(order_id)
@@ -257,6 +286,77 @@ class Busier:
 @pytest.mark.parametrize("seeds", [FOUND_BUSIER, range(0, 200)], ids=["found", "0-199"])
 def test_nor_in_a_busier_story(seeds: Iterable[int]) -> None:
     assert split_beyond_cold(play_busier, seeds) == []
+
+
+def play_lagging(seed: int, hot: bool) -> list[tuple[str, int]]:
+    """The busier story without merges, while now and then one bucket's partition falls behind and later catches up:
+    counts and corrections are settled while it answers late, and lines passed on to it wait for it.
+
+    New lines go only to buckets not behind: one sent straight to a bucket that has not yet heard of a count is
+    decided before it, as a cold SKU's would be had it come first."""
+    rng = random.Random(seed)
+    buckets = rng.choice([2, 3, 4])
+    shop = Shop(buckets if hot else 0)
+    steps = [(step, shop.beyond()) for step in opening(rng, shop)]
+    story = Lagging(rng, shop, [f"jd:o{i}" for i in range(len(steps))], merges=False, buckets=buckets)
+    shop.r.advance(3_000)
+    return to_the_end(story, steps, rng.randint(6, 16))
+
+
+@dataclass
+class Lagging(Busier):
+    buckets: int = 2
+    behind: int = -1  # the bucket whose partition is behind (in the cold story too, so both send the same lines)
+    issued: int = 0
+
+    def next_order_id(self) -> str:
+        while bucket_for(order_id := f"jd:n{self.issued}", self.buckets) == self.behind:
+            self.issued += 1
+        self.issued += 1
+        return order_id
+
+    def next(self, step: int) -> list[str]:
+        rng, shop = self.rng, self.shop
+        if rng.random() < 0.15:
+            if self.behind >= 0:
+                self.behind = -1
+                shop.catch_up()
+                return ["caught up"]
+            self.behind = rng.randrange(self.buckets)
+            shop.lag(self.behind)
+            return [f"bucket {self.behind} behind"]
+        if self.behind < 0:
+            return super().next(step)
+        # Nothing that frees or adds units while a bucket is behind: a line passed on to it is decided when it catches
+        # up, after them, where the cold SKU decided it before them and may have refused it. Nor a shipment: a line
+        # the cold SKU held at once may be waiting for its answer, and only a held line ships.
+        roll = rng.random()
+        if roll < 0.3:
+            wh = rng.choice(["WH-SH", "WH-GZ"])
+            shop.adjust("COUNT", rng.randint(0, 10), wh, f"count-{step}")
+            return [f"count {wh}"]
+        if roll < 0.5:
+            qty, wh = rng.choice([-3, -2, -1]), rng.choice(["WH-SH", "WH-GZ"])
+            shop.adjust("CORRECTION", qty, wh, f"corr{step}")
+            return [f"correction {qty} {wh}"]
+        if roll < 0.6:
+            order_id = rng.choice(self.orders + self.new)
+            shop.line(order_id, "ALLOCATE", 3 if order_id in self.orders else 1, rng.choice(["WH-SH", "WH-GZ"]),
+                      f"{order_id}:A:{step}")  # fmt: skip
+            return [f"ALLOCATE {order_id}"]
+        labels = []
+        for _ in range(rng.randint(1, 4)):
+            order_id = self.next_order_id()
+            self.new.append(order_id)
+            if shop.line(order_id, "RESERVE", 1) == "HELD":
+                shop.held.add(order_id)
+            labels.append(f"RESERVE {order_id}")
+        return labels
+
+
+@pytest.mark.parametrize("seeds", [range(0, 200)], ids=["0-199"])
+def test_nor_while_a_bucket_lags(seeds: Iterable[int]) -> None:
+    assert split_beyond_cold(play_lagging, seeds) == []
 
 
 def merge_then_ship_elsewhere(hot: bool, settle_ms: int = 0) -> tuple[list[str], int]:
@@ -285,3 +385,28 @@ def test_the_home_deciding_lines_while_merging_sells_no_unit_the_sku_lacks() -> 
     n0..n3 and refuses n4; merging, all 5 were held. Units out on an exchange no longer count there."""
     assert merge_then_ship_elsewhere(False) == (["HELD"] * 4 + ["REFUSED"], 0)
     assert merge_then_ship_elsewhere(True)[1] <= 0
+
+
+def shipped_below_zero_after_a_count(hot: bool) -> tuple[list[str], int]:
+    shop = Shop(4 if hot else 0)
+    shop.adjust("RECEIPT", 16, "WH-SH", "r1")
+    shop.adjust("RECEIPT", 6, "WH-GZ", "r2")
+    shop.split()
+    for order_id in ["jd:o0", "jd:o2", "jd:o3", "jd:o4"]:  # buckets 3, 3, 1, 2
+        assert shop.line(order_id, "RESERVE", 3) == "HELD"
+    shop.adjust("COUNT", 5, "WH-SH", "c1")  # 12 held on SH 5 + GZ 6: one short
+    shop.adjust("RECEIPT", 2, "WH-GZ", "r3")  # one free
+    shop.line("jd:o2", "SHIP", 3, "WH-SH")  # its bucket has 1 WH-SH: 2 go below zero, sent home as a shortfall
+    sold = [shop.line(f"jd:n{i}", "RESERVE", 1) for i in range(2)]
+    for _ in range(3):
+        shop.r.advance(2_000)
+    return sold, shop.beyond()
+
+
+def test_a_shipment_below_zero_within_the_refresh_interval_after_a_count_sells_no_extra_unit() -> None:
+    """Found in review: the home asked only the bucket whose last figures looked richest for the 2 units the shipment
+    left it short; that bucket had none free (its units were behind its line), the ask was dropped, and the others
+    sold theirs meanwhile. Cold: 1 free unit, sells jd:n0 and refuses jd:n1; split in 4 it sold both (1 held beyond
+    on-hand). What the SKU as a whole lacks is now a debt of every bucket at once."""
+    assert shipped_below_zero_after_a_count(False) == (["HELD", "REFUSED"], 0)
+    assert shipped_below_zero_after_a_count(True)[1] <= 0
