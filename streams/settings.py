@@ -524,7 +524,8 @@ class Settings(BaseSettings):
         le=300_000,
         description="How long a stock call whose answer was lost (no answer, a 5xx) may still land at its platform. "
         "The platforms' stock APIs carry no version, so such a call landing late would set its older figure over "
-        "a newer one: a SKU's figure sent within this time after a lost call is sent once more after it.",
+        "a newer one: a SKU's figure sent within this time after a lost call is sent once more after it, and so is "
+        "one read again within this time after its partition was assigned (an earlier owner's calls are not known).",
     )
     connector_push_window_ms: int = Field(
         default=100,

@@ -48,6 +48,8 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 COMMIT_EVERY_S = 0.5
 MAX_POLL_INTERVAL_MS = 86_400_000  # a lane may retry for long; the group must not evict the loop meanwhile
+END_OFFSET_WAIT_S = 5.0
+END_UNKNOWN = 2**63 - 1  # a partition's end offset the broker did not give at its assignment: past every record
 REGISTRY_WAIT_S = 1.0  # a record whose schema the registry could not give is read again after this
 
 
@@ -177,6 +179,9 @@ class InputLoop:
         # Called after each change of ``assigned`` (on the loop's thread): the process shares the platforms'
         # rate limits among the group's members by the partitions each holds.
         self.on_assignment: Callable[[], None] = lambda: None
+        # Called with each assignment's partitions and their end offsets then (``END_UNKNOWN`` where the broker did
+        # not say): the records below were maybe read by an earlier owner.
+        self.on_assigned: Callable[[dict[TopicPartitionKey, int]], None] | None = None
         self.partitions_total: int | None = None  # the input topic's, read before subscribing
         self.codec = codec
         self.sink = sink
@@ -353,7 +358,23 @@ class InputLoop:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update((tp.topic, tp.partition) for tp in partitions)
         log.info("%s: assigned %s", self.stage, [tp.partition for tp in partitions])
+        if self.on_assigned is not None:
+            self.on_assigned({(tp.topic, tp.partition): self._end_offset(consumer, tp) for tp in partitions})
         self.on_assignment()
+
+    def _end_offset(self, consumer: Consumer, tp: TopicPartition) -> int:
+        """The partition's end offset now; ``END_UNKNOWN`` if the broker would not say within a few seconds (a
+        partition just made, its leader not known yet, answers so at first)."""
+        deadline = time.monotonic() + END_OFFSET_WAIT_S
+        while True:
+            try:
+                return int(consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=2.0)[1])
+            except KafkaException as exc:
+                if time.monotonic() >= deadline or self.stop.is_set():
+                    log.warning("%s: end of partition %d unknown (%s): every record read soon is taken as read "
+                                "before", self.stage, tp.partition, exc)  # fmt: skip
+                    return END_UNKNOWN
+                time.sleep(0.2)
 
     @property
     def partitions(self) -> int:

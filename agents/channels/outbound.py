@@ -179,6 +179,7 @@ class Batch:
 
 
 UNKNOWN_QUANTITY = -1  # what a channel shows when a figure after its last accepted one failed: no figure equals it
+UNKNOWN_VERSION = -1  # the version of a lost call only known to have maybe been made (``PushQueue.replayed``)
 # A figure whose call failed for now waits this long before it goes again, doubling per failure up to the
 # ceiling: a channel down for hours costs a call per batch of SKUs every half minute, and a channel back (or a
 # key set) gets its figures within that (at once when another of its calls goes through: ``resume_retries``).
@@ -228,6 +229,11 @@ class PushQueue:
     version: landing after a newer figure, it would set its older one over it. A newer figure of that SKU applied
     within that time goes once more after it (``settle`` answers False and the push waits in the queue, its records
     open); a newer figure still takes its place at once.
+
+    The same holds for a call of the partition's previous owner (an earlier life of this process after ``kill -9``,
+    or another member before a rebalance): its lost calls are not known here, but their records were left open, so
+    they are read again. A figure read from below the end the partition had when it was assigned (``replayed``)
+    is taken as following an unknown lost call of its SKU, and goes once more ``doubt_ms`` after the assignment.
     """
 
     def __init__(self, window_ms: int, doubt_ms: int = 0) -> None:
@@ -240,6 +246,9 @@ class PushQueue:
         self._accepted: dict[str, tuple[int, int]] = {}  # sku -> (quantity, version) the platform holds
         self._superseded: list[Ticket] = []
         self._revokes = 0  # ``forget_shown``-s so far: a call taken before the last one lands unremembered
+        # Partitions assigned within ``doubt_ms`` -> (their end offset then, until when): records below it were read
+        # by an earlier owner too, which may have had calls of them lost (``replayed``).
+        self._replayed: dict[TopicPartitionKey, tuple[int, int]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -280,8 +289,24 @@ class PushQueue:
         tickets, self._superseded = self._superseded, []
         return tickets
 
+    def replayed(self, ends: Mapping[TopicPartitionKey, int], now_ms: int) -> None:
+        """Partitions were just assigned, with these end offsets: an earlier owner may have read the records below
+        them and lost calls of their figures (see the class docstring)."""
+        if self.doubt_ms > 0:
+            self._replayed = {tp: v for tp, v in self._replayed.items() if v[1] > now_ms}
+            self._replayed.update({tp: (end, now_ms + self.doubt_ms) for tp, end in ends.items()})
+
+    def _read_again(self, sku: str, ticket: Ticket, now_ms: int) -> None:
+        end, until = self._replayed.get(ticket.tp, (0, 0))
+        if ticket.offset < end and until > now_ms:
+            doubt = self._doubt.setdefault(sku, [])
+            if (until, UNKNOWN_VERSION) not in doubt:
+                doubt.append((until, UNKNOWN_VERSION))
+
     def offer(self, sku: str, quantity: int, version: int, ticket: Ticket, source: str, now_ms: int) -> bool:
         """Queue a figure; False when there is nothing to send for it (the caller finishes ``ticket`` now)."""
+        if self._replayed:
+            self._read_again(sku, ticket, now_ms)
         waiting = self._pending.get(sku) or self._retrying.get(sku)
         accepted = self._accepted.get(sku)
         flying = self._in_flight.get(sku)

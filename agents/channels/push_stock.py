@@ -348,6 +348,16 @@ class StockConnector(Connector[StockLane]):
     STAGE = STAGE
     MAX_IN_FLIGHT = MAX_IN_FLIGHT
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loop.on_assigned = self.partitions_assigned
+
+    def partitions_assigned(self, ends: dict[TopicPartitionKey, int]) -> None:
+        """Figures read again from below these ends may follow a call their earlier owner lost (``PushQueue``)."""
+        for lane in self.lanes.values():
+            with lane.cond:
+                lane.pushes.replayed(ends, monotonic_ms())
+
     def make_lanes(self) -> dict[str, StockLane]:
         channels = [c for c in self.settings.channels if c in CONNECTOR_FAILED]
         window_ms, doubt_ms = self.settings.connector_push_window_ms, self.settings.connector_in_doubt_ms

@@ -399,6 +399,29 @@ def test_channel_stock_is_pushed_newest_first_and_never_set_older(settings: Sett
     assert shown(thread, "jd", "S1") == (3, 1400)
 
 
+def test_a_level_read_again_at_start_goes_once_more_when_an_earlier_lifes_call_can_no_longer_land(
+    settings: Settings, sim
+) -> None:
+    """A level left open by the connector's earlier life (``kill -9``: it may have had a call of it lost, which the
+    platforms, keeping no version, would apply whenever it lands) is read again at start and sent, then once more
+    when ``STOCKFLOW_CONNECTOR_IN_DOUBT_MS`` is over; a level written after the start goes once."""
+    thread, _ = sim
+    doubting = settings.model_copy(update={"connector_in_doubt_ms": 3_000})
+    send_levels(doubting, level("S7", 1000, jd=5))  # before the start: below the partition's end at assignment
+    with connectors(doubting):
+        send_levels(doubting, level("S8", 1000, jd=6))
+        wait_for(lambda: shown(thread, "jd", "S7") == (5, 1000) and shown(thread, "jd", "S8") == (6, 1000),
+                 timeout_s=30, what="S7 and S8 on jd")  # fmt: skip
+        def calls(sku: str) -> list[str]:
+            rows = thread.market.calls_json("jd", "stock")
+            return [c["result"] for c in rows if c["idempotency_key"] == f"{sku}:1000"]
+
+        wait_for(lambda: calls("S7") == ["applied", "stale"], timeout_s=30, what="S7 sent once more")
+        wait_for(lambda: committed_to_end(doubting, f"{doubting.app_id}.connectors.stock", STOCK_LEVELS.name),
+                 timeout_s=30, what="both levels committed")  # fmt: skip
+        assert calls("S8") == ["applied"]
+
+
 def stock_calls(admin: SimulatorClient, channel: str) -> tuple[int, list[dict[str, Any]]]:
     """(calls, figures) the simulator took for ``channel``'s stock: a many-SKU call's figures share a number. Read
     through its admin API, on the simulator's own loop: a busy simulator's state is not to be read from here."""

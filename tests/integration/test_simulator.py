@@ -472,3 +472,32 @@ def test_two_lost_calls_in_a_row_still_end_with_the_newest_figure(
     send_due(lane, clock[0])
     (shown,) = admin.stock("own", "SKU-1")
     assert (shown["quantity"], shown["version"]) == (20, 200), "the channel ends on the older figure"
+
+
+@pytest.mark.parametrize("replayed", [False, True])
+def test_a_connector_started_again_ends_on_the_newest_figure_after_its_earlier_lifes_lost_call(
+    sim: SimulatorThread, admin: SimulatorClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replayed: bool
+) -> None:
+    """The connector's earlier life sent v100, lost its answer (the gateway holds it) and died (``kill -9``): its
+    record stayed open. The next life reads the SKU's records again from there, v200 among them, and sends v200;
+    then the held v100 lands. Told the partition's end at its assignment (``PushQueue.replayed``), it sends v200
+    once more when v100 can no longer land; without it, the channel keeps v100."""
+    _, connector, earlier = own_lane(sim, tmp_path, monkeypatch, 5_000)
+    admin.configure("own", honors_versions=False, late_calls=1, late_apply_ms=600)
+    earlier.offer("SKU-1", 10, 100, ticket(1), "stock.levels/0/1")
+    assert send_due(earlier, 0) == 1 and connector.finished == []  # no answer; then the process is killed
+    clock, connector, lane = own_lane(sim, tmp_path, monkeypatch, 5_000)
+    if replayed:
+        lane.pushes.replayed({("stock.levels", 0): 3}, clock[0])
+    lane.offer("SKU-1", 10, 100, ticket(1), "stock.levels/0/1")
+    lane.offer("SKU-1", 20, 200, ticket(2), "stock.levels/0/2")
+    assert send_due(lane, clock[0]) == 1
+    wait_for(lambda: admin.stock("own", "SKU-1")[0]["quantity"] == 10, timeout_s=5, what="the held call landing")
+    clock[0] = 5_001
+    send_due(lane, clock[0])
+    (shown,) = admin.stock("own", "SKU-1")
+    if replayed:
+        assert (shown["quantity"], shown["version"]) == (20, 200)
+        assert connector.finished == [ticket(1), ticket(2)] and lane.pending() == 0
+    else:
+        assert (shown["quantity"], shown["version"]) == (10, 100)  # what it is for

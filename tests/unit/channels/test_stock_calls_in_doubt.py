@@ -150,3 +150,27 @@ def test_an_attempt_answered_429_is_not_lost_and_its_next_figure_goes_once(
     clock[0] = 1_000
     assert send_due(lane, clock[0]) == 1
     assert connector.finished == [ticket(1), ticket(2)], (connector.finished, lane.pending())
+
+
+def test_a_figure_read_again_after_an_assignment_goes_once_more_when_an_earlier_owners_call_cannot_land() -> None:
+    """After a ``kill -9`` (or a rebalance) the earlier owner's lost calls are not known here, but their records were
+    left open and are read again: a figure read from below the partition's end at its assignment may follow one, and
+    goes once more when it can no longer land. A record written after the assignment is no such figure."""
+    q = PushQueue(window_ms=0, doubt_ms=30_000)
+    q.replayed({("stock.levels", 0): 5}, 1_000)  # assigned at 1 s, its end offset 5: lost calls may land until 31 s
+    q.offer("A", 20, 200, ticket(4), "s", 1_100)
+    q.offer("B", 7, 300, ticket(6), "s", 1_100)
+    a, b = take(q, 1_200), take(q, 1_200)
+    assert a is not None and b is not None and {a.sku, b.sku} == {"A", "B"}
+    a, b = (a, b) if a.sku == "A" else (b, a)
+    assert not q.settle(a, accepted=True, now_ms=1_300), "A finished while its earlier owner's call may still land"
+    assert q.settle(b, accepted=True, now_ms=1_300)
+    assert take(q, 30_000) is None
+    again = take(q, 31_000)
+    assert again is not None and again.sku == "A" and again.version == 200
+    assert q.settle(again, accepted=True, now_ms=31_100) and again.tickets == [ticket(4)]
+    late = PushQueue(window_ms=0, doubt_ms=30_000)
+    late.replayed({("stock.levels", 0): 5}, 1_000)
+    late.offer("A", 20, 200, ticket(4), "s", 40_000)  # read after every earlier call's time: nothing to confirm
+    p = take(late, 40_000)
+    assert p is not None and late.settle(p, accepted=True, now_ms=40_100)
