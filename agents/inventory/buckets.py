@@ -40,7 +40,8 @@ rules, so K workers sell the SKU at once.
   bucket ties no line there, and gives none of its units there away, until the home says the count is
   settled (``on_settled``; ``rules.awaits_count``), or ``PROBE_HOLD_MS`` passed. From its answer until the
   count is settled, every bucket also keeps back the most the count can take from the SKU (``loss_bound``,
-  as a ``DEBT``), so none sells a unit the count did not find while a slower bucket's answer is on its way.
+  as a ``DEBT``: a correction's amount, a count's every unit), so none sells a unit the count did not find
+  while a slower bucket's answer is on its way.
 - What the SKU as a whole lacks once settled (or after a shipment from a warehouse with no units) is a debt
   asked of every bucket at once (``rebalance``): each keeps it back and sends it home as units free up.
 - Un-marking merges: the buckets stop taking new lines, send every free unit home, finish their open
@@ -102,6 +103,7 @@ LACK_LIFTED = "lack-lifted"  # the ref of a home's word that the SKU owes nothin
 # none of them, until the home has them (``DEBT_LIFTED``). A bucket selling them meanwhile would sell units the SKU
 # as a whole no longer has.
 DEBT, DEBT_LIFTED = "debt", "debt-lifted"
+WHOLE = 1 << 30  # a debt of every unit a bucket has or frees (``loss_bound``): it sells none until the debt is lifted
 MIN_BUCKETS = 2  # fewer is no split: the SKU is decided at its home
 HOT, MERGING, COLD = "hot", "merging", ""
 SOLD_OUT = "sold_out"  # only as the home's word to a bucket: hot, and no unit of the SKU is free anywhere
@@ -440,8 +442,7 @@ def outstanding_debt(home: SkuStock) -> None:
     for anew, not taken as asked already. Called after every change at the home."""
     hot = home.hot
     if hot is not None and hot.debt_asked > 0:
-        short = home_short(home)
-        hot.debt_asked = min(hot.debt_asked, min(short, owed(home)) if short > 0 else 0)
+        hot.debt_asked = min(hot.debt_asked, home_short(home))
 
 
 def rebalance(home: SkuStock, now_ms: int, low_water: int, interval_ms: int) -> list[Sync]:
@@ -543,28 +544,21 @@ def start_settle(home: SkuStock, kind: str, warehouse_id: str, qty: int, ref: st
                         "got": {}, "pre": {}, "dated": dated_ms, "skew": skew_ms,
                         "in_force": home.counted_ms.get(warehouse_id, -1)})  # fmt: skip
     as_of_ms = dated_ms if kind == "COUNT" else 0
-    keep = loss_bound(home, kind, warehouse_id, qty, base)
+    keep = loss_bound(kind, qty)
     if keep > 0:  # kept back until settled (``lifts``); then the home asks for what the SKU really lacks
         hot.indebted = sorted({*hot.indebted, *waiting})
     return [Sync(PROBE, b, qty=keep, warehouse_id=warehouse_id, ref=ref, as_of_ms=as_of_ms, skew_ms=skew_ms)
             for b in waiting]  # fmt: skip
 
 
-def loss_bound(home: SkuStock, kind: str, warehouse_id: str, qty: int, base: int) -> int:
+def loss_bound(kind: str, qty: int) -> int:
     """The most free units a count (or a negative correction) being settled can take from the SKU as a whole: every
     bucket keeps that many back from what it sells from its answer until the home has settled it and asked for what
     the SKU really lacks (a debt, ``DEBT``). Without it, a bucket that answered sold units the count had not found
-    while the slowest bucket's answer was on its way. A count's is the warehouse's units by the records' last
-    figures (and any units out on an exchange) less the count: a bucket's figures are no fewer than it has there
-    now, since units reach a bucket only as transfers its home counts until the bucket reports them."""
-    if kind != "COUNT":
-        return max(0, -qty)
-    hot = home.hot
-    assert hot is not None
-    there = [int(fig.get("on_hand", {}).get(warehouse_id, 0)) for fig in hot.reports.values()]
-    there += [int(units.get(warehouse_id, 0)) for _, _, units in hot.in_flight]
-    lent = sum(int(fig.get("lent", 0)) for fig in hot.reports.values())
-    return max(0, max(0, base) + sum(q for q in there if q > 0) + lent - qty)
+    while the slowest bucket's answer was on its way. A correction takes its own amount. A count has no bound the
+    home knows: a bucket's shipments after the count was taken go back into what it counts as there then (the home
+    sees them only as units gone from the bucket's figures), so every bucket keeps back all it has until settled."""
+    return max(0, -qty) if kind != "COUNT" else WHOLE
 
 
 def on_counted(home: SkuStock, bucket: int, ref: str, remaining: int, low_water: int,
