@@ -359,22 +359,23 @@ class InputLoop:
         self.assigned.update((tp.topic, tp.partition) for tp in partitions)
         log.info("%s: assigned %s", self.stage, [tp.partition for tp in partitions])
         if self.on_assigned is not None:
-            self.on_assigned({(tp.topic, tp.partition): self._end_offset(consumer, tp) for tp in partitions})
+            deadline = time.monotonic() + END_OFFSET_WAIT_S  # for them all: the loop reads nothing meanwhile
+            self.on_assigned({(tp.topic, tp.partition): self._end_offset(consumer, tp, deadline) for tp in partitions})
         self.on_assignment()
 
-    def _end_offset(self, consumer: Consumer, tp: TopicPartition) -> int:
-        """The partition's end offset now; ``END_UNKNOWN`` if the broker would not say within a few seconds (a
+    def _end_offset(self, consumer: Consumer, tp: TopicPartition, deadline: float) -> int:
+        """The partition's end offset now; ``END_UNKNOWN`` if the broker would not say by ``deadline`` (a
         partition just made, its leader not known yet, answers so at first)."""
-        deadline = time.monotonic() + END_OFFSET_WAIT_S
-        while True:
+        why: object = "no time left"
+        while not self.stop.is_set() and (left_s := deadline - time.monotonic()) > 0:
             try:
-                return int(consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=2.0)[1])
+                return int(consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), min(2.0, left_s))[1])
             except KafkaException as exc:
-                if time.monotonic() >= deadline or self.stop.is_set():
-                    log.warning("%s: end of partition %d unknown (%s): every record read soon is taken as read "
-                                "before", self.stage, tp.partition, exc)  # fmt: skip
-                    return END_UNKNOWN
-                time.sleep(0.2)
+                why = exc
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        log.warning("%s: end of partition %d unknown (%s): every record read soon is taken as read before",
+                    self.stage, tp.partition, why)  # fmt: skip
+        return END_UNKNOWN
 
     @property
     def partitions(self) -> int:

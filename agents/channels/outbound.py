@@ -482,9 +482,11 @@ class PushQueue:
             self._doubt[push.sku] = [*lost, (now_ms + self.doubt_ms, push.version)]
 
     def _to_confirm(self, push: Push, accepted: bool) -> int:
-        """When ``push``, applied, must go once more: once every call of an older figure of its SKU whose answer was
-        lost can have landed (0: it need not). A call taken after that is the last to land. Lost calls whose time
-        was over when ``push`` was taken are forgotten: no later call is taken earlier."""
+        """When ``push``, applied, must go once more: once every call of its SKU whose answer was lost can have
+        landed (0: it need not). A call taken after that is the last to land. Lost calls whose time was over when
+        ``push`` was taken are forgotten: no later call is taken earlier. A lost call of this very figure counts
+        too: landing late it changes nothing here, but its record stays open until it can no longer land, so a
+        process started again meanwhile reads it again and knows the SKU is in doubt (``replayed``)."""
         doubt = self._doubt.get(push.sku)
         if doubt is None:
             return 0
@@ -493,7 +495,7 @@ class PushQueue:
             self._doubt[push.sku] = doubt
         else:
             del self._doubt[push.sku]
-        return max((until for until, version in doubt if version < push.version), default=0) if accepted else 0
+        return max((until for until, version in doubt if version <= push.version), default=0) if accepted else 0
 
     def settle(self, push: Push, accepted: bool, now_ms: int = 0, lost: bool = False) -> bool:
         """The platform answered ``push``: ``accepted`` (now shows it), or stale (it holds a newer version); ``lost``:
@@ -506,9 +508,9 @@ class PushQueue:
         partition comes back (with no revoke here meanwhile to forget it, if this process held nothing). Only
         its version is kept (the platform holds at least that), so the SKU's next figure is sent whatever it is."""
         self._in_flight.pop(push.sku, None)
-        confirm_at = self._to_confirm(push, accepted)
         if lost:
             self._lost(push, now_ms)
+        confirm_at = self._to_confirm(push, accepted)
         if confirm_at and push.tickets:
             self._forget_figure(push.sku)
             newer = self._pending.get(push.sku)  # offered while this call was under way: it goes, and confirms
