@@ -240,6 +240,17 @@ class Busier:
     def next_order_id(self) -> str:
         return f"jd:n{len(self.new)}"
 
+    def new_lines(self) -> list[str]:
+        """1-4 new orders of one unit each."""
+        labels = []
+        for _ in range(self.rng.randint(1, 4)):
+            order_id = self.next_order_id()
+            self.new.append(order_id)
+            if self.shop.line(order_id, "RESERVE", 1) == "HELD":
+                self.shop.held.add(order_id)
+            labels.append(f"RESERVE {order_id}")
+        return labels
+
     def next(self, step: int) -> list[str]:
         rng, shop, roll = self.rng, self.shop, self.rng.random()
         if roll < 0.1:
@@ -273,14 +284,7 @@ class Busier:
         if roll < 0.62 and self.merges:
             shop.split(None, f"hot-{step}")
             return ["split"]
-        labels = []
-        for _ in range(rng.randint(1, 4)):
-            order_id = self.next_order_id()
-            self.new.append(order_id)
-            if shop.line(order_id, "RESERVE", 1) == "HELD":
-                shop.held.add(order_id)
-            labels.append(f"RESERVE {order_id}")
-        return labels
+        return self.new_lines()
 
 
 @pytest.mark.parametrize("seeds", [FOUND_BUSIER, range(0, 200)], ids=["found", "0-199"])
@@ -344,14 +348,7 @@ class Lagging(Busier):
             shop.line(order_id, "ALLOCATE", 3 if order_id in self.orders else 1, rng.choice(["WH-SH", "WH-GZ"]),
                       f"{order_id}:A:{step}")  # fmt: skip
             return [f"ALLOCATE {order_id}"]
-        labels = []
-        for _ in range(rng.randint(1, 4)):
-            order_id = self.next_order_id()
-            self.new.append(order_id)
-            if shop.line(order_id, "RESERVE", 1) == "HELD":
-                shop.held.add(order_id)
-            labels.append(f"RESERVE {order_id}")
-        return labels
+        return self.new_lines()
 
 
 @pytest.mark.parametrize("seeds", [range(0, 200)], ids=["0-199"])

@@ -19,14 +19,21 @@ def orders_of(bucket: int, buckets: int, n: int, prefix: str) -> list[str]:
     return out
 
 
-def count_while_a_bucket_lags(hot: bool) -> list[object]:
+def two_buckets_holding_3_each(hot: bool, gz_units: int) -> tuple[Shop, str, str]:
+    """8 units at WH-SH and ``gz_units`` at WH-GZ, split in two (or not), a line of 3 held in each bucket."""
     shop = Shop(2 if hot else 0)
     shop.adjust("RECEIPT", 8, "WH-SH", "r1")
-    shop.adjust("RECEIPT", 4, "WH-GZ", "r2")
+    shop.adjust("RECEIPT", gz_units, "WH-GZ", "r2")
     shop.split()
     shop.r.advance(3_000)
-    for order_id in orders_of(0, 2, 1, "a") + orders_of(1, 2, 1, "b"):
-        assert shop.line(order_id, "RESERVE", 3) == "HELD"
+    a, b = orders_of(0, 2, 1, "a")[0], orders_of(1, 2, 1, "b")[0]
+    assert shop.line(a, "RESERVE", 3) == "HELD"
+    assert shop.line(b, "RESERVE", 3) == "HELD"
+    return shop, a, b
+
+
+def count_while_a_bucket_lags(hot: bool) -> list[object]:
+    shop, _, _ = two_buckets_holding_3_each(hot, 4)
     shop.r.advance(3_000)
     shop.lag(0)  # bucket 0's partition lags: it answers the count late
     shop.adjust("COUNT", 0, "WH-SH", "c1")  # 6 held on 4 WH-GZ units: a cold SKU sells nothing more
@@ -71,14 +78,7 @@ def test_a_correction_that_leaves_the_sku_short_stops_every_bucket_not_only_the_
 
 
 def count_taken_before_a_shipment(hot: bool) -> list[object]:
-    shop = Shop(2 if hot else 0)
-    shop.adjust("RECEIPT", 8, "WH-SH", "r1")
-    shop.adjust("RECEIPT", 2, "WH-GZ", "r2")
-    shop.split()
-    shop.r.advance(3_000)
-    a, b = orders_of(0, 2, 1, "a")[0], orders_of(1, 2, 1, "b")[0]
-    assert shop.line(a, "RESERVE", 3) == "HELD"
-    assert shop.line(b, "RESERVE", 3) == "HELD"
+    shop, _, b = two_buckets_holding_3_each(hot, 2)
     shop.r.advance(1_000)
     taken_ms = shop.r.now_ms  # the warehouse counts 4 on WH-SH now ...
     shop.r.advance(1_000)
