@@ -41,6 +41,7 @@ class Connector(Generic[LaneT]):
     GROUP: ClassVar[str]
     STAGE: ClassVar[str]
     MAX_IN_FLIGHT: ClassVar[int]
+    READS_ENDS: ClassVar[bool] = False  # told each assigned partition's end offset (``partitions_assigned``)
 
     def __init__(self, settings: Settings, codec: Codec, caller: ChannelCaller, sink: ResultSink,
                  alerts: ConnectorAlerts, stop: threading.Event, on_error: Callable[[str], None]) -> None:  # fmt: skip
@@ -53,7 +54,8 @@ class Connector(Generic[LaneT]):
         self.lanes: dict[str, LaneT] = self.make_lanes()
         self.loop = InputLoop(settings, codec, sink, group_id=f"{settings.app_id}.connectors.{self.GROUP}",
                               topic=self.TOPIC, stage=self.STAGE, handle=self.handle, stop=stop,
-                              max_in_flight=self.MAX_IN_FLIGHT, on_revoked=self.partitions_revoked)  # fmt: skip
+                              max_in_flight=self.MAX_IN_FLIGHT, on_revoked=self.partitions_revoked,
+                              on_assigned=self.partitions_assigned if self.READS_ENDS else None)  # fmt: skip
 
     def make_lanes(self) -> dict[str, LaneT]:
         raise NotImplementedError
@@ -64,6 +66,10 @@ class Connector(Generic[LaneT]):
     def partitions_revoked(self, partitions: set[TopicPartitionKey]) -> None:
         """``partitions`` of the input went to another member (maybe this one again, at once): their records'
         work still queued is the new owner's, and what a subclass remembers of them may now be stale."""
+
+    def partitions_assigned(self, ends: dict[TopicPartitionKey, int]) -> None:
+        """Partitions of the input came to this member, with their end offsets then (only if ``READS_ENDS``):
+        records below were maybe read by an earlier owner, which may have left work of them half done."""
 
     def start_lanes(self) -> None:
         for lane in self.lanes.values():

@@ -173,15 +173,16 @@ class InputLoop:
         stop: threading.Event,
         max_in_flight: int,
         on_revoked: Callable[[set[TopicPartitionKey]], None] = lambda _partitions: None,
+        on_assigned: Callable[[dict[TopicPartitionKey, int]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.on_revoked = on_revoked
+        # Called with each assignment's partitions and their end offsets then (``END_UNKNOWN`` where the broker did
+        # not say): the records below were maybe read by an earlier owner. None: not asked for (no broker call).
+        self.on_assigned = on_assigned
         # Called after each change of ``assigned`` (on the loop's thread): the process shares the platforms'
         # rate limits among the group's members by the partitions each holds.
         self.on_assignment: Callable[[], None] = lambda: None
-        # Called with each assignment's partitions and their end offsets then (``END_UNKNOWN`` where the broker did
-        # not say): the records below were maybe read by an earlier owner.
-        self.on_assigned: Callable[[dict[TopicPartitionKey, int]], None] | None = None
         self.partitions_total: int | None = None  # the input topic's, read before subscribing
         self.codec = codec
         self.sink = sink

@@ -347,10 +347,7 @@ class StockConnector(Connector[StockLane]):
     GROUP = "stock"
     STAGE = STAGE
     MAX_IN_FLIGHT = MAX_IN_FLIGHT
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.loop.on_assigned = self.partitions_assigned
+    READS_ENDS = True
 
     def partitions_assigned(self, ends: dict[TopicPartitionKey, int]) -> None:
         """Figures read again from below these ends may follow a call their earlier owner lost (``PushQueue``)."""

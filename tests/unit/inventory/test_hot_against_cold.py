@@ -240,6 +240,16 @@ class Busier:
     def next_order_id(self) -> str:
         return f"jd:n{len(self.new)}"
 
+    def count(self, step: int) -> list[str]:
+        wh = self.rng.choice(["WH-SH", "WH-GZ"])
+        self.shop.adjust("COUNT", self.rng.randint(0, 10), wh, f"count-{step}")
+        return [f"count {wh}"]
+
+    def correction(self, step: int, amounts: list[int]) -> list[str]:
+        qty, wh = self.rng.choice(amounts), self.rng.choice(["WH-SH", "WH-GZ"])
+        self.shop.adjust("CORRECTION", qty, wh, f"corr{step}")
+        return [f"correction {qty} {wh}"]
+
     def new_lines(self) -> list[str]:
         """1-4 new orders of one unit each."""
         labels = []
@@ -257,13 +267,9 @@ class Busier:
             shop.adjust("RECEIPT", rng.randint(1, 6), rng.choice(["WH-SH", "WH-GZ"]), f"rc{step}")
             return ["receipt"]
         if roll < 0.18:
-            wh = rng.choice(["WH-SH", "WH-GZ"])
-            shop.adjust("COUNT", rng.randint(0, 10), wh, f"count-{step}")
-            return [f"count {wh}"]
+            return self.count(step)
         if roll < 0.24:
-            qty, wh = rng.choice([-3, -2, -1, 1, 2]), rng.choice(["WH-SH", "WH-GZ"])
-            shop.adjust("CORRECTION", qty, wh, f"corr{step}")
-            return [f"correction {qty} {wh}"]
+            return self.correction(step, [-3, -2, -1, 1, 2])
         if roll < 0.34:
             order_id, action = rng.choice(self.orders + self.new), rng.choice(["RELEASE", "EXPIRE", "SHIP", "COMMIT"])
             if action != "SHIP" or order_id in shop.held:
@@ -336,13 +342,9 @@ class Lagging(Busier):
         # the cold SKU held at once may be waiting for its answer, and only a held line ships.
         roll = rng.random()
         if roll < 0.3:
-            wh = rng.choice(["WH-SH", "WH-GZ"])
-            shop.adjust("COUNT", rng.randint(0, 10), wh, f"count-{step}")
-            return [f"count {wh}"]
+            return self.count(step)
         if roll < 0.5:
-            qty, wh = rng.choice([-3, -2, -1]), rng.choice(["WH-SH", "WH-GZ"])
-            shop.adjust("CORRECTION", qty, wh, f"corr{step}")
-            return [f"correction {qty} {wh}"]
+            return self.correction(step, [-3, -2, -1])
         if roll < 0.6:
             order_id = rng.choice(self.orders + self.new)
             shop.line(order_id, "ALLOCATE", 3 if order_id in self.orders else 1, rng.choice(["WH-SH", "WH-GZ"]),
