@@ -357,11 +357,12 @@ class InputLoop:
                 self._committed[(tp.topic, tp.partition)] = tp.offset
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned.update((tp.topic, tp.partition) for tp in partitions)
-        log.info("%s: assigned %s", self.stage, [tp.partition for tp in partitions])
         if self.on_assigned is not None:
             deadline = time.monotonic() + END_OFFSET_WAIT_S  # for them all: the loop reads nothing meanwhile
             self.on_assigned({(tp.topic, tp.partition): self._end_offset(consumer, tp, deadline) for tp in partitions})
+        # Held (and the process ready) once their ends are known: a record written before then counts as read again.
+        self.assigned.update((tp.topic, tp.partition) for tp in partitions)
+        log.info("%s: assigned %s", self.stage, [tp.partition for tp in partitions])
         self.on_assignment()
 
     def _end_offset(self, consumer: Consumer, tp: TopicPartition, deadline: float) -> int:
