@@ -234,6 +234,10 @@ class PushQueue:
     or another member before a rebalance): its lost calls are not known here, but their records were left open, so
     they are read again. A figure read from below the end the partition had when it was assigned (``replayed``)
     is taken as following an unknown lost call of its SKU, and goes once more ``doubt_ms`` after the assignment.
+
+    A figure parked while a lost call of its SKU may still land (``keep_open``) keeps its records open until then
+    (``take_closed``): finished at once, a process started again meanwhile would not read it again, know nothing
+    of that call, and finish the SKU's next figure while the call can still land after it.
     """
 
     def __init__(self, window_ms: int, doubt_ms: int = 0) -> None:
@@ -249,6 +253,7 @@ class PushQueue:
         # Partitions assigned within ``doubt_ms`` -> (their end offset then, until when): records below it were read
         # by an earlier owner too, which may have had calls of them lost (``replayed``).
         self._replayed: dict[TopicPartitionKey, tuple[int, int]] = {}
+        self._kept: list[tuple[int, list[Ticket]]] = []  # (until when, tickets) of figures parked while in doubt
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -415,6 +420,8 @@ class PushQueue:
         for push in self._in_flight.values():
             # A new list: the lane that sent it may be finishing the old one's tickets right now.
             push.tickets = [t for t in push.tickets if t.tp not in partitions]
+        kept = [(until, [t for t in tickets if t.tp not in partitions]) for until, tickets in self._kept]
+        self._kept = [(until, tickets) for until, tickets in kept if tickets]
 
     def _takeable(self, now_ms: int, limit: int) -> list[Push]:
         """Up to ``limit`` due pushes whose SKU has no call in flight, oldest first (nothing is removed)."""
@@ -476,6 +483,23 @@ class PushQueue:
         accepted = self._accepted.get(push.sku)
         return accepted is not None and accepted[0] == push.quantity
 
+    def keep_open(self, push: Push, now_ms: int) -> bool:
+        """``push`` was parked (the broker has it in the failed queue): True when a lost call of its SKU may still
+        land, and the queue keeps its records open until it cannot (``take_closed``); False: finish them now."""
+        until = max((u for u, _ in self._doubt.get(push.sku, []) if u > now_ms), default=0)
+        if not until or not push.tickets:
+            return False
+        self._kept.append((until, push.tickets))
+        return True
+
+    def take_closed(self, now_ms: int) -> list[Ticket]:
+        """Tickets of parked figures (``keep_open``) whose SKU's lost calls can no longer land: finish them now."""
+        if not self._kept or min(u for u, _ in self._kept) > now_ms:
+            return []
+        closed = [t for until, tickets in self._kept if until <= now_ms for t in tickets]
+        self._kept = [(until, tickets) for until, tickets in self._kept if until > now_ms]
+        return closed
+
     def _lost(self, push: Push, now_ms: int) -> None:
         if self.doubt_ms > 0:
             lost = [d for d in self._doubt.get(push.sku, []) if d[0] > now_ms]
@@ -532,13 +556,16 @@ class PushQueue:
             self._accepted.pop(push.sku, None)
         return True
 
-    def release(self, push: Push) -> None:
+    def release(self, push: Push, now_ms: int = 0, lost: bool = False) -> None:
         """``push``'s call failed for good or was abandoned: the SKU may be sent again. The channel still shows
         what it did, but a failed figure waits in the failed queue for ``stockflow connectors replay``, which
         would set it over any newer one not sent because the channel "already showed" it: the SKU's next
-        figure is sent whatever it is, so the replayed one then finds a newer version there."""
+        figure is sent whatever it is, so the replayed one then finds a newer version there. ``lost``: an attempt
+        of its call before the one answered got no answer, and may still land."""
         self._in_flight.pop(push.sku, None)
         self._forget_figure(push.sku)
+        if lost:
+            self._lost(push, now_ms)
 
     def _forget_figure(self, sku: str) -> None:
         accepted = self._accepted.get(sku)
@@ -554,10 +581,12 @@ class PushQueue:
             self._accepted[sku] = (UNKNOWN_QUANTITY, version)
 
     def drain(self) -> list[Push]:
-        """Everything waiting (at a stop: their records are left uncommitted and read again)."""
+        """Everything waiting (at a stop: their records are left uncommitted and read again, as are those of figures
+        parked while in doubt)."""
         pushes = [*self._pending.values(), *self._retrying.values()]
         self._pending.clear()
         self._retrying.clear()
+        self._kept.clear()
         return pushes
 
 

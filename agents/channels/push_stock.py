@@ -33,10 +33,12 @@ hold its partition's commit point for good. A figure refused for good - a reques
 or one its answer has no result for - is parked at once. A parked figure goes to
 ``connector.failed.<channel>`` as a ``stock`` request of its own (its one-SKU body, idempotency key
 ``SKU@version``), with the platform's answer, for a person and ``stockflow connectors replay``; its
-record finishes once the broker has it. After a figure was parked, the SKU's next figure is sent even
-when the channel already shows it: it carries a newer version than the parked one, so a replay can never
-set the parked figure over it. The endpoint's ``connector_failing`` alert is decided once per call:
-raised if any figure of it failed, cleared only by a call whose every figure went through.
+record finishes once the broker has it, or, while a lost call of its SKU may still land, once it no longer
+can (so a process started again meanwhile reads the figure again and knows the SKU is in doubt). After a
+figure was parked, the SKU's next figure is sent even when the channel already shows it: it carries a newer
+version than the parked one, so a replay can never set the parked figure over it. The endpoint's
+``connector_failing`` alert is decided once per call: raised if any figure of it failed, cleared only by a
+call whose every figure went through.
 
 A channel away for long holds one record open per SKU changed meanwhile. Past ``MAX_WAITING_PER_CHANNEL``
 SKUs waiting while its last call failed as a whole, its lane parks its oldest waiting figures the same
@@ -159,7 +161,7 @@ class StockLane:
                                 f"parked unsent: {self.channel} away with over {self.max_waiting} SKUs' figures "
                                 f"waiting, the oldest parked; its last call: {answer}",
                                 Reason.CONNECTOR_RETRIES_EXHAUSTED, push.failures, push.source)  # fmt: skip
-            c.sink.park(parked, functools.partial(self.finish, push))
+            c.sink.park(parked, functools.partial(self.parked, push))
         log.warning("%s away with over %d SKUs' figures waiting: %d of the oldest parked, %s first", self.channel,
                     self.max_waiting, len(pushes), pushes[0].idempotency_key)  # fmt: skip
         c.alerts.parked_backlog(self.channel, ENDPOINT, len(pushes), self.max_waiting)
@@ -208,6 +210,7 @@ class StockLane:
     def _serve(self) -> None:
         stop = self.connector.stop
         while not stop.is_set():
+            self.close_kept(monotonic_ms())  # within IDLE_WAIT_S of their time
             with self.cond:
                 now = monotonic_ms()
                 min_items = 1 if self.flying == 0 else self.max_items
@@ -227,6 +230,20 @@ class StockLane:
     def finish(self, push: Push) -> None:
         """``push`` needs nothing more: its records are done."""
         self.finish_tickets(push.tickets)
+
+    def parked(self, push: Push) -> None:
+        """The broker has ``push`` in the failed queue: its records are done, unless a lost call of its SKU may
+        still land (``PushQueue.keep_open``: they close when it no longer can)."""
+        with self.cond:
+            if self.pushes.keep_open(push, monotonic_ms()):
+                return
+        self.finish(push)
+
+    def close_kept(self, now_ms: int) -> None:
+        """Finish the records of parked figures whose SKU's lost calls can no longer land."""
+        with self.cond:
+            closed = self.pushes.take_closed(now_ms)
+        self.finish_tickets(closed)
 
     def finish_tickets(self, tickets: list[Ticket]) -> None:
         for ticket in tickets:
@@ -274,7 +291,7 @@ class StockLane:
                     if self.pushes.settle(push, outcome.kind is pf.OutcomeKind.OK, now, lost):
                         done.append(push)  # else it goes once more after a lost call's time to land
                 elif outcome.kind is pf.OutcomeKind.FATAL:
-                    self.pushes.release(push)
+                    self.pushes.release(push, now, lost)
                     failed.append((push, outcome))
                 elif self.pushes.retry(push, now, alone=result.done, lost=lost):  # alone: the call went through
                     retried.append((push, outcome))
@@ -315,7 +332,8 @@ class StockLane:
     def _park(self, result: CallResult, failed: list[tuple[Push, pf.Outcome]]) -> list[Reason]:
         """Each figure refused for good (or refused alone past its bound: ``connector_retries_exhausted``) to the
         failed queue, as a one-SKU request of its own; its records finish once the broker has it (the queue
-        keeps it until it is replayed: committing the record is safe). The reason (none without any)."""
+        keeps it until it is replayed: committing the record is safe), or later while its SKU is in doubt
+        (``parked``). The reason (none without any)."""
         if not failed:
             return []
         c = self.connector
@@ -333,7 +351,7 @@ class StockLane:
                            f"{(monotonic_ms() - (push.alone_since_ms or 0)) // 1000} s, the rest of its calls "
                            f"taken; the last: {answer}")  # fmt: skip
             reasons.append(Reason(parked.reason))
-            c.sink.park(parked, functools.partial(self.finish, push))
+            c.sink.park(parked, functools.partial(self.parked, push))
         first, _ = failed[0]
         log.warning("%s stock push of %d SKU(s) failed (%s), %s first: %s", self.channel, len(failed), reasons[0],
                     first.idempotency_key, result.answer[:200])  # fmt: skip

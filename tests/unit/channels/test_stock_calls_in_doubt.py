@@ -4,6 +4,7 @@ Found in review, each a sequence that left the channel on an older figure or a r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -14,11 +15,27 @@ from agents.channels import platforms as pf
 from agents.channels import push_stock
 from agents.channels.calls import ChannelCaller
 from agents.channels.credentials import CredentialStore, StoredKey
-from agents.channels.outbound import PushQueue, Ticket
+from agents.channels.outbound import RETRY_ALONE_MAX_FAILURES, PushQueue, Ticket
 from agents.channels.push_stock import StockLane
-from agents.channels.simulator import AppSpec, Marketplace
+from agents.channels.simulator import Answer, AppSpec, Marketplace
 from streams.settings import Settings
 from tests.unit.channels.test_connectors import Clock, FakeConnector, send_due, take, ticket
+
+
+def own_lane(tmp_path: Path, handle: Callable[[httpx.Request], httpx.Response]) -> tuple[StockLane, FakeConnector]:
+    """The own shop's stock lane (in-doubt time 30 s) whose calls ``handle`` answers, retried for up to 5 s."""
+    store = CredentialStore(tmp_path / "credentials.json")
+    store.set_key(StoredKey("own", pf.Credentials("lane-app", "lane-secret"), date(2030, 1, 1), 0))
+    caller = ChannelCaller(Settings(marketplace_url="http://market.test"), store,
+                           http=httpx.Client(transport=httpx.MockTransport(handle)), budget_s=5)
+    connector = FakeConnector(caller)
+    return StockLane("own", connector, window_ms=0, doubt_ms=30_000), connector  # type: ignore[arg-type]
+
+
+def ask(market: Marketplace, request: httpx.Request) -> Answer:
+    """``market``'s answer to a call of the own shop."""
+    path = request.url.path.removeprefix("/own")
+    return market.handle("own", path, dict(request.url.params), dict(request.headers), request.content)
 
 
 def settled_under_a_newer_figure(q: PushQueue) -> None:
@@ -126,24 +143,17 @@ def test_an_attempt_answered_429_is_not_lost_and_its_next_figure_goes_once(
             limited[0] -= 1
             market.configure("own", qps=0.001, burst=1.0)
             market.buckets.clear()
-            market.handle("own", request.url.path.removeprefix("/own"), dict(request.url.params),
-                          dict(request.headers), request.content)  # takes the only token
-            answer = market.handle("own", request.url.path.removeprefix("/own"), dict(request.url.params),
-                                   dict(request.headers), request.content)
+            ask(market, request)  # takes the only token
+            answer = ask(market, request)
             market.configure("own", qps=100.0, burst=100.0)
             market.buckets.clear()
             market.stock.clear()
         else:
-            answer = market.handle("own", request.url.path.removeprefix("/own"), dict(request.url.params),
-                                   dict(request.headers), request.content)
+            answer = ask(market, request)
         return httpx.Response(answer.status, json=answer.body)
 
-    store = CredentialStore(tmp_path / "credentials.json")
-    store.set_key(StoredKey("own", pf.Credentials("lane-app", "lane-secret"), date(2030, 1, 1), 0))
-    caller = ChannelCaller(Settings(marketplace_url="http://market.test"), store,
-                           http=httpx.Client(transport=httpx.MockTransport(handle)), budget_s=5)
-    connector = FakeConnector(caller)
-    lane = StockLane("own", connector, window_ms=0, doubt_ms=30_000)  # type: ignore[arg-type]
+    lane, connector = own_lane(tmp_path, handle)
+    caller = connector.caller
     lane.offer("A", 10, 100, ticket(1), "s")
     assert send_due(lane, 0) == 1 and caller.endpoint_stats("own", "stock").retried == 1  # a 429, then applied
     lane.offer("A", 20, 200, ticket(2), "s")
@@ -174,3 +184,85 @@ def test_a_figure_read_again_after_an_assignment_goes_once_more_when_an_earlier_
     late.offer("A", 20, 200, ticket(4), "s", 40_000)  # read after every earlier call's time: nothing to confirm
     p = take(late, 40_000)
     assert p is not None and late.settle(p, accepted=True, now_ms=40_100)
+
+
+def test_a_figure_parked_while_its_sku_is_in_doubt_keeps_its_record_open_until_the_lost_call_cannot_land() -> None:
+    """Finished when parked, its record is committed: a process started again within the lost call's time does not
+    read it again, knows nothing of that call, and finishes the SKU's next figure while the call can land after it."""
+    q = PushQueue(window_ms=0, doubt_ms=300_000)
+    q.offer("A", 10, 100, ticket(1), "s", 0)
+    q.retry(take(q, 0), 1_000)  # type: ignore[arg-type]  # lost: may land until 301 s
+    q.offer("A", 20, 200, ticket(2), "s", 1_500)
+    assert q.take_superseded() == [ticket(1)]  # ticket 2's record stands for it
+    now, parked = 2_000, None
+    for _ in range(RETRY_ALONE_MAX_FAILURES):  # refused alone until given up on: the caller parks it
+        p = take(q, now)
+        assert p is not None and p.version == 200
+        if not q.retry(p, now + 10, alone=True):
+            parked = p
+            break
+        now = p.due_ms
+    assert parked is not None
+    assert q.keep_open(parked, now + 20), "its record finished while the v100 call may still land"
+    assert q.take_closed(300_999) == []
+    assert q.take_closed(301_000) == [ticket(2)]
+    assert q.take_closed(400_000) == []
+    other = PushQueue(window_ms=0, doubt_ms=30_000)  # no lost call: the record finishes once the broker has it
+    other.offer("B", 5, 100, ticket(7), "s", 0)
+    p = take(other, 0)
+    assert p is not None
+    other.release(p)
+    assert not other.keep_open(p, 100)
+
+
+def test_a_parked_figure_kept_open_goes_with_its_partition() -> None:
+    """A revoked partition's records are the next owner's: nothing of them is finished here later."""
+    q = PushQueue(window_ms=0, doubt_ms=30_000)
+    q.offer("A", 10, 100, ticket(1), "s", 0)
+    p = take(q, 0)
+    assert p is not None
+    q.release(p, 500, lost=True)  # refused for good after an attempt without an answer
+    assert q.keep_open(p, 600)
+    q.forget_partitions({("stock.levels", 0)})
+    assert q.take_closed(31_000) == []
+
+
+def test_a_figure_refused_for_good_after_a_lost_attempt_keeps_its_record_open_and_its_next_figure_confirms(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The first attempt got no answer and may still land; the second was refused for good (its answer had no result
+    for the figure), so the figure is parked. Its record stays open until the first attempt can no longer land, and
+    the SKU's next figure, applied meanwhile, goes once more after that."""
+    clock = [0]
+    monkeypatch.setattr(push_stock, "monotonic_ms", lambda: clock[0])
+    market = Marketplace({"own": [AppSpec(app_key="lane-app", secret="lane-secret")]}, latency_ms=0, jitter_ms=0,
+                         seed=3, clock=Clock())
+    requests = [0]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests[0] += 1
+        if requests[0] == 1:
+            raise httpx.ReadTimeout("no answer", request=request)
+        answer = ask(market, request)
+        body = answer.body
+        if requests[0] == 2 and isinstance(body, dict):  # the first figure's second attempt: no result for it
+            body = {"data": {"results": []}}
+        return httpx.Response(answer.status, json=body)
+
+    lane, connector = own_lane(tmp_path, handle)
+    lane.offer("A", 10, 1, ticket(1), "s")
+    assert send_due(lane, 0) == 1
+    assert [f.reason for f in connector.parked] == ["connector_refused"], connector.parked
+    assert connector.finished == [], "parked while its lost attempt may land: its record must stay open"
+    clock[0] = 1_000
+    lane.offer("A", 20, 2, ticket(2), "s")
+    assert send_due(lane, clock[0]) == 1
+    assert connector.finished == [] and lane.pending() == 1, "applied while the lost attempt may land: goes again"
+    clock[0] = 29_000
+    lane.close_kept(clock[0])
+    assert connector.finished == []
+    clock[0] = 31_000
+    lane.close_kept(clock[0])
+    assert connector.finished == [ticket(1)]
+    assert send_due(lane, clock[0]) == 1
+    assert connector.finished == [ticket(1), ticket(2)]
