@@ -67,8 +67,8 @@ class Stopping(StockflowError, RuntimeError):
 
 @dataclass(frozen=True)
 class CallResult:
-    """How a call ended: the last answer judged, its text, how many attempts it took; ``lost``: one of them got no
-    answer or a server error, so the platform may have applied it, or may yet (a gateway holding it)."""
+    """How a call ended: the last answer judged, its text, how many attempts it took; ``lost``: one of them was sent
+    and got no answer or a server error, so the platform may have applied it, or may yet (a gateway holding it)."""
 
     outcome: Outcome
     answer: str
@@ -85,7 +85,8 @@ class CallResult:
         if self.outcome.kind is OutcomeKind.CREDENTIAL:
             return Reason.CONNECTOR_CREDENTIALS
         if self.outcome.kind is OutcomeKind.RETRIABLE:
-            return Reason.CONNECTOR_RETRIES_EXHAUSTED
+            # An attempt without an answer may have been applied: a person must not take it as not paid.
+            return Reason.CONNECTOR_IN_DOUBT if self.lost else Reason.CONNECTOR_RETRIES_EXHAUSTED
         return Reason.CONNECTOR_REFUSED
 
     def failed_call(self, channel: str, endpoint: str, idempotency_key: str, body: Mapping[str, Any], source: str,
@@ -262,7 +263,8 @@ class ChannelCaller:
         except httpx.TransportError as exc:
             # The URL carries the signature and maybe an access token: the answer names only the error.
             answer = f"no answer: {type(exc).__name__}: {exc}"[:ANSWER_CHARS]
-            return self._failed(stats, call, CallResult(classify(channel, None, None), answer, attempt_no, lost=True))
+            sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))  # else never left this process
+            return self._failed(stats, call, CallResult(classify(channel, None, None), answer, attempt_no, lost=sent))
         took_ms = (time.perf_counter() - started) * 1000
         stats.latencies_ms.append(took_ms)
         call.latencies_ms.append(took_ms)

@@ -3,7 +3,7 @@
 Written by the connectors (``kafka_io.ResultSink.park``, its one writer): every outbound call that
 failed for good, in the order the connector met them, with the request body as it was before signing
 (never a key), the marketplace's answer and a reason (``connector_credentials``, ``connector_refused``,
-``connector_retries_exhausted``).
+``connector_in_doubt``: it may have been applied, ``connector_retries_exhausted``).
 
 ``replay(settings, channel)`` (``stockflow connectors replay CHANNEL``) sends the queue's records again,
 in order, through the same call path as the live connectors (``calls.ChannelCaller``, the channel's

@@ -82,6 +82,7 @@ class Reason(enum.StrEnum):
     CONNECTOR_CREDENTIALS = "connector_credentials"
     CONNECTOR_REFUSED = "connector_refused"
     CONNECTOR_RETRIES_EXHAUSTED = "connector_retries_exhausted"
+    CONNECTOR_IN_DOUBT = "connector_in_doubt"
     # ---- the HTTP intake only (``{"error": code}``) ----------------------------------------------
     MALFORMED_JSON = "malformed_json"
     NOT_AN_OBJECT = "not_an_object"
@@ -239,7 +240,14 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.CONNECTOR_REFUSED: "a marketplace call the platform refused for the request itself (a bad parameter)",
     Reason.CONNECTOR_RETRIES_EXHAUSTED: (
         "a marketplace call that got no usable answer (timeouts, 5xx, rate limit) within "
-        "STOCKFLOW_CONNECTOR_RETRY_BUDGET_S"
+        "STOCKFLOW_CONNECTOR_RETRY_BUDGET_S, every attempt of it answered as not applied (a rate limit, a stale "
+        "timestamp); or a stock figure the platform refused on its own, for now, too often"
+    ),
+    Reason.CONNECTOR_IN_DOUBT: (
+        "a marketplace call that got no usable answer within STOCKFLOW_CONNECTOR_RETRY_BUDGET_S where an attempt "
+        "got no answer or a server error: the platform may have applied it (a refund may be paid). Replay it to "
+        "learn: it carries its idempotency key, so the platform answers 'already agreed' rather than pay twice; "
+        "never pay it by hand"
     ),
     Reason.MALFORMED_JSON: "intake: the body is not JSON",
     Reason.BODY_TOO_LARGE: "intake: a request body over 1 MiB",

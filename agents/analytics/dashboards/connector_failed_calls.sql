@@ -1,5 +1,5 @@
 -- title: Failed outbound calls by reason
--- description: Marketplace calls that failed for good in the range (connector.calls), per channel, endpoint and reason (connector_credentials: the key was refused or missing; connector_refused: the platform refused the request; connector_retries_exhausted: no usable answer within the retry budget), with how many were replays and the newest one's error (last_seen in the shop's time zone). The weekly connectivity report's failed-call volume.
+-- description: Marketplace calls that failed for good in the range (connector.calls), per channel, endpoint and reason (connector_credentials: the key was refused or missing; connector_refused: the platform refused the request; connector_in_doubt: no usable answer within the retry budget, and an attempt was sent and got none, so it may have been applied: replay it to learn, never by hand; connector_retries_exhausted: no usable answer within the retry budget, every attempt answered as not applied), with how many were replays and the newest one's error (last_seen in the shop's time zone). The weekly connectivity report's failed-call volume.
 -- chart: bar x=reason y=calls series=line
 SELECT
     channel,

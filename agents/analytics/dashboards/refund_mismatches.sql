@@ -1,5 +1,5 @@
 -- title: Refund reconciliation mismatches
--- description: Refunds paid out in the range whose money does not add up at the end of the range (or now), one row per refund and mismatch: issue_failed (the marketplace call failed and waits in the channel's failed queue: replay it), not_issued (no acceptance past the settlement limit), issued_not_settled (past the settlement limit), settled_not_issued, settled_unknown (a settlement for a refund stockflow never paid out), amount_mismatch (issued or settled for another amount than paid out). Times in the shop's time zone.
+-- description: Refunds paid out in the range whose money does not add up at the end of the range (or now), one row per refund and mismatch: issue_failed (the marketplace call failed and waits in the channel's failed queue: replay it; detail connector_in_doubt: it may have been paid, and the replay says so without paying twice: never pay it by hand), not_issued (no acceptance past the settlement limit), issued_not_settled (past the settlement limit), settled_not_issued, settled_unknown (a settlement for a refund stockflow never paid out), amount_mismatch (issued or settled for another amount than paid out). Times in the shop's time zone.
 -- chart: table
 SELECT
     refund_id,

@@ -780,9 +780,20 @@ def test_a_rotated_key_fails_at_once_and_a_refusal_is_not_retried(tmp_path: Path
 
 
 def test_retries_end_with_the_budget(tmp_path: Path) -> None:
-    fake = FakePlatform("pdd", ["busy"])
+    fake = FakePlatform("pdd", ["limit"])
     result = caller_for(tmp_path, fake, budget_s=0).call("pdd", "stock", pf.stock_body("pdd", "A", 1, 5))
     assert (result.reason, result.attempts) == (Reason.CONNECTOR_RETRIES_EXHAUSTED, 1)
+
+
+def test_a_refund_whose_attempt_got_a_server_error_fails_as_in_doubt_not_as_unpaid(tmp_path: Path) -> None:
+    """A 5xx (or a timeout) may have been applied: the failed queue and the dashboards must not read it as unpaid,
+    or a person pays it again by hand. An attempt answered with a rate limit was not applied."""
+    fake = FakePlatform("pdd", ["limit", "busy"])
+    result = caller_for(tmp_path, fake, budget_s=0.3).call("pdd", "refund", pf.refund_body("pdd", "R1", 100))
+    assert result.attempts >= 2 and result.reason is Reason.CONNECTOR_IN_DOUBT
+    fake.answers = ["limit"]
+    result = caller_for(tmp_path, fake, budget_s=0).call("pdd", "refund", pf.refund_body("pdd", "R2", 100))
+    assert result.reason is Reason.CONNECTOR_RETRIES_EXHAUSTED
 
 
 def test_no_key_is_a_credential_failure_without_a_call(tmp_path: Path) -> None:
