@@ -51,7 +51,6 @@ from streams.errors import StockflowError
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-SERVER_ERROR = 500  # and above: a gateway or server fault, which may have applied the call, or may yet
 RATE_SHARE = 0.9  # of the platform's per-app limit: our clock and theirs never agree exactly
 # A replay run while the connectors serve the same app takes this much of what they take: the platform
 # limits per app, and two callers each pacing themselves to 90% would offer it 1.8 times its limit.
@@ -68,7 +67,7 @@ class Stopping(StockflowError, RuntimeError):
 @dataclass(frozen=True)
 class CallResult:
     """How a call ended: the last answer judged, its text, how many attempts it took; ``lost``: one of them was sent
-    and got no answer or a server error, so the platform may have applied it, or may yet (a gateway holding it)."""
+    and its answer leaves it maybe applied, now or later (``platforms.Outcome.maybe_applied``)."""
 
     outcome: Outcome
     answer: str
@@ -81,12 +80,15 @@ class CallResult:
 
     @property
     def reason(self) -> Reason:
-        """Why it failed for good (meaningless for a call that is done)."""
+        """Why it failed for good (meaningless for a call that is done). An attempt that may have been applied
+        comes first, whatever the last one was answered: a person must never take it as not paid (its replay
+        learns which, and a key set again or a refusal shows up then)."""
+        if self.lost:
+            return Reason.CONNECTOR_IN_DOUBT
         if self.outcome.kind is OutcomeKind.CREDENTIAL:
             return Reason.CONNECTOR_CREDENTIALS
         if self.outcome.kind is OutcomeKind.RETRIABLE:
-            # An attempt without an answer may have been applied: a person must not take it as not paid.
-            return Reason.CONNECTOR_IN_DOUBT if self.lost else Reason.CONNECTOR_RETRIES_EXHAUSTED
+            return Reason.CONNECTOR_RETRIES_EXHAUSTED
         return Reason.CONNECTOR_REFUSED
 
     def failed_call(self, channel: str, endpoint: str, idempotency_key: str, body: Mapping[str, Any], source: str,
@@ -270,7 +272,7 @@ class ChannelCaller:
         call.latencies_ms.append(took_ms)
         outcome = classify(channel, response.status_code, response.content)
         answer = f"HTTP {response.status_code} {response.text}"[:ANSWER_CHARS]
-        result = CallResult(outcome, answer, attempt_no, lost=response.status_code >= SERVER_ERROR)
+        result = CallResult(outcome, answer, attempt_no, lost=outcome.maybe_applied)
         return result if outcome.done else self._failed(stats, call, result)
 
     @staticmethod

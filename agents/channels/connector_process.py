@@ -177,6 +177,7 @@ class ConnectorProcess:
         now = wall_ms()
         keys = self.store.all()
         queued, pending, retrying = self.refunds.queued(), self.stock.pending(), self.stock.retrying()
+        kept = self.stock.kept()
         channels = {}
         for channel in CONNECTOR_FAILED:
             key = keys.get(channel)
@@ -187,6 +188,7 @@ class ConnectorProcess:
                 "refunds_queued": queued.get(channel, 0),
                 "stock_pending": pending.get(channel, 0),
                 "stock_retrying": retrying.get(channel, 0),
+                "stock_parked_in_doubt": kept.get(channel, 0),  # records open until a lost call can't land
                 "endpoints": {e: {**self.caller.endpoint_stats(channel, e).snapshot(),
                                   "failing": self.alerts.is_failing(channel, e)} for e in ENDPOINTS},
             }  # fmt: skip

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import heapq
 import statistics
 from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Mapping
@@ -253,7 +254,10 @@ class PushQueue:
         # Partitions assigned within ``doubt_ms`` -> (their end offset then, until when): records below it were read
         # by an earlier owner too, which may have had calls of them lost (``replayed``).
         self._replayed: dict[TopicPartitionKey, tuple[int, int]] = {}
-        self._kept: list[tuple[int, list[Ticket]]] = []  # (until when, tickets) of figures parked while in doubt
+        # Figures parked while in doubt: sku -> (until when, their tickets), at most one per SKU (``keep_open``), and
+        # a heap of (until, sku) to close them in time order (an entry whose until moved on is skipped there).
+        self._kept: dict[str, tuple[int, list[Ticket]]] = {}
+        self._kept_due: list[tuple[int, str]] = []
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -364,7 +368,7 @@ class PushQueue:
         self._in_flight.pop(push.sku, None)
         self._forget_figure(push.sku)  # it may have landed before the answer was lost
         if (not alone) if lost is None else lost:
-            self._lost(push, now_ms)
+            self.note_lost(push, now_ms)
         newer = self._pending.get(push.sku)
         if newer is not None:
             older, push.tickets = push.tickets, []
@@ -420,8 +424,12 @@ class PushQueue:
         for push in self._in_flight.values():
             # A new list: the lane that sent it may be finishing the old one's tickets right now.
             push.tickets = [t for t in push.tickets if t.tp not in partitions]
-        kept = [(until, [t for t in tickets if t.tp not in partitions]) for until, tickets in self._kept]
-        self._kept = [(until, tickets) for until, tickets in kept if tickets]
+        for sku, (until, tickets) in list(self._kept.items()):
+            left = [t for t in tickets if t.tp not in partitions]
+            if left:
+                self._kept[sku] = (until, left)
+            else:
+                del self._kept[sku]
 
     def _takeable(self, now_ms: int, limit: int) -> list[Push]:
         """Up to ``limit`` due pushes whose SKU has no call in flight, oldest first (nothing is removed)."""
@@ -485,22 +493,39 @@ class PushQueue:
 
     def keep_open(self, push: Push, now_ms: int) -> bool:
         """``push`` was parked (the broker has it in the failed queue): True when a lost call of its SKU may still
-        land, and the queue keeps its records open until it cannot (``take_closed``); False: finish them now."""
+        land, and the queue keeps its records open until it cannot (``take_closed``); False: finish them now. A SKU
+        keeps one such entry: the records of an earlier parked figure that ``push``'s stand for are done
+        (``take_superseded``), so what stays open is bounded by the SKUs, not by how often they were parked."""
         until = max((u for u, _ in self._doubt.get(push.sku, []) if u > now_ms), default=0)
         if not until or not push.tickets:
             return False
-        self._kept.append((until, push.tickets))
+        earlier_until, earlier = self._kept.get(push.sku, (0, []))
+        kept: list[Ticket] = []
+        for ticket in earlier:
+            (self._superseded if any(t.replaces(ticket) for t in push.tickets) else kept).append(ticket)
+        self._kept[push.sku] = (max(until, earlier_until), kept + push.tickets)
+        if until > earlier_until:
+            heapq.heappush(self._kept_due, (until, push.sku))
         return True
+
+    def kept(self) -> int:
+        """SKUs whose parked figure's records are kept open while a lost call may land (``keep_open``)."""
+        return len(self._kept)
 
     def take_closed(self, now_ms: int) -> list[Ticket]:
         """Tickets of parked figures (``keep_open``) whose SKU's lost calls can no longer land: finish them now."""
-        if not self._kept or min(u for u, _ in self._kept) > now_ms:
-            return []
-        closed = [t for until, tickets in self._kept if until <= now_ms for t in tickets]
-        self._kept = [(until, tickets) for until, tickets in self._kept if until > now_ms]
+        closed: list[Ticket] = []
+        while self._kept_due and self._kept_due[0][0] <= now_ms:
+            until, sku = heapq.heappop(self._kept_due)
+            entry = self._kept.get(sku)
+            if entry is not None and entry[0] == until:
+                closed += self._kept.pop(sku)[1]
         return closed
 
-    def _lost(self, push: Push, now_ms: int) -> None:
+    def note_lost(self, push: Push, now_ms: int) -> None:
+        """An attempt of a call carrying ``push``'s figure may have been applied, and may land until ``doubt_ms``
+        from now (also said by ``retry``, ``settle`` and ``release``; the lane says it of a many-SKU call refused
+        whole after such an attempt, whose figures then go again alone)."""
         if self.doubt_ms > 0:
             lost = [d for d in self._doubt.get(push.sku, []) if d[0] > now_ms]
             self._doubt[push.sku] = [*lost, (now_ms + self.doubt_ms, push.version)]
@@ -533,7 +558,7 @@ class PushQueue:
         its version is kept (the platform holds at least that), so the SKU's next figure is sent whatever it is."""
         self._in_flight.pop(push.sku, None)
         if lost:
-            self._lost(push, now_ms)
+            self.note_lost(push, now_ms)
         confirm_at = self._to_confirm(push, accepted)
         if confirm_at and push.tickets:
             self._forget_figure(push.sku)
@@ -565,7 +590,7 @@ class PushQueue:
         self._in_flight.pop(push.sku, None)
         self._forget_figure(push.sku)
         if lost:
-            self._lost(push, now_ms)
+            self.note_lost(push, now_ms)
 
     def _forget_figure(self, sku: str) -> None:
         accepted = self._accepted.get(sku)
@@ -587,6 +612,7 @@ class PushQueue:
         self._pending.clear()
         self._retrying.clear()
         self._kept.clear()
+        self._kept_due.clear()
         return pushes
 
 

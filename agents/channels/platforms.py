@@ -1509,6 +1509,18 @@ class Outcome:
         """The effect is in place (now or before): nothing more to send for this request."""
         return self.kind in (OutcomeKind.OK, OutcomeKind.ALREADY_APPLIED, OutcomeKind.STALE)
 
+    @property
+    def maybe_applied(self) -> bool:
+        """An answer that is not done yet leaves the request maybe applied, now or later (a gateway holding it): no
+        answer, a server error (by status, or by the platform's code in any status) or a success nobody can read.
+        A refusal the platform names - a rate limit, a stale timestamp, a key, a bad request - was not applied."""
+        if self.done:
+            return False
+        if self.error is not None:
+            return self.error is ErrorKind.SERVER_ERROR
+        status = self.http_status
+        return status is None or status >= 500 or 200 <= status < 300  # noqa: PLR2004 - server faults and 2xx
+
 
 def _envelope(style: ErrorStyle, body: Mapping[str, Any]) -> tuple[str, str, str] | None:
     """(code, sub_code, message) of an error answer; None when the body is a success."""

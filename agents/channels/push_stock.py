@@ -175,6 +175,11 @@ class StockLane:
         with self.cond:
             return self.pushes.retrying()
 
+    def kept(self) -> int:
+        """SKUs whose parked figure's record is kept open while a lost call of theirs may still land."""
+        with self.cond:
+            return self.pushes.kept()
+
     def forget_partitions(self, partitions: set[TopicPartitionKey]) -> set[str]:
         """Drop what waits for ``partitions``; the SKUs whose call for them is under way."""
         with self.cond:
@@ -235,9 +240,11 @@ class StockLane:
         """The broker has ``push`` in the failed queue: its records are done, unless a lost call of its SKU may
         still land (``PushQueue.keep_open``: they close when it no longer can)."""
         with self.cond:
-            if self.pushes.keep_open(push, monotonic_ms()):
-                return
-        self.finish(push)
+            kept = self.pushes.keep_open(push, monotonic_ms())
+            superseded = self.pushes.take_superseded()
+        self.finish_tickets(superseded)
+        if not kept:
+            self.finish(push)
 
     def close_kept(self, now_ms: int) -> None:
         """Finish the records of parked figures whose SKU's lost calls can no longer land."""
@@ -268,6 +275,10 @@ class StockLane:
             # again alone, as the replay does, so only that one is parked and the others reach the channel now.
             with self.cond:
                 self.flying += len(pushes) - 1  # each call alone ends as one call in flight
+                if result.lost:  # an attempt before the refusal may land: the figures' calls alone do not know it
+                    now = monotonic_ms()
+                    for push in pushes:
+                        self.pushes.note_lost(push, now)
             for push in pushes:
                 self.send([push])
             return
@@ -324,7 +335,7 @@ class StockLane:
         if not retried:
             return []
         first, outcome = retried[0]
-        item = CallResult(outcome, result.answer, result.attempts)
+        item = CallResult(outcome, result.answer, result.attempts, result.lost)
         log.warning("%s stock push of %d SKU(s) failed for now (%s), %s first; sent again after a backoff: %s",
                     self.channel, len(retried), item.reason, first.idempotency_key, result.answer[:200])  # fmt: skip
         return [item.reason]
@@ -414,3 +425,6 @@ class StockConnector(Connector[StockLane]):
 
     def retrying(self) -> dict[str, int]:
         return {channel: lane.retrying() for channel, lane in self.lanes.items()}
+
+    def kept(self) -> dict[str, int]:
+        return {channel: lane.kept() for channel, lane in self.lanes.items()}

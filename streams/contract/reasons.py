@@ -244,10 +244,10 @@ DESCRIPTIONS: dict[Reason, str] = {
         "timestamp); or a stock figure the platform refused on its own, for now, too often"
     ),
     Reason.CONNECTOR_IN_DOUBT: (
-        "a marketplace call that got no usable answer within STOCKFLOW_CONNECTOR_RETRY_BUDGET_S where an attempt "
-        "got no answer or a server error: the platform may have applied it (a refund may be paid). Replay it to "
-        "learn: it carries its idempotency key, so the platform answers 'already agreed' rather than pay twice; "
-        "never pay it by hand"
+        "a marketplace call that failed for good (out of retries, or refused) after an attempt that went out and "
+        "got no answer, a server error or a success nobody could read: the platform may have applied it (a refund "
+        "may be paid). Replay it to learn: it carries its idempotency key, so the platform answers 'already "
+        "agreed' rather than pay twice; never pay it by hand. A stock call that fails so is sent again by its lane"
     ),
     Reason.MALFORMED_JSON: "intake: the body is not JSON",
     Reason.BODY_TOO_LARGE: "intake: a request body over 1 MiB",

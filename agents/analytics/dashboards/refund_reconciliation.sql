@@ -1,5 +1,5 @@
 -- title: Refunds issued vs settled per channel
--- description: Refunds paid out (instructed) in the range, per channel, as they stood at the end of the range (or now): instructed, accepted by the marketplace (issued) and settled, in count and yuan; not issued (issue_failed: a failed call waits in the channel's failed queue), issued and unsettled (overdue: past the settlement limit), settled for another amount than paid out, and settlements in the range for refunds stockflow never paid out.
+-- description: Refunds paid out (instructed) in the range, per channel, as they stood at the end of the range (or now): instructed, accepted by the marketplace (issued) and settled, in count and yuan; not issued (issue_failed: a failed call waits in the channel's failed queue; the mismatches board gives each one's reason, and connector_in_doubt there may have been paid: replay it, never pay by hand), issued and unsettled (overdue: past the settlement limit), settled for another amount than paid out, and settlements in the range for refunds stockflow never paid out.
 -- chart: bar x=channel y=instructed,issued,settled
 SELECT
     channel,

@@ -794,6 +794,27 @@ def test_a_refund_whose_attempt_got_a_server_error_fails_as_in_doubt_not_as_unpa
     fake.answers = ["limit"]
     result = caller_for(tmp_path, fake, budget_s=0).call("pdd", "refund", pf.refund_body("pdd", "R2", 100))
     assert result.reason is Reason.CONNECTOR_RETRIES_EXHAUSTED
+    # Found in review: a refusal after an attempt that may have been paid is in doubt too ("amount exceeds what is
+    # refundable" is what a paid refund's second attempt may well be told).
+    fake.answers = ["busy", "bad"]
+    result = caller_for(tmp_path, fake, budget_s=5).call("pdd", "refund", pf.refund_body("pdd", "R3", 100))
+    assert result.outcome.kind is pf.OutcomeKind.FATAL and result.reason is Reason.CONNECTOR_IN_DOUBT
+
+
+def test_an_answer_leaves_a_call_maybe_applied_unless_the_platform_names_a_refusal() -> None:
+    """Found in review: only a transport error or a 5xx counted, so a server error a platform answers in a 200 (TOP's
+    ``isp.*``) or a success nobody could read read as not applied."""
+    assert pf.classify("tmall", None, None).maybe_applied
+    assert pf.classify("tmall", 503, b"<html>busy</html>").maybe_applied
+    assert pf.classify("tmall", 200, b"<html>ok?</html>").maybe_applied
+    _, server_error = pf.error_answer("tmall", pf.ErrorKind.SERVER_ERROR)
+    assert pf.classify("tmall", 200, server_error).maybe_applied
+    for kind in (pf.ErrorKind.RATE_LIMITED, pf.ErrorKind.STALE_TIMESTAMP, pf.ErrorKind.INVALID_API_KEY,
+                 pf.ErrorKind.BAD_REQUEST):  # fmt: skip
+        status, body = pf.error_answer("tmall", kind)
+        assert not pf.classify("tmall", status, body).maybe_applied, kind
+    assert not pf.classify("own", 429, b"").maybe_applied
+    assert not pf.classify("own", 200, pf.ok_answer("own", "refund", {"status": "SUCCESS"})[1]).maybe_applied
 
 
 def test_no_key_is_a_credential_failure_without_a_call(tmp_path: Path) -> None:
@@ -958,7 +979,7 @@ def test_a_push_failing_past_the_retry_budget_is_sent_again_not_parked(tmp_path:
     lane.offer("A", 5, 100, ticket(1), "stock.levels/0/1")
     assert send_due(lane, 100) == 1
     assert connector.parked == [] and connector.finished == [] and lane.pending() == 1
-    assert connector.alerts_failed == [Reason.CONNECTOR_RETRIES_EXHAUSTED]
+    assert connector.alerts_failed == [Reason.CONNECTOR_IN_DOUBT]  # a 5xx may have landed it
     lane.offer("A", 4, 200, ticket(2), "stock.levels/0/2")  # the pool moves on meanwhile
     assert connector.finished == [ticket(1)]  # the newer figure stands for the older record
     market.configure("pdd", error_rate=0.0)

@@ -266,3 +266,52 @@ def test_a_figure_refused_for_good_after_a_lost_attempt_keeps_its_record_open_an
     assert connector.finished == [ticket(1)]
     assert send_due(lane, clock[0]) == 1
     assert connector.finished == [ticket(1), ticket(2)]
+
+
+def test_figures_of_a_call_refused_whole_after_a_lost_attempt_wait_for_that_attempt(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Found in review: refused whole, a many-SKU call's figures go again alone, and those calls did not know the
+    first attempt may still land: applied alone, their records finished while it could set the older figures."""
+    clock = [0]
+    monkeypatch.setattr(push_stock, "monotonic_ms", lambda: clock[0])
+    market = Marketplace({"own": [AppSpec(app_key="lane-app", secret="lane-secret")]}, latency_ms=0, jitter_ms=0,
+                         seed=3, clock=Clock())
+    requests = [0]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests[0] += 1
+        if requests[0] == 1:
+            raise httpx.ReadTimeout("no answer", request=request)
+        if requests[0] == 2:  # the two figures' call, refused whole
+            status, body = pf.error_answer("own", pf.ErrorKind.BAD_REQUEST)
+            return httpx.Response(status, json=body)
+        answer = ask(market, request)
+        return httpx.Response(answer.status, json=answer.body)
+
+    lane, connector = own_lane(tmp_path, handle)
+    lane.offer("A", 10, 1, ticket(1), "s")
+    lane.offer("B", 5, 1, ticket(2), "s")
+    assert send_due(lane, 0) == 1 and requests[0] == 4  # the call, then each figure alone, applied
+    assert connector.parked == [] and connector.finished == [], "finished while the first attempt may still land"
+    clock[0] = 31_000
+    send_due(lane, clock[0])
+    assert sorted(t.offset for t in connector.finished) == [1, 2]
+
+
+def test_a_sku_parked_again_keeps_one_record_open() -> None:
+    """Found in review: each parked figure of a SKU kept its own entry, so a backlog read again after a restart
+    (every SKU in doubt) kept a record open per level read: the records open grew with the levels, not the SKUs."""
+    q = PushQueue(window_ms=0, doubt_ms=30_000)
+    q.replayed({("stock.levels", 0): 100}, 0)
+    for offset in (1, 2, 3):
+        q.offer("A", offset, offset, ticket(offset), "s", 10)
+        p = take(q, 10)
+        assert p is not None
+        q.release(p)
+        assert q.keep_open(p, 20)
+    assert q.kept() == 1 and q.take_superseded() == [ticket(1), ticket(2)]
+    q.offer("B", 1, 1, Ticket("stock.levels", 1, 5), "s", 10)  # another partition: not read again, not in doubt
+    p = take(q, 10)
+    assert p is not None and not q.keep_open(p, 20)
+    assert q.take_closed(29_999) == [] and q.take_closed(30_000) == [ticket(3)] and q.kept() == 0
