@@ -38,6 +38,29 @@ def ask(market: Marketplace, request: httpx.Request) -> Answer:
     return market.handle("own", path, dict(request.url.params), dict(request.headers), request.content)
 
 
+def lane_whose_first_attempt_is_lost(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, second: Callable[[], httpx.Response]
+) -> tuple[StockLane, FakeConnector, list[int], list[int]]:
+    """The own shop's lane on a clock the test sets (``clock[0]``, ms) against a marketplace whose first request
+    gets no answer and whose second is answered ``second()`` (unapplied); and the requests made so far."""
+    clock, requests = [0], [0]
+    monkeypatch.setattr(push_stock, "monotonic_ms", lambda: clock[0])
+    market = Marketplace({"own": [AppSpec(app_key="lane-app", secret="lane-secret")]}, latency_ms=0, jitter_ms=0,
+                         seed=3, clock=Clock())  # fmt: skip
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests[0] += 1
+        if requests[0] == 1:
+            raise httpx.ReadTimeout("no answer", request=request)
+        if requests[0] == 2:
+            return second()
+        answer = ask(market, request)
+        return httpx.Response(answer.status, json=answer.body)
+
+    lane, connector = own_lane(tmp_path, handle)
+    return lane, connector, clock, requests
+
+
 def settled_under_a_newer_figure(q: PushQueue) -> None:
     """v100's call lost at 1 s (it may land until 31 s), v200 taken at 2 s, v300 offered while it is under way, then
     v200 applied: it must go once more, and v300 is waiting."""
@@ -233,23 +256,8 @@ def test_a_figure_refused_for_good_after_a_lost_attempt_keeps_its_record_open_an
     """The first attempt got no answer and may still land; the second was refused for good (its answer had no result
     for the figure), so the figure is parked. Its record stays open until the first attempt can no longer land, and
     the SKU's next figure, applied meanwhile, goes once more after that."""
-    clock = [0]
-    monkeypatch.setattr(push_stock, "monotonic_ms", lambda: clock[0])
-    market = Marketplace({"own": [AppSpec(app_key="lane-app", secret="lane-secret")]}, latency_ms=0, jitter_ms=0,
-                         seed=3, clock=Clock())
-    requests = [0]
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        requests[0] += 1
-        if requests[0] == 1:
-            raise httpx.ReadTimeout("no answer", request=request)
-        answer = ask(market, request)
-        body = answer.body
-        if requests[0] == 2 and isinstance(body, dict):  # the first figure's second attempt: no result for it
-            body = {"data": {"results": []}}
-        return httpx.Response(answer.status, json=body)
-
-    lane, connector = own_lane(tmp_path, handle)
+    lane, connector, clock, _ = lane_whose_first_attempt_is_lost(
+        monkeypatch, tmp_path, lambda: httpx.Response(200, json={"data": {"results": []}}))  # no result for it
     lane.offer("A", 10, 1, ticket(1), "s")
     assert send_due(lane, 0) == 1
     assert [f.reason for f in connector.parked] == ["connector_refused"], connector.parked
@@ -273,23 +281,9 @@ def test_figures_of_a_call_refused_whole_after_a_lost_attempt_wait_for_that_atte
 ) -> None:
     """Found in review: refused whole, a many-SKU call's figures go again alone, and those calls did not know the
     first attempt may still land: applied alone, their records finished while it could set the older figures."""
-    clock = [0]
-    monkeypatch.setattr(push_stock, "monotonic_ms", lambda: clock[0])
-    market = Marketplace({"own": [AppSpec(app_key="lane-app", secret="lane-secret")]}, latency_ms=0, jitter_ms=0,
-                         seed=3, clock=Clock())
-    requests = [0]
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        requests[0] += 1
-        if requests[0] == 1:
-            raise httpx.ReadTimeout("no answer", request=request)
-        if requests[0] == 2:  # the two figures' call, refused whole
-            status, body = pf.error_answer("own", pf.ErrorKind.BAD_REQUEST)
-            return httpx.Response(status, json=body)
-        answer = ask(market, request)
-        return httpx.Response(answer.status, json=answer.body)
-
-    lane, connector = own_lane(tmp_path, handle)
+    status, refused = pf.error_answer("own", pf.ErrorKind.BAD_REQUEST)  # the two figures' call, refused whole
+    lane, connector, clock, requests = lane_whose_first_attempt_is_lost(
+        monkeypatch, tmp_path, lambda: httpx.Response(status, json=refused))
     lane.offer("A", 10, 1, ticket(1), "s")
     lane.offer("B", 5, 1, ticket(2), "s")
     assert send_due(lane, 0) == 1 and requests[0] == 4  # the call, then each figure alone, applied
