@@ -39,10 +39,10 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from agents.channels.credentials import CredentialStore, StoredKey
-from agents.channels.platforms import PLATFORMS, Credentials, parse_stock
+from agents.channels.credentials import CredentialStore
+from agents.channels.platforms import PLATFORMS, parse_stock
 from agents.channels.sim_client import SimulatorClient
-from agents.channels.simulator import LocalSimulator, SimulatorError, generate_apps
+from agents.channels.simulator import LocalSimulator, SimulatorError, generate_apps, simulator_keys
 from loadtest.stack import group_lag
 from streams.contract.codec import Codec
 from streams.contract.topics import CONNECTOR_FAILED, REFUND_INSTRUCTIONS, STOCK_LEVELS, TopicSpec
@@ -323,10 +323,8 @@ class Marketplaces:
             for channel in self.channels:
                 self.client.configure(channel, qps=self.qps, burst=max(1.0, self.qps * BURST_S))
         store = CredentialStore.from_settings(self.settings)
-        expires = date.today() + timedelta(days=365)
-        for channel in self.channels:
-            app = apps[channel][0]
-            store.set_key(StoredKey(channel, Credentials(app.app_key, app.secret), expires, wall_ms()))
+        for key in simulator_keys(apps, self.channels, date.today() + timedelta(days=365), wall_ms()):
+            store.set_key(key)
         self.watch.start()
         self.connectors.start()
         return self

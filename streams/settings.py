@@ -480,8 +480,10 @@ class Settings(BaseSettings):
     )
     sim_settle_url: str = Field(
         default="",
-        description="Where the simulator posts the signed settlement notification of each agreed refund; empty: "
-        "none is sent (settlements stay readable at `/_sim/settlements`).",
+        description="Where the simulator posts the signed settlement notification of each agreed refund, `{channel}` "
+        "replaced by the refund's channel (the intake's routes: "
+        "`http://127.0.0.1:8080/v1/channels/{channel}/refund_settled`); empty: none is sent (settlements stay "
+        "readable at `/_sim/settlements`).",
     )
     sim_settle_delay_ms: float = Field(
         default=2000.0, ge=0, description="How long after agreeing a refund the simulator sends its settlement."

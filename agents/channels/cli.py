@@ -23,7 +23,8 @@ from streams.settings import Settings
 
 sim = typer.Typer(no_args_is_help=True, help="The local marketplace simulator (drills and tests).")
 _PORT = typer.Option(None, help="Port (default: STOCKFLOW_SIM_PORT).")
-_SETTLE_URL = typer.Option(None, "--settle-url", help="Post settlements here (default: STOCKFLOW_SIM_SETTLE_URL).")
+_SETTLE_URL = typer.Option(None, "--settle-url", help="Post settlements here, {channel} replaced by the refund's "
+                           "channel (default: STOCKFLOW_SIM_SETTLE_URL).")  # fmt: skip
 _APPS = typer.Option(
     None, "--apps", help="Apps file, JSON or TOML (default: STOCKFLOW_SIM_APPS_FILE, else generated).", dir_okay=False
 )
@@ -196,6 +197,32 @@ def connectors_set_key(
                   f"the running connectors use it from their next call. Stored in {store.path}")  # fmt: skip
     if expires_at_ms(until) <= wall_ms():
         console.print(f"[yellow]warning:[/yellow] {until} is past: the platform will refuse this key")
+
+
+@connectors.command("sim-keys")
+def connectors_sim_keys(
+    apps: Path = _APPS,
+    days: int = typer.Option(365, "--days", min=1, help="How long the keys stay valid, from today."),
+) -> None:
+    """Development: store the local simulator's keys (what `sim up` uses) for every channel, as `set-key` would."""
+    from datetime import date, timedelta
+
+    from agents.channels.credentials import CredentialsError, CredentialStore
+    from agents.channels.simulator import SimulatorError, default_apps_file, load_apps, simulator_keys
+    from streams.engine.clock import wall_ms
+
+    settings = Settings()
+    path = apps or settings.sim_apps_file or default_apps_file(settings)
+    try:
+        keys = simulator_keys(load_apps(path), settings.channels, date.today() + timedelta(days=days), wall_ms())
+        store = CredentialStore.from_settings(settings)
+        for key in keys:
+            store.set_key(key)
+    except (SimulatorError, CredentialsError, OSError) as exc:
+        fail(f"{exc} (start the simulator once with `stockflow sim up`, or name its apps with --apps)")
+        return
+    console.print(f"{', '.join(k.channel for k in keys)}: the simulator's keys from {path} set, valid {days} days; "
+                  f"stored in {store.path}")  # fmt: skip
 
 
 @connectors.command("run")

@@ -58,8 +58,9 @@ import threading
 import time
 import tomllib
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from pathlib import Path
 from random import Random
 from typing import Any, Literal
@@ -69,6 +70,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from agents.channels import platforms as pf
+from agents.channels.credentials import StoredKey
 from agents.channels.platforms import CHANNELS, AuthFailure, Credentials, Endpoint, ErrorKind
 from streams.devstack import procs
 from streams.engine.clock import Clock
@@ -122,6 +124,12 @@ def load_apps(path: Path) -> AppsByChannel:
 def generate_apps() -> AppsByChannel:
     """One app per channel with a fresh random secret."""
     return {c: [AppSpec(app_key=f"{c}-sim-app", secret=secrets.token_hex(16))] for c in CHANNELS}
+
+
+def simulator_keys(apps: AppsByChannel, channels: Iterable[str], expires: date, now_ms: int) -> list[StoredKey]:
+    """The connectors' keys for the simulator's apps: each channel's first app with its secret valid now."""
+    return [StoredKey(c, Credentials(apps[c][0].app_key, apps[c][0].secret), expires, now_ms)
+            for c in channels if apps.get(c)]  # fmt: skip
 
 
 def default_apps_file(settings: Settings) -> Path:
@@ -645,6 +653,15 @@ def _loopback(request: web.Request) -> bool:
         return False
 
 
+CHANNEL_PLACEHOLDER = "{channel}"
+
+
+def settlement_url(template: str, channel: str) -> str:
+    """Where ``channel``'s settlements go: ``template`` with ``{channel}`` replaced (the intake has a route per
+    channel, ``/v1/channels/{channel}/refund_settled``); a template without it sends every channel there."""
+    return template.replace(CHANNEL_PLACEHOLDER, channel)
+
+
 class SimulatorServer:
     """The marketplace on aiohttp, with the settlement sender."""
 
@@ -725,13 +742,15 @@ class SimulatorServer:
         return apply()
 
     async def _settle(self, record: RefundRecord) -> None:
+        """Settle ``record`` after the delay: post its channel's signed settlement notification, retried a few
+        times; what came of it stays on the record (``/_sim/settlements``)."""
         await asyncio.sleep(self.settle_delay_ms / 1000)
         record.settled_at_ms = self.market.now_ms()
-        url = self.settle_url
+        channel = record.channel
+        url = settlement_url(self.settle_url, channel)
         if not url:
             record.settlement = "not_sent"
             return
-        channel = record.channel
         body = pf.settlement_body(channel, record.refund_id, record.amount_fen, record.settled_at_ms,
                                   channel_order_id=record.channel_order_id)  # fmt: skip
         event = pf.SETTLEMENT_EVENTS[channel]

@@ -288,16 +288,18 @@ def test_injected_faults_answer_5xx_and_classify_as_retriable(sim: SimulatorThre
 
 
 def test_settlements_arrive_signed_and_verify_at_the_shop(sim: SimulatorThread, admin: SimulatorClient) -> None:
+    """Each at its channel's own route (``{channel}`` in the URL), as the intake takes them: one URL for all sent
+    every channel's settlement to one channel's route, which refused the others (found trying the README)."""
     receiver = Receiver(fail_first=1)  # the shop is busy once: the simulator tries again
     try:
-        admin.set_settlement(receiver.url, delay_ms=0)
+        admin.set_settlement(receiver.url.replace("/settlement", "/{channel}/settlement"), delay_ms=0)
         for channel in CHANNELS:
             body = P.refund_body(channel, f"R-{channel}", 4_990, channel_order_id=f"O-{channel}")
             assert call(sim, channel, "refund", body)[2].kind is OutcomeKind.OK
         wait_for(lambda: len(receiver.got) == len(CHANNELS), 30, "a settlement from every channel")
         for got in receiver.got:
             channel = next(c for c in CHANNELS if f"R-{c}".encode() in got["body"])
-            assert got["path"] == "/callbacks/settlement"
+            assert got["path"] == f"/callbacks/{channel}/settlement"
             verdict = P.verify_callback(channel, creds(channel).secret, got["query"], got["headers"], got["body"],
                                         sim.market.now_ms(), app_key=creds(channel).app_key)  # fmt: skip
             assert verdict.ok, (channel, verdict)

@@ -74,3 +74,17 @@ def test_version_prints_the_installed_package_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.output.strip() == f"stockflow {version('stockflow')}"
+
+
+def test_the_simulators_keys_are_given_to_the_connectors_in_one_command(tmp_path: Path) -> None:
+    """Found trying the README: a local run needed six `set-key` calls with secrets read out of the simulator's apps
+    file. Without that file the command says how to get one."""
+    missing = run(tmp_path, "connectors", "sim-keys")
+    assert missing.returncode == 1 and "stockflow sim up" in missing.stderr + missing.stdout
+    apps = tmp_path / "apps.json"
+    apps.write_text('{"jd": [{"app_key": "jd-app", "secret": "jd-secret"}], '
+                    '"own": [{"app_key": "own-app", "secret": "own-secret"}]}', encoding="utf-8")  # fmt: skip
+    done = run(tmp_path, "connectors", "sim-keys", "--apps", str(apps), STOCKFLOW_CHANNELS='["jd", "own", "tmall"]')
+    assert done.returncode == 0, done.stderr
+    stored = (tmp_path / "home" / "connectors" / "credentials.json").read_text(encoding="utf-8")
+    assert "jd-app" in stored and "own-app" in stored and "tmall" not in stored
