@@ -53,6 +53,7 @@ from streams.gcpolicy import pace_for_batches
 from streams.kafkaconf import confluent_config
 from streams.priority import lower_priority
 from streams.settings import Settings
+from streams.stores.clickhouse import ClickHouseFolderBusy
 
 log = logging.getLogger(__name__)
 LOG_LEVELS = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
@@ -391,6 +392,9 @@ def run(settings: Settings, from_beginning: bool = False) -> int:
         return 1
     try:
         sink.run()
+    except ClickHouseFolderBusy as exc:
+        log.error("%s", exc)
+        return 1
     except Exception:
         log.exception("the ClickHouse sink stopped on an error that is neither an outage nor a row: "
                       "fix it and start it again; its offsets are at the last batch ClickHouse took")  # fmt: skip

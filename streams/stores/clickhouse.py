@@ -9,6 +9,7 @@ servers Debian ships predate server-side parameters). Inserts pass rows as colum
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import tempfile
@@ -22,6 +23,7 @@ from urllib.parse import unquote, urlparse
 import orjson
 
 from streams import extras
+from streams.errors import StockflowError
 from streams.resources import packaged
 from streams.settings import Settings
 
@@ -50,6 +52,32 @@ def _check_ident(name: str) -> str:
     return name
 
 
+class ClickHouseFolderBusy(StockflowError, RuntimeError):
+    """Another process has the embedded ClickHouse folder open: a configuration matter, never waited out."""
+
+
+def folder_owner(path: Path) -> str | None:
+    """Which other process has the embedded ClickHouse folder ``path`` open (its server's status file, locked while
+    it runs: "PID: N"), or None when none does (this process may: chdb shares one server per process). chdb itself
+    fails then with an empty "Error initializing EmbeddedServer"."""
+    status = path / "status"
+    try:
+        fd = os.open(status, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        first = os.pread(fd, 200, 0).decode(errors="replace").splitlines()
+        owner = first[0].strip() if first else "another process"
+        return None if owner == f"PID: {os.getpid()}" else owner
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 class EmbeddedClickHouse:
     """chdb in this process, data under a local folder. One session at a time per folder."""
 
@@ -61,6 +89,12 @@ class EmbeddedClickHouse:
 
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
+        owner = folder_owner(path)
+        if owner is not None:
+            raise ClickHouseFolderBusy(
+                f"the embedded ClickHouse folder {path} is open in another process ({owner}): one process at a "
+                "time owns it (a sink, or dash / web with no sink running); stop that one, or give this one "
+                "another folder (STOCKFLOW_CLICKHOUSE_URL=chdb://...)")  # fmt: skip
         self._lock = threading.Lock()  # a chdb session is not safe for concurrent queries
         self._session = session.Session(str(path))
         db = _check_ident(database)

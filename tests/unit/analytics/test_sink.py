@@ -3,7 +3,9 @@ waited out, a wrong statement is not mistaken for bad rows."""
 
 from __future__ import annotations
 
+import fcntl
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from agents.analytics.sink import (
     SharedClickHouse,
     SinkStatus,
     SinkStopping,
+    clickhouse_retriable,
     event_time_problem,
     refused_for_content,
 )
@@ -25,6 +28,7 @@ from streams.contract.codec import default_codec
 from streams.contract.reasons import Reason
 from streams.engine.retry import Backoff
 from streams.settings import Settings
+from streams.stores.clickhouse import ClickHouseFolderBusy, EmbeddedClickHouse, folder_owner
 
 NOW_MS = 1_794_326_400_000  # 2026-11-11
 CODEC = default_codec()
@@ -162,3 +166,20 @@ def test_which_refusals_are_about_the_rows(exc: BaseException, content: bool) ->
 )
 def test_which_kafka_errors_the_sink_waits_out(error: KafkaError | str, away: bool) -> None:
     assert kafka_away(KafkaException(error)) is away
+
+
+def test_an_embedded_clickhouse_folder_open_elsewhere_is_named_with_its_owner(tmp_path: Path) -> None:
+    """Found trying the README: a second sink on the same chdb folder died with chdb's empty "Error initializing
+    EmbeddedServer" and a 47-line traceback. The folder's server status file, locked while it runs, says who."""
+    folder = tmp_path / "ch"
+    folder.mkdir()
+    assert folder_owner(folder) is None  # never opened
+    with open(folder / "status", "w+", encoding="utf-8") as status:
+        status.write("PID: 4242\nStarted at: 2026-11-11 00:00:00\n")
+        status.flush()
+        fcntl.flock(status, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running server holds it
+        assert folder_owner(folder) == "PID: 4242"
+        with pytest.raises(ClickHouseFolderBusy, match=r"is open in another process \(PID: 4242\)"):
+            EmbeddedClickHouse(folder, "stockflow")
+        assert not clickhouse_retriable(ClickHouseFolderBusy("busy"))  # a setup matter, never waited out
+    assert folder_owner(folder) is None  # the owner gone, its file left behind
