@@ -170,6 +170,7 @@ def expected_dashboards(settings: Settings) -> dict[str, Any]:
         "split": rows(settings, "split_rate"),
         "dead": rows(settings, "dead_letters"),
         "focus": rows(settings, "focus_pool"),
+        "standing": rows(settings, "alerts_standing"),
     }
 
 
@@ -209,6 +210,9 @@ def test_a_fixed_set_of_events_gives_the_expected_numbers_in_every_dashboard(
     assert waiting == {"shipped": 1, "routed": 1, "paid": 1}  # A with the carrier, B at its warehouses, C unrouted
     assert (sum(r["raised"] for r in found["sla"]), sum(r["clearings"] for r in found["sla"])) == (2, 1)
     assert [r["order_id"] for r in found["red"]] == ["jd:C"]
+    standing = {(r["kind"], r["subject"]): r for r in found["standing"]}
+    assert {subject for kind, subject in standing if kind == "sla_breach"} == {"jd:C"}  # the other one cleared
+    assert standing[("sla_breach", "jd:C")]["severity"] == "RED" and found["standing"][0]["severity"] == "RED"
     outcomes = {(r["result"], r["reason"]): r["count"] for r in found["outcomes"]}
     assert outcomes == {
         ("rejected", "insufficient_stock"): 2,
@@ -233,7 +237,7 @@ def test_a_fixed_set_of_events_gives_the_expected_numbers_in_every_dashboard(
     names = {"flow_time": "flow_time", "waiting": "orders_waiting_now", "sla": "sla_breaches", "red": "orders_red_now",
              "outcomes": "reservation_outcomes", "timeline": "stock_timeline", "pauses": "channel_pauses",
              "low": "low_stock", "share": "routing_share", "split": "split_rate", "dead": "dead_letters",
-             "focus": "focus_pool"}  # fmt: skip
+             "focus": "focus_pool", "standing": "alerts_standing"}  # fmt: skip
     for key, name in names.items():  # the columns read from the SQL (an empty result's CSV header) are the real ones
         assert list(found[key][0]) == list(dashboards.find(name).columns), name
     assert [(r["available"], r["locked"], r["sold"]) for r in found["timeline"]] == [(20, 0, 0), (12, 8, 3), (5, 15, 7)]
