@@ -76,6 +76,7 @@ REFUND_ONLY, RETURN_AND_REFUND = "REFUND_ONLY", "RETURN_AND_REFUND"
 ON_ORIGINAL_PATH = "original"
 UNREQUESTED = "unrequested"  # the ``flags`` key of callbacks flagged for waiting too long for their request
 PARCEL_AFTER_CLOSE = "parcel_after_close"  # the ``flags`` key of a closed refund whose parcel came back
+ORDER_UNKNOWN = "order_unknown"  # the approval reason of a request whose order the refunds do not know
 QC_PENDING = "qc_pending"  # ... its value while customer service was told before the parcel's QC (told again after)
 # Callbacks kept on a refund id until its request comes (a settlement is kept on the record itself), at most
 # MAX_EARLY of them: more for one refund id is no late request but a wrong id, refused at once.
@@ -312,7 +313,7 @@ def auto_approval(kind: str, amount_fen: int, requested_at_ms: int, facts: Order
     """Whether a new request is approved without customer service, and why (not); ``lines``: those the request
     named (None: none)."""
     if not facts.known:
-        return Approval(False, "order_unknown")
+        return Approval(False, ORDER_UNKNOWN)
     if facts.deposit_forfeited:
         # By marketplace rules the deposit is the shop's: paying it back is a person's decision.
         return Approval(False, "deposit_forfeited")
@@ -783,7 +784,7 @@ def _unstocked(rec: RefundRecord, *, shipment_unknown: bool = False) -> AlertSpe
         why, reason = (f"the request named no lines and its {rec.amount_fen} fen is part of order {rec.order_id}, "
                        "no whole number of one line's units"), "lines_not_named"  # fmt: skip
     else:
-        why, reason = f"order {rec.order_id} unknown when requested, and the request named no lines", "order_unknown"
+        why, reason = f"order {rec.order_id} unknown when requested, and the request named no lines", ORDER_UNKNOWN
     return AlertSpec(
         "refund_return_unstocked", "WARNING", rec.refund_id,
         f"refund {rec.refund_id}: the return came back resellable, but which units it holds is unknown ({why}); "

@@ -40,6 +40,9 @@ NOTES = (
     "Only orders and refunds both runs decided are compared; 'only live' counts what the shadow has not "
     "decided (yet), 'only shadow' the reverse.",
     "Routing compares each order's first decision; refunds the decision on the request (auto-approved or not).",
+    "Replaying, the shadow can read a refund request before its order (two topics read side by side): it then "
+    "decides it as order_unknown where the live run knew the order. Such refunds are not judged: a gap of the "
+    "replay, not of the candidate.",
     "A shadow never pays a refund: refund.issued is written by the live connectors only, so shadow refunds "
     "never record a payment. Decisions are compared, not payments.",
 )
@@ -120,6 +123,8 @@ def _pct(share: float) -> str:
 def _summary(title: str, cmp: Comparison[Any, Any]) -> str:
     text = f"[bold]{title}[/bold]: {cmp.differing} of {cmp.compared} differ ({_pct(cmp.share)})"
     text += f"; only live {cmp.only_live}, only shadow {cmp.only_shadow}"
+    if cmp.unjudged:
+        text += f"; not judged {cmp.unjudged} (decided by the shadow before its replay reached their order)"
     if cmp.moves:
         text += "\nlive -> shadow: " + ", ".join(f"{escape(move)} ({count})" for move, count in cmp.moves.items())
     return text

@@ -144,3 +144,19 @@ def test_refund_decisions_survive_compaction_and_undecided_requests_are_left_out
     assert compare_refunds(choices, reviewed).differing == 1
     assert compare_refunds(choices, refund_choices([state("kept", "requested", "refunding", 9_900, auto=True)])
                            ).differing == 0  # fmt: skip
+
+
+def test_a_refund_the_replay_decided_before_its_order_is_not_judged() -> None:
+    """Found trying the README: a routing-only candidate was blamed for a refund difference. Replaying, the shadow
+    read the request before its order (two topics side by side) and sent it to review as order_unknown, where the
+    live run had approved it on the order it knew."""
+    live = requested_then("r1", 9_900, approved=True) + requested_then("r2", 9_900, approved=True)
+    shadow = [state("r1", "", "requested", 9_900), state("r1", "requested", "reviewing", 9_900, reason="order_unknown"),
+              *requested_then("r2", 9_900, approved=False)]  # fmt: skip
+    result = compare_refunds(refund_choices(live), refund_choices(shadow))
+    assert (result.compared, result.differing, result.unjudged) == (1, 1, 1)
+    assert [was.refund_id for was, _ in result.examples] == ["jd:r2"]
+    both_unknown = [state("r3", "", "requested", 9_900), state("r3", "requested", "reviewing", 9_900,
+                                                              reason="order_unknown")]  # fmt: skip
+    same = compare_refunds(refund_choices(both_unknown), refund_choices(both_unknown))
+    assert (same.compared, same.unjudged) == (1, 0)  # the live run did not know it either: judged as ever
