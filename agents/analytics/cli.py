@@ -41,6 +41,12 @@ def sink(
         raise typer.Exit(code)
 
 
+# The options of ``dash`` per SQL parameter; the others (now, the time zone, the refund SOP limits) come from the
+# settings.
+DASH_FLAGS = {"from_ms": "--from", "to_ms": "--to", "channel": "--channel", "warehouse": "--warehouse", "sku": "--sku",
+              "by": "--by", "threshold": "--threshold"}  # fmt: skip
+
+
 def dash(
     name: str = typer.Argument("", help="Dashboard name; leave out to list them."),
     since: str = typer.Option(None, "--from", help="Start: now, -24h, 2026-11-11T00:00 or epoch ms."),
@@ -67,9 +73,10 @@ def dash(
         console.print(f"wrote {len(model['panels'])} panels to {grafana}")
         return
     if not name:
-        table = Table("dashboard", "what it shows", "parameters")
+        table = Table("dashboard", "what it shows", "options")
         for dashboard in dashboards.load_all().values():
-            table.add_row(dashboard.name, dashboard.title, ", ".join(dashboard.params))
+            flags = [flag for param, flag in DASH_FLAGS.items() if param in dashboard.params]
+            table.add_row(dashboard.name, dashboard.title, " ".join(flags) or "-")
         console.print(table)
         return
     if output not in ("table", "csv", "json"):

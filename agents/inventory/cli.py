@@ -129,11 +129,16 @@ def stock_hot(
     reason: str = REASON,
 ) -> None:
     """Split a SKU's stock into buckets on several partitions, so several workers sell it at once."""
+    settings = Settings()
     try:
-        send_hot(sku, buckets, operator, reason)
+        send_hot(sku, buckets, operator, reason, settings)
     except Exception as exc:  # noqa: BLE001 - a command turns any failure to reach the broker into one line
         fail(f"hot {sku} not sent: {exc}")
     console.print(f"{sku}: split into {buckets} buckets requested; `stockflow stock {sku}` shows them")
+    if buckets > settings.partitions:
+        console.print(f"[yellow]warning:[/yellow] {buckets} buckets on {settings.partitions} partitions "
+                      "(STOCKFLOW_PARTITIONS): some share a partition, which sells no faster than one bucket "
+                      "there")  # fmt: skip
 
 
 @stock_app.command("unhot")
@@ -147,7 +152,8 @@ def stock_unhot(
         send_hot(sku, 0, operator, reason)
     except Exception as exc:  # noqa: BLE001 - as above
         fail(f"unhot {sku} not sent: {exc}")
-    console.print(f"{sku}: merge requested; its buckets finish their open lines and send their units home")
+    console.print(f"{sku}: merge requested; its buckets finish their open lines and send their units home (a SKU "
+                  f"that is not hot stays as it is); `stockflow stock {sku}` shows it")  # fmt: skip
 
 
 WAIT = typer.Option(30.0, "--wait", min=0, help="Seconds to wait for the outcome, for an approval its VIP order's "
