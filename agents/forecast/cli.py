@@ -21,6 +21,11 @@ forecast = typer.Typer(
 )
 
 
+def _orders(expected: float) -> str:
+    """An expected count of orders: whole above 10; below, a tenth shows what a whole number would round to 0."""
+    return f"{expected:,.0f}" if expected >= 10 else f"{expected:.1f}"  # noqa: PLR2004 - where tenths stop mattering
+
+
 @forecast.callback()
 def predict(
     ctx: typer.Context,
@@ -67,11 +72,12 @@ def predict(
     for h in result.hours:
         promotion = f"{h.promotion} ×{h.intensity:g}" if h.promotion else ""
         day = "holiday" if h.holiday else "day off" if h.day_off else ""
-        table.add_row(dt.datetime.fromisoformat(h.hour).strftime("%a %m-%d %H:%M"), f"{h.orders:,.0f}", promotion, day)
+        table.add_row(dt.datetime.fromisoformat(h.hour).strftime("%a %m-%d %H:%M"), _orders(h.orders), promotion, day)
     console.print(table)
     model = result.model
     console.print(
-        f"total {result.total:,.0f} orders; peak {result.peak.orders:,.0f} at {result.peak.hour[11:16]}. Learned from "
+        f"total {_orders(result.total)} orders; peak {_orders(result.peak.orders)} at {result.peak.hour[11:16]}. "
+        "Learned from "
         f"{model.history_hours} hours ({model.history_orders:,.0f} orders, {model.promotions_seen} promotion "
         f"run{'' if model.promotions_seen == 1 else 's'}, "
         f"which delivered {model.realisation:.0%} of their planned uplift)."
