@@ -6,9 +6,8 @@ SELECT
     uniqExact(order_id) AS orders,
     round(100 * uniqExact(order_id) / (
         SELECT uniqExact(order_id) FROM order_states FINAL
-        WHERE state = 'routed'
-          AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
-          AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
+        WHERE routed_ms >= {from_ms:Int64} AND routed_ms < {to_ms:Int64} AND warehouse_id != ''
+          AND event_time >= toDateTime(intDiv({from_ms:Int64}, 1000))
           AND ({channel:String} = '' OR channel = {channel:String})
     ), 1) AS share_pct,
     round(avgIf(distance_km, decided = 1), 1) AS avg_km,
@@ -19,14 +18,19 @@ SELECT
     round(avgIf(score, decided = 1), 3) AS avg_score
 FROM
 (
-    -- Each routing attempt is a decision of its own; the routed state names the warehouses that took the
-    -- order's lines in the end.
-    SELECT order_id, arrayJoin(splitByChar(',', warehouse_id)) AS warehouse_id
-    FROM order_states FINAL
-    WHERE state = 'routed'
-      AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
-      AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
-      AND ({channel:String} = '' OR channel = {channel:String})
+    -- Each routing attempt is a decision of its own; the order's last routed state names the warehouses that
+    -- took its lines in the end. A batch that routed and then cancelled (or acknowledged) an order publishes only
+    -- its newest state, which carries the routed time and the warehouses all the same.
+    SELECT order_id, arrayJoin(splitByChar(',', warehouses)) AS warehouse_id
+    FROM
+    (
+        SELECT order_id, argMax(warehouse_id, (state = 'routed', event_time_ms)) AS warehouses
+        FROM order_states FINAL
+        WHERE routed_ms >= {from_ms:Int64} AND routed_ms < {to_ms:Int64} AND warehouse_id != ''
+          AND event_time >= toDateTime(intDiv({from_ms:Int64}, 1000))
+          AND ({channel:String} = '' OR channel = {channel:String})
+        GROUP BY order_id
+    )
 ) AS given
 LEFT JOIN
 (
@@ -45,8 +49,8 @@ LEFT JOIN
     FROM routing_assignments FINAL
     WHERE order_id IN (
         SELECT order_id FROM order_states FINAL
-        WHERE state = 'routed' AND event_time_ms >= {from_ms:Int64} AND event_time_ms < {to_ms:Int64}
-          AND event_time BETWEEN toDateTime(intDiv({from_ms:Int64}, 1000)) AND toDateTime(intDiv({to_ms:Int64}, 1000))
+        WHERE routed_ms >= {from_ms:Int64} AND routed_ms < {to_ms:Int64} AND warehouse_id != ''
+          AND event_time >= toDateTime(intDiv({from_ms:Int64}, 1000))
     )
     GROUP BY order_id, warehouse_id
 ) AS decisions USING (order_id, warehouse_id)

@@ -190,6 +190,24 @@ def test_routing_share_and_split_rate_count_the_final_allocation_only(ch: Shared
     assert (rate["routed_orders"], rate["split_orders"], rate["split_pct"]) == (2, 1, 50.0)
 
 
+def test_an_order_routed_and_cancelled_in_one_batch_counts_as_routed(ch: SharedClickHouse) -> None:
+    """Found by an operator's trial: routing_share and split_rate counted 155 routed orders where flow time counted
+    158. The lifecycle publishes a batch's newest state per order alone, so an order routed and then cancelled in
+    one batch has no 'routed' record; its cancelled one carries the routed time and the warehouses."""
+    t = shop_ms("2026-11-11T10:00")
+    steps = [("placed", t - MIN), ("reserved", t - MIN), ("paid", t - S), ("routed", t), ("cancelled", t)]
+    collapsed = [e for e in order("jd:K", steps, "WH-SH") if e[3]["state"] != "routed"]
+    store(ch, [*collapsed, routing("jd:K", 1, t, {"WH-SH": [1]}, split=False),
+               *order("jd:L", [("placed", t - MIN), ("reserved", t - MIN), ("paid", t - S), ("routed", t + S),
+                               ("shipped", t + H)], "WH-SH,WH-GZ")])  # fmt: skip
+    now = t + 2 * H
+    share = {r["warehouse_id"]: (r["orders"], r["share_pct"]) for r in dash(ch, "routing_share", now)}
+    assert share == {"WH-SH": (2, 100.0), "WH-GZ": (1, 50.0)}
+    [rate] = dash(ch, "split_rate", now)
+    assert (rate["routed_orders"], rate["split_orders"]) == (2, 1)
+    assert [r["orders"] for r in dash(ch, "flow_time", now) if r["stage"] == "3 paid→routed"] == [2]
+
+
 def test_a_busy_skus_timeline_covers_the_whole_range_one_point_per_bucket(ch: SharedClickHouse) -> None:
     now = shop_ms("2026-11-11T12:00")
     start = now - DAY
