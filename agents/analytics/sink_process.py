@@ -44,7 +44,7 @@ from agents.analytics.sink import (
 from agents.analytics.sink_views import SinkViews
 from streams.contract.codec import Codec, codec_for
 from streams.contract.records import DeadLetter
-from streams.contract.topics import DEADLETTERS, SUNK_TOPICS, ensure_topics
+from streams.contract.topics import DEADLETTERS, SUNK_TOPICS, PartitionCountMismatch, ensure_topics
 from streams.engine.clock import Clock
 from streams.engine.deadletter import dead_letter
 from streams.engine.producer import EventProducer
@@ -392,7 +392,7 @@ def run(settings: Settings, from_beginning: bool = False) -> int:
         return 1
     try:
         sink.run()
-    except ClickHouseFolderBusy as exc:
+    except (ClickHouseFolderBusy, PartitionCountMismatch) as exc:  # set-up matters, said in one line
         log.error("%s", exc)
         return 1
     except Exception:

@@ -15,7 +15,7 @@ def intake(
 ) -> None:
     """Serve the HTTP intake: channel connectors and the WMS post notifications as JSON."""
     from agents.intake.service import Intake, serve
-    from streams.contract.topics import ensure_topics
+    from streams.contract.topics import PartitionCountMismatch, ensure_topics
 
     settings = Settings()
     overrides = {k: v for k, v in (("intake_port", port), ("intake_host", host)) if v is not None}
@@ -25,6 +25,8 @@ def intake(
                                "--port or STOCKFLOW_INTAKE_PORT"))  # fmt: skip
     try:
         ensure_topics(settings)
+    except PartitionCountMismatch as exc:  # the broker answered: the settings are what is wrong
+        fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - a command turns any failure to reach the broker into one line
         fail(f"no broker at {settings.bootstrap}: {exc}")
     try:
