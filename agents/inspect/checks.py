@@ -22,7 +22,7 @@ from streams.contract.records import Alert
 
 DEFAULT_CONFIG = Path(__file__).parent / "config" / "inspect.toml"
 CHECKS = ("engine_lag", "sink_lag", "dead_letter_rate", "sink_insert_lag", "connector_latency_p99",
-          "failed_queue_depth", "disk_free", "credential_expiry")  # fmt: skip
+          "connector_failing", "failed_queue_depth", "disk_free", "credential_expiry")  # fmt: skip
 
 
 class Status(StrEnum):

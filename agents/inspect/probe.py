@@ -113,7 +113,7 @@ def _connectors(settings: Settings) -> list[Measurement]:
         status = _get(f"{settings.connectors_base_url}/connectors/status")
     except (httpx.HTTPError, ValueError) as exc:
         why = f"connectors unreachable: {exc}"
-        checks = ("connector_latency_p99", "failed_queue_depth", "credential_expiry")
+        checks = ("connector_latency_p99", "connector_failing", "failed_queue_depth", "credential_expiry")
         return [Measurement(check, "", None, why) for check in checks]
     out = []
     for channel, info in sorted(status.get("channels", {}).items()):
@@ -122,6 +122,8 @@ def _connectors(settings: Settings) -> list[Measurement]:
         if known:  # a channel nobody called yet has no latency to judge
             slowest = max(known, key=lambda e: known[e])
             out.append(Measurement("connector_latency_p99", channel, known[slowest] / 1000, f"slowest: {slowest}"))
+        failing = sorted(e for e, s in info.get("endpoints", {}).items() if s.get("failing"))
+        out.append(Measurement("connector_failing", channel, float(len(failing)), ", ".join(failing)))
         depth = int(info.get("refunds_queued", 0)) + int(info.get("stock_pending", 0))
         out.append(Measurement("failed_queue_depth", channel, float(depth)))
         days = (info.get("credentials") or {}).get("days_left")

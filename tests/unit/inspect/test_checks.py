@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agents.inspect import checks
+from agents.inspect import checks, probe
 from agents.inspect.checks import Measurement, Status, Threshold
 from agents.inspect.probe import disk_free
+from streams.settings import Settings
 
 LAG = Threshold(unit="records", warn=100, breach=1000)
 DAYS = Threshold(unit="days", warn=14, breach=3, direction="below")
@@ -80,3 +81,22 @@ def test_disk_free_reads_the_nearest_existing_folder(tmp_path: Path) -> None:
     found = disk_free(tmp_path / "not" / "yet")
     assert found.check == "disk_free" and found.subject == str(tmp_path) and found.value is not None
     assert found.value > 0
+
+
+def test_a_channel_whose_key_is_refused_is_a_breach_though_its_queue_is_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by an on-call trial: jd's key rotated, every call refused, a RED connector_failing alert standing, and
+    inspect said ok (the failed queue held 5, under its warn level of 10)."""
+    status = {"channels": {
+        "jd": {"refunds_queued": 5, "stock_pending": 0, "credentials": None,
+               "endpoints": {"refund": {"failing": True}, "stock": {"failing": True}}},
+        "own": {"refunds_queued": 0, "stock_pending": 0, "credentials": None,
+                "endpoints": {"refund": {"failing": False}, "stock": {"failing": False}}},
+    }}  # fmt: skip
+    monkeypatch.setattr(probe, "_get", lambda url: status)
+    found = {(m.check, m.subject): m for m in probe._connectors(Settings())}  # noqa: SLF001
+    assert (found[("connector_failing", "jd")].value, found[("connector_failing", "jd")].detail) == (
+        2.0, "refund, stock")  # fmt: skip
+    results = {(r.check, r.subject): r.status for r in checks.evaluate(found.values(), checks.load_config())}
+    assert results[("connector_failing", "jd")] is Status.BREACH
+    assert results[("connector_failing", "own")] is Status.OK
+    assert results[("failed_queue_depth", "jd")] is Status.OK
