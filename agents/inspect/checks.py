@@ -25,6 +25,11 @@ CHECKS = ("engine_lag", "sink_lag", "dead_letter_rate", "sink_insert_lag", "conn
           "connector_failing", "failed_queue_depth", "disk_free", "credential_expiry")  # fmt: skip
 
 
+# Checks whose source raises an alert of its own (the connectors' ``connector_failing``): the scheduled scan does
+# not raise a second one for the same trouble; ``stockflow inspect`` still judges them.
+ALERTED_AT_SOURCE = frozenset({"connector_failing"})
+
+
 class Status(StrEnum):
     OK = "ok"
     WARN = "warn"

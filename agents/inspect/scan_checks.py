@@ -45,6 +45,7 @@ class Scanner:
         """One scan (blocking): the alerts it published. The breaches are remembered only once their alerts
         are acknowledged, so a broker away now means the same alerts are raised at the next scan."""
         results = checks.evaluate(probe.measure(self.settings, self.config), self.config)
+        results = [r for r in results if r.check not in checks.ALERTED_AT_SOURCE]
         still, alerts = checks.breach_alerts(self.open, results, now_ms)
         for record in alerts:
             self.producer.send(ALERTS.name, record["subject"], "Alert", record)

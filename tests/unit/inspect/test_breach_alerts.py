@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from agents.inspect import checks
 from agents.inspect.checks import BREACH_ALERT, Result, Status, Threshold, breach_alerts
+from streams.settings import Settings
 
 LAG = Threshold(unit="records", warn=10, breach=100)
 DISK = Threshold(unit="GiB", warn=5, breach=1, direction="below")
@@ -56,3 +63,21 @@ def test_a_below_check_says_which_way_it_breaches_and_the_input_is_not_changed()
     before: dict[tuple[str, str], int] = {}
     _, [alert] = breach_alerts(before, [result(Status.BREACH, 0.5, "/srv", "disk_free")], 7)
     assert "disk_free /srv: 0.5 GiB (breach ≤ 1)" in alert["message"] and before == {}
+
+
+def test_the_scheduled_scan_raises_no_second_alert_for_a_connector_that_alerts_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connectors raise connector_failing themselves; the worker's scan judging the same endpoint as a breach
+    would post a second RED alert to the ops chat for one incident."""
+    from agents.inspect import probe, scan_checks
+
+    found = [checks.Measurement("connector_failing", "jd", 2.0, "refund, stock"),
+             checks.Measurement("disk_free", "/home", 0.5)]  # fmt: skip
+    monkeypatch.setattr(probe, "measure", lambda settings, config: found)
+    sent: list[dict[str, Any]] = []
+    producer = SimpleNamespace(send=lambda topic, key, kind, record: sent.append(record), flush=lambda timeout: 0)
+    scanner = scan_checks.Scanner(Settings(), producer, checks.load_config())  # type: ignore[arg-type]
+    alerts = scanner.scan(1_000)
+    assert [a["subject"] for a in alerts] == [a["subject"] for a in sent] and len(sent) == 1
+    assert "disk_free" in sent[0]["subject"] and "jd" not in sent[0]["subject"]
