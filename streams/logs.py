@@ -4,7 +4,7 @@ A broker outage makes every Kafka client in the worker report the same failure i
 (connect failed, metadata failed, fetch failed): thousands of lines a minute that bury the one line
 an operator needs. ``RepeatFilter`` lets the first record of each (logger, level, message template)
 through, drops the repeats for ``interval_s``, then lets one through again saying how many it
-dropped.
+dropped. ``LeaderTopicFilter`` drops one false alarm of Faust's for good.
 """
 
 from __future__ import annotations
@@ -43,9 +43,27 @@ class RepeatFilter(logging.Filter):
 
 
 def quiet_repeats(logger: logging.Logger | None = None, interval_s: float = 60.0) -> None:
-    """Put a ``RepeatFilter`` on every handler of ``logger`` (default: the root logger)."""
+    """Put a ``RepeatFilter`` and a ``LeaderTopicFilter`` on every handler of ``logger`` (default: the root
+    logger)."""
     target = logger or logging.getLogger()
     shared = RepeatFilter(interval_s)
     for handler in target.handlers:
         if not any(isinstance(f, RepeatFilter) for f in handler.filters):
             handler.addFilter(shared)
+        if not any(isinstance(f, LeaderTopicFilter) for f in handler.filters):
+            handler.addFilter(LeaderTopicFilter())
+
+
+# Faust's own topic for electing the group's leader: it is never fetched from (nothing is written to it), and
+# Faust's partition monitor says so as an ERROR every few minutes for the worker's whole life.
+LEADER_TOPIC_SUFFIX = "__assignor-__leader"
+
+
+class LeaderTopicFilter(logging.Filter):
+    """Drops Faust's "has not sent fetch request" errors about its leader-election topic (``LEADER_TOPIC_SUFFIX``),
+    which an on-call engineer would chase for nothing; the same error about any other partition goes through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.ERROR or "fetch request" not in str(record.msg):
+            return True
+        return not any(LEADER_TOPIC_SUFFIX in str(arg) for arg in (record.args or ()))
