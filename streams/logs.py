@@ -48,10 +48,11 @@ def quiet_repeats(logger: logging.Logger | None = None, interval_s: float = 60.0
     target = logger or logging.getLogger()
     shared = RepeatFilter(interval_s)
     for handler in target.handlers:
+        if not any(isinstance(f, LeaderTopicFilter) for f in handler.filters):
+            # First: the repeat filter counting a dropped record would hold back the next real one like it.
+            handler.filters.insert(0, LeaderTopicFilter())
         if not any(isinstance(f, RepeatFilter) for f in handler.filters):
             handler.addFilter(shared)
-        if not any(isinstance(f, LeaderTopicFilter) for f in handler.filters):
-            handler.addFilter(LeaderTopicFilter())
 
 
 # Faust's own topic for electing the group's leader: it is never fetched from (nothing is written to it), and

@@ -215,14 +215,20 @@ def connectors_sim_keys(
     path = apps or settings.sim_apps_file or default_apps_file(settings)
     try:
         keys = simulator_keys(load_apps(path), settings.channels, date.today() + timedelta(days=days), wall_ms())
+        if not keys:
+            raise SimulatorError(f"{path} has no app valid now for any of {', '.join(settings.channels)}")
         store = CredentialStore.from_settings(settings)
         for key in keys:
             store.set_key(key)
     except (SimulatorError, CredentialsError, OSError) as exc:
         fail(f"{exc} (start the simulator once with `stockflow sim up`, or name its apps with --apps)")
         return
-    console.print(f"{', '.join(k.channel for k in keys)}: the simulator's keys from {path} set, valid {days} days; "
-                  f"stored in {store.path}")  # fmt: skip
+    console.print(f"{', '.join(k.channel for k in keys)}: the simulator's keys from {path} set, valid {days} days "
+                  f"(or to the app's own expiry); stored in {store.path}")  # fmt: skip
+    missing = [c for c in settings.channels if c not in {k.channel for k in keys}]
+    if missing:
+        console.print(f"[yellow]warning:[/yellow] no app valid now for {', '.join(missing)}: their calls will fail "
+                      "until `connectors set-key`")  # fmt: skip
 
 
 @connectors.command("run")

@@ -127,9 +127,17 @@ def generate_apps() -> AppsByChannel:
 
 
 def simulator_keys(apps: AppsByChannel, channels: Iterable[str], expires: date, now_ms: int) -> list[StoredKey]:
-    """The connectors' keys for the simulator's apps: each channel's first app with its secret valid now."""
-    return [StoredKey(c, Credentials(apps[c][0].app_key, apps[c][0].secret), expires, now_ms)
-            for c in channels if apps.get(c)]  # fmt: skip
+    """The connectors' keys for the simulator's apps: each channel's first app valid now (none for a channel
+    without one), until ``expires`` or the app's own expiry, whichever comes first."""
+    keys = []
+    for channel in channels:
+        valid = [a for a in apps.get(channel, [])
+                 if a.valid_from_ms <= now_ms and (a.expires_at_ms is None or a.expires_at_ms > now_ms)]  # fmt: skip
+        if valid:
+            app = valid[0]
+            until = expires if app.expires_at_ms is None else min(expires, date.fromtimestamp(app.expires_at_ms / 1000))
+            keys.append(StoredKey(channel, Credentials(app.app_key, app.secret), until, now_ms))
+    return keys
 
 
 def default_apps_file(settings: Settings) -> Path:

@@ -63,7 +63,7 @@ def folder_owner(path: Path) -> str | None:
     status = path / "status"
     try:
         fd = os.open(status, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:  # none yet, or not ours to read: chdb says what it finds
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

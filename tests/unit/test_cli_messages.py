@@ -88,3 +88,8 @@ def test_the_simulators_keys_are_given_to_the_connectors_in_one_command(tmp_path
     assert done.returncode == 0, done.stderr
     stored = (tmp_path / "home" / "connectors" / "credentials.json").read_text(encoding="utf-8")
     assert "jd-app" in stored and "own-app" in stored and "tmall" not in stored
+    assert "no app valid now for tmall" in " ".join(done.stdout.split())  # said, not skipped in silence
+    expired = tmp_path / "expired.json"
+    expired.write_text('{"jd": [{"app_key": "jd-old", "secret": "s", "expires_at_ms": 1000}]}', encoding="utf-8")
+    none = run(tmp_path, "connectors", "sim-keys", "--apps", str(expired), STOCKFLOW_CHANNELS='["jd"]')
+    assert none.returncode == 1 and "no app valid now" in " ".join((none.stdout + none.stderr).split())

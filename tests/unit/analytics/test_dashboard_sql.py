@@ -503,3 +503,37 @@ def test_a_closed_refunds_parcel_not_checked_in_time_is_a_qc_exception(ch: Share
     rows = dash(ch, "refund_exceptions", AFTER_NOVEMBER, **NOVEMBER)
     assert [(r["refund_id"], r["exception"], r["current_state"]) for r in rows if r["exception"].startswith("qc")] == [
         ("jd:R8", "qc_hanging", "cancelled"), ("jd:R7", "qc_hanging", "rejected")]  # fmt: skip
+
+
+def raised(event_id: str, kind: str, subject: str, at: int, message: str = "", cleared: bool = False) -> Event:
+    return ("alerts", subject, "Alert", {
+        "event_id": event_id, "event_time_ms": at, "kind": kind, "severity": "INFO" if cleared else "RED",
+        "subject": subject, "message": message or event_id, "cleared": cleared, "details": {}}, 0)  # fmt: skip
+
+
+def test_alerts_standing_ends_each_alert_by_its_own_clearing(ch: SharedClickHouse) -> None:
+    """Found in review: keyed on kind and subject alone, a refund's late settlement with the wrong amount vanished
+    from the board - its amount_mismatch raised, and its settle limit cleared, in one batch at one time. A refund
+    carries several reconciliation alerts at once; a clearing names the raise it ends."""
+    t = shop_ms("2026-11-11T10:00")
+    alerts = [
+        raised("jd:R1:settle", "refund_reconciliation", "jd:R1", t, "not settled in time"),
+        raised("jd:R1:settled_amount", "refund_reconciliation", "jd:R1", t + H, "settled 90.00, paid 99.00"),
+        raised("jd:R1:settle:cleared", "refund_reconciliation", "jd:R1", t + H, cleared=True),
+        # Ids holding the time raised (alerts.alert_id): a clearing ends every earlier raise of its subject,
+        raised(f"connector_failing:jd/refund:{t}", "connector_failing", "jd/refund", t),
+        raised(f"connector_failing:jd/refund:{t + MIN}:cleared", "connector_failing", "jd/refund", t + MIN,
+               cleared=True),
+        # and a raise after it stands again;
+        raised(f"connector_failing:pdd/stock:{t}", "connector_failing", "pdd/stock", t),
+        raised(f"connector_failing:pdd/stock:{t + MIN}:cleared", "connector_failing", "pdd/stock", t + MIN,
+               cleared=True),
+        raised(f"connector_failing:pdd/stock:{t + H}", "connector_failing", "pdd/stock", t + H, "pdd away again"),
+        # a raise and its clearing in one millisecond end it.
+        raised(f"sla_breach:jd:O1:{t}", "sla_breach", "jd:O1", t),
+        raised(f"sla_breach:jd:O1:{t}:cleared", "sla_breach", "jd:O1", t, cleared=True),
+    ]
+    store(ch, alerts)
+    standing = {(r["kind"], r["subject"]): r["message"] for r in dash(ch, "alerts_standing", t + 2 * H)}
+    assert standing == {("refund_reconciliation", "jd:R1"): "settled 90.00, paid 99.00",
+                        ("connector_failing", "pdd/stock"): "pdd away again"}  # fmt: skip
